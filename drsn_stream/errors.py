@@ -1,0 +1,31 @@
+"""One root exception for the whole package.
+
+Each stage wraps foreign errors where they enter and says what the user should do next, e.g.
+``SourceError("PortAudio not found: install libportaudio2 (apt-get install libportaudio2)")``.
+"""
+
+from __future__ import annotations
+
+
+class DrsnStreamError(Exception):
+    """Root of every error drsn-stream raises on purpose. The message says what to do."""
+
+
+class ConfigError(DrsnStreamError):
+    """A configuration file, flag or source spec is wrong."""
+
+
+class ArtifactError(DrsnStreamError):
+    """A model artifact is missing, truncated, corrupt or not a drsn-stream artifact."""
+
+
+class SourceError(DrsnStreamError):
+    """A source cannot be opened or read (device missing, file unreadable, bad address)."""
+
+
+class WireFormatError(DrsnStreamError):
+    """A ZeroMQ message does not follow the wire format (counted and skipped, never fatal)."""
+
+
+class DataError(DrsnStreamError):
+    """A training or evaluation data set is missing or malformed."""

@@ -1,0 +1,228 @@
+"""Model artifacts: ONE TorchScript file that carries everything needed to run the model.
+
+The metadata (versioned JSON) travels in the TorchScript archive's extra files under
+``META_KEY``: model name, labels, sample rate, window and hop, input kind, normalization,
+training data and recipe (with the held-out part of each recording), measured accuracy and the
+torch version. ``load_artifact`` validates all of it and runs one forward pass, so a truncated,
+corrupt or foreign file gives one clear ``ArtifactError`` and nothing half-loads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from drsn_stream.errors import ArtifactError
+
+META_KEY = "drsn_stream/metadata.json"
+FORMAT = "drsn-stream-artifact"
+FORMAT_VERSION = 1
+_BUILTIN_PACKAGE = "drsn_stream.artifacts"
+_REQUIRED = ("name", "model", "labels", "sample_rate", "window", "hop", "input", "normalization")
+
+
+@dataclass
+class ArtifactMeta:
+    """What an artifact says about itself. See the module docstring."""
+
+    name: str
+    model: str
+    labels: list[str]
+    sample_rate: int
+    window: int
+    hop: int
+    input: dict[str, Any] = field(default_factory=lambda: {"kind": "raw"})
+    normalization: dict[str, Any] = field(default_factory=lambda: {"kind": "zscore"})
+    model_config: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    torch_version: str = ""
+    created: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    source: str = ""  # where it was loaded from (not stored)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("source", None)
+        return d
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window / float(self.sample_rate)
+
+
+def _script(model: nn.Module) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*TorchScript.*|.*torch\.jit.*")
+        return torch.jit.script(model)
+
+
+def script_model(model: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` with only TorchScript's own DeprecationWarning filtered."""
+    return _script(model)
+
+
+def save_artifact(model: nn.Module, path: str | Path, meta: ArtifactMeta | dict[str, Any]) -> Path:
+    """Scripts ``model`` (in eval mode) and writes it with its metadata to ``path``.
+
+    Returns the path written. Raises ArtifactError if the metadata is incomplete.
+    """
+    if isinstance(meta, ArtifactMeta):
+        d = meta.to_dict()
+    else:
+        d = dict(meta)
+    d.setdefault("format", FORMAT)
+    d.setdefault("format_version", FORMAT_VERSION)
+    d["torch_version"] = torch.__version__
+    d.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    _validate(d, str(path))
+    was_training = model.training
+    model.eval()
+    scripted = _script(model.cpu())
+    model.train(was_training)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(d, indent=1, sort_keys=True)})
+    tmp.replace(path)
+    return path
+
+
+def _validate(d: dict[str, Any], where: str) -> None:
+    if d.get("format") != FORMAT:
+        raise ArtifactError(f"{where}: not a drsn-stream artifact (format {d.get('format')!r})")
+    version = d.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{where}: artifact format version {version!r} is newer than this drsn-stream understands "
+            f"({FORMAT_VERSION}); upgrade drsn-stream"
+        )
+    missing = [k for k in _REQUIRED if k not in d]
+    if missing:
+        raise ArtifactError(f"{where}: metadata lacks {', '.join(missing)}; re-export the model")
+    if not isinstance(d["labels"], list) or not d["labels"] or not all(isinstance(x, str) for x in d["labels"]):
+        raise ArtifactError(f"{where}: metadata 'labels' must be a non-empty list of strings")
+    for k in ("sample_rate", "window", "hop"):
+        if not isinstance(d[k], int) or d[k] <= 0:
+            raise ArtifactError(f"{where}: metadata {k!r} must be a positive integer, not {d[k]!r}")
+
+
+def builtin_dir() -> Path:
+    """Folder of the built-in artifacts inside the installed package (read-only)."""
+    return Path(str(resources.files(_BUILTIN_PACKAGE)))
+
+
+def list_artifacts() -> list[str]:
+    """Names of the built-in artifacts."""
+    try:
+        root = resources.files(_BUILTIN_PACKAGE)
+    except ModuleNotFoundError:
+        return []
+    return sorted(p.name[: -len(".pt")] for p in root.iterdir() if p.name.endswith(".pt"))
+
+
+def resolve_artifact(path_or_name: str | Path) -> Path:
+    """A built-in name (``bearing-cwru``) or a path -> the file's path; clear error if neither."""
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    name = str(path_or_name)
+    if "/" not in name and not name.endswith(".pt"):
+        candidate = builtin_dir() / f"{name}.pt"
+        if candidate.is_file():
+            return candidate
+        raise ArtifactError(
+            f"no built-in model named {name!r}; built-ins: {', '.join(list_artifacts()) or 'none'}"
+            " (or give the path of a .pt artifact)"
+        )
+    raise ArtifactError(f"model file {name} does not exist; give a built-in name or the path of an exported .pt")
+
+
+def read_meta(path_or_name: str | Path) -> ArtifactMeta:
+    """Reads and validates only the metadata of an artifact (no model is built)."""
+    path = resolve_artifact(path_or_name)
+    return _meta_from_zip(path)
+
+
+def _meta_from_zip(path: Path) -> ArtifactMeta:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("/extra/" + META_KEY)]
+            if not names:
+                raise ArtifactError(
+                    f"{path}: a TorchScript/zip file without drsn-stream metadata; export it with `drsn-stream export`"
+                )
+            raw = zf.read(names[0])
+    except zipfile.BadZipFile:
+        raise ArtifactError(
+            f"{path}: not a TorchScript archive (truncated or corrupt file?); re-export or re-copy it"
+        ) from None
+    except (OSError, zipfile.LargeZipFile, RuntimeError) as exc:
+        raise ArtifactError(f"{path}: cannot read the archive ({exc}); re-export or re-copy it") from None
+    return _meta_from_json(raw, path)
+
+
+def _meta_from_json(raw: bytes | str, path: Path) -> ArtifactMeta:
+    try:
+        d = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: metadata is not valid JSON ({exc}); re-export the model") from None
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{path}: metadata must be a JSON object")
+    _validate(d, str(path))
+    known = {f for f in ArtifactMeta.__dataclass_fields__}
+    meta = ArtifactMeta(**{k: v for k, v in d.items() if k in known})
+    meta.source = str(path)
+    return meta
+
+
+def load_artifact(
+    path_or_name: str | Path, *, map_location: str | torch.device = "cpu", check: bool = True
+) -> tuple[torch.jit.ScriptModule, ArtifactMeta]:
+    """Loads an artifact: ``(module in eval mode, ArtifactMeta)``.
+
+    ``check`` runs one forward pass on a zero window and verifies the output shapes against the
+    labels, so a file whose model and metadata disagree is refused here, not in the live monitor.
+    """
+    path = resolve_artifact(path_or_name)
+    meta = _meta_from_zip(path)
+    extra = {META_KEY: ""}
+    try:
+        data = path.read_bytes()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*TorchScript.*|.*torch\.jit.*")
+            module = torch.jit.load(io.BytesIO(data), map_location=map_location, _extra_files=extra)
+    except (RuntimeError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{path}: TorchScript could not load the model ({first}); re-export it") from None
+    module.eval()
+    if check:
+        try:
+            with torch.no_grad():
+                out = module(torch.zeros(2, meta.window, device=map_location))
+            logits, noise = out
+            ok = tuple(logits.shape) == (2, meta.num_classes) and tuple(noise.shape) == (2,)
+        except Exception as exc:  # noqa: BLE001 - any failure of a foreign model is the file's fault
+            raise ArtifactError(f"{path}: the model does not run on a window of {meta.window} samples ({exc})") from None
+        if not ok:
+            raise ArtifactError(
+                f"{path}: the model returns shapes {tuple(logits.shape)}, {tuple(noise.shape)} but the metadata "
+                f"names {meta.num_classes} labels; re-export it"
+            )
+    return module, meta
