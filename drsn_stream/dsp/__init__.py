@@ -1,0 +1,18 @@
+"""Per-stream signal processing: resampling, windowing, normalization, noise."""
+
+from drsn_stream.dsp.noise import NOISE_KINDS, add_noise, make_noise, snr_db
+from drsn_stream.dsp.normalize import normalize
+from drsn_stream.dsp.resample import StreamingResampler
+from drsn_stream.dsp.stream import StreamDSP
+from drsn_stream.dsp.window import Windower
+
+__all__ = [
+    "NOISE_KINDS",
+    "StreamDSP",
+    "StreamingResampler",
+    "Windower",
+    "add_noise",
+    "make_noise",
+    "normalize",
+    "snr_db",
+]

@@ -1,0 +1,252 @@
+"""What every source shares: spec parsing, typed options, counters, pacing and close()."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl
+
+from drsn_stream.errors import ConfigError
+from drsn_stream.types import Frame
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed ``KIND[:TARGET][?key=value&...]`` string."""
+
+    kind: str
+    target: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def parse_spec(spec: str) -> SourceSpec:
+    """Split ``KIND[:TARGET][?key=value&...]`` into kind, target and raw string options.
+
+    ``zmq://host:port`` style targets lose their leading ``//``; a key without ``=`` (``?fast``)
+    means ``"1"``. Kinds are not checked here (``make_source`` does that).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError("empty source spec; examples: sim, sim:bearing?machines=8, file:rec.wav, "
+                          "zmq://127.0.0.1:5555, mic")
+    head, _, query = spec.strip().partition("?")
+    kind, _, target = head.partition(":")
+    if target.startswith("//"):
+        target = target[2:]
+    options: dict[str, str] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        pairs = parse_qsl(part, keep_blank_values=True) if eq else [(key, "1")]
+        for k, v in pairs:
+            options[k.strip()] = v.strip()
+    return SourceSpec(kind.strip().lower(), target.strip(), options)
+
+
+def opt_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on", ""):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0, true/false or yes/no, got {value!r}")
+
+
+def opt_positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        v = kind(value)
+        if not v > 0:
+            raise ValueError(f"must be > 0, got {value!r}")
+        return v
+
+    return parse
+
+
+def opt_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        v = str(value).strip().lower()
+        if v not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return v
+
+    return parse
+
+
+class SourceStats:
+    """Counters a source keeps while it runs; safe to read from another thread via ``snapshot()``.
+
+    Attributes (update through the methods, read through ``snapshot()``):
+        frames / samples: delivered so far.
+        malformed: {reason: count} of rejected input (bad_json, bad_size, ...).
+        gaps: {stream: count} of sequence jumps; missing: {stream: frames skipped by them}.
+        restarts: {stream: count} of publishers that started again from a lower seq.
+        overflows: {stream: count} of input overflows (samples lost before we saw them).
+        ended: streams that announced end of stream.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.frames = 0
+        self.samples = 0
+        self.malformed: dict[str, int] = {}
+        self.gaps: dict[str, int] = {}
+        self.missing: dict[str, int] = {}
+        self.restarts: dict[str, int] = {}
+        self.overflows: dict[str, int] = {}
+        self.ended: set[str] = set()
+
+    def frame(self, frame: Frame) -> None:
+        with self._lock:
+            self.frames += 1
+            self.samples += frame.n
+            if frame.overflow:
+                self.overflows[frame.stream_id] = self.overflows.get(frame.stream_id, 0) + frame.overflow
+
+    def bad(self, reason: str) -> None:
+        with self._lock:
+            self.malformed[reason] = self.malformed.get(reason, 0) + 1
+
+    def gap(self, stream: str, missing: int) -> None:
+        with self._lock:
+            self.gaps[stream] = self.gaps.get(stream, 0) + 1
+            self.missing[stream] = self.missing.get(stream, 0) + missing
+
+    def restart(self, stream: str) -> None:
+        with self._lock:
+            self.restarts[stream] = self.restarts.get(stream, 0) + 1
+            self.ended.discard(stream)
+
+    def overflow(self, stream: str, count: int = 1) -> None:
+        with self._lock:
+            self.overflows[stream] = self.overflows.get(stream, 0) + count
+
+    def end(self, stream: str) -> None:
+        with self._lock:
+            self.ended.add(stream)
+
+    @property
+    def malformed_total(self) -> int:
+        with self._lock:
+            return sum(self.malformed.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """A consistent copy: ``{"frames", "samples", "malformed", "gaps", "missing", "restarts",
+        "overflows", "ended"}``."""
+        with self._lock:
+            return {
+                "frames": self.frames,
+                "samples": self.samples,
+                "malformed": dict(self.malformed),
+                "gaps": dict(self.gaps),
+                "missing": dict(self.missing),
+                "restarts": dict(self.restarts),
+                "overflows": dict(self.overflows),
+                "ended": sorted(self.ended),
+            }
+
+
+class Source:
+    """Base class: a context manager and an iterable of Frames.
+
+    Subclasses declare ``OPTIONS`` ({name: (parser, default, help)}), implement ``_open()``,
+    ``_frames()`` (a generator that checks ``self.closed``) and optionally ``_close()``.
+    Iteration ends at end of stream or soon after ``close()`` is called from any thread.
+    """
+
+    kind: ClassVar[str] = ""
+    OPTIONS: ClassVar[dict[str, tuple[Callable[[Any], Any], Any, str]]] = {}
+
+    def __init__(self, target: str = "", **options: Any) -> None:
+        self.target = target
+        self.options = self.parse_options(options)
+        self.stats = SourceStats()
+        self._streams: list[str] = []
+        self._closed = threading.Event()
+        self._opened = False
+        self._iter_thread: threading.Thread | None = None
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(raw) - set(cls.OPTIONS))
+        if unknown:
+            valid = ", ".join(f"{k} ({h})" for k, (_, _, h) in cls.OPTIONS.items()) or "none"
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for source {cls.kind!r}; valid: {valid}")
+        out = {}
+        for name, (parse, default, help_) in cls.OPTIONS.items():
+            if name in raw and raw[name] is not None:
+                try:
+                    out[name] = parse(raw[name])
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"source {cls.kind!r} option {name}={raw[name]!r}: {exc} ({help_})") from exc
+            else:
+                out[name] = default
+        return out
+
+    @property
+    def streams(self) -> list[str]:
+        """Stream ids this source knows so far (all of them for sim and file sources)."""
+        return list(self._streams)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def _known(self, stream: str) -> None:
+        if stream not in self._streams:
+            self._streams.append(stream)
+
+    def open(self) -> Source:
+        if not self._opened:
+            self._open()
+            self._opened = True
+        return self
+
+    def close(self) -> None:
+        """Stop iteration soon (safe from any thread) and release resources."""
+        self._closed.set()
+
+    def __enter__(self) -> Source:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        # Sockets and streams belong to the iterating thread; it releases them when it stops.
+        if self._iter_thread is None or self._iter_thread is threading.current_thread():
+            self._release()
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.open()
+        self._iter_thread = threading.current_thread()
+        try:
+            for frame in self._frames():
+                if self.closed:
+                    break
+                self.stats.frame(frame)
+                yield frame
+        finally:
+            self._iter_thread = None
+            self._release()
+
+    def _release(self) -> None:
+        if self._opened:
+            self._opened = False
+            self._close()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _frames(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    def _sleep_until(self, t_wall: float) -> bool:
+        """Wait until wall time ``t_wall`` or until closed; False when closed."""
+        delay = t_wall - time.time()
+        if delay > 0:
+            return not self._closed.wait(delay)
+        return not self.closed

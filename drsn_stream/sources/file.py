@@ -1,0 +1,164 @@
+"""``file:PATH``: replay a recording (WAV, NPY, CSV or CWRU .mat) through the live path.
+
+Paced in real time by default (a frame is delivered when its last sample would have been
+captured), ``fast`` for as fast as possible, ``loop`` to repeat. The stream id is the file name
+without its suffix unless ``stream=`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drsn_stream.errors import ConfigError, SourceError
+from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_positive
+from drsn_stream.types import Frame
+
+SUFFIXES = (".wav", ".npy", ".csv", ".mat")
+_CWRU_RATE = re.compile(r"^(12|48)k_")
+
+
+def _wav(path: Path) -> tuple[np.ndarray, float]:
+    from scipy.io import wavfile
+
+    try:
+        rate, data = wavfile.read(path)
+    except (ValueError, OSError) as exc:
+        raise SourceError(f"{path}: not a readable WAV file ({exc}); convert it with "
+                          "sox to 16-bit or float WAV") from exc
+    if data.dtype == np.uint8:
+        x = (data.astype(np.float32) - 128.0) / 128.0
+    elif data.dtype.kind == "i":
+        x = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
+    else:
+        x = data.astype(np.float32)
+    return x, float(rate)
+
+
+def _cwru_rate(path: Path) -> float | None:
+    """The CWRU naming rule: 12k_*/48k_* say so; the normal baselines are 48 kHz."""
+    m = _CWRU_RATE.match(path.name)
+    if m:
+        return 1000.0 * int(m.group(1))
+    if path.name.startswith("normal_"):
+        return 48000.0
+    return None
+
+
+def _mat(path: Path, channel: str) -> np.ndarray:
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path)
+    except (ValueError, OSError, NotImplementedError) as exc:
+        raise SourceError(f"{path}: cannot read MATLAB file ({exc})") from exc
+    keys = sorted(k for k in mat if k.endswith(f"_{channel}_time"))
+    if not keys:
+        have = sorted(k for k in mat if k.endswith("_time"))
+        raise SourceError(f"{path}: no {channel} channel (*_{channel}_time); it has {', '.join(have) or 'none'}; "
+                          "choose one with ?channel=DE|FE|BA")
+    return np.asarray(mat[keys[0]], dtype=np.float32).reshape(-1, 1)
+
+
+def _csv(path: Path) -> np.ndarray:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    delimiter = "," if "," in first else (";" if ";" in first else None)
+    header = 1 if re.search(r"[A-DF-Za-df-z_]", first) else 0  # letters other than e/E: a header row
+    try:
+        x = np.loadtxt(path, delimiter=delimiter, skiprows=header, dtype=np.float32, ndmin=2)
+    except ValueError as exc:
+        raise SourceError(f"{path}: not a numeric CSV with one column per channel ({exc})") from exc
+    return x
+
+
+def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE") -> tuple[np.ndarray, float]:
+    """Load a whole recording as float32 ``(n, channels)`` and its sample rate in Hz."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise SourceError(f"recording {path} not found")
+    if suffix == ".wav":
+        x, file_rate = _wav(path)
+        rate = rate or file_rate
+    elif suffix == ".npy":
+        try:
+            x = np.load(path, allow_pickle=False).astype(np.float32)
+        except ValueError as exc:
+            raise SourceError(f"{path}: not a numeric .npy array ({exc})") from exc
+    elif suffix == ".csv":
+        x = _csv(path)
+    elif suffix == ".mat":
+        x = _mat(path, channel)
+        rate = rate or _cwru_rate(path)
+    else:
+        raise ConfigError(f"{path}: unknown recording type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    if rate is None:
+        raise ConfigError(f"{path.name}: the sample rate is not in the file; give it, e.g. file:{path}?rate=12000")
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise SourceError(f"{path}: expected samples as (n,) or (n, channels), got shape {x.shape}")
+    return np.ascontiguousarray(x), float(rate)
+
+
+class FileSource(Source):
+    """``file:PATH[?rate=HZ&channel=DE&chunk=N&fast=1&loop=1&start=S&duration=S&stream=ID]``."""
+
+    kind = "file"
+    OPTIONS = {
+        "rate": (opt_positive(float), None, "sample rate in Hz (needed for .npy/.csv and non-CWRU .mat)"),
+        "channel": (opt_choice("de", "fe", "ba"), "de", "CWRU .mat channel: DE|FE|BA"),
+        "chunk": (opt_positive(int), 1024, "samples per frame"),
+        "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
+        "loop": (opt_bool, False, "1 = repeat the recording forever"),
+        "start": (float, 0.0, "start this many seconds into the recording"),
+        "duration": (opt_positive(float), math.inf, "play at most this many seconds per pass"),
+        "stream": (str, "", "stream id (default: the file name without suffix)"),
+        "speed": (opt_positive(float), 1.0, "pace as a multiple of real time"),
+    }
+
+    def __init__(self, target: str = "", **options: Any) -> None:
+        super().__init__(target, **options)
+        if not target:
+            raise ConfigError("file source needs a path: file:PATH, e.g. file:recording.wav")
+        self.path = Path(target).expanduser()
+        if self.path.suffix.lower() not in SUFFIXES:
+            raise ConfigError(f"{self.path}: unknown recording type; use one of {', '.join(SUFFIXES)}")
+        self.stream_id = self.options["stream"] or self.path.stem
+        self._streams = [self.stream_id]
+        self.t0: float | None = None
+
+    def _open(self) -> None:
+        x, self.rate = read_recording(self.path, rate=self.options["rate"], channel=self.options["channel"].upper())
+        a = int(round(self.options["start"] * self.rate))
+        b = x.shape[0] if math.isinf(self.options["duration"]) else a + int(round(self.options["duration"] * self.rate))
+        if not 0 <= a < x.shape[0]:
+            raise ConfigError(f"start={self.options['start']} s is outside {self.path.name} "
+                              f"({x.shape[0] / self.rate:.2f} s long)")
+        self.samples = x[a:b]
+        self.t0 = time.time()
+
+    def _frames(self) -> Iterator[Frame]:
+        assert self.t0 is not None
+        x, chunk, rate = self.samples, self.options["chunk"], self.rate
+        scale = 1.0 if self.options["fast"] else self.options["speed"]
+        pos, seq, offset = 0, 0, 0  # offset: samples played in earlier passes
+        while not self.closed:
+            if pos >= x.shape[0]:
+                if not self.options["loop"]:
+                    return
+                offset += x.shape[0]
+                pos = 0
+            block = x[pos : pos + chunk]
+            start = offset + pos
+            if not self.options["fast"] and not self._sleep_until(self.t0 + (start + block.shape[0]) / (rate * scale)):
+                return
+            yield Frame(self.stream_id, seq, self.t0 + start / (rate * scale), rate, block.copy())
+            pos += block.shape[0]
+            seq += 1

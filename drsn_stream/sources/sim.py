@@ -1,0 +1,211 @@
+"""The built-in simulator: real CWRU bearing vibration replayed on N virtual machines.
+
+Each machine runs healthy most of the time; now and then one of the nine 0 HP drive-end faults
+(ball / inner race / outer race, 0.007-0.021 inch) appears for some seconds and clears again. The
+signals are real recordings shipped with the package (``drsn_stream/data/cwru_excerpts.npz``, the
+held-out final quarter of each CWRU recording; see ``tools/make_excerpts.py``), optionally with
+noise at a chosen SNR. The schedule is seeded, so ``truth(stream, t)`` tells tests and demos what
+each machine was doing at any capture time.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import time
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from drsn_stream.dsp.noise import NOISE_KINDS, make_noise
+from drsn_stream.errors import ConfigError
+from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_positive
+from drsn_stream.types import Frame
+
+EXCERPT_RATE = 12000
+HEALTHY = "normal"
+NOISE_TRACK_S = 10.0  # noise is generated once per machine and looped
+# Seconds a machine stays healthy / faulty before the schedule changes (uniform ranges).
+HEALTHY_S = (8.0, 20.0)
+FIRST_HEALTHY_S = (3.0, 10.0)
+FAULT_S = (4.0, 10.0)
+
+
+@functools.lru_cache(maxsize=4)
+def load_excerpts(rate: int = EXCERPT_RATE) -> dict[str, np.ndarray]:
+    """The shipped CWRU excerpts as ``{label: float32 (n,) in g}`` at ``rate`` Hz (normal first)."""
+    blob = (resources.files("drsn_stream") / "data" / "cwru_excerpts.npz").read_bytes()
+    with np.load(io.BytesIO(blob)) as npz:
+        meta = json.loads(str(npz["meta"]))
+        out = {}
+        for label in meta["labels"]:
+            x = npz[label].astype(np.float64) * float(npz[f"{label}__scale"])
+            if rate != meta["rate"]:
+                g = math.gcd(int(rate), int(meta["rate"]))
+                x = resample_poly(x, int(rate) // g, int(meta["rate"]) // g)
+            out[label] = x.astype(np.float32)
+    return out
+
+
+def bearing_labels() -> list[str]:
+    """Class names of the bearing simulator, in the order the excerpts file lists them."""
+    return list(load_excerpts())
+
+
+def make_sim(target: str = "", **options: Any) -> Source:
+    """``sim`` / ``sim:SCENARIO``: look the scenario up in ``SIM_SCENARIOS`` and build it."""
+    from drsn_stream.sources import SIM_SCENARIOS, load_entry
+
+    scenario = (target or "bearing").lower()
+    if scenario not in SIM_SCENARIOS:
+        raise ConfigError(f"unknown simulator scenario {target!r}; valid: {', '.join(SIM_SCENARIOS)}")
+    return load_entry(SIM_SCENARIOS[scenario], f"simulator scenario {scenario!r}")(scenario, **options)
+
+
+class _Schedule:
+    """One machine's piecewise-constant label timeline in samples, extended lazily and seeded."""
+
+    def __init__(self, rng: np.random.Generator, rate: float, faults: list[str], fixed: str | None):
+        self._rng = rng
+        self._rate = rate
+        self._faults = faults
+        self._fixed = fixed
+        self.starts: list[int] = [0]
+        self.labels: list[str] = [fixed or HEALTHY]
+        self._end = math.inf if fixed else self._draw(FIRST_HEALTHY_S)
+
+    def _draw(self, span: tuple[float, float]) -> int:
+        return int(round(self._rng.uniform(*span) * self._rate))
+
+    def _extend_to(self, pos: int) -> None:
+        while self._end <= pos:
+            start = int(self._end)
+            if self.labels[-1] == HEALTHY:
+                label, span = str(self._rng.choice(self._faults)), FAULT_S
+            else:
+                label, span = HEALTHY, HEALTHY_S
+            self.starts.append(start)
+            self.labels.append(label)
+            self._end = start + self._draw(span)
+
+    def label_at(self, pos: int) -> str:
+        self._extend_to(max(pos, 0))
+        i = int(np.searchsorted(self.starts, max(pos, 0), side="right")) - 1
+        return self.labels[i]
+
+    def segments(self, a: int, b: int) -> list[tuple[int, int, str]]:
+        """``[(start, stop, label), ...]`` covering samples ``[a, b)``."""
+        self._extend_to(b)
+        i = int(np.searchsorted(self.starts, a, side="right")) - 1
+        out = []
+        while a < b:
+            stop = self.starts[i + 1] if i + 1 < len(self.starts) else b
+            stop = min(stop, b)
+            if stop > a:
+                out.append((a, stop, self.labels[i]))
+            a = stop
+            i += 1
+        return out
+
+
+class BearingSim(Source):
+    """``sim:bearing``: N machines replaying real CWRU vibration with a seeded fault schedule.
+
+    Streams are ``sim/m0`` ... ``sim/m{N-1}``; every frame is ``chunk`` samples of one machine,
+    float32 ``(chunk, 1)`` in g. Frames are paced in real time (``speed`` times faster) unless
+    ``fast`` is set; capture times always follow the sample clock, so ``truth`` works either way.
+    """
+
+    kind = "sim"
+    OPTIONS = {
+        "machines": (opt_positive(int), 4, "number of machines/streams, e.g. 8"),
+        "noise": (opt_choice("none", *NOISE_KINDS), "none", "added noise: none|gaussian|laplacian|pink"),
+        "snr": (float, 10.0, "SNR of the added noise in dB"),
+        "seed": (int, 0, "seed of the fault schedule, offsets and noise"),
+        "rate": (opt_positive(int), EXCERPT_RATE, "output sample rate in Hz"),
+        "chunk": (opt_positive(int), 512, "samples per frame"),
+        "speed": (opt_positive(float), 1.0, "pace as a multiple of real time"),
+        "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
+        "duration": (opt_positive(float), math.inf, "stop after this many seconds of signal"),
+        "fault": (str, "random", "random (schedule) | none (always healthy) | a class name (always)"),
+    }
+
+    def __init__(self, target: str = "bearing", **options: Any) -> None:
+        super().__init__(target, **options)
+        o = self.options
+        self.rate = int(o["rate"])
+        labels = bearing_labels()
+        fault = o["fault"].lower()
+        if fault not in ("random", "none", *labels):
+            raise ConfigError(f"sim option fault={o['fault']!r}: use random, none or one of {', '.join(labels)}")
+        self._fixed = {"random": None, "none": HEALTHY}.get(fault, fault)
+        self._streams = [f"sim/m{i}" for i in range(o["machines"])]
+        self._time_scale = 1.0 if o["fast"] else o["speed"]
+        self.t0: float | None = None
+        rngs = [np.random.default_rng([o["seed"], i]) for i in range(o["machines"])]
+        faults = [lb for lb in labels if lb != HEALTHY]
+        self._schedules = [_Schedule(r, self.rate, faults, self._fixed) for r in rngs]
+        self._offsets = [{lb: int(r.integers(0, 1 << 30)) for lb in labels} for r in rngs]
+        self._gains = [float(r.uniform(0.8, 1.25)) for r in rngs]
+        self._noise_rngs = rngs
+
+    @property
+    def labels(self) -> list[str]:
+        return bearing_labels()
+
+    def truth(self, stream_id: str, t: float) -> str:
+        """The class machine ``stream_id`` was running at capture time ``t`` (wall-clock seconds)."""
+        if self.t0 is None:
+            raise ConfigError("truth() needs an opened simulator (its clock starts at open)")
+        try:
+            m = self._streams.index(stream_id)
+        except ValueError:
+            raise ConfigError(f"unknown stream {stream_id!r}; this simulator has {', '.join(self._streams)}") from None
+        pos = int(math.floor((t - self.t0) * self.rate * self._time_scale))
+        return self._schedules[m].label_at(pos)
+
+    def _open(self) -> None:
+        o = self.options
+        self._excerpts = load_excerpts(self.rate)
+        self._noise: list[np.ndarray | None] = [None] * len(self._streams)
+        if o["noise"] != "none":
+            n = int(NOISE_TRACK_S * self.rate)
+            self._noise = [make_noise(n, o["noise"], r).astype(np.float32) for r in self._noise_rngs]
+            self._noise_gain = {
+                lb: float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) / 10.0 ** (o["snr"] / 10.0)))
+                for lb, x in self._excerpts.items()
+            }
+        self.t0 = time.time()
+
+    def _signal(self, m: int, a: int, b: int) -> np.ndarray:
+        out = np.empty(b - a, dtype=np.float32)
+        noise = self._noise[m]
+        for s, e, label in self._schedules[m].segments(a, b):
+            x = self._excerpts[label]
+            idx = np.arange(s, e, dtype=np.int64) + self._offsets[m][label]
+            seg = x[idx % x.size] * np.float32(self._gains[m])
+            if noise is not None:
+                seg = seg + noise[np.arange(s, e) % noise.size] * np.float32(
+                    self._noise_gain[label] * self._gains[m])
+            out[s - a : e - a] = seg
+        return out
+
+    def _frames(self) -> Iterator[Frame]:
+        chunk = self.options["chunk"]
+        total = self.options["duration"] * self.rate
+        assert self.t0 is not None
+        pos, seq = 0, 0
+        while pos < total and not self.closed:
+            n = int(min(chunk, total - pos))
+            t_first = self.t0 + pos / (self.rate * self._time_scale)
+            if not self.options["fast"] and not self._sleep_until(self.t0 + (pos + n) / (self.rate * self._time_scale)):
+                return
+            for m, stream in enumerate(self._streams):
+                yield Frame(stream, seq, t_first, float(self.rate), self._signal(m, pos, pos + n)[:, None])
+            pos += n
+            seq += 1
