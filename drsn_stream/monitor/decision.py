@@ -1,0 +1,515 @@
+"""Decisions: smoothed labels per stream and an alarm state machine (NORMAL / ALERT / DANGER).
+
+Integration (the pipeline thread owns the engine; the dashboard thread may read and acknowledge)::
+
+    cfg = DecisionConfig.for_labels(meta.labels)            # or DecisionConfig.from_toml(path)
+    decisions = DecisionEngine(meta.labels, cfg)
+    for pred in predictions:                                # drsn_stream.types.Prediction
+        events += decisions.update(pred, healthy=health.healthy(pred.stream_id))
+    decisions.state("sim/m0")                               # -> StreamDecision (frozen)
+    events += decisions.acknowledge()                       # all streams, or acknowledge("sim/m0")
+
+How one window moves the state machine:
+
+1. Smoothing. ``majority``: the label most often on top over the last ``window_count`` windows
+   (ties go to the higher mean probability), its confidence is that label's mean probability
+   over those windows. ``ema``: an exponential average of the probability vectors
+   (``ema_alpha`` weight for the newest), label = its argmax.
+2. The level the window supports: the label's level from ``alert_labels`` / ``danger_labels``
+   (fnmatch patterns), raised to DANGER when the confidence is at least ``danger_confidence``
+   or when the alarm episode has lasted ``danger_after_s`` seconds. A rise needs the
+   confidence to reach ``enter_confidence``; staying up needs only ``leave_confidence``
+   (hysteresis).
+3. Debounce. A higher level takes ``set_windows`` consecutive supporting windows; a lower one
+   ``clear_windows`` consecutive windows.
+4. Latching (optional). The shown level stays at the highest unacknowledged level until
+   ``acknowledge`` is called; an alarm acknowledged while active clears by itself later.
+
+A window from an unhealthy sensor (``healthy=False``) or with non-finite scores is not evidence:
+it neither raises nor clears an alarm, the smoothing history is emptied (so that stale confident
+labels do not come back), and the stream shows label ``"?"`` with confidence 0.
+
+Every change of the shown level returns an ``Event(type="alarm", stream_id, time,
+data={"from", "to", "label", "confidence"})``; ``time`` is the window's capture time (seconds).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.snapshot import LatencyHistogram
+from drsn_stream.types import Event, Prediction
+
+UNKNOWN_LABEL = "?"
+_LATENCY_KEEP = 256  # predictions per stream kept for latency percentiles
+_LEVELS_KEEP = 32  # input levels per stream kept for the sparkline
+
+
+class Level(IntEnum):
+    """Alarm level; ordered, so ``max`` gives the worse one."""
+
+    NORMAL = 0
+    ALERT = 1
+    DANGER = 2
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    """Smoothing and alarm settings (one table of a TOML file, keys as the field names).
+
+    Attributes:
+        smoothing: "majority" (vote over the last ``window_count`` windows) or "ema".
+        window_count: windows in the majority vote (>= 1).
+        ema_alpha: weight of the newest window in the exponential average (0 < a <= 1).
+        alert_labels / danger_labels: fnmatch patterns of labels that raise ALERT / DANGER.
+        danger_after_s: an alarm episode that lasts this long (seconds) becomes DANGER; None: never.
+        danger_confidence: a fault label at or above this smoothed confidence is DANGER; None: never.
+        set_windows: consecutive windows needed to raise the level.
+        clear_windows: consecutive windows needed to lower it.
+        enter_confidence: smoothed confidence needed to raise the level.
+        leave_confidence: smoothed confidence below which a raised level starts to clear.
+        latching: keep the highest level until acknowledged.
+        noise_alpha: weight of the newest window in the noise-index average.
+    """
+
+    smoothing: str = "majority"
+    window_count: int = 5
+    ema_alpha: float = 0.3
+    alert_labels: tuple[str, ...] = ()
+    danger_labels: tuple[str, ...] = ()
+    danger_after_s: float | None = None
+    danger_confidence: float | None = None
+    set_windows: int = 3
+    clear_windows: int = 5
+    enter_confidence: float = 0.6
+    leave_confidence: float = 0.4
+    latching: bool = False
+    noise_alpha: float = 0.2
+
+    def __post_init__(self) -> None:
+        # Strings from TOML arrays arrive as lists; store tuples so the config stays hashable.
+        object.__setattr__(self, "alert_labels", _patterns(self.alert_labels, "alert_labels"))
+        object.__setattr__(self, "danger_labels", _patterns(self.danger_labels, "danger_labels"))
+        problems = []
+        if self.smoothing not in ("majority", "ema"):
+            problems.append(f"smoothing must be 'majority' or 'ema', not {self.smoothing!r}")
+        if not (isinstance(self.window_count, int) and self.window_count >= 1):
+            problems.append(f"window_count must be an integer >= 1, not {self.window_count!r}")
+        if not 0.0 < float(self.ema_alpha) <= 1.0:
+            problems.append(f"ema_alpha must be in (0, 1], not {self.ema_alpha!r}")
+        if not 0.0 < float(self.noise_alpha) <= 1.0:
+            problems.append(f"noise_alpha must be in (0, 1], not {self.noise_alpha!r}")
+        for name in ("set_windows", "clear_windows"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                problems.append(f"{name} must be an integer >= 1, not {value!r}")
+        if not 0.0 <= self.leave_confidence <= self.enter_confidence <= 1.0:
+            problems.append(
+                "need 0 <= leave_confidence <= enter_confidence <= 1 "
+                f"(got leave {self.leave_confidence}, enter {self.enter_confidence})"
+            )
+        if self.danger_after_s is not None and self.danger_after_s < 0:
+            problems.append(f"danger_after_s must be >= 0 seconds, not {self.danger_after_s!r}")
+        if self.danger_confidence is not None and not 0.0 <= self.danger_confidence <= 1.0:
+            problems.append(f"danger_confidence must be in [0, 1], not {self.danger_confidence!r}")
+        if problems:
+            raise ConfigError("decision config: " + "; ".join(problems))
+
+    @property
+    def has_alarms(self) -> bool:
+        return bool(self.alert_labels or self.danger_labels)
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]) -> DecisionConfig:
+        """Build from a TOML table; an unknown key is an error that lists the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(
+                f"decision config: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
+            )
+        return cls(**dict(table))
+
+    @classmethod
+    def from_toml(cls, path: str | Path, *, table: str = "decision") -> DecisionConfig:
+        """Load the ``[table]`` of a TOML file (the whole file when ``table`` is empty)."""
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read decision config {path}: {exc}; check the path") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        if table:
+            if table not in data:
+                raise ConfigError(f"{path} has no [{table}] table; add one (see configs/alarms-bearing.toml)")
+            data = data[table]
+        return cls.from_dict(data)
+
+    @classmethod
+    def for_labels(cls, labels: Sequence[str], **overrides: Any) -> DecisionConfig:
+        """Defaults that fit a model's labels.
+
+        - Condition models (a ``normal`` label among others, e.g. ``bearing-cwru``): every other
+          label is ALERT; DANGER after 60 s in alarm or at a smoothed confidence of 0.99.
+        - Speech models (digit labels and background labels starting with ``_``) and anything
+          else: no alarms unless configured.
+        """
+        labels = list(labels)
+        base: dict[str, Any] = {}
+        if "normal" in labels and len(labels) > 1:
+            base = {
+                "alert_labels": tuple(lab for lab in labels if lab != "normal"),
+                "danger_after_s": 60.0,
+                "danger_confidence": 0.99,
+            }
+        base.update(overrides)
+        return cls.from_dict(base)
+
+
+def _patterns(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ConfigError(
+            f"decision config: {name} must be a list of label patterns, not {value!r}"
+        ) from None
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"decision config: {name} must hold strings (label patterns), got {items!r}")
+    return items
+
+
+@dataclass(frozen=True)
+class StreamDecision:
+    """What the decision engine shows for one stream (a copy; safe to hand to other threads).
+
+    Attributes:
+        label: smoothed label, or "?" while the sensor is unhealthy or nothing is known yet.
+        confidence: smoothed probability of ``label`` (0..1; 0 while unhealthy).
+        level: shown alarm level (latching included).
+        since: capture time (s) the shown level began; None before the first window.
+        held_s: seconds the shown level has been held, up to the latest window.
+        top3: ((label, probability), ...) of the smoothed scores, best first; () while unhealthy.
+        noise_index: averaged DRSN noise index (0..1).
+        latched: the shown level is held only by latching (the condition itself has cleared).
+        unacknowledged: an alarm level was reached that has not been acknowledged.
+        healthy: the latest window came from a healthy sensor.
+        windows: windows seen for this stream.
+        last_time: capture time (s) of the latest window.
+        levels: recent input RMS levels (before normalization), oldest first.
+        latency_p50_ms / latency_p99_ms: over the last predictions of this stream.
+    """
+
+    stream_id: str
+    label: str = UNKNOWN_LABEL
+    confidence: float = 0.0
+    level: Level = Level.NORMAL
+    since: float | None = None
+    held_s: float = 0.0
+    top3: tuple[tuple[str, float], ...] = ()
+    noise_index: float = 0.0
+    latched: bool = False
+    unacknowledged: bool = False
+    healthy: bool = True
+    windows: int = 0
+    last_time: float | None = None
+    levels: tuple[float, ...] = ()
+    latency_p50_ms: float = math.nan
+    latency_p99_ms: float = math.nan
+
+
+@dataclass
+class _Stream:
+    """Mutable per-stream state (private; guarded by the engine's lock)."""
+
+    history: deque[np.ndarray]
+    ema: np.ndarray | None = None
+    label: str = UNKNOWN_LABEL
+    confidence: float = 0.0
+    probs: np.ndarray | None = None
+    cond: Level = Level.NORMAL  # debounced condition, before latching
+    peak: Level = Level.NORMAL  # highest level reached and not yet acknowledged
+    shown: Level = Level.NORMAL
+    since: float | None = None
+    episode_since: float | None = None  # start of the current alarm episode (cond > NORMAL)
+    pending: Level = Level.NORMAL
+    pending_count: int = 0
+    healthy: bool = True
+    noise: float = 0.0
+    windows: int = 0
+    last_time: float | None = None
+    levels: deque[float] = field(default_factory=lambda: deque(maxlen=_LEVELS_KEEP))
+    latency: np.ndarray = field(default_factory=lambda: np.full(_LATENCY_KEEP, np.nan, dtype=np.float64))
+    latency_n: int = 0
+
+
+class DecisionEngine:
+    """Smoothed labels and alarm levels for every stream of one model.
+
+    Args:
+        labels: the artifact's labels, in the order of ``Prediction.probs``.
+        config: smoothing and alarm settings; ``DecisionConfig.for_labels(labels)`` when None.
+
+    Thread safety: ``update`` runs in the pipeline thread; ``state``, ``states``, ``acknowledge``
+    and ``level_counts`` may be called from any thread (one lock, held for microseconds).
+    """
+
+    def __init__(self, labels: Sequence[str], config: DecisionConfig | None = None) -> None:
+        self.labels: tuple[str, ...] = tuple(labels)
+        if not self.labels:
+            raise ConfigError("DecisionEngine needs the model's labels (ArtifactMeta.labels); got none")
+        self.config = config if config is not None else DecisionConfig.for_labels(self.labels)
+        self._label_level = np.array([self._level_of(lab) for lab in self.labels], dtype=np.int64)
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self.latency = LatencyHistogram()  # every prediction's latency_ms, for the metrics endpoint
+        self.windows_total = 0
+
+    def _level_of(self, label: str) -> Level:
+        cfg = self.config
+        if any(fnmatch.fnmatchcase(label, pat) for pat in cfg.danger_labels):
+            return Level.DANGER
+        if any(fnmatch.fnmatchcase(label, pat) for pat in cfg.alert_labels):
+            return Level.ALERT
+        return Level.NORMAL
+
+    def level_of(self, label: str) -> Level:
+        """The level a label raises by itself (without the duration/confidence escalation)."""
+        return self._level_of(label)
+
+    # -- updating -------------------------------------------------------------------------
+
+    def update(self, prediction: Prediction, *, healthy: bool = True) -> list[Event]:
+        """Feed one prediction; return the alarm events it caused (usually none).
+
+        Args:
+            prediction: a window's scores; ``probs`` has shape (len(labels),).
+            healthy: the sensor-health state of the stream (``HealthMonitor.healthy``).
+        """
+        probs = np.asarray(prediction.probs, dtype=np.float64).reshape(-1)
+        if probs.shape[0] != len(self.labels):
+            raise ConfigError(
+                f"prediction for {prediction.stream_id} has {probs.shape[0]} scores but the decision "
+                f"engine was built for {len(self.labels)} labels; build DecisionEngine with the "
+                "loaded artifact's labels"
+            )
+        t = float(prediction.t_last)
+        self.latency.observe(prediction.latency_ms)
+        with self._lock:
+            self.windows_total += 1
+            st = self._streams.get(prediction.stream_id)
+            if st is None:
+                st = _Stream(history=deque(maxlen=self.config.window_count))
+                self._streams[prediction.stream_id] = st
+            st.windows += 1
+            st.last_time = t
+            st.levels.append(float(prediction.level))
+            st.latency[st.latency_n % _LATENCY_KEEP] = float(prediction.latency_ms)
+            st.latency_n += 1
+            if math.isfinite(prediction.noise_index):
+                a = self.config.noise_alpha
+                st.noise = (
+                    float(prediction.noise_index)
+                    if st.windows == 1
+                    else (1 - a) * st.noise + a * float(prediction.noise_index)
+                )
+            if st.since is None:
+                st.since = t
+            if not healthy or not np.all(np.isfinite(probs)):
+                self._unknown(st)
+                return []
+            st.healthy = True
+            self._smooth(st, probs)
+            return self._step(prediction.stream_id, st, t)
+
+    def _unknown(self, st: _Stream) -> None:
+        # No evidence either way: keep the level, forget the history, restart the debounce.
+        st.healthy = False
+        st.history.clear()
+        st.ema = None
+        st.probs = None
+        st.label = UNKNOWN_LABEL
+        st.confidence = 0.0
+        st.pending_count = 0
+
+    def _smooth(self, st: _Stream, probs: np.ndarray) -> None:
+        cfg = self.config
+        if cfg.smoothing == "ema":
+            st.ema = probs.copy() if st.ema is None else (1 - cfg.ema_alpha) * st.ema + cfg.ema_alpha * probs
+            smoothed = st.ema
+            best = int(np.argmax(smoothed))
+        else:
+            st.history.append(probs)
+            stack = np.stack(st.history)  # (k, classes)
+            smoothed = stack.mean(axis=0)
+            votes = np.bincount(stack.argmax(axis=1), minlength=len(self.labels))
+            tied = np.flatnonzero(votes == votes.max())
+            best = int(tied[np.argmax(smoothed[tied])])
+        st.probs = smoothed
+        st.label = self.labels[best]
+        st.confidence = float(smoothed[best])
+
+    def _supported(self, st: _Stream, t: float) -> Level:
+        """The level this window supports (before debouncing)."""
+        cfg = self.config
+        level = Level(int(self._label_level[self.labels.index(st.label)]))
+        if level == Level.NORMAL:
+            return level
+        threshold = cfg.enter_confidence if level > st.cond else cfg.leave_confidence
+        if st.confidence < threshold:
+            return Level.NORMAL
+        if cfg.danger_confidence is not None and st.confidence >= cfg.danger_confidence:
+            return Level.DANGER
+        if (
+            cfg.danger_after_s is not None
+            and st.episode_since is not None
+            and t - st.episode_since >= cfg.danger_after_s
+        ):
+            return Level.DANGER
+        return level
+
+    def _step(self, stream_id: str, st: _Stream, t: float) -> list[Event]:
+        cfg = self.config
+        target = self._supported(st, t)
+        if target == st.cond:
+            st.pending_count = 0
+        else:
+            rising = target > st.cond
+            if st.pending_count and (target > st.cond) == (st.pending > st.cond):
+                # Same direction as the streak: a rise settles on the lowest level it saw.
+                st.pending = min(st.pending, target) if rising else max(st.pending, target)
+                st.pending_count += 1
+            else:
+                st.pending, st.pending_count = target, 1
+            needed = cfg.set_windows if rising else cfg.clear_windows
+            if st.pending_count >= needed:
+                st.cond = st.pending
+                st.pending_count = 0
+                if st.cond > Level.NORMAL and st.episode_since is None:
+                    st.episode_since = t
+                elif st.cond == Level.NORMAL:
+                    st.episode_since = None
+                    if not cfg.latching:
+                        st.peak = Level.NORMAL  # without latching, a cleared alarm needs no acknowledgement
+                st.peak = max(st.peak, st.cond)
+        return self._show(stream_id, st, t)
+
+    def _show(self, stream_id: str, st: _Stream, t: float, **extra: Any) -> list[Event]:
+        shown = max(st.cond, st.peak) if self.config.latching else st.cond
+        if shown == st.shown:
+            return []
+        event = Event(
+            type="alarm",
+            stream_id=stream_id,
+            time=t,
+            data={
+                "from": st.shown.name,
+                "to": shown.name,
+                "label": st.label,
+                "confidence": round(st.confidence, 5),
+                **extra,
+            },
+        )
+        st.shown = shown
+        st.since = t
+        return [event]
+
+    def acknowledge(self, stream: str | None = None, *, now: float | None = None) -> list[Event]:
+        """Acknowledge the alarms of one stream (or all); return the level changes this causes.
+
+        A latched alarm whose condition has cleared drops to the current level; an active alarm
+        is marked acknowledged and will clear by itself. Forward the returned events to the same
+        sinks as those from ``update`` (they carry ``"acknowledged": True``).
+        """
+        with self._lock:
+            ids = list(self._streams) if stream is None else [stream]
+            events: list[Event] = []
+            for sid in ids:
+                st = self._streams.get(sid)
+                if st is None:
+                    continue
+                st.peak = Level.NORMAL
+                t = now if now is not None else (st.last_time if st.last_time is not None else 0.0)
+                events += self._show(sid, st, t, acknowledged=True)
+            return events
+
+    def forget(self, stream: str) -> None:
+        """Drop a stream's state (e.g. a sensor removed for good)."""
+        with self._lock:
+            self._streams.pop(stream, None)
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def streams(self) -> list[str]:
+        with self._lock:
+            return list(self._streams)
+
+    def state(self, stream: str) -> StreamDecision:
+        """The stream's decision now; an unknown stream gives the empty NORMAL state."""
+        with self._lock:
+            st = self._streams.get(stream)
+            return StreamDecision(stream_id=stream) if st is None else self._freeze(stream, st)
+
+    def states(self, streams: Iterable[str] | None = None) -> dict[str, StreamDecision]:
+        """Decisions of many streams in one lock hold (for snapshots of hundreds of streams)."""
+        with self._lock:
+            ids = list(self._streams) if streams is None else list(streams)
+            return {
+                sid: (self._freeze(sid, self._streams[sid]) if sid in self._streams else StreamDecision(sid))
+                for sid in ids
+            }
+
+    def level_counts(self) -> dict[str, int]:
+        """Streams per shown level, e.g. {"NORMAL": 180, "ALERT": 15, "DANGER": 5}."""
+        with self._lock:
+            counts = {lv.name: 0 for lv in Level}
+            for st in self._streams.values():
+                counts[st.shown.name] += 1
+            return counts
+
+    def _freeze(self, stream_id: str, st: _Stream) -> StreamDecision:
+        top3: tuple[tuple[str, float], ...] = ()
+        if st.probs is not None:
+            order = np.argsort(-st.probs, kind="stable")[:3]
+            top3 = tuple((self.labels[i], float(st.probs[i])) for i in order)
+        lat = st.latency[: min(st.latency_n, _LATENCY_KEEP)]
+        p50, p99 = np.percentile(lat, [50, 99]) if lat.size else (math.nan, math.nan)
+        held = 0.0
+        if st.since is not None and st.last_time is not None:
+            held = max(0.0, st.last_time - st.since)
+        return StreamDecision(
+            stream_id=stream_id,
+            label=st.label,
+            confidence=st.confidence,
+            level=st.shown,
+            since=st.since,
+            held_s=held,
+            top3=top3,
+            noise_index=st.noise,
+            latched=st.shown > st.cond,
+            unacknowledged=st.peak > Level.NORMAL,
+            healthy=st.healthy,
+            windows=st.windows,
+            last_time=st.last_time,
+            levels=tuple(st.levels),
+            latency_p50_ms=float(p50),
+            latency_p99_ms=float(p99),
+        )

@@ -1,0 +1,392 @@
+"""Sensor health, kept apart from machine condition: is this stream's signal worth classifying?
+
+Integration (pipeline thread; ``state``/``states``/``healthy`` are safe from any thread)::
+
+    health = HealthMonitor(HealthConfig(full_scale=1.0))
+    for frame in source:                      # drsn_stream.types.Frame, samples (n, channels)
+        events += health.push(frame)          # raw frames, before resampling/normalizing
+    events += health.tick(time.time())        # a few times a second: finds streams gone quiet
+    decisions.update(pred, healthy=health.healthy(pred.stream_id))
+
+Checks, per frame and vectorized over its samples and channels:
+
+- ``no data``: nothing arrived for ``timeout_s`` seconds (found by ``tick``; wall clock).
+- ``sequence gap``: ``Frame.seq`` jumped forward (a lower seq is taken as a source restart).
+- ``flat line``: a channel's standard deviation over the last ``flat_span_s`` seconds of
+  samples is below ``flat_std``.
+- ``clipping``: over blocks of ``clip_span_s`` seconds, at least ``clip_fraction`` of a channel's
+  samples sit exactly at the block's extreme value (a converter at its rail), or at or beyond
+  ``full_scale`` when that is configured.
+- ``NaN/Inf samples`` and ``input overflow`` (``Frame.overflow`` > 0).
+
+A reason stays active until ``recovery_s`` seconds of clean signal (counted in samples, so a
+fast file replay recovers as fast as it plays) have arrived after it was last seen; this keeps
+the state from flapping. State is ``OK`` with no active reason, else ``CHECK_SENSOR`` (NAMUR
+NE107's "check function"). Every state change returns
+``Event(type="health", stream_id, time, data={"from", "to", "reasons"})``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from drsn_stream.errors import ConfigError
+from drsn_stream.types import Event, Frame
+
+OK = "OK"
+CHECK_SENSOR = "CHECK_SENSOR"
+
+NO_DATA = "no data"
+GAP = "sequence gap"
+FLAT = "flat line"
+CLIPPING = "clipping"
+NON_FINITE = "NaN/Inf samples"
+OVERFLOW = "input overflow"
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Sensor-health thresholds.
+
+    Attributes:
+        timeout_s: seconds without a frame before a stream is "no data".
+        flat_std: a channel whose std over ``flat_span_s`` is below this (signal units) is flat.
+        flat_span_s: seconds of samples the flat-line test looks at.
+        clip_fraction: share of a block's samples at its extreme value that counts as clipping.
+        clip_min_samples: fewest samples at the extreme that can count (guards short blocks).
+        clip_span_s: seconds of samples per clipping block.
+        full_scale: the converter's full scale (signal units); samples with ``|x| >= full_scale``
+            count as clipped. None: only the "same extreme value" test.
+        recovery_s: seconds of clean signal before a reason clears.
+    """
+
+    timeout_s: float = 2.0
+    flat_std: float = 1e-6
+    flat_span_s: float = 1.0
+    clip_fraction: float = 0.01
+    clip_min_samples: int = 8
+    clip_span_s: float = 0.5
+    full_scale: float | None = None
+    recovery_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("timeout_s", "flat_span_s", "clip_span_s"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0 seconds, not {getattr(self, name)!r}")
+        if self.recovery_s < 0:
+            problems.append(f"recovery_s must be >= 0 seconds, not {self.recovery_s!r}")
+        if self.flat_std < 0:
+            problems.append(f"flat_std must be >= 0, not {self.flat_std!r}")
+        if not 0 < self.clip_fraction <= 1:
+            problems.append(f"clip_fraction must be in (0, 1], not {self.clip_fraction!r}")
+        if self.full_scale is not None and not self.full_scale > 0:
+            problems.append(f"full_scale must be > 0 (signal units) or None, not {self.full_scale!r}")
+        if problems:
+            raise ConfigError("health config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class StreamHealth:
+    """A stream's sensor health (a copy; safe to hand to other threads).
+
+    Attributes:
+        state: ``OK`` or ``CHECK_SENSOR``.
+        reasons: active reasons, e.g. ("flat line", "sequence gap").
+        since: wall-clock time (s) of the last state change.
+        last_seen: wall-clock time (s) the latest frame arrived.
+        frames / samples: received so far.
+        gaps: frames lost to sequence gaps; overflows: summed ``Frame.overflow``.
+        non_finite / clipped: samples seen that were NaN/Inf / at the clipping level.
+    """
+
+    stream_id: str
+    state: str = OK
+    reasons: tuple[str, ...] = ()
+    since: float | None = None
+    last_seen: float | None = None
+    frames: int = 0
+    samples: int = 0
+    gaps: int = 0
+    overflows: int = 0
+    non_finite: int = 0
+    clipped: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.state == OK
+
+
+@dataclass
+class _Stream:
+    sample_rate: float = 0.0
+    channels: int = 0
+    last_seq: int | None = None
+    last_seen: float | None = None
+    state: str = OK
+    since: float | None = None
+    # reason -> clean samples still needed before it clears
+    active: dict[str, float] = field(default_factory=dict)
+    # flat line: (n, mean (ch,), M2 (ch,)) per frame, trimmed to the span
+    chunks: deque[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=deque)
+    chunk_n: int = 0
+    # clipping block: running extremes and how many samples sit at them
+    blk_n: int = 0
+    blk_max: np.ndarray | None = None
+    blk_min: np.ndarray | None = None
+    blk_at_max: np.ndarray | None = None
+    blk_at_min: np.ndarray | None = None
+    blk_full: np.ndarray | None = None
+    frames: int = 0
+    samples: int = 0
+    gaps: int = 0
+    overflows: int = 0
+    non_finite: int = 0
+    clipped: int = 0
+
+
+class HealthMonitor:
+    """Per-stream sensor health from raw frames and arrival times.
+
+    Args:
+        config: thresholds; defaults when None.
+    """
+
+    def __init__(self, config: HealthConfig | None = None) -> None:
+        self.config = config if config is not None else HealthConfig()
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, stream_ids: Iterable[str], *, now: float | None = None) -> None:
+        """Expect these streams from ``now`` on, so that one that never sends is "no data"."""
+        now = time.time() if now is None else now
+        with self._lock:
+            for sid in stream_ids:
+                if sid not in self._streams:
+                    self._streams[sid] = _Stream(last_seen=now, since=now)
+
+    def push(self, frame: Frame, *, now: float | None = None) -> list[Event]:
+        """Check one raw frame; return the health events it caused.
+
+        Args:
+            frame: samples (n, channels) or (n,), any float dtype, at ``frame.sample_rate`` Hz.
+            now: arrival time (wall clock, s); ``time.time()`` when None.
+        """
+        now = time.time() if now is None else now
+        x = np.asarray(frame.samples)
+        if x.ndim == 1:
+            x = x[:, None]
+        x = x.reshape(x.shape[0], -1)
+        with self._lock:
+            st = self._streams.get(frame.stream_id)
+            if st is None:
+                st = self._streams[frame.stream_id] = _Stream(since=now)
+            rate = float(frame.sample_rate) if frame.sample_rate and frame.sample_rate > 0 else 1.0
+            if rate != st.sample_rate or x.shape[1] != st.channels:
+                self._restart_signal(st, rate, x.shape[1])
+            st.last_seen = now
+            st.frames += 1
+            st.samples += x.shape[0]
+            found = self._check(st, frame, x)
+            self._age(st, x.shape[0], found)
+            for reason in found:
+                st.active[reason] = self.config.recovery_s * st.sample_rate
+            return self._settle(frame.stream_id, st, now)
+
+    def tick(self, now: float | None = None) -> list[Event]:
+        """Mark streams that sent nothing for ``timeout_s`` as "no data"; return the events."""
+        now = time.time() if now is None else now
+        events: list[Event] = []
+        with self._lock:
+            for sid, st in self._streams.items():
+                if st.last_seen is not None and now - st.last_seen > self.config.timeout_s:
+                    # Infinite until data returns; the clean-signal countdown starts then.
+                    st.active[NO_DATA] = math.inf
+                    events += self._settle(sid, st, now)
+        return events
+
+    def healthy(self, stream: str) -> bool:
+        """True while the stream is OK (an unknown stream counts as healthy)."""
+        with self._lock:
+            st = self._streams.get(stream)
+            return st is None or st.state == OK
+
+    def state(self, stream: str) -> StreamHealth:
+        with self._lock:
+            st = self._streams.get(stream)
+            return StreamHealth(stream) if st is None else self._freeze(stream, st)
+
+    def states(self, streams: Iterable[str] | None = None) -> dict[str, StreamHealth]:
+        """Health of many streams in one lock hold."""
+        with self._lock:
+            ids = list(self._streams) if streams is None else list(streams)
+            return {
+                sid: (self._freeze(sid, self._streams[sid]) if sid in self._streams else StreamHealth(sid))
+                for sid in ids
+            }
+
+    @property
+    def streams(self) -> list[str]:
+        with self._lock:
+            return list(self._streams)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _restart_signal(self, st: _Stream, rate: float, channels: int) -> None:
+        st.sample_rate, st.channels = rate, channels
+        st.chunks.clear()
+        st.chunk_n = 0
+        st.blk_n = 0
+
+    def _check(self, st: _Stream, frame: Frame, x: np.ndarray) -> set[str]:
+        found: set[str] = set()
+        if st.last_seq is not None and frame.seq > st.last_seq + 1:
+            st.gaps += frame.seq - st.last_seq - 1
+            found.add(GAP)
+        st.last_seq = frame.seq
+        if frame.overflow > 0:
+            st.overflows += int(frame.overflow)
+            found.add(OVERFLOW)
+        n = x.shape[0]
+        if n == 0:
+            return found
+        x = x.astype(np.float64, copy=False)
+        finite = np.isfinite(x)
+        if not finite.all():
+            st.non_finite += int(x.size - np.count_nonzero(finite))
+            found.add(NON_FINITE)
+            # The level tests would be meaningless on this frame; restart them.
+            st.chunks.clear()
+            st.chunk_n = 0
+            st.blk_n = 0
+            return found
+        if self._flat(st, x):
+            found.add(FLAT)
+        if self._clipping(st, x):
+            found.add(CLIPPING)
+        return found
+
+    def _flat(self, st: _Stream, x: np.ndarray) -> bool:
+        n = x.shape[0]
+        mean = x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        span = max(2, int(round(self.config.flat_span_s * st.sample_rate)))
+        # Tiny frames are merged into buckets of ~1/8 span, so the deque stays short (<= ~9).
+        if st.chunks and st.chunks[-1][0] < span // 8:
+            st.chunks[-1] = _merge(st.chunks[-1], (n, mean, m2))
+        else:
+            st.chunks.append((n, mean, m2))
+        st.chunk_n += n
+        while len(st.chunks) > 1 and st.chunk_n - st.chunks[0][0] >= span:
+            st.chunk_n -= st.chunks.popleft()[0]
+        if st.chunk_n < span:
+            return False
+        total_n, _, pooled = _pool(st.chunks)
+        std = np.sqrt(pooled / total_n)
+        return bool(np.any(std < self.config.flat_std))
+
+    def _clipping(self, st: _Stream, x: np.ndarray) -> bool:
+        cfg = self.config
+        fmax, fmin = x.max(axis=0), x.min(axis=0)
+        at_max = np.count_nonzero(x == fmax, axis=0)
+        at_min = np.count_nonzero(x == fmin, axis=0)
+        full = (
+            np.count_nonzero(np.abs(x) >= cfg.full_scale, axis=0)
+            if cfg.full_scale is not None
+            else np.zeros(x.shape[1], dtype=np.int64)
+        )
+        st.clipped += int(full.sum())
+        if st.blk_n == 0 or st.blk_max is None:
+            st.blk_max, st.blk_min = fmax, fmin
+            st.blk_at_max, st.blk_at_min, st.blk_full = at_max, at_min, full
+        else:
+            # A new extreme restarts its count; an equal one adds to it.
+            st.blk_at_max = np.where(
+                fmax > st.blk_max, at_max, st.blk_at_max + np.where(fmax == st.blk_max, at_max, 0)
+            )
+            st.blk_at_min = np.where(
+                fmin < st.blk_min, at_min, st.blk_at_min + np.where(fmin == st.blk_min, at_min, 0)
+            )
+            st.blk_max = np.maximum(st.blk_max, fmax)
+            st.blk_min = np.minimum(st.blk_min, fmin)
+            st.blk_full = st.blk_full + full
+        st.blk_n += x.shape[0]
+        block = max(1, int(round(cfg.clip_span_s * st.sample_rate)))
+        if st.blk_n < block:
+            # Judge full-scale hits right away; the extreme-value test needs a whole block.
+            return bool(np.any(st.blk_full >= max(cfg.clip_min_samples, cfg.clip_fraction * st.blk_n)))
+        need = max(cfg.clip_min_samples, cfg.clip_fraction * st.blk_n)
+        moving = st.blk_max > st.blk_min  # a constant channel is a flat line, not clipping
+        at_rail = moving & ((st.blk_at_max >= need) | (st.blk_at_min >= need))
+        clipped = bool(np.any(at_rail | (st.blk_full >= need)))
+        st.blk_n = 0
+        return clipped
+
+    def _age(self, st: _Stream, n: int, found: set[str]) -> None:
+        for reason in list(st.active):
+            if reason in found:
+                continue
+            left = st.active[reason]
+            if reason == NO_DATA and math.isinf(left):
+                left = self.config.recovery_s * st.sample_rate  # data is back: start the countdown
+            left -= n
+            if left <= 0:
+                del st.active[reason]
+            else:
+                st.active[reason] = left
+
+    def _settle(self, sid: str, st: _Stream, now: float) -> list[Event]:
+        new = CHECK_SENSOR if st.active else OK
+        if new == st.state:
+            return []
+        event = Event(
+            type="health",
+            stream_id=sid,
+            time=now,
+            data={"from": st.state, "to": new, "reasons": sorted(st.active)},
+        )
+        st.state, st.since = new, now
+        return [event]
+
+    def _freeze(self, sid: str, st: _Stream) -> StreamHealth:
+        return StreamHealth(
+            stream_id=sid,
+            state=st.state,
+            reasons=tuple(sorted(st.active)),
+            since=st.since,
+            last_seen=st.last_seen,
+            frames=st.frames,
+            samples=st.samples,
+            gaps=st.gaps,
+            overflows=st.overflows,
+            non_finite=st.non_finite,
+            clipped=st.clipped,
+        )
+
+
+def _merge(
+    a: tuple[int, np.ndarray, np.ndarray], b: tuple[int, np.ndarray, np.ndarray]
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Combine (n, mean, M2) of two sample sets (Chan et al.), per channel."""
+    n = a[0] + b[0]
+    delta = b[1] - a[1]
+    mean = a[1] + delta * (b[0] / n)
+    return n, mean, a[2] + b[2] + delta**2 * (a[0] * b[0] / n)
+
+
+def _pool(chunks: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Combine many (n, mean, M2) at once: (total n, grand mean (ch,), M2 (ch,))."""
+    chunks = list(chunks)
+    ns = np.array([c[0] for c in chunks], dtype=np.float64)[:, None]
+    means = np.stack([c[1] for c in chunks])
+    m2s = np.stack([c[2] for c in chunks])
+    total = float(ns.sum())
+    grand = (ns * means).sum(axis=0) / total
+    return int(total), grand, m2s.sum(axis=0) + (ns * (means - grand) ** 2).sum(axis=0)

@@ -1,0 +1,533 @@
+"""The live terminal dashboard (rich): pure views of a Snapshot, and a thread that shows them.
+
+Integration::
+
+    dash = Dashboard(snapshot_fn, refresh_per_second=4, screen=True,
+                     on_ack=lambda: events.extend(decisions.acknowledge()))
+    dash.start()                      # own thread; never blocks the pipeline
+    while not dash.quit_event.is_set() and running:   # "q" sets quit_event
+        ...
+    dash.stop()                       # restores the terminal
+
+    print(render_once(snapshot, width=100))           # --once: one frame as plain text
+
+Views: ``render(snapshot, *, height, width, page, paused, show_help)`` builds the whole screen;
+each part (header, table, events, footer) is its own pure function of the snapshot. With more
+streams than fit ``height`` the table shows a summary of counts per level, the worst streams
+first, and pages (``n``/``b``, PgDn/PgUp). Keys: ``q`` quit, ``p`` pause the view, ``a``
+acknowledge latched alarms, ``?`` help.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from drsn_stream.monitor.snapshot import LEVELS, Snapshot, StreamRow
+from drsn_stream.sinks.keys import KeyReader
+from drsn_stream.types import Event
+
+LEVEL_STYLE = {"NORMAL": "green", "ALERT": "bold yellow", "DANGER": "bold white on red"}
+LABEL_STYLE = {"NORMAL": "green", "ALERT": "yellow", "DANGER": "bold red"}
+_SPARK = "▁▂▃▄▅▆▇█"
+_BAR = " ▏▎▍▌▋▊▉█"
+_WIDE = 130  # from this width on, every column shows in full
+_NARROW = 90  # below it, the less important columns go
+_EVENT_LINES = 6
+
+HELP = (
+    ("q", "quit"),
+    ("p", "pause / resume the view (the monitor keeps running)"),
+    ("a", "acknowledge latched alarms"),
+    ("n, PgDn", "next page of streams"),
+    ("b, PgUp", "previous page"),
+    ("?", "show / hide this help"),
+)
+LEGEND = (
+    "alarm: NORMAL / ALERT / DANGER and how long; * = latched, waiting for 'a'",
+    "label ?: the sensor needs checking, so no condition is claimed",
+    "noise: share of activations the DRSN shrinkage zeroed (higher = noisier input)",
+    "input: recent input level (RMS); lat: capture-to-label latency p50/p99 in ms",
+)
+
+
+# -- small formatters (pure) ------------------------------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 4m05s, 3h12m, 2d04h."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def sparkline(values: Sequence[float], width: int = 8) -> str:
+    """Unicode block sparkline of the last ``width`` values, scaled to their own range."""
+    vals = [v for v in values[-width:] if math.isfinite(v)]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        return _SPARK[3] * len(vals)
+    top = len(_SPARK) - 1
+    return "".join(_SPARK[int(round((v - lo) / (hi - lo) * top))] for v in vals)
+
+
+def bar(fraction: float, width: int = 5) -> str:
+    """A horizontal bar of ``width`` cells, in eighths."""
+    f = min(1.0, max(0.0, fraction if math.isfinite(fraction) else 0.0))
+    eighths = int(round(f * width * 8))
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (_BAR[part] if part else "")).ljust(width)
+
+
+def _ms(x: float) -> str:
+    if not math.isfinite(x):
+        return "-"
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
+
+
+def _num(x: float | None, fmt: str, unit: str = "") -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:{fmt}}{unit}"
+
+
+# -- widgets (pure functions of the snapshot) ------------------------------------------------
+
+
+def header(snapshot: Snapshot, *, paused: bool = False) -> Text:
+    """Two lines: model, device, readiness; sources and counts per level."""
+    h = snapshot.header
+    text = Text()
+    text.append(" drsn-stream ", style="bold reverse")
+    text.append(f" {h.model or 'no model'}", style="bold")
+    if h.labels:
+        text.append(f" · {len(h.labels)} labels")
+    if h.sample_rate:
+        text.append(f" · {h.sample_rate:g} Hz · window {h.window} · hop {h.hop}")
+    if h.device:
+        text.append(f" · {h.device}", style="cyan")
+    text.append("  ")
+    if h.ready:
+        text.append(" READY ", style="bold black on green")
+    else:
+        text.append(" WARMING UP ", style="bold black on yellow")
+    if h.status:
+        text.append(f" {h.status}", style="dim")
+    if paused:
+        text.append("  ")
+        text.append(" PAUSED (p resumes) ", style="bold black on cyan")
+    text.append("\n")
+    counts = snapshot.level_counts()
+    text.append(f" {len(snapshot.rows)} stream{'s' if len(snapshot.rows) != 1 else ''}: ")
+    for name in ("DANGER", "ALERT", "NORMAL"):
+        style = LABEL_STYLE[name] if counts[name] else "dim"
+        text.append(f"{counts[name]} {name}", style=style)
+        text.append(" · ")
+    text.append(
+        f"{counts['CHECK_SENSOR']} CHECK SENSOR", style="magenta" if counts["CHECK_SENSOR"] else "dim"
+    )
+    if h.sources:
+        text.append(f"   sources: {', '.join(h.sources)}", style="dim")
+    return text
+
+
+def _alarm_cell(row: StreamRow) -> Text:
+    text = Text(row.level, style=LEVEL_STYLE[row.level])
+    if row.latched and row.unacknowledged:
+        text.append("*", style="bold")
+    text.append(f" {format_duration(row.held_s)}", style="dim")
+    return text
+
+
+def _health_cell(row: StreamRow) -> Text:
+    if row.healthy:
+        return Text("OK", style="green")
+    return Text("CHECK " + ", ".join(row.health_reasons), style="bold magenta")
+
+
+def _top3_cell(row: StreamRow, *, full: bool) -> Text:
+    items = row.top3 if full else row.top3[1:2]
+    return Text(" ".join(f"{lab} {p * 100:.0f}%" for lab, p in items), style="dim")
+
+
+def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | None = None) -> Table:
+    """The stream table: one line per row; columns fit ``width`` (cells)."""
+    wide, narrow = width >= _WIDE, width < _NARROW
+    table = Table(
+        box=None,
+        padding=(0, 1),
+        pad_edge=False,
+        expand=False,
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        header_style="bold dim",
+    )
+    # The id, label and alarm must stay readable; the optional columns shrink first.
+    id_width = min(18 if wide else 12, max([len(r.stream_id) for r in rows] + [6]))
+    label_width = min(12 if wide else 10, max([len(r.label) for r in rows] + [5]))
+    table.add_column("stream", no_wrap=True, overflow="ellipsis", min_width=id_width, max_width=id_width)
+    table.add_column("label", no_wrap=True, overflow="ellipsis", min_width=label_width, max_width=label_width)
+    table.add_column("conf", no_wrap=True, min_width=9)
+    if not narrow:
+        table.add_column(
+            "top-3" if wide else "2nd", no_wrap=True, overflow="ellipsis", max_width=40 if wide else 13
+        )
+    table.add_column("alarm", no_wrap=True, min_width=10)
+    if not narrow:
+        table.add_column("noise", no_wrap=True, justify="right", min_width=5)
+        table.add_column("input", no_wrap=True, min_width=6)
+    table.add_column("health", no_wrap=True, overflow="ellipsis", min_width=5, max_width=24 if wide else 13)
+    if not narrow:
+        table.add_column("lat ms", no_wrap=True, justify="right", min_width=6)
+    table.add_column("drops", no_wrap=True, justify="right", min_width=5)
+    for row in rows:
+        label = Text(row.label, style=LABEL_STYLE[row.level] if row.label != "?" else "dim magenta")
+        conf = Text(bar(row.confidence), style=LABEL_STYLE[row.level])
+        conf.append(f"{row.confidence * 100:3.0f}%")
+        cells: list[RenderableType] = [Text(row.stream_id), label, conf]
+        if not narrow:
+            cells.append(_top3_cell(row, full=wide))
+        cells.append(_alarm_cell(row))
+        if not narrow:
+            cells.append(Text(f"{row.noise_index:.2f}", style="dim"))
+            cells.append(Text(sparkline(row.levels, 8 if wide else 6), style="cyan"))
+        cells.append(_health_cell(row))
+        if not narrow:
+            cells.append(Text(f"{_ms(row.latency_p50_ms)}/{_ms(row.latency_p99_ms)}"))
+        cells.append(Text(str(row.drops), style="red" if row.drops else "dim"))
+        table.add_row(*cells)
+    return table
+
+
+def event_line(event: Event) -> Text:
+    """One line of the events pane."""
+    text = Text(time.strftime("%H:%M:%S", time.localtime(event.time)) + " ", style="dim")
+    d = event.data
+    if event.type == "alarm":
+        to = str(d.get("to", "?"))
+        text.append("ALARM  ", style=LABEL_STYLE.get(to, "bold"))
+        text.append(f"{event.stream_id}  {d.get('from', '?')} → ")
+        text.append(to, style=LABEL_STYLE.get(to, "bold"))
+        conf = d.get("confidence")
+        text.append(f"  {d.get('label', '')}")
+        if isinstance(conf, (int, float)):
+            text.append(f" {conf * 100:.0f}%")
+        if d.get("acknowledged"):
+            text.append("  (acknowledged)", style="dim")
+    elif event.type == "health":
+        to = str(d.get("to", "?"))
+        text.append("HEALTH ", style="magenta" if to != "OK" else "green")
+        text.append(f"{event.stream_id}  {d.get('from', '?')} → {to}")
+        reasons = d.get("reasons") or []
+        if reasons:
+            text.append(f"  ({', '.join(map(str, reasons))})")
+    elif event.type == "detection":
+        text.append("HEARD  ", style="bold cyan")
+        text.append(f"{event.stream_id}  {d.get('label', d.get('text', '?'))}")
+        conf = d.get("confidence")
+        if isinstance(conf, (int, float)):
+            text.append(f" {conf * 100:.0f}%")
+    else:
+        text.append(f"{event.type.upper():<6} ", style="dim")
+        text.append(f"{event.stream_id}  " + " ".join(f"{k}={v}" for k, v in d.items()))
+    return text
+
+
+def events_pane(events: Sequence[Event], *, lines: int = _EVENT_LINES) -> Group:
+    """The last ``lines`` events, newest last."""
+    shown = list(events)[-lines:] if lines > 0 else []
+    body: list[RenderableType] = [Text("events", style="bold")]
+    if not shown:
+        body.append(Text(" none yet", style="dim"))
+    body += [event_line(e) for e in shown]
+    return Group(*body)
+
+
+def transcript_line(transcript: Sequence[str], *, width: int = 100) -> Text:
+    """Recent speech detections on one line, the newest at the right end."""
+    text = Text("heard: ", style="bold cyan")
+    words = " ".join(transcript)
+    room = max(10, width - 8)
+    if len(words) > room:
+        words = "…" + words[-(room - 1) :]
+    text.append(words)
+    return text
+
+
+def footer(snapshot: Snapshot, *, page: int = 0, pages: int = 1) -> Text:
+    """Engine and process figures, then the keys."""
+    f = snapshot.footer
+    text = Text(" ")
+    text.append(f"{f.windows_per_s:.1f} windows/s · batch {f.avg_batch:.1f} · queue {f.queue_depth} · ")
+    text.append(f"dropped {f.dropped}", style="red" if f.dropped else "")
+    text.append(" · ")
+    text.append(f"malformed {f.malformed}", style="red" if f.malformed else "")
+    text.append(f" · CPU {_num(f.cpu_percent, '.0f', '%')} · RSS {_num(f.rss_mb, '.0f', ' MB')}")
+    if f.gpu_percent is not None or f.gpu_mem_mb is not None:
+        text.append(f" · GPU {_num(f.gpu_percent, '.0f', '%')} {_num(f.gpu_mem_mb, '.0f', ' MB')}")
+    text.append("\n ")
+    keys = "q quit · p pause · a acknowledge · ? help"
+    if pages > 1:
+        keys += f" · n/b page {page + 1}/{pages}"
+    text.append(keys, style="dim")
+    latched = sum(1 for r in snapshot.rows if r.latched and r.unacknowledged)
+    if latched:
+        text.append(
+            f"   {latched} latched alarm{'s' if latched != 1 else ''}: press a to acknowledge",
+            style="bold yellow",
+        )
+    return text
+
+
+def help_panel() -> Panel:
+    table = Table(box=None, show_header=False, padding=(0, 1))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, what in HELP:
+        table.add_row(key, what)
+    legend = Group(*(Text(line, style="dim") for line in LEGEND))
+    return Panel(Group(table, Text(""), legend), title="help (? closes)", title_align="left")
+
+
+def page_rows(rows: Sequence[StreamRow], *, per_page: int, page: int) -> tuple[list[StreamRow], int, int]:
+    """Rows for one page, worst first; returns (rows, page actually shown, page count)."""
+    per_page = max(1, per_page)
+    ordered = sorted(rows, key=lambda r: -r.severity)  # stable: id order within a severity
+    pages = max(1, math.ceil(len(ordered) / per_page))
+    page = page % pages
+    return ordered[page * per_page : (page + 1) * per_page], page, pages
+
+
+def render(
+    snapshot: Snapshot,
+    *,
+    height: int | None = None,
+    width: int = 100,
+    page: int = 0,
+    paused: bool = False,
+    show_help: bool = False,
+) -> RenderableType:
+    """The whole screen for ``snapshot``, fitted to ``height`` lines (all rows when None).
+
+    When the rows do not fit, they are sorted worst first (DANGER, ALERT, CHECK SENSOR, NORMAL)
+    and paged; ``page`` wraps around.
+    """
+    rows = snapshot.rows
+    transcript = 1 if snapshot.transcript else 0
+    event_lines = min(_EVENT_LINES, max(1, len(snapshot.events)))
+    fixed = 2 + 1 + 1 + transcript + (1 + event_lines) + 2  # header, title, column heads, ..., footer
+    if show_help:
+        fixed += len(HELP) + len(LEGEND) + 3 - (1 + event_lines)
+    pages, shown_page = 1, 0
+    if height is None or len(rows) <= height - fixed:
+        shown = list(rows)
+        title = f"streams ({len(rows)})"
+    else:
+        # Events give up lines first; the table keeps at least 3 rows.
+        spare = height - fixed
+        if not show_help and spare < 3 and event_lines > 1:
+            cut = min(event_lines - 1, 3 - spare)
+            event_lines -= cut
+            spare += cut
+        per_page = max(3, spare)
+        shown, shown_page, pages = page_rows(rows, per_page=per_page, page=page)
+        first = shown_page * per_page + 1
+        title = (
+            f"streams {first}-{first + len(shown) - 1} of {len(rows)}, worst first"
+            f" · page {shown_page + 1}/{pages} (n next, b back)"
+        )
+    parts: list[RenderableType] = [
+        header(snapshot, paused=paused),
+        stream_table(shown, width=width, title=title),
+    ]
+    if snapshot.transcript:
+        parts.append(transcript_line(snapshot.transcript, width=width))
+    parts.append(help_panel() if show_help else events_pane(snapshot.events, lines=event_lines))
+    parts.append(footer(snapshot, page=shown_page, pages=pages))
+    return Group(*parts)
+
+
+def render_once(snapshot: Snapshot, *, width: int = 100, height: int | None = None) -> str:
+    """One frame as plain text (``--once`` and tests); all rows unless ``height`` is given."""
+    buf = io.StringIO()
+    console = Console(width=width, file=buf, force_terminal=False, color_system=None, legacy_windows=False)
+    console.print(render(snapshot, height=height, width=width))
+    return buf.getvalue()
+
+
+class Dashboard:
+    """Shows ``snapshot_fn()`` with rich.live.Live from its own thread, and reads keys.
+
+    Args:
+        snapshot_fn: returns the current Snapshot; called from the dashboard thread, so it
+            must be thread-safe (``build_snapshot`` over the live parts is).
+        refresh_per_second: screen updates per second (default 4).
+        screen: use the alternate screen (full-screen; the shell comes back untouched on exit).
+        console: where to draw (a new Console on stdout when None).
+        on_ack: called (in the dashboard thread) when ``a`` is pressed.
+        quit_event: set when ``q`` is pressed; the pipeline watches it (a new one when None).
+        keys: read keys from stdin when it is a terminal.
+    """
+
+    def __init__(
+        self,
+        snapshot_fn: Callable[[], Snapshot],
+        *,
+        refresh_per_second: float = 4.0,
+        screen: bool = False,
+        console: Console | None = None,
+        on_ack: Callable[[], object] | None = None,
+        quit_event: threading.Event | None = None,
+        keys: bool = True,
+    ) -> None:
+        if not refresh_per_second > 0:
+            raise ValueError(f"refresh_per_second must be > 0, not {refresh_per_second!r}")
+        self.snapshot_fn = snapshot_fn
+        self.interval = 1.0 / refresh_per_second
+        self.screen = screen
+        self.console = console if console is not None else Console()
+        self.on_ack = on_ack
+        self.quit_event = quit_event if quit_event is not None else threading.Event()
+        self.keys = keys
+        self.page = 0
+        self.paused = False
+        self.show_help = False
+        self.frames = 0  # screens drawn, for tests and diagnostics
+        self.error = ""  # the last snapshot/ack failure, shown on screen
+        self._snapshot: Snapshot | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Dashboard:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="drsn-dashboard", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Dashboard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def handle_key(self, key: str) -> None:
+        """Apply one key press (also usable without a terminal)."""
+        if key in ("q", "Q"):
+            self.quit_event.set()
+            self._stop.set()
+        elif key in ("p", "P", " "):
+            self.paused = not self.paused
+        elif key in ("a", "A"):
+            if self.on_ack is not None:
+                try:
+                    self.on_ack()
+                except Exception as exc:  # noqa: BLE001 - a failing callback must not kill the view
+                    self.error = f"acknowledge failed: {exc}"
+        elif key == "?":
+            self.show_help = not self.show_help
+        elif key in ("n", "pgdn", "down"):
+            self.page += 1
+        elif key in ("b", "pgup", "up"):
+            self.page -= 1
+        elif key == "home":
+            self.page = 0
+
+    def screen_renderable(self) -> RenderableType:
+        """What the next refresh draws, from the latest snapshot taken."""
+        if self._snapshot is None:
+            return Text("drsn-stream: waiting for the first snapshot…", style="dim")
+        size = self.console.size
+        body = render(
+            self._snapshot,
+            height=max(10, size.height - 1),
+            width=size.width,
+            page=self.page,
+            paused=self.paused,
+            show_help=self.show_help,
+        )
+        if self.error:
+            return Group(body, Text(self.error, style="bold red"))
+        return body
+
+    def _take_snapshot(self) -> None:
+        try:
+            self._snapshot = self.snapshot_fn()
+            self.error = ""
+        except Exception as exc:  # noqa: BLE001 - keep showing the last good screen
+            self.error = f"snapshot failed: {type(exc).__name__}: {exc}"
+
+    def _run(self) -> None:
+        with (
+            KeyReader(enabled=self.keys) as reader,
+            Live(
+                console=self.console,
+                screen=self.screen,
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+                vertical_overflow="crop",
+            ) as live,
+        ):
+            next_draw = 0.0
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_draw:
+                    if not self.paused or self._snapshot is None:
+                        self._take_snapshot()
+                    live.update(self.screen_renderable(), refresh=True)
+                    self.frames += 1
+                    next_draw = now + self.interval
+                wait = max(0.0, next_draw - time.monotonic())
+                if reader.active:
+                    pressed = reader.read(timeout=wait)
+                    for key in pressed:
+                        self.handle_key(key)
+                    if pressed and not self._stop.is_set():
+                        live.update(self.screen_renderable(), refresh=True)  # keys answer at once
+                else:
+                    self._stop.wait(wait)
+
+
+__all__ = [
+    "LEVELS",
+    "Dashboard",
+    "bar",
+    "event_line",
+    "events_pane",
+    "footer",
+    "format_duration",
+    "header",
+    "help_panel",
+    "page_rows",
+    "render",
+    "render_once",
+    "sparkline",
+    "stream_table",
+    "transcript_line",
+]
