@@ -65,14 +65,18 @@ class HealthConfig:
         full_scale: the converter's full scale (signal units); samples with ``|x| >= full_scale``
             count as clipped. None: only the "same extreme value" test.
         recovery_s: seconds of clean signal before a reason clears.
+
+    The spans are short on purpose: the model's windows are ~0.1-1 s, and a dead or clipping
+    sensor must be flagged before the alarm logic's set delay could turn its windows into an
+    alarm. A flat line of 0.1 s at ``flat_std`` = 1e-6 does not happen on a live sensor.
     """
 
     timeout_s: float = 2.0
     flat_std: float = 1e-6
-    flat_span_s: float = 1.0
+    flat_span_s: float = 0.1
     clip_fraction: float = 0.01
     clip_min_samples: int = 8
-    clip_span_s: float = 0.5
+    clip_span_s: float = 0.25
     full_scale: float | None = None
     recovery_s: float = 2.0
 

@@ -1,0 +1,245 @@
+"""The alarm state machine: smoothing, set/clear delays, hysteresis, escalation, latching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
+from drsn_stream.types import Prediction
+
+BEARING = [
+    "normal",
+    "ball_007",
+    "ball_014",
+    "ball_021",
+    "inner_007",
+    "inner_014",
+    "inner_021",
+    "outer_007",
+    "outer_014",
+    "outer_021",
+]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pred(label: str, conf: float, t: float, *, stream: str = "m0", labels: list[str] = BEARING) -> Prediction:
+    """A prediction with ``conf`` on ``label`` and the rest spread evenly."""
+    probs = np.full(len(labels), (1.0 - conf) / (len(labels) - 1), dtype=np.float32)
+    probs[labels.index(label)] = conf
+    return Prediction(stream, int(t), t, probs, label, conf, 0.3, 12.0, level=0.5)
+
+
+def feed(engine: DecisionEngine, seq: list[tuple[str, float]], *, t0: float = 0.0, healthy: bool = True):
+    """Feed (label, conf) pairs one second apart; return [(t, level, events)]."""
+    out = []
+    for i, (label, conf) in enumerate(seq):
+        t = t0 + i
+        events = engine.update(pred(label, conf, t), healthy=healthy)
+        out.append((t, engine.state("m0").level, events))
+    return out
+
+
+def raw(**kw) -> DecisionConfig:
+    """Bearing defaults without smoothing, so each test sees the state machine alone."""
+    base = dict(smoothing="ema", ema_alpha=1.0, danger_after_s=None, danger_confidence=None)
+    base.update(kw)
+    return DecisionConfig.for_labels(BEARING, **base)
+
+
+def test_set_delay_raises_alert_on_the_nth_consecutive_fault_window():
+    engine = DecisionEngine(BEARING, raw(set_windows=3))
+    steps = feed(engine, [("inner_007", 0.9)] * 2 + [("normal", 0.9)] + [("inner_007", 0.9)] * 3)
+    levels = [lv for _, lv, _ in steps]
+    # Two fault windows then a normal one restart the count; the third of the next run raises.
+    assert levels == [Level.NORMAL] * 5 + [Level.ALERT]
+    events = steps[-1][2]
+    assert len(events) == 1
+    ev = events[0]
+    assert ev.type == "alarm" and ev.stream_id == "m0" and ev.time == 5.0
+    assert ev.data == {
+        "from": "NORMAL",
+        "to": "ALERT",
+        "label": "inner_007",
+        "confidence": pytest.approx(0.9),
+    }
+
+
+def test_clear_delay_needs_n_consecutive_normal_windows():
+    engine = DecisionEngine(BEARING, raw(set_windows=1, clear_windows=4))
+    steps = feed(
+        engine, [("ball_014", 0.9)] + [("normal", 0.9)] * 3 + [("ball_014", 0.9)] + [("normal", 0.9)] * 4
+    )
+    levels = [lv.name for _, lv, _ in steps]
+    assert levels == ["ALERT"] * 8 + ["NORMAL"]
+    cleared = steps[-1][2][0]
+    assert (
+        cleared.data["from"] == "ALERT"
+        and cleared.data["to"] == "NORMAL"
+        and cleared.data["label"] == "normal"
+    )
+
+
+def test_hysteresis_enter_and_leave_thresholds():
+    engine = DecisionEngine(
+        BEARING, raw(set_windows=2, clear_windows=2, enter_confidence=0.7, leave_confidence=0.4)
+    )
+    # 0.55 is below "enter": a fault this unsure never raises the alarm.
+    assert all(lv == Level.NORMAL for _, lv, _ in feed(engine, [("outer_014", 0.55)] * 6))
+    feed(engine, [("outer_014", 0.8)] * 2, t0=10)
+    assert engine.state("m0").level == Level.ALERT
+    # Between leave and enter the alarm holds...
+    assert all(lv == Level.ALERT for _, lv, _ in feed(engine, [("outer_014", 0.5)] * 6, t0=20))
+    # ...and below leave it clears after the clear delay.
+    steps = feed(engine, [("outer_014", 0.35)] * 2, t0=30)
+    assert [lv for _, lv, _ in steps] == [Level.ALERT, Level.NORMAL]
+
+
+def test_danger_from_confidence_and_from_duration():
+    engine = DecisionEngine(BEARING, raw(set_windows=2, danger_confidence=0.97))
+    steps = feed(engine, [("inner_021", 0.99)] * 2)
+    assert steps[-1][1] == Level.DANGER  # a rise settles on the level the whole streak supports
+
+    engine = DecisionEngine(BEARING, raw(set_windows=2, danger_after_s=10.0))
+    steps = feed(engine, [("inner_021", 0.8)] * 16)
+    names = [lv.name for _, lv, _ in steps]
+    assert names[1] == "ALERT"  # alarm episode starts at t=1
+    # DANGER once the episode has lasted 10 s (t=11), after the set delay (t=12).
+    assert names.index("DANGER") == 12
+    changes = [e.data["to"] for _, _, evs in steps for e in evs]
+    assert changes == ["ALERT", "DANGER"]
+
+
+def test_latching_holds_until_acknowledged():
+    engine = DecisionEngine(BEARING, raw(set_windows=1, clear_windows=2, latching=True))
+    feed(engine, [("ball_007", 0.9)])
+    steps = feed(engine, [("normal", 0.95)] * 5, t0=1)
+    assert all(lv == Level.ALERT for _, lv, _ in steps)
+    state = engine.state("m0")
+    assert state.latched and state.unacknowledged and state.label == "normal"
+    events = engine.acknowledge()
+    assert [(e.data["from"], e.data["to"], e.data["acknowledged"]) for e in events] == [
+        ("ALERT", "NORMAL", True)
+    ]
+    assert engine.state("m0").level == Level.NORMAL and not engine.state("m0").latched
+
+
+def test_acknowledged_active_alarm_clears_by_itself_and_new_danger_latches_again():
+    engine = DecisionEngine(
+        BEARING, raw(set_windows=1, clear_windows=1, latching=True, danger_labels=("*_021",))
+    )
+    feed(engine, [("ball_007", 0.9)])
+    assert engine.acknowledge("m0") == []  # still active: nothing to clear yet
+    assert not engine.state("m0").unacknowledged
+    feed(engine, [("ball_021", 0.9)], t0=1)  # worse: needs its own acknowledgement
+    assert engine.state("m0").level == Level.DANGER
+    feed(engine, [("ball_007", 0.9)], t0=2)
+    assert engine.state("m0").level == Level.DANGER and engine.state("m0").latched
+    assert [e.data["to"] for e in engine.acknowledge()] == ["ALERT"]
+    feed(engine, [("normal", 0.9)], t0=3)
+    assert engine.state("m0").level == Level.NORMAL
+
+
+def test_acknowledge_one_stream_leaves_the_others_latched():
+    engine = DecisionEngine(BEARING, raw(set_windows=1, clear_windows=1, latching=True))
+    for sid in ("a", "b"):
+        engine.update(pred("inner_014", 0.9, 0.0, stream=sid))
+        engine.update(pred("normal", 0.9, 1.0, stream=sid))
+    assert [e.stream_id for e in engine.acknowledge("a")] == ["a"]
+    assert engine.state("a").level == Level.NORMAL and engine.state("b").level == Level.ALERT
+    assert engine.level_counts() == {"NORMAL": 1, "ALERT": 1, "DANGER": 0}
+
+
+def test_unhealthy_sensor_is_never_confident_and_raises_nothing():
+    engine = DecisionEngine(BEARING, raw(set_windows=1))
+    steps = feed(engine, [("inner_021", 0.99)] * 5, healthy=False)
+    assert all(lv == Level.NORMAL and not evs for _, lv, evs in steps)
+    state = engine.state("m0")
+    assert state.label == "?" and state.confidence == 0.0 and state.top3 == () and not state.healthy
+    # Non-finite scores (e.g. from NaN input) are no evidence either.
+    bad = pred("inner_021", 0.99, 10.0)
+    bad.probs[:] = np.nan
+    assert engine.update(bad) == [] and engine.state("m0").label == "?"
+
+
+def test_alarm_held_while_sensor_is_unhealthy_and_history_restarts():
+    engine = DecisionEngine(
+        BEARING, DecisionConfig.for_labels(BEARING, set_windows=1, clear_windows=1, window_count=3)
+    )
+    feed(engine, [("outer_007", 0.95)] * 3)
+    assert engine.state("m0").level == Level.ALERT
+    feed(engine, [("normal", 0.95)] * 3, t0=3, healthy=False)
+    assert engine.state("m0").level == Level.ALERT  # a dead sensor does not clear an alarm
+    # After recovery the vote starts from the new windows only, not the pre-fault history.
+    feed(engine, [("normal", 0.95)], t0=6)
+    assert engine.state("m0").label == "normal" and engine.state("m0").level == Level.NORMAL
+
+
+def test_majority_vote_ignores_a_single_outlier_window():
+    engine = DecisionEngine(BEARING, DecisionConfig.for_labels(BEARING, window_count=5, set_windows=1))
+    feed(engine, [("normal", 0.9)] * 4 + [("ball_021", 0.99)] + [("normal", 0.9)])
+    state = engine.state("m0")
+    assert state.label == "normal" and state.level == Level.NORMAL
+    assert state.top3[0][0] == "normal" and state.top3[1][0] == "ball_021"
+    assert state.confidence == pytest.approx((0.9 * 4 + 0.01 / 9) / 5, abs=1e-6)
+
+
+def test_ema_smoothing_follows_a_lasting_change():
+    engine = DecisionEngine(BEARING, DecisionConfig.for_labels(BEARING, smoothing="ema", ema_alpha=0.5))
+    feed(engine, [("normal", 0.9)] * 3)
+    feed(engine, [("inner_007", 0.9)], t0=3)
+    assert engine.state("m0").label == "normal"  # one window is not enough...
+    feed(engine, [("inner_007", 0.9)] * 2, t0=4)
+    assert engine.state("m0").label == "inner_007"  # ...three are
+
+
+def test_speech_labels_have_no_alarms_by_default():
+    labels = [str(d) for d in range(10)] + ["_silence", "_noise"]
+    config = DecisionConfig.for_labels(labels)
+    assert not config.has_alarms
+    engine = DecisionEngine(labels, config)
+    for i in range(10):
+        assert engine.update(pred("7", 0.99, float(i), labels=labels)) == []
+    assert engine.state("m0").label == "7" and engine.state("m0").level == Level.NORMAL
+
+
+def test_bearing_defaults_alert_on_every_fault_label():
+    engine = DecisionEngine(BEARING)
+    assert engine.level_of("normal") == Level.NORMAL
+    assert all(engine.level_of(lab) == Level.ALERT for lab in BEARING[1:])
+
+
+def test_config_file_loads_and_bad_keys_say_what_is_valid(tmp_path):
+    config = DecisionConfig.from_toml(ROOT / "configs" / "alarms-bearing.toml")
+    engine = DecisionEngine(BEARING, config)
+    assert engine.level_of("outer_021") == Level.DANGER and engine.level_of("ball_007") == Level.ALERT
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[decision]\nset_window = 3\n")
+    with pytest.raises(ConfigError, match="unknown key.*set_window.*valid keys.*set_windows"):
+        DecisionConfig.from_toml(bad)
+    with pytest.raises(ConfigError, match="leave_confidence <= enter_confidence"):
+        DecisionConfig(enter_confidence=0.3, leave_confidence=0.5)
+
+
+def test_wrong_number_of_scores_is_a_clear_error():
+    engine = DecisionEngine(BEARING)
+    p = Prediction("m0", 0, 0.0, np.ones(4, dtype=np.float32) / 4, "normal", 0.25, 0.0, 1.0)
+    with pytest.raises(ConfigError, match="4 scores but .* 10 labels"):
+        engine.update(p)
+
+
+def test_state_carries_latency_levels_and_noise():
+    engine = DecisionEngine(BEARING)
+    for i in range(20):
+        p = pred("normal", 0.9, float(i))
+        p.latency_ms = float(i + 1)
+        p.level = float(i)
+        engine.update(p)
+    state = engine.state("m0")
+    assert state.windows == 20 and engine.windows_total == 20
+    assert state.latency_p50_ms == pytest.approx(10.5) and state.latency_p99_ms > 19
+    assert state.levels[-1] == 19.0 and state.noise_index == pytest.approx(0.3)
+    assert engine.latency.read().count == 20
