@@ -155,10 +155,22 @@ def _alarm_cell(row: StreamRow) -> Text:
     return text
 
 
-def _health_cell(row: StreamRow) -> Text:
+# Short forms of the health reasons for table cells (the events pane keeps the full words).
+_SHORT_REASON = {
+    "flat line": "flat",
+    "clipping": "clip",
+    "NaN/Inf samples": "NaN",
+    "sequence gap": "gap",
+    "input overflow": "overflow",
+    "no data": "no data",
+}
+
+
+def _health_cell(row: StreamRow, *, full: bool) -> Text:
     if row.healthy:
         return Text("OK", style="green")
-    return Text("CHECK " + ", ".join(row.health_reasons), style="bold magenta")
+    reasons = row.health_reasons if full else [_SHORT_REASON.get(r, r) for r in row.health_reasons]
+    return Text("CHECK " + ",".join(reasons), style="bold magenta")
 
 
 def _top3_cell(row: StreamRow, *, full: bool) -> Text:
@@ -208,7 +220,7 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
         if not narrow:
             cells.append(Text(f"{row.noise_index:.2f}", style="dim"))
             cells.append(Text(sparkline(row.levels, 8 if wide else 6), style="cyan"))
-        cells.append(_health_cell(row))
+        cells.append(_health_cell(row, full=wide))
         if not narrow:
             cells.append(Text(f"{_ms(row.latency_p50_ms)}/{_ms(row.latency_p99_ms)}"))
         cells.append(Text(str(row.drops), style="red" if row.drops else "dim"))
