@@ -19,12 +19,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from drsn_stream.errors import ArtifactError
 
 META_KEY = "drsn_stream/metadata.json"
+VALIDATION_KEY = "drsn_stream/validation.npz"
 FORMAT = "drsn-stream-artifact"
 FORMAT_VERSION = 1
 _BUILTIN_PACKAGE = "drsn_stream.artifacts"
@@ -78,9 +80,17 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
     return _script(model)
 
 
-def save_artifact(model: nn.Module, path: str | Path, meta: ArtifactMeta | dict[str, Any]) -> Path:
+def save_artifact(
+    model: nn.Module,
+    path: str | Path,
+    meta: ArtifactMeta | dict[str, Any],
+    *,
+    validation: np.ndarray | None = None,
+) -> Path:
     """Scripts ``model`` (in eval mode) and writes it with its metadata to ``path``.
 
+    ``validation``: optional (m, window) normalized windows from the validation split; the GPU
+    runner checks fp16 against fp32 on them before it uses half precision. Stored as float16.
     Returns the path written. Raises ArtifactError if the metadata is incomplete.
     """
     if isinstance(meta, ArtifactMeta):
@@ -99,7 +109,12 @@ def save_artifact(model: nn.Module, path: str | Path, meta: ArtifactMeta | dict[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(d, indent=1, sort_keys=True)})
+    extra = {META_KEY: json.dumps(d, indent=1, sort_keys=True)}
+    if validation is not None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, windows=np.asarray(validation, dtype=np.float16))
+        extra[VALIDATION_KEY] = buf.getvalue()
+    torch.jit.save(scripted, str(tmp), _extra_files=extra)
     tmp.replace(path)
     return path
 
@@ -226,3 +241,17 @@ def load_artifact(
                 f"names {meta.num_classes} labels; re-export it"
             )
     return module, meta
+
+
+def load_validation(path_or_name: str | Path) -> np.ndarray | None:
+    """The artifact's validation windows (m, window) float32, or None when it carries none."""
+    path = resolve_artifact(path_or_name)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("/extra/" + VALIDATION_KEY)]
+            if not names:
+                return None
+            with np.load(io.BytesIO(zf.read(names[0]))) as z:
+                return z["windows"].astype(np.float32)
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError):
+        return None

@@ -8,8 +8,6 @@ decimates (average pool, kernel 1, stride 2) and zero-pads new channels.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import Tensor, nn
 
@@ -164,7 +162,7 @@ class RSBU(nn.Module):
         """r before soft thresholding."""
         return self.conv2(self.act2(self.bn2(self.conv1(self.act1(self.bn1(x))))))
 
-    def forward_with_stats(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward_with_stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (out, tau, zeroed_share (batch,)). tau is empty without shrinkage."""
         shortcut = self.shortcut(x)
         r = self.residual(x)

@@ -9,7 +9,7 @@ activations the shrinkage units set to zero, averaged over units (0 without shri
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Tuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -107,7 +107,7 @@ class DRSN(nn.Module):
             return self.in_norm(self.frontend(x))
         return x.unsqueeze(1)
 
-    def forward_taus(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    def forward_taus(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
         """Like forward, plus every unit's thresholds (for tests of the paper's invariants)."""
         h = self.stem(self.features_in(x))
         zeroed = torch.zeros(x.shape[0], dtype=h.dtype, device=h.device)
@@ -122,7 +122,7 @@ class DRSN(nn.Module):
         noise_index = zeroed / float(self.n_units) if self.has_shrink else zeroed
         return logits, noise_index, h, taus
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: (batch, samples) normalized windows -> (logits (batch, classes), noise_index (batch,))."""
         logits, noise_index, _, _ = self.forward_taus(x)
         return logits, noise_index

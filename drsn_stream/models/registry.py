@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.networks import DRSN, NetConfig

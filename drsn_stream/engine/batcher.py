@@ -1,0 +1,127 @@
+"""A micro-batcher across all streams.
+
+Windows from every stream go into one bounded queue. A batch leaves when it is full
+(``max_batch``) or when its oldest window has waited ``max_wait_ms``. Windows whose capture is
+older than ``stale_ms`` when a batch is cut are dropped and counted per stream: live data keeps the
+newest, it never queues the past. When the queue is full the oldest window is dropped (counted).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+
+from drsn_stream.types import Window
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        *,
+        max_batch: int = 256,
+        max_wait_ms: float = 10.0,
+        stale_ms: float = 2000.0,
+        capacity: int = 8192,
+        block_when_full: bool = False,
+        clock=time.time,
+    ) -> None:
+        """
+        Args:
+            max_batch: most windows in one batch.
+            max_wait_ms: longest a window waits for its batch to fill, ms.
+            stale_ms: windows whose last sample was captured longer ago than this are dropped, ms
+                (0 disables; replaying files as fast as possible uses 0).
+            capacity: queue bound; overflow drops the oldest window.
+            block_when_full: instead of dropping, make ``put`` wait for room (replaying files as
+                fast as possible: every window counts, nothing is live).
+            clock: wall-clock source (seconds), the same clock as Window.t_ready.
+        """
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.stale = stale_ms / 1000.0
+        self.capacity = capacity
+        self.block_when_full = block_when_full
+        self._clock = clock
+        self._q: deque[Window] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped_stale: Counter[str] = Counter()
+        self.dropped_overflow: Counter[str] = Counter()
+        self.accepted = 0
+
+    def put(self, window: Window) -> None:
+        """Adds one window (from any thread); never blocks unless ``block_when_full``."""
+        with self._cond:
+            while self.block_when_full and len(self._q) >= self.capacity and not self._closed:
+                self._cond.wait(0.05)
+            if len(self._q) >= self.capacity:
+                old = self._q.popleft()
+                self.dropped_overflow[old.stream_id] += 1
+            self._q.append(window)
+            self.accepted += 1
+            if len(self._q) >= self.max_batch or len(self._q) == 1:
+                self._cond.notify()
+
+    def put_many(self, windows: list[Window]) -> None:
+        for w in windows:
+            self.put(w)
+
+    def close(self) -> None:
+        """Wakes the consumer; next_batch then drains what is left and returns []."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def depth(self) -> int:
+        return len(self._q)
+
+    def dropped_total(self) -> int:
+        return sum(self.dropped_stale.values()) + sum(self.dropped_overflow.values())
+
+    def next_batch(self, timeout: float = 0.5) -> list[Window]:
+        """Blocks until a batch is due (full, or oldest waited max_wait) or ``timeout`` passes.
+
+        Returns [] on timeout, or when closed and empty.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._drop_stale()
+                n = len(self._q)
+                if n >= self.max_batch or (n and self._closed):
+                    return self._take()
+                if n:
+                    waited = self._clock() - self._q[0].t_ready
+                    remaining = self.max_wait - waited
+                    if remaining <= 0:
+                        return self._take()
+                    wait = min(remaining, deadline - time.monotonic())
+                else:
+                    if self._closed:
+                        return []
+                    wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return []
+                self._cond.wait(wait)
+
+    def _take(self) -> list[Window]:
+        n = min(self.max_batch, len(self._q))
+        batch = [self._q.popleft() for _ in range(n)]
+        if self.block_when_full:
+            self._cond.notify_all()
+        return batch
+
+    def _drop_stale(self) -> None:
+        if self.stale <= 0 or not self._q:
+            return
+        limit = self._clock() - self.stale
+        while self._q and self._q[0].t_last < limit:
+            old = self._q.popleft()
+            self.dropped_stale[old.stream_id] += 1

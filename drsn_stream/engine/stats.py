@@ -1,0 +1,81 @@
+"""Engine statistics: per-stream latency percentiles, throughput, batch-size histogram."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+
+import numpy as np
+
+
+class EngineStats:
+    """Thread-safe counters the engine writes and sinks read.
+
+    Latency is from the capture of a window's last sample to its result, ms. Per stream the last
+    ``history`` latencies are kept for percentiles; throughput is over the last few seconds.
+    """
+
+    def __init__(self, *, history: int = 512, rate_span_s: float = 5.0) -> None:
+        self._lock = threading.Lock()
+        self._lat: dict[str, deque[float]] = {}
+        self._all: deque[float] = deque(maxlen=8192)
+        self._history = history
+        self._done: deque[tuple[float, int]] = deque()
+        self._span = rate_span_s
+        self.batch_sizes: Counter[int] = Counter()
+        self.windows = 0
+        self.batches = 0
+        self.infer_s = 0.0
+        self.started = time.time()
+
+    def record_batch(self, latencies_ms: dict[str, list[float]], batch_size: int, infer_s: float) -> None:
+        now = time.time()
+        with self._lock:
+            for sid, vals in latencies_ms.items():
+                q = self._lat.get(sid)
+                if q is None:
+                    q = self._lat[sid] = deque(maxlen=self._history)
+                q.extend(vals)
+                self._all.extend(vals)
+            self.batch_sizes[batch_size] += 1
+            self.windows += batch_size
+            self.batches += 1
+            self.infer_s += infer_s
+            self._done.append((now, batch_size))
+            while self._done and self._done[0][0] < now - self._span:
+                self._done.popleft()
+
+    def windows_per_s(self) -> float:
+        with self._lock:
+            if not self._done:
+                return 0.0
+            now = time.time()
+            span = min(self._span, max(now - self.started, 1e-3))
+            return sum(n for _, n in self._done) / span
+
+    def avg_batch(self) -> float:
+        return self.windows / self.batches if self.batches else 0.0
+
+    def percentiles(self, stream: str | None = None, qs: tuple[float, ...] = (50, 95, 99)) -> tuple[float, ...]:
+        """Latency percentiles in ms for one stream (or all); NaN when nothing was measured yet."""
+        with self._lock:
+            vals = list(self._all if stream is None else self._lat.get(stream, ()))
+        if not vals:
+            return tuple(float("nan") for _ in qs)
+        return tuple(float(v) for v in np.percentile(np.asarray(vals), qs))
+
+    def to_json(self) -> dict:
+        p50, p95, p99 = self.percentiles()
+        return {
+            "windows": self.windows,
+            "batches": self.batches,
+            "windows_per_s": round(self.windows_per_s(), 1),
+            "avg_batch": round(self.avg_batch(), 2),
+            "latency_ms": {"p50": _r(p50), "p95": _r(p95), "p99": _r(p99)},
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
+
+
+def _r(x: float) -> float | None:
+    return None if x != x else round(x, 3)

@@ -1,0 +1,148 @@
+"""``drsn-stream [run]``: the live monitor's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from drsn_stream.config import check_keys, read_toml
+from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.decision import DecisionConfig
+from drsn_stream.monitor.health import HealthConfig
+from drsn_stream.monitor.pipeline import Pipeline, RunConfig, print_line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--source", "-s", action="append", metavar="SPEC",
+      help="KIND[:TARGET][?key=value&...]: sim (default), sim:bearing?machines=8&noise=pink&snr=0, sim:speech, "
+           "file:PATH, zmq://HOST:PORT, zmq+bind://HOST:PORT, zmq+pull://HOST:PORT, mic, mic:DEVICE?rate=48000. "
+           "Repeat for several sources at once.")
+    a("--model", "-m", help="built-in model name or path of an exported .pt (default: bearing-cwru, or digits-fsdd "
+                            "for mic and sim:speech)")
+    a("--config", "-c", help="TOML run configuration (see configs/); flags override it")
+    a("--duration", type=float, help="stop after this many seconds")
+    a("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
+    a("--headless", action="store_true", help="no dashboard: one readable line per decision on stdout")
+    a("--jsonl", metavar="FILE|-", help="write JSON lines (predictions, alarms, health, detections, stats)")
+    a("--publish", metavar="tcp://HOST:PORT", help="publish the same objects on a ZeroMQ PUB socket")
+    a("--once", action="store_true", help="print one dashboard snapshot after a short warm-up and exit")
+    a("--fast", action="store_true", help="replay files as fast as possible (no pacing, no stale drops)")
+    a("--hop", type=int, help="override the model's hop (samples at the model's rate)")
+    a("--max-batch", type=int, help="largest micro-batch (default 256)")
+    a("--max-wait-ms", type=float, help="longest a window waits for its batch (default 20 ms)")
+    a("--stale-ms", type=float, help="drop windows older than this (default 2000 ms)")
+    a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
+    a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
+    a("--capture", metavar="DIR", help="write raw samples around each alarm (WAV + JSON) into DIR")
+    a("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    a("--refresh", type=float, default=None, help="dashboard refreshes per second (default 4)")
+    a("--latch", action="store_true", help="alarms stay latched until acknowledged with `a`")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    table: dict[str, Any] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    if args.config:
+        doc = read_toml(args.config)
+        table = check_keys(doc.get("run", {}), RunConfig, f"{args.config} [run]")
+        for name, cls in (("decision", DecisionConfig), ("health", HealthConfig)):
+            if name in doc:
+                extra[name] = check_keys(doc[name], cls, f"{args.config} [{name}]")
+        if "detector" in doc:
+            extra["detector"] = dict(doc["detector"])
+        if "sources" in table:
+            table["sources"] = tuple(table["sources"])
+    flags = {
+        "sources": tuple(args.source) if args.source else None,
+        "model": args.model,
+        "duration": args.duration,
+        "device": args.device,
+        "fast": True if args.fast else None,
+        "hop": args.hop,
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "stale_ms": args.stale_ms,
+        "fp16": args.fp16,
+        "threads": args.threads,
+        "capture_dir": args.capture,
+    }
+    table.update({k: v for k, v in flags.items() if v is not None})
+    if args.latch:
+        extra.setdefault("decision", {})["latching"] = True
+    cfg = RunConfig(**table, **extra)
+    if not cfg.sources:
+        raise ConfigError("no source given; try --source sim")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    sinks: list[Any] = []
+    interactive = sys.stdout.isatty() and not args.headless and args.jsonl != "-"
+    if args.jsonl:
+        from drsn_stream.sinks.jsonl import JsonlSink
+
+        sinks.append(JsonlSink(args.jsonl))
+    if args.publish:
+        from drsn_stream.sinks.jsonl import ZmqResultSink
+
+        sinks.append(ZmqResultSink(args.publish))
+    on_line = print_line if args.headless else None
+    pipe = Pipeline(cfg, sinks=sinks, on_line=on_line)
+    metrics = None
+    if args.metrics_port:
+        from drsn_stream.sinks.metrics import MetricsServer
+
+        metrics = MetricsServer(pipe.snapshot, port=args.metrics_port).start()
+    if args.once:
+        return _once(pipe, cfg)
+    dashboard = None
+    if interactive or (not args.headless and not args.jsonl and not args.publish):
+        from drsn_stream.sinks.dashboard import Dashboard
+
+        dashboard = Dashboard(
+            pipe.snapshot,
+            refresh_per_second=args.refresh or 4.0,
+            on_ack=pipe.acknowledge,
+            quit_event=pipe.quit,
+            keys=sys.stdin.isatty(),
+            screen=False,
+        )
+        dashboard.start()
+    try:
+        pipe.start()
+        pipe.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+        pipe.stop()
+        if metrics is not None:
+            metrics.stop()
+    print(pipe.summary(), file=sys.stderr if args.jsonl == "-" else sys.stdout, flush=True)
+    return 1 if pipe.errors and pipe.stats.windows == 0 else 0
+
+
+def _once(pipe: Pipeline, cfg: RunConfig) -> int:
+    from drsn_stream.sinks.dashboard import render_once
+
+    pipe.start()
+    try:
+        pipe.wait(duration=cfg.duration if cfg.duration is not None else 4.0)
+    except KeyboardInterrupt:
+        pass
+    snap = pipe.snapshot()
+    pipe.stop()
+    print(render_once(snap, width=_width()))
+    return 0
+
+
+def _width() -> int:
+    import shutil
+
+    return max(80, shutil.get_terminal_size((100, 40)).columns)
+
+

@@ -1,0 +1,420 @@
+"""Assembles the live monitor: sources -> DSP -> batcher -> runner -> decisions -> sinks.
+
+Threads (data flows one way; stages are joined by bounded queues with counted overflow):
+
+- one ingest thread per source: Frames -> sensor health, event capture, per-stream DSP ->
+  windows into the micro-batcher;
+- the engine thread: batcher -> runner -> Predictions into the output queue;
+- the output thread: decisions (smoothing, alarms), word detection, sinks (JSON lines, ZeroMQ
+  result feed, headless lines), event capture triggers;
+- the dashboard thread (rich), which only reads snapshots;
+- the caller's thread: waits for the end (duration, `q`, Ctrl-C, or all sources finished),
+  then stops everything in order and drains the queues.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drsn_stream.dsp import StreamDSP
+from drsn_stream.engine.batcher import MicroBatcher
+from drsn_stream.engine.engine import InferenceLoop
+from drsn_stream.engine.runner import Runner
+from drsn_stream.engine.stats import EngineStats
+from drsn_stream.errors import DrsnStreamError
+from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation
+from drsn_stream.monitor.capture import CaptureConfig, EventCapture
+from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
+from drsn_stream.monitor.health import HealthConfig, HealthMonitor
+from drsn_stream.monitor.snapshot import EventLog, Footer, Header, ResourceMeter, Snapshot, build_snapshot
+from drsn_stream.sources import make_source
+from drsn_stream.types import Event, Frame, Prediction
+
+SPEECH_MODEL = "digits-fsdd"
+BEARING_MODEL = "bearing-cwru"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run of the monitor needs (CLI flags and TOML files fill it)."""
+
+    sources: tuple[str, ...] = ("sim",)
+    model: str | None = None
+    device: str = "auto"
+    max_batch: int = 256
+    max_wait_ms: float = 20.0
+    stale_ms: float = 2000.0
+    queue_capacity: int = 8192
+    hop: int | None = None
+    fast: bool = False
+    duration: float | None = None
+    fp16: str = "auto"
+    cuda_graphs: bool = True
+    threads: int | None = None
+    capture_dir: str | None = None
+    capture_pre_s: float = 5.0
+    capture_post_s: float = 5.0
+    stats_every_s: float = 5.0
+    decision: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)
+    detector: dict[str, Any] = field(default_factory=dict)
+
+
+def default_model(sources: tuple[str, ...]) -> str:
+    """Speech sources (mic, sim:speech) get the digits model; everything else the bearing model."""
+    for spec in sources:
+        head = spec.partition("?")[0].lower()
+        if head.startswith("mic") or head.startswith("sim:speech"):
+            return SPEECH_MODEL
+    return BEARING_MODEL
+
+
+class Pipeline:
+    """One live monitor. ``start()``, then ``wait()``; ``stop()`` from anywhere ends it cleanly."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        sinks: list[Any] | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        """
+        Args:
+            config: the run's settings.
+            sinks: objects with ``write(dict)`` and ``close()`` (JSON lines, ZeroMQ results).
+            on_line: called with one readable line per decision (``--headless``).
+        """
+        self.config = config
+        self.model_name = config.model or default_model(config.sources)
+        module, meta = load_artifact(self.model_name)
+        self.meta: ArtifactMeta = meta
+        self.labels = list(meta.labels)
+        self.sinks = list(sinks or [])
+        self.on_line = on_line
+        self.runner = Runner(
+            module,
+            window=meta.window,
+            device=config.device,
+            max_batch=config.max_batch,
+            fp16=config.fp16,
+            cuda_graphs=config.cuda_graphs,
+            threads=config.threads,
+            validation=load_validation(self.model_name) if config.fp16 != "off" else None,
+        )
+        self.batcher = MicroBatcher(
+            max_batch=config.max_batch,
+            max_wait_ms=config.max_wait_ms,
+            stale_ms=0.0 if config.fast else config.stale_ms,
+            capacity=config.queue_capacity,
+            block_when_full=config.fast,
+        )
+        self.stats = EngineStats()
+        self.engine = InferenceLoop(
+            self.batcher, self.runner, self.labels, self._on_predictions, stats=self.stats,
+            latency_from_ready=config.fast,
+        )
+        dcfg = DecisionConfig.for_labels(self.labels, **config.decision)
+        self.decisions = DecisionEngine(self.labels, dcfg)
+        self.health = HealthMonitor(HealthConfig(**config.health))
+        self.detector = None
+        if any(not lb.startswith("_") for lb in self.labels) and any(lb.startswith("_") for lb in self.labels):
+            from drsn_stream.speech.detector import WordDetector
+
+            self.detector = WordDetector(self.labels, **config.detector)
+        self.capture = (
+            EventCapture(config.capture_dir, CaptureConfig(pre_s=config.capture_pre_s, post_s=config.capture_post_s))
+            if config.capture_dir
+            else None
+        )
+        self.events = EventLog(maxlen=200)
+        self.transcript: list[str] = []
+        self.usage = ResourceMeter()
+        self.sources = [make_source(spec, **({"fast": True} if config.fast else {})) for spec in config.sources]
+        self._dsp: dict[str, StreamDSP] = {}
+        self._ingest_lock = threading.Lock()
+        self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
+        self.dropped_output = 0
+        self.label_counts: dict[str, Counter[str]] = {}
+        self.errors: list[str] = []
+        self.quit = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sources_done = 0
+        self._started = 0.0
+        self._status = "warming up"
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> Pipeline:
+        self._started = time.time()
+        self.runner.warmup()
+        self._status = "ready"
+        out = threading.Thread(target=self._output_loop, name="drsn-output", daemon=True)
+        out.start()
+        self._threads.append(out)
+        self.engine.start()
+        for src in self.sources:
+            t = threading.Thread(target=self._ingest, args=(src,), name=f"drsn-ingest-{type(src).__name__}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def wait(self, duration: float | None = None) -> None:
+        """Blocks until the duration passes, ``quit`` is set, or every source has ended."""
+        duration = self.config.duration if duration is None else duration
+        end = None if duration is None else time.time() + duration
+        next_stats = time.time() + self.config.stats_every_s
+        while not self.quit.is_set():
+            if end is not None and time.time() >= end:
+                break
+            if self._sources_done >= len(self.sources):
+                break
+            if self.engine.error is not None:
+                self.errors.append(f"engine stopped: {self.engine.error!r}")
+                break
+            self.quit.wait(0.05)
+            events = self.health.tick(time.time())
+            if events:
+                self._emit_events(events)
+            if self.capture is not None:
+                self.capture.poll()
+            if time.time() >= next_stats:
+                next_stats += self.config.stats_every_s
+                self._emit({"type": "stats", "time": time.time(), **self.stats_json()})
+
+    def stop(self) -> None:
+        """Closes sources, drains the queues and the engine, closes sinks. Idempotent."""
+        self.quit.set()
+        for src in self.sources:
+            src.close()
+        for t in self._threads[1:]:
+            t.join(timeout=5.0)
+        self.batcher.close()
+        self.engine.join(timeout=30.0)
+        self._out.put(None)
+        self._threads[0].join(timeout=10.0) if self._threads else None
+        if self.capture is not None:
+            self.capture.close()
+        self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
+        for s in self.sinks:
+            s.close()
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.wait()
+        finally:
+            self.stop()
+
+    # ------------------------------------------------------------------ ingest
+    def _ingest(self, source: Any) -> None:
+        try:
+            with source:
+                for frame in source:
+                    self._ingest_frame(frame)
+                    if self.quit.is_set():
+                        break
+        except DrsnStreamError as exc:
+            self.errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - one broken source must not take the monitor down
+            self.errors.append(f"source {type(source).__name__} failed: {exc!r}")
+        finally:
+            self._sources_done += 1
+
+    def _ingest_frame(self, frame: Frame) -> None:
+        with self._ingest_lock:
+            events = self.health.push(frame)
+            if self.capture is not None:
+                self.capture.push(frame)
+            dsp = self._dsp.get(frame.stream_id)
+            if dsp is None:
+                dsp = self._dsp[frame.stream_id] = StreamDSP(self.meta, hop=self.config.hop)
+        if events:
+            self._emit_events(events)
+        windows = dsp.push(frame)
+        if windows:
+            now = time.time()
+            for w in windows:
+                w.t_ready = now
+            self.batcher.put_many(windows)
+
+    # ------------------------------------------------------------------ results
+    def _on_predictions(self, preds: list[Prediction]) -> None:
+        try:
+            self._out.put_nowait(preds)
+        except queue.Full:
+            self.dropped_output += len(preds)
+
+    def _output_loop(self) -> None:
+        while True:
+            preds = self._out.get()
+            if preds is None:
+                return
+            try:
+                self._handle(preds)
+            except Exception as exc:  # noqa: BLE001 - a sink failure is shown, not fatal
+                self.errors.append(f"output: {exc!r}")
+
+    def _handle(self, preds: list[Prediction]) -> None:
+        for p in preds:
+            healthy = self.health.healthy(p.stream_id)
+            events = self.decisions.update(p, healthy=healthy)
+            counts = self.label_counts.get(p.stream_id)
+            if counts is None:
+                counts = self.label_counts[p.stream_id] = Counter()
+            counts[p.label] += 1
+            obj = p.to_json()
+            self._emit(obj)
+            if self.on_line is not None:
+                self.on_line(self._line(p))
+            if self.detector is not None and healthy:
+                dets = self.detector.update(p.stream_id, p.t_last, p.probs)
+                for d in dets:
+                    self.transcript.append(str(d.data.get("label")))
+                events = events + dets
+            if events:
+                self._emit_events(events)
+
+    def _emit_events(self, events: list[Event]) -> None:
+        self.events.extend(events)
+        for e in events:
+            if self.capture is not None:
+                self.capture.on_event(e)
+            self._emit(e.to_json())
+            if self.on_line is not None and e.type != "prediction":
+                self.on_line(_event_line(e))
+
+    def _emit(self, obj: dict[str, Any]) -> None:
+        for s in self.sinks:
+            s.write(obj)
+
+    def _line(self, p: Prediction) -> str:
+        st = self.decisions.state(p.stream_id)
+        return (
+            f"{time.strftime('%H:%M:%S', time.localtime(p.t_last))} {p.stream_id:<14} {p.label:<10} "
+            f"{p.confidence:5.2f}  smoothed {st.label}/{st.level.name:<6} noise {p.noise_index:4.2f} "
+            f"latency {p.latency_ms:7.1f} ms"
+        )
+
+    # ------------------------------------------------------------------ views
+    def acknowledge(self) -> None:
+        self._emit_events(self.decisions.acknowledge())
+
+    def malformed_total(self) -> int:
+        total = 0
+        for src in self.sources:
+            snap = src.stats.snapshot()
+            total += sum(snap.get("malformed", {}).values())
+        return total
+
+    def drops(self) -> dict[str, int]:
+        d: Counter[str] = Counter()
+        d.update(self.batcher.dropped_stale)
+        d.update(self.batcher.dropped_overflow)
+        return dict(d)
+
+    def snapshot(self) -> Snapshot:
+        header = Header(
+            sources=tuple(self.config.sources),
+            model=self.meta.name,
+            labels=tuple(self.labels),
+            sample_rate=float(self.meta.sample_rate),
+            window=self.meta.window,
+            hop=self.config.hop or self.meta.hop,
+            device=self.runner.device_name,
+            ready=self.runner.ready.is_set(),
+            status=self._status if not self.errors else f"{self._status} - {self.errors[-1]}",
+        )
+        footer = Footer(
+            windows_per_s=self.stats.windows_per_s(),
+            avg_batch=self.stats.avg_batch(),
+            queue_depth=self.batcher.depth(),
+            dropped=self.batcher.dropped_total() + self.dropped_output,
+            malformed=self.malformed_total(),
+            windows_total=self.stats.windows,
+            **self.usage.read(),
+        )
+        return build_snapshot(
+            header=header,
+            decisions=self.decisions,
+            health=self.health,
+            footer=footer,
+            events=self.events,
+            transcript=tuple(self.transcript[-40:]),
+            drops=self.drops(),
+        )
+
+    def stats_json(self) -> dict[str, Any]:
+        sources = {}
+        for src, spec in zip(self.sources, self.config.sources):
+            sources[spec] = src.stats.snapshot()
+        nonfinite = {sid: d.nonfinite for sid, d in self._dsp.items() if d.nonfinite}
+        return {
+            "engine": self.stats.to_json(),
+            "device": self.runner.device_name,
+            "dropped": {"stale": dict(self.batcher.dropped_stale), "overflow": dict(self.batcher.dropped_overflow),
+                        "output": self.dropped_output},
+            "malformed": self.malformed_total(),
+            "sources": _jsonable(sources),
+            "nonfinite_samples": nonfinite,
+            "errors": list(self.errors),
+        }
+
+    def summary(self) -> str:
+        """A short, readable end-of-run summary."""
+        e = self.stats.to_json()
+        lat = e["latency_ms"]
+        lines = [
+            f"drsn-stream: {e['windows']} windows in {time.time() - self._started:.1f} s on {self.runner.device_name}; "
+            f"avg batch {e['avg_batch']}; latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms",
+            f"dropped {self.batcher.dropped_total() + self.dropped_output}, malformed {self.malformed_total()}",
+        ]
+        for sid in sorted(self.label_counts):
+            c = self.label_counts[sid]
+            n = sum(c.values())
+            top = ", ".join(f"{lb} {k / n:.0%}" for lb, k in c.most_common(3))
+            lines.append(f"  {sid}: {n} windows; {top}")
+        if self.transcript:
+            lines.append("  transcript: " + " ".join(self.transcript))
+        for err in self.errors:
+            lines.append(f"  error: {err}")
+        return "\n".join(lines)
+
+
+def _event_line(e: Event) -> str:
+    d = e.data
+    when = time.strftime("%H:%M:%S", time.localtime(e.time))
+    if e.type == "alarm":
+        return f"{when} {e.stream_id:<14} ALARM {d.get('from')} -> {d.get('to')} ({d.get('label')} {d.get('confidence', 0):.2f})"
+    if e.type == "health":
+        return f"{when} {e.stream_id:<14} HEALTH {d.get('from')} -> {d.get('to')} {', '.join(d.get('reasons', ()))}"
+    if e.type == "detection":
+        return f"{when} {e.stream_id:<14} DETECTED {d.get('label')} ({d.get('confidence', 0):.2f})"
+    return f"{when} {e.stream_id:<14} {e.type} {d}"
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (set, tuple, list)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
+
+
+def print_line(line: str) -> None:
+    try:
+        print(line, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+__all__ = ["Pipeline", "RunConfig", "default_model", "print_line"]

@@ -1,0 +1,130 @@
+"""JSON-lines log and the ZeroMQ result feed: one object per result, the same objects in both.
+
+Objects carry ``type``: "prediction" (each window), "alarm", "health", "detection", "stats".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from drsn_stream.errors import ConfigError
+
+RESULT_VERSION = 1
+
+
+class JsonlSink:
+    """Writes one JSON object per line to a file or stdout ("-"); flushes every ``flush_every``."""
+
+    def __init__(self, target: str | Path, *, flush_every: int = 1) -> None:
+        self.target = str(target)
+        self._own = self.target != "-"
+        if self._own:
+            try:
+                Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+                self._f: IO[str] = open(self.target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise ConfigError(f"--jsonl {self.target}: cannot open for writing ({exc.strerror})") from None
+        else:
+            self._f = sys.stdout
+        self.flush_every = max(1, flush_every)
+        self._n = 0
+        self._lock = threading.Lock()
+        self.errors = 0
+
+    def write(self, obj: dict[str, Any]) -> None:
+        line = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_default)
+        with self._lock:
+            try:
+                self._f.write(line + "\n")
+                self._n += 1
+                if self._n % self.flush_every == 0:
+                    self._f.flush()
+            except (OSError, ValueError):  # a closed pipe (| head) must not stop the monitor
+                self.errors += 1
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._f.flush()
+            except (OSError, ValueError):
+                pass
+            if self._own:
+                self._f.close()
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, float):
+        return None
+    return str(o)
+
+
+def clean_json(obj: dict[str, Any]) -> dict[str, Any]:
+    """Replaces NaN/Inf floats with None so every line is strict JSON."""
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            out[k] = None
+        elif isinstance(v, dict):
+            out[k] = clean_json(v)
+        else:
+            out[k] = v
+    return out
+
+
+class ZmqResultSink:
+    """Publishes results on a PUB socket: multipart [topic, JSON header, JSON payload].
+
+    The topic is ``<type>/<stream>`` (subscribe to "alarm/" for alarms only, "" for everything);
+    the header is ``{"v": 1, "type": ..., "stream": ..., "encoding": "json"}``; the payload is the
+    same object the JSON-lines log gets. Binds (default host 127.0.0.1); PUB never blocks.
+    """
+
+    def __init__(self, address: str) -> None:
+        import zmq
+
+        self.address = _bind_address(address)
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.LINGER, 200)
+        self._sock.setsockopt(zmq.SNDHWM, 10000)
+        try:
+            self._sock.bind(self.address)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            raise ConfigError(f"--publish {address}: cannot bind ({exc}); pick a free port") from None
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.errors = 0
+
+    def write(self, obj: dict[str, Any]) -> None:
+        import zmq
+
+        topic = f"{obj.get('type', 'result')}/{obj.get('stream', '')}".encode()
+        header = json.dumps({"v": RESULT_VERSION, "type": obj.get("type"), "stream": obj.get("stream"),
+                             "encoding": "json"}).encode()
+        payload = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_default).encode()
+        with self._lock:
+            try:
+                self._sock.send_multipart([topic, header, payload], flags=zmq.NOBLOCK)
+                self.sent += 1
+            except zmq.ZMQError:
+                self.errors += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._sock.close()
+
+
+def _bind_address(address: str) -> str:
+    if "://" not in address:
+        address = "tcp://" + address
+    scheme, _, rest = address.partition("://")
+    if scheme == "tcp" and rest.startswith(":"):
+        rest = "127.0.0.1" + rest
+    return f"{scheme}://{rest}"
