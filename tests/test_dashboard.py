@@ -277,6 +277,51 @@ def test_key_reader_on_a_real_terminal_restores_it():
         os.close(slave)
 
 
+def test_live_dashboard_on_a_terminal_pages_and_quits_with_keys():
+    termios = pytest.importorskip("termios")
+    plant = Plant(60, faults={7: "outer_007"})
+    plant.step()
+    master, slave = os.openpty()
+    screen = bytearray()
+
+    def drain() -> None:  # the terminal's reader: keeps the pty from filling up
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    before = termios.tcgetattr(slave)
+    out = os.fdopen(os.dup(slave), "w", encoding="utf-8")
+    console = Console(file=out, force_terminal=True, width=100, height=24, color_system="standard")
+    dash = Dashboard(plant.snapshot, console=console, input_fd=slave, refresh_per_second=20).start()
+    try:
+        deadline = time.monotonic() + 10
+        while dash.frames < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.write(master, b"n")
+        while dash.page != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert dash.page == 1
+        os.write(master, b"q")
+        assert dash.quit_event.wait(5)
+        dash.stop()
+        assert not dash.running
+        assert termios.tcgetattr(slave) == before  # cbreak undone on exit
+    finally:
+        dash.stop()
+        out.close()
+        os.close(slave)
+        os.close(master)
+    text = screen.decode("utf-8", errors="replace")
+    assert "outer_007" in text and "page 2/" in text
+
+
 def test_key_reader_is_inactive_without_a_terminal():
     r, w = os.pipe()
     try:

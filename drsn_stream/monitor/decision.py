@@ -239,7 +239,10 @@ class StreamDecision:
 class _Stream:
     """Mutable per-stream state (private; guarded by the engine's lock)."""
 
-    history: deque[np.ndarray]
+    history: deque[tuple[np.ndarray, int]]  # (probs, argmax) of the last k healthy windows
+    psum: np.ndarray | None = None
+    votes: list[int] = field(default_factory=list)
+    best: int = 0
     ema: np.ndarray | None = None
     label: str = UNKNOWN_LABEL
     confidence: float = 0.0
@@ -303,7 +306,7 @@ class DecisionEngine:
             prediction: a window's scores; ``probs`` has shape (len(labels),).
             healthy: the sensor-health state of the stream (``HealthMonitor.healthy``).
         """
-        probs = np.asarray(prediction.probs, dtype=np.float64).reshape(-1)
+        probs = np.array(prediction.probs, dtype=np.float64).reshape(-1)  # a copy: the history keeps it
         if probs.shape[0] != len(self.labels):
             raise ConfigError(
                 f"prediction for {prediction.stream_id} has {probs.shape[0]} scores but the decision "
@@ -332,7 +335,7 @@ class DecisionEngine:
                 )
             if st.since is None:
                 st.since = t
-            if not healthy or not np.all(np.isfinite(probs)):
+            if not healthy or not math.isfinite(float(probs.sum())):
                 self._unknown(st)
                 return []
             st.healthy = True
@@ -343,6 +346,7 @@ class DecisionEngine:
         # No evidence either way: keep the level, forget the history, restart the debounce.
         st.healthy = False
         st.history.clear()
+        st.psum = None
         st.ema = None
         st.probs = None
         st.label = UNKNOWN_LABEL
@@ -354,22 +358,36 @@ class DecisionEngine:
         if cfg.smoothing == "ema":
             st.ema = probs.copy() if st.ema is None else (1 - cfg.ema_alpha) * st.ema + cfg.ema_alpha * probs
             smoothed = st.ema
-            best = int(np.argmax(smoothed))
+            best = int(smoothed.argmax())
         else:
-            st.history.append(probs)
-            stack = np.stack(st.history)  # (k, classes)
-            smoothed = stack.mean(axis=0)
-            votes = np.bincount(stack.argmax(axis=1), minlength=len(self.labels))
-            tied = np.flatnonzero(votes == votes.max())
-            best = int(tied[np.argmax(smoothed[tied])])
+            # Running sum and vote counts over the last k windows: O(classes) per window.
+            vote = int(probs.argmax())
+            if st.psum is None or not st.history:
+                st.psum = np.zeros(len(self.labels))
+                st.votes = [0] * len(self.labels)
+            if len(st.history) == st.history.maxlen:
+                old_probs, old_vote = st.history[0]
+                st.psum -= old_probs
+                st.votes[old_vote] -= 1
+            st.history.append((probs, vote))
+            st.votes[vote] += 1
+            if st.windows % 1024 == 0:
+                st.psum = np.sum([h[0] for h in st.history], axis=0)  # shed rounding drift
+            else:
+                st.psum += probs
+            smoothed = st.psum / len(st.history)
+            top = max(st.votes)
+            tied = [i for i, c in enumerate(st.votes) if c == top]
+            best = tied[0] if len(tied) == 1 else max(tied, key=lambda i: smoothed[i])
         st.probs = smoothed
+        st.best = best
         st.label = self.labels[best]
         st.confidence = float(smoothed[best])
 
     def _supported(self, st: _Stream, t: float) -> Level:
         """The level this window supports (before debouncing)."""
         cfg = self.config
-        level = Level(int(self._label_level[self.labels.index(st.label)]))
+        level = Level(int(self._label_level[st.best]))
         if level == Level.NORMAL:
             return level
         threshold = cfg.enter_confidence if level > st.cond else cfg.leave_confidence
@@ -464,18 +482,15 @@ class DecisionEngine:
 
     def state(self, stream: str) -> StreamDecision:
         """The stream's decision now; an unknown stream gives the empty NORMAL state."""
-        with self._lock:
-            st = self._streams.get(stream)
-            return StreamDecision(stream_id=stream) if st is None else self._freeze(stream, st)
+        return self.states([stream])[stream]
 
     def states(self, streams: Iterable[str] | None = None) -> dict[str, StreamDecision]:
-        """Decisions of many streams in one lock hold (for snapshots of hundreds of streams)."""
+        """Decisions of many streams; the lock is held only to copy the raw state, so a snapshot
+        of hundreds of streams does not stall ``update`` in the pipeline thread."""
         with self._lock:
             ids = list(self._streams) if streams is None else list(streams)
-            return {
-                sid: (self._freeze(sid, self._streams[sid]) if sid in self._streams else StreamDecision(sid))
-                for sid in ids
-            }
+            raw = {sid: self._raw(self._streams[sid]) for sid in ids if sid in self._streams}
+        return {sid: (self._freeze(sid, *raw[sid]) if sid in raw else StreamDecision(sid)) for sid in ids}
 
     def level_counts(self) -> dict[str, int]:
         """Streams per shown level, e.g. {"NORMAL": 180, "ALERT": 15, "DANGER": 5}."""
@@ -485,31 +500,47 @@ class DecisionEngine:
                 counts[st.shown.name] += 1
             return counts
 
-    def _freeze(self, stream_id: str, st: _Stream) -> StreamDecision:
-        top3: tuple[tuple[str, float], ...] = ()
-        if st.probs is not None:
-            order = np.argsort(-st.probs, kind="stable")[:3]
-            top3 = tuple((self.labels[i], float(st.probs[i])) for i in order)
-        lat = st.latency[: min(st.latency_n, _LATENCY_KEEP)]
-        p50, p99 = np.percentile(lat, [50, 99]) if lat.size else (math.nan, math.nan)
+    @staticmethod
+    def _raw(st: _Stream) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray]:
         held = 0.0
         if st.since is not None and st.last_time is not None:
             held = max(0.0, st.last_time - st.since)
+        fields_ = {
+            "label": st.label,
+            "confidence": st.confidence,
+            "level": st.shown,
+            "since": st.since,
+            "held_s": held,
+            "noise_index": st.noise,
+            "latched": st.shown > st.cond,
+            "unacknowledged": st.peak > Level.NORMAL,
+            "healthy": st.healthy,
+            "windows": st.windows,
+            "last_time": st.last_time,
+            "levels": tuple(st.levels),
+        }
+        # st.probs is replaced, never written in place, so a reference is a safe copy.
+        return fields_, st.probs, st.latency[: min(st.latency_n, _LATENCY_KEEP)].copy()
+
+    def _freeze(
+        self, stream_id: str, fields_: dict[str, Any], probs: np.ndarray | None, latency: np.ndarray
+    ) -> StreamDecision:
+        top3: tuple[tuple[str, float], ...] = ()
+        if probs is not None:
+            order = np.argsort(-probs, kind="stable")[:3]
+            top3 = tuple((self.labels[i], float(probs[i])) for i in order)
+        p50 = p99 = math.nan
+        if latency.size:
+            ordered = np.sort(latency)
+            p50, p99 = _quantile(ordered, 0.50), _quantile(ordered, 0.99)
         return StreamDecision(
-            stream_id=stream_id,
-            label=st.label,
-            confidence=st.confidence,
-            level=st.shown,
-            since=st.since,
-            held_s=held,
-            top3=top3,
-            noise_index=st.noise,
-            latched=st.shown > st.cond,
-            unacknowledged=st.peak > Level.NORMAL,
-            healthy=st.healthy,
-            windows=st.windows,
-            last_time=st.last_time,
-            levels=tuple(st.levels),
-            latency_p50_ms=float(p50),
-            latency_p99_ms=float(p99),
+            stream_id=stream_id, top3=top3, latency_p50_ms=p50, latency_p99_ms=p99, **fields_
         )
+
+
+def _quantile(ordered: np.ndarray, q: float) -> float:
+    """Linear-interpolated quantile of sorted values (numpy's default method), without its overhead."""
+    pos = q * (ordered.size - 1)
+    i = int(pos)
+    j = min(i + 1, ordered.size - 1)
+    return float(ordered[i] + (ordered[j] - ordered[i]) * (pos - i))

@@ -261,77 +261,87 @@ class HealthMonitor:
         n = x.shape[0]
         if n == 0:
             return found
-        x = x.astype(np.float64, copy=False)
-        finite = np.isfinite(x)
-        if not finite.all():
-            st.non_finite += int(x.size - np.count_nonzero(finite))
-            found.add(NON_FINITE)
-            # The level tests would be meaningless on this frame; restart them.
-            st.chunks.clear()
-            st.chunk_n = 0
-            st.blk_n = 0
-            return found
-        if self._flat(st, x):
+        # One float64 sum per channel serves the NaN/Inf test and the flat test's mean.
+        s1 = x.sum(axis=0, dtype=np.float64)
+        if not np.isfinite(s1).all():
+            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+            if bad:
+                st.non_finite += bad
+                found.add(NON_FINITE)
+                # The level tests would be meaningless on this frame; restart them.
+                st.chunks.clear()
+                st.chunk_n = 0
+                st.blk_n = 0
+                return found
+            x = x.astype(np.float64)  # finite, but too large for a float32 sum
+            s1 = x.sum(axis=0)
+        if self._flat(st, x, s1):
             found.add(FLAT)
         if self._clipping(st, x):
             found.add(CLIPPING)
         return found
 
-    def _flat(self, st: _Stream, x: np.ndarray) -> bool:
+    def _flat(self, st: _Stream, x: np.ndarray, s1: np.ndarray) -> bool:
         n = x.shape[0]
-        mean = x.mean(axis=0)
-        m2 = ((x - mean) ** 2).sum(axis=0)
+        mean = s1 / n
+        d = x - mean
+        m2 = np.einsum("ij,ij->j", d, d)
         span = max(2, int(round(self.config.flat_span_s * st.sample_rate)))
         # Tiny frames are merged into buckets of ~1/8 span, so the deque stays short (<= ~9).
         if st.chunks and st.chunks[-1][0] < span // 8:
-            st.chunks[-1] = _merge(st.chunks[-1], (n, mean, m2))
+            last = st.chunks[-1] = _merge(st.chunks[-1], (n, mean, m2))
         else:
-            st.chunks.append((n, mean, m2))
+            last = (n, mean, m2)
+            st.chunks.append(last)
         st.chunk_n += n
         while len(st.chunks) > 1 and st.chunk_n - st.chunks[0][0] >= span:
             st.chunk_n -= st.chunks.popleft()[0]
         if st.chunk_n < span:
             return False
+        floor2 = self.config.flat_std**2
+        # A span can only be flat if its newest part is; most frames stop here.
+        if not np.any(last[2] < floor2 * last[0]):
+            return False
         total_n, _, pooled = _pool(st.chunks)
-        std = np.sqrt(pooled / total_n)
-        return bool(np.any(std < self.config.flat_std))
+        return bool(np.any(pooled < floor2 * total_n))
 
     def _clipping(self, st: _Stream, x: np.ndarray) -> bool:
         cfg = self.config
         fmax, fmin = x.max(axis=0), x.min(axis=0)
-        at_max = np.count_nonzero(x == fmax, axis=0)
-        at_min = np.count_nonzero(x == fmin, axis=0)
-        full = (
-            np.count_nonzero(np.abs(x) >= cfg.full_scale, axis=0)
-            if cfg.full_scale is not None
-            else np.zeros(x.shape[1], dtype=np.int64)
-        )
-        st.clipped += int(full.sum())
         if st.blk_n == 0 or st.blk_max is None:
             st.blk_max, st.blk_min = fmax, fmin
-            st.blk_at_max, st.blk_at_min, st.blk_full = at_max, at_min, full
+            st.blk_at_max = np.count_nonzero(x == fmax, axis=0)
+            st.blk_at_min = np.count_nonzero(x == fmin, axis=0)
+            st.blk_full = np.zeros(x.shape[1], dtype=np.int64)
         else:
-            # A new extreme restarts its count; an equal one adds to it.
-            st.blk_at_max = np.where(
-                fmax > st.blk_max, at_max, st.blk_at_max + np.where(fmax == st.blk_max, at_max, 0)
-            )
-            st.blk_at_min = np.where(
-                fmin < st.blk_min, at_min, st.blk_at_min + np.where(fmin == st.blk_min, at_min, 0)
-            )
-            st.blk_max = np.maximum(st.blk_max, fmax)
-            st.blk_min = np.minimum(st.blk_min, fmin)
+            # Count samples at an extreme only when this frame reaches the block's extreme:
+            # a new extreme restarts its count, an equal one adds to it.
+            if np.any(fmax >= st.blk_max):
+                at = np.count_nonzero(x == fmax, axis=0)
+                st.blk_at_max = np.where(
+                    fmax > st.blk_max, at, st.blk_at_max + np.where(fmax == st.blk_max, at, 0)
+                )
+                st.blk_max = np.maximum(st.blk_max, fmax)
+            if np.any(fmin <= st.blk_min):
+                at = np.count_nonzero(x == fmin, axis=0)
+                st.blk_at_min = np.where(
+                    fmin < st.blk_min, at, st.blk_at_min + np.where(fmin == st.blk_min, at, 0)
+                )
+                st.blk_min = np.minimum(st.blk_min, fmin)
+        if cfg.full_scale is not None:
+            full = np.count_nonzero(np.abs(x) >= cfg.full_scale, axis=0)
+            st.clipped += int(full.sum())
             st.blk_full = st.blk_full + full
         st.blk_n += x.shape[0]
         block = max(1, int(round(cfg.clip_span_s * st.sample_rate)))
+        need = max(cfg.clip_min_samples, cfg.clip_fraction * st.blk_n)
         if st.blk_n < block:
             # Judge full-scale hits right away; the extreme-value test needs a whole block.
-            return bool(np.any(st.blk_full >= max(cfg.clip_min_samples, cfg.clip_fraction * st.blk_n)))
-        need = max(cfg.clip_min_samples, cfg.clip_fraction * st.blk_n)
+            return cfg.full_scale is not None and bool(np.any(st.blk_full >= need))
         moving = st.blk_max > st.blk_min  # a constant channel is a flat line, not clipping
         at_rail = moving & ((st.blk_at_max >= need) | (st.blk_at_min >= need))
-        clipped = bool(np.any(at_rail | (st.blk_full >= need)))
         st.blk_n = 0
-        return clipped
+        return bool(np.any(at_rail | (st.blk_full >= need)))
 
     def _age(self, st: _Stream, n: int, found: set[str]) -> None:
         for reason in list(st.active):

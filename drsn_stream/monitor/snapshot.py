@@ -23,6 +23,7 @@ level has been held (s); latencies are milliseconds.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -187,6 +188,14 @@ class LatencyHistogram:
 
     def observe(self, latency_ms: float | np.ndarray) -> None:
         """Add one latency or an array of them (ms); NaNs are ignored."""
+        if isinstance(latency_ms, (float, int)):
+            if not math.isfinite(latency_ms):
+                return
+            i = bisect.bisect_left(self.bounds_ms, latency_ms)  # one window: skip numpy's overhead
+            with self._lock:
+                self._counts[i] += 1
+                self._sum += latency_ms
+            return
         x = np.asarray(latency_ms, dtype=np.float64).reshape(-1)
         x = x[np.isfinite(x)]
         if not x.size:

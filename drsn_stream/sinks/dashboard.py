@@ -113,25 +113,26 @@ def _num(x: float | None, fmt: str, unit: str = "") -> str:
 def header(snapshot: Snapshot, *, paused: bool = False) -> Text:
     """Two lines: model, device, readiness; sources and counts per level."""
     h = snapshot.header
-    text = Text()
+    text = Text(no_wrap=True, overflow="ellipsis")
     text.append(" drsn-stream ", style="bold reverse")
-    text.append(f" {h.model or 'no model'}", style="bold")
-    if h.labels:
-        text.append(f" · {len(h.labels)} labels")
-    if h.sample_rate:
-        text.append(f" · {h.sample_rate:g} Hz · window {h.window} · hop {h.hop}")
-    if h.device:
-        text.append(f" · {h.device}", style="cyan")
-    text.append("  ")
+    text.append(" ")
+    # Readiness and pause come first: they must survive a narrow terminal.
     if h.ready:
         text.append(" READY ", style="bold black on green")
     else:
         text.append(" WARMING UP ", style="bold black on yellow")
+    if paused:
+        text.append(" ")
+        text.append(" PAUSED (p resumes) ", style="bold black on cyan")
     if h.status:
         text.append(f" {h.status}", style="dim")
-    if paused:
-        text.append("  ")
-        text.append(" PAUSED (p resumes) ", style="bold black on cyan")
+    text.append(f" {h.model or 'no model'}", style="bold")
+    if h.labels:
+        text.append(f" · {len(h.labels)} labels")
+    if h.sample_rate:
+        text.append(f" · {h.sample_rate:g} Hz · window/hop {h.window}/{h.hop}")
+    if h.device:
+        text.append(f" · {h.device}", style="cyan")
     text.append("\n")
     counts = snapshot.level_counts()
     text.append(f" {len(snapshot.rows)} stream{'s' if len(snapshot.rows) != 1 else ''}: ")
@@ -178,59 +179,105 @@ def _top3_cell(row: StreamRow, *, full: bool) -> Text:
     return Text(" ".join(f"{lab} {p * 100:.0f}%" for lab, p in items), style="dim")
 
 
-def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | None = None) -> Table:
-    """The stream table: one line per row; columns fit ``width`` (cells)."""
+def _fit(text: Text, width: int, *, right: bool = False) -> Text:
+    """``text`` cut (with an ellipsis) or padded to exactly ``width`` cells."""
+    if text.cell_len > width:
+        text.truncate(width, overflow="ellipsis")
+    pad = width - text.cell_len
+    if pad > 0:
+        if right:
+            text.pad_left(pad)
+        else:
+            text.pad_right(pad)
+    return text
+
+
+def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | None = None) -> Group:
+    """The stream table: a title, column heads and one line per row, fitted to ``width`` cells.
+
+    Laid out by hand rather than with rich.Table: measuring a Table of a few dozen rows costs
+    tens of milliseconds per refresh, taken from the pipeline's share of the GIL.
+    """
     wide, narrow = width >= _WIDE, width < _NARROW
-    table = Table(
-        box=None,
-        padding=(0, 1),
-        pad_edge=False,
-        expand=False,
-        title=title,
-        title_justify="left",
-        title_style="bold",
-        header_style="bold dim",
-    )
-    # The id, label and alarm must stay readable; the optional columns shrink first.
-    id_width = min(18 if wide else 12, max([len(r.stream_id) for r in rows] + [6]))
-    label_width = min(12 if wide else 10, max([len(r.label) for r in rows] + [5]))
-    table.add_column("stream", no_wrap=True, overflow="ellipsis", min_width=id_width, max_width=id_width)
-    table.add_column("label", no_wrap=True, overflow="ellipsis", min_width=label_width, max_width=label_width)
-    table.add_column("conf", no_wrap=True, min_width=9)
-    if not narrow:
-        table.add_column(
-            "top-3" if wide else "2nd", no_wrap=True, overflow="ellipsis", max_width=40 if wide else 13
-        )
-    table.add_column("alarm", no_wrap=True, min_width=10)
-    if not narrow:
-        table.add_column("noise", no_wrap=True, justify="right", min_width=5)
-        table.add_column("input", no_wrap=True, min_width=6)
-    table.add_column("health", no_wrap=True, overflow="ellipsis", min_width=5, max_width=24 if wide else 13)
-    if not narrow:
-        table.add_column("lat ms", no_wrap=True, justify="right", min_width=6)
-    table.add_column("drops", no_wrap=True, justify="right", min_width=5)
+    cells: list[dict[str, Text]] = []
     for row in rows:
-        label = Text(row.label, style=LABEL_STYLE[row.level] if row.label != "?" else "dim magenta")
+        label_style = LABEL_STYLE[row.level] if row.label != "?" else "dim magenta"
         conf = Text(bar(row.confidence), style=LABEL_STYLE[row.level])
-        conf.append(f"{row.confidence * 100:3.0f}%")
-        cells: list[RenderableType] = [Text(row.stream_id), label, conf]
+        conf.append(f"{row.confidence * 100:4.0f}%")
+        c = {
+            "stream": Text(row.stream_id),
+            "label": Text(row.label, style=label_style),
+            "conf": conf,
+            "alarm": _alarm_cell(row),
+            "health": _health_cell(row, full=wide),
+            "drops": Text(str(row.drops), style="red" if row.drops else "dim"),
+        }
         if not narrow:
-            cells.append(_top3_cell(row, full=wide))
-        cells.append(_alarm_cell(row))
-        if not narrow:
-            cells.append(Text(f"{row.noise_index:.2f}", style="dim"))
-            cells.append(Text(sparkline(row.levels, 8 if wide else 6), style="cyan"))
-        cells.append(_health_cell(row, full=wide))
-        if not narrow:
-            cells.append(Text(f"{_ms(row.latency_p50_ms)}/{_ms(row.latency_p99_ms)}"))
-        cells.append(Text(str(row.drops), style="red" if row.drops else "dim"))
-        table.add_row(*cells)
-    return table
+            c["top"] = _top3_cell(row, full=wide)
+            c["noise"] = Text(f"{row.noise_index:.2f}", style="dim")
+            c["input"] = Text(sparkline(row.levels, 8 if wide else 6), style="cyan")
+            c["lat"] = Text(f"{_ms(row.latency_p50_ms)}/{_ms(row.latency_p99_ms)}")
+        cells.append(c)
+
+    def need(key: str, head: str, cap: int = 1000) -> int:
+        return min(cap, max([len(head)] + [c[key].cell_len for c in cells]))
+
+    # (key, heading, width, right-aligned); the id, label and alarm always stay readable.
+    cols = [
+        ("stream", "stream", need("stream", "stream", 18 if wide else 12), False),
+        ("label", "label", need("label", "label", 12 if wide else 10), False),
+        ("conf", "conf", 10, False),
+    ]
+    if not narrow:
+        cols.append(("top", "top-3" if wide else "2nd", 0, False))  # width decided below
+    cols.append(("alarm", "alarm", need("alarm", "alarm"), False))
+    if not narrow:
+        cols += [
+            ("noise", "noise", 5, True),
+            ("input", "input", 8 if wide else 6, False),
+        ]
+    cols.append(("health", "health", 0, False))
+    if not narrow:
+        cols.append(("lat", "lat ms", need("lat", "lat ms"), True))
+    cols.append(("drops", "drops", need("drops", "drops"), True))
+    spare = width - sum(w for _, _, w, _ in cols) - (len(cols) - 1)
+    flexible = {
+        "top": need("top", "top-3", 40 if wide else 13) if not narrow else 0,
+        "health": need("health", "health", 24 if wide else 13),
+    }
+    for key in ("health", "top"):  # health reasons first, then the runner-up labels
+        want = flexible[key]
+        got = max(min(want, spare - (5 if key == "health" else 0)), 5)
+        flexible[key] = got
+        spare -= got
+    cols = [
+        (k, h, flexible.get(k, w), r) for k, h, w, r in cols if k not in flexible or flexible.get(k, 0) > 0
+    ]
+
+    lines: list[RenderableType] = []
+    if title:
+        lines.append(Text(title, style="bold"))
+    head = Text(style="bold dim")
+    for i, (_key, heading, w, right) in enumerate(cols):
+        head.append_text(_fit(Text(heading), w, right=right))
+        if i < len(cols) - 1:
+            head.append(" ")
+    lines.append(head)
+    for c in cells:
+        line = Text()
+        for i, (key, _, w, right) in enumerate(cols):
+            line.append_text(_fit(c[key], w, right=right))
+            if i < len(cols) - 1:
+                line.append(" ")
+        line.rstrip()
+        lines.append(line)
+    return Group(*lines)
 
 
 def event_line(event: Event) -> Text:
     """One line of the events pane."""
-    text = Text(time.strftime("%H:%M:%S", time.localtime(event.time)) + " ", style="dim")
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(time.strftime("%H:%M:%S", time.localtime(event.time)) + " ", style="dim")
     d = event.data
     if event.type == "alarm":
         to = str(d.get("to", "?"))
@@ -274,7 +321,8 @@ def events_pane(events: Sequence[Event], *, lines: int = _EVENT_LINES) -> Group:
 
 def transcript_line(transcript: Sequence[str], *, width: int = 100) -> Text:
     """Recent speech detections on one line, the newest at the right end."""
-    text = Text("heard: ", style="bold cyan")
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append("heard: ", style="bold cyan")
     words = " ".join(transcript)
     room = max(10, width - 8)
     if len(words) > room:
@@ -286,7 +334,7 @@ def transcript_line(transcript: Sequence[str], *, width: int = 100) -> Text:
 def footer(snapshot: Snapshot, *, page: int = 0, pages: int = 1) -> Text:
     """Engine and process figures, then the keys."""
     f = snapshot.footer
-    text = Text(" ")
+    text = Text(" ", no_wrap=True, overflow="ellipsis")
     text.append(f"{f.windows_per_s:.1f} windows/s · batch {f.avg_batch:.1f} · queue {f.queue_depth} · ")
     text.append(f"dropped {f.dropped}", style="red" if f.dropped else "")
     text.append(" · ")
@@ -396,6 +444,7 @@ class Dashboard:
         on_ack: called (in the dashboard thread) when ``a`` is pressed.
         quit_event: set when ``q`` is pressed; the pipeline watches it (a new one when None).
         keys: read keys from stdin when it is a terminal.
+        input_fd: read keys from this file descriptor instead of stdin (e.g. a pty).
     """
 
     def __init__(
@@ -408,6 +457,7 @@ class Dashboard:
         on_ack: Callable[[], object] | None = None,
         quit_event: threading.Event | None = None,
         keys: bool = True,
+        input_fd: int | None = None,
     ) -> None:
         if not refresh_per_second > 0:
             raise ValueError(f"refresh_per_second must be > 0, not {refresh_per_second!r}")
@@ -418,6 +468,7 @@ class Dashboard:
         self.on_ack = on_ack
         self.quit_event = quit_event if quit_event is not None else threading.Event()
         self.keys = keys
+        self.input_fd = input_fd
         self.page = 0
         self.paused = False
         self.show_help = False
@@ -496,7 +547,7 @@ class Dashboard:
 
     def _run(self) -> None:
         with (
-            KeyReader(enabled=self.keys) as reader,
+            KeyReader(fd=self.input_fd, enabled=self.keys) as reader,
             Live(
                 console=self.console,
                 screen=self.screen,
