@@ -1,0 +1,144 @@
+"""Micro-batcher and runner: batching rules, stale drops, and the same answers as the model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from drsn_stream.engine.batcher import MicroBatcher
+from drsn_stream.engine.engine import InferenceLoop
+from drsn_stream.engine.runner import Runner, default_batch_sizes, pick_device
+from drsn_stream.errors import ConfigError
+from drsn_stream.models import create_model
+from drsn_stream.models.artifact import script_model
+from drsn_stream.types import Window
+
+
+def _w(stream: str, i: int, *, t_last: float | None = None, n: int = 2048) -> Window:
+    now = time.time()
+    return Window(stream, i, now if t_last is None else t_last, np.zeros(n, np.float32), t_ready=now)
+
+
+def test_full_batch_leaves_at_once_and_partial_after_max_wait() -> None:
+    b = MicroBatcher(max_batch=4, max_wait_ms=150)
+    for i in range(6):
+        b.put(_w("a", i))
+    t0 = time.monotonic()
+    first = b.next_batch(timeout=1.0)
+    assert [w.index for w in first] == [0, 1, 2, 3]
+    assert time.monotonic() - t0 < 0.1  # full: no waiting for max_wait
+    second = b.next_batch(timeout=1.0)
+    waited = time.monotonic() - t0
+    assert [w.index for w in second] == [4, 5]
+    assert waited >= 0.1  # partial: left only once the oldest window had waited ~max_wait
+
+
+def test_stale_windows_are_dropped_and_counted_per_stream() -> None:
+    b = MicroBatcher(max_batch=8, max_wait_ms=1, stale_ms=500)
+    old = time.time() - 5.0
+    b.put(_w("s1", 0, t_last=old))
+    b.put(_w("s2", 0, t_last=old))
+    b.put(_w("s2", 1, t_last=old))
+    b.put(_w("s1", 1))
+    batch = b.next_batch(timeout=1.0)
+    assert [(w.stream_id, w.index) for w in batch] == [("s1", 1)]
+    assert dict(b.dropped_stale) == {"s1": 1, "s2": 2}
+    assert b.dropped_total() == 3
+
+
+def test_overflow_drops_the_oldest_and_counts_it() -> None:
+    b = MicroBatcher(max_batch=100, max_wait_ms=1, capacity=3)
+    for i in range(5):
+        b.put(_w("x", i))
+    assert b.dropped_overflow["x"] == 2
+    assert [w.index for w in b.next_batch(timeout=1.0)] == [2, 3, 4]
+
+
+def test_block_when_full_loses_nothing() -> None:
+    b = MicroBatcher(max_batch=2, max_wait_ms=1, capacity=2, block_when_full=True)
+    got: list[int] = []
+
+    def consume() -> None:
+        while True:
+            batch = b.next_batch(timeout=0.5)
+            if not batch and b.closed:
+                return
+            got.extend(w.index for w in batch)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    for i in range(50):
+        b.put(_w("f", i))
+    b.close()
+    t.join(5)
+    assert got == list(range(50)) and b.dropped_total() == 0
+
+
+@pytest.fixture(scope="module")
+def scripted() -> tuple[torch.nn.Module, torch.jit.ScriptModule]:
+    torch.manual_seed(0)
+    model = create_model("drsn_cw_paper", num_classes=10).eval()
+    return model, script_model(model)
+
+
+def test_cpu_runner_matches_the_model_and_splits_large_batches(scripted) -> None:
+    model, module = scripted
+    runner = Runner(module, window=2048, device="cpu", max_batch=8)
+    runner.warmup()
+    assert runner.ready.is_set() and "CPU" in runner.device_name
+    x = np.random.default_rng(0).standard_normal((20, 2048)).astype(np.float32)
+    probs, noise = runner.infer(x)
+    with torch.no_grad():
+        logits, ref_noise = model(torch.from_numpy(x))
+    np.testing.assert_allclose(probs, torch.softmax(logits, 1).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(noise, ref_noise.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="2048"):
+        runner.infer(x[:, :100])
+
+
+def test_inference_loop_turns_windows_into_predictions(scripted) -> None:
+    _, module = scripted
+    labels = [f"c{i}" for i in range(10)]
+    runner = Runner(module, window=2048, device="cpu", max_batch=4)
+    runner.warmup()
+    batcher = MicroBatcher(max_batch=4, max_wait_ms=5)
+    out = []
+    loop = InferenceLoop(batcher, runner, labels, out.extend)
+    loop.start()
+    for i in range(10):
+        batcher.put(_w("m", i))
+    batcher.close()
+    loop.join(10)
+    assert [p.index for p in out] == list(range(10))
+    assert all(p.label in labels and 0 < p.confidence <= 1 and p.latency_ms >= 0 for p in out)
+    assert loop.stats.windows == 10 and max(loop.stats.batch_sizes) == 4
+
+
+def test_default_batch_sizes_and_device_choice() -> None:
+    assert default_batch_sizes(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert default_batch_sizes(100)[-1] == 100
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert pick_device("auto").type == "cpu"
+        with pytest.raises(ConfigError, match="--device cpu"):
+            pick_device("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_runner_with_graphs_matches_cpu(scripted) -> None:
+    model, module = scripted
+    x = np.random.default_rng(1).standard_normal((37, 2048)).astype(np.float32)
+    cpu = Runner(module, window=2048, device="cpu", max_batch=64)
+    gpu = Runner(module, window=2048, device="cuda", max_batch=64, validation=x)
+    gpu.warmup()
+    assert gpu.graphs
+    p_cpu, _ = cpu.infer(x)
+    p_gpu, _ = gpu.infer(x)
+    assert (p_cpu.argmax(1) == p_gpu.argmax(1)).mean() >= 0.97
+    np.testing.assert_allclose(p_gpu, p_cpu, atol=2e-2 if gpu.fp16 else 1e-3)
