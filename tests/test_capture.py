@@ -101,12 +101,22 @@ def test_ring_is_bounded_and_old_samples_are_gone(tmp_path):
 
 
 def test_only_configured_triggers_capture(tmp_path):
-    capture = EventCapture(tmp_path, CaptureConfig(pre_s=0.1, post_s=0.1, levels=("DANGER",)))
+    # As a [capture] table of a TOML file gives it.
+    capture = EventCapture(
+        tmp_path, CaptureConfig.from_dict({"pre_s": 0.1, "post_s": 0.1, "levels": ["DANGER"]})
+    )
     push_until(capture, 1000)
     assert not capture.on_event(alarm(T0 + 0.5, to="ALERT"))
     assert not capture.on_event(Event("health", "sim/m0", T0 + 0.5, {"from": "OK", "to": "CHECK_SENSOR"}))
     assert not capture.on_event(alarm(T0 + 0.5, stream="never-seen", to="DANGER"))
     assert capture.on_event(alarm(T0 + 0.5, to="DANGER"))
+
+
+def test_bad_capture_config_says_what_to_fix():
+    with pytest.raises(ConfigError, match="unknown key.*pre.*valid keys are .*pre_s"):
+        CaptureConfig.from_dict({"pre": 2.0})
+    with pytest.raises(ConfigError, match="must be >= 0 seconds"):
+        CaptureConfig(pre_s=-1.0)
 
 
 def test_unwritable_folder_is_a_clear_error(tmp_path):

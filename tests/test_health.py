@@ -204,6 +204,17 @@ def test_an_unhealthy_stream_is_not_shown_confident_or_alarmed():
     assert row.label == "?" and row.confidence == 0.0 and row.level == "NORMAL"
 
 
+def test_health_table_of_the_bearing_config_loads():
+    import tomllib
+    from pathlib import Path
+
+    doc = tomllib.loads((Path(__file__).resolve().parents[1] / "configs" / "alarms-bearing.toml").read_text())
+    config = HealthConfig.from_dict(doc["health"])
+    assert config.timeout_s == 2.0 and config.full_scale is None
+    with pytest.raises(ConfigError, match="unknown key.*timeout.*valid keys"):
+        HealthConfig.from_dict({"timeout": 3})
+
+
 def test_bad_config_says_what_to_fix():
     with pytest.raises(ConfigError, match="timeout_s must be > 0"):
         HealthConfig(timeout_s=0)

@@ -29,7 +29,8 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,17 @@ class CaptureConfig:
             raise ConfigError(
                 "capture config: pre_s + post_s must be > 0 seconds, or there is nothing to save"
             )
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]) -> CaptureConfig:
+        """Build from a TOML ``[capture]`` table; an unknown key is an error listing the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(
+                f"capture config: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
+            )
+        return cls(**dict(table))
 
 
 @dataclass(frozen=True)

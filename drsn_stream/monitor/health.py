@@ -32,8 +32,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -95,6 +96,17 @@ class HealthConfig:
             problems.append(f"full_scale must be > 0 (signal units) or None, not {self.full_scale!r}")
         if problems:
             raise ConfigError("health config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]) -> HealthConfig:
+        """Build from a TOML ``[health]`` table; an unknown key is an error listing the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(
+                f"health config: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
+            )
+        return cls(**dict(table))
 
 
 @dataclass(frozen=True)

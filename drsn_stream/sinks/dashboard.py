@@ -545,6 +545,13 @@ class Dashboard:
         except Exception as exc:  # noqa: BLE001 - keep showing the last good screen
             self.error = f"snapshot failed: {type(exc).__name__}: {exc}"
 
+    def _draw(self, live: Live) -> None:
+        try:
+            live.update(self.screen_renderable(), refresh=True)
+        except Exception as exc:  # noqa: BLE001 - a bad snapshot must not end the display thread
+            self.error = f"cannot draw the dashboard: {type(exc).__name__}: {exc}"
+            live.update(Text(self.error, style="bold red"), refresh=True)
+
     def _run(self) -> None:
         with (
             KeyReader(fd=self.input_fd, enabled=self.keys) as reader,
@@ -563,7 +570,7 @@ class Dashboard:
                 if now >= next_draw:
                     if not self.paused or self._snapshot is None:
                         self._take_snapshot()
-                    live.update(self.screen_renderable(), refresh=True)
+                    self._draw(live)
                     self.frames += 1
                     next_draw = now + self.interval
                 wait = max(0.0, next_draw - time.monotonic())
@@ -572,7 +579,7 @@ class Dashboard:
                     for key in pressed:
                         self.handle_key(key)
                     if pressed and not self._stop.is_set():
-                        live.update(self.screen_renderable(), refresh=True)  # keys answer at once
+                        self._draw(live)  # keys answer at once, not at the next tick
                 else:
                     self._stop.wait(wait)
 
