@@ -205,8 +205,9 @@ def test_an_unhealthy_stream_is_not_shown_confident_or_alarmed():
 
 
 def test_health_table_of_the_bearing_config_loads():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     doc = tomllib.loads((Path(__file__).resolve().parents[1] / "configs" / "alarms-bearing.toml").read_text())
     config = HealthConfig.from_dict(doc["health"])
