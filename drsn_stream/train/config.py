@@ -1,0 +1,143 @@
+"""Training configurations: a TOML file (``configs/<name>.toml``) read into frozen dataclasses.
+
+name = "bearing-cwru"
+model = "drsn_cw_paper"
+[data]      CWRU files, labels, channel, rate, window/hop, time split, windows per class
+[train]     the recipe (see ``loop.Recipe``)
+[augment]   noise kinds, SNR range or set, share of clean windows (omit for none)
+[eval]      noise kinds and SNRs measured on the held-out part after training
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from drsn_stream.errors import ConfigError
+from drsn_stream.train.augment import NoiseAugment
+from drsn_stream.train.cwru import CHANNELS, DEFAULT_SPLIT
+from drsn_stream.train.loop import Recipe
+
+NORMALIZATIONS = ("zscore", "none")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which windows: CWRU files chosen by ``labels``/``label_by``/``loads``, split in time."""
+
+    dataset: str = "cwru"
+    labels: tuple[str, ...] = ()
+    label_by: str = "size"  # "size": ball_007 ...; "kind": ball, inner, outer, normal
+    loads: tuple[int, ...] = (0,)
+    test_loads: tuple[int, ...] | None = None  # None: the training loads (time split only)
+    channel: str = "DE"
+    sample_rate: int = 12000
+    window: int = 2048
+    hop: int = 512
+    normalization: str = "zscore"
+    train_part: tuple[float, float] = DEFAULT_SPLIT["train"]
+    val_part: tuple[float, float] = DEFAULT_SPLIT["val"]
+    test_part: tuple[float, float] = DEFAULT_SPLIT["test"]
+    windows_per_class: int = 512
+
+    def __post_init__(self) -> None:
+        if self.dataset != "cwru":
+            raise ConfigError(f'[data] dataset {self.dataset!r} is not supported here; use "cwru"')
+        if not self.labels:
+            raise ConfigError(
+                '[data] labels is empty: list the class names, e.g. ["normal", "ball_007", ...]'
+            )
+        if self.channel not in CHANNELS:
+            raise ConfigError(f"[data] channel must be one of {', '.join(CHANNELS)}, got {self.channel!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"[data] normalization must be one of {', '.join(NORMALIZATIONS)}")
+        if self.window < 16 or self.hop < 1:
+            raise ConfigError(f"[data] window must be >= 16 and hop >= 1, got {self.window} and {self.hop}")
+        a, b, c = self.train_part, self.val_part, self.test_part
+        if not (0.0 <= a[0] < a[1] <= b[0] < b[1] <= c[0] < c[1] <= 1.0):
+            raise ConfigError(
+                f"[data] parts must be in time order without overlap: train {list(a)}, val {list(b)}, test {list(c)}"
+            )
+
+    @property
+    def split(self) -> dict[str, list[float]]:
+        return {"train": list(self.train_part), "val": list(self.val_part), "test": list(self.test_part)}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out measurements after training: clean plus every ``kinds`` x ``snr_db``."""
+
+    kinds: tuple[str, ...] = ("gaussian", "laplacian", "pink")
+    snr_db: tuple[float, ...] = (0.0,)
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    model: str
+    data: DataConfig
+    recipe: Recipe
+    augment: NoiseAugment | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def _build(cls: type, d: dict[str, Any], section: str) -> Any:
+    names = {f.name for f in fields(cls)}
+    extra = set(d) - names
+    if extra:
+        raise ConfigError(
+            f"unknown key(s) in [{section}]: {', '.join(sorted(extra))}; known: {', '.join(sorted(names))}"
+        )
+    conv = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    try:
+        return cls(**conv)
+    except TypeError as exc:
+        raise ConfigError(f"[{section}]: {exc}") from None
+
+
+def parse_config(d: dict[str, Any], *, where: str = "config") -> RunConfig:
+    """A RunConfig from the TOML document's dict; ConfigError names the bad key."""
+    top = {"name", "model", "description", "data", "train", "augment", "eval", "model_overrides"}
+    extra = set(d) - top
+    if extra:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(extra))}; known: {', '.join(sorted(top))}"
+        )
+    for key in ("name", "model", "data"):
+        if key not in d:
+            raise ConfigError(f"{where}: missing {key!r}")
+    train = dict(d.get("train", {}))
+    if "lr_steps" in train:
+        train["lr_steps"] = tuple(train["lr_steps"])
+    aug = d.get("augment")
+    return RunConfig(
+        name=str(d["name"]),
+        model=str(d["model"]),
+        data=_build(DataConfig, d["data"], "data"),
+        recipe=_build(Recipe, train, "train"),
+        augment=NoiseAugment.from_dict(aug) if aug else None,
+        eval=_build(EvalConfig, d.get("eval", {}), "eval"),
+        model_overrides=dict(d.get("model_overrides", {})),
+        description=str(d.get("description", "")),
+    )
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Reads ``configs/<name>.toml``. Raises ConfigError for a missing file or bad TOML."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"config file {p} not found; see configs/ for examples (e.g. configs/bearing-cwru.toml)"
+        )
+    try:
+        d = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    return parse_config(d, where=str(p))
