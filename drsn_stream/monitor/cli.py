@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     on_line = print_line if args.headless else None
     pipe = Pipeline(cfg, sinks=sinks, on_line=on_line)
     metrics = None
-    if args.metrics_port:
+    if args.metrics_port is not None:
         from drsn_stream.sinks.metrics import MetricsServer
 
         metrics = MetricsServer(pipe.snapshot, port=args.metrics_port).start()

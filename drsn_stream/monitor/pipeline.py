@@ -155,7 +155,7 @@ class Pipeline:
     def start(self) -> Pipeline:
         self._started = time.time()
         self.runner.warmup()
-        self._status = "ready"
+        self._status = ""
         out = threading.Thread(target=self._output_loop, name="drsn-output", daemon=True)
         out.start()
         self._threads.append(out)
@@ -330,7 +330,7 @@ class Pipeline:
             hop=self.config.hop or self.meta.hop,
             device=self.runner.device_name,
             ready=self.runner.ready.is_set(),
-            status=self._status if not self.errors else f"{self._status} - {self.errors[-1]}",
+            status=self.errors[-1] if self.errors else self._status,
         )
         footer = Footer(
             windows_per_s=self.stats.windows_per_s(),
