@@ -61,6 +61,11 @@ def make_source(spec: str, **opts: Any) -> Source:
     options: dict[str, Any] = dict(parsed.options)
     options.update({k: v for k, v in opts.items() if v is not None})
     factory = load_entry(SOURCE_KINDS[kind], f"source kind {kind!r}")
+    if "fast" in opts and "fast" not in getattr(factory, "OPTIONS", {"fast": None}):
+        # Live kinds (zmq, mic) always deliver as fast as data arrives, so a run-wide fast=True
+        # passed to every source means nothing to them; in the spec itself it is still an error.
+        if "fast" not in parsed.options:
+            options.pop("fast")
     return factory(target, **options)
 
 

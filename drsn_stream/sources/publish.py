@@ -1,0 +1,196 @@
+"""``drsn-stream publish``: send any sources' frames out over ZeroMQ in the wire format.
+
+A sensor-gateway emulator and a way to feed remote monitors:
+
+    drsn-stream publish --source sim:bearing?machines=8 --to tcp://127.0.0.1:5555
+    drsn-stream run --source zmq://127.0.0.1:5555          # elsewhere
+
+PUB binds by default (monitors connect with ``zmq://``); ``--pull`` uses PUSH for PULL receivers
+(``zmq+pull://``, load-balanced), ``--connect`` connects instead of binding (for ``zmq+bind://``
+and ``zmq+pull+bind://`` receivers). Each source is read in its own thread at its own pace; one
+thread owns the socket. At the end every stream gets an end-of-stream message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from drsn_stream.errors import DrsnStreamError
+from drsn_stream.sources import make_source
+from drsn_stream.sources.wire import DTYPES, encode, encode_eos
+from drsn_stream.types import Frame
+
+DEFAULT_TO = "tcp://127.0.0.1:5555"
+_DONE = object()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", action="append", metavar="SPEC",
+                        help="source to send (repeatable; default: sim:bearing)")
+    parser.add_argument("--to", default=DEFAULT_TO, metavar="ADDR",
+                        help=f"ZeroMQ address to bind (or connect with --connect); default {DEFAULT_TO}")
+    parser.add_argument("--duration", type=float, default=None, metavar="S",
+                        help="stop after S seconds (default: when every source ends, or Ctrl-C)")
+    parser.add_argument("--pull", action="store_true",
+                        help="send to PULL receivers over a PUSH socket instead of PUB")
+    parser.add_argument("--connect", action="store_true", help="connect to ADDR instead of binding it")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                        help="sample type on the wire (default float32)")
+    parser.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
+                        help="PUB: wait up to S seconds for the first subscriber before sending")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def _address(to: str) -> str:
+    return to if "://" in to else f"tcp://{to}"
+
+
+def _int_scale(x: Any, dtype: str) -> float | None:
+    """Integers on the wire: scale each message to its own peak, so vibration in g (often well
+    above 1.0) neither clips at full scale nor wastes resolution."""
+    if DTYPES[dtype].kind != "i":
+        return None
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    return peak / float(np.iinfo(DTYPES[dtype]).max) if peak > 0 and np.isfinite(peak) else None
+
+
+def _reader(source: Any, out: queue.Queue, errors: list[str]) -> None:
+    try:
+        with source:
+            for frame in source:
+                out.put(frame)
+    except DrsnStreamError as exc:
+        errors.append(str(exc))
+    finally:
+        out.put(_DONE)
+
+
+def publish(
+    specs: list[str],
+    to: str = DEFAULT_TO,
+    *,
+    duration: float | None = None,
+    pull: bool = False,
+    connect: bool = False,
+    dtype: str = "float32",
+    wait_subscriber: float = 0.0,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Send the frames of ``specs`` to ``to`` until they end, ``duration`` passes or ``stop`` is set.
+
+    Returns a summary ``{"streams": {id: {"frames", "samples", "seconds"}}, "messages", "bytes",
+    "elapsed_s", "errors", "dropped"}``.
+    """
+    sources = [make_source(s) for s in specs]  # spec errors surface before any socket exists
+    ctx = zmq.Context.instance()
+    # XPUB (a PUB that also hears subscriptions) only when asked to wait for the first subscriber.
+    sock = ctx.socket(zmq.PUSH if pull else (zmq.XPUB if wait_subscriber > 0 else zmq.PUB))
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.SNDHWM, 10000)
+    if pull:
+        sock.setsockopt(zmq.SNDTIMEO, 1000)  # PUSH blocks without a receiver; count, don't hang
+    addr = _address(to)
+    try:
+        (sock.connect if connect else sock.bind)(addr)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise DrsnStreamError(f"cannot {'connect to' if connect else 'bind'} {addr}: {exc.strerror}; "
+                              "pick another port or stop the program using it") from exc
+    stop = stop or threading.Event()
+    summary: dict[str, Any] = {"streams": {}, "messages": 0, "bytes": 0, "errors": [], "dropped": 0}
+    try:
+        if not pull and wait_subscriber > 0:
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            if poller.poll(int(wait_subscriber * 1000)):
+                sock.recv()  # the subscription message itself
+        frames: queue.Queue = queue.Queue(maxsize=1000)
+        threads = [threading.Thread(target=_reader, args=(s, frames, summary["errors"]), daemon=True)
+                   for s in sources]
+        t_start = time.time()
+        for t in threads:
+            t.start()
+        running = len(threads)
+        while running and not stop.is_set():
+            if duration is not None and time.time() - t_start >= duration:
+                break
+            try:
+                item = frames.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                running -= 1
+                continue
+            frame: Frame = item
+            parts = encode(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate,
+                           frame.samples, dtype=dtype, scale=_int_scale(frame.samples, dtype))
+            try:
+                sock.send_multipart(parts)
+            except zmq.Again:
+                summary["dropped"] += 1
+                continue
+            st = summary["streams"].setdefault(frame.stream_id, {"frames": 0, "samples": 0, "seconds": 0.0})
+            st["frames"] += 1
+            st["samples"] += frame.n
+            st["seconds"] += frame.duration
+            summary["messages"] += 1
+            summary["bytes"] += sum(len(p) for p in parts)
+        for s in sources:
+            s.close()
+        for stream in summary["streams"]:
+            try:
+                sock.send_multipart(encode_eos(stream))
+            except zmq.Again:
+                summary["dropped"] += 1
+        summary["elapsed_s"] = time.time() - t_start
+        for t in threads:
+            t.join(timeout=2.0)
+    finally:
+        for s in sources:
+            s.close()
+        sock.close()
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = args.source or ["sim:bearing"]
+    try:
+        summary = publish(specs, args.to, duration=args.duration, pull=args.pull, connect=args.connect,
+                          dtype=args.dtype, wait_subscriber=args.wait_subscriber)
+    except KeyboardInterrupt:
+        return 130
+    except DrsnStreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        how = "PUSH" if args.pull else "PUB"
+        print(f"published {summary['messages']} messages ({summary['bytes'] / 1e6:.2f} MB) over {how} "
+              f"{'to' if args.connect else 'at'} {_address(args.to)} in {summary['elapsed_s']:.1f} s")
+        for stream, st in sorted(summary["streams"].items()):
+            print(f"  {stream:24s} {st['frames']:7d} frames {st['samples']:10d} samples {st['seconds']:8.1f} s")
+        if summary["dropped"]:
+            print(f"  dropped {summary['dropped']} messages (no receiver took them)")
+    for err in summary["errors"]:
+        print(f"error: {err}", file=sys.stderr)
+    return 1 if summary["errors"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="drsn-stream publish", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

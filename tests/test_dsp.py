@@ -1,0 +1,188 @@
+"""Per-stream DSP on real CWRU recordings: chunk invariance, resampling, normalization, noise."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.io
+from scipy.signal import resample_poly, welch
+
+from drsn_stream.dsp import StreamDSP, StreamingResampler, add_noise, make_noise, normalize, snr_db
+from drsn_stream.errors import ConfigError
+from drsn_stream.types import Frame
+
+T0 = 1_800_000_000.0  # an arbitrary wall-clock start for synthetic frames
+
+
+def _de(data_dir, name: str) -> np.ndarray:
+    mat = scipy.io.loadmat(data_dir / "cwru" / name)
+    key = next(k for k in mat if k.endswith("_DE_time"))
+    return np.asarray(mat[key], dtype=np.float32).reshape(-1)
+
+
+@pytest.fixture(scope="module")
+def inner(data_dir) -> np.ndarray:
+    return _de(data_dir, "12k_Drive_End_IR007_0_105.mat")
+
+
+@pytest.fixture(scope="module")
+def normal48(data_dir) -> np.ndarray:
+    return _de(data_dir, "normal_0_97.mat")
+
+
+def _meta(**kw):
+    base = {"sample_rate": 12000, "window": 2048, "hop": 512, "normalization": {"kind": "zscore"}}
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def _feed(x: np.ndarray, rate: float, chunk: int, meta, *, stream: str = "s", hop=None):
+    dsp = StreamDSP(meta, hop=hop)
+    out = []
+    for seq, a in enumerate(range(0, x.size, chunk)):
+        block = x[a : a + chunk, None]
+        out += dsp.push(Frame(stream, seq, T0 + a / rate, rate, block))
+    return out, dsp
+
+
+def _assert_same(a, b):
+    n = min(len(a), len(b))
+    assert n > 0
+    for wa, wb in zip(a[:n], b[:n]):
+        assert wa.index == wb.index
+        assert np.array_equal(wa.data, wb.data)
+        assert wa.level == wb.level
+        assert wa.t_last == pytest.approx(wb.t_last, abs=1e-6)
+
+
+def test_chunk_invariance_without_resampling(inner):
+    meta = _meta()
+    big, _ = _feed(inner, 12000, 4096, meta)
+    mid, _ = _feed(inner, 12000, 333, meta)
+    one, _ = _feed(inner[:24000], 12000, 1, meta)
+    assert len(big) == len(mid) == (inner.size - 2048) // 512 + 1
+    _assert_same(big, mid)
+    _assert_same(one, mid)
+    assert len(one) == (24000 - 2048) // 512 + 1
+
+
+def test_chunk_invariance_through_48k_to_12k_resampler(normal48):
+    meta = _meta()
+    big, _ = _feed(normal48, 48000, 4096, meta)
+    mid, _ = _feed(normal48, 48000, 333, meta)
+    one, _ = _feed(normal48[:48000], 48000, 1, meta)
+    assert len(big) > 100 and len(one) >= 15
+    _assert_same(big, mid)
+    _assert_same(one, mid)
+
+
+def test_windows_match_offline_resampling_and_zscore(normal48):
+    """What the live path feeds the model equals the offline recipe trainers use."""
+    meta = _meta(hop=2048)
+    wins, _ = _feed(normal48, 48000, 4096, meta)
+    offline = resample_poly(normal48.astype(np.float64), 1, 4)
+    k = 10  # well inside the signal: no edge effects on either side
+    ref = offline[k * 2048 : (k + 1) * 2048]
+    ref = (ref - ref.mean()) / (ref.std() + 1e-8)
+    np.testing.assert_allclose(wins[k].data, ref, atol=1e-5)
+    assert wins[k].level == pytest.approx(np.sqrt(np.mean(offline[k * 2048 : (k + 1) * 2048] ** 2)), rel=1e-5)
+
+
+@pytest.mark.parametrize("rates", [(48000, 12000), (8000, 16000), (44100, 16000)])
+def test_streaming_resampler_equals_resample_poly(inner, rates):
+    r = StreamingResampler(*rates)
+    x = inner[:30000].astype(np.float64)
+    y = np.concatenate([r.process(x[a : a + 1000]) for a in range(0, x.size, 1000)])
+    ref = resample_poly(x, r.up, r.down, window=("kaiser", 5.0))
+    assert y.size > 0.99 * ref.size
+    np.testing.assert_allclose(y, ref[: y.size], atol=1e-9)
+
+
+def test_t_last_is_capture_time_of_last_sample(normal48):
+    wins, _ = _feed(normal48[:96000], 48000, 1000, _meta(window=1200, hop=600))
+    for w in wins[:5]:
+        # Output sample k of the 12 kHz stream sits at input time k / 12000 s.
+        assert w.t_last == pytest.approx(T0 + (w.index * 600 + 1199) / 12000.0, abs=1e-6)
+
+
+def test_nonfinite_samples_are_zeroed_and_counted(inner):
+    x = inner[:8192].copy()
+    x[[10, 500, 4000]] = [np.nan, np.inf, -np.inf]
+    wins, dsp = _feed(x, 12000, 1000, _meta())
+    assert dsp.nonfinite == 3 and dsp.counters()["dsp.nonfinite"] == 3
+    assert all(np.isfinite(w.data).all() and np.isfinite(w.level) for w in wins)
+
+
+def test_channel_choice_and_rate_change():
+    rng = np.random.default_rng(0)
+    two = rng.standard_normal((4096, 2)).astype(np.float32)
+    d0, d1 = StreamDSP(_meta(), channel=0), StreamDSP(_meta(), channel=1)
+    w0 = d0.push(Frame("a", 0, T0, 12000, two))
+    w1 = d1.push(Frame("a", 0, T0, 12000, two))
+    assert np.array_equal(w0[0].data, normalize(two[:2048, 0], {"kind": "zscore"}))
+    assert np.array_equal(w1[0].data, normalize(two[:2048, 1], {"kind": "zscore"}))
+    with pytest.raises(ConfigError, match="channel 2 does not exist"):
+        StreamDSP(_meta(), channel=2).push(Frame("a", 0, T0, 12000, two))
+    d0.push(Frame("a", 1, T0 + 1, 48000, two))
+    assert d0.rate_changes == 1
+
+
+def test_normalize_kinds_and_batch_equals_single(inner):
+    w = inner[: 4 * 1024].reshape(4, 1024)
+    z = normalize(w, {"kind": "zscore"})
+    assert z.dtype == np.float32
+    np.testing.assert_allclose(z.mean(1), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(1), 1, atol=1e-4)
+    for kind in ({"kind": "zscore"}, {"kind": "rms", "floor": 0.01}, {"kind": "affine", "mean": 0.1, "std": 2.0}):
+        batch = normalize(w, kind)
+        for i in range(4):
+            assert np.array_equal(batch[i], normalize(w[i], kind))
+    quiet = np.full(100, 1e-4, np.float32)
+    assert np.max(np.abs(normalize(quiet, {"kind": "rms", "floor": 0.01}))) == pytest.approx(0.01)
+    loud = normalize(w[0] * 10, {"kind": "rms", "floor": 0.01})
+    assert np.sqrt(np.mean(loud.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-5)
+    assert np.array_equal(normalize(w, {"kind": "none"}), w)
+    with pytest.raises(ConfigError, match="valid kinds: zscore, none, affine, rms"):
+        normalize(w, {"kind": "minmax"})
+    with pytest.raises(ConfigError, match="'mean' and 'std'"):
+        normalize(w, {"kind": "affine", "mean": 0})
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "laplacian", "pink"])
+@pytest.mark.parametrize("target", [-5.0, 0.0, 10.0])
+def test_add_noise_hits_the_snr(inner, kind, target):
+    noisy = add_noise(inner, target, kind, np.random.default_rng(1))
+    assert noisy.dtype == inner.dtype and noisy.shape == inner.shape
+    assert snr_db(inner, noisy) == pytest.approx(target, abs=0.1)
+
+
+def test_add_noise_rows_seed_and_shapes(inner):
+    rows = inner[: 8 * 4096].reshape(8, 4096) * np.linspace(0.1, 3, 8)[:, None].astype(np.float32)
+    noisy = add_noise(rows, 3.0, "gaussian", 7)
+    for r, nr in zip(rows, noisy):
+        assert snr_db(r, nr) == pytest.approx(3.0, abs=0.1)
+    assert np.array_equal(noisy, add_noise(rows, 3.0, "gaussian", 7))
+    assert not np.array_equal(noisy, add_noise(rows, 3.0, "gaussian", 8))
+    assert np.array_equal(add_noise(rows, np.inf, "pink", 0), rows)
+    with pytest.raises(ConfigError, match="gaussian, laplacian, pink"):
+        add_noise(rows, 0.0, "brown", 0)
+
+
+def test_noise_kinds_have_their_statistics():
+    n = 1 << 18
+    rng = np.random.default_rng(3)
+
+    def excess_kurtosis(v):
+        return float(np.mean(v**4) / np.mean(v**2) ** 2 - 3.0)
+
+    assert abs(excess_kurtosis(make_noise(n, "gaussian", rng))) < 0.1
+    assert excess_kurtosis(make_noise(n, "laplacian", rng)) == pytest.approx(3.0, abs=0.3)
+    f, p = welch(make_noise(n, "pink", rng), fs=12000, nperseg=8192)
+    band = (f >= 20) & (f <= 4000)
+    slope = np.polyfit(np.log10(f[band]), 10 * np.log10(p[band]), 1)[0]
+    assert slope == pytest.approx(-10.0, abs=1.0)  # dB per decade
+    f, p = welch(make_noise(n, "gaussian", rng), fs=12000, nperseg=8192)
+    flat = np.polyfit(np.log10(f[band]), 10 * np.log10(p[band]), 1)[0]
+    assert abs(flat) < 1.0
