@@ -248,15 +248,17 @@ def _accuracy_table(results: list[dict[str, Any]], *, title: str) -> Any:
 def _confusion_table(matrix: list[list[int]], labels: list[str]) -> Any:
     from rich.table import Table
 
-    t = Table(title="confusion, clean (rows: true, columns: predicted)")
-    t.add_column("")
-    for lab in labels:
-        t.add_column(lab, justify="right")
-    for lab, row in zip(labels, matrix):
-        t.add_row(
-            lab,
-            *[(f"[bold]{v}[/bold]" if v and i == labels.index(lab) else str(v)) for i, v in enumerate(row)],
-        )
+    # Columns are numbered, not named, so ten classes fit an 80-column terminal without truncation.
+    t = Table(title="confusion, clean (rows: true class, columns: predicted class #)")
+    t.add_column("true class", no_wrap=True)
+    for i in range(len(labels)):
+        t.add_column(str(i), justify="right")
+    for i, (lab, row) in enumerate(zip(labels, matrix)):
+        cells = [
+            f"[bold]{v}[/bold]" if j == i else ("." if v == 0 else f"[red]{v}[/red]")
+            for j, v in enumerate(row)
+        ]
+        t.add_row(f"{i} {lab}", *cells)
     return t
 
 
