@@ -1,0 +1,200 @@
+"""Source specs, the CWRU simulator and file replay, on the real recordings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.io
+from scipy.io import wavfile
+
+from drsn_stream.dsp import snr_db
+from drsn_stream.errors import ConfigError, SourceError
+from drsn_stream.sources import make_source, parse_spec
+from drsn_stream.sources.sim import HEALTHY, bearing_labels, load_excerpts
+
+LABELS = ["normal", "ball_007", "ball_014", "ball_021", "inner_007", "inner_014", "inner_021",
+          "outer_007", "outer_014", "outer_021"]
+
+
+def test_parse_spec():
+    s = parse_spec("sim:bearing?machines=8&noise=pink&fast")
+    assert (s.kind, s.target, s.options) == ("sim", "bearing", {"machines": "8", "noise": "pink", "fast": "1"})
+    z = parse_spec("zmq+pull://10.0.0.5:5555?topic=press")
+    assert (z.kind, z.target, z.options) == ("zmq+pull", "10.0.0.5:5555", {"topic": "press"})
+    assert parse_spec("mic").target == "" and parse_spec("mic:2").target == "2"
+
+
+def test_unknown_kinds_and_options_list_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"valid kinds: sim, file, zmq.*mic"):
+        make_source("kafka://broker:9092")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) machine .*valid: machines"):
+        make_source("sim?machine=3")
+    with pytest.raises(ConfigError, match="noise='brown'.*one of none, gaussian, laplacian, pink"):
+        make_source("sim?noise=brown")
+    with pytest.raises(ConfigError, match="valid: bearing, speech"):
+        make_source("sim:turbine")
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        make_source("zmq://localhost")
+
+
+def _collect(src):
+    with src:
+        frames = list(src)
+    out = {}
+    for f in frames:
+        out.setdefault(f.stream_id, []).append(f)
+    return src, out
+
+
+def test_sim_excerpts_are_the_held_out_end_of_real_recordings(data_dir):
+    ex = load_excerpts()
+    assert list(ex) == LABELS == bearing_labels()
+    mat = scipy.io.loadmat(data_dir / "cwru" / "12k_Drive_End_IR021_0_209.mat")
+    x = mat[next(k for k in mat if k.endswith("_DE_time"))].ravel()
+    tail = x[-ex["inner_021"].size :]
+    assert ex["inner_021"].size >= 2.5 * 12000 and ex["inner_021"].size <= 0.25 * x.size + 1
+    np.testing.assert_allclose(ex["inner_021"], tail, atol=np.abs(tail).max() / 32767)
+
+
+def test_sim_is_reproducible_and_seeded():
+    spec = "sim?machines=3&fast=1&duration=20&seed=5&noise=laplacian&snr=5"
+    _, a = _collect(make_source(spec))
+    _, b = _collect(make_source(spec))
+    _, c = _collect(make_source(spec.replace("seed=5", "seed=6")))
+    assert sorted(a) == ["sim/m0", "sim/m1", "sim/m2"]
+    for sid in a:
+        assert np.array_equal(np.concatenate([f.samples for f in a[sid]]), np.concatenate([f.samples for f in b[sid]]))
+        assert not np.array_equal(np.concatenate([f.samples for f in a[sid]]), np.concatenate([f.samples for f in c[sid]]))
+        assert sum(f.n for f in a[sid]) == 20 * 12000
+        assert [f.seq for f in a[sid]] == list(range(len(a[sid])))
+
+
+class _Matcher:
+    """Max normalized correlation of a segment against every cyclic shift of a reference."""
+
+    def __init__(self, ref: np.ndarray, m: int) -> None:
+        n = ref.size
+        self.n, self.m = n, m
+        self.spec = np.fft.rfft(ref)
+        ext = np.concatenate([ref, ref[:m]])
+        csum = np.concatenate([[0.0], np.cumsum(ext)])
+        csq = np.concatenate([[0.0], np.cumsum(ext**2)])
+        k = np.arange(n)
+        mean = (csum[k + m] - csum[k]) / m
+        self.norm = m * np.sqrt(np.maximum((csq[k + m] - csq[k]) / m - mean**2, 1e-30))
+
+    def __call__(self, seg: np.ndarray) -> float:
+        seg = (seg - seg.mean()) / seg.std()
+        corr = np.fft.irfft(self.spec * np.conj(np.fft.rfft(seg, self.n)), self.n)
+        return float(np.max(corr / self.norm))
+
+
+def test_sim_truth_names_the_recording_that_plays(data_dir):
+    src, streams = _collect(make_source("sim?machines=2&fast=1&duration=90&seed=2&chunk=1024"))
+    match = {k: _Matcher(v.astype(np.float64), 1024) for k, v in load_excerpts().items()}
+    for sid, frames in streams.items():
+        labels = [src.truth(sid, f.t_capture) for f in frames]
+        ends = [src.truth(sid, f.t_capture + (f.n - 1) / 12000) for f in frames]
+        assert labels[0] == HEALTHY and HEALTHY in labels[len(labels) // 2 :]
+        faults = {lb for lb in labels if lb != HEALTHY}
+        assert faults, "a fault appears within 90 s"
+        # Faults come and go: spells last seconds, not the whole run.
+        changes = sum(1 for p, q in zip(labels, labels[1:]) if p != q)
+        assert changes >= 2
+        checked = 0
+        for f, lb, lb_end in zip(frames[::40], labels[::40], ends[::40]):
+            if lb != lb_end:
+                continue  # frame straddles a change
+            seg = f.samples[:, 0].astype(np.float64)
+            scores = {k: m(seg) for k, m in match.items()}
+            assert scores[lb] > 0.9999, (sid, lb, scores[lb])
+            assert max(v for k, v in scores.items() if k != lb) < 0.99
+            checked += 1
+        assert checked >= 15
+
+
+def test_sim_noise_at_snr_and_fixed_fault():
+    clean_src, clean = _collect(make_source("sim?machines=1&fast=1&duration=10&fault=inner_014"))
+    _, noisy = _collect(make_source("sim?machines=1&fast=1&duration=10&fault=inner_014&noise=gaussian&snr=0"))
+    c = np.concatenate([f.samples[:, 0] for f in clean["sim/m0"]])
+    n = np.concatenate([f.samples[:, 0] for f in noisy["sim/m0"]])
+    assert snr_db(c, n) == pytest.approx(0.0, abs=0.5)
+    assert clean_src.truth("sim/m0", clean["sim/m0"][-1].t_capture) == "inner_014"
+
+
+def test_sim_capture_times_follow_the_sample_clock():
+    src, streams = _collect(make_source("sim?machines=1&fast=1&duration=2&chunk=600&rate=16000"))
+    frames = streams["sim/m0"]
+    assert frames[0].sample_rate == 16000.0 and frames[0].samples.shape == (600, 1)
+    dt = np.diff([f.t_capture for f in frames])
+    np.testing.assert_allclose(dt, 600 / 16000, atol=1e-6)  # epoch seconds carry ~0.2 us steps
+    assert frames[0].t_capture == pytest.approx(src.t0)
+
+
+@pytest.fixture(scope="module")
+def wav_path(data_dir):
+    path = data_dir / "fsdd" / "recordings" / "3_theo_10.wav"
+    if not path.is_file():
+        pytest.skip(f"FSDD recording {path} not found")
+    return path
+
+
+def _replay(spec, **kw):
+    with make_source(spec, **kw) as src:
+        frames = list(src)
+    return src, frames
+
+
+def test_file_wav_npy_csv_give_the_same_samples(wav_path, tmp_path):
+    rate, raw = wavfile.read(wav_path)
+    ref = raw.astype(np.float32) / 32768
+    src, frames = _replay(f"file:{wav_path}?fast=1&chunk=256")
+    assert src.streams == ["3_theo_10"] and frames[0].sample_rate == rate == 8000
+    assert np.array_equal(np.concatenate([f.samples[:, 0] for f in frames]), ref)
+    np.save(tmp_path / "rec.npy", ref)
+    _, npy = _replay(f"{tmp_path / 'rec.npy'}?rate=8000&fast=1")
+    assert np.array_equal(np.concatenate([f.samples[:, 0] for f in npy]), ref)
+    two = np.stack([ref, -ref], axis=1)
+    np.savetxt(tmp_path / "rec.csv", two, delimiter=",", header="left,right", comments="", fmt="%.9g")
+    _, csv = _replay(f"file:{tmp_path / 'rec.csv'}?rate=8000&fast=1&stream=bench/1")
+    got = np.concatenate([f.samples for f in csv])
+    assert csv[0].stream_id == "bench/1" and got.shape == (ref.size, 2)
+    np.testing.assert_allclose(got, two, rtol=1e-6)
+    with pytest.raises(ConfigError, match=r"\?rate=12000"):
+        _replay(f"file:{tmp_path / 'rec.npy'}")
+
+
+def test_file_mat_uses_the_cwru_rate_rule_and_channels(data_dir):
+    src, frames = _replay(f"file:{data_dir / 'cwru' / 'normal_0_97.mat'}?fast=1&chunk=4096")
+    assert frames[0].sample_rate == 48000.0 and sum(f.n for f in frames) == 243938
+    mat = scipy.io.loadmat(data_dir / "cwru" / "12k_Drive_End_OR007@6_0_130.mat")
+    _, fe = _replay(f"file:{data_dir / 'cwru' / '12k_Drive_End_OR007@6_0_130.mat'}?fast=1&channel=FE&start=1&duration=2")
+    x = np.concatenate([f.samples[:, 0] for f in fe])
+    assert fe[0].sample_rate == 12000.0 and x.size == 24000
+    assert np.array_equal(x, mat["X130_FE_time"].ravel()[12000:36000].astype(np.float32))
+    with pytest.raises(SourceError, match="no BA channel.*X097_DE_time"):
+        _replay(f"file:{data_dir / 'cwru' / 'normal_0_97.mat'}?channel=BA")
+
+
+def test_file_loop_continues_seq_and_time(wav_path):
+    with make_source(f"file:{wav_path}?fast=1&loop=1&chunk=1000") as src:
+        frames = []
+        for f in src:
+            frames.append(f)
+            if len(frames) == 30:
+                break
+    n = wavfile.read(wav_path)[1].size
+    assert [f.seq for f in frames] == list(range(30))
+    assert sum(f.n for f in frames) > 2 * n  # played more than twice
+    starts = np.cumsum([0] + [f.n for f in frames[:-1]])
+    np.testing.assert_allclose([f.t_capture - frames[0].t_capture for f in frames], starts / 8000, atol=1e-6)
+
+
+def test_file_errors_say_what_to_do(tmp_path):
+    with pytest.raises(SourceError, match="not found"):
+        _replay(f"file:{tmp_path / 'missing.wav'}")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....nonsense")
+    with pytest.raises(SourceError, match="not a readable WAV"):
+        _replay(f"file:{tmp_path / 'bad.wav'}")
+    with pytest.raises(ConfigError, match="use one of .wav, .npy, .csv, .mat"):
+        make_source("file:recording.flac")
