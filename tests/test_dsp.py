@@ -186,3 +186,16 @@ def test_noise_kinds_have_their_statistics():
     f, p = welch(make_noise(n, "gaussian", rng), fs=12000, nperseg=8192)
     flat = np.polyfit(np.log10(f[band]), 10 * np.log10(p[band]), 1)[0]
     assert abs(flat) < 1.0
+
+
+@pytest.mark.parametrize("window,hop", [(4, 10), (64, 16), (100, 100)])
+def test_windower_cuts_every_hop_for_any_chunking(window, hop):
+    from drsn_stream.dsp import Windower
+
+    x = np.arange(1000, dtype=np.float32)
+    for chunk in (1, 5, 333):
+        w = Windower(window, hop)
+        out = [r for a in range(0, x.size, chunk) for r in w.push(x[a : a + chunk])]
+        assert len(out) == (x.size - window) // hop + 1
+        for i, end, data in out:
+            assert end == i * hop + window and np.array_equal(data, x[i * hop : end])
