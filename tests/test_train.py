@@ -73,6 +73,15 @@ def test_fit_learns_from_tensors_with_a_batch_augmentation():
     assert sum(calls) == 4 * 256
     assert accuracy(res.model, x[256:].numpy(), y[256:].numpy()) > 0.9
     assert 1 <= res.best_epoch <= 4 and len(res.history) == 4
+    # A map-style dataset of (window, label) pairs works the same way.
+    ds = torch.utils.data.TensorDataset(x[:64], y[:64])
+    res2 = fit(
+        create_model("resnet_paper", num_classes=2),
+        ds,
+        recipe=Recipe(epochs=1, batch_size=32),
+        progress=False,
+    )
+    assert res2.windows_seen == 64
 
 
 def test_config_errors_name_the_key(tmp_path):

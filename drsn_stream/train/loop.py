@@ -1,8 +1,8 @@
 """A generic supervised training loop for any drsn-stream model.
 
-Data in: arrays/tensors ``(x (n, samples), y (n,))``, any object with ``.x`` and ``.y``, or an
-object with ``epoch(index, rng) -> obj with .x, .y`` that draws fresh data every epoch (random
-window offsets). An optional ``augment(x, y, rng) -> x`` runs on every training batch (e.g. noise
+Data in: arrays/tensors ``(x (n, samples), y (n,))``, any object with ``.x`` and ``.y``, a
+map-style dataset of ``(window, label)`` pairs, or an object with ``epoch(index, rng) -> obj with
+.x, .y`` that draws fresh data every epoch (random window offsets). An optional ``augment(x, y, rng) -> x`` runs on every training batch (e.g. noise
 at an SNR), then ``prepare(x) -> x`` (e.g. per-window normalization) runs on every batch, training
 and validation alike. Model out: the weights of the epoch with the best validation accuracy.
 
@@ -93,6 +93,11 @@ def _as_xy(data: Any) -> tuple[np.ndarray, np.ndarray]:
         x, y = data
     elif hasattr(data, "x") and hasattr(data, "y"):
         x, y = data.x, data.y
+    elif hasattr(data, "__getitem__") and hasattr(data, "__len__") and len(data) > 0:
+        # A map-style dataset of (window, label) pairs (e.g. a torch Dataset): stacked once.
+        pairs = [data[i] for i in range(len(data))]
+        x = np.stack([np.asarray(p[0], dtype=np.float32) for p in pairs])
+        y = np.asarray([int(p[1]) for p in pairs])
     else:
         raise DataError(
             f"training data must be (x, y), an object with .x/.y, or have epoch(); got {type(data).__name__}"
@@ -182,7 +187,7 @@ def fit(
     result = FitResult(model=model)
     best_state: dict[str, torch.Tensor] | None = None
     fixed = None if hasattr(train, "epoch") else _as_xy(train)
-    n_per_epoch = len(train) if fixed is None else len(fixed[1])
+    n_per_epoch = len(fixed[1]) if fixed is not None else (len(train) if hasattr(train, "__len__") else 0)
     batches_per_epoch = max(1, -(-n_per_epoch // recipe.batch_size))
     t0 = time.perf_counter()
 
