@@ -78,6 +78,30 @@ def test_eval_table_and_bad_options(capsys):
     assert train_cli(["eval", "--model", "bearing-cwru", "--data", str(CWRU)]) == 0
     out = capsys.readouterr().out
     assert "test part" in out and "outer_021" in out
+    # A negative range is typed as users would type it, not as --snr=-1:0.
+    assert (
+        train_cli(
+            [
+                "eval",
+                "--model",
+                "bearing-cwru",
+                "--data",
+                str(CWRU),
+                "--noise",
+                "pink",
+                "--snr",
+                "-1:0",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["noise"], r.get("snr_db")) for r in doc["results"]] == [
+        ("none", None),
+        ("pink", -1.0),
+        ("pink", 0.0),
+    ]
     assert train_cli(["eval", "--model", "bearing-cwru", "--data", str(CWRU), "--noise", "purple"]) == 2
     assert "valid kinds" in capsys.readouterr().err
     assert train_cli(["eval", "--model", "no-such-model", "--data", str(CWRU)]) == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,13 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- eval
 
 
+# argparse takes "-5:5" and "-5,0,5" for option flags; widening its negative-number pattern (a
+# private attribute, stable since Python 3.2) lets `--snr -5:5` work as users type it.
+_SNR_LIKE = re.compile(r"^-\d+([.:,]-?\d*)*$|^-\d*\.\d+$")
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser._negative_number_matcher = _SNR_LIKE  # type: ignore[attr-defined]
     parser.add_argument(
         "--model", required=True, help="built-in artifact name (bearing-cwru) or path of a .pt"
     )
@@ -85,7 +92,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--noise", default="", help="comma-separated noise kinds: gaussian,laplacian,pink")
     parser.add_argument(
-        "--snr", default=None, help="SNRs in dB: a range a:b (whole dB) or a list -5,0,5 (default 0)"
+        "--snr", default=None, help="SNRs in dB: a range a:b of whole dB (-5:5) or a list (-5,0,5); default 0"
     )
     parser.add_argument(
         "--split", default=None, help="time part to evaluate: test (default, the held-out part) or val"
