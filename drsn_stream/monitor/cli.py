@@ -113,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         dashboard.start()
     try:
         pipe.start()
+        if dashboard is None:
+            print(f"drsn-stream: ready: {pipe.meta.name} on {pipe.runner.device_name}, sources "
+                  f"{', '.join(cfg.sources)}", file=sys.stderr, flush=True)
         pipe.wait()
     except KeyboardInterrupt:
         pass

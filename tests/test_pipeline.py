@@ -1,0 +1,170 @@
+"""The whole monitor, end to end, with real components: CWRU recordings, the shipped TorchScript
+model, ZeroMQ sockets on loopback, the drsn-stream command in child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CWRU, cwru_signal, require_cwru
+
+from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+IR014_1 = "12k_Drive_End_IR014_1_170.mat"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drsn_stream", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_file_replay_labels_a_real_inner_race_fault() -> None:
+    require_cwru()
+    res = _cli("--source", f"file:{CWRU / IR014_1}", "--fast", "--headless", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = _lines(res.stdout)
+    preds = [o for o in objs if o["type"] == "prediction"]
+    assert len(preds) > 200  # ~10 s at 12 kHz, hop 512
+    for o in preds[:5]:
+        assert set(o) >= {"type", "stream", "time", "label", "confidence", "probs", "noise_index", "latency_ms"}
+        assert len(o["probs"]) == 10 and abs(sum(o["probs"]) - 1) < 1e-3 and 0 <= o["noise_index"] <= 1
+    counts = Counter(o["label"] for o in preds)
+    assert counts.most_common(1)[0][0] == "inner_014" and counts["inner_014"] > 0.8 * len(preds), counts
+    assert any(o["type"] == "alarm" and o["to"] in ("ALERT", "DANGER") for o in objs)
+    assert objs[-1]["type"] == "stats" and objs[-1]["final"] and objs[-1]["engine"]["windows"] == len(preds)
+
+
+_BAD_PUBLISHER = r"""
+import json, sys, time
+import numpy as np, zmq
+from scipy.io import loadmat
+from drsn_stream.sources.wire import encode
+path, port = sys.argv[1], int(sys.argv[2])
+mat = loadmat(path)
+x = np.asarray(mat[[k for k in mat if k.endswith("_DE_time")][0]], dtype=np.float32).ravel()
+sock = zmq.Context.instance().socket(zmq.PUB)
+sock.bind(f"tcp://127.0.0.1:{port}")
+time.sleep(1.5)  # let the subscriber join (ZeroMQ slow joiner)
+t0, chunk, seq = time.time(), 512, 0
+for i in range(0, 12000 * 3, chunk):
+    if seq == 30:
+        sock.send_multipart([b"sensor-1", b"{not json", b"\x00" * 16])   # malformed
+    if seq == 40:
+        seq += 3                                                           # a gap of 3 frames
+    sock.send_multipart(encode("sensor-1", seq, t0 + i / 12000, 12000, x[i:i + chunk]))
+    seq += 1
+    time.sleep(max(0.0, t0 + (i + chunk) / 12000 - time.time()))   # real time
+sock.close(linger=1000)
+"""
+
+
+def test_zmq_end_to_end_counts_bad_input_and_picks_up_a_restarted_publisher(tmp_path: Path) -> None:
+    require_cwru()
+    port = _free_port()
+    out = tmp_path / "results.jsonl"
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "drsn_stream", "--source", f"zmq://127.0.0.1:{port}", "--jsonl", str(out),
+         "--duration", "22", "--stale-ms", "60000"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        ready = monitor.stderr.readline()  # the monitor says when its sources are open
+        assert "ready" in ready, ready
+        time.sleep(0.5)
+        first = subprocess.run([sys.executable, "-c", _BAD_PUBLISHER, str(CWRU / IR014_1), str(port)], env=ENV,
+                               capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        t_restart = time.time()
+        second = _cli("publish", "--source", f"file:{CWRU / '12k_Drive_End_OR021@6_1_235.mat'}?stream=sensor-1",
+                      "--to", f"tcp://127.0.0.1:{port}", "--duration", "5", "--wait-subscriber", "5", "--quiet",
+                      timeout=60)
+        assert second.returncode == 0, second.stderr
+        stdout, stderr = monitor.communicate(timeout=60)
+    finally:
+        monitor.kill()
+    assert monitor.returncode == 0, stderr
+    objs = _lines(out.read_text())
+    preds = [o for o in objs if o["type"] == "prediction" and o["stream"] == "sensor-1"]
+    before = Counter(o["label"] for o in preds if o["time"] < t_restart)
+    after = Counter(o["label"] for o in preds if o["time"] >= t_restart)
+    assert before.most_common(1)[0][0] == "inner_014", before
+    assert after and after.most_common(1)[0][0] == "outer_021", after  # the restarted publisher's data
+    final = [o for o in objs if o["type"] == "stats"][-1]
+    src = next(iter(final["sources"].values()))
+    assert final["malformed"] >= 1 and sum(src["malformed"].values()) >= 1
+    assert src["gaps"].get("sensor-1", 0) >= 1 and src["restarts"].get("sensor-1", 0) >= 1
+    health = [o for o in objs if o["type"] == "health" and o["stream"] == "sensor-1"]
+    assert any("gap" in " ".join(o.get("reasons", [])) for o in health), health
+    assert "malformed 1" in stdout or "malformed 2" in stdout  # the summary names it too
+
+
+def test_simulated_machines_are_labelled_as_the_simulator_says() -> None:
+    cfg = RunConfig(sources=("sim:bearing?machines=3&seed=5&speed=6&noise=gaussian&snr=10",), stats_every_s=3600,
+                    stale_ms=60000)
+    pipe = Pipeline(cfg)
+    got = []
+    pipe.sinks.append(type("S", (), {"write": lambda self, o: got.append(o), "close": lambda self: None})())
+    pipe.start()
+    time.sleep(6.0)
+    pipe.stop()
+    sim = pipe.sources[0]
+    preds = [o for o in got if o["type"] == "prediction"]
+    streams = {o["stream"] for o in preds}
+    assert streams == {"sim/m0", "sim/m1", "sim/m2"}
+    # A window straddling a change of state may go either way: compare the window's first and
+    # last sample's truth and score only windows that lie in one state.
+    win_s = 2048 / 12000 / 6
+    scored = [(o["label"], sim.truth(o["stream"], o["time"])) for o in preds
+              if sim.truth(o["stream"], o["time"]) == sim.truth(o["stream"], o["time"] - win_s)]
+    agree = np.mean([a == b for a, b in scored])
+    truths = {b for _, b in scored}
+    assert len(scored) > 300 and agree >= 0.9, (agree, Counter(scored).most_common(8))
+    assert len(truths) >= 2  # healthy and at least one fault were simulated and recognised
+
+
+def test_missing_model_and_bad_source_give_clear_errors() -> None:
+    res = _cli("--source", "sim", "--model", "/nonexistent/model.pt", "--duration", "1")
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    res = _cli("--source", "bogus:thing", "--duration", "1")
+    assert res.returncode == 2 and "unknown source kind" in res.stderr and "zmq://" in res.stderr
+    res = _cli("--source", "sim", "--device", "cuda", "--duration", "1")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert res.returncode == 2 and "--device cpu" in res.stderr
+
+
+def test_nan_samples_never_reach_the_model_and_are_reported(tmp_path: Path) -> None:
+    require_cwru()
+    x = cwru_signal("12k_Drive_End_B021_0_222.mat")[:12000 * 3].astype(np.float32)
+    x[5000:5600] = np.nan
+    path = tmp_path / "nan_sensor.npy"
+    np.save(path, x)
+    res = _cli("--source", f"file:{path}?rate=12000", "--fast", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = _lines(res.stdout)
+    preds = [o for o in objs if o["type"] == "prediction"]
+    assert preds and all(np.isfinite(o["probs"]).all() for o in preds)
+    assert any(o["type"] == "health" and o["to"] == "CHECK_SENSOR" for o in objs)
+    final = objs[-1]
+    assert final["type"] == "stats" and final["nonfinite_samples"]["nan_sensor"] == 600
