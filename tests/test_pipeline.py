@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 from helpers import CWRU, cwru_signal, require_cwru
 
 from drsn_stream.monitor.pipeline import Pipeline, RunConfig
