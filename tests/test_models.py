@@ -6,12 +6,11 @@ import warnings
 
 import pytest
 import torch
+from helpers import cwru_windows
 
 from drsn_stream.errors import ConfigError
 from drsn_stream.models import RSBU, create_model, list_models, soft_threshold
 from drsn_stream.models.artifact import script_model
-
-from helpers import cwru_windows
 
 
 def _input_for(model: torch.nn.Module, batch: int = 4) -> torch.Tensor:
