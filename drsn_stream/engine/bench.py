@@ -78,7 +78,9 @@ def run_bench(
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
     # (a) naive: eager model, one window per call, numpy in and out as a user would write it
-    eager = eager_from_artifact(module, meta).to(dev)
+    eager = eager_from_artifact(module, meta)
+    if dev.type != "cpu":
+        eager = eager.to(dev)
     k = min(naive_windows, max_b)
 
     def naive() -> None:
@@ -97,7 +99,7 @@ def run_bench(
     t0 = time.perf_counter()
     runner.warmup()
     warmup_s = time.perf_counter() - t0
-    plain = copy.deepcopy(module).to(dev).eval()
+    plain = module.eval() if dev.type == "cpu" else copy.deepcopy(module).to(dev).eval()
     graph16 = _graph_fp16(module, dev, n) if dev.type == "cuda" else None
 
     rows = []
