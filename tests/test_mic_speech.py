@@ -1,0 +1,119 @@
+"""Live spoken digits through a real PortAudio stream: a paced virtual microphone (ALSA file
+plugin clocked by a JACK dummy server at 48 kHz) plays FSDD test-split digits from several
+speakers, separated by silence, over real background noise, into
+`drsn-stream --source "mic?rate=48000" --headless --jsonl -`. The spoken sequence must come back
+in order (at least 9 of 10) with no detection during the silences."""
+
+from __future__ import annotations
+
+import ctypes.util
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+from scipy.signal import resample_poly
+
+ROOT = Path(__file__).resolve().parents[1]
+ALSA = ROOT / "tests" / "alsa"
+RATE = 48000
+SEQUENCE = [("3", "george"), ("1", "jackson"), ("4", "lucas"), ("1", "nicolas"), ("5", "theo"),
+            ("9", "yweweler"), ("2", "george"), ("6", "jackson"), ("8", "theo"), ("7", "lucas")]
+GAP_S = 1.6
+
+pytestmark = [pytest.mark.audio, pytest.mark.slow]
+
+
+def _jack_ready() -> str | None:
+    if ctypes.util.find_library("portaudio") is None:
+        return "libportaudio2 is not installed (apt-get install libportaudio2)"
+    if shutil.which("jackd") is None or shutil.which("jack_lsp") is None:
+        return "the paced virtual microphone needs jackd2 (tools/setup.sh --dev)"
+    if not (glob.glob("/usr/lib/*/alsa-lib/libasound_module_pcm_jack.so")
+            or glob.glob("/usr/lib/alsa-lib/libasound_module_pcm_jack.so")):
+        return "the paced virtual microphone needs libasound2-plugins (tools/setup.sh --dev)"
+    return None
+
+
+def _read(path: Path, rate: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wavfile.WavFileWarning)  # FSDD files carry a LIST chunk
+        r, x = wavfile.read(path)
+    x = x.astype(np.float64) / (32768.0 if x.dtype == np.int16 else 1.0)
+    if r != rate:
+        g = np.gcd(r, rate)
+        x = resample_poly(x, rate // g, r // g)
+    return x
+
+
+def _speech_raw(data: Path, out: Path) -> list[tuple[str, float, float]]:
+    """Writes the microphone's raw float32 file; returns (digit, start_s, end_s) per word."""
+    rng = np.random.default_rng(0)
+    pieces, spans, t = [np.zeros(int(1.5 * RATE))], [], 1.5
+    for i, (digit, speaker) in enumerate(SEQUENCE):
+        take = i % 5  # FSDD's own test split: takes 0-4
+        x = _read(data / "fsdd" / "recordings" / f"{digit}_{speaker}_{take}.wav", RATE)
+        x = 0.3 * x / (np.abs(x).max() + 1e-9)
+        pieces.append(x)
+        spans.append((digit, t, t + len(x) / RATE))
+        t += len(x) / RATE
+        pieces.append(np.zeros(int(GAP_S * RATE)))
+        t += GAP_S
+    speech = np.concatenate(pieces)
+    noise = _read(data / "noise" / "running_tap.wav", RATE)
+    noise = noise[-len(speech):] if len(noise) >= len(speech) else np.resize(noise, len(speech))
+    voiced = np.concatenate([p for p in pieces if p.any()])
+    noise *= np.sqrt(np.mean(voiced**2) / np.mean(noise**2)) * 10 ** (-20 / 20)  # 20 dB below the speech
+    mic = (speech + noise + rng.normal(0, 1e-4, len(speech))).astype(np.float32)
+    np.concatenate([mic, np.zeros(5 * RATE, np.float32)]).tofile(out)
+    return spans
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    m = np.zeros((len(a) + 1, len(b) + 1), int)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            m[i + 1, j + 1] = m[i, j] + 1 if x == y else max(m[i, j + 1], m[i + 1, j])
+    return int(m[-1, -1])
+
+
+def test_spoken_digits_come_back_in_order_from_a_live_microphone(data_dir: Path, tmp_path: Path) -> None:
+    reason = _jack_ready()
+    if reason:
+        pytest.skip(reason)
+    if not (data_dir / "fsdd" / "recordings").is_dir():
+        pytest.skip(f"FSDD not found under {data_dir}")
+    raw = tmp_path / "mic.f32"
+    spans = _speech_raw(data_dir, raw)
+    duration = spans[-1][2] + 2.0
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    cmd = [str(ALSA / "virtual-mic.sh"), str(raw), str(RATE), "--", sys.executable, "-m", "drsn_stream",
+           "--source", f"mic?rate={RATE}", "--headless", "--jsonl", "-", "--duration", f"{duration:.1f}"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=duration + 90)
+    assert res.returncode == 0, res.stderr[-3000:]
+    objs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    preds = [o for o in objs if o["type"] == "prediction"]
+    dets = [o for o in objs if o["type"] == "detection"]
+    assert preds, res.stderr[-2000:]
+    # The first window ends 1 s (its length) after the stream's first sample: that fixes the
+    # offset between capture time and the position in the played file.
+    t0 = preds[0]["time"] - 1.0
+    heard = [d["label"] for d in dets]
+    truth = [d for d, _, _ in spans]
+    print(f"said {truth}\nheard {heard}")
+    assert _lcs(heard, truth) >= 9, f"heard {heard}, said {truth}"
+    for d in dets:
+        pos = d["time"] - t0
+        # a word is inside some 1 s window from its start until 1 s after its end
+        inside = [s for s in spans if s[1] - 0.15 <= pos <= s[2] + 1.15]
+        assert inside, f"detection {d['label']} at {pos:.2f} s lies in a silence; words at {spans}"
+    assert len(dets) <= len(truth) + 1
+    stats = [o for o in objs if o["type"] == "stats"][-1]
+    assert stats["engine"]["windows"] >= 0.8 * duration * 10  # 100 ms hop: about 10 windows a second
