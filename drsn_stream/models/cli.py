@@ -23,25 +23,50 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"artifacts": [m.to_dict() for m in metas], "networks": list_models()}, indent=1))
         return 0
     console = Console()
-    table = Table(title=f"Built-in models ({builtin_dir()})")
-    for col in ("name", "network", "labels", "rate", "window / hop", "input", "accuracy (held-out)", "trained on"):
-        table.add_column(col, overflow="fold")
+    console.print(f"[bold]Built-in models[/] ({builtin_dir()})")
     for m in metas:
-        acc = ", ".join(f"{k} {_pct(v)}" for k, v in list(m.accuracy.items())[:6] if _pct(v))
-        labels = ", ".join(m.labels) if len(m.labels) <= 13 else f"{len(m.labels)} labels"
-        table.add_row(
-            m.name, m.model, labels, f"{m.sample_rate} Hz", f"{m.window} / {m.hop}", m.input.get("kind", "?"),
-            acc, str(m.training.get("data", ""))[:80],
-        )
-    console.print(table)
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(overflow="fold")
+        grid.add_row("network", m.model)
+        grid.add_row("labels", f"{len(m.labels)}: " + ", ".join(m.labels))
+        grid.add_row("input", f"{m.sample_rate} Hz, window {m.window} ({m.window_seconds:.3g} s), hop {m.hop}, "
+                              f"{m.input.get('kind', '?')}, normalization {m.normalization.get('kind', '?')}")
+        acc = ", ".join(f"{k.removesuffix('_pct')} {_pct(k, v)}" for k, v in m.accuracy.items() if _pct(k, v))
+        if acc:
+            grid.add_row("accuracy", acc + (f"  ({m.accuracy['split']} split)" if "split" in m.accuracy else ""))
+        grid.add_row("trained on", _data_summary(m.training))
+        if m.description:
+            grid.add_row("about", m.description)
+        grid.add_row("torch", f"{m.torch_version}, format v{m.format_version}, created {m.created}")
+        console.print(f"\n[bold cyan]{m.name}[/]")
+        console.print(grid)
     if not metas:
         console.print("[yellow]no built-in models are installed; train one with `drsn-stream train`[/]")
     if args.networks:
-        console.print("networks: " + ", ".join(list_models()))
+        console.print("\nnetworks: " + ", ".join(list_models()))
     return 0
 
 
-def _pct(v: object) -> str:
-    if isinstance(v, (int, float)):
-        return f"{100 * v:.1f} %" if v <= 1 else f"{v:.1f} %"
+def _data_summary(training: dict) -> str:
+    data = training.get("data", "")
+    if isinstance(data, dict):
+        parts = [str(data.get(k)) for k in ("dataset", "description") if data.get(k)]
+        if "files" in data and isinstance(data["files"], dict):
+            n = sum(len(v) for v in data["files"].values())
+            parts.append(f"{n} recordings")
+        if "loads" in data:
+            parts.append(f"loads {data['loads']} HP")
+        data = ", ".join(parts)
+    credit = training.get("credit")
+    return f"{data}" + (f" ({credit})" if credit else "")
+
+
+def _pct(key: str, v: object) -> str:
+    """An accuracy as a percentage: fractions in [0, 1], or ``*_pct`` numbers that already are
+    percentages; anything else (counts, seeds, nested tables) is not shown here."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and key.endswith("_pct"):
+        return f"{v:.1f} %"
+    if isinstance(v, float) and 0.0 <= v <= 1.0:
+        return f"{100 * v:.1f} %"
     return ""
