@@ -1,0 +1,157 @@
+"""The shipped spoken-digit model, the speech simulator and the whole live path on real speech."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drsn_stream.dsp import StreamDSP
+from drsn_stream.dsp.normalize import normalize
+from drsn_stream.errors import ConfigError
+from drsn_stream.models import load_artifact
+from drsn_stream.sources import make_source
+from drsn_stream.speech import LABELS
+from drsn_stream.speech.detector import WordDetector
+from drsn_stream.types import Frame
+
+DATA = Path(os.environ.get("DRSN_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+FSDD = DATA / "fsdd" / "recordings"
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.jit.ScriptModule, object]:
+    return load_artifact("digits-fsdd")
+
+
+def _probs(model: torch.jit.ScriptModule, windows: np.ndarray, spec: dict) -> np.ndarray:
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(normalize(windows, spec)))
+    return torch.softmax(logits, dim=1).numpy()
+
+
+def test_artifact_says_what_it_is(digits) -> None:
+    _, meta = digits
+    assert meta.labels == [str(d) for d in range(10)] + ["_silence_", "_noise_", "_unknown_"]
+    assert (meta.sample_rate, meta.window, meta.hop) == (8000, 8000, 800)
+    assert meta.normalization["kind"] == "rms" and meta.normalization["floor"] > 0
+    assert meta.input["kind"] in ("raw", "logmel")
+    assert "Free Spoken Digit Dataset" in meta.description and "CC BY-SA 4.0" in meta.description
+    assert meta.accuracy["test_split_pct"] >= 97.0
+    assert "takes 0-4" in meta.accuracy["test_split"]
+
+
+def test_labels_real_test_split_recordings_in_a_window_of_silence(digits) -> None:
+    if not FSDD.is_dir():
+        pytest.skip(f"FSDD not found at {FSDD} (set DRSN_DATA to the shared data folder)")
+    from drsn_stream.speech.dataset import read_wav
+
+    model, meta = digits
+    speakers = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+    windows, truth = [], []
+    for d in range(10):
+        for k in range(3):  # three speakers and takes per digit, all from the test split (takes 0-4)
+            x, rate = read_wav(FSDD / f"{d}_{speakers[(d + k) % 6]}_{(d + 2 * k) % 5}.wav")
+            assert rate == 8000
+            w = np.zeros(meta.window, np.float32)
+            off = (meta.window - len(x)) // 2
+            w[off : off + len(x)] = x
+            windows.append(w)
+            truth.append(str(d))
+    probs = _probs(model, np.stack(windows), meta.normalization)
+    got = [meta.labels[i] for i in probs.argmax(1)]
+    correct = sum(g == t for g, t in zip(got, truth, strict=True))
+    assert correct >= 29, list(zip(truth, got, strict=True))
+
+
+def test_background_is_not_called_a_digit(digits) -> None:
+    model, meta = digits
+    rng = np.random.default_rng(0)
+    quiet = rng.standard_normal((8, meta.window)).astype(np.float32) * 1e-4
+    silent = np.zeros((2, meta.window), np.float32)
+    probs = _probs(model, np.concatenate([quiet, silent]), meta.normalization)
+    assert all(meta.labels[i].startswith("_") for i in probs.argmax(1))
+
+
+def _live_pass(spec: str) -> tuple[list[tuple[float, float, str]], list]:
+    """Replays the simulator through StreamDSP + the model + the detector, like the monitor."""
+    model, meta = load_artifact("digits-fsdd")
+    det = WordDetector(meta.labels)
+    events = []
+    with make_source(spec) as src:
+        dsp = StreamDSP(meta)
+        for frame in src:
+            wins = dsp.push(frame)
+            if not wins:
+                continue
+            probs = _probs(model, np.stack([w.data for w in wins]), {"kind": "none"})
+            for w, p in zip(wins, probs, strict=True):
+                events += det.update(w.stream_id, w.t_last, p)
+        words = src.words()
+    return words, events
+
+
+@pytest.mark.parametrize("spec", ["sim:speech?fast=1&words=10&seed=1", "sim:speech?fast=1&words=10&seed=2&noise=none&chunk=333"])
+def test_live_pass_over_spoken_digits_gives_the_sequence_back(spec: str) -> None:
+    words, events = _live_pass(spec)
+    assert len(words) == 10
+    # A detection belongs to a word if it comes while some window holds part of that word: after
+    # the word starts and before its end has left the 1 s window. Pauses last >= 1.2 s, so
+    # anything else fired during a pause.
+    matched: list[str] = []
+    for ev in events:
+        owner = [lab for (s, e, lab) in words if s <= ev.time <= e + 1.0]
+        assert owner, f"detection {ev.data} at {ev.time:.2f} s fell into a pause"
+        matched.append(ev.data["label"])
+    said = [lab for _, _, lab in words]
+    hits = sum(1 for a, b in zip(said, matched, strict=False) if a == b)
+    assert len(events) <= 10 and hits >= 9, (said, matched)
+
+
+def test_speech_simulator_is_seeded_and_knows_what_was_said() -> None:
+    def run(seed: int, chunk: int) -> tuple[np.ndarray, list, object]:
+        with make_source(f"sim:speech?fast=1&words=4&seed={seed}&chunk={chunk}") as src:
+            frames: list[Frame] = list(src)
+            return np.concatenate([f.samples[:, 0] for f in frames]), src.words(), src
+
+    a, words_a, src = run(5, 400)
+    b, words_b, _ = run(5, 123)
+    c, _, _ = run(6, 400)
+    assert np.array_equal(a, b)  # chunking does not change the signal
+    assert not np.array_equal(a[: min(len(a), len(c))], c[: min(len(a), len(c))])
+    assert [w[2] for w in words_a] == [w[2] for w in words_b]
+    assert src.streams == ["sim/speech"]
+    s, e, lab = words_a[1]
+    assert src.truth("sim/speech", (s + e) / 2) == lab
+    assert src.truth("sim/speech", s - 0.3) == "_silence_"
+    assert len(a) / 8000 == pytest.approx(words_a[-1][1] - src.t0, abs=2.0)  # ends one pause after the last word
+    # Words are louder than the background between them (default: 20 dB).
+    t0 = src.t0
+    inside = np.concatenate([a[int((s - t0) * 8000) : int((e - t0) * 8000)] for s, e, _ in words_a])
+    pause = a[: int((words_a[0][0] - t0) * 8000)]
+    assert np.sqrt(np.mean(inside**2)) > 5 * np.sqrt(np.mean(pause**2)) > 0
+
+
+def test_speech_simulator_rejects_bad_options() -> None:
+    with pytest.raises(ConfigError, match="valid"):
+        make_source("sim:speech?colour=blue")
+    with pytest.raises(ConfigError, match="noise"):
+        make_source("sim:speech?noise=loud")
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install -y espeak-ng)")
+def test_synthetic_voice_is_trimmed_and_resampled_to_8khz(tmp_path: Path) -> None:
+    from drsn_stream.speech import tts
+
+    voice = tts.Voice("espeak-ng", "en-us+f3", 85, 150.0)
+    utts = tts.generate(tmp_path, ("seven",), ("7",), [voice])
+    assert [u.label for u in utts] == ["7"] and utts[0].speaker == voice.id
+    # "seven" at 150 words/min lasts about half a second once the silence is trimmed.
+    assert 0.25 < len(utts[0].audio) / 8000 < 0.9
+    again = tts.generate(tmp_path, ("seven",), ("7",), [voice])  # from the cache, same samples
+    assert np.allclose(again[0].audio, utts[0].audio, atol=1e-4)
+    assert LABELS.index("7") == 7
