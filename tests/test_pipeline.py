@@ -167,3 +167,26 @@ def test_nan_samples_never_reach_the_model_and_are_reported(tmp_path: Path) -> N
     assert any(o["type"] == "health" and o["to"] == "CHECK_SENSOR" for o in objs)
     final = objs[-1]
     assert final["type"] == "stats" and final["nonfinite_samples"]["nan_sensor"] == 600
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path: Path) -> None:
+    import signal
+
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "drsn_stream", "--source", "sim?machines=2", "--headless",
+                             "--jsonl", str(out)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "ready" in proc.stderr.readline()
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "drsn-stream:" in stdout and "sim/m0:" in stdout  # the summary
+    objs = _lines(out.read_text())
+    final = objs[-1]
+    assert final["type"] == "stats" and final["final"]
+    n_pred = sum(o["type"] == "prediction" for o in objs)
+    assert n_pred == final["engine"]["windows"] > 0  # every inferred window reached the log

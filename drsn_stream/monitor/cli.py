@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             screen=False,
         )
         dashboard.start()
+    _stop_on_signals(pipe)
     try:
         pipe.start()
         if dashboard is None:
@@ -127,6 +128,21 @@ def run(args: argparse.Namespace) -> int:
             metrics.stop()
     print(pipe.summary(), file=sys.stderr if args.jsonl == "-" else sys.stdout, flush=True)
     return 1 if pipe.errors and pipe.stats.windows == 0 else 0
+
+
+def _stop_on_signals(pipe: Pipeline) -> None:
+    """Ctrl-C (SIGINT) and SIGTERM end the run cleanly: sources closed, queues drained, summary."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        pipe.quit.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 def _once(pipe: Pipeline, cfg: RunConfig) -> int:
