@@ -190,3 +190,27 @@ def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path: Path) -> None:
     assert final["type"] == "stats" and final["final"]
     n_pred = sum(o["type"] == "prediction" for o in objs)
     assert n_pred == final["engine"]["windows"] > 0  # every inferred window reached the log
+
+
+def test_chunk_size_gives_identical_windows_and_labels() -> None:
+    from drsn_stream.dsp import StreamDSP
+    from drsn_stream.engine.runner import Runner
+    from drsn_stream.models import load_artifact
+    from drsn_stream.types import Frame
+
+    x = cwru_signal(IR014_1)[:24000].astype(np.float32)[:, None]
+    module, meta = load_artifact("bearing-cwru")
+    runner = Runner(module, window=meta.window, device="cpu", max_batch=64)
+    results = []
+    for chunk in (1, 333, 4096):
+        dsp = StreamDSP(meta)
+        windows = []
+        for seq, i in enumerate(range(0, len(x), chunk)):
+            windows += dsp.push(Frame("s", seq, i / 12000, 12000.0, x[i : i + chunk]))
+        data = np.stack([w.data for w in windows])
+        probs, _ = runner.infer(data)
+        results.append((data, [meta.labels[k] for k in probs.argmax(1)]))
+    (d1, l1), (d2, l2), (d3, l3) = results
+    assert len(d1) == (24000 - 2048) // 512 + 1
+    assert np.array_equal(d1, d2) and np.array_equal(d1, d3)
+    assert l1 == l2 == l3 and l1.count("inner_014") > 0.8 * len(l1)
