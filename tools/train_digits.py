@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from drsn_stream.models import model_config, save_artifact  # noqa: E402
 from drsn_stream.speech import CREDITS, HOP, LABELS, NORMALIZATION, SAMPLE_RATE, WINDOW, dataset, tts  # noqa: E402  # noqa: E402
+from drsn_stream.speech.augment import AugmentConfig  # noqa: E402
 from drsn_stream.speech.train import (  # noqa: E402
     TrainConfig,
     accuracy,
@@ -51,6 +52,8 @@ def train_config(cfg: dict, **changes) -> TrainConfig:
     name = m.pop("name")
     t = dict(cfg["train"])
     tc = TrainConfig(model=name, overrides=m, **t)
+    if "augment" in cfg:
+        tc.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["augment"].items()})
     for k, v in changes.items():
         setattr(tc, k, v)
     return tc
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loso", action="store_true", help="leave-one-speaker-out evaluation")
     ap.add_argument("--speakers", nargs="*", default=None, help="LOSO: only these speakers")
     ap.add_argument("--threads", type=int, default=None, help="override the config's torch threads")
+    ap.add_argument("--tag", default="", help="write into runs/digits-TAG instead of runs/digits")
     ap.add_argument("--install", action="store_true", help="copy the exported artifact into drsn_stream/artifacts/")
     args = ap.parse_args(argv)
 
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         cfg["train"]["threads"] = args.threads
     data = args.data or dataset.default_data_dir()
-    out_dir = args.runs / "digits"
+    out_dir = args.runs / ("digits-" + args.tag if args.tag else "digits")
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"loading FSDD and noise from {data}")
     fsdd = dataset.load_fsdd(data / "fsdd")
