@@ -124,6 +124,32 @@ def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict) -> dic
     }
 
 
+def record_loso(paths: list[Path]) -> int:
+    """Adds leave-one-speaker-out results to the installed artifact's metadata (same weights)."""
+    from drsn_stream.models import build_from_config, load_artifact
+
+    dest = ROOT / "drsn_stream" / "artifacts" / "digits-fsdd.pt"
+    module, meta = load_artifact(dest)
+    model = build_from_config(meta.model_config)
+    model.load_state_dict(module.state_dict())
+    per = {}
+    epochs = set()
+    for p in paths:
+        d = json.loads(p.read_text())
+        per[d["speaker"]] = d["accuracy"]
+        epochs.add(d["epochs"])
+    d = meta.to_dict()
+    d["accuracy"]["loso_pct"] = {**per, "mean": round(float(np.mean(list(per.values()))), 2)}
+    d["accuracy"]["loso"] = (
+        f"leave-one-speaker-out over FSDD's six speakers (all 500 files of the held-out one), "
+        f"same recipe with {'/'.join(str(e) for e in sorted(epochs))} epochs instead of {meta.training['recipe']['epochs']}"
+    )
+    d.pop("created", None)
+    save_artifact(model, dest, d)
+    log(f"recorded LOSO {d['accuracy']['loso_pct']} in {dest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None, help="folder holding fsdd/ and noise/ (default ../shared/data)")
@@ -136,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="override the config's torch threads")
     ap.add_argument("--tag", default="", help="write into runs/digits-TAG instead of runs/digits")
     ap.add_argument("--install", action="store_true", help="copy the exported artifact into drsn_stream/artifacts/")
+    ap.add_argument("--record-loso", nargs="+", type=Path, default=None, metavar="JSON",
+                    help="write these loso-SPEAKER.json results into the installed artifact's accuracy and exit")
     args = ap.parse_args(argv)
+    if args.record_loso:
+        return record_loso(args.record_loso)
 
     cfg = load_config(args.config)
     if args.threads:
