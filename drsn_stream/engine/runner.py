@@ -21,6 +21,10 @@ import torch
 from drsn_stream.errors import ConfigError
 
 FP16_MIN_AGREEMENT = 0.999
+# On the CPU a batch is run in slices of at most this many windows: beyond it the activations of
+# one slice no longer fit the caches and throughput drops (1024 windows at once ran ~40 % slower
+# than four slices of 256 on this project's 2-core machines).
+CPU_SLICE = 256
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -204,8 +208,9 @@ class Runner:
         if x.ndim != 2 or x.shape[1] != self.window:
             raise ValueError(f"expected windows of shape (b, {self.window}), got {x.shape}")
         outs_p, outs_n = [], []
-        for i in range(0, x.shape[0], self.max_batch):
-            p, n = self._infer_chunk(x[i : i + self.max_batch])
+        step = min(self.max_batch, CPU_SLICE) if self.device.type == "cpu" else self.max_batch
+        for i in range(0, x.shape[0], step):
+            p, n = self._infer_chunk(x[i : i + step])
             outs_p.append(p)
             outs_n.append(n)
         if len(outs_p) == 1:
