@@ -320,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, few windows, gaussian only"
     )
+    ap.add_argument(
+        "--aggregate-only",
+        action="store_true",
+        help="train nothing: write the reports from the jobs already finished",
+    )
     args = ap.parse_args(argv)
 
     nets = tuple(n for n in args.nets.split(",") if n)
@@ -369,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(jobs)} jobs, {len(rows)} already done, {len(todo)} to run on {args.workers} worker(s)",
         flush=True,
     )
+    if args.aggregate_only:
+        print(f"--aggregate-only: {len(todo)} unfinished job(s) left out", flush=True)
+        todo = []
     if todo:
         if args.workers > 1:
             with mp.get_context("spawn").Pool(args.workers) as pool:
