@@ -221,3 +221,20 @@ def test_bad_config_says_what_to_fix():
         HealthConfig(timeout_s=0)
     with pytest.raises(ConfigError, match="full_scale must be > 0"):
         HealthConfig(full_scale=-1.0)
+
+
+def test_dithered_silence_is_not_clipping() -> None:
+    # sox-style dither: quiet audio of -1, 0, +1 LSB has many samples at its "extremes"
+    rng = np.random.default_rng(0)
+    monitor = HealthMonitor()
+    lsb = 1 / 32768
+    for seq in range(40):
+        x = (rng.integers(-1, 2, size=(800, 1)) * lsb).astype(np.float32)
+        monitor.push(Frame("quiet", seq, seq * 0.1, 8000.0, x), now=seq * 0.1)
+    assert monitor.healthy("quiet"), monitor.state("quiet")
+    # ...while a loud signal stuck at its rails still is clipping
+    t = np.arange(800) / 8000
+    for seq in range(40, 60):
+        x = np.clip(np.sin(2 * np.pi * 50 * (t + seq * 0.1)) * 2.0, -0.9, 0.9)[:, None].astype(np.float32)
+        monitor.push(Frame("quiet", seq, seq * 0.1, 8000.0, x), now=seq * 0.1)
+    assert "clipping" in monitor.state("quiet").reasons

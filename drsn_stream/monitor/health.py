@@ -48,6 +48,7 @@ NO_DATA = "no data"
 GAP = "sequence gap"
 FLAT = "flat line"
 CLIPPING = "clipping"
+MIN_LEVELS_FOR_CLIPPING = 16  # distinct sample values a frame needs before its extremes can be rails
 NON_FINITE = "NaN/Inf samples"
 OVERFLOW = "input overflow"
 
@@ -352,6 +353,11 @@ class HealthMonitor:
             return cfg.full_scale is not None and bool(np.any(st.blk_full >= need))
         moving = st.blk_max > st.blk_min  # a constant channel is a flat line, not clipping
         at_rail = moving & ((st.blk_at_max >= need) | (st.blk_at_min >= need))
+        if np.any(at_rail):
+            # A signal only a few quantization steps wide (dithered silence: -1, 0, +1 LSB) has
+            # many samples at its extremes without any rail: a clipped signal takes many levels.
+            levels = np.array([np.unique(x[:, c]).size for c in range(x.shape[1])])
+            at_rail &= levels >= MIN_LEVELS_FOR_CLIPPING
         st.blk_n = 0
         return bool(np.any(at_rail | (st.blk_full >= need)))
 
