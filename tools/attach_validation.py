@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Stores validation windows inside a bearing artifact (for the GPU runner's fp16 check).
+
+The runner uses half precision on CUDA only where the artifact's own validation windows give
+>= 99.9 % label agreement with fp32; an artifact without them runs in fp32. This re-saves the
+artifact (same weights, same metadata) with normalized windows cut from the validation part of
+the CWRU recordings it was trained on (never the held-out test part), clean and at 0 dB noise.
+
+    python tools/attach_validation.py drsn_stream/artifacts/bearing-cwru.pt --data ../shared/data/cwru
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from drsn_stream.dsp.normalize import normalize  # noqa: E402
+from drsn_stream.engine.bench import eager_from_artifact  # noqa: E402
+from drsn_stream.models import load_artifact, save_artifact  # noqa: E402
+from drsn_stream.train.cwru import load_set  # noqa: E402
+from drsn_stream.train.evaluate import part_windows  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifact")
+    ap.add_argument("--data", default=None, help="CWRU folder (default: ../shared/data/cwru)")
+    ap.add_argument("--per-kind", type=int, default=256, help="windows per noise condition")
+    args = ap.parse_args(argv)
+    module, meta = load_artifact(args.artifact)
+    d = meta.training.get("data", {})
+    split = meta.training.get("split", {})
+    val = tuple(split.get("val", d.get("val_part", (0.60, 0.75))))
+    recs = load_set(args.data, meta.labels, loads=d.get("loads", (0,)), channel=d.get("channel", "DE"),
+                    sample_rate=meta.sample_rate, files=d.get("files"))
+    rng = np.random.default_rng(0)
+    parts = []
+    for kind, snr in (("none", None), ("gaussian", 0.0), ("pink", 0.0)):
+        x, _ = part_windows(recs, meta.labels, val, window=meta.window, hop=meta.hop, kind=kind, snr_db=snr, seed=7)
+        pick = rng.choice(len(x), size=min(args.per_kind, len(x)), replace=False)
+        parts.append(normalize(x[pick], meta.normalization))
+    windows = np.concatenate(parts).astype(np.float32)
+    model = eager_from_artifact(module, meta)
+    meta.training.setdefault("validation_windows", {"part": list(val), "conditions": ["clean", "gaussian 0 dB",
+                                                                                      "pink 0 dB"],
+                                                    "count": int(len(windows))})
+    save_artifact(model, args.artifact, meta, validation=windows)
+    print(f"{args.artifact}: stored {len(windows)} validation windows from part {val}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
