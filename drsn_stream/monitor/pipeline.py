@@ -199,7 +199,8 @@ class Pipeline:
         self.batcher.close()
         self.engine.join(timeout=30.0)
         self._out.put(None)
-        self._threads[0].join(timeout=10.0) if self._threads else None
+        if self._threads:
+            self._threads[0].join(timeout=10.0)  # the output thread drains what the engine left
         if self.capture is not None:
             self.capture.close()
         self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
@@ -226,7 +227,8 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - one broken source must not take the monitor down
             self.errors.append(f"source {type(source).__name__} failed: {exc!r}")
         finally:
-            self._sources_done += 1
+            with self._ingest_lock:
+                self._sources_done += 1
 
     def _ingest_frame(self, frame: Frame) -> None:
         with self._ingest_lock:
