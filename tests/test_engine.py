@@ -23,18 +23,16 @@ def _w(stream: str, i: int, *, t_last: float | None = None, n: int = 2048) -> Wi
     return Window(stream, i, now if t_last is None else t_last, np.zeros(n, np.float32), t_ready=now)
 
 
-def test_full_batch_leaves_at_once_and_partial_after_max_wait() -> None:
-    b = MicroBatcher(max_batch=4, max_wait_ms=150)
+def test_full_batch_leaves_at_once_and_partial_only_after_max_wait() -> None:
+    # max_wait far longer than the call's timeout: only a full batch can come out of this call
+    b = MicroBatcher(max_batch=4, max_wait_ms=60_000)
     for i in range(6):
         b.put(_w("a", i))
-    t0 = time.monotonic()
-    first = b.next_batch(timeout=1.0)
-    assert [w.index for w in first] == [0, 1, 2, 3]
-    assert time.monotonic() - t0 < 0.1  # full: no waiting for max_wait
-    second = b.next_batch(timeout=1.0)
-    waited = time.monotonic() - t0
-    assert [w.index for w in second] == [4, 5]
-    assert waited >= 0.1  # partial: left only once the oldest window had waited ~max_wait
+    assert [w.index for w in b.next_batch(timeout=5.0)] == [0, 1, 2, 3]
+    assert b.next_batch(timeout=0.2) == []  # two windows wait for more, not for the timeout
+    # with a short max_wait the same partial batch leaves once its oldest window has waited
+    b.max_wait = 0.05
+    assert [w.index for w in b.next_batch(timeout=5.0)] == [4, 5]
 
 
 def test_stale_windows_are_dropped_and_counted_per_stream() -> None:
