@@ -11,6 +11,9 @@ import torch
 
 DATA = Path(os.environ.get("DRSN_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 CWRU = DATA / "cwru"
+needs_cwru = pytest.mark.skipif(
+    not CWRU.is_dir(), reason=f"CWRU data not found at {CWRU}; set DRSN_DATA to the folder that holds cwru/"
+)
 
 
 def require_cwru() -> Path:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CWRU, needs_cwru
 
 from drsn_stream.dsp.noise import snr_db
 from drsn_stream.errors import ConfigError, DataError
@@ -26,11 +26,6 @@ from drsn_stream.train.cwru import (
 )
 from drsn_stream.train.evaluate import part_windows
 
-DATA = Path(os.environ.get("DRSN_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-CWRU = DATA / "cwru"
-needs_cwru = pytest.mark.skipif(
-    not CWRU.is_dir(), reason=f"CWRU data not found at {CWRU}; set DRSN_DATA to the folder that holds cwru/"
-)
 ROOT = Path(__file__).resolve().parents[1]
 
 

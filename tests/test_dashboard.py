@@ -27,20 +27,10 @@ from drsn_stream.monitor.snapshot import (
 from drsn_stream.sinks.dashboard import Dashboard, render, render_once, sparkline
 from drsn_stream.sinks.keys import KeyReader, parse_keys
 from drsn_stream.sinks.metrics import MetricsServer
+from drsn_stream.train.cwru import LABELS_10
 from drsn_stream.types import Event, Frame, Prediction
 
-LABELS = [
-    "normal",
-    "ball_007",
-    "ball_014",
-    "ball_021",
-    "inner_007",
-    "inner_014",
-    "inner_021",
-    "outer_007",
-    "outer_014",
-    "outer_021",
-]
+LABELS = list(LABELS_10)
 HEADER = Header(
     sources=("sim:bearing",),
     model="bearing-cwru",

@@ -9,20 +9,10 @@ import pytest
 
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
+from drsn_stream.train.cwru import LABELS_10
 from drsn_stream.types import Prediction
 
-BEARING = [
-    "normal",
-    "ball_007",
-    "ball_014",
-    "ball_021",
-    "inner_007",
-    "inner_014",
-    "inner_021",
-    "outer_007",
-    "outer_014",
-    "outer_021",
-]
+BEARING = list(LABELS_10)
 ROOT = Path(__file__).resolve().parents[1]
 
 

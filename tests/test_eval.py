@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import CWRU, needs_cwru
 
 from drsn_stream.models import read_meta
 from drsn_stream.train.cli import main as train_cli
 
-DATA = Path(os.environ.get("DRSN_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-CWRU = DATA / "cwru"
-needs_cwru = pytest.mark.skipif(
-    not CWRU.is_dir(), reason=f"CWRU data not found at {CWRU}; set DRSN_DATA to the folder that holds cwru/"
-)
 ROOT = Path(__file__).resolve().parents[1]
 
 

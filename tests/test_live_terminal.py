@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from drsn_stream.train.cwru import LABELS_10
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (tools/setup.sh --dev)")
@@ -49,8 +51,7 @@ def test_dashboard_shows_changing_labels_and_alarms_and_q_quits(tmp_path: Path) 
             for line in screen.splitlines():
                 if "sim/m" in line:
                     for word in line.split():
-                        if word in {"normal", "ball_007", "ball_014", "ball_021", "inner_007", "inner_014",
-                                    "inner_021", "outer_007", "outer_014", "outer_021"}:
+                        if word in LABELS_10:
                             seen_labels.add(word)
             alarm_seen = alarm_seen or "ALERT" in screen or "DANGER" in screen
             if alarm_seen and len(seen_labels) >= 2:
