@@ -12,13 +12,13 @@ from __future__ import annotations
 import copy
 import os
 import threading
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from drsn_stream.errors import ConfigError
+from drsn_stream.models.artifact import quiet_torchscript
 
 FP16_MIN_AGREEMENT = 0.999
 # On the CPU a batch is run in slices of at most this many windows: beyond it the activations of
@@ -69,13 +69,6 @@ class _GraphSlot:
     graph: torch.cuda.CUDAGraph | None
 
 
-def _quiet_jit():
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*TorchScript.*|.*torch\.jit.*")
-    return ctx
-
-
 class Runner:
     """Runs a loaded artifact module on windows: ``infer(x (b, n) float32) -> (probs, noise)``."""
 
@@ -117,14 +110,12 @@ class Runner:
         if self.device.type == "cpu":
             self.threads = threads or cpu_threads_for_inference()
             torch.set_num_threads(self.threads)
-            ctx = _quiet_jit()
             try:
-                self.module = torch.jit.freeze(module.eval())
+                with quiet_torchscript():
+                    self.module = torch.jit.freeze(module.eval())
             except RuntimeError as exc:  # an artifact that cannot be frozen still runs
                 self.notes.append(f"not frozen ({str(exc).splitlines()[0]})")
                 self.module = module.eval()
-            finally:
-                ctx.__exit__(None, None, None)
             self.dtype = torch.float32
         else:
             self.threads = torch.get_num_threads()

@@ -9,11 +9,13 @@ corrupt or foreign file gives one clear ``ArtifactError`` and nothing half-loads
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -69,15 +71,18 @@ class ArtifactMeta:
         return self.window / float(self.sample_rate)
 
 
-def _script(model: nn.Module) -> torch.jit.ScriptModule:
+@contextlib.contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """Filters TorchScript's own DeprecationWarning (and nothing else) around our jit calls."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*TorchScript.*|.*torch\.jit.*")
-        return torch.jit.script(model)
+        yield
 
 
 def script_model(model: nn.Module) -> torch.jit.ScriptModule:
     """``torch.jit.script`` with only TorchScript's own DeprecationWarning filtered."""
-    return _script(model)
+    with quiet_torchscript():
+        return torch.jit.script(model)
 
 
 def save_artifact(
@@ -104,7 +109,7 @@ def save_artifact(
     _validate(d, str(path))
     was_training = model.training
     model.eval()
-    scripted = _script(model.cpu())
+    scripted = script_model(model.cpu())
     model.train(was_training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +225,7 @@ def load_artifact(
     extra = {META_KEY: ""}
     try:
         data = path.read_bytes()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*TorchScript.*|.*torch\.jit.*")
+        with quiet_torchscript():
             module = torch.jit.load(io.BytesIO(data), map_location=map_location, _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
