@@ -6,6 +6,7 @@ Objects carry ``type``: "prediction" (each window), "alarm", "health", "detectio
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 from pathlib import Path
@@ -36,7 +37,7 @@ class JsonlSink:
         self.errors = 0
 
     def write(self, obj: dict[str, Any]) -> None:
-        line = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_default)
+        line = dumps(obj)
         with self._lock:
             try:
                 self._f.write(line + "\n")
@@ -58,23 +59,24 @@ class JsonlSink:
 
 def _default(o: Any) -> Any:
     if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, float):
-        return None
+        return _finite(o.tolist())
     return str(o)
 
 
-def clean_json(obj: dict[str, Any]) -> dict[str, Any]:
-    """Replaces NaN/Inf floats with None so every line is strict JSON."""
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-            out[k] = None
-        elif isinstance(v, dict):
-            out[k] = clean_json(v)
-        else:
-            out[k] = v
-    return out
+def _finite(o: Any) -> Any:
+    """NaN/Inf floats (a latency not measured yet, say) become null, anywhere in the object."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    """One result as strict, compact JSON: the same text for the log and the ZeroMQ feed."""
+    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, default=_default)
 
 
 class ZmqResultSink:
@@ -108,7 +110,7 @@ class ZmqResultSink:
         topic = f"{obj.get('type', 'result')}/{obj.get('stream', '')}".encode()
         header = json.dumps({"v": RESULT_VERSION, "type": obj.get("type"), "stream": obj.get("stream"),
                              "encoding": "json"}).encode()
-        payload = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_default).encode()
+        payload = dumps(obj).encode()
         with self._lock:
             try:
                 self._sock.send_multipart([topic, header, payload], flags=zmq.NOBLOCK)
