@@ -140,3 +140,11 @@ def test_cuda_runner_with_graphs_matches_cpu(scripted) -> None:
     p_gpu, _ = gpu.infer(x)
     assert (p_cpu.argmax(1) == p_gpu.argmax(1)).mean() >= 0.97
     np.testing.assert_allclose(p_gpu, p_cpu, atol=2e-2 if gpu.fp16 else 1e-3)
+    # two batches in flight on two lanes give the same results as one at a time; a third waits
+    h1, h2 = gpu.submit(x[:20]), gpu.submit(x[20:])
+    with pytest.raises(RuntimeError, match="collect one first"):
+        gpu.submit(x[:20])
+    (q1, _), (q2, _) = gpu.collect(h1), gpu.collect(h2)
+    np.testing.assert_allclose(np.concatenate([q1, q2]), p_gpu, atol=1e-6)
+    big = np.concatenate([x] * 5)  # 185 windows: slices of 64 overlapping on the lanes
+    np.testing.assert_allclose(gpu.infer(big)[0], np.concatenate([p_gpu] * 5), atol=1e-6)

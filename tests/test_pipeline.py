@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from helpers import CWRU, cwru_signal, require_cwru
 
 from drsn_stream.monitor.pipeline import Pipeline, RunConfig
@@ -51,6 +53,22 @@ def test_file_replay_labels_a_real_inner_race_fault() -> None:
     assert counts.most_common(1)[0][0] == "inner_014" and counts["inner_014"] > 0.8 * len(preds), counts
     assert any(o["type"] == "alarm" and o["to"] in ("ALERT", "DANGER") for o in objs)
     assert objs[-1]["type"] == "stats" and objs[-1]["final"] and objs[-1]["engine"]["windows"] == len(preds)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_file_replay_on_the_gpu_gives_the_cpu_labels() -> None:
+    require_cwru()
+    src = f"file:{CWRU / IR014_1}"
+    gpu = _cli("--source", src, "--fast", "--headless", "--jsonl", "-", "--device", "cuda")
+    cpu = _cli("--source", src, "--fast", "--headless", "--jsonl", "-", "--device", "cpu")
+    assert gpu.returncode == 0 and cpu.returncode == 0, gpu.stderr + cpu.stderr
+    g = [o for o in _lines(gpu.stdout) if o["type"] == "prediction"]
+    c = [o for o in _lines(cpu.stdout) if o["type"] == "prediction"]
+    assert len(g) == len(c) > 200
+    assert _lines(gpu.stdout)[-1]["device"].startswith(torch.cuda.get_device_name(0))
+    same = np.mean([a["label"] == b["label"] for a, b in zip(g, c)])
+    assert same >= 0.99 and Counter(o["label"] for o in g).most_common(1)[0][0] == "inner_014", same
 
 
 _BAD_PUBLISHER = r"""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 
 from drsn_stream.engine.batcher import MicroBatcher
-from drsn_stream.engine.runner import Runner
+from drsn_stream.engine.runner import Pending, Runner
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.types import Prediction, Window
 
@@ -85,21 +86,38 @@ class InferenceLoop(threading.Thread):
         self.batcher.close()
 
     def run(self) -> None:
+        # On CUDA up to runner.lanes batches are in flight: a batch that is due is submitted
+        # before the previous one is collected, so copies and kernels of the two overlap. A
+        # submitted batch is collected as soon as no further batch is due, so overlap never
+        # holds a result back waiting for more windows.
+        pending: deque[tuple[list[Window], Pending, float]] = deque()
         try:
             while not self._halt.is_set():
-                batch = self.batcher.next_batch(timeout=0.1)
-                if not batch:
-                    if self.batcher.closed and self.batcher.depth() == 0:
-                        return
+                batch = self.batcher.next_batch(timeout=0.0 if pending else 0.1)
+                if batch:
+                    if len(pending) >= self.runner.lanes:
+                        self._finish(*pending.popleft())
+                    t_batched = time.time()
+                    pending.append((batch, self.runner.submit(np.stack([w.data for w in batch])), t_batched))
+                    if self.runner.lanes <= 1:
+                        self._finish(*pending.popleft())
                     continue
-                self.process(batch)
+                if pending:
+                    self._finish(*pending.popleft())
+                elif self.batcher.closed and self.batcher.depth() == 0:
+                    return
+            while pending:
+                self._finish(*pending.popleft())
         except BaseException as exc:  # surfaced by the pipeline, never silently lost
             self.error = exc
 
     def process(self, batch: list[Window]) -> list[Prediction]:
-        x = np.stack([w.data for w in batch])
+        """Runs one batch to completion (no overlap) and hands its Predictions on."""
         t_batched = time.time()
-        probs, noise = self.runner.infer(x)
+        return self._finish(batch, self.runner.submit(np.stack([w.data for w in batch])), t_batched)
+
+    def _finish(self, batch: list[Window], handle: Pending, t_batched: float) -> list[Prediction]:
+        probs, noise = self.runner.collect(handle)
         t_done = time.time()
         preds = predictions_from(batch, probs, noise, self.labels, t_batched=t_batched, t_done=t_done)
         if self.latency_from_ready:
