@@ -36,7 +36,7 @@ def free_port() -> int:
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
             threads: int | None = None) -> dict:
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     pub = subprocess.Popen(
         [sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to", f"tcp://127.0.0.1:{port}",
          "--source", f"sim:bearing?machines={n}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + 4),
