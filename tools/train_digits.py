@@ -86,12 +86,22 @@ def evaluate(model, test, noise_test, held) -> dict:
     return res
 
 
-def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict) -> dict:
+# Front-end options that act in training only (SpecAugment, frequency stretch): part of the
+# recipe, not of what the model computes at run time, so they stay out of the "input" metadata.
+TRAINING_ONLY = ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "warp")
+
+
+def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict, config_path: Path | None = None) -> dict:
     net = model_config(tc.model, len(LABELS), **tc.overrides).to_dict()
     input_spec = {"kind": "raw"}
     if net["dims"] == 2:
         # The log-mel front end is part of the TorchScript model: the DSP feeds raw windows.
-        input_spec = {"kind": "logmel", "inside_model": True, **net["logmel"]}
+        run_time = {k: v for k, v in net["logmel"].items() if k not in TRAINING_ONLY}
+        input_spec = {"kind": "logmel", "inside_model": True, **run_time}
+    try:
+        config_name = str(config_path.resolve().relative_to(ROOT)) if config_path else "configs/digits-fsdd.toml"
+    except ValueError:
+        config_name = str(config_path)
     return {
         "name": "digits-fsdd",
         "model": tc.model,
@@ -110,7 +120,7 @@ def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict) -> dic
             "recipe": tc.to_dict(),
             "windows": "whole digit at a random place in the 1 s window = the digit; 15-45 % crops of a "
             "digit and non-digit words = _unknown_; background below the rms floor = _silence_, above = _noise_",
-            "tool": "tools/train_digits.py with configs/digits-fsdd.toml",
+            "tool": f"tools/train_digits.py with {config_name}",
         },
         "accuracy": {
             "test_split_pct": res["test_split"]["accuracy"],
@@ -227,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     res = evaluate(model, test, noise_test, tts_held)
     counts = {"fsdd_train": len(train), "tts_digits": len(tts_digits), "tts_other_words": len(tts_others),
               "tts_train_voices": int(cfg["tts"]["train_voices"])}
-    meta = meta_for(tc, model, res, counts, cfg)
+    meta = meta_for(tc, model, res, counts, cfg, args.config)
     path = save_artifact(model, out_dir / "digits-fsdd.pt", meta)
     (out_dir / "results.json").write_text(json.dumps(res, indent=1))
     log(f"wrote {path}")
