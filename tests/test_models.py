@@ -120,3 +120,22 @@ def test_noise_index_grows_with_noise_on_a_trained_threshold() -> None:
         _, n_clean = model(x)
         _, n_zero = model(torch.zeros_like(x))
     assert not torch.allclose(n_clean, n_zero)
+
+
+def test_inference_soft_threshold_and_noise_index_equal_the_definitions() -> None:
+    # without autograd soft_threshold takes a faster path; it must give the same numbers, and the
+    # noise index counted from its zeros must be the share of |r| <= tau
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 4, 300, generator=g)
+    tau = torch.rand(8, 4, 1, generator=g)
+    ref = torch.sign(x) * torch.clamp(x.abs() - tau, min=0)
+    with torch.no_grad():
+        fast = soft_threshold(x, tau)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=0)
+    unit = RSBU(4, 4, dims=1, shrink="cw").eval()
+    with torch.no_grad():
+        out, tau_u, zeroed = unit.forward_with_stats(x)
+        r = unit.residual(x)
+        share = (r.abs() <= tau_u).flatten(1).float().mean(1)
+    torch.testing.assert_close(zeroed, share)
+    assert 0 < float(zeroed.mean()) < 1
