@@ -49,9 +49,12 @@ class Window:
         stream_id: the stream it came from.
         index: running window number inside the stream (0, 1, ...).
         t_last: capture time of the window's last sample, seconds (wall clock).
-        data: float32 array of shape (window,), normalized as the artifact says.
+        data: float32 array of shape (window,), normalized as the artifact says (or raw when
+            ``normalized`` is False: the inference loop then normalizes the whole batch at once).
         t_ready: wall-clock time the window was formed (enters the batcher).
-        level: RMS of the window before normalization (for sparklines and health).
+        level: RMS of the window before normalization (for sparklines and health); set by the
+            inference loop for raw windows.
+        normalized: whether ``data`` is already normalized.
     """
 
     stream_id: str
@@ -60,6 +63,7 @@ class Window:
     data: np.ndarray
     t_ready: float = 0.0
     level: float = 0.0
+    normalized: bool = True
 
 
 @dataclass(slots=True)

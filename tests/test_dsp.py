@@ -199,3 +199,27 @@ def test_windower_cuts_every_hop_for_any_chunking(window, hop):
         assert len(out) == (x.size - window) // hop + 1
         for i, end, data in out:
             assert end == i * hop + window and np.array_equal(data, x[i * hop : end])
+
+
+@pytest.mark.parametrize("norm", [{"kind": "zscore"}, {"kind": "rms", "floor": 0.005}])
+def test_batch_normalization_in_the_engine_gives_the_same_windows(inner, norm):
+    # The monitor hands raw windows to the inference loop, which normalizes each batch in one
+    # call: the model must see exactly the windows StreamDSP would have normalized one by one.
+    from drsn_stream.engine.engine import InferenceLoop
+
+    meta = _meta(normalization=norm)
+    x = inner[: 12000 * 2]
+    ref, _ = _feed(x, 12000, 700, meta)
+    dsp = StreamDSP(meta, normalize=False)
+    raw = []
+    for seq, a in enumerate(range(0, x.size, 700)):
+        raw += dsp.push(Frame("s", seq, T0 + a / 12000, 12000, x[a : a + 700, None]))
+    assert len(raw) == len(ref) > 30 and not any(w.normalized for w in raw)
+    assert np.array_equal(raw[5].data, x[5 * 512 : 5 * 512 + 2048])  # raw samples, untouched
+    loop = InferenceLoop.__new__(InferenceLoop)
+    loop.normalization = norm
+    mixed = raw[:10] + ref[10:20]  # already-normalized windows pass through unchanged
+    batch = loop.batch_input(mixed)
+    assert batch.dtype == np.float32
+    assert np.array_equal(batch, np.stack([w.data for w in ref[:20]]))
+    np.testing.assert_allclose([w.level for w in raw[:10]], [w.level for w in ref[:10]], rtol=1e-6)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from drsn_stream.dsp.normalize import normalize_with_level
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.runner import Pending, Runner
 from drsn_stream.engine.stats import EngineStats
@@ -64,15 +65,20 @@ class InferenceLoop(threading.Thread):
         *,
         stats: EngineStats | None = None,
         latency_from_ready: bool = False,
+        normalization: dict | None = None,
     ) -> None:
         """
         Args:
+            normalization: the artifact's normalization spec, applied here to windows that arrive
+                raw (``Window.normalized`` False), one vectorized call per batch; their ``level``
+                (RMS before normalization) is set here too.
             latency_from_ready: measure latency from when a window was formed instead of from the
                 capture of its last sample (file replays faster than real time have capture times
                 on the recording's own clock, ahead of the wall clock).
         """
         super().__init__(name="drsn-engine", daemon=True)
         self.latency_from_ready = latency_from_ready
+        self.normalization = normalization
         self.batcher = batcher
         self.runner = runner
         self.labels = list(labels)
@@ -98,7 +104,7 @@ class InferenceLoop(threading.Thread):
                     if len(pending) >= self.runner.lanes:
                         self._finish(*pending.popleft())
                     t_batched = time.time()
-                    pending.append((batch, self.runner.submit(np.stack([w.data for w in batch])), t_batched))
+                    pending.append((batch, self.runner.submit(self.batch_input(batch)), t_batched))
                     if self.runner.lanes <= 1:
                         self._finish(*pending.popleft())
                     continue
@@ -114,7 +120,22 @@ class InferenceLoop(threading.Thread):
     def process(self, batch: list[Window]) -> list[Prediction]:
         """Runs one batch to completion (no overlap) and hands its Predictions on."""
         t_batched = time.time()
-        return self._finish(batch, self.runner.submit(np.stack([w.data for w in batch])), t_batched)
+        return self._finish(batch, self.runner.submit(self.batch_input(batch)), t_batched)
+
+    def batch_input(self, batch: list[Window]) -> np.ndarray:
+        """The model's input (b, n) float32: raw windows normalized here, all in one call per batch
+        (per row in float64, so the same bits as one window at a time)."""
+        x = np.stack([w.data for w in batch])
+        raw = [i for i, w in enumerate(batch) if not w.normalized]
+        if not raw:
+            return x
+        y, levels = normalize_with_level(x if len(raw) == len(batch) else x[raw], self.normalization)
+        for j, i in enumerate(raw):
+            batch[i].level = float(levels[j])
+        if len(raw) == len(batch):
+            return y
+        x[raw] = y
+        return x
 
     def _finish(self, batch: list[Window], handle: Pending, t_batched: float) -> list[Prediction]:
         probs, noise = self.runner.collect(handle)

@@ -120,7 +120,7 @@ class Pipeline:
         self.stats = EngineStats()
         self.engine = InferenceLoop(
             self.batcher, self.runner, self.labels, self._on_predictions, stats=self.stats,
-            latency_from_ready=config.fast,
+            latency_from_ready=config.fast, normalization=self.meta.normalization,
         )
         dcfg = DecisionConfig.for_labels(self.labels, **config.decision)
         self.decisions = DecisionEngine(self.labels, dcfg)
@@ -237,7 +237,7 @@ class Pipeline:
                 self.capture.push(frame)
             dsp = self._dsp.get(frame.stream_id)
             if dsp is None:
-                dsp = self._dsp[frame.stream_id] = StreamDSP(self.meta, hop=self.config.hop)
+                dsp = self._dsp[frame.stream_id] = StreamDSP(self.meta, hop=self.config.hop, normalize=False)
         if events:
             self._emit_events(events)
         windows = dsp.push(frame)
