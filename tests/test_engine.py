@@ -148,3 +148,40 @@ def test_cuda_runner_with_graphs_matches_cpu(scripted) -> None:
     np.testing.assert_allclose(np.concatenate([q1, q2]), p_gpu, atol=1e-6)
     big = np.concatenate([x] * 5)  # 185 windows: slices of 64 overlapping on the lanes
     np.testing.assert_allclose(gpu.infer(big)[0], np.concatenate([p_gpu] * 5), atol=1e-6)
+
+
+def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
+    # the model in a child process (shared memory + a pipe) must answer exactly like the Runner
+    import os
+
+    from drsn_stream.engine.procrunner import ProcessRunner
+    from drsn_stream.models.artifact import load_artifact, load_validation
+
+    module, meta = load_artifact("bearing-cwru")
+    x = load_validation("bearing-cwru")[:300]
+    local = Runner(module, window=meta.window, device="cpu", max_batch=128, threads=1)
+    proc = ProcessRunner("bearing-cwru", window=meta.window, classes=len(meta.labels), max_batch=128)
+    try:
+        proc.warmup()
+        assert "engine process" in proc.device_name
+        p_local, n_local = local.infer(x)
+        p_proc, n_proc = proc.infer(x)  # 3 slices, 2 in flight
+        np.testing.assert_allclose(p_proc, p_local, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(n_proc, n_local, rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match="windows of shape"):
+            proc.submit(x[:4, :100])
+        names = [s.name for s in proc._in + proc._out]
+    finally:
+        proc.close()
+    assert proc._proc.returncode == 0
+    assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
+
+
+def test_process_runner_reports_a_broken_artifact(tmp_path) -> None:
+    from drsn_stream.engine.procrunner import ProcessRunner
+
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a model")
+    proc = ProcessRunner(str(bad), window=2048, classes=10, max_batch=8)
+    with pytest.raises(RuntimeError, match="engine process failed to start: error"):
+        proc.warmup()

@@ -55,6 +55,18 @@ def test_file_replay_labels_a_real_inner_race_fault() -> None:
     assert objs[-1]["type"] == "stats" and objs[-1]["final"] and objs[-1]["engine"]["windows"] == len(preds)
 
 
+def test_engine_process_gives_the_same_labels() -> None:
+    require_cwru()
+    src = f"file:{CWRU / IR014_1}"
+    res = _cli("--source", src, "--fast", "--headless", "--jsonl", "-", "--device", "cpu", "--engine-process")
+    assert res.returncode == 0, res.stderr
+    objs = _lines(res.stdout)
+    preds = [o for o in objs if o["type"] == "prediction"]
+    assert len(preds) > 200 and objs[-1]["device"].endswith("engine process")
+    counts = Counter(o["label"] for o in preds)
+    assert counts["inner_014"] > 0.8 * len(preds), counts
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_file_replay_on_the_gpu_gives_the_cpu_labels() -> None:

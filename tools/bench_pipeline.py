@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, engine_process: bool = False) -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     pub = subprocess.Popen(
@@ -44,7 +44,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         env=env,
     )
     cfg = RunConfig(sources=(f"zmq://127.0.0.1:{port}",), model=model, device=device, max_wait_ms=max_wait_ms,
-                    hop=hop, threads=threads, stats_every_s=3600)
+                    hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process)
     pipe = Pipeline(cfg)
     pipe.start()
     time.sleep(2.0)  # subscriber joins, first windows fill
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
     ap.add_argument("--hop", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores - 1)")
+    ap.add_argument("--engine-process", action="store_true", help="run the model in its own process (CPU)")
     ap.add_argument("--all", action="store_true", help="try every N even after one is not held")
     ap.add_argument("--p99-ms", type=float, default=100.0, help="latency bound for 'held'")
     ap.add_argument("--json", action="store_true")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     best = 0
     for n in (int(s) for s in args.streams.split(",")):
         r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
-                    hop=args.hop, threads=args.threads)
+                    hop=args.hop, threads=args.threads, engine_process=args.engine_process)
         r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
         rows.append(r)
         if not args.json:

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--stale-ms", type=float, help="drop windows older than this (default 2000 ms)")
     a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
     a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
+    a("--engine-process", action="store_true",
+      help="CPU: run the model in its own process (no interpreter lock shared with ingest; best with many streams)")
     a("--capture", metavar="DIR", help="write raw samples around each alarm (WAV + JSON) into DIR")
     a("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     a("--refresh", type=float, default=None, help="dashboard refreshes per second (default 4)")
@@ -66,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "stale_ms": args.stale_ms,
         "fp16": args.fp16,
         "threads": args.threads,
+        "engine_process": True if args.engine_process else None,
         "capture_dir": args.capture,
     }
     table.update({k: v for k, v in flags.items() if v is not None})

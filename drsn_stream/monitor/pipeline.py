@@ -27,7 +27,8 @@ import numpy as np
 from drsn_stream.dsp import StreamDSP
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
-from drsn_stream.engine.runner import Runner
+from drsn_stream.engine.procrunner import ProcessRunner
+from drsn_stream.engine.runner import Runner, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import DrsnStreamError
 from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation
@@ -59,6 +60,7 @@ class RunConfig:
     fp16: str = "auto"
     cuda_graphs: bool = True
     threads: int | None = None
+    engine_process: bool = False
     capture_dir: str | None = None
     capture_pre_s: float = 5.0
     capture_post_s: float = 5.0
@@ -100,16 +102,12 @@ class Pipeline:
         self.labels = list(meta.labels)
         self.sinks = list(sinks or [])
         self.on_line = on_line
-        self.runner = Runner(
-            module,
-            window=meta.window,
-            device=config.device,
-            max_batch=config.max_batch,
-            fp16=config.fp16,
-            cuda_graphs=config.cuda_graphs,
-            threads=config.threads,
-            validation=load_validation(self.model_name) if config.fp16 != "off" else None,
-        )
+        self.runner: Runner | ProcessRunner
+        if config.engine_process and pick_device(config.device).type == "cpu":
+            self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(self.labels),
+                                        max_batch=config.max_batch, threads=config.threads)
+        else:
+            self.runner = self._local_runner(module, meta, config)
         self.batcher = MicroBatcher(
             max_batch=config.max_batch,
             max_wait_ms=config.max_wait_ms,
@@ -150,6 +148,18 @@ class Pipeline:
         self._sources_done = 0
         self._started = 0.0
         self._status = "warming up"
+
+    def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig) -> Runner:
+        return Runner(
+            module,
+            window=meta.window,
+            device=config.device,
+            max_batch=config.max_batch,
+            fp16=config.fp16,
+            cuda_graphs=config.cuda_graphs,
+            threads=config.threads,
+            validation=load_validation(self.model_name) if config.fp16 != "off" else None,
+        )
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> Pipeline:
@@ -204,6 +214,8 @@ class Pipeline:
         if self.capture is not None:
             self.capture.close()
         self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
+        if isinstance(self.runner, ProcessRunner):
+            self.runner.close()
         for s in self.sinks:
             s.close()
 

@@ -1,0 +1,224 @@
+"""The CPU model in its own process, behind the Runner's ``submit`` / ``collect`` interface.
+
+In one Python process the ingest thread (ZeroMQ, decoding, health, DSP), the output thread and the
+inference loop share one interpreter lock, and on a 2-core machine under load the inference
+loop spent a quarter of its time waiting for it. Here a child process owns the TorchScript
+module (a plain CPU ``Runner``); batches travel through shared memory (one input and one output
+buffer per lane) and a pipe carries only ``(lane, rows)``. The child has its own interpreter
+lock, so the model runs on one core while ingest runs on the other, and with two lanes the next
+batch is prepared while the current one runs. Same numbers as the in-process Runner (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+
+from drsn_stream.engine.runner import Pending
+
+READY_TIMEOUT_S = 120.0
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Opens the parent's segment without letting this process's resource tracker unlink it at
+    exit (the parent owns and unlinks it; Python < 3.13 has no ``track=False``)."""
+    try:
+        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+    except TypeError:
+        from multiprocessing import resource_tracker
+
+        shm = shared_memory.SharedMemory(name=name)
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        return shm
+
+
+def _worker(argv: list[str]) -> int:
+    """The child: load the artifact, then answer ``LANE ROWS`` lines on stdin until it closes.
+
+    Replies on stdout: ``ready DEVICE`` once, then ``ok LANE ROWS`` or ``error TEXT`` per request.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    model, window, max_batch, threads, width = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
+    names = argv[5:]
+    out = sys.stdout
+    try:
+        from drsn_stream.engine.runner import Runner
+        from drsn_stream.models.artifact import load_artifact
+
+        module, _ = load_artifact(model)
+        runner = Runner(module, window=window, device="cpu", max_batch=max_batch, threads=threads)
+        runner.warmup()
+        half = len(names) // 2
+        shm = [_attach(n) for n in names]
+        x_in = [np.ndarray((max_batch, window), np.float32, s.buf) for s in shm[:half]]
+        y_out = [np.ndarray((max_batch, width), np.float32, s.buf) for s in shm[half:]]
+        out.write(f"ready {runner.device_name}\n")
+        out.flush()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
+        out.flush()
+        return 1
+    for line in sys.stdin:
+        try:
+            lane, rows = (int(v) for v in line.split())
+            probs, noise = runner.infer(x_in[lane][:rows])
+            y_out[lane][:rows, :-1] = probs
+            y_out[lane][:rows, -1] = noise
+            out.write(f"ok {lane} {rows}\n")
+        except Exception as exc:  # noqa: BLE001
+            out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
+        out.flush()
+    del x_in, y_out
+    for s in shm:
+        s.close()
+    return 0
+
+
+class ProcessRunner:
+    """``Runner``'s interface (``submit``, ``collect``, ``infer``, ``warmup``, ``lanes``,
+    ``device_name``) with the model in a child process on the CPU.
+
+    Args:
+        model: the artifact's built-in name or path (the child loads it itself).
+        window: samples per window; classes: the artifact's label count.
+        max_batch: the largest batch ``submit`` takes.
+        threads: torch threads in the child (default 1: the other core is ingest's).
+        lanes: batches in flight (2: one runs while the next is copied in).
+    """
+
+    def __init__(self, model: str, *, window: int, classes: int, max_batch: int = 256, threads: int | None = None,
+                 lanes: int = 2) -> None:
+        self.window, self.max_batch, self.lanes = int(window), int(max_batch), max(1, int(lanes))
+        self.threads = int(threads or 1)
+        self.device = None
+        self.fp16 = False
+        self.fp16_agreement = None
+        self.graphs = False
+        self.notes: list[str] = []
+        self.ready = threading.Event()
+        self._width = int(classes) + 1
+        self._in = [shared_memory.SharedMemory(create=True, size=self.max_batch * self.window * 4)
+                    for _ in range(self.lanes)]
+        self._out = [shared_memory.SharedMemory(create=True, size=self.max_batch * self._width * 4)
+                     for _ in range(self.lanes)]
+        self._x = [np.ndarray((self.max_batch, self.window), np.float32, s.buf) for s in self._in]
+        self._y = [np.ndarray((self.max_batch, self._width), np.float32, s.buf) for s in self._out]
+        self._busy = [False] * self.lanes
+        self._next = 0
+        self._inflight: list[int] = []
+        self._closed = False
+        # A plain child interpreter (not multiprocessing's spawn, which re-imports the caller's
+        # __main__): it only needs the artifact, the shared-memory names and two pipes.
+        args = [str(model), str(self.window), str(self.max_batch), str(self.threads), str(self._width)]
+        args += [s.name for s in self._in + self._out]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
+        )
+        self.device_name = "CPU (engine process)"
+
+    def warmup(self) -> None:
+        """Waits until the child has loaded and warmed up the model."""
+        if self.ready.is_set():
+            return
+        ready = select.select([self._proc.stdout], [], [], READY_TIMEOUT_S)[0]
+        line = self._proc.stdout.readline() if ready else ""
+        if not line.startswith("ready "):
+            self.close()
+            why = line.strip() or f"no answer within {READY_TIMEOUT_S:.0f} s (exit code {self._proc.poll()})"
+            raise RuntimeError(f"the engine process failed to start: {why}")
+        self.device_name = f"{line[6:].strip()}, engine process"
+        self.ready.set()
+
+    def submit(self, x: np.ndarray) -> Pending:
+        if x.ndim != 2 or x.shape[1] != self.window:
+            raise ValueError(f"expected windows of shape (b, {self.window}), got {x.shape}")
+        rows = x.shape[0]
+        if rows > self.max_batch:
+            raise ValueError(f"submit takes at most {self.max_batch} windows, got {rows}; use infer()")
+        self.warmup()
+        lane = self._next
+        if self._busy[lane]:
+            raise RuntimeError(f"all {self.lanes} lanes are in flight; collect one first")
+        self._next = (lane + 1) % self.lanes
+        self._busy[lane] = True
+        self._x[lane][:rows] = x
+        self._send(f"{lane} {rows}\n")
+        self._inflight.append(lane)
+        return Pending(rows, slot=lane)
+
+    def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
+        lane = pending.slot
+        if not self._inflight or self._inflight[0] != lane:
+            raise RuntimeError("collect the batches in the order they were submitted")
+        reply = self._proc.stdout.readline()
+        self._inflight.pop(0)
+        self._busy[lane] = False
+        if not reply:
+            raise RuntimeError(f"the engine process ended (exit code {self._proc.poll()})")
+        if not reply.startswith("ok "):
+            raise RuntimeError(f"the engine process failed: {reply.strip()}")
+        res = self._y[lane][: pending.rows].copy()
+        return res[:, :-1], res[:, -1]
+
+    def _send(self, line: str) -> None:
+        try:
+            self._proc.stdin.write(line)
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            raise RuntimeError(f"the engine process ended (exit code {self._proc.poll()})") from exc
+
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outs_p, outs_n, pending = [], [], []
+        for i in range(0, x.shape[0], self.max_batch):
+            if len(pending) >= self.lanes:
+                p, n = self.collect(pending.pop(0))
+                outs_p.append(p)
+                outs_n.append(n)
+            pending.append(self.submit(x[i : i + self.max_batch]))
+        for h in pending:
+            p, n = self.collect(h)
+            outs_p.append(p)
+            outs_n.append(n)
+        return np.concatenate(outs_p), np.concatenate(outs_n)
+
+    def close(self) -> None:
+        """Ends the child and frees the shared memory. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=5.0)
+        self._proc.stdout.close()
+        self._x.clear()
+        self._y.clear()
+        for s in self._in + self._out:
+            s.close()
+            s.unlink()
+
+    def __del__(self) -> None:  # a forgotten close() must not leave /dev/shm segments behind
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))
