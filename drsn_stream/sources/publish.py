@@ -62,6 +62,17 @@ def _int_scale(x: Any, dtype: str) -> float | None:
     return peak / float(np.iinfo(DTYPES[dtype]).max) if peak > 0 and np.isfinite(peak) else None
 
 
+def _sender(source: Any, send: Any, errors: list[str], done: threading.Event) -> None:
+    try:
+        with source:
+            for frame in source:
+                send(frame)
+    except DrsnStreamError as exc:
+        errors.append(str(exc))
+    finally:
+        done.set()
+
+
 def _reader(source: Any, out: queue.Queue, errors: list[str]) -> None:
     try:
         with source:
@@ -112,37 +123,52 @@ def publish(
             poller.register(sock, zmq.POLLIN)
             if poller.poll(int(wait_subscriber * 1000)):
                 sock.recv()  # the subscription message itself
-        frames: queue.Queue = queue.Queue(maxsize=1000)
-        threads = [threading.Thread(target=_reader, args=(s, frames, summary["errors"]), daemon=True)
-                   for s in sources]
-        t_start = time.time()
-        for t in threads:
-            t.start()
-        running = len(threads)
-        while running and not stop.is_set():
-            if duration is not None and time.time() - t_start >= duration:
-                break
-            try:
-                item = frames.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is _DONE:
-                running -= 1
-                continue
-            frame: Frame = item
+        def send(frame: Frame) -> None:
             parts = encode(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate,
                            frame.samples, dtype=dtype, scale=_int_scale(frame.samples, dtype))
             try:
                 sock.send_multipart(parts)
             except zmq.Again:
                 summary["dropped"] += 1
-                continue
+                return
             st = summary["streams"].setdefault(frame.stream_id, {"frames": 0, "samples": 0, "seconds": 0.0})
             st["frames"] += 1
             st["samples"] += frame.n
             st["seconds"] += frame.duration
             summary["messages"] += 1
             summary["bytes"] += sum(len(p) for p in parts)
+
+        t_start = time.time()
+        if len(sources) == 1:
+            # One source: its reader thread sends too (no queue hand-off per frame; the socket is
+            # used by that thread alone until it is joined).
+            done = threading.Event()
+            reader = threading.Thread(target=_sender, args=(sources[0], send, summary["errors"], done), daemon=True)
+            reader.start()
+            while not done.wait(0.1) and not stop.is_set():
+                if duration is not None and time.time() - t_start >= duration:
+                    break
+            sources[0].close()
+            reader.join(timeout=5.0)
+            threads = []
+        else:
+            frames: queue.Queue = queue.Queue(maxsize=1000)
+            threads = [threading.Thread(target=_reader, args=(s, frames, summary["errors"]), daemon=True)
+                       for s in sources]
+            for t in threads:
+                t.start()
+            running = len(threads)
+            while running and not stop.is_set():
+                if duration is not None and time.time() - t_start >= duration:
+                    break
+                try:
+                    item = frames.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    running -= 1
+                    continue
+                send(item)
         for s in sources:
             s.close()
         for stream in summary["streams"]:

@@ -113,6 +113,14 @@ class _Schedule:
         return out
 
 
+def _looped(x: np.ndarray, start: int, n: int) -> np.ndarray:
+    """``x[(start + arange(n)) % x.size]``: a plain slice unless the span wraps around."""
+    a = start % x.size
+    if a + n <= x.size:
+        return x[a : a + n]
+    return x[(a + np.arange(n, dtype=np.int64)) % x.size]
+
+
 class BearingSim(Source):
     """``sim:bearing``: N machines replaying real CWRU vibration with a seeded fault schedule.
 
@@ -187,12 +195,10 @@ class BearingSim(Source):
         noise = self._noise[m]
         for s, e, label in self._schedules[m].segments(a, b):
             x = self._excerpts[label]
-            idx = np.arange(s, e, dtype=np.int64) + self._offsets[m][label]
-            seg = x[idx % x.size] * np.float32(self._gains[m])
+            seg = out[s - a : e - a]
+            np.multiply(_looped(x, s + self._offsets[m][label], e - s), np.float32(self._gains[m]), out=seg)
             if noise is not None:
-                seg = seg + noise[np.arange(s, e) % noise.size] * np.float32(
-                    self._noise_gain[label] * self._gains[m])
-            out[s - a : e - a] = seg
+                seg += _looped(noise, s, e - s) * np.float32(self._noise_gain[label] * self._gains[m])
         return out
 
     def _frames(self) -> Iterator[Frame]:
