@@ -58,7 +58,7 @@ def test_file_replay_labels_a_real_inner_race_fault() -> None:
 def test_engine_process_gives_the_same_labels() -> None:
     require_cwru()
     src = f"file:{CWRU / IR014_1}"
-    res = _cli("--source", src, "--fast", "--headless", "--jsonl", "-", "--device", "cpu", "--engine-process")
+    res = _cli("--source", src, "--fast", "--headless", "--jsonl", "-", "--device", "cpu", "--engine-process", "on")
     assert res.returncode == 0, res.stderr
     objs = _lines(res.stdout)
     preds = [o for o in objs if o["type"] == "prediction"]

@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
-            threads: int | None = None, engine_process: bool = False) -> dict:
+            threads: int | None = None, engine_process: bool | None = None) -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     pub = subprocess.Popen(
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
     ap.add_argument("--hop", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores - 1)")
-    ap.add_argument("--engine-process", action="store_true", help="run the model in its own process (CPU)")
+    ap.add_argument("--engine-process", choices=["auto", "on", "off"], default="auto",
+                    help="CPU: the model in its own process (auto: on with 2 or more cores)")
     ap.add_argument("--all", action="store_true", help="try every N even after one is not held")
     ap.add_argument("--p99-ms", type=float, default=100.0, help="latency bound for 'held'")
     ap.add_argument("--json", action="store_true")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     best = 0
     for n in (int(s) for s in args.streams.split(",")):
         r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
-                    hop=args.hop, threads=args.threads, engine_process=args.engine_process)
+                    hop=args.hop, threads=args.threads, engine_process={"on": True, "off": False}.get(args.engine_process))
         r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
         rows.append(r)
         if not args.json:

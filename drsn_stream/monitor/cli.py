@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--stale-ms", type=float, help="drop windows older than this (default 2000 ms)")
     a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
     a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
-    a("--engine-process", action="store_true",
-      help="CPU: run the model in its own process (no interpreter lock shared with ingest; best with many streams)")
+    a("--engine-process", choices=["auto", "on", "off"],
+      help="CPU: run the model in its own process, so it shares no interpreter lock with ingest (default auto: "
+           "on with 2 or more cores)")
     a("--capture", metavar="DIR", help="write raw samples around each alarm (WAV + JSON) into DIR")
     a("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     a("--refresh", type=float, default=None, help="dashboard refreshes per second (default 4)")
@@ -68,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "stale_ms": args.stale_ms,
         "fp16": args.fp16,
         "threads": args.threads,
-        "engine_process": True if args.engine_process else None,
+        "engine_process": {"on": True, "off": False}.get(args.engine_process or "auto"),
         "capture_dir": args.capture,
     }
     table.update({k: v for k, v in flags.items() if v is not None})

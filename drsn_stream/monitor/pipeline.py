@@ -14,6 +14,7 @@ Threads (data flows one way; stages are joined by bounded queues with counted ov
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -60,7 +61,7 @@ class RunConfig:
     fp16: str = "auto"
     cuda_graphs: bool = True
     threads: int | None = None
-    engine_process: bool = False
+    engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
     capture_dir: str | None = None
     capture_pre_s: float = 5.0
     capture_post_s: float = 5.0
@@ -103,7 +104,10 @@ class Pipeline:
         self.sinks = list(sinks or [])
         self.on_line = on_line
         self.runner: Runner | ProcessRunner
-        if config.engine_process and pick_device(config.device).type == "cpu":
+        use_process = config.engine_process
+        if use_process is None:
+            use_process = (os.cpu_count() or 1) >= 2
+        if use_process and pick_device(config.device).type == "cpu":
             self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(self.labels),
                                         max_batch=config.max_batch, threads=config.threads)
         else:
