@@ -183,5 +183,7 @@ def test_process_runner_reports_a_broken_artifact(tmp_path) -> None:
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a model")
     proc = ProcessRunner(str(bad), window=2048, classes=10, max_batch=8)
-    with pytest.raises(RuntimeError, match="engine process failed to start: error"):
+    from drsn_stream.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="engine process failed to start: error"):
         proc.warmup()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from drsn_stream.engine.runner import Pending
+from drsn_stream.errors import ArtifactError
 
 READY_TIMEOUT_S = 120.0
 
@@ -136,7 +137,7 @@ class ProcessRunner:
         if not line.startswith("ready "):
             self.close()
             why = line.strip() or f"no answer within {READY_TIMEOUT_S:.0f} s (exit code {self._proc.poll()})"
-            raise RuntimeError(f"the engine process failed to start: {why}")
+            raise ArtifactError(f"the engine process failed to start: {why}")
         self.device_name = f"{line[6:].strip()}, engine process"
         self.ready.set()
 

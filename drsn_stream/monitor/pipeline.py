@@ -32,7 +32,7 @@ from drsn_stream.engine.procrunner import ProcessRunner
 from drsn_stream.engine.runner import Runner, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import DrsnStreamError
-from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation
+from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation, read_meta
 from drsn_stream.monitor.capture import CaptureConfig, EventCapture
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
@@ -98,20 +98,24 @@ class Pipeline:
         """
         self.config = config
         self.model_name = config.model or default_model(config.sources)
-        module, meta = load_artifact(self.model_name)
+        use_process = config.engine_process
+        if use_process is None:
+            use_process = (os.cpu_count() or 1) >= 2
+        use_process = use_process and pick_device(config.device).type == "cpu"
+        self.runner: Runner | ProcessRunner
+        if use_process:
+            # the child loads and checks the model; here only its metadata is needed, so the
+            # child's start (a second interpreter importing torch) overlaps this one's
+            meta = read_meta(self.model_name)
+            self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
+                                        max_batch=config.max_batch, threads=config.threads)
+        else:
+            module, meta = load_artifact(self.model_name)
+            self.runner = self._local_runner(module, meta, config)
         self.meta: ArtifactMeta = meta
         self.labels = list(meta.labels)
         self.sinks = list(sinks or [])
         self.on_line = on_line
-        self.runner: Runner | ProcessRunner
-        use_process = config.engine_process
-        if use_process is None:
-            use_process = (os.cpu_count() or 1) >= 2
-        if use_process and pick_device(config.device).type == "cpu":
-            self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(self.labels),
-                                        max_batch=config.max_batch, threads=config.threads)
-        else:
-            self.runner = self._local_runner(module, meta, config)
         self.batcher = MicroBatcher(
             max_batch=config.max_batch,
             max_wait_ms=config.max_wait_ms,
