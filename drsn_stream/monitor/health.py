@@ -313,10 +313,10 @@ class HealthMonitor:
             return False
         floor2 = self.config.flat_std**2
         # A span can only be flat if its newest part is; most frames stop here.
-        if not np.any(last[2] < floor2 * last[0]):
+        if not (last[2] < floor2 * last[0]).any():
             return False
         total_n, _, pooled = _pool(st.chunks)
-        return bool(np.any(pooled < floor2 * total_n))
+        return bool((pooled < floor2 * total_n).any())
 
     def _clipping(self, st: _Stream, x: np.ndarray) -> bool:
         cfg = self.config
@@ -329,13 +329,13 @@ class HealthMonitor:
         else:
             # Count samples at an extreme only when this frame reaches the block's extreme:
             # a new extreme restarts its count, an equal one adds to it.
-            if np.any(fmax >= st.blk_max):
+            if (fmax >= st.blk_max).any():
                 at = np.count_nonzero(x == fmax, axis=0)
                 st.blk_at_max = np.where(
                     fmax > st.blk_max, at, st.blk_at_max + np.where(fmax == st.blk_max, at, 0)
                 )
                 st.blk_max = np.maximum(st.blk_max, fmax)
-            if np.any(fmin <= st.blk_min):
+            if (fmin <= st.blk_min).any():
                 at = np.count_nonzero(x == fmin, axis=0)
                 st.blk_at_min = np.where(
                     fmin < st.blk_min, at, st.blk_at_min + np.where(fmin == st.blk_min, at, 0)
@@ -350,16 +350,16 @@ class HealthMonitor:
         need = max(cfg.clip_min_samples, cfg.clip_fraction * st.blk_n)
         if st.blk_n < block:
             # Judge full-scale hits right away; the extreme-value test needs a whole block.
-            return cfg.full_scale is not None and bool(np.any(st.blk_full >= need))
+            return cfg.full_scale is not None and bool((st.blk_full >= need).any())
         moving = st.blk_max > st.blk_min  # a constant channel is a flat line, not clipping
         at_rail = moving & ((st.blk_at_max >= need) | (st.blk_at_min >= need))
-        if np.any(at_rail):
+        if at_rail.any():
             # A signal only a few quantization steps wide (dithered silence: -1, 0, +1 LSB) has
             # many samples at its extremes without any rail: a clipped signal takes many levels.
             levels = np.array([np.unique(x[:, c]).size for c in range(x.shape[1])])
             at_rail &= levels >= MIN_LEVELS_FOR_CLIPPING
         st.blk_n = 0
-        return bool(np.any(at_rail | (st.blk_full >= need)))
+        return bool((at_rail | (st.blk_full >= need)).any())
 
     def _age(self, st: _Stream, n: int, found: set[str]) -> None:
         for reason in list(st.active):

@@ -292,8 +292,8 @@ class Pipeline:
             if counts is None:
                 counts = self.label_counts[p.stream_id] = Counter()
             counts[p.label] += 1
-            obj = p.to_json()
-            self._emit(obj)
+            if self.sinks:
+                self._emit(p.to_json())
             if self.on_line is not None:
                 self.on_line(self._line(p))
             if self.detector is not None and healthy:
