@@ -355,3 +355,21 @@ def test_metrics_endpoint_over_http():
     assert values['drsn_latency_seconds_bucket{le="0.01"}'] == "12"  # 9 and 10 ms of m0 and m1
     assert values["drsn_dropped_windows_total"] == "7" and values["drsn_malformed_messages_total"] == "2"
     assert "# TYPE drsn_latency_seconds histogram" in body
+
+
+def test_resource_meter_adds_the_engine_process() -> None:
+    # the footer's CPU and RSS must include the model's child process, not only the monitor
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(200 * 2**20); time.sleep(30)"])
+    try:
+        time.sleep(1.0)
+        alone, both = ResourceMeter(), ResourceMeter()
+        both.extra_pids.append(child.pid)
+        assert both.read()["rss_mb"] - alone.read()["rss_mb"] > 150
+        both.extra_pids.append(2**22 + 12345)  # a pid that does not exist is skipped, not fatal
+        assert both.read()["cpu_percent"] is not None
+    finally:
+        child.kill()
+        child.wait()

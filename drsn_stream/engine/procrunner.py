@@ -172,6 +172,10 @@ class ProcessRunner:
         res = self._y[lane][: pending.rows].copy()
         return res[:, :-1], res[:, -1]
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def _send(self, line: str) -> None:
         try:
             self._proc.stdin.write(line)

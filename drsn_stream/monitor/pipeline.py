@@ -144,6 +144,8 @@ class Pipeline:
         self.events = EventLog(maxlen=200)
         self.transcript: list[str] = []
         self.usage = ResourceMeter()
+        if isinstance(self.runner, ProcessRunner):
+            self.usage.extra_pids.append(self.runner.pid)  # the footer's CPU and RSS include the model
         self.sources = [make_source(spec, **({"fast": True} if config.fast else {})) for spec in config.sources]
         self._dsp: dict[str, StreamDSP] = {}
         self._ingest_lock = threading.Lock()

@@ -247,7 +247,7 @@ class ResourceMeter:
     """CPU and memory of this process, GPU use where torch sees CUDA; ``read()`` gives Footer fields.
 
     CPU comes from ``/proc/self/stat`` (user + system ticks between two reads; 100 = one core),
-    memory from ``/proc/self/statm``. GPU figures come from ``torch.cuda`` only if torch is
+    memory from ``/proc/self/statm``; processes in ``extra_pids`` (the engine process) are added. GPU figures come from ``torch.cuda`` only if torch is
     already imported (reading them must not import it) and CUDA is up; else None.
     """
 
@@ -255,6 +255,10 @@ class ResourceMeter:
         self._last: tuple[float, float] | None = None
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.extra_pids: list[int] = []
+
+    def _procs(self) -> list[str]:
+        return ["self", *(str(p) for p in self.extra_pids)]
 
     def read(self) -> dict[str, float | None]:
         """{"cpu_percent", "rss_mb", "gpu_percent", "gpu_mem_mb"}; None where not available."""
@@ -265,13 +269,20 @@ class ResourceMeter:
         }
 
     def _cpu(self) -> float | None:
-        try:
-            with open("/proc/self/stat", encoding="ascii") as f:
-                # The command name may hold spaces; the fields after its ")" are fixed.
-                rest = f.read().rsplit(")", 1)[1].split()
-            cpu_s = (int(rest[11]) + int(rest[12])) / self._tick
-        except (OSError, IndexError, ValueError):
-            return None
+        cpu_s = 0.0
+        rest: list[str] = []
+        for proc in self._procs():
+            try:
+                with open(f"/proc/{proc}/stat", encoding="ascii") as f:
+                    # The command name may hold spaces; the fields after its ")" are fixed.
+                    fields = f.read().rsplit(")", 1)[1].split()
+                cpu_s += (int(fields[11]) + int(fields[12])) / self._tick
+            except (OSError, IndexError, ValueError):
+                if proc == "self":
+                    return None
+                continue
+            if proc == "self":
+                rest = fields
         now = time.monotonic()
         last, self._last = self._last, (now, cpu_s)
         if last is None:
@@ -287,11 +298,14 @@ class ResourceMeter:
         return 100.0 * (cpu_s - last[1]) / (now - last[0])
 
     def _rss(self) -> float | None:
-        try:
-            with open("/proc/self/statm", encoding="ascii") as f:
-                pages = int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            return None
+        pages = 0
+        for proc in self._procs():
+            try:
+                with open(f"/proc/{proc}/statm", encoding="ascii") as f:
+                    pages += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                if proc == "self":
+                    return None
         return pages * self._page / 2**20
 
 
