@@ -17,6 +17,7 @@ import copy
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,10 +79,11 @@ class _GraphSlot:
 
 @dataclass
 class Pending:
-    """A submitted batch: on the CPU its results, on CUDA the lane whose event marks them ready."""
+    """A submitted batch: on the CPU its results, on CUDA the lane whose event marks them ready
+    (a ``_GraphSlot``; the ProcessRunner's lane number)."""
 
     rows: int
-    slot: _GraphSlot | None = None
+    slot: Any = None
     probs: np.ndarray | None = None
     noise: np.ndarray | None = None
 
