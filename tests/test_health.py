@@ -238,3 +238,33 @@ def test_dithered_silence_is_not_clipping() -> None:
         x = np.clip(np.sin(2 * np.pi * 50 * (t + seq * 0.1)) * 2.0, -0.9, 0.9)[:, None].astype(np.float32)
         monitor.push(Frame("quiet", seq, seq * 0.1, 8000.0, x), now=seq * 0.1)
     assert "clipping" in monitor.state("quiet").reasons
+
+
+@pytest.mark.parametrize("every", [0.0, 0.1])
+def test_short_frames_are_gathered_for_the_level_tests_without_missing_anything(every):
+    # 20 ms frames: with check_every_s = 0.1 the NaN/flat/clipping tests run on 5 frames at once,
+    # so a fault is reported at most 0.1 s later than with a test on every frame, and never missed
+    monitor = HealthMonitor(HealthConfig(recovery_s=0.5, check_every_s=every))
+    feed = Feed(monitor)
+    for i in range(25):
+        feed.push(noise(20, seed=i))
+    assert monitor.state("s0").state == OK
+    x = noise(20, seed=99)
+    x[3] = np.nan
+    feed.push(x)
+    for i in range(4):
+        feed.push(noise(20, seed=100 + i))
+    state = monitor.state("s0")
+    assert state.state == CHECK_SENSOR and state.reasons == (NON_FINITE,) and state.non_finite == 1
+    for i in range(40):
+        feed.push(noise(20, seed=200 + i))
+    assert monitor.state("s0").state == OK
+    for _ in range(15):  # 0.3 s of a dead (constant) sensor
+        feed.push(np.full((20, 1), 0.25, np.float32))
+    assert FLAT in monitor.state("s0").reasons
+    assert monitor.state("s0").frames == 25 + 5 + 40 + 15
+
+
+def test_check_every_must_fit_the_flat_span():
+    with pytest.raises(ConfigError, match="check_every_s"):
+        HealthConfig(check_every_s=0.5, flat_span_s=0.1)
