@@ -36,7 +36,7 @@ def free_port() -> int:
 
 
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
-            threads: int | None = None, engine_process: bool | None = None) -> dict:
+            threads: int | None = None, engine_process: bool | None = None, max_batch: int = 256) -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     pub = subprocess.Popen(
@@ -46,7 +46,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         env=env,
     )
     cfg = RunConfig(sources=(f"zmq://127.0.0.1:{port}",), model=model, device=device, max_wait_ms=max_wait_ms,
-                    hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process)
+                    hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process,
+                    max_batch=max_batch)
     pipe = Pipeline(cfg)
     pipe.start()
     time.sleep(2.0)  # subscriber joins, first windows fill
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="bearing-cwru")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
+    ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--hop", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores - 1)")
     ap.add_argument("--engine-process", choices=["auto", "on", "off"], default="auto",
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         held_all = True
         for rep in range(args.repeat):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
-                        hop=args.hop, threads=args.threads,
+                        hop=args.hop, threads=args.threads, max_batch=args.max_batch,
                         engine_process={"on": True, "off": False}.get(args.engine_process))
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
