@@ -67,6 +67,32 @@ def test_engine_process_gives_the_same_labels() -> None:
     assert counts["inner_014"] > 0.8 * len(preds), counts
 
 
+def test_a_killed_engine_process_is_replaced_and_the_monitor_goes_on() -> None:
+    import signal
+
+    got: list = []
+    pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=2",), device="cpu", engine_process=True,
+                              stats_every_s=3600))
+    pipe._on_predictions_orig = pipe._on_predictions
+    pipe.engine.on_predictions = lambda preds: (got.extend(preds), pipe._on_predictions_orig(preds))
+    pipe.start()
+    try:
+        time.sleep(1.5)
+        before = len(got)
+        assert before > 0
+        first_pid = pipe.runner.pid
+        os.kill(first_pid, signal.SIGKILL)
+        deadline = time.time() + 60
+        while time.time() < deadline and len(got) < before + 40:
+            pipe.wait(duration=0.5)
+        assert len(got) >= before + 40, "no predictions after the engine process was killed"
+        assert pipe.runner.pid != first_pid and pipe.runner.restarts == 1
+        assert any("started a new one" in e for e in pipe.errors), pipe.errors
+        assert pipe.engine.error is None
+    finally:
+        pipe.stop()
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_file_replay_on_the_gpu_gives_the_cpu_labels() -> None:

@@ -52,12 +52,12 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     pipe.start()
     time.sleep(2.0)  # subscriber joins, first windows fill
     w0 = pipe.stats.windows
-    drops0 = pipe.batcher.dropped_total() + pipe.dropped_output
+    drops0 = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost
     t0 = time.time()
     time.sleep(seconds)
     elapsed = time.time() - t0
     windows = pipe.stats.windows - w0
-    drops = pipe.batcher.dropped_total() + pipe.dropped_output - drops0
+    drops = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost - drops0
     p50, p95, p99 = pipe.stats.percentiles()
     cpu = pipe.usage.read()
     pipe.stop()

@@ -11,6 +11,7 @@ import numpy as np
 
 from drsn_stream.dsp.normalize import normalize_with_level
 from drsn_stream.engine.batcher import MicroBatcher
+from drsn_stream.engine.procrunner import EngineRestarted
 from drsn_stream.engine.runner import Pending, Runner
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.types import Prediction, Window
@@ -86,32 +87,41 @@ class InferenceLoop(threading.Thread):
         self.stats = stats or EngineStats()
         self._halt = threading.Event()
         self.error: BaseException | None = None
+        self.lost = 0  # windows lost when an engine process died with them in flight
+        self.notes: list[str] = []
 
     def stop(self) -> None:
         self._halt.set()
         self.batcher.close()
 
     def run(self) -> None:
-        # On CUDA up to runner.lanes batches are in flight: a batch that is due is submitted
-        # before the previous one is collected, so copies and kernels of the two overlap. A
-        # submitted batch is collected as soon as no further batch is due, so overlap never
-        # holds a result back waiting for more windows.
+        # On CUDA (and with the engine process) up to runner.lanes batches are in flight: a batch
+        # that is due is submitted before the previous one is collected, so copies and compute of
+        # the two overlap. A submitted batch is collected as soon as no further batch is due, so
+        # overlap never holds a result back waiting for more windows. If the engine process dies
+        # a new one takes over: the batches in flight are counted in ``lost`` and noted.
         pending: deque[tuple[list[Window], Pending, float]] = deque()
         try:
             while not self._halt.is_set():
                 batch = self.batcher.next_batch(timeout=0.0 if pending else 0.1)
-                if batch:
-                    if len(pending) >= self.runner.lanes:
+                try:
+                    if batch:
+                        if len(pending) >= self.runner.lanes:
+                            self._finish(*pending.popleft())
+                        t_batched = time.time()
+                        pending.append((batch, self.runner.submit(self.batch_input(batch)), t_batched))
+                        batch = []
+                        if self.runner.lanes <= 1:
+                            self._finish(*pending.popleft())
+                        continue
+                    if pending:
                         self._finish(*pending.popleft())
-                    t_batched = time.time()
-                    pending.append((batch, self.runner.submit(self.batch_input(batch)), t_batched))
-                    if self.runner.lanes <= 1:
-                        self._finish(*pending.popleft())
-                    continue
-                if pending:
-                    self._finish(*pending.popleft())
-                elif self.batcher.closed and self.batcher.depth() == 0:
-                    return
+                    elif self.batcher.closed and self.batcher.depth() == 0:
+                        return
+                except EngineRestarted as exc:
+                    self.lost += len(batch) + sum(len(b) for b, _, _ in pending)
+                    pending.clear()
+                    self.notes.append(str(exc))
             while pending:
                 self._finish(*pending.popleft())
         except BaseException as exc:  # surfaced by the pipeline, never silently lost

@@ -26,6 +26,11 @@ from drsn_stream.engine.runner import Pending
 from drsn_stream.errors import ArtifactError
 
 READY_TIMEOUT_S = 120.0
+MAX_RESTARTS = 5  # an engine process that keeps dying is a fault to show, not to hide
+
+
+class EngineRestarted(RuntimeError):
+    """The engine process died and a new one took over; the batches in flight are lost."""
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:
@@ -116,9 +121,15 @@ class ProcessRunner:
         self._next = 0
         self._inflight: list[int] = []
         self._closed = False
+        self.restarts = 0
+        self._model = str(model)
+        self.device_name = "CPU (engine process)"
+        self._start_child()
+
+    def _start_child(self) -> None:
         # A plain child interpreter (not multiprocessing's spawn, which re-imports the caller's
         # __main__): it only needs the artifact, the shared-memory names and two pipes.
-        args = [str(model), str(self.window), str(self.max_batch), str(self.threads), str(self._width)]
+        args = [self._model, str(self.window), str(self.max_batch), str(self.threads), str(self._width)]
         args += [s.name for s in self._in + self._out]
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
@@ -126,7 +137,22 @@ class ProcessRunner:
             env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                 p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
         )
-        self.device_name = "CPU (engine process)"
+
+    def _restart(self) -> EngineRestarted:
+        """Replaces a dead child (batches in flight are lost); returns the exception to raise."""
+        code = self._proc.poll()
+        self._stop_child()
+        self._busy = [False] * self.lanes
+        self._next = 0
+        self._inflight.clear()
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS:
+            raise RuntimeError(f"the engine process ended (exit code {code}) {self.restarts} times; giving up")
+        self.ready.clear()
+        self._start_child()
+        self.warmup()
+        return EngineRestarted(f"the engine process ended (exit code {code}); started a new one "
+                               f"(restart {self.restarts}), its batches in flight are lost")
 
     def warmup(self) -> None:
         """Waits until the child has loaded and warmed up the model."""
@@ -154,7 +180,10 @@ class ProcessRunner:
         self._next = (lane + 1) % self.lanes
         self._busy[lane] = True
         self._x[lane][:rows] = x
-        self._send(f"{lane} {rows}\n")
+        try:
+            self._send(f"{lane} {rows}\n")
+        except RuntimeError:
+            raise self._restart() from None
         self._inflight.append(lane)
         return Pending(rows, slot=lane)
 
@@ -166,11 +195,24 @@ class ProcessRunner:
         self._inflight.pop(0)
         self._busy[lane] = False
         if not reply:
-            raise RuntimeError(f"the engine process ended (exit code {self._proc.poll()})")
+            self._proc.wait(timeout=5.0)
+            raise self._restart()
         if not reply.startswith("ok "):
             raise RuntimeError(f"the engine process failed: {reply.strip()}")
         res = self._y[lane][: pending.rows].copy()
         return res[:, :-1], res[:, -1]
+
+    def _stop_child(self) -> None:
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=5.0)
+        self._proc.stdout.close()
 
     @property
     def pid(self) -> int:
@@ -202,16 +244,7 @@ class ProcessRunner:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self._proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=5.0)
-        self._proc.stdout.close()
+        self._stop_child()
         self._x.clear()
         self._y.clear()
         for s in self._in + self._out:

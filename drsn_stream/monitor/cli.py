@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         if metrics is not None:
             metrics.stop()
     print(pipe.summary(), file=sys.stderr if args.jsonl == "-" else sys.stdout, flush=True)
+    if pipe.engine.error is not None:  # the model stopped: the run did not do its job
+        return 1
     return 1 if pipe.errors and pipe.stats.windows == 0 else 0
 
 

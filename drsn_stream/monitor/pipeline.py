@@ -145,7 +145,8 @@ class Pipeline:
         self.transcript: list[str] = []
         self.usage = ResourceMeter()
         if isinstance(self.runner, ProcessRunner):
-            self.usage.extra_pids.append(self.runner.pid)  # the footer's CPU and RSS include the model
+            runner = self.runner
+            self.usage.extra_pids = lambda: [runner.pid]  # the footer's CPU and RSS include the model
         self.sources = [make_source(spec, **({"fast": True} if config.fast else {})) for spec in config.sources]
         self._dsp: dict[str, StreamDSP] = {}
         self._ingest_lock = threading.Lock()
@@ -196,6 +197,8 @@ class Pipeline:
                 break
             if self._sources_done >= len(self.sources):
                 break
+            while self.engine.notes:
+                self.errors.append(self.engine.notes.pop(0))
             if self.engine.error is not None:
                 self.errors.append(f"engine stopped: {self.engine.error!r}")
                 break
@@ -384,7 +387,7 @@ class Pipeline:
             "engine": self.stats.to_json(),
             "device": self.runner.device_name,
             "dropped": {"stale": dict(self.batcher.dropped_stale), "overflow": dict(self.batcher.dropped_overflow),
-                        "output": self.dropped_output},
+                        "output": self.dropped_output, "engine_restart": self.engine.lost},
             "malformed": self.malformed_total(),
             "sources": _jsonable(sources),
             "nonfinite_samples": nonfinite,

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -255,10 +255,11 @@ class ResourceMeter:
         self._last: tuple[float, float] | None = None
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self.extra_pids: list[int] = []
+        self.extra_pids: list[int] | Callable[[], list[int]] = []  # a callable follows restarts
 
     def _procs(self) -> list[str]:
-        return ["self", *(str(p) for p in self.extra_pids)]
+        extra = self.extra_pids() if callable(self.extra_pids) else self.extra_pids
+        return ["self", *(str(p) for p in extra)]
 
     def read(self) -> dict[str, float | None]:
         """{"cpu_percent", "rss_mb", "gpu_percent", "gpu_mem_mb"}; None where not available."""
