@@ -16,6 +16,8 @@ from drsn_stream.engine.runner import Pending, Runner
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.types import Prediction, Window
 
+POLL_S = 0.002  # how often the loop looks for a finished batch while another one may fall due
+
 
 def predictions_from(
     windows: list[Window],
@@ -95,28 +97,31 @@ class InferenceLoop(threading.Thread):
         self.batcher.close()
 
     def run(self) -> None:
-        # On CUDA (and with the engine process) up to runner.lanes batches are in flight: a batch
-        # that is due is submitted before the previous one is collected, so copies and compute of
-        # the two overlap. A submitted batch is collected as soon as no further batch is due, so
-        # overlap never holds a result back waiting for more windows. If the engine process dies
-        # a new one takes over: the batches in flight are counted in ``lost`` and noted.
+        # On CUDA and with the engine process up to runner.lanes batches are in flight: a batch
+        # that is due is submitted while the previous one still runs, so copies and compute of
+        # the two overlap, and a finished batch is collected within POLL_S, so overlap never holds
+        # a result back. If the engine process dies a new one takes over: the batches in flight
+        # are counted in ``lost`` and noted.
         pending: deque[tuple[list[Window], Pending, float]] = deque()
         try:
             while not self._halt.is_set():
-                batch = self.batcher.next_batch(timeout=0.0 if pending else 0.1)
+                batch: list[Window] = []
                 try:
+                    # The oldest batch in flight is collected when it is done or when every lane
+                    # is busy; otherwise the loop keeps watching the batcher (a short poll), so a
+                    # batch that falls due while another runs is sent at once and the engine
+                    # never idles waiting for this thread.
+                    if pending and (len(pending) >= self.runner.lanes or self.runner.done(pending[0][1])):
+                        self._finish(*pending.popleft())
+                        continue
+                    batch = self.batcher.next_batch(timeout=POLL_S if pending else 0.1)
                     if batch:
-                        if len(pending) >= self.runner.lanes:
-                            self._finish(*pending.popleft())
                         t_batched = time.time()
                         pending.append((batch, self.runner.submit(self.batch_input(batch)), t_batched))
                         batch = []
                         if self.runner.lanes <= 1:
                             self._finish(*pending.popleft())
-                        continue
-                    if pending:
-                        self._finish(*pending.popleft())
-                    elif self.batcher.closed and self.batcher.depth() == 0:
+                    elif not pending and self.batcher.closed and self.batcher.depth() == 0:
                         return
                 except EngineRestarted as exc:
                     self.lost += len(batch) + sum(len(b) for b, _, _ in pending)

@@ -133,10 +133,36 @@ class ProcessRunner:
         args += [s.name for s in self._in + self._out]
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw
             env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                 p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
         )
+        self._rbuf = b""
+
+    def _poll_line(self, timeout: float) -> bool:
+        """True once a whole reply line is buffered (waits up to ``timeout`` s for one)."""
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._rbuf:
+            if not select.select([fd], [], [], timeout)[0]:
+                return False
+            chunk = os.read(fd, 65536)
+            if not chunk:  # the child closed its end: a reply of "" says so
+                return True
+            self._rbuf += chunk
+            timeout = 0.0
+        return True
+
+    def _readline(self, timeout: float | None = None) -> str:
+        """The next reply line ("" when the child has ended or ``timeout`` passed)."""
+        if not self._poll_line(READY_TIMEOUT_S * 10 if timeout is None else timeout):
+            return ""
+        line, sep, rest = self._rbuf.partition(b"\n")
+        self._rbuf = rest
+        return (line + sep).decode("utf-8", "replace")
+
+    def done(self, pending: Pending) -> bool:
+        """Whether ``collect(pending)`` would return at once (the oldest batch in flight is done)."""
+        return bool(self._inflight) and self._inflight[0] == pending.slot and self._poll_line(0.0)
 
     def _restart(self) -> EngineRestarted:
         """Replaces a dead child (batches in flight are lost); returns the exception to raise."""
@@ -158,8 +184,7 @@ class ProcessRunner:
         """Waits until the child has loaded and warmed up the model."""
         if self.ready.is_set():
             return
-        ready = select.select([self._proc.stdout], [], [], READY_TIMEOUT_S)[0]
-        line = self._proc.stdout.readline() if ready else ""
+        line = self._readline(READY_TIMEOUT_S)
         if not line.startswith("ready "):
             self.close()
             why = line.strip() or f"no answer within {READY_TIMEOUT_S:.0f} s (exit code {self._proc.poll()})"
@@ -191,7 +216,7 @@ class ProcessRunner:
         lane = pending.slot
         if not self._inflight or self._inflight[0] != lane:
             raise RuntimeError("collect the batches in the order they were submitted")
-        reply = self._proc.stdout.readline()
+        reply = self._readline()
         self._inflight.pop(0)
         self._busy[lane] = False
         if not reply:

@@ -298,6 +298,10 @@ class Runner:
             slot.done.record(slot.stream)
         return Pending(b, slot=slot)
 
+    def done(self, pending: Pending) -> bool:
+        """Whether ``collect(pending)`` would return at once."""
+        return pending.slot is None or bool(pending.slot.done.query())
+
     def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
         """Waits for a submitted batch and returns (probs (b, classes), noise_index (b,))."""
         if pending.slot is None:
