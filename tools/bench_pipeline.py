@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = []
     best = 0
+    failed = False
     for n in (int(s) for s in args.streams.split(",")):
         held_all = True
         for rep in range(args.repeat):
@@ -114,17 +115,19 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['received']:.1%}  dropped {r['dropped']:5d}  p50/p95/p99 {r['p50_ms']}/{r['p95_ms']}/"
                       f"{r['p99_ms']} ms  avg batch {r['avg_batch']}  {'HELD' if r['held'] else 'not held'}",
                       flush=True)
-        if held_all:
-            best = n
-        elif best and not args.all:
-            break
+        if held_all and not failed:
+            best = n  # held in every run, and so was every smaller N tried
+        elif not held_all:
+            failed = True
+            if best and not args.all:
+                break
     result = {"cpu_count": os.cpu_count(), "device": rows[0]["device"] if rows else "", "largest_held": best,
               "p99_bound_ms": args.p99_ms, "repeat": args.repeat, "runs": rows}
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         print(f"largest N held in real time with zero drops and p99 <= {args.p99_ms:g} ms in all {args.repeat} "
-              f"run(s): {best} ({rows[0]['device'] if rows else ''}, {os.cpu_count()} cores)")
+              f"run(s), every smaller N tried too: {best} ({rows[0]['device'] if rows else ''}, {os.cpu_count()} cores)")
     return 0
 
 

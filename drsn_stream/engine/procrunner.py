@@ -53,7 +53,9 @@ def _worker(argv: list[str]) -> int:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     model, window, max_batch, threads, width = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
-    names = argv[5:]
+    cpu, names = int(argv[5]), argv[6:]
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
     out = sys.stdout
     try:
         from drsn_stream.engine.runner import Runner
@@ -98,10 +100,11 @@ class ProcessRunner:
         max_batch: the largest batch ``submit`` takes.
         threads: torch threads in the child (default 1: the other core is ingest's).
         lanes: batches in flight (2: one runs while the next is copied in).
+        cpu: pin the child to this core (None: the scheduler decides).
     """
 
     def __init__(self, model: str, *, window: int, classes: int, max_batch: int = 256, threads: int | None = None,
-                 lanes: int = 2) -> None:
+                 lanes: int = 2, cpu: int | None = None) -> None:
         self.window, self.max_batch, self.lanes = int(window), int(max_batch), max(1, int(lanes))
         self.threads = int(threads or 1)
         self.device = None
@@ -123,6 +126,7 @@ class ProcessRunner:
         self._closed = False
         self.restarts = 0
         self._model = str(model)
+        self.cpu = cpu
         self.device_name = "CPU (engine process)"
         self._start_child()
 
@@ -130,7 +134,7 @@ class ProcessRunner:
         # A plain child interpreter (not multiprocessing's spawn, which re-imports the caller's
         # __main__): it only needs the artifact, the shared-memory names and two pipes.
         args = [self._model, str(self.window), str(self.max_batch), str(self.threads), str(self._width)]
-        args += [s.name for s in self._in + self._out]
+        args += [str(-1 if self.cpu is None else self.cpu)] + [s.name for s in self._in + self._out]
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw

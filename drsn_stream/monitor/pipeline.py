@@ -62,6 +62,7 @@ class RunConfig:
     cuda_graphs: bool = True
     threads: int | None = None
     engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
+    pin_cpus: bool | None = None  # None: with the engine process, it gets a core of its own
     capture_dir: str | None = None
     capture_pre_s: float = 5.0
     capture_post_s: float = 5.0
@@ -69,6 +70,17 @@ class RunConfig:
     decision: dict[str, Any] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
     detector: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_cpus() -> tuple[set[int], int] | None:
+    """(cores for this process, the core for the engine process), or None with fewer than 2."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if len(allowed) < 2:
+        return None
+    return set(allowed[:-1]), allowed[-1]
 
 
 def default_model(sources: tuple[str, ...]) -> str:
@@ -102,13 +114,17 @@ class Pipeline:
         if use_process is None:
             use_process = (os.cpu_count() or 1) >= 2
         use_process = use_process and pick_device(config.device).type == "cpu"
+        self._cpus: tuple[set[int], int] | None = None  # (this process's cores, the engine's core)
+        self._saved_affinity: set[int] | None = None
         self.runner: Runner | ProcessRunner
         if use_process:
             # the child loads and checks the model; here only its metadata is needed, so the
             # child's start (a second interpreter importing torch) overlaps this one's
             meta = read_meta(self.model_name)
+            self._cpus = _split_cpus() if config.pin_cpus is not False else None
             self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
-                                        max_batch=config.max_batch, threads=config.threads)
+                                        max_batch=config.max_batch, threads=config.threads,
+                                        cpu=self._cpus[1] if self._cpus else None)
         else:
             module, meta = load_artifact(self.model_name)
             self.runner = self._local_runner(module, meta, config)
@@ -175,6 +191,11 @@ class Pipeline:
     # ------------------------------------------------------------------ life cycle
     def start(self) -> Pipeline:
         self._started = time.time()
+        if self._cpus is not None:
+            # The engine process has a core to itself; ingest, output and sinks keep to the rest
+            # (on 2 cores, 128 streams: p99 ~100 ms instead of ~200 ms with both floating).
+            self._saved_affinity = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, self._cpus[0])
         self.runner.warmup()
         self._status = ""
         out = threading.Thread(target=self._output_loop, name="drsn-output", daemon=True)
@@ -229,6 +250,9 @@ class Pipeline:
         self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
         if isinstance(self.runner, ProcessRunner):
             self.runner.close()
+        if self._saved_affinity is not None:
+            os.sched_setaffinity(0, self._saved_affinity)
+            self._saved_affinity = None
         for s in self.sinks:
             s.close()
 
