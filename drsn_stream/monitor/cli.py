@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--engine-process", choices=["auto", "on", "off"],
       help="CPU: run the model in its own process, so it shares no interpreter lock with ingest (default auto: "
            "on with 2 or more cores)")
-    a("--pin-cpus", choices=["auto", "on", "off"],
-      help="with the engine process: give it a core of its own and keep ingest on the others (default auto: on)")
+    a("--pin-cpus", action="store_true",
+      help="with the engine process: give it a core of its own and keep ingest on the others")
     a("--capture", metavar="DIR", help="write raw samples around each alarm (WAV + JSON) into DIR")
     a("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     a("--refresh", type=float, default=None, help="dashboard refreshes per second (default 4)")
@@ -72,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "fp16": args.fp16,
         "threads": args.threads,
         "engine_process": {"on": True, "off": False}.get(args.engine_process or "auto"),
-        "pin_cpus": {"on": True, "off": False}.get(args.pin_cpus or "auto"),
+        "pin_cpus": True if args.pin_cpus else None,
         "capture_dir": args.capture,
     }
     table.update({k: v for k, v in flags.items() if v is not None})

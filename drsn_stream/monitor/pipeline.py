@@ -62,7 +62,7 @@ class RunConfig:
     cuda_graphs: bool = True
     threads: int | None = None
     engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
-    pin_cpus: bool | None = None  # None: with the engine process, it gets a core of its own
+    pin_cpus: bool = False  # with the engine process: give it a core of its own, keep ingest on the rest
     capture_dir: str | None = None
     capture_pre_s: float = 5.0
     capture_post_s: float = 5.0
@@ -121,7 +121,7 @@ class Pipeline:
             # the child loads and checks the model; here only its metadata is needed, so the
             # child's start (a second interpreter importing torch) overlaps this one's
             meta = read_meta(self.model_name)
-            self._cpus = _split_cpus() if config.pin_cpus is not False else None
+            self._cpus = _split_cpus() if config.pin_cpus else None
             self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
                                         max_batch=config.max_batch, threads=config.threads,
                                         cpu=self._cpus[1] if self._cpus else None)
@@ -192,8 +192,9 @@ class Pipeline:
     def start(self) -> Pipeline:
         self._started = time.time()
         if self._cpus is not None:
-            # The engine process has a core to itself; ingest, output and sinks keep to the rest
-            # (on 2 cores, 128 streams: p99 ~100 ms instead of ~200 ms with both floating).
+            # The engine process has a core to itself; ingest, output and sinks keep to the rest.
+            # Off by default: on this project's shared 2-core machine it helped when the
+            # publisher shared the monitor's core and not when it floated (docs in README).
             self._saved_affinity = os.sched_getaffinity(0)
             os.sched_setaffinity(0, self._cpus[0])
         self.runner.warmup()
