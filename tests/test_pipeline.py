@@ -93,6 +93,23 @@ def test_a_killed_engine_process_is_replaced_and_the_monitor_goes_on() -> None:
         pipe.stop()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_pin_cpus_gives_the_engine_process_a_core_and_restores_the_monitors() -> None:
+    before = os.sched_getaffinity(0)
+    pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=1",), device="cpu", engine_process=True,
+                              pin_cpus=True, stats_every_s=3600))
+    pipe.start()
+    try:
+        last = max(before)
+        assert os.sched_getaffinity(0) == before - {last}
+        assert os.sched_getaffinity(pipe.runner.pid) == {last}
+        pipe.wait(duration=1.0)
+        assert pipe.stats.windows > 0
+    finally:
+        pipe.stop()
+    assert os.sched_getaffinity(0) == before
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_file_replay_on_the_gpu_gives_the_cpu_labels() -> None:
