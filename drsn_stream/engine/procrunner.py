@@ -56,7 +56,11 @@ def _worker(argv: list[str]) -> int:
     cpu, names = int(argv[5]), argv[6:]
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
-    out = sys.stdout
+    # Replies go to a private copy of stdout; anything a library prints lands on stderr instead
+    # of in the middle of the protocol.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     try:
         from drsn_stream.engine.runner import Runner
         from drsn_stream.models.artifact import load_artifact
