@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drsn_stream.engine.runner import Pending
+from drsn_stream.engine.runner import Pending, infer_in_slices
 from drsn_stream.errors import ArtifactError
 
 READY_TIMEOUT_S = 120.0
@@ -259,18 +259,7 @@ class ProcessRunner:
             raise RuntimeError(f"the engine process ended (exit code {self._proc.poll()})") from exc
 
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outs_p, outs_n, pending = [], [], []
-        for i in range(0, x.shape[0], self.max_batch):
-            if len(pending) >= self.lanes:
-                p, n = self.collect(pending.pop(0))
-                outs_p.append(p)
-                outs_n.append(n)
-            pending.append(self.submit(x[i : i + self.max_batch]))
-        for h in pending:
-            p, n = self.collect(h)
-            outs_p.append(p)
-            outs_n.append(n)
-        return np.concatenate(outs_p), np.concatenate(outs_n)
+        return infer_in_slices(self, x, self.max_batch)
 
     def close(self) -> None:
         """Ends the child and frees the shared memory. Idempotent."""

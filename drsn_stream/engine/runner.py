@@ -88,6 +88,23 @@ class Pending:
     noise: np.ndarray | None = None
 
 
+def infer_in_slices(runner: Any, x: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs ``x`` through ``runner.submit`` / ``collect`` in slices of ``step`` rows, keeping up to
+    ``runner.lanes`` slices in flight; results in order (Runner and ProcessRunner)."""
+    outs_p, outs_n, pending = [], [], []
+    for i in range(0, x.shape[0], step):
+        if len(pending) >= runner.lanes:
+            p, n = runner.collect(pending.pop(0))
+            outs_p.append(p)
+            outs_n.append(n)
+        pending.append(runner.submit(x[i : i + step]))
+    for h in pending:
+        p, n = runner.collect(h)
+        outs_p.append(p)
+        outs_n.append(n)
+    return np.concatenate(outs_p), np.concatenate(outs_n)
+
+
 class Runner:
     """Runs a loaded artifact module on windows: ``infer(x (b, n) float32) -> (probs, noise)``."""
 
@@ -243,18 +260,7 @@ class Runner:
         step = min(self.max_batch, CPU_SLICE) if self.device.type == "cpu" else self.max_batch
         if x.shape[0] <= step:
             return self.collect(self.submit(x))
-        outs_p, outs_n, pending = [], [], []
-        for i in range(0, x.shape[0], step):
-            if len(pending) >= self.lanes:
-                p, n = self.collect(pending.pop(0))
-                outs_p.append(p)
-                outs_n.append(n)
-            pending.append(self.submit(x[i : i + step]))
-        for h in pending:
-            p, n = self.collect(h)
-            outs_p.append(p)
-            outs_n.append(n)
-        return np.concatenate(outs_p), np.concatenate(outs_n)
+        return infer_in_slices(self, x, step)
 
     def _check(self, x: np.ndarray) -> None:
         if x.ndim != 2 or x.shape[1] != self.window:
