@@ -18,6 +18,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,26 +63,16 @@ def _int_scale(x: Any, dtype: str) -> float | None:
     return peak / float(np.iinfo(DTYPES[dtype]).max) if peak > 0 and np.isfinite(peak) else None
 
 
-def _sender(source: Any, send: Any, errors: list[str], done: threading.Event) -> None:
+def _pump(source: Any, handle: Callable[[Frame], None], errors: list[str], finish: Callable[[], None]) -> None:
+    """Hands every frame of ``source`` to ``handle`` (on a reader thread); ``finish()`` at the end."""
     try:
         with source:
             for frame in source:
-                send(frame)
+                handle(frame)
     except DrsnStreamError as exc:
         errors.append(str(exc))
     finally:
-        done.set()
-
-
-def _reader(source: Any, out: queue.Queue, errors: list[str]) -> None:
-    try:
-        with source:
-            for frame in source:
-                out.put(frame)
-    except DrsnStreamError as exc:
-        errors.append(str(exc))
-    finally:
-        out.put(_DONE)
+        finish()
 
 
 def publish(
@@ -143,7 +134,7 @@ def publish(
             # One source: its reader thread sends too (no queue hand-off per frame; the socket is
             # used by that thread alone until it is joined).
             done = threading.Event()
-            reader = threading.Thread(target=_sender, args=(sources[0], send, summary["errors"], done), daemon=True)
+            reader = threading.Thread(target=_pump, args=(sources[0], send, summary["errors"], done.set), daemon=True)
             reader.start()
             while not done.wait(0.1) and not stop.is_set():
                 if duration is not None and time.time() - t_start >= duration:
@@ -153,8 +144,8 @@ def publish(
             threads = []
         else:
             frames: queue.Queue = queue.Queue(maxsize=1000)
-            threads = [threading.Thread(target=_reader, args=(s, frames, summary["errors"]), daemon=True)
-                       for s in sources]
+            threads = [threading.Thread(target=_pump, args=(s, frames.put, summary["errors"], lambda: frames.put(_DONE)),
+                                        daemon=True) for s in sources]
             for t in threads:
                 t.start()
             running = len(threads)
