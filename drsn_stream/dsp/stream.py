@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from drsn_stream.dsp.normalize import normalize as normalize_window
+from drsn_stream.dsp.normalize import normalize_with_level
 from drsn_stream.dsp.resample import StreamingResampler
 from drsn_stream.dsp.window import Windower
 from drsn_stream.errors import ConfigError
@@ -53,7 +53,7 @@ class StreamDSP:
         self.channel = int(channel)
         if self.hop < 1:
             raise ConfigError(f"hop must be >= 1 sample, got {self.hop}")
-        normalize_window(np.zeros(1, np.float32), self.normalization)  # reject a bad spec now, not mid-stream
+        normalize_with_level(np.zeros(1, np.float32), self.normalization)  # reject a bad spec now, not mid-stream
         self._windower = Windower(self.window, self.hop)
         self._resampler: StreamingResampler | None = None
         self._in_rate: float | None = None
@@ -119,15 +119,15 @@ class StreamDSP:
             if self.defer_normalization:
                 out.append(Window(frame.stream_id, index, t_last, data, now, 0.0, False))
                 continue
-            level = float(np.sqrt(np.mean(np.square(data, dtype=np.float64))))
+            normed, level = normalize_with_level(data, self.normalization)
             out.append(
                 Window(
                     stream_id=frame.stream_id,
                     index=index,
                     t_last=t_last,
-                    data=normalize_window(data, self.normalization),
+                    data=normed,
                     t_ready=now,
-                    level=level,
+                    level=float(level),
                 )
             )
         self.windows += len(out)
