@@ -113,7 +113,7 @@ class _Schedule:
         return out
 
 
-def _looped(x: np.ndarray, start: int, n: int) -> np.ndarray:
+def looped(x: np.ndarray, start: int, n: int) -> np.ndarray:
     """``x[(start + arange(n)) % x.size]``: a plain slice unless the span wraps around."""
     a = start % x.size
     if a + n <= x.size:
@@ -196,9 +196,9 @@ class BearingSim(Source):
         for s, e, label in self._schedules[m].segments(a, b):
             x = self._excerpts[label]
             seg = out[s - a : e - a]
-            np.multiply(_looped(x, s + self._offsets[m][label], e - s), np.float32(self._gains[m]), out=seg)
+            np.multiply(looped(x, s + self._offsets[m][label], e - s), np.float32(self._gains[m]), out=seg)
             if noise is not None:
-                seg += _looped(noise, s, e - s) * np.float32(self._noise_gain[label] * self._gains[m])
+                seg += looped(noise, s, e - s) * np.float32(self._noise_gain[label] * self._gains[m])
         return out
 
     def _frames(self) -> Iterator[Frame]:

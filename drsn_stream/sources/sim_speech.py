@@ -21,6 +21,7 @@ import numpy as np
 
 from drsn_stream.errors import ConfigError
 from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_positive
+from drsn_stream.sources.sim import looped
 from drsn_stream.speech.dataset import to_rate
 from drsn_stream.speech.excerpts import load_excerpts
 from drsn_stream.types import Frame
@@ -130,7 +131,7 @@ class SpeechSim(Source):
     def _signal(self, a: int, b: int) -> np.ndarray:
         out = np.zeros(b - a, dtype=np.float32)
         if self._noise is not None:
-            out += self._noise[(np.arange(a, b) + self._noise_offset) % self._noise.size]
+            out += looped(self._noise, a + self._noise_offset, b - a)
         self._schedule_to(b)
         first = max(0, int(np.searchsorted(self._starts, a, side="right")) - 1)
         for s, i in zip(self._starts[first:], self._items[first:], strict=True):
