@@ -247,8 +247,9 @@ class ResourceMeter:
     """CPU and memory of this process, GPU use where torch sees CUDA; ``read()`` gives Footer fields.
 
     CPU comes from ``/proc/self/stat`` (user + system ticks between two reads; 100 = one core),
-    memory from ``/proc/self/statm``; processes in ``extra_pids`` (the engine process) are added. GPU figures come from ``torch.cuda`` only if torch is
-    already imported (reading them must not import it) and CUDA is up; else None.
+    memory from ``/proc/self/statm``; processes in ``extra_pids`` (the engine process) are added.
+    GPU figures come from ``torch.cuda`` only if torch is already imported (reading them must not
+    import it) and CUDA is up; else None.
     """
 
     def __init__(self) -> None:
