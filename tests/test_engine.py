@@ -159,11 +159,13 @@ def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
 
     module, meta = load_artifact("bearing-cwru")
     x = load_validation("bearing-cwru")[:300]
-    local = Runner(module, window=meta.window, device="cpu", max_batch=128, threads=1)
+    local = Runner(module, window=meta.window, device="cpu", max_batch=128, threads=1,
+                   net_config=meta.model_config, validation=load_validation("bearing-cwru"))
     proc = ProcessRunner("bearing-cwru", window=meta.window, classes=len(meta.labels), max_batch=128)
     try:
         proc.warmup()
         assert "engine process" in proc.device_name
+        assert local.channels_last and "channels-last" in proc.device_name  # the same form on both sides
         p_local, n_local = local.infer(x)
         p_proc, n_proc = proc.infer(x)  # 3 slices, 2 in flight
         np.testing.assert_allclose(p_proc, p_local, rtol=0, atol=1e-6)

@@ -36,7 +36,8 @@ def free_port() -> int:
 
 
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
-            threads: int | None = None, engine_process: bool | None = None, max_batch: int = 256) -> dict:
+            threads: int | None = None, engine_process: bool | None = None, max_batch: int = 256,
+            cpu_layout: str = "auto") -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     pub = subprocess.Popen(
@@ -47,7 +48,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     )
     cfg = RunConfig(sources=(f"zmq://127.0.0.1:{port}",), model=model, device=device, max_wait_ms=max_wait_ms,
                     hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process,
-                    max_batch=max_batch)
+                    max_batch=max_batch, cpu_layout=cpu_layout)
     pipe = Pipeline(cfg)
     pipe.start()
     time.sleep(2.0)  # subscriber joins, first windows fill
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores - 1)")
     ap.add_argument("--engine-process", choices=["auto", "on", "off"], default="auto",
                     help="CPU: the model in its own process (auto: on with 2 or more cores)")
+    ap.add_argument("--cpu-layout", choices=["auto", "off"], default="auto",
+                    help="CPU: the model's verified channels-last form (auto) or the module as stored (off)")
     ap.add_argument("--all", action="store_true", help="try every N even after one is not held")
     ap.add_argument("--p99-ms", type=float, default=100.0, help="latency bound for 'held'")
     ap.add_argument("--repeat", type=int, default=1, help="runs per N; N counts as held only if every run holds it")
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
                         hop=args.hop, threads=args.threads, max_batch=args.max_batch,
-                        engine_process={"on": True, "off": False}.get(args.engine_process))
+                        engine_process={"on": True, "off": False}.get(args.engine_process),
+                        cpu_layout=args.cpu_layout)
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
             rows.append(r)

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement (s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads for all contenders (default: cores - 1)")
     parser.add_argument("--lanes", type=int, default=2, help="CUDA batches in flight in the engine (1 = none overlap)")
+    parser.add_argument("--cpu-layout", choices=["auto", "off"], default="auto",
+                        help="CPU engine: the verified channels-last form of 1-D networks (auto) or the module as stored")
     parser.add_argument("--naive-windows", type=int, default=200, help="windows for the naive eager loop")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -70,6 +72,7 @@ def run_bench(
     threads: int | None = None,
     naive_windows: int = 200,
     lanes: int = 2,
+    cpu_layout: str = "auto",
 ) -> dict[str, Any]:
     dev = pick_device(device)
     threads = threads or (cpu_threads_for_inference() if dev.type == "cpu" else torch.get_num_threads())
@@ -98,7 +101,7 @@ def run_bench(
 
     runner = Runner(
         module, window=n, device=dev, max_batch=max_b, batch_sizes=list(batch_sizes), threads=threads,
-        validation=load_validation(model), lanes=lanes,
+        validation=load_validation(model), lanes=lanes, net_config=meta.model_config, cpu_layout=cpu_layout,
     )
     t0 = time.perf_counter()
     runner.warmup()
@@ -157,6 +160,8 @@ def run_bench(
         "fp16": runner.fp16,
         "fp16_agreement": runner.fp16_agreement,
         "lanes": runner.lanes,
+        "channels_last": runner.channels_last,
+        "channels_last_check": runner.layout_check,
         "warmup_s": round(warmup_s, 3),
         "naive_wps": round(naive_wps, 1),
         "results": rows,
@@ -200,7 +205,8 @@ def _graph_fp16(module: torch.jit.ScriptModule, dev: torch.device, n: int):
 def run(args: argparse.Namespace) -> int:
     sizes = tuple(int(s) for s in str(args.batch_sizes).split(",") if s.strip())
     res = run_bench(args.model, device=args.device, batch_sizes=sizes, seconds=args.seconds,
-                    threads=args.threads, naive_windows=args.naive_windows, lanes=args.lanes)
+                    threads=args.threads, naive_windows=args.naive_windows, lanes=args.lanes,
+                    cpu_layout=args.cpu_layout)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
@@ -226,6 +232,10 @@ def run(args: argparse.Namespace) -> int:
     c.print(f"naive eager loop (one window per call): {res['naive_wps']:,.0f} windows/s; "
             f"{res['threads']} torch thread(s) of {res['cpu_count']} cores; warm-up {res['warmup_s']} s; "
             f"engine: {ENGINE_RUN} batches back to back, {res['lanes']} in flight")
+    if res["channels_last_check"]:
+        agree, dp, dn = res["channels_last_check"]
+        c.print(f"channels-last form {'used' if res['channels_last'] else 'refused'}: {agree:.2%} label agreement "
+                f"with the module on the validation windows, max |d prob| {dp:.1e}, max |d noise index| {dn:.1e}")
     for note in res["notes"]:
         c.print(f"note: {note}")
     return 0

@@ -49,11 +49,11 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 def _worker(argv: list[str]) -> int:
     """The child: load the artifact, then answer ``LANE ROWS`` lines on stdin until it closes.
 
-    Replies on stdout: ``ready DEVICE`` once, then ``ok LANE ROWS`` or ``error TEXT`` per request.
+    Replies on stdout: ``ready DEVICE[\tNOTE...]`` once, then ``ok LANE ROWS`` or ``error TEXT`` per request.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     model, window, max_batch, threads, width = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
-    cpu, names = int(argv[5]), argv[6:]
+    cpu, layout, names = int(argv[5]), argv[6], argv[7:]
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
     # Replies go to a private copy of stdout; anything a library prints lands on stderr instead
@@ -63,16 +63,18 @@ def _worker(argv: list[str]) -> int:
     sys.stdout = sys.stderr
     try:
         from drsn_stream.engine.runner import Runner
-        from drsn_stream.models.artifact import load_artifact
+        from drsn_stream.models.artifact import load_artifact, load_validation
 
-        module, _ = load_artifact(model)
-        runner = Runner(module, window=window, device="cpu", max_batch=max_batch, threads=threads)
+        module, meta = load_artifact(model)
+        runner = Runner(module, window=window, device="cpu", max_batch=max_batch, threads=threads,
+                        net_config=meta.model_config, cpu_layout=layout,
+                        validation=load_validation(model) if layout != "off" else None)
         runner.warmup()
         half = len(names) // 2
         shm = [_attach(n) for n in names]
         x_in = [np.ndarray((max_batch, window), np.float32, s.buf) for s in shm[:half]]
         y_out = [np.ndarray((max_batch, width), np.float32, s.buf) for s in shm[half:]]
-        out.write(f"ready {runner.device_name}\n")
+        out.write("\t".join([f"ready {runner.device_name}", *(n.replace("\t", " ") for n in runner.notes)]) + "\n")
         out.flush()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
@@ -105,10 +107,11 @@ class ProcessRunner:
         threads: torch threads in the child (default 1: the other core is ingest's).
         lanes: batches in flight (2: one runs while the next is copied in).
         cpu: pin the child to this core (None: the scheduler decides).
+        cpu_layout: "auto" (1-D networks run in their verified channels-last form) or "off".
     """
 
     def __init__(self, model: str, *, window: int, classes: int, max_batch: int = 256, threads: int | None = None,
-                 lanes: int = 2, cpu: int | None = None) -> None:
+                 lanes: int = 2, cpu: int | None = None, cpu_layout: str = "auto") -> None:
         self.window, self.max_batch, self.lanes = int(window), int(max_batch), max(1, int(lanes))
         self.threads = int(threads or 1)
         self.device = None
@@ -131,6 +134,7 @@ class ProcessRunner:
         self.restarts = 0
         self._model = str(model)
         self.cpu = cpu
+        self.cpu_layout = cpu_layout
         self.device_name = "CPU (engine process)"
         self._start_child()
 
@@ -138,7 +142,7 @@ class ProcessRunner:
         # A plain child interpreter (not multiprocessing's spawn, which re-imports the caller's
         # __main__): it only needs the artifact, the shared-memory names and two pipes.
         args = [self._model, str(self.window), str(self.max_batch), str(self.threads), str(self._width)]
-        args += [str(-1 if self.cpu is None else self.cpu)] + [s.name for s in self._in + self._out]
+        args += [str(-1 if self.cpu is None else self.cpu), self.cpu_layout] + [s.name for s in self._in + self._out]
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw
@@ -197,7 +201,9 @@ class ProcessRunner:
             self.close()
             why = line.strip() or f"no answer within {READY_TIMEOUT_S:.0f} s (exit code {self._proc.poll()})"
             raise ArtifactError(f"the engine process failed to start: {why}")
-        self.device_name = f"{line[6:].strip()}, engine process"
+        device, *notes = line[6:].rstrip("\n").split("\t")
+        self.device_name = f"{device.strip()}, engine process"
+        self.notes.extend(n for n in notes if n and n not in self.notes)  # the child's runner notes
         self.ready.set()
 
     def submit(self, x: np.ndarray) -> Pending:

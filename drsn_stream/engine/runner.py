@@ -121,6 +121,8 @@ class Runner:
         threads: int | None = None,
         validation: np.ndarray | None = None,
         lanes: int = 2,
+        net_config: dict[str, Any] | None = None,
+        cpu_layout: str = "auto",
     ) -> None:
         """
         Args:
@@ -132,8 +134,11 @@ class Runner:
             fp16: "auto" (use it where verified), "off", or "on" (still verified; refused if it fails).
             cuda_graphs: capture CUDA graphs (CUDA only).
             threads: CPU threads for torch (default: all cores but one).
-            validation: (m, n) normalized windows for the fp16 agreement check.
+            validation: (m, n) normalized windows for the fp16 and channels-last agreement checks.
             lanes: batches in flight on CUDA (1 = strictly one after the other); 1 on the CPU.
+            net_config: the artifact's ``model_config``; on the CPU, 1-D networks then run in their
+                channels-last form (cpu_layout.py) where it agrees with the module.
+            cpu_layout: "auto" (use the channels-last form where converted and verified) or "off".
         """
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.window = window
@@ -144,6 +149,8 @@ class Runner:
         self.fp16_agreement: float | None = None
         self.graphs = False
         self.notes: list[str] = []
+        self.channels_last = False
+        self.layout_check: tuple[float, float, float] | None = None
         self._slots: dict[int, list[_GraphSlot]] = {}
         self._next_lane: dict[int, int] = {}
         if self.device.type == "cpu":
@@ -152,6 +159,8 @@ class Runner:
             torch.set_num_threads(self.threads)
             self.module = self._freeze(module.eval())
             self.dtype = torch.float32
+            if cpu_layout != "off" and net_config:
+                self._use_channels_last(module, net_config, validation)
         else:
             self.lanes = max(1, int(lanes))
             self.threads = torch.get_num_threads()
@@ -180,13 +189,44 @@ class Runner:
                 self.notes.append(note)
             return module
 
+    def _use_channels_last(self, module: torch.jit.ScriptModule, net_config: dict[str, Any],
+                           validation: np.ndarray | None) -> None:
+        """Swaps in the channels-last form of a 1-D network when it agrees with the module on the
+        validation windows (seeded Gaussian windows without them). Networks it cannot convert
+        (2-D, even kernels) keep the module without a note: that is not a fault."""
+        from drsn_stream.engine import cpu_layout as cl
+
+        fast, _why = cl.convert(module, net_config)
+        if fast is None:
+            return
+        try:
+            with quiet_torchscript():
+                fast = torch.jit.freeze(torch.jit.script(fast))
+        except RuntimeError as exc:
+            self.notes.append(f"channels-last form not used: {str(exc).splitlines()[0]}")
+            return
+        if validation is not None and len(validation):
+            x = np.asarray(validation[: cl.CHECK_WINDOWS], dtype=np.float32)
+        else:
+            x = np.random.default_rng(0).standard_normal((cl.CHECK_WINDOWS // 2, self.window)).astype(np.float32)
+        agree, dp, dn = cl.compare(self.module, fast, x)
+        self.layout_check = (agree, dp, dn)
+        if agree >= cl.MIN_AGREEMENT and dp <= cl.MAX_PROB_DIFF and dn <= cl.MAX_NOISE_DIFF:
+            self.module, self.channels_last = fast, True
+        else:
+            self.notes.append(
+                f"channels-last form refused: {agree:.4%} label agreement, max |dp| {dp:.2e}, "
+                f"max |d noise| {dn:.2e}"
+            )
+
     @property
     def device_name(self) -> str:
         if self.device.type == "cuda":
             return f"{torch.cuda.get_device_name(self.device)} ({'fp16' if self.fp16 else 'fp32'}" + (
                 ", CUDA graphs)" if self.graphs else ")"
             )
-        return f"CPU ({self.threads} torch thread{'s' if self.threads != 1 else ''})"
+        layout = ", channels-last" if self.channels_last else ""
+        return f"CPU ({self.threads} torch thread{'s' if self.threads != 1 else ''}{layout})"
 
     def _agreement(self, m32: torch.jit.ScriptModule, m16: torch.jit.ScriptModule, val: np.ndarray) -> float:
         same = 0

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--stale-ms", type=float, help="drop windows older than this (default 2000 ms)")
     a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
     a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
+    a("--cpu-layout", choices=["auto", "off"],
+      help="CPU: run 1-D networks in their channels-last form, after checking it agrees with the model on its "
+           "validation windows (default auto; off: exactly as stored)")
     a("--engine-process", choices=["auto", "on", "off"],
       help="CPU: run the model in its own process, so it shares no interpreter lock with ingest (default auto: "
            "on with 2 or more cores)")
@@ -71,6 +74,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "stale_ms": args.stale_ms,
         "fp16": args.fp16,
         "threads": args.threads,
+        "cpu_layout": args.cpu_layout,
         "engine_process": {"on": True, "off": False}.get(args.engine_process or "auto"),
         "pin_cpus": True if args.pin_cpus else None,
         "capture_dir": args.capture,

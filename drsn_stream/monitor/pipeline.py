@@ -61,6 +61,7 @@ class RunConfig:
     fp16: str = "auto"
     cuda_graphs: bool = True
     threads: int | None = None
+    cpu_layout: str = "auto"  # CPU: run 1-D networks in their verified channels-last form ("off": as stored)
     engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
     pin_cpus: bool = False  # with the engine process: give it a core of its own, keep ingest on the rest
     capture_dir: str | None = None
@@ -124,7 +125,7 @@ class Pipeline:
             self._cpus = _split_cpus() if config.pin_cpus else None
             self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
                                         max_batch=config.max_batch, threads=config.threads,
-                                        cpu=self._cpus[1] if self._cpus else None)
+                                        cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout)
         else:
             module, meta = load_artifact(self.model_name)
             self.runner = self._local_runner(module, meta, config)
@@ -185,7 +186,9 @@ class Pipeline:
             fp16=config.fp16,
             cuda_graphs=config.cuda_graphs,
             threads=config.threads,
-            validation=load_validation(self.model_name) if config.fp16 != "off" else None,
+            validation=load_validation(self.model_name) if (config.fp16, config.cpu_layout) != ("off", "off") else None,
+            net_config=meta.model_config,
+            cpu_layout=config.cpu_layout,
         )
 
     # ------------------------------------------------------------------ life cycle

@@ -1,0 +1,108 @@
+"""The CPU engine's channels-last form: the same network, laid out for the CPU, used only when verified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from drsn_stream.engine import cpu_layout
+from drsn_stream.engine.runner import Runner
+from drsn_stream.models import create_model
+from drsn_stream.models.artifact import load_artifact, load_validation, quiet_torchscript, script_model
+from drsn_stream.models.registry import list_models, model_config
+
+
+def _frozen(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    with quiet_torchscript():
+        return torch.jit.freeze(script_model(module.eval()))
+
+
+def _real_windows(n: int = 256) -> np.ndarray:
+    """Real CWRU windows (the shipped bearing model's held-out validation windows, normalized)."""
+    return np.ascontiguousarray(load_validation("bearing-cwru")[:n], dtype=np.float32)
+
+
+def _trained_like(name: str, seed: int = 0) -> torch.nn.Module:
+    """A registry network with non-trivial batch-norm statistics, so that every fold matters."""
+    torch.manual_seed(seed)
+    net = create_model(name, num_classes=10)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.3, 3.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+def test_the_shipped_bearing_model_gives_the_same_labels_probabilities_and_noise_index() -> None:
+    module, meta = load_artifact("bearing-cwru")
+    x = _real_windows(512)
+    fast, why = cpu_layout.convert(module, meta.model_config)
+    assert fast is not None, why
+    fast = _frozen(fast)
+    with torch.inference_mode():
+        logits, noise = module(torch.from_numpy(x))
+        f_logits, f_noise = fast(torch.from_numpy(x))
+    assert torch.equal(logits.argmax(1), f_logits.argmax(1))
+    torch.testing.assert_close(torch.softmax(f_logits, 1), torch.softmax(logits, 1), rtol=0, atol=1e-4)
+    # the noise index counts exact zeros: a value rounded across its threshold moves it by 1/(L*C)
+    torch.testing.assert_close(f_noise, noise, rtol=0, atol=1e-3)
+    assert float(noise.mean()) > 0.05  # the units do zero a share of their activations
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if model_config(n, 10).dims == 1])
+@pytest.mark.parametrize("length", [2048, 2000])  # 2000: odd lengths deep in the net, 4-wide rows
+def test_every_1d_network_converts_to_the_same_function(name: str, length: int) -> None:
+    net = _trained_like(name)
+    fast, why = cpu_layout.convert(net, model_config(name, 10).to_dict())
+    assert fast is not None, why
+    fast = _frozen(fast)
+    x = torch.from_numpy(np.ascontiguousarray(_real_windows(64)[:, :length]))
+    with torch.inference_mode():
+        logits, noise = net(x)
+        f_logits, f_noise = fast(x)
+    assert f_logits.shape == logits.shape and f_noise.shape == noise.shape
+    torch.testing.assert_close(f_logits, logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(f_noise, noise, rtol=0, atol=1e-3)
+
+
+def test_two_dimensional_and_unconvertible_networks_are_left_alone() -> None:
+    mel = next(n for n in list_models() if model_config(n, 10).dims == 2)
+    fast, why = cpu_layout.convert(create_model(mel, num_classes=10), model_config(mel, 10).to_dict())
+    assert fast is None and "1-D" in why
+    fast, why = cpu_layout.convert(create_model("drsn_cw_paper", num_classes=10), None)
+    assert fast is None and "model_config" in why
+    # weights of another shape than the config says
+    fast, why = cpu_layout.convert(create_model("drsn_cw_wide", num_classes=10), model_config("drsn_cw_paper", 10).to_dict())
+    assert fast is None and "do not match" in why
+
+
+def test_the_runner_uses_the_form_only_when_it_agrees_and_says_so(monkeypatch) -> None:
+    module, meta = load_artifact("bearing-cwru")
+    val = load_validation("bearing-cwru")
+    x = _real_windows(100)
+    plain = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1)
+    fast = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1,
+                  net_config=meta.model_config, validation=val)
+    assert not plain.channels_last and fast.channels_last
+    assert "channels-last" in fast.device_name and "channels-last" not in plain.device_name
+    agree, dp, _ = fast.layout_check
+    assert agree == 1.0 and dp < 1e-4
+    p0, n0 = plain.infer(x)
+    p1, n1 = fast.infer(x)
+    assert (p0.argmax(1) == p1.argmax(1)).all()
+    np.testing.assert_allclose(p1, p0, rtol=0, atol=1e-4)
+
+    off = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1,
+                 net_config=meta.model_config, validation=val, cpu_layout="off")
+    assert not off.channels_last and off.layout_check is None
+
+    # a form that fails the check is refused, with the figures in a note, and the module stays
+    monkeypatch.setattr(cpu_layout, "MAX_PROB_DIFF", -1.0)
+    refused = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1,
+                     net_config=meta.model_config, validation=val)
+    assert not refused.channels_last
+    assert any("channels-last form refused" in n and "label agreement" in n for n in refused.notes)
+    np.testing.assert_array_equal(refused.infer(x)[0], p0)
