@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from drsn_stream.models import model_config, save_artifact  # noqa: E402
+from drsn_stream.models.ensemble import Ensemble  # noqa: E402
 from drsn_stream.speech import CREDITS, HOP, LABELS, NORMALIZATION, SAMPLE_RATE, WINDOW, dataset, tts  # noqa: E402  # noqa: E402
 from drsn_stream.speech.augment import AugmentConfig  # noqa: E402
 from drsn_stream.speech.train import (  # noqa: E402
@@ -51,6 +52,7 @@ def train_config(cfg: dict, **changes) -> TrainConfig:
     m = dict(cfg["model"])
     name = m.pop("name")
     t = dict(cfg["train"])
+    t.pop("ensemble", None)  # networks per model: the tool's business, not one network's training
     tc = TrainConfig(model=name, overrides=m, **t)
     if "augment" in cfg:
         tc.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["augment"].items()})
@@ -91,8 +93,10 @@ def evaluate(model, test, noise_test, held) -> dict:
 TRAINING_ONLY = ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "warp")
 
 
-def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict, config_path: Path | None = None) -> dict:
+def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict, config_path: Path | None = None,
+             seeds: list[int] | None = None) -> dict:
     net = model_config(tc.model, len(LABELS), **tc.overrides).to_dict()
+    seeds = list(seeds or [tc.seed])
     input_spec = {"kind": "raw"}
     if net["dims"] == 2:
         # The log-mel front end is part of the TorchScript model: the DSP feeds raw windows.
@@ -111,13 +115,14 @@ def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict, config
         "hop": HOP,
         "input": input_spec,
         "normalization": dict(NORMALIZATION),
-        "model_config": net,
+        "model_config": {**net, "ensemble": len(seeds)} if len(seeds) > 1 else net,
         "training": {
             "data": "FSDD takes 5-49 (6 speakers) + synthetic espeak-ng/flite voices + Speech Commands "
             "background noise (first 80 % of each file)",
             "held_out": "FSDD takes 0-4; last 20 % of each noise file; 20 synthetic voices",
             "counts": n_train,
             "recipe": tc.to_dict(),
+            "seeds": seeds,
             "windows": "whole digit at a random place in the 1 s window = the digit; 15-45 % crops of a "
             "digit and non-digit words = _unknown_; background below the rms floor = _silence_, above = _noise_",
             "tool": f"tools/train_digits.py with {config_name}",
@@ -128,8 +133,11 @@ def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict, config
             "tts_heldout_voices_pct": res.get("tts_heldout_voices", {}).get("accuracy"),
             "snr_mean_real_noise_pct": res["snr"].get("mean_real"),
             "background_called_digit_pct": res["background_called_digit_pct"],
+            **({"member_test_split_pct": res["member_test_split"]} if "member_test_split" in res else {}),
         },
-        "description": f"Spoken digits 0-9 plus _silence_/_noise_/_unknown_ in 1 s windows at 8 kHz ({tc.model}). "
+        "description": f"Spoken digits 0-9 plus _silence_/_noise_/_unknown_ in 1 s windows at 8 kHz ({tc.model}"
+        + (f", {len(seeds)} networks from seeds {seeds} with their probabilities averaged" if len(seeds) > 1 else "")
+        + "). "
         f"Trained on {CREDITS}.",
     }
 
@@ -169,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", action="store_true", help="train the 1-D raw model and the 2-D log-mel model")
     ap.add_argument("--loso", action="store_true", help="leave-one-speaker-out evaluation")
     ap.add_argument("--speakers", nargs="*", default=None, help="LOSO: only these speakers")
+    ap.add_argument("--ensemble", type=int, default=None,
+                    help="networks per model, seeds seed..seed+K-1, probabilities averaged (default: the config's "
+                         "[train] ensemble, else 1); LOSO also reports each member alone")
     ap.add_argument("--threads", type=int, default=None, help="override the config's torch threads")
     ap.add_argument("--tag", default="", help="write into runs/digits-TAG instead of runs/digits")
     ap.add_argument("--install", action="store_true", help="copy the exported artifact into drsn_stream/artifacts/")
@@ -194,22 +205,31 @@ def main(argv: list[str] | None = None) -> int:
     log(f"FSDD train {len(train)}, test {len(test)}; TTS digits {len(tts_digits)}, other words {len(tts_others)}, "
         f"held-out voice digits {len(tts_held)}")
 
+    n_members = int(args.ensemble or cfg["train"].get("ensemble", 1))
+    base_seed = int(cfg["train"].get("seed", 0))
+    member_seeds = [base_seed + i for i in range(n_members)]
     if args.loso:
         epochs = args.epochs or int(cfg["loso"]["epochs"])
         results = {}
         for spk in args.speakers or dataset.FSDD_SPEAKERS:
-            tc = train_config(cfg, epochs=epochs)
             tr = [u for u in fsdd if u.speaker != spk]
             te = [u for u in fsdd if u.speaker == spk]
-            log(f"LOSO {spk}: train {len(tr)} FSDD + TTS, test {len(te)} ({epochs} epochs)")
-            model = train_model(tc, tr + tts_digits, tts_others, noise_train, log=log)
-            acc = accuracy(model, te)
+            log(f"LOSO {spk}: train {len(tr)} FSDD + TTS, test {len(te)} ({epochs} epochs, {n_members} network(s))")
+            members, member_acc = [], []
+            for seed in member_seeds:
+                members.append(train_model(train_config(cfg, epochs=epochs, seed=seed), tr + tts_digits, tts_others,
+                                           noise_train, log=log))
+                member_acc.append(accuracy(members[-1], te)["accuracy"])
+                log(f"LOSO {spk}, seed {seed}: {member_acc[-1]} %")
+            acc = accuracy(members[0] if n_members == 1 else Ensemble(members), te)
             results[spk] = acc["accuracy"]
             log(f"LOSO {spk}: {acc['accuracy']} %")
-            (out_dir / f"loso-{spk}.json").write_text(json.dumps({"speaker": spk, "epochs": epochs, **acc}, indent=1))
+            rec = {"speaker": spk, "epochs": epochs, "seeds": member_seeds, "member_accuracy": member_acc, **acc}
+            (out_dir / f"loso-{spk}.json").write_text(json.dumps(rec, indent=1))
         results["mean"] = round(float(np.mean(list(results.values()))), 2)
         log(f"LOSO: {results}")
-        (out_dir / "loso.json").write_text(json.dumps({"epochs": epochs, "accuracy": results}, indent=1))
+        (out_dir / "loso.json").write_text(json.dumps({"epochs": epochs, "seeds": member_seeds, "accuracy": results},
+                                                      indent=1))
         return 0
 
     if args.compare:
@@ -232,12 +252,20 @@ def main(argv: list[str] | None = None) -> int:
     tc = train_config(cfg)
     if args.epochs:
         tc.epochs = args.epochs
-    log(f"training {tc.model} for {tc.epochs} epochs")
-    model = train_model(tc, train + tts_digits, tts_others, noise_train, log=log)
+    members = []
+    for seed in member_seeds:
+        tc.seed = seed
+        log(f"training {tc.model} for {tc.epochs} epochs (seed {seed})")
+        members.append(train_model(tc, train + tts_digits, tts_others, noise_train, log=log))
+    tc.seed = base_seed
+    model = members[0] if n_members == 1 else Ensemble(members)
     res = evaluate(model, test, noise_test, tts_held)
+    if n_members > 1:
+        res["member_test_split"] = [accuracy(m, test)["accuracy"] for m in members]
+        log(f"test split: members {res['member_test_split']} %, ensemble {res['test_split']['accuracy']} %")
     counts = {"fsdd_train": len(train), "tts_digits": len(tts_digits), "tts_other_words": len(tts_others),
               "tts_train_voices": int(cfg["tts"]["train_voices"])}
-    meta = meta_for(tc, model, res, counts, cfg, args.config)
+    meta = meta_for(tc, model, res, counts, cfg, args.config, seeds=member_seeds)
     path = save_artifact(model, out_dir / "digits-fsdd.pt", meta)
     (out_dir / "results.json").write_text(json.dumps(res, indent=1))
     log(f"wrote {path}")

@@ -196,6 +196,8 @@ def convert(module: torch.jit.ScriptModule | nn.Module, model_config: dict[str, 
     """
     if not model_config:
         return None, "the artifact carries no model_config"
+    if int(model_config.get("ensemble", 1) or 1) > 1:
+        return None, "ensembles are not converted"
     if int(model_config.get("dims", 1)) != 1:
         return None, "only 1-D (raw-signal) networks are converted"
     if int(model_config.get("kernel_size", 3)) % 2 == 0 or int(model_config.get("stem_kernel", 3)) % 2 == 0:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from drsn_stream.errors import ConfigError
+from drsn_stream.models.ensemble import Ensemble
 from drsn_stream.models.networks import DRSN, NetConfig
 
 _REGISTRY: dict[str, Callable[[], NetConfig]] = {}
@@ -114,8 +115,12 @@ def create_model(name: str, num_classes: int = 10, **overrides: Any) -> DRSN:
     return DRSN(model_config(name, num_classes, **overrides))
 
 
-def build_from_config(cfg: NetConfig | dict[str, Any]) -> DRSN:
-    """Builds a network from a NetConfig (or its dict form, as stored in artifacts)."""
+def build_from_config(cfg: NetConfig | dict[str, Any]) -> DRSN | Ensemble:
+    """Builds a network from a NetConfig (or its dict form, as stored in artifacts). A dict with
+    ``"ensemble": K`` gives an ``Ensemble`` of K such networks (untrained, to load weights into)."""
     if isinstance(cfg, dict):
-        cfg = NetConfig.from_dict(cfg)
+        if int(cfg.get("ensemble", 1) or 1) > 1:
+            net = {k: v for k, v in cfg.items() if k != "ensemble"}
+            return Ensemble([DRSN(NetConfig.from_dict(net)) for _ in range(int(cfg["ensemble"]))])
+        cfg = NetConfig.from_dict({k: v for k, v in cfg.items() if k != "ensemble"})
     return DRSN(cfg)
