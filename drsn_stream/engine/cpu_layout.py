@@ -40,7 +40,7 @@ MAX_PROB_DIFF = 1e-3
 MAX_NOISE_DIFF = 1e-3
 CHECK_WINDOWS = 512  # at most this many validation windows are compared
 
-_SHRINK_CODE = {SHRINK_NONE: 0, SHRINK_CS: 1, SHRINK_CW: 2}
+_SHRINKS = (SHRINK_NONE, SHRINK_CS, SHRINK_CW)
 
 
 def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
@@ -62,6 +62,7 @@ class _Unit(nn.Module):
     """One RSBU (or ResNet / ConvNet unit) on (batch, length, channels) activations."""
 
     __constants__ = ["stride", "cin", "cout", "pad", "shrink", "shortcut", "k_in", "k_out"]
+    # shrink: 0 none, 1 channel-shared (CS), 2 channel-wise (CW)
 
     def __init__(self, unit: nn.Module) -> None:
         super().__init__()
@@ -202,7 +203,7 @@ def convert(module: torch.jit.ScriptModule | nn.Module, model_config: dict[str, 
         return None, "only 1-D (raw-signal) networks are converted"
     if int(model_config.get("kernel_size", 3)) % 2 == 0 or int(model_config.get("stem_kernel", 3)) % 2 == 0:
         return None, "only odd kernel sizes are converted"
-    if model_config.get("shrink", SHRINK_CW) not in _SHRINK_CODE:
+    if model_config.get("shrink", SHRINK_CW) not in _SHRINKS:
         return None, f"unknown shrink {model_config.get('shrink')!r}"
     net = build_from_config(model_config)
     try:
