@@ -165,9 +165,9 @@ class Pipeline:
             runner = self.runner
             self.usage.extra_pids = lambda: [runner.pid]  # the footer's CPU and RSS include the model
         self.sources = [make_source(spec, **({"fast": True} if config.fast else {})) for spec in config.sources]
-        if any(s.options.get("fast") or float(s.options.get("speed", 1.0) or 1.0) != 1.0 for s in self.sources):
-            # a replay faster than real time (?fast=1, ?speed=N) stamps capture times ahead of the
-            # wall clock: latency is then measured from when a window was formed, as with --fast
+        if not all(s.realtime for s in self.sources):
+            # capture stamps of a faster-than-real-time replay run ahead of the wall clock: latency
+            # is then measured from when a window was formed, as with --fast
             self.engine.latency_from_ready = True
         self._dsp: dict[str, StreamDSP] = {}
         self._ingest_lock = threading.Lock()

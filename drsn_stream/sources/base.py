@@ -186,6 +186,12 @@ class Source:
         return out
 
     @property
+    def realtime(self) -> bool:
+        """False for a replay faster than real time (``fast`` or ``speed`` other than 1): its
+        capture stamps follow the sample clock and run ahead of the wall clock."""
+        return not self.options.get("fast") and float(self.options.get("speed", 1.0)) == 1.0
+
+    @property
     def streams(self) -> list[str]:
         """Stream ids this source knows so far (all of them for sim and file sources)."""
         return list(self._streams)
