@@ -119,8 +119,8 @@ def build_from_config(cfg: NetConfig | dict[str, Any]) -> DRSN | Ensemble:
     """Builds a network from a NetConfig (or its dict form, as stored in artifacts). A dict with
     ``"ensemble": K`` gives an ``Ensemble`` of K such networks (untrained, to load weights into)."""
     if isinstance(cfg, dict):
-        if int(cfg.get("ensemble", 1) or 1) > 1:
-            net = {k: v for k, v in cfg.items() if k != "ensemble"}
-            return Ensemble([DRSN(NetConfig.from_dict(net)) for _ in range(int(cfg["ensemble"]))])
+        members = int(cfg.get("ensemble", 1) or 1)
         cfg = NetConfig.from_dict({k: v for k, v in cfg.items() if k != "ensemble"})
+        if members > 1:
+            return Ensemble([DRSN(cfg) for _ in range(members)])
     return DRSN(cfg)
