@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,6 @@ from drsn_stream.monitor.pipeline import Pipeline, RunConfig
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
 IR014_1 = "12k_Drive_End_IR014_1_170.mat"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -150,9 +143,9 @@ sock.close(linger=1000)
 """
 
 
-def test_zmq_end_to_end_counts_bad_input_and_picks_up_a_restarted_publisher(tmp_path: Path) -> None:
+def test_zmq_end_to_end_counts_bad_input_and_picks_up_a_restarted_publisher(tmp_path: Path, free_tcp_port: int) -> None:
     require_cwru()
-    port = _free_port()
+    port = free_tcp_port
     out = tmp_path / "results.jsonl"
     monitor = subprocess.Popen(
         [sys.executable, "-m", "drsn_stream", "--source", f"zmq://127.0.0.1:{port}", "--jsonl", str(out),
