@@ -12,6 +12,7 @@ import torch
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.runner import Runner, default_batch_sizes, pick_device
+from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError
 from drsn_stream.models import create_model
 from drsn_stream.models.artifact import script_model
@@ -115,6 +116,20 @@ def test_inference_loop_turns_windows_into_predictions(scripted) -> None:
     assert [p.index for p in out] == list(range(10))
     assert all(p.label in labels and 0 < p.confidence <= 1 and p.latency_ms >= 0 for p in out)
     assert loop.stats.windows == 10 and max(loop.stats.batch_sizes) == 4
+
+
+def test_stats_recording_keeps_every_latency_of_the_span_and_only_those() -> None:
+    # The live view keeps the last 8192 latencies over all streams (a few seconds at 3,000
+    # windows/s); a benchmark's percentiles must cover its whole measured span.
+    stats = EngineStats()
+    stats.record_batch({"a": [1000.0]}, 1, 0.01)  # before the span: not recorded
+    stats.start_recording()
+    for i in range(100):
+        stats.record_batch({"a": [float(i)] * 60, "b": [float(i)] * 40}, 100, 0.01)
+    lat, batches = stats.stop_recording()
+    stats.record_batch({"a": [2000.0]}, 1, 0.01)  # after it: not recorded either
+    assert batches == 100 and lat.size == 10_000 and lat.max() == 99.0 and lat.min() == 0.0
+    assert stats.stop_recording()[0].size == 0
 
 
 def test_default_batch_sizes_and_device_choice() -> None:

@@ -13,7 +13,10 @@ class EngineStats:
     """Thread-safe counters the engine writes and sinks read.
 
     Latency is from the capture of a window's last sample to its result, ms. Per stream the last
-    ``history`` latencies are kept for percentiles; throughput is over the last few seconds.
+    ``history`` latencies are kept for percentiles, over all streams the last 8192 (a few seconds
+    at thousands of windows/s: a live view); throughput is over the last few seconds. For a
+    measurement over a longer span, ``start_recording()`` ... ``stop_recording()`` keeps every
+    latency in between.
     """
 
     def __init__(self, *, history: int = 512, rate_span_s: float = 5.0) -> None:
@@ -28,6 +31,8 @@ class EngineStats:
         self.batches = 0
         self.infer_s = 0.0
         self.started = time.time()
+        self._rec: list[float] | None = None
+        self._rec_batches = 0
 
     def record_batch(self, latencies_ms: dict[str, list[float]], batch_size: int, infer_s: float) -> None:
         now = time.time()
@@ -38,6 +43,10 @@ class EngineStats:
                     q = self._lat[sid] = deque(maxlen=self._history)
                 q.extend(vals)
                 self._all.extend(vals)
+                if self._rec is not None:
+                    self._rec.extend(vals)
+            if self._rec is not None:
+                self._rec_batches += 1
             self.batch_sizes[batch_size] += 1
             self.windows += batch_size
             self.batches += 1
@@ -45,6 +54,18 @@ class EngineStats:
             self._done.append((now, batch_size))
             while self._done and self._done[0][0] < now - self._span:
                 self._done.popleft()
+
+    def start_recording(self) -> None:
+        """Keep every latency from now until ``stop_recording()`` (a benchmark's measured span)."""
+        with self._lock:
+            self._rec = []
+            self._rec_batches = 0
+
+    def stop_recording(self) -> tuple[np.ndarray, int]:
+        """(every latency recorded since ``start_recording()`` in ms, the number of batches)."""
+        with self._lock:
+            vals, self._rec = self._rec or [], None
+            return np.asarray(vals, dtype=np.float64), self._rec_batches
 
     def windows_per_s(self) -> float:
         with self._lock:
