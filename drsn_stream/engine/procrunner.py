@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -49,7 +51,8 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 def _worker(argv: list[str]) -> int:
     """The child: load the artifact, then answer ``LANE ROWS`` lines on stdin until it closes.
 
-    Replies on stdout: ``ready DEVICE[\tNOTE...]`` once, then ``ok LANE ROWS`` or ``error TEXT`` per request.
+    Replies on stdout: ``ready DEVICE[\tNOTE...]`` once, then ``ok LANE ROWS T_START T_END`` (wall-clock
+    seconds when the batch started and finished running) or ``error TEXT`` per request.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     model, window, max_batch, threads, width = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
@@ -83,10 +86,11 @@ def _worker(argv: list[str]) -> int:
     for line in sys.stdin:
         try:
             lane, rows = (int(v) for v in line.split())
+            t_start = time.time()
             probs, noise = runner.infer(x_in[lane][:rows])
             y_out[lane][:rows, :-1] = probs
             y_out[lane][:rows, -1] = noise
-            out.write(f"ok {lane} {rows}\n")
+            out.write(f"ok {lane} {rows} {t_start:.6f} {time.time():.6f}\n")
         except Exception as exc:  # noqa: BLE001
             out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
         out.flush()
@@ -130,6 +134,10 @@ class ProcessRunner:
         self._busy = [False] * self.lanes
         self._next = 0
         self._inflight: list[int] = []
+        self._t_submit = [0.0] * self.lanes
+        # (rows, s from submit to the child starting it, s running, s from its end to collect)
+        # of recent batches: where a batch's time goes, for benchmarks
+        self.batch_times: deque[tuple[int, float, float, float]] = deque(maxlen=8192)
         self._closed = False
         self.restarts = 0
         self._model = str(model)
@@ -219,6 +227,7 @@ class ProcessRunner:
         self._next = (lane + 1) % self.lanes
         self._busy[lane] = True
         self._x[lane][:rows] = x
+        self._t_submit[lane] = time.time()
         try:
             self._send(f"{lane} {rows}\n")
         except RuntimeError:
@@ -239,6 +248,10 @@ class ProcessRunner:
         if not reply.startswith("ok "):
             raise RuntimeError(f"the engine process failed: {reply.strip()}")
         res = self._y[lane][: pending.rows].copy()
+        fields = reply.split()
+        if len(fields) >= 5:
+            t_start, t_end = float(fields[3]), float(fields[4])
+            self.batch_times.append((pending.rows, t_start - self._t_submit[lane], t_end - t_start, time.time() - t_end))
         return res[:, :-1], res[:, -1]
 
     def _stop_child(self) -> None:
