@@ -57,13 +57,22 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     time.sleep(2.0)  # subscriber joins, first windows fill
     drops0 = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost
     pipe.stats.start_recording()
+    batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
+    if batch_times is not None:
+        batch_times.clear()
     t0 = time.time()
     time.sleep(seconds)
     lat, batches = pipe.stats.stop_recording()  # every window of the measured span, not the live view's last 8192
     elapsed = time.time() - t0
+    stages = pipe.stats.stage_ms()
+    if batch_times:
+        bt = np.array(list(batch_times)) * [1, 1000, 1000, 1000]
+        for i, name in ((1, "to_child"), (2, "compute"), (3, "from_child")):
+            stages[name] = {"p50": round(float(np.percentile(bt[:, i], 50)), 1),
+                            "p99": round(float(np.percentile(bt[:, i], 99)), 1)}
     windows = len(lat)
     drops = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost - drops0
-    p50, p95, p99 = np.percentile(lat, (50, 95, 99)) if windows else (float("nan"),) * 3
+    p50, p95, p99 = (float(v) for v in np.percentile(lat, (50, 95, 99))) if windows else (float("nan"),) * 3
     cpu = pipe.usage.read()
     pipe.stop()
     pub.wait(timeout=30)
@@ -82,6 +91,10 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         "avg_batch": round(windows / batches, 1) if batches else 0.0,
         "device": pipe.runner.device_name,
         "process_cpu": cpu.get("cpu_percent"),
+        # where the time goes (ms, p50/p99): capture -> window formed (ingest), -> batch sent (queue),
+        # -> results back (engine); with the engine process, the engine part split into the wait
+        # before the child starts the batch (to_child), running it (compute), and the way back
+        "stages_ms": stages,
     }
 
 
@@ -123,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['received']:.1%}  dropped {r['dropped']:5d}  p50/p95/p99 {r['p50_ms']}/{r['p95_ms']}/"
                       f"{r['p99_ms']} ms  avg batch {r['avg_batch']}  {'HELD' if r['held'] else 'not held'}",
                       flush=True)
+                if r["stages_ms"]:
+                    print("        ms p50/p99: " + "  ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["stages_ms"].items()),
+                          flush=True)
         if held_all and not failed:
             best = n  # held in every run, and so was every smaller N tried
         elif not held_all:

@@ -114,7 +114,9 @@ class InferenceLoop(threading.Thread):
                     if pending and (len(pending) >= self.runner.lanes or self.runner.done(pending[0][1])):
                         self._finish(*pending.popleft())
                         continue
-                    batch = self.batcher.next_batch(timeout=POLL_S if pending else 0.1)
+                    # While a batch runs, a flush does not send the next one early: it would
+                    # only queue behind the running one, and smaller batches cost more per window.
+                    batch = self.batcher.next_batch(timeout=POLL_S if pending else 0.1, early=not pending)
                     if batch:
                         t_batched = time.time()
                         pending.append((batch, self.runner.submit(self.batch_input(batch)), t_batched))
@@ -163,5 +165,8 @@ class InferenceLoop(threading.Thread):
         for p in preds:
             lat.setdefault(p.stream_id, []).append(p.latency_ms)
         self.stats.record_batch(lat, len(batch), t_done - t_batched)
+        if self.stats.recording and not self.latency_from_ready:
+            self.stats.record_stages(np.array([w.t_last for w in batch]), np.array([w.t_ready for w in batch]),
+                                     t_batched, t_done)
         self.on_predictions(preds)
         return preds

@@ -33,6 +33,7 @@ class EngineStats:
         self.started = time.time()
         self._rec: list[float] | None = None
         self._rec_batches = 0
+        self._rec_stages: list[np.ndarray] = []
 
     def record_batch(self, latencies_ms: dict[str, list[float]], batch_size: int, infer_s: float) -> None:
         now = time.time()
@@ -55,17 +56,41 @@ class EngineStats:
             while self._done and self._done[0][0] < now - self._span:
                 self._done.popleft()
 
+    @property
+    def recording(self) -> bool:
+        return self._rec is not None
+
     def start_recording(self) -> None:
         """Keep every latency from now until ``stop_recording()`` (a benchmark's measured span)."""
         with self._lock:
             self._rec = []
             self._rec_batches = 0
+            self._rec_stages = []
+
+    def record_stages(self, t_last: np.ndarray, t_ready: np.ndarray, t_batched: float, t_done: float) -> None:
+        """While recording: one batch's windows' times (s) of their last sample's capture, of
+        being formed, and the batch's send and finish times, for ``stage_ms``."""
+        stages = np.stack([t_ready - t_last, t_batched - t_ready, np.full(t_last.shape, t_done - t_batched)], axis=1)
+        with self._lock:
+            if self._rec is not None:
+                self._rec_stages.append(stages * 1000.0)
 
     def stop_recording(self) -> tuple[np.ndarray, int]:
         """(every latency recorded since ``start_recording()`` in ms, the number of batches)."""
         with self._lock:
             vals, self._rec = self._rec or [], None
             return np.asarray(vals, dtype=np.float64), self._rec_batches
+
+    def stage_ms(self) -> dict[str, dict[str, float]]:
+        """Of the last recording: p50/p99 (ms) of capture -> formed ("ingest"), formed -> sent
+        ("queue") and sent -> done ("engine"); empty when no stages were recorded."""
+        with self._lock:
+            if not self._rec_stages:
+                return {}
+            st = np.concatenate(self._rec_stages)
+        return {name: {"p50": round(float(np.percentile(st[:, i], 50)), 1),
+                       "p99": round(float(np.percentile(st[:, i], 99)), 1)}
+                for i, name in enumerate(("ingest", "queue", "engine"))}
 
     def windows_per_s(self) -> float:
         with self._lock:
