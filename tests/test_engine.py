@@ -36,6 +36,28 @@ def test_full_batch_leaves_at_once_and_partial_only_after_max_wait() -> None:
     assert [w.index for w in b.next_batch(timeout=5.0)] == [4, 5]
 
 
+def test_flush_sends_what_is_queued_at_once_but_not_what_comes_later() -> None:
+    # A source that has handed over everything and waits for input flushes: its windows need not
+    # wait max_wait for more that are not coming yet.
+    b = MicroBatcher(max_batch=8, max_wait_ms=60_000)
+    for i in range(3):
+        b.put(_w("a", i))
+    assert b.next_batch(timeout=0.1) == []  # partial, not flushed: waits
+    b.flush()
+    assert b.next_batch(timeout=0.1, early=False) == []  # the engine is busy: gather on
+    b.put(_w("a", 3))  # arrived after the flush, behind flushed ones: leaves with them
+    assert [w.index for w in b.next_batch(timeout=5.0)] == [0, 1, 2, 3]  # long before max_wait
+    assert b.flushes == 1
+    b.put(_w("a", 4))  # after the flushed ones left: waits again
+    assert b.next_batch(timeout=0.1) == []
+    # a flush from another thread wakes a waiting consumer
+    threading.Timer(0.2, b.flush).start()
+    assert [w.index for w in b.next_batch(timeout=5.0)] == [4]
+    b.flush()  # with nothing queued, a flush leaves nothing behind for later windows
+    b.put(_w("a", 5))
+    assert b.next_batch(timeout=0.1) == []
+
+
 def test_stale_windows_are_dropped_and_counted_per_stream() -> None:
     b = MicroBatcher(max_batch=8, max_wait_ms=1, stale_ms=500)
     old = time.time() - 5.0

@@ -69,6 +69,29 @@ def test_sim_is_reproducible_and_seeded():
         assert [f.seq for f in a[sid]] == list(range(len(a[sid])))
 
 
+def test_paced_sim_says_when_it_has_handed_over_a_whole_chunk():
+    # on_idle comes before each pacing sleep, after every machine's frame of the chunk: the
+    # monitor's batcher then sends those windows at once.
+    src = make_source("sim?machines=3&duration=0.5&chunk=600&seed=1")
+    events: list[object] = []
+    src.on_idle = lambda: events.append("idle")
+    with src:
+        for frame in src:
+            events.append((frame.stream_id, frame.seq))
+    groups, cur = [], []
+    for e in events:
+        if e == "idle":
+            if cur:
+                groups.append(cur)
+            cur = []
+        else:
+            cur.append(e)
+    groups.append(cur)  # the last chunk ends the stream instead
+    assert len(groups) == 10  # 0.5 s in chunks of 600 samples at 12 kHz
+    for g in groups:
+        assert sorted(g) == [(f"sim/m{m}", g[0][1]) for m in range(3)]
+
+
 class _Matcher:
     """Max normalized correlation of a segment against every cyclic shift of a reference."""
 

@@ -99,6 +99,36 @@ def test_malformed_messages_are_counted_while_the_stream_goes_on(free_tcp_port):
     assert stats["gaps"] == {} and stats["ended"] == ["s"]
 
 
+def test_a_quiet_socket_tells_the_consumer_its_burst_is_over(free_tcp_port):
+    """on_idle runs once everything received is handed over (the monitor then sends the batch
+    instead of waiting max_wait_ms for windows that are not coming yet)."""
+    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
+    events: list[object] = []
+    src.on_idle = lambda: events.append("idle")
+    x = np.zeros((10, 64), np.float32)
+
+    def send() -> None:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        for burst in (range(0, 5), range(5, 10)):
+            for seq in burst:
+                push.send_multipart(encode("s", seq, T0 + seq * 0.04, 1600.0, x[seq]))
+            threading.Event().wait(0.3)
+        push.send_multipart(encode_eos("s"))
+        push.close(1000)
+
+    with src:
+        sender = threading.Thread(target=send)
+        sender.start()
+        for frame in src:
+            events.append(frame.seq)
+        sender.join()
+    seqs = [e for e in events if e != "idle"]
+    assert seqs == list(range(10))
+    between = events[events.index(4) + 1 : events.index(5)]
+    assert between and set(between) == {"idle"}  # the 0.3 s pause after the first burst
+
+
 PUBLISHER = textwrap.dedent(
     """
     import json, sys, zmq, numpy as np, scipy.io

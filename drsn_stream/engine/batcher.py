@@ -1,7 +1,9 @@
 """A micro-batcher across all streams.
 
 Windows from every stream go into one bounded queue. A batch leaves when it is full
-(``max_batch``) or when its oldest window has waited ``max_wait_ms``. Windows whose capture is
+(``max_batch``) or when its oldest window has waited ``max_wait_ms``, or earlier when a source says
+it has nothing more ready (``flush()``, called by a source about to wait for its next input:
+waiting on for a fuller batch would only add latency; ``max_wait_ms`` stays the bound). Windows whose capture is
 older than ``stale_ms`` when a batch is cut are dropped and counted per stream: live data keeps the
 newest, it never queues the past. When the queue is full the oldest window is dropped (counted).
 """
@@ -51,6 +53,8 @@ class MicroBatcher:
         self.dropped_stale: Counter[str] = Counter()
         self.dropped_overflow: Counter[str] = Counter()
         self.accepted = 0
+        self.flushes = 0  # batches that left early on flush()
+        self._due = 0  # windows accepted before this count are due at once (flush())
 
     def put(self, window: Window) -> None:
         """Adds one window (from any thread); never blocks unless ``block_when_full``."""
@@ -69,6 +73,15 @@ class MicroBatcher:
         for w in windows:
             self.put(w)
 
+    def flush(self) -> None:
+        """Every window queued now is due at once (from any thread): a source calls this when it
+        has handed over all it has and is about to wait for more input, so that a batch does not
+        wait ``max_wait_ms`` for windows that are not coming yet."""
+        with self._cond:
+            self._due = self.accepted
+            if self._q:
+                self._cond.notify()
+
     def close(self) -> None:
         """Wakes the consumer; next_batch then drains what is left and returns []."""
         with self._cond:
@@ -85,8 +98,13 @@ class MicroBatcher:
     def dropped_total(self) -> int:
         return sum(self.dropped_stale.values()) + sum(self.dropped_overflow.values())
 
-    def next_batch(self, timeout: float = 0.5) -> list[Window]:
-        """Blocks until a batch is due (full, or oldest waited max_wait) or ``timeout`` passes.
+    def next_batch(self, timeout: float = 0.5, *, early: bool = True) -> list[Window]:
+        """Blocks until a batch is due (full, oldest waited max_wait, or flushed) or ``timeout`` passes.
+
+        Args:
+            early: whether a ``flush()`` may send a batch before it is full or has waited
+                ``max_wait_ms``; the inference loop passes False while the engine is busy with
+                another batch, so windows gather into a fuller one instead of queueing behind it.
 
         Returns [] on timeout, or when closed and empty.
         """
@@ -101,6 +119,9 @@ class MicroBatcher:
                     waited = self._clock() - self._q[0].t_ready
                     remaining = self.max_wait - waited
                     if remaining <= 0:
+                        return self._take()
+                    if early and self.accepted - n < self._due:  # the oldest window came before a flush()
+                        self.flushes += 1
                         return self._take()
                     wait = min(remaining, deadline - time.monotonic())
                 else:

@@ -31,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--fast", action="store_true", help="replay files as fast as possible (no pacing, no stale drops)")
     a("--hop", type=int, help="override the model's hop (samples at the model's rate)")
     a("--max-batch", type=int, help="largest micro-batch (default 256)")
-    a("--max-wait-ms", type=float, help="longest a window waits for its batch (default 20 ms)")
+    a("--max-wait-ms", type=float, help="longest a window waits for its batch (default 20 ms; a batch leaves "
+                                        "earlier when the sources have nothing more ready)")
+    a("--no-idle-flush", action="store_true",
+      help="batches leave only when full or after --max-wait-ms, never early when the sources go quiet")
     a("--stale-ms", type=float, help="drop windows older than this (default 2000 ms)")
     a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
     a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
@@ -78,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "engine_process": {"on": True, "off": False}.get(args.engine_process or "auto"),
         "pin_cpus": True if args.pin_cpus else None,
         "capture_dir": args.capture,
+        "idle_flush": False if args.no_idle_flush else None,
     }
     table.update({k: v for k, v in flags.items() if v is not None})
     if args.latch:

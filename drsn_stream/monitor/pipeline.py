@@ -53,6 +53,7 @@ class RunConfig:
     device: str = "auto"
     max_batch: int = 256
     max_wait_ms: float = 20.0
+    idle_flush: bool = True  # a batch leaves as soon as the sources have nothing more ready (max_wait_ms: the bound)
     stale_ms: float = 2000.0
     queue_capacity: int = 8192
     hop: int | None = None
@@ -169,6 +170,9 @@ class Pipeline:
             # capture stamps of a faster-than-real-time replay run ahead of the wall clock: latency
             # is then measured from when a window was formed, as with --fast
             self.engine.latency_from_ready = True
+        if config.idle_flush and not config.fast:
+            for src in self.sources:
+                src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now
         self._dsp: dict[str, StreamDSP] = {}
         self._ingest_lock = threading.Lock()
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)

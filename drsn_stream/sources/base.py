@@ -154,6 +154,11 @@ class Source:
     Subclasses declare ``OPTIONS`` ({name: (parser, default, help)}), implement ``_open()``,
     ``_frames()`` (a generator that checks ``self.closed``) and optionally ``_close()``.
     Iteration ends at end of stream or soon after ``close()`` is called from any thread.
+
+    ``on_idle`` (optional, set by the consumer): called on the iterating thread whenever the
+    source has handed over every frame it has and is about to wait for more (pacing sleeps,
+    an empty socket or sound-card ring); the monitor passes ``MicroBatcher.flush`` so a burst's
+    windows need not wait ``max_wait_ms`` for more that are not coming yet.
     """
 
     kind: ClassVar[str] = ""
@@ -167,6 +172,7 @@ class Source:
         self._closed = threading.Event()
         self._opened = False
         self._iter_thread: threading.Thread | None = None
+        self.on_idle: Callable[[], None] | None = None
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any]) -> dict[str, Any]:
@@ -250,9 +256,15 @@ class Source:
     def _close(self) -> None:
         pass
 
+    def _idle(self) -> None:
+        """Tell the consumer that every frame so far is handed over and a wait follows."""
+        if self.on_idle is not None:
+            self.on_idle()
+
     def _sleep_until(self, t_wall: float) -> bool:
         """Wait until wall time ``t_wall`` or until closed; False when closed."""
         delay = t_wall - time.time()
         if delay > 0:
-            return not self._closed.wait(delay)
+            self._idle()
+            return not self._closed.wait(max(0.0, t_wall - time.time()))
         return not self.closed

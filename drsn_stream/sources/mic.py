@@ -173,6 +173,7 @@ class MicSource(Source):
                 lost_events = 1
             n = written - read
             if n <= 0:
+                self._idle()
                 self._closed.wait(POLL_S)
                 continue
             if chunk > 0:

@@ -19,6 +19,7 @@ from drsn_stream.sources.wire import EndOfStream, WireError, decode
 from drsn_stream.types import Frame
 
 POLL_MS = 100
+IDLE_MS = 2
 
 
 def tcp_address(target: str, *, bind: bool) -> str:
@@ -91,8 +92,12 @@ class _ZmqSource(Source):
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         while not self.closed:
-            if not poller.poll(POLL_MS):
-                continue
+            # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
+            # tens of microseconds apart) is over and all of it is handed over.
+            if not poller.poll(IDLE_MS):
+                self._idle()
+                if not poller.poll(POLL_MS):
+                    continue
             while not self.closed:
                 try:
                     parts = sock.recv_multipart(zmq.NOBLOCK)
