@@ -37,6 +37,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (/proc/stat "cpu" line, in ticks), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def busy_and_steal(t0: list[int] | None, t1: list[int] | None) -> tuple[float | None, float | None]:
+    """(% of the machine's CPU time busy, % stolen by the hypervisor) between two cpu_times()."""
+    if not t0 or not t1:
+        return None, None
+    d = [b - a for a, b in zip(t0, t1)]
+    total = sum(d[:8]) or 1  # user nice system idle iowait irq softirq steal (guest is in user)
+    idle = d[3] + d[4]
+    steal = d[7] if len(d) > 7 else 0
+    return round(100.0 * (total - idle) / total, 1), round(100.0 * steal / total, 1)
+
+
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
             threads: int | None = None, engine_process: bool | None = None, max_batch: int = 256,
             cpu_layout: str = "auto", **overrides) -> dict:
@@ -57,6 +77,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     time.sleep(2.0)  # subscriber joins, first windows fill
     drops0 = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost
     pipe.stats.start_recording()
+    ticks0 = cpu_times()
     batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
     if batch_times is not None:
         batch_times.clear()
@@ -64,6 +85,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     time.sleep(seconds)
     lat, batches = pipe.stats.stop_recording()  # every window of the measured span, not the live view's last 8192
     elapsed = time.time() - t0
+    busy, steal = busy_and_steal(ticks0, cpu_times())
     stages = pipe.stats.stage_ms()
     if batch_times:
         bt = np.array(list(batch_times)) * [1, 1000, 1000, 1000]
@@ -91,6 +113,9 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         "avg_batch": round(windows / batches, 1) if batches else 0.0,
         "device": pipe.runner.device_name,
         "process_cpu": cpu.get("cpu_percent"),
+        # the whole machine over the measured seconds: how busy, and how much the hypervisor took
+        "machine_busy_pct": busy,
+        "steal_pct": steal,
         # where the time goes (ms, p50/p99): capture -> window formed (ingest), -> batch sent (queue),
         # -> results back (engine); with the engine process, the engine part split into the wait
         # before the child starts the batch (to_child), running it (compute), and the way back
@@ -134,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print(f"N={n:4d}  {r['windows_per_s']:8.1f} windows/s of {r['expected_per_s']:8.1f}  received "
                       f"{r['received']:.1%}  dropped {r['dropped']:5d}  p50/p95/p99 {r['p50_ms']}/{r['p95_ms']}/"
-                      f"{r['p99_ms']} ms  avg batch {r['avg_batch']}  {'HELD' if r['held'] else 'not held'}",
+                      f"{r['p99_ms']} ms  avg batch {r['avg_batch']}  machine busy {r['machine_busy_pct']} % "
+                      f"(steal {r['steal_pct']} %)  {'HELD' if r['held'] else 'not held'}",
                       flush=True)
                 if r["stages_ms"]:
                     print("        ms p50/p99: " + "  ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["stages_ms"].items()),
