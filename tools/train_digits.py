@@ -3,7 +3,9 @@
     nice python tools/train_digits.py                      # shipped model -> runs/digits/digits-fsdd.pt
     nice python tools/train_digits.py --install            # ... and copy it into drsn_stream/artifacts/
     nice python tools/train_digits.py --compare --epochs 6 # 1-D raw vs 2-D log-mel, same budget
-    nice python tools/train_digits.py --loso               # leave-one-speaker-out (shorter training)
+    nice python tools/train_digits.py --loso               # leave-one-speaker-out (shorter training);
+                                                           # tools/loso_ensembles.py scores any seed subset
+    nice python tools/train_digits.py --members-from A.pt B.pt  # seeds trained before (same recipe) are reused
 
 Needs ../shared/data (or --data / DRSN_DATA) and `apt-get install -y espeak-ng flite` for the
 synthetic voices (cached in runs/tts). Results go to runs/digits/*.json and the log to stdout.
@@ -32,6 +34,8 @@ from drsn_stream.speech.train import (  # noqa: E402
     TrainConfig,
     accuracy,
     background_check,
+    center,
+    predict,
     snr_curve,
     train_model,
 )
@@ -142,6 +146,34 @@ def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict, config
     }
 
 
+def reusable_members(paths: list[Path], tc: TrainConfig) -> dict[int, tuple[object, Path]]:
+    """{seed: (trained network, its artifact)} from artifacts of this very recipe (any seeds).
+
+    Training is deterministic for a seed, so a network already trained with the same recipe is
+    the one training would make again: an ensemble of K seeds can take members from earlier runs
+    (e.g. two runs of one network each, in parallel) instead of training them all in one process.
+    An artifact of another recipe (model, front end, epochs, augmentation, ...) is refused.
+    """
+    from drsn_stream.models import build_from_config, load_artifact
+
+    want_net = model_config(tc.model, len(LABELS), **tc.overrides).to_dict()
+    want_recipe = {k: v for k, v in tc.to_dict().items() if k not in ("seed", "threads")}
+    out: dict[int, tuple[object, Path]] = {}
+    for path in paths:
+        module, meta = load_artifact(path)
+        net = {k: v for k, v in meta.model_config.items() if k != "ensemble"}
+        recipe = {k: v for k, v in (meta.training or {}).get("recipe", {}).items() if k not in ("seed", "threads")}
+        if net != want_net or json.loads(json.dumps(recipe)) != json.loads(json.dumps(want_recipe)):
+            sys.exit(f"{path}: trained with another recipe than {tc.model} as configured here; "
+                     "--members-from takes artifacts of this very config (seed aside)")
+        model = build_from_config(meta.model_config)
+        model.load_state_dict(module.state_dict())
+        nets = list(model.members) if isinstance(model, Ensemble) else [model]
+        for seed, net_module in zip(meta.training["seeds"], nets):
+            out[int(seed)] = (net_module.eval(), path)
+    return out
+
+
 def record_loso(paths: list[Path]) -> int:
     """Adds leave-one-speaker-out results to the installed artifact's metadata (same weights)."""
     from drsn_stream.models import build_from_config, load_artifact
@@ -183,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="override the config's torch threads")
     ap.add_argument("--tag", default="", help="write into runs/digits-TAG instead of runs/digits")
     ap.add_argument("--install", action="store_true", help="copy the exported artifact into drsn_stream/artifacts/")
+    ap.add_argument("--members-from", nargs="+", type=Path, default=None, metavar="PT",
+                    help="take the networks of these artifacts (same recipe, their seeds) instead of training "
+                         "those seeds again; the others are trained")
     ap.add_argument("--record-loso", nargs="+", type=Path, default=None, metavar="JSON",
                     help="write these loso-SPEAKER.json results into the installed artifact's accuracy and exit")
     args = ap.parse_args(argv)
@@ -215,12 +250,19 @@ def main(argv: list[str] | None = None) -> int:
             tr = [u for u in fsdd if u.speaker != spk]
             te = [u for u in fsdd if u.speaker == spk]
             log(f"LOSO {spk}: train {len(tr)} FSDD + TTS, test {len(te)} ({epochs} epochs, {n_members} network(s))")
-            members, member_acc = [], []
+            members, member_acc, member_probs = [], [], []
+            te_windows = np.stack([center(u.audio) for u in te])
             for seed in member_seeds:
                 members.append(train_model(train_config(cfg, epochs=epochs, seed=seed), tr + tts_digits, tts_others,
                                            noise_train, log=log))
                 member_acc.append(accuracy(members[-1], te)["accuracy"])
+                member_probs.append(predict(members[-1], te_windows))
                 log(f"LOSO {spk}, seed {seed}: {member_acc[-1]} %")
+            # every member's probabilities, so any subset can be scored as an ensemble afterwards
+            # (tools/loso_ensembles.py) without training again
+            np.savez_compressed(out_dir / f"loso-{spk}-probs.npz", seeds=np.array(member_seeds),
+                                probs=np.stack(member_probs).astype(np.float32),
+                                truth=np.array([LABELS.index(u.label) for u in te]))
             acc = accuracy(members[0] if n_members == 1 else Ensemble(members), te)
             results[spk] = acc["accuracy"]
             log(f"LOSO {spk}: {acc['accuracy']} %")
@@ -252,9 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     tc = train_config(cfg)
     if args.epochs:
         tc.epochs = args.epochs
+    reuse = reusable_members(args.members_from or [], tc)
     members = []
     for seed in member_seeds:
         tc.seed = seed
+        if seed in reuse:
+            log(f"seed {seed}: the network trained with this recipe in {reuse[seed][1]}")
+            members.append(reuse[seed][0])
+            continue
         log(f"training {tc.model} for {tc.epochs} epochs (seed {seed})")
         members.append(train_model(tc, train + tts_digits, tts_others, noise_train, log=log))
     tc.seed = base_seed

@@ -1,11 +1,12 @@
 """A micro-batcher across all streams.
 
 Windows from every stream go into one bounded queue. A batch leaves when it is full
-(``max_batch``) or when its oldest window has waited ``max_wait_ms``, or earlier when a source says
-it has nothing more ready (``flush()``, called by a source about to wait for its next input:
-waiting on for a fuller batch would only add latency; ``max_wait_ms`` stays the bound). Windows whose capture is
-older than ``stale_ms`` when a batch is cut are dropped and counted per stream: live data keeps the
-newest, it never queues the past. When the queue is full the oldest window is dropped (counted).
+(``max_batch``) or when its oldest window has waited ``max_wait_ms``, or earlier when a source
+says it has nothing more ready (``flush()``, called by a source about to wait for its next input:
+waiting on for a fuller batch would only add latency; ``max_wait_ms`` stays the bound). Windows
+whose capture is older than ``stale_ms`` when a batch is cut are dropped and counted per stream:
+live data keeps the newest, it never queues the past. When the queue is full the oldest window is
+dropped (counted).
 """
 
 from __future__ import annotations

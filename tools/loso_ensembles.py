@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Leave-one-speaker-out accuracy of every ensemble the trained seeds allow, without training again.
+
+`tools/train_digits.py --loso --ensemble K` trains K networks (seeds s, s+1, ...) per held-out
+speaker and saves each network's probabilities for that speaker's 500 recordings in
+`loso-SPEAKER-probs.npz`. This script scores every subset of those seeds as an ensemble (mean of
+the members' probabilities, argmax over all labels, as `Ensemble` and `accuracy()` do), so one
+run answers "how much does a pair / three / four networks help, and how much does it depend on
+which seeds": per subset size it prints the mean over speakers for every subset, and their
+minimum, mean and maximum.
+
+    python tools/loso_ensembles.py runs/digits-loso4-a runs/digits-loso4-b [--json OUT]
+        [--write 0,1,2 DIR]   # loso-SPEAKER.json of that ensemble, for train_digits.py --record-loso
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def load(dirs: list[Path]) -> tuple[list[int], dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """Seeds, {speaker: (probs (members, n, classes), truth (n,))} from the folders' npz files,
+    and {speaker: training epochs} from the loso-SPEAKER.json beside them."""
+    seeds: list[int] | None = None
+    folds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    epochs: dict[str, int] = {}
+    for d in dirs:
+        for f in sorted(d.glob("loso-*-probs.npz")):
+            speaker = f.name[len("loso-") : -len("-probs.npz")]
+            z = np.load(f)
+            s = [int(v) for v in z["seeds"]]
+            if seeds is None:
+                seeds = s
+            elif s != seeds:
+                sys.exit(f"{f}: seeds {s} differ from {seeds} in the other folds; score runs of one seed set together")
+            if speaker in folds:
+                sys.exit(f"{f}: speaker {speaker} appears twice")
+            folds[speaker] = (z["probs"], z["truth"])
+            epochs[speaker] = int(json.loads((d / f"loso-{speaker}.json").read_text())["epochs"])
+    if not folds or seeds is None:
+        sys.exit(f"no loso-*-probs.npz in {', '.join(map(str, dirs))}; run tools/train_digits.py --loso first")
+    return seeds, folds, epochs
+
+
+def write_records(folds: dict[str, tuple[np.ndarray, np.ndarray]], epochs: dict[str, int], seeds: list[int],
+                  chosen: list[int], out: Path) -> None:
+    """loso-SPEAKER.json for the ensemble of the ``chosen`` seeds, as train_digits.py --loso writes them."""
+    from drsn_stream.speech import DIGITS as digits
+    from drsn_stream.speech import LABELS
+    pos = [seeds.index(s) for s in chosen]
+    out.mkdir(parents=True, exist_ok=True)
+    for speaker, (probs, truth) in sorted(folds.items()):
+        pred = probs[pos].mean(axis=0).argmax(axis=1)
+        conf = np.zeros((len(digits), len(LABELS)), np.int64)
+        np.add.at(conf, (truth, pred), 1)
+        rec = {
+            "speaker": speaker,
+            "epochs": epochs[speaker],
+            "seeds": chosen,
+            "member_accuracy": [round(100.0 * float(np.mean(probs[i].argmax(1) == truth)), 2) for i in pos],
+            "accuracy": round(100.0 * float(np.mean(pred == truth)), 2),
+            "n": int(truth.size),
+            "per_digit": {d: round(100.0 * conf[i, i] / max(1, conf[i].sum()), 2) for i, d in enumerate(digits)},
+            "confusion": conf.tolist(),
+            "scored_by": "tools/loso_ensembles.py from the members' saved probabilities",
+        }
+        (out / f"loso-{speaker}.json").write_text(json.dumps(rec, indent=1))
+
+
+def score(folds: dict[str, tuple[np.ndarray, np.ndarray]], members: tuple[int, ...]) -> dict[str, float]:
+    """Accuracy (%) per speaker of the ensemble of these member positions, plus their mean."""
+    out = {}
+    for speaker, (probs, truth) in sorted(folds.items()):
+        pred = probs[list(members)].mean(axis=0).argmax(axis=1)
+        out[speaker] = round(100.0 * float(np.mean(pred == truth)), 2)
+    out["mean"] = round(float(np.mean([v for k, v in out.items()])), 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", type=Path, help="run folders holding loso-SPEAKER-probs.npz")
+    ap.add_argument("--json", type=Path, default=None, help="also write every subset's scores here")
+    ap.add_argument("--write", nargs=2, metavar=("SEEDS", "DIR"), default=None,
+                    help="write loso-SPEAKER.json of the ensemble of these comma-separated seeds into DIR")
+    args = ap.parse_args(argv)
+    seeds, folds, epochs = load(args.dirs)
+    print(f"speakers: {', '.join(sorted(folds))} ({len(folds)}); seeds {seeds}")
+    rows = []
+    for k in range(1, len(seeds) + 1):
+        means = []
+        for members in itertools.combinations(range(len(seeds)), k):
+            acc = score(folds, members)
+            rows.append({"seeds": [seeds[i] for i in members], "accuracy": acc})
+            means.append(acc["mean"])
+            per = "  ".join(f"{s} {v:5.1f}" for s, v in acc.items() if s != "mean")
+            print(f"seeds {','.join(str(seeds[i]) for i in members):<10} mean {acc['mean']:6.2f} %   {per}")
+        print(f"-- {k} network(s): {len(means)} subset(s), mean over speakers: min {min(means):.2f}, "
+              f"mean {np.mean(means):.2f}, max {max(means):.2f} %")
+    if args.write:
+        chosen = [int(v) for v in args.write[0].split(",")]
+        if not set(chosen) <= set(seeds):
+            sys.exit(f"--write: seeds {chosen} are not all among the trained seeds {seeds}")
+        write_records(folds, epochs, seeds, chosen, Path(args.write[1]))
+    if args.json:
+        args.json.write_text(json.dumps({"seeds": seeds, "speakers": sorted(folds), "subsets": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
