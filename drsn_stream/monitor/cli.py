@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="CPU: run the model in its own process, so it shares no interpreter lock with ingest (default auto: "
            "on with 2 or more cores)")
     a("--pin-cpus", action="store_true",
-      help="with the engine process: give it a core of its own and keep ingest on the others")
+      help="with the engine process: give it a core of its own and keep ingest on the others (the default "
+           "when it runs one torch thread)")
+    a("--no-pin-cpus", action="store_true", help="let the scheduler place the engine process and the monitor")
     a("--capture", metavar="DIR", help="write raw samples around each alarm (WAV + JSON) into DIR")
     a("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     a("--refresh", type=float, default=None, help="dashboard refreshes per second (default 4)")
@@ -79,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "threads": args.threads,
         "cpu_layout": args.cpu_layout,
         "engine_process": {"on": True, "off": False}.get(args.engine_process or "auto"),
-        "pin_cpus": True if args.pin_cpus else None,
+        "pin_cpus": True if args.pin_cpus else (False if args.no_pin_cpus else None),
         "capture_dir": args.capture,
         "idle_flush": False if args.no_idle_flush else None,
     }

@@ -64,7 +64,9 @@ class RunConfig:
     threads: int | None = None
     cpu_layout: str = "auto"  # CPU: run 1-D networks in their verified channels-last form ("off": as stored)
     engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
-    pin_cpus: bool = False  # with the engine process: give it a core of its own, keep ingest on the rest
+    # with the engine process: give it a core of its own, keep ingest on the rest
+    # (None: on when it runs one torch thread, the default)
+    pin_cpus: bool | None = None
     capture_dir: str | None = None
     capture_pre_s: float = 5.0
     capture_post_s: float = 5.0
@@ -123,7 +125,8 @@ class Pipeline:
             # the child loads and checks the model; here only its metadata is needed, so the
             # child's start (a second interpreter importing torch) overlaps this one's
             meta = read_meta(self.model_name)
-            self._cpus = _split_cpus() if config.pin_cpus else None
+            pin = config.pin_cpus if config.pin_cpus is not None else (config.threads or 1) == 1
+            self._cpus = _split_cpus() if pin else None
             self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
                                         max_batch=config.max_batch, threads=config.threads,
                                         cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout)
@@ -203,9 +206,10 @@ class Pipeline:
     def start(self) -> Pipeline:
         self._started = time.time()
         if self._cpus is not None:
-            # The engine process has a core to itself; ingest, output and sinks keep to the rest.
-            # Off by default: on this project's shared 2-core machine it helped when the
-            # publisher shared the monitor's core and not when it floated (docs in README).
+            # The engine process has a core to itself; ingest, output and sinks keep to the rest:
+            # the model's compute is not moved between cores or interrupted by ingest. At 128
+            # streams on 2 cores: p99 82 against 99 ms over 8 alternating runs each
+            # (docs/perf/ab/pin-cpus-128.json).
             self._saved_affinity = os.sched_getaffinity(0)
             os.sched_setaffinity(0, self._cpus[0])
         self.runner.warmup()
