@@ -53,23 +53,17 @@ def load(dirs: list[Path]) -> tuple[list[int], dict[str, tuple[np.ndarray, np.nd
 def write_records(folds: dict[str, tuple[np.ndarray, np.ndarray]], epochs: dict[str, int], seeds: list[int],
                   chosen: list[int], out: Path) -> None:
     """loso-SPEAKER.json for the ensemble of the ``chosen`` seeds, as train_digits.py --loso writes them."""
-    from drsn_stream.speech import DIGITS as digits
-    from drsn_stream.speech import LABELS
+    from drsn_stream.speech.train import score_digits
+
     pos = [seeds.index(s) for s in chosen]
     out.mkdir(parents=True, exist_ok=True)
     for speaker, (probs, truth) in sorted(folds.items()):
-        pred = probs[pos].mean(axis=0).argmax(axis=1)
-        conf = np.zeros((len(digits), len(LABELS)), np.int64)
-        np.add.at(conf, (truth, pred), 1)
         rec = {
             "speaker": speaker,
             "epochs": epochs[speaker],
             "seeds": chosen,
-            "member_accuracy": [round(100.0 * float(np.mean(probs[i].argmax(1) == truth)), 2) for i in pos],
-            "accuracy": round(100.0 * float(np.mean(pred == truth)), 2),
-            "n": int(truth.size),
-            "per_digit": {d: round(100.0 * conf[i, i] / max(1, conf[i].sum()), 2) for i, d in enumerate(digits)},
-            "confusion": conf.tolist(),
+            "member_accuracy": [score_digits(probs[i], truth)["accuracy"] for i in pos],
+            **score_digits(probs[pos].mean(axis=0), truth),
             "scored_by": "tools/loso_ensembles.py from the members' saved probabilities",
         }
         (out / f"loso-{speaker}.json").write_text(json.dumps(rec, indent=1))
@@ -77,10 +71,11 @@ def write_records(folds: dict[str, tuple[np.ndarray, np.ndarray]], epochs: dict[
 
 def score(folds: dict[str, tuple[np.ndarray, np.ndarray]], members: tuple[int, ...]) -> dict[str, float]:
     """Accuracy (%) per speaker of the ensemble of these member positions, plus their mean."""
+    from drsn_stream.speech.train import score_digits
+
     out = {}
     for speaker, (probs, truth) in sorted(folds.items()):
-        pred = probs[list(members)].mean(axis=0).argmax(axis=1)
-        out[speaker] = round(100.0 * float(np.mean(pred == truth)), 2)
+        out[speaker] = score_digits(probs[list(members)].mean(axis=0), truth)["accuracy"]
     out["mean"] = round(float(np.mean([v for k, v in out.items()])), 2)
     return out
 

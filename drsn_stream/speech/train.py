@@ -153,14 +153,18 @@ def accuracy(model: nn.Module, utts: list[Utterance]) -> dict[str, Any]:
     Returns ``{"accuracy": %, "n": count, "per_digit": {digit: %}, "confusion": [[...]]}``.
     """
     probs = predict(model, np.stack([center(u.audio) for u in utts]))
-    truth = np.array([LABELS.index(u.label) for u in utts])
+    return score_digits(probs, np.array([LABELS.index(u.label) for u in utts]))
+
+
+def score_digits(probs: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """``accuracy()``'s report from probabilities (n, labels) and true digit indices (n,)."""
     pred = probs.argmax(1)
     conf = np.zeros((len(DIGITS), len(LABELS)), np.int64)
     np.add.at(conf, (truth, pred), 1)
     per = {d: round(100.0 * conf[i, i] / max(1, conf[i].sum()), 2) for i, d in enumerate(DIGITS)}
     return {
         "accuracy": round(100.0 * float(np.mean(pred == truth)), 2),
-        "n": len(utts),
+        "n": int(truth.size),
         "per_digit": per,
         "confusion": conf.tolist(),
     }
