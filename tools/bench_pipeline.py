@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from drsn_stream.engine.stats import p50_p99  # noqa: E402
 from drsn_stream.monitor.pipeline import Pipeline, RunConfig  # noqa: E402
 
 
@@ -90,8 +91,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     if batch_times:
         bt = np.array(list(batch_times)) * [1, 1000, 1000, 1000]
         for i, name in ((1, "to_child"), (2, "compute"), (3, "from_child")):
-            stages[name] = {"p50": round(float(np.percentile(bt[:, i], 50)), 1),
-                            "p99": round(float(np.percentile(bt[:, i], 99)), 1)}
+            stages[name] = p50_p99(bt[:, i])
     windows = len(lat)
     drops = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost - drops0
     p50, p95, p99 = (float(v) for v in np.percentile(lat, (50, 95, 99))) if windows else (float("nan"),) * 3

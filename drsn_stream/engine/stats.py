@@ -88,9 +88,7 @@ class EngineStats:
             if not self._rec_stages:
                 return {}
             st = np.concatenate(self._rec_stages)
-        return {name: {"p50": round(float(np.percentile(st[:, i], 50)), 1),
-                       "p99": round(float(np.percentile(st[:, i], 99)), 1)}
-                for i, name in enumerate(("ingest", "queue", "engine"))}
+        return {name: p50_p99(st[:, i]) for i, name in enumerate(("ingest", "queue", "engine"))}
 
     def windows_per_s(self) -> float:
         with self._lock:
@@ -125,3 +123,9 @@ class EngineStats:
 
 def _r(x: float) -> float | None:
     return None if x != x else round(x, 3)
+
+
+def p50_p99(values: np.ndarray) -> dict[str, float]:
+    """``{"p50": .., "p99": ..}`` of ``values``, rounded to 0.1."""
+    p50, p99 = np.percentile(values, (50, 99))
+    return {"p50": round(float(p50), 1), "p99": round(float(p99), 1)}
