@@ -8,8 +8,8 @@ built-in bearing model on the CPU (or GPU), exactly as `drsn-stream --source zmq
 A run "holds" N when it dropped no window (stale, overflow or output), received at least 97 % of
 the windows the publisher's signal holds, and its p99 latency (capture of the window's last sample
 -> result, over every window of the measured seconds) is within the bound; with --repeat K, in
-every one of K runs. Prints a table and the largest N held; --json prints JSON. The model runs in its own process by default on the CPU
-(--engine-process auto|on|off), as in the monitor.
+every one of K runs. Prints a table and the largest N held; --json prints JSON. The model runs
+in its own process by default on the CPU (--engine-process auto|on|off), as in the monitor.
 """
 
 from __future__ import annotations
