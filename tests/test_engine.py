@@ -58,6 +58,29 @@ def test_flush_sends_what_is_queued_at_once_but_not_what_comes_later() -> None:
     assert b.next_batch(timeout=0.1) == []
 
 
+def test_eager_batch_leaves_an_idle_engine_at_its_size_but_gathers_while_busy() -> None:
+    # A burst of windows: the first eager_batch of them leave at once (the engine is idle), the
+    # rest gather while that batch runs and leave with the windows after them.
+    b = MicroBatcher(max_batch=16, max_wait_ms=60_000, eager_batch=4)
+    for i in range(3):
+        b.put(_w("a", i))
+    assert b.next_batch(timeout=0.1) == []  # 3 < 4: waits
+    threading.Timer(0.2, b.put, args=(_w("a", 3),)).start()  # the 4th wakes a waiting consumer
+    assert [w.index for w in b.next_batch(timeout=5.0)] == [0, 1, 2, 3]
+    assert b.eager_sends == 1
+    for i in range(4, 10):
+        b.put(_w("a", i))
+    assert b.next_batch(timeout=0.1, early=False) == []  # the engine is busy: gather on
+    assert [w.index for w in b.next_batch(timeout=5.0)] == list(range(4, 10))  # all 6 at once
+    # off (0) by default: a partial batch waits for max_wait, a flush or a full batch
+    plain = MicroBatcher(max_batch=16, max_wait_ms=60_000)
+    for i in range(8):
+        plain.put(_w("a", i))
+    assert plain.next_batch(timeout=0.1) == []
+    with pytest.raises(ValueError, match="eager_batch"):
+        MicroBatcher(eager_batch=-1)
+
+
 def test_stale_windows_are_dropped_and_counted_per_stream() -> None:
     b = MicroBatcher(max_batch=8, max_wait_ms=1, stale_ms=500)
     old = time.time() - 5.0

@@ -111,6 +111,21 @@ def test_pin_cpus_gives_the_engine_process_a_core_and_restores_the_monitors(pin)
     assert os.sched_getaffinity(0) == before
 
 
+def test_eager_batch_defaults_to_the_cpu_size_live_and_is_off_for_fast_replay_or_when_asked() -> None:
+    from drsn_stream.cli import build_parser
+    from drsn_stream.engine.runner import CPU_EAGER_BATCH
+    from drsn_stream.monitor.cli import config_from_args
+
+    def eager(**kw) -> int:
+        return Pipeline(RunConfig(device="cpu", engine_process=False, stats_every_s=3600, **kw)).batcher.eager_batch
+
+    assert eager(sources=("sim:bearing?machines=2",)) == CPU_EAGER_BATCH
+    assert eager(sources=("sim:bearing?machines=2",), max_batch=16) == 16  # never above max_batch
+    assert eager(sources=("sim:bearing?machines=2",), fast=True) == 0  # replay: big batches, nothing is live
+    cfg = config_from_args(build_parser("run").parse_args(["run", "--source", "sim", "--eager-batch", "0"]))
+    assert cfg.eager_batch == 0 and eager(sources=cfg.sources, eager_batch=cfg.eager_batch) == 0
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_file_replay_on_the_gpu_gives_the_cpu_labels() -> None:

@@ -111,6 +111,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         "p95_ms": round(p95, 1),
         "p99_ms": round(p99, 1),
         "avg_batch": round(windows / batches, 1) if batches else 0.0,
+        "eager_batch": pipe.batcher.eager_batch,
         "device": pipe.runner.device_name,
         "process_cpu": cpu.get("cpu_percent"),
         # the whole machine over the measured seconds: how busy, and how much the hypervisor took
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU: the model in its own process (auto: on with 2 or more cores)")
     ap.add_argument("--cpu-layout", choices=["auto", "off"], default="auto",
                     help="CPU: the model's verified channels-last form (auto) or the module as stored (off)")
+    ap.add_argument("--eager-batch", type=int, default=None,
+                    help="a batch leaves the idle engine's queue at this many windows (default: the monitor's, 64 on "
+                         "the CPU; 0: off)")
     ap.add_argument("--all", action="store_true", help="try every N even after one is not held")
     ap.add_argument("--p99-ms", type=float, default=100.0, help="latency bound for 'held'")
     ap.add_argument("--repeat", type=int, default=1, help="runs per N; N counts as held only if every run holds it")
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
                         hop=args.hop, threads=args.threads, max_batch=args.max_batch,
                         engine_process={"on": True, "off": False}.get(args.engine_process),
-                        cpu_layout=args.cpu_layout)
+                        cpu_layout=args.cpu_layout, eager_batch=args.eager_batch)
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
             rows.append(r)

@@ -3,7 +3,9 @@
 Windows from every stream go into one bounded queue. A batch leaves when it is full
 (``max_batch``) or when its oldest window has waited ``max_wait_ms``, or earlier when a source
 says it has nothing more ready (``flush()``, called by a source about to wait for its next input:
-waiting on for a fuller batch would only add latency; ``max_wait_ms`` stays the bound). Windows
+waiting on for a fuller batch would only add latency; ``max_wait_ms`` stays the bound), or, while
+the engine is idle, as soon as ``eager_batch`` windows are there (a batch that size already runs
+at the engine's best speed per window; the rest of a burst gathers while it runs). Windows
 whose capture is older than ``stale_ms`` when a batch is cut are dropped and counted per stream:
 live data keeps the newest, it never queues the past. When the queue is full the oldest window is
 dropped (counted).
@@ -27,6 +29,7 @@ class MicroBatcher:
         stale_ms: float = 2000.0,
         capacity: int = 8192,
         block_when_full: bool = False,
+        eager_batch: int = 0,
         clock=time.time,
     ) -> None:
         """
@@ -38,15 +41,20 @@ class MicroBatcher:
             capacity: queue bound; overflow drops the oldest window.
             block_when_full: instead of dropping, make ``put`` wait for room (replaying files as
                 fast as possible: every window counts, nothing is live).
+            eager_batch: with ``early`` (the engine idle), a batch leaves as soon as this many
+                windows are queued (0: off).
             clock: wall-clock source (seconds), the same clock as Window.t_ready.
         """
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if eager_batch < 0:
+            raise ValueError("eager_batch must be >= 0 (0: off)")
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.stale = stale_ms / 1000.0
         self.capacity = capacity
         self.block_when_full = block_when_full
+        self.eager_batch = int(eager_batch)
         self._clock = clock
         self._q: deque[Window] = deque()
         self._cond = threading.Condition()
@@ -55,6 +63,7 @@ class MicroBatcher:
         self.dropped_overflow: Counter[str] = Counter()
         self.accepted = 0
         self.flushes = 0  # batches that left early on flush()
+        self.eager_sends = 0  # batches that left early at eager_batch windows
         self._due = 0  # windows accepted before this count are due at once (flush())
 
     def put(self, window: Window) -> None:
@@ -67,7 +76,8 @@ class MicroBatcher:
                 self.dropped_overflow[old.stream_id] += 1
             self._q.append(window)
             self.accepted += 1
-            if len(self._q) >= self.max_batch or len(self._q) == 1:
+            n = len(self._q)
+            if n >= self.max_batch or n == 1 or n == self.eager_batch:
                 self._cond.notify()
 
     def put_many(self, windows: list[Window]) -> None:
@@ -103,9 +113,9 @@ class MicroBatcher:
         """Blocks until a batch is due (full, oldest waited max_wait, or flushed) or ``timeout`` passes.
 
         Args:
-            early: whether a ``flush()`` may send a batch before it is full or has waited
-                ``max_wait_ms``; the inference loop passes False while the engine is busy with
-                another batch, so windows gather into a fuller one instead of queueing behind it.
+            early: whether a ``flush()`` or ``eager_batch`` may send a batch before it is full or
+                has waited ``max_wait_ms``; the inference loop passes False while the engine is busy
+                with another batch, so windows gather into a fuller one instead of queueing behind it.
 
         Returns [] on timeout, or when closed and empty.
         """
@@ -123,6 +133,9 @@ class MicroBatcher:
                         return self._take()
                     if early and self.accepted - n < self._due:  # the oldest window came before a flush()
                         self.flushes += 1
+                        return self._take()
+                    if early and self.eager_batch and n >= self.eager_batch:
+                        self.eager_sends += 1
                         return self._take()
                     wait = min(remaining, deadline - time.monotonic())
                 else:

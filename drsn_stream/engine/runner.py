@@ -30,6 +30,11 @@ FP16_MIN_AGREEMENT = 0.999
 # one slice no longer fit the caches and throughput drops (1024 windows at once ran ~40 % slower
 # than four slices of 256 on this project's 2-core machines).
 CPU_SLICE = 256
+# The live monitor on the CPU sends a batch as soon as this many windows wait while the engine is
+# idle: at 64 windows a batch already runs at the best speed per window (bearing-cwru, 1 thread:
+# 140 us/window at 64, 136 at 88, 161 at 32, 333 at 8), and the rest of a burst gathers while it
+# runs instead of waiting for the whole burst to be formed first.
+CPU_EAGER_BATCH = 64
 
 
 def pick_device(spec: str = "auto") -> torch.device:

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "earlier when the sources have nothing more ready)")
     a("--no-idle-flush", action="store_true",
       help="batches leave only when full or after --max-wait-ms, never early when the sources go quiet")
+    a("--eager-batch", type=int, metavar="N",
+      help="while the engine is idle, a batch leaves as soon as N windows wait (default: 64 on the CPU, "
+           "off on CUDA and with --fast; 0: off)")
     a("--stale-ms", type=float, help="drop windows older than this (default 2000 ms)")
     a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
     a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
@@ -84,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "pin_cpus": True if args.pin_cpus else (False if args.no_pin_cpus else None),
         "capture_dir": args.capture,
         "idle_flush": False if args.no_idle_flush else None,
+        "eager_batch": args.eager_batch,
     }
     table.update({k: v for k, v in flags.items() if v is not None})
     if args.latch:

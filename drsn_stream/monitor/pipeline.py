@@ -29,7 +29,7 @@ from drsn_stream.dsp import StreamDSP
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
-from drsn_stream.engine.runner import Runner, pick_device
+from drsn_stream.engine.runner import CPU_EAGER_BATCH, Runner, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import DrsnStreamError
 from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation, read_meta
@@ -54,6 +54,9 @@ class RunConfig:
     max_batch: int = 256
     max_wait_ms: float = 20.0
     idle_flush: bool = True  # a batch leaves as soon as the sources have nothing more ready (max_wait_ms: the bound)
+    # while the engine is idle a batch leaves as soon as this many windows wait (0: off; None:
+    # CPU_EAGER_BATCH on the CPU, off on CUDA and with --fast)
+    eager_batch: int | None = None
     stale_ms: float = 2000.0
     queue_capacity: int = 8192
     hop: int | None = None
@@ -117,7 +120,8 @@ class Pipeline:
         use_process = config.engine_process
         if use_process is None:
             use_process = (os.cpu_count() or 1) >= 2
-        use_process = use_process and pick_device(config.device).type == "cpu"
+        on_cpu = pick_device(config.device).type == "cpu"
+        use_process = use_process and on_cpu
         self._cpus: tuple[set[int], int] | None = None  # (this process's cores, the engine's core)
         self._saved_affinity: set[int] | None = None
         self.runner: Runner | ProcessRunner
@@ -137,12 +141,16 @@ class Pipeline:
         self.labels = list(meta.labels)
         self.sinks = list(sinks or [])
         self.on_line = on_line
+        eager = config.eager_batch
+        if eager is None:
+            eager = CPU_EAGER_BATCH if on_cpu and not config.fast else 0
         self.batcher = MicroBatcher(
             max_batch=config.max_batch,
             max_wait_ms=config.max_wait_ms,
             stale_ms=0.0 if config.fast else config.stale_ms,
             capacity=config.queue_capacity,
             block_when_full=config.fast,
+            eager_batch=min(eager, config.max_batch),
         )
         self.stats = EngineStats()
         self.engine = InferenceLoop(
