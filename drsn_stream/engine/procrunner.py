@@ -11,6 +11,7 @@ batch is prepared while the current one runs. Same numbers as the in-process Run
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -73,6 +74,8 @@ def _worker(argv: list[str]) -> int:
                         net_config=meta.model_config, cpu_layout=layout,
                         validation=load_validation(model) if layout != "off" else None)
         runner.warmup()
+        gc.collect()
+        gc.freeze()  # torch and the model stay for good: a full collection skips them (pipeline.py)
         half = len(names) // 2
         shm = [_attach(n) for n in names]
         x_in = [np.ndarray((max_batch, window), np.float32, s.buf) for s in shm[:half]]
