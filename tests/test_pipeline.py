@@ -258,6 +258,9 @@ def test_missing_model_and_bad_source_give_clear_errors() -> None:
     assert res.returncode == 2 and "does not exist" in res.stderr
     res = _cli("--source", "bogus:thing", "--duration", "1")
     assert res.returncode == 2 and "unknown source kind" in res.stderr and "zmq://" in res.stderr
+    res = _cli("--source", "sim", "--eager-batch", "-1", "--max-batch", "0", "--duration", "1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "eager_batch must be >= 0" in res.stderr and "max_batch must be >= 1" in res.stderr
     res = _cli("--source", "sim", "--device", "cuda", "--duration", "1")
     import torch
 

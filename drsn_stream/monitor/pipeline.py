@@ -32,7 +32,7 @@ from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
 from drsn_stream.engine.runner import CPU_EAGER_BATCH, Runner, pick_device
 from drsn_stream.engine.stats import EngineStats
-from drsn_stream.errors import DrsnStreamError
+from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation, read_meta
 from drsn_stream.monitor.capture import CaptureConfig, EventCapture
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
@@ -78,6 +78,20 @@ class RunConfig:
     decision: dict[str, Any] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
     detector: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, least in (("max_batch", 1), ("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0)):
+            if not getattr(self, name) >= least:
+                problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
+        for name, least in (("eager_batch", 0), ("hop", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if value is not None and not value >= least:
+                problems.append(f"{name} must be >= {least} (or left unset), not {value!r}")
+        if self.duration is not None and not self.duration > 0:
+            problems.append(f"duration must be > 0 seconds, not {self.duration!r}")
+        if problems:
+            raise ConfigError("run config: " + "; ".join(problems))
 
 
 def _split_cpus() -> tuple[set[int], int] | None:
