@@ -217,6 +217,9 @@ def test_publish_command_feeds_a_pull_receiver(free_tcp_port, capsys):
         t.join(timeout=30)
     out = capsys.readouterr().out
     assert "published 120 messages" in out and "sim/m1" in out
+    import gc
+
+    assert gc.get_freeze_count() == 0  # frozen while it sent, handed back for the caller's process
     assert sorted({f.stream_id for f in frames}) == ["sim/m0", "sim/m1"]
     assert sum(f.n for f in frames) == 2 * 3 * 12000
     assert src.stats.snapshot()["ended"] == ["sim/m0", "sim/m1"]

@@ -11,7 +11,6 @@ batch is prepared while the current one runs. Same numbers as the in-process Run
 
 from __future__ import annotations
 
-import gc
 import os
 import select
 import signal
@@ -27,6 +26,7 @@ import numpy as np
 
 from drsn_stream.engine.runner import Pending, infer_in_slices
 from drsn_stream.errors import ArtifactError
+from drsn_stream.runtime import freeze_start_up_objects
 
 READY_TIMEOUT_S = 120.0
 MAX_RESTARTS = 5  # an engine process that keeps dying is a fault to show, not to hide
@@ -74,8 +74,7 @@ def _worker(argv: list[str]) -> int:
                         net_config=meta.model_config, cpu_layout=layout,
                         validation=load_validation(model) if layout != "off" else None)
         runner.warmup()
-        gc.collect()
-        gc.freeze()  # torch and the model stay for good: a full collection skips them (pipeline.py)
+        freeze_start_up_objects()  # torch and the model stay for good
         half = len(names) // 2
         shm = [_attach(n) for n in names]
         x_in = [np.ndarray((max_batch, window), np.float32, s.buf) for s in shm[:half]]

@@ -37,6 +37,7 @@ from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_valida
 from drsn_stream.monitor.capture import CaptureConfig, EventCapture
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
+from drsn_stream.runtime import freeze_start_up_objects
 from drsn_stream.monitor.snapshot import EventLog, Footer, Header, ResourceMeter, Snapshot, build_snapshot
 from drsn_stream.sources import make_source
 from drsn_stream.types import Event, Frame, Prediction
@@ -237,12 +238,7 @@ class Pipeline:
             self._saved_affinity = os.sched_getaffinity(0)
             os.sched_setaffinity(0, self._cpus[0])
         self.runner.warmup()
-        # Everything built so far (torch, the model, the libraries: ~215,000 objects) lives as
-        # long as the monitor. Frozen, it is out of the collector's way: a full collection walked
-        # it all in 119-148 ms with every thread stopped (at 128 streams, the first one came
-        # 35 s into the run); now it walks only what the run made (~2,300 objects).
-        gc.collect()
-        gc.freeze()
+        freeze_start_up_objects()  # everything built so far lives as long as the monitor
         self._frozen = True
         self._status = ""
         out = threading.Thread(target=self._output_loop, name="drsn-output", daemon=True)
