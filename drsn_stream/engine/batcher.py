@@ -110,7 +110,8 @@ class MicroBatcher:
         return sum(self.dropped_stale.values()) + sum(self.dropped_overflow.values())
 
     def next_batch(self, timeout: float = 0.5, *, early: bool = True) -> list[Window]:
-        """Blocks until a batch is due (full, oldest waited max_wait, or flushed) or ``timeout`` passes.
+        """Blocks until a batch is due (full, oldest waited max_wait, flushed, or eager_batch windows
+        queued) or ``timeout`` passes.
 
         Args:
             early: whether a ``flush()`` or ``eager_batch`` may send a batch before it is full or
