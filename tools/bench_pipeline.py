@@ -59,7 +59,7 @@ def busy_and_steal(t0: list[int] | None, t1: list[int] | None) -> tuple[float | 
 
 
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
-            threads: int | None = None, engine_process: bool | None = None, max_batch: int = 256,
+            threads: int | None = None, engine_process: bool | None = None, max_batch: int | None = None,
             cpu_layout: str = "auto", **overrides) -> dict:
     """One run with N streams; ``overrides`` are further RunConfig fields (for A/B experiments)."""
     port = free_port()
@@ -88,10 +88,18 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     elapsed = time.time() - t0
     busy, steal = busy_and_steal(ticks0, cpu_times())
     stages = pipe.stats.stage_ms()
+    engine = {}
     if batch_times:
-        bt = np.array(list(batch_times)) * [1, 1000, 1000, 1000]
-        for i, name in ((1, "to_child"), (2, "compute"), (3, "from_child")):
-            stages[name] = p50_p99(bt[:, i])
+        bt = np.array(list(batch_times), dtype=np.float64)
+        for i, name in ((1, "to_child"), (2, "compute"), (3, "from_child"), (4, "compute_cpu")):
+            stages[name] = p50_p99(bt[:, i] * 1000.0)
+        rows = bt[:, 0].sum()
+        # The engine's speed per window on its own clock and on the CPU's: wall well above CPU
+        # time means its core was taken away (other processes, the hypervisor); CPU time up
+        # from one run to the next means the core itself ran slower.
+        engine = {"wall_us_per_window": round(1e6 * bt[:, 2].sum() / rows, 1),
+                  "cpu_us_per_window": round(1e6 * bt[:, 4].sum() / rows, 1),
+                  "batches": len(bt), "batches_preempted": int((bt[:, 5] > 0).sum())}
     windows = len(lat)
     drops = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost - drops0
     p50, p95, p99 = (float(v) for v in np.percentile(lat, (50, 95, 99))) if windows else (float("nan"),) * 3
@@ -111,6 +119,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         "p95_ms": round(p95, 1),
         "p99_ms": round(p99, 1),
         "avg_batch": round(windows / batches, 1) if batches else 0.0,
+        "max_batch": pipe.batcher.max_batch,
         "eager_batch": pipe.batcher.eager_batch,
         "device": pipe.runner.device_name,
         "process_cpu": cpu.get("cpu_percent"),
@@ -121,6 +130,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         # -> results back (engine); with the engine process, the engine part split into the wait
         # before the child starts the batch (to_child), running it (compute), and the way back
         "stages_ms": stages,
+        # the engine process's batches over the measured seconds (see above)
+        "engine": engine,
     }
 
 
@@ -131,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="bearing-cwru")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
-    ap.add_argument("--max-batch", type=int, default=256)
+    ap.add_argument("--max-batch", type=int, default=None,
+                    help="largest micro-batch (default: the monitor's, 64 on the CPU, 256 on CUDA)")
     ap.add_argument("--hop", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores - 1)")
     ap.add_argument("--engine-process", choices=["auto", "on", "off"], default="auto",
@@ -169,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                 if r["stages_ms"]:
                     print("        ms p50/p99: " + "  ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["stages_ms"].items()),
                           flush=True)
+                if r["engine"]:
+                    e = r["engine"]
+                    print(f"        engine us/window: {e['wall_us_per_window']} wall, {e['cpu_us_per_window']} CPU; "
+                          f"{e['batches_preempted']} of {e['batches']} batches lost the core meanwhile", flush=True)
         if held_all and not failed:
             best = n  # held in every run, and so was every smaller N tried
         elif not held_all:

@@ -49,11 +49,23 @@ def _attach(name: str) -> shared_memory.SharedMemory:
         return shm
 
 
+def _preempted() -> int:
+    """Involuntary context switches of the calling thread so far (0 where unknown)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+    except (ImportError, AttributeError, OSError):
+        return 0
+
+
 def _worker(argv: list[str]) -> int:
     """The child: load the artifact, then answer ``LANE ROWS`` lines on stdin until it closes.
 
-    Replies on stdout: ``ready DEVICE[\tNOTE...]`` once, then ``ok LANE ROWS T_START T_END`` (wall-clock
-    seconds when the batch started and finished running) or ``error TEXT`` per request.
+    Replies on stdout: ``ready DEVICE[\tNOTE...]`` once, then ``ok LANE ROWS T_START T_END CPU_S SWITCHES``
+    (wall-clock seconds when the batch started and finished running, the CPU seconds this thread
+    spent on it, and how often the kernel took the core away meanwhile) or ``error TEXT`` per
+    request.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     model, window, max_batch, threads, width = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
@@ -88,11 +100,13 @@ def _worker(argv: list[str]) -> int:
     for line in sys.stdin:
         try:
             lane, rows = (int(v) for v in line.split())
-            t_start = time.time()
+            switches = _preempted()
+            t_start, cpu_start = time.time(), time.thread_time()
             probs, noise = runner.infer(x_in[lane][:rows])
             y_out[lane][:rows, :-1] = probs
             y_out[lane][:rows, -1] = noise
-            out.write(f"ok {lane} {rows} {t_start:.6f} {time.time():.6f}\n")
+            out.write(f"ok {lane} {rows} {t_start:.6f} {time.time():.6f} {time.thread_time() - cpu_start:.6f} "
+                      f"{_preempted() - switches}\n")
         except Exception as exc:  # noqa: BLE001
             out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
         out.flush()
@@ -137,9 +151,10 @@ class ProcessRunner:
         self._next = 0
         self._inflight: list[int] = []
         self._t_submit = [0.0] * self.lanes
-        # (rows, s from submit to the child starting it, s running, s from its end to collect)
-        # of recent batches: where a batch's time goes, for benchmarks
-        self.batch_times: deque[tuple[int, float, float, float]] = deque(maxlen=8192)
+        # (rows, s from submit to the child starting it, s running, s from its end to collect,
+        # CPU s the child spent running it, times the kernel took its core away meanwhile) of
+        # recent batches: where a batch's time goes, for benchmarks
+        self.batch_times: deque[tuple[int, float, float, float, float, int]] = deque(maxlen=8192)
         self._closed = False
         self.restarts = 0
         self._model = str(model)
@@ -251,9 +266,10 @@ class ProcessRunner:
             raise RuntimeError(f"the engine process failed: {reply.strip()}")
         res = self._y[lane][: pending.rows].copy()
         fields = reply.split()
-        if len(fields) >= 5:
-            t_start, t_end = float(fields[3]), float(fields[4])
-            self.batch_times.append((pending.rows, t_start - self._t_submit[lane], t_end - t_start, time.time() - t_end))
+        if len(fields) >= 7:
+            t_start, t_end, cpu = float(fields[3]), float(fields[4]), float(fields[5])
+            self.batch_times.append((pending.rows, t_start - self._t_submit[lane], t_end - t_start, time.time() - t_end,
+                                     cpu, int(fields[6])))
         return res[:, :-1], res[:, -1]
 
     def _stop_child(self) -> None:
