@@ -131,19 +131,23 @@ def test_a_running_monitor_keeps_its_start_up_objects_out_of_full_collections() 
     assert gc.get_freeze_count() == 0  # stop() hands them back (a library user's process goes on)
 
 
-def test_eager_batch_defaults_to_the_cpu_size_live_and_is_off_for_fast_replay_or_when_asked() -> None:
+def test_batch_sizes_default_to_the_cpu_size_live_and_to_big_batches_for_fast_replay_or_when_asked() -> None:
     from drsn_stream.cli import build_parser
-    from drsn_stream.engine.runner import CPU_EAGER_BATCH
+    from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
     from drsn_stream.monitor.cli import config_from_args
 
-    def eager(**kw) -> int:
-        return Pipeline(RunConfig(device="cpu", engine_process=False, stats_every_s=3600, **kw)).batcher.eager_batch
+    def batcher(**kw):
+        return Pipeline(RunConfig(device="cpu", engine_process=False, stats_every_s=3600, **kw)).batcher
 
-    assert eager(sources=("sim:bearing?machines=2",)) == CPU_EAGER_BATCH
-    assert eager(sources=("sim:bearing?machines=2",), max_batch=16) == 16  # never above max_batch
-    assert eager(sources=("sim:bearing?machines=2",), fast=True) == 0  # replay: big batches, nothing is live
-    cfg = config_from_args(build_parser("run").parse_args(["run", "--source", "sim", "--eager-batch", "0"]))
-    assert cfg.eager_batch == 0 and eager(sources=cfg.sources, eager_batch=cfg.eager_batch) == 0
+    live = batcher(sources=("sim:bearing?machines=2",))
+    assert (live.max_batch, live.eager_batch) == (CPU_LIVE_MAX_BATCH, CPU_EAGER_BATCH)
+    assert batcher(sources=("sim:bearing?machines=2",), max_batch=16).eager_batch == 16  # never above max_batch
+    replay = batcher(sources=("sim:bearing?machines=2",), fast=True)  # nothing is live: big batches
+    assert (replay.max_batch, replay.eager_batch) == (MAX_BATCH, 0)
+    cfg = config_from_args(build_parser("run").parse_args(["run", "--source", "sim", "--eager-batch", "0",
+                                                           "--max-batch", "200"]))
+    asked = batcher(sources=cfg.sources, eager_batch=cfg.eager_batch, max_batch=cfg.max_batch)
+    assert (asked.max_batch, asked.eager_batch) == (200, 0)
 
 
 @pytest.mark.cuda

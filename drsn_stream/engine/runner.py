@@ -35,6 +35,13 @@ CPU_SLICE = 256
 # 140 us/window at 64, 136 at 88, 161 at 32, 333 at 8), and the rest of a burst gathers while it
 # runs instead of waiting for the whole burst to be formed first.
 CPU_EAGER_BATCH = 64
+# The largest batch on the CPU with live sources (the monitor's default there): a burst of 128
+# windows runs as two batches of 64, the second sent as soon as it is full, and no batch outgrows
+# the core's cache. At 128 streams on 2 cores, 5 alternating pairs: p99 57 against 65 ms, p50 30
+# against 35 ms, compute p99 per batch 21 against 31 ms (docs/perf/ab/max-batch-64-128.json).
+CPU_LIVE_MAX_BATCH = 64
+# The largest batch otherwise (CUDA, and replays with --fast, where throughput counts).
+MAX_BATCH = 256
 
 
 def pick_device(spec: str = "auto") -> torch.device:

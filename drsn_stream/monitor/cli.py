@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--once", action="store_true", help="print one dashboard snapshot after a short warm-up and exit")
     a("--fast", action="store_true", help="replay files as fast as possible (no pacing, no stale drops)")
     a("--hop", type=int, help="override the model's hop (samples at the model's rate)")
-    a("--max-batch", type=int, help="largest micro-batch (default 256)")
+    a("--max-batch", type=int, help="largest micro-batch (default: 64 on the CPU, 256 on CUDA and with --fast)")
     a("--max-wait-ms", type=float, help="longest a window waits for its batch (default 20 ms; a batch leaves "
                                         "earlier when the sources have nothing more ready)")
     a("--no-idle-flush", action="store_true",

@@ -30,7 +30,7 @@ from drsn_stream.dsp import StreamDSP
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
-from drsn_stream.engine.runner import CPU_EAGER_BATCH, Runner, pick_device
+from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH, Runner, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation, read_meta
@@ -53,7 +53,9 @@ class RunConfig:
     sources: tuple[str, ...] = ("sim",)
     model: str | None = None
     device: str = "auto"
-    max_batch: int = 256
+    # the largest micro-batch (None: CPU_LIVE_MAX_BATCH = 64 on the CPU with live sources, MAX_BATCH
+    # = 256 on CUDA and with --fast)
+    max_batch: int | None = None
     max_wait_ms: float = 20.0
     idle_flush: bool = True  # a batch leaves as soon as the sources have nothing more ready (max_wait_ms: the bound)
     # while the engine is idle a batch leaves as soon as this many windows wait (0: off; None:
@@ -82,10 +84,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name, least in (("max_batch", 1), ("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0)):
+        for name, least in (("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0)):
             if not getattr(self, name) >= least:
                 problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
-        for name, least in (("eager_batch", 0), ("hop", 1), ("threads", 1)):
+        for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1)):
             value = getattr(self, name)
             if value is not None and not value >= least:
                 problems.append(f"{name} must be >= {least} (or left unset), not {value!r}")
@@ -138,6 +140,8 @@ class Pipeline:
             use_process = (os.cpu_count() or 1) >= 2
         on_cpu = pick_device(config.device).type == "cpu"
         use_process = use_process and on_cpu
+        live_cpu = on_cpu and not config.fast
+        self.max_batch = config.max_batch if config.max_batch is not None else CPU_LIVE_MAX_BATCH if live_cpu else MAX_BATCH
         self._cpus: tuple[set[int], int] | None = None  # (this process's cores, the engine's core)
         self._saved_affinity: set[int] | None = None
         self._frozen = False  # gc.freeze() done by start(), undone by stop()
@@ -149,7 +153,7 @@ class Pipeline:
             pin = config.pin_cpus if config.pin_cpus is not None else (config.threads or 1) == 1
             self._cpus = _split_cpus() if pin else None
             self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
-                                        max_batch=config.max_batch, threads=config.threads,
+                                        max_batch=self.max_batch, threads=config.threads,
                                         cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout)
         else:
             module, meta = load_artifact(self.model_name)
@@ -160,14 +164,14 @@ class Pipeline:
         self.on_line = on_line
         eager = config.eager_batch
         if eager is None:
-            eager = CPU_EAGER_BATCH if on_cpu and not config.fast else 0
+            eager = CPU_EAGER_BATCH if live_cpu else 0
         self.batcher = MicroBatcher(
-            max_batch=config.max_batch,
+            max_batch=self.max_batch,
             max_wait_ms=config.max_wait_ms,
             stale_ms=0.0 if config.fast else config.stale_ms,
             capacity=config.queue_capacity,
             block_when_full=config.fast,
-            eager_batch=min(eager, config.max_batch),
+            eager_batch=min(eager, self.max_batch),
         )
         self.stats = EngineStats()
         self.engine = InferenceLoop(
@@ -218,7 +222,7 @@ class Pipeline:
             module,
             window=meta.window,
             device=config.device,
-            max_batch=config.max_batch,
+            max_batch=self.max_batch,
             fp16=config.fp16,
             cuda_graphs=config.cuda_graphs,
             threads=config.threads,
