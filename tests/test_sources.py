@@ -70,9 +70,9 @@ def test_sim_is_reproducible_and_seeded():
 
 
 def test_sim_reads_all_machines_at_once_exactly_as_one_by_one():
-    # The simulator computes a chunk of every machine in one go (the publisher's cost at 128
-    # machines); across fault changes, excerpt ends and chunks longer than an excerpt it must
-    # replay the same samples as reading each machine on its own.
+    # The simulator computes a chunk of every machine in one go; across fault changes, excerpt
+    # ends and chunks longer than an excerpt it must replay the same samples as reading each
+    # machine on its own.
     for spec, chunk in (("sim?machines=6&noise=pink&snr=3&seed=4&fast=1", 700),
                         ("sim?machines=3&seed=2&fast=1&chunk=50000", 50000)):
         src = make_source(spec)

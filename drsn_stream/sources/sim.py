@@ -210,13 +210,15 @@ class BearingSim(Source):
         sizes = [self._excerpts[lb].size for lb in labels]
         self._base = dict(zip(labels, np.cumsum([0, *sizes[:-1]]).tolist()))
         self._noise_track = None if self._noise[0] is None else np.stack(self._noise)
+        if self._noise_track is not None:
+            self._noise = list(self._noise_track)  # rows of the stack, not a second copy
         self._gains32 = np.array(self._gains, dtype=np.float32)
         self.t0 = time.time()
 
     def _block(self, a: int, b: int) -> np.ndarray:
         """Samples ``[a, b)`` of every machine, float32 ``(machines, b - a)``: the same values as
-        ``_signal`` row by row, in a few array operations (128 machines at 12 kHz cost the
-        publisher of ``tools/bench_pipeline.py`` a quarter of a core one row at a time)."""
+        ``_signal`` row by row, in a few array operations (a chunk of 512 samples of 128 machines:
+        0.77 against 0.88 ms one row at a time)."""
         n = b - a
         labels = [sched.constant(a, b) for sched in self._schedules]
         rel = np.array([0 if lb is None else (a + self._offsets[m][lb]) % self._excerpts[lb].size
