@@ -122,19 +122,13 @@ class _Schedule:
 
 
 def looped(x: np.ndarray, start: int, n: int) -> np.ndarray:
-    """``x[(start + arange(n)) % x.size]``: a plain slice unless the span wraps around."""
-    a = start % x.size
-    if a + n <= x.size:
-        return x[a : a + n]
-    return x[(a + np.arange(n, dtype=np.int64)) % x.size]
-
-
-def looped_rows(x: np.ndarray, start: int, n: int) -> np.ndarray:
-    """``looped`` for every row of a 2-D ``x`` at once (columns ``start .. start + n``, cyclic)."""
-    a = start % x.shape[1]
-    if a + n <= x.shape[1]:
-        return x[:, a : a + n]
-    return x[:, (a + np.arange(n, dtype=np.int64)) % x.shape[1]]
+    """``x[..., (start + arange(n)) % length]`` along the last axis (every row of a 2-D ``x`` at
+    once): a plain slice unless the span wraps around."""
+    size = x.shape[-1]
+    a = start % size
+    if a + n <= size:
+        return x[..., a : a + n]
+    return x[..., (a + np.arange(n, dtype=np.int64)) % size]
 
 
 class BearingSim(Source):
@@ -234,7 +228,7 @@ class BearingSim(Source):
         if self._noise_track is not None:
             gain = np.array([0.0 if lb is None else self._noise_gain[lb] * self._gains[m] for m, lb in enumerate(labels)],
                             dtype=np.float32)
-            noise = looped_rows(self._noise_track, a, n)
+            noise = looped(self._noise_track, a, n)
             out += noise * gain[:, None]
         for m, lb in enumerate(labels):
             if lb is None:  # the schedule changes within this chunk
