@@ -36,9 +36,10 @@ CPU_SLICE = 256
 # runs instead of waiting for the whole burst to be formed first.
 CPU_EAGER_BATCH = 64
 # The largest batch on the CPU with live sources (the monitor's default there): a burst of 128
-# windows runs as two batches of 64, the second sent as soon as it is full, and no batch outgrows
-# the core's cache. At 128 streams on 2 cores, 5 alternating pairs: p99 57 against 65 ms, p50 30
-# against 35 ms, compute p99 per batch 21 against 31 ms (docs/perf/ab/max-batch-64-128.json).
+# windows runs as two batches of 64, the second sent as soon as it is full, and after a delay no
+# batch grows to 128-256 windows that the next ones must wait for. At 128 streams on 2 cores, 5
+# alternating pairs: p99 57 against 65 ms, p50 30 against 35 ms, compute p99 per batch 21 against
+# 31 ms (docs/perf/ab/max-batch-64-128.json).
 CPU_LIVE_MAX_BATCH = 64
 # The largest batch otherwise (CUDA, and replays with --fast, where throughput counts).
 MAX_BATCH = 256
