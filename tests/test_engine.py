@@ -233,7 +233,7 @@ def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
         # where each batch's time went, as tools/bench_pipeline.py reports it
         times = list(proc.batch_times)
         assert [t[0] for t in times] == [128, 128, 44]
-        for rows, to_child, wall, back, cpu, switches in times:
+        for _rows, to_child, wall, back, cpu, switches in times:
             assert to_child >= 0 and back >= 0 and switches >= 0
             assert 0 < cpu <= wall + 0.005  # CPU seconds of the child's thread, within its wall time
         with pytest.raises(ValueError, match="windows of shape"):
