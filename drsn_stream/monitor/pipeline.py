@@ -37,8 +37,8 @@ from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_valida
 from drsn_stream.monitor.capture import CaptureConfig, EventCapture
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
-from drsn_stream.runtime import freeze_start_up_objects
 from drsn_stream.monitor.snapshot import EventLog, Footer, Header, ResourceMeter, Snapshot, build_snapshot
+from drsn_stream.runtime import freeze_start_up_objects
 from drsn_stream.sources import make_source
 from drsn_stream.types import Event, Frame, Prediction
 
