@@ -24,6 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import resource  # the engine process's per-batch context switches (POSIX)
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
+
 from drsn_stream.engine.runner import Pending, infer_in_slices
 from drsn_stream.errors import ArtifactError
 from drsn_stream.runtime import freeze_start_up_objects
@@ -51,11 +56,11 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 
 def _preempted() -> int:
     """Involuntary context switches of the calling thread so far (0 where unknown)."""
+    if resource is None:
+        return 0
     try:
-        import resource
-
         return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
-    except (ImportError, AttributeError, OSError):
+    except (AttributeError, OSError):  # no RUSAGE_THREAD off Linux
         return 0
 
 
