@@ -237,6 +237,7 @@ class Pipeline:
             validation=load_validation(self.model_name) if (config.fp16, config.cpu_layout) != ("off", "off") else None,
             net_config=meta.model_config,
             cpu_layout=config.cpu_layout,
+            scores=meta.scores,
         )
 
     # ------------------------------------------------------------------ life cycle
