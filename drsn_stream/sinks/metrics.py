@@ -46,7 +46,7 @@ from drsn_stream.sources.wire import REASONS
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9464
 IDLE_TIMEOUT_S = 10.0  # Prometheus sends its request at once; a connection silent this long is not a scraper
-MAX_CONNECTIONS = 32  # served at once; a scrape takes milliseconds, so this only bounds abuse
+MAX_CONNECTIONS = 32  # served at once; scrapes are short and few, so this only bounds abuse
 
 # Per-stream gauges: (name, help, value of the stream's dashboard row). One line adds one.
 STREAM_GAUGES: tuple[tuple[str, str, Callable[[StreamRow], float]], ...] = (
