@@ -1,4 +1,4 @@
-"""The dashboard as a user sees it (rendered text), its key handling, and the metrics endpoint."""
+"""The dashboard as a user sees it (rendered text) and its key handling (metrics: test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import os
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -26,7 +24,6 @@ from drsn_stream.monitor.snapshot import (
 )
 from drsn_stream.sinks.dashboard import Dashboard, render, render_once, sparkline
 from drsn_stream.sinks.keys import KeyReader, parse_keys
-from drsn_stream.sinks.metrics import MetricsServer
 from drsn_stream.train.cwru import LABELS_10
 from drsn_stream.types import Event, Frame, Prediction
 
@@ -322,39 +319,6 @@ def test_key_reader_is_inactive_without_a_terminal():
         os.close(r)
         os.close(w)
     assert parse_keys("a\x1b[5~?\x1b[99~b") == ["a", "pgup", "?", "b"]
-
-
-def test_metrics_endpoint_over_http():
-    plant = Plant(4, faults={1: "ball_021", 2: "inner_007"}, flat=(3,))
-    plant.step()
-    lock = threading.Lock()
-
-    def snapshot_fn():
-        with lock:
-            return plant.snapshot()
-
-    with MetricsServer(snapshot_fn, port=0) as server:
-        assert server.host == "127.0.0.1" and server.port > 0
-        with urllib.request.urlopen(server.url, timeout=5) as resp:
-            assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            body = resp.read().decode()
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/nope", timeout=5)
-        assert err.value.code == 404
-    values = dict(line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))
-    assert values["drsn_windows_total"] == "24"  # 4 streams x 6 windows
-    assert values['drsn_alarm_streams{state="DANGER"}'] == "1"
-    assert values['drsn_alarm_streams{state="ALERT"}'] == "1"
-    assert values['drsn_alarm_streams{state="NORMAL"}'] == "2"
-    assert values["drsn_sensor_check_streams"] == "1"
-    assert values['drsn_stream_sensor_ok{stream="sim/m3"}'] == "0"
-    assert values['drsn_alarm_changes_total{to="ALERT"}'] == "1"
-    assert values['drsn_alarm_changes_total{to="DANGER"}'] == "1"
-    assert values['drsn_latency_seconds_bucket{le="+Inf"}'] == "24" == values["drsn_latency_seconds_count"]
-    assert values['drsn_latency_seconds_bucket{le="0.005"}'] == "0"
-    assert values['drsn_latency_seconds_bucket{le="0.01"}'] == "12"  # 9 and 10 ms of m0 and m1
-    assert values["drsn_dropped_windows_total"] == "7" and values["drsn_malformed_messages_total"] == "2"
-    assert "# TYPE drsn_latency_seconds histogram" in body
 
 
 def test_resource_meter_adds_the_engine_process() -> None:

@@ -28,7 +28,7 @@ apt_install() {
 
 PKGS=(libportaudio2)
 if [ "$DEV" = 1 ]; then
-  PKGS+=(libasound2-plugins alsa-utils jackd2 sox espeak-ng flite tmux)
+  PKGS+=(libasound2-plugins alsa-utils jackd2 sox espeak-ng flite tmux prometheus)
 fi
 apt_install "${PKGS[@]}"
 

@@ -88,7 +88,7 @@ def _worker(argv: list[str]) -> int:
 
         module, meta = load_artifact(model)
         runner = Runner(module, window=window, device="cpu", max_batch=max_batch, threads=threads,
-                        net_config=meta.model_config, cpu_layout=layout,
+                        net_config=meta.model_config, cpu_layout=layout, scores=meta.scores,
                         validation=load_validation(model) if layout != "off" else None)
         runner.warmup()
         freeze_start_up_objects()  # torch and the model stay for good

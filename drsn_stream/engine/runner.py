@@ -136,6 +136,7 @@ class Runner:
         lanes: int = 2,
         net_config: dict[str, Any] | None = None,
         cpu_layout: str = "auto",
+        scores: str = "logits",
     ) -> None:
         """
         Args:
@@ -152,7 +153,10 @@ class Runner:
             net_config: the artifact's ``model_config``; on the CPU, 1-D networks then run in their
                 channels-last form (cpu_layout.py) where it agrees with the module.
             cpu_layout: "auto" (use the channels-last form where converted and verified) or "off".
+            scores: what the module's first output holds (``ArtifactMeta.scores``): "logits" or
+                "log_probs" (a softmax gives the probabilities) or "probs" (used as they are).
         """
+        self.scores = scores
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.window = window
         self.max_batch = max_batch
@@ -295,8 +299,10 @@ class Runner:
         return _GraphSlot(b, host_in, dev_in, out, host_out, graph, side, torch.cuda.Event())
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, noise = self.module(x)
-        return torch.softmax(logits.float(), dim=1), noise.float()
+        scores, noise = self.module(x)
+        if self.scores == "probs":
+            return scores.float(), noise.float()
+        return torch.softmax(scores.float(), dim=1), noise.float()
 
     def _forward_packed(self, x: torch.Tensor) -> torch.Tensor:
         probs, noise = self._forward(x)

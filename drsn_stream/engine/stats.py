@@ -90,6 +90,11 @@ class EngineStats:
             st = np.concatenate(self._rec_stages)
         return {name: p50_p99(st[:, i]) for i, name in enumerate(("ingest", "queue", "engine"))}
 
+    def totals(self) -> tuple[int, dict[int, int], float]:
+        """(batches, {batch size: batches}, seconds of inference) so far, read together."""
+        with self._lock:
+            return self.batches, dict(self.batch_sizes), self.infer_s
+
     def windows_per_s(self) -> float:
         with self._lock:
             if not self._done:

@@ -33,6 +33,8 @@ FORMAT = "drsn-stream-artifact"
 FORMAT_VERSION = 1
 _BUILTIN_PACKAGE = "drsn_stream.artifacts"
 _REQUIRED = ("name", "model", "labels", "sample_rate", "window", "hop", "input", "normalization")
+# What the first output of forward() holds (metadata "outputs": {"scores": ...}); docs/artifact-format.md
+SCORE_KINDS = ("logits", "log_probs", "probs")
 
 
 @dataclass
@@ -55,11 +57,14 @@ class ArtifactMeta:
     created: str = ""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+    outputs: dict[str, Any] = field(default_factory=dict)  # optional: {"scores": one of SCORE_KINDS}
     source: str = ""  # where it was loaded from (not stored)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("source", None)
+        if not d["outputs"]:
+            d.pop("outputs")  # absent: the first output's meaning follows from the model (``scores``)
         return d
 
     @property
@@ -69,6 +74,15 @@ class ArtifactMeta:
     @property
     def window_seconds(self) -> float:
         return self.window / float(self.sample_rate)
+
+    @property
+    def scores(self) -> str:
+        """What the first output holds: ``outputs["scores"]`` when the metadata says, else what the
+        artifacts of format 1 return: log-probabilities from an ensemble, logits from one network."""
+        kind = (self.outputs or {}).get("scores")
+        if kind is not None:
+            return str(kind)
+        return "log_probs" if int(self.model_config.get("ensemble", 1) or 1) > 1 else "logits"
 
 
 @contextlib.contextmanager
@@ -141,6 +155,12 @@ def _validate(d: dict[str, Any], where: str) -> None:
     for k in ("sample_rate", "window", "hop"):
         if not isinstance(d[k], int) or d[k] <= 0:
             raise ArtifactError(f"{where}: metadata {k!r} must be a positive integer, not {d[k]!r}")
+    outputs = d.get("outputs", {})
+    if not isinstance(outputs, dict) or outputs.get("scores", "logits") not in SCORE_KINDS:
+        raise ArtifactError(
+            f"{where}: metadata 'outputs' must be an object whose 'scores' is one of {', '.join(SCORE_KINDS)}, "
+            f"not {outputs!r}; re-export the model"
+        )
 
 
 def builtin_dir() -> Path:

@@ -52,7 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "when it runs one torch thread)")
     a("--no-pin-cpus", action="store_true", help="let the scheduler place the engine process and the monitor")
     a("--capture", metavar="DIR", help="write raw samples around each alarm (WAV + JSON) into DIR")
-    a("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    a("--metrics-address", metavar="HOST:PORT",
+      help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; 0.0.0.0:9464 lets "
+           "other hosts scrape)")
+    a("--metrics-port", type=int, metavar="PORT", help="shorthand for --metrics-address 127.0.0.1:PORT")
     a("--refresh", type=float, default=None, help="dashboard refreshes per second (default 4)")
     a("--latch", action="store_true", help="alarms stay latched until acknowledged with `a`")
 
@@ -111,12 +114,13 @@ def run(args: argparse.Namespace) -> int:
 
         sinks.append(ZmqResultSink(args.publish))
     on_line = print_line if args.headless else None
+    address = _metrics_address(args)  # a bad address fails before the model loads
     pipe = Pipeline(cfg, sinks=sinks, on_line=on_line)
     metrics = None
-    if args.metrics_port is not None:
+    if address is not None:
         from drsn_stream.sinks.metrics import MetricsServer
 
-        metrics = MetricsServer(pipe.snapshot, port=args.metrics_port).start()
+        metrics = MetricsServer(pipe.snapshot, address=address).start()
     if args.once:
         return _once(pipe, cfg)
     dashboard = None
@@ -151,6 +155,19 @@ def run(args: argparse.Namespace) -> int:
     if pipe.engine.error is not None:  # the model stopped: the run did not do its job
         return 1
     return 1 if pipe.errors and pipe.stats.windows == 0 else 0
+
+
+def _metrics_address(args: argparse.Namespace) -> str | None:
+    address, port = getattr(args, "metrics_address", None), getattr(args, "metrics_port", None)
+    if address is not None and port is not None:
+        raise ConfigError("give --metrics-address HOST:PORT or --metrics-port PORT, not both")
+    if address is None and port is None:
+        return None
+    from drsn_stream.sinks.metrics import parse_address
+
+    text = address if address is not None else f"127.0.0.1:{port}"
+    parse_address(text)
+    return text
 
 
 def _stop_on_signals(pipe: Pipeline) -> None:

@@ -37,7 +37,15 @@ from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_valida
 from drsn_stream.monitor.capture import CaptureConfig, EventCapture
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
-from drsn_stream.monitor.snapshot import EventLog, Footer, Header, ResourceMeter, Snapshot, build_snapshot
+from drsn_stream.monitor.snapshot import (
+    Counters,
+    EventLog,
+    Footer,
+    Header,
+    ResourceMeter,
+    Snapshot,
+    build_snapshot,
+)
 from drsn_stream.runtime import freeze_start_up_objects
 from drsn_stream.sources import make_source
 from drsn_stream.types import Event, Frame, Prediction
@@ -229,6 +237,7 @@ class Pipeline:
             validation=load_validation(self.model_name) if (config.fp16, config.cpu_layout) != ("off", "off") else None,
             net_config=meta.model_config,
             cpu_layout=config.cpu_layout,
+            scores=meta.scores,
         )
 
     # ------------------------------------------------------------------ life cycle
@@ -450,6 +459,28 @@ class Pipeline:
             events=self.events,
             transcript=tuple(self.transcript[-40:]),
             drops=self.drops(),
+            counters=self.counters(),
+        )
+
+    def counters(self) -> Counters:
+        """Totals since the start for the metrics endpoint (call after ``usage.read()``)."""
+        batches, sizes, infer_s = self.stats.totals()
+        stale, overflow = dict(self.batcher.dropped_stale), dict(self.batcher.dropped_overflow)
+        malformed: Counter[str] = Counter()
+        for src in self.sources:
+            malformed.update(src.stats.snapshot().get("malformed", {}))
+        return Counters(
+            batches=batches,
+            batch_sizes=sizes,
+            infer_s=infer_s,
+            dropped={"stale": sum(stale.values()), "queue_overflow": sum(overflow.values()),
+                     "output_overflow": self.dropped_output, "engine_restart": self.engine.lost},
+            stream_dropped={**{(s, "stale"): n for s, n in stale.items()},
+                            **{(s, "queue_overflow"): n for s, n in overflow.items()}},
+            malformed=dict(malformed),
+            alarm_changes=self.events.alarm_changes_by_stream(),
+            health=self.health.states(),
+            cpu_s=self.usage.cpu_s,
         )
 
     def stats_json(self) -> dict[str, Any]:

@@ -155,6 +155,33 @@ class Footer:
 
 
 @dataclass(frozen=True)
+class Counters:
+    """Totals since the start, for Prometheus counters (``rate()`` works on them); they only grow,
+    except across an engine-process restart (Prometheus treats a drop as a reset).
+
+    Attributes:
+        batches: batches the model ran; batch_sizes: {size: batches of that size};
+            infer_s: seconds the model spent on them.
+        dropped: {cause: windows}: "stale", "queue_overflow", "output_overflow", "engine_restart".
+        stream_dropped: {(stream, cause): windows} for the per-stream causes ("stale", "queue_overflow").
+        malformed: {reason: source messages rejected} (reasons of sources/wire.py).
+        alarm_changes: {(stream, level): alarm changes into that level}.
+        health: {stream: StreamHealth} (frames, samples, gaps, overflows, non-finite, clipped).
+        cpu_s: CPU seconds of the monitor and its engine process; None where unknown.
+    """
+
+    batches: int = 0
+    batch_sizes: Mapping[int, int] = field(default_factory=dict)
+    infer_s: float = 0.0
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    stream_dropped: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    malformed: Mapping[str, int] = field(default_factory=dict)
+    alarm_changes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    health: Mapping[str, Any] = field(default_factory=dict)
+    cpu_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything on screen at one instant. ``rows`` are in stream-id order."""
 
@@ -166,6 +193,7 @@ class Snapshot:
     transcript: tuple[str, ...] = ()  # recent speech detections, oldest first
     latency: LatencyCounts = field(default_factory=LatencyCounts)
     alarm_changes: Mapping[str, int] = field(default_factory=dict)  # alarm events so far, by "to" level
+    counters: Counters = field(default_factory=Counters)  # totals for the metrics endpoint
 
     def level_counts(self) -> dict[str, int]:
         """Streams per alarm level plus "CHECK_SENSOR" for unhealthy ones."""
@@ -218,6 +246,7 @@ class EventLog:
     def __init__(self, maxlen: int = 200) -> None:
         self._events: deque[Event] = deque(maxlen=maxlen)
         self._changes: dict[str, int] = {}
+        self._by_stream: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     def extend(self, events: Iterable[Event]) -> None:
@@ -227,6 +256,8 @@ class EventLog:
                 if event.type == "alarm":
                     to = str(event.data.get("to", "?"))
                     self._changes[to] = self._changes.get(to, 0) + 1
+                    key = (event.stream_id, to)
+                    self._by_stream[key] = self._by_stream.get(key, 0) + 1
 
     def append(self, event: Event) -> None:
         self.extend((event,))
@@ -241,6 +272,11 @@ class EventLog:
         """Alarm events so far by the level they went to, e.g. {"ALERT": 3, "NORMAL": 2}."""
         with self._lock:
             return dict(self._changes)
+
+    def alarm_changes_by_stream(self) -> dict[tuple[str, str], int]:
+        """Alarm events so far by (stream, level they went to)."""
+        with self._lock:
+            return dict(self._by_stream)
 
 
 class ResourceMeter:
@@ -257,6 +293,7 @@ class ResourceMeter:
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self.extra_pids: list[int] | Callable[[], list[int]] = []  # a callable follows restarts
+        self.cpu_s: float | None = None  # CPU seconds of all the processes at the last read
 
     def _procs(self) -> list[str]:
         extra = self.extra_pids() if callable(self.extra_pids) else self.extra_pids
@@ -285,6 +322,7 @@ class ResourceMeter:
                 continue
             if proc == "self":
                 rest = fields
+        self.cpu_s = cpu_s
         now = time.monotonic()
         last, self._last = self._last, (now, cpu_s)
         if last is None:
@@ -393,6 +431,7 @@ def build_snapshot(
     drops: Mapping[str, int] | None = None,
     streams: Iterable[str] | None = None,
     now: float | None = None,
+    counters: Counters | None = None,
 ) -> Snapshot:
     """Assemble a Snapshot from the live parts (safe to call from the dashboard thread).
 
@@ -414,4 +453,5 @@ def build_snapshot(
         transcript=tuple(transcript),
         latency=decisions.latency.read() if decisions is not None else LatencyCounts(),
         alarm_changes=log.alarm_changes() if log is not None else {},
+        counters=counters if counters is not None else Counters(),
     )
