@@ -126,8 +126,13 @@ class EnvelopeSettings:
             more: the squared envelope of a band ``B`` Hz wide holds frequencies up to ``B``).
         min_hz: lowest band edge, Hz (below it sit the shaft harmonics themselves).
         harmonics: lines per family (1st..nth).
-        tolerance: relative half-width of each line's search window (slip, speed error).
-        floor_width: the floor's neighbourhood on each side, in search half-widths.
+        tolerance: how far (relative) each line may sit, on its own, from where the speed and
+            orders put it (rolling-element slip).
+        speed_tolerance: how far (relative) a family's lines may sit, all moved by one factor (a
+            speed that is off, e.g. a nameplate rpm); 0 turns this search off. With both on, a
+            family's evidence is the better of the two searches.
+        line_bins: half-width of each line's peak search at one factor, in bins.
+        floor_width: the floor's neighbourhood on each side, in searched half-widths.
         threshold_db: least family evidence that names a fault; below it the type is ``none``.
     """
 
@@ -135,16 +140,22 @@ class EnvelopeSettings:
     min_hz: float = 2000.0
     harmonics: int = 3
     tolerance: float = 0.02
+    speed_tolerance: float = 0.0
+    line_bins: int = 1
     floor_width: float = 10.0
     threshold_db: float = 3.0
 
     def __post_init__(self) -> None:
         problems = [f"{n} must be > 0, not {getattr(self, n)!r}"
-                    for n in ("band_hz", "tolerance", "floor_width") if not getattr(self, n) > 0]
+                    for n in ("band_hz", "floor_width") if not getattr(self, n) > 0]
+        problems += [f"{n} must be >= 0, not {getattr(self, n)!r}" for n in ("tolerance", "speed_tolerance")
+                     if not getattr(self, n) >= 0]
         if not self.min_hz >= 0:
             problems.append(f"min_hz must be >= 0, not {self.min_hz!r}")
         if not (isinstance(self.harmonics, int) and self.harmonics >= 1):
             problems.append(f"harmonics must be an integer >= 1, not {self.harmonics!r}")
+        if not (isinstance(self.line_bins, int) and self.line_bins >= 0):
+            problems.append(f"line_bins must be an integer >= 0, not {self.line_bins!r}")
         if problems:
             raise ConfigError("envelope settings: " + "; ".join(problems))
 
@@ -191,7 +202,8 @@ def _plan(n: int, rate: float, shaft_hz: float, geometry: BearingGeometry, setti
     df = rate / n
     targets = _targets(geometry, shaft_hz, settings.harmonics)
     top = max(max(v) for v in targets.values())
-    reach = top * (1 + settings.tolerance * (1 + settings.floor_width)) + 2 * df
+    slack = max(settings.tolerance, settings.speed_tolerance) * top + (settings.line_bins + 2) * df
+    reach = top + slack * (1 + settings.floor_width)
     band = max(settings.band_hz, reach)
     nyq = rate / 2
     hi_edge = 0.9 * nyq
@@ -202,51 +214,77 @@ def _plan(n: int, rate: float, shaft_hz: float, geometry: BearingGeometry, setti
     width = int(round(band / df))
     m = sfft.next_fast_len(2 * width + 8)  # the squared envelope's bandwidth is the band's
     taper = np.hanning(width).astype(np.float32)
-    fam_idx: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    for fam, lines in targets.items():
-        search, floor = [], []
-        for c in lines:
-            w = max(settings.tolerance * c, 1.5 * df)
+    plan: dict[str, Any] = {"starts": starts, "width": width, "m": m, "taper": taper, "df": df, "band": band}
+    # Two ways to look for a family's lines; a family's evidence is the better of the two, each
+    # measured over its own noise level. "Each on its own": every line's peak within +-tolerance of
+    # where the speed and orders put it (slip that differs from line to line). "Together": a speed
+    # error or a steady slip moves all lines of a family by one factor, so for each factor on a
+    # grid (the highest line moves about one bin per step) each line's peak is taken within
+    # +-line_bins of where that factor puts it: +-speed_tolerance with narrow windows.
+    views = [_view(targets, np.ones(1), settings.tolerance, 0, df, m, settings)] if settings.tolerance > 0 else []
+    if settings.speed_tolerance > 0 or not views:
+        step = df / top
+        steps = int(math.ceil(settings.speed_tolerance / step))
+        scales = 1.0 + step * np.arange(-steps, steps + 1)
+        views.append(_view(targets, scales, 0.0, settings.line_bins, df, m, settings))
+    plan["views"] = views
+    # What each family scores on lines that are not there: blocks of white Gaussian noise through
+    # the same bands and windows. Evidence is reported over this level, so 0 dB means "as noise"
+    # for every family, view, speed and block length alike (a family with fewer lines, or lines in
+    # wider windows, would otherwise start higher). Fixed seed: the same plan gives the same numbers.
+    rng = np.random.default_rng(12345)
+    for view in views:
+        view["null"] = np.zeros(len(FAMILIES))
+    nulls = np.array([[_family_scores(envelope_spectra(rng.standard_normal(n), rate, starts, width, m, taper), view)
+                       .max(axis=1) for view in views] for _ in range(_NULL_BLOCKS)])  # (blocks, views, families)
+    for view, null in zip(views, np.median(nulls, axis=0)):
+        view["null"] = null
+    return plan
+
+
+def _view(targets: dict[str, list[float]], scales: np.ndarray, tolerance: float, line_bins: int, df: float, m: int,
+          settings: EnvelopeSettings) -> dict[str, Any]:
+    """Bin numbers for one way of searching the lines: ``search`` (scales, lines, span) and
+    ``floor`` (lines, bins), all families' lines in one array (``split`` separates them), so that
+    scoring is one gather, one max and one partial sort."""
+    reach = float(np.max(np.abs(scales - 1.0)))
+    rows: list[np.ndarray] = []  # per line: (scales, bins searched), ragged in its last axis
+    floor, counts = [], []
+    for fam in FAMILIES:
+        counts.append(len(targets[fam]))
+        for c in targets[fam]:
+            if tolerance > 0:  # each line on its own: the bins within +-tolerance of it
+                w = max(tolerance * c, 1.5 * df)
+                k = np.arange(int(math.floor((c - w) / df)), int(math.ceil((c + w) / df)) + 1)
+                rows.append(k[np.abs(k * df - c) <= w][None, :])
+            else:  # lines moved together: +-line_bins around where each factor puts the line
+                w = reach * c + (line_bins + 0.5) * df
+                rows.append(np.round(scales * c / df).astype(int)[:, None] + np.arange(-line_bins, line_bins + 1))
+            # the searched range is kept out of the floor
             k = np.arange(int(math.floor((c - w * (1 + settings.floor_width)) / df)),
                           int(math.ceil((c + w * (1 + settings.floor_width)) / df)) + 1)
-            k = k[(k >= 1) & (k < m // 2)]
-            inside = np.abs(k * df - c) <= w
-            search.append(k[inside])
-            out = k[~inside]
+            out = k[(k >= 1) & (k < m // 2) & (np.abs(k * df - c) > w)]
             # at most _FLOOR_BINS bins, evenly spread: a median of 64 is as good as of 200 here
             # (neighbouring bins of a Hann-windowed spectrum are correlated anyway) and 3x cheaper
             floor.append(out[np.round(np.linspace(0, len(out) - 1, _FLOOR_BINS)).astype(int)]
                          if len(out) > _FLOOR_BINS else out)
-        fam_idx[fam] = (search, floor)
-    # All targets of all families in two rectangles of bin numbers, so that scoring is one gather,
-    # one max and one partial sort. A ragged window is padded by repeating its own bins (see _rect).
-    rows = [fam_idx[fam] for fam in FAMILIES]
-    search_all = _rect([r for s_, _ in rows for r in s_])
-    floor_all = _rect([r for _, f_ in rows for r in f_])
-    counts = [len(fam_idx[fam][0]) for fam in FAMILIES]
-    plan = {"starts": starts, "width": width, "m": m, "taper": taper, "search": search_all, "floor": floor_all,
-            "split": np.cumsum(counts)[:-1], "df": df, "band": band}
-    # What each family scores on lines that are not there: blocks of white Gaussian noise through
-    # the same bands and windows. Evidence is reported over this level, so 0 dB means "as noise"
-    # for every family, speed and block length alike (a family with fewer lines, or lines in wider
-    # windows, would otherwise start higher). Fixed seed: the same plan gives the same numbers.
-    rng = np.random.default_rng(12345)
-    null = np.array([[s.max() for s in _family_scores(
-        envelope_spectra(rng.standard_normal(n), rate, starts, width, m, taper), plan).values()]
-        for _ in range(_NULL_BLOCKS)])
-    plan["null"] = dict(zip(FAMILIES, np.median(null, axis=0).tolist()))
-    return plan
+    widest = max(r.shape[1] for r in rows)
+    # a narrower line repeats its own bins up to the widest one's count (the max is unchanged)
+    search = [r[:, np.round(np.linspace(0, r.shape[1] - 1, widest)).astype(int)] for r in rows]
+    return {"search": np.clip(np.stack(search, axis=1), 1, m // 2).astype(np.intp), "floor": _rect(floor),
+            "split": np.cumsum(counts)[:-1], "null": np.zeros(len(FAMILIES))}
 
 
-def _family_scores(S: np.ndarray, plan: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Each family's mean peak-over-floor (dB) in every band: {family: (bands,)}."""
+def _family_scores(S: np.ndarray, view: dict[str, Any]) -> np.ndarray:
+    """Each family's mean peak-over-floor (dB) over its noise level, in every band, at its best
+    speed factor: (families, bands)."""
     tiny = np.finfo(np.float32).tiny
-    peak = S[:, plan["search"]].max(axis=2)  # (bands, targets)
-    floor = S[:, plan["floor"]]
+    peak = S[:, view["search"]].max(axis=3)  # (bands, scales, lines)
+    floor = S[:, view["floor"]]
     mid = floor.shape[2] // 2
-    base = np.partition(floor, mid, axis=2)[:, :, mid]  # the median (upper middle for even counts)
-    db = 10.0 * np.log10((peak + tiny) / (base + tiny))
-    return {fam: part.mean(axis=1) for fam, part in zip(FAMILIES, np.split(db, plan["split"], axis=1))}
+    base = np.partition(floor, mid, axis=2)[:, :, mid]  # (bands, lines): the median (upper middle if even)
+    db = 10.0 * np.log10((peak + tiny) / (base[:, None, :] + tiny))
+    return np.stack([part.mean(axis=2).max(axis=1) for part in np.split(db, view["split"], axis=2)]) - view["null"][:, None]
 
 
 def _rect(rows: list[np.ndarray]) -> np.ndarray:
@@ -319,11 +357,12 @@ def analyse_block(
     if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
         return EnvelopeResult("none", dict.fromkeys(FAMILIES, 0.0), {}, float(shaft_hz))
     S = envelope_spectra(x, rate, plan["starts"], plan["width"], plan["m"], plan["taper"])
+    scores = np.max([_family_scores(S, view) for view in plan["views"]], axis=0)  # (families, bands)
     evidence: dict[str, float] = {}
     bands: dict[str, tuple[float, float]] = {}
-    for fam, score in _family_scores(S, plan).items():
+    for fam, score in zip(FAMILIES, scores):
         b = int(np.argmax(score))
-        evidence[fam] = float(score[b] - plan["null"][fam])
+        evidence[fam] = float(score[b])
         lo = float(plan["starts"][b])
         bands[fam] = (lo, lo + plan["band"])
     return EnvelopeResult(decide(evidence, settings.threshold_db), evidence, bands, float(shaft_hz))
