@@ -18,6 +18,7 @@ from rich.console import Console
 from scipy.signal import resample_poly
 
 from drsn_stream.dsp.envelope import (
+    EnvelopeSettings,
     agreement,
     analyse_block,
     bearing_geometry,
@@ -70,6 +71,18 @@ def test_synthetic_impacts_at_the_fault_frequencies_are_named_and_noise_is_not(r
     # the same impacts with the wrong speed in the config are not an outer-race fault at that speed
     wrong = analyse_block(_impacts(rate, f["bpfo"]), rate, shaft * 1.3, GEO)
     assert wrong.fault_type != "outer_race"
+
+
+def test_a_speed_that_is_off_is_found_when_the_lines_may_move_together() -> None:
+    shaft = 1797 / 60
+    x = _impacts(12000.0, GEO.bpfo * shaft, snr_db=-10.0, seed=3)
+    nameplate = shaft * 1.025  # a speed 2.5 % off, as a nameplate rpm can be
+    assert analyse_block(x, 12000.0, shaft, GEO).fault_type == "outer_race"
+    assert analyse_block(x, 12000.0, nameplate, GEO).fault_type != "outer_race"  # each line on its own: +-2 %
+    together = EnvelopeSettings(tolerance=0.0, speed_tolerance=0.03)
+    assert analyse_block(x, 12000.0, nameplate, GEO, together).fault_type == "outer_race"
+    with pytest.raises(ConfigError, match="speed_tolerance must be >= 0"):
+        EnvelopeSettings(speed_tolerance=-0.1)
 
 
 def test_a_flat_block_gives_none_and_a_bad_speed_a_clear_error() -> None:
