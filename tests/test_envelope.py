@@ -130,7 +130,7 @@ def test_geometry_by_name_or_orders_and_per_stream_overrides() -> None:
     with pytest.raises(ConfigError, match="missing ftf"):
         bearing_geometry({"bpfo": 3.05, "bpfi": 4.95, "bsf": 1.99})
     machine = {"bearing": "6205", "rpm": 1797, "streams": [{"match": "pump-*", "rpm": 1480},
-                                                           {"match": "fan-*", "bearing": None, "bpfo": 3.1,
+                                                           {"match": "fan-*", "bearing": "", "bpfo": 3.1,
                                                             "bpfi": 4.9, "bsf": 2.0, "ftf": 0.39}]}
     assert machine_for("motor-1", machine).speed_hz() == pytest.approx(1797 / 60)
     assert machine_for("pump-3", machine).speed_hz() == pytest.approx(1480 / 60)

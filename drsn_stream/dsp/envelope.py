@@ -17,7 +17,7 @@ Method (pure functions; any sample rate; blocks of any length, ~1 s is what the 
 1. One real FFT of the block. The resonance band is not fixed: a grid of half-overlapping bands
    (``band_hz`` wide, from ``min_hz`` up to 0.9 x Nyquist) is tried, and each fault family keeps the
    band where its own evidence is best (a fault-targeted band choice, in the spirit of the
-   IESFOgram; spectral kurtosis alone tends to pick a band dominated by one non-periodic transient).
+   IESFOgram, rather than the band of largest spectral kurtosis, which need not hold the lines).
 2. Per band, the analytic band-limited signal is formed directly in the frequency domain (one-sided
    bins with a Hann taper, shifted to base band), so its squared envelope ``|z|^2`` needs only a
    short inverse FFT; the envelope spectrum is the power spectrum of ``|z|^2`` (Hann window, mean
@@ -26,13 +26,15 @@ Method (pure functions; any sample rate; blocks of any length, ~1 s is what the 
    the physics predicts: BPFI +- shaft speed (the inner race turns through the load zone), BSF lines
    at twice BSF (a ball strikes both races per spin) +- FTF (the cage carries the ball through the
    load zone). A target's score is ``10 log10(peak / floor)``: the largest bin within
-   +-``tolerance`` (relative, for slip and speed error) over the median of the bins around it
-   (``floor_width`` times the search half-width on each side, the search window excluded). A
-   family's evidence is the mean of its targets' scores, in dB.
-4. The fault type is the family with the most evidence when that evidence reaches ``threshold_db``;
-   else ``none``. The threshold is set from blocks of white Gaussian noise put through the same
-   procedure (a signal with no lines at all): see ``docs/own-machine.md`` for the measured null
-   distribution and the per-class results on CWRU.
+   +-``tolerance`` (relative, for slip) over the median of the bins around it (``floor_width``
+   times the search half-width on each side, the search window excluded). A family's evidence is
+   the mean of its targets' scores, in dB. Optionally (``speed_tolerance``) a family's lines are
+   also searched moved together by one factor, for a speed that is off by more than the slip.
+4. Each family's score is reported over what white Gaussian noise (a signal with no lines at all)
+   scores in the same procedure, so 0 dB means "as noise" for every family, speed and rate.
+5. The fault type is the family with the most evidence when that evidence reaches ``threshold_db``;
+   else ``none``. The threshold sits above the noise's 99.9th percentile: see
+   ``docs/own-machine.md`` for the measured null distribution and the per-class results on CWRU.
 """
 
 from __future__ import annotations
@@ -119,12 +121,13 @@ def bearing_geometry(spec: str | Mapping[str, Any] | BearingGeometry) -> Bearing
 
 @dataclass(frozen=True)
 class EnvelopeSettings:
-    """How the envelope evidence is computed (defaults chosen on noise, see the module docstring).
+    """How the envelope evidence is computed (the defaults and their measurements: docs/own-machine.md).
 
     Attributes:
         band_hz: width of each candidate resonance band, Hz (raised when the highest target needs
             more: the squared envelope of a band ``B`` Hz wide holds frequencies up to ``B``).
-        min_hz: lowest band edge, Hz (below it sit the shaft harmonics themselves).
+        min_hz: lowest band edge, Hz (below it, beating machine tones - shaft, mains, gear mesh -
+            put lines into the envelope that can fall near a fault frequency).
         harmonics: lines per family (1st..nth).
         tolerance: how far (relative) each line may sit, on its own, from where the speed and
             orders put it (rolling-element slip).
@@ -403,7 +406,7 @@ class MachineConfig:
     """One stream's machine: its bearing and speed (a ``[machine]`` table or a per-stream override).
 
     Attributes:
-        bearing: a named geometry (``"6205"``, ``"cwru-de"``) or None.
+        bearing: a named geometry (``"6205"``, ``"cwru-de"``), or None / "" for none.
         bpfo / bpfi / bsf / ftf: the orders, when no name is given (all four).
         rpm / shaft_hz: the shaft speed (one of them).
     """
@@ -418,7 +421,7 @@ class MachineConfig:
 
     def geometry(self) -> BearingGeometry | None:
         orders = {k: getattr(self, k) for k in ("bpfo", "bpfi", "bsf", "ftf") if getattr(self, k) is not None}
-        if self.bearing is not None:
+        if self.bearing:  # "" (TOML has no null) clears a name set for all streams
             if orders:
                 raise ConfigError(f"machine config: give bearing = {self.bearing!r} or the four orders, not both")
             return bearing_geometry(self.bearing)

@@ -14,9 +14,11 @@ speed get no evidence; the reason is said once per stream (``notes``).
 
 from __future__ import annotations
 
+import bisect
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,6 +41,9 @@ def has_geometry(machine: Mapping[str, Any]) -> bool:
     if any(k in machine for k in keys):
         return True
     return any(isinstance(e, Mapping) and any(k in e for k in keys) for e in machine.get("streams", ()) or ())
+
+
+_KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
 
 
 class EnvelopeStage:
@@ -75,10 +80,13 @@ class EnvelopeStage:
         self.block = int(round(block_s * self.rate))
         self.rpm_of = rpm_of or (lambda _sid: (None, False))
         self._bufs: dict[str, tuple[list[np.ndarray], int, int]] = {}  # id: (chunks, samples, next index)
-        self._queue: queue.Queue[tuple[str, np.ndarray] | None] = queue.Queue(maxsize=capacity)
+        self._queue: queue.Queue[tuple[str, float, np.ndarray] | None] = queue.Queue(maxsize=capacity)
         self._streams: dict[str, tuple[BearingGeometry, float] | None] = {}
-        self._latest: dict[str, EnvelopeResult] = {}
+        # per stream: (capture time of each block's last sample, its result), oldest first
+        self._results: dict[str, deque[tuple[float, EnvelopeResult]]] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0  # blocks queued and not yet analysed
         self.notes: list[tuple[str, str]] = []  # (stream, message), each said once; the pipeline drains it
         self.dropped = 0
         self.blocks = 0
@@ -101,10 +109,14 @@ class EnvelopeStage:
                 x = np.concatenate(chunks)
                 rest = x[self.block :]
                 chunks, count = ([rest] if rest.size else []), rest.size
+                t_end = w.t_last - rest.size / self.rate
+                with self._lock:
+                    self._pending += 1
                 try:
-                    self._queue.put_nowait((w.stream_id, x[: self.block]))
+                    self._queue.put_nowait((w.stream_id, t_end, x[: self.block]))
                 except queue.Full:
                     self.dropped += 1
+                    self._done()
             self._bufs[w.stream_id] = (chunks, count, w.index + 1)
 
     # ---------------------------------------------------------------- the stage's thread
@@ -128,25 +140,43 @@ class EnvelopeStage:
             item = self._queue.get()
             if item is None:
                 return
-            sid, x = item
+            sid, t_end, x = item
             t0 = time.thread_time()
             try:
-                self._analyse(sid, x)
+                self._analyse(sid, t_end, x)
             except DrsnStreamError as exc:
                 self._say(sid, f"no envelope evidence: {exc}")
                 self._streams[sid] = None
             except Exception as exc:  # noqa: BLE001 - one bad block must not stop the stage
                 self._say(sid, f"envelope analysis failed: {exc!r}")
-            self.cpu_s += time.thread_time() - t0
+            finally:
+                self.cpu_s += time.thread_time() - t0
+                self._done()
 
-    def _analyse(self, sid: str, x: np.ndarray) -> None:
+    def _done(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
+
+    def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every block queued so far is analysed: a replay
+        faster than real time does this so that its predictions meet the evidence of their time."""
+        end = time.monotonic() + timeout
+        with self._idle:
+            while self._pending > 0 and (left := end - time.monotonic()) > 0:
+                self._idle.wait(left)
+
+    def _analyse(self, sid: str, t_end: float, x: np.ndarray) -> None:
         setup = self._setup(sid)
         if setup is None:
             return
         geometry, shaft_hz = setup
         result = analyse_block(x, self.rate, shaft_hz, geometry, self.settings)
         with self._lock:
-            self._latest[sid] = result
+            kept = self._results.get(sid)
+            if kept is None:
+                kept = self._results[sid] = deque(maxlen=_KEEP)
+            kept.append((t_end, result))
             self.blocks += 1
 
     def _setup(self, sid: str) -> tuple[BearingGeometry, float] | None:
@@ -177,15 +207,22 @@ class EnvelopeStage:
         self.notes.append((sid, message))
 
     # ---------------------------------------------------------------- readers (any thread)
-    def latest(self, stream: str) -> EnvelopeResult | None:
-        """The stream's most recent result (None before its first block or without a setup)."""
+    def latest(self, stream: str, t: float | None = None) -> EnvelopeResult | None:
+        """The stream's most recent result, or with ``t`` (a capture time, s) the most recent one
+        of a block that ended by then; None before the first such block or without a setup."""
         with self._lock:
-            return self._latest.get(stream)
+            kept = self._results.get(stream)
+            if not kept:
+                return None
+            if t is None:
+                return kept[-1][1]
+            i = bisect.bisect_right([te for te, _ in kept], t + 1e-6)
+            return kept[i - 1][1] if i else None
 
     def views(self) -> dict[str, tuple[str, float]]:
-        """{stream: (fault type, its evidence dB)} for the dashboard."""
+        """{stream: (fault type, its evidence dB)} of the latest blocks, for the dashboard."""
         with self._lock:
-            return {sid: (r.fault_type, r.strength_db) for sid, r in self._latest.items()}
+            return {sid: (kept[-1][1].fault_type, kept[-1][1].strength_db) for sid, kept in self._results.items() if kept}
 
     def stats(self) -> dict[str, Any]:
         return {"blocks": self.blocks, "dropped": self.dropped, "cpu_s": round(self.cpu_s, 3)}

@@ -397,6 +397,8 @@ class Pipeline:
                 self.errors.append(f"output: {exc!r}")
 
     def _handle(self, preds: list[Prediction]) -> None:
+        if self.envelope is not None and self.engine.latency_from_ready:
+            self.envelope.settle(2.0)  # a replay outruns the envelope stage; live, never wait
         for p in preds:
             healthy = self.health.healthy(p.stream_id)
             events = self.decisions.update(p, healthy=healthy)
@@ -404,7 +406,7 @@ class Pipeline:
             if counts is None:
                 counts = self.label_counts[p.stream_id] = Counter()
             counts[p.label] += 1
-            env = self.envelope.latest(p.stream_id) if self.envelope is not None else None
+            env = self.envelope.latest(p.stream_id, p.t_last) if self.envelope is not None else None
             if self.sinks:
                 obj = p.to_json()
                 if env is not None:
