@@ -327,6 +327,9 @@ def event_line(event: Event) -> Text:
         conf = d.get("confidence")
         if isinstance(conf, (int, float)):
             text.append(f" {conf * 100:.0f}%")
+    elif event.type == "note":
+        text.append("NOTE   ", style="dim")
+        text.append(f"{event.stream_id}  {d.get('message', '')}")
     else:
         text.append(f"{event.type.upper():<6} ", style="dim")
         text.append(f"{event.stream_id}  " + " ".join(f"{k}={v}" for k, v in d.items()))
