@@ -27,8 +27,9 @@ from drsn_stream.dsp.envelope import (
 )
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.snapshot import Header, Snapshot, StreamRow
-from drsn_stream.sinks.dashboard import stream_table
+from drsn_stream.sinks.dashboard import event_line, stream_table
 from drsn_stream.sources.file import mat_rpm, read_recording
+from drsn_stream.types import Event
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
@@ -167,6 +168,8 @@ def test_dashboard_shows_the_envelope_type_and_whether_it_agrees() -> None:
     console.print(stream_table(rows[2:], width=140))
     assert "env" not in console.file.getvalue().splitlines()[0]
     assert Snapshot(time=0.0, header=Header(), rows=rows).rows[0].envelope == "inner_race"
+    note = event_line(Event("note", "m0", 0.0, {"message": "no envelope evidence: no shaft speed"})).plain
+    assert "NOTE" in note and "m0  no envelope evidence: no shaft speed" in note
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
