@@ -58,6 +58,20 @@ def busy_and_steal(t0: list[int] | None, t1: list[int] | None) -> tuple[float | 
     return round(100.0 * (total - idle) / total, 1), round(100.0 * steal / total, 1)
 
 
+def process_cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) used so far by this process and ``pids``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in ["self", *map(str, pids)]:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
             threads: int | None = None, engine_process: bool | None = None, max_batch: int | None = None,
             cpu_layout: str = "auto", **overrides) -> dict:
@@ -79,6 +93,9 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     drops0 = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost
     pipe.stats.start_recording()
     ticks0 = cpu_times()
+    child = [pipe.runner.pid] if getattr(pipe.runner, "pid", None) else []
+    proc0 = process_cpu_s(child)
+    env0 = pipe.envelope.cpu_s if pipe.envelope is not None else 0.0
     batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
     if batch_times is not None:
         batch_times.clear()
@@ -87,6 +104,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     lat, batches = pipe.stats.stop_recording()  # every window of the measured span, not the live view's last 8192
     elapsed = time.time() - t0
     busy, steal = busy_and_steal(ticks0, cpu_times())
+    proc_cpu = process_cpu_s(child) - proc0
+    env_cpu = (pipe.envelope.cpu_s - env0) if pipe.envelope is not None else 0.0
     stages = pipe.stats.stage_ms()
     engine = {}
     if batch_times:
@@ -123,6 +142,10 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         "eager_batch": pipe.batcher.eager_batch,
         "device": pipe.runner.device_name,
         "process_cpu": cpu.get("cpu_percent"),
+        # CPU time (monitor + engine process) per classified window over the measured seconds, and
+        # the envelope stage's own share of it
+        "cpu_us_per_window": round(1e6 * proc_cpu / windows, 1) if windows else None,
+        "envelope_cpu_us_per_window": round(1e6 * env_cpu / windows, 1) if windows else None,
         # the whole machine over the measured seconds: how busy, and how much the hypervisor took
         "machine_busy_pct": busy,
         "steal_pct": steal,
@@ -157,17 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p99-ms", type=float, default=100.0, help="latency bound for 'held'")
     ap.add_argument("--repeat", type=int, default=1, help="runs per N; N counts as held only if every run holds it")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--envelope-ab", action="store_true",
+                    help="run each N without and with the envelope evidence (6205 bearing, 1797 rpm), alternating, "
+                         "and print the CPU per window of both and their ratio")
     args = ap.parse_args(argv)
     rows = []
     best = 0
     failed = False
     for n in (int(s) for s in args.streams.split(",")):
         held_all = True
-        for rep in range(args.repeat):
+        variants = [{}, {"machine": {"bearing": "6205", "rpm": 1797}}] if args.envelope_ab else [{}]
+        for rep, extra in ((r, v) for r in range(args.repeat) for v in variants):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
                         hop=args.hop, threads=args.threads, max_batch=args.max_batch,
                         engine_process={"on": True, "off": False}.get(args.engine_process),
-                        cpu_layout=args.cpu_layout, eager_batch=args.eager_batch)
+                        cpu_layout=args.cpu_layout, eager_batch=args.eager_batch, **extra)
+            r["envelope"] = bool(extra)
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
             rows.append(r)
@@ -181,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                 if r["stages_ms"]:
                     print("        ms p50/p99: " + "  ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["stages_ms"].items()),
                           flush=True)
+                if args.envelope_ab:
+                    print(f"        envelope {'on ' if r['envelope'] else 'off'}: CPU {r['cpu_us_per_window']} us/window "
+                          f"(envelope stage {r['envelope_cpu_us_per_window']})", flush=True)
                 if r["engine"]:
                     e = r["engine"]
                     print(f"        engine us/window: {e['wall_us_per_window']} wall, {e['cpu_us_per_window']} CPU; "
@@ -193,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
                 break
     result = {"cpu_count": os.cpu_count(), "device": rows[0]["device"] if rows else "", "largest_held": best,
               "p99_bound_ms": args.p99_ms, "repeat": args.repeat, "runs": rows}
+    if args.envelope_ab:
+        on = [r["cpu_us_per_window"] for r in rows if r["envelope"] and r["cpu_us_per_window"]]
+        off = [r["cpu_us_per_window"] for r in rows if not r["envelope"] and r["cpu_us_per_window"]]
+        if on and off:
+            result["envelope_cpu_ratio"] = round(float(np.median(on)) / float(np.median(off)), 3)
+            if not args.json:
+                print(f"envelope evidence: CPU per window {np.median(on):.0f} us with, {np.median(off):.0f} us without "
+                      f"(medians of {len(on)}/{len(off)} runs): x{result['envelope_cpu_ratio']}")
     if args.json:
         print(json.dumps(result, indent=1))
     else:

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from drsn_stream.config import check_keys, read_toml
+from drsn_stream.dsp.envelope import EnvelopeSettings, machine_for
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.decision import DecisionConfig
 from drsn_stream.monitor.health import HealthConfig
@@ -58,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--metrics-port", type=int, metavar="PORT", help="shorthand for --metrics-address 127.0.0.1:PORT")
     a("--refresh", type=float, default=None, help="dashboard refreshes per second (default 4)")
     a("--latch", action="store_true", help="alarms stay latched until acknowledged with `a`")
+    a("--bearing", metavar="NAME", help="bearing geometry for the envelope evidence of every stream: 6205 (= cwru-de); "
+                                      "other bearings: [machine] bpfo/bpfi/bsf/ftf in --config")
+    a("--rpm", type=float, help="shaft speed (rpm) for the envelope evidence of every stream (a source's ?rpm= wins)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -71,6 +75,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 extra[name] = check_keys(doc[name], cls, f"{args.config} [{name}]")
         if "detector" in doc:
             extra["detector"] = dict(doc["detector"])
+        if "machine" in doc:
+            extra["machine"] = dict(doc["machine"])
+        if "envelope" in doc:
+            extra["envelope"] = check_keys(doc["envelope"], EnvelopeSettings, f"{args.config} [envelope]")
         if "sources" in table:
             table["sources"] = tuple(table["sources"])
     flags = {
@@ -95,6 +103,23 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     table.update({k: v for k, v in flags.items() if v is not None})
     if args.latch:
         extra.setdefault("decision", {})["latching"] = True
+    if args.bearing:
+        machine = extra.setdefault("machine", {})
+        for key in ("bpfo", "bpfi", "bsf", "ftf"):
+            machine.pop(key, None)
+        machine["bearing"] = args.bearing
+    if args.rpm is not None:
+        machine = extra.setdefault("machine", {})
+        machine.pop("shaft_hz", None)
+        machine["rpm"] = args.rpm
+    if "machine" in extra:  # a wrong [machine] table fails here, not per stream in the running monitor
+        machine_for("", extra["machine"]).geometry()
+        for entry in extra["machine"].get("streams", ()) or ():
+            m = machine_for(str(entry.get("match", "")), extra["machine"])
+            m.geometry()
+            m.speed_hz()
+    if "envelope" in extra:
+        EnvelopeSettings(**extra["envelope"])
     cfg = RunConfig(**table, **extra)
     if not cfg.sources:
         raise ConfigError("no source given; try --source sim")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.dsp import StreamDSP
+from drsn_stream.dsp.envelope import EnvelopeSettings, label_family
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
@@ -36,6 +37,7 @@ from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation, read_meta
 from drsn_stream.monitor.capture import CaptureConfig, EventCapture
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
+from drsn_stream.monitor.envelope import EnvelopeStage, has_geometry
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
 from drsn_stream.monitor.snapshot import (
     Counters,
@@ -89,6 +91,8 @@ class RunConfig:
     decision: dict[str, Any] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
     detector: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)  # [machine]: bearing geometry and shaft speed per stream
+    envelope: dict[str, Any] = field(default_factory=dict)  # [envelope]: EnvelopeSettings fields
 
     def __post_init__(self) -> None:
         problems = []
@@ -214,6 +218,8 @@ class Pipeline:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now
         self._dsp: dict[str, StreamDSP] = {}
+        self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
+        self.envelope = self._envelope_stage(config)
         self._ingest_lock = threading.Lock()
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
@@ -224,6 +230,25 @@ class Pipeline:
         self._sources_done = 0
         self._started = 0.0
         self._status = "warming up"
+
+    def _envelope_stage(self, config: RunConfig) -> EnvelopeStage | None:
+        """The envelope evidence stage where a bearing geometry is configured; else None, said once
+        for a bearing model (its labels are bearing conditions)."""
+        if not has_geometry(config.machine):
+            if any(label_family(lb) not in (None, "none") for lb in self.labels):
+                self._notes.append(("*", "no envelope evidence: no bearing geometry configured ([machine] "
+                                         "bearing = \"6205\" and rpm = ..., or --bearing / --rpm)"))
+            return None
+        hop = self.config.hop or self.meta.hop
+
+        def rpm_of(sid: str) -> tuple[float | None, bool]:
+            for src in self.sources:
+                if sid in src.streams and getattr(src, "rpm", None):
+                    return float(src.rpm), bool(getattr(src, "rpm_given", False))
+            return None, False
+
+        return EnvelopeStage(config.machine, EnvelopeSettings(**config.envelope), rate=float(self.meta.sample_rate),
+                             hop=hop, window=self.meta.window, rpm_of=rpm_of)
 
     def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig) -> Runner:
         return Runner(
@@ -258,6 +283,8 @@ class Pipeline:
         out.start()
         self._threads.append(out)
         self.engine.start()
+        if self.envelope is not None:
+            self.envelope.start()
         for src in self.sources:
             t = threading.Thread(target=self._ingest, args=(src,), name=f"drsn-ingest-{type(src).__name__}", daemon=True)
             t.start()
@@ -276,6 +303,7 @@ class Pipeline:
                 break
             while self.engine.notes:
                 self.errors.append(self.engine.notes.pop(0))
+            self._envelope_notes()
             if self.engine.error is not None:
                 self.errors.append(f"engine stopped: {self.engine.error!r}")
                 break
@@ -297,6 +325,9 @@ class Pipeline:
         for t in self._threads[1:]:
             t.join(timeout=5.0)
         self.batcher.close()
+        if self.envelope is not None:
+            self.envelope.stop()
+        self._envelope_notes()
         self.engine.join(timeout=30.0)
         self._out.put(None)
         if self._threads:
@@ -354,6 +385,8 @@ class Pipeline:
             for w in windows:
                 w.t_ready = now
             self.batcher.put_many(windows)
+            if self.envelope is not None:
+                self.envelope.push(windows)
 
     # ------------------------------------------------------------------ results
     def _on_predictions(self, preds: list[Prediction]) -> None:
@@ -373,6 +406,8 @@ class Pipeline:
                 self.errors.append(f"output: {exc!r}")
 
     def _handle(self, preds: list[Prediction]) -> None:
+        if self.envelope is not None and self.engine.latency_from_ready:
+            self.envelope.settle(2.0)  # a replay outruns the envelope stage; live, never wait
         for p in preds:
             healthy = self.health.healthy(p.stream_id)
             events = self.decisions.update(p, healthy=healthy)
@@ -380,10 +415,14 @@ class Pipeline:
             if counts is None:
                 counts = self.label_counts[p.stream_id] = Counter()
             counts[p.label] += 1
+            env = self.envelope.latest(p.stream_id, p.t_last) if self.envelope is not None else None
             if self.sinks:
-                self._emit(p.to_json())
+                obj = p.to_json()
+                if env is not None:
+                    obj["envelope"] = env.to_json()
+                self._emit(obj)
             if self.on_line is not None:
-                self.on_line(self._line(p))
+                self.on_line(self._line(p) + (f" env {env.fault_type} {env.strength_db:.1f}dB" if env else ""))
             if self.detector is not None and healthy:
                 dets = self.detector.update(p.stream_id, p.t_last, p.probs)
                 for d in dets:
@@ -391,6 +430,13 @@ class Pipeline:
                 events = events + dets
             if events:
                 self._emit_events(events)
+
+    def _envelope_notes(self) -> None:
+        """The envelope stage's said-once lines, as ``note`` events."""
+        notes = self._notes if self.envelope is None else self.envelope.notes
+        while notes:
+            sid, message = notes.pop(0)
+            self._emit_events([Event("note", sid, time.time(), {"message": message})])
 
     def _emit_events(self, events: list[Event]) -> None:
         self.events.extend(events)
@@ -459,6 +505,7 @@ class Pipeline:
             events=self.events,
             transcript=tuple(self.transcript[-40:]),
             drops=self.drops(),
+            envelope=self.envelope.views() if self.envelope is not None else None,
             counters=self.counters(),
         )
 
@@ -496,6 +543,7 @@ class Pipeline:
             "malformed": self.malformed_total(),
             "sources": _jsonable(sources),
             "nonfinite_samples": nonfinite,
+            **({"envelope": self.envelope.stats()} if self.envelope is not None else {}),
             "errors": list(self.errors),
         }
 
@@ -529,6 +577,8 @@ def _event_line(e: Event) -> str:
         return f"{when} {e.stream_id:<14} HEALTH {d.get('from')} -> {d.get('to')} {', '.join(d.get('reasons', ()))}"
     if e.type == "detection":
         return f"{when} {e.stream_id:<14} DETECTED {d.get('label')} ({d.get('confidence', 0):.2f})"
+    if e.type == "note":
+        return f"{when} {e.stream_id:<14} note: {d.get('message')}"
     return f"{when} {e.stream_id:<14} {e.type} {d}"
 
 

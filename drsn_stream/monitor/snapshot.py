@@ -86,6 +86,8 @@ class StreamRow:
         drops: windows of this stream dropped (stale) plus frames lost to gaps.
         latched / unacknowledged: alarm held by latching / not yet acknowledged.
         windows: windows classified.
+        envelope / envelope_db: the envelope fault type ("outer_race", "inner_race", "ball", "none")
+            and its evidence (dB over noise); None / NaN where no envelope evidence is configured.
     """
 
     stream_id: str
@@ -104,6 +106,8 @@ class StreamRow:
     latched: bool = False
     unacknowledged: bool = False
     windows: int = 0
+    envelope: str | None = None
+    envelope_db: float = math.nan
 
     @property
     def healthy(self) -> bool:
@@ -375,11 +379,13 @@ def build_rows(
     *,
     drops: Mapping[str, int] | None = None,
     streams: Iterable[str] | None = None,
+    envelope: Mapping[str, tuple[str, float]] | None = None,
 ) -> tuple[StreamRow, ...]:
     """One row per stream known to either part (or the given ``streams``), in natural id order.
 
     An unhealthy stream is never shown with a confident label: label "?", confidence 0, no top-3.
     ``drops`` adds stale-window drops per stream; frames lost to sequence gaps are added here.
+    ``envelope``: {stream: (fault type, evidence dB)} from the envelope stage.
     """
     if streams is None:
         known = set(decisions.streams if decisions is not None else ()) | set(
@@ -391,6 +397,7 @@ def build_rows(
     dec = decisions.states(ids) if decisions is not None else {}
     hs = health.states(ids) if health is not None else {}
     drops = drops or {}
+    envelope = envelope or {}
     rows = []
     for sid in ids:
         d = dec.get(sid)
@@ -415,6 +422,8 @@ def build_rows(
                 latched=d.latched if d is not None else False,
                 unacknowledged=d.unacknowledged if d is not None else False,
                 windows=d.windows if d is not None else 0,
+                envelope=envelope[sid][0] if sid in envelope and healthy else None,
+                envelope_db=envelope[sid][1] if sid in envelope and healthy else math.nan,
             )
         )
     return tuple(rows)
@@ -432,6 +441,7 @@ def build_snapshot(
     streams: Iterable[str] | None = None,
     now: float | None = None,
     counters: Counters | None = None,
+    envelope: Mapping[str, tuple[str, float]] | None = None,
 ) -> Snapshot:
     """Assemble a Snapshot from the live parts (safe to call from the dashboard thread).
 
@@ -447,7 +457,7 @@ def build_snapshot(
     return Snapshot(
         time=time.time() if now is None else now,
         header=header,
-        rows=build_rows(decisions, health, drops=drops, streams=streams),
+        rows=build_rows(decisions, health, drops=drops, streams=streams, envelope=envelope),
         footer=footer,
         events=log.recent() if log is not None else tuple(events),
         transcript=tuple(transcript),

@@ -32,6 +32,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from drsn_stream.dsp.envelope import agreement
 from drsn_stream.monitor.snapshot import LEVELS, Snapshot, StreamRow
 from drsn_stream.sinks.keys import KeyReader
 from drsn_stream.types import Event
@@ -57,6 +58,7 @@ LEGEND = (
     "label ?: the sensor needs checking, so no condition is claimed",
     "noise: share of activations the DRSN shrinkage zeroed (higher = noisier input)",
     "input: recent input level (RMS); lat: capture-to-label latency p50/p99 in ms",
+    "env: bearing fault type from the envelope spectrum, dB over noise; ✓ = agrees with the label",
 )
 
 
@@ -174,6 +176,23 @@ def _health_cell(row: StreamRow, *, full: bool) -> Text:
     return Text("CHECK " + ",".join(reasons), style="bold magenta")
 
 
+_ENV_SHORT = {"outer_race": "outer", "inner_race": "inner", "ball": "ball", "none": "none"}
+
+
+def _envelope_cell(row: StreamRow) -> Text:
+    """``inner 9.1dB ✓``: the envelope fault type, its evidence, and whether the label agrees."""
+    if row.envelope is None:
+        return Text("-", style="dim")
+    kind = _ENV_SHORT.get(row.envelope, row.envelope)
+    text = Text(f"{kind} {row.envelope_db:.1f}dB", style="dim" if row.envelope == "none" else "bold")
+    agree = agreement(row.label, row.envelope, getattr(row, "anomaly", None))
+    if agree is True:
+        text.append(" ✓", style="bold green")
+    elif agree is False:
+        text.append(" ≠", style="yellow")
+    return text
+
+
 def _top3_cell(row: StreamRow, *, full: bool) -> Text:
     items = row.top3 if full else row.top3[1:2]
     return Text(" ".join(f"{lab} {p * 100:.0f}%" for lab, p in items), style="dim")
@@ -199,6 +218,7 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
     tens of milliseconds per refresh, taken from the pipeline's share of the GIL.
     """
     wide, narrow = width >= _WIDE, width < _NARROW
+    with_env = any(row.envelope is not None for row in rows)
     cells: list[dict[str, Text]] = []
     for row in rows:
         label_style = LABEL_STYLE[row.level] if row.label != "?" else "dim magenta"
@@ -212,6 +232,8 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
             "health": _health_cell(row, full=wide),
             "drops": Text(str(row.drops), style="red" if row.drops else "dim"),
         }
+        if with_env:
+            c["env"] = _envelope_cell(row)
         if not narrow:
             c["top"] = _top3_cell(row, full=wide)
             c["noise"] = Text(f"{row.noise_index:.2f}", style="dim")
@@ -231,6 +253,8 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
     if not narrow:
         cols.append(("top", "top-3" if wide else "2nd", 0, False))  # width decided below
     cols.append(("alarm", "alarm", need("alarm", "alarm"), False))
+    if with_env:
+        cols.append(("env", "env", need("env", "env", 16), False))
     if not narrow:
         cols += [
             ("noise", "noise", 5, True),
@@ -303,6 +327,9 @@ def event_line(event: Event) -> Text:
         conf = d.get("confidence")
         if isinstance(conf, (int, float)):
             text.append(f" {conf * 100:.0f}%")
+    elif event.type == "note":
+        text.append("NOTE   ", style="dim")
+        text.append(f"{event.stream_id}  {d.get('message', '')}")
     else:
         text.append(f"{event.type.upper():<6} ", style="dim")
         text.append(f"{event.stream_id}  " + " ".join(f"{k}={v}" for k, v in d.items()))

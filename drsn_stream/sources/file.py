@@ -66,6 +66,21 @@ def _mat(path: Path, channel: str) -> np.ndarray:
     return np.asarray(mat[keys[0]], dtype=np.float32).reshape(-1, 1)
 
 
+def mat_rpm(path: Path) -> float | None:
+    """The shaft speed a CWRU .mat file records (its ``X###RPM`` variable), rpm; None without one."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path)
+    except (ValueError, OSError, NotImplementedError):
+        return None
+    for key in sorted(k for k in mat if k.endswith("RPM")):
+        v = np.asarray(mat[key], dtype=np.float64).reshape(-1)
+        if v.size and np.isfinite(v[0]) and v[0] > 0:
+            return float(v[0])
+    return None
+
+
 def _csv(path: Path) -> np.ndarray:
     with open(path, encoding="utf-8", errors="replace") as fh:
         first = fh.readline()
@@ -108,7 +123,7 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
 
 
 class FileSource(Source):
-    """``file:PATH[?rate=HZ&channel=DE&chunk=N&fast=1&loop=1&start=S&duration=S&stream=ID]``."""
+    """``file:PATH[?rate=HZ&channel=DE&chunk=N&fast=1&loop=1&start=S&duration=S&stream=ID&rpm=RPM]``."""
 
     kind = "file"
     OPTIONS = {
@@ -121,6 +136,8 @@ class FileSource(Source):
         "duration": (opt_positive(float), math.inf, "play at most this many seconds per pass"),
         "stream": (str, "", "stream id (default: the file name without suffix)"),
         "speed": (opt_positive(float), 1.0, "pace as a multiple of real time"),
+        "rpm": (opt_positive(float), None, "shaft speed in rpm, for the envelope evidence (default: the "
+                                           "RPM a CWRU .mat file records)"),
     }
 
     def __init__(self, target: str = "", **options: Any) -> None:
@@ -133,6 +150,9 @@ class FileSource(Source):
         self.stream_id = self.options["stream"] or self.path.stem
         self._streams = [self.stream_id]
         self.t0: float | None = None
+        # the shaft speed (rpm) and whether the user gave it (?rpm=) rather than the file
+        self.rpm: float | None = self.options["rpm"]
+        self.rpm_given = self.rpm is not None
 
     def _open(self) -> None:
         x, self.rate = read_recording(self.path, rate=self.options["rate"], channel=self.options["channel"].upper())
@@ -142,6 +162,8 @@ class FileSource(Source):
             raise ConfigError(f"start={self.options['start']} s is outside {self.path.name} "
                               f"({x.shape[0] / self.rate:.2f} s long)")
         self.samples = x[a:b]
+        if self.rpm is None and self.path.suffix.lower() == ".mat":
+            self.rpm = mat_rpm(self.path)
         self.t0 = time.time()
 
     def _frames(self) -> Iterator[Frame]:

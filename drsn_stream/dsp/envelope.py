@@ -1,0 +1,476 @@
+"""Envelope analysis: the bearing fault type from physics, beside the DRSN.
+
+A local fault on a rolling-element bearing strikes once per pass of a rolling element; each strike
+rings a structural resonance of a few kHz. The envelope of that ringing repeats at the fault's
+characteristic frequency, which the bearing's geometry fixes as a multiple (an *order*) of the shaft
+speed: BPFO (outer race), BPFI (inner race), BSF (ball spin), FTF (cage). This module finds those
+lines in the squared-envelope spectrum of one block of vibration and scores them against the local
+spectral floor::
+
+    geometry = bearing_geometry("cwru-de")            # or BearingGeometry(bpfo=..., bpfi=..., ...)
+    result = analyse_block(x, rate=12000.0, shaft_hz=1797 / 60, geometry=geometry)
+    result.fault_type                                 # "outer_race" | "inner_race" | "ball" | "none"
+    result.evidence                                   # {"bpfo": dB, "bpfi": dB, "bsf": dB}
+
+Method (pure functions; any sample rate; blocks of any length, ~1 s is what the monitor uses):
+
+1. One real FFT of the block. The resonance band is not fixed: a grid of half-overlapping bands
+   (``band_hz`` wide, from ``min_hz`` up to 0.9 x Nyquist) is tried, and each fault family keeps the
+   band where its own evidence is best (a fault-targeted band choice, in the spirit of the
+   IESFOgram, rather than the band of largest spectral kurtosis, which need not hold the lines).
+2. Per band, the analytic band-limited signal is formed directly in the frequency domain (one-sided
+   bins with a Hann taper, shifted to base band), so its squared envelope ``|z|^2`` needs only a
+   short inverse FFT; the envelope spectrum is the power spectrum of ``|z|^2`` (Hann window, mean
+   removed), with the resolution of the whole block (1 / block seconds).
+3. For each family the targets are its first ``harmonics`` lines, plus the modulation sidebands that
+   the physics predicts: BPFI +- shaft speed (the inner race turns through the load zone), BSF lines
+   at twice BSF (a ball strikes both races per spin) +- FTF (the cage carries the ball through the
+   load zone). A target's score is ``10 log10(peak / floor)``: the largest bin within
+   +-``tolerance`` (relative, for slip) over the median of the bins around it (``floor_width``
+   times the search half-width on each side, the search window excluded). A family's evidence is
+   the mean of its targets' scores, in dB. Optionally (``speed_tolerance``) a family's lines are
+   also searched moved together by one factor, for a speed that is off by more than the slip.
+4. Each family's score is reported over what white Gaussian noise (a signal with no lines at all)
+   scores in the same procedure, so 0 dB means "as noise" for every family, speed and rate.
+5. The fault type is the family with the most evidence when that evidence reaches ``threshold_db``;
+   else ``none``. The threshold sits above the noise's 99.9th percentile: see
+   ``docs/own-machine.md`` for the measured null distribution and the per-class results on CWRU.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy import fft as sfft
+
+from drsn_stream.errors import ConfigError
+
+FAULT_TYPES = ("outer_race", "inner_race", "ball", "none")
+FAMILIES = ("bpfo", "bpfi", "bsf")
+_TYPE_OF = {"bpfo": "outer_race", "bpfi": "inner_race", "bsf": "ball"}
+# The DRSN's label prefixes (inner_014, outer_007, ball_021, normal) as fault types.
+_FLOOR_BINS = 64  # most bins a line's floor median is taken over
+_NULL_BLOCKS = 32  # noise blocks per plan for the null level (median known to ~0.1 dB)
+_FAMILY_OF_LABEL = {"inner": "inner_race", "outer": "outer_race", "ball": "ball", "normal": "none"}
+
+
+@dataclass(frozen=True)
+class BearingGeometry:
+    """A bearing's fault frequencies as orders of shaft speed (multiples of the shaft frequency).
+
+    Attributes:
+        bpfo / bpfi: ball-pass frequency of the outer / inner race (orders).
+        bsf: ball spin frequency (orders); ftf: fundamental train (cage) frequency (orders).
+        name: what to call it in messages.
+    """
+
+    bpfo: float
+    bpfi: float
+    bsf: float
+    ftf: float
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        for f in ("bpfo", "bpfi", "bsf", "ftf"):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"bearing geometry {self.name!r}: {f} must be an order > 0 "
+                                  f"(a multiple of shaft speed), not {v!r}")
+
+    def frequencies(self, shaft_hz: float) -> dict[str, float]:
+        """The four fault frequencies in Hz at ``shaft_hz``."""
+        return {f: getattr(self, f) * shaft_hz for f in ("bpfo", "bpfi", "bsf", "ftf")}
+
+
+# SKF 6205-2RS JEM, the drive-end bearing of the CWRU test rig (CWRU Bearing Data Center).
+_CWRU_DE = BearingGeometry(bpfo=3.5848, bpfi=5.4152, bsf=2.3570, ftf=0.3983, name="6205-2RS JEM SKF")
+GEOMETRIES: dict[str, BearingGeometry] = {"6205": _CWRU_DE, "6205-2rs": _CWRU_DE, "cwru-de": _CWRU_DE}
+
+
+def bearing_geometry(spec: str | Mapping[str, Any] | BearingGeometry) -> BearingGeometry:
+    """A geometry from a name in ``GEOMETRIES`` (``"6205"``, ``"cwru-de"``) or from the four orders
+    (``{"bpfo": 3.5848, "bpfi": 5.4152, "bsf": 2.357, "ftf": 0.3983}``)."""
+    if isinstance(spec, BearingGeometry):
+        return spec
+    if isinstance(spec, str):
+        g = GEOMETRIES.get(spec.strip().lower())
+        if g is None:
+            raise ConfigError(f"unknown bearing {spec!r}; named ones: {', '.join(sorted(GEOMETRIES))}; "
+                              "or give the four orders: bpfo, bpfi, bsf, ftf (multiples of shaft speed)")
+        return g
+    if isinstance(spec, Mapping):
+        missing = [k for k in ("bpfo", "bpfi", "bsf", "ftf") if k not in spec]
+        extra = sorted(set(spec) - {"bpfo", "bpfi", "bsf", "ftf", "name"})
+        if missing or extra:
+            raise ConfigError(f"bearing geometry needs bpfo, bpfi, bsf and ftf (orders of shaft speed)"
+                              f"{'; missing ' + ', '.join(missing) if missing else ''}"
+                              f"{'; unknown ' + ', '.join(extra) if extra else ''}")
+        try:
+            return BearingGeometry(**{k: float(spec[k]) for k in ("bpfo", "bpfi", "bsf", "ftf")},
+                                   name=str(spec.get("name", "custom")))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bearing geometry: the orders must be numbers ({exc})") from None
+    raise ConfigError(f"bearing geometry must be a name or a table of orders, not {spec!r}")
+
+
+@dataclass(frozen=True)
+class EnvelopeSettings:
+    """How the envelope evidence is computed (the defaults and their measurements: docs/own-machine.md).
+
+    Attributes:
+        band_hz: width of each candidate resonance band, Hz (raised when the highest target needs
+            more: the squared envelope of a band ``B`` Hz wide holds frequencies up to ``B``).
+        min_hz: lowest band edge, Hz (below it, beating machine tones - shaft, mains, gear mesh -
+            put lines into the envelope that can fall near a fault frequency).
+        harmonics: lines per family (1st..nth).
+        tolerance: how far (relative) each line may sit, on its own, from where the speed and
+            orders put it (rolling-element slip).
+        speed_tolerance: how far (relative) a family's lines may sit, all moved by one factor (a
+            speed that is off, e.g. a nameplate rpm); 0 turns this search off. With both on, a
+            family's evidence is the better of the two searches.
+        line_bins: half-width of each line's peak search at one factor, in bins.
+        floor_width: the floor's neighbourhood on each side, in searched half-widths.
+        threshold_db: least family evidence that names a fault; below it the type is ``none``.
+    """
+
+    band_hz: float = 1000.0
+    min_hz: float = 2000.0
+    harmonics: int = 3
+    tolerance: float = 0.02
+    speed_tolerance: float = 0.0
+    line_bins: int = 1
+    floor_width: float = 10.0
+    threshold_db: float = 3.0
+
+    def __post_init__(self) -> None:
+        problems = [f"{n} must be > 0, not {getattr(self, n)!r}"
+                    for n in ("band_hz", "floor_width") if not getattr(self, n) > 0]
+        problems += [f"{n} must be >= 0, not {getattr(self, n)!r}" for n in ("tolerance", "speed_tolerance")
+                     if not getattr(self, n) >= 0]
+        if not self.min_hz >= 0:
+            problems.append(f"min_hz must be >= 0, not {self.min_hz!r}")
+        if not (isinstance(self.harmonics, int) and self.harmonics >= 1):
+            problems.append(f"harmonics must be an integer >= 1, not {self.harmonics!r}")
+        if not (isinstance(self.line_bins, int) and self.line_bins >= 0):
+            problems.append(f"line_bins must be an integer >= 0, not {self.line_bins!r}")
+        if problems:
+            raise ConfigError("envelope settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class EnvelopeResult:
+    """One block's envelope evidence.
+
+    Attributes:
+        fault_type: "outer_race" | "inner_race" | "ball" | "none".
+        evidence: {"bpfo", "bpfi", "bsf"}: mean peak-over-floor of each family's lines, dB.
+        bands: {"bpfo", "bpfi", "bsf"}: (low, high) Hz of the band each family's evidence came from.
+        shaft_hz: the shaft speed used, Hz.
+    """
+
+    fault_type: str
+    evidence: dict[str, float]
+    bands: dict[str, tuple[float, float]] = field(default_factory=dict)
+    shaft_hz: float = 0.0
+
+    @property
+    def strength_db(self) -> float:
+        """The named family's evidence (the largest one when the type is ``none``), dB."""
+        return max(self.evidence.values()) if self.evidence else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.fault_type, "evidence": {k: round(float(v), 2) for k, v in self.evidence.items()}}
+
+
+def _targets(geometry: BearingGeometry, shaft_hz: float, harmonics: int) -> dict[str, list[float]]:
+    """The lines (Hz) each family is scored on: harmonics and their physical sidebands."""
+    f = geometry.frequencies(shaft_hz)
+    out: dict[str, list[float]] = {"bpfo": [], "bpfi": [], "bsf": []}
+    for h in range(1, harmonics + 1):
+        out["bpfo"].append(h * f["bpfo"])
+        out["bpfi"] += [h * f["bpfi"], h * f["bpfi"] - shaft_hz, h * f["bpfi"] + shaft_hz]
+        out["bsf"] += [2 * h * f["bsf"], 2 * h * f["bsf"] - f["ftf"], 2 * h * f["bsf"] + f["ftf"]]
+    return out
+
+
+@lru_cache(maxsize=256)
+def _plan(n: int, rate: float, shaft_hz: float, geometry: BearingGeometry, settings: EnvelopeSettings) -> dict[str, Any]:
+    """Everything that depends only on the block length, rate, speed and geometry (cached)."""
+    df = rate / n
+    targets = _targets(geometry, shaft_hz, settings.harmonics)
+    top = max(max(v) for v in targets.values())
+    slack = max(settings.tolerance, settings.speed_tolerance) * top + (settings.line_bins + 2) * df
+    reach = top + slack * (1 + settings.floor_width)
+    band = max(settings.band_hz, reach)
+    nyq = rate / 2
+    hi_edge = 0.9 * nyq
+    if settings.min_hz + band > hi_edge:
+        raise ConfigError(f"envelope: at {rate:g} Hz there is no {band:.0f} Hz band above {settings.min_hz:g} Hz; "
+                          "lower envelope.band_hz / envelope.min_hz, or use a higher sample rate")
+    starts = np.arange(settings.min_hz, hi_edge - band + 1e-9, band / 2)
+    width = int(round(band / df))
+    m = sfft.next_fast_len(2 * width + 8)  # the squared envelope's bandwidth is the band's
+    taper = np.hanning(width).astype(np.float32)
+    plan: dict[str, Any] = {"starts": starts, "width": width, "m": m, "taper": taper, "df": df, "band": band}
+    # Two ways to look for a family's lines; a family's evidence is the better of the two, each
+    # measured over its own noise level. "Each on its own": every line's peak within +-tolerance of
+    # where the speed and orders put it (slip that differs from line to line). "Together": a speed
+    # error or a steady slip moves all lines of a family by one factor, so for each factor on a
+    # grid (the highest line moves about one bin per step) each line's peak is taken within
+    # +-line_bins of where that factor puts it: +-speed_tolerance with narrow windows.
+    views = [_view(targets, np.ones(1), settings.tolerance, 0, df, m, settings)] if settings.tolerance > 0 else []
+    if settings.speed_tolerance > 0 or not views:
+        step = df / top
+        steps = int(math.ceil(settings.speed_tolerance / step))
+        scales = 1.0 + step * np.arange(-steps, steps + 1)
+        views.append(_view(targets, scales, 0.0, settings.line_bins, df, m, settings))
+    plan["views"] = views
+    # What each family scores on lines that are not there: blocks of white Gaussian noise through
+    # the same bands and windows. Evidence is reported over this level, so 0 dB means "as noise"
+    # for every family, view, speed and block length alike (a family with fewer lines, or lines in
+    # wider windows, would otherwise start higher). Fixed seed: the same plan gives the same numbers.
+    rng = np.random.default_rng(12345)
+    for view in views:
+        view["null"] = np.zeros(len(FAMILIES))
+    nulls = np.array([[_family_scores(envelope_spectra(rng.standard_normal(n), rate, starts, width, m, taper), view)
+                       .max(axis=1) for view in views] for _ in range(_NULL_BLOCKS)])  # (blocks, views, families)
+    for view, null in zip(views, np.median(nulls, axis=0)):
+        view["null"] = null
+    return plan
+
+
+def _view(targets: dict[str, list[float]], scales: np.ndarray, tolerance: float, line_bins: int, df: float, m: int,
+          settings: EnvelopeSettings) -> dict[str, Any]:
+    """Bin numbers for one way of searching the lines: ``search`` (scales, lines, span) and
+    ``floor`` (lines, bins), all families' lines in one array (``split`` separates them), so that
+    scoring is one gather, one max and one partial sort."""
+    reach = float(np.max(np.abs(scales - 1.0)))
+    rows: list[np.ndarray] = []  # per line: (scales, bins searched), ragged in its last axis
+    floor, counts = [], []
+    for fam in FAMILIES:
+        counts.append(len(targets[fam]))
+        for c in targets[fam]:
+            if tolerance > 0:  # each line on its own: the bins within +-tolerance of it
+                w = max(tolerance * c, 1.5 * df)
+                k = np.arange(int(math.floor((c - w) / df)), int(math.ceil((c + w) / df)) + 1)
+                rows.append(k[np.abs(k * df - c) <= w][None, :])
+            else:  # lines moved together: +-line_bins around where each factor puts the line
+                w = reach * c + (line_bins + 0.5) * df
+                rows.append(np.round(scales * c / df).astype(int)[:, None] + np.arange(-line_bins, line_bins + 1))
+            # the searched range is kept out of the floor
+            k = np.arange(int(math.floor((c - w * (1 + settings.floor_width)) / df)),
+                          int(math.ceil((c + w * (1 + settings.floor_width)) / df)) + 1)
+            out = k[(k >= 1) & (k < m // 2) & (np.abs(k * df - c) > w)]
+            # at most _FLOOR_BINS bins, evenly spread: a median of 64 is as good as of 200 here
+            # (neighbouring bins of a Hann-windowed spectrum are correlated anyway) and 3x cheaper
+            floor.append(out[np.round(np.linspace(0, len(out) - 1, _FLOOR_BINS)).astype(int)]
+                         if len(out) > _FLOOR_BINS else out)
+    widest = max(r.shape[1] for r in rows)
+    # a narrower line repeats its own bins up to the widest one's count (the max is unchanged)
+    search = [r[:, np.round(np.linspace(0, r.shape[1] - 1, widest)).astype(int)] for r in rows]
+    return {"search": np.clip(np.stack(search, axis=1), 1, m // 2).astype(np.intp), "floor": _rect(floor),
+            "split": np.cumsum(counts)[:-1], "null": np.zeros(len(FAMILIES))}
+
+
+def _family_scores(S: np.ndarray, view: dict[str, Any]) -> np.ndarray:
+    """Each family's mean peak-over-floor (dB) over its noise level, in every band, at its best
+    speed factor: (families, bands)."""
+    tiny = np.finfo(np.float32).tiny
+    peak = S[:, view["search"]].max(axis=3)  # (bands, scales, lines)
+    floor = S[:, view["floor"]]
+    mid = floor.shape[2] // 2
+    base = np.partition(floor, mid, axis=2)[:, :, mid]  # (bands, lines): the median (upper middle if even)
+    db = 10.0 * np.log10((peak + tiny) / (base[:, None, :] + tiny))
+    return np.stack([part.mean(axis=2).max(axis=1) for part in np.split(db, view["split"], axis=2)]) - view["null"][:, None]
+
+
+def _rect(rows: list[np.ndarray]) -> np.ndarray:
+    size = max(len(r) for r in rows)
+    # spread the repeats evenly over the row, so the padded row's median stays its own
+    return np.stack([r[np.round(np.linspace(0, len(r) - 1, size)).astype(int)] if len(r) else np.zeros(size, int)
+                     for r in rows]).astype(np.intp)
+
+
+def envelope_spectra(x: np.ndarray, rate: float, starts: np.ndarray, width: int, m: int,
+                     taper: np.ndarray | None = None) -> np.ndarray:
+    """Squared-envelope spectra of ``x`` in several bands at once.
+
+    Args:
+        x: one block of samples, shape (n,), any unit (g for accelerometers).
+        rate: sample rate, Hz.
+        starts: lower band edges, Hz, shape (bands,); each band is ``width`` FFT bins wide
+            (bin = rate / n Hz).
+        width: band width in bins; m: inverse-FFT length (>= 2 * width).
+        taper: weights over the band's bins (default Hann), shape (width,).
+
+    Returns:
+        power spectra of the squared envelopes, shape (bands, m // 2 + 1); bin k is k * rate / n Hz
+        (the block's own resolution).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[0]
+    X = sfft.rfft(x - x.mean())  # single precision: the scores are in dB, a 1e-7 error is nothing
+    k0 = np.clip(np.round(np.asarray(starts) * n / rate).astype(int), 1, max(1, X.shape[0] - width))
+    rows = X[k0[:, None] + np.arange(width)[None, :]]
+    if taper is not None:
+        rows = rows * taper
+    z = sfft.ifft(rows, n=m, axis=1)  # analytic band signal at base band (decimated)
+    env = z.real**2 + z.imag**2
+    env -= env.mean(axis=1, keepdims=True)
+    env *= _hann(m)
+    E = sfft.rfft(env, axis=1)
+    return E.real**2 + E.imag**2
+
+
+@lru_cache(maxsize=16)
+def _hann(m: int) -> np.ndarray:
+    return np.hanning(m).astype(np.float32)
+
+
+def analyse_block(
+    x: np.ndarray,
+    rate: float,
+    shaft_hz: float,
+    geometry: BearingGeometry,
+    settings: EnvelopeSettings | None = None,
+) -> EnvelopeResult:
+    """The fault type and per-family evidence of one block.
+
+    Args:
+        x: samples, shape (n,) (or (n, 1)), at ``rate`` Hz; ~1 s gives 1 Hz resolution.
+        rate: sample rate, Hz.
+        shaft_hz: shaft speed, Hz (rpm / 60).
+        geometry: the bearing's fault orders.
+        settings: band grid, harmonics, tolerance, threshold (defaults: ``EnvelopeSettings()``).
+
+    Returns:
+        an ``EnvelopeResult``; a flat or empty block gives type ``none`` and 0 dB everywhere.
+    """
+    settings = settings or EnvelopeSettings()
+    if not (shaft_hz > 0 and math.isfinite(shaft_hz)):
+        raise ConfigError(f"envelope: shaft speed must be > 0 Hz, not {shaft_hz!r}")
+    x = np.asarray(x, dtype=np.float32).reshape(-1)
+    plan = _plan(x.shape[0], float(rate), round(float(shaft_hz), 4), geometry, settings)
+    if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
+        return EnvelopeResult("none", dict.fromkeys(FAMILIES, 0.0), {}, float(shaft_hz))
+    S = envelope_spectra(x, rate, plan["starts"], plan["width"], plan["m"], plan["taper"])
+    scores = np.max([_family_scores(S, view) for view in plan["views"]], axis=0)  # (families, bands)
+    evidence: dict[str, float] = {}
+    bands: dict[str, tuple[float, float]] = {}
+    for fam, score in zip(FAMILIES, scores):
+        b = int(np.argmax(score))
+        evidence[fam] = float(score[b])
+        lo = float(plan["starts"][b])
+        bands[fam] = (lo, lo + plan["band"])
+    return EnvelopeResult(decide(evidence, settings.threshold_db), evidence, bands, float(shaft_hz))
+
+
+def decide(evidence: Mapping[str, float], threshold_db: float) -> str:
+    """The family with the most evidence as a fault type, if it reaches ``threshold_db`` dB; else
+    ``"none"``."""
+    fam = max(FAMILIES, key=lambda k: evidence.get(k, -math.inf))
+    return _TYPE_OF[fam] if evidence.get(fam, -math.inf) >= threshold_db else "none"
+
+
+def label_family(label: str) -> str | None:
+    """A model label as a fault type: ``inner_014`` -> ``inner_race``, ``normal`` -> ``none``;
+    None for labels that are not bearing conditions (``?``, ``unknown``, speech)."""
+    head = label.split("_", 1)[0].lower()
+    return _FAMILY_OF_LABEL.get(head)
+
+
+def agreement(label: str, envelope_type: str | None, anomaly: float | None = None) -> bool | None:
+    """Whether the DRSN label, the envelope fault type and (when given) the anomaly score tell the
+    same story: the same fault family, and an anomaly score over 1.0 exactly when there is a fault.
+    None when there is nothing to compare (no envelope type, or a label that is not a condition)."""
+    fam = label_family(label)
+    if fam is None or envelope_type is None:
+        return None
+    same = fam == envelope_type
+    if anomaly is not None and math.isfinite(anomaly):
+        same = same and ((anomaly > 1.0) == (envelope_type != "none"))
+    return same
+
+
+# ---------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """One stream's machine: its bearing and speed (a ``[machine]`` table or a per-stream override).
+
+    Attributes:
+        bearing: a named geometry (``"6205"``, ``"cwru-de"``), or None / "" for none.
+        bpfo / bpfi / bsf / ftf: the orders, when no name is given (all four).
+        rpm / shaft_hz: the shaft speed (one of them).
+    """
+
+    bearing: str | None = None
+    bpfo: float | None = None
+    bpfi: float | None = None
+    bsf: float | None = None
+    ftf: float | None = None
+    rpm: float | None = None
+    shaft_hz: float | None = None
+
+    def geometry(self) -> BearingGeometry | None:
+        orders = {k: getattr(self, k) for k in ("bpfo", "bpfi", "bsf", "ftf") if getattr(self, k) is not None}
+        if self.bearing:  # "" (TOML has no null) clears a name set for all streams
+            if orders:
+                raise ConfigError(f"machine config: give bearing = {self.bearing!r} or the four orders, not both")
+            return bearing_geometry(self.bearing)
+        if not orders:
+            return None
+        return bearing_geometry(orders)
+
+    def speed_hz(self) -> float | None:
+        if self.rpm is not None and self.shaft_hz is not None:
+            raise ConfigError("machine config: give rpm or shaft_hz, not both")
+        v = self.shaft_hz if self.shaft_hz is not None else (self.rpm / 60.0 if self.rpm is not None else None)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"machine config: shaft speed must be > 0, not {v!r} Hz")
+        return v
+
+
+def machine_for(stream_id: str, machine: Mapping[str, Any]) -> MachineConfig:
+    """The machine config of one stream: the ``[machine]`` table's own keys, overridden by every
+    entry of its ``streams`` list whose ``match`` (an fnmatch pattern of stream ids) fits, in order.
+
+    ``machine`` is the TOML table, e.g. ``{"bearing": "6205", "streams": [{"match": "pump*",
+    "rpm": 1480}]}``.
+    """
+    names = {f.name for f in fields(MachineConfig)}
+    base = {k: v for k, v in machine.items() if k != "streams"}
+    for entry in machine.get("streams", ()) or ():
+        if not isinstance(entry, Mapping) or "match" not in entry:
+            raise ConfigError("[[machine.streams]] entries need match = \"PATTERN\" (stream ids, fnmatch)")
+        if fnmatch.fnmatchcase(stream_id, str(entry["match"])):
+            base.update({k: v for k, v in entry.items() if k != "match"})
+    unknown = sorted(set(base) - names)
+    if unknown:
+        raise ConfigError(f"[machine]: unknown key(s) {', '.join(unknown)}; valid: bearing, bpfo, bpfi, bsf, ftf, "
+                          "rpm, shaft_hz (and [[machine.streams]] with match)")
+    return MachineConfig(**base)
+
+
+__all__ = [
+    "FAULT_TYPES",
+    "GEOMETRIES",
+    "BearingGeometry",
+    "EnvelopeResult",
+    "EnvelopeSettings",
+    "MachineConfig",
+    "agreement",
+    "analyse_block",
+    "bearing_geometry",
+    "decide",
+    "envelope_spectra",
+    "label_family",
+    "machine_for",
+]

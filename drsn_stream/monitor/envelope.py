@@ -1,0 +1,231 @@
+"""The live envelope stage: bearing fault type from physics, off the model's critical path.
+
+The ingest thread hands it the raw windows it already cut (``push``: it only copies each window's
+new hop of samples into the stream's buffer); every ``block_s`` seconds of a stream become one
+block on a bounded queue, which the stage's own thread analyses (``drsn_stream.dsp.envelope``) and
+keeps as the stream's latest result. The output thread reads ``latest(stream)`` when it writes a
+prediction. A full queue drops blocks (counted), never windows.
+
+Per-stream settings come from the ``[machine]`` table (``machine_for``); the shaft speed can also
+come from the source (``file:...?rpm=1797``, or the RPM a CWRU .mat file records), which a user's
+``[machine]`` speed overrides and ``?rpm=`` overrides in turn. Streams without a geometry or a
+speed get no evidence; the reason is said once per stream (``notes``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from drsn_stream.dsp.envelope import (
+    BearingGeometry,
+    EnvelopeResult,
+    EnvelopeSettings,
+    analyse_block,
+    machine_for,
+)
+from drsn_stream.errors import DrsnStreamError
+from drsn_stream.types import Window
+
+
+def has_geometry(machine: Mapping[str, Any]) -> bool:
+    """Whether a ``[machine]`` table names a bearing anywhere (its own keys or a per-stream entry)."""
+    keys = ("bearing", "bpfo", "bpfi", "bsf", "ftf")
+    if any(k in machine for k in keys):
+        return True
+    return any(isinstance(e, Mapping) and any(k in e for k in keys) for e in machine.get("streams", ()) or ())
+
+
+_KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
+
+
+class EnvelopeStage:
+    """Envelope evidence per stream, one result per ``block_s`` seconds.
+
+    Args:
+        machine: the ``[machine]`` table (bearing, orders, rpm / shaft_hz, ``streams`` overrides).
+        settings: ``EnvelopeSettings`` for the analysis.
+        rate: sample rate of the windows pushed (the model's rate), Hz.
+        hop / window: the DSP's hop and window length, samples.
+        rpm_of: the source's shaft speed for a stream (rpm; None if it has none) and whether the
+            user gave it on the source spec (``?rpm=``: that beats the config).
+        block_s: seconds per analysed block.
+        capacity: blocks that may wait for the stage's thread.
+    """
+
+    def __init__(
+        self,
+        machine: Mapping[str, Any],
+        settings: EnvelopeSettings,
+        *,
+        rate: float,
+        hop: int,
+        window: int,
+        rpm_of: Callable[[str], tuple[float | None, bool]] | None = None,
+        block_s: float = 1.0,
+        capacity: int = 256,
+    ) -> None:
+        self.machine = dict(machine)
+        self.settings = settings
+        self.rate = float(rate)
+        self.hop = int(hop)
+        self.window = int(window)
+        self.block = int(round(block_s * self.rate))
+        self.rpm_of = rpm_of or (lambda _sid: (None, False))
+        self._bufs: dict[str, tuple[list[np.ndarray], int, int]] = {}  # id: (chunks, samples, next index)
+        self._queue: queue.Queue[tuple[str, float, np.ndarray] | None] = queue.Queue(maxsize=capacity)
+        self._streams: dict[str, tuple[BearingGeometry, float] | None] = {}
+        # per stream: (capture time of each block's last sample, its result), oldest first
+        self._results: dict[str, deque[tuple[float, EnvelopeResult]]] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0  # blocks queued and not yet analysed
+        self.notes: list[tuple[str, str]] = []  # (stream, message), each said once; the pipeline drains it
+        self.dropped = 0
+        self.blocks = 0
+        self.cpu_s = 0.0  # thread CPU time spent analysing
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- ingest side (cheap)
+    def push(self, windows: list[Window]) -> None:
+        """Take the new samples of raw windows (any streams); queue each full block."""
+        for w in windows:
+            chunks, count, nxt = self._bufs.get(w.stream_id, ([], 0, -1))
+            if w.index != nxt or self.hop > self.window:
+                chunks, count = [], 0  # a new stream, or a restart after a gap: start a clean block
+                new = w.data
+            else:
+                new = w.data[-self.hop :]
+            chunks.append(np.array(new, dtype=np.float32))
+            count += new.shape[0]
+            if count >= self.block:
+                x = np.concatenate(chunks)
+                rest = x[self.block :]
+                chunks, count = ([rest] if rest.size else []), rest.size
+                t_end = w.t_last - rest.size / self.rate
+                with self._lock:
+                    self._pending += 1
+                try:
+                    self._queue.put_nowait((w.stream_id, t_end, x[: self.block]))
+                except queue.Full:
+                    self.dropped += 1
+                    self._done()
+            self._bufs[w.stream_id] = (chunks, count, w.index + 1)
+
+    # ---------------------------------------------------------------- the stage's thread
+    def start(self) -> EnvelopeStage:
+        self._thread = threading.Thread(target=self._loop, name="drsn-envelope", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=timeout)
+        self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            sid, t_end, x = item
+            t0 = time.thread_time()
+            try:
+                self._analyse(sid, t_end, x)
+            except DrsnStreamError as exc:
+                self._say(sid, f"no envelope evidence: {exc}")
+                self._streams[sid] = None
+            except Exception as exc:  # noqa: BLE001 - one bad block must not stop the stage
+                self._say(sid, f"envelope analysis failed: {exc!r}")
+            finally:
+                self.cpu_s += time.thread_time() - t0
+                self._done()
+
+    def _done(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
+
+    def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every block queued so far is analysed: a replay
+        faster than real time does this so that its predictions meet the evidence of their time."""
+        end = time.monotonic() + timeout
+        with self._idle:
+            while self._pending > 0 and (left := end - time.monotonic()) > 0:
+                self._idle.wait(left)
+
+    def _analyse(self, sid: str, t_end: float, x: np.ndarray) -> None:
+        setup = self._setup(sid)
+        if setup is None:
+            return
+        geometry, shaft_hz = setup
+        result = analyse_block(x, self.rate, shaft_hz, geometry, self.settings)
+        with self._lock:
+            kept = self._results.get(sid)
+            if kept is None:
+                kept = self._results[sid] = deque(maxlen=_KEEP)
+            kept.append((t_end, result))
+            self.blocks += 1
+
+    def _setup(self, sid: str) -> tuple[BearingGeometry, float] | None:
+        if sid in self._streams:
+            return self._streams[sid]
+        cfg = machine_for(sid, self.machine)
+        geometry = cfg.geometry()
+        src_rpm, explicit = self.rpm_of(sid)
+        speed = cfg.speed_hz()
+        if explicit or speed is None:
+            speed = src_rpm / 60.0 if src_rpm else speed
+        setup: tuple[BearingGeometry, float] | None = None
+        if geometry is None:
+            self._say(sid, "no envelope evidence: no bearing geometry for this stream "
+                           "([machine] bearing = \"6205\" or bpfo/bpfi/bsf/ftf)")
+        elif speed is None:
+            self._say(sid, "no envelope evidence: no shaft speed for this stream "
+                           "([machine] rpm = ... or shaft_hz = ..., or ?rpm= on the source)")
+        else:
+            setup = (geometry, speed)
+            self._say(sid, f"envelope evidence on: {geometry.name}, shaft {speed * 60:.0f} rpm "
+                           f"(BPFO {geometry.bpfo * speed:.1f} Hz, BPFI {geometry.bpfi * speed:.1f} Hz, "
+                           f"BSF {geometry.bsf * speed:.1f} Hz)")
+        self._streams[sid] = setup
+        return setup
+
+    def _say(self, sid: str, message: str) -> None:
+        self.notes.append((sid, message))
+
+    # ---------------------------------------------------------------- readers (any thread)
+    def latest(self, stream: str, t: float | None = None) -> EnvelopeResult | None:
+        """The stream's most recent result, or with ``t`` (a capture time, s) the most recent one
+        of a block that ended by then; None before the first such block or without a setup."""
+        with self._lock:
+            kept = self._results.get(stream)
+            if not kept:
+                return None
+            if t is None:
+                return kept[-1][1]
+            i = bisect.bisect_right([te for te, _ in kept], t + 1e-6)
+            return kept[i - 1][1] if i else None
+
+    def views(self) -> dict[str, tuple[str, float]]:
+        """{stream: (fault type, its evidence dB)} of the latest blocks, for the dashboard."""
+        with self._lock:
+            return {sid: (kept[-1][1].fault_type, kept[-1][1].strength_db) for sid, kept in self._results.items() if kept}
+
+    def stats(self) -> dict[str, Any]:
+        return {"blocks": self.blocks, "dropped": self.dropped, "cpu_s": round(self.cpu_s, 3)}
+
+
+__all__ = ["EnvelopeStage", "has_geometry"]

@@ -1,0 +1,218 @@
+"""Envelope evidence: the bearing fault type from physics, on synthetic impacts, on real CWRU
+recordings, in the running monitor (JSON lines, headless lines, dashboard) and in its config."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CWRU, require_cwru
+from rich.console import Console
+from scipy.signal import resample_poly
+
+from drsn_stream.dsp.envelope import (
+    EnvelopeSettings,
+    agreement,
+    analyse_block,
+    bearing_geometry,
+    label_family,
+    machine_for,
+)
+from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.snapshot import Header, Snapshot, StreamRow
+from drsn_stream.sinks.dashboard import event_line, stream_table
+from drsn_stream.sources.file import mat_rpm, read_recording
+from drsn_stream.types import Event
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+GEO = bearing_geometry("cwru-de")
+
+
+def _impacts(rate: float, rate_hz: float, *, seconds: float = 1.0, modulate_hz: float = 0.0, snr_db: float = -6.0,
+             seed: int = 0) -> np.ndarray:
+    """A resonance at 3.2 kHz struck ``rate_hz`` times a second (optionally amplitude modulated at
+    ``modulate_hz``, as the load zone does to an inner-race fault), in white noise."""
+    rng = np.random.default_rng(seed)
+    n = int(rate * seconds)
+    t = np.arange(n) / rate
+    x = np.zeros(n)
+    for k in range(int(seconds * rate_hz) + 1):
+        i = int(round((k / rate_hz + rng.normal(0, 0.0005)) * rate))  # small jitter: rolling elements slip
+        if 0 <= i < n:
+            amp = 1.0 + (0.8 * np.cos(2 * np.pi * modulate_hz * i / rate) if modulate_hz else 0.0)
+            x[i] = amp
+    ring = np.exp(-t[: int(0.004 * rate)] * 1500) * np.sin(2 * np.pi * 3200 * t[: int(0.004 * rate)])
+    y = np.convolve(x, ring)[:n]
+    noise = rng.standard_normal(n)
+    noise *= np.sqrt(np.mean(y**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
+    return y + noise
+
+
+@pytest.mark.parametrize("rate", [12000.0, 48000.0])
+def test_synthetic_impacts_at_the_fault_frequencies_are_named_and_noise_is_not(rate: float) -> None:
+    shaft = 1797 / 60
+    f = GEO.frequencies(shaft)
+    outer = analyse_block(_impacts(rate, f["bpfo"]), rate, shaft, GEO)
+    inner = analyse_block(_impacts(rate, f["bpfi"], modulate_hz=shaft), rate, shaft, GEO)
+    assert outer.fault_type == "outer_race", outer
+    assert inner.fault_type == "inner_race", inner
+    assert outer.evidence["bpfo"] > outer.evidence["bpfi"] + 3
+    assert 2000 <= outer.bands["bpfo"][0] <= 3200 <= outer.bands["bpfo"][1]  # the resonance's band was found
+    rng = np.random.default_rng(7)
+    calls = Counter(analyse_block(rng.standard_normal(int(rate)), rate, shaft, GEO).fault_type for _ in range(20))
+    assert calls["none"] == 20, calls
+    # the same impacts with the wrong speed in the config are not an outer-race fault at that speed
+    wrong = analyse_block(_impacts(rate, f["bpfo"]), rate, shaft * 1.3, GEO)
+    assert wrong.fault_type != "outer_race"
+
+
+def test_a_speed_that_is_off_is_found_when_the_lines_may_move_together() -> None:
+    shaft = 1797 / 60
+    x = _impacts(12000.0, GEO.bpfo * shaft, snr_db=-10.0, seed=3)
+    nameplate = shaft * 1.025  # a speed 2.5 % off, as a nameplate rpm can be
+    assert analyse_block(x, 12000.0, shaft, GEO).fault_type == "outer_race"
+    assert analyse_block(x, 12000.0, nameplate, GEO).fault_type != "outer_race"  # each line on its own: +-2 %
+    together = EnvelopeSettings(tolerance=0.0, speed_tolerance=0.03)
+    assert analyse_block(x, 12000.0, nameplate, GEO, together).fault_type == "outer_race"
+    with pytest.raises(ConfigError, match="speed_tolerance must be >= 0"):
+        EnvelopeSettings(speed_tolerance=-0.1)
+
+
+def test_a_flat_block_gives_none_and_a_bad_speed_a_clear_error() -> None:
+    r = analyse_block(np.zeros(12000), 12000.0, 30.0, GEO)
+    assert r.fault_type == "none" and r.to_json() == {"type": "none", "evidence": {"bpfo": 0.0, "bpfi": 0.0, "bsf": 0.0}}
+    with pytest.raises(ConfigError, match="shaft speed"):
+        analyse_block(np.ones(12000), 12000.0, 0.0, GEO)
+    with pytest.raises(ConfigError, match="no 1000 Hz band"):
+        analyse_block(np.random.default_rng(0).standard_normal(4000), 4000.0, 30.0, GEO)
+
+
+def _blocks(name: str) -> tuple[np.ndarray, float]:
+    path = require_cwru() / name
+    x, rate = read_recording(path)
+    x = x[:, 0].astype(np.float64)
+    if rate == 48000.0:
+        x = resample_poly(x, 1, 4)
+    k = x.shape[0] // 12000
+    return x[: k * 12000].reshape(k, 12000), mat_rpm(path) / 60.0
+
+
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        ("12k_Drive_End_IR007_0_105.mat", "inner_race"),
+        ("12k_Drive_End_IR021_3_212.mat", "inner_race"),
+        ("12k_Drive_End_OR007@6_1_131.mat", "outer_race"),
+        ("12k_Drive_End_OR014@6_2_199.mat", "outer_race"),
+        ("normal_0_97.mat", "none"),
+    ],
+)
+def test_real_cwru_recordings_get_their_fault_type_on_nine_blocks_in_ten(name: str, want: str) -> None:
+    blocks, shaft = _blocks(name)
+    got = Counter(analyse_block(b, 12000.0, shaft, GEO).fault_type for b in blocks)
+    assert got[want] >= 0.9 * len(blocks), got
+
+
+def test_geometry_by_name_or_orders_and_per_stream_overrides() -> None:
+    assert bearing_geometry("6205") == bearing_geometry("CWRU-DE")
+    assert bearing_geometry("6205").frequencies(1797 / 60)["bpfi"] == pytest.approx(162.2, abs=0.1)
+    custom = bearing_geometry({"bpfo": 3.05, "bpfi": 4.95, "bsf": 1.99, "ftf": 0.38})
+    assert custom.bpfo == 3.05
+    with pytest.raises(ConfigError, match="named ones: 6205"):
+        bearing_geometry("6305")
+    with pytest.raises(ConfigError, match="missing ftf"):
+        bearing_geometry({"bpfo": 3.05, "bpfi": 4.95, "bsf": 1.99})
+    machine = {"bearing": "6205", "rpm": 1797, "streams": [{"match": "pump-*", "rpm": 1480},
+                                                           {"match": "fan-*", "bearing": "", "bpfo": 3.1,
+                                                            "bpfi": 4.9, "bsf": 2.0, "ftf": 0.39}]}
+    assert machine_for("motor-1", machine).speed_hz() == pytest.approx(1797 / 60)
+    assert machine_for("pump-3", machine).speed_hz() == pytest.approx(1480 / 60)
+    assert machine_for("fan-2", machine).geometry().bpfo == 3.1
+    assert machine_for("x", {}).geometry() is None
+    with pytest.raises(ConfigError, match="unknown key.*rmp"):
+        machine_for("x", {"bearing": "6205", "rmp": 1797})
+
+
+def test_labels_and_envelope_types_agree_by_family() -> None:
+    assert label_family("inner_014") == "inner_race" and label_family("normal") == "none"
+    assert label_family("unknown") is None and label_family("?") is None
+    assert agreement("outer_021", "outer_race") is True
+    assert agreement("ball_007", "inner_race") is False
+    assert agreement("normal", "none") is True
+    assert agreement("?", "outer_race") is None and agreement("outer_021", None) is None
+    assert agreement("outer_021", "outer_race", anomaly=0.4) is False  # a fault, but not off the baseline
+
+
+def test_dashboard_shows_the_envelope_type_and_whether_it_agrees() -> None:
+    rows = (StreamRow("m0", label="inner_014", confidence=0.9, envelope="inner_race", envelope_db=9.14),
+            StreamRow("m1", label="ball_007", confidence=0.9, envelope="outer_race", envelope_db=12.0),
+            StreamRow("m2", label="normal", confidence=0.9))
+    console = Console(width=140, file=io.StringIO(), color_system=None)
+    console.print(stream_table(rows, width=140))
+    text = console.file.getvalue()
+    lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.strip().startswith("m")}
+    assert "env" in text.splitlines()[0]
+    assert "inner 9.1dB ✓" in lines["m0"]
+    assert "outer 12.0dB ≠" in lines["m1"]
+    assert "✓" not in lines["m2"] and "≠" not in lines["m2"]
+    # without envelope evidence anywhere, there is no env column at all
+    console = Console(width=140, file=io.StringIO(), color_system=None)
+    console.print(stream_table(rows[2:], width=140))
+    assert "env" not in console.file.getvalue().splitlines()[0]
+    assert Snapshot(time=0.0, header=Header(), rows=rows).rows[0].envelope == "inner_race"
+    note = event_line(Event("note", "m0", 0.0, {"message": "no envelope evidence: no shaft speed"})).plain
+    assert "NOTE" in note and "m0  no envelope evidence: no shaft speed" in note
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drsn_stream", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_monitor_names_the_outer_race_of_a_cwru_file_with_geometry_and_rpm(tmp_path: Path) -> None:
+    require_cwru()
+    cfg = tmp_path / "machine.toml"
+    cfg.write_text('[machine]\nbearing = "6205"\n')
+    res = _cli("--config", str(cfg), "--source", f"file:{CWRU / '12k_Drive_End_OR014@6_2_199.mat'}?rpm=1749",
+               "--fast", "--headless", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    preds = [o for o in objs if o["type"] == "prediction"]
+    with_env = [o for o in preds if "envelope" in o]
+    assert len(with_env) > 0.5 * len(preds)
+    assert Counter(o["envelope"]["type"] for o in with_env).most_common(1)[0][0] == "outer_race"
+    assert set(with_env[-1]["envelope"]["evidence"]) == {"bpfo", "bpfi", "bsf"}
+    notes = [o for o in objs if o["type"] == "note"]
+    assert len(notes) == 1 and "1749 rpm" in notes[0]["message"]
+    final = objs[-1]
+    assert final["type"] == "stats" and final["envelope"]["blocks"] >= 9 and final["envelope"]["dropped"] == 0
+
+
+def test_monitor_without_geometry_says_so_once_and_adds_no_envelope() -> None:
+    require_cwru()
+    res = _cli("--source", f"file:{CWRU / '12k_Drive_End_IR007_0_105.mat'}?duration=3", "--fast", "--headless",
+               "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    notes = [o for o in objs if o["type"] == "note"]
+    assert len(notes) == 1 and "no bearing geometry" in notes[0]["message"]
+    assert not any("envelope" in o for o in objs if o["type"] == "prediction")
+
+
+def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm() -> None:
+    require_cwru()
+    # no rpm anywhere: the CWRU file's recorded speed (1796 rpm) is used
+    res = _cli("--bearing", "6205", "--source", f"file:{CWRU / '12k_Drive_End_IR007_0_105.mat'}?duration=4",
+               "--fast", "--headless")
+    assert res.returncode == 0, res.stderr
+    assert "shaft 1797 rpm" in res.stdout and " env inner_race " in res.stdout
+    res = _cli("--bearing", "6305", "--source", "sim")
+    assert res.returncode != 0 and "unknown bearing '6305'" in res.stderr
