@@ -11,6 +11,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from drsn_stream.cli import main as cli_main
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine.runner import Runner
-from drsn_stream.models.artifact import load_artifact, read_meta, save_artifact
+from drsn_stream.models.artifact import META_KEY, load_artifact, read_meta, save_artifact
 from drsn_stream.models.triton import export_triton
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,9 +144,17 @@ def test_a_wrong_length_input_says_what_to_do(repo):
 
 
 def test_drsn_stream_reads_model_pt_as_an_artifact(repo):
-    module, meta = load_artifact(repo / "digits-fsdd" / "1" / "model.pt")
-    assert meta.normalization == {"kind": "none"} and meta.scores == "probs"
-    assert meta.labels == read_meta("digits-fsdd").labels and meta.sample_rate == 8000
+    from test_artifact_format import SCHEMA, validate
+
+    for name in ("bearing-cwru", "digits-fsdd"):
+        pt = repo / name / "1" / "model.pt"
+        with zipfile.ZipFile(pt) as zf:
+            (entry,) = [n for n in zf.namelist() if n.endswith("/extra/" + META_KEY)]
+            assert validate(json.loads(zf.read(entry)), SCHEMA) == []
+        module, meta = load_artifact(pt)
+        original = read_meta(name)
+        assert meta.normalization == {"kind": "none"} and meta.scores == "probs"
+        assert (meta.labels, meta.sample_rate, meta.window) == (original.labels, original.sample_rate, original.window)
 
 
 # ---------------------------------------------------------------------------- real windows vs the monitor
