@@ -3,6 +3,7 @@
     drsn-stream train --config configs/bearing-cwru.toml [--data ../shared/data/cwru] [--artifact OUT.pt]
     drsn-stream eval --model bearing-cwru --data ../shared/data/cwru [--noise gaussian,pink] [--snr -5:5] [--json]
     drsn-stream export --checkpoint runs/bearing-cwru/best.pt --out bearing-cwru.pt
+    drsn-stream export --triton models/ --model bearing-cwru [--max-batch-size 256] [--gpu]
 
 Until ``drsn_stream/cli.py`` registers them: ``python -m drsn_stream.train.cli train ...``.
 """
@@ -196,8 +197,21 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help="runs/<name>/best.pt (or last.pt)")
-    parser.add_argument("--out", required=True, type=Path, help="artifact file to write (.pt)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="runs/<name>/best.pt (or last.pt)")
+    parser.add_argument("--out", type=Path, default=None, help="artifact file to write (.pt)")
+    triton = parser.add_argument_group(
+        "Triton", "--triton DIR --model NAME: write a Triton model repository (PyTorch backend) instead; "
+        "docs/artifact-format.md, section Triton")
+    triton.add_argument("--triton", type=Path, default=None, metavar="DIR",
+                        help="model repository folder; writes DIR/NAME/{config.pbtxt,labels.txt,1/model.pt}")
+    triton.add_argument("--model", default=None, help="built-in model name (bearing-cwru, digits-fsdd) or artifact path")
+    triton.add_argument("--triton-name", default=None, metavar="NAME",
+                        help="model name in the repository (default: the artifact's name)")
+    triton.add_argument("--max-batch-size", type=int, default=256, help="Triton max_batch_size (default 256)")
+    triton.add_argument("--max-queue-delay-us", type=int, default=100,
+                        help="dynamic batching: longest wait for a fuller batch, microseconds (default 100)")
+    triton.add_argument("--gpu", action="store_true", help="instance_group KIND_GPU (default KIND_CPU)")
+    triton.add_argument("--instances", type=int, default=1, help="model instances (instance_group count, default 1)")
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
@@ -225,12 +239,45 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
 def run_export(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    if getattr(args, "triton", None) is not None or getattr(args, "model", None) is not None:
+        return _run_export_triton(args)
+    if args.checkpoint is None or args.out is None:
+        Console(stderr=True).print("[red]error:[/red] give --checkpoint CK --out OUT.pt (a TorchScript artifact) "
+                                   "or --triton DIR --model NAME (a Triton model repository)")
+        return 2
     try:
         path = export_checkpoint(args.checkpoint, args.out)
     except DrsnStreamError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}")
         return 2
     Console().print(f"wrote {path}")
+    return 0
+
+
+def _run_export_triton(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from drsn_stream.models.triton import export_triton, window_seconds
+
+    err = Console(stderr=True)
+    if args.triton is None or args.model is None:
+        err.print("[red]error:[/red] a Triton export needs both --triton DIR and --model NAME "
+                  "(e.g. drsn-stream export --triton models/ --model bearing-cwru)")
+        return 2
+    if args.checkpoint is not None or args.out is not None:
+        err.print("[red]error:[/red] --checkpoint/--out export an artifact, --triton/--model a Triton repository; "
+                  "give one pair (export the checkpoint first, then pass its .pt to --model)")
+        return 2
+    try:
+        done = export_triton(args.triton, args.model, name=args.triton_name, max_batch_size=args.max_batch_size,
+                             queue_delay_us=args.max_queue_delay_us, gpu=args.gpu, instances=args.instances)
+    except DrsnStreamError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
+    out = Console()
+    out.print(f"wrote {done.config}, {done.labels}, {done.model}")
+    out.print(f"INPUT__0: raw samples, {window_seconds(done.meta)} (resample first); "
+              f"OUTPUT__0: probabilities of {len(done.meta.labels)} labels; OUTPUT__1: noise index")
     return 0
 
 
