@@ -297,13 +297,12 @@ class Pipeline:
         end = None if duration is None else time.time() + duration
         next_stats = time.time() + self.config.stats_every_s
         while not self.quit.is_set():
+            # Notes first, so that a caller who returns on time still sees what happened meanwhile.
+            self._drain_notes()
             if end is not None and time.time() >= end:
                 break
             if self._sources_done >= len(self.sources):
                 break
-            while self.engine.notes:
-                self.errors.append(self.engine.notes.pop(0))
-            self._envelope_notes()
             if self.engine.error is not None:
                 self.errors.append(f"engine stopped: {self.engine.error!r}")
                 break
@@ -316,6 +315,12 @@ class Pipeline:
             if time.time() >= next_stats:
                 next_stats += self.config.stats_every_s
                 self._emit({"type": "stats", "time": time.time(), **self.stats_json()})
+        self._drain_notes()
+
+    def _drain_notes(self) -> None:
+        while self.engine.notes:
+            self.errors.append(self.engine.notes.pop(0))
+        self._envelope_notes()
 
     def stop(self) -> None:
         """Closes sources, drains the queues and the engine, closes sinks. Idempotent."""
