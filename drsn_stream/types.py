@@ -55,6 +55,8 @@ class Window:
         level: RMS of the window before normalization (for sparklines and health); set by the
             inference loop for raw windows.
         normalized: whether ``data`` is already normalized.
+        healthy: the stream's sensor health passed every sample of the window (set when it was
+            formed, so a late result is still judged on the health of its own samples).
     """
 
     stream_id: str
@@ -64,6 +66,7 @@ class Window:
     t_ready: float = 0.0
     level: float = 0.0
     normalized: bool = True
+    healthy: bool = True
 
 
 @dataclass(slots=True)

@@ -34,7 +34,10 @@ from drsn_stream.errors import ArtifactError
 from drsn_stream.runtime import freeze_start_up_objects
 
 READY_TIMEOUT_S = 120.0
-MAX_RESTARTS = 5  # an engine process that keeps dying is a fault to show, not to hide
+# An engine process that keeps dying is a fault to show, not to hide: more than MAX_RESTARTS deaths
+# within RESTART_WINDOW_S end the run. Counted per window, so a week-long run survives a death a day.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
 
 
 class EngineRestarted(RuntimeError):
@@ -162,6 +165,7 @@ class ProcessRunner:
         self.batch_times: deque[tuple[int, float, float, float, float, int]] = deque(maxlen=8192)
         self._closed = False
         self.restarts = 0
+        self._restart_times: deque[float] = deque()
         self._model = str(model)
         self.cpu = cpu
         self.cpu_layout = cpu_layout
@@ -214,8 +218,13 @@ class ProcessRunner:
         self._next = 0
         self._inflight.clear()
         self.restarts += 1
-        if self.restarts > MAX_RESTARTS:
-            raise RuntimeError(f"the engine process ended (exit code {code}) {self.restarts} times; giving up")
+        now = time.monotonic()
+        self._restart_times.append(now)
+        while self._restart_times and now - self._restart_times[0] > RESTART_WINDOW_S:
+            self._restart_times.popleft()
+        if len(self._restart_times) > MAX_RESTARTS:
+            raise RuntimeError(f"the engine process ended (exit code {code}) {len(self._restart_times)} times "
+                               f"within {RESTART_WINDOW_S:.0f} s; giving up")
         self.ready.clear()
         self._start_child()
         self.warmup()
@@ -283,7 +292,9 @@ class ProcessRunner:
         except OSError:
             pass
         try:
-            self._proc.wait(timeout=5.0)
+            # the child only has to leave its read loop; a child slow to tear torch down is not
+            # worth waiting for (shutdown within 2 s)
+            self._proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(timeout=5.0)

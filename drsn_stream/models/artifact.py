@@ -275,7 +275,12 @@ def load_validation(path_or_name: str | Path) -> np.ndarray | None:
             names = [n for n in zf.namelist() if n.endswith("/extra/" + VALIDATION_KEY)]
             if not names:
                 return None
-            with np.load(io.BytesIO(zf.read(names[0]))) as z:
+            with np.load(io.BytesIO(zf.read(names[0])), allow_pickle=False) as z:
                 return z["windows"].astype(np.float32)
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError):
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise ArtifactError(f"{path}: refused: its validation windows ({VALIDATION_KEY}) hold pickled Python "
+                                "objects; drsn-stream never unpickles a file; re-export the model") from None
+        return None
+    except (zipfile.BadZipFile, OSError, KeyError):
         return None

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="while the engine is idle, a batch leaves as soon as N windows wait (default: 64 on the CPU, "
            "off on CUDA and with --fast; 0: off)")
     a("--stale-ms", type=float, help="drop windows older than this (default 2000 ms)")
+    a("--max-streams", type=int, metavar="N",
+      help="most stream ids the monitor takes (default 4096); frames of new ids beyond are refused and counted")
     a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
     a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
     a("--cpu-layout", choices=["auto", "off"],
@@ -91,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
         "stale_ms": args.stale_ms,
+        "max_streams": getattr(args, "max_streams", None),
         "fp16": args.fp16,
         "threads": args.threads,
         "cpu_layout": args.cpu_layout,
@@ -178,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
             metrics.stop()
     print(pipe.summary(), file=sys.stderr if args.jsonl == "-" else sys.stdout, flush=True)
     if pipe.engine.error is not None:  # the model stopped: the run did not do its job
+        return 1
+    if pipe.failed_sources:  # a source that stopped with an error: its streams went unwatched
+        print(f"drsn-stream: error: {pipe.failed_sources[0]}", file=sys.stderr, flush=True)
         return 1
     return 1 if pipe.errors and pipe.stats.windows == 0 else 0
 

@@ -268,6 +268,22 @@ class HealthMonitor:
                 st.active[reason] = self.config.recovery_s * st.sample_rate
             return self._settle(frame.stream_id, st, now)
 
+    def flush(self, stream: str, *, now: float | None = None) -> list[Event]:
+        """Run the level tests on samples still gathered for ``check_every_s`` now; the monitor
+        calls it before it hands a stream's new windows on, so a window is never judged healthy
+        on samples the tests have not seen yet."""
+        now = time.time() if now is None else now
+        with self._lock:
+            st = self._streams.get(stream)
+            if st is None or not st.pending:
+                return []
+            x = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
+            st.pending.clear()
+            st.pending_n = 0
+            for reason in self._check_levels(st, x):
+                st.active[reason] = self.config.recovery_s * st.sample_rate
+            return self._settle(stream, st, now)
+
     def tick(self, now: float | None = None) -> list[Event]:
         """Mark streams that sent nothing for ``timeout_s`` as "no data"; return the events."""
         now = time.time() if now is None else now
