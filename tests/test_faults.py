@@ -164,8 +164,8 @@ def test_an_only_source_that_dies_is_an_error_of_the_run(tmp_path: Path) -> None
     script = tmp_path / "run.py"
     script.write_text(
         "import sys\n"
-        "sys.path.insert(0, %r)\n" % str(ROOT / "tests")
-        + "from test_faults import _Breaks\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from test_faults import _Breaks\n"
         "import drsn_stream.monitor.pipeline as p\n"
         "real = p.make_source\n"
         "p.make_source = lambda spec, **kw: _Breaks(restartable=False, good=40) if spec == 'breaks' else real(spec, **kw)\n"

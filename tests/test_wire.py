@@ -17,7 +17,15 @@ import zmq
 from drsn_stream.errors import WireFormatError
 from drsn_stream.sources import make_source
 from drsn_stream.sources import publish as publish_cmd
-from drsn_stream.sources.wire import MAX_PAYLOAD_BYTES, REASONS, EndOfStream, WireError, decode, encode, encode_eos
+from drsn_stream.sources.wire import (
+    MAX_PAYLOAD_BYTES,
+    REASONS,
+    EndOfStream,
+    WireError,
+    decode,
+    encode,
+    encode_eos,
+)
 
 T0 = 1_800_000_000.0
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.dsp import StreamDSP
-from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.dsp.envelope import EnvelopeSettings, label_family
+from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner

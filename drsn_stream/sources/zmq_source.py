@@ -18,7 +18,14 @@ import zmq
 
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_positive
-from drsn_stream.sources.wire import MAX_CLOCK_SKEW_S, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, EndOfStream, WireError, decode
+from drsn_stream.sources.wire import (
+    MAX_CLOCK_SKEW_S,
+    MAX_HEADER_BYTES,
+    MAX_PAYLOAD_BYTES,
+    EndOfStream,
+    WireError,
+    decode,
+)
 from drsn_stream.types import Frame
 
 POLL_MS = 100

@@ -216,7 +216,6 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """One TorchScript artifact with the metadata stored in a training checkpoint."""
-    import torch
 
     from drsn_stream.models import build_from_config, save_artifact
 
