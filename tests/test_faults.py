@@ -460,3 +460,21 @@ def test_pickled_arrays_in_artifacts_recordings_and_caches_are_refused(tmp_path:
     with pytest.raises(DataError, match="refused"):
         tts.generate(cache, words, labels, voices, sample_rate=8000)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------- capture
+def test_capture_rings_are_bounded_and_odd_times_do_not_crash(tmp_path: Path) -> None:
+    """Before: a 1 MHz, 256-channel stream reserved an 11 GB ring; an alarm at t ~ 7e16 raised
+    OSError from time.gmtime and ended the monitor."""
+    from drsn_stream.monitor.capture import CaptureConfig, EventCapture
+    from drsn_stream.types import Event
+
+    cap = EventCapture(tmp_path, CaptureConfig(pre_s=0.001, post_s=0.001))
+    big = Frame("wide", 0, time.time(), 1e6, np.zeros((1000, 256), np.float32))
+    cap.push(big)
+    assert cap._rings["wide"].data.nbytes <= CaptureConfig().max_ring_bytes
+    odd = Frame("odd", 0, 7e16, RATE, np.ones((TICK, 1), np.float32))
+    cap.push(odd)
+    assert cap.on_event(Event("alarm", "odd", 7e16 + 0.01, {"from": "NORMAL", "to": "ALERT"}))
+    written = cap.push(Frame("odd", 1, 7e16 + 0.1, RATE, np.ones((TICK, 1), np.float32))) + cap.close()
+    assert cap.errors == 0 and len(written) == 1 and written[0].wav.is_file()
