@@ -27,7 +27,7 @@ from drsn_stream.dsp import StreamDSP
 from drsn_stream.dsp.resample import MAX_FACTOR, StreamingResampler, UnsupportedRate, rational_ratio
 from drsn_stream.engine import procrunner
 from drsn_stream.engine.procrunner import EngineRestarted, ProcessRunner
-from drsn_stream.errors import ArtifactError, DataError, SourceError
+from drsn_stream.errors import ArtifactError, DataError, EngineError, SourceError
 from drsn_stream.models.artifact import load_validation, read_meta, resolve_artifact
 from drsn_stream.monitor.health import AMP_STEP, DC_JUMP, RATE_CHANGE, HealthMonitor
 from drsn_stream.monitor.pipeline import Pipeline, RunConfig
@@ -378,7 +378,7 @@ def test_engine_process_deaths_are_limited_per_time_window(monkeypatch: pytest.M
         monkeypatch.setattr(procrunner, "MAX_RESTARTS", 1)
         os.kill(runner.pid, signal.SIGKILL)
         runner._proc.wait(timeout=10)
-        with pytest.raises(RuntimeError, match="times within 600 s; giving up"):
+        with pytest.raises(EngineError, match="times within 600 s; giving up"):
             runner.collect(runner.submit(x))
     finally:
         runner.close()

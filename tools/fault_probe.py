@@ -33,11 +33,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.sources.sim import load_excerpts  # noqa: E402
-from drsn_stream.sources.wire import MAX_PAYLOAD_BYTES, encode, encode_eos  # noqa: E402
+from drsn_stream.sources.sim import load_excerpts
+from drsn_stream.sources.wire import MAX_PAYLOAD_BYTES, encode, encode_eos
 
 RATE, TICK = 12000, 1200
 SPEC = "zmq+pull+bind://127.0.0.1:{port}"
@@ -127,8 +124,7 @@ class Monitor:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream", "--config", str(cfg), "--source", self.spec,
              "--jsonl", str(self.out), "--stale-ms", "60000"],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()
         if "ready" not in line:
             raise SystemExit(f"the monitor did not start: {line}{self.proc.stderr.read()}")

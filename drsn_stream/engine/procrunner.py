@@ -30,7 +30,7 @@ except ImportError:  # Windows
     resource = None  # type: ignore[assignment]
 
 from drsn_stream.engine.runner import Pending, infer_in_slices
-from drsn_stream.errors import ArtifactError
+from drsn_stream.errors import ArtifactError, EngineError
 from drsn_stream.runtime import freeze_start_up_objects
 
 READY_TIMEOUT_S = 120.0
@@ -40,7 +40,7 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 
 
-class EngineRestarted(RuntimeError):
+class EngineRestarted(EngineError):
     """The engine process died and a new one took over; the batches in flight are lost."""
 
 
@@ -223,7 +223,7 @@ class ProcessRunner:
         while self._restart_times and now - self._restart_times[0] > RESTART_WINDOW_S:
             self._restart_times.popleft()
         if len(self._restart_times) > MAX_RESTARTS:
-            raise RuntimeError(f"the engine process ended (exit code {code}) {len(self._restart_times)} times "
+            raise EngineError(f"the engine process ended (exit code {code}) {len(self._restart_times)} times "
                                f"within {RESTART_WINDOW_S:.0f} s; giving up")
         self.ready.clear()
         self._start_child()
