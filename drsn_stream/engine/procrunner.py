@@ -286,15 +286,13 @@ class ProcessRunner:
                                      cpu, int(fields[6])))
         return res[:, :-1], res[:, -1]
 
-    def _stop_child(self) -> None:
+    def _stop_child(self, wait_s: float = 5.0) -> None:
         try:
             self._proc.stdin.close()
         except OSError:
             pass
         try:
-            # the child only has to leave its read loop; it holds nothing to save, and tearing
-            # torch down took it seconds on a loaded machine (shutdown within 2 s)
-            self._proc.wait(timeout=0.2)
+            self._proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(timeout=5.0)
@@ -314,12 +312,20 @@ class ProcessRunner:
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return infer_in_slices(self, x, self.max_batch)
 
-    def close(self) -> None:
-        """Ends the child and frees the shared memory. Idempotent."""
+    def begin_close(self) -> None:
+        """No more batches: the child starts to exit now, ``close()`` later waits for it."""
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+
+    def close(self, *, wait_s: float = 5.0) -> None:
+        """Ends the child (killed if it has not exited ``wait_s`` seconds after its input closed)
+        and frees the shared memory. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._stop_child()
+        self._stop_child(wait_s)
         self._x.clear()
         self._y.clear()
         for s in self._in + self._out:

@@ -343,6 +343,8 @@ class Pipeline:
         self._envelope_notes()
         if self.engine.ident is not None:  # start() may have failed before it started the engine
             self.engine.join(timeout=30.0)
+        if isinstance(self.runner, ProcessRunner) and not self.engine.is_alive():
+            self.runner.begin_close()  # the child exits while the output is drained
         self._out.put(None)
         if self._threads:
             self._threads[0].join(timeout=10.0)  # the output thread drains what the engine left
@@ -350,7 +352,9 @@ class Pipeline:
             self.capture.close()
         self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
         if isinstance(self.runner, ProcessRunner):
-            self.runner.close()
+            # begin_close() let the child leave its read loop while the output drained; one still
+            # tearing torch down a second later is not waited for (a stop within 2 s)
+            self.runner.close(wait_s=1.0)
         if self._saved_affinity is not None:
             os.sched_setaffinity(0, self._saved_affinity)
             self._saved_affinity = None
@@ -398,17 +402,14 @@ class Pipeline:
                     if source is not None:
                         source.stats.bad("too_many_streams")
                     return
-                dsp = StreamDSP(self.meta, hop=self.config.hop, normalize=False)
-                rational_ratio(frame.sample_rate, dsp.sample_rate)  # UnsupportedRate: the stream is not kept
+                rational_ratio(frame.sample_rate, self.meta.sample_rate)  # UnsupportedRate: the stream is not kept
+                dsp = self._dsp[frame.stream_id] = StreamDSP(self.meta, hop=self.config.hop, normalize=False)
             events = self.health.push(frame)
             if self.capture is not None:
                 self.capture.push(frame)
         if events:
             self._emit_events(events)
-        windows = dsp.push(frame)  # UnsupportedRate before a new stream is kept
-        if frame.stream_id not in self._dsp:
-            with self._ingest_lock:
-                self._dsp.setdefault(frame.stream_id, dsp)
+        windows = dsp.push(frame)
         if windows:
             events = self.health.flush(frame.stream_id)  # the windows' samples all judged
             if events:
