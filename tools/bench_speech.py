@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drsn_stream.dsp import StreamDSP  # noqa: E402
 from drsn_stream.models import load_artifact  # noqa: E402
+from drsn_stream.models.outputs import to_probs  # noqa: E402
 from drsn_stream.sources import make_source  # noqa: E402
 from drsn_stream.speech.detector import WordDetector  # noqa: E402
 
@@ -50,7 +51,7 @@ def run(model, meta, spec: str) -> dict:
                 c1 = time.process_time()
                 with torch.no_grad():
                     logits, _ = model(torch.from_numpy(w.data[None]))
-                probs = torch.softmax(logits, dim=1)[0].numpy()
+                probs = to_probs(logits, meta.scores)[0].numpy()
                 c2 = time.process_time()
                 for ev in det.update(w.stream_id, w.t_last, probs):
                     ev.data["t_wall"] = time.time()
