@@ -24,7 +24,7 @@ import torch
 
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.artifact import quiet_torchscript
-from drsn_stream.models.outputs import to_probs
+from drsn_stream.models.outputs import is_wrapped, to_probs
 
 FP16_MIN_AGREEMENT = 0.999
 # On the CPU a batch is run in slices of at most this many windows: beyond it the activations of
@@ -137,7 +137,7 @@ class Runner:
         lanes: int = 2,
         net_config: dict[str, Any] | None = None,
         cpu_layout: str = "auto",
-        scores: str = "logits",
+        scores: str | None = None,
     ) -> None:
         """
         Args:
@@ -156,8 +156,9 @@ class Runner:
             cpu_layout: "auto" (use the channels-last form where converted and verified) or "off".
             scores: what the module's first output holds (``ArtifactMeta.scores``): "logits" or
                 "log_probs" (a softmax gives the probabilities) or "probs" (used as they are).
+                None: "probs" for a module in the ``Probabilities`` wrapper, else "logits".
         """
-        self.scores = scores
+        self.scores = scores if scores is not None else ("probs" if is_wrapped(module) else "logits")
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.window = window
         self.max_batch = max_batch
