@@ -61,6 +61,13 @@ def test_80x24_shows_label_confidence_alarm_health_and_latency_for_every_stream(
     assert "CHECK flat" in flat and " ? " in flat
 
 
+def test_80x24_help_and_pause_fit_the_screen(snap):
+    lines = screen(snap, 80, 24, show_help=True, paused=True)
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+    assert "PAUSED" in lines[0] and any("lat p50/p99 ms: capture-to-label latency" in line for line in lines)
+    assert sum(line.startswith("plant/") for line in lines) >= 3
+
+
 def test_80x24_header_and_footer_leave_parts_out_whole(snap):
     lines = screen(snap, 80, 24)
     top, footer = lines[:2], lines[-2:]

@@ -9,6 +9,8 @@ drawing of it into a Console of that size. Baseline, measured in the same run: t
 drawn as a rich ``Table`` (rich's own layout), which dashboard.py's hand layout replaced.
 
     python tools/bench_dashboard.py [--frames 50] [--json]
+    git show 59acc82:drsn_stream/sinks/dashboard.py > /tmp/old_dashboard.py
+    python tools/bench_dashboard.py --compare /tmp/old_dashboard.py   # also time an earlier layout
 """
 
 from __future__ import annotations
@@ -122,24 +124,39 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=50, help="frames timed per case")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare", type=Path, help="also time the render() of this dashboard.py (e.g. an earlier one)")
     args = ap.parse_args(argv)
+    other = None
+    if args.compare is not None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("other_dashboard", args.compare)
+        other = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(other)
     rows = []
     for n in STREAMS:
         snap = real_snapshot(n)
         for w, h in SIZES:
             ours = time_frames(lambda snap=snap, w=w, h=h: draw(render(snap, height=h, width=w), w, h), args.frames)
             base = time_frames(lambda snap=snap, w=w, h=h: draw(rich_table(snap, h), w, h), args.frames)
-            rows.append({"streams": n, "size": f"{w}x{h}", "frame_ms": round(ours, 2),
-                         "rich_table_ms": round(base, 2), "x_faster": round(base / ours, 2)})
+            row = {"streams": n, "size": f"{w}x{h}", "frame_ms": round(ours, 2),
+                   "rich_table_ms": round(base, 2), "x_faster": round(base / ours, 2)}
+            if other is not None:
+                ms = time_frames(lambda snap=snap, w=w, h=h: draw(other.render(snap, height=h, width=w), w, h), args.frames)
+                row["compare_ms"] = round(ms, 2)
+            rows.append(row)
     res = {"machine": f"{platform.machine()} {os.cpu_count()} cpu(s)", "python": platform.python_version(),
            "frames": args.frames, "results": rows}
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
     print(f"dashboard frame (render + draw) on {res['machine']}, {args.frames} frames per case")
-    print(f"{'streams':>8} {'size':>7} {'frame ms':>9} {'rich.Table ms':>14} {'x':>6}")
+    extra = f" {'compared ms':>12}" if other is not None else ""
+    print(f"{'streams':>8} {'size':>7} {'frame ms':>9} {'rich.Table ms':>14} {'x':>6}" + extra)
     for r in rows:
-        print(f"{r['streams']:>8} {r['size']:>7} {r['frame_ms']:>9.2f} {r['rich_table_ms']:>14.2f} {r['x_faster']:>6.2f}")
+        more = f" {r['compare_ms']:>12.2f}" if "compare_ms" in r else ""
+        print(f"{r['streams']:>8} {r['size']:>7} {r['frame_ms']:>9.2f} {r['rich_table_ms']:>14.2f} {r['x_faster']:>6.2f}"
+              + more)
     return 0
 
 

@@ -52,12 +52,13 @@ HELP = (
     ("b, PgUp", "previous page"),
     ("?", "show / hide this help"),
 )
-LEGEND = (
+LEGEND = (  # each line fits an 80-column terminal's help panel without wrapping
     "alarm: NORMAL / ALERT / DANGER and how long; * = latched, waiting for 'a'",
     "label ?: the sensor needs checking, so no condition is claimed",
-    "noise: share of activations the DRSN shrinkage zeroed (higher = noisier input)",
-    "input: recent input level (RMS); lat p50/p99 ms: capture-to-label latency, median / 99th percentile",
-    "env: bearing fault type from the envelope spectrum, dB over noise; ✓ = agrees with the label",
+    "noise 0-1: share of activations the DRSN zeroed (higher: noisier input)",
+    "input RMS: recent input level; drops: windows dropped and frames lost",
+    "lat p50/p99 ms: capture-to-label latency, median / 99th percentile",
+    "envelope dB: fault type from the envelope spectrum; ✓ agrees with the label",
 )
 
 
@@ -285,6 +286,7 @@ class Column:
     full_cap: int = 0
     right: bool = False
     shown: Callable[[Sequence[StreamRow]], bool] | None = None
+    abbreviates: bool = False  # the cells differ between the forms (else only the heading and cap)
 
 
 # Display order, left to right. A new column (e.g. an anomaly score) is one entry here and one in
@@ -292,14 +294,15 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("stream", "stream", "stream", lambda r, full: Text(r.stream_id), cap=12, full_cap=18),
     Column("label", "label", "label", _label_cell, cap=10, full_cap=12),
-    Column("conf", "conf %", "conf %", _conf_cell),
-    Column("top", "top-3 %", "2nd %", _top3_cell, cap=13, full_cap=40),
+    Column("conf", "conf %", "conf %", _conf_cell, abbreviates=True),
+    Column("top", "top-3 %", "2nd %", _top3_cell, cap=13, full_cap=40, abbreviates=True),
     Column("alarm", "alarm, held for", "alarm held", lambda r, full: _alarm_cell(r)),
     Column("env", "envelope dB", "env dB", lambda r, full: _envelope_cell(r), cap=16, full_cap=16,
            shown=lambda rows: any(r.envelope is not None for r in rows)),
     Column("noise", "noise 0-1", "noise", lambda r, full: Text(f"{r.noise_index:.2f}", style="dim"), right=True),
-    Column("input", "input RMS", "input", lambda r, full: Text(sparkline(r.levels, 8 if full else 6), style="cyan")),
-    Column("health", "sensor health", "health", _health_cell, cap=13, full_cap=24),
+    Column("input", "input RMS", "input", lambda r, full: Text(sparkline(r.levels, 8 if full else 6), style="cyan"),
+           abbreviates=True),
+    Column("health", "sensor health", "health", _health_cell, cap=13, full_cap=24, abbreviates=True),
     Column("lat", "lat p50/p99 ms", "p50/p99 ms", lambda r, full: Text(f"{_ms(r.latency_p50_ms)}/{_ms(r.latency_p99_ms)}"),
            right=True),
     Column("drops", "drops", "drops", lambda r, full: Text(str(r.drops), style="red" if r.drops else "dim"),
@@ -330,8 +333,11 @@ def table_layout(rows: Sequence[StreamRow], width: int,
         cap = col.full_cap if full else col.cap
         head = col.heading if full else col.short
         got = cells.get((col.key, full))
+        if got is None and not col.abbreviates:
+            got = cells.get((col.key, not full))
         if got is None:
-            got = cells[(col.key, full)] = [col.cell(r, full=full) for r in rows]
+            got = [col.cell(r, full=full) for r in rows]
+        cells[(col.key, full)] = got
         need = max([len(head)] + [t.cell_len for t in got])
         return min(cap, need) if cap else need
 
@@ -378,14 +384,14 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
     lines: list[RenderableType] = []
     if title:
         lines.append(Text(title, style="bold"))
-    head = Text(style="bold dim")
+    head = Text(style="bold dim", no_wrap=True, overflow="crop")
     for i, (col, full, w) in enumerate(cols):
         head.append_text(_fit(Text(col.heading if full else col.short), w, right=col.right))
         if i < len(cols) - 1:
             head.append(" ")
     lines.append(head)
     for n in range(len(rows)):
-        line = Text()
+        line = Text(no_wrap=True, overflow="crop")  # fitted already: spare rich the wrapping
         for i, (col, full, w) in enumerate(cols):
             line.append_text(_fit(cells[(col.key, full)][n], w, right=col.right))
             if i < len(cols) - 1:
