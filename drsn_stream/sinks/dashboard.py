@@ -720,12 +720,18 @@ class Dashboard:
 
 
 __all__ = [
+    "ALWAYS_SHOWN",
+    "COLUMNS",
+    "COLUMN_PRIORITY",
     "LEVELS",
+    "Column",
     "Dashboard",
+    "Part",
     "bar",
     "event_line",
     "events_pane",
     "footer",
+    "fit_parts",
     "format_duration",
     "header",
     "help_panel",
@@ -734,5 +740,6 @@ __all__ = [
     "render_once",
     "sparkline",
     "stream_table",
+    "table_layout",
     "transcript_line",
 ]
