@@ -48,12 +48,13 @@ def is_wrapped(module: Any) -> bool:
     """Whether ``module`` (eager or TorchScript) is a ``Probabilities`` wrapper."""
     if isinstance(module, Probabilities):
         return True
-    return getattr(module, "original_name", "") == WRAPPER and hasattr(module, "net")
+    return getattr(module, "original_name", "") == WRAPPER  # a frozen one keeps its name, not ``net``
 
 
 def network_of(module: Any) -> Any:
-    """The network inside a ``Probabilities`` wrapper; ``module`` itself otherwise."""
-    return module.net if is_wrapped(module) else module
+    """The network inside a ``Probabilities`` wrapper (not a frozen one: freezing inlines it);
+    ``module`` itself otherwise."""
+    return module.net if is_wrapped(module) and hasattr(module, "net") else module
 
 
 def to_probs(scores: Tensor, kind: str) -> Tensor:
