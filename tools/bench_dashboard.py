@@ -26,17 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.dsp.normalize import normalize  # noqa: E402
-from drsn_stream.engine.runner import Runner  # noqa: E402
-from drsn_stream.models.artifact import load_artifact, load_validation  # noqa: E402
-from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine  # noqa: E402
-from drsn_stream.monitor.health import HealthConfig, HealthMonitor  # noqa: E402
-from drsn_stream.monitor.snapshot import EventLog, Footer, Header, ResourceMeter, Snapshot, build_snapshot  # noqa: E402
-from drsn_stream.sources.sim import load_excerpts  # noqa: E402
-from drsn_stream.types import Frame, Prediction  # noqa: E402
+from drsn_stream.dsp.normalize import normalize
+from drsn_stream.engine.runner import Runner
+from drsn_stream.models.artifact import load_artifact, load_validation
+from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
+from drsn_stream.monitor.health import HealthConfig, HealthMonitor
+from drsn_stream.monitor.snapshot import EventLog, Footer, Header, ResourceMeter, Snapshot, build_snapshot
+from drsn_stream.sources.sim import load_excerpts
+from drsn_stream.types import Frame, Prediction
 
 SIZES = ((80, 24), (200, 60))
 STREAMS = (64, 256)

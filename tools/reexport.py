@@ -28,13 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.engine.bench import eager_from_artifact  # noqa: E402
-from drsn_stream.models import load_artifact, save_artifact  # noqa: E402
-from drsn_stream.models.artifact import load_validation, read_meta_dict, script_model  # noqa: E402
-from drsn_stream.models.outputs import Probabilities, is_wrapped, to_probs  # noqa: E402
+from drsn_stream.engine.bench import eager_from_artifact
+from drsn_stream.models import load_artifact, save_artifact
+from drsn_stream.models.artifact import load_validation, read_meta_dict, script_model
+from drsn_stream.models.outputs import Probabilities, is_wrapped, to_probs
 
 DEFAULT_MAX_VALIDATION = 64
 
