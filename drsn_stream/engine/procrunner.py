@@ -176,6 +176,9 @@ class ProcessRunner:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw
+            # its own session: a terminal's Ctrl-C goes to the monitor alone, which ends the
+            # child by closing its stdin (a child killed mid-start-up printed a traceback)
+            start_new_session=True,
             env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                 p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
         )
@@ -278,6 +281,8 @@ class ProcessRunner:
         return res[:, :-1], res[:, -1]
 
     def _stop_child(self) -> None:
+        if not self.ready.is_set() and self._proc.poll() is None:
+            self._proc.kill()  # still loading the model: nothing to finish, do not wait for it
         try:
             self._proc.stdin.close()
         except OSError:
