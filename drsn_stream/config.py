@@ -16,10 +16,24 @@ import tomllib
 from drsn_stream.errors import ConfigError
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
+SHIPPED = Path(__file__).resolve().parent / "configs"  # the ready-made configs, installed with the package
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` if it is a file, else the shipped config of that name (``configs/demo.toml``,
+    ``demo.toml`` and ``demo`` work from any directory, with or without a checkout)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist (ready-made ones are in configs/)")
+    if p.is_file():
+        return p
+    for name in (p.name, f"{p.name}.toml"):
+        if (SHIPPED / name).is_file():
+            return SHIPPED / name
+    shipped = ", ".join(sorted(q.stem for q in SHIPPED.glob("*.toml"))) or "none"
+    raise ConfigError(f"config file {p} does not exist; ready-made ones (give the name): {shipped}")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = find_config(path)
     try:
         with p.open("rb") as f:
             return tomllib.load(f)

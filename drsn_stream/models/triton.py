@@ -250,7 +250,8 @@ def export_triton(
         pt = version_dir / "model.pt"
         tmp = version_dir / "model.pt.tmp"
         with quiet_torchscript():
-            torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(wrapper_meta(meta), indent=1)})
+            with quiet_torchscript():
+                torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(wrapper_meta(meta), indent=1)})
         os.replace(tmp, pt)
         labels = model_dir / LABEL_FILE
         _write(labels, ("\n".join(meta.labels) + "\n").encode())

@@ -16,6 +16,7 @@ from typing import Any
 
 import tomllib
 
+from drsn_stream.config import find_config
 from drsn_stream.errors import ConfigError
 from drsn_stream.train.augment import NoiseAugment
 from drsn_stream.train.cwru import CHANNELS, DEFAULT_SPLIT
@@ -131,11 +132,7 @@ def parse_config(d: dict[str, Any], *, where: str = "config") -> RunConfig:
 
 def load_config(path: str | Path) -> RunConfig:
     """Reads ``configs/<name>.toml``. Raises ConfigError for a missing file or bad TOML."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(
-            f"config file {p} not found; see configs/ for examples (e.g. configs/bearing-cwru.toml)"
-        )
+    p = find_config(path)
     try:
         d = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
