@@ -15,7 +15,6 @@ import tomllib
 
 from drsn_stream.errors import ConfigError
 
-
 SHIPPED = Path(__file__).resolve().parent / "configs"  # the ready-made configs, installed with the package
 
 
