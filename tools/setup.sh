@@ -74,7 +74,8 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     pip_install --retries 1 --index-url "$CPU_INDEX" "$TORCH_RANGE"
   fi
 fi
-stamp="$VENV/.drsn-setup$([ "$DEV" = 1 ] && echo -dev)"
+stamp="$VENV/.drsn-setup"
+if [ "$DEV" = 1 ]; then stamp="$stamp-dev"; fi
 want="$(cat pyproject.toml tools/setup.sh | "$PY" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   if [ "$DEV" = 1 ]; then
