@@ -77,13 +77,13 @@ def test_shipped_configs_are_found_from_any_directory(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     assert "sim/m7" in res.stdout  # configs/demo.toml: 8 machines
     # the wheel carries them: package data of drsn_stream, next to the code that looks for them
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject = loads_toml((ROOT / "pyproject.toml").read_text())
     assert "configs/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["drsn_stream"]
     assert sorted(p.name for p in SHIPPED.glob("*.toml")) == sorted(p.name for p in (ROOT / "configs").glob("*.toml"))
 
 
 def test_the_package_states_the_licences_of_the_data_it_ships() -> None:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pyproject = loads_toml((ROOT / "pyproject.toml").read_text())["project"]
     assert "LICENSE" in pyproject["license-files"]
     assert {"MIT", "CC-BY-SA-4.0", "CC-BY-4.0"} <= set(pyproject["license"].replace("AND", " ").split())
     text = (ROOT / "LICENSE").read_text()
