@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from drsn_stream.config import loads_toml
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
 ENV.pop("DRSN_STREAM_DURATION", None)
