@@ -31,7 +31,7 @@ def find_config(path: str | Path) -> Path:
         if (SHIPPED / name).is_file():
             return SHIPPED / name
     shipped = ", ".join(sorted(q.stem for q in SHIPPED.glob("*.toml"))) or "none"
-    raise ConfigError(f"config file {p} does not exist; ready-made ones (give the name): {shipped}")
+    raise ConfigError(f"config file {p} not found; ready-made ones (give the name): {shipped}")
 
 
 TOMLDecodeError = tomllib.TOMLDecodeError
