@@ -180,6 +180,9 @@ class ProcessRunner:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw
+            # its own session: a terminal's Ctrl-C goes to the monitor alone, which ends the
+            # child by closing its stdin (a child killed mid-start-up printed a traceback)
+            start_new_session=True,
             env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                 p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
         )
@@ -287,6 +290,8 @@ class ProcessRunner:
         return res[:, :-1], res[:, -1]
 
     def _stop_child(self, wait_s: float = 5.0) -> None:
+        if not self.ready.is_set() and self._proc.poll() is None:
+            self._proc.kill()  # still loading the model: nothing to finish, do not wait for it
         try:
             self._proc.stdin.close()
         except OSError:
@@ -340,4 +345,8 @@ class ProcessRunner:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))
+    code = _worker(sys.argv[1:])
+    sys.stderr.flush()
+    # The parent waits for this exit when it stops; torch's teardown in a normal interpreter exit
+    # took most of a second on a loaded machine. The shared memory is the parent's to unlink.
+    os._exit(code)

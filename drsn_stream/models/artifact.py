@@ -88,9 +88,11 @@ class ArtifactMeta:
 
 @contextlib.contextmanager
 def quiet_torchscript() -> Iterator[None]:
-    """Filters TorchScript's own DeprecationWarning (and nothing else) around our jit calls."""
+    """Filters TorchScript's own deprecation notice (and nothing else) around our jit calls: a
+    DeprecationWarning in torch 2.13, a FutureWarning in later releases."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*TorchScript.*|.*torch\.jit.*")
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, message=r".*TorchScript.*|.*torch\.jit.*")
         yield
 
 
@@ -142,7 +144,8 @@ def save_artifact(
         buf = io.BytesIO()
         np.savez_compressed(buf, windows=np.asarray(validation, dtype=np.float16))
         extra[VALIDATION_KEY] = buf.getvalue()
-    torch.jit.save(scripted, str(tmp), _extra_files=extra)
+    with quiet_torchscript():
+        torch.jit.save(scripted, str(tmp), _extra_files=extra)
     tmp.replace(path)
     return path
 

@@ -56,6 +56,7 @@ from drsn_stream.types import Event, Frame, Prediction
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
 SPEECH_MODEL = "digits-fsdd"
+WAITING_AFTER_S = 1.0  # a source silent this long after the start says what it waits for
 BEARING_MODEL = "bearing-cwru"
 
 
@@ -151,6 +152,13 @@ class Pipeline:
         """
         self.config = config
         self.model_name = config.model or default_model(config.sources)
+        # Sources first: a bad spec, a missing file or an absent sound card is one line before
+        # the model loads, not a note in the end summary.
+        self.sources = [make_source(spec, **({"fast": True} if config.fast else {})) for spec in config.sources]
+        for src in self.sources:
+            src.max_streams = config.max_streams
+        for src in self.sources:
+            src.check()
         use_process = config.engine_process
         if use_process is None:
             use_process = (os.cpu_count() or 1) >= 2
@@ -213,9 +221,6 @@ class Pipeline:
         if isinstance(self.runner, ProcessRunner):
             runner = self.runner
             self.usage.extra_pids = lambda: [runner.pid]  # the footer's CPU and RSS include the model
-        self.sources = [make_source(spec, **({"fast": True} if config.fast else {})) for spec in config.sources]
-        for src in self.sources:
-            src.max_streams = config.max_streams
         if not all(s.realtime for s in self.sources):
             # capture stamps of a faster-than-real-time replay run ahead of the wall clock: latency
             # is then measured from when a window was formed, as with --fast
@@ -238,6 +243,8 @@ class Pipeline:
         self._sources_done = 0
         self._started = 0.0
         self._status = "warming up"
+        self._running = False  # start() completed
+        self._said_waiting: set[int] = set()  # sources whose "waiting for ..." note was emitted
 
     def _envelope_stage(self, config: RunConfig) -> EnvelopeStage | None:
         """The envelope evidence stage where a bearing geometry is configured; else None, said once
@@ -284,6 +291,11 @@ class Pipeline:
             self._saved_affinity = os.sched_getaffinity(0)
             os.sched_setaffinity(0, self._cpus[0])
         self.runner.warmup()
+        # Opened here, on the caller's thread, so that a source that cannot start (no such
+        # file, a refused rate, a port in use) raises before the caller says "ready"; opened
+        # after the model's warm-up so that a paced source's clock starts with the monitor.
+        for src in self.sources:
+            src.open()
         freeze_start_up_objects()  # everything built so far lives as long as the monitor
         self._frozen = True
         self._status = ""
@@ -297,6 +309,7 @@ class Pipeline:
             t = threading.Thread(target=self._ingest, args=(src,), name=f"drsn-ingest-{type(src).__name__}", daemon=True)
             t.start()
             self._threads.append(t)
+        self._running = True
         return self
 
     def wait(self, duration: float | None = None) -> None:
@@ -315,6 +328,7 @@ class Pipeline:
                 self._error(f"engine stopped: {_one_line(self.engine.error)}")
                 break
             self.quit.wait(0.05)
+            self._say_waiting()
             events = self.health.tick(time.time())
             if events:
                 self._emit_events(events)
@@ -324,6 +338,21 @@ class Pipeline:
                 next_stats += self.config.stats_every_s
                 self._emit({"type": "stats", "time": time.time(), **self.stats_json()})
         self._drain_notes()
+
+    def _say_waiting(self) -> None:
+        """A source with no data after a second says what it waits for (a note, once, and the
+        dashboard's status line until data comes)."""
+        if time.time() - self._started < WAITING_AFTER_S:
+            return
+        waiting = []
+        for src in self.sources:
+            line = src.waiting() if src.stats.frames == 0 else None
+            if line:
+                waiting.append(line)
+                if id(src) not in self._said_waiting:
+                    self._said_waiting.add(id(src))
+                    self._emit_events([Event("note", "*", time.time(), {"message": line})])
+        self._status = "; ".join(waiting)
 
     def _drain_notes(self) -> None:
         while self.engine.notes:
@@ -340,8 +369,9 @@ class Pipeline:
         self.batcher.close()
         if self.envelope is not None:
             self.envelope.stop()
-        self._envelope_notes()
-        if self.engine.ident is not None:  # start() may have failed before it started the engine
+        if self._running:  # a start that failed says only its error
+            self._envelope_notes()
+        if self.engine.ident is not None:  # started (stop() may follow an interrupted start())
             self.engine.join(timeout=30.0)
         if isinstance(self.runner, ProcessRunner) and not self.engine.is_alive():
             self.runner.begin_close()  # the child exits while the output is drained
@@ -350,11 +380,14 @@ class Pipeline:
             self._threads[0].join(timeout=10.0)  # the output thread drains what the engine left
         if self.capture is not None:
             self.capture.close()
-        self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
+        if self._running:
+            self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
         if isinstance(self.runner, ProcessRunner):
             # begin_close() let the child leave its read loop while the output drained; one still
             # tearing torch down a second later is not waited for (a stop within 2 s)
             self.runner.close(wait_s=1.0)
+        for src in self.sources:  # never iterated (an interrupted start): release them here
+            src.release()
         if self._saved_affinity is not None:
             os.sched_setaffinity(0, self._saved_affinity)
             self._saved_affinity = None
@@ -664,4 +697,16 @@ def print_line(line: str) -> None:
         pass
 
 
-__all__ = ["Pipeline", "RunConfig", "default_model", "print_line"]
+def print_line_to(stream: Any) -> Callable[[str], None]:
+    """``print_line`` to another stream (stderr when stdout carries JSON lines)."""
+
+    def write(line: str) -> None:
+        try:
+            print(line, file=stream, flush=True)
+        except (BrokenPipeError, ValueError):
+            pass
+
+    return write
+
+
+__all__ = ["Pipeline", "RunConfig", "default_model", "print_line", "print_line_to"]

@@ -274,6 +274,20 @@ class Source:
         """Stop iteration soon (safe from any thread) and release resources."""
         self._closed.set()
 
+    def check(self) -> None:
+        """Cheap checks that can fail before anything is opened (a missing file, no sound card);
+        raises SourceError. ``open()`` still checks everything."""
+
+    def waiting(self) -> str | None:
+        """What a source that has delivered nothing yet is waiting for, said to the user (None:
+        nothing worth saying; a paced file or simulator is never silent for long)."""
+        return None
+
+    def release(self) -> None:
+        """Releases what ``open()`` took if no thread is iterating (idempotent)."""
+        if self._iter_thread is None:
+            self._release()
+
     def __enter__(self) -> Source:
         return self.open()
 

@@ -90,6 +90,10 @@ class _ZmqSource(Source):
             raise SourceError(f"cannot {verb} {self.address}: {exc.strerror}; {hint}") from exc
         self._sock = sock
 
+    def waiting(self) -> str | None:
+        senders = "publishers" if self.socket_type == zmq.SUB else "senders"
+        return f"waiting for {senders} on {self.address} (no data yet)"
+
     def _close(self) -> None:
         if self._sock is not None:
             self._sock.close(0)
