@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.dsp import StreamDSP
+from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.envelope import EnvelopeSettings, label_family
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
@@ -50,7 +50,7 @@ from drsn_stream.monitor.snapshot import (
 )
 from drsn_stream.runtime import freeze_start_up_objects
 from drsn_stream.sources import make_source
-from drsn_stream.types import Event, Frame, Prediction
+from drsn_stream.types import Event, Frame, Prediction, channel_ids, split_channels
 
 SPEECH_MODEL = "digits-fsdd"
 BEARING_MODEL = "bearing-cwru"
@@ -217,7 +217,7 @@ class Pipeline:
         if config.idle_flush and not config.fast:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now
-        self._dsp: dict[str, StreamDSP] = {}
+        self._dsp: dict[str, StreamDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
         self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
         self.envelope = self._envelope_stage(config)
         self._ingest_lock = threading.Lock()
@@ -375,13 +375,21 @@ class Pipeline:
                 self._sources_done += 1
 
     def _ingest_frame(self, frame: Frame) -> None:
+        # Every channel of a frame is a stream of its own (types.channel_ids): health and capture
+        # per channel, one FrameDSP for all of them.
+        multi = frame.names is not None or (frame.samples.ndim == 2 and frame.samples.shape[1] > 1)
+        ids = channel_ids(frame.stream_id, frame.samples.shape[1], frame.names) if multi else None
         with self._ingest_lock:
-            events = self.health.push(frame)
-            if self.capture is not None:
-                self.capture.push(frame)
+            events: list[Event] = []
+            for part in split_channels(frame) if multi else (frame,):
+                events += self.health.push(part)
+                if self.capture is not None:
+                    self.capture.push(part)
             dsp = self._dsp.get(frame.stream_id)
-            if dsp is None:
-                dsp = self._dsp[frame.stream_id] = StreamDSP(self.meta, hop=self.config.hop, normalize=False)
+            if dsp is None or getattr(dsp, "ids", None) != ids:  # new, or its channel layout changed
+                dsp = self._dsp[frame.stream_id] = (
+                    FrameDSP(self.meta, ids, hop=self.config.hop, normalize=False) if ids is not None
+                    else StreamDSP(self.meta, hop=self.config.hop, normalize=False))
         if events:
             self._emit_events(events)
         windows = dsp.push(frame)
@@ -539,7 +547,8 @@ class Pipeline:
         sources = {}
         for src, spec in zip(self.sources, self.config.sources):
             sources[spec] = src.stats.snapshot()
-        nonfinite = {sid: d.nonfinite for sid, d in self._dsp.items() if d.nonfinite}
+        nonfinite = {sid: d.nonfinite for sid, d in self._dsp.items() if d.nonfinite and not isinstance(d, FrameDSP)}
+        nonfinite.update(kv for d in self._dsp.values() if isinstance(d, FrameDSP) for kv in d.nonfinite_by_stream().items())
         return {
             "engine": self.stats.to_json(),
             "device": self.runner.device_name,

@@ -18,6 +18,13 @@ from drsn_stream.sources.base import Source, opt_bool, opt_positive
 from drsn_stream.sources.wire import EndOfStream, WireError, decode
 from drsn_stream.types import Frame
 
+
+def _channel(value: object) -> int:
+    k = int(str(value))
+    if k < 0:
+        raise ValueError(f"channels count from 0, got {value!r}")
+    return k
+
 POLL_MS = 100
 IDLE_MS = 2
 
@@ -43,6 +50,7 @@ class _ZmqSource(Source):
         "topic": (str, "", "SUB only: receive streams whose id starts with this"),
         "hwm": (opt_positive(int), 10000, "receive high-water mark in messages"),
         "until_eos": (opt_bool, False, "1 = stop when every stream seen has sent end-of-stream"),
+        "channel": (_channel, None, "monitor only channel K of multi-channel frames (default: every channel)"),
     }
 
     def __init__(self, target: str = "", **options: Any) -> None:
@@ -117,7 +125,30 @@ class _ZmqSource(Source):
                         return
                     continue
                 self._track(msg)
+                if self.options["channel"] is not None and msg.samples.shape[1] > 1:
+                    msg = self._select(msg)
+                    if msg is None:
+                        continue
+                elif self.options["channel"]:  # K > 0 of a single-channel frame
+                    self._no_channel(msg)
+                    continue
                 yield msg
+
+    def _select(self, frame: Frame) -> Frame | None:
+        """Channel K of ``frame`` alone, under the same stream id as without ``?channel``."""
+        k, c = self.options["channel"], frame.samples.shape[1]
+        if k >= c:
+            self._no_channel(frame)
+            return None
+        name = frame.names[k] if frame.names is not None else f"ch{k}"
+        return Frame(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate, frame.samples[:, k : k + 1],
+                     frame.overflow, names=(name,))
+
+    def _no_channel(self, frame: Frame) -> None:
+        self.stats.bad("no_channel")
+        self.last_error = (f"no_channel: stream {frame.stream_id!r} sends {frame.samples.shape[1]} channel(s) but "
+                           f"?channel={self.options['channel']} asks for channel {self.options['channel']} "
+                           "(channels count from 0)")
 
 
 class ZmqSubSource(_ZmqSource):
