@@ -150,7 +150,7 @@ def test_channel_option_selects_one_channel_and_counts_a_missing_one(free_tcp_po
     for k in (1, 3):
         src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?channel={k}&until_eos=1")
         with src:
-            reader = threading.Thread(target=lambda k=k: got.setdefault(str(k), []).extend(src))
+            reader = threading.Thread(target=lambda k=k, src=src: got.setdefault(str(k), []).extend(src))
             reader.start()
             sock = zmq.Context.instance().socket(zmq.PUSH)
             sock.connect(f"tcp://127.0.0.1:{free_tcp_port}")

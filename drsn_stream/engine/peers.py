@@ -37,6 +37,7 @@ import torch
 
 from drsn_stream.engine.runner import Runner
 from drsn_stream.models.artifact import load_artifact, load_validation
+from drsn_stream.models.registry import build_from_config
 
 PEER_SIZES = (64, 256)
 COUNTED = ("torchscript-frozen", "onnxruntime", "openvino", "torch.compile")  # same-precision peers
@@ -60,10 +61,13 @@ class _Head(torch.nn.Module):
 
 
 def _eager_head(model: str) -> tuple[_Head, int]:
-    from drsn_stream.engine.bench import eager_from_artifact
-
+    """The artifact's network rebuilt in eager PyTorch (what ONNX export and inductor take)."""
     module, meta = load_artifact(model, map_location="cpu")
-    return _Head(eager_from_artifact(module, meta)).eval(), meta.window
+    if not meta.model_config:
+        raise ValueError(f"{meta.name}: artifact carries no model_config; cannot rebuild the network for the peers")
+    net = build_from_config(meta.model_config)
+    net.load_state_dict(module.state_dict())
+    return _Head(net.eval()).eval(), meta.window
 
 
 def _onnx_file(model: str, folder: Path) -> Path:
