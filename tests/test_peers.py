@@ -27,6 +27,8 @@ def test_peers_run_the_same_network_and_agree_with_the_engine() -> None:
     assert {"engine", "torchscript-frozen", "onnxruntime"} <= set(row["wps"])
     assert row["best_peer"] in row["wps"] and row["x_best_peer"] == pytest.approx(
         row["wps"]["engine"] / row["wps"][row["best_peer"]], rel=0.01)
+    cpu = row["cpu_us_per_window"]
+    assert row["x_best_peer_cpu"] == pytest.approx(cpu[row["best_peer_cpu"]] / cpu["engine"], rel=0.01)
     agree = out["label_agreement_with_engine"]
     assert agree["onnxruntime"] >= 0.99 and agree["torchscript-frozen"] >= 0.99
     if "openvino" in row["wps"]:

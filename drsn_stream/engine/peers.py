@@ -162,9 +162,9 @@ class _CompiledPeer:
         if self.conn.recv() != "ready":
             raise RuntimeError("compile child failed")
 
-    def rate(self, b: int, seconds: float) -> float:
+    def rate(self, b: int, seconds: float) -> tuple[float, float]:
         self.conn.send(("rate", b, seconds))
-        return float(self.conn.recv())
+        return self.conn.recv()
 
     def infer(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         self.conn.send(("infer", b, 0.0))
@@ -182,14 +182,17 @@ class _CompiledPeer:
             self.proc.join(timeout=5)
 
 
-def _rate(fn: Infer, x: np.ndarray, seconds: float) -> float:
-    """Windows/s of ``fn`` on batch ``x`` over about ``seconds`` (after one untimed call)."""
+def _rate(fn: Infer, x: np.ndarray, seconds: float) -> tuple[float, float]:
+    """(windows/s, CPU microseconds per window) of ``fn`` on batch ``x`` over about ``seconds``
+    (after one untimed call). On a loaded machine the wall-clock rate mostly says how much of a
+    core the scheduler gave; the process's CPU time per window says what the work itself cost."""
     fn(x)
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while n < 3 or time.perf_counter() - t0 < seconds:
         fn(x)
         n += 1
-    return x.shape[0] * n / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return x.shape[0] * n / wall, 1e6 * cpu / (x.shape[0] * n)
 
 
 def run_peers(
@@ -254,12 +257,17 @@ def run_peers(
                 compiled.close()
     rows = []
     for b in batch_sizes:
-        med = {name: statistics.median(v[b]) for name, v in figures.items()}
+        med = {name: statistics.median(w for w, _ in v[b]) for name, v in figures.items()}
+        cpu = {name: statistics.median(c for _, c in v[b]) for name, v in figures.items()}
         peers = {k: v for k, v in med.items() if k in COUNTED}
         best = max(peers, key=peers.get) if peers else None
+        best_cpu = min((k for k in cpu if k in COUNTED), key=cpu.get, default=None)
         rows.append({"batch": b, "wps": {k: round(v, 1) for k, v in med.items()},
-                     "runs": {k: [round(x, 1) for x in v[b]] for k, v in figures.items()},
-                     "best_peer": best, "x_best_peer": round(med["engine"] / peers[best], 3) if best else None})
+                     "cpu_us_per_window": {k: round(v, 1) for k, v in cpu.items()},
+                     "runs": {k: [[round(w, 1), round(c, 1)] for w, c in v[b]] for k, v in figures.items()},
+                     "best_peer": best, "x_best_peer": round(med["engine"] / peers[best], 3) if best else None,
+                     "best_peer_cpu": best_cpu,
+                     "x_best_peer_cpu": round(cpu[best_cpu] / cpu["engine"], 3) if best_cpu else None})
     return {"model": meta.name, "network": meta.model, "window": meta.window, "threads": threads,
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "repeats": repeats, "seconds": seconds,
             "channels_last": runner.channels_last, "versions": _versions(), "compile_s": compile_s,
@@ -268,19 +276,19 @@ def run_peers(
 
 def _measure(contenders: dict[str, Infer], compiled: _CompiledPeer | None, data: np.ndarray,
              batch_sizes: tuple[int, ...], seconds: float, repeats: int,
-             say: Callable[[str], None]) -> dict[str, dict[int, list[float]]]:
+             say: Callable[[str], None]) -> dict[str, dict[int, list[tuple[float, float]]]]:
     names = list(contenders) + (["torch.compile"] if compiled is not None else [])
-    figures: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batch_sizes} for n in names}
+    figures: dict[str, dict[int, list[tuple[float, float]]]] = {n: {b: [] for b in batch_sizes} for n in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]  # rotate: no contender always runs first
         for b in batch_sizes:
             for name in order:
                 if name == "torch.compile":
                     assert compiled is not None
-                    wps = compiled.rate(b, seconds)
+                    got = compiled.rate(b, seconds)
                 else:
-                    wps = _rate(contenders[name], data[:b], seconds)
-                figures[name][b].append(wps)
+                    got = _rate(contenders[name], data[:b], seconds)
+                figures[name][b].append(got)
         say(f"repeat {r + 1}/{repeats} done")
     return figures
 
@@ -302,18 +310,21 @@ def print_peers(res: dict[str, Any]) -> None:
     names = list(res["results"][0]["wps"])
     t = Table(title=f"drsn-stream bench --peers: {res['model']} ({res['network']}, window {res['window']}), "
                     f"{res['threads']} thread(s), median of {res['repeats']} interleaved runs")
-    for c in ["batch", *[SHORT.get(n, n) for n in names], "best peer", "engine / best"]:
+    for c in ["batch", "", *[SHORT.get(n, n) for n in names], "best peer", "engine / best"]:
         t.add_column(c, justify="right")
     for r in res["results"]:
-        t.add_row(str(r["batch"]), *[f"{r['wps'][n]:,.0f}" for n in names], SHORT.get(r["best_peer"], "-"),
-                  f"{r['x_best_peer']:.2f}x" if r["x_best_peer"] else "-")
+        t.add_row(str(r["batch"]), "w/s", *[f"{r['wps'][n]:,.0f}" for n in names],
+                  SHORT.get(r["best_peer"], "-"), f"{r['x_best_peer']:.2f}x" if r["x_best_peer"] else "-")
+        t.add_row("", "CPU us", *[f"{r['cpu_us_per_window'][n]:,.0f}" for n in names],
+                  SHORT.get(r["best_peer_cpu"], "-"), f"{r['x_best_peer_cpu']:.2f}x" if r["x_best_peer_cpu"] else "-")
     c = Console()
-    c.print("windows/s per contender:")
     c.print(t)
     c.print("label agreement with the engine on the validation windows: " + ", ".join(
         f"{k} {v:.2%}" for k, v in res["label_agreement_with_engine"].items()))
     if res["compile_s"] is not None:
         c.print(f"torch.compile: compiled {len(res['results'])} batch size(s) in {res['compile_s']} s")
+    c.print("engine / best: windows/s over the best peer's (wall clock), and the best peer's CPU time per window "
+            "over the engine's (what the work costs, whatever share of a core the scheduler gave)")
     c.print("peers counted for 'best': " + ", ".join(COUNTED) + " (openvino-bf16 is other arithmetic)")
     for name, why in res["skipped"].items():
         c.print(f"skipped {name}: {why}")
