@@ -216,3 +216,16 @@ def test_publish_sends_every_channel_of_a_simulated_module(free_tcp_port: int) -
         assert np.array_equal(f.samples, ref[(f.stream_id, f.seq)])
     ids = {sid for f in frames for sid in channel_ids(f.stream_id, f.samples.shape[1], f.names)}
     assert ids == {f"sim/m{m}/ch{k}" for m in range(2) for k in range(4)}
+
+
+def test_a_multi_channel_recording_is_monitored_channel_by_channel(tmp_path) -> None:
+    from scipy.io import wavfile
+
+    path = tmp_path / "module.wav"
+    wavfile.write(path, 12000, _module_12k(4.0, IR014, OR021))  # float32 stereo WAV
+    pipe = Pipeline(RunConfig(sources=(f"file:{path}",), fast=True, stats_every_s=3600))
+    pipe.run()
+    counts = pipe.label_counts
+    assert set(counts) == {"module/ch0", "module/ch1"} == set(pipe.sources[0].streams)
+    for sid, want in (("module/ch0", "inner_014"), ("module/ch1", "outer_021")):
+        assert counts[sid][want] > 0.8 * sum(counts[sid].values()), (sid, counts[sid])
