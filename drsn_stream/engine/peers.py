@@ -37,6 +37,7 @@ import torch
 
 from drsn_stream.engine.runner import Runner
 from drsn_stream.models.artifact import load_artifact, load_validation
+from drsn_stream.models.outputs import Probabilities, is_wrapped, to_probs
 from drsn_stream.models.registry import build_from_config
 
 PEER_SIZES = (64, 256)
@@ -49,15 +50,16 @@ Infer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class _Head(torch.nn.Module):
-    """The eager network with the softmax the engine also returns: (probs, noise index)."""
+    """The eager model returning what the engine returns: (probabilities, noise index)."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
+    def __init__(self, net: torch.nn.Module, scores: str) -> None:
         super().__init__()
         self.net = net
+        self.scores = scores  # ArtifactMeta.scores: what the first output is
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, noise = self.net(x)
-        return torch.softmax(logits, 1), noise
+        first, noise = self.net(x)
+        return to_probs(first, self.scores), noise
 
 
 def _eager_head(model: str) -> tuple[_Head, int]:
@@ -66,8 +68,10 @@ def _eager_head(model: str) -> tuple[_Head, int]:
     if not meta.model_config:
         raise ValueError(f"{meta.name}: artifact carries no model_config; cannot rebuild the network for the peers")
     net = build_from_config(meta.model_config)
+    if is_wrapped(module):
+        net = Probabilities(net)
     net.load_state_dict(module.state_dict())
-    return _Head(net.eval()).eval(), meta.window
+    return _Head(net.eval(), meta.scores).eval(), meta.window
 
 
 def _onnx_file(model: str, folder: Path) -> Path:
@@ -110,15 +114,15 @@ def _openvino(path: Path, threads: int, precision: str) -> Infer:
 
 
 def _frozen(model: str) -> Infer:
-    module, _ = load_artifact(model, map_location="cpu")
+    module, meta = load_artifact(model, map_location="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch 2.13
         frozen = torch.jit.freeze(module.eval())
 
     def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            logits, noise = frozen(torch.from_numpy(x))
-            return torch.softmax(logits, 1).numpy(), noise.numpy()
+            first, noise = frozen(torch.from_numpy(x))
+            return to_probs(first, meta.scores).numpy(), noise.numpy()
 
     return run
 
@@ -215,7 +219,7 @@ def run_peers(
     data = np.ascontiguousarray(np.tile(val, (reps, 1))[: max(batch_sizes)])
     runner = Runner(module, window=meta.window, device="cpu", max_batch=max(batch_sizes),
                     batch_sizes=list(batch_sizes), threads=threads, validation=val, net_config=meta.model_config,
-                    cpu_layout="auto")
+                    cpu_layout="auto", scores=meta.scores)
     runner.warmup()
     contenders: dict[str, Infer] = {"engine": runner.infer}
     skipped: dict[str, str] = {}
