@@ -6,6 +6,7 @@ local result times can be compared; latency is ``t_result - Window.t_last``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ class Frame:
         sample_rate: Hz.
         samples: float32 array of shape (n, channels).
         overflow: number of input overflows the source saw since the previous frame.
+        names: one short name per channel (the wire format's ``names``), or None; see
+            ``channel_ids`` for the stream id each channel is monitored under.
     """
 
     stream_id: str
@@ -31,6 +34,7 @@ class Frame:
     sample_rate: float
     samples: np.ndarray
     overflow: int = 0
+    names: tuple[str, ...] | None = None
 
     @property
     def n(self) -> int:
@@ -39,6 +43,30 @@ class Frame:
     @property
     def duration(self) -> float:
         return self.n / float(self.sample_rate)
+
+
+@functools.lru_cache(maxsize=4096)
+def channel_ids(stream_id: str, channels: int, names: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The stream id each channel of a frame is monitored under.
+
+    A single-channel frame without names keeps its own id (``"press-3"``); otherwise channel ``k``
+    is ``"STREAM/NAME"`` with ``names[k]``, or ``"STREAM/chK"`` without names. Cached: a source
+    sends the same few (id, channels, names) over and over.
+    """
+    if names is not None:
+        return tuple(f"{stream_id}/{name}" for name in names)
+    if channels == 1:
+        return (stream_id,)
+    return tuple(f"{stream_id}/ch{k}" for k in range(channels))
+
+
+def split_channels(frame: Frame) -> list[Frame]:
+    """One single-channel Frame per channel of ``frame``, under its ``channel_ids``; the samples
+    are (n, 1) views of the frame's, nothing is copied."""
+    x = frame.samples
+    ids = channel_ids(frame.stream_id, x.shape[1], frame.names)
+    return [Frame(sid, frame.seq, frame.t_capture, frame.sample_rate, x[:, k : k + 1], frame.overflow)
+            for k, sid in enumerate(ids)]
 
 
 @dataclass(slots=True)

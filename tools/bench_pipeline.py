@@ -10,6 +10,9 @@ the windows the publisher's signal holds, and its p99 latency (capture of the wi
 -> result, over every window of the measured seconds) is within the bound; with --repeat K, in
 every one of K runs. Prints a table and the largest N held; --json prints JSON. The model runs
 in its own process by default on the CPU (--engine-process auto|on|off), as in the monitor.
+With --channels C the N streams are N/C machines sending C-channel frames (a DAQ module per
+machine; every channel monitored). Each run prints the ingest thread's CPU time per frame and per
+channel (receive, decode, health, DSP, hand-over to the batcher).
 """
 
 from __future__ import annotations
@@ -72,15 +75,30 @@ def process_cpu_s(pids: list[int]) -> float:
     return total
 
 
+def thread_cpu_s(native_id: int | None) -> float:
+    """CPU seconds (user + system) used so far by one thread of this process."""
+    if native_id is None:
+        return 0.0
+    try:
+        with open(f"/proc/self/task/{native_id}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
             threads: int | None = None, engine_process: bool | None = None, max_batch: int | None = None,
-            cpu_layout: str = "auto", **overrides) -> dict:
-    """One run with N streams; ``overrides`` are further RunConfig fields (for A/B experiments)."""
+            cpu_layout: str = "auto", channels: int = 1, **overrides) -> dict:
+    """One run with N streams (N/channels machines of ``channels``-channel frames); ``overrides``
+    are further RunConfig fields (for A/B experiments)."""
+    if n % channels:
+        raise SystemExit(f"--streams {n} is not a multiple of --channels {channels}")
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     pub = subprocess.Popen(
         [sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to", f"tcp://127.0.0.1:{port}",
-         "--source", f"sim:bearing?machines={n}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + 4),
+         "--source", f"sim:bearing?machines={n // channels}&channels={channels}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + 4),
          "--wait-subscriber", "10"],
         env=env,
     )
@@ -96,6 +114,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     child = [pipe.runner.pid] if getattr(pipe.runner, "pid", None) else []
     proc0 = process_cpu_s(child)
     env0 = pipe.envelope.cpu_s if pipe.envelope is not None else 0.0
+    ingest = next((t.native_id for t in pipe._threads if t.name.startswith("drsn-ingest")), None)
+    ingest0, frames0 = thread_cpu_s(ingest), pipe.sources[0].stats.snapshot()["frames"]
     batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
     if batch_times is not None:
         batch_times.clear()
@@ -105,6 +125,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     elapsed = time.time() - t0
     busy, steal = busy_and_steal(ticks0, cpu_times())
     proc_cpu = process_cpu_s(child) - proc0
+    ingest_cpu = thread_cpu_s(ingest) - ingest0
+    frames = pipe.sources[0].stats.snapshot()["frames"] - frames0
     env_cpu = (pipe.envelope.cpu_s - env0) if pipe.envelope is not None else 0.0
     stages = pipe.stats.stage_ms()
     engine = {}
@@ -129,6 +151,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     expected = n * elapsed / hop_s
     return {
         "streams": n,
+        "channels_per_frame": channels,
         "windows_per_s": round(windows / elapsed, 1),
         "expected_per_s": round(expected / elapsed, 1),
         "received": round(windows / expected, 3),
@@ -146,6 +169,10 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         # the envelope stage's own share of it
         "cpu_us_per_window": round(1e6 * proc_cpu / windows, 1) if windows else None,
         "envelope_cpu_us_per_window": round(1e6 * env_cpu / windows, 1) if windows else None,
+        # the ingest thread's CPU time (clock ticks of 10 ms: read over several seconds) per frame
+        # received and per channel of those frames
+        "ingest_us_per_frame": round(1e6 * ingest_cpu / frames, 1) if frames else None,
+        "ingest_us_per_channel": round(1e6 * ingest_cpu / (frames * channels), 2) if frames else None,
         # the whole machine over the measured seconds: how busy, and how much the hypervisor took
         "machine_busy_pct": busy,
         "steal_pct": steal,
@@ -168,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=None,
                     help="largest micro-batch (default: the monitor's, 64 on the CPU, 256 on CUDA)")
     ap.add_argument("--hop", type=int, default=None)
+    ap.add_argument("--channels", type=int, default=1,
+                    help="channels per frame: N streams are N/C machines of C-channel frames (N a multiple of C)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores - 1)")
     ap.add_argument("--engine-process", choices=["auto", "on", "off"], default="auto",
                     help="CPU: the model in its own process (auto: on with 2 or more cores)")
@@ -194,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
                         hop=args.hop, threads=args.threads, max_batch=args.max_batch,
                         engine_process={"on": True, "off": False}.get(args.engine_process),
-                        cpu_layout=args.cpu_layout, eager_batch=args.eager_batch, **extra)
+                        cpu_layout=args.cpu_layout, eager_batch=args.eager_batch, channels=args.channels, **extra)
             r["envelope"] = bool(extra)
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
@@ -206,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['p99_ms']} ms  avg batch {r['avg_batch']}  machine busy {r['machine_busy_pct']} % "
                       f"(steal {r['steal_pct']} %)  {'HELD' if r['held'] else 'not held'}",
                       flush=True)
+                print(f"        ingest thread CPU: {r['ingest_us_per_frame']} us per frame of {args.channels} "
+                      f"channel(s), {r['ingest_us_per_channel']} us per channel", flush=True)
                 if r["stages_ms"]:
                     print("        ms p50/p99: " + "  ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["stages_ms"].items()),
                           flush=True)
@@ -223,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             if best and not args.all:
                 break
     result = {"cpu_count": os.cpu_count(), "device": rows[0]["device"] if rows else "", "largest_held": best,
+              "channels_per_frame": args.channels,
               "p99_bound_ms": args.p99_ms, "repeat": args.repeat, "runs": rows}
     if args.envelope_ab:
         on = [r["cpu_us_per_window"] for r in rows if r["envelope"] and r["cpu_us_per_window"]]

@@ -3,11 +3,12 @@
 from drsn_stream.dsp.noise import NOISE_KINDS, add_noise, make_noise, snr_db
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.dsp.resample import StreamingResampler
-from drsn_stream.dsp.stream import StreamDSP
+from drsn_stream.dsp.stream import FrameDSP, StreamDSP
 from drsn_stream.dsp.window import Windower
 
 __all__ = [
     "NOISE_KINDS",
+    "FrameDSP",
     "StreamDSP",
     "StreamingResampler",
     "Windower",

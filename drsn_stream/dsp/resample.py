@@ -61,15 +61,18 @@ def design_filter(up: int, down: int) -> np.ndarray:
 
 
 class StreamingResampler:
-    """Resample a 1-D stream from ``in_rate`` to ``out_rate`` Hz, chunk by chunk.
+    """Resample a 1-D stream (or ``channels`` streams at once) from ``in_rate`` to ``out_rate`` Hz,
+    chunk by chunk.
 
     ``process(x)`` takes any number of new input samples and returns the output samples that are
-    now fully determined; the remainder is carried forward. The stream is zero before its first
+    now fully determined; the remainder is carried forward. With ``channels`` set, ``x`` is
+    ``(channels, n)`` and every row gets exactly the output it would get alone. The stream is zero before its first
     sample (as in ``resample_poly``); output lags input by half the filter length
     (``delay_s``), which callers may read to know how fresh the newest output is.
     """
 
-    def __init__(self, in_rate: float, out_rate: float) -> None:
+    def __init__(self, in_rate: float, out_rate: float, *, channels: int | None = None) -> None:
+        self.channels = channels
         self.in_rate = float(in_rate)
         self.out_rate = float(out_rate)
         self.up, self.down = rational_ratio(in_rate, out_rate)
@@ -93,38 +96,42 @@ class StreamingResampler:
     def reset(self) -> None:
         """Forget all input; the next sample is sample 0 of a new stream."""
         # History starts with taps zeros standing for the silence before sample 0.
-        self._hist = np.zeros(self._taps, dtype=np.float64)
+        lead = () if self.channels is None else (self.channels,)
+        self._hist = np.zeros((*lead, self._taps), dtype=np.float64)
         self._hist_start = -self._taps  # absolute input index of _hist[0]
         self._n_in = 0
         self._n_out = 0
 
     def process(self, x: np.ndarray) -> np.ndarray:
-        """Feed input samples ``x`` (n,), get the newly determined output samples (m,) float64."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        """Feed input samples ``x`` (n,) (or ``(channels, n)``), get the newly determined output
+        samples (m,) (or ``(channels, m)``) float64."""
+        x = np.asarray(x, dtype=np.float64)
+        x = x.reshape(-1) if self.channels is None else x.reshape(self.channels, -1)
+        n = x.shape[-1]
         if self.identity:
-            self._n_in += x.size
-            self._n_out += x.size
+            self._n_in += n
+            self._n_out += n
             return x.copy()
-        self._hist = np.concatenate([self._hist, x])
-        self._n_in += x.size
+        self._hist = np.concatenate([self._hist, x], axis=-1)
+        self._n_in += n
         # Output j needs input up to index (j*down + delay) // up.
         last_j = ((self._n_in - 1) * self.up - self._delay_up) // self.down if self._n_in else -1
         n_new = max(0, last_j + 1 - self._n_out)
-        out = np.empty(n_new, dtype=np.float64)
-        block = max(1, _SCRATCH // self._taps)
+        out = np.empty((*self._hist.shape[:-1], n_new), dtype=np.float64)
+        block = max(1, _SCRATCH // (self._taps * max(1, int(np.prod(self._hist.shape[:-1])))))
         for b0 in range(0, n_new, block):
             j = self._n_out + b0 + np.arange(min(block, n_new - b0))
             m = j * self.down + self._delay_up
             phase = m % self.up
             base = m // self.up - self._hist_start
-            gathered = self._hist[base[:, None] - self._lags[None, :]]
+            gathered = self._hist[..., base[:, None] - self._lags[None, :]]
             prods = self._poly[phase] * gathered
-            out[b0 : b0 + j.size] = np.add.accumulate(prods, axis=1)[:, -1]
+            out[..., b0 : b0 + j.size] = np.add.accumulate(prods, axis=-1)[..., -1]
         self._n_out += n_new
         # Keep only what the next output still reaches back to.
         next_base = ((self._n_out * self.down + self._delay_up) // self.up) - (self._taps - 1)
-        drop = min(max(0, next_base - self._hist_start), self._hist.size)
+        drop = min(max(0, next_base - self._hist_start), self._hist.shape[-1])
         if drop:
-            self._hist = self._hist[drop:]
+            self._hist = self._hist[..., drop:]
             self._hist_start += drop
         return out

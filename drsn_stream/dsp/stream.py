@@ -1,4 +1,9 @@
-"""Per-stream DSP: resample -> window every hop -> normalize, chunk-size invariant."""
+"""Per-stream DSP: resample -> window every hop -> normalize, chunk-size invariant.
+
+``StreamDSP`` follows one channel of a stream; ``FrameDSP`` follows every channel of a
+multi-channel stream at once, on ``(channels, samples)`` arrays through one resampler and one
+windower, and gives each channel exactly the windows a ``StreamDSP`` of that channel would.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +65,7 @@ class StreamDSP:
         if self.hop < 1:
             raise ConfigError(f"hop must be >= 1 sample, got {self.hop}")
         normalize_with_level(np.zeros(1, np.float32), self.normalization)  # reject a bad spec now, not mid-stream
+        self._channels: int | None = None  # None: one channel, (n,) arrays; FrameDSP: (channels, n)
         self._windower = Windower(self.window, self.hop)
         self._resampler: StreamingResampler | None = None
         self._in_rate: float | None = None
@@ -85,8 +91,8 @@ class StreamDSP:
         self._n_in = 0
         self._out_base = 0
 
-    def push(self, frame: Frame) -> list[Window]:
-        """Feed one frame; return the windows it completes (possibly none)."""
+    def _samples(self, frame: Frame) -> np.ndarray:
+        """The frame's samples this DSP follows, float32 ``(n,)``."""
         x = frame.samples
         if x.ndim == 2:
             if not 0 <= self.channel < x.shape[1]:
@@ -95,37 +101,47 @@ class StreamDSP:
                     "does not exist (channels count from 0)"
                 )
             x = x[:, self.channel]
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _count_nonfinite(self, bad: np.ndarray) -> None:
+        self.nonfinite += int(np.count_nonzero(bad))
+
+    def push(self, frame: Frame) -> list[Window]:
+        """Feed one frame; return the windows it completes (possibly none)."""
+        x = self._samples(frame)
         rate = float(frame.sample_rate)
         if self._in_rate is None or rate != self._in_rate:
-            resampler = StreamingResampler(rate, self.sample_rate)  # UnsupportedRate: state unchanged
+            # UnsupportedRate leaves the state unchanged
+            resampler = StreamingResampler(rate, self.sample_rate, channels=self._channels)
             if self._in_rate is not None:
                 self.rate_changes += 1
             self._in_rate = rate
             self._resampler = resampler
             self._out_base = self._windower.seen
             self._n_in = 0
-        x = np.ascontiguousarray(x, dtype=np.float32)
         bad = ~np.isfinite(x)
-        n_bad = int(np.count_nonzero(bad))
-        if n_bad:
-            self.nonfinite += n_bad
+        if bad.any():
+            self._count_nonfinite(bad)
             x = np.where(bad, np.float32(0.0), x)
         assert self._resampler is not None
         frame_start = self._n_in
-        self._n_in += x.size
+        self._n_in += x.shape[-1]
         y = x if self._resampler.identity else self._resampler.process(x).astype(np.float32)
         done = self._windower.push(y)
         if not done:
             return []
+        return self._windows(frame, done, frame_start, rate)
+
+    def _t_last(self, frame: Frame, end: int, frame_start: int, rate: float) -> float:
+        # Output sample k sits at input time k/out_rate; anchor on this frame's capture time.
+        return frame.t_capture + (end - 1 - self._out_base) / self.sample_rate - frame_start / rate
+
+    def _windows(self, frame: Frame, done: list[tuple[int, int, np.ndarray]], frame_start: int,
+                 rate: float) -> list[Window]:
         now = time.time()
         out = []
         for index, end, data in done:
-            # Output sample k sits at input time k/out_rate; anchor on this frame's capture time.
-            t_last = (
-                frame.t_capture
-                + (end - 1 - self._out_base) / self.sample_rate
-                - frame_start / rate
-            )
+            t_last = self._t_last(frame, end, frame_start, rate)
             if self.defer_normalization:
                 out.append(Window(frame.stream_id, index, t_last, data, now, 0.0, False))
                 continue
@@ -140,5 +156,60 @@ class StreamDSP:
                     level=float(level),
                 )
             )
+        self.windows += len(out)
+        return out
+
+
+class FrameDSP(StreamDSP):
+    """Every channel of one multi-channel stream: frames ``(n, channels)`` in, one window per
+    channel out every ``hop``, under the channels' stream ids (``types.channel_ids``).
+
+    The channels share one resampler and one windower over ``(channels, samples)`` arrays, so a
+    16-channel frame costs about one channel's Python work; channel ``k``'s windows are bit for
+    bit those of ``StreamDSP(meta, channel=k)`` on the same frames.
+
+    Counters: as ``StreamDSP`` (``nonfinite`` over all channels), plus ``nonfinite_by_stream()``.
+    """
+
+    def __init__(self, meta: _Meta, ids: tuple[str, ...], *, hop: int | None = None, normalize: bool = True) -> None:
+        """Args:
+        meta, hop, normalize: as for ``StreamDSP``.
+        ids: the stream id of each channel, in channel order.
+        """
+        super().__init__(meta, hop=hop, normalize=normalize)
+        self.ids = tuple(ids)
+        self._channels = len(self.ids)
+        self._windower = Windower(self.window, self.hop, channels=self._channels)
+        self._nonfinite = np.zeros(self._channels, dtype=np.int64)
+
+    def nonfinite_by_stream(self) -> dict[str, int]:
+        """``{channel stream id: NaN/Inf samples replaced}`` for the channels that had any."""
+        return {sid: int(n) for sid, n in zip(self.ids, self._nonfinite) if n}
+
+    def _samples(self, frame: Frame) -> np.ndarray:
+        """The frame's samples, float32 ``(channels, n)``."""
+        x = frame.samples
+        if x.ndim != 2 or x.shape[1] != self._channels:
+            raise ConfigError(f"stream {frame.stream_id!r} sent {x.shape[1] if x.ndim == 2 else 1} channel(s), "
+                              f"this DSP follows {self._channels}; start a new one for the new layout")
+        return np.ascontiguousarray(x.T, dtype=np.float32)
+
+    def _count_nonfinite(self, bad: np.ndarray) -> None:
+        counts = np.count_nonzero(bad, axis=1)
+        self._nonfinite += counts
+        self.nonfinite += int(counts.sum())
+
+    def _windows(self, frame: Frame, done: list[tuple[int, int, np.ndarray]], frame_start: int,
+                 rate: float) -> list[Window]:
+        now = time.time()
+        out = []
+        for index, end, data in done:
+            t_last = self._t_last(frame, end, frame_start, rate)
+            if self.defer_normalization:
+                out += [Window(sid, index, t_last, row, now, 0.0, False) for sid, row in zip(self.ids, data)]
+                continue
+            normed, levels = normalize_with_level(data, self.normalization)
+            out += [Window(sid, index, t_last, row, now, float(level))
+                    for sid, row, level in zip(self.ids, normed, levels)]
         self.windows += len(out)
         return out

@@ -12,16 +12,21 @@ class Windower:
 
     Window ``k`` covers absolute samples ``[k*hop, k*hop + window)`` of the stream. Only the samples
     a future window can still use are kept (a buffer of about ``window + chunk`` samples), and the
-    buffer is preallocated and reused, so memory stays bounded on endless streams.
+    buffer is preallocated and reused, so memory stays bounded on endless streams. With
+    ``channels`` set, chunks are ``(channels, n)`` and windows ``(channels, window)``: every row is
+    cut exactly as it would be alone.
     """
 
-    def __init__(self, window: int, hop: int, *, dtype: np.dtype | type = np.float32) -> None:
+    def __init__(self, window: int, hop: int, *, dtype: np.dtype | type = np.float32,
+                 channels: int | None = None) -> None:
         if window < 1 or hop < 1:
             raise ConfigError(f"window and hop must be >= 1 sample, got window={window}, hop={hop}")
         self.window = int(window)
         self.hop = int(hop)
+        self.channels = channels
         self._dtype = np.dtype(dtype)
-        self._buf = np.zeros(2 * self.window, dtype=self._dtype)
+        self._lead: tuple[int, ...] = () if channels is None else (int(channels),)
+        self._buf = np.zeros((*self._lead, 2 * self.window), dtype=self._dtype)
         self.reset()
 
     def reset(self) -> None:
@@ -38,17 +43,18 @@ class Windower:
         return self._n
 
     def push(self, x: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-        """Add samples ``x`` (n,); return ``[(index, end, window), ...]`` for the windows completed.
+        """Add samples ``x`` (n,) (or ``(channels, n)``); return ``[(index, end, window), ...]`` for
+        the windows completed.
 
         ``end`` is the absolute index one past the window's last sample; ``window`` is a fresh
-        ``(window,)`` array the caller may keep.
+        ``(window,)`` (or ``(channels, window)``) array the caller may keep.
         """
-        x = np.asarray(x, dtype=self._dtype).reshape(-1)
+        x = np.asarray(x, dtype=self._dtype).reshape(*self._lead, -1)
         self._append(x)
         out: list[tuple[int, int, np.ndarray]] = []
         while self._next + self.window <= self._n:
             s = self._next - self._buf_start
-            out.append((self.count, self._next + self.window, self._buf[s : s + self.window].copy()))
+            out.append((self.count, self._next + self.window, self._buf[..., s : s + self.window].copy()))
             self.count += 1
             self._next += self.hop
         self._discard_before(self._next)
@@ -56,24 +62,26 @@ class Windower:
 
     def _append(self, x: np.ndarray) -> None:
         # Samples before the next window start (hop > window) are never needed: skip them.
-        skip = min(x.size, max(0, self._next - self._n))
+        n = x.shape[-1]
+        skip = min(n, max(0, self._next - self._n))
         if skip and self._len == 0:
             self._buf_start += skip
-            x = x[skip:]
+            x = x[..., skip:]
+            n -= skip
         self._n += skip
-        need = self._len + x.size
-        if need > self._buf.size:
-            grown = np.zeros(max(need, 2 * self._buf.size), dtype=self._dtype)
-            grown[: self._len] = self._buf[: self._len]
+        need = self._len + n
+        if need > self._buf.shape[-1]:
+            grown = np.zeros((*self._lead, max(need, 2 * self._buf.shape[-1])), dtype=self._dtype)
+            grown[..., : self._len] = self._buf[..., : self._len]
             self._buf = grown
-        self._buf[self._len : need] = x
+        self._buf[..., self._len : need] = x
         self._len = need
-        self._n += x.size
+        self._n += n
 
     def _discard_before(self, absolute: int) -> None:
         drop = min(self._len, max(0, absolute - self._buf_start))
         if drop:
             keep = self._len - drop
-            self._buf[:keep] = self._buf[drop : self._len]
+            self._buf[..., :keep] = self._buf[..., drop : self._len]
             self._len = keep
             self._buf_start += drop

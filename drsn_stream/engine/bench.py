@@ -31,7 +31,8 @@ ENGINE_RUN = 8  # batches per timed engine call (back to back, as under load)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default="bearing-cwru", help="built-in name or .pt path")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated")
+    parser.add_argument("--batch-sizes", default=None,
+                        help=f"comma-separated (default {','.join(map(str, DEFAULT_SIZES))}; with --peers 64,256)")
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement (s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads for all contenders (default: cores - 1)")
     parser.add_argument("--lanes", type=int, default=2, help="CUDA batches in flight in the engine (1 = none overlap)")
@@ -39,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU engine: the verified channels-last form of 1-D networks (auto) or the module as stored")
     parser.add_argument("--naive-windows", type=int, default=200, help="windows for the naive eager loop")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--peers", action="store_true",
+                        help="CPU: the engine against frozen TorchScript, ONNX Runtime, OpenVINO and torch.compile "
+                             "(those installed: pip install 'drsn-stream[bench]'), 1 thread unless --threads")
+    parser.add_argument("--repeat", type=int, default=3, help="--peers: interleaved repeats (medians shown)")
+    parser.add_argument("--compile-limit", type=float, default=300.0, metavar="S",
+                        help="--peers: seconds torch.compile may take to compile before it is left out")
 
 
 def _timeit(fn, seconds: float, sync) -> tuple[float, int]:
@@ -208,7 +215,11 @@ def _graph_fp16(module: torch.jit.ScriptModule, dev: torch.device, n: int, score
 
 
 def run(args: argparse.Namespace) -> int:
-    sizes = tuple(int(s) for s in str(args.batch_sizes).split(",") if s.strip())
+    if args.peers:
+        from drsn_stream.engine import peers
+
+        return peers.run(args)
+    sizes = tuple(int(s) for s in str(args.batch_sizes or ",".join(map(str, DEFAULT_SIZES))).split(",") if s.strip())
     res = run_bench(args.model, device=args.device, batch_sizes=sizes, seconds=args.seconds,
                     threads=args.threads, naive_windows=args.naive_windows, lanes=args.lanes,
                     cpu_layout=args.cpu_layout)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.dsp import StreamDSP
+from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.envelope import EnvelopeSettings, label_family
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.engine.batcher import MicroBatcher
@@ -52,7 +52,7 @@ from drsn_stream.monitor.snapshot import (
 from drsn_stream.runtime import freeze_start_up_objects
 from drsn_stream.sources import make_source
 from drsn_stream.sources.base import DEFAULT_MAX_STREAMS
-from drsn_stream.types import Event, Frame, Prediction
+from drsn_stream.types import Event, Frame, Prediction, channel_ids, split_channels
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
 SPEECH_MODEL = "digits-fsdd"
@@ -228,7 +228,7 @@ class Pipeline:
         if config.idle_flush and not config.fast:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now
-        self._dsp: dict[str, StreamDSP] = {}
+        self._dsp: dict[str, StreamDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
         self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
         self.envelope = self._envelope_stage(config)
         self._ingest_lock = threading.Lock()
@@ -428,27 +428,36 @@ class Pipeline:
                 self._sources_done += 1
 
     def _ingest_frame(self, frame: Frame, source: Any = None) -> None:
+        # Every channel of a frame is a stream of its own (types.channel_ids): health and capture
+        # per channel, one FrameDSP for all of them.
+        multi = frame.names is not None or (frame.samples.ndim == 2 and frame.samples.shape[1] > 1)
+        ids = channel_ids(frame.stream_id, frame.samples.shape[1], frame.names) if multi else None
         with self._ingest_lock:
             dsp = self._dsp.get(frame.stream_id)
-            if dsp is None:
-                if len(self._dsp) >= self.config.max_streams:
+            if dsp is None or getattr(dsp, "ids", None) != ids:  # new, or its channel layout changed
+                if dsp is None and len(self._dsp) >= self.config.max_streams:
                     if source is not None:
                         source.stats.bad("too_many_streams")
                     return
                 rational_ratio(frame.sample_rate, self.meta.sample_rate)  # UnsupportedRate: the stream is not kept
-                dsp = self._dsp[frame.stream_id] = StreamDSP(self.meta, hop=self.config.hop, normalize=False)
-            events = self.health.push(frame)
-            if self.capture is not None:
-                self.capture.push(frame)
+                dsp = self._dsp[frame.stream_id] = (
+                    FrameDSP(self.meta, ids, hop=self.config.hop, normalize=False) if ids is not None
+                    else StreamDSP(self.meta, hop=self.config.hop, normalize=False))
+            events: list[Event] = []
+            for part in split_channels(frame) if multi else (frame,):
+                events += self.health.push(part)
+                if self.capture is not None:
+                    self.capture.push(part)
         if events:
             self._emit_events(events)
         windows = dsp.push(frame)
         if windows:
-            events = self.health.flush(frame.stream_id)  # the windows' samples all judged
-            if events:
-                self._emit_events(events)
-            if not self.health.healthy(frame.stream_id):
-                for w in windows:
+            for sid in ids or (frame.stream_id,):
+                events = self.health.flush(sid)  # the windows' samples all judged
+                if events:
+                    self._emit_events(events)
+            for w in windows:
+                if not self.health.healthy(w.stream_id):
                     w.healthy = False
             now = time.time()
             for w in windows:
@@ -617,7 +626,8 @@ class Pipeline:
             sources[spec] = src.stats.snapshot()
         with self._ingest_lock:  # the ingest threads add streams meanwhile
             dsps = list(self._dsp.items())
-        nonfinite = {sid: d.nonfinite for sid, d in dsps if d.nonfinite}
+        nonfinite = {sid: d.nonfinite for sid, d in dsps if d.nonfinite and not isinstance(d, FrameDSP)}
+        nonfinite.update(kv for _, d in dsps if isinstance(d, FrameDSP) for kv in d.nonfinite_by_stream().items())
         return {
             "engine": self.stats.to_json(),
             "device": self.runner.device_name,

@@ -18,7 +18,7 @@ import numpy as np
 
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_positive
-from drsn_stream.types import Frame
+from drsn_stream.types import Frame, channel_ids
 
 SUFFIXES = (".wav", ".npy", ".csv", ".mat")
 _CWRU_RATE = re.compile(r"^(12|48)k_")
@@ -166,6 +166,7 @@ class FileSource(Source):
             raise ConfigError(f"start={self.options['start']} s is outside {self.path.name} "
                               f"({x.shape[0] / self.rate:.2f} s long)")
         self.samples = x[a:b]
+        self._streams = list(channel_ids(self.stream_id, x.shape[1]))  # each channel is monitored
         if self.rpm is None and self.path.suffix.lower() == ".mat":
             self.rpm = mat_rpm(self.path)
         self.t0 = time.time()

@@ -16,7 +16,7 @@ import numpy as np
 
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_positive
-from drsn_stream.types import Frame
+from drsn_stream.types import Frame, channel_ids
 
 COMMON_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000)
 POLL_S = 0.005
@@ -95,7 +95,7 @@ class MicSource(Source):
         super().__init__(target, **options)
         self.device_spec: int | str | None = int(target) if target.isdigit() else (target or None)
         self.stream_id = self.options["stream"] or (f"mic/{target}" if target else "mic")
-        self._streams = [self.stream_id]
+        self._streams = list(channel_ids(self.stream_id, self.options["channels"]))  # each channel is monitored
         self._pa_stream: Any = None
 
     def _resolve_device(self, sd: Any) -> dict[str, Any]:

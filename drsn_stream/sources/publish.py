@@ -123,7 +123,7 @@ def publish(
                 sock.recv()  # the subscription message itself
         def send(frame: Frame) -> None:
             parts = encode(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate,
-                           frame.samples, dtype=dtype, scale=_int_scale(frame.samples, dtype))
+                           frame.samples, dtype=dtype, scale=_int_scale(frame.samples, dtype), names=frame.names)
             try:
                 sock.send_multipart(parts)
             except zmq.Again:

@@ -26,7 +26,7 @@ from scipy.signal import resample_poly
 from drsn_stream.dsp.noise import NOISE_KINDS, make_noise
 from drsn_stream.errors import ConfigError
 from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_positive
-from drsn_stream.types import Frame
+from drsn_stream.types import Frame, channel_ids
 
 EXCERPT_RATE = 12000
 HEALTHY = "normal"
@@ -135,13 +135,16 @@ class BearingSim(Source):
     """``sim:bearing``: N machines replaying real CWRU vibration with a seeded fault schedule.
 
     Streams are ``sim/m0`` ... ``sim/m{N-1}``; every frame is ``chunk`` samples of one machine,
-    float32 ``(chunk, 1)`` in g. Frames are paced in real time (``speed`` times faster) unless
+    float32 ``(chunk, 1)`` in g. With ``channels=C`` every machine is a C-channel module (a DAQ
+    gateway's frame): frames are ``(chunk, C)``, and each channel is an independent replay with
+    its own schedule, offsets and noise, monitored as ``sim/mI/chK`` (``types.channel_ids``). Frames are paced in real time (``speed`` times faster) unless
     ``fast`` is set; capture times always follow the sample clock, so ``truth`` works either way.
     """
 
     kind = "sim"
     OPTIONS = {
         "machines": (opt_positive(int), 4, "number of machines/streams, e.g. 8"),
+        "channels": (opt_positive(int), 1, "channels per machine's frame, each an independent replay"),
         "noise": (opt_choice("none", *NOISE_KINDS), "none", "added noise: none|gaussian|laplacian|pink"),
         "snr": (float, 10.0, "SNR of the added noise in dB"),
         "seed": (int, 0, "seed of the fault schedule, offsets and noise"),
@@ -162,10 +165,13 @@ class BearingSim(Source):
         if fault not in ("random", "none", *labels):
             raise ConfigError(f"sim option fault={o['fault']!r}: use random, none or one of {', '.join(labels)}")
         self._fixed = {"random": None, "none": HEALTHY}.get(fault, fault)
-        self._streams = [f"sim/m{i}" for i in range(o["machines"])]
+        self._channels = int(o["channels"])
+        self._frame_ids = [f"sim/m{i}" for i in range(o["machines"])]
+        # one replay ("unit") per channel, machine-major: unit m * channels + k
+        self._streams = [sid for fid in self._frame_ids for sid in channel_ids(fid, self._channels)]
         self._time_scale = 1.0 if o["fast"] else o["speed"]
         self.t0: float | None = None
-        rngs = [np.random.default_rng([o["seed"], i]) for i in range(o["machines"])]
+        rngs = [np.random.default_rng([o["seed"], i]) for i in range(len(self._streams))]
         faults = [lb for lb in labels if lb != HEALTHY]
         self._schedules = [_Schedule(r, self.rate, faults, self._fixed) for r in rngs]
         self._offsets = [{lb: int(r.integers(0, 1 << 30)) for lb in labels} for r in rngs]
@@ -177,7 +183,8 @@ class BearingSim(Source):
         return bearing_labels()
 
     def truth(self, stream_id: str, t: float) -> str:
-        """The class machine ``stream_id`` was running at capture time ``t`` (wall-clock seconds)."""
+        """The class machine (or channel) ``stream_id`` was running at capture time ``t`` (wall-clock
+        seconds)."""
         if self.t0 is None:
             raise ConfigError("truth() needs an opened simulator (its clock starts at open)")
         try:
@@ -210,7 +217,7 @@ class BearingSim(Source):
         self.t0 = time.time()
 
     def _block(self, a: int, b: int) -> np.ndarray:
-        """Samples ``[a, b)`` of every machine, float32 ``(machines, b - a)``: the same values as
+        """Samples ``[a, b)`` of every unit, float32 ``(units, b - a)``: the same values as
         ``_signal`` row by row, in a few array operations (a chunk of 512 samples of 128 machines:
         0.77 against 0.88 ms one row at a time)."""
         n = b - a
@@ -258,7 +265,8 @@ class BearingSim(Source):
             block = self._block(pos, pos + n)
             if not self.options["fast"] and not self._sleep_until(self.t0 + (pos + n) / (self.rate * self._time_scale)):
                 return
-            for m, stream in enumerate(self._streams):
-                yield Frame(stream, seq, t_first, float(self.rate), block[m][:, None])
+            c = self._channels
+            for m, stream in enumerate(self._frame_ids):
+                yield Frame(stream, seq, t_first, float(self.rate), block[m * c : (m + 1) * c].T)
             pos += n
             seq += 1

@@ -4,7 +4,8 @@ A data message is three frames: ``[topic, header, payload]``
 
 - topic: the stream id, UTF-8 (SUB sockets filter on its prefix);
 - header: UTF-8 JSON ``{"v": 1, "stream", "seq", "t", "rate", "dtype", "channels", "n"}`` plus
-  optional ``"scale"`` (multiplier to physical units) and ``"units"``;
+  optional ``"scale"`` (multiplier to physical units), ``"units"`` and ``"names"`` (one short
+  name per channel);
 - payload: ``n * channels`` interleaved little-endian samples of ``dtype``.
 
 End of stream is ``[topic, {"v": 1, "stream": ..., "eos": true}]``. Nothing is ever unpickled.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +65,8 @@ REASONS = (
     "topic_mismatch",  # topic frame differs from the header's stream
 )
 _REQUIRED = ("stream", "seq", "t", "rate", "dtype", "channels", "n")
+# A channel name becomes the last part of a stream id ("press-3/DE"): short, no "/" or spaces.
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.:+-]{1,32}")
 
 
 class WireError(WireFormatError):
@@ -90,6 +94,7 @@ def encode(
     dtype: str = "float32",
     scale: float | None = None,
     units: str | None = None,
+    names: tuple[str, ...] | list[str] | None = None,
 ) -> list[bytes]:
     """Frames of one data message.
 
@@ -98,6 +103,8 @@ def encode(
             integer dtypes the values are divided by ``scale`` (default: full scale = 1.0) and
             rounded, so the receiver gets ``round(x / scale) * scale`` back.
         t_capture: capture time of the first sample, wall-clock seconds.
+        names: one distinct short name per channel (``CHANNEL_NAME``); the receiver monitors
+            channel ``k`` as ``"STREAM/names[k]"`` (without names: ``"STREAM/chK"``).
     """
     if dtype not in DTYPES:
         raise WireFormatError(f"unknown_dtype: {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -130,6 +137,8 @@ def encode(
             payload = (x / float(scale)).astype(dt)
     if units is not None:
         header["units"] = str(units)
+    if names is not None:
+        header["names"] = list(_names(list(names), int(x.shape[1])))
     return [
         stream_id.encode("utf-8"),
         json.dumps(header, separators=(",", ":")).encode("utf-8"),
@@ -189,6 +198,16 @@ def _check_nesting(raw: bytes) -> None:
                 raise WireError("bad_header", f"header nested deeper than {MAX_DEPTH} levels")
         elif c in (0x5D, 0x7D):
             depth -= 1
+
+
+def _names(value: Any, channels: int) -> tuple[str, ...]:
+    """The ``names`` field checked: a list of ``channels`` distinct ``CHANNEL_NAME`` strings."""
+    if (not isinstance(value, list) or len(value) != channels
+            or not all(isinstance(v, str) and CHANNEL_NAME.fullmatch(v) for v in value)
+            or len(set(value)) != channels):
+        raise WireError("bad_field", f"names={str(value)[:80]} should be {channels} distinct names of 1-32 "
+                        "letters, digits or _.:+-")
+    return tuple(value)
 
 
 def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
@@ -260,7 +279,8 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
         raise WireError("bad_size", f"payload {len(raw[2])} bytes, header says {n}x{channels} {dtype} "
                         f"= {n * channels * dt.itemsize}")
     scale = _number(header, "scale", "bad_field") if "scale" in header else DEFAULT_SCALE[dtype]
+    names = _names(header["names"], channels) if "names" in header else None
     samples = np.frombuffer(raw[2], dtype=dt).reshape(n, channels).astype(np.float32)
     if scale != 1.0:
         samples *= np.float32(scale)
-    return Frame(stream, seq, t, rate, samples)
+    return Frame(stream, seq, t, rate, samples, names=names)

@@ -28,6 +28,13 @@ from drsn_stream.sources.wire import (
 )
 from drsn_stream.types import Frame
 
+
+def _channel(value: object) -> int:
+    k = int(str(value))
+    if k < 0:
+        raise ValueError(f"channels count from 0, got {value!r}")
+    return k
+
 POLL_MS = 100
 IDLE_MS = 2
 REORDER_WINDOW = 64  # frames: a lower seq within this distance is late or a duplicate, not a restart
@@ -59,6 +66,7 @@ class _ZmqSource(Source):
         "until_eos": (opt_bool, False, "1 = stop when every stream seen has sent end-of-stream"),
         "max_skew_s": (opt_positive(float), MAX_CLOCK_SKEW_S,
                        "largest |t - now| in seconds a frame's capture time may be from this clock (bad_time)"),
+        "channel": (_channel, None, "monitor only channel K of multi-channel frames (default: every channel)"),
     }
     restartable = True
 
@@ -162,8 +170,32 @@ class _ZmqSource(Source):
                     if self.options["until_eos"] and ended >= set(self._streams):
                         return
                     continue
-                if self._accept(msg):
-                    yield msg
+                if not self._accept(msg):
+                    continue
+                if self.options["channel"] is not None and msg.samples.shape[1] > 1:
+                    msg = self._select(msg)
+                    if msg is None:
+                        continue
+                elif self.options["channel"]:  # K > 0 of a single-channel frame
+                    self._no_channel(msg)
+                    continue
+                yield msg
+
+    def _select(self, frame: Frame) -> Frame | None:
+        """Channel K of ``frame`` alone, under the same stream id as without ``?channel``."""
+        k, c = self.options["channel"], frame.samples.shape[1]
+        if k >= c:
+            self._no_channel(frame)
+            return None
+        name = frame.names[k] if frame.names is not None else f"ch{k}"
+        return Frame(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate, frame.samples[:, k : k + 1],
+                     frame.overflow, names=(name,))
+
+    def _no_channel(self, frame: Frame) -> None:
+        self.stats.bad("no_channel")
+        self.last_error = (f"no_channel: stream {frame.stream_id!r} sends {frame.samples.shape[1]} channel(s) but "
+                           f"?channel={self.options['channel']} asks for channel {self.options['channel']} "
+                           "(channels count from 0)")
 
 
 class ZmqSubSource(_ZmqSource):

@@ -1,0 +1,347 @@
+"""``drsn-stream bench --peers``: the CPU engine against other runtimes on the same network.
+
+Contenders, each given the artifact's network, the same batch of real validation windows and the
+same number of threads (default 1), each call returning probabilities and noise index:
+
+- engine: the monitor's ``Runner`` (the verified channels-last form where it agrees);
+- TorchScript frozen: ``torch.jit.freeze`` of the artifact as loaded;
+- ONNX Runtime: the eager network (+ softmax) exported to ONNX, CPU execution provider;
+- OpenVINO: the same ONNX file on the CPU plugin at f32 (``INFERENCE_PRECISION_HINT``); on a CPU
+  with bf16 OpenVINO defaults to bf16, which is other arithmetic: measured apart as
+  ``openvino-bf16`` and never counted as the best peer;
+- torch.compile (inductor) of the eager network, in a child process that must compile every
+  batch size within ``--compile-limit`` seconds or is ended and reported as such.
+
+Peers whose package is missing are listed as skipped (``pip install 'drsn-stream[bench]'``).
+Repeats are interleaved (every contender once per batch size per repeat, in rotating order) so
+that load from other programs falls on all of them alike; the table shows medians. Label agreement
+with the engine on the validation windows is printed for every contender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from drsn_stream.engine.runner import Runner
+from drsn_stream.models.artifact import load_artifact, load_validation
+from drsn_stream.models.outputs import Probabilities, is_wrapped, to_probs
+from drsn_stream.models.registry import build_from_config
+
+PEER_SIZES = (64, 256)
+COUNTED = ("torchscript-frozen", "onnxruntime", "openvino", "torch.compile")  # same-precision peers
+
+SHORT = {"engine": "engine", "torchscript-frozen": "TS frozen", "onnxruntime": "ORT", "openvino": "OV f32",
+         "openvino-bf16": "OV bf16", "torch.compile": "compile"}
+
+Infer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class _Head(torch.nn.Module):
+    """The eager model returning what the engine returns: (probabilities, noise index)."""
+
+    def __init__(self, net: torch.nn.Module, scores: str) -> None:
+        super().__init__()
+        self.net = net
+        self.scores = scores  # ArtifactMeta.scores: what the first output is
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first, noise = self.net(x)
+        return to_probs(first, self.scores), noise
+
+
+def _eager_head(model: str) -> tuple[_Head, int]:
+    """The artifact's network rebuilt in eager PyTorch (what ONNX export and inductor take)."""
+    module, meta = load_artifact(model, map_location="cpu")
+    if not meta.model_config:
+        raise ValueError(f"{meta.name}: artifact carries no model_config; cannot rebuild the network for the peers")
+    net = build_from_config(meta.model_config)
+    if is_wrapped(module):
+        net = Probabilities(net)
+    net.load_state_dict(module.state_dict())
+    return _Head(net.eval(), meta.scores).eval(), meta.window
+
+
+def _onnx_file(model: str, folder: Path) -> Path:
+    head, window = _eager_head(model)
+    path = folder / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on TorchScript-based export
+        torch.onnx.export(head, (torch.zeros(2, window),), str(path), input_names=["x"],
+                          output_names=["probs", "noise"], dynamic_axes={"x": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    return path
+
+
+def _onnxruntime(path: Path, threads: int) -> Infer:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda x: tuple(sess.run(None, {"x": x}))  # type: ignore[return-value]
+
+
+def _openvino(path: Path, threads: int, precision: str) -> Infer:
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": precision,
+    })
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = request.infer({0: x})
+        return out[0], out[1]
+
+    return run
+
+
+def _frozen(model: str) -> Infer:
+    module, meta = load_artifact(model, map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch 2.13
+        frozen = torch.jit.freeze(module.eval())
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            first, noise = frozen(torch.from_numpy(x))
+            return to_probs(first, meta.scores).numpy(), noise.numpy()
+
+    return run
+
+
+def _compile_child(conn: Any, model: str, threads: int, sizes: tuple[int, ...], data: np.ndarray) -> None:
+    """torch.compile in its own process: compile every size, say "ready", then serve timing runs."""
+    torch.set_num_threads(threads)
+    head, _ = _eager_head(model)
+    compiled = torch.compile(head, dynamic=False)
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            p, n = compiled(torch.from_numpy(x))
+            return p.numpy(), n.numpy()
+
+    for b in sizes:
+        run(data[:b])
+    conn.send("ready")
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        kind, b, seconds = msg
+        conn.send(_rate(run, data[:b], seconds) if kind == "rate" else run(data[:b]))
+
+
+class _CompiledPeer:
+    """The parent's handle on the torch.compile child."""
+
+    def __init__(self, model: str, threads: int, sizes: tuple[int, ...], data: np.ndarray, limit_s: float) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_compile_child, args=(child, model, threads, sizes, data), daemon=True)
+        t0 = time.perf_counter()
+        self.proc.start()
+        ready = self.conn.poll(limit_s)
+        self.compile_s = time.perf_counter() - t0
+        if not ready:
+            self.close()
+            raise TimeoutError(f"did not compile within {limit_s:.0f} s")
+        if self.conn.recv() != "ready":
+            raise RuntimeError("compile child failed")
+
+    def rate(self, b: int, seconds: float) -> tuple[float, float]:
+        self.conn.send(("rate", b, seconds))
+        return self.conn.recv()
+
+    def infer(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        self.conn.send(("infer", b, 0.0))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+
+
+def _rate(fn: Infer, x: np.ndarray, seconds: float) -> tuple[float, float]:
+    """(windows/s, CPU microseconds per window) of ``fn`` on batch ``x`` over about ``seconds``
+    (after one untimed call). On a loaded machine the wall-clock rate mostly says how much of a
+    core the scheduler gave; the process's CPU time per window says what the work itself cost."""
+    fn(x)
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while n < 3 or time.perf_counter() - t0 < seconds:
+        fn(x)
+        n += 1
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return x.shape[0] * n / wall, 1e6 * cpu / (x.shape[0] * n)
+
+
+def run_peers(
+    model: str = "bearing-cwru",
+    *,
+    batch_sizes: tuple[int, ...] = PEER_SIZES,
+    threads: int = 1,
+    seconds: float = 1.0,
+    repeats: int = 3,
+    compile_limit_s: float = 300.0,
+    say: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Measure the engine and every available peer; returns the figures and the ratios."""
+    torch.set_num_threads(threads)
+    module, meta = load_artifact(model, map_location="cpu")
+    val = load_validation(model)
+    if val is None:
+        raise ValueError(f"{meta.name} carries no validation windows; the peers' bench needs real windows")
+    reps = -(-max(batch_sizes) // len(val))
+    data = np.ascontiguousarray(np.tile(val, (reps, 1))[: max(batch_sizes)])
+    runner = Runner(module, window=meta.window, device="cpu", max_batch=max(batch_sizes),
+                    batch_sizes=list(batch_sizes), threads=threads, validation=val, net_config=meta.model_config,
+                    cpu_layout="auto", scores=meta.scores)
+    runner.warmup()
+    contenders: dict[str, Infer] = {"engine": runner.infer}
+    skipped: dict[str, str] = {}
+    compile_s = None
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders["torchscript-frozen"] = _frozen(model)
+        try:
+            onnx_path: Path | None = _onnx_file(model, Path(tmp))
+        except Exception as exc:  # noqa: BLE001 - an exporter failure skips two peers, not the bench
+            onnx_path = None
+            skipped["onnxruntime"] = skipped["openvino"] = f"ONNX export failed: {exc!r}"[:200]
+        if onnx_path is not None:
+            for name, make in (("onnxruntime", lambda: _onnxruntime(onnx_path, threads)),
+                               ("openvino", lambda: _openvino(onnx_path, threads, "f32")),
+                               ("openvino-bf16", lambda: _openvino(onnx_path, threads, "bf16"))):
+                try:
+                    contenders[name] = make()
+                except ImportError:
+                    skipped[name] = "not installed (pip install 'drsn-stream[bench]')"
+                except Exception as exc:  # noqa: BLE001 - e.g. no bf16 on this CPU
+                    skipped[name] = f"{exc!r}"[:200]
+        say(f"compiling torch.compile (inductor) in a child process, limit {compile_limit_s:.0f} s ...")
+        compiled: _CompiledPeer | None = None
+        try:
+            compiled = _CompiledPeer(model, threads, tuple(batch_sizes), data, compile_limit_s)
+            compile_s = round(compiled.compile_s, 1)
+        except (TimeoutError, RuntimeError, EOFError, OSError) as exc:
+            skipped["torch.compile"] = str(exc)
+        try:
+            figures = _measure(contenders, compiled, data, batch_sizes, seconds, repeats, say)
+            # on the largest batch of validation windows (the compiled peer knows only the timed sizes)
+            top = max(batch_sizes)
+            ref = runner.infer(data[:top])[0].argmax(1)
+            agreement = {name: float(np.mean(fn(data[:top])[0].argmax(1) == ref)) for name, fn in contenders.items()}
+            if compiled is not None:
+                agreement["torch.compile"] = float(np.mean(compiled.infer(top)[0].argmax(1) == ref))
+        finally:
+            if compiled is not None:
+                compiled.close()
+    rows = []
+    for b in batch_sizes:
+        med = {name: statistics.median(w for w, _ in v[b]) for name, v in figures.items()}
+        cpu = {name: statistics.median(c for _, c in v[b]) for name, v in figures.items()}
+        peers = {k: v for k, v in med.items() if k in COUNTED}
+        best = max(peers, key=peers.get) if peers else None
+        best_cpu = min((k for k in cpu if k in COUNTED), key=cpu.get, default=None)
+        rows.append({"batch": b, "wps": {k: round(v, 1) for k, v in med.items()},
+                     "cpu_us_per_window": {k: round(v, 1) for k, v in cpu.items()},
+                     "runs": {k: [[round(w, 1), round(c, 1)] for w, c in v[b]] for k, v in figures.items()},
+                     "best_peer": best, "x_best_peer": round(med["engine"] / peers[best], 3) if best else None,
+                     "best_peer_cpu": best_cpu,
+                     "x_best_peer_cpu": round(cpu[best_cpu] / cpu["engine"], 3) if best_cpu else None})
+    return {"model": meta.name, "network": meta.model, "window": meta.window, "threads": threads,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "repeats": repeats, "seconds": seconds,
+            "channels_last": runner.channels_last, "versions": _versions(), "compile_s": compile_s,
+            "skipped": skipped, "label_agreement_with_engine": agreement, "results": rows}
+
+
+def _measure(contenders: dict[str, Infer], compiled: _CompiledPeer | None, data: np.ndarray,
+             batch_sizes: tuple[int, ...], seconds: float, repeats: int,
+             say: Callable[[str], None]) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    names = list(contenders) + (["torch.compile"] if compiled is not None else [])
+    figures: dict[str, dict[int, list[tuple[float, float]]]] = {n: {b: [] for b in batch_sizes} for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]  # rotate: no contender always runs first
+        for b in batch_sizes:
+            for name in order:
+                if name == "torch.compile":
+                    assert compiled is not None
+                    got = compiled.rate(b, seconds)
+                else:
+                    got = _rate(contenders[name], data[:b], seconds)
+                figures[name][b].append(got)
+        say(f"repeat {r + 1}/{repeats} done")
+    return figures
+
+
+def _versions() -> dict[str, str]:
+    out = {"torch": torch.__version__}
+    for mod in ("onnxruntime", "openvino"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def print_peers(res: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list(res["results"][0]["wps"])
+    t = Table(title=f"drsn-stream bench --peers: {res['model']} ({res['network']}, window {res['window']}), "
+                    f"{res['threads']} thread(s), median of {res['repeats']} interleaved runs")
+    for c in ["batch", "", *[SHORT.get(n, n) for n in names], "best peer", "engine / best"]:
+        t.add_column(c, justify="right")
+    for r in res["results"]:
+        t.add_row(str(r["batch"]), "w/s", *[f"{r['wps'][n]:,.0f}" for n in names],
+                  SHORT.get(r["best_peer"], "-"), f"{r['x_best_peer']:.2f}x" if r["x_best_peer"] else "-")
+        t.add_row("", "CPU us", *[f"{r['cpu_us_per_window'][n]:,.0f}" for n in names],
+                  SHORT.get(r["best_peer_cpu"], "-"), f"{r['x_best_peer_cpu']:.2f}x" if r["x_best_peer_cpu"] else "-")
+    c = Console()
+    c.print(t)
+    c.print("label agreement with the engine on the validation windows: " + ", ".join(
+        f"{k} {v:.2%}" for k, v in res["label_agreement_with_engine"].items()))
+    if res["compile_s"] is not None:
+        c.print(f"torch.compile: compiled {len(res['results'])} batch size(s) in {res['compile_s']} s")
+    c.print("engine / best: windows/s over the best peer's (wall clock), and the best peer's CPU time per window "
+            "over the engine's (what the work costs, whatever share of a core the scheduler gave)")
+    c.print("peers counted for 'best': " + ", ".join(COUNTED) + " (openvino-bf16 is other arithmetic)")
+    for name, why in res["skipped"].items():
+        c.print(f"skipped {name}: {why}")
+    c.print("versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = tuple(int(s) for s in str(args.batch_sizes).split(",") if s.strip()) if args.batch_sizes else PEER_SIZES
+    res = run_peers(args.model, batch_sizes=sizes, threads=args.threads or 1, seconds=args.seconds,
+                    repeats=args.repeat, compile_limit_s=args.compile_limit,
+                    say=(lambda line: None) if args.json else (lambda line: print(line, flush=True)))
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        print_peers(res)
+    return 0
