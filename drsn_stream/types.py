@@ -77,6 +77,12 @@ class Prediction:
         latency_ms: from the capture of the window's last sample to the result.
         t_batched / t_done: wall-clock times the batch left the batcher / the result was ready.
         batch_size: size of the batch the window was inferred in.
+        features: the model's pooled features (features,) when the runner returns them.
+        unknown_score: distance to the model's training data over its threshold (models/ood.py);
+            above 1 the label is refused: ``label`` is then "unknown" and ``model_label`` keeps
+            the model's own argmax. None: the artifact carries no statistics to decide.
+        anomaly: distance to the stream's learned baseline over its threshold (monitor/baseline.py;
+            1.0 = the threshold); None without a baseline.
     """
 
     stream_id: str
@@ -91,9 +97,13 @@ class Prediction:
     t_done: float = 0.0
     batch_size: int = 1
     level: float = 0.0
+    features: np.ndarray | None = None
+    unknown_score: float | None = None
+    model_label: str | None = None
+    anomaly: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "type": "prediction",
             "stream": self.stream_id,
             "time": self.t_last,
@@ -105,6 +115,13 @@ class Prediction:
             "latency_ms": round(float(self.latency_ms), 3),
             "batch_size": self.batch_size,
         }
+        if self.unknown_score is not None:
+            out["unknown_score"] = round(float(self.unknown_score), 4)
+        if self.model_label is not None:
+            out["model_label"] = self.model_label
+        if self.anomaly is not None:
+            out["anomaly"] = round(float(self.anomaly), 4)
+        return out
 
 
 @dataclass(slots=True)

@@ -57,7 +57,9 @@ class ArtifactMeta:
     created: str = ""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
-    outputs: dict[str, Any] = field(default_factory=dict)  # optional: {"scores": one of SCORE_KINDS}
+    # optional: {"scores": one of SCORE_KINDS, "features": F when the module has forward_features}
+    outputs: dict[str, Any] = field(default_factory=dict)
+    unknown: dict[str, Any] = field(default_factory=dict)  # optional: models/ood.py's UnknownDetector
     source: str = ""  # where it was loaded from (not stored)
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,7 +67,14 @@ class ArtifactMeta:
         d.pop("source", None)
         if not d["outputs"]:
             d.pop("outputs")  # absent: the first output's meaning follows from the model (``scores``)
+        if not d["unknown"]:
+            d.pop("unknown")
         return d
+
+    @property
+    def features(self) -> int:
+        """Width of the pooled features ``forward_features`` returns; 0: the module has none."""
+        return int((self.outputs or {}).get("features", 0) or 0)
 
     @property
     def num_classes(self) -> int:
@@ -156,6 +165,9 @@ def _validate(d: dict[str, Any], where: str) -> None:
         if not isinstance(d[k], int) or d[k] <= 0:
             raise ArtifactError(f"{where}: metadata {k!r} must be a positive integer, not {d[k]!r}")
     outputs = d.get("outputs", {})
+    features = outputs.get("features", 0) if isinstance(outputs, dict) else 0
+    if not isinstance(features, int) or features < 0:
+        raise ArtifactError(f"{where}: metadata outputs.features must be a count of features, not {features!r}")
     if not isinstance(outputs, dict) or outputs.get("scores", "logits") not in SCORE_KINDS:
         raise ArtifactError(
             f"{where}: metadata 'outputs' must be an object whose 'scores' is one of {', '.join(SCORE_KINDS)}, "
