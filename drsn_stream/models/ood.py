@@ -51,13 +51,16 @@ class Gaussian:
     whitener: np.ndarray  # (features, features)
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> Gaussian:
-        """``x``: (windows, features); needs more windows than features."""
+    def fit(cls, x: np.ndarray, *, shrink: float = 0.0) -> Gaussian:
+        """``x``: (windows, features). ``shrink``: weight of the covariance's diagonal in the
+        matrix used (a few dozen windows estimate the off-diagonal terms of 16 features poorly)."""
         x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[0] <= x.shape[1]:
-            raise ValueError(f"a Gaussian over {x.shape[-1]} features needs more windows than that, got {x.shape[0]}")
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise ValueError(f"a Gaussian needs (windows >= 2, features), got {x.shape}")
         mean = x.mean(axis=0)
-        return cls(mean, _whitener(_covariance(x, mean)))
+        cov = _covariance(x, mean)
+        cov = (1.0 - shrink) * cov + shrink * np.diag(np.diag(cov))
+        return cls(mean, _whitener(cov))
 
     def distance2(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float64) - self.mean) @ self.whitener
