@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.errors import ArtifactError
+from drsn_stream.types import Prediction
 
 UNKNOWN = "unknown"  # the label shown where the model's label is refused
 KIND = "class-gaussian-mahalanobis"
@@ -113,6 +114,19 @@ class UnknownDetector:
     def score(self, x: np.ndarray) -> np.ndarray:
         """(b,) distance over the threshold: above 1 the window is ``unknown``."""
         return self.distance2(x) / self.threshold
+
+    def refuse(self, preds: list[Prediction]) -> None:
+        """Scores the predictions that carry features (one call per batch) and relabels those
+        above the threshold ``unknown``, keeping the model's label in ``model_label``."""
+        rows = [p for p in preds if p.features is not None]
+        if not rows:
+            return
+        scores = self.score(np.stack([p.features for p in rows]))
+        for p, sc in zip(rows, scores):
+            p.unknown_score = float(sc)
+            if not sc <= 1.0:  # NaN features are refused too
+                p.model_label = p.label
+                p.label = UNKNOWN
 
     def calibrate(self, x: np.ndarray, *, percentile: float = 99.9, margin: float = 1.0) -> float:
         """Sets the threshold to ``percentile`` of the scores of held-out in-distribution features

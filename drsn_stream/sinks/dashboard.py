@@ -58,7 +58,9 @@ LEGEND = (
     "label ?: the sensor needs checking, so no condition is claimed",
     "noise: share of activations the DRSN shrinkage zeroed (higher = noisier input)",
     "input: recent input level (RMS); lat: capture-to-label latency p50/p99 in ms",
-    "env: bearing fault type from the envelope spectrum, dB over noise; ✓ = agrees with the label",
+    "env: bearing fault type from the envelope spectrum, dB over noise; ✓ = label, anomaly and envelope agree",
+    "anomaly: deviation from the stream's learned baseline (1.0 = its alarm threshold) and its recent course",
+    "label unknown: the window does not look like the model's training data, so no label is claimed",
 )
 
 
@@ -193,6 +195,18 @@ def _envelope_cell(row: StreamRow) -> Text:
     return text
 
 
+def _anomaly_cell(row: StreamRow, *, spark: int) -> Text:
+    """``12.3 ▁▂▇█``: the latest anomaly score and its course; the baseline's state while it learns."""
+    if row.anomaly is None:
+        state = row.baseline or "-"
+        return Text(state if state != "monitoring" else "-", style="cyan" if state.startswith("learn") else "dim")
+    style = "bold red" if row.anomaly >= 1.0 else "green"
+    text = Text(f"{row.anomaly:5.1f}" if row.anomaly < 1000 else f"{row.anomaly:5.0e}", style=style)
+    if spark:
+        text.append(" " + sparkline(row.anomalies, spark), style="cyan")
+    return text
+
+
 def _top3_cell(row: StreamRow, *, full: bool) -> Text:
     items = row.top3 if full else row.top3[1:2]
     return Text(" ".join(f"{lab} {p * 100:.0f}%" for lab, p in items), style="dim")
@@ -219,9 +233,10 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
     """
     wide, narrow = width >= _WIDE, width < _NARROW
     with_env = any(row.envelope is not None for row in rows)
+    with_anomaly = any(row.baseline is not None for row in rows)
     cells: list[dict[str, Text]] = []
     for row in rows:
-        label_style = LABEL_STYLE[row.level] if row.label != "?" else "dim magenta"
+        label_style = {"?": "dim magenta", "unknown": "yellow"}.get(row.label, LABEL_STYLE[row.level])
         conf = Text(bar(row.confidence), style=LABEL_STYLE[row.level])
         conf.append(f"{row.confidence * 100:4.0f}%")
         c = {
@@ -234,6 +249,8 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
         }
         if with_env:
             c["env"] = _envelope_cell(row)
+        if with_anomaly:
+            c["anomaly"] = _anomaly_cell(row, spark=0 if narrow else 6)
         if not narrow:
             c["top"] = _top3_cell(row, full=wide)
             c["noise"] = Text(f"{row.noise_index:.2f}", style="dim")
@@ -253,6 +270,8 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
     if not narrow:
         cols.append(("top", "top-3" if wide else "2nd", 0, False))  # width decided below
     cols.append(("alarm", "alarm", need("alarm", "alarm"), False))
+    if with_anomaly:
+        cols.append(("anomaly", "anomaly", need("anomaly", "anomaly", 14), False))
     if with_env:
         cols.append(("env", "env", need("env", "env", 16), False))
     if not narrow:
