@@ -331,11 +331,13 @@ class Pipeline:
         while self.engine.notes:
             self.errors.append(self.engine.notes.pop(0))
         self._envelope_notes()
-        if self.baseline is not None:
-            notes = self.baseline.notes
-            while notes:
-                sid, message = notes.pop(0)
-                self._emit_events([Event("note", sid, time.time(), {"message": message})])
+        self._baseline_notes()
+
+    def _baseline_notes(self) -> None:
+        notes = self.baseline.notes if self.baseline is not None else []
+        while notes:
+            sid, message = notes.pop(0)
+            self._emit_events([Event("note", sid, time.time(), {"message": message})])
 
     def stop(self) -> None:
         """Closes sources, drains the queues and the engine, closes sinks. Idempotent."""
@@ -352,6 +354,7 @@ class Pipeline:
         self._out.put(None)
         if self._threads:
             self._threads[0].join(timeout=10.0)  # the output thread drains what the engine left
+        self._baseline_notes()
         if self.capture is not None:
             self.capture.close()
         self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})

@@ -196,10 +196,11 @@ def snapshot_metrics(snap: Snapshot) -> Iterator[Metric]:
     yield label
     anomaly = GaugeMetricFamily("drsn_stream_anomaly_ratio", "Latest anomaly score against the stream's learned "
                                 "baseline (1 = its alarm threshold); absent without a baseline.", labels=["stream"])
-    for r in snap.rows:
-        if r.anomaly is not None:
-            anomaly.add_metric([r.stream_id], float(r.anomaly))
-    yield anomaly
+    scored = [r for r in snap.rows if r.anomaly is not None]
+    for r in scored:
+        anomaly.add_metric([r.stream_id], float(r.anomaly))
+    if scored:
+        yield anomaly
     windows = CounterMetricFamily("drsn_stream_windows", "Windows of the stream classified.", labels=["stream"])
     for r in snap.rows:
         windows.add_metric([r.stream_id], float(r.windows))
