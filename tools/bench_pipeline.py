@@ -89,13 +89,16 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
                     max_batch=max_batch, cpu_layout=cpu_layout, **overrides)
     pipe = Pipeline(cfg)
     pipe.start()
-    time.sleep(2.0)  # subscriber joins, first windows fill
+    # subscriber joins, first windows fill; a live-learned baseline learns meanwhile
+    time.sleep(2.0 + (1.0 + cfg.learn_s if cfg.learn_s else 0.0))
+    monitoring = sum(1 for v in pipe.baseline.state.values() if v == "monitoring") if pipe.baseline else None
     drops0 = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost
     pipe.stats.start_recording()
     ticks0 = cpu_times()
     child = [pipe.runner.pid] if getattr(pipe.runner, "pid", None) else []
     proc0 = process_cpu_s(child)
     env0 = pipe.envelope.cpu_s if pipe.envelope is not None else 0.0
+    judge0 = pipe.judge_cpu_s
     batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
     if batch_times is not None:
         batch_times.clear()
@@ -106,6 +109,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     busy, steal = busy_and_steal(ticks0, cpu_times())
     proc_cpu = process_cpu_s(child) - proc0
     env_cpu = (pipe.envelope.cpu_s - env0) if pipe.envelope is not None else 0.0
+    judge_cpu = pipe.judge_cpu_s - judge0
     stages = pipe.stats.stage_ms()
     engine = {}
     if batch_times:
@@ -146,6 +150,10 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         # the envelope stage's own share of it
         "cpu_us_per_window": round(1e6 * proc_cpu / windows, 1) if windows else None,
         "envelope_cpu_us_per_window": round(1e6 * env_cpu / windows, 1) if windows else None,
+        # the output thread's CPU for the unknown label and the anomaly score
+        "judge_cpu_us_per_window": round(1e6 * judge_cpu / windows, 1) if windows else None,
+        # streams scored against a learned baseline when the measurement began (--baseline-ab)
+        "baseline_streams": monitoring,
         # the whole machine over the measured seconds: how busy, and how much the hypervisor took
         "machine_busy_pct": busy,
         "steal_pct": steal,
@@ -183,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--envelope-ab", action="store_true",
                     help="run each N without and with the envelope evidence (6205 bearing, 1797 rpm), alternating, "
                          "and print the CPU per window of both and their ratio")
+    ap.add_argument("--baseline-ab", action="store_true",
+                    help="run each N without the judges (no unknown label, no baseline, no envelope) and with all "
+                         "three (unknown, a baseline learned live over the first 1.6 s, envelope evidence), "
+                         "alternating, and print the CPU per window of both and their ratio")
     args = ap.parse_args(argv)
     rows = []
     best = 0
@@ -190,12 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(s) for s in args.streams.split(",")):
         held_all = True
         variants = [{}, {"machine": {"bearing": "6205", "rpm": 1797}}] if args.envelope_ab else [{}]
+        if args.baseline_ab:
+            variants = [{"unknown": False}, {"learn_s": 1.6, "machine": {"bearing": "6205", "rpm": 1797}}]
         for rep, extra in ((r, v) for r in range(args.repeat) for v in variants):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
                         hop=args.hop, threads=args.threads, max_batch=args.max_batch,
                         engine_process={"on": True, "off": False}.get(args.engine_process),
                         cpu_layout=args.cpu_layout, eager_batch=args.eager_batch, **extra)
-            r["envelope"] = bool(extra)
+            r["envelope"] = "machine" in extra
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
             rows.append(r)
@@ -209,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                 if r["stages_ms"]:
                     print("        ms p50/p99: " + "  ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["stages_ms"].items()),
                           flush=True)
+                if args.baseline_ab:
+                    print(f"        judges {'on ' if r['envelope'] else 'off'}: CPU {r['cpu_us_per_window']} us/window "
+                          f"(envelope stage {r['envelope_cpu_us_per_window']}, unknown + anomaly "
+                          f"{r['judge_cpu_us_per_window']}; {r['baseline_streams']} streams "
+                          "scored against a baseline)", flush=True)
                 if args.envelope_ab:
                     print(f"        envelope {'on ' if r['envelope'] else 'off'}: CPU {r['cpu_us_per_window']} us/window "
                           f"(envelope stage {r['envelope_cpu_us_per_window']})", flush=True)
@@ -224,6 +243,14 @@ def main(argv: list[str] | None = None) -> int:
                 break
     result = {"cpu_count": os.cpu_count(), "device": rows[0]["device"] if rows else "", "largest_held": best,
               "p99_bound_ms": args.p99_ms, "repeat": args.repeat, "runs": rows}
+    if args.baseline_ab:
+        on = [r["cpu_us_per_window"] for r in rows if r["envelope"] and r["cpu_us_per_window"]]
+        off = [r["cpu_us_per_window"] for r in rows if not r["envelope"] and r["cpu_us_per_window"]]
+        if on and off:
+            result["judges_cpu_ratio"] = round(float(np.median(on)) / float(np.median(off)), 3)
+            if not args.json:
+                print(f"unknown + baseline + envelope: CPU per window {np.median(on):.0f} us with, {np.median(off):.0f} "
+                      f"us without (medians of {len(on)}/{len(off)} runs): x{result['judges_cpu_ratio']}")
     if args.envelope_ab:
         on = [r["cpu_us_per_window"] for r in rows if r["envelope"] and r["cpu_us_per_window"]]
         off = [r["cpu_us_per_window"] for r in rows if not r["envelope"] and r["cpu_us_per_window"]]

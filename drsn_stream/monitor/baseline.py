@@ -22,6 +22,7 @@ import json
 import math
 import time
 import zipfile
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,27 +220,55 @@ class BaselineStage:
         self.notes: list[tuple[str, str]] = []  # (stream, message), each said once; the pipeline drains it
         self.state: dict[str, str] = {}  # stream: "learning 40%" / "monitoring" / "no baseline"
         self.latest: dict[str, float] = {}  # stream: latest anomaly
-        self.history: dict[str, list[float]] = {}  # stream: recent anomalies, for the sparkline
+        self.history: dict[str, deque[float]] = {}  # stream: recent anomalies, for the sparkline
+        self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray] | None = None
+        for sid in self.profile.streams:
+            self.state[sid] = "monitoring"
 
     def apply(self, preds: list[Prediction]) -> None:
         """Sets ``anomaly`` on every prediction of a stream that has a baseline (one vectorized
-        call per stream and batch); collects the features of streams that are learning."""
-        by_stream: dict[str, list[Prediction]] = {}
+        call per batch, over all its streams); collects the features of streams that are learning."""
+        if self._stacked is None:
+            self._stack()
+        index, means, whiteners, thresholds = self._stacked
+        rows, ks, rest = [], [], []
         for p in preds:
-            if p.features is not None:
-                by_stream.setdefault(p.stream_id, []).append(p)
-        for sid, group in by_stream.items():
-            base = self.profile.streams.get(sid)
-            if base is None:
-                self._learn(sid, group)
+            if p.features is None:
                 continue
-            scores = base.anomaly(np.stack([p.features for p in group]))
-            for p, a in zip(group, scores):
-                p.anomaly = float(a)
-            hist = self.history.setdefault(sid, [])
-            hist.extend(float(a) for a in scores)
-            del hist[:-32]
-            self.latest[sid] = float(scores[-1])
+            k = index.get(p.stream_id)
+            if k is None:
+                rest.append(p)
+            else:
+                rows.append(p)
+                ks.append(k)
+        if rows:
+            z = np.einsum("bf,bfg->bg", np.stack([p.features for p in rows]) - means[ks], whiteners[ks])
+            scores = np.sqrt(np.einsum("bf,bf->b", z, z)) / thresholds[ks]
+            for p, a in zip(rows, scores.tolist()):
+                p.anomaly = a
+                hist = self.history.get(p.stream_id)
+                if hist is None:
+                    hist = self.history[p.stream_id] = deque(maxlen=32)
+                hist.append(a)
+                self.latest[p.stream_id] = a
+        if rest:
+            by_stream: dict[str, list[Prediction]] = {}
+            for p in rest:
+                by_stream.setdefault(p.stream_id, []).append(p)
+            for sid, group in by_stream.items():
+                self._learn(sid, group)
+
+    def _stack(self) -> None:
+        """The baselines as arrays (stream index, means, whiteners, thresholds) for ``apply``."""
+        ids = list(self.profile.streams)
+        bases = [self.profile.streams[sid] for sid in ids]
+        f = bases[0].gaussian.mean.size if bases else 0
+        self._stacked = (
+            {sid: k for k, sid in enumerate(ids)},
+            np.array([b.gaussian.mean for b in bases]).reshape(len(ids), f),
+            np.array([b.gaussian.whitener for b in bases]).reshape(len(ids), f, f),
+            np.array([b.threshold for b in bases]),
+        )
 
     def _learn(self, sid: str, group: list[Prediction]) -> None:
         if self.learn_s is None:
@@ -271,6 +300,7 @@ class BaselineStage:
             self.notes.append((sid, f"baseline not learned: {exc}"))
             return
         self.profile.streams[sid] = base
+        self._stacked = None
         self.state[sid] = "monitoring"
         self.notes.append((sid, f"baseline learned on {base.windows} windows; monitoring for deviations"))
 

@@ -97,6 +97,7 @@ class RunConfig:
     envelope: dict[str, Any] = field(default_factory=dict)  # [envelope]: EnvelopeSettings fields
     baseline: str | None = None  # a baseline profile (monitor/baseline.py): each prediction gains `anomaly`
     learn_s: float | None = None  # learn each stream without a baseline for this long, then monitor it
+    unknown: bool = True  # refuse labels the model cannot back, where the artifact carries the statistics
 
     def __post_init__(self) -> None:
         problems = []
@@ -232,6 +233,7 @@ class Pipeline:
         self._ingest_lock = threading.Lock()
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
+        self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
         self.label_counts: dict[str, Counter[str]] = {}
         self.errors: list[str] = []
         self.quit = threading.Event()
@@ -431,10 +433,13 @@ class Pipeline:
     def _handle(self, preds: list[Prediction]) -> None:
         if self.envelope is not None and self.engine.latency_from_ready:
             self.envelope.settle(2.0)  # a replay outruns the envelope stage; live, never wait
-        if self.unknown is not None:
-            self.unknown.refuse(preds)
-        if self.baseline is not None:
-            self.baseline.apply(preds)
+        if self.unknown is not None or self.baseline is not None:
+            t0 = time.thread_time()
+            if self.unknown is not None:
+                self.unknown.refuse(preds)
+            if self.baseline is not None:
+                self.baseline.apply(preds)
+            self.judge_cpu_s += time.thread_time() - t0
         for p in preds:
             healthy = self.health.healthy(p.stream_id)
             events = self.decisions.update(p, healthy=healthy)
@@ -609,7 +614,9 @@ class Pipeline:
 def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownDetector | None, BaselineStage | None]:
     """The artifact's "unknown" statistics (None where it carries none) and the baseline stage
     (None without --baseline or --learn); a profile that does not fit the model is refused here."""
-    unknown = UnknownDetector.from_dict(meta.unknown, where=meta.source) if meta.unknown and meta.features else None
+    unknown = None
+    if config.unknown and meta.unknown and meta.features:
+        unknown = UnknownDetector.from_dict(meta.unknown, where=meta.source)
     if config.baseline is None and config.learn_s is None:
         return unknown, None
     if not meta.features:
