@@ -134,6 +134,14 @@ def test_the_dashboard_shows_the_anomaly_and_its_course_and_prometheus_a_gauge()
     assert "anomaly" in lines[0]
     assert " 12.3 " in lines[1] and "█" in lines[1]
     assert "learning 40%" in lines[2]
+    # the envelope column's check mark needs the label, the anomaly and the envelope to agree
+    rows = (StreamRow("m0", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0, anomaly=12.0),
+            StreamRow("m1", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0, anomaly=0.5),
+            StreamRow("m2", label="normal", confidence=0.9, envelope="none", envelope_db=0.5, anomaly=0.5))
+    console = Console(width=160, file=io.StringIO(), color_system=None)
+    console.print(stream_table(rows, width=160))
+    lines = console.file.getvalue().splitlines()
+    assert "✓" in lines[1] and "≠" in lines[2] and "✓" in lines[3]
     engine = DecisionEngine(LABELS)
     engine.update(_anomaly_pred(3.25, 1.0))
     snap = build_snapshot(header=Header(model="bearing-cwru", labels=tuple(LABELS)), decisions=engine,

@@ -165,3 +165,24 @@ def test_the_monitor_calls_a_sine_unknown_and_raises_no_alarm(tmp_path: Path) ->
     assert preds and all(o["label"] == UNKNOWN and o["unknown_score"] > 1 and o["model_label"] for o in preds)
     assert not [o for o in objs if o["type"] == "alarm"]
     assert "sine: %d windows; unknown 100%%" % len(preds) in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["flat", "clipped"])
+def test_flat_and_clipped_signals_come_out_unknown_and_the_sensor_needs_checking(tmp_path: Path, kind: str) -> None:
+    t = np.arange(12000 * 4) / 12000
+    if kind == "flat":
+        x = np.zeros(t.size, np.int16)
+    else:
+        noisy = 3 * np.sin(2 * np.pi * 50 * t) + 0.3 * np.random.default_rng(0).standard_normal(t.size)
+        x = (np.clip(noisy, -1, 1) * 32767).astype(np.int16)
+    wav = tmp_path / f"{kind}.wav"
+    scipy.io.wavfile.write(wav, 12000, x)
+    res = subprocess.run([sys.executable, "-m", "drsn_stream", "--source", f"file:{wav}", "--fast", "--jsonl", "-"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    labels = [o["label"] for o in objs if o["type"] == "prediction"]
+    assert labels and labels.count(UNKNOWN) >= 0.99 * len(labels)
+    health = [o for o in objs if o["type"] == "health"]
+    assert health and health[0]["to"] == "CHECK_SENSOR"
+    assert not [o for o in objs if o["type"] == "alarm"]
