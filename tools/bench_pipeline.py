@@ -77,10 +77,12 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
             cpu_layout: str = "auto", **overrides) -> dict:
     """One run with N streams; ``overrides`` are further RunConfig fields (for A/B experiments)."""
     port = free_port()
+    # a live-learned baseline (--baseline-ab) learns during a longer warm-up; the publisher runs on through it
+    warm = 2.0 + (1.0 + overrides["learn_s"] if overrides.get("learn_s") else 0.0)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     pub = subprocess.Popen(
         [sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to", f"tcp://127.0.0.1:{port}",
-         "--source", f"sim:bearing?machines={n}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + 4),
+         "--source", f"sim:bearing?machines={n}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + warm + 2),
          "--wait-subscriber", "10"],
         env=env,
     )
@@ -89,8 +91,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
                     max_batch=max_batch, cpu_layout=cpu_layout, **overrides)
     pipe = Pipeline(cfg)
     pipe.start()
-    # subscriber joins, first windows fill; a live-learned baseline learns meanwhile
-    time.sleep(2.0 + (1.0 + cfg.learn_s if cfg.learn_s else 0.0))
+    time.sleep(warm)  # subscriber joins, first windows fill (a baseline learns)
     monitoring = sum(1 for v in pipe.baseline.state.values() if v == "monitoring") if pipe.baseline else None
     drops0 = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost
     pipe.stats.start_recording()

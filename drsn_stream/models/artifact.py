@@ -276,6 +276,16 @@ def load_artifact(
                 f"{path}: the model returns shapes {tuple(logits.shape)}, {tuple(noise.shape)} but the metadata "
                 f"names {meta.num_classes} labels; re-export it"
             )
+        if meta.features:
+            try:
+                with torch.no_grad():
+                    feats = module.forward_features(torch.zeros(2, meta.window, device=map_location))[2]
+                ok = tuple(feats.shape) == (2, meta.features)
+            except Exception:  # noqa: BLE001 - no such method, or it fails: the file's fault
+                ok = False
+            if not ok:
+                raise ArtifactError(f"{path}: the metadata promises {meta.features} pooled features but the module's "
+                                    "forward_features does not give them; re-run tools/fit_unknown.py on it")
     return module, meta
 
 
