@@ -186,3 +186,17 @@ def test_flat_and_clipped_signals_come_out_unknown_and_the_sensor_needs_checking
     health = [o for o in objs if o["type"] == "health"]
     assert health and health[0]["to"] == "CHECK_SENSOR"
     assert not [o for o in objs if o["type"] == "alarm"]
+
+
+def test_an_artifact_that_promises_features_it_does_not_give_is_refused_on_load(tmp_path: Path) -> None:
+    from drsn_stream.models.artifact import save_artifact
+
+    meta = {"name": "t", "model": "drsn_cw_paper", "labels": ["a", "b"], "sample_rate": 1000, "window": 256,
+            "hop": 128, "input": {"kind": "raw"}, "normalization": {"kind": "zscore"},
+            "outputs": {"scores": "logits", "features": 32}}
+    path = save_artifact(create_model("drsn_cw_paper", num_classes=2), tmp_path / "t.pt", meta)
+    with pytest.raises(ArtifactError, match="promises 32 pooled features.*fit_unknown.py"):
+        load_artifact(path)
+    meta["outputs"]["features"] = 16
+    save_artifact(create_model("drsn_cw_paper", num_classes=2), path, meta)
+    assert load_artifact(path)[1].features == 16

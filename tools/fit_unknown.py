@@ -11,6 +11,9 @@ test part and of synthetic signals, and re-saves the artifact with ``outputs.fea
 re-export of the weights:
 
     python tools/fit_unknown.py drsn_stream/artifacts/bearing-cwru.pt [--data ../shared/data/cwru] [--out X.pt]
+
+Another model (not trained on CWRU) gets ``forward_features`` and ``outputs.features`` only: it can
+then learn baselines, and never shows ``unknown``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from drsn_stream.dsp.normalize import normalize  # noqa: E402
 from drsn_stream.models import load_artifact, save_artifact  # noqa: E402
-from drsn_stream.models.artifact import load_validation  # noqa: E402
+from drsn_stream.models.artifact import load_validation, resolve_artifact  # noqa: E402
 from drsn_stream.models.ood import UnknownDetector  # noqa: E402
 from drsn_stream.models.registry import build_from_config  # noqa: E402
 from drsn_stream.train import cwru  # noqa: E402
@@ -112,9 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     old, meta = load_artifact(args.artifact)
-    if meta.training.get("dataset") != "cwru":
-        print(f"{args.artifact}: not a CWRU model; fit_unknown knows only the CWRU split", file=sys.stderr)
-        return 2
     val = load_validation(args.artifact)
     model = rebuild(old, meta)
     x = val if val is not None else np.random.default_rng(0).standard_normal((256, meta.window)).astype(np.float32)
@@ -129,6 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         print("refused: the rebuilt network does not reproduce the artifact", file=sys.stderr)
         return 1
 
+    if meta.training.get("dataset") != "cwru":
+        # no split to fit on here: export the pooled features only (baselines work, "unknown" stays off)
+        d = meta.to_dict()
+        with torch.inference_mode():
+            width = int(model.forward_features(xt[:1])[2].shape[1])
+        d["outputs"] = {**d.get("outputs", {}), "scores": meta.scores, "features": width}
+        out = args.out or str(resolve_artifact(args.artifact))
+        save_artifact(model, out, d, validation=val)
+        print(f"not a CWRU model: wrote {out} with forward_features ({width} features) and no unknown statistics")
+        return 0
     data = meta.training["data"]
     split = meta.training["split"]
     recs = cwru.load_set(args.data, meta.labels, files=data["files"], channel=data.get("channel", "DE"),
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     d = meta.to_dict()
     d["outputs"] = {**d.get("outputs", {}), "scores": meta.scores, "features": det.features}
     d["unknown"] = det.to_dict()
-    out = args.out or args.artifact
+    out = args.out or str(resolve_artifact(args.artifact))
     save_artifact(model, out, d, validation=val)
     print(f"wrote {out}")
     return 0

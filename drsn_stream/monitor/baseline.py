@@ -108,6 +108,9 @@ def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_ba
     if n < MIN_WINDOWS:
         raise ConfigError(f"a baseline needs at least {MIN_WINDOWS} windows, got {n}; learn for longer")
     k = max(1, int(round(n * held_back)))
+    if n - k <= x.shape[1]:
+        raise ConfigError(f"a baseline over {x.shape[1]} features needs more than {x.shape[1]} windows to fit "
+                          f"(got {n - k} after holding back {k}); learn for longer")
     gauss = Gaussian.fit(x[: n - k], shrink=shrink)
     threshold = float(np.percentile(np.sqrt(gauss.distance2(x[n - k :])), percentile) * margin)
     t = np.asarray(times if times is not None else np.zeros(n), dtype=np.float64)
