@@ -164,7 +164,7 @@ def test_the_monitor_calls_a_sine_unknown_and_raises_no_alarm(tmp_path: Path) ->
     preds = [o for o in objs if o["type"] == "prediction"]
     assert preds and all(o["label"] == UNKNOWN and o["unknown_score"] > 1 and o["model_label"] for o in preds)
     assert not [o for o in objs if o["type"] == "alarm"]
-    assert "sine: %d windows; unknown 100%%" % len(preds) in res.stderr
+    assert f"sine: {len(preds)} windows; unknown 100%" in res.stderr
 
 
 @pytest.mark.parametrize("kind", ["flat", "clipped"])

@@ -34,7 +34,13 @@ from drsn_stream.engine.procrunner import ProcessRunner
 from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH, Runner, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError, DrsnStreamError
-from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation, read_meta, resolve_artifact
+from drsn_stream.models.artifact import (
+    ArtifactMeta,
+    load_artifact,
+    load_validation,
+    read_meta,
+    resolve_artifact,
+)
 from drsn_stream.models.ood import UnknownDetector
 from drsn_stream.monitor.baseline import BaselineStage, Profile, weights_digest
 from drsn_stream.monitor.capture import CaptureConfig, EventCapture
@@ -485,9 +491,10 @@ class Pipeline:
 
     def _line(self, p: Prediction) -> str:
         st = self.decisions.state(p.stream_id)
+        conf = "  -  " if p.model_label is not None else f"{p.confidence:5.2f}"  # a refused label has none
         return (
             f"{time.strftime('%H:%M:%S', time.localtime(p.t_last))} {p.stream_id:<14} {p.label:<10} "
-            f"{'  -  ' if p.model_label is not None else f'{p.confidence:5.2f}'}  smoothed {st.label}/{st.level.name:<6} noise {p.noise_index:4.2f} "
+            f"{conf}  smoothed {st.label}/{st.level.name:<6} noise {p.noise_index:4.2f} "
             f"latency {p.latency_ms:7.1f} ms" + (f" anomaly {p.anomaly:.2f}" if p.anomaly is not None else "")
         )
 
