@@ -34,6 +34,7 @@ from drsn_stream.dsp.normalize import normalize  # noqa: E402
 from drsn_stream.models import load_artifact, save_artifact  # noqa: E402
 from drsn_stream.models.artifact import load_validation, resolve_artifact  # noqa: E402
 from drsn_stream.models.ood import UnknownDetector  # noqa: E402
+from drsn_stream.models.outputs import Probabilities  # noqa: E402
 from drsn_stream.models.registry import build_from_config  # noqa: E402
 from drsn_stream.train import cwru  # noqa: E402
 
@@ -79,6 +80,8 @@ def rebuild(module: Any, meta: Any) -> nn.Module:
         state = {k.partition(".")[2]: v for k, v in state.items()}
     net.load_state_dict(state)
     native = "log_probs" if int(meta.model_config.get("ensemble", 1) or 1) > 1 else "logits"
+    if meta.scores == "probs":
+        return Probabilities(net).eval()  # the shipped form (models/outputs.py)
     model = net if meta.scores == native else ScoresAs(net, meta.scores)
     return model.eval()
 

@@ -24,6 +24,7 @@ import torch
 
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.artifact import quiet_torchscript
+from drsn_stream.models.outputs import is_wrapped, to_probs
 
 FP16_MIN_AGREEMENT = 0.999
 # On the CPU a batch is run in slices of at most this many windows: beyond it the activations of
@@ -146,12 +147,12 @@ class Runner:
         lanes: int = 2,
         net_config: dict[str, Any] | None = None,
         cpu_layout: str = "auto",
-        scores: str = "logits",
+        scores: str | None = None,
         features: int = 0,
     ) -> None:
         """
         Args:
-            module: the artifact's TorchScript module (eval mode), forward (b, n) -> (logits, noise).
+            module: the artifact's TorchScript module (eval mode), forward (b, n) -> (scores, noise).
             window: samples per window (n).
             device: "auto", "cpu", "cuda[:N]" or a torch.device.
             max_batch: largest batch.
@@ -166,10 +167,11 @@ class Runner:
             cpu_layout: "auto" (use the channels-last form where converted and verified) or "off".
             scores: what the module's first output holds (``ArtifactMeta.scores``): "logits" or
                 "log_probs" (a softmax gives the probabilities) or "probs" (used as they are).
+                None: "probs" for a module in the ``Probabilities`` wrapper, else "logits".
             features: width of the pooled features (``ArtifactMeta.features``) to return with each
                 batch (``Pending.features``) through the module's ``forward_features``; 0: none.
         """
-        self.scores = scores
+        self.scores = scores if scores is not None else ("probs" if is_wrapped(module) else "logits")
         self.features = int(features)
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.window = window
@@ -242,7 +244,7 @@ class Runner:
             x = np.asarray(validation[: cl.CHECK_WINDOWS], dtype=np.float32)
         else:
             x = np.random.default_rng(0).standard_normal((cl.CHECK_WINDOWS // 2, self.window)).astype(np.float32)
-        agree, dp, dn = cl.compare(self.module, fast, x)
+        agree, dp, dn = cl.compare(self.module, fast, x, scores=self.scores)
         self.layout_check = (agree, dp, dn)
         if agree >= cl.MIN_AGREEMENT and dp <= cl.MAX_PROB_DIFF and dn <= cl.MAX_NOISE_DIFF:
             self.module, self.channels_last = fast, True
@@ -321,9 +323,7 @@ class Runner:
             feats = feats.float()
         else:
             scores, noise = self.module(x)
-        if self.scores != "probs":
-            scores = torch.softmax(scores.float(), dim=1)
-        return scores.float(), noise.float(), feats
+        return to_probs(scores, self.scores), noise.float(), feats
 
     def _forward_packed(self, x: torch.Tensor) -> torch.Tensor:
         probs, noise, feats = self._forward(x)
