@@ -284,15 +284,18 @@ class BaselineStage:
         feats, times = self._learning.setdefault(sid, ([], []))
         if not feats:
             self.notes.append((sid, f"learning the baseline for {_span(self.learn_s)}"))
-        feats.extend(p.features for p in group)
-        times.extend(p.t_last for p in group)
-        span = times[-1] - times[0]
+        for i, p in enumerate(group):
+            feats.append(p.features)
+            times.append(p.t_last)
+            if times[-1] - times[0] >= self.learn_s:
+                self._fit(sid)
+                if sid in self.profile.streams and i + 1 < len(group):
+                    self.apply(group[i + 1 :])  # the rest of a large batch is scored, not learned
+                return
         if math.isinf(self.learn_s):
             self.state[sid] = f"learning {len(feats)} windows"
-            return
-        self.state[sid] = f"learning {min(99, int(100 * span / self.learn_s))}%"
-        if span >= self.learn_s:
-            self._fit(sid)
+        else:
+            self.state[sid] = f"learning {min(99, int(100 * (times[-1] - times[0]) / self.learn_s))}%"
 
     def _fit(self, sid: str) -> None:
         feats, times = self._learning.pop(sid)
