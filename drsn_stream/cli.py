@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "train": ("drsn_stream.train.cli", "add_train_arguments", "run_train", "train a model from a TOML config"),
     "eval": ("drsn_stream.train.cli", "add_eval_arguments", "run_eval", "evaluate a model on held-out data with noise"),
     "export": ("drsn_stream.train.cli", "add_export_arguments", "run_export", "export a checkpoint as a TorchScript artifact"),
+    "baseline": ("drsn_stream.monitor.baseline_cli", "add_arguments", "run",
+                 "learn a machine's normal (baseline learn) or show a learned profile (baseline show)"),
     "bench": ("drsn_stream.engine.bench", "add_arguments", "run", "benchmark the engine against eager and TorchScript"),
     "publish": ("drsn_stream.sources.publish", "add_arguments", "run", "publish any source over ZeroMQ (sensor gateway)"),
     "devices": ("drsn_stream.sources.devices", "add_arguments", "run", "list sound input devices"),

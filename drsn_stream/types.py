@@ -112,6 +112,12 @@ class Prediction:
             "CHECK_SENSOR". A window from a sensor in CHECK_SENSOR is no evidence of the machine's
             condition: its JSON says ``"label": "check_sensor"`` (the model's own top label stays
             in ``"model_label"``, the scores in ``"probs"``) and it raises no alarm.
+        features: the model's pooled features (features,) when the runner returns them.
+        unknown_score: distance to the model's training data over its threshold (models/ood.py);
+            above 1 the label is refused: ``label`` is then "unknown" and ``model_label`` keeps
+            the model's own argmax. None: the artifact carries no statistics to decide.
+        anomaly: distance to the stream's learned baseline over its threshold (monitor/baseline.py;
+            1.0 = the threshold); None without a baseline.
     """
 
     stream_id: str
@@ -127,16 +133,19 @@ class Prediction:
     batch_size: int = 1
     level: float = 0.0
     health: str = "OK"
+    features: np.ndarray | None = None
+    unknown_score: float | None = None
+    model_label: str | None = None
+    anomaly: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         healthy = self.health == "OK"
-        return {
+        out = {
             "type": "prediction",
             "stream": self.stream_id,
             "time": self.t_last,
             "index": self.index,
             "label": self.label if healthy else "check_sensor",
-            **({} if healthy else {"model_label": self.label}),
             "health": self.health,
             "confidence": round(float(self.confidence), 5),
             "probs": [round(float(p), 5) for p in self.probs],
@@ -144,6 +153,13 @@ class Prediction:
             "latency_ms": round(float(self.latency_ms), 3),
             "batch_size": self.batch_size,
         }
+        if self.unknown_score is not None:
+            out["unknown_score"] = round(float(self.unknown_score), 4)
+        if self.model_label is not None or not healthy:
+            out["model_label"] = self.model_label or self.label  # the model's own argmax
+        if self.anomaly is not None:
+            out["anomaly"] = round(float(self.anomaly), 4)
+        return out
 
 
 @dataclass(slots=True)

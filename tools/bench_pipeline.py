@@ -95,10 +95,12 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     if n % channels:
         raise SystemExit(f"--streams {n} is not a multiple of --channels {channels}")
     port = free_port()
+    # a live-learned baseline (--baseline-ab) learns during a longer warm-up; the publisher runs on through it
+    warm = 2.0 + (1.0 + overrides["learn_s"] if overrides.get("learn_s") else 0.0)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     pub = subprocess.Popen(
         [sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to", f"tcp://127.0.0.1:{port}",
-         "--source", f"sim:bearing?machines={n // channels}&channels={channels}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + 4),
+         "--source", f"sim:bearing?machines={n // channels}&channels={channels}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + warm + 2),
          "--wait-subscriber", "10"],
         env=env,
     )
@@ -107,7 +109,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
                     max_batch=max_batch, cpu_layout=cpu_layout, **overrides)
     pipe = Pipeline(cfg)
     pipe.start()
-    time.sleep(2.0)  # subscriber joins, first windows fill
+    time.sleep(warm)  # subscriber joins, first windows fill (a baseline learns)
+    monitoring = sum(1 for v in pipe.baseline.state.values() if v == "monitoring") if pipe.baseline else None
     drops0 = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost
     pipe.stats.start_recording()
     ticks0 = cpu_times()
@@ -116,6 +119,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     env0 = pipe.envelope.cpu_s if pipe.envelope is not None else 0.0
     ingest = next((t.native_id for t in pipe._threads if t.name.startswith("drsn-ingest")), None)
     ingest0, frames0 = thread_cpu_s(ingest), pipe.sources[0].stats.snapshot()["frames"]
+    judge0 = pipe.judge_cpu_s
     batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
     if batch_times is not None:
         batch_times.clear()
@@ -128,6 +132,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     ingest_cpu = thread_cpu_s(ingest) - ingest0
     frames = pipe.sources[0].stats.snapshot()["frames"] - frames0
     env_cpu = (pipe.envelope.cpu_s - env0) if pipe.envelope is not None else 0.0
+    judge_cpu = pipe.judge_cpu_s - judge0
     stages = pipe.stats.stage_ms()
     engine = {}
     if batch_times:
@@ -173,6 +178,10 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         # received and per channel of those frames
         "ingest_us_per_frame": round(1e6 * ingest_cpu / frames, 1) if frames else None,
         "ingest_us_per_channel": round(1e6 * ingest_cpu / (frames * channels), 2) if frames else None,
+        # the output thread's CPU for the unknown label and the anomaly score
+        "judge_cpu_us_per_window": round(1e6 * judge_cpu / windows, 1) if windows else None,
+        # streams scored against a learned baseline when the measurement began (--baseline-ab)
+        "baseline_streams": monitoring,
         # the whole machine over the measured seconds: how busy, and how much the hypervisor took
         "machine_busy_pct": busy,
         "steal_pct": steal,
@@ -212,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--envelope-ab", action="store_true",
                     help="run each N without and with the envelope evidence (6205 bearing, 1797 rpm), alternating, "
                          "and print the CPU per window of both and their ratio")
+    ap.add_argument("--baseline-ab", action="store_true",
+                    help="run each N without the judges (no unknown label, no baseline, no envelope) and with all "
+                         "three (unknown, a baseline learned live over the first 1.6 s, envelope evidence), "
+                         "alternating, and print the CPU per window of both and their ratio")
     args = ap.parse_args(argv)
     rows = []
     best = 0
@@ -219,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(s) for s in args.streams.split(",")):
         held_all = True
         variants = [{}, {"machine": {"bearing": "6205", "rpm": 1797}}] if args.envelope_ab else [{}]
+        if args.baseline_ab:
+            variants = [{"unknown": False}, {"learn_s": 1.6, "machine": {"bearing": "6205", "rpm": 1797}}]
         for rep, extra in ((r, v) for r in range(args.repeat) for v in variants):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
                         hop=args.hop, threads=args.threads, max_batch=args.max_batch,
                         engine_process={"on": True, "off": False}.get(args.engine_process),
                         cpu_layout=args.cpu_layout, eager_batch=args.eager_batch, channels=args.channels, **extra)
-            r["envelope"] = bool(extra)
+            r["envelope"] = "machine" in extra
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
             rows.append(r)
@@ -240,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
                 if r["stages_ms"]:
                     print("        ms p50/p99: " + "  ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["stages_ms"].items()),
                           flush=True)
+                if args.baseline_ab:
+                    print(f"        judges {'on ' if r['envelope'] else 'off'}: CPU {r['cpu_us_per_window']} us/window "
+                          f"(envelope stage {r['envelope_cpu_us_per_window']}, unknown + anomaly "
+                          f"{r['judge_cpu_us_per_window']}; {r['baseline_streams']} streams "
+                          "scored against a baseline)", flush=True)
                 if args.envelope_ab:
                     print(f"        envelope {'on ' if r['envelope'] else 'off'}: CPU {r['cpu_us_per_window']} us/window "
                           f"(envelope stage {r['envelope_cpu_us_per_window']})", flush=True)
@@ -256,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {"cpu_count": os.cpu_count(), "device": rows[0]["device"] if rows else "", "largest_held": best,
               "channels_per_frame": args.channels,
               "p99_bound_ms": args.p99_ms, "repeat": args.repeat, "runs": rows}
+    if args.baseline_ab:
+        on = [r["cpu_us_per_window"] for r in rows if r["envelope"] and r["cpu_us_per_window"]]
+        off = [r["cpu_us_per_window"] for r in rows if not r["envelope"] and r["cpu_us_per_window"]]
+        if on and off:
+            result["judges_cpu_ratio"] = round(float(np.median(on)) / float(np.median(off)), 3)
+            if not args.json:
+                print(f"unknown + baseline + envelope: CPU per window {np.median(on):.0f} us with, {np.median(off):.0f} "
+                      f"us without (medians of {len(on)}/{len(off)} runs): x{result['judges_cpu_ratio']}")
     if args.envelope_ab:
         on = [r["cpu_us_per_window"] for r in rows if r["envelope"] and r["cpu_us_per_window"]]
         off = [r["cpu_us_per_window"] for r in rows if not r["envelope"] and r["cpu_us_per_window"]]

@@ -135,7 +135,7 @@ class _Unit(nn.Module):
 
 class ChannelsLastDRSN(nn.Module):
     """A 1-D ``DRSN`` (networks.py) rewritten for the CPU; ``forward(x (batch, samples))`` returns
-    ``(logits, noise_index)`` like the original."""
+    ``(logits, noise_index)`` like the original, ``forward_features`` the pooled features too."""
 
     __constants__ = ["phase_stem", "stem_stride", "stem_pad", "n_units", "has_shrink", "k_head", "channels"]
 
@@ -167,6 +167,12 @@ class ChannelsLastDRSN(nn.Module):
         self.register_buffer("fc_b", net.fc.bias.detach().clone())
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits, noise_index, _ = self.forward_features(x)
+        return logits, noise_index
+
+    @torch.jit.export
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Like forward, plus the pooled features (batch, channels) (networks.py)."""
         b, n = x.shape[0], x.shape[1]
         if self.phase_stem and n % 2 == 0:
             h = F.conv2d(x.view(b, n // 2, 2).permute(0, 2, 1).unsqueeze(2), self.stem_phase, self.stem_b, padding=(0, 1))
@@ -186,7 +192,7 @@ class ChannelsLastDRSN(nn.Module):
         h = torch.relu_(h).view(b, n, c).mean(dim=1)
         logits = F.linear(h, self.fc_w, self.fc_b)
         noise_index = zeroed / float(self.n_units) if self.has_shrink else zeroed
-        return logits, noise_index
+        return logits, noise_index, h
 
 
 def convert(module: torch.jit.ScriptModule | nn.Module, model_config: dict[str, Any] | None) -> tuple[nn.Module | None, str]:

@@ -27,8 +27,10 @@ def predictions_from(
     *,
     t_batched: float,
     t_done: float,
+    features: np.ndarray | None = None,
 ) -> list[Prediction]:
-    """Turns a batch's outputs into Predictions (argmax label, latency from capture)."""
+    """Turns a batch's outputs into Predictions (argmax label, latency from capture); ``features``
+    (b, features), when given, go with them."""
     top = probs.argmax(axis=1)
     out = []
     b = len(windows)
@@ -49,6 +51,7 @@ def predictions_from(
                 batch_size=b,
                 level=w.level,
                 health="OK" if w.healthy else "CHECK_SENSOR",
+                features=None if features is None else features[i],
             )
         )
     return out
@@ -158,7 +161,8 @@ class InferenceLoop(threading.Thread):
     def _finish(self, batch: list[Window], handle: Pending, t_batched: float) -> list[Prediction]:
         probs, noise = self.runner.collect(handle)
         t_done = time.time()
-        preds = predictions_from(batch, probs, noise, self.labels, t_batched=t_batched, t_done=t_done)
+        preds = predictions_from(batch, probs, noise, self.labels, t_batched=t_batched, t_done=t_done,
+                                 features=handle.features)
         if self.latency_from_ready:
             for p, w in zip(preds, batch):
                 p.latency_ms = (t_done - w.t_ready) * 1000.0

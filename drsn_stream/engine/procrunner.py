@@ -29,7 +29,7 @@ try:
 except ImportError:  # Windows
     resource = None  # type: ignore[assignment]
 
-from drsn_stream.engine.runner import Pending, infer_in_slices
+from drsn_stream.engine.runner import Pending, infer_in_slices, split_packed
 from drsn_stream.errors import ArtifactError, EngineError
 from drsn_stream.runtime import freeze_start_up_objects
 
@@ -77,7 +77,7 @@ def _worker(argv: list[str]) -> int:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     model, window, max_batch, threads, width = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
-    cpu, layout, names = int(argv[5]), argv[6], argv[7:]
+    cpu, layout, features, names = int(argv[5]), argv[6], int(argv[7]), argv[8:]
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
     # Replies go to a private copy of stdout; anything a library prints lands on stderr instead
@@ -91,7 +91,7 @@ def _worker(argv: list[str]) -> int:
 
         module, meta = load_artifact(model)
         runner = Runner(module, window=window, device="cpu", max_batch=max_batch, threads=threads,
-                        net_config=meta.model_config, cpu_layout=layout, scores=meta.scores,
+                        net_config=meta.model_config, cpu_layout=layout, scores=meta.scores, features=features,
                         validation=load_validation(model) if layout != "off" else None)
         runner.warmup()
         freeze_start_up_objects()  # torch and the model stay for good
@@ -110,9 +110,13 @@ def _worker(argv: list[str]) -> int:
             lane, rows = (int(v) for v in line.split())
             switches = _preempted()
             t_start, cpu_start = time.time(), time.thread_time()
-            probs, noise = runner.infer(x_in[lane][:rows])
-            y_out[lane][:rows, :-1] = probs
-            y_out[lane][:rows, -1] = noise
+            handle = runner.submit(x_in[lane][:rows])  # rows <= max_batch: one call
+            probs, noise = runner.collect(handle)
+            c = probs.shape[1]
+            y_out[lane][:rows, :c] = probs
+            y_out[lane][:rows, c] = noise
+            if features:
+                y_out[lane][:rows, c + 1 :] = handle.features
             out.write(f"ok {lane} {rows} {t_start:.6f} {time.time():.6f} {time.thread_time() - cpu_start:.6f} "
                       f"{_preempted() - switches}\n")
         except Exception as exc:  # noqa: BLE001
@@ -136,10 +140,11 @@ class ProcessRunner:
         lanes: batches in flight (2: one runs while the next is copied in).
         cpu: pin the child to this core (None: the scheduler decides).
         cpu_layout: "auto" (1-D networks run in their verified channels-last form) or "off".
+        features: width of the pooled features to return (``Pending.features``); 0: none.
     """
 
     def __init__(self, model: str, *, window: int, classes: int, max_batch: int = 256, threads: int | None = None,
-                 lanes: int = 2, cpu: int | None = None, cpu_layout: str = "auto") -> None:
+                 lanes: int = 2, cpu: int | None = None, cpu_layout: str = "auto", features: int = 0) -> None:
         self.window, self.max_batch, self.lanes = int(window), int(max_batch), max(1, int(lanes))
         self.threads = int(threads or 1)
         self.device = None
@@ -148,7 +153,8 @@ class ProcessRunner:
         self.graphs = False
         self.notes: list[str] = []
         self.ready = threading.Event()
-        self._width = int(classes) + 1
+        self.features = int(features)
+        self._width = int(classes) + 1 + self.features
         self._in = [shared_memory.SharedMemory(create=True, size=self.max_batch * self.window * 4)
                     for _ in range(self.lanes)]
         self._out = [shared_memory.SharedMemory(create=True, size=self.max_batch * self._width * 4)
@@ -176,7 +182,8 @@ class ProcessRunner:
         # A plain child interpreter (not multiprocessing's spawn, which re-imports the caller's
         # __main__): it only needs the artifact, the shared-memory names and two pipes.
         args = [self._model, str(self.window), str(self.max_batch), str(self.threads), str(self._width)]
-        args += [str(-1 if self.cpu is None else self.cpu), self.cpu_layout] + [s.name for s in self._in + self._out]
+        args += [str(-1 if self.cpu is None else self.cpu), self.cpu_layout, str(self.features)]
+        args += [s.name for s in self._in + self._out]
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw
@@ -287,7 +294,7 @@ class ProcessRunner:
             t_start, t_end, cpu = float(fields[3]), float(fields[4]), float(fields[5])
             self.batch_times.append((pending.rows, t_start - self._t_submit[lane], t_end - t_start, time.time() - t_end,
                                      cpu, int(fields[6])))
-        return res[:, :-1], res[:, -1]
+        return split_packed(res, self.features, pending)
 
     def _stop_child(self, wait_s: float = 5.0) -> None:
         if not self.ready.is_set() and self._proc.poll() is None:

@@ -83,7 +83,7 @@ class _GraphSlot:
     size: int
     host_in: torch.Tensor
     dev_in: torch.Tensor
-    out: torch.Tensor  # (size, classes + 1): probabilities, then the noise index; one copy back
+    out: torch.Tensor  # (size, classes + 1 + features): probabilities, noise index, features; one copy back
     host_out: torch.Tensor
     graph: torch.cuda.CUDAGraph | None
     stream: torch.cuda.Stream
@@ -94,12 +94,22 @@ class _GraphSlot:
 @dataclass
 class Pending:
     """A submitted batch: on the CPU its results, on CUDA the lane whose event marks them ready
-    (a ``_GraphSlot``; the ProcessRunner's lane number)."""
+    (a ``_GraphSlot``; the ProcessRunner's lane number). ``features`` (rows, features) is set by
+    ``collect`` when the runner returns pooled features (``features > 0``)."""
 
     rows: int
     slot: Any = None
     probs: np.ndarray | None = None
     noise: np.ndarray | None = None
+    features: np.ndarray | None = None
+
+
+def split_packed(res: np.ndarray, features: int, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, classes + 1 + features) packed outputs -> (probs, noise); features into ``pending``."""
+    c = res.shape[1] - 1 - features
+    if features:
+        pending.features = res[:, c + 1 :]
+    return res[:, :c], res[:, c]
 
 
 def infer_in_slices(runner: Any, x: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +148,7 @@ class Runner:
         net_config: dict[str, Any] | None = None,
         cpu_layout: str = "auto",
         scores: str | None = None,
+        features: int = 0,
     ) -> None:
         """
         Args:
@@ -157,8 +168,11 @@ class Runner:
             scores: what the module's first output holds (``ArtifactMeta.scores``): "logits" or
                 "log_probs" (a softmax gives the probabilities) or "probs" (used as they are).
                 None: "probs" for a module in the ``Probabilities`` wrapper, else "logits".
+            features: width of the pooled features (``ArtifactMeta.features``) to return with each
+                batch (``Pending.features``) through the module's ``forward_features``; 0: none.
         """
         self.scores = scores if scores is not None else ("probs" if is_wrapped(module) else "logits")
+        self.features = int(features)
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.window = window
         self.max_batch = max_batch
@@ -199,9 +213,10 @@ class Runner:
             self.graphs = cuda_graphs
 
     def _freeze(self, module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+        keep = ["forward_features"] if self.features else None
         try:
             with quiet_torchscript():
-                return torch.jit.freeze(module)
+                return torch.jit.freeze(module, preserved_attrs=keep)
         except RuntimeError as exc:  # an artifact that cannot be frozen still runs
             note = f"not frozen ({str(exc).splitlines()[0]})"
             if note not in self.notes:
@@ -220,7 +235,8 @@ class Runner:
             return
         try:
             with quiet_torchscript():
-                fast = torch.jit.freeze(torch.jit.script(fast))
+                keep = ["forward_features"] if self.features else None
+                fast = torch.jit.freeze(torch.jit.script(fast), preserved_attrs=keep)
         except RuntimeError as exc:
             self.notes.append(f"channels-last form not used: {str(exc).splitlines()[0]}")
             return
@@ -264,7 +280,7 @@ class Runner:
             with torch.inference_mode():
                 for b in self.batch_sizes:
                     for _ in range(2):
-                        self.module(torch.zeros(b, self.window))
+                        self._forward(torch.zeros(b, self.window))
         else:
             for b in self.batch_sizes:
                 self._lanes_for(b)
@@ -300,13 +316,19 @@ class Runner:
         host_out = torch.empty(tuple(out.shape), dtype=torch.float32, pin_memory=True)
         return _GraphSlot(b, host_in, dev_in, out, host_out, graph, side, torch.cuda.Event())
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, noise = self.module(x)
-        return to_probs(scores, self.scores), noise.float()
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        feats = None
+        if self.features:
+            scores, noise, feats = self.module.forward_features(x)
+            feats = feats.float()
+        else:
+            scores, noise = self.module(x)
+        return to_probs(scores, self.scores), noise.float(), feats
 
     def _forward_packed(self, x: torch.Tensor) -> torch.Tensor:
-        probs, noise = self._forward(x)
-        return torch.cat([probs, noise.reshape(-1, 1)], dim=1)
+        probs, noise, feats = self._forward(x)
+        parts = [probs, noise.reshape(-1, 1)] + ([feats] if feats is not None else [])
+        return torch.cat(parts, dim=1)
 
     # ------------------------------------------------------------------ inference
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -334,15 +356,18 @@ class Runner:
         if b > self.max_batch and self.device.type != "cpu":
             raise ValueError(f"submit takes at most {self.max_batch} windows, got {b}; use infer()")
         if self.device.type == "cpu":
-            ps, ns = [], []
+            ps, ns, fs = [], [], []
             with torch.inference_mode():
                 for i in range(0, b, CPU_SLICE):
-                    p, n = self._forward(torch.from_numpy(np.ascontiguousarray(x[i : i + CPU_SLICE], dtype=np.float32)))
+                    p, n, f = self._forward(torch.from_numpy(np.ascontiguousarray(x[i : i + CPU_SLICE], dtype=np.float32)))
                     ps.append(p.numpy())
                     ns.append(n.numpy())
+                    if f is not None:
+                        fs.append(f.numpy())
             if len(ps) == 1:
-                return Pending(b, probs=ps[0], noise=ns[0])
-            return Pending(b, probs=np.concatenate(ps), noise=np.concatenate(ns))
+                return Pending(b, probs=ps[0], noise=ns[0], features=fs[0] if fs else None)
+            return Pending(b, probs=np.concatenate(ps), noise=np.concatenate(ns),
+                           features=np.concatenate(fs) if fs else None)
         size = next(s for s in self.batch_sizes if s >= b)
         lanes = self._lanes_for(size)
         k = self._next_lane[size]
@@ -368,11 +393,12 @@ class Runner:
         return pending.slot is None or bool(pending.slot.done.query())
 
     def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
-        """Waits for a submitted batch and returns (probs (b, classes), noise_index (b,))."""
+        """Waits for a submitted batch and returns (probs (b, classes), noise_index (b,)); the
+        features, if any, land in ``pending.features``."""
         if pending.slot is None:
             return pending.probs, pending.noise
         slot = pending.slot
         slot.done.synchronize()
         res = slot.host_out[: pending.rows].numpy().copy()
         slot.busy = False
-        return res[:, :-1], res[:, -1]
+        return split_packed(res, self.features, pending)

@@ -58,7 +58,9 @@ class ArtifactMeta:
     created: str = ""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
-    outputs: dict[str, Any] = field(default_factory=dict)  # optional: {"scores": one of SCORE_KINDS}
+    # optional: {"scores": one of SCORE_KINDS, "features": F when the module has forward_features}
+    outputs: dict[str, Any] = field(default_factory=dict)
+    unknown: dict[str, Any] = field(default_factory=dict)  # optional: models/ood.py's UnknownDetector
     source: str = ""  # where it was loaded from (not stored)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +68,14 @@ class ArtifactMeta:
         d.pop("source", None)
         if not d["outputs"]:
             d.pop("outputs")  # absent: the first output's meaning follows from the model (``scores``)
+        if not d["unknown"]:
+            d.pop("unknown")
         return d
+
+    @property
+    def features(self) -> int:
+        """Width of the pooled features ``forward_features`` returns; 0: the module has none."""
+        return int((self.outputs or {}).get("features", 0) or 0)
 
     @property
     def num_classes(self) -> int:
@@ -168,6 +177,9 @@ def _validate(d: dict[str, Any], where: str) -> None:
         if not isinstance(d[k], int) or d[k] <= 0:
             raise ArtifactError(f"{where}: metadata {k!r} must be a positive integer, not {d[k]!r}")
     outputs = d.get("outputs", {})
+    features = outputs.get("features", 0) if isinstance(outputs, dict) else 0
+    if not isinstance(features, int) or features < 0:
+        raise ArtifactError(f"{where}: metadata outputs.features must be a count of features, not {features!r}")
     if not isinstance(outputs, dict) or outputs.get("scores", "logits") not in SCORE_KINDS:
         raise ArtifactError(
             f"{where}: metadata 'outputs' must be an object whose 'scores' is one of {', '.join(SCORE_KINDS)}, "
@@ -289,6 +301,16 @@ def load_artifact(
                 f"{path}: the model returns shapes {tuple(logits.shape)}, {tuple(noise.shape)} but the metadata "
                 f"names {meta.num_classes} labels; re-export it"
             )
+        if meta.features:
+            try:
+                with torch.no_grad():
+                    feats = module.forward_features(torch.zeros(2, meta.window, device=map_location))[2]
+                ok = tuple(feats.shape) == (2, meta.features)
+            except Exception:  # noqa: BLE001 - no such method, or it fails: the file's fault
+                ok = False
+            if not ok:
+                raise ArtifactError(f"{path}: the metadata promises {meta.features} pooled features but the module's "
+                                    "forward_features does not give them; re-run tools/fit_unknown.py on it")
     return module, meta
 
 

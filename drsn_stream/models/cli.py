@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
         if acc:
             grid.add_row("accuracy", acc + (f"  ({m.accuracy['split']} split)" if "split" in m.accuracy else ""))
         grid.add_row("trained on", _data_summary(m.training))
+        cal = m.unknown.get("calibration", {}) if m.unknown else {}
+        if "test_refused" in cal:
+            grid.add_row("unknown", f"label refused on {100 * cal['test_refused']:.2f} % of the test windows; "
+                                    + ", ".join(f"{k} {100 * v:.1f} %" for k, v in cal.get("synthetic_refused", {}).items()))
         if m.description:
             grid.add_row("about", m.description)
         grid.add_row("torch", f"{m.torch_version}, format v{m.format_version}, created {m.created}")

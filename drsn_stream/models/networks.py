@@ -4,6 +4,9 @@ Hyperparameters are a dataclass, so a variant is data, not a subclass (see regis
 Every network takes normalized windows ``(batch, samples)`` and returns
 ``(logits (batch, classes), noise_index (batch,))``, where the noise index is the share of
 activations the shrinkage units set to zero, averaged over units (0 without shrinkage).
+``forward_features`` (exported to TorchScript) returns the same plus the pooled features
+``(batch, channels)``, the input of the last linear layer: the monitor's "unknown" label and
+baselines are statistics of them (models/ood.py, monitor/baseline.py).
 """
 
 from __future__ import annotations
@@ -126,3 +129,9 @@ class DRSN(nn.Module):
         """x: (batch, samples) normalized windows -> (logits (batch, classes), noise_index (batch,))."""
         logits, noise_index, _, _ = self.forward_taus(x)
         return logits, noise_index
+
+    @torch.jit.export
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Like forward, plus the pooled features (batch, channels) the classifier reads."""
+        logits, noise_index, features, _ = self.forward_taus(x)
+        return logits, noise_index, features

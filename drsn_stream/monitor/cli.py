@@ -11,6 +11,7 @@ from typing import Any
 from drsn_stream.config import check_keys, read_toml
 from drsn_stream.dsp.envelope import EnvelopeSettings, machine_for
 from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.baseline import parse_duration
 from drsn_stream.monitor.decision import DecisionConfig
 from drsn_stream.monitor.health import HealthConfig
 from drsn_stream.monitor.pipeline import Pipeline, RunConfig, print_line, print_line_to
@@ -80,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--bearing", metavar="NAME", help="bearing geometry for the envelope evidence of every stream: 6205 (= cwru-de); "
                                       "other bearings: [machine] bpfo/bpfi/bsf/ftf in --config")
     a("--rpm", type=float, help="shaft speed (rpm) for the envelope evidence of every stream (a source's ?rpm= wins)")
+    a("--baseline", metavar="PROFILE", help="score every window against the streams' learned normal (a profile from "
+                                           "`drsn-stream baseline learn`): predictions gain `anomaly`, 1.0 = threshold")
+    a("--learn", metavar="DURATION", help="learn each stream without a baseline for DURATION (e.g. 10m, 90s) of its "
+                                         "own data, then monitor it for deviations")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -122,6 +127,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "capture_dir": args.capture,
         "idle_flush": False if args.no_idle_flush else None,
         "eager_batch": args.eager_batch,
+        "baseline": getattr(args, "baseline", None),
+        "learn_s": parse_duration(args.learn) if getattr(args, "learn", None) else None,
     }
     table.update({k: v for k, v in flags.items() if v is not None})
     if args.latch:

@@ -27,7 +27,16 @@ How one window moves the state machine:
 
 A window from an unhealthy sensor (``healthy=False``) or with non-finite scores is not evidence:
 it neither raises nor clears an alarm, the smoothing history is emptied (so that stale confident
-labels do not come back), and the stream shows label ``"?"`` with confidence 0.
+labels do not come back), and the stream shows label ``"?"`` with confidence 0. A window whose
+label the model cannot back (``Prediction.label == "unknown"``, models/ood.py) is no evidence for
+a label either: the history is emptied the same way and the stream shows ``unknown``; only its
+anomaly score (below) can move the level.
+
+Anomaly (with a baseline, ``Prediction.anomaly``; 1.0 = the learned threshold): the window
+supports ALERT when the score reaches ``anomaly_enter`` (staying up needs only
+``anomaly_leave``: hysteresis) and DANGER when it reaches ``anomaly_danger`` or when the episode
+has lasted ``danger_after_s``; the same debounce and latching apply. The level a window supports
+is the higher of what its label and its anomaly support.
 
 Every change of the shown level returns an ``Event(type="alarm", stream_id, time,
 data={"from", "to", "label", "confidence"})``; ``time`` is the window's capture time (seconds).
@@ -49,6 +58,7 @@ import numpy as np
 
 from drsn_stream.config import TOMLDecodeError, loads_toml
 from drsn_stream.errors import ConfigError
+from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
 from drsn_stream.monitor.snapshot import LatencyHistogram
 from drsn_stream.types import Event, Prediction
 
@@ -82,6 +92,8 @@ class DecisionConfig:
         leave_confidence: smoothed confidence below which a raised level starts to clear.
         latching: keep the highest level until acknowledged.
         noise_alpha: weight of the newest window in the noise-index average.
+        anomaly_enter / anomaly_leave: anomaly score that raises ALERT / below which it clears.
+        anomaly_danger: anomaly score that raises DANGER at once; None: only by duration.
     """
 
     smoothing: str = "majority"
@@ -97,6 +109,11 @@ class DecisionConfig:
     leave_confidence: float = 0.4
     latching: bool = False
     noise_alpha: float = 0.2
+    anomaly_enter: float = 1.0
+    anomaly_leave: float = 0.8
+    # CWRU fault windows are 7 to 65 times the threshold of a baseline learned on normal_0
+    # (docs/own-machine.md); 4 marks a deviation far beyond the healthy spread.
+    anomaly_danger: float | None = 4.0
 
     def __post_init__(self) -> None:
         # Strings from TOML arrays arrive as lists; store tuples so the config stays hashable.
@@ -122,6 +139,10 @@ class DecisionConfig:
             )
         if self.danger_after_s is not None and self.danger_after_s < 0:
             problems.append(f"danger_after_s must be >= 0 seconds, not {self.danger_after_s!r}")
+        if not 0.0 < self.anomaly_leave <= self.anomaly_enter:
+            problems.append(f"need 0 < anomaly_leave <= anomaly_enter (got {self.anomaly_leave}, {self.anomaly_enter})")
+        if self.anomaly_danger is not None and not self.anomaly_danger >= self.anomaly_enter:
+            problems.append(f"anomaly_danger must be >= anomaly_enter, not {self.anomaly_danger!r}")
         if self.danger_confidence is not None and not 0.0 <= self.danger_confidence <= 1.0:
             problems.append(f"danger_confidence must be in [0, 1], not {self.danger_confidence!r}")
         if problems:
@@ -213,6 +234,7 @@ class StreamDecision:
         last_time: capture time (s) of the latest window.
         levels: recent input RMS levels (before normalization), oldest first.
         latency_p50_ms / latency_p99_ms: over the last predictions of this stream.
+        anomaly: the latest window's anomaly score (None without a baseline).
     """
 
     stream_id: str
@@ -231,6 +253,7 @@ class StreamDecision:
     levels: tuple[float, ...] = ()
     latency_p50_ms: float = math.nan
     latency_p99_ms: float = math.nan
+    anomaly: float | None = None
 
 
 @dataclass
@@ -259,6 +282,8 @@ class _Stream:
     levels: deque[float] = field(default_factory=lambda: deque(maxlen=_LEVELS_KEEP))
     latency: np.ndarray = field(default_factory=lambda: np.full(_LATENCY_KEEP, np.nan, dtype=np.float64))
     latency_n: int = 0
+    anomaly: float | None = None
+    refused: bool = False  # the latest window's label was refused (unknown)
 
 
 class DecisionEngine:
@@ -333,21 +358,30 @@ class DecisionEngine:
                 )
             if st.since is None:
                 st.since = t
+            anomaly = prediction.anomaly
+            st.anomaly = float(anomaly) if anomaly is not None and math.isfinite(anomaly) else None
             if not healthy or not math.isfinite(float(probs.sum())):
                 self._unknown(st)
                 return []
             st.healthy = True
-            self._smooth(st, probs)
+            st.refused = prediction.model_label is not None and prediction.label == REFUSED_LABEL
+            if st.refused:
+                self._unknown(st, label=REFUSED_LABEL)
+                st.healthy = True
+                if st.anomaly is None:
+                    return []  # no evidence either way
+            else:
+                self._smooth(st, probs)
             return self._step(prediction.stream_id, st, t)
 
-    def _unknown(self, st: _Stream) -> None:
+    def _unknown(self, st: _Stream, label: str = UNKNOWN_LABEL) -> None:
         # No evidence either way: keep the level, forget the history, restart the debounce.
         st.healthy = False
         st.history.clear()
         st.psum = None
         st.ema = None
         st.probs = None
-        st.label = UNKNOWN_LABEL
+        st.label = label
         st.confidence = 0.0
         st.pending_count = 0
 
@@ -383,7 +417,23 @@ class DecisionEngine:
         st.confidence = float(smoothed[best])
 
     def _supported(self, st: _Stream, t: float) -> Level:
-        """The level this window supports (before debouncing)."""
+        """The level this window supports (before debouncing): the higher of its label's and its
+        anomaly score's."""
+        by_label = Level.NORMAL if st.refused else self._label_supported(st, t)
+        return max(by_label, self._anomaly_supported(st, t))
+
+    def _anomaly_supported(self, st: _Stream, t: float) -> Level:
+        cfg = self.config
+        a = st.anomaly
+        if a is None or a < (cfg.anomaly_enter if st.cond == Level.NORMAL else cfg.anomaly_leave):
+            return Level.NORMAL
+        if cfg.anomaly_danger is not None and a >= cfg.anomaly_danger:
+            return Level.DANGER
+        if cfg.danger_after_s is not None and st.episode_since is not None and t - st.episode_since >= cfg.danger_after_s:
+            return Level.DANGER
+        return Level.ALERT
+
+    def _label_supported(self, st: _Stream, t: float) -> Level:
         cfg = self.config
         level = Level(int(self._label_level[st.best]))
         if level == Level.NORMAL:
@@ -440,6 +490,7 @@ class DecisionEngine:
                 "to": shown.name,
                 "label": st.label,
                 "confidence": round(st.confidence, 5),
+                **({"anomaly": round(st.anomaly, 4)} if st.anomaly is not None else {}),
                 **extra,
             },
         )
@@ -516,6 +567,7 @@ class DecisionEngine:
             "windows": st.windows,
             "last_time": st.last_time,
             "levels": tuple(st.levels),
+            "anomaly": st.anomaly,
         }
         # st.probs is replaced, never written in place, so a reference is a safe copy.
         return fields_, st.probs, st.latency[: min(st.latency_n, _LATENCY_KEEP)].copy()

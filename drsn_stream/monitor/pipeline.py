@@ -35,7 +35,15 @@ from drsn_stream.engine.procrunner import ProcessRunner
 from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH, Runner, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError, DrsnStreamError
-from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_validation, read_meta
+from drsn_stream.models.artifact import (
+    ArtifactMeta,
+    load_artifact,
+    load_validation,
+    read_meta,
+    resolve_artifact,
+)
+from drsn_stream.models.ood import UnknownDetector
+from drsn_stream.monitor.baseline import BaselineStage, Profile, weights_digest
 from drsn_stream.monitor.capture import CaptureConfig, EventCapture
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.envelope import EnvelopeStage, has_geometry
@@ -98,6 +106,9 @@ class RunConfig:
     detector: dict[str, Any] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)  # [machine]: bearing geometry and shaft speed per stream
     envelope: dict[str, Any] = field(default_factory=dict)  # [envelope]: EnvelopeSettings fields
+    baseline: str | None = None  # a baseline profile (monitor/baseline.py): each prediction gains `anomaly`
+    learn_s: float | None = None  # learn each stream without a baseline for this long, then monitor it
+    unknown: bool = True  # refuse labels the model cannot back, where the artifact carries the statistics
 
     def __post_init__(self) -> None:
         problems = []
@@ -108,6 +119,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and not value >= least:
                 problems.append(f"{name} must be >= {least} (or left unset), not {value!r}")
+        if self.learn_s is not None and not self.learn_s > 0:
+            problems.append(f"learn_s must be > 0 seconds, not {self.learn_s!r}")
         if self.duration is not None and not self.duration > 0:
             problems.append(f"duration must be > 0 seconds, not {self.duration!r}")
         if problems:
@@ -170,18 +183,21 @@ class Pipeline:
         self._saved_affinity: set[int] | None = None
         self._frozen = False  # gc.freeze() done by start(), undone by stop()
         self.runner: Runner | ProcessRunner
+        meta = read_meta(self.model_name)
+        self.unknown, self.baseline = _judges(self.model_name, meta, config)
+        features = meta.features if (self.unknown or self.baseline) else 0
         if use_process:
             # the child loads and checks the model; here only its metadata is needed, so the
             # child's start (a second interpreter importing torch) overlaps this one's
-            meta = read_meta(self.model_name)
             pin = config.pin_cpus if config.pin_cpus is not None else (config.threads or 1) == 1
             self._cpus = _split_cpus() if pin else None
             self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
                                         max_batch=self.max_batch, threads=config.threads,
-                                        cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout)
+                                        cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout,
+                                        features=features)
         else:
             module, meta = load_artifact(self.model_name)
-            self.runner = self._local_runner(module, meta, config)
+            self.runner = self._local_runner(module, meta, config, features)
         self.meta: ArtifactMeta = meta
         self.labels = list(meta.labels)
         self.sinks = list(sinks or [])
@@ -234,6 +250,7 @@ class Pipeline:
         self._ingest_lock = threading.Lock()
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
+        self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
         self.label_counts: dict[str, Counter[str]] = {}
         self.errors: list[str] = []
         self.error_counts: Counter[str] = Counter()
@@ -265,7 +282,7 @@ class Pipeline:
         return EnvelopeStage(config.machine, EnvelopeSettings(**config.envelope), rate=float(self.meta.sample_rate),
                              hop=hop, window=self.meta.window, rpm_of=rpm_of)
 
-    def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig) -> Runner:
+    def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig, features: int = 0) -> Runner:
         return Runner(
             module,
             window=meta.window,
@@ -278,6 +295,7 @@ class Pipeline:
             net_config=meta.model_config,
             cpu_layout=config.cpu_layout,
             scores=meta.scores,
+            features=features,
         )
 
     # ------------------------------------------------------------------ life cycle
@@ -358,6 +376,13 @@ class Pipeline:
         while self.engine.notes:
             self._error(self.engine.notes.pop(0))
         self._envelope_notes()
+        self._baseline_notes()
+
+    def _baseline_notes(self) -> None:
+        notes = self.baseline.notes if self.baseline is not None else []
+        while notes:
+            sid, message = notes.pop(0)
+            self._emit_events([Event("note", sid, time.time(), {"message": message})])
 
     def stop(self) -> None:
         """Closes sources, drains the queues and the engine, closes sinks. Idempotent."""
@@ -378,6 +403,7 @@ class Pipeline:
         self._out.put(None)
         if self._threads:
             self._threads[0].join(timeout=10.0)  # the output thread drains what the engine left
+        self._baseline_notes()
         if self.capture is not None:
             self.capture.close()
         if self._running:
@@ -486,6 +512,13 @@ class Pipeline:
     def _handle(self, preds: list[Prediction]) -> None:
         if self.envelope is not None and self.engine.latency_from_ready:
             self.envelope.settle(2.0)  # a replay outruns the envelope stage; live, never wait
+        if self.unknown is not None or self.baseline is not None:
+            t0 = time.thread_time()
+            if self.unknown is not None:
+                self.unknown.refuse(preds)
+            if self.baseline is not None:
+                self.baseline.apply(preds)
+            self.judge_cpu_s += time.thread_time() - t0
         for p in preds:
             # judged on the window's own samples, and on the sensor now (a result may come late)
             healthy = p.health == OK and self.health.healthy(p.stream_id)
@@ -543,10 +576,11 @@ class Pipeline:
 
     def _line(self, p: Prediction) -> str:
         st = self.decisions.state(p.stream_id)
+        conf = "  -  " if p.model_label is not None else f"{p.confidence:5.2f}"  # a refused label has none
         return (
             f"{_clock(p.t_last)} {p.stream_id:<14} {p.label if p.health == OK else 'CHECK_SENSOR':<10} "
-            f"{p.confidence:5.2f}  smoothed {st.label}/{st.level.name:<6} noise {p.noise_index:4.2f} "
-            f"latency {p.latency_ms:7.1f} ms"
+            f"{conf}  smoothed {st.label}/{st.level.name:<6} noise {p.noise_index:4.2f} "
+            f"latency {p.latency_ms:7.1f} ms" + (f" anomaly {p.anomaly:.2f}" if p.anomaly is not None else "")
         )
 
     # ------------------------------------------------------------------ views
@@ -576,7 +610,8 @@ class Pipeline:
             hop=self.config.hop or self.meta.hop,
             device=self.runner.device_name,
             ready=self.runner.ready.is_set(),
-            status=self.errors[-1] if self.errors else self._status,
+            status=self.errors[-1] if self.errors else self._status or self._baseline_status(),
+            refuses=self.unknown is not None,
         )
         footer = Footer(
             windows_per_s=self.stats.windows_per_s(),
@@ -597,7 +632,17 @@ class Pipeline:
             drops=self.drops(),
             envelope=self.envelope.views() if self.envelope is not None else None,
             counters=self.counters(),
+            baseline=self.baseline.views() if self.baseline is not None else None,
         )
+
+    def _baseline_status(self) -> str:
+        """``learning the baseline (3 streams)`` / ``baseline: monitoring`` for the header."""
+        if self.baseline is None:
+            return ""
+        learning = sum(1 for v in self.baseline.state.values() if v.startswith("learning"))
+        if learning:
+            return f"learning the baseline ({learning} stream{'s' if learning != 1 else ''}), then monitoring"
+        return "baseline: monitoring deviations" if self.baseline.profile.streams else ""
 
     def counters(self) -> Counters:
         """Totals since the start for the metrics endpoint (call after ``usage.read()``)."""
@@ -674,6 +719,28 @@ def _clock(t: float) -> str:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownDetector | None, BaselineStage | None]:
+    """The artifact's "unknown" statistics (None where it carries none) and the baseline stage
+    (None without --baseline or --learn); a profile that does not fit the model is refused here."""
+    unknown = None
+    if config.unknown and meta.unknown and meta.features:
+        unknown = UnknownDetector.from_dict(meta.unknown, where=meta.source)
+    if config.baseline is None and config.learn_s is None:
+        return unknown, None
+    if not meta.features:
+        raise ConfigError(f"model {meta.name} returns no pooled features, so it cannot use a baseline; "
+                          "re-export it with tools/fit_unknown.py")
+    digest = weights_digest(resolve_artifact(model))
+    profile = None
+    if config.baseline is not None:
+        profile = Profile.load(config.baseline)
+        profile.check(model=meta.name, digest=digest, sample_rate=meta.sample_rate, window=meta.window,
+                      where=f"baseline {config.baseline}")
+    stage = BaselineStage(profile, learn_s=config.learn_s, model=meta.name, digest=digest,
+                          sample_rate=meta.sample_rate, window=meta.window, hop=config.hop or meta.hop)
+    return unknown, stage
 
 
 def _event_line(e: Event) -> str:

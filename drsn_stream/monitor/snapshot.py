@@ -58,6 +58,7 @@ class Header:
         sample_rate: model rate (Hz); window / hop: samples.
         device: e.g. "cuda:0 (NVIDIA H100, fp16)" or "cpu (2 threads)".
         ready: warm-up finished; status: free text shown beside it ("warming up 3/5").
+        refuses: labels may be shown as "unknown" (the artifact carries statistics to decide).
     """
 
     sources: tuple[str, ...] = ()
@@ -69,6 +70,7 @@ class Header:
     device: str = ""
     ready: bool = False
     status: str = ""
+    refuses: bool = False  # the model's labels can be refused as "unknown" (models/ood.py)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,10 @@ class StreamRow:
         windows: windows classified.
         envelope / envelope_db: the envelope fault type ("outer_race", "inner_race", "ball", "none")
             and its evidence (dB over noise); None / NaN where no envelope evidence is configured.
+        anomaly: the latest anomaly score against the stream's baseline (1.0 = its threshold);
+            None without one. anomalies: recent scores, oldest first, for the sparkline.
+        baseline: the baseline's state ("learning 40%", "monitoring", "no baseline"); None
+            without a baseline stage.
     """
 
     stream_id: str
@@ -108,6 +114,9 @@ class StreamRow:
     windows: int = 0
     envelope: str | None = None
     envelope_db: float = math.nan
+    anomaly: float | None = None
+    anomalies: tuple[float, ...] = ()
+    baseline: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -380,12 +389,14 @@ def build_rows(
     drops: Mapping[str, int] | None = None,
     streams: Iterable[str] | None = None,
     envelope: Mapping[str, tuple[str, float]] | None = None,
+    baseline: Mapping[str, tuple[str, float, tuple[float, ...]]] | None = None,
 ) -> tuple[StreamRow, ...]:
     """One row per stream known to either part (or the given ``streams``), in natural id order.
 
     An unhealthy stream is never shown with a confident label: label "?", confidence 0, no top-3.
     ``drops`` adds stale-window drops per stream; frames lost to sequence gaps are added here.
     ``envelope``: {stream: (fault type, evidence dB)} from the envelope stage.
+    ``baseline``: {stream: (state, latest anomaly, recent anomalies)} from the baseline stage.
     """
     if streams is None:
         known = set(decisions.streams if decisions is not None else ()) | set(
@@ -398,6 +409,7 @@ def build_rows(
     hs = health.states(ids) if health is not None else {}
     drops = drops or {}
     envelope = envelope or {}
+    base = baseline if baseline is not None else {}
     rows = []
     for sid in ids:
         d = dec.get(sid)
@@ -424,6 +436,9 @@ def build_rows(
                 windows=d.windows if d is not None else 0,
                 envelope=envelope[sid][0] if sid in envelope and healthy else None,
                 envelope_db=envelope[sid][1] if sid in envelope and healthy else math.nan,
+                anomaly=(d.anomaly if d is not None else None) if healthy else None,
+                anomalies=base[sid][2] if sid in base else (),
+                baseline=(base[sid][0] if sid in base else "waiting") if baseline is not None else None,
             )
         )
     return tuple(rows)
@@ -442,6 +457,7 @@ def build_snapshot(
     now: float | None = None,
     counters: Counters | None = None,
     envelope: Mapping[str, tuple[str, float]] | None = None,
+    baseline: Mapping[str, tuple[str, float, tuple[float, ...]]] | None = None,
 ) -> Snapshot:
     """Assemble a Snapshot from the live parts (safe to call from the dashboard thread).
 
@@ -457,7 +473,7 @@ def build_snapshot(
     return Snapshot(
         time=time.time() if now is None else now,
         header=header,
-        rows=build_rows(decisions, health, drops=drops, streams=streams, envelope=envelope),
+        rows=build_rows(decisions, health, drops=drops, streams=streams, envelope=envelope, baseline=baseline),
         footer=footer,
         events=log.recent() if log is not None else tuple(events),
         transcript=tuple(transcript),

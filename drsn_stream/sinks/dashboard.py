@@ -58,7 +58,9 @@ LEGEND = (  # each line fits an 80-column terminal's help panel without wrapping
     "noise 0-1: share of activations the DRSN zeroed (higher: noisier input)",
     "input RMS: recent input level; drops: windows dropped and frames lost",
     "lat p50/p99 ms: capture-to-label latency, median / 99th percentile",
-    "envelope dB: fault type from the envelope spectrum; ✓ agrees with the label",
+    "envelope dB: envelope fault type; ✓ label, anomaly and envelope agree",
+    "anomaly: distance from the learned baseline (1.0 = threshold), its course",
+    "label unknown: unlike the model's training data, so no label is claimed",
 )
 
 
@@ -241,6 +243,18 @@ def _envelope_cell(row: StreamRow) -> Text:
     return text
 
 
+def _anomaly_cell(row: StreamRow, *, spark: int) -> Text:
+    """``12.3 ▁▂▇█``: the latest anomaly score and its course; the baseline's state while it learns."""
+    if row.anomaly is None:
+        state = row.baseline or "-"
+        return Text(state if state != "monitoring" else "-", style="cyan" if state.startswith("learn") else "dim")
+    style = "bold red" if row.anomaly >= 1.0 else "green"
+    text = Text(f"{row.anomaly:5.1f}" if row.anomaly < 1000 else f"{row.anomaly:5.0e}", style=style)
+    if spark:
+        text.append(" " + sparkline(row.anomalies, spark), style="cyan")
+    return text
+
+
 def _top3_cell(row: StreamRow, *, full: bool) -> Text:
     items = row.top3 if full else row.top3[1:2]
     return Text(" ".join(f"{lab} {p * 100:.0f}%" for lab, p in items), style="dim")
@@ -253,7 +267,7 @@ def _conf_cell(row: StreamRow, *, full: bool) -> Text:
 
 
 def _label_cell(row: StreamRow, *, full: bool) -> Text:
-    return Text(row.label, style=LABEL_STYLE[row.level] if row.label != "?" else "dim magenta")
+    return Text(row.label, style={"?": "dim magenta", "unknown": "yellow"}.get(row.label, LABEL_STYLE[row.level]))
 
 
 def _fit(text: Text, width: int, *, right: bool = False) -> Text:
@@ -297,6 +311,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("conf", "conf %", "conf %", _conf_cell, abbreviates=True),
     Column("top", "top-3 %", "2nd %", _top3_cell, cap=13, full_cap=40, abbreviates=True),
     Column("alarm", "alarm, held for", "alarm held", lambda r, full: _alarm_cell(r)),
+    Column("anomaly", "anomaly x thr", "anomaly", lambda r, full: _anomaly_cell(r, spark=6 if full else 0), cap=14,
+           full_cap=14, shown=lambda rows: any(r.baseline is not None for r in rows), abbreviates=True),
     Column("env", "envelope dB", "env dB", lambda r, full: _envelope_cell(r), cap=16, full_cap=16,
            shown=lambda rows: any(r.envelope is not None for r in rows)),
     Column("noise", "noise 0-1", "noise", lambda r, full: Text(f"{r.noise_index:.2f}", style="dim"), right=True),
@@ -313,7 +329,7 @@ COLUMNS: tuple[Column, ...] = (
 # not fit; then columns take their full form (wider heading, confidence bar, all three labels, full
 # health reasons) in the same order while the room lasts.
 COLUMN_PRIORITY: tuple[str, ...] = ("stream", "label", "conf", "alarm", "health", "lat",
-                                    "drops", "env", "noise", "top", "input")
+                                    "drops", "anomaly", "env", "noise", "top", "input")
 ALWAYS_SHOWN = 6
 
 

@@ -40,6 +40,7 @@ from prometheus_client.core import (
 
 from drsn_stream import __version__
 from drsn_stream.errors import ConfigError
+from drsn_stream.models.ood import UNKNOWN
 from drsn_stream.monitor.snapshot import LEVELS, Snapshot, StreamRow
 from drsn_stream.sources.wire import REASONS
 
@@ -190,9 +191,16 @@ def snapshot_metrics(snap: Snapshot) -> Iterator[Metric]:
     label = GaugeMetricFamily("drsn_stream_label", "1 for the stream's smoothed label, 0 for the others "
                               "(all 0 while the sensor needs checking).", labels=["stream", "label"])
     for r in snap.rows:
-        for lb in h.labels:
+        for lb in (*h.labels, *((UNKNOWN,) if h.refuses and UNKNOWN not in h.labels else ())):
             label.add_metric([r.stream_id, lb], float(r.label == lb))
     yield label
+    anomaly = GaugeMetricFamily("drsn_stream_anomaly_ratio", "Latest anomaly score against the stream's learned "
+                                "baseline (1 = its alarm threshold); absent without a baseline.", labels=["stream"])
+    scored = [r for r in snap.rows if r.anomaly is not None]
+    for r in scored:
+        anomaly.add_metric([r.stream_id], float(r.anomaly))
+    if scored:
+        yield anomaly
     windows = CounterMetricFamily("drsn_stream_windows", "Windows of the stream classified.", labels=["stream"])
     for r in snap.rows:
         windows.add_metric([r.stream_id], float(r.windows))

@@ -1,0 +1,332 @@
+"""Baselines: learn a machine's normal, then score every window's deviation from it.
+
+The commissioning step of a condition-monitoring system. While learning, the pooled features of
+each stream's windows (``Prediction.features``) are collected; ``fit_stream`` fits a Gaussian to
+the first part of them and sets the alarm threshold to the ``PERCENTILE``-th percentile of the
+Mahalanobis distances of the held-back rest, times ``MARGIN``. While monitoring, each prediction
+gains ``anomaly`` = distance / threshold (1.0 = the threshold).
+
+A ``Profile`` is one JSON file (human-readable, versioned, never pickle) naming the model and a
+digest of its weights, the sample rate and window, and per stream the statistics, the threshold,
+and when and on how many windows it was learned. A profile of another model, rate or window is
+refused with one line (``check``). ``BaselineStage`` is the live part: it scores the streams that
+have a profile, learns the others for ``learn_s`` seconds when asked (then switches to monitoring
+and says so), and says once per stream that it has no profile (the stream is then monitored on
+its labels only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import zipfile
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drsn_stream.errors import ConfigError
+from drsn_stream.models.ood import Gaussian
+from drsn_stream.types import Prediction
+
+FORMAT = "drsn-stream-baseline"
+FORMAT_VERSION = 1
+HELD_BACK = 0.2  # the last share of each stream's learning windows, kept out of the fit to set the threshold
+PERCENTILE = 99.9
+MARGIN = 2.0  # the held-back windows come from the same minutes as the fit; a machine's later normal varies more
+MIN_WINDOWS = 32  # fewer learning windows than this give no stable Gaussian over the features
+SHRINK = 0.0  # weight of the diagonal in the covariance (Gaussian.fit); on CWRU any shrinkage widened the healthy spread
+
+
+def weights_digest(artifact: str | Path) -> str:
+    """SHA-256 over the artifact's tensor data (the weights), not its metadata: re-exporting the
+    same weights with other metadata keeps the digest, new weights change it."""
+    parts = []
+    with zipfile.ZipFile(artifact) as zf:
+        for name in zf.namelist():
+            if "/data/" in name and "/extra/" not in name:
+                parts.append(hashlib.sha256(zf.read(name)).hexdigest())
+    return hashlib.sha256("".join(sorted(parts)).encode()).hexdigest()
+
+
+@dataclass
+class StreamBaseline:
+    """One stream's normal.
+
+    Attributes:
+        gaussian: mean and whitening matrix of the pooled features.
+        threshold: Mahalanobis distance at which ``anomaly`` is 1.0.
+        windows: learning windows (fit + held back); held_back: of them, kept out of the fit.
+        learned_from / learned_to: capture times (s, wall clock or the recording's clock) of
+            the first and last learning window.
+    """
+
+    gaussian: Gaussian
+    threshold: float
+    windows: int
+    held_back: int
+    learned_from: float = 0.0
+    learned_to: float = 0.0
+
+    def anomaly(self, features: np.ndarray) -> np.ndarray:
+        """(b, features) -> (b,) distance over the threshold."""
+        return np.sqrt(self.gaussian.distance2(features)) / self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": np.round(self.gaussian.mean, 8).tolist(),
+            "whitener": np.round(self.gaussian.whitener, 8).tolist(),
+            "threshold": self.threshold,
+            "windows": self.windows,
+            "held_back": self.held_back,
+            "learned_from": self.learned_from,
+            "learned_to": self.learned_to,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StreamBaseline:
+        mean = np.asarray(d["mean"], dtype=np.float64)
+        whitener = np.asarray(d["whitener"], dtype=np.float64)
+        if mean.ndim != 1 or whitener.shape != (mean.size, mean.size):
+            raise ValueError(f"mean {mean.shape} and whitener {whitener.shape} do not fit together")
+        threshold = float(d["threshold"])
+        if not (threshold > 0 and math.isfinite(threshold)):
+            raise ValueError(f"threshold {threshold!r}")
+        return cls(Gaussian(mean, whitener), threshold, int(d["windows"]), int(d["held_back"]),
+                   float(d.get("learned_from", 0.0)), float(d.get("learned_to", 0.0)))
+
+
+def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_back: float = HELD_BACK,
+               percentile: float = PERCENTILE, margin: float = MARGIN, shrink: float = SHRINK) -> StreamBaseline:
+    """Fits one stream's baseline on its learning windows' features (n, features), in time order."""
+    x = np.asarray(features, dtype=np.float64)
+    n = len(x)
+    if n < MIN_WINDOWS:
+        raise ConfigError(f"a baseline needs at least {MIN_WINDOWS} windows, got {n}; learn for longer")
+    k = max(1, int(round(n * held_back)))
+    if n - k <= x.shape[1]:
+        raise ConfigError(f"a baseline over {x.shape[1]} features needs more than {x.shape[1]} windows to fit "
+                          f"(got {n - k} after holding back {k}); learn for longer")
+    gauss = Gaussian.fit(x[: n - k], shrink=shrink)
+    threshold = float(np.percentile(np.sqrt(gauss.distance2(x[n - k :])), percentile) * margin)
+    t = np.asarray(times if times is not None else np.zeros(n), dtype=np.float64)
+    return StreamBaseline(gauss, threshold, n, k, float(t[0]), float(t[-1]))
+
+
+@dataclass
+class Profile:
+    """A machine's learned normal, per stream (see the module docstring)."""
+
+    model: str
+    model_digest: str
+    sample_rate: int
+    window: int
+    hop: int
+    streams: dict[str, StreamBaseline] = field(default_factory=dict)
+    created: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.model,
+            "model_digest": self.model_digest,
+            "sample_rate": self.sample_rate,
+            "window": self.window,
+            "hop": self.hop,
+            "created": self.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "settings": self.settings,
+            "streams": {sid: sb.to_dict() for sid, sb in sorted(self.streams.items())},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read baseline profile {path}: {exc.strerror or exc}; check the path") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path} is not a baseline profile (not JSON: {exc}); learn one with "
+                              "`drsn-stream baseline learn`") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ConfigError(f"{path} is not a baseline profile; learn one with `drsn-stream baseline learn`")
+        if not isinstance(d.get("format_version"), int) or d["format_version"] > FORMAT_VERSION:
+            raise ConfigError(f"{path}: baseline format version {d.get('format_version')!r} is newer than this "
+                              f"drsn-stream understands ({FORMAT_VERSION}); upgrade drsn-stream")
+        try:
+            streams = {str(sid): StreamBaseline.from_dict(s) for sid, s in dict(d["streams"]).items()}
+            return cls(str(d["model"]), str(d["model_digest"]), int(d["sample_rate"]), int(d["window"]),
+                       int(d["hop"]), streams, str(d.get("created", "")), dict(d.get("settings", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: baseline profile is malformed ({exc}); learn it again") from None
+
+    def check(self, *, model: str, digest: str, sample_rate: int, window: int, where: str = "profile") -> None:
+        """Refuses (ConfigError, one line) a profile learned with another model, rate or window."""
+        if self.model != model or self.model_digest != digest:
+            same = "other weights of " if self.model == model else ""
+            raise ConfigError(f"{where} was learned with {same}model {self.model!r}, not the {model!r} running now; "
+                              "learn a baseline with this model (drsn-stream baseline learn --model ...)")
+        if self.sample_rate != sample_rate or self.window != window:
+            raise ConfigError(f"{where} was learned at {self.sample_rate} Hz with {self.window}-sample windows, the "
+                              f"model runs at {sample_rate} Hz with {window}; learn the baseline again")
+
+
+def parse_duration(text: str | float) -> float:
+    """``"10m"``, ``"30s"``, ``"1h"``, ``"90"`` (seconds) -> seconds; a clear error otherwise."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower()
+        scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(s[-1:], None)
+        try:
+            seconds = float(s[:-1] if scale else s) * (scale or 1.0)
+        except ValueError:
+            raise ConfigError(f"cannot read the duration {text!r}; write e.g. 90, 30s, 10m or 1h") from None
+    if not seconds > 0:
+        raise ConfigError(f"a learning duration must be > 0, not {text!r}")
+    return seconds
+
+
+class BaselineStage:
+    """Scores predictions against their stream's baseline; learns streams live.
+
+    Args:
+        profile: the baselines loaded from a file (None: none yet).
+        learn_s: learn every stream without a baseline for this many seconds of its own capture
+            time, then fit and monitor it (None: do not learn; ``math.inf``: learn until ``fit``).
+        model / digest / sample_rate / window / hop: what a learned profile records.
+
+    Runs in the pipeline's output thread only (``apply``); ``views`` may be read from any thread
+    (it copies small dicts).
+    """
+
+    def __init__(self, profile: Profile | None, *, learn_s: float | None, model: str, digest: str,
+                 sample_rate: int, window: int, hop: int) -> None:
+        self.profile = profile or Profile(model, digest, sample_rate, window, hop)
+        self.learn_s = learn_s
+        self._learning: dict[str, tuple[list[np.ndarray], list[float]]] = {}
+        self._warned: set[str] = set()
+        self.notes: list[tuple[str, str]] = []  # (stream, message), each said once; the pipeline drains it
+        self.state: dict[str, str] = {}  # stream: "learning 40%" / "monitoring" / "no baseline"
+        self.latest: dict[str, float] = {}  # stream: latest anomaly
+        self.history: dict[str, deque[float]] = {}  # stream: recent anomalies, for the sparkline
+        self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray] | None = None
+        for sid in self.profile.streams:
+            self.state[sid] = "monitoring"
+
+    def apply(self, preds: list[Prediction]) -> None:
+        """Sets ``anomaly`` on every prediction of a stream that has a baseline (one vectorized
+        call per batch, over all its streams); collects the features of streams that are learning."""
+        if self._stacked is None:
+            self._stack()
+        index, means, whiteners, thresholds = self._stacked
+        rows, ks, rest = [], [], []
+        for p in preds:
+            if p.features is None:
+                continue
+            k = index.get(p.stream_id)
+            if k is None:
+                rest.append(p)
+            else:
+                rows.append(p)
+                ks.append(k)
+        if rows:
+            z = np.einsum("bf,bfg->bg", np.stack([p.features for p in rows]) - means[ks], whiteners[ks])
+            scores = np.sqrt(np.einsum("bf,bf->b", z, z)) / thresholds[ks]
+            for p, a in zip(rows, scores.tolist()):
+                p.anomaly = a
+                hist = self.history.get(p.stream_id)
+                if hist is None:
+                    hist = self.history[p.stream_id] = deque(maxlen=32)
+                hist.append(a)
+                self.latest[p.stream_id] = a
+        if rest:
+            by_stream: dict[str, list[Prediction]] = {}
+            for p in rest:
+                by_stream.setdefault(p.stream_id, []).append(p)
+            for sid, group in by_stream.items():
+                self._learn(sid, group)
+
+    def _stack(self) -> None:
+        """The baselines as arrays (stream index, means, whiteners, thresholds) for ``apply``."""
+        ids = list(self.profile.streams)
+        bases = [self.profile.streams[sid] for sid in ids]
+        f = bases[0].gaussian.mean.size if bases else 0
+        self._stacked = (
+            {sid: k for k, sid in enumerate(ids)},
+            np.array([b.gaussian.mean for b in bases]).reshape(len(ids), f),
+            np.array([b.gaussian.whitener for b in bases]).reshape(len(ids), f, f),
+            np.array([b.threshold for b in bases]),
+        )
+
+    def _learn(self, sid: str, group: list[Prediction]) -> None:
+        if self.learn_s is None:
+            if sid not in self._warned:
+                self._warned.add(sid)
+                self.state[sid] = "no baseline"
+                self.notes.append((sid, "no baseline for this stream in the profile: monitored on its labels only "
+                                        "(learn one, or map the stream with ?stream=ID on the source)"))
+            return
+        feats, times = self._learning.setdefault(sid, ([], []))
+        if not feats:
+            self.notes.append((sid, f"learning the baseline for {_span(self.learn_s)}"))
+        for i, p in enumerate(group):
+            feats.append(p.features)
+            times.append(p.t_last)
+            if times[-1] - times[0] >= self.learn_s:
+                self._fit(sid)
+                if sid in self.profile.streams and i + 1 < len(group):
+                    self.apply(group[i + 1 :])  # the rest of a large batch is scored, not learned
+                return
+        if math.isinf(self.learn_s):
+            self.state[sid] = f"learning {len(feats)} windows"
+        else:
+            self.state[sid] = f"learning {min(99, int(100 * (times[-1] - times[0]) / self.learn_s))}%"
+
+    def _fit(self, sid: str) -> None:
+        feats, times = self._learning.pop(sid)
+        try:
+            base = fit_stream(np.stack(feats), np.asarray(times))
+        except ConfigError as exc:
+            self.state[sid] = "no baseline"
+            self.notes.append((sid, f"baseline not learned: {exc}"))
+            return
+        self.profile.streams[sid] = base
+        self._stacked = None
+        self.state[sid] = "monitoring"
+        self.notes.append((sid, f"baseline learned on {base.windows} windows; monitoring for deviations"))
+
+    def fit(self) -> Profile:
+        """Fits every stream still learning (the end of ``drsn-stream baseline learn``)."""
+        for sid in list(self._learning):
+            self._fit(sid)
+        return self.profile
+
+    def views(self) -> dict[str, tuple[str, float, tuple[float, ...]]]:
+        """{stream: (state, latest anomaly or NaN, recent anomalies)} for the dashboard."""
+        ids = set(self.state) | set(self.latest)
+        return {sid: (self.state.get(sid, "monitoring"), self.latest.get(sid, math.nan),
+                      tuple(self.history.get(sid, ()))) for sid in ids}
+
+
+def _span(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "the whole run"
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+__all__ = ["BaselineStage", "Profile", "StreamBaseline", "fit_stream", "parse_duration", "weights_digest"]

@@ -1,0 +1,69 @@
+"""``drsn-stream baseline learn|show``: learn a machine's normal from any source, or show a profile."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+from drsn_stream.monitor.baseline import Profile
+from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    learn = sub.add_parser("learn", help="learn every stream of the sources and write a profile",
+                           description="Runs the sources through the model (files as fast as possible) and fits each "
+                                       "stream's normal: the statistics of the model's pooled features and an alarm "
+                                       "threshold from a held-back part of the data.")
+    learn.add_argument("--source", "-s", action="append", required=True, metavar="SPEC",
+                       help="a source as for the monitor (file:PATH, zmq://..., mic, sim...); repeat for several")
+    learn.add_argument("--model", "-m", help="built-in model name or .pt path (default: as the monitor picks)")
+    learn.add_argument("--duration", type=float, help="stop learning after this many seconds (live sources)")
+    learn.add_argument("--hop", type=int, help="samples between windows (default: the model's hop)")
+    learn.add_argument("--out", "-o", required=True, metavar="PROFILE", help="the profile to write (JSON)")
+    show = sub.add_parser("show", help="print what a profile holds")
+    show.add_argument("profile")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        print(describe(Profile.load(args.profile), args.profile))
+        return 0
+    cfg = RunConfig(sources=tuple(args.source), model=args.model, duration=args.duration, hop=args.hop,
+                    fast=True, learn_s=math.inf)
+    pipe = Pipeline(cfg)
+    pipe.start()
+    try:
+        pipe.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pipe.stop()
+    assert pipe.baseline is not None
+    profile = pipe.baseline.fit()
+    for sid, message in pipe.baseline.notes:
+        if "learned" in message or "not learned" in message:
+            print(f"{sid}: {message}", file=sys.stderr)
+    for err in pipe.errors:
+        print(f"drsn-stream baseline: {err}", file=sys.stderr)
+    if not profile.streams:
+        print("drsn-stream baseline: error: no stream gave enough windows to learn from; learn for longer",
+              file=sys.stderr)
+        return 2
+    profile.settings = {"sources": list(args.source)}
+    profile.save(args.out)
+    print(describe(profile, args.out))
+    return 0
+
+
+def describe(profile: Profile, where: str) -> str:
+    lines = [f"{where}: baseline of model {profile.model} (weights {profile.model_digest[:12]}), "
+             f"{profile.sample_rate} Hz, window {profile.window}, hop {profile.hop}, created {profile.created or 'now'}"]
+    for sid, b in sorted(profile.streams.items()):
+        span = b.learned_to - b.learned_from
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.learned_from)) if b.learned_from > 1e9 else "replay"
+        lines.append(f"  {sid}: {b.windows} windows ({b.held_back} held back), {span:.1f} s from {when}; "
+                     f"threshold {b.threshold:.3g} (Mahalanobis distance of {b.gaussian.mean.size} features)")
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Baselines: learn a machine's normal on real CWRU data, the profile file and its refusals, the
+anomaly score in the alarm state machine, the dashboard and the metrics, and the commands a user
+runs (``baseline learn``, ``--baseline``, ``--learn``)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import CWRU, require_cwru
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+from drsn_stream.dsp.normalize import normalize
+from drsn_stream.errors import ConfigError
+from drsn_stream.models.artifact import load_artifact, save_artifact
+from drsn_stream.models.registry import create_model
+from drsn_stream.monitor.baseline import Profile, fit_stream, parse_duration, weights_digest
+from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
+from drsn_stream.monitor.snapshot import Header, StreamRow, build_snapshot
+from drsn_stream.sinks.dashboard import stream_table
+from drsn_stream.sinks.metrics import format_metrics
+from drsn_stream.train import cwru
+from drsn_stream.types import Prediction
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+LABELS = list(cwru.LABELS_10)
+
+
+def _features(name: str, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    module, meta = load_artifact("bearing-cwru")
+    rec = cwru.load_recording(CWRU / name, sample_rate=meta.sample_rate)
+    seg = rec.part(bounds)
+    x = cwru.cut_windows(seg, cwru.window_starts(seg.size, meta.window, meta.hop), meta.window)
+    with torch.no_grad():
+        return module.forward_features(torch.from_numpy(normalize(x, meta.normalization)))[2].numpy()
+
+
+def test_a_baseline_of_half_of_normal_0_passes_the_rest_and_flags_faults_at_every_load() -> None:
+    require_cwru()
+    base = fit_stream(_features("normal_0_97.mat", (0.0, 0.5)))
+    later = base.anomaly(_features("normal_0_97.mat", (0.5, 1.0)))
+    assert (later > 1.0).mean() <= 0.01
+    for name in ("12k_Drive_End_B007_3_121.mat", "12k_Drive_End_IR021_1_210.mat", "12k_Drive_End_OR007@6_2_132.mat"):
+        flagged = (base.anomaly(_features(name)) > 1.0).mean()
+        assert flagged >= 0.99, f"{name}: {flagged:.2%}"
+
+
+def _profile(tmp_path: Path) -> tuple[Profile, Path]:
+    rng = np.random.default_rng(0)
+    base = fit_stream(rng.standard_normal((100, 16)) + 3.0, np.arange(100.0))
+    prof = Profile("bearing-cwru", weights_digest(ROOT / "drsn_stream/artifacts/bearing-cwru.pt"), 12000, 2048, 512,
+                   {"m1": base})
+    return prof, prof.save(tmp_path / "p.json")
+
+
+def test_a_profile_is_readable_json_that_round_trips_and_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    prof, path = _profile(tmp_path)
+    d = json.loads(path.read_text())
+    assert d["format"] == "drsn-stream-baseline" and d["format_version"] == 1 and d["model"] == "bearing-cwru"
+    assert d["streams"]["m1"]["windows"] == 100 and d["streams"]["m1"]["held_back"] == 20 and len(d["model_digest"]) == 64
+    back = Profile.load(path)
+    x = np.random.default_rng(1).standard_normal((5, 16))
+    assert np.allclose(back.streams["m1"].anomaly(x), prof.streams["m1"].anomaly(x))
+    back.check(model="bearing-cwru", digest=prof.model_digest, sample_rate=12000, window=2048)
+    with pytest.raises(ConfigError, match="learned with model 'bearing-cwru', not the 'digits-fsdd'"):
+        back.check(model="digits-fsdd", digest="x", sample_rate=8000, window=8000)
+    with pytest.raises(ConfigError, match="other weights of model"):
+        back.check(model="bearing-cwru", digest="0" * 64, sample_rate=12000, window=2048)
+    with pytest.raises(ConfigError, match="at 12000 Hz with 2048-sample windows, the model runs at 12000 Hz with 1024"):
+        back.check(model="bearing-cwru", digest=prof.model_digest, sample_rate=12000, window=1024)
+    (tmp_path / "bad.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ConfigError, match="not a baseline profile"):
+        Profile.load(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="cannot read baseline profile"):
+        Profile.load(tmp_path / "missing.json")
+    assert parse_duration("10m") == 600 and parse_duration("90") == 90 and parse_duration("1h") == 3600
+    with pytest.raises(ConfigError, match="10m"):
+        parse_duration("ten minutes")
+
+
+def test_the_weights_digest_ignores_metadata_and_sees_new_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = create_model("drsn_cw_paper", num_classes=2)
+    meta = {"name": "t", "model": "drsn_cw_paper", "labels": ["a", "b"], "sample_rate": 1000, "window": 256,
+            "hop": 128, "input": {"kind": "raw"}, "normalization": {"kind": "zscore"}}
+    a = save_artifact(net, tmp_path / "a.pt", meta)
+    b = save_artifact(net, tmp_path / "b.pt", {**meta, "description": "the same weights, other words"})
+    with torch.no_grad():
+        net.fc.bias.add_(1.0)
+    c = save_artifact(net, tmp_path / "c.pt", meta)
+    assert weights_digest(a) == weights_digest(b) != weights_digest(c)
+
+
+def _anomaly_pred(a: float, t: float) -> Prediction:
+    probs = np.full(10, 0.01, np.float32)
+    probs[0] = 0.91
+    return Prediction("m1", 0, t, probs, "normal", 0.91, 0.2, 5.0, anomaly=a)
+
+
+def test_the_alarm_state_machine_runs_on_the_anomaly_score_with_its_delays_and_hysteresis() -> None:
+    engine = DecisionEngine(LABELS, DecisionConfig.for_labels(LABELS, set_windows=3, clear_windows=2,
+                                                             anomaly_danger=5.0, danger_after_s=None))
+    seq = [0.5] * 4 + [2.0] * 3 + [0.9] * 4 + [6.0] * 3 + [0.5] * 2
+    changes = []
+    for i, a in enumerate(seq):
+        for e in engine.update(_anomaly_pred(a, float(i))):
+            changes.append((i, e.data["to"], e.data["anomaly"]))
+    # ALERT after 3 windows over 1.0; 0.9 stays over the 0.8 to clear; DANGER after 3 at 6.0; 2 low clear it
+    assert changes == [(6, "ALERT", 2.0), (13, "DANGER", 6.0), (15, "NORMAL", 0.5)]
+    sustained = DecisionEngine(LABELS, DecisionConfig.for_labels(LABELS, set_windows=1, anomaly_danger=None,
+                                                                danger_after_s=10.0))
+    levels = [sustained.update(_anomaly_pred(1.5, float(i))) and sustained.state("m1").level for i in range(0, 30, 2)]
+    assert Level.ALERT in levels and sustained.state("m1").level == Level.DANGER
+    with pytest.raises(ConfigError, match="anomaly_leave"):
+        DecisionConfig(anomaly_leave=1.5)
+
+
+def test_the_dashboard_shows_the_anomaly_and_its_course_and_prometheus_a_gauge() -> None:
+    rows = (StreamRow("m0", label="outer_014", confidence=0.99, level="ALERT", anomaly=12.3,
+                      anomalies=(0.4, 0.5, 9.0, 12.3), baseline="monitoring"),
+            StreamRow("m1", label="normal", confidence=0.9, baseline="learning 40%"))
+    console = Console(width=140, file=io.StringIO(), color_system=None)
+    console.print(stream_table(rows, width=140))
+    lines = console.file.getvalue().splitlines()
+    assert "anomaly" in lines[0]
+    assert " 12.3 " in lines[1] and "█" in lines[1]
+    assert "learning 40%" in lines[2]
+    # the envelope column's check mark needs the label, the anomaly and the envelope to agree
+    rows = (StreamRow("m0", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0, anomaly=12.0),
+            StreamRow("m1", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0, anomaly=0.5),
+            StreamRow("m2", label="normal", confidence=0.9, envelope="none", envelope_db=0.5, anomaly=0.5))
+    console = Console(width=160, file=io.StringIO(), color_system=None)
+    console.print(stream_table(rows, width=160))
+    lines = console.file.getvalue().splitlines()
+    assert "✓" in lines[1] and "≠" in lines[2] and "✓" in lines[3]
+    engine = DecisionEngine(LABELS)
+    engine.update(_anomaly_pred(3.25, 1.0))
+    snap = build_snapshot(header=Header(model="bearing-cwru", labels=tuple(LABELS)), decisions=engine,
+                          baseline={"m1": ("monitoring", 3.25, (3.25,))})
+    samples = {s.labels.get("stream"): s.value for fam in text_string_to_metric_families(format_metrics(snap))
+               for s in fam.samples if s.name == "drsn_stream_anomaly_ratio"}
+    assert samples == {"m1": 3.25}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drsn_stream", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=240)
+
+
+def test_learn_then_monitor_a_fault_recording_mapped_to_the_learned_stream(tmp_path: Path) -> None:
+    require_cwru()
+    prof = tmp_path / "p.json"
+    res = _cli("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}?duration=30", "--out", str(prof))
+    assert res.returncode == 0, res.stderr
+    assert "normal_0_97: 116 windows (23 held back)" in res.stdout
+    show = _cli("baseline", "show", str(prof))
+    assert show.returncode == 0 and "model bearing-cwru" in show.stdout and "normal_0_97: 116 windows" in show.stdout
+    fault = f"file:{CWRU / '12k_Drive_End_OR014@6_2_199.mat'}"
+    res = _cli("--source", f"{fault}?stream=normal_0_97", "--baseline", str(prof), "--fast", "--headless",
+               "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    anomalies = np.array([o["anomaly"] for o in objs if o["type"] == "prediction"])
+    assert anomalies.size > 200 and (anomalies > 1.0).mean() >= 0.99
+    alarms = [o for o in objs if o["type"] == "alarm"]
+    assert alarms and alarms[0]["to"] in ("ALERT", "DANGER") and alarms[0]["anomaly"] > 1.0
+    # the same file under its own id has no baseline: said once, monitored on its labels
+    res = _cli("--source", f"{fault}?duration=3", "--baseline", str(prof), "--fast", "--jsonl", "-")
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    notes = [o["message"] for o in objs if o["type"] == "note" and "baseline" in o["message"]]
+    assert len(notes) == 1 and "no baseline for this stream" in notes[0]
+    assert not any("anomaly" in o for o in objs if o["type"] == "prediction")
+    # a profile of another window length is refused with one line before anything runs
+    d = json.loads(prof.read_text())
+    d["window"] = 1024
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(d))
+    res = _cli("--source", fault, "--baseline", str(other), "--fast", "--headless")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "1024-sample windows" in res.stderr and "learn the baseline again" in res.stderr
+
+
+def test_live_learning_switches_to_monitoring_and_says_so() -> None:
+    require_cwru()
+    res = _cli("--source", f"file:{CWRU / 'normal_0_97.mat'}", "--learn", "2s", "--fast", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    notes = [o["message"] for o in objs if o["type"] == "note" and "baseline" in o["message"]]
+    assert notes[0] == "learning the baseline for 2 s" and notes[1].startswith("baseline learned on ")
+    scored = [o["anomaly"] for o in objs if o["type"] == "prediction" and "anomaly" in o]
+    assert len(scored) > 30 and np.mean(np.array(scored) > 1.0) < 0.1

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Measures the baseline targets on CWRU (issue 13): learn on the first half of ``normal_0``, then
+
+- the share of the later healthy windows over the threshold (target <= 1 %);
+- per fault recording (every fault, size and load), the share of windows flagged (target >= 99 %);
+- with the "unknown" statistics of the artifact: the share of test windows refused.
+
+Windows are cut at the model's hop from the recordings resampled to the model's rate, exactly as
+the monitor cuts them, and run through the same runner. Prints a table; ``--json`` writes it.
+
+    python tools/eval_baseline.py [--model bearing-cwru] [--data ../shared/data/cwru] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from drsn_stream.dsp.normalize import normalize  # noqa: E402
+from drsn_stream.engine.runner import Runner  # noqa: E402
+from drsn_stream.models import load_artifact  # noqa: E402
+from drsn_stream.models.artifact import resolve_artifact  # noqa: E402
+from drsn_stream.monitor.baseline import MARGIN, fit_stream  # noqa: E402
+from drsn_stream.train import cwru  # noqa: E402
+
+
+def features(runner: Runner, x: np.ndarray, norm: dict) -> np.ndarray:
+    out = []
+    for i in range(0, len(x), 256):
+        h = runner.submit(normalize(x[i : i + 256], norm))
+        runner.collect(h)
+        out.append(h.features)
+    return np.concatenate(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="bearing-cwru")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--learn", type=float, default=0.5, help="share of normal_0 learned (from its start)")
+    ap.add_argument("--margin", type=float, default=MARGIN)
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args(argv)
+    module, meta = load_artifact(args.model)
+    if not meta.features:
+        print(f"{args.model}: the artifact returns no pooled features; run tools/fit_unknown.py on it", file=sys.stderr)
+        return 2
+    runner = Runner(module, window=meta.window, device="cpu", threads=1, features=meta.features,
+                    net_config=meta.model_config)
+    folder = cwru.cwru_dir(args.data)
+    manifest = cwru.read_manifest(folder)
+
+    def windows(name: str, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+        rec = cwru.load_recording(folder / name, sample_rate=meta.sample_rate, manifest=manifest)
+        seg = rec.part(bounds)
+        return cwru.cut_windows(seg, cwru.window_starts(seg.size, meta.window, meta.hop), meta.window)
+
+    learn = features(runner, windows("normal_0_97.mat", (0.0, args.learn)), meta.normalization)
+    base = fit_stream(learn, margin=args.margin)
+    later = base.anomaly(features(runner, windows("normal_0_97.mat", (args.learn, 1.0)), meta.normalization))
+    res: dict = {
+        "model": meta.name, "learned_windows": base.windows, "held_back": base.held_back, "margin": args.margin,
+        "threshold": round(base.threshold, 4),
+        "healthy_later": {"windows": int(later.size), "over": int((later > 1).sum()),
+                          "share_over": round(float((later > 1).mean()), 4),
+                          "anomaly_p50": round(float(np.median(later)), 3), "anomaly_max": round(float(later.max()), 3)},
+        "faults": {},
+    }
+    print(f"{meta.name} ({resolve_artifact(args.model).name}): baseline on the first {args.learn:.0%} of normal_0 "
+          f"({base.windows} windows, {base.held_back} held back), margin {args.margin}")
+    print(f"later healthy windows over the threshold: {res['healthy_later']['over']}/{later.size} "
+          f"({(later > 1).mean():.2%}); anomaly median {np.median(later):.2f}, max {later.max():.2f}")
+    worst = 1.0
+    for info in cwru.scan(folder):
+        if info.kind == "normal":
+            continue
+        a = base.anomaly(features(runner, windows(info.name), meta.normalization))
+        share = float((a > 1).mean())
+        worst = min(worst, share)
+        res["faults"][info.name] = {"windows": int(a.size), "flagged": round(share, 4),
+                                    "anomaly_p5": round(float(np.percentile(a, 5)), 2),
+                                    "anomaly_p50": round(float(np.median(a)), 2)}
+        print(f"  {info.name:<34} {share:7.2%} of {a.size:4d} windows flagged; anomaly p5 {np.percentile(a, 5):6.2f} "
+              f"median {np.median(a):6.2f}")
+    res["faults_min_flagged"] = round(worst, 4)
+    print(f"every fault recording flagged on >= {worst:.2%} of its windows")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
