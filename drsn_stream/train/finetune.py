@@ -401,6 +401,7 @@ def evaluate_user(
     snrs: list[float] | None = None,
     split: str | None = None,
     seed: int = 1234,
+    labels: list[str] | None = None,
     default_rate: float | None = None,
     channel: str | None = None,
     on_bad: str = "fail",
@@ -421,8 +422,8 @@ def evaluate_user(
         raise ConfigError("give --data: a folder per label or a manifest (docs/user-data.md)")
     recorded = training.get("data", {}).get("files") if mine else None
     only = {n.split("[")[0] for names in recorded.values() for n in names} if recorded else None
-    data = load_user_data(path, sample_rate=meta.sample_rate, default_rate=default_rate, channel=channel,
-                          on_bad=on_bad, only=only)
+    data = load_user_data(path, sample_rate=meta.sample_rate, labels=labels, default_rate=default_rate,
+                          channel=channel, on_bad=on_bad, only=only)
     foreign = sorted({c.label for c in data.clips} - set(meta.labels))
     if foreign:
         raise DataError(f"label(s) {', '.join(foreign)} of the data are not labels of {meta.name} "

@@ -298,6 +298,8 @@ def load_user_data(
         except DrsnStreamError as exc:
             msg = str(exc)
             problems.append(msg if e.path.name in msg.split(": ")[0] else f"{e.rel}: {msg}")
+        except Exception as exc:  # noqa: BLE001 - a reader library's own error on a bad file is that file's line
+            problems.append(f"{e.rel}: cannot read it ({type(exc).__name__}: {exc})")
     if problems and on_bad == "fail":
         raise DataError(
             f"{len(problems)} bad file(s) in {root} (pass --on-bad skip to train without them):\n  "
