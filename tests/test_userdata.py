@@ -106,7 +106,7 @@ def _bad_folder(root: Path) -> None:
     nan[100] = np.nan
     np.save(root / "broken" / "nan.npy", nan)
     np.save(root / "broken" / "flat.npy", np.zeros(12000, np.float32))
-    _csv(root / "broken" / "two_columns.csv", np.stack([nan, nan], axis=1)[:10])
+    _csv(root / "broken" / "two_columns.csv", np.stack([nan, nan], axis=1)[200:300], header="x,y")
     (root / "broken" / "notes.txt").write_text("calibrated on monday")
 
 
@@ -247,7 +247,7 @@ def test_fine_tuned_on_wav_and_csv_at_16khz_the_model_labels_a_held_out_recordin
     wavfile.write(tmp_path / "held_inner.wav", 16000, held["inner_race"])
     my = tmp_path / "my.pt"
     res = _cli("train", "--data", str(data), "--rate", "16000", "--from", "bearing-cwru", "--artifact", str(my),
-               "--out", str(tmp_path / "run"), "--epochs", "3", "--windows-per-class", "96", "--threads", "1")
+               "--out", str(tmp_path / "run"), "--epochs", "8", "--windows-per-class", "128", "--threads", "1")
     assert res.returncode == 0, res.stderr
     assert "held-out test part" in res.stdout
     report = json.loads((tmp_path / "run" / "report.json").read_text())
