@@ -183,6 +183,8 @@ def finalize_artifact(
     """
     from drsn_stream.dsp.noise import add_noise
 
+    if len(windows) == 0:
+        return meta, None
     rng = np.random.default_rng(7)
     spec = meta["normalization"]
     pick = rng.choice(len(windows), size=min(VALIDATION_PER_CONDITION, len(windows)), replace=False)
@@ -216,6 +218,49 @@ def _windows(segs: list[Clip], labels: list[str], layout: Layout, kinds: list[st
         xs.append(x)
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
+
+
+@dataclass
+class Trained:
+    """What ``fit_split`` returns: the trained network and everything about how it was trained."""
+
+    model: nn.Module
+    layout: Layout
+    origin: dict[str, Any]
+    recipe: Recipe
+    augment: NoiseAugment | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    result: Any = None  # loop.FitResult
+
+
+def fit_split(
+    run: UserRun,
+    labels: list[str],
+    split: Split,
+    *,
+    meta_for: Any = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    console: Any = None,
+) -> Trained:
+    """Trains the run's network on ``split.segments["train"]`` (model selection on ``"val"`` when there
+    is one). ``meta_for(trained) -> dict`` gives the metadata the checkpoints carry."""
+    model, layout, origin = start_model(run, labels)
+    t = Trained(model, layout, origin, run.recipe(), _augment(run, origin))
+    spec = {"kind": layout.normalization}
+    train = RandomWindows(split.segments["train"], labels, WHOLE, window=layout.window, per_class=run.windows_per_class)
+    kinds = ["none"] + (list(t.augment.kinds) if t.augment is not None else [])
+    val = _windows(split.segments["val"], labels, layout, kinds, run.seed + 7) if split.segments.get("val") else None
+    if meta_for is not None:
+        t.meta = meta_for(t)
+
+    def prepare(x: np.ndarray) -> np.ndarray:
+        return normalize(x, spec)
+
+    extra = {"model_name": origin["model"], "model_config": origin["model_config"], "meta": t.meta}
+    t.result = fit(model, train, recipe=t.recipe, val=val, augment=t.augment, prepare=prepare,
+                   checkpoint_dir=checkpoint_dir, checkpoint_extra=extra, progress=progress, console=console)
+    return t
 
 
 def prepare_data(
@@ -266,7 +311,6 @@ def train_user(
         data_path, run, layout_of(run), labels=labels, default_rate=default_rate, channel=channel, on_bad=on_bad
     )
     labels = data.labels
-    model, layout, origin = start_model(run, labels)
     for line in data.problems:
         say(f"[yellow]skipped:[/yellow] {line}", markup=True, highlight=False)
     for line in describe(data, split):
@@ -275,20 +319,13 @@ def train_user(
     name = run.name or (Path(artifact).stem if artifact is not None else "user-model")
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
-    recipe = run.recipe()
-    augment = _augment(run, origin)
+
+    def meta_for(t: Trained) -> dict[str, Any]:
+        return _meta(name, data, split, run, t.layout, t.origin, t.recipe, t.augment)
+
+    t = fit_split(run, labels, split, meta_for=meta_for, checkpoint_dir=out, progress=progress, console=console)
+    model, layout, meta, res = t.model, t.layout, t.meta, t.result
     spec = {"kind": layout.normalization}
-    train = RandomWindows(split.segments["train"], labels, WHOLE, window=layout.window, per_class=run.windows_per_class)
-    kinds = ["none"] + (list(augment.kinds) if augment is not None else [])
-    val = _windows(split.segments["val"], labels, layout, kinds, run.seed + 7) if split.segments.get("val") else None
-    meta = _meta(name, data, split, run, layout, origin, recipe, augment)
-
-    def prepare(x: np.ndarray) -> np.ndarray:
-        return normalize(x, spec)
-
-    extra = {"model_name": origin["model"], "model_config": origin["model_config"], "meta": meta}
-    res = fit(model, train, recipe=recipe, val=val, augment=augment, prepare=prepare, checkpoint_dir=out,
-              checkpoint_extra=extra, progress=progress, console=console)
     t_eval = time.perf_counter()
     ev = evaluate(model, split.segments["test"], labels, WHOLE, window=layout.window, hop=layout.hop,
                   normalization=spec, kinds=list(EVAL_KINDS), snrs=[0.0], seed=1234)
@@ -313,8 +350,8 @@ def train_user(
     shipped = str(save_artifact(model, artifact, meta, validation=validation)) if artifact is not None else None
     report = {
         "name": name,
-        "model": origin["model"],
-        "from": origin["from"],
+        "model": t.origin["model"],
+        "from": t.origin["from"],
         "labels": labels,
         "split": "test",
         "split_by": split.by,
