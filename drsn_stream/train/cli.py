@@ -83,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if args.config is None:
         return _run_train_user(args, console)
-    if args.base is not None:
+    if getattr(args, "base", None) is not None:
         console.print("[red]error:[/red] --config trains on CWRU as the config says; --from trains on your own "
                       "recordings (give --data DIR|MANIFEST without --config)")
         return 2
@@ -271,8 +271,8 @@ def run_eval(args: argparse.Namespace) -> int:
         snrs = parse_snr_list(args.snr) if args.snr is not None else None
         doc = evaluate_artifact(
             args.model, data=args.data, kinds=kinds, snrs=snrs, split=args.split, seed=args.seed,
-            user_options={"labels": _labels(args), "default_rate": args.rate, "channel": args.channel,
-                          "on_bad": args.on_bad},
+            user_options={"labels": _labels(args), "default_rate": getattr(args, "rate", None),
+                          "channel": getattr(args, "channel", None), "on_bad": getattr(args, "on_bad", "fail")},
         )
     except DrsnStreamError as exc:
         err.print(f"[red]error:[/red] {exc}")
