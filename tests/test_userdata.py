@@ -272,3 +272,48 @@ def test_fine_tuned_on_wav_and_csv_at_16khz_the_model_labels_a_held_out_recordin
     assert ev.returncode == 0, ev.stderr
     doc = json.loads(ev.stdout)
     assert doc["split"] == "test" and doc["results"][0]["accuracy"] == pytest.approx(report["accuracy"]["clean"], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------- starting points, eval
+
+
+def test_fine_tuning_starts_from_the_shipped_weights_with_a_new_head_and_frozen_stages():
+    import torch
+
+    from drsn_stream.errors import ConfigError
+    from drsn_stream.models import load_artifact
+    from drsn_stream.train.finetune import UserRun, start_model
+
+    module, meta = load_artifact("bearing-cwru")
+    base = module.state_dict()
+    model, layout, origin = start_model(UserRun(freeze=1), ["normal", "pump_cavitation"])
+    assert (layout.sample_rate, layout.window) == (meta.sample_rate, meta.window)
+    assert model.fc.out_features == 2 and origin["model_config"]["num_classes"] == 2
+    assert torch.equal(model.fc.weight[0], base["fc.weight"][meta.labels.index("normal")])
+    assert torch.equal(model.stem.weight, base["stem.weight"]) and not model.stem.weight.requires_grad
+    assert not any(p.requires_grad for p in model.units[3].parameters())  # stage 1 = units 0-3
+    assert all(p.requires_grad for p in model.units[4].parameters())
+    assert origin["frozen"][:2] == ["stem", "units.0"]
+    with pytest.raises(ConfigError, match="freeze"):
+        start_model(UserRun(base="scratch", freeze=1), ["a", "b"])
+    with pytest.raises(ConfigError, match="0..3"):
+        start_model(UserRun(freeze=4), ["a", "b"])
+
+
+def test_eval_measures_the_shipped_model_on_a_folder_of_its_labels(tmp_path, capsys):
+    require_cwru()
+    from drsn_stream.train.cli import main
+
+    for label, name in (("normal", "normal_0_97.mat"), ("inner_007", "12k_Drive_End_IR007_0_105.mat")):
+        x = cwru_signal(name)
+        rate = 48000 if label == "normal" else 12000
+        (tmp_path / label).mkdir()
+        wavfile.write(tmp_path / label / "end.wav", rate, x[int(0.8 * x.size):].astype(np.float32))
+    assert main(["eval", "--model", "bearing-cwru", "--data", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["split"] == "all" and doc["part"] == ["inner_007/end.wav", "normal/end.wav"]
+    assert doc["results"][0]["accuracy"] > 0.95
+    (tmp_path / "cavitation").mkdir()
+    wavfile.write(tmp_path / "cavitation" / "a.wav", 12000, _tone(1000, 1.0, 12000))
+    assert main(["eval", "--model", "bearing-cwru", "--data", str(tmp_path)]) == 2
+    assert "cavitation" in capsys.readouterr().err

@@ -283,10 +283,14 @@ def run_eval(args: argparse.Namespace) -> int:
     out = Console()
     # a CWRU document names its part by fractions, a user-data one by the recordings it measured
     user = bool(doc["part"]) and isinstance(doc["part"][0], str)
-    part = f"{len(doc['part'])} recording part(s)" if user else str(doc["part"])
+    if doc["split"] == "all":
+        title = f"{doc['model']} on every window of {len(doc['part'])} recording(s)"
+    else:
+        part = f"{len(doc['part'])} recording part(s)" if user else str(doc["part"])
+        title = f"{doc['model']} on its {doc['split']} part: {part}"
     for line in doc.get("skipped", []):
         err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False)
-    out.print(_accuracy_table(doc["results"], title=f"{doc['model']} on its {doc['split']} part: {part}"))
+    out.print(_accuracy_table(doc["results"], title=title))
     out.print(_confusion_table(doc["confusion"], doc["labels"]))
     return 0
 
