@@ -228,7 +228,7 @@ def test_fine_tuned_on_wav_and_csv_at_16khz_the_model_labels_a_held_out_recordin
     CSV; the fine-tuned model then labels the unseen end of one of the recordings through the monitor."""
     require_cwru()
     sources = {  # label -> (CWRU file, its rate)
-        "healthy": ("normal_0_97.mat", 48000),
+        "normal": ("normal_0_97.mat", 48000),
         "inner_race": ("12k_Drive_End_IR021_3_212.mat", 12000),
         "outer_race": ("12k_Drive_End_OR007@6_3_133.mat", 12000),
     }
@@ -251,7 +251,7 @@ def test_fine_tuned_on_wav_and_csv_at_16khz_the_model_labels_a_held_out_recordin
     assert res.returncode == 0, res.stderr
     assert "held-out test part" in res.stdout
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["labels"] == ["healthy", "inner_race", "outer_race"] and report["split_by"]["healthy"] == "time"
+    assert report["labels"] == ["inner_race", "normal", "outer_race"] and report["split_by"]["normal"] == "time"
     assert report["accuracy"]["clean"] >= 0.9, report["accuracy"]
     from drsn_stream.models import load_artifact, load_validation
 

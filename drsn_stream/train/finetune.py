@@ -401,7 +401,7 @@ def _meta(
         "training": {
             "dataset": "user",
             "data": {
-                "path": str(data.root),
+                "path": str(data.root.resolve()),
                 "layout": data.layout,
                 "files": files,
                 "source_rates": {c.name: c.source_rate for c in data.clips},
