@@ -171,18 +171,29 @@ def _freeze(model: nn.Module, mc: dict[str, Any], stages: int) -> list[str]:
 
 
 def finalize_artifact(
-    model: nn.Module, windows: np.ndarray, labels: list[str], meta: dict[str, Any]
+    model: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    held: tuple[np.ndarray, np.ndarray],
+    labels: list[str],
+    meta: dict[str, Any],
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """What a user-trained artifact carries beside its weights: ``(meta, validation windows)``.
 
-    The hook where a user model gets what a shipped one has: today a sample of normalized validation
-    windows (clean, Gaussian and pink noise at 0 dB, as ``tools/attach_validation.py`` stores for the
-    shipped artifacts); the "unknown" statistics of ``models/ood.py`` belong here as well once they
-    exist. ``windows`` are raw ``(n, window)`` windows of the validation part (the training part when
-    there is none); the model is in eval mode.
+    The one place where a user model gets what a shipped one has. Today: a sample of normalized
+    validation windows (clean, Gaussian and pink noise at 0 dB), as ``tools/attach_validation.py``
+    stores for the shipped artifacts (the GPU runner's fp16 check). The "unknown" statistics
+    (``models/ood.py``: class Gaussians of the pooled features, fitted on ``train``, threshold
+    calibrated on ``held``) belong here too, so a user model refuses to guess as a shipped one does.
+
+    Args:
+        model: the trained network, eval mode.
+        train: raw clean training windows ``(n, window)`` and their label indices ``(n,)``.
+        held: the same of the validation part (of the training part when the run has none).
+        labels: the model's labels; meta: the artifact metadata (updated and returned).
     """
     from drsn_stream.dsp.noise import add_noise
 
+    windows = held[0]
     if len(windows) == 0:
         return meta, None
     rng = np.random.default_rng(7)
@@ -340,9 +351,10 @@ def train_user(
         machine=f"{platform.machine()} {os.cpu_count()} cpu(s), torch {torch.__version__}",
     )
     meta["accuracy"] = {"split": "test", "eval_seed": 1234, **summary(ev["results"]), "n": ev["results"][0]["n"]}
-    held = split.segments.get("val") or split.segments["train"]
-    vx, _ = part_windows(held, labels, WHOLE, window=layout.window, hop=layout.hop)
-    meta, validation = finalize_artifact(model, vx, labels, meta)
+    train_xy = part_windows(split.segments["train"], labels, WHOLE, window=layout.window, hop=layout.hop // 2)
+    held_segments = split.segments.get("val") or split.segments["train"]
+    held_xy = part_windows(held_segments, labels, WHOLE, window=layout.window, hop=layout.hop)
+    meta, validation = finalize_artifact(model, train_xy, held_xy, labels, meta)
     artifact_path = save_artifact(model, out / f"{name}.pt", meta, validation=validation)
     ck = torch.load(out / "best.pt", weights_only=False)
     ck["meta"] = meta
