@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 from scipy.signal import resample_poly
 
+from drsn_stream.config import TOMLDecodeError, loads_toml
 from drsn_stream.dsp.resample import rational_ratio
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
 from drsn_stream.sources.file import SUFFIXES, read_recording
@@ -156,8 +156,8 @@ def _csv_rows(p: Path) -> list[dict[str, Any]]:
 
 def _toml_rows(p: Path) -> list[dict[str, Any]]:
     try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+        doc = loads_toml(p.read_text(encoding="utf-8"))
+    except TOMLDecodeError as exc:
         raise DataError(f"{p}: not valid TOML ({exc})") from None
     rows = doc.get("recording")
     if not isinstance(rows, list) or not rows:
