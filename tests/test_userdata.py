@@ -317,3 +317,16 @@ def test_eval_measures_the_shipped_model_on_a_folder_of_its_labels(tmp_path, cap
     wavfile.write(tmp_path / "cavitation" / "a.wav", 12000, _tone(1000, 1.0, 12000))
     assert main(["eval", "--model", "bearing-cwru", "--data", str(tmp_path)]) == 2
     assert "cavitation" in capsys.readouterr().err
+
+
+def test_train_says_which_way_to_go(tmp_path, capsys):
+    assert train_main(["train", "--quiet"]) == 2
+    assert "--data DIR|MANIFEST" in capsys.readouterr().err
+    cfg = ROOT / "configs" / "bearing-cwru.toml"
+    assert train_main(["train", "--config", str(cfg), "--from", "scratch", "--data", str(tmp_path)]) == 2
+    assert "--from trains on your own" in capsys.readouterr().err
+    require_cwru()
+    from helpers import CWRU
+
+    assert train_main(["train", "--data", str(CWRU), "--quiet"]) == 2
+    assert "--config configs/bearing-cwru.toml" in capsys.readouterr().err
