@@ -351,7 +351,7 @@ def train_user(
         machine=f"{platform.machine()} {os.cpu_count()} cpu(s), torch {torch.__version__}",
     )
     meta["accuracy"] = {"split": "test", "eval_seed": 1234, **summary(ev["results"]), "n": ev["results"][0]["n"]}
-    train_xy = part_windows(split.segments["train"], labels, WHOLE, window=layout.window, hop=layout.hop // 2)
+    train_xy = part_windows(split.segments["train"], labels, WHOLE, window=layout.window, hop=layout.hop)
     held_segments = split.segments.get("val") or split.segments["train"]
     held_xy = part_windows(held_segments, labels, WHOLE, window=layout.window, hop=layout.hop)
     meta, validation = finalize_artifact(model, train_xy, held_xy, labels, meta)
