@@ -42,6 +42,7 @@ SCRATCH = "scratch"
 WHOLE = (0.0, 1.0)  # every segment is already cut to its part: windows come from all of it
 VALIDATION_PER_CONDITION = 256  # as many as the shipped artifacts store (tools/attach_validation.py)
 EVAL_KINDS = ("gaussian", "laplacian", "pink")
+VAL_PER_CLASS = 128  # validation windows per label and noise condition
 
 
 @dataclass(frozen=True)
@@ -223,11 +224,17 @@ def _augment(run: UserRun, origin: dict[str, Any]) -> NoiseAugment | None:
 
 
 def _windows(segs: list[Clip], labels: list[str], layout: Layout, kinds: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validation windows, clean and per noise kind at 0 dB, at most ``VAL_PER_CLASS`` per label and kind
+    (seeded): the validation runs every epoch, and minutes of recordings would cost more than training."""
+    rng = np.random.default_rng(seed)
     xs, ys = [], []
     for kind in kinds:
         x, y = part_windows(segs, labels, WHOLE, window=layout.window, hop=layout.hop, kind=kind, snr_db=0.0, seed=seed)
-        xs.append(x)
-        ys.append(y)
+        for c in np.unique(y):
+            idx = np.flatnonzero(y == c)
+            pick = np.sort(rng.choice(idx, size=min(VAL_PER_CLASS, idx.size), replace=False))
+            xs.append(x[pick])
+            ys.append(y[pick])
     return np.concatenate(xs), np.concatenate(ys)
 
 
