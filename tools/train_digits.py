@@ -21,16 +21,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.models import model_config, save_artifact  # noqa: E402
-from drsn_stream.models.ensemble import Ensemble  # noqa: E402
-from drsn_stream.speech import CREDITS, HOP, LABELS, NORMALIZATION, SAMPLE_RATE, WINDOW, dataset, tts  # noqa: E402  # noqa: E402
-from drsn_stream.speech.augment import AugmentConfig  # noqa: E402
-from drsn_stream.speech.train import (  # noqa: E402
+from drsn_stream.config import read_toml
+from drsn_stream.models import model_config, save_artifact
+from drsn_stream.models.ensemble import Ensemble
+from drsn_stream.models.outputs import network_of
+from drsn_stream.speech import CREDITS, HOP, LABELS, NORMALIZATION, SAMPLE_RATE, WINDOW, dataset, tts
+from drsn_stream.speech.augment import AugmentConfig
+from drsn_stream.speech.train import (
     TrainConfig,
     accuracy,
     background_check,
@@ -40,16 +38,13 @@ from drsn_stream.speech.train import (  # noqa: E402
     train_model,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 ONE_D = ("drsn_cw_wide", {"stem_kernel": 9, "stem_stride": 4, "dropout": 0.1})
 
 
 def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
-
-
-def load_config(path: Path) -> dict:
-    with path.open("rb") as f:
-        return tomllib.load(f)
 
 
 def train_config(cfg: dict, **changes) -> TrainConfig:
@@ -167,7 +162,7 @@ def reusable_members(paths: list[Path], tc: TrainConfig) -> dict[int, tuple[obje
             sys.exit(f"{path}: trained with another recipe than {tc.model} as configured here; "
                      "--members-from takes artifacts of this very config (seed aside)")
         model = build_from_config(meta.model_config)
-        model.load_state_dict(module.state_dict())
+        model.load_state_dict(network_of(module).state_dict())
         nets = list(model.members) if isinstance(model, Ensemble) else [model]
         for seed, net_module in zip(meta.training["seeds"], nets):
             out[int(seed)] = (net_module.eval(), path)
@@ -181,7 +176,7 @@ def record_loso(paths: list[Path]) -> int:
     dest = ROOT / "drsn_stream" / "artifacts" / "digits-fsdd.pt"
     module, meta = load_artifact(dest)
     model = build_from_config(meta.model_config)
-    model.load_state_dict(module.state_dict())
+    model.load_state_dict(network_of(module).state_dict())
     per = {}
     epochs = set()
     for p in paths:
@@ -195,7 +190,7 @@ def record_loso(paths: list[Path]) -> int:
         f"same recipe with {'/'.join(str(e) for e in sorted(epochs))} epochs instead of {meta.training['recipe']['epochs']}"
     )
     d.pop("created", None)
-    save_artifact(model, dest, d)
+    save_artifact(model, dest, d, probs=meta.scores == "probs")
     log(f"recorded LOSO {d['accuracy']['loso_pct']} in {dest}")
     return 0
 
@@ -224,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record_loso:
         return record_loso(args.record_loso)
 
-    cfg = load_config(args.config)
+    cfg = read_toml(args.config)
     if args.threads:
         cfg["train"]["threads"] = args.threads
     data = args.data or dataset.default_data_dir()
@@ -313,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = {"fsdd_train": len(train), "tts_digits": len(tts_digits), "tts_other_words": len(tts_others),
               "tts_train_voices": int(cfg["tts"]["train_voices"])}
     meta = meta_for(tc, model, res, counts, cfg, args.config, seeds=member_seeds)
-    path = save_artifact(model, out_dir / "digits-fsdd.pt", meta)
+    path = save_artifact(model, out_dir / "digits-fsdd.pt", meta, probs=True)
     (out_dir / "results.json").write_text(json.dumps(res, indent=1))
     log(f"wrote {path}")
     if args.install:
