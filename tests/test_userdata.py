@@ -284,8 +284,10 @@ def test_fine_tuning_starts_from_the_shipped_weights_with_a_new_head_and_frozen_
     from drsn_stream.models import load_artifact
     from drsn_stream.train.finetune import UserRun, start_model
 
+    from drsn_stream.models.outputs import network_of
+
     module, meta = load_artifact("bearing-cwru")
-    base = module.state_dict()
+    base = network_of(module).state_dict()
     model, layout, origin = start_model(UserRun(freeze=1), ["normal", "pump_cavitation"])
     assert (layout.sample_rate, layout.window) == (meta.sample_rate, meta.window)
     assert model.fc.out_features == 2 and origin["model_config"]["num_classes"] == 2

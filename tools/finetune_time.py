@@ -20,13 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from drsn_stream.train.cwru import cwru_dir, scan  # noqa: E402
-from drsn_stream.train.finetune import UserRun, train_user  # noqa: E402
+from drsn_stream.train.cwru import cwru_dir, scan
+from drsn_stream.train.finetune import UserRun, train_user
 
 
 def main(argv: list[str] | None = None) -> int:

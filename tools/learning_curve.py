@@ -26,14 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from drsn_stream.train.cwru import cwru_dir, scan
+from drsn_stream.train.evaluate import evaluate
+from drsn_stream.train.finetune import WHOLE, UserRun, fit_split, layout_of
+from drsn_stream.train.userdata import Split, load_user_data, parse_parts, split_clips
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.train.cwru import cwru_dir, scan  # noqa: E402
-from drsn_stream.train.evaluate import evaluate  # noqa: E402
-from drsn_stream.train.finetune import WHOLE, UserRun, fit_split, layout_of  # noqa: E402
-from drsn_stream.train.userdata import Split, load_user_data, parse_parts, split_clips  # noqa: E402
-
 PARTS = "train=0:0.3,test=0.5:1"
 FULL = 18  # windows' worth in the first 30 % of a 10 s fault recording (17.9; the baseline has 8.9)
 LOAD = 3

@@ -24,6 +24,7 @@ from torch import nn
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.errors import ArtifactError, ConfigError, DataError
 from drsn_stream.models import build_from_config, create_model, load_artifact, model_config, read_meta
+from drsn_stream.models.outputs import network_of
 from drsn_stream.train.augment import NoiseAugment
 from drsn_stream.train.cwru import RandomWindows
 from drsn_stream.train.evaluate import evaluate, part_windows, summary
@@ -120,7 +121,7 @@ def start_model(run: UserRun, labels: list[str]) -> tuple[nn.Module, Layout, dic
     if meta.input.get("kind", "raw") != "raw":
         raise ArtifactError(f"{meta.source}: input kind {meta.input.get('kind')!r}; fine-tuning takes raw-input models")
     model = build_from_config(mc)
-    model.load_state_dict(module.state_dict())
+    model.load_state_dict(network_of(module).state_dict())  # the network inside a Probabilities wrapper
     torch.manual_seed(run.seed)
     old = model.fc
     model.fc = nn.Linear(old.in_features, len(labels))
@@ -362,11 +363,11 @@ def train_user(
     held_segments = split.segments.get("val") or split.segments["train"]
     held_xy = part_windows(held_segments, labels, WHOLE, window=layout.window, hop=layout.hop)
     meta, validation = finalize_artifact(model, train_xy, held_xy, labels, meta)
-    artifact_path = save_artifact(model, out / f"{name}.pt", meta, validation=validation)
+    artifact_path = save_artifact(model, out / f"{name}.pt", meta, validation=validation, probs=True)
     ck = torch.load(out / "best.pt", weights_only=False)
     ck["meta"] = meta
     torch.save(ck, out / "best.pt")
-    shipped = str(save_artifact(model, artifact, meta, validation=validation)) if artifact is not None else None
+    shipped = str(save_artifact(model, artifact, meta, validation=validation, probs=True)) if artifact else None
     report = {
         "name": name,
         "model": t.origin["model"],
@@ -497,7 +498,7 @@ def evaluate_user(
     kinds = kinds or []
     ev = evaluate(module, segs, meta.labels, WHOLE, window=meta.window, hop=meta.hop,
                   normalization=meta.normalization, kinds=kinds,
-                  snrs=snrs if snrs is not None else ([0.0] if kinds else []), seed=seed)
+                  snrs=snrs if snrs is not None else ([0.0] if kinds else []), seed=seed, scores=meta.scores)
     return {
         "model": meta.name,
         "artifact": meta.source,
