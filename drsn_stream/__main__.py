@@ -1,5 +1,3 @@
-import sys
+from drsn_stream.cli import entry
 
-from drsn_stream.cli import main
-
-sys.exit(main())
+entry()

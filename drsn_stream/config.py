@@ -18,6 +18,22 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 from drsn_stream.errors import ConfigError
 
+SHIPPED = Path(__file__).resolve().parent / "configs"  # the ready-made configs, installed with the package
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` if it is a file, else the shipped config of that name (``configs/demo.toml``,
+    ``demo.toml`` and ``demo`` work from any directory, with or without a checkout)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for name in (p.name, f"{p.name}.toml"):
+        if (SHIPPED / name).is_file():
+            return SHIPPED / name
+    shipped = ", ".join(sorted(q.stem for q in SHIPPED.glob("*.toml"))) or "none"
+    raise ConfigError(f"config file {p} not found; ready-made ones (give the name): {shipped}")
+
+
 TOMLDecodeError = tomllib.TOMLDecodeError
 
 
@@ -27,9 +43,7 @@ def loads_toml(text: str) -> dict[str, Any]:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist (ready-made ones are in configs/)")
+    p = find_config(path)
     try:
         with p.open("rb") as f:
             return tomllib.load(f)

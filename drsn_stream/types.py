@@ -55,6 +55,8 @@ class Window:
         level: RMS of the window before normalization (for sparklines and health); set by the
             inference loop for raw windows.
         normalized: whether ``data`` is already normalized.
+        healthy: the stream's sensor health passed every sample of the window (set when it was
+            formed, so a late result is still judged on the health of its own samples).
     """
 
     stream_id: str
@@ -64,6 +66,7 @@ class Window:
     t_ready: float = 0.0
     level: float = 0.0
     normalized: bool = True
+    healthy: bool = True
 
 
 @dataclass(slots=True)
@@ -77,6 +80,10 @@ class Prediction:
         latency_ms: from the capture of the window's last sample to the result.
         t_batched / t_done: wall-clock times the batch left the batcher / the result was ready.
         batch_size: size of the batch the window was inferred in.
+        health: the stream's sensor health when the result was handed on, "OK" or
+            "CHECK_SENSOR". A window from a sensor in CHECK_SENSOR is no evidence of the machine's
+            condition: its JSON says ``"label": "check_sensor"`` (the model's own top label stays
+            in ``"model_label"``, the scores in ``"probs"``) and it raises no alarm.
     """
 
     stream_id: str
@@ -91,14 +98,18 @@ class Prediction:
     t_done: float = 0.0
     batch_size: int = 1
     level: float = 0.0
+    health: str = "OK"
 
     def to_json(self) -> dict[str, Any]:
+        healthy = self.health == "OK"
         return {
             "type": "prediction",
             "stream": self.stream_id,
             "time": self.t_last,
             "index": self.index,
-            "label": self.label,
+            "label": self.label if healthy else "check_sensor",
+            **({} if healthy else {"model_label": self.label}),
+            "health": self.health,
             "confidence": round(float(self.confidence), 5),
             "probs": [round(float(p), 5) for p in self.probs],
             "noise_index": round(float(self.noise_index), 5),

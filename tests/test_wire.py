@@ -17,7 +17,15 @@ import zmq
 from drsn_stream.errors import WireFormatError
 from drsn_stream.sources import make_source
 from drsn_stream.sources import publish as publish_cmd
-from drsn_stream.sources.wire import REASONS, EndOfStream, WireError, decode, encode, encode_eos
+from drsn_stream.sources.wire import (
+    MAX_PAYLOAD_BYTES,
+    REASONS,
+    EndOfStream,
+    WireError,
+    decode,
+    encode,
+    encode_eos,
+)
 
 T0 = 1_800_000_000.0
 
@@ -58,9 +66,13 @@ MALFORMED = {
     "bad_json": _msg(raw_header=b"{not json"),
     "bad_version": _msg(_good_header(v=2)),
     "missing_field": _msg({k: v for k, v in _good_header().items() if k != "rate"}),
-    "bad_field": _msg(_good_header(seq=-1)),
+    "bad_header": _msg(raw_header=b"[" * 100_000 + b"]" * 100_000),
+    "bad_field": _msg(_good_header(channels=0)),
+    "bad_seq": _msg(_good_header(seq=-1)),
+    "bad_time": _msg(_good_header(t=7e16)),
     "unknown_dtype": _msg(_good_header(dtype="float16")),
     "absurd_rate": _msg(_good_header(rate=5e9)),
+    "too_large": _msg(payload=b"\0" * (MAX_PAYLOAD_BYTES + 4)),
     "bad_size": _msg(payload=b"\0" * 15),
     "topic_mismatch": _msg(topic=b"other"),
 }
@@ -81,7 +93,7 @@ def test_decode_rejects_with_reason(reason):
 def test_malformed_messages_are_counted_while_the_stream_goes_on(free_tcp_port):
     """PUSH -> PULL(bind) on loopback: every bad message counted, every good frame delivered."""
     src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
-    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    x = np.arange(4 * (len(MALFORMED) + 1), dtype=np.float32).reshape(-1, 4)
     with src:
         push = zmq.Context.instance().socket(zmq.PUSH)
         push.connect(f"tcp://127.0.0.1:{free_tcp_port}")

@@ -12,6 +12,8 @@ chunks of 1, 333 or 4096 samples gives bit-identical output.
 
 from __future__ import annotations
 
+import functools
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -19,26 +21,43 @@ from scipy.signal import firwin
 
 from drsn_stream.errors import ConfigError
 
-MAX_DENOMINATOR = 1000  # 44.1 kHz <-> 16 kHz needs 441; coarser rates are approximated
-_MAX_BLOCK = 8192  # outputs per vectorized block: bounds the (block, taps) scratch memory
+# 44.1 kHz <-> 16 kHz needs 160/441. Both factors are bounded, so is the filter: at most
+# 2 * 10 * 1000 + 1 taps (160 KB); a rate like 1.001 Hz -> 12 kHz (up 11988) is refused instead of
+# building a 140-million-tap filter.
+MAX_DENOMINATOR = 1000
+MAX_FACTOR = 1000
+MAX_RATIO_ERROR = 1e-3  # relative error of the rational approximation accepted (0.1 %: inaudible)
+_SCRATCH = 1 << 20  # elements of the (block, taps) scratch per vectorized block (8 MB in float64)
+
+
+class UnsupportedRate(ConfigError):
+    """A sample rate that is no small rational multiple of the model's rate."""
 
 
 def rational_ratio(in_rate: float, out_rate: float) -> tuple[int, int]:
-    """``(up, down)`` with ``out_rate / in_rate ~= up / down`` (denominator at most 1000)."""
-    if not (in_rate > 0 and out_rate > 0):
-        raise ConfigError(f"sample rates must be positive, got {in_rate} -> {out_rate} Hz")
-    frac = Fraction(float(out_rate) / float(in_rate)).limit_denominator(MAX_DENOMINATOR)
-    if frac == 0:
-        raise ConfigError(f"cannot resample {in_rate} Hz to {out_rate} Hz: ratio too extreme")
+    """``(up, down)`` with ``out_rate / in_rate ~= up / down``, both at most ``MAX_FACTOR``, within
+    ``MAX_RATIO_ERROR``; raises ``UnsupportedRate`` for any other rate."""
+    if not (math.isfinite(in_rate) and math.isfinite(out_rate) and in_rate > 0 and out_rate > 0):
+        raise UnsupportedRate(f"sample rates must be positive and finite, got {in_rate} -> {out_rate} Hz")
+    exact = float(out_rate) / float(in_rate)
+    frac = Fraction(exact).limit_denominator(MAX_DENOMINATOR)
+    if frac == 0 or frac.numerator > MAX_FACTOR or abs(float(frac) - exact) > MAX_RATIO_ERROR * exact:
+        raise UnsupportedRate(
+            f"cannot resample {in_rate:g} Hz to {out_rate:g} Hz: not a ratio up/down with up, down <= "
+            f"{MAX_FACTOR}; send the stream at a standard rate (e.g. 8, 12, 16, 44.1 or 48 kHz)"
+        )
     return frac.numerator, frac.denominator
 
 
+@functools.lru_cache(maxsize=32)  # a stream switching between two rates designs each filter once
 def design_filter(up: int, down: int) -> np.ndarray:
-    """The anti-aliasing low-pass FIR for ``up/down`` resampling, scaled by ``up`` (float64)."""
+    """The anti-aliasing low-pass FIR for ``up/down`` resampling, scaled by ``up`` (float64, read-only)."""
     max_rate = max(up, down)
     half_len = 10 * max_rate
     h = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0))
-    return np.asarray(h, dtype=np.float64) * up
+    out = np.asarray(h, dtype=np.float64) * up
+    out.flags.writeable = False
+    return out
 
 
 class StreamingResampler:
@@ -92,8 +111,9 @@ class StreamingResampler:
         last_j = ((self._n_in - 1) * self.up - self._delay_up) // self.down if self._n_in else -1
         n_new = max(0, last_j + 1 - self._n_out)
         out = np.empty(n_new, dtype=np.float64)
-        for b0 in range(0, n_new, _MAX_BLOCK):
-            j = self._n_out + b0 + np.arange(min(_MAX_BLOCK, n_new - b0))
+        block = max(1, _SCRATCH // self._taps)
+        for b0 in range(0, n_new, block):
+            j = self._n_out + b0 + np.arange(min(block, n_new - b0))
             m = j * self.down + self._delay_up
             phase = m % self.up
             base = m // self.up - self._hist_start

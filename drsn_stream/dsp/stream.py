@@ -31,8 +31,14 @@ class StreamDSP:
 
     Counters (plain ints, read them from any thread):
         nonfinite: NaN/Inf input samples replaced by 0 so they never reach the model.
-        rate_changes: frames whose sample rate differed from the stream's so far (state reset).
+        rate_changes: frames whose sample rate differed from the stream's so far.
         windows: windows produced.
+
+    Rates: a frame's rate must be a small rational multiple of the model's
+    (``resample.rational_ratio``), else ``push`` raises ``UnsupportedRate`` and keeps its state. A
+    rate change swaps the resampler but keeps the samples already gathered at the model's rate, so
+    a stream that keeps switching rates (12000 / 11025 Hz frame by frame) still yields windows;
+    the change is counted here and made visible by the sensor-health check.
     """
 
     def __init__(self, meta: _Meta, *, hop: int | None = None, channel: int = 0, normalize: bool = True) -> None:
@@ -57,7 +63,8 @@ class StreamDSP:
         self._windower = Windower(self.window, self.hop)
         self._resampler: StreamingResampler | None = None
         self._in_rate: float | None = None
-        self._n_in = 0  # input samples since the last (re)start, at the input rate
+        self._n_in = 0  # input samples since the last (re)start or rate change, at the input rate
+        self._out_base = 0  # windower samples before the current resampler's first output
         self.nonfinite = 0
         self.rate_changes = 0
         self.windows = 0
@@ -76,6 +83,7 @@ class StreamDSP:
         self._resampler = None
         self._in_rate = None
         self._n_in = 0
+        self._out_base = 0
 
     def push(self, frame: Frame) -> list[Window]:
         """Feed one frame; return the windows it completes (possibly none)."""
@@ -87,19 +95,21 @@ class StreamDSP:
                     "does not exist (channels count from 0)"
                 )
             x = x[:, self.channel]
+        rate = float(frame.sample_rate)
+        if self._in_rate is None or rate != self._in_rate:
+            resampler = StreamingResampler(rate, self.sample_rate)  # UnsupportedRate: state unchanged
+            if self._in_rate is not None:
+                self.rate_changes += 1
+            self._in_rate = rate
+            self._resampler = resampler
+            self._out_base = self._windower.seen
+            self._n_in = 0
         x = np.ascontiguousarray(x, dtype=np.float32)
         bad = ~np.isfinite(x)
         n_bad = int(np.count_nonzero(bad))
         if n_bad:
             self.nonfinite += n_bad
             x = np.where(bad, np.float32(0.0), x)
-        rate = float(frame.sample_rate)
-        if self._in_rate is None or rate != self._in_rate:
-            if self._in_rate is not None:
-                self.rate_changes += 1
-                self.reset()
-            self._in_rate = rate
-            self._resampler = StreamingResampler(rate, self.sample_rate)
         assert self._resampler is not None
         frame_start = self._n_in
         self._n_in += x.size
@@ -113,7 +123,7 @@ class StreamDSP:
             # Output sample k sits at input time k/out_rate; anchor on this frame's capture time.
             t_last = (
                 frame.t_capture
-                + (end - 1) / self.sample_rate
+                + (end - 1 - self._out_base) / self.sample_rate
                 - frame_start / rate
             )
             if self.defer_normalization:

@@ -32,6 +32,11 @@ class Windower:
         self._next = 0  # absolute start of the next window
         self.count = 0  # windows emitted
 
+    @property
+    def seen(self) -> int:
+        """Samples pushed since the last reset."""
+        return self._n
+
     def push(self, x: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         """Add samples ``x`` (n,); return ``[(index, end, window), ...]`` for the windows completed.
 

@@ -215,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from drsn_stream.console import PipeConsole as Console
 
     t = Table(title=f"drsn-stream bench: {res['model']} ({res['network']}, window {res['window']}) on "
                     f"{res['device']}, torch {res['torch']}")

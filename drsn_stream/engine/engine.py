@@ -48,6 +48,7 @@ def predictions_from(
                 t_done=t_done,
                 batch_size=b,
                 level=w.level,
+                health="OK" if w.healthy else "CHECK_SENSOR",
             )
         )
     return out

@@ -34,7 +34,10 @@ from drsn_stream.errors import ArtifactError, EngineError
 from drsn_stream.runtime import freeze_start_up_objects
 
 READY_TIMEOUT_S = 120.0
-MAX_RESTARTS = 5  # an engine process that keeps dying is a fault to show, not to hide
+# An engine process that keeps dying is a fault to show, not to hide: more than MAX_RESTARTS deaths
+# within RESTART_WINDOW_S end the run. Counted per window, so a week-long run survives a death a day.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
 
 
 class EngineRestarted(EngineError):
@@ -162,6 +165,7 @@ class ProcessRunner:
         self.batch_times: deque[tuple[int, float, float, float, float, int]] = deque(maxlen=8192)
         self._closed = False
         self.restarts = 0
+        self._restart_times: deque[float] = deque()
         self._model = str(model)
         self.cpu = cpu
         self.cpu_layout = cpu_layout
@@ -176,6 +180,9 @@ class ProcessRunner:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw
+            # its own session: a terminal's Ctrl-C goes to the monitor alone, which ends the
+            # child by closing its stdin (a child killed mid-start-up printed a traceback)
+            start_new_session=True,
             env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                 p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
         )
@@ -214,8 +221,13 @@ class ProcessRunner:
         self._next = 0
         self._inflight.clear()
         self.restarts += 1
-        if self.restarts > MAX_RESTARTS:
-            raise EngineError(f"the engine process ended (exit code {code}) {self.restarts} times; giving up")
+        now = time.monotonic()
+        self._restart_times.append(now)
+        while self._restart_times and now - self._restart_times[0] > RESTART_WINDOW_S:
+            self._restart_times.popleft()
+        if len(self._restart_times) > MAX_RESTARTS:
+            raise EngineError(f"the engine process ended (exit code {code}) {len(self._restart_times)} times "
+                               f"within {RESTART_WINDOW_S:.0f} s; giving up")
         self.ready.clear()
         self._start_child()
         self.warmup()
@@ -277,13 +289,15 @@ class ProcessRunner:
                                      cpu, int(fields[6])))
         return res[:, :-1], res[:, -1]
 
-    def _stop_child(self) -> None:
+    def _stop_child(self, wait_s: float = 5.0) -> None:
+        if not self.ready.is_set() and self._proc.poll() is None:
+            self._proc.kill()  # still loading the model: nothing to finish, do not wait for it
         try:
             self._proc.stdin.close()
         except OSError:
             pass
         try:
-            self._proc.wait(timeout=5.0)
+            self._proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(timeout=5.0)
@@ -303,12 +317,20 @@ class ProcessRunner:
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return infer_in_slices(self, x, self.max_batch)
 
-    def close(self) -> None:
-        """Ends the child and frees the shared memory. Idempotent."""
+    def begin_close(self) -> None:
+        """No more batches: the child starts to exit now, ``close()`` later waits for it."""
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+
+    def close(self, *, wait_s: float = 5.0) -> None:
+        """Ends the child (killed if it has not exited ``wait_s`` seconds after its input closed)
+        and frees the shared memory. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._stop_child()
+        self._stop_child(wait_s)
         self._x.clear()
         self._y.clear()
         for s in self._in + self._out:
@@ -323,4 +345,8 @@ class ProcessRunner:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))
+    code = _worker(sys.argv[1:])
+    sys.stderr.flush()
+    # The parent waits for this exit when it stops; torch's teardown in a normal interpreter exit
+    # took most of a second on a loaded machine. The shared memory is the parent's to unlink.
+    os._exit(code)

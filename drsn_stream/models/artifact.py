@@ -88,9 +88,11 @@ class ArtifactMeta:
 
 @contextlib.contextmanager
 def quiet_torchscript() -> Iterator[None]:
-    """Filters TorchScript's own DeprecationWarning (and nothing else) around our jit calls."""
+    """Filters TorchScript's own deprecation notice (and nothing else) around our jit calls: a
+    DeprecationWarning in torch 2.13, a FutureWarning in later releases."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*TorchScript.*|.*torch\.jit.*")
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, message=r".*TorchScript.*|.*torch\.jit.*")
         yield
 
 
@@ -142,7 +144,8 @@ def save_artifact(
         buf = io.BytesIO()
         np.savez_compressed(buf, windows=np.asarray(validation, dtype=np.float16))
         extra[VALIDATION_KEY] = buf.getvalue()
-    torch.jit.save(scripted, str(tmp), _extra_files=extra)
+    with quiet_torchscript():
+        torch.jit.save(scripted, str(tmp), _extra_files=extra)
     tmp.replace(path)
     return path
 
@@ -297,7 +300,12 @@ def load_validation(path_or_name: str | Path) -> np.ndarray | None:
             names = [n for n in zf.namelist() if n.endswith("/extra/" + VALIDATION_KEY)]
             if not names:
                 return None
-            with np.load(io.BytesIO(zf.read(names[0]))) as z:
+            with np.load(io.BytesIO(zf.read(names[0])), allow_pickle=False) as z:
                 return z["windows"].astype(np.float32)
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError):
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise ArtifactError(f"{path}: refused: its validation windows ({VALIDATION_KEY}) hold pickled Python "
+                                "objects; drsn-stream never unpickles a file; re-export the model") from None
+        return None
+    except (zipfile.BadZipFile, OSError, KeyError):
         return None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
 from rich.table import Table
 
+from drsn_stream.console import PipeConsole as Console
 from drsn_stream.models.artifact import builtin_dir, list_artifacts, read_meta
 from drsn_stream.models.registry import list_models
 

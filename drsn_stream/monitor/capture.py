@@ -17,8 +17,10 @@ so it replays through the same pipeline with ``--source file:PATH``.
 
 Memory: each stream keeps a ring of ``pre_s + post_s + margin_s`` seconds of raw samples
 (float32): e.g. 100 streams x 11 s x 12 kHz x 4 B = 53 MB. Rings are allocated on a stream's
-first frame. Disk errors never stop the monitor: they are counted in ``errors`` and described
-in ``last_error``.
+first frame, at most ``max_ring_bytes`` each (a 1 MHz, 256-channel stream gets a shorter span,
+and its captures say ``truncated``) and ``max_total_bytes`` for all (streams beyond get no ring;
+counted in ``errors``). Disk errors never stop the monitor: they are counted in ``errors`` and
+described in ``last_error``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class CaptureConfig:
         margin_s: extra seconds in each ring, so late events still find their pre-trigger part.
         event_types: which ``Event.type`` values trigger a capture.
         levels: capture only alarm changes *to* these levels (e.g. ("ALERT", "DANGER")); empty: all.
+        max_ring_bytes / max_total_bytes: memory bounds of one stream's ring / of all rings.
     """
 
     pre_s: float = 5.0
@@ -57,6 +60,8 @@ class CaptureConfig:
     margin_s: float = 1.0
     event_types: tuple[str, ...] = ("alarm",)
     levels: tuple[str, ...] = ()
+    max_ring_bytes: int = 64 << 20
+    max_total_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "event_types", tuple(self.event_types))
@@ -167,6 +172,7 @@ class EventCapture:
         self._rings: dict[str, _Ring] = {}
         self._pending: dict[str, list[_Pending]] = {}
         self._lock = threading.Lock()
+        self._bytes = 0  # of all rings
         self.written: deque[Capture] = deque(maxlen=100)  # the latest ones, for the dashboard
         self.errors = 0
         self.last_error = ""
@@ -189,10 +195,19 @@ class EventCapture:
             if ring is None or ring.rate != rate or ring.data.shape[1] != x.shape[1]:
                 if ring is not None:
                     self._finish(frame.stream_id, ring, force=True)  # the old format ends here
+                    self._bytes -= ring.data.nbytes
+                    del self._rings[frame.stream_id]
                 cfg = self.config
+                row = 4 * x.shape[1]
                 capacity = max(1, int(math.ceil((cfg.pre_s + cfg.post_s + cfg.margin_s) * rate)))
+                capacity = min(capacity, max(1, cfg.max_ring_bytes // row))
+                if self._bytes + capacity * row > cfg.max_total_bytes:
+                    self._fail(f"no capture ring for {frame.stream_id}: the rings' memory budget "
+                               f"({cfg.max_total_bytes >> 20} MiB) is spent")
+                    return []
                 ring = _Ring(rate=rate, data=np.zeros((capacity, x.shape[1]), dtype=np.float32))
                 self._rings[frame.stream_id] = ring
+                self._bytes += ring.data.nbytes
             ring.write(x, float(frame.t_capture))
             return self._finish(frame.stream_id, ring, force=False)
 
@@ -288,8 +303,11 @@ class EventCapture:
         return capture
 
     def _stem(self, sid: str, event: Event) -> str:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(event.time))
-        millis = int((event.time % 1) * 1000)
+        try:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(event.time))
+            millis = int((event.time % 1) * 1000)
+        except (OverflowError, OSError, ValueError):  # a time no calendar shows: name it by the clock here
+            stamp, millis = time.strftime("%Y%m%dT%H%M%S", time.gmtime()), 0
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", sid).strip("-") or "stream"
         change = f"{event.data.get('from', '')}-{event.data.get('to', '')}".strip("-") or event.type
         stem = f"{stamp}.{millis:03d}Z_{safe}_{change}"

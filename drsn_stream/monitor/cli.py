@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import sys
 from typing import Any
 
@@ -11,7 +13,20 @@ from drsn_stream.dsp.envelope import EnvelopeSettings, machine_for
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.decision import DecisionConfig
 from drsn_stream.monitor.health import HealthConfig
-from drsn_stream.monitor.pipeline import Pipeline, RunConfig, print_line
+from drsn_stream.monitor.pipeline import Pipeline, RunConfig, print_line, print_line_to
+
+DURATION_ENV = "DRSN_STREAM_DURATION"  # lets a script end a command it runs as written (CI)
+SECTIONS = ("run", "decision", "health", "detector", "machine", "envelope")  # of a --config file
+
+
+def _env_duration() -> float | None:
+    text = os.environ.get(DURATION_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{DURATION_ENV}={text!r} is not a number of seconds") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--model", "-m", help="built-in model name or path of an exported .pt (default: bearing-cwru, or digits-fsdd "
                             "for mic and sim:speech)")
     a("--config", "-c", help="TOML run configuration (see configs/); flags override it")
-    a("--duration", type=float, help="stop after this many seconds")
+    a("--duration", type=float, default=_env_duration(),
+      help=f"stop after this many seconds (default: ${DURATION_ENV}, else run until stopped)")
     a("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
     a("--headless", action="store_true", help="no dashboard: one readable line per decision on stdout")
     a("--jsonl", metavar="FILE|-", help="write JSON lines (predictions, alarms, health, detections, stats)")
@@ -40,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="while the engine is idle, a batch leaves as soon as N windows wait (default: 64 on the CPU, "
            "off on CUDA and with --fast; 0: off)")
     a("--stale-ms", type=float, help="drop windows older than this (default 2000 ms)")
+    a("--max-streams", type=int, metavar="N",
+      help="most stream ids the monitor takes (default 4096); frames of new ids beyond are refused and counted")
     a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
     a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
     a("--cpu-layout", choices=["auto", "off"],
@@ -69,6 +87,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     extra: dict[str, dict[str, Any]] = {}
     if args.config:
         doc = read_toml(args.config)
+        unknown = sorted(set(doc) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)}; "
+                              f"valid: {', '.join(f'[{v}]' for v in SECTIONS)}")
         table = check_keys(doc.get("run", {}), RunConfig, f"{args.config} [run]")
         for name, cls in (("decision", DecisionConfig), ("health", HealthConfig)):
             if name in doc:
@@ -91,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
         "stale_ms": args.stale_ms,
+        "max_streams": getattr(args, "max_streams", None),
         "fp16": args.fp16,
         "threads": args.threads,
         "cpu_layout": args.cpu_layout,
@@ -130,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     sinks: list[Any] = []
     interactive = sys.stdout.isatty() and not args.headless and args.jsonl != "-"
+    address = _metrics_address(args)  # a bad address fails before the model loads
     if args.jsonl:
         from drsn_stream.sinks.jsonl import JsonlSink
 
@@ -138,46 +162,52 @@ def run(args: argparse.Namespace) -> int:
         from drsn_stream.sinks.jsonl import ZmqResultSink
 
         sinks.append(ZmqResultSink(args.publish))
-    on_line = print_line if args.headless else None
-    address = _metrics_address(args)  # a bad address fails before the model loads
+    # with --jsonl - stdout carries JSON lines only; every line for people goes to stderr
+    human = sys.stderr if args.jsonl == "-" else sys.stdout
+    on_line = (print_line_to(human) if human is not sys.stdout else print_line) if args.headless else None
     pipe = Pipeline(cfg, sinks=sinks, on_line=on_line)
     metrics = None
-    if address is not None:
-        from drsn_stream.sinks.metrics import MetricsServer
-
-        metrics = MetricsServer(pipe.snapshot, address=address).start()
-    if args.once:
-        return _once(pipe, cfg)
     dashboard = None
-    if interactive or (not args.headless and not args.jsonl and not args.publish):
-        from drsn_stream.sinks.dashboard import Dashboard
-
-        dashboard = Dashboard(
-            pipe.snapshot,
-            refresh_per_second=args.refresh or 4.0,
-            on_ack=pipe.acknowledge,
-            quit_event=pipe.quit,
-            keys=sys.stdin.isatty(),
-            screen=False,
-        )
-        dashboard.start()
-    _stop_on_signals(pipe)
     try:
-        pipe.start()
-        if dashboard is None:
+        if address is not None:
+            from drsn_stream.sinks.metrics import MetricsServer
+
+            metrics = MetricsServer(pipe.snapshot, address=address).start()
+        if args.once:
+            return _once(pipe, cfg)
+        if interactive or (not args.headless and not args.jsonl and not args.publish):
+            from drsn_stream.sinks.dashboard import Dashboard
+
+            dashboard = Dashboard(
+                pipe.snapshot,
+                refresh_per_second=args.refresh or 4.0,
+                on_ack=pipe.acknowledge,
+                quit_event=pipe.quit,
+                keys=sys.stdin.isatty(),
+                screen=False,
+            )
+            dashboard.start()
+        pipe.start()  # a Ctrl-C until here is a KeyboardInterrupt: cleaned up below, no summary
+        _stop_on_signals(pipe)  # from now on Ctrl-C and SIGTERM end the run with its summary
+        if dashboard is None or not sys.stdout.isatty():
             print(f"drsn-stream: ready: {pipe.meta.name} on {pipe.runner.device_name}, sources "
                   f"{', '.join(cfg.sources)}", file=sys.stderr, flush=True)
         pipe.wait()
-    except KeyboardInterrupt:
-        pass
     finally:
+        _stop_on_signals(pipe)  # a second Ctrl-C must not cut the clean-up short
         if dashboard is not None:
             dashboard.stop()
         pipe.stop()
         if metrics is not None:
             metrics.stop()
-    print(pipe.summary(), file=sys.stderr if args.jsonl == "-" else sys.stdout, flush=True)
+    print(pipe.summary(), file=human, flush=True)
+    # Nothing built so far needs collecting: a last collection at exit would walk torch's objects
+    # for nothing and delay the exit a signal asked for (docs/hardening.md).
+    gc.freeze()
     if pipe.engine.error is not None:  # the model stopped: the run did not do its job
+        return 1
+    if pipe.failed_sources:  # a source that stopped with an error: its streams went unwatched
+        print(f"drsn-stream: error: {pipe.failed_sources[0]}", file=sys.stderr, flush=True)
         return 1
     return 1 if pipe.errors and pipe.stats.windows == 0 else 0
 
@@ -211,16 +241,13 @@ def _stop_on_signals(pipe: Pipeline) -> None:
 
 
 def _once(pipe: Pipeline, cfg: RunConfig) -> int:
+    """Called inside ``run``'s try: its ``finally`` stops the pipeline."""
     from drsn_stream.sinks.dashboard import render_once
 
     pipe.start()
-    try:
-        pipe.wait(duration=cfg.duration if cfg.duration is not None else 4.0)
-    except KeyboardInterrupt:
-        pass
-    snap = pipe.snapshot()
-    pipe.stop()
-    print(render_once(snap, width=_width()))
+    _stop_on_signals(pipe)
+    pipe.wait(duration=cfg.duration if cfg.duration is not None else 4.0)
+    print(render_once(pipe.snapshot(), width=_width()))
     return 0
 
 

@@ -18,6 +18,14 @@ Checks, per frame and vectorized over its samples and channels:
   samples sit exactly at the block's extreme value (a converter at its rail), or at or beyond
   ``full_scale`` when that is configured.
 - ``NaN/Inf samples`` and ``input overflow`` (``Frame.overflow`` > 0).
+- ``rate change``: a frame's sample rate differs from the stream's previous one.
+- ``DC offset jump`` / ``amplitude step``: after ``learn_s`` seconds of signal have taught the
+  stream's own level (mean and log standard deviation per channel, then followed slowly over
+  ``baseline_s``), the mean moves by more than ``dc_sigma`` standard deviations, or the standard
+  deviation changes by more than ``step_ratio`` times (either way), for ``step_hold_s`` seconds.
+  The new level then becomes the baseline, so the reason clears after ``recovery_s`` once the
+  operator had a look. A real machine fault changes a vibration's level far less (the CWRU
+  faults: at most x10 against the healthy bearing) and leaves its mean at 0.
 
 A reason stays active until ``recovery_s`` seconds of clean signal (counted in samples, so a
 fast file replay recovers as fast as it plays) have arrived after it was last seen; this keeps
@@ -51,6 +59,9 @@ CLIPPING = "clipping"
 MIN_LEVELS_FOR_CLIPPING = 16  # distinct sample values a frame needs before its extremes can be rails
 NON_FINITE = "NaN/Inf samples"
 OVERFLOW = "input overflow"
+RATE_CHANGE = "rate change"
+DC_JUMP = "DC offset jump"
+AMP_STEP = "amplitude step"
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,12 @@ class HealthConfig:
             seconds of samples at once: shorter frames are gathered first (at 12 kHz, three
             512-sample frames per test instead of one; a third of the per-frame cost). Gaps and
             overflows are still judged on every frame. 0 tests every frame.
+        learn_s: seconds of signal that teach a stream its level before steps are judged.
+        baseline_s: time constant (s of signal) with which the learned level follows slow drift.
+        dc_sigma: a mean that moves by more than this many standard deviations is a DC jump.
+        step_ratio: a standard deviation this many times larger or smaller is an amplitude step
+            (0 turns both step tests off).
+        step_hold_s: seconds a step must last before it counts (speech and impacts are shorter).
 
     The spans are short on purpose: the model's windows are ~0.1-1 s, and a dead or clipping
     sensor must be flagged before the alarm logic's set delay could turn its windows into an
@@ -86,6 +103,11 @@ class HealthConfig:
     full_scale: float | None = None
     recovery_s: float = 2.0
     check_every_s: float = 0.1
+    learn_s: float = 3.0
+    baseline_s: float = 30.0
+    dc_sigma: float = 4.0
+    step_ratio: float = 30.0
+    step_hold_s: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,6 +122,11 @@ class HealthConfig:
             problems.append(f"flat_std must be >= 0, not {self.flat_std!r}")
         if not 0 < self.clip_fraction <= 1:
             problems.append(f"clip_fraction must be in (0, 1], not {self.clip_fraction!r}")
+        for name in ("learn_s", "baseline_s", "dc_sigma", "step_hold_s"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, not {getattr(self, name)!r}")
+        if self.step_ratio != 0 and not self.step_ratio > 1:
+            problems.append(f"step_ratio must be > 1 (or 0: off), not {self.step_ratio!r}")
         if self.full_scale is not None and not self.full_scale > 0:
             problems.append(f"full_scale must be > 0 (signal units) or None, not {self.full_scale!r}")
         if problems:
@@ -129,6 +156,7 @@ class StreamHealth:
         frames / samples: received so far.
         gaps: frames lost to sequence gaps; overflows: summed ``Frame.overflow``.
         non_finite / clipped: samples seen that were NaN/Inf / at the clipping level.
+        rate_changes / steps: sample-rate changes and level steps (DC jumps, amplitude steps) seen.
     """
 
     stream_id: str
@@ -142,6 +170,8 @@ class StreamHealth:
     overflows: int = 0
     non_finite: int = 0
     clipped: int = 0
+    rate_changes: int = 0
+    steps: int = 0
 
     @property
     def ok(self) -> bool:
@@ -177,6 +207,13 @@ class _Stream:
     overflows: int = 0
     non_finite: int = 0
     clipped: int = 0
+    rate_changes: int = 0
+    steps: int = 0
+    # level steps: learned mean and log std per channel, samples learned, samples a step has lasted
+    base_mean: np.ndarray | None = None
+    base_logsd: np.ndarray | None = None
+    learned: int = 0
+    step_n: int = 0
 
 
 class HealthMonitor:
@@ -216,16 +253,36 @@ class HealthMonitor:
             if st is None:
                 st = self._streams[frame.stream_id] = _Stream(since=now)
             rate = float(frame.sample_rate) if frame.sample_rate and frame.sample_rate > 0 else 1.0
+            changed = st.sample_rate > 0 and rate != st.sample_rate
             if rate != st.sample_rate or x.shape[1] != st.channels:
                 self._restart_signal(st, rate, x.shape[1])
             st.last_seen = now
             st.frames += 1
             st.samples += x.shape[0]
             found = self._check(st, frame, x)
+            if changed:
+                st.rate_changes += 1
+                found.add(RATE_CHANGE)
             self._age(st, x.shape[0], found)
             for reason in found:
                 st.active[reason] = self.config.recovery_s * st.sample_rate
             return self._settle(frame.stream_id, st, now)
+
+    def flush(self, stream: str, *, now: float | None = None) -> list[Event]:
+        """Run the level tests on samples still gathered for ``check_every_s`` now; the monitor
+        calls it before it hands a stream's new windows on, so a window is never judged healthy
+        on samples the tests have not seen yet."""
+        now = time.time() if now is None else now
+        with self._lock:
+            st = self._streams.get(stream)
+            if st is None or not st.pending:
+                return []
+            x = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
+            st.pending.clear()
+            st.pending_n = 0
+            for reason in self._check_levels(st, x):
+                st.active[reason] = self.config.recovery_s * st.sample_rate
+            return self._settle(stream, st, now)
 
     def tick(self, now: float | None = None) -> list[Event]:
         """Mark streams that sent nothing for ``timeout_s`` as "no data"; return the events."""
@@ -267,6 +324,9 @@ class HealthMonitor:
     # -- internals ------------------------------------------------------------------------
 
     def _restart_signal(self, st: _Stream, rate: float, channels: int) -> None:
+        if channels != st.channels:
+            st.base_mean = st.base_logsd = None  # a rate change keeps the learned level
+            st.learned = st.step_n = 0
         st.sample_rate, st.channels = rate, channels
         st.pending.clear()
         st.pending_n = 0
@@ -317,7 +377,48 @@ class HealthMonitor:
             found.add(FLAT)
         if self._clipping(st, x):
             found.add(CLIPPING)
+        step = self._step(st, x, s1)
+        if step:
+            found.add(step)
         return found
+
+    def _step(self, st: _Stream, x: np.ndarray, s1: np.ndarray) -> str | None:
+        """DC jump or amplitude step of this block against the stream's learned level, or None."""
+        cfg = self.config
+        if cfg.step_ratio == 0:
+            return None
+        n = x.shape[0]
+        mean = s1 / n
+        sd = np.sqrt(np.maximum(np.einsum("ij,ij->j", x - mean, x - mean) / n, 0.0))
+        floor = max(cfg.flat_std, 1e-12) * 10  # below this a level is a flat line, not a level
+        live = sd > floor
+        logsd = np.log(np.maximum(sd, floor))
+        if st.base_mean is None or st.base_logsd is None:
+            st.base_mean, st.base_logsd, st.learned = mean.astype(np.float64), logsd, 0
+        if st.learned < cfg.learn_s * st.sample_rate:  # learning: a running average
+            w = n / (st.learned + n)
+            st.base_mean = st.base_mean + w * (mean - st.base_mean)
+            st.base_logsd = st.base_logsd + w * (logsd - st.base_logsd)
+            st.learned += n
+            return None
+        base_sd = np.exp(st.base_logsd)
+        known = base_sd > floor
+        dc = known & (np.abs(mean - st.base_mean) > cfg.dc_sigma * np.maximum(base_sd, sd))
+        amp = known & live & (np.abs(logsd - st.base_logsd) > math.log(cfg.step_ratio))
+        if not (dc | amp).any():
+            st.step_n = 0
+            a = min(1.0, n / (cfg.baseline_s * st.sample_rate))
+            st.base_mean = st.base_mean + a * (mean - st.base_mean)
+            st.base_logsd = st.base_logsd + a * (logsd - st.base_logsd)
+            return None
+        st.step_n += n
+        if st.step_n < cfg.step_hold_s * st.sample_rate:
+            return None
+        # Seen long enough: report it once and take the new level as the stream's own.
+        st.steps += 1
+        st.step_n = 0
+        st.base_mean, st.base_logsd = mean.astype(np.float64), logsd
+        return DC_JUMP if dc.any() else AMP_STEP
 
     def _flat(self, st: _Stream, x: np.ndarray, s1: np.ndarray) -> bool:
         n = x.shape[0]
@@ -425,6 +526,8 @@ class HealthMonitor:
             overflows=st.overflows,
             non_finite=st.non_finite,
             clipped=st.clipped,
+            rate_changes=st.rate_changes,
+            steps=st.steps,
         )
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from drsn_stream.dsp import StreamDSP
 from drsn_stream.dsp.envelope import EnvelopeSettings, label_family
+from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
@@ -38,7 +39,7 @@ from drsn_stream.models.artifact import ArtifactMeta, load_artifact, load_valida
 from drsn_stream.monitor.capture import CaptureConfig, EventCapture
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.envelope import EnvelopeStage, has_geometry
-from drsn_stream.monitor.health import HealthConfig, HealthMonitor
+from drsn_stream.monitor.health import CHECK_SENSOR, OK, HealthConfig, HealthMonitor
 from drsn_stream.monitor.snapshot import (
     Counters,
     EventLog,
@@ -50,9 +51,12 @@ from drsn_stream.monitor.snapshot import (
 )
 from drsn_stream.runtime import freeze_start_up_objects
 from drsn_stream.sources import make_source
+from drsn_stream.sources.base import DEFAULT_MAX_STREAMS
 from drsn_stream.types import Event, Frame, Prediction
 
+MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
 SPEECH_MODEL = "digits-fsdd"
+WAITING_AFTER_S = 1.0  # a source silent this long after the start says what it waits for
 BEARING_MODEL = "bearing-cwru"
 
 
@@ -73,6 +77,7 @@ class RunConfig:
     eager_batch: int | None = None
     stale_ms: float = 2000.0
     queue_capacity: int = 8192
+    max_streams: int = DEFAULT_MAX_STREAMS  # stream ids in all (and per source); new ones beyond are refused, counted
     hop: int | None = None
     fast: bool = False
     duration: float | None = None
@@ -96,7 +101,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name, least in (("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0)):
+        for name, least in (("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0), ("max_streams", 1)):
             if not getattr(self, name) >= least:
                 problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
         for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1)):
@@ -147,6 +152,13 @@ class Pipeline:
         """
         self.config = config
         self.model_name = config.model or default_model(config.sources)
+        # Sources first: a bad spec, a missing file or an absent sound card is one line before
+        # the model loads, not a note in the end summary.
+        self.sources = [make_source(spec, **({"fast": True} if config.fast else {})) for spec in config.sources]
+        for src in self.sources:
+            src.max_streams = config.max_streams
+        for src in self.sources:
+            src.check()
         use_process = config.engine_process
         if use_process is None:
             use_process = (os.cpu_count() or 1) >= 2
@@ -209,7 +221,6 @@ class Pipeline:
         if isinstance(self.runner, ProcessRunner):
             runner = self.runner
             self.usage.extra_pids = lambda: [runner.pid]  # the footer's CPU and RSS include the model
-        self.sources = [make_source(spec, **({"fast": True} if config.fast else {})) for spec in config.sources]
         if not all(s.realtime for s in self.sources):
             # capture stamps of a faster-than-real-time replay run ahead of the wall clock: latency
             # is then measured from when a window was formed, as with --fast
@@ -225,11 +236,15 @@ class Pipeline:
         self.dropped_output = 0
         self.label_counts: dict[str, Counter[str]] = {}
         self.errors: list[str] = []
+        self.error_counts: Counter[str] = Counter()
+        self.failed_sources: list[str] = []  # one line per source that stopped with an error
         self.quit = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sources_done = 0
         self._started = 0.0
         self._status = "warming up"
+        self._running = False  # start() completed
+        self._said_waiting: set[int] = set()  # sources whose "waiting for ..." note was emitted
 
     def _envelope_stage(self, config: RunConfig) -> EnvelopeStage | None:
         """The envelope evidence stage where a bearing geometry is configured; else None, said once
@@ -276,6 +291,11 @@ class Pipeline:
             self._saved_affinity = os.sched_getaffinity(0)
             os.sched_setaffinity(0, self._cpus[0])
         self.runner.warmup()
+        # Opened here, on the caller's thread, so that a source that cannot start (no such
+        # file, a refused rate, a port in use) raises before the caller says "ready"; opened
+        # after the model's warm-up so that a paced source's clock starts with the monitor.
+        for src in self.sources:
+            src.open()
         freeze_start_up_objects()  # everything built so far lives as long as the monitor
         self._frozen = True
         self._status = ""
@@ -289,6 +309,7 @@ class Pipeline:
             t = threading.Thread(target=self._ingest, args=(src,), name=f"drsn-ingest-{type(src).__name__}", daemon=True)
             t.start()
             self._threads.append(t)
+        self._running = True
         return self
 
     def wait(self, duration: float | None = None) -> None:
@@ -304,9 +325,10 @@ class Pipeline:
             if self._sources_done >= len(self.sources):
                 break
             if self.engine.error is not None:
-                self.errors.append(f"engine stopped: {self.engine.error!r}")
+                self._error(f"engine stopped: {_one_line(self.engine.error)}")
                 break
             self.quit.wait(0.05)
+            self._say_waiting()
             events = self.health.tick(time.time())
             if events:
                 self._emit_events(events)
@@ -317,9 +339,24 @@ class Pipeline:
                 self._emit({"type": "stats", "time": time.time(), **self.stats_json()})
         self._drain_notes()
 
+    def _say_waiting(self) -> None:
+        """A source with no data after a second says what it waits for (a note, once, and the
+        dashboard's status line until data comes)."""
+        if time.time() - self._started < WAITING_AFTER_S:
+            return
+        waiting = []
+        for src in self.sources:
+            line = src.waiting() if src.stats.frames == 0 else None
+            if line:
+                waiting.append(line)
+                if id(src) not in self._said_waiting:
+                    self._said_waiting.add(id(src))
+                    self._emit_events([Event("note", "*", time.time(), {"message": line})])
+        self._status = "; ".join(waiting)
+
     def _drain_notes(self) -> None:
         while self.engine.notes:
-            self.errors.append(self.engine.notes.pop(0))
+            self._error(self.engine.notes.pop(0))
         self._envelope_notes()
 
     def stop(self) -> None:
@@ -332,16 +369,25 @@ class Pipeline:
         self.batcher.close()
         if self.envelope is not None:
             self.envelope.stop()
-        self._envelope_notes()
-        self.engine.join(timeout=30.0)
+        if self._running:  # a start that failed says only its error
+            self._envelope_notes()
+        if self.engine.ident is not None:  # started (stop() may follow an interrupted start())
+            self.engine.join(timeout=30.0)
+        if isinstance(self.runner, ProcessRunner) and not self.engine.is_alive():
+            self.runner.begin_close()  # the child exits while the output is drained
         self._out.put(None)
         if self._threads:
             self._threads[0].join(timeout=10.0)  # the output thread drains what the engine left
         if self.capture is not None:
             self.capture.close()
-        self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
+        if self._running:
+            self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
         if isinstance(self.runner, ProcessRunner):
-            self.runner.close()
+            # begin_close() let the child leave its read loop while the output drained; one still
+            # tearing torch down a second later is not waited for (a stop within 2 s)
+            self.runner.close(wait_s=1.0)
+        for src in self.sources:  # never iterated (an interrupted start): release them here
+            src.release()
         if self._saved_affinity is not None:
             os.sched_setaffinity(0, self._saved_affinity)
             self._saved_affinity = None
@@ -363,29 +409,47 @@ class Pipeline:
         try:
             with source:
                 for frame in source:
-                    self._ingest_frame(frame)
+                    try:
+                        self._ingest_frame(frame, source)
+                    except UnsupportedRate as exc:
+                        source.stats.bad("unsupported_rate")
+                        self._error(f"stream {frame.stream_id}: {exc}")
+                    except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
+                        source.stats.bad("ingest_error")
+                        self._error(f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
                     if self.quit.is_set():
                         break
-        except DrsnStreamError as exc:
-            self.errors.append(str(exc))
         except Exception as exc:  # noqa: BLE001 - one broken source must not take the monitor down
-            self.errors.append(f"source {type(source).__name__} failed: {exc!r}")
+            line = str(exc) if isinstance(exc, DrsnStreamError) else f"source {type(source).__name__} failed: {exc!r}"
+            self.failed_sources.append(line)
+            self._error(line)
         finally:
             with self._ingest_lock:
                 self._sources_done += 1
 
-    def _ingest_frame(self, frame: Frame) -> None:
+    def _ingest_frame(self, frame: Frame, source: Any = None) -> None:
         with self._ingest_lock:
+            dsp = self._dsp.get(frame.stream_id)
+            if dsp is None:
+                if len(self._dsp) >= self.config.max_streams:
+                    if source is not None:
+                        source.stats.bad("too_many_streams")
+                    return
+                rational_ratio(frame.sample_rate, self.meta.sample_rate)  # UnsupportedRate: the stream is not kept
+                dsp = self._dsp[frame.stream_id] = StreamDSP(self.meta, hop=self.config.hop, normalize=False)
             events = self.health.push(frame)
             if self.capture is not None:
                 self.capture.push(frame)
-            dsp = self._dsp.get(frame.stream_id)
-            if dsp is None:
-                dsp = self._dsp[frame.stream_id] = StreamDSP(self.meta, hop=self.config.hop, normalize=False)
         if events:
             self._emit_events(events)
         windows = dsp.push(frame)
         if windows:
+            events = self.health.flush(frame.stream_id)  # the windows' samples all judged
+            if events:
+                self._emit_events(events)
+            if not self.health.healthy(frame.stream_id):
+                for w in windows:
+                    w.healthy = False
             now = time.time()
             for w in windows:
                 w.t_ready = now
@@ -408,18 +472,20 @@ class Pipeline:
             try:
                 self._handle(preds)
             except Exception as exc:  # noqa: BLE001 - a sink failure is shown, not fatal
-                self.errors.append(f"output: {exc!r}")
+                self._error(f"output: {_one_line(exc)}")
 
     def _handle(self, preds: list[Prediction]) -> None:
         if self.envelope is not None and self.engine.latency_from_ready:
             self.envelope.settle(2.0)  # a replay outruns the envelope stage; live, never wait
         for p in preds:
-            healthy = self.health.healthy(p.stream_id)
+            # judged on the window's own samples, and on the sensor now (a result may come late)
+            healthy = p.health == OK and self.health.healthy(p.stream_id)
+            p.health = OK if healthy else CHECK_SENSOR
             events = self.decisions.update(p, healthy=healthy)
             counts = self.label_counts.get(p.stream_id)
             if counts is None:
                 counts = self.label_counts[p.stream_id] = Counter()
-            counts[p.label] += 1
+            counts[p.label if healthy else "check_sensor"] += 1
             env = self.envelope.latest(p.stream_id, p.t_last) if self.envelope is not None else None
             if self.sinks:
                 obj = p.to_json()
@@ -454,12 +520,22 @@ class Pipeline:
 
     def _emit(self, obj: dict[str, Any]) -> None:
         for s in self.sinks:
-            s.write(obj)
+            try:
+                s.write(obj)
+            except Exception as exc:  # noqa: BLE001 - a failing sink is shown; the others and the monitor go on
+                self._error(f"output {type(s).__name__}: {_one_line(exc)}")
+
+    def _error(self, line: str) -> None:
+        """Keep an error line for the dashboard, the stats and the summary: each distinct line once
+        (at most MAX_ERRORS of them), repeats counted in ``error_counts``."""
+        if self.error_counts[line] == 0 and len(self.errors) < MAX_ERRORS:
+            self.errors.append(line)
+        self.error_counts[line] += 1
 
     def _line(self, p: Prediction) -> str:
         st = self.decisions.state(p.stream_id)
         return (
-            f"{time.strftime('%H:%M:%S', time.localtime(p.t_last))} {p.stream_id:<14} {p.label:<10} "
+            f"{_clock(p.t_last)} {p.stream_id:<14} {p.label if p.health == OK else 'CHECK_SENSOR':<10} "
             f"{p.confidence:5.2f}  smoothed {st.label}/{st.level.name:<6} noise {p.noise_index:4.2f} "
             f"latency {p.latency_ms:7.1f} ms"
         )
@@ -539,7 +615,9 @@ class Pipeline:
         sources = {}
         for src, spec in zip(self.sources, self.config.sources):
             sources[spec] = src.stats.snapshot()
-        nonfinite = {sid: d.nonfinite for sid, d in self._dsp.items() if d.nonfinite}
+        with self._ingest_lock:  # the ingest threads add streams meanwhile
+            dsps = list(self._dsp.items())
+        nonfinite = {sid: d.nonfinite for sid, d in dsps if d.nonfinite}
         return {
             "engine": self.stats.to_json(),
             "device": self.runner.device_name,
@@ -550,6 +628,7 @@ class Pipeline:
             "nonfinite_samples": nonfinite,
             **({"envelope": self.envelope.stats()} if self.envelope is not None else {}),
             "errors": list(self.errors),
+            "failed_sources": list(self.failed_sources),
         }
 
     def summary(self) -> str:
@@ -569,13 +648,27 @@ class Pipeline:
         if self.transcript:
             lines.append("  transcript: " + " ".join(self.transcript))
         for err in self.errors:
-            lines.append(f"  error: {err}")
+            n = self.error_counts[err]
+            lines.append(f"  error: {err}" + (f" (x{n})" if n > 1 else ""))
         return "\n".join(lines)
+
+
+def _clock(t: float) -> str:
+    """HH:MM:SS of a wall-clock time; any time a platform cannot show is shown as ``??:??:??``."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError):
+        return "??:??:??"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _event_line(e: Event) -> str:
     d = e.data
-    when = time.strftime("%H:%M:%S", time.localtime(e.time))
+    when = _clock(e.time)
     if e.type == "alarm":
         return f"{when} {e.stream_id:<14} ALARM {d.get('from')} -> {d.get('to')} ({d.get('label')} {d.get('confidence', 0):.2f})"
     if e.type == "health":
@@ -604,4 +697,16 @@ def print_line(line: str) -> None:
         pass
 
 
-__all__ = ["Pipeline", "RunConfig", "default_model", "print_line"]
+def print_line_to(stream: Any) -> Callable[[str], None]:
+    """``print_line`` to another stream (stderr when stdout carries JSON lines)."""
+
+    def write(line: str) -> None:
+        try:
+            print(line, file=stream, flush=True)
+        except (BrokenPipeError, ValueError):
+            pass
+
+    return write
+
+
+__all__ = ["Pipeline", "RunConfig", "default_model", "print_line", "print_line_to"]

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
-from drsn_stream.errors import ConfigError
+from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError
 from drsn_stream.types import Frame
+
+DEFAULT_MAX_STREAMS = 4096  # stream ids one source takes; new ids beyond are refused and counted
+# A restartable source whose frame generator fails this often within CRASH_WINDOW_S gives up (a
+# bug that fires on every message would otherwise spin); below that it is counted and restarted.
+MAX_CRASHES = 100
+CRASH_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,13 @@ class SourceStats:
         malformed: {reason: count} of rejected input (bad_json, bad_size, ...).
         gaps: {stream: count} of sequence jumps; missing: {stream: frames skipped by them}.
         restarts: {stream: count} of publishers that started again from a lower seq.
+        duplicates: {stream: count} of frames whose seq was already delivered (dropped).
+        late: {stream: count} of frames that arrived after a later one (out of order; dropped,
+            no longer counted in ``missing``).
         overflows: {stream: count} of input overflows (samples lost before we saw them).
         ended: streams that announced end of stream.
+        crashes: unexpected errors inside the source that it survived (restarted);
+            last_crash: the latest one's text.
     """
 
     def __init__(self) -> None:
@@ -95,8 +107,12 @@ class SourceStats:
         self.gaps: dict[str, int] = {}
         self.missing: dict[str, int] = {}
         self.restarts: dict[str, int] = {}
+        self.duplicates: dict[str, int] = {}
+        self.late: dict[str, int] = {}
         self.overflows: dict[str, int] = {}
         self.ended: set[str] = set()
+        self.crashes = 0
+        self.last_crash = ""
 
     def frame(self, frame: Frame) -> None:
         with self._lock:
@@ -119,6 +135,22 @@ class SourceStats:
             self.restarts[stream] = self.restarts.get(stream, 0) + 1
             self.ended.discard(stream)
 
+    def duplicate(self, stream: str) -> None:
+        with self._lock:
+            self.duplicates[stream] = self.duplicates.get(stream, 0) + 1
+
+    def arrived_late(self, stream: str) -> None:
+        """A frame counted missing by a gap arrived after all: it is late, not missing."""
+        with self._lock:
+            self.late[stream] = self.late.get(stream, 0) + 1
+            if self.missing.get(stream, 0) > 0:
+                self.missing[stream] -= 1
+
+    def crash(self, text: str) -> None:
+        with self._lock:
+            self.crashes += 1
+            self.last_crash = text
+
     def overflow(self, stream: str, count: int = 1) -> None:
         with self._lock:
             self.overflows[stream] = self.overflows.get(stream, 0) + count
@@ -134,7 +166,7 @@ class SourceStats:
 
     def snapshot(self) -> dict[str, Any]:
         """A consistent copy: ``{"frames", "samples", "malformed", "gaps", "missing", "restarts",
-        "overflows", "ended"}``."""
+        "duplicates", "late", "overflows", "ended", "crashes", "last_crash"}``."""
         with self._lock:
             return {
                 "frames": self.frames,
@@ -143,8 +175,12 @@ class SourceStats:
                 "gaps": dict(self.gaps),
                 "missing": dict(self.missing),
                 "restarts": dict(self.restarts),
+                "duplicates": dict(self.duplicates),
+                "late": dict(self.late),
                 "overflows": dict(self.overflows),
                 "ended": sorted(self.ended),
+                "crashes": self.crashes,
+                "last_crash": self.last_crash,
             }
 
 
@@ -159,9 +195,17 @@ class Source:
     source has handed over every frame it has and is about to wait for more (pacing sleeps,
     an empty socket or sound-card ring); the monitor passes ``MicroBatcher.flush`` so a burst's
     windows need not wait ``max_wait_ms`` for more that are not coming yet.
+
+    ``max_streams``: the most stream ids a source that learns them from its input takes.
+
+    An unexpected exception inside ``_frames`` never ends iteration silently: a ``restartable``
+    source (a socket that simply reads on) counts it in ``stats.crashes`` and starts ``_frames``
+    again; any other source, or one that keeps failing (``MAX_CRASHES`` in ``CRASH_WINDOW_S``),
+    raises ``SourceError`` with one line that names the source and the error.
     """
 
     kind: ClassVar[str] = ""
+    restartable: ClassVar[bool] = False
     OPTIONS: ClassVar[dict[str, tuple[Callable[[Any], Any], Any, str]]] = {}
 
     def __init__(self, target: str = "", **options: Any) -> None:
@@ -169,6 +213,8 @@ class Source:
         self.options = self.parse_options(options)
         self.stats = SourceStats()
         self._streams: list[str] = []
+        self._stream_set: set[str] = set()
+        self.max_streams = DEFAULT_MAX_STREAMS
         self._closed = threading.Event()
         self._opened = False
         self._iter_thread: threading.Thread | None = None
@@ -206,9 +252,17 @@ class Source:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    def _known(self, stream: str) -> None:
-        if stream not in self._streams:
-            self._streams.append(stream)
+    def _known(self, stream: str) -> bool:
+        """Note a stream id; False (and counted as ``too_many_streams``) for a new one beyond
+        ``max_streams``."""
+        if stream in self._stream_set:
+            return True
+        if len(self._stream_set) >= self.max_streams:
+            self.stats.bad("too_many_streams")
+            return False
+        self._stream_set.add(stream)
+        self._streams.append(stream)
+        return True
 
     def open(self) -> Source:
         if not self._opened:
@@ -219,6 +273,20 @@ class Source:
     def close(self) -> None:
         """Stop iteration soon (safe from any thread) and release resources."""
         self._closed.set()
+
+    def check(self) -> None:
+        """Cheap checks that can fail before anything is opened (a missing file, no sound card);
+        raises SourceError. ``open()`` still checks everything."""
+
+    def waiting(self) -> str | None:
+        """What a source that has delivered nothing yet is waiting for, said to the user (None:
+        nothing worth saying; a paced file or simulator is never silent for long)."""
+        return None
+
+    def release(self) -> None:
+        """Releases what ``open()`` took if no thread is iterating (idempotent)."""
+        if self._iter_thread is None:
+            self._release()
 
     def __enter__(self) -> Source:
         return self.open()
@@ -232,12 +300,25 @@ class Source:
     def __iter__(self) -> Iterator[Frame]:
         self.open()
         self._iter_thread = threading.current_thread()
+        crashes: deque[float] = deque(maxlen=MAX_CRASHES)
         try:
-            for frame in self._frames():
-                if self.closed:
-                    break
-                self.stats.frame(frame)
-                yield frame
+            while not self.closed:
+                try:
+                    for frame in self._frames():
+                        if self.closed:
+                            return
+                        self.stats.frame(frame)
+                        yield frame
+                    return
+                except DrsnStreamError:
+                    raise  # already one clear line
+                except Exception as exc:  # noqa: BLE001 - counted, then restarted or raised as one line
+                    text = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    self.stats.crash(text)
+                    crashes.append(time.monotonic())
+                    spinning = len(crashes) == MAX_CRASHES and crashes[-1] - crashes[0] < CRASH_WINDOW_S
+                    if not self.restartable or spinning:
+                        raise SourceError(f"source {self.kind}:{self.target} stopped: {text}") from exc
         finally:
             self._iter_thread = None
             self._release()

@@ -155,6 +155,10 @@ class FileSource(Source):
         self.rpm: float | None = self.options["rpm"]
         self.rpm_given = self.rpm is not None
 
+    def check(self) -> None:
+        if not self.path.is_file():
+            raise SourceError(f"recording {self.path} not found")
+
     def _open(self) -> None:
         x, self.rate = read_recording(self.path, rate=self.options["rate"], channel=self.options["channel"].upper())
         a = int(round(self.options["start"] * self.rate))

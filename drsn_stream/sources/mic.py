@@ -110,8 +110,11 @@ class MicSource(Source):
                               f" not usable ({exc}); inputs: {_device_list_text(devs)}") from exc
         return dict(info)
 
-    def _open(self) -> None:
-        sd = import_sounddevice()
+    def check(self) -> None:
+        self._settings(import_sounddevice())
+
+    def _settings(self, sd: Any) -> tuple[dict[str, Any], int, int, float]:
+        """(device info, device index, channels, rate) after checking the device takes them."""
         info = self._resolve_device(sd)
         device = info["index"]
         channels = self.options["channels"]
@@ -126,6 +129,11 @@ class MicSource(Source):
             raise SourceError(f"device [{device}] {info['name']} refuses {rate:g} Hz ({exc}); it accepts "
                               f"{', '.join(map(str, ok)) or 'none of ' + str(COMMON_RATES)} Hz - leave rate "
                               "unset to use its default and let the DSP resample") from exc
+        return info, device, channels, rate
+
+    def _open(self) -> None:
+        sd = import_sounddevice()
+        info, device, channels, rate = self._settings(sd)
         self.rate = rate
         self.device_name = info["name"]
         cap = max(int(self.options["buffer"] * rate), 4096)

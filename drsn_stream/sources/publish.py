@@ -87,8 +87,12 @@ def publish(
     dtype: str = "float32",
     wait_subscriber: float = 0.0,
     stop: threading.Event | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Send the frames of ``specs`` to ``to`` until they end, ``duration`` passes or ``stop`` is set.
+
+    ``progress`` (optional) is called about once a second with ``{"elapsed_s", "streams",
+    "messages", "messages_per_s", "mb_per_s", "dropped"}``.
 
     Returns a summary ``{"streams": {id: {"frames", "samples", "seconds"}}, "messages", "bytes",
     "elapsed_s", "errors", "dropped"}``.
@@ -133,6 +137,7 @@ def publish(
             summary["bytes"] += sum(len(p) for p in parts)
 
         t_start = time.time()
+        report = _Progress(summary, t_start, progress)
         if len(sources) == 1:
             # One source: its reader thread sends too (no queue hand-off per frame; the socket is
             # used by that thread alone until it is joined).
@@ -140,6 +145,7 @@ def publish(
             reader = threading.Thread(target=_pump, args=(sources[0], send, summary["errors"], done.set), daemon=True)
             reader.start()
             while not done.wait(0.1) and not stop.is_set():
+                report.tick()
                 if duration is not None and time.time() - t_start >= duration:
                     break
             sources[0].close()
@@ -153,6 +159,7 @@ def publish(
                 t.start()
             running = len(threads)
             while running and not stop.is_set():
+                report.tick()
                 if duration is not None and time.time() - t_start >= duration:
                     break
                 try:
@@ -181,18 +188,49 @@ def publish(
     return summary
 
 
+class _Progress:
+    """Calls ``progress`` about once a second with the rates since the previous call."""
+
+    def __init__(self, summary: dict[str, Any], t_start: float,
+                 progress: Callable[[dict[str, Any]], None] | None) -> None:
+        self.summary, self.progress = summary, progress
+        self.t_start = self.t_last = t_start
+        self.messages = self.bytes = 0
+
+    def tick(self) -> None:
+        now = time.time()
+        if self.progress is None or now - self.t_last < 1.0:
+            return
+        s, dt = self.summary, now - self.t_last
+        messages, size = s["messages"], s["bytes"]  # counted by a reader thread: a moment's view
+        self.progress({"elapsed_s": now - self.t_start, "streams": len(s["streams"]), "messages": messages,
+                       "messages_per_s": (messages - self.messages) / dt, "mb_per_s": (size - self.bytes) / dt / 1e6,
+                       "dropped": s["dropped"]})
+        self.t_last, self.messages, self.bytes = now, messages, size
+
+
+def _print_progress(p: dict[str, Any]) -> None:
+    print(f"{p['elapsed_s']:6.1f} s  {p['streams']} streams  {p['messages_per_s']:8.1f} msg/s  "
+          f"{p['mb_per_s']:6.2f} MB/s  {p['messages']} messages" + (f", {p['dropped']} dropped" if p["dropped"] else ""),
+          flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     specs = args.source or ["sim:bearing"]
+    how = "PUSH" if args.pull else "PUB"
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    if not args.quiet:
+        print(f"publishing {', '.join(specs)} as {how} {'to' if args.connect else 'at'} {_address(args.to)} "
+              f"({args.dtype}); Ctrl-C stops", flush=True)
     try:
         summary = publish(specs, args.to, duration=args.duration, pull=args.pull, connect=args.connect,
-                          dtype=args.dtype, wait_subscriber=args.wait_subscriber)
-    except KeyboardInterrupt:
-        return 130
+                          dtype=args.dtype, wait_subscriber=args.wait_subscriber, stop=stop,
+                          progress=None if args.quiet else _print_progress)
     except DrsnStreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:
-        how = "PUSH" if args.pull else "PUB"
         print(f"published {summary['messages']} messages ({summary['bytes'] / 1e6:.2f} MB) over {how} "
               f"{'to' if args.connect else 'at'} {_address(args.to)} in {summary['elapsed_s']:.1f} s")
         for stream, st in sorted(summary["streams"].items()):
@@ -202,6 +240,16 @@ def run(args: argparse.Namespace) -> int:
     for err in summary["errors"]:
         print(f"error: {err}", file=sys.stderr)
     return 1 if summary["errors"] else 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Ctrl-C and SIGTERM end the run with its summary and every stream's end-of-stream."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
 
 
 def main(argv: list[str] | None = None) -> int:

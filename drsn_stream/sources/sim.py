@@ -41,7 +41,7 @@ FAULT_S = (4.0, 10.0)
 def load_excerpts(rate: int = EXCERPT_RATE) -> dict[str, np.ndarray]:
     """The shipped CWRU excerpts as ``{label: float32 (n,) in g}`` at ``rate`` Hz (normal first)."""
     blob = (resources.files("drsn_stream") / "data" / "cwru_excerpts.npz").read_bytes()
-    with np.load(io.BytesIO(blob)) as npz:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         meta = json.loads(str(npz["meta"]))
         out = {}
         for label in meta["labels"]:

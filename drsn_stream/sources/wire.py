@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,14 +37,28 @@ DEFAULT_SCALE = {"float32": 1.0, "float64": 1.0, "int16": 1.0 / 32768.0, "int32"
 MIN_RATE, MAX_RATE = 1.0, 1e6  # Hz
 MAX_CHANNELS = 256
 MAX_SAMPLES = 1 << 24  # per message and channel
+# Bounds checked before the header is parsed or the payload copied: a header is ~150 bytes and one
+# level deep, a payload of 1 s of 256 channels at 12 kHz in float32 is 12 MiB.
+MAX_HEADER_BYTES = 4096
+MAX_DEPTH = 8  # nesting of JSON arrays/objects in a header
+MAX_PAYLOAD_BYTES = 16 << 20
+MAX_STREAM_ID = 256  # characters
+MAX_SEQ = 1 << 63
+# A capture time further than this from the receiver's clock is a broken clock or a forged frame
+# (wide enough for hosts with a wrong date and for publishers replaying recordings ahead of time).
+MAX_CLOCK_SKEW_S = 366 * 86400.0
 REASONS = (
     "wrong_parts",  # not 2 (eos) or 3 (data) frames
+    "bad_header",  # header larger than MAX_HEADER_BYTES or nested deeper than MAX_DEPTH
     "bad_json",  # header is not UTF-8 JSON object
     "bad_version",  # "v" missing or not 1
     "missing_field",  # a required header field is absent
-    "bad_field",  # a field has the wrong type or an impossible value (seq < 0, n < 1, ...)
+    "bad_field",  # a field has the wrong type or an impossible value (n < 1, channels > 256, ...)
+    "bad_seq",  # seq not an integer in [0, 2**63)
+    "bad_time",  # t not a number within MAX_CLOCK_SKEW_S of the receiver's clock
     "unknown_dtype",  # dtype not one of DTYPES
-    "absurd_rate",  # rate outside 1 Hz .. 1 MHz
+    "absurd_rate",  # rate not a number in 1 Hz .. 1 MHz
+    "too_large",  # payload larger than MAX_PAYLOAD_BYTES
     "bad_size",  # payload length != n * channels * itemsize
     "topic_mismatch",  # topic frame differs from the header's stream
 )
@@ -128,28 +143,82 @@ def encode_eos(stream_id: str) -> list[bytes]:
     return [stream_id.encode("utf-8"), json.dumps(header, separators=(",", ":")).encode("utf-8")]
 
 
-def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], reason: str = "bad_field") -> Any:
     value = header[name]
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise WireError("bad_field", f"{name}={value!r} should be {getattr(kind, '__name__', kind)}")
+        raise WireError(reason, f"{name}={_short(value)} should be {getattr(kind, '__name__', kind)}")
     return value
 
 
-def decode(parts: list[bytes] | list[Any]) -> Frame | EndOfStream:
+def _number(header: dict[str, Any], name: str, reason: str) -> float:
+    """A finite JSON number as float; huge integers (``1e400`` written out) are refused, not
+    overflowed."""
+    value = _field(header, name, (int, float), reason)
+    try:
+        out = float(value)
+    except OverflowError:
+        raise WireError(reason, f"{name} has {len(str(value))} digits") from None
+    if not math.isfinite(out):
+        raise WireError(reason, f"{name}={out} is not finite")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else f"<{value.bit_length()}-bit int>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_nesting(raw: bytes) -> None:
+    """Refuses headers nested deeper than MAX_DEPTH before ``json.loads`` recurses into them."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:  # the common case: no need to scan
+        return
+    depth, in_str, escaped = 0, False, False
+    for c in raw:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:  # quote
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise WireError("bad_header", f"header nested deeper than {MAX_DEPTH} levels")
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+
+
+def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
+           max_skew_s: float = MAX_CLOCK_SKEW_S) -> Frame | EndOfStream:
     """Parse one received multipart message into a Frame (samples float32 ``(n, channels)``,
     multiplied by the scale) or an EndOfStream. Raises ``WireError`` (a ``WireFormatError``) with
-    a ``reason`` from ``REASONS``."""
+    a ``reason`` from ``REASONS`` and nothing else, whatever the bytes.
+
+    Args:
+        now: the receiver's clock (s) that ``t`` is checked against (``time.time()`` when None).
+        max_skew_s: the largest ``|t - now|`` accepted (``bad_time`` beyond it).
+    """
     if len(parts) not in (2, 3):
         raise WireError("wrong_parts", f"expected 3 frames (topic, header, payload) or 2 (eos), got {len(parts)}")
+    if len(parts[1]) > MAX_HEADER_BYTES:
+        raise WireError("bad_header", f"header of {len(parts[1])} bytes; at most {MAX_HEADER_BYTES}")
+    if len(parts) == 3 and len(parts[2]) > MAX_PAYLOAD_BYTES:
+        raise WireError("too_large", f"payload of {len(parts[2])} bytes; at most {MAX_PAYLOAD_BYTES} per message "
+                        "(send shorter frames)")
     raw = [bytes(p) for p in parts]
+    _check_nesting(raw[1])
     try:
         header = json.loads(raw[1].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireError("bad_json", f"header is not UTF-8 JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireError("bad_json", f"header is not UTF-8 JSON ({str(exc)[:80]})") from None
     if not isinstance(header, dict):
         raise WireError("bad_json", f"header must be a JSON object, got {type(header).__name__}")
-    if header.get("v") != VERSION:
-        raise WireError("bad_version", f"format version {header.get('v')!r}; this receiver reads v{VERSION}")
+    version = header.get("v")
+    if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
+        raise WireError("bad_version", f"format version {_short(version)}; this receiver reads v{VERSION}")
     if header.get("eos") is True:
         if "stream" not in header:
             raise WireError("missing_field", "end-of-stream message without 'stream'")
@@ -160,18 +229,26 @@ def decode(parts: list[bytes] | list[Any]) -> Frame | EndOfStream:
     if missing:
         raise WireError("missing_field", f"header lacks {', '.join(missing)}")
     stream = _field(header, "stream", str)
-    seq = _field(header, "seq", int)
-    t = float(_field(header, "t", (int, float)))
-    rate = float(_field(header, "rate", (int, float)))
+    if not 0 < len(stream) <= MAX_STREAM_ID:
+        raise WireError("bad_field", f"stream id of {len(stream)} characters; 1..{MAX_STREAM_ID}")
+    seq = _field(header, "seq", int, "bad_seq")
+    if not 0 <= seq < MAX_SEQ:
+        raise WireError("bad_seq", f"seq={_short(seq)} outside 0..2**63-1")
+    t = _number(header, "t", "bad_time")
+    now = time.time() if now is None else now
+    if abs(t - now) > max_skew_s:
+        raise WireError("bad_time", f"t={t:.6g} is {t - now:+.3g} s from this receiver's clock "
+                        f"(at most {max_skew_s:g} s); check the publisher's clock")
+    rate = _number(header, "rate", "absurd_rate")
     channels = _field(header, "channels", int)
     n = _field(header, "n", int)
     dtype = header["dtype"]
-    if seq < 0 or not math.isfinite(t) or not 1 <= channels <= MAX_CHANNELS or not 1 <= n <= MAX_SAMPLES:
-        raise WireError("bad_field", f"seq={seq}, t={t}, channels={channels}, n={n} out of range")
-    if dtype not in DTYPES:
-        raise WireError("unknown_dtype", f"dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if not 1 <= channels <= MAX_CHANNELS or not 1 <= n <= MAX_SAMPLES:
+        raise WireError("bad_field", f"channels={_short(channels)}, n={_short(n)} out of range")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise WireError("unknown_dtype", f"dtype {_short(dtype)}; valid: {', '.join(DTYPES)}")
     if not MIN_RATE <= rate <= MAX_RATE:
-        raise WireError("absurd_rate", f"rate {rate} Hz outside {MIN_RATE:g}..{MAX_RATE:g} Hz")
+        raise WireError("absurd_rate", f"rate {rate:.6g} Hz outside {MIN_RATE:g}..{MAX_RATE:g} Hz")
     try:
         topic = raw[0].decode("utf-8")
     except UnicodeDecodeError:
@@ -182,9 +259,7 @@ def decode(parts: list[bytes] | list[Any]) -> Frame | EndOfStream:
     if len(raw[2]) != n * channels * dt.itemsize:
         raise WireError("bad_size", f"payload {len(raw[2])} bytes, header says {n}x{channels} {dtype} "
                         f"= {n * channels * dt.itemsize}")
-    scale = header.get("scale", DEFAULT_SCALE[dtype])
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise WireError("bad_field", f"scale={scale!r} should be a finite number")
+    scale = _number(header, "scale", "bad_field") if "scale" in header else DEFAULT_SCALE[dtype]
     samples = np.frombuffer(raw[2], dtype=dt).reshape(n, channels).astype(np.float32)
     if scale != 1.0:
         samples *= np.float32(scale)

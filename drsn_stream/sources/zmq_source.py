@@ -1,9 +1,12 @@
 """ZeroMQ sensor sources: SUB or PULL sockets, connecting or binding, reading the wire format.
 
 Malformed messages are counted by reason (``stats.malformed``) and skipped; sequence gaps are
-counted per stream; a publisher that starts again from a lower seq (a restart) is accepted and
-counted in ``stats.restarts``. The socket is polled with a short timeout so ``close()`` from any
-thread ends iteration within about 0.1 s.
+counted per stream; a frame whose seq was already delivered is a duplicate, one that was counted
+missing and arrives within ``REORDER_WINDOW`` frames is late (both dropped and counted); a
+publisher that starts again from seq 0 or from far below (a restart) is accepted and counted in
+``stats.restarts``. New stream ids beyond ``max_streams`` are refused (``too_many_streams``). The
+socket is polled with a short timeout so ``close()`` from any thread ends iteration within about
+0.1 s.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ import zmq
 
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_positive
-from drsn_stream.sources.wire import EndOfStream, WireError, decode
+from drsn_stream.sources.wire import (
+    MAX_CLOCK_SKEW_S,
+    MAX_HEADER_BYTES,
+    MAX_PAYLOAD_BYTES,
+    EndOfStream,
+    WireError,
+    decode,
+)
 from drsn_stream.types import Frame
 
 POLL_MS = 100
 IDLE_MS = 2
+REORDER_WINDOW = 64  # frames: a lower seq within this distance is late or a duplicate, not a restart
+# ZeroMQ drops a message larger than this before it is allocated here (and the sender's
+# connection); below it the decoder refuses payloads over MAX_PAYLOAD_BYTES as too_large.
+MAX_MESSAGE_BYTES = 4 * MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES
 
 
 def tcp_address(target: str, *, bind: bool) -> str:
@@ -43,7 +57,10 @@ class _ZmqSource(Source):
         "topic": (str, "", "SUB only: receive streams whose id starts with this"),
         "hwm": (opt_positive(int), 10000, "receive high-water mark in messages"),
         "until_eos": (opt_bool, False, "1 = stop when every stream seen has sent end-of-stream"),
+        "max_skew_s": (opt_positive(float), MAX_CLOCK_SKEW_S,
+                       "largest |t - now| in seconds a frame's capture time may be from this clock (bad_time)"),
     }
+    restartable = True
 
     def __init__(self, target: str = "", **options: Any) -> None:
         super().__init__(target, **options)
@@ -51,6 +68,7 @@ class _ZmqSource(Source):
         if self.socket_type != zmq.SUB and self.options["topic"]:
             raise ConfigError(f"option topic= only applies to SUB sources (zmq://, zmq+bind://), not {self.kind}")
         self._last_seq: dict[str, int] = {}
+        self._missing: dict[str, set[int]] = {}  # recent seqs skipped by a gap, per stream
         self._sock: zmq.Socket | None = None
         self.last_error = ""  # the most recent rejected message's reason and detail, for display
 
@@ -59,6 +77,7 @@ class _ZmqSource(Source):
         sock = ctx.socket(self.socket_type)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.options["hwm"])
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self.socket_type == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, self.options["topic"].encode("utf-8"))
         try:
@@ -71,20 +90,46 @@ class _ZmqSource(Source):
             raise SourceError(f"cannot {verb} {self.address}: {exc.strerror}; {hint}") from exc
         self._sock = sock
 
+    def waiting(self) -> str | None:
+        senders = "publishers" if self.socket_type == zmq.SUB else "senders"
+        return f"waiting for {senders} on {self.address} (no data yet)"
+
     def _close(self) -> None:
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
 
-    def _track(self, frame: Frame) -> None:
-        last = self._last_seq.get(frame.stream_id)
+    def _accept(self, frame: Frame) -> bool:
+        """Sequence accounting; False for a frame to drop (duplicate, late, too many streams)."""
+        sid, seq = frame.stream_id, frame.seq
+        if not self._known(sid):
+            return False
+        last = self._last_seq.get(sid)
         if last is not None:
-            if frame.seq > last + 1:
-                self.stats.gap(frame.stream_id, frame.seq - last - 1)
-            elif frame.seq <= last:
-                self.stats.restart(frame.stream_id)
-        self._last_seq[frame.stream_id] = frame.seq
-        self._known(frame.stream_id)
+            if seq > last + 1:
+                self.stats.gap(sid, seq - last - 1)
+                if seq - last - 1 <= REORDER_WINDOW:
+                    self._missing.setdefault(sid, set()).update(range(last + 1, seq))
+            elif seq == last:
+                self.stats.duplicate(sid)
+                return False
+            elif seq < last and seq != 0 and last - seq <= REORDER_WINDOW:
+                missing = self._missing.get(sid, set())
+                if seq in missing:
+                    missing.discard(seq)
+                    self.stats.arrived_late(sid)
+                else:
+                    self.stats.duplicate(sid)
+                return False
+            elif seq < last:
+                self.stats.restart(sid)
+                self._missing.pop(sid, None)
+        missing = self._missing.get(sid)
+        if missing:
+            # only the last REORDER_WINDOW seqs can still arrive late: the set stays small
+            missing.difference_update([s for s in missing if s < seq - REORDER_WINDOW])
+        self._last_seq[sid] = seq
+        return True
 
     def _frames(self) -> Iterator[Frame]:
         sock = self._sock
@@ -104,20 +149,21 @@ class _ZmqSource(Source):
                 except zmq.Again:
                     break
                 try:
-                    msg = decode(parts)
+                    msg = decode(parts, max_skew_s=self.options["max_skew_s"])
                 except WireError as exc:
                     self.stats.bad(exc.reason)
-                    self.last_error = str(exc)
+                    self.last_error = str(exc)[:300]
                     continue
                 if isinstance(msg, EndOfStream):
-                    self._known(msg.stream_id)
+                    if not self._known(msg.stream_id):
+                        continue
                     self.stats.end(msg.stream_id)
                     ended = set(self.stats.snapshot()["ended"])
                     if self.options["until_eos"] and ended >= set(self._streams):
                         return
                     continue
-                self._track(msg)
-                yield msg
+                if self._accept(msg):
+                    yield msg
 
 
 class ZmqSubSource(_ZmqSource):

@@ -142,8 +142,12 @@ def generate(
     cache.mkdir(parents=True, exist_ok=True)
     store = cache / f"tts-{digest}.npz"
     if store.is_file():
-        with np.load(store, allow_pickle=False) as z:
-            audio, lens, meta = z["audio"], z["lens"], json.loads(str(z["meta"]))
+        try:
+            with np.load(store, allow_pickle=False) as z:
+                audio, lens, meta = z["audio"], z["lens"], json.loads(str(z["meta"]))
+        except ValueError as exc:
+            raise DataError(f"{store}: refused: not a plain-array cache of ours ({str(exc)[:120]}); "
+                            "drsn-stream never unpickles a file; delete it to have it rebuilt") from None
         offs = np.concatenate([[0], np.cumsum(lens)])
         return [
             Utterance(lab, spk, -1, audio[offs[i] : offs[i + 1]].astype(np.float32) / 32768.0)

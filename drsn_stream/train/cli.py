@@ -319,17 +319,15 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """One TorchScript artifact with the metadata stored in a training checkpoint."""
-    import torch
 
     from drsn_stream.models import build_from_config, save_artifact
 
     p = Path(checkpoint)
     if not p.is_file():
         raise DataError(f"checkpoint {p} not found; train first (drsn-stream train --config ...)")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ArtifactError(f"{p}: not a readable training checkpoint ({exc})") from None
+    from drsn_stream.train.loop import load_checkpoint
+
+    ck = load_checkpoint(p)
     if not isinstance(ck, dict) or not {"model_state", "model_config", "meta"} <= set(ck):
         raise ArtifactError(f"{p}: not a drsn-stream training checkpoint (no model_state/model_config/meta)")
     model = build_from_config(ck["model_config"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from drsn_stream.config import TOMLDecodeError, loads_toml
+from drsn_stream.config import TOMLDecodeError, find_config, loads_toml
 from drsn_stream.errors import ConfigError
 from drsn_stream.train.augment import NoiseAugment
 from drsn_stream.train.cwru import CHANNELS, DEFAULT_SPLIT
@@ -130,11 +130,7 @@ def parse_config(d: dict[str, Any], *, where: str = "config") -> RunConfig:
 
 def load_config(path: str | Path) -> RunConfig:
     """Reads ``configs/<name>.toml``. Raises ConfigError for a missing file or bad TOML."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(
-            f"config file {p} not found; see configs/ for examples (e.g. configs/bearing-cwru.toml)"
-        )
+    p = find_config(path)
     try:
         d = loads_toml(p.read_text())
     except TOMLDecodeError as exc:

@@ -13,6 +13,7 @@ The recipe defaults are the paper's: SGD with momentum 0.9, L2 1e-4, batch 128, 
 from __future__ import annotations
 
 import copy
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from drsn_stream.errors import ConfigError, DataError
+from drsn_stream.errors import ArtifactError, ConfigError, DataError
 from drsn_stream.models.outputs import to_probs
 
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
@@ -261,13 +262,49 @@ def _save_ckpt(
         "model_state": model.state_dict(),
         "optimizer_state": opt.state_dict(),
         "epoch": epoch + 1,
-        "recipe": recipe.to_dict(),
-        "metrics": row,
-        **(extra or {}),
+        "recipe": plain(recipe.to_dict()),
+        "metrics": plain(row),
+        **plain(extra or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as the plain values ``torch.load(weights_only=True)`` reads back (dicts, lists,
+    str, int, float, bool, None; tuples become lists, numpy scalars Python numbers), so no
+    checkpoint of ours ever needs unpickling to be read."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool, torch.Tensor)):
+        return obj
+    return str(obj)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint's dict, read with ``torch.load(weights_only=True)``: tensors and plain
+    values only. A file that holds pickled Python objects (which could run code when loaded) is
+    refused with ``ArtifactError``, never unpickled."""
+    p = Path(path)
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ArtifactError(
+            f"{p}: refused: the checkpoint holds pickled Python objects, not only tensors and plain values "
+            f"({first[:160]}); drsn-stream never unpickles a file; export from a checkpoint that "
+            "drsn-stream train wrote"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ArtifactError(f"{p}: not a readable training checkpoint ({str(exc)[:200]})") from None
+    if not isinstance(ck, dict):
+        raise ArtifactError(f"{p}: not a drsn-stream training checkpoint (no model_state/model_config/meta)")
+    return ck
 
 
 class _Bar:

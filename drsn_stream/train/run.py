@@ -21,7 +21,7 @@ from drsn_stream.models import create_model, model_config, save_artifact
 from drsn_stream.train.config import RunConfig
 from drsn_stream.train.cwru import RandomWindows, Recording, load_set
 from drsn_stream.train.evaluate import evaluate, part_windows, summary
-from drsn_stream.train.loop import FitResult, fit
+from drsn_stream.train.loop import FitResult, fit, load_checkpoint, plain
 
 VAL_SNR_DB = 0.0  # noisy validation copies are at 0 dB, the middle of the plant conditions we target
 
@@ -180,8 +180,8 @@ def train_run(
     }
     artifact_path = save_artifact(model, out / f"{cfg.name}.pt", meta, probs=True)
     # best.pt carries the final metadata too, so `export` from it reproduces the artifact exactly.
-    ck = torch.load(out / "best.pt", weights_only=False)
-    ck["meta"] = meta
+    ck = load_checkpoint(out / "best.pt")
+    ck["meta"] = plain(meta)
     torch.save(ck, out / "best.pt")
     shipped = None
     if artifact is not None:

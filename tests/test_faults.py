@@ -1,0 +1,480 @@
+"""Fault injection: malformed, hostile and odd input over real sockets into real processes.
+
+Each case is one an outside probe found (issue #14): a message that killed a ZeroMQ source or the
+whole monitor, an in-range value that built gigabytes, a pickled file that ran code, a stream
+whose trouble went unseen. Each is counted by its reason here, and the monitor goes on.
+``tools/fault_probe.py`` runs the long versions (thousands per kind, a soak with RSS sampled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from drsn_stream.dsp import StreamDSP
+from drsn_stream.dsp.resample import MAX_FACTOR, StreamingResampler, UnsupportedRate, rational_ratio
+from drsn_stream.engine import procrunner
+from drsn_stream.engine.procrunner import EngineRestarted, ProcessRunner
+from drsn_stream.errors import ArtifactError, DataError, EngineError, SourceError
+from drsn_stream.models.artifact import load_validation, read_meta, resolve_artifact
+from drsn_stream.monitor.health import AMP_STEP, DC_JUMP, RATE_CHANGE, HealthMonitor
+from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+from drsn_stream.sources import make_source
+from drsn_stream.sources.base import Source
+from drsn_stream.sources.file import read_recording
+from drsn_stream.sources.sim import load_excerpts
+from drsn_stream.sources.wire import WireError, decode, encode, encode_eos
+from drsn_stream.types import Frame
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+RATE = 12000
+TICK = 1200  # samples per frame: 0.1 s
+
+
+def _normal(seconds: float) -> np.ndarray:
+    """The shipped healthy CWRU excerpt, looped to ``seconds`` (float32, g)."""
+    x = load_excerpts()["normal"]
+    return np.tile(x, int(seconds * RATE) // x.size + 1)[: int(seconds * RATE)].astype(np.float32)
+
+
+def _header(**kw) -> dict:
+    h = {"v": 1, "stream": "s", "seq": 0, "t": time.time(), "rate": 12000.0, "dtype": "float32", "channels": 1,
+         "n": 4}
+    h.update(kw)
+    return h
+
+
+def _raw(header: dict | bytes, payload: bytes = b"\0" * 16, topic: bytes = b"s") -> list[bytes]:
+    return [topic, header if isinstance(header, bytes) else json.dumps(header).encode(), payload]
+
+
+def _template(text: str) -> list[bytes]:
+    """A message whose header is written out by hand (numbers JSON allows but Python floats do not)."""
+    return _raw(text.replace("NOW", repr(time.time())).encode())
+
+
+# The messages that stopped a source or the monitor before, and the reason each is counted under.
+ATTACKS: dict[str, tuple[str, callable]] = {
+    "nested 100,000 deep": ("bad_header", lambda: _raw(b"[" * 100_000 + b"]" * 100_000)),
+    "nested 2,000 deep, small": ("bad_header", lambda: _raw(b"[" * 2000 + b"]" * 2000)),
+    "dtype [1]": ("unknown_dtype", lambda: _raw(_header(dtype=[1]))),
+    "dtype {}": ("unknown_dtype", lambda: _raw(_header(dtype={}))),
+    "rate 1e400 as an integer": ("absurd_rate", lambda: _template(
+        '{"v":1,"stream":"s","seq":0,"t":NOW,"rate":1' + "0" * 400 + ',"dtype":"float32","channels":1,"n":4}')),
+    "t 1e400 as an integer": ("bad_time", lambda: _template(
+        '{"v":1,"stream":"s","seq":0,"t":1' + "0" * 400 + ',"rate":12000,"dtype":"float32","channels":1,"n":4}')),
+    "seq of 4,300 digits": ("bad_header", lambda: _template(
+        '{"v":1,"stream":"s","seq":' + "9" * 4300 + ',"t":NOW,"rate":12000,"dtype":"float32","channels":1,"n":4}')),
+    "seq of 3,900 digits": ("bad_seq", lambda: _template(
+        '{"v":1,"stream":"s","seq":' + "9" * 3900 + ',"t":NOW,"rate":12000,"dtype":"float32","channels":1,"n":4}')),
+    "seq 2**63": ("bad_seq", lambda: _raw(_header(seq=2**63))),
+    "t 7e16": ("bad_time", lambda: _raw(_header(t=7e16))),
+    "t a day in the past, 1000 years": ("bad_time", lambda: _raw(_header(t=time.time() - 3.2e10))),
+    "scale 1e400 as an integer": ("bad_field", lambda: _template(
+        '{"v":1,"stream":"s","seq":0,"t":NOW,"rate":12000,"dtype":"float32","channels":1,"n":4,"scale":1'
+        + "0" * 400 + "}")),
+    "version true": ("bad_version", lambda: _raw(_header(v=True))),
+    "stream id of 10,000 characters": ("bad_header", lambda: _raw(_header(stream="s" * 10_000))),
+    "50 MB payload": ("too_large", lambda: _raw(_header(n=50 * 2**20 // 4), b"\0" * (50 * 2**20))),
+    "header not JSON": ("bad_json", lambda: _raw(b"\xff\xfe{")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ATTACKS))
+def test_decoder_refuses_each_attack_with_its_reason(kind: str) -> None:
+    reason, make = ATTACKS[kind]
+    with pytest.raises(WireError) as info:
+        decode(make())
+    assert info.value.reason == reason, str(info.value)
+
+
+def test_a_zmq_source_counts_every_attack_and_delivers_every_good_frame(free_tcp_port: int) -> None:
+    """Before: the first nested header (RecursionError), dtype [1] (TypeError) or integer rate
+    1e400 (OverflowError) ended the source, silently."""
+    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    x = _normal(0.1 * (len(ATTACKS) + 1))
+    t0 = time.time()
+    with src:
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        push.send_multipart(encode("s", 0, t0, RATE, x[:TICK]))
+        for seq, kind in enumerate(sorted(ATTACKS), start=1):
+            push.send_multipart(ATTACKS[kind][1]())
+            push.send_multipart(encode("s", seq, t0 + 0.1 * seq, RATE, x[seq * TICK : (seq + 1) * TICK]))
+        push.send_multipart([b"s", b'{"v":1,"stream":"s","eos":true}'])
+        frames = list(src)
+    push.close(0)
+    assert [f.seq for f in frames] == list(range(len(ATTACKS) + 1))
+    stats = src.stats.snapshot()
+    want: dict[str, int] = {}
+    for reason, _ in ATTACKS.values():
+        want[reason] = want.get(reason, 0) + 1
+    assert stats["malformed"] == want
+    assert stats["crashes"] == 0
+
+
+class _Breaks(Source):
+    """A source whose frame generator raises after ``good`` frames on its first run (a bug)."""
+
+    kind = "breaks"
+
+    def __init__(self, *, restartable: bool, good: int = 3) -> None:
+        super().__init__("")
+        self.restartable = restartable
+        self.good, self.runs = good, 0
+
+    def _open(self) -> None:
+        pass
+
+    def _frames(self):
+        self.runs += 1
+        for seq in range(self.good):
+            yield Frame("b", seq + 10 * (self.runs - 1), time.time(), RATE, np.zeros((TICK, 1), np.float32))
+        if self.runs == 1:
+            raise KeyError("a bug in a source")
+
+
+def test_a_failing_source_is_restarted_or_stops_with_one_line_never_silently() -> None:
+    socket_like = _Breaks(restartable=True)
+    frames = list(socket_like)
+    assert len(frames) == 6 and socket_like.stats.snapshot()["crashes"] == 1
+    assert "KeyError" in socket_like.stats.snapshot()["last_crash"]
+    once = _Breaks(restartable=False)
+    with pytest.raises(SourceError, match="source breaks:.* stopped: KeyError: 'a bug in a source'"):
+        list(once)
+    assert once.stats.snapshot()["crashes"] == 1
+
+
+def test_an_only_source_that_dies_is_an_error_of_the_run(tmp_path: Path) -> None:
+    """The monitor's exit status: 1 with one clear line when its only source ended with an error
+    (before: rc 0 once any window had been classified)."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from test_faults import _Breaks\n"
+        "import drsn_stream.monitor.pipeline as p\n"
+        "real = p.make_source\n"
+        "p.make_source = lambda spec, **kw: _Breaks(restartable=False, good=40) if spec == 'breaks' else real(spec, **kw)\n"
+        "from drsn_stream.cli import main\n"
+        "sys.exit(main(['--source', 'breaks', '--headless', '--duration', '20', '--engine-process', 'off']))\n"
+    )
+    res = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert "drsn-stream: error: source breaks:" in res.stderr and "KeyError" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def _monitor(port: int, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "drsn_stream", "--source", f"zmq+pull+bind://127.0.0.1:{port}?until_eos=1", "--headless",
+         "--jsonl", str(tmp_path / "out.jsonl"), "--duration", "60", "--stale-ms", "60000", *extra],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_the_monitor_counts_every_fault_and_keeps_watching(tmp_path: Path, free_tcp_port: int) -> None:
+    """One live monitor (child process, ZeroMQ on loopback, --capture on) under every fault at once:
+    attacks, too many stream ids, an unsupported rate, a rate that flaps, duplicates and a late
+    frame, a DC jump, a x100 amplitude step, NaN and flat samples. Everything is counted by its
+    reason, nothing stops, the healthy stream is classified to the end."""
+    mon = _monitor(free_tcp_port, tmp_path, "--max-streams", "10", "--capture", str(tmp_path / "cap"))
+    try:
+        ready = mon.stderr.readline()
+        assert "ready" in ready, ready + mon.stderr.read()
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        ticks = 80
+        x = _normal(ticks * 0.1 + 0.1)
+        t0 = time.time()
+        sent_dup = sent_late = 0
+        for i in range(ticks):
+            t = t0 + 0.1 * i
+            block = x[i * TICK : (i + 1) * TICK]
+            push.send_multipart(encode("good", i, t, RATE, block))
+            push.send_multipart(encode("dc", i, t, RATE, block + (0.5 if i >= 40 else 0.0)))
+            push.send_multipart(encode("amp", i, t, RATE, block * (100.0 if i >= 40 else 1.0)))
+            bad = np.full(TICK, np.nan, np.float32) if 40 <= i < 45 else np.zeros(TICK, np.float32)
+            push.send_multipart(encode("nan", i, t, RATE, bad if 40 <= i < 55 else block))
+            push.send_multipart(encode("flap", i, t, 11025.0 if i % 2 else RATE, block))
+            push.send_multipart(encode("badrate", i, t, 1.001, block[:4]))
+            if i == 50:
+                pass  # "dup": 51 goes out before 50 (a late frame)
+            elif i == 51:
+                push.send_multipart(encode("dup", 51, t, RATE, block))
+                push.send_multipart(encode("dup", 50, t - 0.1, RATE, x[50 * TICK : 51 * TICK]))
+                sent_late += 1
+            else:
+                push.send_multipart(encode("dup", i, t, RATE, block))
+                if i in (20, 30):
+                    push.send_multipart(encode("dup", i, t, RATE, block))
+                    sent_dup += 1
+            if i == 10:
+                for _, make in ATTACKS.values():
+                    push.send_multipart(make())
+            if i == 15:
+                for k in range(20):  # 7 streams so far, --max-streams 10: 3 more taken, 17 refused
+                    push.send_multipart(encode(f"extra-{k}", 0, t, RATE, block))
+            time.sleep(max(0.0, t0 + 0.1 * (i + 1) - time.time()))
+        for sid in ("good", "dc", "amp", "nan", "flap", "badrate", "dup", *(f"extra-{k}" for k in range(20))):
+            push.send_multipart(encode_eos(sid))  # the monitor ends once it has read everything
+        push.close(1000)
+        stdout, stderr = mon.communicate(timeout=120)
+    finally:
+        mon.kill()
+    assert mon.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    objs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    final = [o for o in objs if o["type"] == "stats" and o.get("final")][-1]
+    src = next(iter(final["sources"].values()))
+    want: dict[str, int] = {"unsupported_rate": ticks, "too_many_streams": 17}
+    for reason, _ in ATTACKS.values():
+        want[reason] = want.get(reason, 0) + 1
+    assert src["malformed"] == want
+    assert src["duplicates"] == {"dup": sent_dup} and src["late"] == {"dup": sent_late}
+    assert src["missing"].get("dup", 0) == 0 and src["restarts"] == {}
+    assert src["crashes"] == 0 and final["failed_sources"] == []
+    preds = [o for o in objs if o["type"] == "prediction"]
+    health = [o for o in objs if o["type"] == "health"]
+
+    def reasons(stream: str) -> set[str]:
+        return {r for o in health if o["stream"] == stream for r in o["reasons"]}
+
+    good = [p for p in preds if p["stream"] == "good"]
+    assert good and max(p["time"] for p in good) > t0 + 7.5  # watched to the end
+    # a healthy signal raises no sensor fault (a loaded machine may stall ingest long enough for "no data")
+    assert reasons("good") <= {"no data"}, [(o["time"] - t0, o["reasons"]) for o in health if o["stream"] == "good"]
+    assert DC_JUMP in reasons("dc") and AMP_STEP in reasons("amp")
+    assert RATE_CHANGE in reasons("flap")
+    assert [p for p in preds if p["stream"] == "flap"], "a flapping rate silenced the stream"
+    assert "NaN/Inf samples" in reasons("nan")  # then flat zeros: CHECK_SENSOR goes on (predictions below)
+    nan_preds = [p for p in preds if p["stream"] == "nan"]
+    inside = [p for p in nan_preds if t0 + 4.2 <= p["time"] < t0 + 5.5]
+    shown = [(round(p["time"] - t0, 3), p["health"], p["label"]) for p in nan_preds]
+    assert inside and all(p["health"] == "CHECK_SENSOR" and p["label"] == "check_sensor" for p in inside), shown
+    assert all("model_label" in p for p in inside)
+    assert not [o for o in objs if o["type"] == "alarm" and o["stream"] == "nan"]
+    assert "good" in stdout and "Traceback" not in stdout
+
+
+def test_stats_can_be_read_while_new_streams_arrive(free_tcp_port: int) -> None:
+    """Before: ``stats_json`` iterated the streams while the ingest thread added some ("dictionary
+    changed size during iteration")."""
+    pipe = Pipeline(RunConfig(sources=(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}",), engine_process=False,
+                              stats_every_s=3600.0))
+    pipe.start()
+    try:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        block = _normal(0.1)
+        done = threading.Event()
+
+        def send() -> None:
+            for k in range(3000):
+                push.send_multipart(encode(f"id-{k}", 0, time.time(), RATE, block))
+            done.set()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        reads = 0
+        while not done.is_set() or reads < 50:
+            json.dumps(pipe.stats_json())
+            reads += 1
+        sender.join()
+        push.close(0)
+    finally:
+        pipe.stop()
+    assert pipe.errors == [] or all("id-" not in e for e in pipe.errors)
+
+
+# ---------------------------------------------------------------------------------------- rates
+def test_a_rate_that_is_no_small_ratio_is_refused_at_once() -> None:
+    """Before: rate 1.001 built a 140-million-tap filter (6.5 GB peak)."""
+    meta = read_meta("bearing-cwru")
+    dsp = StreamDSP(meta)
+    with pytest.raises(UnsupportedRate, match="1.001 Hz"):
+        dsp.push(Frame("s", 0, time.time(), 1.001, np.zeros((100, 1), np.float32)))
+    for rate in (8000.0, 11025.0, 44100.0, 48000.0, 96000.0, 12000.5):
+        up, down = rational_ratio(rate, 12000.0)
+        assert up <= MAX_FACTOR and down <= MAX_FACTOR
+        r = StreamingResampler(rate, 12000.0)
+        assert r._poly.size <= 2 * 10 * MAX_FACTOR + MAX_FACTOR  # the filter stays small
+
+
+def test_a_stream_flapping_between_two_rates_still_gives_windows_and_a_health_event() -> None:
+    """Before: 12000 / 11025 Hz frame by frame reset the stream each time: 0 windows, no event."""
+    meta = read_meta("bearing-cwru")
+    dsp, health = StreamDSP(meta), HealthMonitor()
+    x = _normal(10.0)
+    windows, events = 0, []
+    for i in range(100):
+        frame = Frame("f", i, 1.8e9 + 0.1 * i, 11025.0 if i % 2 else RATE, x[i * TICK : (i + 1) * TICK, None])
+        events += health.push(frame, now=frame.t_capture)
+        windows += len(dsp.push(frame))
+    assert windows > 20 and dsp.rate_changes == 99
+    assert any(RATE_CHANGE in e.data["reasons"] for e in events)
+
+
+# ---------------------------------------------------------------------------------------- health
+def _health_events(x: np.ndarray) -> list:
+    monitor, events = HealthMonitor(), []
+    for i in range(0, x.size - 600, 600):
+        t = 1.8e9 + i / RATE
+        events += monitor.push(Frame("s", i // 600, t, RATE, x[i : i + 600, None]), now=t)
+    return events
+
+
+def test_health_sees_a_dc_jump_and_an_amplitude_step_but_not_a_bearing_fault() -> None:
+    x = _normal(10.0)
+    jump, step, drop = x.copy(), x.copy(), x.copy()
+    jump[5 * RATE :] += 0.5
+    step[5 * RATE :] *= 100
+    drop[5 * RATE :] /= 100
+    assert [e.data["reasons"] for e in _health_events(jump)][:1] == [[DC_JUMP]]
+    assert [e.data["reasons"] for e in _health_events(step)][:1] == [[AMP_STEP]]
+    assert [e.data["reasons"] for e in _health_events(drop)][:1] == [[AMP_STEP]]
+    assert _health_events(x) == []
+    ex = load_excerpts()
+    for fault in ("inner_021", "outer_007", "ball_014"):  # up to x9 the healthy level: a real fault
+        f = np.tile(ex[fault], 3)[: 5 * RATE]
+        assert _health_events(np.concatenate([x[: 5 * RATE], f, x[: 5 * RATE]])) == [], fault
+
+
+# ---------------------------------------------------------------------------------------- engine
+def test_engine_process_deaths_are_limited_per_time_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the 6th death in a run ended the monitor however far apart the deaths were."""
+    meta = read_meta("bearing-cwru")
+    runner = ProcessRunner("bearing-cwru", window=meta.window, classes=len(meta.labels), max_batch=4)
+    x = np.zeros((2, meta.window), np.float32)
+
+    def kill_and_infer() -> None:
+        runner.warmup()
+        os.kill(runner.pid, signal.SIGKILL)
+        runner._proc.wait(timeout=10)
+        with pytest.raises(EngineRestarted):
+            runner.collect(runner.submit(x))
+
+    try:
+        monkeypatch.setattr(procrunner, "RESTART_WINDOW_S", 0.0)  # every death in its own window
+        for _ in range(procrunner.MAX_RESTARTS + 1):
+            kill_and_infer()
+        probs, _ = runner.collect(runner.submit(x))
+        assert probs.shape == (2, len(meta.labels)) and runner.restarts == procrunner.MAX_RESTARTS + 1
+        monkeypatch.setattr(procrunner, "RESTART_WINDOW_S", 600.0)
+        monkeypatch.setattr(procrunner, "MAX_RESTARTS", 1)
+        os.kill(runner.pid, signal.SIGKILL)
+        runner._proc.wait(timeout=10)
+        with pytest.raises(EngineError, match="times within 600 s; giving up"):
+            runner.collect(runner.submit(x))
+    finally:
+        runner.close()
+
+
+def test_a_model_that_fails_in_the_engine_process_gives_one_line(tmp_path: Path) -> None:
+    """Before: a traceback ending in "cannot join thread before it is started"."""
+    broken = tmp_path / "broken.pt"
+    with zipfile.ZipFile(resolve_artifact("bearing-cwru")) as src, zipfile.ZipFile(broken, "w") as dst:
+        for item in src.infolist():
+            if "/code/" not in item.filename:  # metadata readable, TorchScript not
+                dst.writestr(item, src.read(item.filename))
+    res = subprocess.run(
+        [sys.executable, "-m", "drsn_stream", "--model", str(broken), "--source", "sim", "--headless",
+         "--duration", "5", "--engine-process", "on"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "cannot join thread" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "engine process failed to start" in errors[0], res.stderr
+
+
+# ---------------------------------------------------------------------------------------- pickles
+class _Payload:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_not_run(tmp_path: Path) -> None:
+    from drsn_stream.train.cli import main as train_cli
+
+    marker = tmp_path / "ran"
+    ck = tmp_path / "evil.pt"
+    torch.save({"model_state": {}, "model_config": {}, "meta": {}, "x": _Payload(marker)}, ck)
+    rc = train_cli(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "out.pt")])
+    assert rc == 2 and not marker.exists() and not (tmp_path / "out.pt").exists()
+    from drsn_stream.train.loop import load_checkpoint
+
+    with pytest.raises(ArtifactError, match="refused: the checkpoint holds pickled Python objects"):
+        load_checkpoint(ck)
+    assert not marker.exists()
+
+
+def test_pickled_arrays_in_artifacts_recordings_and_caches_are_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    evil = np.array([_Payload(marker)], dtype=object)
+    # the artifact's validation windows (an extra file inside the TorchScript zip)
+    art = tmp_path / "model.pt"
+    with zipfile.ZipFile(resolve_artifact("bearing-cwru")) as src, zipfile.ZipFile(art, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("/extra/drsn_stream/validation.npz"):
+                buf = tmp_path / "v.npz"
+                np.savez(buf, windows=evil)
+                data = buf.read_bytes()
+            dst.writestr(item, data)
+    with pytest.raises(ArtifactError, match="refused: its validation windows"):
+        load_validation(art)
+    # a recording replayed by the file source
+    np.save(tmp_path / "rec.npy", evil, allow_pickle=True)
+    with pytest.raises(SourceError, match="not a numeric .npy array"):
+        read_recording(tmp_path / "rec.npy", rate=12000)
+    # the speech synthesizer's cache
+    import hashlib
+
+    from drsn_stream.speech import tts
+
+    words, labels, voices = ("one",), ("1",), tts.voices(1)
+    key = json.dumps([list(words), list(labels), [v.id for v in voices], 8000])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.savez(cache / f"tts-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz", audio=evil, lens=evil, meta=evil)
+    with pytest.raises(DataError, match="refused"):
+        tts.generate(cache, words, labels, voices, sample_rate=8000)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------- capture
+def test_capture_rings_are_bounded_and_odd_times_do_not_crash(tmp_path: Path) -> None:
+    """Before: a 1 MHz, 256-channel stream reserved an 11 GB ring; an alarm at t ~ 7e16 raised
+    OSError from time.gmtime and ended the monitor."""
+    from drsn_stream.monitor.capture import CaptureConfig, EventCapture
+    from drsn_stream.types import Event
+
+    cap = EventCapture(tmp_path, CaptureConfig(pre_s=0.001, post_s=0.001))
+    big = Frame("wide", 0, time.time(), 1e6, np.zeros((1000, 256), np.float32))
+    cap.push(big)
+    assert cap._rings["wide"].data.nbytes <= CaptureConfig().max_ring_bytes
+    odd = Frame("odd", 0, 7e16, RATE, np.ones((TICK, 1), np.float32))
+    cap.push(odd)
+    assert cap.on_event(Event("alarm", "odd", 7e16 + 0.01, {"from": "NORMAL", "to": "ALERT"}))
+    written = cap.push(Frame("odd", 1, 7e16 + 0.1, RATE, np.ones((TICK, 1), np.float32))) + cap.close()
+    assert cap.errors == 0 and len(written) == 1 and written[0].wav.is_file()

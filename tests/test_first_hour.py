@@ -1,0 +1,184 @@
+"""A newcomer's first hour (issue 14): every mistake gets one line and a clear exit code, Ctrl-C
+and SIGTERM work at any moment, stdout stays machine-readable where promised, and what ships in
+the package (configs, licences) is found. Real subprocesses of the command, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from drsn_stream.config import loads_toml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+ENV.pop("DRSN_STREAM_DURATION", None)
+CMD = [sys.executable, "-m", "drsn_stream"]
+
+
+def _cli(*args: str, timeout: float = 180, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([*CMD, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_error(res: subprocess.CompletedProcess, *words: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr and "drsn-stream: ready" not in res.stderr, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------ errors before "ready"
+def test_a_missing_file_is_one_line_before_ready(tmp_path: Path) -> None:
+    res = _cli("--source", f"file:{tmp_path / 'nope.wav'}", "--headless")
+    _one_line_error(res, "nope.wav", "not found")
+    assert res.stdout == ""
+
+
+def test_an_absent_sound_card_is_one_line_before_ready() -> None:
+    res = _cli("--source", "mic:NoSuchDevice42", "--headless")
+    _one_line_error(res)
+    # no sound card at all (CI), or one without that name
+    assert "no input sound device" in res.stderr or "NoSuchDevice42" in res.stderr, res.stderr
+
+
+def test_a_bad_spec_and_a_bad_metrics_port_are_one_line() -> None:
+    _one_line_error(_cli("--source", "sim?machinez=3", "--headless"), "machinez", "valid")
+    _one_line_error(_cli("--source", "sim", "--metrics-port", "99999", "--headless"), "99999")
+
+
+def test_a_port_taken_by_another_program_is_one_line_before_ready(free_tcp_port: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", free_tcp_port))
+        s.listen()
+        _one_line_error(_cli("--source", f"zmq+bind://127.0.0.1:{free_tcp_port}", "--headless"),
+                        "Address already in use")
+
+
+def test_a_mistyped_config_section_is_refused_naming_the_valid_ones(tmp_path: Path) -> None:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[decisions]\nwindow_count = 3\n[run]\nsources = ["sim"]\n')
+    _one_line_error(_cli("--config", str(cfg), "--headless"), "[decisions]", "[decision]", "[health]")
+
+
+def test_shipped_configs_are_found_from_any_directory(tmp_path: Path) -> None:
+    from drsn_stream.config import SHIPPED, find_config
+
+    assert find_config("demo") == SHIPPED / "demo.toml" and find_config("configs/demo.toml").is_file()
+    res = _cli("--config", "demo", "--once", "--duration", "1", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "sim/m7" in res.stdout  # configs/demo.toml: 8 machines
+    # the wheel carries them: package data of drsn_stream, next to the code that looks for them
+    pyproject = loads_toml((ROOT / "pyproject.toml").read_text())
+    assert "configs/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["drsn_stream"]
+    assert sorted(p.name for p in SHIPPED.glob("*.toml")) == sorted(p.name for p in (ROOT / "configs").glob("*.toml"))
+
+
+def test_the_package_states_the_licences_of_the_data_it_ships() -> None:
+    pyproject = loads_toml((ROOT / "pyproject.toml").read_text())["project"]
+    assert "LICENSE" in pyproject["license-files"]
+    assert {"MIT", "CC-BY-SA-4.0", "CC-BY-4.0"} <= set(pyproject["license"].replace("AND", " ").split())
+    text = (ROOT / "LICENSE").read_text()
+    for needle in ("MIT License", "CC BY-SA 4.0", "CC BY 4.0", "speech_excerpts.npz", "cwru_excerpts.npz",
+                   "digits-fsdd.pt", "bearing-cwru.pt"):
+        assert needle in text, needle
+    shipped = {p.name for p in (ROOT / "drsn_stream" / "data").glob("*.npz")}
+    assert shipped <= {"speech_excerpts.npz", "cwru_excerpts.npz"}, f"a new excerpt needs its licence: {shipped}"
+
+
+# ------------------------------------------------------------------ stdout for machines
+def test_models_into_a_closed_pipe_exits_0_quietly() -> None:
+    # `drsn-stream models | head -1`: the reader has gone before the command writes
+    r, w = os.pipe()
+    os.close(r)
+    proc = subprocess.run([*CMD, "models"], cwd=ROOT, env=ENV, stdout=w, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    os.close(w)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_jsonl_to_stdout_keeps_stdout_pure_json_lines() -> None:
+    res = _cli("--source", "sim?machines=2", "--headless", "--jsonl", "-", "--duration", "3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    objs = [json.loads(line) for line in res.stdout.splitlines()]  # every line, not just "{..."
+    assert any(o["type"] == "prediction" for o in objs) and objs[-1]["type"] == "stats"
+    assert "ready" in res.stderr and "sim/m0" in res.stderr  # the readable lines went to stderr
+
+
+def test_a_zmq_source_without_data_says_what_it_waits_for(free_tcp_port: int) -> None:
+    res = _cli("--source", f"zmq://127.0.0.1:{free_tcp_port}", "--headless", "--duration", "3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"waiting for publishers on tcp://127.0.0.1:{free_tcp_port}" in res.stdout, res.stdout
+
+
+def test_the_dashboard_shows_what_a_zmq_source_waits_for(free_tcp_port: int) -> None:
+    from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+
+    pipe = Pipeline(RunConfig(sources=(f"zmq://127.0.0.1:{free_tcp_port}",), engine_process=False))
+    pipe.start()
+    try:
+        pipe.wait(duration=1.6)
+        status = pipe.snapshot().header.status
+    finally:
+        pipe.stop()
+    assert f"waiting for publishers on tcp://127.0.0.1:{free_tcp_port}" in status
+
+
+def test_publish_says_what_it_sends_and_its_rate_unless_quiet(free_tcp_port: int) -> None:
+    res = _cli("publish", "--source", "sim?machines=2", "--to", f"tcp://127.0.0.1:{free_tcp_port}",
+               "--duration", "2.6")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("publishing sim?machines=2 as PUB at tcp://127.0.0.1:")
+    rates = [ln for ln in lines if "msg/s" in ln]
+    assert len(rates) >= 2 and all("2 streams" in ln for ln in rates), lines
+    quiet = _cli("publish", "--source", "sim?machines=2", "--to", f"tcp://127.0.0.1:{free_tcp_port}",
+                 "--duration", "1.5", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "", quiet.stdout
+
+
+# ------------------------------------------------------------------ Ctrl-C and SIGTERM
+def _start(*args: str) -> subprocess.Popen:
+    # its own process group, as in a terminal, where Ctrl-C reaches every process of the group
+    return subprocess.Popen([*CMD, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_start_up_ends_it_without_a_traceback(sig: signal.Signals) -> None:
+    for delay in (0.4, 1.5, 3.0):  # importing, loading the model, warming up (on a quiet machine)
+        proc = _start("--source", "sim", "--headless")
+        time.sleep(delay)
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+        if "ready" in err:  # it was already running: a normal stop
+            assert proc.returncode == 0, err[-2000:]
+        else:
+            assert proc.returncode == 128 + sig, (delay, proc.returncode, err[-2000:])
+        assert "Traceback" not in err and "Error" not in err, (delay, err[-3000:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals) -> None:
+    proc = _start("--source", "sim?machines=2", "--headless")
+    try:
+        assert "ready" in proc.stderr.readline()
+        time.sleep(1.0)
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-2000:]
+    assert "windows in" in out and "Traceback" not in err
