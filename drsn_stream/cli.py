@@ -20,7 +20,7 @@ from drsn_stream.errors import DrsnStreamError
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "run": ("drsn_stream.monitor.cli", "add_arguments", "run", "run the live monitor (the default)"),
     "models": ("drsn_stream.models.cli", "add_arguments", "run", "list built-in models and their metadata"),
-    "train": ("drsn_stream.train.cli", "add_train_arguments", "run_train", "train a model from a TOML config"),
+    "train": ("drsn_stream.train.cli", "add_train_arguments", "run_train", "train a model: a CWRU config, or your own recordings (--data DIR)"),
     "eval": ("drsn_stream.train.cli", "add_eval_arguments", "run_eval", "evaluate a model on held-out data with noise"),
     "export": ("drsn_stream.train.cli", "add_export_arguments", "run_export", "export a checkpoint as a TorchScript artifact"),
     "baseline": ("drsn_stream.monitor.baseline_cli", "add_arguments", "run",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ def _wav(path: Path) -> tuple[np.ndarray, float]:
 
     try:
         rate, data = wavfile.read(path)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError, struct.error) as exc:  # struct.error: a header cut short
         raise SourceError(f"{path}: not a readable WAV file ({exc}); convert it with "
                           "sox to 16-bit or float WAV") from exc
     if data.dtype == np.uint8:
@@ -104,7 +105,7 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
     elif suffix == ".npy":
         try:
             x = np.load(path, allow_pickle=False).astype(np.float32)
-        except ValueError as exc:
+        except (ValueError, OSError, EOFError) as exc:
             raise SourceError(f"{path}: not a numeric .npy array ({exc})") from exc
     elif suffix == ".csv":
         x = _csv(path)

@@ -1,6 +1,7 @@
 """The ``train``, ``eval`` and ``export`` subcommands.
 
     drsn-stream train --config configs/bearing-cwru.toml [--data ../shared/data/cwru] [--artifact OUT.pt]
+    drsn-stream train --data DIR|MANIFEST [--labels a,b] [--from bearing-cwru|scratch|PATH.pt] --artifact my.pt
     drsn-stream eval --model bearing-cwru --data ../shared/data/cwru [--noise gaussian,pink] [--snr -5:5] [--json]
     drsn-stream export --checkpoint runs/bearing-cwru/best.pt --out bearing-cwru.pt
     drsn-stream export --triton models/ --model bearing-cwru [--max-batch-size 256] [--gpu]
@@ -23,17 +24,52 @@ from drsn_stream.errors import ArtifactError, ConfigError, DataError, DrsnStream
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, help="training config (configs/<name>.toml)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="training config (configs/<name>.toml) of a CWRU run; without it, --data is your own")
     parser.add_argument(
         "--data",
         type=Path,
         default=None,
-        help="folder of CWRU .mat files (default: $DRSN_DATA or ../shared/data)",
+        help="with --config: folder of CWRU .mat files (default: $DRSN_DATA or ../shared/data); without: "
+        "your recordings, a folder per label or a manifest .csv/.toml (docs/user-data.md)",
     )
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<name>)")
     parser.add_argument("--artifact", type=Path, default=None, help="also write the exported artifact here")
     parser.add_argument("--epochs", type=int, default=None, help="override [train] epochs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_user_data_arguments(parser)
+    own = parser.add_argument_group("your own recordings (without --config; docs/user-data.md)")
+    own.add_argument("--from", dest="base", default=None, metavar="MODEL",
+                     help="start from a built-in model (bearing-cwru, the default) or .pt with a new head, or 'scratch'")
+    own.add_argument("--freeze", type=int, default=0, metavar="N",
+                     help="keep the stem and the first N stages of the base as they are (default 0)")
+    own.add_argument("--split", default="auto", choices=("auto", "recording", "time"),
+                     help="auto (default): by recording for a label with >= 3 recordings, else by time")
+    own.add_argument("--parts", default=None, metavar="SPEC",
+                     help="time parts, default train=0:0.6,val=0.6:0.75,test=0.75:1 (val optional)")
+    own.add_argument("--windows-per-class", type=int, default=256, help="training windows per label and epoch")
+    own.add_argument("--min-windows", type=int, default=8,
+                     help="windows of training signal a label needs, else the run stops before training")
+    own.add_argument("--lr", type=float, default=None, help="learning rate (default 0.01 fine-tuning, 0.1 scratch)")
+    own.add_argument("--no-augment", action="store_true", help="train without added noise")
+    own.add_argument("--name", default=None, help="model name (default: the artifact's file name)")
+    own.add_argument("--seed", type=int, default=0, help="training seed")
+    own.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+
+
+def _add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("reading your recordings")
+    g.add_argument("--labels", default=None, help="comma-separated labels to use, in this order (default: all, sorted)")
+    g.add_argument("--rate", type=float, default=None, help="sample rate (Hz) of CSV/NPY files without one")
+    g.add_argument("--channel", default=None, help="DE|FE|BA for .mat files, a 0-based column for multi-column files")
+    g.add_argument("--on-bad", default="fail", choices=("skip", "fail"),
+                   help="a bad file stops the run (fail, default) or is left out with one line (skip)")
+
+
+def _labels(args: argparse.Namespace) -> list[str] | None:
+    if not getattr(args, "labels", None):
+        return None
+    return [x.strip() for x in args.labels.split(",") if x.strip()]
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -45,6 +81,12 @@ def run_train(args: argparse.Namespace) -> int:
     from drsn_stream.train.run import train_run
 
     console = Console(stderr=True)
+    if args.config is None:
+        return _run_train_user(args, console)
+    if getattr(args, "base", None) is not None:
+        console.print("[red]error:[/red] --config trains on CWRU as the config says; --from trains on your own "
+                      "recordings (give --data DIR|MANIFEST without --config)")
+        return 2
     try:
         cfg = load_config(args.config)
         if args.epochs is not None:
@@ -68,6 +110,41 @@ def run_train(args: argparse.Namespace) -> int:
     out.print(
         f"best epoch {report['best_epoch']}, training {report['train_seconds']:.0f} s; "
         f"artifact {report['artifact']}" + (f", shipped {report['shipped']}" if report["shipped"] else "")
+    )
+    return 0
+
+
+def _run_train_user(args: argparse.Namespace, console: Any) -> int:
+    from drsn_stream.train.finetune import UserRun, train_user
+    from drsn_stream.train.userdata import is_cwru_folder, parse_parts
+
+    try:
+        if args.data is None:
+            raise ConfigError("give --data DIR|MANIFEST (your recordings, docs/user-data.md) "
+                              "or --config configs/<name>.toml (a CWRU run)")
+        if is_cwru_folder(args.data) and not args.data.is_file():
+            raise ConfigError(f"{args.data} is a folder of CWRU .mat files: train on it with --config "
+                              "configs/bearing-cwru.toml, or list the files in a manifest (docs/user-data.md)")
+        run = UserRun(
+            base=args.base or "bearing-cwru", freeze=args.freeze, epochs=args.epochs, lr=args.lr,
+            windows_per_class=args.windows_per_class, seed=args.seed, threads=args.threads,
+            augment=not args.no_augment, split=args.split, parts=parse_parts(args.parts),
+            min_train_windows=args.min_windows, name=args.name or "",
+        )
+        report = train_user(args.data, run, labels=_labels(args), default_rate=args.rate, channel=args.channel,
+                            on_bad=args.on_bad, out_dir=args.out, artifact=args.artifact,
+                            progress=not args.quiet, console=console)
+    except DrsnStreamError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    from rich.console import Console
+
+    out = Console()
+    out.print(_accuracy_table(report["results"], title=f"{report['name']} (from {report['from']}) - held-out test part"))
+    out.print(_confusion_table(report["confusion"], report["labels"]))
+    out.print(
+        f"best epoch {report['best_epoch']}, training {report['train_seconds']:.0f} s; artifact {report['artifact']}"
+        + (f", shipped {report['shipped']}" if report["shipped"] else "")
     )
     return 0
 
@@ -100,6 +177,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=1234, help="noise seed")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    _add_user_data_arguments(parser)
 
 
 def evaluate_artifact(
@@ -110,8 +188,10 @@ def evaluate_artifact(
     snrs: list[float] | None = None,
     split: str | None = None,
     seed: int = 1234,
+    user_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of an artifact on its own held-out split (read from its metadata)."""
+    """Accuracy of an artifact on its own held-out split (read from its metadata), or on your recordings
+    (``--data`` a folder per label or a manifest; ``user_options``: labels, rate, channel, on_bad)."""
     from drsn_stream.dsp.noise import NOISE_KINDS
     from drsn_stream.models import load_artifact
     from drsn_stream.train.cwru import load_set
@@ -119,6 +199,10 @@ def evaluate_artifact(
 
     module, meta = load_artifact(model)
     training = meta.training or {}
+    if _is_user_data(data, training):
+        from drsn_stream.train.finetune import evaluate_user
+
+        return evaluate_user(model, data, kinds=kinds, snrs=snrs, split=split, seed=seed, **(user_options or {}))
     if training.get("dataset") != "cwru" or "split" not in training:
         raise ArtifactError(
             f"{meta.source}: its metadata names no CWRU training split (dataset {training.get('dataset')!r}); "
@@ -168,6 +252,15 @@ def evaluate_artifact(
     }
 
 
+def _is_user_data(data: str | Path | None, training: dict[str, Any]) -> bool:
+    from drsn_stream.train.userdata import is_cwru_folder
+
+    if data is None:
+        return training.get("dataset") == "user"
+    p = Path(data)
+    return p.is_file() or not is_cwru_folder(p)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -178,7 +271,9 @@ def run_eval(args: argparse.Namespace) -> int:
         kinds = [k.strip() for k in args.noise.split(",") if k.strip()]
         snrs = parse_snr_list(args.snr) if args.snr is not None else None
         doc = evaluate_artifact(
-            args.model, data=args.data, kinds=kinds, snrs=snrs, split=args.split, seed=args.seed
+            args.model, data=args.data, kinds=kinds, snrs=snrs, split=args.split, seed=args.seed,
+            user_options={"labels": _labels(args), "default_rate": getattr(args, "rate", None),
+                          "channel": getattr(args, "channel", None), "on_bad": getattr(args, "on_bad", "fail")},
         )
     except DrsnStreamError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -187,9 +282,16 @@ def run_eval(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(doc) + "\n")
         return 0
     out = Console()
-    out.print(
-        _accuracy_table(doc["results"], title=f"{doc['model']} on its {doc['split']} part {doc['part']}")
-    )
+    # a CWRU document names its part by fractions, a user-data one by the recordings it measured
+    user = bool(doc["part"]) and isinstance(doc["part"][0], str)
+    if doc["split"] == "all":
+        title = f"{doc['model']} on every window of {len(doc['part'])} recording(s)"
+    else:
+        part = f"{len(doc['part'])} recording part(s)" if user else str(doc["part"])
+        title = f"{doc['model']} on its {doc['split']} part: {part}"
+    for line in doc.get("skipped", []):
+        err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False)
+    out.print(_accuracy_table(doc["results"], title=title))
     out.print(_confusion_table(doc["confusion"], doc["labels"]))
     return 0
 

@@ -1,0 +1,334 @@
+"""Training on your own recordings: the dataset reader (a folder per label, CSV/TOML manifests), bad
+files, honest splits, and the whole path a plant engineer takes (CWRU recordings converted to WAV and
+CSV at 16 kHz -> `drsn-stream train --from bearing-cwru` -> `drsn-stream --model my.pt --source file:`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import cwru_signal, require_cwru
+from scipy.io import wavfile
+from scipy.signal import resample_poly
+
+from drsn_stream.errors import DataError
+from drsn_stream.train.cli import main as train_main
+from drsn_stream.train.userdata import (
+    check_amounts,
+    load_user_data,
+    parse_parts,
+    split_clips,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+
+
+def _tone(freq: float, seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).normal(0, 0.01, t.size)
+    return (0.5 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+def _csv(path: Path, x: np.ndarray, header: str | None = "accel_g") -> None:
+    lines = ([header] if header else []) + [f"{v:.6f}" if np.ndim(v) == 0 else ",".join(f"{u:.6f}" for u in v)
+                                             for v in x]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _peak_hz(x: np.ndarray, rate: int) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.fft.rfftfreq(x.size, 1 / rate)[spec.argmax()])
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def test_a_folder_per_label_reads_every_format_at_the_models_rate(tmp_path):
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "outer_race" / "march").mkdir(parents=True)
+    wavfile.write(tmp_path / "normal" / "run1.wav", 16000, _tone(1000, 2.0, 16000))
+    _csv(tmp_path / "outer_race" / "run1.csv", _tone(2000, 1.5, 16000))
+    np.save(tmp_path / "outer_race" / "march" / "run2.npy", _tone(2000, 1.0, 16000))
+    data = load_user_data(tmp_path, sample_rate=12000, default_rate=16000)
+    assert data.layout == "folders" and data.labels == ["normal", "outer_race"] and not data.problems
+    by = {c.name: c for c in data.clips}
+    assert set(by) == {"normal/run1.wav", "outer_race/run1.csv", "outer_race/march/run2.npy"}
+    assert by["outer_race/march/run2.npy"].recording == "outer_race/march/run2"
+    wav = by["normal/run1.wav"]
+    assert wav.sample_rate == 12000 and wav.source_rate == 16000 and wav.signal.size == 24000
+    assert abs(_peak_hz(wav.signal, 12000) - 1000) < 2  # resampled, not relabelled: the tone stays at 1 kHz
+    assert abs(_peak_hz(by["outer_race/run1.csv"].signal, 12000) - 2000) < 2
+
+
+def test_a_csv_manifest_takes_rate_channel_start_end_and_recording(tmp_path):
+    two = np.stack([_tone(500, 3.0, 8000), _tone(1500, 3.0, 8000, seed=1)], axis=1)
+    _csv(tmp_path / "logger.csv", two, header="time_ignored,accel")
+    wavfile.write(tmp_path / "ok.wav", 12000, _tone(3000, 2.0, 12000))
+    (tmp_path / "m.csv").write_text(
+        "path,label,rate,channel,start,end,recording\n"
+        "logger.csv,healthy,8000,1,0,1.5,run-a\n"
+        "logger.csv,healthy,8000,1,1.5,3,run-a\n"
+        "ok.wav,fault,,,,,\n"
+    )
+    data = load_user_data(tmp_path / "m.csv", sample_rate=12000)
+    assert data.layout == "manifest" and data.labels == ["fault", "healthy"]
+    first, second, wav = data.clips
+    assert first.name == "logger.csv[0:1.5]" and second.name == "logger.csv[1.5:3]"
+    assert first.recording == second.recording == "run-a"
+    assert first.signal.size == 18000 and abs(_peak_hz(first.signal, 12000) - 1500) < 2  # column 1, 8 -> 12 kHz
+    assert wav.recording == "ok.wav" and wav.source_rate == 12000
+
+
+def test_a_toml_manifest_with_defaults(tmp_path):
+    np.save(tmp_path / "a.npy", _tone(700, 2.0, 16000))
+    np.save(tmp_path / "b.npy", _tone(900, 2.0, 16000))
+    (tmp_path / "m.toml").write_text(
+        'rate = 16000\n[[recording]]\npath = "a.npy"\nlabel = "x"\n[[recording]]\npath = "b.npy"\nlabel = "y"\n'
+    )
+    data = load_user_data(tmp_path / "m.toml", sample_rate=8000)
+    assert [c.label for c in data.clips] == ["x", "y"] and data.clips[0].signal.size == 16000
+
+
+def _bad_folder(root: Path) -> None:
+    (root / "ok").mkdir()
+    (root / "broken").mkdir()
+    wavfile.write(root / "ok" / "good.wav", 12000, _tone(1000, 1.0, 12000))
+    (root / "broken" / "truncated.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt ")
+    (root / "broken" / "words.csv").write_text("a,b\nhello,world\n")
+    nan = _tone(1000, 1.0, 12000)
+    nan[100] = np.nan
+    np.save(root / "broken" / "nan.npy", nan)
+    np.save(root / "broken" / "flat.npy", np.zeros(12000, np.float32))
+    _csv(root / "broken" / "two_columns.csv", np.stack([nan, nan], axis=1)[200:300], header="x,y")
+    (root / "broken" / "notes.txt").write_text("calibrated on monday")
+
+
+def test_bad_files_fail_the_run_with_one_line_each(tmp_path):
+    _bad_folder(tmp_path)
+    with pytest.raises(DataError) as err:
+        load_user_data(tmp_path, sample_rate=12000, default_rate=12000)
+    msg = str(err.value)
+    assert "6 bad file(s)" in msg and "--on-bad skip" in msg
+    lines = msg.splitlines()[1:]
+    assert len(lines) == 6
+    expect = {"truncated.wav": "WAV", "words.csv": "numeric CSV", "nan.npy": "NaN", "flat.npy": "flat",
+              "two_columns.csv": "columns", "notes.txt": "unknown recording type"}
+    for name, what in expect.items():
+        assert any(name in line and what in line for line in lines), (name, lines)
+
+
+def test_bad_files_are_skipped_when_asked_and_a_csv_without_rate_is_named(tmp_path):
+    _bad_folder(tmp_path)
+    _csv(tmp_path / "ok" / "norate.csv", _tone(1000, 1.0, 12000))
+    data = load_user_data(tmp_path, sample_rate=12000, on_bad="skip")
+    assert [c.name for c in data.clips] == ["ok/good.wav"]
+    assert len(data.problems) == 7
+    assert any("norate.csv" in p and "rate" in p for p in data.problems)
+
+
+# ---------------------------------------------------------------------------- splits
+
+
+def _ramp_folder(root: Path, recordings: dict[str, int], seconds: float = 2.0) -> None:
+    """Recordings whose samples are all distinct numbers, so shared samples between parts would show."""
+    start = 0
+    for label, n in recordings.items():
+        (root / label).mkdir()
+        for i in range(n):
+            size = int(seconds * 1000)
+            np.save(root / label / f"r{i}.npy", np.arange(start, start + size, dtype=np.float32))
+            start += size
+
+
+def _values(segs) -> set[float]:
+    return {float(v) for s in segs for v in s.signal}
+
+
+def test_one_recording_per_label_is_split_in_time_without_shared_samples(tmp_path):
+    _ramp_folder(tmp_path, {"a": 1, "b": 1})
+    data = load_user_data(tmp_path, sample_rate=1000, default_rate=1000)
+    split = split_clips(data.clips, data.labels, parts=parse_parts("train=0:0.3,test=0.5:1"))
+    assert split.by == {"a": "time", "b": "time"} and set(split.segments) == {"train", "test"}
+    train, test = _values(split.segments["train"]), _values(split.segments["test"])
+    assert not train & test
+    a_train = next(s for s in split.segments["train"] if s.label == "a")
+    a_test = next(s for s in split.segments["test"] if s.label == "a")
+    assert a_train.signal.size == 600 and a_test.signal.size == 1000 and a_test.signal[0] > a_train.signal[-1]
+    rows = [r for r in split.table if r["label"] == "a"]
+    assert {r["role"]: r["part"] for r in rows} == {"train": [0.0, 0.3], "test": [0.5, 1.0]}
+
+
+def test_several_recordings_are_split_by_recording_and_one_id_stays_together(tmp_path):
+    _ramp_folder(tmp_path, {"a": 5, "b": 4})
+    data = load_user_data(tmp_path, sample_rate=1000, default_rate=1000)
+    split = split_clips(data.clips, data.labels)
+    assert split.by == {"a": "recording", "b": "recording"}
+    roles = {}
+    for r in split.table:
+        assert r["part"] == [0.0, 1.0]
+        assert roles.setdefault(r["file"], r["role"]) == r["role"]
+    for lab in ("a", "b"):
+        got = Counter(r["role"] for r in split.table if r["label"] == lab)
+        assert got["test"] >= 1 and got["val"] >= 1 and got["train"] >= 1
+    assert not _values(split.segments["train"]) & _values(split.segments["test"])
+    # two excerpts of one run (same recording id in a manifest) land in one role
+    rows = ["path,label,rate,start,end,recording"]
+    for i in range(4):
+        rows += [f"a/r{i}.npy,a,1000,0,1,run{i}", f"a/r{i}.npy,a,1000,1,2,run{i}"]
+    rows += [f"b/r{i}.npy,b,1000,,,run-b{i}" for i in range(4)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    data = load_user_data(tmp_path / "m.csv", sample_rate=1000)
+    split = split_clips(data.clips, data.labels, by="recording")
+    per_run: dict[str, set[str]] = {}
+    for r in split.table:
+        per_run.setdefault(r["recording"], set()).add(r["role"])
+    assert all(len(v) == 1 for v in per_run.values()), per_run
+
+
+def test_a_label_with_too_little_data_is_named_before_training(tmp_path):
+    _ramp_folder(tmp_path, {"plenty": 1}, seconds=30.0)
+    _ramp_folder(tmp_path, {"scarce": 1}, seconds=2.0)
+    data = load_user_data(tmp_path, sample_rate=1000, default_rate=1000)
+    split = split_clips(data.clips, data.labels)
+    lines = check_amounts(split, data.labels, window=256, min_train_windows=8)
+    assert len(lines) == 1 and lines[0].startswith("label scarce:") and "needs 8" in lines[0]
+    out = tmp_path / "run"
+    code = train_main(["train", "--data", str(tmp_path), "--rate", "12000", "--from", "scratch", "--out", str(out),
+                       "--quiet"])
+    assert code == 2 and not (out / "last.pt").exists()
+
+
+def test_parts_are_checked():
+    from drsn_stream.errors import ConfigError
+
+    assert parse_parts("train=0:0.3,test=0.5:1") == {"train": (0.0, 0.3), "test": (0.5, 1.0)}
+    for bad in ("train=0:0.6,test=0.5:1", "test=0.5:1", "train=0:0.3,test=0.5:1.2", "train=0-0.3,test=0.5:1"):
+        with pytest.raises(ConfigError):
+            parse_parts(bad)
+
+
+# ---------------------------------------------------------------------------- the whole path
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drsn_stream", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_fine_tuned_on_wav_and_csv_at_16khz_the_model_labels_a_held_out_recording(tmp_path):
+    """A plant engineer's folder: three conditions of another load (3 HP), converted to 16 kHz WAV and
+    CSV; the fine-tuned model then labels the unseen end of one of the recordings through the monitor."""
+    require_cwru()
+    sources = {  # label -> (CWRU file, its rate)
+        "normal": ("normal_0_97.mat", 48000),
+        "inner_race": ("12k_Drive_End_IR021_3_212.mat", 12000),
+        "outer_race": ("12k_Drive_End_OR007@6_3_133.mat", 12000),
+    }
+    data = tmp_path / "data"
+    held = {}
+    for i, (label, (name, rate)) in enumerate(sources.items()):
+        x = cwru_signal(name)
+        x16 = resample_poly(x, 16000, rate).astype(np.float32)
+        cut = int(0.7 * x16.size)
+        held[label] = x16[cut:]
+        (data / label).mkdir(parents=True)
+        if i % 2:
+            _csv(data / label / "run1.csv", x16[:cut])
+        else:
+            wavfile.write(data / label / "run1.wav", 16000, x16[:cut])
+    wavfile.write(tmp_path / "held_inner.wav", 16000, held["inner_race"])
+    my = tmp_path / "my.pt"
+    res = _cli("train", "--data", str(data), "--rate", "16000", "--from", "bearing-cwru", "--artifact", str(my),
+               "--out", str(tmp_path / "run"), "--epochs", "8", "--windows-per-class", "128", "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    assert "held-out test part" in res.stdout
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["labels"] == ["inner_race", "normal", "outer_race"] and report["split_by"]["normal"] == "time"
+    assert report["accuracy"]["clean"] >= 0.9, report["accuracy"]
+    from drsn_stream.models import load_artifact, load_validation
+
+    _, meta = load_artifact(my)
+    seg = meta.training["split"]["segments"]
+    assert {(r["file"], r["role"]) for r in seg} >= {("inner_race/run1.csv", "train"), ("inner_race/run1.csv", "test")}
+    assert meta.training["data"]["source_rates"]["inner_race/run1.csv"] == 16000
+    assert load_validation(my) is not None
+
+    mon = _cli("--model", str(my), "--source", f"file:{tmp_path / 'held_inner.wav'}", "--fast", "--headless",
+               "--jsonl", "-", "--threads", "1")
+    assert mon.returncode == 0, mon.stderr
+    preds = [json.loads(line) for line in mon.stdout.splitlines() if '"prediction"' in line]
+    counts = Counter(p["label"] for p in preds)
+    assert len(preds) > 30 and counts["inner_race"] > 0.8 * len(preds), counts
+
+    ev = _cli("eval", "--model", str(my), "--rate", "16000", "--json")
+    assert ev.returncode == 0, ev.stderr
+    doc = json.loads(ev.stdout)
+    assert doc["split"] == "test" and doc["results"][0]["accuracy"] == pytest.approx(report["accuracy"]["clean"], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------- starting points, eval
+
+
+def test_fine_tuning_starts_from_the_shipped_weights_with_a_new_head_and_frozen_stages():
+    import torch
+
+    from drsn_stream.errors import ConfigError
+    from drsn_stream.models import load_artifact
+    from drsn_stream.train.finetune import UserRun, start_model
+
+    from drsn_stream.models.outputs import network_of
+
+    module, meta = load_artifact("bearing-cwru")
+    base = network_of(module).state_dict()
+    model, layout, origin = start_model(UserRun(freeze=1), ["normal", "pump_cavitation"])
+    assert (layout.sample_rate, layout.window) == (meta.sample_rate, meta.window)
+    assert model.fc.out_features == 2 and origin["model_config"]["num_classes"] == 2
+    assert torch.equal(model.fc.weight[0], base["fc.weight"][meta.labels.index("normal")])
+    assert torch.equal(model.stem.weight, base["stem.weight"]) and not model.stem.weight.requires_grad
+    assert not any(p.requires_grad for p in model.units[3].parameters())  # stage 1 = units 0-3
+    assert all(p.requires_grad for p in model.units[4].parameters())
+    assert origin["frozen"][:2] == ["stem", "units.0"]
+    with pytest.raises(ConfigError, match="freeze"):
+        start_model(UserRun(base="scratch", freeze=1), ["a", "b"])
+    with pytest.raises(ConfigError, match="0..3"):
+        start_model(UserRun(freeze=4), ["a", "b"])
+
+
+def test_eval_measures_the_shipped_model_on_a_folder_of_its_labels(tmp_path, capsys):
+    require_cwru()
+    from drsn_stream.train.cli import main
+
+    for label, name in (("normal", "normal_0_97.mat"), ("inner_007", "12k_Drive_End_IR007_0_105.mat")):
+        x = cwru_signal(name)
+        rate = 48000 if label == "normal" else 12000
+        (tmp_path / label).mkdir()
+        wavfile.write(tmp_path / label / "end.wav", rate, x[int(0.8 * x.size):].astype(np.float32))
+    assert main(["eval", "--model", "bearing-cwru", "--data", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["split"] == "all" and doc["part"] == ["inner_007/end.wav", "normal/end.wav"]
+    assert doc["results"][0]["accuracy"] > 0.95
+    (tmp_path / "cavitation").mkdir()
+    wavfile.write(tmp_path / "cavitation" / "a.wav", 12000, _tone(1000, 1.0, 12000))
+    assert main(["eval", "--model", "bearing-cwru", "--data", str(tmp_path)]) == 2
+    assert "cavitation" in capsys.readouterr().err
+
+
+def test_train_says_which_way_to_go(tmp_path, capsys):
+    assert train_main(["train", "--quiet"]) == 2
+    assert "--data DIR|MANIFEST" in capsys.readouterr().err
+    cfg = ROOT / "configs" / "bearing-cwru.toml"
+    assert train_main(["train", "--config", str(cfg), "--from", "scratch", "--data", str(tmp_path)]) == 2
+    assert "--from trains on your own" in capsys.readouterr().err
+    require_cwru()
+    from helpers import CWRU
+
+    assert train_main(["train", "--data", str(CWRU), "--quiet"]) == 2
+    assert "--config configs/bearing-cwru.toml" in capsys.readouterr().err
