@@ -28,7 +28,7 @@ from drsn_stream.models.outputs import network_of
 from drsn_stream.train.augment import NoiseAugment
 from drsn_stream.train.cwru import RandomWindows
 from drsn_stream.train.evaluate import evaluate, part_windows, summary
-from drsn_stream.train.loop import Recipe, fit
+from drsn_stream.train.loop import Recipe, fit, load_checkpoint
 from drsn_stream.train.userdata import (
     Clip,
     Split,
@@ -172,6 +172,32 @@ def _freeze(model: nn.Module, mc: dict[str, Any], stages: int) -> list[str]:
 # ---------------------------------------------------------------------------- the artifact hook
 
 
+def _features(model: nn.Module, x: np.ndarray, spec: dict[str, Any], batch: int = 256) -> np.ndarray:
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            out.append(model.forward_features(torch.from_numpy(normalize(x[i : i + batch], spec)))[2].numpy())
+    return np.concatenate(out)
+
+
+def _fit_unknown(model: nn.Module, train: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarray, np.ndarray],
+                 labels: list[str], meta: dict[str, Any]) -> None:
+    """Adds ``unknown`` and ``outputs.features`` to ``meta`` where the network has pooled features."""
+    from drsn_stream.models.ood import UnknownDetector
+
+    if not hasattr(model, "forward_features") or len(train[0]) == 0 or len(held[0]) == 0:
+        return
+    spec = meta["normalization"]
+    det = UnknownDetector.fit(_features(model, train[0], spec), train[1], len(labels))
+    # Held windows from the training part itself sit closer to the class means than new data
+    # would: a wider margin keeps in-distribution refusals near the shipped model's rate.
+    margin = 1.0 if meta["training"]["split"].get("segments", {}).get("val") else 1.5
+    det.calibrate(_features(model, held[0], spec), percentile=99.9, margin=margin)
+    det.calibration.update({"data": "the user's training part, clean windows", "tool": "drsn-stream train"})
+    meta["unknown"] = det.to_dict()
+    meta["outputs"] = {**meta.get("outputs", {}), "features": det.features}
+
+
 def finalize_artifact(
     model: nn.Module,
     train: tuple[np.ndarray, np.ndarray],
@@ -181,11 +207,12 @@ def finalize_artifact(
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """What a user-trained artifact carries beside its weights: ``(meta, validation windows)``.
 
-    The one place where a user model gets what a shipped one has. Today: a sample of normalized
+    The one place where a user model gets what a shipped one has: a sample of normalized
     validation windows (clean, Gaussian and pink noise at 0 dB), as ``tools/attach_validation.py``
-    stores for the shipped artifacts (the GPU runner's fp16 check). The "unknown" statistics
+    stores for the shipped artifacts (the GPU runner's fp16 check), and the "unknown" statistics
     (``models/ood.py``: class Gaussians of the pooled features, fitted on ``train``, threshold
-    calibrated on ``held``) belong here too, so a user model refuses to guess as a shipped one does.
+    calibrated on ``held``, as ``tools/fit_unknown.py`` does for the shipped model), so a user
+    model refuses to guess as a shipped one does.
 
     Args:
         model: the trained network, eval mode.
@@ -195,6 +222,7 @@ def finalize_artifact(
     """
     from drsn_stream.dsp.noise import add_noise
 
+    _fit_unknown(model, train, held, labels, meta)
     windows = held[0]
     if len(windows) == 0:
         return meta, None
@@ -364,7 +392,7 @@ def train_user(
     held_xy = part_windows(held_segments, labels, WHOLE, window=layout.window, hop=layout.hop)
     meta, validation = finalize_artifact(model, train_xy, held_xy, labels, meta)
     artifact_path = save_artifact(model, out / f"{name}.pt", meta, validation=validation, probs=True)
-    ck = torch.load(out / "best.pt", weights_only=False)
+    ck = load_checkpoint(out / "best.pt")
     ck["meta"] = meta
     torch.save(ck, out / "best.pt")
     shipped = str(save_artifact(model, artifact, meta, validation=validation, probs=True)) if artifact else None
