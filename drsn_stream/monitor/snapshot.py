@@ -88,6 +88,7 @@ class StreamRow:
         windows: windows classified.
         envelope / envelope_db: the envelope fault type ("outer_race", "inner_race", "ball", "none")
             and its evidence (dB over noise); None / NaN where no envelope evidence is configured.
+        host: the cluster host that classifies the stream ("" on one machine: no host column).
     """
 
     stream_id: str
@@ -108,6 +109,7 @@ class StreamRow:
     windows: int = 0
     envelope: str | None = None
     envelope_db: float = math.nan
+    host: str = ""
 
     @property
     def healthy(self) -> bool:

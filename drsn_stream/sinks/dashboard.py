@@ -219,6 +219,7 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
     """
     wide, narrow = width >= _WIDE, width < _NARROW
     with_env = any(row.envelope is not None for row in rows)
+    with_host = any(row.host for row in rows)  # cluster mode: which host classifies the stream
     cells: list[dict[str, Text]] = []
     for row in rows:
         label_style = LABEL_STYLE[row.level] if row.label != "?" else "dim magenta"
@@ -234,6 +235,8 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
         }
         if with_env:
             c["env"] = _envelope_cell(row)
+        if with_host:
+            c["host"] = Text(row.host, style="dim")
         if not narrow:
             c["top"] = _top3_cell(row, full=wide)
             c["noise"] = Text(f"{row.noise_index:.2f}", style="dim")
@@ -250,6 +253,8 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
         ("label", "label", need("label", "label", 12 if wide else 10), False),
         ("conf", "conf", 10, False),
     ]
+    if with_host:
+        cols.insert(1, ("host", "host", need("host", "host", 12 if wide else 8), False))
     if not narrow:
         cols.append(("top", "top-3" if wide else "2nd", 0, False))  # width decided below
     cols.append(("alarm", "alarm", need("alarm", "alarm"), False))
@@ -327,6 +332,11 @@ def event_line(event: Event) -> Text:
         conf = d.get("confidence")
         if isinstance(conf, (int, float)):
             text.append(f" {conf * 100:.0f}%")
+    elif event.type == "gap":  # cluster mode: a failover or hand-over left the stream unclassified
+        text.append("GAP    ", style="bold yellow")
+        text.append(f"{event.stream_id}  {d.get('seconds', '?')} s not classified")
+        if d.get("previous_host") or d.get("host"):
+            text.append(f" ({d.get('previous_host', '?')} → {d.get('host', '?')})", style="dim")
     elif event.type == "note":
         text.append("NOTE   ", style="dim")
         text.append(f"{event.stream_id}  {d.get('message', '')}")
