@@ -48,8 +48,8 @@ class HostSink:
 
     def write(self, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
-        if kind == "stats":
-            return  # the summary carries the host's statistics
+        if kind == "stats" or (kind == "prediction" and not self.worker.send_results):
+            return  # the summary carries the host's statistics; results only where a feed wants them
         obj = {**obj, "host": self.worker.name}
         sid = obj.get("stream")
         if kind in ("alarm", "health", "note") and isinstance(sid, str) and sid in self.worker.owned:
@@ -83,6 +83,8 @@ class HostWorker:
         checkpoint_dir: a directory shared by every host.
         send: delivers ("results", [objects]) and ("summary", dict) to the aggregator.
         checkpoint_every_s / summary_every_s: periods of the background thread's work.
+        send_results: send every window's result too (for the cluster's JSONL / ZeroMQ feed);
+            events and summaries are sent either way.
     """
 
     def __init__(
@@ -95,8 +97,10 @@ class HostWorker:
         send: Send,
         checkpoint_every_s: float = 2.0,
         summary_every_s: float = 1.0,
+        send_results: bool = True,
     ) -> None:
         self.name = name
+        self.send_results = send_results
         self.store = CheckpointStore(checkpoint_dir)
         self.send = send
         self.checkpoint_every_s = checkpoint_every_s

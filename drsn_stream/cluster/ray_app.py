@@ -130,7 +130,8 @@ def make_actors(ray: Any) -> tuple[Any, Any, Any]:
                 config = dataclasses.replace(config, device="cuda")
             self.name = name
             self.worker = HostWorker(name, config, gateway=cluster.gateway, checkpoint_dir=cluster.checkpoint_dir,
-                                     send=send, checkpoint_every_s=cluster.checkpoint_every_s).start()
+                                     send=send, checkpoint_every_s=cluster.checkpoint_every_s,
+                                     send_results=bool(cluster.jsonl or cluster.publish)).start()
 
         def ping(self) -> dict[str, Any]:
             return {"host": self.name, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
