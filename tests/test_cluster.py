@@ -227,7 +227,7 @@ def test_aggregator_one_view_with_hosts_and_host_labelled_metrics() -> None:
 # ------------------------------------------------------------------------------------ no Ray needed
 def test_single_machine_monitor_never_imports_ray() -> None:
     code = ("import sys, drsn_stream.cli as c, drsn_stream.monitor.pipeline, drsn_stream.cluster.host, "
-            "drsn_stream.cluster.aggregator, drsn_stream.cluster.ray_app\n"
+            "drsn_stream.cluster.aggregator, drsn_stream.cluster.ray_app, drsn_stream.cluster.deploy\n"
             "c.build_parser(); c.build_parser('run'); c.build_parser('cluster')\n"
             "assert 'ray' not in sys.modules, 'ray imported'\nprint('ok')")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

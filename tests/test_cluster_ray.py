@@ -114,7 +114,8 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
     """3 nodes, 24 simulated + 8 replayed CWRU streams: each stream has exactly one host, all 3 hosts
     work, and every window gets the same label as the ordinary monitor gives it in the same run."""
     require_cwru()
-    from drsn_stream.cluster.ray_app import ClusterConfig, start_cluster
+    from drsn_stream.cluster.deploy import start_cluster
+    from drsn_stream.cluster.ray_app import ClusterConfig
     from drsn_stream.monitor.pipeline import Pipeline
     from drsn_stream.sinks.jsonl import JsonlSink
 
@@ -189,7 +190,8 @@ def _alarm_checks(events: list[dict], streams: list[str], acked: set[str]) -> No
 def test_failover_actor_then_node(cluster, tmp_path: Path) -> None:
     """kill -9 a host actor, then remove a whole worker node: the streams resume on the survivors,
     latched alarms and acknowledgements survive, no alarm event is lost or duplicated, gaps show."""
-    from drsn_stream.cluster.ray_app import ClusterConfig, start_cluster
+    from drsn_stream.cluster.deploy import start_cluster
+    from drsn_stream.cluster.ray_app import ClusterConfig
 
     c, workers = cluster
     port = _free_port()

@@ -80,7 +80,8 @@ def _single(port: int, n: int, seconds: float, pipe: Pipeline) -> dict:
 
 
 def cluster(n: int, seconds: float, cfg: RunConfig, hosts: int, ray_cluster, jsonl: bool) -> dict:
-    from drsn_stream.cluster.ray_app import ClusterConfig, start_cluster
+    from drsn_stream.cluster.deploy import start_cluster
+    from drsn_stream.cluster.ray_app import ClusterConfig
 
     port = free_port()
     with tempfile.TemporaryDirectory() as ckpt:

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     gateway = gateway_of(cfg.sources)
     if cfg.engine_process is None:  # a host actor is already a process of its own per node
         cfg = dataclasses.replace(cfg, engine_process=False)
-    from drsn_stream.cluster.ray_app import ClusterConfig, start_cluster
+    from drsn_stream.cluster.deploy import start_cluster
+    from drsn_stream.cluster.ray_app import ClusterConfig
 
     cluster = ClusterConfig(
         gateway=gateway,

@@ -254,7 +254,7 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
         ("conf", "conf", 10, False),
     ]
     if with_host:
-        cols.insert(1, ("host", "host", need("host", "host", 12 if wide else 8), False))
+        cols.insert(1, ("host", "host", need("host", "host", 12 if wide else 10), False))
     if not narrow:
         cols.append(("top", "top-3" if wide else "2nd", 0, False))  # width decided below
     cols.append(("alarm", "alarm", need("alarm", "alarm"), False))
