@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
     from drsn_stream.cluster.deploy import start_cluster
     from drsn_stream.cluster.ray_app import ClusterConfig
     from drsn_stream.monitor.pipeline import Pipeline
+    from drsn_stream.sinks.dashboard import render_once
     from drsn_stream.sinks.jsonl import JsonlSink
 
     c, _ = cluster
@@ -126,7 +128,8 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
     specs = ["sim:bearing?machines=24&seed=5&chunk=512"] + [
         f"file:{CWRU / name}?chunk=512&loop=1&stream=rec/{Path(name).stem}" for name in RECORDINGS]
     cfg = ClusterConfig(gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ckpt"), streams=(*sims, *recs),
-                        discover=False, jsonl=str(tmp_path / "cluster.jsonl"))
+                        discover=False, jsonl=str(tmp_path / "cluster.jsonl"),
+                        metrics_address=f"127.0.0.1:{_free_port()}")
     handle = start_cluster(_run_config(), cfg, address=c.address)
     single = Pipeline(dataclasses_replace(_run_config(), sources=(f"zmq://127.0.0.1:{port}",)),
                       sinks=[JsonlSink(tmp_path / "single.jsonl", flush_every=64)])
@@ -139,6 +142,10 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
         assert pub.wait(timeout=120) == 0
         time.sleep(3.0)
         hosts = handle.hosts()
+        url = handle.ray.get(handle.aggregator.metrics_url.remote())
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            metrics = resp.read().decode()
+        screen = render_once(handle.snapshot(), width=120)
     finally:
         handle.stop()
         single.stop()
@@ -146,6 +153,13 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
     assert len(set(assignment.values())) == 3 and set(assignment.values()) == set(hosts)
     nodes = {info["node"] for info in hosts.values()}
     assert len(nodes) == 3, f"host actors share nodes: {hosts}"
+
+    # one Prometheus endpoint and one dashboard for the cluster, every host in them
+    labelled = {line.split('host="')[1].split('"')[0] for line in metrics.splitlines()
+                if line.startswith("drsn_stream_windows_total{")}
+    assert labelled == set(hosts), labelled
+    assert "drsn_cluster_hosts 3.0" in metrics
+    assert "streams (32)" in screen and all(h in screen for h in hosts)
 
     clus = [o for o in _read(tmp_path / "cluster.jsonl") if o.get("type") == "prediction"]
     ones = [o for o in _read(tmp_path / "single.jsonl") if o.get("type") == "prediction"]
