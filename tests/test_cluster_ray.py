@@ -53,7 +53,7 @@ def test_cluster_in_loopback_namespace() -> None:
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     print(r.stdout[-8000:], r.stderr[-4000:])
     assert r.returncode == 0, f"the cluster tests failed inside the namespace:\n{r.stdout[-8000:]}\n{r.stderr[-3000:]}"
-    assert "2 passed" in r.stdout, r.stdout[-2000:]
+    assert "3 passed" in r.stdout, r.stdout[-2000:]
 
 
 # ---------------------------------------------------------------------------------------- inside
@@ -312,3 +312,23 @@ def _check_state(handle, streams: list[str], acked: set[str]) -> None:
     while bad() and time.time() < end:
         time.sleep(0.25)
     assert not bad(), bad()[:3]
+
+
+@inside
+def test_cluster_command_shows_every_stream_with_its_host(cluster, tmp_path: Path) -> None:
+    """`drsn-stream cluster --address ... --once`: joins the running cluster, discovers the
+    gateway's streams, prints one dashboard with a host column."""
+    c, _ = cluster
+    port = _free_port()
+    pub = _publisher(port, ["sim:bearing?machines=6&seed=2"], 240.0)
+    try:
+        r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--address", c.address, "--source",
+                            f"zmq://127.0.0.1:{port}", "--checkpoint-dir", str(tmp_path / "ck"), "--once",
+                            "--duration", "10"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        pub.kill()
+        pub.wait()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "streams (6)" in r.stdout and " host " in r.stdout, r.stdout
+    hosts = r.stderr.split("host(s) up: ")[1].split(";")[0].split(", ")
+    assert len(hosts) >= 2 and any(h[:8] in r.stdout for h in hosts), (hosts, r.stdout)
