@@ -11,9 +11,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from drsn_stream.errors import ConfigError
+
+TOMLDecodeError = tomllib.TOMLDecodeError
+
+
+def loads_toml(text: str) -> dict[str, Any]:
+    """Parses TOML text (tomllib on 3.11+, tomli on 3.10); raises ``TOMLDecodeError``."""
+    return tomllib.loads(text)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -29,3 +29,7 @@ class WireFormatError(DrsnStreamError):
 
 class DataError(DrsnStreamError):
     """A training or evaluation data set is missing or malformed."""
+
+
+class EngineError(DrsnStreamError):
+    """The inference engine failed (its process died, or kept dying)."""

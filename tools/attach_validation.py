@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.dsp.normalize import normalize  # noqa: E402
-from drsn_stream.engine.bench import eager_from_artifact  # noqa: E402
-from drsn_stream.models import load_artifact, save_artifact  # noqa: E402
-from drsn_stream.train.cwru import load_set  # noqa: E402
-from drsn_stream.train.evaluate import part_windows  # noqa: E402
+from drsn_stream.dsp.normalize import normalize
+from drsn_stream.engine.bench import eager_from_artifact
+from drsn_stream.models import load_artifact, save_artifact
+from drsn_stream.train.cwru import load_set
+from drsn_stream.train.evaluate import part_windows
 
 
 def main(argv: list[str] | None = None) -> int:

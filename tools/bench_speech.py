@@ -17,19 +17,15 @@ emitted minus the word's end).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from drsn_stream.dsp import StreamDSP  # noqa: E402
-from drsn_stream.models import load_artifact  # noqa: E402
-from drsn_stream.sources import make_source  # noqa: E402
-from drsn_stream.speech.detector import WordDetector  # noqa: E402
+from drsn_stream.dsp import StreamDSP
+from drsn_stream.models import load_artifact
+from drsn_stream.sources import make_source
+from drsn_stream.speech.detector import WordDetector
 
 
 def run(model, meta, spec: str) -> dict:

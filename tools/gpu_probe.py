@@ -19,16 +19,13 @@ import copy
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from drsn_stream.engine.bench import eager_from_artifact  # noqa: E402
-from drsn_stream.engine.runner import Runner  # noqa: E402
-from drsn_stream.models.artifact import load_artifact, load_validation, quiet_torchscript  # noqa: E402
+from drsn_stream.engine.bench import eager_from_artifact
+from drsn_stream.engine.runner import Runner
+from drsn_stream.models.artifact import load_artifact, load_validation, quiet_torchscript
 
 
 def emit(**kw) -> None:

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def load(dirs: list[Path]) -> tuple[list[int], dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
     """Seeds, {speaker: (probs (members, n, classes), truth (n,))} from the folders' npz files,

@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from drsn_stream.train.config import parse_config
+from drsn_stream.train.cwru import LABELS_4, LABELS_10
 
-from drsn_stream.train.config import parse_config  # noqa: E402
-from drsn_stream.train.cwru import LABELS_4, LABELS_10  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 NETS = ("convnet_paper", "resnet_paper", "drsn_cs_paper", "drsn_cw_paper")
 NET_NAMES = {

@@ -21,16 +21,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.models import model_config, save_artifact  # noqa: E402
-from drsn_stream.models.ensemble import Ensemble  # noqa: E402
-from drsn_stream.speech import CREDITS, HOP, LABELS, NORMALIZATION, SAMPLE_RATE, WINDOW, dataset, tts  # noqa: E402  # noqa: E402
-from drsn_stream.speech.augment import AugmentConfig  # noqa: E402
-from drsn_stream.speech.train import (  # noqa: E402
+from drsn_stream.config import read_toml
+from drsn_stream.models import model_config, save_artifact
+from drsn_stream.models.ensemble import Ensemble
+from drsn_stream.speech import CREDITS, HOP, LABELS, NORMALIZATION, SAMPLE_RATE, WINDOW, dataset, tts
+from drsn_stream.speech.augment import AugmentConfig
+from drsn_stream.speech.train import (
     TrainConfig,
     accuracy,
     background_check,
@@ -40,16 +37,13 @@ from drsn_stream.speech.train import (  # noqa: E402
     train_model,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 ONE_D = ("drsn_cw_wide", {"stem_kernel": 9, "stem_stride": 4, "dropout": 0.1})
 
 
 def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
-
-
-def load_config(path: Path) -> dict:
-    with path.open("rb") as f:
-        return tomllib.load(f)
 
 
 def train_config(cfg: dict, **changes) -> TrainConfig:
@@ -224,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record_loso:
         return record_loso(args.record_loso)
 
-    cfg = load_config(args.config)
+    cfg = read_toml(args.config)
     if args.threads:
         cfg["train"]["threads"] = args.threads
     data = args.data or dataset.default_data_dir()

@@ -267,8 +267,8 @@ def _view(targets: dict[str, list[float]], scales: np.ndarray, tolerance: float,
             k = np.arange(int(math.floor((c - w * (1 + settings.floor_width)) / df)),
                           int(math.ceil((c + w * (1 + settings.floor_width)) / df)) + 1)
             out = k[(k >= 1) & (k < m // 2) & (np.abs(k * df - c) > w)]
-            # at most _FLOOR_BINS bins, evenly spread: a median of 64 is as good as of 200 here
-            # (neighbouring bins of a Hann-windowed spectrum are correlated anyway) and 3x cheaper
+            # at most _FLOOR_BINS bins, evenly spread: neighbouring bins of a Hann-windowed spectrum
+            # are correlated, so more bins would not make the median better, only slower
             floor.append(out[np.round(np.linspace(0, len(out) - 1, _FLOOR_BINS)).astype(int)]
                          if len(out) > _FLOOR_BINS else out)
     widest = max(r.shape[1] for r in rows)

@@ -30,14 +30,14 @@ except ImportError:  # Windows
     resource = None  # type: ignore[assignment]
 
 from drsn_stream.engine.runner import Pending, infer_in_slices
-from drsn_stream.errors import ArtifactError
+from drsn_stream.errors import ArtifactError, EngineError
 from drsn_stream.runtime import freeze_start_up_objects
 
 READY_TIMEOUT_S = 120.0
 MAX_RESTARTS = 5  # an engine process that keeps dying is a fault to show, not to hide
 
 
-class EngineRestarted(RuntimeError):
+class EngineRestarted(EngineError):
     """The engine process died and a new one took over; the batches in flight are lost."""
 
 
@@ -215,7 +215,7 @@ class ProcessRunner:
         self._inflight.clear()
         self.restarts += 1
         if self.restarts > MAX_RESTARTS:
-            raise RuntimeError(f"the engine process ended (exit code {code}) {self.restarts} times; giving up")
+            raise EngineError(f"the engine process ended (exit code {code}) {self.restarts} times; giving up")
         self.ready.clear()
         self._start_child()
         self.warmup()

@@ -4,7 +4,7 @@ The STFT is a strided convolution with a Hann-windowed DFT basis; the mel filter
 matrix (HTK mel scale, triangular filters). Output: (batch, 1, n_mels, frames) log-mel in dB-like
 units (natural log of power + eps).
 
-Options (all off by default, so models and artifacts without them behave exactly as before):
+Options (all off by default: a model without them computes the plain log-mel above):
 
 - ``cmn``: per-utterance cepstral-style mean normalization of each mel band: every band's mean
   over the window's frames is subtracted and the mean over all bands and frames is added back,

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from drsn_stream.config import TOMLDecodeError, loads_toml
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.snapshot import LatencyHistogram
 from drsn_stream.types import Event, Prediction
@@ -145,16 +146,12 @@ class DecisionConfig:
     @classmethod
     def from_toml(cls, path: str | Path, *, table: str = "decision") -> DecisionConfig:
         """Load the ``[table]`` of a TOML file (the whole file when ``table`` is empty)."""
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = loads_toml(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read decision config {path}: {exc}; check the path") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
         if table:
             if table not in data:

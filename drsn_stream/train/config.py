@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from drsn_stream.config import TOMLDecodeError, loads_toml
 from drsn_stream.errors import ConfigError
 from drsn_stream.train.augment import NoiseAugment
 from drsn_stream.train.cwru import CHANNELS, DEFAULT_SPLIT
@@ -137,7 +136,7 @@ def load_config(path: str | Path) -> RunConfig:
             f"config file {p} not found; see configs/ for examples (e.g. configs/bearing-cwru.toml)"
         )
     try:
-        d = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        d = loads_toml(p.read_text())
+    except TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
     return parse_config(d, where=str(p))
