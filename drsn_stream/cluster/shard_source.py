@@ -1,4 +1,4 @@
-"""``zmq+shard://HOST:PORT``: a SUB source that receives only the streams this host owns.
+"""``zmq+shard://HOST:PORT[?streams=ID,ID]``: a SUB source that receives only the streams this host owns.
 
 The cluster coordinator hands each host its stream ids; the source subscribes to exactly those
 topics (the publisher filters, so a host's network carries only its own streams) and drops the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import zmq
 
@@ -26,8 +27,17 @@ class ShardSource(ZmqSubSource):
     """
 
     kind = "zmq+shard"
+    OPTIONS = {
+        **{k: v for k, v in ZmqSubSource.OPTIONS.items() if k != "topic"},
+        "streams": (str, "", "comma-separated stream ids received from the start (a cluster host is given its "
+                             "own by the coordinator)"),
+    }
 
-    def __init__(self, target: str = "", **options: object) -> None:
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        return {**super().parse_options(raw), "topic": ""}  # the topics are the owned streams
+
+    def __init__(self, target: str = "", **options: Any) -> None:
         super().__init__(target, **options)
         self._lock = threading.Lock()
         self._owned: frozenset[str] = frozenset()
@@ -35,6 +45,7 @@ class ShardSource(ZmqSubSource):
         self._fresh: set[str] = set()  # added, no frame yet
         self.on_first_frame: Callable[[str, Frame], None] | None = None
         self.foreign = 0  # frames of streams not owned (prefix matches, in-flight after a release)
+        self.set_streams(s.strip() for s in self.options["streams"].split(",") if s.strip())
 
     def set_streams(self, streams: Iterable[str]) -> None:
         """Own exactly these streams from now on (frames of others are dropped at once)."""
