@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,21 +31,20 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+from drsn_stream.sinks.jsonl import JsonlSink
 
-from drsn_stream.monitor.pipeline import Pipeline, RunConfig  # noqa: E402
-from drsn_stream.sinks.jsonl import JsonlSink  # noqa: E402
-from tools.bench_pipeline import free_port  # noqa: E402
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _publisher(port: int, n: int, seconds: float) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         [sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to", f"tcp://127.0.0.1:{port}",
-         "--source", f"sim:bearing?machines={n}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds)],
-        env=env,
-    )
+         "--source", f"sim:bearing?machines={n}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds)])
 
 
 def _figures(lat: np.ndarray, elapsed: float) -> dict:
