@@ -239,3 +239,6 @@ def test_cluster_command_needs_one_zmq_gateway() -> None:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "give exactly one --source zmq://HOST:PORT" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--source", "zmq://127.0.0.1:5999",
+                        "--jsonl", "-"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "give a file path" in r.stderr and "Traceback" not in r.stderr

@@ -48,6 +48,9 @@ def gateway_of(sources: tuple[str, ...]) -> str:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     gateway = gateway_of(cfg.sources)
+    if args.jsonl == "-":
+        raise ConfigError("cluster mode writes --jsonl on the head node (the aggregator): give a file path, "
+                          "or --publish tcp://HOST:PORT for a live feed")
     if cfg.engine_process is None:  # a host actor is already a process of its own per node
         cfg = dataclasses.replace(cfg, engine_process=False)
     from drsn_stream.cluster.deploy import start_cluster
