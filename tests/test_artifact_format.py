@@ -20,11 +20,11 @@ from drsn_stream.errors import ArtifactError
 from drsn_stream.models.artifact import (
     META_KEY,
     VALIDATION_KEY,
+    ArtifactMeta,
     builtin_dir,
     list_artifacts,
     load_artifact,
     load_validation,
-    read_meta,
     save_artifact,
 )
 
@@ -162,11 +162,15 @@ def test_first_output_means_what_the_metadata_says(name):
         assert not torch.allclose(first.sum(1), torch.ones(4, dtype=torch.float64), atol=1e-3)
 
 
-def test_shipped_models_today():
-    # what docs/artifact-format.md states for format 1 without an "outputs" member
-    assert read_meta("digits-fsdd").scores == "log_probs"
-    if "outputs" not in shipped_meta("bearing-cwru"):
-        assert read_meta("bearing-cwru").scores == "logits"
+def test_shipped_models_say_probabilities_and_older_files_keep_their_meaning():
+    # docs/artifact-format.md: every shipped model's first output is probabilities ...
+    for name in ("bearing-cwru", "digits-fsdd"):
+        assert shipped_meta(name)["outputs"]["scores"] == "probs"
+    # ... and a format-1 file without "outputs" means what it meant before
+    bare = {k: v for k, v in shipped_meta("digits-fsdd").items() if k != "outputs"}
+    assert ArtifactMeta(**{k: v for k, v in bare.items() if k in ArtifactMeta.__dataclass_fields__}).scores == "log_probs"
+    bare = {k: v for k, v in shipped_meta("bearing-cwru").items() if k != "outputs"}
+    assert ArtifactMeta(**{k: v for k, v in bare.items() if k in ArtifactMeta.__dataclass_fields__}).scores == "logits"
 
 
 @pytest.mark.parametrize("name", SHIPPED)

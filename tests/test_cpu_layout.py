@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine import cpu_layout
 from drsn_stream.engine.runner import Runner
 from drsn_stream.models import create_model
 from drsn_stream.models.artifact import load_artifact, load_validation, quiet_torchscript, script_model
+from drsn_stream.models.outputs import is_wrapped
 from drsn_stream.models.registry import list_models, model_config
+from drsn_stream.sources.sim import load_excerpts
 
 
 def _frozen(module: torch.nn.Module) -> torch.jit.ScriptModule:
@@ -19,8 +22,12 @@ def _frozen(module: torch.nn.Module) -> torch.jit.ScriptModule:
 
 
 def _real_windows(n: int = 256) -> np.ndarray:
-    """Real CWRU windows (the shipped bearing model's held-out validation windows, normalized)."""
-    return np.ascontiguousarray(load_validation("bearing-cwru")[:n], dtype=np.float32)
+    """Real CWRU windows, normalized: the shipped excerpts (held-out part of each recording), an
+    equal share of every class."""
+    excerpts = list(load_excerpts(12000).values())
+    per = -(-n // len(excerpts))
+    wins = [x[s : s + 2048] for x in excerpts for s in np.linspace(0, len(x) - 2048, per).astype(int)]
+    return np.ascontiguousarray(normalize(np.stack(wins[:n]).astype(np.float32), {"kind": "zscore"}))
 
 
 def _trained_like(name: str, seed: int = 0) -> torch.nn.Module:
@@ -41,12 +48,13 @@ def test_the_shipped_bearing_model_gives_the_same_labels_probabilities_and_noise
     x = _real_windows(512)
     fast, why = cpu_layout.convert(module, meta.model_config)
     assert fast is not None, why
+    assert meta.scores == "probs" and is_wrapped(fast)  # the form returns what the artifact returns
     fast = _frozen(fast)
     with torch.inference_mode():
-        logits, noise = module(torch.from_numpy(x))
-        f_logits, f_noise = fast(torch.from_numpy(x))
-    assert torch.equal(logits.argmax(1), f_logits.argmax(1))
-    torch.testing.assert_close(torch.softmax(f_logits, 1), torch.softmax(logits, 1), rtol=0, atol=1e-4)
+        probs, noise = module(torch.from_numpy(x))
+        f_probs, f_noise = fast(torch.from_numpy(x))
+    assert torch.equal(probs.argmax(1), f_probs.argmax(1))
+    torch.testing.assert_close(f_probs, probs, rtol=0, atol=1e-4)
     # the noise index counts exact zeros: a value rounded across its threshold moves it by 1/(L*C)
     torch.testing.assert_close(f_noise, noise, rtol=0, atol=1e-3)
     assert float(noise.mean()) > 0.05  # the units do zero a share of their activations

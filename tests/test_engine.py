@@ -218,7 +218,7 @@ def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
     from drsn_stream.models.artifact import load_artifact, load_validation
 
     module, meta = load_artifact("bearing-cwru")
-    x = load_validation("bearing-cwru")[:300]
+    x = np.concatenate([load_validation("bearing-cwru")] * 5)[:300]
     local = Runner(module, window=meta.window, device="cpu", max_batch=128, threads=1,
                    net_config=meta.model_config, validation=load_validation("bearing-cwru"))
     proc = ProcessRunner("bearing-cwru", window=meta.window, classes=len(meta.labels), max_batch=128)

@@ -14,6 +14,7 @@ from drsn_stream.dsp import StreamDSP
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.errors import ConfigError
 from drsn_stream.models import load_artifact
+from drsn_stream.models.outputs import to_probs
 from drsn_stream.sources import make_source
 from drsn_stream.speech import LABELS
 from drsn_stream.speech.detector import WordDetector
@@ -30,8 +31,8 @@ def digits() -> tuple[torch.jit.ScriptModule, object]:
 
 def _probs(model: torch.jit.ScriptModule, windows: np.ndarray, spec: dict) -> np.ndarray:
     with torch.no_grad():
-        logits, _ = model(torch.from_numpy(normalize(windows, spec)))
-    return torch.softmax(logits, dim=1).numpy()
+        first, _ = model(torch.from_numpy(normalize(windows, spec)))
+    return to_probs(first, load_artifact("digits-fsdd")[1].scores).numpy()
 
 
 def test_artifact_says_what_it_is(digits) -> None:

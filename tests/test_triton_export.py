@@ -300,6 +300,26 @@ def test_scores_become_probabilities_and_extra_outputs_are_ignored(scores, tmp_p
     torch.testing.assert_close(probs.sum(1), torch.ones(len(raw)), rtol=0, atol=1e-5)
 
 
+def test_model_pt_keeps_metadata_it_does_not_know_and_drops_what_it_does_not_return(tmp_path):
+    window = 32
+    torch.manual_seed(0)
+    meta = {"name": "tiny", "model": "tiny", "labels": list("abcde"), "sample_rate": 1000, "window": window,
+            "hop": window, "input": {"kind": "raw"}, "normalization": {"kind": "zscore"},
+            "outputs": {"scores": "logits", "features": 1},  # a third output: pooled features
+            "unknown": {"kind": "class-gaussian", "threshold": 1.0},  # statistics of those features
+            "site_notes": {"line": 3}}  # a member this drsn-stream does not know
+    save_artifact(_Tiny(window, 5, "logits"), tmp_path / "tiny.pt", meta)
+    done = export_triton(tmp_path / "repo", tmp_path / "tiny.pt")
+    with zipfile.ZipFile(done.model) as zf:
+        (entry,) = [n for n in zf.namelist() if n.endswith("/extra/" + META_KEY)]
+        d = json.loads(zf.read(entry))
+    assert d["site_notes"] == {"line": 3}
+    assert d["outputs"] == {"scores": "probs"} and "unknown" not in d
+    assert d["triton"]["dropped"] == ["features", "unknown"] and d["triton"]["scores_inside"] == "logits"
+    _, wmeta = load_artifact(done.model)  # and drsn-stream still reads it
+    assert wmeta.scores == "probs" and wmeta.labels == list("abcde")
+
+
 def test_runner_on_model_pt_gives_the_artifacts_probabilities(repo):
     """drsn-stream's own runner on model.pt (normalization none) agrees with the artifact."""
     raw = _raw_windows(2048)

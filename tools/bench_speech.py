@@ -24,6 +24,7 @@ import torch
 
 from drsn_stream.dsp import StreamDSP
 from drsn_stream.models import load_artifact
+from drsn_stream.models.outputs import to_probs
 from drsn_stream.sources import make_source
 from drsn_stream.speech.detector import WordDetector
 
@@ -46,7 +47,7 @@ def run(model, meta, spec: str) -> dict:
                 c1 = time.process_time()
                 with torch.no_grad():
                     logits, _ = model(torch.from_numpy(w.data[None]))
-                probs = torch.softmax(logits, dim=1)[0].numpy()
+                probs = to_probs(logits, meta.scores)[0].numpy()
                 c2 = time.process_time()
                 for ev in det.update(w.stream_id, w.t_last, probs):
                     ev.data["t_wall"] = time.time()

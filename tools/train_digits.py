@@ -25,6 +25,7 @@ import numpy as np
 from drsn_stream.config import read_toml
 from drsn_stream.models import model_config, save_artifact
 from drsn_stream.models.ensemble import Ensemble
+from drsn_stream.models.outputs import network_of
 from drsn_stream.speech import CREDITS, HOP, LABELS, NORMALIZATION, SAMPLE_RATE, WINDOW, dataset, tts
 from drsn_stream.speech.augment import AugmentConfig
 from drsn_stream.speech.train import (
@@ -161,7 +162,7 @@ def reusable_members(paths: list[Path], tc: TrainConfig) -> dict[int, tuple[obje
             sys.exit(f"{path}: trained with another recipe than {tc.model} as configured here; "
                      "--members-from takes artifacts of this very config (seed aside)")
         model = build_from_config(meta.model_config)
-        model.load_state_dict(module.state_dict())
+        model.load_state_dict(network_of(module).state_dict())
         nets = list(model.members) if isinstance(model, Ensemble) else [model]
         for seed, net_module in zip(meta.training["seeds"], nets):
             out[int(seed)] = (net_module.eval(), path)
@@ -175,7 +176,7 @@ def record_loso(paths: list[Path]) -> int:
     dest = ROOT / "drsn_stream" / "artifacts" / "digits-fsdd.pt"
     module, meta = load_artifact(dest)
     model = build_from_config(meta.model_config)
-    model.load_state_dict(module.state_dict())
+    model.load_state_dict(network_of(module).state_dict())
     per = {}
     epochs = set()
     for p in paths:
@@ -189,7 +190,7 @@ def record_loso(paths: list[Path]) -> int:
         f"same recipe with {'/'.join(str(e) for e in sorted(epochs))} epochs instead of {meta.training['recipe']['epochs']}"
     )
     d.pop("created", None)
-    save_artifact(model, dest, d)
+    save_artifact(model, dest, d, probs=meta.scores == "probs")
     log(f"recorded LOSO {d['accuracy']['loso_pct']} in {dest}")
     return 0
 
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = {"fsdd_train": len(train), "tts_digits": len(tts_digits), "tts_other_words": len(tts_others),
               "tts_train_voices": int(cfg["tts"]["train_voices"])}
     meta = meta_for(tc, model, res, counts, cfg, args.config, seeds=member_seeds)
-    path = save_artifact(model, out_dir / "digits-fsdd.pt", meta)
+    path = save_artifact(model, out_dir / "digits-fsdd.pt", meta, probs=True)
     (out_dir / "results.json").write_text(json.dumps(res, indent=1))
     log(f"wrote {path}")
     if args.install:

@@ -21,6 +21,7 @@ import torch
 
 from drsn_stream.engine.runner import Runner, cpu_threads_for_inference, pick_device
 from drsn_stream.models.artifact import load_artifact, load_validation
+from drsn_stream.models.outputs import Probabilities, is_wrapped, to_probs
 from drsn_stream.models.registry import build_from_config
 
 DEFAULT_SIZES = (1, 4, 16, 64, 256, 1024)
@@ -55,10 +56,13 @@ def _timeit(fn, seconds: float, sync) -> tuple[float, int]:
 
 
 def eager_from_artifact(module: torch.jit.ScriptModule, meta) -> torch.nn.Module:
-    """Rebuilds the eager PyTorch network of an artifact (for the naive baseline)."""
+    """Rebuilds the eager PyTorch model of an artifact: its network, inside the ``Probabilities``
+    wrapper when the artifact has one, so the eager model returns what the artifact returns."""
     if not meta.model_config:
         raise ValueError(f"{meta.name}: artifact carries no model_config; cannot rebuild the eager model")
     eager = build_from_config(meta.model_config)
+    if is_wrapped(module):
+        eager = Probabilities(eager)
     eager.load_state_dict(module.state_dict())
     return eager.eval()
 
@@ -94,7 +98,7 @@ def run_bench(
         with torch.no_grad():
             for i in range(k):
                 logits, _ = eager(torch.from_numpy(data[i : i + 1]).to(dev))
-                torch.softmax(logits, 1).cpu().numpy()
+                to_probs(logits, meta.scores).cpu().numpy()
 
     dt, reps = _timeit(naive, seconds, sync)
     naive_wps = k * reps / dt
@@ -102,12 +106,13 @@ def run_bench(
     runner = Runner(
         module, window=n, device=dev, max_batch=max_b, batch_sizes=list(batch_sizes), threads=threads,
         validation=load_validation(model), lanes=lanes, net_config=meta.model_config, cpu_layout=cpu_layout,
+        scores=meta.scores,
     )
     t0 = time.perf_counter()
     runner.warmup()
     warmup_s = time.perf_counter() - t0
     plain = module.eval() if dev.type == "cpu" else copy.deepcopy(module).to(dev).eval()
-    graph16 = _graph_fp16(module, dev, n) if dev.type == "cuda" else None
+    graph16 = _graph_fp16(module, dev, n, meta.scores) if dev.type == "cuda" else None
 
     rows = []
     for b in batch_sizes:
@@ -132,7 +137,7 @@ def run_bench(
         def ts(xt=xt) -> None:
             with torch.no_grad():
                 logits, noise = plain(xt.to(dev))
-                torch.softmax(logits, 1).cpu().numpy()
+                to_probs(logits, meta.scores).cpu().numpy()
                 noise.cpu().numpy()
 
         dt, reps = _timeit(ts, seconds, sync)
@@ -169,7 +174,7 @@ def run_bench(
     }
 
 
-def _graph_fp16(module: torch.jit.ScriptModule, dev: torch.device, n: int):
+def _graph_fp16(module: torch.jit.ScriptModule, dev: torch.device, n: int, scores: str = "logits"):
     """A hand-made CUDA graph of the fp16 model per batch size (the GPU baseline)."""
     half = copy.deepcopy(module).to(dev).half().eval()
     cache: dict[int, Any] = {}
@@ -187,7 +192,7 @@ def _graph_fp16(module: torch.jit.ScriptModule, dev: torch.device, n: int):
         g = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(g):
             logits, noise = half(static)
-            probs = torch.softmax(logits.float(), 1)
+            probs = to_probs(logits, scores)
         host = torch.empty(b, n, pin_memory=True)
 
         def call(x: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drsn_stream.models.layers import SHRINK_CS, SHRINK_CW, SHRINK_NONE
+from drsn_stream.models.outputs import Probabilities, is_wrapped, network_of, to_probs
 from drsn_stream.models.registry import build_from_config
 
 # Elementwise ops see rows of this many values (k * channels); 64 floats fill four AVX-512 vectors.
@@ -189,7 +190,8 @@ class ChannelsLastDRSN(nn.Module):
 
 
 def convert(module: torch.jit.ScriptModule | nn.Module, model_config: dict[str, Any] | None) -> tuple[nn.Module | None, str]:
-    """The channels-last form of an artifact's network, or (None, why not).
+    """The channels-last form of an artifact's network, or (None, why not). Inside a
+    ``Probabilities`` wrapper when the artifact's module is one, so both return the same kind.
 
     Args:
         module: the artifact's module (TorchScript or eager) holding the weights.
@@ -207,22 +209,24 @@ def convert(module: torch.jit.ScriptModule | nn.Module, model_config: dict[str, 
         return None, f"unknown shrink {model_config.get('shrink')!r}"
     net = build_from_config(model_config)
     try:
-        net.load_state_dict(module.state_dict())
-    except (RuntimeError, KeyError) as exc:
+        net.load_state_dict(network_of(module).state_dict())
+    except (RuntimeError, KeyError, AttributeError) as exc:
         return None, f"weights do not match the model_config ({str(exc).splitlines()[0]})"
     with torch.no_grad():
-        return ChannelsLastDRSN(net.eval()).eval(), ""
+        fast: nn.Module = ChannelsLastDRSN(net.eval()).eval()
+    return (Probabilities(fast).eval() if is_wrapped(module) else fast), ""
 
 
-def compare(ref: Any, other: Any, x: np.ndarray, batch: int = 256) -> tuple[float, float, float]:
-    """(label agreement, largest |probability difference|, largest |noise-index difference|)."""
+def compare(ref: Any, other: Any, x: np.ndarray, batch: int = 256, scores: str = "logits") -> tuple[float, float, float]:
+    """(label agreement, largest |probability difference|, largest |noise-index difference|);
+    ``scores``: what both modules' first output holds (``ArtifactMeta.scores``)."""
     same, dp, dn = 0, 0.0, 0.0
     with torch.inference_mode():
         for i in range(0, len(x), batch):
             xt = torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32))
             la, na = ref(xt)
             lb, nb = other(xt)
-            pa, pb = torch.softmax(la, 1), torch.softmax(lb, 1)
+            pa, pb = to_probs(la, scores), to_probs(lb, scores)
             same += int((pa.argmax(1) == pb.argmax(1)).sum())
             dp = max(dp, float((pa - pb).abs().max()))
             dn = max(dn, float((na - nb).abs().max()))

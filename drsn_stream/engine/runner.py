@@ -24,6 +24,7 @@ import torch
 
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.artifact import quiet_torchscript
+from drsn_stream.models.outputs import is_wrapped, to_probs
 
 FP16_MIN_AGREEMENT = 0.999
 # On the CPU a batch is run in slices of at most this many windows: beyond it the activations of
@@ -136,11 +137,11 @@ class Runner:
         lanes: int = 2,
         net_config: dict[str, Any] | None = None,
         cpu_layout: str = "auto",
-        scores: str = "logits",
+        scores: str | None = None,
     ) -> None:
         """
         Args:
-            module: the artifact's TorchScript module (eval mode), forward (b, n) -> (logits, noise).
+            module: the artifact's TorchScript module (eval mode), forward (b, n) -> (scores, noise).
             window: samples per window (n).
             device: "auto", "cpu", "cuda[:N]" or a torch.device.
             max_batch: largest batch.
@@ -155,8 +156,9 @@ class Runner:
             cpu_layout: "auto" (use the channels-last form where converted and verified) or "off".
             scores: what the module's first output holds (``ArtifactMeta.scores``): "logits" or
                 "log_probs" (a softmax gives the probabilities) or "probs" (used as they are).
+                None: "probs" for a module in the ``Probabilities`` wrapper, else "logits".
         """
-        self.scores = scores
+        self.scores = scores if scores is not None else ("probs" if is_wrapped(module) else "logits")
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.window = window
         self.max_batch = max_batch
@@ -226,7 +228,7 @@ class Runner:
             x = np.asarray(validation[: cl.CHECK_WINDOWS], dtype=np.float32)
         else:
             x = np.random.default_rng(0).standard_normal((cl.CHECK_WINDOWS // 2, self.window)).astype(np.float32)
-        agree, dp, dn = cl.compare(self.module, fast, x)
+        agree, dp, dn = cl.compare(self.module, fast, x, scores=self.scores)
         self.layout_check = (agree, dp, dn)
         if agree >= cl.MIN_AGREEMENT and dp <= cl.MAX_PROB_DIFF and dn <= cl.MAX_NOISE_DIFF:
             self.module, self.channels_last = fast, True
@@ -300,9 +302,7 @@ class Runner:
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores, noise = self.module(x)
-        if self.scores == "probs":
-            return scores.float(), noise.float()
-        return torch.softmax(scores.float(), dim=1), noise.float()
+        return to_probs(scores, self.scores), noise.float()
 
     def _forward_packed(self, x: torch.Tensor) -> torch.Tensor:
         probs, noise = self._forward(x)

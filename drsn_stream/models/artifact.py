@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from drsn_stream.errors import ArtifactError
+from drsn_stream.models.outputs import Probabilities, is_wrapped
 
 META_KEY = "drsn_stream/metadata.json"
 VALIDATION_KEY = "drsn_stream/validation.npz"
@@ -105,17 +106,25 @@ def save_artifact(
     meta: ArtifactMeta | dict[str, Any],
     *,
     validation: np.ndarray | None = None,
+    probs: bool = False,
 ) -> Path:
     """Scripts ``model`` (in eval mode) and writes it with its metadata to ``path``.
 
     ``validation``: optional (m, window) normalized windows from the validation split; the GPU
     runner checks fp16 against fp32 on them before it uses half precision. Stored as float16.
+    ``probs``: wrap the network (logits or log-probabilities out) in ``Probabilities``, so the
+    first output is probabilities. A wrapped model is always saved with ``outputs.scores`` =
+    ``probs``, so the file cannot say otherwise.
     Returns the path written. Raises ArtifactError if the metadata is incomplete.
     """
     if isinstance(meta, ArtifactMeta):
         d = meta.to_dict()
     else:
         d = dict(meta)
+    if probs and not is_wrapped(model):
+        model = Probabilities(model)
+    if is_wrapped(model):
+        d["outputs"] = {**(d.get("outputs") or {}), "scores": "probs"}
     d.setdefault("format", FORMAT)
     d.setdefault("format_version", FORMAT_VERSION)
     d["torch_version"] = torch.__version__
@@ -200,7 +209,20 @@ def read_meta(path_or_name: str | Path) -> ArtifactMeta:
     return _meta_from_zip(path)
 
 
+def read_meta_dict(path_or_name: str | Path) -> dict[str, Any]:
+    """The metadata JSON as stored, validated, with every member (also ones ``ArtifactMeta`` does
+    not know): for code that rewrites an artifact and must keep what newer writers added."""
+    path = resolve_artifact(path_or_name)
+    d = json.loads(_raw_meta(path))
+    _validate(d, str(path))
+    return d
+
+
 def _meta_from_zip(path: Path) -> ArtifactMeta:
+    return _meta_from_json(_raw_meta(path), path)
+
+
+def _raw_meta(path: Path) -> bytes:
     try:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith("/extra/" + META_KEY)]
@@ -215,7 +237,7 @@ def _meta_from_zip(path: Path) -> ArtifactMeta:
         ) from None
     except (OSError, zipfile.LargeZipFile, RuntimeError) as exc:
         raise ArtifactError(f"{path}: cannot read the archive ({exc}); re-export or re-copy it") from None
-    return _meta_from_json(raw, path)
+    return raw
 
 
 def _meta_from_json(raw: bytes | str, path: Path) -> ArtifactMeta:

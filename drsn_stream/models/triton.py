@@ -30,7 +30,14 @@ from torch import Tensor, nn
 
 from drsn_stream.dsp.normalize import KINDS, RMS_FLOOR, ZSCORE_EPS
 from drsn_stream.errors import ArtifactError, ConfigError
-from drsn_stream.models.artifact import META_KEY, SCORE_KINDS, ArtifactMeta, load_artifact, quiet_torchscript
+from drsn_stream.models.artifact import (
+    META_KEY,
+    SCORE_KINDS,
+    ArtifactMeta,
+    load_artifact,
+    quiet_torchscript,
+    read_meta_dict,
+)
 
 VERSION = "1"  # the model version folder Triton serves
 LABEL_FILE = "labels.txt"
@@ -206,12 +213,23 @@ def wrap_artifact(model_or_path: str | Path) -> tuple[torch.jit.ScriptModule, Ar
     return scripted, meta
 
 
-def wrapper_meta(meta: ArtifactMeta) -> dict[str, Any]:
-    """The metadata model.pt carries: the artifact's, with what the wrapper now does itself."""
-    d = meta.to_dict()
+# Metadata members whose statistics are of outputs the wrapper does not return (pooled features).
+_OF_DROPPED_OUTPUTS = ("unknown",)
+
+
+def wrapper_meta(meta: ArtifactMeta, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata model.pt carries: the artifact's (``stored``: as stored, with members this
+    drsn-stream does not know), with what the wrapper now does itself. The wrapper returns the
+    first two outputs only, so other ``outputs`` members and what depends on them are dropped."""
+    d = dict(stored) if stored is not None else meta.to_dict()
+    dropped = sorted(k for k in (d.get("outputs") or {}) if k != "scores")
     d["normalization"] = {"kind": "none"}
     d["outputs"] = {"scores": "probs"}
     d["triton"] = {"wraps": meta.name, "normalization_inside": meta.normalization, "scores_inside": meta.scores}
+    if dropped:
+        d["triton"]["dropped"] = dropped + [k for k in _OF_DROPPED_OUTPUTS if k in d]
+        for k in _OF_DROPPED_OUTPUTS:
+            d.pop(k, None)
     d["torch_version"] = torch.__version__
     return d
 
@@ -250,7 +268,7 @@ def export_triton(
         pt = version_dir / "model.pt"
         tmp = version_dir / "model.pt.tmp"
         with quiet_torchscript():
-            torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(wrapper_meta(meta), indent=1)})
+            torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(wrapper_meta(meta, read_meta_dict(model)), indent=1)})
         os.replace(tmp, pt)
         labels = model_dir / LABEL_FILE
         _write(labels, ("\n".join(meta.labels) + "\n").encode())

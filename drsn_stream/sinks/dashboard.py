@@ -25,6 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -41,8 +42,6 @@ LEVEL_STYLE = {"NORMAL": "green", "ALERT": "bold yellow", "DANGER": "bold white 
 LABEL_STYLE = {"NORMAL": "green", "ALERT": "yellow", "DANGER": "bold red"}
 _SPARK = "▁▂▃▄▅▆▇█"
 _BAR = " ▏▎▍▌▋▊▉█"
-_WIDE = 130  # from this width on, every column shows in full
-_NARROW = 90  # below it, the less important columns go
 _EVENT_LINES = 6
 
 HELP = (
@@ -53,12 +52,13 @@ HELP = (
     ("b, PgUp", "previous page"),
     ("?", "show / hide this help"),
 )
-LEGEND = (
+LEGEND = (  # each line fits an 80-column terminal's help panel without wrapping
     "alarm: NORMAL / ALERT / DANGER and how long; * = latched, waiting for 'a'",
     "label ?: the sensor needs checking, so no condition is claimed",
-    "noise: share of activations the DRSN shrinkage zeroed (higher = noisier input)",
-    "input: recent input level (RMS); lat: capture-to-label latency p50/p99 in ms",
-    "env: bearing fault type from the envelope spectrum, dB over noise; ✓ = agrees with the label",
+    "noise 0-1: share of activations the DRSN zeroed (higher: noisier input)",
+    "input RMS: recent input level; drops: windows dropped and frames lost",
+    "lat p50/p99 ms: capture-to-label latency, median / 99th percentile",
+    "envelope dB: fault type from the envelope spectrum; ✓ agrees with the label",
 )
 
 
@@ -112,41 +112,89 @@ def _num(x: float | None, fmt: str, unit: str = "") -> str:
 # -- widgets (pure functions of the snapshot) ------------------------------------------------
 
 
-def header(snapshot: Snapshot, *, paused: bool = False) -> Text:
-    """Two lines: model, device, readiness; sources and counts per level."""
+@dataclass(frozen=True)
+class Part:
+    """A piece of a header or footer line: kept whole or left out, never cut.
+
+    ``rank`` 0 is always kept; higher ranks take their ``short`` form first, then go, the highest
+    first, until the line fits.
+    """
+
+    text: Text
+    rank: int = 0
+    short: Text | None = None
+
+
+def _part(text: str, rank: int = 0, style: str = "", short: str | None = None) -> Part:
+    return Part(Text(text, style=style), rank, Text(short, style=style) if short is not None else None)
+
+
+def fit_parts(parts: Sequence[Part], width: int) -> Text:
+    """One line of whole parts in ``width`` cells (see ``Part``)."""
+    chosen: list[Text | None] = [p.text for p in parts]
+
+    def length() -> int:
+        return sum(t.cell_len for t in chosen if t is not None)
+
+    order = sorted(range(len(parts)), key=lambda i: -parts[i].rank)
+    for i in order:
+        if length() <= width:
+            break
+        if parts[i].rank > 0 and parts[i].short is not None:
+            chosen[i] = parts[i].short
+    for i in order:
+        if length() <= width:
+            break
+        if parts[i].rank > 0:
+            chosen[i] = None
+    for i in reversed(order):  # a part left out may fit again in the room a later one left
+        for form in (parts[i].text, parts[i].short):
+            if chosen[i] is None and form is not None and length() + form.cell_len <= width:
+                chosen[i] = form
+    line = Text(no_wrap=True, overflow="ellipsis")
+    for t in chosen:
+        if t is not None:
+            line.append_text(t)
+    return line
+
+
+def header(snapshot: Snapshot, *, paused: bool = False, width: int = 100) -> Text:
+    """Two lines: model, device, readiness; sources and counts per level. Parts that do not fit
+    ``width`` are abbreviated or left out whole, the least important first."""
     h = snapshot.header
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(" drsn-stream ", style="bold reverse")
-    text.append(" ")
+    first = [_part(" drsn-stream ", style="bold reverse"), _part(" ")]
     # Readiness and pause come first: they must survive a narrow terminal.
     if h.ready:
-        text.append(" READY ", style="bold black on green")
+        first.append(_part(" READY ", style="bold black on green"))
     else:
-        text.append(" WARMING UP ", style="bold black on yellow")
+        first.append(_part(" WARMING UP ", style="bold black on yellow"))
     if paused:
-        text.append(" ")
-        text.append(" PAUSED (p resumes) ", style="bold black on cyan")
+        first += [_part(" "), _part(" PAUSED (p resumes) ", style="bold black on cyan")]
     if h.status:
-        text.append(f" {h.status}", style="dim")
-    text.append(f" {h.model or 'no model'}", style="bold")
+        first.append(_part(f" {h.status}", 1, "dim"))
+    first.append(_part(f" {h.model or 'no model'}", style="bold"))
     if h.labels:
-        text.append(f" · {len(h.labels)} labels")
+        first.append(_part(f" · {len(h.labels)} labels", 5))
     if h.sample_rate:
-        text.append(f" · {h.sample_rate:g} Hz · window/hop {h.window}/{h.hop}")
+        khz = f"{h.sample_rate / 1000:g} kHz"
+        first.append(_part(f" · {h.sample_rate:g} Hz", 3, short=f" · {khz}"))
+        first.append(_part(f" · window/hop {h.window}/{h.hop}", 4, short=f" · win/hop {h.window}/{h.hop}"))
     if h.device:
-        text.append(f" · {h.device}", style="cyan")
-    text.append("\n")
+        first.append(_part(f" · {h.device}", 2, "cyan"))
     counts = snapshot.level_counts()
-    text.append(f" {len(snapshot.rows)} stream{'s' if len(snapshot.rows) != 1 else ''}: ")
+    n = len(snapshot.rows)
+    second = [_part(f" {n} stream{'s' if n != 1 else ''}: ")]
     for name in ("DANGER", "ALERT", "NORMAL"):
-        style = LABEL_STYLE[name] if counts[name] else "dim"
-        text.append(f"{counts[name]} {name}", style=style)
-        text.append(" · ")
-    text.append(
-        f"{counts['CHECK_SENSOR']} CHECK SENSOR", style="magenta" if counts["CHECK_SENSOR"] else "dim"
-    )
+        second.append(_part(f"{counts[name]} {name}", style=LABEL_STYLE[name] if counts[name] else "dim"))
+        second.append(_part(" · "))
+    second.append(_part(f"{counts['CHECK_SENSOR']} CHECK SENSOR",
+                        style="magenta" if counts["CHECK_SENSOR"] else "dim"))
     if h.sources:
-        text.append(f"   sources: {', '.join(h.sources)}", style="dim")
+        more = f" +{len(h.sources) - 1}" if len(h.sources) > 1 else ""
+        second.append(_part(f"   sources: {', '.join(h.sources)}", 1, "dim", short=f"   {h.sources[0]}{more}"))
+    text = fit_parts(first, width)
+    text.append("\n")
+    text.append_text(fit_parts(second, width))
     return text
 
 
@@ -169,7 +217,7 @@ _SHORT_REASON = {
 }
 
 
-def _health_cell(row: StreamRow, *, full: bool) -> Text:
+def _health_cell(row: StreamRow, *, full: bool = False) -> Text:
     if row.healthy:
         return Text("OK", style="green")
     reasons = row.health_reasons if full else [_SHORT_REASON.get(r, r) for r in row.health_reasons]
@@ -198,6 +246,16 @@ def _top3_cell(row: StreamRow, *, full: bool) -> Text:
     return Text(" ".join(f"{lab} {p * 100:.0f}%" for lab, p in items), style="dim")
 
 
+def _conf_cell(row: StreamRow, *, full: bool) -> Text:
+    text = Text(bar(row.confidence) + " ", style=LABEL_STYLE[row.level]) if full else Text()
+    text.append(f"{row.confidence * 100:3.0f}%")
+    return text
+
+
+def _label_cell(row: StreamRow, *, full: bool) -> Text:
+    return Text(row.label, style=LABEL_STYLE[row.level] if row.label != "?" else "dim magenta")
+
+
 def _fit(text: Text, width: int, *, right: bool = False) -> Text:
     """``text`` cut (with an ellipsis) or padded to exactly ``width`` cells."""
     if text.cell_len > width:
@@ -211,91 +269,133 @@ def _fit(text: Text, width: int, *, right: bool = False) -> Text:
     return text
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of the stream table, in two forms: compact (narrow terminals) and full.
+
+    ``heading`` / ``short`` name the column with its unit; ``cell(row, full=...)`` formats one
+    row; the column is at most ``cap`` cells wide compact and ``full_cap`` full (0: as wide as its
+    widest cell). ``shown(rows)`` hides a column that has nothing to show (e.g. no envelope stage).
+    """
+
+    key: str
+    heading: str
+    short: str
+    cell: Callable[..., Text]
+    cap: int = 0
+    full_cap: int = 0
+    right: bool = False
+    shown: Callable[[Sequence[StreamRow]], bool] | None = None
+    abbreviates: bool = False  # the cells differ between the forms (else only the heading and cap)
+
+
+# Display order, left to right. A new column (e.g. an anomaly score) is one entry here and one in
+# COLUMN_PRIORITY.
+COLUMNS: tuple[Column, ...] = (
+    Column("stream", "stream", "stream", lambda r, full: Text(r.stream_id), cap=12, full_cap=18),
+    Column("host", "host", "host", lambda r, full: Text(r.host, style="dim"), cap=10, full_cap=16,
+           shown=lambda rows: any(r.host for r in rows)),  # cluster mode: the host classifying the stream
+    Column("label", "label", "label", _label_cell, cap=10, full_cap=12),
+    Column("conf", "conf %", "conf %", _conf_cell, abbreviates=True),
+    Column("top", "top-3 %", "2nd %", _top3_cell, cap=13, full_cap=40, abbreviates=True),
+    Column("alarm", "alarm, held for", "alarm held", lambda r, full: _alarm_cell(r)),
+    Column("env", "envelope dB", "env dB", lambda r, full: _envelope_cell(r), cap=16, full_cap=16,
+           shown=lambda rows: any(r.envelope is not None for r in rows)),
+    Column("noise", "noise 0-1", "noise", lambda r, full: Text(f"{r.noise_index:.2f}", style="dim"), right=True),
+    Column("input", "input RMS", "input", lambda r, full: Text(sparkline(r.levels, 8 if full else 6), style="cyan"),
+           abbreviates=True),
+    Column("health", "sensor health", "health", _health_cell, cap=13, full_cap=24, abbreviates=True),
+    Column("lat", "lat p50/p99 ms", "p50/p99 ms", lambda r, full: Text(f"{_ms(r.latency_p50_ms)}/{_ms(r.latency_p99_ms)}"),
+           right=True),
+    Column("drops", "drops", "drops", lambda r, full: Text(str(r.drops), style="red" if r.drops else "dim"),
+           right=True),
+)
+# What stays when the terminal is narrow, most important first: the first ALWAYS_SHOWN are shown
+# for every stream at any width; the others join, compact, in this order up to the first that does
+# not fit; then columns take their full form (wider heading, confidence bar, all three labels, full
+# health reasons) in the same order while the room lasts.
+COLUMN_PRIORITY: tuple[str, ...] = ("stream", "label", "conf", "alarm", "health", "lat",
+                                    "drops", "host", "env", "noise", "top", "input")
+ALWAYS_SHOWN = 6
+
+
+def table_layout(rows: Sequence[StreamRow], width: int,
+                 cells: dict[tuple[str, bool], list[Text]] | None = None) -> list[tuple[Column, bool, int]]:
+    """``[(column, full form?, width)]`` in display order for ``rows`` in ``width`` cells.
+
+    ``cells``: filled with the formatted cells it measured, ``{(key, full): [Text per row]}``.
+    """
+    cells = {} if cells is None else cells
+    by_key = {c.key: c for c in COLUMNS}
+    keys = [k for k in COLUMN_PRIORITY if k in by_key]
+    keys += [c.key for c in COLUMNS if c.key not in keys]  # a column missing from the list goes last
+    always = set(keys[:ALWAYS_SHOWN])
+
+    def span(col: Column, full: bool) -> int:
+        cap = col.full_cap if full else col.cap
+        head = col.heading if full else col.short
+        got = cells.get((col.key, full))
+        if got is None and not col.abbreviates:
+            got = cells.get((col.key, not full))
+        if got is None:
+            got = [col.cell(r, full=full) for r in rows]
+        cells[(col.key, full)] = got
+        need = max([len(head)] + [t.cell_len for t in got])
+        return min(cap, need) if cap else need
+
+    chosen: dict[str, tuple[bool, int]] = {}
+    used = -1
+    full_up = False
+    for k in keys:
+        col = by_key[k]
+        if col.shown is not None and not col.shown(rows):
+            continue
+        w = span(col, False)
+        if k in always or (not full_up and used + 1 + w <= width):
+            chosen[k] = (False, w)
+            used += 1 + w
+        else:
+            full_up = True  # strictly in priority order: no lower column takes a higher one's place
+    for k in keys:
+        if k in chosen:
+            w = chosen[k][1]
+            wf = span(by_key[k], True)
+            if used - w + wf <= width:
+                chosen[k] = (True, wf)
+                used += wf - w
+    over = used - width
+    if over > 0:  # only the always-shown columns are left: the id and label give up cells first
+        for k, floor in (("stream", 6), ("label", 6)):
+            if k in chosen and over > 0:
+                full, w = chosen[k]
+                cut = min(over, max(0, w - floor))
+                chosen[k] = (full, w - cut)
+                over -= cut
+    return [(c, *chosen[c.key]) for c in COLUMNS if c.key in chosen]
+
+
 def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | None = None) -> Group:
     """The stream table: a title, column heads and one line per row, fitted to ``width`` cells.
 
-    Laid out by hand rather than with rich.Table: measuring a Table of a few dozen rows costs
-    tens of milliseconds per refresh, taken from the pipeline's share of the GIL.
+    Columns fold and abbreviate in COLUMN_PRIORITY order (``table_layout``). Laid out by hand
+    rather than with rich.Table: measuring a Table of a few dozen rows costs tens of
+    milliseconds per refresh, taken from the pipeline's share of the GIL.
     """
-    wide, narrow = width >= _WIDE, width < _NARROW
-    with_env = any(row.envelope is not None for row in rows)
-    with_host = any(row.host for row in rows)  # cluster mode: which host classifies the stream
-    cells: list[dict[str, Text]] = []
-    for row in rows:
-        label_style = LABEL_STYLE[row.level] if row.label != "?" else "dim magenta"
-        conf = Text(bar(row.confidence), style=LABEL_STYLE[row.level])
-        conf.append(f"{row.confidence * 100:4.0f}%")
-        c = {
-            "stream": Text(row.stream_id),
-            "label": Text(row.label, style=label_style),
-            "conf": conf,
-            "alarm": _alarm_cell(row),
-            "health": _health_cell(row, full=wide),
-            "drops": Text(str(row.drops), style="red" if row.drops else "dim"),
-        }
-        if with_env:
-            c["env"] = _envelope_cell(row)
-        if with_host:
-            c["host"] = Text(row.host, style="dim")
-        if not narrow:
-            c["top"] = _top3_cell(row, full=wide)
-            c["noise"] = Text(f"{row.noise_index:.2f}", style="dim")
-            c["input"] = Text(sparkline(row.levels, 8 if wide else 6), style="cyan")
-            c["lat"] = Text(f"{_ms(row.latency_p50_ms)}/{_ms(row.latency_p99_ms)}")
-        cells.append(c)
-
-    def need(key: str, head: str, cap: int = 1000) -> int:
-        return min(cap, max([len(head)] + [c[key].cell_len for c in cells]))
-
-    # (key, heading, width, right-aligned); the id, label and alarm always stay readable.
-    cols = [
-        ("stream", "stream", need("stream", "stream", 18 if wide else 12), False),
-        ("label", "label", need("label", "label", 12 if wide else 10), False),
-        ("conf", "conf", 10, False),
-    ]
-    if with_host:
-        cols.insert(1, ("host", "host", need("host", "host", 12 if wide else 10), False))
-    if not narrow:
-        cols.append(("top", "top-3" if wide else "2nd", 0, False))  # width decided below
-    cols.append(("alarm", "alarm", need("alarm", "alarm"), False))
-    if with_env:
-        cols.append(("env", "env", need("env", "env", 16), False))
-    if not narrow:
-        cols += [
-            ("noise", "noise", 5, True),
-            ("input", "input", 8 if wide else 6, False),
-        ]
-    cols.append(("health", "health", 0, False))
-    if not narrow:
-        cols.append(("lat", "lat ms", need("lat", "lat ms"), True))
-    cols.append(("drops", "drops", need("drops", "drops"), True))
-    spare = width - sum(w for _, _, w, _ in cols) - (len(cols) - 1)
-    flexible = {
-        "top": need("top", "top-3", 40 if wide else 13) if not narrow else 0,
-        "health": need("health", "health", 24 if wide else 13),
-    }
-    for key in ("health", "top"):  # health reasons first, then the runner-up labels
-        want = flexible[key]
-        got = max(min(want, spare - (5 if key == "health" else 0)), 5)
-        flexible[key] = got
-        spare -= got
-    cols = [
-        (k, h, flexible.get(k, w), r) for k, h, w, r in cols if k not in flexible or flexible.get(k, 0) > 0
-    ]
-
+    cells: dict[tuple[str, bool], list[Text]] = {}
+    cols = table_layout(rows, width, cells)
     lines: list[RenderableType] = []
     if title:
         lines.append(Text(title, style="bold"))
-    head = Text(style="bold dim")
-    for i, (_key, heading, w, right) in enumerate(cols):
-        head.append_text(_fit(Text(heading), w, right=right))
+    head = Text(style="bold dim", no_wrap=True, overflow="crop")
+    for i, (col, full, w) in enumerate(cols):
+        head.append_text(_fit(Text(col.heading if full else col.short), w, right=col.right))
         if i < len(cols) - 1:
             head.append(" ")
     lines.append(head)
-    for c in cells:
-        line = Text()
-        for i, (key, _, w, right) in enumerate(cols):
-            line.append_text(_fit(c[key], w, right=right))
+    for n in range(len(rows)):
+        line = Text(no_wrap=True, overflow="crop")  # fitted already: spare rich the wrapping
+        for i, (col, full, w) in enumerate(cols):
+            line.append_text(_fit(cells[(col.key, full)][n], w, right=col.right))
             if i < len(cols) - 1:
                 line.append(" ")
         line.rstrip()
@@ -368,28 +468,33 @@ def transcript_line(transcript: Sequence[str], *, width: int = 100) -> Text:
     return text
 
 
-def footer(snapshot: Snapshot, *, page: int = 0, pages: int = 1) -> Text:
-    """Engine and process figures, then the keys."""
+def footer(snapshot: Snapshot, *, page: int = 0, pages: int = 1, width: int = 100) -> Text:
+    """Engine and process figures, then the keys; parts that do not fit ``width`` are abbreviated
+    or left out whole (the figures the metrics endpoint also has go first)."""
     f = snapshot.footer
-    text = Text(" ", no_wrap=True, overflow="ellipsis")
-    text.append(f"{f.windows_per_s:.1f} windows/s · batch {f.avg_batch:.1f} · queue {f.queue_depth} · ")
-    text.append(f"dropped {f.dropped}", style="red" if f.dropped else "")
-    text.append(" · ")
-    text.append(f"malformed {f.malformed}", style="red" if f.malformed else "")
-    text.append(f" · CPU {_num(f.cpu_percent, '.0f', '%')} · RSS {_num(f.rss_mb, '.0f', ' MB')}")
+    first = [
+        _part(f" {f.windows_per_s:.1f} windows/s", short=f" {f.windows_per_s:.0f} win/s"),
+        _part(f" · batch {f.avg_batch:.1f}", 4),
+        _part(f" · queue {f.queue_depth}", 3),
+        _part(" · "),
+        _part(f"dropped {f.dropped}", style="red" if f.dropped else ""),
+        _part(" · "),
+        _part(f"malformed {f.malformed}", style="red" if f.malformed else ""),
+        _part(f" · CPU {_num(f.cpu_percent, '.0f', '%')}", 2),
+        _part(f" · RSS {_num(f.rss_mb, '.0f', ' MB')}", 2),
+    ]
     if f.gpu_percent is not None or f.gpu_mem_mb is not None:
-        text.append(f" · GPU {_num(f.gpu_percent, '.0f', '%')} {_num(f.gpu_mem_mb, '.0f', ' MB')}")
-    text.append("\n ")
-    keys = "q quit · p pause · a acknowledge · ? help"
+        first.append(_part(f" · GPU {_num(f.gpu_percent, '.0f', '%')} {_num(f.gpu_mem_mb, '.0f', ' MB')}", 1))
+    second = [_part(" q quit · p pause · a acknowledge · ? help", 1, "dim", short=" q quit · p pause · a ack · ? help")]
     if pages > 1:
-        keys += f" · n/b page {page + 1}/{pages}"
-    text.append(keys, style="dim")
+        second.append(_part(f" · n/b page {page + 1}/{pages}", style="dim"))
     latched = sum(1 for r in snapshot.rows if r.latched and r.unacknowledged)
     if latched:
-        text.append(
-            f"   {latched} latched alarm{'s' if latched != 1 else ''}: press a to acknowledge",
-            style="bold yellow",
-        )
+        second.append(_part(f"   {latched} latched alarm{'s' if latched != 1 else ''}: press a to acknowledge",
+                            style="bold yellow", short=f"   {latched} latched: press a"))
+    text = fit_parts(first, width)
+    text.append("\n")
+    text.append_text(fit_parts(second, width))
     return text
 
 
@@ -451,13 +556,13 @@ def render(
             f" · page {shown_page + 1}/{pages} (n next, b back)"
         )
     parts: list[RenderableType] = [
-        header(snapshot, paused=paused),
+        header(snapshot, paused=paused, width=width),
         stream_table(shown, width=width, title=title),
     ]
     if snapshot.transcript:
         parts.append(transcript_line(snapshot.transcript, width=width))
     parts.append(help_panel() if show_help else events_pane(snapshot.events, lines=event_lines))
-    parts.append(footer(snapshot, page=shown_page, pages=pages))
+    parts.append(footer(snapshot, page=shown_page, pages=pages, width=width))
     return Group(*parts)
 
 
@@ -622,12 +727,18 @@ class Dashboard:
 
 
 __all__ = [
+    "ALWAYS_SHOWN",
+    "COLUMNS",
+    "COLUMN_PRIORITY",
     "LEVELS",
+    "Column",
     "Dashboard",
+    "Part",
     "bar",
     "event_line",
     "events_pane",
     "footer",
+    "fit_parts",
     "format_duration",
     "header",
     "help_panel",
@@ -636,5 +747,6 @@ __all__ = [
     "render_once",
     "sparkline",
     "stream_table",
+    "table_layout",
     "transcript_line",
 ]

@@ -20,6 +20,7 @@ from torch import nn
 
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.models import create_model
+from drsn_stream.models.outputs import to_probs
 from drsn_stream.speech import DIGITS, LABELS, NORMALIZATION, RMS_FLOOR, WINDOW
 from drsn_stream.speech.augment import AugmentConfig, EpochPlan, WindowMaker, make_epoch, noise_segment
 from drsn_stream.speech.dataset import Utterance
@@ -136,14 +137,15 @@ def center(audio: np.ndarray, window: int = WINDOW) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, windows: np.ndarray, *, batch: int = 256) -> np.ndarray:
-    """Raw windows (N, WINDOW) -> probabilities (N, classes), normalized as the artifact says."""
+def predict(model: nn.Module, windows: np.ndarray, *, batch: int = 256, scores: str = "logits") -> np.ndarray:
+    """Raw windows (N, WINDOW) -> probabilities (N, classes), normalized as the artifact says;
+    ``scores``: what the model's first output holds (an artifact's ``ArtifactMeta.scores``)."""
     model.eval()
     xn = normalize(np.asarray(windows, np.float32), NORMALIZATION)
     out = []
     for i in range(0, len(xn), batch):
         logits, _ = model(torch.from_numpy(xn[i : i + batch]))
-        out.append(torch.softmax(logits, dim=1).numpy())
+        out.append(to_probs(logits, scores).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
 
 

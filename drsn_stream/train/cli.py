@@ -153,6 +153,7 @@ def evaluate_artifact(
         kinds=kinds,
         snrs=snrs if snrs is not None else ([0.0] if kinds else []),
         seed=seed,
+        scores=meta.scores,
     )
     return {
         "model": meta.name,
@@ -233,7 +234,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     model.load_state_dict(ck["model_state"])
     meta = dict(ck["meta"])
     meta.setdefault("training", {})["exported_from"] = {"checkpoint": p.name, "epoch": ck.get("epoch")}
-    return save_artifact(model, out, meta)
+    return save_artifact(model, out, meta, probs=True)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -70,6 +70,7 @@ def evaluate(
     snrs: Sequence[float] = (),
     seed: int = 1234,
     with_confusion: bool = True,
+    scores: str = "logits",
 ) -> dict[str, Any]:
     """Accuracy clean and for every kind x SNR on one time part.
 
@@ -86,7 +87,7 @@ def evaluate(
     out: dict[str, Any] = {}
     for kind, snr in settings:
         x, y = part_windows(recs, labels, bounds, window=window, hop=hop, kind=kind, snr_db=snr, seed=seed)
-        probs, ni = predict(model, x, prepare=prep)
+        probs, ni = predict(model, x, prepare=prep, scores=scores)
         pred = probs.argmax(1)
         row: dict[str, Any] = {"noise": kind}
         if snr is not None:

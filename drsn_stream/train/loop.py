@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from drsn_stream.errors import ConfigError, DataError
+from drsn_stream.models.outputs import to_probs
 
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 Prepare = Callable[[np.ndarray], np.ndarray]
@@ -118,10 +119,12 @@ def predict(
     *,
     prepare: Prepare | None = None,
     batch_size: int = 512,
+    scores: str = "logits",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``(n, classes)`` and noise index ``(n,)`` of windows ``x (n, samples)``.
 
-    ``model`` is an nn.Module or a TorchScript module in eval mode.
+    ``model`` is an nn.Module or a TorchScript module in eval mode; ``scores`` what its first
+    output holds (an artifact's ``ArtifactMeta.scores``).
     """
     probs, noise = [], []
     for i in range(0, len(x), batch_size):
@@ -129,7 +132,7 @@ def predict(
         if prepare is not None:
             xb = prepare(xb)
         logits, ni = model(torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32)))
-        probs.append(torch.softmax(logits.float(), dim=1).numpy())
+        probs.append(to_probs(logits, scores).numpy())
         noise.append(ni.float().numpy())
     if not probs:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.float32)

@@ -178,14 +178,14 @@ def train_run(
         **summary(ev["results"]),
         "n": ev["results"][0]["n"],
     }
-    artifact_path = save_artifact(model, out / f"{cfg.name}.pt", meta)
+    artifact_path = save_artifact(model, out / f"{cfg.name}.pt", meta, probs=True)
     # best.pt carries the final metadata too, so `export` from it reproduces the artifact exactly.
     ck = torch.load(out / "best.pt", weights_only=False)
     ck["meta"] = meta
     torch.save(ck, out / "best.pt")
     shipped = None
     if artifact is not None:
-        shipped = str(save_artifact(model, artifact, meta))
+        shipped = str(save_artifact(model, artifact, meta, probs=True))
     report = {
         "name": cfg.name,
         "model": cfg.model,

@@ -61,8 +61,9 @@ void normalize(std::vector<float>& x, const mini_json::Value& spec) {
   throw std::runtime_error("unknown normalization kind \"" + kind + "\"");
 }
 
-// What the model's first output holds: metadata "outputs.scores" when present, else what the
-// shipped models return (ensembles: log-probabilities, single networks: logits).
+// What the model's first output holds: metadata "outputs.scores" when present ("probs" in every
+// shipped model), else what older format-1 files return (ensembles: log-probabilities, single
+// networks: logits).
 std::string scores_kind(const mini_json::Value& meta) {
   if (const mini_json::Value* out = meta.find("outputs")) {
     if (const mini_json::Value* s = out->find("scores")) return s->string;
