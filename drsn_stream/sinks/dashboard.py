@@ -293,8 +293,6 @@ class Column:
 # COLUMN_PRIORITY.
 COLUMNS: tuple[Column, ...] = (
     Column("stream", "stream", "stream", lambda r, full: Text(r.stream_id), cap=12, full_cap=18),
-    Column("host", "host", "host", lambda r, full: Text(r.host, style="dim"), cap=10, full_cap=16,
-           shown=lambda rows: any(r.host for r in rows)),  # cluster mode: the host classifying the stream
     Column("label", "label", "label", _label_cell, cap=10, full_cap=12),
     Column("conf", "conf %", "conf %", _conf_cell, abbreviates=True),
     Column("top", "top-3 %", "2nd %", _top3_cell, cap=13, full_cap=40, abbreviates=True),
@@ -309,6 +307,8 @@ COLUMNS: tuple[Column, ...] = (
            right=True),
     Column("drops", "drops", "drops", lambda r, full: Text(str(r.drops), style="red" if r.drops else "dim"),
            right=True),
+    Column("host", "host", "host", lambda r, full: Text(r.host, style="dim"), cap=10, full_cap=16,
+           shown=lambda rows: any(r.host for r in rows)),  # cluster mode: the host classifying the stream
 )
 # What stays when the terminal is narrow, most important first: the first ALWAYS_SHOWN are shown
 # for every stream at any width; the others join, compact, in this order up to the first that does
