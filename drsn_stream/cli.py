@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "bench": ("drsn_stream.engine.bench", "add_arguments", "run", "benchmark the engine against eager and TorchScript"),
     "publish": ("drsn_stream.sources.publish", "add_arguments", "run", "publish any source over ZeroMQ (sensor gateway)"),
     "devices": ("drsn_stream.sources.devices", "add_arguments", "run", "list sound input devices"),
+    "cluster": ("drsn_stream.cluster.cli", "add_arguments", "run",
+                "run the monitor on a Ray cluster (pip install drsn-stream[cluster]; docs/cluster.md)"),
 }
 
 

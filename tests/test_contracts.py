@@ -25,7 +25,7 @@ from drsn_stream.sources import SOURCE_KINDS, make_source
 from drsn_stream.sources.wire import encode
 from drsn_stream.types import Frame
 
-ZMQ_KINDS = ("zmq", "zmq+bind", "zmq+pull", "zmq+pull+bind")
+ZMQ_KINDS = ("zmq", "zmq+bind", "zmq+pull", "zmq+pull+bind", "zmq+shard")
 
 
 def test_every_registered_kind_is_covered_here() -> None:
@@ -80,6 +80,8 @@ def _spec(kind: str, tmp_path: Path, port: int) -> str:
         t = np.arange(24000) / 12000.0
         scipy.io.wavfile.write(wav, 12000, (0.3 * np.sin(2 * np.pi * 97 * t)).astype(np.float32))
         return f"file:{wav}"
+    if kind == "zmq+shard":  # a cluster host's source: only the streams it is given
+        return f"{kind}://127.0.0.1:{port}?streams=gw/a,gw/b"
     return f"{kind}://127.0.0.1:{port}"
 
 

@@ -282,9 +282,8 @@ def test_fine_tuning_starts_from_the_shipped_weights_with_a_new_head_and_frozen_
 
     from drsn_stream.errors import ConfigError
     from drsn_stream.models import load_artifact
-    from drsn_stream.train.finetune import UserRun, start_model
-
     from drsn_stream.models.outputs import network_of
+    from drsn_stream.train.finetune import UserRun, start_model
 
     module, meta = load_artifact("bearing-cwru")
     base = network_of(module).state_dict()

@@ -44,6 +44,7 @@ data={"from", "to", "label", "confidence"})``; ``time`` is the window's capture 
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 import threading
@@ -516,6 +517,20 @@ class DecisionEngine:
                 t = now if now is not None else (st.last_time if st.last_time is not None else 0.0)
                 events += self._show(sid, st, t, acknowledged=True)
             return events
+
+    def export_state(self, stream: str) -> Any:
+        """A picklable copy of the stream's whole state (level, latch, acknowledgement, debounce
+        in progress, smoothing history), for ``restore_state`` elsewhere; None for an unknown stream."""
+        with self._lock:
+            st = self._streams.get(stream)
+            return None if st is None else copy.deepcopy(st)
+
+    def restore_state(self, stream: str, state: Any) -> None:
+        """Continue a stream from ``export_state``'s copy (a cluster host taking a stream over)."""
+        if not isinstance(state, _Stream):
+            raise ConfigError(f"cannot restore the decisions of {stream}: not a saved decision state")
+        with self._lock:
+            self._streams[stream] = copy.deepcopy(state)
 
     def forget(self, stream: str) -> None:
         """Drop a stream's state (e.g. a sensor removed for good)."""

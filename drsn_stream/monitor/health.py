@@ -36,6 +36,7 @@ NE107's "check function"). Every state change returns
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -320,6 +321,28 @@ class HealthMonitor:
     def streams(self) -> list[str]:
         with self._lock:
             return list(self._streams)
+
+    def forget(self, stream: str) -> None:
+        """Drop a stream's state (it moved to another host, or its sensor was removed for good)."""
+        with self._lock:
+            self._streams.pop(stream, None)
+
+    def export_state(self, stream: str) -> Any:
+        """A picklable copy of the stream's health state and signal statistics; None if unknown."""
+        with self._lock:
+            st = self._streams.get(stream)
+            return None if st is None else copy.deepcopy(st)
+
+    def restore_state(self, stream: str, state: Any, *, now: float | None = None) -> None:
+        """Continue a stream from ``export_state``'s copy. The frames missed meanwhile are the
+        monitor's gap, not the sensor's: the sequence check and the no-data clock start afresh."""
+        if not isinstance(state, _Stream):
+            raise ConfigError(f"cannot restore the health of {stream}: not a saved health state")
+        st = copy.deepcopy(state)
+        st.last_seq = None
+        st.last_seen = time.time() if now is None else now
+        with self._lock:
+            self._streams[stream] = st
 
     # -- internals ------------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ class StreamRow:
             None without one. anomalies: recent scores, oldest first, for the sparkline.
         baseline: the baseline's state ("learning 40%", "monitoring", "no baseline"); None
             without a baseline stage.
+        host: the cluster host that classifies the stream ("" on one machine: no host column).
     """
 
     stream_id: str
@@ -117,6 +118,7 @@ class StreamRow:
     anomaly: float | None = None
     anomalies: tuple[float, ...] = ()
     baseline: str | None = None
+    host: str = ""
 
     @property
     def healthy(self) -> bool:

@@ -323,13 +323,15 @@ COLUMNS: tuple[Column, ...] = (
            right=True),
     Column("drops", "drops", "drops", lambda r, full: Text(str(r.drops), style="red" if r.drops else "dim"),
            right=True),
+    Column("host", "host", "host", lambda r, full: Text(r.host, style="dim"), cap=10, full_cap=16,
+           shown=lambda rows: any(r.host for r in rows)),  # cluster mode: the host classifying the stream
 )
 # What stays when the terminal is narrow, most important first: the first ALWAYS_SHOWN are shown
 # for every stream at any width; the others join, compact, in this order up to the first that does
 # not fit; then columns take their full form (wider heading, confidence bar, all three labels, full
 # health reasons) in the same order while the room lasts.
 COLUMN_PRIORITY: tuple[str, ...] = ("stream", "label", "conf", "alarm", "health", "lat",
-                                    "drops", "anomaly", "env", "noise", "top", "input")
+                                    "drops", "anomaly", "host", "env", "noise", "top", "input")
 ALWAYS_SHOWN = 6
 
 
@@ -446,6 +448,11 @@ def event_line(event: Event) -> Text:
         conf = d.get("confidence")
         if isinstance(conf, (int, float)):
             text.append(f" {conf * 100:.0f}%")
+    elif event.type == "gap":  # cluster mode: a failover or hand-over left the stream unclassified
+        text.append("GAP    ", style="bold yellow")
+        text.append(f"{event.stream_id}  {d.get('seconds', '?')} s not classified")
+        if d.get("previous_host") or d.get("host"):
+            text.append(f" ({d.get('previous_host', '?')} → {d.get('host', '?')})", style="dim")
     elif event.type == "note":
         text.append("NOTE   ", style="dim")
         text.append(f"{event.stream_id}  {d.get('message', '')}")

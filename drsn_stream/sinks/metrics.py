@@ -321,6 +321,8 @@ class MetricsServer:
         port: TCP port; 0 picks a free one (read ``port`` after ``start``).
         host: address to bind; loopback by default, "0.0.0.0" to let other hosts scrape.
         max_connections / idle_timeout_s: the server's limits (see the module docstring).
+        collector: serves this collector instead of ``SnapshotCollector(snapshot_fn)`` (the
+            cluster's, which labels every series with its host).
     """
 
     def __init__(
@@ -332,9 +334,10 @@ class MetricsServer:
         host: str = DEFAULT_HOST,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        collector: SnapshotCollector | None = None,
     ) -> None:
         self.host, self.port = parse_address(address) if address is not None else (host, int(port))
-        self.collector = SnapshotCollector(snapshot_fn)
+        self.collector = collector if collector is not None else SnapshotCollector(snapshot_fn)
         self.registry = make_registry(self.collector)
         self.max_connections = int(max_connections)
         self.idle_timeout_s = float(idle_timeout_s)

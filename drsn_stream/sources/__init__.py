@@ -23,6 +23,7 @@ SOURCE_KINDS: dict[str, str] = {
     "zmq+pull": "drsn_stream.sources.zmq_source:ZmqPullSource",
     "zmq+pull+bind": "drsn_stream.sources.zmq_source:ZmqPullBindSource",
     "mic": "drsn_stream.sources.mic:MicSource",
+    "zmq+shard": "drsn_stream.cluster.shard_source:ShardSource",  # a cluster host's share of the streams
 }
 
 # sim:<scenario>; each class takes (target, **options) like any Source.

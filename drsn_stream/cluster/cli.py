@@ -1,0 +1,121 @@
+"""``drsn-stream cluster``: the live monitor on a Ray cluster, one host actor per GPU / CPU node.
+
+    drsn-stream cluster --address HEAD:6379 --source zmq://gateway:5555 --checkpoint-dir /shared/drsn \\
+        --jsonl results.jsonl --metrics-address 0.0.0.0:9464
+
+Takes the monitor's options (``drsn-stream run --help``; its ``--config`` TOML included); the one
+source must be the gateways' ZeroMQ PUB address. Without ``--address`` a one-node Ray is started
+here (to try it out). See docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from typing import Any
+
+from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.cli import add_arguments as add_run_arguments
+from drsn_stream.monitor.cli import config_from_args
+from drsn_stream.sources.base import parse_spec
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    g = parser.add_argument_group("cluster")
+    g.add_argument("--address", metavar="HOST:PORT|auto",
+                   help="the Ray cluster to join (default: start a one-node Ray here)")
+    g.add_argument("--checkpoint-dir", metavar="DIR", default="drsn-checkpoints",
+                   help="per-stream state, a directory every node can read and write (default ./drsn-checkpoints)")
+    g.add_argument("--stream", action="append", metavar="ID",
+                   help="a stream id to assign from the start (repeatable; others are discovered)")
+    g.add_argument("--no-discover", action="store_true", help="only the --stream ids, never listen for new ones")
+    g.add_argument("--dead-after", type=float, default=3.0, metavar="S",
+                   help="a host silent this long is taken for lost and its streams move (default 3 s)")
+
+
+def gateway_of(sources: tuple[str, ...]) -> str:
+    """The one ``zmq://HOST:PORT`` source as ``HOST:PORT``; anything else is an error saying what to give."""
+    if len(sources) != 1 or parse_spec(sources[0]).kind != "zmq":
+        raise ConfigError("cluster mode reads the sensor gateways' ZeroMQ PUB socket: give exactly one "
+                          "--source zmq://HOST:PORT (publish other sources with `drsn-stream publish`)")
+    return parse_spec(sources[0]).target
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    gateway = gateway_of(cfg.sources)
+    if args.jsonl == "-":
+        raise ConfigError("cluster mode writes --jsonl on the head node (the aggregator): give a file path, "
+                          "or --publish tcp://HOST:PORT for a live feed")
+    if cfg.engine_process is None:  # a host actor is already a process of its own per node
+        cfg = dataclasses.replace(cfg, engine_process=False)
+    from drsn_stream.cluster.deploy import start_cluster
+    from drsn_stream.cluster.ray_app import ClusterConfig
+
+    cluster = ClusterConfig(
+        gateway=gateway,
+        checkpoint_dir=os.path.abspath(args.checkpoint_dir),
+        streams=tuple(args.stream or ()),
+        discover=not args.no_discover,
+        dead_after_s=args.dead_after,
+        jsonl=os.path.abspath(args.jsonl) if args.jsonl and args.jsonl != "-" else None,
+        publish=args.publish,
+        metrics_address=args.metrics_address or (f"127.0.0.1:{args.metrics_port}" if args.metrics_port else None),
+    )
+    handle = start_cluster(cfg, cluster, address=args.address)
+    hosts = handle.hosts()
+    print(f"drsn-stream cluster: {len(hosts)} host(s) up: {', '.join(sorted(hosts))}; gateway {gateway}",
+          file=sys.stderr, flush=True)
+    try:
+        if args.once:
+            time.sleep(cfg.duration or 6.0)
+            from drsn_stream.sinks.dashboard import render_once
+
+            print(render_once(handle.snapshot(), width=120))
+            return 0
+        _watch(handle, args, cfg.duration)
+    finally:
+        _print_failovers(handle)
+        handle.stop()
+        handle.ray.shutdown()
+    return 0
+
+
+def _watch(handle: Any, args: argparse.Namespace, duration: float | None) -> None:
+    import threading
+
+    quit_event = threading.Event()
+    end = None if duration is None else time.time() + duration
+    dashboard = None
+    if not args.headless and sys.stdout.isatty():
+        from drsn_stream.sinks.dashboard import Dashboard
+
+        dashboard = Dashboard(handle.snapshot, refresh_per_second=args.refresh or 1.0, on_ack=handle.acknowledge,
+                              quit_event=quit_event, keys=sys.stdin.isatty(), screen=False).start()
+    seen = 0
+    try:
+        while not quit_event.is_set() and (end is None or time.time() < end):
+            time.sleep(1.0)
+            if dashboard is None and args.headless:
+                events = handle.snapshot().events
+                for e in events[seen:] if len(events) >= seen else events:
+                    print(f"{e.type} {e.stream_id} {e.data}", flush=True)
+                seen = len(events)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+
+
+def _print_failovers(handle: Any) -> None:
+    try:
+        for f in handle.failovers():
+            print(f"drsn-stream cluster: host {f['host']} lost ({f['why']}); {f['streams']} streams moved in "
+                  f"{f['reassigned'] - f['detected']:.2f} s", file=sys.stderr)
+    except Exception:  # noqa: BLE001 - the summary must not hide the run's own outcome
+        pass

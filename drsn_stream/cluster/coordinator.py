@@ -1,0 +1,295 @@
+"""The coordinator: which host owns which stream, and what happens when hosts come and go.
+
+``Coordinator`` runs as the named Ray actor ``drsn-coordinator`` on the head node
+(``deploy.start_cluster``). It
+
+- keeps one host actor per GPU (or per CPU node) on every node that offers the ``drsn_host``
+  resource (every node, where none does), starting one when a node joins or a host died on a node
+  that is still there; a host that has started joins the ring;
+- assigns streams by consistent hashing (``HashRing``): a host joining or leaving moves ~1/N of
+  them; a moving stream is released (drained, checkpointed) before its new host restores it;
+- finds streams that appear later by listening to the gateways for ``discover_window_s`` every
+  ``discover_every_s``;
+- pings every host every ``PING_EVERY_S``; a host whose actor died (seen at once) or that did not
+  answer for ``dead_after_s`` (a lost node) is killed for good and its streams go to the others,
+  restored from their checkpoints; the aggregator is told (``host_down``).
+
+One supervision thread does all of it; a step that fails (a host dying mid-move) is noted in
+``errors`` and repaired by the next round, which moves whatever is still not where the ring says.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from drsn_stream.cluster.ray_app import AGGREGATOR, NAMESPACE, ClusterConfig, host_actor_class, host_nodes
+from drsn_stream.cluster.ring import HashRing
+
+PING_EVERY_S = 0.25
+START_TIMEOUT_S = 300.0  # a host actor not up by then (importing torch, loading the model) is given up
+
+
+class Coordinator:
+    def __init__(self, config: Any, cluster: ClusterConfig) -> None:
+        """
+        Args:
+            config: the ``RunConfig`` every host runs.
+            cluster: where the gateways are, the checkpoint directory, discovery and timing.
+        """
+        import ray
+
+        self.ray = ray
+        self.host_actor = host_actor_class(ray)
+        self.config, self.cluster = config, cluster
+        self.ring = HashRing()
+        self.hosts: dict[str, Any] = {}  # name -> actor handle
+        self.host_node: dict[str, str] = {}
+        self.last_ok: dict[str, float] = {}
+        self.pings: dict[str, Any] = {}
+        self.owner: dict[str, str] = {}  # stream -> host
+        self.streams: set[str] = set(cluster.streams)
+        self.failovers: list[dict[str, Any]] = []
+        self.errors: list[str] = []  # the supervision loop's recent failures (it carries on)
+        self.starting: dict[str, tuple[str, Any, Any, float]] = {}  # name -> (node, handle, ping, t0)
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._agg = self.ray.get_actor(AGGREGATOR, namespace=NAMESPACE)
+        self._sync_hosts()
+        end = time.time() + START_TIMEOUT_S
+        while self.starting and time.time() < end:  # the first hosts: deployed before this returns
+            self._check_starting(block=1.0)
+        self._thread = threading.Thread(target=self._loop, name="drsn-coordinator", daemon=True)
+        self._thread.start()
+
+    # -------------------------------------------------------------- hosts
+    def _sync_hosts(self) -> None:
+        """Start a host actor for every GPU / CPU slot that has none (a node that joined, or
+        a host that died on a node still alive); never waits for it (see ``_check_starting``)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = {n["NodeID"]: n for n in self.ray.nodes()}
+        for node, count in host_nodes(self.ray):
+            gpu = bool(nodes.get(node, {}).get("Resources", {}).get("GPU", 0))
+            for i in range(count):
+                slot = f"h{node[:6]}-{i}"
+                with self._lock:
+                    taken = any(n.split(".")[0] == slot for n in (*self.hosts, *self.starting))
+                    restarts = sum(1 for f in self.failovers if f["host"].split(".")[0] == slot)
+                if taken:
+                    continue
+                name = slot if restarts == 0 else f"{slot}.{restarts}"
+                opts: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False),
+                                        "num_cpus": self.cluster.host_cpus}
+                if gpu:
+                    opts["num_gpus"] = 1
+                handle = self.host_actor.options(**opts).remote(name, self.config, self.cluster, gpu)
+                with self._lock:
+                    self.starting[name] = (node, handle, handle.ping.remote(), time.time())
+
+    def _check_starting(self, *, block: float = 0.0) -> None:
+        """Hosts that finished starting join the ring (their share of streams moves to them)."""
+        with self._lock:
+            starting = dict(self.starting)
+        if not starting:
+            return
+        ready, _ = self.ray.wait([v[2] for v in starting.values()], num_returns=len(starting), timeout=block)
+        joined = False
+        for name, (node, handle, ref, t0) in starting.items():
+            if ref in ready:
+                with self._lock:
+                    self.starting.pop(name, None)
+                try:
+                    self.ray.get(ref)
+                except Exception:  # noqa: BLE001 - a host that cannot start is left out, tried again later
+                    continue
+                with self._lock:
+                    self.hosts[name] = handle
+                    self.host_node[name] = node
+                    self.last_ok[name] = time.time()
+                    self.ring.add(name)
+                joined = True
+            elif time.time() - t0 > START_TIMEOUT_S:  # its node is likely gone
+                with self._lock:
+                    self.starting.pop(name, None)
+                try:
+                    self.ray.kill(handle, no_restart=True)
+                except Exception:  # noqa: BLE001
+                    pass
+        if joined:
+            self._rebalance()
+
+    def _rebalance(self, previous: Mapping[str, str] | None = None) -> None:
+        """Move every stream whose ring owner changed: release first, then assign."""
+        with self._lock:
+            target = {s: self.ring.owner(s) for s in self.streams}
+            moves = {s: h for s, h in target.items() if h is not None and self.owner.get(s) != h}
+            by_old: dict[str, list[str]] = {}
+            for s in moves:
+                old = self.owner.get(s)
+                if old is not None and old in self.hosts:
+                    by_old.setdefault(old, []).append(s)
+            releases = [self.hosts[h].release.remote(ss) for h, ss in by_old.items()]
+        for ref in releases:
+            try:
+                self.ray.get(ref, timeout=60)
+            except Exception:  # noqa: BLE001 - a host that died while releasing: its streams restore from checkpoints
+                pass
+        by_new: dict[str, list[str]] = {}
+        for s, h in moves.items():
+            by_new.setdefault(h, []).append(s)
+        prev = dict(previous or {})
+        prev.update({s: self.owner[s] for s in moves if s in self.owner})
+        calls = []
+        with self._lock:
+            for h, ss in by_new.items():
+                calls.append(self.hosts[h].assign.remote(sorted(ss), {s: prev[s] for s in ss if s in prev}))
+                for s in ss:
+                    self.owner[s] = h
+        if calls:
+            self.ray.get(calls, timeout=60)
+
+    def _fail(self, host: str, why: str, t_seen: float) -> None:
+        with self._lock:
+            handle = self.hosts.pop(host, None)
+            if handle is None:
+                return
+            self.ring.remove(host)
+            self.pings.pop(host, None)
+            lost = sorted(s for s, h in self.owner.items() if h == host)
+            for s in lost:
+                del self.owner[s]
+        try:
+            self.ray.kill(handle, no_restart=True)  # a host only slow, not dead, must stop publishing
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        self._rebalance(previous={s: host for s in lost})
+        moved = {s: self.owner.get(s, "") for s in lost}
+        self._agg.host_down.remote(host, moved)
+        self.failovers.append({"host": host, "why": why, "detected": t_seen, "reassigned": time.time(),
+                               "streams": len(lost)})
+
+    # -------------------------------------------------------------- the loop
+    def _loop(self) -> None:
+        next_nodes = next_discover = time.time()
+        while not self._stop.wait(PING_EVERY_S):
+            now = time.time()
+            steps = [self._check_hosts, lambda _: self._check_starting()]
+            if now >= next_nodes:
+                next_nodes = now + 2.0
+                steps.append(lambda _: self._sync_hosts())
+            if self.cluster.discover and now >= next_discover:
+                next_discover = now + self.cluster.discover_every_s
+                steps.append(lambda _: self._discover())
+            for step in steps:
+                try:
+                    step(now)
+                except Exception as exc:  # noqa: BLE001 - e.g. a host died mid-move: the next round repairs it
+                    self.errors.append(f"{time.strftime('%H:%M:%S')} {exc!r}"[:300])
+                    del self.errors[:-20]
+
+    def _check_hosts(self, now: float) -> None:
+        with self._lock:
+            hosts = dict(self.hosts)
+        for name, handle in hosts.items():
+            ref = self.pings.get(name)
+            if ref is None:
+                self.pings[name] = handle.ping.remote()
+                continue
+            ready, _ = self.ray.wait([ref], timeout=0)
+            if ready:
+                self.pings.pop(name, None)
+                try:
+                    self.ray.get(ref)
+                    self.last_ok[name] = now
+                except Exception as exc:  # noqa: BLE001 - RayActorError: the actor process died
+                    self._fail(name, f"actor died ({type(exc).__name__})", now)
+                    continue
+            if now - self.last_ok.get(name, now) > self.cluster.dead_after_s:
+                self._fail(name, f"no answer for {self.cluster.dead_after_s:g} s (node lost?)", now)
+
+    def _discover(self) -> None:
+        import zmq
+
+        from drsn_stream.sources.wire import WireError, decode
+        from drsn_stream.sources.zmq_source import tcp_address
+
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        found: set[str] = set()
+        try:
+            sock.connect(tcp_address(self.cluster.gateway, bind=False))
+            end = time.time() + self.cluster.discover_window_s
+            while time.time() < end:
+                if not sock.poll(20):
+                    continue
+                try:
+                    msg = decode(sock.recv_multipart(zmq.NOBLOCK))
+                except (WireError, zmq.Again):
+                    continue
+                found.add(msg.stream_id)
+        finally:
+            sock.close(0)
+        with self._lock:
+            new = found - self.streams
+            self.streams |= new
+        if new:
+            self._rebalance()
+
+    # -------------------------------------------------------------- calls
+    def add_streams(self, streams: list[str]) -> None:
+        with self._lock:
+            self.streams |= set(streams)
+        self._rebalance()
+
+    def assignment(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self.owner)
+
+    def host_info(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            hosts = dict(self.hosts)
+        out = {}
+        for name, handle in hosts.items():
+            try:
+                out[name] = self.ray.get(handle.ping.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - a dying host is reported as missing
+                continue
+        return out
+
+    def failover_log(self) -> list[dict[str, Any]]:
+        return list(self.failovers)
+
+    def recent_errors(self) -> list[str]:
+        return list(self.errors)
+
+    def acknowledge(self, stream: str | None = None) -> int:
+        with self._lock:
+            hosts = dict(self.hosts)
+            owner = self.owner.get(stream) if stream is not None else None
+        targets = [hosts[owner]] if owner in hosts else list(hosts.values()) if stream is None else []
+        return sum(self.ray.get([h.acknowledge.remote(stream) for h in targets], timeout=30))
+
+    def latencies(self, start: bool) -> list[float]:
+        with self._lock:
+            hosts = list(self.hosts.values())
+        parts = self.ray.get([h.latencies.remote(start) for h in hosts], timeout=60)
+        return [x for p in parts for x in p]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        with self._lock:
+            hosts = list(self.hosts.values())
+        for h in hosts:
+            try:
+                self.ray.get(h.stop.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - stopping what is left
+                pass
+
+
+__all__ = ["Coordinator", "PING_EVERY_S", "START_TIMEOUT_S"]

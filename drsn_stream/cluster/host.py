@@ -1,0 +1,306 @@
+"""One cluster host: the ordinary in-process pipeline, fed only this host's streams.
+
+``HostWorker`` is plain Python (the Ray actor in ``ray_app`` only wraps it), so it runs and is
+tested without Ray. It owns:
+
+- a ``Pipeline`` whose one source is ``zmq+shard://GATEWAY`` (sources -> DSP -> micro-batcher ->
+  runner -> decisions/health/capture, exactly as on one machine; windows never leave the host);
+- ``HostSink``, the pipeline's sink: gives alarm and health events stable ids, checkpoints the
+  stream at once when one happens (so the saved state always includes the latest change), and
+  queues results and events for the aggregator;
+- a thread that checkpoints every owned stream every ``checkpoint_every_s`` and sends results
+  (every ``SEND_EVERY_S``) and a summary (every ``summary_every_s``) through ``send``.
+
+``assign(streams)`` takes streams over (restoring their checkpoints; the first frame after a
+restore gives a ``gap`` event: the seconds no host classified the stream); ``release(streams)``
+hands them back (checkpointed after the pipeline has drained them) for another host to take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from drsn_stream.cluster.shard_source import ShardSource
+from drsn_stream.cluster.state import RECENT_EVENTS, CheckpointStore, StreamCheckpoint, event_id
+from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+from drsn_stream.types import Event, Frame
+
+SEND_EVERY_S = 0.1  # results and events leave in batches: one aggregator call per tenth of a second
+OUTBOX_LIMIT = 100_000  # queued results beyond this (an aggregator far behind) are dropped and counted
+DRAIN_S = 0.3  # after a release, windows already in the batcher finish before the state is saved
+
+Send = Callable[[str, Any], None]  # (kind: "results" | "summary", payload)
+
+
+class HostSink:
+    """The pipeline's sink on a cluster host: ids, checkpoints on change, an outbox."""
+
+    def __init__(self, worker: HostWorker) -> None:
+        self.worker = worker
+        self._lock = threading.Lock()
+        self.outbox: deque[dict[str, Any]] = deque()
+        self.dropped = 0
+
+    def write(self, obj: dict[str, Any]) -> None:
+        kind = obj.get("type")
+        if kind == "stats" or (kind == "prediction" and not self.worker.send_results):
+            return  # the summary carries the host's statistics; results only where a feed wants them
+        obj = {**obj, "host": self.worker.name}
+        sid = obj.get("stream")
+        if kind in ("alarm", "health", "note") and isinstance(sid, str) and sid in self.worker.owned:
+            self.worker.record_event(sid, obj)  # sets obj["id"], checkpoints the stream
+        self.put(obj)
+
+    def put(self, obj: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self.outbox) >= OUTBOX_LIMIT:
+                self.outbox.popleft()
+                self.dropped += 1
+            self.outbox.append(obj)
+
+    def take(self) -> list[dict[str, Any]]:
+        with self._lock:
+            out = list(self.outbox)
+            self.outbox.clear()
+            return out
+
+    def close(self) -> None:
+        pass
+
+
+class HostWorker:
+    """The pipeline and bookkeeping of one cluster host.
+
+    Args:
+        name: the host's name in the cluster (dashboard column, metrics label, event field).
+        config: the run configuration every host shares; its ``sources`` are replaced by the shard source.
+        gateway: the ZeroMQ address the sensor gateways publish on (``HOST:PORT``).
+        checkpoint_dir: a directory shared by every host.
+        send: delivers ("results", [objects]) and ("summary", dict) to the aggregator.
+        checkpoint_every_s / summary_every_s: periods of the background thread's work.
+        send_results: send every window's result too (for the cluster's JSONL / ZeroMQ feed);
+            events and summaries are sent either way.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: RunConfig,
+        *,
+        gateway: str,
+        checkpoint_dir: str,
+        send: Send,
+        checkpoint_every_s: float = 2.0,
+        summary_every_s: float = 1.0,
+        send_results: bool = True,
+    ) -> None:
+        self.name = name
+        self.send_results = send_results
+        self.store = CheckpointStore(checkpoint_dir)
+        self.send = send
+        self.checkpoint_every_s = checkpoint_every_s
+        self.summary_every_s = summary_every_s
+        self.sink = HostSink(self)
+        spec = f"zmq+shard://{gateway}"
+        self.pipe = Pipeline(dataclasses.replace(config, sources=(spec,), duration=None), sinks=[self.sink])
+        source = self.pipe.sources[0]
+        assert isinstance(source, ShardSource)
+        self.source = source
+        self.source.on_first_frame = self._first_frame
+        self._lock = threading.RLock()  # owned set, counters, recent events, checkpoint writes
+        self.owned: set[str] = set()
+        self._counters: dict[str, dict[str, int]] = {}
+        self._recent: dict[str, deque[dict[str, Any]]] = {}
+        self._resumed: dict[str, tuple[float | None, str]] = {}  # stream -> (last classified, previous host)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._waiter: threading.Thread | None = None
+        self.started = 0.0
+        self.checkpoints = 0
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> HostWorker:
+        self.pipe.start()
+        self.started = time.time()
+        self._thread = threading.Thread(target=self._loop, name="drsn-host", daemon=True)
+        self._thread.start()
+        # the pipeline's own supervision (health ticks for streams gone quiet, capture polls,
+        # engine notes) runs as on one machine, until stop() sets its quit event
+        self._waiter = threading.Thread(target=self.pipe.wait, name="drsn-host-wait", daemon=True)
+        self._waiter.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self.checkpoint_all()
+        self.pipe.stop()
+        self._flush()
+
+    def _loop(self) -> None:
+        next_ckpt = time.time() + self.checkpoint_every_s
+        next_summary = time.time()
+        while not self._stop.wait(SEND_EVERY_S):
+            now = time.time()
+            if now >= next_ckpt:
+                next_ckpt = now + self.checkpoint_every_s
+                self.checkpoint_all()
+            self._flush()
+            if now >= next_summary:
+                next_summary = now + self.summary_every_s
+                self.send("summary", self.summary())
+
+    def _flush(self) -> None:
+        batch = self.sink.take()
+        if batch:
+            self.send("results", batch)
+
+    # ------------------------------------------------------------------ ownership
+    def assign(self, streams: Iterable[str], *, previous: dict[str, str] | None = None) -> list[str]:
+        """Take these streams over (added to those owned); return those restored from a checkpoint.
+
+        ``previous``: stream -> the host that had it (named in the gap event)."""
+        previous = previous or {}
+        restored = []
+        with self._lock:
+            new = [s for s in streams if s not in self.owned]
+            for sid in new:
+                ckpt = self.store.load(sid)
+                if ckpt is not None:
+                    if ckpt.decision is not None:
+                        self.pipe.decisions.restore_state(sid, ckpt.decision)
+                    if ckpt.health is not None:
+                        self.pipe.health.restore_state(sid, ckpt.health)
+                    self._counters[sid] = dict(ckpt.counters)
+                    self._recent[sid] = deque(ckpt.events, maxlen=RECENT_EVENTS)
+                    self._resumed[sid] = (ckpt.last_time, previous.get(sid, ckpt.host))
+                    restored.append(sid)
+                    # what the previous host may not have delivered: sent again, dropped by id where it was
+                    for obj in ckpt.events:
+                        self.sink.put(obj)
+                else:
+                    self._counters.setdefault(sid, {})
+                    self._recent.setdefault(sid, deque(maxlen=RECENT_EVENTS))
+                self.owned.add(sid)
+            self.source.set_streams(self.owned)
+        return restored
+
+    def release(self, streams: Iterable[str]) -> list[str]:
+        """Hand these streams back: frames stop at once, state is saved once the pipeline drained."""
+        with self._lock:
+            gone = [s for s in streams if s in self.owned]
+            self.owned.difference_update(gone)
+            self.source.set_streams(self.owned)
+        if not gone:
+            return []
+        time.sleep(DRAIN_S)
+        for sid in gone:
+            self._checkpoint(sid)
+            self.pipe.decisions.forget(sid)
+            self.pipe.health.forget(sid)
+            with self._lock:
+                self._counters.pop(sid, None)
+                self._recent.pop(sid, None)
+                self._resumed.pop(sid, None)
+        return gone
+
+    def _first_frame(self, sid: str, frame: Frame) -> None:
+        with self._lock:
+            resumed = self._resumed.pop(sid, None)
+        if resumed is None:
+            return
+        last, before = resumed
+        if last is None:
+            return
+        seconds = max(0.0, frame.t_capture - last)
+        # the gap's id is the moment it began: a second host resuming from the same checkpoint
+        # reports the same gap
+        ev = Event("gap", sid, time.time(), {"from_time": last, "to_time": frame.t_capture,
+                                             "seconds": round(seconds, 3), "previous_host": before,
+                                             "id": f"{sid}|gap|{last:.6f}"})
+        self.pipe.events.extend([ev])
+        self.sink.put({**ev.to_json(), "host": self.name})
+
+    # ------------------------------------------------------------------ events and checkpoints
+    def record_event(self, sid: str, obj: dict[str, Any]) -> None:
+        """Give an alarm/health/note event its stable id and checkpoint its stream at once."""
+        with self._lock:
+            counters = self._counters.setdefault(sid, {})
+            kind = str(obj.get("type"))
+            n = counters.get(kind, 0)
+            counters[kind] = n + 1
+            obj["id"] = event_id(sid, kind, n, obj)
+            self._recent.setdefault(sid, deque(maxlen=RECENT_EVENTS)).append(dict(obj))
+            if kind in ("alarm", "health"):
+                self._checkpoint(sid)
+
+    def _checkpoint(self, sid: str) -> None:
+        with self._lock:
+            decision = self.pipe.decisions.export_state(sid)
+            ckpt = StreamCheckpoint(
+                stream_id=sid,
+                host=self.name,
+                saved_at=time.time(),
+                last_time=getattr(decision, "last_time", None),
+                decision=decision,
+                health=self.pipe.health.export_state(sid),
+                counters=dict(self._counters.get(sid, {})),
+                events=list(self._recent.get(sid, ())),
+            )
+            if ckpt.decision is None and ckpt.health is None and not ckpt.counters:
+                return  # nothing seen yet: keep whatever an earlier host saved
+            self.store.save(ckpt)
+            self.checkpoints += 1
+
+    def checkpoint_all(self) -> None:
+        with self._lock:
+            owned = sorted(self.owned)
+        for sid in owned:
+            self._checkpoint(sid)
+
+    # ------------------------------------------------------------------ views
+    def acknowledge(self, stream: str | None = None) -> int:
+        """Acknowledge alarms of one owned stream (or all owned); return the level changes."""
+        with self._lock:
+            targets = sorted(self.owned) if stream is None else [stream] if stream in self.owned else []
+        events: list[Event] = []
+        for sid in targets:
+            events += self.pipe.decisions.acknowledge(sid)
+        self.pipe.events.extend(events)
+        for e in events:
+            self.sink.write(e.to_json())
+        with self._lock:
+            for sid in targets:  # an acknowledgement without a level change must survive a failover too
+                self._checkpoint(sid)
+        return len(events)
+
+    def summary(self) -> dict[str, Any]:
+        """What the aggregator shows for this host: a snapshot of its own streams, and figures."""
+        with self._lock:
+            owned = sorted(self.owned)
+        snap = self.pipe.snapshot()
+        mine = set(owned)  # stragglers of a released stream may still pass the model: not shown here
+        snap = dataclasses.replace(snap, rows=tuple(r for r in snap.rows if r.stream_id in mine))
+        stats = self.pipe.stats
+        return {
+            "host": self.name,
+            "time": time.time(),
+            "owned": owned,
+            "subscribed": sorted(self.source.subscribed),
+            "snapshot": snap,
+            "windows": stats.windows,
+            "windows_per_s": stats.windows_per_s(),
+            "outbox_dropped": self.sink.dropped,
+            "foreign_frames": self.source.foreign,
+            "checkpoints": self.checkpoints,
+            "errors": list(self.pipe.errors[-5:]),
+        }
+
+
+__all__ = ["HostSink", "HostWorker"]

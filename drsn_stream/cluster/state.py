@@ -1,0 +1,96 @@
+"""Per-stream checkpoints in a directory every host can read (NFS, a shared volume; one disk here).
+
+A checkpoint is what a host needs to carry a stream on where another left it: the decision state
+(level, latch, acknowledgement, debounce in progress, smoothing history), the sensor-health state
+(reasons and their clean-signal countdowns, flat-line and clipping statistics), the alarm and
+health event counters that make event ids stable, and the stream's recent events (so events a
+dying host had not yet delivered are sent again; sinks drop the copies by id). One file per
+stream, written whole and renamed into place, so a reader never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from drsn_stream.errors import ConfigError
+
+RECENT_EVENTS = 32  # events per stream kept in its checkpoint for re-delivery
+_SUFFIX = ".ckpt"
+
+
+@dataclass
+class StreamCheckpoint:
+    """One stream's state as its host last saved it.
+
+    Attributes:
+        stream_id: the stream.
+        host: the host that saved it; saved_at: wall clock (s).
+        last_time: capture time (s) of the last window classified (the gap after a failover starts here).
+        decision / health: ``DecisionEngine.export_state`` / ``HealthMonitor.export_state`` (None: not seen).
+        counters: per event kind, how many events the stream has had (the next event's id).
+        events: the most recent events (JSON objects with ``id``), oldest first.
+    """
+
+    stream_id: str
+    host: str
+    saved_at: float
+    last_time: float | None = None
+    decision: Any = None
+    health: Any = None
+    counters: dict[str, int] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class CheckpointStore:
+    """Reads and writes stream checkpoints under ``root`` (created if missing)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use checkpoint directory {self.root}: {exc.strerror}; "
+                              "give a directory every host can write (--checkpoint-dir)") from exc
+
+    def _path(self, stream: str) -> Path:
+        return self.root / (quote(stream, safe="") + _SUFFIX)
+
+    def save(self, ckpt: StreamCheckpoint) -> None:
+        ckpt.saved_at = time.time()
+        data = pickle.dumps(ckpt, protocol=pickle.HIGHEST_PROTOCOL)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self._path(ckpt.stream_id))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self, stream: str) -> StreamCheckpoint | None:
+        """The stream's latest checkpoint, or None (never saved, or unreadable: start afresh)."""
+        try:
+            obj = pickle.loads(self._path(stream).read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            return None
+        return obj if isinstance(obj, StreamCheckpoint) else None
+
+    def streams(self) -> list[str]:
+        return sorted(unquote(p.name[: -len(_SUFFIX)]) for p in self.root.glob("*" + _SUFFIX))
+
+
+def event_id(stream: str, kind: str, n: int, data: dict[str, Any]) -> str:
+    """A stable id: the stream, the kind, its running number and the change itself, so that the
+    same change re-derived after a failover gets the same id and a different one never does."""
+    change = f"{data.get('from', '')}>{data.get('to', '')}" + ("+ack" if data.get("acknowledged") else "")
+    return f"{stream}|{kind}|{n}|{change}"
+
+
+__all__ = ["CheckpointStore", "RECENT_EVENTS", "StreamCheckpoint", "event_id"]

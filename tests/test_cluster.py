@@ -1,0 +1,244 @@
+"""Cluster mode without Ray: the hash ring, the shard source, checkpointed hand-over between two real
+host pipelines, the aggregator's one dashboard and Prometheus endpoint, and that the single-machine
+monitor never imports Ray. (The same parts on a real Ray cluster: tests/test_cluster_ray.py.)"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from drsn_stream.cluster.aggregator import Aggregator, ClusterCollector
+from drsn_stream.cluster.ring import HashRing
+from drsn_stream.cluster.shard_source import ShardSource
+from drsn_stream.cluster.state import CheckpointStore, StreamCheckpoint
+from drsn_stream.monitor.snapshot import Header, Snapshot, StreamRow
+from drsn_stream.sources.wire import encode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ ring
+def test_ring_moves_about_one_nth_when_a_host_joins_or_leaves() -> None:
+    streams = [f"plant/line{i // 50}/ch{i}" for i in range(3000)]
+    three = HashRing(["a", "b", "c"]).assign(streams)
+    assert sorted(s for ss in three.values() for s in ss) == sorted(streams)  # each stream exactly once
+    shares = [len(ss) / len(streams) for ss in three.values()]
+    assert max(shares) < 1 / 3 * 1.25 and min(shares) > 1 / 3 * 0.75
+
+    before = {s: h for h, ss in three.items() for s in ss}
+    four = HashRing(["c", "a", "d", "b"])  # the order hosts were added does not matter
+    moved = [s for s in streams if four.owner(s) != before[s]]
+    assert all(four.owner(s) == "d" for s in moved)  # only to the new host
+    assert 0.15 < len(moved) / len(streams) < 0.25 * 1.3
+
+    two = HashRing(["a", "c"])
+    moved = [s for s in streams if two.owner(s) != before[s]]
+    assert {before[s] for s in moved} == {"b"}  # only the leaving host's streams move
+    assert HashRing().owner("x") is None
+
+
+# ------------------------------------------------------------------------------------ shard source
+def test_shard_source_receives_only_its_streams_and_follows_changes() -> None:
+    port = _free_port()
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    src = ShardSource(f"127.0.0.1:{port}")
+    src.set_streams(["m1"])
+    got: list[str] = []
+    firsts: list[str] = []
+    src.on_first_frame = lambda sid, frame: firsts.append(sid)
+    import threading
+
+    def read() -> None:
+        for frame in src:
+            got.append(frame.stream_id)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    x = np.zeros((64, 1), np.float32)
+
+    def burst(seq: int) -> None:
+        for sid in ("m1", "m10", "m2"):  # "m1" is a prefix of "m10": ZeroMQ lets it through
+            pub.send_multipart(encode(sid, seq, time.time(), 12000.0, x))
+
+    try:
+        deadline = time.time() + 10
+        seq = 0
+        while "m1" not in got and time.time() < deadline:
+            burst(seq)
+            seq += 1
+            time.sleep(0.05)
+        assert set(got) == {"m1"} and src.foreign > 0
+        src.set_streams(["m2"])
+        n = len(got)
+        while "m2" not in got[n:] and time.time() < deadline:
+            burst(seq)
+            seq += 1
+            time.sleep(0.05)
+        later = got[n + 1:]
+        assert "m2" in got[n:] and "m10" not in got
+        assert src.subscribed == frozenset({"m2"})
+        assert firsts == ["m1", "m2"]
+        assert set(later) <= {"m2"}
+    finally:
+        src.close()
+        t.join(5)
+        pub.close(0)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_store_round_trip_and_unreadable_files(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "ck")
+    store.save(StreamCheckpoint("zmq/plant a/ch:1", "h1", 0.0, last_time=12.5, counters={"alarm": 3}))
+    assert store.streams() == ["zmq/plant a/ch:1"]
+    back = store.load("zmq/plant a/ch:1")
+    assert back is not None and back.counters == {"alarm": 3} and back.last_time == 12.5
+    (tmp_path / "ck" / "broken.ckpt").write_bytes(b"not a pickle")
+    assert store.load("broken") is None and store.load("never-saved") is None
+
+
+# ------------------------------------------------------------------------------------ hand-over
+@pytest.mark.slow
+def test_a_lost_host_streams_continue_elsewhere_with_latches_acks_and_no_duplicate_events(tmp_path: Path) -> None:
+    """Two real host pipelines on one gateway; host a stops dead (no hand-over), b takes its streams
+    from the checkpoints: ALERT and acknowledgements carry over, the gap is reported, the events
+    a re-sends are dropped by id, every stream raised its alarm exactly once."""
+    from drsn_stream.cluster.host import HostWorker
+    from drsn_stream.monitor.pipeline import RunConfig
+    from drsn_stream.sinks.dashboard import render_once
+    from drsn_stream.sinks.jsonl import JsonlSink
+
+    port = _free_port()
+    pub = subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--source",
+                            "sim:bearing?machines=6&fault=inner_014", "--to", f"tcp://127.0.0.1:{port}",
+                            "--duration", "60"], cwd=ROOT)
+    agg = Aggregator(sinks=[JsonlSink(tmp_path / "out.jsonl")], source=f"zmq+shard://127.0.0.1:{port}")
+
+    def send_for(name: str):
+        return lambda kind, payload: agg.push(name, payload) if kind == "results" else agg.summary(payload)
+
+    cfg = RunConfig(engine_process=False, threads=1, decision={"latching": True, "danger_after_s": None})
+    hosts = {n: HostWorker(n, cfg, gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ck"),
+                           send=send_for(n)).start() for n in ("a", "b")}
+    streams = [f"sim/m{i}" for i in range(6)]
+    plan = HashRing(["a", "b"]).assign(streams)
+    if not plan["a"]:  # the test needs a stream on each host
+        plan = {"a": streams[:3], "b": streams[3:]}
+    for name, ss in plan.items():
+        hosts[name].assign(ss)
+    try:
+        _until(lambda: {r.level for r in agg.snapshot().rows} == {"ALERT"} and len(agg.snapshot().rows) == 6, 60)
+        acked = {plan["a"][0], plan["b"][0]}
+        for sid in acked:
+            hosts["a" if sid in plan["a"] else "b"].acknowledge(sid)
+        time.sleep(1.5)
+        a = hosts.pop("a")
+        a.source.set_streams([])  # host a goes silent: no release, no final checkpoint
+        a._stop.set()
+        agg.host_down("a", {s: "b" for s in plan["a"]})
+        hosts["b"].assign(plan["a"], previous={s: "a" for s in plan["a"]})
+
+        def carried_over() -> bool:
+            rows = {r.stream_id: r for r in agg.snapshot().rows}
+            return all(s in rows and rows[s].host == "b" and rows[s].level == "ALERT"
+                       and rows[s].unacknowledged == (s not in acked) for s in streams)
+
+        _until(carried_over, 30)
+        screen = render_once(agg.snapshot(), width=120)
+    finally:
+        for h in hosts.values():
+            h.stop()
+        a.pipe.stop()
+        pub.kill()
+        pub.wait()
+        agg.close()
+    assert " host " in screen and "GAP" in screen and "host a lost" in screen
+    objs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    alarms = [o for o in objs if o["type"] == "alarm"]
+    assert Counter(o["id"] for o in alarms).most_common(1)[0][1] == 1
+    per = defaultdict(list)
+    for o in alarms:
+        per[o["stream"]].append((o["from"], o["to"], bool(o.get("acknowledged"))))
+    for sid in streams:
+        assert per[sid].count(("NORMAL", "ALERT", False)) == 1, (sid, per[sid])
+    gaps = {o["stream"]: o for o in objs if o["type"] == "gap"}
+    assert set(gaps) == set(plan["a"]) and all(g["seconds"] > 0 and g["previous_host"] == "a" for g in gaps.values())
+    assert agg.duplicates > 0  # b re-sent a's recent events; the copies went nowhere
+
+
+def _until(cond, timeout: float) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {timeout:g} s")
+
+
+# ------------------------------------------------------------------------------------ aggregator
+def _host_snapshot(host: str, rows: list[StreamRow]) -> dict:
+    snap = Snapshot(time=time.time(), header=Header(model="bearing-cwru", labels=("normal", "inner_014"),
+                                                    device="cpu", ready=True), rows=tuple(rows))
+    return {"host": host, "time": time.time(), "snapshot": snap}
+
+
+def test_aggregator_one_view_with_hosts_and_host_labelled_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from drsn_stream.sinks.dashboard import render_once
+    from drsn_stream.sinks.metrics import make_registry
+
+    agg = Aggregator(source="zmq+shard://gw:5555")
+    agg.summary(_host_snapshot("gpu-1", [StreamRow("s1", label="normal"), StreamRow("s3", label="normal")]))
+    agg.summary(_host_snapshot("gpu-2", [StreamRow("s2", label="inner_014", level="ALERT")]))
+    ev = {"type": "alarm", "stream": "s2", "time": 1.0, "from": "NORMAL", "to": "ALERT", "id": "s2|alarm|0|x"}
+    agg.push("gpu-2", [ev, {"type": "prediction", "stream": "s2", "time": 1.0, "label": "inner_014"}])
+    agg.push("gpu-1", [dict(ev)])  # the copy a failover re-sends
+    snap = agg.snapshot()
+    assert [(r.stream_id, r.host) for r in snap.rows] == [("s1", "gpu-1"), ("s2", "gpu-2"), ("s3", "gpu-1")]
+    assert len([e for e in snap.events if e.type == "alarm"]) == 1 and agg.duplicates == 1
+    screen = render_once(snap, width=120)
+    assert "host" in screen and "gpu-2" in screen and "2 hosts" in screen
+
+    collector = ClusterCollector(lambda: (agg.host_snapshots(), {"drsn_cluster_duplicate_events": agg.duplicates}))
+    text = generate_latest(make_registry(collector, process=False)).decode()
+    assert 'drsn_stream_alarm_level{host="gpu-2",stream="s2"} 1.0' in text
+    assert 'drsn_streams{host="gpu-1"} 2.0' in text
+    assert "drsn_cluster_hosts 2.0" in text and "drsn_cluster_duplicate_events_total 1.0" in text
+
+
+# ------------------------------------------------------------------------------------ no Ray needed
+def test_single_machine_monitor_never_imports_ray() -> None:
+    code = ("import sys, drsn_stream.cli as c, drsn_stream.monitor.pipeline, drsn_stream.cluster.host, "
+            "drsn_stream.cluster.aggregator, drsn_stream.cluster.ray_app, drsn_stream.cluster.deploy\n"
+            "c.build_parser(); c.build_parser('run'); c.build_parser('cluster')\n"
+            "assert 'ray' not in sys.modules, 'ray imported'\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_cluster_command_needs_one_zmq_gateway() -> None:
+    r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--source", "sim"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "give exactly one --source zmq://HOST:PORT" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--source", "zmq://127.0.0.1:5999",
+                        "--jsonl", "-"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "give a file path" in r.stderr and "Traceback" not in r.stderr
