@@ -109,9 +109,9 @@ def test_columns_fold_in_the_stated_priority_order(snap):
 
 
 def test_a_new_column_is_one_entry_in_the_lists(snap, monkeypatch):
-    extra = Column("anomaly", "anomaly x thr", "anom", lambda r, full: Text(f"{r.noise_index * 3:.1f}"), right=True)
+    extra = Column("spare", "spare x thr", "spr", lambda r, full: Text(f"{r.noise_index * 3:.1f}"), right=True)
     monkeypatch.setattr(dashboard, "COLUMNS", (*COLUMNS[:5], extra, *COLUMNS[5:]))
-    monkeypatch.setattr(dashboard, "COLUMN_PRIORITY", (*COLUMN_PRIORITY[:6], "anomaly", *COLUMN_PRIORITY[6:]))
+    monkeypatch.setattr(dashboard, "COLUMN_PRIORITY", (*COLUMN_PRIORITY[:6], "spare", *COLUMN_PRIORITY[6:]))
     wide = next(line for line in screen(snap, 200, 60) if line.startswith("stream "))
-    assert "alarm, held for anomaly x thr" in wide
-    assert "anomaly" in columns_at(snap.rows, 80) and "input" not in columns_at(snap.rows, 80)
+    assert "alarm, held for spare x thr" in wide
+    assert "spare" in columns_at(snap.rows, 80) and "input" not in columns_at(snap.rows, 80)

@@ -48,19 +48,17 @@ HELP = (
     ("q", "quit"),
     ("p", "pause / resume the view (the monitor keeps running)"),
     ("a", "acknowledge latched alarms"),
-    ("n, PgDn", "next page of streams"),
-    ("b, PgUp", "previous page"),
+    ("n / b", "next / previous page of streams (also PgDn / PgUp)"),
     ("?", "show / hide this help"),
 )
 LEGEND = (  # each line fits an 80-column terminal's help panel without wrapping
     "alarm: NORMAL / ALERT / DANGER and how long; * = latched, waiting for 'a'",
-    "label ?: the sensor needs checking, so no condition is claimed",
+    "label ?: check the sensor; unknown: unlike the training data; no claim made",
     "noise 0-1: share of activations the DRSN zeroed (higher: noisier input)",
     "input RMS: recent input level; drops: windows dropped and frames lost",
     "lat p50/p99 ms: capture-to-label latency, median / 99th percentile",
     "envelope dB: envelope fault type; ✓ label, anomaly and envelope agree",
     "anomaly: distance from the learned baseline (1.0 = threshold), its course",
-    "label unknown: unlike the model's training data, so no label is claimed",
 )
 
 
