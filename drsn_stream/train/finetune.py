@@ -181,7 +181,7 @@ def _features(model: nn.Module, x: np.ndarray, spec: dict[str, Any], batch: int 
 
 
 def _fit_unknown(model: nn.Module, train: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarray, np.ndarray],
-                 labels: list[str], meta: dict[str, Any]) -> None:
+                 labels: list[str], meta: dict[str, Any], *, held_from_training: bool) -> None:
     """Adds ``unknown`` and ``outputs.features`` to ``meta`` where the network has pooled features."""
     from drsn_stream.models.ood import UnknownDetector
 
@@ -191,7 +191,7 @@ def _fit_unknown(model: nn.Module, train: tuple[np.ndarray, np.ndarray], held: t
     det = UnknownDetector.fit(_features(model, train[0], spec), train[1], len(labels))
     # Held windows from the training part itself sit closer to the class means than new data
     # would: a wider margin keeps in-distribution refusals near the shipped model's rate.
-    margin = 1.0 if meta["training"]["split"].get("segments", {}).get("val") else 1.5
+    margin = 1.5 if held_from_training else 1.0
     det.calibrate(_features(model, held[0], spec), percentile=99.9, margin=margin)
     det.calibration.update({"data": "the user's training part, clean windows", "tool": "drsn-stream train"})
     meta["unknown"] = det.to_dict()
@@ -204,6 +204,8 @@ def finalize_artifact(
     held: tuple[np.ndarray, np.ndarray],
     labels: list[str],
     meta: dict[str, Any],
+    *,
+    held_from_training: bool = False,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """What a user-trained artifact carries beside its weights: ``(meta, validation windows)``.
 
@@ -219,10 +221,11 @@ def finalize_artifact(
         train: raw clean training windows ``(n, window)`` and their label indices ``(n,)``.
         held: the same of the validation part (of the training part when the run has none).
         labels: the model's labels; meta: the artifact metadata (updated and returned).
+        held_from_training: ``held`` comes from the training part (the run has no validation part).
     """
     from drsn_stream.dsp.noise import add_noise
 
-    _fit_unknown(model, train, held, labels, meta)
+    _fit_unknown(model, train, held, labels, meta, held_from_training=held_from_training)
     windows = held[0]
     if len(windows) == 0:
         return meta, None
@@ -390,7 +393,8 @@ def train_user(
     train_xy = part_windows(split.segments["train"], labels, WHOLE, window=layout.window, hop=layout.hop)
     held_segments = split.segments.get("val") or split.segments["train"]
     held_xy = part_windows(held_segments, labels, WHOLE, window=layout.window, hop=layout.hop)
-    meta, validation = finalize_artifact(model, train_xy, held_xy, labels, meta)
+    meta, validation = finalize_artifact(model, train_xy, held_xy, labels, meta,
+                                         held_from_training=not split.segments.get("val"))
     artifact_path = save_artifact(model, out / f"{name}.pt", meta, validation=validation, probs=True)
     ck = load_checkpoint(out / "best.pt")
     ck["meta"] = meta
