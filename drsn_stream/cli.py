@@ -18,12 +18,12 @@ from drsn_stream.errors import DrsnStreamError
 
 # name -> (module, add_arguments, run, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "run": ("drsn_stream.monitor.cli", "add_arguments", "run", "run the live monitor (the default)"),
+    "run": ("drsn_stream.app.cli", "add_arguments", "run", "run the live monitor (the default)"),
     "models": ("drsn_stream.models.cli", "add_arguments", "run", "list built-in models and their metadata"),
     "train": ("drsn_stream.train.cli", "add_train_arguments", "run_train", "train a model: a CWRU config, or your own recordings (--data DIR)"),
     "eval": ("drsn_stream.train.cli", "add_eval_arguments", "run_eval", "evaluate a model on held-out data with noise"),
     "export": ("drsn_stream.train.cli", "add_export_arguments", "run_export", "export a checkpoint as a TorchScript artifact"),
-    "baseline": ("drsn_stream.monitor.baseline_cli", "add_arguments", "run",
+    "baseline": ("drsn_stream.app.baseline_cli", "add_arguments", "run",
                  "learn a machine's normal (baseline learn) or show a learned profile (baseline show)"),
     "bench": ("drsn_stream.engine.bench", "add_arguments", "run", "benchmark the engine against eager and TorchScript"),
     "publish": ("drsn_stream.sources.publish", "add_arguments", "run", "publish any source over ZeroMQ (sensor gateway)"),

@@ -4,6 +4,10 @@ publisher (``drsn-stream publish``)."""
 from __future__ import annotations
 
 import gc
+import os
+import sys
+import time
+from collections.abc import Callable
 
 
 def freeze_start_up_objects() -> None:
@@ -18,3 +22,88 @@ def freeze_start_up_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+class ResourceMeter:
+    """CPU and memory of this process, GPU use where torch sees CUDA; ``read()`` gives Footer fields.
+
+    CPU comes from ``/proc/self/stat`` (user + system ticks between two reads; 100 = one core),
+    memory from ``/proc/self/statm``; processes in ``extra_pids`` (the engine process) are added.
+    GPU figures come from ``torch.cuda`` only if torch is already imported (reading them must not
+    import it) and CUDA is up; else None.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.extra_pids: list[int] | Callable[[], list[int]] = []  # a callable follows restarts
+        self.cpu_s: float | None = None  # CPU seconds of all the processes at the last read
+
+    def _procs(self) -> list[str]:
+        extra = self.extra_pids() if callable(self.extra_pids) else self.extra_pids
+        return ["self", *(str(p) for p in extra)]
+
+    def read(self) -> dict[str, float | None]:
+        """{"cpu_percent", "rss_mb", "gpu_percent", "gpu_mem_mb"}; None where not available."""
+        return {
+            "cpu_percent": self._cpu(),
+            "rss_mb": self._rss(),
+            **_gpu(),
+        }
+
+    def _cpu(self) -> float | None:
+        cpu_s = 0.0
+        rest: list[str] = []
+        for proc in self._procs():
+            try:
+                with open(f"/proc/{proc}/stat", encoding="ascii") as f:
+                    # The command name may hold spaces; the fields after its ")" are fixed.
+                    fields = f.read().rsplit(")", 1)[1].split()
+                cpu_s += (int(fields[11]) + int(fields[12])) / self._tick
+            except (OSError, IndexError, ValueError):
+                if proc == "self":
+                    return None
+                continue
+            if proc == "self":
+                rest = fields
+        self.cpu_s = cpu_s
+        now = time.monotonic()
+        last, self._last = self._last, (now, cpu_s)
+        if last is None:
+            # First read: the average since the process started (field 22, ticks after boot).
+            try:
+                with open("/proc/uptime", encoding="ascii") as f:
+                    alive = float(f.read().split()[0]) - int(rest[19]) / self._tick
+            except (OSError, IndexError, ValueError):
+                return None
+            return 100.0 * cpu_s / alive if alive > 0 else None
+        if now <= last[0]:
+            return None
+        return 100.0 * (cpu_s - last[1]) / (now - last[0])
+
+    def _rss(self) -> float | None:
+        pages = 0
+        for proc in self._procs():
+            try:
+                with open(f"/proc/{proc}/statm", encoding="ascii") as f:
+                    pages += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                if proc == "self":
+                    return None
+        return pages * self._page / 2**20
+
+
+def _gpu() -> dict[str, float | None]:
+    out: dict[str, float | None] = {"gpu_percent": None, "gpu_mem_mb": None}
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return out
+    try:
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return out
+        out["gpu_mem_mb"] = torch.cuda.memory_reserved() / 2**20
+        out["gpu_percent"] = float(torch.cuda.utilization())  # needs pynvml; absent: stays None
+    except Exception:  # noqa: BLE001 - a missing NVML must never reach the dashboard
+        pass
+    return out

@@ -239,7 +239,7 @@ def test_outputs_field_is_checked(tmp_path):
 
 
 def test_monitor_passes_the_meaning_to_its_runner(tmp_path):
-    from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+    from drsn_stream.app.pipeline import Pipeline, RunConfig
 
     path = _probs_artifact(tmp_path, {"scores": "probs"})
     pipe = Pipeline(RunConfig(sources=("sim",), model=str(path), device="cpu", engine_process=False, threads=1))

@@ -24,11 +24,12 @@ from drsn_stream.models.artifact import load_artifact, save_artifact
 from drsn_stream.models.registry import create_model
 from drsn_stream.monitor.baseline import Profile, fit_stream, parse_duration, weights_digest
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
-from drsn_stream.monitor.snapshot import Header, StreamRow, build_snapshot
+from drsn_stream.monitor.snapshot import build_snapshot
 from drsn_stream.sinks.dashboard import stream_table
 from drsn_stream.sinks.metrics import format_metrics
 from drsn_stream.train import cwru
 from drsn_stream.types import Prediction
+from drsn_stream.view import Header, StreamRow
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")

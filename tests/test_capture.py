@@ -9,7 +9,7 @@ import pytest
 import scipy.io.wavfile
 
 from drsn_stream.errors import ConfigError
-from drsn_stream.monitor.capture import CaptureConfig, EventCapture
+from drsn_stream.sinks.capture import CaptureConfig, EventCapture
 from drsn_stream.types import Event, Frame
 
 RATE = 1000.0

@@ -15,10 +15,10 @@ import zmq
 from helpers import cwru_signal
 from scipy.signal import resample_poly
 
+from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.engine.runner import Runner
 from drsn_stream.models import load_artifact
-from drsn_stream.monitor.pipeline import Pipeline, RunConfig
 from drsn_stream.sources import make_source
 from drsn_stream.sources import publish as publish_cmd
 from drsn_stream.sources.wire import WireError, decode, encode

@@ -20,8 +20,8 @@ from drsn_stream.cluster.aggregator import Aggregator, ClusterCollector
 from drsn_stream.cluster.ring import HashRing
 from drsn_stream.cluster.shard_source import ShardSource
 from drsn_stream.cluster.state import CheckpointStore, StreamCheckpoint
-from drsn_stream.monitor.snapshot import Header, Snapshot, StreamRow
 from drsn_stream.sources.wire import encode
+from drsn_stream.view import Header, Snapshot, StreamRow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,8 +120,8 @@ def test_a_lost_host_streams_continue_elsewhere_with_latches_acks_and_no_duplica
     """Two real host pipelines on one gateway; host a stops dead (no hand-over), b takes its streams
     from the checkpoints: ALERT and acknowledgements carry over, the gap is reported, the events
     a re-sends are dropped by id, every stream raised its alarm exactly once."""
+    from drsn_stream.app.pipeline import RunConfig
     from drsn_stream.cluster.host import HostWorker
-    from drsn_stream.monitor.pipeline import RunConfig
     from drsn_stream.sinks.dashboard import render_once
     from drsn_stream.sinks.jsonl import JsonlSink
 
@@ -226,7 +226,7 @@ def test_aggregator_one_view_with_hosts_and_host_labelled_metrics() -> None:
 
 # ------------------------------------------------------------------------------------ no Ray needed
 def test_single_machine_monitor_never_imports_ray() -> None:
-    code = ("import sys, drsn_stream.cli as c, drsn_stream.monitor.pipeline, drsn_stream.cluster.host, "
+    code = ("import sys, drsn_stream.cli as c, drsn_stream.app.pipeline, drsn_stream.cluster.host, "
             "drsn_stream.cluster.aggregator, drsn_stream.cluster.ray_app, drsn_stream.cluster.deploy\n"
             "c.build_parser(); c.build_parser('run'); c.build_parser('cluster')\n"
             "assert 'ray' not in sys.modules, 'ray imported'\nprint('ok')")

@@ -105,7 +105,7 @@ def _read(path: Path) -> list[dict]:
 
 
 def _run_config(**decision: object):
-    from drsn_stream.monitor.pipeline import RunConfig
+    from drsn_stream.app.pipeline import RunConfig
 
     return RunConfig(engine_process=False, threads=1, decision=dict(decision))
 
@@ -115,9 +115,9 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
     """3 nodes, 24 simulated + 8 replayed CWRU streams: each stream has exactly one host, all 3 hosts
     work, and every window gets the same label as the ordinary monitor gives it in the same run."""
     require_cwru()
+    from drsn_stream.app.pipeline import Pipeline
     from drsn_stream.cluster.deploy import start_cluster
     from drsn_stream.cluster.ray_app import ClusterConfig
-    from drsn_stream.monitor.pipeline import Pipeline
     from drsn_stream.sinks.dashboard import render_once
     from drsn_stream.sinks.jsonl import JsonlSink
 

@@ -14,18 +14,13 @@ from rich.console import Console
 
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
-from drsn_stream.monitor.snapshot import (
-    EventLog,
-    Footer,
-    Header,
-    ResourceMeter,
-    Snapshot,
-    build_snapshot,
-)
+from drsn_stream.monitor.snapshot import build_snapshot
+from drsn_stream.runtime import ResourceMeter
 from drsn_stream.sinks.dashboard import Dashboard, render, render_once, sparkline
 from drsn_stream.sinks.keys import KeyReader, parse_keys
 from drsn_stream.train.cwru import LABELS_10
 from drsn_stream.types import Event, Frame, Prediction
+from drsn_stream.view import EventLog, Footer, Header, Snapshot
 
 LABELS = list(LABELS_10)
 HEADER = Header(

@@ -26,10 +26,10 @@ from drsn_stream.dsp.envelope import (
     machine_for,
 )
 from drsn_stream.errors import ConfigError
-from drsn_stream.monitor.snapshot import Header, Snapshot, StreamRow
 from drsn_stream.sinks.dashboard import event_line, stream_table
 from drsn_stream.sources.file import mat_rpm, read_recording
 from drsn_stream.types import Event
+from drsn_stream.view import Header, Snapshot, StreamRow
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")

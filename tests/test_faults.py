@@ -23,6 +23,7 @@ import pytest
 import torch
 import zmq
 
+from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.dsp import StreamDSP
 from drsn_stream.dsp.resample import MAX_FACTOR, StreamingResampler, UnsupportedRate, rational_ratio
 from drsn_stream.engine import procrunner
@@ -30,7 +31,6 @@ from drsn_stream.engine.procrunner import EngineRestarted, ProcessRunner
 from drsn_stream.errors import ArtifactError, DataError, EngineError, SourceError
 from drsn_stream.models.artifact import load_validation, read_meta, resolve_artifact
 from drsn_stream.monitor.health import AMP_STEP, DC_JUMP, RATE_CHANGE, HealthMonitor
-from drsn_stream.monitor.pipeline import Pipeline, RunConfig
 from drsn_stream.sources import make_source
 from drsn_stream.sources.base import Source
 from drsn_stream.sources.file import read_recording
@@ -166,7 +166,7 @@ def test_an_only_source_that_dies_is_an_error_of_the_run(tmp_path: Path) -> None
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
         "from test_faults import _Breaks\n"
-        "import drsn_stream.monitor.pipeline as p\n"
+        "import drsn_stream.app.pipeline as p\n"
         "real = p.make_source\n"
         "p.make_source = lambda spec, **kw: _Breaks(restartable=False, good=40) if spec == 'breaks' else real(spec, **kw)\n"
         "from drsn_stream.cli import main\n"
@@ -466,7 +466,7 @@ def test_pickled_arrays_in_artifacts_recordings_and_caches_are_refused(tmp_path:
 def test_capture_rings_are_bounded_and_odd_times_do_not_crash(tmp_path: Path) -> None:
     """Before: a 1 MHz, 256-channel stream reserved an 11 GB ring; an alarm at t ~ 7e16 raised
     OSError from time.gmtime and ended the monitor."""
-    from drsn_stream.monitor.capture import CaptureConfig, EventCapture
+    from drsn_stream.sinks.capture import CaptureConfig, EventCapture
     from drsn_stream.types import Event
 
     cap = EventCapture(tmp_path, CaptureConfig(pre_s=0.001, post_s=0.001))

@@ -121,7 +121,7 @@ def test_a_zmq_source_without_data_says_what_it_waits_for(free_tcp_port: int) ->
 
 
 def test_the_dashboard_shows_what_a_zmq_source_waits_for(free_tcp_port: int) -> None:
-    from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+    from drsn_stream.app.pipeline import Pipeline, RunConfig
 
     pipe = Pipeline(RunConfig(sources=(f"zmq://127.0.0.1:{free_tcp_port}",), engine_process=False))
     pipe.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.sinks.metrics import MetricsServer
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana" / "drsn-stream.json"

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from drsn_stream.app.cli import _metrics_address, add_arguments
 from drsn_stream.errors import ConfigError
-from drsn_stream.monitor.cli import _metrics_address, add_arguments
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
-from drsn_stream.monitor.snapshot import Counters, EventLog, Footer, Header, build_snapshot
+from drsn_stream.monitor.snapshot import build_snapshot
 from drsn_stream.sinks.metrics import STREAM_GAUGES, MetricsServer, format_metrics, parse_address
 from drsn_stream.train.cwru import LABELS_10
 from drsn_stream.types import Frame, Prediction
+from drsn_stream.view import Counters, EventLog, Footer, Header
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = list(LABELS_10)

@@ -28,11 +28,12 @@ from drsn_stream.models.ensemble import Ensemble
 from drsn_stream.models.ood import UNKNOWN, UnknownDetector
 from drsn_stream.models.registry import create_model, list_models
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
-from drsn_stream.monitor.snapshot import Header, StreamRow, build_snapshot
+from drsn_stream.monitor.snapshot import build_snapshot
 from drsn_stream.sinks.dashboard import stream_table
 from drsn_stream.sinks.metrics import format_metrics
 from drsn_stream.train import cwru
 from drsn_stream.types import Prediction
+from drsn_stream.view import Header, StreamRow
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drsn_stream.monitor.pipeline import Pipeline, RunConfig
+from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.sinks.jsonl import JsonlSink
 
 

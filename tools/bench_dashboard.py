@@ -31,9 +31,11 @@ from drsn_stream.engine.runner import Runner
 from drsn_stream.models.artifact import load_artifact, load_validation
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
-from drsn_stream.monitor.snapshot import EventLog, Footer, Header, ResourceMeter, Snapshot, build_snapshot
+from drsn_stream.monitor.snapshot import build_snapshot
+from drsn_stream.runtime import ResourceMeter
 from drsn_stream.sources.sim import load_excerpts
 from drsn_stream.types import Frame, Prediction
+from drsn_stream.view import EventLog, Footer, Header, Snapshot
 
 SIZES = ((80, 24), (200, 60))
 STREAMS = (64, 256)

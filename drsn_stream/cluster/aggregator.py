@@ -23,17 +23,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
-from drsn_stream.monitor.snapshot import (
-    Counters,
-    EventLog,
-    Footer,
-    Header,
-    LatencyCounts,
-    Snapshot,
-    natural_key,
-)
 from drsn_stream.sinks.metrics import SnapshotCollector, snapshot_metrics
 from drsn_stream.types import Event
+from drsn_stream.view import Counters, EventLog, Footer, Header, LatencyCounts, Snapshot, natural_key
 
 SEEN_IDS_KEEP = 1_000_000  # event ids remembered for de-duplication (alarm changes are rare)
 EVENT_TYPES = ("alarm", "health", "gap", "note", "detection")

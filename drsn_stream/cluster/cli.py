@@ -17,9 +17,9 @@ import sys
 import time
 from typing import Any
 
+from drsn_stream.app.cli import add_arguments as add_run_arguments
+from drsn_stream.app.cli import config_from_args
 from drsn_stream.errors import ConfigError
-from drsn_stream.monitor.cli import add_arguments as add_run_arguments
-from drsn_stream.monitor.cli import config_from_args
 from drsn_stream.sources.base import parse_spec
 
 

@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.cluster.shard_source import ShardSource
 from drsn_stream.cluster.state import RECENT_EVENTS, CheckpointStore, StreamCheckpoint, event_id
-from drsn_stream.monitor.pipeline import Pipeline, RunConfig
 from drsn_stream.types import Event, Frame
 
 SEND_EVERY_S = 0.1  # results and events leave in batches: one aggregator call per tenth of a second

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 
 import numpy as np
+
+from drsn_stream.view import LATENCY_BUCKETS_MS, LatencyCounts
 
 
 class EngineStats:
@@ -134,3 +139,38 @@ def p50_p99(values: np.ndarray) -> dict[str, float]:
     """``{"p50": .., "p99": ..}`` of ``values``, rounded to 0.1."""
     p50, p99 = np.percentile(values, (50, 99))
     return {"p50": round(float(p50), 1), "p99": round(float(p99), 1)}
+
+
+class LatencyHistogram:
+    """Thread-safe cumulative histogram of latencies (ms) for the metrics endpoint."""
+
+    def __init__(self, bounds_ms: Sequence[float] = LATENCY_BUCKETS_MS) -> None:
+        self.bounds_ms = tuple(float(b) for b in bounds_ms)
+        self._counts = np.zeros(len(self.bounds_ms) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, latency_ms: float | np.ndarray) -> None:
+        """Add one latency or an array of them (ms); NaNs are ignored."""
+        if isinstance(latency_ms, (float, int)):
+            if not math.isfinite(latency_ms):
+                return
+            i = bisect.bisect_left(self.bounds_ms, latency_ms)  # one window: skip numpy's overhead
+            with self._lock:
+                self._counts[i] += 1
+                self._sum += latency_ms
+            return
+        x = np.asarray(latency_ms, dtype=np.float64).reshape(-1)
+        x = x[np.isfinite(x)]
+        if not x.size:
+            return
+        # Bucket i holds bounds[i-1] < x <= bounds[i]; the cumulative sum comes at read time.
+        idx = np.searchsorted(self.bounds_ms, x, side="left")
+        with self._lock:
+            self._counts += np.bincount(idx, minlength=self._counts.size)
+            self._sum += float(x.sum())
+
+    def read(self) -> LatencyCounts:
+        with self._lock:
+            cum = np.cumsum(self._counts)
+            return LatencyCounts(self.bounds_ms, tuple(int(c) for c in cum), self._sum, int(cum[-1]))

@@ -58,9 +58,9 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.config import TOMLDecodeError, loads_toml
+from drsn_stream.engine.stats import LatencyHistogram
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
-from drsn_stream.monitor.snapshot import LatencyHistogram
 from drsn_stream.types import Event, Prediction
 
 UNKNOWN_LABEL = "?"

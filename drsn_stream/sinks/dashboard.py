@@ -34,9 +34,9 @@ from rich.table import Table
 from rich.text import Text
 
 from drsn_stream.dsp.envelope import agreement
-from drsn_stream.monitor.snapshot import LEVELS, Snapshot, StreamRow
 from drsn_stream.sinks.keys import KeyReader
 from drsn_stream.types import Event
+from drsn_stream.view import LEVELS, Snapshot, StreamRow
 
 LEVEL_STYLE = {"NORMAL": "green", "ALERT": "bold yellow", "DANGER": "bold white on red"}
 LABEL_STYLE = {"NORMAL": "green", "ALERT": "yellow", "DANGER": "bold red"}

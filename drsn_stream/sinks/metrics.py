@@ -41,8 +41,8 @@ from prometheus_client.core import (
 from drsn_stream import __version__
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN
-from drsn_stream.monitor.snapshot import LEVELS, Snapshot, StreamRow
 from drsn_stream.sources.wire import REASONS
+from drsn_stream.view import LEVELS, Snapshot, StreamRow
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9464

@@ -8,13 +8,13 @@ import os
 import sys
 from typing import Any
 
+from drsn_stream.app.pipeline import Pipeline, RunConfig, print_line, print_line_to
 from drsn_stream.config import check_keys, read_toml
 from drsn_stream.dsp.envelope import EnvelopeSettings, machine_for
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.baseline import parse_duration
 from drsn_stream.monitor.decision import DecisionConfig
 from drsn_stream.monitor.health import HealthConfig
-from drsn_stream.monitor.pipeline import Pipeline, RunConfig, print_line, print_line_to
 
 DURATION_ENV = "DRSN_STREAM_DURATION"  # lets a script end a command it runs as written (CI)
 SECTIONS = ("run", "decision", "health", "detector", "machine", "envelope")  # of a --config file

@@ -7,8 +7,8 @@ import math
 import sys
 import time
 
+from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.monitor.baseline import Profile
-from drsn_stream.monitor.pipeline import Pipeline, RunConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -44,23 +44,16 @@ from drsn_stream.models.artifact import (
 )
 from drsn_stream.models.ood import UnknownDetector
 from drsn_stream.monitor.baseline import BaselineStage, Profile, weights_digest
-from drsn_stream.monitor.capture import CaptureConfig, EventCapture
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.envelope import EnvelopeStage, has_geometry
 from drsn_stream.monitor.health import CHECK_SENSOR, OK, HealthConfig, HealthMonitor
-from drsn_stream.monitor.snapshot import (
-    Counters,
-    EventLog,
-    Footer,
-    Header,
-    ResourceMeter,
-    Snapshot,
-    build_snapshot,
-)
-from drsn_stream.runtime import freeze_start_up_objects
+from drsn_stream.monitor.snapshot import build_snapshot
+from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects
+from drsn_stream.sinks.capture import CaptureConfig, EventCapture
 from drsn_stream.sources import make_source
 from drsn_stream.sources.base import DEFAULT_MAX_STREAMS
 from drsn_stream.types import Event, Frame, Prediction, channel_ids, split_channels
+from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
 SPEECH_MODEL = "digits-fsdd"

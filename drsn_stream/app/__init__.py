@@ -1,0 +1,5 @@
+"""The composition root: the only room that knows every other one.
+
+``Pipeline`` wires sources -> DSP -> engine -> monitor -> sinks for one run and supervises their
+threads and processes; ``cli`` turns flags and config files into a ``RunConfig`` and sinks.
+"""
