@@ -186,3 +186,89 @@ def test_the_result_feed_publishes_what_the_log_writes(tmp_path: Path, free_tcp_
     for p in (p for _, _, p in preds):
         assert p == logged_preds[(p["stream"], p["index"])]
     assert {p["stream"] for _, _, p in preds} == {"sim/m0", "sim/m1"}
+
+
+# ---------------------------------------------------------------------------- sinks
+
+_OBJECTS = [
+    {"type": "prediction", "stream": "m0", "time": 1.7e9, "index": 3, "label": "inner_014", "confidence": 0.97,
+     "probs": [0.01, 0.97, 0.02], "noise_index": 0.1, "latency_ms": 12.5, "batch_size": 4,
+     "smoothed": "inner_014", "level": "ALERT"},
+    {"type": "alarm", "stream": "m0", "time": 1.7e9, "from": "NORMAL", "to": "ALERT", "label": "inner_014",
+     "confidence": 0.97},
+    {"type": "health", "stream": "m1", "time": 1.7e9, "from": "OK", "to": "CHECK_SENSOR", "reasons": ["flat"]},
+    {"type": "note", "stream": "*", "time": 1.7e9, "message": "no envelope evidence"},
+    {"type": "stats", "time": 1.7e9, "latency_ms": {"p99": float("nan")}},
+]
+
+
+def _sink_target(kind: str, tmp_path: Path, port: int) -> str:
+    return {"jsonl": str(tmp_path / "out.jsonl"), "zmq": f"tcp://127.0.0.1:{port}", "lines": "-"}[kind]
+
+
+def test_every_registered_sink_kind_is_covered_here() -> None:
+    from drsn_stream.sinks import SINK_KINDS
+
+    assert set(SINK_KINDS) == {"jsonl", "zmq", "lines"}
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "zmq", "lines"])
+def test_a_sink_takes_every_result_object_and_closes_twice(kind: str, tmp_path: Path, free_tcp_port: int,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from drsn_stream.sinks import Sink, make_sink
+
+    sink = make_sink(kind, _sink_target(kind, tmp_path, free_tcp_port))
+    assert isinstance(sink, Sink)
+    sub = None
+    if kind == "zmq":
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        time.sleep(0.5)  # a PUB drops what it sends before the subscription arrives
+    for obj in _OBJECTS:
+        sink.write(obj)
+    sink.close()
+    sink.close()
+    if kind == "jsonl":
+        back = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert [o["type"] for o in back] == [o["type"] for o in _OBJECTS]
+        assert back[0] == _OBJECTS[0] and back[-1]["latency_ms"] == {"p99": None}
+    elif kind == "zmq":
+        got = []
+        while sub.poll(1000):
+            got.append(json.loads(sub.recv_multipart()[2]))
+        sub.close(0)
+        assert [o["type"] for o in got] == [o["type"] for o in _OBJECTS]
+    else:
+        out = capsys.readouterr().out.splitlines()
+        assert len(out) == 4  # stats have no readable line
+        assert "inner_014" in out[0] and "ALERT" in out[0]
+        assert "ALARM" in out[1] and "NORMAL → ALERT" in out[1]
+        assert "HEALTH" in out[2] and "flat" in out[2]
+        assert "no envelope evidence" in out[3]
+
+
+def test_unknown_sink_kinds_are_one_clear_error() -> None:
+    from drsn_stream.sinks import make_sink
+
+    with pytest.raises(ConfigError, match="valid kinds: jsonl, zmq, lines"):
+        make_sink("kafka", "x")
+
+
+def test_a_broken_sink_is_counted_and_the_others_still_get_everything(tmp_path: Path) -> None:
+    from drsn_stream.sinks import Outputs, make_sink
+
+    class Broken:
+        def write(self, obj: dict) -> None:
+            raise OSError("disk full")
+
+        def close(self) -> None:
+            raise OSError("disk full")
+
+    outputs = Outputs([Broken(), make_sink("jsonl", str(tmp_path / "ok.jsonl"))])
+    for obj in _OBJECTS:
+        outputs.write(obj)
+    outputs.close()
+    assert outputs.failures["Broken"] == len(_OBJECTS) + 1 and "disk full" in (outputs.last_error or "")
+    assert len((tmp_path / "ok.jsonl").read_text().splitlines()) == len(_OBJECTS)

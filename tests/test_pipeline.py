@@ -235,7 +235,7 @@ def test_simulated_machines_are_labelled_as_the_simulator_says() -> None:
                     stale_ms=60000)
     pipe = Pipeline(cfg)
     got = []
-    pipe.sinks.append(type("S", (), {"write": lambda self, o: got.append(o), "close": lambda self: None})())
+    pipe.outputs.add(type("S", (), {"write": lambda self, o: got.append(o), "close": lambda self: None})())
     pipe.start()
     time.sleep(6.0)
     pipe.stop()

@@ -8,13 +8,14 @@ import os
 import sys
 from typing import Any
 
-from drsn_stream.app.pipeline import Pipeline, RunConfig, print_line, print_line_to
+from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.config import check_keys, read_toml
 from drsn_stream.dsp.envelope import EnvelopeSettings, machine_for
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.baseline import parse_duration
 from drsn_stream.monitor.decision import DecisionConfig
 from drsn_stream.monitor.health import HealthConfig
+from drsn_stream.sinks import Sink, make_sink
 
 DURATION_ENV = "DRSN_STREAM_DURATION"  # lets a script end a command it runs as written (CI)
 SECTIONS = ("run", "decision", "health", "detector", "machine", "envelope")  # of a --config file
@@ -158,21 +159,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    sinks: list[Any] = []
+    sinks: list[Sink] = []
     interactive = sys.stdout.isatty() and not args.headless and args.jsonl != "-"
     address = _metrics_address(args)  # a bad address fails before the model loads
     if args.jsonl:
-        from drsn_stream.sinks.jsonl import JsonlSink
-
-        sinks.append(JsonlSink(args.jsonl))
+        sinks.append(make_sink("jsonl", args.jsonl))
     if args.publish:
-        from drsn_stream.sinks.jsonl import ZmqResultSink
-
-        sinks.append(ZmqResultSink(args.publish))
+        sinks.append(make_sink("zmq", args.publish))
     # with --jsonl - stdout carries JSON lines only; every line for people goes to stderr
     human = sys.stderr if args.jsonl == "-" else sys.stdout
-    on_line = (print_line_to(human) if human is not sys.stdout else print_line) if args.headless else None
-    pipe = Pipeline(cfg, sinks=sinks, on_line=on_line)
+    if args.headless:
+        # with --jsonl - stdout carries JSON only, so readable lines go to stderr
+        sinks.append(make_sink("lines", "stderr" if args.jsonl == "-" else "-"))
+    address = _metrics_address(args)  # a bad address fails before the model loads
+    pipe = Pipeline(cfg, sinks=sinks)
     metrics = None
     dashboard = None
     try:

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ from drsn_stream.monitor.envelope import EnvelopeStage, has_geometry
 from drsn_stream.monitor.health import CHECK_SENSOR, OK, HealthConfig, HealthMonitor
 from drsn_stream.monitor.snapshot import build_snapshot
 from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects
+from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import CaptureConfig, EventCapture
 from drsn_stream.sources import make_source
 from drsn_stream.sources.base import DEFAULT_MAX_STREAMS
@@ -147,14 +148,13 @@ class Pipeline:
         self,
         config: RunConfig,
         *,
-        sinks: list[Any] | None = None,
-        on_line: Callable[[str], None] | None = None,
+        sinks: Iterable[Sink] = (),
     ) -> None:
         """
         Args:
             config: the run's settings.
-            sinks: objects with ``write(dict)`` and ``close()`` (JSON lines, ZeroMQ results).
-            on_line: called with one readable line per decision (``--headless``).
+            sinks: where result objects go (``drsn_stream.sinks.Sink``: JSON lines, ZeroMQ results,
+                readable lines); the same objects to each.
         """
         self.config = config
         self.model_name = config.model or default_model(config.sources)
@@ -193,8 +193,7 @@ class Pipeline:
             self.runner = self._local_runner(module, meta, config, features)
         self.meta: ArtifactMeta = meta
         self.labels = list(meta.labels)
-        self.sinks = list(sinks or [])
-        self.on_line = on_line
+        self.outputs = Outputs(sinks, on_error=self._error)
         eager = config.eager_batch
         if eager is None:
             eager = CPU_EAGER_BATCH if live_cpu else 0
@@ -413,8 +412,7 @@ class Pipeline:
         if self._frozen:
             gc.unfreeze()
             self._frozen = False
-        for s in self.sinks:
-            s.close()
+        self.outputs.close()
 
     def run(self) -> None:
         self.start()
@@ -522,13 +520,13 @@ class Pipeline:
                 counts = self.label_counts[p.stream_id] = Counter()
             counts[p.label if healthy else "check_sensor"] += 1
             env = self.envelope.latest(p.stream_id, p.t_last) if self.envelope is not None else None
-            if self.sinks:
+            if self.outputs:
                 obj = p.to_json()
+                st = self.decisions.state(p.stream_id)
+                obj["smoothed"], obj["level"] = st.label, st.level.name
                 if env is not None:
                     obj["envelope"] = env.to_json()
                 self._emit(obj)
-            if self.on_line is not None:
-                self.on_line(self._line(p) + (f" env {env.fault_type} {env.strength_db:.1f}dB" if env else ""))
             if self.detector is not None and healthy:
                 dets = self.detector.update(p.stream_id, p.t_last, p.probs)
                 for d in dets:
@@ -550,15 +548,9 @@ class Pipeline:
             if self.capture is not None:
                 self.capture.on_event(e)
             self._emit(e.to_json())
-            if self.on_line is not None and e.type != "prediction":
-                self.on_line(_event_line(e))
 
     def _emit(self, obj: dict[str, Any]) -> None:
-        for s in self.sinks:
-            try:
-                s.write(obj)
-            except Exception as exc:  # noqa: BLE001 - a failing sink is shown; the others and the monitor go on
-                self._error(f"output {type(s).__name__}: {_one_line(exc)}")
+        self.outputs.write(obj)
 
     def _error(self, line: str) -> None:
         """Keep an error line for the dashboard, the stats and the summary: each distinct line once
@@ -567,14 +559,6 @@ class Pipeline:
             self.errors.append(line)
         self.error_counts[line] += 1
 
-    def _line(self, p: Prediction) -> str:
-        st = self.decisions.state(p.stream_id)
-        conf = "  -  " if p.model_label is not None else f"{p.confidence:5.2f}"  # a refused label has none
-        return (
-            f"{_clock(p.t_last)} {p.stream_id:<14} {p.label if p.health == OK else 'CHECK_SENSOR':<10} "
-            f"{conf}  smoothed {st.label}/{st.level.name:<6} noise {p.noise_index:4.2f} "
-            f"latency {p.latency_ms:7.1f} ms" + (f" anomaly {p.anomaly:.2f}" if p.anomaly is not None else "")
-        )
 
     # ------------------------------------------------------------------ views
     def acknowledge(self) -> None:
@@ -675,6 +659,7 @@ class Pipeline:
             "sources": _jsonable(sources),
             "nonfinite_samples": nonfinite,
             **({"envelope": self.envelope.stats()} if self.envelope is not None else {}),
+            "sink_failures": dict(self.outputs.failures),
             "errors": list(self.errors),
             "failed_sources": list(self.failed_sources),
         }
@@ -698,7 +683,10 @@ class Pipeline:
         for err in self.errors:
             n = self.error_counts[err]
             lines.append(f"  error: {err}" + (f" (x{n})" if n > 1 else ""))
+        if self.outputs.failures:
+            lines.append(f"  sink failures {dict(self.outputs.failures)}; last: {self.outputs.last_error}")
         return "\n".join(lines)
+
 
 
 def _clock(t: float) -> str:
@@ -736,20 +724,6 @@ def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownD
     return unknown, stage
 
 
-def _event_line(e: Event) -> str:
-    d = e.data
-    when = _clock(e.time)
-    if e.type == "alarm":
-        return f"{when} {e.stream_id:<14} ALARM {d.get('from')} -> {d.get('to')} ({d.get('label')} {d.get('confidence', 0):.2f})"
-    if e.type == "health":
-        return f"{when} {e.stream_id:<14} HEALTH {d.get('from')} -> {d.get('to')} {', '.join(d.get('reasons', ()))}"
-    if e.type == "detection":
-        return f"{when} {e.stream_id:<14} DETECTED {d.get('label')} ({d.get('confidence', 0):.2f})"
-    if e.type == "note":
-        return f"{when} {e.stream_id:<14} note: {d.get('message')}"
-    return f"{when} {e.stream_id:<14} {e.type} {d}"
-
-
 def _jsonable(o: Any) -> Any:
     if isinstance(o, dict):
         return {str(k): _jsonable(v) for k, v in o.items()}
@@ -760,23 +734,4 @@ def _jsonable(o: Any) -> Any:
     return o
 
 
-def print_line(line: str) -> None:
-    try:
-        print(line, flush=True)
-    except (BrokenPipeError, ValueError):
-        pass
-
-
-def print_line_to(stream: Any) -> Callable[[str], None]:
-    """``print_line`` to another stream (stderr when stdout carries JSON lines)."""
-
-    def write(line: str) -> None:
-        try:
-            print(line, file=stream, flush=True)
-        except (BrokenPipeError, ValueError):
-            pass
-
-    return write
-
-
-__all__ = ["Pipeline", "RunConfig", "default_model", "print_line", "print_line_to"]
+__all__ = ["Pipeline", "RunConfig", "default_model"]

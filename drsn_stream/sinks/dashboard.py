@@ -35,6 +35,7 @@ from rich.text import Text
 
 from drsn_stream.dsp.envelope import agreement
 from drsn_stream.sinks.keys import KeyReader
+from drsn_stream.sinks.lines import event_parts
 from drsn_stream.types import Event
 from drsn_stream.view import LEVELS, Snapshot, StreamRow
 
@@ -417,46 +418,21 @@ def stream_table(rows: Sequence[StreamRow], *, width: int = 100, title: str | No
     return Group(*lines)
 
 
+def _role_style(role: str) -> str | None:
+    kind, _, arg = role.partition(":")
+    if kind == "alarm":
+        return LABEL_STYLE.get(arg, "bold")
+    if kind == "health":
+        return "green" if arg == "OK" else "magenta"
+    return {"dim": "dim", "heard": "bold cyan", "gap": "bold yellow"}.get(kind)
+
+
 def event_line(event: Event) -> Text:
-    """One line of the events pane."""
+    """One line of the events pane (worded by ``sinks.lines.event_parts``, styled here)."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(time.strftime("%H:%M:%S", time.localtime(event.time)) + " ", style="dim")
-    d = event.data
-    if event.type == "alarm":
-        to = str(d.get("to", "?"))
-        text.append("ALARM  ", style=LABEL_STYLE.get(to, "bold"))
-        text.append(f"{event.stream_id}  {d.get('from', '?')} → ")
-        text.append(to, style=LABEL_STYLE.get(to, "bold"))
-        conf = d.get("confidence")
-        text.append(f"  {d.get('label', '')}")
-        if isinstance(conf, (int, float)):
-            text.append(f" {conf * 100:.0f}%")
-        if d.get("acknowledged"):
-            text.append("  (acknowledged)", style="dim")
-    elif event.type == "health":
-        to = str(d.get("to", "?"))
-        text.append("HEALTH ", style="magenta" if to != "OK" else "green")
-        text.append(f"{event.stream_id}  {d.get('from', '?')} → {to}")
-        reasons = d.get("reasons") or []
-        if reasons:
-            text.append(f"  ({', '.join(map(str, reasons))})")
-    elif event.type == "detection":
-        text.append("HEARD  ", style="bold cyan")
-        text.append(f"{event.stream_id}  {d.get('label', d.get('text', '?'))}")
-        conf = d.get("confidence")
-        if isinstance(conf, (int, float)):
-            text.append(f" {conf * 100:.0f}%")
-    elif event.type == "gap":  # cluster mode: a failover or hand-over left the stream unclassified
-        text.append("GAP    ", style="bold yellow")
-        text.append(f"{event.stream_id}  {d.get('seconds', '?')} s not classified")
-        if d.get("previous_host") or d.get("host"):
-            text.append(f" ({d.get('previous_host', '?')} → {d.get('host', '?')})", style="dim")
-    elif event.type == "note":
-        text.append("NOTE   ", style="dim")
-        text.append(f"{event.stream_id}  {d.get('message', '')}")
-    else:
-        text.append(f"{event.type.upper():<6} ", style="dim")
-        text.append(f"{event.stream_id}  " + " ".join(f"{k}={v}" for k, v in d.items()))
+    for part, role in event_parts(event.type, event.stream_id, event.data):
+        text.append(part, style=_role_style(role))
     return text
 
 
