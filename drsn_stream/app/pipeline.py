@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from drsn_stream.app.defaults import resolve_defaults
 from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.envelope import EnvelopeSettings, label_family
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
-from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH, Runner, pick_device
+from drsn_stream.engine.runner import Runner, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.models.artifact import (
@@ -121,6 +122,13 @@ class RunConfig:
             raise ConfigError("run config: " + "; ".join(problems))
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _split_cpus() -> tuple[set[int], int] | None:
     """(cores for this process, the core for the engine process), or None with fewer than 2."""
     try:
@@ -165,13 +173,13 @@ class Pipeline:
             src.max_streams = config.max_streams
         for src in self.sources:
             src.check()
-        use_process = config.engine_process
-        if use_process is None:
-            use_process = (os.cpu_count() or 1) >= 2
-        on_cpu = pick_device(config.device).type == "cpu"
-        use_process = use_process and on_cpu
-        live_cpu = on_cpu and not config.fast
-        self.max_batch = config.max_batch if config.max_batch is not None else CPU_LIVE_MAX_BATCH if live_cpu else MAX_BATCH
+        res = resolve_defaults(
+            device=pick_device(config.device).type, cores=_cores(), fast=config.fast,
+            engine_process=config.engine_process, pin_cpus=config.pin_cpus, threads=config.threads,
+            max_batch=config.max_batch, eager_batch=config.eager_batch, stale_ms=config.stale_ms,
+        )
+        self.resolved = res
+        self.max_batch = res.max_batch
         self._cpus: tuple[set[int], int] | None = None  # (this process's cores, the engine's core)
         self._saved_affinity: set[int] | None = None
         self._frozen = False  # gc.freeze() done by start(), undone by stop()
@@ -179,11 +187,10 @@ class Pipeline:
         meta = read_meta(self.model_name)
         self.unknown, self.baseline = _judges(self.model_name, meta, config)
         features = meta.features if (self.unknown or self.baseline) else 0
-        if use_process:
+        if res.engine_process:
             # the child loads and checks the model; here only its metadata is needed, so the
             # child's start (a second interpreter importing torch) overlaps this one's
-            pin = config.pin_cpus if config.pin_cpus is not None else (config.threads or 1) == 1
-            self._cpus = _split_cpus() if pin else None
+            self._cpus = _split_cpus() if res.pin_cpus else None
             self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
                                         max_batch=self.max_batch, threads=config.threads,
                                         cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout,
@@ -194,16 +201,13 @@ class Pipeline:
         self.meta: ArtifactMeta = meta
         self.labels = list(meta.labels)
         self.outputs = Outputs(sinks, on_error=self._error)
-        eager = config.eager_batch
-        if eager is None:
-            eager = CPU_EAGER_BATCH if live_cpu else 0
         self.batcher = MicroBatcher(
-            max_batch=self.max_batch,
+            max_batch=res.max_batch,
             max_wait_ms=config.max_wait_ms,
-            stale_ms=0.0 if config.fast else config.stale_ms,
+            stale_ms=res.stale_ms,
             capacity=config.queue_capacity,
-            block_when_full=config.fast,
-            eager_batch=min(eager, self.max_batch),
+            block_when_full=res.block_when_full,
+            eager_batch=res.eager_batch,
         )
         self.stats = EngineStats()
         self.engine = InferenceLoop(

@@ -1,0 +1,58 @@
+"""The policy that picks a run's defaults from its config and the machine: a pure function, so it
+can be read and tested on its own (the supervisor in ``app.pipeline`` only applies the result)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the policy needs to know of the machine."""
+
+    cores: int  # cores this process may use
+    device: str  # "cpu" or "cuda": where the model will run
+
+
+@dataclass(frozen=True)
+class Resolved:
+    engine_process: bool  # run the model in a child process (CPU only)
+    pin_cpus: bool  # give that process a core of its own
+    max_batch: int
+    eager_batch: int  # 0: off
+    stale_ms: float  # 0: windows never go stale (replays)
+    block_when_full: bool  # a full queue makes the source wait (replays) instead of dropping (live)
+
+
+def resolve_defaults(
+    *,
+    device: str,
+    cores: int,
+    fast: bool = False,
+    engine_process: bool | None = None,
+    pin_cpus: bool | None = None,
+    threads: int | None = None,
+    max_batch: int | None = None,
+    eager_batch: int | None = None,
+    stale_ms: float = 2000.0,
+) -> Resolved:
+    """Fills what the config left unset (None).
+
+    - The engine process is on for the CPU with 2 or more cores: the model's compute then never
+      waits behind the ingest thread for the interpreter lock. On CUDA the model runs in-process.
+    - Pinning is on where that process runs one torch thread: its core is then its own.
+    - Live CPU runs take micro-batches of at most CPU_LIVE_MAX_BATCH and send one early once
+      CPU_EAGER_BATCH windows wait while the engine idles (latency over throughput); CUDA and
+      replays (``fast``) take MAX_BATCH and wait for full batches (throughput).
+    - Replays never drop: windows do not go stale and a full queue makes the source wait.
+    """
+    on_cpu = device == "cpu"
+    live_cpu = on_cpu and not fast
+    use_process = (cores >= 2 if engine_process is None else engine_process) and on_cpu
+    pin = use_process and (pin_cpus if pin_cpus is not None else (threads or 1) == 1) and cores >= 2
+    batch = max_batch if max_batch is not None else CPU_LIVE_MAX_BATCH if live_cpu else MAX_BATCH
+    eager = eager_batch if eager_batch is not None else CPU_EAGER_BATCH if live_cpu else 0
+    return Resolved(engine_process=use_process, pin_cpus=pin, max_batch=batch, eager_batch=min(eager, batch),
+                    stale_ms=0.0 if fast else stale_ms, block_when_full=fast)

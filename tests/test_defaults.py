@@ -1,0 +1,45 @@
+"""The defaults policy (app.defaults.resolve_defaults), on its own: no model, no threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from drsn_stream.app.defaults import resolve_defaults
+from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
+
+
+def test_a_live_cpu_run_on_two_cores_gets_a_pinned_engine_process_and_small_eager_batches() -> None:
+    r = resolve_defaults(device="cpu", cores=2)
+    assert r.engine_process and r.pin_cpus
+    assert (r.max_batch, r.eager_batch) == (CPU_LIVE_MAX_BATCH, CPU_EAGER_BATCH)
+    assert r.stale_ms == 2000.0 and not r.block_when_full
+
+
+def test_one_core_keeps_the_model_in_process() -> None:
+    r = resolve_defaults(device="cpu", cores=1)
+    assert not r.engine_process and not r.pin_cpus
+
+
+def test_cuda_runs_in_process_with_big_batches_and_no_eager_flush() -> None:
+    r = resolve_defaults(device="cuda", cores=16)
+    assert not r.engine_process and not r.pin_cpus
+    assert (r.max_batch, r.eager_batch) == (MAX_BATCH, 0)
+
+
+def test_a_replay_never_drops_and_takes_full_batches() -> None:
+    r = resolve_defaults(device="cpu", cores=2, fast=True)
+    assert r.stale_ms == 0.0 and r.block_when_full
+    assert (r.max_batch, r.eager_batch) == (MAX_BATCH, 0)
+
+
+@pytest.mark.parametrize("threads, pinned", [(None, True), (1, True), (2, False)])
+def test_pinning_follows_the_engine_threads(threads: int | None, pinned: bool) -> None:
+    assert resolve_defaults(device="cpu", cores=4, threads=threads).pin_cpus is pinned
+
+
+def test_what_the_config_sets_wins() -> None:
+    r = resolve_defaults(device="cpu", cores=8, engine_process=False, pin_cpus=True, max_batch=16,
+                         eager_batch=32, stale_ms=500.0)
+    assert not r.engine_process and not r.pin_cpus  # no process, nothing to pin
+    assert (r.max_batch, r.eager_batch, r.stale_ms) == (16, 16, 500.0)  # eager never above the batch
+    assert resolve_defaults(device="cuda", cores=8, engine_process=True).engine_process is False
