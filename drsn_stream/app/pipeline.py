@@ -33,7 +33,7 @@ from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
-from drsn_stream.engine.runner import Runner, pick_device
+from drsn_stream.engine.runner import Runner, RunnerLike, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.models.artifact import (
@@ -183,7 +183,7 @@ class Pipeline:
         self._cpus: tuple[set[int], int] | None = None  # (this process's cores, the engine's core)
         self._saved_affinity: set[int] | None = None
         self._frozen = False  # gc.freeze() done by start(), undone by stop()
-        self.runner: Runner | ProcessRunner
+        self.runner: RunnerLike
         meta = read_meta(self.model_name)
         self.unknown, self.baseline = _judges(self.model_name, meta, config)
         features = meta.features if (self.unknown or self.baseline) else 0

@@ -12,7 +12,7 @@ import numpy as np
 from drsn_stream.dsp.normalize import normalize_with_level
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.procrunner import EngineRestarted
-from drsn_stream.engine.runner import Pending, Runner
+from drsn_stream.engine.runner import Pending, RunnerLike
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.types import Prediction, Window
 
@@ -66,7 +66,7 @@ class InferenceLoop(threading.Thread):
     def __init__(
         self,
         batcher: MicroBatcher,
-        runner: Runner,
+        runner: RunnerLike,
         labels: list[str],
         on_predictions: Callable[[list[Prediction]], None],
         *,

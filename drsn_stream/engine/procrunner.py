@@ -29,7 +29,7 @@ try:
 except ImportError:  # Windows
     resource = None  # type: ignore[assignment]
 
-from drsn_stream.engine.runner import Pending, infer_in_slices, split_packed
+from drsn_stream.engine.runner import Pending, check_windows, infer_in_slices, split_packed
 from drsn_stream.errors import ArtifactError, EngineError
 from drsn_stream.runtime import freeze_start_up_objects
 
@@ -256,11 +256,8 @@ class ProcessRunner:
         self.ready.set()
 
     def submit(self, x: np.ndarray) -> Pending:
-        if x.ndim != 2 or x.shape[1] != self.window:
-            raise ValueError(f"expected windows of shape (b, {self.window}), got {x.shape}")
+        check_windows(x, self.window, self.max_batch)
         rows = x.shape[0]
-        if rows > self.max_batch:
-            raise ValueError(f"submit takes at most {self.max_batch} windows, got {rows}; use infer()")
         self.warmup()
         lane = self._next
         if self._busy[lane]:

@@ -17,7 +17,7 @@ import copy
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -112,7 +112,39 @@ def split_packed(res: np.ndarray, features: int, pending: Pending) -> tuple[np.n
     return res[:, :c], res[:, c]
 
 
-def infer_in_slices(runner: Any, x: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+class RunnerLike(Protocol):
+    """What the inference loop needs of a runner: ``Runner`` (CPU, CUDA) and ``ProcessRunner`` (CPU
+    in a child process) both keep it. At most ``lanes`` batches may be submitted and not collected;
+    ``collect`` takes them in submission order."""
+
+    window: int
+    max_batch: int
+    lanes: int
+    notes: list[str]
+
+    @property
+    def device_name(self) -> str: ...
+
+    def warmup(self) -> None: ...
+
+    def submit(self, x: np.ndarray) -> Pending: ...
+
+    def done(self, pending: Pending) -> bool: ...
+
+    def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def check_windows(x: np.ndarray, window: int, max_batch: int | None = None) -> None:
+    """The input check every runner makes: (b, window) windows, at most ``max_batch`` of them."""
+    if x.ndim != 2 or x.shape[1] != window:
+        raise ValueError(f"expected windows of shape (b, {window}), got {x.shape}")
+    if max_batch is not None and x.shape[0] > max_batch:
+        raise ValueError(f"submit takes at most {max_batch} windows, got {x.shape[0]}; use infer()")
+
+
+def infer_in_slices(runner: RunnerLike, x: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
     """Runs ``x`` through ``runner.submit`` / ``collect`` in slices of ``step`` rows, keeping up to
     ``runner.lanes`` slices in flight; results in order (Runner and ProcessRunner)."""
     outs_p, outs_n, pending = [], [], []
@@ -337,24 +369,18 @@ class Runner:
         Batches larger than the largest size (or CPU_SLICE on the CPU) run in slices; on CUDA the
         slices overlap across lanes.
         """
-        self._check(x)
+        check_windows(x, self.window)
         step = min(self.max_batch, CPU_SLICE) if self.device.type == "cpu" else self.max_batch
         if x.shape[0] <= step:
             return self.collect(self.submit(x))
         return infer_in_slices(self, x, step)
 
-    def _check(self, x: np.ndarray) -> None:
-        if x.ndim != 2 or x.shape[1] != self.window:
-            raise ValueError(f"expected windows of shape (b, {self.window}), got {x.shape}")
-
     def submit(self, x: np.ndarray) -> Pending:
         """Starts one batch (on CUDA at most max_batch rows). On the CPU it runs here and now; on CUDA it is
         queued on a free lane and ``collect`` waits for it. At most ``lanes`` batches may be
         submitted and not yet collected."""
-        self._check(x)
+        check_windows(x, self.window, None if self.device.type == "cpu" else self.max_batch)
         b = x.shape[0]
-        if b > self.max_batch and self.device.type != "cpu":
-            raise ValueError(f"submit takes at most {self.max_batch} windows, got {b}; use infer()")
         if self.device.type == "cpu":
             ps, ns, fs = [], [], []
             with torch.inference_mode():
