@@ -1,15 +1,15 @@
 """Configuration files: TOML tables that fill the frozen dataclasses of each stage.
 
 A run config has a ``[run]`` table (RunConfig fields: sources, model, device, max_batch, ...)
-and optional ``[decision]``, ``[health]`` and ``[detector]`` tables. Command-line flags
-override the file.
+and optional ``[decision]``, ``[health]``, ``[detector]``, ``[capture]``, ``[machine]`` and
+``[envelope]`` tables; any other table is refused. Command-line flags override the file.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     import tomllib
@@ -35,6 +35,7 @@ def find_config(path: str | Path) -> Path:
 
 
 TOMLDecodeError = tomllib.TOMLDecodeError
+T = TypeVar("T")
 
 
 def loads_toml(text: str) -> dict[str, Any]:
@@ -49,6 +50,28 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+
+
+def check_sections(doc: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
+    """Refuses tables that nobody reads (a mistyped ``[decisions]`` would otherwise be ignored)."""
+    unknown = sorted(set(doc) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)}; "
+                          f"valid: {', '.join(f'[{v}]' for v in valid)}")
+
+
+def from_table(cls: type[T], table: dict[str, Any], where: str) -> T:
+    """Builds the dataclass ``cls`` from one TOML table: unknown keys and bad values are one
+    ConfigError that names the table and the valid keys."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table of key = value, not {type(table).__name__}")
+    check_keys(table, cls, where)
+    try:
+        return cls(**table)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def check_keys(table: dict[str, Any], cls: type, where: str) -> dict[str, Any]:

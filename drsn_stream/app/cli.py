@@ -6,19 +6,20 @@ import argparse
 import gc
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
-from drsn_stream.config import check_keys, read_toml
+from drsn_stream.config import check_keys, check_sections, from_table, read_toml
 from drsn_stream.dsp.envelope import EnvelopeSettings, machine_for
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.baseline import parse_duration
 from drsn_stream.monitor.decision import DecisionConfig
 from drsn_stream.monitor.health import HealthConfig
 from drsn_stream.sinks import Sink, make_sink
+from drsn_stream.speech.detector import DetectorConfig
 
 DURATION_ENV = "DRSN_STREAM_DURATION"  # lets a script end a command it runs as written (CI)
-SECTIONS = ("run", "decision", "health", "detector", "machine", "envelope")  # of a --config file
 
 
 def _env_duration() -> float | None:
@@ -88,25 +89,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "own data, then monitor it for deviations")
 
 
+SECTIONS = ("run", "decision", "health", "detector", "capture", "machine", "envelope")
+
+
+@dataclass(frozen=True)
+class _CaptureTable:
+    """The ``[capture]`` table: the same settings as ``--capture DIR`` and the RunConfig's capture_* fields."""
+
+    dir: str | None = None
+    pre_s: float = 5.0
+    post_s: float = 5.0
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     table: dict[str, Any] = {}
     extra: dict[str, dict[str, Any]] = {}
     if args.config:
         doc = read_toml(args.config)
-        unknown = sorted(set(doc) - set(SECTIONS))
-        if unknown:
-            raise ConfigError(f"{args.config}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)}; "
-                              f"valid: {', '.join(f'[{v}]' for v in SECTIONS)}")
-        table = check_keys(doc.get("run", {}), RunConfig, f"{args.config} [run]")
-        for name, cls in (("decision", DecisionConfig), ("health", HealthConfig)):
+        where = args.config
+        check_sections(doc, SECTIONS, where)
+        table = check_keys(doc.get("run", {}), RunConfig, f"{where} [run]")
+        for name, cls in (("decision", DecisionConfig), ("health", HealthConfig), ("detector", DetectorConfig),
+                          ("envelope", EnvelopeSettings)):
             if name in doc:
-                extra[name] = check_keys(doc[name], cls, f"{args.config} [{name}]")
-        if "detector" in doc:
-            extra["detector"] = dict(doc["detector"])
+                from_table(cls, doc[name], f"{where} [{name}]")  # refused here, not when the stage starts
+                extra[name] = dict(doc[name])
         if "machine" in doc:
             extra["machine"] = dict(doc["machine"])
-        if "envelope" in doc:
-            extra["envelope"] = check_keys(doc["envelope"], EnvelopeSettings, f"{args.config} [envelope]")
+        if "capture" in doc:
+            cap = check_keys(doc["capture"], _CaptureTable, f"{where} [capture]")
+            table.update({f"capture_{k}" if k != "dir" else "capture_dir": v for k, v in cap.items()})
         if "sources" in table:
             table["sources"] = tuple(table["sources"])
     flags = {

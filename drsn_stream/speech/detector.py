@@ -40,6 +40,22 @@ class _State:
     t_emit: float = float("-inf")
 
 
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The ``[detector]`` table: ``WordDetector``'s thresholds (see its docstring)."""
+
+    enter: float = 0.7
+    leave: float = 0.4
+    refractory_s: float = 0.6
+    confirm: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.leave <= self.enter <= 1.0:
+            raise ValueError(f"need 0 <= leave <= enter <= 1, got leave={self.leave}, enter={self.enter}")
+        if self.confirm < 1 or self.refractory_s < 0:
+            raise ValueError("confirm must be >= 1 and refractory_s >= 0")
+
+
 class WordDetector:
     """Hysteresis, confirmation and a refractory time over per-window label probabilities."""
 
