@@ -79,5 +79,5 @@ def check_keys(table: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
     return dict(table)

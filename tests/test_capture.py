@@ -113,7 +113,7 @@ def test_only_configured_triggers_capture(tmp_path):
 
 
 def test_bad_capture_config_says_what_to_fix():
-    with pytest.raises(ConfigError, match="unknown key.*pre.*valid keys are .*pre_s"):
+    with pytest.raises(ConfigError, match=r"\[capture\]: unknown key.*pre.*valid keys: .*pre_s"):
         CaptureConfig.from_dict({"pre": 2.0})
     with pytest.raises(ConfigError, match="must be >= 0 seconds"):
         CaptureConfig(pre_s=-1.0)

@@ -50,14 +50,14 @@ import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from drsn_stream.config import TOMLDecodeError, loads_toml
+from drsn_stream.config import TOMLDecodeError, from_table, loads_toml
 from drsn_stream.engine.stats import LatencyHistogram
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
@@ -156,13 +156,7 @@ class DecisionConfig:
     @classmethod
     def from_dict(cls, table: Mapping[str, Any]) -> DecisionConfig:
         """Build from a TOML table; an unknown key is an error that lists the valid ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ConfigError(
-                f"decision config: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
-            )
-        return cls(**dict(table))
+        return from_table(cls, dict(table), "[decision]")
 
     @classmethod
     def from_toml(cls, path: str | Path, *, table: str = "decision") -> DecisionConfig:

@@ -42,11 +42,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
 from drsn_stream.types import Event, Frame
 
@@ -136,13 +137,7 @@ class HealthConfig:
     @classmethod
     def from_dict(cls, table: Mapping[str, Any]) -> HealthConfig:
         """Build from a TOML ``[health]`` table; an unknown key is an error listing the valid ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ConfigError(
-                f"health config: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
-            )
-        return cls(**dict(table))
+        return from_table(cls, dict(table), "[health]")
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.io.wavfile
 
+from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
 from drsn_stream.types import Event, Frame
 
@@ -79,13 +80,7 @@ class CaptureConfig:
     @classmethod
     def from_dict(cls, table: Mapping[str, Any]) -> CaptureConfig:
         """Build from a TOML ``[capture]`` table; an unknown key is an error listing the valid ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ConfigError(
-                f"capture config: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
-            )
-        return cls(**dict(table))
+        return from_table(cls, dict(table), "[capture]")
 
 
 @dataclass(frozen=True)
