@@ -101,8 +101,8 @@ def entry() -> None:
     """The console script and ``python -m drsn_stream``: ``main``, then a quick exit.
 
     Everything the command opened is closed by then (sources, sinks, sockets, the engine process,
-    shared memory); what is left is the interpreter's own teardown of torch's ~200,000 objects,
-    which took 3 s on a loaded 2-core machine and made a Ctrl-C look ignored. Streams are flushed
+    shared memory); what is left is the interpreter's own teardown of torch's objects, which takes
+    seconds on a loaded machine and makes a Ctrl-C look ignored (docs/hardening.md). Streams are flushed
     and ZeroMQ is given its linger time to deliver the last results before the process ends.
     """
     code = main()

@@ -14,11 +14,10 @@ def freeze_start_up_objects() -> None:
     """Runs one full garbage collection and freezes every object that exists now.
 
     Call it once start-up is done (libraries imported, model loaded and warmed up). What a live
-    process has built by then stays for good: torch and the model are ~215,000 objects, and a
-    full collection of the cyclic garbage collector walked them all in 119-148 ms with every
-    thread stopped (at 128 streams the first one came 35 s into a run). Frozen, they are out of
-    its way: later collections walk only what the run itself makes (~2,300 objects in the
-    monitor). ``gc.unfreeze()`` hands them back.
+    process has built by then stays for good: torch and the model are hundreds of thousands of
+    objects, and a full collection of the cyclic garbage collector walks them all with every
+    thread stopped, a latency spike mid-run. Frozen, they are out of its way: later collections
+    walk only what the run itself makes. ``gc.unfreeze()`` hands them back.
     """
     gc.collect()
     gc.freeze()

@@ -299,9 +299,8 @@ class Pipeline:
         self._started = time.time()
         if self._cpus is not None:
             # The engine process has a core to itself; ingest, output and sinks keep to the rest:
-            # the model's compute is not moved between cores or interrupted by ingest. At 128
-            # streams on 2 cores: p99 82 against 99 ms over 8 alternating runs each
-            # (docs/perf/ab/pin-cpus-128.json).
+            # the model's compute is not moved between cores or interrupted by ingest, which
+            # lowers the p99 latency (docs/perf/ab/pin-cpus-128.json).
             self._saved_affinity = os.sched_getaffinity(0)
             os.sched_setaffinity(0, self._cpus[0])
         self.runner.warmup()

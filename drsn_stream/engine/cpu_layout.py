@@ -2,12 +2,12 @@
 
 The paper-size networks carry 4 to 16 channels over 128 to 1024 positions. In torch's
 (batch, channels, length) layout oneDNN pads such channel counts to blocks of 16 and reorders
-every convolution's input and output, and on this project's 2-core machines the 25 convolutions
-took half of a forward pass. ``ChannelsLastDRSN`` runs the same weights with activations laid out
+every convolution's input and output, so the convolutions cost much of a forward pass
+(docs/performance.md). ``ChannelsLastDRSN`` runs the same weights with activations laid out
 (batch, length, channels):
 
 - every convolution is oneDNN's channels-last kernel on a (batch, channels, 1, length) view, with
-  no reorders (about half the time of the plain layout's conv1d for these shapes);
+  no reorders;
 - per-channel constants (batch norm, thresholds) are repeated to rows of ``ROW`` values and the
   activations viewed as (batch, length / k, k * channels), so elementwise ops run over long
   contiguous rows instead of 4-wide ones;

@@ -1,8 +1,7 @@
 """The CPU model in its own process, behind the Runner's ``submit`` / ``collect`` interface.
 
 In one Python process the ingest thread (ZeroMQ, decoding, health, DSP), the output thread and the
-inference loop share one interpreter lock, and on a 2-core machine under load the inference
-loop spent a quarter of its time waiting for it. Here a child process owns the TorchScript
+inference loop share one interpreter lock, and under load the inference loop waits for it. Here a child process owns the TorchScript
 module (a plain CPU ``Runner``); batches travel through shared memory (one input and one output
 buffer per lane) and a pipe carries only ``(lane, rows)``. The child has its own interpreter
 lock, so the model runs on one core while ingest runs on the other, and with two lanes the next

@@ -5,8 +5,7 @@ ingest (sources, DSP, sinks). CUDA: pinned host buffers, non-blocking copies, on
 batch size of a fixed set (a batch is padded up to the next size) and lane, fp16 only where a
 check on the artifact's validation windows shows >= 99.9 % label agreement with fp32, and a
 warm-up of every batch size before ``ready`` is set. The module is frozen on both devices
-(TorchScript folds constants and fuses; on an H200 that cut the kernels per batch from 374 to
-212). On CUDA each batch size has ``lanes`` graphs on their own streams, so that while one batch
+(TorchScript folds constants and fuses, so fewer kernels run per batch: docs/gpu/). On CUDA each batch size has ``lanes`` graphs on their own streams, so that while one batch
 runs the next can be copied in and started (``submit`` / ``collect``): the paper-size model is
 bound by kernel launches, not arithmetic, and two graphs in flight fill the GPU better than one.
 """
@@ -28,19 +27,16 @@ from drsn_stream.models.outputs import is_wrapped, to_probs
 
 FP16_MIN_AGREEMENT = 0.999
 # On the CPU a batch is run in slices of at most this many windows: beyond it the activations of
-# one slice no longer fit the caches and throughput drops (1024 windows at once ran ~40 % slower
-# than four slices of 256 on this project's 2-core machines).
+# one slice no longer fit the caches and throughput drops (docs/performance.md).
 CPU_SLICE = 256
 # The live monitor on the CPU sends a batch as soon as this many windows wait while the engine is
-# idle: at 64 windows a batch already runs at the best speed per window (bearing-cwru, 1 thread:
-# 140 us/window at 64, 136 at 88, 161 at 32, 333 at 8), and the rest of a burst gathers while it
-# runs instead of waiting for the whole burst to be formed first.
+# idle: at 64 windows a batch already runs near the best speed per window (docs/performance.md),
+# and the rest of a burst gathers while it runs instead of waiting for the whole burst.
 CPU_EAGER_BATCH = 64
 # The largest batch on the CPU with live sources (the monitor's default there): a burst of 128
 # windows runs as two batches of 64, the second sent as soon as it is full, and after a delay no
-# batch grows to 128-256 windows that the next ones must wait for. At 128 streams on 2 cores, 5
-# alternating pairs: p99 57 against 65 ms, p50 30 against 35 ms, compute p99 per batch 21 against
-# 31 ms (docs/perf/ab/max-batch-64-128.json).
+# batch grows to 128-256 windows that the next ones must wait for: a lower p99 at 128 streams
+# (docs/perf/ab/max-batch-64-128.json).
 CPU_LIVE_MAX_BATCH = 64
 # The largest batch otherwise (CUDA, and replays with --fast, where throughput counts).
 MAX_BATCH = 256
