@@ -178,7 +178,7 @@ def test_simulated_modules_are_labelled_per_channel() -> None:
                     stale_ms=60000)
     pipe = Pipeline(cfg)
     got: list[dict] = []
-    pipe.sinks.append(type("S", (), {"write": lambda self, o: got.append(o), "close": lambda self: None})())
+    pipe.outputs.add(type("S", (), {"write": lambda self, o: got.append(o), "close": lambda self: None})())
     pipe.start()
     time.sleep(6.0)
     pipe.stop()
