@@ -5,6 +5,7 @@ monitor never imports Ray. (The same parts on a real Ray cluster: tests/test_clu
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -112,6 +113,23 @@ def test_checkpoint_store_round_trip_and_unreadable_files(tmp_path: Path) -> Non
     assert back is not None and back.counters == {"alarm": 3} and back.last_time == 12.5
     (tmp_path / "ck" / "broken.ckpt").write_bytes(b"not a pickle")
     assert store.load("broken") is None and store.load("never-saved") is None
+
+
+def test_a_planted_checkpoint_cannot_run_code_on_a_host(tmp_path: Path) -> None:
+    """The checkpoint directory is shared by every host: a file someone put there is read back
+    only as our state records, never as an object that runs code when it is loaded."""
+    import pickle
+
+    class Hostile:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    store = CheckpointStore(tmp_path / "ck")
+    (tmp_path / "ck" / "m1.ckpt").write_bytes(pickle.dumps(Hostile()))
+    assert store.load("m1") is None
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "ck" / "m2.ckpt").write_bytes(pickle.dumps(StreamCheckpoint("m2", "h", 0.0, events=[{"x": os.sep}])))
+    assert store.load("m2") is not None  # the records it writes itself still come back
 
 
 # ------------------------------------------------------------------------------------ hand-over

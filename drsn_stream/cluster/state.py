@@ -23,6 +23,28 @@ from drsn_stream.errors import ConfigError
 
 RECENT_EVENTS = 32  # events per stream kept in its checkpoint for re-delivery
 _SUFFIX = ".ckpt"
+# What a checkpoint may name when it is read back: our state records and the plain containers and
+# numpy arrays inside them. Anything else (os.system, a class with a hostile __reduce__) is
+# refused, so a file planted in the shared directory cannot run code on a host.
+_ALLOWED = {
+    "drsn_stream.cluster.state": {"StreamCheckpoint"},
+    "drsn_stream.monitor.decision": {"_Stream", "Level"},
+    "drsn_stream.monitor.health": {"_Stream"},
+    "collections": {"deque", "OrderedDict", "Counter"},
+    "builtins": {"set", "frozenset", "complex", "slice", "range"},
+    "numpy": {"ndarray", "dtype"},
+    "numpy.core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+    "numpy.core.numeric": {"_frombuffer"},
+    "numpy._core.numeric": {"_frombuffer"},
+}
+
+
+class _StateUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _ALLOWED.get(module, ()):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a checkpoint may not name {module}.{name}")
 
 
 @dataclass
@@ -77,8 +99,9 @@ class CheckpointStore:
     def load(self, stream: str) -> StreamCheckpoint | None:
         """The stream's latest checkpoint, or None (never saved, or unreadable: start afresh)."""
         try:
-            obj = pickle.loads(self._path(stream).read_bytes())
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            with self._path(stream).open("rb") as f:
+                obj = _StateUnpickler(f).load()
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError):
             return None
         return obj if isinstance(obj, StreamCheckpoint) else None
 
