@@ -220,22 +220,14 @@ class ClusterCollector(SnapshotCollector):
         super().__init__(lambda: Snapshot(time=0.0))
         self.aggregator_fn = aggregator_fn
 
-    def collect(self) -> Iterator[Metric]:
-        try:
-            snaps, figures = self.aggregator_fn()
-            families = list(labelled_families(snaps))
-            families.append(GaugeMetricFamily("drsn_cluster_hosts", "Hosts sending summaries.", value=len(snaps)))
-            for name, doc in (("drsn_cluster_duplicate_events", "Events received again after a failover, dropped."),
-                              ("drsn_cluster_failovers", "Hosts lost and their streams moved.")):
-                families.append(CounterMetricFamily(name, doc, value=float(figures.get(name, 0))))
-        except Exception:  # noqa: BLE001 - a scrape must never take the aggregator down
-            with self._lock:
-                self.errors += 1
-            families = []
-        err = CounterMetricFamily("drsn_metrics_snapshot_errors", "Scrapes whose snapshot failed.")
-        err.add_metric([], self.errors)
-        yield from families
-        yield err
+    def families(self) -> list[Metric]:
+        snaps, figures = self.aggregator_fn()
+        families = list(labelled_families(snaps))
+        families.append(GaugeMetricFamily("drsn_cluster_hosts", "Hosts sending summaries.", value=len(snaps)))
+        for name, doc in (("drsn_cluster_duplicate_events", "Events received again after a failover, dropped."),
+                          ("drsn_cluster_failovers", "Hosts lost and their streams moved.")):
+            families.append(CounterMetricFamily(name, doc, value=float(figures.get(name, 0))))
+        return families
 
 
 __all__ = ["Aggregator", "ClusterCollector", "labelled_families"]

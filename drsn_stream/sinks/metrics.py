@@ -92,9 +92,13 @@ class SnapshotCollector:
     def describe(self) -> list[Metric]:
         return []  # no snapshot at registration: the names come with the first scrape
 
+    def families(self) -> list[Metric]:
+        """This scrape's metric families (a subclass with another source overrides this only)."""
+        return list(snapshot_metrics(self.snapshot_fn()))
+
     def collect(self) -> Iterator[Metric]:
         try:
-            families = list(snapshot_metrics(self.snapshot_fn()))
+            families = self.families()
         except Exception:  # noqa: BLE001 - a scrape must never take the monitor down
             with self._lock:
                 self.errors += 1
