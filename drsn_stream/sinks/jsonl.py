@@ -90,13 +90,15 @@ class ZmqResultSink:
     def __init__(self, address: str) -> None:
         import zmq
 
+        from drsn_stream.sources.zmq_source import bind_socket
+
         self.address = _bind_address(address)
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 200)
         self._sock.setsockopt(zmq.SNDHWM, 10000)
         try:
-            self._sock.bind(self.address)
+            bind_socket(self._sock, self.address)
         except zmq.ZMQError as exc:
             self._sock.close(0)
             raise ConfigError(f"--publish {address}: cannot bind ({exc}); pick a free port") from None

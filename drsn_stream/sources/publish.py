@@ -29,6 +29,7 @@ from drsn_stream.errors import DrsnStreamError
 from drsn_stream.runtime import freeze_start_up_objects
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import DTYPES, encode, encode_eos
+from drsn_stream.sources.zmq_source import bind_socket
 from drsn_stream.types import Frame
 
 DEFAULT_TO = "tcp://127.0.0.1:5555"
@@ -107,7 +108,7 @@ def publish(
         sock.setsockopt(zmq.SNDTIMEO, 1000)  # PUSH blocks without a receiver; count, don't hang
     addr = _address(to)
     try:
-        (sock.connect if connect else sock.bind)(addr)
+        sock.connect(addr) if connect else bind_socket(sock, addr)
     except zmq.ZMQError as exc:
         sock.close(0)
         raise DrsnStreamError(f"cannot {'connect to' if connect else 'bind'} {addr}: {exc.strerror}; "

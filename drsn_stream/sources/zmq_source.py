@@ -11,6 +11,7 @@ socket is polled with a short timeout so ``close()`` from any thread ends iterat
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -41,6 +42,25 @@ REORDER_WINDOW = 64  # frames: a lower seq within this distance is late or a dup
 # ZeroMQ drops a message larger than this before it is allocated here (and the sender's
 # connection); below it the decoder refuses payloads over MAX_PAYLOAD_BYTES as too_large.
 MAX_MESSAGE_BYTES = 4 * MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES
+
+
+def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
+    """``sock.bind(address)``, retried for up to ``wait_s`` while the address is still in use.
+
+    libzmq closes a socket in its I/O thread, after ``close()`` returns: a source or sink that is
+    closed and opened again on the same port (a restart in the same process) would otherwise fail
+    with "Address already in use" for a few milliseconds. A port held by another program still
+    fails, after ``wait_s``.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            sock.bind(address)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def tcp_address(target: str, *, bind: bool) -> str:
@@ -89,7 +109,7 @@ class _ZmqSource(Source):
         if self.socket_type == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, self.options["topic"].encode("utf-8"))
         try:
-            (sock.bind if self.bind else sock.connect)(self.address)
+            bind_socket(sock, self.address) if self.bind else sock.connect(self.address)
         except zmq.ZMQError as exc:
             sock.close(0)
             verb = "bind" if self.bind else "connect to"
