@@ -119,10 +119,13 @@ class StreamDSP:
             self._resampler = resampler
             self._out_base = self._windower.seen
             self._n_in = 0
-        bad = ~np.isfinite(x)
-        if bad.any():
-            self._count_nonfinite(bad)
-            x = np.where(bad, np.float32(0.0), x)
+        # a finite sum means every sample is finite (NaN and Inf propagate; float32 samples cannot
+        # overflow a float64 sum): one pass over the samples, and a closer look only when needed
+        if not np.isfinite(x.sum(dtype=np.float64)):
+            bad = ~np.isfinite(x)
+            if bad.any():
+                self._count_nonfinite(bad)
+                x = np.where(bad, np.float32(0.0), x)
         assert self._resampler is not None
         frame_start = self._n_in
         self._n_in += x.shape[-1]
@@ -136,26 +139,26 @@ class StreamDSP:
         # Output sample k sits at input time k/out_rate; anchor on this frame's capture time.
         return frame.t_capture + (end - 1 - self._out_base) / self.sample_rate - frame_start / rate
 
+    def _ids(self, frame: Frame) -> tuple[str, ...]:
+        """The stream id of each row of this DSP's windows."""
+        return (frame.stream_id,)
+
     def _windows(self, frame: Frame, done: list[tuple[int, int, np.ndarray]], frame_start: int,
                  rate: float) -> list[Window]:
         now = time.time()
+        ids = self._ids(frame)
+        one = self._channels is None  # windows (window,), else (channels, window): one row per id
         out = []
         for index, end, data in done:
             t_last = self._t_last(frame, end, frame_start, rate)
             if self.defer_normalization:
-                out.append(Window(frame.stream_id, index, t_last, data, now, 0.0, False))
+                out += [Window(sid, index, t_last, row, now, 0.0, False)
+                        for sid, row in zip(ids, (data,) if one else data)]
                 continue
-            normed, level = normalize_with_level(data, self.normalization)
-            out.append(
-                Window(
-                    stream_id=frame.stream_id,
-                    index=index,
-                    t_last=t_last,
-                    data=normed,
-                    t_ready=now,
-                    level=float(level),
-                )
-            )
+            normed, levels = normalize_with_level(data, self.normalization)
+            if one:
+                normed, levels = (normed,), (levels,)
+            out += [Window(sid, index, t_last, row, now, float(level)) for sid, row, level in zip(ids, normed, levels)]
         self.windows += len(out)
         return out
 
@@ -199,17 +202,5 @@ class FrameDSP(StreamDSP):
         self._nonfinite += counts
         self.nonfinite += int(counts.sum())
 
-    def _windows(self, frame: Frame, done: list[tuple[int, int, np.ndarray]], frame_start: int,
-                 rate: float) -> list[Window]:
-        now = time.time()
-        out = []
-        for index, end, data in done:
-            t_last = self._t_last(frame, end, frame_start, rate)
-            if self.defer_normalization:
-                out += [Window(sid, index, t_last, row, now, 0.0, False) for sid, row in zip(self.ids, data)]
-                continue
-            normed, levels = normalize_with_level(data, self.normalization)
-            out += [Window(sid, index, t_last, row, now, float(level))
-                    for sid, row, level in zip(self.ids, normed, levels)]
-        self.windows += len(out)
-        return out
+    def _ids(self, frame: Frame) -> tuple[str, ...]:
+        return self.ids
