@@ -280,7 +280,98 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
                         f"= {n * channels * dt.itemsize}")
     scale = _number(header, "scale", "bad_field") if "scale" in header else DEFAULT_SCALE[dtype]
     names = _names(header["names"], channels) if "names" in header else None
-    samples = np.frombuffer(raw[2], dtype=dt).reshape(n, channels).astype(np.float32)
+    return Frame(stream, seq, t, rate, _samples(raw[2], dt, n, channels, scale), names=names)
+
+
+def _samples(payload: bytes, dt: np.dtype, n: int, channels: int, scale: float) -> np.ndarray:
+    samples = np.frombuffer(payload, dtype=dt).reshape(n, channels).astype(np.float32)
     if scale != 1.0:
         samples *= np.float32(scale)
-    return Frame(stream, seq, t, rate, samples, names=names)
+    return samples
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What every header with the same bytes around ``seq`` and ``t`` says, checked once."""
+
+    stream: str
+    topic: bytes
+    rate: float
+    dtype: np.dtype
+    channels: int
+    n: int
+    scale: float
+    names: tuple[str, ...] | None
+    size: int  # payload bytes
+
+
+# ``,"seq":<int>,"t":<number>`` of a header as ``encode`` writes it (JSON's own number grammar)
+_SEQ_T = re.compile(rb',"seq":(0|[1-9][0-9]{0,18}),"t":(-?(?:0|[1-9][0-9]{0,20})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?),')
+MAX_TEMPLATES = 4096  # header templates a Decoder keeps (one per stream and layout); then it starts over
+
+
+class Decoder:
+    """``decode`` for a receiver of many frames per stream, with the same result for every message
+    (the same Frame, or the same ``WireError`` reason).
+
+    A publisher's headers differ from frame to frame only in ``seq`` and ``t``: the bytes around
+    them are the same for every frame of a stream. The first header of each such template is
+    parsed and checked in full (``decode``); later ones with the same bytes around ``seq`` and ``t``
+    only need those two numbers read and checked (range, clock skew), the topic compared and the
+    payload size checked. Anything else, and any message a check refuses, goes through ``decode``.
+
+    Args:
+        max_skew_s: as for ``decode``.
+    """
+
+    def __init__(self, *, max_skew_s: float = MAX_CLOCK_SKEW_S) -> None:
+        self.max_skew_s = max_skew_s
+        self._templates: dict[tuple[bytes, bytes], _Template] = {}
+
+    def decode(self, parts: list[bytes] | list[Any], *, now: float | None = None) -> Frame | EndOfStream:
+        """As ``decode(parts, now=now, max_skew_s=self.max_skew_s)``."""
+        frame = self._known(parts, time.time() if now is None else now)
+        if frame is not None:
+            return frame
+        msg = decode(parts, now=now, max_skew_s=self.max_skew_s)
+        if isinstance(msg, Frame):
+            self._learn(bytes(parts[1]), msg)
+        return msg
+
+    def _known(self, parts: list[Any], now: float) -> Frame | None:
+        """The frame of a message whose header fits a known template and passes every check, else None."""
+        if len(parts) != 3:
+            return None
+        header, payload = parts[1], parts[2]
+        if type(header) is not bytes or type(payload) is not bytes or len(header) > MAX_HEADER_BYTES:
+            return None
+        m = _SEQ_T.search(header)
+        if m is None:
+            return None
+        tpl = self._templates.get((header[: m.start()], header[m.end():]))
+        if tpl is None or parts[0] != tpl.topic or len(payload) != tpl.size:
+            return None
+        seq = int(m.group(1))
+        t = float(m.group(2))
+        if seq >= MAX_SEQ or not abs(t - now) <= self.max_skew_s:
+            return None
+        return Frame(tpl.stream, seq, t, tpl.rate, _samples(payload, tpl.dtype, tpl.n, tpl.channels, tpl.scale),
+                     names=tpl.names)
+
+    def _learn(self, header: bytes, frame: Frame) -> None:
+        """Keep the template of a header ``decode`` accepted, where ``seq`` and ``t`` appear once
+        each, in ``encode``'s order, and nowhere else: the bytes around them then say the same
+        for every header that shares them."""
+        m = _SEQ_T.search(header)
+        # no backslash: no escaped key ("\\u0073eq") can repeat seq or t after the part kept
+        if m is None or b"\\" in header or header.count(b'"seq"') != 1 or header.count(b'"t"') != 1:
+            return
+        if len(self._templates) >= MAX_TEMPLATES:
+            self._templates.clear()
+        n, channels = frame.samples.shape
+        head = json.loads(header)
+        dt = DTYPES[head["dtype"]]
+        self._templates[(header[: m.start()], header[m.end():])] = _Template(
+            frame.stream_id, frame.stream_id.encode("utf-8"), frame.sample_rate, dt, channels, n,
+            float(head["scale"]) if "scale" in head else DEFAULT_SCALE[head["dtype"]], frame.names,
+            n * channels * dt.itemsize)
