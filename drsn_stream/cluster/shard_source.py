@@ -91,18 +91,23 @@ class ShardSource(ZmqSubSource):
         self._apply()
         super()._idle()
 
-    def _frames(self) -> Iterator[Frame]:
-        for frame in super()._frames():
+    def _batches(self) -> Iterator[list[Frame]]:
+        # the base class's iteration reads these lists too: one filter for both
+        for batch in super()._batches():
             self._apply()
-            if frame.stream_id not in self._owned:
-                self.foreign += 1
-                continue
-            if frame.stream_id in self._fresh:
-                with self._lock:
-                    self._fresh.discard(frame.stream_id)
-                if self.on_first_frame is not None:
-                    self.on_first_frame(frame.stream_id, frame)
-            yield frame
+            kept = []
+            for frame in batch:
+                if frame.stream_id not in self._owned:
+                    self.foreign += 1
+                    continue
+                if frame.stream_id in self._fresh:
+                    with self._lock:
+                        self._fresh.discard(frame.stream_id)
+                    if self.on_first_frame is not None:
+                        self.on_first_frame(frame.stream_id, frame)
+                kept.append(frame)
+            if kept:
+                yield kept
 
 
 __all__ = ["ShardSource"]

@@ -115,11 +115,16 @@ class SourceStats:
         self.last_crash = ""
 
     def frame(self, frame: Frame) -> None:
+        self.frames_of((frame,))
+
+    def frames_of(self, frames: list[Frame] | tuple[Frame, ...]) -> None:
+        """``frame()`` for each of ``frames``, in one lock hold."""
         with self._lock:
-            self.frames += 1
-            self.samples += frame.n
-            if frame.overflow:
-                self.overflows[frame.stream_id] = self.overflows.get(frame.stream_id, 0) + frame.overflow
+            for frame in frames:
+                self.frames += 1
+                self.samples += frame.n
+                if frame.overflow:
+                    self.overflows[frame.stream_id] = self.overflows.get(frame.stream_id, 0) + frame.overflow
 
     def bad(self, reason: str) -> None:
         with self._lock:
@@ -188,7 +193,8 @@ class Source:
     """Base class: a context manager and an iterable of Frames.
 
     Subclasses declare ``OPTIONS`` ({name: (parser, default, help)}), implement ``_open()``,
-    ``_frames()`` (a generator that checks ``self.closed``) and optionally ``_close()``.
+    ``_frames()`` (a generator that checks ``self.closed``) and optionally ``_close()`` and
+    ``_batches()`` (lists of the frames ready at once, for ``batches()``).
     Iteration ends at end of stream or soon after ``close()`` is called from any thread.
 
     ``on_idle`` (optional, set by the consumer): called on the iterating thread whenever the
@@ -298,17 +304,32 @@ class Source:
             self._release()
 
     def __iter__(self) -> Iterator[Frame]:
+        for frame in self._guarded(self._frames):
+            self.stats.frame(frame)
+            yield frame
+
+    def batches(self) -> Iterator[list[Frame]]:
+        """The same frames as iteration, in the same order, in lists: every frame a source has
+        ready at once (one socket poll's worth for ZeroMQ; one frame for sources that make their
+        frames one by one), so a consumer can take a poll's frames in one step."""
+        for batch in self._guarded(self._batches):
+            if batch:
+                self.stats.frames_of(batch)
+                yield batch
+
+    def _guarded(self, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+        """What ``make()`` yields, until closed: an unexpected error restarts a ``restartable``
+        source (counted) and otherwise ends it with one ``SourceError`` line."""
         self.open()
         self._iter_thread = threading.current_thread()
         crashes: deque[float] = deque(maxlen=MAX_CRASHES)
         try:
             while not self.closed:
                 try:
-                    for frame in self._frames():
+                    for item in make():
                         if self.closed:
                             return
-                        self.stats.frame(frame)
-                        yield frame
+                        yield item
                     return
                 except DrsnStreamError:
                     raise  # already one clear line
@@ -333,6 +354,13 @@ class Source:
 
     def _frames(self) -> Iterator[Frame]:
         raise NotImplementedError
+
+    def _batches(self) -> Iterator[list[Frame]]:
+        """Lists of the frames ready at once; by default one frame each. A subclass that reads
+        whole polls overrides this and derives ``_frames`` from it (so that a further subclass
+        filtering ``_batches`` filters iteration too)."""
+        for frame in self._frames():
+            yield [frame]
 
     def _close(self) -> None:
         pass

@@ -23,9 +23,9 @@ from drsn_stream.sources.wire import (
     MAX_CLOCK_SKEW_S,
     MAX_HEADER_BYTES,
     MAX_PAYLOAD_BYTES,
+    Decoder,
     EndOfStream,
     WireError,
-    decode,
 )
 from drsn_stream.types import Frame
 
@@ -38,6 +38,9 @@ def _channel(value: object) -> int:
 
 POLL_MS = 100
 IDLE_MS = 2
+# frames handed over in one list at most: a backlog is taken in slices this large, so that the
+# first of its windows need not wait for the whole backlog to be decoded
+MAX_POLL_FRAMES = 1024
 REORDER_WINDOW = 64  # frames: a lower seq within this distance is late or a duplicate, not a restart
 # ZeroMQ drops a message larger than this before it is allocated here (and the sender's
 # connection); below it the decoder refuses payloads over MAX_PAYLOAD_BYTES as too_large.
@@ -160,10 +163,18 @@ class _ZmqSource(Source):
         return True
 
     def _frames(self) -> Iterator[Frame]:
+        for batch in self._batches():
+            yield from batch
+
+    def _batches(self) -> Iterator[list[Frame]]:
+        """Every frame one poll of the socket finds (at most ``MAX_POLL_FRAMES``), in one list."""
         sock = self._sock
         assert sock is not None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        decoder = Decoder(max_skew_s=self.options["max_skew_s"])
+        channel = self.options["channel"]
+        until_eos = self.options["until_eos"]
         while not self.closed:
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
             # tens of microseconds apart) is over and all of it is handed over.
@@ -171,13 +182,15 @@ class _ZmqSource(Source):
                 self._idle()
                 if not poller.poll(POLL_MS):
                     continue
-            while not self.closed:
+            batch: list[Frame] = []
+            ended = False
+            while not self.closed and len(batch) < MAX_POLL_FRAMES:
                 try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK)
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
                 except zmq.Again:
                     break
                 try:
-                    msg = decode(parts, max_skew_s=self.options["max_skew_s"])
+                    msg = decoder.decode(parts)
                 except WireError as exc:
                     self.stats.bad(exc.reason)
                     self.last_error = str(exc)[:300]
@@ -186,20 +199,24 @@ class _ZmqSource(Source):
                     if not self._known(msg.stream_id):
                         continue
                     self.stats.end(msg.stream_id)
-                    ended = set(self.stats.snapshot()["ended"])
-                    if self.options["until_eos"] and ended >= set(self._streams):
-                        return
+                    if until_eos and set(self.stats.snapshot()["ended"]) >= set(self._streams):
+                        ended = True
+                        break
                     continue
                 if not self._accept(msg):
                     continue
-                if self.options["channel"] is not None and msg.samples.shape[1] > 1:
+                if channel is not None and msg.samples.shape[1] > 1:
                     msg = self._select(msg)
                     if msg is None:
                         continue
-                elif self.options["channel"]:  # K > 0 of a single-channel frame
+                elif channel:  # K > 0 of a single-channel frame
                     self._no_channel(msg)
                     continue
-                yield msg
+                batch.append(msg)
+            if batch:
+                yield batch
+            if ended:
+                return
 
     def _select(self, frame: Frame) -> Frame | None:
         """Channel K of ``frame`` alone, under the same stream id as without ``?channel``."""
