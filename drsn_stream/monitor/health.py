@@ -41,7 +41,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,13 @@ import numpy as np
 
 from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.health_levels import (
+    MIN_LEVELS_FOR_CLIPPING,
+    check_levels_many,
+    distinct_levels,
+    merge,
+    pool,
+)
 from drsn_stream.types import Event, Frame
 
 OK = "OK"
@@ -58,7 +65,6 @@ NO_DATA = "no data"
 GAP = "sequence gap"
 FLAT = "flat line"
 CLIPPING = "clipping"
-MIN_LEVELS_FOR_CLIPPING = 16  # distinct sample values a frame needs before its extremes can be rails
 NON_FINITE = "NaN/Inf samples"
 OVERFLOW = "input overflow"
 RATE_CHANGE = "rate change"
@@ -239,12 +245,36 @@ class HealthMonitor:
             frame: samples (n, channels) or (n,), any float dtype, at ``frame.sample_rate`` Hz.
             now: arrival time (wall clock, s); ``time.time()`` when None.
         """
+        return self.push_many((frame,), now=now)
+
+    def push_many(self, frames: Sequence[Frame], *, now: float | None = None) -> list[Event]:
+        """``push`` for each frame, in order, with the same results and events; the level tests of
+        frames of different single-channel streams run together (one numpy pass, not one per
+        frame). A stream's later frames in ``frames`` are judged after its earlier ones."""
         now = time.time() if now is None else now
-        x = np.asarray(frame.samples)
-        if x.ndim == 1:
-            x = x[:, None]
-        x = x.reshape(x.shape[0], -1)
+        events: list[Event] = []
         with self._lock:
+            rest = list(frames)
+            while rest:  # rounds: at most one frame per stream, each stream's frames in order
+                seen: set[str] = set()
+                this, later = [], []
+                for frame in rest:
+                    (later if frame.stream_id in seen else this).append(frame)
+                    seen.add(frame.stream_id)
+                events += self._push_round(this, now)
+                rest = later
+        return events
+
+    def _push_round(self, frames: list[Frame], now: float) -> list[Event]:
+        """Frames of distinct streams: bookkeeping one by one, the level tests together."""
+        sts, xs, founds, changes = [], [], [], []
+        due: list[int] = []  # frames whose gathered samples are due for the level tests
+        blocks: list[np.ndarray] = []
+        for frame in frames:
+            x = np.asarray(frame.samples)
+            if x.ndim == 1:
+                x = x[:, None]
+            x = x.reshape(x.shape[0], -1)
             st = self._streams.get(frame.stream_id)
             if st is None:
                 st = self._streams[frame.stream_id] = _Stream(since=now)
@@ -255,30 +285,53 @@ class HealthMonitor:
             st.last_seen = now
             st.frames += 1
             st.samples += x.shape[0]
-            found = self._check(st, frame, x)
+            found, block = self._check(st, frame, x)
+            if block is not None:
+                due.append(len(sts))
+                blocks.append(block)
+            sts.append(st)
+            xs.append(x)
+            founds.append(found)
+            changes.append(changed)
+        for j, found in zip(due, self._levels([sts[j] for j in due], blocks)):
+            founds[j] |= found
+        events: list[Event] = []
+        for frame, st, x, found, changed in zip(frames, sts, xs, founds, changes):
             if changed:
                 st.rate_changes += 1
                 found.add(RATE_CHANGE)
             self._age(st, x.shape[0], found)
             for reason in found:
                 st.active[reason] = self.config.recovery_s * st.sample_rate
-            return self._settle(frame.stream_id, st, now)
+            events += self._settle(frame.stream_id, st, now)
+        return events
 
     def flush(self, stream: str, *, now: float | None = None) -> list[Event]:
         """Run the level tests on samples still gathered for ``check_every_s`` now; the monitor
         calls it before it hands a stream's new windows on, so a window is never judged healthy
         on samples the tests have not seen yet."""
+        return self.flush_many((stream,), now=now)
+
+    def flush_many(self, streams: Iterable[str], *, now: float | None = None) -> list[Event]:
+        """``flush`` for each of ``streams`` (distinct), their level tests run together."""
         now = time.time() if now is None else now
         with self._lock:
-            st = self._streams.get(stream)
-            if st is None or not st.pending:
-                return []
-            x = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
-            st.pending.clear()
-            st.pending_n = 0
-            for reason in self._check_levels(st, x):
-                st.active[reason] = self.config.recovery_s * st.sample_rate
-            return self._settle(stream, st, now)
+            ids, sts, blocks = [], [], []
+            for sid in streams:
+                st = self._streams.get(sid)
+                if st is None or not st.pending:
+                    continue
+                blocks.append(st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending))
+                st.pending.clear()
+                st.pending_n = 0
+                ids.append(sid)
+                sts.append(st)
+            events: list[Event] = []
+            for sid, st, found in zip(ids, sts, self._levels(sts, blocks)):
+                for reason in found:
+                    st.active[reason] = self.config.recovery_s * st.sample_rate
+                events += self._settle(sid, st, now)
+            return events
 
     def tick(self, now: float | None = None) -> list[Event]:
         """Mark streams that sent nothing for ``timeout_s`` as "no data"; return the events."""
@@ -297,6 +350,11 @@ class HealthMonitor:
         with self._lock:
             st = self._streams.get(stream)
             return st is None or st.state == OK
+
+    def unhealthy(self, streams: Iterable[str]) -> set[str]:
+        """Those of ``streams`` that are not OK now (``healthy`` for many, in one lock hold)."""
+        with self._lock:
+            return {sid for sid in streams if (st := self._streams.get(sid)) is not None and st.state != OK}
 
     def state(self, stream: str) -> StreamHealth:
         with self._lock:
@@ -352,7 +410,9 @@ class HealthMonitor:
         st.chunk_n = 0
         st.blk_n = 0
 
-    def _check(self, st: _Stream, frame: Frame, x: np.ndarray) -> set[str]:
+    def _check(self, st: _Stream, frame: Frame, x: np.ndarray) -> tuple[set[str], np.ndarray | None]:
+        """Gaps and overflows found; and the samples due for the level tests now, or None while
+        they are still gathered (``check_every_s``)."""
         found: set[str] = set()
         if st.last_seq is not None and frame.seq > st.last_seq + 1:
             st.gaps += frame.seq - st.last_seq - 1
@@ -363,17 +423,23 @@ class HealthMonitor:
             found.add(OVERFLOW)
         n = x.shape[0]
         if n == 0:
-            return found
+            return found, None
         every = int(self.config.check_every_s * st.sample_rate)
         if every > 1:
             st.pending.append(x)
             st.pending_n += n
             if st.pending_n < every:
-                return found
+                return found, None
             x = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
             st.pending.clear()
             st.pending_n = 0
-        return found | self._check_levels(st, x)
+        return found, x
+
+    def _levels(self, sts: list[_Stream], blocks: list[np.ndarray]) -> list[set[str]]:
+        """The level tests' reasons for each stream's block (``_check_levels``, many at once)."""
+        if len(sts) == 1:
+            return [self._check_levels(sts[0], blocks[0])]
+        return check_levels_many(self.config, sts, blocks, self._check_levels, (FLAT, CLIPPING, DC_JUMP, AMP_STEP))
 
     def _check_levels(self, st: _Stream, x: np.ndarray) -> set[str]:
         found: set[str] = set()
@@ -446,7 +512,7 @@ class HealthMonitor:
         span = max(2, int(round(self.config.flat_span_s * st.sample_rate)))
         # Tiny frames are merged into buckets of ~1/8 span, so the deque stays short (<= ~9).
         if st.chunks and st.chunks[-1][0] < span // 8:
-            last = st.chunks[-1] = _merge(st.chunks[-1], (n, mean, m2))
+            last = st.chunks[-1] = merge(st.chunks[-1], (n, mean, m2))
         else:
             last = (n, mean, m2)
             st.chunks.append(last)
@@ -459,7 +525,7 @@ class HealthMonitor:
         # A span can only be flat if its newest part is; most frames stop here.
         if not (last[2] < floor2 * last[0]).any():
             return False
-        total_n, _, pooled = _pool(st.chunks)
+        total_n, _, pooled = pool(st.chunks)
         return bool((pooled < floor2 * total_n).any())
 
     def _clipping(self, st: _Stream, x: np.ndarray) -> bool:
@@ -500,8 +566,7 @@ class HealthMonitor:
         if at_rail.any():
             # A signal only a few quantization steps wide (dithered silence: -1, 0, +1 LSB) has
             # many samples at its extremes without any rail: a clipped signal takes many levels.
-            levels = np.array([np.unique(x[:, c]).size for c in range(x.shape[1])])
-            at_rail &= levels >= MIN_LEVELS_FOR_CLIPPING
+            at_rail &= distinct_levels(x) >= MIN_LEVELS_FOR_CLIPPING
         st.blk_n = 0
         return bool((at_rail | (st.blk_full >= need)).any())
 
@@ -547,24 +612,3 @@ class HealthMonitor:
             rate_changes=st.rate_changes,
             steps=st.steps,
         )
-
-
-def _merge(
-    a: tuple[int, np.ndarray, np.ndarray], b: tuple[int, np.ndarray, np.ndarray]
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """Combine (n, mean, M2) of two sample sets (Chan et al.), per channel."""
-    n = a[0] + b[0]
-    delta = b[1] - a[1]
-    mean = a[1] + delta * (b[0] / n)
-    return n, mean, a[2] + b[2] + delta**2 * (a[0] * b[0] / n)
-
-
-def _pool(chunks: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
-    """Combine many (n, mean, M2) at once: (total n, grand mean (ch,), M2 (ch,))."""
-    chunks = list(chunks)
-    ns = np.array([c[0] for c in chunks], dtype=np.float64)[:, None]
-    means = np.stack([c[1] for c in chunks])
-    m2s = np.stack([c[2] for c in chunks])
-    total = float(ns.sum())
-    grand = (ns * means).sum(axis=0) / total
-    return int(total), grand, m2s.sum(axis=0) + (ns * (means - grand) ** 2).sum(axis=0)
