@@ -54,7 +54,7 @@ from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import CaptureConfig, EventCapture
 from drsn_stream.sources import make_source
 from drsn_stream.sources.base import DEFAULT_MAX_STREAMS
-from drsn_stream.types import Event, Frame, Prediction, channel_ids, split_channels
+from drsn_stream.types import Event, Frame, Prediction, Window, channel_ids, split_channels
 from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
@@ -428,15 +428,8 @@ class Pipeline:
     def _ingest(self, source: Any) -> None:
         try:
             with source:
-                for frame in source:
-                    try:
-                        self._ingest_frame(frame, source)
-                    except UnsupportedRate as exc:
-                        source.stats.bad("unsupported_rate")
-                        self._error(f"stream {frame.stream_id}: {exc}")
-                    except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
-                        source.stats.bad("ingest_error")
-                        self._error(f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
+                for frames in source.batches():
+                    self._ingest_frames(frames, source)
                     if self.quit.is_set():
                         break
         except Exception as exc:  # noqa: BLE001 - one broken source must not take the monitor down
@@ -447,44 +440,97 @@ class Pipeline:
             with self._ingest_lock:
                 self._sources_done += 1
 
-    def _ingest_frame(self, frame: Frame, source: Any = None) -> None:
-        # Every channel of a frame is a stream of its own (types.channel_ids): health and capture
-        # per channel, one FrameDSP for all of them.
-        multi = frame.names is not None or (frame.samples.ndim == 2 and frame.samples.shape[1] > 1)
-        ids = channel_ids(frame.stream_id, frame.samples.shape[1], frame.names) if multi else None
+    def _ingest_frames(self, frames: list[Frame], source: Any = None) -> None:
+        """Every frame of one poll, each stream's in order and each exactly as alone; the sensor
+        health of different streams is judged together, and their windows go to the batcher
+        together. The stream table is locked once for all of them."""
+        windows: list[Window] = []
         with self._ingest_lock:
-            dsp = self._dsp.get(frame.stream_id)
-            if dsp is None or getattr(dsp, "ids", None) != ids:  # new, or its channel layout changed
-                if dsp is None and len(self._dsp) >= self.config.max_streams:
-                    if source is not None:
-                        source.stats.bad("too_many_streams")
-                    return
-                rational_ratio(frame.sample_rate, self.meta.sample_rate)  # UnsupportedRate: the stream is not kept
-                dsp = self._dsp[frame.stream_id] = (
-                    FrameDSP(self.meta, ids, hop=self.config.hop, normalize=False) if ids is not None
-                    else StreamDSP(self.meta, hop=self.config.hop, normalize=False))
-            events: list[Event] = []
-            for part in split_channels(frame) if multi else (frame,):
-                events += self.health.push(part)
-                if self.capture is not None:
-                    self.capture.push(part)
-        if events:
-            self._emit_events(events)
-        windows = dsp.push(frame)
+            kept = [(frame, dsp) for frame in frames if (dsp := self._stream_dsp(frame, source)) is not None]
+        while kept:  # rounds: at most one frame per stream, each stream's frames in order
+            seen: set[str] = set()
+            this, later = [], []
+            for item in kept:
+                (later if item[0].stream_id in seen else this).append(item)
+                seen.add(item[0].stream_id)
+            self._ingest_round(this, source, windows)
+            kept = later
         if windows:
-            for sid in ids or (frame.stream_id,):
-                events = self.health.flush(sid)  # the windows' samples all judged
-                if events:
-                    self._emit_events(events)
-            for w in windows:
-                if not self.health.healthy(w.stream_id):
-                    w.healthy = False
             now = time.time()
             for w in windows:
                 w.t_ready = now
             self.batcher.put_many(windows)
             if self.envelope is not None:
                 self.envelope.push(windows)
+
+    def _ingest_round(self, items: list[tuple[Frame, StreamDSP]], source: Any, windows: list[Window]) -> None:
+        """Frames of distinct streams: health and capture per channel, then each frame's DSP (one
+        FrameDSP for every channel of a multi-channel frame); the windows completed are added to
+        ``windows``, marked unhealthy where their stream's sensor is not OK."""
+        parts = [part for frame, dsp in items
+                 for part in (split_channels(frame) if getattr(dsp, "ids", None) is not None else (frame,))]
+        try:
+            events = self.health.push_many(parts)
+        except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
+            for frame, _ in items:
+                self._frame_error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
+            return
+        if events:
+            self._emit_events(events)
+        if self.capture is not None:
+            for part in parts:
+                self.capture.push(part)
+        done: list[Window] = []
+        judged: list[str] = []  # streams whose windows need every gathered sample judged first
+        for frame, dsp in items:
+            try:
+                out = dsp.push(frame)
+            except UnsupportedRate as exc:  # a rate change the model cannot take
+                self._frame_error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
+                self._frame_error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
+                continue
+            if out:
+                judged += getattr(dsp, "ids", None) or (frame.stream_id,)
+                done += out
+        if not done:
+            return
+        events = self.health.flush_many(judged)  # the windows' samples all judged
+        if events:
+            self._emit_events(events)
+        sick = self.health.unhealthy(dict.fromkeys(judged))
+        if sick:
+            for w in done:
+                if w.stream_id in sick:
+                    w.healthy = False
+        windows += done
+
+    def _frame_error(self, source: Any, reason: str, line: str) -> None:
+        if source is not None:
+            source.stats.bad(reason)
+        self._error(line)
+
+    def _stream_dsp(self, frame: Frame, source: Any) -> StreamDSP | None:
+        """The DSP of the frame's stream (made for a new stream or a new channel layout); None for
+        a frame that is not kept (too many streams, a rate the model cannot take), counted."""
+        ids = _channel_layout(frame)
+        dsp = self._dsp.get(frame.stream_id)
+        if dsp is not None and getattr(dsp, "ids", None) == ids:
+            return dsp
+        if dsp is None and len(self._dsp) >= self.config.max_streams:
+            if source is not None:
+                source.stats.bad("too_many_streams")
+            return None
+        try:
+            rational_ratio(frame.sample_rate, self.meta.sample_rate)
+        except UnsupportedRate as exc:  # the stream is not kept
+            self._frame_error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
+            return None
+        dsp = self._dsp[frame.stream_id] = (
+            FrameDSP(self.meta, ids, hop=self.config.hop, normalize=False) if ids is not None
+            else StreamDSP(self.meta, hop=self.config.hop, normalize=False))
+        return dsp
 
     # ------------------------------------------------------------------ results
     def _on_predictions(self, preds: list[Prediction]) -> None:
@@ -690,6 +736,14 @@ class Pipeline:
             lines.append(f"  sink failures {dict(self.outputs.failures)}; last: {self.outputs.last_error}")
         return "\n".join(lines)
 
+
+
+def _channel_layout(frame: Frame) -> tuple[str, ...] | None:
+    """The stream ids of a multi-channel (or named) frame's channels; None for one plain channel."""
+    x = frame.samples
+    if frame.names is None and (x.ndim < 2 or x.shape[1] == 1):
+        return None
+    return channel_ids(frame.stream_id, x.shape[1], frame.names)
 
 
 def _clock(t: float) -> str:

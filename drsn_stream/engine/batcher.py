@@ -68,21 +68,28 @@ class MicroBatcher:
 
     def put(self, window: Window) -> None:
         """Adds one window (from any thread); never blocks unless ``block_when_full``."""
-        with self._cond:
-            while self.block_when_full and len(self._q) >= self.capacity and not self._closed:
-                self._cond.wait(0.05)
-            if len(self._q) >= self.capacity:
-                old = self._q.popleft()
-                self.dropped_overflow[old.stream_id] += 1
-            self._q.append(window)
-            self.accepted += 1
-            n = len(self._q)
-            if n >= self.max_batch or n == 1 or n == self.eager_batch:
-                self._cond.notify()
+        self.put_many((window,))
 
-    def put_many(self, windows: list[Window]) -> None:
-        for w in windows:
-            self.put(w)
+    def put_many(self, windows: list[Window] | tuple[Window, ...]) -> None:
+        """``put`` for each window, in order, in one hold of the queue's lock (one wake-up of the
+        consumer at most)."""
+        wake = False
+        with self._cond:
+            for window in windows:
+                while self.block_when_full and len(self._q) >= self.capacity and not self._closed:
+                    if wake:
+                        self._cond.notify()  # the consumer makes the room waited for here
+                        wake = False
+                    self._cond.wait(0.05)
+                if len(self._q) >= self.capacity:
+                    old = self._q.popleft()
+                    self.dropped_overflow[old.stream_id] += 1
+                self._q.append(window)
+                self.accepted += 1
+                n = len(self._q)
+                wake = wake or n >= self.max_batch or n == 1 or n == self.eager_batch
+            if wake:
+                self._cond.notify()
 
     def flush(self) -> None:
         """Every window queued now is due at once (from any thread): a source calls this when it
