@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""The monitor's ingest path alone: frames/s and CPU per frame and per channel, no model running.
+
+Encodes ``--streams`` streams of 12 kHz, 512-sample frames (``--channels`` C: streams / C
+machines of C-channel frames) in the wire format, queues ``--seconds`` of them on a real ZeroMQ
+PUSH socket on loopback, then lets the monitor's ingest (the same ``Pipeline._ingest`` the live
+monitor runs: receive, decode, sequence checks, sensor health, resampling and windowing, hand-over
+to the batcher) take all of them as fast as it can on this thread, while a second thread empties
+the batcher as the engine would (without running the model). Prints the ingest thread's CPU time
+per frame and per channel, and frames/s (wall). ``--profile`` prints the top of a cProfile of
+the same run instead of timing it.
+
+    python tools/bench_ingest.py --streams 256 --seconds 4
+    python tools/bench_ingest.py --streams 256 --channels 16 --seconds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from drsn_stream.app.pipeline import Pipeline, RunConfig  # noqa: E402
+from drsn_stream.sources.wire import encode, encode_eos  # noqa: E402
+
+RATE = 12000.0
+FRAME = 512
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def messages(streams: int, channels: int, seconds: float, *, seed: int = 1) -> list[list[bytes]]:
+    """Wire messages of ``streams / channels`` machines for ``seconds``, interleaved as a gateway
+    sends them (every machine's frame k, then every machine's frame k + 1), then an end of stream each."""
+    rng = np.random.default_rng(seed)
+    machines = streams // channels
+    frames = int(seconds * RATE / FRAME)
+    t0 = time.time() - seconds
+    noise = rng.standard_normal((64, FRAME, channels)).astype(np.float32) * 0.1
+    out = []
+    for k in range(frames):
+        for m in range(machines):
+            x = noise[(k * 7 + m) % len(noise)]
+            out.append(encode(f"m{m}", k, t0 + k * FRAME / RATE, RATE, x if channels > 1 else x[:, 0]))
+    out += [encode_eos(f"m{m}") for m in range(machines)]
+    return out
+
+
+def run(streams: int, channels: int, seconds: float, *, profile: bool = False) -> dict:
+    msgs = messages(streams, channels, seconds)
+    port = free_port()
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 0)
+    push.setsockopt(zmq.LINGER, 0)
+    push.bind(f"tcp://127.0.0.1:{port}")
+    # stale_ms 0: the queued frames' capture times lie in the past; capacity: nothing is dropped
+    cfg = RunConfig(sources=(f"zmq+pull://127.0.0.1:{port}?until_eos=1&hwm={len(msgs) + 10}",), model="bearing-cwru",
+                    engine_process=False, stale_ms=0.0, queue_capacity=1 << 20, idle_flush=False,
+                    max_streams=max(streams, 1), stats_every_s=3600)
+    pipe = Pipeline(cfg)
+    src = pipe.sources[0]
+    src.open()
+    for parts in msgs:
+        push.send_multipart(parts, copy=False)
+    time.sleep(0.5)  # the I/O threads move the queue over to the receiving socket
+    windows = 0
+    done = threading.Event()
+
+    def drain() -> None:
+        nonlocal windows
+        while not (done.is_set() and pipe.batcher.depth() == 0):
+            windows += len(pipe.batcher.next_batch(timeout=0.05, early=True))
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    prof = cProfile.Profile() if profile else None
+    t_wall, t_cpu = time.perf_counter(), time.thread_time()
+    if prof is not None:
+        prof.enable()
+    pipe._ingest(src)
+    if prof is not None:
+        prof.disable()
+    cpu, wall = time.thread_time() - t_cpu, time.perf_counter() - t_wall
+    done.set()
+    drainer.join()
+    push.close(0)
+    frames = src.stats.snapshot()["frames"]
+    if prof is not None:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return {
+        "streams": streams,
+        "channels_per_frame": channels,
+        "frames": frames,
+        "windows": windows,
+        "malformed": pipe.malformed_total(),
+        "errors": pipe.errors[:3],
+        "frames_per_s": round(frames / wall, 1),
+        "channels_per_s": round(frames * channels / wall, 1),
+        "ingest_us_per_frame": round(1e6 * cpu / frames, 1) if frames else None,
+        "ingest_us_per_channel": round(1e6 * cpu / (frames * channels), 2) if frames else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=256, help="channels in all (a multiple of --channels)")
+    ap.add_argument("--channels", type=int, default=1, help="channels per frame")
+    ap.add_argument("--seconds", type=float, default=4.0, help="seconds of signal per stream queued")
+    ap.add_argument("--repeat", type=int, default=1, help="runs; the figures of each are printed")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of the ingest instead of timing it")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.streams % args.channels:
+        raise SystemExit(f"--streams {args.streams} is not a multiple of --channels {args.channels}")
+    rows = [run(args.streams, args.channels, args.seconds, profile=args.profile) for _ in range(args.repeat)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        print(f"{r['streams']} streams in {r['streams'] // r['channels_per_frame']} frames of "
+              f"{r['channels_per_frame']} channel(s): {r['frames']} frames, {r['windows']} windows, "
+              f"{r['frames_per_s']:.0f} frames/s ({r['channels_per_s']:.0f} channels/s); ingest CPU "
+              f"{r['ingest_us_per_frame']} us per frame, {r['ingest_us_per_channel']} us per channel"
+              + (f"; malformed {r['malformed']}, errors {r['errors']}" if r["malformed"] or r["errors"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
