@@ -114,7 +114,8 @@ def test_a_poll_of_good_and_hostile_messages_loses_only_the_hostile_ones(free_tc
 def _signals(seconds: float = 5.0) -> list[Frame]:
     """Frames of several streams as a gateway interleaves them, with what a real plant sends:
     NaN samples, a sensor that goes flat, one that clips, a step, a gap, a 24 kHz stream, a
-    16-channel module, odd frame lengths, and a stream whose frames come two at a time."""
+    16-channel module, a stream that changes its rate, odd frame lengths; in a backlog (the
+    last two come after the others) a poll holds many frames of one stream."""
     rng = np.random.default_rng(11)
     n_total = int(seconds * RATE)
     t0 = time.time() - seconds
@@ -135,6 +136,10 @@ def _signals(seconds: float = 5.0) -> list[Frame]:
             frames.append(Frame(sid, k, t, RATE, x[i : i + 512, None]))
         frames.append(Frame("fast", k, t, 2 * RATE, fast[2 * i : 2 * i + 1024, None]))
         frames.append(Frame("gw", k, t, RATE, module[i : i + 512]))
+    # a stream that switches its rate (12 kHz, 11.025 kHz) every 10 frames
+    frames += [Frame("sw", k, t0 + k * 0.04, 11025.0 if (k // 10) % 2 else RATE,
+                     (rng.standard_normal((441 if (k // 10) % 2 else 480, 1)) * 0.1).astype(np.float32))
+               for k in range(int(seconds / 0.04))]
     # odd lengths: a stream of 333-sample frames
     odd = (rng.standard_normal(n_total) * 0.1).astype(np.float32)
     frames += [Frame("odd", k, t0 + i / RATE, RATE, odd[i : i + 333, None]) for k, i in enumerate(range(0, n_total, 333))]
@@ -163,10 +168,12 @@ def test_a_poll_of_many_frames_gives_the_windows_and_health_of_one_frame_at_a_ti
     for poll in (len(frames), 97):
         assert _run(frames, poll) == one
     windows, health, events, nonfinite = one
-    assert len({w[0] for w in windows}) == 6 + 1 + 16 + 1
+    assert len({w[0] for w in windows}) == 6 + 1 + 16 + 1 + 1
     assert any(not w[4] for w in windows if w[0] == "s1")  # NaN: windows marked unhealthy
     assert {"flat line", "clipping", "DC offset jump"} <= {r for e in events for r in json.loads(e[2]).get("reasons", [])}
     assert nonfinite == {"s1": 1000, "gw/ch5": 1000}
+    assert health["sw"][1] == ("rate change",) or "rate change" in {
+        r for e in events if e[1] == "sw" for r in json.loads(e[2]).get("reasons", [])}
 
 
 def _same_state(a, b) -> bool:
