@@ -475,11 +475,11 @@ class Pipeline:
             for frame, _ in items:
                 self._frame_error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
             return
-        if events:
-            self._emit_events(events)
-        if self.capture is not None:
+        if self.capture is not None:  # first: an event of these frames may start a capture around them
             for part in parts:
                 self.capture.push(part)
+        if events:
+            self._emit_events(events)
         done: list[Window] = []
         judged: list[str] = []  # streams whose windows need every gathered sample judged first
         for frame, dsp in items:
