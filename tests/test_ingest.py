@@ -12,7 +12,7 @@ import pytest
 import scipy.io.wavfile
 import zmq
 
-from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.app.pipeline import Pipeline, RunConfig, _slices
 from drsn_stream.monitor.health import HealthMonitor
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import Decoder, WireError, decode, encode, encode_eos
@@ -146,11 +146,12 @@ def _signals(seconds: float = 5.0) -> list[Frame]:
     return frames
 
 
-def _run(frames: list[Frame], poll: int) -> tuple[list, dict, list, dict]:
+def _run(frames: list[Frame], poll: int, *, sliced: bool = False) -> tuple[list, dict, list, dict]:
     pipe = Pipeline(RunConfig(sources=("sim",), device="cpu", engine_process=False, stale_ms=0.0,
                               queue_capacity=1 << 20, stats_every_s=3600))
     for i in range(0, len(frames), poll):
-        pipe._ingest_frames(frames[i : i + poll])
+        for part in _slices(frames[i : i + poll]) if sliced else (frames[i : i + poll],):  # as the monitor does
+            pipe._ingest_frames(part)
     # streams are independent: their windows and events may interleave differently, each in its order
     windows = sorted(pipe.batcher._q, key=lambda w: w.stream_id)
     got = [(w.stream_id, w.index, w.t_last, w.data.tobytes(), w.healthy) for w in windows]
@@ -165,8 +166,8 @@ def test_a_poll_of_many_frames_gives_the_windows_and_health_of_one_frame_at_a_ti
     frames = _signals()
     one = _run(frames, 1)
     # a whole backlog in one poll: every stream has many frames in it
-    for poll in (len(frames), 97):
-        assert _run(frames, poll) == one
+    for poll, sliced in ((len(frames), False), (97, False), (len(frames), True)):
+        assert _run(frames, poll, sliced=sliced) == one
     windows, health, events, nonfinite = one
     assert len({w[0] for w in windows}) == 6 + 1 + 16 + 1 + 1
     assert any(not w[4] for w in windows if w[0] == "s1")  # NaN: windows marked unhealthy
