@@ -50,7 +50,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,45 @@ class DecisionConfig:
             }
         base.update(overrides)
         return cls.from_dict(base)
+
+
+_FROM_LABELS = ("alert_labels", "danger_after_s")  # the keys for_labels fills from a model's labels
+
+
+@dataclass(frozen=True)
+class DecisionTable:
+    """The ``[decision]`` table before the model is known (a run config holds this one).
+
+    ``settings`` is the table read and checked as a ``DecisionConfig``; ``given`` names the keys
+    the user set. ``resolve(labels)`` gives the model's config: the keys left out that depend on
+    the labels (``alert_labels``, ``danger_after_s``) take ``for_labels``' defaults.
+    """
+
+    settings: DecisionConfig = field(default_factory=DecisionConfig)
+    given: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in fields(DecisionConfig)}
+        object.__setattr__(self, "given", frozenset(self.given))
+        if not self.given <= names:
+            raise ConfigError(f"[decision]: unknown key(s) {', '.join(sorted(self.given - names))}; "
+                              f"valid keys: {', '.join(sorted(names))}")
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str = "[decision]") -> DecisionTable:
+        return cls(from_table(DecisionConfig, table, where), frozenset(table))
+
+    def table(self) -> dict[str, Any]:
+        """The keys given, as the TOML table that gives them."""
+        return {name: getattr(self.settings, name) for name in sorted(self.given)}
+
+    def resolve(self, labels: Sequence[str]) -> DecisionConfig:
+        return DecisionConfig.for_labels(labels, **self.table())
+
+    @property
+    def from_labels(self) -> tuple[str, ...]:
+        """The keys the model's labels decide (those not given)."""
+        return tuple(k for k in _FROM_LABELS if k not in self.given)
 
 
 def _patterns(value: Any, name: str) -> tuple[str, ...]:
