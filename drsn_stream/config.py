@@ -111,7 +111,10 @@ def check_keys(table: Mapping[str, Any], cls: type, where: str, keys: Iterable[s
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation only a type checker can resolve: the class judges its values
+        return {}
 
 
 def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:

@@ -191,6 +191,10 @@ def test_the_printed_config_reads_back_to_the_same_config(tmp_path: Path) -> Non
                                  "--metrics-port", "9464", "--rpm", "1797"))
     doc, notes = to_doc(cfg)
     assert from_doc(loads_toml(dump_toml(doc, notes))) == cfg
+    streams = _config(tmp_path, '[machine]\nbearing = "6205"\n[[machine.streams]]\nmatch = "pump-*"\nrpm = 1480\n'
+                                '[[machine.streams]]\nmatch = "fan-*"\nbearing = ""\n', "--source", "sim")
+    assert len(streams.machine.streams) == 2
+    assert from_doc(loads_toml(dump_toml(*to_doc(streams)))) == streams
     labels = read_meta("bearing-cwru").labels
     again = from_doc(loads_toml(dump_toml(*to_doc(cfg, labels))))  # [decision] resolved for the model
     assert again.decision.resolve(labels) == cfg.decision.resolve(labels)

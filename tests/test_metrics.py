@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from drsn_stream.app.cli import _metrics_address, add_arguments
+from drsn_stream.app.cli import add_arguments, config_from_args
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
@@ -162,11 +162,17 @@ def test_metrics_address_forms_and_errors():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert _metrics_address(parser.parse_args(["--metrics-port", "9300"])) == "127.0.0.1:9300"
-    assert _metrics_address(parser.parse_args(["--metrics-address", "0.0.0.0:9300"])) == "0.0.0.0:9300"
-    assert _metrics_address(parser.parse_args([])) is None
+
+    def address(*argv: str) -> str | None:
+        return config_from_args(parser.parse_args(["--source", "sim", *argv])).sinks.metrics_address
+
+    assert address("--metrics-port", "9300") == "127.0.0.1:9300"
+    assert address("--metrics-address", "0.0.0.0:9300") == "0.0.0.0:9300"
+    assert address() is None
     with pytest.raises(ConfigError, match="not both"):
-        _metrics_address(parser.parse_args(["--metrics-port", "1", "--metrics-address", "127.0.0.1:2"]))
+        address("--metrics-port", "1", "--metrics-address", "127.0.0.1:2")
+    with pytest.raises(ConfigError, match=r"\[sinks\]: metrics address 'host:port'"):
+        address("--metrics-address", "host:port")
 
 
 def test_port_in_use_says_what_to_do(free_tcp_port):
