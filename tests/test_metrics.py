@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from drsn_stream.app.cli import add_arguments, config_from_args
+from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
@@ -56,6 +57,7 @@ def plant_snapshot(counters: Counters | None = None):
     """Real decisions, health and event log for 4 streams: m1 in ALERT, m2 in DANGER, m3's sensor flat."""
     decisions = DecisionEngine(LABELS, DecisionConfig.for_labels(LABELS, set_windows=2, danger_labels=("*_021",)))
     health = HealthMonitor(HealthConfig())
+    stats = EngineStats()
     log = EventLog()
     ids = [f"sim/m{i}" for i in range(4)]
     faults = {1: "inner_007", 2: "ball_021"}
@@ -69,6 +71,7 @@ def plant_snapshot(counters: Counters | None = None):
             probs = np.full(len(LABELS), 0.02, np.float32)
             probs[LABELS.index(faults.get(i, "normal"))] = 0.82
             p = Prediction(sid, 0, t, probs, faults.get(i, "normal"), 0.82, 0.31, 9.0 + i)
+            stats.record_batch([sid], np.array([p.latency_ms]), 0.01)
             log.extend(decisions.update(p, healthy=health.healthy(sid)))
     header = Header(sources=("sim:bearing",), model="bearing-cwru", labels=tuple(LABELS), sample_rate=12000,
                     window=2048, hop=1024, device="cpu", ready=True)
@@ -83,7 +86,7 @@ def plant_snapshot(counters: Counters | None = None):
     )
     footer = Footer(queue_depth=4, windows_total=24, rss_mb=100.0)
     return build_snapshot(header=header, decisions=decisions, health=health, footer=footer, events=log,
-                          now=t, counters=counters)
+                          now=t, counters=counters, latency=stats)
 
 
 def test_metrics_follow_prometheus_conventions_and_show_the_plant():

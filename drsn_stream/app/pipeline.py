@@ -30,6 +30,7 @@ from drsn_stream.app.defaults import resolve_defaults
 from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.envelope import label_family
+from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
@@ -54,7 +55,7 @@ from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects
 from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import EventCapture
 from drsn_stream.sources import make_source
-from drsn_stream.types import Event, Frame, Prediction, channel_ids, split_channels
+from drsn_stream.types import Event, Frame, Prediction, Window, channel_ids, split_channels
 from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
@@ -153,7 +154,7 @@ class Pipeline:
         self.stats = EngineStats()
         self.engine = InferenceLoop(
             self.batcher, self.runner, self.labels, self._on_predictions, stats=self.stats,
-            latency_from_ready=config.fast, normalization=self.meta.normalization,
+            latency_from_ready=config.fast, prepare=BatchNormalizer(self.meta.normalization),
         )
         dcfg = config.decision.resolve(self.labels)
         self.decisions = DecisionEngine(self.labels, dcfg)
@@ -414,12 +415,7 @@ class Pipeline:
                 events = self.health.flush(sid)  # the windows' samples all judged
                 if events:
                     self._emit_events(events)
-            for w in windows:
-                if not self.health.healthy(w.stream_id):
-                    w.healthy = False
-            now = time.time()
-            for w in windows:
-                w.t_ready = now
+            windows = [w if self.health.healthy(w.stream_id) else _unhealthy(w) for w in windows]
             self.batcher.put_many(windows)
             if self.envelope is not None:
                 self.envelope.push(windows)
@@ -551,6 +547,7 @@ class Pipeline:
             envelope=self.envelope.views() if self.envelope is not None else None,
             counters=self.counters(),
             baseline=self.baseline.views() if self.baseline is not None else None,
+            latency=self.stats,
         )
 
     def _baseline_status(self) -> str:
@@ -636,6 +633,12 @@ def _clock(t: float) -> str:
         return time.strftime("%H:%M:%S", time.localtime(t))
     except (OverflowError, OSError, ValueError):
         return "??:??:??"
+
+
+def _unhealthy(w: Window) -> Window:
+    """``w`` from a sensor that failed its health check: a new Window, so that the DSP's windows
+    are never written after it made them (and only windows of a failing sensor cost an object)."""
+    return Window(w.stream_id, w.index, w.t_last, w.data, w.t_ready, w.level, w.normalized, False)
 
 
 def _one_line(exc: BaseException) -> str:
