@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import CWRU, require_cwru
+from tests.helpers import free_port as _free_port
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,8 @@ def test_cluster_in_loopback_namespace() -> None:
 
     env = {**os.environ, **TELEMETRY_OFF, "DRSN_TEST_NETNS": "1"}
     cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-           sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p", "no:cacheprovider", str(Path(__file__))]
+           sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p", "no:cacheprovider", "-p", "no:xdist",
+           str(Path(__file__))]  # one process: the three tests share one Ray cluster
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     print(r.stdout[-8000:], r.stderr[-4000:])
     assert r.returncode == 0, f"the cluster tests failed inside the namespace:\n{r.stdout[-8000:]}\n{r.stderr[-3000:]}"
@@ -59,12 +61,6 @@ def test_cluster_in_loopback_namespace() -> None:
 
 
 # ---------------------------------------------------------------------------------------- inside
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
