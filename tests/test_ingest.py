@@ -230,6 +230,7 @@ def test_batches_give_the_frames_iteration_gives_for_every_kind_that_replays(tmp
             [(f.stream_id, f.seq, f.samples.tobytes()) for f in frames] != [], spec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 16])
 def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int) -> None:
     import subprocess
