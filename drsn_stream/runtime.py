@@ -5,9 +5,37 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a command's start-up, unwound like Ctrl-C."""
+
+
+_start_up_signal: int | None = None
+
+
+def start_up_signal_handler(signum: int, frame: object) -> None:
+    """The handler of SIGINT and SIGTERM while a command starts: remembers the signal, then
+    unwinds (KeyboardInterrupt, ``Terminated``). The note outlives an exception that a library
+    swallowed on its way (a finalizer, a broad ``except``): ``raise_if_signalled`` raises again."""
+    global _start_up_signal
+    _start_up_signal = signum
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def forget_start_up_signal() -> None:
+    global _start_up_signal
+    _start_up_signal = None
+
+
+def raise_if_signalled() -> None:
+    """Unwinds now if a start-up signal came and its exception was lost on the way."""
+    if _start_up_signal is not None:
+        raise Terminated() if _start_up_signal == signal.SIGTERM else KeyboardInterrupt()
 
 
 def freeze_start_up_objects() -> None:

@@ -15,6 +15,7 @@ from drsn_stream.config import check_sections, dump_toml, read_toml
 from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.models.artifact import read_meta
 from drsn_stream.monitor.baseline import parse_duration
+from drsn_stream.runtime import raise_if_signalled
 from drsn_stream.sinks import make_sinks
 
 DURATION_ENV = "DRSN_STREAM_DURATION"  # lets a script end a command it runs as written (CI)
@@ -204,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             )
             dashboard.start()
         pipe.start()  # a Ctrl-C until here is a KeyboardInterrupt: cleaned up below, no summary
+        raise_if_signalled()
         _stop_on_signals(pipe)  # from now on Ctrl-C and SIGTERM end the run with its summary
         if dashboard is None or not sys.stdout.isatty():
             print(f"drsn-stream: ready: {pipe.meta.name} on {pipe.runner.device_name}, sources "
@@ -248,6 +250,7 @@ def _once(pipe: Pipeline, cfg: RunConfig) -> int:
     from drsn_stream.sinks.dashboard import render_once
 
     pipe.start()
+    raise_if_signalled()
     _stop_on_signals(pipe)
     pipe.wait(duration=cfg.duration if cfg.duration is not None else 4.0)
     print(render_once(pipe.snapshot(), width=_width()))
