@@ -69,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--engine-process", choices=["auto", "on", "off"],
       help="CPU: run the model in its own process, so it shares no interpreter lock with ingest (default auto: "
            "on with 2 or more cores)")
+    a("--ingest-procs", type=int, metavar="N",
+      help="read each zmq:// (SUB) source with N processes, each taking the streams whose id hashes to it "
+           "and feeding the engine through shared memory (default: 1 below 8 cores, else half the cores, at "
+           "most 8); sim, file, mic, zmq+bind and PULL sources keep their ingest thread")
     a("--pin-cpus", action="store_true",
       help="with the engine process: give it a core of its own and keep ingest on the others (the default "
            "when it runs one torch thread)")
@@ -136,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "threads": args.threads,
         "cpu_layout": args.cpu_layout,
         "engine_process": {"on": True, "off": False}.get(args.engine_process or "auto"),
+        "ingest_procs": args.ingest_procs,
         "pin_cpus": True if args.pin_cpus else (False if args.no_pin_cpus else None),
         "capture_dir": args.capture,
         "idle_flush": False if args.no_idle_flush else None,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.app.defaults import resolve_defaults
+from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable
 from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.envelope import EnvelopeSettings, label_family
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
@@ -54,7 +55,7 @@ from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import CaptureConfig, EventCapture
 from drsn_stream.sources import make_source
 from drsn_stream.sources.base import DEFAULT_MAX_STREAMS
-from drsn_stream.types import Event, Frame, Prediction, channel_ids, split_channels
+from drsn_stream.types import Event, Frame, Prediction, Window, channel_ids, split_channels
 from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
@@ -89,6 +90,9 @@ class RunConfig:
     threads: int | None = None
     cpu_layout: str = "auto"  # CPU: run 1-D networks in their verified channels-last form ("off": as stored)
     engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
+    # processes that read each zmq:// source, sharded by stream id (app/shards.py); other sources
+    # keep their ingest thread (None: 1 below 8 cores, half the cores, at most 8, from there on)
+    ingest_procs: int | None = None
     # with the engine process: give it a core of its own, keep ingest on the rest
     # (None: on when it runs one torch thread, the default)
     pin_cpus: bool | None = None
@@ -110,7 +114,7 @@ class RunConfig:
         for name, least in (("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0), ("max_streams", 1)):
             if not getattr(self, name) >= least:
                 problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
-        for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1)):
+        for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1), ("ingest_procs", 1)):
             value = getattr(self, name)
             if value is not None and not value >= least:
                 problems.append(f"{name} must be >= {least} (or left unset), not {value!r}")
@@ -177,6 +181,7 @@ class Pipeline:
             device=pick_device(config.device).type, cores=_cores(), fast=config.fast,
             engine_process=config.engine_process, pin_cpus=config.pin_cpus, threads=config.threads,
             max_batch=config.max_batch, eager_batch=config.eager_batch, stale_ms=config.stale_ms,
+            ingest_procs=config.ingest_procs,
         )
         self.resolved = res
         self.max_batch = res.max_batch
@@ -227,12 +232,16 @@ class Pipeline:
             if config.capture_dir
             else None
         )
+        self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
+        self._shard(res.ingest_procs)
         self.events = EventLog(maxlen=200)
         self.transcript: list[str] = []
         self.usage = ResourceMeter()
         if isinstance(self.runner, ProcessRunner):
             runner = self.runner
-            self.usage.extra_pids = lambda: [runner.pid]  # the footer's CPU and RSS include the model
+            self.usage.extra_pids = lambda: [runner.pid, *self._ingest_pids()]  # the footer's CPU and RSS include them
+        elif any(isinstance(s, ShardedSource) for s in self.sources):
+            self.usage.extra_pids = self._ingest_pids
         if not all(s.realtime for s in self.sources):
             # capture stamps of a faster-than-real-time replay run ahead of the wall clock: latency
             # is then measured from when a window was formed, as with --fast
@@ -241,7 +250,6 @@ class Pipeline:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now
         self._dsp: dict[str, StreamDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
-        self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
         self.envelope = self._envelope_stage(config)
         self._ingest_lock = threading.Lock()
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
@@ -258,6 +266,29 @@ class Pipeline:
         self._status = "warming up"
         self._running = False  # start() completed
         self._said_waiting: set[int] = set()  # sources whose "waiting for ..." note was emitted
+
+    def _shard(self, procs: int) -> None:
+        """ZeroMQ SUB sources read by ``procs`` ingest processes (app/shards.py); the others, and
+        every source of a run that captures raw samples (which needs the frames here), keep their
+        ingest thread."""
+        if procs < 2 or not any(shardable(spec) for spec in self.config.sources):
+            return
+        if self.capture is not None:
+            if self.config.ingest_procs is not None:
+                self._notes.append(("*", "--ingest-procs is ignored with --capture: raw samples are captured "
+                                         "in the monitor's own process"))
+            return
+        self.health = HealthMirror(self.health.config)
+        self.sources = shard_sources(self.sources, self.config.sources, procs, meta=self.meta,
+                                     hop=self.config.hop, health=dict(self.config.health),
+                                     max_streams=self.config.max_streams, mirror=self.health)
+        for src in self.sources:
+            if isinstance(src, ShardedSource):
+                src.max_streams = self.config.max_streams
+                src.on_windows, src.on_events, src.on_error = self._windows_in, self._emit_events, self._error
+
+    def _ingest_pids(self) -> list[int]:
+        return [pid for s in self.sources if isinstance(s, ShardedSource) for pid in s.pids]
 
     def _envelope_stage(self, config: RunConfig) -> EnvelopeStage | None:
         """The envelope evidence stage where a bearing geometry is configured; else None, said once
@@ -479,12 +510,17 @@ class Pipeline:
             for w in windows:
                 if not self.health.healthy(w.stream_id):
                     w.healthy = False
-            now = time.time()
-            for w in windows:
-                w.t_ready = now
-            self.batcher.put_many(windows)
-            if self.envelope is not None:
-                self.envelope.push(windows)
+            self._windows_in(windows)
+
+    def _windows_in(self, windows: list[Window]) -> None:
+        """Where windows enter the engine, from an ingest thread or an ingest process
+        (``ShardedSource``'s reading loop)."""
+        now = time.time()
+        for w in windows:
+            w.t_ready = now
+        self.batcher.put_many(windows)
+        if self.envelope is not None:
+            self.envelope.push(windows)
 
     # ------------------------------------------------------------------ results
     def _on_predictions(self, preds: list[Prediction]) -> None:
@@ -653,6 +689,9 @@ class Pipeline:
             dsps = list(self._dsp.items())
         nonfinite = {sid: d.nonfinite for sid, d in dsps if d.nonfinite and not isinstance(d, FrameDSP)}
         nonfinite.update(kv for _, d in dsps if isinstance(d, FrameDSP) for kv in d.nonfinite_by_stream().items())
+        for src in self.sources:
+            if isinstance(src, ShardedSource):
+                nonfinite.update(src.nonfinite)
         return {
             "engine": self.stats.to_json(),
             "device": self.runner.device_name,

@@ -1,0 +1,631 @@
+"""Ingest across cores: a ZeroMQ SUB source read, checked and windowed by several processes.
+
+One ingest thread (decode, sensor health, DSP: tens of microseconds of Python per frame) is the
+limit of a big host long before the model is. ``ShardedSource`` stands in for a ``zmq://`` source:
+it starts N child interpreters (``python -m drsn_stream.app.shards``), each with a SUB socket of
+its own to the same publisher, keeping the streams whose id hashes to it and running sensor health
+and per-stream DSP for them exactly as the in-process path does. Windows come back through one
+shared-memory ring per child, ``(slots, rows, window)`` float32; the child's stdout pipe carries
+only the slot and each window's id, index, capture time and health, then health events, error
+lines and counters as small JSON lines, in the order they happened. The parent's reading loop
+hands the windows to the micro-batcher as the in-process path does.
+
+Why a hash of the stream id and not ZeroMQ subscription prefixes: the topic is the stream id
+(docs/wire-format.md) and ids are free text (``m000`` .. ``m999`` share every prefix but the
+last characters), so prefixes cannot split unknown ids evenly. Each child subscribes to the
+source's topic (everything by default) and drops the other children's messages by their topic
+frame alone (crc32, before decoding: ~1 us); the publisher sends every message once per child.
+
+A child that dies is said in one line, counted and started again (its streams lose their windows
+in flight and their DSP state); one that dies more than ``MAX_RESTARTS`` times within
+``RESTART_WINDOW_S`` is not started again and its streams are reported lost. A child that stops
+answering is never waited for: the parent's pipe reads and writes do not block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from multiprocessing import shared_memory
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from drsn_stream.dsp import FrameDSP, StreamDSP
+from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
+from drsn_stream.errors import SourceError
+from drsn_stream.monitor.health import HealthConfig, HealthMonitor, StreamHealth
+from drsn_stream.runtime import attach_shared_memory
+from drsn_stream.sources import make_source, parse_spec
+from drsn_stream.sources.base import Source
+from drsn_stream.types import Event, Frame, Window, channel_ids, split_channels
+
+SHARDABLE_KINDS = ("zmq",)  # SUB sockets that connect: every child can subscribe to the same publisher
+SLOTS = 8  # ring slots per child
+ROWS = 128  # windows per slot
+FLUSH_S = 0.005  # a child hands over windows at least this often while frames keep coming
+STATS_S = 0.5  # a child reports counters and health this often
+READY_TIMEOUT_S = 60.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
+
+
+def shard_of(topic: bytes, shards: int) -> int:
+    """The ingest process (0 .. shards-1) that owns the stream whose topic frame is ``topic``;
+    crc32, so every process agrees whatever its hash seed."""
+    return zlib.crc32(topic) % shards
+
+
+def shardable(spec: str) -> bool:
+    """Whether a source spec can be split across ingest processes (ZeroMQ SUB, connecting)."""
+    return parse_spec(spec).kind in SHARDABLE_KINDS
+
+
+class HealthMirror(HealthMonitor):
+    """A ``HealthMonitor`` that also shows the streams whose health the ingest processes judge:
+    their states arrive as copies (``update``) and as health events (``note``). Streams of
+    in-process sources are judged here as usual."""
+
+    def __init__(self, config: HealthConfig | None = None) -> None:
+        super().__init__(config)
+        self._remote: dict[str, StreamHealth] = {}
+
+    def update(self, states: dict[str, StreamHealth]) -> None:
+        with self._lock:
+            self._remote.update(states)
+
+    def note(self, event: Event) -> None:
+        """A health event from a child: the stream's state changes here at once."""
+        with self._lock:
+            old = self._remote.get(event.stream_id, StreamHealth(event.stream_id))
+            self._remote[event.stream_id] = dataclasses.replace(
+                old, state=str(event.data.get("to", old.state)), reasons=tuple(event.data.get("reasons", ())),
+                since=event.time)
+
+    def healthy(self, stream: str) -> bool:
+        with self._lock:
+            remote = self._remote.get(stream)
+        return remote.ok if remote is not None else super().healthy(stream)
+
+    def state(self, stream: str) -> StreamHealth:
+        with self._lock:
+            remote = self._remote.get(stream)
+        return remote if remote is not None else super().state(stream)
+
+    def states(self, streams: Any = None) -> dict[str, StreamHealth]:
+        with self._lock:
+            remote = dict(self._remote)
+        ids = list(streams) if streams is not None else None
+        local = super().states(None if ids is None else [s for s in ids if s not in remote])
+        if ids is None:
+            return {**local, **remote}
+        return {s: remote[s] if s in remote else local[s] for s in ids}
+
+    @property
+    def streams(self) -> list[str]:
+        local = super().streams
+        with self._lock:
+            remote = list(self._remote)
+        known = set(local)
+        return local + [s for s in remote if s not in known]
+
+
+# ---------------------------------------------------------------------- the child
+
+
+class _Stage:
+    """The in-process ingest stage (``Pipeline._ingest_frame``) for one child's streams: health
+    and DSP per frame, windows and events gathered for the parent."""
+
+    def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int) -> None:
+        self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
+        self.dsp: dict[str, StreamDSP] = {}
+        self.errors: Counter[str] = Counter()
+
+    def push(self, frame: Frame, source: Source, out: _Out) -> None:
+        try:
+            self._push(frame, source, out)
+        except UnsupportedRate as exc:
+            source.stats.bad("unsupported_rate")
+            self.errors[f"stream {frame.stream_id}: {exc}"] += 1
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
+            source.stats.bad("ingest_error")
+            text = str(exc).strip().splitlines()
+            self.errors[f"stream {frame.stream_id}: frame dropped: {type(exc).__name__}"
+                        + (f": {text[0][:200]}" if text else "")] += 1
+
+    def _push(self, frame: Frame, source: Source, out: _Out) -> None:
+        multi = frame.names is not None or (frame.samples.ndim == 2 and frame.samples.shape[1] > 1)
+        ids = channel_ids(frame.stream_id, frame.samples.shape[1], frame.names) if multi else None
+        dsp = self.dsp.get(frame.stream_id)
+        if dsp is None or getattr(dsp, "ids", None) != ids:
+            if dsp is None and len(self.dsp) >= self.max_streams:
+                source.stats.bad("too_many_streams")
+                return
+            rational_ratio(frame.sample_rate, self.meta.sample_rate)
+            dsp = self.dsp[frame.stream_id] = (
+                FrameDSP(self.meta, ids, hop=self.hop, normalize=False) if ids is not None
+                else StreamDSP(self.meta, hop=self.hop, normalize=False))
+        events: list[Event] = []
+        for part in split_channels(frame) if multi else (frame,):
+            events += self.health.push(part)
+        if events:
+            out.events(events)
+        windows = dsp.push(frame)
+        if windows:
+            for sid in ids or (frame.stream_id,):
+                events = self.health.flush(sid)
+                if events:
+                    out.events(events)
+            for w in windows:
+                if not self.health.healthy(w.stream_id):
+                    w.healthy = False
+            out.windows(windows)
+
+    def nonfinite(self) -> dict[str, int]:
+        out = {sid: d.nonfinite for sid, d in self.dsp.items() if d.nonfinite and not isinstance(d, FrameDSP)}
+        out.update(kv for d in self.dsp.values() if isinstance(d, FrameDSP) for kv in d.nonfinite_by_stream().items())
+        return out
+
+
+class _Out:
+    """The child's side of the ring and the pipe: windows into free slots, lines to the parent,
+    slot releases (``SLOT\\n``) read back from stdin, whose end means stop."""
+
+    def __init__(self, ring: np.ndarray, write: Callable[[bytes], None]) -> None:
+        self.ring, self._write = ring, write
+        self.free: deque[int] = deque(range(ring.shape[0]))
+        self.slot: int | None = None
+        self.meta: list[list[Any]] = []
+        self.t_first = 0.0
+        self.stopped = False
+        self._inbuf = b""
+        self._next_read = 0.0
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self._write(json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n")
+
+    def windows(self, windows: list[Window]) -> None:
+        for w in windows:
+            if self.slot is None:
+                self.slot = self._take_slot()
+                if self.slot is None:
+                    return  # stopping
+                self.t_first = time.monotonic()
+            self.ring[self.slot, len(self.meta)] = w.data
+            self.meta.append([w.stream_id, w.index, w.t_last, w.healthy])
+            if len(self.meta) == self.ring.shape[1]:
+                self.flush()
+
+    def events(self, events: list[Event]) -> None:
+        self.flush()  # the windows formed before them go first, as in-process
+        self.send({"e": [[e.type, e.stream_id, e.time, e.data] for e in events]})
+
+    def flush(self, idle: bool = False) -> None:
+        if self.slot is not None and self.meta:
+            self.send({"w": self.slot, "m": self.meta, "i": idle})
+            self.slot, self.meta = None, []
+        elif idle:
+            self.send({"i": True})
+
+    def due(self) -> bool:
+        return bool(self.meta) and time.monotonic() - self.t_first >= FLUSH_S
+
+    def read_control(self, timeout: float = 0.0) -> None:
+        """Takes the parent's slot releases; an ended stdin means stop. Looks at most every 10 ms
+        unless asked to wait (a system call per frame would cost more than the frame)."""
+        now = time.monotonic()
+        if timeout == 0.0 and now < self._next_read:
+            return
+        self._next_read = now + 0.01
+        while not self.stopped and select.select([0], [], [], timeout)[0]:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                self.stopped = True
+                return
+            self._inbuf += chunk
+            *lines, self._inbuf = self._inbuf.split(b"\n")
+            self.free.extend(int(x) for x in lines if x.strip())
+            timeout = 0.0
+
+    def _take_slot(self) -> int | None:
+        while not self.free and not self.stopped:
+            self.read_control(0.1)  # the parent copies a slot out at once; wait for it
+        return self.free.popleft() if self.free else None
+
+
+def _worker(cfg: dict[str, Any]) -> int:
+    """One ingest process: its share of the source's streams until stdin ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    pipe = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the protocol
+    sys.stdout = sys.stderr
+
+    def write(data: bytes) -> None:
+        pipe.write(data)
+        pipe.flush()
+
+    shard, shards = int(cfg["shard"]), int(cfg["shards"])
+    shm = attach_shared_memory(cfg["shm"])
+    ring = np.ndarray((SLOTS, ROWS, int(cfg["meta"]["window"])), np.float32, shm.buf)
+    out = _Out(ring, write)
+    try:
+        source = make_source(cfg["spec"], until_eos=False)  # when the run ends is the parent's to say
+        source.max_streams = int(cfg["max_streams"])
+        source.accept_topic = lambda topic: shard_of(topic, shards) == shard  # type: ignore[attr-defined]
+        health = HealthMonitor(HealthConfig(**cfg["health"]))
+        stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]))
+        source.open()
+    except Exception as exc:  # noqa: BLE001 - said by the parent in one line
+        out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
+        return 1
+    out.send({"ready": os.getpid()})
+    state = {"next_stats": time.monotonic() + STATS_S, "ended": 0, "streams": 0}
+
+    def report() -> None:
+        out.flush()
+        errors, stage.errors = stage.errors, Counter()
+        out.send({"s": source.stats.snapshot(), "streams": source.streams, "nf": stage.nonfinite(),
+                  "h": {sid: _fields(h) for sid, h in health.states().items()},
+                  "err": dict(errors)})
+        state["next_stats"] = time.monotonic() + STATS_S
+
+    def housekeeping(idle: bool) -> None:
+        out.read_control()
+        if out.stopped:
+            source.close()
+            return
+        # A new stream or an end of stream is said at once, after the windows before it and before
+        # the idle mark (the parent ends a run at the end of every stream once each child has been
+        # idle since: then nothing is left in flight).
+        ended, streams = len(source.stats.ended), len(source.streams)
+        if time.monotonic() >= state["next_stats"] or (ended, streams) != (state["ended"], state["streams"]):
+            state["ended"], state["streams"] = ended, streams
+            events = health.tick()
+            if events:
+                out.events(events)
+            report()
+        if idle or out.due():
+            out.flush(idle)
+
+    source.on_idle = lambda: housekeeping(True)
+    try:
+        with source:
+            for frame in source:
+                stage.push(frame, source, out)
+                housekeeping(False)
+        report()
+    except (BrokenPipeError, OSError):
+        return 0  # the parent has gone
+    except Exception as exc:  # noqa: BLE001
+        out.send({"fatal": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        return 1
+    finally:
+        out.ring = ring = np.empty((0, 0, 0), np.float32)  # no view of the segment left: it can close
+        try:
+            shm.close()
+        except BufferError:  # a view still held somewhere: the process ends right after anyway
+            pass
+    return 0
+
+
+def _fields(h: StreamHealth) -> dict[str, Any]:
+    d = dataclasses.asdict(h)
+    del d["stream_id"]
+    return d
+
+
+# ---------------------------------------------------------------------- the parent
+
+
+class _Child:
+    """The parent's handle on one ingest process."""
+
+    def __init__(self, index: int, window: int) -> None:
+        self.index = index
+        self.shm = shared_memory.SharedMemory(create=True, size=SLOTS * ROWS * window * 4)
+        self.ring = np.ndarray((SLOTS, ROWS, window), np.float32, self.shm.buf)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.buf = b""
+        self.early: list[dict[str, Any]] = []  # read while waiting for "ready", handled by the loop
+        self.stats: dict[str, Any] = {}  # its latest counters
+        self.nonfinite: dict[str, int] = {}
+        self.streams: list[str] = []
+        self.lost = False
+        self.deaths: deque[float] = deque()
+        self.idles = 0  # idle marks received: its socket had nothing more
+
+    def start(self, cfg: dict[str, Any]) -> None:
+        self.buf, self.stats, self.early = b"", {}, []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "drsn_stream.app.shards", json.dumps({**cfg, "shard": self.index,
+                                                                         "shm": self.shm.name})],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            start_new_session=True,  # a terminal's Ctrl-C goes to the monitor alone, which ends them
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
+        )
+        assert self.proc.stdin is not None
+        os.set_blocking(self.proc.stdin.fileno(), False)  # a stuck child never blocks the parent
+
+    @property
+    def fd(self) -> int:
+        assert self.proc is not None and self.proc.stdout is not None
+        return self.proc.stdout.fileno()
+
+    def release(self, slot: int) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            os.write(self.proc.stdin.fileno(), b"%d\n" % slot)
+        except (BlockingIOError, BrokenPipeError, OSError):
+            pass  # a child that reads nothing any more; its end is noticed on its stdout
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """The whole lines it has written; None once its stdout has ended."""
+        chunk = os.read(self.fd, 1 << 20)
+        if not chunk:
+            return None
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        return [json.loads(line) for line in lines if line]
+
+    def stop(self, wait_s: float) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        for f in (proc.stdin, proc.stdout):
+            try:
+                f.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=max(0.0, wait_s))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5.0)
+        self.proc = None
+        return proc.returncode
+
+    def free(self) -> None:
+        self.ring = np.empty((0, 0, 0), np.float32)
+        self.shm.close()
+        self.shm.unlink()
+
+
+def _code(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class ShardedSource(Source):
+    """A ``zmq://`` source whose streams are read by ``procs`` ingest processes (see the module).
+
+    Windows, health events and error lines reach the monitor through callbacks it sets
+    (``on_windows``, ``on_events``, ``on_error``); iteration yields no frames: it runs the reading
+    loop until ``close()`` (or, with ``until_eos=1``, until every stream seen has ended).
+    ``stats`` sums the children's counters; ``health`` (a ``HealthMirror``) shows their health.
+    """
+
+    kind = "zmq (sharded)"
+    restartable = False
+
+    def __init__(self, spec: str, procs: int, *, meta: Any, hop: int | None, health: dict[str, Any],
+                 max_streams: int, mirror: HealthMirror) -> None:
+        super().__init__(spec)
+        self.inner = make_source(spec)  # checks the spec and its options here, in the parent
+        self.procs = int(procs)
+        self.until_eos = bool(self.inner.options.get("until_eos"))
+        self.mirror = mirror
+        self._cfg = {"spec": spec, "shards": self.procs, "hop": hop, "health": health, "max_streams": max_streams,
+                     "meta": {"sample_rate": float(meta.sample_rate), "window": int(meta.window),
+                              "hop": int(meta.hop), "normalization": dict(meta.normalization)}}
+        self._window = int(meta.window)
+        self._children: list[_Child] = []
+        self._retired: list[dict[str, Any]] = []  # the last counters of children that died
+        self.restarts = 0
+        self.on_windows: Callable[[list[Window]], None] = lambda ws: None
+        self.on_events: Callable[[list[Event]], None] = lambda es: None
+        self.on_error: Callable[[str], None] = lambda line: None
+
+    @property
+    def realtime(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def waiting(self) -> str | None:
+        return self.inner.waiting()
+
+    @property
+    def pids(self) -> list[int]:
+        """The ingest processes running now."""
+        return [c.proc.pid for c in self._children if c.proc is not None]
+
+    @property
+    def nonfinite(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self._children:
+            out.update(c.nonfinite)
+        return out
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self._children = [_Child(k, self._window) for k in range(self.procs)]
+            for c in self._children:
+                c.start(self._cfg)
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            for c in self._children:
+                self._await_ready(c, deadline)
+        except BaseException:
+            self._close()
+            raise
+
+    def _await_ready(self, c: _Child, deadline: float) -> None:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([c.fd], [], [], left)[0]:
+                raise SourceError(f"ingest process {c.index + 1} of {self.procs} did not start within "
+                                  f"{READY_TIMEOUT_S:.0f} s")
+            lines = c.read()
+            if lines is None:
+                raise SourceError(f"ingest process {c.index + 1} of {self.procs} ended while starting "
+                                  f"({_code(c.proc.wait(timeout=5.0) if c.proc else None)})")
+            for i, msg in enumerate(lines):
+                if "fatal" in msg:
+                    raise SourceError(f"{self.inner.kind}:{self.inner.target}: {msg['fatal']}")
+                if "ready" in msg:
+                    c.early = lines[i + 1:]
+                    return
+
+    def _close(self) -> None:
+        deadline = time.monotonic() + 2.0
+        for c in self._children:
+            c.stop(deadline - time.monotonic())
+        for c in self._children:
+            c.free()
+        self._children = []
+
+    # -- the reading loop ---------------------------------------------------------------
+
+    def _frames(self) -> Iterator[Frame]:
+        ended_at: dict[int, int] | None = None  # idle marks when every stream seen had ended
+        while not self.closed:
+            live = {c.fd: c for c in self._children if c.proc is not None}
+            for c in live.values():
+                early, c.early = c.early, []
+                for msg in early:
+                    self._handle(c, msg)
+            if not live:
+                raise SourceError(f"{self.inner.kind}:{self.inner.target}: every ingest process is lost")
+            for fd in select.select(list(live), [], [], 0.1)[0]:
+                c = live[fd]
+                msgs = c.read()
+                if msgs is None:
+                    self._died(c)
+                    continue
+                for msg in msgs:
+                    self._handle(c, msg)
+            if self.until_eos and self._all_ended():
+                # done once every child has been idle since: a stream only one of them has
+                # seen so far would otherwise be cut short
+                if ended_at is None:
+                    ended_at = {c.index: c.idles for c in self._children}
+                elif all(c.idles > ended_at[c.index] for c in self._children if c.proc is not None):
+                    return
+            else:
+                ended_at = None
+        return
+        yield  # a generator that hands over windows through on_windows, never a frame
+
+    def _handle(self, c: _Child, msg: dict[str, Any]) -> None:
+        if "w" in msg:
+            slot, meta = int(msg["w"]), msg["m"]
+            data = c.ring[slot, : len(meta)].copy()
+            c.release(slot)
+            self.on_windows([Window(sid, int(index), float(t_last), data[i], normalized=False, healthy=bool(ok))
+                             for i, (sid, index, t_last, ok) in enumerate(meta)])
+        if "e" in msg:
+            events = [Event(t, sid, float(when), data) for t, sid, when, data in msg["e"]]
+            for e in events:
+                if e.type == "health":
+                    self.mirror.note(e)
+            self.on_events(events)
+        if "s" in msg:
+            c.stats, c.nonfinite = msg["s"], msg["nf"]
+            c.streams = msg["streams"]
+            for sid in c.streams:
+                if sid not in self._stream_set:
+                    self._stream_set.add(sid)
+                    self._streams.append(sid)
+            self.mirror.update({sid: StreamHealth(sid, **{**d, "reasons": tuple(d["reasons"])})
+                                for sid, d in msg["h"].items()})
+            for line, n in msg["err"].items():
+                for _ in range(min(int(n), 1000)):
+                    self.on_error(line)
+            self._sum_stats()
+        if "fatal" in msg:
+            self.on_error(f"ingest process {c.index + 1} of {self.procs}: {msg['fatal']}")
+        if msg.get("i"):
+            c.idles += 1
+            self._idle()
+
+    def _all_ended(self) -> bool:
+        seen = set(self._streams)
+        return bool(seen) and seen <= set(self.stats.snapshot()["ended"])
+
+    def _died(self, c: _Child) -> None:
+        """Counted, said in one line, and started again; lost after MAX_RESTARTS in the window."""
+        pid = c.proc.pid if c.proc is not None else None
+        code = c.stop(2.0)
+        if self.closed:
+            return
+        self._retired.append(c.stats)
+        now = time.monotonic()
+        c.deaths.append(now)
+        while c.deaths and now - c.deaths[0] > RESTART_WINDOW_S:
+            c.deaths.popleft()
+        who = f"ingest process {c.index + 1} of {self.procs} (pid {pid}) ended ({_code(code)})"
+        if len(c.deaths) > MAX_RESTARTS:
+            c.lost = True
+            lost = ", ".join(c.streams[:8]) + (f" and {len(c.streams) - 8} more" if len(c.streams) > 8 else "")
+            self.on_error(f"{who} {len(c.deaths)} times within {RESTART_WINDOW_S:.0f} s; not started again: "
+                          f"its streams are no longer monitored ({lost or 'none seen yet'})")
+            return
+        self.restarts += 1
+        self.on_error(f"{who}; started a new one (restart {self.restarts}), its streams' windows in flight are lost")
+        c.stats, c.nonfinite = {}, {}
+        try:
+            c.start(self._cfg)  # its "ready" line is read by the loop like any other
+        except OSError as exc:
+            c.lost = True
+            self.on_error(f"ingest process {c.index + 1} of {self.procs} could not be started again: {exc}")
+
+    def _sum_stats(self) -> None:
+        parts = self._retired + [c.stats for c in self._children if c.stats]
+        st = self.stats
+        with st._lock:
+            st.frames = sum(p["frames"] for p in parts)
+            st.samples = sum(p["samples"] for p in parts)
+            st.crashes = sum(p["crashes"] for p in parts)
+            st.last_crash = next((p["last_crash"] for p in reversed(parts) if p["last_crash"]), "")
+            for name in ("malformed", "gaps", "missing", "restarts", "duplicates", "late", "overflows"):
+                total: Counter[str] = Counter()
+                for p in parts:
+                    total.update(p[name])
+                setattr(st, name, dict(total))
+            st.ended = {sid for p in parts for sid in p["ended"]}
+
+
+def shard_sources(sources: list[Source], specs: tuple[str, ...], procs: int, **kwargs: Any) -> list[Source]:
+    """``sources`` with each shardable one (``shardable``) replaced by a ``ShardedSource`` of
+    ``procs`` ingest processes; the others (sim, file, mic, PULL, binding SUB) stay as they are."""
+    if procs < 2:
+        return sources
+    return [ShardedSource(spec, procs, **kwargs) if shardable(spec) else src for src, spec in zip(sources, specs)]
+
+
+__all__ = ["HealthMirror", "ShardedSource", "shard_of", "shard_sources", "shardable"]
+
+
+if __name__ == "__main__":
+    code = _worker(json.loads(sys.argv[1]))
+    sys.stderr.flush()
+    os._exit(code)  # the shared memory is the parent's to unlink
