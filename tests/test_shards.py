@@ -176,3 +176,40 @@ def test_other_sources_keep_their_ingest_thread_and_one_process_is_todays_path(f
     one = Pipeline(RunConfig(sources=(f"zmq://127.0.0.1:{port}",), device="cpu", engine_process=False,
                              ingest_procs=1))
     assert type(one.sources[0]).__name__ == "ZmqSubSource"
+
+
+def test_a_process_that_keeps_dying_loses_its_streams_visibly_and_losing_all_ends_the_source(
+        free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_cwru()
+    from drsn_stream.app import shards
+
+    monkeypatch.setattr(shards, "MAX_RESTARTS", 0)  # the first death is one too many
+    streams = _streams(60.0)
+    pipe = Pipeline(_config(free_tcp_port, 2, duration=120))
+    pipe.start()
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource)
+    first, second = src.pids
+    mine = sorted(sid for sid in streams if shard_of(sid.encode(), 2) == 0)
+    stop, errors = threading.Event(), []
+    pub = _publisher(free_tcp_port, 2, streams, pace=True, stop=stop, errors=errors)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not all(pipe.health.state(s).frames for s in streams):
+            time.sleep(0.2)  # every process has reported its streams' health
+        os.kill(first, signal.SIGKILL)
+        while time.time() < deadline and not any("not started again" in e for e in pipe.errors):
+            time.sleep(0.1)
+        os.kill(second, signal.SIGKILL)
+        pipe.wait()  # ends by itself: the source has no process left
+    finally:
+        stop.set()
+        pipe.stop()
+        pub.join(timeout=10)
+    line = next(e for e in pipe.errors if "not started again" in e)
+    assert f"ingest process 1 of 2 (pid {first}) ended (signal SIGKILL)" in line
+    assert "its streams are no longer monitored (" + ", ".join(mine) in line
+    for sid in mine:
+        assert pipe.health.state(sid).state == CHECK_SENSOR and "ingest process lost" in pipe.health.state(sid).reasons
+    assert any("every ingest process is lost" in f for f in pipe.failed_sources), pipe.failed_sources
+    assert src.pids == [] and time.time() < deadline

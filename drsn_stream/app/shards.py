@@ -45,7 +45,7 @@ import numpy as np
 from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.errors import SourceError
-from drsn_stream.monitor.health import HealthConfig, HealthMonitor, StreamHealth
+from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth
 from drsn_stream.runtime import attach_shared_memory
 from drsn_stream.sources import make_source, parse_spec
 from drsn_stream.sources.base import Source
@@ -56,9 +56,11 @@ SLOTS = 8  # ring slots per child
 ROWS = 128  # windows per slot
 FLUSH_S = 0.005  # a child hands over windows at least this often while frames keep coming
 STATS_S = 0.5  # a child reports counters and health this often
+NEWS_S = 0.02  # and new streams and ends of streams at least this often (and before going idle)
 READY_TIMEOUT_S = 60.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
+LOST = "ingest process lost"  # the health reason of the streams of a process not started again
 
 
 def shard_of(topic: bytes, shards: int) -> int:
@@ -271,7 +273,7 @@ def _worker(cfg: dict[str, Any]) -> int:
         out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
         return 1
     out.send({"ready": os.getpid()})
-    state = {"next_stats": time.monotonic() + STATS_S, "ended": 0, "streams": 0}
+    state = {"next_stats": time.monotonic() + STATS_S, "next_news": 0.0, "ended": 0, "streams": 0}
 
     def report() -> None:
         out.flush()
@@ -280,22 +282,33 @@ def _worker(cfg: dict[str, Any]) -> int:
                   "h": {sid: _fields(h) for sid, h in health.states().items()},
                   "err": dict(errors)})
         state["next_stats"] = time.monotonic() + STATS_S
+        state["ended"], state["streams"] = len(source.stats.ended), len(source.streams)
+
+    def news(ended: int, streams: int) -> None:
+        """New streams and ends of streams, in a short line (the full report is O(streams))."""
+        out.flush()
+        known = source.streams
+        out.send({"n": known[state["streams"]:], "x": sorted(source.stats.ended)})
+        state["ended"], state["streams"] = ended, streams
+        state["next_news"] = time.monotonic() + NEWS_S
 
     def housekeeping(idle: bool) -> None:
         out.read_control()
         if out.stopped:
             source.close()
             return
-        # A new stream or an end of stream is said at once, after the windows before it and before
-        # the idle mark (the parent ends a run at the end of every stream once each child has been
-        # idle since: then nothing is left in flight).
+        # New streams and ends of streams are said within NEWS_S, and always before an idle mark,
+        # after the windows before them (the parent ends a run at the end of every stream once each
+        # child has been idle since: then nothing is left in flight).
+        now = time.monotonic()
         ended, streams = len(source.stats.ended), len(source.streams)
-        if time.monotonic() >= state["next_stats"] or (ended, streams) != (state["ended"], state["streams"]):
-            state["ended"], state["streams"] = ended, streams
+        if now >= state["next_stats"]:
             events = health.tick()
             if events:
                 out.events(events)
             report()
+        elif (ended, streams) != (state["ended"], state["streams"]) and (idle or now >= state["next_news"]):
+            news(ended, streams)
         if idle or out.due():
             out.flush(idle)
 
@@ -341,13 +354,15 @@ class _Child:
         self.early: list[dict[str, Any]] = []  # read while waiting for "ready", handled by the loop
         self.stats: dict[str, Any] = {}  # its latest counters
         self.nonfinite: dict[str, int] = {}
-        self.streams: list[str] = []
+        self.streams: dict[str, None] = {}  # the stream ids it has seen, over its restarts too
+        self.health_ids: list[str] = []  # the streams (channels) whose health it judges
         self.lost = False
         self.deaths: deque[float] = deque()
         self.idles = 0  # idle marks received: its socket had nothing more
+        self.ended: set[str] = set()  # streams that have sent end-of-stream
 
     def start(self, cfg: dict[str, Any]) -> None:
-        self.buf, self.stats, self.early = b"", {}, []
+        self.buf, self.stats, self.early, self.ended = b"", {}, [], set()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.app.shards", json.dumps({**cfg, "shard": self.index,
                                                                          "shm": self.shm.name})],
@@ -379,6 +394,14 @@ class _Child:
         self.buf += chunk
         *lines, self.buf = self.buf.split(b"\n")
         return [json.loads(line) for line in lines if line]
+
+    def begin_stop(self) -> None:
+        """Its stdin ends: it stops reading, sends its last counters and exits."""
+        if self.proc is not None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
 
     def stop(self, wait_s: float) -> int | None:
         proc = self.proc
@@ -498,6 +521,9 @@ class ShardedSource(Source):
     def _close(self) -> None:
         deadline = time.monotonic() + 2.0
         for c in self._children:
+            c.begin_stop()
+        self._drain(deadline)
+        for c in self._children:
             c.stop(deadline - time.monotonic())
         for c in self._children:
             c.free()
@@ -535,6 +561,25 @@ class ShardedSource(Source):
         return
         yield  # a generator that hands over windows through on_windows, never a frame
 
+    def _drain(self, deadline: float) -> None:
+        """Their last counters, events and errors (windows formed after the stop are dropped, as
+        frames still queued are in-process) until each has closed its stdout, or the deadline."""
+        live = {c.fd: c for c in self._children if c.proc is not None and c.proc.stdout is not None}
+        while live and time.monotonic() < deadline:
+            for fd in select.select(list(live), [], [], max(0.0, deadline - time.monotonic()))[0]:
+                c = live[fd]
+                try:
+                    msgs = c.read()
+                except (OSError, ValueError):
+                    msgs = None
+                if msgs is None:
+                    del live[fd]
+                    continue
+                for msg in [*c.early, *msgs]:
+                    msg.pop("w", None)
+                    self._handle(c, msg)
+                c.early = []
+
     def _handle(self, c: _Child, msg: dict[str, Any]) -> None:
         if "w" in msg:
             slot, meta = int(msg["w"]), msg["m"]
@@ -548,15 +593,18 @@ class ShardedSource(Source):
                 if e.type == "health":
                     self.mirror.note(e)
             self.on_events(events)
+        if "n" in msg:
+            c.streams.update(dict.fromkeys(msg["n"]))
+            self._add_streams(msg["n"])
+            c.ended = set(msg["x"])
         if "s" in msg:
             c.stats, c.nonfinite = msg["s"], msg["nf"]
-            c.streams = msg["streams"]
-            for sid in c.streams:
-                if sid not in self._stream_set:
-                    self._stream_set.add(sid)
-                    self._streams.append(sid)
+            c.streams.update(dict.fromkeys(msg["streams"]))
+            c.ended = set(msg["s"]["ended"])
+            self._add_streams(msg["streams"])
             self.mirror.update({sid: StreamHealth(sid, **{**d, "reasons": tuple(d["reasons"])})
                                 for sid, d in msg["h"].items()})
+            c.health_ids = list(msg["h"])
             for line, n in msg["err"].items():
                 for _ in range(min(int(n), 1000)):
                     self.on_error(line)
@@ -567,9 +615,15 @@ class ShardedSource(Source):
             c.idles += 1
             self._idle()
 
+    def _add_streams(self, ids: list[str]) -> None:
+        for sid in ids:
+            if sid not in self._stream_set:
+                self._stream_set.add(sid)
+                self._streams.append(sid)
+
     def _all_ended(self) -> bool:
         seen = set(self._streams)
-        return bool(seen) and seen <= set(self.stats.snapshot()["ended"])
+        return bool(seen) and seen <= set().union(*(c.ended for c in self._children))
 
     def _died(self, c: _Child) -> None:
         """Counted, said in one line, and started again; lost after MAX_RESTARTS in the window."""
@@ -585,9 +639,12 @@ class ShardedSource(Source):
         who = f"ingest process {c.index + 1} of {self.procs} (pid {pid}) ended ({_code(code)})"
         if len(c.deaths) > MAX_RESTARTS:
             c.lost = True
-            lost = ", ".join(c.streams[:8]) + (f" and {len(c.streams) - 8} more" if len(c.streams) > 8 else "")
-            self.on_error(f"{who} {len(c.deaths)} times within {RESTART_WINDOW_S:.0f} s; not started again: "
+            names = sorted(c.streams)
+            lost = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            n = len(c.deaths)
+            self.on_error(f"{who} {n} time{'s' if n != 1 else ''} within {RESTART_WINDOW_S:.0f} s; not started again: "
                           f"its streams are no longer monitored ({lost or 'none seen yet'})")
+            self._lose(c)
             return
         self.restarts += 1
         self.on_error(f"{who}; started a new one (restart {self.restarts}), its streams' windows in flight are lost")
@@ -597,6 +654,16 @@ class ShardedSource(Source):
         except OSError as exc:
             c.lost = True
             self.on_error(f"ingest process {c.index + 1} of {self.procs} could not be started again: {exc}")
+
+    def _lose(self, c: _Child) -> None:
+        """Its streams show CHECK_SENSOR ("ingest process lost") from now on."""
+        now = time.time()
+        events = [Event("health", sid, now, {"from": self.mirror.state(sid).state, "to": CHECK_SENSOR,
+                                             "reasons": [LOST]}) for sid in c.health_ids]
+        for e in events:
+            self.mirror.note(e)
+        if events:
+            self.on_events(events)
 
     def _sum_stats(self) -> None:
         parts = self._retired + [c.stats for c in self._children if c.stats]
