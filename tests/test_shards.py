@@ -213,3 +213,26 @@ def test_a_process_that_keeps_dying_loses_its_streams_visibly_and_losing_all_end
         assert pipe.health.state(sid).state == CHECK_SENSOR and "ingest process lost" in pipe.health.state(sid).reasons
     assert any("every ingest process is lost" in f for f in pipe.failed_sources), pipe.failed_sources
     assert src.pids == [] and time.time() < deadline
+
+
+def test_a_stuck_ingest_process_is_ended_and_replaced_not_waited_for(free_tcp_port: int,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from drsn_stream.app import shards
+
+    monkeypatch.setattr(shards, "SILENT_S", 2.0)
+    pipe = Pipeline(_config(free_tcp_port, 2, duration=60))
+    pipe.start()
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource)
+    stuck = src.pids[1]
+    try:
+        time.sleep(0.5)  # no publisher: the processes are idle, and say so
+        os.kill(stuck, signal.SIGSTOP)
+        deadline = time.time() + 60
+        while time.time() < deadline and not src.restarts:
+            time.sleep(0.1)
+    finally:
+        pipe.stop()
+    assert any(f"ingest process 2 of 2 (pid {stuck}) did not answer for" in e for e in pipe.errors), pipe.errors
+    assert any(f"(pid {stuck}) ended (signal SIGKILL); started a new one" in e for e in pipe.errors), pipe.errors
+    assert src.pids == []

@@ -60,6 +60,7 @@ NEWS_S = 0.02  # and new streams and ends of streams at least this often (and be
 READY_TIMEOUT_S = 60.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
+SILENT_S = 15.0  # a started child says something at least every ~0.1 s; silent this long, it is ended
 LOST = "ingest process lost"  # the health reason of the streams of a process not started again
 
 
@@ -134,8 +135,11 @@ class _Stage:
         self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
         self.dsp: dict[str, StreamDSP] = {}
         self.errors: Counter[str] = Counter()
+        self.streams: dict[str, None] = {}  # frame stream ids seen, in order (Source.streams copies its list)
 
     def push(self, frame: Frame, source: Source, out: _Out) -> None:
+        if frame.stream_id not in self.streams:
+            self.streams[frame.stream_id] = None
         try:
             self._push(frame, source, out)
         except UnsupportedRate as exc:
@@ -278,17 +282,16 @@ def _worker(cfg: dict[str, Any]) -> int:
     def report() -> None:
         out.flush()
         errors, stage.errors = stage.errors, Counter()
-        out.send({"s": source.stats.snapshot(), "streams": source.streams, "nf": stage.nonfinite(),
+        out.send({"s": source.stats.snapshot(), "streams": list(stage.streams), "nf": stage.nonfinite(),
                   "h": {sid: _fields(h) for sid, h in health.states().items()},
                   "err": dict(errors)})
         state["next_stats"] = time.monotonic() + STATS_S
-        state["ended"], state["streams"] = len(source.stats.ended), len(source.streams)
+        state["ended"], state["streams"] = len(source.stats.ended), len(stage.streams)
 
     def news(ended: int, streams: int) -> None:
         """New streams and ends of streams, in a short line (the full report is O(streams))."""
         out.flush()
-        known = source.streams
-        out.send({"n": known[state["streams"]:], "x": sorted(source.stats.ended)})
+        out.send({"n": list(stage.streams)[state["streams"]:], "x": sorted(source.stats.ended)})
         state["ended"], state["streams"] = ended, streams
         state["next_news"] = time.monotonic() + NEWS_S
 
@@ -301,7 +304,7 @@ def _worker(cfg: dict[str, Any]) -> int:
         # after the windows before them (the parent ends a run at the end of every stream once each
         # child has been idle since: then nothing is left in flight).
         now = time.monotonic()
-        ended, streams = len(source.stats.ended), len(source.streams)
+        ended, streams = len(source.stats.ended), len(stage.streams)
         if now >= state["next_stats"]:
             events = health.tick()
             if events:
@@ -359,10 +362,13 @@ class _Child:
         self.lost = False
         self.deaths: deque[float] = deque()
         self.idles = 0  # idle marks received: its socket had nothing more
+        self.ready = False
+        self.heard = 0.0  # time.monotonic() of its latest line
         self.ended: set[str] = set()  # streams that have sent end-of-stream
 
     def start(self, cfg: dict[str, Any]) -> None:
         self.buf, self.stats, self.early, self.ended = b"", {}, [], set()
+        self.ready, self.heard = False, time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.app.shards", json.dumps({**cfg, "shard": self.index,
                                                                          "shm": self.shm.name})],
@@ -393,6 +399,7 @@ class _Child:
             return None
         self.buf += chunk
         *lines, self.buf = self.buf.split(b"\n")
+        self.heard = time.monotonic()
         return [json.loads(line) for line in lines if line]
 
     def begin_stop(self) -> None:
@@ -515,7 +522,7 @@ class ShardedSource(Source):
                 if "fatal" in msg:
                     raise SourceError(f"{self.inner.kind}:{self.inner.target}: {msg['fatal']}")
                 if "ready" in msg:
-                    c.early = lines[i + 1:]
+                    c.early, c.ready = lines[i + 1:], True
                     return
 
     def _close(self) -> None:
@@ -549,6 +556,7 @@ class ShardedSource(Source):
                     continue
                 for msg in msgs:
                     self._handle(c, msg)
+            self._check_silent()
             if self.until_eos and self._all_ended():
                 # done once every child has been idle since: a stream only one of them has
                 # seen so far would otherwise be cut short
@@ -580,7 +588,20 @@ class ShardedSource(Source):
                     self._handle(c, msg)
                 c.early = []
 
+    def _check_silent(self) -> None:
+        """A child that stopped answering (stuck, stopped) is ended; its end is then handled
+        like any other death. One still starting gets READY_TIMEOUT_S."""
+        now = time.monotonic()
+        for c in self._children:
+            if c.proc is not None and now - c.heard > (SILENT_S if c.ready else READY_TIMEOUT_S):
+                self.on_error(f"ingest process {c.index + 1} of {self.procs} (pid {c.proc.pid}) did not answer for "
+                              f"{now - c.heard:.0f} s; ending it")
+                c.proc.kill()
+                c.heard = now  # its end (EOF on its stdout) follows
+
     def _handle(self, c: _Child, msg: dict[str, Any]) -> None:
+        if "ready" in msg:
+            c.ready = True
         if "w" in msg:
             slot, meta = int(msg["w"]), msg["m"]
             data = c.ring[slot, : len(meta)].copy()
