@@ -38,9 +38,10 @@ def _streams(seconds: float) -> dict[str, np.ndarray]:
 
 
 def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, pace: bool,
-               stop: threading.Event, errors: list[str]) -> threading.Thread:
+               stop: threading.Event, errors: list[str], late: dict[str, int] | None = None) -> threading.Thread:
     """Sends ``streams`` in CHUNK-sample frames once ``subscribers`` SUB sockets have subscribed
-    (XPUB, verbose: every subscription is heard), then end of stream; one malformed message too."""
+    (XPUB, verbose: every subscription is heard), then end of stream; one malformed message too.
+    ``late``: streams that start only at this frame number."""
 
     def run() -> None:
         sock = zmq.Context.instance().socket(zmq.XPUB)
@@ -63,6 +64,8 @@ def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, p
                 if stop.is_set():
                     break
                 for sid, x in streams.items():
+                    if late and seq < late.get(sid, 0):
+                        continue
                     sock.send_multipart(encode(sid, seq, t0 + i / RATE, RATE, x[i : i + CHUNK]))
                 if pace:
                     time.sleep(max(0.0, t0 + (i + CHUNK) / RATE - time.time()))
@@ -81,11 +84,11 @@ def _config(port: int, procs: int, **kw: object) -> RunConfig:
                      ingest_procs=procs, stale_ms=60000, stats_every_s=3600, **kw)  # type: ignore[arg-type]
 
 
-def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray]) -> Pipeline:
+def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], **kw: object) -> Pipeline:
     pipe = Pipeline(_config(port, procs, duration=120))
     pipe.start()
     stop, errors = threading.Event(), []
-    pub = _publisher(port, procs, streams, pace=False, stop=stop, errors=errors)
+    pub = _publisher(port, procs, streams, stop=stop, errors=errors, **kw)  # type: ignore[arg-type]
     try:
         pipe.wait()
     finally:
@@ -96,15 +99,21 @@ def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray]) -> Pip
     return pipe
 
 
-def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(free_tcp_port: int) -> None:
+def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
+        free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     require_cwru()
-    streams = _streams(3.0)
+    from drsn_stream.app import shards
+
+    # process 2 moves from the shared subscription to its own streams' topics mid-run
+    monkeypatch.setattr(shards, "LEARN_S", 1.0)
+    streams = _streams(4.0)
     assert {shard_of(sid.encode(), 2) for sid in streams} == {0, 1}  # both processes get streams
-    one = _run_until_eos(free_tcp_port, 1, streams)
-    two = _run_until_eos(free_tcp_port, 2, streams)
+    one = _run_until_eos(free_tcp_port, 1, streams, pace=True)
+    two = _run_until_eos(free_tcp_port, 2, streams, pace=True)
     assert not isinstance(one.sources[0], ShardedSource) and isinstance(two.sources[0], ShardedSource)
 
-    windows = (3 * RATE // CHUNK * CHUNK - 2048) // 512 + 1
+    frames = 4 * RATE // CHUNK
+    windows = (frames * CHUNK - 2048) // 512 + 1
     assert {sid: sum(c.values()) for sid, c in one.label_counts.items()} == dict.fromkeys(streams, windows)
     assert two.label_counts == one.label_counts  # the same windows, labels and sensor verdicts
     assert one.label_counts["press-2"].most_common(1)[0][0] == "outer_021"
@@ -115,10 +124,34 @@ def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(f
         assert any(e.type == "health" and e.stream_id == "flat-5" for e in pipe.events.recent(50))
         assert pipe.malformed_total() == 1
         src = pipe.stats_json()["sources"][pipe.config.sources[0]]
-        assert src["frames"] == len(streams) * (3 * RATE // CHUNK) and sorted(src["ended"]) == sorted(streams)
+        assert src["frames"] == len(streams) * frames and sorted(src["ended"]) == sorted(streams)
         rows = {r.stream_id: r for r in pipe.snapshot().rows}
         assert rows["flat-5"].health == CHECK_SENSOR and set(rows) == set(streams)
     assert "flat-5" in two.summary() and not two.errors
+    # process 1 keeps the shared subscription and drops process 2's stream throughout; process 2
+    # stopped receiving process 1's streams once it subscribed to its own
+    others = [sum(1 for s in streams if shard_of(s.encode(), 2) != k) for k in (0, 1)]
+    foreign = two.sources[0].foreign  # type: ignore[attr-defined]
+    assert foreign[0] == others[0] * (frames + 1) and 0 < foreign[1] < others[1] * frames, (foreign, others)
+
+
+def test_a_stream_that_starts_after_the_processes_took_their_own_topics_is_monitored(
+        free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_cwru()
+    from drsn_stream.app import shards
+
+    monkeypatch.setattr(shards, "LEARN_S", 0.5)
+    streams = _streams(4.0)
+    streams["late-4"] = streams.pop("press-4")  # process 2's only stream, from 2.5 s on
+    assert shard_of(b"late-4", 2) == 1 and all(shard_of(s.encode(), 2) == 0 for s in streams if s != "late-4")
+    start = 60
+    pipe = _run_until_eos(free_tcp_port, 2, streams, pace=True, late={"late-4": start})
+    sent = (4 * RATE // CHUNK - start) * CHUNK
+    # process 1 saw it first and told the parent, which had process 2 subscribe to it: at most
+    # its first frames are missed, while the subscription reaches the publisher
+    got = sum(pipe.label_counts["late-4"].values())
+    assert (sent - 2048) // 512 + 1 - 8 <= got <= (sent - 2048) // 512 + 1, got
+    assert pipe.label_counts["late-4"].most_common(1)[0][0] == "inner_014"
 
 
 def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end(free_tcp_port: int) -> None:

@@ -60,6 +60,8 @@ NEWS_S = 0.02  # and new streams and ends of streams at least this often (and be
 READY_TIMEOUT_S = 60.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
+LEARN_S = 3.0  # processes but the first subscribe to their own streams' topics alone after this (s of data)
+MAX_DISCOVERED = 1 << 18  # topics the first process remembers having announced (bounded memory)
 SILENT_S = 15.0  # a started child says something at least every ~0.1 s; silent this long, it is ended
 LOST = "ingest process lost"  # the health reason of the streams of a process not started again
 
@@ -186,8 +188,9 @@ class _Stage:
 
 
 class _Out:
-    """The child's side of the ring and the pipe: windows into free slots, lines to the parent,
-    slot releases (``SLOT\\n``) read back from stdin, whose end means stop."""
+    """The child's side of the ring and the pipe: windows into free slots, lines to the parent;
+    from stdin, slot releases (``SLOT\\n``) and topics to subscribe to (``s HEX\\n``); the end of
+    stdin means stop."""
 
     def __init__(self, ring: np.ndarray, write: Callable[[bytes], None]) -> None:
         self.ring, self._write = ring, write
@@ -196,6 +199,7 @@ class _Out:
         self.meta: list[list[Any]] = []
         self.t_first = 0.0
         self.stopped = False
+        self.subs: list[bytes] = []  # topics the parent asked this process to subscribe to
         self._inbuf = b""
         self._next_read = 0.0
 
@@ -242,7 +246,11 @@ class _Out:
                 return
             self._inbuf += chunk
             *lines, self._inbuf = self._inbuf.split(b"\n")
-            self.free.extend(int(x) for x in lines if x.strip())
+            for line in lines:
+                if line.startswith(b"s "):
+                    self.subs.append(bytes.fromhex(line[2:].decode("ascii")))
+                elif line.strip():
+                    self.free.append(int(line))
             timeout = 0.0
 
     def _take_slot(self) -> int | None:
@@ -266,10 +274,28 @@ def _worker(cfg: dict[str, Any]) -> int:
     shm = attach_shared_memory(cfg["shm"])
     ring = np.ndarray((SLOTS, ROWS, int(cfg["meta"]["window"])), np.float32, shm.buf)
     out = _Out(ring, write)
+    foreign = {"count": 0, "seen": set(), "new": []}  # messages of other processes' streams dropped here
+    # processes but the first take their own topics alone LEARN_S after the first message: the
+    # streams a publisher starts with have all been seen by then
+    learn: dict[str, Any] = {"s": float(cfg["learn_s"]) if shard and cfg["learn_s"] else None, "at": None}
+
+    def accept(topic: bytes) -> bool:
+        if learn["s"] is not None and learn["at"] is None:
+            learn["at"] = time.monotonic() + learn["s"]
+        if shard_of(topic, shards) == shard:
+            return True
+        foreign["count"] += 1
+        # process 0 keeps the source's own subscription: it finds the streams that start later
+        if shard == 0 and topic not in foreign["seen"] and len(foreign["seen"]) < MAX_DISCOVERED:
+            foreign["seen"].add(topic)
+            foreign["new"].append(topic)
+        return False
+
     try:
         source = make_source(cfg["spec"], until_eos=False)  # when the run ends is the parent's to say
         source.max_streams = int(cfg["max_streams"])
-        source.accept_topic = lambda topic: shard_of(topic, shards) == shard  # type: ignore[attr-defined]
+        source.accept_topic = accept  # type: ignore[attr-defined]
+        base = str(source.options["topic"]).encode("utf-8")
         health = HealthMonitor(HealthConfig(**cfg["health"]))
         stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]))
         source.open()
@@ -277,21 +303,38 @@ def _worker(cfg: dict[str, Any]) -> int:
         out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
         return 1
     out.send({"ready": os.getpid()})
-    state = {"next_stats": time.monotonic() + STATS_S, "next_news": 0.0, "ended": 0, "streams": 0}
+    state: dict[str, Any] = {"next_stats": time.monotonic() + STATS_S, "next_news": 0.0, "ended": 0, "streams": 0}
+    subscribed: set[bytes] = set()
+
+    def subscriptions() -> None:
+        """Exact topics for the streams this process owns, once it has learned them (LEARN_S):
+        then the publisher sends it only its own streams."""
+        for topic in out.subs:
+            if topic not in subscribed:
+                source.subscribe(topic)  # type: ignore[attr-defined]
+                subscribed.add(topic)
+        out.subs.clear()
+        if learn["at"] is not None and time.monotonic() >= learn["at"]:
+            learn["s"] = learn["at"] = None
+            out.subs.extend(sid.encode("utf-8") for sid in stage.streams)
+            subscriptions()
+            source.subscribe(base, on=False)  # type: ignore[attr-defined]
 
     def report() -> None:
         out.flush()
         errors, stage.errors = stage.errors, Counter()
         out.send({"s": source.stats.snapshot(), "streams": list(stage.streams), "nf": stage.nonfinite(),
                   "h": {sid: _fields(h) for sid, h in health.states().items()},
-                  "err": dict(errors)})
+                  "err": dict(errors), "fg": foreign["count"]})
         state["next_stats"] = time.monotonic() + STATS_S
         state["ended"], state["streams"] = len(source.stats.ended), len(stage.streams)
 
     def news(ended: int, streams: int) -> None:
         """New streams and ends of streams, in a short line (the full report is O(streams))."""
         out.flush()
-        out.send({"n": list(stage.streams)[state["streams"]:], "x": sorted(source.stats.ended)})
+        out.send({"n": list(stage.streams)[state["streams"]:], "x": sorted(source.stats.ended),
+                  "d": [t.hex() for t in foreign["new"]]})
+        foreign["new"] = []
         state["ended"], state["streams"] = ended, streams
         state["next_news"] = time.monotonic() + NEWS_S
 
@@ -310,8 +353,11 @@ def _worker(cfg: dict[str, Any]) -> int:
             if events:
                 out.events(events)
             report()
-        elif (ended, streams) != (state["ended"], state["streams"]) and (idle or now >= state["next_news"]):
+        elif ((ended, streams) != (state["ended"], state["streams"]) or foreign["new"]) and (
+                idle or now >= state["next_news"]):
             news(ended, streams)
+        if out.subs or learn["at"] is not None:
+            subscriptions()
         if idle or out.due():
             out.flush(idle)
 
@@ -364,11 +410,13 @@ class _Child:
         self.idles = 0  # idle marks received: its socket had nothing more
         self.ready = False
         self.heard = 0.0  # time.monotonic() of its latest line
+        self.foreign = 0  # messages of other processes' streams it received and dropped
+        self._control = bytearray()  # lines for its stdin not written yet (the pipe was full)
         self.ended: set[str] = set()  # streams that have sent end-of-stream
 
     def start(self, cfg: dict[str, Any]) -> None:
         self.buf, self.stats, self.early, self.ended = b"", {}, [], set()
-        self.ready, self.heard = False, time.monotonic()
+        self.ready, self.heard, self._control = False, time.monotonic(), bytearray()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.app.shards", json.dumps({**cfg, "shard": self.index,
                                                                          "shm": self.shm.name})],
@@ -385,12 +433,23 @@ class _Child:
         assert self.proc is not None and self.proc.stdout is not None
         return self.proc.stdout.fileno()
 
-    def release(self, slot: int) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
+    def control(self, line: bytes) -> None:
+        """A line for its stdin (a slot release, a topic to subscribe to), in order; what the
+        pipe does not take now is written by ``flush`` later, never waited for."""
+        self._control += line
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._control or self.proc is None or self.proc.stdin is None:
+            return
         try:
-            os.write(self.proc.stdin.fileno(), b"%d\n" % slot)
-        except (BlockingIOError, BrokenPipeError, OSError):
-            pass  # a child that reads nothing any more; its end is noticed on its stdout
+            n = os.write(self.proc.stdin.fileno(), self._control)
+        except BlockingIOError:
+            return
+        except (BrokenPipeError, OSError, ValueError):
+            self._control.clear()  # a child that reads nothing any more; its end shows on its stdout
+            return
+        del self._control[:n]
 
     def read(self) -> list[dict[str, Any]] | None:
         """The whole lines it has written; None once its stdout has ended."""
@@ -428,9 +487,10 @@ class _Child:
         return proc.returncode
 
     def free(self) -> None:
-        self.ring = np.empty((0, 0, 0), np.float32)
-        self.shm.close()
-        self.shm.unlink()
+        if self.ring.size:
+            self.ring = np.empty((0, 0, 0), np.float32)
+            self.shm.close()
+            self.shm.unlink()
 
 
 def _code(code: int | None) -> str:
@@ -462,6 +522,7 @@ class ShardedSource(Source):
         self.until_eos = bool(self.inner.options.get("until_eos"))
         self.mirror = mirror
         self._cfg = {"spec": spec, "shards": self.procs, "hop": hop, "health": health, "max_streams": max_streams,
+                     "learn_s": LEARN_S,
                      "meta": {"sample_rate": float(meta.sample_rate), "window": int(meta.window),
                               "hop": int(meta.hop), "normalization": dict(meta.normalization)}}
         self._window = int(meta.window)
@@ -486,6 +547,12 @@ class ShardedSource(Source):
     def pids(self) -> list[int]:
         """The ingest processes running now."""
         return [c.proc.pid for c in self._children if c.proc is not None]
+
+    @property
+    def foreign(self) -> list[int]:
+        """Per process: messages of the other processes' streams it received and dropped (the
+        cost of the shared subscription; after LEARN_S it grows in process 1 only)."""
+        return [c.foreign for c in self._children]
 
     @property
     def nonfinite(self) -> dict[str, int]:
@@ -533,8 +600,7 @@ class ShardedSource(Source):
         for c in self._children:
             c.stop(deadline - time.monotonic())
         for c in self._children:
-            c.free()
-        self._children = []
+            c.free()  # the handles stay: their last counters are still read (the final stats)
 
     # -- the reading loop ---------------------------------------------------------------
 
@@ -556,6 +622,8 @@ class ShardedSource(Source):
                     continue
                 for msg in msgs:
                     self._handle(c, msg)
+            for c in self._children:
+                c.flush()
             self._check_silent()
             if self.until_eos and self._all_ended():
                 # done once every child has been idle since: a stream only one of them has
@@ -605,7 +673,7 @@ class ShardedSource(Source):
         if "w" in msg:
             slot, meta = int(msg["w"]), msg["m"]
             data = c.ring[slot, : len(meta)].copy()
-            c.release(slot)
+            c.control(b"%d\n" % slot)
             self.on_windows([Window(sid, int(index), float(t_last), data[i], normalized=False, healthy=bool(ok))
                              for i, (sid, index, t_last, ok) in enumerate(meta)])
         if "e" in msg:
@@ -614,12 +682,17 @@ class ShardedSource(Source):
                 if e.type == "health":
                     self.mirror.note(e)
             self.on_events(events)
+        if msg.get("d"):  # topics process 0 saw first: each goes to the process that owns it
+            for topic in msg["d"]:
+                owner = self._children[shard_of(bytes.fromhex(topic), self.procs)]
+                if owner.proc is not None:
+                    owner.control(b"s " + topic.encode("ascii") + b"\n")
         if "n" in msg:
             c.streams.update(dict.fromkeys(msg["n"]))
             self._add_streams(msg["n"])
             c.ended = set(msg["x"])
         if "s" in msg:
-            c.stats, c.nonfinite = msg["s"], msg["nf"]
+            c.stats, c.nonfinite, c.foreign = msg["s"], msg["nf"], int(msg["fg"])
             c.streams.update(dict.fromkeys(msg["streams"]))
             c.ended = set(msg["s"]["ended"])
             self._add_streams(msg["streams"])

@@ -121,6 +121,13 @@ class _ZmqSource(Source):
             raise SourceError(f"cannot {verb} {self.address}: {exc.strerror}; {hint}") from exc
         self._sock = sock
 
+    def subscribe(self, topic: bytes, *, on: bool = True) -> None:
+        """SUB: also receive (``on=False``: no longer) messages whose topic starts with ``topic``.
+        Call it from the reading thread (a ZeroMQ socket belongs to one thread), e.g. in
+        ``on_idle`` or between frames; the publisher applies it a moment later."""
+        if self._sock is not None and self.socket_type == zmq.SUB:
+            self._sock.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, topic)
+
     def waiting(self) -> str | None:
         senders = "publishers" if self.socket_type == zmq.SUB else "senders"
         return f"waiting for {senders} on {self.address} (no data yet)"
