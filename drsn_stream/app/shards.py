@@ -10,11 +10,18 @@ only the slot and each window's id, index, capture time and health, then health 
 lines and counters as small JSON lines, in the order they happened. The parent's reading loop
 hands the windows to the micro-batcher as the in-process path does.
 
-Why a hash of the stream id and not ZeroMQ subscription prefixes: the topic is the stream id
-(docs/wire-format.md) and ids are free text (``m000`` .. ``m999`` share every prefix but the
-last characters), so prefixes cannot split unknown ids evenly. Each child subscribes to the
-source's topic (everything by default) and drops the other children's messages by their topic
-frame alone (crc32, before decoding: ~1 us); the publisher sends every message once per child.
+Sharding uses ZeroMQ subscriptions on the topic, which is the stream id (docs/wire-format.md),
+with a hash to decide the owner: ids are free text (``m000`` .. ``m999`` share every prefix but
+the last characters), so fixed prefixes cannot split unknown ids evenly. Stream ``s`` belongs to
+process ``crc32(s) % N``. Every process starts subscribed to the source's topic (everything by
+default) and drops the others' messages by their topic frame alone (before decoding, ~1 us). Once
+it has had LEARN_S seconds of data, each process but the first subscribes to the exact topics of
+its own streams and drops the shared subscription: from then on the publisher sends each of its
+streams to it alone. The first process keeps the shared subscription to find streams that start
+later; it tells the parent, which has the owner subscribe to the new topic (the owner misses the
+stream's first frames meanwhile, a few tens of milliseconds). The publisher thus sends every
+message about twice instead of N times. A malformed message on a topic no process has asked for is
+not counted until its owner subscribes to that topic.
 
 A child that dies is said in one line, counted and started again (its streams lose their windows
 in flight and their DSP state); one that dies more than ``MAX_RESTARTS`` times within
