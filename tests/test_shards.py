@@ -107,6 +107,8 @@ def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
     # process 2 moves from the shared subscription to its own streams' topics mid-run
     monkeypatch.setattr(shards, "LEARN_S", 1.0)
     streams = _streams(4.0)
+    streams["gw-6"] = np.stack([streams["press-2"], streams["press-3"]], axis=1)  # a 2-channel DAQ module
+    ids = [s for s in streams if s != "gw-6"] + ["gw-6/ch0", "gw-6/ch1"]  # the streams monitored
     assert {shard_of(sid.encode(), 2) for sid in streams} == {0, 1}  # both processes get streams
     one = _run_until_eos(free_tcp_port, 1, streams, pace=True)
     two = _run_until_eos(free_tcp_port, 2, streams, pace=True)
@@ -114,9 +116,10 @@ def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
 
     frames = 4 * RATE // CHUNK
     windows = (frames * CHUNK - 2048) // 512 + 1
-    assert {sid: sum(c.values()) for sid, c in one.label_counts.items()} == dict.fromkeys(streams, windows)
+    assert {sid: sum(c.values()) for sid, c in one.label_counts.items()} == dict.fromkeys(ids, windows)
     assert two.label_counts == one.label_counts  # the same windows, labels and sensor verdicts
     assert one.label_counts["press-2"].most_common(1)[0][0] == "outer_021"
+    assert one.label_counts["gw-6/ch0"] == one.label_counts["press-2"]
     assert one.label_counts["flat-5"] == Counter(check_sensor=windows)
     # what the dashboard and the summary show comes from the children too
     for pipe in (one, two):
@@ -126,7 +129,7 @@ def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
         src = pipe.stats_json()["sources"][pipe.config.sources[0]]
         assert src["frames"] == len(streams) * frames and sorted(src["ended"]) == sorted(streams)
         rows = {r.stream_id: r for r in pipe.snapshot().rows}
-        assert rows["flat-5"].health == CHECK_SENSOR and set(rows) == set(streams)
+        assert rows["flat-5"].health == CHECK_SENSOR and set(rows) == set(ids)
     assert "flat-5" in two.summary() and not two.errors
     # process 1 keeps the shared subscription and drops process 2's stream throughout; process 2
     # stopped receiving process 1's streams once it subscribed to its own

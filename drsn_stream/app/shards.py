@@ -211,7 +211,7 @@ class _Out:
         self._next_read = 0.0
 
     def send(self, obj: dict[str, Any]) -> None:
-        self._write(json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n")
+        self._write(json.dumps(obj, separators=(",", ":"), default=_plain).encode("utf-8") + b"\n")
 
     def windows(self, windows: list[Window]) -> None:
         for w in windows:
@@ -387,6 +387,15 @@ def _worker(cfg: dict[str, Any]) -> int:
         except BufferError:  # a view still held somewhere: the process ends right after anyway
             pass
     return 0
+
+
+def _plain(o: Any) -> Any:
+    """numpy scalars (a window index, an event's figure) as the Python numbers JSON knows."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
 
 
 def _fields(h: StreamHealth) -> dict[str, Any]:
