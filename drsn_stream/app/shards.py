@@ -509,6 +509,15 @@ class _Child:
             self.shm.unlink()
 
 
+def _readable(fds: list[int], timeout: float) -> list[int]:
+    """The fds with data (or an end) to read, waiting up to ``timeout`` s; poll(), not select(),
+    so that a monitor with many open files (fds above 1023) still works."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(timeout * 1000.0)]
+
+
 def _code(code: int | None) -> str:
     if code is not None and code < 0:
         try:
@@ -594,7 +603,7 @@ class ShardedSource(Source):
     def _await_ready(self, c: _Child, deadline: float) -> None:
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([c.fd], [], [], left)[0]:
+            if left <= 0 or not _readable([c.fd], left):
                 raise SourceError(f"ingest process {c.index + 1} of {self.procs} did not start within "
                                   f"{READY_TIMEOUT_S:.0f} s")
             lines = c.read()
@@ -630,7 +639,7 @@ class ShardedSource(Source):
                     self._handle(c, msg)
             if not live:
                 raise SourceError(f"{self.inner.kind}:{self.inner.target}: every ingest process is lost")
-            for fd in select.select(list(live), [], [], 0.1)[0]:
+            for fd in _readable(list(live), 0.1):
                 c = live[fd]
                 msgs = c.read()
                 if msgs is None:
@@ -658,7 +667,7 @@ class ShardedSource(Source):
         frames still queued are in-process) until each has closed its stdout, or the deadline."""
         live = {c.fd: c for c in self._children if c.proc is not None and c.proc.stdout is not None}
         while live and time.monotonic() < deadline:
-            for fd in select.select(list(live), [], [], max(0.0, deadline - time.monotonic()))[0]:
+            for fd in _readable(list(live), max(0.0, deadline - time.monotonic())):
                 c = live[fd]
                 try:
                     msgs = c.read()
