@@ -203,6 +203,18 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     }
 
 
+def cpu_ratio(rows: list[dict], result: dict, key: str, what: str, *, quiet: bool) -> None:
+    """An alternating A/B run's CPU per window with (the rows run with ``machine``) over without, as
+    medians over the runs, into ``result[key]``; printed as ``what`` unless ``quiet``."""
+    on = [r["cpu_us_per_window"] for r in rows if r["envelope"] and r["cpu_us_per_window"]]
+    off = [r["cpu_us_per_window"] for r in rows if not r["envelope"] and r["cpu_us_per_window"]]
+    if on and off:
+        result[key] = round(float(np.median(on)) / float(np.median(off)), 3)
+        if not quiet:
+            print(f"{what}: CPU per window {np.median(on):.0f} us with, {np.median(off):.0f} us without "
+                  f"(medians of {len(on)}/{len(off)} runs): x{result[key]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", default="16,32,64,96,128,160,192", help="comma-separated N to try, ascending")
@@ -294,21 +306,9 @@ def main(argv: list[str] | None = None) -> int:
               "channels_per_frame": args.channels,
               "p99_bound_ms": args.p99_ms, "repeat": args.repeat, "runs": rows}
     if args.baseline_ab:
-        on = [r["cpu_us_per_window"] for r in rows if r["envelope"] and r["cpu_us_per_window"]]
-        off = [r["cpu_us_per_window"] for r in rows if not r["envelope"] and r["cpu_us_per_window"]]
-        if on and off:
-            result["judges_cpu_ratio"] = round(float(np.median(on)) / float(np.median(off)), 3)
-            if not args.json:
-                print(f"unknown + baseline + envelope: CPU per window {np.median(on):.0f} us with, {np.median(off):.0f} "
-                      f"us without (medians of {len(on)}/{len(off)} runs): x{result['judges_cpu_ratio']}")
+        cpu_ratio(rows, result, "judges_cpu_ratio", "unknown + baseline + envelope", quiet=args.json)
     if args.envelope_ab:
-        on = [r["cpu_us_per_window"] for r in rows if r["envelope"] and r["cpu_us_per_window"]]
-        off = [r["cpu_us_per_window"] for r in rows if not r["envelope"] and r["cpu_us_per_window"]]
-        if on and off:
-            result["envelope_cpu_ratio"] = round(float(np.median(on)) / float(np.median(off)), 3)
-            if not args.json:
-                print(f"envelope evidence: CPU per window {np.median(on):.0f} us with, {np.median(off):.0f} us without "
-                      f"(medians of {len(on)}/{len(off)} runs): x{result['envelope_cpu_ratio']}")
+        cpu_ratio(rows, result, "envelope_cpu_ratio", "envelope evidence", quiet=args.json)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from drsn_stream.engine.runner import Runner, cpu_threads_for_inference, pick_device
-from drsn_stream.models.artifact import load_artifact, load_validation
-from drsn_stream.models.outputs import Probabilities, is_wrapped, to_probs
-from drsn_stream.models.registry import build_from_config
+from drsn_stream.models.artifact import eager_from_artifact, load_artifact, load_validation
+from drsn_stream.models.outputs import to_probs
 
 DEFAULT_SIZES = (1, 4, 16, 64, 256, 1024)
 ENGINE_RUN = 8  # batches per timed engine call (back to back, as under load)
@@ -60,18 +59,6 @@ def _timeit(fn, seconds: float, sync) -> tuple[float, int]:
             break
     sync()
     return time.perf_counter() - t0, n
-
-
-def eager_from_artifact(module: torch.jit.ScriptModule, meta) -> torch.nn.Module:
-    """Rebuilds the eager PyTorch model of an artifact: its network, inside the ``Probabilities``
-    wrapper when the artifact has one, so the eager model returns what the artifact returns."""
-    if not meta.model_config:
-        raise ValueError(f"{meta.name}: artifact carries no model_config; cannot rebuild the eager model")
-    eager = build_from_config(meta.model_config)
-    if is_wrapped(module):
-        eager = Probabilities(eager)
-    eager.load_state_dict(module.state_dict())
-    return eager.eval()
 
 
 def run_bench(

@@ -36,9 +36,8 @@ import numpy as np
 import torch
 
 from drsn_stream.engine.runner import Runner
-from drsn_stream.models.artifact import load_artifact, load_validation
-from drsn_stream.models.outputs import Probabilities, is_wrapped, to_probs
-from drsn_stream.models.registry import build_from_config
+from drsn_stream.models.artifact import eager_from_artifact, load_artifact, load_validation
+from drsn_stream.models.outputs import to_probs
 
 PEER_SIZES = (64, 256)
 COUNTED = ("torchscript-frozen", "onnxruntime", "openvino", "torch.compile")  # same-precision peers
@@ -65,13 +64,7 @@ class _Head(torch.nn.Module):
 def _eager_head(model: str) -> tuple[_Head, int]:
     """The artifact's network rebuilt in eager PyTorch (what ONNX export and inductor take)."""
     module, meta = load_artifact(model, map_location="cpu")
-    if not meta.model_config:
-        raise ValueError(f"{meta.name}: artifact carries no model_config; cannot rebuild the network for the peers")
-    net = build_from_config(meta.model_config)
-    if is_wrapped(module):
-        net = Probabilities(net)
-    net.load_state_dict(module.state_dict())
-    return _Head(net.eval(), meta.scores).eval(), meta.window
+    return _Head(eager_from_artifact(module, meta), meta.scores).eval(), meta.window
 
 
 def _onnx_file(model: str, folder: Path) -> Path:

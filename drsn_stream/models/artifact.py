@@ -27,6 +27,7 @@ from torch import nn
 
 from drsn_stream.errors import ArtifactError
 from drsn_stream.models.outputs import Probabilities, is_wrapped
+from drsn_stream.models.registry import build_from_config
 
 META_KEY = "drsn_stream/metadata.json"
 VALIDATION_KEY = "drsn_stream/validation.npz"
@@ -312,6 +313,18 @@ def load_artifact(
                 raise ArtifactError(f"{path}: the metadata promises {meta.features} pooled features but the module's "
                                     "forward_features does not give them; re-run tools/fit_unknown.py on it")
     return module, meta
+
+
+def eager_from_artifact(module: torch.jit.ScriptModule, meta: ArtifactMeta) -> nn.Module:
+    """Rebuilds the eager PyTorch model of an artifact: its network, inside the ``Probabilities``
+    wrapper when the artifact has one, so the eager model returns what the artifact returns."""
+    if not meta.model_config:
+        raise ValueError(f"{meta.name}: artifact carries no model_config; cannot rebuild the eager model")
+    eager = build_from_config(meta.model_config)
+    if is_wrapped(module):
+        eager = Probabilities(eager)
+    eager.load_state_dict(module.state_dict())
+    return eager.eval()
 
 
 def load_validation(path_or_name: str | Path) -> np.ndarray | None:

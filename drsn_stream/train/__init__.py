@@ -4,6 +4,7 @@
 - ``augment``: noise at a random type and SNR per window (noise from ``drsn_stream.dsp.noise``).
 - ``loop``: ``fit(model, data, recipe=Recipe(...), augment=..., prepare=...)``, generic.
 - ``evaluate``: accuracy on a held-out time part, clean and with seeded noise.
+- ``report``: the end of every run: fit facts in the metadata, exported artifact(s), report.json.
 - ``config`` / ``run`` / ``cli``: TOML configs, one training run, the train/eval/export commands.
 """
 

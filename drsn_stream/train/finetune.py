@@ -9,9 +9,6 @@ a label with too little data stops the run before training, and the run writes t
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +25,8 @@ from drsn_stream.models.outputs import network_of
 from drsn_stream.train.augment import NoiseAugment
 from drsn_stream.train.cwru import RandomWindows
 from drsn_stream.train.evaluate import evaluate, part_windows, summary
-from drsn_stream.train.loop import Recipe, fit, load_checkpoint
+from drsn_stream.train.loop import Recipe, fit
+from drsn_stream.train.report import export_run, record_fit, write_report
 from drsn_stream.train.userdata import (
     Clip,
     Split,
@@ -354,8 +352,6 @@ def train_user(
     console: Any = None,
 ) -> dict[str, Any]:
     """Reads, splits, trains, evaluates on the held-out part and exports. Returns the report."""
-    from drsn_stream.models import save_artifact
-
     say = console.print if console is not None else (lambda *a, **k: None)
     data, split = prepare_data(
         data_path, run, layout_of(run), labels=labels, default_rate=default_rate, channel=channel, on_bad=on_bad
@@ -380,27 +376,15 @@ def train_user(
     ev = evaluate(model, split.segments["test"], labels, WHOLE, window=layout.window, hop=layout.hop,
                   normalization=spec, kinds=list(EVAL_KINDS), snrs=[0.0], seed=1234)
     eval_seconds = time.perf_counter() - t_eval
-    meta["training"].update(
-        epochs_run=len(res.history),
-        best_epoch=res.best_epoch,
-        best_val_accuracy=None if np.isnan(res.best_val_accuracy) else round(res.best_val_accuracy, 5),
-        seconds=round(res.seconds, 1),
-        windows_seen=res.windows_seen,
-        threads=torch.get_num_threads(),
-        machine=f"{platform.machine()} {os.cpu_count()} cpu(s), torch {torch.__version__}",
-    )
+    record_fit(meta, res)
     meta["accuracy"] = {"split": "test", "eval_seed": 1234, **summary(ev["results"]), "n": ev["results"][0]["n"]}
     train_xy = part_windows(split.segments["train"], labels, WHOLE, window=layout.window, hop=layout.hop)
     held_segments = split.segments.get("val") or split.segments["train"]
     held_xy = part_windows(held_segments, labels, WHOLE, window=layout.window, hop=layout.hop)
     meta, validation = finalize_artifact(model, train_xy, held_xy, labels, meta,
                                          held_from_training=not split.segments.get("val"))
-    artifact_path = save_artifact(model, out / f"{name}.pt", meta, validation=validation, probs=True)
-    ck = load_checkpoint(out / "best.pt")
-    ck["meta"] = meta
-    torch.save(ck, out / "best.pt")
-    shipped = str(save_artifact(model, artifact, meta, validation=validation, probs=True)) if artifact else None
-    report = {
+    artifact_path, shipped = export_run(model, out, name, meta, artifact=artifact, validation=validation)
+    head = {
         "name": name,
         "model": t.origin["model"],
         "from": t.origin["from"],
@@ -408,18 +392,9 @@ def train_user(
         "split": "test",
         "split_by": split.by,
         "skipped": data.problems,
-        "accuracy": meta["accuracy"],
-        "results": ev["results"],
-        "confusion": ev["confusion"],
-        "history": res.history,
-        "best_epoch": res.best_epoch,
-        "train_seconds": round(res.seconds, 1),
-        "eval_seconds": round(eval_seconds, 1),
-        "artifact": str(artifact_path),
-        "shipped": shipped,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    return report
+    return write_report(out, head, meta=meta, ev=ev, res=res, eval_seconds=eval_seconds,
+                        artifact_path=artifact_path, shipped=shipped)
 
 
 def _meta(

@@ -6,9 +6,6 @@ Outputs in ``out_dir`` (``runs/<name>/`` by default): ``best.pt`` and ``last.pt`
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +14,12 @@ import numpy as np
 import torch
 
 from drsn_stream.dsp.normalize import normalize
-from drsn_stream.models import create_model, model_config, save_artifact
+from drsn_stream.models import create_model, model_config
 from drsn_stream.train.config import RunConfig
 from drsn_stream.train.cwru import RandomWindows, Recording, load_set
 from drsn_stream.train.evaluate import evaluate, part_windows, summary
-from drsn_stream.train.loop import FitResult, fit, load_checkpoint, plain
+from drsn_stream.train.loop import FitResult, fit
+from drsn_stream.train.report import export_run, record_fit, write_report
 
 VAL_SNR_DB = 0.0  # noisy validation copies are at 0 dB, the middle of the plant conditions we target
 
@@ -161,15 +159,7 @@ def train_run(
         seed=cfg.eval.seed,
     )
     eval_seconds = time.perf_counter() - t_eval
-    meta["training"].update(
-        epochs_run=len(res.history),
-        best_epoch=res.best_epoch,
-        best_val_accuracy=round(res.best_val_accuracy, 5),
-        seconds=round(res.seconds, 1),
-        windows_seen=res.windows_seen,
-        threads=torch.get_num_threads(),
-        machine=f"{platform.machine()} {os.cpu_count()} cpu(s), torch {torch.__version__}",
-    )
+    record_fit(meta, res)
     meta["accuracy"] = {
         "split": "test",
         "part": list(d.test_part),
@@ -178,28 +168,7 @@ def train_run(
         **summary(ev["results"]),
         "n": ev["results"][0]["n"],
     }
-    artifact_path = save_artifact(model, out / f"{cfg.name}.pt", meta, probs=True)
-    # best.pt carries the final metadata too, so `export` from it reproduces the artifact exactly.
-    ck = load_checkpoint(out / "best.pt")
-    ck["meta"] = plain(meta)
-    torch.save(ck, out / "best.pt")
-    shipped = None
-    if artifact is not None:
-        shipped = str(save_artifact(model, artifact, meta, probs=True))
-    report = {
-        "name": cfg.name,
-        "model": cfg.model,
-        "labels": list(d.labels),
-        "split": "test",
-        "accuracy": meta["accuracy"],
-        "results": ev["results"],
-        "confusion": ev["confusion"],
-        "history": res.history,
-        "best_epoch": res.best_epoch,
-        "train_seconds": round(res.seconds, 1),
-        "eval_seconds": round(eval_seconds, 1),
-        "artifact": str(artifact_path),
-        "shipped": shipped,
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    return report
+    artifact_path, shipped = export_run(model, out, cfg.name, meta, artifact=artifact)
+    head = {"name": cfg.name, "model": cfg.model, "labels": list(d.labels), "split": "test"}
+    return write_report(out, head, meta=meta, ev=ev, res=res, eval_seconds=eval_seconds,
+                        artifact_path=artifact_path, shipped=shipped)
