@@ -475,7 +475,13 @@ class _Child:
         self.buf += chunk
         *lines, self.buf = self.buf.split(b"\n")
         self.heard = time.monotonic()
-        return [json.loads(line) for line in lines if line]
+        msgs = []
+        for line in lines:
+            try:
+                msgs.append(json.loads(line))
+            except ValueError:  # not a line a child writes: skipped, the source reads on
+                continue
+        return msgs
 
     def begin_stop(self) -> None:
         """Its stdin ends: it stops reading, sends its last counters and exits."""
