@@ -1,15 +1,21 @@
 """Configuration files: TOML tables that fill the frozen dataclasses of each stage.
 
-A run config has a ``[run]`` table (RunConfig fields: sources, model, device, max_batch, ...)
-and optional ``[decision]``, ``[health]``, ``[detector]``, ``[capture]``, ``[machine]`` and
-``[envelope]`` tables; any other table is refused. Command-line flags override the file.
+``from_table(cls, table, where)`` is the one reader: every section of a run config
+(``drsn_stream.app.runconfig``) and every stage's own table goes through it, so an unknown key, a
+value of the wrong type or one out of range is one line naming the table, the key and what it takes.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+import functools
+import json
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 try:
     import tomllib
@@ -52,32 +58,142 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
 
 
-def check_sections(doc: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
+def check_sections(doc: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
     """Refuses tables that nobody reads (a mistyped ``[decisions]`` would otherwise be ignored)."""
+    valid = tuple(valid)
     unknown = sorted(set(doc) - set(valid))
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)}; "
                           f"valid: {', '.join(f'[{v}]' for v in valid)}")
 
 
-def from_table(cls: type[T], table: dict[str, Any], where: str) -> T:
-    """Builds the dataclass ``cls`` from one TOML table: unknown keys and bad values are one
-    ConfigError that names the table and the valid keys."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table of key = value, not {type(table).__name__}")
-    check_keys(table, cls, where)
+def from_table(cls: type[T], table: Any, where: str) -> T:
+    """Builds the frozen dataclass ``cls`` from one TOML table (or a dict from Python).
+
+    Unknown keys, values of the wrong type and values the class refuses are one ConfigError that
+    names the table (``where``), the key and what is allowed. TOML arrays become tuples, integers
+    become floats where the field is a float, and a field whose type is itself a dataclass (or a
+    tuple of them) reads its nested table the same way. A class with its own
+    ``from_table(table, where)`` classmethod reads its table itself; an instance passes as it is.
+    """
+    if isinstance(table, cls):
+        return table
+    own = cls.__dict__.get("from_table")
+    if isinstance(own, classmethod):
+        return own.__get__(None, cls)(table, where)  # type: ignore[no-any-return]
+    values = typed_values(cls, table, where)
     try:
-        return cls(**table)
+        return cls(**values)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def check_keys(table: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
-    """Refuses keys that are not fields of the dataclass ``cls``, naming the valid ones."""
-    names = {f.name for f in fields(cls)}
+def typed_values(cls: type, table: Any, where: str, keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` that ``table`` gives, each checked against its field's
+    type; ``keys`` narrows the valid keys to some of the fields."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table of key = value, not {_shown(table)}")
+    check_keys(table, cls, where, keys)
+    hints = _hints(cls)
+    return {k: _coerce(v, hints.get(k, Any), k, where) for k, v in table.items()}
+
+
+def check_keys(table: Mapping[str, Any], cls: type, where: str, keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """Refuses keys that are not fields of the dataclass ``cls`` (or not among ``keys``), naming the valid ones."""
+    names = set(keys) if keys is not None else {f.name for f in fields(cls)}
     unknown = sorted(set(table) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
     return dict(table)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation only a type checker can resolve: the class judges its values
+        return {}
+
+
+def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    """``value`` as the field type ``hint`` wants it, or a ConfigError saying what the key takes."""
+    if value is None or hint is Any:
+        return value  # None: "unset" from Python (TOML has no null); the class judges it
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            try:
+                return _coerce(value, option, key, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {key} must be {' or '.join(_kind(o) for o in options)}, not {_shown(value)}")
+    if is_dataclass(hint) and isinstance(hint, type):
+        return from_table(hint, value, f"{where} {key}")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        items = (value,) if isinstance(value, (str, Mapping)) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}: {key} must be {_kind(hint)}, not {_shown(value)}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(items))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (bool, int, float, str) and (not isinstance(value, hint) or (hint is not bool and isinstance(value, bool))):
+        raise ConfigError(f"{where}: {key} must be {_kind(hint)}, not {_shown(value)}")
+    return value
+
+
+def _kind(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_kind(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if is_dataclass(hint):
+        return "a table"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _shown(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def dump_toml(doc: Mapping[str, Mapping[str, Any]], notes: Mapping[str, str] | None = None) -> str:
+    """TOML text of ``{section: {key: value}}`` that ``read_toml`` reads back to the same values.
+
+    None (unset) has no TOML form: such keys are written as comments. A tuple of dicts becomes an
+    array of tables (``[[section.key]]``). ``notes`` adds a comment line under a section's header.
+    """
+    out: list[str] = []
+    for section, table in doc.items():
+        out.append(f"[{section}]")
+        if notes and section in notes:
+            out.append(f"# {notes[section]}")
+        arrays = {k: v for k, v in table.items() if _is_tables(v)}
+        for key, value in table.items():
+            if key in arrays:
+                continue
+            out.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
+        for key, entries in arrays.items():
+            for entry in entries:
+                out.append(f"[[{section}.{key}]]")
+                out.extend(f"{k} = {_toml_value(v)}" for k, v in entry.items() if v is not None)
+        out.append("")
+    return "\n".join(out)
+
+
+def _is_tables(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"no TOML form for {_shown(value)}")

@@ -78,13 +78,17 @@ class Window:
         index: running window number inside the stream (0, 1, ...).
         t_last: capture time of the window's last sample, seconds (wall clock).
         data: float32 array of shape (window,), normalized as the artifact says (or raw when
-            ``normalized`` is False: the inference loop then normalizes the whole batch at once).
+            ``normalized`` is False: the DSP's batch step ``dsp.normalize.BatchNormalizer`` then
+            normalizes it with the rest of its batch).
         t_ready: wall-clock time the window was formed (enters the batcher).
-        level: RMS of the window before normalization (for sparklines and health); set by the
-            inference loop for raw windows.
+        level: RMS of the window before normalization (for sparklines and health); 0 for a raw
+            window, whose level the batch normalization step returns beside the batch.
         normalized: whether ``data`` is already normalized.
-        healthy: the stream's sensor health passed every sample of the window (set when it was
+        healthy: the stream's sensor health passed every sample of the window (judged when it was
             formed, so a late result is still judged on the health of its own samples).
+
+    A window is not written after it is made: a stage that learns more about it returns a value
+    (levels beside the batch) or a new Window.
     """
 
     stream_id: str

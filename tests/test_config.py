@@ -1,15 +1,21 @@
-"""Run config files: every table is read by someone, or refused with the valid names."""
+"""Run config files: every table is read by someone, or refused with the valid names; TOML and
+flags fill the same typed fields."""
 
 from __future__ import annotations
 
 import argparse
+import pickle
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from drsn_stream.app.cli import SECTIONS, add_arguments, config_from_args
-from drsn_stream.config import loads_toml
+from drsn_stream.app.cli import FLAGS, add_arguments, config_from_args
+from drsn_stream.app.runconfig import RUN_KEYS, SECTIONS, TABLES, RunConfig, from_doc, to_doc
+from drsn_stream.config import SHIPPED, dump_toml, loads_toml
 from drsn_stream.errors import ConfigError
+from drsn_stream.models.artifact import read_meta
+from drsn_stream.monitor.decision import DecisionConfig, DecisionTable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,9 +32,10 @@ def _config(tmp_path: Path, text: str, *argv: str):
     return config_from_args(_args("--config", str(path), *argv))
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*(REPO / "configs").glob("*.toml"), *SHIPPED.glob("*.toml")]),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_run_config_is_accepted(path: Path) -> None:
-    if not set(loads_toml(path.read_text())) <= set(SECTIONS):
+    if not set(loads_toml(path.read_text())) <= set(TABLES):
         pytest.skip("not a run config (a training recipe)")
     config_from_args(_args("--config", str(path), "--source", "sim"))
 
@@ -37,15 +44,58 @@ def test_a_mistyped_section_is_refused_with_the_valid_ones(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, '[run]\nsources = ["sim"]\n[decisions]\nenter = 0.8\n')
     msg = str(err.value)
-    assert "[decisions]" in msg and all(f"[{s}]" in msg for s in SECTIONS)
+    assert "[decisions]" in msg and all(f"[{s}]" in msg for s in TABLES) and "\n" not in msg
 
 
-@pytest.mark.parametrize("table, bad", [("decision", "entre = 0.8"), ("health", "flat_rms = 1"),
-                                        ("detector", "enterr = 0.8"), ("capture", "pre = 3"),
-                                        ("envelope", "bandd = 1")])
-def test_a_mistyped_key_is_refused_naming_its_table(tmp_path: Path, table: str, bad: str) -> None:
-    with pytest.raises(ConfigError, match=rf"\[{table}\]: unknown key"):
-        _config(tmp_path, f'[run]\nsources = ["sim"]\n[{table}]\n{bad}\n')
+@pytest.mark.parametrize("table, bad", [("run", "max_batchh = 8"), ("decision", "entre = 0.8"),
+                                        ("health", "flat_rms = 1"), ("detector", "enterr = 0.8"),
+                                        ("capture", "pre = 3"), ("machine", "beering = \"6205\""),
+                                        ("envelope", "bandd = 1"), ("sinks", "json = \"-\"")])
+def test_a_mistyped_key_is_refused_naming_its_table_and_the_valid_keys(tmp_path: Path, table: str, bad: str) -> None:
+    text = f'[{table}]\n{bad}\n' if table == "run" else f'[run]\nsources = ["sim"]\n[{table}]\n{bad}\n'
+    with pytest.raises(ConfigError, match=rf"\[{table}\]: unknown key\(s\) {bad.split()[0]}; valid keys: ") as err:
+        _config(tmp_path, text)
+    assert "\n" not in str(err.value)
+
+
+def test_every_section_is_covered_by_the_unknown_key_test() -> None:
+    params = test_a_mistyped_key_is_refused_naming_its_table_and_the_valid_keys.pytestmark[0].args[1]
+    assert {table for table, _ in params} == set(TABLES)
+
+
+@pytest.mark.parametrize("table, line, says", [
+    ("run", 'max_batch = "big"', "max_batch must be an integer, not 'big' (str)"),
+    ("run", "sources = 5", "sources must be a list of strings, not 5 (int)"),
+    ("decision", 'latching = "yes"', "latching must be true or false, not 'yes' (str)"),
+    ("health", 'flat_std = "tiny"', "flat_std must be a number, not 'tiny' (str)"),
+    ("detector", "confirm = true", "confirm must be an integer, not True (bool)"),
+    ("capture", "levels = [1, 2]", "levels[0] must be a string, not 1 (int)"),
+    ("machine", 'rpm = "fast"', "rpm must be a number, not 'fast' (str)"),
+    ("envelope", "harmonics = 2.5", "harmonics must be an integer, not 2.5 (float)"),
+    ("sinks", "headless = 1", "headless must be true or false, not 1 (int)"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_key_and_what_it_takes(
+        tmp_path: Path, table: str, line: str, says: str) -> None:
+    text = f'[{table}]\n{line}\n' if table == "run" else f'[run]\nsources = ["sim"]\n[{table}]\n{line}\n'
+    with pytest.raises(ConfigError) as err:
+        _config(tmp_path, text)
+    msg = str(err.value)
+    assert f"[{table}]: {says}" in msg and msg.startswith(str(tmp_path)) and "\n" not in msg
+
+
+@pytest.mark.parametrize("table, line, says", [
+    ("run", "max_batch = 0", "max_batch must be >= 1"),
+    ("run", 'fp16 = "yes"', "fp16 must be one of auto, on, off"),
+    ("decision", "enter_confidence = 0.2\nleave_confidence = 0.5", "leave_confidence <= enter_confidence"),
+    ("machine", 'bearing = "6205"\nbpfo = 3.5', "give bearing = '6205' or the four orders"),
+    ("machine", '[[machine.streams]]\nrpm = 1480', "entries need match"),
+    ("sinks", 'metrics_address = "host:99999"', "port 0-65535"),
+])
+def test_a_value_out_of_range_is_one_line_naming_the_table(tmp_path: Path, table: str, line: str, says: str) -> None:
+    text = f'[run]\nsources = ["sim"]\n[{table}]\n{line}\n'.replace("[run]\nsources = [\"sim\"]\n[run]", "[run]")
+    with pytest.raises(ConfigError, match=r"\[" + ("machine" if table == "machine" else table)) as err:
+        _config(tmp_path, text)
+    assert says in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_bad_detector_value_is_refused_before_the_run(tmp_path: Path) -> None:
@@ -55,6 +105,119 @@ def test_a_bad_detector_value_is_refused_before_the_run(tmp_path: Path) -> None:
 
 def test_the_capture_table_and_the_flag_fill_the_same_fields(tmp_path: Path) -> None:
     cfg = _config(tmp_path, f'[run]\nsources = ["sim"]\n[capture]\ndir = "{tmp_path}/c"\npre_s = 2.0\npost_s = 3.0\n')
-    assert (cfg.capture_dir, cfg.capture_pre_s, cfg.capture_post_s) == (f"{tmp_path}/c", 2.0, 3.0)
+    assert (cfg.capture.dir, cfg.capture.pre_s, cfg.capture.post_s) == (f"{tmp_path}/c", 2.0, 3.0)
     cfg = _config(tmp_path, '[run]\nsources = ["sim"]\n[capture]\npre_s = 2.0\n', "--capture", str(tmp_path / "d"))
-    assert (cfg.capture_dir, cfg.capture_pre_s) == (str(tmp_path / "d"), 2.0)  # the flag wins, the rest stays
+    assert (cfg.capture.dir, cfg.capture.pre_s) == (str(tmp_path / "d"), 2.0)  # the flag wins, the rest stays
+
+
+TOML_RUN = """
+[run]
+sources = ["sim:bearing?machines=2", "sim"]
+model = "bearing-cwru"
+device = "cpu"
+max_batch = 32
+max_wait_ms = 15
+eager_batch = 8
+stale_ms = 900
+hop = 256
+fast = true
+duration = 3
+threads = 1
+cpu_layout = "off"
+engine_process = false
+pin_cpus = false
+idle_flush = false
+learn_s = 90
+[decision]
+latching = true
+[capture]
+dir = "caps"
+[machine]
+bearing = "6205"
+rpm = 1797
+[sinks]
+jsonl = "-"
+publish = "tcp://127.0.0.1:5599"
+headless = true
+metrics_address = "127.0.0.1:9464"
+"""
+
+FLAGS_RUN = ("--source", "sim:bearing?machines=2", "--source", "sim", "--model", "bearing-cwru", "--device", "cpu",
+             "--max-batch", "32", "--max-wait-ms", "15", "--eager-batch", "8", "--stale-ms", "900", "--hop", "256",
+             "--fast", "--duration", "3", "--threads", "1", "--cpu-layout", "off", "--engine-process", "off",
+             "--no-pin-cpus", "--no-idle-flush", "--learn", "90s", "--latch", "--capture", "caps", "--bearing", "6205",
+             "--rpm", "1797", "--jsonl", "-", "--publish", "tcp://127.0.0.1:5599", "--headless",
+             "--metrics-port", "9464")
+
+
+def test_a_toml_file_and_the_equivalent_flags_give_equal_configs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("DRSN_STREAM_DURATION", raising=False)
+    from_file = _config(tmp_path, TOML_RUN)
+    from_flags = config_from_args(_args(*FLAGS_RUN))
+    assert from_file == from_flags
+    assert from_file != RunConfig(sources=from_file.sources)  # the fields were set, not left at their defaults
+    assert from_file.sinks.metrics_address == "127.0.0.1:9464" and from_file.decision.settings.latching
+    assert from_file.machine.table() == {"bearing": "6205", "rpm": 1797.0}
+
+
+def test_every_config_flag_sets_a_field_of_the_run_config() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ui_only = {"help", "config", "print_config", "once", "refresh"}  # how to run, not what the run is
+    dests = {a.dest for a in parser._actions} - ui_only
+    assert dests == set(FLAGS)
+    for flag in FLAGS.values():
+        assert flag.key in _keys(flag.section), flag
+
+
+def _keys(table: str) -> set[str]:
+    if table == "run":
+        return set(RUN_KEYS)
+    cls = SECTIONS[table]
+    return {f.name for f in fields(DecisionConfig if cls is DecisionTable else cls)}
+
+
+def test_flags_override_the_file_and_leave_its_other_keys(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, '[run]\nsources = ["sim"]\nmax_batch = 8\n[machine]\nbpfo = 3.5\nbpfi = 5.4\nbsf = 2.3\n'
+                            'ftf = 0.4\nshaft_hz = 30.0\n[sinks]\njsonl = "a.jsonl"\n',
+                  "--max-batch", "16", "--bearing", "6205", "--rpm", "1500", "--headless")
+    assert cfg.max_batch == 16
+    assert cfg.machine.table() == {"bearing": "6205", "rpm": 1500.0}  # the flags replace the orders and shaft_hz
+    assert (cfg.sinks.jsonl, cfg.sinks.headless) == ("a.jsonl", True)
+
+
+def test_the_printed_config_reads_back_to_the_same_config(tmp_path: Path) -> None:
+    cfg = config_from_args(_args("--config", "machine-cwru", "--source", "sim", "--latch", "--capture", "c",
+                                 "--metrics-port", "9464", "--rpm", "1797"))
+    doc, notes = to_doc(cfg)
+    assert from_doc(loads_toml(dump_toml(doc, notes))) == cfg
+    streams = _config(tmp_path, '[machine]\nbearing = "6205"\n[[machine.streams]]\nmatch = "pump-*"\nrpm = 1480\n'
+                                '[[machine.streams]]\nmatch = "fan-*"\nbearing = ""\n', "--source", "sim")
+    assert len(streams.machine.streams) == 2
+    assert from_doc(loads_toml(dump_toml(*to_doc(streams)))) == streams
+    labels = read_meta("bearing-cwru").labels
+    again = from_doc(loads_toml(dump_toml(*to_doc(cfg, labels))))  # [decision] resolved for the model
+    assert again.decision.resolve(labels) == cfg.decision.resolve(labels)
+    assert again.decision.resolve(labels).alert_labels == tuple(lb for lb in labels if lb != "normal")
+
+
+def test_the_decision_table_keeps_the_label_defaults_it_was_not_given() -> None:
+    labels = read_meta("bearing-cwru").labels
+    latched = DecisionTable.from_table({"latching": True})
+    assert latched.resolve(labels).danger_after_s == 30.0 and latched.resolve(labels).latching
+    assert latched.resolve(["zero", "one", "_noise"]).alert_labels == ()
+    assert DecisionTable.from_table({"danger_after_s": 5.0}).resolve(labels).danger_after_s == 5.0
+
+
+def test_a_python_dict_for_a_section_is_read_like_its_table() -> None:
+    cfg = RunConfig(decision={"latching": True}, health={"timeout_s": 3}, capture={"dir": "c", "pre_s": 1})
+    assert cfg == RunConfig(decision=DecisionTable.from_table({"latching": True}),
+                            health=cfg.health, capture=cfg.capture)
+    assert cfg.health.timeout_s == 3.0 and cfg.capture.dir == "c"
+    with pytest.raises(ConfigError, match=r"\[health\]: unknown key\(s\) timeout; valid keys: "):
+        RunConfig(health={"timeout": 3})
+
+
+def test_a_run_config_survives_pickling_for_the_cluster_hosts() -> None:
+    cfg = config_from_args(_args("--config", "demo", "--bearing", "6205", "--capture", "c", "--jsonl", "x.jsonl"))
+    assert pickle.loads(pickle.dumps(cfg)) == cfg

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from drsn_stream.engine.stats import EngineStats
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
 from drsn_stream.monitor.snapshot import build_snapshot
@@ -46,6 +47,7 @@ class Plant:
             DecisionConfig.for_labels(LABELS, set_windows=2, latching=latching, danger_labels=("*_021",)),
         )
         self.health = HealthMonitor(HealthConfig())
+        self.stats = EngineStats()
         self.log = EventLog()
         self.ids = [f"sim/m{i}" for i in range(n)]
         self.faults = faults or {}
@@ -71,6 +73,7 @@ class Plant:
                 p = Prediction(
                     sid, 0, self.t, probs, label, 0.82, 0.31, 9.0 + i % 5, level=1.0 + 0.1 * np.sin(self.t)
                 )
+                self.stats.record_batch([sid], np.array([p.latency_ms]), 0.01)
                 self.log.extend(self.decisions.update(p, healthy=self.health.healthy(sid)))
 
     def snapshot(self, **kw) -> Snapshot:
@@ -89,6 +92,7 @@ class Plant:
             footer=footer,
             events=self.log,
             now=self.t,
+            latency=self.stats,
             **kw,
         )
 

@@ -202,10 +202,10 @@ def test_windower_cuts_every_hop_for_any_chunking(window, hop):
 
 
 @pytest.mark.parametrize("norm", [{"kind": "zscore"}, {"kind": "rms", "floor": 0.005}])
-def test_batch_normalization_in_the_engine_gives_the_same_windows(inner, norm):
-    # The monitor hands raw windows to the inference loop, which normalizes each batch in one
+def test_batch_normalization_step_gives_the_same_windows(inner, norm):
+    # The monitor's DSP hands out raw windows and its batch step normalizes each batch in one
     # call: the model must see exactly the windows StreamDSP would have normalized one by one.
-    from drsn_stream.engine.engine import InferenceLoop
+    from drsn_stream.dsp.normalize import BatchNormalizer
 
     meta = _meta(normalization=norm)
     x = inner[: 12000 * 2]
@@ -216,10 +216,20 @@ def test_batch_normalization_in_the_engine_gives_the_same_windows(inner, norm):
         raw += dsp.push(Frame("s", seq, T0 + a / 12000, 12000, x[a : a + 700, None]))
     assert len(raw) == len(ref) > 30 and not any(w.normalized for w in raw)
     assert np.array_equal(raw[5].data, x[5 * 512 : 5 * 512 + 2048])  # raw samples, untouched
-    loop = InferenceLoop.__new__(InferenceLoop)
-    loop.normalization = norm
+    step = BatchNormalizer(norm)
     mixed = raw[:10] + ref[10:20]  # already-normalized windows pass through unchanged
-    batch = loop.batch_input(mixed)
+    batch, levels = step(mixed)
     assert batch.dtype == np.float32
     assert np.array_equal(batch, np.stack([w.data for w in ref[:20]]))
-    np.testing.assert_allclose([w.level for w in raw[:10]], [w.level for w in ref[:10]], rtol=1e-6)
+    assert np.array_equal(levels, [w.level for w in ref[:20]])  # levels returned, bit for bit
+    all_raw, raw_levels = step(raw[:20])
+    assert np.array_equal(all_raw, batch) and np.array_equal(raw_levels, levels)
+    # the windows are only read: the raw ones keep their raw samples and carry no level
+    assert np.array_equal(raw[5].data, x[5 * 512 : 5 * 512 + 2048]) and all(w.level == 0.0 for w in raw)
+
+
+def test_a_bad_normalization_spec_is_refused_before_any_window():
+    from drsn_stream.dsp.normalize import BatchNormalizer
+
+    with pytest.raises(ConfigError, match="valid kinds: zscore"):
+        BatchNormalizer({"kind": "minmax"})

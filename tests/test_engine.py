@@ -167,14 +167,41 @@ def test_stats_recording_keeps_every_latency_of_the_span_and_only_those() -> Non
     # The live view keeps the last 8192 latencies over all streams (a few seconds at 3,000
     # windows/s); a benchmark's percentiles must cover its whole measured span.
     stats = EngineStats()
-    stats.record_batch({"a": [1000.0]}, 1, 0.01)  # before the span: not recorded
+    stats.record_batch(["a"], np.array([1000.0]), 0.01)  # before the span: not recorded
     stats.start_recording()
     for i in range(100):
-        stats.record_batch({"a": [float(i)] * 60, "b": [float(i)] * 40}, 100, 0.01)
+        stats.record_batch(["a"] * 60 + ["b"] * 40, np.full(100, float(i)), 0.01)
     lat, batches = stats.stop_recording()
-    stats.record_batch({"a": [2000.0]}, 1, 0.01)  # after it: not recorded either
+    stats.record_batch(["a"], np.array([2000.0]), 0.01)  # after it: not recorded either
     assert batches == 100 and lat.size == 10_000 and lat.max() == 99.0 and lat.min() == 0.0
     assert stats.stop_recording()[0].size == 0
+
+
+def test_stats_keep_each_streams_latest_latencies_for_its_percentiles() -> None:
+    # The dashboard's p50/p99 of a stream are over its latest STREAM_KEEP windows; the histogram
+    # and the all-streams view count every window.
+    stats = EngineStats()
+    stats.record_batch(["a"] * 300, np.full(300, 500.0), 0.01)  # old: pushed out of a's ring
+    stats.record_batch(["a"] * 128 + ["b"] * 128, np.concatenate([np.arange(128.0), np.arange(128.0) + 200]), 0.01)
+    stats.record_batch(["a"] * 128, np.arange(128.0) + 128, 0.01)
+    rows = stats.stream_p50_p99(["a", "b", "c"])
+    assert set(rows) == {"a", "b"}  # c has no measurement: no row figure
+    assert rows["a"] == (pytest.approx(127.5), pytest.approx(np.percentile(np.arange(256.0), 99)))
+    assert stats.percentiles("a", (50,)) == (pytest.approx(127.5),)
+    assert rows["b"][0] == pytest.approx(263.5)
+    assert stats.histogram.read().count == stats.windows == 684
+
+
+def test_raw_windows_without_a_normalization_step_are_refused(scripted) -> None:
+    # The engine never normalizes: a raw window reaching it without the DSP's batch step would
+    # be inferred on unscaled samples, so it is an error that names the step.
+    _, module = scripted
+    runner = Runner(module, window=2048, device="cpu", max_batch=4)
+    loop = InferenceLoop(MicroBatcher(max_batch=4), runner, [f"c{i}" for i in range(10)], lambda preds: None)
+    raw = Window("m", 0, time.time(), np.ones(2048, np.float32), normalized=False)
+    with pytest.raises(ConfigError, match="BatchNormalizer"):
+        loop.process([raw])
+    assert loop.stats.windows == 0
 
 
 def test_default_batch_sizes_and_device_choice() -> None:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from drsn_stream.app.cli import _metrics_address, add_arguments
+from drsn_stream.app.cli import add_arguments, config_from_args
+from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
@@ -56,6 +57,7 @@ def plant_snapshot(counters: Counters | None = None):
     """Real decisions, health and event log for 4 streams: m1 in ALERT, m2 in DANGER, m3's sensor flat."""
     decisions = DecisionEngine(LABELS, DecisionConfig.for_labels(LABELS, set_windows=2, danger_labels=("*_021",)))
     health = HealthMonitor(HealthConfig())
+    stats = EngineStats()
     log = EventLog()
     ids = [f"sim/m{i}" for i in range(4)]
     faults = {1: "inner_007", 2: "ball_021"}
@@ -69,6 +71,7 @@ def plant_snapshot(counters: Counters | None = None):
             probs = np.full(len(LABELS), 0.02, np.float32)
             probs[LABELS.index(faults.get(i, "normal"))] = 0.82
             p = Prediction(sid, 0, t, probs, faults.get(i, "normal"), 0.82, 0.31, 9.0 + i)
+            stats.record_batch([sid], np.array([p.latency_ms]), 0.01)
             log.extend(decisions.update(p, healthy=health.healthy(sid)))
     header = Header(sources=("sim:bearing",), model="bearing-cwru", labels=tuple(LABELS), sample_rate=12000,
                     window=2048, hop=1024, device="cpu", ready=True)
@@ -83,7 +86,7 @@ def plant_snapshot(counters: Counters | None = None):
     )
     footer = Footer(queue_depth=4, windows_total=24, rss_mb=100.0)
     return build_snapshot(header=header, decisions=decisions, health=health, footer=footer, events=log,
-                          now=t, counters=counters)
+                          now=t, counters=counters, latency=stats)
 
 
 def test_metrics_follow_prometheus_conventions_and_show_the_plant():
@@ -162,11 +165,17 @@ def test_metrics_address_forms_and_errors():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert _metrics_address(parser.parse_args(["--metrics-port", "9300"])) == "127.0.0.1:9300"
-    assert _metrics_address(parser.parse_args(["--metrics-address", "0.0.0.0:9300"])) == "0.0.0.0:9300"
-    assert _metrics_address(parser.parse_args([])) is None
+
+    def address(*argv: str) -> str | None:
+        return config_from_args(parser.parse_args(["--source", "sim", *argv])).sinks.metrics_address
+
+    assert address("--metrics-port", "9300") == "127.0.0.1:9300"
+    assert address("--metrics-address", "0.0.0.0:9300") == "0.0.0.0:9300"
+    assert address() is None
     with pytest.raises(ConfigError, match="not both"):
-        _metrics_address(parser.parse_args(["--metrics-port", "1", "--metrics-address", "127.0.0.1:2"]))
+        address("--metrics-port", "1", "--metrics-address", "127.0.0.1:2")
+    with pytest.raises(ConfigError, match=r"\[sinks\]: metrics address 'host:port'"):
+        address("--metrics-address", "host:port")
 
 
 def test_port_in_use_says_what_to_do(free_tcp_port):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import CWRU, cwru_signal, require_cwru
+from prometheus_client.parser import text_string_to_metric_families
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 
@@ -333,3 +334,61 @@ def test_chunk_size_gives_identical_windows_and_labels() -> None:
     assert len(d1) == (24000 - 2048) // 512 + 1
     assert np.array_equal(d1, d2) and np.array_equal(d1, d3)
     assert l1 == l2 == l3 and l1.count("inner_014") > 0.8 * len(l1)
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory):
+    """A real monitor over 3 s of a real CWRU recording (raw samples in a .npy): the raw signal,
+    every prediction object it wrote, and its snapshot at the end."""
+    require_cwru()
+    x = cwru_signal("12k_Drive_End_B021_0_222.mat")[: 12000 * 3].astype(np.float32)
+    path = tmp_path_factory.mktemp("replay") / "b021.npy"
+    np.save(path, x)
+    got: list[dict] = []
+    sink = type("S", (), {"write": lambda self, o: got.append(o), "close": lambda self: None})()
+    pipe = Pipeline(RunConfig(sources=(f"file:{path}?rate=12000",), fast=True, engine_process=False,
+                              stats_every_s=3600), sinks=[sink])
+    pipe.run()
+    preds = sorted((o for o in got if o["type"] == "prediction"), key=lambda o: o["index"])
+    return x, preds, pipe.snapshot()
+
+
+def test_the_model_sees_each_window_normalized_once_as_the_artifact_says(replay) -> None:
+    # Raw windows leave the DSP; the batch normalization step scales them once. Not at all: the
+    # model scores raw samples and the levels stay 0; twice: the levels are those of normalized
+    # windows (1.0 for z-scores), not the sensor's.
+    from drsn_stream.dsp.normalize import normalize_with_level
+    from drsn_stream.engine.runner import Runner
+    from drsn_stream.models import load_artifact
+
+    x, preds, snap = replay
+    module, meta = load_artifact("bearing-cwru")
+    assert meta.normalization == {"kind": "zscore"}
+    n = (x.size - meta.window) // meta.hop + 1
+    assert [o["index"] for o in preds] == list(range(n))  # every window, once
+    raw = np.stack([x[k * meta.hop : k * meta.hop + meta.window] for k in range(n)])
+    normed, levels = normalize_with_level(raw, meta.normalization)
+    probs, _ = Runner(module, window=meta.window, device="cpu", max_batch=64).infer(normed)
+    np.testing.assert_allclose([o["probs"] for o in preds], probs, atol=2e-4)
+    # the dashboard's input-level sparkline: the sensor's RMS of the stream's latest windows
+    (row,) = snap.rows
+    shown = np.array(row.levels)
+    assert shown.size == 32 and np.array_equal(shown, levels[-32:])
+    assert np.all(np.abs(shown - 1.0) > 0.5)  # the sensor's scale, far from a normalized window's
+
+
+def test_dashboard_latency_and_the_metrics_histogram_count_the_same_windows(replay) -> None:
+    from drsn_stream.sinks.metrics import format_metrics
+
+    _, preds, snap = replay
+    lat = np.array([o["latency_ms"] for o in preds])  # rounded to 1 us in the JSON
+    (row,) = snap.rows
+    p50, p99 = np.percentile(lat, (50, 99))
+    assert row.latency_p50_ms == pytest.approx(p50, abs=1e-3) and row.latency_p99_ms == pytest.approx(p99, abs=1e-3)
+    metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(format_metrics(snap)) for s in fam.samples}
+    assert metrics[("drsn_latency_seconds_count", ())] == len(preds) == snap.footer.windows_total
+    assert metrics[("drsn_latency_seconds_sum", ())] == pytest.approx(lat.sum() / 1000.0, abs=len(preds) * 1e-6)
+    for (name, labels), value in metrics.items():
+        if name == "drsn_latency_seconds_bucket":  # every bucket holds exactly these windows
+            assert value == np.count_nonzero(lat <= float(dict(labels)["le"]) * 1000.0), labels

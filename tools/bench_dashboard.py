@@ -28,6 +28,7 @@ import numpy as np
 
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine.runner import Runner
+from drsn_stream.engine.stats import EngineStats
 from drsn_stream.models.artifact import load_artifact, load_validation
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
@@ -52,6 +53,7 @@ def real_snapshot(n: int, *, windows: int = 4, model: str = "bearing-cwru") -> S
     kinds = list(excerpts)
     decisions = DecisionEngine(labels, DecisionConfig.for_labels(labels, set_windows=2, danger_labels=("*_021",)))
     health = HealthMonitor(HealthConfig())
+    stats = EngineStats()
     log = EventLog()
     ids = [f"plant/m{i:03d}" for i in range(n)]
     t0 = 1_700_000_000.0
@@ -73,6 +75,7 @@ def real_snapshot(n: int, *, windows: int = 4, model: str = "bearing-cwru") -> S
         ms = (time.perf_counter() - c0) * 1000.0
         busy += ms / 1000.0
         done += n
+        stats.record_batch(ids, np.full(n, ms), ms / 1000.0)
         for i, sid in enumerate(ids):
             j = int(probs[i].argmax())
             level = float(np.sqrt(np.mean(raw[i].astype(np.float64) ** 2)))
@@ -83,7 +86,7 @@ def real_snapshot(n: int, *, windows: int = 4, model: str = "bearing-cwru") -> S
     header = Header(sources=("sim:bearing",), model=meta.name, labels=tuple(labels), sample_rate=meta.sample_rate,
                     window=meta.window, hop=hop, device=runner.device_name, ready=True)
     return build_snapshot(header=header, decisions=decisions, health=health, footer=footer, events=log,
-                          now=t0 + windows * hop / meta.sample_rate)
+                          now=t0 + windows * hop / meta.sample_rate, latency=stats)
 
 
 def draw(renderable, width: int, height: int) -> str:

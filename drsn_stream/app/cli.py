@@ -6,18 +6,16 @@ import argparse
 import gc
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from drsn_stream.app.pipeline import Pipeline, RunConfig
-from drsn_stream.config import check_keys, check_sections, from_table, read_toml
-from drsn_stream.dsp.envelope import EnvelopeSettings, machine_for
-from drsn_stream.errors import ConfigError
+from drsn_stream.app.pipeline import Pipeline, default_model
+from drsn_stream.app.runconfig import TABLES, RunConfig, from_doc, to_doc
+from drsn_stream.config import check_sections, dump_toml, read_toml
+from drsn_stream.errors import ConfigError, DrsnStreamError
+from drsn_stream.models.artifact import read_meta
 from drsn_stream.monitor.baseline import parse_duration
-from drsn_stream.monitor.decision import DecisionConfig
-from drsn_stream.monitor.health import HealthConfig
-from drsn_stream.sinks import Sink, make_sink
-from drsn_stream.speech.detector import DetectorConfig
+from drsn_stream.sinks import make_sinks
 
 DURATION_ENV = "DRSN_STREAM_DURATION"  # lets a script end a command it runs as written (CI)
 
@@ -41,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--model", "-m", help="built-in model name or path of an exported .pt (default: bearing-cwru, or digits-fsdd "
                             "for mic and sim:speech)")
     a("--config", "-c", help="TOML run configuration (see configs/); flags override it")
+    a("--print-config", action="store_true",
+      help="print the effective run config (the file, the flags and the defaults) as TOML and exit")
     a("--duration", type=float, default=_env_duration(),
       help=f"stop after this many seconds (default: ${DURATION_ENV}, else run until stopped)")
     a("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
@@ -93,103 +93,100 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "own data, then monitor it for deviations")
 
 
-SECTIONS = ("run", "decision", "health", "detector", "capture", "machine", "envelope")
+class Flag(NamedTuple):
+    """The config field a command-line flag sets (``section``/``key``: ``[run] sources`` and so on)."""
+
+    section: str
+    key: str
+    value: Callable[[Any], Any] = lambda given: given  # the field's value from the flag's; None: says nothing
+    clears: tuple[str, ...] = ()  # keys of the section the flag replaces
 
 
-@dataclass(frozen=True)
-class _CaptureTable:
-    """The ``[capture]`` table: the same settings as ``--capture DIR`` and the RunConfig's capture_* fields."""
+_ORDERS = ("bpfo", "bpfi", "bsf", "ftf")
 
-    dir: str | None = None
-    pre_s: float = 5.0
-    post_s: float = 5.0
+# argparse dest -> the field it sets: the one mapping of flags onto a run config's TOML fields
+FLAGS: dict[str, Flag] = {
+    "source": Flag("run", "sources", tuple),
+    "model": Flag("run", "model"),
+    "duration": Flag("run", "duration"),
+    "device": Flag("run", "device"),
+    "fast": Flag("run", "fast"),
+    "hop": Flag("run", "hop"),
+    "max_batch": Flag("run", "max_batch"),
+    "max_wait_ms": Flag("run", "max_wait_ms"),
+    "no_idle_flush": Flag("run", "idle_flush", lambda given: False),
+    "eager_batch": Flag("run", "eager_batch"),
+    "stale_ms": Flag("run", "stale_ms"),
+    "max_streams": Flag("run", "max_streams"),
+    "fp16": Flag("run", "fp16"),
+    "threads": Flag("run", "threads"),
+    "cpu_layout": Flag("run", "cpu_layout"),
+    "engine_process": Flag("run", "engine_process", {"on": True, "off": False}.get),  # auto: the default
+    "ingest_procs": Flag("run", "ingest_procs"),
+    "no_pin_cpus": Flag("run", "pin_cpus", lambda given: False),
+    "pin_cpus": Flag("run", "pin_cpus"),  # after --no-pin-cpus: with both, pinning wins
+    "baseline": Flag("run", "baseline"),
+    "learn": Flag("run", "learn_s", parse_duration),
+    "capture": Flag("capture", "dir"),
+    "latch": Flag("decision", "latching"),
+    "bearing": Flag("machine", "bearing", clears=_ORDERS),
+    "rpm": Flag("machine", "rpm", clears=("shaft_hz",)),
+    "jsonl": Flag("sinks", "jsonl"),
+    "publish": Flag("sinks", "publish"),
+    "headless": Flag("sinks", "headless"),
+    "metrics_address": Flag("sinks", "metrics_address"),
+    "metrics_port": Flag("sinks", "metrics_address", lambda port: f"127.0.0.1:{port}"),
+}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    table: dict[str, Any] = {}
-    extra: dict[str, dict[str, Any]] = {}
-    if args.config:
-        doc = read_toml(args.config)
-        where = args.config
-        check_sections(doc, SECTIONS, where)
-        table = check_keys(doc.get("run", {}), RunConfig, f"{where} [run]")
-        for name, cls in (("decision", DecisionConfig), ("health", HealthConfig), ("detector", DetectorConfig),
-                          ("envelope", EnvelopeSettings)):
-            if name in doc:
-                from_table(cls, doc[name], f"{where} [{name}]")  # refused here, not when the stage starts
-                extra[name] = dict(doc[name])
-        if "machine" in doc:
-            extra["machine"] = dict(doc["machine"])
-        if "capture" in doc:
-            cap = check_keys(doc["capture"], _CaptureTable, f"{where} [capture]")
-            table.update({f"capture_{k}" if k != "dir" else "capture_dir": v for k, v in cap.items()})
-        if "sources" in table:
-            table["sources"] = tuple(table["sources"])
-    flags = {
-        "sources": tuple(args.source) if args.source else None,
-        "model": args.model,
-        "duration": args.duration,
-        "device": args.device,
-        "fast": True if args.fast else None,
-        "hop": args.hop,
-        "max_batch": args.max_batch,
-        "max_wait_ms": args.max_wait_ms,
-        "stale_ms": args.stale_ms,
-        "max_streams": getattr(args, "max_streams", None),
-        "fp16": args.fp16,
-        "threads": args.threads,
-        "cpu_layout": args.cpu_layout,
-        "engine_process": {"on": True, "off": False}.get(args.engine_process or "auto"),
-        "ingest_procs": args.ingest_procs,
-        "pin_cpus": True if args.pin_cpus else (False if args.no_pin_cpus else None),
-        "capture_dir": args.capture,
-        "idle_flush": False if args.no_idle_flush else None,
-        "eager_batch": args.eager_batch,
-        "baseline": getattr(args, "baseline", None),
-        "learn_s": parse_duration(args.learn) if getattr(args, "learn", None) else None,
-    }
-    table.update({k: v for k, v in flags.items() if v is not None})
-    if args.latch:
-        extra.setdefault("decision", {})["latching"] = True
-    if args.bearing:
-        machine = extra.setdefault("machine", {})
-        for key in ("bpfo", "bpfi", "bsf", "ftf"):
-            machine.pop(key, None)
-        machine["bearing"] = args.bearing
-    if args.rpm is not None:
-        machine = extra.setdefault("machine", {})
-        machine.pop("shaft_hz", None)
-        machine["rpm"] = args.rpm
-    if "machine" in extra:  # a wrong [machine] table fails here, not per stream in the running monitor
-        machine_for("", extra["machine"]).geometry()
-        for entry in extra["machine"].get("streams", ()) or ():
-            m = machine_for(str(entry.get("match", "")), extra["machine"])
-            m.geometry()
-            m.speed_hz()
-    if "envelope" in extra:
-        EnvelopeSettings(**extra["envelope"])
-    cfg = RunConfig(**table, **extra)
+    """The run config of ``--config`` (if given) with the flags written over it: the flags go into
+    the same TOML document, so both are read and checked by one path (``runconfig.from_doc``)."""
+    doc: dict[str, Any] = read_toml(args.config) if getattr(args, "config", None) else {}
+    where = args.config if getattr(args, "config", None) else "command line"
+    check_sections(doc, TABLES, where)  # a mistyped table is named even where a flag fills its neighbour
+    if getattr(args, "metrics_address", None) is not None and getattr(args, "metrics_port", None) is not None:
+        raise ConfigError("give --metrics-address HOST:PORT or --metrics-port PORT, not both")
+    for dest, flag in FLAGS.items():
+        given = getattr(args, dest, None)
+        if given is None or given is False:  # not on the command line (store_true flags are False then)
+            continue
+        value = flag.value(given)
+        table = doc.setdefault(flag.section, {})
+        if value is None or not isinstance(table, dict):  # not a table: from_doc says so
+            continue
+        for key in flag.clears:
+            table.pop(key, None)
+        table[flag.key] = value
+    cfg = from_doc(doc, where)
     if not cfg.sources:
         raise ConfigError("no source given; try --source sim")
     return cfg
 
 
+def print_config(cfg: RunConfig) -> None:
+    """``--print-config``: the effective config as TOML (every field; ``--config`` reads it back)."""
+    model = cfg.model or default_model(cfg.sources)
+    try:
+        labels: list[str] | None = list(read_meta(model).labels)
+    except DrsnStreamError:  # a model that is not there yet: the table as given
+        labels = None
+    doc, notes = to_doc(cfg, labels)
+    print(f"# drsn-stream run config (model {model})")
+    print(dump_toml(doc, notes), end="")
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    sinks: list[Sink] = []
-    interactive = sys.stdout.isatty() and not args.headless and args.jsonl != "-"
-    address = _metrics_address(args)  # a bad address fails before the model loads
-    if args.jsonl:
-        sinks.append(make_sink("jsonl", args.jsonl))
-    if args.publish:
-        sinks.append(make_sink("zmq", args.publish))
+    if getattr(args, "print_config", False):
+        print_config(cfg)
+        return 0
+    out = cfg.sinks
+    interactive = sys.stdout.isatty() and not out.headless and out.jsonl != "-"
     # with --jsonl - stdout carries JSON lines only; every line for people goes to stderr
-    human = sys.stderr if args.jsonl == "-" else sys.stdout
-    if args.headless:
-        # with --jsonl - stdout carries JSON only, so readable lines go to stderr
-        sinks.append(make_sink("lines", "stderr" if args.jsonl == "-" else "-"))
-    address = _metrics_address(args)  # a bad address fails before the model loads
-    pipe = Pipeline(cfg, sinks=sinks)
+    human = sys.stderr if out.human == "stderr" else sys.stdout
+    address = out.metrics_address  # checked when the config was read, before the model loads
+    pipe = Pipeline(cfg, sinks=make_sinks(out))
     metrics = None
     dashboard = None
     try:
@@ -199,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             metrics = MetricsServer(pipe.snapshot, address=address).start()
         if args.once:
             return _once(pipe, cfg)
-        if interactive or (not args.headless and not args.jsonl and not args.publish):
+        if interactive or (not out.headless and not out.jsonl and not out.publish):
             from drsn_stream.sinks.dashboard import Dashboard
 
             dashboard = Dashboard(
@@ -234,19 +231,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"drsn-stream: error: {pipe.failed_sources[0]}", file=sys.stderr, flush=True)
         return 1
     return 1 if pipe.errors and pipe.stats.windows == 0 else 0
-
-
-def _metrics_address(args: argparse.Namespace) -> str | None:
-    address, port = getattr(args, "metrics_address", None), getattr(args, "metrics_port", None)
-    if address is not None and port is not None:
-        raise ConfigError("give --metrics-address HOST:PORT or --metrics-port PORT, not both")
-    if address is None and port is None:
-        return None
-    from drsn_stream.sinks.metrics import parse_address
-
-    text = address if address is not None else f"127.0.0.1:{port}"
-    parse_address(text)
-    return text
 
 
 def _stop_on_signals(pipe: Pipeline) -> None:

@@ -21,15 +21,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from drsn_stream.app.defaults import resolve_defaults
+from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable
 from drsn_stream.dsp import FrameDSP, StreamDSP
-from drsn_stream.dsp.envelope import EnvelopeSettings, label_family
+from drsn_stream.dsp.envelope import label_family
+from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
@@ -46,15 +48,14 @@ from drsn_stream.models.artifact import (
 )
 from drsn_stream.models.ood import UnknownDetector
 from drsn_stream.monitor.baseline import BaselineStage, Profile, weights_digest
-from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
+from drsn_stream.monitor.decision import DecisionEngine
 from drsn_stream.monitor.envelope import EnvelopeStage, has_geometry
-from drsn_stream.monitor.health import CHECK_SENSOR, OK, HealthConfig, HealthMonitor
+from drsn_stream.monitor.health import CHECK_SENSOR, OK, HealthMonitor
 from drsn_stream.monitor.snapshot import build_snapshot
 from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects
 from drsn_stream.sinks import Outputs, Sink
-from drsn_stream.sinks.capture import CaptureConfig, EventCapture
+from drsn_stream.sinks.capture import EventCapture
 from drsn_stream.sources import make_source
-from drsn_stream.sources.base import DEFAULT_MAX_STREAMS
 from drsn_stream.types import Event, Frame, Prediction, Window, channel_ids, split_channels
 from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
@@ -62,68 +63,6 @@ MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_count
 SPEECH_MODEL = "digits-fsdd"
 WAITING_AFTER_S = 1.0  # a source silent this long after the start says what it waits for
 BEARING_MODEL = "bearing-cwru"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one run of the monitor needs (CLI flags and TOML files fill it)."""
-
-    sources: tuple[str, ...] = ("sim",)
-    model: str | None = None
-    device: str = "auto"
-    # the largest micro-batch (None: CPU_LIVE_MAX_BATCH = 64 on the CPU with live sources, MAX_BATCH
-    # = 256 on CUDA and with --fast)
-    max_batch: int | None = None
-    max_wait_ms: float = 20.0
-    idle_flush: bool = True  # a batch leaves as soon as the sources have nothing more ready (max_wait_ms: the bound)
-    # while the engine is idle a batch leaves as soon as this many windows wait (0: off; None:
-    # CPU_EAGER_BATCH on the CPU, off on CUDA and with --fast)
-    eager_batch: int | None = None
-    stale_ms: float = 2000.0
-    queue_capacity: int = 8192
-    max_streams: int = DEFAULT_MAX_STREAMS  # stream ids in all (and per source); new ones beyond are refused, counted
-    hop: int | None = None
-    fast: bool = False
-    duration: float | None = None
-    fp16: str = "auto"
-    cuda_graphs: bool = True
-    threads: int | None = None
-    cpu_layout: str = "auto"  # CPU: run 1-D networks in their verified channels-last form ("off": as stored)
-    engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
-    # processes that read each zmq:// source, sharded by stream id (app/shards.py); other sources
-    # keep their ingest thread (None: 1 below 8 cores, half the cores, at most 8, from there on)
-    ingest_procs: int | None = None
-    # with the engine process: give it a core of its own, keep ingest on the rest
-    # (None: on when it runs one torch thread, the default)
-    pin_cpus: bool | None = None
-    capture_dir: str | None = None
-    capture_pre_s: float = 5.0
-    capture_post_s: float = 5.0
-    stats_every_s: float = 5.0
-    decision: dict[str, Any] = field(default_factory=dict)
-    health: dict[str, Any] = field(default_factory=dict)
-    detector: dict[str, Any] = field(default_factory=dict)
-    machine: dict[str, Any] = field(default_factory=dict)  # [machine]: bearing geometry and shaft speed per stream
-    envelope: dict[str, Any] = field(default_factory=dict)  # [envelope]: EnvelopeSettings fields
-    baseline: str | None = None  # a baseline profile (monitor/baseline.py): each prediction gains `anomaly`
-    learn_s: float | None = None  # learn each stream without a baseline for this long, then monitor it
-    unknown: bool = True  # refuse labels the model cannot back, where the artifact carries the statistics
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name, least in (("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0), ("max_streams", 1)):
-            if not getattr(self, name) >= least:
-                problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
-        for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1), ("ingest_procs", 1)):
-            value = getattr(self, name)
-            if value is not None and not value >= least:
-                problems.append(f"{name} must be >= {least} (or left unset), not {value!r}")
-        if self.learn_s is not None and not self.learn_s > 0:
-            problems.append(f"learn_s must be > 0 seconds, not {self.learn_s!r}")
-        if self.duration is not None and not self.duration > 0:
-            problems.append(f"duration must be > 0 seconds, not {self.duration!r}")
-        if problems:
-            raise ConfigError("run config: " + "; ".join(problems))
 
 
 def _cores() -> int:
@@ -217,21 +156,17 @@ class Pipeline:
         self.stats = EngineStats()
         self.engine = InferenceLoop(
             self.batcher, self.runner, self.labels, self._on_predictions, stats=self.stats,
-            latency_from_ready=config.fast, normalization=self.meta.normalization,
+            latency_from_ready=config.fast, prepare=BatchNormalizer(self.meta.normalization),
         )
-        dcfg = DecisionConfig.for_labels(self.labels, **config.decision)
+        dcfg = config.decision.resolve(self.labels)
         self.decisions = DecisionEngine(self.labels, dcfg)
-        self.health = HealthMonitor(HealthConfig(**config.health))
+        self.health = HealthMonitor(config.health)
         self.detector = None
         if any(not lb.startswith("_") for lb in self.labels) and any(lb.startswith("_") for lb in self.labels):
             from drsn_stream.speech.detector import WordDetector
 
-            self.detector = WordDetector(self.labels, **config.detector)
-        self.capture = (
-            EventCapture(config.capture_dir, CaptureConfig(pre_s=config.capture_pre_s, post_s=config.capture_post_s))
-            if config.capture_dir
-            else None
-        )
+            self.detector = WordDetector(self.labels, **asdict(config.detector))
+        self.capture = EventCapture(config.capture.dir, config.capture) if config.capture.dir else None
         self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
         self._shard(res.ingest_procs)
         self.events = EventLog(maxlen=200)
@@ -280,7 +215,7 @@ class Pipeline:
             return
         self.health = HealthMirror(self.health.config)
         self.sources = shard_sources(self.sources, self.config.sources, procs, meta=self.meta,
-                                     hop=self.config.hop, health=dict(self.config.health),
+                                     hop=self.config.hop, health=asdict(self.config.health),
                                      max_streams=self.config.max_streams, mirror=self.health)
         for src in self.sources:
             if isinstance(src, ShardedSource):
@@ -293,7 +228,8 @@ class Pipeline:
     def _envelope_stage(self, config: RunConfig) -> EnvelopeStage | None:
         """The envelope evidence stage where a bearing geometry is configured; else None, said once
         for a bearing model (its labels are bearing conditions)."""
-        if not has_geometry(config.machine):
+        machine = config.machine.table()
+        if not has_geometry(machine):
             if any(label_family(lb) not in (None, "none") for lb in self.labels):
                 self._notes.append(("*", "no envelope evidence: no bearing geometry configured ([machine] "
                                          "bearing = \"6205\" and rpm = ..., or --bearing / --rpm)"))
@@ -306,7 +242,7 @@ class Pipeline:
                     return float(src.rpm), bool(getattr(src, "rpm_given", False))
             return None, False
 
-        return EnvelopeStage(config.machine, EnvelopeSettings(**config.envelope), rate=float(self.meta.sample_rate),
+        return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
                              hop=hop, window=self.meta.window, rpm_of=rpm_of)
 
     def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig, features: int = 0) -> Runner:
@@ -507,17 +443,12 @@ class Pipeline:
                 events = self.health.flush(sid)  # the windows' samples all judged
                 if events:
                     self._emit_events(events)
-            for w in windows:
-                if not self.health.healthy(w.stream_id):
-                    w.healthy = False
+            windows = [w if self.health.healthy(w.stream_id) else _unhealthy(w) for w in windows]
             self._windows_in(windows)
 
     def _windows_in(self, windows: list[Window]) -> None:
         """Where windows enter the engine, from an ingest thread or an ingest process
         (``ShardedSource``'s reading loop)."""
-        now = time.time()
-        for w in windows:
-            w.t_ready = now
         self.batcher.put_many(windows)
         if self.envelope is not None:
             self.envelope.push(windows)
@@ -649,6 +580,7 @@ class Pipeline:
             envelope=self.envelope.views() if self.envelope is not None else None,
             counters=self.counters(),
             baseline=self.baseline.views() if self.baseline is not None else None,
+            latency=self.stats,
         )
 
     def _baseline_status(self) -> str:
@@ -737,6 +669,12 @@ def _clock(t: float) -> str:
         return time.strftime("%H:%M:%S", time.localtime(t))
     except (OverflowError, OSError, ValueError):
         return "??:??:??"
+
+
+def _unhealthy(w: Window) -> Window:
+    """``w`` from a sensor that failed its health check: a new Window, so that the DSP's windows
+    are never written after it made them (and only windows of a failing sensor cost an object)."""
+    return Window(w.stream_id, w.index, w.t_last, w.data, w.t_ready, w.level, w.normalized, False)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -183,10 +183,8 @@ class _Stage:
                 events = self.health.flush(sid)
                 if events:
                     out.events(events)
-            for w in windows:
-                if not self.health.healthy(w.stream_id):
-                    w.healthy = False
-            out.windows(windows)
+            # judged as in-process (the DSP's windows are not written after it made them)
+            out.windows(windows, [w.healthy and self.health.healthy(w.stream_id) for w in windows])
 
     def nonfinite(self) -> dict[str, int]:
         out = {sid: d.nonfinite for sid, d in self.dsp.items() if d.nonfinite and not isinstance(d, FrameDSP)}
@@ -213,15 +211,15 @@ class _Out:
     def send(self, obj: dict[str, Any]) -> None:
         self._write(json.dumps(obj, separators=(",", ":"), default=_plain).encode("utf-8") + b"\n")
 
-    def windows(self, windows: list[Window]) -> None:
-        for w in windows:
+    def windows(self, windows: list[Window], healthy: list[bool]) -> None:
+        for w, ok in zip(windows, healthy):
             if self.slot is None:
                 self.slot = self._take_slot()
                 if self.slot is None:
                     return  # stopping
                 self.t_first = time.monotonic()
             self.ring[self.slot, len(self.meta)] = w.data
-            self.meta.append([w.stream_id, w.index, w.t_last, w.healthy])
+            self.meta.append([w.stream_id, w.index, w.t_last, ok, w.t_ready, w.level, w.normalized])
             if len(self.meta) == self.ring.shape[1]:
                 self.flush()
 
@@ -705,8 +703,9 @@ class ShardedSource(Source):
             slot, meta = int(msg["w"]), msg["m"]
             data = c.ring[slot, : len(meta)].copy()
             c.control(b"%d\n" % slot)
-            self.on_windows([Window(sid, int(index), float(t_last), data[i], normalized=False, healthy=bool(ok))
-                             for i, (sid, index, t_last, ok) in enumerate(meta)])
+            self.on_windows([Window(sid, int(index), float(t_last), data[i], float(t_ready), float(level), bool(norm),
+                                    bool(ok))
+                             for i, (sid, index, t_last, ok, t_ready, level, norm) in enumerate(meta)])
         if "e" in msg:
             events = [Event(t, sid, float(when), data) for t, sid, when, data in msg["e"]]
             for e in events:

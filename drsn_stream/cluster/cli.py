@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from drsn_stream.app.cli import add_arguments as add_run_arguments
-from drsn_stream.app.cli import config_from_args
+from drsn_stream.app.cli import config_from_args, print_config
+from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.errors import ConfigError
 from drsn_stream.sources.base import parse_spec
 
@@ -47,8 +48,12 @@ def gateway_of(sources: tuple[str, ...]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if args.print_config:
+        print_config(cfg)
+        return 0
     gateway = gateway_of(cfg.sources)
-    if args.jsonl == "-":
+    out = cfg.sinks  # written on the head node (the aggregator), not by the hosts
+    if out.jsonl == "-":
         raise ConfigError("cluster mode writes --jsonl on the head node (the aggregator): give a file path, "
                           "or --publish tcp://HOST:PORT for a live feed")
     if cfg.engine_process is None:  # a host actor is already a process of its own per node
@@ -62,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
         streams=tuple(args.stream or ()),
         discover=not args.no_discover,
         dead_after_s=args.dead_after,
-        jsonl=os.path.abspath(args.jsonl) if args.jsonl and args.jsonl != "-" else None,
-        publish=args.publish,
-        metrics_address=args.metrics_address or (f"127.0.0.1:{args.metrics_port}" if args.metrics_port else None),
+        jsonl=os.path.abspath(out.jsonl) if out.jsonl else None,
+        publish=out.publish,
+        metrics_address=out.metrics_address,
     )
     handle = start_cluster(cfg, cluster, address=args.address)
     hosts = handle.hosts()
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
             print(render_once(handle.snapshot(), width=120))
             return 0
-        _watch(handle, args, cfg.duration)
+        _watch(handle, args, cfg)
     finally:
         _print_failovers(handle)
         handle.stop()
@@ -85,13 +90,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(handle: Any, args: argparse.Namespace, duration: float | None) -> None:
+def _watch(handle: Any, args: argparse.Namespace, cfg: RunConfig) -> None:
     import threading
 
     quit_event = threading.Event()
-    end = None if duration is None else time.time() + duration
+    end = None if cfg.duration is None else time.time() + cfg.duration
+    headless = cfg.sinks.headless
     dashboard = None
-    if not args.headless and sys.stdout.isatty():
+    if not headless and sys.stdout.isatty():
         from drsn_stream.sinks.dashboard import Dashboard
 
         dashboard = Dashboard(handle.snapshot, refresh_per_second=args.refresh or 1.0, on_ack=handle.acknowledge,
@@ -100,7 +106,7 @@ def _watch(handle: Any, args: argparse.Namespace, duration: float | None) -> Non
     try:
         while not quit_event.is_set() and (end is None or time.time() < end):
             time.sleep(1.0)
-            if dashboard is None and args.headless:
+            if dashboard is None and headless:
                 events = handle.snapshot().events
                 for e in events[seen:] if len(events) >= seen else events:
                     print(f"{e.type} {e.stream_id} {e.data}", flush=True)

@@ -5,36 +5,58 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from drsn_stream.dsp.normalize import normalize_with_level
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.procrunner import EngineRestarted
 from drsn_stream.engine.runner import Pending, RunnerLike
 from drsn_stream.engine.stats import EngineStats
+from drsn_stream.errors import ConfigError
 from drsn_stream.types import Prediction, Window
 
 POLL_S = 0.002  # how often the loop looks for a finished batch while another one may fall due
 
+# A batch's windows -> (the model's input (b, n) float32, each window's level (b,)): the DSP's
+# normalization step (dsp.normalize.BatchNormalizer), injected by the app.
+Prepare = Callable[[Sequence[Window]], tuple[np.ndarray, np.ndarray]]
+
+
+def as_normalized(windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``Prepare`` for windows the DSP already normalized: their data and levels as they are.
+
+    A raw window is refused: without a normalization step the model would see unscaled samples.
+    """
+    if not all(w.normalized for w in windows):
+        raise ConfigError("raw windows reached the inference loop without a normalization step; pass "
+                          "prepare=BatchNormalizer(meta.normalization) (drsn_stream.dsp.normalize)")
+    return np.stack([w.data for w in windows]), np.array([w.level for w in windows], dtype=np.float64)
+
 
 def predictions_from(
-    windows: list[Window],
+    windows: Sequence[Window],
     probs: np.ndarray,
     noise: np.ndarray,
     labels: list[str],
     *,
+    levels: np.ndarray,
+    latency_ms: np.ndarray,
     t_batched: float,
     t_done: float,
     features: np.ndarray | None = None,
 ) -> list[Prediction]:
-    """Turns a batch's outputs into Predictions (argmax label, latency from capture); ``features``
-    (b, features), when given, go with them."""
+    """Turns a batch's outputs into Predictions (argmax label).
+
+    Args:
+        levels: (b,) each window's RMS before normalization, as the normalization step returned it.
+        latency_ms: (b,) each window's latency, as the loop measured it.
+        features: (b, features) pooled features, when the runner returns them.
+    """
     top = probs.argmax(axis=1)
     out = []
     b = len(windows)
-    for i, w in enumerate(windows):
+    for i, (w, level, lat) in enumerate(zip(windows, levels.tolist(), latency_ms.tolist())):
         k = int(top[i])
         out.append(
             Prediction(
@@ -45,11 +67,11 @@ def predictions_from(
                 label=labels[k],
                 confidence=float(probs[i, k]),
                 noise_index=float(noise[i]),
-                latency_ms=(t_done - w.t_last) * 1000.0,
+                latency_ms=lat,
                 t_batched=t_batched,
                 t_done=t_done,
                 batch_size=b,
-                level=w.level,
+                level=level,
                 health="OK" if w.healthy else "CHECK_SENSOR",
                 features=None if features is None else features[i],
             )
@@ -72,20 +94,22 @@ class InferenceLoop(threading.Thread):
         *,
         stats: EngineStats | None = None,
         latency_from_ready: bool = False,
-        normalization: dict | None = None,
+        prepare: Prepare = as_normalized,
     ) -> None:
         """
         Args:
-            normalization: the artifact's normalization spec, applied here to windows that arrive
-                raw (``Window.normalized`` False), one vectorized call per batch; their ``level``
-                (RMS before normalization) is set here too.
+            stats: where every window's latency is kept (the one record the dashboard, the
+                metrics endpoint, the stats lines and the benchmarks read).
+            prepare: a batch's windows -> (model input, levels): the DSP's normalization step
+                (``dsp.normalize.BatchNormalizer``) for raw windows; by default the windows must
+                be normalized already.
             latency_from_ready: measure latency from when a window was formed instead of from the
                 capture of its last sample (file replays faster than real time have capture times
                 on the recording's own clock, ahead of the wall clock).
         """
         super().__init__(name="drsn-engine", daemon=True)
         self.latency_from_ready = latency_from_ready
-        self.normalization = normalization
+        self.prepare = prepare
         self.batcher = batcher
         self.runner = runner
         self.labels = list(labels)
@@ -106,7 +130,7 @@ class InferenceLoop(threading.Thread):
         # the two overlap, and a finished batch is collected within POLL_S, so overlap never holds
         # a result back. If the engine process dies a new one takes over: the batches in flight
         # are counted in ``lost`` and noted.
-        pending: deque[tuple[list[Window], Pending, float]] = deque()
+        pending: deque[tuple[list[Window], np.ndarray, Pending, float]] = deque()
         try:
             while not self._halt.is_set():
                 batch: list[Window] = []
@@ -115,7 +139,7 @@ class InferenceLoop(threading.Thread):
                     # is busy; otherwise the loop keeps watching the batcher (a short poll), so a
                     # batch that falls due while another runs is sent at once and the engine
                     # never idles waiting for this thread.
-                    if pending and (len(pending) >= self.runner.lanes or self.runner.done(pending[0][1])):
+                    if pending and (len(pending) >= self.runner.lanes or self.runner.done(pending[0][2])):
                         self._finish(*pending.popleft())
                         continue
                     # While a batch runs, a flush does not send the next one early: it would
@@ -123,14 +147,15 @@ class InferenceLoop(threading.Thread):
                     batch = self.batcher.next_batch(timeout=POLL_S if pending else 0.1, early=not pending)
                     if batch:
                         t_batched = time.time()
-                        pending.append((batch, self.runner.submit(self.batch_input(batch)), t_batched))
+                        x, levels = self.prepare(batch)
+                        pending.append((batch, levels, self.runner.submit(x), t_batched))
                         batch = []
                         if self.runner.lanes <= 1:
                             self._finish(*pending.popleft())
                     elif not pending and self.batcher.closed and self.batcher.depth() == 0:
                         return
                 except EngineRestarted as exc:
-                    self.lost += len(batch) + sum(len(b) for b, _, _ in pending)
+                    self.lost += len(batch) + sum(len(p[0]) for p in pending)
                     pending.clear()
                     self.notes.append(str(exc))
             while pending:
@@ -141,37 +166,19 @@ class InferenceLoop(threading.Thread):
     def process(self, batch: list[Window]) -> list[Prediction]:
         """Runs one batch to completion (no overlap) and hands its Predictions on."""
         t_batched = time.time()
-        return self._finish(batch, self.runner.submit(self.batch_input(batch)), t_batched)
+        x, levels = self.prepare(batch)
+        return self._finish(batch, levels, self.runner.submit(x), t_batched)
 
-    def batch_input(self, batch: list[Window]) -> np.ndarray:
-        """The model's input (b, n) float32: raw windows normalized here, all in one call per batch
-        (per row in float64, so the same bits as one window at a time)."""
-        x = np.stack([w.data for w in batch])
-        raw = [i for i, w in enumerate(batch) if not w.normalized]
-        if not raw:
-            return x
-        y, levels = normalize_with_level(x if len(raw) == len(batch) else x[raw], self.normalization)
-        for j, i in enumerate(raw):
-            batch[i].level = float(levels[j])
-        if len(raw) == len(batch):
-            return y
-        x[raw] = y
-        return x
-
-    def _finish(self, batch: list[Window], handle: Pending, t_batched: float) -> list[Prediction]:
+    def _finish(self, batch: list[Window], levels: np.ndarray, handle: Pending, t_batched: float) -> list[Prediction]:
         probs, noise = self.runner.collect(handle)
         t_done = time.time()
-        preds = predictions_from(batch, probs, noise, self.labels, t_batched=t_batched, t_done=t_done,
-                                 features=handle.features)
-        if self.latency_from_ready:
-            for p, w in zip(preds, batch):
-                p.latency_ms = (t_done - w.t_ready) * 1000.0
-        lat: dict[str, list[float]] = {}
-        for p in preds:
-            lat.setdefault(p.stream_id, []).append(p.latency_ms)
-        self.stats.record_batch(lat, len(batch), t_done - t_batched)
+        t_last = np.array([w.t_last for w in batch])
+        t_ready = np.array([w.t_ready for w in batch])
+        latency_ms = (t_done - (t_ready if self.latency_from_ready else t_last)) * 1000.0
+        preds = predictions_from(batch, probs, noise, self.labels, levels=levels, latency_ms=latency_ms,
+                                 t_batched=t_batched, t_done=t_done, features=handle.features)
+        self.stats.record_batch([w.stream_id for w in batch], latency_ms, t_done - t_batched)
         if self.stats.recording and not self.latency_from_ready:
-            self.stats.record_stages(np.array([w.t_last for w in batch]), np.array([w.t_ready for w in batch]),
-                                     t_batched, t_done)
+            self.stats.record_stages(t_last, t_ready, t_batched, t_done)
         self.on_predictions(preds)
         return preds

@@ -1,4 +1,5 @@
-"""Engine statistics: per-stream latency percentiles, throughput, batch-size histogram."""
+"""Engine statistics: the one record of latency (per stream, over all streams, histogram),
+throughput, batch-size histogram."""
 
 from __future__ import annotations
 
@@ -7,28 +8,33 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from drsn_stream.view import LATENCY_BUCKETS_MS, LatencyCounts
 
+STREAM_KEEP = 256  # latencies per stream kept for its percentiles (the dashboard's p50/p99)
+ALL_KEEP = 8192  # latencies over all streams kept for the live percentiles (stats lines, summary)
+
 
 class EngineStats:
-    """Thread-safe counters the engine writes and sinks read.
+    """Thread-safe counters the engine writes and the dashboard, the metrics endpoint, the stats
+    lines and the benchmarks read: every latency is recorded here once.
 
     Latency is from the capture of a window's last sample to its result, ms. Per stream the last
     ``history`` latencies are kept for percentiles, over all streams the last 8192 (a few seconds
-    at thousands of windows/s: a live view); throughput is over the last few seconds. For a
-    measurement over a longer span, ``start_recording()`` ... ``stop_recording()`` keeps every
-    latency in between.
+    at thousands of windows/s: a live view), and every one in a cumulative histogram (``histogram``,
+    for the metrics endpoint); throughput is over the last few seconds. For a measurement over a
+    longer span, ``start_recording()`` ... ``stop_recording()`` keeps every latency in between.
     """
 
-    def __init__(self, *, history: int = 512, rate_span_s: float = 5.0) -> None:
+    def __init__(self, *, history: int = STREAM_KEEP, rate_span_s: float = 5.0) -> None:
         self._lock = threading.Lock()
-        self._lat: dict[str, deque[float]] = {}
-        self._all: deque[float] = deque(maxlen=8192)
+        self._lat: dict[str, _Ring] = {}
+        self._all: deque[float] = deque(maxlen=ALL_KEEP)
         self._history = history
+        self.histogram = LatencyHistogram()
         self._done: deque[tuple[float, int]] = deque()
         self._span = rate_span_s
         self.batch_sizes: Counter[int] = Counter()
@@ -40,18 +46,22 @@ class EngineStats:
         self._rec_batches = 0
         self._rec_stages: list[np.ndarray] = []
 
-    def record_batch(self, latencies_ms: dict[str, list[float]], batch_size: int, infer_s: float) -> None:
+    def record_batch(self, stream_ids: Sequence[str], latencies_ms: np.ndarray, infer_s: float) -> None:
+        """One batch: its windows' stream ids and latencies (ms, (b,)), and its inference time (s)."""
         now = time.time()
+        values = np.asarray(latencies_ms, dtype=np.float64).reshape(-1)
+        batch_size = values.size
+        self.histogram.observe(values)
+        vals = values.tolist()
         with self._lock:
-            for sid, vals in latencies_ms.items():
-                q = self._lat.get(sid)
-                if q is None:
-                    q = self._lat[sid] = deque(maxlen=self._history)
-                q.extend(vals)
-                self._all.extend(vals)
-                if self._rec is not None:
-                    self._rec.extend(vals)
+            for sid, v in zip(stream_ids, vals):
+                ring = self._lat.get(sid)
+                if ring is None:
+                    ring = self._lat[sid] = _Ring(self._history)
+                ring.add(v)
+            self._all.extend(vals)
             if self._rec is not None:
+                self._rec.extend(vals)
                 self._rec_batches += 1
             self.batch_sizes[batch_size] += 1
             self.windows += batch_size
@@ -114,10 +124,27 @@ class EngineStats:
     def percentiles(self, stream: str | None = None, qs: tuple[float, ...] = (50, 95, 99)) -> tuple[float, ...]:
         """Latency percentiles in ms for one stream (or all); NaN when nothing was measured yet."""
         with self._lock:
-            vals = list(self._all if stream is None else self._lat.get(stream, ()))
-        if not vals:
+            if stream is None:
+                vals = np.fromiter(self._all, dtype=np.float64, count=len(self._all))
+            else:
+                ring = self._lat.get(stream)
+                vals = ring.values() if ring is not None else np.empty(0)
+        if not vals.size:
             return tuple(float("nan") for _ in qs)
-        return tuple(float(v) for v in np.percentile(np.asarray(vals), qs))
+        return tuple(float(v) for v in np.percentile(vals, qs))
+
+    def stream_p50_p99(self, streams: Iterable[str]) -> dict[str, tuple[float, float]]:
+        """``{stream: (p50, p99)}`` in ms over each stream's last ``history`` windows, for the
+        dashboard's rows; streams without a measurement are left out. The lock is held only to
+        copy the rings, so a snapshot of hundreds of streams does not stall the engine."""
+        with self._lock:
+            raw = {sid: ring.values() for sid in streams if (ring := self._lat.get(sid)) is not None}
+        out = {}
+        for sid, vals in raw.items():
+            if vals.size:
+                ordered = np.sort(vals)
+                out[sid] = (_quantile(ordered, 0.50), _quantile(ordered, 0.99))
+        return out
 
     def to_json(self) -> dict:
         p50, p95, p99 = self.percentiles()
@@ -129,6 +156,32 @@ class EngineStats:
             "latency_ms": {"p50": _r(p50), "p95": _r(p95), "p99": _r(p99)},
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
         }
+
+
+class _Ring:
+    """The last ``keep`` latencies of one stream (guarded by the stats' lock)."""
+
+    __slots__ = ("buf", "n")
+
+    def __init__(self, keep: int) -> None:
+        self.buf = np.empty(keep, dtype=np.float64)
+        self.n = 0
+
+    def add(self, value: float) -> None:
+        self.buf[self.n % self.buf.size] = value
+        self.n += 1
+
+    def values(self) -> np.ndarray:
+        """A copy of the kept latencies (in no particular order)."""
+        return self.buf[: min(self.n, self.buf.size)].copy()
+
+
+def _quantile(ordered: np.ndarray, q: float) -> float:
+    """Linear-interpolated quantile of sorted values (numpy's default method), without its overhead."""
+    pos = q * (ordered.size - 1)
+    i = int(pos)
+    j = min(i + 1, ordered.size - 1)
+    return float(ordered[i] + (ordered[j] - ordered[i]) * (pos - i))
 
 
 def _r(x: float) -> float | None:

@@ -50,7 +50,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -58,13 +58,11 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.config import TOMLDecodeError, from_table, loads_toml
-from drsn_stream.engine.stats import LatencyHistogram
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
 from drsn_stream.types import Event, Prediction
 
 UNKNOWN_LABEL = "?"
-_LATENCY_KEEP = 256  # predictions per stream kept for latency percentiles
 _LEVELS_KEEP = 32  # input levels per stream kept for the sparkline
 
 
@@ -196,6 +194,45 @@ class DecisionConfig:
         return cls.from_dict(base)
 
 
+_FROM_LABELS = ("alert_labels", "danger_after_s")  # the keys for_labels fills from a model's labels
+
+
+@dataclass(frozen=True)
+class DecisionTable:
+    """The ``[decision]`` table before the model is known (a run config holds this one).
+
+    ``settings`` is the table read and checked as a ``DecisionConfig``; ``given`` names the keys
+    the user set. ``resolve(labels)`` gives the model's config: the keys left out that depend on
+    the labels (``alert_labels``, ``danger_after_s``) take ``for_labels``' defaults.
+    """
+
+    settings: DecisionConfig = field(default_factory=DecisionConfig)
+    given: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in fields(DecisionConfig)}
+        object.__setattr__(self, "given", frozenset(self.given))
+        if not self.given <= names:
+            raise ConfigError(f"[decision]: unknown key(s) {', '.join(sorted(self.given - names))}; "
+                              f"valid keys: {', '.join(sorted(names))}")
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str = "[decision]") -> DecisionTable:
+        return cls(from_table(DecisionConfig, table, where), frozenset(table))
+
+    def table(self) -> dict[str, Any]:
+        """The keys given, as the TOML table that gives them."""
+        return {name: getattr(self.settings, name) for name in sorted(self.given)}
+
+    def resolve(self, labels: Sequence[str]) -> DecisionConfig:
+        return DecisionConfig.for_labels(labels, **self.table())
+
+    @property
+    def from_labels(self) -> tuple[str, ...]:
+        """The keys the model's labels decide (those not given)."""
+        return tuple(k for k in _FROM_LABELS if k not in self.given)
+
+
 def _patterns(value: Any, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -228,7 +265,6 @@ class StreamDecision:
         windows: windows seen for this stream.
         last_time: capture time (s) of the latest window.
         levels: recent input RMS levels (before normalization), oldest first.
-        latency_p50_ms / latency_p99_ms: over the last predictions of this stream.
         anomaly: the latest window's anomaly score (None without a baseline).
     """
 
@@ -246,8 +282,6 @@ class StreamDecision:
     windows: int = 0
     last_time: float | None = None
     levels: tuple[float, ...] = ()
-    latency_p50_ms: float = math.nan
-    latency_p99_ms: float = math.nan
     anomaly: float | None = None
 
 
@@ -275,8 +309,6 @@ class _Stream:
     windows: int = 0
     last_time: float | None = None
     levels: deque[float] = field(default_factory=lambda: deque(maxlen=_LEVELS_KEEP))
-    latency: np.ndarray = field(default_factory=lambda: np.full(_LATENCY_KEEP, np.nan, dtype=np.float64))
-    latency_n: int = 0
     anomaly: float | None = None
     refused: bool = False  # the latest window's label was refused (unknown)
 
@@ -300,7 +332,6 @@ class DecisionEngine:
         self._label_level = np.array([self._level_of(lab) for lab in self.labels], dtype=np.int64)
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
-        self.latency = LatencyHistogram()  # every prediction's latency_ms, for the metrics endpoint
         self.windows_total = 0
 
     def _level_of(self, label: str) -> Level:
@@ -332,7 +363,6 @@ class DecisionEngine:
                 "loaded artifact's labels"
             )
         t = float(prediction.t_last)
-        self.latency.observe(prediction.latency_ms)
         with self._lock:
             self.windows_total += 1
             st = self._streams.get(prediction.stream_id)
@@ -342,8 +372,6 @@ class DecisionEngine:
             st.windows += 1
             st.last_time = t
             st.levels.append(float(prediction.level))
-            st.latency[st.latency_n % _LATENCY_KEEP] = float(prediction.latency_ms)
-            st.latency_n += 1
             if math.isfinite(prediction.noise_index):
                 a = self.config.noise_alpha
                 st.noise = (
@@ -559,7 +587,7 @@ class DecisionEngine:
             return counts
 
     @staticmethod
-    def _raw(st: _Stream) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray]:
+    def _raw(st: _Stream) -> tuple[dict[str, Any], np.ndarray | None]:
         held = 0.0
         if st.since is not None and st.last_time is not None:
             held = max(0.0, st.last_time - st.since)
@@ -579,27 +607,12 @@ class DecisionEngine:
             "anomaly": st.anomaly,
         }
         # st.probs is replaced, never written in place, so a reference is a safe copy.
-        return fields_, st.probs, st.latency[: min(st.latency_n, _LATENCY_KEEP)].copy()
+        return fields_, st.probs
 
-    def _freeze(
-        self, stream_id: str, fields_: dict[str, Any], probs: np.ndarray | None, latency: np.ndarray
-    ) -> StreamDecision:
+    def _freeze(self, stream_id: str, fields_: dict[str, Any], probs: np.ndarray | None) -> StreamDecision:
         top3: tuple[tuple[str, float], ...] = ()
         if probs is not None:
             order = np.argsort(-probs, kind="stable")[:3]
             top3 = tuple((self.labels[i], float(probs[i])) for i in order)
-        p50 = p99 = math.nan
-        if latency.size:
-            ordered = np.sort(latency)
-            p50, p99 = _quantile(ordered, 0.50), _quantile(ordered, 0.99)
-        return StreamDecision(
-            stream_id=stream_id, top3=top3, latency_p50_ms=p50, latency_p99_ms=p99, **fields_
-        )
+        return StreamDecision(stream_id=stream_id, top3=top3, **fields_)
 
-
-def _quantile(ordered: np.ndarray, q: float) -> float:
-    """Linear-interpolated quantile of sorted values (numpy's default method), without its overhead."""
-    pos = q * (ordered.size - 1)
-    i = int(pos)
-    j = min(i + 1, ordered.size - 1)
-    return float(ordered[i] + (ordered[j] - ordered[i]) * (pos - i))

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,50 @@ from drsn_stream.dsp.envelope import (
     BearingGeometry,
     EnvelopeResult,
     EnvelopeSettings,
+    MachineConfig,
     analyse_block,
     machine_for,
 )
-from drsn_stream.errors import DrsnStreamError
+from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.types import Window
+
+
+@dataclass(frozen=True)
+class StreamMachine(MachineConfig):
+    """One ``[[machine.streams]]`` entry: the keys it sets replace the table's for the stream ids
+    that match ``match`` (an fnmatch pattern); None: not set."""
+
+    match: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.match:
+            raise ConfigError("[[machine.streams]] entries need match = \"PATTERN\" (stream ids, fnmatch)")
+
+
+@dataclass(frozen=True)
+class MachineTable(MachineConfig):
+    """The ``[machine]`` table: every stream's bearing and speed (None: not set), then per-stream
+    overrides. Checked when built: a wrong geometry or speed fails here, not per stream in the run."""
+
+    streams: tuple[StreamMachine, ...] = ()
+
+    def __post_init__(self) -> None:
+        table = self.table()
+        for pattern in ["", *(e.match for e in self.streams)]:
+            m = machine_for(pattern, table)
+            m.geometry()
+            m.speed_hz()
+
+    def table(self) -> dict[str, Any]:
+        """The TOML form ``machine_for`` and ``EnvelopeStage`` read: the keys that are set."""
+        out: dict[str, Any] = _set_keys(self, MachineConfig)
+        if self.streams:
+            out["streams"] = [{"match": e.match, **_set_keys(e, MachineConfig)} for e in self.streams]
+        return out
+
+
+def _set_keys(obj: Any, cls: type) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(cls) if getattr(obj, f.name) is not None}
 
 
 def has_geometry(machine: Mapping[str, Any]) -> bool:
@@ -228,4 +268,4 @@ class EnvelopeStage:
         return {"blocks": self.blocks, "dropped": self.dropped, "cpu_s": round(self.cpu_s, 3)}
 
 
-__all__ = ["EnvelopeStage", "has_geometry"]
+__all__ = ["EnvelopeStage", "MachineTable", "StreamMachine", "has_geometry"]

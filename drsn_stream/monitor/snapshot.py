@@ -12,6 +12,7 @@ calls ``snapshot_fn`` 4 times a second from its own thread)::
         return build_snapshot(
             header=dataclasses.replace(header, ready=runner_ready),
             decisions=decisions, health=health,   # DecisionEngine, HealthMonitor (thread-safe reads)
+            latency=stats,                        # EngineStats: the engine's one latency record
             footer=Footer(windows_per_s=..., avg_batch=..., queue_depth=..., dropped=...,
                           malformed=..., windows_total=decisions.windows_total, **usage.read()),
             events=events.recent(), transcript=("3", "1", "4"), drops={"sim/m0": 2},
@@ -41,6 +42,7 @@ from drsn_stream.view import (
 )
 
 if TYPE_CHECKING:
+    from drsn_stream.engine.stats import EngineStats
     from drsn_stream.monitor.decision import DecisionEngine
     from drsn_stream.monitor.health import HealthMonitor
 
@@ -53,6 +55,7 @@ def build_rows(
     streams: Iterable[str] | None = None,
     envelope: Mapping[str, tuple[str, float]] | None = None,
     baseline: Mapping[str, tuple[str, float, tuple[float, ...]]] | None = None,
+    latency: EngineStats | None = None,
 ) -> tuple[StreamRow, ...]:
     """One row per stream known to either part (or the given ``streams``), in natural id order.
 
@@ -60,6 +63,7 @@ def build_rows(
     ``drops`` adds stale-window drops per stream; frames lost to sequence gaps are added here.
     ``envelope``: {stream: (fault type, evidence dB)} from the envelope stage.
     ``baseline``: {stream: (state, latest anomaly, recent anomalies)} from the baseline stage.
+    ``latency``: the engine's latency record, for each stream's p50/p99.
     """
     if streams is None:
         known = set(decisions.streams if decisions is not None else ()) | set(
@@ -73,6 +77,8 @@ def build_rows(
     drops = drops or {}
     envelope = envelope or {}
     base = baseline if baseline is not None else {}
+    lat = latency.stream_p50_p99(ids) if latency is not None else {}
+    nan2 = (math.nan, math.nan)
     rows = []
     for sid in ids:
         d = dec.get(sid)
@@ -91,8 +97,8 @@ def build_rows(
                 levels=d.levels if d is not None else (),
                 health=h.state if h is not None else "OK",
                 health_reasons=h.reasons if h is not None else (),
-                latency_p50_ms=d.latency_p50_ms if d is not None else math.nan,
-                latency_p99_ms=d.latency_p99_ms if d is not None else math.nan,
+                latency_p50_ms=lat.get(sid, nan2)[0],
+                latency_p99_ms=lat.get(sid, nan2)[1],
                 drops=int(drops.get(sid, 0)) + (h.gaps if h is not None else 0),
                 latched=d.latched if d is not None else False,
                 unacknowledged=d.unacknowledged if d is not None else False,
@@ -121,11 +127,12 @@ def build_snapshot(
     counters: Counters | None = None,
     envelope: Mapping[str, tuple[str, float]] | None = None,
     baseline: Mapping[str, tuple[str, float, tuple[float, ...]]] | None = None,
+    latency: EngineStats | None = None,
 ) -> Snapshot:
     """Assemble a Snapshot from the live parts (safe to call from the dashboard thread).
 
-    ``footer.windows_total`` is filled from ``decisions`` when left at 0; the latency histogram
-    comes from ``decisions.latency``.
+    ``footer.windows_total`` is filled from ``decisions`` when left at 0; the rows' latency
+    percentiles and the latency histogram both come from ``latency``, the engine's one record.
     """
     footer = footer if footer is not None else Footer()
     if decisions is not None and footer.windows_total == 0:
@@ -136,11 +143,12 @@ def build_snapshot(
     return Snapshot(
         time=time.time() if now is None else now,
         header=header,
-        rows=build_rows(decisions, health, drops=drops, streams=streams, envelope=envelope, baseline=baseline),
+        rows=build_rows(decisions, health, drops=drops, streams=streams, envelope=envelope, baseline=baseline,
+                        latency=latency),
         footer=footer,
         events=log.recent() if log is not None else tuple(events),
         transcript=tuple(transcript),
-        latency=decisions.latency.read() if decisions is not None else LatencyCounts(),
+        latency=latency.histogram.read() if latency is not None else LatencyCounts(),
         alarm_changes=log.alarm_changes() if log is not None else {},
         counters=counters if counters is not None else Counters(),
     )

@@ -2,7 +2,9 @@
 ``Event.to_json()`` dicts) through ``write(obj)`` and ends with ``close()``.
 
 ``make_sink("jsonl", "run.jsonl")`` builds one by kind; registering a new kind is one entry in
-``SINK_KINDS`` (a ``"module:Class"`` string imported only when used, as for sources). The dashboard
+``SINK_KINDS`` (a ``"module:Class"`` string imported only when used, as for sources). A run's
+outputs are its config's ``[sinks]`` table (``SinksConfig``: ``--jsonl``, ``--publish``,
+``--headless``, ``--metrics-address``); ``make_sinks`` builds them. The dashboard
 and the metrics endpoint read ``Snapshot`` views (``drsn_stream.view``) instead of objects; event
 captures (``sinks.capture``) follow events and frames.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from drsn_stream.errors import ConfigError
@@ -38,6 +41,55 @@ def make_sink(kind: str, target: str = "", **options: Any) -> Sink:
     if kind not in SINK_KINDS:
         raise ConfigError(f"unknown sink kind {kind!r}; valid kinds: {', '.join(SINK_KINDS)}")
     return load_entry(SINK_KINDS[kind], f"sink kind {kind!r}")(target, **options)
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    """The ``[sinks]`` table: where a run's results go (the same fields as the flags of that name).
+
+    Attributes:
+        jsonl: JSON lines into this file, or ``-`` for stdout (lines for people then go to stderr).
+        publish: a ZeroMQ PUB address to bind (``tcp://HOST:PORT``) for the same objects.
+        headless: no dashboard; one readable line per decision.
+        metrics_address: serve Prometheus metrics at ``http://HOST:PORT/metrics``.
+    """
+
+    jsonl: str | None = None
+    publish: str | None = None
+    headless: bool = False
+    metrics_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.jsonl == "":
+            raise ConfigError("sinks: jsonl must be a file path or - (stdout), not empty")
+        if self.publish == "":
+            raise ConfigError("sinks: publish must be an address to bind, e.g. tcp://127.0.0.1:5556, not empty")
+        if self.metrics_address is not None:
+            from drsn_stream.sinks.metrics import parse_address
+
+            parse_address(self.metrics_address)
+
+    @property
+    def human(self) -> str:
+        """Where lines for people go: stderr when stdout carries JSON lines."""
+        return "stderr" if self.jsonl == "-" else "-"
+
+
+def make_sinks(config: SinksConfig) -> list[Sink]:
+    """The sinks of a run's ``[sinks]`` table (the dashboard and metrics read snapshots instead)."""
+    sinks: list[Sink] = []
+    try:
+        if config.jsonl:
+            sinks.append(make_sink("jsonl", config.jsonl))
+        if config.publish:
+            sinks.append(make_sink("zmq", config.publish))
+        if config.headless:
+            sinks.append(make_sink("lines", config.human))
+    except BaseException:
+        for s in sinks:
+            s.close()
+        raise
+    return sinks
 
 
 class Outputs:
@@ -79,4 +131,4 @@ class Outputs:
             self.on_error(f"output {type(sink).__name__}: {type(exc).__name__}: {str(exc)[:200]}")
 
 
-__all__ = ["SINK_KINDS", "Outputs", "Sink", "make_sink"]
+__all__ = ["SINK_KINDS", "Outputs", "Sink", "SinksConfig", "make_sink", "make_sinks"]

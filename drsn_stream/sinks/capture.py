@@ -84,6 +84,13 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True)
+class CaptureTable(CaptureConfig):
+    """The ``[capture]`` table and ``--capture DIR``: where captures go (None: no capture), and how."""
+
+    dir: str | None = None
+
+
+@dataclass(frozen=True)
 class Capture:
     """One finished capture: the files written and what they hold."""
 

@@ -50,10 +50,12 @@ class DetectorConfig:
     confirm: int = 2
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.leave <= self.enter <= 1.0:
-            raise ValueError(f"need 0 <= leave <= enter <= 1, got leave={self.leave}, enter={self.enter}")
+        # the same rules as WordDetector's, so a table it would refuse is refused when read
+        if not 0.0 < self.leave <= self.enter <= 1.0:
+            raise ConfigError(f"need 0 < leave <= enter <= 1, got leave={self.leave}, enter={self.enter}")
         if self.confirm < 1 or self.refractory_s < 0:
-            raise ValueError("confirm must be >= 1 and refractory_s >= 0")
+            raise ConfigError(f"confirm must be >= 1 and refractory_s >= 0 seconds, got confirm={self.confirm}, "
+                              f"refractory_s={self.refractory_s}")
 
 
 class WordDetector:

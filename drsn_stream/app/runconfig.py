@@ -1,0 +1,157 @@
+"""A run's configuration: one frozen ``RunConfig`` whose sections are the stages' own typed configs.
+
+A TOML run config is a document of tables: ``[run]`` (RunConfig's own fields) and one table per
+section (``SECTIONS``: ``[decision]``, ``[health]``, ``[detector]``, ``[capture]``, ``[machine]``,
+``[envelope]``, ``[sinks]``). ``from_doc`` turns such a document into a RunConfig through
+``config.from_table``; the command line writes its flags into the same document first
+(``app.cli.FLAGS`` says which flag is which key), so a file and the equivalent flags give equal
+configs and are checked by the same code. ``to_doc`` is the way back (``--print-config``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from drsn_stream.config import check_sections, from_table, typed_values
+from drsn_stream.dsp.envelope import EnvelopeSettings
+from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.decision import DecisionTable
+from drsn_stream.monitor.envelope import MachineTable
+from drsn_stream.monitor.health import HealthConfig
+from drsn_stream.sinks import SinksConfig
+from drsn_stream.sinks.capture import CaptureTable
+from drsn_stream.sources.base import DEFAULT_MAX_STREAMS
+from drsn_stream.speech.detector import DetectorConfig
+
+# section name -> its typed config (a RunConfig field of that name)
+SECTIONS: dict[str, type] = {
+    "decision": DecisionTable,  # resolved per the model's labels by the app (DecisionTable.resolve)
+    "health": HealthConfig,
+    "detector": DetectorConfig,
+    "capture": CaptureTable,
+    "machine": MachineTable,
+    "envelope": EnvelopeSettings,
+    "sinks": SinksConfig,
+}
+TABLES = ("run", *SECTIONS)  # every table a run config file may have
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run of the monitor needs (CLI flags and TOML files fill it).
+
+    The sections are typed and frozen; a plain dict given for one (from Python) is read as that
+    section's TOML table, with the same checks.
+    """
+
+    sources: tuple[str, ...] = ("sim",)
+    model: str | None = None
+    device: str = "auto"
+    # the largest micro-batch (None: CPU_LIVE_MAX_BATCH = 64 on the CPU with live sources, MAX_BATCH
+    # = 256 on CUDA and with --fast)
+    max_batch: int | None = None
+    max_wait_ms: float = 20.0
+    idle_flush: bool = True  # a batch leaves as soon as the sources have nothing more ready (max_wait_ms: the bound)
+    # while the engine is idle a batch leaves as soon as this many windows wait (0: off; None:
+    # CPU_EAGER_BATCH on the CPU, off on CUDA and with --fast)
+    eager_batch: int | None = None
+    stale_ms: float = 2000.0
+    queue_capacity: int = 8192
+    max_streams: int = DEFAULT_MAX_STREAMS  # stream ids in all (and per source); new ones beyond are refused, counted
+    hop: int | None = None
+    fast: bool = False
+    duration: float | None = None
+    fp16: str = "auto"
+    cuda_graphs: bool = True
+    threads: int | None = None
+    cpu_layout: str = "auto"  # CPU: run 1-D networks in their verified channels-last form ("off": as stored)
+    engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
+    # processes that read each zmq:// source, sharded by stream id (app/shards.py); other sources
+    # keep their ingest thread (None: 1 below 8 cores, half the cores, at most 8, from there on)
+    ingest_procs: int | None = None
+    # with the engine process: give it a core of its own, keep ingest on the rest
+    # (None: on when it runs one torch thread, the default)
+    pin_cpus: bool | None = None
+    stats_every_s: float = 5.0
+    baseline: str | None = None  # a baseline profile (monitor/baseline.py): each prediction gains `anomaly`
+    learn_s: float | None = None  # learn each stream without a baseline for this long, then monitor it
+    unknown: bool = True  # refuse labels the model cannot back, where the artifact carries the statistics
+    decision: DecisionTable = field(default_factory=DecisionTable)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    capture: CaptureTable = field(default_factory=CaptureTable)  # capture.dir None: no event capture
+    machine: MachineTable = field(default_factory=MachineTable)  # bearing geometry and shaft speed per stream
+    envelope: EnvelopeSettings = field(default_factory=EnvelopeSettings)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            object.__setattr__(self, name, from_table(cls, getattr(self, name), f"[{name}]"))
+        problems = []
+        for name, least in (("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0), ("max_streams", 1)):
+            if not getattr(self, name) >= least:
+                problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
+        for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1), ("ingest_procs", 1)):
+            value = getattr(self, name)
+            if value is not None and not value >= least:
+                problems.append(f"{name} must be >= {least} (or left unset), not {value!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        for name, allowed in (("fp16", ("auto", "on", "off")), ("cpu_layout", ("auto", "off"))):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.learn_s is not None and not self.learn_s > 0:
+            problems.append(f"learn_s must be > 0 seconds, not {self.learn_s!r}")
+        if self.duration is not None and not self.duration > 0:
+            problems.append(f"duration must be > 0 seconds, not {self.duration!r}")
+        if problems:
+            raise ConfigError("[run]: " + "; ".join(problems))
+
+
+RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in SECTIONS)  # the keys of [run]
+
+
+def from_doc(doc: Mapping[str, Any], where: str = "run config") -> RunConfig:
+    """The RunConfig of a TOML document ``{table: {key: value}}``; an unknown table, an unknown
+    key, a value of the wrong type or out of range is one ConfigError naming the table and key."""
+    check_sections(doc, TABLES, where)
+    kwargs = typed_values(RunConfig, doc.get("run", {}), f"{where} [run]", keys=RUN_KEYS)
+    for name, cls in SECTIONS.items():
+        if name in doc:
+            kwargs[name] = from_table(cls, doc[name], f"{where} [{name}]")
+    try:
+        return RunConfig(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where} {exc}") from None
+
+
+def to_doc(config: RunConfig, labels: Sequence[str] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The document ``from_doc`` reads back to ``config`` (every field, defaults included), and a
+    note per table. With the model's ``labels`` the ``[decision]`` table is the resolved one."""
+    doc: dict[str, dict[str, Any]] = {"run": {k: getattr(config, k) for k in RUN_KEYS}}
+    notes: dict[str, str] = {}
+    for name in SECTIONS:
+        section = getattr(config, name)
+        if isinstance(section, DecisionTable):
+            if labels is not None:
+                doc[name] = _fields(section.resolve(labels))
+                notes[name] = "resolved for the model's labels"
+            else:
+                doc[name] = section.table()
+                if section.from_labels:
+                    notes[name] = f"{', '.join(section.from_labels)}: from the model's labels; the rest as listed"
+        elif isinstance(section, MachineTable):
+            doc[name] = {**{k: v for k, v in _fields(section).items() if k != "streams"},
+                         "streams": section.table().get("streams", [])}
+        else:
+            doc[name] = _fields(section)
+    return doc, notes
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+__all__ = ["RUN_KEYS", "SECTIONS", "TABLES", "RunConfig", "from_doc", "to_doc"]
