@@ -1,13 +1,14 @@
-"""Shared fixtures: the real data folder and free loopback ports."""
+"""Shared fixtures: the real data folder, free loopback ports, the command run in this process."""
 
 from __future__ import annotations
 
+import gc
 import os
-import random
-import socket
+import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,36 +26,10 @@ def data_dir() -> Path:
     return root
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return low, high
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
 @pytest.fixture
 def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago, from below the kernel's ephemeral range.
-
-    A port the kernel hands out itself (``bind(0)``) lies in the range it also gives to outgoing
-    connections, and the many loopback connections of this suite could take it before the test
-    binds it ("Address already in use" in a CI run). Ports below that range are only ever taken
-    by an explicit bind.
-    """
-    low, _ = _ephemeral_range()
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago (``helpers.free_port``)."""
+    return free_port()
 
 
 @pytest.fixture
@@ -63,3 +38,42 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     return env
+
+
+@pytest.fixture
+def cli_in_process(capsys: pytest.CaptureFixture[str]):
+    """``cli_in_process(*args)``: ``drsn-stream ARGS`` run by ``drsn_stream.cli.main`` in this process,
+    returned as a ``CompletedProcess`` (returncode, stdout, stderr).
+
+    For tests of what a command computes or says, not of the process around it: it saves a child
+    that imports torch (seconds each on the 2-core CI machine). Exit codes, signals, pipes and
+    start-up keep their real subprocess tests (test_first_hour.py, test_pipeline.py), at least one
+    per command. The monitor runs its engine in this process too (``--engine-process off`` unless
+    given): the engine process is a child that imports torch, and gives the same labels
+    (test_pipeline.py, test_engine.py).
+    """
+    from drsn_stream.cli import SUBCOMMANDS, main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        argv = list(args)
+        monitor = not argv or argv[0] == "run" or argv[0] not in {*SUBCOMMANDS, "-h", "--help", "--version"}
+        if monitor and "--engine-process" not in argv:
+            argv += ["--engine-process", "off"]
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        finally:
+            gc.unfreeze()  # ``run`` freezes what it built before its exit; this process goes on
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["drsn-stream", *args], code, out, err)
+
+    return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n``, README), the tests of the virtual microphone run one after
+    another on one worker: each paces a real-time ALSA/JACK device, and two at once on a 2-core
+    machine would fall behind the clock they assert. (``--dist loadgroup`` reads the group.)"""
+    for item in items:
+        if item.get_closest_marker("audio") is not None:
+            item.add_marker(pytest.mark.xdist_group("audio"))

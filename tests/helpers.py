@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +41,35 @@ def cwru_windows(n: int, *, window: int = 2048, name: str = "12k_Drive_End_IR014
     w = np.stack([x[s : s + window] for s in starts])
     w = (w - w.mean(1, keepdims=True)) / (w.std(1, keepdims=True) + 1e-8)
     return torch.from_numpy(w.astype(np.float32))
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, from below the kernel's ephemeral range.
+
+    A port the kernel hands out itself (``bind(0)``) lies in the range it also gives to outgoing
+    connections, and the many loopback connections of this suite could take it before the test
+    binds it ("Address already in use" in a CI run). Ports below that range are only ever taken
+    by an explicit bind. Tests running side by side (pytest-xdist) draw at random, so they rarely
+    meet; a port taken in between is found by the bind check.
+    """
+    low, _ = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -152,17 +152,21 @@ def test_the_dashboard_shows_the_anomaly_and_its_course_and_prometheus_a_gauge()
     assert samples == {"m1": 3.25}
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _subprocess_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "drsn_stream", *args], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=240)
 
 
-def test_learn_then_monitor_a_fault_recording_mapped_to_the_learned_stream(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_learn_then_monitor_a_fault_recording_mapped_to_the_learned_stream(tmp_path: Path, cli_in_process) -> None:
     require_cwru()
     prof = tmp_path / "p.json"
-    res = _cli("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}?duration=30", "--out", str(prof))
+    # the command itself once, as a user runs it; the rest in this process (same code, no torch import)
+    res = _subprocess_cli("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}?duration=30",
+                          "--out", str(prof))
     assert res.returncode == 0, res.stderr
     assert "normal_0_97: 116 windows (23 held back)" in res.stdout
+    _cli = cli_in_process
     show = _cli("baseline", "show", str(prof))
     assert show.returncode == 0 and "model bearing-cwru" in show.stdout and "normal_0_97: 116 windows" in show.stdout
     fault = f"file:{CWRU / '12k_Drive_End_OR014@6_2_199.mat'}"
@@ -190,9 +194,9 @@ def test_learn_then_monitor_a_fault_recording_mapped_to_the_learned_stream(tmp_p
     assert "1024-sample windows" in res.stderr and "learn the baseline again" in res.stderr
 
 
-def test_live_learning_switches_to_monitoring_and_says_so() -> None:
+def test_live_learning_switches_to_monitoring_and_says_so(cli_in_process) -> None:
     require_cwru()
-    res = _cli("--source", f"file:{CWRU / 'normal_0_97.mat'}", "--learn", "2s", "--fast", "--jsonl", "-")
+    res = cli_in_process("--source", f"file:{CWRU / 'normal_0_97.mat'}", "--learn", "2s", "--fast", "--jsonl", "-")
     assert res.returncode == 0, res.stderr
     objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     notes = [o["message"] for o in objs if o["type"] == "note" and "baseline" in o["message"]]

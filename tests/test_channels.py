@@ -119,6 +119,7 @@ def _push_module(port: int, seconds: float, stop: threading.Event) -> None:
         sock.close(linger=2000)
 
 
+@pytest.mark.slow
 def test_every_channel_of_multi_channel_frames_over_zmq_is_labelled(free_tcp_port: int) -> None:
     cwru_signal(IR014)  # skips without the real data
     pipe = Pipeline(RunConfig(sources=(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}",), stale_ms=60000,
@@ -172,6 +173,7 @@ def test_channel_option_selects_one_channel_and_counts_a_missing_one(free_tcp_po
     assert np.array_equal(gw, x[:, 1])
 
 
+@pytest.mark.slow
 def test_simulated_modules_are_labelled_per_channel() -> None:
     # 2 machines of 3 channels: 6 streams, each channel an independent replay with its own faults
     cfg = RunConfig(sources=("sim:bearing?machines=2&channels=3&seed=3&speed=6",), stats_every_s=3600,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from helpers import free_port as _free_port
 
 from drsn_stream.cluster.aggregator import Aggregator, ClusterCollector
 from drsn_stream.cluster.ring import HashRing
@@ -25,12 +25,6 @@ from drsn_stream.sources.wire import encode
 from drsn_stream.view import Header, Snapshot, StreamRow
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------ ring
@@ -243,6 +237,7 @@ def test_aggregator_one_view_with_hosts_and_host_labelled_metrics() -> None:
 
 
 # ------------------------------------------------------------------------------------ no Ray needed
+@pytest.mark.slow
 def test_single_machine_monitor_never_imports_ray() -> None:
     code = ("import sys, drsn_stream.cli as c, drsn_stream.app.pipeline, drsn_stream.cluster.host, "
             "drsn_stream.cluster.aggregator, drsn_stream.cluster.ray_app, drsn_stream.cluster.deploy\n"
@@ -252,6 +247,7 @@ def test_single_machine_monitor_never_imports_ray() -> None:
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
 
 
+@pytest.mark.slow
 def test_cluster_command_needs_one_zmq_gateway() -> None:
     r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--source", "sim"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)

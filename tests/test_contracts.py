@@ -144,6 +144,7 @@ def test_a_bad_target_is_one_clear_error(spec: str) -> None:
     assert str(err.value) and "Traceback" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_the_result_feed_publishes_what_the_log_writes(tmp_path: Path, free_tcp_port: int,
                                                        child_env: dict[str, str]) -> None:
     """``--publish`` sends the same objects as ``--jsonl``, with topics a subscriber can filter on."""

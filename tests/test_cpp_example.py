@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine.runner import Runner
 from drsn_stream.models.artifact import builtin_dir, load_artifact
 
-pytestmark = pytest.mark.slow
+# one worker under pytest-xdist: the example is built once, by the module's fixture
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cpp-example")]
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "cpp"
 # held-out part of each recording (the artifact's test split is its last quarter); 12 kHz files
@@ -58,7 +58,7 @@ def run_cpp(exe: Path, artifact: str, samples: Path, offset: int = 0) -> tuple[s
     return label, float(conf), float(noise)
 
 
-def test_cpp_prints_the_label_drsn_stream_gives_cwru_windows(classify, tmp_path, child_env):
+def test_cpp_prints_the_label_drsn_stream_gives_cwru_windows(classify, tmp_path, cli_in_process):
     require_cwru()
     from scipy.io import wavfile
 
@@ -73,11 +73,8 @@ def test_cpp_prints_the_label_drsn_stream_gives_cwru_windows(classify, tmp_path,
     wavfile.write(tmp_path / "cwru.wav", 12000, signal)
 
     # drsn-stream itself, through its file source and live path, one window per hop
-    done = subprocess.run(
-        [sys.executable, "-m", "drsn_stream", "--source", f"file:{tmp_path / 'cwru.wav'}", "--fast",
-         "--hop", str(window), "--jsonl", "-", "--threads", "1"],
-        cwd=ROOT, env=child_env, capture_output=True, text=True, timeout=300,
-    )
+    done = cli_in_process("--source", f"file:{tmp_path / 'cwru.wav'}", "--fast", "--hop", str(window), "--jsonl", "-",
+                          "--threads", "1")
     assert done.returncode == 0, done.stderr
     preds = sorted((json.loads(line) for line in done.stdout.splitlines() if '"prediction"' in line),
                    key=lambda p: p["index"])

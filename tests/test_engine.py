@@ -237,6 +237,7 @@ def test_cuda_runner_with_graphs_matches_cpu(scripted) -> None:
     np.testing.assert_allclose(gpu.infer(big)[0], np.concatenate([p_gpu] * 5), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
     # the model in a child process (shared memory + a pipe) must answer exactly like the Runner
     import os

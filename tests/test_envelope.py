@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -172,13 +170,9 @@ def test_dashboard_shows_the_envelope_type_and_whether_it_agrees() -> None:
     assert "NOTE" in note and "m0  no envelope evidence: no shaft speed" in note
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "drsn_stream", *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=180)
-
-
-def test_monitor_names_the_outer_race_of_a_cwru_file_with_geometry_and_rpm(tmp_path: Path) -> None:
+def test_monitor_names_the_outer_race_of_a_cwru_file_with_geometry_and_rpm(tmp_path: Path, cli_in_process) -> None:
     require_cwru()
+    _cli = cli_in_process
     cfg = tmp_path / "machine.toml"
     cfg.write_text('[machine]\nbearing = "6205"\n')
     res = _cli("--config", str(cfg), "--source", f"file:{CWRU / '12k_Drive_End_OR014@6_2_199.mat'}?rpm=1749",
@@ -196,8 +190,9 @@ def test_monitor_names_the_outer_race_of_a_cwru_file_with_geometry_and_rpm(tmp_p
     assert final["type"] == "stats" and final["envelope"]["blocks"] >= 9 and final["envelope"]["dropped"] == 0
 
 
-def test_monitor_without_geometry_says_so_once_and_adds_no_envelope() -> None:
+def test_monitor_without_geometry_says_so_once_and_adds_no_envelope(cli_in_process) -> None:
     require_cwru()
+    _cli = cli_in_process
     res = _cli("--source", f"file:{CWRU / '12k_Drive_End_IR007_0_105.mat'}?duration=3", "--fast", "--headless",
                "--jsonl", "-")
     assert res.returncode == 0, res.stderr
@@ -207,8 +202,9 @@ def test_monitor_without_geometry_says_so_once_and_adds_no_envelope() -> None:
     assert not any("envelope" in o for o in objs if o["type"] == "prediction")
 
 
-def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm() -> None:
+def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm(cli_in_process) -> None:
     require_cwru()
+    _cli = cli_in_process
     # no rpm anywhere: the CWRU file's recorded speed (1796 rpm) is used
     res = _cli("--bearing", "6205", "--source", f"file:{CWRU / '12k_Drive_End_IR007_0_105.mat'}?duration=4",
                "--fast", "--headless")

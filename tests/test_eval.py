@@ -103,6 +103,7 @@ def test_eval_table_and_bad_options(capsys):
     assert "built-in" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @needs_cwru
 def test_reproduce_paper_quick_writes_the_table(tmp_path):
     proc = subprocess.run(

@@ -70,6 +70,7 @@ def test_a_mistyped_config_section_is_refused_naming_the_valid_ones(tmp_path: Pa
     _one_line_error(_cli("--config", str(cfg), "--headless"), "[decisions]", "[decision]", "[health]")
 
 
+@pytest.mark.slow
 def test_shipped_configs_are_found_from_any_directory(tmp_path: Path) -> None:
     from drsn_stream.config import SHIPPED, find_config
 
@@ -106,6 +107,7 @@ def test_models_into_a_closed_pipe_exits_0_quietly() -> None:
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
+@pytest.mark.slow
 def test_jsonl_to_stdout_keeps_stdout_pure_json_lines() -> None:
     res = _cli("--source", "sim?machines=2", "--headless", "--jsonl", "-", "--duration", "3")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -114,6 +116,7 @@ def test_jsonl_to_stdout_keeps_stdout_pure_json_lines() -> None:
     assert "ready" in res.stderr and "sim/m0" in res.stderr  # the readable lines went to stderr
 
 
+@pytest.mark.slow
 def test_a_zmq_source_without_data_says_what_it_waits_for(free_tcp_port: int) -> None:
     res = _cli("--source", f"zmq://127.0.0.1:{free_tcp_port}", "--headless", "--duration", "3")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -133,6 +136,7 @@ def test_the_dashboard_shows_what_a_zmq_source_waits_for(free_tcp_port: int) -> 
     assert f"waiting for publishers on tcp://127.0.0.1:{free_tcp_port}" in status
 
 
+@pytest.mark.slow
 def test_publish_says_what_it_sends_and_its_rate_unless_quiet(free_tcp_port: int) -> None:
     res = _cli("publish", "--source", "sim?machines=2", "--to", f"tcp://127.0.0.1:{free_tcp_port}",
                "--duration", "2.6")

@@ -30,6 +30,7 @@ def _pane(session: str) -> str:
     return _tmux("capture-pane", "-p", "-t", session, "-S", "-60")
 
 
+@pytest.mark.slow
 def test_dashboard_shows_changing_labels_and_alarms_and_q_quits(tmp_path: Path) -> None:
     session = f"drsn-test-{os.getpid()}"
     done = tmp_path / "exit-code"

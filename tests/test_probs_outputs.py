@@ -78,6 +78,7 @@ def test_shipped_models_return_probabilities(name):
     assert ((noise >= 0) & (noise <= 1)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "old_kind"), [("bearing-cwru", "logits"), ("digits-fsdd", "log_probs")])
 def test_old_and_new_artifacts_give_the_same_labels_on_real_windows(name, old_kind, tmp_path):
     old = old_form(name, tmp_path / f"{name}-old.pt")
@@ -110,6 +111,7 @@ def test_old_and_new_artifacts_give_the_same_labels_on_real_windows(name, old_ki
         np.testing.assert_allclose(got, want[:16], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reexport_wraps_once_keeps_metadata_and_shrinks_validation(tmp_path):
     old = old_form("bearing-cwru", tmp_path / "bearing-cwru.pt")
     x = normalize(real_windows("bearing-cwru"), read_meta(old).normalization)
@@ -134,6 +136,7 @@ def test_reexport_wraps_once_keeps_metadata_and_shrinks_validation(tmp_path):
     assert d_new["training"]["validation_windows"]["count"] == 32
 
 
+@pytest.mark.slow
 def test_reexport_refuses_a_module_that_does_not_match_its_config(tmp_path):
     module, meta = load_artifact("bearing-cwru")
     d = meta.to_dict()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = sorted(p for p in (ROOT / "tools").iterdir() if p.suffix in (".py", ".sh"))
 
@@ -35,6 +37,7 @@ def test_every_tool_is_documented_with_its_workflow():
     assert not missing, f"tools not named in docs/tools.md: {missing}"
 
 
+@pytest.mark.slow
 def test_every_python_tool_starts(tmp_path):
     scripts = [str(p) for p in TOOLS if p.suffix == ".py"]
     proc = subprocess.run(

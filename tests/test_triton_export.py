@@ -90,12 +90,11 @@ def plain_torch(model_pt: Path, windows: np.ndarray, tmp_path: Path) -> tuple[np
         return z["probs"], z["noise"]
 
 
-def monitor_predictions(sources: list[str], model: str, hop: int, child_env) -> list[dict]:
-    cmd = [sys.executable, "-m", "drsn_stream", "--model", model, "--fast", "--hop", str(hop),
-           "--jsonl", "-", "--threads", "1"]
+def monitor_predictions(sources: list[str], model: str, hop: int, cli_in_process) -> list[dict]:
+    args = ["--model", model, "--fast", "--hop", str(hop), "--jsonl", "-", "--threads", "1"]
     for s in sources:
-        cmd += ["--source", s]
-    done = subprocess.run(cmd, cwd=ROOT, env=child_env, capture_output=True, text=True, timeout=300)
+        args += ["--source", s]
+    done = cli_in_process(*args)  # the monitor's labels; the model.pt side runs in a clean interpreter
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if '"prediction"' in line]
 
@@ -161,13 +160,13 @@ def test_drsn_stream_reads_model_pt_as_an_artifact(repo):
 
 
 @pytest.mark.slow
-def test_model_pt_labels_cwru_windows_as_the_monitor_does(repo, tmp_path, child_env):
+def test_model_pt_labels_cwru_windows_as_the_monitor_does(repo, tmp_path, cli_in_process):
     from scipy.io import loadmat
 
     require_cwru()
     window, rate = 2048, 12000
     sources = [f"file:{CWRU / name}?start={CWRU_START_S}&duration=1" for name in CWRU_FILES]
-    preds = monitor_predictions(sources, "bearing-cwru", window, child_env)
+    preds = monitor_predictions(sources, "bearing-cwru", window, cli_in_process)
     windows, expected = [], []
     for name in CWRU_FILES:
         mat = loadmat(CWRU / name)
@@ -192,7 +191,7 @@ def test_model_pt_labels_cwru_windows_as_the_monitor_does(repo, tmp_path, child_
 
 
 @pytest.mark.slow
-def test_model_pt_labels_fsdd_takes_as_the_monitor_does(repo, tmp_path, child_env):
+def test_model_pt_labels_fsdd_takes_as_the_monitor_does(repo, tmp_path, cli_in_process):
     from scipy.io import wavfile
 
     rec = DATA / "fsdd" / "recordings"
@@ -210,7 +209,7 @@ def test_model_pt_labels_fsdd_takes_as_the_monitor_does(repo, tmp_path, child_en
         parts.append(w)
     parts.append(np.zeros(window, np.int16))  # and one silent second
     wavfile.write(tmp_path / "digits.wav", 8000, np.concatenate(parts))
-    preds = sorted(monitor_predictions([f"file:{tmp_path / 'digits.wav'}"], "digits-fsdd", window, child_env),
+    preds = sorted(monitor_predictions([f"file:{tmp_path / 'digits.wav'}"], "digits-fsdd", window, cli_in_process),
                    key=lambda p: p["index"])
     assert [p["index"] for p in preds] == list(range(len(parts)))
     raw = np.stack(parts).astype(np.float32) / 32768.0  # full-scale units, as the file source gives them

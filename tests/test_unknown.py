@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,12 +152,11 @@ def test_a_refused_label_raises_no_alarm_and_shows_unknown() -> None:
     assert found[UNKNOWN] == 0.0 and found["ball_014"] == 1.0
 
 
-def test_the_monitor_calls_a_sine_unknown_and_raises_no_alarm(tmp_path: Path) -> None:
+def test_the_monitor_calls_a_sine_unknown_and_raises_no_alarm(tmp_path: Path, cli_in_process) -> None:
     t = np.arange(12000 * 4) / 12000
     wav = tmp_path / "sine.wav"
     scipy.io.wavfile.write(wav, 12000, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
-    res = subprocess.run([sys.executable, "-m", "drsn_stream", "--source", f"file:{wav}", "--fast", "--headless",
-                          "--jsonl", "-"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    res = cli_in_process("--source", f"file:{wav}", "--fast", "--headless", "--jsonl", "-")
     assert res.returncode == 0, res.stderr
     objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     preds = [o for o in objs if o["type"] == "prediction"]
@@ -169,7 +166,8 @@ def test_the_monitor_calls_a_sine_unknown_and_raises_no_alarm(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("kind", ["flat", "clipped"])
-def test_flat_and_clipped_signals_claim_no_condition_and_the_sensor_needs_checking(tmp_path: Path, kind: str) -> None:
+def test_flat_and_clipped_signals_claim_no_condition_and_the_sensor_needs_checking(tmp_path: Path, kind: str,
+                                                                                   cli_in_process) -> None:
     t = np.arange(12000 * 4) / 12000
     if kind == "flat":
         x = np.zeros(t.size, np.int16)
@@ -178,8 +176,7 @@ def test_flat_and_clipped_signals_claim_no_condition_and_the_sensor_needs_checki
         x = (np.clip(noisy, -1, 1) * 32767).astype(np.int16)
     wav = tmp_path / f"{kind}.wav"
     scipy.io.wavfile.write(wav, 12000, x)
-    res = subprocess.run([sys.executable, "-m", "drsn_stream", "--source", f"file:{wav}", "--fast", "--jsonl", "-"],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    res = cli_in_process("--source", f"file:{wav}", "--fast", "--jsonl", "-")
     assert res.returncode == 0, res.stderr
     objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     preds = [o for o in objs if o["type"] == "prediction"]

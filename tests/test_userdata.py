@@ -223,7 +223,7 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_fine_tuned_on_wav_and_csv_at_16khz_the_model_labels_a_held_out_recording(tmp_path):
+def test_fine_tuned_on_wav_and_csv_at_16khz_the_model_labels_a_held_out_recording(tmp_path, cli_in_process):
     """A plant engineer's folder: three conditions of another load (3 HP), converted to 16 kHz WAV and
     CSV; the fine-tuned model then labels the unseen end of one of the recordings through the monitor."""
     require_cwru()
@@ -261,8 +261,8 @@ def test_fine_tuned_on_wav_and_csv_at_16khz_the_model_labels_a_held_out_recordin
     assert meta.training["data"]["source_rates"]["inner_race/run1.csv"] == 16000
     assert load_validation(my) is not None
 
-    mon = _cli("--model", str(my), "--source", f"file:{tmp_path / 'held_inner.wav'}", "--fast", "--headless",
-               "--jsonl", "-", "--threads", "1")
+    mon = cli_in_process("--model", str(my), "--source", f"file:{tmp_path / 'held_inner.wav'}", "--fast",
+                         "--headless", "--jsonl", "-", "--threads", "1")
     assert mon.returncode == 0, mon.stderr
     preds = [json.loads(line) for line in mon.stdout.splitlines() if '"prediction"' in line]
     counts = Counter(p["label"] for p in preds)

@@ -45,6 +45,7 @@ class HostSink:
         self._lock = threading.Lock()
         self.outbox: deque[dict[str, Any]] = deque()
         self.dropped = 0
+        self.stragglers = 0  # alarm/health events of streams already handed over, not sent
 
     def write(self, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
@@ -52,8 +53,14 @@ class HostSink:
             return  # the summary carries the host's statistics; results only where a feed wants them
         obj = {**obj, "host": self.worker.name}
         sid = obj.get("stream")
-        if kind in ("alarm", "health", "note") and isinstance(sid, str) and sid in self.worker.owned:
-            self.worker.record_event(sid, obj)  # sets obj["id"], checkpoints the stream
+        if kind in ("alarm", "health", "note") and isinstance(sid, str):
+            if self.worker.holds(sid):
+                self.worker.record_event(sid, obj)  # sets obj["id"], checkpoints the stream
+            elif kind in ("alarm", "health") and sid != "*":
+                # a stream handed over and checkpointed already: its new host owns its alarm
+                # chain from that checkpoint on, and an id-less copy from here would break it
+                self.stragglers += 1
+                return
         self.put(obj)
 
     def put(self, obj: dict[str, Any]) -> None:
@@ -114,6 +121,7 @@ class HostWorker:
         self.source.on_first_frame = self._first_frame
         self._lock = threading.RLock()  # owned set, counters, recent events, checkpoint writes
         self.owned: set[str] = set()
+        self._draining: set[str] = set()  # released, not yet checkpointed: their events still count
         self._counters: dict[str, dict[str, int]] = {}
         self._recent: dict[str, deque[dict[str, Any]]] = {}
         self._resumed: dict[str, tuple[float | None, str]] = {}  # stream -> (last classified, previous host)
@@ -196,12 +204,15 @@ class HostWorker:
         with self._lock:
             gone = [s for s in streams if s in self.owned]
             self.owned.difference_update(gone)
+            self._draining.update(gone)
             self.source.set_streams(self.owned)
         if not gone:
             return []
         time.sleep(DRAIN_S)
         for sid in gone:
-            self._checkpoint(sid)
+            with self._lock:
+                self._checkpoint(sid)
+                self._draining.discard(sid)
             self.pipe.decisions.forget(sid)
             self.pipe.health.forget(sid)
             with self._lock:
@@ -228,6 +239,12 @@ class HostWorker:
         self.sink.put({**ev.to_json(), "host": self.name})
 
     # ------------------------------------------------------------------ events and checkpoints
+    def holds(self, sid: str) -> bool:
+        """Whether this host still answers for the stream's events: owned, or released and
+        draining (its windows in flight finish here and go into its last checkpoint)."""
+        with self._lock:
+            return sid in self.owned or sid in self._draining
+
     def record_event(self, sid: str, obj: dict[str, Any]) -> None:
         """Give an alarm/health/note event its stable id and checkpoint its stream at once."""
         with self._lock:
@@ -297,6 +314,7 @@ class HostWorker:
             "windows": stats.windows,
             "windows_per_s": stats.windows_per_s(),
             "outbox_dropped": self.sink.dropped,
+            "straggler_events": self.sink.stragglers,
             "foreign_frames": self.source.foreign,
             "checkpoints": self.checkpoints,
             "errors": list(self.pipe.errors[-5:]),
