@@ -99,6 +99,7 @@ def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], **kw: 
     return pipe
 
 
+@pytest.mark.slow
 def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
         free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     require_cwru()
@@ -138,6 +139,7 @@ def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
     assert foreign[0] == others[0] * (frames + 1) and 0 < foreign[1] < others[1] * frames, (foreign, others)
 
 
+@pytest.mark.slow
 def test_a_stream_that_starts_after_the_processes_took_their_own_topics_is_monitored(
         free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     require_cwru()
@@ -157,6 +159,7 @@ def test_a_stream_that_starts_after_the_processes_took_their_own_topics_is_monit
     assert pipe.label_counts["late-4"].most_common(1)[0][0] == "inner_014"
 
 
+@pytest.mark.slow
 def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end(free_tcp_port: int) -> None:
     require_cwru()
     streams = _streams(60.0)
@@ -214,6 +217,7 @@ def test_other_sources_keep_their_ingest_thread_and_one_process_is_todays_path(f
     assert type(one.sources[0]).__name__ == "ZmqSubSource"
 
 
+@pytest.mark.slow
 def test_a_process_that_keeps_dying_loses_its_streams_visibly_and_losing_all_ends_the_source(
         free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     require_cwru()
@@ -251,6 +255,7 @@ def test_a_process_that_keeps_dying_loses_its_streams_visibly_and_losing_all_end
     assert src.pids == [] and time.time() < deadline
 
 
+@pytest.mark.slow
 def test_a_stuck_ingest_process_is_ended_and_replaced_not_waited_for(free_tcp_port: int,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from drsn_stream.app import shards
