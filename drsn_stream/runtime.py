@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from multiprocessing import shared_memory
 
 
 class Terminated(KeyboardInterrupt):
@@ -49,6 +50,20 @@ def freeze_start_up_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def attach_shared_memory(name: str) -> shared_memory.SharedMemory:
+    """Opens another process's shared-memory segment without letting this process's resource
+    tracker unlink it at exit (the creator owns and unlinks it; Python < 3.13 has no
+    ``track=False``). Used by the engine process and the ingest processes."""
+    try:
+        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+    except TypeError:
+        from multiprocessing import resource_tracker
+
+        shm = shared_memory.SharedMemory(name=name)
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        return shm
 
 
 class ResourceMeter:

@@ -70,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--engine-process", choices=["auto", "on", "off"],
       help="CPU: run the model in its own process, so it shares no interpreter lock with ingest (default auto: "
            "on with 2 or more cores)")
+    a("--ingest-procs", type=int, metavar="N",
+      help="read each zmq:// (SUB) source with N processes, each taking the streams whose id hashes to it "
+           "and feeding the engine through shared memory (default: 1 below 8 cores, else half the cores, at "
+           "most 8); sim, file, mic, zmq+bind and PULL sources keep their ingest thread")
     a("--pin-cpus", action="store_true",
       help="with the engine process: give it a core of its own and keep ingest on the others (the default "
            "when it runs one torch thread)")
@@ -119,6 +123,7 @@ FLAGS: dict[str, Flag] = {
     "threads": Flag("run", "threads"),
     "cpu_layout": Flag("run", "cpu_layout"),
     "engine_process": Flag("run", "engine_process", {"on": True, "off": False}.get),  # auto: the default
+    "ingest_procs": Flag("run", "ingest_procs"),
     "no_pin_cpus": Flag("run", "pin_cpus", lambda given: False),
     "pin_cpus": Flag("run", "pin_cpus"),  # after --no-pin-cpus: with both, pinning wins
     "baseline": Flag("run", "baseline"),
