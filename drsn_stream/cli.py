@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from drsn_stream import __version__
 from drsn_stream.errors import DrsnStreamError
+from drsn_stream.runtime import Terminated, forget_start_up_signal, start_up_signal_handler
 
 # name -> (module, add_arguments, run, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     if in_main:
-        signal.signal(signal.SIGTERM, _interrupt)  # start-up: unwind like Ctrl-C; ``run`` takes it over
+        # start-up: both unwind like Ctrl-C, and are remembered; ``run`` takes them over once running
+        forget_start_up_signal()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, start_up_signal_handler)
     command = "run"
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except DrsnStreamError as exc:
         print(f"drsn-stream {command}: error: {exc}", file=sys.stderr)
         return 2
-    except _Terminated:
+    except Terminated:
         print(f"drsn-stream {command}: stopped (SIGTERM)", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
@@ -115,14 +119,6 @@ def entry() -> None:
     if zmq is not None and getattr(zmq.Context, "_instance", None) is not None:
         zmq.Context.instance().destroy(linger=2000)  # sockets close with at most 2 s to deliver
     os._exit(code)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM during start-up, unwound like Ctrl-C."""
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise _Terminated()
 
 
 def _silence_stdout() -> None:

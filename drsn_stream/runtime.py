@@ -5,9 +5,38 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
+from multiprocessing import shared_memory
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a command's start-up, unwound like Ctrl-C."""
+
+
+_start_up_signal: int | None = None
+
+
+def start_up_signal_handler(signum: int, frame: object) -> None:
+    """The handler of SIGINT and SIGTERM while a command starts: remembers the signal, then
+    unwinds (KeyboardInterrupt, ``Terminated``). The note outlives an exception that a library
+    swallowed on its way (a finalizer, a broad ``except``): ``raise_if_signalled`` raises again."""
+    global _start_up_signal
+    _start_up_signal = signum
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def forget_start_up_signal() -> None:
+    global _start_up_signal
+    _start_up_signal = None
+
+
+def raise_if_signalled() -> None:
+    """Unwinds now if a start-up signal came and its exception was lost on the way."""
+    if _start_up_signal is not None:
+        raise Terminated() if _start_up_signal == signal.SIGTERM else KeyboardInterrupt()
 
 
 def freeze_start_up_objects() -> None:
@@ -21,6 +50,20 @@ def freeze_start_up_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def attach_shared_memory(name: str) -> shared_memory.SharedMemory:
+    """Opens another process's shared-memory segment without letting this process's resource
+    tracker unlink it at exit (the creator owns and unlinks it; Python < 3.13 has no
+    ``track=False``). Used by the engine process and the ingest processes."""
+    try:
+        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+    except TypeError:
+        from multiprocessing import resource_tracker
+
+        shm = shared_memory.SharedMemory(name=name)
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        return shm
 
 
 class ResourceMeter:

@@ -43,3 +43,15 @@ def test_what_the_config_sets_wins() -> None:
     assert not r.engine_process and not r.pin_cpus  # no process, nothing to pin
     assert (r.max_batch, r.eager_batch, r.stale_ms) == (16, 16, 500.0)  # eager never above the batch
     assert resolve_defaults(device="cuda", cores=8, engine_process=True).engine_process is False
+
+
+@pytest.mark.parametrize("cores, procs", [(1, 1), (2, 1), (7, 1), (8, 4), (16, 8), (64, 8)])
+def test_zeromq_ingest_stays_one_thread_on_small_hosts_and_takes_half_the_cores_on_big_ones(cores: int,
+                                                                                             procs: int) -> None:
+    assert resolve_defaults(device="cpu", cores=cores).ingest_procs == procs
+    assert resolve_defaults(device="cuda", cores=cores).ingest_procs == procs
+
+
+def test_ingest_processes_asked_for_are_what_you_get() -> None:
+    assert resolve_defaults(device="cpu", cores=2, ingest_procs=2).ingest_procs == 2
+    assert resolve_defaults(device="cuda", cores=16, ingest_procs=1).ingest_procs == 1

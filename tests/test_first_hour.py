@@ -203,3 +203,24 @@ def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals) 
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-2000:]
     assert "windows in" in out and "Traceback" not in err
+
+
+def test_a_start_up_signal_a_library_swallowed_still_ends_the_start_up(cli_in_process, monkeypatch) -> None:
+    # Ctrl-C while the monitor starts, caught on its way by code that is not ours (a finalizer, a
+    # broad except in a library): the start-up must still end as interrupted, not run on unasked.
+    from drsn_stream.app.pipeline import Pipeline
+
+    start = Pipeline.start
+
+    def start_then_swallow_a_ctrl_c(self: Pipeline) -> Pipeline:
+        out = start(self)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return out
+
+    monkeypatch.setattr(Pipeline, "start", start_then_swallow_a_ctrl_c)
+    res = cli_in_process("--source", "sim", "--headless", "--duration", "60")
+    assert res.returncode == 130, res.stderr
+    assert "interrupted" in res.stderr and "ready" not in res.stderr

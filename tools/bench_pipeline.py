@@ -12,7 +12,9 @@ every one of K runs. Prints a table and the largest N held; --json prints JSON. 
 in its own process by default on the CPU (--engine-process auto|on|off), as in the monitor.
 With --channels C the N streams are N/C machines sending C-channel frames (a DAQ module per
 machine; every channel monitored). Each run prints the ingest thread's CPU time per frame and per
-channel (receive, decode, health, DSP, hand-over to the batcher).
+channel (receive, decode, health, DSP, hand-over to the batcher). With --ingest-procs 1,8 each N is
+run with the source read by one ingest thread and by 8 ingest processes (app/shards.py),
+alternating, and the ingest processes' CPU per frame is printed too (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -61,11 +63,12 @@ def busy_and_steal(t0: list[int] | None, t1: list[int] | None) -> tuple[float | 
     return round(100.0 * (total - idle) / total, 1), round(100.0 * steal / total, 1)
 
 
-def process_cpu_s(pids: list[int]) -> float:
-    """CPU seconds (user + system, all threads) used so far by this process and ``pids``."""
+def process_cpu_s(pids: list[int], *, self_too: bool = True) -> float:
+    """CPU seconds (user + system, all threads) used so far by this process (unless not
+    ``self_too``) and ``pids``."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for pid in ["self", *map(str, pids)]:
+    for pid in [*(["self"] if self_too else []), *map(str, pids)]:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -115,7 +118,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     pipe.stats.start_recording()
     ticks0 = cpu_times()
     child = [pipe.runner.pid] if getattr(pipe.runner, "pid", None) else []
-    proc0 = process_cpu_s(child)
+    shards = pipe._ingest_pids()  # the ingest processes (--ingest-procs > 1)
+    proc0, shards0 = process_cpu_s(child + shards), process_cpu_s(shards, self_too=False)
     env0 = pipe.envelope.cpu_s if pipe.envelope is not None else 0.0
     ingest = next((t.native_id for t in pipe._threads if t.name.startswith("drsn-ingest")), None)
     ingest0, frames0 = thread_cpu_s(ingest), pipe.sources[0].stats.snapshot()["frames"]
@@ -128,7 +132,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     lat, batches = pipe.stats.stop_recording()  # every window of the measured span, not the live view's last 8192
     elapsed = time.time() - t0
     busy, steal = busy_and_steal(ticks0, cpu_times())
-    proc_cpu = process_cpu_s(child) - proc0
+    proc_cpu = process_cpu_s(child + shards) - proc0
+    shards_cpu = process_cpu_s(shards, self_too=False) - shards0
     ingest_cpu = thread_cpu_s(ingest) - ingest0
     frames = pipe.sources[0].stats.snapshot()["frames"] - frames0
     env_cpu = (pipe.envelope.cpu_s - env0) if pipe.envelope is not None else 0.0
@@ -178,6 +183,10 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         # received and per channel of those frames
         "ingest_us_per_frame": round(1e6 * ingest_cpu / frames, 1) if frames else None,
         "ingest_us_per_channel": round(1e6 * ingest_cpu / (frames * channels), 2) if frames else None,
+        # with ingest processes: how many, and their CPU time (all of them) per frame received; the
+        # ingest thread above is then the parent's reading loop (windows from shared memory)
+        "ingest_procs": len(shards) or 1,
+        "ingest_procs_us_per_frame": round(1e6 * shards_cpu / frames, 1) if frames and shards else None,
         # the output thread's CPU for the unknown label and the anomaly score
         "judge_cpu_us_per_window": round(1e6 * judge_cpu / windows, 1) if windows else None,
         # streams scored against a learned baseline when the measurement began (--baseline-ab)
@@ -226,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eager-batch", type=int, default=None,
                     help="a batch leaves the idle engine's queue at this many windows (default: the monitor's, 64 on "
                          "the CPU; 0: off)")
+    ap.add_argument("--ingest-procs", default=None, metavar="LIST",
+                    help="comma-separated ingest process counts to run each N with, alternating (e.g. 1,8: one ingest "
+                         "thread against 8 processes sharded by stream id; default: the monitor's, 1 below 8 cores)")
     ap.add_argument("--all", action="store_true", help="try every N even after one is not held")
     ap.add_argument("--p99-ms", type=float, default=100.0, help="latency bound for 'held'")
     ap.add_argument("--repeat", type=int, default=1, help="runs per N; N counts as held only if every run holds it")
@@ -246,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = [{}, {"machine": {"bearing": "6205", "rpm": 1797}}] if args.envelope_ab else [{}]
         if args.baseline_ab:
             variants = [{"unknown": False}, {"learn_s": 1.6, "machine": {"bearing": "6205", "rpm": 1797}}]
+        if args.ingest_procs:
+            variants = [{**v, "ingest_procs": int(k)} for v in variants for k in args.ingest_procs.split(",")]
         for rep, extra in ((r, v) for r in range(args.repeat) for v in variants):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
                         hop=args.hop, threads=args.threads, max_batch=args.max_batch,
@@ -264,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 print(f"        ingest thread CPU: {r['ingest_us_per_frame']} us per frame of {args.channels} "
                       f"channel(s), {r['ingest_us_per_channel']} us per channel", flush=True)
+                if r["ingest_procs"] > 1:
+                    print(f"        {r['ingest_procs']} ingest processes: {r['ingest_procs_us_per_frame']} us CPU per "
+                          f"frame (all of them); the ingest thread above is the parent's reading loop", flush=True)
                 if r["stages_ms"]:
                     print("        ms p50/p99: " + "  ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["stages_ms"].items()),
                           flush=True)

@@ -15,6 +15,7 @@ from drsn_stream.config import check_sections, dump_toml, read_toml
 from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.models.artifact import read_meta
 from drsn_stream.monitor.baseline import parse_duration
+from drsn_stream.runtime import raise_if_signalled
 from drsn_stream.sinks import make_sinks
 
 DURATION_ENV = "DRSN_STREAM_DURATION"  # lets a script end a command it runs as written (CI)
@@ -69,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--engine-process", choices=["auto", "on", "off"],
       help="CPU: run the model in its own process, so it shares no interpreter lock with ingest (default auto: "
            "on with 2 or more cores)")
+    a("--ingest-procs", type=int, metavar="N",
+      help="read each zmq:// (SUB) source with N processes, each taking the streams whose id hashes to it "
+           "and feeding the engine through shared memory (default: 1 below 8 cores, else half the cores, at "
+           "most 8); sim, file, mic, zmq+bind and PULL sources keep their ingest thread")
     a("--pin-cpus", action="store_true",
       help="with the engine process: give it a core of its own and keep ingest on the others (the default "
            "when it runs one torch thread)")
@@ -118,6 +123,7 @@ FLAGS: dict[str, Flag] = {
     "threads": Flag("run", "threads"),
     "cpu_layout": Flag("run", "cpu_layout"),
     "engine_process": Flag("run", "engine_process", {"on": True, "off": False}.get),  # auto: the default
+    "ingest_procs": Flag("run", "ingest_procs"),
     "no_pin_cpus": Flag("run", "pin_cpus", lambda given: False),
     "pin_cpus": Flag("run", "pin_cpus"),  # after --no-pin-cpus: with both, pinning wins
     "baseline": Flag("run", "baseline"),
@@ -204,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
             )
             dashboard.start()
         pipe.start()  # a Ctrl-C until here is a KeyboardInterrupt: cleaned up below, no summary
+        raise_if_signalled()
         _stop_on_signals(pipe)  # from now on Ctrl-C and SIGTERM end the run with its summary
         if dashboard is None or not sys.stdout.isatty():
             print(f"drsn-stream: ready: {pipe.meta.name} on {pipe.runner.device_name}, sources "
@@ -248,6 +255,7 @@ def _once(pipe: Pipeline, cfg: RunConfig) -> int:
     from drsn_stream.sinks.dashboard import render_once
 
     pipe.start()
+    raise_if_signalled()
     _stop_on_signals(pipe)
     pipe.wait(duration=cfg.duration if cfg.duration is not None else 4.0)
     print(render_once(pipe.snapshot(), width=_width()))

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
 
+BIG_HOST_CORES = 8  # from here on ZeroMQ SUB sources are read by several ingest processes
+MAX_INGEST_PROCS = 8
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -24,6 +27,7 @@ class Resolved:
     eager_batch: int  # 0: off
     stale_ms: float  # 0: windows never go stale (replays)
     block_when_full: bool  # a full queue makes the source wait (replays) instead of dropping (live)
+    ingest_procs: int = 1  # processes that read each ZeroMQ SUB source (1: its ingest thread alone)
 
 
 def resolve_defaults(
@@ -37,6 +41,7 @@ def resolve_defaults(
     max_batch: int | None = None,
     eager_batch: int | None = None,
     stale_ms: float = 2000.0,
+    ingest_procs: int | None = None,
 ) -> Resolved:
     """Fills what the config left unset (None).
 
@@ -47,6 +52,11 @@ def resolve_defaults(
       CPU_EAGER_BATCH windows wait while the engine idles (latency over throughput); CUDA and
       replays (``fast``) take MAX_BATCH and wait for full batches (throughput).
     - Replays never drop: windows do not go stale and a full queue makes the source wait.
+    - ZeroMQ SUB sources are read by one ingest thread below BIG_HOST_CORES cores (a second
+      process would take a core the engine or the parent needs); from there on by half the
+      cores, at most MAX_INGEST_PROCS: each ingest process keeps one core busy, and the other half
+      is left to the parent (batcher, output, the engine thread or process) and to a gateway or
+      publisher on the same host.
     """
     on_cpu = device == "cpu"
     live_cpu = on_cpu and not fast
@@ -54,5 +64,7 @@ def resolve_defaults(
     pin = use_process and (pin_cpus if pin_cpus is not None else (threads or 1) == 1) and cores >= 2
     batch = max_batch if max_batch is not None else CPU_LIVE_MAX_BATCH if live_cpu else MAX_BATCH
     eager = eager_batch if eager_batch is not None else CPU_EAGER_BATCH if live_cpu else 0
+    procs = ingest_procs if ingest_procs is not None else (
+        min(MAX_INGEST_PROCS, cores // 2) if cores >= BIG_HOST_CORES else 1)
     return Resolved(engine_process=use_process, pin_cpus=pin, max_batch=batch, eager_batch=min(eager, batch),
-                    stale_ms=0.0 if fast else stale_ms, block_when_full=fast)
+                    stale_ms=0.0 if fast else stale_ms, block_when_full=fast, ingest_procs=max(1, procs))

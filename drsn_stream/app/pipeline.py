@@ -28,6 +28,7 @@ import numpy as np
 
 from drsn_stream.app.defaults import resolve_defaults
 from drsn_stream.app.runconfig import RunConfig
+from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable
 from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.envelope import label_family
 from drsn_stream.dsp.normalize import BatchNormalizer
@@ -120,6 +121,7 @@ class Pipeline:
             device=pick_device(config.device).type, cores=_cores(), fast=config.fast,
             engine_process=config.engine_process, pin_cpus=config.pin_cpus, threads=config.threads,
             max_batch=config.max_batch, eager_batch=config.eager_batch, stale_ms=config.stale_ms,
+            ingest_procs=config.ingest_procs,
         )
         self.resolved = res
         self.max_batch = res.max_batch
@@ -166,12 +168,16 @@ class Pipeline:
 
             self.detector = WordDetector(self.labels, **asdict(config.detector))
         self.capture = EventCapture(config.capture.dir, config.capture) if config.capture.dir else None
+        self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
+        self._shard(res.ingest_procs)
         self.events = EventLog(maxlen=200)
         self.transcript: list[str] = []
         self.usage = ResourceMeter()
         if isinstance(self.runner, ProcessRunner):
             runner = self.runner
-            self.usage.extra_pids = lambda: [runner.pid]  # the footer's CPU and RSS include the model
+            self.usage.extra_pids = lambda: [runner.pid, *self._ingest_pids()]  # the footer's CPU and RSS include them
+        elif any(isinstance(s, ShardedSource) for s in self.sources):
+            self.usage.extra_pids = self._ingest_pids
         if not all(s.realtime for s in self.sources):
             # capture stamps of a faster-than-real-time replay run ahead of the wall clock: latency
             # is then measured from when a window was formed, as with --fast
@@ -180,7 +186,6 @@ class Pipeline:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now
         self._dsp: dict[str, StreamDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
-        self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
         self.envelope = self._envelope_stage(config)
         self._ingest_lock = threading.Lock()
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
@@ -197,6 +202,29 @@ class Pipeline:
         self._status = "warming up"
         self._running = False  # start() completed
         self._said_waiting: set[int] = set()  # sources whose "waiting for ..." note was emitted
+
+    def _shard(self, procs: int) -> None:
+        """ZeroMQ SUB sources read by ``procs`` ingest processes (app/shards.py); the others, and
+        every source of a run that captures raw samples (which needs the frames here), keep their
+        ingest thread."""
+        if procs < 2 or not any(shardable(spec) for spec in self.config.sources):
+            return
+        if self.capture is not None:
+            if self.config.ingest_procs is not None:
+                self._notes.append(("*", "--ingest-procs is ignored with --capture: raw samples are captured "
+                                         "in the monitor's own process"))
+            return
+        self.health = HealthMirror(self.health.config)
+        self.sources = shard_sources(self.sources, self.config.sources, procs, meta=self.meta,
+                                     hop=self.config.hop, health=asdict(self.config.health),
+                                     max_streams=self.config.max_streams, mirror=self.health)
+        for src in self.sources:
+            if isinstance(src, ShardedSource):
+                src.max_streams = self.config.max_streams
+                src.on_windows, src.on_events, src.on_error = self._windows_in, self._emit_events, self._error
+
+    def _ingest_pids(self) -> list[int]:
+        return [pid for s in self.sources if isinstance(s, ShardedSource) for pid in s.pids]
 
     def _envelope_stage(self, config: RunConfig) -> EnvelopeStage | None:
         """The envelope evidence stage where a bearing geometry is configured; else None, said once
@@ -397,9 +425,14 @@ class Pipeline:
             self._ingest_round(this, source, windows)
             kept = later
         if windows:
-            self.batcher.put_many(windows)
-            if self.envelope is not None:
-                self.envelope.push(windows)
+            self._windows_in(windows)
+
+    def _windows_in(self, windows: list[Window]) -> None:
+        """Where windows enter the engine, from an ingest thread or an ingest process
+        (``ShardedSource``'s reading loop)."""
+        self.batcher.put_many(windows)
+        if self.envelope is not None:
+            self.envelope.push(windows)
 
     def _ingest_round(self, items: list[tuple[Frame, StreamDSP]], source: Any, windows: list[Window]) -> None:
         """Frames of distinct streams: health and capture per channel, then each frame's DSP (one
@@ -634,6 +667,9 @@ class Pipeline:
             dsps = list(self._dsp.items())
         nonfinite = {sid: d.nonfinite for sid, d in dsps if d.nonfinite and not isinstance(d, FrameDSP)}
         nonfinite.update(kv for _, d in dsps if isinstance(d, FrameDSP) for kv in d.nonfinite_by_stream().items())
+        for src in self.sources:
+            if isinstance(src, ShardedSource):
+                nonfinite.update(src.nonfinite)
         return {
             "engine": self.stats.to_json(),
             "device": self.runner.device_name,

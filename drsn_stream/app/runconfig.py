@@ -68,6 +68,9 @@ class RunConfig:
     threads: int | None = None
     cpu_layout: str = "auto"  # CPU: run 1-D networks in their verified channels-last form ("off": as stored)
     engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
+    # processes that read each zmq:// source, sharded by stream id (app/shards.py); other sources
+    # keep their ingest thread (None: 1 below 8 cores, half the cores, at most 8, from there on)
+    ingest_procs: int | None = None
     # with the engine process: give it a core of its own, keep ingest on the rest
     # (None: on when it runs one torch thread, the default)
     pin_cpus: bool | None = None
@@ -90,7 +93,7 @@ class RunConfig:
         for name, least in (("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0), ("max_streams", 1)):
             if not getattr(self, name) >= least:
                 problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
-        for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1)):
+        for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1), ("ingest_procs", 1)):
             value = getattr(self, name)
             if value is not None and not value >= least:
                 problems.append(f"{name} must be >= {least} (or left unset), not {value!r}")

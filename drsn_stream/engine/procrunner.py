@@ -30,6 +30,7 @@ except ImportError:  # Windows
 
 from drsn_stream.engine.runner import Pending, check_windows, infer_in_slices, split_packed
 from drsn_stream.errors import ArtifactError, EngineError
+from drsn_stream.runtime import attach_shared_memory as _attach
 from drsn_stream.runtime import freeze_start_up_objects
 
 READY_TIMEOUT_S = 120.0
@@ -41,19 +42,6 @@ RESTART_WINDOW_S = 600.0
 
 class EngineRestarted(EngineError):
     """The engine process died and a new one took over; the batches in flight are lost."""
-
-
-def _attach(name: str) -> shared_memory.SharedMemory:
-    """Opens the parent's segment without letting this process's resource tracker unlink it at
-    exit (the parent owns and unlinks it; Python < 3.13 has no ``track=False``)."""
-    try:
-        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
-    except TypeError:
-        from multiprocessing import resource_tracker
-
-        shm = shared_memory.SharedMemory(name=name)
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-        return shm
 
 
 def _preempted() -> int:

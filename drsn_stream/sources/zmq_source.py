@@ -12,7 +12,7 @@ socket is polled with a short timeout so ``close()`` from any thread ends iterat
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import zmq
@@ -102,6 +102,9 @@ class _ZmqSource(Source):
         self._missing: dict[str, set[int]] = {}  # recent seqs skipped by a gap, per stream
         self._sock: zmq.Socket | None = None
         self.last_error = ""  # the most recent rejected message's reason and detail, for display
+        # Set by an ingest process (app.shards): False for a topic (stream id, bytes) that is another
+        # process's, which skips the message before it is decoded or counted.
+        self.accept_topic: Callable[[bytes], bool] | None = None
 
     def _open(self) -> None:
         ctx = zmq.Context.instance()
@@ -120,6 +123,13 @@ class _ZmqSource(Source):
                 "check the address (tcp host:port)"
             raise SourceError(f"cannot {verb} {self.address}: {exc.strerror}; {hint}") from exc
         self._sock = sock
+
+    def subscribe(self, topic: bytes, *, on: bool = True) -> None:
+        """SUB: also receive (``on=False``: no longer) messages whose topic starts with ``topic``.
+        Call it from the reading thread (a ZeroMQ socket belongs to one thread), e.g. in
+        ``on_idle`` or between frames; the publisher applies it a moment later."""
+        if self._sock is not None and self.socket_type == zmq.SUB:
+            self._sock.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, topic)
 
     def waiting(self) -> str | None:
         senders = "publishers" if self.socket_type == zmq.SUB else "senders"
@@ -189,6 +199,8 @@ class _ZmqSource(Source):
                     parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
                 except zmq.Again:
                     break
+                if self.accept_topic is not None and not self.accept_topic(parts[0]):
+                    continue
                 try:
                     msg = decoder.decode(parts)
                 except WireError as exc:

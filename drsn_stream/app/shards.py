@@ -1,0 +1,829 @@
+"""Ingest across cores: a ZeroMQ SUB source read, checked and windowed by several processes.
+
+One ingest thread (decode, sensor health, DSP: tens of microseconds of Python per frame) is the
+limit of a big host long before the model is. ``ShardedSource`` stands in for a ``zmq://`` source:
+it starts N child interpreters (``python -m drsn_stream.app.shards``), each with a SUB socket of
+its own to the same publisher, keeping the streams whose id hashes to it and running sensor health
+and per-stream DSP for them exactly as the in-process path does. Windows come back through one
+shared-memory ring per child, ``(slots, rows, window)`` float32; the child's stdout pipe carries
+only the slot and each window's id, index, capture time and health, then health events, error
+lines and counters as small JSON lines, in the order they happened. The parent's reading loop
+hands the windows to the micro-batcher as the in-process path does.
+
+Sharding uses ZeroMQ subscriptions on the topic, which is the stream id (docs/wire-format.md),
+with a hash to decide the owner: ids are free text (``m000`` .. ``m999`` share every prefix but
+the last characters), so fixed prefixes cannot split unknown ids evenly. Stream ``s`` belongs to
+process ``crc32(s) % N``. Every process starts subscribed to the source's topic (everything by
+default) and drops the others' messages by their topic frame alone (before decoding, ~1 us). Once
+it has had LEARN_S seconds of data, each process but the first subscribes to the exact topics of
+its own streams and drops the shared subscription: from then on the publisher sends each of its
+streams to it alone. The first process keeps the shared subscription to find streams that start
+later; it tells the parent, which has the owner subscribe to the new topic (the owner misses the
+stream's first frames meanwhile, a few tens of milliseconds). The publisher thus sends every
+message about twice instead of N times. A malformed message on a topic no process has asked for is
+not counted until its owner subscribes to that topic.
+
+A child that dies is said in one line, counted and started again (its streams lose their windows
+in flight and their DSP state); one that dies more than ``MAX_RESTARTS`` times within
+``RESTART_WINDOW_S`` is not started again and its streams are reported lost. A child that stops
+answering is never waited for: the parent's pipe reads and writes do not block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing import shared_memory
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from drsn_stream.dsp import FrameDSP, StreamDSP
+from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
+from drsn_stream.errors import SourceError
+from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth
+from drsn_stream.runtime import attach_shared_memory
+from drsn_stream.sources import make_source, parse_spec
+from drsn_stream.sources.base import Source
+from drsn_stream.types import Event, Frame, Window, channel_ids, split_channels
+
+SHARDABLE_KINDS = ("zmq",)  # SUB sockets that connect: every child can subscribe to the same publisher
+SLOTS = 8  # ring slots per child
+ROWS = 128  # windows per slot
+FLUSH_S = 0.005  # a child hands over windows at least this often while frames keep coming
+STATS_S = 0.5  # a child reports counters and health this often
+NEWS_S = 0.02  # and new streams and ends of streams at least this often (and before going idle)
+READY_TIMEOUT_S = 60.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
+LEARN_S = 3.0  # processes but the first subscribe to their own streams' topics alone after this (s of data)
+MAX_DISCOVERED = 1 << 18  # topics the first process remembers having announced (bounded memory)
+SILENT_S = 15.0  # a started child says something at least every ~0.1 s; silent this long, it is ended
+LOST = "ingest process lost"  # the health reason of the streams of a process not started again
+
+
+def shard_of(topic: bytes, shards: int) -> int:
+    """The ingest process (0 .. shards-1) that owns the stream whose topic frame is ``topic``;
+    crc32, so every process agrees whatever its hash seed."""
+    return zlib.crc32(topic) % shards
+
+
+def shardable(spec: str) -> bool:
+    """Whether a source spec can be split across ingest processes (ZeroMQ SUB, connecting)."""
+    return parse_spec(spec).kind in SHARDABLE_KINDS
+
+
+class HealthMirror(HealthMonitor):
+    """A ``HealthMonitor`` that also shows the streams whose health the ingest processes judge:
+    their states arrive as copies (``update``) and as health events (``note``). Streams of
+    in-process sources are judged here as usual."""
+
+    def __init__(self, config: HealthConfig | None = None) -> None:
+        super().__init__(config)
+        self._remote: dict[str, StreamHealth] = {}
+
+    def update(self, states: dict[str, StreamHealth]) -> None:
+        with self._lock:
+            self._remote.update(states)
+
+    def note(self, event: Event) -> None:
+        """A health event from a child: the stream's state changes here at once."""
+        with self._lock:
+            old = self._remote.get(event.stream_id, StreamHealth(event.stream_id))
+            self._remote[event.stream_id] = dataclasses.replace(
+                old, state=str(event.data.get("to", old.state)), reasons=tuple(event.data.get("reasons", ())),
+                since=event.time)
+
+    def healthy(self, stream: str) -> bool:
+        with self._lock:
+            remote = self._remote.get(stream)
+        return remote.ok if remote is not None else super().healthy(stream)
+
+    def unhealthy(self, streams: Iterable[str]) -> set[str]:
+        streams = list(streams)
+        with self._lock:
+            remote = {sid: self._remote[sid] for sid in streams if sid in self._remote}
+        local = super().unhealthy(sid for sid in streams if sid not in remote)
+        return local | {sid for sid, h in remote.items() if not h.ok}
+
+    def state(self, stream: str) -> StreamHealth:
+        with self._lock:
+            remote = self._remote.get(stream)
+        return remote if remote is not None else super().state(stream)
+
+    def states(self, streams: Any = None) -> dict[str, StreamHealth]:
+        with self._lock:
+            remote = dict(self._remote)
+        ids = list(streams) if streams is not None else None
+        local = super().states(None if ids is None else [s for s in ids if s not in remote])
+        if ids is None:
+            return {**local, **remote}
+        return {s: remote[s] if s in remote else local[s] for s in ids}
+
+    @property
+    def streams(self) -> list[str]:
+        local = super().streams
+        with self._lock:
+            remote = list(self._remote)
+        known = set(local)
+        return local + [s for s in remote if s not in known]
+
+
+# ---------------------------------------------------------------------- the child
+
+
+class _Stage:
+    """The in-process ingest stage (``Pipeline._ingest_frame``) for one child's streams: health
+    and DSP per frame, windows and events gathered for the parent."""
+
+    def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int) -> None:
+        self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
+        self.dsp: dict[str, StreamDSP] = {}
+        self.errors: Counter[str] = Counter()
+        self.streams: dict[str, None] = {}  # frame stream ids seen, in order (Source.streams copies its list)
+
+    def push(self, frame: Frame, source: Source, out: _Out) -> None:
+        if frame.stream_id not in self.streams:
+            self.streams[frame.stream_id] = None
+        try:
+            self._push(frame, source, out)
+        except UnsupportedRate as exc:
+            source.stats.bad("unsupported_rate")
+            self.errors[f"stream {frame.stream_id}: {exc}"] += 1
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
+            source.stats.bad("ingest_error")
+            text = str(exc).strip().splitlines()
+            self.errors[f"stream {frame.stream_id}: frame dropped: {type(exc).__name__}"
+                        + (f": {text[0][:200]}" if text else "")] += 1
+
+    def _push(self, frame: Frame, source: Source, out: _Out) -> None:
+        multi = frame.names is not None or (frame.samples.ndim == 2 and frame.samples.shape[1] > 1)
+        ids = channel_ids(frame.stream_id, frame.samples.shape[1], frame.names) if multi else None
+        dsp = self.dsp.get(frame.stream_id)
+        if dsp is None or getattr(dsp, "ids", None) != ids:
+            if dsp is None and len(self.dsp) >= self.max_streams:
+                source.stats.bad("too_many_streams")
+                return
+            rational_ratio(frame.sample_rate, self.meta.sample_rate)
+            dsp = self.dsp[frame.stream_id] = (
+                FrameDSP(self.meta, ids, hop=self.hop, normalize=False) if ids is not None
+                else StreamDSP(self.meta, hop=self.hop, normalize=False))
+        events: list[Event] = []
+        for part in split_channels(frame) if multi else (frame,):
+            events += self.health.push(part)
+        if events:
+            out.events(events)
+        windows = dsp.push(frame)
+        if windows:
+            for sid in ids or (frame.stream_id,):
+                events = self.health.flush(sid)
+                if events:
+                    out.events(events)
+            # judged as in-process (the DSP's windows are not written after it made them)
+            out.windows(windows, [w.healthy and self.health.healthy(w.stream_id) for w in windows])
+
+    def nonfinite(self) -> dict[str, int]:
+        out = {sid: d.nonfinite for sid, d in self.dsp.items() if d.nonfinite and not isinstance(d, FrameDSP)}
+        out.update(kv for d in self.dsp.values() if isinstance(d, FrameDSP) for kv in d.nonfinite_by_stream().items())
+        return out
+
+
+class _Out:
+    """The child's side of the ring and the pipe: windows into free slots, lines to the parent;
+    from stdin, slot releases (``SLOT\\n``) and topics to subscribe to (``s HEX\\n``); the end of
+    stdin means stop."""
+
+    def __init__(self, ring: np.ndarray, write: Callable[[bytes], None]) -> None:
+        self.ring, self._write = ring, write
+        self.free: deque[int] = deque(range(ring.shape[0]))
+        self.slot: int | None = None
+        self.meta: list[list[Any]] = []
+        self.t_first = 0.0
+        self.stopped = False
+        self.subs: list[bytes] = []  # topics the parent asked this process to subscribe to
+        self._inbuf = b""
+        self._next_read = 0.0
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self._write(json.dumps(obj, separators=(",", ":"), default=_plain).encode("utf-8") + b"\n")
+
+    def windows(self, windows: list[Window], healthy: list[bool]) -> None:
+        for w, ok in zip(windows, healthy):
+            if self.slot is None:
+                self.slot = self._take_slot()
+                if self.slot is None:
+                    return  # stopping
+                self.t_first = time.monotonic()
+            self.ring[self.slot, len(self.meta)] = w.data
+            self.meta.append([w.stream_id, w.index, w.t_last, ok, w.t_ready, w.level, w.normalized])
+            if len(self.meta) == self.ring.shape[1]:
+                self.flush()
+
+    def events(self, events: list[Event]) -> None:
+        self.flush()  # the windows formed before them go first, as in-process
+        self.send({"e": [[e.type, e.stream_id, e.time, e.data] for e in events]})
+
+    def flush(self, idle: bool = False) -> None:
+        if self.slot is not None and self.meta:
+            self.send({"w": self.slot, "m": self.meta, "i": idle})
+            self.slot, self.meta = None, []
+        elif idle:
+            self.send({"i": True})
+
+    def due(self) -> bool:
+        return bool(self.meta) and time.monotonic() - self.t_first >= FLUSH_S
+
+    def read_control(self, timeout: float = 0.0) -> None:
+        """Takes the parent's slot releases; an ended stdin means stop. Looks at most every 10 ms
+        unless asked to wait (a system call per frame would cost more than the frame)."""
+        now = time.monotonic()
+        if timeout == 0.0 and now < self._next_read:
+            return
+        self._next_read = now + 0.01
+        while not self.stopped and select.select([0], [], [], timeout)[0]:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                self.stopped = True
+                return
+            self._inbuf += chunk
+            *lines, self._inbuf = self._inbuf.split(b"\n")
+            for line in lines:
+                if line.startswith(b"s "):
+                    self.subs.append(bytes.fromhex(line[2:].decode("ascii")))
+                elif line.strip():
+                    self.free.append(int(line))
+            timeout = 0.0
+
+    def _take_slot(self) -> int | None:
+        while not self.free and not self.stopped:
+            self.read_control(0.1)  # the parent copies a slot out at once; wait for it
+        return self.free.popleft() if self.free else None
+
+
+def _worker(cfg: dict[str, Any]) -> int:
+    """One ingest process: its share of the source's streams until stdin ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    pipe = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the protocol
+    sys.stdout = sys.stderr
+
+    def write(data: bytes) -> None:
+        pipe.write(data)
+        pipe.flush()
+
+    shard, shards = int(cfg["shard"]), int(cfg["shards"])
+    shm = attach_shared_memory(cfg["shm"])
+    ring = np.ndarray((SLOTS, ROWS, int(cfg["meta"]["window"])), np.float32, shm.buf)
+    out = _Out(ring, write)
+    foreign = {"count": 0, "seen": set(), "new": []}  # messages of other processes' streams dropped here
+    # processes but the first take their own topics alone LEARN_S after the first message: the
+    # streams a publisher starts with have all been seen by then
+    learn: dict[str, Any] = {"s": float(cfg["learn_s"]) if shard and cfg["learn_s"] else None, "at": None}
+
+    def accept(topic: bytes) -> bool:
+        if learn["s"] is not None and learn["at"] is None:
+            learn["at"] = time.monotonic() + learn["s"]
+        if shard_of(topic, shards) == shard:
+            return True
+        foreign["count"] += 1
+        # process 0 keeps the source's own subscription: it finds the streams that start later
+        if shard == 0 and topic not in foreign["seen"] and len(foreign["seen"]) < MAX_DISCOVERED:
+            foreign["seen"].add(topic)
+            foreign["new"].append(topic)
+        return False
+
+    try:
+        source = make_source(cfg["spec"], until_eos=False)  # when the run ends is the parent's to say
+        source.max_streams = int(cfg["max_streams"])
+        source.accept_topic = accept  # type: ignore[attr-defined]
+        base = str(source.options["topic"]).encode("utf-8")
+        health = HealthMonitor(HealthConfig(**cfg["health"]))
+        stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]))
+        source.open()
+    except Exception as exc:  # noqa: BLE001 - said by the parent in one line
+        out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
+        return 1
+    out.send({"ready": os.getpid()})
+    state: dict[str, Any] = {"next_stats": time.monotonic() + STATS_S, "next_news": 0.0, "ended": 0, "streams": 0}
+    subscribed: set[bytes] = set()
+
+    def subscriptions() -> None:
+        """Exact topics for the streams this process owns, once it has learned them (LEARN_S):
+        then the publisher sends it only its own streams."""
+        for topic in out.subs:
+            if topic not in subscribed:
+                source.subscribe(topic)  # type: ignore[attr-defined]
+                subscribed.add(topic)
+        out.subs.clear()
+        if learn["at"] is not None and time.monotonic() >= learn["at"]:
+            learn["s"] = learn["at"] = None
+            out.subs.extend(sid.encode("utf-8") for sid in stage.streams)
+            subscriptions()
+            source.subscribe(base, on=False)  # type: ignore[attr-defined]
+
+    def report() -> None:
+        out.flush()
+        errors, stage.errors = stage.errors, Counter()
+        out.send({"s": source.stats.snapshot(), "streams": list(stage.streams), "nf": stage.nonfinite(),
+                  "h": {sid: _fields(h) for sid, h in health.states().items()},
+                  "err": dict(errors), "fg": foreign["count"]})
+        state["next_stats"] = time.monotonic() + STATS_S
+        state["ended"], state["streams"] = len(source.stats.ended), len(stage.streams)
+
+    def news(ended: int, streams: int) -> None:
+        """New streams and ends of streams, in a short line (the full report is O(streams))."""
+        out.flush()
+        out.send({"n": list(stage.streams)[state["streams"]:], "x": sorted(source.stats.ended),
+                  "d": [t.hex() for t in foreign["new"]]})
+        foreign["new"] = []
+        state["ended"], state["streams"] = ended, streams
+        state["next_news"] = time.monotonic() + NEWS_S
+
+    def housekeeping(idle: bool) -> None:
+        out.read_control()
+        if out.stopped:
+            source.close()
+            return
+        # New streams and ends of streams are said within NEWS_S, and always before an idle mark,
+        # after the windows before them (the parent ends a run at the end of every stream once each
+        # child has been idle since: then nothing is left in flight).
+        now = time.monotonic()
+        ended, streams = len(source.stats.ended), len(stage.streams)
+        if now >= state["next_stats"]:
+            events = health.tick()
+            if events:
+                out.events(events)
+            report()
+        elif ((ended, streams) != (state["ended"], state["streams"]) or foreign["new"]) and (
+                idle or now >= state["next_news"]):
+            news(ended, streams)
+        if out.subs or learn["at"] is not None:
+            subscriptions()
+        if idle or out.due():
+            out.flush(idle)
+
+    source.on_idle = lambda: housekeeping(True)
+    try:
+        with source:
+            for frame in source:
+                stage.push(frame, source, out)
+                housekeeping(False)
+        report()
+    except (BrokenPipeError, OSError):
+        return 0  # the parent has gone
+    except Exception as exc:  # noqa: BLE001
+        out.send({"fatal": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        return 1
+    finally:
+        out.ring = ring = np.empty((0, 0, 0), np.float32)  # no view of the segment left: it can close
+        try:
+            shm.close()
+        except BufferError:  # a view still held somewhere: the process ends right after anyway
+            pass
+    return 0
+
+
+def _plain(o: Any) -> Any:
+    """numpy scalars (a window index, an event's figure) as the Python numbers JSON knows."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def _fields(h: StreamHealth) -> dict[str, Any]:
+    d = dataclasses.asdict(h)
+    del d["stream_id"]
+    return d
+
+
+# ---------------------------------------------------------------------- the parent
+
+
+class _Child:
+    """The parent's handle on one ingest process."""
+
+    def __init__(self, index: int, window: int) -> None:
+        self.index = index
+        self.shm = shared_memory.SharedMemory(create=True, size=SLOTS * ROWS * window * 4)
+        self.ring = np.ndarray((SLOTS, ROWS, window), np.float32, self.shm.buf)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.buf = b""
+        self.early: list[dict[str, Any]] = []  # read while waiting for "ready", handled by the loop
+        self.stats: dict[str, Any] = {}  # its latest counters
+        self.nonfinite: dict[str, int] = {}
+        self.streams: dict[str, None] = {}  # the stream ids it has seen, over its restarts too
+        self.health_ids: list[str] = []  # the streams (channels) whose health it judges
+        self.lost = False
+        self.deaths: deque[float] = deque()
+        self.idles = 0  # idle marks received: its socket had nothing more
+        self.ready = False
+        self.heard = 0.0  # time.monotonic() of its latest line
+        self.foreign = 0  # messages of other processes' streams it received and dropped
+        self._control = bytearray()  # lines for its stdin not written yet (the pipe was full)
+        self.ended: set[str] = set()  # streams that have sent end-of-stream
+
+    def start(self, cfg: dict[str, Any]) -> None:
+        self.buf, self.stats, self.early, self.ended = b"", {}, [], set()
+        self.ready, self.heard, self._control = False, time.monotonic(), bytearray()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "drsn_stream.app.shards", json.dumps({**cfg, "shard": self.index,
+                                                                         "shm": self.shm.name})],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            start_new_session=True,  # a terminal's Ctrl-C goes to the monitor alone, which ends them
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
+        )
+        assert self.proc.stdin is not None
+        os.set_blocking(self.proc.stdin.fileno(), False)  # a stuck child never blocks the parent
+
+    @property
+    def fd(self) -> int:
+        assert self.proc is not None and self.proc.stdout is not None
+        return self.proc.stdout.fileno()
+
+    def control(self, line: bytes) -> None:
+        """A line for its stdin (a slot release, a topic to subscribe to), in order; what the
+        pipe does not take now is written by ``flush`` later, never waited for."""
+        self._control += line
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._control or self.proc is None or self.proc.stdin is None:
+            return
+        try:
+            n = os.write(self.proc.stdin.fileno(), self._control)
+        except BlockingIOError:
+            return
+        except (BrokenPipeError, OSError, ValueError):
+            self._control.clear()  # a child that reads nothing any more; its end shows on its stdout
+            return
+        del self._control[:n]
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """The whole lines it has written; None once its stdout has ended."""
+        chunk = os.read(self.fd, 1 << 20)
+        if not chunk:
+            return None
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        self.heard = time.monotonic()
+        msgs = []
+        for line in lines:
+            try:
+                msgs.append(json.loads(line))
+            except ValueError:  # not a line a child writes: skipped, the source reads on
+                continue
+        return msgs
+
+    def begin_stop(self) -> None:
+        """Its stdin ends: it stops reading, sends its last counters and exits."""
+        if self.proc is not None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def stop(self, wait_s: float) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        for f in (proc.stdin, proc.stdout):
+            try:
+                f.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=max(0.0, wait_s))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5.0)
+        self.proc = None
+        return proc.returncode
+
+    def free(self) -> None:
+        if self.ring.size:
+            self.ring = np.empty((0, 0, 0), np.float32)
+            self.shm.close()
+            self.shm.unlink()
+
+
+def _readable(fds: list[int], timeout: float) -> list[int]:
+    """The fds with data (or an end) to read, waiting up to ``timeout`` s; poll(), not select(),
+    so that a monitor with many open files (fds above 1023) still works."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(timeout * 1000.0)]
+
+
+def _code(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class ShardedSource(Source):
+    """A ``zmq://`` source whose streams are read by ``procs`` ingest processes (see the module).
+
+    Windows, health events and error lines reach the monitor through callbacks it sets
+    (``on_windows``, ``on_events``, ``on_error``); iteration yields no frames: it runs the reading
+    loop until ``close()`` (or, with ``until_eos=1``, until every stream seen has ended).
+    ``stats`` sums the children's counters; ``health`` (a ``HealthMirror``) shows their health.
+    """
+
+    kind = "zmq (sharded)"
+    restartable = False
+
+    def __init__(self, spec: str, procs: int, *, meta: Any, hop: int | None, health: dict[str, Any],
+                 max_streams: int, mirror: HealthMirror) -> None:
+        super().__init__(spec)
+        self.inner = make_source(spec)  # checks the spec and its options here, in the parent
+        self.procs = int(procs)
+        self.until_eos = bool(self.inner.options.get("until_eos"))
+        self.mirror = mirror
+        self._cfg = {"spec": spec, "shards": self.procs, "hop": hop, "health": health, "max_streams": max_streams,
+                     "learn_s": LEARN_S,
+                     "meta": {"sample_rate": float(meta.sample_rate), "window": int(meta.window),
+                              "hop": int(meta.hop), "normalization": dict(meta.normalization)}}
+        self._window = int(meta.window)
+        self._children: list[_Child] = []
+        self._retired: list[dict[str, Any]] = []  # the last counters of children that died
+        self.restarts = 0
+        self.on_windows: Callable[[list[Window]], None] = lambda ws: None
+        self.on_events: Callable[[list[Event]], None] = lambda es: None
+        self.on_error: Callable[[str], None] = lambda line: None
+
+    @property
+    def realtime(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def waiting(self) -> str | None:
+        return self.inner.waiting()
+
+    @property
+    def pids(self) -> list[int]:
+        """The ingest processes running now."""
+        return [c.proc.pid for c in self._children if c.proc is not None]
+
+    @property
+    def foreign(self) -> list[int]:
+        """Per process: messages of the other processes' streams it received and dropped (the
+        cost of the shared subscription; after LEARN_S it grows in process 1 only)."""
+        return [c.foreign for c in self._children]
+
+    @property
+    def nonfinite(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self._children:
+            out.update(c.nonfinite)
+        return out
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self._children = [_Child(k, self._window) for k in range(self.procs)]
+            for c in self._children:
+                c.start(self._cfg)
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            for c in self._children:
+                self._await_ready(c, deadline)
+        except BaseException:
+            self._close()
+            raise
+
+    def _await_ready(self, c: _Child, deadline: float) -> None:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not _readable([c.fd], left):
+                raise SourceError(f"ingest process {c.index + 1} of {self.procs} did not start within "
+                                  f"{READY_TIMEOUT_S:.0f} s")
+            lines = c.read()
+            if lines is None:
+                raise SourceError(f"ingest process {c.index + 1} of {self.procs} ended while starting "
+                                  f"({_code(c.proc.wait(timeout=5.0) if c.proc else None)})")
+            for i, msg in enumerate(lines):
+                if "fatal" in msg:
+                    raise SourceError(f"{self.inner.kind}:{self.inner.target}: {msg['fatal']}")
+                if "ready" in msg:
+                    c.early, c.ready = lines[i + 1:], True
+                    return
+
+    def _close(self) -> None:
+        deadline = time.monotonic() + 2.0
+        for c in self._children:
+            c.begin_stop()
+        self._drain(deadline)
+        for c in self._children:
+            c.stop(deadline - time.monotonic())
+        for c in self._children:
+            c.free()  # the handles stay: their last counters are still read (the final stats)
+
+    # -- the reading loop ---------------------------------------------------------------
+
+    def _frames(self) -> Iterator[Frame]:
+        ended_at: dict[int, int] | None = None  # idle marks when every stream seen had ended
+        while not self.closed:
+            live = {c.fd: c for c in self._children if c.proc is not None}
+            for c in live.values():
+                early, c.early = c.early, []
+                for msg in early:
+                    self._handle(c, msg)
+            if not live:
+                raise SourceError(f"{self.inner.kind}:{self.inner.target}: every ingest process is lost")
+            for fd in _readable(list(live), 0.1):
+                c = live[fd]
+                msgs = c.read()
+                if msgs is None:
+                    self._died(c)
+                    continue
+                for msg in msgs:
+                    self._handle(c, msg)
+            for c in self._children:
+                c.flush()
+            self._check_silent()
+            if self.until_eos and self._all_ended():
+                # done once every child has been idle since: a stream only one of them has
+                # seen so far would otherwise be cut short
+                if ended_at is None:
+                    ended_at = {c.index: c.idles for c in self._children}
+                elif all(c.idles > ended_at[c.index] for c in self._children if c.proc is not None):
+                    return
+            else:
+                ended_at = None
+        return
+        yield  # a generator that hands over windows through on_windows, never a frame
+
+    def _drain(self, deadline: float) -> None:
+        """Their last counters, events and errors (windows formed after the stop are dropped, as
+        frames still queued are in-process) until each has closed its stdout, or the deadline."""
+        live = {c.fd: c for c in self._children if c.proc is not None and c.proc.stdout is not None}
+        while live and time.monotonic() < deadline:
+            for fd in _readable(list(live), max(0.0, deadline - time.monotonic())):
+                c = live[fd]
+                try:
+                    msgs = c.read()
+                except (OSError, ValueError):
+                    msgs = None
+                if msgs is None:
+                    del live[fd]
+                    continue
+                for msg in [*c.early, *msgs]:
+                    msg.pop("w", None)
+                    self._handle(c, msg)
+                c.early = []
+
+    def _check_silent(self) -> None:
+        """A child that stopped answering (stuck, stopped) is ended; its end is then handled
+        like any other death. One still starting gets READY_TIMEOUT_S."""
+        now = time.monotonic()
+        for c in self._children:
+            if c.proc is not None and now - c.heard > (SILENT_S if c.ready else READY_TIMEOUT_S):
+                self.on_error(f"ingest process {c.index + 1} of {self.procs} (pid {c.proc.pid}) did not answer for "
+                              f"{now - c.heard:.0f} s; ending it")
+                c.proc.kill()
+                c.heard = now  # its end (EOF on its stdout) follows
+
+    def _handle(self, c: _Child, msg: dict[str, Any]) -> None:
+        if "ready" in msg:
+            c.ready = True
+        if "w" in msg:
+            slot, meta = int(msg["w"]), msg["m"]
+            data = c.ring[slot, : len(meta)].copy()
+            c.control(b"%d\n" % slot)
+            self.on_windows([Window(sid, int(index), float(t_last), data[i], float(t_ready), float(level), bool(norm),
+                                    bool(ok))
+                             for i, (sid, index, t_last, ok, t_ready, level, norm) in enumerate(meta)])
+        if "e" in msg:
+            events = [Event(t, sid, float(when), data) for t, sid, when, data in msg["e"]]
+            for e in events:
+                if e.type == "health":
+                    self.mirror.note(e)
+            self.on_events(events)
+        if msg.get("d"):  # topics process 0 saw first: each goes to the process that owns it
+            for topic in msg["d"]:
+                owner = self._children[shard_of(bytes.fromhex(topic), self.procs)]
+                if owner.proc is not None:
+                    owner.control(b"s " + topic.encode("ascii") + b"\n")
+        if "n" in msg:
+            c.streams.update(dict.fromkeys(msg["n"]))
+            self._add_streams(msg["n"])
+            c.ended = set(msg["x"])
+        if "s" in msg:
+            c.stats, c.nonfinite, c.foreign = msg["s"], msg["nf"], int(msg["fg"])
+            c.streams.update(dict.fromkeys(msg["streams"]))
+            c.ended = set(msg["s"]["ended"])
+            self._add_streams(msg["streams"])
+            self.mirror.update({sid: StreamHealth(sid, **{**d, "reasons": tuple(d["reasons"])})
+                                for sid, d in msg["h"].items()})
+            c.health_ids = list(msg["h"])
+            for line, n in msg["err"].items():
+                for _ in range(min(int(n), 1000)):
+                    self.on_error(line)
+            self._sum_stats()
+        if "fatal" in msg:
+            self.on_error(f"ingest process {c.index + 1} of {self.procs}: {msg['fatal']}")
+        if msg.get("i"):
+            c.idles += 1
+            self._idle()
+
+    def _add_streams(self, ids: list[str]) -> None:
+        for sid in ids:
+            if sid not in self._stream_set:
+                self._stream_set.add(sid)
+                self._streams.append(sid)
+
+    def _all_ended(self) -> bool:
+        seen = set(self._streams)
+        return bool(seen) and seen <= set().union(*(c.ended for c in self._children))
+
+    def _died(self, c: _Child) -> None:
+        """Counted, said in one line, and started again; lost after MAX_RESTARTS in the window."""
+        pid = c.proc.pid if c.proc is not None else None
+        code = c.stop(2.0)
+        if self.closed:
+            return
+        self._retired.append(c.stats)
+        now = time.monotonic()
+        c.deaths.append(now)
+        while c.deaths and now - c.deaths[0] > RESTART_WINDOW_S:
+            c.deaths.popleft()
+        who = f"ingest process {c.index + 1} of {self.procs} (pid {pid}) ended ({_code(code)})"
+        if len(c.deaths) > MAX_RESTARTS:
+            c.lost = True
+            names = sorted(c.streams)
+            lost = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            n = len(c.deaths)
+            self.on_error(f"{who} {n} time{'s' if n != 1 else ''} within {RESTART_WINDOW_S:.0f} s; not started again: "
+                          f"its streams are no longer monitored ({lost or 'none seen yet'})")
+            self._lose(c)
+            return
+        self.restarts += 1
+        self.on_error(f"{who}; started a new one (restart {self.restarts}), its streams' windows in flight are lost")
+        c.stats, c.nonfinite = {}, {}
+        try:
+            c.start(self._cfg)  # its "ready" line is read by the loop like any other
+        except OSError as exc:
+            c.lost = True
+            self.on_error(f"ingest process {c.index + 1} of {self.procs} could not be started again: {exc}")
+
+    def _lose(self, c: _Child) -> None:
+        """Its streams show CHECK_SENSOR ("ingest process lost") from now on."""
+        now = time.time()
+        events = [Event("health", sid, now, {"from": self.mirror.state(sid).state, "to": CHECK_SENSOR,
+                                             "reasons": [LOST]}) for sid in c.health_ids]
+        for e in events:
+            self.mirror.note(e)
+        if events:
+            self.on_events(events)
+
+    def _sum_stats(self) -> None:
+        parts = self._retired + [c.stats for c in self._children if c.stats]
+        st = self.stats
+        with st._lock:
+            st.frames = sum(p["frames"] for p in parts)
+            st.samples = sum(p["samples"] for p in parts)
+            st.crashes = sum(p["crashes"] for p in parts)
+            st.last_crash = next((p["last_crash"] for p in reversed(parts) if p["last_crash"]), "")
+            for name in ("malformed", "gaps", "missing", "restarts", "duplicates", "late", "overflows"):
+                total: Counter[str] = Counter()
+                for p in parts:
+                    total.update(p[name])
+                setattr(st, name, dict(total))
+            st.ended = {sid for p in parts for sid in p["ended"]}
+
+
+def shard_sources(sources: list[Source], specs: tuple[str, ...], procs: int, **kwargs: Any) -> list[Source]:
+    """``sources`` with each shardable one (``shardable``) replaced by a ``ShardedSource`` of
+    ``procs`` ingest processes; the others (sim, file, mic, PULL, binding SUB) stay as they are."""
+    if procs < 2:
+        return sources
+    return [ShardedSource(spec, procs, **kwargs) if shardable(spec) else src for src, spec in zip(sources, specs)]
+
+
+__all__ = ["HealthMirror", "ShardedSource", "shard_of", "shard_sources", "shardable"]
+
+
+if __name__ == "__main__":
+    code = _worker(json.loads(sys.argv[1]))
+    sys.stderr.flush()
+    os._exit(code)  # the shared memory is the parent's to unlink

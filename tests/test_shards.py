@@ -1,0 +1,279 @@
+"""Ingest across processes (app/shards.py), end to end: real ZeroMQ on loopback, CWRU recordings,
+the shipped model, real child interpreters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from helpers import cwru_signal, require_cwru
+
+from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.app.shards import ShardedSource, shard_of
+from drsn_stream.monitor.health import CHECK_SENSOR
+from drsn_stream.sources.wire import encode, encode_eos
+
+RATE = 12000
+CHUNK = 512
+RECORDINGS = {  # stream id -> CWRU recording; the ids fall to both of two ingest processes
+    "press-1": "12k_Drive_End_IR014_0_169.mat",
+    "press-2": "12k_Drive_End_OR021@6_1_235.mat",
+    "press-3": "12k_Drive_End_B014_0_185.mat",
+    "press-4": "12k_Drive_End_IR014_1_170.mat",
+}
+
+
+def _streams(seconds: float) -> dict[str, np.ndarray]:
+    n = int(seconds * RATE)
+    out = {sid: cwru_signal(name)[:n].astype(np.float32) for sid, name in RECORDINGS.items()}
+    out["flat-5"] = np.full(n, 0.25, np.float32)  # a stuck sensor: its health is judged in a child
+    return out
+
+
+def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, pace: bool,
+               stop: threading.Event, errors: list[str], late: dict[str, int] | None = None) -> threading.Thread:
+    """Sends ``streams`` in CHUNK-sample frames once ``subscribers`` SUB sockets have subscribed
+    (XPUB, verbose: every subscription is heard), then end of stream; one malformed message too.
+    ``late``: streams that start only at this frame number."""
+
+    def run() -> None:
+        sock = zmq.Context.instance().socket(zmq.XPUB)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        sock.setsockopt(zmq.SNDHWM, 100000)
+        sock.setsockopt(zmq.LINGER, 5000)
+        try:
+            sock.bind(f"tcp://127.0.0.1:{port}")
+            heard, deadline = 0, time.time() + 60
+            while heard < subscribers and time.time() < deadline:
+                if sock.poll(100) and sock.recv()[:1] == b"\x01":
+                    heard += 1
+            if heard < subscribers:
+                errors.append(f"only {heard} of {subscribers} subscribers")
+                return
+            sock.send_multipart([b"press-1", b"{not json", b""])  # counted once, by its process
+            n = min(len(x) for x in streams.values())
+            t0 = time.time()
+            for seq, i in enumerate(range(0, n - CHUNK + 1, CHUNK)):
+                if stop.is_set():
+                    break
+                for sid, x in streams.items():
+                    if late and seq < late.get(sid, 0):
+                        continue
+                    sock.send_multipart(encode(sid, seq, t0 + i / RATE, RATE, x[i : i + CHUNK]))
+                if pace:
+                    time.sleep(max(0.0, t0 + (i + CHUNK) / RATE - time.time()))
+            for sid in streams:
+                sock.send_multipart(encode_eos(sid))
+        finally:
+            sock.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _config(port: int, procs: int, **kw: object) -> RunConfig:
+    return RunConfig(sources=(f"zmq://127.0.0.1:{port}?until_eos=1",), device="cpu", engine_process=False,
+                     ingest_procs=procs, stale_ms=60000, stats_every_s=3600, **kw)  # type: ignore[arg-type]
+
+
+def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], **kw: object) -> Pipeline:
+    pipe = Pipeline(_config(port, procs, duration=120))
+    pipe.start()
+    stop, errors = threading.Event(), []
+    pub = _publisher(port, procs, streams, stop=stop, errors=errors, **kw)  # type: ignore[arg-type]
+    try:
+        pipe.wait()
+    finally:
+        stop.set()
+        pipe.stop()
+        pub.join(timeout=10)
+    assert not errors, errors
+    return pipe
+
+
+@pytest.mark.slow
+def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
+        free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_cwru()
+    from drsn_stream.app import shards
+
+    # process 2 moves from the shared subscription to its own streams' topics mid-run
+    monkeypatch.setattr(shards, "LEARN_S", 1.0)
+    streams = _streams(4.0)
+    streams["gw-6"] = np.stack([streams["press-2"], streams["press-3"]], axis=1)  # a 2-channel DAQ module
+    ids = [s for s in streams if s != "gw-6"] + ["gw-6/ch0", "gw-6/ch1"]  # the streams monitored
+    assert {shard_of(sid.encode(), 2) for sid in streams} == {0, 1}  # both processes get streams
+    one = _run_until_eos(free_tcp_port, 1, streams, pace=True)
+    two = _run_until_eos(free_tcp_port, 2, streams, pace=True)
+    assert not isinstance(one.sources[0], ShardedSource) and isinstance(two.sources[0], ShardedSource)
+
+    frames = 4 * RATE // CHUNK
+    windows = (frames * CHUNK - 2048) // 512 + 1
+    assert {sid: sum(c.values()) for sid, c in one.label_counts.items()} == dict.fromkeys(ids, windows)
+    assert two.label_counts == one.label_counts  # the same windows, labels and sensor verdicts
+    assert one.label_counts["press-2"].most_common(1)[0][0] == "outer_021"
+    assert one.label_counts["gw-6/ch0"] == one.label_counts["press-2"]
+    assert one.label_counts["flat-5"] == Counter(check_sensor=windows)
+    # what the dashboard and the summary show comes from the children too
+    for pipe in (one, two):
+        assert pipe.health.state("flat-5").state == CHECK_SENSOR and pipe.health.healthy("press-1")
+        assert any(e.type == "health" and e.stream_id == "flat-5" for e in pipe.events.recent(50))
+        assert pipe.malformed_total() == 1
+        src = pipe.stats_json()["sources"][pipe.config.sources[0]]
+        assert src["frames"] == len(streams) * frames and sorted(src["ended"]) == sorted(streams)
+        rows = {r.stream_id: r for r in pipe.snapshot().rows}
+        assert rows["flat-5"].health == CHECK_SENSOR and set(rows) == set(ids)
+    assert "flat-5" in two.summary() and not two.errors
+    # process 1 keeps the shared subscription and drops process 2's stream throughout; process 2
+    # stopped receiving process 1's streams once it subscribed to its own
+    others = [sum(1 for s in streams if shard_of(s.encode(), 2) != k) for k in (0, 1)]
+    foreign = two.sources[0].foreign  # type: ignore[attr-defined]
+    assert foreign[0] == others[0] * (frames + 1) and 0 < foreign[1] < others[1] * frames, (foreign, others)
+
+
+@pytest.mark.slow
+def test_a_stream_that_starts_after_the_processes_took_their_own_topics_is_monitored(
+        free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_cwru()
+    from drsn_stream.app import shards
+
+    monkeypatch.setattr(shards, "LEARN_S", 0.5)
+    streams = _streams(4.0)
+    streams["late-4"] = streams.pop("press-4")  # process 2's only stream, from 2.5 s on
+    assert shard_of(b"late-4", 2) == 1 and all(shard_of(s.encode(), 2) == 0 for s in streams if s != "late-4")
+    start = 60
+    pipe = _run_until_eos(free_tcp_port, 2, streams, pace=True, late={"late-4": start})
+    sent = (4 * RATE // CHUNK - start) * CHUNK
+    # process 1 saw it first and told the parent, which had process 2 subscribe to it: at most
+    # its first frames are missed, while the subscription reaches the publisher
+    got = sum(pipe.label_counts["late-4"].values())
+    assert (sent - 2048) // 512 + 1 - 8 <= got <= (sent - 2048) // 512 + 1, got
+    assert pipe.label_counts["late-4"].most_common(1)[0][0] == "inner_014"
+
+
+@pytest.mark.slow
+def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end(free_tcp_port: int) -> None:
+    require_cwru()
+    streams = _streams(60.0)
+    pipe = Pipeline(_config(free_tcp_port, 2, duration=120))
+    pipe.start()
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource) and len(src.pids) == 2
+    victim = src.pids[0]
+    mine = [sid for sid in streams if shard_of(sid.encode(), 2) == 0]
+    shm = [f"/dev/shm/{c.shm.name.lstrip('/')}" for c in src._children]
+    stop, errors = threading.Event(), []
+    pub = _publisher(free_tcp_port, 2, streams, pace=True, stop=stop, errors=errors)
+    seen: set[int] = set(src.pids)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not all(pipe.label_counts.get(s) for s in mine):
+            time.sleep(0.2)
+        assert all(pipe.label_counts.get(s) for s in mine), pipe.label_counts
+        os.kill(victim, signal.SIGKILL)
+        while time.time() < deadline and not any("ended (signal SIGKILL)" in e for e in pipe.errors):
+            time.sleep(0.1)
+        before = {s: sum(pipe.label_counts[s].values()) for s in mine}
+        # the new process takes its streams up again
+        while time.time() < deadline and not all(sum(pipe.label_counts[s].values()) > before[s] + 4 for s in mine):
+            seen.update(src.pids)
+            time.sleep(0.2)
+        seen.update(src.pids)
+    finally:
+        stop.set()
+        pipe.stop()
+        pub.join(timeout=10)
+    line = next(e for e in pipe.errors if "ended (signal SIGKILL)" in e)
+    assert f"ingest process 1 of 2 (pid {victim})" in line and "started a new one" in line and src.restarts == 1
+    assert all(sum(pipe.label_counts[s].values()) > before[s] + 4 for s in mine), (before, pipe.label_counts)
+    assert line in pipe.summary()
+    assert victim not in src.pids and len(seen) == 3
+    # stop() leaves no ingest process and no shared memory behind
+    assert src.pids == []
+    for pid in seen:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not any(Path(p).exists() for p in shm)
+
+
+def test_other_sources_keep_their_ingest_thread_and_one_process_is_todays_path(free_tcp_port: int) -> None:
+    port = free_tcp_port
+    pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=2", f"zmq+bind://127.0.0.1:{port}",
+                                       f"zmq+pull://127.0.0.1:{port}", f"zmq://127.0.0.1:{port}"),
+                              device="cpu", engine_process=False, ingest_procs=3))
+    kinds = [type(s).__name__ for s in pipe.sources]
+    assert kinds[:3] == ["BearingSim", "ZmqSubBindSource", "ZmqPullSource"] and kinds[3] == "ShardedSource"
+    assert pipe.sources[3].procs == 3  # type: ignore[attr-defined]
+    one = Pipeline(RunConfig(sources=(f"zmq://127.0.0.1:{port}",), device="cpu", engine_process=False,
+                             ingest_procs=1))
+    assert type(one.sources[0]).__name__ == "ZmqSubSource"
+
+
+@pytest.mark.slow
+def test_a_process_that_keeps_dying_loses_its_streams_visibly_and_losing_all_ends_the_source(
+        free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_cwru()
+    from drsn_stream.app import shards
+
+    monkeypatch.setattr(shards, "MAX_RESTARTS", 0)  # the first death is one too many
+    streams = _streams(60.0)
+    pipe = Pipeline(_config(free_tcp_port, 2, duration=120))
+    pipe.start()
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource)
+    first, second = src.pids
+    mine = sorted(sid for sid in streams if shard_of(sid.encode(), 2) == 0)
+    stop, errors = threading.Event(), []
+    pub = _publisher(free_tcp_port, 2, streams, pace=True, stop=stop, errors=errors)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not all(pipe.health.state(s).frames for s in streams):
+            time.sleep(0.2)  # every process has reported its streams' health
+        os.kill(first, signal.SIGKILL)
+        while time.time() < deadline and not any("not started again" in e for e in pipe.errors):
+            time.sleep(0.1)
+        os.kill(second, signal.SIGKILL)
+        pipe.wait()  # ends by itself: the source has no process left
+    finally:
+        stop.set()
+        pipe.stop()
+        pub.join(timeout=10)
+    line = next(e for e in pipe.errors if "not started again" in e)
+    assert f"ingest process 1 of 2 (pid {first}) ended (signal SIGKILL)" in line
+    assert "its streams are no longer monitored (" + ", ".join(mine) in line
+    for sid in mine:
+        assert pipe.health.state(sid).state == CHECK_SENSOR and "ingest process lost" in pipe.health.state(sid).reasons
+    assert any("every ingest process is lost" in f for f in pipe.failed_sources), pipe.failed_sources
+    assert src.pids == [] and time.time() < deadline
+
+
+@pytest.mark.slow
+def test_a_stuck_ingest_process_is_ended_and_replaced_not_waited_for(free_tcp_port: int,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from drsn_stream.app import shards
+
+    monkeypatch.setattr(shards, "SILENT_S", 2.0)
+    pipe = Pipeline(_config(free_tcp_port, 2, duration=60))
+    pipe.start()
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource)
+    stuck = src.pids[1]
+    try:
+        time.sleep(0.5)  # no publisher: the processes are idle, and say so
+        os.kill(stuck, signal.SIGSTOP)
+        deadline = time.time() + 60
+        while time.time() < deadline and not src.restarts:
+            time.sleep(0.1)
+    finally:
+        pipe.stop()
+    assert any(f"ingest process 2 of 2 (pid {stuck}) did not answer for" in e for e in pipe.errors), pipe.errors
+    assert any(f"(pid {stuck}) ended (signal SIGKILL); started a new one" in e for e in pipe.errors), pipe.errors
+    assert src.pids == []
