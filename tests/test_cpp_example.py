@@ -29,7 +29,9 @@ CWRU_FILES = ("12k_Drive_End_B007_0_118.mat", "12k_Drive_End_IR021_0_209.mat",
               "12k_Drive_End_OR014@6_0_197.mat", "12k_Drive_End_IR007_0_105.mat")
 
 
-@pytest.fixture(scope="module")
+# session, not module: under --dist loadgroup a worker may run other modules' tests between these,
+# and a module fixture would be torn down and the example built again each time
+@pytest.fixture(scope="session")
 def classify(tmp_path_factory) -> Path:
     cmake = shutil.which("cmake")
     compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
