@@ -70,6 +70,7 @@ def cli_in_process(capsys: pytest.CaptureFixture[str]):
     return run
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marks into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``-n``, README), the tests of the virtual microphone run one after
     another on one worker: each paces a real-time ALSA/JACK device, and two at once on a 2-core
