@@ -33,6 +33,7 @@ from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.envelope import label_family
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
+from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
@@ -56,7 +57,7 @@ from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects
 from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import EventCapture
 from drsn_stream.sources import make_source
-from drsn_stream.types import Event, Frame, Prediction, Window, channel_ids, split_channels
+from drsn_stream.types import Event, Frame, Prediction, Window, split_channels
 from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
@@ -481,7 +482,7 @@ class Pipeline:
     def _stream_dsp(self, frame: Frame, source: Any) -> StreamDSP | None:
         """The DSP of the frame's stream (made for a new stream or a new channel layout); None for
         a frame that is not kept (too many streams, a rate the model cannot take), counted."""
-        ids = _channel_layout(frame)
+        ids = channel_layout(frame)
         dsp = self._dsp.get(frame.stream_id)
         if dsp is not None and getattr(dsp, "ids", None) == ids:
             return dsp
@@ -494,9 +495,7 @@ class Pipeline:
         except UnsupportedRate as exc:  # the stream is not kept
             self._frame_error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
             return None
-        dsp = self._dsp[frame.stream_id] = (
-            FrameDSP(self.meta, ids, hop=self.config.hop, normalize=False) if ids is not None
-            else StreamDSP(self.meta, hop=self.config.hop, normalize=False))
+        dsp = self._dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.config.hop)
         return dsp
 
     # ------------------------------------------------------------------ results
@@ -724,14 +723,6 @@ def _slices(frames: list[Frame]) -> list[list[Frame]]:
     if start < len(frames):
         out.append(frames[start:])
     return out
-
-
-def _channel_layout(frame: Frame) -> tuple[str, ...] | None:
-    """The stream ids of a multi-channel (or named) frame's channels; None for one plain channel."""
-    x = frame.samples
-    if frame.names is None and (x.ndim < 2 or x.shape[1] == 1):
-        return None
-    return channel_ids(frame.stream_id, x.shape[1], frame.names)
 
 
 def _clock(t: float) -> str:

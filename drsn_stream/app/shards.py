@@ -51,12 +51,13 @@ import numpy as np
 
 from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
+from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
 from drsn_stream.errors import SourceError
 from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth
 from drsn_stream.runtime import attach_shared_memory
 from drsn_stream.sources import make_source, parse_spec
 from drsn_stream.sources.base import Source
-from drsn_stream.types import Event, Frame, Window, channel_ids, split_channels
+from drsn_stream.types import Event, Frame, Window, split_channels
 
 SHARDABLE_KINDS = ("zmq",)  # SUB sockets that connect: every child can subscribe to the same publisher
 SLOTS = 8  # ring slots per child
@@ -168,17 +169,15 @@ class _Stage:
                         + (f": {text[0][:200]}" if text else "")] += 1
 
     def _push(self, frame: Frame, source: Source, out: _Out) -> None:
-        multi = frame.names is not None or (frame.samples.ndim == 2 and frame.samples.shape[1] > 1)
-        ids = channel_ids(frame.stream_id, frame.samples.shape[1], frame.names) if multi else None
+        ids = channel_layout(frame)
+        multi = ids is not None
         dsp = self.dsp.get(frame.stream_id)
         if dsp is None or getattr(dsp, "ids", None) != ids:
             if dsp is None and len(self.dsp) >= self.max_streams:
                 source.stats.bad("too_many_streams")
                 return
             rational_ratio(frame.sample_rate, self.meta.sample_rate)
-            dsp = self.dsp[frame.stream_id] = (
-                FrameDSP(self.meta, ids, hop=self.hop, normalize=False) if ids is not None
-                else StreamDSP(self.meta, hop=self.hop, normalize=False))
+            dsp = self.dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.hop)
         events: list[Event] = []
         for part in split_channels(frame) if multi else (frame,):
             events += self.health.push(part)

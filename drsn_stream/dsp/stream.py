@@ -16,7 +16,7 @@ from drsn_stream.dsp.normalize import normalize_with_level
 from drsn_stream.dsp.resample import StreamingResampler
 from drsn_stream.dsp.window import Windower
 from drsn_stream.errors import ConfigError
-from drsn_stream.types import Frame, Window
+from drsn_stream.types import Frame, Window, channel_ids
 
 
 class _Meta(Protocol):
@@ -204,3 +204,19 @@ class FrameDSP(StreamDSP):
 
     def _ids(self, frame: Frame) -> tuple[str, ...]:
         return self.ids
+
+
+def channel_layout(frame: Frame) -> tuple[str, ...] | None:
+    """The stream ids of a multi-channel (or named) frame's channels; None for one plain channel."""
+    x = frame.samples
+    if frame.names is None and (x.ndim < 2 or x.shape[1] == 1):
+        return None
+    return channel_ids(frame.stream_id, x.shape[1], frame.names)
+
+
+def raw_dsp_for(meta: _Meta, ids: tuple[str, ...] | None, hop: int | None) -> StreamDSP:
+    """The DSP of a stream with this channel layout (``channel_layout``), handing out raw windows
+    for the batch normalization step (``dsp.normalize.BatchNormalizer``)."""
+    if ids is not None:
+        return FrameDSP(meta, ids, hop=hop, normalize=False)
+    return StreamDSP(meta, hop=hop, normalize=False)
