@@ -51,8 +51,11 @@ from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.health_levels import (
     MIN_LEVELS_FOR_CLIPPING,
+    STEP_DC,
+    LevelBank,
     check_levels_many,
     distinct_levels,
+    levels_many,
     merge,
     pool,
 )
@@ -216,6 +219,9 @@ class _Stream:
     base_logsd: np.ndarray | None = None
     learned: int = 0
     step_n: int = 0
+    # a single-channel stream's row in HealthMonitor's LevelBank, which then holds its flat-line,
+    # clipping and level-step state instead of the fields above; -1: the fields hold it
+    slot: int = -1
 
 
 class HealthMonitor:
@@ -228,6 +234,7 @@ class HealthMonitor:
     def __init__(self, config: HealthConfig | None = None) -> None:
         self.config = config if config is not None else HealthConfig()
         self._streams: dict[str, _Stream] = {}
+        self._bank = LevelBank()
         self._lock = threading.Lock()
 
     def watch(self, stream_ids: Iterable[str], *, now: float | None = None) -> None:
@@ -378,13 +385,21 @@ class HealthMonitor:
     def forget(self, stream: str) -> None:
         """Drop a stream's state (it moved to another host, or its sensor was removed for good)."""
         with self._lock:
-            self._streams.pop(stream, None)
+            st = self._streams.pop(stream, None)
+            if st is not None and st.slot >= 0:
+                self._bank.release(st.slot)
 
     def export_state(self, stream: str) -> Any:
         """A picklable copy of the stream's health state and signal statistics; None if unknown."""
         with self._lock:
             st = self._streams.get(stream)
-            return None if st is None else copy.deepcopy(st)
+            if st is None:
+                return None
+            out = copy.deepcopy(st)
+            if st.slot >= 0:
+                self._bank.export(st.slot, out)
+            out.slot = -1
+            return out
 
     def restore_state(self, stream: str, state: Any, *, now: float | None = None) -> None:
         """Continue a stream from ``export_state``'s copy. The frames missed meanwhile are the
@@ -395,6 +410,13 @@ class HealthMonitor:
         st.last_seq = None
         st.last_seen = time.time() if now is None else now
         with self._lock:
+            old = self._streams.get(stream)
+            if old is not None and old.slot >= 0:
+                self._bank.release(old.slot)
+            st.slot = -1
+            if st.channels == 1:
+                st.slot = self._bank.take()
+                self._bank.load(st.slot, st)
             self._streams[stream] = st
 
     # -- internals ------------------------------------------------------------------------
@@ -403,6 +425,15 @@ class HealthMonitor:
         if channels != st.channels:
             st.base_mean = st.base_logsd = None  # a rate change keeps the learned level
             st.learned = st.step_n = 0
+            if st.slot >= 0:
+                self._bank.reset_level(st.slot)
+        if channels == 1 and st.slot < 0:
+            st.slot = self._bank.take()
+        elif channels != 1 and st.slot >= 0:
+            self._bank.release(st.slot)
+            st.slot = -1
+        if st.slot >= 0:
+            self._bank.reset_tests(st.slot)
         st.sample_rate, st.channels = rate, channels
         st.pending.clear()
         st.pending_n = 0
@@ -439,7 +470,8 @@ class HealthMonitor:
         """The level tests' reasons for each stream's block (``_check_levels``, many at once)."""
         if len(sts) == 1:
             return [self._check_levels(sts[0], blocks[0])]
-        return check_levels_many(self.config, sts, blocks, self._check_levels, (FLAT, CLIPPING, DC_JUMP, AMP_STEP))
+        return check_levels_many(self.config, self._bank, sts, blocks, self._check_levels,
+                                 (FLAT, CLIPPING, DC_JUMP, AMP_STEP))
 
     def _check_levels(self, st: _Stream, x: np.ndarray) -> set[str]:
         found: set[str] = set()
@@ -454,9 +486,20 @@ class HealthMonitor:
                 st.chunks.clear()
                 st.chunk_n = 0
                 st.blk_n = 0
+                if st.slot >= 0:
+                    self._bank.reset_tests(st.slot)
                 return found
             x = x.astype(np.float64)  # finite, but too large for a float32 sum
             s1 = x.sum(axis=0)
+        if st.slot >= 0:
+            flat, clipping, step = levels_many(self.config, self._bank, [st], x, s1)
+            if flat[0]:
+                found.add(FLAT)
+            if clipping[0]:
+                found.add(CLIPPING)
+            if step[0]:
+                found.add(DC_JUMP if step[0] == STEP_DC else AMP_STEP)
+            return found
         if self._flat(st, x, s1):
             found.add(FLAT)
         if self._clipping(st, x):
