@@ -492,7 +492,7 @@ class HealthMonitor:
             x = x.astype(np.float64)  # finite, but too large for a float32 sum
             s1 = x.sum(axis=0)
         if st.slot >= 0:
-            flat, clipping, step = levels_many(self.config, self._bank, [st], x, s1)
+            flat, clipping, step = levels_many(self.config, self._bank, [st], x.T, s1)
             if flat[0]:
                 found.add(FLAT)
             if clipping[0]:

@@ -62,6 +62,7 @@ class LevelBank:
     def __init__(self, rows: int = 64, chunks: int = 16) -> None:
         self._rows, self._k = 0, chunks
         self._free: list[int] = []
+        self._scratch = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
         self._alloc(rows)
 
     def _alloc(self, rows: int) -> None:
@@ -85,6 +86,14 @@ class LevelBank:
             setattr(self, name, a)
         self._free += range(rows - 1, old - 1, -1)
         self._rows = rows
+
+    def scratch(self, shape: tuple[int, int], dtype: Any, which: int) -> np.ndarray:
+        """Buffer ``which`` (0 or 1) as an array of ``shape``, uninitialized, reused from call to call."""
+        size = shape[0] * shape[1] * np.dtype(dtype).itemsize
+        buf = self._scratch[which]
+        if buf.size < size:
+            buf = self._scratch[which] = np.empty(max(size, 2 * buf.size), dtype=np.uint8)
+        return buf[:size].view(dtype).reshape(shape)
 
     def take(self) -> int:
         """A fresh row."""
@@ -160,18 +169,22 @@ def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1
         cfg: the ``HealthConfig``.
         bank: the streams' level state, updated in place (their ``steps`` and ``clipped`` too).
         sts: the streams' states (``health._Stream``, one channel each, ``slot`` in ``bank``).
-        x: ``(n, streams)``, column ``j`` the block of ``sts[j]``, every sample finite.
-        s1: ``x.sum(axis=0, dtype=float64)``.
+        x: ``(streams, n)``, row ``j`` the block of ``sts[j]``, every sample finite. Every result
+            of a row depends on that row alone (row sums), so a stream judged alone or among
+            others is judged the same, bit for bit.
+        s1: ``x.sum(axis=1, dtype=float64)``.
 
     Returns:
         (flat, clipping, step): ``(streams,)`` bools, bools and ``STEP_*`` codes.
     """
-    n = x.shape[0]
+    n = x.shape[1]
     slots = np.fromiter([st.slot for st in sts], dtype=np.int64, count=len(sts))
     rate = np.fromiter([st.sample_rate for st in sts], dtype=np.float64, count=len(sts))
     mean = s1 / n
-    d = x - mean
-    m2 = np.einsum("ij,ij->j", d, d)
+    # centred in the samples' own precision, summed in float64 (as dsp.normalize does); into a
+    # buffer kept for the purpose: a fresh one is page faults, which cost more than the sums
+    d = np.subtract(x, mean.astype(x.dtype)[:, None], out=bank.scratch(x.shape, x.dtype, 1))
+    m2 = np.einsum("ij,ij->i", d, d, dtype=np.float64)
     flat = _flat(cfg, bank, slots, n, rate, mean, m2)
     clipping = _clipping(cfg, bank, sts, slots, x, rate)
     step = _step(cfg, bank, sts, slots, n, rate, mean, m2) if cfg.step_ratio != 0 else np.zeros(len(sts), np.int8)
@@ -228,10 +241,10 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: np.ndarray
 
 def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, x: np.ndarray,
               rate: np.ndarray) -> np.ndarray:
-    n = x.shape[0]
-    fmax, fmin = x.max(axis=0), x.min(axis=0)
-    at_max = np.count_nonzero(x == fmax, axis=0)
-    at_min = np.count_nonzero(x == fmin, axis=0)
+    n = x.shape[1]
+    fmax, fmin = x.max(axis=1), x.min(axis=1)
+    at_max = np.count_nonzero(x == fmax[:, None], axis=1)
+    at_min = np.count_nonzero(x == fmin[:, None], axis=1)
     blk_n = bank.blk_n[slots]
     old = blk_n > 0  # a running block; else this block starts one
     bmax, bmin = np.where(old, bank.blk_max[slots], fmax), np.where(old, bank.blk_min[slots], fmin)
@@ -243,7 +256,7 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
     bmax, bmin = np.maximum(bmax, fmax), np.minimum(bmin, fmin)
     full = None
     if cfg.full_scale is not None:
-        full = np.count_nonzero(np.abs(x) >= cfg.full_scale, axis=0)
+        full = np.count_nonzero(np.abs(x) >= cfg.full_scale, axis=1)
         bfull = bfull + full
     blk_n = blk_n + n
     block = np.maximum(1, np.round(cfg.clip_span_s * rate).astype(np.int64))
@@ -251,7 +264,7 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
     whole = blk_n >= block
     at_rail = whole & (bmax > bmin) & ((bat_max >= need) | (bat_min >= need))
     for j in np.flatnonzero(at_rail):  # rare: few distinct values are dithered silence, not a rail
-        at_rail[j] = distinct_levels(x[:, j : j + 1])[0] >= MIN_LEVELS_FOR_CLIPPING
+        at_rail[j] = np.unique(x[j]).size >= MIN_LEVELS_FOR_CLIPPING
     clipping = at_rail | (bfull >= need) if full is not None else at_rail
     bank.blk_max[slots], bank.blk_min[slots] = bmax, bmin
     bank.blk_at_max[slots], bank.blk_at_min[slots], bank.blk_full[slots] = bat_max, bat_min, bfull
@@ -321,16 +334,17 @@ def check_levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], blocks: Seq
         if len(idx) == 1:
             found[idx[0]] = one(sts[idx[0]], blocks[idx[0]])
             continue
-        # (streams, n) rows, seen as (n, streams): each stream's samples stay contiguous
-        x = np.stack([blocks[j].reshape(-1) for j in idx]).T
-        s1 = x.sum(axis=0, dtype=np.float64)
+        x = bank.scratch((len(idx), blocks[idx[0]].shape[0]), np.float32, 0)  # (streams, n) rows
+        for k, j in enumerate(idx):
+            x[k] = blocks[j][:, 0]
+        s1 = x.sum(axis=1, dtype=np.float64)
         finite = np.isfinite(s1)
         if not finite.all():  # NaN/Inf: counted and the tests restarted, one by one
             for k in np.flatnonzero(~finite):
                 found[idx[k]] = one(sts[idx[k]], blocks[idx[k]])
             keep = np.flatnonzero(finite)
             idx = [idx[k] for k in keep]
-            x, s1 = x[:, keep], s1[keep]
+            x, s1 = x[keep], s1[keep]
             if not idx:
                 continue
         flat, clipping, step = levels_many(cfg, bank, [sts[j] for j in idx], x, s1)
