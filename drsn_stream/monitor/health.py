@@ -262,6 +262,8 @@ class HealthMonitor:
         events: list[Event] = []
         with self._lock:
             rest = list(frames)
+            if len({f.stream_id for f in rest}) == len(rest):  # the common case: one round
+                return self._push_round(rest, now)
             while rest:  # rounds: at most one frame per stream, each stream's frames in order
                 seen: set[str] = set()
                 this, later = [], []
@@ -273,44 +275,74 @@ class HealthMonitor:
         return events
 
     def _push_round(self, frames: list[Frame], now: float) -> list[Event]:
-        """Frames of distinct streams: bookkeeping one by one, the level tests together."""
-        sts, xs, founds, changes = [], [], [], []
+        """Frames of distinct streams: bookkeeping one by one, the level tests together. Nothing
+        found is None rather than an empty set, and a stream with no active reason in state OK
+        is not settled: most frames of a live monitor find nothing."""
+        sts, ns, founds, changes = [], [], [], []
         due: list[int] = []  # frames whose gathered samples are due for the level tests
         blocks: list[np.ndarray] = []
+        streams, every_s = self._streams, self.config.check_every_s
         for frame in frames:
-            x = np.asarray(frame.samples)
-            if x.ndim == 1:
-                x = x[:, None]
-            x = x.reshape(x.shape[0], -1)
-            st = self._streams.get(frame.stream_id)
+            x = frame.samples
+            if type(x) is not np.ndarray or x.ndim != 2:
+                x = np.asarray(x)
+                x = (x[:, None] if x.ndim == 1 else x).reshape(x.shape[0], -1)
+            st = streams.get(frame.stream_id)
             if st is None:
-                st = self._streams[frame.stream_id] = _Stream(since=now)
+                st = streams[frame.stream_id] = _Stream(since=now)
             rate = float(frame.sample_rate) if frame.sample_rate and frame.sample_rate > 0 else 1.0
             changed = st.sample_rate > 0 and rate != st.sample_rate
             if rate != st.sample_rate or x.shape[1] != st.channels:
                 self._restart_signal(st, rate, x.shape[1])
+            n = x.shape[0]
             st.last_seen = now
             st.frames += 1
-            st.samples += x.shape[0]
-            found, block = self._check(st, frame, x)
-            if block is not None:
-                due.append(len(sts))
-                blocks.append(block)
+            st.samples += n
+            # gaps and overflows are judged on every frame
+            found: set[str] | None = None
+            if st.last_seq is not None and frame.seq > st.last_seq + 1:
+                st.gaps += frame.seq - st.last_seq - 1
+                found = {GAP}
+            st.last_seq = frame.seq
+            if frame.overflow > 0:
+                st.overflows += int(frame.overflow)
+                found = (found or set()) | {OVERFLOW}
+            if n:  # the level tests: on at least check_every_s of samples, gathered first
+                every = int(every_s * st.sample_rate)
+                block = x
+                if every > 1:
+                    st.pending.append(x)
+                    st.pending_n += n
+                    if st.pending_n < every:
+                        block = None
+                    else:
+                        block = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
+                        st.pending.clear()
+                        st.pending_n = 0
+                if block is not None:
+                    due.append(len(sts))
+                    blocks.append(block)
             sts.append(st)
-            xs.append(x)
+            ns.append(n)
             founds.append(found)
             changes.append(changed)
-        for j, found in zip(due, self._levels([sts[j] for j in due], blocks)):
-            founds[j] |= found
+        if due:
+            for j, levels in zip(due, self._levels([sts[j] for j in due], blocks)):
+                if levels:
+                    founds[j] = levels if founds[j] is None else founds[j] | levels
         events: list[Event] = []
-        for frame, st, x, found, changed in zip(frames, sts, xs, founds, changes):
+        recovery_s = self.config.recovery_s
+        for frame, st, n, found, changed in zip(frames, sts, ns, founds, changes):
             if changed:
                 st.rate_changes += 1
-                found.add(RATE_CHANGE)
-            self._age(st, x.shape[0], found)
-            for reason in found:
-                st.active[reason] = self.config.recovery_s * st.sample_rate
-            events += self._settle(frame.stream_id, st, now)
+                found = (found or set()) | {RATE_CHANGE}
+            if st.active:
+                self._age(st, n, found or ())
+            if found:
+                for reason in found:
+                    st.active[reason] = recovery_s * st.sample_rate
+            if st.active or st.state != OK:
+                events += self._settle(frame.stream_id, st, now)
         return events
 
     def flush(self, stream: str, *, now: float | None = None) -> list[Event]:
@@ -334,10 +366,15 @@ class HealthMonitor:
                 ids.append(sid)
                 sts.append(st)
             events: list[Event] = []
+            if not sts:
+                return events
+            recovery_s = self.config.recovery_s
             for sid, st, found in zip(ids, sts, self._levels(sts, blocks)):
-                for reason in found:
-                    st.active[reason] = self.config.recovery_s * st.sample_rate
-                events += self._settle(sid, st, now)
+                if found:
+                    for reason in found:
+                        st.active[reason] = recovery_s * st.sample_rate
+                if st.active or st.state != OK:
+                    events += self._settle(sid, st, now)
             return events
 
     def tick(self, now: float | None = None) -> list[Event]:
@@ -440,31 +477,6 @@ class HealthMonitor:
         st.chunks.clear()
         st.chunk_n = 0
         st.blk_n = 0
-
-    def _check(self, st: _Stream, frame: Frame, x: np.ndarray) -> tuple[set[str], np.ndarray | None]:
-        """Gaps and overflows found; and the samples due for the level tests now, or None while
-        they are still gathered (``check_every_s``)."""
-        found: set[str] = set()
-        if st.last_seq is not None and frame.seq > st.last_seq + 1:
-            st.gaps += frame.seq - st.last_seq - 1
-            found.add(GAP)
-        st.last_seq = frame.seq
-        if frame.overflow > 0:
-            st.overflows += int(frame.overflow)
-            found.add(OVERFLOW)
-        n = x.shape[0]
-        if n == 0:
-            return found, None
-        every = int(self.config.check_every_s * st.sample_rate)
-        if every > 1:
-            st.pending.append(x)
-            st.pending_n += n
-            if st.pending_n < every:
-                return found, None
-            x = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
-            st.pending.clear()
-            st.pending_n = 0
-        return found, x
 
     def _levels(self, sts: list[_Stream], blocks: list[np.ndarray]) -> list[set[str]]:
         """The level tests' reasons for each stream's block (``_check_levels``, many at once)."""
