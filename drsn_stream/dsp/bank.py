@@ -90,9 +90,16 @@ class WindowBank:
             self.nonfinite[rows] += np.count_nonzero(bad, axis=1)
             x = np.where(bad, np.float32(0.0), x)
         seen = self.seen[rows]
-        cols = (seen[:, None] + np.arange(n)) % self.ring
-        self.data[rows[:, None], cols] = x
-        self.data[rows[:, None], cols + self.ring] = x
+        # a slice per row: an index array of every sample costs more than the copies
+        ring, data = self.ring, self.data
+        for r, q, row in zip(rows.tolist(), (seen % ring).tolist(), x):
+            end = q + n  # <= 2 ring: the first copy takes the frame whole, the other one ...
+            data[r, q:end] = row
+            if end <= ring:
+                data[r, q + ring : end + ring] = row
+            else:  # ... wraps
+                data[r, q + ring :] = row[: ring - q]
+                data[r, : end - ring] = row[ring - q :]
         n_in = seen - np.fromiter([d.out_base for d in dsps], dtype=np.int64, count=len(dsps))
         seen = seen + n
         self.seen[rows] = seen
