@@ -47,7 +47,8 @@ MAX_PAYLOAD_BYTES = 16 << 20
 MAX_STREAM_ID = 256  # characters
 MAX_SEQ = 1 << 63
 # Integer literals longer than this are not converted: Python's int() of a decimal string takes
-# time quadratic in its length (a 3,900-digit seq costs ~0.2 ms), and no field needs more than 19.
+# time quadratic in its length (a stream of thousands-of-digits seqs would tie up the ingest
+# thread), and no field needs more than 19 digits.
 MAX_INT_DIGITS = 40
 # A capture time further than this from the receiver's clock is a broken clock or a forged frame
 # (wide enough for hosts with a wrong date and for publishers replaying recordings ahead of time).
