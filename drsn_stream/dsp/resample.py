@@ -17,7 +17,6 @@ import math
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import firwin
 
 from drsn_stream.errors import ConfigError
 
@@ -52,6 +51,10 @@ def rational_ratio(in_rate: float, out_rate: float) -> tuple[int, int]:
 @functools.lru_cache(maxsize=32)  # a stream switching between two rates designs each filter once
 def design_filter(up: int, down: int) -> np.ndarray:
     """The anti-aliasing low-pass FIR for ``up/down`` resampling, scaled by ``up`` (float64, read-only)."""
+    # imported here: scipy.signal costs ~1 s of CPU at import, paid by every process that imports
+    # the DSP (ingest processes, publishers) although most streams never need resampling
+    from scipy.signal import firwin
+
     max_rate = max(up, down)
     half_len = 10 * max_rate
     h = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0))
