@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ RECORDINGS = {  # stream id -> CWRU recording; the ids fall to both of two inges
 
 
 def _streams(seconds: float) -> dict[str, np.ndarray]:
+    """``seconds`` of each stream; the recordings (10 s each) are looped to last that long."""
     n = int(seconds * RATE)
-    out = {sid: cwru_signal(name)[:n].astype(np.float32) for sid, name in RECORDINGS.items()}
+    out = {sid: np.resize(cwru_signal(name), n).astype(np.float32) for sid, name in RECORDINGS.items()}
     out["flat-5"] = np.full(n, 0.25, np.float32)  # a stuck sensor: its health is judged in a child
     return out
 
@@ -77,6 +79,13 @@ def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, p
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float) -> None:
+    """Until ``cond()`` holds or ``timeout`` seconds have passed (the caller asserts what it needs)."""
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.1)
 
 
 def _config(port: int, procs: int, **kw: object) -> RunConfig:
@@ -174,18 +183,21 @@ def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end
     pub = _publisher(free_tcp_port, 2, streams, pace=True, stop=stop, errors=errors)
     seen: set[int] = set(src.pids)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not all(pipe.label_counts.get(s) for s in mine):
-            time.sleep(0.2)
+        # each step has its own deadline: on a loaded machine a slow first step must not eat the
+        # time the new process has to start and take its streams up (the publisher sends 60 s of
+        # each stream; until the recordings were looped, it sent 10 s, and a new process started
+        # more than ~10 s after the first window found the streams ended)
+        _wait_for(lambda: all(pipe.label_counts.get(s) for s in mine), 60)
         assert all(pipe.label_counts.get(s) for s in mine), pipe.label_counts
         os.kill(victim, signal.SIGKILL)
-        while time.time() < deadline and not any("ended (signal SIGKILL)" in e for e in pipe.errors):
-            time.sleep(0.1)
+        _wait_for(lambda: any("ended (signal SIGKILL)" in e for e in pipe.errors), 30)
         before = {s: sum(pipe.label_counts[s].values()) for s in mine}
-        # the new process takes its streams up again
-        while time.time() < deadline and not all(sum(pipe.label_counts[s].values()) > before[s] + 4 for s in mine):
+
+        def resumed() -> bool:  # the new process takes its streams up again
             seen.update(src.pids)
-            time.sleep(0.2)
+            return all(sum(pipe.label_counts[s].values()) > before[s] + 4 for s in mine)
+
+        _wait_for(resumed, 40)
         seen.update(src.pids)
     finally:
         stop.set()
