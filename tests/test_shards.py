@@ -205,6 +205,7 @@ def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end
         pub.join(timeout=10)
     line = next(e for e in pipe.errors if "ended (signal SIGKILL)" in e)
     assert f"ingest process 1 of 2 (pid {victim})" in line and "started a new one" in line and src.restarts == 1
+    assert not pipe.failed_sources, pipe.errors
     assert all(sum(pipe.label_counts[s].values()) > before[s] + 4 for s in mine), (before, pipe.label_counts)
     assert line in pipe.summary()
     assert victim not in src.pids and len(seen) == 3
@@ -214,6 +215,27 @@ def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not any(Path(p).exists() for p in shm)
+
+
+@pytest.mark.slow
+def test_a_process_killed_before_its_first_report_is_replaced_and_the_source_goes_on(free_tcp_port: int) -> None:
+    """A child that dies before it has reported any counters (it reports every STATS_S) is
+    replaced like any other; the source sums the counters of the processes that did report."""
+    pipe = Pipeline(_config(free_tcp_port, 2, duration=60))
+    pipe.start()
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource)
+    victim = src.pids[0]
+    try:
+        os.kill(victim, signal.SIGKILL)  # at once, well within its first STATS_S
+        # both processes report again: the new one, and the other, whose report sums them all
+        _wait_for(lambda: src.restarts == 1 and all(c.stats for c in src._children) or bool(pipe.failed_sources), 30)
+        stats = pipe.stats_json()["sources"][pipe.config.sources[0]]
+    finally:
+        pipe.stop()
+    assert not pipe.failed_sources, pipe.errors
+    assert any(f"(pid {victim}) ended (signal SIGKILL); started a new one" in e for e in pipe.errors), pipe.errors
+    assert src.restarts == 1 and stats["frames"] == 0, stats
 
 
 def test_other_sources_keep_their_ingest_thread_and_one_process_is_todays_path(free_tcp_port: int) -> None:
