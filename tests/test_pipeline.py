@@ -215,7 +215,7 @@ def test_zmq_end_to_end_counts_bad_input_and_picks_up_a_restarted_publisher(tmp_
         assert first.returncode == 0, first.stderr
         t_restart = time.time()
         second = _cli("publish", "--source", f"file:{CWRU / '12k_Drive_End_OR021@6_1_235.mat'}?stream=sensor-1",
-                      "--to", f"tcp://127.0.0.1:{port}", "--duration", "5", "--wait-subscriber", "5", "--quiet",
+                      "--to", f"tcp://127.0.0.1:{port}", "--duration", "2.5", "--wait-subscriber", "5", "--quiet",
                       timeout=60)
         assert second.returncode == 0, second.stderr
         stdout, stderr = monitor.communicate(timeout=120)
