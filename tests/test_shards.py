@@ -8,13 +8,12 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
-from helpers import cwru_signal, require_cwru
+from helpers import cwru_signal, require_cwru, wait_until
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.app.shards import ShardedSource, shard_of
@@ -79,13 +78,6 @@ def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, p
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
-
-
-def _wait_for(cond: Callable[[], bool], timeout: float) -> None:
-    """Until ``cond()`` holds or ``timeout`` seconds have passed (the caller asserts what it needs)."""
-    end = time.monotonic() + timeout
-    while not cond() and time.monotonic() < end:
-        time.sleep(0.1)
 
 
 def _config(port: int, procs: int, **kw: object) -> RunConfig:
@@ -183,21 +175,20 @@ def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end
     pub = _publisher(free_tcp_port, 2, streams, pace=True, stop=stop, errors=errors)
     seen: set[int] = set(src.pids)
     try:
-        # each step has its own deadline: on a loaded machine a slow first step must not eat the
-        # time the new process has to start and take its streams up (the publisher sends 60 s of
-        # each stream; until the recordings were looped, it sent 10 s, and a new process started
-        # more than ~10 s after the first window found the streams ended)
-        _wait_for(lambda: all(pipe.label_counts.get(s) for s in mine), 60)
+        # each step has its own deadline, and the publisher sends 60 s of each stream (the
+        # recordings are looped): a slow step on a loaded machine leaves the new process the time
+        # to start and take its streams up
+        wait_until(lambda: all(pipe.label_counts.get(s) for s in mine), 60)
         assert all(pipe.label_counts.get(s) for s in mine), pipe.label_counts
         os.kill(victim, signal.SIGKILL)
-        _wait_for(lambda: any("ended (signal SIGKILL)" in e for e in pipe.errors), 30)
+        wait_until(lambda: any("ended (signal SIGKILL)" in e for e in pipe.errors), 30)
         before = {s: sum(pipe.label_counts[s].values()) for s in mine}
 
         def resumed() -> bool:  # the new process takes its streams up again
             seen.update(src.pids)
             return all(sum(pipe.label_counts[s].values()) > before[s] + 4 for s in mine)
 
-        _wait_for(resumed, 40)
+        wait_until(resumed, 40)
         seen.update(src.pids)
     finally:
         stop.set()
@@ -229,7 +220,7 @@ def test_a_process_killed_before_its_first_report_is_replaced_and_the_source_goe
     try:
         os.kill(victim, signal.SIGKILL)  # at once, well within its first STATS_S
         # both processes report again: the new one, and the other, whose report sums them all
-        _wait_for(lambda: src.restarts == 1 and all(c.stats for c in src._children) or bool(pipe.failed_sources), 30)
+        wait_until(lambda: src.restarts == 1 and all(c.stats for c in src._children) or bool(pipe.failed_sources), 30)
         stats = pipe.stats_json()["sources"][pipe.config.sources[0]]
     finally:
         pipe.stop()
