@@ -45,4 +45,23 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "DRSN",
+    "RSBU",
+    "ArtifactMeta",
+    "NetConfig",
+    "Shortcut",
+    "ThresholdNet",
+    "build_from_config",
+    "create_model",
+    "list_artifacts",
+    "list_models",
+    "load_artifact",
+    "load_validation",
+    "model_config",
+    "read_meta",
+    "resolve_artifact",
+    "save_artifact",
+    "script_model",
+    "soft_threshold",
+]
