@@ -101,7 +101,12 @@ def _run_until(cmd: list[str], env: dict[str, str], last_index: int, timeout: fl
     reader.start()
     objs: list[dict] = []
     seen, sent = -1, 0
-    timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    def give_up() -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        # jackd makes a session of its own: the group kill misses it (its name holds the script's pid)
+        subprocess.run(["pkill", "-KILL", "-f", f"jackd .*-n drsn-mic-{proc.pid} "], check=False)
+
+    timer = threading.Timer(timeout, give_up)
     timer.start()
     try:
         for line in proc.stdout:
