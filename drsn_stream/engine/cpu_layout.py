@@ -116,12 +116,13 @@ class _Unit(nn.Module):
                 gsel, f1, f2, f2b = self.gsel1, self.f11, self.f21, self.f2b1
             # mean |r| of each row slot; fc1 and the per-channel (CW) or overall (CS) mean read the
             # slots through weights repeated over a row, and fc2's outputs are repeated to a row
-            m = rk.abs().mean(1)
+            buf = torch.abs(rk)  # |r|, then the clamp's and the zero test's output (one buffer)
+            m = buf.mean(1)
             alpha = torch.sigmoid(F.linear(torch.relu(F.linear(m, f1, self.f1b)), f2, f2b))
             tau = torch.mm(m, gsel).mul_(alpha).unsqueeze(1)  # (b, 1, row)
-            cut = torch.clamp(rk, min=-tau, max=tau)
-            out = rk.sub_(cut)  # soft thresholding, in the conv's output
-            nonzero = torch.sign(out, out=cut).abs_().view(b, -1).mean(dim=1)
+            torch.clamp(rk, min=-tau, max=tau, out=buf)
+            out = rk.sub_(buf)  # soft thresholding, in the conv's output
+            nonzero = torch.ne(out, 0, out=buf).view(b, -1).mean(dim=1)  # 1.0 where kept
             out = out.view(b, lo, c)
         else:
             out = r.reshape(b, lo, c)
