@@ -96,14 +96,19 @@ class _Unit(nn.Module):
             for name in ("gselk", "f1k", "f2k", "f2bk", "gsel1", "f11", "f21", "f2b1", "f1b"):
                 self.register_buffer(name, torch.zeros(0))
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """h (batch, length, cin) contiguous -> (out (batch, length', cout), nonzero share (batch,))."""
+    def forward(self, h: Tensor, spare: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (batch, length, cin) contiguous, spare: a dead buffer of the previous unit (written
+        over when it has h's size) -> (out (batch, length', cout), nonzero share (batch,), spare)."""
         b, n = h.shape[0], h.shape[1]
         if n % self.k_in == 0:
-            a = torch.addcmul(self.t1, h.view(b, n // self.k_in, self.k_in * self.cin), self.s1)
+            hv, s1, t1 = h.view(b, n // self.k_in, self.k_in * self.cin), self.s1, self.t1
         else:
-            a = torch.addcmul(self.t1[: self.cin], h, self.s1[: self.cin])
-        a = torch.relu_(a).view(b, 1, n, self.cin).permute(0, 3, 1, 2)  # channels-last (b, cin, 1, n)
+            hv, s1, t1 = h, self.s1[: self.cin], self.t1[: self.cin]
+        if spare.numel() == h.numel():
+            a0 = torch.addcmul(t1, hv, s1, out=spare.view(hv.shape))
+        else:
+            a0 = torch.addcmul(t1, hv, s1)
+        a = torch.relu_(a0).view(b, 1, n, self.cin).permute(0, 3, 1, 2)  # channels-last (b, cin, 1, n)
         a = torch.relu_(F.conv2d(a, self.w1, self.b1, stride=(1, self.stride), padding=(0, self.pad)))
         r = F.conv2d(a, self.w2, self.b2, padding=(0, self.pad)).permute(0, 2, 3, 1)  # (b, 1, lo, c)
         lo, c = r.shape[2], self.cout
@@ -118,7 +123,7 @@ class _Unit(nn.Module):
             # slots through weights repeated over a row, and fc2's outputs are repeated to a row
             buf = torch.abs(rk)  # |r|, then the clamp's and the zero test's output (one buffer)
             m = buf.mean(1)
-            alpha = torch.sigmoid(F.linear(torch.relu(F.linear(m, f1, self.f1b)), f2, f2b))
+            alpha = torch.sigmoid(torch.addmm(f2b, torch.relu(torch.addmm(self.f1b, m, f1)), f2))
             tau = torch.mm(m, gsel).mul_(alpha).unsqueeze(1)  # (b, 1, row)
             torch.clamp(rk, min=-tau, max=tau, out=buf)
             out = rk.sub_(buf)  # soft thresholding, in the conv's output
@@ -127,13 +132,14 @@ class _Unit(nn.Module):
         else:
             out = r.reshape(b, lo, c)
             nonzero = torch.ones(b, dtype=r.dtype, device=r.device)
+            buf = a0
         if self.shortcut:
             sc = h[:, :: self.stride, :] if self.stride > 1 else h
             if c > self.cin:
                 out[:, :, : self.cin] += sc  # new channels of the shortcut are zeros
             else:
                 out += sc
-        return out, nonzero
+        return out, nonzero, buf
 
 
 def _shrink_constants(f1w: Tensor, f2w: Tensor, f2b: Tensor, k: int, channel_wise: bool) -> dict[str, Tensor]:
@@ -147,7 +153,9 @@ def _shrink_constants(f1w: Tensor, f2w: Tensor, f2b: Tensor, k: int, channel_wis
     else:
         gsel = torch.full((k * c, k * c), 1.0 / (k * c))
     reps = k if channel_wise else k * c
-    return {"gsel": gsel, "f1": f1w.repeat(1, k) / k, "f2": f2w.repeat(reps, 1), "f2b": f2b.repeat(reps)}
+    # stored transposed, (in, out), for torch.addmm
+    return {"gsel": gsel, "f1": (f1w.repeat(1, k) / k).t().contiguous(), "f2": f2w.repeat(reps, 1).t().contiguous(),
+            "f2b": f2b.repeat(reps)}
 
 
 class ChannelsLastDRSN(nn.Module):
@@ -199,8 +207,9 @@ class ChannelsLastDRSN(nn.Module):
                          padding=(0, self.stem_pad))
         h = h.permute(0, 2, 3, 1).reshape(b, -1, self.channels_stem)  # (batch, length, channels)
         nonzero = torch.zeros(b, dtype=x.dtype, device=x.device)
+        spare = torch.empty(0, dtype=x.dtype, device=x.device)  # no dead buffer yet
         for unit in self.units:
-            h, nz = unit(h)
+            h, nz, spare = unit(h, spare)
             nonzero = nonzero + nz
         n, c = h.shape[1], self.channels
         if n % self.k_head == 0:
