@@ -121,7 +121,8 @@ class _Unit(nn.Module):
                 gsel, f1, f2, f2b = self.gsel1, self.f11, self.f21, self.f2b1
             # mean |r| of each row slot; fc1 and the per-channel (CW) or overall (CS) mean read the
             # slots through weights repeated over a row, and fc2's outputs are repeated to a row
-            buf = torch.abs(rk)  # |r|, then the clamp's and the zero test's output (one buffer)
+            # |r|, then the clamp's and the zero test's output, in conv1's output (dead, r's size)
+            buf = torch.abs(rk, out=a.permute(0, 2, 3, 1).reshape(rk.shape))
             m = buf.mean(1)
             alpha = torch.sigmoid(torch.addmm(f2b, torch.relu(torch.addmm(self.f1b, m, f1)), f2))
             tau = torch.mm(m, gsel).mul_(alpha).unsqueeze(1)  # (b, 1, row)
