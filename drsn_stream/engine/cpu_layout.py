@@ -96,9 +96,10 @@ class _Unit(nn.Module):
             for name in ("gselk", "f1k", "f2k", "f2bk", "gsel1", "f11", "f21", "f2b1", "f1b"):
                 self.register_buffer(name, torch.zeros(0))
 
-    def forward(self, h: Tensor, spare: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """h (batch, length, cin) contiguous, spare: a dead buffer of the previous unit (written
-        over when it has h's size) -> (out (batch, length', cout), nonzero share (batch,), spare)."""
+    def forward(self, h: Tensor, spare: Tensor, kept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (batch, length, cin) contiguous; spare: a dead buffer of the previous unit (written
+        over when it has h's size); kept (batch,): the sum of the previous units' shares of
+        activations left nonzero -> (out (batch, length', cout), kept plus this unit's, spare)."""
         b, n = h.shape[0], h.shape[1]
         if n % self.k_in == 0:
             hv, s1, t1 = h.view(b, n // self.k_in, self.k_in * self.cin), self.s1, self.t1
@@ -123,16 +124,17 @@ class _Unit(nn.Module):
             # slots through weights repeated over a row, and fc2's outputs are repeated to a row
             # |r|, then the clamp's and the zero test's output, in conv1's output (dead, r's size)
             buf = torch.abs(rk, out=a.permute(0, 2, 3, 1).reshape(rk.shape))
-            m = buf.mean(1)
-            alpha = torch.sigmoid(torch.addmm(f2b, torch.relu(torch.addmm(self.f1b, m, f1)), f2))
-            tau = torch.mm(m, gsel).mul_(alpha).unsqueeze(1)  # (b, 1, row)
+            s = buf.sum(1)  # the means are s / rows: 1 / rows is the matrix products' scale
+            inv = 1.0 / float(rk.shape[1])
+            alpha = torch.sigmoid(torch.addmm(f2b, torch.relu(torch.addmm(self.f1b, s, f1, alpha=inv)), f2))
+            # beta 0: addmm ignores its first argument and only scales the product
+            tau = torch.addmm(alpha, s, gsel, beta=0.0, alpha=inv).mul_(alpha).unsqueeze(1)  # (b, 1, row)
             torch.clamp(rk, min=-tau, max=tau, out=buf)
             out = rk.sub_(buf)  # soft thresholding, in the conv's output
-            nonzero = torch.ne(out, 0, out=buf).view(b, -1).mean(dim=1)  # 1.0 where kept
+            kept = torch.add(kept, torch.ne(out, 0, out=buf).view(b, -1).sum(dim=1), alpha=1.0 / float(lo * c))
             out = out.view(b, lo, c)
         else:
             out = r.reshape(b, lo, c)
-            nonzero = torch.ones(b, dtype=r.dtype, device=r.device)
             buf = a0
         if self.shortcut:
             sc = h[:, :: self.stride, :] if self.stride > 1 else h
@@ -140,7 +142,7 @@ class _Unit(nn.Module):
                 out[:, :, : self.cin] += sc  # new channels of the shortcut are zeros
             else:
                 out += sc
-        return out, nonzero, buf
+        return out, kept, buf
 
 
 def _shrink_constants(f1w: Tensor, f2w: Tensor, f2b: Tensor, k: int, channel_wise: bool) -> dict[str, Tensor]:
@@ -207,11 +209,10 @@ class ChannelsLastDRSN(nn.Module):
             h = F.conv2d(x.view(b, 1, 1, n), self.stem_w, self.stem_b, stride=(1, self.stem_stride),
                          padding=(0, self.stem_pad))
         h = h.permute(0, 2, 3, 1).reshape(b, -1, self.channels_stem)  # (batch, length, channels)
-        nonzero = torch.zeros(b, dtype=x.dtype, device=x.device)
+        kept = torch.zeros(b, dtype=x.dtype, device=x.device)
         spare = torch.empty(0, dtype=x.dtype, device=x.device)  # no dead buffer yet
         for unit in self.units:
-            h, nz, spare = unit(h, spare)
-            nonzero = nonzero + nz
+            h, kept, spare = unit(h, spare, kept)
         n, c = h.shape[1], self.channels
         if n % self.k_head == 0:
             h = torch.addcmul(self.ht, h.view(b, n // self.k_head, self.k_head * c), self.hs)
@@ -220,7 +221,7 @@ class ChannelsLastDRSN(nn.Module):
         h = torch.relu_(h).view(b, n, c).mean(dim=1)
         logits = F.linear(h, self.fc_w, self.fc_b)
         # the share of activations the units zeroed, averaged over the units
-        noise_index = 1.0 - nonzero / float(self.n_units) if self.has_shrink else torch.zeros_like(nonzero)
+        noise_index = 1.0 - kept / float(self.n_units) if self.has_shrink else kept
         return logits, noise_index, h
 
 
