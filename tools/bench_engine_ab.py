@@ -99,7 +99,8 @@ def main() -> int:
         line = "  ".join(f"{name} {v:.1f}" for name, v in med.items())
         line += f"  | baseline / working tree x{med['baseline'] / med['working tree']:.2f}"
         if "ORT" in med:
-            line += f"  ORT / baseline x{med['ORT'] / med['baseline']:.2f}  ORT / working tree x{med['ORT'] / med['working tree']:.2f}"
+            line += (f"  ORT / baseline x{med['ORT'] / med['baseline']:.2f}"
+                     f"  ORT / working tree x{med['ORT'] / med['working tree']:.2f}")
         print(f"batch {b}: {line}")
     return 0
 

@@ -13,7 +13,13 @@ every convolution's input and output, so the convolutions cost much of a forward
   contiguous rows instead of 4-wide ones;
 - the batch norm between each unit's two convolutions is folded into the first, the thresholds'
   one into its linear layer; the stride-2 stem reads the input as two phases (even, odd samples),
-  a 2-channel channels-last convolution.
+  a 2-channel channels-last convolution;
+- the shrinkage works on those rows too: the threshold net reads the row slots' sums of |r|
+  through weights repeated over a row and gives thresholds already repeated to a row, so no
+  per-channel reshuffles run between the passes over the activations (|r|, clamp, subtract,
+  zero test, shortcut add), and those passes reuse dead buffers (conv1's output, the previous
+  unit's) instead of allocating: fewer kernels per batch and a smaller working set
+  (docs/performance-peers.md).
 
 Results differ from the artifact's module by float rounding only; the runner uses this form only
 after comparing the two on the artifact's validation windows. Only 1-D networks with odd kernels
@@ -120,18 +126,20 @@ class _Unit(nn.Module):
             else:
                 rk = r.reshape(b, lo, c)
                 gsel, f1, f2, f2b = self.gsel1, self.f11, self.f21, self.f2b1
-            # mean |r| of each row slot; fc1 and the per-channel (CW) or overall (CS) mean read the
-            # slots through weights repeated over a row, and fc2's outputs are repeated to a row
             # |r|, then the clamp's and the zero test's output, in conv1's output (dead, r's size)
             buf = torch.abs(rk, out=a.permute(0, 2, 3, 1).reshape(rk.shape))
-            s = buf.sum(1)  # the means are s / rows: 1 / rows is the matrix products' scale
+            # sum of |r| per row slot; fc1 and the per-channel (CW) or overall (CS) mean read the
+            # slots through weights repeated over a row (1 / rows as the products' scale makes the
+            # sums means), and fc2's outputs come repeated to a row
+            s = buf.sum(1)
             inv = 1.0 / float(rk.shape[1])
             alpha = torch.sigmoid(torch.addmm(f2b, torch.relu(torch.addmm(self.f1b, s, f1, alpha=inv)), f2))
             # beta 0: addmm ignores its first argument and only scales the product
             tau = torch.addmm(alpha, s, gsel, beta=0.0, alpha=inv).mul_(alpha).unsqueeze(1)  # (b, 1, row)
             torch.clamp(rk, min=-tau, max=tau, out=buf)
             out = rk.sub_(buf)  # soft thresholding, in the conv's output
-            kept = torch.add(kept, torch.ne(out, 0, out=buf).view(b, -1).sum(dim=1), alpha=1.0 / float(lo * c))
+            nonzero = torch.ne(out, 0, out=buf).view(b, -1).sum(dim=1)  # activations kept
+            kept = torch.add(kept, nonzero, alpha=1.0 / float(lo * c))
             out = out.view(b, lo, c)
         else:
             out = r.reshape(b, lo, c)
@@ -147,7 +155,7 @@ class _Unit(nn.Module):
 
 def _shrink_constants(f1w: Tensor, f2w: Tensor, f2b: Tensor, k: int, channel_wise: bool) -> dict[str, Tensor]:
     """The threshold net's weights for rows of k positions (k * c slots, slot j is channel j % c)
-    holding the mean |r| of their slot: ``f1`` averages the k slots of a channel, ``gsel`` gives
+    holding the sum of |r| of their slot (a mean after the 1 / rows scale): ``f1`` averages the k slots of a channel, ``gsel`` gives
     each slot its channel's mean (CW) or the mean over all channels (CS), ``f2`` / ``f2b`` repeat
     fc2's outputs to every slot."""
     c = f1w.shape[1]
@@ -157,8 +165,8 @@ def _shrink_constants(f1w: Tensor, f2w: Tensor, f2b: Tensor, k: int, channel_wis
         gsel = torch.full((k * c, k * c), 1.0 / (k * c))
     reps = k if channel_wise else k * c
     # stored transposed, (in, out), for torch.addmm
-    return {"gsel": gsel, "f1": (f1w.repeat(1, k) / k).t().contiguous(), "f2": f2w.repeat(reps, 1).t().contiguous(),
-            "f2b": f2b.repeat(reps)}
+    f1 = (f1w.repeat(1, k) / k).t().contiguous()
+    return {"gsel": gsel, "f1": f1, "f2": f2w.repeat(reps, 1).t().contiguous(), "f2b": f2b.repeat(reps)}
 
 
 class ChannelsLastDRSN(nn.Module):
