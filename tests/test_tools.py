@@ -48,3 +48,10 @@ def test_every_python_tool_starts(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_no_tool_edits_sys_path_to_find_the_package():
+    # a tool that puts the checkout on sys.path runs against the checkout even where another
+    # drsn_stream is installed, and hides a package that does not install its modules
+    edits = [p.name for p in TOOLS if p.suffix == ".py" and "sys.path" in p.read_text()]
+    assert not edits, f"tools that edit sys.path (import the installed drsn_stream instead): {edits}"

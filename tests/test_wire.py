@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from drsn_stream.sources import publish as publish_cmd
 from drsn_stream.sources.wire import (
     MAX_PAYLOAD_BYTES,
     REASONS,
+    Decoder,
     EndOfStream,
     WireError,
     decode,
@@ -88,6 +90,32 @@ def test_decode_rejects_with_reason(reason):
         decode(MALFORMED[reason])
     assert info.value.reason == reason
     assert isinstance(info.value, WireFormatError)
+
+
+@pytest.mark.skipif(not hasattr(sys, "set_int_max_str_digits"), reason="needs Python's int digit limit (3.11+)")
+def test_long_integer_literals_are_refused_by_their_field_without_being_converted():
+    # int() of a long decimal string costs time quadratic in its length (a 3,900-digit seq cost
+    # ~0.2 ms per message): with Python's own limit set low, a conversion would fail as bad_json
+    now = time.time()
+    head = '{"v":1,"stream":"s","seq":%s,"t":%r,"rate":%s,"dtype":"float32","channels":1,"n":4%s}'
+    payload = np.zeros(4, np.float32).tobytes()
+    cases = {"bad_seq": head % ("9" * 3900, now, "12000", ""), "absurd_rate": head % ("1", now, "1" + "0" * 400, ""),
+             "bad_field": head % ("1", now, "12000", ',"scale":1' + "0" * 400)}
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)
+    try:
+        for reason, text in cases.items():
+            for dec in (decode, Decoder().decode):
+                with pytest.raises(WireError) as info:
+                    dec([b"s", text.encode(), payload], now=now)
+                assert info.value.reason == reason, (reason, str(info.value))
+                assert "digits" in str(info.value)
+        # a long integer in a field the receiver does not read leaves the frame as it is
+        extra = head % ("7", now, "12000", ',"serial":1' + "0" * 700)
+        frame = decode([b"s", extra.encode(), payload], now=now)
+        assert frame.seq == 7 and frame.samples.shape == (4, 1)
+    finally:
+        sys.set_int_max_str_digits(old)
 
 
 def test_malformed_messages_are_counted_while_the_stream_goes_on(free_tcp_port):

@@ -24,16 +24,12 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import zmq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.app.pipeline import Pipeline, RunConfig  # noqa: E402
-from drsn_stream.sources.wire import encode, encode_eos  # noqa: E402
+from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.sources.wire import encode, encode_eos
 
 RATE = 12000.0
 FRAME = 512

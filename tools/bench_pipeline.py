@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.engine.stats import p50_p99
 
-from drsn_stream.app.pipeline import Pipeline, RunConfig  # noqa: E402
-from drsn_stream.engine.stats import p50_p99  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -20,15 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.dsp.normalize import normalize  # noqa: E402
-from drsn_stream.engine.runner import Runner  # noqa: E402
-from drsn_stream.models import load_artifact  # noqa: E402
-from drsn_stream.models.artifact import resolve_artifact  # noqa: E402
-from drsn_stream.monitor.baseline import MARGIN, fit_stream  # noqa: E402
-from drsn_stream.train import cwru  # noqa: E402
+from drsn_stream.dsp.normalize import normalize
+from drsn_stream.engine.runner import Runner
+from drsn_stream.models import load_artifact
+from drsn_stream.models.artifact import resolve_artifact
+from drsn_stream.monitor.baseline import MARGIN, fit_stream
+from drsn_stream.train import cwru
 
 
 def features(runner: Runner, x: np.ndarray, norm: dict) -> np.ndarray:

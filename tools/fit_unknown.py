@@ -20,23 +20,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from drsn_stream.dsp.normalize import normalize  # noqa: E402
-from drsn_stream.models import load_artifact, save_artifact  # noqa: E402
-from drsn_stream.models.artifact import load_validation, resolve_artifact  # noqa: E402
-from drsn_stream.models.ood import UnknownDetector  # noqa: E402
-from drsn_stream.models.outputs import Probabilities  # noqa: E402
-from drsn_stream.models.registry import build_from_config  # noqa: E402
-from drsn_stream.train import cwru  # noqa: E402
+from drsn_stream.dsp.normalize import normalize
+from drsn_stream.models import load_artifact, save_artifact
+from drsn_stream.models.artifact import load_validation, resolve_artifact
+from drsn_stream.models.ood import UnknownDetector
+from drsn_stream.models.outputs import Probabilities
+from drsn_stream.models.registry import build_from_config
+from drsn_stream.train import cwru
 
 TRAIN_HOP = 256
 EVAL_HOP = 512

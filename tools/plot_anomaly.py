@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from drsn_stream.dsp.normalize import normalize
+from drsn_stream.models import load_artifact
+from drsn_stream.models.ood import UNKNOWN, UnknownDetector
+from drsn_stream.monitor.baseline import fit_stream
+from drsn_stream.train import cwru
 
-from drsn_stream.dsp.normalize import normalize  # noqa: E402
-from drsn_stream.models import load_artifact  # noqa: E402
-from drsn_stream.models.ood import UNKNOWN, UnknownDetector  # noqa: E402
-from drsn_stream.monitor.baseline import fit_stream  # noqa: E402
-from drsn_stream.train import cwru  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SEQUENCE = (  # (file, part of it, name on the plot)
     ("normal_0_97.mat", (0.5, 1.0), "healthy (rest of normal_0)"),

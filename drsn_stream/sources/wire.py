@@ -46,6 +46,10 @@ MAX_DEPTH = 8  # nesting of JSON arrays/objects in a header
 MAX_PAYLOAD_BYTES = 16 << 20
 MAX_STREAM_ID = 256  # characters
 MAX_SEQ = 1 << 63
+# Integer literals longer than this are not converted: Python's int() of a decimal string takes
+# time quadratic in its length (a stream of thousands-of-digits seqs would tie up the ingest
+# thread), and no field needs more than 19 digits.
+MAX_INT_DIGITS = 40
 # A capture time further than this from the receiver's clock is a broken clock or a forged frame
 # (wide enough for hosts with a wrong date and for publishers replaying recordings ahead of time).
 MAX_CLOCK_SKEW_S = 366 * 86400.0
@@ -152,21 +156,42 @@ def encode_eos(stream_id: str) -> list[bytes]:
     return [stream_id.encode("utf-8"), json.dumps(header, separators=(",", ":")).encode("utf-8")]
 
 
+class _LongInt:
+    """An integer literal of more than MAX_INT_DIGITS digits, left unconverted: no field accepts it,
+    so each field's own check refuses it with that field's reason."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<{self.digits}-digit integer>"
+
+
+def _parse_int(text: str) -> int | _LongInt:
+    return int(text) if len(text) <= MAX_INT_DIGITS else _LongInt(len(text))
+
+
+def _loads(text: str | bytes) -> Any:
+    return json.loads(text, parse_int=_parse_int)
+
+
 def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], reason: str = "bad_field") -> Any:
     value = header[name]
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise WireError(reason, f"{name}={_short(value)} should be {getattr(kind, '__name__', kind)}")
+        if isinstance(value, _LongInt):
+            raise WireError(reason, f"{name} is an integer of {value.digits} digits; at most {MAX_INT_DIGITS}")
+        names = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise WireError(reason, f"{name}={_short(value)} should be {names}")
     return value
 
 
 def _number(header: dict[str, Any], name: str, reason: str) -> float:
     """A finite JSON number as float; huge integers (``1e400`` written out) are refused, not
-    overflowed."""
+    overflowed (they arrive as ``_LongInt``, which is no number)."""
     value = _field(header, name, (int, float), reason)
-    try:
-        out = float(value)
-    except OverflowError:
-        raise WireError(reason, f"{name} has {len(str(value))} digits") from None
+    out = float(value)
     if not math.isfinite(out):
         raise WireError(reason, f"{name}={out} is not finite")
     return out
@@ -230,7 +255,7 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
     raw = [bytes(p) for p in parts]
     _check_nesting(raw[1])
     try:
-        header = json.loads(raw[1].decode("utf-8"))
+        header = _loads(raw[1].decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError("bad_json", f"header is not UTF-8 JSON ({str(exc)[:80]})") from None
     if not isinstance(header, dict):
@@ -369,7 +394,7 @@ class Decoder:
         if len(self._templates) >= MAX_TEMPLATES:
             self._templates.clear()
         n, channels = frame.samples.shape
-        head = json.loads(header)
+        head = _loads(header)
         dt = DTYPES[head["dtype"]]
         self._templates[(header[: m.start()], header[m.end():])] = _Template(
             frame.stream_id, frame.stream_id.encode("utf-8"), frame.sample_rate, dt, channels, n,
