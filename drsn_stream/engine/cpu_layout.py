@@ -103,31 +103,30 @@ class _Unit(nn.Module):
                 self.register_buffer(name, torch.zeros(0))
 
     def forward(self, h: Tensor, spare: Tensor, kept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """h (batch, length, cin) contiguous; spare: a dead buffer of the previous unit (written
-        over when it has h's size); kept (batch,): the sum of the previous units' shares of
-        activations left nonzero -> (out (batch, length', cout), kept plus this unit's, spare)."""
+        """h (batch, length, cin) contiguous; spare: a dead buffer of the previous unit, h's size
+        in this unit's rows (empty for the first unit: then allocated); kept (batch,): the sum of
+        the previous units' shares of activations left nonzero -> (out (batch, length', cout),
+        kept plus this unit's, a dead buffer of out's size in the next unit's rows)."""
         b, n = h.shape[0], h.shape[1]
         if n % self.k_in == 0:
             hv, s1, t1 = h.view(b, n // self.k_in, self.k_in * self.cin), self.s1, self.t1
         else:
             hv, s1, t1 = h, self.s1[: self.cin], self.t1[: self.cin]
-        if spare.numel() == h.numel():
-            a0 = torch.addcmul(t1, hv, s1, out=spare.view(hv.shape))
-        else:
-            a0 = torch.addcmul(t1, hv, s1)
-        a = torch.relu_(a0).view(b, 1, n, self.cin).permute(0, 3, 1, 2)  # channels-last (b, cin, 1, n)
+        a = torch.addcmul(t1, hv, s1, out=spare)
+        a = torch.relu_(a).view(b, 1, n, self.cin).permute(0, 3, 1, 2)  # channels-last (b, cin, 1, n)
         a = torch.relu_(F.conv2d(a, self.w1, self.b1, stride=(1, self.stride), padding=(0, self.pad)))
         r = F.conv2d(a, self.w2, self.b2, padding=(0, self.pad)).permute(0, 2, 3, 1)  # (b, 1, lo, c)
         lo, c = r.shape[2], self.cout
+        k = self.k_out if lo % self.k_out == 0 else 1
+        rk = r.reshape(b, lo // k, k * c)
+        buf = a.permute(0, 2, 3, 1).reshape(rk.shape)  # conv1's output, dead now: r's size
         if self.shrink > 0:
-            if lo % self.k_out == 0:
-                rk = r.reshape(b, lo // self.k_out, self.k_out * c)
+            if k > 1:
                 gsel, f1, f2, f2b = self.gselk, self.f1k, self.f2k, self.f2bk
             else:
-                rk = r.reshape(b, lo, c)
                 gsel, f1, f2, f2b = self.gsel1, self.f11, self.f21, self.f2b1
-            # |r|, then the clamp's and the zero test's output, in conv1's output (dead, r's size)
-            buf = torch.abs(rk, out=a.permute(0, 2, 3, 1).reshape(rk.shape))
+            # |r|, then the clamp's and the zero test's output
+            torch.abs(rk, out=buf)
             # sum of |r| per row slot; fc1 and the per-channel (CW) or overall (CS) mean read the
             # slots through weights repeated over a row (1 / rows as the products' scale makes the
             # sums means), and fc2's outputs come repeated to a row
@@ -143,7 +142,6 @@ class _Unit(nn.Module):
             out = out.view(b, lo, c)
         else:
             out = r.reshape(b, lo, c)
-            buf = a0
         if self.shortcut:
             sc = h[:, :: self.stride, :] if self.stride > 1 else h
             if c > self.cin:
