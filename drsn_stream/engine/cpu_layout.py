@@ -153,9 +153,9 @@ class _Unit(nn.Module):
 
 def _shrink_constants(f1w: Tensor, f2w: Tensor, f2b: Tensor, k: int, channel_wise: bool) -> dict[str, Tensor]:
     """The threshold net's weights for rows of k positions (k * c slots, slot j is channel j % c)
-    holding the sum of |r| of their slot (a mean after the 1 / rows scale): ``f1`` averages the k slots of a channel, ``gsel`` gives
-    each slot its channel's mean (CW) or the mean over all channels (CS), ``f2`` / ``f2b`` repeat
-    fc2's outputs to every slot."""
+    holding the sum of |r| of their slot (a mean after the 1 / rows scale): ``f1`` averages the k
+    slots of a channel, ``gsel`` gives each slot its channel's mean (CW) or the mean over all
+    channels (CS), ``f2`` / ``f2b`` repeat fc2's outputs to every slot."""
     c = f1w.shape[1]
     if channel_wise:
         gsel = torch.eye(c).repeat(k, k) / k
@@ -171,7 +171,8 @@ class ChannelsLastDRSN(nn.Module):
     """A 1-D ``DRSN`` (networks.py) rewritten for the CPU; ``forward(x (batch, samples))`` returns
     ``(logits, noise_index)`` like the original, ``forward_features`` the pooled features too."""
 
-    __constants__ = ["phase_stem", "stem_stride", "stem_pad", "n_units", "has_shrink", "k_head", "channels", "channels_stem"]
+    __constants__ = ["phase_stem", "stem_stride", "stem_pad", "n_units", "has_shrink", "k_head", "channels",
+                     "channels_stem"]
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
