@@ -73,3 +73,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until(cond, timeout: float, every: float = 0.1) -> bool:
+    """Polls ``cond()`` until it holds (True) or ``timeout`` seconds have passed (False): a test
+    waits for what it needs to see instead of sleeping a fixed time, and asserts afterwards."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        if cond():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(every)

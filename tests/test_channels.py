@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import zmq
-from helpers import cwru_signal
+from helpers import cwru_signal, wait_until
 from scipy.signal import resample_poly
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
@@ -181,22 +181,34 @@ def test_simulated_modules_are_labelled_per_channel() -> None:
     pipe = Pipeline(cfg)
     got: list[dict] = []
     pipe.outputs.add(type("S", (), {"write": lambda self, o: got.append(o), "close": lambda self: None})())
-    pipe.start()
-    time.sleep(6.0)
-    pipe.stop()
     sim = pipe.sources[0]
+    win_s = 2048 / 12000 / 6
+
+    def scored_windows() -> list[dict]:
+        preds = [o for o in list(got) if o["type"] == "prediction"]
+        return [o for o in preds if sim.truth(o["stream"], o["time"]) == sim.truth(o["stream"], o["time"] - win_s)]
+
+    def mixed_windows(scored: list[dict]) -> list[dict[str, tuple[str, str]]]:
+        """Moments when the channels of one module ran different conditions."""
+        by_window: dict[tuple[str, int], dict[str, tuple[str, str]]] = {}
+        for o in scored:
+            machine = o["stream"].rsplit("/", 1)[0]
+            by_window.setdefault((machine, o["index"]), {})[o["stream"]] = (o["label"],
+                                                                             sim.truth(o["stream"], o["time"]))
+        return [w for w in by_window.values() if len({truth for _, truth in w.values()}) >= 2]
+
+    pipe.start()
+    try:  # until enough windows and mixed moments are in (about 6 s at most on a quiet machine)
+        wait_until(lambda: (lambda sc: len(sc) > 300 and len(mixed_windows(sc)) >= 10)(scored_windows()), 60, 0.5)
+    finally:
+        pipe.stop()
     preds = [o for o in got if o["type"] == "prediction"]
     assert {o["stream"] for o in preds} == {f"sim/m{m}/ch{k}" for m in range(2) for k in range(3)} == set(sim.streams)
-    win_s = 2048 / 12000 / 6
-    scored = [o for o in preds if sim.truth(o["stream"], o["time"]) == sim.truth(o["stream"], o["time"] - win_s)]
+    scored = scored_windows()
     agree = np.mean([o["label"] == sim.truth(o["stream"], o["time"]) for o in scored])
     assert len(scored) > 300 and agree >= 0.9, agree
     # moments when the channels of one module ran different conditions, and the monitor said so
-    by_window: dict[tuple[str, int], dict[str, tuple[str, str]]] = {}
-    for o in scored:
-        machine = o["stream"].rsplit("/", 1)[0]
-        by_window.setdefault((machine, o["index"]), {})[o["stream"]] = (o["label"], sim.truth(o["stream"], o["time"]))
-    mixed = [w for w in by_window.values() if len({truth for _, truth in w.values()}) >= 2]
+    mixed = mixed_windows(scored)
     assert len(mixed) >= 10
     assert np.mean([len({label for label, _ in w.values()}) >= 2 for w in mixed]) >= 0.8
 

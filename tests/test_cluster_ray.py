@@ -75,7 +75,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
-    workers = [c.add_node(**NODE) for _ in range(2)]
+    workers = [c.add_node(wait=False, **NODE) for _ in range(2)]  # the two start side by side
     c.wait_for_nodes()
     yield c, workers
     ray.shutdown()
@@ -151,7 +151,7 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
         assignment = handle.assignment()
         handle.wait_subscribed(len(sims) + len(recs))
         time.sleep(1.0)  # ZeroMQ subscriptions reach the publisher as it binds; let them settle
-        pub = _publisher(port, specs, 12.0)
+        pub = _publisher(port, specs, 6.0)
         assert pub.wait(timeout=120) == 0
         _settle(tmp_path / "cluster.jsonl", tmp_path / "single.jsonl")
         hosts = handle.hosts()
@@ -337,7 +337,7 @@ def test_cluster_command_shows_every_stream_with_its_host(cluster, tmp_path: Pat
     try:
         r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--address", c.address, "--source",
                             f"zmq://127.0.0.1:{port}", "--checkpoint-dir", str(tmp_path / "ck"), "--once",
-                            "--duration", "10"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                            "--duration", "6"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     finally:
         pub.kill()
         pub.wait()

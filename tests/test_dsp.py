@@ -90,6 +90,17 @@ def test_windows_match_offline_resampling_and_zscore(normal48):
     assert wins[k].level == pytest.approx(np.sqrt(np.mean(offline[k * 2048 : (k + 1) * 2048] ** 2)), rel=1e-5)
 
 
+@pytest.mark.parametrize("up,down", [(1, 4), (2, 1), (160, 441), (441, 160)])
+def test_the_resampling_filter_is_the_one_scipy_designs(up, down):
+    from scipy.signal import firwin
+
+    from drsn_stream.dsp.resample import design_filter
+
+    m = max(up, down)
+    ref = firwin(20 * m + 1, 1.0 / m, window=("kaiser", 5.0)) * up
+    np.testing.assert_allclose(design_filter(up, down), ref, rtol=0, atol=1e-14)
+
+
 @pytest.mark.parametrize("rates", [(48000, 12000), (8000, 16000), (44100, 16000)])
 def test_streaming_resampler_equals_resample_poly(inner, rates):
     r = StreamingResampler(*rates)

@@ -243,3 +243,50 @@ def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int) -> None:
     row = json.loads(out.stdout)[0]
     assert row["frames"] == (32 // channels) * int(0.5 * RATE / 512) and row["malformed"] == 0 and not row["errors"]
     assert row["windows"] > 0 and row["ingest_us_per_frame"] > 0
+
+
+def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() -> None:
+    """Single-channel streams at the model's rate are windowed together in one ring array
+    (dsp/bank.py); each stream's windows are bit for bit those of a StreamDSP of its own, through
+    odd frame lengths that wrap the ring, NaN samples, and a stream that leaves the bank (a frame
+    at another rate, a frame longer than the ring takes) and carries on in a StreamDSP."""
+    from types import SimpleNamespace
+
+    from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
+    from drsn_stream.dsp.stream import StreamDSP
+
+    rng = np.random.default_rng(7)
+    for hop in (512, 300, 3000):
+        meta = SimpleNamespace(sample_rate=RATE, window=2048, hop=hop, normalization={"kind": "none"})
+        bank = WindowBank(meta, hop, rows=2)  # grows while streams join
+        ids = [f"s{k}" for k in range(9)]
+        dsps = {sid: BankDSP(bank, sid) for sid in ids}
+        alone = {sid: StreamDSP(meta, hop=hop, normalize=False) for sid in ids}
+        signal = {sid: (rng.standard_normal(80000) * 0.1).astype(np.float32) for sid in ids}
+        signal["s1"][5000:5600] = np.nan
+        at = dict.fromkeys(ids, 0)
+        got: dict[str, list] = {sid: [] for sid in ids}
+        want: dict[str, list] = {sid: [] for sid in ids}
+        for k in range(120):
+            items = []
+            for sid in ids:
+                n = 512 if sid < "s4" else int(rng.integers(1, 2100))  # some longer than the ring takes
+                rate = 11025.0 if sid == "s3" and 60 <= k < 70 else RATE  # leaves the bank at frame 60
+                x = signal[sid][at[sid] : at[sid] + n]
+                items.append((Frame(sid, k, 1.7e9 + at[sid] / RATE, rate, x[:, None]), dsps[sid]))
+                at[sid] += n
+            groups, rest = bank_items(items)
+            for idx in groups.values():
+                outs = bank.push_many([items[i][1] for i in idx], [items[i][0] for i in idx])
+                for i, out in zip(idx, outs):
+                    got[items[i][0].stream_id] += out
+            for i in rest:
+                got[items[i][0].stream_id] += items[i][1].push(items[i][0])
+            for frame, _ in items:
+                want[frame.stream_id] += alone[frame.stream_id].push(frame)
+        for sid in ids:
+            assert [(w.stream_id, w.index, w.t_last, w.data.tobytes()) for w in got[sid]] == \
+                [(w.stream_id, w.index, w.t_last, w.data.tobytes()) for w in want[sid]] != [], (hop, sid)
+            assert (dsps[sid].nonfinite, dsps[sid].windows) == (alone[sid].nonfinite, alone[sid].windows)
+        assert dsps["s1"].nonfinite == 600 and dsps["s3"].own is not None and dsps["s0"].own is None
+        assert dsps["s3"].counters() == alone["s3"].counters() and alone["s3"].rate_changes == 2  # there and back

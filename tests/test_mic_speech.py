@@ -100,19 +100,25 @@ def _run_until(cmd: list[str], env: dict[str, str], last_index: int, timeout: fl
     reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
     reader.start()
     objs: list[dict] = []
+    seen, sent = -1, 0
     timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
     timer.start()
     try:
         for line in proc.stdout:
             obj = json.loads(line)  # --jsonl -: stdout carries JSON lines only
             objs.append(obj)
-            if obj["type"] == "prediction" and obj["index"] >= last_index and proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+            if obj["type"] == "prediction":
+                seen = max(seen, obj["index"])
+                if obj["index"] >= last_index and proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+                    sent += 1
         proc.wait()
     finally:
         timer.cancel()
         reader.join(timeout=10)
-    assert proc.returncode == 0, "".join(err)[-3000:]
+    # says whether the monitor got to the last word and was asked to stop, or never got there
+    assert proc.returncode == 0, (f"exit {proc.returncode}; highest window index {seen} (the last word ends in "
+                                  f"{last_index}); SIGINT sent {sent} times\n" + "".join(err)[-3000:])
     return objs, "".join(err)
 
 

@@ -139,3 +139,11 @@ def test_inference_soft_threshold_and_noise_index_equal_the_definitions() -> Non
         share = (r.abs() <= tau_u).flatten(1).float().mean(1)
     torch.testing.assert_close(zeroed, share)
     assert 0 < float(zeroed.mean()) < 1
+
+
+def test_every_public_name_of_the_models_package_resolves():
+    import drsn_stream.models as models
+
+    assert sorted(models.__all__) == sorted(models._WHERE)
+    for name in models.__all__:
+        assert getattr(models, name).__name__ == name

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers import cwru_signal, require_cwru
+from helpers import cwru_signal, require_cwru, wait_until
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.app.shards import ShardedSource, shard_of
@@ -31,8 +31,9 @@ RECORDINGS = {  # stream id -> CWRU recording; the ids fall to both of two inges
 
 
 def _streams(seconds: float) -> dict[str, np.ndarray]:
+    """``seconds`` of each stream; the recordings (10 s each) are looped to last that long."""
     n = int(seconds * RATE)
-    out = {sid: cwru_signal(name)[:n].astype(np.float32) for sid, name in RECORDINGS.items()}
+    out = {sid: np.resize(cwru_signal(name), n).astype(np.float32) for sid, name in RECORDINGS.items()}
     out["flat-5"] = np.full(n, 0.25, np.float32)  # a stuck sensor: its health is judged in a child
     return out
 
@@ -174,18 +175,20 @@ def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end
     pub = _publisher(free_tcp_port, 2, streams, pace=True, stop=stop, errors=errors)
     seen: set[int] = set(src.pids)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not all(pipe.label_counts.get(s) for s in mine):
-            time.sleep(0.2)
+        # each step has its own deadline, and the publisher sends 60 s of each stream (the
+        # recordings are looped): a slow step on a loaded machine leaves the new process the time
+        # to start and take its streams up
+        wait_until(lambda: all(pipe.label_counts.get(s) for s in mine), 60)
         assert all(pipe.label_counts.get(s) for s in mine), pipe.label_counts
         os.kill(victim, signal.SIGKILL)
-        while time.time() < deadline and not any("ended (signal SIGKILL)" in e for e in pipe.errors):
-            time.sleep(0.1)
+        wait_until(lambda: any("ended (signal SIGKILL)" in e for e in pipe.errors), 30)
         before = {s: sum(pipe.label_counts[s].values()) for s in mine}
-        # the new process takes its streams up again
-        while time.time() < deadline and not all(sum(pipe.label_counts[s].values()) > before[s] + 4 for s in mine):
+
+        def resumed() -> bool:  # the new process takes its streams up again
             seen.update(src.pids)
-            time.sleep(0.2)
+            return all(sum(pipe.label_counts[s].values()) > before[s] + 4 for s in mine)
+
+        wait_until(resumed, 40)
         seen.update(src.pids)
     finally:
         stop.set()
@@ -193,6 +196,7 @@ def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end
         pub.join(timeout=10)
     line = next(e for e in pipe.errors if "ended (signal SIGKILL)" in e)
     assert f"ingest process 1 of 2 (pid {victim})" in line and "started a new one" in line and src.restarts == 1
+    assert not pipe.failed_sources, pipe.errors
     assert all(sum(pipe.label_counts[s].values()) > before[s] + 4 for s in mine), (before, pipe.label_counts)
     assert line in pipe.summary()
     assert victim not in src.pids and len(seen) == 3
@@ -202,6 +206,27 @@ def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not any(Path(p).exists() for p in shm)
+
+
+@pytest.mark.slow
+def test_a_process_killed_before_its_first_report_is_replaced_and_the_source_goes_on(free_tcp_port: int) -> None:
+    """A child that dies before it has reported any counters (it reports every STATS_S) is
+    replaced like any other; the source sums the counters of the processes that did report."""
+    pipe = Pipeline(_config(free_tcp_port, 2, duration=60))
+    pipe.start()
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource)
+    victim = src.pids[0]
+    try:
+        os.kill(victim, signal.SIGKILL)  # at once, well within its first STATS_S
+        # both processes report again: the new one, and the other, whose report sums them all
+        wait_until(lambda: src.restarts == 1 and all(c.stats for c in src._children) or bool(pipe.failed_sources), 30)
+        stats = pipe.stats_json()["sources"][pipe.config.sources[0]]
+    finally:
+        pipe.stop()
+    assert not pipe.failed_sources, pipe.errors
+    assert any(f"(pid {victim}) ended (signal SIGKILL); started a new one" in e for e in pipe.errors), pipe.errors
+    assert src.restarts == 1 and stats["frames"] == 0, stats
 
 
 def test_other_sources_keep_their_ingest_thread_and_one_process_is_todays_path(free_tcp_port: int) -> None:

@@ -30,6 +30,7 @@ from drsn_stream.app.defaults import resolve_defaults
 from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable
 from drsn_stream.dsp import FrameDSP, StreamDSP
+from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
 from drsn_stream.dsp.envelope import label_family
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
@@ -186,7 +187,8 @@ class Pipeline:
         if config.idle_flush and not config.fast:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now
-        self._dsp: dict[str, StreamDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
+        self._dsp: dict[str, StreamDSP | BankDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
+        self._banks: dict[int, WindowBank] = {}  # by id(source): each ingest thread's single-channel streams
         self.envelope = self._envelope_stage(config)
         self._ingest_lock = threading.Lock()
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
@@ -435,7 +437,7 @@ class Pipeline:
         if self.envelope is not None:
             self.envelope.push(windows)
 
-    def _ingest_round(self, items: list[tuple[Frame, StreamDSP]], source: Any, windows: list[Window]) -> None:
+    def _ingest_round(self, items: list[tuple[Frame, StreamDSP | BankDSP]], source: Any, windows: list[Window]) -> None:
         """Frames of distinct streams: health and capture per channel, then each frame's DSP (one
         FrameDSP for every channel of a multi-channel frame); the windows completed are added to
         ``windows``, marked unhealthy where their stream's sensor is not OK."""
@@ -454,7 +456,20 @@ class Pipeline:
             self._emit_events(events)
         done: list[Window] = []
         judged: list[str] = []  # streams whose windows need every gathered sample judged first
-        for frame, dsp in items:
+        groups, rest = bank_items(items)
+        for idx in groups.values():  # single-channel streams at the model's rate: one step for all
+            frames = [items[i][0] for i in idx]
+            try:
+                outs = items[idx[0]][1].bank.push_many([items[i][1] for i in idx], frames)
+            except Exception as exc:  # noqa: BLE001 - a bug drops these frames, not the monitor
+                for frame in frames:
+                    self._frame_error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
+                continue
+            for frame, out in zip(frames, outs):
+                if out:
+                    judged.append(frame.stream_id)
+                    done += out
+        for frame, dsp in (items[i] for i in rest) if groups else items:
             try:
                 out = dsp.push(frame)
             except UnsupportedRate as exc:  # a rate change the model cannot take
@@ -495,7 +510,15 @@ class Pipeline:
         except UnsupportedRate as exc:  # the stream is not kept
             self._frame_error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
             return None
-        dsp = self._dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.config.hop)
+        if isinstance(dsp, BankDSP) and dsp.own is None:
+            dsp.leave()  # its row back to the bank; frames of this poll before the new layout still go through it
+        if ids is None and frame.sample_rate == self.meta.sample_rate:
+            bank = self._banks.get(id(source))
+            if bank is None:
+                bank = self._banks[id(source)] = WindowBank(self.meta, self.config.hop)
+            dsp = self._dsp[frame.stream_id] = BankDSP(bank, frame.stream_id)
+        else:
+            dsp = self._dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.config.hop)
         return dsp
 
     # ------------------------------------------------------------------ results

@@ -761,7 +761,8 @@ class ShardedSource(Source):
         code = c.stop(2.0)
         if self.closed:
             return
-        self._retired.append(c.stats)
+        if c.stats:  # one that died before its first report (STATS_S) has no counters to keep
+            self._retired.append(c.stats)
         now = time.monotonic()
         c.deaths.append(now)
         while c.deaths and now - c.deaths[0] > RESTART_WINDOW_S:

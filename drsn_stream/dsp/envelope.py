@@ -47,7 +47,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy import fft as sfft
 
 from drsn_stream.errors import ConfigError
 
@@ -215,6 +214,8 @@ def _plan(n: int, rate: float, shaft_hz: float, geometry: BearingGeometry, setti
                           "lower envelope.band_hz / envelope.min_hz, or use a higher sample rate")
     starts = np.arange(settings.min_hz, hi_edge - band + 1e-9, band / 2)
     width = int(round(band / df))
+    from scipy import fft as sfft  # here: every monitor imports this module, few analyse envelopes
+
     m = sfft.next_fast_len(2 * width + 8)  # the squared envelope's bandwidth is the band's
     taper = np.hanning(width).astype(np.float32)
     plan: dict[str, Any] = {"starts": starts, "width": width, "m": m, "taper": taper, "df": df, "band": band}
@@ -313,6 +314,8 @@ def envelope_spectra(x: np.ndarray, rate: float, starts: np.ndarray, width: int,
         power spectra of the squared envelopes, shape (bands, m // 2 + 1); bin k is k * rate / n Hz
         (the block's own resolution).
     """
+    from scipy import fft as sfft  # imported at first use (~0.3 s of CPU), see _plan
+
     x = np.asarray(x, dtype=np.float32)
     n = x.shape[0]
     X = sfft.rfft(x - x.mean())  # single precision: the scores are in dB, a 1e-7 error is nothing

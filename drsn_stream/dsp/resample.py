@@ -17,7 +17,6 @@ import math
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import firwin
 
 from drsn_stream.errors import ConfigError
 
@@ -54,8 +53,13 @@ def design_filter(up: int, down: int) -> np.ndarray:
     """The anti-aliasing low-pass FIR for ``up/down`` resampling, scaled by ``up`` (float64, read-only)."""
     max_rate = max(up, down)
     half_len = 10 * max_rate
-    h = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0))
-    out = np.asarray(h, dtype=np.float64) * up
+    # scipy.signal.firwin(2 * half_len + 1, 1 / max_rate, window=("kaiser", 5.0)), written out in
+    # numpy (equal to 1e-17): importing scipy.signal costs ~1 s of CPU in every process that
+    # imports the DSP, and a first frame at another rate would pay it in the ingest thread
+    cutoff = 1.0 / max_rate
+    taps = 2 * half_len + 1
+    h = cutoff * np.sinc(cutoff * (np.arange(taps) - half_len)) * np.kaiser(taps, 5.0)
+    out = h / h.sum() * up  # unit gain at DC, as firwin scales a low-pass
     out.flags.writeable = False
     return out
 

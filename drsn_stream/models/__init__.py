@@ -1,18 +1,49 @@
-"""DRSN models: building blocks, networks, registry and TorchScript artifacts."""
+"""DRSN models: building blocks, networks, registry and TorchScript artifacts.
 
-from drsn_stream.models.artifact import (
-    ArtifactMeta,
-    list_artifacts,
-    load_artifact,
-    load_validation,
-    read_meta,
-    resolve_artifact,
-    save_artifact,
-    script_model,
-)
-from drsn_stream.models.layers import RSBU, Shortcut, ThresholdNet, soft_threshold
-from drsn_stream.models.networks import DRSN, NetConfig
-from drsn_stream.models.registry import build_from_config, create_model, list_models, model_config
+The names below are imported on first use (PEP 562): a process that needs only a torch-free
+module of this package (``models.ood``, ``models.outputs``: the cluster's aggregator, the metrics
+sink) does not pay for importing torch (seconds of CPU in every such process).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    "ArtifactMeta": "artifact", "list_artifacts": "artifact", "load_artifact": "artifact",
+    "load_validation": "artifact", "read_meta": "artifact", "resolve_artifact": "artifact",
+    "save_artifact": "artifact", "script_model": "artifact",
+    "RSBU": "layers", "Shortcut": "layers", "ThresholdNet": "layers", "soft_threshold": "layers",
+    "DRSN": "networks", "NetConfig": "networks",
+    "build_from_config": "registry", "create_model": "registry", "list_models": "registry",
+    "model_config": "registry",
+}
+
+if TYPE_CHECKING:
+    from drsn_stream.models.artifact import (
+        ArtifactMeta,
+        list_artifacts,
+        load_artifact,
+        load_validation,
+        read_meta,
+        resolve_artifact,
+        save_artifact,
+        script_model,
+    )
+    from drsn_stream.models.layers import RSBU, Shortcut, ThresholdNet, soft_threshold
+    from drsn_stream.models.networks import DRSN, NetConfig
+    from drsn_stream.models.registry import build_from_config, create_model, list_models, model_config
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DRSN",

@@ -51,8 +51,11 @@ from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.health_levels import (
     MIN_LEVELS_FOR_CLIPPING,
+    STEP_DC,
+    LevelBank,
     check_levels_many,
     distinct_levels,
+    levels_many,
     merge,
     pool,
 )
@@ -216,6 +219,9 @@ class _Stream:
     base_logsd: np.ndarray | None = None
     learned: int = 0
     step_n: int = 0
+    # a single-channel stream's row in HealthMonitor's LevelBank, which then holds its flat-line,
+    # clipping and level-step state instead of the fields above; -1: the fields hold it
+    slot: int = -1
 
 
 class HealthMonitor:
@@ -228,6 +234,7 @@ class HealthMonitor:
     def __init__(self, config: HealthConfig | None = None) -> None:
         self.config = config if config is not None else HealthConfig()
         self._streams: dict[str, _Stream] = {}
+        self._bank = LevelBank()
         self._lock = threading.Lock()
 
     def watch(self, stream_ids: Iterable[str], *, now: float | None = None) -> None:
@@ -255,6 +262,8 @@ class HealthMonitor:
         events: list[Event] = []
         with self._lock:
             rest = list(frames)
+            if len({f.stream_id for f in rest}) == len(rest):  # the common case: one round
+                return self._push_round(rest, now)
             while rest:  # rounds: at most one frame per stream, each stream's frames in order
                 seen: set[str] = set()
                 this, later = [], []
@@ -266,44 +275,74 @@ class HealthMonitor:
         return events
 
     def _push_round(self, frames: list[Frame], now: float) -> list[Event]:
-        """Frames of distinct streams: bookkeeping one by one, the level tests together."""
-        sts, xs, founds, changes = [], [], [], []
+        """Frames of distinct streams: bookkeeping one by one, the level tests together. Nothing
+        found is None rather than an empty set, and a stream with no active reason in state OK
+        is not settled: most frames of a live monitor find nothing."""
+        sts, ns, founds, changes = [], [], [], []
         due: list[int] = []  # frames whose gathered samples are due for the level tests
         blocks: list[np.ndarray] = []
+        streams, every_s = self._streams, self.config.check_every_s
         for frame in frames:
-            x = np.asarray(frame.samples)
-            if x.ndim == 1:
-                x = x[:, None]
-            x = x.reshape(x.shape[0], -1)
-            st = self._streams.get(frame.stream_id)
+            x = frame.samples
+            if type(x) is not np.ndarray or x.ndim != 2:
+                x = np.asarray(x)
+                x = (x[:, None] if x.ndim == 1 else x).reshape(x.shape[0], -1)
+            st = streams.get(frame.stream_id)
             if st is None:
-                st = self._streams[frame.stream_id] = _Stream(since=now)
+                st = streams[frame.stream_id] = _Stream(since=now)
             rate = float(frame.sample_rate) if frame.sample_rate and frame.sample_rate > 0 else 1.0
             changed = st.sample_rate > 0 and rate != st.sample_rate
             if rate != st.sample_rate or x.shape[1] != st.channels:
                 self._restart_signal(st, rate, x.shape[1])
+            n = x.shape[0]
             st.last_seen = now
             st.frames += 1
-            st.samples += x.shape[0]
-            found, block = self._check(st, frame, x)
-            if block is not None:
-                due.append(len(sts))
-                blocks.append(block)
+            st.samples += n
+            # gaps and overflows are judged on every frame
+            found: set[str] | None = None
+            if st.last_seq is not None and frame.seq > st.last_seq + 1:
+                st.gaps += frame.seq - st.last_seq - 1
+                found = {GAP}
+            st.last_seq = frame.seq
+            if frame.overflow > 0:
+                st.overflows += int(frame.overflow)
+                found = (found or set()) | {OVERFLOW}
+            if n:  # the level tests: on at least check_every_s of samples, gathered first
+                every = int(every_s * st.sample_rate)
+                block = x
+                if every > 1:
+                    st.pending.append(x)
+                    st.pending_n += n
+                    if st.pending_n < every:
+                        block = None
+                    else:
+                        block = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
+                        st.pending.clear()
+                        st.pending_n = 0
+                if block is not None:
+                    due.append(len(sts))
+                    blocks.append(block)
             sts.append(st)
-            xs.append(x)
+            ns.append(n)
             founds.append(found)
             changes.append(changed)
-        for j, found in zip(due, self._levels([sts[j] for j in due], blocks)):
-            founds[j] |= found
+        if due:
+            for j, levels in zip(due, self._levels([sts[j] for j in due], blocks)):
+                if levels:
+                    founds[j] = levels if founds[j] is None else founds[j] | levels
         events: list[Event] = []
-        for frame, st, x, found, changed in zip(frames, sts, xs, founds, changes):
+        recovery_s = self.config.recovery_s
+        for frame, st, n, found, changed in zip(frames, sts, ns, founds, changes):
             if changed:
                 st.rate_changes += 1
-                found.add(RATE_CHANGE)
-            self._age(st, x.shape[0], found)
-            for reason in found:
-                st.active[reason] = self.config.recovery_s * st.sample_rate
-            events += self._settle(frame.stream_id, st, now)
+                found = (found or set()) | {RATE_CHANGE}
+            if st.active:
+                self._age(st, n, found or ())
+            if found:
+                for reason in found:
+                    st.active[reason] = recovery_s * st.sample_rate
+            if st.active or st.state != OK:
+                events += self._settle(frame.stream_id, st, now)
         return events
 
     def flush(self, stream: str, *, now: float | None = None) -> list[Event]:
@@ -327,10 +366,15 @@ class HealthMonitor:
                 ids.append(sid)
                 sts.append(st)
             events: list[Event] = []
+            if not sts:
+                return events
+            recovery_s = self.config.recovery_s
             for sid, st, found in zip(ids, sts, self._levels(sts, blocks)):
-                for reason in found:
-                    st.active[reason] = self.config.recovery_s * st.sample_rate
-                events += self._settle(sid, st, now)
+                if found:
+                    for reason in found:
+                        st.active[reason] = recovery_s * st.sample_rate
+                if st.active or st.state != OK:
+                    events += self._settle(sid, st, now)
             return events
 
     def tick(self, now: float | None = None) -> list[Event]:
@@ -378,13 +422,21 @@ class HealthMonitor:
     def forget(self, stream: str) -> None:
         """Drop a stream's state (it moved to another host, or its sensor was removed for good)."""
         with self._lock:
-            self._streams.pop(stream, None)
+            st = self._streams.pop(stream, None)
+            if st is not None and st.slot >= 0:
+                self._bank.release(st.slot)
 
     def export_state(self, stream: str) -> Any:
         """A picklable copy of the stream's health state and signal statistics; None if unknown."""
         with self._lock:
             st = self._streams.get(stream)
-            return None if st is None else copy.deepcopy(st)
+            if st is None:
+                return None
+            out = copy.deepcopy(st)
+            if st.slot >= 0:
+                self._bank.export(st.slot, out)
+            out.slot = -1
+            return out
 
     def restore_state(self, stream: str, state: Any, *, now: float | None = None) -> None:
         """Continue a stream from ``export_state``'s copy. The frames missed meanwhile are the
@@ -395,6 +447,13 @@ class HealthMonitor:
         st.last_seq = None
         st.last_seen = time.time() if now is None else now
         with self._lock:
+            old = self._streams.get(stream)
+            if old is not None and old.slot >= 0:
+                self._bank.release(old.slot)
+            st.slot = -1
+            if st.channels == 1:
+                st.slot = self._bank.take()
+                self._bank.load(st.slot, st)
             self._streams[stream] = st
 
     # -- internals ------------------------------------------------------------------------
@@ -403,6 +462,15 @@ class HealthMonitor:
         if channels != st.channels:
             st.base_mean = st.base_logsd = None  # a rate change keeps the learned level
             st.learned = st.step_n = 0
+            if st.slot >= 0:
+                self._bank.reset_level(st.slot)
+        if channels == 1 and st.slot < 0:
+            st.slot = self._bank.take()
+        elif channels != 1 and st.slot >= 0:
+            self._bank.release(st.slot)
+            st.slot = -1
+        if st.slot >= 0:
+            self._bank.reset_tests(st.slot)
         st.sample_rate, st.channels = rate, channels
         st.pending.clear()
         st.pending_n = 0
@@ -410,36 +478,12 @@ class HealthMonitor:
         st.chunk_n = 0
         st.blk_n = 0
 
-    def _check(self, st: _Stream, frame: Frame, x: np.ndarray) -> tuple[set[str], np.ndarray | None]:
-        """Gaps and overflows found; and the samples due for the level tests now, or None while
-        they are still gathered (``check_every_s``)."""
-        found: set[str] = set()
-        if st.last_seq is not None and frame.seq > st.last_seq + 1:
-            st.gaps += frame.seq - st.last_seq - 1
-            found.add(GAP)
-        st.last_seq = frame.seq
-        if frame.overflow > 0:
-            st.overflows += int(frame.overflow)
-            found.add(OVERFLOW)
-        n = x.shape[0]
-        if n == 0:
-            return found, None
-        every = int(self.config.check_every_s * st.sample_rate)
-        if every > 1:
-            st.pending.append(x)
-            st.pending_n += n
-            if st.pending_n < every:
-                return found, None
-            x = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
-            st.pending.clear()
-            st.pending_n = 0
-        return found, x
-
     def _levels(self, sts: list[_Stream], blocks: list[np.ndarray]) -> list[set[str]]:
         """The level tests' reasons for each stream's block (``_check_levels``, many at once)."""
         if len(sts) == 1:
             return [self._check_levels(sts[0], blocks[0])]
-        return check_levels_many(self.config, sts, blocks, self._check_levels, (FLAT, CLIPPING, DC_JUMP, AMP_STEP))
+        return check_levels_many(self.config, self._bank, sts, blocks, self._check_levels,
+                                 (FLAT, CLIPPING, DC_JUMP, AMP_STEP))
 
     def _check_levels(self, st: _Stream, x: np.ndarray) -> set[str]:
         found: set[str] = set()
@@ -454,9 +498,20 @@ class HealthMonitor:
                 st.chunks.clear()
                 st.chunk_n = 0
                 st.blk_n = 0
+                if st.slot >= 0:
+                    self._bank.reset_tests(st.slot)
                 return found
             x = x.astype(np.float64)  # finite, but too large for a float32 sum
             s1 = x.sum(axis=0)
+        if st.slot >= 0:
+            flat, clipping, step = levels_many(self.config, self._bank, [st], x.T, s1)
+            if flat[0]:
+                found.add(FLAT)
+            if clipping[0]:
+                found.add(CLIPPING)
+            if step[0]:
+                found.add(DC_JUMP if step[0] == STEP_DC else AMP_STEP)
+            return found
         if self._flat(st, x, s1):
             found.add(FLAT)
         if self._clipping(st, x):

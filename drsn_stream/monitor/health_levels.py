@@ -4,17 +4,19 @@
 blocks of hundreds of single-channel streams in one poll of its socket; alone, each block costs a
 few dozen numpy calls on one-element arrays (~40 us of Python per frame). Here the blocks of
 one poll are stacked into one ``(samples, streams)`` array and every test runs once over all of
-them, the per-stream state gathered into arrays and written back, with the per-stream code's
-arithmetic element by element (sums of a block may round differently in the last bit, so a value
-exactly at a threshold could be judged differently; nothing else differs).
+them, on state kept in arrays (``LevelBank``, one row per single-channel stream) and read and
+written with one fancy index per array (sums of a block may round differently in the last bit
+than a block alone, so a value exactly at a threshold could be judged differently; nothing else
+differs). A stream alone goes through the same code with one row.
 
-The state is ``health._Stream``'s (read and written by attribute; this module does not import
-``health``, which imports it).
+Multi-channel streams keep their state in ``health._Stream``'s own fields (this module does not
+import ``health``, which imports it).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,115 +50,243 @@ def distinct_levels(x: np.ndarray) -> np.ndarray:
     return np.array([np.unique(x[:, c]).size for c in range(x.shape[1])])
 
 
-def levels_many(cfg: Any, sts: Sequence[Any], x: np.ndarray, s1: np.ndarray,
+class LevelBank:
+    """The level tests' state of single-channel streams, one row (slot) per stream, in arrays.
+
+    A stream's state lives here rather than in its ``health._Stream`` (which keeps only its
+    ``slot``), so that the tests of a poll's streams read and write their state with one fancy
+    index per array instead of a few dozen numpy calls on one-element arrays per stream.
+    ``export``/``load`` turn a row into ``_Stream``'s own fields and back (checkpoints, tests).
+    """
+
+    def __init__(self, rows: int = 64, chunks: int = 16) -> None:
+        self._rows, self._k = 0, chunks
+        self._free: list[int] = []
+        self._scratch = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
+        self._alloc(rows)
+
+    def _alloc(self, rows: int) -> None:
+        old, k = self._rows, self._k
+        grow = {
+            # flat line: a ring of (n, mean, M2) chunks, first at chead, ccount of them, chunk_n samples
+            "cn": ((rows, k), np.int64), "cmean": ((rows, k), np.float64), "cm2": ((rows, k), np.float64),
+            "chead": ((rows,), np.int64), "ccount": ((rows,), np.int64), "chunk_n": ((rows,), np.int64),
+            # clipping block
+            "blk_n": ((rows,), np.int64), "blk_seen": ((rows,), bool), "blk_max": ((rows,), np.float64),
+            "blk_min": ((rows,), np.float64), "blk_at_max": ((rows,), np.int64), "blk_at_min": ((rows,), np.int64),
+            "blk_full": ((rows,), np.int64),
+            # level steps
+            "has_base": ((rows,), bool), "base_mean": ((rows,), np.float64), "base_logsd": ((rows,), np.float64),
+            "learned": ((rows,), np.int64), "step_n": ((rows,), np.int64),
+        }
+        for name, (shape, dtype) in grow.items():
+            a = np.zeros(shape, dtype=dtype)
+            if old:
+                a[:old] = getattr(self, name)
+            setattr(self, name, a)
+        self._free += range(rows - 1, old - 1, -1)
+        self._rows = rows
+
+    def scratch(self, shape: tuple[int, int], dtype: Any, which: int) -> np.ndarray:
+        """Buffer ``which`` (0 or 1) as an array of ``shape``, uninitialized, reused from call to call."""
+        size = shape[0] * shape[1] * np.dtype(dtype).itemsize
+        buf = self._scratch[which]
+        if buf.size < size:
+            buf = self._scratch[which] = np.empty(max(size, 2 * buf.size), dtype=np.uint8)
+        return buf[:size].view(dtype).reshape(shape)
+
+    def take(self) -> int:
+        """A fresh row."""
+        if not self._free:
+            self._alloc(2 * self._rows)
+        slot = self._free.pop()
+        self.reset_tests(slot)
+        self.reset_level(slot)
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def reset_tests(self, slot: int | np.ndarray) -> None:
+        """Flat-line span and clipping block start again (a rate change, NaN/Inf samples)."""
+        self.ccount[slot] = self.chunk_n[slot] = self.chead[slot] = self.blk_n[slot] = 0
+
+    def reset_level(self, slot: int) -> None:
+        """Nothing learned about the stream's level (a new channel layout)."""
+        self.has_base[slot] = self.blk_seen[slot] = False
+        self.learned[slot] = self.step_n[slot] = 0
+
+    def export(self, slot: int, st: Any) -> None:
+        """Write row ``slot`` into ``st``'s own fields (``health._Stream``, one channel)."""
+        k = self._k
+        st.chunks = deque((int(self.cn[slot, i % k]), self.cmean[slot, i % k : i % k + 1].copy(),
+                           self.cm2[slot, i % k : i % k + 1].copy())
+                          for i in range(self.chead[slot], self.chead[slot] + self.ccount[slot]))
+        st.chunk_n, st.blk_n = int(self.chunk_n[slot]), int(self.blk_n[slot])
+        blk = ("blk_max", "blk_min", "blk_at_max", "blk_at_min", "blk_full")
+        for name in blk:
+            setattr(st, name, getattr(self, name)[slot : slot + 1].copy() if self.blk_seen[slot] else None)
+        for name in ("base_mean", "base_logsd"):
+            setattr(st, name, getattr(self, name)[slot : slot + 1].copy() if self.has_base[slot] else None)
+        st.learned, st.step_n = int(self.learned[slot]), int(self.step_n[slot])
+
+    def load(self, slot: int, st: Any) -> None:
+        """Row ``slot`` from ``st``'s own fields (``export``'s inverse); the fields are cleared."""
+        chunks = list(st.chunks)
+        while len(chunks) > self._k:
+            self._widen()
+        self.reset_tests(slot)
+        for i, (n, mean, m2) in enumerate(chunks):
+            self.cn[slot, i], self.cmean[slot, i], self.cm2[slot, i] = n, mean[0], m2[0]
+        self.ccount[slot], self.chunk_n[slot], self.blk_n[slot] = len(chunks), st.chunk_n, st.blk_n
+        self.blk_seen[slot] = st.blk_max is not None
+        if st.blk_max is not None:
+            for name in ("blk_max", "blk_min", "blk_at_max", "blk_at_min", "blk_full"):
+                getattr(self, name)[slot] = getattr(st, name)[0]
+        self.has_base[slot] = st.base_mean is not None and st.base_logsd is not None
+        if self.has_base[slot]:
+            self.base_mean[slot], self.base_logsd[slot] = st.base_mean[0], st.base_logsd[0]
+        self.learned[slot], self.step_n[slot] = st.learned, st.step_n
+        st.chunks, st.blk_max, st.blk_min, st.blk_at_max, st.blk_at_min, st.blk_full = deque(), None, None, None, None, None
+        st.base_mean = st.base_logsd = None
+
+    def _widen(self) -> None:
+        """Twice the chunks per ring, each ring's chunks from column 0 on."""
+        k = self._k
+        order = (self.chead[:, None] + np.arange(k)[None, :]) % k
+        for name in ("cn", "cmean", "cm2"):
+            a = np.take_along_axis(getattr(self, name), order, axis=1)
+            setattr(self, name, np.concatenate([a, np.zeros_like(a)], axis=1))
+        self.chead[:] = 0
+        self._k = 2 * k
+
+
+def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1: np.ndarray,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The level tests of one finite block per stream, as ``HealthMonitor._check_levels`` runs them.
 
     Args:
         cfg: the ``HealthConfig``.
-        sts: the streams' states (``health._Stream``, one channel each), updated in place.
-        x: ``(n, streams)`` float32, column ``j`` the block of ``sts[j]``, every sample finite.
-        s1: ``x.sum(axis=0, dtype=float64)``.
+        bank: the streams' level state, updated in place (their ``steps`` and ``clipped`` too).
+        sts: the streams' states (``health._Stream``, one channel each, ``slot`` in ``bank``).
+        x: ``(streams, n)``, row ``j`` the block of ``sts[j]``, every sample finite. Every result
+            of a row depends on that row alone (row sums), so a stream judged alone or among
+            others is judged the same, bit for bit.
+        s1: ``x.sum(axis=1, dtype=float64)``.
 
     Returns:
         (flat, clipping, step): ``(streams,)`` bools, bools and ``STEP_*`` codes.
     """
-    n = x.shape[0]
-    rate = np.array([st.sample_rate for st in sts], dtype=np.float64)
+    n = x.shape[1]
+    slots = np.fromiter([st.slot for st in sts], dtype=np.int64, count=len(sts))
+    rate = np.fromiter([st.sample_rate for st in sts], dtype=np.float64, count=len(sts))
     mean = s1 / n
-    d = x - mean
-    m2 = np.einsum("ij,ij->j", d, d)
-    flat = _flat(cfg, sts, n, rate, mean, m2)
-    clipping = _clipping(cfg, sts, x, rate)
-    step = _step(cfg, sts, n, rate, mean, m2) if cfg.step_ratio != 0 else np.zeros(len(sts), dtype=np.int8)
+    # centred in the samples' own precision, summed in float64 (as dsp.normalize does); into a
+    # buffer kept for the purpose: a fresh one is page faults, which cost more than the sums
+    d = np.subtract(x, mean.astype(x.dtype)[:, None], out=bank.scratch(x.shape, x.dtype, 1))
+    m2 = np.einsum("ij,ij->i", d, d, dtype=np.float64)
+    flat = _flat(cfg, bank, slots, n, rate, mean, m2)
+    clipping = _clipping(cfg, bank, sts, slots, x, rate)
+    step = _step(cfg, bank, sts, slots, n, rate, mean, m2) if cfg.step_ratio != 0 else np.zeros(len(sts), np.int8)
     return flat, clipping, step
 
 
-def _flat(cfg: Any, sts: Sequence[Any], n: int, rate: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
+def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: np.ndarray, mean: np.ndarray,
+          m2: np.ndarray) -> np.ndarray:
+    """``HealthMonitor._flat`` over rings of chunks: merge or append, trim to the span, judge."""
     floor2 = cfg.flat_std**2
-    flat = np.zeros(len(sts), dtype=bool)
-    # the newest block alone is flat: only then can the span be (most streams stop here)
-    newest_flat = m2 < floor2 * n
-    for j, st in enumerate(sts):
-        span = max(2, int(round(cfg.flat_span_s * st.sample_rate)))
-        chunk = (n, mean[j : j + 1], m2[j : j + 1])
-        merged = bool(st.chunks) and st.chunks[-1][0] < span // 8
-        if merged:  # tiny frames are merged into buckets of ~1/8 span (see HealthMonitor._flat)
-            last = st.chunks[-1] = merge(st.chunks[-1], chunk)
-        else:
-            last = chunk
-            st.chunks.append(chunk)
-        st.chunk_n += n
-        while len(st.chunks) > 1 and st.chunk_n - st.chunks[0][0] >= span:
-            st.chunk_n -= st.chunks.popleft()[0]
-        if st.chunk_n < span:
-            continue
-        if not ((last[2] < floor2 * last[0]).any() if merged else newest_flat[j]):
-            continue
-        total_n, _, pooled = pool(st.chunks)
+    span = np.maximum(2, np.round(cfg.flat_span_s * rate).astype(np.int64))
+    if int(bank.ccount[slots].max(initial=0)) + 1 > bank._k:
+        bank._widen()
+    k = bank._k
+    count, head = bank.ccount[slots], bank.chead[slots]
+    last = (head + count - 1) % k
+    # tiny frames are merged into buckets of ~1/8 span, so that the ring stays short
+    merged = (count > 0) & (bank.cn[slots, last] < span // 8)
+    if merged.any():
+        s, col = slots[merged], last[merged]
+        a_n, a_mean, a_m2 = bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col]
+        total = a_n + n
+        delta = mean[merged] - a_mean
+        bank.cmean[s, col] = a_mean + delta * (n / total)
+        bank.cm2[s, col] = a_m2 + m2[merged] + delta**2 * (a_n * n / total)
+        bank.cn[s, col] = total
+    new = ~merged
+    if new.any():
+        s, col = slots[new], (head[new] + count[new]) % k
+        bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col] = n, mean[new], m2[new]
+        bank.ccount[s] += 1
+    bank.chunk_n[slots] += n
+    while True:  # drop the oldest chunks the span no longer needs
+        head = bank.chead[slots]
+        drop = (bank.ccount[slots] > 1) & (bank.chunk_n[slots] - bank.cn[slots, head] >= span)
+        if not drop.any():
+            break
+        s = slots[drop]
+        bank.chunk_n[s] -= bank.cn[s, head[drop]]
+        bank.chead[s] = (head[drop] + 1) % k
+        bank.ccount[s] -= 1
+    last = (bank.chead[slots] + bank.ccount[slots] - 1) % k
+    # a span can only be flat if its newest part is; most streams stop here
+    maybe = (bank.chunk_n[slots] >= span) & (bank.cm2[slots, last] < floor2 * bank.cn[slots, last])
+    flat = np.zeros(len(slots), dtype=bool)
+    for j in np.flatnonzero(maybe):
+        s = int(slots[j])
+        ring = [(int(bank.cn[s, i % k]), bank.cmean[s, i % k : i % k + 1], bank.cm2[s, i % k : i % k + 1])
+                for i in range(bank.chead[s], bank.chead[s] + bank.ccount[s])]
+        total_n, _, pooled = pool(ring)
         flat[j] = bool((pooled < floor2 * total_n).any())
     return flat
 
 
-def _gather(sts: Sequence[Any], name: str, fresh: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Attribute ``name`` ((1,) arrays) of every stream as one array; ``fill`` where ``fresh``."""
-    if fresh.all():
-        return fill.copy()
-    blank = fill[:1]
-    out = np.concatenate([blank if f else getattr(st, name) for f, st in zip(fresh, sts)]).astype(fill.dtype, copy=False)
-    out[fresh] = fill[fresh]
-    return out
-
-
-def _clipping(cfg: Any, sts: Sequence[Any], x: np.ndarray, rate: np.ndarray) -> np.ndarray:
-    n = x.shape[0]
-    fmax, fmin = x.max(axis=0), x.min(axis=0)
-    at_max = np.count_nonzero(x == fmax, axis=0)
-    at_min = np.count_nonzero(x == fmin, axis=0)
-    fresh = np.array([st.blk_n == 0 or st.blk_max is None for st in sts])
-    blk_n = np.array([0 if f else st.blk_n for f, st in zip(fresh, sts)], dtype=np.int64)
-    bmax, bmin = _gather(sts, "blk_max", fresh, fmax), _gather(sts, "blk_min", fresh, fmin)
-    bat_max = _gather(sts, "blk_at_max", fresh, at_max)
-    bat_min = _gather(sts, "blk_at_min", fresh, at_min)
-    bfull = _gather(sts, "blk_full", fresh, np.zeros(len(sts), dtype=np.int64))
+def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, x: np.ndarray,
+              rate: np.ndarray) -> np.ndarray:
+    n = x.shape[1]
+    fmax, fmin = x.max(axis=1), x.min(axis=1)
+    at_max = np.count_nonzero(x == fmax[:, None], axis=1)
+    at_min = np.count_nonzero(x == fmin[:, None], axis=1)
+    blk_n = bank.blk_n[slots]
+    old = blk_n > 0  # a running block; else this block starts one
+    bmax, bmin = np.where(old, bank.blk_max[slots], fmax), np.where(old, bank.blk_min[slots], fmin)
+    bat_max, bat_min = bank.blk_at_max[slots], bank.blk_at_min[slots]
+    bfull = np.where(old, bank.blk_full[slots], 0)
     # a new extreme restarts its count, an equal one adds to it, a lesser one leaves it
-    old = ~fresh
-    bat_max = np.where(old & (fmax > bmax), at_max, bat_max + np.where(old & (fmax == bmax), at_max, 0))
-    bat_min = np.where(old & (fmin < bmin), at_min, bat_min + np.where(old & (fmin == bmin), at_min, 0))
+    bat_max = np.where(~old | (fmax > bmax), at_max, bat_max + np.where(fmax == bmax, at_max, 0))
+    bat_min = np.where(~old | (fmin < bmin), at_min, bat_min + np.where(fmin == bmin, at_min, 0))
     bmax, bmin = np.maximum(bmax, fmax), np.minimum(bmin, fmin)
+    full = None
     if cfg.full_scale is not None:
-        full = np.count_nonzero(np.abs(x) >= cfg.full_scale, axis=0)
+        full = np.count_nonzero(np.abs(x) >= cfg.full_scale, axis=1)
         bfull = bfull + full
-    blk_n += n
-    block = np.array([max(1, int(round(cfg.clip_span_s * st.sample_rate))) for st in sts])
+    blk_n = blk_n + n
+    block = np.maximum(1, np.round(cfg.clip_span_s * rate).astype(np.int64))
     need = np.maximum(cfg.clip_min_samples, cfg.clip_fraction * blk_n)
     whole = blk_n >= block
     at_rail = whole & (bmax > bmin) & ((bat_max >= need) | (bat_min >= need))
     for j in np.flatnonzero(at_rail):  # rare: few distinct values are dithered silence, not a rail
-        at_rail[j] = distinct_levels(x[:, j : j + 1])[0] >= MIN_LEVELS_FOR_CLIPPING
-    if cfg.full_scale is not None:
-        clipping = at_rail | (bfull >= need)
-    else:
-        clipping = at_rail
-    for j, st in enumerate(sts):
-        st.blk_max, st.blk_min = bmax[j : j + 1], bmin[j : j + 1]
-        st.blk_at_max, st.blk_at_min, st.blk_full = bat_max[j : j + 1], bat_min[j : j + 1], bfull[j : j + 1]
-        if cfg.full_scale is not None:
-            st.clipped += int(full[j])
-        st.blk_n = 0 if whole[j] else int(blk_n[j])
+        at_rail[j] = np.unique(x[j]).size >= MIN_LEVELS_FOR_CLIPPING
+    clipping = at_rail | (bfull >= need) if full is not None else at_rail
+    bank.blk_max[slots], bank.blk_min[slots] = bmax, bmin
+    bank.blk_at_max[slots], bank.blk_at_min[slots], bank.blk_full[slots] = bat_max, bat_min, bfull
+    bank.blk_seen[slots] = True
+    bank.blk_n[slots] = np.where(whole, 0, blk_n)
+    if full is not None:
+        for j in np.flatnonzero(full):
+            sts[j].clipped += int(full[j])
     return clipping
 
 
-def _step(cfg: Any, sts: Sequence[Any], n: int, rate: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
+def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: int, rate: np.ndarray,
+          mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
     floor = max(cfg.flat_std, 1e-12) * 10  # below this a level is a flat line, not a level
     sd = np.sqrt(np.maximum(m2 / n, 0.0))
     live = sd > floor
     logsd = np.log(np.maximum(sd, floor))
-    fresh = np.array([st.base_mean is None or st.base_logsd is None for st in sts])
-    base_mean = _gather(sts, "base_mean", fresh, mean.astype(np.float64))
-    base_logsd = _gather(sts, "base_logsd", fresh, logsd)
-    learned = np.array([0 if f else st.learned for f, st in zip(fresh, sts)], dtype=np.int64)
-    step_n = np.array([st.step_n for st in sts], dtype=np.int64)
+    fresh = ~bank.has_base[slots]
+    base_mean = np.where(fresh, mean, bank.base_mean[slots])
+    base_logsd = np.where(fresh, logsd, bank.base_logsd[slots])
+    learned = np.where(fresh, 0, bank.learned[slots])
+    step_n = bank.step_n[slots]
     learning = learned < cfg.learn_s * rate
     # learning: a running average
     w = n / (learned + n)
@@ -173,23 +303,17 @@ def _step(cfg: Any, sts: Sequence[Any], n: int, rate: np.ndarray, mean: np.ndarr
     calm_mean = base_mean + a * (mean - base_mean)
     calm_logsd = base_logsd + a * (logsd - base_logsd)
     held = moved & (step_n + n >= cfg.step_hold_s * rate)  # seen long enough: reported once, then the new level
-    new_mean = np.where(learning, learn_mean, np.where(calm, calm_mean, np.where(held, mean, base_mean)))
-    new_logsd = np.where(learning, learn_logsd, np.where(calm, calm_logsd, np.where(held, logsd, base_logsd)))
-    new_step_n = np.where(calm | held, 0, np.where(moved, step_n + n, step_n))
-    step = np.where(held, np.where(dc, STEP_DC, STEP_AMP), STEP_NONE).astype(np.int8)
-    for j, st in enumerate(sts):
-        st.base_mean, st.base_logsd = new_mean[j : j + 1], new_logsd[j : j + 1]
-        if learning[j]:
-            st.learned = int(learned[j]) + n
-        elif fresh[j]:
-            st.learned = 0
-        st.step_n = int(new_step_n[j])
-        if held[j]:
-            st.steps += 1
-    return step
+    bank.base_mean[slots] = np.where(learning, learn_mean, np.where(calm, calm_mean, np.where(held, mean, base_mean)))
+    bank.base_logsd[slots] = np.where(learning, learn_logsd, np.where(calm, calm_logsd, np.where(held, logsd, base_logsd)))
+    bank.has_base[slots] = True
+    bank.learned[slots] = np.where(learning, learned + n, learned)
+    bank.step_n[slots] = np.where(calm | held, 0, np.where(moved, step_n + n, step_n))
+    for j in np.flatnonzero(held):
+        sts[j].steps += 1
+    return np.where(held, np.where(dc, STEP_DC, STEP_AMP), STEP_NONE).astype(np.int8)
 
 
-def check_levels_many(cfg: Any, sts: Sequence[Any], blocks: Sequence[np.ndarray],
+def check_levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], blocks: Sequence[np.ndarray],
                       one: Callable[[Any, np.ndarray], set[str]], reasons: tuple[str, str, str, str],
                       ) -> list[set[str]]:
     """The level tests' reasons for each (stream, block): blocks that can go together (one float32
@@ -202,7 +326,7 @@ def check_levels_many(cfg: Any, sts: Sequence[Any], blocks: Sequence[np.ndarray]
     found: list[set[str]] = [set() for _ in sts]
     groups: dict[int, list[int]] = {}
     for j, x in enumerate(blocks):
-        if x.ndim == 2 and x.shape[1] == 1 and x.dtype == np.float32 and x.shape[0] > 0:
+        if sts[j].slot >= 0 and x.ndim == 2 and x.shape[1] == 1 and x.dtype == np.float32 and x.shape[0] > 0:
             groups.setdefault(x.shape[0], []).append(j)
         else:
             found[j] = one(sts[j], x)
@@ -210,19 +334,20 @@ def check_levels_many(cfg: Any, sts: Sequence[Any], blocks: Sequence[np.ndarray]
         if len(idx) == 1:
             found[idx[0]] = one(sts[idx[0]], blocks[idx[0]])
             continue
-        # (streams, n) rows, seen as (n, streams): each stream's samples stay contiguous
-        x = np.stack([blocks[j].reshape(-1) for j in idx]).T
-        s1 = x.sum(axis=0, dtype=np.float64)
+        x = bank.scratch((len(idx), blocks[idx[0]].shape[0]), np.float32, 0)  # (streams, n) rows
+        for k, j in enumerate(idx):
+            x[k] = blocks[j][:, 0]
+        s1 = x.sum(axis=1, dtype=np.float64)
         finite = np.isfinite(s1)
         if not finite.all():  # NaN/Inf: counted and the tests restarted, one by one
             for k in np.flatnonzero(~finite):
                 found[idx[k]] = one(sts[idx[k]], blocks[idx[k]])
             keep = np.flatnonzero(finite)
             idx = [idx[k] for k in keep]
-            x, s1 = x[:, keep], s1[keep]
+            x, s1 = x[keep], s1[keep]
             if not idx:
                 continue
-        flat, clipping, step = levels_many(cfg, [sts[j] for j in idx], x, s1)
+        flat, clipping, step = levels_many(cfg, bank, [sts[j] for j in idx], x, s1)
         for k, j in enumerate(idx):
             if flat[k]:
                 found[j].add(reasons[0])

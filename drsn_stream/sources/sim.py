@@ -21,7 +21,6 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from drsn_stream.dsp.noise import NOISE_KINDS, make_noise
 from drsn_stream.errors import ConfigError
@@ -47,6 +46,8 @@ def load_excerpts(rate: int = EXCERPT_RATE) -> dict[str, np.ndarray]:
         for label in meta["labels"]:
             x = npz[label].astype(np.float64) * float(npz[f"{label}__scale"])
             if rate != meta["rate"]:
+                from scipy.signal import resample_poly  # here: ~1 s of import, for other rates only
+
                 g = math.gcd(int(rate), int(meta["rate"]))
                 x = resample_poly(x, int(rate) // g, int(meta["rate"]) // g)
             out[label] = x.astype(np.float32)

@@ -352,6 +352,10 @@ class Decoder:
     def __init__(self, *, max_skew_s: float = MAX_CLOCK_SKEW_S) -> None:
         self.max_skew_s = max_skew_s
         self._templates: dict[tuple[bytes, bytes], _Template] = {}
+        # topic -> (bytes before seq, bytes after t, template) of its latest frame: a stream's next
+        # header is checked against them without slicing and hashing it (the same template is
+        # found: seq and t are the first match of _SEQ_T, which cannot begin inside the prefix)
+        self._last: dict[bytes, tuple[bytes, bytes, _Template]] = {}
 
     def decode(self, parts: list[bytes] | list[Any], *, now: float | None = None) -> Frame | EndOfStream:
         """As ``decode(parts, now=now, max_skew_s=self.max_skew_s)``."""
@@ -370,11 +374,21 @@ class Decoder:
         header, payload = parts[1], parts[2]
         if type(header) is not bytes or type(payload) is not bytes or len(header) > MAX_HEADER_BYTES:
             return None
-        m = _SEQ_T.search(header)
+        last = self._last.get(parts[0]) if type(parts[0]) is bytes else None
+        m = None
+        if last is not None and header.startswith(last[0]) and header.endswith(last[1]):
+            m = _SEQ_T.fullmatch(header, len(last[0]), len(header) - len(last[1]))
+            tpl = last[2]
         if m is None:
-            return None
-        tpl = self._templates.get((header[: m.start()], header[m.end():]))
-        if tpl is None or parts[0] != tpl.topic or len(payload) != tpl.size:
+            m = _SEQ_T.search(header)
+            if m is None:
+                return None
+            key = (header[: m.start()], header[m.end():])
+            tpl = self._templates.get(key)
+            if tpl is None or parts[0] != tpl.topic:
+                return None
+            self._last[tpl.topic] = (*key, tpl)
+        if len(payload) != tpl.size:
             return None
         seq = int(m.group(1))
         t = float(m.group(2))
@@ -393,6 +407,7 @@ class Decoder:
             return
         if len(self._templates) >= MAX_TEMPLATES:
             self._templates.clear()
+            self._last.clear()
         n, channels = frame.samples.shape
         head = _loads(header)
         dt = DTYPES[head["dtype"]]

@@ -37,6 +37,8 @@ def _channel(value: object) -> int:
     return k
 
 POLL_MS = 100
+# plain ints: pyzmq's recv_multipart passes the option as an enum, a Python-level call per part
+_NOBLOCK, _RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
 IDLE_MS = 2
 # frames handed over in one list at most: a backlog is taken in slices this large, so that the
 # first of its windows need not wait for the whole backlog to be decoded
@@ -185,6 +187,7 @@ class _ZmqSource(Source):
         decoder = Decoder(max_skew_s=self.options["max_skew_s"])
         channel = self.options["channel"]
         until_eos = self.options["until_eos"]
+        recv, more = sock.recv, sock.get
         while not self.closed:
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
             # tens of microseconds apart) is over and all of it is handed over.
@@ -196,9 +199,11 @@ class _ZmqSource(Source):
             ended = False
             while not self.closed and len(batch) < MAX_POLL_FRAMES:
                 try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                    parts = [recv(_NOBLOCK)]
                 except zmq.Again:
                     break
+                while more(_RCVMORE):  # the rest of a message is there once its first part is
+                    parts.append(recv(_NOBLOCK))
                 if self.accept_topic is not None and not self.accept_topic(parts[0]):
                     continue
                 try:

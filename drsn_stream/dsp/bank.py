@@ -1,0 +1,206 @@
+"""Windows of many single-channel streams at the model's rate, cut together from one array.
+
+The common live case is hundreds of single-channel streams already at the model's rate: no
+resampling, only windowing. A ``StreamDSP`` per stream costs a few dozen small numpy and Python
+calls per frame; here every stream of an ingest thread is a row of one ring array, a poll's
+frames (one per stream, the same length) are written into their rows with one fancy index, and
+the windows they complete are cut with one more. Each stream gets exactly the windows (index,
+``t_last``, samples bit for bit) its own ``StreamDSP`` would give.
+
+A stream whose frame does not fit (another rate, a frame longer than the ring allows) leaves the
+bank for good: ``BankDSP`` hands its state to a ``StreamDSP``, which carries on (a rate change
+then is counted there as usual).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from drsn_stream.dsp.resample import StreamingResampler
+from drsn_stream.dsp.stream import StreamDSP, _Meta
+from drsn_stream.types import Frame, Window
+
+
+class WindowBank:
+    """The ring rows of the single-channel, model-rate streams of one ingest thread.
+
+    Row ``r`` holds the last ``ring`` samples of its stream twice over (``data[r, q]`` and
+    ``data[r, q + ring]`` are absolute sample ``a`` with ``a % ring == q``), so that every window
+    is one contiguous slice whatever its start. Frames of up to ``ring - window`` samples fit.
+    Not thread-safe: one bank per ingest thread.
+    """
+
+    def __init__(self, meta: _Meta, hop: int | None = None, *, rows: int = 64) -> None:
+        self.meta, self.hop_arg = meta, hop
+        self.rate = float(meta.sample_rate)
+        self.window = int(meta.window)
+        self.hop = int(hop if hop is not None else meta.hop)
+        self.ring = 2 * max(self.window, self.hop)
+        self.max_frame = self.ring - self.window
+        self._rows = 0
+        self._free: list[int] = []
+        self._alloc(rows)
+
+    def _alloc(self, rows: int) -> None:
+        old = self._rows
+        data = np.zeros((rows, 2 * self.ring), dtype=np.float32)
+        state = {name: np.zeros(rows, dtype=np.int64) for name in ("seen", "next", "count", "nonfinite", "windows")}
+        if old:
+            data[:old] = self.data
+            for name, a in state.items():
+                a[:old] = getattr(self, name)
+        self.data = data
+        self._view = sliding_window_view(data, self.window, axis=1)  # (rows, 2 ring - window + 1, window)
+        for name, a in state.items():
+            setattr(self, name, a)
+        self._free += range(rows - 1, old - 1, -1)
+        self._rows = rows
+
+    def take(self) -> int:
+        if not self._free:
+            self._alloc(2 * self._rows)
+        row = self._free.pop()
+        for name in ("seen", "next", "count", "nonfinite", "windows"):
+            getattr(self, name)[row] = 0
+        return row
+
+    def release(self, row: int) -> None:
+        self._free.append(row)
+
+    def fits(self, frame: Frame) -> bool:
+        """Whether a frame can go through the bank: one channel, the model's rate, short enough."""
+        x = frame.samples
+        return (frame.sample_rate == self.rate and frame.names is None and 0 < x.shape[0] <= self.max_frame
+                and (x.ndim == 1 or (x.ndim == 2 and x.shape[1] == 1)))
+
+    def push_many(self, dsps: Sequence[BankDSP], frames: Sequence[Frame]) -> list[list[Window]]:
+        """One frame per stream (distinct streams, every frame ``fits``, all of one length): the
+        windows each completes, as its ``StreamDSP`` would give them."""
+        rows = np.fromiter([d.row for d in dsps], dtype=np.int64, count=len(dsps))
+        x = np.stack([f.samples.reshape(-1) for f in frames]).astype(np.float32, copy=False)
+        n = x.shape[1]
+        # a finite sum means every sample is finite (see StreamDSP.push)
+        if not np.isfinite(x.sum(axis=1, dtype=np.float64)).all():
+            bad = ~np.isfinite(x)
+            self.nonfinite[rows] += np.count_nonzero(bad, axis=1)
+            x = np.where(bad, np.float32(0.0), x)
+        seen = self.seen[rows]
+        # a slice per row: an index array of every sample costs more than the copies
+        ring, data = self.ring, self.data
+        for r, q, row in zip(rows.tolist(), (seen % ring).tolist(), x):
+            end = q + n  # <= 2 ring: the first copy takes the frame whole, the other one ...
+            data[r, q:end] = row
+            if end <= ring:
+                data[r, q + ring : end + ring] = row
+            else:  # ... wraps
+                data[r, q + ring :] = row[: ring - q]
+                data[r, : end - ring] = row[ring - q :]
+        n_in = seen - np.fromiter([d.out_base for d in dsps], dtype=np.int64, count=len(dsps))
+        seen = seen + n
+        self.seen[rows] = seen
+        nxt = self.next[rows]
+        ready = seen - self.window - nxt
+        k = np.where(ready >= 0, ready // self.hop + 1, 0)  # windows each frame completes
+        out: list[list[Window]] = [[] for _ in dsps]
+        total = int(k.sum())
+        if not total:
+            return out
+        has = np.flatnonzero(k)
+        per = k[has]
+        j = np.repeat(has, per)  # the frame of each window
+        step = np.arange(total) - np.repeat(np.cumsum(per) - per, per)  # its place among its frame's windows
+        start = nxt[j] + step * self.hop
+        data = self._view[rows[j], start % self.ring]  # (total, window), a fresh copy
+        index = (self.count[rows[j]] + step).tolist()
+        t = np.fromiter([frames[i].t_capture for i in j.tolist()], dtype=np.float64, count=total)
+        base = np.fromiter([dsps[i].out_base for i in j.tolist()], dtype=np.float64, count=total)
+        # as StreamDSP._t_last: t_capture + (end - 1 - out_base) / rate - frame_start / rate
+        t_last = (t + (start + self.window - 1 - base) / self.rate - n_in[j] / self.rate).tolist()
+        self.next[rows[has]] += per * self.hop
+        self.count[rows[has]] += per
+        self.windows[rows[has]] += per
+        now = time.time()
+        for w, i in enumerate(j.tolist()):
+            out[i].append(Window(dsps[i].stream_id, index[w], t_last[w], data[w], now, 0.0, False))
+        return out
+
+
+class BankDSP:
+    """One stream of a ``WindowBank``, used where a ``StreamDSP`` is (``push``, counters); after a
+    frame the bank cannot take, a ``StreamDSP`` with the same state does the work.
+
+    Args:
+        bank: the ingest thread's bank.
+        stream_id: the stream's id (its windows carry it).
+    """
+
+    def __init__(self, bank: WindowBank, stream_id: str) -> None:
+        self.bank, self.stream_id = bank, stream_id
+        self.row = bank.take()
+        self.out_base = 0  # as StreamDSP._out_base: samples before the rate's first, always 0 here
+        self.own: StreamDSP | None = None  # set once the stream left the bank
+        self.rate_changes = 0
+
+    @property
+    def nonfinite(self) -> int:
+        return self.own.nonfinite if self.own is not None else int(self.bank.nonfinite[self.row])
+
+    @property
+    def windows(self) -> int:
+        return self.own.windows if self.own is not None else int(self.bank.windows[self.row])
+
+    def counters(self) -> dict[str, int]:
+        own = self.own
+        if own is not None:
+            return own.counters()
+        return {"dsp.nonfinite": self.nonfinite, "dsp.rate_changes": 0, "dsp.windows": self.windows}
+
+    def in_bank(self, frame: Frame) -> bool:
+        return self.own is None and self.bank.fits(frame)
+
+    def push(self, frame: Frame) -> list[Window]:
+        """As ``StreamDSP.push``."""
+        if self.own is None and not self.bank.fits(frame):
+            self.leave()
+        if self.own is not None:
+            return self.own.push(frame)
+        return self.bank.push_many((self,), (frame,))[0]
+
+    def leave(self) -> StreamDSP:
+        """A ``StreamDSP`` in this stream's state; the row goes back to the bank."""
+        b, r = self.bank, self.row
+        own = StreamDSP(b.meta, hop=b.hop_arg, normalize=False)
+        seen, nxt = int(b.seen[r]), int(b.next[r])
+        if seen:
+            own._in_rate = b.rate
+            own._resampler = StreamingResampler(b.rate, b.rate)
+            own._n_in = seen - self.out_base
+        own._out_base = self.out_base
+        own.nonfinite, own.windows = int(b.nonfinite[r]), int(b.windows[r])
+        w = own._windower
+        w._n, w._next, w.count = seen, nxt, int(b.count[r])
+        w._buf_start = min(nxt, seen)
+        w._len = seen - w._buf_start
+        q = w._buf_start % b.ring
+        w._buf[: w._len] = b.data[r, q : q + w._len]
+        b.release(r)
+        self.own = own
+        return own
+
+
+def bank_items(items: Sequence[tuple[Frame, Any]]) -> tuple[dict[tuple[int, int], list[int]], list[int]]:
+    """Items ``(frame, dsp)`` of distinct streams split into groups for ``WindowBank.push_many``
+    ({(bank id, frame length): item indexes}) and the indexes of the rest (pushed one by one)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    rest: list[int] = []
+    for i, (frame, dsp) in enumerate(items):
+        if type(dsp) is BankDSP and dsp.in_bank(frame):
+            groups.setdefault((id(dsp.bank), frame.samples.shape[0]), []).append(i)
+        else:
+            rest.append(i)
+    return groups, rest
