@@ -13,7 +13,13 @@ every convolution's input and output, so the convolutions cost much of a forward
   contiguous rows instead of 4-wide ones;
 - the batch norm between each unit's two convolutions is folded into the first, the thresholds'
   one into its linear layer; the stride-2 stem reads the input as two phases (even, odd samples),
-  a 2-channel channels-last convolution.
+  a 2-channel channels-last convolution;
+- the shrinkage works on those rows too: the threshold net reads the row slots' sums of |r|
+  through weights repeated over a row and gives thresholds already repeated to a row, so no
+  per-channel reshuffles run between the passes over the activations (|r|, clamp, subtract,
+  zero test, shortcut add), and those passes reuse dead buffers (conv1's output, the previous
+  unit's) instead of allocating: fewer kernels per batch and a smaller working set
+  (docs/performance-peers.md).
 
 Results differ from the artifact's module by float rounding only; the runner uses this form only
 after comparing the two on the artifact's validation windows. Only 1-D networks with odd kernels
@@ -81,63 +87,92 @@ class _Unit(nn.Module):
         self.register_buffer("w2", _conv_weight(conv2.weight))
         self.register_buffer("b2", conv2.bias.detach().clone())
         self.shortcut = bool(unit.has_shortcut)
+        self.shrink = 0
         if unit.has_shrink:
             th = unit.threshold
-            s3, t3 = _bn_affine(th.bn)  # bn follows fc1 directly: fold it in
-            self.register_buffer("f1w", th.fc1.weight.detach() * s3.view(-1, 1))
-            self.register_buffer("f1b", th.fc1.bias.detach() * s3 + t3)
-            self.register_buffer("f2w", th.fc2.weight.detach().clone())
-            self.register_buffer("f2b", th.fc2.bias.detach().clone())
             self.shrink = 2 if th.channel_wise else 1
+            s3, t3 = _bn_affine(th.bn)  # bn follows fc1 directly: fold it in
+            f1w, f1b = th.fc1.weight.detach() * s3.view(-1, 1), th.fc1.bias.detach() * s3 + t3
+            f2w, f2b = th.fc2.weight.detach(), th.fc2.bias.detach()
+            for suffix, k in (("k", self.k_out), ("1", 1)):  # rows of k positions, or of one
+                for name, value in _shrink_constants(f1w, f2w, f2b, k, th.channel_wise).items():
+                    self.register_buffer(name + suffix, value)
+            self.register_buffer("f1b", f1b.clone())
         else:
-            for name in ("f1w", "f1b", "f2w", "f2b"):
+            for name in ("gselk", "f1k", "f2k", "f2bk", "gsel1", "f11", "f21", "f2b1", "f1b"):
                 self.register_buffer(name, torch.zeros(0))
-            self.shrink = 0
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """h (batch, length, cin) contiguous -> (out (batch, length', cout), zeroed share (batch,))."""
+    def forward(self, h: Tensor, spare: Tensor, kept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (batch, length, cin) contiguous; spare: a dead buffer of the previous unit, h's size
+        in this unit's rows (empty for the first unit: then allocated); kept (batch,): the sum of
+        the previous units' shares of activations left nonzero -> (out (batch, length', cout),
+        kept plus this unit's, a dead buffer of out's size in the next unit's rows)."""
         b, n = h.shape[0], h.shape[1]
         if n % self.k_in == 0:
-            a = torch.addcmul(self.t1, h.view(b, n // self.k_in, self.k_in * self.cin), self.s1)
+            hv, s1, t1 = h.view(b, n // self.k_in, self.k_in * self.cin), self.s1, self.t1
         else:
-            a = torch.addcmul(self.t1[: self.cin], h, self.s1[: self.cin])
-        a = torch.relu_(a).view(b, n, self.cin).permute(0, 2, 1).unsqueeze(2)  # channels-last view
+            hv, s1, t1 = h, self.s1[: self.cin], self.t1[: self.cin]
+        a = torch.addcmul(t1, hv, s1, out=spare)
+        a = torch.relu_(a).view(b, 1, n, self.cin).permute(0, 3, 1, 2)  # channels-last (b, cin, 1, n)
         a = torch.relu_(F.conv2d(a, self.w1, self.b1, stride=(1, self.stride), padding=(0, self.pad)))
-        r = F.conv2d(a, self.w2, self.b2, padding=(0, self.pad)).squeeze(2).permute(0, 2, 1).contiguous()
-        lo, c = r.shape[1], self.cout
+        r = F.conv2d(a, self.w2, self.b2, padding=(0, self.pad)).permute(0, 2, 3, 1)  # (b, 1, lo, c)
+        lo, c = r.shape[2], self.cout
+        k = self.k_out if lo % self.k_out == 0 else 1
+        rk = r.reshape(b, lo // k, k * c)
+        buf = a.permute(0, 2, 3, 1).reshape(rk.shape)  # conv1's output, dead now: r's size
         if self.shrink > 0:
-            k = self.k_out if lo % self.k_out == 0 else 1
-            rk = r.view(b, lo // k, k * c)
-            g = rk.abs().sum(1)
             if k > 1:
-                g = g.view(b, k, c).sum(1)
-            g = g / float(lo)  # mean |r| per channel
-            alpha = torch.sigmoid(F.linear(torch.relu(F.linear(g, self.f1w, self.f1b)), self.f2w, self.f2b))
-            if self.shrink == 2:
-                tau = alpha * g
+                gsel, f1, f2, f2b = self.gselk, self.f1k, self.f2k, self.f2bk
             else:
-                tau = (alpha * g.mean(dim=1, keepdim=True)).expand(b, c)
-            tau = tau.repeat(1, k).unsqueeze(1)
-            out = rk - torch.clamp(rk, min=-tau, max=tau)  # soft thresholding
-            zeroed = 1.0 - torch.sign(out).abs_().view(b, -1).mean(dim=1)
+                gsel, f1, f2, f2b = self.gsel1, self.f11, self.f21, self.f2b1
+            # |r|, then the clamp's and the zero test's output
+            torch.abs(rk, out=buf)
+            # sum of |r| per row slot; fc1 and the per-channel (CW) or overall (CS) mean read the
+            # slots through weights repeated over a row (1 / rows as the products' scale makes the
+            # sums means), and fc2's outputs come repeated to a row
+            s = buf.sum(1)
+            inv = 1.0 / float(rk.shape[1])
+            alpha = torch.sigmoid(torch.addmm(f2b, torch.relu(torch.addmm(self.f1b, s, f1, alpha=inv)), f2))
+            # beta 0: addmm ignores its first argument and only scales the product
+            tau = torch.addmm(alpha, s, gsel, beta=0.0, alpha=inv).mul_(alpha).unsqueeze(1)  # (b, 1, row)
+            torch.clamp(rk, min=-tau, max=tau, out=buf)
+            out = rk.sub_(buf)  # soft thresholding, in the conv's output
+            nonzero = torch.ne(out, 0, out=buf).view(b, -1).sum(dim=1)  # activations kept
+            kept = torch.add(kept, nonzero, alpha=1.0 / float(lo * c))
             out = out.view(b, lo, c)
         else:
-            out = r
-            zeroed = torch.zeros(b, dtype=r.dtype, device=r.device)
+            out = r.reshape(b, lo, c)
         if self.shortcut:
             sc = h[:, :: self.stride, :] if self.stride > 1 else h
             if c > self.cin:
                 out[:, :, : self.cin] += sc  # new channels of the shortcut are zeros
             else:
                 out += sc
-        return out, zeroed
+        return out, kept, buf
+
+
+def _shrink_constants(f1w: Tensor, f2w: Tensor, f2b: Tensor, k: int, channel_wise: bool) -> dict[str, Tensor]:
+    """The threshold net's weights for rows of k positions (k * c slots, slot j is channel j % c)
+    holding the sum of |r| of their slot (a mean after the 1 / rows scale): ``f1`` averages the k
+    slots of a channel, ``gsel`` gives each slot its channel's mean (CW) or the mean over all
+    channels (CS), ``f2`` / ``f2b`` repeat fc2's outputs to every slot."""
+    c = f1w.shape[1]
+    if channel_wise:
+        gsel = torch.eye(c).repeat(k, k) / k
+    else:
+        gsel = torch.full((k * c, k * c), 1.0 / (k * c))
+    reps = k if channel_wise else k * c
+    # stored transposed, (in, out), for torch.addmm
+    f1 = (f1w.repeat(1, k) / k).t().contiguous()
+    return {"gsel": gsel, "f1": f1, "f2": f2w.repeat(reps, 1).t().contiguous(), "f2b": f2b.repeat(reps)}
 
 
 class ChannelsLastDRSN(nn.Module):
     """A 1-D ``DRSN`` (networks.py) rewritten for the CPU; ``forward(x (batch, samples))`` returns
     ``(logits, noise_index)`` like the original, ``forward_features`` the pooled features too."""
 
-    __constants__ = ["phase_stem", "stem_stride", "stem_pad", "n_units", "has_shrink", "k_head", "channels"]
+    __constants__ = ["phase_stem", "stem_stride", "stem_pad", "n_units", "has_shrink", "k_head", "channels",
+                     "channels_stem"]
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -155,6 +190,7 @@ class ChannelsLastDRSN(nn.Module):
         self.register_buffer("stem_phase", phase.contiguous(memory_format=torch.channels_last))
         self.register_buffer("stem_w", w.unsqueeze(2).clone())
         self.register_buffer("stem_b", stem.bias.detach().clone())
+        self.channels_stem = w.shape[0]
         self.units = nn.ModuleList([_Unit(u) for u in net.units])
         self.n_units = len(net.units)
         self.has_shrink = bool(net.has_shrink)
@@ -179,11 +215,11 @@ class ChannelsLastDRSN(nn.Module):
         else:
             h = F.conv2d(x.view(b, 1, 1, n), self.stem_w, self.stem_b, stride=(1, self.stem_stride),
                          padding=(0, self.stem_pad))
-        h = h.squeeze(2).permute(0, 2, 1).contiguous()  # (batch, length, channels)
-        zeroed = torch.zeros(b, dtype=x.dtype, device=x.device)
+        h = h.permute(0, 2, 3, 1).reshape(b, -1, self.channels_stem)  # (batch, length, channels)
+        kept = torch.zeros(b, dtype=x.dtype, device=x.device)
+        spare = torch.empty(0, dtype=x.dtype, device=x.device)  # no dead buffer yet
         for unit in self.units:
-            h, z = unit(h)
-            zeroed = zeroed + z
+            h, kept, spare = unit(h, spare, kept)
         n, c = h.shape[1], self.channels
         if n % self.k_head == 0:
             h = torch.addcmul(self.ht, h.view(b, n // self.k_head, self.k_head * c), self.hs)
@@ -191,7 +227,8 @@ class ChannelsLastDRSN(nn.Module):
             h = torch.addcmul(self.ht[:c], h, self.hs[:c])
         h = torch.relu_(h).view(b, n, c).mean(dim=1)
         logits = F.linear(h, self.fc_w, self.fc_b)
-        noise_index = zeroed / float(self.n_units) if self.has_shrink else zeroed
+        # the share of activations the units zeroed, averaged over the units
+        noise_index = 1.0 - kept / float(self.n_units) if self.has_shrink else kept
         return logits, noise_index, h
 
 
