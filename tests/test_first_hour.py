@@ -224,3 +224,25 @@ def test_a_start_up_signal_a_library_swallowed_still_ends_the_start_up(cli_in_pr
     res = cli_in_process("--source", "sim", "--headless", "--duration", "60")
     assert res.returncode == 130, res.stderr
     assert "interrupted" in res.stderr and "ready" not in res.stderr
+
+
+def test_the_monitors_help_and_a_config_error_answer_without_loading_torch():
+    # torch takes seconds of CPU to import: `run --help` and a mistyped option must not wait for it
+    script = (
+        "import contextlib, io, sys\n"
+        "from drsn_stream.cli import main\n"
+        "err = io.StringIO()\n"
+        "def code(argv):\n"
+        "    try:\n"
+        "        return main(argv)\n"
+        "    except SystemExit as exc:  # argparse: --help, a value of the wrong type\n"
+        "        return exc.code\n"
+        "with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    code(['run', '--help'])\n"
+        "    code = code(['--source', 'sim', '--config', 'no-such-config'])\n"
+        "print(code, 'torch' in sys.modules, '--stale-ms' in out.getvalue(), err.getvalue().strip()[:200])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    code, torch_loaded, helped, error = r.stdout.split(" ", 3)
+    assert (code, torch_loaded, helped) == ("2", "False", "True"), r.stdout + r.stderr
+    assert "no-such-config" in error, error

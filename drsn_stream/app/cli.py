@@ -7,16 +7,17 @@ import gc
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from drsn_stream.app.pipeline import Pipeline, default_model
 from drsn_stream.app.runconfig import TABLES, RunConfig, from_doc, to_doc
 from drsn_stream.config import check_sections, dump_toml, read_toml
 from drsn_stream.errors import ConfigError, DrsnStreamError
-from drsn_stream.models.artifact import read_meta
 from drsn_stream.monitor.baseline import parse_duration
 from drsn_stream.runtime import raise_if_signalled
 from drsn_stream.sinks import make_sinks
+
+if TYPE_CHECKING:  # the pipeline imports torch: help and config errors answer without it
+    from drsn_stream.app.pipeline import Pipeline
 
 DURATION_ENV = "DRSN_STREAM_DURATION"  # lets a script end a command it runs as written (CI)
 
@@ -167,6 +168,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def print_config(cfg: RunConfig) -> None:
     """``--print-config``: the effective config as TOML (every field; ``--config`` reads it back)."""
+    from drsn_stream.app.pipeline import default_model
+    from drsn_stream.models.artifact import read_meta
+
     model = cfg.model or default_model(cfg.sources)
     try:
         labels: list[str] | None = list(read_meta(model).labels)
@@ -187,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     # with --jsonl - stdout carries JSON lines only; every line for people goes to stderr
     human = sys.stderr if out.human == "stderr" else sys.stdout
     address = out.metrics_address  # checked when the config was read, before the model loads
+    from drsn_stream.app.pipeline import Pipeline
+
     pipe = Pipeline(cfg, sinks=make_sinks(out))
     metrics = None
     dashboard = None
