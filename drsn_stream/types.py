@@ -7,10 +7,13 @@ local result times can be compared; latency is ``t_result - Window.t_last``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -67,6 +70,25 @@ def split_channels(frame: Frame) -> list[Frame]:
     ids = channel_ids(frame.stream_id, x.shape[1], frame.names)
     return [Frame(sid, frame.seq, frame.t_capture, frame.sample_rate, x[:, k : k + 1], frame.overflow)
             for k, sid in enumerate(ids)]
+
+
+def rounds_by_stream(items: Sequence[T], stream_of: Callable[[T], str]) -> list[list[T]]:
+    """``items`` in rounds that hold at most one item per stream, each stream's items in their
+    order (round k holds every stream's k-th item): what one poll's frames become when the
+    frames of different streams are processed together but a stream's frames one after another."""
+    rounds: list[list[T]] = []
+    rest = list(items)
+    while rest:
+        seen: set[str] = set()
+        this: list[T] = []
+        later: list[T] = []
+        for item in rest:
+            sid = stream_of(item)
+            (later if sid in seen else this).append(item)
+            seen.add(sid)
+        rounds.append(this)
+        rest = later
+    return rounds
 
 
 @dataclass(slots=True)

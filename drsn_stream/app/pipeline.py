@@ -58,7 +58,7 @@ from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects
 from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import EventCapture
 from drsn_stream.sources import make_source
-from drsn_stream.types import Event, Frame, Prediction, Window, split_channels
+from drsn_stream.types import Event, Frame, Prediction, Window, rounds_by_stream, split_channels
 from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
@@ -419,14 +419,8 @@ class Pipeline:
         windows: list[Window] = []
         with self._ingest_lock:
             kept = [(frame, dsp) for frame in frames if (dsp := self._stream_dsp(frame, source)) is not None]
-        while kept:  # rounds: at most one frame per stream, each stream's frames in order
-            seen: set[str] = set()
-            this, later = [], []
-            for item in kept:
-                (later if item[0].stream_id in seen else this).append(item)
-                seen.add(item[0].stream_id)
+        for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
             self._ingest_round(this, source, windows)
-            kept = later
         if windows:
             self._windows_in(windows)
 

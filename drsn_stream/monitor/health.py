@@ -59,7 +59,7 @@ from drsn_stream.monitor.health_levels import (
     merge,
     pool,
 )
-from drsn_stream.types import Event, Frame
+from drsn_stream.types import Event, Frame, rounds_by_stream
 
 OK = "OK"
 CHECK_SENSOR = "CHECK_SENSOR"
@@ -264,14 +264,8 @@ class HealthMonitor:
             rest = list(frames)
             if len({f.stream_id for f in rest}) == len(rest):  # the common case: one round
                 return self._push_round(rest, now)
-            while rest:  # rounds: at most one frame per stream, each stream's frames in order
-                seen: set[str] = set()
-                this, later = [], []
-                for frame in rest:
-                    (later if frame.stream_id in seen else this).append(frame)
-                    seen.add(frame.stream_id)
+            for this in rounds_by_stream(rest, lambda frame: frame.stream_id):
                 events += self._push_round(this, now)
-                rest = later
         return events
 
     def _push_round(self, frames: list[Frame], now: float) -> list[Event]:
