@@ -26,8 +26,9 @@ MIN_LEVELS_FOR_CLIPPING = 16  # distinct sample values a frame needs before its 
 STEP_NONE, STEP_DC, STEP_AMP = 0, 1, 2
 
 
-def merge(a: tuple[int, np.ndarray, np.ndarray], b: tuple[int, np.ndarray, np.ndarray]) -> tuple[int, np.ndarray, np.ndarray]:
-    """Combine (n, mean, M2) of two sample sets (Chan et al.), per channel."""
+def merge(a: tuple[Any, np.ndarray, np.ndarray], b: tuple[Any, np.ndarray, np.ndarray]) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Combine (n, mean, M2) of two sample sets (Chan et al.), per channel (or per stream, with
+    arrays of n)."""
     n = a[0] + b[0]
     delta = b[1] - a[1]
     mean = a[1] + delta * (b[0] / n)
@@ -205,12 +206,8 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: np.ndarray
     merged = (count > 0) & (bank.cn[slots, last] < span // 8)
     if merged.any():
         s, col = slots[merged], last[merged]
-        a_n, a_mean, a_m2 = bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col]
-        total = a_n + n
-        delta = mean[merged] - a_mean
-        bank.cmean[s, col] = a_mean + delta * (n / total)
-        bank.cm2[s, col] = a_m2 + m2[merged] + delta**2 * (a_n * n / total)
-        bank.cn[s, col] = total
+        bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col] = merge(
+            (bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col]), (n, mean[merged], m2[merged]))
     new = ~merged
     if new.any():
         s, col = slots[new], (head[new] + count[new]) % k
