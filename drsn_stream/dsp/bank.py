@@ -100,7 +100,7 @@ class WindowBank:
             else:  # ... wraps
                 data[r, q + ring :] = row[: ring - q]
                 data[r, : end - ring] = row[ring - q :]
-        n_in = seen - np.fromiter([d.out_base for d in dsps], dtype=np.int64, count=len(dsps))
+        n_in = seen  # input samples before this frame (no resampler: the same count as the windower's)
         seen = seen + n
         self.seen[rows] = seen
         nxt = self.next[rows]
@@ -118,9 +118,9 @@ class WindowBank:
         data = self._view[rows[j], start % self.ring]  # (total, window), a fresh copy
         index = (self.count[rows[j]] + step).tolist()
         t = np.fromiter([frames[i].t_capture for i in j.tolist()], dtype=np.float64, count=total)
-        base = np.fromiter([dsps[i].out_base for i in j.tolist()], dtype=np.float64, count=total)
-        # as StreamDSP._t_last: t_capture + (end - 1 - out_base) / rate - frame_start / rate
-        t_last = (t + (start + self.window - 1 - base) / self.rate - n_in[j] / self.rate).tolist()
+        # as StreamDSP._t_last: t_capture + (end - 1 - out_base) / rate - frame_start / rate, where
+        # out_base is 0 (a bank stream never changed its rate)
+        t_last = (t + (start + self.window - 1) / self.rate - n_in[j] / self.rate).tolist()
         self.next[rows[has]] += per * self.hop
         self.count[rows[has]] += per
         self.windows[rows[has]] += per
@@ -142,7 +142,6 @@ class BankDSP:
     def __init__(self, bank: WindowBank, stream_id: str) -> None:
         self.bank, self.stream_id = bank, stream_id
         self.row = bank.take()
-        self.out_base = 0  # as StreamDSP._out_base: samples before the rate's first, always 0 here
         self.own: StreamDSP | None = None  # set once the stream left the bank
         self.rate_changes = 0
 
@@ -179,8 +178,7 @@ class BankDSP:
         if seen:
             own._in_rate = b.rate
             own._resampler = StreamingResampler(b.rate, b.rate)
-            own._n_in = seen - self.out_base
-        own._out_base = self.out_base
+            own._n_in = seen  # its _out_base stays 0: the rate never changed in the bank
         own.nonfinite, own.windows = int(b.nonfinite[r]), int(b.windows[r])
         w = own._windower
         w._n, w._next, w.count = seen, nxt, int(b.count[r])
