@@ -310,9 +310,7 @@ class HealthMonitor:
                     if st.pending_n < every:
                         block = None
                     else:
-                        block = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
-                        st.pending.clear()
-                        st.pending_n = 0
+                        block = _take_pending(st)
                 if block is not None:
                     due.append(len(sts))
                     blocks.append(block)
@@ -325,18 +323,13 @@ class HealthMonitor:
                 if levels:
                     founds[j] = levels if founds[j] is None else founds[j] | levels
         events: list[Event] = []
-        recovery_s = self.config.recovery_s
         for frame, st, n, found, changed in zip(frames, sts, ns, founds, changes):
             if changed:
                 st.rate_changes += 1
                 found = (found or set()) | {RATE_CHANGE}
             if st.active:
                 self._age(st, n, found or ())
-            if found:
-                for reason in found:
-                    st.active[reason] = recovery_s * st.sample_rate
-            if st.active or st.state != OK:
-                events += self._settle(frame.stream_id, st, now)
+            events += self._found(frame.stream_id, st, found, now)
         return events
 
     def flush(self, stream: str, *, now: float | None = None) -> list[Event]:
@@ -354,22 +347,25 @@ class HealthMonitor:
                 st = self._streams.get(sid)
                 if st is None or not st.pending:
                     continue
-                blocks.append(st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending))
-                st.pending.clear()
-                st.pending_n = 0
+                blocks.append(_take_pending(st))
                 ids.append(sid)
                 sts.append(st)
             events: list[Event] = []
             if not sts:
                 return events
-            recovery_s = self.config.recovery_s
             for sid, st, found in zip(ids, sts, self._levels(sts, blocks)):
-                if found:
-                    for reason in found:
-                        st.active[reason] = recovery_s * st.sample_rate
-                if st.active or st.state != OK:
-                    events += self._settle(sid, st, now)
+                events += self._found(sid, st, found, now)
             return events
+
+    def _found(self, stream: str, st: _Stream, found: set[str] | None, now: float) -> list[Event]:
+        """Reasons found in a stream's samples are active for ``recovery_s`` of its signal; its
+        state settles (a stream with no active reason in state OK has nothing to settle)."""
+        if found:
+            for reason in found:
+                st.active[reason] = self.config.recovery_s * st.sample_rate
+        if st.active or st.state != OK:
+            return self._settle(stream, st, now)
+        return []
 
     def tick(self, now: float | None = None) -> list[Event]:
         """Mark streams that sent nothing for ``timeout_s`` as "no data"; return the events."""
@@ -661,3 +657,11 @@ class HealthMonitor:
             rate_changes=st.rate_changes,
             steps=st.steps,
         )
+
+
+def _take_pending(st: _Stream) -> np.ndarray:
+    """The samples a stream gathered for its level tests, as one block; the gathering starts over."""
+    block = st.pending[0] if len(st.pending) == 1 else np.concatenate(st.pending)
+    st.pending.clear()
+    st.pending_n = 0
+    return block
