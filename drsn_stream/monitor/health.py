@@ -51,13 +51,13 @@ from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.health_levels import (
     MIN_LEVELS_FOR_CLIPPING,
-    STEP_DC,
     LevelBank,
     check_levels_many,
     distinct_levels,
     levels_many,
     merge,
     pool,
+    reasons_of,
 )
 from drsn_stream.types import Event, Frame, rounds_by_stream
 
@@ -73,6 +73,7 @@ OVERFLOW = "input overflow"
 RATE_CHANGE = "rate change"
 DC_JUMP = "DC offset jump"
 AMP_STEP = "amplitude step"
+LEVEL_REASONS = (FLAT, CLIPPING, DC_JUMP, AMP_STEP)  # what the level tests find, in reasons_of's order
 
 
 @dataclass(frozen=True)
@@ -472,8 +473,7 @@ class HealthMonitor:
         """The level tests' reasons for each stream's block (``_check_levels``, many at once)."""
         if len(sts) == 1:
             return [self._check_levels(sts[0], blocks[0])]
-        return check_levels_many(self.config, self._bank, sts, blocks, self._check_levels,
-                                 (FLAT, CLIPPING, DC_JUMP, AMP_STEP))
+        return check_levels_many(self.config, self._bank, sts, blocks, self._check_levels, LEVEL_REASONS)
 
     def _check_levels(self, st: _Stream, x: np.ndarray) -> set[str]:
         found: set[str] = set()
@@ -495,13 +495,7 @@ class HealthMonitor:
             s1 = x.sum(axis=0)
         if st.slot >= 0:
             flat, clipping, step = levels_many(self.config, self._bank, [st], x.T, s1)
-            if flat[0]:
-                found.add(FLAT)
-            if clipping[0]:
-                found.add(CLIPPING)
-            if step[0]:
-                found.add(DC_JUMP if step[0] == STEP_DC else AMP_STEP)
-            return found
+            return found | reasons_of(flat[0], clipping[0], step[0], LEVEL_REASONS)
         if self._flat(st, x, s1):
             found.add(FLAT)
         if self._clipping(st, x):

@@ -346,10 +346,17 @@ def check_levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], blocks: Seq
                 continue
         flat, clipping, step = levels_many(cfg, bank, [sts[j] for j in idx], x, s1)
         for k, j in enumerate(idx):
-            if flat[k]:
-                found[j].add(reasons[0])
-            if clipping[k]:
-                found[j].add(reasons[1])
-            if step[k]:
-                found[j].add(reasons[2] if step[k] == STEP_DC else reasons[3])
+            found[j] = reasons_of(flat[k], clipping[k], step[k], reasons)
+    return found
+
+
+def reasons_of(flat: bool, clipping: bool, step: int, reasons: tuple[str, str, str, str]) -> set[str]:
+    """One stream's results of ``levels_many`` as reasons (flat, clipping, DC jump, amplitude step)."""
+    found = set()
+    if flat:
+        found.add(reasons[0])
+    if clipping:
+        found.add(reasons[1])
+    if step:
+        found.add(reasons[2] if step == STEP_DC else reasons[3])
     return found
