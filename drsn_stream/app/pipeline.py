@@ -441,7 +441,7 @@ class Pipeline:
             events = self.health.push_many(parts)
         except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
             for frame, _ in items:
-                self._frame_error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
+                self._frame_dropped(source, frame, exc)
             return
         if self.capture is not None:  # first: an event of these frames may start a capture around them
             for part in parts:
@@ -457,7 +457,7 @@ class Pipeline:
                 outs = items[idx[0]][1].bank.push_many([items[i][1] for i in idx], frames)
             except Exception as exc:  # noqa: BLE001 - a bug drops these frames, not the monitor
                 for frame in frames:
-                    self._frame_error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
+                    self._frame_dropped(source, frame, exc)
                 continue
             for frame, out in zip(frames, outs):
                 if out:
@@ -470,7 +470,7 @@ class Pipeline:
                 self._frame_error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
                 continue
             except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
-                self._frame_error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
+                self._frame_dropped(source, frame, exc)
                 continue
             if out:
                 judged += getattr(dsp, "ids", None) or (frame.stream_id,)
@@ -482,6 +482,10 @@ class Pipeline:
             self._emit_events(events)
         sick = self.health.unhealthy(dict.fromkeys(judged))
         windows += [_unhealthy(w) if w.stream_id in sick else w for w in done] if sick else done
+
+    def _frame_dropped(self, source: Any, frame: Frame, exc: Exception) -> None:
+        """A frame a processing stage failed on: counted as ``ingest_error``, said once, the rest goes on."""
+        self._frame_error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
 
     def _frame_error(self, source: Any, reason: str, line: str) -> None:
         if source is not None:
