@@ -308,7 +308,7 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
     return Frame(stream, seq, t, rate, _samples(raw[2], dt, n, channels, scale), names=names)
 
 
-def _samples(payload: bytes, dt: np.dtype, n: int, channels: int, scale: float) -> np.ndarray:
+def _samples(payload: Any, dt: np.dtype, n: int, channels: int, scale: float) -> np.ndarray:
     samples = np.frombuffer(payload, dtype=dt).reshape(n, channels).astype(np.float32)
     if scale != 1.0:
         samples *= np.float32(scale)
@@ -328,11 +328,16 @@ class _Template:
     scale: float
     names: tuple[str, ...] | None
     size: int  # payload bytes
+    # (dtype, n, channels, scale), one object per Decoder for all templates of that layout:
+    # payloads of one layout are converted together
+    layout: tuple[np.dtype, int, int, float]
+    pattern: re.Pattern[bytes]  # the bytes before seq, _SEQ_T, the bytes after t: a whole header of this template
 
 
 # ``,"seq":<int>,"t":<number>`` of a header as ``encode`` writes it (JSON's own number grammar)
 _SEQ_T = re.compile(rb',"seq":(0|[1-9][0-9]{0,18}),"t":(-?(?:0|[1-9][0-9]{0,20})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?),')
 MAX_TEMPLATES = 4096  # header templates a Decoder keeps (one per stream and layout); then it starts over
+Head = tuple[_Template, int, float]  # a known message's template, seq and t
 
 
 class Decoder:
@@ -344,6 +349,8 @@ class Decoder:
     parsed and checked in full (``decode``); later ones with the same bytes around ``seq`` and ``t``
     only need those two numbers read and checked (range, clock skew), the topic compared and the
     payload size checked. Anything else, and any message a check refuses, goes through ``decode``.
+    A receiver of many messages at once checks their headers one by one (``head``) and converts
+    the payloads of all of them together (``to_frames``).
 
     Args:
         max_skew_s: as for ``decode``.
@@ -352,50 +359,48 @@ class Decoder:
     def __init__(self, *, max_skew_s: float = MAX_CLOCK_SKEW_S) -> None:
         self.max_skew_s = max_skew_s
         self._templates: dict[tuple[bytes, bytes], _Template] = {}
-        # topic -> (bytes before seq, bytes after t, template) of its latest frame: a stream's next
-        # header is checked against them without slicing and hashing it (the same template is
+        # topic -> (its template's pattern, template) of its latest frame: a stream's next header is
+        # checked against it in one match, without slicing and hashing it (the same template is
         # found: seq and t are the first match of _SEQ_T, which cannot begin inside the prefix)
-        self._last: dict[bytes, tuple[bytes, bytes, _Template]] = {}
+        self._last: dict[bytes, tuple[re.Pattern[bytes], _Template]] = {}
+        self._layouts: dict[tuple[np.dtype, int, int, float], tuple[np.dtype, int, int, float]] = {}
 
     def decode(self, parts: list[bytes] | list[Any], *, now: float | None = None) -> Frame | EndOfStream:
         """As ``decode(parts, now=now, max_skew_s=self.max_skew_s)``."""
-        frame = self._known(parts, time.time() if now is None else now)
-        if frame is not None:
-            return frame
+        if len(parts) == 3 and type(parts[0]) is bytes and type(parts[1]) is bytes and type(parts[2]) is bytes:
+            head = self.head(parts[0], parts[1], len(parts[2]), time.time() if now is None else now)
+            if head is not None:
+                return to_frames([head], [parts[2]])[0]
         msg = decode(parts, now=now, max_skew_s=self.max_skew_s)
         if isinstance(msg, Frame):
             self._learn(bytes(parts[1]), msg)
         return msg
 
-    def _known(self, parts: list[Any], now: float) -> Frame | None:
-        """The frame of a message whose header fits a known template and passes every check, else None."""
-        if len(parts) != 3:
+    def head(self, topic: bytes, header: bytes, size: int, now: float) -> Head | None:
+        """The template, seq and t of a data message (``topic`` and ``header`` bytes, a payload of
+        ``size`` bytes) whose header fits a known template and passes every check, else None
+        (``decode`` then says what it is)."""
+        if len(header) > MAX_HEADER_BYTES:
             return None
-        header, payload = parts[1], parts[2]
-        if type(header) is not bytes or type(payload) is not bytes or len(header) > MAX_HEADER_BYTES:
-            return None
-        last = self._last.get(parts[0]) if type(parts[0]) is bytes else None
-        m = None
-        if last is not None and header.startswith(last[0]) and header.endswith(last[1]):
-            m = _SEQ_T.fullmatch(header, len(last[0]), len(header) - len(last[1]))
-            tpl = last[2]
-        if m is None:
+        last = self._last.get(topic)
+        m = last[0].fullmatch(header) if last is not None else None
+        if m is not None:
+            tpl = last[1]
+        else:
             m = _SEQ_T.search(header)
             if m is None:
                 return None
-            key = (header[: m.start()], header[m.end():])
-            tpl = self._templates.get(key)
-            if tpl is None or parts[0] != tpl.topic:
+            tpl = self._templates.get((header[: m.start()], header[m.end():]))
+            if tpl is None or topic != tpl.topic:
                 return None
-            self._last[tpl.topic] = (*key, tpl)
-        if len(payload) != tpl.size:
+            self._last[topic] = (tpl.pattern, tpl)
+        if size != tpl.size:
             return None
         seq = int(m.group(1))
         t = float(m.group(2))
         if seq >= MAX_SEQ or not abs(t - now) <= self.max_skew_s:
             return None
-        return Frame(tpl.stream, seq, t, tpl.rate, _samples(payload, tpl.dtype, tpl.n, tpl.channels, tpl.scale),
-                     names=tpl.names)
+        return tpl, seq, t
 
     def _learn(self, header: bytes, frame: Frame) -> None:
         """Keep the template of a header ``decode`` accepted, where ``seq`` and ``t`` appear once
@@ -408,10 +413,40 @@ class Decoder:
         if len(self._templates) >= MAX_TEMPLATES:
             self._templates.clear()
             self._last.clear()
+            self._layouts.clear()
         n, channels = frame.samples.shape
         head = _loads(header)
         dt = DTYPES[head["dtype"]]
-        self._templates[(header[: m.start()], header[m.end():])] = _Template(
+        scale = float(head["scale"]) if "scale" in head else DEFAULT_SCALE[head["dtype"]]
+        before, after = header[: m.start()], header[m.end():]
+        self._templates[(before, after)] = _Template(
             frame.stream_id, frame.stream_id.encode("utf-8"), frame.sample_rate, dt, channels, n,
-            float(head["scale"]) if "scale" in head else DEFAULT_SCALE[head["dtype"]], frame.names,
-            n * channels * dt.itemsize)
+            scale, frame.names, n * channels * dt.itemsize,
+            self._layouts.setdefault((dt, n, channels, scale), (dt, n, channels, scale)),
+            re.compile(re.escape(before) + _SEQ_T.pattern + re.escape(after)))
+
+
+def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
+    """The frames of messages ``Decoder.head`` accepted, their payloads (bytes or any buffer)
+    converted in one numpy step per layout (dtype, n, channels, scale) rather than one per
+    message: the same samples, bit for bit, as ``decode`` gives each. A frame's samples are a
+    view of its layout's block."""
+    if not heads:
+        return []
+    layout = heads[0][0].layout
+    if all(h[0].layout is layout for h in heads):
+        groups = {layout: range(len(heads))}
+    else:
+        groups = {}
+        for i, h in enumerate(heads):
+            groups.setdefault(h[0].layout, []).append(i)
+    out: list[Frame] = [None] * len(heads)  # type: ignore[list-item]
+    for (dt, n, channels, scale), idx in groups.items():
+        block = np.frombuffer(b"".join([payloads[i] for i in idx]), dtype=dt).reshape(len(idx), n, channels)
+        block = block.astype(np.float32)
+        if scale != 1.0:
+            block *= np.float32(scale)
+        for i, x in zip(idx, block):
+            tpl, seq, t = heads[i]
+            out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, names=tpl.names)
+    return out

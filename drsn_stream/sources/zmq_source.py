@@ -25,7 +25,9 @@ from drsn_stream.sources.wire import (
     MAX_PAYLOAD_BYTES,
     Decoder,
     EndOfStream,
+    Head,
     WireError,
+    to_frames,
 )
 from drsn_stream.types import Frame
 
@@ -37,8 +39,7 @@ def _channel(value: object) -> int:
     return k
 
 POLL_MS = 100
-# plain ints: pyzmq's recv_multipart passes the option as an enum, a Python-level call per part
-_NOBLOCK, _RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
 IDLE_MS = 2
 # frames handed over in one list at most: a backlog is taken in slices this large, so that the
 # first of its windows need not wait for the whole backlog to be decoded
@@ -142,9 +143,8 @@ class _ZmqSource(Source):
             self._sock.close(0)
             self._sock = None
 
-    def _accept(self, frame: Frame) -> bool:
+    def _accept(self, sid: str, seq: int) -> bool:
         """Sequence accounting; False for a frame to drop (duplicate, late, too many streams)."""
-        sid, seq = frame.stream_id, frame.seq
         if not self._known(sid):
             return False
         last = self._last_seq.get(sid)
@@ -179,7 +179,14 @@ class _ZmqSource(Source):
             yield from batch
 
     def _batches(self) -> Iterator[list[Frame]]:
-        """Every frame one poll of the socket finds (at most ``MAX_POLL_FRAMES``), in one list."""
+        """Every frame one poll of the socket finds (at most ``MAX_POLL_FRAMES``), in one list.
+
+        Per message only what must be: its parts received, its header checked against its
+        stream's template (``Decoder.head``), its sequence accounted for; the payloads of the
+        frames kept are converted together at the end of the poll (``to_frames``). Messages
+        ``head`` does not know (a stream's first, an end of stream, anything malformed) go through
+        ``Decoder.decode`` one by one, in their place.
+        """
         sock = self._sock
         assert sock is not None
         poller = zmq.Poller()
@@ -187,27 +194,57 @@ class _ZmqSource(Source):
         decoder = Decoder(max_skew_s=self.options["max_skew_s"])
         channel = self.options["channel"]
         until_eos = self.options["until_eos"]
-        recv, more = sock.recv, sock.get
-        while not self.closed:
+        recv, head = sock.recv, decoder.head
+        closed = self._closed.is_set
+        last_seq, missing = self._last_seq, self._missing
+        while not closed():
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
             # tens of microseconds apart) is over and all of it is handed over.
             if not poller.poll(IDLE_MS):
                 self._idle()
                 if not poller.poll(POLL_MS):
                     continue
-            batch: list[Frame] = []
+            now = time.time()  # the clock capture times are checked against, once per poll
+            heads: list[Head] = []  # known messages' (template, seq, t), their frames made at the end
+            payloads: list[Any] = []
+            others: list[tuple[int, Frame]] = []  # frames decoded in full, after how many of heads
             ended = False
-            while not self.closed and len(batch) < MAX_POLL_FRAMES:
+            while len(heads) + len(others) < MAX_POLL_FRAMES and not closed():
+                # copy=False: a zmq.Frame says whether more parts follow (``more``); asking the
+                # socket (RCVMORE) costs a Python-level enum lookup per part
                 try:
-                    parts = [recv(_NOBLOCK)]
+                    part = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                while more(_RCVMORE):  # the rest of a message is there once its first part is
-                    parts.append(recv(_NOBLOCK))
-                if self.accept_topic is not None and not self.accept_topic(parts[0]):
+                parts = [part]
+                while part.more:  # the rest of a message is there once its first part is
+                    part = recv(_NOBLOCK, copy=False)
+                    parts.append(part)
+                topic = parts[0].bytes
+                if self.accept_topic is not None and not self.accept_topic(topic):
+                    continue
+                known = head(topic, parts[1].bytes, len(parts[2]), now) if len(parts) == 3 else None
+                if known is not None:
+                    tpl, seq, _ = known
+                    sid = tpl.stream
+                    last = last_seq.get(sid)
+                    # the common case inline: the next seq of a known stream with nothing missing
+                    if last is not None and seq == last + 1 and not missing.get(sid):
+                        last_seq[sid] = seq
+                    elif not self._accept(sid, seq):
+                        continue
+                    if channel is not None and tpl.channels > 1:
+                        if channel >= tpl.channels:
+                            self._no_channel(sid, tpl.channels)
+                            continue
+                    elif channel:  # K > 0 of a single-channel frame
+                        self._no_channel(sid, tpl.channels)
+                        continue
+                    heads.append(known)
+                    payloads.append(parts[2])
                     continue
                 try:
-                    msg = decoder.decode(parts)
+                    msg = decoder.decode([p.bytes for p in parts], now=now)
                 except WireError as exc:
                     self.stats.bad(exc.reason)
                     self.last_error = str(exc)[:300]
@@ -220,34 +257,39 @@ class _ZmqSource(Source):
                         ended = True
                         break
                     continue
-                if not self._accept(msg):
+                if not self._accept(msg.stream_id, msg.seq):
                     continue
-                if channel is not None and msg.samples.shape[1] > 1:
-                    msg = self._select(msg)
-                    if msg is None:
+                c = msg.samples.shape[1]
+                if channel is not None and c > 1:
+                    if channel >= c:
+                        self._no_channel(msg.stream_id, c)
                         continue
-                elif channel:  # K > 0 of a single-channel frame
-                    self._no_channel(msg)
+                    msg = self._select(msg)
+                elif channel:
+                    self._no_channel(msg.stream_id, c)
                     continue
-                batch.append(msg)
+                others.append((len(heads), msg))
+            batch = to_frames(heads, payloads)
+            if channel is not None:
+                batch = [self._select(f) if f.samples.shape[1] > 1 else f for f in batch]
+            for j, (before, frame) in enumerate(others):  # in their places among the others
+                batch.insert(before + j, frame)
             if batch:
                 yield batch
             if ended:
                 return
 
-    def _select(self, frame: Frame) -> Frame | None:
-        """Channel K of ``frame`` alone, under the same stream id as without ``?channel``."""
-        k, c = self.options["channel"], frame.samples.shape[1]
-        if k >= c:
-            self._no_channel(frame)
-            return None
+    def _select(self, frame: Frame) -> Frame:
+        """Channel K (< the frame's channels) of ``frame`` alone, under the same stream id as
+        without ``?channel``."""
+        k = self.options["channel"]
         name = frame.names[k] if frame.names is not None else f"ch{k}"
         return Frame(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate, frame.samples[:, k : k + 1],
                      frame.overflow, names=(name,))
 
-    def _no_channel(self, frame: Frame) -> None:
+    def _no_channel(self, stream_id: str, channels: int) -> None:
         self.stats.bad("no_channel")
-        self.last_error = (f"no_channel: stream {frame.stream_id!r} sends {frame.samples.shape[1]} channel(s) but "
+        self.last_error = (f"no_channel: stream {stream_id!r} sends {channels} channel(s) but "
                            f"?channel={self.options['channel']} asks for channel {self.options['channel']} "
                            "(channels count from 0)")
 
