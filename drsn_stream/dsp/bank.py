@@ -81,53 +81,81 @@ class WindowBank:
     def push_many(self, dsps: Sequence[BankDSP], frames: Sequence[Frame]) -> list[list[Window]]:
         """One frame per stream (distinct streams, every frame ``fits``, all of one length): the
         windows each completes, as its ``StreamDSP`` would give them."""
+        out: list[list[Window]] = [[] for _ in dsps]
+        windows, of = self.push_flat(dsps, frames)
+        for w, i in zip(windows, of):
+            out[i].append(w)
+        return out
+
+    def push_flat(self, dsps: Sequence[BankDSP], frames: Sequence[Frame]) -> tuple[list[Window], list[int]]:
+        """``push_many``'s windows in one list, frame by frame (each frame's in order), and the
+        index of the frame each came from."""
         rows = np.fromiter([d.row for d in dsps], dtype=np.int64, count=len(dsps))
-        x = np.stack([f.samples.reshape(-1) for f in frames]).astype(np.float32, copy=False)
+        xs = [f.samples for f in frames]
+        try:  # every frame (n, 1), or every one (n,), all of one length: one concatenation
+            x = np.concatenate(xs)
+        except ValueError:
+            x = np.concatenate([a.reshape(-1) for a in xs])
+        x = x.reshape(len(xs), -1).astype(np.float32, copy=False)
         n = x.shape[1]
-        # a finite sum means every sample is finite (see StreamDSP.push)
-        if not np.isfinite(x.sum(axis=1, dtype=np.float64)).all():
+        # a finite sum means every sample is finite (see StreamDSP.push); one that overflowed only
+        # sends these frames the long way, which finds nothing to count
+        if not np.isfinite(x.sum()):
             bad = ~np.isfinite(x)
             self.nonfinite[rows] += np.count_nonzero(bad, axis=1)
             x = np.where(bad, np.float32(0.0), x)
         seen = self.seen[rows]
-        # a slice per row: an index array of every sample costs more than the copies
-        ring, data = self.ring, self.data
-        for r, q, row in zip(rows.tolist(), (seen % ring).tolist(), x):
-            end = q + n  # <= 2 ring: the first copy takes the frame whole, the other one ...
-            data[r, q:end] = row
-            if end <= ring:
-                data[r, q + ring : end + ring] = row
-            else:  # ... wraps
-                data[r, q + ring :] = row[: ring - q]
-                data[r, : end - ring] = row[ring - q :]
+        self._write(rows, seen % self.ring, x)
         n_in = seen  # input samples before this frame (no resampler: the same count as the windower's)
         seen = seen + n
         self.seen[rows] = seen
         nxt = self.next[rows]
         ready = seen - self.window - nxt
         k = np.where(ready >= 0, ready // self.hop + 1, 0)  # windows each frame completes
-        out: list[list[Window]] = [[] for _ in dsps]
         total = int(k.sum())
         if not total:
-            return out
+            return [], []
         has = np.flatnonzero(k)
         per = k[has]
-        j = np.repeat(has, per)  # the frame of each window
-        step = np.arange(total) - np.repeat(np.cumsum(per) - per, per)  # its place among its frame's windows
+        if total == len(has):  # one window per frame that completes any: no repeats needed
+            j, step = has, np.zeros(total, dtype=np.int64)
+        else:
+            j = np.repeat(has, per)  # the frame of each window
+            step = np.arange(total) - np.repeat(np.cumsum(per) - per, per)  # its place among its frame's windows
+        rows_j = rows[j]
         start = nxt[j] + step * self.hop
-        data = self._view[rows[j], start % self.ring]  # (total, window), a fresh copy
-        index = (self.count[rows[j]] + step).tolist()
-        t = np.fromiter([frames[i].t_capture for i in j.tolist()], dtype=np.float64, count=total)
+        data = self._view[rows_j, start % self.ring]  # (total, window), a fresh copy
+        index = (self.count[rows_j] + step).tolist()
+        j_list = j.tolist()
+        t = np.fromiter([frames[i].t_capture for i in j_list], dtype=np.float64, count=total)
         # as StreamDSP._t_last: t_capture + (end - 1 - out_base) / rate - frame_start / rate, where
         # out_base is 0 (a bank stream never changed its rate)
         t_last = (t + (start + self.window - 1) / self.rate - n_in[j] / self.rate).tolist()
-        self.next[rows[has]] += per * self.hop
-        self.count[rows[has]] += per
-        self.windows[rows[has]] += per
+        rows_has = rows[has]
+        self.next[rows_has] += per * self.hop
+        self.count[rows_has] += per
+        self.windows[rows_has] += per
         now = time.time()
-        for w, i in enumerate(j.tolist()):
-            out[i].append(Window(dsps[i].stream_id, index[w], t_last[w], data[w], now, 0.0, False))
-        return out
+        windows = [Window(dsps[i].stream_id, ix, tl, d, now, 0.0, False)
+                   for i, ix, tl, d in zip(j_list, index, t_last, data)]
+        return windows, j_list
+
+    def _write(self, rows: np.ndarray, q: np.ndarray, x: np.ndarray) -> None:
+        """Frame ``x[i]`` into ring row ``rows[i]`` from column ``q[i]``, twice over (see the class).
+        Streams that started together sit at the same column: one copy per distinct column, not
+        one per stream (an index array of every sample would cost more than the copies)."""
+        ring, data, n = self.ring, self.data, x.shape[1]
+        q0 = int(q[0])
+        groups = ([(q0, rows, x)] if (q == q0).all() else
+                  [(int(c), rows[m], x[m]) for c in np.unique(q) for m in (q == c,)])
+        for c, r, xx in groups:
+            end = c + n  # <= 2 ring: the first copy takes the frame whole, the other one ...
+            data[r, c:end] = xx
+            if end <= ring:
+                data[r, c + ring : end + ring] = xx
+            else:  # ... wraps
+                data[r, c + ring :] = xx[:, : ring - c]
+                data[r, : end - ring] = xx[:, ring - c :]
 
 
 class BankDSP:
@@ -197,8 +225,14 @@ def bank_items(items: Sequence[tuple[Frame, Any]]) -> tuple[dict[tuple[int, int]
     groups: dict[tuple[int, int], list[int]] = {}
     rest: list[int] = []
     for i, (frame, dsp) in enumerate(items):
-        if type(dsp) is BankDSP and dsp.in_bank(frame):
-            groups.setdefault((id(dsp.bank), frame.samples.shape[0]), []).append(i)
+        # BankDSP.in_bank, without two calls per frame
+        if type(dsp) is BankDSP and dsp.own is None and dsp.bank.fits(frame):
+            key = (id(dsp.bank), frame.samples.shape[0])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [i]
+            else:
+                group.append(i)
         else:
             rest.append(i)
     return groups, rest
