@@ -75,6 +75,15 @@ class MicroBatcher:
         consumer at most)."""
         wake = False
         with self._cond:
+            before, k = len(self._q), len(windows)
+            if before + k <= self.capacity:  # room for all: no window waits or is dropped
+                self._q.extend(windows)
+                self.accepted += k
+                after, eager = before + k, self.eager_batch
+                # as the loop below: a wake-up when the queue reaches max_batch, 1 or eager_batch
+                if k and (after >= self.max_batch or before == 0 or before < eager <= after):
+                    self._cond.notify()
+                return
             for window in windows:
                 while self.block_when_full and len(self._q) >= self.capacity and not self._closed:
                     if wake:
