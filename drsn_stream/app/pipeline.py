@@ -417,10 +417,26 @@ class Pipeline:
         health of different streams is judged together, and their windows go to the batcher
         together. The stream table is locked once for all of them."""
         windows: list[Window] = []
+        kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
+        dsps, split = self._dsp, False
         with self._ingest_lock:
-            kept = [(frame, dsp) for frame in frames if (dsp := self._stream_dsp(frame, source)) is not None]
-        for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
-            self._ingest_round(this, source, windows)
+            for frame in frames:
+                dsp = dsps.get(frame.stream_id)
+                # the common case without a call: a plain single-channel frame of a stream whose DSP
+                # takes plain frames (as _stream_dsp would find)
+                x = frame.samples
+                if (dsp is None or getattr(dsp, "ids", None) is not None or frame.names is not None
+                        or (x.ndim >= 2 and x.shape[1] != 1)):
+                    dsp = self._stream_dsp(frame, source)
+                    if dsp is None:
+                        continue
+                    split = split or getattr(dsp, "ids", None) is not None
+                kept.append((frame, dsp))
+        if len({frame.stream_id for frame, _ in kept}) == len(kept):  # one frame per stream: one round
+            self._ingest_round(kept, source, windows, split)
+        else:
+            for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
+                self._ingest_round(this, source, windows, split)
         if windows:
             self._windows_in(windows)
 
@@ -431,12 +447,17 @@ class Pipeline:
         if self.envelope is not None:
             self.envelope.push(windows)
 
-    def _ingest_round(self, items: list[tuple[Frame, StreamDSP | BankDSP]], source: Any, windows: list[Window]) -> None:
+    def _ingest_round(self, items: list[tuple[Frame, StreamDSP | BankDSP]], source: Any, windows: list[Window],
+                      split: bool = True) -> None:
         """Frames of distinct streams: health and capture per channel, then each frame's DSP (one
         FrameDSP for every channel of a multi-channel frame); the windows completed are added to
-        ``windows``, marked unhealthy where their stream's sensor is not OK."""
-        parts = [part for frame, dsp in items
-                 for part in (split_channels(frame) if getattr(dsp, "ids", None) is not None else (frame,))]
+        ``windows``, marked unhealthy where their stream's sensor is not OK. ``split``: False when
+        no frame's DSP is a FrameDSP (nothing to split into channels)."""
+        if split:
+            parts = [part for frame, dsp in items
+                     for part in (split_channels(frame) if getattr(dsp, "ids", None) is not None else (frame,))]
+        else:
+            parts = [frame for frame, _ in items]
         try:
             events = self.health.push_many(parts)
         except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
@@ -454,15 +475,14 @@ class Pipeline:
         for idx in groups.values():  # single-channel streams at the model's rate: one step for all
             frames = [items[i][0] for i in idx]
             try:
-                outs = items[idx[0]][1].bank.push_many([items[i][1] for i in idx], frames)
+                out, of = items[idx[0]][1].bank.push_flat([items[i][1] for i in idx], frames)
             except Exception as exc:  # noqa: BLE001 - a bug drops these frames, not the monitor
                 for frame in frames:
                     self._frame_dropped(source, frame, exc)
                 continue
-            for frame, out in zip(frames, outs):
-                if out:
-                    judged.append(frame.stream_id)
-                    done += out
+            if out:
+                judged += dict.fromkeys([frames[i].stream_id for i in of])
+                done += out
         for frame, dsp in (items[i] for i in rest) if groups else items:
             try:
                 out = dsp.push(frame)
