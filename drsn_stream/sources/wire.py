@@ -331,7 +331,6 @@ class _Template:
     # (dtype, n, channels, scale), one object per Decoder for all templates of that layout:
     # payloads of one layout are converted together
     layout: tuple[np.dtype, int, int, float]
-    pattern: re.Pattern[bytes]  # the bytes before seq, _SEQ_T, the bytes after t: a whole header of this template
 
 
 # ``,"seq":<int>,"t":<number>`` of a header as ``encode`` writes it (JSON's own number grammar)
@@ -359,10 +358,11 @@ class Decoder:
     def __init__(self, *, max_skew_s: float = MAX_CLOCK_SKEW_S) -> None:
         self.max_skew_s = max_skew_s
         self._templates: dict[tuple[bytes, bytes], _Template] = {}
-        # topic -> (its template's pattern, template) of its latest frame: a stream's next header is
-        # checked against it in one match, without slicing and hashing it (the same template is
-        # found: seq and t are the first match of _SEQ_T, which cannot begin inside the prefix)
-        self._last: dict[bytes, tuple[re.Pattern[bytes], _Template]] = {}
+        # topic -> (bytes before seq, bytes after t, their lengths, template) of its latest frame: a
+        # stream's next header is checked against them without slicing and hashing it (the same
+        # template is found: seq and t are the first match of _SEQ_T, which cannot begin inside
+        # the prefix)
+        self._last: dict[bytes, tuple[bytes, bytes, int, int, _Template]] = {}
         self._layouts: dict[tuple[np.dtype, int, int, float], tuple[np.dtype, int, int, float]] = {}
 
     def decode(self, parts: list[bytes] | list[Any], *, now: float | None = None) -> Frame | EndOfStream:
@@ -383,17 +383,19 @@ class Decoder:
         if len(header) > MAX_HEADER_BYTES:
             return None
         last = self._last.get(topic)
-        m = last[0].fullmatch(header) if last is not None else None
-        if m is not None:
-            tpl = last[1]
-        else:
+        m = None
+        if last is not None and header.startswith(last[0]) and header.endswith(last[1]):
+            m = _SEQ_T.fullmatch(header, last[2], len(header) - last[3])
+            tpl = last[4]
+        if m is None:
             m = _SEQ_T.search(header)
             if m is None:
                 return None
-            tpl = self._templates.get((header[: m.start()], header[m.end():]))
+            key = (header[: m.start()], header[m.end():])
+            tpl = self._templates.get(key)
             if tpl is None or topic != tpl.topic:
                 return None
-            self._last[topic] = (tpl.pattern, tpl)
+            self._last[topic] = (*key, len(key[0]), len(key[1]), tpl)
         if size != tpl.size:
             return None
         seq = int(m.group(1))
@@ -418,12 +420,10 @@ class Decoder:
         head = _loads(header)
         dt = DTYPES[head["dtype"]]
         scale = float(head["scale"]) if "scale" in head else DEFAULT_SCALE[head["dtype"]]
-        before, after = header[: m.start()], header[m.end():]
-        self._templates[(before, after)] = _Template(
+        self._templates[(header[: m.start()], header[m.end():])] = _Template(
             frame.stream_id, frame.stream_id.encode("utf-8"), frame.sample_rate, dt, channels, n,
             scale, frame.names, n * channels * dt.itemsize,
-            self._layouts.setdefault((dt, n, channels, scale), (dt, n, channels, scale)),
-            re.compile(re.escape(before) + _SEQ_T.pattern + re.escape(after)))
+            self._layouts.setdefault((dt, n, channels, scale), (dt, n, channels, scale)))
 
 
 def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
