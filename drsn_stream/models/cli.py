@@ -8,7 +8,7 @@ import json
 from rich.table import Table
 
 from drsn_stream.console import PipeConsole as Console
-from drsn_stream.models.artifact import builtin_dir, list_artifacts, read_meta
+from drsn_stream.models.meta import builtin_dir, list_artifacts, read_meta
 from drsn_stream.models.registry import list_models
 
 
