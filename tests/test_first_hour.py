@@ -230,7 +230,7 @@ def test_a_start_up_signal_a_library_swallowed_still_ends_the_start_up(cli_in_pr
 
 
 def test_the_monitors_help_and_a_config_error_answer_without_loading_torch():
-    # torch takes seconds of CPU to import: `run --help` and a mistyped option must not wait for it
+    # torch takes seconds of CPU to import: help, the list of models and a mistyped option must not wait for it
     script = (
         "import contextlib, io, sys\n"
         "from drsn_stream.cli import main\n"
@@ -241,7 +241,8 @@ def test_the_monitors_help_and_a_config_error_answer_without_loading_torch():
         "    except SystemExit as exc:  # argparse: --help, a value of the wrong type\n"
         "        return exc.code\n"
         "with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:\n"
-        "    code(['run', '--help'])\n"
+        "    for argv in (['--help'], ['models'], ['bench', '--help'], ['train', '--help'], ['run', '--help']):\n"
+        "        code(argv)\n"
         "    code = code(['--source', 'sim', '--config', 'no-such-config'])\n"
         "print(code, 'torch' in sys.modules, '--stale-ms' in out.getvalue(), err.getvalue().strip()[:200])\n"
     )

@@ -32,6 +32,8 @@ CPU_EAGER_BATCH = 64
 CPU_LIVE_MAX_BATCH = 64
 # The largest batch otherwise (CUDA, and replays with --fast, where throughput counts).
 MAX_BATCH = 256
+# The batch sizes `drsn-stream bench` measures unless told.
+BENCH_BATCH_SIZES = (1, 4, 16, 64, 256, 1024)
 
 
 def default_batch_sizes(max_batch: int) -> list[int]:
