@@ -11,8 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _WHERE = {
-    "ArtifactMeta": "artifact", "list_artifacts": "artifact", "load_artifact": "artifact",
-    "load_validation": "artifact", "read_meta": "artifact", "resolve_artifact": "artifact",
+    "ArtifactMeta": "meta", "list_artifacts": "meta", "load_artifact": "artifact",
+    "load_validation": "meta", "read_meta": "meta", "resolve_artifact": "meta",
     "save_artifact": "artifact", "script_model": "artifact",
     "RSBU": "layers", "Shortcut": "layers", "ThresholdNet": "layers", "soft_threshold": "layers",
     "DRSN": "networks", "NetConfig": "networks",
