@@ -77,6 +77,28 @@ def test_a_decoder_gives_what_decode_gives_for_good_and_hostile_messages() -> No
         "bad_seq", "bad_time", "topic_mismatch", "bad_size", "bad_header", "bad_version", "wrong_parts", "bad_json"}
 
 
+def test_a_polls_payloads_converted_together_give_what_decode_gives_each() -> None:
+    """``to_frames`` converts the payloads of many messages per layout in blocks (here several
+    blocks per layout, two layouts interleaved): every frame is the one ``decode`` gives alone."""
+    from drsn_stream.sources.wire import CONVERT_BYTES, to_frames
+
+    rng = np.random.default_rng(9)
+    now = time.time()
+    messages = []
+    for k in range(12):
+        messages.append(encode("big", k, now + k, RATE, rng.standard_normal((8192, 4)).astype(np.float32)))
+        messages.append(encode("gw/2", k, now + k, 25600.0, rng.standard_normal((256, 3)), dtype="int16",
+                               scale=1e-3, names=["x", "y", "z"]))
+    assert 12 * 8192 * 4 * 4 > 3 * CONVERT_BYTES  # "big" takes several blocks
+    decoder = Decoder()
+    for parts in messages[:2]:
+        decoder.decode(parts, now=now)  # learns both templates
+    heads = [decoder.head(p[0], p[1], len(p[2]), now) for p in messages]
+    assert None not in heads
+    got = to_frames(heads, [p[2] for p in messages])
+    assert [_outcome(lambda _, f=f: f, None) for f in got] == [_outcome(decode, p) for p in messages]
+
+
 def test_a_poll_of_good_and_hostile_messages_loses_only_the_hostile_ones(free_tcp_port: int) -> None:
     """PUSH -> PULL on loopback: everything is queued before the source reads, so polls hold many
     frames; each hostile message is counted by its reason and every good frame comes through."""

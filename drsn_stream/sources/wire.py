@@ -336,6 +336,7 @@ class _Template:
 # ``,"seq":<int>,"t":<number>`` of a header as ``encode`` writes it (JSON's own number grammar)
 _SEQ_T = re.compile(rb',"seq":(0|[1-9][0-9]{0,18}),"t":(-?(?:0|[1-9][0-9]{0,20})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?),')
 MAX_TEMPLATES = 4096  # header templates a Decoder keeps (one per stream and layout); then it starts over
+CONVERT_BYTES = 256 << 10  # payload bytes to_frames converts in one numpy step at most
 Head = tuple[_Template, int, float]  # a known message's template, seq and t
 
 
@@ -442,11 +443,15 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
             groups.setdefault(h[0].layout, []).append(i)
     out: list[Frame] = [None] * len(heads)  # type: ignore[list-item]
     for (dt, n, channels, scale), idx in groups.items():
-        block = np.frombuffer(b"".join([payloads[i] for i in idx]), dtype=dt).reshape(len(idx), n, channels)
-        block = block.astype(np.float32)
-        if scale != 1.0:
-            block *= np.float32(scale)
-        for i, x in zip(idx, block):
-            tpl, seq, t = heads[i]
-            out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, names=tpl.names)
+        # blocks of at most CONVERT_BYTES: they stay in the CPU's cache and need no fresh pages
+        per = max(1, CONVERT_BYTES // (n * channels * dt.itemsize))
+        for at in range(0, len(idx), per):
+            part = idx[at : at + per]
+            block = np.frombuffer(b"".join([payloads[i] for i in part]), dtype=dt).reshape(len(part), n, channels)
+            block = block.astype(np.float32)
+            if scale != 1.0:
+                block *= np.float32(scale)
+            for i, x in zip(part, block):
+                tpl, seq, t = heads[i]
+                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, names=tpl.names)
     return out
