@@ -205,6 +205,7 @@ class _ZmqSource(Source):
                 if not poller.poll(POLL_MS):
                     continue
             now = time.time()  # the clock capture times are checked against, once per poll
+            accept_topic = self.accept_topic
             heads: list[Head] = []  # known messages' (template, seq, t), their frames made at the end
             payloads: list[Any] = []
             others: list[tuple[int, Frame]] = []  # frames decoded in full, after how many of heads
@@ -221,7 +222,7 @@ class _ZmqSource(Source):
                     part = recv(_NOBLOCK, copy=False)
                     parts.append(part)
                 topic = parts[0].bytes
-                if self.accept_topic is not None and not self.accept_topic(topic):
+                if accept_topic is not None and not accept_topic(topic):
                     continue
                 known = head(topic, parts[1].bytes, len(parts[2]), now) if len(parts) == 3 else None
                 if known is not None:
