@@ -119,12 +119,14 @@ class SourceStats:
 
     def frames_of(self, frames: list[Frame] | tuple[Frame, ...]) -> None:
         """``frame()`` for each of ``frames``, in one lock hold."""
+        samples = 0
         with self._lock:
             for frame in frames:
-                self.frames += 1
-                self.samples += frame.n
+                samples += frame.samples.shape[0]  # frame.n, without a property call per frame
                 if frame.overflow:
                     self.overflows[frame.stream_id] = self.overflows.get(frame.stream_id, 0) + frame.overflow
+            self.frames += len(frames)
+            self.samples += samples
 
     def bad(self, reason: str) -> None:
         with self._lock:
