@@ -119,9 +119,9 @@ class StreamDSP:
             self._resampler = resampler
             self._out_base = self._windower.seen
             self._n_in = 0
-        # a finite sum means every sample is finite (NaN and Inf propagate; float32 samples cannot
-        # overflow a float64 sum): one pass over the samples, and a closer look only when needed
-        if not np.isfinite(x.sum(dtype=np.float64)):
+        # a finite sum means every sample is finite (NaN and Inf propagate): one pass over the
+        # samples, and a closer look only when needed (a float32 sum that overflowed finds nothing)
+        if not np.isfinite(x.sum()):
             bad = ~np.isfinite(x)
             if bad.any():
                 self._count_nonfinite(bad)
