@@ -435,17 +435,16 @@ class Pipeline:
         """Frames of distinct streams: health and capture per channel, then each frame's DSP (one
         FrameDSP for every channel of a multi-channel frame); the windows completed are added to
         ``windows``, marked unhealthy where their stream's sensor is not OK."""
-        parts = [part for frame, dsp in items
-                 for part in (split_channels(frame) if getattr(dsp, "ids", None) is not None else (frame,))]
-        try:
-            events = self.health.push_many(parts)
+        try:  # every channel of a multi-channel frame as its own stream (channel_layout's ids)
+            events = self.health.push_channels([frame for frame, _ in items])
         except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
             for frame, _ in items:
                 self._frame_dropped(source, frame, exc)
             return
         if self.capture is not None:  # first: an event of these frames may start a capture around them
-            for part in parts:
-                self.capture.push(part)
+            for frame, dsp in items:
+                for part in split_channels(frame) if getattr(dsp, "ids", None) is not None else (frame,):
+                    self.capture.push(part)
         if events:
             self._emit_events(events)
         done: list[Window] = []

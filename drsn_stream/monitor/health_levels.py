@@ -58,6 +58,10 @@ class LevelBank:
     ``slot``), so that the tests of a poll's streams read and write their state with one fancy
     index per array instead of a few dozen numpy calls on one-element arrays per stream.
     ``export``/``load`` turn a row into ``_Stream``'s own fields and back (checkpoints, tests).
+
+    The per-frame bookkeeping of ``HealthMonitor``'s array path lives here too (``last_seq``,
+    ``last_seen``, ``frames``, ``samples``, whether the stream needs Python at all (``busy``),
+    and the samples gathered for the level tests: ``pend_n`` of them at the start of row ``pend``).
     """
 
     def __init__(self, rows: int = 64, chunks: int = 16) -> None:
@@ -79,14 +83,30 @@ class LevelBank:
             # level steps
             "has_base": ((rows,), bool), "base_mean": ((rows,), np.float64), "base_logsd": ((rows,), np.float64),
             "learned": ((rows,), np.int64), "step_n": ((rows,), np.int64),
+            # per-frame bookkeeping (last_seen NaN: never seen)
+            "last_seq": ((rows,), np.int64), "has_seq": ((rows,), bool), "last_seen": ((rows,), np.float64),
+            "frames": ((rows,), np.int64), "samples": ((rows,), np.int64), "busy": ((rows,), bool),
+            "pend_n": ((rows,), np.int64), "rate": ((rows,), np.float64),
         }
         for name, (shape, dtype) in grow.items():
             a = np.zeros(shape, dtype=dtype)
             if old:
                 a[:old] = getattr(self, name)
             setattr(self, name, a)
+        pend = np.zeros((rows, self.pend.shape[1] if old else 0), dtype=np.float32)
+        if old:
+            pend[:old] = self.pend
+        self.pend = pend
         self._free += range(rows - 1, old - 1, -1)
         self._rows = rows
+
+    def pend_room(self, samples: int) -> None:
+        """Room for ``samples`` gathered samples in every row of ``pend``."""
+        cap = self.pend.shape[1]
+        if samples > cap:
+            pend = np.zeros((self._rows, max(samples, 2 * cap)), dtype=np.float32)
+            pend[:, :cap] = self.pend
+            self.pend = pend
 
     def scratch(self, shape: tuple[int, int], dtype: Any, which: int) -> np.ndarray:
         """Buffer ``which`` (0 or 1) as an array of ``shape``, uninitialized, reused from call to call."""
@@ -163,6 +183,7 @@ class LevelBank:
 
 
 def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1: np.ndarray,
+                slots: np.ndarray | None = None, rate: np.ndarray | None = None,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The level tests of one finite block per stream, as ``HealthMonitor._check_levels`` runs them.
 
@@ -174,13 +195,17 @@ def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1
             of a row depends on that row alone (row sums), so a stream judged alone or among
             others is judged the same, bit for bit.
         s1: ``x.sum(axis=1, dtype=float64)``.
+        slots / rate: the streams' slots and sample rates, when the caller has them as arrays;
+            ``sts`` is then only indexed where a stream's ``steps`` or ``clipped`` count grows.
 
     Returns:
         (flat, clipping, step): ``(streams,)`` bools, bools and ``STEP_*`` codes.
     """
     n = x.shape[1]
-    slots = np.fromiter([st.slot for st in sts], dtype=np.int64, count=len(sts))
-    rate = np.fromiter([st.sample_rate for st in sts], dtype=np.float64, count=len(sts))
+    if slots is None:
+        slots = np.fromiter([st.slot for st in sts], dtype=np.int64, count=len(sts))
+    if rate is None:
+        rate = np.fromiter([st.sample_rate for st in sts], dtype=np.float64, count=len(sts))
     mean = s1 / n
     # centred in the samples' own precision, summed in float64 (as dsp.normalize does); into a
     # buffer kept for the purpose: a fresh one is page faults, which cost more than the sums
@@ -188,7 +213,7 @@ def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1
     m2 = np.einsum("ij,ij->i", d, d, dtype=np.float64)
     flat = _flat(cfg, bank, slots, n, rate, mean, m2)
     clipping = _clipping(cfg, bank, sts, slots, x, rate)
-    step = _step(cfg, bank, sts, slots, n, rate, mean, m2) if cfg.step_ratio != 0 else np.zeros(len(sts), np.int8)
+    step = _step(cfg, bank, sts, slots, n, rate, mean, m2) if cfg.step_ratio != 0 else np.zeros(len(slots), np.int8)
     return flat, clipping, step
 
 
