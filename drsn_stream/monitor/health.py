@@ -228,7 +228,7 @@ class _Stream:
     slot: int = -1
 
 
-@dataclass
+@dataclass(eq=False)
 class _Group:
     """The streams a frame's channels feed (a plain frame's: its own), all single-channel streams
     with a LevelBank slot at the frame's rate: a frame of them takes the array path. Valid while
@@ -243,14 +243,24 @@ class _Group:
 
 
 class _Rows:
-    """The streams of a poll's rows (a group's streams one after another), looked up by row only
-    where Python work is needed."""
+    """The streams of a round's rows (its groups' streams one after another), looked up by row
+    only where Python work is needed; and the round's layout in the bank, made once for the same
+    groups in the same order (a source's polls bring the same streams in the same slices)."""
 
     def __init__(self, groups: list[_Group]) -> None:
         self.groups, self.starts, k = groups, [], 0
         for g in groups:
             self.starts.append(k)
             k += len(g.ids)
+        self.counts = np.fromiter((len(g.ids) for g in groups), dtype=np.int64, count=len(groups))
+        self.slots = groups[0].slots if len(groups) == 1 else np.concatenate([g.slots for g in groups])
+        self.every = np.repeat(np.fromiter((g.every for g in groups), dtype=np.int64, count=len(groups)), self.counts)
+        self.rate = np.repeat(np.fromiter((g.rate for g in groups), dtype=np.float64, count=len(groups)), self.counts)
+        self.ones = bool((self.counts == 1).all())
+        a = int(self.slots[0])
+        # consecutive slots (a frame's channels, streams that started together): slices, not fancy indexes
+        self.at: slice | np.ndarray = (slice(a, a + k) if (self.slots == np.arange(a, a + k)).all()
+                                       else self.slots)
 
     def _at(self, j: int) -> tuple[_Group, int]:
         i = bisect.bisect_right(self.starts, j) - 1
@@ -304,6 +314,8 @@ class HealthMonitor:
         # single-channel stream; streams not OK; streams whose gathered samples are in their
         # ``pending`` list (not in the bank: another dtype or layout) and take the Python path
         self._groups: dict[Any, _Group] = {}
+        self._rounds: dict[tuple[_Group, ...], _Rows] = {}
+        self._rounds_version = 0
         self._version = 0
         self._slot_of: dict[str, int] = {}
         self._sick: set[str] = set()
@@ -356,6 +368,9 @@ class HealthMonitor:
         (``_push_fast``), the rest (new streams, restarts, other dtypes) one by one
         (``_push_round``); the events in the order of the frames' channels."""
         groups, version = self._groups, self._version
+        if self._rounds_version != version:
+            self._rounds.clear()
+            self._rounds_version = version
         fast: list[_Group] = []
         xs: list[np.ndarray] = []
         fast_frames: list[Frame] = []
@@ -418,42 +433,45 @@ class HealthMonitor:
         the level tests in numpy over all rows at once, Python only for rows where something
         was found or a reason is active."""
         bank = self._bank
-        counts = np.fromiter((len(g.ids) for g in gs), dtype=np.int64, count=len(gs))
-        one = len(gs) == 1
-        slots = gs[0].slots if one else np.concatenate([g.slots for g in gs])
-        ns = np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=len(xs))
+        key = tuple(gs)
+        rows = self._rounds.get(key)
+        if rows is None:
+            if len(self._rounds) >= 256:
+                self._rounds.clear()
+            rows = self._rounds[key] = _Rows(gs)
+        slots, at = rows.slots, rows.at
+        n = xs[0].shape[0]
+        if all(x.shape[0] == n for x in xs):
+            n_row: Any = n
+        else:
+            n_row = np.repeat(np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=len(xs)), rows.counts)
         seqs = np.fromiter((f.seq for f in frames), dtype=np.int64, count=len(frames))
-        n_row, seq_row = np.repeat(ns, counts), np.repeat(seqs, counts)
-        bank.last_seen[slots] = now
-        bank.frames[slots] += 1
-        bank.samples[slots] += n_row
-        last = bank.last_seq[slots]
-        gap = bank.has_seq[slots] & (seq_row > last + 1)
-        bank.last_seq[slots] = seq_row
-        bank.has_seq[slots] = True
+        seq_row = seqs if rows.ones else np.repeat(seqs, rows.counts)
+        bank.last_seen[at] = now
+        bank.frames[at] += 1
+        bank.samples[at] += n_row
+        last = bank.last_seq[at].copy()  # a view where ``at`` is a slice
+        gap = bank.has_seq[at] & (seq_row > last + 1)
+        bank.last_seq[at] = seq_row
+        bank.has_seq[at] = True
         # gathered for the level tests until check_every_s of samples are in (_take_pending)
-        pn = bank.pend_n[slots]
+        pn = bank.pend_n[at].copy()
         new_pn = pn + n_row
-        every_row = np.repeat(np.fromiter((g.every for g in gs), dtype=np.int64, count=len(gs)), counts)
-        due = (n_row > 0) & (new_pn >= every_row)
+        due = (n_row > 0) & (new_pn >= rows.every)
         bank.pend_room(int(new_pn.max()))
-        self._gather(slots, pn, ns, counts, xs)
-        bank.pend_n[slots] = np.where(due, 0, new_pn)
-        rows = _Rows(gs)
+        self._gather(rows, pn, n_row, xs)
+        bank.pend_n[at] = np.where(due, 0, new_pn)
         codes = None
         found_sets: dict[int, set[str]] = {}
         if due.any():
             codes = np.zeros(len(slots), dtype=np.int8)
             di = np.flatnonzero(due)
-            rate_row = np.repeat(np.fromiter((g.rate for g in gs), dtype=np.float64, count=len(gs)), counts)
-            self._levels_rows(rows, di, slots[di], rate_row[di], new_pn[di], codes, found_sets)
-        ovs = [f.overflow for f in frames]
-        need = bank.busy[slots] | gap
-        if any(o > 0 for o in ovs):
-            ov_row = np.repeat(np.array(ovs, dtype=np.int64), counts)
+            self._levels_rows(rows, di, slots[di], rows.rate[di], new_pn[di], codes, found_sets)
+        need = bank.busy[at] | gap
+        ov_row = None
+        if any(f.overflow > 0 for f in frames):
+            ov_row = np.repeat(np.array([f.overflow for f in frames], dtype=np.int64), rows.counts)
             need |= ov_row > 0
-        else:
-            ov_row = None
         if codes is not None:
             need |= codes != 0
         events: list[Event] = []
@@ -471,31 +489,33 @@ class HealthMonitor:
                                                                           LEVEL_REASONS)
                 found = levels if found is None else found | levels
             if st.active:
-                self._age(st, int(n_row[j]), found or set())
+                self._age(st, int(n_row if isinstance(n_row, int) else n_row[j]), found or set())
             events += self._found(rows.id(j), st, found, now)
             bank.busy[st.slot] = bool(st.active) or st.state != OK
         return events
 
-    def _gather(self, slots: np.ndarray, pn: np.ndarray, ns: np.ndarray, counts: np.ndarray,
-                xs: list[np.ndarray]) -> None:
-        """Each row's samples into the bank's ``pend`` after those gathered before."""
-        pend = self._bank.pend
-        n = int(ns[0])
-        if (ns == n).all():
+    def _gather(self, rows: _Rows, pn: np.ndarray, n_row: Any, xs: list[np.ndarray]) -> None:
+        """Each row's samples into the bank's ``pend``, after those gathered before."""
+        pend, slots = self._bank.pend, rows.slots
+        if isinstance(n_row, int):
+            n = n_row
             if n == 0:
                 return
-            x = xs[0].T if len(xs) == 1 else np.concatenate([x.T for x in xs])  # (rows, n)
             p = int(pn[0])
             if (pn == p).all():
-                pend[slots, p : p + n] = x
+                if isinstance(rows.at, slice):  # straight into the rows: one copy
+                    np.concatenate([x.T for x in xs], out=pend[rows.at, p : p + n])
+                else:
+                    pend[slots, p : p + n] = np.concatenate([x.T for x in xs])
                 return
+            x = np.concatenate([x.T for x in xs])  # (rows, n)
             for p in np.unique(pn):
                 m = pn == p
                 pend[slots[m], p : p + n] = x[m]
             return
         j = 0
-        for x, c in zip(xs, counts):
-            for k in range(int(c)):
+        for x in xs:
+            for k in range(x.shape[1]):
                 pend[slots[j], pn[j] : pn[j] + x.shape[0]] = x[:, k]
                 j += 1
 
@@ -509,7 +529,11 @@ class HealthMonitor:
         for length in lengths[:1] if same else np.unique(lengths):
             m = slice(None) if same else lengths == length
             sub, sl, rt = di[m], slots[m], rate[m]
-            x = bank.pend[sl, : int(length)]  # (rows, n), a copy
+            a = int(sl[0])
+            if sl[-1] - a == len(sl) - 1 and (len(sl) == 1 or (np.diff(sl) == 1).all()):
+                x = bank.pend[a : a + len(sl), : int(length)]  # (rows, n), a view
+            else:
+                x = bank.pend[sl, : int(length)]  # a copy
             s1 = x.sum(axis=1, dtype=np.float64)
             finite = np.isfinite(s1)
             if not finite.all():  # NaN/Inf: counted and the tests restarted, one by one
