@@ -222,10 +222,11 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: np.ndarray
     """``HealthMonitor._flat`` over rings of chunks: merge or append, trim to the span, judge."""
     floor2 = cfg.flat_std**2
     span = np.maximum(2, np.round(cfg.flat_span_s * rate).astype(np.int64))
-    if int(bank.ccount[slots].max(initial=0)) + 1 > bank._k:
+    count = bank.ccount[slots]
+    if int(count.max(initial=0)) + 1 > bank._k:
         bank._widen()
     k = bank._k
-    count, head = bank.ccount[slots], bank.chead[slots]
+    head, chunk_n = bank.chead[slots], bank.chunk_n[slots]
     last = (head + count - 1) % k
     # tiny frames are merged into buckets of ~1/8 span, so that the ring stays short
     merged = (count > 0) & (bank.cn[slots, last] < span // 8)
@@ -237,20 +238,20 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: np.ndarray
     if new.any():
         s, col = slots[new], (head[new] + count[new]) % k
         bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col] = n, mean[new], m2[new]
-        bank.ccount[s] += 1
-    bank.chunk_n[slots] += n
+        count = count + new
+    chunk_n = chunk_n + n
     while True:  # drop the oldest chunks the span no longer needs
-        head = bank.chead[slots]
-        drop = (bank.ccount[slots] > 1) & (bank.chunk_n[slots] - bank.cn[slots, head] >= span)
+        cn_head = bank.cn[slots, head]
+        drop = (count > 1) & (chunk_n - cn_head >= span)
         if not drop.any():
             break
-        s = slots[drop]
-        bank.chunk_n[s] -= bank.cn[s, head[drop]]
-        bank.chead[s] = (head[drop] + 1) % k
-        bank.ccount[s] -= 1
-    last = (bank.chead[slots] + bank.ccount[slots] - 1) % k
+        chunk_n = np.where(drop, chunk_n - cn_head, chunk_n)
+        head = np.where(drop, (head + 1) % k, head)
+        count = count - drop
+    bank.ccount[slots], bank.chead[slots], bank.chunk_n[slots] = count, head, chunk_n
+    last = (head + count - 1) % k
     # a span can only be flat if its newest part is; most streams stop here
-    maybe = (bank.chunk_n[slots] >= span) & (bank.cm2[slots, last] < floor2 * bank.cn[slots, last])
+    maybe = (chunk_n >= span) & (bank.cm2[slots, last] < floor2 * bank.cn[slots, last])
     flat = np.zeros(len(slots), dtype=bool)
     for j in np.flatnonzero(maybe):
         s = int(slots[j])
@@ -265,11 +266,11 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
               rate: np.ndarray) -> np.ndarray:
     n = x.shape[1]
     fmax, fmin = x.max(axis=1), x.min(axis=1)
-    at_max = np.count_nonzero(x == fmax[:, None], axis=1)
-    at_min = np.count_nonzero(x == fmin[:, None], axis=1)
     blk_n = bank.blk_n[slots]
     old = blk_n > 0  # a running block; else this block starts one
     bmax, bmin = np.where(old, bank.blk_max[slots], fmax), np.where(old, bank.blk_min[slots], fmin)
+    at_max = _at(x, fmax, ~old | (fmax >= bmax))
+    at_min = _at(x, fmin, ~old | (fmin <= bmin))
     bat_max, bat_min = bank.blk_at_max[slots], bank.blk_at_min[slots]
     bfull = np.where(old, bank.blk_full[slots], 0)
     # a new extreme restarts its count, an equal one adds to it, a lesser one leaves it
@@ -298,6 +299,18 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
     return clipping
 
 
+def _at(x: np.ndarray, extreme: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """Samples of each row of ``x`` equal to its ``extreme``, counted where ``need`` is set (a
+    frame that does not reach its block's extreme leaves the count as it is), else 0."""
+    if need.all():
+        return np.count_nonzero(x == extreme[:, None], axis=1)
+    at = np.zeros(len(x), dtype=np.int64)
+    rows = np.flatnonzero(need)
+    if len(rows):
+        at[rows] = np.count_nonzero(x[rows] == extreme[rows, None], axis=1)
+    return at
+
+
 def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: int, rate: np.ndarray,
           mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
     floor = max(cfg.flat_std, 1e-12) * 10  # below this a level is a flat line, not a level
@@ -305,31 +318,42 @@ def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: i
     live = sd > floor
     logsd = np.log(np.maximum(sd, floor))
     fresh = ~bank.has_base[slots]
-    base_mean = np.where(fresh, mean, bank.base_mean[slots])
-    base_logsd = np.where(fresh, logsd, bank.base_logsd[slots])
-    learned = np.where(fresh, 0, bank.learned[slots])
+    base_mean, base_logsd, learned = bank.base_mean[slots], bank.base_logsd[slots], bank.learned[slots]
+    if fresh.any():
+        base_mean = np.where(fresh, mean, base_mean)
+        base_logsd = np.where(fresh, logsd, base_logsd)
+        learned = np.where(fresh, 0, learned)
+        bank.has_base[slots] = True
     step_n = bank.step_n[slots]
     learning = learned < cfg.learn_s * rate
-    # learning: a running average
-    w = n / (learned + n)
-    learn_mean = base_mean + w * (mean - base_mean)
-    learn_logsd = base_logsd + w * (logsd - base_logsd)
+    # once every stream has learned its level (most polls), the learning branch is not computed
+    any_learning = bool(learning.any())
     base_sd = np.exp(base_logsd)
     known = base_sd > floor
     dc = known & (np.abs(mean - base_mean) > cfg.dc_sigma * np.maximum(base_sd, sd))
     amp = known & live & (np.abs(logsd - base_logsd) > math.log(cfg.step_ratio))
-    moved = ~learning & (dc | amp)
-    calm = ~learning & ~moved
+    moved = ~learning & (dc | amp) if any_learning else dc | amp
+    any_moved = bool(moved.any())
     # no step: the learned level follows slowly
     a = np.minimum(1.0, n / (cfg.baseline_s * rate))
     calm_mean = base_mean + a * (mean - base_mean)
     calm_logsd = base_logsd + a * (logsd - base_logsd)
-    held = moved & (step_n + n >= cfg.step_hold_s * rate)  # seen long enough: reported once, then the new level
-    bank.base_mean[slots] = np.where(learning, learn_mean, np.where(calm, calm_mean, np.where(held, mean, base_mean)))
-    bank.base_logsd[slots] = np.where(learning, learn_logsd, np.where(calm, calm_logsd, np.where(held, logsd, base_logsd)))
-    bank.has_base[slots] = True
-    bank.learned[slots] = np.where(learning, learned + n, learned)
-    bank.step_n[slots] = np.where(calm | held, 0, np.where(moved, step_n + n, step_n))
+    if not any_learning and not any_moved:  # every stream calm
+        held = moved
+        bank.base_mean[slots], bank.base_logsd[slots] = calm_mean, calm_logsd
+        bank.step_n[slots] = 0
+    else:
+        calm = ~learning & ~moved
+        held = moved & (step_n + n >= cfg.step_hold_s * rate)  # seen long enough: reported once, then the new level
+        # learning: a running average
+        w = n / (learned + n)
+        learn_mean = base_mean + w * (mean - base_mean)
+        learn_logsd = base_logsd + w * (logsd - base_logsd)
+        bank.base_mean[slots] = np.where(learning, learn_mean, np.where(calm, calm_mean, np.where(held, mean, base_mean)))
+        bank.base_logsd[slots] = np.where(learning, learn_logsd,
+                                          np.where(calm, calm_logsd, np.where(held, logsd, base_logsd)))
+        bank.learned[slots] = np.where(learning, learned + n, learned)
+        bank.step_n[slots] = np.where(calm | held, 0, np.where(moved, step_n + n, step_n))
     for j in np.flatnonzero(held):
         sts[j].steps += 1
     return np.where(held, np.where(dc, STEP_DC, STEP_AMP), STEP_NONE).astype(np.int8)
