@@ -183,7 +183,7 @@ class LevelBank:
 
 
 def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1: np.ndarray,
-                slots: np.ndarray | None = None, rate: np.ndarray | None = None,
+                slots: np.ndarray | None = None, rate: np.ndarray | float | None = None,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The level tests of one finite block per stream, as ``HealthMonitor._check_levels`` runs them.
 
@@ -195,8 +195,9 @@ def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1
             of a row depends on that row alone (row sums), so a stream judged alone or among
             others is judged the same, bit for bit.
         s1: ``x.sum(axis=1, dtype=float64)``.
-        slots / rate: the streams' slots and sample rates, when the caller has them as arrays;
-            ``sts`` is then only indexed where a stream's ``steps`` or ``clipped`` count grows.
+        slots / rate: the streams' slots and sample rates (or one rate for all: the thresholds
+            in samples are then reckoned once), when the caller has them; ``sts`` is then only
+            indexed where a stream's ``steps`` or ``clipped`` count grows.
 
     Returns:
         (flat, clipping, step): ``(streams,)`` bools, bools and ``STEP_*`` codes.
@@ -217,7 +218,7 @@ def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1
     return flat, clipping, step
 
 
-def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: np.ndarray, mean: np.ndarray,
+def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: Any, mean: np.ndarray,
           m2: np.ndarray) -> np.ndarray:
     """``HealthMonitor._flat`` over rings of chunks: merge or append, trim to the span, judge."""
     floor2 = cfg.flat_std**2
@@ -263,24 +264,24 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: np.ndarray
 
 
 def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, x: np.ndarray,
-              rate: np.ndarray) -> np.ndarray:
+              rate: Any) -> np.ndarray:
     n = x.shape[1]
     fmax, fmin = x.max(axis=1), x.min(axis=1)
     blk_n = bank.blk_n[slots]
     old = blk_n > 0  # a running block; else this block starts one
     bmax, bmin = np.where(old, bank.blk_max[slots], fmax), np.where(old, bank.blk_min[slots], fmin)
-    at_max = _at(x, fmax, ~old | (fmax >= bmax))
-    at_min = _at(x, fmin, ~old | (fmin <= bmin))
-    bat_max, bat_min = bank.blk_at_max[slots], bank.blk_at_min[slots]
-    bfull = np.where(old, bank.blk_full[slots], 0)
-    # a new extreme restarts its count, an equal one adds to it, a lesser one leaves it
-    bat_max = np.where(~old | (fmax > bmax), at_max, bat_max + np.where(fmax == bmax, at_max, 0))
-    bat_min = np.where(~old | (fmin < bmin), at_min, bat_min + np.where(fmin == bmin, at_min, 0))
+    # a new extreme restarts its count, an equal one adds to it, a lesser one leaves it (and
+    # its samples at the frame's extreme are not counted: _at gives 0)
+    new_max, new_min = ~old | (fmax > bmax), ~old | (fmin < bmin)
+    at_max = _at(x, fmax, new_max | (fmax == bmax))
+    at_min = _at(x, fmin, new_min | (fmin == bmin))
+    bat_max = np.where(new_max, at_max, bank.blk_at_max[slots] + at_max)
+    bat_min = np.where(new_min, at_min, bank.blk_at_min[slots] + at_min)
     bmax, bmin = np.maximum(bmax, fmax), np.minimum(bmin, fmin)
-    full = None
+    full = bfull = None  # without a full scale, blk_full stays 0
     if cfg.full_scale is not None:
         full = np.count_nonzero(np.abs(x) >= cfg.full_scale, axis=1)
-        bfull = bfull + full
+        bfull = np.where(old, bank.blk_full[slots], 0) + full
     blk_n = blk_n + n
     block = np.maximum(1, np.round(cfg.clip_span_s * rate).astype(np.int64))
     need = np.maximum(cfg.clip_min_samples, cfg.clip_fraction * blk_n)
@@ -288,9 +289,11 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
     at_rail = whole & (bmax > bmin) & ((bat_max >= need) | (bat_min >= need))
     for j in np.flatnonzero(at_rail):  # rare: few distinct values are dithered silence, not a rail
         at_rail[j] = np.unique(x[j]).size >= MIN_LEVELS_FOR_CLIPPING
-    clipping = at_rail | (bfull >= need) if full is not None else at_rail
+    clipping = at_rail | (bfull >= need) if bfull is not None else at_rail
     bank.blk_max[slots], bank.blk_min[slots] = bmax, bmin
-    bank.blk_at_max[slots], bank.blk_at_min[slots], bank.blk_full[slots] = bat_max, bat_min, bfull
+    bank.blk_at_max[slots], bank.blk_at_min[slots] = bat_max, bat_min
+    if bfull is not None:
+        bank.blk_full[slots] = bfull
     bank.blk_seen[slots] = True
     bank.blk_n[slots] = np.where(whole, 0, blk_n)
     if full is not None:
@@ -301,7 +304,7 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
 
 def _at(x: np.ndarray, extreme: np.ndarray, need: np.ndarray) -> np.ndarray:
     """Samples of each row of ``x`` equal to its ``extreme``, counted where ``need`` is set (a
-    frame that does not reach its block's extreme leaves the count as it is), else 0."""
+    frame that does not reach its block's extreme adds nothing to the block's count), else 0."""
     if need.all():
         return np.count_nonzero(x == extreme[:, None], axis=1)
     at = np.zeros(len(x), dtype=np.int64)
@@ -311,7 +314,7 @@ def _at(x: np.ndarray, extreme: np.ndarray, need: np.ndarray) -> np.ndarray:
     return at
 
 
-def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: int, rate: np.ndarray,
+def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: int, rate: Any,
           mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
     floor = max(cfg.flat_std, 1e-12) * 10  # below this a level is a flat line, not a level
     sd = np.sqrt(np.maximum(m2 / n, 0.0))
