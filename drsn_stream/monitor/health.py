@@ -547,7 +547,8 @@ class HealthMonitor:
             one_rate = rt[0] == rt[-1] and (rt == rt[0]).all()  # the common case: thresholds reckoned once
             flat, clipping, step = levels_many(cfg, bank, _Sub(rows, sub), x, s1, slots=sl,
                                                rate=float(rt[0]) if one_rate else rt)
-            codes[sub] = flat.astype(np.int8) | (clipping.astype(np.int8) << 1) | (step.astype(np.int8) << 2)
+            if flat.any() or clipping.any() or step.any():  # most polls find nothing
+                codes[sub] = flat.astype(np.int8) | (clipping.astype(np.int8) << 1) | (step.astype(np.int8) << 2)
 
     def _push_round(self, frames: list[Frame], now: float) -> list[Event]:
         """Frames of distinct streams: bookkeeping one by one, the level tests together. Nothing

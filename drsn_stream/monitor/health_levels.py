@@ -236,7 +236,11 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: Any, mean:
         bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col] = merge(
             (bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col]), (n, mean[merged], m2[merged]))
     new = ~merged
-    if new.any():
+    if new.all():  # frames of 1/8 span or more (the common case): no masks
+        col = (head + count) % k
+        bank.cn[slots, col], bank.cmean[slots, col], bank.cm2[slots, col] = n, mean, m2
+        count = count + 1
+    elif new.any():
         s, col = slots[new], (head[new] + count[new]) % k
         bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col] = n, mean[new], m2[new]
         count = count + new
@@ -253,8 +257,10 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: Any, mean:
     last = (head + count - 1) % k
     # a span can only be flat if its newest part is; most streams stop here
     maybe = (chunk_n >= span) & (bank.cm2[slots, last] < floor2 * bank.cn[slots, last])
+    if not maybe.any():
+        return maybe
     flat = np.zeros(len(slots), dtype=bool)
-    for j in np.flatnonzero(maybe):
+    for j in np.flatnonzero(maybe):  # rare: pooled over the span
         s = int(slots[j])
         ring = [(int(bank.cn[s, i % k]), bank.cmean[s, i % k : i % k + 1], bank.cm2[s, i % k : i % k + 1])
                 for i in range(bank.chead[s], bank.chead[s] + bank.ccount[s])]
