@@ -76,6 +76,7 @@ DC_JUMP = "DC offset jump"
 AMP_STEP = "amplitude step"
 LEVEL_REASONS = (FLAT, CLIPPING, DC_JUMP, AMP_STEP)  # what the level tests find, in reasons_of's order
 _SEQ_MAX = 1 << 62  # a seq the array path can hold (int64, with room for seq + 1)
+_F32 = np.dtype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -375,29 +376,34 @@ class HealthMonitor:
         xs: list[np.ndarray] = []
         fast_frames: list[Frame] = []
         slow: list[Frame] = []
-        idss: list[tuple[str, ...]] = []
-        for frame in frames:
+        idss: list[tuple[str, ...]] | None = None  # the rows' streams, frame by frame, once a frame is split
+        f32 = _F32
+        for i, frame in enumerate(frames):
             x = frame.samples
-            plain = not split or _plain(frame)
-            key: Any = frame.stream_id if plain else (frame.stream_id, x.shape[1], frame.names)
+            if split and (frame.names is not None or x.ndim == 2 and x.shape[1] != 1):
+                key: Any = (frame.stream_id, x.shape[1], frame.names)
+                if idss is None:
+                    idss = [(f.stream_id,) for f in frames[:i]]
+                plain = False
+            else:
+                key, plain = frame.stream_id, True
             g = groups.get(key)
-            rate = float(frame.sample_rate) if frame.sample_rate and frame.sample_rate > 0 else 1.0
             if g is None or g.version != version:
                 ids = (frame.stream_id,) if plain else channel_ids(frame.stream_id, x.shape[1], frame.names)
-                g = self._group(key, ids, rate)
-            else:
-                ids = g.ids
-            idss.append(ids)
-            if (g is not None and g.rate == rate and type(x) is np.ndarray and x.dtype == np.float32
-                    and (x.ndim == 2 and x.shape[1] == len(ids) or x.ndim == 1 and len(ids) == 1)
+                g = self._group(key, ids, _rate(frame))
+            if idss is not None:
+                idss.append((frame.stream_id,) if g is None and plain else g.ids if g is not None else
+                            channel_ids(frame.stream_id, x.shape[1], frame.names))
+            # a frame's rate equal to its group's is the rate the group was made for (_rate)
+            if (g is not None and type(x) is np.ndarray and x.dtype is f32 and frame.sample_rate == g.rate
+                    and (x.ndim == 2 and x.shape[1] == len(g.ids) or x.ndim == 1 and len(g.ids) == 1)
                     and -_SEQ_MAX < frame.seq < _SEQ_MAX):
                 fast.append(g)
                 xs.append(x if x.ndim == 2 else x[:, None])
                 fast_frames.append(frame)
             else:
                 slow += (frame,) if plain else split_channels(frame)
-        rows = sum(map(len, idss))
-        if split and len(set().union(*idss)) != rows:
+        if idss is not None and len(set().union(*idss)) != sum(map(len, idss)):
             # channels of two frames feed one stream: judged as push_many(parts) would, in rounds
             parts = [p for f in frames for p in (split_channels(f) if not _plain(f) else (f,))]
             events: list[Event] = []
@@ -410,7 +416,8 @@ class HealthMonitor:
         more = self._push_fast(fast, fast_frames, xs, now)
         if not events or not more:
             return events or more
-        order = {sid: i for i, sid in enumerate(sid for ids in idss for sid in ids)}
+        rows = (sid for ids in idss for sid in ids) if idss is not None else (f.stream_id for f in frames)
+        order = {sid: i for i, sid in enumerate(rows)}
         return sorted(events + more, key=lambda e: order[e.stream_id])
 
     def _group(self, key: Any, ids: tuple[str, ...], rate: float) -> _Group | None:
@@ -568,7 +575,7 @@ class HealthMonitor:
                 st = streams[frame.stream_id] = _Stream(since=now)
             elif st.slot >= 0:
                 self._pull(st)
-            rate = float(frame.sample_rate) if frame.sample_rate and frame.sample_rate > 0 else 1.0
+            rate = _rate(frame)
             changed = st.sample_rate > 0 and rate != st.sample_rate
             if rate != st.sample_rate or x.shape[1] != st.channels:
                 self._restart_signal(st, rate, x.shape[1])
@@ -1059,3 +1066,8 @@ def _plain(frame: Frame) -> bool:
     """A frame of one unnamed channel: its stream is its own (``types.channel_ids``)."""
     x = frame.samples
     return frame.names is None and (x.ndim < 2 or x.shape[1] == 1)
+
+
+def _rate(frame: Frame) -> float:
+    """The rate a frame is judged at (Hz); 1 where it has none."""
+    return float(frame.sample_rate) if frame.sample_rate and frame.sample_rate > 0 else 1.0
