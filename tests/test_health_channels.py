@@ -154,3 +154,13 @@ def test_a_restored_stream_goes_on_as_the_one_it_was_saved_from() -> None:
     assert [(e.stream_id, e.data) for e in ev_dst if e.time > 6003.0] == \
         [(e.stream_id, e.data) for e in ev_src if e.time > 6003.0]
     assert any(e.data["to"] == OK for e in ev_dst)
+
+
+def test_sequence_numbers_beyond_64_bits_are_judged_as_the_numbers_they_are() -> None:
+    health = HealthMonitor()
+    seqs = [1, 2, 2**70, 2**70 + 1, 2**70 + 3, 5, 6, -(2**80), 8]
+    for k, seq in enumerate(seqs):
+        health.push(Frame("s", seq, k, RATE, noise(CHUNK, 1, k)), now=7000.0 + k)
+    # gaps: 2 -> 2**70 (2**70 - 3 lost), 2**70 + 1 -> + 3 (one), -(2**80) -> 8 (2**80 + 7)
+    assert health.state("s").gaps == (2**70 - 3) + 1 + (2**80 + 7)
+    assert health.state("s").frames == len(seqs)

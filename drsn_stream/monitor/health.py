@@ -312,8 +312,9 @@ class HealthMonitor:
         self._bank = LevelBank()
         self._lock = threading.Lock()
         # the array path: frames' stream groups, valid while _version stands; the slot of each
-        # single-channel stream; streams not OK; streams whose gathered samples are in their
-        # ``pending`` list (not in the bank: another dtype or layout) and take the Python path
+        # single-channel stream; streams not OK; streams that take the Python path: their gathered
+        # samples are in their ``pending`` list (another dtype or layout), or their last seq does
+        # not fit the bank
         self._groups: dict[Any, _Group] = {}
         self._rounds: dict[tuple[_Group, ...], _Rows] = {}
         self._rounds_version = 0
@@ -794,7 +795,10 @@ class HealthMonitor:
         its gathered samples into ``pending`` (taken out of the bank unless not ``move``)."""
         bank = self._bank
         slot = st.slot if slot is None else slot
-        st.last_seq = int(bank.last_seq[slot]) if bank.has_seq[slot] else None
+        if bank.has_seq[slot]:
+            st.last_seq = int(bank.last_seq[slot])
+        elif st.last_seq is not None and -_SEQ_MAX < st.last_seq < _SEQ_MAX:
+            st.last_seq = None  # else a seq beyond int64, which only the fields hold (_after)
         st.last_seen = _seen(bank.last_seen[slot])
         st.frames, st.samples = int(bank.frames[slot]), int(bank.samples[slot])
         pn = int(bank.pend_n[slot])
@@ -820,7 +824,8 @@ class HealthMonitor:
             return
         bank, slot = self._bank, st.slot
         self._slot_of[sid] = slot
-        bank.has_seq[slot] = st.last_seq is not None and -_SEQ_MAX < st.last_seq < _SEQ_MAX
+        odd_seq = st.last_seq is not None and not -_SEQ_MAX < st.last_seq < _SEQ_MAX  # beyond int64
+        bank.has_seq[slot] = st.last_seq is not None and not odd_seq
         bank.last_seq[slot] = st.last_seq if bank.has_seq[slot] else 0
         bank.last_seen[slot] = math.nan if st.last_seen is None else st.last_seen
         bank.frames[slot], bank.samples[slot] = st.frames, st.samples
@@ -832,7 +837,7 @@ class HealthMonitor:
             bank.pend_room(block.shape[0])
             bank.pend[slot, : block.shape[0]] = block[:, 0]
             bank.pend_n[slot] = block.shape[0]
-        if st.pending:
+        if st.pending or odd_seq:
             if sid not in self._listed:
                 self._listed.add(sid)
                 self._version += 1
