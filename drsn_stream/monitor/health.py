@@ -53,6 +53,8 @@ from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.health_levels import (
     MIN_LEVELS_FOR_CLIPPING,
     LevelBank,
+    all_set,
+    any_set,
     check_levels_many,
     distinct_levels,
     levels_many,
@@ -345,16 +347,16 @@ class HealthMonitor:
         frames of different single-channel streams run together (numpy passes over arrays of
         streams, not Python per frame). A stream's later frames in ``frames`` are judged after
         its earlier ones."""
-        return self._push_all(frames, False, now)
+        return self._pushall_set(frames, False, now)
 
     def push_channels(self, frames: Sequence[Frame], *, now: float | None = None) -> list[Event]:
         """``push_many`` of every channel of ``frames`` as its own stream, under the frame's
         ``channel_ids`` (``push_many(split_channels(f))`` for a multi-channel or named frame, the
         frame itself for one plain channel), with the same results and events; a frame whose
         channels' streams are known is judged with no Python per channel."""
-        return self._push_all(frames, True, now)
+        return self._pushall_set(frames, True, now)
 
-    def _push_all(self, frames: Sequence[Frame], split: bool, now: float | None) -> list[Event]:
+    def _pushall_set(self, frames: Sequence[Frame], split: bool, now: float | None) -> list[Event]:
         now = time.time() if now is None else now
         events: list[Event] = []
         with self._lock:
@@ -471,7 +473,7 @@ class HealthMonitor:
         bank.pend_n[at] = np.where(due, 0, new_pn)
         codes = None
         found_sets: dict[int, set[str]] = {}
-        if due.any():
+        if any_set(due):
             codes = np.zeros(len(slots), dtype=np.int8)
             di = np.flatnonzero(due)
             self._levels_rows(rows, di, slots[di], rows.rate[di], new_pn[di], codes, found_sets)
@@ -510,7 +512,7 @@ class HealthMonitor:
             if n == 0:
                 return
             p = int(pn[0])
-            if (pn == p).all():
+            if all_set(pn == p):
                 if isinstance(rows.at, slice):  # straight into the rows: one copy
                     np.concatenate([x.T for x in xs], out=pend[rows.at, p : p + n])
                 else:
@@ -538,13 +540,13 @@ class HealthMonitor:
             m = slice(None) if same else lengths == length
             sub, sl, rt = di[m], slots[m], rate[m]
             a = int(sl[0])
-            if sl[-1] - a == len(sl) - 1 and (len(sl) == 1 or (np.diff(sl) == 1).all()):
+            if sl[-1] - a == len(sl) - 1 and (len(sl) == 1 or all_set(np.diff(sl) == 1)):
                 x = bank.pend[a : a + len(sl), : int(length)]  # (rows, n), a view
             else:
                 x = bank.pend[sl, : int(length)]  # a copy
             s1 = x.sum(axis=1, dtype=np.float64)
             finite = np.isfinite(s1)
-            if not finite.all():  # NaN/Inf: counted and the tests restarted, one by one
+            if not all_set(finite):  # NaN/Inf: counted and the tests restarted, one by one
                 for k in np.flatnonzero(~finite):
                     j = int(sub[k])
                     found_sets[j] = self._check_levels(rows[j], x[k][:, None])
@@ -552,10 +554,10 @@ class HealthMonitor:
                 sub, sl, rt, x, s1 = sub[finite], sl[finite], rt[finite], x[finite], s1[finite]
                 if not len(sub):
                     continue
-            one_rate = rt[0] == rt[-1] and (rt == rt[0]).all()  # the common case: thresholds reckoned once
+            one_rate = rt[0] == rt[-1] and all_set(rt == rt[0])  # the common case: thresholds reckoned once
             flat, clipping, step = levels_many(cfg, bank, _Sub(rows, sub), x, s1, slots=sl,
                                                rate=float(rt[0]) if one_rate else rt)
-            if flat.any() or clipping.any() or step.any():  # most polls find nothing
+            if any_set(flat) or any_set(clipping) or any_set(step):  # most polls find nothing
                 codes[sub] = flat.astype(np.int8) | (clipping.astype(np.int8) << 1) | (step.astype(np.int8) << 2)
 
     def _push_round(self, frames: list[Frame], now: float) -> list[Event]:

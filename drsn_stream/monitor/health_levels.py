@@ -46,6 +46,16 @@ def pool(chunks: Any) -> tuple[int, np.ndarray, np.ndarray]:
     return int(total), grand, m2s.sum(axis=0) + (ns * (means - grand) ** 2).sum(axis=0)
 
 
+def any_set(a: np.ndarray) -> bool:
+    """``a.any()`` of a 1-D array, in a tenth of its time on small arrays (no ufunc reduction)."""
+    return np.count_nonzero(a) > 0
+
+
+def all_set(a: np.ndarray) -> bool:
+    """``a.all()`` of a 1-D array, as ``any_set``."""
+    return np.count_nonzero(a) == a.size
+
+
 def distinct_levels(x: np.ndarray) -> np.ndarray:
     """Distinct values per channel of ``x`` (n, channels)."""
     return np.array([np.unique(x[:, c]).size for c in range(x.shape[1])])
@@ -231,16 +241,16 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: Any, mean:
     last = (head + count - 1) % k
     # tiny frames are merged into buckets of ~1/8 span, so that the ring stays short
     merged = (count > 0) & (bank.cn[slots, last] < span // 8)
-    if merged.any():
+    if any_set(merged):
         s, col = slots[merged], last[merged]
         bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col] = merge(
             (bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col]), (n, mean[merged], m2[merged]))
     new = ~merged
-    if new.all():  # frames of 1/8 span or more (the common case): no masks
+    if all_set(new):  # frames of 1/8 span or more (the common case): no masks
         col = (head + count) % k
         bank.cn[slots, col], bank.cmean[slots, col], bank.cm2[slots, col] = n, mean, m2
         count = count + 1
-    elif new.any():
+    elif any_set(new):
         s, col = slots[new], (head[new] + count[new]) % k
         bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col] = n, mean[new], m2[new]
         count = count + new
@@ -248,7 +258,7 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: Any, mean:
     while True:  # drop the oldest chunks the span no longer needs
         cn_head = bank.cn[slots, head]
         drop = (count > 1) & (chunk_n - cn_head >= span)
-        if not drop.any():
+        if not any_set(drop):
             break
         chunk_n = np.where(drop, chunk_n - cn_head, chunk_n)
         head = np.where(drop, (head + 1) % k, head)
@@ -257,7 +267,7 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: Any, mean:
     last = (head + count - 1) % k
     # a span can only be flat if its newest part is; most streams stop here
     maybe = (chunk_n >= span) & (bank.cm2[slots, last] < floor2 * bank.cn[slots, last])
-    if not maybe.any():
+    if not any_set(maybe):
         return maybe
     flat = np.zeros(len(slots), dtype=bool)
     for j in np.flatnonzero(maybe):  # rare: pooled over the span
@@ -311,7 +321,7 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
 def _at(x: np.ndarray, extreme: np.ndarray, need: np.ndarray) -> np.ndarray:
     """Samples of each row of ``x`` equal to its ``extreme``, counted where ``need`` is set (a
     frame that does not reach its block's extreme adds nothing to the block's count), else 0."""
-    if need.all():
+    if all_set(need):
         return np.count_nonzero(x == extreme[:, None], axis=1)
     at = np.zeros(len(x), dtype=np.int64)
     rows = np.flatnonzero(need)
@@ -328,7 +338,7 @@ def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: i
     logsd = np.log(np.maximum(sd, floor))
     fresh = ~bank.has_base[slots]
     base_mean, base_logsd, learned = bank.base_mean[slots], bank.base_logsd[slots], bank.learned[slots]
-    if fresh.any():
+    if any_set(fresh):
         base_mean = np.where(fresh, mean, base_mean)
         base_logsd = np.where(fresh, logsd, base_logsd)
         learned = np.where(fresh, 0, learned)
@@ -336,13 +346,13 @@ def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: i
     step_n = bank.step_n[slots]
     learning = learned < cfg.learn_s * rate
     # once every stream has learned its level (most polls), the learning branch is not computed
-    any_learning = bool(learning.any())
+    any_learning = any_set(learning)
     base_sd = np.exp(base_logsd)
     known = base_sd > floor
     dc = known & (np.abs(mean - base_mean) > cfg.dc_sigma * np.maximum(base_sd, sd))
     amp = known & live & (np.abs(logsd - base_logsd) > math.log(cfg.step_ratio))
     moved = ~learning & (dc | amp) if any_learning else dc | amp
-    any_moved = bool(moved.any())
+    any_moved = any_set(moved)
     # no step: the learned level follows slowly
     a = np.minimum(1.0, n / (cfg.baseline_s * rate))
     calm_mean = base_mean + a * (mean - base_mean)
