@@ -79,6 +79,7 @@ AMP_STEP = "amplitude step"
 LEVEL_REASONS = (FLAT, CLIPPING, DC_JUMP, AMP_STEP)  # what the level tests find, in reasons_of's order
 _SEQ_MAX = 1 << 62  # a seq the array path can hold (int64, with room for seq + 1)
 _F32 = np.dtype(np.float32)
+_FEW_ROWS = 4  # a round of fewer rows takes the Python path: the array path's numpy calls cost more
 
 
 @dataclass(frozen=True)
@@ -378,6 +379,7 @@ class HealthMonitor:
         fast: list[_Group] = []
         xs: list[np.ndarray] = []
         fast_frames: list[Frame] = []
+        fast_plain: list[bool] = []
         slow: list[Frame] = []
         idss: list[tuple[str, ...]] | None = None  # the rows' streams, frame by frame, once a frame is split
         f32 = _F32
@@ -404,6 +406,7 @@ class HealthMonitor:
                 fast.append(g)
                 xs.append(x if x.ndim == 2 else x[:, None])
                 fast_frames.append(frame)
+                fast_plain.append(plain)
             else:
                 slow += (frame,) if plain else split_channels(frame)
         if idss is not None and len(set().union(*idss)) != sum(map(len, idss)):
@@ -413,6 +416,10 @@ class HealthMonitor:
             for this in rounds_by_stream(parts, lambda frame: frame.stream_id):
                 events += self._push_round(this, now)
             return events
+        if fast and sum(len(g.ids) for g in fast) < _FEW_ROWS:  # a few rows: Python costs less than numpy calls
+            for frame, plain in zip(fast_frames, fast_plain):
+                slow += (frame,) if plain else split_channels(frame)
+            fast = []
         events = self._push_round(slow, now) if slow else []
         if not fast:
             return events
@@ -668,6 +675,18 @@ class HealthMonitor:
         """``flush_many`` of streams whose samples are gathered in the bank: the level tests of
         all at once, Python only where something was found or a reason is active."""
         bank, get = self._bank, self._slot_of.get
+        if len(ids) < _FEW_ROWS:  # a few streams: Python costs less than numpy calls over them
+            events: list[Event] = []
+            for sid in ids:
+                slot = get(sid, -1)
+                pn = int(bank.pend_n[slot]) if slot >= 0 else 0
+                if pn:
+                    st = self._streams[sid]
+                    found = self._check_levels(st, bank.pend[slot, :pn, None])
+                    bank.pend_n[slot] = 0
+                    events += self._found(sid, st, found, now)
+                    bank.busy[slot] = bool(st.active) or st.state != OK
+            return events
         slots = np.array([get(sid, -1) for sid in ids], dtype=np.int64)
         if not len(slots):
             return []
