@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "export": ("drsn_stream.train.cli", "add_export_arguments", "run_export", "export a checkpoint as a TorchScript artifact"),
     "baseline": ("drsn_stream.app.baseline_cli", "add_arguments", "run",
                  "learn a machine's normal (baseline learn) or show a learned profile (baseline show)"),
-    "bench": ("drsn_stream.engine.bench", "add_arguments", "run", "benchmark the engine against eager and TorchScript"),
+    "bench": ("drsn_stream.engine.bench_cli", "add_arguments", "run", "benchmark the engine against eager and TorchScript"),
     "publish": ("drsn_stream.sources.publish", "add_arguments", "run", "publish any source over ZeroMQ (sensor gateway)"),
     "devices": ("drsn_stream.sources.devices", "add_arguments", "run", "list sound input devices"),
     "cluster": ("drsn_stream.cluster.cli", "add_arguments", "run",

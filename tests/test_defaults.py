@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from drsn_stream.app.defaults import resolve_defaults
-from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
+from drsn_stream.engine.contract import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
 
 
 def test_a_live_cpu_run_on_two_cores_gets_a_pinned_engine_process_and_small_eager_batches() -> None:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from drsn_stream.engine.batcher import MicroBatcher
+from drsn_stream.engine.contract import default_batch_sizes
 from drsn_stream.engine.engine import InferenceLoop
-from drsn_stream.engine.runner import Runner, default_batch_sizes, pick_device
+from drsn_stream.engine.runner import Runner, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError
 from drsn_stream.models import create_model

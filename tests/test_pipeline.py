@@ -139,7 +139,7 @@ def test_a_running_monitor_keeps_its_start_up_objects_out_of_full_collections() 
 def test_batch_sizes_default_to_the_cpu_size_live_and_to_big_batches_for_fast_replay_or_when_asked() -> None:
     from drsn_stream.app.cli import config_from_args
     from drsn_stream.cli import build_parser
-    from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
+    from drsn_stream.engine.contract import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
 
     def batcher(**kw):
         return Pipeline(RunConfig(device="cpu", engine_process=False, stats_every_s=3600, **kw)).batcher

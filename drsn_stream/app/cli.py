@@ -169,7 +169,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def print_config(cfg: RunConfig) -> None:
     """``--print-config``: the effective config as TOML (every field; ``--config`` reads it back)."""
     from drsn_stream.app.pipeline import default_model
-    from drsn_stream.models.artifact import read_meta
+    from drsn_stream.models.meta import read_meta
 
     model = cfg.model or default_model(cfg.sources)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drsn_stream.engine.runner import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
+from drsn_stream.engine.contract import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
 
 BIG_HOST_CORES = 8  # from here on ZeroMQ SUB sources are read by several ingest processes
 MAX_INGEST_PROCS = 8

@@ -36,18 +36,12 @@ from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
 from drsn_stream.engine.batcher import MicroBatcher
+from drsn_stream.engine.contract import RunnerLike, device_type
 from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
-from drsn_stream.engine.runner import Runner, RunnerLike, pick_device
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError, DrsnStreamError
-from drsn_stream.models.artifact import (
-    ArtifactMeta,
-    load_artifact,
-    load_validation,
-    read_meta,
-    resolve_artifact,
-)
+from drsn_stream.models.meta import ArtifactMeta, load_validation, read_meta, resolve_artifact
 from drsn_stream.models.ood import UnknownDetector
 from drsn_stream.monitor.baseline import BaselineStage, Profile, weights_digest
 from drsn_stream.monitor.decision import DecisionEngine
@@ -120,7 +114,7 @@ class Pipeline:
         for src in self.sources:
             src.check()
         res = resolve_defaults(
-            device=pick_device(config.device).type, cores=_cores(), fast=config.fast,
+            device=device_type(config.device), cores=_cores(), fast=config.fast,
             engine_process=config.engine_process, pin_cpus=config.pin_cpus, threads=config.threads,
             max_batch=config.max_batch, eager_batch=config.eager_batch, stale_ms=config.stale_ms,
             ingest_procs=config.ingest_procs,
@@ -143,6 +137,8 @@ class Pipeline:
                                         cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout,
                                         features=features)
         else:
+            from drsn_stream.models.artifact import load_artifact  # torch: only where the model runs here
+
             module, meta = load_artifact(self.model_name)
             self.runner = self._local_runner(module, meta, config, features)
         self.meta: ArtifactMeta = meta
@@ -249,7 +245,9 @@ class Pipeline:
         return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
                              hop=hop, window=self.meta.window, rpm_of=rpm_of)
 
-    def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig, features: int = 0) -> Runner:
+    def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig, features: int = 0) -> RunnerLike:
+        from drsn_stream.engine.runner import Runner
+
         return Runner(
             module,
             window=meta.window,

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from drsn_stream.engine.batcher import MicroBatcher
+from drsn_stream.engine.contract import Pending, RunnerLike
 from drsn_stream.engine.procrunner import EngineRestarted
-from drsn_stream.engine.runner import Pending, RunnerLike
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError
 from drsn_stream.types import Prediction, Window

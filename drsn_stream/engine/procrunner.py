@@ -28,7 +28,7 @@ try:
 except ImportError:  # Windows
     resource = None  # type: ignore[assignment]
 
-from drsn_stream.engine.runner import Pending, check_windows, infer_in_slices, split_packed
+from drsn_stream.engine.contract import Pending, check_windows, infer_in_slices, split_packed
 from drsn_stream.errors import ArtifactError, EngineError
 from drsn_stream.runtime import attach_shared_memory as _attach
 from drsn_stream.runtime import freeze_start_up_objects

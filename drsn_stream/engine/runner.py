@@ -13,63 +13,30 @@ bound by kernel launches, not arithmetic, and two graphs in flight fill the GPU 
 from __future__ import annotations
 
 import copy
-import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
-from drsn_stream.errors import ConfigError
+from drsn_stream.engine.contract import (
+    CPU_SLICE,
+    Pending,
+    check_windows,
+    cpu_threads_for_inference,
+    default_batch_sizes,
+    device_spec,
+    infer_in_slices,
+    split_packed,
+)
 from drsn_stream.models.artifact import quiet_torchscript
 from drsn_stream.models.outputs import is_wrapped, to_probs
 
 FP16_MIN_AGREEMENT = 0.999
-# On the CPU a batch is run in slices of at most this many windows: beyond it the activations of
-# one slice no longer fit the caches and throughput drops (docs/performance.md).
-CPU_SLICE = 256
-# The live monitor on the CPU sends a batch as soon as this many windows wait while the engine is
-# idle: at 64 windows a batch already runs near the best speed per window (docs/performance.md),
-# and the rest of a burst gathers while it runs instead of waiting for the whole burst.
-CPU_EAGER_BATCH = 64
-# The largest batch on the CPU with live sources (the monitor's default there): a burst of 128
-# windows runs as two batches of 64, the second sent as soon as it is full, and after a delay no
-# batch grows to 128-256 windows that the next ones must wait for: a lower p99 at 128 streams
-# (docs/perf/ab/max-batch-64-128.json).
-CPU_LIVE_MAX_BATCH = 64
-# The largest batch otherwise (CUDA, and replays with --fast, where throughput counts).
-MAX_BATCH = 256
-
-
 def pick_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is a clear error."""
-    spec = (spec or "auto").lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA GPU is visible to torch; use --device cpu (or auto)")
-        return torch.device(spec)
-    if spec == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"unknown device {spec!r}; use auto, cpu or cuda[:N]")
-
-
-def default_batch_sizes(max_batch: int) -> list[int]:
-    """Powers of two up to max_batch (and max_batch itself): 1, 2, 4, ..., max_batch."""
-    sizes = []
-    b = 1
-    while b < max_batch:
-        sizes.append(b)
-        b *= 2
-    sizes.append(max_batch)
-    return sizes
-
-
-def cpu_threads_for_inference() -> int:
-    """All cores but one (ingest needs one), at least one."""
-    return max(1, (os.cpu_count() or 2) - 1)
+    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is a clear error (``device_spec``)."""
+    return torch.device(device_spec(spec))
 
 
 @dataclass
@@ -85,76 +52,6 @@ class _GraphSlot:
     stream: torch.cuda.Stream
     done: torch.cuda.Event
     busy: bool = False
-
-
-@dataclass
-class Pending:
-    """A submitted batch: on the CPU its results, on CUDA the lane whose event marks them ready
-    (a ``_GraphSlot``; the ProcessRunner's lane number). ``features`` (rows, features) is set by
-    ``collect`` when the runner returns pooled features (``features > 0``)."""
-
-    rows: int
-    slot: Any = None
-    probs: np.ndarray | None = None
-    noise: np.ndarray | None = None
-    features: np.ndarray | None = None
-
-
-def split_packed(res: np.ndarray, features: int, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, classes + 1 + features) packed outputs -> (probs, noise); features into ``pending``."""
-    c = res.shape[1] - 1 - features
-    if features:
-        pending.features = res[:, c + 1 :]
-    return res[:, :c], res[:, c]
-
-
-class RunnerLike(Protocol):
-    """What the inference loop needs of a runner: ``Runner`` (CPU, CUDA) and ``ProcessRunner`` (CPU
-    in a child process) both keep it. At most ``lanes`` batches may be submitted and not collected;
-    ``collect`` takes them in submission order."""
-
-    window: int
-    max_batch: int
-    lanes: int
-    notes: list[str]
-
-    @property
-    def device_name(self) -> str: ...
-
-    def warmup(self) -> None: ...
-
-    def submit(self, x: np.ndarray) -> Pending: ...
-
-    def done(self, pending: Pending) -> bool: ...
-
-    def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def check_windows(x: np.ndarray, window: int, max_batch: int | None = None) -> None:
-    """The input check every runner makes: (b, window) windows, at most ``max_batch`` of them."""
-    if x.ndim != 2 or x.shape[1] != window:
-        raise ValueError(f"expected windows of shape (b, {window}), got {x.shape}")
-    if max_batch is not None and x.shape[0] > max_batch:
-        raise ValueError(f"submit takes at most {max_batch} windows, got {x.shape[0]}; use infer()")
-
-
-def infer_in_slices(runner: RunnerLike, x: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """Runs ``x`` through ``runner.submit`` / ``collect`` in slices of ``step`` rows, keeping up to
-    ``runner.lanes`` slices in flight; results in order (Runner and ProcessRunner)."""
-    outs_p, outs_n, pending = [], [], []
-    for i in range(0, x.shape[0], step):
-        if len(pending) >= runner.lanes:
-            p, n = runner.collect(pending.pop(0))
-            outs_p.append(p)
-            outs_n.append(n)
-        pending.append(runner.submit(x[i : i + step]))
-    for h in pending:
-        p, n = runner.collect(h)
-        outs_p.append(p)
-        outs_n.append(n)
-    return np.concatenate(outs_p), np.concatenate(outs_n)
 
 
 class Runner:

@@ -8,8 +8,7 @@ import json
 from rich.table import Table
 
 from drsn_stream.console import PipeConsole as Console
-from drsn_stream.models.artifact import builtin_dir, list_artifacts, read_meta
-from drsn_stream.models.registry import list_models
+from drsn_stream.models.meta import builtin_dir, list_artifacts, read_meta
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     metas = [read_meta(name) for name in list_artifacts()]
     if args.json:
-        print(json.dumps({"artifacts": [m.to_dict() for m in metas], "networks": list_models()}, indent=1))
+        print(json.dumps({"artifacts": [m.to_dict() for m in metas], "networks": _networks()}, indent=1))
         return 0
     console = Console()
     console.print(f"[bold]Built-in models[/] ({builtin_dir()})")
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if not metas:
         console.print("[yellow]no built-in models are installed; train one with `drsn-stream train`[/]")
     if args.networks:
-        console.print("\nnetworks: " + ", ".join(list_models()))
+        console.print("\nnetworks: " + ", ".join(_networks()))
     return 0
 
 
@@ -74,3 +73,9 @@ def _pct(key: str, v: object) -> str:
     if isinstance(v, float) and 0.0 <= v <= 1.0:
         return f"{100 * v:.1f} %"
     return ""
+
+
+def _networks() -> list[str]:
+    from drsn_stream.models.registry import list_models  # torch: the networks are torch modules
+
+    return list_models()
