@@ -416,7 +416,7 @@ class Pipeline:
         together. The stream table is locked once for all of them."""
         windows: list[Window] = []
         kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
-        dsps, split = self._dsp, False
+        dsps = self._dsp
         with self._ingest_lock:
             for frame in frames:
                 dsp = dsps.get(frame.stream_id)
@@ -428,13 +428,12 @@ class Pipeline:
                     dsp = self._stream_dsp(frame, source)
                     if dsp is None:
                         continue
-                    split = split or getattr(dsp, "ids", None) is not None
                 kept.append((frame, dsp))
         if len({frame.stream_id for frame, _ in kept}) == len(kept):  # one frame per stream: one round
-            self._ingest_round(kept, source, windows, split)
+            self._ingest_round(kept, source, windows)
         else:
             for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
-                self._ingest_round(this, source, windows, split)
+                self._ingest_round(this, source, windows)
         if windows:
             self._windows_in(windows)
 
@@ -445,26 +444,20 @@ class Pipeline:
         if self.envelope is not None:
             self.envelope.push(windows)
 
-    def _ingest_round(self, items: list[tuple[Frame, StreamDSP | BankDSP]], source: Any, windows: list[Window],
-                      split: bool = True) -> None:
+    def _ingest_round(self, items: list[tuple[Frame, StreamDSP | BankDSP]], source: Any, windows: list[Window]) -> None:
         """Frames of distinct streams: health and capture per channel, then each frame's DSP (one
         FrameDSP for every channel of a multi-channel frame); the windows completed are added to
-        ``windows``, marked unhealthy where their stream's sensor is not OK. ``split``: False when
-        no frame's DSP is a FrameDSP (nothing to split into channels)."""
-        if split:
-            parts = [part for frame, dsp in items
-                     for part in (split_channels(frame) if getattr(dsp, "ids", None) is not None else (frame,))]
-        else:
-            parts = [frame for frame, _ in items]
-        try:
-            events = self.health.push_many(parts)
+        ``windows``, marked unhealthy where their stream's sensor is not OK."""
+        try:  # every channel of a multi-channel frame as its own stream (channel_layout's ids)
+            events = self.health.push_channels([frame for frame, _ in items])
         except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
             for frame, _ in items:
                 self._frame_dropped(source, frame, exc)
             return
         if self.capture is not None:  # first: an event of these frames may start a capture around them
-            for part in parts:
-                self.capture.push(part)
+            for frame, dsp in items:
+                for part in split_channels(frame) if getattr(dsp, "ids", None) is not None else (frame,):
+                    self.capture.push(part)
         if events:
             self._emit_events(events)
         done: list[Window] = []

@@ -57,7 +57,7 @@ from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor
 from drsn_stream.runtime import attach_shared_memory
 from drsn_stream.sources import make_source, parse_spec
 from drsn_stream.sources.base import Source
-from drsn_stream.types import Event, Frame, Window, split_channels
+from drsn_stream.types import Event, Frame, Window
 
 SHARDABLE_KINDS = ("zmq",)  # SUB sockets that connect: every child can subscribe to the same publisher
 SLOTS = 8  # ring slots per child
@@ -170,7 +170,6 @@ class _Stage:
 
     def _push(self, frame: Frame, source: Source, out: _Out) -> None:
         ids = channel_layout(frame)
-        multi = ids is not None
         dsp = self.dsp.get(frame.stream_id)
         if dsp is None or getattr(dsp, "ids", None) != ids:
             if dsp is None and len(self.dsp) >= self.max_streams:
@@ -178,17 +177,14 @@ class _Stage:
                 return
             rational_ratio(frame.sample_rate, self.meta.sample_rate)
             dsp = self.dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.hop)
-        events: list[Event] = []
-        for part in split_channels(frame) if multi else (frame,):
-            events += self.health.push(part)
+        events = self.health.push_channels([frame])  # each channel its own stream, as split_channels
         if events:
             out.events(events)
         windows = dsp.push(frame)
         if windows:
-            for sid in ids or (frame.stream_id,):
-                events = self.health.flush(sid)
-                if events:
-                    out.events(events)
+            events = self.health.flush_many(ids or (frame.stream_id,))
+            if events:
+                out.events(events)
             # judged as in-process (the DSP's windows are not written after it made them)
             out.windows(windows, [w.healthy and self.health.healthy(w.stream_id) for w in windows])
 

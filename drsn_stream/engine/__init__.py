@@ -6,11 +6,11 @@ monitor's process, whose engine runs in a child process, never does.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.stats import EngineStats
+from drsn_stream.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from drsn_stream.engine.runner import Runner, pick_device
@@ -18,13 +18,7 @@ if TYPE_CHECKING:
 _WHERE = {"Runner": "runner", "pick_device": "runner"}
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 __all__ = ["EngineStats", "MicroBatcher", "Runner", "pick_device"]

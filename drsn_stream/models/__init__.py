@@ -7,8 +7,9 @@ sink) does not pay for importing torch (seconds of CPU in every such process).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from drsn_stream.lazy import lazy_getattr
 
 _WHERE = {
     "ArtifactMeta": "meta", "list_artifacts": "meta", "load_artifact": "artifact",
@@ -36,13 +37,7 @@ if TYPE_CHECKING:
     from drsn_stream.models.registry import build_from_config, create_model, list_models, model_config
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 __all__ = [

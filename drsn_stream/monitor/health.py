@@ -36,6 +36,7 @@ NE107's "check function"). Every state change returns
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import threading
@@ -52,6 +53,8 @@ from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.health_levels import (
     MIN_LEVELS_FOR_CLIPPING,
     LevelBank,
+    all_set,
+    any_set,
     check_levels_many,
     distinct_levels,
     levels_many,
@@ -59,7 +62,7 @@ from drsn_stream.monitor.health_levels import (
     pool,
     reasons_of,
 )
-from drsn_stream.types import Event, Frame, rounds_by_stream
+from drsn_stream.types import Event, Frame, channel_ids, rounds_by_stream, split_channels
 
 OK = "OK"
 CHECK_SENSOR = "CHECK_SENSOR"
@@ -74,6 +77,9 @@ RATE_CHANGE = "rate change"
 DC_JUMP = "DC offset jump"
 AMP_STEP = "amplitude step"
 LEVEL_REASONS = (FLAT, CLIPPING, DC_JUMP, AMP_STEP)  # what the level tests find, in reasons_of's order
+_SEQ_MAX = 1 << 62  # a seq the array path can hold (int64, with room for seq + 1)
+_F32 = np.dtype(np.float32)
+_FEW_ROWS = 4  # a round of fewer rows takes the Python path: the array path's numpy calls cost more
 
 
 @dataclass(frozen=True)
@@ -221,8 +227,79 @@ class _Stream:
     learned: int = 0
     step_n: int = 0
     # a single-channel stream's row in HealthMonitor's LevelBank, which then holds its flat-line,
-    # clipping and level-step state instead of the fields above; -1: the fields hold it
+    # clipping and level-step state instead of the fields above, and its last_seq, last_seen,
+    # frames, samples and (unless ``pending`` holds them) gathered samples; -1: the fields hold it
     slot: int = -1
+
+
+@dataclass(eq=False)
+class _Group:
+    """The streams a frame's channels feed (a plain frame's: its own), all single-channel streams
+    with a LevelBank slot at the frame's rate: a frame of them takes the array path. Valid while
+    ``version`` is the monitor's (a stream's restart, forget or restore changes that)."""
+
+    ids: tuple[str, ...]
+    sts: list[_Stream]
+    slots: np.ndarray
+    rate: float
+    every: int  # samples gathered before the level tests run (<= 1: every frame)
+    version: int
+
+
+class _Rows:
+    """The streams of a round's rows (its groups' streams one after another), looked up by row
+    only where Python work is needed; and the round's layout in the bank, made once for the same
+    groups in the same order (a source's polls bring the same streams in the same slices)."""
+
+    def __init__(self, groups: list[_Group]) -> None:
+        self.groups, self.starts, k = groups, [], 0
+        for g in groups:
+            self.starts.append(k)
+            k += len(g.ids)
+        self.counts = np.fromiter((len(g.ids) for g in groups), dtype=np.int64, count=len(groups))
+        self.slots = groups[0].slots if len(groups) == 1 else np.concatenate([g.slots for g in groups])
+        self.every = np.repeat(np.fromiter((g.every for g in groups), dtype=np.int64, count=len(groups)), self.counts)
+        self.rate = np.repeat(np.fromiter((g.rate for g in groups), dtype=np.float64, count=len(groups)), self.counts)
+        self.ones = bool((self.counts == 1).all())
+        a = int(self.slots[0])
+        # consecutive slots (a frame's channels, streams that started together): slices, not fancy indexes
+        self.at: slice | np.ndarray = (slice(a, a + k) if (self.slots == np.arange(a, a + k)).all()
+                                       else self.slots)
+
+    def _at(self, j: int) -> tuple[_Group, int]:
+        i = bisect.bisect_right(self.starts, j) - 1
+        return self.groups[i], j - self.starts[i]
+
+    def __getitem__(self, j: int) -> _Stream:
+        g, k = self._at(int(j))
+        return g.sts[k]
+
+    def id(self, j: int) -> str:
+        g, k = self._at(int(j))
+        return g.ids[k]
+
+
+class _Named:
+    """Streams ``ids[idx[j]]`` by row ``j`` (``_Rows`` for ``flush_many``)."""
+
+    def __init__(self, ids: list[str], idx: np.ndarray, streams: dict[str, _Stream]) -> None:
+        self.ids, self.idx, self.streams = ids, idx, streams
+
+    def __getitem__(self, j: int) -> _Stream:
+        return self.streams[self.ids[self.idx[j]]]
+
+    def id(self, j: int) -> str:
+        return self.ids[self.idx[j]]
+
+
+class _Sub:
+    """Rows ``idx`` of ``rows``, indexed from 0 (what ``levels_many`` indexes its ``sts`` with)."""
+
+    def __init__(self, rows: Any, idx: np.ndarray) -> None:
+        self.rows, self.idx = rows, idx
+
+    def __getitem__(self, j: int) -> _Stream:
+        return self.rows[self.idx[j]]
 
 
 class HealthMonitor:
@@ -237,6 +314,17 @@ class HealthMonitor:
         self._streams: dict[str, _Stream] = {}
         self._bank = LevelBank()
         self._lock = threading.Lock()
+        # the array path: frames' stream groups, valid while _version stands; the slot of each
+        # single-channel stream; streams not OK; streams that take the Python path: their gathered
+        # samples are in their ``pending`` list (another dtype or layout), or their last seq does
+        # not fit the bank
+        self._groups: dict[Any, _Group] = {}
+        self._rounds: dict[tuple[_Group, ...], _Rows] = {}
+        self._rounds_version = 0
+        self._version = 0
+        self._slot_of: dict[str, int] = {}
+        self._sick: set[str] = set()
+        self._listed: set[str] = set()
 
     def watch(self, stream_ids: Iterable[str], *, now: float | None = None) -> None:
         """Expect these streams from ``now`` on, so that one that never sends is "no data"."""
@@ -256,18 +344,228 @@ class HealthMonitor:
         return self.push_many((frame,), now=now)
 
     def push_many(self, frames: Sequence[Frame], *, now: float | None = None) -> list[Event]:
-        """``push`` for each frame, in order, with the same results and events; the level tests of
-        frames of different single-channel streams run together (one numpy pass, not one per
-        frame). A stream's later frames in ``frames`` are judged after its earlier ones."""
+        """``push`` for each frame, in order, with the same results and events; the checks of
+        frames of different single-channel streams run together (numpy passes over arrays of
+        streams, not Python per frame). A stream's later frames in ``frames`` are judged after
+        its earlier ones."""
+        return self._pushall_set(frames, False, now)
+
+    def push_channels(self, frames: Sequence[Frame], *, now: float | None = None) -> list[Event]:
+        """``push_many`` of every channel of ``frames`` as its own stream, under the frame's
+        ``channel_ids`` (``push_many(split_channels(f))`` for a multi-channel or named frame, the
+        frame itself for one plain channel), with the same results and events; a frame whose
+        channels' streams are known is judged with no Python per channel."""
+        return self._pushall_set(frames, True, now)
+
+    def _pushall_set(self, frames: Sequence[Frame], split: bool, now: float | None) -> list[Event]:
         now = time.time() if now is None else now
         events: list[Event] = []
         with self._lock:
             rest = list(frames)
             if len({f.stream_id for f in rest}) == len(rest):  # the common case: one round
-                return self._push_round(rest, now)
+                return self._push_frames(rest, split, now)
             for this in rounds_by_stream(rest, lambda frame: frame.stream_id):
-                events += self._push_round(this, now)
+                events += self._push_frames(this, split, now)
         return events
+
+    def _push_frames(self, frames: list[Frame], split: bool, now: float) -> list[Event]:
+        """Frames of distinct streams: those of known streams (``_Group``) through the array path
+        (``_push_fast``), the rest (new streams, restarts, other dtypes) one by one
+        (``_push_round``); the events in the order of the frames' channels."""
+        groups, version = self._groups, self._version
+        if self._rounds_version != version:
+            self._rounds.clear()
+            self._rounds_version = version
+        fast: list[_Group] = []
+        xs: list[np.ndarray] = []
+        fast_frames: list[Frame] = []
+        fast_plain: list[bool] = []
+        slow: list[Frame] = []
+        idss: list[tuple[str, ...]] | None = None  # the rows' streams, frame by frame, once a frame is split
+        f32 = _F32
+        for i, frame in enumerate(frames):
+            x = frame.samples
+            if split and (frame.names is not None or x.ndim == 2 and x.shape[1] != 1):
+                key: Any = (frame.stream_id, x.shape[1], frame.names)
+                if idss is None:
+                    idss = [(f.stream_id,) for f in frames[:i]]
+                plain = False
+            else:
+                key, plain = frame.stream_id, True
+            g = groups.get(key)
+            if g is None or g.version != version:
+                ids = (frame.stream_id,) if plain else channel_ids(frame.stream_id, x.shape[1], frame.names)
+                g = self._group(key, ids, _rate(frame))
+            if idss is not None:
+                idss.append((frame.stream_id,) if g is None and plain else g.ids if g is not None else
+                            channel_ids(frame.stream_id, x.shape[1], frame.names))
+            # a frame's rate equal to its group's is the rate the group was made for (_rate)
+            if (g is not None and type(x) is np.ndarray and x.dtype is f32 and frame.sample_rate == g.rate
+                    and (x.ndim == 2 and x.shape[1] == len(g.ids) or x.ndim == 1 and len(g.ids) == 1)
+                    and -_SEQ_MAX < frame.seq < _SEQ_MAX):
+                fast.append(g)
+                xs.append(x if x.ndim == 2 else x[:, None])
+                fast_frames.append(frame)
+                fast_plain.append(plain)
+            else:
+                slow += (frame,) if plain else split_channels(frame)
+        if idss is not None and len(set().union(*idss)) != sum(map(len, idss)):
+            # channels of two frames feed one stream: judged as push_many(parts) would, in rounds
+            parts = [p for f in frames for p in (split_channels(f) if not _plain(f) else (f,))]
+            events: list[Event] = []
+            for this in rounds_by_stream(parts, lambda frame: frame.stream_id):
+                events += self._push_round(this, now)
+            return events
+        if fast and sum(len(g.ids) for g in fast) < _FEW_ROWS:  # a few rows: Python costs less than numpy calls
+            for frame, plain in zip(fast_frames, fast_plain):
+                slow += (frame,) if plain else split_channels(frame)
+            fast = []
+        events = self._push_round(slow, now) if slow else []
+        if not fast:
+            return events
+        more = self._push_fast(fast, fast_frames, xs, now)
+        if not events or not more:
+            return events or more
+        rows = (sid for ids in idss for sid in ids) if idss is not None else (f.stream_id for f in frames)
+        order = {sid: i for i, sid in enumerate(rows)}
+        return sorted(events + more, key=lambda e: order[e.stream_id])
+
+    def _group(self, key: Any, ids: tuple[str, ...], rate: float) -> _Group | None:
+        """The array path's group of these streams, or None while one of them cannot take it."""
+        sts = []
+        for sid in ids:
+            st = self._streams.get(sid)
+            if st is None or st.slot < 0 or st.channels != 1 or st.sample_rate != rate or sid in self._listed:
+                return None
+            sts.append(st)
+        if len(set(ids)) != len(ids):
+            return None
+        g = _Group(ids, sts, np.array([st.slot for st in sts], dtype=np.int64), rate,
+                   int(self.config.check_every_s * rate), self._version)
+        self._groups[key] = g
+        return g
+
+    def _push_fast(self, gs: list[_Group], frames: list[Frame], xs: list[np.ndarray], now: float) -> list[Event]:
+        """``_push_round`` for frames of known streams, one row per channel: the bookkeeping and
+        the level tests in numpy over all rows at once, Python only for rows where something
+        was found or a reason is active."""
+        bank = self._bank
+        key = tuple(gs)
+        rows = self._rounds.get(key)
+        if rows is None:
+            if len(self._rounds) >= 256:
+                self._rounds.clear()
+            rows = self._rounds[key] = _Rows(gs)
+        slots, at = rows.slots, rows.at
+        n = xs[0].shape[0]
+        if all(x.shape[0] == n for x in xs):
+            n_row: Any = n
+        else:
+            n_row = np.repeat(np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=len(xs)), rows.counts)
+        seqs = np.fromiter((f.seq for f in frames), dtype=np.int64, count=len(frames))
+        seq_row = seqs if rows.ones else np.repeat(seqs, rows.counts)
+        bank.last_seen[at] = now
+        bank.frames[at] += 1
+        bank.samples[at] += n_row
+        last = bank.last_seq[at].copy()  # a view where ``at`` is a slice
+        gap = bank.has_seq[at] & (seq_row > last + 1)
+        bank.last_seq[at] = seq_row
+        bank.has_seq[at] = True
+        # gathered for the level tests until check_every_s of samples are in (_take_pending)
+        pn = bank.pend_n[at].copy()
+        new_pn = pn + n_row
+        due = (n_row > 0) & (new_pn >= rows.every)
+        bank.pend_room(int(new_pn.max()))
+        self._gather(rows, pn, n_row, xs)
+        bank.pend_n[at] = np.where(due, 0, new_pn)
+        codes = None
+        found_sets: dict[int, set[str]] = {}
+        if any_set(due):
+            codes = np.zeros(len(slots), dtype=np.int8)
+            di = np.flatnonzero(due)
+            self._levels_rows(rows, di, slots[di], rows.rate[di], new_pn[di], codes, found_sets)
+        need = bank.busy[at] | gap
+        ov_row = None
+        if any(f.overflow > 0 for f in frames):
+            ov_row = np.repeat(np.array([f.overflow for f in frames], dtype=np.int64), rows.counts)
+            need |= ov_row > 0
+        if codes is not None:
+            need |= codes != 0
+        events: list[Event] = []
+        for j in np.flatnonzero(need):
+            st = rows[j]
+            found: set[str] | None = None
+            if gap[j]:
+                st.gaps += int(seq_row[j] - last[j] - 1)
+                found = {GAP}
+            if ov_row is not None and ov_row[j] > 0:
+                st.overflows += int(ov_row[j])
+                found = (found or set()) | {OVERFLOW}
+            if codes is not None and codes[j]:
+                levels = found_sets[j] if codes[j] < 0 else reasons_of(codes[j] & 1, codes[j] & 2, codes[j] >> 2,
+                                                                          LEVEL_REASONS)
+                found = levels if found is None else found | levels
+            if st.active:
+                self._age(st, int(n_row if isinstance(n_row, int) else n_row[j]), found or set())
+            events += self._found(rows.id(j), st, found, now)
+            bank.busy[st.slot] = bool(st.active) or st.state != OK
+        return events
+
+    def _gather(self, rows: _Rows, pn: np.ndarray, n_row: Any, xs: list[np.ndarray]) -> None:
+        """Each row's samples into the bank's ``pend``, after those gathered before."""
+        pend, slots = self._bank.pend, rows.slots
+        if isinstance(n_row, int):
+            n = n_row
+            if n == 0:
+                return
+            p = int(pn[0])
+            if all_set(pn == p):
+                if isinstance(rows.at, slice):  # straight into the rows: one copy
+                    np.concatenate([x.T for x in xs], out=pend[rows.at, p : p + n])
+                else:
+                    pend[slots, p : p + n] = np.concatenate([x.T for x in xs])
+                return
+            x = np.concatenate([x.T for x in xs])  # (rows, n)
+            for p in np.unique(pn):
+                m = pn == p
+                pend[slots[m], p : p + n] = x[m]
+            return
+        j = 0
+        for x in xs:
+            for k in range(x.shape[1]):
+                pend[slots[j], pn[j] : pn[j] + x.shape[0]] = x[:, k]
+                j += 1
+
+    def _levels_rows(self, rows: Any, di: np.ndarray, slots: np.ndarray, rate: np.ndarray,
+                     lengths: np.ndarray, codes: np.ndarray, found_sets: dict[int, set[str]]) -> None:
+        """The level tests of rows ``di`` on their gathered samples (``lengths`` of them, from the
+        bank's ``pend``): ``codes[di]`` = flat | clipping << 1 | step code << 2, or -1 with the
+        reasons in ``found_sets`` (NaN/Inf samples: ``_check_levels`` alone)."""
+        bank, cfg = self._bank, self.config
+        same = lengths.min() == lengths.max()
+        for length in lengths[:1] if same else np.unique(lengths):
+            m = slice(None) if same else lengths == length
+            sub, sl, rt = di[m], slots[m], rate[m]
+            a = int(sl[0])
+            if sl[-1] - a == len(sl) - 1 and (len(sl) == 1 or all_set(np.diff(sl) == 1)):
+                x = bank.pend[a : a + len(sl), : int(length)]  # (rows, n), a view
+            else:
+                x = bank.pend[sl, : int(length)]  # a copy
+            s1 = x.sum(axis=1, dtype=np.float64)
+            finite = np.isfinite(s1)
+            if not all_set(finite):  # NaN/Inf: counted and the tests restarted, one by one
+                for k in np.flatnonzero(~finite):
+                    j = int(sub[k])
+                    found_sets[j] = self._check_levels(rows[j], x[k][:, None])
+                    codes[j] = -1
+                sub, sl, rt, x, s1 = sub[finite], sl[finite], rt[finite], x[finite], s1[finite]
+                if not len(sub):
+                    continue
+            one_rate = rt[0] == rt[-1] and all_set(rt == rt[0])  # the common case: thresholds reckoned once
+            flat, clipping, step = levels_many(cfg, bank, _Sub(rows, sub), x, s1, slots=sl,
+                                               rate=float(rt[0]) if one_rate else rt)
+            if any_set(flat) or any_set(clipping) or any_set(step):  # most polls find nothing
+                codes[sub] = flat.astype(np.int8) | (clipping.astype(np.int8) << 1) | (step.astype(np.int8) << 2)
 
     def _push_round(self, frames: list[Frame], now: float) -> list[Event]:
         """Frames of distinct streams: bookkeeping one by one, the level tests together. Nothing
@@ -285,7 +583,9 @@ class HealthMonitor:
             st = streams.get(frame.stream_id)
             if st is None:
                 st = streams[frame.stream_id] = _Stream(since=now)
-            rate = float(frame.sample_rate) if frame.sample_rate and frame.sample_rate > 0 else 1.0
+            elif st.slot >= 0:
+                self._pull(st)
+            rate = _rate(frame)
             changed = st.sample_rate > 0 and rate != st.sample_rate
             if rate != st.sample_rate or x.shape[1] != st.channels:
                 self._restart_signal(st, rate, x.shape[1])
@@ -331,6 +631,7 @@ class HealthMonitor:
             if st.active:
                 self._age(st, n, found or ())
             events += self._found(frame.stream_id, st, found, now)
+            self._after(frame.stream_id, st)
         return events
 
     def flush(self, stream: str, *, now: float | None = None) -> list[Event]:
@@ -343,20 +644,70 @@ class HealthMonitor:
         """``flush`` for each of ``streams`` (distinct), their level tests run together."""
         now = time.time() if now is None else now
         with self._lock:
-            ids, sts, blocks = [], [], []
-            for sid in streams:
-                st = self._streams.get(sid)
-                if st is None or not st.pending:
-                    continue
-                blocks.append(_take_pending(st))
-                ids.append(sid)
-                sts.append(st)
-            events: list[Event] = []
-            if not sts:
-                return events
-            for sid, st, found in zip(ids, sts, self._levels(sts, blocks)):
-                events += self._found(sid, st, found, now)
+            order = list(dict.fromkeys(streams))
+            listed = self._listed
+            events = self._flush_listed([sid for sid in order if sid in listed], now) if listed else []
+            more = self._flush_fast(order, now)
+            if not events or not more:
+                return events or more
+            pos = {sid: i for i, sid in enumerate(order)}
+            return sorted(events + more, key=lambda e: pos[e.stream_id])
+
+    def _flush_listed(self, ids: list[str], now: float) -> list[Event]:
+        """``flush_many`` of streams whose samples are gathered in their ``pending`` lists."""
+        sts, blocks, keep = [], [], []
+        for sid in ids:
+            st = self._streams.get(sid)
+            if st is None or not st.pending:
+                continue
+            blocks.append(_take_pending(st))
+            keep.append(sid)
+            sts.append(st)
+        events: list[Event] = []
+        if not sts:
             return events
+        for sid, st, found in zip(keep, sts, self._levels(sts, blocks)):
+            events += self._found(sid, st, found, now)
+            self._after(sid, st)
+        return events
+
+    def _flush_fast(self, ids: list[str], now: float) -> list[Event]:
+        """``flush_many`` of streams whose samples are gathered in the bank: the level tests of
+        all at once, Python only where something was found or a reason is active."""
+        bank, get = self._bank, self._slot_of.get
+        if len(ids) < _FEW_ROWS:  # a few streams: Python costs less than numpy calls over them
+            events: list[Event] = []
+            for sid in ids:
+                slot = get(sid, -1)
+                pn = int(bank.pend_n[slot]) if slot >= 0 else 0
+                if pn:
+                    st = self._streams[sid]
+                    found = self._check_levels(st, bank.pend[slot, :pn, None])
+                    bank.pend_n[slot] = 0
+                    events += self._found(sid, st, found, now)
+                    bank.busy[slot] = bool(st.active) or st.state != OK
+            return events
+        slots = np.array([get(sid, -1) for sid in ids], dtype=np.int64)
+        if not len(slots):
+            return []
+        pn = np.where(slots >= 0, bank.pend_n[slots], 0)
+        di = np.flatnonzero(pn > 0)
+        if not len(di):
+            return []
+        rows = _Named(ids, di, self._streams)
+        codes = np.zeros(len(di), dtype=np.int8)
+        found_sets: dict[int, set[str]] = {}
+        sl = slots[di]
+        self._levels_rows(rows, np.arange(len(di)), sl, bank.rate[sl], pn[di], codes, found_sets)
+        bank.pend_n[sl] = 0
+        events: list[Event] = []
+        for k in np.flatnonzero((codes != 0) | bank.busy[sl]):
+            st = rows[k]
+            found = found_sets[k] if codes[k] < 0 else reasons_of(codes[k] & 1, codes[k] & 2, codes[k] >> 2,
+                                                                   LEVEL_REASONS)
+            events += self._found(rows.id(k), st, found, now)
+            bank.busy[st.slot] = bool(st.active) or st.state != OK
+        return events
 
     def _found(self, stream: str, st: _Stream, found: set[str] | None, now: float) -> list[Event]:
         """Reasons found in a stream's samples are active for ``recovery_s`` of its signal; its
@@ -373,23 +724,26 @@ class HealthMonitor:
         now = time.time() if now is None else now
         events: list[Event] = []
         with self._lock:
+            seen = self._bank.last_seen
             for sid, st in self._streams.items():
-                if st.last_seen is not None and now - st.last_seen > self.config.timeout_s:
+                last_seen = st.last_seen if st.slot < 0 else _seen(seen[st.slot])
+                if last_seen is not None and now - last_seen > self.config.timeout_s:
                     # Infinite until data returns; the clean-signal countdown starts then.
                     st.active[NO_DATA] = math.inf
                     events += self._settle(sid, st, now)
+                    if st.slot >= 0:
+                        self._bank.busy[st.slot] = True
         return events
 
     def healthy(self, stream: str) -> bool:
         """True while the stream is OK (an unknown stream counts as healthy)."""
         with self._lock:
-            st = self._streams.get(stream)
-            return st is None or st.state == OK
+            return stream not in self._sick
 
     def unhealthy(self, streams: Iterable[str]) -> set[str]:
         """Those of ``streams`` that are not OK now (``healthy`` for many, in one lock hold)."""
         with self._lock:
-            return {sid for sid in streams if (st := self._streams.get(sid)) is not None and st.state != OK}
+            return self._sick.intersection(streams) if self._sick else set()
 
     def state(self, stream: str) -> StreamHealth:
         with self._lock:
@@ -416,6 +770,10 @@ class HealthMonitor:
             st = self._streams.pop(stream, None)
             if st is not None and st.slot >= 0:
                 self._bank.release(st.slot)
+            self._slot_of.pop(stream, None)
+            self._sick.discard(stream)
+            self._listed.discard(stream)
+            self._version += 1
 
     def export_state(self, stream: str) -> Any:
         """A picklable copy of the stream's health state and signal statistics; None if unknown."""
@@ -426,6 +784,7 @@ class HealthMonitor:
             out = copy.deepcopy(st)
             if st.slot >= 0:
                 self._bank.export(st.slot, out)
+                self._pull(out, st.slot, move=False)
             out.slot = -1
             return out
 
@@ -446,10 +805,68 @@ class HealthMonitor:
                 st.slot = self._bank.take()
                 self._bank.load(st.slot, st)
             self._streams[stream] = st
+            self._listed.discard(stream)
+            self._version += 1
+            self._after(stream, st)
 
     # -- internals ------------------------------------------------------------------------
 
+    def _pull(self, st: _Stream, slot: int | None = None, *, move: bool = True) -> None:
+        """A slot stream's bookkeeping from the bank into its own fields (``_after``'s inverse),
+        its gathered samples into ``pending`` (taken out of the bank unless not ``move``)."""
+        bank = self._bank
+        slot = st.slot if slot is None else slot
+        if bank.has_seq[slot]:
+            st.last_seq = int(bank.last_seq[slot])
+        elif st.last_seq is not None and -_SEQ_MAX < st.last_seq < _SEQ_MAX:
+            st.last_seq = None  # else a seq beyond int64, which only the fields hold (_after)
+        st.last_seen = _seen(bank.last_seen[slot])
+        st.frames, st.samples = int(bank.frames[slot]), int(bank.samples[slot])
+        pn = int(bank.pend_n[slot])
+        if pn:
+            st.pending = [bank.pend[slot, :pn].reshape(pn, 1).copy()]
+            st.pending_n = pn
+            if move:
+                bank.pend_n[slot] = 0
+
+    def _after(self, sid: str, st: _Stream) -> None:
+        """After Python work on a stream: a slot stream's bookkeeping into the bank, its gathered
+        samples too where they fit (float32, one channel); the monitor's sets follow its state."""
+        if st.state != OK:
+            self._sick.add(sid)
+        else:
+            self._sick.discard(sid)
+        if st.slot < 0:
+            self._slot_of.pop(sid, None)
+            if st.pending:
+                self._listed.add(sid)
+            else:
+                self._listed.discard(sid)
+            return
+        bank, slot = self._bank, st.slot
+        self._slot_of[sid] = slot
+        odd_seq = st.last_seq is not None and not -_SEQ_MAX < st.last_seq < _SEQ_MAX  # beyond int64
+        bank.has_seq[slot] = st.last_seq is not None and not odd_seq
+        bank.last_seq[slot] = st.last_seq if bank.has_seq[slot] else 0
+        bank.last_seen[slot] = math.nan if st.last_seen is None else st.last_seen
+        bank.frames[slot], bank.samples[slot] = st.frames, st.samples
+        bank.rate[slot] = st.sample_rate
+        bank.busy[slot] = bool(st.active) or st.state != OK
+        bank.pend_n[slot] = 0
+        if st.pending and all(p.dtype == np.float32 and p.ndim == 2 and p.shape[1] == 1 for p in st.pending):
+            block = _take_pending(st)
+            bank.pend_room(block.shape[0])
+            bank.pend[slot, : block.shape[0]] = block[:, 0]
+            bank.pend_n[slot] = block.shape[0]
+        if st.pending or odd_seq:
+            if sid not in self._listed:
+                self._listed.add(sid)
+                self._version += 1
+        else:
+            self._listed.discard(sid)
+
     def _restart_signal(self, st: _Stream, rate: float, channels: int) -> None:
+        self._version += 1  # the array path's groups of this stream are rebuilt
         if channels != st.channels:
             st.base_mean = st.base_logsd = None  # a rate change keeps the learned level
             st.learned = st.step_n = 0
@@ -633,17 +1050,22 @@ class HealthMonitor:
             data={"from": st.state, "to": new, "reasons": sorted(st.active)},
         )
         st.state, st.since = new, now
+        if new == OK:
+            self._sick.discard(sid)
+        else:
+            self._sick.add(sid)
         return [event]
 
     def _freeze(self, sid: str, st: _Stream) -> StreamHealth:
+        bank, slot = self._bank, st.slot
         return StreamHealth(
             stream_id=sid,
             state=st.state,
             reasons=tuple(sorted(st.active)),
             since=st.since,
-            last_seen=st.last_seen,
-            frames=st.frames,
-            samples=st.samples,
+            last_seen=st.last_seen if slot < 0 else _seen(bank.last_seen[slot]),
+            frames=st.frames if slot < 0 else int(bank.frames[slot]),
+            samples=st.samples if slot < 0 else int(bank.samples[slot]),
             gaps=st.gaps,
             overflows=st.overflows,
             non_finite=st.non_finite,
@@ -659,3 +1081,19 @@ def _take_pending(st: _Stream) -> np.ndarray:
     st.pending.clear()
     st.pending_n = 0
     return block
+
+
+def _seen(t: float) -> float | None:
+    """A bank's ``last_seen`` as ``_Stream.last_seen`` (NaN: never)."""
+    return None if math.isnan(t) else float(t)
+
+
+def _plain(frame: Frame) -> bool:
+    """A frame of one unnamed channel: its stream is its own (``types.channel_ids``)."""
+    x = frame.samples
+    return frame.names is None and (x.ndim < 2 or x.shape[1] == 1)
+
+
+def _rate(frame: Frame) -> float:
+    """The rate a frame is judged at (Hz); 1 where it has none."""
+    return float(frame.sample_rate) if frame.sample_rate and frame.sample_rate > 0 else 1.0

@@ -46,6 +46,16 @@ def pool(chunks: Any) -> tuple[int, np.ndarray, np.ndarray]:
     return int(total), grand, m2s.sum(axis=0) + (ns * (means - grand) ** 2).sum(axis=0)
 
 
+def any_set(a: np.ndarray) -> bool:
+    """``a.any()`` of a 1-D array, in a tenth of its time on small arrays (no ufunc reduction)."""
+    return np.count_nonzero(a) > 0
+
+
+def all_set(a: np.ndarray) -> bool:
+    """``a.all()`` of a 1-D array, as ``any_set``."""
+    return np.count_nonzero(a) == a.size
+
+
 def distinct_levels(x: np.ndarray) -> np.ndarray:
     """Distinct values per channel of ``x`` (n, channels)."""
     return np.array([np.unique(x[:, c]).size for c in range(x.shape[1])])
@@ -58,6 +68,10 @@ class LevelBank:
     ``slot``), so that the tests of a poll's streams read and write their state with one fancy
     index per array instead of a few dozen numpy calls on one-element arrays per stream.
     ``export``/``load`` turn a row into ``_Stream``'s own fields and back (checkpoints, tests).
+
+    The per-frame bookkeeping of ``HealthMonitor``'s array path lives here too (``last_seq``,
+    ``last_seen``, ``frames``, ``samples``, whether the stream needs Python at all (``busy``),
+    and the samples gathered for the level tests: ``pend_n`` of them at the start of row ``pend``).
     """
 
     def __init__(self, rows: int = 64, chunks: int = 16) -> None:
@@ -79,14 +93,30 @@ class LevelBank:
             # level steps
             "has_base": ((rows,), bool), "base_mean": ((rows,), np.float64), "base_logsd": ((rows,), np.float64),
             "learned": ((rows,), np.int64), "step_n": ((rows,), np.int64),
+            # per-frame bookkeeping (last_seen NaN: never seen)
+            "last_seq": ((rows,), np.int64), "has_seq": ((rows,), bool), "last_seen": ((rows,), np.float64),
+            "frames": ((rows,), np.int64), "samples": ((rows,), np.int64), "busy": ((rows,), bool),
+            "pend_n": ((rows,), np.int64), "rate": ((rows,), np.float64),
         }
         for name, (shape, dtype) in grow.items():
             a = np.zeros(shape, dtype=dtype)
             if old:
                 a[:old] = getattr(self, name)
             setattr(self, name, a)
+        pend = np.zeros((rows, self.pend.shape[1] if old else 0), dtype=np.float32)
+        if old:
+            pend[:old] = self.pend
+        self.pend = pend
         self._free += range(rows - 1, old - 1, -1)
         self._rows = rows
+
+    def pend_room(self, samples: int) -> None:
+        """Room for ``samples`` gathered samples in every row of ``pend``."""
+        cap = self.pend.shape[1]
+        if samples > cap:
+            pend = np.zeros((self._rows, max(samples, 2 * cap)), dtype=np.float32)
+            pend[:, :cap] = self.pend
+            self.pend = pend
 
     def scratch(self, shape: tuple[int, int], dtype: Any, which: int) -> np.ndarray:
         """Buffer ``which`` (0 or 1) as an array of ``shape``, uninitialized, reused from call to call."""
@@ -163,6 +193,7 @@ class LevelBank:
 
 
 def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1: np.ndarray,
+                slots: np.ndarray | None = None, rate: np.ndarray | float | None = None,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The level tests of one finite block per stream, as ``HealthMonitor._check_levels`` runs them.
 
@@ -174,13 +205,18 @@ def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1
             of a row depends on that row alone (row sums), so a stream judged alone or among
             others is judged the same, bit for bit.
         s1: ``x.sum(axis=1, dtype=float64)``.
+        slots / rate: the streams' slots and sample rates (or one rate for all: the thresholds
+            in samples are then reckoned once), when the caller has them; ``sts`` is then only
+            indexed where a stream's ``steps`` or ``clipped`` count grows.
 
     Returns:
         (flat, clipping, step): ``(streams,)`` bools, bools and ``STEP_*`` codes.
     """
     n = x.shape[1]
-    slots = np.fromiter([st.slot for st in sts], dtype=np.int64, count=len(sts))
-    rate = np.fromiter([st.sample_rate for st in sts], dtype=np.float64, count=len(sts))
+    if slots is None:
+        slots = np.fromiter([st.slot for st in sts], dtype=np.int64, count=len(sts))
+    if rate is None:
+        rate = np.fromiter([st.sample_rate for st in sts], dtype=np.float64, count=len(sts))
     mean = s1 / n
     # centred in the samples' own precision, summed in float64 (as dsp.normalize does); into a
     # buffer kept for the purpose: a fresh one is page faults, which cost more than the sums
@@ -188,46 +224,53 @@ def levels_many(cfg: Any, bank: LevelBank, sts: Sequence[Any], x: np.ndarray, s1
     m2 = np.einsum("ij,ij->i", d, d, dtype=np.float64)
     flat = _flat(cfg, bank, slots, n, rate, mean, m2)
     clipping = _clipping(cfg, bank, sts, slots, x, rate)
-    step = _step(cfg, bank, sts, slots, n, rate, mean, m2) if cfg.step_ratio != 0 else np.zeros(len(sts), np.int8)
+    step = _step(cfg, bank, sts, slots, n, rate, mean, m2) if cfg.step_ratio != 0 else np.zeros(len(slots), np.int8)
     return flat, clipping, step
 
 
-def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: np.ndarray, mean: np.ndarray,
+def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: Any, mean: np.ndarray,
           m2: np.ndarray) -> np.ndarray:
     """``HealthMonitor._flat`` over rings of chunks: merge or append, trim to the span, judge."""
     floor2 = cfg.flat_std**2
     span = np.maximum(2, np.round(cfg.flat_span_s * rate).astype(np.int64))
-    if int(bank.ccount[slots].max(initial=0)) + 1 > bank._k:
+    count = bank.ccount[slots]
+    if int(count.max(initial=0)) + 1 > bank._k:
         bank._widen()
     k = bank._k
-    count, head = bank.ccount[slots], bank.chead[slots]
+    head, chunk_n = bank.chead[slots], bank.chunk_n[slots]
     last = (head + count - 1) % k
     # tiny frames are merged into buckets of ~1/8 span, so that the ring stays short
     merged = (count > 0) & (bank.cn[slots, last] < span // 8)
-    if merged.any():
+    if any_set(merged):
         s, col = slots[merged], last[merged]
         bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col] = merge(
             (bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col]), (n, mean[merged], m2[merged]))
     new = ~merged
-    if new.any():
+    if all_set(new):  # frames of 1/8 span or more (the common case): no masks
+        col = (head + count) % k
+        bank.cn[slots, col], bank.cmean[slots, col], bank.cm2[slots, col] = n, mean, m2
+        count = count + 1
+    elif any_set(new):
         s, col = slots[new], (head[new] + count[new]) % k
         bank.cn[s, col], bank.cmean[s, col], bank.cm2[s, col] = n, mean[new], m2[new]
-        bank.ccount[s] += 1
-    bank.chunk_n[slots] += n
+        count = count + new
+    chunk_n = chunk_n + n
     while True:  # drop the oldest chunks the span no longer needs
-        head = bank.chead[slots]
-        drop = (bank.ccount[slots] > 1) & (bank.chunk_n[slots] - bank.cn[slots, head] >= span)
-        if not drop.any():
+        cn_head = bank.cn[slots, head]
+        drop = (count > 1) & (chunk_n - cn_head >= span)
+        if not any_set(drop):
             break
-        s = slots[drop]
-        bank.chunk_n[s] -= bank.cn[s, head[drop]]
-        bank.chead[s] = (head[drop] + 1) % k
-        bank.ccount[s] -= 1
-    last = (bank.chead[slots] + bank.ccount[slots] - 1) % k
+        chunk_n = np.where(drop, chunk_n - cn_head, chunk_n)
+        head = np.where(drop, (head + 1) % k, head)
+        count = count - drop
+    bank.ccount[slots], bank.chead[slots], bank.chunk_n[slots] = count, head, chunk_n
+    last = (head + count - 1) % k
     # a span can only be flat if its newest part is; most streams stop here
-    maybe = (bank.chunk_n[slots] >= span) & (bank.cm2[slots, last] < floor2 * bank.cn[slots, last])
+    maybe = (chunk_n >= span) & (bank.cm2[slots, last] < floor2 * bank.cn[slots, last])
+    if not any_set(maybe):
+        return maybe
     flat = np.zeros(len(slots), dtype=bool)
-    for j in np.flatnonzero(maybe):
+    for j in np.flatnonzero(maybe):  # rare: pooled over the span
         s = int(slots[j])
         ring = [(int(bank.cn[s, i % k]), bank.cmean[s, i % k : i % k + 1], bank.cm2[s, i % k : i % k + 1])
                 for i in range(bank.chead[s], bank.chead[s] + bank.ccount[s])]
@@ -237,24 +280,24 @@ def _flat(cfg: Any, bank: LevelBank, slots: np.ndarray, n: int, rate: np.ndarray
 
 
 def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, x: np.ndarray,
-              rate: np.ndarray) -> np.ndarray:
+              rate: Any) -> np.ndarray:
     n = x.shape[1]
     fmax, fmin = x.max(axis=1), x.min(axis=1)
-    at_max = np.count_nonzero(x == fmax[:, None], axis=1)
-    at_min = np.count_nonzero(x == fmin[:, None], axis=1)
     blk_n = bank.blk_n[slots]
     old = blk_n > 0  # a running block; else this block starts one
     bmax, bmin = np.where(old, bank.blk_max[slots], fmax), np.where(old, bank.blk_min[slots], fmin)
-    bat_max, bat_min = bank.blk_at_max[slots], bank.blk_at_min[slots]
-    bfull = np.where(old, bank.blk_full[slots], 0)
-    # a new extreme restarts its count, an equal one adds to it, a lesser one leaves it
-    bat_max = np.where(~old | (fmax > bmax), at_max, bat_max + np.where(fmax == bmax, at_max, 0))
-    bat_min = np.where(~old | (fmin < bmin), at_min, bat_min + np.where(fmin == bmin, at_min, 0))
+    # a new extreme restarts its count, an equal one adds to it, a lesser one leaves it (and
+    # its samples at the frame's extreme are not counted: _at gives 0)
+    new_max, new_min = ~old | (fmax > bmax), ~old | (fmin < bmin)
+    at_max = _at(x, fmax, new_max | (fmax == bmax))
+    at_min = _at(x, fmin, new_min | (fmin == bmin))
+    bat_max = np.where(new_max, at_max, bank.blk_at_max[slots] + at_max)
+    bat_min = np.where(new_min, at_min, bank.blk_at_min[slots] + at_min)
     bmax, bmin = np.maximum(bmax, fmax), np.minimum(bmin, fmin)
-    full = None
+    full = bfull = None  # without a full scale, blk_full stays 0
     if cfg.full_scale is not None:
         full = np.count_nonzero(np.abs(x) >= cfg.full_scale, axis=1)
-        bfull = bfull + full
+        bfull = np.where(old, bank.blk_full[slots], 0) + full
     blk_n = blk_n + n
     block = np.maximum(1, np.round(cfg.clip_span_s * rate).astype(np.int64))
     need = np.maximum(cfg.clip_min_samples, cfg.clip_fraction * blk_n)
@@ -262,9 +305,11 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
     at_rail = whole & (bmax > bmin) & ((bat_max >= need) | (bat_min >= need))
     for j in np.flatnonzero(at_rail):  # rare: few distinct values are dithered silence, not a rail
         at_rail[j] = np.unique(x[j]).size >= MIN_LEVELS_FOR_CLIPPING
-    clipping = at_rail | (bfull >= need) if full is not None else at_rail
+    clipping = at_rail | (bfull >= need) if bfull is not None else at_rail
     bank.blk_max[slots], bank.blk_min[slots] = bmax, bmin
-    bank.blk_at_max[slots], bank.blk_at_min[slots], bank.blk_full[slots] = bat_max, bat_min, bfull
+    bank.blk_at_max[slots], bank.blk_at_min[slots] = bat_max, bat_min
+    if bfull is not None:
+        bank.blk_full[slots] = bfull
     bank.blk_seen[slots] = True
     bank.blk_n[slots] = np.where(whole, 0, blk_n)
     if full is not None:
@@ -273,38 +318,61 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
     return clipping
 
 
-def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: int, rate: np.ndarray,
+def _at(x: np.ndarray, extreme: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """Samples of each row of ``x`` equal to its ``extreme``, counted where ``need`` is set (a
+    frame that does not reach its block's extreme adds nothing to the block's count), else 0."""
+    if all_set(need):
+        return np.count_nonzero(x == extreme[:, None], axis=1)
+    at = np.zeros(len(x), dtype=np.int64)
+    rows = np.flatnonzero(need)
+    if len(rows):
+        at[rows] = np.count_nonzero(x[rows] == extreme[rows, None], axis=1)
+    return at
+
+
+def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: int, rate: Any,
           mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
     floor = max(cfg.flat_std, 1e-12) * 10  # below this a level is a flat line, not a level
     sd = np.sqrt(np.maximum(m2 / n, 0.0))
     live = sd > floor
     logsd = np.log(np.maximum(sd, floor))
     fresh = ~bank.has_base[slots]
-    base_mean = np.where(fresh, mean, bank.base_mean[slots])
-    base_logsd = np.where(fresh, logsd, bank.base_logsd[slots])
-    learned = np.where(fresh, 0, bank.learned[slots])
+    base_mean, base_logsd, learned = bank.base_mean[slots], bank.base_logsd[slots], bank.learned[slots]
+    if any_set(fresh):
+        base_mean = np.where(fresh, mean, base_mean)
+        base_logsd = np.where(fresh, logsd, base_logsd)
+        learned = np.where(fresh, 0, learned)
+        bank.has_base[slots] = True
     step_n = bank.step_n[slots]
     learning = learned < cfg.learn_s * rate
-    # learning: a running average
-    w = n / (learned + n)
-    learn_mean = base_mean + w * (mean - base_mean)
-    learn_logsd = base_logsd + w * (logsd - base_logsd)
+    # once every stream has learned its level (most polls), the learning branch is not computed
+    any_learning = any_set(learning)
     base_sd = np.exp(base_logsd)
     known = base_sd > floor
     dc = known & (np.abs(mean - base_mean) > cfg.dc_sigma * np.maximum(base_sd, sd))
     amp = known & live & (np.abs(logsd - base_logsd) > math.log(cfg.step_ratio))
-    moved = ~learning & (dc | amp)
-    calm = ~learning & ~moved
+    moved = ~learning & (dc | amp) if any_learning else dc | amp
+    any_moved = any_set(moved)
     # no step: the learned level follows slowly
     a = np.minimum(1.0, n / (cfg.baseline_s * rate))
     calm_mean = base_mean + a * (mean - base_mean)
     calm_logsd = base_logsd + a * (logsd - base_logsd)
-    held = moved & (step_n + n >= cfg.step_hold_s * rate)  # seen long enough: reported once, then the new level
-    bank.base_mean[slots] = np.where(learning, learn_mean, np.where(calm, calm_mean, np.where(held, mean, base_mean)))
-    bank.base_logsd[slots] = np.where(learning, learn_logsd, np.where(calm, calm_logsd, np.where(held, logsd, base_logsd)))
-    bank.has_base[slots] = True
-    bank.learned[slots] = np.where(learning, learned + n, learned)
-    bank.step_n[slots] = np.where(calm | held, 0, np.where(moved, step_n + n, step_n))
+    if not any_learning and not any_moved:  # every stream calm
+        held = moved
+        bank.base_mean[slots], bank.base_logsd[slots] = calm_mean, calm_logsd
+        bank.step_n[slots] = 0
+    else:
+        calm = ~learning & ~moved
+        held = moved & (step_n + n >= cfg.step_hold_s * rate)  # seen long enough: reported once, then the new level
+        # learning: a running average
+        w = n / (learned + n)
+        learn_mean = base_mean + w * (mean - base_mean)
+        learn_logsd = base_logsd + w * (logsd - base_logsd)
+        bank.base_mean[slots] = np.where(learning, learn_mean, np.where(calm, calm_mean, np.where(held, mean, base_mean)))
+        bank.base_logsd[slots] = np.where(learning, learn_logsd,
+                                          np.where(calm, calm_logsd, np.where(held, logsd, base_logsd)))
+        bank.learned[slots] = np.where(learning, learned + n, learned)
+        bank.step_n[slots] = np.where(calm | held, 0, np.where(moved, step_n + n, step_n))
     for j in np.flatnonzero(held):
         sts[j].steps += 1
     return np.where(held, np.where(dc, STEP_DC, STEP_AMP), STEP_NONE).astype(np.int8)

@@ -13,8 +13,9 @@ only parse their options do not pay for torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from drsn_stream.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from drsn_stream.train.augment import NoiseAugment, parse_snr_list
@@ -24,13 +25,7 @@ _WHERE = {"NoiseAugment": "augment", "parse_snr_list": "augment", "FitResult": "
           "accuracy": "loop", "fit": "loop", "predict": "loop", "seed_everything": "loop"}
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 __all__ = ["FitResult", "NoiseAugment", "Recipe", "accuracy", "fit", "parse_snr_list", "predict", "seed_everything"]
