@@ -175,13 +175,18 @@ def _start(*args: str) -> subprocess.Popen:
 def test_a_signal_during_start_up_ends_it_without_a_traceback(sig: signal.Signals) -> None:
     for delay in (0.0, 1.0, 2.5):  # importing, the engine process loading torch and the model, warming up
         proc = _start("--source", "sim", "--headless")
-        # counted from when numpy starts loading: the command's own code is running by then (a
-        # signal while the interpreter itself starts, before any of our code, is not ours to catch,
-        # and on a loaded machine that can take longer than any fixed delay)
-        _wait_until_mapped(proc, "_multiarray_umath")
-        time.sleep(delay)
-        os.killpg(proc.pid, sig)
-        out, err = proc.communicate(timeout=60)
+        try:
+            # counted from when numpy starts loading: the command's own code is running by then (a
+            # signal while the interpreter itself starts, before any of our code, is not ours to
+            # catch, and on a loaded machine that can take longer than any fixed delay)
+            _wait_until_mapped(proc, "_multiarray_umath")
+            time.sleep(delay)
+            os.killpg(proc.pid, sig)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # a failed wait leaves no monitor running on after the test
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         if "ready" in err:  # it was already running: a normal stop
             assert proc.returncode == 0, err[-2000:]
         else:
