@@ -294,6 +294,10 @@ def test_live_dashboard_on_a_terminal_pages_and_quits_with_keys():
         while dash.page != 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert dash.page == 1
+        # the page was turned; wait until the terminal got it drawn (a quit right after the key
+        # can come before the next refresh reaches the screen)
+        while b"page 2/" not in screen and time.monotonic() < deadline:
+            time.sleep(0.02)
         os.write(master, b"q")
         assert dash.quit_event.wait(5)
         dash.stop()
