@@ -78,18 +78,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("audio") is not None:
             item.add_marker(pytest.mark.xdist_group("audio"))
-
-
-@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: a run with -p no:xdist has no such hook
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto`` (README) starts one worker more than this process may use cores: many tests
-    spend much of their time waiting (on a monitor child running for its ``--duration``, a
-    publisher's real-time pace, a Ray node starting), and one worker per core left the cores idle
-    a third of the suite. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides where it is set."""
-    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-        return None  # xdist's own hook reads it
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return cores + 1
