@@ -494,21 +494,15 @@ class HealthMonitor:
         events: list[Event] = []
         for j in np.flatnonzero(need):
             st = rows[j]
-            found: set[str] | None = None
-            if gap[j]:
-                st.gaps += int(seq_row[j] - last[j] - 1)
-                found = {GAP}
-            if ov_row is not None and ov_row[j] > 0:
-                st.overflows += int(ov_row[j])
-                found = (found or set()) | {OVERFLOW}
+            found = _counted(st, int(seq_row[j] - last[j] - 1) if gap[j] else 0,
+                             int(ov_row[j]) if ov_row is not None else 0)
             if codes is not None and codes[j]:
-                levels = found_sets[j] if codes[j] < 0 else reasons_of(codes[j] & 1, codes[j] & 2, codes[j] >> 2,
-                                                                          LEVEL_REASONS)
+                levels = _level_reasons(codes, found_sets, j)
                 found = levels if found is None else found | levels
             if st.active:
                 self._age(st, int(n_row if isinstance(n_row, int) else n_row[j]), found or set())
             events += self._found(rows.id(j), st, found, now)
-            bank.busy[st.slot] = bool(st.active) or st.state != OK
+            bank.busy[st.slot] = _busy(st)
         return events
 
     def _gather(self, rows: _Rows, pn: np.ndarray, n_row: Any, xs: list[np.ndarray]) -> None:
@@ -594,14 +588,9 @@ class HealthMonitor:
             st.frames += 1
             st.samples += n
             # gaps and overflows are judged on every frame
-            found: set[str] | None = None
-            if st.last_seq is not None and frame.seq > st.last_seq + 1:
-                st.gaps += frame.seq - st.last_seq - 1
-                found = {GAP}
+            gaps = frame.seq - st.last_seq - 1 if st.last_seq is not None and frame.seq > st.last_seq + 1 else 0
             st.last_seq = frame.seq
-            if frame.overflow > 0:
-                st.overflows += int(frame.overflow)
-                found = (found or set()) | {OVERFLOW}
+            found = _counted(st, gaps, int(frame.overflow))
             if n:  # the level tests: on at least check_every_s of samples, gathered first
                 every = int(every_s * st.sample_rate)
                 block = x
@@ -685,7 +674,7 @@ class HealthMonitor:
                     found = self._check_levels(st, bank.pend[slot, :pn, None])
                     bank.pend_n[slot] = 0
                     events += self._found(sid, st, found, now)
-                    bank.busy[slot] = bool(st.active) or st.state != OK
+                    bank.busy[slot] = _busy(st)
             return events
         slots = np.array([get(sid, -1) for sid in ids], dtype=np.int64)
         if not len(slots):
@@ -703,10 +692,9 @@ class HealthMonitor:
         events: list[Event] = []
         for k in np.flatnonzero((codes != 0) | bank.busy[sl]):
             st = rows[k]
-            found = found_sets[k] if codes[k] < 0 else reasons_of(codes[k] & 1, codes[k] & 2, codes[k] >> 2,
-                                                                   LEVEL_REASONS)
+            found = _level_reasons(codes, found_sets, k)
             events += self._found(rows.id(k), st, found, now)
-            bank.busy[st.slot] = bool(st.active) or st.state != OK
+            bank.busy[st.slot] = _busy(st)
         return events
 
     def _found(self, stream: str, st: _Stream, found: set[str] | None, now: float) -> list[Event]:
@@ -851,7 +839,7 @@ class HealthMonitor:
         bank.last_seen[slot] = math.nan if st.last_seen is None else st.last_seen
         bank.frames[slot], bank.samples[slot] = st.frames, st.samples
         bank.rate[slot] = st.sample_rate
-        bank.busy[slot] = bool(st.active) or st.state != OK
+        bank.busy[slot] = _busy(st)
         bank.pend_n[slot] = 0
         if st.pending and all(p.dtype == np.float32 and p.ndim == 2 and p.shape[1] == 1 for p in st.pending):
             block = _take_pending(st)
@@ -1073,6 +1061,30 @@ class HealthMonitor:
             rate_changes=st.rate_changes,
             steps=st.steps,
         )
+
+
+def _counted(st: _Stream, gaps: int, overflow: int) -> set[str] | None:
+    """A frame's missing seqs and overflowed samples counted on its stream: the reasons they give
+    (None: none; most frames)."""
+    found: set[str] | None = None
+    if gaps > 0:
+        st.gaps += gaps
+        found = {GAP}
+    if overflow > 0:
+        st.overflows += overflow
+        found = (found or set()) | {OVERFLOW}
+    return found
+
+
+def _level_reasons(codes: np.ndarray, found_sets: dict[int, set[str]], j: int) -> set[str]:
+    """Row ``j``'s reasons from ``_levels_rows``' code (its own set where the code is -1)."""
+    c = int(codes[j])
+    return found_sets[j] if c < 0 else reasons_of(c & 1, c & 2, c >> 2, LEVEL_REASONS)
+
+
+def _busy(st: _Stream) -> bool:
+    """Whether a bank stream's next frames need Python work: a reason active or a state to settle."""
+    return bool(st.active) or st.state != OK
 
 
 def _take_pending(st: _Stream) -> np.ndarray:
