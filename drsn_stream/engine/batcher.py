@@ -79,9 +79,7 @@ class MicroBatcher:
             if before + k <= self.capacity:  # room for all: no window waits or is dropped
                 self._q.extend(windows)
                 self.accepted += k
-                after, eager = before + k, self.eager_batch
-                # as the loop below: a wake-up when the queue reaches max_batch, 1 or eager_batch
-                if k and (after >= self.max_batch or before == 0 or before < eager <= after):
+                if self._wakes(before, before + k):
                     self._cond.notify()
                 return
             for window in windows:
@@ -96,9 +94,14 @@ class MicroBatcher:
                 self._q.append(window)
                 self.accepted += 1
                 n = len(self._q)
-                wake = wake or n >= self.max_batch or n == 1 or n == self.eager_batch
+                wake = wake or self._wakes(n - 1, n)
             if wake:
                 self._cond.notify()
+
+    def _wakes(self, before: int, after: int) -> bool:
+        """Whether the queue growing from ``before`` to ``after`` windows wakes the consumer: it got
+        its first window, or reached ``max_batch`` or ``eager_batch``."""
+        return after > before and (after >= self.max_batch or before == 0 or before < self.eager_batch <= after)
 
     def flush(self) -> None:
         """Every window queued now is due at once (from any thread): a source calls this when it
