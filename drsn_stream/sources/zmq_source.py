@@ -234,11 +234,7 @@ class _ZmqSource(Source):
                         last_seq[sid] = seq
                     elif not self._accept(sid, seq):
                         continue
-                    if channel is not None and tpl.channels > 1:
-                        if channel >= tpl.channels:
-                            self._no_channel(sid, tpl.channels)
-                            continue
-                    elif channel:  # K > 0 of a single-channel frame
+                    if channel is not None and channel >= tpl.channels:
                         self._no_channel(sid, tpl.channels)
                         continue
                     heads.append(known)
@@ -261,14 +257,11 @@ class _ZmqSource(Source):
                 if not self._accept(msg.stream_id, msg.seq):
                     continue
                 c = msg.samples.shape[1]
-                if channel is not None and c > 1:
-                    if channel >= c:
-                        self._no_channel(msg.stream_id, c)
-                        continue
-                    msg = self._select(msg)
-                elif channel:
+                if channel is not None and channel >= c:  # no channel K (K > 0 of a single-channel frame too)
                     self._no_channel(msg.stream_id, c)
                     continue
+                if channel is not None and c > 1:
+                    msg = self._select(msg)
                 others.append((len(heads), msg))
             batch = to_frames(heads, payloads)
             if channel is not None:
