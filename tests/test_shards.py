@@ -85,6 +85,15 @@ def _config(port: int, procs: int, **kw: object) -> RunConfig:
                      ingest_procs=procs, stale_ms=60000, stats_every_s=3600, **kw)  # type: ignore[arg-type]
 
 
+def _started(port: int, duration: float) -> tuple[Pipeline, ShardedSource]:
+    """A running monitor whose one source is read by 2 ingest processes, and that source."""
+    pipe = Pipeline(_config(port, 2, duration=duration))
+    pipe.start()
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource)
+    return pipe, src
+
+
 def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], **kw: object) -> Pipeline:
     pipe = Pipeline(_config(port, procs, duration=120))
     pipe.start()
@@ -164,10 +173,8 @@ def test_a_stream_that_starts_after_the_processes_took_their_own_topics_is_monit
 def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end(free_tcp_port: int) -> None:
     require_cwru()
     streams = _streams(60.0)
-    pipe = Pipeline(_config(free_tcp_port, 2, duration=120))
-    pipe.start()
-    src = pipe.sources[0]
-    assert isinstance(src, ShardedSource) and len(src.pids) == 2
+    pipe, src = _started(free_tcp_port, 120)
+    assert len(src.pids) == 2
     victim = src.pids[0]
     mine = [sid for sid in streams if shard_of(sid.encode(), 2) == 0]
     shm = [f"/dev/shm/{c.shm.name.lstrip('/')}" for c in src._children]
@@ -212,10 +219,7 @@ def test_a_killed_ingest_process_is_said_replaced_and_nothing_is_left_at_the_end
 def test_a_process_killed_before_its_first_report_is_replaced_and_the_source_goes_on(free_tcp_port: int) -> None:
     """A child that dies before it has reported any counters (it reports every STATS_S) is
     replaced like any other; the source sums the counters of the processes that did report."""
-    pipe = Pipeline(_config(free_tcp_port, 2, duration=60))
-    pipe.start()
-    src = pipe.sources[0]
-    assert isinstance(src, ShardedSource)
+    pipe, src = _started(free_tcp_port, 60)
     victim = src.pids[0]
     try:
         os.kill(victim, signal.SIGKILL)  # at once, well within its first STATS_S
@@ -250,10 +254,7 @@ def test_a_process_that_keeps_dying_loses_its_streams_visibly_and_losing_all_end
 
     monkeypatch.setattr(shards, "MAX_RESTARTS", 0)  # the first death is one too many
     streams = _streams(60.0)
-    pipe = Pipeline(_config(free_tcp_port, 2, duration=120))
-    pipe.start()
-    src = pipe.sources[0]
-    assert isinstance(src, ShardedSource)
+    pipe, src = _started(free_tcp_port, 120)
     first, second = src.pids
     mine = sorted(sid for sid in streams if shard_of(sid.encode(), 2) == 0)
     stop, errors = threading.Event(), []
@@ -289,10 +290,7 @@ def test_a_stuck_ingest_process_is_ended_and_replaced_not_waited_for(free_tcp_po
     from drsn_stream.app import shards
 
     monkeypatch.setattr(shards, "SILENT_S", 2.0)
-    pipe = Pipeline(_config(free_tcp_port, 2, duration=60))
-    pipe.start()
-    src = pipe.sources[0]
-    assert isinstance(src, ShardedSource)
+    pipe, src = _started(free_tcp_port, 60)
     stuck = src.pids[1]
     try:
         time.sleep(0.5)  # no publisher: the processes are idle, and say so
