@@ -70,6 +70,16 @@ def cli_in_process(capsys: pytest.CaptureFixture[str]):
     return run
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` (README) starts one worker more than there are cores: many tests spend part of
+    their time waiting on a subprocess, a socket or a real-time audio device, and with one worker
+    per core those waits leave the cores idle. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides
+    where it is set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    return len(os.sched_getaffinity(0)) + 1
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marks into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``-n``, README), the tests of the virtual microphone run one after
