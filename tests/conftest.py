@@ -70,6 +70,7 @@ def cli_in_process(capsys: pytest.CaptureFixture[str]):
     return run
 
 
+@pytest.hookimpl(optionalhook=True)  # runs without xdist too (-p no:xdist)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` (README) starts one worker more than there are cores: many tests spend part of
     their time waiting on a subprocess, a socket or a real-time audio device, and with one worker
