@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from drsn_stream.app.defaults import resolve_defaults
-from drsn_stream.engine.contract import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
+from drsn_stream.engine.contract import CPU_CATCH_UP_BATCH, CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
 
 
 def test_a_live_cpu_run_on_two_cores_gets_a_pinned_engine_process_and_small_eager_batches() -> None:
@@ -13,6 +13,8 @@ def test_a_live_cpu_run_on_two_cores_gets_a_pinned_engine_process_and_small_eage
     assert r.engine_process and r.pin_cpus
     assert (r.max_batch, r.eager_batch) == (CPU_LIVE_MAX_BATCH, CPU_EAGER_BATCH)
     assert r.stale_ms == 2000.0 and not r.block_when_full
+    # a backlog drains in bigger batches, which the engine must then take
+    assert r.catch_up_batch == r.capacity == CPU_CATCH_UP_BATCH > r.max_batch
 
 
 def test_one_core_keeps_the_model_in_process() -> None:
@@ -42,6 +44,7 @@ def test_what_the_config_sets_wins() -> None:
                          eager_batch=32, stale_ms=500.0)
     assert not r.engine_process and not r.pin_cpus  # no process, nothing to pin
     assert (r.max_batch, r.eager_batch, r.stale_ms) == (16, 16, 500.0)  # eager never above the batch
+    assert r.capacity == 16  # a batch size set is the largest batch, backlog or not
     assert resolve_defaults(device="cuda", cores=8, engine_process=True).engine_process is False
 
 

@@ -82,6 +82,22 @@ def test_eager_batch_leaves_an_idle_engine_at_its_size_but_gathers_while_busy() 
         MicroBatcher(eager_batch=-1)
 
 
+def test_a_backlog_leaves_in_catch_up_batches_and_a_kept_up_queue_in_normal_ones() -> None:
+    # The engine fell behind: 10 windows wait where a batch is 4. They leave as one batch of 6 and
+    # one of 4, not three of 4, 4 and 2: bigger batches cost less per window.
+    b = MicroBatcher(max_batch=4, max_wait_ms=0, catch_up_batch=6)
+    for i in range(10):
+        b.put(_w("a", i))
+    assert [len(b.next_batch(timeout=1.0)) for _ in range(2)] == [6, 4]
+    assert b.catch_ups == 1
+    # kept up: no more than max_batch wait, so none is larger
+    for i in range(4):
+        b.put(_w("a", i))
+    assert len(b.next_batch(timeout=1.0)) == 4 and b.catch_ups == 1
+    # off by default, and never below max_batch
+    assert MicroBatcher(max_batch=4).catch_up_batch == MicroBatcher(max_batch=4, catch_up_batch=2).catch_up_batch == 4
+
+
 def test_stale_windows_are_dropped_and_counted_per_stream() -> None:
     b = MicroBatcher(max_batch=8, max_wait_ms=1, stale_ms=500)
     old = time.time() - 5.0

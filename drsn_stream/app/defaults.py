@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drsn_stream.engine.contract import CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
+from drsn_stream.engine.contract import CPU_CATCH_UP_BATCH, CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
 
 BIG_HOST_CORES = 8  # from here on ZeroMQ SUB sources are read by several ingest processes
 MAX_INGEST_PROCS = 8
@@ -28,6 +28,12 @@ class Resolved:
     stale_ms: float  # 0: windows never go stale (replays)
     block_when_full: bool  # a full queue makes the source wait (replays) instead of dropping (live)
     ingest_procs: int = 1  # processes that read each ZeroMQ SUB source (1: its ingest thread alone)
+    catch_up_batch: int = 0  # most windows in a batch while a backlog drains (0: max_batch)
+
+    @property
+    def capacity(self) -> int:
+        """The largest batch the runner is given: what it must be built to take."""
+        return max(self.max_batch, self.catch_up_batch)
 
 
 def resolve_defaults(
@@ -50,7 +56,9 @@ def resolve_defaults(
     - Pinning is on where that process runs one torch thread: its core is then its own.
     - Live CPU runs take micro-batches of at most CPU_LIVE_MAX_BATCH and send one early once
       CPU_EAGER_BATCH windows wait while the engine idles (latency over throughput); CUDA and
-      replays (``fast``) take MAX_BATCH and wait for full batches (throughput).
+      replays (``fast``) take MAX_BATCH and wait for full batches (throughput). When the live
+      CPU engine falls behind, a batch takes up to CPU_CATCH_UP_BATCH of the windows waiting
+      (unless the config set ``max_batch``: then no batch is larger).
     - Replays never drop: windows do not go stale and a full queue makes the source wait.
     - ZeroMQ SUB sources are read by one ingest thread below BIG_HOST_CORES cores (a second
       process would take a core the engine or the parent needs); from there on by half the
@@ -64,7 +72,9 @@ def resolve_defaults(
     pin = use_process and (pin_cpus if pin_cpus is not None else (threads or 1) == 1) and cores >= 2
     batch = max_batch if max_batch is not None else CPU_LIVE_MAX_BATCH if live_cpu else MAX_BATCH
     eager = eager_batch if eager_batch is not None else CPU_EAGER_BATCH if live_cpu else 0
+    catch_up = CPU_CATCH_UP_BATCH if live_cpu and max_batch is None else 0
     procs = ingest_procs if ingest_procs is not None else (
         min(MAX_INGEST_PROCS, cores // 2) if cores >= BIG_HOST_CORES else 1)
     return Resolved(engine_process=use_process, pin_cpus=pin, max_batch=batch, eager_batch=min(eager, batch),
-                    stale_ms=0.0 if fast else stale_ms, block_when_full=fast, ingest_procs=max(1, procs))
+                    stale_ms=0.0 if fast else stale_ms, block_when_full=fast, ingest_procs=max(1, procs),
+                    catch_up_batch=catch_up)

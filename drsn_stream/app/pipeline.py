@@ -120,7 +120,7 @@ class Pipeline:
             ingest_procs=config.ingest_procs,
         )
         self.resolved = res
-        self.max_batch = res.max_batch
+        self.max_batch = res.capacity  # what the runner takes: a catch-up batch too
         self._cpus: tuple[set[int], int] | None = None  # (this process's cores, the engine's core)
         self._saved_affinity: set[int] | None = None
         self._frozen = False  # gc.freeze() done by start(), undone by stop()
@@ -146,6 +146,7 @@ class Pipeline:
         self.outputs = Outputs(sinks, on_error=self._error)
         self.batcher = MicroBatcher(
             max_batch=res.max_batch,
+            catch_up_batch=res.catch_up_batch,
             max_wait_ms=config.max_wait_ms,
             stale_ms=res.stale_ms,
             capacity=config.queue_capacity,

@@ -5,7 +5,9 @@ Windows from every stream go into one bounded queue. A batch leaves when it is f
 says it has nothing more ready (``flush()``, called by a source about to wait for its next input:
 waiting on for a fuller batch would only add latency; ``max_wait_ms`` stays the bound), or, while
 the engine is idle, as soon as ``eager_batch`` windows are there (a batch that size already runs
-at the engine's best speed per window; the rest of a burst gathers while it runs). Windows
+at the engine's best speed per window; the rest of a burst gathers while it runs). A batch cut
+while more than ``max_batch`` windows wait (the engine fell behind) takes up to
+``catch_up_batch``: a bigger batch costs less per window, so the backlog drains sooner. Windows
 whose capture is older than ``stale_ms`` when a batch is cut are dropped and counted per stream:
 live data keeps the newest, it never queues the past. When the queue is full the oldest window is
 dropped (counted).
@@ -30,6 +32,7 @@ class MicroBatcher:
         capacity: int = 8192,
         block_when_full: bool = False,
         eager_batch: int = 0,
+        catch_up_batch: int = 0,
         clock=time.time,
     ) -> None:
         """
@@ -43,6 +46,8 @@ class MicroBatcher:
                 fast as possible: every window counts, nothing is live).
             eager_batch: with ``early`` (the engine idle), a batch leaves as soon as this many
                 windows are queued (0: off).
+            catch_up_batch: most windows in a batch cut while more than ``max_batch`` wait
+                (0 or less than ``max_batch``: ``max_batch``).
             clock: wall-clock source (seconds), the same clock as Window.t_ready.
         """
         if max_batch < 1:
@@ -55,6 +60,8 @@ class MicroBatcher:
         self.capacity = capacity
         self.block_when_full = block_when_full
         self.eager_batch = int(eager_batch)
+        self.catch_up_batch = max(int(catch_up_batch), max_batch)
+        self.catch_ups = 0  # batches cut larger than max_batch, from a backlog
         self._clock = clock
         self._q: deque[Window] = deque()
         self._cond = threading.Condition()
@@ -167,7 +174,10 @@ class MicroBatcher:
                 self._cond.wait(wait)
 
     def _take(self) -> list[Window]:
-        n = min(self.max_batch, len(self._q))
+        n = len(self._q)
+        if n > self.max_batch:
+            n = min(n, self.catch_up_batch)
+            self.catch_ups += n > self.max_batch
         batch = [self._q.popleft() for _ in range(n)]
         if self.block_when_full:
             self._cond.notify_all()

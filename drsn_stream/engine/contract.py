@@ -30,6 +30,11 @@ CPU_EAGER_BATCH = 64
 # batch grows to 128-256 windows that the next ones must wait for: a lower p99 at 128 streams
 # (docs/perf/ab/max-batch-64-128.json).
 CPU_LIVE_MAX_BATCH = 64
+# When the engine has fallen behind (more than CPU_LIVE_MAX_BATCH windows wait as it takes a batch),
+# the live monitor on the CPU takes up to this many at once: a batch of 128 costs less per window
+# than two of 64 (`drsn-stream bench`), so a backlog drains sooner, and nothing changes while the
+# engine keeps up.
+CPU_CATCH_UP_BATCH = 128
 # The largest batch otherwise (CUDA, and replays with --fast, where throughput counts).
 MAX_BATCH = 256
 # The batch sizes `drsn-stream bench` measures unless told.
