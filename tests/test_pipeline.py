@@ -329,6 +329,43 @@ def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path: Path) -> None:
     assert n_pred == final["engine"]["windows"] > 0  # every inferred window reached the log
 
 
+def test_ctrl_c_that_lands_while_the_main_thread_holds_the_quit_event_still_stops_the_run() -> None:
+    """A signal handler runs in the main thread between any two bytecodes, also inside
+    ``quit.wait()`` while that holds the event's lock. A handler that waited for that lock would
+    wait for its own thread forever: the monitor would run on and ignore every later Ctrl-C."""
+    import signal
+    import threading
+
+    from drsn_stream.app.cli import _stop_on_signals
+
+    pipe = Pipeline(RunConfig(sources=("sim?machines=1",), engine_process=False))
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    lock = pipe.quit._cond  # what Event.wait holds between its checks of the flag
+    forced: list[bool] = []
+
+    def unstick() -> None:  # only if the handler waits for the lock: release it from here
+        forced.append(True)
+        lock.release()
+
+    try:
+        _stop_on_signals(pipe)
+        handler = signal.getsignal(signal.SIGINT)
+        lock.acquire()
+        watchdog = threading.Timer(5.0, unstick)
+        watchdog.start()
+        handler(signal.SIGINT, None)  # as the interpreter runs it, in this thread, lock held
+        watchdog.cancel()
+        if not forced:
+            lock.release()
+        assert not forced, "the Ctrl-C handler waited for the lock its own thread held"
+        pipe.wait(duration=30.0)  # returns at once: the stop was asked for
+        assert pipe.quit.is_set()
+    finally:
+        for sig, h in saved.items():
+            signal.signal(sig, h)
+        pipe.stop()
+
+
 def test_chunk_size_gives_identical_windows_and_labels() -> None:
     from drsn_stream.dsp import StreamDSP
     from drsn_stream.engine.runner import Runner

@@ -250,7 +250,7 @@ def _stop_on_signals(pipe: Pipeline) -> None:
         return
 
     def handler(signum: int, frame: object) -> None:
-        pipe.quit.set()
+        pipe.ask_stop()  # no lock taken in a handler (Pipeline.ask_stop says why)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)

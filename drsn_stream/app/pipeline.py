@@ -196,6 +196,7 @@ class Pipeline:
         self.error_counts: Counter[str] = Counter()
         self.failed_sources: list[str] = []  # one line per source that stopped with an error
         self.quit = threading.Event()
+        self.stop_asked = False  # by ask_stop(), from a signal handler: wait() then sets quit
         self._threads: list[threading.Thread] = []
         self._sources_done = 0
         self._started = 0.0
@@ -295,12 +296,22 @@ class Pipeline:
         self._running = True
         return self
 
+    def ask_stop(self) -> None:
+        """Asks ``wait`` to return (within 50 ms), and ``quit`` to be set then: for a signal handler.
+
+        It takes no lock. A signal handler runs in the main thread between any two of its
+        bytecodes, also inside ``quit.wait()`` while that holds the event's lock for a moment;
+        ``quit.set()`` there would wait for that lock, held by its own thread, forever: the run
+        would go on and ignore every later Ctrl-C."""
+        self.stop_asked = True
+
     def wait(self, duration: float | None = None) -> None:
-        """Blocks until the duration passes, ``quit`` is set, or every source has ended."""
+        """Blocks until the duration passes, ``quit`` is set or asked for (``ask_stop``), or
+        every source has ended."""
         duration = self.config.duration if duration is None else duration
         end = None if duration is None else time.time() + duration
         next_stats = time.time() + self.config.stats_every_s
-        while not self.quit.is_set():
+        while not self.quit.is_set() and not self.stop_asked:
             # Notes first, so that a caller who returns on time still sees what happened meanwhile.
             self._drain_notes()
             if end is not None and time.time() >= end:
@@ -320,6 +331,8 @@ class Pipeline:
             if time.time() >= next_stats:
                 next_stats += self.config.stats_every_s
                 self._emit({"type": "stats", "time": time.time(), **self.stats_json()})
+        if self.stop_asked:
+            self.quit.set()  # here, outside the signal handler
         self._drain_notes()
 
     def _say_waiting(self) -> None:
