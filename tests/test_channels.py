@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import threading
 import time
 from collections import Counter
@@ -224,8 +225,11 @@ def test_publish_sends_every_channel_of_a_simulated_module(free_tcp_port: int) -
         reader.start()
         args = argparse.Namespace(source=[spec], to=f"tcp://127.0.0.1:{free_tcp_port}", duration=None, pull=True,
                                   connect=True, dtype="float32", wait_subscriber=0.0, quiet=True)
+        before = signal.getsignal(signal.SIGINT)
         assert publish_cmd.run(args) == 0
         reader.join(timeout=30)
+    # run() takes Ctrl-C over while it publishes, then gives the caller's handler back
+    assert signal.getsignal(signal.SIGINT) is before
     assert len(frames) == len(ref) > 0
     for f in frames:
         assert f.samples.shape == (512, 4) or f.seq == max(s for _, s in ref)

@@ -115,7 +115,10 @@ def _run_until(cmd: list[str], env: dict[str, str], last_index: int, timeout: fl
             if obj["type"] == "prediction":
                 seen = max(seen, obj["index"])
                 if obj["index"] >= last_index and proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)
+                    # to the process group, as Ctrl-C in a terminal: the script passes it on, but
+                    # a shell started with SIGINT ignored (a pytest-xdist worker ignores it) cannot
+                    # trap it, and the monitor then hears it only this way
+                    os.killpg(proc.pid, signal.SIGINT)
                     sent += 1
         proc.wait()
     finally:

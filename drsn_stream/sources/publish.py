@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import queue
+import signal
 import sys
 import threading
 import time
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     specs = args.source or ["sim:bearing"]
     how = "PUSH" if args.pull else "PUB"
     stop = threading.Event()
-    _stop_on_signals(stop)
+    saved = _stop_on_signals(stop)
     if not args.quiet:
         print(f"publishing {', '.join(specs)} as {how} {'to' if args.connect else 'at'} {_address(args.to)} "
               f"({args.dtype}); Ctrl-C stops", flush=True)
@@ -241,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
     except DrsnStreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
     if not args.quiet:
         print(f"published {summary['messages']} messages ({summary['bytes'] / 1e6:.2f} MB) over {how} "
               f"{'to' if args.connect else 'at'} {_address(args.to)} in {summary['elapsed_s']:.1f} s")
@@ -253,14 +257,17 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] else 0
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    """Ctrl-C and SIGTERM end the run with its summary and every stream's end-of-stream."""
-    import signal
-
+def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
+    """Ctrl-C and SIGTERM end the run with its summary and every stream's end-of-stream. Returns
+    the handlers they replace (``run`` puts them back: a caller in the same process keeps its own)."""
     if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGINT, signal.SIGTERM):
+        return {}
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in saved:
+        # the main thread never waits on ``stop`` (only is_set, which takes no lock), so the
+        # handler's set() cannot wait for a lock that thread holds
         signal.signal(sig, lambda signum, frame: stop.set())
+    return saved
 
 
 def main(argv: list[str] | None = None) -> int:
