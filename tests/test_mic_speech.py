@@ -116,8 +116,8 @@ def _run_until(cmd: list[str], env: dict[str, str], last_index: int, timeout: fl
                 seen = max(seen, obj["index"])
                 if obj["index"] >= last_index and proc.poll() is None:
                     # to the process group, as Ctrl-C in a terminal: the script passes it on, but
-                    # a shell started with SIGINT ignored (a pytest-xdist worker ignores it) cannot
-                    # trap it, and the monitor then hears it only this way
+                    # a shell started with SIGINT ignored (pytest run as a background job, whose
+                    # workers inherit that) cannot trap it, and the monitor then hears it only so
                     os.killpg(proc.pid, signal.SIGINT)
                     sent += 1
         proc.wait()

@@ -3,8 +3,8 @@
 # Clocked in real time by a private JACK dummy server when jackd is installed, else the unpaced
 # file device. Usage: tests/alsa/virtual-mic.sh RAW RATE -- command [args...]
 # SIGINT and SIGTERM are passed on to the command (a caller stops it as Ctrl-C would); the exit
-# status is the command's. A shell started with a signal ignored cannot trap it (a pytest-xdist
-# worker ignores SIGINT): send it to the process group then, as a terminal's Ctrl-C does.
+# status is the command's. A shell started with a signal ignored cannot trap it (SIGINT under a
+# background job): send it to the process group then, as a terminal's Ctrl-C does.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 raw="$1"; rate="$2"; shift 2
