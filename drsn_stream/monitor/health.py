@@ -348,16 +348,16 @@ class HealthMonitor:
         frames of different single-channel streams run together (numpy passes over arrays of
         streams, not Python per frame). A stream's later frames in ``frames`` are judged after
         its earlier ones."""
-        return self._pushall_set(frames, False, now)
+        return self._push_all(frames, False, now)
 
     def push_channels(self, frames: Sequence[Frame], *, now: float | None = None) -> list[Event]:
         """``push_many`` of every channel of ``frames`` as its own stream, under the frame's
         ``channel_ids`` (``push_many(split_channels(f))`` for a multi-channel or named frame, the
         frame itself for one plain channel), with the same results and events; a frame whose
         channels' streams are known is judged with no Python per channel."""
-        return self._pushall_set(frames, True, now)
+        return self._push_all(frames, True, now)
 
-    def _pushall_set(self, frames: Sequence[Frame], split: bool, now: float | None) -> list[Event]:
+    def _push_all(self, frames: Sequence[Frame], split: bool, now: float | None) -> list[Event]:
         now = time.time() if now is None else now
         events: list[Event] = []
         with self._lock:
@@ -385,7 +385,7 @@ class HealthMonitor:
         f32 = _F32
         for i, frame in enumerate(frames):
             x = frame.samples
-            if split and (frame.names is not None or x.ndim == 2 and x.shape[1] != 1):
+            if split and not _plain(frame):
                 key: Any = (frame.stream_id, x.shape[1], frame.names)
                 if idss is None:
                     idss = [(f.stream_id,) for f in frames[:i]]
