@@ -434,20 +434,15 @@ class Pipeline:
         with self._ingest_lock:
             for frame in frames:
                 dsp = dsps.get(frame.stream_id)
-                # the common case without a call: a plain single-channel frame of a stream whose DSP
-                # takes plain frames (as _stream_dsp would find)
-                x = frame.samples
-                if (dsp is None or getattr(dsp, "ids", None) is not None or frame.names is not None
-                        or (x.ndim >= 2 and x.shape[1] != 1)):
+                # the common case without _stream_dsp: a plain frame of a stream whose DSP takes
+                # plain frames (the first check _stream_dsp makes)
+                if dsp is None or getattr(dsp, "ids", None) is not None or channel_layout(frame) is not None:
                     dsp = self._stream_dsp(frame, source)
                     if dsp is None:
                         continue
                 kept.append((frame, dsp))
-        if len({frame.stream_id for frame, _ in kept}) == len(kept):  # one frame per stream: one round
-            self._ingest_round(kept, source, windows)
-        else:
-            for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
-                self._ingest_round(this, source, windows)
+        for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
+            self._ingest_round(this, source, windows)
         if windows:
             self._windows_in(windows)
 
