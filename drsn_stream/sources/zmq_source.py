@@ -145,9 +145,12 @@ class _ZmqSource(Source):
 
     def _accept(self, sid: str, seq: int) -> bool:
         """Sequence accounting; False for a frame to drop (duplicate, late, too many streams)."""
+        last = self._last_seq.get(sid)
+        if last is not None and seq == last + 1 and not self._missing.get(sid):
+            self._last_seq[sid] = seq  # the common case: the next seq of a known stream, nothing missing
+            return True
         if not self._known(sid):
             return False
-        last = self._last_seq.get(sid)
         if last is not None:
             if seq > last + 1:
                 self.stats.gap(sid, seq - last - 1)
@@ -196,7 +199,6 @@ class _ZmqSource(Source):
         until_eos = self.options["until_eos"]
         recv, head = sock.recv, decoder.head
         closed = self._closed.is_set
-        last_seq, missing = self._last_seq, self._missing
         while not closed():
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
             # tens of microseconds apart) is over and all of it is handed over.
@@ -228,11 +230,7 @@ class _ZmqSource(Source):
                 if known is not None:
                     tpl, seq, _ = known
                     sid = tpl.stream
-                    last = last_seq.get(sid)
-                    # the common case inline: the next seq of a known stream with nothing missing
-                    if last is not None and seq == last + 1 and not missing.get(sid):
-                        last_seq[sid] = seq
-                    elif not self._accept(sid, seq):
+                    if not self._accept(sid, seq):
                         continue
                     if channel is not None and channel >= tpl.channels:
                         self._no_channel(sid, tpl.channels)
