@@ -1,7 +1,7 @@
 """The runner owns the model and the device.
 
 CPU: a frozen TorchScript module, with torch's thread count set so one core stays free for
-ingest (sources, DSP, sinks). CUDA: pinned host buffers, non-blocking copies, one CUDA graph per
+ingest (sources, DSP, sinks), warmed by a few batch-1 runs. CUDA: pinned host buffers, non-blocking copies, one CUDA graph per
 batch size of a fixed set (a batch is padded up to the next size) and lane, fp16 only where a
 check on the artifact's validation windows shows >= 99.9 % label agreement with fp32, and a
 warm-up of every batch size before ``ready`` is set. The module is frozen on both devices
@@ -34,6 +34,9 @@ from drsn_stream.models.artifact import quiet_torchscript
 from drsn_stream.models.outputs import is_wrapped, to_probs
 
 FP16_MIN_AGREEMENT = 0.999
+# TorchScript's profiling executor profiles a graph's first run and optimizes it on the next; the
+# third runs the optimized graph once, so the first live batch does not.
+CPU_WARM_RUNS = 3
 def pick_device(spec: str = "auto") -> torch.device:
     """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is a clear error (``device_spec``)."""
     return torch.device(device_spec(spec))
@@ -200,12 +203,17 @@ class Runner:
 
     # ------------------------------------------------------------------ warm-up
     def warmup(self) -> None:
-        """Runs every batch size (capturing CUDA graphs) so the first live batch is not slow."""
+        """Readies the model so the first live batch is not slow: on CUDA every batch size (capturing
+        CUDA graphs); on the CPU the runs TorchScript's profiling executor optimizes the graph from.
+
+        The CPU takes any batch size, not only ``batch_sizes``, and a size's first call only adds the
+        building of its oneDNN primitives (a few ms), so running every size would buy little and
+        cost a heavy network (the speech model) seconds of a 2-core host's start-up.
+        """
         if self.device.type == "cpu":
             with torch.inference_mode():
-                for b in self.batch_sizes:
-                    for _ in range(2):
-                        self._forward(torch.zeros(b, self.window))
+                for _ in range(CPU_WARM_RUNS):
+                    self._forward(torch.zeros(1, self.window))
         else:
             for b in self.batch_sizes:
                 self._lanes_for(b)
