@@ -1,5 +1,7 @@
 """Multi-channel frames: every channel of a frame is a stream of its own (docs/wire-format.md), over
-real CWRU recordings, the shipped model and ZeroMQ sockets on loopback."""
+real CWRU recordings, the shipped model and ZeroMQ sockets on loopback. The monitors run their
+engine in the test's process (``engine_process=False``): channels are the ingest's business, and an
+engine child would only add its torch import."""
 
 from __future__ import annotations
 
@@ -124,7 +126,7 @@ def _push_module(port: int, seconds: float, stop: threading.Event) -> None:
 def test_every_channel_of_multi_channel_frames_over_zmq_is_labelled(free_tcp_port: int) -> None:
     cwru_signal(IR014)  # skips without the real data
     pipe = Pipeline(RunConfig(sources=(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}",), stale_ms=60000,
-                              stats_every_s=3600))
+                              stats_every_s=3600, engine_process=False))
     pipe.start()
     stop = threading.Event()
     sender = threading.Thread(target=_push_module, args=(free_tcp_port, 4.5, stop))
@@ -178,7 +180,7 @@ def test_channel_option_selects_one_channel_and_counts_a_missing_one(free_tcp_po
 def test_simulated_modules_are_labelled_per_channel() -> None:
     # 2 machines of 3 channels: 6 streams, each channel an independent replay with its own faults
     cfg = RunConfig(sources=("sim:bearing?machines=2&channels=3&seed=3&speed=6",), stats_every_s=3600,
-                    stale_ms=60000)
+                    stale_ms=60000, engine_process=False)
     pipe = Pipeline(cfg)
     got: list[dict] = []
     pipe.outputs.add(type("S", (), {"write": lambda self, o: got.append(o), "close": lambda self: None})())
@@ -243,7 +245,7 @@ def test_a_multi_channel_recording_is_monitored_channel_by_channel(tmp_path) -> 
 
     path = tmp_path / "module.wav"
     wavfile.write(path, 12000, _module_12k(4.0, IR014, OR021))  # float32 stereo WAV
-    pipe = Pipeline(RunConfig(sources=(f"file:{path}",), fast=True, stats_every_s=3600))
+    pipe = Pipeline(RunConfig(sources=(f"file:{path}",), fast=True, stats_every_s=3600, engine_process=False))
     pipe.run()
     counts = pipe.label_counts
     assert set(counts) == {"module/ch0", "module/ch1"} == set(pipe.sources[0].streams)

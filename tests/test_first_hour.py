@@ -118,7 +118,7 @@ def test_jsonl_to_stdout_keeps_stdout_pure_json_lines() -> None:
 
 @pytest.mark.slow
 def test_a_zmq_source_without_data_says_what_it_waits_for(free_tcp_port: int) -> None:
-    res = _cli("--source", f"zmq://127.0.0.1:{free_tcp_port}", "--headless", "--duration", "3")
+    res = _cli("--source", f"zmq://127.0.0.1:{free_tcp_port}", "--headless", "--duration", "3", "--engine-process", "off")
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"waiting for publishers on tcp://127.0.0.1:{free_tcp_port}" in res.stdout, res.stdout
 

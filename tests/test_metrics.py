@@ -226,7 +226,8 @@ def test_running_monitor_scraped_over_http(free_tcp_port, child_env):
     url = f"http://127.0.0.1:{free_tcp_port}/metrics"
     monitor = subprocess.Popen(
         [sys.executable, "-m", "drsn_stream", "--source", "sim:bearing?machines=3", "--headless",
-         "--duration", "60", "--threads", "1", "--metrics-address", f"127.0.0.1:{free_tcp_port}"],
+         "--duration", "60", "--threads", "1", "--metrics-address", f"127.0.0.1:{free_tcp_port}",
+         "--engine-process", "off"],  # the endpoint is the monitor's, wherever the model runs
         cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -203,7 +203,7 @@ def test_zmq_end_to_end_counts_bad_input_and_picks_up_a_restarted_publisher(tmp_
     monitor = subprocess.Popen(
         # it ends on the restarted publisher's end-of-stream (--duration only bounds a broken run)
         [sys.executable, "-m", "drsn_stream", "--source", f"zmq://127.0.0.1:{port}?until_eos=1", "--jsonl", str(out),
-         "--duration", "120", "--stale-ms", "60000"],
+         "--duration", "120", "--stale-ms", "60000", "--engine-process", "off"],  # an ingest test
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
