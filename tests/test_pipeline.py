@@ -106,8 +106,9 @@ def test_pin_cpus_gives_the_engine_process_a_core_and_restores_the_monitors(pin)
         if pin is False:
             assert os.sched_getaffinity(0) == before
             assert os.sched_getaffinity(pipe.runner.pid) == before
+            assert pipe.monitor_cpus is None  # a load generator beside it may go anywhere
         else:
-            assert os.sched_getaffinity(0) == before - {last}
+            assert os.sched_getaffinity(0) == before - {last} == pipe.monitor_cpus
             assert os.sched_getaffinity(pipe.runner.pid) == {last}
         pipe.wait(duration=1.0)
         assert pipe.stats.windows > 0

@@ -9,7 +9,8 @@ A run "holds" N when it dropped no window (stale, overflow or output), received 
 the windows the publisher's signal holds, and its p99 latency (capture of the window's last sample
 -> result, over every window of the measured seconds) is within the bound; with --repeat K, in
 every one of K runs. Prints a table and the largest N held; --json prints JSON. The model runs
-in its own process by default on the CPU (--engine-process auto|on|off), as in the monitor.
+in its own process by default on the CPU (--engine-process auto|on|off), as in the monitor; the
+publisher runs on the monitor's cores, not the engine's (--publisher-on).
 With --channels C the N streams are N/C machines sending C-channel frames (a DAQ module per
 machine; every channel monitored). Each run prints the ingest thread's CPU time per frame and per
 channel (receive, decode, health, DSP, hand-over to the batcher). With --ingest-procs 1,8 each N is
@@ -91,25 +92,34 @@ def thread_cpu_s(native_id: int | None) -> float:
 
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
             threads: int | None = None, engine_process: bool | None = None, max_batch: int | None = None,
-            cpu_layout: str = "auto", channels: int = 1, **overrides) -> dict:
+            cpu_layout: str = "auto", channels: int = 1, publisher_on: str = "monitor", **overrides) -> dict:
     """One run with N streams (N/channels machines of ``channels``-channel frames); ``overrides``
-    are further RunConfig fields (for A/B experiments)."""
+    are further RunConfig fields (for A/B experiments).
+
+    ``publisher_on``: "monitor" runs the publisher on the monitor's own cores, not the engine
+    process's (where the monitor pins one): it stands for the gateways, which send from other
+    hosts, and where the scheduler put it on the engine's core its bursts took that core from
+    the model in the middle of batches (docs/performance.md). "any": wherever the scheduler puts it.
+    """
     if n % channels:
         raise SystemExit(f"--streams {n} is not a multiple of --channels {channels}")
     port = free_port()
     # a live-learned baseline (--baseline-ab) learns during a longer warm-up; the publisher runs on through it
     warm = 2.0 + (1.0 + overrides["learn_s"] if overrides.get("learn_s") else 0.0)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    cfg = RunConfig(sources=(f"zmq://127.0.0.1:{port}",), model=model, device=device, max_wait_ms=max_wait_ms,
+                    hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process,
+                    max_batch=max_batch, cpu_layout=cpu_layout, **overrides)
+    pipe = Pipeline(cfg)
+    cores = pipe.monitor_cpus if publisher_on == "monitor" else None
     pub = subprocess.Popen(
         [sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to", f"tcp://127.0.0.1:{port}",
          "--source", f"sim:bearing?machines={n // channels}&channels={channels}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + warm + 2),
          "--wait-subscriber", "10"],
         env=env,
+        # before its interpreter starts: every thread it makes (ZeroMQ's too) keeps to those cores
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
     )
-    cfg = RunConfig(sources=(f"zmq://127.0.0.1:{port}",), model=model, device=device, max_wait_ms=max_wait_ms,
-                    hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process,
-                    max_batch=max_batch, cpu_layout=cpu_layout, **overrides)
-    pipe = Pipeline(cfg)
     pipe.start()
     time.sleep(warm)  # subscriber joins, first windows fill (a baseline learns)
     monitoring = sum(1 for v in pipe.baseline.state.values() if v == "monitoring") if pipe.baseline else None
@@ -161,6 +171,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     return {
         "streams": n,
         "channels_per_frame": channels,
+        "publisher_cpus": sorted(cores) if cores else "any",
         "windows_per_s": round(windows / elapsed, 1),
         "expected_per_s": round(expected / elapsed, 1),
         "received": round(windows / expected, 3),
@@ -237,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ingest-procs", default=None, metavar="LIST",
                     help="comma-separated ingest process counts to run each N with, alternating (e.g. 1,8: one ingest "
                          "thread against 8 processes sharded by stream id; default: the monitor's, 1 below 8 cores)")
+    ap.add_argument("--publisher-on", default="monitor", metavar="LIST",
+                    help="where the publisher runs: monitor (the monitor's own cores, not the engine process's; "
+                         "default) or any (where the scheduler puts it); comma-separated to alternate, e.g. monitor,any")
     ap.add_argument("--all", action="store_true", help="try every N even after one is not held")
     ap.add_argument("--p99-ms", type=float, default=100.0, help="latency bound for 'held'")
     ap.add_argument("--repeat", type=int, default=1, help="runs per N; N counts as held only if every run holds it")
@@ -259,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             variants = [{"unknown": False}, {"learn_s": 1.6, "machine": {"bearing": "6205", "rpm": 1797}}]
         if args.ingest_procs:
             variants = [{**v, "ingest_procs": int(k)} for v in variants for k in args.ingest_procs.split(",")]
+        places = [s.strip() for s in args.publisher_on.split(",") if s.strip()]
+        if not set(places) <= {"monitor", "any"}:
+            ap.error(f"--publisher-on takes monitor and any, not {args.publisher_on!r}")
+        variants = [{**v, "publisher_on": p} for v in variants for p in places]
         for rep, extra in ((r, v) for r in range(args.repeat) for v in variants):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
                         hop=args.hop, threads=args.threads, max_batch=args.max_batch,
@@ -273,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"N={n:4d}  {r['windows_per_s']:8.1f} windows/s of {r['expected_per_s']:8.1f}  received "
                       f"{r['received']:.1%}  dropped {r['dropped']:5d}  p50/p95/p99 {r['p50_ms']}/{r['p95_ms']}/"
                       f"{r['p99_ms']} ms  avg batch {r['avg_batch']}  machine busy {r['machine_busy_pct']} % "
-                      f"(steal {r['steal_pct']} %)  {'HELD' if r['held'] else 'not held'}",
+                      f"(steal {r['steal_pct']} %)  publisher on {r['publisher_cpus']}  {'HELD' if r['held'] else 'not held'}",
                       flush=True)
                 print(f"        ingest thread CPU: {r['ingest_us_per_frame']} us per frame of {args.channels} "
                       f"channel(s), {r['ingest_us_per_channel']} us per channel", flush=True)

@@ -620,6 +620,12 @@ class Pipeline:
     def acknowledge(self) -> None:
         self._emit_events(self.decisions.acknowledge())
 
+    @property
+    def monitor_cpus(self) -> set[int] | None:
+        """The cores this process keeps to while the engine process has one of its own (pinning on),
+        else None: where a load generator on the same host (a benchmark's publisher) belongs."""
+        return set(self._cpus[0]) if self._cpus else None
+
     def malformed_total(self) -> int:
         total = 0
         for src in self.sources:
