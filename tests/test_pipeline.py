@@ -117,6 +117,54 @@ def test_pin_cpus_gives_the_engine_process_a_core_and_restores_the_monitors(pin)
     assert os.sched_getaffinity(0) == before
 
 
+def _engine_children() -> set[int]:
+    """This process's engine-process children."""
+    me, kids = str(os.getpid()), set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            if ppid == me and b"drsn_stream.engine.procrunner" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                kids.add(int(pid))
+        except (OSError, IndexError):
+            continue
+    return kids
+
+
+def test_a_signal_while_the_monitor_is_built_ends_its_engine_process_and_frees_its_memory(monkeypatch) -> None:
+    # SIGTERM (or Ctrl-C) during start-up, after the engine process started: that child has a
+    # session of its own, so the signal does not reach it. It went on loading the model for a
+    # monitor that was gone, then printed a traceback on the terminal when the shared memory it
+    # was to attach had vanished with its parent.
+    import signal
+
+    from drsn_stream.app import pipeline as pl
+    from drsn_stream.runtime import Terminated, forget_start_up_signal, start_up_signal_handler
+
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("needs /dev/shm to see the shared memory")
+    shm_before = set(os.listdir("/dev/shm"))
+    seen: dict[str, set] = {}
+    real = pl.MicroBatcher
+
+    def batcher_after_a_signal(*args, **kwargs):  # a real SIGTERM, once the engine process runs
+        seen["children"], seen["shm"] = _engine_children(), set(os.listdir("/dev/shm")) - shm_before
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.0)  # the handler raises in this frame at once
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pl, "MicroBatcher", batcher_after_a_signal)
+    old = signal.signal(signal.SIGTERM, start_up_signal_handler)  # as the command has it while it starts
+    try:
+        with pytest.raises(Terminated):
+            Pipeline(RunConfig(sources=("sim:bearing?machines=1",), device="cpu", engine_process=True))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        forget_start_up_signal()
+    assert len(seen["children"]) == 1 and seen["shm"], seen  # it had started, with its segments
+    assert not (_engine_children() & seen["children"])  # ended and reaped
+    assert not (set(os.listdir("/dev/shm")) & seen["shm"])  # unlinked
+
+
 def test_a_running_monitor_keeps_its_start_up_objects_out_of_full_collections() -> None:
     # torch, the model and the libraries (~200,000 objects) made a full collection of the cyclic
     # garbage collector stall every thread for 100-150 ms, once, some time into a live run. The

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.app.defaults import resolve_defaults
+from drsn_stream.app.defaults import Resolved, resolve_defaults
 from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable
 from drsn_stream.dsp import FrameDSP, StreamDSP
@@ -141,6 +141,18 @@ class Pipeline:
 
             module, meta = load_artifact(self.model_name)
             self.runner = self._local_runner(module, meta, config, features)
+        try:
+            self._assemble(config, res, meta, sinks)
+        except BaseException:
+            # A failure, or a signal during start-up (KeyboardInterrupt, Terminated), once the
+            # engine process runs: it has a session of its own, so no signal of the terminal
+            # ends it, and it holds the shared memory this process made. End it here, or it goes
+            # on loading the model for a monitor that is gone.
+            self._abandon()
+            raise
+
+    def _assemble(self, config: RunConfig, res: Resolved, meta: ArtifactMeta, sinks: Iterable[Sink]) -> None:
+        """The rest of ``__init__``, once the runner exists: the stages around the model."""
         self.meta: ArtifactMeta = meta
         self.labels = list(meta.labels)
         self.outputs = Outputs(sinks, on_error=self._error)
@@ -203,6 +215,16 @@ class Pipeline:
         self._status = "warming up"
         self._running = False  # start() completed
         self._said_waiting: set[int] = set()  # sources whose "waiting for ..." note was emitted
+
+    def _abandon(self) -> None:
+        """Ends what a failed ``__init__`` started: the engine process, ingest processes."""
+        if isinstance(self.runner, ProcessRunner):
+            self.runner.close(wait_s=0.0)
+        for src in getattr(self, "sources", ()):
+            try:
+                src.close()
+            except Exception:  # noqa: BLE001 - the original error is the one to raise
+                pass
 
     def _shard(self, procs: int) -> None:
         """ZeroMQ SUB sources read by ``procs`` ingest processes (app/shards.py); the others, and

@@ -89,26 +89,32 @@ def _worker(argv: list[str]) -> int:
         out.write("\t".join([f"ready {runner.device_name}", *(n.replace("\t", " ") for n in runner.notes)]) + "\n")
         out.flush()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
-        out.flush()
-        return 1
-    for line in sys.stdin:
         try:
-            lane, rows = (int(v) for v in line.split())
-            switches = _preempted()
-            t_start, cpu_start = time.time(), time.thread_time()
-            handle = runner.submit(x_in[lane][:rows])  # rows <= max_batch: one call
-            probs, noise = runner.collect(handle)
-            c = probs.shape[1]
-            y_out[lane][:rows, :c] = probs
-            y_out[lane][:rows, c] = noise
-            if features:
-                y_out[lane][:rows, c + 1 :] = handle.features
-            out.write(f"ok {lane} {rows} {t_start:.6f} {time.time():.6f} {time.thread_time() - cpu_start:.6f} "
-                      f"{_preempted() - switches}\n")
-        except Exception as exc:  # noqa: BLE001
             out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
-        out.flush()
+            out.flush()
+        except OSError:  # the parent is gone (its segments with it): no one to tell, nothing to print
+            pass
+        return 1
+    try:
+        for line in sys.stdin:
+            try:
+                lane, rows = (int(v) for v in line.split())
+                switches = _preempted()
+                t_start, cpu_start = time.time(), time.thread_time()
+                handle = runner.submit(x_in[lane][:rows])  # rows <= max_batch: one call
+                probs, noise = runner.collect(handle)
+                c = probs.shape[1]
+                y_out[lane][:rows, :c] = probs
+                y_out[lane][:rows, c] = noise
+                if features:
+                    y_out[lane][:rows, c + 1 :] = handle.features
+                out.write(f"ok {lane} {rows} {t_start:.6f} {time.time():.6f} {time.thread_time() - cpu_start:.6f} "
+                          f"{_preempted() - switches}\n")
+            except Exception as exc:  # noqa: BLE001
+                out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
+            out.flush()
+    except BrokenPipeError:  # the parent is gone: nothing to answer, no traceback on its terminal
+        return 0
     del x_in, y_out
     for s in shm:
         s.close()
@@ -142,12 +148,6 @@ class ProcessRunner:
         self.ready = threading.Event()
         self.features = int(features)
         self._width = int(classes) + 1 + self.features
-        self._in = [shared_memory.SharedMemory(create=True, size=self.max_batch * self.window * 4)
-                    for _ in range(self.lanes)]
-        self._out = [shared_memory.SharedMemory(create=True, size=self.max_batch * self._width * 4)
-                     for _ in range(self.lanes)]
-        self._x = [np.ndarray((self.max_batch, self.window), np.float32, s.buf) for s in self._in]
-        self._y = [np.ndarray((self.max_batch, self._width), np.float32, s.buf) for s in self._out]
         self._busy = [False] * self.lanes
         self._next = 0
         self._inflight: list[int] = []
@@ -163,7 +163,28 @@ class ProcessRunner:
         self.cpu = cpu
         self.cpu_layout = cpu_layout
         self.device_name = "CPU (engine process)"
-        self._start_child()
+        self._in: list[shared_memory.SharedMemory] = []
+        self._out: list[shared_memory.SharedMemory] = []
+        self._x: list[np.ndarray] = []
+        self._y: list[np.ndarray] = []
+        self._proc: subprocess.Popen[str] | None = None
+        try:
+            for _ in range(self.lanes):
+                self._in.append(shared_memory.SharedMemory(create=True, size=self.max_batch * self.window * 4))
+                self._out.append(shared_memory.SharedMemory(create=True, size=self.max_batch * self._width * 4))
+            self._x = [np.ndarray((self.max_batch, self.window), np.float32, s.buf) for s in self._in]
+            self._y = [np.ndarray((self.max_batch, self._width), np.float32, s.buf) for s in self._out]
+            self._start_child()
+        except BaseException:  # a signal during start-up too: no segment or child is left behind
+            if self._proc is not None:
+                self._proc.kill()
+                self._proc.wait()
+            self._x.clear()
+            self._y.clear()
+            for seg in self._in + self._out:
+                seg.close()
+                seg.unlink()
+            raise
 
     def _start_child(self) -> None:
         # A plain child interpreter (not multiprocessing's spawn, which re-imports the caller's
