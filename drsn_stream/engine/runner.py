@@ -1,13 +1,14 @@
 """The runner owns the model and the device.
 
 CPU: a frozen TorchScript module, with torch's thread count set so one core stays free for
-ingest (sources, DSP, sinks), warmed by a few batch-1 runs. CUDA: pinned host buffers, non-blocking copies, one CUDA graph per
-batch size of a fixed set (a batch is padded up to the next size) and lane, fp16 only where a
-check on the artifact's validation windows shows >= 99.9 % label agreement with fp32, and a
-warm-up of every batch size before ``ready`` is set. The module is frozen on both devices
-(TorchScript folds constants and fuses, so fewer kernels run per batch: docs/gpu/). On CUDA each batch size has ``lanes`` graphs on their own streams, so that while one batch
-runs the next can be copied in and started (``submit`` / ``collect``): the paper-size model is
-bound by kernel launches, not arithmetic, and two graphs in flight fill the GPU better than one.
+ingest (sources, DSP, sinks), warmed up by a few batch-1 runs. CUDA: pinned host buffers,
+non-blocking copies, one CUDA graph per batch size of a fixed set (a batch is padded up to the
+next size) and lane, fp16 only where a check on the artifact's validation windows shows >= 99.9 %
+label agreement with fp32, and a warm-up of every batch size before ``ready`` is set. The module
+is frozen on both devices (TorchScript folds constants and fuses, so fewer kernels run per batch:
+docs/gpu/). On CUDA each batch size has ``lanes`` graphs on their own streams, so that while one
+batch runs the next can be copied in and started (``submit`` / ``collect``): the paper-size model
+is bound by kernel launches, not arithmetic, and two graphs in flight fill the GPU better than one.
 """
 
 from __future__ import annotations
