@@ -100,15 +100,15 @@ def test_old_and_new_artifacts_give_the_same_labels_on_real_windows(name, old_ki
     np.testing.assert_allclose(nn_, no, atol=1e-6)
     if name == "bearing-cwru":  # real fault windows: the model tells the classes apart
         assert len(set(labels_old)) >= 8
-    # the engine process reads the meaning from each file itself
-    for path, want in ((str(old), po), (name, pn)):
-        child = ProcessRunner(path, window=nmeta.window, classes=len(nmeta.labels), max_batch=64, threads=1)
-        try:
-            child.warmup()
-            got, _ = child.infer(x[:16])
-        finally:
-            child.close()
-        np.testing.assert_allclose(got, want[:16], atol=1e-5)
+    # the engine process reads the meaning from the file itself (the shipped form goes through it
+    # in every monitor test that runs one)
+    child = ProcessRunner(str(old), window=nmeta.window, classes=len(nmeta.labels), max_batch=64, threads=1)
+    try:
+        child.warmup()
+        got, _ = child.infer(x[:16])
+    finally:
+        child.close()
+    np.testing.assert_allclose(got, po[:16], atol=1e-5)
 
 
 @pytest.mark.slow
