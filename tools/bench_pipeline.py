@@ -117,9 +117,11 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
          "--source", f"sim:bearing?machines={n // channels}&channels={channels}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + warm + 2),
          "--wait-subscriber", "10"],
         env=env,
-        # before its interpreter starts: every thread it makes (ZeroMQ's too) keeps to those cores
-        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
     )
+    if cores:
+        # Popen returns once the new interpreter has been exec'd and before it has imported
+        # anything, so its one thread is pinned before ZeroMQ's threads exist; they inherit it
+        os.sched_setaffinity(pub.pid, cores)
     pipe.start()
     time.sleep(warm)  # subscriber joins, first windows fill (a baseline learns)
     monitoring = sum(1 for v in pipe.baseline.state.values() if v == "monitoring") if pipe.baseline else None
