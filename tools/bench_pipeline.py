@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                          "three (unknown, a baseline learned live over the first 1.6 s, envelope evidence), "
                          "alternating, and print the CPU per window of both and their ratio")
     args = ap.parse_args(argv)
+    places = [s.strip() for s in args.publisher_on.split(",") if s.strip()]
+    if not set(places) <= {"monitor", "any"}:
+        ap.error(f"--publisher-on takes monitor and any, not {args.publisher_on!r}")
     rows = []
     best = 0
     failed = False
@@ -275,9 +278,6 @@ def main(argv: list[str] | None = None) -> int:
             variants = [{"unknown": False}, {"learn_s": 1.6, "machine": {"bearing": "6205", "rpm": 1797}}]
         if args.ingest_procs:
             variants = [{**v, "ingest_procs": int(k)} for v in variants for k in args.ingest_procs.split(",")]
-        places = [s.strip() for s in args.publisher_on.split(",") if s.strip()]
-        if not set(places) <= {"monitor", "any"}:
-            ap.error(f"--publisher-on takes monitor and any, not {args.publisher_on!r}")
         variants = [{**v, "publisher_on": p} for v in variants for p in places]
         for rep, extra in ((r, v) for r in range(args.repeat) for v in variants):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,

@@ -220,7 +220,7 @@ class Pipeline:
         """Ends what a failed ``__init__`` started: the engine process, ingest processes."""
         if isinstance(self.runner, ProcessRunner):
             self.runner.close(wait_s=0.0)
-        for src in getattr(self, "sources", ()):
+        for src in self.sources:  # made before the runner: they exist
             try:
                 src.close()
             except Exception:  # noqa: BLE001 - the original error is the one to raise

@@ -176,14 +176,11 @@ class ProcessRunner:
             self._y = [np.ndarray((self.max_batch, self._width), np.float32, s.buf) for s in self._out]
             self._start_child()
         except BaseException:  # a signal during start-up too: no segment or child is left behind
+            self._closed = True  # and __del__ has nothing left to do
             if self._proc is not None:
                 self._proc.kill()
                 self._proc.wait()
-            self._x.clear()
-            self._y.clear()
-            for seg in self._in + self._out:
-                seg.close()
-                seg.unlink()
+            self._free_segments()
             raise
 
     def _start_child(self) -> None:
@@ -343,11 +340,17 @@ class ProcessRunner:
             return
         self._closed = True
         self._stop_child(wait_s)
+        self._free_segments()
+
+    def _free_segments(self) -> None:
+        """Drops the views of this process's shared-memory segments, then closes and unlinks them."""
         self._x.clear()
         self._y.clear()
         for s in self._in + self._out:
             s.close()
             s.unlink()
+        self._in.clear()
+        self._out.clear()
 
     def __del__(self) -> None:  # a forgotten close() must not leave /dev/shm segments behind
         try:
