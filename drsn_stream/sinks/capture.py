@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io.wavfile
 
 from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
@@ -293,7 +292,9 @@ class EventCapture:
             "written": time.time(),
         }
         try:
-            scipy.io.wavfile.write(wav, int(round(ring.rate)), data[:, 0] if data.shape[1] == 1 else data)
+            from scipy.io import wavfile  # here: every monitor imports this module, few capture
+
+            wavfile.write(wav, int(round(ring.rate)), data[:, 0] if data.shape[1] == 1 else data)
             meta.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         except (OSError, ValueError) as exc:
             self._fail(
