@@ -85,7 +85,12 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``-n``, README), the tests of the virtual microphone run one after
     another on one worker: each paces a real-time ALSA/JACK device, and two at once on a 2-core
-    machine would fall behind the clock they assert. (``--dist loadgroup`` reads the group.)"""
+    machine would fall behind the clock they assert. (``--dist loadgroup`` reads the group.)
+
+    The tests marked ``slow`` come first: xdist hands the tests out in this order, one at a time
+    to whichever worker is free, and a long test handed out last would run on alone at the end
+    while the other workers wait."""
     for item in items:
         if item.get_closest_marker("audio") is not None:
             item.add_marker(pytest.mark.xdist_group("audio"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

@@ -54,6 +54,7 @@ def test_a_bad_spec_and_a_bad_metrics_port_are_one_line() -> None:
     _one_line_error(_cli("--source", "sim", "--metrics-port", "99999", "--headless"), "99999")
 
 
+@pytest.mark.slow
 def test_a_port_taken_by_another_program_is_one_line_before_ready(free_tcp_port: int) -> None:
     import socket
 
@@ -196,8 +197,9 @@ def test_a_signal_during_start_up_ends_it_without_a_traceback(sig: signal.Signal
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals) -> None:
-    proc = _start("--source", "sim?machines=2", "--headless")
+def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals, tmp_path: Path) -> None:
+    log = tmp_path / "r.jsonl"
+    proc = _start("--source", "sim?machines=2", "--headless", "--jsonl", str(log))
     try:
         assert "ready" in proc.stderr.readline()
         # the model runs in the engine process: the monitor's own process never loads torch
@@ -210,7 +212,12 @@ def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals) 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-2000:]
-    assert "windows in" in out and "Traceback" not in err
+    assert "windows in" in out and "sim/m0:" in out and "Traceback" not in err  # the summary
+    objs = [json.loads(line) for line in log.read_text().splitlines()]
+    final = objs[-1]
+    assert final["type"] == "stats" and final["final"]
+    # every window the engine scored reached the log before the exit
+    assert sum(o["type"] == "prediction" for o in objs) == final["engine"]["windows"] > 0
 
 
 def test_a_start_up_signal_a_library_swallowed_still_ends_the_start_up(cli_in_process, monkeypatch) -> None:

@@ -184,6 +184,7 @@ def _run(frames: list[Frame], poll: int, *, sliced: bool = False) -> tuple[list,
     return got, health, events, pipe.stats_json()["nonfinite_samples"]
 
 
+@pytest.mark.slow
 def test_a_poll_of_many_frames_gives_the_windows_and_health_of_one_frame_at_a_time() -> None:
     frames = _signals()
     one = _run(frames, 1)

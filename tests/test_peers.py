@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_peers_run_the_same_network_and_agree_with_the_engine() -> None:
     pytest.importorskip("onnxruntime")
     env = dict(os.environ, PYTHONPATH=str(ROOT))

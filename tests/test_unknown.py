@@ -96,6 +96,7 @@ def test_the_shipped_model_refuses_at_most_one_percent_of_its_test_windows_and_a
         assert share >= 0.99, f"{name}: only {share:.2%} refused"
 
 
+@pytest.mark.slow
 def test_both_runners_return_the_features_the_model_computes() -> None:
     module, meta, _ = _shipped()
     x = np.random.default_rng(0).standard_normal((40, meta.window)).astype(np.float32)
