@@ -195,6 +195,50 @@ def test_a_lost_host_streams_continue_elsewhere_with_latches_acks_and_no_duplica
     assert agg.duplicates > 0  # b re-sent a's recent events; the copies went nowhere
 
 
+def test_a_released_stream_keeps_its_saved_alarm_when_a_late_checkpoint_comes_after_the_hand_over(tmp_path: Path) -> None:
+    """The host's periodic checkpoint lists the streams it owns, then saves them one by one: a
+    stream released in between must not have its last state overwritten by an empty one, or the
+    next host raises its alarm afresh and its acknowledgement is lost."""
+    from drsn_stream.app.pipeline import RunConfig
+    from drsn_stream.cluster.host import HostWorker
+    from drsn_stream.types import Prediction
+
+    cfg = RunConfig(engine_process=False, threads=1, decision={"latching": True, "danger_after_s": None})
+    old = HostWorker("a", cfg, gateway=f"127.0.0.1:{_free_port()}", checkpoint_dir=str(tmp_path / "ck"),
+                     send=lambda kind, payload: None)
+    labels = old.pipe.decisions.labels
+    fault = next(i for i, name in enumerate(labels) if name != "normal")
+    probs = np.full(len(labels), 0.001, dtype=np.float32)
+    probs[fault] = 1.0 - 0.001 * (len(labels) - 1)
+    sid = "plant/m1"
+    old.assign([sid])
+    for i in range(20):
+        for ev in old.pipe.decisions.update(Prediction(sid, i, 100.0 + i, probs, labels[fault], float(probs[fault]), 0.3, 5.0)):
+            old.sink.write(ev.to_json())
+    assert old.pipe.decisions.state(sid).level.name == "ALERT"
+    old.acknowledge(sid)
+
+    forget = old.pipe.health.forget
+
+    def late_checkpoint_then_forget(stream: str) -> None:
+        old._checkpoint(stream)  # the periodic save, with its list from before the release
+        forget(stream)
+
+    old.pipe.health.forget = late_checkpoint_then_forget
+    assert old.release([sid]) == [sid]
+    old._checkpoint(sid)  # a straggler's event after the hand-over saves nothing either
+    old.pipe.stop()
+
+    new = HostWorker("b", cfg, gateway=f"127.0.0.1:{_free_port()}", checkpoint_dir=str(tmp_path / "ck"),
+                     send=lambda kind, payload: None)
+    try:
+        assert new.assign([sid], previous={sid: "a"}) == [sid]
+        state = new.pipe.decisions.state(sid)
+        assert state.level.name == "ALERT" and not state.unacknowledged, state  # carried over, still acknowledged
+    finally:
+        new.pipe.stop()
+
+
 def _until(cond, timeout: float) -> None:
     end = time.time() + timeout
     while time.time() < end:

@@ -259,6 +259,12 @@ class HostWorker:
 
     def _checkpoint(self, sid: str) -> None:
         with self._lock:
+            if sid not in self.owned and sid not in self._draining:
+                # handed over: ``release`` saved its last state, and this host is forgetting it. A
+                # late save (``checkpoint_all``'s list from before the release, a straggler's event)
+                # would overwrite that state with an empty one, and the next host would raise the
+                # alarm afresh and lose its acknowledgement.
+                return
             decision = self.pipe.decisions.export_state(sid)
             ckpt = StreamCheckpoint(
                 stream_id=sid,
