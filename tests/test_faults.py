@@ -378,7 +378,7 @@ def test_engine_process_deaths_are_limited_per_time_window(monkeypatch: pytest.M
         # every death in its own window; a lower limit than the shipped one exercises the same rule
         # with fewer engine processes to start (each imports torch)
         monkeypatch.setattr(procrunner, "RESTART_WINDOW_S", 0.0)
-        monkeypatch.setattr(procrunner, "MAX_RESTARTS", 2)
+        monkeypatch.setattr(procrunner, "MAX_RESTARTS", 1)
         for _ in range(procrunner.MAX_RESTARTS + 1):
             kill_and_infer()
         probs, _ = runner.collect(runner.submit(x))

@@ -268,7 +268,7 @@ def test_fine_tuned_on_wav_and_csv_at_16khz_the_model_labels_a_held_out_recordin
     counts = Counter(p["label"] for p in preds)
     assert len(preds) > 30 and counts["inner_race"] > 0.8 * len(preds), counts
 
-    ev = _cli("eval", "--model", str(my), "--rate", "16000", "--json")
+    ev = cli_in_process("eval", "--model", str(my), "--rate", "16000", "--json")
     assert ev.returncode == 0, ev.stderr
     doc = json.loads(ev.stdout)
     assert doc["split"] == "test" and doc["results"][0]["accuracy"] == pytest.approx(report["accuracy"]["clean"], abs=1e-4)
