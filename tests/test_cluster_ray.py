@@ -232,12 +232,12 @@ def test_failover_actor_then_node(cluster, tmp_path: Path) -> None:
     port = _free_port()
     n = 32
     streams = [f"sim/m{i}" for i in range(n)]
-    pub = _publisher(port, [f"sim:bearing?machines={n}&fault=inner_014&chunk=512"], 240.0)
+    pub = _publisher(port, [f"sim:bearing?machines={n}&fault=inner_014&chunk=2048"], 240.0)
     jsonl = tmp_path / "cluster.jsonl"
     cfg = ClusterConfig(gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ckpt"), discover=True,
                         jsonl=str(jsonl), checkpoint_every_s=2.0, dead_after_s=3.0)
-    # a window every 2048 samples, not 512: the hosts' model runs a quarter as often on the shared
-    # 1-CPU nodes, and hand-over, latches and gaps do not depend on it
+    # a window (and a frame) every 2048 samples, not 512: the hosts' model and ingest run a quarter
+    # as often on the shared 1-CPU nodes, and hand-over, latches and gaps do not depend on it
     handle = start_cluster(_run_config(hop=2048, latching=True, danger_after_s=None), cfg, address=c.address)
     report = []
     try:
