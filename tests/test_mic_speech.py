@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -103,8 +104,13 @@ def _run_until(cmd: list[str], env: dict[str, str], last_index: int, timeout: fl
     seen, sent = -1, 0
     def give_up() -> None:
         os.killpg(proc.pid, signal.SIGKILL)
-        # jackd makes a session of its own: the group kill misses it (its name holds the script's pid)
-        subprocess.run(["pkill", "-KILL", "-f", f"jackd .*-n drsn-mic-{proc.pid} "], check=False)
+        # jackd makes a session of its own: the group kill misses it (its name holds the script's
+        # pid). SIGTERM first: a jackd killed outright leaves its entry in JACK's server registry in
+        # /dev/shm, and after a few such entries no JACK server starts on the machine.
+        jackd = f"jackd .*-n drsn-mic-{proc.pid} "
+        subprocess.run(["pkill", "-TERM", "-f", jackd], check=False)
+        time.sleep(1.0)
+        subprocess.run(["pkill", "-KILL", "-f", jackd], check=False)
 
     timer = threading.Timer(timeout, give_up)
     timer.start()
