@@ -53,10 +53,9 @@ class HostSink:
             return  # the summary carries the host's statistics; results only where a feed wants them
         obj = {**obj, "host": self.worker.name}
         sid = obj.get("stream")
-        if kind in ("alarm", "health", "note") and isinstance(sid, str):
-            if self.worker.holds(sid):
-                self.worker.record_event(sid, obj)  # sets obj["id"], checkpoints the stream
-            elif kind in ("alarm", "health") and sid != "*":
+        # record_event gives the event of a stream this host holds its id and checkpoints the stream
+        if kind in ("alarm", "health", "note") and isinstance(sid, str) and not self.worker.record_event(sid, obj):
+            if kind in ("alarm", "health") and sid != "*":
                 # a stream handed over and checkpointed already: its new host owns its alarm
                 # chain from that checkpoint on, and an id-less copy from here would break it
                 self.stragglers += 1
@@ -245,9 +244,14 @@ class HostWorker:
         with self._lock:
             return sid in self.owned or sid in self._draining
 
-    def record_event(self, sid: str, obj: dict[str, Any]) -> None:
-        """Give an alarm/health/note event its stable id and checkpoint its stream at once."""
+    def record_event(self, sid: str, obj: dict[str, Any]) -> bool:
+        """Give an alarm/health/note event of a stream this host holds its stable id and
+        checkpoint the stream at once; False (nothing done) for a stream it does not hold. One
+        lock for the test and the update: a release finishing in between would otherwise leave
+        counters behind for a stream the host no longer has."""
         with self._lock:
+            if not self.holds(sid):
+                return False
             counters = self._counters.setdefault(sid, {})
             kind = str(obj.get("type"))
             n = counters.get(kind, 0)
@@ -256,6 +260,7 @@ class HostWorker:
             self._recent.setdefault(sid, deque(maxlen=RECENT_EVENTS)).append(dict(obj))
             if kind in ("alarm", "health"):
                 self._checkpoint(sid)
+            return True
 
     def _checkpoint(self, sid: str) -> None:
         with self._lock:
