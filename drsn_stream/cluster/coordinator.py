@@ -55,6 +55,9 @@ class Coordinator:
         self.errors: list[str] = []  # the supervision loop's recent failures (it carries on)
         self.starting: dict[str, tuple[str, Any, Any, float]] = {}  # name -> (node, handle, ping, t0)
         self._lock = threading.RLock()
+        # one move of streams at a time: the supervision loop and calls such as add_streams (this
+        # actor serves several at once) would otherwise both move a stream, to two hosts
+        self._moving = threading.RLock()
         self._stop = threading.Event()
         self._agg = self.ray.get_actor(AGGREGATOR, namespace=NAMESPACE)
         self._sync_hosts()
@@ -123,6 +126,10 @@ class Coordinator:
 
     def _rebalance(self, previous: Mapping[str, str] | None = None) -> None:
         """Move every stream whose ring owner changed: release first, then assign."""
+        with self._moving:
+            self._move(previous)
+
+    def _move(self, previous: Mapping[str, str] | None) -> None:
         with self._lock:
             target = {s: self.ring.owner(s) for s in self.streams}
             moves = {s: h for s, h in target.items() if h is not None and self.owner.get(s) != h}
