@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -217,6 +218,16 @@ def test_a_released_stream_keeps_its_saved_alarm_when_a_late_checkpoint_comes_af
             old.sink.write(ev.to_json())
     assert old.pipe.decisions.state(sid).level.name == "ALERT"
     old.acknowledge(sid)
+
+    # handed back while its release drains: it stays on this host with its live state
+    release = threading.Thread(target=old.release, args=([sid],))
+    release.start()
+    _until(lambda: sid in old._draining, 5)
+    assert old.assign([sid]) == []  # nothing restored: the state never left
+    release.join()
+    state = old.pipe.decisions.state(sid)
+    assert sid in old.owned and sid not in old._draining
+    assert state.level.name == "ALERT" and not state.unacknowledged, state
 
     forget = old.pipe.health.forget
 

@@ -178,6 +178,12 @@ class HostWorker:
         with self._lock:
             new = [s for s in streams if s not in self.owned]
             for sid in new:
+                if sid in self._draining:
+                    # handed back before its release finished: its state is still here and newer
+                    # than any checkpoint, and the release leaves a stream it owns again alone
+                    self._draining.discard(sid)
+                    self.owned.add(sid)
+                    continue
                 ckpt = self.store.load(sid)
                 if ckpt is not None:
                     if ckpt.decision is not None:
@@ -209,12 +215,15 @@ class HostWorker:
             return []
         time.sleep(DRAIN_S)
         for sid in gone:
+            # one lock from the last save to the last forget: an assign of the stream back to this
+            # host (see assign) comes before or after all of it, never in between
             with self._lock:
+                if sid in self.owned:
+                    continue
                 self._checkpoint(sid)
                 self._draining.discard(sid)
-            self.pipe.decisions.forget(sid)
-            self.pipe.health.forget(sid)
-            with self._lock:
+                self.pipe.decisions.forget(sid)
+                self.pipe.health.forget(sid)
                 self._counters.pop(sid, None)
                 self._recent.pop(sid, None)
                 self._resumed.pop(sid, None)
