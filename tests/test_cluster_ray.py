@@ -128,6 +128,7 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
     from drsn_stream.app.pipeline import Pipeline
     from drsn_stream.cluster.deploy import start_cluster
     from drsn_stream.cluster.ray_app import ClusterConfig
+    from drsn_stream.models.artifact import read_meta
     from drsn_stream.sinks.dashboard import render_once
     from drsn_stream.sinks.jsonl import JsonlSink
 
@@ -183,8 +184,11 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
     assert all(hs == {assignment[s]} for s, hs in by_stream_host.items()), "a stream was classified on two hosts"
     # a window is known by its stream and its place on the stream's hop grid: its time is the
     # same float on both sides only when both received the stream from the same first frame
-    start = {s: min(o["time"] for o in clus + ones if o["stream"] == s) for s in by_stream_host}
-    hop_s = 512 / 12000
+    start: dict[str, float] = {}
+    for o in clus + ones:
+        start[o["stream"]] = min(o["time"], start.get(o["stream"], o["time"]))
+    meta = read_meta("bearing-cwru")
+    hop_s = meta.hop / meta.sample_rate
 
     def key(o: dict) -> tuple[str, int]:
         return o["stream"], round((o["time"] - start[o["stream"]]) / hop_s)

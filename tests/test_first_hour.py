@@ -212,7 +212,8 @@ def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals, 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-2000:]
-    assert "windows in" in out and "sim/m0:" in out and "Traceback" not in err  # the summary
+    assert "drsn-stream:" in out and "windows in" in out and "sim/m0:" in out  # the summary
+    assert "Traceback" not in err
     objs = [json.loads(line) for line in log.read_text().splitlines()]
     final = objs[-1]
     assert final["type"] == "stats" and final["final"]

@@ -54,6 +54,11 @@ def _preempted() -> int:
         return 0
 
 
+def _error_line(exc: BaseException) -> str:
+    """The reply that reports a failure to the parent: ``error TYPE: first line``."""
+    return f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+
+
 def _worker(argv: list[str]) -> int:
     """The child: load the artifact, then answer ``LANE ROWS`` lines on stdin until it closes.
 
@@ -90,7 +95,7 @@ def _worker(argv: list[str]) -> int:
         out.flush()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         try:
-            out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
+            out.write(_error_line(exc))
             out.flush()
         except OSError:  # the parent is gone (its segments with it): no one to tell, nothing to print
             pass
@@ -111,7 +116,7 @@ def _worker(argv: list[str]) -> int:
                 out.write(f"ok {lane} {rows} {t_start:.6f} {time.time():.6f} {time.thread_time() - cpu_start:.6f} "
                           f"{_preempted() - switches}\n")
             except Exception as exc:  # noqa: BLE001
-                out.write(f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
+                out.write(_error_line(exc))
             out.flush()
     except BrokenPipeError:  # the parent is gone: nothing to answer, no traceback on its terminal
         return 0
@@ -178,8 +183,7 @@ class ProcessRunner:
         except BaseException:  # a signal during start-up too: no segment or child is left behind
             self._closed = True  # and __del__ has nothing left to do
             if self._proc is not None:
-                self._proc.kill()
-                self._proc.wait()
+                self._stop_child(wait_s=0.0)  # not ready yet: killed, reaped, its pipes closed
             self._free_segments()
             raise
 
