@@ -12,7 +12,7 @@ import pytest
 import scipy.io.wavfile
 import zmq
 
-from drsn_stream.app.pipeline import Pipeline, RunConfig, _slices
+from drsn_stream.app.pipeline import INGEST_SLICE, INGEST_SLICE_MAX, Pipeline, RunConfig, _slices
 from drsn_stream.monitor.health import HealthMonitor
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import Decoder, WireError, decode, encode, encode_eos
@@ -184,6 +184,22 @@ def _run(frames: list[Frame], poll: int, *, sliced: bool = False) -> tuple[list,
     return got, health, events, pipe.stats_json()["nonfinite_samples"]
 
 
+def test_a_big_poll_reaches_the_engine_first_in_a_short_run_then_in_longer_ones() -> None:
+    """The first run of a burst is short (its windows start the idle engine), the later ones
+    longer; every frame is in exactly one run, in the poll's order, whatever its channels."""
+    plain = [Frame(f"m{i}", 0, 0.0, 12000.0, np.zeros((512, 1), np.float32)) for i in range(700)]
+    wide = [Frame(f"g{i}", 0, 0.0, 12000.0, np.zeros((512, 16), np.float32)) for i in range(40)]
+    for frames in (plain, wide, plain[:50], wide[:1]):
+        runs = _slices(frames)
+        assert [f for run in runs for f in run] == frames
+        width = [sum(f.samples.shape[1] for f in run) for run in runs]
+        if sum(width) > INGEST_SLICE:
+            assert INGEST_SLICE <= width[0] < INGEST_SLICE + 16
+            assert all(INGEST_SLICE_MAX <= w < INGEST_SLICE_MAX + 16 for w in width[1:-1])
+        else:
+            assert len(runs) == 1
+
+
 @pytest.mark.slow
 def test_a_poll_of_many_frames_gives_the_windows_and_health_of_one_frame_at_a_time() -> None:
     frames = _signals()
@@ -254,18 +270,26 @@ def test_batches_give_the_frames_iteration_gives_for_every_kind_that_replays(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("channels", [1, 16])
-def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int) -> None:
+@pytest.mark.parametrize("channels, hop", [(1, None), (16, 2048)])
+def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int | None) -> None:
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "tools" / "bench_ingest.py"), "--streams", "32", "--channels",
-                          str(channels), "--seconds", "0.5", "--json"], capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, str(root / "tools" / "bench_ingest.py"), "--streams", "32", "--channels", str(channels),
+           "--seconds", "0.5", "--json"]
+    if hop:  # and the later runs of a poll 64 and 256 channels wide, alternating
+        cmd += ["--hop", str(hop), "--slice-max", "64,256"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    row = json.loads(out.stdout)[0]
-    assert row["frames"] == (32 // channels) * int(0.5 * RATE / 512) and row["malformed"] == 0 and not row["errors"]
-    assert row["windows"] > 0 and row["ingest_us_per_frame"] > 0
+    rows = json.loads(out.stdout)
+    assert [r["slice_max"] for r in rows] == ([64, 256] if hop else [256])
+    per_stream = int(0.5 * RATE / 512) * 512  # samples each stream sent
+    for row in rows:
+        assert row["frames"] == (32 // channels) * int(0.5 * RATE / 512) and row["malformed"] == 0 and not row["errors"]
+        assert row["hop"] == (hop or 512)
+        assert row["windows"] == 32 * ((per_stream - 2048) // row["hop"] + 1)
+        assert row["ingest_us_per_frame"] > 0
 
 
 def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() -> None:
