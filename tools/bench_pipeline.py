@@ -90,6 +90,36 @@ def thread_cpu_s(native_id: int | None) -> float:
         return 0.0
 
 
+def sched_ns(pid: int | str, tid: int | None = None) -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable but waiting for one) so far of one thread (``tid``) or of every
+    thread of ``pid`` together (/proc/.../schedstat); None where the kernel does not keep them."""
+    try:
+        tids = [str(tid)] if tid is not None else os.listdir(f"/proc/{pid}/task")
+        run = wait = 0
+        for t in tids:
+            try:
+                with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                    r, w, _ = f.read().split()
+            except FileNotFoundError:  # a thread that ended meanwhile
+                continue
+            run, wait = run + int(r), wait + int(w)
+        return run, wait
+    except (OSError, ValueError):
+        return None
+
+
+def sched_shares(before: dict[str, tuple[int, int] | None], after: dict[str, tuple[int, int] | None],
+                 span_s: float) -> dict[str, dict[str, float]]:
+    """Per part, % of the span on a CPU and % runnable but waiting for one (a core's run queue)."""
+    out = {}
+    for name, b in after.items():
+        a = before.get(name)
+        if a is not None and b is not None:
+            out[name] = {"cpu_pct": round(100 * (b[0] - a[0]) / 1e9 / span_s, 1),
+                         "wait_pct": round(100 * (b[1] - a[1]) / 1e9 / span_s, 1)}
+    return out
+
+
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
             threads: int | None = None, engine_process: bool | None = None, max_batch: int | None = None,
             cpu_layout: str = "auto", channels: int = 1, publisher_on: str = "monitor", **overrides) -> dict:
@@ -135,6 +165,14 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     ingest = next((t.native_id for t in pipe._threads if t.name.startswith("drsn-ingest")), None)
     ingest0, frames0 = thread_cpu_s(ingest), pipe.sources[0].stats.snapshot()["frames"]
     judge0 = pipe.judge_cpu_s
+    # which parts wait for a core: the monitor's threads, the engine process, the publisher
+    parts = {t.name.removeprefix("drsn-").split("-")[0]: ("self", t.native_id) for t in pipe._threads
+             if t.name.startswith(("drsn-ingest", "drsn-output"))}
+    parts["engine_loop"] = ("self", pipe.engine.native_id)
+    if child:
+        parts["engine_process"] = (child[0], None)
+    parts["publisher"] = (pub.pid, None)
+    sched0 = {name: sched_ns(*where) for name, where in parts.items()}
     batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
     if batch_times is not None:
         batch_times.clear()
@@ -143,6 +181,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     lat, batches = pipe.stats.stop_recording()  # every window of the measured span, not the live view's last 8192
     elapsed = time.time() - t0
     busy, steal = busy_and_steal(ticks0, cpu_times())
+    sched = sched_shares(sched0, {name: sched_ns(*where) for name, where in parts.items()}, elapsed)
     proc_cpu = process_cpu_s(child + shards) - proc0
     shards_cpu = process_cpu_s(shards, self_too=False) - shards0
     ingest_cpu = thread_cpu_s(ingest) - ingest0
@@ -212,6 +251,9 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         "stages_ms": stages,
         # the engine process's batches over the measured seconds (see above)
         "engine": engine,
+        # per part (the monitor's ingest, engine-loop and output threads, the engine process, the
+        # publisher): % of the measured seconds on a CPU and % runnable but waiting for a core
+        "sched": sched,
     }
 
 
@@ -303,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                 if r["stages_ms"]:
                     print("        ms p50/p99: " + "  ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["stages_ms"].items()),
                           flush=True)
+                if r["sched"]:
+                    print("        % on a CPU / waiting for one: " + "  ".join(
+                        f"{k} {v['cpu_pct']}/{v['wait_pct']}" for k, v in r["sched"].items()), flush=True)
                 if args.baseline_ab:
                     print(f"        judges {'on ' if r['envelope'] else 'off'}: CPU {r['cpu_us_per_window']} us/window "
                           f"(envelope stage {r['envelope_cpu_us_per_window']}, unknown + anomaly "
