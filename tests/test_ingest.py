@@ -12,7 +12,8 @@ import pytest
 import scipy.io.wavfile
 import zmq
 
-from drsn_stream.app.pipeline import INGEST_SLICE, INGEST_SLICE_MAX, Pipeline, RunConfig, _slices
+from drsn_stream.app.ingest import INGEST_SLICE, INGEST_SLICE_MAX, slices
+from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.monitor.health import HealthMonitor
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import Decoder, WireError, decode, encode, encode_eos
@@ -172,7 +173,7 @@ def _run(frames: list[Frame], poll: int, *, sliced: bool = False) -> tuple[list,
     pipe = Pipeline(RunConfig(sources=("sim",), device="cpu", engine_process=False, stale_ms=0.0,
                               queue_capacity=1 << 20, stats_every_s=3600))
     for i in range(0, len(frames), poll):
-        for part in _slices(frames[i : i + poll]) if sliced else (frames[i : i + poll],):  # as the monitor does
+        for part in slices(frames[i : i + poll]) if sliced else (frames[i : i + poll],):  # as the monitor does
             pipe._ingest_frames(part)
     # streams are independent: their windows and events may interleave differently, each in its order
     windows = sorted(pipe.batcher._q, key=lambda w: w.stream_id)
@@ -190,7 +191,7 @@ def test_a_big_poll_reaches_the_engine_first_in_a_short_run_then_in_longer_ones(
     plain = [Frame(f"m{i}", 0, 0.0, 12000.0, np.zeros((512, 1), np.float32)) for i in range(700)]
     wide = [Frame(f"g{i}", 0, 0.0, 12000.0, np.zeros((512, 16), np.float32)) for i in range(40)]
     for frames in (plain, wide, plain[:50], wide[:1]):
-        runs = _slices(frames)
+        runs = slices(frames)
         assert [f for run in runs for f in run] == frames
         width = [sum(f.samples.shape[1] for f in run) for run in runs]
         if sum(width) > INGEST_SLICE:

@@ -30,7 +30,7 @@ import time
 import numpy as np
 import zmq
 
-from drsn_stream.app import pipeline as pipeline_mod
+from drsn_stream.app import ingest as ingest_mod
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.sources.wire import encode, encode_eos
 
@@ -134,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.streams % args.channels:
         raise SystemExit(f"--streams {args.streams} is not a multiple of --channels {args.channels}")
-    widths = [int(w) for w in args.slice_max.split(",")] if args.slice_max else [pipeline_mod.INGEST_SLICE_MAX]
+    widths = [int(w) for w in args.slice_max.split(",")] if args.slice_max else [ingest_mod.INGEST_SLICE_MAX]
     rows = []
     for _ in range(args.repeat):
         for width in widths:
-            pipeline_mod.INGEST_SLICE_MAX = width
+            ingest_mod.INGEST_SLICE_MAX = width
             rows.append({**run(args.streams, args.channels, args.seconds, hop=args.hop, profile=args.profile),
                          "slice_max": width})
     if args.json:

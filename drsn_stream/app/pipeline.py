@@ -27,14 +27,11 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.app.defaults import Resolved, resolve_defaults
+from drsn_stream.app.ingest import Ingest, one_line, slices
 from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable
-from drsn_stream.dsp import FrameDSP, StreamDSP
-from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
 from drsn_stream.dsp.envelope import label_family
 from drsn_stream.dsp.normalize import BatchNormalizer
-from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
-from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.contract import RunnerLike, device_type
 from drsn_stream.engine.engine import InferenceLoop
@@ -52,19 +49,13 @@ from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects
 from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import EventCapture
 from drsn_stream.sources import make_source
-from drsn_stream.types import Event, Frame, Prediction, Window, rounds_by_stream, split_channels
+from drsn_stream.types import Event, Frame, Prediction, Window
 from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
 SPEECH_MODEL = "digits-fsdd"
 WAITING_AFTER_S = 1.0  # a source silent this long after the start says what it waits for
 BEARING_MODEL = "bearing-cwru"
-# channels of a poll's frames ingested and handed to the batcher together: a first run of
-# INGEST_SLICE, so that a burst's first windows reach the engine soon, then runs of
-# INGEST_SLICE_MAX, which the engine takes in bigger batches and the health tests judge with the
-# same number of numpy calls as a run of 64 (docs/performance.md)
-INGEST_SLICE = 64
-INGEST_SLICE_MAX = 256
 
 
 def _cores() -> int:
@@ -201,10 +192,11 @@ class Pipeline:
         if config.idle_flush and not config.fast:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now
-        self._dsp: dict[str, StreamDSP | BankDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
-        self._banks: dict[int, WindowBank] = {}  # by id(source): each ingest thread's single-channel streams
         self.envelope = self._envelope_stage(config)
         self._ingest_lock = threading.Lock()
+        # the ingest threads' sensor health and DSP (sharded sources run theirs in their processes)
+        self.ingest = Ingest(self.meta, config.hop, self.health, config.max_streams, on_events=self._emit_events,
+                             on_error=self._error, capture=self.capture, lock=self._ingest_lock)
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
         self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
@@ -346,7 +338,7 @@ class Pipeline:
             if self._sources_done >= len(self.sources):
                 break
             if self.engine.error is not None:
-                self._error(f"engine stopped: {_one_line(self.engine.error)}")
+                self._error(f"engine stopped: {one_line(self.engine.error)}")
                 break
             self.quit.wait(0.05)
             self._say_waiting()
@@ -439,7 +431,7 @@ class Pipeline:
         try:
             with source:
                 for frames in source.batches():
-                    for part in _slices(frames):
+                    for part in slices(frames):
                         self._ingest_frames(part, source)
                     if self.quit.is_set():
                         break
@@ -452,24 +444,8 @@ class Pipeline:
                 self._sources_done += 1
 
     def _ingest_frames(self, frames: list[Frame], source: Any = None) -> None:
-        """Every frame of one poll, each stream's in order and each exactly as alone; the sensor
-        health of different streams is judged together, and their windows go to the batcher
-        together. The stream table is locked once for all of them."""
-        windows: list[Window] = []
-        kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
-        dsps = self._dsp
-        with self._ingest_lock:
-            for frame in frames:
-                dsp = dsps.get(frame.stream_id)
-                # the common case without _stream_dsp: a plain frame of a stream whose DSP takes
-                # plain frames (the first check _stream_dsp makes)
-                if dsp is None or getattr(dsp, "ids", None) is not None or channel_layout(frame) is not None:
-                    dsp = self._stream_dsp(frame, source)
-                    if dsp is None:
-                        continue
-                kept.append((frame, dsp))
-        for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
-            self._ingest_round(this, source, windows)
+        """Every frame of one poll (``Ingest.frames``); their windows go to the batcher together."""
+        windows = self.ingest.frames(frames, source)
         if windows:
             self._windows_in(windows)
 
@@ -479,92 +455,6 @@ class Pipeline:
         self.batcher.put_many(windows)
         if self.envelope is not None:
             self.envelope.push(windows)
-
-    def _ingest_round(self, items: list[tuple[Frame, StreamDSP | BankDSP]], source: Any, windows: list[Window]) -> None:
-        """Frames of distinct streams: health and capture per channel, then each frame's DSP (one
-        FrameDSP for every channel of a multi-channel frame); the windows completed are added to
-        ``windows``, marked unhealthy where their stream's sensor is not OK."""
-        try:  # every channel of a multi-channel frame as its own stream (channel_layout's ids)
-            events = self.health.push_channels([frame for frame, _ in items])
-        except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
-            for frame, _ in items:
-                self._frame_dropped(source, frame, exc)
-            return
-        if self.capture is not None:  # first: an event of these frames may start a capture around them
-            for frame, dsp in items:
-                for part in split_channels(frame) if getattr(dsp, "ids", None) is not None else (frame,):
-                    self.capture.push(part)
-        if events:
-            self._emit_events(events)
-        done: list[Window] = []
-        judged: list[str] = []  # streams whose windows need every gathered sample judged first
-        groups, rest = bank_items(items)
-        for idx in groups.values():  # single-channel streams at the model's rate: one step for all
-            frames = [items[i][0] for i in idx]
-            try:
-                out, of = items[idx[0]][1].bank.push_flat([items[i][1] for i in idx], frames)
-            except Exception as exc:  # noqa: BLE001 - a bug drops these frames, not the monitor
-                for frame in frames:
-                    self._frame_dropped(source, frame, exc)
-                continue
-            if out:
-                judged += dict.fromkeys([frames[i].stream_id for i in of])
-                done += out
-        for frame, dsp in (items[i] for i in rest) if groups else items:
-            try:
-                out = dsp.push(frame)
-            except UnsupportedRate as exc:  # a rate change the model cannot take
-                self._frame_error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
-                continue
-            except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
-                self._frame_dropped(source, frame, exc)
-                continue
-            if out:
-                judged += getattr(dsp, "ids", None) or (frame.stream_id,)
-                done += out
-        if not done:
-            return
-        events = self.health.flush_many(judged)  # the windows' samples all judged
-        if events:
-            self._emit_events(events)
-        sick = self.health.unhealthy(dict.fromkeys(judged))
-        windows += [_unhealthy(w) if w.stream_id in sick else w for w in done] if sick else done
-
-    def _frame_dropped(self, source: Any, frame: Frame, exc: Exception) -> None:
-        """A frame a processing stage failed on: counted as ``ingest_error``, said once, the rest goes on."""
-        self._frame_error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {_one_line(exc)}")
-
-    def _frame_error(self, source: Any, reason: str, line: str) -> None:
-        if source is not None:
-            source.stats.bad(reason)
-        self._error(line)
-
-    def _stream_dsp(self, frame: Frame, source: Any) -> StreamDSP | None:
-        """The DSP of the frame's stream (made for a new stream or a new channel layout); None for
-        a frame that is not kept (too many streams, a rate the model cannot take), counted."""
-        ids = channel_layout(frame)
-        dsp = self._dsp.get(frame.stream_id)
-        if dsp is not None and getattr(dsp, "ids", None) == ids:
-            return dsp
-        if dsp is None and len(self._dsp) >= self.config.max_streams:
-            if source is not None:
-                source.stats.bad("too_many_streams")
-            return None
-        try:
-            rational_ratio(frame.sample_rate, self.meta.sample_rate)
-        except UnsupportedRate as exc:  # the stream is not kept
-            self._frame_error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
-            return None
-        if isinstance(dsp, BankDSP) and dsp.own is None:
-            dsp.leave()  # its row back to the bank; frames of this poll before the new layout still go through it
-        if ids is None and frame.sample_rate == self.meta.sample_rate:
-            bank = self._banks.get(id(source))
-            if bank is None:
-                bank = self._banks[id(source)] = WindowBank(self.meta, self.config.hop)
-            dsp = self._dsp[frame.stream_id] = BankDSP(bank, frame.stream_id)
-        else:
-            dsp = self._dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.config.hop)
-        return dsp
 
     # ------------------------------------------------------------------ results
     def _on_predictions(self, preds: list[Prediction]) -> None:
@@ -581,7 +471,7 @@ class Pipeline:
             try:
                 self._handle(preds)
             except Exception as exc:  # noqa: BLE001 - a sink failure is shown, not fatal
-                self._error(f"output: {_one_line(exc)}")
+                self._error(f"output: {one_line(exc)}")
 
     def _handle(self, preds: list[Prediction]) -> None:
         if self.envelope is not None and self.engine.latency_from_ready:
@@ -736,10 +626,7 @@ class Pipeline:
         sources = {}
         for src, spec in zip(self.sources, self.config.sources):
             sources[spec] = src.stats.snapshot()
-        with self._ingest_lock:  # the ingest threads add streams meanwhile
-            dsps = list(self._dsp.items())
-        nonfinite = {sid: d.nonfinite for sid, d in dsps if d.nonfinite and not isinstance(d, FrameDSP)}
-        nonfinite.update(kv for _, d in dsps if isinstance(d, FrameDSP) for kv in d.nonfinite_by_stream().items())
+        nonfinite = self.ingest.nonfinite()
         for src in self.sources:
             if isinstance(src, ShardedSource):
                 nonfinite.update(src.nonfinite)
@@ -782,41 +669,12 @@ class Pipeline:
 
 
 
-def _slices(frames: list[Frame]) -> list[list[Frame]]:
-    """A poll's frames in runs of channels: the first of about INGEST_SLICE, whose windows reach
-    the engine while the rest are judged (the engine starts a batch at 64 windows when idle), the
-    others of about INGEST_SLICE_MAX. The engine runs the first batch for longer than ingest takes
-    for the next run, so bigger later runs keep it as busy and cost fewer numpy calls per channel."""
-    if len(frames) <= 1:
-        return [frames]
-    out, start, channels, size = [], 0, 0, INGEST_SLICE
-    for i, frame in enumerate(frames):
-        channels += frame.samples.shape[1] if frame.samples.ndim == 2 else 1
-        if channels >= size:
-            out.append(frames[start : i + 1])
-            start, channels, size = i + 1, 0, INGEST_SLICE_MAX
-    if start < len(frames):
-        out.append(frames[start:])
-    return out
-
-
 def _clock(t: float) -> str:
     """HH:MM:SS of a wall-clock time; any time a platform cannot show is shown as ``??:??:??``."""
     try:
         return time.strftime("%H:%M:%S", time.localtime(t))
     except (OverflowError, OSError, ValueError):
         return "??:??:??"
-
-
-def _unhealthy(w: Window) -> Window:
-    """``w`` from a sensor that failed its health check: a new Window, so that the DSP's windows
-    are never written after it made them (and only windows of a failing sensor cost an object)."""
-    return Window(w.stream_id, w.index, w.t_last, w.data, w.t_ready, w.level, w.normalized, False)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownDetector | None, BaselineStage | None]:

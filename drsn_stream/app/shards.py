@@ -49,9 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.dsp import FrameDSP, StreamDSP
-from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
-from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
+from drsn_stream.app.ingest import Ingest, slices
 from drsn_stream.errors import SourceError
 from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth
 from drsn_stream.runtime import attach_shared_memory
@@ -145,53 +143,27 @@ class HealthMirror(HealthMonitor):
 
 
 class _Stage:
-    """The in-process ingest stage (``Pipeline._ingest_frame``) for one child's streams: health
-    and DSP per frame, windows and events gathered for the parent."""
+    """The in-process ingest stage (``app/ingest.py``) for one child's streams, a poll at a time;
+    windows and events gathered for the parent."""
 
-    def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int) -> None:
-        self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
-        self.dsp: dict[str, StreamDSP] = {}
+    def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, out: _Out) -> None:
         self.errors: Counter[str] = Counter()
         self.streams: dict[str, None] = {}  # frame stream ids seen, in order (Source.streams copies its list)
+        self.out = out
+        self.ingest = Ingest(meta, hop, health, max_streams, on_events=out.events, on_error=self._error)
 
-    def push(self, frame: Frame, source: Source, out: _Out) -> None:
-        if frame.stream_id not in self.streams:
-            self.streams[frame.stream_id] = None
-        try:
-            self._push(frame, source, out)
-        except UnsupportedRate as exc:
-            source.stats.bad("unsupported_rate")
-            self.errors[f"stream {frame.stream_id}: {exc}"] += 1
-        except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
-            source.stats.bad("ingest_error")
-            text = str(exc).strip().splitlines()
-            self.errors[f"stream {frame.stream_id}: frame dropped: {type(exc).__name__}"
-                        + (f": {text[0][:200]}" if text else "")] += 1
+    def _error(self, line: str) -> None:
+        self.errors[line] += 1
 
-    def _push(self, frame: Frame, source: Source, out: _Out) -> None:
-        ids = channel_layout(frame)
-        dsp = self.dsp.get(frame.stream_id)
-        if dsp is None or getattr(dsp, "ids", None) != ids:
-            if dsp is None and len(self.dsp) >= self.max_streams:
-                source.stats.bad("too_many_streams")
-                return
-            rational_ratio(frame.sample_rate, self.meta.sample_rate)
-            dsp = self.dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.hop)
-        events = self.health.push_channels([frame])  # each channel its own stream, as split_channels
-        if events:
-            out.events(events)
-        windows = dsp.push(frame)
+    def poll(self, frames: list[Frame], source: Source) -> None:
+        """One run of a poll's frames (``slices``): their windows to the parent, judged as in-process."""
+        self.streams.update(dict.fromkeys([f.stream_id for f in frames]))
+        windows = self.ingest.frames(frames, source)
         if windows:
-            events = self.health.flush_many(ids or (frame.stream_id,))
-            if events:
-                out.events(events)
-            # judged as in-process (the DSP's windows are not written after it made them)
-            out.windows(windows, [w.healthy and self.health.healthy(w.stream_id) for w in windows])
+            self.out.windows(windows, [w.healthy for w in windows])
 
     def nonfinite(self) -> dict[str, int]:
-        out = {sid: d.nonfinite for sid, d in self.dsp.items() if d.nonfinite and not isinstance(d, FrameDSP)}
-        out.update(kv for d in self.dsp.values() if isinstance(d, FrameDSP) for kv in d.nonfinite_by_stream().items())
-        return out
+        return self.ingest.nonfinite()
 
 
 class _Out:
@@ -304,7 +276,7 @@ def _worker(cfg: dict[str, Any]) -> int:
         source.accept_topic = accept  # type: ignore[attr-defined]
         base = str(source.options["topic"]).encode("utf-8")
         health = HealthMonitor(HealthConfig(**cfg["health"]))
-        stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]))
+        stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]), out)
         source.open()
     except Exception as exc:  # noqa: BLE001 - said by the parent in one line
         out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
@@ -371,9 +343,10 @@ def _worker(cfg: dict[str, Any]) -> int:
     source.on_idle = lambda: housekeeping(True)
     try:
         with source:
-            for frame in source:
-                stage.push(frame, source, out)
-                housekeeping(False)
+            for batch in source.batches():
+                for part in slices(batch):
+                    stage.poll(part, source)
+                    housekeeping(False)
         report()
     except (BrokenPipeError, OSError):
         return 0  # the parent has gone

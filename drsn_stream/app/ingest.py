@@ -1,0 +1,207 @@
+"""The ingest stage: a poll's frames -> sensor health, per-stream DSP -> windows.
+
+One implementation for the monitor's ingest threads (``Pipeline``) and the ingest processes of
+a sharded source (``app/shards.py``): a poll's frames go through in runs (``slices``), each run
+in rounds of distinct streams, and each round's sensor health and windowing run in numpy over
+all of its streams (``HealthMonitor.push_channels``, ``WindowBank.push_flat``), not in Python per
+frame.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from drsn_stream.dsp import FrameDSP, StreamDSP
+from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
+from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
+from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
+from drsn_stream.monitor.health import HealthMonitor
+from drsn_stream.types import Event, Frame, Window, rounds_by_stream, split_channels
+
+# channels of a poll's frames ingested and handed on together: a first run of INGEST_SLICE, so
+# that a burst's first windows reach the engine soon, then runs of INGEST_SLICE_MAX, which the
+# engine takes in bigger batches and the health tests judge with the same number of numpy calls
+# as a run of 64 (docs/performance.md)
+INGEST_SLICE = 64
+INGEST_SLICE_MAX = 256
+
+
+def slices(frames: list[Frame]) -> list[list[Frame]]:
+    """A poll's frames in runs of channels: the first of about INGEST_SLICE, whose windows reach
+    the engine while the rest are judged (the engine starts a batch at 64 windows when idle), the
+    others of about INGEST_SLICE_MAX. The engine's first batch takes about as long as ingest over
+    the next run, so bigger later runs keep it as busy and cost fewer numpy calls per channel."""
+    if len(frames) <= 1:
+        return [frames]
+    out, start, channels, size = [], 0, 0, INGEST_SLICE
+    for i, frame in enumerate(frames):
+        channels += frame.samples.shape[1] if frame.samples.ndim == 2 else 1
+        if channels >= size:
+            out.append(frames[start : i + 1])
+            start, channels, size = i + 1, 0, INGEST_SLICE_MAX
+    if start < len(frames):
+        out.append(frames[start:])
+    return out
+
+
+class Ingest:
+    """Sensor health and per-stream DSP for the frames of one or more sources.
+
+    Args:
+        meta: the artifact's metadata (``sample_rate``, ``window``, ``hop``, ``normalization``).
+        hop: the window hop in samples (None: the artifact's).
+        health: the sensor health of these streams.
+        max_streams: frame stream ids kept; frames of further streams are counted as
+            ``too_many_streams`` and dropped.
+        on_events: takes the health events of each round, as they happen.
+        on_error: takes one line for a frame that is not kept or a stage failed on (also counted
+            in its source's stats).
+        capture: an ``EventCapture`` (or None) that sees every channel's raw frame first.
+        lock: held while the stream table changes (other threads read it: ``nonfinite``); None:
+            a lock of its own.
+    """
+
+    def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, *,
+                 on_events: Callable[[list[Event]], None], on_error: Callable[[str], None],
+                 capture: Any = None, lock: Any = None) -> None:
+        self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
+        self.on_events, self.on_error, self.capture = on_events, on_error, capture
+        self.lock = lock if lock is not None else threading.Lock()
+        self.dsp: dict[str, StreamDSP | BankDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
+        self._banks: dict[int, WindowBank] = {}  # by id(source): each source's single-channel streams
+
+    def frames(self, frames: list[Frame], source: Any = None) -> list[Window]:
+        """Every frame of one poll (or run of one), each stream's in order and each exactly as
+        alone; the sensor health of different streams is judged together. Returns the windows
+        completed, marked unhealthy where their stream's sensor is not OK. The stream table is
+        locked once for all of them."""
+        windows: list[Window] = []
+        kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
+        dsps = self.dsp
+        with self.lock:
+            for frame in frames:
+                dsp = dsps.get(frame.stream_id)
+                # the common case without _stream_dsp: a plain frame of a stream whose DSP takes
+                # plain frames (the first check _stream_dsp makes)
+                if dsp is None or getattr(dsp, "ids", None) is not None or channel_layout(frame) is not None:
+                    dsp = self._stream_dsp(frame, source)
+                    if dsp is None:
+                        continue
+                kept.append((frame, dsp))
+        for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
+            self._round(this, source, windows)
+        return windows
+
+    def polls(self, batches: Iterator[list[Frame]], source: Any = None) -> Iterator[list[Window]]:
+        """``frames`` of every run (``slices``) of every poll in ``batches``, as they are made."""
+        for batch in batches:
+            for part in slices(batch):
+                yield self.frames(part, source)
+
+    def nonfinite(self) -> dict[str, int]:
+        """Non-finite samples replaced so far, by (channel) stream."""
+        with self.lock:
+            dsps = list(self.dsp.items())
+        out = {sid: d.nonfinite for sid, d in dsps if d.nonfinite and not isinstance(d, FrameDSP)}
+        out.update(kv for _, d in dsps if isinstance(d, FrameDSP) for kv in d.nonfinite_by_stream().items())
+        return out
+
+    def _round(self, items: list[tuple[Frame, StreamDSP | BankDSP]], source: Any, windows: list[Window]) -> None:
+        """Frames of distinct streams: health and capture per channel, then each frame's DSP (one
+        FrameDSP for every channel of a multi-channel frame); the windows completed are added to
+        ``windows``, marked unhealthy where their stream's sensor is not OK."""
+        try:  # every channel of a multi-channel frame as its own stream (channel_layout's ids)
+            events = self.health.push_channels([frame for frame, _ in items])
+        except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
+            for frame, _ in items:
+                self._dropped(source, frame, exc)
+            return
+        if self.capture is not None:  # first: an event of these frames may start a capture around them
+            for frame, dsp in items:
+                for part in split_channels(frame) if getattr(dsp, "ids", None) is not None else (frame,):
+                    self.capture.push(part)
+        if events:
+            self.on_events(events)
+        done: list[Window] = []
+        judged: list[str] = []  # streams whose windows need every gathered sample judged first
+        groups, rest = bank_items(items)
+        for idx in groups.values():  # single-channel streams at the model's rate: one step for all
+            frames = [items[i][0] for i in idx]
+            try:
+                out, of = items[idx[0]][1].bank.push_flat([items[i][1] for i in idx], frames)
+            except Exception as exc:  # noqa: BLE001 - a bug drops these frames, not the monitor
+                for frame in frames:
+                    self._dropped(source, frame, exc)
+                continue
+            if out:
+                judged += dict.fromkeys([frames[i].stream_id for i in of])
+                done += out
+        for frame, dsp in (items[i] for i in rest) if groups else items:
+            try:
+                out = dsp.push(frame)
+            except UnsupportedRate as exc:  # a rate change the model cannot take
+                self._error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not end the stream
+                self._dropped(source, frame, exc)
+                continue
+            if out:
+                judged += getattr(dsp, "ids", None) or (frame.stream_id,)
+                done += out
+        if not done:
+            return
+        events = self.health.flush_many(judged)  # the windows' samples all judged
+        if events:
+            self.on_events(events)
+        sick = self.health.unhealthy(dict.fromkeys(judged))
+        windows += [unhealthy(w) if w.stream_id in sick else w for w in done] if sick else done
+
+    def _dropped(self, source: Any, frame: Frame, exc: Exception) -> None:
+        """A frame a processing stage failed on: counted as ``ingest_error``, said once, the rest goes on."""
+        self._error(source, "ingest_error", f"stream {frame.stream_id}: frame dropped: {one_line(exc)}")
+
+    def _error(self, source: Any, reason: str, line: str) -> None:
+        if source is not None:
+            source.stats.bad(reason)
+        self.on_error(line)
+
+    def _stream_dsp(self, frame: Frame, source: Any) -> StreamDSP | BankDSP | None:
+        """The DSP of the frame's stream (made for a new stream or a new channel layout); None for
+        a frame that is not kept (too many streams, a rate the model cannot take), counted."""
+        ids = channel_layout(frame)
+        dsp = self.dsp.get(frame.stream_id)
+        if dsp is not None and getattr(dsp, "ids", None) == ids:
+            return dsp
+        if dsp is None and len(self.dsp) >= self.max_streams:
+            if source is not None:
+                source.stats.bad("too_many_streams")
+            return None
+        try:
+            rational_ratio(frame.sample_rate, self.meta.sample_rate)
+        except UnsupportedRate as exc:  # the stream is not kept
+            self._error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
+            return None
+        if isinstance(dsp, BankDSP) and dsp.own is None:
+            dsp.leave()  # its row back to the bank; frames of this poll before the new layout still go through it
+        if ids is None and frame.sample_rate == self.meta.sample_rate:
+            bank = self._banks.get(id(source))
+            if bank is None:
+                bank = self._banks[id(source)] = WindowBank(self.meta, self.hop)
+            dsp = self.dsp[frame.stream_id] = BankDSP(bank, frame.stream_id)
+        else:
+            dsp = self.dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.hop)
+        return dsp
+
+
+def unhealthy(w: Window) -> Window:
+    """``w`` from a sensor that failed its health check: a new Window, so that the DSP's windows
+    are never written after it made them (and only windows of a failing sensor cost an object)."""
+    return Window(w.stream_id, w.index, w.t_last, w.data, w.t_ready, w.level, w.normalized, False)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
