@@ -10,7 +10,7 @@ frame.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from drsn_stream.dsp import FrameDSP, StreamDSP
@@ -93,12 +93,6 @@ class Ingest:
         for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
             self._round(this, source, windows)
         return windows
-
-    def polls(self, batches: Iterator[list[Frame]], source: Any = None) -> Iterator[list[Window]]:
-        """``frames`` of every run (``slices``) of every poll in ``batches``, as they are made."""
-        for batch in batches:
-            for part in slices(batch):
-                yield self.frames(part, source)
 
     def nonfinite(self) -> dict[str, int]:
         """Non-finite samples replaced so far, by (channel) stream."""
