@@ -201,6 +201,41 @@ def test_a_big_poll_reaches_the_engine_first_in_a_short_run_then_in_longer_ones(
             assert len(runs) == 1
 
 
+def test_a_stage_that_fails_on_a_frame_drops_that_frame_says_so_once_and_the_rest_goes_on() -> None:
+    """A bug in a processing stage costs the frames it fails on, counted as ``ingest_error`` in
+    their source's stats and said in one line; the other streams of the same polls, and the
+    failing stream's later frames once the stage works again, go on."""
+    pipe = Pipeline(RunConfig(sources=("sim",), device="cpu", engine_process=False, stale_ms=0.0,
+                              queue_capacity=1 << 20, stats_every_s=3600))
+    src = pipe.sources[0]
+    rng = np.random.default_rng(3)
+
+    def poll(k: int) -> list[Frame]:  # "ok" at the model's rate (the window bank), "odd" at 11.025 kHz (its own DSP)
+        return [Frame("ok", k, k * 512 / RATE, RATE, (rng.standard_normal((512, 1)) * 0.1).astype(np.float32)),
+                Frame("odd", k, k * 441 / 11025.0, 11025.0, (rng.standard_normal((441, 1)) * 0.1).astype(np.float32))]
+
+    for k in range(8):
+        pipe._ingest_frames(poll(k), src)
+    dsp = pipe.ingest.dsp["odd"]
+
+    def boom(frame: Frame) -> list:
+        raise RuntimeError("boom\nsecond line")
+
+    dsp.push = boom  # type: ignore[method-assign]
+    for k in range(8, 16):
+        pipe._ingest_frames(poll(k), src)
+    del dsp.push  # the stage works again
+    for k in range(16, 24):
+        pipe._ingest_frames(poll(k), src)
+    windows = {sid: [w.index for w in pipe.batcher._q if w.stream_id == sid] for sid in ("ok", "odd")}
+    assert windows["ok"] == list(range(24 - 3))  # every frame of "ok" windowed: one window per frame after the first 3
+    assert windows["odd"] and windows["odd"] == list(range(len(windows["odd"])))
+    assert src.stats.snapshot()["malformed"] == {"ingest_error": 8}
+    lines = [e for e in pipe.errors if "frame dropped" in e]
+    assert lines == ["stream odd: frame dropped: RuntimeError: boom"], pipe.errors  # one line, said once
+    assert pipe.error_counts[lines[0]] == 8
+
+
 @pytest.mark.slow
 def test_a_poll_of_many_frames_gives_the_windows_and_health_of_one_frame_at_a_time() -> None:
     frames = _signals()
