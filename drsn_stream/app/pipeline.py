@@ -483,9 +483,12 @@ class Pipeline:
             if self.baseline is not None:
                 self.baseline.apply(preds)
             self.judge_cpu_s += time.thread_time() - t0
+        # judged on the window's own samples, and on the sensor now (a result may come late): the
+        # streams of the batch looked up in one hold of the health lock, which ingest holds while
+        # it judges a round
+        sick = self.health.unhealthy({p.stream_id for p in preds})
         for p in preds:
-            # judged on the window's own samples, and on the sensor now (a result may come late)
-            healthy = p.health == OK and self.health.healthy(p.stream_id)
+            healthy = p.health == OK and p.stream_id not in sick
             p.health = OK if healthy else CHECK_SENSOR
             events = self.decisions.update(p, healthy=healthy)
             counts = self.label_counts.get(p.stream_id)
