@@ -329,7 +329,7 @@ class DecisionEngine:
         if not self.labels:
             raise ConfigError("DecisionEngine needs the model's labels (ArtifactMeta.labels); got none")
         self.config = config if config is not None else DecisionConfig.for_labels(self.labels)
-        self._label_level = np.array([self._level_of(lab) for lab in self.labels], dtype=np.int64)
+        self._label_level = tuple(self._level_of(lab) for lab in self.labels)  # by label index
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self.windows_total = 0
@@ -432,8 +432,10 @@ class DecisionEngine:
                 st.psum += probs
             smoothed = st.psum / len(st.history)
             top = max(st.votes)
-            tied = [i for i, c in enumerate(st.votes) if c == top]
-            best = tied[0] if len(tied) == 1 else max(tied, key=lambda i: smoothed[i])
+            if st.votes.count(top) == 1:  # the common case: one label has the most votes
+                best = st.votes.index(top)
+            else:
+                best = max((i for i, c in enumerate(st.votes) if c == top), key=lambda i: smoothed[i])
         st.probs = smoothed
         st.best = best
         st.label = self.labels[best]
@@ -458,7 +460,7 @@ class DecisionEngine:
 
     def _label_supported(self, st: _Stream, t: float) -> Level:
         cfg = self.config
-        level = Level(int(self._label_level[st.best]))
+        level = self._label_level[st.best]
         if level == Level.NORMAL:
             return level
         threshold = cfg.enter_confidence if level > st.cond else cfg.leave_confidence
