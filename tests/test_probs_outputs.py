@@ -154,3 +154,4 @@ def test_reexport_refuses_a_module_that_does_not_match_its_config(tmp_path, caps
     bad = save_artifact(module, tmp_path / "bad.pt", d)
     code, _, err = reexport(capsys, "--probs", str(bad))
     assert code == 1 and "refused" in err and "model_config" in err
+    assert "Traceback" not in err
