@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -120,6 +121,10 @@ def sched_shares(before: dict[str, tuple[int, int] | None], after: dict[str, tup
     return out
 
 
+# the longest the publisher may take to start sending; it runs for the measured span plus this
+START_S = 60.0
+
+
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
             threads: int | None = None, engine_process: bool | None = None, max_batch: int | None = None,
             cpu_layout: str = "auto", channels: int = 1, publisher_on: str = "monitor", **overrides) -> dict:
@@ -144,7 +149,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     cores = pipe.monitor_cpus if publisher_on == "monitor" else None
     pub = subprocess.Popen(
         [sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to", f"tcp://127.0.0.1:{port}",
-         "--source", f"sim:bearing?machines={n // channels}&channels={channels}&noise=gaussian&snr=10&seed=1", "--duration", str(seconds + warm + 2),
+         "--source", f"sim:bearing?machines={n // channels}&channels={channels}&noise=gaussian&snr=10&seed=1",
+         "--duration", str(seconds + warm + START_S),
          "--wait-subscriber", "10"],
         env=env,
     )
@@ -153,7 +159,16 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         # anything, so its one thread is pinned before ZeroMQ's threads exist; they inherit it
         os.sched_setaffinity(pub.pid, cores)
     pipe.start()
-    time.sleep(warm)  # subscriber joins, first windows fill (a baseline learns)
+    # the measured span starts once the publisher sends (it starts up in seconds, and more
+    # slowly the more machines it simulates), then the first windows fill (a baseline learns)
+    t_wait = time.time()
+    while pipe.sources[0].stats.snapshot()["frames"] == 0:
+        if time.time() - t_wait > START_S or pub.poll() is not None:
+            pipe.stop()
+            pub.kill()
+            raise SystemExit(f"the publisher sent nothing within {START_S:.0f} s (exit status {pub.poll()})")
+        time.sleep(0.02)
+    time.sleep(warm)
     monitoring = sum(1 for v in pipe.baseline.state.values() if v == "monitoring") if pipe.baseline else None
     drops0 = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost
     pipe.stats.start_recording()
@@ -206,6 +221,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     p50, p95, p99 = (float(v) for v in np.percentile(lat, (50, 95, 99))) if windows else (float("nan"),) * 3
     cpu = pipe.usage.read()
     pipe.stop()
+    pub.send_signal(signal.SIGINT)  # it sends until stopped (or its duration ends)
     pub.wait(timeout=30)
     hop_s = (hop or pipe.meta.hop) / pipe.meta.sample_rate
     expected = n * elapsed / hop_s
@@ -272,7 +288,7 @@ def cpu_ratio(rows: list[dict], result: dict, key: str, what: str, *, quiet: boo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", default="16,32,64,96,128,160,192", help="comma-separated N to try, ascending")
-    ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per N (after 2 s of start-up)")
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per N (from 2 s after the publisher's first frame)")
     ap.add_argument("--model", default="bearing-cwru")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
