@@ -251,3 +251,41 @@ def test_a_multi_channel_recording_is_monitored_channel_by_channel(tmp_path) -> 
     assert set(counts) == {"module/ch0", "module/ch1"} == set(pipe.sources[0].streams)
     for sid, want in (("module/ch0", "inner_014"), ("module/ch1", "outer_021")):
         assert counts[sid][want] > 0.8 * sum(counts[sid].values()), (sid, counts[sid])
+
+
+def _window_ends(phases: int) -> tuple[dict[str, set[int]], dict[str, int]]:
+    """A fast simulated gateway of 8 two-channel modules at hop 2048, whose frames leave in step:
+    for each stream, where its windows end within the hop (samples), and its labels' majority share."""
+    cfg = RunConfig(sources=("sim:bearing?machines=8&channels=2&fast=1&duration=4&fault=inner_014&seed=2",),
+                    fast=True, hop=2048, phases=phases, stats_every_s=3600, engine_process=False)
+    pipe = Pipeline(cfg)
+    got: list[dict] = []
+    pipe.outputs.add(type("S", (), {"write": lambda self, o: got.append(o), "close": lambda self: None})())
+    pipe.run()
+    t0 = pipe.sources[0].t0
+    ends: dict[str, set[int]] = {}
+    for o in got:
+        if o["type"] == "prediction":
+            end = round((o["time"] - t0) * 12000) + 1  # one past the window's last sample
+            ends.setdefault(o["stream"], set()).add(end % 2048)
+    return ends, pipe.label_counts
+
+
+def test_phases_spread_a_gateways_windows_over_the_hop_and_keep_every_label() -> None:
+    """``--phases 4`` at hop 2048: the modules of a gateway that send in step no longer all complete
+    a window in the same frame (all 16 windows of the gateway at once, one hop apart); each module's
+    channels keep one phase, every stream still gets a window per hop and the same labels."""
+    one, counts_one = _window_ends(1)
+    four, counts_four = _window_ends(4)
+    streams = {f"sim/m{m}/ch{k}" for m in range(8) for k in range(2)}
+    assert set(one) == set(four) == streams
+    assert all(v == {0} for v in one.values())  # every stream's windows end on the same frames
+    for m in range(8):  # a module's channels share their phase; it is one of the 4 quarters of the hop
+        assert four[f"sim/m{m}/ch0"] == four[f"sim/m{m}/ch1"] and len(four[f"sim/m{m}/ch0"]) == 1
+        assert four[f"sim/m{m}/ch0"] <= {0, 512, 1024, 1536}
+    per_phase = Counter(next(iter(four[f"sim/m{m}/ch0"])) for m in range(8))
+    assert len(per_phase) >= 3 and max(per_phase.values()) <= 4, per_phase  # spread: at most half at once
+    for sid in streams:
+        n1, n4 = sum(counts_one[sid].values()), sum(counts_four[sid].values())
+        assert n1 - 1 <= n4 <= n1  # a later start costs at most the first window
+        assert counts_four[sid]["inner_014"] >= 0.8 * n4 and counts_one[sid]["inner_014"] >= 0.8 * n1

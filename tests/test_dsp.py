@@ -200,16 +200,67 @@ def test_noise_kinds_have_their_statistics():
 
 
 @pytest.mark.parametrize("window,hop", [(4, 10), (64, 16), (100, 100)])
-def test_windower_cuts_every_hop_for_any_chunking(window, hop):
+@pytest.mark.parametrize("start", [0, 3, 150])
+def test_windower_cuts_every_hop_for_any_chunking(window, hop, start):
     from drsn_stream.dsp import Windower
 
     x = np.arange(1000, dtype=np.float32)
     for chunk in (1, 5, 333):
-        w = Windower(window, hop)
+        w = Windower(window, hop, start=start)
         out = [r for a in range(0, x.size, chunk) for r in w.push(x[a : a + chunk])]
-        assert len(out) == (x.size - window) // hop + 1
+        assert len(out) == (x.size - start - window) // hop + 1
         for i, end, data in out:
-            assert end == i * hop + window and np.array_equal(data, x[i * hop : end])
+            first = start + i * hop
+            assert end == first + window and np.array_equal(data, x[first:end])
+
+
+def test_phases_spread_streams_over_the_hop_by_their_id_alone():
+    """``--phases N``: a stream's first window starts at one of N places in the hop, chosen from
+    its id alone, so a gateway's streams complete their windows in turn, about 1/N of them per
+    hop/N samples, and the same stream gets the same windows in every process and run."""
+    from drsn_stream.dsp.window import window_start
+
+    ids = [f"gw-{m}" for m in range(256)]
+    assert {window_start(sid, 2048, 1) for sid in ids} == {0}
+    starts = [window_start(sid, 2048, 4) for sid in ids]
+    share = np.bincount(np.array(starts) // 512, minlength=4) / len(ids)
+    assert set(starts) == {0, 512, 1024, 1536} and share.max() < 0.35, share
+    assert starts == [window_start(sid, 2048, 4) for sid in ids]  # not random
+    assert set(window_start(sid, 300, 4) for sid in ids) == {0, 75, 150, 225}
+
+
+def test_a_later_start_shifts_the_windows_and_keeps_them_chunk_invariant(normal48):
+    """Window k of a stream started at ``start`` is window k of the stream's samples from
+    ``start`` on: through the 48 -> 12 kHz resampler, at any chunk size, for one channel and for
+    every channel of a multi-channel frame."""
+    from drsn_stream.dsp import FrameDSP
+
+    meta = _meta(hop=2048)
+    x = normal48[:480000]
+    ref, _ = _feed(x, 48000, 4096, meta)
+    shifted, _ = _feed(x, 48000, 4096, meta, hop=1024)  # windows every 1024 samples ...
+    odd = shifted[1::2]  # ... of which these start at 1024 + k * 2048
+    for chunk in (1, 333, 4096):
+        dsp = StreamDSP(meta, hop=2048, start=1024)
+        two = FrameDSP(meta, ("m/ch0", "m/ch1"), hop=2048, start=1024)
+        y = np.stack([x, -x], axis=1)
+        got, both = [], []
+        for seq, a in enumerate(range(0, 48000 * 2 if chunk == 1 else x.size, chunk)):
+            got += dsp.push(Frame("s", seq, T0 + a / 48000, 48000.0, x[a : a + chunk, None]))
+            both += two.push(Frame("m", seq, T0 + a / 48000, 48000.0, y[a : a + chunk]))
+        assert len(got) >= 10
+        n = len(got)
+        assert [w.index for w in got] == list(range(n))
+        for w, want in zip(got, odd[:n]):
+            np.testing.assert_array_equal(w.data, want.data)
+            assert w.t_last == pytest.approx(want.t_last, abs=1e-6)
+        ch0 = [w for w in both if w.stream_id == "m/ch0"]
+        ch1 = [w for w in both if w.stream_id == "m/ch1"]
+        assert len(ch0) == len(ch1) == n
+        for a, b, w in zip(ch0, ch1, got):
+            np.testing.assert_array_equal(a.data, w.data)
+            np.testing.assert_allclose(b.data, -w.data, atol=1e-6)
+    assert ref[0].t_last < got[0].t_last  # the shifted stream's first window ends later
 
 
 @pytest.mark.parametrize("norm", [{"kind": "zscore"}, {"kind": "rms", "floor": 0.005}])

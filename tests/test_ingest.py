@@ -337,14 +337,17 @@ def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() 
 
     from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
     from drsn_stream.dsp.stream import StreamDSP
+    from drsn_stream.dsp.window import window_start
 
     rng = np.random.default_rng(7)
-    for hop in (512, 300, 3000):
+    for hop, phases in ((512, 1), (300, 1), (3000, 1), (2048, 4), (300, 3)):
         meta = SimpleNamespace(sample_rate=RATE, window=2048, hop=hop, normalization={"kind": "none"})
         bank = WindowBank(meta, hop, rows=2)  # grows while streams join
         ids = [f"s{k}" for k in range(9)]
-        dsps = {sid: BankDSP(bank, sid) for sid in ids}
-        alone = {sid: StreamDSP(meta, hop=hop, normalize=False) for sid in ids}
+        start = {sid: window_start(sid, hop, phases) for sid in ids}  # --phases: windows start apart
+        assert len(set(start.values())) == phases
+        dsps = {sid: BankDSP(bank, sid, start[sid]) for sid in ids}
+        alone = {sid: StreamDSP(meta, hop=hop, normalize=False, start=start[sid]) for sid in ids}
         signal = {sid: (rng.standard_normal(80000) * 0.1).astype(np.float32) for sid in ids}
         signal["s1"][5000:5600] = np.nan
         at = dict.fromkeys(ids, 0)
@@ -370,6 +373,8 @@ def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() 
         for sid in ids:
             assert [(w.stream_id, w.index, w.t_last, w.data.tobytes()) for w in got[sid]] == \
                 [(w.stream_id, w.index, w.t_last, w.data.tobytes()) for w in want[sid]] != [], (hop, sid)
+            first = got[sid][0]  # window 0 is the stream's samples from its start on
+            assert np.array_equal(first.data, np.nan_to_num(signal[sid][start[sid] : start[sid] + 2048], nan=0.0))
             assert (dsps[sid].nonfinite, dsps[sid].windows) == (alone[sid].nonfinite, alone[sid].windows)
         assert dsps["s1"].nonfinite == 600 and dsps["s3"].own is not None and dsps["s0"].own is None
         assert dsps["s3"].counters() == alone["s3"].counters() and alone["s3"].rate_changes == 2  # there and back

@@ -15,7 +15,9 @@ With --channels C the N streams are N/C machines sending C-channel frames (a DAQ
 machine; every channel monitored). Each run prints the ingest thread's CPU time per frame and per
 channel (receive, decode, health, DSP, hand-over to the batcher). With --ingest-procs 1,8 each N is
 run with the source read by one ingest thread and by 8 ingest processes (app/shards.py),
-alternating, and the ingest processes' CPU per frame is printed too (docs/performance.md).
+alternating, and the ingest processes' CPU per frame is printed too (docs/performance.md). With
+--phases 1,4 each N is run with every stream's windows completed by the same frames and with them
+spread over 4 quarters of the hop (the monitor's --phases), alternating.
 """
 
 from __future__ import annotations
@@ -308,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ingest-procs", default=None, metavar="LIST",
                     help="comma-separated ingest process counts to run each N with, alternating (e.g. 1,8: one ingest "
                          "thread against 8 processes sharded by stream id; default: the monitor's, 1 below 8 cores)")
+    ap.add_argument("--phases", default=None, metavar="LIST",
+                    help="comma-separated --phases of the monitor to run each N with, alternating (e.g. 1,4: every "
+                         "stream's windows on the same frames against spread over 4 quarters of the hop)")
     ap.add_argument("--publisher-on", default="monitor", metavar="LIST",
                     help="where the publisher runs: monitor (the monitor's own cores, not the engine process's; "
                          "default) or any (where the scheduler puts it); comma-separated to alternate, e.g. monitor,any")
@@ -336,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             variants = [{"unknown": False}, {"learn_s": 1.6, "machine": {"bearing": "6205", "rpm": 1797}}]
         if args.ingest_procs:
             variants = [{**v, "ingest_procs": int(k)} for v in variants for k in args.ingest_procs.split(",")]
+        if args.phases:
+            variants = [{**v, "phases": int(k)} for v in variants for k in args.phases.split(",")]
         variants = [{**v, "publisher_on": p} for v in variants for p in places]
         for rep, extra in ((r, v) for r in range(args.repeat) for v in variants):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
@@ -343,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                         engine_process={"on": True, "off": False}.get(args.engine_process),
                         cpu_layout=args.cpu_layout, eager_batch=args.eager_batch, channels=args.channels, **extra)
             r["envelope"] = "machine" in extra
+            r["phases"] = extra.get("phases", 1)
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
             rows.append(r)
@@ -351,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"N={n:4d}  {r['windows_per_s']:8.1f} windows/s of {r['expected_per_s']:8.1f}  received "
                       f"{r['received']:.1%}  dropped {r['dropped']:5d}  p50/p95/p99 {r['p50_ms']}/{r['p95_ms']}/"
                       f"{r['p99_ms']} ms  avg batch {r['avg_batch']}  machine busy {r['machine_busy_pct']} % "
-                      f"(steal {r['steal_pct']} %)  publisher on {r['publisher_cpus']}  {'HELD' if r['held'] else 'not held'}",
+                      f"(steal {r['steal_pct']} %)  publisher on {r['publisher_cpus']}"
+                      f"{'  phases ' + str(r['phases']) if args.phases else ''}  {'HELD' if r['held'] else 'not held'}",
                       flush=True)
                 print(f"        ingest thread CPU: {r['ingest_us_per_frame']} us per frame of {args.channels} "
                       f"channel(s), {r['ingest_us_per_channel']} us per channel", flush=True)

@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--once", action="store_true", help="print one dashboard snapshot after a short warm-up and exit")
     a("--fast", action="store_true", help="replay files as fast as possible (no pacing, no stale drops)")
     a("--hop", type=int, help="override the model's hop (samples at the model's rate)")
+    a("--phases", type=int, metavar="N",
+      help="spread the streams' windows over N phases of the hop (default 1), so that streams whose frames "
+           "arrive in step (a gateway's modules) do not all complete a window in the same frame; "
+           "hop/N should be a whole number of frames")
     a("--max-batch", type=int, help="largest micro-batch (default: 64 on the CPU, 256 on CUDA and with --fast)")
     a("--max-wait-ms", type=float, help="longest a window waits for its batch (default 20 ms; a batch leaves "
                                         "earlier when the sources have nothing more ready)")
@@ -114,6 +118,7 @@ FLAGS: dict[str, Flag] = {
     "device": Flag("run", "device"),
     "fast": Flag("run", "fast"),
     "hop": Flag("run", "hop"),
+    "phases": Flag("run", "phases"),
     "max_batch": Flag("run", "max_batch"),
     "max_wait_ms": Flag("run", "max_wait_ms"),
     "no_idle_flush": Flag("run", "idle_flush", lambda given: False),

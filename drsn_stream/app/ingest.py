@@ -17,6 +17,8 @@ from drsn_stream.dsp import FrameDSP, StreamDSP
 from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
+from drsn_stream.dsp.window import window_start
+from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.health import HealthMonitor
 from drsn_stream.types import Event, Frame, Window, rounds_by_stream, split_channels
 
@@ -61,12 +63,18 @@ class Ingest:
         capture: an ``EventCapture`` (or None) that sees every channel's raw frame first.
         lock: held while the stream table changes (other threads read it: ``nonfinite``); None:
             a lock of its own.
+        phases: spread the streams' windows over this many phases of the hop (``window_start``
+            of each frame stream id; 1: every stream's window k starts at ``k * hop``).
     """
 
     def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, *,
                  on_events: Callable[[list[Event]], None], on_error: Callable[[str], None],
-                 capture: Any = None, lock: Any = None) -> None:
+                 capture: Any = None, lock: Any = None, phases: int = 1) -> None:
         self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
+        self.phases = int(phases)
+        hop_samples = int(hop if hop is not None else meta.hop)
+        if not 1 <= self.phases <= hop_samples:
+            raise ConfigError(f"phases must be between 1 and the hop ({hop_samples} samples), not {phases}")
         self.on_events, self.on_error, self.capture = on_events, on_error, capture
         self.lock = lock if lock is not None else threading.Lock()
         self.dsp: dict[str, StreamDSP | BankDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
@@ -179,13 +187,14 @@ class Ingest:
             return None
         if isinstance(dsp, BankDSP) and dsp.own is None:
             dsp.leave()  # its row back to the bank; frames of this poll before the new layout still go through it
+        start = window_start(frame.stream_id, self.hop or self.meta.hop, self.phases)
         if ids is None and frame.sample_rate == self.meta.sample_rate:
             bank = self._banks.get(id(source))
             if bank is None:
                 bank = self._banks[id(source)] = WindowBank(self.meta, self.hop)
-            dsp = self.dsp[frame.stream_id] = BankDSP(bank, frame.stream_id)
+            dsp = self.dsp[frame.stream_id] = BankDSP(bank, frame.stream_id, start)
         else:
-            dsp = self.dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.hop)
+            dsp = self.dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.hop, start)
         return dsp
 
 

@@ -196,7 +196,8 @@ class Pipeline:
         self._ingest_lock = threading.Lock()
         # the ingest threads' sensor health and DSP (sharded sources run theirs in their processes)
         self.ingest = Ingest(self.meta, config.hop, self.health, config.max_streams, on_events=self._emit_events,
-                             on_error=self._error, capture=self.capture, lock=self._ingest_lock)
+                             on_error=self._error, capture=self.capture, lock=self._ingest_lock,
+                             phases=config.phases)
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
         self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
@@ -237,7 +238,8 @@ class Pipeline:
         self.health = HealthMirror(self.health.config)
         self.sources = shard_sources(self.sources, self.config.sources, procs, meta=self.meta,
                                      hop=self.config.hop, health=asdict(self.config.health),
-                                     max_streams=self.config.max_streams, mirror=self.health)
+                                     max_streams=self.config.max_streams, mirror=self.health,
+                                     phases=self.config.phases)
         for src in self.sources:
             if isinstance(src, ShardedSource):
                 src.max_streams = self.config.max_streams

@@ -61,6 +61,9 @@ class RunConfig:
     queue_capacity: int = 8192
     max_streams: int = DEFAULT_MAX_STREAMS  # stream ids in all (and per source); new ones beyond are refused, counted
     hop: int | None = None
+    # spread the streams' windows over this many phases of the hop (dsp/window.py window_start):
+    # streams whose frames arrive in step then complete their windows in turn, not all at once
+    phases: int = 1
     fast: bool = False
     duration: float | None = None
     fp16: str = "auto"
@@ -90,7 +93,8 @@ class RunConfig:
         for name, cls in SECTIONS.items():
             object.__setattr__(self, name, from_table(cls, getattr(self, name), f"[{name}]"))
         problems = []
-        for name, least in (("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0), ("max_streams", 1)):
+        for name, least in (("queue_capacity", 1), ("max_wait_ms", 0), ("stale_ms", 0), ("max_streams", 1),
+                            ("phases", 1)):
             if not getattr(self, name) >= least:
                 problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
         for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1), ("ingest_procs", 1)):

@@ -146,11 +146,13 @@ class _Stage:
     """The in-process ingest stage (``app/ingest.py``) for one child's streams, a poll at a time;
     windows and events gathered for the parent."""
 
-    def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, out: _Out) -> None:
+    def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, out: _Out,
+                 phases: int = 1) -> None:
         self.errors: Counter[str] = Counter()
         self.streams: dict[str, None] = {}  # frame stream ids seen, in order (Source.streams copies its list)
         self.out = out
-        self.ingest = Ingest(meta, hop, health, max_streams, on_events=out.events, on_error=self._error)
+        self.ingest = Ingest(meta, hop, health, max_streams, on_events=out.events, on_error=self._error,
+                             phases=phases)
 
     def _error(self, line: str) -> None:
         self.errors[line] += 1
@@ -276,7 +278,8 @@ def _worker(cfg: dict[str, Any]) -> int:
         source.accept_topic = accept  # type: ignore[attr-defined]
         base = str(source.options["topic"]).encode("utf-8")
         health = HealthMonitor(HealthConfig(**cfg["health"]))
-        stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]), out)
+        stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]), out,
+                       int(cfg.get("phases", 1)))
         source.open()
     except Exception as exc:  # noqa: BLE001 - said by the parent in one line
         out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
@@ -519,13 +522,14 @@ class ShardedSource(Source):
     restartable = False
 
     def __init__(self, spec: str, procs: int, *, meta: Any, hop: int | None, health: dict[str, Any],
-                 max_streams: int, mirror: HealthMirror) -> None:
+                 max_streams: int, mirror: HealthMirror, phases: int = 1) -> None:
         super().__init__(spec)
         self.inner = make_source(spec)  # checks the spec and its options here, in the parent
         self.procs = int(procs)
         self.until_eos = bool(self.inner.options.get("until_eos"))
         self.mirror = mirror
-        self._cfg = {"spec": spec, "shards": self.procs, "hop": hop, "health": health, "max_streams": max_streams,
+        self._cfg = {"spec": spec, "shards": self.procs, "hop": hop, "phases": phases, "health": health,
+                     "max_streams": max_streams,
                      "learn_s": LEARN_S,
                      "meta": {"sample_rate": float(meta.sample_rate), "window": int(meta.window),
                               "hop": int(meta.hop), "normalization": dict(meta.normalization)}}

@@ -61,12 +61,14 @@ class WindowBank:
         self._free += range(rows - 1, old - 1, -1)
         self._rows = rows
 
-    def take(self) -> int:
+    def take(self, start: int = 0) -> int:
+        """A free row for a new stream whose window 0 starts at sample ``start``."""
         if not self._free:
             self._alloc(2 * self._rows)
         row = self._free.pop()
-        for name in ("seen", "next", "count", "nonfinite", "windows"):
+        for name in ("seen", "count", "nonfinite", "windows"):
             getattr(self, name)[row] = 0
+        self.next[row] = start
         return row
 
     def release(self, row: int) -> None:
@@ -165,11 +167,12 @@ class BankDSP:
     Args:
         bank: the ingest thread's bank.
         stream_id: the stream's id (its windows carry it).
+        start: where its window 0 starts (``window.window_start``).
     """
 
-    def __init__(self, bank: WindowBank, stream_id: str) -> None:
-        self.bank, self.stream_id = bank, stream_id
-        self.row = bank.take()
+    def __init__(self, bank: WindowBank, stream_id: str, start: int = 0) -> None:
+        self.bank, self.stream_id, self.start = bank, stream_id, start
+        self.row = bank.take(start)
         self.own: StreamDSP | None = None  # set once the stream left the bank
         self.rate_changes = 0
 
@@ -201,7 +204,7 @@ class BankDSP:
     def leave(self) -> StreamDSP:
         """A ``StreamDSP`` in this stream's state; the row goes back to the bank."""
         b, r = self.bank, self.row
-        own = StreamDSP(b.meta, hop=b.hop_arg, normalize=False)
+        own = StreamDSP(b.meta, hop=b.hop_arg, normalize=False, start=self.start)
         seen, nxt = int(b.seen[r]), int(b.next[r])
         if seen:
             own._in_rate = b.rate

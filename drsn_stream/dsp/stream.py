@@ -46,12 +46,14 @@ class StreamDSP:
     the change is counted here and made visible by the sensor-health check.
     """
 
-    def __init__(self, meta: _Meta, *, hop: int | None = None, channel: int = 0, normalize: bool = True) -> None:
+    def __init__(self, meta: _Meta, *, hop: int | None = None, channel: int = 0, normalize: bool = True,
+                 start: int = 0) -> None:
         """Args:
         meta: anything with ``sample_rate`` (Hz), ``window`` and ``hop`` (samples at that rate)
             and ``normalization`` (dict) - an ``ArtifactMeta`` in the monitor.
         hop: overrides ``meta.hop`` (samples), e.g. for denser windows on a GPU.
         channel: which column of multi-channel frames to use.
+        start: where window 0 starts, in samples at the model's rate (``window.window_start``).
         normalize: False hands out raw windows (``Window.normalized`` False, level 0) for a
             consumer that normalizes whole batches at once, as the monitor's inference loop does:
             one vectorized call per batch instead of two per window on the ingest thread.
@@ -66,7 +68,7 @@ class StreamDSP:
             raise ConfigError(f"hop must be >= 1 sample, got {self.hop}")
         normalize_with_level(np.zeros(1, np.float32), self.normalization)  # reject a bad spec now, not mid-stream
         self._channels: int | None = None  # None: one channel, (n,) arrays; FrameDSP: (channels, n)
-        self._windower = Windower(self.window, self.hop)
+        self._windower = Windower(self.window, self.hop, start=start)
         self._resampler: StreamingResampler | None = None
         self._in_rate: float | None = None
         self._n_in = 0  # input samples since the last (re)start or rate change, at the input rate
@@ -174,15 +176,16 @@ class FrameDSP(StreamDSP):
     Counters: as ``StreamDSP`` (``nonfinite`` over all channels), plus ``nonfinite_by_stream()``.
     """
 
-    def __init__(self, meta: _Meta, ids: tuple[str, ...], *, hop: int | None = None, normalize: bool = True) -> None:
+    def __init__(self, meta: _Meta, ids: tuple[str, ...], *, hop: int | None = None, normalize: bool = True,
+                 start: int = 0) -> None:
         """Args:
-        meta, hop, normalize: as for ``StreamDSP``.
+        meta, hop, normalize, start: as for ``StreamDSP``.
         ids: the stream id of each channel, in channel order.
         """
-        super().__init__(meta, hop=hop, normalize=normalize)
+        super().__init__(meta, hop=hop, normalize=normalize, start=start)
         self.ids = tuple(ids)
         self._channels = len(self.ids)
-        self._windower = Windower(self.window, self.hop, channels=self._channels)
+        self._windower = Windower(self.window, self.hop, channels=self._channels, start=start)
         self._nonfinite = np.zeros(self._channels, dtype=np.int64)
 
     def nonfinite_by_stream(self) -> dict[str, int]:
@@ -214,9 +217,9 @@ def channel_layout(frame: Frame) -> tuple[str, ...] | None:
     return channel_ids(frame.stream_id, x.shape[1], frame.names)
 
 
-def raw_dsp_for(meta: _Meta, ids: tuple[str, ...] | None, hop: int | None) -> StreamDSP:
+def raw_dsp_for(meta: _Meta, ids: tuple[str, ...] | None, hop: int | None, start: int = 0) -> StreamDSP:
     """The DSP of a stream with this channel layout (``channel_layout``), handing out raw windows
-    for the batch normalization step (``dsp.normalize.BatchNormalizer``)."""
+    for the batch normalization step (``dsp.normalize.BatchNormalizer``); window 0 starts at ``start``."""
     if ids is not None:
-        return FrameDSP(meta, ids, hop=hop, normalize=False)
-    return StreamDSP(meta, hop=hop, normalize=False)
+        return FrameDSP(meta, ids, hop=hop, normalize=False, start=start)
+    return StreamDSP(meta, hop=hop, normalize=False, start=start)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from drsn_stream.errors import ConfigError
@@ -10,7 +12,8 @@ from drsn_stream.errors import ConfigError
 class Windower:
     """Accepts chunks of any length and returns every complete window they finish.
 
-    Window ``k`` covers absolute samples ``[k*hop, k*hop + window)`` of the stream. Only the samples
+    Window ``k`` covers absolute samples ``[start + k*hop, start + k*hop + window)`` of the stream
+    (``start`` 0 unless given: see ``window_start``). Only the samples
     a future window can still use are kept (a buffer of about ``window + chunk`` samples), and the
     buffer is preallocated and reused, so memory stays bounded on endless streams. With
     ``channels`` set, chunks are ``(channels, n)`` and windows ``(channels, window)``: every row is
@@ -18,11 +21,14 @@ class Windower:
     """
 
     def __init__(self, window: int, hop: int, *, dtype: np.dtype | type = np.float32,
-                 channels: int | None = None) -> None:
+                 channels: int | None = None, start: int = 0) -> None:
         if window < 1 or hop < 1:
             raise ConfigError(f"window and hop must be >= 1 sample, got window={window}, hop={hop}")
+        if start < 0:
+            raise ConfigError(f"the first window's start must be >= 0 samples, got {start}")
         self.window = int(window)
         self.hop = int(hop)
+        self.start = int(start)
         self.channels = channels
         self._dtype = np.dtype(dtype)
         self._lead: tuple[int, ...] = () if channels is None else (int(channels),)
@@ -30,11 +36,11 @@ class Windower:
         self.reset()
 
     def reset(self) -> None:
-        """Forget buffered samples; the next sample is sample 0 again."""
+        """Forget buffered samples; the next sample is sample 0 again (the next window starts at ``start``)."""
         self._len = 0  # valid samples in _buf
         self._buf_start = 0  # absolute index of _buf[0]
         self._n = 0  # samples seen
-        self._next = 0  # absolute start of the next window
+        self._next = self.start  # absolute start of the next window
         self.count = 0  # windows emitted
 
     @property
@@ -85,3 +91,14 @@ class Windower:
             self._buf[..., :keep] = self._buf[..., drop : self._len]
             self._len = keep
             self._buf_start += drop
+
+
+def window_start(stream_id: str, hop: int, phases: int) -> int:
+    """Where a stream's first window starts when its windows are spread over ``phases`` phases:
+    ``p * hop // phases`` samples, ``p`` from the stream id alone (the same in every process and
+    run, whatever the chunk size or source kind). Streams whose frames arrive in step (a gateway's
+    modules) then complete their windows in turn, a ``1 / phases`` share of them per
+    ``hop / phases`` samples, rather than all in the same frame."""
+    if phases <= 1:
+        return 0
+    return (zlib.crc32(stream_id.encode("utf-8", "surrogatepass")) % phases) * hop // phases
