@@ -13,6 +13,7 @@ the same run instead of timing it.
     python tools/bench_ingest.py --streams 256 --seconds 4
     python tools/bench_ingest.py --streams 256 --channels 16 --seconds 4
     python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --seconds 4
+    python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --phases 4 --seconds 4
     python tools/bench_ingest.py --streams 256 --repeat 5 --slice-max 64,256
 """
 
@@ -61,7 +62,8 @@ def messages(streams: int, channels: int, seconds: float, *, seed: int = 1) -> l
     return out
 
 
-def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, profile: bool = False) -> dict:
+def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, phases: int = 1,
+        profile: bool = False) -> dict:
     msgs = messages(streams, channels, seconds)
     port = free_port()
     ctx = zmq.Context.instance()
@@ -71,7 +73,7 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
     push.bind(f"tcp://127.0.0.1:{port}")
     # stale_ms 0: the queued frames' capture times lie in the past; capacity: nothing is dropped
     cfg = RunConfig(sources=(f"zmq+pull://127.0.0.1:{port}?until_eos=1&hwm={len(msgs) + 10}",), model="bearing-cwru",
-                    engine_process=False, hop=hop, stale_ms=0.0, queue_capacity=1 << 20, idle_flush=False,
+                    engine_process=False, hop=hop, phases=phases, stale_ms=0.0, queue_capacity=1 << 20, idle_flush=False,
                     max_streams=max(streams, 1), stats_every_s=3600)
     pipe = Pipeline(cfg)
     src = pipe.sources[0]
@@ -108,6 +110,7 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
         "streams": streams,
         "channels_per_frame": channels,
         "hop": hop or pipe.meta.hop,
+        "phases": phases,
         "frames": frames,
         "windows": windows,
         "malformed": pipe.malformed_total(),
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, default=256, help="channels in all (a multiple of --channels)")
     ap.add_argument("--channels", type=int, default=1, help="channels per frame")
     ap.add_argument("--hop", type=int, default=None, help="window hop in samples (default: the model's)")
+    ap.add_argument("--phases", type=int, default=1, help="the monitor's --phases (default 1)")
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds of signal per stream queued")
     ap.add_argument("--repeat", type=int, default=1, help="runs; the figures of each are printed")
     ap.add_argument("--slice-max", default=None, metavar="LIST",
@@ -139,14 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeat):
         for width in widths:
             ingest_mod.INGEST_SLICE_MAX = width
-            rows.append({**run(args.streams, args.channels, args.seconds, hop=args.hop, profile=args.profile),
+            rows.append({**run(args.streams, args.channels, args.seconds, hop=args.hop, phases=args.phases,
+                             profile=args.profile),
                          "slice_max": width})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     for r in rows:
         print(f"{r['streams']} streams in {r['streams'] // r['channels_per_frame']} frames of "
-              f"{r['channels_per_frame']} channel(s), hop {r['hop']}, later runs {r['slice_max']} wide: {r['frames']} frames, {r['windows']} windows, "
+              f"{r['channels_per_frame']} channel(s), hop {r['hop']}, phases {r['phases']}, later runs {r['slice_max']} wide: {r['frames']} frames, {r['windows']} windows, "
               f"{r['frames_per_s']:.0f} frames/s ({r['channels_per_s']:.0f} channels/s); ingest CPU "
               f"{r['ingest_us_per_frame']} us per frame, {r['ingest_us_per_channel']} us per channel"
               + (f"; malformed {r['malformed']}, errors {r['errors']}" if r["malformed"] or r["errors"] else ""))
