@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from drsn_stream.dsp.noise import NOISE_KINDS, make_noise
 from drsn_stream.errors import ConfigError
@@ -215,6 +216,15 @@ class BearingSim(Source):
         if self._noise_track is not None:
             self._noise = list(self._noise_track)  # rows of the stack, not a second copy
         self._gains32 = np.array(self._gains, dtype=np.float32)
+        # per unit and label: where its replay of that label starts (an offset into the excerpt),
+        # so that a chunk's rows are found with array operations, not one Python step per unit
+        self._label_no = {lb: i for i, lb in enumerate(labels)}
+        self._sizes = np.array(sizes, dtype=np.int64)
+        self._bases = np.array([self._base[lb] for lb in labels], dtype=np.int64)
+        self._offs = np.array([[self._offsets[m][lb] for lb in labels] for m in range(len(self._streams))],
+                              dtype=np.int64) % self._sizes
+        self._noise_gains = (None if self._noise_track is None else
+                             np.array([[self._noise_gain[lb] * g for lb in labels] for g in self._gains], dtype=np.float32))
         self.t0 = time.time()
 
     def _block(self, a: int, b: int) -> np.ndarray:
@@ -222,24 +232,29 @@ class BearingSim(Source):
         ``_signal`` row by row, in a few array operations instead of one per machine."""
         n = b - a
         labels = [sched.constant(a, b) for sched in self._schedules]
-        rel = np.array([0 if lb is None else (a + self._offsets[m][lb]) % self._excerpts[lb].size
-                        for m, lb in enumerate(labels)], dtype=np.int64)
-        size = np.array([1 if lb is None else self._excerpts[lb].size for lb in labels], dtype=np.int64)
-        base = np.array([0 if lb is None else self._base[lb] for lb in labels], dtype=np.int64)
-        idx = rel[:, None] + np.arange(n, dtype=np.int64)
-        if (rel + n > size).any():  # some excerpt ends within the chunk: loop back to its start
-            idx %= size[:, None]
-        idx += base[:, None]
-        out = self._track[idx]
+        number = self._label_no
+        lab = np.fromiter((-1 if lb is None else number[lb] for lb in labels), dtype=np.int64, count=len(labels))
+        units = np.arange(len(labels))
+        changing = lab < 0  # the schedule changes within this chunk: done one by one below
+        lab[changing] = 0
+        size = self._sizes[lab]
+        rel = (a + self._offs[units, lab]) % size
+        start = self._bases[lab] + rel
+        wraps = rel + n > size  # the excerpt ends within the chunk: loops back to its start
+        if n <= self._track.size:
+            # rows that do not wrap are plain slices of the track: one copy of each, no index per sample
+            out = sliding_window_view(self._track, n)[np.where(wraps, 0, start)]
+        else:
+            out = np.empty((len(labels), n), dtype=np.float32)
+            wraps[:] = True
+        for m in np.flatnonzero(wraps & ~changing).tolist():
+            out[m] = self._track[self._bases[lab[m]] + (rel[m] + np.arange(n, dtype=np.int64)) % size[m]]
         out *= self._gains32[:, None]
         if self._noise_track is not None:
-            gain = np.array([0.0 if lb is None else self._noise_gain[lb] * self._gains[m] for m, lb in enumerate(labels)],
-                            dtype=np.float32)
             noise = looped(self._noise_track, a, n)
-            out += noise * gain[:, None]
-        for m, lb in enumerate(labels):
-            if lb is None:  # the schedule changes within this chunk
-                out[m] = self._signal(m, a, b)
+            out += noise * self._noise_gains[units, lab][:, None]
+        for m in np.flatnonzero(changing).tolist():
+            out[m] = self._signal(m, a, b)
         return out
 
     def _signal(self, m: int, a: int, b: int) -> np.ndarray:
