@@ -33,6 +33,7 @@ HEALTHY = "normal"
 NOISE_TRACK_S = 10.0  # noise is generated once per machine and looped
 # Seconds a machine stays healthy / faulty before the schedule changes (uniform ranges).
 HEALTHY_S = (8.0, 20.0)
+_FAR = 1 << 62  # "never" as a sample index (a fixed label's span)
 FIRST_HEALTHY_S = (3.0, 10.0)
 FAULT_S = (4.0, 10.0)
 
@@ -107,6 +108,16 @@ class _Schedule:
         if i + 1 < len(self.starts) and self.starts[i + 1] < b:
             return None
         return self.labels[i]
+
+    def span(self, a: int, b: int) -> tuple[str | None, int, int]:
+        """``constant(a, b)`` and the samples ``[first, stop)`` its label covers (any span that
+        holds ``[a, b)`` when it is None)."""
+        self._extend_to(b)
+        i = bisect.bisect_right(self.starts, a) - 1
+        stop = self.starts[i + 1] if i + 1 < len(self.starts) else self._end
+        if stop < b:
+            return None, a, b
+        return self.labels[i], self.starts[i], int(min(stop, _FAR))
 
     def segments(self, a: int, b: int) -> list[tuple[int, int, str]]:
         """``[(start, stop, label), ...]`` covering samples ``[a, b)``."""
@@ -225,16 +236,26 @@ class BearingSim(Source):
                               dtype=np.int64) % self._sizes
         self._noise_gains = (None if self._noise_track is None else
                              np.array([[self._noise_gain[lb] * g for lb in labels] for g in self._gains], dtype=np.float32))
+        # per unit: the label number of its last span (-1: changing), and the span [first, stop)
+        units = len(self._streams)
+        self._scaled: np.ndarray | None = None
+        self._spans = (np.full(units, -1, dtype=np.int64), np.zeros(units, dtype=np.int64), np.zeros(units, dtype=np.int64))
         self.t0 = time.time()
 
     def _block(self, a: int, b: int) -> np.ndarray:
         """Samples ``[a, b)`` of every unit, float32 ``(units, b - a)``: the same values as
         ``_signal`` row by row, in a few array operations instead of one per machine."""
         n = b - a
-        labels = [sched.constant(a, b) for sched in self._schedules]
+        # each unit's label: known without asking its schedule while [a, b) lies within the span
+        # its label covered last time (a fault lasts seconds, a chunk tens of milliseconds)
+        lab, first, stop = self._spans
+        ask = np.flatnonzero((a < first) | (b > stop)).tolist()
         number = self._label_no
-        lab = np.fromiter((-1 if lb is None else number[lb] for lb in labels), dtype=np.int64, count=len(labels))
-        units = np.arange(len(labels))
+        for m in ask:
+            label, first[m], stop[m] = self._schedules[m].span(a, b)
+            lab[m] = -1 if label is None else number[label]
+        lab = lab.copy()
+        units = np.arange(len(lab))
         changing = lab < 0  # the schedule changes within this chunk: done one by one below
         lab[changing] = 0
         size = self._sizes[lab]
@@ -245,14 +266,16 @@ class BearingSim(Source):
             # rows that do not wrap are plain slices of the track: one copy of each, no index per sample
             out = sliding_window_view(self._track, n)[np.where(wraps, 0, start)]
         else:
-            out = np.empty((len(labels), n), dtype=np.float32)
+            out = np.empty((len(lab), n), dtype=np.float32)
             wraps[:] = True
         for m in np.flatnonzero(wraps & ~changing).tolist():
             out[m] = self._track[self._bases[lab[m]] + (rel[m] + np.arange(n, dtype=np.int64)) % size[m]]
         out *= self._gains32[:, None]
         if self._noise_track is not None:
             noise = looped(self._noise_track, a, n)
-            out += noise * self._noise_gains[units, lab][:, None]
+            if self._scaled is None or self._scaled.shape != out.shape:
+                self._scaled = np.empty_like(out)  # kept: a fresh buffer per chunk is page faults
+            out += np.multiply(noise, self._noise_gains[units, lab][:, None], out=self._scaled)
         for m in np.flatnonzero(changing).tolist():
             out[m] = self._signal(m, a, b)
         return out
