@@ -291,46 +291,6 @@ def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
     assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
 
 
-@pytest.mark.slow
-def test_raw_windows_normalized_in_the_engine_process_give_the_same_results_and_levels() -> None:
-    """With a normalization spec the engine process takes raw windows and normalizes them itself
-    (the monitor's own core only stacks them): the same probabilities, noise index and levels,
-    bit for bit, as normalizing in the inference loop; a batch mixing normalized windows is
-    normalized in the loop as before."""
-    from drsn_stream.dsp.normalize import BatchNormalizer
-    from drsn_stream.engine.procrunner import ProcessRunner
-    from drsn_stream.models.meta import read_meta
-
-    meta = read_meta("bearing-cwru")
-    rng = np.random.default_rng(5)
-    raw = [Window(f"s{i}", 0, 0.0, (rng.standard_normal(meta.window) * (0.01 + i)).astype(np.float32), 0.0,
-                  normalized=False)
-           for i in range(40)]
-    norm = BatchNormalizer(meta.normalization)
-    x_ref, lv_ref = norm(raw)
-    x_raw, lv_none = norm.stacked(raw)
-    assert lv_none is None and np.array_equal(x_raw, np.stack([w.data for w in raw]))
-    proc = ProcessRunner("bearing-cwru", window=meta.window, classes=len(meta.labels), max_batch=64,
-                         normalization=meta.normalization)
-    plain = ProcessRunner("bearing-cwru", window=meta.window, classes=len(meta.labels), max_batch=64)
-    try:
-        want = plain.collect(plain.submit(x_ref))
-        handle = proc.submit(x_raw, raw=True)
-        got = proc.collect(handle)
-        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-        assert handle.levels is not None and np.array_equal(handle.levels, lv_ref)
-        done = proc.collect(proc.submit(x_ref))  # normalized windows still go through untouched
-        assert np.array_equal(done[0], want[0])
-        with pytest.raises(ValueError, match="normalized windows only"):
-            plain.submit(x_raw, raw=True)
-    finally:
-        proc.close()
-        plain.close()
-    mixed = [*raw[:3], Window("n", 0, 0.0, x_ref[3], 0.0, float(lv_ref[3]), True)]
-    x_mixed, lv_mixed = norm.stacked(mixed)  # not all raw: normalized here
-    assert lv_mixed is not None and np.array_equal(x_mixed, x_ref[:4]) and np.array_equal(lv_mixed, lv_ref[:4])
-
-
 def test_process_runner_reports_a_broken_artifact(tmp_path) -> None:
     from drsn_stream.engine.procrunner import ProcessRunner
 

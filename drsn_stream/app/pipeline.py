@@ -34,7 +34,7 @@ from drsn_stream.dsp.envelope import label_family
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.contract import RunnerLike, device_type
-from drsn_stream.engine.engine import InferenceLoop, Prepare
+from drsn_stream.engine.engine import InferenceLoop
 from drsn_stream.engine.procrunner import ProcessRunner
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError, DrsnStreamError
@@ -131,7 +131,7 @@ class Pipeline:
             self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
                                         max_batch=self.max_batch, threads=config.threads,
                                         cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout,
-                                        features=features, normalization=meta.normalization)
+                                        features=features)
         else:
             from drsn_stream.models.artifact import load_artifact  # torch: only where the model runs here
 
@@ -164,7 +164,7 @@ class Pipeline:
         self.stats = EngineStats()
         self.engine = InferenceLoop(
             self.batcher, self.runner, self.labels, self._on_predictions, stats=self.stats,
-            latency_from_ready=config.fast, prepare=self._prepare(),
+            latency_from_ready=config.fast, prepare=BatchNormalizer(self.meta.normalization),
         )
         dcfg = config.decision.resolve(self.labels)
         self.decisions = DecisionEngine(self.labels, dcfg)
@@ -267,13 +267,6 @@ class Pipeline:
 
         return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
                              hop=hop, window=self.meta.window, rpm_of=rpm_of)
-
-    def _prepare(self) -> Prepare:
-        """The inference loop's normalization step: in the engine process where there is one (on
-        the monitor's own core, which ingest and the output share, batches are only stacked),
-        else in the loop."""
-        norm = BatchNormalizer(self.meta.normalization)
-        return norm.stacked if getattr(self.runner, "normalizes", False) else norm
 
     def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig, features: int = 0) -> RunnerLike:
         from drsn_stream.engine.runner import Runner

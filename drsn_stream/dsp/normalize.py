@@ -101,13 +101,6 @@ class BatchNormalizer:
         self.spec = dict(spec or {"kind": "none"})
         normalize_with_level(np.zeros(1, np.float32), self.spec)
 
-    def stacked(self, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray | None]:
-        """For a runner that normalizes raw windows itself (``ProcessRunner.normalizes``): a batch
-        of raw windows stacked as they are, levels None; any other batch as ``__call__`` gives it."""
-        if all(not w.normalized for w in windows):
-            return np.stack([w.data for w in windows]), None
-        return self(windows)
-
     def __call__(self, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
         """``windows`` (b of them, n samples each) -> (input (b, n) float32, levels (b,) float64):
         each window's RMS before normalization."""

@@ -61,16 +61,13 @@ def cpu_threads_for_inference() -> int:
 class Pending:
     """A submitted batch: on the CPU its results, on CUDA the lane whose event marks them ready
     (a ``_GraphSlot``; the ProcessRunner's lane number). ``features`` (rows, features) is set by
-    ``collect`` when the runner returns pooled features (``features > 0``); ``levels`` (rows,)
-    when the runner normalized raw windows itself (``ProcessRunner.submit(raw=True)``)."""
+    ``collect`` when the runner returns pooled features (``features > 0``)."""
 
     rows: int
     slot: Any = None
     probs: np.ndarray | None = None
     noise: np.ndarray | None = None
     features: np.ndarray | None = None
-    raw: bool = False
-    levels: np.ndarray | None = None
 
 
 def split_packed(res: np.ndarray, features: int, pending: Pending) -> tuple[np.ndarray, np.ndarray]:

@@ -19,10 +19,8 @@ from drsn_stream.types import Prediction, Window
 POLL_S = 0.002  # how often the loop looks for a finished batch while another one may fall due
 
 # A batch's windows -> (the model's input (b, n) float32, each window's level (b,)): the DSP's
-# normalization step (dsp.normalize.BatchNormalizer), injected by the app. Levels None: the
-# windows are left raw for a runner that normalizes them itself (ProcessRunner.normalizes,
-# BatchNormalizer.stacked), which returns their levels in the Pending.
-Prepare = Callable[[Sequence[Window]], tuple[np.ndarray, np.ndarray | None]]
+# normalization step (dsp.normalize.BatchNormalizer), injected by the app.
+Prepare = Callable[[Sequence[Window]], tuple[np.ndarray, np.ndarray]]
 
 
 def as_normalized(windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +147,8 @@ class InferenceLoop(threading.Thread):
                     batch = self.batcher.next_batch(timeout=POLL_S if pending else 0.1, early=not pending)
                     if batch:
                         t_batched = time.time()
-                        pending.append((batch, *self._submit(batch), t_batched))
+                        x, levels = self.prepare(batch)
+                        pending.append((batch, levels, self.runner.submit(x), t_batched))
                         batch = []
                         if self.runner.lanes <= 1:
                             self._finish(*pending.popleft())
@@ -167,19 +166,11 @@ class InferenceLoop(threading.Thread):
     def process(self, batch: list[Window]) -> list[Prediction]:
         """Runs one batch to completion (no overlap) and hands its Predictions on."""
         t_batched = time.time()
-        return self._finish(batch, *self._submit(batch), t_batched)
-
-    def _submit(self, batch: list[Window]) -> tuple[np.ndarray | None, Pending]:
         x, levels = self.prepare(batch)
-        if levels is None:  # raw: the runner normalizes them (a prepare only gives None for such a runner)
-            return None, self.runner.submit(x, raw=True)  # type: ignore[call-arg]
-        return levels, self.runner.submit(x)
+        return self._finish(batch, levels, self.runner.submit(x), t_batched)
 
-    def _finish(self, batch: list[Window], levels: np.ndarray | None, handle: Pending,
-                t_batched: float) -> list[Prediction]:
+    def _finish(self, batch: list[Window], levels: np.ndarray, handle: Pending, t_batched: float) -> list[Prediction]:
         probs, noise = self.runner.collect(handle)
-        if levels is None:
-            levels = handle.levels
         t_done = time.time()
         t_last = np.array([w.t_last for w in batch])
         t_ready = np.array([w.t_ready for w in batch])

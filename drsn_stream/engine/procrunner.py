@@ -6,14 +6,10 @@ module (a plain CPU ``Runner``); batches travel through shared memory (one input
 buffer per lane) and a pipe carries only ``(lane, rows)``. The child has its own interpreter
 lock, so the model runs on one core while ingest runs on the other, and with two lanes the next
 batch is prepared while the current one runs. Same numbers as the in-process Runner (tested).
-With ``normalization`` the child also normalizes raw windows (``submit(raw=True)``): the
-monitor's own core, which ingest, the inference loop and the output share, then only copies
-them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -44,12 +40,6 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 
 
-def _levels_at(max_batch: int, width: int) -> int:
-    """Where a lane's float64 levels start in its output segment: after the float32 outputs,
-    8-byte aligned."""
-    return -(-max_batch * width * 4 // 8) * 8
-
-
 class EngineRestarted(EngineError):
     """The engine process died and a new one took over; the batches in flight are lost."""
 
@@ -72,9 +62,6 @@ def _error_line(exc: BaseException) -> str:
 def _worker(argv: list[str]) -> int:
     """The child: load the artifact, then answer ``LANE ROWS`` lines on stdin until it closes.
 
-    Requests: ``LANE ROWS RAW``; RAW 1: the lane's windows are raw, normalized here as the
-    artifact says (``dsp.normalize.normalize_with_level``, the bits the parent would get), their
-    levels written after the lane's outputs.
     Replies on stdout: ``ready DEVICE[\tNOTE...]`` once, then ``ok LANE ROWS T_START T_END CPU_S SWITCHES``
     (wall-clock seconds when the batch started and finished running, the CPU seconds this thread
     spent on it, and how often the kernel took the core away meanwhile) or ``error TEXT`` per
@@ -82,7 +69,7 @@ def _worker(argv: list[str]) -> int:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     model, window, max_batch, threads, width = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
-    cpu, layout, features, spec, names = int(argv[5]), argv[6], int(argv[7]), json.loads(argv[8]), argv[9:]
+    cpu, layout, features, names = int(argv[5]), argv[6], int(argv[7]), argv[8:]
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
     # Replies go to a private copy of stdout; anything a library prints lands on stderr instead
@@ -91,7 +78,6 @@ def _worker(argv: list[str]) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
-        from drsn_stream.dsp.normalize import normalize_with_level
         from drsn_stream.engine.runner import Runner
         from drsn_stream.models.artifact import load_artifact, load_validation
 
@@ -105,7 +91,6 @@ def _worker(argv: list[str]) -> int:
         shm = [_attach(n) for n in names]
         x_in = [np.ndarray((max_batch, window), np.float32, s.buf) for s in shm[:half]]
         y_out = [np.ndarray((max_batch, width), np.float32, s.buf) for s in shm[half:]]
-        lv_out = [np.ndarray((max_batch,), np.float64, s.buf, offset=_levels_at(max_batch, width)) for s in shm[half:]]
         out.write("\t".join([f"ready {runner.device_name}", *(n.replace("\t", " ") for n in runner.notes)]) + "\n")
         out.flush()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
@@ -118,13 +103,10 @@ def _worker(argv: list[str]) -> int:
     try:
         for line in sys.stdin:
             try:
-                lane, rows, raw = (int(v) for v in line.split())
+                lane, rows = (int(v) for v in line.split())
                 switches = _preempted()
                 t_start, cpu_start = time.time(), time.thread_time()
-                x = x_in[lane][:rows]
-                if raw:
-                    x, lv_out[lane][:rows] = normalize_with_level(x, spec)
-                handle = runner.submit(x)  # rows <= max_batch: one call
+                handle = runner.submit(x_in[lane][:rows])  # rows <= max_batch: one call
                 probs, noise = runner.collect(handle)
                 c = probs.shape[1]
                 y_out[lane][:rows, :c] = probs
@@ -138,7 +120,7 @@ def _worker(argv: list[str]) -> int:
             out.flush()
     except BrokenPipeError:  # the parent is gone: nothing to answer, no traceback on its terminal
         return 0
-    del x_in, y_out, lv_out
+    del x_in, y_out
     for s in shm:
         s.close()
     return 0
@@ -157,13 +139,10 @@ class ProcessRunner:
         cpu: pin the child to this core (None: the scheduler decides).
         cpu_layout: "auto" (1-D networks run in their verified channels-last form) or "off".
         features: width of the pooled features to return (``Pending.features``); 0: none.
-        normalization: the artifact's normalization spec: the child then takes raw windows too
-            (``submit(x, raw=True)``) and normalizes them itself; None: normalized windows only.
     """
 
     def __init__(self, model: str, *, window: int, classes: int, max_batch: int = 256, threads: int | None = None,
-                 lanes: int = 2, cpu: int | None = None, cpu_layout: str = "auto", features: int = 0,
-                 normalization: dict | None = None) -> None:
+                 lanes: int = 2, cpu: int | None = None, cpu_layout: str = "auto", features: int = 0) -> None:
         self.window, self.max_batch, self.lanes = int(window), int(max_batch), max(1, int(lanes))
         self.threads = int(threads or 1)
         self.device = None
@@ -173,8 +152,6 @@ class ProcessRunner:
         self.notes: list[str] = []
         self.ready = threading.Event()
         self.features = int(features)
-        self.normalization = None if normalization is None else dict(normalization)
-        self.normalizes = self.normalization is not None  # submit(raw=True) is taken
         self._width = int(classes) + 1 + self.features
         self._busy = [False] * self.lanes
         self._next = 0
@@ -195,17 +172,13 @@ class ProcessRunner:
         self._out: list[shared_memory.SharedMemory] = []
         self._x: list[np.ndarray] = []
         self._y: list[np.ndarray] = []
-        self._lv: list[np.ndarray] = []
         self._proc: subprocess.Popen[str] | None = None
         try:
             for _ in range(self.lanes):
                 self._in.append(shared_memory.SharedMemory(create=True, size=self.max_batch * self.window * 4))
-                self._out.append(shared_memory.SharedMemory(
-                    create=True, size=_levels_at(self.max_batch, self._width) + self.max_batch * 8))
+                self._out.append(shared_memory.SharedMemory(create=True, size=self.max_batch * self._width * 4))
             self._x = [np.ndarray((self.max_batch, self.window), np.float32, s.buf) for s in self._in]
             self._y = [np.ndarray((self.max_batch, self._width), np.float32, s.buf) for s in self._out]
-            self._lv = [np.ndarray((self.max_batch,), np.float64, s.buf, offset=_levels_at(self.max_batch, self._width))
-                        for s in self._out]
             self._start_child()
         except BaseException:  # a signal during start-up too: no segment or child is left behind
             self._closed = True  # and __del__ has nothing left to do
@@ -218,8 +191,7 @@ class ProcessRunner:
         # A plain child interpreter (not multiprocessing's spawn, which re-imports the caller's
         # __main__): it only needs the artifact, the shared-memory names and two pipes.
         args = [self._model, str(self.window), str(self.max_batch), str(self.threads), str(self._width)]
-        args += [str(-1 if self.cpu is None else self.cpu), self.cpu_layout, str(self.features),
-                 json.dumps(self.normalization)]
+        args += [str(-1 if self.cpu is None else self.cpu), self.cpu_layout, str(self.features)]
         args += [s.name for s in self._in + self._out]
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
@@ -292,11 +264,7 @@ class ProcessRunner:
         self.notes.extend(n for n in notes if n and n not in self.notes)  # the child's runner notes
         self.ready.set()
 
-    def submit(self, x: np.ndarray, *, raw: bool = False) -> Pending:
-        """Hands a batch to the child; ``raw``: the windows are not normalized yet, the child does
-        it (needs ``normalization``) and ``collect`` sets their levels in the Pending."""
-        if raw and not self.normalizes:
-            raise ValueError("this engine process takes normalized windows only (no normalization given)")
+    def submit(self, x: np.ndarray) -> Pending:
         check_windows(x, self.window, self.max_batch)
         rows = x.shape[0]
         self.warmup()
@@ -308,11 +276,11 @@ class ProcessRunner:
         self._x[lane][:rows] = x
         self._t_submit[lane] = time.time()
         try:
-            self._send(f"{lane} {rows} {int(raw)}\n")
+            self._send(f"{lane} {rows}\n")
         except RuntimeError:
             raise self._restart() from None
         self._inflight.append(lane)
-        return Pending(rows, slot=lane, raw=raw)
+        return Pending(rows, slot=lane)
 
     def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
         lane = pending.slot
@@ -327,8 +295,6 @@ class ProcessRunner:
         if not reply.startswith("ok "):
             raise RuntimeError(f"the engine process failed: {reply.strip()}")
         res = self._y[lane][: pending.rows].copy()
-        if pending.raw:
-            pending.levels = self._lv[lane][: pending.rows].copy()
         fields = reply.split()
         if len(fields) >= 7:
             t_start, t_end, cpu = float(fields[3]), float(fields[4]), float(fields[5])
@@ -384,7 +350,6 @@ class ProcessRunner:
         """Drops the views of this process's shared-memory segments, then closes and unlinks them."""
         self._x.clear()
         self._y.clear()
-        self._lv.clear()
         for s in self._in + self._out:
             s.close()
             s.unlink()
