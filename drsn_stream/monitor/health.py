@@ -265,6 +265,10 @@ class _Rows:
         # consecutive slots (a frame's channels, streams that started together): slices, not fancy indexes
         self.at: slice | np.ndarray = (slice(a, a + k) if (self.slots == np.arange(a, a + k)).all()
                                        else self.slots)
+        # per multi-channel group: its first row and, where its slots are consecutive, its first slot
+        self.blocks = None if self.ones else [
+            (start, int(g.slots[0]) if (np.diff(g.slots) == 1).all() else -1, len(g.ids))
+            for g, start in zip(groups, self.starts)]
 
     def _at(self, j: int) -> tuple[_Group, int]:
         i = bisect.bisect_right(self.starts, j) - 1
@@ -519,6 +523,9 @@ class HealthMonitor:
                 else:
                     pend[slots, p : p + n] = np.concatenate([x.T for x in xs])
                 return
+            if rows.blocks is not None:  # frames of channels whose counts differ (--phases): each
+                self._gather_frames(rows, pn, n, xs)  # frame straight into its rows, one copy
+                return
             x = np.concatenate([x.T for x in xs])  # (rows, n)
             for p in np.unique(pn):
                 m = pn == p
@@ -529,6 +536,21 @@ class HealthMonitor:
             for k in range(x.shape[1]):
                 pend[slots[j], pn[j] : pn[j] + x.shape[0]] = x[:, k]
                 j += 1
+
+    def _gather_frames(self, rows: _Rows, pn: np.ndarray, n: int, xs: list[np.ndarray]) -> None:
+        """``_gather`` of multi-channel frames of ``n`` samples whose rows' gathered counts differ
+        from frame to frame: a frame's channels were gathered and judged together, so they share
+        one count, and each frame's ``(n, channels)`` samples go into their rows in one copy."""
+        pend, slots = self._bank.pend, rows.slots
+        assert rows.blocks is not None
+        for (start, s0, c), x in zip(rows.blocks, xs):
+            p = int(pn[start])
+            if s0 >= 0 and (c == 1 or all_set(pn[start : start + c] == p)):
+                pend[s0 : s0 + c, p : p + n] = x.T
+            else:
+                for k in range(c):
+                    q = int(pn[start + k])
+                    pend[slots[start + k], q : q + n] = x[:, k]
 
     def _levels_rows(self, rows: Any, di: np.ndarray, slots: np.ndarray, rate: np.ndarray,
                      lengths: np.ndarray, codes: np.ndarray, found_sets: dict[int, set[str]]) -> None:
