@@ -169,11 +169,11 @@ def _signals(seconds: float = 5.0) -> list[Frame]:
     return frames
 
 
-def _run(frames: list[Frame], poll: int, *, sliced: bool = False) -> tuple[list, dict, list, dict]:
+def _run(frames: list[Frame], poll: int, *, sliced: bool = False, **config) -> tuple[list, dict, list, dict]:
     pipe = Pipeline(RunConfig(sources=("sim",), device="cpu", engine_process=False, stale_ms=0.0,
-                              queue_capacity=1 << 20, stats_every_s=3600))
+                              queue_capacity=1 << 20, stats_every_s=3600, **config))
     for i in range(0, len(frames), poll):
-        for part in slices(frames[i : i + poll]) if sliced else (frames[i : i + poll],):  # as the monitor does
+        for part in pipe.ingest.runs(frames[i : i + poll]) if sliced else (frames[i : i + poll],):  # as the monitor does
             pipe._ingest_frames(part)
     # streams are independent: their windows and events may interleave differently, each in its order
     windows = sorted(pipe.batcher._q, key=lambda w: w.stream_id)
@@ -199,6 +199,30 @@ def test_a_big_poll_reaches_the_engine_first_in_a_short_run_then_in_longer_ones(
             assert all(INGEST_SLICE_MAX <= w < INGEST_SLICE_MAX + 16 for w in width[1:-1])
         else:
             assert len(runs) == 1
+
+
+def test_with_phases_the_streams_whose_windows_are_due_go_first() -> None:
+    """``--phases``: a gateway's modules complete their windows in turn. In a poll of all of them,
+    the modules whose frames complete a window go through ingest first (their windows reach the
+    engine while the rest is judged), each stream's frames in order, none lost or repeated."""
+    pipe = Pipeline(RunConfig(sources=("sim",), device="cpu", engine_process=False, stale_ms=0.0, hop=2048,
+                              phases=4, queue_capacity=1 << 20, stats_every_s=3600))
+    rng = np.random.default_rng(9)
+    mods = [f"gw{m}" for m in range(40)]  # 640 channels: a poll is several runs
+    for k in range(12):
+        poll = [Frame(m, k, k * 512 / RATE, RATE, (rng.standard_normal((512, 16)) * 0.1).astype(np.float32))
+                for m in mods]
+        runs = pipe.ingest.runs(poll)
+        order = [f for run in runs for f in run]
+        assert sorted(order, key=lambda f: f.stream_id) == sorted(poll, key=lambda f: f.stream_id)
+        done = []
+        for run in runs:
+            before = len(pipe.batcher._q)
+            pipe._ingest_frames(run)
+            done += [w.stream_id.split("/")[0] for w in list(pipe.batcher._q)[before:]]
+        due = [f.stream_id in done for f in order]
+        if k >= 4:  # every module has its first window behind it: about a quarter are due in each poll
+            assert 0 < sum(due) < len(mods) and due == sorted(due, reverse=True), (k, due)
 
 
 def test_a_stage_that_fails_on_a_frame_drops_that_frame_says_so_once_and_the_rest_goes_on() -> None:
@@ -243,6 +267,8 @@ def test_a_poll_of_many_frames_gives_the_windows_and_health_of_one_frame_at_a_ti
     # a whole backlog in one poll: every stream has many frames in it
     for poll, sliced in ((len(frames), False), (97, False), (len(frames), True)):
         assert _run(frames, poll, sliced=sliced) == one
+    # with phases (the streams whose windows are due first in a poll's runs) too
+    assert _run(frames, len(frames), sliced=True, phases=4) == _run(frames, 1, phases=4)
     windows, health, events, nonfinite = one
     assert len({w[0] for w in windows}) == 6 + 1 + 16 + 1 + 1
     assert any(not w[4] for w in windows if w[0] == "s1")  # NaN: windows marked unhealthy

@@ -80,6 +80,25 @@ class Ingest:
         self.dsp: dict[str, StreamDSP | BankDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
         self._banks: dict[int, WindowBank] = {}  # by id(source): each source's single-channel streams
 
+    def runs(self, frames: list[Frame]) -> list[list[Frame]]:
+        """A poll's frames in the runs they go through (``slices``). With phases, the streams
+        whose frames complete a window in this poll go first, so that their windows reach the
+        engine while the rest of the poll (sensor health and the rings only) is ingested; a
+        stream's frames keep their order."""
+        runs = slices(frames)
+        if self.phases == 1 or len(runs) == 1:
+            return runs
+        dsps = self.dsp
+        first = set()
+        for frame in frames:
+            dsp = dsps.get(frame.stream_id)
+            if dsp is not None and dsp.completes(frame):
+                first.add(frame.stream_id)
+        head = [f for f in frames if f.stream_id in first]
+        if not head or len(head) == len(frames):
+            return runs
+        return slices(head + [f for f in frames if f.stream_id not in first])
+
     def frames(self, frames: list[Frame], source: Any = None) -> list[Window]:
         """Every frame of one poll (or run of one), each stream's in order and each exactly as
         alone; the sensor health of different streams is judged together. Returns the windows

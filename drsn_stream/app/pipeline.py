@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.app.defaults import Resolved, resolve_defaults
-from drsn_stream.app.ingest import Ingest, one_line, slices
+from drsn_stream.app.ingest import Ingest, one_line
 from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable
 from drsn_stream.dsp.envelope import label_family
@@ -433,7 +433,7 @@ class Pipeline:
         try:
             with source:
                 for frames in source.batches():
-                    for part in slices(frames):
+                    for part in self.ingest.runs(frames):
                         self._ingest_frames(part, source)
                     if self.quit.is_set():
                         break

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.app.ingest import Ingest, slices
+from drsn_stream.app.ingest import Ingest
 from drsn_stream.errors import SourceError
 from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth
 from drsn_stream.runtime import attach_shared_memory
@@ -347,7 +347,7 @@ def _worker(cfg: dict[str, Any]) -> int:
     try:
         with source:
             for batch in source.batches():
-                for part in slices(batch):
+                for part in stage.ingest.runs(batch):
                     stage.poll(part, source)
                     housekeeping(False)
         report()

@@ -190,6 +190,13 @@ class BankDSP:
             return own.counters()
         return {"dsp.nonfinite": self.nonfinite, "dsp.rate_changes": 0, "dsp.windows": self.windows}
 
+    def completes(self, frame: Frame) -> bool:
+        """``StreamDSP.completes``."""
+        if self.own is not None:
+            return self.own.completes(frame)
+        b, r = self.bank, self.row
+        return int(b.seen[r]) + frame.samples.shape[0] >= int(b.next[r]) + b.window
+
     def in_bank(self, frame: Frame) -> bool:
         return self.own is None and self.bank.fits(frame)
 

@@ -93,6 +93,15 @@ class StreamDSP:
         self._n_in = 0
         self._out_base = 0
 
+    def completes(self, frame: Frame) -> bool:
+        """Whether ``frame`` would complete a window (its length at the model's rate, reckoned
+        without the resampler's delay: an ordering hint, not a promise)."""
+        n = frame.samples.shape[0]
+        if frame.sample_rate != self.sample_rate:
+            n = int(n * self.sample_rate / frame.sample_rate)
+        w = self._windower
+        return w.seen + n >= w._next + w.window
+
     def _samples(self, frame: Frame) -> np.ndarray:
         """The frame's samples this DSP follows, float32 ``(n,)``."""
         x = frame.samples
