@@ -13,11 +13,11 @@ class Windower:
     """Accepts chunks of any length and returns every complete window they finish.
 
     Window ``k`` covers absolute samples ``[start + k*hop, start + k*hop + window)`` of the stream
-    (``start`` 0 unless given: see ``window_start``). Only the samples
-    a future window can still use are kept (a buffer of about ``window + chunk`` samples), and the
-    buffer is preallocated and reused, so memory stays bounded on endless streams. With
-    ``channels`` set, chunks are ``(channels, n)`` and windows ``(channels, window)``: every row is
-    cut exactly as it would be alone.
+    (``start`` is 0 unless given: see ``window_start``). Only the samples a future window can
+    still use are kept (a buffer of about ``window + chunk`` samples), and the buffer is
+    preallocated and reused, so memory stays bounded on endless streams. With ``channels`` set,
+    chunks are ``(channels, n)`` and windows ``(channels, window)``: every row is cut exactly as
+    it would be alone.
     """
 
     def __init__(self, window: int, hop: int, *, dtype: np.dtype | type = np.float32,

@@ -33,9 +33,9 @@ HEALTHY = "normal"
 NOISE_TRACK_S = 10.0  # noise is generated once per machine and looped
 # Seconds a machine stays healthy / faulty before the schedule changes (uniform ranges).
 HEALTHY_S = (8.0, 20.0)
-_FAR = 1 << 62  # "never" as a sample index (a fixed label's span)
 FIRST_HEALTHY_S = (3.0, 10.0)
 FAULT_S = (4.0, 10.0)
+_FAR = 1 << 62  # "never" as a sample index (where a fixed label's span ends)
 
 
 @functools.lru_cache(maxsize=4)
