@@ -94,8 +94,9 @@ def _started(port: int, duration: float) -> tuple[Pipeline, ShardedSource]:
     return pipe, src
 
 
-def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], **kw: object) -> Pipeline:
-    pipe = Pipeline(_config(port, procs, duration=120))
+def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], *, config: dict | None = None,
+                   **kw: object) -> Pipeline:
+    pipe = Pipeline(_config(port, procs, duration=120, **(config or {})))
     pipe.start()
     stop, errors = threading.Event(), []
     pub = _publisher(port, procs, streams, stop=stop, errors=errors, **kw)  # type: ignore[arg-type]
@@ -147,6 +148,24 @@ def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
     others = [sum(1 for s in streams if shard_of(s.encode(), 2) != k) for k in (0, 1)]
     foreign = two.sources[0].foreign  # type: ignore[attr-defined]
     assert foreign[0] == others[0] * (frames + 1) and 0 < foreign[1] < others[1] * frames, (foreign, others)
+
+
+@pytest.mark.slow
+def test_ingest_processes_cut_the_windows_of_phases_as_the_ingest_thread_does(free_tcp_port: int) -> None:
+    """``--phases`` reaches the ingest processes: every stream gets the windows its phase gives
+    it (a stream started later in the hop has fewer of them), the same as with one ingest thread."""
+    require_cwru()
+    from drsn_stream.dsp.window import window_start
+
+    streams = _streams(3.0)
+    config = {"hop": 2048, "phases": 4}
+    one = _run_until_eos(free_tcp_port, 1, streams, pace=False, config=config)
+    two = _run_until_eos(free_tcp_port, 2, streams, pace=False, config=config)
+    n = (3 * RATE // CHUNK) * CHUNK
+    want = {sid: (n - window_start(sid, 2048, 4) - 2048) // 2048 + 1 for sid in streams}
+    assert len(set(want.values())) > 1  # the streams' phases differ
+    assert {sid: sum(c.values()) for sid, c in one.label_counts.items()} == want
+    assert two.label_counts == one.label_counts
 
 
 @pytest.mark.slow
