@@ -253,9 +253,9 @@ def test_a_multi_channel_recording_is_monitored_channel_by_channel(tmp_path) -> 
         assert counts[sid][want] > 0.8 * sum(counts[sid].values()), (sid, counts[sid])
 
 
-def _window_ends(phases: int) -> tuple[dict[str, set[int]], dict[str, int]]:
+def _window_ends(phases: int) -> tuple[dict[str, set[int]], dict[str, Counter]]:
     """A fast simulated gateway of 8 two-channel modules at hop 2048, whose frames leave in step:
-    for each stream, where its windows end within the hop (samples), and its labels' majority share."""
+    for each stream, where its windows end within the hop (samples), and its label counts."""
     cfg = RunConfig(sources=("sim:bearing?machines=8&channels=2&fast=1&duration=4&fault=inner_014&seed=2",),
                     fast=True, hop=2048, phases=phases, stats_every_s=3600, engine_process=False)
     pipe = Pipeline(cfg)
