@@ -169,9 +169,15 @@ def _signals(seconds: float = 5.0) -> list[Frame]:
     return frames
 
 
-def _run(frames: list[Frame], poll: int, *, sliced: bool = False, **config) -> tuple[list, dict, list, dict]:
-    pipe = Pipeline(RunConfig(sources=("sim",), device="cpu", engine_process=False, stale_ms=0.0,
+def _ingesting(**config) -> Pipeline:
+    """A monitor whose ingest the test drives frame by frame (``_ingest_frames``); its windows
+    stay in the batcher's queue (nothing stale, nothing dropped)."""
+    return Pipeline(RunConfig(sources=("sim",), device="cpu", engine_process=False, stale_ms=0.0,
                               queue_capacity=1 << 20, stats_every_s=3600, **config))
+
+
+def _run(frames: list[Frame], poll: int, *, sliced: bool = False, **config) -> tuple[list, dict, list, dict]:
+    pipe = _ingesting(**config)
     for i in range(0, len(frames), poll):
         for part in pipe.ingest.runs(frames[i : i + poll]) if sliced else (frames[i : i + poll],):  # as the monitor does
             pipe._ingest_frames(part)
@@ -205,8 +211,7 @@ def test_with_phases_the_streams_whose_windows_are_due_go_first() -> None:
     """``--phases``: a gateway's modules complete their windows in turn. In a poll of all of them,
     the modules whose frames complete a window go through ingest first (their windows reach the
     engine while the rest is judged), each stream's frames in order, none lost or repeated."""
-    pipe = Pipeline(RunConfig(sources=("sim",), device="cpu", engine_process=False, stale_ms=0.0, hop=2048,
-                              phases=4, queue_capacity=1 << 20, stats_every_s=3600))
+    pipe = _ingesting(hop=2048, phases=4)
     rng = np.random.default_rng(9)
     mods = [f"gw{m}" for m in range(40)]  # 640 channels: a poll is several runs
     for k in range(12):
@@ -229,8 +234,7 @@ def test_a_stage_that_fails_on_a_frame_drops_that_frame_says_so_once_and_the_res
     """A bug in a processing stage costs the frames it fails on, counted as ``ingest_error`` in
     their source's stats and said in one line; the other streams of the same polls, and the
     failing stream's later frames once the stage works again, go on."""
-    pipe = Pipeline(RunConfig(sources=("sim",), device="cpu", engine_process=False, stale_ms=0.0,
-                              queue_capacity=1 << 20, stats_every_s=3600))
+    pipe = _ingesting()
     src = pipe.sources[0]
     rng = np.random.default_rng(3)
 
