@@ -276,6 +276,80 @@ def test_the_monitor_counts_every_fault_and_keeps_watching(tmp_path: Path, free_
     assert "good" in stdout and "Traceback" not in stdout
 
 
+@pytest.mark.slow
+def test_a_stalled_monitor_does_not_blame_its_delay_on_the_sensors(tmp_path: Path, free_tcp_port: int) -> None:
+    """The monitor's ingest stalls for twice the "no data" timeout while two sensors keep sending
+    (their frames wait in the socket): neither shows "no data". Then one sensor really stops: it
+    alone shows "no data", within the timeout and a poll."""
+    from drsn_stream.sinks.jsonl import JsonlSink
+
+    timeout = 1.5
+    cfg = RunConfig(sources=(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}",), engine_process=False, threads=1,
+                    stale_ms=60_000.0, health={"timeout_s": timeout})
+    pipe = Pipeline(cfg, sinks=[JsonlSink(tmp_path / "out.jsonl", flush_every=1)])
+    x = _normal(30.0)
+    n = RATE // 20  # a frame every 50 ms
+    sending = {"a": True, "b": True}
+    stopped: dict[str, float] = {}
+    done = threading.Event()
+
+    def send() -> None:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        t0 = time.time()
+        for i in range(int(len(x) / n)):
+            if done.is_set():
+                break
+            for sid in ("a", "b"):
+                if sending[sid]:
+                    push.send_multipart(encode(sid, i, time.time(), RATE, x[i * n : (i + 1) * n]))
+                elif sid not in stopped:
+                    stopped[sid] = time.time()
+            time.sleep(max(0.0, t0 + 0.05 * (i + 1) - time.time()))
+        push.close(0)
+
+    sender = threading.Thread(target=send, daemon=True)
+    pipe.start()
+    waiter = threading.Thread(target=pipe.wait, daemon=True)  # its supervision loop ticks the health
+    try:
+        waiter.start()
+        sender.start()
+        deadline = time.time() + 30
+        while {"a", "b"} - set(pipe.health.states()) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        with pipe.ingest.lock:  # the ingest thread waits here with a poll in hand, as on a stalled host
+            stall = (time.time(), time.time() + 2 * timeout)
+            time.sleep(2 * timeout)
+        time.sleep(1.0)  # it reads the frames that waited
+        sending["b"] = False
+        time.sleep(2 * timeout)
+    finally:
+        done.set()
+        pipe.stop()
+        sender.join(timeout=5)
+    health = [o for o in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines()) if o["type"] == "health"]
+    seen = [(o["stream"], round(o["time"] - stall[0], 2), o["reasons"]) for o in health]
+    assert not [o for o in health if o["stream"] == "a"], seen
+    raised = [o for o in health if o["stream"] == "b" and o["to"] == "CHECK_SENSOR"]
+    assert len(raised) == 1 and raised[0]["reasons"] == ["no data"], seen
+    assert stopped["b"] - 0.1 + timeout <= raised[0]["time"] <= stopped["b"] + timeout + 1.0, (seen, stopped["b"] - stall[0])
+
+
+def test_a_stuck_reader_does_not_hide_silent_sensors_for_ever() -> None:
+    """Streams are judged up to where their sources were read; a reader stuck for longer than
+    MAX_STALL_S no longer holds that back, and a source not read yet does not count."""
+    from drsn_stream.sources.base import MAX_STALL_S, read_to
+
+    now = 1_000.0
+    busy, stuck, new = make_source("sim"), make_source("sim"), make_source("sim")
+    busy.read_at = now - 2.0
+    assert read_to([busy, new], now) == now - 2.0  # the frames after it may wait in its socket
+    stuck.read_at = now - 10 * MAX_STALL_S
+    assert read_to([stuck], now) == now - MAX_STALL_S
+    assert read_to([new], now) == now
+
+
 def test_stats_can_be_read_while_new_streams_arrive(free_tcp_port: int) -> None:
     """Before: ``stats_json`` iterated the streams while the ingest thread added some ("dictionary
     changed size during iteration")."""

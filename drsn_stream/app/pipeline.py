@@ -49,6 +49,7 @@ from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects
 from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import EventCapture
 from drsn_stream.sources import make_source
+from drsn_stream.sources.base import read_to
 from drsn_stream.types import Event, Frame, Prediction, Window
 from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
@@ -209,6 +210,7 @@ class Pipeline:
         self.stop_asked = False  # by ask_stop(), from a signal handler: wait() then sets quit
         self._threads: list[threading.Thread] = []
         self._sources_done = 0
+        self._ended_sources: set[int] = set()  # id() of the sources whose ingest has stopped
         self._started = 0.0
         self._status = "warming up"
         self._running = False  # start() completed
@@ -344,7 +346,7 @@ class Pipeline:
                 break
             self.quit.wait(0.05)
             self._say_waiting()
-            events = self.health.tick(time.time())
+            events = self.health.tick(self._read_to())
             if events:
                 self._emit_events(events)
             if self.capture is not None:
@@ -355,6 +357,10 @@ class Pipeline:
         if self.stop_asked:
             self.quit.set()  # here, outside the signal handler
         self._drain_notes()
+
+    def _read_to(self) -> float:
+        """``sources.base.read_to`` over the sources still read."""
+        return read_to([s for s in self.sources if id(s) not in self._ended_sources], time.time())
 
     def _say_waiting(self) -> None:
         """A source with no data after a second says what it waits for (a note, once, and the
@@ -444,6 +450,7 @@ class Pipeline:
         finally:
             with self._ingest_lock:
                 self._sources_done += 1
+                self._ended_sources.add(id(source))
 
     def _ingest_frames(self, frames: list[Frame], source: Any = None) -> None:
         """Every frame of one poll (``Ingest.frames``); their windows go to the batcher together."""

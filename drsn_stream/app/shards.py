@@ -54,7 +54,7 @@ from drsn_stream.errors import SourceError
 from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth
 from drsn_stream.runtime import attach_shared_memory
 from drsn_stream.sources import make_source, parse_spec
-from drsn_stream.sources.base import Source
+from drsn_stream.sources.base import Source, read_to
 from drsn_stream.types import Event, Frame, Window
 
 SHARDABLE_KINDS = ("zmq",)  # SUB sockets that connect: every child can subscribe to the same publisher
@@ -331,7 +331,7 @@ def _worker(cfg: dict[str, Any]) -> int:
         now = time.monotonic()
         ended, streams = len(source.stats.ended), len(stage.streams)
         if now >= state["next_stats"]:
-            events = health.tick()
+            events = health.tick(read_to((source,), time.time()))
             if events:
                 out.events(events)
             report()

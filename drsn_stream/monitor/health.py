@@ -10,7 +10,8 @@ Integration (pipeline thread; ``state``/``states``/``healthy`` are safe from any
 
 Checks, per frame and vectorized over its samples and channels:
 
-- ``no data``: nothing arrived for ``timeout_s`` seconds (found by ``tick``; wall clock).
+- ``no data``: nothing arrived for ``timeout_s`` seconds (found by ``tick``; wall clock, up to
+  when the monitor last read its sources, so that its own stalls are not taken for silent sensors).
 - ``sequence gap``: ``Frame.seq`` jumped forward (a lower seq is taken as a source restart).
 - ``flat line``: a channel's standard deviation over the last ``flat_span_s`` seconds of
   samples is below ``flat_std``.
@@ -730,7 +731,9 @@ class HealthMonitor:
         return []
 
     def tick(self, now: float | None = None) -> list[Event]:
-        """Mark streams that sent nothing for ``timeout_s`` as "no data"; return the events."""
+        """Mark streams that sent nothing for ``timeout_s`` before ``now`` as "no data"; return the
+        events. ``now``: the time up to which the sources have been read (``sources.base.read_to``),
+        ``time.time()`` when None."""
         now = time.time() if now is None else now
         events: list[Event] = []
         with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
@@ -17,6 +17,9 @@ DEFAULT_MAX_STREAMS = 4096  # stream ids one source takes; new ids beyond are re
 # A restartable source whose frame generator fails this often within CRASH_WINDOW_S gives up (a
 # bug that fires on every message would otherwise spin); below that it is counted and restarted.
 MAX_CRASHES = 100
+# a reader that has not handed over a batch or waited for input for this long is stuck, not busy:
+# the streams it reads are judged by the wall clock again (read_to)
+MAX_STALL_S = 30.0
 CRASH_WINDOW_S = 10.0
 
 
@@ -227,6 +230,10 @@ class Source:
         self._opened = False
         self._iter_thread: threading.Thread | None = None
         self.on_idle: Callable[[], None] | None = None
+        # wall time of the latest batch handed over or wait for input: the monitor read this
+        # source up to here, so a stream silent until then was silent at the source, not behind
+        # a stalled reader (HealthMonitor.tick)
+        self.read_at: float | None = None
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +315,7 @@ class Source:
     def __iter__(self) -> Iterator[Frame]:
         for frame in self._guarded(self._frames):
             self.stats.frame(frame)
+            self.read_at = time.time()
             yield frame
 
     def batches(self) -> Iterator[list[Frame]]:
@@ -317,6 +325,7 @@ class Source:
         for batch in self._guarded(self._batches):
             if batch:
                 self.stats.frames_of(batch)
+                self.read_at = time.time()
                 yield batch
 
     def _guarded(self, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
@@ -369,6 +378,7 @@ class Source:
 
     def _idle(self) -> None:
         """Tell the consumer that every frame so far is handed over and a wait follows."""
+        self.read_at = time.time()
         if self.on_idle is not None:
             self.on_idle()
 
@@ -379,3 +389,18 @@ class Source:
             self._idle()
             return not self._closed.wait(max(0.0, t_wall - time.time()))
         return not self.closed
+
+
+def read_to(sources: Iterable[Source], now: float) -> float:
+    """The time up to which every one of ``sources`` has been read (``Source.read_at``; a source
+    not read yet has no streams and does not count), ``now`` at most. The sensor health judges
+    "no data" up to there (``HealthMonitor.tick``): frames that wait in a socket while the monitor's
+    own reader stalls (a busy host, a long first batch) do not make their streams look silent. A
+    reader stalled for more than ``MAX_STALL_S`` is taken as stuck, and its streams are judged up
+    to that long ago."""
+    out = now
+    for src in sources:
+        if src.read_at is not None:
+            out = min(out, max(src.read_at, now - MAX_STALL_S))
+    return out
+
