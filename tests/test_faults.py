@@ -336,6 +336,57 @@ def test_a_stalled_monitor_does_not_blame_its_delay_on_the_sensors(tmp_path: Pat
     assert stopped["b"] - 0.1 + timeout <= raised[0]["time"] <= stopped["b"] + timeout + 1.0, (seen, stopped["b"] - stall[0])
 
 
+@pytest.mark.slow
+def test_results_that_come_out_after_their_stream_went_silent_keep_their_labels(free_tcp_port: int) -> None:
+    """The monitor's output falls behind (a sink holds it up, as a slow disk would) while a sensor
+    sends 3 s of healthy signal and stops; "no data" is raised meanwhile. The windows from before
+    the silence still get the model's labels when they come out, not check_sensor."""
+    timeout = 1.0
+    gate = threading.Event()
+    objs: list[dict] = []
+
+    class Held:
+        def write(self, obj: dict) -> None:
+            if obj["type"] == "prediction":
+                gate.wait(60)
+            objs.append(obj)
+
+        def close(self) -> None:
+            pass
+
+    cfg = RunConfig(sources=(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}",), engine_process=False, threads=1,
+                    stale_ms=60_000.0, health={"timeout_s": timeout})
+    pipe = Pipeline(cfg, sinks=[Held()])
+    x = _normal(3.0)
+    n = RATE // 20
+    pipe.start()
+    waiter = threading.Thread(target=pipe.wait, daemon=True)  # its supervision loop ticks the health
+    try:
+        waiter.start()
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        t0 = time.time()
+        for i in range(len(x) // n):
+            push.send_multipart(encode("a", i, time.time(), RATE, x[i * n : (i + 1) * n]))
+            time.sleep(max(0.0, t0 + 0.05 * (i + 1) - time.time()))
+        push.close(0)
+        deadline = time.time() + 30
+        while not [o for o in objs if o["type"] == "health"] and time.time() < deadline:
+            time.sleep(0.05)
+        gate.set()
+        deadline = time.time() + 30
+        while len([o for o in objs if o["type"] == "prediction"]) < 1 + (len(x) - 2048) // 512 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        gate.set()
+        pipe.stop()
+    health = [(o["to"], o["reasons"]) for o in objs if o["type"] == "health"]
+    assert health[:1] == [("CHECK_SENSOR", ["no data"])], health
+    labels = [o["label"] for o in objs if o["type"] == "prediction"]
+    assert len(labels) == 1 + (len(x) - 2048) // 512, labels
+    assert "check_sensor" not in labels, labels
+
+
 def test_a_stuck_reader_does_not_hide_silent_sensors_for_ever() -> None:
     """Streams are judged up to where their sources were read; a reader stuck for longer than
     MAX_STALL_S no longer holds that back, and a source not read yet does not count."""

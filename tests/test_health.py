@@ -172,6 +172,9 @@ def test_no_data_found_by_tick_and_cleared_once_data_flows_again():
     assert [e.stream_id for e in events] == ["silent"]  # s0 sent until t=1.0, within the timeout
     assert changes(monitor.tick(3.5)) == [(OK, CHECK_SENSOR, (NO_DATA,))]
     assert monitor.state("s0").reasons == (NO_DATA,)
+    # a result that comes out now is not blamed on the silence that began after its window
+    assert monitor.unhealthy(["s0", "silent"]) == {"s0", "silent"}
+    assert monitor.unhealthy(["s0", "silent"], no_data=False) == set()
     feed.t = 3.6
     feed.run(0.6)
     assert monitor.state("s0").state == OK and monitor.state("silent").state == CHECK_SENSOR

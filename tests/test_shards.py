@@ -111,6 +111,19 @@ def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], *, con
 
 
 @pytest.mark.slow
+def test_the_mirror_of_the_ingest_processes_health_can_leave_silent_streams_out() -> None:
+    """As on one process, a stream an ingest process found silent is unhealthy, except for a result
+    that comes out late (no_data=False); a stream with another reason stays unhealthy there too."""
+    from drsn_stream.app.shards import HealthMirror
+    from drsn_stream.types import Event
+
+    mirror = HealthMirror()
+    mirror.note(Event("health", "quiet", 1.0, {"from": "OK", "to": CHECK_SENSOR, "reasons": ["no data"]}))
+    mirror.note(Event("health", "flat", 1.0, {"from": "OK", "to": CHECK_SENSOR, "reasons": ["flat line", "no data"]}))
+    assert mirror.unhealthy(["quiet", "flat", "fine"]) == {"quiet", "flat"}
+    assert mirror.unhealthy(["quiet", "flat", "fine"], no_data=False) == {"flat"}
+
+
 def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
         free_tcp_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     require_cwru()

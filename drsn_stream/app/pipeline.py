@@ -492,10 +492,10 @@ class Pipeline:
             if self.baseline is not None:
                 self.baseline.apply(preds)
             self.judge_cpu_s += time.thread_time() - t0
-        # judged on the window's own samples, and on the sensor now (a result may come late): the
-        # streams of the batch looked up in one hold of the health lock, which ingest holds while
-        # it judges a round
-        sick = self.health.unhealthy({p.stream_id for p in preds})
+        # judged on the window's own samples, and on the sensor now (a result may come late), but
+        # not on a silence now: that began after the window's samples arrived. The streams of the
+        # batch looked up in one hold of the health lock, which ingest holds while it judges a round
+        sick = self.health.unhealthy({p.stream_id for p in preds}, no_data=False)
         for p in preds:
             healthy = p.health == OK and p.stream_id not in sick
             p.health = OK if healthy else CHECK_SENSOR

@@ -51,7 +51,7 @@ import numpy as np
 
 from drsn_stream.app.ingest import Ingest
 from drsn_stream.errors import SourceError
-from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth
+from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth, silent_only
 from drsn_stream.runtime import attach_shared_memory
 from drsn_stream.sources import make_source, parse_spec
 from drsn_stream.sources.base import Source, read_to
@@ -109,12 +109,12 @@ class HealthMirror(HealthMonitor):
             remote = self._remote.get(stream)
         return remote.ok if remote is not None else super().healthy(stream)
 
-    def unhealthy(self, streams: Iterable[str]) -> set[str]:
+    def unhealthy(self, streams: Iterable[str], *, no_data: bool = True) -> set[str]:
         streams = list(streams)
         with self._lock:
             remote = {sid: self._remote[sid] for sid in streams if sid in self._remote}
-        local = super().unhealthy(sid for sid in streams if sid not in remote)
-        return local | {sid for sid, h in remote.items() if not h.ok}
+        local = super().unhealthy((sid for sid in streams if sid not in remote), no_data=no_data)
+        return local | {sid for sid, h in remote.items() if not h.ok and (no_data or not silent_only(h.reasons))}
 
     def state(self, stream: str) -> StreamHealth:
         with self._lock:

@@ -753,10 +753,17 @@ class HealthMonitor:
         with self._lock:
             return stream not in self._sick
 
-    def unhealthy(self, streams: Iterable[str]) -> set[str]:
-        """Those of ``streams`` that are not OK now (``healthy`` for many, in one lock hold)."""
+    def unhealthy(self, streams: Iterable[str], *, no_data: bool = True) -> set[str]:
+        """Those of ``streams`` that are not OK now (``healthy`` for many, in one lock hold).
+        ``no_data=False`` leaves out the streams whose only reason is "no data": a result that
+        comes out late is not blamed on a silence that began after its window."""
         with self._lock:
-            return self._sick.intersection(streams) if self._sick else set()
+            if not self._sick:
+                return set()
+            sick = self._sick.intersection(streams)
+            if not no_data and sick:
+                sick = {sid for sid in sick if not silent_only(self._streams[sid].active)}
+            return sick
 
     def state(self, stream: str) -> StreamHealth:
         with self._lock:
@@ -1118,6 +1125,12 @@ def _take_pending(st: _Stream) -> np.ndarray:
     st.pending.clear()
     st.pending_n = 0
     return block
+
+
+def silent_only(reasons: Iterable[str]) -> bool:
+    """Whether a stream's only active reason is "no data"."""
+    reasons = set(reasons)
+    return bool(reasons) and reasons <= {NO_DATA}
 
 
 def _seen(t: float) -> float | None:
