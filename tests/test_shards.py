@@ -302,7 +302,7 @@ def test_a_process_that_keeps_dying_loses_its_streams_visibly_and_losing_all_end
         assert any("not started again" in e for e in pipe.errors), pipe.errors
         os.kill(second, signal.SIGKILL)
         pipe.wait()  # ends by itself: the source has no process left
-        ended_by_itself = pipe._sources_done == len(pipe.sources)  # not by its 120-s duration
+        ended_by_itself = len(pipe._ended_sources) == len(pipe.sources)  # not by its 120-s duration
     finally:
         stop.set()
         pipe.stop()

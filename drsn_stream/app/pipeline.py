@@ -209,7 +209,6 @@ class Pipeline:
         self.quit = threading.Event()
         self.stop_asked = False  # by ask_stop(), from a signal handler: wait() then sets quit
         self._threads: list[threading.Thread] = []
-        self._sources_done = 0
         self._ended_sources: set[int] = set()  # id() of the sources whose ingest has stopped
         self._started = 0.0
         self._status = "warming up"
@@ -339,7 +338,7 @@ class Pipeline:
             self._drain_notes()
             if end is not None and time.time() >= end:
                 break
-            if self._sources_done >= len(self.sources):
+            if len(self._ended_sources) >= len(self.sources):
                 break
             if self.engine.error is not None:
                 self._error(f"engine stopped: {one_line(self.engine.error)}")
@@ -449,7 +448,6 @@ class Pipeline:
             self._error(line)
         finally:
             with self._ingest_lock:
-                self._sources_done += 1
                 self._ended_sources.add(id(source))
 
     def _ingest_frames(self, frames: list[Frame], source: Any = None) -> None:

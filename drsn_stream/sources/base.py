@@ -17,10 +17,10 @@ DEFAULT_MAX_STREAMS = 4096  # stream ids one source takes; new ids beyond are re
 # A restartable source whose frame generator fails this often within CRASH_WINDOW_S gives up (a
 # bug that fires on every message would otherwise spin); below that it is counted and restarted.
 MAX_CRASHES = 100
+CRASH_WINDOW_S = 10.0
 # a reader that has not handed over a batch or waited for input for this long is stuck, not busy:
 # the streams it reads are judged by the wall clock again (read_to)
 MAX_STALL_S = 30.0
-CRASH_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
