@@ -319,7 +319,7 @@ def test_a_stalled_monitor_does_not_blame_its_delay_on_the_sensors(tmp_path: Pat
             time.sleep(0.05)
         time.sleep(0.5)
         with pipe.ingest.lock:  # the ingest thread waits here with a poll in hand, as on a stalled host
-            stall = (time.time(), time.time() + 2 * timeout)
+            stalled_at = time.time()
             time.sleep(2 * timeout)
         time.sleep(1.0)  # it reads the frames that waited
         sending["b"] = False
@@ -329,11 +329,11 @@ def test_a_stalled_monitor_does_not_blame_its_delay_on_the_sensors(tmp_path: Pat
         pipe.stop()
         sender.join(timeout=5)
     health = [o for o in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines()) if o["type"] == "health"]
-    seen = [(o["stream"], round(o["time"] - stall[0], 2), o["reasons"]) for o in health]
+    seen = [(o["stream"], round(o["time"] - stalled_at, 2), o["reasons"]) for o in health]
     assert not [o for o in health if o["stream"] == "a"], seen
     raised = [o for o in health if o["stream"] == "b" and o["to"] == "CHECK_SENSOR"]
     assert len(raised) == 1 and raised[0]["reasons"] == ["no data"], seen
-    assert stopped["b"] - 0.1 + timeout <= raised[0]["time"] <= stopped["b"] + timeout + 1.0, (seen, stopped["b"] - stall[0])
+    assert stopped["b"] - 0.1 + timeout <= raised[0]["time"] <= stopped["b"] + timeout + 1.0, (seen, stopped["b"] - stalled_at)
 
 
 @pytest.mark.slow
@@ -341,7 +341,7 @@ def test_results_that_come_out_after_their_stream_went_silent_keep_their_labels(
     """The monitor's output falls behind (a sink holds it up, as a slow disk would) while a sensor
     sends 3 s of healthy signal and stops; "no data" is raised meanwhile. The windows from before
     the silence still get the model's labels when they come out, not check_sensor."""
-    timeout = 1.0
+    timeout = 1.5
     gate = threading.Event()
     objs: list[dict] = []
 
