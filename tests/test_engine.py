@@ -291,6 +291,30 @@ def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
     assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
 
 
+@pytest.mark.slow
+def test_the_engine_process_allocates_with_jemalloc_where_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With libjemalloc2 installed (tools/setup.sh installs it) the engine process runs with it and
+    says so; DRSN_STREAM_MALLOC=system keeps glibc's malloc."""
+    import ctypes.util
+    from pathlib import Path
+
+    from drsn_stream.engine.procrunner import MALLOC_ENV, ProcessRunner
+    from drsn_stream.models.artifact import read_meta
+
+    if ctypes.util.find_library("jemalloc") is None:
+        pytest.skip("libjemalloc2 is not installed (tools/setup.sh installs it)")
+    meta = read_meta("bearing-cwru")
+    for setting, want in (("auto", True), ("system", False)):
+        monkeypatch.setenv(MALLOC_ENV, setting)
+        proc = ProcessRunner("bearing-cwru", window=meta.window, classes=len(meta.labels), max_batch=64)
+        try:
+            proc.warmup()
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+            assert ("jemalloc" in maps) == want and ("jemalloc" in proc.device_name) == want, (setting, proc.device_name)
+        finally:
+            proc.close()
+
+
 def test_process_runner_reports_a_broken_artifact(tmp_path) -> None:
     from drsn_stream.engine.procrunner import ProcessRunner
 

@@ -44,7 +44,7 @@ apt_install() {
 }
 
 PKGS=()
-command -v dpkg-query >/dev/null 2>&1 && PKGS+=(libportaudio2)
+command -v dpkg-query >/dev/null 2>&1 && PKGS+=(libportaudio2 libjemalloc2)  # jemalloc: the engine process allocates with it
 # Debian/Ubuntu ship venv (ensurepip) in a package of its own
 if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
   PKGS+=("python3-venv")

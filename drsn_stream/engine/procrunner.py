@@ -10,6 +10,7 @@ batch is prepared while the current one runs. Same numbers as the in-process Run
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import select
 import signal
@@ -38,6 +39,12 @@ READY_TIMEOUT_S = 120.0
 # within RESTART_WINDOW_S end the run. Counted per window, so a week-long run survives a death a day.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
+# The engine process allocates with jemalloc where the system has it (Debian/Ubuntu libjemalloc2,
+# which tools/setup.sh installs): every batch allocates and frees its activations and the
+# convolutions' scratch, and glibc's malloc costs more per call and gives large blocks back to the
+# kernel, to take them again with page faults (docs/performance.md). DRSN_STREAM_MALLOC=system
+# keeps glibc's.
+MALLOC_ENV = "DRSN_STREAM_MALLOC"
 
 
 class EngineRestarted(EngineError):
@@ -52,6 +59,26 @@ def _preempted() -> int:
         return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
     except (AttributeError, OSError):  # no RUSAGE_THREAD off Linux
         return 0
+
+
+def allocator_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for the engine process: jemalloc preloaded where it is installed and not turned off
+    (``DRSN_STREAM_MALLOC=system``), else unchanged."""
+    if env.get(MALLOC_ENV, "auto") == "system" or "jemalloc" in env.get("LD_PRELOAD", ""):
+        return env
+    name = ctypes.util.find_library("jemalloc")  # a name the dynamic loader finds, e.g. libjemalloc.so.2
+    if name is None:
+        return env
+    return {**env, "LD_PRELOAD": " ".join(p for p in (name, env.get("LD_PRELOAD", "")) if p)}
+
+
+def _jemalloc_loaded() -> bool:
+    """Whether this process runs with jemalloc (its library is mapped)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "jemalloc" in f.read()
+    except OSError:
+        return False
 
 
 def _error_line(exc: BaseException) -> str:
@@ -91,7 +118,10 @@ def _worker(argv: list[str]) -> int:
         shm = [_attach(n) for n in names]
         x_in = [np.ndarray((max_batch, window), np.float32, s.buf) for s in shm[:half]]
         y_out = [np.ndarray((max_batch, width), np.float32, s.buf) for s in shm[half:]]
-        out.write("\t".join([f"ready {runner.device_name}", *(n.replace("\t", " ") for n in runner.notes)]) + "\n")
+        device = runner.device_name
+        if _jemalloc_loaded() and device.endswith(")"):
+            device = device[:-1] + ", jemalloc)"
+        out.write("\t".join([f"ready {device}", *(n.replace("\t", " ") for n in runner.notes)]) + "\n")
         out.flush()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         try:
@@ -199,8 +229,8 @@ class ProcessRunner:
             # its own session: a terminal's Ctrl-C goes to the monitor alone, which ends the
             # child by closing its stdin (a child killed mid-start-up printed a traceback)
             start_new_session=True,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
+            env=allocator_env(dict(os.environ, PYTHONPATH=os.pathsep.join(
+                p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p))),
         )
         self._rbuf = b""
 
