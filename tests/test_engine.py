@@ -298,11 +298,14 @@ def test_the_engine_process_allocates_with_jemalloc_where_it_is_installed(monkey
     import ctypes.util
     from pathlib import Path
 
-    from drsn_stream.engine.procrunner import MALLOC_ENV, ProcessRunner
+    from drsn_stream.engine.procrunner import MALLOC_ENV, ProcessRunner, allocator_env
     from drsn_stream.models.artifact import read_meta
 
+    for env in ({MALLOC_ENV: "system"}, {"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}):
+        assert allocator_env(env) == env  # turned off, or the user's own malloc
     if ctypes.util.find_library("jemalloc") is None:
         pytest.skip("libjemalloc2 is not installed (tools/setup.sh installs it)")
+    assert "jemalloc" in allocator_env({"LD_PRELOAD": "libfoo.so"})["LD_PRELOAD"].split()[0]
     meta = read_meta("bearing-cwru")
     for setting, want in (("auto", True), ("system", False)):
         monkeypatch.setenv(MALLOC_ENV, setting)

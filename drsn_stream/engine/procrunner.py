@@ -62,9 +62,10 @@ def _preempted() -> int:
 
 
 def allocator_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` for the engine process: jemalloc preloaded where it is installed and not turned off
-    (``DRSN_STREAM_MALLOC=system``), else unchanged."""
-    if env.get(MALLOC_ENV, "auto") == "system" or "jemalloc" in env.get("LD_PRELOAD", ""):
+    """``env`` for the engine process: jemalloc preloaded where it is installed, unless turned off
+    (``DRSN_STREAM_MALLOC=system``) or another malloc is preloaded already (tcmalloc, mimalloc,
+    jemalloc: the user's choice stands); else unchanged."""
+    if env.get(MALLOC_ENV, "auto") == "system" or "malloc" in env.get("LD_PRELOAD", ""):
         return env
     name = ctypes.util.find_library("jemalloc")  # a name the dynamic loader finds, e.g. libjemalloc.so.2
     if name is None:
