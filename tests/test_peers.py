@@ -1,8 +1,10 @@
-"""``drsn-stream bench --peers``: the same network in other runtimes gives the engine's labels, and
-the table names the best peer and the engine's ratio to it (figures are not asserted)."""
+"""``drsn-stream bench --peers``: the same network in other runtimes gives the engine's labels, the
+engine runs with the allocator the monitor gives its engine process, and the table names the best
+peer and the engine's ratio to it (figures are not asserted)."""
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import os
 import subprocess
@@ -18,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_peers_run_the_same_network_and_agree_with_the_engine() -> None:
     pytest.importorskip("onnxruntime")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DRSN_STREAM_MALLOC", None)
     res = subprocess.run([sys.executable, "-m", "drsn_stream", "bench", "--peers", "--batch-sizes", "64",
                           "--repeat", "1", "--seconds", "0.1", "--compile-limit", "1", "--json"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -34,5 +37,8 @@ def test_peers_run_the_same_network_and_agree_with_the_engine() -> None:
     assert agree["onnxruntime"] >= 0.99 and agree["torchscript-frozen"] >= 0.99
     if "openvino" in row["wps"]:
         assert agree["openvino"] >= 0.99
+    # the engine as deployed: jemalloc where the system has it; every peer that can take it, too
+    expected = "jemalloc" if ctypes.util.find_library("jemalloc") else "system"
+    assert out["malloc"]["engine"] == expected and out["malloc"]["onnxruntime"] == expected
     # one second is too short for inductor: left out with the reason, never a crash
     assert "torch.compile" in out["skipped"] and "did not compile within 1 s" in out["skipped"]["torch.compile"]

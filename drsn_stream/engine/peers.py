@@ -1,21 +1,27 @@
 """``drsn-stream bench --peers``: the CPU engine against other runtimes on the same network.
 
 Contenders, each given the artifact's network, the same batch of real validation windows and the
-same number of threads (default 1), each call returning probabilities and noise index:
+same number of threads (default 1), each call returning probabilities and noise index, each in a
+process of its own (one heap, one set of thread pools, one runtime per process):
 
-- engine: the monitor's ``Runner`` (the verified channels-last form where it agrees);
+- engine: the monitor's ``Runner`` (the verified channels-last form where it agrees), in a process
+  started as the monitor starts its engine process: with jemalloc where it is installed
+  (``procrunner.allocator_env``);
 - TorchScript frozen: ``torch.jit.freeze`` of the artifact as loaded;
 - ONNX Runtime: the eager network (+ softmax) exported to ONNX, CPU execution provider;
 - OpenVINO: the same ONNX file on the CPU plugin at f32 (``INFERENCE_PRECISION_HINT``); on a CPU
   with bf16 OpenVINO defaults to bf16, which is other arithmetic: measured apart as
   ``openvino-bf16`` and never counted as the best peer;
-- torch.compile (inductor) of the eager network, in a child process that must compile every
-  batch size within ``--compile-limit`` seconds or is ended and reported as such.
+- torch.compile (inductor) of the eager network, which must compile every batch size within
+  ``--compile-limit`` seconds or is ended and reported as such.
 
-Peers whose package is missing are listed as skipped (``pip install 'drsn-stream[bench]'``).
-Repeats are interleaved (every contender once per batch size per repeat, in rotating order) so
-that load from other programs falls on all of them alike; the table shows medians. Label agreement
-with the engine on the validation windows is printed for every contender.
+The peers' processes start with the engine's allocator too, except OpenVINO's (its
+``compile_model`` aborts under a preloaded jemalloc); ``DRSN_STREAM_MALLOC=system`` runs every
+contender on glibc's malloc. Peers whose package is missing are listed as skipped
+(``pip install 'drsn-stream[bench]'``). Repeats are interleaved (every contender once per batch
+size per repeat, in rotating order) so that load from other programs falls on all of them alike;
+the table shows medians, wall-clock and the contender process's CPU time. Label agreement with the
+engine on the validation windows is printed for every contender.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -35,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from drsn_stream.engine.procrunner import allocator_env, jemalloc_loaded
 from drsn_stream.engine.runner import Runner
 from drsn_stream.models.artifact import eager_from_artifact, load_artifact, load_validation
 from drsn_stream.models.outputs import to_probs
@@ -120,44 +129,106 @@ def _frozen(model: str) -> Infer:
     return run
 
 
-def _compile_child(conn: Any, model: str, threads: int, sizes: tuple[int, ...], data: np.ndarray) -> None:
-    """torch.compile in its own process: compile every size, say "ready", then serve timing runs."""
+ALLOCATOR_SAFE = ("engine", "torchscript-frozen", "onnxruntime", "torch.compile")  # OpenVINO aborts under jemalloc
+READY_LIMIT_S = 300.0  # to load a contender and run every batch size once (torch.compile: --compile-limit)
+
+
+def _build(name: str, model: str, threads: int, sizes: tuple[int, ...],
+           onnx_path: str | None) -> tuple[Infer, dict[str, Any]]:
+    """Contender ``name`` in this process: its inference function and what it says of itself."""
+    if name == "engine":
+        module, meta = load_artifact(model, map_location="cpu")
+        runner = Runner(module, window=meta.window, device="cpu", max_batch=max(sizes),
+                        batch_sizes=list(sizes), threads=threads, validation=load_validation(model),
+                        net_config=meta.model_config, cpu_layout="auto", scores=meta.scores)
+        runner.warmup()
+        return runner.infer, {"channels_last": runner.channels_last}
+    if name == "torchscript-frozen":
+        return _frozen(model), {}
+    if name == "torch.compile":
+        head, _ = _eager_head(model)
+        compiled = torch.compile(head, dynamic=False)
+
+        def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with torch.inference_mode():
+                p, n = compiled(torch.from_numpy(x))
+                return p.numpy(), n.numpy()
+
+        return run, {}
+    if onnx_path is None:
+        raise RuntimeError("no ONNX file (the export failed)")
+    if name == "onnxruntime":
+        return _onnxruntime(Path(onnx_path), threads), {}
+    return _openvino(Path(onnx_path), threads, "bf16" if name == "openvino-bf16" else "f32"), {}
+
+
+def _child(conn: Any, name: str, model: str, threads: int, sizes: tuple[int, ...], data: np.ndarray,
+           onnx_path: str | None) -> None:
+    """One contender in a process of its own: build it, run every size once (torch.compile compiles
+    them), say ``ready`` or why it cannot run, then serve timing runs until told to stop."""
     torch.set_num_threads(threads)
-    head, _ = _eager_head(model)
-    compiled = torch.compile(head, dynamic=False)
-
-    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            p, n = compiled(torch.from_numpy(x))
-            return p.numpy(), n.numpy()
-
-    for b in sizes:
-        run(data[:b])
-    conn.send("ready")
+    try:
+        fn, info = _build(name, model, threads, sizes, onnx_path)
+        for b in sizes:
+            fn(data[:b])
+    except ImportError:
+        conn.send(("skip", "not installed (pip install 'drsn-stream[bench]')"))
+        return
+    except Exception as exc:  # noqa: BLE001 - e.g. no bf16 on this CPU: the contender is skipped, with why
+        conn.send(("skip", f"{exc!r}"[:200]))
+        return
+    conn.send(("ready", {**info, "malloc": "jemalloc" if jemalloc_loaded() else "system"}))
     while True:
         msg = conn.recv()
         if msg is None:
             return
         kind, b, seconds = msg
-        conn.send(_rate(run, data[:b], seconds) if kind == "rate" else run(data[:b]))
+        conn.send(_rate(fn, data[:b], seconds) if kind == "rate" else fn(data[:b]))
 
 
-class _CompiledPeer:
-    """The parent's handle on the torch.compile child."""
+class _Contender:
+    """The parent's handle on one contender's process. Every contender but OpenVINO starts with the
+    allocator the monitor gives its engine process (``allocator_env``: jemalloc where installed,
+    ``DRSN_STREAM_MALLOC=system`` for glibc's), so the engine is measured as it is deployed and its
+    peers under the same conditions; OpenVINO's ``compile_model`` aborts under a preloaded jemalloc."""
 
-    def __init__(self, model: str, threads: int, sizes: tuple[int, ...], data: np.ndarray, limit_s: float) -> None:
+    def __init__(self, name: str, model: str, threads: int, sizes: tuple[int, ...], data: np.ndarray,
+                 onnx_path: str | None) -> None:
+        self.name = name
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_compile_child, args=(child, model, threads, sizes, data), daemon=True)
-        t0 = time.perf_counter()
-        self.proc.start()
-        ready = self.conn.poll(limit_s)
-        self.compile_s = time.perf_counter() - t0
-        if not ready:
+        self.proc = ctx.Process(target=_child, args=(child, name, model, threads, sizes, data, onnx_path),
+                                daemon=True)
+        env = allocator_env(dict(os.environ)) if name in ALLOCATOR_SAFE else dict(os.environ)
+        saved = os.environ.get("LD_PRELOAD")
+        self.t0 = time.perf_counter()
+        try:  # a spawned process takes this process's environment as it is at start()
+            if env.get("LD_PRELOAD"):
+                os.environ["LD_PRELOAD"] = env["LD_PRELOAD"]
+            self.proc.start()
+        finally:
+            if saved is None:
+                os.environ.pop("LD_PRELOAD", None)
+            else:
+                os.environ["LD_PRELOAD"] = saved
+        child.close()
+        self.info: dict[str, Any] = {}
+
+    def wait_ready(self, limit_s: float, what: str = "start") -> float:
+        """Seconds it took to be ready; raises ``RuntimeError`` with the reason it cannot run."""
+        if not self.conn.poll(max(0.0, limit_s - (time.perf_counter() - self.t0))):
             self.close()
-            raise TimeoutError(f"did not compile within {limit_s:.0f} s")
-        if self.conn.recv() != "ready":
-            raise RuntimeError("compile child failed")
+            raise RuntimeError(f"did not {what} within {limit_s:.0f} s")
+        try:
+            kind, info = self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(timeout=5)
+            raise RuntimeError(f"its process died (exit code {self.proc.exitcode})") from None
+        if kind != "ready":
+            self.close()
+            raise RuntimeError(info)
+        self.info = info
+        return time.perf_counter() - self.t0
 
     def rate(self, b: int, seconds: float) -> tuple[float, float]:
         self.conn.send(("rate", b, seconds))
@@ -203,57 +274,54 @@ def run_peers(
     say: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """Measure the engine and every available peer; returns the figures and the ratios."""
-    torch.set_num_threads(threads)
-    module, meta = load_artifact(model, map_location="cpu")
+    _, meta = load_artifact(model, map_location="cpu")
     val = load_validation(model)
     if val is None:
         raise ValueError(f"{meta.name} carries no validation windows; the peers' bench needs real windows")
     reps = -(-max(batch_sizes) // len(val))
     data = np.ascontiguousarray(np.tile(val, (reps, 1))[: max(batch_sizes)])
-    runner = Runner(module, window=meta.window, device="cpu", max_batch=max(batch_sizes),
-                    batch_sizes=list(batch_sizes), threads=threads, validation=val, net_config=meta.model_config,
-                    cpu_layout="auto", scores=meta.scores)
-    runner.warmup()
-    contenders: dict[str, Infer] = {"engine": runner.infer}
+    sizes = tuple(batch_sizes)
     skipped: dict[str, str] = {}
+    ready: dict[str, _Contender] = {}
     compile_s = None
     with tempfile.TemporaryDirectory() as tmp:
-        contenders["torchscript-frozen"] = _frozen(model)
         try:
-            onnx_path: Path | None = _onnx_file(model, Path(tmp))
-        except Exception as exc:  # noqa: BLE001 - an exporter failure skips two peers, not the bench
+            onnx_path: str | None = str(_onnx_file(model, Path(tmp)))
+        except Exception as exc:  # noqa: BLE001 - an exporter failure skips the ONNX peers, not the bench
             onnx_path = None
-            skipped["onnxruntime"] = skipped["openvino"] = f"ONNX export failed: {exc!r}"[:200]
-        if onnx_path is not None:
-            for name, make in (("onnxruntime", lambda: _onnxruntime(onnx_path, threads)),
-                               ("openvino", lambda: _openvino(onnx_path, threads, "f32")),
-                               ("openvino-bf16", lambda: _openvino(onnx_path, threads, "bf16"))):
+            skipped.update(dict.fromkeys(("onnxruntime", "openvino", "openvino-bf16"),
+                                         f"ONNX export failed: {exc!r}"[:200]))
+        names = [n for n in ("engine", "torchscript-frozen", "onnxruntime", "openvino", "openvino-bf16")
+                 if n not in skipped]
+        try:
+            say(f"starting {len(names)} contenders, each in a process of its own ...")
+            starting = [_Contender(n, model, threads, sizes, data, onnx_path) for n in names]
+            for c in starting:
                 try:
-                    contenders[name] = make()
-                except ImportError:
-                    skipped[name] = "not installed (pip install 'drsn-stream[bench]')"
-                except Exception as exc:  # noqa: BLE001 - e.g. no bf16 on this CPU
-                    skipped[name] = f"{exc!r}"[:200]
-        say(f"compiling torch.compile (inductor) in a child process, limit {compile_limit_s:.0f} s ...")
-        compiled: _CompiledPeer | None = None
-        try:
-            compiled = _CompiledPeer(model, threads, tuple(batch_sizes), data, compile_limit_s)
-            compile_s = round(compiled.compile_s, 1)
-        except (TimeoutError, RuntimeError, EOFError, OSError) as exc:
-            skipped["torch.compile"] = str(exc)
-        try:
-            figures = _measure(contenders, compiled, data, batch_sizes, seconds, repeats, say)
+                    c.wait_ready(READY_LIMIT_S)
+                    ready[c.name] = c
+                except RuntimeError as exc:
+                    skipped[c.name] = str(exc)
+            if "engine" not in ready:
+                raise RuntimeError(f"the engine did not start: {skipped.get('engine')}")
+            # alone, so that its compile time is its own and not shared with the others' start-up
+            say(f"compiling torch.compile (inductor) in its process, limit {compile_limit_s:.0f} s ...")
+            c = _Contender("torch.compile", model, threads, sizes, data, None)
+            try:
+                compile_s = round(c.wait_ready(compile_limit_s, "compile"), 1)
+                ready[c.name] = c
+            except RuntimeError as exc:
+                skipped[c.name] = str(exc)
+            figures = _measure(ready, sizes, seconds, repeats, say)
             # on the largest batch of validation windows (the compiled peer knows only the timed sizes)
-            top = max(batch_sizes)
-            ref = runner.infer(data[:top])[0].argmax(1)
-            agreement = {name: float(np.mean(fn(data[:top])[0].argmax(1) == ref)) for name, fn in contenders.items()}
-            if compiled is not None:
-                agreement["torch.compile"] = float(np.mean(compiled.infer(top)[0].argmax(1) == ref))
+            top = max(sizes)
+            outputs = {name: c.infer(top)[0].argmax(1) for name, c in ready.items()}
         finally:
-            if compiled is not None:
-                compiled.close()
+            for c in ready.values():
+                c.close()
+    agreement = {name: float(np.mean(labels == outputs["engine"])) for name, labels in outputs.items()}
     rows = []
-    for b in batch_sizes:
+    for b in sizes:
         med = {name: statistics.median(w for w, _ in v[b]) for name, v in figures.items()}
         cpu = {name: statistics.median(c for _, c in v[b]) for name, v in figures.items()}
         peers = {k: v for k, v in med.items() if k in COUNTED}
@@ -266,28 +334,38 @@ def run_peers(
                      "best_peer_cpu": best_cpu,
                      "x_best_peer_cpu": round(cpu[best_cpu] / cpu["engine"], 3) if best_cpu else None})
     return {"model": meta.name, "network": meta.model, "window": meta.window, "threads": threads,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "repeats": repeats, "seconds": seconds,
-            "channels_last": runner.channels_last, "versions": _versions(), "compile_s": compile_s,
-            "skipped": skipped, "label_agreement_with_engine": agreement, "results": rows}
+            "cpu_count": os.cpu_count(), "cpu": _cpu_name(), "torch": torch.__version__, "repeats": repeats,
+            "seconds": seconds, "channels_last": ready["engine"].info.get("channels_last"),
+            "malloc": {name: c.info.get("malloc") for name, c in ready.items()},
+            "versions": _versions(), "compile_s": compile_s, "skipped": skipped,
+            "label_agreement_with_engine": agreement, "results": rows}
 
 
-def _measure(contenders: dict[str, Infer], compiled: _CompiledPeer | None, data: np.ndarray,
-             batch_sizes: tuple[int, ...], seconds: float, repeats: int,
+def _measure(contenders: dict[str, _Contender], batch_sizes: tuple[int, ...], seconds: float, repeats: int,
              say: Callable[[str], None]) -> dict[str, dict[int, list[tuple[float, float]]]]:
-    names = list(contenders) + (["torch.compile"] if compiled is not None else [])
+    """Every contender once per batch size per repeat, in rotating order (no contender always runs
+    first), one at a time: the others' processes wait on their pipes meanwhile."""
+    names = list(contenders)
     figures: dict[str, dict[int, list[tuple[float, float]]]] = {n: {b: [] for b in batch_sizes} for n in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate: no contender always runs first
+        order = names[r % len(names):] + names[: r % len(names)]
         for b in batch_sizes:
             for name in order:
-                if name == "torch.compile":
-                    assert compiled is not None
-                    got = compiled.rate(b, seconds)
-                else:
-                    got = _rate(contenders[name], data[:b], seconds)
-                figures[name][b].append(got)
+                figures[name][b].append(contenders[name].rate(b, seconds))
         say(f"repeat {r + 1}/{repeats} done")
     return figures
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux), for the record: figures differ widely between machines."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _versions() -> dict[str, str]:
@@ -314,7 +392,7 @@ def print_peers(res: dict[str, Any]) -> None:
                   SHORT.get(r["best_peer"], "-"), f"{r['x_best_peer']:.2f}x" if r["x_best_peer"] else "-")
         t.add_row("", "CPU us", *[f"{r['cpu_us_per_window'][n]:,.0f}" for n in names],
                   SHORT.get(r["best_peer_cpu"], "-"), f"{r['x_best_peer_cpu']:.2f}x" if r["x_best_peer_cpu"] else "-")
-    c = Console()
+    c = Console(width=None if sys.stdout.isatty() else 132)  # a log keeps the table's rows whole
     c.print(t)
     c.print("label agreement with the engine on the validation windows: " + ", ".join(
         f"{k} {v:.2%}" for k, v in res["label_agreement_with_engine"].items()))
@@ -323,9 +401,12 @@ def print_peers(res: dict[str, Any]) -> None:
     c.print("engine / best: windows/s over the best peer's (wall clock), and the best peer's CPU time per window "
             "over the engine's (what the work costs, whatever share of a core the scheduler gave)")
     c.print("peers counted for 'best': " + ", ".join(COUNTED) + " (openvino-bf16 is other arithmetic)")
+    c.print("malloc: " + ", ".join(f"{SHORT.get(k, k)} {v}" for k, v in res["malloc"].items())
+            + " (set DRSN_STREAM_MALLOC=system for glibc's everywhere)")
     for name, why in res["skipped"].items():
         c.print(f"skipped {name}: {why}")
-    c.print("versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()))
+    c.print(f"{res['cpu']}, {res['cpu_count']} cores; versions: "
+            + ", ".join(f"{k} {v}" for k, v in res["versions"].items()))
 
 
 def run(args: argparse.Namespace) -> int:

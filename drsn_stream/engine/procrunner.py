@@ -73,7 +73,7 @@ def allocator_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "LD_PRELOAD": " ".join(p for p in (name, env.get("LD_PRELOAD", "")) if p)}
 
 
-def _jemalloc_loaded() -> bool:
+def jemalloc_loaded() -> bool:
     """Whether this process runs with jemalloc (its library is mapped)."""
     try:
         with open("/proc/self/maps") as f:
@@ -120,7 +120,7 @@ def _worker(argv: list[str]) -> int:
         x_in = [np.ndarray((max_batch, window), np.float32, s.buf) for s in shm[:half]]
         y_out = [np.ndarray((max_batch, width), np.float32, s.buf) for s in shm[half:]]
         device = runner.device_name
-        if _jemalloc_loaded() and device.endswith(")"):
+        if jemalloc_loaded() and device.endswith(")"):
             device = device[:-1] + ", jemalloc)"
         out.write("\t".join([f"ready {device}", *(n.replace("\t", " ") for n in runner.notes)]) + "\n")
         out.flush()
