@@ -15,8 +15,10 @@ process of its own (one heap, one set of thread pools, one runtime per process):
 - torch.compile (inductor) of the eager network, which must compile every batch size within
   ``--compile-limit`` seconds or is ended and reported as such.
 
-The peers' processes start with the engine's allocator too, except OpenVINO's (its
-``compile_model`` aborts under a preloaded jemalloc); ``DRSN_STREAM_MALLOC=system`` runs every
+Where the engine gets jemalloc, every peer that can take it runs twice, on glibc's malloc and with
+jemalloc preloaded, and counts at its better figure: jemalloc speeds some peers up and slows others
+down, and each peer is compared at its best. OpenVINO runs on glibc's alone (its
+``compile_model`` aborts under a preloaded jemalloc). ``DRSN_STREAM_MALLOC=system`` runs every
 contender on glibc's malloc. Peers whose package is missing are listed as skipped
 (``pip install 'drsn-stream[bench]'``). Repeats are interleaved (every contender once per batch
 size per repeat, in rotating order) so that load from other programs falls on all of them alike;
@@ -129,7 +131,8 @@ def _frozen(model: str) -> Infer:
     return run
 
 
-ALLOCATOR_SAFE = ("engine", "torchscript-frozen", "onnxruntime", "torch.compile")  # OpenVINO aborts under jemalloc
+JEMALLOC_PEERS = ("torchscript-frozen", "onnxruntime", "torch.compile")  # OpenVINO aborts under jemalloc
+JE = "@jemalloc"  # the key of a peer's process with jemalloc preloaded
 READY_LIMIT_S = 300.0  # to load a contender and run every batch size once (torch.compile: --compile-limit)
 
 
@@ -187,30 +190,23 @@ def _child(conn: Any, name: str, model: str, threads: int, sizes: tuple[int, ...
 
 
 class _Contender:
-    """The parent's handle on one contender's process. Every contender but OpenVINO starts with the
-    allocator the monitor gives its engine process (``allocator_env``: jemalloc where installed,
-    ``DRSN_STREAM_MALLOC=system`` for glibc's), so the engine is measured as it is deployed and its
-    peers under the same conditions; OpenVINO's ``compile_model`` aborts under a preloaded jemalloc."""
+    """The parent's handle on one contender's process, started with environment ``env`` (the
+    allocator it runs on is chosen by ``LD_PRELOAD`` there)."""
 
-    def __init__(self, name: str, model: str, threads: int, sizes: tuple[int, ...], data: np.ndarray,
-                 onnx_path: str | None) -> None:
-        self.name = name
+    def __init__(self, key: str, env: dict[str, str], model: str, threads: int, sizes: tuple[int, ...],
+                 data: np.ndarray, onnx_path: str | None) -> None:
+        self.key, self.name = key, key.removesuffix(JE)
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_child, args=(child, name, model, threads, sizes, data, onnx_path),
+        self.proc = ctx.Process(target=_child, args=(child, self.name, model, threads, sizes, data, onnx_path),
                                 daemon=True)
-        env = allocator_env(dict(os.environ)) if name in ALLOCATOR_SAFE else dict(os.environ)
         saved = os.environ.get("LD_PRELOAD")
         self.t0 = time.perf_counter()
         try:  # a spawned process takes this process's environment as it is at start()
-            if env.get("LD_PRELOAD"):
-                os.environ["LD_PRELOAD"] = env["LD_PRELOAD"]
+            _set_preload(env.get("LD_PRELOAD"))
             self.proc.start()
         finally:
-            if saved is None:
-                os.environ.pop("LD_PRELOAD", None)
-            else:
-                os.environ["LD_PRELOAD"] = saved
+            _set_preload(saved)
         child.close()
         self.info: dict[str, Any] = {}
 
@@ -248,6 +244,13 @@ class _Contender:
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(timeout=5)
+
+
+def _set_preload(value: str | None) -> None:
+    if value:
+        os.environ["LD_PRELOAD"] = value
+    else:
+        os.environ.pop("LD_PRELOAD", None)
 
 
 def _rate(fn: Infer, x: np.ndarray, seconds: float) -> tuple[float, float]:
@@ -291,27 +294,37 @@ def run_peers(
             onnx_path = None
             skipped.update(dict.fromkeys(("onnxruntime", "openvino", "openvino-bf16"),
                                          f"ONNX export failed: {exc!r}"[:200]))
-        names = [n for n in ("engine", "torchscript-frozen", "onnxruntime", "openvino", "openvino-bf16")
-                 if n not in skipped]
+        # The engine starts as the monitor starts its engine process (jemalloc where installed);
+        # every peer that can take jemalloc runs twice, with and without, and counts at its better.
+        deployed = allocator_env(dict(os.environ))
+        plain = dict(os.environ)
+        with_je = deployed if deployed.get("LD_PRELOAD") != plain.get("LD_PRELOAD") else None
+        plan = [("engine", deployed)]
+        for n in ("torchscript-frozen", "onnxruntime", "openvino", "openvino-bf16", "torch.compile"):
+            if n not in skipped:
+                plan += [(n, plain)] + ([(n + JE, with_je)] if with_je is not None and n in JEMALLOC_PEERS else [])
         try:
-            say(f"starting {len(names)} contenders, each in a process of its own ...")
-            starting = [_Contender(n, model, threads, sizes, data, onnx_path) for n in names]
+            later = [(k, e) for k, e in plan if k.startswith("torch.compile")]
+            say(f"starting {len(plan) - len(later)} contenders, each in a process of its own ...")
+            starting = [_Contender(k, e, model, threads, sizes, data, onnx_path) for k, e in plan if (k, e) not in later]
             for c in starting:
                 try:
                     c.wait_ready(READY_LIMIT_S)
-                    ready[c.name] = c
+                    ready[c.key] = c
                 except RuntimeError as exc:
-                    skipped[c.name] = str(exc)
+                    skipped[c.key] = str(exc)
             if "engine" not in ready:
                 raise RuntimeError(f"the engine did not start: {skipped.get('engine')}")
-            # alone, so that its compile time is its own and not shared with the others' start-up
-            say(f"compiling torch.compile (inductor) in its process, limit {compile_limit_s:.0f} s ...")
-            c = _Contender("torch.compile", model, threads, sizes, data, None)
-            try:
-                compile_s = round(c.wait_ready(compile_limit_s, "compile"), 1)
-                ready[c.name] = c
-            except RuntimeError as exc:
-                skipped[c.name] = str(exc)
+            # one at a time, so that a compile time is its own and not shared with others' start-up
+            for k, e in later:
+                say(f"compiling {k} (inductor) in its process, limit {compile_limit_s:.0f} s ...")
+                c = _Contender(k, e, model, threads, sizes, data, None)
+                try:
+                    took = round(c.wait_ready(compile_limit_s, "compile"), 1)
+                    compile_s = max(compile_s or 0.0, took)
+                    ready[c.key] = c
+                except RuntimeError as exc:
+                    skipped[c.key] = str(exc)
             figures = _measure(ready, sizes, seconds, repeats, say)
             # on the largest batch of validation windows (the compiled peer knows only the timed sizes)
             top = max(sizes)
@@ -319,26 +332,45 @@ def run_peers(
         finally:
             for c in ready.values():
                 c.close()
-    agreement = {name: float(np.mean(labels == outputs["engine"])) for name, labels in outputs.items()}
+    agreement: dict[str, float] = {}
+    for key, labels in outputs.items():  # a peer's lower agreement of its two processes
+        name = key.removesuffix(JE)
+        agreement[name] = min(agreement.get(name, 1.0), float(np.mean(labels == outputs["engine"])))
     rows = []
     for b in sizes:
-        med = {name: statistics.median(w for w, _ in v[b]) for name, v in figures.items()}
-        cpu = {name: statistics.median(c for _, c in v[b]) for name, v in figures.items()}
-        peers = {k: v for k, v in med.items() if k in COUNTED}
+        wps, cpu, via = _fold({k: statistics.median(w for w, _ in v[b]) for k, v in figures.items()},
+                              {k: statistics.median(c for _, c in v[b]) for k, v in figures.items()})
+        peers = {k: v for k, v in wps.items() if k in COUNTED}
         best = max(peers, key=peers.get) if peers else None
         best_cpu = min((k for k in cpu if k in COUNTED), key=cpu.get, default=None)
-        rows.append({"batch": b, "wps": {k: round(v, 1) for k, v in med.items()},
-                     "cpu_us_per_window": {k: round(v, 1) for k, v in cpu.items()},
+        rows.append({"batch": b, "wps": {k: round(v, 1) for k, v in wps.items()},
+                     "cpu_us_per_window": {k: round(v, 1) for k, v in cpu.items()}, "jemalloc": via,
                      "runs": {k: [[round(w, 1), round(c, 1)] for w, c in v[b]] for k, v in figures.items()},
-                     "best_peer": best, "x_best_peer": round(med["engine"] / peers[best], 3) if best else None,
+                     "best_peer": best, "x_best_peer": round(wps["engine"] / peers[best], 3) if best else None,
                      "best_peer_cpu": best_cpu,
                      "x_best_peer_cpu": round(cpu[best_cpu] / cpu["engine"], 3) if best_cpu else None})
     return {"model": meta.name, "network": meta.model, "window": meta.window, "threads": threads,
             "cpu_count": os.cpu_count(), "cpu": _cpu_name(), "torch": torch.__version__, "repeats": repeats,
             "seconds": seconds, "channels_last": ready["engine"].info.get("channels_last"),
-            "malloc": {name: c.info.get("malloc") for name, c in ready.items()},
+            "malloc": {key: c.info.get("malloc") for key, c in ready.items()},
             "versions": _versions(), "compile_s": compile_s, "skipped": skipped,
             "label_agreement_with_engine": agreement, "results": rows}
+
+
+def _fold(wps: dict[str, float], cpu: dict[str, float]) -> tuple[dict[str, float], dict[str, float], dict[str, list[str]]]:
+    """Each contender at the better of its processes: the highest windows/s, the lowest CPU per
+    window; ``via`` names the figures ("wps", "cpu") that came from the process with jemalloc."""
+    out_wps: dict[str, float] = {}
+    out_cpu: dict[str, float] = {}
+    via: dict[str, list[str]] = {}
+    for name in dict.fromkeys(k.removesuffix(JE) for k in wps):
+        keys = [k for k in wps if k.removesuffix(JE) == name]
+        kw, kc = max(keys, key=wps.__getitem__), min(keys, key=cpu.__getitem__)
+        out_wps[name], out_cpu[name] = wps[kw], cpu[kc]
+        marks = [m for m, k in (("wps", kw), ("cpu", kc)) if k.endswith(JE)]
+        if marks:
+            via[name] = marks
+    return out_wps, out_cpu, via
 
 
 def _measure(contenders: dict[str, _Contender], batch_sizes: tuple[int, ...], seconds: float, repeats: int,
@@ -388,9 +420,11 @@ def print_peers(res: dict[str, Any]) -> None:
     for c in ["batch", "", *[SHORT.get(n, n) for n in names], "best peer", "engine / best"]:
         t.add_column(c, justify="right")
     for r in res["results"]:
-        t.add_row(str(r["batch"]), "w/s", *[f"{r['wps'][n]:,.0f}" for n in names],
+        je = r.get("jemalloc", {})
+        t.add_row(str(r["batch"]), "w/s", *[f"{r['wps'][n]:,.0f}{'*' * ('wps' in je.get(n, ()))}" for n in names],
                   SHORT.get(r["best_peer"], "-"), f"{r['x_best_peer']:.2f}x" if r["x_best_peer"] else "-")
-        t.add_row("", "CPU us", *[f"{r['cpu_us_per_window'][n]:,.0f}" for n in names],
+        t.add_row("", "CPU us", *[f"{r['cpu_us_per_window'][n]:,.0f}{'*' * ('cpu' in je.get(n, ()))}"
+                                  for n in names],
                   SHORT.get(r["best_peer_cpu"], "-"), f"{r['x_best_peer_cpu']:.2f}x" if r["x_best_peer_cpu"] else "-")
     c = Console(width=None if sys.stdout.isatty() else 132)  # a log keeps the table's rows whole
     c.print(t)
@@ -401,8 +435,13 @@ def print_peers(res: dict[str, Any]) -> None:
     c.print("engine / best: windows/s over the best peer's (wall clock), and the best peer's CPU time per window "
             "over the engine's (what the work costs, whatever share of a core the scheduler gave)")
     c.print("peers counted for 'best': " + ", ".join(COUNTED) + " (openvino-bf16 is other arithmetic)")
-    c.print("malloc: " + ", ".join(f"{SHORT.get(k, k)} {v}" for k, v in res["malloc"].items())
-            + " (set DRSN_STREAM_MALLOC=system for glibc's everywhere)")
+    engine_malloc = res["malloc"].get("engine")
+    if any(k.endswith(JE) for k in res["malloc"]):
+        c.print(f"malloc: the engine {engine_malloc}, as the monitor's engine process; each peer but OpenVINO "
+                "(which aborts under jemalloc) ran with glibc's and with jemalloc, and shows its better figure "
+                "(* = with jemalloc)")
+    else:
+        c.print(f"malloc: every contender {engine_malloc} (no jemalloc here, or DRSN_STREAM_MALLOC=system)")
     for name, why in res["skipped"].items():
         c.print(f"skipped {name}: {why}")
     c.print(f"{res['cpu']}, {res['cpu_count']} cores; versions: "
