@@ -41,6 +41,12 @@ def _channel(value: object) -> int:
 POLL_MS = 100
 _NOBLOCK = int(zmq.NOBLOCK)
 IDLE_MS = 2
+# A poll takes a publisher's burst whole: it goes on receiving until the socket has been quiet for
+# IDLE_MS (a burst's messages are microseconds apart, but a publisher that shares a core with the
+# monitor is preempted in the middle of one), for at most GATHER_MS from its start. Each poll's
+# frames cost ingest a fixed number of array operations, so a burst in one poll costs less per
+# frame than the same burst in pieces (docs/performance.md).
+GATHER_MS = 5.0
 # frames handed over in one list at most: a backlog is taken in slices this large, so that the
 # first of its windows need not wait for the whole backlog to be decoded
 MAX_POLL_FRAMES = 1024
@@ -182,7 +188,8 @@ class _ZmqSource(Source):
             yield from batch
 
     def _batches(self) -> Iterator[list[Frame]]:
-        """Every frame one poll of the socket finds (at most ``MAX_POLL_FRAMES``), in one list.
+        """Every frame of one poll of the socket (a burst, ``GATHER_MS``; at most
+        ``MAX_POLL_FRAMES``), in one list.
 
         Per message only what must be: its parts received, its header checked against its
         stream's template (``Decoder.head``), its sequence accounted for; the payloads of the
@@ -212,12 +219,15 @@ class _ZmqSource(Source):
             payloads: list[Any] = []
             others: list[tuple[int, Frame]] = []  # frames decoded in full, after how many of heads
             ended = False
+            gather_until = time.monotonic() + GATHER_MS / 1000
             while len(heads) + len(others) < MAX_POLL_FRAMES and not closed():
                 # copy=False: a zmq.Frame says whether more parts follow (``more``); asking the
                 # socket (RCVMORE) costs a Python-level enum lookup per part
                 try:
                     part = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
+                    if time.monotonic() < gather_until and poller.poll(IDLE_MS):
+                        continue
                     break
                 parts = [part]
                 while part.more:  # the rest of a message is there once its first part is
