@@ -304,9 +304,10 @@ def run_peers(
             if n not in skipped:
                 plan += [(n, plain)] + ([(n + JE, with_je)] if with_je is not None and n in JEMALLOC_PEERS else [])
         try:
+            now = [(k, e) for k, e in plan if not k.startswith("torch.compile")]
             later = [(k, e) for k, e in plan if k.startswith("torch.compile")]
-            say(f"starting {len(plan) - len(later)} contenders, each in a process of its own ...")
-            starting = [_Contender(k, e, model, threads, sizes, data, onnx_path) for k, e in plan if (k, e) not in later]
+            say(f"starting {len(now)} contenders, each in a process of its own ...")
+            starting = [_Contender(k, e, model, threads, sizes, data, onnx_path) for k, e in now]
             for c in starting:
                 try:
                     c.wait_ready(READY_LIMIT_S)
