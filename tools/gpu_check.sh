@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks in one script, for a machine with a CUDA GPU and torch already installed:
 # the CUDA-marked tests, `drsn-stream bench --device cuda`, tools/gpu_probe.py (where the GPU time
-# goes) and the pipeline benchmark on the GPU. Everything it prints also lands under $OUT (default
-# runs/gpu). Optional: .whl/ (wheels of packages the machine lacks, installed into /tmp/site) and
-# DRSN_DATA (the folder holding cwru/) for the tests that need real recordings.
+# goes), the pipeline benchmark on the GPU, and issue 17's streams per host (up to 10,240, ingest in
+# 8 processes); STEPS="streams17 compile" (say) runs only those after the machine's facts.
+# Everything it prints also lands under $OUT (default runs/gpu). Optional: .whl/ (wheels of
+# packages the machine lacks, installed into /tmp/site) and DRSN_DATA (the folder holding cwru/)
+# for the tests that need real recordings.
 set -u
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -15,9 +17,13 @@ else
     export PYTHONPATH=$PWD
 fi
 step() { echo "=== $* ($(date +%T))"; }
+# STEPS picks the steps after "machine" (their timeouts add up to more than one 10-minute run)
+STEPS=" ${STEPS:-bench tests probe pipeline streams17} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 step machine
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__, torch.cuda.get_device_name(0))"
+if want bench; then
 step bench
 timeout 150 python3 -m drsn_stream bench --device cuda --batch-sizes "${BENCH_SIZES:-1,16,64,256,1024,4096}" \
     --seconds 1 --json > "$OUT/bench_cuda.json"; echo "rc=$?"
@@ -28,14 +34,30 @@ print(d["device"], "fp16 agreement", d["fp16_agreement"], "naive", d["naive_wps"
 for r in d["results"]:
     print(r)
 EOF
+fi
+if want tests; then
 step tests
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_pipeline.py -k "cuda or gpu or runner" 2>&1 | tail -15
+fi
+if want probe; then
 step probe
 timeout 120 python3 tools/gpu_probe.py --batches 256,1024 | tee "$OUT/probe.jsonl"
+fi
+if want pipeline; then
 step pipeline
 timeout 100 python3 tools/bench_pipeline.py --device cuda --streams "${PIPE_STREAMS:-256,512,1024}" --seconds 5 --all 2>&1 \
     | tee "$OUT/pipeline_cuda.txt"
-if [ -n "${WITH_COMPILE:-}" ]; then
+fi
+# issue 17: one host holds >= 10,000 live 12 kHz streams at p99 <= 50 ms (ingest in 8 processes
+# sharded by stream id against one ingest thread; then the same in 16-channel frames)
+if want streams17; then
+step "streams (issue 17)"
+timeout 150 python3 tools/bench_pipeline.py --device cuda --streams "${STREAMS17:-2048,4096}" --ingest-procs 1,8 \
+    --seconds 8 --all --p99-ms 50 2>&1 | tee "$OUT/pipeline17.txt"
+timeout 120 python3 tools/bench_pipeline.py --device cuda --streams "${CHANNELS17:-4096,10240}" --channels 16 \
+    --ingest-procs 8 --seconds 8 --all --p99-ms 50 2>&1 | tee "$OUT/pipeline17_16ch.txt"
+fi
+if [ -n "${WITH_COMPILE:-}" ] || want compile; then
     step compile
     timeout 150 python3 tools/gpu_probe.py --batches 256 --compile 2>&1 | grep compile16 | tee "$OUT/compile.jsonl"
 fi
