@@ -139,6 +139,26 @@ def test_malformed_messages_are_counted_while_the_stream_goes_on(free_tcp_port):
     assert stats["gaps"] == {} and stats["ended"] == ["s"]
 
 
+def test_a_flood_of_malformed_messages_does_not_hold_back_a_good_frame(free_tcp_port):
+    """A peer that keeps sending garbage faster than it is refused must not keep the frames
+    received before it from the monitor: a poll hands over what it has within its time bound,
+    long before the flood behind it is read."""
+    flood = 20_000
+    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?hwm=100000")
+    with src:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, 0)  # everything queued before the monitor reads a message
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        push.send_multipart(encode("s", 0, time.time(), 100.0, np.zeros(4, np.float32)))
+        for _ in range(flood):
+            push.send_multipart([b"s", b"not json", b"1234"])
+        batch = next(src.batches())
+        refused = sum(src.stats.snapshot()["malformed"].values())
+        push.close(0)
+    assert [f.seq for f in batch] == [0]
+    assert 0 < refused < flood // 2, f"the good frame waited for {refused} of {flood} bad messages"
+
+
 def test_a_quiet_socket_tells_the_consumer_its_burst_is_over(free_tcp_port):
     """on_idle runs once everything received is handed over (the monitor then sends the batch
     instead of waiting max_wait_ms for windows that are not coming yet)."""

@@ -220,7 +220,11 @@ class _ZmqSource(Source):
             others: list[tuple[int, Frame]] = []  # frames decoded in full, after how many of heads
             ended = False
             gather_until = time.monotonic() + GATHER_MS / 1000
+            received = 0
             while len(heads) + len(others) < MAX_POLL_FRAMES and not closed():
+                received += 1
+                if not received & 63 and time.monotonic() >= gather_until:
+                    break  # a flood of messages refused does not hold back the frames taken so far
                 # copy=False: a zmq.Frame says whether more parts follow (``more``); asking the
                 # socket (RCVMORE) costs a Python-level enum lookup per part
                 try:
