@@ -43,9 +43,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 IDLE_MS = 2
 # A poll takes a publisher's burst whole: it goes on receiving until the socket has been quiet for
 # IDLE_MS (a burst's messages are microseconds apart, but a publisher that shares a core with the
-# monitor is preempted in the middle of one), for at most GATHER_MS from its start. Each poll's
-# frames cost ingest a fixed number of array operations, so a burst in one poll costs less per
-# frame than the same burst in pieces (docs/performance.md).
+# monitor is preempted in the middle of one). Each poll's frames cost ingest a fixed number of
+# array operations, so a burst in one poll costs less per frame than the same burst in pieces
+# (docs/performance.md). A poll ends GATHER_MS after its start however many messages keep coming,
+# so that a flood (of refused messages, say) does not hold back the frames it has taken.
 GATHER_MS = 5.0
 # frames handed over in one list at most: a backlog is taken in slices this large, so that the
 # first of its windows need not wait for the whole backlog to be decoded
