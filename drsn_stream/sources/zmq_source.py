@@ -45,9 +45,10 @@ IDLE_MS = 2
 # IDLE_MS (a burst's messages are microseconds apart, but a publisher that shares a core with the
 # monitor is preempted in the middle of one). Each poll's frames cost ingest a fixed number of
 # array operations, so a burst in one poll costs less per frame than the same burst in pieces
-# (docs/performance.md). A poll ends GATHER_MS after its start however many messages keep coming,
-# so that a flood (of refused messages, say) does not hold back the frames it has taken.
+# (docs/performance.md). A poll ends MAX_POLL_MS after its start however many messages keep
+# coming, so that a flood (of refused messages, say) does not hold back the frames it has taken.
 GATHER_MS = 5.0
+MAX_POLL_MS = 20.0
 # frames handed over in one list at most: a backlog is taken in slices this large, so that the
 # first of its windows need not wait for the whole backlog to be decoded
 MAX_POLL_FRAMES = 1024
@@ -190,7 +191,7 @@ class _ZmqSource(Source):
 
     def _batches(self) -> Iterator[list[Frame]]:
         """Every frame of one poll of the socket (a burst, ``GATHER_MS``; at most
-        ``MAX_POLL_FRAMES``), in one list.
+        ``MAX_POLL_FRAMES`` and ``MAX_POLL_MS``), in one list.
 
         Per message only what must be: its parts received, its header checked against its
         stream's template (``Decoder.head``), its sequence accounted for; the payloads of the
@@ -220,11 +221,12 @@ class _ZmqSource(Source):
             payloads: list[Any] = []
             others: list[tuple[int, Frame]] = []  # frames decoded in full, after how many of heads
             ended = False
-            gather_until = time.monotonic() + GATHER_MS / 1000
+            start = time.monotonic()
+            gather_until, poll_until = start + GATHER_MS / 1000, start + MAX_POLL_MS / 1000
             received = 0
             while len(heads) + len(others) < MAX_POLL_FRAMES and not closed():
                 received += 1
-                if not received & 63 and time.monotonic() >= gather_until:
+                if not received & 63 and time.monotonic() >= poll_until:
                     break  # a flood of messages refused does not hold back the frames taken so far
                 # copy=False: a zmq.Frame says whether more parts follow (``more``); asking the
                 # socket (RCVMORE) costs a Python-level enum lookup per part
