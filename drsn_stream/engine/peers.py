@@ -190,10 +190,10 @@ def _child(conn: Any, name: str, model: str, threads: int, sizes: tuple[int, ...
 
 
 class _Contender:
-    """The parent's handle on one contender's process, started with environment ``env`` (the
-    allocator it runs on is chosen by ``LD_PRELOAD`` there)."""
+    """The parent's handle on one contender's process, started with ``LD_PRELOAD`` set to
+    ``preload`` (None: unset), which chooses the allocator it runs on."""
 
-    def __init__(self, key: str, env: dict[str, str], model: str, threads: int, sizes: tuple[int, ...],
+    def __init__(self, key: str, preload: str | None, model: str, threads: int, sizes: tuple[int, ...],
                  data: np.ndarray, onnx_path: str | None) -> None:
         self.key, self.name = key, key.removesuffix(JE)
         ctx = mp.get_context("spawn")
@@ -203,7 +203,7 @@ class _Contender:
         saved = os.environ.get("LD_PRELOAD")
         self.t0 = time.perf_counter()
         try:  # a spawned process takes this process's environment as it is at start()
-            _set_preload(env.get("LD_PRELOAD"))
+            _set_preload(preload)
             self.proc.start()
         finally:
             _set_preload(saved)
@@ -296,18 +296,17 @@ def run_peers(
                                          f"ONNX export failed: {exc!r}"[:200]))
         # The engine starts as the monitor starts its engine process (jemalloc where installed);
         # every peer that can take jemalloc runs twice, with and without, and counts at its better.
-        deployed = allocator_env(dict(os.environ))
-        plain = dict(os.environ)
-        with_je = deployed if deployed.get("LD_PRELOAD") != plain.get("LD_PRELOAD") else None
+        plain = os.environ.get("LD_PRELOAD")
+        deployed = allocator_env(dict(os.environ)).get("LD_PRELOAD")
         plan = [("engine", deployed)]
         for n in ("torchscript-frozen", "onnxruntime", "openvino", "openvino-bf16", "torch.compile"):
             if n not in skipped:
-                plan += [(n, plain)] + ([(n + JE, with_je)] if with_je is not None and n in JEMALLOC_PEERS else [])
+                plan += [(n, plain)] + ([(n + JE, deployed)] if deployed != plain and n in JEMALLOC_PEERS else [])
         try:
-            now = [(k, e) for k, e in plan if not k.startswith("torch.compile")]
-            later = [(k, e) for k, e in plan if k.startswith("torch.compile")]
+            now = [(k, pre) for k, pre in plan if not k.startswith("torch.compile")]
+            later = [(k, pre) for k, pre in plan if k.startswith("torch.compile")]
             say(f"starting {len(now)} contenders, each in a process of its own ...")
-            starting = [_Contender(k, e, model, threads, sizes, data, onnx_path) for k, e in now]
+            starting = [_Contender(k, pre, model, threads, sizes, data, onnx_path) for k, pre in now]
             for c in starting:
                 try:
                     c.wait_ready(READY_LIMIT_S)
@@ -317,9 +316,9 @@ def run_peers(
             if "engine" not in ready:
                 raise RuntimeError(f"the engine did not start: {skipped.get('engine')}")
             # one at a time, so that a compile time is its own and not shared with others' start-up
-            for k, e in later:
+            for k, pre in later:
                 say(f"compiling {k} (inductor) in its process, limit {compile_limit_s:.0f} s ...")
-                c = _Contender(k, e, model, threads, sizes, data, None)
+                c = _Contender(k, pre, model, threads, sizes, data, None)
                 try:
                     took = round(c.wait_ready(compile_limit_s, "compile"), 1)
                     compile_s = max(compile_s or 0.0, took)
