@@ -69,6 +69,20 @@ def test_sim_is_reproducible_and_seeded():
         assert [f.seq for f in a[sid]] == list(range(len(a[sid])))
 
 
+def test_sim_first_sends_the_same_machines_as_one_simulator_of_all():
+    # Several publishers each simulate a part of a fleet (bench_pipeline --publishers): machine
+    # sim/mK must replay the same whichever simulator sends it.
+    spec = "sim?machines=5&fast=1&duration=8&seed=5&noise=pink&channels=2"
+    _, whole = _collect(make_source(spec))
+    _, part = _collect(make_source(spec.replace("machines=5", "machines=2&first=3")))
+    assert sorted(part) == ["sim/m3", "sim/m4"]
+    for sid in part:
+        assert np.array_equal(np.concatenate([f.samples for f in part[sid]]),
+                              np.concatenate([f.samples for f in whole[sid]]))
+    with pytest.raises(ConfigError, match="count from 0"):
+        make_source("sim?first=-1")
+
+
 def test_sim_reads_all_machines_at_once_exactly_as_one_by_one():
     # The simulator computes a chunk of every machine in one go; across fault changes, excerpt
     # ends and chunks longer than an excerpt it must replay the same samples as reading each

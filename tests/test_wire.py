@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import scipy.io
 import zmq
+from helpers import free_port
 
-from drsn_stream.errors import WireFormatError
+from drsn_stream.errors import ConfigError, SourceError, WireFormatError
 from drsn_stream.sources import make_source
 from drsn_stream.sources import publish as publish_cmd
 from drsn_stream.sources.wire import (
@@ -308,3 +309,51 @@ def test_a_bind_source_reopens_on_its_port_at_once(free_tcp_port):
     for _ in range(300):
         with make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}") as src:
             assert src.waiting()
+
+
+def test_one_source_subscribes_to_several_gateways(child_env):
+    # Two publishers, each simulating half of four machines (first=0 and first=2), and one SUB
+    # source connected to both: every machine arrives, bit for bit as one simulator of all four
+    # sends it.
+    ports = [free_port(), free_port()]
+    src = make_source(f"zmq://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}")
+    assert src.addresses == [f"tcp://127.0.0.1:{p}" for p in ports]
+    frames: list = []
+    sim = "sim:bearing?machines=2&fast=1&duration=2&noise=gaussian&seed=9"
+    with src:
+        reader = threading.Thread(target=lambda: frames.extend(src), daemon=True)
+        reader.start()
+        pubs = [subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to",
+                                  f"tcp://127.0.0.1:{port}", "--source", f"{sim}&first={first}",
+                                  "--wait-subscriber", "20"], env=child_env)
+                for port, first in zip(ports, (0, 2))]
+        try:
+            assert [p.wait(timeout=60) for p in pubs] == [0, 0]
+            deadline = time.monotonic() + 20
+            while len(src.stats.snapshot()["ended"]) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            for p in pubs:
+                p.kill()
+            src.close()
+            reader.join(timeout=5)
+    assert src.stats.snapshot()["ended"] == ["sim/m0", "sim/m1", "sim/m2", "sim/m3"]
+    with make_source(sim.replace("machines=2", "machines=4")) as one:
+        ref = {(f.stream_id, f.seq): f.samples for f in one}
+    got = {(f.stream_id, f.seq): f.samples for f in frames}
+    assert got.keys() == ref.keys()
+    assert all(np.array_equal(got[k], ref[k]) for k in ref)
+
+
+def test_a_list_of_addresses_is_checked_and_a_failure_names_its_address(free_tcp_port):
+    with pytest.raises(ConfigError, match="empty entry"):
+        make_source("zmq://127.0.0.1:5555,,127.0.0.1:5556")
+    with pytest.raises(ConfigError, match="twice"):
+        make_source("zmq://127.0.0.1:5555, 127.0.0.1:5555")
+    with pytest.raises(ConfigError, match="needs HOST:PORT"):
+        make_source("zmq://127.0.0.1:5555,gw")
+    with zmq.Context.instance().socket(zmq.PULL) as taken:
+        taken.bind(f"tcp://127.0.0.1:{free_tcp_port}")
+        src = make_source(f"zmq+pull+bind://127.0.0.1:{free_port()},127.0.0.1:{free_tcp_port}")
+        with pytest.raises(SourceError, match=f"cannot bind tcp://127.0.0.1:{free_tcp_port}: .*pick a free port"):
+            src.open()

@@ -144,11 +144,18 @@ def looped(x: np.ndarray, start: int, n: int) -> np.ndarray:
     return x[..., (a + np.arange(n, dtype=np.int64)) % size]
 
 
+def _first(value: Any) -> int:
+    k = int(str(value))
+    if k < 0:
+        raise ValueError(f"machines count from 0, got {value!r}")
+    return k
+
+
 class BearingSim(Source):
     """``sim:bearing``: N machines replaying real CWRU vibration with a seeded fault schedule.
 
-    Streams are ``sim/m0`` ... ``sim/m{N-1}``; every frame is ``chunk`` samples of one machine,
-    float32 ``(chunk, 1)`` in g. With ``channels=C`` every machine is a C-channel module (a DAQ
+    Streams are ``sim/m0`` ... ``sim/m{N-1}`` (``sim/m{first}`` on with ``first``); every frame is
+    ``chunk`` samples of one machine, float32 ``(chunk, 1)`` in g. With ``channels=C`` every machine is a C-channel module (a DAQ
     gateway's frame): frames are ``(chunk, C)``, and each channel is an independent replay with
     its own schedule, offsets and noise, monitored as ``sim/mI/chK`` (``types.channel_ids``). Frames are paced in real time (``speed`` times faster) unless
     ``fast`` is set; capture times always follow the sample clock, so ``truth`` works either way.
@@ -157,6 +164,8 @@ class BearingSim(Source):
     kind = "sim"
     OPTIONS = {
         "machines": (opt_positive(int), 4, "number of machines/streams, e.g. 8"),
+        "first": (_first, 0, "number of the first machine (sim/mFIRST ...): simulators with machines=N and "
+                             "first=0, N, 2N ... send distinct machines, each as one simulator of them all would"),
         "channels": (opt_positive(int), 1, "channels per machine's frame, each an independent replay"),
         "noise": (opt_choice("none", *NOISE_KINDS), "none", "added noise: none|gaussian|laplacian|pink"),
         "snr": (float, 10.0, "SNR of the added noise in dB"),
@@ -179,12 +188,15 @@ class BearingSim(Source):
             raise ConfigError(f"sim option fault={o['fault']!r}: use random, none or one of {', '.join(labels)}")
         self._fixed = {"random": None, "none": HEALTHY}.get(fault, fault)
         self._channels = int(o["channels"])
-        self._frame_ids = [f"sim/m{i}" for i in range(o["machines"])]
+        first = int(o["first"])
+        self._frame_ids = [f"sim/m{i}" for i in range(first, first + o["machines"])]
         # one replay ("unit") per channel, machine-major: unit m * channels + k
         self._streams = [sid for fid in self._frame_ids for sid in channel_ids(fid, self._channels)]
         self._time_scale = 1.0 if o["fast"] else o["speed"]
         self.t0: float | None = None
-        rngs = [np.random.default_rng([o["seed"], i]) for i in range(len(self._streams))]
+        # unit i of machine m is seeded by its place among every machine's units, so that a machine
+        # replays the same whatever ``first``
+        rngs = [np.random.default_rng([o["seed"], first * self._channels + i]) for i in range(len(self._streams))]
         faults = [lb for lb in labels if lb != HEALTHY]
         self._schedules = [_Schedule(r, self.rate, faults, self._fixed) for r in rngs]
         self._offsets = [{lb: int(r.integers(0, 1 << 30)) for lb in labels} for r in rngs]

@@ -6,7 +6,9 @@ missing and arrives within ``REORDER_WINDOW`` frames is late (both dropped and c
 publisher that starts again from seq 0 or from far below (a restart) is accepted and counted in
 ``stats.restarts``. New stream ids beyond ``max_streams`` are refused (``too_many_streams``). The
 socket is polled with a short timeout so ``close()`` from any thread ends iteration within about
-0.1 s.
+0.1 s. A target of several comma-separated addresses (``zmq://gw1:5555,gw2:5555``) is one socket
+connected to (or bound at) every one of them: one source, and one stream table, for several
+gateways.
 """
 
 from __future__ import annotations
@@ -91,6 +93,21 @@ def tcp_address(target: str, *, bind: bool) -> str:
     return f"tcp://{host}:{port}"
 
 
+def tcp_addresses(target: str, *, bind: bool) -> list[str]:
+    """``HOST:PORT[,HOST:PORT...]`` -> the ``tcp_address`` of each: one socket connected to (or
+    bound at) all of them, as a monitor subscribing to several gateways."""
+    if "," not in target:
+        return [tcp_address(target, bind=bind)]
+    parts = [p.strip() for p in target.split(",")]
+    if not all(parts):
+        raise ConfigError(f"ZeroMQ address list {target!r} has an empty entry; separate HOST:PORT entries with "
+                          "single commas, e.g. zmq://gw1:5555,gw2:5555")
+    addresses = [tcp_address(p, bind=bind) for p in parts]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(f"ZeroMQ address list {target!r} names an address twice")
+    return addresses
+
+
 class _ZmqSource(Source):
     socket_type: ClassVar[int] = zmq.SUB
     bind: ClassVar[bool] = False
@@ -106,7 +123,8 @@ class _ZmqSource(Source):
 
     def __init__(self, target: str = "", **options: Any) -> None:
         super().__init__(target, **options)
-        self.address = tcp_address(target, bind=self.bind)
+        self.addresses = tcp_addresses(target, bind=self.bind)
+        self.address = ", ".join(self.addresses)  # as said in lines for people
         if self.socket_type != zmq.SUB and self.options["topic"]:
             raise ConfigError(f"option topic= only applies to SUB sources (zmq://, zmq+bind://), not {self.kind}")
         self._last_seq: dict[str, int] = {}
@@ -125,14 +143,15 @@ class _ZmqSource(Source):
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self.socket_type == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, self.options["topic"].encode("utf-8"))
-        try:
-            bind_socket(sock, self.address) if self.bind else sock.connect(self.address)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            verb = "bind" if self.bind else "connect to"
-            hint = "pick a free port or stop the program using it" if exc.errno == zmq.EADDRINUSE else \
-                "check the address (tcp host:port)"
-            raise SourceError(f"cannot {verb} {self.address}: {exc.strerror}; {hint}") from exc
+        for address in self.addresses:
+            try:
+                bind_socket(sock, address) if self.bind else sock.connect(address)
+            except zmq.ZMQError as exc:
+                sock.close(0)
+                verb = "bind" if self.bind else "connect to"
+                hint = "pick a free port or stop the program using it" if exc.errno == zmq.EADDRINUSE else \
+                    "check the address (tcp host:port)"
+                raise SourceError(f"cannot {verb} {address}: {exc.strerror}; {hint}") from exc
         self._sock = sock
 
     def subscribe(self, topic: bytes, *, on: bool = True) -> None:
@@ -304,7 +323,7 @@ class _ZmqSource(Source):
 
 
 class ZmqSubSource(_ZmqSource):
-    """``zmq://HOST:PORT[?topic=PREFIX]``: SUB socket connecting to a publisher's PUB."""
+    """``zmq://HOST:PORT[,HOST:PORT...][?topic=PREFIX]``: SUB socket connecting to publishers' PUB."""
 
     kind = "zmq"
 
