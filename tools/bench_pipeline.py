@@ -19,7 +19,10 @@ channel (receive, decode, health, DSP, hand-over to the batcher). With --ingest-
 run with the source read by one ingest thread and by 8 ingest processes (app/shards.py),
 alternating, and the ingest processes' CPU per frame is printed too (docs/performance.md). With
 --phases 1,4 each N is run with every stream's windows completed by the same frames and with them
-spread over 4 quarters of the hop (the monitor's --phases), alternating.
+spread over 4 quarters of the hop (the monitor's --phases), alternating. With --publishers P the
+machines are split over P publisher processes (``sim:bearing?first=``, distinct stream ids), which
+the monitor's one source subscribes to together (``zmq://HOST:PORT,HOST:PORT``): one publisher
+process sends some 40,000 frames/s, so ten thousand streams (240,000 frames/s) need several (a GPU host).
 """
 
 from __future__ import annotations
@@ -113,6 +116,14 @@ def sched_ns(pid: int | str, tid: int | None = None) -> tuple[int, int] | None:
         return None
 
 
+def sched_ns_of(pids: list[int]) -> tuple[int, int] | None:
+    """``sched_ns`` of several processes together (every thread of each)."""
+    each = [sched_ns(pid) for pid in pids]
+    if any(v is None for v in each):
+        return None
+    return sum(v[0] for v in each), sum(v[1] for v in each)  # type: ignore[index]
+
+
 def sched_shares(before: dict[str, tuple[int, int] | None], after: dict[str, tuple[int, int] | None],
                  span_s: float) -> dict[str, dict[str, float]]:
     """Per part, % of the span on a CPU and % runnable but waiting for one (a core's run queue)."""
@@ -131,7 +142,8 @@ START_S = 60.0
 
 def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: float, hop: int | None,
             threads: int | None = None, engine_process: bool | None = None, max_batch: int | None = None,
-            cpu_layout: str = "auto", channels: int = 1, publisher_on: str = "monitor", **overrides) -> dict:
+            cpu_layout: str = "auto", channels: int = 1, publisher_on: str = "monitor", publishers: int = 1,
+            **overrides) -> dict:
     """One run with N streams (N/channels machines of ``channels``-channel frames); ``overrides``
     are further RunConfig fields (for A/B experiments).
 
@@ -142,35 +154,45 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     """
     if n % channels:
         raise SystemExit(f"--streams {n} is not a multiple of --channels {channels}")
-    port = free_port()
+    machines = n // channels
+    if not 1 <= publishers <= machines:
+        raise SystemExit(f"--publishers {publishers}: between 1 and the {machines} machines")
+    ports = [free_port() for _ in range(publishers)]
+    # publisher k sends machines first[k] .. first[k] + count[k] - 1
+    count = [machines // publishers + (k < machines % publishers) for k in range(publishers)]
+    first = np.cumsum([0, *count[:-1]]).tolist()
     # a live-learned baseline (--baseline-ab) learns during a longer warm-up; the publisher runs on through it
     warm = 2.0 + (1.0 + overrides["learn_s"] if overrides.get("learn_s") else 0.0)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    cfg = RunConfig(sources=(f"zmq://127.0.0.1:{port}",), model=model, device=device, max_wait_ms=max_wait_ms,
+    cfg = RunConfig(sources=("zmq://" + ",".join(f"127.0.0.1:{port}" for port in ports),), model=model, device=device, max_wait_ms=max_wait_ms,
                     hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process,
                     max_batch=max_batch, cpu_layout=cpu_layout, **overrides)
     pipe = Pipeline(cfg)
     cores = pipe.monitor_cpus if publisher_on == "monitor" else None
-    pub = subprocess.Popen(
-        [sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to", f"tcp://127.0.0.1:{port}",
-         "--source", f"sim:bearing?machines={n // channels}&channels={channels}&noise=gaussian&snr=10&seed=1",
-         "--duration", str(seconds + warm + START_S),
-         "--wait-subscriber", "10"],
-        env=env,
-    )
-    if cores:
-        # Popen returns once the new interpreter has been exec'd and before it has imported
-        # anything, so its one thread is pinned before ZeroMQ's threads exist; they inherit it
-        os.sched_setaffinity(pub.pid, cores)
+    pubs = []
+    for port, m, k in zip(ports, count, first):
+        pubs.append(subprocess.Popen(
+            [sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--to", f"tcp://127.0.0.1:{port}",
+             "--source", f"sim:bearing?machines={m}&first={k}&channels={channels}&noise=gaussian&snr=10&seed=1",
+             "--duration", str(seconds + warm + START_S),
+             "--wait-subscriber", "10"],
+            env=env,
+        ))
+        if cores:
+            # Popen returns once the new interpreter has been exec'd and before it has imported
+            # anything, so its one thread is pinned before ZeroMQ's threads exist; they inherit it
+            os.sched_setaffinity(pubs[-1].pid, cores)
     pipe.start()
     # the measured span starts once the publisher sends (it starts up in seconds, and more
     # slowly the more machines it simulates), then the first windows fill (a baseline learns)
     t_wait = time.time()
     while pipe.sources[0].stats.snapshot()["frames"] == 0:
-        if time.time() - t_wait > START_S or pub.poll() is not None:
+        if time.time() - t_wait > START_S or any(pub.poll() is not None for pub in pubs):
             pipe.stop()
-            pub.kill()
-            raise SystemExit(f"the publisher sent nothing within {START_S:.0f} s (exit status {pub.poll()})")
+            for pub in pubs:
+                pub.kill()
+            raise SystemExit(f"the publishers sent nothing within {START_S:.0f} s (exit status "
+                             f"{[pub.poll() for pub in pubs]})")
         time.sleep(0.02)
     time.sleep(warm)
     monitoring = sum(1 for v in pipe.baseline.state.values() if v == "monitoring") if pipe.baseline else None
@@ -190,8 +212,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     parts["engine_loop"] = ("self", pipe.engine.native_id)
     if child:
         parts["engine_process"] = (child[0], None)
-    parts["publisher"] = (pub.pid, None)
     sched0 = {name: sched_ns(*where) for name, where in parts.items()}
+    sched0["publisher"] = sched_ns_of([pub.pid for pub in pubs])  # all of them
     batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
     if batch_times is not None:
         batch_times.clear()
@@ -200,7 +222,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     lat, batches = pipe.stats.stop_recording()  # every window of the measured span, not the live view's last 8192
     elapsed = time.time() - t0
     busy, steal = busy_and_steal(ticks0, cpu_times())
-    sched = sched_shares(sched0, {name: sched_ns(*where) for name, where in parts.items()}, elapsed)
+    sched = sched_shares(sched0, {**{name: sched_ns(*where) for name, where in parts.items()},
+                                  "publisher": sched_ns_of([pub.pid for pub in pubs])}, elapsed)
     proc_cpu = process_cpu_s(child + shards) - proc0
     shards_cpu = process_cpu_s(shards, self_too=False) - shards0
     ingest_cpu = thread_cpu_s(ingest) - ingest0
@@ -225,14 +248,17 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     p50, p95, p99 = (float(v) for v in np.percentile(lat, (50, 95, 99))) if windows else (float("nan"),) * 3
     cpu = pipe.usage.read()
     pipe.stop()
-    pub.send_signal(signal.SIGINT)  # it sends until stopped (or its duration ends)
-    pub.wait(timeout=30)
+    for pub in pubs:
+        pub.send_signal(signal.SIGINT)  # it sends until stopped (or its duration ends)
+    for pub in pubs:
+        pub.wait(timeout=30)
     hop_s = (hop or pipe.meta.hop) / pipe.meta.sample_rate
     expected = n * elapsed / hop_s
     return {
         "streams": n,
         "channels_per_frame": channels,
         "publisher_cpus": sorted(cores) if cores else "any",
+        "publishers": publishers,
         "windows_per_s": round(windows / elapsed, 1),
         "expected_per_s": round(expected / elapsed, 1),
         "received": round(windows / expected, 3),
@@ -318,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--publisher-on", default="monitor", metavar="LIST",
                     help="where the publisher runs: monitor (the monitor's own cores, not the engine process's; "
                          "default) or any (where the scheduler puts it); comma-separated to alternate, e.g. monitor,any")
+    ap.add_argument("--publishers", type=int, default=1,
+                    help="publisher processes the machines are split over (one source subscribed to all of them)")
     ap.add_argument("--all", action="store_true", help="try every N even after one is not held")
     ap.add_argument("--p99-ms", type=float, default=100.0, help="latency bound for 'held'")
     ap.add_argument("--repeat", type=int, default=1, help="runs per N; N counts as held only if every run holds it")
@@ -350,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
                         hop=args.hop, threads=args.threads, max_batch=args.max_batch,
                         engine_process={"on": True, "off": False}.get(args.engine_process),
-                        cpu_layout=args.cpu_layout, eager_batch=args.eager_batch, channels=args.channels, **extra)
+                        cpu_layout=args.cpu_layout, eager_batch=args.eager_batch, channels=args.channels,
+                        publishers=args.publishers, **extra)
             r["envelope"] = "machine" in extra
             r["phases"] = extra.get("phases", 1)
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
@@ -361,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"N={n:4d}  {r['windows_per_s']:8.1f} windows/s of {r['expected_per_s']:8.1f}  received "
                       f"{r['received']:.1%}  dropped {r['dropped']:5d}  p50/p95/p99 {r['p50_ms']}/{r['p95_ms']}/"
                       f"{r['p99_ms']} ms  avg batch {r['avg_batch']}  machine busy {r['machine_busy_pct']} % "
-                      f"(steal {r['steal_pct']} %)  publisher on {r['publisher_cpus']}"
+                      f"(steal {r['steal_pct']} %)  "
+                      f"{'publisher' if r['publishers'] == 1 else str(r['publishers']) + ' publishers'} on {r['publisher_cpus']}"
                       f"{'  phases ' + str(r['phases']) if args.phases else ''}  {'HELD' if r['held'] else 'not held'}",
                       flush=True)
                 print(f"        ingest thread CPU: {r['ingest_us_per_frame']} us per frame of {args.channels} "
