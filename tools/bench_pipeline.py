@@ -300,6 +300,12 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         # per part (the monitor's ingest, engine-loop and output threads, the engine process, the
         # publisher): % of the measured seconds on a CPU and % runnable but waiting for a core
         "sched": sched,
+        # CPU per window classified of the monitor's one-thread stages after ingest: the engine
+        # loop (batching, normalization, hand-over to the model) and the output thread (decisions,
+        # sinks). Each is one thread of one process, so 1e6 / the larger is the most windows/s
+        # one monitor takes whatever the model's speed (the limit on a GPU host).
+        "thread_us_per_window": {k: round(sched[k]["cpu_pct"] * elapsed * 1e4 / windows, 1)
+                                 for k in ("engine_loop", "output") if k in sched and windows},
     }
 
 
@@ -405,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
                 if r["sched"]:
                     print("        % on a CPU / waiting for one: " + "  ".join(
                         f"{k} {v['cpu_pct']}/{v['wait_pct']}" for k, v in r["sched"].items()), flush=True)
+                per = r["thread_us_per_window"]
+                if len(per) == 2 and max(per.values()) > 0:
+                    print(f"        CPU per window: engine loop {per['engine_loop']} us, output thread {per['output']} us "
+                          f"(one thread each: at most ~{round(1e6 / max(per.values()), -3):,.0f} windows/s at these batch sizes)", flush=True)
                 if args.baseline_ab:
                     print(f"        judges {'on ' if r['envelope'] else 'off'}: CPU {r['cpu_us_per_window']} us/window "
                           f"(envelope stage {r['envelope_cpu_us_per_window']}, unknown + anomaly "
