@@ -15,9 +15,10 @@ in its own process by default on the CPU (--engine-process auto|on|off), as in t
 publisher runs on the monitor's cores, not the engine's (--publisher-on).
 With --channels C the N streams are N/C machines sending C-channel frames (a DAQ module per
 machine; every channel monitored). Each run prints the ingest thread's CPU time per frame and per
-channel (receive, decode, health, DSP, hand-over to the batcher). With --ingest-procs 1,8 each N is
-run with the source read by one ingest thread and by 8 ingest processes (app/shards.py),
-alternating, and the ingest processes' CPU per frame is printed too (docs/performance.md). With
+channel (receive, decode, health, DSP, hand-over to the batcher), and the CPU per window of the
+engine loop and of the output thread (one thread each: the most windows/s one monitor takes). With
+--ingest-procs 1,8 each N is run with the source read by one ingest thread and by 8 ingest
+processes (app/shards.py), alternating, and the ingest processes' CPU per frame is printed too (docs/performance.md). With
 --phases 1,4 each N is run with every stream's windows completed by the same frames and with them
 spread over 4 quarters of the hop (the monitor's --phases), alternating. With --publishers P the
 machines are split over P publisher processes (``sim:bearing?first=``, distinct stream ids), which
