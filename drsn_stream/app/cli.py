@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--source", "-s", action="append", metavar="SPEC",
       help="KIND[:TARGET][?key=value&...]: sim (default), sim:bearing?machines=8&noise=pink&snr=0, sim:speech, "
-           "file:PATH, zmq://HOST:PORT, zmq+bind://HOST:PORT, zmq+pull://HOST:PORT, mic, mic:DEVICE?rate=48000. "
+           "file:PATH, zmq://HOST:PORT (several: zmq://gw1:5555,gw2:5555), zmq+bind://HOST:PORT, zmq+pull://HOST:PORT, "
+           "mic, mic:DEVICE?rate=48000. "
            "Repeat for several sources at once.")
     a("--model", "-m", help="built-in model name or path of an exported .pt (default: bearing-cwru, or digits-fsdd "
                             "for mic and sim:speech)")

@@ -49,8 +49,9 @@ def make_source(spec: str, **opts: Any) -> Source:
 
     Kinds: ``sim`` / ``sim:bearing`` / ``sim:speech``, ``file:PATH`` (a bare path to a .wav, .npy,
     .csv or .mat file works too), ``zmq://HOST:PORT``, ``zmq+bind://HOST:PORT``,
-    ``zmq+pull://HOST:PORT``, ``zmq+pull+bind://HOST:PORT``, ``mic`` / ``mic:DEVICE``.
-    Unknown kinds and options raise ConfigError listing the valid ones.
+    ``zmq+pull://HOST:PORT``, ``zmq+pull+bind://HOST:PORT`` (a ZeroMQ target may list several
+    comma-separated addresses: one socket for all), ``mic`` / ``mic:DEVICE``. Unknown kinds and
+    options raise ConfigError listing the valid ones.
     """
     parsed = parse_spec(spec)
     kind, target = parsed.kind, parsed.target
