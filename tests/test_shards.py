@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers import cwru_signal, require_cwru, wait_until
+from helpers import cwru_signal, free_port, require_cwru, wait_until
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.app.shards import ShardedSource, shard_of
@@ -161,6 +161,37 @@ def test_two_ingest_processes_give_the_labels_windows_health_and_counts_of_one(
     others = [sum(1 for s in streams if shard_of(s.encode(), 2) != k) for k in (0, 1)]
     foreign = two.sources[0].foreign  # type: ignore[attr-defined]
     assert foreign[0] == others[0] * (frames + 1) and 0 < foreign[1] < others[1] * frames, (foreign, others)
+
+
+@pytest.mark.slow
+def test_ingest_processes_read_several_gateways_as_one_source(free_tcp_port: int) -> None:
+    # One source subscribed to two publishers (zmq://A,B), each sending some of the streams, read
+    # by two ingest processes: every stream of both is monitored, with the windows, labels and
+    # sensor verdicts that one ingest thread gives when one publisher sends them all.
+    require_cwru()
+    streams = _streams(3.0)
+    one = _run_until_eos(free_tcp_port, 1, streams, pace=True)
+    ports = [free_port(), free_port()]
+    first = ("press-1", "press-3", "flat-5")
+    halves = [{s: x for s, x in streams.items() if (s in first) == (k == 0)} for k in (0, 1)]
+    spec = f"zmq://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}?until_eos=1"
+    pipe = Pipeline(RunConfig(sources=(spec,), device="cpu", engine_process=False, ingest_procs=2, stale_ms=60000,
+                              stats_every_s=3600, duration=120))
+    pipe.start()
+    stop, errors = threading.Event(), []
+    pubs = [_publisher(port, 2, half, pace=True, stop=stop, errors=errors) for port, half in zip(ports, halves)]
+    try:
+        pipe.wait()
+    finally:
+        stop.set()
+        pipe.stop()
+        for pub in pubs:
+            pub.join(timeout=10)
+    assert not errors, errors
+    assert isinstance(pipe.sources[0], ShardedSource)
+    assert set(pipe.label_counts) == set(streams)
+    assert pipe.label_counts == one.label_counts
+    assert pipe.malformed_total() == 2  # one from each publisher
 
 
 @pytest.mark.slow
