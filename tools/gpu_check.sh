@@ -50,7 +50,7 @@ timeout 100 python3 tools/bench_pipeline.py --device cuda --streams "${PIPE_STRE
 fi
 # issue 17: one host holds >= 10,000 live 12 kHz streams at p99 <= 50 ms (ingest in 8 processes
 # sharded by stream id against one ingest thread; 10,240 streams (240,000 frames/s) from 8 publisher
-# processes, as one sends some 40,000 frames/s; then the same in 16-channel frames)
+# processes, as one simulates some 40,000 channels/s; then the same in 16-channel frames)
 if want streams17; then
 step "streams (issue 17)"
 timeout 150 python3 tools/bench_pipeline.py --device cuda --streams "${STREAMS17:-2048,4096}" --ingest-procs 1,8 \
@@ -58,7 +58,7 @@ timeout 150 python3 tools/bench_pipeline.py --device cuda --streams "${STREAMS17
 timeout 150 python3 tools/bench_pipeline.py --device cuda --streams "${STREAMS17_BIG:-10240}" --ingest-procs 8 \
     --publishers "${PUBLISHERS17:-8}" --seconds 8 --all --p99-ms 50 2>&1 | tee "$OUT/pipeline17_big.txt"
 timeout 120 python3 tools/bench_pipeline.py --device cuda --streams "${CHANNELS17:-4096,10240}" --channels 16 \
-    --ingest-procs 8 --seconds 8 --all --p99-ms 50 2>&1 | tee "$OUT/pipeline17_16ch.txt"
+    --ingest-procs 8 --publishers "${PUBLISHERS17:-8}" --seconds 8 --all --p99-ms 50 2>&1 | tee "$OUT/pipeline17_16ch.txt"
 fi
 if [ -n "${WITH_COMPILE:-}" ] || want compile; then
     step compile

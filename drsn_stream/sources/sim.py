@@ -155,10 +155,12 @@ class BearingSim(Source):
     """``sim:bearing``: N machines replaying real CWRU vibration with a seeded fault schedule.
 
     Streams are ``sim/m0`` ... ``sim/m{N-1}`` (``sim/m{first}`` on with ``first``); every frame is
-    ``chunk`` samples of one machine, float32 ``(chunk, 1)`` in g. With ``channels=C`` every machine is a C-channel module (a DAQ
-    gateway's frame): frames are ``(chunk, C)``, and each channel is an independent replay with
-    its own schedule, offsets and noise, monitored as ``sim/mI/chK`` (``types.channel_ids``). Frames are paced in real time (``speed`` times faster) unless
-    ``fast`` is set; capture times always follow the sample clock, so ``truth`` works either way.
+    ``chunk`` samples of one machine, float32 ``(chunk, 1)`` in g. With ``channels=C`` every
+    machine is a C-channel module (a DAQ gateway's frame): frames are ``(chunk, C)``, and each
+    channel is an independent replay with its own schedule, offsets and noise, monitored as
+    ``sim/mI/chK`` (``types.channel_ids``). Frames are paced in real time (``speed`` times faster)
+    unless ``fast`` is set; capture times always follow the sample clock, so ``truth`` works
+    either way.
     """
 
     kind = "sim"

@@ -124,7 +124,7 @@ class _ZmqSource(Source):
     def __init__(self, target: str = "", **options: Any) -> None:
         super().__init__(target, **options)
         self.addresses = tcp_addresses(target, bind=self.bind)
-        self.address = ", ".join(self.addresses)  # as said in lines for people
+        self.address = ", ".join(self.addresses)  # for messages to people
         if self.socket_type != zmq.SUB and self.options["topic"]:
             raise ConfigError(f"option topic= only applies to SUB sources (zmq://, zmq+bind://), not {self.kind}")
         self._last_seq: dict[str, int] = {}
