@@ -19,11 +19,12 @@ channel (receive, decode, health, DSP, hand-over to the batcher), and the CPU pe
 engine loop and of the output thread (one thread each: the most windows/s one monitor takes). With
 --ingest-procs 1,8 each N is run with the source read by one ingest thread and by 8 ingest
 processes (app/shards.py), alternating, and the ingest processes' CPU per frame is printed too
-(docs/performance.md). With --phases 1,4 each N is run with every stream's windows completed by the same frames and with them
-spread over 4 quarters of the hop (the monitor's --phases), alternating. With --publishers P the
-machines are split over P publisher processes (``sim:bearing?first=``, distinct stream ids), which
-the monitor's one source subscribes to together (``zmq://HOST:PORT,HOST:PORT``): one publisher
-process simulates some 40,000 channels/s, so ten thousand streams (240,000 channels/s) need several (a GPU host).
+(docs/performance.md). With --phases 1,4 each N is run with every stream's windows completed by
+the same frames and with them spread over 4 quarters of the hop (the monitor's --phases),
+alternating. With --publishers P the machines are split over P publisher processes
+(``sim:bearing?first=``, distinct stream ids), which the monitor's one source subscribes to
+together (``zmq://HOST:PORT,HOST:PORT``): one publisher process simulates some 40,000 channels/s,
+so ten thousand streams (240,000 channels/s) need several (a GPU host).
 """
 
 from __future__ import annotations
