@@ -75,6 +75,17 @@ def opt_positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
+def opt_index(what: str) -> Callable[[Any], int]:
+    """A number of something counted from 0 (a channel, a machine): an int >= 0."""
+    def parse(value: Any) -> int:
+        k = int(str(value))
+        if k < 0:
+            raise ValueError(f"{what} count from 0, got {value!r}")
+        return k
+
+    return parse
+
+
 def opt_choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         v = str(value).strip().lower()

@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from drsn_stream.dsp.noise import NOISE_KINDS, make_noise
 from drsn_stream.errors import ConfigError
-from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_positive
+from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_index, opt_positive
 from drsn_stream.types import Frame, channel_ids
 
 EXCERPT_RATE = 12000
@@ -144,13 +144,6 @@ def looped(x: np.ndarray, start: int, n: int) -> np.ndarray:
     return x[..., (a + np.arange(n, dtype=np.int64)) % size]
 
 
-def _first(value: Any) -> int:
-    k = int(str(value))
-    if k < 0:
-        raise ValueError(f"machines count from 0, got {value!r}")
-    return k
-
-
 class BearingSim(Source):
     """``sim:bearing``: N machines replaying real CWRU vibration with a seeded fault schedule.
 
@@ -166,7 +159,7 @@ class BearingSim(Source):
     kind = "sim"
     OPTIONS = {
         "machines": (opt_positive(int), 4, "number of machines/streams, e.g. 8"),
-        "first": (_first, 0, "number of the first machine (sim/mFIRST ...): simulators with machines=N and "
+        "first": (opt_index("machines"), 0, "number of the first machine (sim/mFIRST ...): simulators with machines=N and "
                              "first=0, N, 2N ... send distinct machines, each as one simulator of them all would"),
         "channels": (opt_positive(int), 1, "channels per machine's frame, each an independent replay"),
         "noise": (opt_choice("none", *NOISE_KINDS), "none", "added noise: none|gaussian|laplacian|pink"),

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import zmq
 
 from drsn_stream.errors import ConfigError, SourceError
-from drsn_stream.sources.base import Source, opt_bool, opt_positive
+from drsn_stream.sources.base import Source, opt_bool, opt_index, opt_positive
 from drsn_stream.sources.wire import (
     MAX_CLOCK_SKEW_S,
     MAX_HEADER_BYTES,
@@ -32,13 +32,6 @@ from drsn_stream.sources.wire import (
     to_frames,
 )
 from drsn_stream.types import Frame
-
-
-def _channel(value: object) -> int:
-    k = int(str(value))
-    if k < 0:
-        raise ValueError(f"channels count from 0, got {value!r}")
-    return k
 
 POLL_MS = 100
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -117,7 +110,7 @@ class _ZmqSource(Source):
         "until_eos": (opt_bool, False, "1 = stop when every stream seen has sent end-of-stream"),
         "max_skew_s": (opt_positive(float), MAX_CLOCK_SKEW_S,
                        "largest |t - now| in seconds a frame's capture time may be from this clock (bad_time)"),
-        "channel": (_channel, None, "monitor only channel K of multi-channel frames (default: every channel)"),
+        "channel": (opt_index("channels"), None, "monitor only channel K of multi-channel frames (default: every channel)"),
     }
     restartable = True
 
