@@ -118,9 +118,9 @@ def sched_ns(pid: int | str, tid: int | None = None) -> tuple[int, int] | None:
         return None
 
 
-def sched_ns_of(pids: list[int]) -> tuple[int, int] | None:
-    """``sched_ns`` of several processes together (every thread of each)."""
-    each = [sched_ns(pid) for pid in pids]
+def sched_ns_of(where: list[tuple[int | str, int | None]]) -> tuple[int, int] | None:
+    """``sched_ns`` of several threads or processes together (``(pid, tid)`` each, as ``sched_ns`` takes)."""
+    each = [sched_ns(*w) for w in where]
     if any(v is None for v in each):
         return None
     return sum(v[0] for v in each), sum(v[1] for v in each)  # type: ignore[index]
@@ -209,13 +209,13 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     ingest0, frames0 = thread_cpu_s(ingest), pipe.sources[0].stats.snapshot()["frames"]
     judge0 = pipe.judge_cpu_s
     # which parts wait for a core: the monitor's threads, the engine process, the publisher
-    parts = {t.name.removeprefix("drsn-").split("-")[0]: ("self", t.native_id) for t in pipe._threads
+    parts = {t.name.removeprefix("drsn-").split("-")[0]: [("self", t.native_id)] for t in pipe._threads
              if t.name.startswith(("drsn-ingest", "drsn-output"))}
-    parts["engine_loop"] = ("self", pipe.engine.native_id)
+    parts["engine_loop"] = [("self", pipe.engine.native_id)]
     if child:
-        parts["engine_process"] = (child[0], None)
-    sched0 = {name: sched_ns(*where) for name, where in parts.items()}
-    sched0["publisher"] = sched_ns_of([pub.pid for pub in pubs])  # all of them
+        parts["engine_process"] = [(child[0], None)]
+    parts["publisher"] = [(pub.pid, None) for pub in pubs]  # all of them together
+    sched0 = {name: sched_ns_of(where) for name, where in parts.items()}
     batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
     if batch_times is not None:
         batch_times.clear()
@@ -224,8 +224,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     lat, batches = pipe.stats.stop_recording()  # every window of the measured span, not the live view's last 8192
     elapsed = time.time() - t0
     busy, steal = busy_and_steal(ticks0, cpu_times())
-    sched = sched_shares(sched0, {**{name: sched_ns(*where) for name, where in parts.items()},
-                                  "publisher": sched_ns_of([pub.pid for pub in pubs])}, elapsed)
+    sched = sched_shares(sched0, {name: sched_ns_of(where) for name, where in parts.items()}, elapsed)
     proc_cpu = process_cpu_s(child + shards) - proc0
     shards_cpu = process_cpu_s(shards, self_too=False) - shards0
     ingest_cpu = thread_cpu_s(ingest) - ingest0
