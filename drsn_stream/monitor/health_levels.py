@@ -289,8 +289,8 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
     # a new extreme restarts its count, an equal one adds to it, a lesser one leaves it (and
     # its samples at the frame's extreme are not counted: _at gives 0)
     new_max, new_min = ~old | (fmax > bmax), ~old | (fmin < bmin)
-    at_max = _at(x, fmax, new_max | (fmax == bmax))
-    at_min = _at(x, fmin, new_min | (fmin == bmin))
+    at_max = _at(bank, x, fmax, new_max | (fmax == bmax))
+    at_min = _at(bank, x, fmin, new_min | (fmin == bmin))
     bat_max = np.where(new_max, at_max, bank.blk_at_max[slots] + at_max)
     bat_min = np.where(new_min, at_min, bank.blk_at_min[slots] + at_min)
     bmax, bmin = np.maximum(bmax, fmax), np.minimum(bmin, fmin)
@@ -318,15 +318,22 @@ def _clipping(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, 
     return clipping
 
 
-def _at(x: np.ndarray, extreme: np.ndarray, need: np.ndarray) -> np.ndarray:
-    """Samples of each row of ``x`` equal to its ``extreme``, counted where ``need`` is set (a
-    frame that does not reach its block's extreme adds nothing to the block's count), else 0."""
-    if all_set(need):
-        return np.count_nonzero(x == extreme[:, None], axis=1)
+def _at(bank: LevelBank, x: np.ndarray, extreme: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """Samples of each row of ``x`` equal to its ``extreme`` (the row's max or min), counted where
+    ``need`` is set (a frame that does not reach its block's extreme adds nothing to the block's
+    count), else 0."""
+    rows = None if all_set(need) else np.flatnonzero(need)
+    xs = x if rows is None else x[rows]
+    if not len(xs):
+        return np.zeros(len(x), dtype=np.int64)
+    eq = np.equal(xs, (extreme if rows is None else extreme[rows])[:, None], out=bank.scratch(xs.shape, bool, 1))
+    # every row holds its extreme at least once; as many in all as rows: once each (a noisy
+    # signal's rule), and the total costs a fraction of a count per row
+    counts = np.ones(len(xs), dtype=np.int64) if np.count_nonzero(eq) == len(xs) else np.count_nonzero(eq, axis=1)
+    if rows is None:
+        return counts
     at = np.zeros(len(x), dtype=np.int64)
-    rows = np.flatnonzero(need)
-    if len(rows):
-        at[rows] = np.count_nonzero(x[rows] == extreme[rows, None], axis=1)
+    at[rows] = counts
     return at
 
 
