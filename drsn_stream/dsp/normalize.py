@@ -49,7 +49,12 @@ def normalize_with_level(x: np.ndarray, spec: dict[str, Any] | None) -> tuple[np
         raise ConfigError(f"normalize expects (n,) or (batch, n) windows, got shape {a.shape}")
     if kind not in KINDS:
         raise ConfigError(f"unknown normalization kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-    y = a.astype(np.float32, copy=True)  # the output buffer; float32 holds int16 samples exactly
+    # the output buffer; float32 holds int16 samples exactly
+    return _in_place(a.astype(np.float32, copy=True), spec, kind)
+
+
+def _in_place(y: np.ndarray, spec: dict[str, Any], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """``normalize_with_level`` of float32 ``y``, written over ``y``; ``kind`` is ``spec``'s, known good."""
     n = y.shape[-1]
     if n == 0:
         return y, np.zeros(y.shape[:-1])
@@ -100,6 +105,7 @@ class BatchNormalizer:
     def __init__(self, spec: dict[str, Any] | None) -> None:
         self.spec = dict(spec or {"kind": "none"})
         normalize_with_level(np.zeros(1, np.float32), self.spec)
+        self.kind = self.spec.get("kind", "none")
 
     def __call__(self, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
         """``windows`` (b of them, n samples each) -> (input (b, n) float32, levels (b,) float64):
@@ -107,6 +113,8 @@ class BatchNormalizer:
         x = np.stack([w.data for w in windows])
         raw = [i for i, w in enumerate(windows) if not w.normalized]
         if len(raw) == len(windows):
+            if x.dtype == np.float32 and x.ndim == 2:  # a fresh stack of the DSP's float32 windows: no second copy
+                return _in_place(x, self.spec, self.kind)
             return normalize_with_level(x, self.spec)
         levels = np.array([w.level for w in windows], dtype=np.float64)
         if raw:

@@ -53,30 +53,19 @@ def predictions_from(
         latency_ms: (b,) each window's latency, as the loop measured it.
         features: (b, features) pooled features, when the runner returns them.
     """
-    top = probs.argmax(axis=1)
-    out = []
     b = len(windows)
-    for i, (w, level, lat) in enumerate(zip(windows, levels.tolist(), latency_ms.tolist())):
-        k = int(top[i])
-        out.append(
-            Prediction(
-                stream_id=w.stream_id,
-                index=w.index,
-                t_last=w.t_last,
-                probs=probs[i],
-                label=labels[k],
-                confidence=float(probs[i, k]),
-                noise_index=float(noise[i]),
-                latency_ms=lat,
-                t_batched=t_batched,
-                t_done=t_done,
-                batch_size=b,
-                level=level,
-                health="OK" if w.healthy else "CHECK_SENSOR",
-                features=None if features is None else features[i],
-            )
-        )
-    return out
+    top = probs.argmax(axis=1)
+    # the batch's numbers as Python objects in one call each, not one numpy scalar per window
+    confidence = probs[np.arange(b), top].tolist()
+    rows = list(probs)  # (classes,) views
+    feats = [None] * b if features is None else list(features)
+    return [
+        Prediction(w.stream_id, w.index, w.t_last, p, labels[k], c, ni, lat, t_batched, t_done, b, level,
+                   "OK" if w.healthy else "CHECK_SENSOR", f)
+        for w, p, k, c, ni, lat, level, f in zip(windows, rows, top.tolist(), confidence,
+                                                 np.asarray(noise, dtype=np.float64).reshape(b).tolist(),
+                                                 latency_ms.tolist(), levels.tolist(), feats)
+    ]
 
 
 class InferenceLoop(threading.Thread):
