@@ -231,3 +231,38 @@ def test_state_carries_levels_and_noise():
     state = engine.state("m0")
     assert state.windows == 20 and engine.windows_total == 20
     assert state.levels[-1] == 19.0 and state.noise_index == pytest.approx(0.3)
+
+
+def test_a_batch_of_predictions_decides_as_one_at_a_time():
+    # the monitor feeds each result batch in one call: the alarms, labels and levels must be those
+    # of feeding the same windows one by one, with a stream twice in a batch, sick sensors, NaN
+    # scores and refused ("unknown") labels among them
+    rng = np.random.default_rng(3)
+    cfg = DecisionConfig.for_labels(BEARING, set_windows=2, clear_windows=2, latching=True)
+    one, many = DecisionEngine(BEARING, cfg), DecisionEngine(BEARING, cfg)
+    t, seen = 0.0, []
+    for _ in range(60):
+        batch, healthy = [], []
+        for _ in range(int(rng.integers(1, 9))):
+            t += 0.05
+            label = BEARING[0] if rng.random() < 0.5 else str(rng.choice(BEARING))
+            p = pred(label, float(rng.uniform(0.3, 0.99)), t, stream=f"m{rng.integers(3)}")
+            if rng.random() < 0.05:
+                p.probs = p.probs.copy()
+                p.probs[1] = np.nan
+            if rng.random() < 0.05:
+                p.model_label, p.label = p.label, "unknown"
+            batch.append(p)
+            healthy.append(bool(rng.random() > 0.1))
+        expected = []
+        for p, ok in zip(batch, healthy):
+            events = one.update(p, healthy=ok)
+            st = one.state(p.stream_id)
+            expected.append(([e.to_json() for e in events], st.label, st.level))
+        got = [([e.to_json() for e in events], label, level)
+               for events, label, level in many.update_many(batch, healthy)]
+        assert got == expected
+        seen += expected
+    # the run went through alarms and back, and ended in the same state for every stream
+    assert any(events for events, _, _ in seen) and {level for _, _, level in seen} >= {Level.NORMAL, Level.ALERT}
+    assert {s: one.state(s) for s in one.streams} == {s: many.state(s) for s in many.streams}

@@ -494,10 +494,12 @@ class Pipeline:
         # not on a silence now: that began after the window's samples arrived. The streams of the
         # batch looked up in one hold of the health lock, which ingest holds while it judges a round
         sick = self.health.unhealthy({p.stream_id for p in preds}, no_data=False)
+        oks = []
         for p in preds:
             healthy = p.health == OK and p.stream_id not in sick
             p.health = OK if healthy else CHECK_SENSOR
-            events = self.decisions.update(p, healthy=healthy)
+            oks.append(healthy)
+        for p, healthy, (events, smoothed, level) in zip(preds, oks, self.decisions.update_many(preds, oks)):
             counts = self.label_counts.get(p.stream_id)
             if counts is None:
                 counts = self.label_counts[p.stream_id] = Counter()
@@ -505,8 +507,7 @@ class Pipeline:
             env = self.envelope.latest(p.stream_id, p.t_last) if self.envelope is not None else None
             if self.outputs:
                 obj = p.to_json()
-                st = self.decisions.state(p.stream_id)
-                obj["smoothed"], obj["level"] = st.label, st.level.name
+                obj["smoothed"], obj["level"] = smoothed, level.name  # as the decisions stood after this window
                 if env is not None:
                     obj["envelope"] = env.to_json()
                 self._emit(obj)

@@ -355,47 +355,73 @@ class DecisionEngine:
             prediction: a window's scores; ``probs`` has shape (len(labels),).
             healthy: the sensor-health state of the stream (``HealthMonitor.healthy``).
         """
-        probs = np.array(prediction.probs, dtype=np.float64).reshape(-1)  # a copy: the history keeps it
-        if probs.shape[0] != len(self.labels):
+        return self.update_many((prediction,), (healthy,))[0][0]
+
+    def update_many(self, predictions: Sequence[Prediction], healthy: Sequence[bool]
+                    ) -> list[tuple[list[Event], str, Level]]:
+        """``update`` of each prediction in turn, ``healthy[i]`` the sensor-health state of the
+        stream of ``predictions[i]``; for each, the events it caused and its stream's label and
+        shown level right after it (what ``state`` would have said then). The scores of all of
+        them are copied, checked for NaN/Inf and voted on in one numpy step each, not one per
+        prediction."""
+        if not predictions:
+            return []
+        b = len(predictions)
+        try:  # a copy: the histories keep its rows
+            probs = np.array([p.probs for p in predictions], dtype=np.float64).reshape(b, -1)
+        except ValueError:  # scores of different lengths
+            probs = None
+        if probs is None or probs.shape[1] != len(self.labels):
+            bad = next((p for p in predictions if np.size(p.probs) != len(self.labels)), predictions[0])
             raise ConfigError(
-                f"prediction for {prediction.stream_id} has {probs.shape[0]} scores but the decision "
+                f"prediction for {bad.stream_id} has {np.size(bad.probs)} scores but the decision "
                 f"engine was built for {len(self.labels)} labels; build DecisionEngine with the "
                 "loaded artifact's labels"
             )
-        t = float(prediction.t_last)
+        finite = np.isfinite(probs.sum(axis=1)).tolist()  # NaN/Inf propagate through a sum
+        votes = probs.argmax(axis=1).tolist()
+        out: list[tuple[list[Event], str, Level]] = []
         with self._lock:
-            self.windows_total += 1
-            st = self._streams.get(prediction.stream_id)
-            if st is None:
-                st = _Stream(history=deque(maxlen=self.config.window_count))
-                self._streams[prediction.stream_id] = st
-            st.windows += 1
-            st.last_time = t
-            st.levels.append(float(prediction.level))
-            if math.isfinite(prediction.noise_index):
-                a = self.config.noise_alpha
-                st.noise = (
-                    float(prediction.noise_index)
-                    if st.windows == 1
-                    else (1 - a) * st.noise + a * float(prediction.noise_index)
-                )
-            if st.since is None:
-                st.since = t
-            anomaly = prediction.anomaly
-            st.anomaly = float(anomaly) if anomaly is not None and math.isfinite(anomaly) else None
-            if not healthy or not math.isfinite(float(probs.sum())):
-                self._unknown(st)
-                return []
+            for prediction, ok, row, is_finite, vote in zip(predictions, healthy, probs, finite, votes):
+                st = self._streams.get(prediction.stream_id)
+                if st is None:
+                    st = self._streams[prediction.stream_id] = _Stream(history=deque(maxlen=self.config.window_count))
+                events = self._update(prediction, st, ok and is_finite, row, vote)
+                out.append((events, st.label, st.shown))
+        return out
+
+    def _update(self, prediction: Prediction, st: _Stream, evidence: bool, probs: np.ndarray, vote: int) -> list[Event]:
+        """``update`` of one prediction whose scores are ``probs`` (float64, their argmax
+        ``vote``); ``evidence``: from a healthy sensor, every score finite."""
+        t = float(prediction.t_last)
+        self.windows_total += 1
+        st.windows += 1
+        st.last_time = t
+        st.levels.append(float(prediction.level))
+        if math.isfinite(prediction.noise_index):
+            a = self.config.noise_alpha
+            st.noise = (
+                float(prediction.noise_index)
+                if st.windows == 1
+                else (1 - a) * st.noise + a * float(prediction.noise_index)
+            )
+        if st.since is None:
+            st.since = t
+        anomaly = prediction.anomaly
+        st.anomaly = float(anomaly) if anomaly is not None and math.isfinite(anomaly) else None
+        if not evidence:
+            self._unknown(st)
+            return []
+        st.healthy = True
+        st.refused = prediction.model_label is not None and prediction.label == REFUSED_LABEL
+        if st.refused:
+            self._unknown(st, label=REFUSED_LABEL)
             st.healthy = True
-            st.refused = prediction.model_label is not None and prediction.label == REFUSED_LABEL
-            if st.refused:
-                self._unknown(st, label=REFUSED_LABEL)
-                st.healthy = True
-                if st.anomaly is None:
-                    return []  # no evidence either way
-            else:
-                self._smooth(st, probs)
-            return self._step(prediction.stream_id, st, t)
+            if st.anomaly is None:
+                return []  # no evidence either way
+        else:
+            self._smooth(st, probs, vote)
+        return self._step(prediction.stream_id, st, t)
 
     def _unknown(self, st: _Stream, label: str = UNKNOWN_LABEL) -> None:
         # No evidence either way: keep the level, forget the history, restart the debounce.
@@ -408,7 +434,7 @@ class DecisionEngine:
         st.confidence = 0.0
         st.pending_count = 0
 
-    def _smooth(self, st: _Stream, probs: np.ndarray) -> None:
+    def _smooth(self, st: _Stream, probs: np.ndarray, vote: int) -> None:
         cfg = self.config
         if cfg.smoothing == "ema":
             st.ema = probs.copy() if st.ema is None else (1 - cfg.ema_alpha) * st.ema + cfg.ema_alpha * probs
@@ -416,7 +442,6 @@ class DecisionEngine:
             best = int(smoothed.argmax())
         else:
             # Running sum and vote counts over the last k windows: O(classes) per window.
-            vote = int(probs.argmax())
             if st.psum is None or not st.history:
                 st.psum = np.zeros(len(self.labels))
                 st.votes = [0] * len(self.labels)
