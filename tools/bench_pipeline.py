@@ -16,7 +16,8 @@ publisher runs on the monitor's cores, not the engine's (--publisher-on).
 With --channels C the N streams are N/C machines sending C-channel frames (a DAQ module per
 machine; every channel monitored). Each run prints the ingest thread's CPU time per frame and per
 channel (receive, decode, health, DSP, hand-over to the batcher), and the CPU per window of the
-engine loop and of the output thread (one thread each: the most windows/s one monitor takes). With
+monitor process's threads (ingest, engine loop, output: one interpreter lock, so their sum bounds
+the windows/s one monitor process takes). With
 --ingest-procs 1,8 each N is run with the source read by one ingest thread and by 8 ingest
 processes (app/shards.py), alternating, and the ingest processes' CPU per frame is printed too
 (docs/performance.md). With --phases 1,4 each N is run with every stream's windows completed by
@@ -301,12 +302,13 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         # per part (the monitor's ingest, engine-loop and output threads, the engine process, the
         # publisher): % of the measured seconds on a CPU and % runnable but waiting for a core
         "sched": sched,
-        # CPU per window classified of the monitor's one-thread stages after ingest: the engine
-        # loop (batching, normalization, hand-over to the model) and the output thread (decisions,
-        # sinks). Each is one thread of one process, so 1e6 / the larger is the most windows/s
-        # one monitor takes whatever the model's speed (the limit on a GPU host).
+        # CPU per window classified of the monitor process's threads: ingest (with ingest
+        # processes: the reading loop), the engine loop (batching, normalization, hand-over to the
+        # model) and the output thread (decisions, sinks). They share one interpreter lock (only
+        # long numpy steps overlap), so 1e6 / their sum is about the most windows/s one monitor
+        # process takes whatever the model's speed (the limit on a GPU host; tools/bench_stages.py)
         "thread_us_per_window": {k: round(sched[k]["cpu_pct"] * elapsed * 1e4 / windows, 1)
-                                 for k in ("engine_loop", "output") if k in sched and windows},
+                                 for k in ("ingest", "engine_loop", "output") if k in sched and windows},
     }
 
 
@@ -413,9 +415,10 @@ def main(argv: list[str] | None = None) -> int:
                     print("        % on a CPU / waiting for one: " + "  ".join(
                         f"{k} {v['cpu_pct']}/{v['wait_pct']}" for k, v in r["sched"].items()), flush=True)
                 per = r["thread_us_per_window"]
-                if len(per) == 2 and max(per.values()) > 0:
-                    print(f"        CPU per window: engine loop {per['engine_loop']} us, output thread {per['output']} us "
-                          f"(one thread each: at most ~{round(1e6 / max(per.values()), -3):,.0f} windows/s at these batch sizes)", flush=True)
+                if len(per) == 3 and sum(per.values()) > 0:
+                    print(f"        CPU per window in the monitor process: ingest {per['ingest']} us, engine loop "
+                          f"{per['engine_loop']} us, output thread {per['output']} us (one interpreter lock: at most "
+                          f"~{round(1e6 / sum(per.values()), -3):,.0f} windows/s at these batch sizes)", flush=True)
                 if args.baseline_ab:
                     print(f"        judges {'on ' if r['envelope'] else 'off'}: CPU {r['cpu_us_per_window']} us/window "
                           f"(envelope stage {r['envelope_cpu_us_per_window']}, unknown + anomaly "

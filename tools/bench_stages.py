@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""The most windows/s one monitor process takes after ingest, whatever the model.
+
+A real ``Pipeline`` (the artifact's normalization, unknown label, envelope stage, decisions and
+alarms, and the sinks asked for) is fed windows as fast as its engine loop takes them, from
+``--streams`` stream ids, with a runner that answers every batch at once with the outputs the
+real model gave for real windows (so the stages after it do their usual work). Ingest is left
+out: its windows are made once, before the measured seconds. Prints the windows/s that came out
+of the output thread, the CPU per window of the engine loop, the output thread, the envelope
+stage and the hand-over of windows, and the monitor process's CPU in all: the threads share one
+interpreter lock, so once Python is the limit the process stays near one core however many a
+host has (the limit of a GPU host, where the model costs little; docs/performance.md).
+
+    python tools/bench_stages.py --seconds 6
+    python tools/bench_stages.py --streams 10240 --batch 256 --repeat 3
+    python tools/bench_stages.py --jsonl /dev/null      # with the per-window result log
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import threading
+import time
+
+import numpy as np
+
+from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.engine.contract import Pending
+from drsn_stream.sinks.jsonl import JsonlSink
+from drsn_stream.types import Window
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def thread_cpu_s(native_id: int | None) -> float:
+    """CPU seconds (user + system) used so far by one thread of this process."""
+    if native_id is None:
+        return 0.0
+    try:
+        with open(f"/proc/self/task/{native_id}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Replay:
+    """A runner that costs nothing: every batch gets rows of one real batch's outputs at once."""
+
+    lanes = 1
+
+    def __init__(self, real, rows: int) -> None:
+        self.window, self.max_batch, self.notes = real.window, real.max_batch, []
+        self.device_name = f"replay of {real.device_name}"
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((64, real.window)).astype(np.float32)
+        handle = real.submit(x)
+        probs, noise = real.collect(handle)
+        reps = -(-rows // 64)
+        self.probs, self.noise = np.tile(probs, (reps, 1)), np.tile(noise, reps)
+        self.features = None if handle.features is None else np.tile(handle.features, (reps, 1))
+
+    def warmup(self) -> None:
+        pass
+
+    def submit(self, x: np.ndarray) -> Pending:
+        b = len(x)
+        return Pending(b, probs=self.probs[:b].copy(), noise=self.noise[:b].copy(),
+                       features=None if self.features is None else self.features[:b])
+
+    def done(self, pending: Pending) -> bool:
+        return True
+
+    def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
+        return pending.probs, pending.noise
+
+
+def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | None) -> dict:
+    cfg = RunConfig(sources=(f"zmq+pull://127.0.0.1:{free_port()}",), model=model, device="cpu",
+                    engine_process=False, max_batch=batch, eager_batch=0, stale_ms=0.0,
+                    queue_capacity=1 << 16, idle_flush=False, max_streams=max(streams, 1), stats_every_s=3600)
+    pipe = Pipeline(cfg, sinks=[JsonlSink(jsonl, flush_every=4096)] if jsonl else ())
+    pipe.engine.runner = pipe.runner = Replay(pipe.runner, 4 * batch)
+    # the windows a monitor's ingest would hand over: raw, as the DSP leaves them, one per stream
+    # in turn (each stream's windows a hop apart), made before the clock starts
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((256, pipe.meta.window)).astype(np.float32)
+    hop_s = pipe.meta.hop / pipe.meta.sample_rate
+    now = time.time()
+    windows = [Window(f"m{k % streams}", k // streams, now + (k // streams) * hop_s, data[k % 256], now, 0.0, False)
+               for k in range(max(streams, 4096) * 2)]
+    pipe.runner.warmup()
+    out = threading.Thread(target=pipe._output_loop, name="drsn-output", daemon=True)
+    out.start()
+    pipe.engine.start()
+    if pipe.envelope is not None:
+        pipe.envelope.start()
+    stop = threading.Event()
+    fed = threading.Thread(target=feed, args=(pipe, windows, batch, stop), name="feed", daemon=True)
+    fed.start()
+    time.sleep(1.5)  # past the first batches' one-off costs
+    tids = {"engine_loop": pipe.engine.native_id, "output": out.native_id, "hand-over": fed.native_id}
+    if pipe.envelope is not None:
+        tids["envelope"] = pipe.envelope._thread.native_id
+    cpu0 = {k: thread_cpu_s(t) for k, t in tids.items()}
+    ru0, n0, t0 = resource.getrusage(resource.RUSAGE_SELF), pipe.decisions.windows_total, time.perf_counter()
+    time.sleep(seconds)
+    ru1, n1, el = resource.getrusage(resource.RUSAGE_SELF), pipe.decisions.windows_total, time.perf_counter() - t0
+    cpu1 = {k: thread_cpu_s(t) for k, t in tids.items()}
+    stop.set()
+    pipe.engine.stop()
+    pipe.engine.join(5)
+    pipe._out.put(None)
+    out.join(5)
+    pipe.outputs.close()
+    n = n1 - n0
+    proc_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {
+        "streams": streams,
+        "batch": batch,
+        "jsonl": bool(jsonl),
+        "envelope": pipe.envelope is not None,
+        "unknown": pipe.unknown is not None,
+        "windows_per_s": round(n / el),
+        "process_cpu_pct": round(100 * proc_s / el, 1),
+        "process_us_per_window": round(1e6 * proc_s / n, 2) if n else None,
+        "us_per_window": {k: round(1e6 * (cpu1[k] - cpu0[k]) / n, 2) if n else None for k in tids},
+    }
+
+
+def feed(pipe: Pipeline, windows: list[Window], batch: int, stop: threading.Event) -> None:
+    """Keeps a few batches' worth of windows waiting, as a monitor's ingest does under full load."""
+    k, chunk = 0, 256
+    while not stop.is_set():
+        if pipe.batcher.depth() >= 4 * batch:
+            time.sleep(0.0005)
+            continue
+        if k + chunk > len(windows):
+            k = 0
+        pipe._windows_in(windows[k : k + chunk])
+        k += chunk
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=10240, help="distinct stream ids the windows come from")
+    ap.add_argument("--batch", type=int, default=256, help="the micro-batch (256: the monitor's on CUDA)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per run")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--model", default="bearing-cwru")
+    ap.add_argument("--jsonl", default=None, metavar="PATH", help="also log every result as JSON lines here")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rows = [run(args.streams, args.batch, args.seconds, model=args.model, jsonl=args.jsonl) for _ in range(args.repeat)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        per = ", ".join(f"{k} {v}" for k, v in r["us_per_window"].items())
+        print(f"{r['streams']} streams, batch {r['batch']}{', JSON lines' if r['jsonl'] else ''}: "
+              f"{r['windows_per_s']:,} windows/s; monitor process {r['process_cpu_pct']} % of a core, "
+              f"{r['process_us_per_window']} us per window (of which: {per})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
