@@ -95,8 +95,19 @@ def _started(port: int, duration: float) -> tuple[Pipeline, ShardedSource]:
 
 
 def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], *, config: dict | None = None,
-                   **kw: object) -> Pipeline:
+                   results: dict | None = None, **kw: object) -> Pipeline:
+    """A monitor of ``procs`` ingest processes (1: the ingest thread) run over ``streams`` to their
+    end; ``results`` (if given) gets every window's exact numbers by (stream, index)."""
     pipe = Pipeline(_config(port, procs, duration=120, **(config or {})))
+    if results is not None:
+        hand_on = pipe.engine.on_predictions
+
+        def record(preds: list) -> None:
+            for p in preds:
+                results[(p.stream_id, p.index)] = (p.probs.tobytes(), p.level, p.noise_index, p.unknown_score)
+            hand_on(preds)
+
+        pipe.engine.on_predictions = record
     pipe.start()
     stop, errors = threading.Event(), []
     pub = _publisher(port, procs, streams, stop=stop, errors=errors, **kw)  # type: ignore[arg-type]
@@ -366,3 +377,29 @@ def test_a_stuck_ingest_process_is_ended_and_replaced_not_waited_for(free_tcp_po
     assert any(f"ingest process 2 of 2 (pid {stuck}) did not answer for" in e for e in pipe.errors), pipe.errors
     assert any(f"(pid {stuck}) ended (signal SIGKILL); started a new one" in e for e in pipe.errors), pipe.errors
     assert src.pids == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("geometry", [False, True], ids=["normalized-in-the-processes", "raw-for-the-envelope"])
+def test_ingest_processes_give_every_window_the_numbers_of_one_thread(free_tcp_port: int, geometry: bool) -> None:
+    # The ingest processes hand each window over in shared memory with its numbers beside it;
+    # without an envelope stage they normalize it themselves. Either way every window's scores,
+    # level (RMS before normalization), noise index and unknown score are those of one ingest
+    # thread, bit for bit, and with a bearing geometry the envelope stage sees the same samples.
+    require_cwru()
+    streams = _streams(3.0)
+    config = {"machine": {"bearing": "6205", "rpm": 1797}} if geometry else {}
+    runs, evidence = [], []
+    for procs in (1, 2):
+        results: dict = {}
+        pipe = _run_until_eos(free_tcp_port, procs, streams, pace=False, config=config, results=results)
+        assert isinstance(pipe.sources[0], ShardedSource) == (procs == 2)
+        assert (pipe.envelope is not None) == geometry
+        runs.append(results)
+        if geometry:
+            evidence.append({sid: (r.to_json() if (r := pipe.envelope.latest(sid)) else None) for sid in streams})
+    one, two = runs
+    assert len(one) == len(streams) * ((3 * RATE // CHUNK * CHUNK - 2048) // 512 + 1)
+    assert two == one
+    if geometry:
+        assert evidence[0]["press-2"] is not None and evidence[1] == evidence[0]

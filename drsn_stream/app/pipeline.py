@@ -237,10 +237,12 @@ class Pipeline:
                                          "in the monitor's own process"))
             return
         self.health = HealthMirror(self.health.config)
+        # the processes normalize the windows they cut, unless the envelope stage is to read them raw
         self.sources = shard_sources(self.sources, self.config.sources, procs, meta=self.meta,
                                      hop=self.config.hop, health=asdict(self.config.health),
                                      max_streams=self.config.max_streams, mirror=self.health,
-                                     phases=self.config.phases)
+                                     phases=self.config.phases,
+                                     normalize=not has_geometry(self.config.machine.table()))
         for src in self.sources:
             if isinstance(src, ShardedSource):
                 src.max_streams = self.config.max_streams

@@ -5,10 +5,15 @@ limit of a big host long before the model is. ``ShardedSource`` stands in for a 
 it starts N child interpreters (``python -m drsn_stream.app.shards``), each with a SUB socket of
 its own to the same publisher, keeping the streams whose id hashes to it and running sensor health
 and per-stream DSP for them exactly as the in-process path does. Windows come back through one
-shared-memory ring per child, ``(slots, rows, window)`` float32; the child's stdout pipe carries
-only the slot and each window's id, index, capture time and health, then health events, error
-lines and counters as small JSON lines, in the order they happened. The parent's reading loop
-hands the windows to the micro-batcher as the in-process path does.
+shared-memory ring per child, ``(slots, rows, window)`` float32, beside it their numbers
+(``(slots, rows, META)`` float64: stream code, index, capture time, time formed, level, flags);
+the child's stdout pipe carries only which slot is full and how many rows it holds (with the ids
+of streams new to it), then health events, error lines and counters as small JSON lines, in the
+order they happened. Where the monitor has no envelope stage (which reads raw samples) the child
+also normalizes each slot's windows, as the engine loop would, bit for bit; the parent's reading
+loop hands the windows to the micro-batcher as the in-process path does, and the engine loop
+then only stacks them. Per window the parent does no JSON and no normalization: on a host whose
+model is fast, its one interpreter lock is the limit (docs/performance.md).
 
 Sharding uses ZeroMQ subscriptions on the topic, which is the stream id (docs/wire-format.md),
 with a hash to decide the owner: ids are free text (``m000`` .. ``m999`` share every prefix but
@@ -50,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.app.ingest import Ingest
+from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.errors import SourceError
 from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth, silent_only
 from drsn_stream.runtime import attach_shared_memory
@@ -60,6 +66,8 @@ from drsn_stream.types import Event, Frame, Window
 SHARDABLE_KINDS = ("zmq",)  # SUB sockets that connect: every child can subscribe to the same publisher
 SLOTS = 8  # ring slots per child
 ROWS = 128  # windows per slot
+META = 6  # numbers per window beside the ring: stream code, index, t_last, t_ready, level, flags
+HEALTHY, NORMALIZED = 1, 2  # the flags
 FLUSH_S = 0.005  # a child hands over windows at least this often while frames keep coming
 STATS_S = 0.5  # a child reports counters and health this often
 NEWS_S = 0.02  # and new streams and ends of streams at least this often (and before going idle)
@@ -171,13 +179,22 @@ class _Stage:
 class _Out:
     """The child's side of the ring and the pipe: windows into free slots, lines to the parent;
     from stdin, slot releases (``SLOT\\n``) and topics to subscribe to (``s HEX\\n``); the end of
-    stdin means stop."""
+    stdin means stop.
 
-    def __init__(self, ring: np.ndarray, write: Callable[[bytes], None]) -> None:
-        self.ring, self._write = ring, write
+    Args:
+        ring / meta: the shared ring ``(SLOTS, ROWS, window)`` and its numbers ``(SLOTS, ROWS, META)``.
+        write: sends bytes to the parent.
+        normalizer: normalizes each slot's raw windows before it leaves (None: they leave raw).
+    """
+
+    def __init__(self, ring: np.ndarray, meta: np.ndarray, write: Callable[[bytes], None],
+                 normalizer: BatchNormalizer | None = None) -> None:
+        self.ring, self.meta_ring, self._write, self.normalizer = ring, meta, write, normalizer
         self.free: deque[int] = deque(range(ring.shape[0]))
         self.slot: int | None = None
-        self.meta: list[list[Any]] = []
+        self.meta: list[tuple[int, int, float, float, float, int]] = []
+        self.codes: dict[str, int] = {}  # stream id -> its code in the numbers (the parent keeps the same list)
+        self.new_ids: list[str] = []  # ids coded since the last slot left
         self.t_first = 0.0
         self.stopped = False
         self.subs: list[bytes] = []  # topics the parent asked this process to subscribe to
@@ -195,7 +212,12 @@ class _Out:
                     return  # stopping
                 self.t_first = time.monotonic()
             self.ring[self.slot, len(self.meta)] = w.data
-            self.meta.append([w.stream_id, w.index, w.t_last, ok, w.t_ready, w.level, w.normalized])
+            code = self.codes.get(w.stream_id)
+            if code is None:
+                code = self.codes[w.stream_id] = len(self.codes)
+                self.new_ids.append(w.stream_id)
+            self.meta.append((code, w.index, w.t_last, w.t_ready, w.level,
+                              HEALTHY * bool(ok) + NORMALIZED * bool(w.normalized)))
             if len(self.meta) == self.ring.shape[1]:
                 self.flush()
 
@@ -205,7 +227,16 @@ class _Out:
 
     def flush(self, idle: bool = False) -> None:
         if self.slot is not None and self.meta:
-            self.send({"w": self.slot, "m": self.meta, "i": idle})
+            n = len(self.meta)
+            meta = self.meta_ring[self.slot, :n]
+            meta[:] = self.meta
+            if self.normalizer is not None and not any(row[5] & NORMALIZED for row in self.meta):
+                meta[:, 4] = self.normalizer.in_place(self.ring[self.slot, :n])[1]
+                meta[:, 5] += NORMALIZED
+            msg: dict[str, Any] = {"w": self.slot, "k": n, "i": idle}
+            if self.new_ids:
+                msg["ids"], self.new_ids = self.new_ids, []
+            self.send(msg)
             self.slot, self.meta = None, []
         elif idle:
             self.send({"i": True})
@@ -253,8 +284,8 @@ def _worker(cfg: dict[str, Any]) -> int:
 
     shard, shards = int(cfg["shard"]), int(cfg["shards"])
     shm = attach_shared_memory(cfg["shm"])
-    ring = np.ndarray((SLOTS, ROWS, int(cfg["meta"]["window"])), np.float32, shm.buf)
-    out = _Out(ring, write)
+    ring, meta = _rings(shm.buf, int(cfg["meta"]["window"]))
+    out = _Out(ring, meta, write, BatchNormalizer(cfg["meta"]["normalization"]) if cfg.get("normalize") else None)
     foreign = {"count": 0, "seen": set(), "new": []}  # messages of other processes' streams dropped here
     # processes but the first take their own topics alone LEARN_S after the first message: the
     # streams a publisher starts with have all been seen by then
@@ -357,7 +388,9 @@ def _worker(cfg: dict[str, Any]) -> int:
         out.send({"fatal": f"{type(exc).__name__}: {str(exc)[:200]}"})
         return 1
     finally:
-        out.ring = ring = np.empty((0, 0, 0), np.float32)  # no view of the segment left: it can close
+        # no view of the segment left: it can close
+        out.ring = ring = np.empty((0, 0, 0), np.float32)
+        out.meta_ring = meta = np.empty((0, 0, 0), np.float64)
         try:
             shm.close()
         except BufferError:  # a view still held somewhere: the process ends right after anyway
@@ -383,13 +416,24 @@ def _fields(h: StreamHealth) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the parent
 
 
+def _rings(buf: Any, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The window ring and its numbers in one shared-memory segment (``_ring_bytes`` long)."""
+    ring = np.ndarray((SLOTS, ROWS, window), np.float32, buf)
+    return ring, np.ndarray((SLOTS, ROWS, META), np.float64, buf, offset=ring.nbytes)
+
+
+def _ring_bytes(window: int) -> int:
+    return SLOTS * ROWS * (window * 4 + META * 8)
+
+
 class _Child:
     """The parent's handle on one ingest process."""
 
     def __init__(self, index: int, window: int) -> None:
         self.index = index
-        self.shm = shared_memory.SharedMemory(create=True, size=SLOTS * ROWS * window * 4)
-        self.ring = np.ndarray((SLOTS, ROWS, window), np.float32, self.shm.buf)
+        self.shm = shared_memory.SharedMemory(create=True, size=_ring_bytes(window))
+        self.ring, self.meta = _rings(self.shm.buf, window)
+        self.ids: list[str] = []  # the stream ids the current process has coded, by code
         self.proc: subprocess.Popen[bytes] | None = None
         self.buf = b""
         self.early: list[dict[str, Any]] = []  # read while waiting for "ready", handled by the loop
@@ -407,7 +451,7 @@ class _Child:
         self.ended: set[str] = set()  # streams that have sent end-of-stream
 
     def start(self, cfg: dict[str, Any]) -> None:
-        self.buf, self.stats, self.early, self.ended = b"", {}, [], set()
+        self.buf, self.stats, self.early, self.ended, self.ids = b"", {}, [], set(), []
         self.ready, self.heard, self._control = False, time.monotonic(), bytearray()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "drsn_stream.app.shards", json.dumps({**cfg, "shard": self.index,
@@ -487,6 +531,7 @@ class _Child:
     def free(self) -> None:
         if self.ring.size:
             self.ring = np.empty((0, 0, 0), np.float32)
+            self.meta = np.empty((0, 0, 0), np.float64)
             self.shm.close()
             self.shm.unlink()
 
@@ -512,7 +557,8 @@ def _code(code: int | None) -> str:
 class ShardedSource(Source):
     """A ``zmq://`` source whose streams are read by ``procs`` ingest processes (see the module).
 
-    Windows, health events and error lines reach the monitor through callbacks it sets
+    Windows (normalized by the processes with ``normalize``: for a monitor without an envelope
+    stage), health events and error lines reach the monitor through callbacks it sets
     (``on_windows``, ``on_events``, ``on_error``); iteration yields no frames: it runs the reading
     loop until ``close()`` (or, with ``until_eos=1``, until every stream seen has ended).
     ``stats`` sums the children's counters; ``health`` (a ``HealthMirror``) shows their health.
@@ -522,14 +568,14 @@ class ShardedSource(Source):
     restartable = False
 
     def __init__(self, spec: str, procs: int, *, meta: Any, hop: int | None, health: dict[str, Any],
-                 max_streams: int, mirror: HealthMirror, phases: int = 1) -> None:
+                 max_streams: int, mirror: HealthMirror, phases: int = 1, normalize: bool = False) -> None:
         super().__init__(spec)
         self.inner = make_source(spec)  # checks the spec and its options here, in the parent
         self.procs = int(procs)
         self.until_eos = bool(self.inner.options.get("until_eos"))
         self.mirror = mirror
         self._cfg = {"spec": spec, "shards": self.procs, "hop": hop, "phases": phases, "health": health,
-                     "max_streams": max_streams,
+                     "max_streams": max_streams, "normalize": bool(normalize),
                      "learn_s": LEARN_S,
                      "meta": {"sample_rate": float(meta.sample_rate), "window": int(meta.window),
                               "hop": int(meta.hop), "normalization": dict(meta.normalization)}}
@@ -678,13 +724,18 @@ class ShardedSource(Source):
     def _handle(self, c: _Child, msg: dict[str, Any]) -> None:
         if "ready" in msg:
             c.ready = True
+        if "ids" in msg:
+            c.ids += msg["ids"]
         if "w" in msg:
-            slot, meta = int(msg["w"]), msg["m"]
-            data = c.ring[slot, : len(meta)].copy()
+            slot, n = int(msg["w"]), int(msg["k"])
+            data, meta = c.ring[slot, :n].copy(), c.meta[slot, :n].copy()
             c.control(b"%d\n" % slot)
-            self.on_windows([Window(sid, int(index), float(t_last), data[i], float(t_ready), float(level), bool(norm),
-                                    bool(ok))
-                             for i, (sid, index, t_last, ok, t_ready, level, norm) in enumerate(meta)])
+            ids, coded = c.ids, meta[:, [0, 1, 5]].astype(np.int64).T.tolist()  # codes, indexes, flags
+            self.on_windows([Window(ids[code], index, t_last, x, t_ready, level, flags >= NORMALIZED,
+                                    bool(flags & HEALTHY))
+                             for code, index, t_last, x, t_ready, level, flags in zip(
+                                 coded[0], coded[1], meta[:, 2].tolist(), list(data), meta[:, 3].tolist(),
+                                 meta[:, 4].tolist(), coded[2])])
         if "e" in msg:
             events = [Event(t, sid, float(when), data) for t, sid, when, data in msg["e"]]
             for e in events:

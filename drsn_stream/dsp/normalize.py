@@ -114,9 +114,15 @@ class BatchNormalizer:
         raw = [i for i, w in enumerate(windows) if not w.normalized]
         if len(raw) == len(windows):
             if x.dtype == np.float32 and x.ndim == 2:  # a fresh stack of the DSP's float32 windows: no second copy
-                return _in_place(x, self.spec, self.kind)
+                return self.in_place(x)
             return normalize_with_level(x, self.spec)
-        levels = np.array([w.level for w in windows], dtype=np.float64)
+        levels = np.fromiter([w.level for w in windows], dtype=np.float64, count=len(windows))
         if raw:
             x[raw], levels[raw] = normalize_with_level(x[raw], self.spec)
         return x, levels
+
+    def in_place(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw float32 windows ``x`` (b, n) normalized over themselves: ``(x, levels)``, each row
+        the same bits as ``__call__`` gives it (the ingest processes normalize a slot of windows
+        where they are cut, app/shards.py)."""
+        return _in_place(x, self.spec, self.kind)
