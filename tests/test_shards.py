@@ -41,8 +41,12 @@ def _streams(seconds: float) -> dict[str, np.ndarray]:
 def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, pace: bool,
                stop: threading.Event, errors: list[str], late: dict[str, int] | None = None) -> threading.Thread:
     """Sends ``streams`` in CHUNK-sample frames once ``subscribers`` SUB sockets have subscribed
-    (XPUB, verbose: every subscription is heard), then end of stream; one malformed message too.
-    ``late``: streams that start only at this frame number."""
+    to every topic (XPUB, verbose: every subscription is heard), then end of stream; one malformed
+    message too. ``late``: streams that start only at this frame number. Only subscriptions to
+    every topic are counted: an ingest process that subscribes to a stream's own topic (one
+    another publisher's traffic revealed) does so at every publisher it is connected to, and
+    counting that would start this one before the other process has joined, which then misses
+    the first frames."""
 
     def run() -> None:
         sock = zmq.Context.instance().socket(zmq.XPUB)
@@ -53,7 +57,7 @@ def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, p
             sock.bind(f"tcp://127.0.0.1:{port}")
             heard, deadline = 0, time.time() + 60
             while heard < subscribers and time.time() < deadline:
-                if sock.poll(100) and sock.recv()[:1] == b"\x01":
+                if sock.poll(100) and sock.recv() == b"\x01":
                     heard += 1
             if heard < subscribers:
                 errors.append(f"only {heard} of {subscribers} subscribers")
@@ -97,17 +101,24 @@ def _started(port: int, duration: float) -> tuple[Pipeline, ShardedSource]:
 def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], *, config: dict | None = None,
                    results: dict | None = None, **kw: object) -> Pipeline:
     """A monitor of ``procs`` ingest processes (1: the ingest thread) run over ``streams`` to their
-    end; ``results`` (if given) gets every window's exact numbers by (stream, index)."""
+    end; ``results`` (if given) gets, by (stream, index), every window's model input (bytes) and
+    level as the engine loop handed them to the model, and its label and scores."""
     pipe = Pipeline(_config(port, procs, duration=120, **(config or {})))
     if results is not None:
-        hand_on = pipe.engine.on_predictions
+        prepare, hand_on = pipe.engine.prepare, pipe.engine.on_predictions
 
-        def record(preds: list) -> None:
+        def inputs(batch: list) -> tuple:
+            x, levels = prepare(batch)
+            for w, row, level in zip(batch, x, levels):
+                results[(w.stream_id, w.index)] = {"input": row.tobytes(), "level": float(level)}
+            return x, levels
+
+        def outputs(preds: list) -> None:
             for p in preds:
-                results[(p.stream_id, p.index)] = (p.probs.tobytes(), p.level, p.noise_index, p.unknown_score)
+                results[(p.stream_id, p.index)].update(label=p.label, probs=p.probs.copy())
             hand_on(preds)
 
-        pipe.engine.on_predictions = record
+        pipe.engine.prepare, pipe.engine.on_predictions = inputs, outputs
     pipe.start()
     stop, errors = threading.Event(), []
     pub = _publisher(port, procs, streams, stop=stop, errors=errors, **kw)  # type: ignore[arg-type]
@@ -383,9 +394,11 @@ def test_a_stuck_ingest_process_is_ended_and_replaced_not_waited_for(free_tcp_po
 @pytest.mark.parametrize("geometry", [False, True], ids=["normalized-in-the-processes", "raw-for-the-envelope"])
 def test_ingest_processes_give_every_window_the_numbers_of_one_thread(free_tcp_port: int, geometry: bool) -> None:
     # The ingest processes hand each window over in shared memory with its numbers beside it;
-    # without an envelope stage they normalize it themselves. Either way every window's scores,
-    # level (RMS before normalization), noise index and unknown score are those of one ingest
-    # thread, bit for bit, and with a bearing geometry the envelope stage sees the same samples.
+    # without an envelope stage they normalize it themselves. Either way the model gets every
+    # window exactly as one ingest thread gives it (its normalized samples and level, bit for
+    # bit), so the labels are the same (the scores within float rounding: the model's last bits
+    # vary with how windows share a batch), and with a bearing geometry the envelope stage sees
+    # the same samples.
     require_cwru()
     streams = _streams(3.0)
     config = {"machine": {"bearing": "6205", "rpm": 1797}} if geometry else {}
@@ -400,6 +413,9 @@ def test_ingest_processes_give_every_window_the_numbers_of_one_thread(free_tcp_p
             evidence.append({sid: (r.to_json() if (r := pipe.envelope.latest(sid)) else None) for sid in streams})
     one, two = runs
     assert len(one) == len(streams) * ((3 * RATE // CHUNK * CHUNK - 2048) // 512 + 1)
-    assert two == one
+    assert two.keys() == one.keys()
+    assert [(two[k]["input"], two[k]["level"], two[k]["label"]) for k in sorted(one)] == \
+        [(one[k]["input"], one[k]["level"], one[k]["label"]) for k in sorted(one)]
+    assert max(float(np.abs(two[k]["probs"] - one[k]["probs"]).max()) for k in one) < 1e-4
     if geometry:
         assert evidence[0]["press-2"] is not None and evidence[1] == evidence[0]
