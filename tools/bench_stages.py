@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import socket
 import threading
@@ -40,16 +39,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def thread_cpu_s(native_id: int | None) -> float:
-    """CPU seconds (user + system) used so far by one thread of this process."""
-    if native_id is None:
-        return 0.0
-    try:
-        with open(f"/proc/self/task/{native_id}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+def thread_cpu_s(thread: threading.Thread) -> float:
+    """CPU seconds used so far by a running thread of this process."""
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
 class Replay:
@@ -107,9 +99,9 @@ def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | No
     fed = threading.Thread(target=feed, args=(pipe, windows, batch, stop), name="feed", daemon=True)
     fed.start()
     time.sleep(1.5)  # past the first batches' one-off costs
-    tids = {"engine_loop": pipe.engine.native_id, "output": out.native_id, "hand-over": fed.native_id}
+    tids = {"engine_loop": pipe.engine, "output": out, "hand-over": fed}
     if pipe.envelope is not None:
-        tids["envelope"] = pipe.envelope._thread.native_id
+        tids["envelope"] = pipe.envelope._thread
     cpu0 = {k: thread_cpu_s(t) for k, t in tids.items()}
     ru0, n0, t0 = resource.getrusage(resource.RUSAGE_SELF), pipe.decisions.windows_total, time.perf_counter()
     time.sleep(seconds)
