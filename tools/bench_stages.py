@@ -14,6 +14,7 @@ host has (the limit of a GPU host, where the model costs little; docs/performanc
     python tools/bench_stages.py --seconds 6
     python tools/bench_stages.py --streams 10240 --batch 256 --repeat 3
     python tools/bench_stages.py --jsonl /dev/null      # with the per-window result log
+    python tools/bench_stages.py --normalized           # windows as ingest processes hand them over
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 import numpy as np
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.engine.contract import Pending
 from drsn_stream.sinks.jsonl import JsonlSink
 from drsn_stream.types import Window
@@ -75,7 +77,7 @@ class Replay:
         return pending.probs, pending.noise
 
 
-def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | None) -> dict:
+def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | None, normalized: bool = False) -> dict:
     cfg = RunConfig(sources=(f"zmq+pull://127.0.0.1:{free_port()}",), model=model, device="cpu",
                     engine_process=False, max_batch=batch, eager_batch=0, stale_ms=0.0,
                     queue_capacity=1 << 16, idle_flush=False, max_streams=max(streams, 1), stats_every_s=3600)
@@ -85,9 +87,13 @@ def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | No
     # in turn (each stream's windows a hop apart), made before the clock starts
     rng = np.random.default_rng(1)
     data = rng.standard_normal((256, pipe.meta.window)).astype(np.float32)
+    levels = np.zeros(len(data))
+    if normalized:  # as the ingest processes hand them over without an envelope stage
+        data, levels = BatchNormalizer(pipe.meta.normalization).in_place(data)
     hop_s = pipe.meta.hop / pipe.meta.sample_rate
     now = time.time()
-    windows = [Window(f"m{k % streams}", k // streams, now + (k // streams) * hop_s, data[k % 256], now, 0.0, False)
+    windows = [Window(f"m{k % streams}", k // streams, now + (k // streams) * hop_s, data[k % 256], now,
+                      float(levels[k % 256]), normalized)
                for k in range(max(streams, 4096) * 2)]
     pipe.runner.warmup()
     out = threading.Thread(target=pipe._output_loop, name="drsn-output", daemon=True)
@@ -118,6 +124,7 @@ def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | No
     return {
         "streams": streams,
         "batch": batch,
+        "normalized": normalized,
         "jsonl": bool(jsonl),
         "envelope": pipe.envelope is not None,
         "unknown": pipe.unknown is not None,
@@ -149,15 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--model", default="bearing-cwru")
     ap.add_argument("--jsonl", default=None, metavar="PATH", help="also log every result as JSON lines here")
+    ap.add_argument("--normalized", action="store_true",
+                    help="windows normalized already, as ingest processes hand them over (no envelope stage)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    rows = [run(args.streams, args.batch, args.seconds, model=args.model, jsonl=args.jsonl) for _ in range(args.repeat)]
+    rows = [run(args.streams, args.batch, args.seconds, model=args.model, jsonl=args.jsonl, normalized=args.normalized)
+            for _ in range(args.repeat)]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     for r in rows:
         per = ", ".join(f"{k} {v}" for k, v in r["us_per_window"].items())
-        print(f"{r['streams']} streams, batch {r['batch']}{', JSON lines' if r['jsonl'] else ''}: "
+        print(f"{r['streams']} streams, batch {r['batch']}{', normalized' if r['normalized'] else ''}"
+              f"{', JSON lines' if r['jsonl'] else ''}: "
               f"{r['windows_per_s']:,} windows/s; monitor process {r['process_cpu_pct']} % of a core, "
               f"{r['process_us_per_window']} us per window (of which: {per})")
     return 0
