@@ -230,7 +230,7 @@ class _Out:
             n = len(self.meta)
             meta = self.meta_ring[self.slot, :n]
             meta[:] = self.meta
-            if self.normalizer is not None and not any(row[5] & NORMALIZED for row in self.meta):
+            if self.normalizer is not None and not (meta[:, 5] >= NORMALIZED).any():  # every window raw
                 meta[:, 4] = self.normalizer.in_place(self.ring[self.slot, :n])[1]
                 meta[:, 5] += NORMALIZED
             msg: dict[str, Any] = {"w": self.slot, "k": n, "i": idle}
