@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from drsn_stream.errors import ConfigError
+from drsn_stream.monitor import levels_jit
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import (
+    AMP_STEP,
     CHECK_SENSOR,
     CLIPPING,
+    DC_JUMP,
     FLAT,
     GAP,
     NO_DATA,
@@ -271,3 +274,101 @@ def test_short_frames_are_gathered_for_the_level_tests_without_missing_anything(
 def test_check_every_must_fit_the_flat_span():
     with pytest.raises(ConfigError, match="check_every_s"):
         HealthConfig(check_every_s=0.5, flat_span_s=0.1)
+
+
+def _signals(k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Frame ``k`` (0.1 s) of streams that go through every level test: noise, a sensor that
+    dies, one stuck at its rails, one at full scale, dithered silence, a DC jump, an amplitude
+    step, one with NaN and Inf, frames of another length."""
+    t = (np.arange(CHUNK) + k * CHUNK) / RATE
+    sine = np.sin(2 * np.pi * 37 * t)
+    out = {f"noise{i}": noise(CHUNK, seed=1000 * i + k)[:, 0] for i in range(6)}
+    out["dies"] = noise(CHUNK, seed=k)[:, 0] if not 20 <= k < 40 else np.full(CHUNK, 0.25, np.float32)
+    out["rails"] = np.clip(2 * sine, -0.9 if 15 <= k < 45 else -5, 0.9 if 15 <= k < 45 else 5).astype(np.float32)
+    out["full"] = (sine * (1.2 if 30 <= k < 50 else 0.5)).astype(np.float32)
+    out["dither"] = (rng.integers(-1, 2, CHUNK) / 32768).astype(np.float32)
+    out["dc"] = (noise(CHUNK, seed=5000 + k)[:, 0] + (3.0 if k >= 45 else 0.0)).astype(np.float32)
+    out["amp"] = noise(CHUNK, seed=6000 + k)[:, 0] * (80.0 if 50 <= k < 70 else 1.0)
+    x = noise(CHUNK, seed=7000 + k)[:, 0]
+    if k in (25, 26, 60):
+        x[[3, 50]] = [np.nan, np.inf]
+    out["nan"] = x
+    out["short"] = noise(CHUNK // 2 + (k % 3) * 7, seed=8000 + k)[:, 0]
+    out["tiny"] = noise(20, seed=9000 + k)[:, 0]  # merged into the flat test's chunks when tested alone
+    # exactly clip_min_samples (8) samples at the top in a clipping block of 3 frames: clipping, just
+    x = np.clip(noise(CHUNK, seed=9500 + k)[:, 0], -0.5, 0.5)
+    x[10:18] = 0.9 if k % 3 == 0 and 30 <= k < 60 else x[10:18]
+    out["edge"] = x
+    return out
+
+
+@pytest.mark.skipif(not levels_jit.available(), reason="numba is not installed: the compiled level tests are off")
+@pytest.mark.parametrize("cfg", [HealthConfig(recovery_s=0.3, learn_s=1.0, step_hold_s=0.5),
+                                 HealthConfig(recovery_s=0.3, learn_s=1.0, step_hold_s=0.5, full_scale=1.0,
+                                              check_every_s=0.0),
+                                 HealthConfig(recovery_s=0.3, step_ratio=0, flat_span_s=0.05, check_every_s=0.05)],
+                         ids=["default", "full-scale-every-frame", "no-steps"])
+def test_compiled_level_tests_judge_as_numpy_does(cfg) -> None:
+    """The compiled level tests (levels_jit) against numpy's (levels_many) on the same rounds:
+    the same events, states, counters and learned levels, stream by stream."""
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    fast, ref = HealthMonitor(cfg, compiled=True), HealthMonitor(cfg, compiled=False)
+    ev_fast: list = []
+    ev_ref: list = []
+    for k in range(90):
+        now = 2000.0 + 0.1 * k
+        for monitor, events, rng in ((fast, ev_fast, rng_a), (ref, ev_ref, rng_b)):
+            frames = [Frame(sid, k, now, RATE, x[:, None]) for sid, x in _signals(k, rng).items()]
+            events += monitor.push_channels(frames, now=now)
+            if k % 2:
+                events += monitor.flush_many([f.stream_id for f in frames], now=now)
+    assert [(e.stream_id, e.data) for e in ev_fast] == [(e.stream_id, e.data) for e in ev_ref]
+    found = {r for e in ev_ref for r in e.data["reasons"]}
+    # every test had something to find (at full scale 1.0 the stepped streams clip instead)
+    expected = {FLAT, CLIPPING, NON_FINITE} | ({DC_JUMP, AMP_STEP} if cfg.step_ratio and cfg.full_scale is None else set())
+    assert expected <= found, found
+    assert cfg.full_scale is None or ref.state("full").clipped > 0
+    assert fast.states() == ref.states()
+    for sid in ref.streams:
+        a, b = fast.export_state(sid), ref.export_state(sid)
+        for name in ("chunk_n", "blk_n", "learned", "step_n", "clipped", "steps", "non_finite", "frames", "samples"):
+            assert getattr(a, name) == getattr(b, name), (sid, name)
+        assert [c[0] for c in a.chunks] == [c[0] for c in b.chunks], sid
+        for ca, cb in zip(a.chunks, b.chunks):
+            assert np.allclose(ca[1:], cb[1:], rtol=1e-9, atol=1e-15), sid
+        for name in ("blk_max", "blk_min", "blk_at_max", "blk_at_min", "blk_full", "base_mean", "base_logsd"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None) == (y is None) and (x is None or np.allclose(x, y, rtol=1e-9)), (sid, name)
+
+
+def test_the_level_kernel_as_plain_python_agrees_with_numpy() -> None:
+    """levels_jit's kernel run uncompiled (where numba is missing, this is what guards its logic)
+    against levels_many on the same bank rows."""
+    from drsn_stream.monitor.health_levels import LevelBank, levels_many
+
+    cfg = HealthConfig(full_scale=1.0, learn_s=0.5, step_hold_s=0.2)
+    banks = [LevelBank(rows=8), LevelBank(rows=8)]
+    for bank in banks:
+        bank.pend_room(CHUNK)
+    slots = np.array([banks[0].take() for _ in range(8)])
+    assert list(slots) == [banks[1].take() for _ in range(8)]
+    rng = np.random.default_rng(5)
+    for k in range(40):
+        x = (0.1 * rng.standard_normal((8, CHUNK))).astype(np.float32)
+        x[1] = 0.5 if 10 <= k < 20 else x[1]  # flat
+        x[2] = np.clip(x[2] * 30, -0.3, 0.3) if k >= 5 else x[2]  # rails
+        x[3] *= 20.0 if k >= 10 else 1.0  # full scale, then an amplitude step
+        x[4] += 2.0 if k >= 12 else 0.0  # DC jump
+        sts = [type("St", (), {"clipped": 0, "steps": 0})() for _ in range(8)]
+        flat, clip, step = levels_many(cfg, banks[1], sts, x, x.sum(axis=1, dtype=np.float64), slots=slots,
+                                       rate=RATE)
+        banks[0].pend[slots, :CHUNK] = x
+        codes, clipped, steps = levels_jit.levels_rows(cfg, banks[0], slots, np.full(8, CHUNK), np.full(8, RATE),
+                                                       kernel=levels_jit._levels_py)
+        assert list(codes) == list(flat.astype(int) | clip.astype(int) << 1 | step.astype(int) << 2), k
+        assert list(clipped) == [s.clipped for s in sts] and list(steps) == [s.steps for s in sts]
+    for name in ("ccount", "chead", "chunk_n", "cn", "blk_n", "blk_at_max", "blk_at_min", "blk_full", "learned",
+                 "step_n", "has_base"):
+        assert np.array_equal(getattr(banks[0], name), getattr(banks[1], name)), name
+    for name in ("cmean", "cm2", "blk_max", "blk_min", "base_mean", "base_logsd"):
+        assert np.allclose(getattr(banks[0], name), getattr(banks[1], name), rtol=1e-9), name

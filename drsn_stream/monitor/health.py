@@ -51,6 +51,7 @@ import numpy as np
 
 from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
+from drsn_stream.monitor import levels_jit
 from drsn_stream.monitor.health_levels import (
     MIN_LEVELS_FOR_CLIPPING,
     LevelBank,
@@ -314,8 +315,13 @@ class HealthMonitor:
         config: thresholds; defaults when None.
     """
 
-    def __init__(self, config: HealthConfig | None = None) -> None:
+    def __init__(self, config: HealthConfig | None = None, *, compiled: bool | None = None) -> None:
         self.config = config if config is not None else HealthConfig()
+        # the level tests of a round's single-channel streams compiled (levels_jit) where numba
+        # is there; False: numpy (levels_many), the same results
+        self.compiled = levels_jit.available() if compiled is None else bool(compiled)
+        if self.compiled and not levels_jit.warm():
+            raise RuntimeError("compiled level tests asked for, but numba is not available")
         self._streams: dict[str, _Stream] = {}
         self._bank = LevelBank()
         self._lock = threading.Lock()
@@ -559,6 +565,9 @@ class HealthMonitor:
         bank's ``pend``): ``codes[di]`` = flat | clipping << 1 | step code << 2, or -1 with the
         reasons in ``found_sets`` (NaN/Inf samples: ``_check_levels`` alone)."""
         bank, cfg = self._bank, self.config
+        if self.compiled:
+            self._levels_compiled(rows, di, slots, rate, lengths, codes, found_sets)
+            return
         same = lengths.min() == lengths.max()
         for length in lengths[:1] if same else np.unique(lengths):
             m = slice(None) if same else lengths == length
@@ -583,6 +592,21 @@ class HealthMonitor:
                                                rate=float(rt[0]) if one_rate else rt)
             if any_set(flat) or any_set(clipping) or any_set(step):  # most polls find nothing
                 codes[sub] = flat.astype(np.int8) | (clipping.astype(np.int8) << 1) | (step.astype(np.int8) << 2)
+
+    def _levels_compiled(self, rows: Any, di: np.ndarray, slots: np.ndarray, rate: np.ndarray,
+                         lengths: np.ndarray, codes: np.ndarray, found_sets: dict[int, set[str]]) -> None:
+        """``_levels_rows`` by ``levels_jit``: every row in one call, reading the bank in place."""
+        got, clipped, steps = levels_jit.levels_rows(self.config, self._bank, slots, lengths, rate)
+        if not np.count_nonzero(got):  # most polls find nothing
+            return
+        for k in np.flatnonzero(got == levels_jit.CODE_NON_FINITE):  # counted and restarted, one by one
+            j = int(di[k])
+            found_sets[j] = self._check_levels(rows[j], self._bank.pend[slots[k], : int(lengths[k]), None])
+        codes[di] = got
+        for k in np.flatnonzero(clipped):
+            rows[int(di[k])].clipped += int(clipped[k])
+        for k in np.flatnonzero(steps):
+            rows[int(di[k])].steps += int(steps[k])
 
     def _push_round(self, frames: list[Frame], now: float) -> list[Event]:
         """Frames of distinct streams: bookkeeping one by one, the level tests together. Nothing

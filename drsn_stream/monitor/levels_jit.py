@@ -1,0 +1,293 @@
+"""The level tests of ``health_levels.levels_many`` compiled (numba), one pass per stream.
+
+``levels_many`` runs each test as numpy passes over a round's ``(streams, samples)`` block, some
+forty numpy calls per round however many streams it holds, and the samples are read five or
+six times (sum, centring, sum of squares, max, min, counts at the extremes). Here each stream's
+gathered samples are read in place from the ``LevelBank``'s ``pend`` rows, twice, and its
+flat-line, clipping and level-step state is updated in the same loop: the same tests on the same
+state, with no numpy call per round and no copy of the samples.
+
+The results are ``levels_many``'s: the same booleans and step codes, and the same state, except
+that sums over a block are added in another order and ``log``/``exp`` are the C library's, so a
+value could differ in its last bits, and one exactly at a threshold could be judged differently
+(as ``levels_many`` already says of a block judged among others and alone). ``tests/test_health.py``
+runs both on the same signals and compares every result and every state array.
+
+Used where numba imports (a dependency of the package; ``DRSN_STREAM_JIT=0`` turns it off, e.g.
+to compare); without it ``levels_many`` is the path, with the same results. The compiled code is
+cached next to this file (or in numba's user cache), so only a first start pays for compiling
+it (about a second), and ``warm()`` lets a monitor pay that before its streams arrive.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from drsn_stream.monitor.health_levels import MIN_LEVELS_FOR_CLIPPING, LevelBank
+
+try:  # a missing or broken numba leaves the numpy path, never the monitor, without level tests
+    if os.environ.get("DRSN_STREAM_JIT", "1") == "0":
+        raise ImportError("DRSN_STREAM_JIT=0")
+    import numba
+except Exception:  # noqa: BLE001 - any failure to import it means: no compiled path
+    numba = None
+
+CODE_NON_FINITE = -1  # a row with NaN/Inf samples: not judged here (HealthMonitor._check_levels)
+
+_lock = threading.Lock()
+_kernel: Any = None
+_failed: str | None = None
+
+
+def available() -> bool:
+    """Whether the compiled path can be used (numba imported and, once tried, compiled)."""
+    return numba is not None and _failed is None
+
+
+def _compile() -> Any:
+    global _kernel, _failed
+    with _lock:
+        if _kernel is None and _failed is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # e.g. a read-only cache folder: compiled each start
+                    _kernel = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})(_levels_py)
+                    _run_tiny(_kernel)
+            except Exception as exc:  # noqa: BLE001 - the numpy path takes over
+                _failed = f"{type(exc).__name__}: {exc}"
+                _kernel = None
+    return _kernel
+
+
+def warm() -> bool:
+    """Compile (or load from the cache) now rather than on a round's first level tests; False
+    when the compiled path is not available."""
+    return numba is not None and _compile() is not None
+
+
+def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901, PLR0912, PLR0913, PLR0915
+               cn, cmean, cm2, chead, ccount, chunk_n,
+               blk_n, blk_seen, blk_max, blk_min, blk_at_max, blk_at_min, blk_full,
+               has_base, base_mean, base_logsd, learned, step_n,
+               flat_std, flat_span_s, clip_fraction, clip_min_samples, clip_span_s,
+               has_full, full_scale, do_step, learn_s, baseline_s, dc_sigma, log_ratio, step_hold_s):
+    """Row ``j``: the first ``lengths[j]`` samples of ``pend[slots[j]]``, at ``rate[j]`` Hz.
+    ``codes[j]`` = flat | clipping << 1 | step code << 2 (``CODE_NON_FINITE``: not judged);
+    ``clipped[j]``, ``steps[j]``: what the stream's counters grow by. (Compiled by numba; as
+    plain Python it runs too, slowly: the tests compare it with ``levels_many`` that way.)"""
+    k = cn.shape[1]
+    floor2 = flat_std * flat_std
+    floor = max(flat_std, 1e-12) * 10.0
+    for j in range(slots.shape[0]):
+        s = slots[j]
+        n = lengths[j]
+        r = rate[j]
+        codes[j] = 0
+        clipped[j] = 0
+        steps[j] = 0
+        # pass 1: sum, extremes
+        hi = pend[s, 0]
+        lo = pend[s, 0]
+        s1 = 0.0
+        for i in range(n):
+            v = pend[s, i]
+            s1 += np.float64(v)
+            hi = max(hi, v)
+            lo = min(lo, v)
+        if not math.isfinite(s1):
+            codes[j] = CODE_NON_FINITE
+            continue
+        mean = s1 / n
+        mean32 = np.float32(mean)
+        # pass 2: centred sum of squares, samples at the extremes, at full scale
+        m2 = 0.0
+        at_hi = 0
+        at_lo = 0
+        full = 0
+        for i in range(n):
+            v = pend[s, i]
+            d = np.float64(v - mean32)
+            m2 += d * d
+            at_hi += v == hi
+            at_lo += v == lo
+            if has_full:
+                full += abs(v) >= full_scale
+        code = 0
+        # flat line: a ring of (n, mean, M2) chunks over the span
+        span = max(2, np.int64(np.rint(flat_span_s * r)))
+        count = ccount[s]
+        head = chead[s]
+        cnt_n = chunk_n[s]
+        last = (head + count - 1 + k) % k
+        if count > 0 and cn[s, last] < span // 8:  # merged into the newest chunk (Chan et al.)
+            a0 = cn[s, last]
+            tot = a0 + n
+            delta = mean - cmean[s, last]
+            cmean[s, last] = cmean[s, last] + delta * (n / tot)
+            cm2[s, last] = cm2[s, last] + m2 + delta**2 * (a0 * n / tot)
+            cn[s, last] = tot
+        else:
+            col = (head + count) % k
+            cn[s, col] = n
+            cmean[s, col] = mean
+            cm2[s, col] = m2
+            count += 1
+        cnt_n += n
+        while count > 1 and cnt_n - cn[s, head] >= span:
+            cnt_n -= cn[s, head]
+            head = (head + 1) % k
+            count -= 1
+        ccount[s] = count
+        chead[s] = head
+        chunk_n[s] = cnt_n
+        last = (head + count - 1 + k) % k
+        if cnt_n >= span and cm2[s, last] < floor2 * cn[s, last]:  # rare: pooled over the span
+            total = 0.0
+            weighted = 0.0
+            for i in range(head, head + count):
+                total += cn[s, i % k]
+                weighted += cn[s, i % k] * cmean[s, i % k]
+            grand = weighted / total
+            pooled = 0.0
+            spread = 0.0
+            for i in range(head, head + count):
+                pooled += cm2[s, i % k]
+                spread += cn[s, i % k] * (cmean[s, i % k] - grand) ** 2
+            if pooled + spread < floor2 * np.int64(total):
+                code |= 1
+        # clipping: the block's running extremes and the samples at them
+        old = blk_n[s] > 0
+        fmax = np.float64(hi)
+        fmin = np.float64(lo)
+        bmax = blk_max[s] if old else fmax
+        bmin = blk_min[s] if old else fmin
+        new_max = not old or fmax > bmax
+        new_min = not old or fmin < bmin
+        add_max = at_hi if (new_max or fmax == bmax) else 0
+        add_min = at_lo if (new_min or fmin == bmin) else 0
+        bat_max = add_max if new_max else blk_at_max[s] + add_max
+        bat_min = add_min if new_min else blk_at_min[s] + add_min
+        bmax = max(bmax, fmax)
+        bmin = min(bmin, fmin)
+        bfull = 0
+        if has_full:
+            bfull = (blk_full[s] if old else 0) + full
+        bn = blk_n[s] + n
+        block = max(1, np.int64(np.rint(clip_span_s * r)))
+        need = max(np.float64(clip_min_samples), clip_fraction * bn)
+        whole = bn >= block
+        at_rail = whole and bmax > bmin and (bat_max >= need or bat_min >= need)
+        if at_rail:  # rare: a few distinct values are dithered silence, not a rail
+            at_rail = np.unique(pend[s, :n]).size >= MIN_LEVELS_FOR_CLIPPING
+        if at_rail or (has_full and bfull >= need):
+            code |= 2
+        blk_max[s] = bmax
+        blk_min[s] = bmin
+        blk_at_max[s] = bat_max
+        blk_at_min[s] = bat_min
+        if has_full:
+            blk_full[s] = bfull
+            clipped[j] = full
+        blk_seen[s] = True
+        blk_n[s] = 0 if whole else bn
+        # level steps against the learned level
+        if do_step:
+            sd = math.sqrt(max(m2 / n, 0.0))
+            live = sd > floor
+            logsd = math.log(max(sd, floor))
+            if not has_base[s]:
+                bm, bl, lrn = mean, logsd, 0
+                has_base[s] = True
+            else:
+                bm, bl, lrn = base_mean[s], base_logsd[s], learned[s]
+            sn = step_n[s]
+            learning = lrn < learn_s * r
+            base_sd = math.exp(bl)
+            known = base_sd > floor
+            dc = known and abs(mean - bm) > dc_sigma * max(base_sd, sd)
+            amp = known and live and abs(logsd - bl) > log_ratio
+            moved = not learning and (dc or amp)
+            if learning:
+                w = n / (lrn + n)
+                base_mean[s] = bm + w * (mean - bm)
+                base_logsd[s] = bl + w * (logsd - bl)
+                learned[s] = lrn + n
+                step_n[s] = sn
+            elif not moved:  # calm: the learned level follows slowly
+                a = min(1.0, n / (baseline_s * r))
+                base_mean[s] = bm + a * (mean - bm)
+                base_logsd[s] = bl + a * (logsd - bl)
+                learned[s] = lrn
+                step_n[s] = 0
+            elif sn + n >= step_hold_s * r:  # seen long enough: reported once, then the new level
+                base_mean[s] = mean
+                base_logsd[s] = logsd
+                learned[s] = lrn
+                step_n[s] = 0
+                steps[j] = 1
+                code |= (1 if dc else 2) << 2
+            else:
+                base_mean[s] = bm
+                base_logsd[s] = bl
+                learned[s] = lrn
+                step_n[s] = sn + n
+        codes[j] = code
+
+
+def _args(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rate: np.ndarray,
+          codes: np.ndarray, clipped: np.ndarray, steps: np.ndarray) -> tuple:
+    fs = cfg.full_scale
+    return (bank.pend, slots, lengths, rate, codes, clipped, steps,
+            bank.cn, bank.cmean, bank.cm2, bank.chead, bank.ccount, bank.chunk_n,
+            bank.blk_n, bank.blk_seen, bank.blk_max, bank.blk_min, bank.blk_at_max, bank.blk_at_min, bank.blk_full,
+            bank.has_base, bank.base_mean, bank.base_logsd, bank.learned, bank.step_n,
+            float(cfg.flat_std), float(cfg.flat_span_s), float(cfg.clip_fraction), int(cfg.clip_min_samples),
+            float(cfg.clip_span_s), fs is not None, np.float32(fs if fs is not None else 0.0),
+            cfg.step_ratio != 0, float(cfg.learn_s), float(cfg.baseline_s), float(cfg.dc_sigma),
+            math.log(cfg.step_ratio) if cfg.step_ratio != 0 else 0.0, float(cfg.step_hold_s))
+
+
+def levels_rows(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rate: np.ndarray, *,
+                kernel: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The level tests of streams ``slots`` on the first ``lengths`` samples gathered in their
+    ``bank.pend`` rows, at ``rate`` Hz, their state in ``bank`` updated in place.
+
+    Returns ``(codes, clipped, steps)`` per row: ``codes`` flat | clipping << 1 | step code << 2
+    as ``levels_many`` gives them, or ``CODE_NON_FINITE`` for a row with NaN/Inf samples (nothing
+    of its state touched: ``HealthMonitor._check_levels`` counts them and restarts its tests);
+    what each stream's ``clipped`` and ``steps`` counters grow by. ``kernel``: another
+    implementation of ``_levels_py`` (the tests pass the plain Python one); default the compiled.
+    """
+    if kernel is None:
+        kernel = _compile()
+        if kernel is None:
+            raise RuntimeError(f"the compiled level tests are not available: {_failed or 'numba is not installed'}")
+    m = len(slots)
+    if m and int(bank.ccount[slots].max()) + 1 > bank._k:  # room in the chunk rings for one more
+        bank._widen()
+    codes = np.empty(m, dtype=np.int8)
+    clipped = np.empty(m, dtype=np.int64)
+    steps = np.empty(m, dtype=np.int64)
+    kernel(*_args(cfg, bank, np.ascontiguousarray(slots, dtype=np.int64),
+                  np.ascontiguousarray(lengths, dtype=np.int64), np.ascontiguousarray(rate, dtype=np.float64),
+                  codes, clipped, steps))
+    return codes, clipped, steps
+
+
+def _run_tiny(kernel: Any) -> None:
+    """One call on a throwaway bank: compiles (or loads) the types every real call uses (the
+    config's values are arguments, not types: one compiled version serves every config)."""
+    bank = LevelBank(rows=2)
+    bank.pend_room(8)
+    slot = bank.take()
+    cfg = SimpleNamespace(flat_std=1e-6, flat_span_s=0.1, clip_fraction=0.01, clip_min_samples=8,
+                          clip_span_s=0.25, full_scale=None, learn_s=3.0, baseline_s=30.0, dc_sigma=4.0,
+                          step_ratio=30.0, step_hold_s=1.0)
+    levels_rows(cfg, bank, np.array([slot]), np.array([8]), np.array([12000.0]), kernel=kernel)
