@@ -32,13 +32,16 @@ class Windower:
         self.channels = channels
         self._dtype = np.dtype(dtype)
         self._lead: tuple[int, ...] = () if channels is None else (int(channels),)
-        self._buf = np.zeros((*self._lead, 2 * self.window), dtype=self._dtype)
+        # room for several hops past a window: dropping samples moves an offset, and the kept
+        # samples are moved to the front only when the room runs out, not on every push
+        self._buf = np.zeros((*self._lead, 4 * self.window), dtype=self._dtype)
         self.reset()
 
     def reset(self) -> None:
         """Forget buffered samples; the next sample is sample 0 again (the next window starts at ``start``)."""
-        self._len = 0  # valid samples in _buf
-        self._buf_start = 0  # absolute index of _buf[0]
+        self._off = 0  # index in _buf of the first kept sample
+        self._len = 0  # kept samples, _buf[off : off + len]
+        self._buf_start = 0  # absolute index of _buf[off]
         self._n = 0  # samples seen
         self._next = self.start  # absolute start of the next window
         self.count = 0  # windows emitted
@@ -59,7 +62,7 @@ class Windower:
         self._append(x)
         out: list[tuple[int, int, np.ndarray]] = []
         while self._next + self.window <= self._n:
-            s = self._next - self._buf_start
+            s = self._off + self._next - self._buf_start
             out.append((self.count, self._next + self.window, self._buf[..., s : s + self.window].copy()))
             self.count += 1
             self._next += self.hop
@@ -75,22 +78,24 @@ class Windower:
             x = x[..., skip:]
             n -= skip
         self._n += skip
-        need = self._len + n
-        if need > self._buf.shape[-1]:
-            grown = np.zeros((*self._lead, max(need, 2 * self._buf.shape[-1])), dtype=self._dtype)
-            grown[..., : self._len] = self._buf[..., : self._len]
-            self._buf = grown
-        self._buf[..., self._len : need] = x
-        self._len = need
+        off, kept = self._off, self._len
+        if off + kept + n > self._buf.shape[-1]:  # out of room: the kept samples to the front
+            size = self._buf.shape[-1]
+            buf = self._buf if kept + n <= size else np.zeros((*self._lead, max(kept + n, 2 * size)), dtype=self._dtype)
+            buf[..., :kept] = self._buf[..., off : off + kept]  # (overlapping moves are safe: numpy copies via a buffer)
+            self._buf, self._off, off = buf, 0, 0
+        self._buf[..., off + kept : off + kept + n] = x
+        self._len = kept + n
         self._n += n
 
     def _discard_before(self, absolute: int) -> None:
         drop = min(self._len, max(0, absolute - self._buf_start))
         if drop:
-            keep = self._len - drop
-            self._buf[..., :keep] = self._buf[..., drop : self._len]
-            self._len = keep
+            self._off += drop
+            self._len -= drop
             self._buf_start += drop
+            if not self._len:
+                self._off = 0
 
 
 def window_start(stream_id: str, hop: int, phases: int) -> int:
