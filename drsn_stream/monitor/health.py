@@ -524,6 +524,11 @@ class HealthMonitor:
             if n == 0:
                 return
             p = int(pn[0])
+            if self.compiled and not rows.ones and all(x.shape == xs[0].shape for x in xs):
+                # frames of channels: read in their own layout, written to their rows wherever
+                # those are, in one pass (numpy: a transposing copy, then a fancy-index one)
+                levels_jit.gather_rows(pend, slots, pn, np.stack(xs))
+                return
             if all_set(pn == p):
                 if isinstance(rows.at, slice):  # straight into the rows: one copy
                     np.concatenate([x.T for x in xs], out=pend[rows.at, p : p + n])

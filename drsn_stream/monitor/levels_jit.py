@@ -43,6 +43,7 @@ CODE_NON_FINITE = -1  # a row with NaN/Inf samples: not judged here (HealthMonit
 
 _lock = threading.Lock()
 _kernel: Any = None
+_gather: Any = None
 _failed: str | None = None
 
 
@@ -52,17 +53,18 @@ def available() -> bool:
 
 
 def _compile() -> Any:
-    global _kernel, _failed
+    global _kernel, _gather, _failed
     with _lock:
         if _kernel is None and _failed is None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # e.g. a read-only cache folder: compiled each start
-                    _kernel = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})(_levels_py)
-                    _run_tiny(_kernel)
+                    kernel = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})(_levels_py)
+                    gather = numba.njit(cache=True, nogil=True)(_gather_py)
+                    _run_tiny(kernel, gather)
+                _kernel, _gather = kernel, gather
             except Exception as exc:  # noqa: BLE001 - the numpy path takes over
                 _failed = f"{type(exc).__name__}: {exc}"
-                _kernel = None
     return _kernel
 
 
@@ -281,7 +283,26 @@ def levels_rows(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rat
     return codes, clipped, steps
 
 
-def _run_tiny(kernel: Any) -> None:
+def _gather_py(pend, slots, pn, x):
+    """Channel ``c`` of frame ``f`` of ``x`` (frames, samples, channels) into ``pend`` row
+    ``slots[r]`` from column ``pn[r]`` on, ``r = f * channels + c``: the frames' channels read
+    in their own layout and written to rows anywhere in the bank, in one pass."""
+    frames, n, channels = x.shape
+    for f in range(frames):
+        for c in range(channels):
+            r = f * channels + c
+            s = slots[r]
+            p = pn[r]
+            for i in range(n):
+                pend[s, p + i] = x[f, i, c]
+
+
+def gather_rows(pend: np.ndarray, slots: np.ndarray, pn: np.ndarray, x: np.ndarray) -> None:
+    """``_gather_py`` compiled (``warm()`` first; ``x`` float32 like ``pend``)."""
+    _gather(pend, slots, pn, x)
+
+
+def _run_tiny(kernel: Any, gather: Any) -> None:
     """One call on a throwaway bank: compiles (or loads) the types every real call uses (the
     config's values are arguments, not types: one compiled version serves every config)."""
     bank = LevelBank(rows=2)
@@ -291,3 +312,4 @@ def _run_tiny(kernel: Any) -> None:
                           clip_span_s=0.25, full_scale=None, learn_s=3.0, baseline_s=30.0, dc_sigma=4.0,
                           step_ratio=30.0, step_hold_s=1.0)
     levels_rows(cfg, bank, np.array([slot]), np.array([8]), np.array([12000.0]), kernel=kernel)
+    gather(bank.pend, np.array([slot]), np.array([0]), np.zeros((1, 8, 1), dtype=np.float32))
