@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from drsn_stream import jit
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor import levels_jit
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
@@ -372,3 +373,28 @@ def test_the_level_kernel_as_plain_python_agrees_with_numpy() -> None:
         assert np.array_equal(getattr(banks[0], name), getattr(banks[1], name)), name
     for name in ("cmean", "cm2", "blk_max", "blk_min", "base_mean", "base_logsd"):
         assert np.allclose(getattr(banks[0], name), getattr(banks[1], name), rtol=1e-9), name
+
+
+@pytest.mark.skipif(not levels_jit.available(), reason="numba is not installed")
+def test_the_level_tests_compile_where_numba_has_no_folder_to_cache_in(monkeypatch) -> None:
+    """A package installed where its folder is read-only (and no user cache): numba refuses
+    to cache; the tests are compiled for this process instead of falling back to numpy."""
+    real = jit.numba.njit
+
+    def njit(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function '_levels_py': no locator available")
+        return real(*args, cache=False, **kwargs)
+
+    monkeypatch.setattr(jit.numba, "njit", njit)
+    for name in ("_kernel", "_gather", "_failed"):
+        monkeypatch.setattr(levels_jit, name, None)
+    assert levels_jit.warm() and levels_jit.available()
+    assert HealthMonitor().compiled
+
+
+def test_without_the_compiled_tests_health_uses_numpy(monkeypatch) -> None:
+    monkeypatch.setattr(jit, "numba", None)
+    assert not levels_jit.available() and not HealthMonitor().compiled
+    with pytest.raises(RuntimeError, match="numba is not available"):
+        HealthMonitor(compiled=True)

@@ -13,31 +13,22 @@ value could differ in its last bits, and one exactly at a threshold could be jud
 (as ``levels_many`` already says of a block judged among others and alone). ``tests/test_health.py``
 runs both on the same signals and compares every result and every state array.
 
-Used where numba imports (a dependency of the package; ``DRSN_STREAM_JIT=0`` turns it off, e.g.
-to compare); without it ``levels_many`` is the path, with the same results. The compiled code is
-cached next to this file (or in numba's user cache), so only a first start pays for compiling
-it (about a second), and ``warm()`` lets a monitor pay that before its streams arrive.
+Used where numba imports (``drsn_stream.jit``; ``DRSN_STREAM_JIT=0`` turns it off, e.g. to
+compare); without it ``levels_many`` is the path, with the same results. ``warm()`` compiles (or
+loads from numba's cache) before a monitor's streams arrive.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
-import warnings
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from drsn_stream import jit
 from drsn_stream.monitor.health_levels import MIN_LEVELS_FOR_CLIPPING, LevelBank
-
-try:  # a missing or broken numba leaves the numpy path, never the monitor, without level tests
-    if os.environ.get("DRSN_STREAM_JIT", "1") == "0":
-        raise ImportError("DRSN_STREAM_JIT=0")
-    import numba
-except Exception:  # noqa: BLE001 - any failure to import it means: no compiled path
-    numba = None
 
 CODE_NON_FINITE = -1  # a row with NaN/Inf samples: not judged here (HealthMonitor._check_levels)
 
@@ -49,7 +40,7 @@ _failed: str | None = None
 
 def available() -> bool:
     """Whether the compiled path can be used (numba imported and, once tried, compiled)."""
-    return numba is not None and _failed is None
+    return jit.available() and _failed is None
 
 
 def _compile() -> Any:
@@ -57,11 +48,9 @@ def _compile() -> Any:
     with _lock:
         if _kernel is None and _failed is None:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # e.g. a read-only cache folder: compiled each start
-                    kernel = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})(_levels_py)
-                    gather = numba.njit(cache=True, nogil=True)(_gather_py)
-                    _run_tiny(kernel, gather)
+                kernel = jit.compile_kernel(_levels_py, fastmath={"reassoc", "nsz", "contract"})
+                gather = jit.compile_kernel(_gather_py)
+                _run_tiny(kernel, gather)
                 _kernel, _gather = kernel, gather
             except Exception as exc:  # noqa: BLE001 - the numpy path takes over
                 _failed = f"{type(exc).__name__}: {exc}"
@@ -71,7 +60,7 @@ def _compile() -> Any:
 def warm() -> bool:
     """Compile (or load from the cache) now rather than on a round's first level tests; False
     when the compiled path is not available."""
-    return numba is not None and _compile() is not None
+    return jit.available() and _compile() is not None
 
 
 def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901, PLR0912, PLR0913, PLR0915
