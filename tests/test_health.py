@@ -300,6 +300,9 @@ def _signals(k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     x = np.clip(noise(CHUNK, seed=9500 + k)[:, 0], -0.5, 0.5)
     x[10:18] = 0.9 if k % 3 == 0 and 30 <= k < 60 else x[10:18]
     out["edge"] = x
+    x = noise(CHUNK, seed=9700 + k)[:, 0]
+    x[[5, 60]] = 1.5 if k % 4 == 0 else x[[5, 60]]  # a few samples past full scale: counted, not clipping
+    out["spikes"] = x
     return out
 
 
