@@ -399,5 +399,19 @@ def test_the_level_tests_compile_where_numba_has_no_folder_to_cache_in(monkeypat
 def test_without_the_compiled_tests_health_uses_numpy(monkeypatch) -> None:
     monkeypatch.setattr(jit, "numba", None)
     assert not levels_jit.available() and not HealthMonitor().compiled
-    with pytest.raises(RuntimeError, match="numba is not available"):
+    with pytest.raises(RuntimeError, match="numba is not installed"):
         HealthMonitor(compiled=True)
+
+
+def test_a_kernel_numba_cannot_compile_leaves_health_on_numpy(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise RuntimeError("LLVM says no")
+
+    monkeypatch.setattr(jit, "compile_kernel", refuse)
+    for name in ("_kernel", "_gather", "_failed"):
+        monkeypatch.setattr(levels_jit, name, None)
+    health = HealthMonitor()
+    assert not health.compiled and "LLVM says no" in levels_jit.why_not()
+    frames = [Frame(f"s{i}", 0, 1000.0, RATE, np.full((CHUNK, 1), 0.5, np.float32)) for i in range(8)]
+    health.push_channels(frames, now=1000.0)  # the numpy path judges them
+    assert health.state("s0").frames == 1

@@ -318,10 +318,11 @@ class HealthMonitor:
     def __init__(self, config: HealthConfig | None = None, *, compiled: bool | None = None) -> None:
         self.config = config if config is not None else HealthConfig()
         # the level tests of a round's single-channel streams compiled (levels_jit) where numba
-        # is there; False: numpy (levels_many), the same results
-        self.compiled = levels_jit.available() if compiled is None else bool(compiled)
-        if self.compiled and not levels_jit.warm():
-            raise RuntimeError("compiled level tests asked for, but numba is not available")
+        # is there (compiled or loaded now, not on the first round); False: numpy (levels_many),
+        # the same results
+        self.compiled = levels_jit.warm() if compiled is None or compiled else False
+        if compiled and not self.compiled:
+            raise RuntimeError(f"compiled level tests asked for, but they are not available: {levels_jit.why_not()}")
         self._streams: dict[str, _Stream] = {}
         self._bank = LevelBank()
         self._lock = threading.Lock()

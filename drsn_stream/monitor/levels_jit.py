@@ -57,6 +57,13 @@ def _compile() -> Any:
     return _kernel
 
 
+def why_not() -> str:
+    """Why the compiled path is not available ("" when it is)."""
+    if not jit.available():
+        return "numba is not installed (or DRSN_STREAM_JIT=0)"
+    return _failed or ""
+
+
 def warm() -> bool:
     """Compile (or load from the cache) now rather than on a round's first level tests; False
     when the compiled path is not available."""
@@ -259,7 +266,7 @@ def levels_rows(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rat
     if kernel is None:
         kernel = _compile()
         if kernel is None:
-            raise RuntimeError(f"the compiled level tests are not available: {_failed or 'numba is not installed'}")
+            raise RuntimeError(f"the compiled level tests are not available: {why_not()}")
     m = len(slots)
     if m and int(bank.ccount[slots].max()) + 1 > bank._k:  # room in the chunk rings for one more
         bank._widen()
