@@ -4,6 +4,7 @@ as if its frames came alone, one at a time."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from drsn_stream.monitor.health import FLAT, GAP, NON_FINITE, OK, HealthConfig, HealthMonitor
 from drsn_stream.types import Frame, channel_ids, split_channels
@@ -16,8 +17,9 @@ def noise(n: int, channels: int, seed: int, dtype=np.float32) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal((n, channels))).astype(dtype)
 
 
-def test_a_reason_in_one_channel_marks_only_that_channels_stream() -> None:
-    health = HealthMonitor()
+@pytest.mark.parametrize("compiled", [None, False], ids=["default", "numpy"])
+def test_a_reason_in_one_channel_marks_only_that_channels_stream(compiled: bool | None) -> None:
+    health = HealthMonitor(compiled=compiled)
     ids = channel_ids("gw", 16)
     events: list = []
     t = 1000.0

@@ -302,10 +302,15 @@ def _same_state(a, b) -> bool:
     return True
 
 
-def test_health_of_many_streams_at_once_is_that_of_each_alone() -> None:
+# the array path with its compiled level tests and gather (where numba is there), and with numpy's
+_PATHS = pytest.mark.parametrize("compiled", [None, False], ids=["default", "numpy"])
+
+
+@_PATHS
+def test_health_of_many_streams_at_once_is_that_of_each_alone(compiled: bool | None) -> None:
     frames = [f for f in _signals() if f.samples.shape[1] == 1]
     now = 1_800_000_000.0
-    alone, together = HealthMonitor(), HealthMonitor()
+    alone, together = HealthMonitor(), HealthMonitor(compiled=compiled)
     ev_alone, ev_together = [], []
     for i in range(0, len(frames), 64):
         poll = frames[i : i + 64]
@@ -325,7 +330,8 @@ def test_health_of_many_streams_at_once_is_that_of_each_alone() -> None:
     assert together.states() == alone.states()
 
 
-def test_health_of_modules_judged_at_different_times_is_that_of_each_channel_alone() -> None:
+@_PATHS
+def test_health_of_modules_judged_at_different_times_is_that_of_each_channel_alone(compiled: bool | None) -> None:
     """Multi-channel frames whose modules' windows end in different frames (``--phases``): each
     module's channels are judged (flushed) at their own times, so the samples gathered in the
     rows of one round differ from module to module. Every channel's health is still what it is
@@ -338,7 +344,7 @@ def test_health_of_modules_judged_at_different_times_is_that_of_each_channel_alo
     sig["gw3"][5000:9000, 2] = 0.0  # a flat line on one channel
     sig["gw5"][:, 1] = np.clip(sig["gw5"][:, 1], -0.05, 0.05)  # a clipping channel
     now = 1_800_000_000.0
-    together, alone = HealthMonitor(), HealthMonitor()
+    together, alone = HealthMonitor(compiled=compiled), HealthMonitor()
     ev_together, ev_alone = [], []
     for k in range(40):
         frames = [Frame(m, k, now, 12000.0, sig[m][k * 512 : (k + 1) * 512]) for m in mods]
