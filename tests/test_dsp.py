@@ -212,6 +212,13 @@ def test_windower_cuts_every_hop_for_any_chunking(window, hop, start):
         for i, end, data in out:
             first = start + i * hop
             assert end == first + window and np.array_equal(data, x[first:end])
+            assert not data.flags.writeable  # windows overlap: one written into would change the next
+    # the samples of windows handed out stay theirs while the stream goes on (no copy per window)
+    w = Windower(window, hop, start=start)
+    kept = [(i, data) for a in range(0, x.size, 7) for i, _, data in w.push(x[a : a + 7] * 2)]
+    for a in range(0, x.size, 7):
+        w.push(-x[a : a + 7])
+    assert all(np.array_equal(data, 2 * x[start + i * hop : start + i * hop + window]) for i, data in kept)
 
 
 def test_phases_spread_streams_over_the_hop_by_their_id_alone():

@@ -14,8 +14,9 @@ class Windower:
 
     Window ``k`` covers absolute samples ``[start + k*hop, start + k*hop + window)`` of the stream
     (``start`` is 0 unless given: see ``window_start``). Only the samples a future window can
-    still use are kept (a buffer of about ``window + chunk`` samples), and the buffer is
-    preallocated and reused, so memory stays bounded on endless streams. With ``channels`` set,
+    still use are kept, in a buffer of a few windows that is written forward only: windows are
+    views of it, and when it is full the kept samples move to a fresh one (the old one lives on
+    while a window still refers to it), so memory stays bounded on endless streams. With ``channels`` set,
     chunks are ``(channels, n)`` and windows ``(channels, window)``: every row is cut exactly as
     it would be alone.
     """
@@ -55,15 +56,18 @@ class Windower:
         """Add samples ``x`` (n,) (or ``(channels, n)``); return ``[(index, end, window), ...]`` for
         the windows completed.
 
-        ``end`` is the absolute index one past the window's last sample; ``window`` is a fresh
-        ``(window,)`` (or ``(channels, window)``) array the caller may keep.
+        ``end`` is the absolute index one past the window's last sample; ``window`` is a
+        ``(window,)`` (or ``(channels, window)``) read-only view the caller may keep: samples once
+        written are never written again (see ``_append``), so no copy per window is needed.
         """
         x = np.asarray(x, dtype=self._dtype).reshape(*self._lead, -1)
         self._append(x)
         out: list[tuple[int, int, np.ndarray]] = []
         while self._next + self.window <= self._n:
             s = self._off + self._next - self._buf_start
-            out.append((self.count, self._next + self.window, self._buf[..., s : s + self.window].copy()))
+            view = self._buf[..., s : s + self.window]
+            view.flags.writeable = False  # windows overlap: a write into one would change the next
+            out.append((self.count, self._next + self.window, view))
             self.count += 1
             self._next += self.hop
         self._discard_before(self._next)
@@ -79,10 +83,11 @@ class Windower:
             n -= skip
         self._n += skip
         off, kept = self._off, self._len
-        if off + kept + n > self._buf.shape[-1]:  # out of room: the kept samples to the front
+        if off + kept + n > self._buf.shape[-1]:  # out of room: the kept samples to the front of a new buffer
+            # (a new one, not the front of this one: windows handed out are views of this one)
             size = self._buf.shape[-1]
-            buf = self._buf if kept + n <= size else np.zeros((*self._lead, max(kept + n, 2 * size)), dtype=self._dtype)
-            buf[..., :kept] = self._buf[..., off : off + kept]  # (overlapping moves are safe: numpy copies via a buffer)
+            buf = np.empty((*self._lead, size if kept + n <= size else max(kept + n, 2 * size)), dtype=self._dtype)
+            buf[..., :kept] = self._buf[..., off : off + kept]
             self._buf, self._off, off = buf, 0, 0
         self._buf[..., off + kept : off + kept + n] = x
         self._len = kept + n
@@ -94,8 +99,6 @@ class Windower:
             self._off += drop
             self._len -= drop
             self._buf_start += drop
-            if not self._len:
-                self._off = 0
 
 
 def window_start(stream_id: str, hop: int, phases: int) -> int:
