@@ -400,10 +400,12 @@ def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int |
 
 
 def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() -> None:
-    """Single-channel streams at the model's rate are windowed together in one ring array
+    """Single-channel streams at the model's rate are windowed together in one array
     (dsp/bank.py); each stream's windows are bit for bit those of a StreamDSP of its own, through
-    odd frame lengths that wrap the ring, NaN samples, and a stream that leaves the bank (a frame
-    at another rate, a frame longer than the ring takes) and carries on in a StreamDSP."""
+    odd frame lengths that run rows out of room, NaN samples, a stream that leaves the bank (a
+    frame at another rate, a frame longer than the bank takes) and carries on in a StreamDSP, and
+    a stream that joins later on the row it left. Windows are views of the bank: every one is
+    compared after the last frame, so a window written over after it was handed out fails."""
     from types import SimpleNamespace
 
     from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
@@ -414,10 +416,10 @@ def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() 
     for hop, phases in ((512, 1), (300, 1), (3000, 1), (2048, 4), (300, 3)):
         meta = SimpleNamespace(sample_rate=RATE, window=2048, hop=hop, normalization={"kind": "none"})
         bank = WindowBank(meta, hop, rows=2)  # grows while streams join
-        ids = [f"s{k}" for k in range(9)]
+        ids = [f"s{k}" for k in range(10)]  # s9 joins at frame 80
         start = {sid: window_start(sid, hop, phases) for sid in ids}  # --phases: windows start apart
         assert len(set(start.values())) == phases
-        dsps = {sid: BankDSP(bank, sid, start[sid]) for sid in ids}
+        dsps = {sid: BankDSP(bank, sid, start[sid]) for sid in ids if sid != "s9"}
         alone = {sid: StreamDSP(meta, hop=hop, normalize=False, start=start[sid]) for sid in ids}
         signal = {sid: (rng.standard_normal(80000) * 0.1).astype(np.float32) for sid in ids}
         signal["s1"][5000:5600] = np.nan
@@ -426,7 +428,10 @@ def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() 
         want: dict[str, list] = {sid: [] for sid in ids}
         for k in range(120):
             items = []
-            for sid in ids:
+            if k == 80:
+                dsps["s9"] = BankDSP(bank, "s9", start["s9"])
+                assert dsps["s9"].row in {d.row for d in dsps.values() if d.own is not None}  # a row a stream left
+            for sid in ids if k >= 80 else ids[:-1]:
                 n = 512 if sid < "s4" else int(rng.integers(1, 2100))  # some longer than the ring takes
                 rate = 11025.0 if sid == "s3" and 60 <= k < 70 else RATE  # leaves the bank at frame 60
                 x = signal[sid][at[sid] : at[sid] + n]

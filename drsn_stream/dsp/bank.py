@@ -2,12 +2,12 @@
 
 The common live case is hundreds of single-channel streams already at the model's rate: no
 resampling, only windowing. A ``StreamDSP`` per stream costs a few dozen small numpy and Python
-calls per frame; here every stream of an ingest thread is a row of one ring array, a poll's
+calls per frame; here every stream of an ingest thread is a row of one array, a poll's
 frames (one per stream, the same length) are written into their rows with one fancy index, and
-the windows they complete are cut with one more. Each stream gets exactly the windows (index,
+the windows they complete are views of their rows. Each stream gets exactly the windows (index,
 ``t_last``, samples bit for bit) its own ``StreamDSP`` would give.
 
-A stream whose frame does not fit (another rate, a frame longer than the ring allows) leaves the
+A stream whose frame does not fit (another rate, a frame longer than ``max_frame``) leaves the
 bank for good: ``BankDSP`` hands its state to a ``StreamDSP``, which carries on (a rate change
 then is counted there as usual).
 """
@@ -27,12 +27,13 @@ from drsn_stream.types import Frame, Window
 
 
 class WindowBank:
-    """The ring rows of the single-channel, model-rate streams of one ingest thread.
+    """The rows of the single-channel, model-rate streams of one ingest thread.
 
-    Row ``r`` holds the last ``ring`` samples of its stream twice over (``data[r, q]`` and
-    ``data[r, q + ring]`` are absolute sample ``a`` with ``a % ring == q``), so that every window
-    is one contiguous slice whatever its start. Frames of up to ``ring - window`` samples fit.
-    Not thread-safe: one bank per ingest thread.
+    Row ``r`` holds its stream's samples from column ``a - shift[r]`` for absolute sample ``a``,
+    written forward only: a window is a read-only view of its row (no copy per window), and
+    when a row runs out of room every row's kept samples move to the front of a fresh array
+    (the old one lives on while a window still refers to it). Frames of up to ``max_frame``
+    samples fit. Not thread-safe: one bank per ingest thread.
     """
 
     def __init__(self, meta: _Meta, hop: int | None = None, *, rows: int = 64) -> None:
@@ -40,32 +41,39 @@ class WindowBank:
         self.rate = float(meta.sample_rate)
         self.window = int(meta.window)
         self.hop = int(hop if hop is not None else meta.hop)
-        self.ring = 2 * max(self.window, self.hop)
-        self.max_frame = self.ring - self.window
+        self.max_frame = 2 * max(self.window, self.hop) - self.window
+        # a row keeps < window samples between frames, so after a move at least half is free
+        self.width = 4 * max(self.window, self.hop)
         self._rows = 0
         self._free: list[int] = []
         self._alloc(rows)
 
     def _alloc(self, rows: int) -> None:
         old = self._rows
-        data = np.zeros((rows, 2 * self.ring), dtype=np.float32)
-        state = {name: np.zeros(rows, dtype=np.int64) for name in ("seen", "next", "count", "nonfinite", "windows")}
+        data = np.zeros((rows, self.width), dtype=np.float32)
+        state = {name: np.zeros(rows, dtype=np.int64)
+                 for name in ("seen", "next", "count", "nonfinite", "windows", "shift")}
         if old:
             data[:old] = self.data
             for name, a in state.items():
                 a[:old] = getattr(self, name)
-        self.data = data
-        self._view = sliding_window_view(data, self.window, axis=1)  # (rows, 2 ring - window + 1, window)
+        self._use(data)
         for name, a in state.items():
             setattr(self, name, a)
         self._free += range(rows - 1, old - 1, -1)
         self._rows = rows
+
+    def _use(self, data: np.ndarray) -> None:
+        self.data = data
+        self._view = sliding_window_view(data, self.window, axis=1)  # (rows, width - window + 1, window), read-only
 
     def take(self, start: int = 0) -> int:
         """A free row for a new stream whose window 0 starts at sample ``start``."""
         if not self._free:
             self._alloc(2 * self._rows)
         row = self._free.pop()
+        # on from the row's last column: windows of the stream that had it may still be in use
+        self.shift[row] -= self.seen[row]
         for name in ("seen", "count", "nonfinite", "windows"):
             getattr(self, name)[row] = 0
         self.next[row] = start
@@ -107,7 +115,11 @@ class WindowBank:
             self.nonfinite[rows] += np.count_nonzero(bad, axis=1)
             x = np.where(bad, np.float32(0.0), x)
         seen = self.seen[rows]
-        self._write(rows, seen % self.ring, x)
+        col = seen - self.shift[rows]
+        if int(col.max()) + n > self.width:
+            self._move()
+            col = seen - self.shift[rows]
+        self._write(rows, col, x)
         n_in = seen  # input samples before this frame (no resampler: the same count as the windower's)
         seen = seen + n
         self.seen[rows] = seen
@@ -126,7 +138,8 @@ class WindowBank:
             step = np.arange(total) - np.repeat(np.cumsum(per) - per, per)  # its place among its frame's windows
         rows_j = rows[j]
         start = nxt[j] + step * self.hop
-        data = self._view[rows_j, start % self.ring]  # (total, window), a fresh copy
+        view = self._view
+        data = [view[r, c] for r, c in zip(rows_j.tolist(), (start - self.shift[rows_j]).tolist())]
         index = (self.count[rows_j] + step).tolist()
         j_list = j.tolist()
         t = np.fromiter([frames[i].t_capture for i in j_list], dtype=np.float64, count=total)
@@ -142,22 +155,30 @@ class WindowBank:
                    for i, ix, tl, d in zip(j_list, index, t_last, data)]
         return windows, j_list
 
-    def _write(self, rows: np.ndarray, q: np.ndarray, x: np.ndarray) -> None:
-        """Frame ``x[i]`` into ring row ``rows[i]`` from column ``q[i]``, twice over (see the class).
-        Streams that started together sit at the same column: one copy per distinct column, not
-        one per stream (an index array of every sample would cost more than the copies)."""
-        ring, data, n = self.ring, self.data, x.shape[1]
-        q0 = int(q[0])
-        groups = ([(q0, rows, x)] if (q == q0).all() else
-                  [(int(c), rows[m], x[m]) for c in np.unique(q) for m in (q == c,)])
-        for c, r, xx in groups:
-            end = c + n  # <= 2 ring: the first copy takes the frame whole, the other one ...
-            data[r, c:end] = xx
-            if end <= ring:
-                data[r, c + ring : end + ring] = xx
-            else:  # ... wraps
-                data[r, c + ring :] = xx[:, : ring - c]
-                data[r, : end - ring] = xx[:, ring - c :]
+    def _write(self, rows: np.ndarray, col: np.ndarray, x: np.ndarray) -> None:
+        """Frame ``x[i]`` into row ``rows[i]`` from column ``col[i]``. Streams that started
+        together sit at the same column: one copy per distinct column, not one per stream (an
+        index array of every sample would cost more than the copies)."""
+        data, n = self.data, x.shape[1]
+        c0 = int(col[0])
+        if (col == c0).all():
+            data[rows, c0 : c0 + n] = x
+            return
+        for c in np.unique(col).tolist():
+            m = col == c
+            data[rows[m], c : c + n] = x[m]
+
+    def _move(self) -> None:
+        """Every row's kept samples (from its next window's start) to the front of a fresh array."""
+        keep = np.minimum(self.next, self.seen)
+        src = keep - self.shift  # the column each row keeps from
+        data, old, w = np.empty_like(self.data), self.data, self.window
+        for c in np.unique(src).tolist():  # a few distinct columns: streams that started together
+            m = src == c
+            k = min(w, self.width - c)  # at most window - 1 samples are kept; the rest is not read
+            data[m, :k] = old[m, c : c + k]
+        self.shift = keep
+        self._use(data)
 
 
 class BankDSP:
@@ -222,7 +243,7 @@ class BankDSP:
         w._n, w._next, w.count = seen, nxt, int(b.count[r])
         w._buf_start = min(nxt, seen)
         w._len = seen - w._buf_start
-        q = w._buf_start % b.ring
+        q = w._buf_start - int(b.shift[r])
         w._buf[: w._len] = b.data[r, q : q + w._len]
         b.release(r)
         self.own = own
