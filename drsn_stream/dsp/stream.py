@@ -140,7 +140,7 @@ class StreamDSP:
         assert self._resampler is not None
         frame_start = self._n_in
         self._n_in += x.shape[-1]
-        y = x if self._resampler.identity else self._resampler.process(x).astype(np.float32)
+        y = x if self._resampler.identity else self._resampler.process(np.ascontiguousarray(x)).astype(np.float32)
         done = self._windower.push(y)
         if not done:
             return []
@@ -202,12 +202,13 @@ class FrameDSP(StreamDSP):
         return {sid: int(n) for sid, n in zip(self.ids, self._nonfinite) if n}
 
     def _samples(self, frame: Frame) -> np.ndarray:
-        """The frame's samples, float32 ``(channels, n)``."""
+        """The frame's samples, float32 ``(channels, n)``: a transposed view where they are float32
+        already (the windower's copy is then the only one)."""
         x = frame.samples
         if x.ndim != 2 or x.shape[1] != self._channels:
             raise ConfigError(f"stream {frame.stream_id!r} sent {x.shape[1] if x.ndim == 2 else 1} channel(s), "
                               f"this DSP follows {self._channels}; start a new one for the new layout")
-        return np.ascontiguousarray(x.T, dtype=np.float32)
+        return x.T if x.dtype == np.float32 else np.ascontiguousarray(x.T, dtype=np.float32)
 
     def _count_nonfinite(self, bad: np.ndarray) -> None:
         counts = np.count_nonzero(bad, axis=1)

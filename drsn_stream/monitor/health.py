@@ -246,6 +246,7 @@ class _Group:
     rate: float
     every: int  # samples gathered before the level tests run (<= 1: every frame)
     version: int
+    one: int = -1  # the slot of a group of one stream, else -1
 
 
 class _Rows:
@@ -254,15 +255,25 @@ class _Rows:
     groups in the same order (a source's polls bring the same streams in the same slices)."""
 
     def __init__(self, groups: list[_Group]) -> None:
-        self.groups, self.starts, k = groups, [], 0
-        for g in groups:
-            self.starts.append(k)
-            k += len(g.ids)
-        self.counts = np.fromiter((len(g.ids) for g in groups), dtype=np.int64, count=len(groups))
-        self.slots = groups[0].slots if len(groups) == 1 else np.concatenate([g.slots for g in groups])
-        self.every = np.repeat(np.fromiter((g.every for g in groups), dtype=np.int64, count=len(groups)), self.counts)
-        self.rate = np.repeat(np.fromiter((g.rate for g in groups), dtype=np.float64, count=len(groups)), self.counts)
-        self.ones = bool((self.counts == 1).all())
+        self.groups = groups
+        ones = [g.one for g in groups]
+        self.ones = min(ones) >= 0
+        if self.ones:  # plain streams, the live case, where rounds differ from poll to poll: few numpy calls
+            k = len(groups)
+            self.starts = range(k)
+            self.counts = np.ones(k, dtype=np.int64)
+            self.slots = np.array(ones, dtype=np.int64)
+            self.every = np.array([g.every for g in groups], dtype=np.int64)
+            self.rate = np.array([g.rate for g in groups], dtype=np.float64)
+        else:
+            self.starts, k = [], 0
+            for g in groups:
+                self.starts.append(k)
+                k += len(g.ids)
+            self.counts = np.fromiter((len(g.ids) for g in groups), dtype=np.int64, count=len(groups))
+            self.slots = np.concatenate([g.slots for g in groups])
+            self.every = np.repeat(np.fromiter((g.every for g in groups), dtype=np.int64, count=len(groups)), self.counts)
+            self.rate = np.repeat(np.fromiter((g.rate for g in groups), dtype=np.float64, count=len(groups)), self.counts)
         a = int(self.slots[0])
         # consecutive slots (a frame's channels, streams that started together): slices, not fancy indexes
         self.at: slice | np.ndarray = (slice(a, a + k) if (self.slots == np.arange(a, a + k)).all()
@@ -273,6 +284,8 @@ class _Rows:
             for g, start in zip(groups, self.starts)]
 
     def _at(self, j: int) -> tuple[_Group, int]:
+        if self.ones:
+            return self.groups[j], 0
         i = bisect.bisect_right(self.starts, j) - 1
         return self.groups[i], j - self.starts[i]
 
@@ -453,7 +466,7 @@ class HealthMonitor:
         if len(set(ids)) != len(ids):
             return None
         g = _Group(ids, sts, np.array([st.slot for st in sts], dtype=np.int64), rate,
-                   int(self.config.check_every_s * rate), self._version)
+                   int(self.config.check_every_s * rate), self._version, sts[0].slot if len(sts) == 1 else -1)
         self._groups[key] = g
         return g
 

@@ -448,9 +448,8 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
         for at in range(0, len(idx), per):
             part = idx[at : at + per]
             block = np.frombuffer(b"".join([payloads[i] for i in part]), dtype=dt).reshape(len(part), n, channels)
-            block = block.astype(np.float32)
-            if scale != 1.0:
-                block *= np.float32(scale)
+            # one pass: each sample converted to float32, then scaled in float32 (as astype, then *=)
+            block = block.astype(np.float32) if scale == 1.0 else np.multiply(block, np.float32(scale), dtype=np.float32)
             for i, x in zip(part, block):
                 tpl, seq, t = heads[i]
                 out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, names=tpl.names)
