@@ -404,7 +404,7 @@ def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() 
     (dsp/bank.py); each stream's windows are bit for bit those of a StreamDSP of its own, through
     odd frame lengths that run rows out of room, NaN samples, a stream that leaves the bank (a
     frame at another rate, a frame longer than the bank takes) and carries on in a StreamDSP, and
-    a stream that joins later on the row it left. Windows are views of the bank: every one is
+    a stream that joins later on a row another one left. Windows are views of the bank: every one is
     compared after the last frame, so a window written over after it was handed out fails."""
     from types import SimpleNamespace
 
@@ -432,7 +432,7 @@ def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() 
                 dsps["s9"] = BankDSP(bank, "s9", start["s9"])
                 assert dsps["s9"].row in {d.row for d in dsps.values() if d.own is not None}  # a row a stream left
             for sid in ids if k >= 80 else ids[:-1]:
-                n = 512 if sid < "s4" else int(rng.integers(1, 2100))  # some longer than the ring takes
+                n = 512 if sid < "s4" else int(rng.integers(1, 2100))  # some longer than the bank takes
                 rate = 11025.0 if sid == "s3" and 60 <= k < 70 else RATE  # leaves the bank at frame 60
                 x = signal[sid][at[sid] : at[sid] + n]
                 items.append((Frame(sid, k, 1.7e9 + at[sid] / RATE, rate, x[:, None]), dsps[sid]))
