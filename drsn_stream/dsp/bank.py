@@ -156,29 +156,30 @@ class WindowBank:
         return windows, j_list
 
     def _write(self, rows: np.ndarray, col: np.ndarray, x: np.ndarray) -> None:
-        """Frame ``x[i]`` into row ``rows[i]`` from column ``col[i]``. Streams that started
-        together sit at the same column: one copy per distinct column, not one per stream (an
-        index array of every sample would cost more than the copies)."""
+        """Frame ``x[i]`` into row ``rows[i]`` from column ``col[i]``."""
         data, n = self.data, x.shape[1]
-        c0 = int(col[0])
-        if (col == c0).all():
-            data[rows, c0 : c0 + n] = x
-            return
-        for c in np.unique(col).tolist():
-            m = col == c
+        for c, m in _by_column(col):
             data[rows[m], c : c + n] = x[m]
 
     def _move(self) -> None:
         """Every row's kept samples (from its next window's start) to the front of a fresh array."""
         keep = np.minimum(self.next, self.seen)
-        src = keep - self.shift  # the column each row keeps from
         data, old, w = np.empty_like(self.data), self.data, self.window
-        for c in np.unique(src).tolist():  # a few distinct columns: streams that started together
-            m = src == c
+        for c, m in _by_column(keep - self.shift):  # the column each row keeps from
             k = min(w, self.width - c)  # at most window - 1 samples are kept; the rest is not read
             data[m, :k] = old[m, c : c + k]
         self.shift = keep
         self._use(data)
+
+
+def _by_column(col: np.ndarray) -> list[tuple[int, Any]]:
+    """``(column, which rows)`` for each distinct column of ``col``. Streams that started together
+    sit at the same column: one copy per distinct column, not one per stream (an index array of
+    every sample would cost more than the copies)."""
+    c0 = int(col[0])
+    if (col == c0).all():
+        return [(c0, slice(None))]
+    return [(c, col == c) for c in np.unique(col).tolist()]
 
 
 class BankDSP:

@@ -34,9 +34,15 @@ class Windower:
         self._dtype = np.dtype(dtype)
         self._lead: tuple[int, ...] = () if channels is None else (int(channels),)
         # room for several hops past a window: dropping samples moves an offset, and the kept
-        # samples are moved to the front only when the room runs out, not on every push
-        self._buf = np.zeros((*self._lead, 4 * self.window), dtype=self._dtype)
+        # samples move to the front of a fresh buffer only when the room runs out, not on every push
+        self._use(np.zeros((*self._lead, 4 * self.window), dtype=self._dtype))
         self.reset()
+
+    def _use(self, buf: np.ndarray) -> None:
+        self._buf = buf
+        # windows are slices of a read-only view (windows overlap: a write into one would change the next)
+        self._ro = buf.view()
+        self._ro.flags.writeable = False
 
     def reset(self) -> None:
         """Forget buffered samples; the next sample is sample 0 again (the next window starts at ``start``)."""
@@ -65,9 +71,7 @@ class Windower:
         out: list[tuple[int, int, np.ndarray]] = []
         while self._next + self.window <= self._n:
             s = self._off + self._next - self._buf_start
-            view = self._buf[..., s : s + self.window]
-            view.flags.writeable = False  # windows overlap: a write into one would change the next
-            out.append((self.count, self._next + self.window, view))
+            out.append((self.count, self._next + self.window, self._ro[..., s : s + self.window]))
             self.count += 1
             self._next += self.hop
         self._discard_before(self._next)
@@ -88,7 +92,8 @@ class Windower:
             size = self._buf.shape[-1]
             buf = np.empty((*self._lead, size if kept + n <= size else max(kept + n, 2 * size)), dtype=self._dtype)
             buf[..., :kept] = self._buf[..., off : off + kept]
-            self._buf, self._off, off = buf, 0, 0
+            self._use(buf)
+            self._off = off = 0
         self._buf[..., off + kept : off + kept + n] = x
         self._len = kept + n
         self._n += n

@@ -258,22 +258,21 @@ class _Rows:
         self.groups = groups
         ones = [g.one for g in groups]
         self.ones = min(ones) >= 0
+        self.every = np.array([g.every for g in groups], dtype=np.int64)
+        self.rate = np.array([g.rate for g in groups], dtype=np.float64)
         if self.ones:  # plain streams, the live case, where rounds differ from poll to poll: few numpy calls
             k = len(groups)
             self.starts = range(k)
             self.counts = np.ones(k, dtype=np.int64)
             self.slots = np.array(ones, dtype=np.int64)
-            self.every = np.array([g.every for g in groups], dtype=np.int64)
-            self.rate = np.array([g.rate for g in groups], dtype=np.float64)
-        else:
+        else:  # a row per channel: each group's values repeated over its rows
             self.starts, k = [], 0
             for g in groups:
                 self.starts.append(k)
                 k += len(g.ids)
             self.counts = np.fromiter((len(g.ids) for g in groups), dtype=np.int64, count=len(groups))
             self.slots = np.concatenate([g.slots for g in groups])
-            self.every = np.repeat(np.fromiter((g.every for g in groups), dtype=np.int64, count=len(groups)), self.counts)
-            self.rate = np.repeat(np.fromiter((g.rate for g in groups), dtype=np.float64, count=len(groups)), self.counts)
+            self.every, self.rate = np.repeat(self.every, self.counts), np.repeat(self.rate, self.counts)
         a = int(self.slots[0])
         # consecutive slots (a frame's channels, streams that started together): slices, not fancy indexes
         self.at: slice | np.ndarray = (slice(a, a + k) if (self.slots == np.arange(a, a + k)).all()

@@ -309,10 +309,13 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
 
 
 def _samples(payload: Any, dt: np.dtype, n: int, channels: int, scale: float) -> np.ndarray:
-    samples = np.frombuffer(payload, dtype=dt).reshape(n, channels).astype(np.float32)
-    if scale != 1.0:
-        samples *= np.float32(scale)
-    return samples
+    return _float32(np.frombuffer(payload, dtype=dt).reshape(n, channels), scale)
+
+
+def _float32(raw: np.ndarray, scale: float) -> np.ndarray:
+    """``raw`` samples as float32 in physical units, in one pass: each converted to float32, then
+    multiplied by ``scale`` in float32 (``decode`` and ``to_frames`` give the same bits)."""
+    return raw.astype(np.float32) if scale == 1.0 else np.multiply(raw, np.float32(scale), dtype=np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,8 +451,7 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
         for at in range(0, len(idx), per):
             part = idx[at : at + per]
             block = np.frombuffer(b"".join([payloads[i] for i in part]), dtype=dt).reshape(len(part), n, channels)
-            # one pass: each sample converted to float32, then scaled in float32 (as astype, then *=)
-            block = block.astype(np.float32) if scale == 1.0 else np.multiply(block, np.float32(scale), dtype=np.float32)
+            block = _float32(block, scale)
             for i, x in zip(part, block):
                 tpl, seq, t = heads[i]
                 out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, names=tpl.names)
