@@ -80,7 +80,8 @@ def test_a_decoder_gives_what_decode_gives_for_good_and_hostile_messages() -> No
 
 def test_a_polls_payloads_converted_together_give_what_decode_gives_each() -> None:
     """``to_frames`` converts the payloads of many messages per layout in blocks (here several
-    blocks per layout, two layouts interleaved): every frame is the one ``decode`` gives alone."""
+    blocks per layout, two layouts interleaved; big float32 payloads as views of themselves):
+    every frame is the one ``decode`` gives alone."""
     from drsn_stream.sources.wire import CONVERT_BYTES, to_frames
 
     rng = np.random.default_rng(9)
@@ -96,8 +97,14 @@ def test_a_polls_payloads_converted_together_give_what_decode_gives_each() -> No
         decoder.decode(parts, now=now)  # learns both templates
     heads = [decoder.head(p[0], p[1], len(p[2]), now) for p in messages]
     assert None not in heads
-    got = to_frames(heads, [p[2] for p in messages])
+    # big float32 payloads are used where they lie, one of them at an odd address (as bytes in
+    # a socket's receive buffer may be): the same samples, aligned, and the views cannot be written to
+    payloads = [p[2] for p in messages]
+    payloads[2] = memoryview(b"\0" + payloads[2])[1:]
+    got = to_frames(heads, payloads)
     assert [_outcome(lambda _, f=f: f, None) for f in got] == [_outcome(decode, p) for p in messages]
+    assert all(f.samples.flags.aligned for f in got)  # the odd one copied
+    assert not any(f.samples.flags.writeable for f in got[::2] if f.seq != 1)
 
 
 def test_a_poll_of_good_and_hostile_messages_loses_only_the_hostile_ones(free_tcp_port: int) -> None:

@@ -34,6 +34,7 @@ DTYPES: dict[str, np.dtype] = {
     "int16": np.dtype("<i2"),
     "int32": np.dtype("<i4"),
 }
+_F32 = np.dtype(np.float32)  # the machine's own float32: a payload in it needs no conversion
 # Integers without an explicit scale are read as fractions of full scale (the audio convention).
 DEFAULT_SCALE = {"float32": 1.0, "float64": 1.0, "int16": 1.0 / 32768.0, "int32": 1.0 / 2147483648.0}
 MIN_RATE, MAX_RATE = 1.0, 1e6  # Hz
@@ -340,6 +341,10 @@ class _Template:
 _SEQ_T = re.compile(rb',"seq":(0|[1-9][0-9]{0,18}),"t":(-?(?:0|[1-9][0-9]{0,20})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?),')
 MAX_TEMPLATES = 4096  # header templates a Decoder keeps (one per stream and layout); then it starts over
 CONVERT_BYTES = 256 << 10  # payload bytes to_frames converts in one numpy step at most
+# a float32 payload at least this big is used where it lies (a read-only view of the message),
+# not copied into a block: its bytes arrive cold from the socket's I/O thread, and the copy cost
+# more than one numpy call per message (docs/performance.md)
+VIEW_BYTES = 8 << 10
 Head = tuple[_Template, int, float]  # a known message's template, seq and t
 
 
@@ -434,7 +439,8 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
     """The frames of messages ``Decoder.head`` accepted, their payloads (bytes or any buffer)
     converted in one numpy step per layout (dtype, n, channels, scale) rather than one per
     message: the same samples, bit for bit, as ``decode`` gives each. A frame's samples are a
-    view of its layout's block."""
+    view of its layout's block, or, for big native float32 payloads (``VIEW_BYTES``), a read-only
+    view of the payload itself."""
     if not heads:
         return []
     layout = heads[0][0].layout
@@ -446,6 +452,13 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
             groups.setdefault(h[0].layout, []).append(i)
     out: list[Frame] = [None] * len(heads)  # type: ignore[list-item]
     for (dt, n, channels, scale), idx in groups.items():
+        if scale == 1.0 and dt == _F32 and n * channels * 4 >= VIEW_BYTES:
+            for i in idx:
+                tpl, seq, t = heads[i]
+                x = np.frombuffer(payloads[i], dtype=dt).reshape(n, channels)
+                # a message's bytes where its socket put them need not be 4-byte aligned
+                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x if x.flags.aligned else x.copy(), names=tpl.names)
+            continue
         # blocks of at most CONVERT_BYTES: they stay in the CPU's cache and need no fresh pages
         per = max(1, CONVERT_BYTES // (n * channels * dt.itemsize))
         for at in range(0, len(idx), per):
