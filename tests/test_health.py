@@ -378,6 +378,29 @@ def test_the_level_kernel_as_plain_python_agrees_with_numpy() -> None:
         assert np.allclose(getattr(banks[0], name), getattr(banks[1], name), rtol=1e-9), name
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not levels_jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
+def test_the_level_kernel_finds_a_rows_extremes_wherever_they_are(compiled) -> None:
+    """The kernel reads a row's extremes in several lanes and a tail: a peak or a trough at any
+    place in a row of any length is the one the clipping test keeps."""
+    from drsn_stream.monitor.health_levels import LevelBank
+
+    cfg = HealthConfig()
+    rng = np.random.default_rng(11)
+    for n in range(1, 11):
+        for at in range(n):
+            bank = LevelBank(rows=2)
+            bank.pend_room(n)
+            slots = np.array([bank.take(), bank.take()])
+            x = rng.uniform(-0.5, 0.5, (2, n)).astype(np.float32)
+            x[0, at], x[1, at] = 0.9, -0.9
+            bank.pend[slots, :n] = x
+            levels_jit.levels_rows(cfg, bank, slots, np.full(2, n), np.full(2, RATE),
+                                   kernel=None if compiled else levels_jit._levels_py)
+            assert list(bank.blk_max[slots]) == [np.float32(0.9), x[1].max()], (n, at)
+            assert list(bank.blk_min[slots]) == [x[0].min(), np.float32(-0.9)], (n, at)
+
+
 @pytest.mark.skipif(not levels_jit.available(), reason="numba is not installed")
 def test_the_level_tests_compile_where_numba_has_no_folder_to_cache_in(monkeypatch) -> None:
     """A package installed where its folder is read-only (and no user cache): numba refuses

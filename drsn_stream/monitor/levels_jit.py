@@ -90,18 +90,25 @@ def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901,
         codes[j] = 0
         clipped[j] = 0
         steps[j] = 0
-        # pass 1: sum, extremes
-        hi = pend[s, 0]
-        lo = pend[s, 0]
+        # pass 1: sum, then extremes (meaningless with NaN/Inf: s1 says so first)
         s1 = 0.0
         for i in range(n):
-            v = pend[s, i]
-            s1 += np.float64(v)
-            hi = max(hi, v)
-            lo = min(lo, v)
+            s1 += np.float64(pend[s, i])
         if not math.isfinite(s1):
             codes[j] = CODE_NON_FINITE
             continue
+        # in four running lanes: one chain of compares, sample after sample, is what the CPU
+        # would wait on (the compiler does not vectorize a float max reduction by itself)
+        h0 = h1 = h2 = h3 = l0 = l1 = l2 = l3 = pend[s, 0]
+        m = n - n % 4
+        for i in range(0, m, 4):
+            v0, v1, v2, v3 = pend[s, i], pend[s, i + 1], pend[s, i + 2], pend[s, i + 3]
+            h0, h1, h2, h3 = max(h0, v0), max(h1, v1), max(h2, v2), max(h3, v3)
+            l0, l1, l2, l3 = min(l0, v0), min(l1, v1), min(l2, v2), min(l3, v3)
+        for i in range(m, n):
+            h0, l0 = max(h0, pend[s, i]), min(l0, pend[s, i])
+        hi = max(max(h0, h1), max(h2, h3))
+        lo = min(min(l0, l1), min(l2, l3))
         mean = s1 / n
         mean32 = np.float32(mean)
         # pass 2: centred sum of squares, samples at the extremes, at full scale
