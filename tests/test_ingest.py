@@ -80,8 +80,8 @@ def test_a_decoder_gives_what_decode_gives_for_good_and_hostile_messages() -> No
 
 def test_a_polls_payloads_converted_together_give_what_decode_gives_each() -> None:
     """``to_frames`` converts the payloads of many messages per layout in blocks (here several
-    blocks per layout, two layouts interleaved; big float32 payloads as views of themselves):
-    every frame is the one ``decode`` gives alone."""
+    blocks of one layout, three layouts interleaved; big float32 payloads as views of
+    themselves): every frame is the one ``decode`` gives alone."""
     from drsn_stream.sources.wire import CONVERT_BYTES, to_frames
 
     rng = np.random.default_rng(9)
@@ -91,20 +91,21 @@ def test_a_polls_payloads_converted_together_give_what_decode_gives_each() -> No
         messages.append(encode("big", k, now + k, RATE, rng.standard_normal((8192, 4)).astype(np.float32)))
         messages.append(encode("gw/2", k, now + k, 25600.0, rng.standard_normal((256, 3)), dtype="int16",
                                scale=1e-3, names=["x", "y", "z"]))
-    assert 12 * 8192 * 4 * 4 > 3 * CONVERT_BYTES  # "big" takes several blocks
+        messages.append(encode("f64", k, now + k, RATE, rng.standard_normal((8192, 2)), dtype="float64"))
+    assert 12 * 8192 * 2 * 8 > 3 * CONVERT_BYTES  # "f64" takes several blocks
     decoder = Decoder()
-    for parts in messages[:2]:
-        decoder.decode(parts, now=now)  # learns both templates
+    for parts in messages[:3]:
+        decoder.decode(parts, now=now)  # learns the templates
     heads = [decoder.head(p[0], p[1], len(p[2]), now) for p in messages]
     assert None not in heads
     # big float32 payloads are used where they lie, one of them at an odd address (as bytes in
     # a socket's receive buffer may be): the same samples, aligned, and the views cannot be written to
     payloads = [p[2] for p in messages]
-    payloads[2] = memoryview(b"\0" + payloads[2])[1:]
+    payloads[3] = memoryview(b"\0" + payloads[3])[1:]
     got = to_frames(heads, payloads)
     assert [_outcome(lambda _, f=f: f, None) for f in got] == [_outcome(decode, p) for p in messages]
     assert all(f.samples.flags.aligned for f in got)  # the odd one copied
-    assert not any(f.samples.flags.writeable for f in got[::2] if f.seq != 1)
+    assert not any(f.samples.flags.writeable for f in got[::3] if f.seq != 1)
 
 
 def test_a_poll_of_good_and_hostile_messages_loses_only_the_hostile_ones(free_tcp_port: int) -> None:
