@@ -12,6 +12,7 @@ import pytest
 import scipy.io.wavfile
 import zmq
 
+from drsn_stream import jit
 from drsn_stream.app.ingest import INGEST_SLICE, INGEST_SLICE_MAX, slices
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.monitor.health import HealthMonitor
@@ -407,23 +408,31 @@ def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int |
         assert row["ingest_us_per_frame"] > 0
 
 
-def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp() -> None:
+@pytest.mark.parametrize("step", ["numpy", pytest.param("compiled", marks=pytest.mark.skipif(
+    not jit.available(), reason="numba is not installed")), "python"])
+def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp(step, monkeypatch) -> None:
     """Single-channel streams at the model's rate are windowed together in one array
     (dsp/bank.py); each stream's windows are bit for bit those of a StreamDSP of its own, through
     odd frame lengths that run rows out of room, NaN samples, a stream that leaves the bank (a
     frame at another rate, a frame longer than the bank takes) and carries on in a StreamDSP, and
     a stream that joins later on a row another one left. Windows are views of the bank: every one is
-    compared after the last frame, so a window written over after it was handed out fails."""
+    compared after the last frame, so a window written over after it was handed out fails. The
+    bank's step in numpy, compiled (dsp/bank_jit.py) and the compiled step's code as plain Python."""
     from types import SimpleNamespace
 
+    from drsn_stream.dsp import bank_jit
     from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
     from drsn_stream.dsp.stream import StreamDSP
     from drsn_stream.dsp.window import window_start
 
+    if step == "python":
+        monkeypatch.setattr(bank_jit, "kernel", lambda: bank_jit._step_py)
     rng = np.random.default_rng(7)
     for hop, phases in ((512, 1), (300, 1), (3000, 1), (2048, 4), (300, 3)):
         meta = SimpleNamespace(sample_rate=RATE, window=2048, hop=hop, normalization={"kind": "none"})
-        bank = WindowBank(meta, hop, rows=2)  # grows while streams join
+        bank = WindowBank(meta, hop, rows=2, compiled=step == "compiled")  # grows while streams join
+        if step == "python":
+            bank.compiled = True
         ids = [f"s{k}" for k in range(10)]  # s9 joins at frame 80
         start = {sid: window_start(sid, hop, phases) for sid in ids}  # --phases: windows start apart
         assert len(set(start.values())) == phases

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from drsn_stream.dsp import FrameDSP, StreamDSP
+from drsn_stream.dsp import FrameDSP, StreamDSP, bank_jit
 from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
@@ -79,6 +79,7 @@ class Ingest:
         self.lock = lock if lock is not None else threading.Lock()
         self.dsp: dict[str, StreamDSP | BankDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
         self._banks: dict[int, WindowBank] = {}  # by id(source): each source's single-channel streams
+        self._compiled = bank_jit.warm()  # now, not on the ingest thread's first frame
 
     def runs(self, frames: list[Frame]) -> list[list[Frame]]:
         """A poll's frames in the runs they go through (``slices``). With phases, the streams
@@ -210,7 +211,7 @@ class Ingest:
         if ids is None and frame.sample_rate == self.meta.sample_rate:
             bank = self._banks.get(id(source))
             if bank is None:
-                bank = self._banks[id(source)] = WindowBank(self.meta, self.hop)
+                bank = self._banks[id(source)] = WindowBank(self.meta, self.hop, compiled=self._compiled)
             dsp = self.dsp[frame.stream_id] = BankDSP(bank, frame.stream_id, start)
         else:
             dsp = self.dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.hop, start)

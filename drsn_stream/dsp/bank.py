@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from drsn_stream.dsp import bank_jit
 from drsn_stream.dsp.resample import StreamingResampler
 from drsn_stream.dsp.stream import StreamDSP, _Meta
 from drsn_stream.types import Frame, Window
@@ -36,8 +37,18 @@ class WindowBank:
     samples fit. Not thread-safe: one bank per ingest thread.
     """
 
-    def __init__(self, meta: _Meta, hop: int | None = None, *, rows: int = 64) -> None:
+    def __init__(self, meta: _Meta, hop: int | None = None, *, rows: int = 64, compiled: bool | None = None) -> None:
+        """Args:
+        meta, hop: as for ``StreamDSP``.
+        rows: rows to start with (doubled when they run out).
+        compiled: the step of a round compiled (``bank_jit``, where numba is there: compiled or
+            loaded now); False: numpy; True: compiled or an error.
+        """
         self.meta, self.hop_arg = meta, hop
+        self.compiled = bank_jit.warm() if compiled is None or compiled else False
+        if compiled and not self.compiled:
+            raise RuntimeError("the compiled window bank step is not available (numba is missing or refused it)")
+        self._out = np.empty((5, 0), dtype=np.int64)
         self.rate = float(meta.sample_rate)
         self.window = int(meta.window)
         self.hop = int(hop if hop is not None else meta.hop)
@@ -107,6 +118,26 @@ class WindowBank:
         except ValueError:
             x = np.concatenate([a.reshape(-1) for a in xs])
         x = x.reshape(len(xs), -1).astype(np.float32, copy=False)
+        found = self._step_compiled(rows, x) if self.compiled else self._step(rows, x)
+        if found is None:
+            return [], []
+        row_w, col_w, index, j, start, n_in = found
+        view = self._view
+        data = [view[r, c] for r, c in zip(row_w.tolist(), col_w.tolist())]
+        j_list = j.tolist()
+        t = np.fromiter([frames[i].t_capture for i in j_list], dtype=np.float64, count=len(j_list))
+        # as StreamDSP._t_last: t_capture + (end - 1 - out_base) / rate - frame_start / rate, where
+        # out_base is 0 (a bank stream never changed its rate)
+        t_last = (t + (start + self.window - 1) / self.rate - n_in / self.rate).tolist()
+        now = time.time()
+        windows = [Window(dsps[i].stream_id, ix, tl, d, now, 0.0, False)
+                   for i, ix, tl, d in zip(j_list, index.tolist(), t_last, data)]
+        return windows, j_list
+
+    def _step(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """Frames ``x`` (frames, n) into rows ``rows``, the streams' counters moved on; for the
+        windows they complete (None: none), frame by frame: each one's row, column, index, frame,
+        start, and the samples of its frame's stream before that frame."""
         n = x.shape[1]
         # a finite sum means every sample is finite (see StreamDSP.push); one that overflowed only
         # sends these frames the long way, which finds nothing to count
@@ -128,7 +159,7 @@ class WindowBank:
         k = np.where(ready >= 0, ready // self.hop + 1, 0)  # windows each frame completes
         total = int(k.sum())
         if not total:
-            return [], []
+            return None
         has = np.flatnonzero(k)
         per = k[has]
         if total == len(has):  # one window per frame that completes any: no repeats needed
@@ -138,22 +169,33 @@ class WindowBank:
             step = np.arange(total) - np.repeat(np.cumsum(per) - per, per)  # its place among its frame's windows
         rows_j = rows[j]
         start = nxt[j] + step * self.hop
-        view = self._view
-        data = [view[r, c] for r, c in zip(rows_j.tolist(), (start - self.shift[rows_j]).tolist())]
-        index = (self.count[rows_j] + step).tolist()
-        j_list = j.tolist()
-        t = np.fromiter([frames[i].t_capture for i in j_list], dtype=np.float64, count=total)
-        # as StreamDSP._t_last: t_capture + (end - 1 - out_base) / rate - frame_start / rate, where
-        # out_base is 0 (a bank stream never changed its rate)
-        t_last = (t + (start + self.window - 1) / self.rate - n_in[j] / self.rate).tolist()
+        found = (rows_j, start - self.shift[rows_j], self.count[rows_j] + step, j, start, n_in[j])
         rows_has = rows[has]
         self.next[rows_has] += per * self.hop
         self.count[rows_has] += per
         self.windows[rows_has] += per
-        now = time.time()
-        windows = [Window(dsps[i].stream_id, ix, tl, d, now, 0.0, False)
-                   for i, ix, tl, d in zip(j_list, index, t_last, data)]
-        return windows, j_list
+        return found
+
+    def _step_compiled(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """``_step`` in one compiled call (``bank_jit``)."""
+        m, n = x.shape
+        cap = m * ((n - 1) // self.hop + 1)  # a frame completes at most this many windows each
+        if self._out.shape[1] < cap:
+            self._out = np.empty((5, 2 * cap), dtype=np.int64)
+        n_in, out, kernel = np.empty(m, dtype=np.int64), self._out, bank_jit.kernel()
+        x = np.ascontiguousarray(x)
+        for _ in range(2):
+            total = kernel(self.data, rows, x, self.seen, self.shift, self.next, self.count, self.windows,
+                           self.nonfinite, self.width, self.window, self.hop, n_in, out)
+            if total >= 0:
+                break
+            self._move()  # a frame did not fit its row: after the move every one does
+        if total < 0:
+            raise RuntimeError(f"a frame of {n} samples does not fit its window bank row after a move")
+        if not total:
+            return None
+        o = out[:, :total]
+        return o[0], o[1], o[2], o[3], o[4], n_in[o[3]]
 
     def _write(self, rows: np.ndarray, col: np.ndarray, x: np.ndarray) -> None:
         """Frame ``x[i]`` into row ``rows[i]`` from column ``col[i]``."""

@@ -1,0 +1,105 @@
+"""The ``WindowBank``'s step for a round of frames compiled (numba): one call instead of some
+thirty numpy calls per round.
+
+``WindowBank.push_flat`` writes a round's frames into their rows and finds the windows they
+complete with numpy over arrays of streams; a live poll's rounds hold a few dozen frames, so
+the fixed cost of those calls is paid for few frames. Here the same bookkeeping runs in one
+loop over the round's frames: each frame's samples copied into its row (NaN/Inf written as 0
+and counted), its stream's counters moved on, and every window it completes listed (row,
+column, index, frame, start). The windows themselves, views of the rows, are made by the bank
+as before: the same windows, bit for bit, as the numpy path gives (the tests run both).
+
+Used where numba imports (``drsn_stream.jit``); without it the numpy path runs. ``warm()``
+compiles (or loads from numba's cache) before a monitor's streams arrive.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from drsn_stream import jit
+
+_lock = threading.Lock()
+_kernel: Any = None
+_failed: str | None = None
+
+
+def _step_py(data, rows, x, seen, shift, nxt, count, windows, nonfinite, width, window, hop, n_in, out):
+    """Frame ``i`` of ``x`` (frames, samples) into row ``rows[i]`` of ``data``, after the samples
+    the row holds. Returns how many windows the frames complete, listed in ``out`` (row, column,
+    index, frame, start; frame by frame, each frame's in order), or -1, with nothing changed,
+    when a frame does not fit its row (the bank moves its rows to a fresh array first).
+    ``n_in[i]``: the samples of frame ``i``'s stream before it. (Compiled by numba; as plain
+    Python it runs too, slowly: the tests compare it with the numpy path that way.)"""
+    m = x.shape[0]
+    n = x.shape[1]
+    for i in range(m):
+        r = rows[i]
+        if seen[r] - shift[r] + n > width:
+            return -1
+    total = 0
+    for i in range(m):
+        r = rows[i]
+        c = seen[r] - shift[r]
+        bad = 0
+        for k in range(n):
+            v = x[i, k]
+            ok = v - v == 0  # False for NaN and +-Inf alone
+            data[r, c + k] = v if ok else np.float32(0.0)
+            bad += not ok
+        nonfinite[r] += bad
+        n_in[i] = seen[r]
+        s = seen[r] + n
+        seen[r] = s
+        ready = s - window - nxt[r]
+        if ready >= 0:
+            more = ready // hop + 1
+            for q in range(more):
+                start = nxt[r] + q * hop
+                out[0, total] = r
+                out[1, total] = start - shift[r]
+                out[2, total] = count[r] + q
+                out[3, total] = i
+                out[4, total] = start
+                total += 1
+            nxt[r] += more * hop
+            count[r] += more
+            windows[r] += more
+    return total
+
+
+def available() -> bool:
+    """Whether the compiled step can be used (numba imported and, once tried, compiled)."""
+    return jit.available() and _failed is None
+
+
+def warm() -> bool:
+    """Compile (or load from the cache) now rather than on a poll's first round; False when the
+    compiled path is not available."""
+    global _kernel, _failed
+    if not jit.available():
+        return False
+    with _lock:
+        if _kernel is None and _failed is None:
+            try:
+                kernel = jit.compile_kernel(_step_py)
+                _run_tiny(kernel)
+                _kernel = kernel
+            except Exception as exc:  # noqa: BLE001 - the numpy path takes over
+                _failed = f"{type(exc).__name__}: {exc}"
+    return _kernel is not None
+
+
+def kernel() -> Any:
+    """The compiled step (``warm()`` first)."""
+    return _kernel
+
+
+def _run_tiny(kernel: Any) -> None:
+    """One call on throwaway arrays of the types every real call uses."""
+    z = np.zeros(1, dtype=np.int64)
+    kernel(np.zeros((1, 8), dtype=np.float32), z.copy(), np.zeros((1, 2), dtype=np.float32), z.copy(), z.copy(),
+           z.copy(), z.copy(), z.copy(), z.copy(), 8, 2, 1, z.copy(), np.zeros((5, 2), dtype=np.int64))
