@@ -408,6 +408,29 @@ def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int |
         assert row["ingest_us_per_frame"] > 0
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
+def test_the_compiled_bank_step_refuses_what_does_not_fit_instead_of_writing_past_it(compiled) -> None:
+    """The compiled step writes without bounds checks: a frame past its row's room, or more
+    windows than its list holds, are refused (-1, nothing changed; -2) rather than written."""
+    from drsn_stream.dsp import bank_jit
+
+    step = bank_jit.kernel() if compiled and bank_jit.warm() else bank_jit._step_py
+
+    def run(width: int, room: int):
+        state = [np.zeros(1, dtype=np.int64) for _ in range(6)]  # seen, shift, next, count, windows, nonfinite
+        data, out = np.zeros((1, 64), dtype=np.float32), np.zeros((5, room), dtype=np.int64)
+        total = step(data, np.zeros(1, dtype=np.int64), np.ones((1, 16), dtype=np.float32), *state,
+                     width, 4, 2, np.zeros(1, dtype=np.int64), out)
+        return total, data, state
+
+    total, data, state = run(8, 7)  # 16 samples into 8 columns
+    assert total == -1 and not data.any() and not any(a.any() for a in state)
+    assert run(64, 6)[0] == -2  # 16 samples, window 4, hop 2: 7 windows
+    total, data, state = run(64, 7)
+    assert total == 7 and data[0, :16].all() and not data[0, 16:].any() and state[0][0] == 16
+
+
 @pytest.mark.parametrize("step", ["numpy", pytest.param("compiled", marks=pytest.mark.skipif(
     not jit.available(), reason="numba is not installed")), "python"])
 def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp(step, monkeypatch) -> None:

@@ -187,11 +187,11 @@ class WindowBank:
         for _ in range(2):
             total = kernel(self.data, rows, x, self.seen, self.shift, self.next, self.count, self.windows,
                            self.nonfinite, self.width, self.window, self.hop, n_in, out)
-            if total >= 0:
+            if total != -1:
                 break
             self._move()  # a frame did not fit its row: after the move every one does
         if total < 0:
-            raise RuntimeError(f"a frame of {n} samples does not fit its window bank row after a move")
+            raise RuntimeError(f"the window bank's step refused a round of {m} frames of {n} samples ({total})")
         if not total:
             return None
         o = out[:, :total]

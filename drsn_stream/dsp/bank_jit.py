@@ -31,7 +31,9 @@ def _step_py(data, rows, x, seen, shift, nxt, count, windows, nonfinite, width, 
     """Frame ``i`` of ``x`` (frames, samples) into row ``rows[i]`` of ``data``, after the samples
     the row holds. Returns how many windows the frames complete, listed in ``out`` (row, column,
     index, frame, start; frame by frame, each frame's in order), or -1, with nothing changed,
-    when a frame does not fit its row (the bank moves its rows to a fresh array first).
+    when a frame does not fit its row (the bank moves its rows to a fresh array first); -2 when
+    ``out`` is too small for the windows (its caller sizes it: a frame of ``n`` samples completes
+    at most ``(n - 1) // hop + 1``).
     ``n_in[i]``: the samples of frame ``i``'s stream before it. (Compiled by numba; as plain
     Python it runs too, slowly: the tests compare it with the numpy path that way.)"""
     m = x.shape[0]
@@ -57,6 +59,8 @@ def _step_py(data, rows, x, seen, shift, nxt, count, windows, nonfinite, width, 
         ready = s - window - nxt[r]
         if ready >= 0:
             more = ready // hop + 1
+            if total + more > out.shape[1]:  # not when the bank sized ``out`` (memory safety, not a case)
+                return -2
             for q in range(more):
                 start = nxt[r] + q * hop
                 out[0, total] = r
