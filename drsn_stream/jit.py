@@ -10,6 +10,7 @@ compiles its own.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -41,3 +42,40 @@ def compile_kernel(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]
         except Exception as exc:  # noqa: BLE001 - said below, with numba's reason
             error = exc
     raise RuntimeError(f"numba cannot compile {fn.__name__}: {type(error).__name__}: {error}") from error
+
+
+class Kernels:
+    """Kernels compiled together once per process, on the first ``get()``: ``build()`` compiles
+    them (``compile_kernel``, or loads them from numba's cache) and runs them once on throwaway
+    arrays. A failure is kept and said by ``why_not()``; the caller's numpy path stays."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._built: Any = None
+        self._failed: str | None = None
+
+    def get(self) -> Any:
+        """What ``build`` returned, or None (no numba, or it refused)."""
+        if numba is None:
+            return None
+        built = self._built
+        if built is not None:  # the hot path: no lock once built
+            return built
+        with self._lock:
+            if self._built is None and self._failed is None:
+                try:
+                    self._built = self._build()
+                except Exception as exc:  # noqa: BLE001 - the numpy path takes over
+                    self._failed = f"{type(exc).__name__}: {exc}"
+        return self._built
+
+    def available(self) -> bool:
+        """Whether they can be used (numba imported and, once tried, compiled)."""
+        return numba is not None and self._failed is None
+
+    def why_not(self) -> str:
+        """Why they cannot be used ("" when they can)."""
+        if numba is None:
+            return "numba is not installed (or DRSN_STREAM_JIT=0)"
+        return self._failed or ""

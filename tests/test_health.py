@@ -413,8 +413,7 @@ def test_the_level_tests_compile_where_numba_has_no_folder_to_cache_in(monkeypat
         return real(*args, cache=False, **kwargs)
 
     monkeypatch.setattr(jit.numba, "njit", njit)
-    for name in ("_kernel", "_gather", "_failed"):
-        monkeypatch.setattr(levels_jit, name, None)
+    monkeypatch.setattr(levels_jit, "_compiled", jit.Kernels(levels_jit._build))  # not tried yet
     assert levels_jit.warm() and levels_jit.available()
     assert HealthMonitor().compiled
 
@@ -431,8 +430,7 @@ def test_a_kernel_numba_cannot_compile_leaves_health_on_numpy(monkeypatch) -> No
         raise RuntimeError("LLVM says no")
 
     monkeypatch.setattr(jit, "compile_kernel", refuse)
-    for name in ("_kernel", "_gather", "_failed"):
-        monkeypatch.setattr(levels_jit, name, None)
+    monkeypatch.setattr(levels_jit, "_compiled", jit.Kernels(levels_jit._build))  # not tried yet
     health = HealthMonitor()
     assert not health.compiled and "LLVM says no" in levels_jit.why_not()
     frames = [Frame(f"s{i}", 0, 1000.0, RATE, np.full((CHUNK, 1), 0.5, np.float32)) for i in range(8)]

@@ -47,7 +47,7 @@ class WindowBank:
         self.meta, self.hop_arg = meta, hop
         self.compiled = bank_jit.warm() if compiled is None or compiled else False
         if compiled and not self.compiled:
-            raise RuntimeError("the compiled window bank step is not available (numba is missing or refused it)")
+            raise RuntimeError(f"the compiled window bank step is asked for, but it is not available: {bank_jit.why_not()}")
         self._out = np.empty((5, 0), dtype=np.int64)
         self.rate = float(meta.sample_rate)
         self.window = int(meta.window)

@@ -15,16 +15,11 @@ compiles (or loads from numba's cache) before a monitor's streams arrive.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
 
 from drsn_stream import jit
-
-_lock = threading.Lock()
-_kernel: Any = None
-_failed: str | None = None
 
 
 def _step_py(data, rows, x, seen, shift, nxt, count, windows, nonfinite, width, window, hop, n_in, out):
@@ -75,31 +70,29 @@ def _step_py(data, rows, x, seen, shift, nxt, count, windows, nonfinite, width, 
     return total
 
 
-def available() -> bool:
-    """Whether the compiled step can be used (numba imported and, once tried, compiled)."""
-    return jit.available() and _failed is None
+def _build() -> Any:
+    kernel = jit.compile_kernel(_step_py)
+    _run_tiny(kernel)
+    return kernel
+
+
+_compiled = jit.Kernels(_build)
 
 
 def warm() -> bool:
     """Compile (or load from the cache) now rather than on a poll's first round; False when the
     compiled path is not available."""
-    global _kernel, _failed
-    if not jit.available():
-        return False
-    with _lock:
-        if _kernel is None and _failed is None:
-            try:
-                kernel = jit.compile_kernel(_step_py)
-                _run_tiny(kernel)
-                _kernel = kernel
-            except Exception as exc:  # noqa: BLE001 - the numpy path takes over
-                _failed = f"{type(exc).__name__}: {exc}"
-    return _kernel is not None
+    return _compiled.get() is not None
+
+
+def why_not() -> str:
+    """Why the compiled step is not available ("" when it is)."""
+    return _compiled.why_not()
 
 
 def kernel() -> Any:
     """The compiled step (``warm()`` first)."""
-    return _kernel
+    return _compiled.get()
 
 
 def _run_tiny(kernel: Any) -> None:

@@ -21,7 +21,6 @@ loads from numba's cache) before a monitor's streams arrive.
 from __future__ import annotations
 
 import math
-import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,42 +31,36 @@ from drsn_stream.monitor.health_levels import MIN_LEVELS_FOR_CLIPPING, LevelBank
 
 CODE_NON_FINITE = -1  # a row with NaN/Inf samples: not judged here (HealthMonitor._check_levels)
 
-_lock = threading.Lock()
-_kernel: Any = None
-_gather: Any = None
-_failed: str | None = None
+
+def _build() -> tuple[Any, Any]:
+    kernel = jit.compile_kernel(_levels_py, fastmath={"reassoc", "nsz", "contract"})
+    gather = jit.compile_kernel(_gather_py)
+    _run_tiny(kernel, gather)
+    return kernel, gather
+
+
+_compiled = jit.Kernels(_build)  # (the level tests, the gather)
 
 
 def available() -> bool:
     """Whether the compiled path can be used (numba imported and, once tried, compiled)."""
-    return jit.available() and _failed is None
+    return _compiled.available()
 
 
 def _compile() -> Any:
-    global _kernel, _gather, _failed
-    with _lock:
-        if _kernel is None and _failed is None:
-            try:
-                kernel = jit.compile_kernel(_levels_py, fastmath={"reassoc", "nsz", "contract"})
-                gather = jit.compile_kernel(_gather_py)
-                _run_tiny(kernel, gather)
-                _kernel, _gather = kernel, gather
-            except Exception as exc:  # noqa: BLE001 - the numpy path takes over
-                _failed = f"{type(exc).__name__}: {exc}"
-    return _kernel
+    built = _compiled.get()
+    return built[0] if built is not None else None
 
 
 def why_not() -> str:
     """Why the compiled path is not available ("" when it is)."""
-    if not jit.available():
-        return "numba is not installed (or DRSN_STREAM_JIT=0)"
-    return _failed or ""
+    return _compiled.why_not()
 
 
 def warm() -> bool:
     """Compile (or load from the cache) now rather than on a round's first level tests; False
     when the compiled path is not available."""
-    return jit.available() and _compile() is not None
+    return _compiled.get() is not None
 
 
 def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901, PLR0912, PLR0913, PLR0915
@@ -302,7 +295,7 @@ def _gather_py(pend, slots, pn, x):
 
 def gather_rows(pend: np.ndarray, slots: np.ndarray, pn: np.ndarray, x: np.ndarray) -> None:
     """``_gather_py`` compiled (``warm()`` first; ``x`` float32 like ``pend``)."""
-    _gather(pend, slots, pn, x)
+    _compiled.get()[1](pend, slots, pn, x)
 
 
 def _run_tiny(kernel: Any, gather: Any) -> None:
