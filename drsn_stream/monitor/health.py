@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import itertools
 import math
 import threading
 import time
@@ -247,6 +248,7 @@ class _Group:
     every: int  # samples gathered before the level tests run (<= 1: every frame)
     version: int
     one: int = -1  # the slot of a group of one stream, else -1
+    first: int = -1  # the first slot where the slots are consecutive, else -1
 
 
 class _Rows:
@@ -265,22 +267,22 @@ class _Rows:
             self.starts = range(k)
             self.counts = np.ones(k, dtype=np.int64)
             self.slots = np.array(ones, dtype=np.int64)
-        else:  # a row per channel: each group's values repeated over its rows
-            self.starts, k = [], 0
-            for g in groups:
-                self.starts.append(k)
-                k += len(g.ids)
-            self.counts = np.fromiter((len(g.ids) for g in groups), dtype=np.int64, count=len(groups))
+            a = ones[0]
+            together = (self.slots == np.arange(a, a + k)).all()
+        else:  # a row per channel: each group's values repeated over its rows. Made from what each
+            # group knows of itself: with --phases a source's polls bring other groups each time
+            counts = [len(g.ids) for g in groups]
+            self.starts = list(itertools.accumulate(counts[:-1], initial=0))
+            k = self.starts[-1] + counts[-1]
+            self.counts = np.array(counts, dtype=np.int64)
             self.slots = np.concatenate([g.slots for g in groups])
             self.every, self.rate = np.repeat(self.every, self.counts), np.repeat(self.rate, self.counts)
-        a = int(self.slots[0])
+            a = groups[0].first
+            together = a >= 0 and all(g.first == a + start for g, start in zip(groups, self.starts))
         # consecutive slots (a frame's channels, streams that started together): slices, not fancy indexes
-        self.at: slice | np.ndarray = (slice(a, a + k) if (self.slots == np.arange(a, a + k)).all()
-                                       else self.slots)
+        self.at: slice | np.ndarray = slice(a, a + k) if together else self.slots
         # per multi-channel group: its first row and, where its slots are consecutive, its first slot
-        self.blocks = None if self.ones else [
-            (start, int(g.slots[0]) if (np.diff(g.slots) == 1).all() else -1, len(g.ids))
-            for g, start in zip(groups, self.starts)]
+        self.blocks = None if self.ones else [(start, g.first, len(g.ids)) for g, start in zip(groups, self.starts)]
 
     def _at(self, j: int) -> tuple[_Group, int]:
         if self.ones:
@@ -464,8 +466,10 @@ class HealthMonitor:
             sts.append(st)
         if len(set(ids)) != len(ids):
             return None
-        g = _Group(ids, sts, np.array([st.slot for st in sts], dtype=np.int64), rate,
-                   int(self.config.check_every_s * rate), self._version, sts[0].slot if len(sts) == 1 else -1)
+        slots = [st.slot for st in sts]
+        first = slots[0] if slots == list(range(slots[0], slots[0] + len(slots))) else -1
+        g = _Group(ids, sts, np.array(slots, dtype=np.int64), rate, int(self.config.check_every_s * rate),
+                   self._version, slots[0] if len(sts) == 1 else -1, first)
         self._groups[key] = g
         return g
 
