@@ -219,6 +219,19 @@ def test_windower_cuts_every_hop_for_any_chunking(window, hop, start):
     for a in range(0, x.size, 7):
         w.push(-x[a : a + 7])
     assert all(np.array_equal(data, 2 * x[start + i * hop : start + i * hop + window]) for i, data in kept)
+    # windows read and let go at once (the monitor's way): the buffer is written over rather than
+    # replaced, and the one window still held keeps its samples while the stream goes on
+    for channels in (None, 3):
+        w = Windower(window, hop, start=start, channels=channels)
+        xs = x if channels is None else np.stack([x, -x, 2 * x])
+        held, count = None, 0
+        for a in range(0, x.size, 7):
+            for i, _, data in w.push(xs[..., a : a + 7]):
+                first = start + i * hop
+                assert np.array_equal(data, xs[..., first : first + window])
+                held, count = (data, first) if i == 1 else held, count + 1
+        assert count == (x.size - start - window) // hop + 1
+        assert held is not None and np.array_equal(held[0], xs[..., held[1] : held[1] + window])
 
 
 def test_phases_spread_streams_over_the_hop_by_their_id_alone():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import zlib
 
 import numpy as np
@@ -15,8 +16,9 @@ class Windower:
     Window ``k`` covers absolute samples ``[start + k*hop, start + k*hop + window)`` of the stream
     (``start`` is 0 unless given: see ``window_start``). Only the samples a future window can
     still use are kept, in a buffer of a few windows that is written forward only: windows are
-    views of it, and when it is full the kept samples move to a fresh one (the old one lives on
-    while a window still refers to it), so memory stays bounded on endless streams. With ``channels`` set,
+    views of it, and when it is full the kept samples move to its front once no window refers to
+    it any more, else to a fresh one (the old one lives on while a window still refers to it), so
+    memory stays bounded on endless streams. With ``channels`` set,
     chunks are ``(channels, n)`` and windows ``(channels, window)``: every row is cut exactly as
     it would be alone.
     """
@@ -64,7 +66,8 @@ class Windower:
 
         ``end`` is the absolute index one past the window's last sample; ``window`` is a
         ``(window,)`` (or ``(channels, window)``) read-only view the caller may keep: samples once
-        written are never written again (see ``_append``), so no copy per window is needed.
+        written are never written again while a window refers to them (see ``_append``), so no
+        copy per window is needed.
         """
         x = np.asarray(x, dtype=self._dtype).reshape(*self._lead, -1)
         self._append(x)
@@ -87,16 +90,25 @@ class Windower:
             n -= skip
         self._n += skip
         off, kept = self._off, self._len
-        if off + kept + n > self._buf.shape[-1]:  # out of room: the kept samples to the front of a new buffer
-            # (a new one, not the front of this one: windows handed out are views of this one)
+        if off + kept + n > self._buf.shape[-1]:  # out of room: the kept samples to the front
             size = self._buf.shape[-1]
-            buf = np.empty((*self._lead, size if kept + n <= size else max(kept + n, 2 * size)), dtype=self._dtype)
-            buf[..., :kept] = self._buf[..., off : off + kept]
-            self._use(buf)
+            if kept + n <= size and not self._shared():
+                self._buf[..., :kept] = self._buf[..., off : off + kept]
+            else:  # of a new buffer, while a window handed out is a view of this one
+                buf = np.empty((*self._lead, size if kept + n <= size else max(kept + n, 2 * size)), dtype=self._dtype)
+                buf[..., :kept] = self._buf[..., off : off + kept]
+                self._use(buf)
             self._off = off = 0
         self._buf[..., off + kept : off + kept + n] = x
         self._len = kept + n
         self._n += n
+
+    def _shared(self) -> bool:
+        """Whether a window handed out still refers to the buffer: a view's base is the buffer
+        itself (numpy collapses views of views), so beyond ``_buf``, ``_ro`` and the call's own
+        argument, any reference is a window's. None left: the buffer can be written over, with
+        no fresh one to allocate and fault in (a 16-channel stream's is 512 KB)."""
+        return sys.getrefcount(self._buf) > 3
 
     def _discard_before(self, absolute: int) -> None:
         drop = min(self._len, max(0, absolute - self._buf_start))
