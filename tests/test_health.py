@@ -401,6 +401,30 @@ def test_the_level_kernel_finds_a_rows_extremes_wherever_they_are(compiled) -> N
             assert list(bank.blk_min[slots]) == [x[0].min(), np.float32(-0.9)], (n, at)
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not levels_jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
+def test_frames_are_gathered_into_their_rows_from_where_they_lie(compiled) -> None:
+    """The gather of frames of channels for the level tests reads each frame where it lies: frames
+    of other lengths and channel counts, one a strided view, go to their rows (anywhere in the
+    bank, each after what it holds) and nowhere else."""
+    rng = np.random.default_rng(5)
+    frames = [rng.standard_normal((n, c)).astype(np.float32) for n, c in ((7, 3), (1, 1), (12, 2), (0, 2))]
+    frames.append(rng.standard_normal((9, 8)).astype(np.float32)[:, ::4])  # not C-ordered: (9, 2)
+    rows = sum(x.shape[1] for x in frames)
+    slots = rng.permutation(rows + 4)[:rows]
+    pn = rng.integers(0, 6, rows)
+    pend = np.full((rows + 4, 30), np.float32(-7.0))
+    want = pend.copy()
+    r = 0
+    for x in frames:
+        for k in range(x.shape[1]):
+            want[slots[r], pn[r] : pn[r] + x.shape[0]] = x[:, k]
+            r += 1
+    levels_jit.warm()
+    levels_jit.gather_frames(pend, slots, pn, frames, kernel=None if compiled else levels_jit._gather_py)
+    assert np.array_equal(pend, want)
+
+
 @pytest.mark.skipif(not levels_jit.available(), reason="numba is not installed")
 def test_the_level_tests_compile_where_numba_has_no_folder_to_cache_in(monkeypatch) -> None:
     """A package installed where its folder is read-only (and no user cache): numba refuses

@@ -536,16 +536,16 @@ class HealthMonitor:
     def _gather(self, rows: _Rows, pn: np.ndarray, n_row: Any, xs: list[np.ndarray]) -> None:
         """Each row's samples into the bank's ``pend``, after those gathered before."""
         pend, slots = self._bank.pend, rows.slots
+        if self.compiled and not rows.ones:
+            # frames of channels: read where they lie, in their own layout, and written to their
+            # rows wherever those are, in one pass (numpy: a transposing copy, then another)
+            levels_jit.gather_frames(pend, slots, pn, xs)
+            return
         if isinstance(n_row, int):
             n = n_row
             if n == 0:
                 return
             p = int(pn[0])
-            if self.compiled and not rows.ones and all(x.shape == xs[0].shape for x in xs):
-                # frames of channels: read in their own layout, written to their rows wherever
-                # those are, in one pass (numpy: a transposing copy, then a fancy-index one)
-                levels_jit.gather_rows(pend, slots, pn, np.stack(xs))
-                return
             if all_set(pn == p):
                 if isinstance(rows.at, slice):  # straight into the rows: one copy
                     np.concatenate([x.T for x in xs], out=pend[rows.at, p : p + n])

@@ -20,6 +20,7 @@ loads from numba's cache) before a monitor's streams arrive.
 
 from __future__ import annotations
 
+import ctypes
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -33,6 +34,7 @@ CODE_NON_FINITE = -1  # a row with NaN/Inf samples: not judged here (HealthMonit
 
 
 def _build() -> tuple[Any, Any]:
+    _frame_at_compiled()
     kernel = jit.compile_kernel(_levels_py, fastmath={"reassoc", "nsz", "contract"})
     gather = jit.compile_kernel(_gather_py)
     _run_tiny(kernel, gather)
@@ -279,23 +281,58 @@ def levels_rows(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rat
     return codes, clipped, steps
 
 
-def _gather_py(pend, slots, pn, x):
-    """Channel ``c`` of frame ``f`` of ``x`` (frames, samples, channels) into ``pend`` row
-    ``slots[r]`` from column ``pn[r]`` on, ``r = f * channels + c``: the frames' channels read
-    in their own layout and written to rows anywhere in the bank, in one pass."""
-    frames, n, channels = x.shape
-    for f in range(frames):
-        for c in range(channels):
-            r = f * channels + c
-            s = slots[r]
-            p = pn[r]
+def _frame_at(address, n, channels):
+    """The float32 ``(n, channels)`` C-ordered array at ``address`` (a frame's samples where they
+    lie, the caller keeping the frame alive). In compiled code, ``_frame_at_compiled``'s."""
+    n, channels = int(n), int(channels)
+    return np.ctypeslib.as_array((ctypes.c_float * (n * channels)).from_address(int(address))).reshape(n, channels)
+
+
+def _frame_at_compiled() -> None:
+    """``_frame_at`` for numba: the address as a pointer, an array over it (numba takes no list of
+    arrays without a conversion that costs more than the copy it would save)."""
+    from numba import carray, types
+    from numba.extending import intrinsic, overload
+
+    @intrinsic
+    def f32_at(typingctx, address):  # noqa: ANN001, ANN202, ARG001 - numba's signature
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+            return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
+        return types.CPointer(types.float32)(types.int64), codegen
+
+    @overload(_frame_at)
+    def frame_at(address, n, channels):  # noqa: ANN001, ANN202, ARG001
+        return lambda address, n, channels: carray(f32_at(address), (n, channels))
+
+
+def _gather_py(pend, slots, pn, addresses, ns, channels):
+    """Channel ``c`` of frame ``f`` (float32, ``(ns[f], channels[f])``, C-ordered, at
+    ``addresses[f]``) into ``pend`` row ``slots[r]`` from column ``pn[r]`` on, the frames'
+    channels numbered on from frame to frame (``r``): read where they lie, in one pass, written to
+    their rows wherever those are."""
+    r = 0
+    for f in range(addresses.shape[0]):
+        n, c = ns[f], channels[f]
+        x = _frame_at(addresses[f], n, c)
+        for k in range(c):
+            s = slots[r + k]
+            p = pn[r + k]
             for i in range(n):
-                pend[s, p + i] = x[f, i, c]
+                pend[s, p + i] = x[i, k]
+        r += c
 
 
-def gather_rows(pend: np.ndarray, slots: np.ndarray, pn: np.ndarray, x: np.ndarray) -> None:
-    """``_gather_py`` compiled (``warm()`` first; ``x`` float32 like ``pend``)."""
-    _compiled.get()[1](pend, slots, pn, x)
+def gather_frames(pend: np.ndarray, slots: np.ndarray, pn: np.ndarray, xs: list[np.ndarray], *,
+                  kernel: Any = None) -> None:
+    """Frames ``xs`` (float32 like ``pend``, ``(n, channels)`` each) into ``pend`` as ``_gather_py``
+    says, compiled (``warm()`` first) unless ``kernel`` is given (the tests pass the plain Python
+    one). Where the frames lie: no stacked copy of them first."""
+    xs = [x if x.flags.c_contiguous else np.ascontiguousarray(x) for x in xs]  # alive through the call
+    m = len(xs)
+    addresses = np.fromiter((x.ctypes.data for x in xs), dtype=np.int64, count=m)
+    ns = np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=m)
+    channels = np.fromiter((x.shape[1] for x in xs), dtype=np.int64, count=m)
+    (kernel or _compiled.get()[1])(pend, slots, pn, addresses, ns, channels)
 
 
 def _run_tiny(kernel: Any, gather: Any) -> None:
@@ -308,4 +345,4 @@ def _run_tiny(kernel: Any, gather: Any) -> None:
                           clip_span_s=0.25, full_scale=None, learn_s=3.0, baseline_s=30.0, dc_sigma=4.0,
                           step_ratio=30.0, step_hold_s=1.0)
     levels_rows(cfg, bank, np.array([slot]), np.array([8]), np.array([12000.0]), kernel=kernel)
-    gather(bank.pend, np.array([slot]), np.array([0]), np.zeros((1, 8, 1), dtype=np.float32))
+    gather_frames(bank.pend, np.array([slot]), np.array([0]), [np.zeros((8, 1), dtype=np.float32)], kernel=gather)
