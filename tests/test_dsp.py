@@ -283,6 +283,37 @@ def test_a_later_start_shifts_the_windows_and_keeps_them_chunk_invariant(normal4
     assert ref[0].t_last < got[0].t_last  # the shifted stream's first window ends later
 
 
+def test_frames_at_the_models_rate_give_each_channel_its_own_windows_and_nonfinite_count(inner):
+    """Multi-channel frames at the model's rate (no resampler): every channel gets the windows
+    (data, index, time) and the NaN/Inf count its own StreamDSP gives it, at any chunk size, with
+    a later start, C-ordered frames or not."""
+    from drsn_stream.dsp import FrameDSP
+
+    meta = _meta()
+    x = inner[: 12000 * 2]
+    y = np.stack([x, -x, 0.5 * x], axis=1).astype(np.float32)
+    y[1000:1010, 1] = np.nan
+    y[5000, 2] = np.inf
+    y[20000:20003, 0] = -np.inf
+    ids = ("m/ch0", "m/ch1", "m/ch2")
+    for chunk, start in ((1, 0), (333, 700), (4096, 0), (512, 300)):
+        dsp = FrameDSP(meta, ids, start=start)
+        got = []
+        for seq, a in enumerate(range(0, y.shape[0], chunk)):
+            part = y[a : a + chunk] if seq % 7 != 3 else np.asfortranarray(y[a : a + chunk])
+            got += dsp.push(Frame("m", seq, T0 + a / 12000, 12000.0, part))
+        for k, sid in enumerate(ids):
+            alone = StreamDSP(meta, channel=k, start=start)
+            ref = [w for seq, a in enumerate(range(0, y.shape[0], 1000))
+                   for w in alone.push(Frame("m", seq, T0 + a / 12000, 12000.0, y[a : a + 1000]))]
+            mine = [w for w in got if w.stream_id == sid]
+            assert len(ref) >= 40 and [w.index for w in mine] == [w.index for w in ref], (chunk, sid)
+            assert np.array_equal(np.stack([w.data for w in mine]), np.stack([w.data for w in ref])), (chunk, sid)
+            assert [w.t_last for w in mine] == pytest.approx([w.t_last for w in ref], abs=1e-6)
+            assert alone.nonfinite == (3, 10, 1)[k]
+        assert dsp.nonfinite_by_stream() == {"m/ch0": 3, "m/ch1": 10, "m/ch2": 1} and dsp.nonfinite == 14
+
+
 @pytest.mark.parametrize("norm", [{"kind": "zscore"}, {"kind": "rms", "floor": 0.005}])
 def test_batch_normalization_step_gives_the_same_windows(inner, norm):
     # The monitor's DSP hands out raw windows and its batch step normalizes each batch in one
