@@ -421,7 +421,12 @@ def test_frames_are_gathered_into_their_rows_from_where_they_lie(compiled) -> No
             want[slots[r], pn[r] : pn[r] + x.shape[0]] = x[:, k]
             r += 1
     levels_jit.warm()
-    levels_jit.gather_frames(pend, slots, pn, frames, kernel=None if compiled else levels_jit._gather_py)
+    kernel = None if compiled else levels_jit._gather_py
+    levels_jit.gather_frames(pend, slots, pn, frames, kernel=kernel)
+    assert np.array_equal(pend, want)
+    # a frame past its rows' room is refused before anything is written, not copied past them
+    with pytest.raises(ValueError, match="pend_room"):
+        levels_jit.gather_frames(pend, slots, pn + 20, frames, kernel=kernel)
     assert np.array_equal(pend, want)
 
 

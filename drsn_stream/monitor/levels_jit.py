@@ -309,7 +309,16 @@ def _gather_py(pend, slots, pn, addresses, ns, channels):
     """Channel ``c`` of frame ``f`` (float32, ``(ns[f], channels[f])``, C-ordered, at
     ``addresses[f]``) into ``pend`` row ``slots[r]`` from column ``pn[r]`` on, the frames'
     channels numbered on from frame to frame (``r``): read where they lie, in one pass, written to
-    their rows wherever those are."""
+    their rows wherever those are. Returns 0, or -1 with nothing written when a frame's channels
+    would not fit their rows or a row is not in ``pend`` (no bounds are checked while copying)."""
+    r = 0
+    for f in range(addresses.shape[0]):
+        for k in range(channels[f]):
+            if not (0 <= slots[r + k] < pend.shape[0] and 0 <= pn[r + k] and pn[r + k] + ns[f] <= pend.shape[1]):
+                return -1
+        r += channels[f]
+    if r != slots.shape[0] or r != pn.shape[0]:
+        return -1
     r = 0
     for f in range(addresses.shape[0]):
         n, c = ns[f], channels[f]
@@ -320,6 +329,7 @@ def _gather_py(pend, slots, pn, addresses, ns, channels):
             for i in range(n):
                 pend[s, p + i] = x[i, k]
         r += c
+    return 0
 
 
 def gather_frames(pend: np.ndarray, slots: np.ndarray, pn: np.ndarray, xs: list[np.ndarray], *,
@@ -327,12 +337,15 @@ def gather_frames(pend: np.ndarray, slots: np.ndarray, pn: np.ndarray, xs: list[
     """Frames ``xs`` (float32 like ``pend``, ``(n, channels)`` each) into ``pend`` as ``_gather_py``
     says, compiled (``warm()`` first) unless ``kernel`` is given (the tests pass the plain Python
     one). Where the frames lie: no stacked copy of them first."""
-    xs = [x if x.flags.c_contiguous else np.ascontiguousarray(x) for x in xs]  # alive through the call
+    f32 = np.dtype(np.float32)
+    # C-ordered float32 (n, channels) each, as the kernel reads them; kept alive through the call
+    xs = [x if x.dtype == f32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=f32) for x in xs]
     m = len(xs)
     addresses = np.fromiter((x.ctypes.data for x in xs), dtype=np.int64, count=m)
     ns = np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=m)
     channels = np.fromiter((x.shape[1] for x in xs), dtype=np.int64, count=m)
-    (kernel or _compiled.get()[1])(pend, slots, pn, addresses, ns, channels)
+    if (kernel or _compiled.get()[1])(pend, slots, pn, addresses, ns, channels) != 0:
+        raise ValueError("frames do not fit the rows they are gathered into (pend_room first)")
 
 
 def _run_tiny(kernel: Any, gather: Any) -> None:
