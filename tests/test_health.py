@@ -427,6 +427,8 @@ def test_frames_are_gathered_into_their_rows_from_where_they_lie(compiled) -> No
     # a frame past its rows' room is refused before anything is written, not copied past them
     with pytest.raises(ValueError, match="pend_room"):
         levels_jit.gather_frames(pend, slots, pn + 20, frames, kernel=kernel)
+    with pytest.raises(ValueError, match="pend_room"):  # fewer rows named than the frames have channels
+        levels_jit.gather_frames(pend, slots[:-1], pn[:-1], frames, kernel=kernel)
     assert np.array_equal(pend, want)
 
 

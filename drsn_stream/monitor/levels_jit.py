@@ -21,6 +21,7 @@ loads from numba's cache) before a monitor's streams arrive.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -288,6 +289,7 @@ def _frame_at(address, n, channels):
     return np.ctypeslib.as_array((ctypes.c_float * (n * channels)).from_address(int(address))).reshape(n, channels)
 
 
+@functools.cache  # registered with numba once per process, however often the kernels are built
 def _frame_at_compiled() -> None:
     """``_frame_at`` for numba: the address as a pointer, an array over it (numba takes no list of
     arrays without a conversion that costs more than the copy it would save)."""
@@ -311,14 +313,17 @@ def _gather_py(pend, slots, pn, addresses, ns, channels):
     channels numbered on from frame to frame (``r``): read where they lie, in one pass, written to
     their rows wherever those are. Returns 0, or -1 with nothing written when a frame's channels
     would not fit their rows or a row is not in ``pend`` (no bounds are checked while copying)."""
+    rows = 0
+    for f in range(addresses.shape[0]):
+        rows += channels[f]
+    if rows != slots.shape[0] or rows != pn.shape[0]:  # first: the checks below index both
+        return -1
     r = 0
     for f in range(addresses.shape[0]):
         for k in range(channels[f]):
             if not (0 <= slots[r + k] < pend.shape[0] and 0 <= pn[r + k] and pn[r + k] + ns[f] <= pend.shape[1]):
                 return -1
         r += channels[f]
-    if r != slots.shape[0] or r != pn.shape[0]:
-        return -1
     r = 0
     for f in range(addresses.shape[0]):
         n, c = ns[f], channels[f]
