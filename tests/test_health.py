@@ -381,24 +381,40 @@ def test_the_level_kernel_as_plain_python_agrees_with_numpy() -> None:
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
     not levels_jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
 def test_the_level_kernel_finds_a_rows_extremes_wherever_they_are(compiled) -> None:
-    """The kernel reads a row's extremes in several lanes and a tail: a peak or a trough at any
-    place in a row of any length is the one the clipping test keeps."""
+    """The kernel reads a row's extremes (as integers ordered as the floats are) in several
+    lanes and a tail: a peak or a trough at any place in a row of any length, of either sign,
+    is the one the clipping test keeps, and samples at it are counted."""
     from drsn_stream.monitor.health_levels import LevelBank
 
     cfg = HealthConfig()
     rng = np.random.default_rng(11)
     for n in range(1, 11):
         for at in range(n):
-            bank = LevelBank(rows=2)
+            bank = LevelBank(rows=4)
             bank.pend_room(n)
-            slots = np.array([bank.take(), bank.take()])
-            x = rng.uniform(-0.5, 0.5, (2, n)).astype(np.float32)
+            slots = np.array([bank.take() for _ in range(4)])
+            x = rng.uniform(-0.5, 0.5, (4, n)).astype(np.float32)
             x[0, at], x[1, at] = 0.9, -0.9
+            x[2] = -np.abs(x[2]) - 0.1  # all below zero: the peak is negative
+            x[2, at] = -0.05
+            x[3] = np.abs(x[3]) + 0.1  # all above zero: the trough is positive
+            x[3, at] = 0.05
             bank.pend[slots, :n] = x
-            levels_jit.levels_rows(cfg, bank, slots, np.full(2, n), np.full(2, RATE),
+            levels_jit.levels_rows(cfg, bank, slots, np.full(4, n), np.full(4, RATE),
                                    kernel=None if compiled else levels_jit._levels_py)
-            assert list(bank.blk_max[slots]) == [np.float32(0.9), x[1].max()], (n, at)
-            assert list(bank.blk_min[slots]) == [x[0].min(), np.float32(-0.9)], (n, at)
+            assert list(bank.blk_max[slots]) == [np.float32(0.9), x[1].max(), np.float32(-0.05), x[3].max()], (n, at)
+            assert list(bank.blk_min[slots]) == [x[0].min(), np.float32(-0.9), x[2].min(), np.float32(0.05)], (n, at)
+            assert list(bank.blk_at_max[slots]) == [np.count_nonzero(r == r.max()) for r in x], (n, at)
+            assert list(bank.blk_at_min[slots]) == [np.count_nonzero(r == r.min()) for r in x], (n, at)
+    # signed zeros compare equal: a row of +0.0 and -0.0 has every sample at both extremes
+    bank = LevelBank(rows=1)
+    bank.pend_room(6)
+    slot = np.array([bank.take()])
+    bank.pend[slot, :6] = np.array([0.0, -0.0, -0.0, 0.0, -0.0, 0.0], dtype=np.float32)
+    levels_jit.levels_rows(cfg, bank, slot, np.full(1, 6), np.full(1, RATE),
+                           kernel=None if compiled else levels_jit._levels_py)
+    assert bank.blk_max[slot][0] == 0.0 and bank.blk_min[slot][0] == 0.0
+    assert bank.blk_at_max[slot][0] == 6 and bank.blk_at_min[slot][0] == 6
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(

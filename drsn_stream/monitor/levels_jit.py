@@ -79,6 +79,9 @@ def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901,
     k = cn.shape[1]
     floor2 = flat_std * flat_std
     floor = max(flat_std, 1e-12) * 10.0
+    bits = pend.view(np.int32)
+    ext = np.empty(2, dtype=np.int32)  # a row's extremes as bits, read back as float32 (ext_f)
+    ext_f = ext.view(np.float32)
     for j in range(slots.shape[0]):
         s = slots[j]
         n = lengths[j]
@@ -86,25 +89,26 @@ def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901,
         codes[j] = 0
         clipped[j] = 0
         steps[j] = 0
-        # pass 1: sum, then extremes (meaningless with NaN/Inf: s1 says so first)
+        # pass 1: sum and extremes in one read (the extremes meaningless with NaN/Inf: s1 says so).
+        # The extremes as integers: a float's bits with all but the sign flipped where it is
+        # negative order as the float does (-0.0 just below 0.0, which compare equal), and an
+        # integer max the compiler vectorizes (a float one, with NaN rules to keep, it does not)
         s1 = 0.0
+        hi_k = np.int32(-2147483648)
+        lo_k = np.int32(2147483647)
         for i in range(n):
             s1 += np.float64(pend[s, i])
+            b = bits[s, i]
+            key = b ^ ((b >> 31) & 0x7FFFFFFF)
+            hi_k = max(hi_k, key)
+            lo_k = min(lo_k, key)
         if not math.isfinite(s1):
             codes[j] = CODE_NON_FINITE
             continue
-        # in four running lanes: one chain of compares, sample after sample, is what the CPU
-        # would wait on (the compiler does not vectorize a float max reduction by itself)
-        h0 = h1 = h2 = h3 = l0 = l1 = l2 = l3 = pend[s, 0]
-        m = n - n % 4
-        for i in range(0, m, 4):
-            v0, v1, v2, v3 = pend[s, i], pend[s, i + 1], pend[s, i + 2], pend[s, i + 3]
-            h0, h1, h2, h3 = max(h0, v0), max(h1, v1), max(h2, v2), max(h3, v3)
-            l0, l1, l2, l3 = min(l0, v0), min(l1, v1), min(l2, v2), min(l3, v3)
-        for i in range(m, n):
-            h0, l0 = max(h0, pend[s, i]), min(l0, pend[s, i])
-        hi = max(max(h0, h1), max(h2, h3))
-        lo = min(min(l0, l1), min(l2, l3))
+        ext[0] = hi_k ^ ((hi_k >> 31) & 0x7FFFFFFF)
+        ext[1] = lo_k ^ ((lo_k >> 31) & 0x7FFFFFFF)
+        hi = ext_f[0]
+        lo = ext_f[1]
         mean = s1 / n
         mean32 = np.float32(mean)
         # pass 2: centred sum of squares, samples at the extremes, at full scale
