@@ -18,6 +18,8 @@ from drsn_stream.dsp.window import Windower
 from drsn_stream.errors import ConfigError
 from drsn_stream.types import Frame, Window, channel_ids
 
+_F32 = np.dtype(np.float32)
+
 
 class _Meta(Protocol):
     sample_rate: float
@@ -70,6 +72,7 @@ class StreamDSP:
         self._channels: int | None = None  # None: one channel, (n,) arrays; FrameDSP: (channels, n)
         self._windower = Windower(self.window, self.hop, start=start)
         self._resampler: StreamingResampler | None = None
+        self._direct = False  # the resampler's output is its input (the frames are at the model's rate)
         self._in_rate: float | None = None
         self._n_in = 0  # input samples since the last (re)start or rate change, at the input rate
         self._out_base = 0  # windower samples before the current resampler's first output
@@ -128,6 +131,7 @@ class StreamDSP:
                 self.rate_changes += 1
             self._in_rate = rate
             self._resampler = resampler
+            self._direct = resampler.identity
             self._out_base = self._windower.seen
             self._n_in = 0
         # a finite sum means every sample is finite (NaN and Inf propagate): one pass over the
@@ -196,6 +200,19 @@ class FrameDSP(StreamDSP):
         self._channels = len(self.ids)
         self._windower = Windower(self.window, self.hop, channels=self._channels, start=start)
         self._nonfinite = np.zeros(self._channels, dtype=np.int64)
+
+    def push(self, frame: Frame) -> list[Window]:
+        """As ``StreamDSP.push``; a float32 frame of this layout at the rate of the frames before
+        it, the model's, in fewer steps: no conversion, resampler or replacement to look at
+        (a frame with NaN/Inf samples, or anything else, takes the long way)."""
+        x = frame.samples
+        if (self._direct and frame.sample_rate == self._in_rate and type(x) is np.ndarray and x.dtype == _F32
+                and x.ndim == 2 and x.shape[1] == self._channels and np.isfinite(x.sum())):
+            frame_start = self._n_in
+            self._n_in += x.shape[0]
+            done = self._windower.push_exact(x.T)
+            return self._windows(frame, done, frame_start, self._in_rate) if done else []
+        return super().push(frame)
 
     def nonfinite_by_stream(self) -> dict[str, int]:
         """``{channel stream id: NaN/Inf samples replaced}`` for the channels that had any."""

@@ -69,7 +69,11 @@ class Windower:
         written are never written again while a window refers to them (see ``_append``), so no
         copy per window is needed.
         """
-        x = np.asarray(x, dtype=self._dtype).reshape(*self._lead, -1)
+        return self.push_exact(np.asarray(x, dtype=self._dtype).reshape(*self._lead, -1))
+
+    def push_exact(self, x: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """``push`` of samples already of this windower's dtype and shape (``(channels, n)`` or
+        ``(n,)``): no conversion looked for."""
         self._append(x)
         out: list[tuple[int, int, np.ndarray]] = []
         while self._next + self.window <= self._n:
