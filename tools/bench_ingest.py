@@ -14,7 +14,7 @@ the same run instead of timing it.
     python tools/bench_ingest.py --streams 256 --channels 16 --seconds 4
     python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --seconds 4
     python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --phases 4 --seconds 4
-    python tools/bench_ingest.py --streams 256 --repeat 5 --slice-max 64,256
+    python tools/bench_ingest.py --streams 256 --repeat 5 --slice-max 256,1024
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs; the figures of each are printed")
     ap.add_argument("--slice-max", default=None, metavar="LIST",
                     help="comma-separated widths (channels) of a poll's runs after the first (the pipeline's "
-                         "INGEST_SLICE_MAX), alternated in every repeat, e.g. 64,256")
+                         "INGEST_SLICE_MAX), alternated in every repeat, e.g. 256,1024")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the ingest instead of timing it")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
