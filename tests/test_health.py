@@ -438,8 +438,20 @@ def test_frames_are_gathered_into_their_rows_from_where_they_lie(compiled) -> No
             r += 1
     levels_jit.warm()
     kernel = None if compiled else levels_jit._gather_py
-    levels_jit.gather_frames(pend, slots, pn, frames, kernel=kernel)
+    assert levels_jit.gather_frames(pend, slots, pn, frames, kernel=kernel).tolist() == [True] * len(frames)
     assert np.array_equal(pend, want)
+    # each frame says whether all of its samples are finite: NaN, +Inf or -Inf anywhere, in a
+    # strided view too, and not the largest finite float (its exponent bits are not all set)
+    odd = [x.copy() for x in frames]
+    odd[0][6, 2], odd[2][0, 1] = np.nan, np.inf
+    odd[1][0, 0] = np.finfo(np.float32).max
+    odd[4] = frames[4].copy()
+    odd.append(rng.standard_normal((5, 6)).astype(np.float32)[:, ::3])  # not C-ordered
+    odd[-1][3, 1] = -np.inf
+    more = sum(x.shape[1] for x in odd) - rows
+    pend2 = np.zeros((rows + more, 30), np.float32)
+    got = levels_jit.gather_frames(pend2, np.arange(rows + more), np.zeros(rows + more, np.int64), odd, kernel=kernel)
+    assert got.tolist() == [False, True, False, True, True, False]
     # a frame past its rows' room is refused before anything is written, not copied past them
     with pytest.raises(ValueError, match="pend_room"):
         levels_jit.gather_frames(pend, slots, pn + 20, frames, kernel=kernel)

@@ -166,3 +166,25 @@ def test_sequence_numbers_beyond_64_bits_are_judged_as_the_numbers_they_are() ->
     # gaps: 2 -> 2**70 (2**70 - 3 lost), 2**70 + 1 -> + 3 (one), -(2**80) -> 8 (2**80 + 7)
     assert health.state("s").gaps == (2**70 - 3) + 1 + (2**80 + 7)
     assert health.state("s").frames == len(seqs)
+
+
+def test_a_frame_is_said_finite_only_where_every_sample_was_read_and_found_so() -> None:
+    """``push_channels(finite=...)``: the frames of known streams whose samples the gather read
+    are marked finite unless one sample is NaN or Inf; a frame judged the long way (a stream's
+    first frame) is left unmarked, so its DSP checks it itself."""
+    health = HealthMonitor()
+    gateways = [f"gw{k}" for k in range(3)]
+    first = [Frame(g, 0, 1000.0, RATE, noise(CHUNK, 16, k)) for k, g in enumerate(gateways)]
+    finite = [False] * 3
+    health.push_channels(first, now=1000.0, finite=finite)
+    assert finite == [False] * 3  # new streams: judged one by one
+    frames = [Frame(g, 1, 1000.1, RATE, noise(CHUNK, 16, 10 + k)) for k, g in enumerate(gateways)]
+    frames[1].samples[CHUNK - 1, 15] = np.inf
+    frames.append(Frame("new", 0, 1000.1, RATE, noise(CHUNK, 16, 20)))
+    finite = [False] * 4
+    health.push_channels(frames, now=1000.1, finite=finite)
+    if health.compiled:
+        assert finite == [True, False, True, False]
+    else:  # the numpy gather does not look: nothing is said
+        assert finite == [False] * 4
+    assert NON_FINITE in health.state("gw1/ch15").reasons

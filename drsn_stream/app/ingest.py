@@ -136,8 +136,9 @@ class Ingest:
         """Frames of distinct streams: health and capture per channel, then each frame's DSP (one
         FrameDSP for every channel of a multi-channel frame); the windows completed are added to
         ``windows``, marked unhealthy where their stream's sensor is not OK."""
+        finite = [False] * len(items)  # frames whose samples the health checks found all finite
         try:  # every channel of a multi-channel frame as its own stream (channel_layout's ids)
-            events = self.health.push_channels([frame for frame, _ in items])
+            events = self.health.push_channels([frame for frame, _ in items], finite=finite)
         except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
             for frame, _ in items:
                 self._dropped(source, frame, exc)
@@ -162,9 +163,10 @@ class Ingest:
             if out:
                 judged += dict.fromkeys([frames[i].stream_id for i in of])
                 done += out
-        for frame, dsp in (items[i] for i in rest) if groups else items:
+        for i in rest if groups else range(len(items)):
+            frame, dsp = items[i]
             try:
-                out = dsp.push(frame)
+                out = dsp.push(frame, True) if finite[i] and type(dsp) is FrameDSP else dsp.push(frame)
             except UnsupportedRate as exc:  # a rate change the model cannot take
                 self._error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
                 continue

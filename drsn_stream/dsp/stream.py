@@ -201,13 +201,16 @@ class FrameDSP(StreamDSP):
         self._windower = Windower(self.window, self.hop, channels=self._channels, start=start)
         self._nonfinite = np.zeros(self._channels, dtype=np.int64)
 
-    def push(self, frame: Frame) -> list[Window]:
+    def push(self, frame: Frame, finite: bool = False) -> list[Window]:
         """As ``StreamDSP.push``; a float32 frame of this layout at the rate of the frames before
         it, the model's, in fewer steps: no conversion, resampler or replacement to look at
-        (a frame with NaN/Inf samples, or anything else, takes the long way)."""
+        (a frame with NaN/Inf samples, or anything else, takes the long way).
+
+        ``finite``: the caller found every sample of the frame finite already (the sensor health's
+        gather reads them all: ``HealthMonitor.push_channels``), so they are not read for it again."""
         x = frame.samples
         if (self._direct and frame.sample_rate == self._in_rate and type(x) is np.ndarray and x.dtype == _F32
-                and x.ndim == 2 and x.shape[1] == self._channels and np.isfinite(x.sum())):
+                and x.ndim == 2 and x.shape[1] == self._channels and (finite or np.isfinite(x.sum()))):
             frame_start = self._n_in
             self._n_in += x.shape[0]
             done = self._windower.push_exact(x.T)

@@ -376,25 +376,32 @@ class HealthMonitor:
         its earlier ones."""
         return self._push_all(frames, False, now)
 
-    def push_channels(self, frames: Sequence[Frame], *, now: float | None = None) -> list[Event]:
+    def push_channels(self, frames: Sequence[Frame], *, now: float | None = None,
+                      finite: list[bool] | None = None) -> list[Event]:
         """``push_many`` of every channel of ``frames`` as its own stream, under the frame's
         ``channel_ids`` (``push_many(split_channels(f))`` for a multi-channel or named frame, the
         frame itself for one plain channel), with the same results and events; a frame whose
-        channels' streams are known is judged with no Python per channel."""
-        return self._push_all(frames, True, now)
+        channels' streams are known is judged with no Python per channel.
 
-    def _push_all(self, frames: Sequence[Frame], split: bool, now: float | None) -> list[Event]:
+        ``finite``: a list as long as ``frames``; ``finite[i]`` is set True where frame ``i``'s
+        samples were all read here and found finite (no NaN/Inf), for a caller that would check
+        them again (``FrameDSP.push``); the others are left as they are."""
+        return self._push_all(frames, True, now, finite)
+
+    def _push_all(self, frames: Sequence[Frame], split: bool, now: float | None,
+                  finite: list[bool] | None = None) -> list[Event]:
         now = time.time() if now is None else now
         events: list[Event] = []
         with self._lock:
             rest = list(frames)
             if len({f.stream_id for f in rest}) == len(rest):  # the common case: one round
-                return self._push_frames(rest, split, now)
+                return self._push_frames(rest, split, now, finite)
             for this in rounds_by_stream(rest, lambda frame: frame.stream_id):
                 events += self._push_frames(this, split, now)
         return events
 
-    def _push_frames(self, frames: list[Frame], split: bool, now: float) -> list[Event]:
+    def _push_frames(self, frames: list[Frame], split: bool, now: float,
+                     finite: list[bool] | None = None) -> list[Event]:
         """Frames of distinct streams: those of known streams (``_Group``) through the array path
         (``_push_fast``), the rest (new streams, restarts, other dtypes) one by one
         (``_push_round``); the events in the order of the frames' channels."""
@@ -406,6 +413,7 @@ class HealthMonitor:
         xs: list[np.ndarray] = []
         fast_frames: list[Frame] = []
         fast_plain: list[bool] = []
+        fast_at: list[int] = []  # their places in ``frames``
         slow: list[Frame] = []
         idss: list[tuple[str, ...]] | None = None  # the rows' streams, frame by frame, once a frame is split
         f32 = _F32
@@ -433,6 +441,7 @@ class HealthMonitor:
                 xs.append(x if x.ndim == 2 else x[:, None])
                 fast_frames.append(frame)
                 fast_plain.append(plain)
+                fast_at.append(i)
             else:
                 slow += (frame,) if plain else split_channels(frame)
         if idss is not None and len(set().union(*idss)) != sum(map(len, idss)):
@@ -449,7 +458,7 @@ class HealthMonitor:
         events = self._push_round(slow, now) if slow else []
         if not fast:
             return events
-        more = self._push_fast(fast, fast_frames, xs, now)
+        more = self._push_fast(fast, fast_frames, xs, now, None if finite is None else (finite, fast_at))
         if not events or not more:
             return events or more
         rows = (sid for ids in idss for sid in ids) if idss is not None else (f.stream_id for f in frames)
@@ -473,10 +482,12 @@ class HealthMonitor:
         self._groups[key] = g
         return g
 
-    def _push_fast(self, gs: list[_Group], frames: list[Frame], xs: list[np.ndarray], now: float) -> list[Event]:
+    def _push_fast(self, gs: list[_Group], frames: list[Frame], xs: list[np.ndarray], now: float,
+                   finite: tuple[list[bool], list[int]] | None = None) -> list[Event]:
         """``_push_round`` for frames of known streams, one row per channel: the bookkeeping and
         the level tests in numpy over all rows at once, Python only for rows where something
-        was found or a reason is active."""
+        was found or a reason is active. ``finite``: ``push_channels``'s list and each frame's
+        place in it."""
         bank = self._bank
         key = tuple(gs)
         rows = self._rounds.get(key)
@@ -504,7 +515,12 @@ class HealthMonitor:
         new_pn = pn + n_row
         due = (n_row > 0) & (new_pn >= rows.every)
         bank.pend_room(int(new_pn.max()))
-        self._gather(rows, pn, n_row, xs)
+        ok = self._gather(rows, pn, n_row, xs)
+        if finite is not None and ok is not None:
+            out, places = finite
+            for i, good in zip(places, ok.tolist()):
+                if good:
+                    out[i] = True
         bank.pend_n[at] = np.where(due, 0, new_pn)
         codes = None
         found_sets: dict[int, set[str]] = {}
@@ -533,14 +549,14 @@ class HealthMonitor:
             bank.busy[st.slot] = _busy(st)
         return events
 
-    def _gather(self, rows: _Rows, pn: np.ndarray, n_row: Any, xs: list[np.ndarray]) -> None:
-        """Each row's samples into the bank's ``pend``, after those gathered before."""
+    def _gather(self, rows: _Rows, pn: np.ndarray, n_row: Any, xs: list[np.ndarray]) -> np.ndarray | None:
+        """Each row's samples into the bank's ``pend``, after those gathered before; where the
+        gather looked at them, whether each frame's samples are all finite (else None)."""
         pend, slots = self._bank.pend, rows.slots
         if self.compiled and not rows.ones:
             # frames of channels: read where they lie, in their own layout, and written to their
             # rows wherever those are, in one pass (numpy: a transposing copy, then another)
-            levels_jit.gather_frames(pend, slots, pn, xs)
-            return
+            return levels_jit.gather_frames(pend, slots, pn, xs)
         if isinstance(n_row, int):
             n = n_row
             if n == 0:

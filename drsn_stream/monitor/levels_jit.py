@@ -311,12 +311,13 @@ def _frame_at_compiled() -> None:
         return lambda address, n, channels: carray(f32_at(address), (n, channels))
 
 
-def _gather_py(pend, slots, pn, addresses, ns, channels):
+def _gather_py(pend, slots, pn, addresses, ns, channels, finite):
     """Channel ``c`` of frame ``f`` (float32, ``(ns[f], channels[f])``, C-ordered, at
     ``addresses[f]``) into ``pend`` row ``slots[r]`` from column ``pn[r]`` on, the frames'
     channels numbered on from frame to frame (``r``): read where they lie, in one pass, written to
-    their rows wherever those are. Returns 0, or -1 with nothing written when a frame's channels
-    would not fit their rows or a row is not in ``pend`` (no bounds are checked while copying)."""
+    their rows wherever those are; ``finite[f]``: 1 where every sample of frame ``f`` is finite,
+    else 0. Returns 0, or -1 with nothing written when a frame's channels would not fit their rows
+    or a row is not in ``pend`` (no bounds are checked while copying)."""
     rows = 0
     for f in range(addresses.shape[0]):
         rows += channels[f]
@@ -332,6 +333,13 @@ def _gather_py(pend, slots, pn, addresses, ns, channels):
     for f in range(addresses.shape[0]):
         n, c = ns[f], channels[f]
         x = _frame_at(addresses[f], n, c)
+        # first, in the order the samples lie (the frame's first read, which the copy then
+        # finds in the cache): NaN and Inf are the floats whose exponent bits are all set
+        bits = x.reshape(n * c).view(np.int32)
+        top = 0
+        for i in range(n * c):
+            top = max(top, bits[i] & 0x7F800000)
+        finite[f] = top < 0x7F800000
         for k in range(c):
             s = slots[r + k]
             p = pn[r + k]
@@ -342,10 +350,11 @@ def _gather_py(pend, slots, pn, addresses, ns, channels):
 
 
 def gather_frames(pend: np.ndarray, slots: np.ndarray, pn: np.ndarray, xs: list[np.ndarray], *,
-                  kernel: Any = None) -> None:
+                  kernel: Any = None) -> np.ndarray:
     """Frames ``xs`` (float32 like ``pend``, ``(n, channels)`` each) into ``pend`` as ``_gather_py``
     says, compiled (``warm()`` first) unless ``kernel`` is given (the tests pass the plain Python
-    one). Where the frames lie: no stacked copy of them first."""
+    one). Where the frames lie: no stacked copy of them first. Returns, per frame, whether all
+    of its samples are finite (bool)."""
     f32 = np.dtype(np.float32)
     # C-ordered float32 (n, channels) each, as the kernel reads them; kept alive through the call
     xs = [x if x.dtype == f32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=f32) for x in xs]
@@ -353,8 +362,10 @@ def gather_frames(pend: np.ndarray, slots: np.ndarray, pn: np.ndarray, xs: list[
     addresses = np.fromiter((x.ctypes.data for x in xs), dtype=np.int64, count=m)
     ns = np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=m)
     channels = np.fromiter((x.shape[1] for x in xs), dtype=np.int64, count=m)
-    if (kernel or _compiled.get()[1])(pend, slots, pn, addresses, ns, channels) != 0:
+    finite = np.empty(m, dtype=np.uint8)
+    if (kernel or _compiled.get()[1])(pend, slots, pn, addresses, ns, channels, finite) != 0:
         raise ValueError("frames do not fit the rows they are gathered into (pend_room first)")
+    return finite.view(np.bool_)
 
 
 def _run_tiny(kernel: Any, gather: Any) -> None:
