@@ -190,6 +190,38 @@ def test_a_quiet_socket_tells_the_consumer_its_burst_is_over(free_tcp_port):
     assert between and set(between) == {"idle"}  # the 0.3 s pause after the first burst
 
 
+def test_a_burst_that_trickles_in_is_handed_over_in_one_poll(free_tcp_port, monkeypatch):
+    """Messages that come closer together than the quiet that ends a burst (IDLE_MS) are one poll's
+    frames, also when each arrives after the receiver found the socket empty and slept
+    (GATHER_WAIT_S); a pause longer than IDLE_MS ends the poll. (The time constants are stretched
+    so that a busy machine's scheduling cannot split or join the bursts.)"""
+    from drsn_stream.sources import zmq_source
+
+    monkeypatch.setattr(zmq_source, "IDLE_MS", 200)
+    monkeypatch.setattr(zmq_source, "GATHER_MS", 2000.0)
+    monkeypatch.setattr(zmq_source, "MAX_POLL_MS", 4000.0)
+    monkeypatch.setattr(zmq_source, "GATHER_WAIT_S", 0.02)
+    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
+    x = np.zeros((8, 64), np.float32)
+
+    def send() -> None:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        for seq in range(8):
+            push.send_multipart(encode("s", seq, T0 + seq * 0.04, 1600.0, x[seq]))
+            # 60 ms apart: past GATHER_WAIT_S, well within IDLE_MS; 1 s after the fourth
+            threading.Event().wait(1.0 if seq == 3 else 0.06)
+        push.send_multipart(encode_eos("s"))
+        push.close(1000)
+
+    with src:
+        sender = threading.Thread(target=send)
+        sender.start()
+        polls = [[f.seq for f in batch] for batch in src.batches()]
+        sender.join()
+    assert polls == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
 PUBLISHER = textwrap.dedent(
     """
     import json, sys, zmq, numpy as np, scipy.io
