@@ -197,9 +197,9 @@ def test_a_burst_that_trickles_in_is_handed_over_in_one_poll(free_tcp_port, monk
     so that a busy machine's scheduling cannot split or join the bursts.)"""
     from drsn_stream.sources import zmq_source
 
-    monkeypatch.setattr(zmq_source, "IDLE_MS", 200)
-    monkeypatch.setattr(zmq_source, "GATHER_MS", 2000.0)
-    monkeypatch.setattr(zmq_source, "MAX_POLL_MS", 4000.0)
+    monkeypatch.setattr(zmq_source, "IDLE_MS", 400)
+    monkeypatch.setattr(zmq_source, "GATHER_MS", 4000.0)
+    monkeypatch.setattr(zmq_source, "MAX_POLL_MS", 8000.0)
     monkeypatch.setattr(zmq_source, "GATHER_WAIT_S", 0.02)
     src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
     x = np.zeros((8, 64), np.float32)
@@ -209,8 +209,8 @@ def test_a_burst_that_trickles_in_is_handed_over_in_one_poll(free_tcp_port, monk
         push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
         for seq in range(8):
             push.send_multipart(encode("s", seq, T0 + seq * 0.04, 1600.0, x[seq]))
-            # 60 ms apart: past GATHER_WAIT_S, well within IDLE_MS; 1 s after the fourth
-            threading.Event().wait(1.0 if seq == 3 else 0.06)
+            # 60 ms apart: past GATHER_WAIT_S, well within IDLE_MS; 1.5 s after the fourth
+            threading.Event().wait(1.5 if seq == 3 else 0.06)
         push.send_multipart(encode_eos("s"))
         push.close(1000)
 
