@@ -381,9 +381,9 @@ def test_the_level_kernel_as_plain_python_agrees_with_numpy() -> None:
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
     not levels_jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
 def test_the_level_kernel_finds_a_rows_extremes_wherever_they_are(compiled) -> None:
-    """The kernel reads a row's extremes (as integers ordered as the floats are) in several
-    lanes and a tail: a peak or a trough at any place in a row of any length, of either sign,
-    is the one the clipping test keeps, and samples at it are counted."""
+    """The kernel reads a row's extremes as integers ordered as the floats are (vectorized by
+    the compiler): a peak or a trough at any place in a row of any length, of either sign, is
+    the one the clipping test keeps, and samples at it are counted."""
     from drsn_stream.monitor.health_levels import LevelBank
 
     cfg = HealthConfig()
