@@ -11,7 +11,7 @@ from scipy.signal import resample_poly, welch
 
 from drsn_stream.dsp import StreamDSP, StreamingResampler, add_noise, make_noise, normalize, snr_db
 from drsn_stream.errors import ConfigError
-from drsn_stream.types import Frame
+from drsn_stream.types import Frame, Window
 
 T0 = 1_800_000_000.0  # an arbitrary wall-clock start for synthetic frames
 
@@ -339,6 +339,11 @@ def test_batch_normalization_step_gives_the_same_windows(inner, norm):
     assert np.array_equal(all_raw, batch) and np.array_equal(raw_levels, levels)
     # the windows are only read: the raw ones keep their raw samples and carry no level
     assert np.array_equal(raw[5].data, x[5 * 512 : 5 * 512 + 2048]) and all(w.level == 0.0 for w in raw)
+    # windows of other lengths are refused, never cut into rows of the first one's length
+    short = Window("s", 99, T0, raw[0].data[:2047], T0, 0.0, False)
+    long_ = Window("s", 100, T0, x[:2049], T0, 0.0, False)
+    with pytest.raises(ValueError):
+        step([raw[0], short, long_, raw[1]])
 
 
 def test_a_bad_normalization_spec_is_refused_before_any_window():

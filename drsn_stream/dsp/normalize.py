@@ -110,7 +110,9 @@ class BatchNormalizer:
     def __call__(self, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
         """``windows`` (b of them, n samples each) -> (input (b, n) float32, levels (b,) float64):
         each window's RMS before normalization."""
-        x = np.stack([w.data for w in windows])
+        # np.array of equal-shaped rows: np.stack's array, without its per-row steps (ragged rows
+        # are refused the same)
+        x = np.array([w.data for w in windows])
         raw = [i for i, w in enumerate(windows) if not w.normalized]
         if len(raw) == len(windows):
             if x.dtype == np.float32 and x.ndim == 2:  # a fresh stack of the DSP's float32 windows: no second copy

@@ -31,7 +31,8 @@ def as_normalized(windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
     if not all(w.normalized for w in windows):
         raise ConfigError("raw windows reached the inference loop without a normalization step; pass "
                           "prepare=BatchNormalizer(meta.normalization) (drsn_stream.dsp.normalize)")
-    return np.stack([w.data for w in windows]), np.array([w.level for w in windows], dtype=np.float64)
+    # np.array of equal-shaped rows: np.stack's array, without its per-row steps
+    return np.array([w.data for w in windows]), np.array([w.level for w in windows], dtype=np.float64)
 
 
 def predictions_from(

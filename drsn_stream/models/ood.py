@@ -121,9 +121,9 @@ class UnknownDetector:
         rows = [p for p in preds if p.features is not None]
         if not rows:
             return
-        scores = self.score(np.stack([p.features for p in rows]))
-        for p, sc in zip(rows, scores):
-            p.unknown_score = float(sc)
+        scores = self.score(np.array([p.features for p in rows]))  # np.stack's rows, in fewer steps
+        for p, sc in zip(rows, scores.tolist()):
+            p.unknown_score = sc
             if not sc <= 1.0:  # NaN features are refused too
                 p.model_label = p.label
                 p.label = UNKNOWN

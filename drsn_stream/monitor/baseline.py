@@ -245,7 +245,7 @@ class BaselineStage:
                 rows.append(p)
                 ks.append(k)
         if rows:
-            z = np.einsum("bf,bfg->bg", np.stack([p.features for p in rows]) - means[ks], whiteners[ks])
+            z = np.einsum("bf,bfg->bg", np.array([p.features for p in rows]) - means[ks], whiteners[ks])
             scores = np.sqrt(np.einsum("bf,bf->b", z, z)) / thresholds[ks]
             for p, a in zip(rows, scores.tolist()):
                 p.anomaly = a
