@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from drsn_stream.app.defaults import resolve_defaults
-from drsn_stream.engine.contract import CPU_CATCH_UP_BATCH, CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
+from drsn_stream.engine.contract import (
+    CPU_CATCH_UP_BATCH,
+    CPU_EAGER_BATCH,
+    CPU_LIVE_MAX_BATCH,
+    CUDA_CATCH_UP_BATCH,
+    MAX_BATCH,
+    cuda_catch_up_batch,
+)
 
 
 def test_a_live_cpu_run_on_two_cores_gets_a_pinned_engine_process_and_small_eager_batches() -> None:
@@ -26,12 +33,22 @@ def test_cuda_runs_in_process_with_big_batches_and_no_eager_flush() -> None:
     r = resolve_defaults(device="cuda", cores=16)
     assert not r.engine_process and not r.pin_cpus
     assert (r.max_batch, r.eager_batch) == (MAX_BATCH, 0)
+    # a backlog leaves in bigger batches there too (live or replayed), which the runner must take
+    for fast in (False, True):
+        r = resolve_defaults(device="cuda", cores=16, fast=fast, window=2048)
+        assert r.catch_up_batch == r.capacity == CUDA_CATCH_UP_BATCH > r.max_batch
+    assert resolve_defaults(device="cuda", cores=16, max_batch=128).capacity == 128
+    # no more samples in a backlog's batch than 1,024 windows of 2,048: the speech model's windows
+    # of 8,000 get none (its runner captures no CUDA graph for batches its streams never make)
+    assert resolve_defaults(device="cuda", cores=16, window=8000).capacity == MAX_BATCH
+    assert [cuda_catch_up_batch(w) for w in (256, 2048, 3000, 4096, 8000)] == [1024, 1024, 512, 512, 0]
 
 
 def test_a_replay_never_drops_and_takes_full_batches() -> None:
     r = resolve_defaults(device="cpu", cores=2, fast=True)
     assert r.stale_ms == 0.0 and r.block_when_full
     assert (r.max_batch, r.eager_batch) == (MAX_BATCH, 0)
+    assert r.capacity == MAX_BATCH  # on the CPU every replayed batch is already full
 
 
 @pytest.mark.parametrize("threads, pinned", [(None, True), (1, True), (2, False)])

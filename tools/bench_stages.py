@@ -15,6 +15,8 @@ host has (the limit of a GPU host, where the model costs little; docs/performanc
     python tools/bench_stages.py --streams 10240 --batch 256 --repeat 3
     python tools/bench_stages.py --jsonl /dev/null      # with the per-window result log
     python tools/bench_stages.py --normalized           # windows as ingest processes hand them over
+    python tools/bench_stages.py --catch-up 0           # every batch 256 (the default lets a backlog
+                                                        # leave in batches of up to 1,024, as on CUDA)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.dsp.normalize import BatchNormalizer
-from drsn_stream.engine.contract import Pending
+from drsn_stream.engine.contract import MAX_BATCH, Pending, cuda_catch_up_batch
 from drsn_stream.sinks.jsonl import JsonlSink
 from drsn_stream.types import Window
 
@@ -77,12 +79,17 @@ class Replay:
         return pending.probs, pending.noise
 
 
-def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | None, normalized: bool = False) -> dict:
+def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | None, normalized: bool = False,
+        catch_up: int | None = None) -> dict:
     cfg = RunConfig(sources=(f"zmq+pull://127.0.0.1:{free_port()}",), model=model, device="cpu",
                     engine_process=False, max_batch=batch, eager_batch=0, stale_ms=0.0,
                     queue_capacity=1 << 16, idle_flush=False, max_streams=max(streams, 1), stats_every_s=3600)
     pipe = Pipeline(cfg, sinks=[JsonlSink(jsonl, flush_every=4096)] if jsonl else ())
-    pipe.engine.runner = pipe.runner = Replay(pipe.runner, 4 * batch)
+    # a backlog's batches, as the monitor's batcher cuts them on CUDA (the config's max_batch turned them off)
+    if catch_up is None:
+        catch_up = cuda_catch_up_batch(pipe.meta.window) if batch == MAX_BATCH else 0
+    pipe.batcher.catch_up_batch = most = max(batch, catch_up)
+    pipe.engine.runner = pipe.runner = Replay(pipe.runner, 4 * most)
     # the windows a monitor's ingest would hand over: raw, as the DSP leaves them, one per stream
     # in turn (each stream's windows a hop apart), made before the clock starts
     rng = np.random.default_rng(1)
@@ -102,7 +109,7 @@ def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | No
     if pipe.envelope is not None:
         pipe.envelope.start()
     stop = threading.Event()
-    fed = threading.Thread(target=feed, args=(pipe, windows, batch, stop), name="feed", daemon=True)
+    fed = threading.Thread(target=feed, args=(pipe, windows, most, stop), name="feed", daemon=True)
     fed.start()
     time.sleep(1.5)  # past the first batches' one-off costs
     tids = {"engine_loop": pipe.engine, "output": out, "hand-over": fed}
@@ -124,6 +131,7 @@ def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | No
     return {
         "streams": streams,
         "batch": batch,
+        "catch_up": most,
         "normalized": normalized,
         "jsonl": bool(jsonl),
         "envelope": pipe.envelope is not None,
@@ -151,7 +159,10 @@ def feed(pipe: Pipeline, windows: list[Window], batch: int, stop: threading.Even
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=10240, help="distinct stream ids the windows come from")
-    ap.add_argument("--batch", type=int, default=256, help="the micro-batch (256: the monitor's on CUDA)")
+    ap.add_argument("--batch", type=int, default=MAX_BATCH, help="the micro-batch (256: the monitor's on CUDA)")
+    ap.add_argument("--catch-up", type=int, default=None, metavar="N",
+                    help=f"while more than --batch windows wait, batches of up to N (default with --batch {MAX_BATCH}: "
+                         "the monitor's on CUDA for the model's windows, 1,024 of 2,048 samples; else none; 0: none)")
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per run")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--model", default="bearing-cwru")
@@ -160,14 +171,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="windows normalized already, as ingest processes hand them over (no envelope stage)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    rows = [run(args.streams, args.batch, args.seconds, model=args.model, jsonl=args.jsonl, normalized=args.normalized)
-            for _ in range(args.repeat)]
+    rows = [run(args.streams, args.batch, args.seconds, model=args.model, jsonl=args.jsonl, normalized=args.normalized,
+                catch_up=args.catch_up) for _ in range(args.repeat)]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     for r in rows:
         per = ", ".join(f"{k} {v}" for k, v in r["us_per_window"].items())
-        print(f"{r['streams']} streams, batch {r['batch']}{', normalized' if r['normalized'] else ''}"
+        backlog = f" (a backlog's up to {r['catch_up']})" if r["catch_up"] > r["batch"] else ""
+        print(f"{r['streams']} streams, batch {r['batch']}{backlog}{', normalized' if r['normalized'] else ''}"
               f"{', JSON lines' if r['jsonl'] else ''}: "
               f"{r['windows_per_s']:,} windows/s; monitor process {r['process_cpu_pct']} % of a core, "
               f"{r['process_us_per_window']} us per window (of which: {per})")

@@ -56,6 +56,7 @@ step "streams (issue 17)"
 # the monitor process's own limit after ingest on this host's CPU, whatever the GPU (one interpreter lock)
 timeout 30 python3 tools/bench_stages.py --seconds 5 2>&1 | tee "$OUT/stages17.txt"
 timeout 30 python3 tools/bench_stages.py --seconds 5 --normalized 2>&1 | tee -a "$OUT/stages17.txt"
+timeout 30 python3 tools/bench_stages.py --seconds 5 --normalized --catch-up 0 2>&1 | tee -a "$OUT/stages17.txt"
 timeout 150 python3 tools/bench_pipeline.py --device cuda --streams "${STREAMS17:-2048,4096}" --ingest-procs 1,8 \
     --publishers 2 --seconds 8 --all --p99-ms 50 2>&1 | tee "$OUT/pipeline17.txt"
 timeout 150 python3 tools/bench_pipeline.py --device cuda --streams "${STREAMS17_BIG:-10240}" --ingest-procs 8 \

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drsn_stream.engine.contract import CPU_CATCH_UP_BATCH, CPU_EAGER_BATCH, CPU_LIVE_MAX_BATCH, MAX_BATCH
+from drsn_stream.engine.contract import (
+    CPU_CATCH_UP_BATCH,
+    CPU_EAGER_BATCH,
+    CPU_LIVE_MAX_BATCH,
+    MAX_BATCH,
+    cuda_catch_up_batch,
+)
 
 BIG_HOST_CORES = 8  # from here on ZeroMQ SUB sources are read by several ingest processes
 MAX_INGEST_PROCS = 8
@@ -48,6 +54,7 @@ def resolve_defaults(
     eager_batch: int | None = None,
     stale_ms: float = 2000.0,
     ingest_procs: int | None = None,
+    window: int = 2048,
 ) -> Resolved:
     """Fills what the config left unset (None).
 
@@ -57,8 +64,9 @@ def resolve_defaults(
     - Live CPU runs take micro-batches of at most CPU_LIVE_MAX_BATCH and send one early once
       CPU_EAGER_BATCH windows wait while the engine idles (latency over throughput); CUDA and
       replays (``fast``) take MAX_BATCH and wait for full batches (throughput). When the live
-      CPU engine falls behind, a batch takes up to CPU_CATCH_UP_BATCH of the windows waiting
-      (unless the config set ``max_batch``: then no batch is larger).
+      CPU engine falls behind, a batch takes up to CPU_CATCH_UP_BATCH of the windows waiting, on
+      CUDA up to ``cuda_catch_up_batch(window)`` (the model's windows of ``window`` samples; 1,024
+      of 2,048) (unless the config set ``max_batch``: then no batch is larger).
     - Replays never drop: windows do not go stale and a full queue makes the source wait.
     - ZeroMQ SUB sources are read by one ingest thread below BIG_HOST_CORES cores (a second
       process would take a core the engine or the parent needs); from there on by half the
@@ -72,7 +80,12 @@ def resolve_defaults(
     pin = use_process and (pin_cpus if pin_cpus is not None else (threads or 1) == 1) and cores >= 2
     batch = max_batch if max_batch is not None else CPU_LIVE_MAX_BATCH if live_cpu else MAX_BATCH
     eager = eager_batch if eager_batch is not None else CPU_EAGER_BATCH if live_cpu else 0
-    catch_up = CPU_CATCH_UP_BATCH if live_cpu and max_batch is None else 0
+    if max_batch is not None:  # a batch size set is the largest batch, backlog or not
+        catch_up = 0
+    elif on_cpu:  # a replay's batches are full already
+        catch_up = CPU_CATCH_UP_BATCH if live_cpu else 0
+    else:
+        catch_up = cuda_catch_up_batch(window)
     procs = ingest_procs if ingest_procs is not None else (
         min(MAX_INGEST_PROCS, cores // 2) if cores >= BIG_HOST_CORES else 1)
     return Resolved(engine_process=use_process, pin_cpus=pin, max_batch=batch, eager_batch=min(eager, batch),

@@ -110,11 +110,12 @@ class Pipeline:
             src.max_streams = config.max_streams
         for src in self.sources:
             src.check()
+        meta = read_meta(self.model_name)
         res = resolve_defaults(
             device=device_type(config.device), cores=_cores(), fast=config.fast,
             engine_process=config.engine_process, pin_cpus=config.pin_cpus, threads=config.threads,
             max_batch=config.max_batch, eager_batch=config.eager_batch, stale_ms=config.stale_ms,
-            ingest_procs=config.ingest_procs,
+            ingest_procs=config.ingest_procs, window=meta.window,
         )
         self.resolved = res
         self.max_batch = res.capacity  # what the runner takes: a catch-up batch too
@@ -122,7 +123,6 @@ class Pipeline:
         self._saved_affinity: set[int] | None = None
         self._frozen = False  # gc.freeze() done by start(), undone by stop()
         self.runner: RunnerLike
-        meta = read_meta(self.model_name)
         self.unknown, self.baseline = _judges(self.model_name, meta, config)
         features = meta.features if (self.unknown or self.baseline) else 0
         if res.engine_process:

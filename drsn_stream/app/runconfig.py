@@ -50,7 +50,7 @@ class RunConfig:
     model: str | None = None
     device: str = "auto"
     # the largest micro-batch (None: CPU_LIVE_MAX_BATCH = 64 on the CPU with live sources, MAX_BATCH
-    # = 256 on CUDA and with --fast)
+    # = 256 on CUDA and with --fast; a backlog's batches may then be larger: app/defaults.py)
     max_batch: int | None = None
     max_wait_ms: float = 20.0
     idle_flush: bool = True  # a batch leaves as soon as the sources have nothing more ready (max_wait_ms: the bound)

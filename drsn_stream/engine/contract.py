@@ -37,8 +37,27 @@ CPU_LIVE_MAX_BATCH = 64
 CPU_CATCH_UP_BATCH = 128
 # The largest batch otherwise (CUDA, and replays with --fast, where throughput counts).
 MAX_BATCH = 256
+# When the engine on CUDA has fallen behind (more than MAX_BATCH windows wait as it takes a batch),
+# it takes up to this many at once. There the monitor process's Python per window, not the GPU, is
+# the limit (a batch costs a fixed number of numpy calls, and one interpreter lock serves every
+# thread): after ingest one process takes some 20 % more windows/s in batches of up to 1,024 than
+# of 256 (`tools/bench_stages.py --catch-up`), and the GPU runs them faster too. While the engine
+# keeps up nothing changes. A backlog's batch holds at most CUDA_CATCH_UP_SAMPLES samples (the
+# largest power of two of windows that fit, no catch-up where that is MAX_BATCH or fewer): the
+# runner captures a CUDA graph per batch size at start-up, and a model of long windows (the
+# speech model's 8,000 samples) would hold GPU memory for batches its few streams never make.
+CUDA_CATCH_UP_BATCH = 1024
+CUDA_CATCH_UP_SAMPLES = 1024 * 2048
 # The batch sizes `drsn-stream bench` measures unless told.
 BENCH_BATCH_SIZES = (1, 4, 16, 64, 256, 1024)
+
+
+def cuda_catch_up_batch(window: int) -> int:
+    """The largest batch a backlog leaves in on CUDA for windows of ``window`` samples (0: none
+    larger than MAX_BATCH); see CUDA_CATCH_UP_SAMPLES."""
+    fit = min(CUDA_CATCH_UP_BATCH, CUDA_CATCH_UP_SAMPLES // max(1, window))
+    b = 1 << (fit.bit_length() - 1) if fit >= 1 else 0
+    return b if b > MAX_BATCH else 0
 
 
 def default_batch_sizes(max_batch: int) -> list[int]:
