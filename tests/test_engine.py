@@ -207,6 +207,15 @@ def test_stats_keep_each_streams_latest_latencies_for_its_percentiles() -> None:
     assert stats.percentiles("a", (50,)) == (pytest.approx(127.5),)
     assert rows["b"][0] == pytest.approx(263.5)
     assert stats.histogram.read().count == stats.windows == 684
+    # batches of distinct streams (recorded in one step), new streams among them, past the ring's end
+    many = [f"s{k}" for k in range(100)]
+    for i in range(300):
+        stats.record_batch(many[: 50 + i % 51], np.arange(50 + i % 51) * 1000.0 + i, 0.01)
+    for k in (0, 49, 50, 99):
+        got = [i for i in range(300) if k < 50 + i % 51][-256:]  # the values stream k got, its last 256
+        want = np.percentile(np.array(got) + k * 1000.0, (50, 99))
+        assert stats.stream_p50_p99([f"s{k}"])[f"s{k}"] == (pytest.approx(want[0]), pytest.approx(want[1])), k
+        assert stats.percentiles(f"s{k}", (99,)) == (pytest.approx(want[1]),)
 
 
 def test_raw_windows_without_a_normalization_step_are_refused(scripted) -> None:

@@ -31,7 +31,11 @@ class EngineStats:
 
     def __init__(self, *, history: int = STREAM_KEEP, rate_span_s: float = 5.0) -> None:
         self._lock = threading.Lock()
-        self._lat: dict[str, _Ring] = {}
+        # each stream's last ``history`` latencies: a ring per row of one array, so a batch of
+        # distinct streams is recorded in one step instead of one Python call per window
+        self._row: dict[str, int] = {}
+        self._lat = np.empty((64, history), dtype=np.float64)
+        self._lat_n = np.zeros(64, dtype=np.int64)  # latencies recorded per row
         self._all: deque[float] = deque(maxlen=ALL_KEEP)
         self._history = history
         self.histogram = LatencyHistogram()
@@ -54,11 +58,19 @@ class EngineStats:
         self.histogram.observe(values)
         vals = values.tolist()
         with self._lock:
-            for sid, v in zip(stream_ids, vals):
-                ring = self._lat.get(sid)
-                if ring is None:
-                    ring = self._lat[sid] = _Ring(self._history)
-                ring.add(v)
+            get = self._row.get
+            rows = [get(sid) for sid in stream_ids]
+            if None in rows:
+                rows = [self._new_row(sid) if r is None else r for sid, r in zip(stream_ids, rows)]
+            if len(set(rows)) == len(rows) == batch_size:  # each stream once: in one step
+                at = np.array(rows, dtype=np.intp)
+                n = self._lat_n[at]
+                self._lat[at, n % self._history] = values
+                self._lat_n[at] = n + 1
+            else:  # a stream twice in a batch: its latencies in order
+                for r, v in zip(rows, vals):
+                    self._lat[r, self._lat_n[r] % self._history] = v
+                    self._lat_n[r] += 1
             self._all.extend(vals)
             if self._rec is not None:
                 self._rec.extend(vals)
@@ -70,6 +82,24 @@ class EngineStats:
             self._done.append((now, batch_size))
             while self._done and self._done[0][0] < now - self._span:
                 self._done.popleft()
+
+    def _new_row(self, sid: str) -> int:
+        """The row of a stream seen for the first time (under the lock; the array doubled when full)."""
+        row = self._row.get(sid)  # the same new stream twice in one batch
+        if row is None:
+            row = self._row[sid] = len(self._row)
+            if row == len(self._lat_n):
+                self._lat = np.concatenate([self._lat, np.empty_like(self._lat)])
+                self._lat_n = np.concatenate([self._lat_n, np.zeros_like(self._lat_n)])
+        return row
+
+    def _kept(self, sid: str) -> np.ndarray | None:
+        """A copy of a stream's kept latencies (in no particular order; under the lock); None:
+        never measured."""
+        row = self._row.get(sid)
+        if row is None:
+            return None
+        return self._lat[row, : min(int(self._lat_n[row]), self._history)].copy()
 
     @property
     def recording(self) -> bool:
@@ -127,8 +157,8 @@ class EngineStats:
             if stream is None:
                 vals = np.fromiter(self._all, dtype=np.float64, count=len(self._all))
             else:
-                ring = self._lat.get(stream)
-                vals = ring.values() if ring is not None else np.empty(0)
+                kept = self._kept(stream)
+                vals = kept if kept is not None else np.empty(0)
         if not vals.size:
             return tuple(float("nan") for _ in qs)
         return tuple(float(v) for v in np.percentile(vals, qs))
@@ -138,7 +168,7 @@ class EngineStats:
         dashboard's rows; streams without a measurement are left out. The lock is held only to
         copy the rings, so a snapshot of hundreds of streams does not stall the engine."""
         with self._lock:
-            raw = {sid: ring.values() for sid in streams if (ring := self._lat.get(sid)) is not None}
+            raw = {sid: kept for sid in streams if (kept := self._kept(sid)) is not None}
         out = {}
         for sid, vals in raw.items():
             if vals.size:
@@ -156,24 +186,6 @@ class EngineStats:
             "latency_ms": {"p50": _r(p50), "p95": _r(p95), "p99": _r(p99)},
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
         }
-
-
-class _Ring:
-    """The last ``keep`` latencies of one stream (guarded by the stats' lock)."""
-
-    __slots__ = ("buf", "n")
-
-    def __init__(self, keep: int) -> None:
-        self.buf = np.empty(keep, dtype=np.float64)
-        self.n = 0
-
-    def add(self, value: float) -> None:
-        self.buf[self.n % self.buf.size] = value
-        self.n += 1
-
-    def values(self) -> np.ndarray:
-        """A copy of the kept latencies (in no particular order)."""
-        return self.buf[: min(self.n, self.buf.size)].copy()
 
 
 def _quantile(ordered: np.ndarray, q: float) -> float:
