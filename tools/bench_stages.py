@@ -34,6 +34,7 @@ from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.engine.contract import MAX_BATCH, Pending, cuda_catch_up_batch
 from drsn_stream.sinks.jsonl import JsonlSink
+from drsn_stream.sources.sim import EXCERPT_RATE, load_excerpts
 from drsn_stream.types import Window
 
 
@@ -49,34 +50,63 @@ def thread_cpu_s(thread: threading.Thread) -> float:
 
 
 class Replay:
-    """A runner that costs nothing: every batch gets rows of one real batch's outputs at once."""
+    """A runner that costs nothing: each window gets at once the outputs the real model gave for
+    it (the same window, recognised by its first samples), so each stream keeps its own label
+    and the stages after the model do the work they do on real machines."""
 
     lanes = 1
 
-    def __init__(self, real, rows: int) -> None:
+    def __init__(self, real, inputs: np.ndarray) -> None:
+        """``inputs``: the model inputs (normalized) of every distinct window the bench feeds."""
         self.window, self.max_batch, self.notes = real.window, real.max_batch, []
         self.device_name = f"replay of {real.device_name}"
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((64, real.window)).astype(np.float32)
-        handle = real.submit(x)
-        probs, noise = real.collect(handle)
-        reps = -(-rows // 64)
-        self.probs, self.noise = np.tile(probs, (reps, 1)), np.tile(noise, reps)
-        self.features = None if handle.features is None else np.tile(handle.features, (reps, 1))
+        probs, noise, feats = [], [], []
+        for i in range(0, len(inputs), real.max_batch):
+            handle = real.submit(inputs[i : i + real.max_batch])
+            p, n = real.collect(handle)
+            probs.append(p)
+            noise.append(n)
+            feats.append(handle.features)
+        self.probs, self.noise = np.concatenate(probs), np.concatenate(noise)
+        self.features = None if feats[0] is None else np.concatenate(feats)
+        keys = _keys(inputs)
+        if len(np.unique(keys)) != len(keys):
+            raise SystemExit("bench_stages: two windows share their first samples; the replay cannot tell them apart")
+        self.order = np.argsort(keys)
+        self.sorted = keys[self.order]
 
     def warmup(self) -> None:
         pass
 
     def submit(self, x: np.ndarray) -> Pending:
-        b = len(x)
-        return Pending(b, probs=self.probs[:b].copy(), noise=self.noise[:b].copy(),
-                       features=None if self.features is None else self.features[:b])
+        at = self.order[np.searchsorted(self.sorted, _keys(x))]
+        return Pending(len(x), probs=self.probs[at], noise=self.noise[at],
+                       features=None if self.features is None else self.features[at])
 
     def done(self, pending: Pending) -> bool:
         return True
 
     def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
         return pending.probs, pending.noise
+
+
+def _keys(x: np.ndarray) -> np.ndarray:
+    """A window's first two samples' bits as one integer, per row."""
+    return np.ascontiguousarray(x[:, :2], dtype=np.float32).view(np.int64)[:, 0]
+
+
+def real_windows(meta, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` raw windows of the shipped CWRU excerpts, their classes in turn, where the model takes
+    windows at their rate (the bearing model); Gaussian noise for any other model."""
+    tracks = [x for x in load_excerpts().values() if len(x) > meta.window] if meta.sample_rate == EXCERPT_RATE else []
+    if not tracks:
+        return rng.standard_normal((n, meta.window)).astype(np.float32)
+    out = np.empty((n, meta.window), dtype=np.float32)
+    for k in range(n):
+        x = tracks[k % len(tracks)]
+        start = int(rng.integers(0, len(x) - meta.window))
+        out[k] = x[start : start + meta.window]
+    return out
 
 
 def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | None, normalized: bool = False,
@@ -89,18 +119,20 @@ def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | No
     if catch_up is None:
         catch_up = cuda_catch_up_batch(pipe.meta.window) if batch == MAX_BATCH else 0
     pipe.batcher.catch_up_batch = most = max(batch, catch_up)
-    pipe.engine.runner = pipe.runner = Replay(pipe.runner, 4 * most)
     # the windows a monitor's ingest would hand over: raw, as the DSP leaves them, one per stream
-    # in turn (each stream's windows a hop apart), made before the clock starts
+    # in turn (each stream's windows a hop apart, stream s always window s % 256: real machines
+    # keep their label), made before the clock starts
     rng = np.random.default_rng(1)
-    data = rng.standard_normal((256, pipe.meta.window)).astype(np.float32)
+    data = real_windows(pipe.meta, 256, rng)
     levels = np.zeros(len(data))
+    inputs, in_levels = BatchNormalizer(pipe.meta.normalization).in_place(data.copy())
     if normalized:  # as the ingest processes hand them over without an envelope stage
-        data, levels = BatchNormalizer(pipe.meta.normalization).in_place(data)
+        data, levels = inputs, in_levels
+    pipe.engine.runner = pipe.runner = Replay(pipe.runner, inputs)
     hop_s = pipe.meta.hop / pipe.meta.sample_rate
     now = time.time()
-    windows = [Window(f"m{k % streams}", k // streams, now + (k // streams) * hop_s, data[k % 256], now,
-                      float(levels[k % 256]), normalized)
+    windows = [Window(f"m{k % streams}", k // streams, now + (k // streams) * hop_s, data[k % streams % 256], now,
+                      float(levels[k % streams % 256]), normalized)
                for k in range(max(streams, 4096) * 2)]
     pipe.runner.warmup()
     out = threading.Thread(target=pipe._output_loop, name="drsn-output", daemon=True)
