@@ -266,3 +266,64 @@ def test_a_batch_of_predictions_decides_as_one_at_a_time():
     # the run went through alarms and back, and ended in the same state for every stream
     assert any(events for events, _, _ in seen) and {level for _, _, level in seen} >= {Level.NORMAL, Level.ALERT}
     assert {s: one.state(s) for s in one.streams} == {s: many.state(s) for s in many.streams}
+
+
+def _same_state(a, b) -> bool:
+    """Two streams' decision states equal, their arrays bit for bit."""
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if name == "history":
+            if len(x) != len(y) or any(not np.array_equal(p, q) or v != w for (p, v), (q, w) in zip(x, y)):
+                return False
+        elif isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if x is None or y is None or not np.array_equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def test_a_batch_of_distinct_streams_votes_as_one_at_a_time():
+    # big batches of distinct streams take the majority vote over the whole batch at once: every
+    # result, and every stream's state down to the last bit of its running sums, must be those of
+    # one window at a time, through sick sensors, NaN scores, refused labels, new streams and the
+    # running sums' periodic re-summing (every 1,024 windows of a stream)
+    rng = np.random.default_rng(7)
+    cfg = DecisionConfig.for_labels(BEARING, set_windows=2, clear_windows=2, latching=True)
+    one, many = DecisionEngine(BEARING, cfg), DecisionEngine(BEARING, cfg)
+    names = [f"m{k}" for k in range(60)]
+    t, seen, batched = 0.0, [], 0
+    for r in range(1100):
+        size = int(rng.integers(16, 41)) if r % 7 else int(rng.integers(1, 16))  # small ones: one at a time
+        chosen = ["m0", *rng.choice(names[1 : 20 + r // 20], size=min(size, 19 + r // 20) - 1, replace=False)]
+        batch, healthy = [], []
+        for sid in chosen:
+            t += 0.001
+            label = BEARING[0] if rng.random() < 0.4 else str(rng.choice(BEARING))
+            p = pred(label, float(rng.uniform(0.3, 0.99)), t, stream=str(sid))
+            # float64 scores of full precision: their sums round, so a step taken in another
+            # order, or a re-sum left out, changes bits (float32 scores add up exactly)
+            p.probs = p.probs + rng.uniform(0, 0.01, len(BEARING))
+            sound = sid == "m0"  # every window of m0 is voted on: its 1,024th re-sums, in a big batch
+            if not sound and rng.random() < 0.03:
+                p.probs[1] = np.nan
+            if not sound and rng.random() < 0.03:
+                p.model_label, p.label = p.label, "unknown"
+                p.anomaly = 2.0 if rng.random() < 0.5 else None
+            batch.append(p)
+            healthy.append(sound or bool(rng.random() > 0.05))
+        batched += len(batch) >= 16
+        expected = []
+        for p, ok in zip(batch, healthy):
+            events = one.update(p, healthy=ok)
+            st = one.state(p.stream_id)
+            expected.append(([e.to_json() for e in events], st.label, st.level))
+        got = [([e.to_json() for e in events], label, level)
+               for events, label, level in many.update_many(batch, healthy)]
+        assert got == expected, r
+        seen += expected
+    assert batched > 800 and one.export_state("m0").windows > 1024  # the batch path; m0's 1,024th window (round 1023) in a big one
+    assert any(events for events, _, _ in seen) and {level for _, _, level in seen} >= {Level.NORMAL, Level.ALERT}
+    assert sorted(one.streams) == sorted(many.streams)
+    for sid in one.streams:
+        assert _same_state(one.export_state(sid), many.export_state(sid)), sid

@@ -64,6 +64,10 @@ from drsn_stream.types import Event, Prediction
 
 UNKNOWN_LABEL = "?"
 _LEVELS_KEEP = 32  # input levels per stream kept for the sparkline
+# From this many predictions of distinct streams on, ``update_many`` runs the majority vote's
+# arithmetic over the whole batch (a few numpy steps) instead of a few per prediction; below it
+# the per-prediction steps cost less than the batch's.
+_BATCH_VOTE_MIN = 16
 
 
 class Level(IntEnum):
@@ -382,6 +386,9 @@ class DecisionEngine:
         votes = probs.argmax(axis=1).tolist()
         out: list[tuple[list[Event], str, Level]] = []
         with self._lock:
+            if (b >= _BATCH_VOTE_MIN and self.config.smoothing == "majority"
+                    and len({p.stream_id for p in predictions}) == b):
+                return self._update_batch(predictions, healthy, probs, finite, votes)
             for prediction, ok, row, is_finite, vote in zip(predictions, healthy, probs, finite, votes):
                 st = self._streams.get(prediction.stream_id)
                 if st is None:
@@ -390,9 +397,39 @@ class DecisionEngine:
                 out.append((events, st.label, st.shown))
         return out
 
+    def _update_batch(self, predictions: Sequence[Prediction], healthy: Sequence[bool], probs: np.ndarray,
+                      finite: list[bool], votes: list[int]) -> list[tuple[list[Event], str, Level]]:
+        """``update_many``'s loop for predictions of distinct streams (so no one's update depends
+        on another's): each one's bookkeeping, then the majority vote of all that need it at
+        once (``_vote_many``), then each one's alarm step; the same results, bit for bit."""
+        streams, window_count = self._streams, self.config.window_count
+        sts, modes = [], []
+        for prediction, ok, is_finite in zip(predictions, healthy, finite):
+            st = streams.get(prediction.stream_id)
+            if st is None:
+                st = streams[prediction.stream_id] = _Stream(history=deque(maxlen=window_count))
+            sts.append(st)
+            modes.append(self._begin(prediction, st, ok and is_finite))
+        voting = [i for i, mode in enumerate(modes) if mode]
+        if voting:
+            self._vote_many([sts[i] for i in voting], probs[voting], [votes[i] for i in voting])
+        return [([] if mode is None else self._step(prediction.stream_id, st, float(prediction.t_last)), st.label, st.shown)
+                for prediction, st, mode in zip(predictions, sts, modes)]
+
     def _update(self, prediction: Prediction, st: _Stream, evidence: bool, probs: np.ndarray, vote: int) -> list[Event]:
         """``update`` of one prediction whose scores are ``probs`` (float64, their argmax
         ``vote``); ``evidence``: from a healthy sensor, every score finite."""
+        mode = self._begin(prediction, st, evidence)
+        if mode is None:
+            return []
+        if mode:
+            self._smooth(st, probs, vote)
+        return self._step(prediction.stream_id, st, float(prediction.t_last))
+
+    def _begin(self, prediction: Prediction, st: _Stream, evidence: bool) -> bool | None:
+        """A prediction's bookkeeping before its smoothing: None when nothing more is to be done
+        (no evidence, or a refused label without an anomaly score), True when it is smoothed and
+        then stepped, False when only stepped (a refused label with an anomaly score)."""
         t = float(prediction.t_last)
         self.windows_total += 1
         st.windows += 1
@@ -411,17 +448,14 @@ class DecisionEngine:
         st.anomaly = float(anomaly) if anomaly is not None and math.isfinite(anomaly) else None
         if not evidence:
             self._unknown(st)
-            return []
+            return None
         st.healthy = True
         st.refused = prediction.model_label is not None and prediction.label == REFUSED_LABEL
         if st.refused:
             self._unknown(st, label=REFUSED_LABEL)
             st.healthy = True
-            if st.anomaly is None:
-                return []  # no evidence either way
-        else:
-            self._smooth(st, probs, vote)
-        return self._step(prediction.stream_id, st, t)
+            return None if st.anomaly is None else False  # None: no evidence either way
+        return True
 
     def _unknown(self, st: _Stream, label: str = UNKNOWN_LABEL) -> None:
         # No evidence either way: keep the level, forget the history, restart the debounce.
@@ -465,6 +499,54 @@ class DecisionEngine:
         st.best = best
         st.label = self.labels[best]
         st.confidence = float(smoothed[best])
+
+    def _vote_many(self, sts: list[_Stream], probs: np.ndarray, votes: list[int]) -> None:
+        """``_smooth`` of the majority vote for distinct streams ``sts`` at once (``probs`` (m,
+        classes) float64, one row each): the running sums take the same per-element steps as
+        there (minus the oldest window's scores, plus the newest's, over the count), so the same
+        bits; the history, the vote counts and the label choice per stream as there."""
+        m, classes = probs.shape
+        sums = np.zeros((m, classes))
+        old = np.zeros((m, classes))
+        drop = np.zeros(m, dtype=bool)
+        counts = np.empty(m)
+        resum = []
+        for k, (st, vote) in enumerate(zip(sts, votes)):
+            if st.psum is None or not st.history:
+                st.votes = [0] * classes  # the sums start at zero
+            else:
+                sums[k] = st.psum
+            if len(st.history) == st.history.maxlen:
+                old_probs, old_vote = st.history[0]
+                old[k] = old_probs
+                drop[k] = True
+                st.votes[old_vote] -= 1
+            st.history.append((probs[k], vote))
+            st.votes[vote] += 1
+            counts[k] = len(st.history)
+            if st.windows % 1024 == 0:
+                resum.append(k)
+        np.subtract(sums, old, out=sums, where=drop[:, None])
+        sums += probs
+        for k in resum:  # shed rounding drift, as _smooth does
+            sums[k] = np.sum([h[0] for h in sts[k].history], axis=0)
+        smoothed = sums / counts[:, None]
+        labels = self.labels
+        best = []
+        for k, st in enumerate(sts):
+            st.psum = sums[k]
+            st.probs = smoothed[k]
+            top = max(st.votes)
+            if st.votes.count(top) == 1:  # the common case: one label has the most votes
+                b = st.votes.index(top)
+            else:
+                row = smoothed[k]
+                b = max((i for i, c in enumerate(st.votes) if c == top), key=lambda i: row[i])
+            st.best = b
+            st.label = labels[b]
+            best.append(b)
+        for st, c in zip(sts, smoothed[np.arange(m), best].tolist()):
+            st.confidence = c
 
     def _supported(self, st: _Stream, t: float) -> Level:
         """The level this window supports (before debouncing): the higher of its label's and its
