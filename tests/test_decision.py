@@ -233,6 +233,19 @@ def test_state_carries_levels_and_noise():
     assert state.levels[-1] == 19.0 and state.noise_index == pytest.approx(0.3)
 
 
+def _one_by_one_and_batched(one: DecisionEngine, many: DecisionEngine, batch: list, healthy: list) -> list:
+    """Feeds ``batch`` to ``one`` a prediction at a time and to ``many`` in one call; asserts the
+    same (events, label, level) after each and returns them."""
+    expected = []
+    for p, ok in zip(batch, healthy):
+        events = one.update(p, healthy=ok)
+        st = one.state(p.stream_id)
+        expected.append(([e.to_json() for e in events], st.label, st.level))
+    got = [([e.to_json() for e in events], label, level) for events, label, level in many.update_many(batch, healthy)]
+    assert got == expected
+    return expected
+
+
 def test_a_batch_of_predictions_decides_as_one_at_a_time():
     # the monitor feeds each result batch in one call: the alarms, labels and levels must be those
     # of feeding the same windows one by one, with a stream twice in a batch, sick sensors, NaN
@@ -254,15 +267,7 @@ def test_a_batch_of_predictions_decides_as_one_at_a_time():
                 p.model_label, p.label = p.label, "unknown"
             batch.append(p)
             healthy.append(bool(rng.random() > 0.1))
-        expected = []
-        for p, ok in zip(batch, healthy):
-            events = one.update(p, healthy=ok)
-            st = one.state(p.stream_id)
-            expected.append(([e.to_json() for e in events], st.label, st.level))
-        got = [([e.to_json() for e in events], label, level)
-               for events, label, level in many.update_many(batch, healthy)]
-        assert got == expected
-        seen += expected
+        seen += _one_by_one_and_batched(one, many, batch, healthy)
     # the run went through alarms and back, and ended in the same state for every stream
     assert any(events for events, _, _ in seen) and {level for _, _, level in seen} >= {Level.NORMAL, Level.ALERT}
     assert {s: one.state(s) for s in one.streams} == {s: many.state(s) for s in many.streams}
@@ -313,15 +318,7 @@ def test_a_batch_of_distinct_streams_votes_as_one_at_a_time():
             batch.append(p)
             healthy.append(sound or bool(rng.random() > 0.05))
         batched += len(batch) >= 16
-        expected = []
-        for p, ok in zip(batch, healthy):
-            events = one.update(p, healthy=ok)
-            st = one.state(p.stream_id)
-            expected.append(([e.to_json() for e in events], st.label, st.level))
-        got = [([e.to_json() for e in events], label, level)
-               for events, label, level in many.update_many(batch, healthy)]
-        assert got == expected, r
-        seen += expected
+        seen += _one_by_one_and_batched(one, many, batch, healthy)
     assert batched > 800 and one.export_state("m0").windows > 1024  # the batch path; m0's 1,024th window (round 1023) in a big one
     assert any(events for events, _, _ in seen) and {level for _, _, level in seen} >= {Level.NORMAL, Level.ALERT}
     assert sorted(one.streams) == sorted(many.streams)
