@@ -3,9 +3,11 @@
 
 A real ``Pipeline`` (the artifact's normalization, unknown label, envelope stage, decisions and
 alarms, and the sinks asked for) is fed windows as fast as its engine loop takes them, from
-``--streams`` stream ids, with a runner that answers every batch at once with the outputs the
-real model gave for real windows (so the stages after it do their usual work). Ingest is left
-out: its windows are made once, before the measured seconds. Prints the windows/s that came out
+``--streams`` stream ids, with a runner that answers each window at once with the outputs the
+real model gave for it. The windows are the shipped CWRU excerpts' (for the bearing model; noise
+for another), stream ``s`` always the same one, so each stream keeps its label and the stages
+after the model do the work they do on real machines. Ingest is left out: its windows are made
+once, before the measured seconds. Prints the windows/s that came out
 of the output thread, the CPU per window of the engine loop, the output thread, the envelope
 stage and the hand-over of windows, and the monitor process's CPU in all: the threads share one
 interpreter lock, so once Python is the limit the process stays near one core however many a
