@@ -254,7 +254,7 @@ class _ZmqSource(Source):
                 except zmq.Again:
                     if time.monotonic() < gather_until:
                         time.sleep(GATHER_WAIT_S)
-                        if poller.poll(0) or poller.poll(int(IDLE_MS - 1000 * GATHER_WAIT_S)):
+                        if poller.poll(int(IDLE_MS - 1000 * GATHER_WAIT_S)):
                             continue
                     break
                 parts = [part]
