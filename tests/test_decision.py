@@ -177,6 +177,20 @@ def test_majority_vote_ignores_a_single_outlier_window():
     assert state.confidence == pytest.approx((0.9 * 4 + 0.01 / 9) / 5, abs=1e-6)
 
 
+def test_majority_vote_counts_only_the_last_windows_and_breaks_ties_by_score():
+    # a window that left the history no longer votes: three "normal" windows, then two of a
+    # fault, over the last three windows: the fault has two votes to one
+    engine = DecisionEngine(BEARING, DecisionConfig.for_labels(BEARING, window_count=3, set_windows=1))
+    feed(engine, [("normal", 0.9)] * 3 + [("inner_014", 0.6)] * 2)
+    assert engine.state("m0").label == "inner_014"
+    # two labels with one vote each: the one with the higher smoothed score, not the first label
+    engine = DecisionEngine(BEARING, DecisionConfig.for_labels(BEARING, window_count=2, set_windows=1))
+    feed(engine, [("normal", 0.55), ("inner_014", 0.95)])
+    state = engine.state("m0")
+    assert state.label == "inner_014"
+    assert state.confidence == pytest.approx((0.45 / 9 + 0.95) / 2, abs=1e-6)
+
+
 def test_ema_smoothing_follows_a_lasting_change():
     engine = DecisionEngine(BEARING, DecisionConfig.for_labels(BEARING, smoothing="ema", ema_alpha=0.5))
     feed(engine, [("normal", 0.9)] * 3)

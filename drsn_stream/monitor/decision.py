@@ -70,6 +70,14 @@ _LEVELS_KEEP = 32  # input levels per stream kept for the sparkline
 _BATCH_VOTE_MIN = 16
 
 
+def _majority(votes: list[int], smoothed: np.ndarray) -> int:
+    """The label with the most votes; among labels tied for it, the highest smoothed score's."""
+    top = max(votes)
+    if votes.count(top) == 1:  # the common case: one label has the most votes
+        return votes.index(top)
+    return max((i for i, c in enumerate(votes) if c == top), key=lambda i: smoothed[i])
+
+
 class Level(IntEnum):
     """Alarm level; ordered, so ``max`` gives the worse one."""
 
@@ -476,25 +484,17 @@ class DecisionEngine:
             best = int(smoothed.argmax())
         else:
             # Running sum and vote counts over the last k windows: O(classes) per window.
-            if st.psum is None or not st.history:
+            fresh, old_probs = self._take_vote(st, probs, vote)
+            if fresh:
                 st.psum = np.zeros(len(self.labels))
-                st.votes = [0] * len(self.labels)
-            if len(st.history) == st.history.maxlen:
-                old_probs, old_vote = st.history[0]
+            if old_probs is not None:
                 st.psum -= old_probs
-                st.votes[old_vote] -= 1
-            st.history.append((probs, vote))
-            st.votes[vote] += 1
             if st.windows % 1024 == 0:
                 st.psum = np.sum([h[0] for h in st.history], axis=0)  # shed rounding drift
             else:
                 st.psum += probs
             smoothed = st.psum / len(st.history)
-            top = max(st.votes)
-            if st.votes.count(top) == 1:  # the common case: one label has the most votes
-                best = st.votes.index(top)
-            else:
-                best = max((i for i, c in enumerate(st.votes) if c == top), key=lambda i: smoothed[i])
+            best = _majority(st.votes, smoothed)
         st.probs = smoothed
         st.best = best
         st.label = self.labels[best]
@@ -512,17 +512,12 @@ class DecisionEngine:
         counts = np.empty(m)
         resum = []
         for k, (st, vote) in enumerate(zip(sts, votes)):
-            if st.psum is None or not st.history:
-                st.votes = [0] * classes  # the sums start at zero
-            else:
+            fresh, old_probs = self._take_vote(st, probs[k], vote)
+            if not fresh:  # else the sums start at zero
                 sums[k] = st.psum
-            if len(st.history) == st.history.maxlen:
-                old_probs, old_vote = st.history[0]
+            if old_probs is not None:
                 old[k] = old_probs
                 drop[k] = True
-                st.votes[old_vote] -= 1
-            st.history.append((probs[k], vote))
-            st.votes[vote] += 1
             counts[k] = len(st.history)
             if st.windows % 1024 == 0:
                 resum.append(k)
@@ -533,20 +528,31 @@ class DecisionEngine:
         smoothed = sums / counts[:, None]
         labels = self.labels
         best = []
-        for k, st in enumerate(sts):
-            st.psum = sums[k]
-            st.probs = smoothed[k]
-            top = max(st.votes)
-            if st.votes.count(top) == 1:  # the common case: one label has the most votes
-                b = st.votes.index(top)
-            else:
-                row = smoothed[k]
-                b = max((i for i, c in enumerate(st.votes) if c == top), key=lambda i: row[i])
-            st.best = b
+        for st, row, sm in zip(sts, sums, smoothed):
+            st.psum = row
+            st.probs = sm
+            b = st.best = _majority(st.votes, sm)
             st.label = labels[b]
             best.append(b)
         for st, c in zip(sts, smoothed[np.arange(m), best].tolist()):
             st.confidence = c
+
+    def _take_vote(self, st: _Stream, probs: np.ndarray, vote: int) -> tuple[bool, np.ndarray | None]:
+        """The majority vote's bookkeeping of a new window (``_smooth``, ``_vote_many``): its
+        scores into the history and its vote counted, the oldest window's vote taken back once
+        the history is full. Returns whether the running sums start anew at zero (the counts
+        have), and the scores of the window that left the history (None: none did); the sums
+        themselves are the caller's."""
+        fresh = st.psum is None or not st.history
+        if fresh:
+            st.votes = [0] * len(self.labels)
+        old_probs = None
+        if len(st.history) == st.history.maxlen:
+            old_probs, old_vote = st.history[0]
+            st.votes[old_vote] -= 1
+        st.history.append((probs, vote))
+        st.votes[vote] += 1
+        return fresh, old_probs
 
     def _supported(self, st: _Stream, t: float) -> Level:
         """The level this window supports (before debouncing): the higher of its label's and its
