@@ -315,3 +315,7 @@ def test_cluster_command_needs_one_zmq_gateway() -> None:
     r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--source", "zmq://127.0.0.1:5999",
                         "--jsonl", "-"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "give a file path" in r.stderr and "Traceback" not in r.stderr
+    # a wrong number of host actors is refused before Ray is started or joined
+    r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--source", "zmq://127.0.0.1:5999",
+                        "--host-actors", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "host actors per GPU" in r.stderr and "Traceback" not in r.stderr

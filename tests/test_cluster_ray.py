@@ -343,19 +343,32 @@ def _check_state(handle, streams: list[str], acked: set[str]) -> None:
 
 @inside
 def test_cluster_command_shows_every_stream_with_its_host(cluster, tmp_path: Path) -> None:
-    """`drsn-stream cluster --address ... --once`: joins the running cluster, discovers the
-    gateway's streams, prints one dashboard with a host column."""
+    """`drsn-stream cluster --address ... --once --host-actors 2`: joins the running cluster, starts
+    two host actors on every node, discovers the gateway's streams, prints one dashboard with a
+    host column."""
+    from drsn_stream.cluster.ray_app import init_ray
+
     c, _ = cluster
+    nodes = [n["NodeID"] for n in init_ray(c.address).nodes() if n.get("Alive")]
     port = _free_port()
     pub = _publisher(port, ["sim:bearing?machines=6&seed=2"], 240.0)
     try:
         r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--address", c.address, "--source",
                             f"zmq://127.0.0.1:{port}", "--checkpoint-dir", str(tmp_path / "ck"), "--once",
-                            "--duration", "6"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                            "--duration", "6", "--host-actors", "2"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
     finally:
         pub.kill()
         pub.wait()
     assert r.returncode == 0, r.stderr[-3000:]
     assert "streams (6)" in r.stdout and " host " in r.stdout, r.stdout
     hosts = r.stderr.split("host(s) up: ")[1].split(";")[0].split(", ")
-    assert len(hosts) >= 2 and any(h[:8] in r.stdout for h in hosts), (hosts, r.stdout)
+    # host names are h<node>-<slot>: two slots on every node that got hosts (the worker removed by
+    # the failover test above may still be listed alive for a while), each a process of its own
+    slots: dict[str, set[str]] = defaultdict(set)
+    for h in hosts:
+        node, slot = h.split(".")[0].split("-")
+        slots[node].add(slot)
+    assert len(slots) >= 2 and all(v == {"0", "1"} for v in slots.values()), hosts
+    assert set(slots) <= {f"h{n[:6]}" for n in nodes}, (hosts, nodes)
+    assert any(h[:8] in r.stdout for h in hosts), (hosts, r.stdout)

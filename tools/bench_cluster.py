@@ -4,7 +4,7 @@
 For each N: a `drsn-stream publish` process sends N simulated machines (real CWRU excerpts,
 512-sample frames) over ZeroMQ on loopback at real-time pace. First the ordinary monitor
 (`Pipeline`, `zmq://` source) classifies them for --seconds; then a fresh publisher and a local
-Ray cluster (head + --hosts worker nodes, one host actor each, telemetry off, no dashboard)
+Ray cluster (head + --hosts worker nodes, --host-actors host actors each, telemetry off, no dashboard)
 classify them in cluster mode: each host subscribes to its share of the topics and runs the same
 pipeline, results fan in to the aggregator. Latency is the same measure in both: capture of a
 window's last sample -> its label, every window of the measured seconds. Prints p50/p99 and
@@ -79,14 +79,14 @@ def _single(port: int, n: int, seconds: float, pipe: Pipeline) -> dict:
     return out
 
 
-def cluster(n: int, seconds: float, cfg: RunConfig, hosts: int, ray_cluster, jsonl: bool) -> dict:
+def cluster(n: int, seconds: float, cfg: RunConfig, hosts: int, ray_cluster, jsonl: bool, host_actors: int = 1) -> dict:
     from drsn_stream.cluster.deploy import start_cluster
     from drsn_stream.cluster.ray_app import ClusterConfig
 
     port = free_port()
     with tempfile.TemporaryDirectory() as ckpt:
         cc = ClusterConfig(gateway=f"127.0.0.1:{port}", checkpoint_dir=ckpt,
-                           streams=tuple(f"sim/m{i}" for i in range(n)), discover=False,
+                           streams=tuple(f"sim/m{i}" for i in range(n)), discover=False, host_actors=host_actors,
                            jsonl=str(Path(ckpt) / "cluster.jsonl") if jsonl else None)
         handle = start_cluster(cfg, cc, address=ray_cluster.address)
         try:
@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="alternate single/cluster runs K times (default 1)")
     ap.add_argument("--jsonl", action="store_true", help="cluster mode also writes every result to one JSONL "
                                                           "file (the single run then does too)")
-    ap.add_argument("--hosts", type=int, default=1, help="worker nodes, one host actor each (default 1)")
+    ap.add_argument("--hosts", type=int, default=1, help="worker nodes (default 1)")
+    ap.add_argument("--host-actors", type=int, default=1, metavar="N",
+                    help="host actors per worker node, each a process with its share of the streams (default 1)")
     ap.add_argument("--engine-process", choices=["auto", "on", "off"], default="auto",
                     help="the model in its own process, in both modes (default auto, as the monitor)")
     ap.add_argument("--json", action="store_true", help="print JSON")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.streams:
             for _ in range(args.repeat):
                 one = single(n, args.seconds, cfg, args.jsonl)
-                many = cluster(n, args.seconds, cfg, args.hosts, c, args.jsonl)
+                many = cluster(n, args.seconds, cfg, args.hosts, c, args.jsonl, args.host_actors)
                 rows.append({"streams": n, "single": one, "cluster": many,
                              "p99_delta_ms": round(many["p99_ms"] - one["p99_ms"], 1),
                              "p50_delta_ms": round(many["p50_ms"] - one["p50_ms"], 1)})
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         c.shutdown()
     if args.json:
-        print(json.dumps({"seconds": args.seconds, "hosts": args.hosts, "cpus": os.cpu_count(), "runs": rows},
+        print(json.dumps({"seconds": args.seconds, "hosts": args.hosts, "host_actors": args.host_actors, "cpus": os.cpu_count(), "runs": rows},
                          indent=2))
         return 0
     print(f"{'N':>5} {'mode':<8} {'windows/s':>10} {'p50 ms':>8} {'p99 ms':>8}")

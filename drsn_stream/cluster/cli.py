@@ -1,4 +1,4 @@
-"""``drsn-stream cluster``: the live monitor on a Ray cluster, one host actor per GPU / CPU node.
+"""``drsn-stream cluster``: the live monitor on a Ray cluster, host actors per GPU / CPU node.
 
     drsn-stream cluster --address HEAD:6379 --source zmq://gateway:5555 --checkpoint-dir /shared/drsn \\
         --jsonl results.jsonl --metrics-address 0.0.0.0:9464
@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-discover", action="store_true", help="only the --stream ids, never listen for new ones")
     g.add_argument("--dead-after", type=float, default=3.0, metavar="S",
                    help="a host silent this long is taken for lost and its streams move (default 3 s)")
+    g.add_argument("--host-actors", type=int, default=1, metavar="N",
+                   help="host actors per GPU (per node without GPUs), each a process with its share of the "
+                        "streams: on a GPU host one process's ingest and decisions, not the GPU, are the "
+                        "limit (default 1; docs/cluster.md)")
 
 
 def gateway_of(sources: tuple[str, ...]) -> str:
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         streams=tuple(args.stream or ()),
         discover=not args.no_discover,
         dead_after_s=args.dead_after,
+        host_actors=args.host_actors,
         jsonl=os.path.abspath(out.jsonl) if out.jsonl else None,
         publish=out.publish,
         metrics_address=out.metrics_address,

@@ -74,7 +74,7 @@ class Coordinator:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         nodes = {n["NodeID"]: n for n in self.ray.nodes()}
-        for node, count in host_nodes(self.ray):
+        for node, count in host_nodes(self.ray, self.cluster.host_actors):
             gpu = bool(nodes.get(node, {}).get("Resources", {}).get("GPU", 0))
             for i in range(count):
                 slot = f"h{node[:6]}-{i}"
@@ -87,7 +87,7 @@ class Coordinator:
                 opts: dict[str, Any] = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False),
                                         "num_cpus": self.cluster.host_cpus}
                 if gpu:
-                    opts["num_gpus"] = 1
+                    opts["num_gpus"] = self.cluster.gpu_share
                 handle = self.host_actor.options(**opts).remote(name, self.config, self.cluster, gpu)
                 with self._lock:
                     self.starting[name] = (node, handle, handle.ping.remote(), time.time())

@@ -74,6 +74,11 @@ class ClusterConfig:
         checkpoint_every_s: period of the full checkpoints (changes are saved at once).
         dead_after_s: a host silent this long is taken for lost (its node gone).
         host_cpus: CPUs each host actor reserves.
+        host_actors: host actors per GPU (per node without GPUs), each a process of its own with
+            its share of the streams: on a GPU host one process's ingest, batching and decisions
+            are the limit long before the GPU's model is (docs/cluster.md, capacity plan). They
+            share the GPU (``num_gpus`` 1/N each); on a node without GPUs each gets 1/N of its
+            cores for inference, less one for its ingest.
         jsonl / publish / metrics_address: the aggregator's outputs (paths absolute or from the
             aggregator's working directory).
     """
@@ -87,16 +92,34 @@ class ClusterConfig:
     checkpoint_every_s: float = 2.0
     dead_after_s: float = 3.0
     host_cpus: float = 0.0
+    host_actors: int = 1
     jsonl: str | None = None
     publish: str | None = None
     metrics_address: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.host_actors, bool) or not isinstance(self.host_actors, int) or not 1 <= self.host_actors <= 64:
+            raise ConfigError(f"host actors per GPU (or per node) must be a whole number from 1 to 64, not "
+                              f"{self.host_actors!r}: one per GPU is the default, several where one process "
+                              "is the limit (docs/cluster.md)")
 
-def host_nodes(ray: Any) -> list[tuple[str, int]]:
-    """(node id, host actors it gets): one per GPU, else one, on nodes offering ``drsn_host``."""
+    @property
+    def gpu_share(self) -> float:
+        """The GPU each host actor reserves on a GPU node (Ray's fractional ``num_gpus``)."""
+        return 1.0 if self.host_actors == 1 else round(1.0 / self.host_actors, 4)
+
+
+def host_nodes(ray: Any, per: int = 1) -> list[tuple[str, int]]:
+    """(node id, host actors it gets): ``per`` per GPU, else ``per``, on nodes offering ``drsn_host``."""
     alive = [n for n in ray.nodes() if n.get("Alive")]
     marked = [n for n in alive if n.get("Resources", {}).get(HOST_RESOURCE)]
-    return [(n["NodeID"], max(1, int(n.get("Resources", {}).get("GPU", 0)))) for n in (marked or alive)]
+    return [(n["NodeID"], per * max(1, int(n.get("Resources", {}).get("GPU", 0)))) for n in (marked or alive)]
+
+
+def inference_threads(cores: int, actors: int) -> int:
+    """A CPU host actor's inference threads when ``actors`` of them share a node of ``cores``:
+    its share of the cores less one for its ingest thread, at least one."""
+    return max(1, cores // actors - 1)
 
 
 _CLASSES: dict[str, Any] = {}
@@ -119,6 +142,8 @@ def host_actor_class(ray: Any) -> Any:
 
                 if gpu:
                     config = dataclasses.replace(config, device="cuda")
+                elif cluster.host_actors > 1 and config.threads is None:  # not every actor on every core
+                    config = dataclasses.replace(config, threads=inference_threads(os.cpu_count() or 1, cluster.host_actors))
                 self.name = name
                 self.worker = HostWorker(name, config, gateway=cluster.gateway, checkpoint_dir=cluster.checkpoint_dir,
                                          send=send, checkpoint_every_s=cluster.checkpoint_every_s,
@@ -213,4 +238,4 @@ def aggregator_actor_class(ray: Any) -> Any:
 
 
 __all__ = ["AGGREGATOR", "COORDINATOR", "ClusterConfig", "HOST_RESOURCE", "NAMESPACE", "aggregator_actor_class",
-           "host_actor_class", "host_nodes", "init_ray", "telemetry_off"]
+           "host_actor_class", "host_nodes", "inference_threads", "init_ray", "telemetry_off"]
