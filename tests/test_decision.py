@@ -338,3 +338,85 @@ def test_a_batch_of_distinct_streams_votes_as_one_at_a_time():
     assert sorted(one.streams) == sorted(many.streams)
     for sid in one.streams:
         assert _same_state(one.export_state(sid), many.export_state(sid)), sid
+
+
+def test_many_streams_and_a_forgotten_streams_successor_start_afresh():
+    # every stream's state is a row of the engine's arrays, which grow as streams come; a stream
+    # forgotten (a sensor removed) frees its row, and the stream that gets it next must not
+    # inherit its latched alarm, its history or its levels
+    cfg = DecisionConfig.for_labels(BEARING, latching=True, set_windows=2)
+    engine = DecisionEngine(BEARING, cfg)
+
+    def feed(streams: list[str], label: str, t: float, level: float) -> list:
+        batch = [pred(label, 0.95, t, stream=sid) for sid in streams]
+        for p in batch:
+            p.level = level
+        return engine.update_many(batch, [True] * len(batch))
+
+    faulty = [f"old{i}" for i in range(100)]
+    for t in range(4):
+        feed(faulty, "inner_014", float(t), 7.0)
+    assert engine.level_counts() == {"NORMAL": 0, "ALERT": 100, "DANGER": 0}
+    more = [f"more{i}" for i in range(400)]  # the rows grow while the first streams' are in use
+    feed(more, "normal", 5.0, 1.0)
+    assert engine.level_counts() == {"NORMAL": 400, "ALERT": 100, "DANGER": 0}
+    assert all(s.levels == (7.0,) * 4 and s.label == "inner_014" for s in engine.states(faulty).values())
+    for sid in faulty[:50]:
+        engine.forget(sid)
+    fresh = [f"new{i}" for i in range(50)]
+    events = feed(fresh, "normal", 10.0, 0.5)
+    assert all(ev == [] and label == "normal" and level == Level.NORMAL for ev, label, level in events)
+    assert all(s.windows == 1 and s.levels == (0.5,) and not s.latched and not s.unacknowledged
+               and s.since == 10.0 for s in engine.states(fresh).values())
+    assert engine.level_counts() == {"NORMAL": 450, "ALERT": 50, "DANGER": 0}
+    assert sorted(engine.streams) == sorted(faulty[50:] + more + fresh)
+
+
+@pytest.mark.parametrize("sick", [20, None])
+def test_a_restored_stream_carries_on_exactly_as_it_would_have(sick):
+    # a cluster host taking a stream over restores its saved state: the results from there on
+    # must be those the first host would have given, down to the smoothed scores
+    rng = np.random.default_rng(11)
+    cfg = DecisionConfig.for_labels(BEARING, latching=True, set_windows=2, clear_windows=2)
+    first, taker = DecisionEngine(BEARING, cfg), DecisionEngine(BEARING, cfg)
+
+    def window(t: float) -> Prediction:  # faults and normal by turns of 12 windows, some outliers
+        label = BEARING[2] if (int(t) // 12) % 2 else BEARING[0]
+        label = str(rng.choice(BEARING)) if rng.random() < 0.2 else label
+        p = pred(label, float(rng.uniform(0.4, 0.99)), t)
+        p.probs = p.probs + rng.uniform(0, 0.01, len(BEARING))
+        p.anomaly = float(rng.uniform(0.5, 1.5))
+        return p
+
+    # the history ring (5 windows) has wrapped round more than once; with a sick window at 20
+    # the stream is saved with 2 windows of history, without one with a full ring
+    for i in range(23):
+        first.update(window(float(i)), healthy=i != sick)
+    taker.update(pred("normal", 0.9, 0.0, stream="other"))
+    taker.restore_state("m0", first.export_state("m0"))
+    assert len(first.export_state("m0").history) == (2 if sick else 5)
+    seen = []
+    for i in range(23, 60):
+        p = window(float(i))
+        a, b = first.update(p), taker.update(p)
+        assert [e.to_json() for e in a] == [e.to_json() for e in b]
+        assert first.state("m0") == taker.state("m0")
+        seen += a
+    assert {e.data["to"] for e in seen} & {"ALERT", "DANGER"}  # the alarm moved meanwhile
+
+
+def test_running_sums_are_summed_afresh_every_1024_windows():
+    # the majority vote keeps a running sum of the last windows' scores (minus the oldest, plus
+    # the newest): rounding accumulates, so every 1,024th window it is summed from the history
+    rng = np.random.default_rng(5)
+    engine = DecisionEngine(BEARING, DecisionConfig.for_labels(BEARING, window_count=7))
+    for i in range(1024):
+        p = pred("normal", 0.6, float(i))
+        p.probs = rng.dirichlet(np.ones(len(BEARING)))  # float64 scores: their sums round
+        engine.update(p)
+        if i == 1000:
+            drifted = engine.export_state("m0")
+            assert not np.array_equal(drifted.psum, np.sum([h[0] for h in drifted.history], axis=0))
+    state = engine.export_state("m0")
+    assert state.windows == 1024
+    assert np.array_equal(state.psum, np.sum([h[0] for h in state.history], axis=0))

@@ -44,7 +44,6 @@ data={"from", "to", "label", "confidence"})``; ``time`` is the window's capture 
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
 import threading
@@ -64,18 +63,6 @@ from drsn_stream.types import Event, Prediction
 
 UNKNOWN_LABEL = "?"
 _LEVELS_KEEP = 32  # input levels per stream kept for the sparkline
-# From this many predictions of distinct streams on, ``update_many`` runs the majority vote's
-# arithmetic over the whole batch (a few numpy steps) instead of a few per prediction; below it
-# the per-prediction steps cost less than the batch's.
-_BATCH_VOTE_MIN = 16
-
-
-def _majority(votes: list[int], smoothed: np.ndarray) -> int:
-    """The label with the most votes; among labels tied for it, the highest smoothed score's."""
-    top = max(votes)
-    if votes.count(top) == 1:  # the common case: one label has the most votes
-        return votes.index(top)
-    return max((i for i, c in enumerate(votes) if c == top), key=lambda i: smoothed[i])
 
 
 class Level(IntEnum):
@@ -299,7 +286,9 @@ class StreamDecision:
 
 @dataclass
 class _Stream:
-    """Mutable per-stream state (private; guarded by the engine's lock)."""
+    """A stream's whole decision state as ``DecisionEngine.export_state`` gives it and
+    ``restore_state`` takes it (cluster checkpoints keep it); the engine itself keeps it as a row
+    of its ``_Table``."""
 
     history: deque[tuple[np.ndarray, int]]  # (probs, argmax) of the last k healthy windows
     psum: np.ndarray | None = None
@@ -325,6 +314,83 @@ class _Stream:
     refused: bool = False  # the latest window's label was refused (unknown)
 
 
+# The columns of ``_Table``: name, the shape of one stream's entry ("k": the vote's window count,
+# "c": the labels), dtype, and the value a new stream starts with (NaN: None).
+_COLUMNS = (
+    ("hist", ("k", "c"), np.float64, 0.0),  # the last k windows' scores, a ring
+    ("hist_vote", ("k",), np.int64, 0),  # and their argmax
+    ("hist_len", (), np.int64, 0),  # windows in the ring (0: the vote starts anew)
+    ("hist_pos", (), np.int64, 0),  # where the next goes (once full, the oldest is there)
+    ("psum", ("c",), np.float64, 0.0),  # the ring's running sum of scores
+    ("votes", ("c",), np.int64, 0),  # the ring's votes per label
+    ("best", (), np.int64, 0),
+    ("ema", ("c",), np.float64, 0.0),
+    ("has_ema", (), np.bool_, False),
+    ("label", (), np.int64, 0),  # code: 0 "?", 1 "unknown", 2 + i the model's label i
+    ("confidence", (), np.float64, 0.0),
+    ("probs", ("c",), np.float64, 0.0),  # the smoothed scores
+    ("has_probs", (), np.bool_, False),
+    ("cond", (), np.int64, 0),  # the debounced condition, before latching (a Level)
+    ("peak", (), np.int64, 0),  # the highest level reached and not yet acknowledged
+    ("shown", (), np.int64, 0),
+    ("since", (), np.float64, np.nan),
+    ("episode", (), np.float64, np.nan),  # start of the current alarm episode (cond > NORMAL)
+    ("pending", (), np.int64, 0),
+    ("pending_count", (), np.int64, 0),
+    ("healthy", (), np.bool_, True),
+    ("noise", (), np.float64, 0.0),
+    ("windows", (), np.int64, 0),
+    ("last_time", (), np.float64, np.nan),
+    ("levels", (_LEVELS_KEEP,), np.float64, 0.0),  # the latest input levels, a ring
+    ("levels_n", (), np.int64, 0),
+    ("levels_pos", (), np.int64, 0),
+    ("anomaly", (), np.float64, np.nan),
+    ("refused", (), np.bool_, False),  # the latest window's label was refused (unknown)
+)
+
+
+class _Table:
+    """Every stream's decision state as rows of arrays (``_COLUMNS``), one row (slot) per
+    stream, so that a batch of windows is smoothed and stepped in a few numpy steps over its rows
+    rather than in Python per window. Grows by doubling; a forgotten stream's row is reused."""
+
+    def __init__(self, classes: int, window_count: int, rows: int = 64) -> None:
+        self.sizes = {"k": window_count, "c": classes}
+        self.k, self.rows = window_count, 0
+        self.free: list[int] = []
+        self._grow(rows)
+
+    def _grow(self, rows: int) -> None:
+        old = self.rows
+        for name, shape, dtype, fill in _COLUMNS:
+            arr = np.full((rows, *(self.sizes.get(d, d) for d in shape)), fill, dtype=dtype)
+            if old:
+                arr[:old] = getattr(self, name)
+            setattr(self, name, arr)
+        self.free.extend(range(rows - 1, old - 1, -1))  # popped lowest first
+        self.rows = rows
+
+    def take(self) -> int:
+        """A row for a new stream, as a new stream starts."""
+        if not self.free:
+            self._grow(2 * self.rows)
+        slot = self.free.pop()
+        self.reset(slot)
+        return slot
+
+    def reset(self, slot: int) -> None:
+        for name, _, _, fill in _COLUMNS:
+            getattr(self, name)[slot] = fill
+
+
+_NAMES_FIXED = (UNKNOWN_LABEL, REFUSED_LABEL)  # label codes 0 and 1; the model's labels from 2 on
+_LEVELS = (Level.NORMAL, Level.ALERT, Level.DANGER)
+
+
+def _opt(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
 class DecisionEngine:
     """Smoothed labels and alarm levels for every stream of one model.
 
@@ -332,8 +398,11 @@ class DecisionEngine:
         labels: the artifact's labels, in the order of ``Prediction.probs``.
         config: smoothing and alarm settings; ``DecisionConfig.for_labels(labels)`` when None.
 
-    Thread safety: ``update`` runs in the pipeline thread; ``state``, ``states``, ``acknowledge``
-    and ``level_counts`` may be called from any thread (one lock, held for microseconds).
+    The state of every stream is a row of arrays (``_Table``): a batch of results is decided in
+    numpy steps over its rows, the same steps for one window or a thousand (so one window alone
+    costs tens of microseconds, a window of a batch of hundreds one or two). Thread safety:
+    ``update`` runs in the pipeline thread; ``state``, ``states``, ``acknowledge`` and
+    ``level_counts`` may be called from any thread (one lock, held for one batch's steps).
     """
 
     def __init__(self, labels: Sequence[str], config: DecisionConfig | None = None) -> None:
@@ -341,8 +410,10 @@ class DecisionEngine:
         if not self.labels:
             raise ConfigError("DecisionEngine needs the model's labels (ArtifactMeta.labels); got none")
         self.config = config if config is not None else DecisionConfig.for_labels(self.labels)
-        self._label_level = tuple(self._level_of(lab) for lab in self.labels)  # by label index
-        self._streams: dict[str, _Stream] = {}
+        self._level_arr = np.array([int(self._level_of(lab)) for lab in self.labels], dtype=np.int64)  # by label
+        self._names = (*_NAMES_FIXED, *self.labels)
+        self._slots: dict[str, int] = {}
+        self._t = _Table(len(self.labels), self.config.window_count)
         self._lock = threading.Lock()
         self.windows_total = 0
 
@@ -373,9 +444,10 @@ class DecisionEngine:
                     ) -> list[tuple[list[Event], str, Level]]:
         """``update`` of each prediction in turn, ``healthy[i]`` the sensor-health state of the
         stream of ``predictions[i]``; for each, the events it caused and its stream's label and
-        shown level right after it (what ``state`` would have said then). The scores of all of
-        them are copied, checked for NaN/Inf and voted on in one numpy step each, not one per
-        prediction."""
+        shown level right after it (what ``state`` would have said then). A stream's windows
+        are decided in their order; those of different streams do not depend on each other, so
+        the batch is decided in rounds of distinct streams (the first window of each, then the
+        second of those with two, ...), each round in numpy steps over its rows."""
         if not predictions:
             return []
         b = len(predictions)
@@ -390,250 +462,238 @@ class DecisionEngine:
                 f"engine was built for {len(self.labels)} labels; build DecisionEngine with the "
                 "loaded artifact's labels"
             )
-        finite = np.isfinite(probs.sum(axis=1)).tolist()  # NaN/Inf propagate through a sum
-        votes = probs.argmax(axis=1).tolist()
-        out: list[tuple[list[Event], str, Level]] = []
+        finite = np.isfinite(probs.sum(axis=1))  # NaN/Inf propagate through a sum
+        nan = math.nan
+        t, level, noise, anomaly = np.array(
+            [(p.t_last, p.level, p.noise_index, nan if p.anomaly is None else p.anomaly) for p in predictions],
+            dtype=np.float64).reshape(b, 4).T
+        refused = np.array([p.model_label is not None and p.label == REFUSED_LABEL for p in predictions], dtype=np.bool_)
+        evidence = np.array(healthy, dtype=np.bool_).reshape(b) & finite
+        out_events: list[list[Event]] = [[] for _ in range(b)]
+        labels_out = np.empty(b, dtype=np.int64)
+        shown_out = np.empty(b, dtype=np.int64)
         with self._lock:
-            if (b >= _BATCH_VOTE_MIN and self.config.smoothing == "majority"
-                    and len({p.stream_id for p in predictions}) == b):
-                return self._update_batch(predictions, healthy, probs, finite, votes)
-            for prediction, ok, row, is_finite, vote in zip(predictions, healthy, probs, finite, votes):
-                st = self._streams.get(prediction.stream_id)
-                if st is None:
-                    st = self._streams[prediction.stream_id] = _Stream(history=deque(maxlen=self.config.window_count))
-                events = self._update(prediction, st, ok and is_finite, row, vote)
-                out.append((events, st.label, st.shown))
-        return out
+            slots, rounds = self._slots_of([p.stream_id for p in predictions])
+            for rows in rounds:
+                self._round(rows, slots[rows], predictions, probs, t, level, noise, anomaly, refused, evidence,
+                            out_events, labels_out, shown_out)
+        names = self._names
+        return [(ev, names[c], _LEVELS[sh]) for ev, c, sh in zip(out_events, labels_out.tolist(), shown_out.tolist())]
 
-    def _update_batch(self, predictions: Sequence[Prediction], healthy: Sequence[bool], probs: np.ndarray,
-                      finite: list[bool], votes: list[int]) -> list[tuple[list[Event], str, Level]]:
-        """``update_many``'s loop for predictions of distinct streams (so no one's update depends
-        on another's): each one's bookkeeping, then the majority vote of all that need it at
-        once (``_vote_many``), then each one's alarm step; the same results, bit for bit."""
-        streams, window_count = self._streams, self.config.window_count
-        sts, modes = [], []
-        for prediction, ok, is_finite in zip(predictions, healthy, finite):
-            st = streams.get(prediction.stream_id)
-            if st is None:
-                st = streams[prediction.stream_id] = _Stream(history=deque(maxlen=window_count))
-            sts.append(st)
-            modes.append(self._begin(prediction, st, ok and is_finite))
-        voting = [i for i, mode in enumerate(modes) if mode]
-        if voting:
-            self._vote_many([sts[i] for i in voting], probs[voting], [votes[i] for i in voting])
-        return [([] if mode is None else self._step(prediction.stream_id, st, float(prediction.t_last)), st.label, st.shown)
-                for prediction, st, mode in zip(predictions, sts, modes)]
+    def _slots_of(self, ids: list[str]) -> tuple[np.ndarray, list[Any]]:
+        """Each prediction's slot (new streams get one), and the rounds: the positions of the
+        first window of each stream, then of the second of those with two, ..."""
+        get, table = self._slots.get, self._t
+        slots = []
+        for sid in ids:
+            s = get(sid)
+            if s is None:
+                s = self._slots[sid] = table.take()
+            slots.append(s)
+        arr = np.array(slots, dtype=np.int64)
+        if len(set(slots)) == len(slots):
+            return arr, [slice(None)]
+        seen: dict[int, int] = {}
+        nth = []
+        for s in slots:
+            n = seen.get(s, 0)
+            seen[s] = n + 1
+            nth.append(n)
+        nth_arr = np.array(nth)
+        return arr, [np.flatnonzero(nth_arr == r) for r in range(int(nth_arr.max()) + 1)]
 
-    def _update(self, prediction: Prediction, st: _Stream, evidence: bool, probs: np.ndarray, vote: int) -> list[Event]:
-        """``update`` of one prediction whose scores are ``probs`` (float64, their argmax
-        ``vote``); ``evidence``: from a healthy sensor, every score finite."""
-        mode = self._begin(prediction, st, evidence)
-        if mode is None:
-            return []
-        if mode:
-            self._smooth(st, probs, vote)
-        return self._step(prediction.stream_id, st, float(prediction.t_last))
+    def _round(self, rows: Any, s: np.ndarray, predictions: Sequence[Prediction], probs: np.ndarray, t_all: np.ndarray,
+               level: np.ndarray, noise: np.ndarray, anomaly: np.ndarray, refused_all: np.ndarray,
+               evidence_all: np.ndarray, out_events: list[list[Event]], labels_out: np.ndarray,
+               shown_out: np.ndarray) -> None:
+        """One window of each of distinct streams (slots ``s``, the batch's rows ``rows``)."""
+        cfg, T = self.config, self._t
+        t = t_all[rows]
+        m = len(s)
+        self.windows_total += m
+        windows = T.windows[s] + 1
+        T.windows[s] = windows
+        T.last_time[s] = t
+        pos = T.levels_pos[s]
+        T.levels[s, pos] = level[rows]
+        T.levels_pos[s] = (pos + 1) % _LEVELS_KEEP
+        T.levels_n[s] = np.minimum(T.levels_n[s] + 1, _LEVELS_KEEP)
+        ni = noise[rows]
+        a = cfg.noise_alpha
+        fin = np.isfinite(ni)
+        if fin.any():
+            old_noise = T.noise[s]
+            T.noise[s] = np.where(fin, np.where(windows == 1, ni, (1 - a) * old_noise + a * ni), old_noise)
+        since = T.since[s]
+        T.since[s] = np.where(np.isnan(since), t, since)
+        an = anomaly[rows]
+        an = np.where(np.isfinite(an), an, np.nan)
+        T.anomaly[s] = an
+        evidence = evidence_all[rows]
+        refused = refused_all[rows] & evidence
+        # no evidence either way (a sick sensor, non-finite scores, a refused label): keep the
+        # level, forget the history, restart the debounce; a refused label shows "unknown"
+        blank = ~evidence | refused
+        if blank.any():
+            sb = s[blank]
+            T.healthy[sb] = refused[blank]
+            T.hist_len[sb] = 0
+            T.hist_pos[sb] = 0
+            T.has_ema[sb] = False
+            T.has_probs[sb] = False
+            T.label[sb] = np.where(refused[blank], 1, 0)
+            T.confidence[sb] = 0.0
+            T.pending_count[sb] = 0
+        T.healthy[s[evidence]] = True
+        T.refused[s[evidence]] = refused[evidence]
+        vote = ~blank
+        if vote.any():
+            self._smooth(s[vote], probs[rows][vote], windows[vote])
+        # stepped: every evidence window, a refused label only where an anomaly score speaks
+        step = vote | (refused & ~np.isnan(an))
+        if step.any():
+            self._step(s[step], t[step], np.flatnonzero(step) if isinstance(rows, slice) else rows[step],
+                       predictions, out_events)
+        labels_out[rows] = T.label[s]
+        shown_out[rows] = T.shown[s]
 
-    def _begin(self, prediction: Prediction, st: _Stream, evidence: bool) -> bool | None:
-        """A prediction's bookkeeping before its smoothing: None when nothing more is to be done
-        (no evidence, or a refused label without an anomaly score), True when it is smoothed and
-        then stepped, False when only stepped (a refused label with an anomaly score)."""
-        t = float(prediction.t_last)
-        self.windows_total += 1
-        st.windows += 1
-        st.last_time = t
-        st.levels.append(float(prediction.level))
-        if math.isfinite(prediction.noise_index):
-            a = self.config.noise_alpha
-            st.noise = (
-                float(prediction.noise_index)
-                if st.windows == 1
-                else (1 - a) * st.noise + a * float(prediction.noise_index)
-            )
-        if st.since is None:
-            st.since = t
-        anomaly = prediction.anomaly
-        st.anomaly = float(anomaly) if anomaly is not None and math.isfinite(anomaly) else None
-        if not evidence:
-            self._unknown(st)
-            return None
-        st.healthy = True
-        st.refused = prediction.model_label is not None and prediction.label == REFUSED_LABEL
-        if st.refused:
-            self._unknown(st, label=REFUSED_LABEL)
-            st.healthy = True
-            return None if st.anomaly is None else False  # None: no evidence either way
-        return True
-
-    def _unknown(self, st: _Stream, label: str = UNKNOWN_LABEL) -> None:
-        # No evidence either way: keep the level, forget the history, restart the debounce.
-        st.healthy = False
-        st.history.clear()
-        st.psum = None
-        st.ema = None
-        st.probs = None
-        st.label = label
-        st.confidence = 0.0
-        st.pending_count = 0
-
-    def _smooth(self, st: _Stream, probs: np.ndarray, vote: int) -> None:
-        cfg = self.config
+    def _smooth(self, s: np.ndarray, probs: np.ndarray, windows: np.ndarray) -> None:
+        cfg, T = self.config, self._t
         if cfg.smoothing == "ema":
-            st.ema = probs.copy() if st.ema is None else (1 - cfg.ema_alpha) * st.ema + cfg.ema_alpha * probs
-            smoothed = st.ema
-            best = int(smoothed.argmax())
+            ema = T.ema[s]
+            smoothed = np.where(T.has_ema[s][:, None], (1 - cfg.ema_alpha) * ema + cfg.ema_alpha * probs, probs)
+            T.ema[s] = smoothed
+            T.has_ema[s] = True
+            best = smoothed.argmax(axis=1)
         else:
-            # Running sum and vote counts over the last k windows: O(classes) per window.
-            fresh, old_probs = self._take_vote(st, probs, vote)
-            if fresh:
-                st.psum = np.zeros(len(self.labels))
-            if old_probs is not None:
-                st.psum -= old_probs
-            if st.windows % 1024 == 0:
-                st.psum = np.sum([h[0] for h in st.history], axis=0)  # shed rounding drift
-            else:
-                st.psum += probs
-            smoothed = st.psum / len(st.history)
-            best = _majority(st.votes, smoothed)
-        st.probs = smoothed
-        st.best = best
-        st.label = self.labels[best]
-        st.confidence = float(smoothed[best])
+            # the last k windows' scores in a ring per stream, their running sum and vote counts:
+            # minus the oldest window's (once the ring is full), plus the newest's, over the count
+            k, m = T.k, len(s)
+            count = T.hist_len[s]
+            fresh = count == 0
+            if fresh.any():
+                T.votes[s[fresh]] = 0
+            full = count == k
+            pos = T.hist_pos[s]
+            votes = probs.argmax(axis=1)
+            tally = T.votes[s]
+            r = np.arange(m)
+            if full.any():
+                tally[r[full], T.hist_vote[s[full], pos[full]]] -= 1
+            tally[r, votes] += 1
+            T.votes[s] = tally
+            sums = np.where(fresh[:, None], 0.0, T.psum[s])
+            if full.any():
+                sums[full] -= T.hist[s[full], pos[full]]
+            T.hist[s, pos] = probs
+            T.hist_vote[s, pos] = votes
+            T.hist_pos[s] = (pos + 1) % k
+            count = np.minimum(count + 1, k)
+            T.hist_len[s] = count
+            sums += probs
+            for i in np.flatnonzero(windows % 1024 == 0).tolist():  # shed rounding drift
+                slot, n = int(s[i]), int(count[i])
+                ring = T.hist[slot]
+                start = (int(T.hist_pos[slot]) - n) % k
+                sums[i] = np.sum([ring[(start + j) % k] for j in range(n)], axis=0)
+            T.psum[s] = sums
+            smoothed = sums / count[:, None]
+            # the label most often on top; among labels tied for it the highest smoothed score,
+            # the first of equals (argmax)
+            best = np.where(tally == tally.max(axis=1, keepdims=True), smoothed, -np.inf).argmax(axis=1)
+        T.probs[s] = smoothed
+        T.has_probs[s] = True
+        T.best[s] = best
+        T.label[s] = best + 2
+        T.confidence[s] = smoothed[np.arange(len(s)), best]
 
-    def _vote_many(self, sts: list[_Stream], probs: np.ndarray, votes: list[int]) -> None:
-        """``_smooth`` of the majority vote for distinct streams ``sts`` at once (``probs`` (m,
-        classes) float64, one row each): the running sums take the same per-element steps as
-        there (minus the oldest window's scores, plus the newest's, over the count), so the same
-        bits; the history, the vote counts and the label choice per stream as there."""
-        m, classes = probs.shape
-        sums = np.zeros((m, classes))
-        old = np.zeros((m, classes))
-        drop = np.zeros(m, dtype=bool)
-        counts = np.empty(m)
-        resum = []
-        for k, (st, vote) in enumerate(zip(sts, votes)):
-            fresh, old_probs = self._take_vote(st, probs[k], vote)
-            if not fresh:  # else the sums start at zero
-                sums[k] = st.psum
-            if old_probs is not None:
-                old[k] = old_probs
-                drop[k] = True
-            counts[k] = len(st.history)
-            if st.windows % 1024 == 0:
-                resum.append(k)
-        np.subtract(sums, old, out=sums, where=drop[:, None])
-        sums += probs
-        for k in resum:  # shed rounding drift, as _smooth does
-            sums[k] = np.sum([h[0] for h in sts[k].history], axis=0)
-        smoothed = sums / counts[:, None]
-        labels = self.labels
-        best = []
-        for st, row, sm in zip(sts, sums, smoothed):
-            st.psum = row
-            st.probs = sm
-            b = st.best = _majority(st.votes, sm)
-            st.label = labels[b]
-            best.append(b)
-        for st, c in zip(sts, smoothed[np.arange(m), best].tolist()):
-            st.confidence = c
-
-    def _take_vote(self, st: _Stream, probs: np.ndarray, vote: int) -> tuple[bool, np.ndarray | None]:
-        """The majority vote's bookkeeping of a new window (``_smooth``, ``_vote_many``): its
-        scores into the history and its vote counted, the oldest window's vote taken back once
-        the history is full. Returns whether the running sums start anew at zero (the counts
-        have), and the scores of the window that left the history (None: none did); the sums
-        themselves are the caller's."""
-        fresh = st.psum is None or not st.history
-        if fresh:
-            st.votes = [0] * len(self.labels)
-        old_probs = None
-        if len(st.history) == st.history.maxlen:
-            old_probs, old_vote = st.history[0]
-            st.votes[old_vote] -= 1
-        st.history.append((probs, vote))
-        st.votes[vote] += 1
-        return fresh, old_probs
-
-    def _supported(self, st: _Stream, t: float) -> Level:
-        """The level this window supports (before debouncing): the higher of its label's and its
-        anomaly score's."""
-        by_label = Level.NORMAL if st.refused else self._label_supported(st, t)
-        return max(by_label, self._anomaly_supported(st, t))
-
-    def _anomaly_supported(self, st: _Stream, t: float) -> Level:
-        cfg = self.config
-        a = st.anomaly
-        if a is None or a < (cfg.anomaly_enter if st.cond == Level.NORMAL else cfg.anomaly_leave):
-            return Level.NORMAL
-        if cfg.anomaly_danger is not None and a >= cfg.anomaly_danger:
-            return Level.DANGER
-        if cfg.danger_after_s is not None and st.episode_since is not None and t - st.episode_since >= cfg.danger_after_s:
-            return Level.DANGER
-        return Level.ALERT
-
-    def _label_supported(self, st: _Stream, t: float) -> Level:
-        cfg = self.config
-        level = self._label_level[st.best]
-        if level == Level.NORMAL:
-            return level
-        threshold = cfg.enter_confidence if level > st.cond else cfg.leave_confidence
-        if st.confidence < threshold:
-            return Level.NORMAL
-        if cfg.danger_confidence is not None and st.confidence >= cfg.danger_confidence:
-            return Level.DANGER
-        if (
-            cfg.danger_after_s is not None
-            and st.episode_since is not None
-            and t - st.episode_since >= cfg.danger_after_s
-        ):
-            return Level.DANGER
-        return level
-
-    def _step(self, stream_id: str, st: _Stream, t: float) -> list[Event]:
-        cfg = self.config
-        target = self._supported(st, t)
-        if target == st.cond:
-            st.pending_count = 0
+    def _step(self, s: np.ndarray, t: np.ndarray, rows: np.ndarray, predictions: Sequence[Prediction],
+              out_events: list[list[Event]]) -> None:
+        """The alarm state machine of one window of each of distinct streams ``s`` (at capture
+        times ``t``; ``rows``: their places in the batch): the level each window supports, the
+        debounce, the latch, and an event where the shown level changes."""
+        cfg, T = self.config, self._t
+        cond = T.cond[s]
+        episode = T.episode[s]
+        if cfg.danger_after_s is not None:
+            long_episode = ~np.isnan(episode) & (t - episode >= cfg.danger_after_s)
         else:
-            rising = target > st.cond
-            if st.pending_count and (target > st.cond) == (st.pending > st.cond):
-                # Same direction as the streak: a rise settles on the lowest level it saw.
-                st.pending = min(st.pending, target) if rising else max(st.pending, target)
-                st.pending_count += 1
-            else:
-                st.pending, st.pending_count = target, 1
-            needed = cfg.set_windows if rising else cfg.clear_windows
-            if st.pending_count >= needed:
-                st.cond = st.pending
-                st.pending_count = 0
-                if st.cond > Level.NORMAL and st.episode_since is None:
-                    st.episode_since = t
-                elif st.cond == Level.NORMAL:
-                    st.episode_since = None
-                    if not cfg.latching:
-                        st.peak = Level.NORMAL  # without latching, a cleared alarm needs no acknowledgement
-                st.peak = max(st.peak, st.cond)
-        return self._show(stream_id, st, t)
+            long_episode = np.zeros(len(s), dtype=np.bool_)
+        # the level the window's label supports: its own level, once its smoothed confidence is
+        # enough (more to rise than to stay: hysteresis); DANGER by confidence or by duration
+        conf = T.confidence[s]
+        lab = np.where(T.refused[s], 0, self._level_arr[T.best[s]])
+        lab_up = (conf >= np.where(lab > cond, cfg.enter_confidence, cfg.leave_confidence)) & (lab > 0)
+        danger = long_episode.copy()
+        if cfg.danger_confidence is not None:
+            danger |= conf >= cfg.danger_confidence
+        by_label = np.where(lab_up, np.where(danger, 2, lab), 0)
+        # the level the anomaly score supports, with its own hysteresis
+        an = T.anomaly[s]
+        an_up = an >= np.where(cond == 0, cfg.anomaly_enter, cfg.anomaly_leave)  # NaN (none): False
+        an_danger = long_episode.copy()
+        if cfg.anomaly_danger is not None:
+            an_danger |= an >= cfg.anomaly_danger
+        target = np.maximum(by_label, np.where(an_up, np.where(an_danger, 2, 1), 0))
+        # debounce: a rise takes set_windows windows in a row that support it (settling on the
+        # lowest level of the streak), a fall clear_windows
+        moving = target != cond
+        shown_now = T.shown[s]
+        if not moving.any():  # the common case: every stream where it was
+            T.pending_count[s] = 0
+            shown = np.maximum(cond, T.peak[s]) if cfg.latching else cond
+            if not (shown != shown_now).any():
+                return
+        pending, pcount = T.pending[s], T.pending_count[s]
+        rising = target > cond
+        same = moving & (pcount > 0) & (rising == (pending > cond))
+        pending = np.where(moving, np.where(same, np.where(rising, np.minimum(pending, target),
+                                                                   np.maximum(pending, target)), target), pending)
+        pcount = np.where(moving, np.where(same, pcount + 1, 1), 0)
+        fire = moving & (pcount >= np.where(rising, cfg.set_windows, cfg.clear_windows))
+        peak = T.peak[s]
+        if fire.any():
+            cond = np.where(fire, pending, cond)
+            pcount = np.where(fire, 0, pcount)
+            episode = np.where(fire & (cond > 0) & np.isnan(episode), t, episode)
+            cleared = fire & (cond == 0)
+            episode = np.where(cleared, np.nan, episode)
+            if not cfg.latching:
+                peak = np.where(cleared, 0, peak)  # without latching, a cleared alarm needs no acknowledgement
+            peak = np.where(fire, np.maximum(peak, cond), peak)
+            T.cond[s] = cond
+            T.episode[s] = episode
+            T.peak[s] = peak
+        T.pending[s] = pending
+        T.pending_count[s] = pcount
+        shown = np.maximum(cond, peak) if cfg.latching else cond
+        changed = shown != shown_now
+        if changed.any():
+            for i in np.flatnonzero(changed).tolist():
+                out_events[int(rows[i])] = self._show(predictions[int(rows[i])].stream_id, int(s[i]),
+                                                      float(t[i]), int(shown[i]))
 
-    def _show(self, stream_id: str, st: _Stream, t: float, **extra: Any) -> list[Event]:
-        shown = max(st.cond, st.peak) if self.config.latching else st.cond
-        if shown == st.shown:
+    def _show(self, stream_id: str, slot: int, t: float, shown: int, **extra: Any) -> list[Event]:
+        """The event of a change of the shown level (to ``shown``), and the change itself."""
+        T = self._t
+        if shown == T.shown[slot]:
             return []
+        anomaly = _opt(float(T.anomaly[slot]))
         event = Event(
             type="alarm",
             stream_id=stream_id,
             time=t,
             data={
-                "from": st.shown.name,
-                "to": shown.name,
-                "label": st.label,
-                "confidence": round(st.confidence, 5),
-                **({"anomaly": round(st.anomaly, 4)} if st.anomaly is not None else {}),
+                "from": _LEVELS[int(T.shown[slot])].name,
+                "to": _LEVELS[shown].name,
+                "label": self._names[int(T.label[slot])],
+                "confidence": round(float(T.confidence[slot]), 5),
+                **({"anomaly": round(anomaly, 4)} if anomaly is not None else {}),
                 **extra,
             },
         )
-        st.shown = shown
-        st.since = t
+        T.shown[slot] = shown
+        T.since[slot] = t
         return [event]
 
     def acknowledge(self, stream: str | None = None, *, now: float | None = None) -> list[Event]:
@@ -644,90 +704,166 @@ class DecisionEngine:
         sinks as those from ``update`` (they carry ``"acknowledged": True``).
         """
         with self._lock:
-            ids = list(self._streams) if stream is None else [stream]
+            T = self._t
+            ids = list(self._slots) if stream is None else [stream]
             events: list[Event] = []
             for sid in ids:
-                st = self._streams.get(sid)
-                if st is None:
+                slot = self._slots.get(sid)
+                if slot is None:
                     continue
-                st.peak = Level.NORMAL
-                t = now if now is not None else (st.last_time if st.last_time is not None else 0.0)
-                events += self._show(sid, st, t, acknowledged=True)
+                T.peak[slot] = 0
+                last = _opt(float(T.last_time[slot]))
+                t = now if now is not None else (last if last is not None else 0.0)
+                # the peak let go, the latch shows the condition itself
+                events += self._show(sid, slot, t, int(T.cond[slot]), acknowledged=True)
             return events
 
     def export_state(self, stream: str) -> Any:
         """A picklable copy of the stream's whole state (level, latch, acknowledgement, debounce
         in progress, smoothing history), for ``restore_state`` elsewhere; None for an unknown stream."""
         with self._lock:
-            st = self._streams.get(stream)
-            return None if st is None else copy.deepcopy(st)
+            slot = self._slots.get(stream)
+            if slot is None:
+                return None
+            T, k = self._t, self._t.k
+            n, end = int(T.hist_len[slot]), int(T.hist_pos[slot])
+            history: deque[tuple[np.ndarray, int]] = deque(maxlen=k)
+            for j in range(n):
+                i = (end - n + j) % k
+                history.append((T.hist[slot, i].copy(), int(T.hist_vote[slot, i])))
+            ln, lend = int(T.levels_n[slot]), int(T.levels_pos[slot])
+            levels: deque[float] = deque((float(T.levels[slot, (lend - ln + j) % _LEVELS_KEEP]) for j in range(ln)),
+                                         maxlen=_LEVELS_KEEP)
+            return _Stream(
+                history=history,
+                psum=T.psum[slot].copy() if n else None,
+                votes=T.votes[slot].tolist(),
+                best=int(T.best[slot]),
+                ema=T.ema[slot].copy() if T.has_ema[slot] else None,
+                label=self._names[int(T.label[slot])],
+                confidence=float(T.confidence[slot]),
+                probs=T.probs[slot].copy() if T.has_probs[slot] else None,
+                cond=_LEVELS[int(T.cond[slot])],
+                peak=_LEVELS[int(T.peak[slot])],
+                shown=_LEVELS[int(T.shown[slot])],
+                since=_opt(float(T.since[slot])),
+                episode_since=_opt(float(T.episode[slot])),
+                pending=_LEVELS[int(T.pending[slot])],
+                pending_count=int(T.pending_count[slot]),
+                healthy=bool(T.healthy[slot]),
+                noise=float(T.noise[slot]),
+                windows=int(T.windows[slot]),
+                last_time=_opt(float(T.last_time[slot])),
+                levels=levels,
+                anomaly=_opt(float(T.anomaly[slot])),
+                refused=bool(T.refused[slot]),
+            )
 
     def restore_state(self, stream: str, state: Any) -> None:
         """Continue a stream from ``export_state``'s copy (a cluster host taking a stream over)."""
         if not isinstance(state, _Stream):
             raise ConfigError(f"cannot restore the decisions of {stream}: not a saved decision state")
+        c = len(self.labels)
+        rows = [np.asarray(p, dtype=np.float64) for p, _ in state.history]
+        if any(r.shape != (c,) for r in rows) or len(state.votes) not in (0, c):
+            raise ConfigError(f"cannot restore the decisions of {stream}: saved for a model of other labels")
+        nan = math.nan
         with self._lock:
-            self._streams[stream] = copy.deepcopy(state)
+            T = self._t
+            slot = self._slots.get(stream)
+            if slot is None:
+                slot = self._slots[stream] = T.take()
+            else:
+                T.reset(slot)
+            hist = list(zip(rows, (int(v) for _, v in state.history)))[-T.k :]
+            for j, (p, v) in enumerate(hist):
+                T.hist[slot, j] = p
+                T.hist_vote[slot, j] = v
+            T.hist_len[slot] = len(hist)
+            T.hist_pos[slot] = len(hist) % T.k
+            if state.psum is not None:
+                T.psum[slot] = state.psum
+            if state.votes:
+                T.votes[slot] = state.votes
+            T.best[slot] = state.best
+            T.has_ema[slot] = state.ema is not None
+            if state.ema is not None:
+                T.ema[slot] = state.ema
+            names = {name: i for i, name in enumerate(self._names) if i >= 2}
+            names.update({UNKNOWN_LABEL: 0, REFUSED_LABEL: 1})
+            T.label[slot] = names.get(state.label, 0)
+            T.confidence[slot] = state.confidence
+            T.has_probs[slot] = state.probs is not None
+            if state.probs is not None:
+                T.probs[slot] = state.probs
+            T.cond[slot], T.peak[slot], T.shown[slot] = int(state.cond), int(state.peak), int(state.shown)
+            T.since[slot] = nan if state.since is None else state.since
+            T.episode[slot] = nan if state.episode_since is None else state.episode_since
+            T.pending[slot], T.pending_count[slot] = int(state.pending), state.pending_count
+            T.healthy[slot], T.noise[slot], T.windows[slot] = state.healthy, state.noise, state.windows
+            T.last_time[slot] = nan if state.last_time is None else state.last_time
+            levels = list(state.levels)[-_LEVELS_KEEP:]
+            T.levels[slot, : len(levels)] = levels
+            T.levels_n[slot] = len(levels)
+            T.levels_pos[slot] = len(levels) % _LEVELS_KEEP
+            T.anomaly[slot] = nan if state.anomaly is None else state.anomaly
+            T.refused[slot] = state.refused
 
     def forget(self, stream: str) -> None:
         """Drop a stream's state (e.g. a sensor removed for good)."""
         with self._lock:
-            self._streams.pop(stream, None)
+            slot = self._slots.pop(stream, None)
+            if slot is not None:
+                self._t.free.append(slot)
 
     # -- reading --------------------------------------------------------------------------
 
     @property
     def streams(self) -> list[str]:
         with self._lock:
-            return list(self._streams)
+            return list(self._slots)
 
     def state(self, stream: str) -> StreamDecision:
         """The stream's decision now; an unknown stream gives the empty NORMAL state."""
         return self.states([stream])[stream]
 
     def states(self, streams: Iterable[str] | None = None) -> dict[str, StreamDecision]:
-        """Decisions of many streams; the lock is held only to copy the raw state, so a snapshot
-        of hundreds of streams does not stall ``update`` in the pipeline thread."""
+        """Decisions of many streams; the lock is held only to copy their rows (a few numpy
+        steps), so a snapshot of thousands of streams does not stall ``update``."""
         with self._lock:
-            ids = list(self._streams) if streams is None else list(streams)
-            raw = {sid: self._raw(self._streams[sid]) for sid in ids if sid in self._streams}
-        return {sid: (self._freeze(sid, *raw[sid]) if sid in raw else StreamDecision(sid)) for sid in ids}
+            ids = list(self._slots) if streams is None else list(streams)
+            known = [sid for sid in ids if sid in self._slots]
+            slots = np.array([self._slots[sid] for sid in known], dtype=np.int64)
+            T = self._t
+            cols = {name: getattr(T, name)[slots] for name in (
+                "label", "confidence", "shown", "cond", "peak", "since", "last_time", "noise", "healthy", "windows",
+                "anomaly", "levels", "levels_n", "levels_pos", "probs", "has_probs")}
+        names = self._names
+        since, last = cols["since"], cols["last_time"]
+        held = np.where(np.isnan(since) | np.isnan(last), 0.0, np.maximum(0.0, last - since))
+        latched = cols["shown"] > cols["cond"]
+        top = np.argsort(-cols["probs"], axis=1, kind="stable")[:, :3]
+        out: dict[str, StreamDecision] = {}
+        rows = zip(known, cols["label"].tolist(), cols["confidence"].tolist(), cols["shown"].tolist(), since.tolist(),
+                   held.tolist(), cols["noise"].tolist(), latched.tolist(), (cols["peak"] > 0).tolist(),
+                   cols["healthy"].tolist(), cols["windows"].tolist(), last.tolist(), cols["anomaly"].tolist(),
+                   cols["levels"], cols["levels_n"].tolist(), cols["levels_pos"].tolist(), cols["probs"],
+                   cols["has_probs"].tolist(), top.tolist())
+        for (sid, label, conf, shown, since_i, held_i, noise, latch, unack, healthy, windows, last_i, anomaly,
+             lv, ln, lpos, probs, has_probs, order) in rows:
+            levels = tuple(lv[(lpos - ln + j) % _LEVELS_KEEP] for j in range(ln)) if ln else ()
+            top3 = tuple((self.labels[i], float(probs[i])) for i in order) if has_probs else ()
+            out[sid] = StreamDecision(
+                stream_id=sid, label=names[label], confidence=conf, level=_LEVELS[shown], since=_opt(since_i),
+                held_s=held_i, top3=top3, noise_index=noise, latched=latch, unacknowledged=unack, healthy=healthy,
+                windows=windows, last_time=_opt(last_i), levels=tuple(float(x) for x in levels),
+                anomaly=_opt(anomaly))
+        return {sid: out.get(sid) or StreamDecision(sid) for sid in ids}
 
     def level_counts(self) -> dict[str, int]:
         """Streams per shown level, e.g. {"NORMAL": 180, "ALERT": 15, "DANGER": 5}."""
         with self._lock:
-            counts = {lv.name: 0 for lv in Level}
-            for st in self._streams.values():
-                counts[st.shown.name] += 1
-            return counts
-
-    @staticmethod
-    def _raw(st: _Stream) -> tuple[dict[str, Any], np.ndarray | None]:
-        held = 0.0
-        if st.since is not None and st.last_time is not None:
-            held = max(0.0, st.last_time - st.since)
-        fields_ = {
-            "label": st.label,
-            "confidence": st.confidence,
-            "level": st.shown,
-            "since": st.since,
-            "held_s": held,
-            "noise_index": st.noise,
-            "latched": st.shown > st.cond,
-            "unacknowledged": st.peak > Level.NORMAL,
-            "healthy": st.healthy,
-            "windows": st.windows,
-            "last_time": st.last_time,
-            "levels": tuple(st.levels),
-            "anomaly": st.anomaly,
-        }
-        # st.probs is replaced, never written in place, so a reference is a safe copy.
-        return fields_, st.probs
-
-    def _freeze(self, stream_id: str, fields_: dict[str, Any], probs: np.ndarray | None) -> StreamDecision:
-        top3: tuple[tuple[str, float], ...] = ()
-        if probs is not None:
-            order = np.argsort(-probs, kind="stable")[:3]
-            top3 = tuple((self.labels[i], float(probs[i])) for i in order)
-        return StreamDecision(stream_id=stream_id, top3=top3, **fields_)
+            shown = self._t.shown[np.array(list(self._slots.values()), dtype=np.int64)]
+        counts = np.bincount(shown, minlength=len(_LEVELS)).tolist()
+        return {lv.name: int(counts[int(lv)]) for lv in Level}
 
