@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
 from drsn_stream.train.cwru import LABELS_10
 from drsn_stream.types import Prediction
+from tests.decision_reference import ReferenceDecisions
 
 BEARING = list(LABELS_10)
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,17 +305,17 @@ def _same_state(a, b) -> bool:
 
 
 def test_a_batch_of_distinct_streams_votes_as_one_at_a_time():
-    # big batches of distinct streams take the majority vote over the whole batch at once: every
-    # result, and every stream's state down to the last bit of its running sums, must be those of
-    # one window at a time, through sick sensors, NaN scores, refused labels, new streams and the
-    # running sums' periodic re-summing (every 1,024 windows of a stream)
+    # a batch of distinct streams is decided as rows of arrays at once: every result, and every
+    # stream's state down to the last bit of its running sums, must be those of one window at a
+    # time, through sick sensors, NaN scores, refused labels, new streams and the running sums'
+    # periodic re-summing (every 1,024 windows of a stream) inside a big batch
     rng = np.random.default_rng(7)
     cfg = DecisionConfig.for_labels(BEARING, set_windows=2, clear_windows=2, latching=True)
     one, many = DecisionEngine(BEARING, cfg), DecisionEngine(BEARING, cfg)
     names = [f"m{k}" for k in range(60)]
     t, seen, batched = 0.0, [], 0
     for r in range(1100):
-        size = int(rng.integers(16, 41)) if r % 7 else int(rng.integers(1, 16))  # small ones: one at a time
+        size = int(rng.integers(16, 41)) if r % 7 else int(rng.integers(1, 16))
         chosen = ["m0", *rng.choice(names[1 : 20 + r // 20], size=min(size, 19 + r // 20) - 1, replace=False)]
         batch, healthy = [], []
         for sid in chosen:
@@ -333,7 +335,7 @@ def test_a_batch_of_distinct_streams_votes_as_one_at_a_time():
             healthy.append(sound or bool(rng.random() > 0.05))
         batched += len(batch) >= 16
         seen += _one_by_one_and_batched(one, many, batch, healthy)
-    assert batched > 800 and one.export_state("m0").windows > 1024  # the batch path; m0's 1,024th window (round 1023) in a big one
+    assert batched > 800 and one.export_state("m0").windows > 1024  # m0's 1,024th window (round 1023) in a big batch
     assert any(events for events, _, _ in seen) and {level for _, _, level in seen} >= {Level.NORMAL, Level.ALERT}
     assert sorted(one.streams) == sorted(many.streams)
     for sid in one.streams:
@@ -420,3 +422,76 @@ def test_running_sums_are_summed_afresh_every_1024_windows():
     state = engine.export_state("m0")
     assert state.windows == 1024
     assert np.array_equal(state.psum, np.sum([h[0] for h in state.history], axis=0))
+
+
+def _reference_state(ref: ReferenceDecisions, sid: str) -> dict:
+    """``DecisionEngine.state``'s fields as the reference has them."""
+    st = ref.streams[sid]
+    top3: tuple = ()
+    if st.probs is not None:
+        top3 = tuple((BEARING[i], float(st.probs[i])) for i in np.argsort(-st.probs, kind="stable")[:3])
+    held = max(0.0, st.last_time - st.since) if st.since is not None and st.last_time is not None else 0.0
+    return {"stream_id": sid, "label": st.label, "confidence": st.confidence, "level": st.shown, "since": st.since,
+            "held_s": held, "top3": top3, "noise_index": st.noise, "latched": st.shown > st.cond,
+            "unacknowledged": st.peak > Level.NORMAL, "healthy": st.healthy, "windows": st.windows,
+            "last_time": st.last_time, "levels": tuple(st.levels), "anomaly": st.anomaly}
+
+
+@pytest.mark.parametrize("seed, settings", list(enumerate([
+    {}, {"latching": True, "set_windows": 2, "clear_windows": 2}, {"smoothing": "ema"}, {"window_count": 1},
+    {"danger_confidence": 0.7, "latching": True}, {"window_count": 3, "danger_after_s": None, "anomaly_danger": None},
+])))
+def test_batches_decide_as_the_plain_reference_does_one_window_at_a_time(seed, settings):
+    # the engine decides a batch in numpy steps over rows of arrays; tests/decision_reference.py
+    # has the rules one window at a time in plain Python. Every result and every stream's state
+    # must match bit for bit: batches of up to 60 with a stream several times in one, sick
+    # sensors, NaN scores, refused labels, anomaly scores (inf among them), acknowledgements,
+    # forgotten streams, float32 and float64 scores
+    rng = np.random.default_rng(seed)
+    cfg = DecisionConfig.for_labels(BEARING, **settings)
+    engine = DecisionEngine(BEARING, cfg)
+    ref = ReferenceDecisions(BEARING, cfg, engine.level_of)
+    names = [f"m{i}" for i in range(int(rng.integers(3, 30)))]
+    home = {sid: int(rng.integers(len(BEARING))) for sid in names}
+    t, events, levels = 0.0, 0, set()
+    for r in range(300):
+        batch, healthy = [], []
+        for _ in range(int(rng.integers(1, 60))):
+            t += float(rng.uniform(0, 0.3))
+            sid = str(rng.choice(names))
+            cls = int(rng.integers(len(BEARING))) if rng.random() < 0.3 else home[sid]
+            probs = rng.dirichlet(np.ones(len(BEARING)) * 0.3) * 0.4
+            probs[cls] += float(rng.uniform(0.2, 0.6))
+            probs = probs.astype(np.float64 if rng.random() < 0.5 else np.float32)
+            if rng.random() < 0.03:
+                probs[2] = np.nan
+            label = BEARING[int(np.nanargmax(probs))]
+            noise = float(rng.random()) if rng.random() > 0.05 else float("nan")
+            p = Prediction(sid, r, t, probs, label, float(np.nanmax(probs)), noise, 1.0, level=float(rng.random()))
+            if rng.random() < 0.05:
+                p.model_label, p.label = p.label, "unknown"
+            if rng.random() < 0.3:
+                p.anomaly = float(rng.choice([0.5, 0.9, 1.2, 5.0, np.nan, np.inf]))
+            batch.append(p)
+            healthy.append(bool(rng.random() > 0.05))
+        got = [([e.to_json() for e in ev], label, level) for ev, label, level in engine.update_many(batch, healthy)]
+        want = []
+        for p, ok in zip(batch, healthy):
+            ev = ref.update(p, ok)
+            want.append((ev, ref.streams[p.stream_id].label, ref.streams[p.stream_id].shown))
+        assert got == want, r
+        events += sum(len(ev) for ev, _, _ in got)
+        levels |= {level for _, _, level in got}
+        if rng.random() < 0.05:
+            sid = str(rng.choice(names)) if rng.random() < 0.7 else None
+            now = t if rng.random() < 0.5 else None
+            assert [e.to_json() for e in engine.acknowledge(sid, now=now)] == ref.acknowledge(sid, now)
+        if rng.random() < 0.02:
+            sid = str(rng.choice(names))
+            engine.forget(sid)
+            ref.streams.pop(sid, None)
+        if r % 20 == 0 or r == 299:
+            assert sorted(engine.streams) == sorted(ref.streams)
+            for sid, state in engine.states().items():
+                assert dataclasses.asdict(state) == _reference_state(ref, sid), (r, sid)
+    assert events > 10 and Level.ALERT in levels
