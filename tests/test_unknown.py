@@ -122,6 +122,17 @@ def test_malformed_unknown_statistics_are_refused_with_what_to_do() -> None:
     assert read_meta("digits-fsdd").unknown == {}  # a model without statistics never refuses
 
 
+def test_the_distance_is_the_smallest_mahalanobis_distance_to_a_class() -> None:
+    # one matrix product whitens a batch for every class at once; the figure must be the plain
+    # one: the smallest over the classes of |(x - mean) W|^2
+    det = UnknownDetector.from_dict(read_meta("bearing-cwru").unknown)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, det.features)) * 2 + det.means[rng.integers(len(det.means), size=300)]
+    plain = np.min([np.sum(((x - m) @ w) ** 2, axis=1) for m, w in zip(det.means, det.whiteners)], axis=0)
+    np.testing.assert_allclose(det.distance2(x), plain, rtol=1e-12)
+    np.testing.assert_allclose(det.distance2(x[:1]), plain[:1], rtol=1e-12)
+
+
 def _pred(label: str, refused: bool, t: float) -> Prediction:
     probs = np.full(10, 0.01, np.float32)
     probs[LABELS.index(label)] = 0.91
