@@ -322,6 +322,26 @@ def test_simulated_machines_are_labelled_as_the_simulator_says() -> None:
     assert pipe.engine.latency_from_ready and min(o["latency_ms"] for o in preds) >= 0
 
 
+def test_alarms_reach_the_dashboard_when_no_result_is_written_anywhere() -> None:
+    # the dashboard alone (no --jsonl, no feed): the results are decided and dropped, their alarm
+    # events still go to the events the dashboard shows
+    cfg = RunConfig(sources=("sim:bearing?machines=2&fault=inner_014&seed=1&speed=6",), stats_every_s=3600,
+                    stale_ms=60000)
+    pipe = Pipeline(cfg)
+    assert not pipe.outputs
+
+    def raised() -> set[str]:
+        return {sid for (sid, to) in pipe.events.alarm_changes_by_stream() if to != "NORMAL"}
+
+    pipe.start()
+    try:
+        wait_until(lambda: raised() == {"sim/m0", "sim/m1"}, 60, 0.25)
+    finally:
+        pipe.stop()
+    assert raised() == {"sim/m0", "sim/m1"}
+    assert {sid: c.most_common(1)[0][0] for sid, c in pipe.label_counts.items()} == dict.fromkeys(raised(), "inner_014")
+
+
 def test_missing_model_and_bad_source_give_clear_errors(cli_in_process) -> None:
     _cli = cli_in_process  # what the command says; its exit as a process: test_first_hour.py
     res = _cli("--source", "sim", "--model", "/nonexistent/model.pt", "--duration", "1")

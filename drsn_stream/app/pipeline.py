@@ -202,7 +202,7 @@ class Pipeline:
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
         self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
-        self.label_counts: dict[str, Counter[str]] = {}
+        self._tally: Counter[tuple[str, str]] = Counter()  # windows per (stream, label), label_counts
         self.errors: list[str] = []
         self.error_counts: Counter[str] = Counter()
         self.failed_sources: list[str] = []  # one line per source that stopped with an error
@@ -495,17 +495,22 @@ class Pipeline:
         # judged on the window's own samples, and on the sensor now (a result may come late), but
         # not on a silence now: that began after the window's samples arrived. The streams of the
         # batch looked up in one hold of the health lock, which ingest holds while it judges a round
-        sick = self.health.unhealthy({p.stream_id for p in preds}, no_data=False)
-        oks = []
-        for p in preds:
-            healthy = p.health == OK and p.stream_id not in sick
-            p.health = OK if healthy else CHECK_SENSOR
-            oks.append(healthy)
-        for p, healthy, (events, smoothed, level) in zip(preds, oks, self.decisions.update_many(preds, oks)):
-            counts = self.label_counts.get(p.stream_id)
-            if counts is None:
-                counts = self.label_counts[p.stream_id] = Counter()
-            counts[p.label if healthy else "check_sensor"] += 1
+        ids = [p.stream_id for p in preds]
+        sick = self.health.unhealthy(set(ids), no_data=False)
+        oks = [p.health == OK for p in preds]
+        if sick:
+            for i, p in enumerate(preds):
+                if oks[i] and p.stream_id in sick:
+                    oks[i] = False
+                    p.health = CHECK_SENSOR
+        results = self.decisions.update_many(preds, oks)
+        self._tally.update(zip(ids, [p.label if ok else "check_sensor" for p, ok in zip(preds, oks)]))
+        if not self.outputs and self.detector is None:  # nothing per window but the alarms
+            for events, _, _ in results:
+                if events:
+                    self._emit_events(events)
+            return
+        for p, healthy, (events, smoothed, level) in zip(preds, oks, results):
             env = self.envelope.latest(p.stream_id, p.t_last) if self.envelope is not None else None
             if self.outputs:
                 obj = p.to_json()
@@ -657,6 +662,15 @@ class Pipeline:
             "failed_sources": list(self.failed_sources),
         }
 
+    @property
+    def label_counts(self) -> dict[str, Counter[str]]:
+        """Windows per label of each stream so far (``check_sensor`` where the sensor was not
+        healthy), labels in the order they first came."""
+        out: dict[str, Counter[str]] = {}
+        for (sid, label), n in list(self._tally.items()):
+            out.setdefault(sid, Counter())[label] = n
+        return out
+
     def summary(self) -> str:
         """A short, readable end-of-run summary."""
         e = self.stats.to_json()
@@ -666,8 +680,9 @@ class Pipeline:
             f"avg batch {e['avg_batch']}; latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms",
             f"dropped {self.batcher.dropped_total() + self.dropped_output}, malformed {self.malformed_total()}",
         ]
-        for sid in sorted(self.label_counts):
-            c = self.label_counts[sid]
+        label_counts = self.label_counts
+        for sid in sorted(label_counts):
+            c = label_counts[sid]
             n = sum(c.values())
             top = ", ".join(f"{lb} {k / n:.0%}" for lb, k in c.most_common(3))
             lines.append(f"  {sid}: {n} windows; {top}")
