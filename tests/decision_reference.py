@@ -1,5 +1,6 @@
 """A plain reference of the decision state machine for the tests: one window at a time, each
-stream's state a Python object, the way the rules read (monitor/decision.py's docstring).
+stream's state a Python object (the record ``export_state`` gives), the way the rules read
+(monitor/decision.py's docstring).
 ``DecisionEngine`` decides whole batches in numpy steps over rows of arrays; the tests hold it
 to this, result for result and bit for bit."""
 
@@ -7,39 +8,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from drsn_stream.models.ood import UNKNOWN as REFUSED
 from drsn_stream.monitor.decision import DecisionConfig, Level
+from drsn_stream.monitor.decision import _Stream as RefStream  # the per-stream record export_state gives
 from drsn_stream.types import Prediction
-
-
-@dataclass
-class RefStream:
-    history: deque = field(default_factory=deque)  # (scores, argmax) of the last k windows
-    psum: np.ndarray | None = None
-    votes: list[int] = field(default_factory=list)
-    best: int = 0
-    ema: np.ndarray | None = None
-    label: str = "?"
-    confidence: float = 0.0
-    probs: np.ndarray | None = None
-    cond: Level = Level.NORMAL
-    peak: Level = Level.NORMAL
-    shown: Level = Level.NORMAL
-    since: float | None = None
-    episode_since: float | None = None
-    pending: Level = Level.NORMAL
-    pending_count: int = 0
-    healthy: bool = True
-    noise: float = 0.0
-    windows: int = 0
-    last_time: float | None = None
-    levels: deque = field(default_factory=lambda: deque(maxlen=32))
-    anomaly: float | None = None
-    refused: bool = False
 
 
 class ReferenceDecisions:
