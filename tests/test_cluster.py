@@ -319,3 +319,14 @@ def test_cluster_command_needs_one_zmq_gateway() -> None:
     r = subprocess.run([sys.executable, "-m", "drsn_stream", "cluster", "--source", "zmq://127.0.0.1:5999",
                         "--host-actors", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "host actors per GPU" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_host_actors_share_a_gpu_or_a_nodes_cores() -> None:
+    # N host actors per GPU reserve 1/N of it each; on a node without GPUs each takes 1/N of
+    # the cores for inference, less one for its ingest thread, and never none
+    from drsn_stream.cluster.ray_app import ClusterConfig, inference_threads
+
+    shares = [ClusterConfig(gateway="gw:1", checkpoint_dir="/tmp", host_actors=n).gpu_share for n in (1, 2, 3, 8)]
+    assert shares == [1.0, 0.5, 0.3333, 0.125] and all(s * n <= 1.0 for s, n in zip(shares, (1, 2, 3, 8)))
+    assert [inference_threads(16, n) for n in (1, 2, 4, 8, 16)] == [15, 7, 3, 1, 1]
+    assert inference_threads(2, 1) == 1 and inference_threads(2, 2) == 1
