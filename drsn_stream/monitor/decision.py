@@ -355,15 +355,14 @@ class _Table:
     rather than in Python per window. Grows by doubling; a forgotten stream's row is reused."""
 
     def __init__(self, classes: int, window_count: int, rows: int = 64) -> None:
-        self.sizes = {"k": window_count, "c": classes}
-        self.k, self.rows = window_count, 0
+        self.k, self.classes, self.rows = window_count, classes, 0
         self.free: list[int] = []
         self._grow(rows)
 
     def _grow(self, rows: int) -> None:
-        old = self.rows
+        old, sizes = self.rows, {"k": self.k, "c": self.classes}
         for name, shape, dtype, fill in _COLUMNS:
-            arr = np.full((rows, *(self.sizes.get(d, d) for d in shape)), fill, dtype=dtype)
+            arr = np.full((rows, *(sizes.get(d, d) for d in shape)), fill, dtype=dtype)
             if old:
                 arr[:old] = getattr(self, name)
             setattr(self, name, arr)
@@ -534,9 +533,9 @@ class DecisionEngine:
         # no evidence either way (a sick sensor, non-finite scores, a refused label): keep the
         # level, forget the history, restart the debounce; a refused label shows "unknown"
         blank = ~evidence | refused
+        T.healthy[s] = evidence  # a refused label comes from a healthy sensor
         if blank.any():
             sb = s[blank]
-            T.healthy[sb] = refused[blank]
             T.hist_len[sb] = 0
             T.hist_pos[sb] = 0
             T.has_ema[sb] = False
@@ -544,7 +543,6 @@ class DecisionEngine:
             T.label[sb] = np.where(refused[blank], 1, 0)
             T.confidence[sb] = 0.0
             T.pending_count[sb] = 0
-        T.healthy[s[evidence]] = True
         T.refused[s[evidence]] = refused[evidence]
         vote = ~blank
         if vote.any():
