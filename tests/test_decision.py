@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drsn_stream import jit
 from drsn_stream.errors import ConfigError
+from drsn_stream.monitor import decision, decision_jit
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
 from drsn_stream.train.cwru import LABELS_10
 from drsn_stream.types import Prediction
@@ -16,6 +18,32 @@ from tests.decision_reference import ReferenceDecisions
 
 BEARING = list(LABELS_10)
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Kernel:
+    """Stands in for ``decision._kernels``: gives ``fn`` (None: the numpy path)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def get(self):
+        return self.fn
+
+    def why_not(self) -> str:
+        return "" if self.fn is not None else "off in this test"
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy", "kernel-as-python"])
+def path(request, monkeypatch) -> str:
+    """Every test here runs on each way a batch is decided: the compiled kernel (where numba
+    is), the numpy steps (where it is not), and the kernel's code run as plain Python (what
+    guards its rules where numba is missing)."""
+    if request.param == "compiled":
+        if decision._kernels.get() is None:
+            pytest.skip(f"no compiled decisions here: {decision._kernels.why_not()}")
+    else:
+        monkeypatch.setattr(decision, "_kernels", _Kernel(None if request.param == "numpy" else decision_jit._decide_py))
+    return request.param
 
 
 def pred(label: str, conf: float, t: float, *, stream: str = "m0", labels: list[str] = BEARING) -> Prediction:
@@ -191,6 +219,25 @@ def test_majority_vote_counts_only_the_last_windows_and_breaks_ties_by_score():
     state = engine.state("m0")
     assert state.label == "inner_014"
     assert state.confidence == pytest.approx((0.45 / 9 + 0.95) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", ["majority", "ema"])
+def test_exact_ties_go_to_the_first_label_in_the_models_order(smoothing):
+    # a model that cannot tell labels apart gives them equal scores: the label shown must not
+    # depend on which came last, but be the first of them in the model's label order
+    cfg = DecisionConfig.for_labels(BEARING, smoothing=smoothing, window_count=2, ema_alpha=0.5, set_windows=1)
+    engine = DecisionEngine(BEARING, cfg)
+    engine.update(Prediction("flat", 0, 0.0, np.full(len(BEARING), 0.1), "normal", 0.1, 0.3, 1.0))
+    assert engine.state("flat").label == BEARING[0]
+    # one vote each for two labels whose smoothed scores are then exactly equal
+    first, second = BEARING.index("ball_007"), BEARING.index("outer_021")
+    for t, (a, b) in enumerate([(first, second), (second, first)]):
+        probs = np.zeros(len(BEARING))
+        probs[a], probs[b] = 0.6, 0.4
+        engine.update(Prediction("tie", t, float(t), probs, BEARING[a], 0.6, 0.3, 1.0))
+    state = engine.state("tie")
+    assert state.top3[0][1] == state.top3[1][1] == 0.5
+    assert state.label == "ball_007"
 
 
 def test_ema_smoothing_follows_a_lasting_change():
@@ -442,8 +489,9 @@ def _reference_state(ref: ReferenceDecisions, sid: str) -> dict:
     {"danger_confidence": 0.7, "latching": True}, {"window_count": 3, "danger_after_s": None, "anomaly_danger": None},
 ])))
 def test_batches_decide_as_the_plain_reference_does_one_window_at_a_time(seed, settings):
-    # the engine decides a batch in numpy steps over rows of arrays; tests/decision_reference.py
-    # has the rules one window at a time in plain Python. Every result and every stream's state
+    # the engine decides a batch in one compiled loop or in numpy steps over rows of arrays (the
+    # ``path`` fixture runs each); tests/decision_reference.py has the rules one window at a time
+    # in plain Python. Every result and every stream's state
     # must match bit for bit: batches of up to 60 with a stream several times in one, sick
     # sensors, NaN scores, refused labels, anomaly scores (inf among them), acknowledgements,
     # forgotten streams, float32 and float64 scores
@@ -495,3 +543,22 @@ def test_batches_decide_as_the_plain_reference_does_one_window_at_a_time(seed, s
             for sid, state in engine.states().items():
                 assert dataclasses.asdict(state) == _reference_state(ref, sid), (r, sid)
     assert events > 10 and Level.ALERT in levels
+
+
+def test_without_numba_or_with_a_kernel_it_refuses_the_decisions_are_numpy_steps(monkeypatch, path):
+    if path != "numpy":
+        pytest.skip("about building the kernel: once is enough")
+
+    def refuse(fn, **options):
+        raise RuntimeError("LLVM says no")
+
+    for why, name, value in [("numba is not installed", "numba", None), ("LLVM says no", "compile_kernel", refuse)]:
+        with monkeypatch.context() as mp:
+            mp.setattr(jit, name, value)
+            mp.setattr(decision, "_kernels", jit.Kernels(decision._build_kernel))  # not tried yet
+            assert not decision.warm() and why in decision.why_not()
+            with pytest.raises(RuntimeError, match=why):
+                DecisionEngine(BEARING, compiled=True)
+            engine = DecisionEngine(BEARING, raw(set_windows=2))
+            assert [level for _, level, _ in feed(engine, [("inner_014", 0.9)] * 3)] == [
+                Level.NORMAL, Level.ALERT, Level.ALERT]

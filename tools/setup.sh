@@ -88,11 +88,12 @@ fi
 "$PY" - <<'EOF'
 import drsn_stream, torch
 from drsn_stream.dsp import bank_jit
-from drsn_stream.monitor import levels_jit
+from drsn_stream.monitor import decision, levels_jit
 build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
 # compiled now (and cached), so that the first monitor does not pay for it
 bank_jit.warm()
-compiled = "compiled sensor-health tests" if levels_jit.warm() else "numpy sensor-health tests (no numba)"
+compiled = ("compiled sensor-health tests and decisions" if levels_jit.warm() and decision.warm()
+            else "numpy sensor-health tests and decisions (no numba)")
 print(f"setup: drsn-stream {drsn_stream.__version__} with torch {torch.__version__} ({build}), {compiled}, "
       f"in {__import__('sys').prefix}")
 EOF

@@ -56,9 +56,11 @@ from typing import Any
 
 import numpy as np
 
+from drsn_stream import jit
 from drsn_stream.config import TOMLDecodeError, from_table, loads_toml
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
+from drsn_stream.monitor import decision_jit
 from drsn_stream.types import Event, Prediction
 
 UNKNOWN_LABEL = "?"
@@ -314,7 +316,7 @@ class _Stream:
     refused: bool = False  # the latest window's label was refused (unknown)
 
 
-# The columns of ``_Table``: name, the shape of one stream's entry ("k": the vote's window count,
+# The columns of ``_Table`` (in the order ``decision_jit``'s kernel takes them): name, the shape of one stream's entry ("k": the vote's window count,
 # "c": the labels), dtype, and the value a new stream starts with (NaN: None).
 _COLUMNS = (
     ("hist", ("k", "c"), np.float64, 0.0),  # the last k windows' scores, a ring
@@ -381,6 +383,36 @@ class _Table:
         for name, _, _, fill in _COLUMNS:
             getattr(self, name)[slot] = fill
 
+    def columns(self) -> list[np.ndarray]:
+        """Every column, in ``_COLUMNS``' order (the compiled kernel's arguments)."""
+        return [getattr(self, name) for name, _, _, _ in _COLUMNS]
+
+
+def _build_kernel() -> Any:
+    kernel = jit.compile_kernel(decision_jit._decide_py)
+    # one call on throwaway arrays of the dtypes the engine passes: compiled (or loaded) now
+    table = _Table(2, 3, rows=1)
+    fpar, ipar = decision_jit.params(DecisionConfig())
+    i64, f64, b1 = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.bool_)
+    kernel(i64, np.zeros((1, 2)), f64, f64, f64, f64, b1, b1, fpar, ipar, np.zeros(2, dtype=np.int64),
+           *table.columns(), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1),
+           np.zeros(1, dtype=np.int64))
+    return kernel
+
+
+_kernels = jit.Kernels(_build_kernel)
+
+
+def warm() -> bool:
+    """Compile (or load from numba's cache) the decisions' kernel now; False where numpy decides
+    (no numba, ``DRSN_STREAM_JIT=0``, or numba refused it: ``why_not``)."""
+    return _kernels.get() is not None
+
+
+def why_not() -> str:
+    """Why the compiled decisions are not available ("" when they are)."""
+    return _kernels.why_not()
+
 
 _NAMES_FIXED = (UNKNOWN_LABEL, REFUSED_LABEL)  # label codes 0 and 1; the model's labels from 2 on
 _LEVELS = (Level.NORMAL, Level.ALERT, Level.DANGER)
@@ -396,19 +428,28 @@ class DecisionEngine:
     Args:
         labels: the artifact's labels, in the order of ``Prediction.probs``.
         config: smoothing and alarm settings; ``DecisionConfig.for_labels(labels)`` when None.
+        compiled: decide batches with the compiled kernel (``decision_jit``, where numba is there;
+            compiled or loaded from numba's cache now, not on the first batch); False: numpy, the
+            same results; True: the kernel or an error.
 
-    The state of every stream is a row of arrays (``_Table``): a batch of results is decided in
-    numpy steps over its rows, the same steps for one window or a thousand (so one window alone
-    costs tens of microseconds, a window of a batch of hundreds one or two). Thread safety:
+    The state of every stream is a row of arrays (``_Table``). The compiled kernel decides a
+    batch in one loop over its windows; the numpy path in numpy steps over its rows, the same
+    steps for one window or a thousand (so one window alone costs tens of microseconds, a window
+    of a batch of hundreds one or two). Thread safety:
     ``update`` runs in the pipeline thread; ``state``, ``states``, ``acknowledge`` and
     ``level_counts`` may be called from any thread (one lock, held for one batch's steps).
     """
 
-    def __init__(self, labels: Sequence[str], config: DecisionConfig | None = None) -> None:
+    def __init__(self, labels: Sequence[str], config: DecisionConfig | None = None, *,
+                 compiled: bool | None = None) -> None:
         self.labels: tuple[str, ...] = tuple(labels)
         if not self.labels:
             raise ConfigError("DecisionEngine needs the model's labels (ArtifactMeta.labels); got none")
         self.config = config if config is not None else DecisionConfig.for_labels(self.labels)
+        self._kernel = _kernels.get() if compiled is None or compiled else None
+        if compiled and self._kernel is None:
+            raise RuntimeError(f"compiled decisions asked for, but they are not available: {why_not()}")
+        self._fpar, self._ipar = decision_jit.params(self.config)
         self._level_arr = np.array([int(self._level_of(lab)) for lab in self.labels], dtype=np.int64)  # by label
         self._names = (*_NAMES_FIXED, *self.labels)
         self._slots: dict[str, int] = {}
@@ -463,25 +504,37 @@ class DecisionEngine:
             )
         finite = np.isfinite(probs.sum(axis=1))  # NaN/Inf propagate through a sum
         nan = math.nan
+        # each column contiguous (the compiled kernel is compiled for contiguous arrays)
         t, level, noise, anomaly = np.array(
             [(p.t_last, p.level, p.noise_index, nan if p.anomaly is None else p.anomaly) for p in predictions],
-            dtype=np.float64).reshape(b, 4).T
+            dtype=np.float64).reshape(b, 4).T.copy()
         refused = np.array([p.model_label is not None and p.label == REFUSED_LABEL for p in predictions], dtype=np.bool_)
         evidence = np.array(healthy, dtype=np.bool_).reshape(b) & finite
         out_events: list[list[Event]] = [[] for _ in range(b)]
         labels_out = np.empty(b, dtype=np.int64)
         shown_out = np.empty(b, dtype=np.int64)
+        kernel = self._kernel
         with self._lock:
-            slots, rounds = self._slots_of([p.stream_id for p in predictions])
+            slots, rounds = self._slots_of([p.stream_id for p in predictions], kernel is None)
+            if kernel is not None:  # the whole batch in one loop, each window in turn
+                conf_out, ev_from = np.empty(b, dtype=np.float64), np.empty(b, dtype=np.int64)
+                kernel(slots, probs, t, level, noise, anomaly, refused, evidence, self._fpar, self._ipar,
+                       self._level_arr, *self._t.columns(), labels_out, shown_out, conf_out, ev_from)
+                self.windows_total += b
+                for i in np.flatnonzero(ev_from >= 0).tolist():
+                    out_events[i] = [self._event(predictions[i].stream_id, float(t[i]), int(ev_from[i]),
+                                                 int(shown_out[i]), int(labels_out[i]), float(conf_out[i]),
+                                                 float(anomaly[i]) if math.isfinite(anomaly[i]) else None)]
             for rows in rounds:
                 self._round(rows, slots[rows], predictions, probs, t, level, noise, anomaly, refused, evidence,
                             out_events, labels_out, shown_out)
         names = self._names
         return [(ev, names[c], _LEVELS[sh]) for ev, c, sh in zip(out_events, labels_out.tolist(), shown_out.tolist())]
 
-    def _slots_of(self, ids: list[str]) -> tuple[np.ndarray, list[Any]]:
+    def _slots_of(self, ids: list[str], rounds: bool = True) -> tuple[np.ndarray, list[Any]]:
         """Each prediction's slot (new streams get one), and the rounds: the positions of the
-        first window of each stream, then of the second of those with two, ..."""
+        first window of each stream, then of the second of those with two, ... (none when not
+        asked for: the compiled kernel takes the windows in turn)."""
         get, table = self._slots.get, self._t
         slots = []
         for sid in ids:
@@ -490,6 +543,8 @@ class DecisionEngine:
                 s = self._slots[sid] = table.take()
             slots.append(s)
         arr = np.array(slots, dtype=np.int64)
+        if not rounds:
+            return arr, []
         if len(set(slots)) == len(slots):
             return arr, [slice(None)]
         seen: dict[int, int] = {}
@@ -676,23 +731,28 @@ class DecisionEngine:
         T = self._t
         if shown == T.shown[slot]:
             return []
-        anomaly = _opt(float(T.anomaly[slot]))
-        event = Event(
+        event = self._event(stream_id, t, int(T.shown[slot]), shown, int(T.label[slot]), float(T.confidence[slot]),
+                            _opt(float(T.anomaly[slot])), **extra)
+        T.shown[slot] = shown
+        T.since[slot] = t
+        return [event]
+
+    def _event(self, stream_id: str, t: float, was: int, shown: int, label: int, confidence: float,
+               anomaly: float | None, **extra: Any) -> Event:
+        """The alarm event of a change of the shown level from ``was`` to ``shown``."""
+        return Event(
             type="alarm",
             stream_id=stream_id,
             time=t,
             data={
-                "from": _LEVELS[int(T.shown[slot])].name,
+                "from": _LEVELS[was].name,
                 "to": _LEVELS[shown].name,
-                "label": self._names[int(T.label[slot])],
-                "confidence": round(float(T.confidence[slot]), 5),
+                "label": self._names[label],
+                "confidence": round(confidence, 5),
                 **({"anomaly": round(anomaly, 4)} if anomaly is not None else {}),
                 **extra,
             },
         )
-        T.shown[slot] = shown
-        T.since[slot] = t
-        return [event]
 
     def acknowledge(self, stream: str | None = None, *, now: float | None = None) -> list[Event]:
         """Acknowledge the alarms of one stream (or all); return the level changes this causes.
