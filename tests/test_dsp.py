@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +14,7 @@ from drsn_stream.dsp import StreamDSP, StreamingResampler, add_noise, make_noise
 from drsn_stream.errors import ConfigError
 from drsn_stream.types import Frame, Window
 
+normalize_mod = importlib.import_module("drsn_stream.dsp.normalize")  # the package's ``normalize`` is the function
 T0 = 1_800_000_000.0  # an arbitrary wall-clock start for synthetic frames
 
 
@@ -138,6 +140,47 @@ def test_channel_choice_and_rate_change():
         StreamDSP(_meta(), channel=2).push(Frame("a", 0, T0, 12000, two))
     d0.push(Frame("a", 1, T0 + 1, 48000, two))
     assert d0.rate_changes == 1
+
+
+class _Kernel:
+    """Stands in for ``normalize._kernels``: gives ``fn`` (None: the numpy steps)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def get(self):
+        return self.fn
+
+
+@pytest.mark.parametrize("path", ["compiled", "kernel-as-python"])
+def test_the_zscore_kernel_normalizes_as_the_numpy_steps_do(path, inner, monkeypatch):
+    # the compiled z-score (where numba is) against the numpy steps it replaces, on real CWRU
+    # windows, a constant one, int16-sized ones, a window of NaN: every sample within one float32
+    # ulp (the sums' terms are added in another order), the levels within 1e-12, and a window
+    # alone as inside a batch
+    if path == "compiled" and normalize_mod._kernels.get() is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(4)
+    w = np.concatenate([inner[: 32 * 2048].reshape(32, 2048), np.full((1, 2048), 3.5, np.float32),
+                        rng.integers(-32768, 32767, size=(4, 2048)).astype(np.float32),
+                        np.full((1, 2048), np.nan, np.float32)])
+    spec = {"kind": "zscore"}
+    with monkeypatch.context() as mp:
+        mp.setattr(normalize_mod, "_kernels", _Kernel(None))
+        want, want_level = normalize_mod.normalize_with_level(w, spec)
+        want_one = normalize_mod.normalize_with_level(w[0], spec)
+    if path != "compiled":
+        monkeypatch.setattr(normalize_mod, "_kernels", _Kernel(normalize_mod._zscore_py))
+    got, level = normalize_mod.normalize_with_level(w, spec)
+    np.testing.assert_array_max_ulp(got[:-1], want[:-1], maxulp=1)
+    assert np.isnan(got[-1]).all() and np.isnan(level[-1])
+    np.testing.assert_allclose(level[:-1], want_level[:-1], rtol=1e-12)
+    assert np.mean(got[:-1] == want[:-1]) > 0.999  # one ulp apart, and rarely
+    one, one_level = normalize_mod.normalize_with_level(w[0], spec)
+    assert np.array_equal(one, got[0]) and one_level == level[0] and type(one_level) is type(want_one[1])
+    x = w[:4].copy()  # the batch path (BatchNormalizer.in_place), written where the windows lie
+    y, lv = normalize_mod.BatchNormalizer(spec).in_place(x)
+    assert y is x and np.array_equal(x, got[:4]) and np.array_equal(lv, level[:4])
 
 
 def test_normalize_kinds_and_batch_equals_single(inner):
