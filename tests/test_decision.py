@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -562,3 +563,14 @@ def test_without_numba_or_with_a_kernel_it_refuses_the_decisions_are_numpy_steps
             engine = DecisionEngine(BEARING, raw(set_windows=2))
             assert [level for _, level, _ in feed(engine, [("inner_014", 0.9)] * 3)] == [
                 Level.NORMAL, Level.ALERT, Level.ALERT]
+
+
+def test_the_kernel_takes_the_state_table_in_its_column_order(path):
+    # the compiled loop gets the table's columns by position: its parameters between the
+    # settings and the outputs must be _COLUMNS, in order (a "_c" suffix where the loop keeps a
+    # local of the same name)
+    if path != "numpy":  # the path every machine runs
+        pytest.skip("about the kernel's signature: once is enough")
+    names = list(inspect.signature(decision_jit._decide_py).parameters)
+    table = names[names.index("level_of") + 1 : names.index("labels_out")]
+    assert [n.removesuffix("_c") for n in table] == [name for name, _, _, _ in decision._COLUMNS]
