@@ -23,6 +23,11 @@ want() { [[ "$STEPS" == *" $1 "* ]]; }
 step machine
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python3 -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__, torch.cuda.get_device_name(0))"
+# which of the monitor's CPU paths run here: compiled (numba) or numpy (slower, the same results)
+python3 -c "from drsn_stream.dsp import bank_jit; from drsn_stream.dsp.normalize import warm
+from drsn_stream.monitor import decision, levels_jit
+print('compiled: decisions', decision.warm() or decision.why_not(), '| health', levels_jit.warm() or levels_jit.why_not(),
+      '| z-score', warm(), '| window bank', bank_jit.warm())"
 if want bench; then
 step bench
 timeout 150 python3 -m drsn_stream bench --device cuda --batch-sizes "${BENCH_SIZES:-1,16,64,256,1024,4096}" \
