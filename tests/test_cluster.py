@@ -254,6 +254,44 @@ def test_a_released_stream_keeps_its_saved_alarm_when_a_late_checkpoint_comes_af
         new.pipe.stop()
 
 
+def test_a_damaged_checkpoint_is_said_and_its_stream_starts_afresh(tmp_path: Path) -> None:
+    """A checkpoint whose decision state holds numbers the engine never writes (a damaged or
+    planted file in the shared directory) is not restored: the host says so, owns the stream
+    and decides it afresh; a sound checkpoint beside it is restored as before."""
+    import dataclasses
+
+    from drsn_stream.app.pipeline import RunConfig
+    from drsn_stream.cluster.host import HostWorker
+    from drsn_stream.monitor.decision import DecisionEngine
+    from drsn_stream.types import Prediction
+
+    cfg = RunConfig(engine_process=False, threads=1)
+    host = HostWorker("b", cfg, gateway=f"127.0.0.1:{_free_port()}", checkpoint_dir=str(tmp_path / "ck"),
+                      send=lambda kind, payload: None)
+    try:
+        labels = host.pipe.decisions.labels
+        saved = DecisionEngine(labels)
+        probs = np.full(len(labels), 0.1 / (len(labels) - 1), dtype=np.float32)
+        probs[1] = 0.9
+        for i in range(4):
+            saved.update(Prediction("plant/m1", i, 100.0 + i, probs, labels[1], 0.9, 0.3, 5.0))
+        good = saved.export_state("plant/m1")
+        store = CheckpointStore(tmp_path / "ck")
+        store.save(StreamCheckpoint("plant/m1", "a", 0.0, last_time=103.0, decision=good))
+        store.save(StreamCheckpoint("plant/m2", "a", 0.0, last_time=103.0,
+                                    decision=dataclasses.replace(good, best=10**6)))
+        assert host.assign(["plant/m1", "plant/m2"], previous={"plant/m1": "a", "plant/m2": "a"}) == ["plant/m1"]
+        assert host.owned == {"plant/m1", "plant/m2"}
+        assert any("plant/m2" in line and "not one this engine writes" in line for line in host.pipe.errors)
+        assert host.pipe.decisions.state("plant/m1").windows == 4 and host.pipe.decisions.state("plant/m1").label == labels[1]
+        fresh = host.pipe.decisions.state("plant/m2")
+        assert fresh.windows == 0 and fresh.label == "?"
+        host.pipe.decisions.update(Prediction("plant/m2", 0, 200.0, probs, labels[1], 0.9, 0.3, 5.0))
+        assert host.pipe.decisions.state("plant/m2").windows == 1
+    finally:
+        host.pipe.stop()
+
+
 def _until(cond, timeout: float) -> None:
     end = time.time() + timeout
     while time.time() < end:

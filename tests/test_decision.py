@@ -455,6 +455,26 @@ def test_a_restored_stream_carries_on_exactly_as_it_would_have(sick):
     assert {e.data["to"] for e in seen} & {"ALERT", "DANGER"}  # the alarm moved meanwhile
 
 
+def test_a_saved_state_with_numbers_the_engine_never_writes_is_refused():
+    # a checkpoint comes from a directory every host shares: a damaged or planted one must not
+    # become indexes of the state table (the compiled loop does not check them); the engine
+    # says so and its other streams go on as they were
+    engine = DecisionEngine(BEARING, DecisionConfig.for_labels(BEARING, set_windows=1))
+    feed(engine, [("inner_014", 0.9)] * 2)
+    good = engine.export_state("m0")
+    bad = [dataclasses.replace(good, history=type(good.history)([(good.history[0][0], len(BEARING))])),
+           dataclasses.replace(good, best=len(BEARING)), dataclasses.replace(good, best=-1),
+           dataclasses.replace(good, cond=7), dataclasses.replace(good, shown=-1),
+           dataclasses.replace(good, pending_count=-3), dataclasses.replace(good, best="x")]
+    for state in bad:
+        with pytest.raises(ConfigError, match="not one this engine writes"):
+            engine.restore_state("planted", state)
+    assert engine.streams == ["m0"] and engine.state("m0").level == Level.ALERT
+    engine.restore_state("copy", good)  # what it writes itself still comes back
+    assert engine.state("copy").level == Level.ALERT and engine.state("copy").label == "inner_014"
+    assert engine.update(pred("inner_014", 0.9, 5.0, stream="copy")) == [] and engine.state("copy").windows == 3
+
+
 def test_running_sums_are_summed_afresh_every_1024_windows():
     # the majority vote keeps a running sum of the last windows' scores (minus the oldest, plus
     # the newest): rounding accumulates, so every 1,024th window it is summed from the history

@@ -543,6 +543,11 @@ class Pipeline:
     def _emit(self, obj: dict[str, Any]) -> None:
         self.outputs.write(obj)
 
+    def error(self, line: str) -> None:
+        """An error line from outside the pipeline's own stages (a cluster host's), shown and
+        counted as theirs are."""
+        self._error(line)
+
     def _error(self, line: str) -> None:
         """Keep an error line for the dashboard, the stats and the summary: each distinct line once
         (at most MAX_ERRORS of them), repeats counted in ``error_counts``."""

@@ -28,6 +28,7 @@ from typing import Any
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.cluster.shard_source import ShardSource
 from drsn_stream.cluster.state import RECENT_EVENTS, CheckpointStore, StreamCheckpoint, event_id
+from drsn_stream.errors import ConfigError
 from drsn_stream.types import Event, Frame
 
 SEND_EVERY_S = 0.1  # results and events leave in batches: one aggregator call per tenth of a second
@@ -186,10 +187,17 @@ class HostWorker:
                     continue
                 ckpt = self.store.load(sid)
                 if ckpt is not None:
-                    if ckpt.decision is not None:
-                        self.pipe.decisions.restore_state(sid, ckpt.decision)
-                    if ckpt.health is not None:
-                        self.pipe.health.restore_state(sid, ckpt.health)
+                    try:
+                        if ckpt.decision is not None:
+                            self.pipe.decisions.restore_state(sid, ckpt.decision)
+                        if ckpt.health is not None:
+                            self.pipe.health.restore_state(sid, ckpt.health)
+                    except ConfigError as exc:  # a damaged or foreign checkpoint: said, and the stream starts afresh
+                        self.pipe.error(str(exc))
+                        self.pipe.decisions.forget(sid)
+                        self.pipe.health.forget(sid)
+                        ckpt = None
+                if ckpt is not None:
                     self._counters[sid] = dict(ckpt.counters)
                     self._recent[sid] = deque(ckpt.events, maxlen=RECENT_EVENTS)
                     self._resumed[sid] = (ckpt.last_time, previous.get(sid, ckpt.host))

@@ -826,6 +826,19 @@ class DecisionEngine:
         rows = [np.asarray(p, dtype=np.float64) for p, _ in state.history]
         if any(r.shape != (c,) for r in rows) or len(state.votes) not in (0, c):
             raise ConfigError(f"cannot restore the decisions of {stream}: saved for a model of other labels")
+        # a checkpoint is read from a shared directory: its numbers become indexes of the state
+        # table (the compiled loop does not check them), so each must be one the engine could
+        # have written itself
+        try:
+            fits = (all(0 <= int(v) < c for _, v in state.history) and 0 <= int(state.best) < c
+                    and all(int(lv) in (0, 1, 2) for lv in (state.cond, state.peak, state.shown, state.pending))
+                    and int(state.pending_count) >= 0 and int(state.windows) >= 0
+                    and all(int(v) >= 0 for v in state.votes))
+        except (TypeError, ValueError, OverflowError):
+            fits = False
+        if not fits:
+            raise ConfigError(f"cannot restore the decisions of {stream}: the saved state is not one this engine "
+                              "writes (a damaged or foreign checkpoint); the stream starts afresh without it")
         nan = math.nan
         with self._lock:
             T = self._t
