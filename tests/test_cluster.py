@@ -255,15 +255,18 @@ def test_a_released_stream_keeps_its_saved_alarm_when_a_late_checkpoint_comes_af
 
 
 def test_a_damaged_checkpoint_is_said_and_its_stream_starts_afresh(tmp_path: Path) -> None:
-    """A checkpoint whose decision state holds numbers the engine never writes (a damaged or
-    planted file in the shared directory) is not restored: the host says so, owns the stream
-    and decides it afresh; a sound checkpoint beside it is restored as before."""
+    """A checkpoint whose decision state holds numbers the engine never writes, or whose health
+    state is damaged (a damaged or planted file in the shared directory), is not restored: the
+    host says so, owns the stream and judges it afresh; a sound checkpoint beside them is
+    restored as before."""
     import dataclasses
+    from collections import deque
 
     from drsn_stream.app.pipeline import RunConfig
     from drsn_stream.cluster.host import HostWorker
     from drsn_stream.monitor.decision import DecisionEngine
-    from drsn_stream.types import Prediction
+    from drsn_stream.monitor.health import HealthMonitor
+    from drsn_stream.types import Frame, Prediction
 
     cfg = RunConfig(engine_process=False, threads=1)
     host = HostWorker("b", cfg, gateway=f"127.0.0.1:{_free_port()}", checkpoint_dir=str(tmp_path / "ck"),
@@ -280,9 +283,18 @@ def test_a_damaged_checkpoint_is_said_and_its_stream_starts_afresh(tmp_path: Pat
         store.save(StreamCheckpoint("plant/m1", "a", 0.0, last_time=103.0, decision=good))
         store.save(StreamCheckpoint("plant/m2", "a", 0.0, last_time=103.0,
                                     decision=dataclasses.replace(good, best=10**6)))
-        assert host.assign(["plant/m1", "plant/m2"], previous={"plant/m1": "a", "plant/m2": "a"}) == ["plant/m1"]
-        assert host.owned == {"plant/m1", "plant/m2"}
+        health = HealthMonitor()
+        for i in range(8):
+            health.push(Frame("plant/m3", i, 100.0 + i * 512 / 12000, 12000.0,
+                              np.random.default_rng(i).normal(size=(512, 1)).astype(np.float32)), now=100.0 + i * 0.05)
+        damaged = dataclasses.replace(health.export_state("plant/m3"), chunks=deque([("x",)]))
+        store.save(StreamCheckpoint("plant/m3", "a", 0.0, last_time=103.0, decision=good, health=damaged))
+        streams = ["plant/m1", "plant/m2", "plant/m3"]
+        assert host.assign(streams, previous=dict.fromkeys(streams, "a")) == ["plant/m1"]
+        assert host.owned == set(streams)
         assert any("plant/m2" in line and "not one this engine writes" in line for line in host.pipe.errors)
+        assert any("health of plant/m3" in line and "damaged" in line for line in host.pipe.errors)
+        assert host.pipe.decisions.state("plant/m3").windows == 0  # its sound decision state not kept either
         assert host.pipe.decisions.state("plant/m1").windows == 4 and host.pipe.decisions.state("plant/m1").label == labels[1]
         fresh = host.pipe.decisions.state("plant/m2")
         assert fresh.windows == 0 and fresh.label == "?"

@@ -495,3 +495,29 @@ def test_a_kernel_numba_cannot_compile_leaves_health_on_numpy(monkeypatch) -> No
     frames = [Frame(f"s{i}", 0, 1000.0, RATE, np.full((CHUNK, 1), 0.5, np.float32)) for i in range(8)]
     health.push_channels(frames, now=1000.0)  # the numpy path judges them
     assert health.state("s0").frames == 1
+
+
+def test_a_damaged_saved_state_is_refused_and_leaves_the_stream_as_it_was() -> None:
+    # a cluster checkpoint comes from a shared directory: a damaged health state is one clear
+    # error, and the stream it was meant for (here already judged on this host) goes on unchanged
+    import collections
+    import dataclasses
+
+    rng = np.random.default_rng(1)
+
+    def frame(i: int, sid: str) -> Frame:
+        return Frame(sid, i, 100.0 + i * 512 / 12000, 12000.0, rng.normal(size=(512, 1)).astype(np.float32))
+
+    health = HealthMonitor()
+    for i in range(8):
+        health.push(frame(i, "m1"), now=100.0 + i * 0.05)
+        health.push(frame(i, "m2"), now=100.0 + i * 0.05)
+    before = health.export_state("m1")
+    damaged = dataclasses.replace(health.export_state("m2"), chunks=collections.deque([("x",)]))
+    with pytest.raises(ConfigError, match="cannot restore the health of m1: the saved state is damaged"):
+        health.restore_state("m1", damaged)
+    after = health.export_state("m1")
+    assert after.chunk_n == before.chunk_n and len(after.chunks) == len(before.chunks) and after.frames == before.frames
+    for i in range(8, 40):  # still judged: a flat line on it is found as before
+        health.push(Frame("m1", i, 100.0 + i * 512 / 12000, 12000.0, np.zeros((512, 1), np.float32)), now=100.0 + i * 0.05)
+    assert not health.healthy("m1") and health.healthy("m2")

@@ -192,8 +192,11 @@ class HostWorker:
                             self.pipe.decisions.restore_state(sid, ckpt.decision)
                         if ckpt.health is not None:
                             self.pipe.health.restore_state(sid, ckpt.health)
-                    except ConfigError as exc:  # a damaged or foreign checkpoint: said, and the stream starts afresh
-                        self.pipe.error(str(exc))
+                    # a damaged or foreign checkpoint: said, and the stream starts afresh (the others go on)
+                    except (ConfigError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                        self.pipe.error(str(exc) if isinstance(exc, ConfigError)
+                                        else f"cannot restore {sid} from its checkpoint ({type(exc).__name__}: {exc}); "
+                                             "the stream starts afresh without it")
                         self.pipe.decisions.forget(sid)
                         self.pipe.health.forget(sid)
                         ckpt = None

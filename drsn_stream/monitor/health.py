@@ -879,13 +879,19 @@ class HealthMonitor:
         st.last_seq = None
         st.last_seen = time.time() if now is None else now
         with self._lock:
+            slot = -1
+            if st.channels == 1:  # into a row of its own first: a damaged state leaves the stream as it was
+                slot = self._bank.take()
+                try:
+                    self._bank.load(slot, st)
+                except (TypeError, ValueError, IndexError, AttributeError) as exc:
+                    self._bank.release(slot)
+                    raise ConfigError(f"cannot restore the health of {stream}: the saved state is damaged "
+                                      f"({type(exc).__name__}: {str(exc)[:200]}); the stream starts afresh without it") from None
             old = self._streams.get(stream)
             if old is not None and old.slot >= 0:
                 self._bank.release(old.slot)
-            st.slot = -1
-            if st.channels == 1:
-                st.slot = self._bank.take()
-                self._bank.load(st.slot, st)
+            st.slot = slot
             self._streams[stream] = st
             self._listed.discard(stream)
             self._version += 1
