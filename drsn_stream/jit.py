@@ -9,18 +9,50 @@ compiles its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-try:  # a missing or broken numba leaves the numpy paths, never the monitor without them
-    if os.environ.get("DRSN_STREAM_JIT", "1") == "0":
-        raise ImportError("DRSN_STREAM_JIT=0")
-    import numba
-except Exception:  # noqa: BLE001 - any failure to import it means: no compiled paths
-    numba = None
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive inside the block are delivered right after it, to the
+    handlers of before. numba compiles and loads kernels through llvmlite, whose objects are not
+    safe to unwind half made: an exception raised in their midst by a signal handler (a command's
+    start-up handler raises one) leaves a finalizer that prints a traceback. Only the main thread
+    can hold them, and only handlers set from Python are swapped; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    saved = {}
+    for sig in _SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: set outside Python, which cannot be put back
+            saved[sig] = handler
+            signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
+with signals_held():
+    try:  # a missing or broken numba leaves the numpy paths, never the monitor without them
+        if os.environ.get("DRSN_STREAM_JIT", "1") == "0":
+            raise ImportError("DRSN_STREAM_JIT=0")
+        import numba
+    except Exception:  # noqa: BLE001 - any failure to import it means: no compiled paths
+        numba = None
 
 
 def available() -> bool:
@@ -65,7 +97,8 @@ class Kernels:
         with self._lock:
             if self._built is None and self._failed is None:
                 try:
-                    self._built = self._build()
+                    with signals_held():  # a signal meanwhile stops the command after it, not inside llvmlite
+                        self._built = self._build()
                 except Exception as exc:  # noqa: BLE001 - the numpy path takes over
                     self._failed = f"{type(exc).__name__}: {exc}"
         return self._built

@@ -195,6 +195,34 @@ def test_a_signal_during_start_up_ends_it_without_a_traceback(sig: signal.Signal
         assert "Traceback" not in err and "Error" not in err, (delay, err[-3000:])
 
 
+def test_a_signal_while_a_kernel_is_compiled_stops_the_command_after_it(monkeypatch) -> None:
+    # numba compiles (or loads) the monitor's kernels as it starts, through llvmlite, whose
+    # objects print a traceback from their finalizer when an exception unwinds them half made:
+    # the start-up handler's exception must come once the kernel is built, not inside it
+    from drsn_stream import jit
+    from drsn_stream.runtime import Terminated, forget_start_up_signal, start_up_signal_handler
+
+    built = []
+
+    def build() -> str:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # bytecodes run meanwhile: an unheld handler would raise here
+        built.append("whole")
+        return "kernel"
+
+    monkeypatch.setattr(jit, "numba", jit.numba or object())  # a build needs numba "there"
+    old = signal.signal(signal.SIGTERM, start_up_signal_handler)
+    try:
+        kernels = jit.Kernels(build)
+        with pytest.raises(Terminated):
+            kernels.get()
+        assert built == ["whole"] and kernels.get() == "kernel" and built == ["whole"]
+        assert signal.getsignal(signal.SIGTERM) is start_up_signal_handler
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        forget_start_up_signal()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals, tmp_path: Path) -> None:
