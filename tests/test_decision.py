@@ -470,6 +470,14 @@ def test_a_saved_state_with_numbers_the_engine_never_writes_is_refused():
         with pytest.raises(ConfigError, match="not one this engine writes"):
             engine.restore_state("planted", state)
     assert engine.streams == ["m0"] and engine.state("m0").level == Level.ALERT
+    # numbers in range but arrays of the wrong size, or history entries that are not pairs, over
+    # a stream the engine has: refused, and the stream stays as it was
+    before = engine.state("m0")
+    for state in (dataclasses.replace(good, psum=np.zeros(3)), dataclasses.replace(good, levels=[[1.0, 2.0]]),
+                  dataclasses.replace(good, history=type(good.history)([(1.0,)]))):
+        with pytest.raises(ConfigError, match="not one this engine writes"):
+            engine.restore_state("m0", state)
+        assert engine.state("m0") == before and engine.streams == ["m0"]
     engine.restore_state("copy", good)  # what it writes itself still comes back
     assert engine.state("copy").level == Level.ALERT and engine.state("copy").label == "inner_014"
     assert engine.update(pred("inner_014", 0.9, 5.0, stream="copy")) == [] and engine.state("copy").windows == 3

@@ -819,11 +819,17 @@ class DecisionEngine:
             )
 
     def restore_state(self, stream: str, state: Any) -> None:
-        """Continue a stream from ``export_state``'s copy (a cluster host taking a stream over)."""
+        """Continue a stream from ``export_state``'s copy (a cluster host taking a stream over).
+        A state this engine cannot take is a ``ConfigError`` that leaves the stream as it was."""
         if not isinstance(state, _Stream):
             raise ConfigError(f"cannot restore the decisions of {stream}: not a saved decision state")
+        damaged = ConfigError(f"cannot restore the decisions of {stream}: the saved state is not one this engine "
+                              "writes (a damaged or foreign checkpoint); the stream starts afresh without it")
         c = len(self.labels)
-        rows = [np.asarray(p, dtype=np.float64) for p, _ in state.history]
+        try:
+            rows = [np.asarray(p, dtype=np.float64) for p, _ in state.history]
+        except (TypeError, ValueError):
+            raise damaged from None
         if any(r.shape != (c,) for r in rows) or len(state.votes) not in (0, c):
             raise ConfigError(f"cannot restore the decisions of {stream}: saved for a model of other labels")
         # a checkpoint is read from a shared directory: its numbers become indexes of the state
@@ -837,49 +843,52 @@ class DecisionEngine:
         except (TypeError, ValueError, OverflowError):
             fits = False
         if not fits:
-            raise ConfigError(f"cannot restore the decisions of {stream}: the saved state is not one this engine "
-                              "writes (a damaged or foreign checkpoint); the stream starts afresh without it")
+            raise damaged
         nan = math.nan
         with self._lock:
             T = self._t
-            slot = self._slots.get(stream)
-            if slot is None:
-                slot = self._slots[stream] = T.take()
-            else:
-                T.reset(slot)
-            hist = list(zip(rows, (int(v) for _, v in state.history)))[-T.k :]
-            for j, (p, v) in enumerate(hist):
-                T.hist[slot, j] = p
-                T.hist_vote[slot, j] = v
-            T.hist_len[slot] = len(hist)
-            T.hist_pos[slot] = len(hist) % T.k
-            if state.psum is not None:
-                T.psum[slot] = state.psum
-            if state.votes:
-                T.votes[slot] = state.votes
-            T.best[slot] = state.best
-            T.has_ema[slot] = state.ema is not None
-            if state.ema is not None:
-                T.ema[slot] = state.ema
-            names = {name: i for i, name in enumerate(self._names) if i >= 2}
-            names.update({UNKNOWN_LABEL: 0, REFUSED_LABEL: 1})
-            T.label[slot] = names.get(state.label, 0)
-            T.confidence[slot] = state.confidence
-            T.has_probs[slot] = state.probs is not None
-            if state.probs is not None:
-                T.probs[slot] = state.probs
-            T.cond[slot], T.peak[slot], T.shown[slot] = int(state.cond), int(state.peak), int(state.shown)
-            T.since[slot] = nan if state.since is None else state.since
-            T.episode[slot] = nan if state.episode_since is None else state.episode_since
-            T.pending[slot], T.pending_count[slot] = int(state.pending), state.pending_count
-            T.healthy[slot], T.noise[slot], T.windows[slot] = state.healthy, state.noise, state.windows
-            T.last_time[slot] = nan if state.last_time is None else state.last_time
-            levels = list(state.levels)[-_LEVELS_KEEP:]
-            T.levels[slot, : len(levels)] = levels
-            T.levels_n[slot] = len(levels)
-            T.levels_pos[slot] = len(levels) % _LEVELS_KEEP
-            T.anomaly[slot] = nan if state.anomaly is None else state.anomaly
-            T.refused[slot] = state.refused
+            slot = T.take()  # a row of its own first: a state that does not fit leaves the stream as it was
+            try:
+                hist = list(zip(rows, (int(v) for _, v in state.history)))[-T.k :]
+                for j, (p, v) in enumerate(hist):
+                    T.hist[slot, j] = p
+                    T.hist_vote[slot, j] = v
+                T.hist_len[slot] = len(hist)
+                T.hist_pos[slot] = len(hist) % T.k
+                if state.psum is not None:
+                    T.psum[slot] = state.psum
+                if state.votes:
+                    T.votes[slot] = state.votes
+                T.best[slot] = state.best
+                T.has_ema[slot] = state.ema is not None
+                if state.ema is not None:
+                    T.ema[slot] = state.ema
+                names = {name: i for i, name in enumerate(self._names) if i >= 2}
+                names.update({UNKNOWN_LABEL: 0, REFUSED_LABEL: 1})
+                T.label[slot] = names.get(state.label, 0)
+                T.confidence[slot] = state.confidence
+                T.has_probs[slot] = state.probs is not None
+                if state.probs is not None:
+                    T.probs[slot] = state.probs
+                T.cond[slot], T.peak[slot], T.shown[slot] = int(state.cond), int(state.peak), int(state.shown)
+                T.since[slot] = nan if state.since is None else state.since
+                T.episode[slot] = nan if state.episode_since is None else state.episode_since
+                T.pending[slot], T.pending_count[slot] = int(state.pending), state.pending_count
+                T.healthy[slot], T.noise[slot], T.windows[slot] = state.healthy, state.noise, state.windows
+                T.last_time[slot] = nan if state.last_time is None else state.last_time
+                levels = list(state.levels)[-_LEVELS_KEEP:]
+                T.levels[slot, : len(levels)] = levels
+                T.levels_n[slot] = len(levels)
+                T.levels_pos[slot] = len(levels) % _LEVELS_KEEP
+                T.anomaly[slot] = nan if state.anomaly is None else state.anomaly
+                T.refused[slot] = state.refused
+            except (TypeError, ValueError, IndexError, AttributeError, OverflowError):
+                T.free.append(slot)
+                raise damaged from None
+            old = self._slots.get(stream)
+            if old is not None:
+                T.free.append(old)
+            self._slots[stream] = slot
 
     def forget(self, stream: str) -> None:
         """Drop a stream's state (e.g. a sensor removed for good)."""
