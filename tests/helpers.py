@@ -87,3 +87,17 @@ def wait_until(cond, timeout: float, every: float = 0.1) -> bool:
         if time.monotonic() >= end:
             return False
         time.sleep(every)
+
+
+class FixedKernels:
+    """Stands in for a module's ``jit.Kernels`` in a test: gives ``fn`` (None: the module's numpy
+    path; the kernel's plain Python function: its code run uncompiled)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def get(self):
+        return self.fn
+
+    def why_not(self) -> str:
+        return "" if self.fn is not None else "off in this test"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FixedKernels
 
 from drsn_stream import jit
 from drsn_stream.errors import ConfigError
@@ -21,19 +22,6 @@ BEARING = list(LABELS_10)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class _Kernel:
-    """Stands in for ``decision._kernels``: gives ``fn`` (None: the numpy path)."""
-
-    def __init__(self, fn) -> None:
-        self.fn = fn
-
-    def get(self):
-        return self.fn
-
-    def why_not(self) -> str:
-        return "" if self.fn is not None else "off in this test"
-
-
 @pytest.fixture(autouse=True, params=["compiled", "numpy", "kernel-as-python"])
 def path(request, monkeypatch) -> str:
     """Every test here runs on each way a batch is decided: the compiled kernel (where numba
@@ -43,7 +31,7 @@ def path(request, monkeypatch) -> str:
         if decision._kernels.get() is None:
             pytest.skip(f"no compiled decisions here: {decision._kernels.why_not()}")
     else:
-        monkeypatch.setattr(decision, "_kernels", _Kernel(None if request.param == "numpy" else decision_jit._decide_py))
+        monkeypatch.setattr(decision, "_kernels", FixedKernels(None if request.param == "numpy" else decision_jit._decide_py))
     return request.param
 
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import scipy.io
+from helpers import FixedKernels
 from scipy.signal import resample_poly, welch
 
 from drsn_stream.dsp import StreamDSP, StreamingResampler, add_noise, make_noise, normalize, snr_db
@@ -142,16 +143,6 @@ def test_channel_choice_and_rate_change():
     assert d0.rate_changes == 1
 
 
-class _Kernel:
-    """Stands in for ``normalize._kernels``: gives ``fn`` (None: the numpy steps)."""
-
-    def __init__(self, fn) -> None:
-        self.fn = fn
-
-    def get(self):
-        return self.fn
-
-
 @pytest.mark.parametrize("path", ["compiled", "kernel-as-python"])
 def test_the_zscore_kernel_normalizes_as_the_numpy_steps_do(path, inner, monkeypatch):
     # the compiled z-score (where numba is) against the numpy steps it replaces, on real CWRU
@@ -166,11 +157,11 @@ def test_the_zscore_kernel_normalizes_as_the_numpy_steps_do(path, inner, monkeyp
                         np.full((1, 2048), np.nan, np.float32)])
     spec = {"kind": "zscore"}
     with monkeypatch.context() as mp:
-        mp.setattr(normalize_mod, "_kernels", _Kernel(None))
+        mp.setattr(normalize_mod, "_kernels", FixedKernels(None))
         want, want_level = normalize_mod.normalize_with_level(w, spec)
         want_one = normalize_mod.normalize_with_level(w[0], spec)
     if path != "compiled":
-        monkeypatch.setattr(normalize_mod, "_kernels", _Kernel(normalize_mod._zscore_py))
+        monkeypatch.setattr(normalize_mod, "_kernels", FixedKernels(normalize_mod._zscore_py))
     got, level = normalize_mod.normalize_with_level(w, spec)
     np.testing.assert_array_max_ulp(got[:-1], want[:-1], maxulp=1)
     assert np.isnan(got[-1]).all() and np.isnan(level[-1])
