@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -91,6 +92,29 @@ def test_decode_rejects_with_reason(reason):
         decode(MALFORMED[reason])
     assert info.value.reason == reason
     assert isinstance(info.value, WireFormatError)
+
+
+def test_a_scale_float32_cannot_hold_is_refused_and_huge_samples_become_inf_quietly():
+    """A scale that would turn every sample into Inf (1e300) or 0 (0, 1e-300) is the header's
+    fault, said as such; float64 samples beyond float32's range are the sensor's, and arrive as
+    +-Inf (which the sensor health counts) without numpy printing a warning on the monitor's terminal."""
+    now = time.time()
+    payload = np.array([1, -2, 3, 0], dtype="<i2").tobytes()
+    for scale in (1e300, -1e300, 0, 0.0, 1e-300, 3.5e38):
+        hdr = json.dumps(_good_header(dtype="int16", n=4, scale=scale, t=now)).encode()
+        for dec in (decode, Decoder().decode):
+            with pytest.raises(WireError) as info:
+                dec([b"s", hdr, payload], now=now)
+            assert info.value.reason == "bad_field" and "scale" in str(info.value), scale
+    hdr = json.dumps(_good_header(dtype="int16", n=4, scale=-2.5e-3, t=now)).encode()
+    assert decode([b"s", hdr, payload], now=now).samples[:, 0].tolist() == pytest.approx([-2.5e-3, 5e-3, -7.5e-3, 0])
+    big = np.array([1e300, -1e300, np.nan, 0.5])
+    hdr = json.dumps(_good_header(dtype="float64", n=4, t=now)).encode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dec in (decode, Decoder().decode, Decoder().decode):
+            x = dec([b"s", hdr, big.astype("<f8").tobytes()], now=now).samples[:, 0]
+            assert x[0] == np.inf and x[1] == -np.inf and np.isnan(x[2]) and x[3] == 0.5
 
 
 @pytest.mark.skipif(not hasattr(sys, "set_int_max_str_digits"), reason="needs Python's int digit limit (3.11+)")

@@ -35,6 +35,8 @@ DTYPES: dict[str, np.dtype] = {
     "int32": np.dtype("<i4"),
 }
 _F32 = np.dtype(np.float32)  # the machine's own float32: a payload in it needs no conversion
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 # Integers without an explicit scale are read as fractions of full scale (the audio convention).
 DEFAULT_SCALE = {"float32": 1.0, "float64": 1.0, "int16": 1.0 / 32768.0, "int32": 1.0 / 2147483648.0}
 MIN_RATE, MAX_RATE = 1.0, 1e6  # Hz
@@ -198,6 +200,17 @@ def _number(header: dict[str, Any], name: str, reason: str) -> float:
     return out
 
 
+def _scale(header: dict[str, Any]) -> float:
+    """The ``scale`` field: a nonzero number that stays finite and nonzero as the float32 the
+    samples are multiplied by (``1e300`` would turn every sample into Inf, ``1e-300`` into 0)."""
+    scale = _number(header, "scale", "bad_field")
+    s32 = np.float32(scale) if abs(scale) <= _F32_MAX else np.float32(np.inf)
+    if not (np.isfinite(s32) and s32 != 0):
+        raise WireError("bad_field", f"scale={scale:.6g} must be a nonzero number float32 can hold "
+                        f"(magnitude {_F32_TINY:.3g} .. {_F32_MAX:.3g})")
+    return scale
+
+
 def _short(value: Any) -> str:
     text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else f"<{value.bit_length()}-bit int>"
     return text if len(text) <= 60 else text[:57] + "..."
@@ -304,7 +317,7 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
     if len(raw[2]) != n * channels * dt.itemsize:
         raise WireError("bad_size", f"payload {len(raw[2])} bytes, header says {n}x{channels} {dtype} "
                         f"= {n * channels * dt.itemsize}")
-    scale = _number(header, "scale", "bad_field") if "scale" in header else DEFAULT_SCALE[dtype]
+    scale = _scale(header) if "scale" in header else DEFAULT_SCALE[dtype]
     names = _names(header["names"], channels) if "names" in header else None
     return Frame(stream, seq, t, rate, _samples(raw[2], dt, n, channels, scale), names=names)
 
@@ -316,7 +329,13 @@ def _samples(payload: Any, dt: np.dtype, n: int, channels: int, scale: float) ->
 def _float32(raw: np.ndarray, scale: float) -> np.ndarray:
     """``raw`` samples as float32 in physical units, in one pass: each converted to float32, then
     multiplied by ``scale`` in float32 (``decode`` and ``to_frames`` give the same bits)."""
-    return raw.astype(np.float32) if scale == 1.0 else np.multiply(raw, np.float32(scale), dtype=np.float32)
+    if scale == 1.0 and raw.dtype != np.float64:  # float32 and int16/int32 fit float32's range
+        return raw.astype(np.float32)
+    # float64 samples (or scaled ones) beyond float32's range become +-Inf, which the sensor
+    # health counts as non-finite samples of the stream; numpy's warning about it would only be
+    # a line on the monitor's terminal
+    with np.errstate(over="ignore", invalid="ignore"):
+        return raw.astype(np.float32) if scale == 1.0 else np.multiply(raw, np.float32(scale), dtype=np.float32)
 
 
 @dataclass(frozen=True, slots=True)
