@@ -117,6 +117,31 @@ def test_a_scale_float32_cannot_hold_is_refused_and_huge_samples_become_inf_quie
             assert x[0] == np.inf and x[1] == -np.inf and np.isnan(x[2]) and x[3] == 0.5
 
 
+def test_a_sender_is_told_what_it_cannot_send_and_publish_scales_a_near_silent_frame_acceptably():
+    """encode refuses what a receiver would refuse or misread: NaN/Inf in an integer payload (no
+    integer means NaN: it would arrive as full scale), a scale float32 cannot hold. ``publish``'s
+    per-message scale of a frame whose peak is below float32's normal numbers falls back to the
+    default, so the frame is received (as zeros), not refused."""
+    x = np.array([0.1, np.nan, -0.2, 0.0])
+    for dtype in ("int16", "int32"):
+        with pytest.raises(WireFormatError, match="cannot carry NaN or Inf"):
+            encode("s", 0, T0, 12000.0, x, dtype=dtype)
+        with pytest.raises(WireFormatError, match="cannot carry NaN or Inf"):
+            encode("s", 0, T0, 12000.0, np.where(np.isnan(x), np.inf, x), dtype=dtype)
+    assert np.isnan(decode(encode("s", 0, T0, 12000.0, x), now=T0).samples[1, 0])  # float32 carries it
+    for scale in (0.0, 1e300, 1e-300, float("nan")):
+        with pytest.raises(WireFormatError, match="scale"):
+            encode("s", 0, T0, 12000.0, x[[0, 2]], dtype="int16", scale=scale)
+    quiet = np.array([3e-42, -1e-42, 0.0, 2e-42])
+    for dtype in ("int16", "int32"):
+        frame = decode(encode("s", 0, T0, 12000.0, quiet, dtype=dtype,
+                              scale=publish_cmd._int_scale(quiet, dtype)), now=T0)
+        assert frame.samples[:, 0].tolist() == [0.0] * 4
+    loud = np.array([3.0, -1.5, 0.0, 0.75])  # vibration in g: scaled to its own peak, no clipping
+    got = decode(encode("s", 0, T0, 12000.0, loud, dtype="int16", scale=publish_cmd._int_scale(loud, "int16")), now=T0)
+    assert got.samples[:, 0] == pytest.approx(loud, abs=1e-4)
+
+
 @pytest.mark.skipif(not hasattr(sys, "set_int_max_str_digits"), reason="needs Python's int digit limit (3.11+)")
 def test_long_integer_literals_are_refused_by_their_field_without_being_converted():
     # int() of a long decimal string costs time quadratic in its length (a 3,900-digit seq cost

@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send to PULL receivers over a PUSH socket instead of PUB")
     parser.add_argument("--connect", action="store_true", help="connect to ADDR instead of binding it")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
-                        help="sample type on the wire (default float32)")
+                        help="sample type on the wire (default float32; int16/int32: each message scaled to its "
+                             "own peak, and a source with NaN/Inf samples stops with an error: integers cannot carry them)")
     parser.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                         help="PUB: wait up to S seconds for the first subscriber before sending")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -64,7 +65,9 @@ def _int_scale(x: Any, dtype: str) -> float | None:
     if DTYPES[dtype].kind != "i":
         return None
     peak = float(np.max(np.abs(x))) if x.size else 0.0
-    return peak / float(np.iinfo(DTYPES[dtype]).max) if peak > 0 and np.isfinite(peak) else None
+    scale = peak / float(np.iinfo(DTYPES[dtype]).max)
+    # a peak below float32's normal numbers (or none): the default scale, which sends zeros
+    return scale if np.isfinite(peak) and scale >= float(np.finfo(np.float32).tiny) else None
 
 
 def _pump(source: Any, handle: Callable[[Frame], None], errors: list[str], finish: Callable[[], None]) -> None:

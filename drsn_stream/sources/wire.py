@@ -131,7 +131,13 @@ def encode(
         "channels": int(x.shape[1]),
         "n": int(x.shape[0]),
     }
+    if scale is not None and not (math.isfinite(float(scale)) and _F32_TINY <= abs(float(scale)) <= _F32_MAX):
+        raise WireFormatError(f"bad_field: scale={float(scale):.6g} must be a nonzero number float32 can hold "
+                              f"(magnitude {_F32_TINY:.3g} .. {_F32_MAX:.3g}); receivers refuse it")
     if dt.kind == "i":
+        if not np.isfinite(x).all():
+            raise WireFormatError(f"bad_field: {dtype} cannot carry NaN or Inf samples (stream {stream_id!r}, "
+                                  f"seq {seq}); send float32 or float64")
         s = DEFAULT_SCALE[dtype] if scale is None else float(scale)
         info = np.iinfo(dt)
         payload = np.clip(np.rint(x / s), info.min, info.max).astype(dt)
@@ -204,8 +210,7 @@ def _scale(header: dict[str, Any]) -> float:
     """The ``scale`` field: a nonzero number that stays finite and nonzero as the float32 the
     samples are multiplied by (``1e300`` would turn every sample into Inf, ``1e-300`` into 0)."""
     scale = _number(header, "scale", "bad_field")
-    s32 = np.float32(scale) if abs(scale) <= _F32_MAX else np.float32(np.inf)
-    if not (np.isfinite(s32) and s32 != 0):
+    if not _F32_TINY <= abs(scale) <= _F32_MAX:
         raise WireError("bad_field", f"scale={scale:.6g} must be a nonzero number float32 can hold "
                         f"(magnitude {_F32_TINY:.3g} .. {_F32_MAX:.3g})")
     return scale
