@@ -19,6 +19,7 @@ import zmq
 from helpers import free_port as _free_port
 
 from drsn_stream.cluster.aggregator import Aggregator, ClusterCollector
+from drsn_stream.cluster.coordinator import listen_for_streams
 from drsn_stream.cluster.ring import HashRing
 from drsn_stream.cluster.shard_source import ShardSource
 from drsn_stream.cluster.state import CheckpointStore, StreamCheckpoint
@@ -97,6 +98,58 @@ def test_shard_source_receives_only_its_streams_and_follows_changes() -> None:
         src.close()
         t.join(5)
         pub.close(0)
+
+
+def test_discovery_takes_new_stream_ids_only_up_to_what_the_hosts_can_hold() -> None:
+    """A peer on the feed sending endless new stream ids (each message valid) must not grow the
+    cluster's stream list, and so every host's subscriptions, for ever: discovery takes new ids
+    up to the room left, in the order heard, counts the rest, skips what is not the wire format;
+    the aggregator shows the coordinator's note once."""
+    port = _free_port()
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    x = np.zeros((8, 1), np.float32)
+
+    def listen(known: set[str], room: int) -> tuple[set[str], int]:
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        stop = threading.Event()
+
+        def send() -> None:  # the known streams, a garbage message and 40 new ids, over and over
+            seq = 0
+            while not stop.is_set():
+                for sid in ("known-1", "known-2", *(f"new-{k:02d}" for k in range(40))):
+                    pub.send_multipart(encode(sid, seq, time.time(), 12000.0, x))
+                pub.send_multipart([b"junk", b"{not json", b""])
+                seq += 1
+                time.sleep(0.01)
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        try:
+            return listen_for_streams(sub, 1.0, known, room)
+        finally:
+            stop.set()
+            t.join(5)
+            sub.close(0)
+
+    try:
+        new, refused = listen({"known-1", "known-2"}, 10)
+        assert len(new) == 10 and refused == 30 and all(s.startswith("new-") for s in new)
+        new, refused = listen({"known-1", "known-2"}, 100)
+        assert new == {f"new-{k:02d}" for k in range(40)} and refused == 0
+        assert listen({"known-1"}, 0) == (set(), 41)
+    finally:
+        pub.close(0)
+    agg = Aggregator()
+    for _ in range(3):
+        agg.note("new stream ids are not monitored: the hosts hold 10 streams")
+    notes = [e for e in agg.snapshot().events if e.type == "note"]
+    assert [e.data["message"] for e in notes] == ["new stream ids are not monitored: the hosts hold 10 streams"]
 
 
 # ------------------------------------------------------------------------------------ checkpoints

@@ -101,6 +101,17 @@ class Aggregator:
             for s in self.sinks:
                 s.write(ev.to_json())
 
+    def note(self, message: str) -> None:
+        """A note for the whole cluster (the coordinator's), shown and written once per message."""
+        with self._lock:
+            if message in self._notes:
+                return
+            self._notes.add(message)
+            ev = Event("note", "*", time.time(), {"message": message})
+            self.events.append(ev)
+            for s in self.sinks:
+                s.write(ev.to_json())
+
     def close(self) -> None:
         for s in self.sinks:
             s.close()

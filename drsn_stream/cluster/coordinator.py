@@ -53,6 +53,7 @@ class Coordinator:
         self.streams: set[str] = set(cluster.streams)
         self.failovers: list[dict[str, Any]] = []
         self.errors: list[str] = []  # the supervision loop's recent failures (it carries on)
+        self.refused_streams = 0  # new stream ids heard while the hosts held all they can
         self.starting: dict[str, tuple[str, Any, Any, float]] = {}  # name -> (node, handle, ping, t0)
         self._lock = threading.RLock()
         # one move of streams at a time: the supervision loop and calls such as add_streams (this
@@ -220,29 +221,28 @@ class Coordinator:
     def _discover(self) -> None:
         import zmq
 
-        from drsn_stream.sources.wire import WireError, decode
         from drsn_stream.sources.zmq_source import tcp_address
 
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
-        found: set[str] = set()
+        with self._lock:
+            known = set(self.streams)
+            # what the hosts can hold: each refuses stream ids beyond its --max-streams anyway
+            room = max(0, self.config.max_streams * max(1, len(self.hosts)) - len(known))
         try:
             sock.connect(tcp_address(self.cluster.gateway, bind=False))
-            end = time.time() + self.cluster.discover_window_s
-            while time.time() < end:
-                if not sock.poll(20):
-                    continue
-                try:
-                    msg = decode(sock.recv_multipart(zmq.NOBLOCK))
-                except (WireError, zmq.Again):
-                    continue
-                found.add(msg.stream_id)
+            new, refused = listen_for_streams(sock, self.cluster.discover_window_s, known, room)
         finally:
             sock.close(0)
+        if refused:
+            self.refused_streams += refused
+            # one note on the dashboard and in the results, however often it happens
+            self._agg.note.remote(f"new stream ids are not monitored: the hosts hold "
+                                  f"{len(known) + len(new)} streams, --max-streams {self.config.max_streams} "
+                                  "each; add hosts or raise --max-streams")
         with self._lock:
-            new = found - self.streams
             self.streams |= new
         if new:
             self._rebalance()
@@ -300,3 +300,32 @@ class Coordinator:
 
 
 __all__ = ["Coordinator", "PING_EVERY_S", "START_TIMEOUT_S"]
+
+
+def listen_for_streams(sock: Any, window_s: float, known: set[str], room: int) -> tuple[set[str], int]:
+    """The stream ids first heard on ``sock`` (a SUB socket on the gateways) within ``window_s``
+    seconds, beyond ``known``: at most ``room`` of them, in the order heard, and how many more
+    new ids were heard and left out. A peer on the feed that sends endless new ids (each message
+    valid) would otherwise grow every host's subscriptions and the coordinator's memory for ever.
+    Messages that are not the wire format are skipped."""
+    import zmq
+
+    from drsn_stream.sources.wire import WireError, decode
+
+    new: dict[str, None] = {}
+    left: set[str] = set()
+    end = time.time() + window_s
+    while time.time() < end:
+        if not sock.poll(20):
+            continue
+        try:
+            sid = decode(sock.recv_multipart(zmq.NOBLOCK)).stream_id
+        except (WireError, zmq.Again):
+            continue
+        if sid in known or sid in new:
+            continue
+        if len(new) < room:
+            new[sid] = None
+        elif len(left) < 1 << 16:  # counted up to a bound: a flood cannot grow this set either
+            left.add(sid)
+    return set(new), len(left)

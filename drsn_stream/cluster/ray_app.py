@@ -212,6 +212,9 @@ def aggregator_actor_class(ray: Any) -> Any:
             def host_down(self, host: str, moved: dict[str, str]) -> None:
                 self.agg.host_down(host, moved)
 
+            def note(self, message: str) -> None:
+                self.agg.note(message)
+
             def snapshot(self) -> Any:
                 return self.agg.snapshot()
 
