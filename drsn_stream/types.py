@@ -188,6 +188,27 @@ class Prediction:
         return out
 
 
+class Predictions(list):
+    """One batch's Predictions as ``engine.predictions_from`` made them, in the batch's order,
+    with the batch's columns, whose row ``i`` is ``self[i]``'s field: ``probs`` ``(b, classes)``,
+    ``features`` ``(b, features)`` or None, ``t_last``, ``level`` and ``noise_index`` ``(b,)``.
+    A stage that takes a whole batch reads a column (``batch_columns``) instead of gathering the
+    field from every Prediction; those fields of a Prediction are never assigned after it is made.
+    A list built from it (filtered, reordered, joined) is a plain list, gathered row by row."""
+
+    __slots__ = ("probs", "features", "t_last", "level", "noise_index")
+
+    def __init__(self, rows: list[Prediction], probs: np.ndarray, features: np.ndarray | None,
+                 t_last: np.ndarray, level: np.ndarray, noise_index: np.ndarray) -> None:
+        super().__init__(rows)
+        self.probs, self.features, self.t_last, self.level, self.noise_index = probs, features, t_last, level, noise_index
+
+
+def batch_columns(preds: Sequence[Prediction]) -> Predictions | None:
+    """``preds`` itself where its columns can be read (a whole ``Predictions`` batch), else None."""
+    return preds if type(preds) is Predictions and len(preds) == len(preds.probs) else None
+
+
 @dataclass(slots=True)
 class Event:
     """Something operators see: an alarm change, a sensor-health change, a detection, stats.

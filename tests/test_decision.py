@@ -11,11 +11,12 @@ import pytest
 from helpers import FixedKernels
 
 from drsn_stream import jit
+from drsn_stream.engine.engine import predictions_from
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor import decision, decision_jit
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
 from drsn_stream.train.cwru import LABELS_10
-from drsn_stream.types import Prediction
+from drsn_stream.types import Prediction, Window, batch_columns
 from tests.decision_reference import ReferenceDecisions
 
 BEARING = list(LABELS_10)
@@ -501,6 +502,21 @@ def _reference_state(ref: ReferenceDecisions, sid: str) -> dict:
             "last_time": st.last_time, "levels": tuple(st.levels), "anomaly": st.anomaly}
 
 
+def _as_engine_batch(rows: list[Prediction]) -> list[Prediction]:
+    """``rows`` remade as the engine makes a batch (``predictions_from``: a ``Predictions`` with
+    the batch's columns), with what later stages set on a row (a refused label, an anomaly score)
+    set afterwards, as they do it."""
+    b = len(rows)
+    windows = [Window(p.stream_id, p.index, p.t_last, np.zeros(4, np.float32), 0.0, p.level) for p in rows]
+    batch = predictions_from(windows, np.array([p.probs for p in rows]), np.array([p.noise_index for p in rows]),
+                             BEARING, levels=np.array([p.level for p in rows]),
+                             latency_ms=np.ones(b), t_batched=0.0, t_done=0.0)
+    for p, q in zip(rows, batch):
+        assert (q.stream_id, q.t_last, q.level) == (p.stream_id, p.t_last, p.level)
+        q.label, q.model_label, q.anomaly = p.label, p.model_label, p.anomaly
+    return batch
+
+
 @pytest.mark.parametrize("seed, settings", list(enumerate([
     {}, {"latching": True, "set_windows": 2, "clear_windows": 2}, {"smoothing": "ema"}, {"window_count": 1},
     {"danger_confidence": 0.7, "latching": True}, {"window_count": 3, "danger_after_s": None, "anomaly_danger": None},
@@ -539,6 +555,9 @@ def test_batches_decide_as_the_plain_reference_does_one_window_at_a_time(seed, s
                 p.anomaly = float(rng.choice([0.5, 0.9, 1.2, 5.0, np.nan, np.inf]))
             batch.append(p)
             healthy.append(bool(rng.random() > 0.05))
+        if r % 2:  # as the engine hands a batch on: its columns are read, not each row's fields
+            batch = _as_engine_batch(batch)
+            assert batch_columns(batch) is batch
         got = [([e.to_json() for e in ev], label, level) for ev, label, level in engine.update_many(batch, healthy)]
         want = []
         for p, ok in zip(batch, healthy):

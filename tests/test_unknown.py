@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from drsn_stream.dsp.normalize import normalize
+from drsn_stream.engine.engine import predictions_from
 from drsn_stream.engine.procrunner import ProcessRunner
 from drsn_stream.engine.runner import Runner
 from drsn_stream.errors import ArtifactError
@@ -30,7 +31,7 @@ from drsn_stream.monitor.snapshot import build_snapshot
 from drsn_stream.sinks.dashboard import stream_table
 from drsn_stream.sinks.metrics import format_metrics
 from drsn_stream.train import cwru
-from drsn_stream.types import Prediction
+from drsn_stream.types import Prediction, Window, batch_columns
 from drsn_stream.view import Header, StreamRow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,44 @@ def test_the_distance_is_the_smallest_mahalanobis_distance_to_a_class() -> None:
     plain = np.min([np.sum(((x - m) @ w) ** 2, axis=1) for m, w in zip(det.means, det.whiteners)], axis=0)
     np.testing.assert_allclose(det.distance2(x), plain, rtol=1e-12)
     np.testing.assert_allclose(det.distance2(x[:1]), plain[:1], rtol=1e-12)
+
+
+def test_a_batch_from_the_engine_and_the_same_rows_in_a_list_are_refused_alike() -> None:
+    """The engine's batch (``predictions_from``: its features read as one matrix) and the same
+    windows as a plain list (each row's features gathered) get the same scores and labels; a list
+    with rows lacking features scores the others only."""
+    det = UnknownDetector.from_dict(read_meta("bearing-cwru").unknown)
+    rng = np.random.default_rng(4)
+    b = 64
+    # near a class (whitened distance ~0.1 per feature) or far from all (~30)
+    k = rng.integers(len(det.means), size=b)
+    z = rng.normal(size=(b, det.features)) * rng.choice([0.1, 30.0], size=(b, 1))
+    feats = (det.means[k] + np.einsum("bf,bfg->bg", z, np.linalg.inv(det.whiteners[k]))).astype(np.float32)
+    feats[5] = np.nan
+    probs = rng.dirichlet(np.ones(len(LABELS)), size=b).astype(np.float32)
+    windows = [Window(f"m{i}", i, float(i), np.zeros(4, np.float32)) for i in range(b)]
+
+    def batch() -> list[Prediction]:
+        return predictions_from(windows, probs, np.zeros(b), LABELS, levels=np.ones(b), latency_ms=np.ones(b),
+                                t_batched=0.0, t_done=0.0, features=feats)
+
+    engine_batch, plain = batch(), list(batch())
+    assert batch_columns(engine_batch) is engine_batch and batch_columns(plain) is None
+    det.refuse(engine_batch)
+    det.refuse(plain)
+    def outcome(rows: list[Prediction]) -> list[tuple]:
+        return [(repr(p.unknown_score), p.label, p.model_label) for p in rows]  # repr: NaN equals NaN
+
+    seen = outcome(engine_batch)
+    assert seen == outcome(plain)
+    refused = [p.label == UNKNOWN for p in engine_batch]
+    assert refused[5] and 5 < sum(refused) < b - 5  # NaN features are refused; the far ones too, the near kept
+    mixed = list(batch())
+    for p in mixed[::2]:
+        p.features = None
+    det.refuse(mixed)
+    assert outcome(mixed[1::2]) == seen[1::2]
+    assert all(p.unknown_score is None and p.label != UNKNOWN for p in mixed[::2])
 
 
 def _pred(label: str, refused: bool, t: float) -> Prediction:

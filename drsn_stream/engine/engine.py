@@ -14,7 +14,7 @@ from drsn_stream.engine.contract import Pending, RunnerLike
 from drsn_stream.engine.procrunner import EngineRestarted
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError
-from drsn_stream.types import Prediction, Window
+from drsn_stream.types import Prediction, Predictions, Window
 
 POLL_S = 0.002  # how often the loop looks for a finished batch while another one may fall due
 
@@ -46,8 +46,8 @@ def predictions_from(
     t_batched: float,
     t_done: float,
     features: np.ndarray | None = None,
-) -> list[Prediction]:
-    """Turns a batch's outputs into Predictions (argmax label).
+) -> Predictions:
+    """Turns a batch's outputs into Predictions (argmax label), with the batch's columns.
 
     Args:
         levels: (b,) each window's RMS before normalization, as the normalization step returned it.
@@ -60,13 +60,16 @@ def predictions_from(
     confidence = probs[np.arange(b), top].tolist()
     rows = list(probs)  # (classes,) views
     feats = [None] * b if features is None else list(features)
-    return [
-        Prediction(w.stream_id, w.index, w.t_last, p, labels[k], c, ni, lat, t_batched, t_done, b, level,
+    noise = np.ascontiguousarray(noise, dtype=np.float64).reshape(b)  # the runner's may be a column of its output
+    t_last = [w.t_last for w in windows]
+    preds = [
+        Prediction(w.stream_id, w.index, t, p, labels[k], c, ni, lat, t_batched, t_done, b, level,
                    "OK" if w.healthy else "CHECK_SENSOR", f)
-        for w, p, k, c, ni, lat, level, f in zip(windows, rows, top.tolist(), confidence,
-                                                 np.asarray(noise, dtype=np.float64).reshape(b).tolist(),
-                                                 latency_ms.tolist(), levels.tolist(), feats)
+        for w, t, p, k, c, ni, lat, level, f in zip(windows, t_last, rows, top.tolist(), confidence, noise.tolist(),
+                                                    latency_ms.tolist(), levels.tolist(), feats)
     ]
+    return Predictions(preds, probs, features, np.array(t_last, dtype=np.float64),
+                       np.ascontiguousarray(levels, dtype=np.float64).reshape(b), noise)
 
 
 class InferenceLoop(threading.Thread):

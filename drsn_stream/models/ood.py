@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.errors import ArtifactError
-from drsn_stream.types import Prediction
+from drsn_stream.types import Prediction, batch_columns
 
 UNKNOWN = "unknown"  # the label shown where the model's label is refused
 KIND = "class-gaussian-mahalanobis"
@@ -118,10 +118,15 @@ class UnknownDetector:
     def refuse(self, preds: list[Prediction]) -> None:
         """Scores the predictions that carry features (one call per batch) and relabels those
         above the threshold ``unknown``, keeping the model's label in ``model_label``."""
-        rows = [p for p in preds if p.features is not None]
-        if not rows:
-            return
-        scores = self.score(np.array([p.features for p in rows]))  # np.stack's rows, in fewer steps
+        cols = batch_columns(preds)
+        if cols is not None and cols.features is not None:  # the batch's features as the runner gave them
+            rows, x = preds, cols.features
+        else:
+            rows = [p for p in preds if p.features is not None]
+            if not rows:
+                return
+            x = np.array([p.features for p in rows])  # np.stack's rows, in fewer steps
+        scores = self.score(x)
         for p, sc in zip(rows, scores.tolist()):
             p.unknown_score = sc
             if not sc <= 1.0:  # NaN features are refused too

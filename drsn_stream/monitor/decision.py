@@ -61,7 +61,7 @@ from drsn_stream.config import TOMLDecodeError, from_table, loads_toml
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
 from drsn_stream.monitor import decision_jit
-from drsn_stream.types import Event, Prediction
+from drsn_stream.types import Event, Prediction, batch_columns
 
 UNKNOWN_LABEL = "?"
 _LEVELS_KEEP = 32  # input levels per stream kept for the sparkline
@@ -492,8 +492,10 @@ class DecisionEngine:
         if not predictions:
             return []
         b = len(predictions)
+        cols = batch_columns(predictions)  # a batch as the engine made it: its columns, not each row's fields
         try:  # a copy: the histories keep its rows
-            probs = np.array([p.probs for p in predictions], dtype=np.float64).reshape(b, -1)
+            probs = np.array(cols.probs if cols is not None else [p.probs for p in predictions],
+                             dtype=np.float64).reshape(b, -1)
         except ValueError:  # scores of different lengths
             probs = None
         if probs is None or probs.shape[1] != len(self.labels):
@@ -506,9 +508,13 @@ class DecisionEngine:
         finite = np.isfinite(probs.sum(axis=1))  # NaN/Inf propagate through a sum
         nan = math.nan
         # each column contiguous (the compiled kernel is compiled for contiguous arrays)
-        t, level, noise, anomaly = np.array(
-            [(p.t_last, p.level, p.noise_index, nan if p.anomaly is None else p.anomaly) for p in predictions],
-            dtype=np.float64).reshape(b, 4).T.copy()
+        if cols is not None:  # the anomaly is set after the batch was made (monitor/baseline.py)
+            t, level, noise = cols.t_last, cols.level, cols.noise_index
+            anomaly = np.array([nan if p.anomaly is None else p.anomaly for p in predictions], dtype=np.float64)
+        else:
+            t, level, noise, anomaly = np.array(
+                [(p.t_last, p.level, p.noise_index, nan if p.anomaly is None else p.anomaly) for p in predictions],
+                dtype=np.float64).reshape(b, 4).T.copy()
         refused = np.array([p.model_label is not None and p.label == REFUSED_LABEL for p in predictions], dtype=np.bool_)
         evidence = np.array(healthy, dtype=np.bool_).reshape(b) & finite
         out_events: list[list[Event]] = [[] for _ in range(b)]
