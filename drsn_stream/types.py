@@ -203,6 +203,12 @@ class Predictions(list):
         super().__init__(rows)
         self.probs, self.features, self.t_last, self.level, self.noise_index = probs, features, t_last, level, noise_index
 
+    def _reordered(self, *args: Any, **kwargs: Any) -> None:
+        # what keeps the length but not the order would leave the columns wrong without a sign
+        raise TypeError("a batch's rows stay in its columns' order; reorder or replace them in list(batch)")
+
+    sort = reverse = __setitem__ = _reordered  # type: ignore[assignment]
+
 
 def batch_columns(preds: Sequence[Prediction]) -> Predictions | None:
     """``preds`` itself where its columns can be read (a whole ``Predictions`` batch), else None."""

@@ -155,6 +155,11 @@ def test_a_batch_from_the_engine_and_the_same_rows_in_a_list_are_refused_alike()
 
     engine_batch, plain = batch(), list(batch())
     assert batch_columns(engine_batch) is engine_batch and batch_columns(plain) is None
+    for reorder in (engine_batch.reverse, lambda: engine_batch.sort(key=lambda p: p.t_last),
+                    lambda: engine_batch.__setitem__(0, plain[1])):
+        with pytest.raises(TypeError, match="columns' order"):
+            reorder()
+    assert batch_columns(engine_batch[:10]) is None and batch_columns(engine_batch + plain) is None
     det.refuse(engine_batch)
     det.refuse(plain)
     def outcome(rows: list[Prediction]) -> list[tuple]:
