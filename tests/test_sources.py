@@ -258,3 +258,19 @@ def test_file_errors_say_what_to_do(tmp_path):
         _replay(f"file:{tmp_path / 'bad.wav'}")
     with pytest.raises(ConfigError, match="use one of .wav, .npy, .csv, .mat"):
         make_source("file:recording.flac")
+    # damaged WAV headers: cut short, saying 0 channels (scipy divides by it), saying 0 Hz
+    good = tmp_path / "good.wav"
+    wavfile.write(good, 12000, np.zeros(4000, np.int16))
+    raw = good.read_bytes()
+    damaged = {"cut.wav": raw[:30], "no-channels.wav": raw[:22] + b"\0\0" + raw[24:],
+               "zero-hz.wav": raw[:24] + b"\0" * 8 + raw[32:]}  # the rate and the byte rate: 0
+    for name, data in damaged.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(SourceError, match="not a readable WAV"):
+        _replay(f"file:{tmp_path / 'cut.wav'}")
+    with pytest.raises(SourceError, match="not a readable WAV"):
+        _replay(f"file:{tmp_path / 'no-channels.wav'}")
+    with pytest.raises(SourceError, match="says its sample rate is 0 Hz.*rate=12000"):
+        _replay(f"file:{tmp_path / 'zero-hz.wav'}")
+    _, frames = _replay(f"file:{tmp_path / 'zero-hz.wav'}?rate=12000&fast=1")  # the rate given: it plays
+    assert sum(f.n for f in frames) == 4000 and frames[0].sample_rate == 12000

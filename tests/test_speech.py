@@ -158,3 +158,23 @@ def test_synthetic_voice_is_trimmed_and_resampled_to_8khz(tmp_path: Path) -> Non
     again = tts.generate(tmp_path, ("seven",), ("7",), [voice])  # from the cache, same samples
     assert np.allclose(again[0].audio, utts[0].audio, atol=1e-4)
     assert LABELS.index("7") == 7
+
+
+def test_a_damaged_wav_in_a_speech_data_set_is_one_clear_error(tmp_path: Path) -> None:
+    """A recording whose header is cut short, says 0 channels or says 0 Hz is a DataError that
+    names the file, not a ZeroDivisionError or struct.error from inside scipy."""
+    import scipy.io.wavfile
+
+    from drsn_stream.errors import DataError
+    from drsn_stream.speech.dataset import read_wav
+
+    good = tmp_path / "0_a_0.wav"
+    scipy.io.wavfile.write(good, 8000, np.zeros(800, np.int16))
+    raw = good.read_bytes()
+    assert read_wav(good)[1] == 8000
+    for name, data in {"cut": raw[:30], "no-channels": raw[:22] + b"\0\0" + raw[24:],
+                       "zero-hz": raw[:24] + b"\0" * 8 + raw[32:]}.items():
+        path = tmp_path / f"{name}.wav"
+        path.write_bytes(data)
+        with pytest.raises(DataError, match=f"{name}.wav"):
+            read_wav(path)

@@ -30,7 +30,9 @@ def _wav(path: Path) -> tuple[np.ndarray, float]:
 
     try:
         rate, data = wavfile.read(path)
-    except (ValueError, OSError, EOFError, struct.error) as exc:  # struct.error: a header cut short
+    # struct.error: a header cut short; ZeroDivisionError: a header that says 0 channels (scipy
+    # divides by it)
+    except (ValueError, OSError, EOFError, struct.error, ZeroDivisionError) as exc:
         raise SourceError(f"{path}: not a readable WAV file ({exc}); convert it with "
                           "sox to 16-bit or float WAV") from exc
     if data.dtype == np.uint8:
@@ -116,6 +118,9 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
         raise ConfigError(f"{path}: unknown recording type {suffix!r}; use one of {', '.join(SUFFIXES)}")
     if rate is None:
         raise ConfigError(f"{path.name}: the sample rate is not in the file; give it, e.g. file:{path}?rate=12000")
+    if not (math.isfinite(rate) and rate > 0):  # a WAV header can say 0 Hz
+        raise SourceError(f"{path}: the file says its sample rate is {rate:g} Hz; give the real one, "
+                          f"e.g. file:{path}?rate=12000")
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or x.shape[0] == 0:

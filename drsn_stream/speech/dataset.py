@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,10 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
             # FSDD files carry a LIST chunk scipy does not parse; the samples are read correctly.
             warnings.simplefilter("ignore", wavfile.WavFileWarning)
             rate, data = wavfile.read(str(path))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, struct.error, ZeroDivisionError) as exc:  # see sources/file.py
         raise DataError(f"{path}: cannot read this WAV file ({exc}); re-copy the data set") from None
+    if not rate > 0:
+        raise DataError(f"{path}: the WAV file says its sample rate is {rate} Hz; re-copy the data set")
     if data.ndim == 2:
         data = data.mean(axis=1)
     if data.dtype == np.int16:
