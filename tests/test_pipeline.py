@@ -171,7 +171,10 @@ def test_a_running_monitor_keeps_its_start_up_objects_out_of_full_collections() 
     # monitor freezes them at start: a collection then walks only what the run itself made.
     import gc
 
+    from drsn_stream.runtime import GC_YOUNG_THRESHOLD
+
     tracked_before = len(gc.get_objects())
+    thresholds = gc.get_threshold()
     pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=4",), device="cpu", engine_process=False,
                               stats_every_s=3600))
     pipe.start()
@@ -180,9 +183,13 @@ def test_a_running_monitor_keeps_its_start_up_objects_out_of_full_collections() 
         assert pipe.stats.windows > 0
         assert gc.get_freeze_count() > 50_000
         assert len(gc.get_objects()) < 20_000 < tracked_before
+        # and the young generation collected after 10,000 allocations, not Python's 700: a busy
+        # monitor makes and drops a few objects per window
+        assert gc.get_threshold() == (max(thresholds[0], GC_YOUNG_THRESHOLD), *thresholds[1:])
     finally:
         pipe.stop()
     assert gc.get_freeze_count() == 0  # stop() hands them back (a library user's process goes on)
+    assert gc.get_threshold() == thresholds  # and the collector's thresholds
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ import zmq
 
 from drsn_stream.app import ingest as ingest_mod
 from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.runtime import freeze_start_up_objects, thaw
 from drsn_stream.sources.wire import encode, encode_eos
 
 RATE = 12000.0
@@ -91,6 +92,7 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
 
     drainer = threading.Thread(target=drain, daemon=True)
     drainer.start()
+    thresholds = freeze_start_up_objects()  # as Pipeline.start does: the collector as in the monitor
     # CPU time of this thread, not wall time: other processes on a loaded machine do not count
     prof = cProfile.Profile(time.thread_time) if profile else None
     t_wall, t_cpu = time.perf_counter(), time.thread_time()
@@ -102,6 +104,7 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
     cpu, wall = time.thread_time() - t_cpu, time.perf_counter() - t_wall
     done.set()
     drainer.join()
+    thaw(thresholds)
     push.close(0)
     frames = src.stats.snapshot()["frames"]
     if prof is not None:

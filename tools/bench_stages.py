@@ -35,6 +35,7 @@ import numpy as np
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.engine.contract import MAX_BATCH, Pending, cuda_catch_up_batch
+from drsn_stream.runtime import freeze_start_up_objects, thaw
 from drsn_stream.sinks.jsonl import JsonlSink
 from drsn_stream.sources.sim import EXCERPT_RATE, load_excerpts
 from drsn_stream.types import Window
@@ -137,6 +138,7 @@ def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | No
                       float(levels[k % streams % 256]), normalized)
                for k in range(max(streams, 4096) * 2)]
     pipe.runner.warmup()
+    thresholds = freeze_start_up_objects()  # as Pipeline.start does: the collector as in the monitor
     out = threading.Thread(target=pipe._output_loop, name="drsn-output", daemon=True)
     out.start()
     pipe.engine.start()
@@ -160,6 +162,7 @@ def run(streams: int, batch: int, seconds: float, *, model: str, jsonl: str | No
     pipe._out.put(None)
     out.join(5)
     pipe.outputs.close()
+    thaw(thresholds)
     n = n1 - n0
     proc_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     return {

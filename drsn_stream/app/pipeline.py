@@ -14,7 +14,6 @@ Threads (data flows one way; stages are joined by bounded queues with counted ov
 
 from __future__ import annotations
 
-import gc
 import os
 import queue
 import threading
@@ -45,7 +44,7 @@ from drsn_stream.monitor.decision import DecisionEngine
 from drsn_stream.monitor.envelope import EnvelopeStage, has_geometry
 from drsn_stream.monitor.health import CHECK_SENSOR, OK, HealthMonitor
 from drsn_stream.monitor.snapshot import build_snapshot
-from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects
+from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects, thaw
 from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import EventCapture
 from drsn_stream.sources import make_source
@@ -121,7 +120,7 @@ class Pipeline:
         self.max_batch = res.capacity  # what the runner takes: a catch-up batch too
         self._cpus: tuple[set[int], int] | None = None  # (this process's cores, the engine's core)
         self._saved_affinity: set[int] | None = None
-        self._frozen = False  # gc.freeze() done by start(), undone by stop()
+        self._frozen: tuple[int, ...] | None = None  # gc thresholds before start() froze, for stop()
         self.runner: RunnerLike
         self.unknown, self.baseline = _judges(self.model_name, meta, config)
         features = meta.features if (self.unknown or self.baseline) else 0
@@ -304,8 +303,7 @@ class Pipeline:
         # after the model's warm-up so that a paced source's clock starts with the monitor.
         for src in self.sources:
             src.open()
-        freeze_start_up_objects()  # everything built so far lives as long as the monitor
-        self._frozen = True
+        self._frozen = freeze_start_up_objects()  # everything built so far lives as long as the monitor
         self._status = ""
         out = threading.Thread(target=self._output_loop, name="drsn-output", daemon=True)
         out.start()
@@ -423,9 +421,9 @@ class Pipeline:
         if self._saved_affinity is not None:
             os.sched_setaffinity(0, self._saved_affinity)
             self._saved_affinity = None
-        if self._frozen:
-            gc.unfreeze()
-            self._frozen = False
+        if self._frozen is not None:
+            thaw(self._frozen)
+            self._frozen = None
         self.outputs.close()
 
     def run(self) -> None:

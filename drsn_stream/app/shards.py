@@ -58,7 +58,7 @@ from drsn_stream.app.ingest import Ingest
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.errors import SourceError
 from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth, silent_only
-from drsn_stream.runtime import attach_shared_memory
+from drsn_stream.runtime import attach_shared_memory, freeze_start_up_objects
 from drsn_stream.sources import make_source, parse_spec
 from drsn_stream.sources.base import Source, read_to
 from drsn_stream.types import Event, Frame, Window
@@ -316,6 +316,7 @@ def _worker(cfg: dict[str, Any]) -> int:
         out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
         return 1
     out.send({"ready": os.getpid()})
+    freeze_start_up_objects()  # as the monitor does: its frames and windows make most of what is collected
     state: dict[str, Any] = {"next_stats": time.monotonic() + STATS_S, "next_news": 0.0, "ended": 0, "streams": 0}
     subscribed: set[bytes] = set()
 

@@ -14,7 +14,6 @@ thread owns the socket. At the end every stream gets an end-of-stream message.
 from __future__ import annotations
 
 import argparse
-import gc
 import queue
 import signal
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 import zmq
 
 from drsn_stream.errors import DrsnStreamError
-from drsn_stream.runtime import freeze_start_up_objects
+from drsn_stream.runtime import freeze_start_up_objects, thaw
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import DTYPES, encode, encode_eos
 from drsn_stream.sources.zmq_source import bind_socket
@@ -119,7 +118,7 @@ def publish(
                               "pick another port or stop the program using it") from exc
     stop = stop or threading.Event()
     summary: dict[str, Any] = {"streams": {}, "messages": 0, "bytes": 0, "errors": [], "dropped": 0}
-    freeze_start_up_objects()  # a full collection would stall the send loop: do it now, not mid-stream
+    thresholds = freeze_start_up_objects()  # a full collection would stall the send loop: do it now, not mid-stream
     try:
         if not pull and wait_subscriber > 0:
             poller = zmq.Poller()
@@ -199,7 +198,7 @@ def publish(
         for s in sources:
             s.close()
         sock.close()
-        gc.unfreeze()
+        thaw(thresholds)
     return summary
 
 
