@@ -117,6 +117,24 @@ def test_a_scale_float32_cannot_hold_is_refused_and_huge_samples_become_inf_quie
             assert x[0] == np.inf and x[1] == -np.inf and np.isnan(x[2]) and x[3] == 0.5
 
 
+def test_a_stream_id_that_would_write_to_an_operators_terminal_is_refused():
+    """Stream ids end up on terminals (the dashboard, --headless lines, error lines): one with an
+    escape sequence, a bell, a line break, a bidirectional override or a C1 control is refused
+    as bad_field, whether a Decoder has seen the stream's layout or not; printable ids (spaces,
+    non-ASCII letters) pass."""
+    x = np.zeros(8, np.float32)
+    for bad in ("evil\x1b[2J\x1b[31mred", "ding\x07", "two\r\nlines", "abc\u202edcba", "nel\x85", "nul\x00"):
+        for dec in (decode, Decoder().decode):
+            with pytest.raises(WireError) as info:
+                dec(encode(bad, 0, T0, 12000.0, x), now=T0)
+            assert info.value.reason == "bad_field" and "printable" in str(info.value), repr(bad)
+            assert "\x1b" not in str(info.value)  # the message itself shows it escaped
+    decoder = Decoder()
+    for good in ("press 3", "Pumpe-Süd/ch0", "馬達-1"):
+        assert decoder.decode(encode(good, 0, T0, 12000.0, x), now=T0).stream_id == good
+        assert decoder.decode(encode(good, 1, T0, 12000.0, x), now=T0).seq == 1  # its template's path too
+
+
 def test_a_sender_is_told_what_it_cannot_send_and_publish_scales_a_near_silent_frame_acceptably():
     """encode refuses what a receiver would refuse or misread: NaN/Inf in an integer payload (no
     integer means NaN: it would arrive as full scale), a scale float32 cannot hold. ``publish``'s

@@ -294,6 +294,12 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
     stream = _field(header, "stream", str)
     if not 0 < len(stream) <= MAX_STREAM_ID:
         raise WireError("bad_field", f"stream id of {len(stream)} characters; 1..{MAX_STREAM_ID}")
+    # the id is shown on operators' terminals (dashboard, --headless lines, summaries, error lines):
+    # control characters (ESC, CR, BEL ...), bidirectional overrides and other format characters
+    # in it would be the sender's keystrokes there
+    if not stream.isprintable():
+        raise WireError("bad_field", f"stream id {_short(stream)} has control or format characters; "
+                        "use printable ones")
     seq = _field(header, "seq", int, "bad_seq")
     if not 0 <= seq < MAX_SEQ:
         raise WireError("bad_seq", f"seq={_short(seq)} outside 0..2**63-1")
