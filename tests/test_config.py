@@ -90,6 +90,16 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_key_and_what_it_takes(
     ("machine", 'bearing = "6205"\nbpfo = 3.5', "give bearing = '6205' or the four orders"),
     ("machine", '[[machine.streams]]\nrpm = 1480', "entries need match"),
     ("sinks", 'metrics_address = "host:99999"', "port 0-65535"),
+    # values that passed and then stopped the monitor as it built its tables or on its first
+    # batch (an array of 10^18 windows per stream, an int64 overflow in the compiled kernels),
+    # or silently turned a test off (NaN compares false)
+    ("decision", "window_count = 1000000000000000000", "window_count must be an integer from 1 to 256"),
+    ("decision", "set_windows = 9223372036854775807", "set_windows must be an integer from 1 to 1,000,000"),
+    ("decision", "danger_after_s = nan", "danger_after_s must be >= 0"),
+    ("health", "clip_min_samples = 9223372036854775807", "clip_min_samples must be a whole number from 1"),
+    ("health", "flat_std = nan", "flat_std must be >= 0"),
+    ("health", "recovery_s = nan", "recovery_s must be >= 0"),
+    ("health", "full_scale = 1e-300", "within float32's range"),
 ])
 def test_a_value_out_of_range_is_one_line_naming_the_table(tmp_path: Path, table: str, line: str, says: str) -> None:
     text = f'[run]\nsources = ["sim"]\n[{table}]\n{line}\n'.replace("[run]\nsources = [\"sim\"]\n[run]", "[run]")

@@ -609,3 +609,18 @@ def test_the_kernel_takes_the_state_table_in_its_column_order(path):
     names = list(inspect.signature(decision_jit._decide_py).parameters)
     table = names[names.index("level_of") + 1 : names.index("labels_out")]
     assert [n.removesuffix("_c") for n in table] == [name for name, _, _, _ in decision._COLUMNS]
+
+
+def test_the_largest_settings_accepted_are_settings_the_engine_runs_with():
+    """window_count 256 and set/clear delays of 1,000,000 windows (the bounds of DecisionConfig)
+    build an engine that decides; one past each is a ConfigError that names the bound."""
+    cfg = DecisionConfig.for_labels(BEARING, window_count=256, set_windows=1_000_000, clear_windows=1_000_000)
+    engine = DecisionEngine(BEARING, cfg)
+    batch = [pred("ball_014", 0.9, float(t), stream=f"m{t % 3}") for t in range(300)]
+    results = engine.update_many(batch, [True] * len(batch))
+    assert [label for _, label, _ in results][-3:] == ["ball_014"] * 3
+    assert all(level == Level.NORMAL for _, _, level in results)  # a million windows before an alert
+    for key, value, says in (("window_count", 257, "from 1 to 256"), ("set_windows", 1_000_001, "1,000,000"),
+                             ("clear_windows", 10**30, "1,000,000")):
+        with pytest.raises(ConfigError, match=says):
+            DecisionConfig.for_labels(BEARING, **{key: value})

@@ -64,6 +64,10 @@ from drsn_stream.monitor import decision_jit
 from drsn_stream.types import Event, Prediction, batch_columns
 
 UNKNOWN_LABEL = "?"
+# every stream keeps window_count windows' scores (a float64 per label): 256 windows of 10 labels
+# are 20 kB per stream, 210 MB at 10,240 streams
+MAX_WINDOW_COUNT = 256
+MAX_DELAY_WINDOWS = 1_000_000  # set/clear delays: the compiled decisions count them in int64
 _LEVELS_KEEP = 32  # input levels per stream kept for the sparkline
 
 
@@ -122,22 +126,23 @@ class DecisionConfig:
         problems = []
         if self.smoothing not in ("majority", "ema"):
             problems.append(f"smoothing must be 'majority' or 'ema', not {self.smoothing!r}")
-        if not (isinstance(self.window_count, int) and self.window_count >= 1):
-            problems.append(f"window_count must be an integer >= 1, not {self.window_count!r}")
+        if not (isinstance(self.window_count, int) and 1 <= self.window_count <= MAX_WINDOW_COUNT):
+            problems.append(f"window_count must be an integer from 1 to {MAX_WINDOW_COUNT}, not {self.window_count!r} "
+                            "(every stream keeps that many windows' scores; for a longer memory use smoothing = \"ema\")")
         if not 0.0 < float(self.ema_alpha) <= 1.0:
             problems.append(f"ema_alpha must be in (0, 1], not {self.ema_alpha!r}")
         if not 0.0 < float(self.noise_alpha) <= 1.0:
             problems.append(f"noise_alpha must be in (0, 1], not {self.noise_alpha!r}")
         for name in ("set_windows", "clear_windows"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                problems.append(f"{name} must be an integer >= 1, not {value!r}")
+            if not (isinstance(value, int) and 1 <= value <= MAX_DELAY_WINDOWS):
+                problems.append(f"{name} must be an integer from 1 to {MAX_DELAY_WINDOWS:,}, not {value!r}")
         if not 0.0 <= self.leave_confidence <= self.enter_confidence <= 1.0:
             problems.append(
                 "need 0 <= leave_confidence <= enter_confidence <= 1 "
                 f"(got leave {self.leave_confidence}, enter {self.enter_confidence})"
             )
-        if self.danger_after_s is not None and self.danger_after_s < 0:
+        if self.danger_after_s is not None and not self.danger_after_s >= 0:  # NaN too (inf: never)
             problems.append(f"danger_after_s must be >= 0 seconds, not {self.danger_after_s!r}")
         if not 0.0 < self.anomaly_leave <= self.anomaly_enter:
             problems.append(f"need 0 < anomaly_leave <= anomaly_enter (got {self.anomaly_leave}, {self.anomaly_enter})")

@@ -82,6 +82,7 @@ AMP_STEP = "amplitude step"
 LEVEL_REASONS = (FLAT, CLIPPING, DC_JUMP, AMP_STEP)  # what the level tests find, in reasons_of's order
 _SEQ_MAX = 1 << 62  # a seq the array path can hold (int64, with room for seq + 1)
 _F32 = np.dtype(np.float32)
+_F32_TINY, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 _FEW_ROWS = 4  # a round of fewer rows takes the Python path: the array path's numpy calls cost more
 
 
@@ -135,12 +136,15 @@ class HealthConfig:
         for name in ("timeout_s", "flat_span_s", "clip_span_s"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0 seconds, not {getattr(self, name)!r}")
-        if self.recovery_s < 0:
+        if not self.recovery_s >= 0:  # NaN too
             problems.append(f"recovery_s must be >= 0 seconds, not {self.recovery_s!r}")
         if not 0 <= self.check_every_s <= self.flat_span_s:
             problems.append(f"check_every_s must be in [0, flat_span_s], not {self.check_every_s!r}")
-        if self.flat_std < 0:
+        if not self.flat_std >= 0:  # NaN too: it would turn the flat-line test off without a word
             problems.append(f"flat_std must be >= 0, not {self.flat_std!r}")
+        if not (isinstance(self.clip_min_samples, int) and not isinstance(self.clip_min_samples, bool)
+                and 1 <= self.clip_min_samples <= 1_000_000_000):
+            problems.append(f"clip_min_samples must be a whole number from 1 to 1,000,000,000, not {self.clip_min_samples!r}")
         if not 0 < self.clip_fraction <= 1:
             problems.append(f"clip_fraction must be in (0, 1], not {self.clip_fraction!r}")
         for name in ("learn_s", "baseline_s", "dc_sigma", "step_hold_s"):
@@ -148,8 +152,11 @@ class HealthConfig:
                 problems.append(f"{name} must be > 0, not {getattr(self, name)!r}")
         if self.step_ratio != 0 and not self.step_ratio > 1:
             problems.append(f"step_ratio must be > 1 (or 0: off), not {self.step_ratio!r}")
-        if self.full_scale is not None and not self.full_scale > 0:
-            problems.append(f"full_scale must be > 0 (signal units) or None, not {self.full_scale!r}")
+        # compared with the float32 samples: a value float32 rounds to 0 or Inf would call every
+        # sample clipped, or none
+        if self.full_scale is not None and not _F32_TINY <= self.full_scale <= _F32_MAX:
+            problems.append(f"full_scale must be > 0 (signal units) and within float32's range "
+                            f"({_F32_TINY:.3g} .. {_F32_MAX:.3g}), or None, not {self.full_scale!r}")
         if problems:
             raise ConfigError("health config: " + "; ".join(problems))
 
