@@ -115,7 +115,7 @@ def test_only_configured_triggers_capture(tmp_path):
 def test_bad_capture_config_says_what_to_fix():
     with pytest.raises(ConfigError, match=r"\[capture\]: unknown key.*pre.*valid keys: .*pre_s"):
         CaptureConfig.from_dict({"pre": 2.0})
-    with pytest.raises(ConfigError, match="must be >= 0 seconds"):
+    with pytest.raises(ConfigError, match="must be from 0 to 86400 seconds"):
         CaptureConfig(pre_s=-1.0)
 
 

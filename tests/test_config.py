@@ -100,6 +100,16 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_key_and_what_it_takes(
     ("health", "flat_std = nan", "flat_std must be >= 0"),
     ("health", "recovery_s = nan", "recovery_s must be >= 0"),
     ("health", "full_scale = 1e-300", "within float32's range"),
+    # 2^63 harmonics: the envelope stage built lines until it ran out of memory, no word said;
+    # a NaN capture span stopped the run blaming its source
+    ("envelope", "harmonics = 9223372036854775807", "harmonics must be an integer from 1 to 20"),
+    ("envelope", "line_bins = 1000000", "line_bins must be an integer from 0 to 100"),
+    ("envelope", "tolerance = 1e30", "tolerance must be >= 0 and < 1"),
+    ("envelope", "threshold_db = nan", "threshold_db must be a number of dB"),
+    ("capture", "pre_s = nan", "pre_s, post_s and margin_s must be from 0 to 86400 seconds"),
+    ("capture", "post_s = inf", "pre_s, post_s and margin_s must be from 0 to 86400 seconds"),
+    ("capture", "max_ring_bytes = 0", "max_ring_bytes must be a whole number of bytes >= 1"),
+    ("detector", "refractory_s = nan", "refractory_s >= 0"),
 ])
 def test_a_value_out_of_range_is_one_line_naming_the_table(tmp_path: Path, table: str, line: str, says: str) -> None:
     text = f'[run]\nsources = ["sim"]\n[{table}]\n{line}\n'.replace("[run]\nsources = [\"sim\"]\n[run]", "[run]")

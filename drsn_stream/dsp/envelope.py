@@ -118,6 +118,10 @@ def bearing_geometry(spec: str | Mapping[str, Any] | BearingGeometry) -> Bearing
     raise ConfigError(f"bearing geometry must be a name or a table of orders, not {spec!r}")
 
 
+MAX_HARMONICS = 20  # lines per family (the defaults: 3)
+MAX_LINE_BINS = 100  # a line's peak search, bins on each side (the default: 1)
+
+
 @dataclass(frozen=True)
 class EnvelopeSettings:
     """How the envelope evidence is computed (the defaults and their measurements: docs/own-machine.md).
@@ -150,14 +154,20 @@ class EnvelopeSettings:
     def __post_init__(self) -> None:
         problems = [f"{n} must be > 0, not {getattr(self, n)!r}"
                     for n in ("band_hz", "floor_width") if not getattr(self, n) > 0]
-        problems += [f"{n} must be >= 0, not {getattr(self, n)!r}" for n in ("tolerance", "speed_tolerance")
-                     if not getattr(self, n) >= 0]
+        if not self.floor_width <= 1000:
+            problems.append(f"floor_width must be at most 1000 half-widths, not {self.floor_width!r}")
+        # relative deviations of a line from where it belongs: 1 would be anywhere from 0 Hz to twice it
+        problems += [f"{n} must be >= 0 and < 1 (a share of the line's frequency), not {getattr(self, n)!r}"
+                     for n in ("tolerance", "speed_tolerance") if not 0 <= getattr(self, n) < 1]
         if not self.min_hz >= 0:
             problems.append(f"min_hz must be >= 0, not {self.min_hz!r}")
-        if not (isinstance(self.harmonics, int) and self.harmonics >= 1):
-            problems.append(f"harmonics must be an integer >= 1, not {self.harmonics!r}")
-        if not (isinstance(self.line_bins, int) and self.line_bins >= 0):
-            problems.append(f"line_bins must be an integer >= 0, not {self.line_bins!r}")
+        # each harmonic is a line searched in every band: 2^63 of them ran the stage out of memory
+        if not (isinstance(self.harmonics, int) and 1 <= self.harmonics <= MAX_HARMONICS):
+            problems.append(f"harmonics must be an integer from 1 to {MAX_HARMONICS}, not {self.harmonics!r}")
+        if not (isinstance(self.line_bins, int) and 0 <= self.line_bins <= MAX_LINE_BINS):
+            problems.append(f"line_bins must be an integer from 0 to {MAX_LINE_BINS}, not {self.line_bins!r}")
+        if not math.isfinite(self.threshold_db):
+            problems.append(f"threshold_db must be a number of dB, not {self.threshold_db!r}")
         if problems:
             raise ConfigError("envelope settings: " + "; ".join(problems))
 

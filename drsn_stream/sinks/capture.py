@@ -42,6 +42,8 @@ from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
 from drsn_stream.types import Event, Frame
 
+MAX_SPAN_S = 86_400.0  # pre_s, post_s, margin_s: a day (the byte bounds cap what is kept)
+
 
 @dataclass(frozen=True)
 class CaptureConfig:
@@ -66,11 +68,16 @@ class CaptureConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "event_types", tuple(self.event_types))
         object.__setattr__(self, "levels", tuple(self.levels))
-        if self.pre_s < 0 or self.post_s < 0 or self.margin_s < 0:
+        # NaN and Inf too: the rings are sized from them (a NaN stopped the first source that fed one)
+        if not all(0 <= v <= MAX_SPAN_S for v in (self.pre_s, self.post_s, self.margin_s)):
             raise ConfigError(
-                f"capture config: pre_s, post_s and margin_s must be >= 0 seconds "
+                f"capture config: pre_s, post_s and margin_s must be from 0 to {MAX_SPAN_S:g} seconds "
                 f"(got {self.pre_s}, {self.post_s}, {self.margin_s})"
             )
+        for name in ("max_ring_bytes", "max_total_bytes"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ConfigError(f"capture config: {name} must be a whole number of bytes >= 1, not {value!r}")
         if self.pre_s + self.post_s <= 0:
             raise ConfigError(
                 "capture config: pre_s + post_s must be > 0 seconds, or there is nothing to save"

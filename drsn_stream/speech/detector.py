@@ -21,6 +21,7 @@ Background labels (names starting with ``_``) never fire. State is kept per stre
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,7 @@ class DetectorConfig:
         # the same rules as WordDetector's, so a table it would refuse is refused when read
         if not 0.0 < self.leave <= self.enter <= 1.0:
             raise ConfigError(f"need 0 < leave <= enter <= 1, got leave={self.leave}, enter={self.enter}")
-        if self.confirm < 1 or self.refractory_s < 0:
+        if self.confirm < 1 or not 0 <= self.refractory_s < math.inf:  # NaN would turn it off without a word
             raise ConfigError(f"confirm must be >= 1 and refractory_s >= 0 seconds, got confirm={self.confirm}, "
                               f"refractory_s={self.refractory_s}")
 
