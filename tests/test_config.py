@@ -84,7 +84,7 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_key_and_what_it_takes(
 
 
 @pytest.mark.parametrize("table, line, says", [
-    ("run", "max_batch = 0", "max_batch must be >= 1"),
+    ("run", "max_batch = 0", "max_batch must be from 1 to 16,384"),
     ("run", 'fp16 = "yes"', "fp16 must be one of auto, on, off"),
     ("decision", "enter_confidence = 0.2\nleave_confidence = 0.5", "leave_confidence <= enter_confidence"),
     ("machine", 'bearing = "6205"\nbpfo = 3.5', "give bearing = '6205' or the four orders"),
@@ -110,6 +110,9 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_key_and_what_it_takes(
     ("capture", "post_s = inf", "pre_s, post_s and margin_s must be from 0 to 86400 seconds"),
     ("capture", "max_ring_bytes = 0", "max_ring_bytes must be a whole number of bytes >= 1"),
     ("detector", "refractory_s = nan", "refractory_s >= 0"),
+    ("run", "max_batch = 9223372036854775807", "max_batch must be from 1 to 16,384"),  # a traceback before
+    ("run", "threads = 9223372036854775807", "threads must be from 1 to 1,024"),
+    ("run", "hop = 9223372036854775807", "hop must be from 1 to 16,777,216"),  # before: "source failed"
 ])
 def test_a_value_out_of_range_is_one_line_naming_the_table(tmp_path: Path, table: str, line: str, says: str) -> None:
     text = f'[run]\nsources = ["sim"]\n[{table}]\n{line}\n'.replace("[run]\nsources = [\"sim\"]\n[run]", "[run]")

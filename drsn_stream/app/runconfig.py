@@ -35,6 +35,8 @@ SECTIONS: dict[str, type] = {
     "envelope": EnvelopeSettings,
     "sinks": SinksConfig,
 }
+MAX_BATCH_LIMIT = 16_384  # windows per batch (a CUDA backlog leaves in batches of 1,024)
+MAX_HOP = 1 << 24  # samples (the wire format's most per message and channel)
 TABLES = ("run", *SECTIONS)  # every table a run config file may have
 
 
@@ -97,10 +99,13 @@ class RunConfig:
                             ("phases", 1)):
             if not getattr(self, name) >= least:
                 problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
-        for name, least in (("max_batch", 1), ("eager_batch", 0), ("hop", 1), ("threads", 1), ("ingest_procs", 1)):
+        # the upper bounds: buffers are sized from max_batch and the hop, threads and processes
+        # started from the counts (2^63 of any was a traceback or an error blaming something else)
+        for name, least, most in (("max_batch", 1, MAX_BATCH_LIMIT), ("eager_batch", 0, MAX_BATCH_LIMIT),
+                                  ("hop", 1, MAX_HOP), ("threads", 1, 1024), ("ingest_procs", 1, 256)):
             value = getattr(self, name)
-            if value is not None and not value >= least:
-                problems.append(f"{name} must be >= {least} (or left unset), not {value!r}")
+            if value is not None and not least <= value <= most:
+                problems.append(f"{name} must be from {least} to {most:,} (or left unset), not {value!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             problems.append(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         for name, allowed in (("fp16", ("auto", "on", "off")), ("cpu_layout", ("auto", "off"))):
