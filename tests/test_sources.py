@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.io
@@ -35,6 +37,25 @@ def test_unknown_kinds_and_options_list_the_valid_ones():
         make_source("sim:turbine")
     with pytest.raises(ConfigError, match="HOST:PORT"):
         make_source("zmq://localhost")
+
+
+@pytest.mark.parametrize("spec, says", [
+    # each hung the monitor (2^63 machines or channels), raised from inside numpy or pyzmq, or
+    # fed NaN on: now one line naming the option and its bound
+    ("sim:bearing?machines=9223372036854775807", "machines='9223372036854775807': must be at most 100,000"),
+    ("sim:bearing?channels=9223372036854775807", "channels='9223372036854775807': must be at most 256"),
+    ("sim:bearing?rate=9223372036854775807", "rate='9223372036854775807': must be at most 1,000,000"),
+    ("sim:bearing?snr=nan", "snr='nan': must be a finite number"),
+    ("sim:speech?snr=inf", "snr='inf': must be a finite number"),
+    ("file:x.wav?start=nan", "start='nan': must be a finite number"),
+    ("file:x.wav?start=-2", "start='-2': must be >= 0"),
+    ("zmq+pull://127.0.0.1:5999?hwm=9223372036854775807", "hwm='9223372036854775807': must be at most 2,147,483,647"),
+    ("mic?channels=1000", "channels='1000': must be at most 256"),
+])
+def test_an_option_out_of_its_range_is_refused_naming_it_and_the_bound(spec: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        make_source(spec)
+    make_source(spec.split("?")[0])  # the same source without it is fine
 
 
 def _collect(src):

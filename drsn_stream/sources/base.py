@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -65,11 +66,28 @@ def opt_bool(value: Any) -> bool:
     raise ValueError(f"expected 1/0, true/false or yes/no, got {value!r}")
 
 
-def opt_positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def opt_positive(kind: Callable[[Any], Any], most: float | None = None) -> Callable[[Any], Any]:
+    """A number > 0 (not NaN), and at most ``most`` where given: counts and rates are turned into
+    arrays, threads and sockets, and 2^63 of them hung a source or raised from inside a library."""
     def parse(value: Any) -> Any:
         v = kind(value)
         if not v > 0:
             raise ValueError(f"must be > 0, got {value!r}")
+        if most is not None and not v <= most:
+            raise ValueError(f"must be at most {int(most) if float(most).is_integer() else most:,}, got {value!r}")
+        return v
+
+    return parse
+
+
+def opt_finite(least: float | None = None) -> Callable[[Any], float]:
+    """A finite number (not NaN or Inf), at least ``least`` where given."""
+    def parse(value: Any) -> float:
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if least is not None and v < least:
+            raise ValueError(f"must be >= {least:g}, got {value!r}")
         return v
 
     return parse

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.errors import ConfigError, SourceError
-from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_positive
+from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_finite, opt_positive
 from drsn_stream.types import Frame, channel_ids
 
 SUFFIXES = (".wav", ".npy", ".csv", ".mat")
@@ -133,12 +133,12 @@ class FileSource(Source):
 
     kind = "file"
     OPTIONS = {
-        "rate": (opt_positive(float), None, "sample rate in Hz (needed for .npy/.csv and non-CWRU .mat)"),
+        "rate": (opt_positive(float, 1e6), None, "sample rate in Hz (needed for .npy/.csv and non-CWRU .mat)"),
         "channel": (opt_choice("de", "fe", "ba"), "de", "CWRU .mat channel: DE|FE|BA"),
         "chunk": (opt_positive(int), 1024, "samples per frame"),
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
         "loop": (opt_bool, False, "1 = repeat the recording forever"),
-        "start": (float, 0.0, "start this many seconds into the recording"),
+        "start": (opt_finite(0.0), 0.0, "start this many seconds into the recording"),
         "duration": (opt_positive(float), math.inf, "play at most this many seconds per pass"),
         "stream": (str, "", "stream id (default: the file name without suffix)"),
         "speed": (opt_positive(float), 1.0, "pace as a multiple of real time"),

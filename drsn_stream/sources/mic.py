@@ -83,8 +83,8 @@ class MicSource(Source):
 
     kind = "mic"
     OPTIONS = {
-        "rate": (opt_positive(float), None, "sample rate in Hz (default: the device's default)"),
-        "channels": (opt_positive(int), 1, "input channels"),
+        "rate": (opt_positive(float, 1e6), None, "sample rate in Hz (default: the device's default)"),
+        "channels": (opt_positive(int, 256), 1, "input channels"),
         "blocksize": (int, 0, "PortAudio block size in frames (0 = PortAudio chooses, most robust)"),
         "chunk": (int, 0, "at most this many samples per Frame (0 = whatever has arrived)"),
         "buffer": (opt_positive(float), 10.0, "ring buffer length in seconds"),

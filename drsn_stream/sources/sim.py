@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from drsn_stream.dsp.noise import NOISE_KINDS, make_noise
 from drsn_stream.errors import ConfigError
-from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_index, opt_positive
+from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_finite, opt_index, opt_positive
 from drsn_stream.types import Frame, channel_ids
 
 EXCERPT_RATE = 12000
@@ -158,14 +158,14 @@ class BearingSim(Source):
 
     kind = "sim"
     OPTIONS = {
-        "machines": (opt_positive(int), 4, "number of machines/streams, e.g. 8"),
+        "machines": (opt_positive(int, 100_000), 4, "number of machines/streams, e.g. 8"),
         "first": (opt_index("machines"), 0, "number of the first machine (sim/mFIRST ...): simulators with machines=N and "
                              "first=0, N, 2N ... send distinct machines, each as one simulator of them all would"),
-        "channels": (opt_positive(int), 1, "channels per machine's frame, each an independent replay"),
+        "channels": (opt_positive(int, 256), 1, "channels per machine's frame, each an independent replay"),
         "noise": (opt_choice("none", *NOISE_KINDS), "none", "added noise: none|gaussian|laplacian|pink"),
-        "snr": (float, 10.0, "SNR of the added noise in dB"),
+        "snr": (opt_finite(), 10.0, "SNR of the added noise in dB"),
         "seed": (int, 0, "seed of the fault schedule, offsets and noise"),
-        "rate": (opt_positive(int), EXCERPT_RATE, "output sample rate in Hz"),
+        "rate": (opt_positive(int, 1_000_000), EXCERPT_RATE, "output sample rate in Hz"),
         "chunk": (opt_positive(int), 512, "samples per frame"),
         "speed": (opt_positive(float), 1.0, "pace as a multiple of real time"),
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),

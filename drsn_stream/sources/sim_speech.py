@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.errors import ConfigError
-from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_positive
+from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_finite, opt_positive
 from drsn_stream.sources.sim import looped
 from drsn_stream.speech.dataset import to_rate
 from drsn_stream.speech.excerpts import load_excerpts
@@ -40,7 +40,7 @@ class SpeechSim(Source):
     kind = "sim"
     OPTIONS = {
         "seed": (int, 0, "seed of the word order, pauses and noise offset"),
-        "rate": (opt_positive(int), 8000, "output sample rate in Hz (8000 or 16000, for instance)"),
+        "rate": (opt_positive(int, 1_000_000), 8000, "output sample rate in Hz (8000 or 16000, for instance)"),
         "chunk": (opt_positive(int), 400, "samples per frame"),
         "speed": (opt_positive(float), 1.0, "pace as a multiple of real time"),
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
@@ -48,7 +48,7 @@ class SpeechSim(Source):
         "words": (opt_positive(int), 0, "stop after this many words (and a final pause); 0 = endless"),
         "gap": (opt_positive(float), 1.2, "shortest pause between words, seconds"),
         "noise": (opt_choice("real", "none"), "real", "background: real (recorded noise) | none"),
-        "snr": (float, 20.0, "background level in dB below the words"),
+        "snr": (opt_finite(), 20.0, "background level in dB below the words"),
     }
 
     def __init__(self, target: str = "speech", **options: Any) -> None:

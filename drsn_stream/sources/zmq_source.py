@@ -113,7 +113,7 @@ class _ZmqSource(Source):
     bind: ClassVar[bool] = False
     OPTIONS = {
         "topic": (str, "", "SUB only: receive streams whose id starts with this"),
-        "hwm": (opt_positive(int), 10000, "receive high-water mark in messages"),
+        "hwm": (opt_positive(int, 2**31 - 1), 10000, "receive high-water mark in messages"),
         "until_eos": (opt_bool, False, "1 = stop when every stream seen has sent end-of-stream"),
         "max_skew_s": (opt_positive(float), MAX_CLOCK_SKEW_S,
                        "largest |t - now| in seconds a frame's capture time may be from this clock (bad_time)"),
