@@ -197,3 +197,30 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise ConfigError(f"no TOML form for {_shown(value)}")
+
+
+def arg_number(kind: type = float, least: float | None = None, most: float | None = None, *,
+               above: float | None = None) -> Any:
+    """An argparse ``type`` for a number flag: finite, ``>= least`` / ``> above`` / ``<= most``
+    where given. argparse then says which flag and why, and exits 2: a NaN ``--duration`` ran
+    for ever, 2^63 ``--batch-sizes`` or ``--threads`` raised from inside numpy or torch."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"must be > {above:g}, not {text}")
+        if least is not None and not value >= least:
+            raise argparse.ArgumentTypeError(f"must be >= {least:g}, not {text}")
+        if most is not None and not value <= most:
+            raise argparse.ArgumentTypeError(f"must be at most {int(most) if float(most).is_integer() else most:,}, "
+                                             f"not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse

@@ -244,3 +244,24 @@ def test_a_python_dict_for_a_section_is_read_like_its_table() -> None:
 def test_a_run_config_survives_pickling_for_the_cluster_hosts() -> None:
     cfg = config_from_args(_args("--config", "demo", "--bearing", "6205", "--capture", "c", "--jsonl", "x.jsonl"))
     assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+@pytest.mark.parametrize("argv, says", [
+    # a NaN duration ran for ever, 2^63 batch sizes or threads raised from inside numpy / torch
+    (["publish", "--duration", "nan", "--quiet"], "argument --duration: 'nan' is not a finite number"),
+    (["publish", "--wait-subscriber", "-1"], "argument --wait-subscriber: must be >= 0"),
+    (["bench", "--seconds", "nan"], "argument --seconds: 'nan' is not a finite number"),
+    (["bench", "--batch-sizes", "64,9223372036854775807"], "give whole numbers from 1 to 16,384"),
+    (["bench", "--threads", "9223372036854775807"], "argument --threads: must be at most 1,024"),
+    (["--source", "sim", "--rpm", "inf"], "argument --rpm: 'inf' is not a finite number"),
+    (["--source", "sim", "--refresh", "0"], "argument --refresh: must be > 0"),
+    (["train", "--windows-per-class", "9223372036854775807"], "argument --windows-per-class: must be at most 1,000,000"),
+    (["train", "--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+])
+def test_a_number_flag_out_of_its_range_is_one_line_naming_the_flag(argv: list[str], says: str, capsys) -> None:
+    from drsn_stream.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and says in err and "Traceback" not in err

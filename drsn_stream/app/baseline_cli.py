@@ -8,6 +8,7 @@ import sys
 import time
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.config import arg_number
 from drsn_stream.monitor.baseline import Profile
 
 
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     learn.add_argument("--source", "-s", action="append", required=True, metavar="SPEC",
                        help="a source as for the monitor (file:PATH, zmq://..., mic, sim...); repeat for several")
     learn.add_argument("--model", "-m", help="built-in model name or .pt path (default: as the monitor picks)")
-    learn.add_argument("--duration", type=float, help="stop learning after this many seconds (live sources)")
+    learn.add_argument("--duration", type=arg_number(float, above=0), help="stop learning after this many seconds (live sources)")
     learn.add_argument("--hop", type=int, help="samples between windows (default: the model's hop)")
     learn.add_argument("--out", "-o", required=True, metavar="PROFILE", help="the profile to write (JSON)")
     show = sub.add_parser("show", help="print what a profile holds")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from drsn_stream.app.runconfig import TABLES, RunConfig, from_doc, to_doc
-from drsn_stream.config import check_sections, dump_toml, read_toml
+from drsn_stream.config import arg_number, check_sections, dump_toml, read_toml
 from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.monitor.baseline import parse_duration
 from drsn_stream.runtime import raise_if_signalled
@@ -89,11 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; 0.0.0.0:9464 lets "
            "other hosts scrape)")
     a("--metrics-port", type=int, metavar="PORT", help="shorthand for --metrics-address 127.0.0.1:PORT")
-    a("--refresh", type=float, default=None, help="dashboard refreshes per second (default 4)")
+    a("--refresh", type=arg_number(float, above=0, most=60), default=None, help="dashboard refreshes per second (default 4)")
     a("--latch", action="store_true", help="alarms stay latched until acknowledged with `a`")
     a("--bearing", metavar="NAME", help="bearing geometry for the envelope evidence of every stream: 6205 (= cwru-de); "
                                       "other bearings: [machine] bpfo/bpfi/bsf/ftf in --config")
-    a("--rpm", type=float, help="shaft speed (rpm) for the envelope evidence of every stream (a source's ?rpm= wins)")
+    a("--rpm", type=arg_number(float, above=0, most=1e6), help="shaft speed (rpm) for the envelope evidence of every stream (a source's ?rpm= wins)")
     a("--baseline", metavar="PROFILE", help="score every window against the streams' learned normal (a profile from "
                                            "`drsn-stream baseline learn`): predictions gain `anomaly`, 1.0 = threshold")
     a("--learn", metavar="DURATION", help="learn each stream without a baseline for DURATION (e.g. 10m, 90s) of its "

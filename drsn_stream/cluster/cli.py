@@ -20,6 +20,7 @@ from typing import Any
 from drsn_stream.app.cli import add_arguments as add_run_arguments
 from drsn_stream.app.cli import config_from_args, print_config
 from drsn_stream.app.runconfig import RunConfig
+from drsn_stream.config import arg_number
 from drsn_stream.errors import ConfigError
 from drsn_stream.sources.base import parse_spec
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stream", action="append", metavar="ID",
                    help="a stream id to assign from the start (repeatable; others are discovered)")
     g.add_argument("--no-discover", action="store_true", help="only the --stream ids, never listen for new ones")
-    g.add_argument("--dead-after", type=float, default=3.0, metavar="S",
+    g.add_argument("--dead-after", type=arg_number(float, above=0, most=3600), default=3.0, metavar="S",
                    help="a host silent this long is taken for lost and its streams move (default 3 s)")
     g.add_argument("--host-actors", type=int, default=1, metavar="N",
                    help="host actors per GPU (per node without GPUs), each a process with its share of the "

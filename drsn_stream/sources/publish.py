@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from drsn_stream.config import arg_number
 from drsn_stream.errors import DrsnStreamError
 from drsn_stream.runtime import freeze_start_up_objects, thaw
 from drsn_stream.sources import make_source
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="source to send (repeatable; default: sim:bearing)")
     parser.add_argument("--to", default=DEFAULT_TO, metavar="ADDR",
                         help=f"ZeroMQ address to bind (or connect with --connect); default {DEFAULT_TO}")
-    parser.add_argument("--duration", type=float, default=None, metavar="S",
+    parser.add_argument("--duration", type=arg_number(float, above=0), default=None, metavar="S",
                         help="stop after S seconds (default: when every source ends, or Ctrl-C)")
     parser.add_argument("--pull", action="store_true",
                         help="send to PULL receivers over a PUSH socket instead of PUB")
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                         help="sample type on the wire (default float32; int16/int32: each message scaled to its "
                              "own peak, and a source with NaN/Inf samples stops with an error: integers cannot carry them)")
-    parser.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
+    parser.add_argument("--wait-subscriber", type=arg_number(float, 0), default=0.0, metavar="S",
                         help="PUB: wait up to S seconds for the first subscriber before sending")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from drsn_stream.config import arg_number
 from drsn_stream.errors import ArtifactError, ConfigError, DataError, DrsnStreamError
 
 # ---------------------------------------------------------------------------- train
@@ -35,32 +36,32 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<name>)")
     parser.add_argument("--artifact", type=Path, default=None, help="also write the exported artifact here")
-    parser.add_argument("--epochs", type=int, default=None, help="override [train] epochs")
+    parser.add_argument("--epochs", type=arg_number(int, 1, 100_000), default=None, help="override [train] epochs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_user_data_arguments(parser)
     own = parser.add_argument_group("your own recordings (without --config; docs/user-data.md)")
     own.add_argument("--from", dest="base", default=None, metavar="MODEL",
                      help="start from a built-in model (bearing-cwru, the default) or .pt with a new head, or 'scratch'")
-    own.add_argument("--freeze", type=int, default=0, metavar="N",
+    own.add_argument("--freeze", type=arg_number(int, 0, 1000), default=0, metavar="N",
                      help="keep the stem and the first N stages of the base as they are (default 0)")
     own.add_argument("--split", default="auto", choices=("auto", "recording", "time"),
                      help="auto (default): by recording for a label with >= 3 recordings, else by time")
     own.add_argument("--parts", default=None, metavar="SPEC",
                      help="time parts, default train=0:0.6,val=0.6:0.75,test=0.75:1 (val optional)")
-    own.add_argument("--windows-per-class", type=int, default=256, help="training windows per label and epoch")
-    own.add_argument("--min-windows", type=int, default=8,
+    own.add_argument("--windows-per-class", type=arg_number(int, 1, 1_000_000), default=256, help="training windows per label and epoch")
+    own.add_argument("--min-windows", type=arg_number(int, 1, 1_000_000), default=8,
                      help="windows of training signal a label needs, else the run stops before training")
-    own.add_argument("--lr", type=float, default=None, help="learning rate (default 0.01 fine-tuning, 0.1 scratch)")
+    own.add_argument("--lr", type=arg_number(float, above=0, most=100), default=None, help="learning rate (default 0.01 fine-tuning, 0.1 scratch)")
     own.add_argument("--no-augment", action="store_true", help="train without added noise")
     own.add_argument("--name", default=None, help="model name (default: the artifact's file name)")
     own.add_argument("--seed", type=int, default=0, help="training seed")
-    own.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    own.add_argument("--threads", type=arg_number(int, 0, 1024), default=0, help="torch threads (default: torch's)")
 
 
 def _add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("reading your recordings")
     g.add_argument("--labels", default=None, help="comma-separated labels to use, in this order (default: all, sorted)")
-    g.add_argument("--rate", type=float, default=None, help="sample rate (Hz) of CSV/NPY files without one")
+    g.add_argument("--rate", type=arg_number(float, above=0, most=1e6), default=None, help="sample rate (Hz) of CSV/NPY files without one")
     g.add_argument("--channel", default=None, help="DE|FE|BA for .mat files, a 0-based column for multi-column files")
     g.add_argument("--on-bad", default="fail", choices=("skip", "fail"),
                    help="a bad file stops the run (fail, default) or is left out with one line (skip)")
@@ -310,11 +311,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     triton.add_argument("--model", default=None, help="built-in model name (bearing-cwru, digits-fsdd) or artifact path")
     triton.add_argument("--triton-name", default=None, metavar="NAME",
                         help="model name in the repository (default: the artifact's name)")
-    triton.add_argument("--max-batch-size", type=int, default=256, help="Triton max_batch_size (default 256)")
-    triton.add_argument("--max-queue-delay-us", type=int, default=100,
+    triton.add_argument("--max-batch-size", type=arg_number(int, 1, 16_384), default=256, help="Triton max_batch_size (default 256)")
+    triton.add_argument("--max-queue-delay-us", type=arg_number(int, 0, 10_000_000), default=100,
                         help="dynamic batching: longest wait for a fuller batch, microseconds (default 100)")
     triton.add_argument("--gpu", action="store_true", help="instance_group KIND_GPU (default KIND_CPU)")
-    triton.add_argument("--instances", type=int, default=1, help="model instances (instance_group count, default 1)")
+    triton.add_argument("--instances", type=arg_number(int, 1, 64), default=1, help="model instances (instance_group count, default 1)")
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
