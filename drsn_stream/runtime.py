@@ -57,7 +57,7 @@ def freeze_start_up_objects() -> tuple[int, int, int]:
     objects, and a full collection of the cyclic garbage collector walks them all with every
     thread stopped, a latency spike mid-run. Frozen, they are out of its way: later collections
     walk only what the run itself makes, and with the higher threshold less often (one monitor
-    process after ingest takes ~8 % more windows/s; docs/performance.md).
+    process after ingest took 2-11 % more windows/s; docs/performance.md).
     """
     before = gc.get_threshold()
     gc.collect()
