@@ -86,6 +86,20 @@ def test_a_csv_manifest_takes_rate_channel_start_end_and_recording(tmp_path):
     assert wav.recording == "ok.wav" and wav.source_rate == 12000
 
 
+@pytest.mark.parametrize("row, says", [
+    ("ok.wav,fault,,,nan,1,", "start must be a finite number >= 0"),  # a ValueError from int() before
+    ("ok.wav,fault,0,,,,", "rate must be a finite number >= 0 and > 0"),  # a division by zero before
+    ("ok.wav,fault,,,0,inf,", "end must be a finite number >= 0"),
+    ("ok.wav,fault,,,-1,1,", "start must be a finite number >= 0"),
+])
+def test_a_manifest_number_out_of_range_is_one_line_naming_the_row(tmp_path, row, says):
+    wavfile.write(tmp_path / "ok.wav", 12000, _tone(3000, 2.0, 12000))
+    (tmp_path / "m.csv").write_text("path,label,rate,channel,start,end,recording\n" + row + "\n")
+    with pytest.raises(DataError, match=says) as info:
+        load_user_data(tmp_path / "m.csv", sample_rate=12000)
+    assert "m.csv" in str(info.value)
+
+
 def test_a_toml_manifest_with_defaults(tmp_path):
     np.save(tmp_path / "a.npy", _tone(700, 2.0, 16000))
     np.save(tmp_path / "b.npy", _tone(900, 2.0, 16000))
