@@ -204,7 +204,7 @@ def _number(v: Any, where: str, key: str) -> float | None:
     # a NaN start or end became a ValueError from int() when the file was cut; a rate <= 0 a
     # division by zero
     if not math.isfinite(x) or (key == "rate" and not x > 0) or x < 0:
-        raise DataError(f"{where}: {key} must be a finite number >= 0{' and > 0' if key == 'rate' else ''}, not {v!r}")
+        raise DataError(f"{where}: {key} must be a finite number {'> 0' if key == 'rate' else '>= 0'}, not {v!r}")
     return x
 
 
