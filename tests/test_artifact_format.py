@@ -25,6 +25,7 @@ from drsn_stream.models.artifact import (
     list_artifacts,
     load_artifact,
     load_validation,
+    read_meta,
     save_artifact,
 )
 
@@ -87,6 +88,9 @@ def validate(x: Any, schema: dict, at: str = "$") -> list[str]:
         elif key == "exclusiveMinimum":
             if isinstance(x, (int, float)) and x <= rule:
                 errs.append(f"{at}: not above {rule}")
+        elif key == "maximum":
+            if isinstance(x, (int, float)) and x > rule:
+                errs.append(f"{at}: above {rule}")
         elif key == "oneOf":
             matches = sum(1 for sub in rule if not validate(x, sub, at))
             if matches != 1:
@@ -137,6 +141,7 @@ def test_shipped_metadata_validates_against_the_schema(name):
         (lambda m: m.update(outputs={"scores": "softmax"}), "scores"),
         (lambda m: m.update(window=0), "window"),
         (lambda m: m.update(sample_rate="12k"), "sample_rate"),
+        (lambda m: m.update(window=2**40), "window"),
     ],
 )
 def test_schema_rejects_broken_metadata(change, where):
@@ -244,3 +249,20 @@ def test_monitor_passes_the_meaning_to_its_runner(tmp_path):
     path = _probs_artifact(tmp_path, {"scores": "probs"})
     pipe = Pipeline(RunConfig(sources=("sim",), model=str(path), device="cpu", engine_process=False, threads=1))
     assert pipe.runner.scores == "probs"
+
+
+@pytest.mark.parametrize("key, value", [("window", 2**40), ("hop", 2**40), ("sample_rate", 2**40), ("window", True)])
+def test_a_damaged_artifacts_sizes_are_refused_before_anything_is_built(tmp_path, key, value):
+    """Every stream's buffers are sized from the window and the hop: an artifact saying 2^40
+    stopped the monitor with a traceback as it was built (a window) or blamed its source (a hop).
+    Now reading the metadata refuses it, naming the key and its bound."""
+    src = builtin_dir() / "bearing-cwru.pt"
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("/extra/" + META_KEY):
+                data = json.dumps({**json.loads(data), key: value}).encode()
+            zout.writestr(item, data)
+    with pytest.raises(ArtifactError, match=f"metadata '{key}' must be a positive integer of at most"):
+        read_meta(bad)

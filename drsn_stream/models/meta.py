@@ -26,6 +26,9 @@ FORMAT = "drsn-stream-artifact"
 FORMAT_VERSION = 1
 _BUILTIN_PACKAGE = "drsn_stream.artifacts"
 _REQUIRED = ("name", "model", "labels", "sample_rate", "window", "hop", "input", "normalization")
+# what a damaged or planted artifact could say: every stream's buffers are sized from the window
+# and the hop (2^40 failed as the monitor was built, with a traceback), rates as the wire's
+_META_MOST = {"sample_rate": 1_000_000, "window": 1 << 20, "hop": 1 << 24}
 # What the first output of forward() holds (metadata "outputs": {"scores": ...}); docs/artifact-format.md
 SCORE_KINDS = ("logits", "log_probs", "probs")
 
@@ -102,8 +105,9 @@ def _validate(d: dict[str, Any], where: str) -> None:
     if not isinstance(d["labels"], list) or not d["labels"] or not all(isinstance(x, str) for x in d["labels"]):
         raise ArtifactError(f"{where}: metadata 'labels' must be a non-empty list of strings")
     for k in ("sample_rate", "window", "hop"):
-        if not isinstance(d[k], int) or d[k] <= 0:
-            raise ArtifactError(f"{where}: metadata {k!r} must be a positive integer, not {d[k]!r}")
+        if not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 < d[k] <= _META_MOST[k]:
+            raise ArtifactError(f"{where}: metadata {k!r} must be a positive integer of at most {_META_MOST[k]:,}, "
+                                f"not {d[k]!r}; re-export the model")
     outputs = d.get("outputs", {})
     features = outputs.get("features", 0) if isinstance(outputs, dict) else 0
     if not isinstance(features, int) or features < 0:
