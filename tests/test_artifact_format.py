@@ -79,6 +79,12 @@ def validate(x: Any, schema: dict, at: str = "$") -> list[str]:
         elif key == "minLength":
             if isinstance(x, str) and len(x) < rule:
                 errs.append(f"{at}: shorter than {rule}")
+        elif key == "maxLength":
+            if isinstance(x, str) and len(x) > rule:
+                errs.append(f"{at}: longer than {rule}")
+        elif key == "maxItems":
+            if isinstance(x, list) and len(x) > rule:
+                errs.append(f"{at}: more than {rule} items")
         elif key == "pattern":
             if isinstance(x, str) and not re.search(rule, x):
                 errs.append(f"{at}: {x!r} does not match {rule}")
@@ -251,7 +257,8 @@ def test_monitor_passes_the_meaning_to_its_runner(tmp_path):
     assert pipe.runner.scores == "probs"
 
 
-@pytest.mark.parametrize("key, value", [("window", 2**40), ("hop", 2**40), ("sample_rate", 2**40), ("window", True)])
+@pytest.mark.parametrize("key, value", [("window", 2**40), ("hop", 2**40), ("sample_rate", 2**40), ("window", True),
+                                        ("labels", ["normal", "\x1b[2Jfault"]), ("labels", [f"c{i}" for i in range(5000)])])
 def test_a_damaged_artifacts_sizes_are_refused_before_anything_is_built(tmp_path, key, value):
     """Every stream's buffers are sized from the window and the hop: an artifact saying 2^40
     stopped the monitor with a traceback as it was built (a window) or blamed its source (a hop).
@@ -264,5 +271,6 @@ def test_a_damaged_artifacts_sizes_are_refused_before_anything_is_built(tmp_path
             if item.filename.endswith("/extra/" + META_KEY):
                 data = json.dumps({**json.loads(data), key: value}).encode()
             zout.writestr(item, data)
-    with pytest.raises(ArtifactError, match=f"metadata '{key}' must be a positive integer of at most"):
+    says = "must be at most 4,096 names of 1-128 printable" if key == "labels" else "must be a positive integer of at most"
+    with pytest.raises(ArtifactError, match=f"metadata '{key}' {says}"):
         read_meta(bad)
