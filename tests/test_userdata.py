@@ -345,3 +345,12 @@ def test_train_says_which_way_to_go(tmp_path, capsys):
 
     assert train_main(["train", "--data", str(CWRU), "--quiet"]) == 2
     assert "--config configs/bearing-cwru.toml" in capsys.readouterr().err
+
+
+def test_a_label_an_artifact_cannot_carry_is_said_before_training(tmp_path):
+    """A label with a control character (a folder name with a tab, an escape sequence in a
+    manifest) would be refused when the trained model is saved: it is said when the data is read."""
+    wavfile.write(tmp_path / "ok.wav", 12000, _tone(3000, 2.0, 12000))
+    (tmp_path / "m.csv").write_text("path,label\nok.wav,pump\tA\nok.wav,normal\n")
+    with pytest.raises(DataError, match="labels must be 1-128 printable characters"):
+        load_user_data(tmp_path / "m.csv", sample_rate=12000)

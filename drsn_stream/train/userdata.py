@@ -287,6 +287,11 @@ def load_user_data(
     root = Path(path).expanduser()
     layout, entries = read_entries(root)
     found = sorted({e.label for e in entries})
+    # the artifact's metadata takes these (models/meta.py): said now, not after the training
+    odd = [lab for lab in found if not (0 < len(lab) <= 128 and lab.isprintable())]
+    if odd:
+        raise DataError(f"label {odd[0]!r} in {root}: labels must be 1-128 printable characters "
+                        "(they name the model's outputs on the dashboard); rename the folder or the manifest's label")
     if labels:
         missing = [lab for lab in labels if lab not in found]
         if missing:
