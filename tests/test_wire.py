@@ -129,6 +129,11 @@ def test_a_stream_id_that_would_write_to_an_operators_terminal_is_refused():
                 dec(encode(bad, 0, T0, 12000.0, x), now=T0)
             assert info.value.reason == "bad_field" and "printable" in str(info.value), repr(bad)
             assert "\x1b" not in str(info.value)  # the message itself shows it escaped
+    # nor does a refusal's own line carry the sender's control characters (a names field as a string)
+    hdr = json.dumps(_good_header(names="\x1b[2Jx", t=T0)).encode()
+    with pytest.raises(WireError) as info:
+        decode([b"s", hdr, np.zeros(4, np.float32).tobytes()], now=T0)
+    assert info.value.reason == "bad_field" and "\x1b" not in str(info.value)
     decoder = Decoder()
     for good in ("press 3", "Pumpe-Süd/ch0", "馬達-1"):
         assert decoder.decode(encode(good, 0, T0, 12000.0, x), now=T0).stream_id == good

@@ -249,7 +249,7 @@ def _names(value: Any, channels: int) -> tuple[str, ...]:
     if (not isinstance(value, list) or len(value) != channels
             or not all(isinstance(v, str) and CHANNEL_NAME.fullmatch(v) for v in value)
             or len(set(value)) != channels):
-        raise WireError("bad_field", f"names={str(value)[:80]} should be {channels} distinct names of 1-32 "
+        raise WireError("bad_field", f"names={_short(value)} should be {channels} distinct names of 1-32 "
                         "letters, digits or _.:+-")
     return tuple(value)
 
