@@ -16,6 +16,7 @@ from typing import Any
 
 from drsn_stream.config import check_sections, from_table, typed_values
 from drsn_stream.dsp.envelope import EnvelopeSettings
+from drsn_stream.engine.contract import BATCH_LIMIT, THREADS_LIMIT
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.decision import DecisionTable
 from drsn_stream.monitor.envelope import MachineTable
@@ -35,7 +36,6 @@ SECTIONS: dict[str, type] = {
     "envelope": EnvelopeSettings,
     "sinks": SinksConfig,
 }
-MAX_BATCH_LIMIT = 16_384  # windows per batch (a CUDA backlog leaves in batches of 1,024)
 MAX_HOP = 1 << 24  # samples (the wire format's most per message and channel)
 TABLES = ("run", *SECTIONS)  # every table a run config file may have
 
@@ -101,8 +101,8 @@ class RunConfig:
                 problems.append(f"{name} must be >= {least}, not {getattr(self, name)!r}")
         # the upper bounds: buffers are sized from max_batch and the hop, threads and processes
         # started from the counts (2^63 of any was a traceback or an error blaming something else)
-        for name, least, most in (("max_batch", 1, MAX_BATCH_LIMIT), ("eager_batch", 0, MAX_BATCH_LIMIT),
-                                  ("hop", 1, MAX_HOP), ("threads", 1, 1024), ("ingest_procs", 1, 256)):
+        for name, least, most in (("max_batch", 1, BATCH_LIMIT), ("eager_batch", 0, BATCH_LIMIT),
+                                  ("hop", 1, MAX_HOP), ("threads", 1, THREADS_LIMIT), ("ingest_procs", 1, 256)):
             value = getattr(self, name)
             if value is not None and not least <= value <= most:
                 problems.append(f"{name} must be from {least} to {most:,} (or left unset), not {value!r}")

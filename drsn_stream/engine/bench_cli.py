@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 
 from drsn_stream.config import arg_number
+from drsn_stream.engine.contract import BATCH_LIMIT, THREADS_LIMIT
 from drsn_stream.engine.contract import BENCH_BATCH_SIZES as DEFAULT_SIZES
 
 
 def batch_sizes(text: str) -> str:
-    """``--batch-sizes``: comma-separated whole numbers from 1 to 16,384 (checked here, kept as
-    text: the default depends on ``--peers``)."""
+    """``--batch-sizes``: comma-separated whole numbers from 1 to ``BATCH_LIMIT`` (checked here,
+    kept as text: the default depends on ``--peers``)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() and 1 <= int(p) <= 16_384 for p in parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers from 1 to 16,384, comma-separated")
+    if not parts or not all(p.isdigit() and 1 <= int(p) <= BATCH_LIMIT for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers from 1 to {BATCH_LIMIT:,}, comma-separated")
     return ",".join(parts)
 
 
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default=None, type=batch_sizes,
                         help=f"comma-separated (default {','.join(map(str, DEFAULT_SIZES))}; with --peers 64,256)")
     parser.add_argument("--seconds", type=arg_number(float, above=0, most=3600), default=1.0, help="time per measurement (s)")
-    parser.add_argument("--threads", type=arg_number(int, 1, 1024), help="torch CPU threads for all contenders (default: cores - 1)")
+    parser.add_argument("--threads", type=arg_number(int, 1, THREADS_LIMIT), help="torch CPU threads for all contenders (default: cores - 1)")
     parser.add_argument("--lanes", type=arg_number(int, 1, 16), default=2, help="CUDA batches in flight in the engine (1 = none overlap)")
     parser.add_argument("--cpu-layout", choices=["auto", "off"], default="auto",
                         help="CPU engine: the verified channels-last form of 1-D networks (auto) or the module as stored")

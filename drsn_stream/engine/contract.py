@@ -50,6 +50,10 @@ CUDA_CATCH_UP_BATCH = 1024
 CUDA_CATCH_UP_SAMPLES = 1024 * 2048
 # The batch sizes `drsn-stream bench` measures unless told.
 BENCH_BATCH_SIZES = (1, 4, 16, 64, 256, 1024)
+# The most any setting or flag may ask for: buffers are sized from a batch, threads started from
+# a count (2^63 of either raised from inside numpy or torch).
+BATCH_LIMIT = 16_384
+THREADS_LIMIT = 1024
 
 
 def cuda_catch_up_batch(window: int) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from drsn_stream.config import arg_number
+from drsn_stream.engine.contract import BATCH_LIMIT, THREADS_LIMIT
 from drsn_stream.errors import ArtifactError, ConfigError, DataError, DrsnStreamError
 
 # ---------------------------------------------------------------------------- train
@@ -55,7 +56,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--no-augment", action="store_true", help="train without added noise")
     own.add_argument("--name", default=None, help="model name (default: the artifact's file name)")
     own.add_argument("--seed", type=int, default=0, help="training seed")
-    own.add_argument("--threads", type=arg_number(int, 0, 1024), default=0, help="torch threads (default: torch's)")
+    own.add_argument("--threads", type=arg_number(int, 0, THREADS_LIMIT), default=0, help="torch threads (default: torch's)")
 
 
 def _add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -311,7 +312,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     triton.add_argument("--model", default=None, help="built-in model name (bearing-cwru, digits-fsdd) or artifact path")
     triton.add_argument("--triton-name", default=None, metavar="NAME",
                         help="model name in the repository (default: the artifact's name)")
-    triton.add_argument("--max-batch-size", type=arg_number(int, 1, 16_384), default=256, help="Triton max_batch_size (default 256)")
+    triton.add_argument("--max-batch-size", type=arg_number(int, 1, BATCH_LIMIT), default=256, help="Triton max_batch_size (default 256)")
     triton.add_argument("--max-queue-delay-us", type=arg_number(int, 0, 10_000_000), default=100,
                         help="dynamic batching: longest wait for a fuller batch, microseconds (default 100)")
     triton.add_argument("--gpu", action="store_true", help="instance_group KIND_GPU (default KIND_CPU)")
