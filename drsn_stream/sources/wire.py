@@ -131,9 +131,8 @@ def encode(
         "channels": int(x.shape[1]),
         "n": int(x.shape[0]),
     }
-    if scale is not None and not (math.isfinite(float(scale)) and _F32_TINY <= abs(float(scale)) <= _F32_MAX):
-        raise WireFormatError(f"bad_field: scale={float(scale):.6g} must be a nonzero number float32 can hold "
-                              f"(magnitude {_F32_TINY:.3g} .. {_F32_MAX:.3g}); receivers refuse it")
+    if scale is not None:
+        _check_scale(float(scale))  # what receivers refuse is refused here
     if dt.kind == "i":
         if not np.isfinite(x).all():
             raise WireFormatError(f"bad_field: {dtype} cannot carry NaN or Inf samples (stream {stream_id!r}, "
@@ -209,7 +208,11 @@ def _number(header: dict[str, Any], name: str, reason: str) -> float:
 def _scale(header: dict[str, Any]) -> float:
     """The ``scale`` field: a nonzero number that stays finite and nonzero as the float32 the
     samples are multiplied by (``1e300`` would turn every sample into Inf, ``1e-300`` into 0)."""
-    scale = _number(header, "scale", "bad_field")
+    return _check_scale(_number(header, "scale", "bad_field"))
+
+
+def _check_scale(scale: float) -> float:
+    """``scale`` where float32 holds it nonzero and finite, else ``bad_field`` (NaN fails too)."""
     if not _F32_TINY <= abs(scale) <= _F32_MAX:
         raise WireError("bad_field", f"scale={scale:.6g} must be a nonzero number float32 can hold "
                         f"(magnitude {_F32_TINY:.3g} .. {_F32_MAX:.3g})")
