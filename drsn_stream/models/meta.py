@@ -30,6 +30,7 @@ _REQUIRED = ("name", "model", "labels", "sample_rate", "window", "hop", "input",
 # and the hop (2^40 failed as the monitor was built, with a traceback), rates as the wire's
 _META_MOST = {"sample_rate": 1_000_000, "window": 1 << 20, "hop": 1 << 24}
 MAX_LABELS = 4096
+MAX_LABEL_CHARS = 128
 # What the first output of forward() holds (metadata "outputs": {"scores": ...}); docs/artifact-format.md
 SCORE_KINDS = ("logits", "log_probs", "probs")
 
@@ -106,9 +107,9 @@ def _validate(d: dict[str, Any], where: str) -> None:
     if not isinstance(d["labels"], list) or not d["labels"] or not all(isinstance(x, str) for x in d["labels"]):
         raise ArtifactError(f"{where}: metadata 'labels' must be a non-empty list of strings")
     # labels size every stream's decision tables and are shown on operators' terminals
-    if len(d["labels"]) > MAX_LABELS or not all(0 < len(x) <= 128 and x.isprintable() for x in d["labels"]):
-        raise ArtifactError(f"{where}: metadata 'labels' must be at most {MAX_LABELS:,} names of 1-128 printable "
-                            "characters (no control characters); re-export the model")
+    if len(d["labels"]) > MAX_LABELS or not all(map(label_ok, d["labels"])):
+        raise ArtifactError(f"{where}: metadata 'labels' must be at most {MAX_LABELS:,} names of 1-{MAX_LABEL_CHARS} "
+                            "printable characters (no control characters); re-export the model")
     for k in ("sample_rate", "window", "hop"):
         if not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 < d[k] <= _META_MOST[k]:
             raise ArtifactError(f"{where}: metadata {k!r} must be a positive integer of at most {_META_MOST[k]:,}, "
@@ -122,6 +123,12 @@ def _validate(d: dict[str, Any], where: str) -> None:
             f"{where}: metadata 'outputs' must be an object whose 'scores' is one of {', '.join(SCORE_KINDS)}, "
             f"not {outputs!r}; re-export the model"
         )
+
+
+def label_ok(label: str) -> bool:
+    """Whether an artifact can carry ``label``: 1-``MAX_LABEL_CHARS`` printable characters (labels
+    are shown on operators' terminals)."""
+    return 0 < len(label) <= MAX_LABEL_CHARS and label.isprintable()
 
 
 def builtin_dir() -> Path:

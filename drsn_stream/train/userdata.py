@@ -33,6 +33,7 @@ from scipy.signal import resample_poly
 from drsn_stream.config import TOMLDecodeError, loads_toml
 from drsn_stream.dsp.resample import rational_ratio
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
+from drsn_stream.models.meta import MAX_LABEL_CHARS, label_ok
 from drsn_stream.sources.file import SUFFIXES, read_recording
 from drsn_stream.train.cwru import CHANNELS, part_slice
 
@@ -287,10 +288,10 @@ def load_user_data(
     root = Path(path).expanduser()
     layout, entries = read_entries(root)
     found = sorted({e.label for e in entries})
-    # the artifact's metadata takes these (models/meta.py): said now, not after the training
-    odd = [lab for lab in found if not (0 < len(lab) <= 128 and lab.isprintable())]
+    # the artifact's metadata takes these: said now, not after the training
+    odd = [lab for lab in found if not label_ok(lab)]
     if odd:
-        raise DataError(f"label {odd[0]!r} in {root}: labels must be 1-128 printable characters "
+        raise DataError(f"label {odd[0]!r} in {root}: labels must be 1-{MAX_LABEL_CHARS} printable characters "
                         "(they name the model's outputs on the dashboard); rename the folder or the manifest's label")
     if labels:
         missing = [lab for lab in labels if lab not in found]
