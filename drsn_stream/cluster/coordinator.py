@@ -53,7 +53,6 @@ class Coordinator:
         self.streams: set[str] = set(cluster.streams)
         self.failovers: list[dict[str, Any]] = []
         self.errors: list[str] = []  # the supervision loop's recent failures (it carries on)
-        self.refused_streams = 0  # new stream ids heard while the hosts held all they can
         self.starting: dict[str, tuple[str, Any, Any, float]] = {}  # name -> (node, handle, ping, t0)
         self._lock = threading.RLock()
         # one move of streams at a time: the supervision loop and calls such as add_streams (this
@@ -237,7 +236,6 @@ class Coordinator:
         finally:
             sock.close(0)
         if refused:
-            self.refused_streams += refused
             # one note on the dashboard and in the results, however often it happens
             self._agg.note.remote(f"new stream ids are not monitored: the hosts hold "
                                   f"{len(known) + len(new)} streams, --max-streams {self.config.max_streams} "
