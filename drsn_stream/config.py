@@ -199,6 +199,11 @@ def _toml_value(value: Any) -> str:
     raise ConfigError(f"no TOML form for {_shown(value)}")
 
 
+def bound_text(x: float) -> str:
+    """A bound as people write it in a message: 1,000,000 rather than 1e+06."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:,}"
+
+
 def arg_number(kind: type = float, least: float | None = None, most: float | None = None, *,
                above: float | None = None) -> Any:
     """An argparse ``type`` for a number flag: finite, ``>= least`` / ``> above`` / ``<= most``
@@ -218,8 +223,7 @@ def arg_number(kind: type = float, least: float | None = None, most: float | Non
         if least is not None and not value >= least:
             raise argparse.ArgumentTypeError(f"must be >= {least:g}, not {text}")
         if most is not None and not value <= most:
-            raise argparse.ArgumentTypeError(f"must be at most {int(most) if float(most).is_integer() else most:,}, "
-                                             f"not {text}")
+            raise argparse.ArgumentTypeError(f"must be at most {bound_text(most)}, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
+from drsn_stream.config import bound_text
 from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError
 from drsn_stream.types import Frame
 
@@ -74,7 +75,7 @@ def opt_positive(kind: Callable[[Any], Any], most: float | None = None) -> Calla
         if not v > 0:
             raise ValueError(f"must be > 0, got {value!r}")
         if most is not None and not v <= most:
-            raise ValueError(f"must be at most {int(most) if float(most).is_integer() else most:,}, got {value!r}")
+            raise ValueError(f"must be at most {bound_text(most)}, got {value!r}")
         return v
 
     return parse
