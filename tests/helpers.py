@@ -101,3 +101,21 @@ class FixedKernels:
 
     def why_not(self) -> str:
         return "" if self.fn is not None else "off in this test"
+
+
+def damaged_wavs(folder: Path, rate: int, samples: int) -> dict[str, Path]:
+    """A good 16-bit WAV of ``samples`` zeros at ``rate`` Hz in ``folder``, and three damaged
+    copies: its header cut short (``cut``), saying 0 channels (``no-channels``: scipy divides by
+    it) and saying 0 Hz (``zero-hz``: the rate and the byte rate 0). ``{name: path}``, ``good``
+    among them."""
+    from scipy.io import wavfile
+
+    good = folder / "good.wav"
+    wavfile.write(good, rate, np.zeros(samples, np.int16))
+    raw = good.read_bytes()
+    out = {"good": good}
+    for name, data in {"cut": raw[:30], "no-channels": raw[:22] + b"\0\0" + raw[24:],
+                       "zero-hz": raw[:24] + b"\0" * 8 + raw[32:]}.items():
+        out[name] = folder / f"{name}.wav"
+        out[name].write_bytes(data)
+    return out

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import scipy.io
+from helpers import damaged_wavs
 from scipy.io import wavfile
 
 from drsn_stream.dsp import snr_db
@@ -282,13 +283,7 @@ def test_file_errors_say_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="use one of .wav, .npy, .csv, .mat"):
         make_source("file:recording.flac")
     # damaged WAV headers: cut short, saying 0 channels (scipy divides by it), saying 0 Hz
-    good = tmp_path / "good.wav"
-    wavfile.write(good, 12000, np.zeros(4000, np.int16))
-    raw = good.read_bytes()
-    damaged = {"cut.wav": raw[:30], "no-channels.wav": raw[:22] + b"\0\0" + raw[24:],
-               "zero-hz.wav": raw[:24] + b"\0" * 8 + raw[32:]}  # the rate and the byte rate: 0
-    for name, data in damaged.items():
-        (tmp_path / name).write_bytes(data)
+    damaged_wavs(tmp_path, 12000, 4000)
     with pytest.raises(SourceError, match="not a readable WAV"):
         _replay(f"file:{tmp_path / 'cut.wav'}")
     with pytest.raises(SourceError, match="not a readable WAV"):

@@ -163,18 +163,13 @@ def test_synthetic_voice_is_trimmed_and_resampled_to_8khz(tmp_path: Path) -> Non
 def test_a_damaged_wav_in_a_speech_data_set_is_one_clear_error(tmp_path: Path) -> None:
     """A recording whose header is cut short, says 0 channels or says 0 Hz is a DataError that
     names the file, not a ZeroDivisionError or struct.error from inside scipy."""
-    import scipy.io.wavfile
+    from helpers import damaged_wavs
 
     from drsn_stream.errors import DataError
     from drsn_stream.speech.dataset import read_wav
 
-    good = tmp_path / "0_a_0.wav"
-    scipy.io.wavfile.write(good, 8000, np.zeros(800, np.int16))
-    raw = good.read_bytes()
-    assert read_wav(good)[1] == 8000
-    for name, data in {"cut": raw[:30], "no-channels": raw[:22] + b"\0\0" + raw[24:],
-                       "zero-hz": raw[:24] + b"\0" * 8 + raw[32:]}.items():
-        path = tmp_path / f"{name}.wav"
-        path.write_bytes(data)
+    wavs = damaged_wavs(tmp_path, 8000, 800)
+    assert read_wav(wavs.pop("good"))[1] == 8000
+    for name, path in wavs.items():
         with pytest.raises(DataError, match=f"{name}.wav"):
             read_wav(path)
