@@ -160,6 +160,21 @@ def test_synthetic_voice_is_trimmed_and_resampled_to_8khz(tmp_path: Path) -> Non
     assert LABELS.index("7") == 7
 
 
+def test_a_stereo_16_bit_wav_is_read_at_full_scale_as_the_mean_of_its_channels(tmp_path: Path) -> None:
+    # The channels were averaged before the integer samples were scaled: the mean of int16 is
+    # float64, which then passed unscaled (0.125 of full scale read as 4,096).
+    from scipy.io import wavfile
+
+    from drsn_stream.speech.dataset import read_wav
+
+    stereo = np.zeros((800, 2), np.int16)
+    stereo[:, 0], stereo[:, 1] = 16384, -8192  # half and minus a quarter of full scale
+    wavfile.write(tmp_path / "stereo.wav", 8000, stereo)
+    x, rate = read_wav(tmp_path / "stereo.wav")
+    assert rate == 8000 and x.shape == (800,) and x.dtype == np.float32
+    assert np.allclose(x, 0.125)
+
+
 def test_a_damaged_wav_in_a_speech_data_set_is_one_clear_error(tmp_path: Path) -> None:
     """A recording whose header is cut short, says 0 channels or says 0 Hz is a DataError that
     names the file, not a ZeroDivisionError or struct.error from inside scipy."""

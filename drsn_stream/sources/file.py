@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,28 +19,18 @@ import numpy as np
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_finite, opt_positive
 from drsn_stream.types import Frame, channel_ids
+from drsn_stream.wav import WavError, read_wav
 
 SUFFIXES = (".wav", ".npy", ".csv", ".mat")
 _CWRU_RATE = re.compile(r"^(12|48)k_")
 
 
 def _wav(path: Path) -> tuple[np.ndarray, float]:
-    from scipy.io import wavfile
-
     try:
-        rate, data = wavfile.read(path)
-    # struct.error: a header cut short; ZeroDivisionError: a header that says 0 channels (scipy
-    # divides by it)
-    except (ValueError, OSError, EOFError, struct.error, ZeroDivisionError) as exc:
+        return read_wav(path)
+    except WavError as exc:
         raise SourceError(f"{path}: not a readable WAV file ({exc}); convert it with "
                           "sox to 16-bit or float WAV") from exc
-    if data.dtype == np.uint8:
-        x = (data.astype(np.float32) - 128.0) / 128.0
-    elif data.dtype.kind == "i":
-        x = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
-    else:
-        x = data.astype(np.float32)
-    return x, float(rate)
 
 
 def _cwru_rate(path: Path) -> float | None:

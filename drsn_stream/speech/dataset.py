@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.io import wavfile
 from scipy.signal import resample_poly
 
+from drsn_stream import wav
 from drsn_stream.errors import DataError
 
 FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
@@ -57,24 +55,13 @@ def default_data_dir() -> Path:
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     """A mono WAV file -> (float32 (n,) with full scale 1.0, sample rate Hz)."""
     try:
-        with warnings.catch_warnings():
-            # FSDD files carry a LIST chunk scipy does not parse; the samples are read correctly.
-            warnings.simplefilter("ignore", wavfile.WavFileWarning)
-            rate, data = wavfile.read(str(path))
-    except (OSError, ValueError, EOFError, struct.error, ZeroDivisionError) as exc:  # see sources/file.py
+        x, rate = wav.read_wav(path)
+    except wav.WavError as exc:
         raise DataError(f"{path}: cannot read this WAV file ({exc}); re-copy the data set") from None
     if not rate > 0:
-        raise DataError(f"{path}: the WAV file says its sample rate is {rate} Hz; re-copy the data set")
-    if data.ndim == 2:
-        data = data.mean(axis=1)
-    if data.dtype == np.int16:
-        x = data.astype(np.float32) / 32768.0
-    elif data.dtype == np.int32:
-        x = data.astype(np.float32) / 2147483648.0
-    elif data.dtype == np.uint8:
-        x = (data.astype(np.float32) - 128.0) / 128.0
-    else:
-        x = data.astype(np.float32)
+        raise DataError(f"{path}: the WAV file says its sample rate is {rate:g} Hz; re-copy the data set")
+    if x.ndim == 2:
+        x = x.mean(axis=1)
     return x, int(rate)
 
 

@@ -1,0 +1,41 @@
+"""WAV files as float32 samples at full scale 1.0: one reader for the file source and the data sets.
+
+Each caller says in its own words what to do about a file it cannot use (``SourceError`` for a
+recording, ``DataError`` for a data set); this module only reads.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+class WavError(ValueError):
+    """The file is not a WAV file scipy can read; the message says why."""
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, float]:
+    """``path`` -> (float32 samples, ``(n,)`` mono or ``(n, channels)``, at full scale 1.0; the
+    sample rate the header gives, in Hz, which may be 0: the caller checks it)."""
+    from scipy.io import wavfile  # scipy.io: only where a WAV file is read
+
+    try:
+        with warnings.catch_warnings():
+            # chunks scipy does not parse (LIST, e.g. the background-noise set's): the samples are
+            # read correctly, and a warning on the monitor's terminal would say otherwise
+            warnings.simplefilter("ignore", wavfile.WavFileWarning)
+            rate, data = wavfile.read(str(path))
+    # struct.error: a header cut short; ZeroDivisionError: a header that says 0 channels (scipy
+    # divides by it)
+    except (ValueError, OSError, EOFError, struct.error, ZeroDivisionError) as exc:
+        raise WavError(str(exc) or type(exc).__name__) from exc
+    if data.dtype == np.uint8:
+        x = (data.astype(np.float32) - 128.0) / 128.0
+    elif data.dtype.kind == "i":
+        x = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
+    else:
+        x = data.astype(np.float32)
+    return x, float(rate)
