@@ -36,7 +36,7 @@ DTYPES: dict[str, np.dtype] = {
 }
 _F32 = np.dtype(np.float32)  # the machine's own float32: a payload in it needs no conversion
 _F32_MAX = float(np.finfo(np.float32).max)
-_F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+_F32_SMALLEST = float(np.finfo(np.float32).smallest_subnormal)  # a subnormal: not health.py's _F32_TINY
 # Integers without an explicit scale are read as fractions of full scale (the audio convention).
 DEFAULT_SCALE = {"float32": 1.0, "float64": 1.0, "int16": 1.0 / 32768.0, "int32": 1.0 / 2147483648.0}
 MIN_RATE, MAX_RATE = 1.0, 1e6  # Hz
@@ -213,9 +213,9 @@ def _scale(header: dict[str, Any]) -> float:
 
 def _check_scale(scale: float) -> float:
     """``scale`` where float32 holds it nonzero and finite, else ``bad_field`` (NaN fails too)."""
-    if not _F32_TINY <= abs(scale) <= _F32_MAX:
+    if not _F32_SMALLEST <= abs(scale) <= _F32_MAX:
         raise WireError("bad_field", f"scale={scale:.6g} must be a nonzero number float32 can hold "
-                        f"(magnitude {_F32_TINY:.3g} .. {_F32_MAX:.3g})")
+                        f"(magnitude {_F32_SMALLEST:.3g} .. {_F32_MAX:.3g})")
     return scale
 
 
