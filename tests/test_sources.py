@@ -295,6 +295,53 @@ def test_a_wav_with_chunks_scipy_does_not_know_plays_without_a_warning(tmp_path)
     assert np.array_equal(got, x / np.float32(32768))  # every sample, at full scale 1.0
 
 
+def _odd_recordings(folder):
+    """Recordings a user may well have made by mistake: ``{name: (path, what the error says)}``."""
+    import scipy.io as sio
+
+    out = {}
+    for name, data, says in [
+        ("complex.npy", np.exp(1j * np.arange(5000) / 9.0).astype(np.complex64), "complex numbers.*x.real"),
+        ("text.npy", np.array(["0.1", "0.2"]), "numeric samples.*<U3"),
+        ("rows.npy", np.zeros((16, 5000), np.float32), "5,000 channels of 16 samples.*transposed"),
+        ("none.npy", np.zeros(0, np.float32), "holds no samples"),
+    ]:
+        np.save(folder / name, data)
+        out[name] = (folder / name, says)
+    (folder / "none.csv").write_text("")
+    out["none.csv"] = (folder / "none.csv", "holds no samples")
+    sio.savemat(folder / "12k_text.mat", {"X097_DE_time": np.array(["abc"])})
+    out["12k_text.mat"] = (folder / "12k_text.mat", "X097_DE_time is not numeric samples")
+    return out
+
+
+@pytest.mark.parametrize("name", ["complex.npy", "text.npy", "rows.npy", "none.npy", "none.csv", "12k_text.mat"])
+def test_a_recording_that_is_not_real_samples_is_one_clear_error(tmp_path, name):
+    # Complex samples lost their imaginary part without a word; text in a .mat was a traceback;
+    # a (channels, samples) array became thousands of streams and ran without a window; an
+    # empty CSV printed numpy's warning on the terminal before the error.
+    import warnings
+
+    path, says = _odd_recordings(tmp_path)[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(SourceError, match=says):
+            _replay(f"file:{path}?rate=12000&fast=1")
+
+
+def test_samples_beyond_float32_play_as_non_finite_without_a_warning(tmp_path):
+    import warnings
+
+    x = np.sin(np.arange(5000) / 9.0)
+    x[100:110] = 1e300  # a float64 recording's glitch float32 cannot hold
+    np.save(tmp_path / "big.npy", x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" reached the terminal
+        _, frames = _replay(f"file:{tmp_path / 'big.npy'}?rate=12000&fast=1")
+    got = np.concatenate([f.samples[:, 0] for f in frames])
+    assert np.isinf(got[100:110]).all() and np.isfinite(np.delete(got, range(100, 110))).all()
+
+
 def test_file_errors_say_what_to_do(tmp_path):
     with pytest.raises(SourceError, match="not found"):
         _replay(f"file:{tmp_path / 'missing.wav'}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_finite, opt_positive
+from drsn_stream.sources.wire import MAX_CHANNELS
 from drsn_stream.types import Frame, channel_ids
 from drsn_stream.wav import WavError, read_wav
 
@@ -55,7 +57,21 @@ def _mat(path: Path, channel: str) -> np.ndarray:
         have = sorted(k for k in mat if k.endswith("_time"))
         raise SourceError(f"{path}: no {channel} channel (*_{channel}_time); it has {', '.join(have) or 'none'}; "
                           "choose one with ?channel=DE|FE|BA")
-    return np.asarray(mat[keys[0]], dtype=np.float32).reshape(-1, 1)
+    return _real(path, mat[keys[0]], f"{keys[0]} is not").reshape(-1, 1)
+
+
+def _real(path: Path, data: Any, what: str = "not") -> np.ndarray:
+    """``data`` as float32 samples; a SourceError for what is not real numbers (complex samples
+    lost their imaginary part quietly; text, cells or structs raised from numpy)."""
+    a = np.asarray(data)
+    if np.iscomplexobj(a):
+        raise SourceError(f"{path}: the samples are complex numbers; save the real signal (e.g. x.real) "
+                          "or the magnitude (abs(x)), one column per channel")
+    if a.dtype.kind not in "biuf":
+        raise SourceError(f"{path}: {what} numeric samples (it holds {a.dtype} values); save the samples "
+                          "as numbers, one column per channel")
+    with np.errstate(over="ignore"):  # beyond float32's range: +-Inf, which the sensor health counts
+        return a.astype(np.float32)
 
 
 def mat_rpm(path: Path) -> float | None:
@@ -79,7 +95,9 @@ def _csv(path: Path) -> np.ndarray:
     delimiter = "," if "," in first else (";" if ";" in first else None)
     header = 1 if re.search(r"[A-DF-Za-df-z_]", first) else 0  # letters other than e/E: a header row
     try:
-        x = np.loadtxt(path, delimiter=delimiter, skiprows=header, dtype=np.float32, ndmin=2)
+        with warnings.catch_warnings():  # an empty file: said below in words, not by numpy on the terminal
+            warnings.simplefilter("ignore", UserWarning)
+            x = np.loadtxt(path, delimiter=delimiter, skiprows=header, dtype=np.float32, ndmin=2)
     except ValueError as exc:
         raise SourceError(f"{path}: not a numeric CSV with one column per channel ({exc})") from exc
     return x
@@ -95,9 +113,10 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
         rate = rate or file_rate
     elif suffix == ".npy":
         try:
-            x = np.load(path, allow_pickle=False).astype(np.float32)
+            x = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise SourceError(f"{path}: not a numeric .npy array ({exc})") from exc
+        x = _real(path, x, "not a .npy array of")
     elif suffix == ".csv":
         x = _csv(path)
     elif suffix == ".mat":
@@ -112,8 +131,14 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
                           f"e.g. file:{path}?rate=12000")
     if x.ndim == 1:
         x = x[:, None]
-    if x.ndim != 2 or x.shape[0] == 0:
+    if x.ndim == 2 and x.shape[0] == 0:
+        raise SourceError(f"{path}: the recording holds no samples")
+    if x.ndim != 2:
         raise SourceError(f"{path}: expected samples as (n,) or (n, channels), got shape {x.shape}")
+    if x.shape[1] > MAX_CHANNELS:  # each channel is a stream: 10^5 of them is a transposed array
+        raise SourceError(f"{path}: {x.shape[1]:,} channels of {x.shape[0]:,} samples; a recording has at most "
+                          f"{MAX_CHANNELS} channels, one per column: if its rows are channels, save it "
+                          "transposed (x.T)")
     return np.ascontiguousarray(x), float(rate)
 
 
