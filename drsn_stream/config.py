@@ -40,12 +40,12 @@ def find_config(path: str | Path) -> Path:
     raise ConfigError(f"config file {p} not found; ready-made ones (give the name): {shipped}")
 
 
-TOMLDecodeError = tomllib.TOMLDecodeError
 T = TypeVar("T")
 
 
 def loads_toml(text: str) -> dict[str, Any]:
-    """Parses TOML text (tomllib on 3.11+, tomli on 3.10); raises ``TOMLDecodeError``."""
+    """Parses TOML text (tomllib on 3.11+, tomli on 3.10); raises ``ValueError``: tomllib's
+    ``TOMLDecodeError``, or a bare ``ValueError`` for an integer of over 4,300 digits."""
     return tomllib.loads(text)
 
 
@@ -54,7 +54,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     try:
         with p.open("rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # not TOML, not UTF-8, or an integer of over 4,300 digits (a bare ValueError from tomllib)
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
 
 

@@ -274,3 +274,48 @@ def test_a_damaged_artifacts_sizes_are_refused_before_anything_is_built(tmp_path
     says = "must be at most 4,096 names of 1-128 printable" if key == "labels" else "must be a positive integer of at most"
     with pytest.raises(ArtifactError, match=f"metadata '{key}' {says}"):
         read_meta(bad)
+
+
+def _rewritten(tmp_path: Path, change) -> Path:
+    """A copy of the shipped bearing model whose metadata JSON text is ``change(text)``."""
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(builtin_dir() / "bearing-cwru.pt") as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("/extra/" + META_KEY):
+                data = change(data.decode()).encode()
+            zout.writestr(item, data)
+    return bad
+
+
+def test_metadata_with_an_integer_python_will_not_parse_is_refused_in_one_line(tmp_path):
+    # json.loads raises a bare ValueError (not JSONDecodeError) for an integer of over 4,300
+    # digits: the monitor printed a traceback as it read the model
+    from drsn_stream.models.meta import read_meta_dict
+
+    bad = _rewritten(tmp_path, lambda text: text.replace('"window": 2048', '"window": ' + "9" * 5000))
+    for read in (read_meta, read_meta_dict):
+        with pytest.raises(ArtifactError, match="metadata is not valid JSON .*4300 digits.*re-export"):
+            read(bad)
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda u: u["means"][3].__setitem__(0, float("nan")), "NaN or infinite"),
+    (lambda u: u["whiteners"][0][0].__setitem__(0, 0.0), "not a Cholesky factor"),
+    (lambda u: u.update(means=[m[:8] for m in u["means"]],
+                        whiteners=[[r[:8] for r in w[:8]] for w in u["whiteners"]]), "10 classes of 8 features, the model has 10 of 16"),
+])
+def test_damaged_unknown_statistics_are_refused_when_the_monitor_is_built(tmp_path, change, says):
+    # A NaN in a class's mean made that class's distances NaN; a singular whitener made them 0
+    # (never "unknown"); 8 features against the model's 16 failed every batch in the output
+    # thread. The monitor refuses the artifact as it starts instead.
+    from drsn_stream.app.pipeline import Pipeline, RunConfig
+
+    def damage(text):
+        meta = json.loads(text)
+        change(meta["unknown"])
+        return json.dumps(meta)
+
+    bad = _rewritten(tmp_path, damage)
+    with pytest.raises(ArtifactError, match=f"metadata 'unknown' is malformed .*{says}"):
+        Pipeline(RunConfig(sources=("sim",), model=str(bad), device="cpu", engine_process=False, threads=1))

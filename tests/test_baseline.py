@@ -88,6 +88,45 @@ def test_a_profile_is_readable_json_that_round_trips_and_refuses_what_does_not_f
         parse_duration("ten minutes")
 
 
+@pytest.mark.parametrize("change, says", [
+    (lambda d: d["streams"]["m1"]["mean"].__setitem__(0, float("nan")), "NaN or infinite"),
+    (lambda d: d["streams"]["m1"]["whitener"][2].__setitem__(2, float("inf")), "NaN or infinite"),
+    (lambda d: d["streams"]["m1"].update(whitener=[[0.0] * 16] * 16), "not a Cholesky factor"),
+    (lambda d: d["streams"]["m1"].update(windows=-5), "windows '-5' is not a count"),
+    (lambda d: d["streams"]["m1"].update(held_back=100), "held_back 100 of 100 windows"),
+    (lambda d: d["streams"].update({"\x1b[2Jm2": d["streams"]["m1"]}), "stream .*x1b.* printable"),
+    (lambda d: d.update(model="\x1b[31mbearing-cwru"), "model .*x1b.* printable"),
+    (lambda d: d.update(window=10**30), "window .* is not a count"),
+])
+def test_a_damaged_or_planted_profile_is_refused_in_one_line(tmp_path: Path, change, says) -> None:
+    # A NaN in a stream's mean or whitener made its anomaly NaN, which never crosses the alarm
+    # threshold: the machine was not watched, and nothing said so. A zero whitener did the same
+    # with 0. An escape sequence in a stream id or the model name reached the terminal through
+    # `baseline show`.
+    _, path = _profile(tmp_path)
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match=f"baseline profile is malformed .*{says}.*learn it again"):
+        Profile.load(path)
+
+
+def test_a_profile_over_other_features_than_the_models_is_refused_at_start(tmp_path: Path) -> None:
+    # 4 features against the model's 16: every batch failed in the output thread ("operands
+    # could not be broadcast"), for as long as the monitor ran
+    rng = np.random.default_rng(0)
+    prof = Profile("bearing-cwru", weights_digest(ROOT / "drsn_stream/artifacts/bearing-cwru.pt"), 12000, 2048, 512,
+                   {"m1": fit_stream(rng.standard_normal((100, 4)), np.arange(100.0))})
+    back = Profile.load(prof.save(tmp_path / "p.json"))
+    with pytest.raises(ConfigError, match="stream 'm1' was learned over 4 features, the model gives 16; learn"):
+        back.check(model="bearing-cwru", digest=prof.model_digest, sample_rate=12000, window=2048, features=16)
+    huge = prof.save(tmp_path / "q.json").read_text().replace('"windows": 100', '"windows": ' + "9" * 5000)
+    assert "9" * 5000 in huge  # an integer Python will not parse (over 4,300 digits): a traceback before
+    (tmp_path / "huge.json").write_text(huge)
+    with pytest.raises(ConfigError, match="not a baseline profile .*4300 digits"):
+        Profile.load(tmp_path / "huge.json")
+
+
 def test_the_weights_digest_ignores_metadata_and_sees_new_weights(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = create_model("drsn_cw_paper", num_classes=2)

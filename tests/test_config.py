@@ -40,6 +40,17 @@ def test_every_shipped_run_config_is_accepted(path: Path) -> None:
     config_from_args(_args("--config", str(path), "--source", "sim"))
 
 
+@pytest.mark.parametrize("content, says", [("[run]\nthreads = " + "9" * 5000 + "\n", "4300 digits"),
+                                           (b"\xff\xfe[run]\n", "can't decode byte 0xff")])
+def test_a_config_file_tomllib_cannot_read_is_one_clear_error(tmp_path: Path, content, says) -> None:
+    # an integer of over 4,300 digits and bytes that are not UTF-8: tomllib raises a bare
+    # ValueError for these, not its TOMLDecodeError, and the command printed a traceback
+    path = tmp_path / "run.toml"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(ConfigError, match=f"run.toml: not valid TOML .*{says}"):
+        config_from_args(_args("--config", str(path)))
+
+
 def test_a_mistyped_section_is_refused_with_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, '[run]\nsources = ["sim"]\n[decisions]\nenter = 0.8\n')

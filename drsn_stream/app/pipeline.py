@@ -713,7 +713,8 @@ def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownD
     (None without --baseline or --learn); a profile that does not fit the model is refused here."""
     unknown = None
     if config.unknown and meta.unknown and meta.features:
-        unknown = UnknownDetector.from_dict(meta.unknown, where=meta.source)
+        unknown = UnknownDetector.from_dict(meta.unknown, where=meta.source, classes=len(meta.labels),
+                                            features=meta.features)
     if config.baseline is None and config.learn_s is None:
         return unknown, None
     if not meta.features:
@@ -724,7 +725,7 @@ def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownD
     if config.baseline is not None:
         profile = Profile.load(config.baseline)
         profile.check(model=meta.name, digest=digest, sample_rate=meta.sample_rate, window=meta.window,
-                      where=f"baseline {config.baseline}")
+                      where=f"baseline {config.baseline}", features=meta.features)
     stage = BaselineStage(profile, learn_s=config.learn_s, model=meta.name, digest=digest,
                           sample_rate=meta.sample_rate, window=meta.window, hop=config.hop or meta.hop)
     return unknown, stage

@@ -172,7 +172,7 @@ def read_meta_dict(path_or_name: str | Path) -> dict[str, Any]:
     """The metadata JSON as stored, validated, with every member (also ones ``ArtifactMeta`` does
     not know): for code that rewrites an artifact and must keep what newer writers added."""
     path = resolve_artifact(path_or_name)
-    d = json.loads(_raw_meta(path))
+    d = _json_object(_raw_meta(path), path)
     _validate(d, str(path))
     return d
 
@@ -199,13 +199,18 @@ def _raw_meta(path: Path) -> bytes:
     return raw
 
 
-def _meta_from_json(raw: bytes | str, path: Path) -> ArtifactMeta:
+def _json_object(raw: bytes | str, path: Path) -> dict[str, Any]:
     try:
         d = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: metadata is not valid JSON ({exc}); re-export the model") from None
+    except ValueError as exc:  # not UTF-8, not JSON, an integer of over 4,300 digits
+        raise ArtifactError(f"{path}: metadata is not valid JSON ({str(exc)[:200]}); re-export the model") from None
     if not isinstance(d, dict):
         raise ArtifactError(f"{path}: metadata must be a JSON object")
+    return d
+
+
+def _meta_from_json(raw: bytes | str, path: Path) -> ArtifactMeta:
+    d = _json_object(raw, path)
     _validate(d, str(path))
     known = {f for f in ArtifactMeta.__dataclass_fields__}
     meta = ArtifactMeta(**{k: v for k, v in d.items() if k in known})

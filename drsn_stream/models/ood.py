@@ -39,6 +39,27 @@ def _whitener(cov: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(prec)
 
 
+def check_gaussian(mean: np.ndarray, whitener: np.ndarray) -> None:
+    """Raises ValueError unless ``mean`` (features,) and ``whitener`` (features, features) are
+    what ``Gaussian.fit`` writes: finite, the whitener a Cholesky factor (lower triangular, its
+    diagonal positive: full rank, so every feature counts). A NaN in either made every distance
+    NaN, which no threshold is ever below or above: a stream that could never alarm, silently."""
+    f = mean.shape[0] if mean.ndim == 1 else -1
+    if f < 1 or whitener.shape != (f, f):
+        raise ValueError(f"mean {mean.shape} and whitener {whitener.shape} do not fit together")
+    if not (np.isfinite(mean).all() and np.isfinite(whitener).all()):
+        raise ValueError("the mean or the whitener holds NaN or infinite numbers")
+    if np.triu(whitener, 1).any() or not (np.diagonal(whitener) > 0).all():
+        raise ValueError("the whitener is not a Cholesky factor (lower triangular, positive diagonal)")
+
+
+def rounded(a: np.ndarray) -> list[Any]:
+    """``a`` as nested lists of floats of 9 significant digits, for JSON (the last digits of
+    float64 are noise here; rounding to decimals instead turned a whitener's small entries to 0)."""
+    a = np.asarray(a, dtype=np.float64)
+    return np.array([float(f"{v:.9g}") for v in a.ravel().tolist()]).reshape(a.shape).tolist()
+
+
 def _covariance(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
     c = x - mean
     return c.T @ c / max(1, len(c) - 1)
@@ -143,15 +164,17 @@ class UnknownDetector:
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": KIND,
-            "means": np.round(self.means, 8).tolist(),
-            "whiteners": np.round(self.whiteners, 8).tolist(),
+            "means": rounded(self.means),
+            "whiteners": rounded(self.whiteners),
             "threshold": self.threshold,
             "calibration": self.calibration,
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, where: str = "artifact") -> UnknownDetector:
-        """From the artifact metadata's ``unknown`` entry; a malformed one is an ArtifactError."""
+    def from_dict(cls, d: dict[str, Any], *, where: str = "artifact", classes: int | None = None,
+                  features: int | None = None) -> UnknownDetector:
+        """From the artifact metadata's ``unknown`` entry; a malformed one, or one of other than
+        ``classes`` x ``features`` (the model's, where given), is an ArtifactError."""
         try:
             if d.get("kind") != KIND:
                 raise ValueError(f"kind {d.get('kind')!r} is not {KIND!r}")
@@ -161,9 +184,13 @@ class UnknownDetector:
             c, f = means.shape
             if whiteners.shape != (c, f, f) or not threshold > 0 or not np.isfinite(threshold):
                 raise ValueError(f"shapes {means.shape} / {whiteners.shape}, threshold {threshold}")
+            if (classes is not None and c != classes) or (features is not None and f != features):
+                raise ValueError(f"{c} classes of {f} features, the model has {classes} of {features}")
+            for mean, whitener in zip(means, whiteners):
+                check_gaussian(mean, whitener)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{where}: metadata 'unknown' is malformed ({exc}); re-run tools/fit_unknown.py") from None
         return cls(means, whiteners, threshold, dict(d.get("calibration", {})))
 
 
-__all__ = ["DEFAULT_SHRINK", "UNKNOWN", "Gaussian", "UnknownDetector"]
+__all__ = ["DEFAULT_SHRINK", "UNKNOWN", "Gaussian", "UnknownDetector", "check_gaussian", "rounded"]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.errors import ConfigError
-from drsn_stream.models.ood import Gaussian
+from drsn_stream.models.ood import Gaussian, check_gaussian, rounded
 from drsn_stream.types import Prediction
 
 FORMAT = "drsn-stream-baseline"
@@ -78,8 +78,8 @@ class StreamBaseline:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mean": np.round(self.gaussian.mean, 8).tolist(),
-            "whitener": np.round(self.gaussian.whitener, 8).tolist(),
+            "mean": rounded(self.gaussian.mean),
+            "whitener": rounded(self.gaussian.whitener),
             "threshold": self.threshold,
             "windows": self.windows,
             "held_back": self.held_back,
@@ -91,13 +91,32 @@ class StreamBaseline:
     def from_dict(cls, d: dict[str, Any]) -> StreamBaseline:
         mean = np.asarray(d["mean"], dtype=np.float64)
         whitener = np.asarray(d["whitener"], dtype=np.float64)
-        if mean.ndim != 1 or whitener.shape != (mean.size, mean.size):
-            raise ValueError(f"mean {mean.shape} and whitener {whitener.shape} do not fit together")
+        check_gaussian(mean, whitener)
         threshold = float(d["threshold"])
         if not (threshold > 0 and math.isfinite(threshold)):
             raise ValueError(f"threshold {threshold!r}")
-        return cls(Gaussian(mean, whitener), threshold, int(d["windows"]), int(d["held_back"]),
-                   float(d.get("learned_from", 0.0)), float(d.get("learned_to", 0.0)))
+        windows, held_back = _count(d["windows"], "windows"), _count(d["held_back"], "held_back")
+        if not 0 <= held_back < windows:
+            raise ValueError(f"held_back {held_back} of {windows} windows")
+        times = float(d.get("learned_from", 0.0)), float(d.get("learned_to", 0.0))
+        if not all(math.isfinite(t) for t in times):
+            raise ValueError(f"learned_from / learned_to {times}")
+        return cls(Gaussian(mean, whitener), threshold, windows, held_back, *times)
+
+
+def _count(v: Any, name: str, most: int = 2**53) -> int:
+    """A count in a profile: an integer 0..``most`` (JSON's 1e300 or true are not counts)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= most:
+        raise ValueError(f"{name} {str(v)[:40]!r} is not a count")
+    return v
+
+
+def _text(v: Any, name: str) -> str:
+    """A name in a profile that is printed (``baseline show``, the dashboard): 1-256 printable
+    characters, so that a planted profile cannot send escape sequences to a terminal."""
+    if not isinstance(v, str) or not 0 < len(v) <= 256 or not v.isprintable():
+        raise ValueError(f"{name} {str(v)[:60]!r} is not 1-256 printable characters")
+    return v
 
 
 def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_back: float = HELD_BACK,
@@ -159,8 +178,8 @@ class Profile:
             d = json.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read baseline profile {path}: {exc.strerror or exc}; check the path") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path} is not a baseline profile (not JSON: {exc}); learn one with "
+        except ValueError as exc:  # not UTF-8, not JSON, an integer of over 4,300 digits
+            raise ConfigError(f"{path} is not a baseline profile (not JSON: {str(exc)[:200]}); learn one with "
                               "`drsn-stream baseline learn`") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ConfigError(f"{path} is not a baseline profile; learn one with `drsn-stream baseline learn`")
@@ -168,14 +187,19 @@ class Profile:
             raise ConfigError(f"{path}: baseline format version {d.get('format_version')!r} is newer than this "
                               f"drsn-stream understands ({FORMAT_VERSION}); upgrade drsn-stream")
         try:
-            streams = {str(sid): StreamBaseline.from_dict(s) for sid, s in dict(d["streams"]).items()}
-            return cls(str(d["model"]), str(d["model_digest"]), int(d["sample_rate"]), int(d["window"]),
-                       int(d["hop"]), streams, str(d.get("created", "")), dict(d.get("settings", {})))
+            streams = {_text(sid, "stream"): StreamBaseline.from_dict(s) for sid, s in dict(d["streams"]).items()}
+            created = d.get("created", "")
+            return cls(_text(d["model"], "model"), _text(d["model_digest"], "model_digest"),
+                       _count(d["sample_rate"], "sample_rate"), _count(d["window"], "window"),
+                       _count(d["hop"], "hop"), streams, created and _text(created, "created"),
+                       dict(d.get("settings", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: baseline profile is malformed ({exc}); learn it again") from None
 
-    def check(self, *, model: str, digest: str, sample_rate: int, window: int, where: str = "profile") -> None:
-        """Refuses (ConfigError, one line) a profile learned with another model, rate or window."""
+    def check(self, *, model: str, digest: str, sample_rate: int, window: int, where: str = "profile",
+              features: int | None = None) -> None:
+        """Refuses (ConfigError, one line) a profile learned with another model, rate or window,
+        or over another number of features than the model's (``features``, where given)."""
         if self.model != model or self.model_digest != digest:
             same = "other weights of " if self.model == model else ""
             raise ConfigError(f"{where} was learned with {same}model {self.model!r}, not the {model!r} running now; "
@@ -183,6 +207,10 @@ class Profile:
         if self.sample_rate != sample_rate or self.window != window:
             raise ConfigError(f"{where} was learned at {self.sample_rate} Hz with {self.window}-sample windows, the "
                               f"model runs at {sample_rate} Hz with {window}; learn the baseline again")
+        for sid, sb in self.streams.items():
+            if features is not None and sb.gaussian.mean.size != features:
+                raise ConfigError(f"{where}: stream {sid!r} was learned over {sb.gaussian.mean.size} features, the model "
+                                  f"gives {features}; learn the baseline again")
 
 
 def parse_duration(text: str | float) -> float:

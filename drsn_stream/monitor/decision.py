@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream import jit
-from drsn_stream.config import TOMLDecodeError, from_table, loads_toml
+from drsn_stream.config import from_table, loads_toml
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
 from drsn_stream.monitor import decision_jit
@@ -170,7 +170,7 @@ class DecisionConfig:
             data = loads_toml(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read decision config {path}: {exc}; check the path") from exc
-        except TOMLDecodeError as exc:
+        except ValueError as exc:  # not TOML, not UTF-8, or an integer of over 4,300 digits (a bare ValueError from tomllib)
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
         if table:
             if table not in data:

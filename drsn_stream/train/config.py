@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from drsn_stream.config import TOMLDecodeError, find_config, loads_toml
+from drsn_stream.config import find_config, loads_toml
 from drsn_stream.errors import ConfigError
 from drsn_stream.train.augment import NoiseAugment
 from drsn_stream.train.cwru import CHANNELS, DEFAULT_SPLIT
@@ -133,6 +133,6 @@ def load_config(path: str | Path) -> RunConfig:
     p = find_config(path)
     try:
         d = loads_toml(p.read_text())
-    except TOMLDecodeError as exc:
+    except ValueError as exc:  # not TOML, not UTF-8, or an integer of over 4,300 digits (a bare ValueError from tomllib)
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
     return parse_config(d, where=str(p))
