@@ -137,6 +137,10 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{where}: {key} must be {_kind(hint)}, not {_shown(value)}")
         return tuple(_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(items))
+    if origin is tuple and args and Ellipsis not in args:  # a fixed number of items, e.g. (start, end)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: {key} must be {_kind(hint)}, not {_shown(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args)))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (bool, int, float, str) and (not isinstance(value, hint) or (hint is not bool and isinstance(value, bool))):
@@ -149,7 +153,9 @@ def _kind(hint: Any) -> str:
     if hint in names:
         return names[hint]
     if typing.get_origin(hint) is tuple:
-        return f"a list of {_kind(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+        args = typing.get_args(hint)
+        each = _kind(args[0]).removeprefix("a ").removeprefix("an ")
+        return f"a list of {each}s" if Ellipsis in args else f"a list of {len(args)} {each}s"
     if is_dataclass(hint):
         return "a table"
     return getattr(hint, "__name__", str(hint))
@@ -202,6 +208,20 @@ def _toml_value(value: Any) -> str:
 def bound_text(x: float) -> str:
     """A bound as people write it in a message: 1,000,000 rather than 1e+06."""
     return f"{int(x):,}" if float(x).is_integer() else f"{x:,}"
+
+
+def out_of_range(name: str, value: Any, least: float, most: float, *, whole: bool = False,
+                 above: bool = False) -> str | None:
+    """A line saying that ``value`` is not a finite number from ``least`` (over it, where
+    ``above``) to ``most`` (a whole number, where ``whole``), or None when it is one. For the
+    checks of config classes: NaN passes a plain ``<`` test, and a value far out of range stops
+    a run later, from inside numpy or torch."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and (not whole or isinstance(value, int)) and math.isfinite(value) \
+            and (value > least if above else value >= least) and value <= most:
+        return None
+    span = f"over {least:g} and at most {bound_text(most)}" if above else f"from {bound_text(least)} to {bound_text(most)}"
+    return f"{name} must be {'a whole number' if whole else 'a number'} {span}, not {value!r}"
 
 
 def arg_number(kind: type = float, least: float | None = None, most: float | None = None, *,

@@ -93,6 +93,42 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
+@pytest.mark.parametrize("table, key, value, says", [
+    ("train", "lr", float("inf"), r"\[train\] lr must be a number over 0 and at most 100, not inf"),
+    ("train", "momentum", float("nan"), r"\[train\] momentum must be a number from 0 to 1, not nan"),
+    ("train", "weight_decay", -1.0, "weight_decay must be a number from 0 to 1"),
+    ("train", "lr_steps", [float("nan")], r"lr_steps\[0\] must be a number from 0 to 1"),
+    ("train", "threads", -3, "threads must be a whole number from 0 to 1,024"),
+    ("train", "seed", -1, "seed must be a whole number from 0 to 4,294,967,295"),
+    ("train", "epochs", 1.5, r"\[train\]: epochs must be an integer, not 1.5"),
+    ("data", "window", 2**40, r"\[data\] window must be a whole number from 16 to 1,048,576"),
+    ("data", "sample_rate", 0, "sample_rate must be a whole number from 1 to 1,000,000, not 0"),
+    ("data", "windows_per_class", 0, "windows_per_class must be a whole number from 1"),
+    ("data", "loads", [7], "a load must be a whole number from 0 to 3, not 7"),
+    ("data", "loads", [], "loads must name at least one motor load"),
+    ("data", "labels", ["normal", "\x1b[2Jball"], "labels must be distinct names of 1-128 printable characters"),
+    ("data", "labels", ["normal", "normal"], "labels must be distinct names"),
+    ("data", "train_part", [0.0], r"train_part must be a list of 2 numbers, not \[0.0\]"),
+    ("eval", "snr_db", [float("nan")], r"\[eval\] snr_db\[0\] must be a number from -100 to 100, not nan"),
+    ("eval", "kinds", ["brown"], r"\[eval\] unknown noise kind\(s\) \['brown'\]"),
+])
+def test_a_training_value_that_would_fail_or_train_nonsense_is_refused_as_the_config_is_read(table, key, value, says):
+    # NaN or Inf learning rates trained to NaN weights without a word; a negative momentum,
+    # thread count or seed, a rate of 0, a window of 2^40 or an empty load list stopped the run
+    # from inside torch or numpy after the data was read; a label with an escape sequence was
+    # refused only at export, after training; an unknown noise kind at evaluation
+    d = load_config_dict(ROOT / "configs" / "bearing-cwru.toml")
+    d.setdefault(table, {})[key] = value
+    with pytest.raises(ConfigError, match=says):
+        parse_config(d)
+
+
+def load_config_dict(path: Path) -> dict:
+    from drsn_stream.config import loads_toml
+
+    return loads_toml(path.read_text())
+
+
 def test_shipped_config_is_the_paper_recipe():
     cfg = load_config(ROOT / "configs" / "bearing-cwru.toml")
     assert cfg.model == "drsn_cw_paper"

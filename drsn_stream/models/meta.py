@@ -28,7 +28,7 @@ _BUILTIN_PACKAGE = "drsn_stream.artifacts"
 _REQUIRED = ("name", "model", "labels", "sample_rate", "window", "hop", "input", "normalization")
 # what a damaged or planted artifact could say: every stream's buffers are sized from the window
 # and the hop (2^40 failed as the monitor was built, with a traceback), rates as the wire's
-_META_MOST = {"sample_rate": 1_000_000, "window": 1 << 20, "hop": 1 << 24}
+META_MOST = {"sample_rate": 1_000_000, "window": 1 << 20, "hop": 1 << 24}  # what the monitor sizes its buffers by
 MAX_LABELS = 4096
 MAX_LABEL_CHARS = 128
 # What the first output of forward() holds (metadata "outputs": {"scores": ...}); docs/artifact-format.md
@@ -111,8 +111,8 @@ def _validate(d: dict[str, Any], where: str) -> None:
         raise ArtifactError(f"{where}: metadata 'labels' must be at most {MAX_LABELS:,} names of 1-{MAX_LABEL_CHARS} "
                             "printable characters (no control characters); re-export the model")
     for k in ("sample_rate", "window", "hop"):
-        if not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 < d[k] <= _META_MOST[k]:
-            raise ArtifactError(f"{where}: metadata {k!r} must be a positive integer of at most {_META_MOST[k]:,}, "
+        if not isinstance(d[k], int) or isinstance(d[k], bool) or not 0 < d[k] <= META_MOST[k]:
+            raise ArtifactError(f"{where}: metadata {k!r} must be a positive integer of at most {META_MOST[k]:,}, "
                                 f"not {d[k]!r}; re-export the model")
     outputs = d.get("outputs", {})
     features = outputs.get("features", 0) if isinstance(outputs, dict) else 0

@@ -10,12 +10,14 @@ model = "drsn_cw_paper"
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drsn_stream.config import find_config, loads_toml
+from drsn_stream.config import find_config, loads_toml, out_of_range, typed_values
+from drsn_stream.dsp.noise import NOISE_KINDS
 from drsn_stream.errors import ConfigError
+from drsn_stream.models.meta import MAX_LABEL_CHARS, META_MOST, label_ok
 from drsn_stream.train.augment import NoiseAugment
 from drsn_stream.train.cwru import CHANNELS, DEFAULT_SPLIT
 from drsn_stream.train.loop import Recipe
@@ -49,12 +51,27 @@ class DataConfig:
             raise ConfigError(
                 '[data] labels is empty: list the class names, e.g. ["normal", "ball_007", ...]'
             )
+        bad = [lab for lab in self.labels if not label_ok(lab)]
+        if bad or len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"[data] labels must be distinct names of 1-{MAX_LABEL_CHARS} printable characters "
+                              f"(an artifact carries them), not {', '.join(map(repr, bad or self.labels))}")
         if self.channel not in CHANNELS:
             raise ConfigError(f"[data] channel must be one of {', '.join(CHANNELS)}, got {self.channel!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ConfigError(f"[data] normalization must be one of {', '.join(NORMALIZATIONS)}")
-        if self.window < 16 or self.hop < 1:
-            raise ConfigError(f"[data] window must be >= 16 and hop >= 1, got {self.window} and {self.hop}")
+        # the artifact's bounds (models/meta.py), said before training rather than at export;
+        # a window of 2^40 ran out of memory cutting windows, a rate of 0 divided by zero
+        problems = [out_of_range("window", self.window, 16, META_MOST["window"], whole=True),
+                    out_of_range("hop", self.hop, 1, META_MOST["hop"], whole=True),
+                    out_of_range("sample_rate", self.sample_rate, 1, META_MOST["sample_rate"], whole=True),
+                    out_of_range("windows_per_class", self.windows_per_class, 1, 1_000_000, whole=True)]
+        loads = (*self.loads, *(self.test_loads or ()))
+        problems += [out_of_range("a load", v, 0, 3, whole=True) for v in loads]  # CWRU: 0-3 HP
+        problems = [p for p in problems if p]
+        if not self.loads:
+            problems.append("loads must name at least one motor load (0-3 HP), e.g. [0]")
+        if problems:
+            raise ConfigError("[data] " + "; ".join(problems))
         a, b, c = self.train_part, self.val_part, self.test_part
         if not (0.0 <= a[0] < a[1] <= b[0] < b[1] <= c[0] < c[1] <= 1.0):
             raise ConfigError(
@@ -74,6 +91,15 @@ class EvalConfig:
     snr_db: tuple[float, ...] = (0.0,)
     seed: int = 1234
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.kinds) - set(NOISE_KINDS))
+        problems = [f"unknown noise kind(s) {unknown}; valid kinds: {', '.join(NOISE_KINDS)}"] if unknown else []
+        problems += [out_of_range(f"snr_db[{i}]", v, -100, 100) for i, v in enumerate(self.snr_db)]
+        problems.append(out_of_range("seed", self.seed, 0, 2**32 - 1, whole=True))
+        problems = [p for p in problems if p]
+        if problems:
+            raise ConfigError("[eval] " + "; ".join(problems))
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -88,17 +114,15 @@ class RunConfig:
 
 
 def _build(cls: type, d: dict[str, Any], section: str) -> Any:
-    names = {f.name for f in fields(cls)}
-    extra = set(d) - names
-    if extra:
-        raise ConfigError(
-            f"unknown key(s) in [{section}]: {', '.join(sorted(extra))}; known: {', '.join(sorted(names))}"
-        )
-    conv = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    """``cls`` from one table: unknown keys and values of the wrong type are refused by name
+    (``typed_values``), then the class checks its ranges."""
+    values = typed_values(cls, d, f"[{section}]")
     try:
-        return cls(**conv)
+        return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"[{section}]: {exc}") from None
+    except ConfigError as exc:  # the class's own checks: name the table where they do not
+        raise ConfigError(str(exc) if str(exc).startswith("[") else f"[{section}] {exc}") from None
 
 
 def parse_config(d: dict[str, Any], *, where: str = "config") -> RunConfig:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from drsn_stream.config import out_of_range
+from drsn_stream.engine.contract import THREADS_LIMIT
 from drsn_stream.errors import ArtifactError, ConfigError, DataError
 from drsn_stream.models.outputs import to_probs
 
@@ -56,10 +58,20 @@ class Recipe:
     threads: int = 0  # 0: leave torch's thread count alone
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        # NaN or Inf trained to NaN weights without a word; a negative momentum or thread count,
+        # or a seed numpy refuses, stopped the run with a traceback once the data was read
+        problems = [out_of_range("epochs", self.epochs, 1, 100_000, whole=True),
+                    out_of_range("batch_size", self.batch_size, 1, 65_536, whole=True),
+                    out_of_range("lr", self.lr, 0, 100, above=True),
+                    out_of_range("momentum", self.momentum, 0, 1),
+                    out_of_range("weight_decay", self.weight_decay, 0, 1),
+                    out_of_range("lr_factor", self.lr_factor, 0, 100, above=True),
+                    out_of_range("seed", self.seed, 0, 2**32 - 1, whole=True),
+                    out_of_range("threads", self.threads, 0, THREADS_LIMIT, whole=True)]
+        problems += [out_of_range(f"lr_steps[{i}]", f, 0, 1) for i, f in enumerate(self.lr_steps)]
+        problems = [p for p in problems if p]
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of a 0-based epoch."""
