@@ -268,6 +268,8 @@ def test_a_run_config_survives_pickling_for_the_cluster_hosts() -> None:
     (["--source", "sim", "--refresh", "0"], "argument --refresh: must be > 0"),
     (["train", "--windows-per-class", "9223372036854775807"], "argument --windows-per-class: must be at most 1,000,000"),
     (["train", "--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+    (["train", "--seed", "-1"], "argument --seed: must be >= 0"),  # numpy's generators refuse it
+    (["eval", "--model", "bearing-cwru", "--seed", "4294967296"], "argument --seed: must be at most 4,294,967,295"),
 ])
 def test_a_number_flag_out_of_its_range_is_one_line_naming_the_flag(argv: list[str], says: str, capsys) -> None:
     # the parser alone, as `main` builds it: without the check some of these would run for ever

@@ -55,7 +55,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--lr", type=arg_number(float, above=0, most=100), default=None, help="learning rate (default 0.01 fine-tuning, 0.1 scratch)")
     own.add_argument("--no-augment", action="store_true", help="train without added noise")
     own.add_argument("--name", default=None, help="model name (default: the artifact's file name)")
-    own.add_argument("--seed", type=int, default=0, help="training seed")
+    own.add_argument("--seed", type=arg_number(int, 0, 2**32 - 1), default=0, help="training seed")
     own.add_argument("--threads", type=arg_number(int, 0, THREADS_LIMIT), default=0, help="torch threads (default: torch's)")
 
 
@@ -177,7 +177,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", default=None, help="time part to evaluate: test (default, the held-out part) or val"
     )
-    parser.add_argument("--seed", type=int, default=1234, help="noise seed")
+    parser.add_argument("--seed", type=arg_number(int, 0, 2**32 - 1), default=1234, help="noise seed")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     _add_user_data_arguments(parser)
 
