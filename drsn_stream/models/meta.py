@@ -28,7 +28,7 @@ _BUILTIN_PACKAGE = "drsn_stream.artifacts"
 _REQUIRED = ("name", "model", "labels", "sample_rate", "window", "hop", "input", "normalization")
 # what a damaged or planted artifact could say: every stream's buffers are sized from the window
 # and the hop (2^40 failed as the monitor was built, with a traceback), rates as the wire's
-META_MOST = {"sample_rate": 1_000_000, "window": 1 << 20, "hop": 1 << 24}  # what the monitor sizes its buffers by
+META_MOST = {"sample_rate": 1_000_000, "window": 1 << 20, "hop": 1 << 24}
 MAX_LABELS = 4096
 MAX_LABEL_CHARS = 128
 # What the first output of forward() holds (metadata "outputs": {"scores": ...}); docs/artifact-format.md
