@@ -37,5 +37,6 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, float]:
     elif data.dtype.kind == "i":
         x = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
     else:
-        x = data.astype(np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: +-Inf, which the sensor health counts
+            x = data.astype(np.float32)
     return x, float(rate)

@@ -305,6 +305,7 @@ def _odd_recordings(folder):
         ("text.npy", np.array(["0.1", "0.2"]), "numeric samples.*<U3"),
         ("rows.npy", np.zeros((16, 5000), np.float32), "5,000 channels of 16 samples.*transposed"),
         ("none.npy", np.zeros(0, np.float32), "holds no samples"),
+        ("no-channels.npy", np.zeros((4000, 0), np.float32), "holds no samples"),
     ]:
         np.save(folder / name, data)
         out[name] = (folder / name, says)
@@ -315,7 +316,8 @@ def _odd_recordings(folder):
     return out
 
 
-@pytest.mark.parametrize("name", ["complex.npy", "text.npy", "rows.npy", "none.npy", "none.csv", "12k_text.mat"])
+@pytest.mark.parametrize("name", ["complex.npy", "text.npy", "rows.npy", "none.npy", "no-channels.npy", "none.csv",
+                                  "12k_text.mat"])
 def test_a_recording_that_is_not_real_samples_is_one_clear_error(tmp_path, name):
     # Complex samples lost their imaginary part without a word; text in a .mat was a traceback;
     # a (channels, samples) array became thousands of streams and ran without a window; an
@@ -335,11 +337,13 @@ def test_samples_beyond_float32_play_as_non_finite_without_a_warning(tmp_path):
     x = np.sin(np.arange(5000) / 9.0)
     x[100:110] = 1e300  # a float64 recording's glitch float32 cannot hold
     np.save(tmp_path / "big.npy", x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" reached the terminal
-        _, frames = _replay(f"file:{tmp_path / 'big.npy'}?rate=12000&fast=1")
-    got = np.concatenate([f.samples[:, 0] for f in frames])
-    assert np.isinf(got[100:110]).all() and np.isfinite(np.delete(got, range(100, 110))).all()
+    wavfile.write(tmp_path / "big.wav", 12000, x)  # a float64 WAV
+    for name in ("big.npy", "big.wav"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's "overflow encountered in cast" reached the terminal
+            _, frames = _replay(f"file:{tmp_path / name}?rate=12000&fast=1")
+        got = np.concatenate([f.samples[:, 0] for f in frames])
+        assert np.isinf(got[100:110]).all() and np.isfinite(np.delete(got, range(100, 110))).all(), name
 
 
 def test_file_errors_say_what_to_do(tmp_path):

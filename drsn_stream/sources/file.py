@@ -131,7 +131,7 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
                           f"e.g. file:{path}?rate=12000")
     if x.ndim == 1:
         x = x[:, None]
-    if x.ndim == 2 and x.shape[0] == 0:
+    if x.ndim == 2 and x.size == 0:  # no rows, or rows of no channels
         raise SourceError(f"{path}: the recording holds no samples")
     if x.ndim != 2:
         raise SourceError(f"{path}: expected samples as (n,) or (n, channels), got shape {x.shape}")
