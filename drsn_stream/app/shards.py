@@ -19,9 +19,9 @@ Sharding uses ZeroMQ subscriptions on the topic, which is the stream id (docs/wi
 with a hash to decide the owner: ids are free text (``m000`` .. ``m999`` share every prefix but
 the last characters), so fixed prefixes cannot split unknown ids evenly. Stream ``s`` belongs to
 process ``crc32(s) % N``. Every process starts subscribed to the source's topic (everything by
-default) and drops the others' messages by their topic frame alone (before decoding, ~1 us). Once
-it has had LEARN_S seconds of data, each process but the first subscribes to the exact topics of
-its own streams and drops the shared subscription: from then on the publisher sends each of its
+default) and drops the others' messages by their topic frame alone (before decoding, ~1 us).
+LEARN_S seconds after the first message of a stream of its own, each process but the first
+subscribes to the exact topics of its own streams and drops the shared subscription: from then on the publisher sends each of its
 streams to it alone. The first process keeps the shared subscription to find streams that start
 later; it tells the parent, which has the owner subscribe to the new topic (the owner misses the
 stream's first frames meanwhile, a few tens of milliseconds). The publisher thus sends every
@@ -74,7 +74,7 @@ NEWS_S = 0.02  # and new streams and ends of streams at least this often (and be
 READY_TIMEOUT_S = 60.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
-LEARN_S = 3.0  # processes but the first subscribe to their own streams' topics alone after this (s of data)
+LEARN_S = 3.0  # s after its first own stream's message: a process but the first then takes its own topics alone
 MAX_DISCOVERED = 1 << 18  # topics the first process remembers having announced (bounded memory)
 SILENT_S = 15.0  # a started child says something at least every ~0.1 s; silent this long, it is ended
 LOST = "ingest process lost"  # the health reason of the streams of a process not started again
@@ -287,14 +287,17 @@ def _worker(cfg: dict[str, Any]) -> int:
     ring, meta = _rings(shm.buf, int(cfg["meta"]["window"]))
     out = _Out(ring, meta, write, BatchNormalizer(cfg["meta"]["normalization"]) if cfg.get("normalize") else None)
     foreign = {"count": 0, "seen": set(), "new": []}  # messages of other processes' streams dropped here
-    # processes but the first take their own topics alone LEARN_S after the first message: the
-    # streams a publisher starts with have all been seen by then
+    # processes but the first take their own topics alone LEARN_S after the first message of a
+    # stream of their own: the streams a publisher starts with have all been seen by then. (From
+    # the first message of any stream, a publisher that paused after its first message left a
+    # process with no stream of its own when it dropped the shared subscription: its streams then
+    # came only through the first process's discovery, their first seconds lost.)
     learn: dict[str, Any] = {"s": float(cfg["learn_s"]) if shard and cfg["learn_s"] else None, "at": None}
 
     def accept(topic: bytes) -> bool:
-        if learn["s"] is not None and learn["at"] is None:
-            learn["at"] = time.monotonic() + learn["s"]
         if shard_of(topic, shards) == shard:
+            if learn["s"] is not None and learn["at"] is None:
+                learn["at"] = time.monotonic() + learn["s"]
             return True
         foreign["count"] += 1
         # process 0 keeps the source's own subscription: it finds the streams that start later
