@@ -435,7 +435,7 @@ def test_ingest_processes_give_every_window_the_numbers_of_one_thread(free_tcp_p
             evidence.append({sid: (r.to_json() if (r := pipe.envelope.latest(sid)) else None) for sid in streams})
     one, two = runs
     assert len(one) == len(streams) * ((3 * RATE // CHUNK * CHUNK - 2048) // 512 + 1)
-    assert two.keys() == one.keys()
+    assert two.keys() == one.keys(), (sorted(set(one) ^ set(two))[:8], pipe.errors[:8])  # the last run's errors
     assert [(two[k]["input"], two[k]["level"], two[k]["label"]) for k in sorted(one)] == \
         [(one[k]["input"], one[k]["level"], one[k]["label"]) for k in sorted(one)]
     assert max(float(np.abs(two[k]["probs"] - one[k]["probs"]).max()) for k in one) < 1e-4
