@@ -111,6 +111,9 @@ def test_config_errors_name_the_key(tmp_path):
     ("data", "train_part", [0.0], r"train_part must be a list of 2 numbers, not \[0.0\]"),
     ("eval", "snr_db", [float("nan")], r"\[eval\] snr_db\[0\] must be a number from -100 to 100, not nan"),
     ("eval", "kinds", ["brown"], r"\[eval\] unknown noise kind\(s\) \['brown'\]"),
+    ("augment", "clean_fraction", "x", r"\[augment\]: clean_fraction must be a number, not 'x'"),
+    ("augment", "snr_range", 5, r"\[augment\]: snr_range must be a list of 2 numbers, not 5"),
+    ("augment", "snr_range", [-6.0, 1e9], "an SNR must be a number from -100 to 100, not 1000000000.0"),
 ])
 def test_a_training_value_that_would_fail_or_train_nonsense_is_refused_as_the_config_is_read(table, key, value, says):
     # NaN or Inf learning rates trained to NaN weights without a word; a negative momentum,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from drsn_stream.config import out_of_range, typed_values
 from drsn_stream.dsp.noise import NOISE_KINDS, make_noise
 from drsn_stream.errors import ConfigError
 
@@ -44,6 +45,11 @@ class NoiseAugment:
             raise ConfigError(f"snr_range must be [low, high] in dB, got {list(self.snr_range)}")
         if not 0.0 <= self.clean_fraction <= 1.0:
             raise ConfigError(f"clean_fraction must be in [0, 1], got {self.clean_fraction}")
+        # a NaN SNR scaled the noise to NaN: every augmented window NaN, the weights after it too
+        snrs = [*(self.snr_range or ()), *(self.snr_set or ())]
+        bad_snr = [p for p in (out_of_range("an SNR", v, -100, 100) for v in snrs) if p]
+        if bad_snr:
+            raise ConfigError(f"{bad_snr[0]} (dB)")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NoiseAugment:
@@ -53,6 +59,7 @@ class NoiseAugment:
             raise ConfigError(
                 f"unknown key(s) in [augment]: {', '.join(sorted(extra))}; known: {', '.join(sorted(known))}"
             )
+        d = typed_values(cls, d, "[augment]")  # "x" for a number, 5 for a list: one line, not a traceback
         snr_range = tuple(float(v) for v in d["snr_range"]) if "snr_range" in d else None
         snr_set = tuple(float(v) for v in d["snr_set"]) if "snr_set" in d else None
         if snr_range is None and snr_set is None:
