@@ -50,12 +50,17 @@ def loads_toml(text: str) -> dict[str, Any]:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    p = find_config(path)
+    return toml_file(find_config(path))
+
+
+def toml_file(path: str | Path, error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """The TOML document in the file ``path``; ``error`` in one line naming the file when it is not
+    TOML, not UTF-8, or holds an integer of over 4,300 digits (tomllib raises a bare ValueError
+    for that, not its TOMLDecodeError). OSError passes: each caller says how to find its file."""
     try:
-        with p.open("rb") as f:
-            return tomllib.load(f)
-    except ValueError as exc:  # not TOML, not UTF-8, or an integer of over 4,300 digits (a bare ValueError from tomllib)
-        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise error(f"{path}: not valid TOML ({exc})") from None
 
 
 def check_sections(doc: Mapping[str, Any], valid: Iterable[str], where: str) -> None:

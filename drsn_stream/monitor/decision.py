@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream import jit
-from drsn_stream.config import from_table, loads_toml
+from drsn_stream.config import from_table, toml_file
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
 from drsn_stream.monitor import decision_jit
@@ -167,11 +167,9 @@ class DecisionConfig:
         """Load the ``[table]`` of a TOML file (the whole file when ``table`` is empty)."""
         path = Path(path)
         try:
-            data = loads_toml(path.read_text(encoding="utf-8"))
+            data = toml_file(path)
         except OSError as exc:
             raise ConfigError(f"cannot read decision config {path}: {exc}; check the path") from exc
-        except ValueError as exc:  # not TOML, not UTF-8, or an integer of over 4,300 digits (a bare ValueError from tomllib)
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
         if table:
             if table not in data:
                 raise ConfigError(f"{path} has no [{table}] table; add one (see configs/alarms-bearing.toml)")

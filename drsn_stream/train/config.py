@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drsn_stream.config import find_config, loads_toml, out_of_range, typed_values
+from drsn_stream.config import find_config, out_of_range, toml_file, typed_values
 from drsn_stream.dsp.noise import NOISE_KINDS
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.meta import MAX_LABEL_CHARS, META_MOST, label_ok
@@ -155,8 +155,4 @@ def parse_config(d: dict[str, Any], *, where: str = "config") -> RunConfig:
 def load_config(path: str | Path) -> RunConfig:
     """Reads ``configs/<name>.toml``. Raises ConfigError for a missing file or bad TOML."""
     p = find_config(path)
-    try:
-        d = loads_toml(p.read_text())
-    except ValueError as exc:  # not TOML, not UTF-8, or an integer of over 4,300 digits (a bare ValueError from tomllib)
-        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
-    return parse_config(d, where=str(p))
+    return parse_config(toml_file(p), where=str(p))

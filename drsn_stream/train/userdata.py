@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.signal import resample_poly
 
-from drsn_stream.config import loads_toml
+from drsn_stream.config import toml_file
 from drsn_stream.dsp.resample import rational_ratio
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
 from drsn_stream.models.meta import MAX_LABEL_CHARS, label_ok
@@ -156,10 +156,7 @@ def _csv_rows(p: Path) -> list[dict[str, Any]]:
 
 
 def _toml_rows(p: Path) -> list[dict[str, Any]]:
-    try:
-        doc = loads_toml(p.read_text(encoding="utf-8"))
-    except ValueError as exc:  # not TOML, not UTF-8, or an integer of over 4,300 digits (a bare ValueError from tomllib)
-        raise DataError(f"{p}: not valid TOML ({exc})") from None
+    doc = toml_file(p, DataError)
     rows = doc.get("recording")
     if not isinstance(rows, list) or not rows:
         raise DataError(f"{p}: no [[recording]] tables; each needs path = ... and label = ...")
