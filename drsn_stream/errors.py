@@ -6,6 +6,8 @@ Each stage wraps foreign errors where they enter and says what the user should d
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class DrsnStreamError(Exception):
     """Root of every error drsn-stream raises on purpose. The message says what to do."""
@@ -33,3 +35,19 @@ class DataError(DrsnStreamError):
 
 class EngineError(DrsnStreamError):
     """The inference engine failed (its process died, or kept dying)."""
+
+
+def run_tool(main: Callable[[], int | None], name: str) -> int:
+    """A script's ``main`` (``tools/*.py``) with the commands' manners: a ``DrsnStreamError``
+    (whose message says what to do) is one line ``NAME: error: ...`` on stderr and exit status 2,
+    not a traceback; Ctrl-C is one line and 130."""
+    import sys
+
+    try:
+        return int(main() or 0)
+    except DrsnStreamError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
