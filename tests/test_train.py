@@ -179,3 +179,31 @@ def test_train_with_bad_data_folder_fails_with_advice(tmp_path, capsys):
     args = Namespace(config=config, data=tmp_path, out=tmp_path / "o", artifact=None, epochs=None, quiet=True)
     assert run_train(args) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_a_training_error_is_one_plain_line_with_its_brackets(tmp_path, capsys):
+    # rich took "[train]" for markup and printed "error:  epochs must ...", wrapped at 80 columns
+    config = tmp_path / "zero.toml"
+    config.write_text(TINY.replace("epochs = 1", "epochs = 0"))
+    assert train_cli(["train", "--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("drsn-stream train: error: ") and err.count("\n") == 1
+    assert "[train] epochs must be a whole number" in err
+
+
+def test_the_speech_recipe_given_to_train_config_says_which_tool_trains_it(tmp_path, capsys):
+    # it said only "unknown key(s) loso, tts"
+    config = tmp_path / "my-digits.toml"
+    config.write_text((ROOT / "configs" / "digits-fsdd.toml").read_text())
+    assert train_cli(["train", "--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is a speech recipe" in err and f"tools/train_digits.py --config {config}" in err
+
+
+def test_export_of_an_exported_model_says_it_is_one(tmp_path, capsys):
+    # torch.load printed a page about weights_only and TorchScript archives
+    artifact = ROOT / "drsn_stream" / "artifacts" / "bearing-cwru.pt"
+    assert train_cli(["export", "--checkpoint", str(artifact), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "an exported model (a TorchScript artifact), not a training checkpoint" in err
+    assert err.count("\n") == 1 and not (tmp_path / "x.pt").exists()

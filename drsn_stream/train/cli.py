@@ -74,6 +74,12 @@ def _labels(args: argparse.Namespace) -> list[str] | None:
     return [x.strip() for x in args.labels.split(",") if x.strip()]
 
 
+def _error(command: str, what: object) -> None:
+    """One line on stderr, as ``drsn_stream.cli.main`` prints an error: plain text (a user's
+    file name or key in brackets is not markup), never wrapped."""
+    print(f"drsn-stream {command}: error: {what}", file=sys.stderr, flush=True)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -86,8 +92,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.config is None:
         return _run_train_user(args, console)
     if getattr(args, "base", None) is not None:
-        console.print("[red]error:[/red] --config trains on CWRU as the config says; --from trains on your own "
-                      "recordings (give --data DIR|MANIFEST without --config)")
+        _error("train", "--config trains on CWRU as the config says; --from trains on your own "
+               "recordings (give --data DIR|MANIFEST without --config)")
         return 2
     try:
         cfg = load_config(args.config)
@@ -102,7 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
             console=console,
         )
     except DrsnStreamError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error("train", exc)
         return 2
     out = Console()
     out.print(
@@ -137,7 +143,7 @@ def _run_train_user(args: argparse.Namespace, console: Any) -> int:
                             on_bad=args.on_bad, out_dir=args.out, artifact=args.artifact,
                             progress=not args.quiet, console=console)
     except DrsnStreamError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error("train", exc)
         return 2
     from rich.console import Console
 
@@ -265,6 +271,7 @@ def _is_user_data(data: str | Path | None, training: dict[str, Any]) -> bool:
 
 def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from drsn_stream.train.augment import parse_snr_list
 
@@ -278,7 +285,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           "channel": getattr(args, "channel", None), "on_bad": getattr(args, "on_bad", "fail")},
         )
     except DrsnStreamError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        _error("eval", exc)
         return 2
     if args.json:
         sys.stdout.write(json.dumps(doc) + "\n")
@@ -292,7 +299,7 @@ def run_eval(args: argparse.Namespace) -> int:
         part = f"{len(doc['part'])} recording part(s)" if user else str(doc["part"])
         title = f"{doc['model']} on its {doc['split']} part: {part}"
     for line in doc.get("skipped", []):
-        err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False)
+        err.print(f"[yellow]skipped:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
     out.print(_accuracy_table(doc["results"], title=title))
     out.print(_confusion_table(doc["confusion"], doc["labels"]))
     return 0
@@ -345,13 +352,13 @@ def run_export(args: argparse.Namespace) -> int:
     if getattr(args, "triton", None) is not None or getattr(args, "model", None) is not None:
         return _run_export_triton(args)
     if args.checkpoint is None or args.out is None:
-        Console(stderr=True).print("[red]error:[/red] give --checkpoint CK --out OUT.pt (a TorchScript artifact) "
-                                   "or --triton DIR --model NAME (a Triton model repository)")
+        _error("export", "give --checkpoint CK --out OUT.pt (a TorchScript artifact) "
+               "or --triton DIR --model NAME (a Triton model repository)")
         return 2
     try:
         path = export_checkpoint(args.checkpoint, args.out)
     except DrsnStreamError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        _error("export", exc)
         return 2
     Console().print(f"wrote {path}")
     return 0
@@ -362,20 +369,19 @@ def _run_export_triton(args: argparse.Namespace) -> int:
 
     from drsn_stream.models.triton import export_triton, window_seconds
 
-    err = Console(stderr=True)
     if args.triton is None or args.model is None:
-        err.print("[red]error:[/red] a Triton export needs both --triton DIR and --model NAME "
-                  "(e.g. drsn-stream export --triton models/ --model bearing-cwru)")
+        _error("export", "a Triton export needs both --triton DIR and --model NAME "
+               "(e.g. drsn-stream export --triton models/ --model bearing-cwru)")
         return 2
     if args.checkpoint is not None or args.out is not None:
-        err.print("[red]error:[/red] --checkpoint/--out export an artifact, --triton/--model a Triton repository; "
-                  "give one pair (export the checkpoint first, then pass its .pt to --model)")
+        _error("export", "--checkpoint/--out export an artifact, --triton/--model a Triton repository; "
+               "give one pair (export the checkpoint first, then pass its .pt to --model)")
         return 2
     try:
         done = export_triton(args.triton, args.model, name=args.triton_name, max_batch_size=args.max_batch_size,
                              queue_delay_us=args.max_queue_delay_us, gpu=args.gpu, instances=args.instances)
     except DrsnStreamError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        _error("export", exc)
         return 2
     out = Console()
     out.print(f"wrote {done.config}, {done.labels}, {done.model}")

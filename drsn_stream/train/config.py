@@ -129,6 +129,12 @@ def parse_config(d: dict[str, Any], *, where: str = "config") -> RunConfig:
     """A RunConfig from the TOML document's dict; ConfigError names the bad key."""
     top = {"name", "model", "description", "data", "train", "augment", "eval", "model_overrides"}
     extra = set(d) - top
+    if {"tts", "loso"} & extra:  # configs/digits-fsdd.toml and its copies
+        raise ConfigError(
+            f"{where} is a speech recipe (its [tts]/[loso] tables): train it with "
+            f"`python tools/train_digits.py --config {where}` (docs/digits.md); "
+            "`drsn-stream train --config` trains the CWRU bearing recipes, `--data` your own recordings"
+        )
     if extra:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(sorted(extra))}; known: {', '.join(sorted(top))}"

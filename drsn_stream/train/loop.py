@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import pickle
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -303,6 +304,11 @@ def load_checkpoint(path: str | Path) -> dict:
     values only. A file that holds pickled Python objects (which could run code when loaded) is
     refused with ``ArtifactError``, never unpickled."""
     p = Path(path)
+    if _torchscript_archive(p):  # torch.load would hand it to torch.jit.load with a page of advice
+        raise ArtifactError(
+            f"{p}: an exported model (a TorchScript artifact), not a training checkpoint; it runs as it is "
+            f"(drsn-stream --model {p}); export takes the best.pt or last.pt that drsn-stream train wrote"
+        )
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -313,10 +319,22 @@ def load_checkpoint(path: str | Path) -> dict:
             "drsn-stream train wrote"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ArtifactError(f"{p}: not a readable training checkpoint ({str(exc)[:200]})") from None
+        raise ArtifactError(f"{p}: not a readable training checkpoint ({str(exc)[:200]}); give the best.pt or "
+                            "last.pt that drsn-stream train wrote") from None
     if not isinstance(ck, dict):
         raise ArtifactError(f"{p}: not a drsn-stream training checkpoint (no model_state/model_config/meta)")
     return ck
+
+
+def _torchscript_archive(p: Path) -> bool:
+    """Whether ``p`` is a zip archive as ``torch.jit.save`` writes them (its code and constants)."""
+    try:
+        if not zipfile.is_zipfile(p):
+            return False
+        with zipfile.ZipFile(p) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 class _Bar:
