@@ -313,11 +313,15 @@ def _odd_recordings(folder):
     out["none.csv"] = (folder / "none.csv", "holds no samples")
     sio.savemat(folder / "12k_text.mat", {"X097_DE_time": np.array(["abc"])})
     out["12k_text.mat"] = (folder / "12k_text.mat", "X097_DE_time is not numeric samples")
+    (folder / "notes.mat").write_text("pump 3, bearing replaced\n")  # scipy's MatReadError was a traceback
+    out["notes.mat"] = (folder / "notes.mat", "notes.mat: cannot read it as a MATLAB .mat file")
+    (folder / "empty.mat").write_bytes(b"")
+    out["empty.mat"] = (folder / "empty.mat", "empty.mat: cannot read it as a MATLAB .mat file")
     return out
 
 
 @pytest.mark.parametrize("name", ["complex.npy", "text.npy", "rows.npy", "none.npy", "no-channels.npy", "none.csv",
-                                  "12k_text.mat"])
+                                  "12k_text.mat", "notes.mat", "empty.mat"])
 def test_a_recording_that_is_not_real_samples_is_one_clear_error(tmp_path, name):
     # Complex samples lost their imaginary part without a word; text in a .mat was a traceback;
     # a (channels, samples) array became thousands of streams and ran without a window; an

@@ -45,13 +45,26 @@ def _cwru_rate(path: Path) -> float | None:
     return None
 
 
-def _mat(path: Path, channel: str) -> np.ndarray:
+def load_mat(path: str | Path, error: type[Exception] = SourceError) -> dict[str, Any]:
+    """A MATLAB file's variables; ``error`` (one line: which file, what is wrong) for a file that
+    is missing or is not a MATLAB file (text, empty, cut short: scipy's reader raises its own
+    MatReadError, an IndexError and others for them)."""
     import scipy.io
 
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: {'a folder, not a file' if p.is_dir() else 'not found'}")
     try:
-        mat = scipy.io.loadmat(path)
-    except (ValueError, OSError, NotImplementedError) as exc:
-        raise SourceError(f"{path}: cannot read MATLAB file ({exc})") from exc
+        return scipy.io.loadmat(p)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - scipy's reader meets any bytes with any exception (IndexError, ...)
+        raise error(f"{p}: cannot read it as a MATLAB .mat file ({str(exc)[:160] or type(exc).__name__}); "
+                    "re-copy it, or save the samples as WAV, NPY or CSV") from None
+
+
+def _mat(path: Path, channel: str) -> np.ndarray:
+    mat = load_mat(path)
     keys = sorted(k for k in mat if k.endswith(f"_{channel}_time"))
     if not keys:
         have = sorted(k for k in mat if k.endswith("_time"))
@@ -76,11 +89,9 @@ def _real(path: Path, data: Any, what: str = "not") -> np.ndarray:
 
 def mat_rpm(path: Path) -> float | None:
     """The shaft speed a CWRU .mat file records (its ``X###RPM`` variable), rpm; None without one."""
-    import scipy.io
-
     try:
-        mat = scipy.io.loadmat(path)
-    except (ValueError, OSError, NotImplementedError):
+        mat = load_mat(path)
+    except SourceError:
         return None
     for key in sorted(k for k in mat if k.endswith("RPM")):
         v = np.asarray(mat[key], dtype=np.float64).reshape(-1)

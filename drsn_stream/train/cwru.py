@@ -27,10 +27,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 from scipy.signal import resample_poly
 
 from drsn_stream.errors import ConfigError, DataError
+from drsn_stream.sources.file import load_mat
 
 CHANNELS = ("DE", "FE", "BA")
 FAULTS = {"B": "ball", "IR": "inner", "OR": "outer"}
@@ -200,12 +200,7 @@ def load_recording(
     if channel not in CHANNELS:
         raise ConfigError(f"unknown CWRU channel {channel!r}; choose one of {', '.join(CHANNELS)}")
     info = parse_name(path.name, manifest=manifest)
-    try:
-        mat = scipy.io.loadmat(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"{path}: cannot read the MATLAB file ({exc}); re-copy it from the CWRU data set"
-        ) from None
+    mat = load_mat(path, DataError)
     keys = [k for k in mat if k.endswith(f"_{channel}_time")]
     if not keys:
         have = sorted(k.split("_")[-2] for k in mat if k.endswith("_time"))
