@@ -354,3 +354,84 @@ def test_a_label_an_artifact_cannot_carry_is_said_before_training(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\nok.wav,pump\tA\nok.wav,normal\n")
     with pytest.raises(DataError, match="labels must be 1-128 printable characters"):
         load_user_data(tmp_path / "m.csv", sample_rate=12000)
+
+
+# ---------------------------------------------------------------------------- manifests as users write them
+
+
+def _two_wavs(folder: Path) -> None:
+    wavfile.write(folder / "a.wav", 12000, _tone(1000, 2.0, 12000))
+    wavfile.write(folder / "b.wav", 12000, _tone(2000, 2.0, 12000, seed=1))
+
+
+def test_a_spreadsheets_csv_manifest_with_a_byte_order_mark_reads(tmp_path):
+    # the mark was read as part of the first column's name: "unknown column(s) \ufeffpath"
+    _two_wavs(tmp_path)
+    (tmp_path / "m.csv").write_bytes("path,label\r\na.wav,normal\r\nb.wav,fault\r\n".encode("utf-8-sig"))
+    data = load_user_data(tmp_path / "m.csv", sample_rate=12000)
+    assert [(c.name, c.label) for c in data.clips] == [("a.wav", "normal"), ("b.wav", "fault")]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("path,label\na.wav,norm\xe4l\n".encode("latin-1"), "not UTF-8 text.*save the manifest as UTF-8"),  # a traceback
+    (b"path,path,label\na.wav,b.wav,normal\n", "path named more than once"),  # the last column won
+    (b"path,label\na.wav,normal,fault\n", "row 1: 3 cells under a header of 2 columns"),  # the cell was dropped
+])
+def test_a_csv_manifest_that_would_be_misread_is_one_line(tmp_path, text, says):
+    _two_wavs(tmp_path)
+    (tmp_path / "m.csv").write_bytes(text)
+    with pytest.raises(DataError, match=says):
+        load_user_data(tmp_path / "m.csv", sample_rate=12000)
+
+
+@pytest.mark.parametrize("table, says", [
+    ('[[recording]]\npath = ["a.wav"]\nlabel = "normal"\n', r"\[\[recording\]\] 1: path must be a string"),
+    ('[[recording]]\npath = "a.wav"\nlabel = ["normal"]\n', r"label must be a string, not \['normal'\]"),
+    ('[[recording]]\npath = "a.wav"\nlabel = "normal"\nstart = true\n', "start must be a number, not True"),
+    ('rate = true\n[[recording]]\npath = "a.wav"\nlabel = "normal"\n', "rate must be a number"),
+    ('recording = [1, 2]\n', r"no \[\[recording\]\] tables"),  # 'int' object is not a mapping
+    ('labels = ["normal"]\n[[recording]]\npath = "a.wav"\nlabel = "normal"\n', "unknown key.*labels"),
+])
+def test_a_toml_manifest_value_of_the_wrong_type_is_one_line(tmp_path, table, says):
+    _two_wavs(tmp_path)
+    (tmp_path / "m.toml").write_text(table)
+    with pytest.raises(DataError, match=says):
+        load_user_data(tmp_path / "m.toml", sample_rate=12000)
+
+
+def test_rows_naming_one_file_are_one_recording_whatever_their_ids(tmp_path):
+    # the file under three ids (or three spellings) went to train, val and test: the held-out
+    # accuracy measured signal the network had trained on
+    _two_wavs(tmp_path)
+    (tmp_path / "sub").mkdir()
+    rows = ["a.wav,normal,0,0.6,r1", "a.wav,normal,0.6,1.2,r2", "a.wav,normal,1.2,2,r3",
+            "./a.wav,normal,0,1,", "sub/../a.wav,normal,1,2,", "b.wav,fault,,,r4"]
+    (tmp_path / "m.csv").write_text("path,label,start,end,recording\n" + "\n".join(rows) + "\n")
+    data = load_user_data(tmp_path / "m.csv", sample_rate=12000)
+    assert len({c.recording for c in data.clips if c.label == "normal"}) == 1
+    assert {c.recording for c in data.clips if c.label == "fault"} == {"r4"}
+    split = split_clips(data.clips, ["normal", "fault"], by="auto", parts=None, seed=0)
+    assert split.by["normal"] == "time"  # one recording: cut in time, no stretch of it in two parts whole
+
+
+def test_a_stretch_whose_start_is_not_before_its_end_says_so(tmp_path):
+    _two_wavs(tmp_path)
+    (tmp_path / "m.csv").write_text("path,label,start,end\na.wav,normal,1.5,0.5\nb.wav,fault,,\n")
+    with pytest.raises(DataError, match=r"start 1.5 s is not before end 0.5 s"):
+        load_user_data(tmp_path / "m.csv", sample_rate=12000)
+
+
+def test_eval_says_which_recordings_are_shorter_than_a_window(tmp_path, capsys):
+    # a label of only such recordings had no row and no word; all of them: "argmax of an empty sequence"
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "outer_021").mkdir()
+    wavfile.write(tmp_path / "normal" / "long.wav", 12000, _tone(1000, 1.0, 12000))
+    wavfile.write(tmp_path / "outer_021" / "blip.wav", 12000, _tone(2000, 0.1, 12000))
+    assert train_main(["eval", "--model", "bearing-cwru", "--data", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "outer_021/blip.wav: shorter than one window (2048 samples" in err
+    (tmp_path / "normal" / "long.wav").unlink()
+    wavfile.write(tmp_path / "normal" / "short.wav", 12000, _tone(1000, 0.1, 12000))
+    assert train_main(["eval", "--model", "bearing-cwru", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "every recording of" in err and "normal/short.wav, outer_021/blip.wav" in err

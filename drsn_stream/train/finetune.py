@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch import nn
 
 from drsn_stream.dsp.normalize import normalize
@@ -358,9 +359,9 @@ def train_user(
     )
     labels = data.labels
     for line in data.problems:
-        say(f"[yellow]skipped:[/yellow] {line}", markup=True, highlight=False)
-    for line in describe(data, split):
-        say(line, highlight=False)
+        say(f"[yellow]skipped:[/yellow] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+    for line in describe(data, split):  # labels and file names are the user's: "[x]" is text, not markup
+        say(line, markup=False, highlight=False)
 
     name = run.name or (Path(artifact).stem if artifact is not None else "user-model")
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
@@ -502,6 +503,18 @@ def evaluate_user(
         segs, part = data.clips, "all"
     if not segs:
         raise DataError(f"no recordings in the {part} part of {path}")
+    # the network judges whole windows: a shorter recording has none, and a label of only such
+    # recordings would have no row in the results without a word
+    short = [c for c in segs if c.signal.size < meta.window]
+    if short:
+        what = (f"shorter than one window ({meta.window} samples = {meta.window / meta.sample_rate:g} s at "
+                f"{meta.sample_rate:g} Hz)")
+        segs = [c for c in segs if c.signal.size >= meta.window]
+        if not segs:
+            where = f"of {path}" if part == "all" else f"in the {part} part of {path}"
+            raise DataError(f"every recording {where} is {what}: "
+                            f"{', '.join(sorted(c.name for c in short)[:5])}{', ...' if len(short) > 5 else ''}")
+        data.problems = [*data.problems, *(f"{c.name}: {what}, not measured" for c in short)]
     kinds = kinds or []
     ev = evaluate(module, segs, meta.labels, WHOLE, window=meta.window, hop=meta.hop,
                   normalization=meta.normalization, kinds=kinds,

@@ -23,7 +23,7 @@ import csv
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +123,9 @@ def read_entries(path: str | Path) -> tuple[str, list[Entry]]:
     p = Path(path).expanduser()
     if p.is_file():
         if p.suffix.lower() == ".csv":
-            return "manifest", _manifest_rows(_csv_rows(p), p)
+            return "manifest", _one_file_one_recording(_manifest_rows(_csv_rows(p), p))
         if p.suffix.lower() == ".toml":
-            return "manifest", _manifest_rows(_toml_rows(p), p)
+            return "manifest", _one_file_one_recording(_manifest_rows(_toml_rows(p), p))
         raise DataError(f"{p}: a dataset is a folder per label or a manifest (.csv or .toml), not a {p.suffix} file")
     if not p.is_dir():
         raise DataError(f"data {p} not found; give a folder per label (DIR/<label>/*.wav) or a manifest .csv/.toml")
@@ -148,20 +148,52 @@ def _folder_entries(root: Path) -> list[Entry]:
 
 
 def _csv_rows(p: Path) -> list[dict[str, Any]]:
-    with p.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
+    try:  # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
+        with p.open(newline="", encoding="utf-8-sig") as fh:
+            table = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise DataError(f"{p}: not a readable CSV file ({exc})") from None
+    if len(table) < 2:
         raise DataError(f"{p}: empty manifest; it needs a header row (path,label,...) and one row per file")
-    return [{k.strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in r.items() if k} for r in rows]
+    header = [h.strip().lower() for h in table[0]]
+    twice = sorted({h for h in header if h and header.count(h) > 1})
+    if twice:  # the last column of a name would win without a word
+        raise DataError(f"{p}: column(s) {', '.join(twice)} named more than once in the header row")
+    rows = []
+    for i, cells in enumerate(table[1:], start=1):
+        if not any(c.strip() for c in cells):
+            continue  # a blank line
+        if len(cells) > len(header):
+            raise DataError(f"{p.name} row {i}: {len(cells)} cells under a header of {len(header)} columns; "
+                            "quote a value that holds a comma")
+        rows.append({k: v.strip() for k, v in zip(header, cells) if k})
+    return rows
 
 
 def _toml_rows(p: Path) -> list[dict[str, Any]]:
     doc = toml_file(p, DataError)
     rows = doc.get("recording")
-    if not isinstance(rows, list) or not rows:
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise DataError(f"{p}: no [[recording]] tables; each needs path = ... and label = ...")
-    defaults = {k: v for k, v in doc.items() if k in MANIFEST_KEYS}
-    return [{**defaults, **r} for r in rows]
+    unknown = sorted(set(doc) - set(MANIFEST_KEYS) - {"recording"})
+    if unknown:
+        raise DataError(f"{p}: unknown key(s) {', '.join(unknown)}; known: [[recording]] tables and, as their "
+                        f"defaults, {', '.join(k for k in MANIFEST_KEYS if k != 'recording')}")
+    defaults = {k: v for k, v in doc.items() if k in MANIFEST_KEYS and k != "recording"}  # (the tables' name)
+    out = []
+    for i, r in enumerate(rows, start=1):
+        row = {**defaults, **r}
+        for key, value in row.items():
+            number = key in ("rate", "start", "end")
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if number
+                  else isinstance(value, str) or type(value) is int)  # label = 3, channel = 1
+            if key in MANIFEST_KEYS and not ok:
+                kind = "a number" if number else "a string"
+                raise DataError(f"{p.name} [[recording]] {i}: {key} must be {kind}, not {value!r}")
+        out.append(row)
+    return out
 
 
 def _manifest_rows(rows: list[dict[str, Any]], manifest: Path) -> list[Entry]:
@@ -192,9 +224,38 @@ def _manifest_rows(rows: list[dict[str, Any]], manifest: Path) -> list[Entry]:
     return out
 
 
+def _one_file_one_recording(entries: list[Entry]) -> list[Entry]:
+    """Rows that name the same file (under any spelling: ``a.wav``, ``./a.wav``, a link to it)
+    are one recording, whatever ids they were given, and so are the rows that share an id with
+    them: two stretches of one run in different parts of a split would let the test part measure
+    signal the network trained on."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = x = parent[parent[x]]
+        return x
+
+    first: dict[Path, str] = {}
+    for e in entries:
+        try:
+            key = e.path.resolve()
+        except (OSError, RuntimeError):  # a link loop: said when the file is read
+            key = e.path
+        other = first.setdefault(key, e.recording)
+        a, b = root(other), root(e.recording)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    if all(root(e.recording) == e.recording for e in entries):
+        return entries
+    return [replace(e, recording=root(e.recording)) for e in entries]
+
+
 def _number(v: Any, where: str, key: str) -> float | None:
     if v is None or v == "":
         return None
+    if isinstance(v, bool):  # TOML's true is no rate or time
+        raise DataError(f"{where}: {key} must be a number, not {v!r}")
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -231,6 +292,8 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
     x = np.asarray(x, dtype=np.float64)
     a = 0 if e.start is None else int(round(e.start * rate))
     b = x.size if e.end is None else int(round(e.end * rate))
+    if e.start is not None and e.end is not None and e.start >= e.end:
+        raise DataError(f"start {e.start:g} s is not before end {e.end:g} s")
     if not 0 <= a < b <= x.size:
         raise DataError(f"start/end {e.start}..{e.end} s lie outside the recording (0..{x.size / rate:.2f} s)")
     x = x[a:b]
