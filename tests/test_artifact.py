@@ -87,6 +87,9 @@ def test_text_file_and_missing_file_are_refused(tmp_path: Path) -> None:
         load_artifact(tmp_path / "nope.pt")
     with pytest.raises(ArtifactError, match="no built-in model named 'nope'"):
         load_artifact("nope")
+    (tmp_path / "models.pt").mkdir()  # it said "does not exist"
+    with pytest.raises(ArtifactError, match="models.pt is a folder, not a model file"):
+        load_artifact(tmp_path / "models.pt")
 
 
 def test_metadata_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> None:

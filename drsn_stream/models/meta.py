@@ -159,7 +159,8 @@ def resolve_artifact(path_or_name: str | Path) -> Path:
             f"no built-in model named {name!r}; built-ins: {', '.join(list_artifacts()) or 'none'}"
             " (or give the path of a .pt artifact)"
         )
-    raise ArtifactError(f"model file {name} does not exist; give a built-in name or the path of an exported .pt")
+    what = "is a folder, not a model file" if p.is_dir() else "does not exist"
+    raise ArtifactError(f"model file {name} {what}; give a built-in name or the path of an exported .pt")
 
 
 def read_meta(path_or_name: str | Path) -> ArtifactMeta:
