@@ -435,3 +435,12 @@ def test_eval_says_which_recordings_are_shorter_than_a_window(tmp_path, capsys):
     assert train_main(["eval", "--model", "bearing-cwru", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "every recording of" in err and "normal/short.wav, outer_021/blip.wav" in err
+
+
+def test_a_base_model_that_cannot_be_fine_tuned_is_refused_before_the_data_is_read(tmp_path, capsys):
+    # the refusal came after every recording had been read and resampled
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "normal" / "broken.wav").write_text("not audio")
+    assert train_main(["train", "--data", str(tmp_path), "--from", "digits-fsdd", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "fine-tuning needs a single network" in err and "an ensemble" in err and "broken.wav" not in err

@@ -94,7 +94,20 @@ def layout_of(run: UserRun) -> Layout:
     if run.base == SCRATCH:
         return run.layout
     meta = read_meta(run.base)
+    _fine_tunable(meta)  # before the data is read, not after
     return Layout(meta.sample_rate, meta.window, meta.hop, meta.normalization.get("kind", "zscore"))
+
+
+def _fine_tunable(meta: Any) -> None:
+    """An ArtifactError unless ``meta`` is a single raw-input network with its model config."""
+    mc = dict(meta.model_config)
+    if not mc or int(mc.get("ensemble", 1) or 1) > 1:
+        raise ArtifactError(
+            f"{meta.source}: fine-tuning needs a single network with its model_config; this artifact is "
+            f"{'an ensemble' if mc else 'without one'}; start from bearing-cwru or --from scratch"
+        )
+    if meta.input.get("kind", "raw") != "raw":
+        raise ArtifactError(f"{meta.source}: input kind {meta.input.get('kind')!r}; fine-tuning takes raw-input models")
 
 
 def start_model(run: UserRun, labels: list[str]) -> tuple[nn.Module, Layout, dict[str, Any]]:
@@ -111,14 +124,8 @@ def start_model(run: UserRun, labels: list[str]) -> tuple[nn.Module, Layout, dic
         mc = model_config(run.model, len(labels)).to_dict()
         return model, run.layout, {"from": SCRATCH, "model": run.model, "model_config": mc}
     module, meta = load_artifact(run.base)
+    _fine_tunable(meta)
     mc = dict(meta.model_config)
-    if not mc or int(mc.get("ensemble", 1) or 1) > 1:
-        raise ArtifactError(
-            f"{meta.source}: fine-tuning needs a single network with its model_config; this artifact is "
-            f"{'an ensemble' if mc else 'without one'}; start from bearing-cwru or --from scratch"
-        )
-    if meta.input.get("kind", "raw") != "raw":
-        raise ArtifactError(f"{meta.source}: input kind {meta.input.get('kind')!r}; fine-tuning takes raw-input models")
     model = build_from_config(mc)
     model.load_state_dict(network_of(module).state_dict())  # the network inside a Probabilities wrapper
     torch.manual_seed(run.seed)
