@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from drsn_stream.errors import ConfigError
+from drsn_stream.errors import ConfigError, DataError
 from drsn_stream.models import create_model, load_artifact
 from drsn_stream.train.cli import main as train_cli
 from drsn_stream.train.config import load_config, parse_config
@@ -207,3 +207,29 @@ def test_export_of_an_exported_model_says_it_is_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "an exported model (a TorchScript artifact), not a training checkpoint" in err
     assert err.count("\n") == 1 and not (tmp_path / "x.pt").exists()
+
+
+def test_training_stops_at_the_first_loss_that_is_not_a_number(tmp_path):
+    # a window of NaN samples made every weight NaN; the run went on, saved the model and exited 0
+    x = torch.randn(64, 256)
+    x[40, 17] = float("nan")
+    y = torch.arange(64) % 2
+    model = create_model("resnet_paper", num_classes=2)
+    with pytest.raises(DataError, match=r"epoch 1, batch \d+: the loss is nan.*NaN or infinite samples.*lr"):
+        fit(model, (x, y), recipe=Recipe(epochs=2, batch_size=16), checkpoint_dir=tmp_path, progress=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # not a step taken on it
+    assert not list(tmp_path.glob("*.pt"))
+
+
+@needs_cwru
+def test_a_cwru_recording_with_nan_samples_is_refused_naming_it(tmp_path):
+    import scipy.io as sio
+
+    from drsn_stream.train.cwru import load_recording
+
+    mat = sio.loadmat(CWRU / "normal_0_97.mat")
+    key = next(k for k in mat if k.endswith("_DE_time"))
+    mat[key][1000:1100] = np.nan
+    sio.savemat(tmp_path / "normal_0_97.mat", {k: v for k, v in mat.items() if not k.startswith("__")})
+    with pytest.raises(DataError, match=r"normal_0_97.mat: 100 of its \d+ samples are NaN or infinite"):
+        load_recording(tmp_path / "normal_0_97.mat")

@@ -210,6 +210,9 @@ def load_recording(
     # A few CWRU files carry a second, foreign array; the one named after the file number is ours.
     own = [k for k in keys if k.startswith(f"X{info.file_no:03d}_")]
     x = np.asarray(mat[(own or keys)[0]], dtype=np.float64).reshape(-1)
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:  # windows of them trained a NaN network without a word
+        raise DataError(f"{path}: {bad} of its {x.size} samples are NaN or infinite; re-copy it from the CWRU data set")
     rpm_keys = [k for k in mat if k.endswith("RPM")]
     rpm = float(np.asarray(mat[rpm_keys[0]]).reshape(-1)[0]) if rpm_keys else None
     if info.sample_rate != sample_rate:

@@ -13,6 +13,7 @@ The recipe defaults are the paper's: SGD with momentum 0.9, L2 1e-4, batch 128, 
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 import time
 import zipfile
@@ -229,10 +230,16 @@ def fit(
                 yt = torch.from_numpy(yb)
                 logits, _ = model(xt)
                 loss = loss_fn(logits, yt)
+                value = float(loss.detach())
+                if not math.isfinite(value):  # one step more and every weight is NaN, trained on without a word
+                    raise DataError(
+                        f"epoch {epoch + 1}, batch {i // recipe.batch_size + 1}: the loss is {value}; the training "
+                        "windows hold NaN or infinite samples, or the learning rate (lr) is too high; nothing was saved"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total_loss += float(loss.detach()) * len(idx)
+                total_loss += value * len(idx)
                 correct += int((logits.argmax(1) == yt).sum())
                 seen += len(idx)
                 bar.advance(f"epoch {epoch + 1}/{recipe.epochs} lr {lr:g} loss {total_loss / seen:.3f}")
