@@ -14,21 +14,24 @@ synthetic voices (cached in runs/tts). Results go to runs/digits/*.json and the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from drsn_stream.config import read_toml
+from drsn_stream.config import arg_number
+from drsn_stream.errors import ConfigError, DataError, run_tool
 from drsn_stream.models import model_config, save_artifact
 from drsn_stream.models.ensemble import Ensemble
 from drsn_stream.models.outputs import network_of
 from drsn_stream.speech import CREDITS, HOP, LABELS, NORMALIZATION, SAMPLE_RATE, WINDOW, dataset, tts
-from drsn_stream.speech.augment import AugmentConfig
+from drsn_stream.speech.config import MAX_ENSEMBLE, DigitsConfig, load_config
 from drsn_stream.speech.train import (
+    MAX_EPOCHS,
+    MAX_THREADS,
     TrainConfig,
     accuracy,
     background_check,
@@ -47,23 +50,10 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def train_config(cfg: dict, **changes) -> TrainConfig:
-    m = dict(cfg["model"])
-    name = m.pop("name")
-    t = dict(cfg["train"])
-    t.pop("ensemble", None)  # networks per model: the tool's business, not one network's training
-    tc = TrainConfig(model=name, overrides=m, **t)
-    if "augment" in cfg:
-        tc.augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["augment"].items()})
-    for k, v in changes.items():
-        setattr(tc, k, v)
-    return tc
-
-
-def synthetic(cache: Path, cfg: dict) -> tuple[list, list, list]:
+def synthetic(cache: Path, cfg: DigitsConfig) -> tuple[list, list, list]:
     """(train digit words, train non-digit words, held-out-voice digit words) from TTS."""
-    n_train = int(cfg["tts"]["train_voices"])
-    n_held = int(cfg["tts"]["heldout_voices"])
+    n_train = cfg.tts.train_voices
+    n_held = cfg.tts.heldout_voices
     pool = tts.voices(n_train + n_held, seed=0)
     order = np.random.default_rng(0).permutation(len(pool))
     train_v = [pool[i] for i in order[:n_train]]
@@ -92,7 +82,7 @@ def evaluate(model, test, noise_test, held) -> dict:
 TRAINING_ONLY = ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "warp")
 
 
-def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: dict, config_path: Path | None = None,
+def meta_for(tc: TrainConfig, model, res: dict, n_train: dict, cfg: DigitsConfig, config_path: Path | None = None,
              seeds: list[int] | None = None) -> dict:
     net = model_config(tc.model, len(LABELS), **tc.overrides).to_dict()
     seeds = list(seeds or [tc.seed])
@@ -159,8 +149,8 @@ def reusable_members(paths: list[Path], tc: TrainConfig) -> dict[int, tuple[obje
         net = {k: v for k, v in meta.model_config.items() if k != "ensemble"}
         recipe = {k: v for k, v in (meta.training or {}).get("recipe", {}).items() if k not in ("seed", "threads")}
         if net != want_net or json.loads(json.dumps(recipe)) != json.loads(json.dumps(want_recipe)):
-            sys.exit(f"{path}: trained with another recipe than {tc.model} as configured here; "
-                     "--members-from takes artifacts of this very config (seed aside)")
+            raise ConfigError(f"{path}: trained with another recipe than {tc.model} as configured here; "
+                              "--members-from takes artifacts of this very config (seed aside)")
         model = build_from_config(meta.model_config)
         model.load_state_dict(network_of(module).state_dict())
         nets = list(model.members) if isinstance(model, Ensemble) else [model]
@@ -173,16 +163,16 @@ def record_loso(paths: list[Path]) -> int:
     """Adds leave-one-speaker-out results to the installed artifact's metadata (same weights)."""
     from drsn_stream.models import build_from_config, load_artifact
 
+    per = {}
+    epochs = set()
+    for p in paths:  # all of them checked before the artifact is touched
+        speaker, acc, ep = _loso_result(p)
+        per[speaker] = acc
+        epochs.add(ep)
     dest = ROOT / "drsn_stream" / "artifacts" / "digits-fsdd.pt"
     module, meta = load_artifact(dest)
     model = build_from_config(meta.model_config)
     model.load_state_dict(network_of(module).state_dict())
-    per = {}
-    epochs = set()
-    for p in paths:
-        d = json.loads(p.read_text())
-        per[d["speaker"]] = d["accuracy"]
-        epochs.add(d["epochs"])
     d = meta.to_dict()
     d["accuracy"]["loso_pct"] = {**per, "mean": round(float(np.mean(list(per.values()))), 2)}
     d["accuracy"]["loso"] = (
@@ -195,19 +185,38 @@ def record_loso(paths: list[Path]) -> int:
     return 0
 
 
+def _loso_result(path: Path) -> tuple[str, float, int]:
+    """(speaker, accuracy %, epochs) of one loso-SPEAKER.json; DataError naming the file otherwise."""
+    what = "give the loso-SPEAKER.json files that tools/train_digits.py --loso wrote"
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc}); {what}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DataError(f"{path}: not a JSON file ({str(exc)[:80]}); {what}") from None
+    ok = (isinstance(d, dict) and isinstance(d.get("speaker"), str)
+          and isinstance(d.get("accuracy"), (int, float)) and not isinstance(d.get("accuracy"), bool)
+          and 0 <= d["accuracy"] <= 100
+          and isinstance(d.get("epochs"), int) and not isinstance(d.get("epochs"), bool) and d["epochs"] >= 1)
+    if not ok:
+        raise DataError(f"{path}: not a leave-one-speaker-out result (speaker, accuracy 0-100, epochs >= 1); {what}")
+    return d["speaker"], float(d["accuracy"]), int(d["epochs"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None, help="folder holding fsdd/ and noise/ (default ../shared/data)")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "digits-fsdd.toml")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
-    ap.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    ap.add_argument("--epochs", type=arg_number(int, 1, MAX_EPOCHS), default=None, help="override the config's epochs")
     ap.add_argument("--compare", action="store_true", help="train the 1-D raw model and the 2-D log-mel model")
     ap.add_argument("--loso", action="store_true", help="leave-one-speaker-out evaluation")
     ap.add_argument("--speakers", nargs="*", default=None, help="LOSO: only these speakers")
-    ap.add_argument("--ensemble", type=int, default=None,
+    ap.add_argument("--ensemble", type=arg_number(int, 1, MAX_ENSEMBLE), default=None,
                     help="networks per model, seeds seed..seed+K-1, probabilities averaged (default: the config's "
                          "[train] ensemble, else 1); LOSO also reports each member alone")
-    ap.add_argument("--threads", type=int, default=None, help="override the config's torch threads")
+    ap.add_argument("--threads", type=arg_number(int, 1, MAX_THREADS), default=None,
+                    help="override the config's torch threads")
     ap.add_argument("--tag", default="", help="write into runs/digits-TAG instead of runs/digits")
     ap.add_argument("--install", action="store_true", help="copy the exported artifact into drsn_stream/artifacts/")
     ap.add_argument("--members-from", nargs="+", type=Path, default=None, metavar="PT",
@@ -219,36 +228,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.record_loso:
         return record_loso(args.record_loso)
 
-    cfg = read_toml(args.config)
-    if args.threads:
-        cfg["train"]["threads"] = args.threads
+    # the whole recipe is checked before any data or synthetic voice is loaded
+    cfg = load_config(args.config)
+    if args.threads is not None:
+        cfg = dataclasses.replace(cfg, train=cfg.train_config(threads=args.threads))
     data = args.data or dataset.default_data_dir()
+    if not data.is_dir():
+        raise DataError(f"data folder {data} not found; give the folder holding fsdd/ and noise/ with --data "
+                        "(or the DRSN_DATA environment variable)")
     out_dir = args.runs / ("digits-" + args.tag if args.tag else "digits")
-    out_dir.mkdir(parents=True, exist_ok=True)
     log(f"loading FSDD and noise from {data}")
-    fsdd = dataset.load_fsdd(data / "fsdd")
-    train, test = dataset.split_fsdd(fsdd)
+    fsdd = dataset.load_fsdd(data / "fsdd", log=log)
+    # an empty part is said now, not after training (when the test windows are stacked)
+    folds = dataset.loso_folds(fsdd, args.speakers) if args.loso else []
+    train, test = dataset.split_fsdd(fsdd, require=None if args.loso else data / "fsdd")
     noise_train = dataset.load_noise(data / "noise", part="train")
     noise_test = dataset.load_noise(data / "noise", part="test")
     log("synthetic voices (cached in runs/tts)")
     tts_digits, tts_others, tts_held = synthetic(args.runs / "tts", cfg)
     log(f"FSDD train {len(train)}, test {len(test)}; TTS digits {len(tts_digits)}, other words {len(tts_others)}, "
         f"held-out voice digits {len(tts_held)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
 
-    n_members = int(args.ensemble or cfg["train"].get("ensemble", 1))
-    base_seed = int(cfg["train"].get("seed", 0))
+    n_members = args.ensemble if args.ensemble is not None else cfg.ensemble
+    base_seed = cfg.train.seed
     member_seeds = [base_seed + i for i in range(n_members)]
     if args.loso:
-        epochs = args.epochs or int(cfg["loso"]["epochs"])
+        epochs = args.epochs if args.epochs is not None else cfg.loso.epochs
         results = {}
-        for spk in args.speakers or dataset.FSDD_SPEAKERS:
-            tr = [u for u in fsdd if u.speaker != spk]
-            te = [u for u in fsdd if u.speaker == spk]
+        for spk, tr, te in folds:
             log(f"LOSO {spk}: train {len(tr)} FSDD + TTS, test {len(te)} ({epochs} epochs, {n_members} network(s))")
             members, member_acc, member_probs = [], [], []
             te_windows = np.stack([center(u.audio) for u in te])
             for seed in member_seeds:
-                members.append(train_model(train_config(cfg, epochs=epochs, seed=seed), tr + tts_digits, tts_others,
+                members.append(train_model(cfg.train_config(epochs=epochs, seed=seed), tr + tts_digits, tts_others,
                                            noise_train, log=log))
                 member_acc.append(accuracy(members[-1], te)["accuracy"])
                 member_probs.append(predict(members[-1], te_windows))
@@ -270,11 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.compare:
-        epochs = args.epochs or 6
+        epochs = args.epochs if args.epochs is not None else 6
         table = {}
-        for name, overrides in (ONE_D, (cfg["model"]["name"], {k: v for k, v in cfg["model"].items() if k != "name"})):
-            tc = train_config(cfg, epochs=epochs)
-            tc.model, tc.overrides = name, dict(overrides)
+        for name, overrides in (ONE_D, (cfg.train.model, cfg.train.overrides)):
+            tc = cfg.train_config(epochs=epochs, model=name, overrides=dict(overrides))
             t0 = time.perf_counter()
             model = train_model(tc, train + tts_digits, tts_others, noise_train, log=log)
             acc = accuracy(model, test)
@@ -286,9 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         (out_dir / "compare.json").write_text(json.dumps(table, indent=1))
         return 0
 
-    tc = train_config(cfg)
-    if args.epochs:
-        tc.epochs = args.epochs
+    tc = cfg.train_config(**({"epochs": args.epochs} if args.epochs is not None else {}))
     reuse = reusable_members(args.members_from or [], tc)
     members = []
     for seed in member_seeds:
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         res["member_test_split"] = [accuracy(m, test)["accuracy"] for m in members]
         log(f"test split: members {res['member_test_split']} %, ensemble {res['test_split']['accuracy']} %")
     counts = {"fsdd_train": len(train), "tts_digits": len(tts_digits), "tts_other_words": len(tts_others),
-              "tts_train_voices": int(cfg["tts"]["train_voices"])}
+              "tts_train_voices": cfg.tts.train_voices}
     meta = meta_for(tc, model, res, counts, cfg, args.config, seeds=member_seeds)
     path = save_artifact(model, out_dir / "digits-fsdd.pt", meta, probs=True)
     (out_dir / "results.json").write_text(json.dumps(res, indent=1))
@@ -319,4 +329,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "tools/train_digits.py"))

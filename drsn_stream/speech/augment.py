@@ -13,12 +13,15 @@ Every augmentation draws from a ``numpy.random.Generator``, so an epoch is repro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import fftconvolve, resample_poly
 
+from drsn_stream.config import out_of_range
 from drsn_stream.dsp.noise import make_noise
+from drsn_stream.errors import ConfigError
 from drsn_stream.speech import LABELS, RMS_FLOOR, SAMPLE_RATE, WINDOW
 from drsn_stream.speech.dataset import REAL_NOISES, Utterance
 
@@ -47,6 +50,32 @@ class AugmentConfig:
     snr_db: tuple[float, float] = (0.0, 30.0)
     level: tuple[float, float] = (0.003, 0.3)
     crop: tuple[float, float] = (0.15, 0.45)
+
+    def __post_init__(self) -> None:
+        # reversed, NaN or non-positive ranges trained on NaN windows or stopped inside scipy;
+        # each bound is what the perturbation can take (speed: resample_poly(x, 20, 20 * speed))
+        problems = [
+            *_span("speed", self.speed, 0.5, 2.0),
+            out_of_range("reverb_p", self.reverb_p, 0.0, 1.0),
+            *_span("rt60_s", self.rt60_s, 0.01, 5.0),
+            out_of_range("noise_p", self.noise_p, 0.0, 1.0),
+            *_span("snr_db", self.snr_db, -30.0, 100.0),
+            *_span("level", self.level, 1e-5, 1.0),
+            *_span("crop", self.crop, 0.0, 1.0),
+        ]
+        problems = [p for p in problems if p]
+        if problems:
+            raise ConfigError("[augment] " + "; ".join(problems))
+
+
+def _span(name: str, pair: Sequence[float], least: float, most: float) -> list[str | None]:
+    """Problems of a ``[low, high]`` range whose ends lie from ``least`` to ``most``."""
+    if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
+        return [f"{name} must be a list of 2 numbers [low, high], not {pair!r}"]
+    problems = [out_of_range(f"{name}[{i}]", v, least, most) for i, v in enumerate(pair)]
+    if not any(problems) and pair[0] > pair[1]:
+        problems.append(f"{name} must be [low, high] with low <= high, not {list(pair)}")
+    return problems
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:

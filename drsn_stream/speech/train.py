@@ -8,6 +8,7 @@ recordings into 1 s windows the way the live stream sees them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +19,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from drsn_stream.config import out_of_range
 from drsn_stream.dsp.normalize import normalize
+from drsn_stream.errors import ConfigError, DataError
 from drsn_stream.models import create_model
 from drsn_stream.models.outputs import to_probs
 from drsn_stream.speech import DIGITS, LABELS, NORMALIZATION, RMS_FLOOR, WINDOW
 from drsn_stream.speech.augment import AugmentConfig, EpochPlan, WindowMaker, make_epoch, noise_segment
 from drsn_stream.speech.dataset import Utterance
+
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_LR = 10.0
+MAX_THREADS = 1024
+MAX_SEED = 2**31 - 1
 
 
 @dataclass
@@ -36,6 +45,9 @@ class TrainConfig:
             one-cycle learning rate peaking at ``lr``).
         seed: seeds the augmentation and the weights.
         threads: torch CPU threads.
+
+    Raises ConfigError naming the ``[train]`` key when a value is of the wrong type or out of
+    range (at construction, and again when ``train_model`` starts: the fields may be set later).
     """
 
     model: str = "drsn_cw_mel"
@@ -50,8 +62,34 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     plan: EpochPlan = field(default_factory=EpochPlan)
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raises ConfigError listing every recipe value that is out of range."""
+        problems = [
+            out_of_range("epochs", self.epochs, 1, MAX_EPOCHS, whole=True),
+            # BatchNorm needs two windows per batch: batch 1 skipped every batch and divided by 0
+            out_of_range("batch", self.batch, 2, MAX_BATCH, whole=True),
+            out_of_range("lr", self.lr, 0.0, MAX_LR, above=True),
+            out_of_range("weight_decay", self.weight_decay, 0.0, 1.0),
+            below_one("label_smoothing", self.label_smoothing),
+            out_of_range("seed", self.seed, 0, MAX_SEED, whole=True),
+            out_of_range("threads", self.threads, 1, MAX_THREADS, whole=True),
+        ]
+        problems = [p for p in problems if p]
+        if problems:
+            raise ConfigError("[train] " + "; ".join(problems))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def below_one(name: str, value: Any) -> str | None:
+    """A line saying that ``value`` is not a finite number in [0, 1), or None."""
+    if out_of_range(name, value, 0.0, 1.0) is None and value < 1.0:
+        return None
+    return f"{name} must be a number from 0 up to (not including) 1, not {value!r}"
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -73,6 +111,9 @@ def train_model(
         others: non-digit TTS words for `_unknown_`.
         noises: training part of the background recordings, 8 kHz.
     """
+    cfg.check()
+    if not digits:
+        raise DataError("no digit recordings to train on (FSDD training takes and synthetic voices are both empty)")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -106,6 +147,12 @@ def train_model(
                     continue  # BatchNorm needs two samples
                 logits, _ = model(xb)
                 loss = loss_fn(logits, yb)
+                if not math.isfinite(loss.item()):  # before the step: the weights stay finite
+                    raise ConfigError(
+                        f"training diverged: the loss is {loss.item()} in epoch {epoch + 1}/{cfg.epochs} "
+                        f"(batch {i // cfg.batch + 1}); lower [train] lr (now {cfg.lr:g}) and train again, "
+                        "or look for NaN in the training audio"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -68,6 +68,19 @@ def voices(n: int, *, seed: int = 0) -> list[Voice]:
     Children are approximated by the highest pitches (espeak -p 80-99, flite F0 260-320 Hz).
     """
     rng = np.random.default_rng(seed)
+    pool = _pool()
+    # Draw flite voices more often than their share of the pool: they sound more natural.
+    weights = np.array([4.0 if v.engine == "flite" else 1.0 for v in pool])
+    idx = rng.choice(len(pool), size=min(n, len(pool)), replace=False, p=weights / weights.sum())
+    return [pool[i] for i in sorted(idx)]
+
+
+def pool_size() -> int:
+    """How many distinct synthetic speakers ``voices`` can draw."""
+    return len(_pool())
+
+
+def _pool() -> list[Voice]:
     pool: list[Voice] = []
     for base in _ESPEAK_BASES:
         for var in _ESPEAK_VARIANTS:
@@ -78,10 +91,7 @@ def voices(n: int, *, seed: int = 0) -> list[Voice]:
         for f0 in (110, 160, 210, 260, 300):
             for stretch in (0.8, 1.0, 1.25):
                 pool.append(Voice("flite", fv, f0, stretch))
-    # Draw flite voices more often than their share of the pool: they sound more natural.
-    weights = np.array([4.0 if v.engine == "flite" else 1.0 for v in pool])
-    idx = rng.choice(len(pool), size=min(n, len(pool)), replace=False, p=weights / weights.sum())
-    return [pool[i] for i in sorted(idx)]
+    return pool
 
 
 def _synth(voice: Voice, text: str, path: Path) -> None:
@@ -92,10 +102,14 @@ def _synth(voice: Voice, text: str, path: Path) -> None:
             "flite", "-voice", voice.name, "--setf", f"int_f0_target_mean={voice.pitch}",
             "--setf", f"duration_stretch={voice.speed}", "-t", text, "-o", str(path),
         ]
+    path.unlink(missing_ok=True)  # never read the previous word's file as this one's
     try:
         subprocess.run(cmd, check=True, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
         raise DataError(f"TTS failed for {voice.id} {text!r}: {exc}; check the espeak-ng/flite installation") from None
+    if not path.is_file():
+        raise DataError(f"TTS: {voice.engine} exited 0 for {voice.id} {text!r} but wrote no {path}; "
+                        "check the espeak-ng/flite installation")
 
 
 def trim(x: np.ndarray, sample_rate: int, *, below_db: float = 35.0, margin_s: float = 0.02) -> np.ndarray:
@@ -153,19 +167,17 @@ def generate(
             Utterance(lab, spk, -1, audio[offs[i] : offs[i + 1]].astype(np.float32) / 32768.0)
             for i, (lab, spk) in enumerate(meta)
         ]
+    if not voice_list:
+        return []
     check_engines()
     tmp = cache / f"tmp-{digest}.wav"
-    out: list[Utterance] = []
-    for voice in voice_list:
-        for text, label in zip(words, labels, strict=True):
-            _synth(voice, text, tmp)
-            x, rate = read_wav(tmp)
-            x = trim(to_rate(x, rate, sample_rate), sample_rate)
-            peak = float(np.max(np.abs(x))) if x.size else 0.0
-            if peak < 1e-4:
-                continue
-            out.append(Utterance(label, voice.id, -1, (0.7 * x / peak).astype(np.float32)))
-    tmp.unlink(missing_ok=True)
+    try:
+        out = _speak_all(voice_list, words, labels, tmp, sample_rate)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not out:
+        raise DataError(f"TTS: no voice said a word loud enough to keep ({len(voice_list)} voice(s), "
+                        f"{len(words)} word(s)); check the espeak-ng/flite installation")
     pcm = np.concatenate([np.round(u.audio * 32767.0).astype(np.int16) for u in out])
     np.savez(
         store,
@@ -173,4 +185,24 @@ def generate(
         lens=np.array([len(u.audio) for u in out]),
         meta=json.dumps([(u.label, u.speaker) for u in out]),
     )
+    return out
+
+
+def _speak_all(voice_list: list[Voice], words: tuple[str, ...], labels: tuple[str, ...], tmp: Path,
+               sample_rate: int) -> list[Utterance]:
+    """Every word in every voice through ``tmp`` (one WAV at a time), trimmed, at ``sample_rate``."""
+    out: list[Utterance] = []
+    for voice in voice_list:
+        for text, label in zip(words, labels, strict=True):
+            _synth(voice, text, tmp)
+            try:
+                x, rate = read_wav(tmp)
+            except DataError as exc:
+                raise DataError(f"TTS: {voice.engine} wrote an unusable WAV for {voice.id} {text!r} ({exc}); "
+                                "check the espeak-ng/flite installation") from None
+            x = trim(to_rate(x, rate, sample_rate, where=tmp), sample_rate)
+            peak = float(np.max(np.abs(x))) if x.size else 0.0
+            if peak < 1e-4:
+                continue
+            out.append(Utterance(label, voice.id, -1, (0.7 * x / peak).astype(np.float32)))
     return out
