@@ -12,15 +12,32 @@ the CWRU recordings it was trained on (never the held-out test part), clean and 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
+from pathlib import Path
 
 import numpy as np
 
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine.bench import eager_from_artifact
+from drsn_stream.errors import ConfigError, DataError, run_tool
 from drsn_stream.models import load_artifact, save_artifact
 from drsn_stream.train.cwru import load_set
 from drsn_stream.train.evaluate import part_windows
+
+MAX_PER_KIND = 1000  # 3000 windows of 2048 float16 samples: 12 MB in the artifact already
+
+
+def rewritable(path: str) -> Path:
+    """``path`` if it is an artifact file this tool may rewrite in place (not a built-in's name:
+    ``bearing-cwru`` would become a new file of that name in the current folder)."""
+    p = Path(path)
+    if not p.is_file():
+        what = "is a folder" if p.is_dir() else "is not a file"
+        raise ConfigError(f"{path} {what}; give the path of a .pt file to rewrite, "
+                          "e.g. drsn_stream/artifacts/bearing-cwru.pt")
+    if not os.access(p, os.W_OK) or not os.access(p.parent, os.W_OK):
+        raise ConfigError(f"cannot rewrite {path}: it or its folder is not writable")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="windows per noise condition (default 22: 66 in all keep the file small; the fp16 and "
                          "channels-last checks need no more)")
     args = ap.parse_args(argv)
-    module, meta = load_artifact(args.artifact)
+    if not 1 <= args.per_kind <= MAX_PER_KIND:
+        raise ConfigError(f"--per-kind must be between 1 and {MAX_PER_KIND}, not {args.per_kind}")
+    path = rewritable(args.artifact)
+    module, meta = load_artifact(path)
+    if meta.input.get("kind", "raw") != "raw" or meta.training.get("dataset") not in (None, "cwru"):
+        raise ConfigError(f"{path} is not a CWRU bearing model; validation windows are cut from the CWRU "
+                          "recordings, so only a bearing model trained on them takes them")
     d = meta.training.get("data", {})
     split = meta.training.get("split", {})
     val = tuple(split.get("val", d.get("val_part", (0.60, 0.75))))
@@ -41,17 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     parts = []
     for kind, snr in (("none", None), ("gaussian", 0.0), ("pink", 0.0)):
         x, _ = part_windows(recs, meta.labels, val, window=meta.window, hop=meta.hop, kind=kind, snr_db=snr, seed=7)
+        if not len(x):
+            raise DataError(f"no validation window in part {val} of the recordings; point --data at the CWRU folder")
         pick = rng.choice(len(x), size=min(args.per_kind, len(x)), replace=False)
         parts.append(normalize(x[pick], meta.normalization))
     windows = np.concatenate(parts).astype(np.float32)
     model = eager_from_artifact(module, meta)
-    meta.training.setdefault("validation_windows", {"part": list(val), "conditions": ["clean", "gaussian 0 dB",
-                                                                                      "pink 0 dB"],
-                                                    "count": int(len(windows))})
-    save_artifact(model, args.artifact, meta, validation=windows)
-    print(f"{args.artifact}: stored {len(windows)} validation windows from part {val}")
+    meta.training["validation_windows"] = {"part": list(val), "conditions": ["clean", "gaussian 0 dB", "pink 0 dB"],
+                                           "count": int(len(windows))}
+    try:
+        save_artifact(model, path, meta, validation=windows)
+    except OSError as exc:
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        raise ConfigError(f"cannot rewrite {path} ({exc.strerror or exc})") from None
+    print(f"{path}: stored {len(windows)} validation windows from part {val}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/attach_validation.py"))

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.errors import run_tool
 from drsn_stream.sinks.jsonl import JsonlSink
 
 
@@ -168,4 +169,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/bench_cluster.py"))

@@ -20,7 +20,6 @@ import io
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine.runner import Runner
 from drsn_stream.engine.stats import EngineStats
+from drsn_stream.errors import ConfigError, run_tool
 from drsn_stream.models.artifact import load_artifact, load_validation
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.monitor.health import HealthConfig, HealthMonitor
@@ -132,9 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare is not None:
         import importlib.util
 
+        if args.compare.suffix != ".py" or not args.compare.is_file():
+            raise ConfigError(f"--compare {args.compare}: not a .py file; give the path of an earlier dashboard.py")
         spec = importlib.util.spec_from_file_location("other_dashboard", args.compare)
         other = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(other)
+        try:
+            spec.loader.exec_module(other)
+        except Exception as exc:  # noqa: BLE001 - any failure of a foreign file is the file's fault
+            raise ConfigError(f"--compare {args.compare}: cannot load it ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); give an earlier dashboard.py") from None
+        if not callable(getattr(other, "render", None)):
+            raise ConfigError(f"--compare {args.compare}: it has no render(); give an earlier dashboard.py")
     rows = []
     for n in STREAMS:
         snap = real_snapshot(n)
@@ -163,4 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/bench_dashboard.py"))

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from drsn_stream.errors import run_tool
 from drsn_stream.monitor import decision
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
 from drsn_stream.train.cwru import LABELS_10
@@ -88,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_tool(main, "tools/bench_decisions.py"))

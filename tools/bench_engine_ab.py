@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import statistics
 import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,6 +30,7 @@ import torch
 
 from drsn_stream.engine import cpu_layout, peers
 from drsn_stream.engine.runner import Runner
+from drsn_stream.errors import ArtifactError, ConfigError, run_tool
 from drsn_stream.models.artifact import load_artifact, load_validation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,12 +73,20 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=0.5, help="per contender, batch size and round")
     args = parser.parse_args()
-    sizes = [int(v) for v in args.batch_sizes.split(",")]
+    try:
+        sizes = [int(v) for v in args.batch_sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or not all(1 <= b <= 65536 for b in sizes):
+        raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: give comma-separated whole numbers from 1 to 65536")
+    if args.repeat < 1 or not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise ConfigError("--repeat must be >= 1 and --seconds a finite number > 0")
+    load_artifact(args.model)  # a missing or corrupt file is said so, not "carries no validation windows"
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript, at our call sites
     val = load_validation(args.model)
     if val is None:
-        raise SystemExit(f"{args.model} carries no validation windows")
+        raise ArtifactError(f"{args.model} carries no validation windows; add them with tools/attach_validation.py")
     data = np.ascontiguousarray(np.tile(val, (-(-max(sizes) // len(val)), 1))[: max(sizes)])
     with tempfile.TemporaryDirectory() as tmp:
         fns = {"baseline": _engine(args.model, _layout_at(args.baseline, Path(tmp))),
@@ -106,4 +115,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/bench_engine_ab.py"))

@@ -16,11 +16,11 @@ and new can be compared by running this script with each on ``PYTHONPATH``, alte
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np
 
+from drsn_stream.errors import run_tool
 from drsn_stream.monitor.health import HealthMonitor
 from drsn_stream.types import Frame, channel_ids, split_channels
 
@@ -72,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/bench_health.py"))

@@ -24,7 +24,6 @@ import cProfile
 import json
 import pstats
 import socket
-import sys
 import threading
 import time
 
@@ -33,6 +32,7 @@ import zmq
 
 from drsn_stream.app import ingest as ingest_mod
 from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.errors import run_tool
 from drsn_stream.runtime import freeze_start_up_objects, thaw
 from drsn_stream.sources.wire import encode, encode_eos
 
@@ -162,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/bench_ingest.py"))

@@ -44,6 +44,7 @@ import numpy as np
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.engine.stats import p50_p99
+from drsn_stream.errors import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -453,4 +454,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/bench_pipeline.py"))

@@ -17,12 +17,14 @@ emitted minus the word's end).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
 import torch
 
 from drsn_stream.dsp import StreamDSP
+from drsn_stream.errors import ConfigError, run_tool
 from drsn_stream.models import load_artifact
 from drsn_stream.models.outputs import to_probs
 from drsn_stream.sources import make_source
@@ -95,6 +97,9 @@ def report(name: str, res: dict, wall: bool) -> None:
                   f"p90 {np.percentile(w, 90) * 1000:.0f} ms, max {w.max() * 1000:.0f} ms")
 
 
+MAX_SECONDS = 86400.0  # a day of audio; more is a typo
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="digits-fsdd")
@@ -102,8 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--realtime", type=float, default=0.0, help="also run this many seconds paced in real time")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the monitor leaves a core for ingest)")
     args = ap.parse_args(argv)
+    for flag, v in (("--seconds", args.seconds), ("--realtime", args.realtime)):
+        if not (math.isfinite(v) and 0 <= v <= MAX_SECONDS) or (flag == "--seconds" and v == 0):
+            raise ConfigError(f"{flag} must be a finite number of seconds up to {MAX_SECONDS:.0f}, not {v}")
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be 1 or more, not {args.threads}")
     torch.set_num_threads(args.threads)
     model, meta = load_artifact(args.model)
+    if meta.input.get("kind") != "logmel":
+        raise ConfigError(f"{args.model} is not a speech model (its input is {meta.input.get('kind', 'raw')}); "
+                          "give one, e.g. --model digits-fsdd")
     frozen = torch.jit.optimize_for_inference(torch.jit.freeze(model.eval())) if hasattr(model, "graph") else model
     print(f"model {meta.name} ({meta.model}), {sum(p.numel() for p in model.parameters())} parameters, "
           f"torch threads {args.threads}, {torch.__version__}")
@@ -117,4 +130,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "tools/bench_speech.py"))

@@ -35,6 +35,7 @@ import numpy as np
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.engine.contract import MAX_BATCH, Pending, cuda_catch_up_batch
+from drsn_stream.errors import run_tool
 from drsn_stream.runtime import freeze_start_up_objects, thaw
 from drsn_stream.sinks.jsonl import JsonlSink
 from drsn_stream.sources.sim import EXCERPT_RATE, load_excerpts
@@ -224,4 +225,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "tools/bench_stages.py"))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -22,9 +24,10 @@ import numpy as np
 
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine.runner import Runner
+from drsn_stream.errors import ConfigError, DataError, run_tool
 from drsn_stream.models import load_artifact
 from drsn_stream.models.artifact import resolve_artifact
-from drsn_stream.monitor.baseline import MARGIN, fit_stream
+from drsn_stream.monitor.baseline import MARGIN, MIN_WINDOWS, fit_stream
 from drsn_stream.train import cwru
 
 
@@ -37,6 +40,15 @@ def features(runner: Runner, x: np.ndarray, norm: dict) -> np.ndarray:
     return np.concatenate(out)
 
 
+def json_out(path: str) -> Path:
+    """``--json`` if it can be written (checked before the run, not after it)."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"--json {path}: not a file in a writable folder; give another path")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="bearing-cwru")
@@ -45,7 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margin", type=float, default=MARGIN)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
+    if not (math.isfinite(args.margin) and args.margin > 0):
+        raise ConfigError(f"--margin must be a finite number > 0, not {args.margin}")
+    if not 0 < args.learn < 1:
+        raise ConfigError(f"--learn must be a share between 0 and 1 (exclusive), e.g. 0.5, not {args.learn}")
+    out = json_out(args.json) if args.json else None
     module, meta = load_artifact(args.model)
+    if meta.input.get("kind", "raw") != "raw":
+        raise ConfigError(f"{args.model} is not a bearing model (its input is {meta.input.get('kind')}, not raw "
+                          "vibration); give a CWRU bearing model, e.g. --model bearing-cwru")
     if not meta.features:
         print(f"{args.model}: the artifact returns no pooled features; run tools/fit_unknown.py on it", file=sys.stderr)
         return 2
@@ -53,15 +73,23 @@ def main(argv: list[str] | None = None) -> int:
                     net_config=meta.model_config)
     folder = cwru.cwru_dir(args.data)
     manifest = cwru.read_manifest(folder)
+    normal = "normal_0_97.mat"
+    if not (folder / normal).is_file():
+        raise DataError(f"{folder / normal} is missing: the baseline is learned on it; point --data at the CWRU folder")
 
     def windows(name: str, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
         rec = cwru.load_recording(folder / name, sample_rate=meta.sample_rate, manifest=manifest)
         seg = rec.part(bounds)
         return cwru.cut_windows(seg, cwru.window_starts(seg.size, meta.window, meta.hop), meta.window)
 
-    learn = features(runner, windows("normal_0_97.mat", (0.0, args.learn)), meta.normalization)
+    wl = windows(normal, (0.0, args.learn))
+    wr = windows(normal, (args.learn, 1.0))
+    if len(wl) < MIN_WINDOWS or not len(wr):
+        raise ConfigError(f"--learn {args.learn} leaves {len(wl)} windows of {normal} to learn on and {len(wr)} "
+                          f"to test; the baseline needs >= {MIN_WINDOWS} and the test >= 1: choose e.g. 0.5")
+    learn = features(runner, wl, meta.normalization)
     base = fit_stream(learn, margin=args.margin)
-    later = base.anomaly(features(runner, windows("normal_0_97.mat", (args.learn, 1.0)), meta.normalization))
+    later = base.anomaly(features(runner, wr, meta.normalization))
     res: dict = {
         "model": meta.name, "learned_windows": base.windows, "held_back": base.held_back, "margin": args.margin,
         "threshold": round(base.threshold, 4),
@@ -78,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     for info in cwru.scan(folder):
         if info.kind == "normal":
             continue
-        a = base.anomaly(features(runner, windows(info.name), meta.normalization))
+        x = windows(info.name)
+        if not len(x):
+            print(f"  {info.name:<34} shorter than a window: not measured")
+            continue
+        a = base.anomaly(features(runner, x, meta.normalization))
         share = float((a > 1).mean())
         worst = min(worst, share)
         res["faults"][info.name] = {"windows": int(a.size), "flagged": round(share, 4),
@@ -86,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
                                     "anomaly_p50": round(float(np.median(a)), 2)}
         print(f"  {info.name:<34} {share:7.2%} of {a.size:4d} windows flagged; anomaly p5 {np.percentile(a, 5):6.2f} "
               f"median {np.median(a):6.2f}")
-    res["faults_min_flagged"] = round(worst, 4)
-    print(f"every fault recording flagged on >= {worst:.2%} of its windows")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    if res["faults"]:
+        res["faults_min_flagged"] = round(worst, 4)
+        print(f"every fault recording measured flagged on >= {worst:.2%} of its windows")
+    else:
+        res["faults_min_flagged"] = None
+        print(f"no fault recordings measured in {folder}: the flagged share is not measured")
+    if out:
+        out.write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/eval_baseline.py"))

@@ -13,6 +13,8 @@ threshold's justification.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import re
 import sys
 import time
@@ -23,9 +25,12 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from drsn_stream.dsp.envelope import EnvelopeSettings, analyse_block, bearing_geometry
+from drsn_stream.errors import ConfigError, DataError, run_tool
 from drsn_stream.sources.file import mat_rpm, read_recording
 
 RATE = 12000.0
+MAX_NULL = 100_000  # blocks of white noise (about 1 ms each): minutes, not days
+MAX_SPEED_ERROR = 0.5  # a speed off by half is not a speed
 _CLASS = {"B": "ball", "IR": "inner_race", "OR": "outer_race"}
 
 
@@ -35,7 +40,7 @@ def truth(name: str) -> str:
         return "none"
     m = re.search(r"_(B|IR|OR)\d{3}", name)
     if not m:
-        raise SystemExit(f"{name}: not a CWRU file name")
+        raise DataError(f"{name}: not a CWRU file name (e.g. 12k_Drive_End_IR007_0_105.mat); remove it from --data")
     return _CLASS[m.group(1)]
 
 
@@ -47,10 +52,32 @@ def blocks(path: Path, seconds: float = 1.0) -> tuple[np.ndarray, float]:
         x = resample_poly(x, int(RATE), int(rate))
     rpm = mat_rpm(path)
     if rpm is None:
-        raise SystemExit(f"{path.name}: no RPM variable in the file")
+        raise DataError(f"{path.name}: no RPM variable in the file; the envelope needs the shaft speed")
     n = int(RATE * seconds)
     k = x.shape[0] // n
+    if k == 0:
+        raise DataError(f"{path.name}: {x.shape[0] / RATE:.2f} s of signal, shorter than one {seconds:g}-second block")
     return x[: k * n].reshape(k, n), rpm / 60.0
+
+
+def overrides(items: list[str]) -> dict[str, float | int]:
+    """``--set KEY=VALUE`` items as EnvelopeSettings fields (one line for a bad one)."""
+    types = {f.name: f.type for f in dataclasses.fields(EnvelopeSettings)}
+    over: dict[str, float | int] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in types:
+            raise ConfigError(f"--set {item!r}: give KEY=VALUE with KEY one of {', '.join(types)}")
+        try:
+            number = int(value) if types[key] in ("int", int) else float(value)
+        except ValueError:
+            kind = "a whole number" if types[key] in ("int", int) else "a number"
+            raise ConfigError(f"--set {item!r}: {key} takes {kind}, not {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"--set {item!r}: {key} must be finite")
+        over[key] = number
+    return over
 
 
 def null_levels(count: int, settings: EnvelopeSettings, seed: int = 0) -> np.ndarray:
@@ -73,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-error", type=float, default=0.0, metavar="E",
                     help="analyse with the recorded speed times (1 + E), e.g. 0.01: a tacho or nameplate 1 %% off")
     args = ap.parse_args(argv)
-    over = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        over[key] = int(value) if key in ("harmonics", "line_bins") else float(value)
-    settings = EnvelopeSettings(**over)
+    if not 0 <= args.null <= MAX_NULL:
+        raise ConfigError(f"--null must be a whole number from 0 to {MAX_NULL:,}, not {args.null}")
+    if not (math.isfinite(args.speed_error) and abs(args.speed_error) < MAX_SPEED_ERROR):
+        raise ConfigError(f"--speed-error must be a finite share between -{MAX_SPEED_ERROR} and {MAX_SPEED_ERROR} "
+                          f"(e.g. 0.01 for 1 %), not {args.speed_error}")
+    settings = EnvelopeSettings(**overrides(args.set))
     folder = Path(args.data)
     files = sorted(folder.glob("*.mat"))
     if not files:
@@ -94,10 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     per_class: dict[str, list[int]] = {}
     per_load: dict[tuple[str, str], list[int]] = {}
     spent, analysed = 0.0, 0
+    skipped: dict[str, int] = {}
     for path in files:
         want = truth(path.name)
         xs, shaft = blocks(path)
         shaft *= 1.0 + args.speed_error
+        finite = np.isfinite(xs).all(axis=1)  # a block with NaN samples has no spectrum: skipped, counted
+        if not finite.all():
+            skipped[path.name] = int((~finite).sum())
+            xs = xs[finite]
+        if not len(xs):
+            print(f"{path.name:34s} {want:10s} every block holds NaN or infinite samples: skipped")
+            continue
         analyse_block(xs[0], RATE, shaft, geo, settings)  # builds the plan (once per speed), not timed
         t0 = time.perf_counter()
         results = [analyse_block(b, RATE, shaft, geo, settings) for b in xs]
@@ -132,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("per class and load (HP): " + "; ".join(
         f"{c} {ld}: {r / n:.0%}" for (c, ld), (r, n) in sorted(per_load.items())))
+    if skipped:
+        print(f"skipped {sum(skipped.values())} blocks with NaN or infinite samples: "
+              + ", ".join(f"{name} {k}" for name, k in skipped.items()))
     print(f"speed error {args.speed_error:+.1%}; threshold {settings.threshold_db} dB; {1e3 * spent / max(1, analysed):.2f} ms per 1-s block "
           "(one thread, this machine)")
     if args.null:
@@ -144,4 +183,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "tools/eval_envelope.py"))

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from drsn_stream.errors import run_tool
 from drsn_stream.sources.sim import load_excerpts
 from drsn_stream.sources.wire import MAX_PAYLOAD_BYTES, encode, encode_eos
 
@@ -335,4 +336,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/fault_probe.py"))

@@ -15,13 +15,13 @@ CPU time is shared with whatever else runs: say so with the figures.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from drsn_stream.errors import run_tool
 from drsn_stream.train.cwru import cwru_dir, scan
 from drsn_stream.train.finetune import UserRun, train_user
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baseline", action="store_true",
                     help="fine-tuning only (the scratch run takes three times as long)")
     args = ap.parse_args(argv)
-    folder = cwru_dir(args.data)
+    folder = cwru_dir(args.data).resolve()  # the manifest lives in a temp folder: its paths must not be relative
     with tempfile.TemporaryDirectory() as tmp:
         m = Path(tmp) / "ten-minutes.csv"
         # both channels of a file share its recording id: they are one stretch of time and stay in one role
@@ -63,4 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/finetune_time.py"))

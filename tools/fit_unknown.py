@@ -19,7 +19,9 @@ then learn baselines, and never shows ``unknown``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,9 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from drsn_stream.dsp.normalize import normalize
+from drsn_stream.errors import ArtifactError, ConfigError, DataError, run_tool
 from drsn_stream.models import load_artifact, save_artifact
 from drsn_stream.models.artifact import load_validation, resolve_artifact
-from drsn_stream.models.ood import UnknownDetector
+from drsn_stream.models.ood import UnknownDetector, check_gaussian
 from drsn_stream.models.outputs import Probabilities
 from drsn_stream.models.registry import build_from_config
 from drsn_stream.train import cwru
@@ -68,7 +71,7 @@ class ScoresAs(nn.Module):
 def rebuild(module: Any, meta: Any) -> nn.Module:
     """The artifact's network as eager PyTorch with ``forward_features``, first output as declared."""
     if not meta.model_config:
-        raise SystemExit(f"{meta.source}: the artifact carries no model_config; it cannot be rebuilt")
+        raise ArtifactError(f"{meta.source}: the artifact carries no model_config; it cannot be rebuilt")
     net = build_from_config(meta.model_config)
     state = module.state_dict()
     want = set(net.state_dict())
@@ -106,6 +109,26 @@ def synthetic(rate: int, window: int, seconds: float = 20.0, seed: int = 0) -> d
     return {k: cwru.cut_windows(v.astype(np.float32), starts, window) for k, v in signals.items()}
 
 
+def writable(out: str) -> Path:
+    """``out`` if an artifact can be written there (checked before the run, not after it)."""
+    p = Path(out)
+    if p.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the path of the .pt file to write")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"cannot write {out}: its folder is missing or not writable; give another --out")
+    return p
+
+
+def save(model: nn.Module, out: Path, d: dict[str, Any], validation: np.ndarray | None) -> None:
+    """``save_artifact`` that leaves no ``.tmp`` file behind when the write fails."""
+    try:
+        save_artifact(model, out, d, validation=validation)
+    except OSError as exc:
+        out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {out} ({exc.strerror or exc}); give another --out") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifact")
@@ -113,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write here instead of over the artifact")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    out = writable(args.out or str(resolve_artifact(args.artifact)))
     old, meta = load_artifact(args.artifact)
     val = load_validation(args.artifact)
     model = rebuild(old, meta)
@@ -134,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             width = int(model.forward_features(xt[:1])[2].shape[1])
         d["outputs"] = {**d.get("outputs", {}), "scores": meta.scores, "features": width}
-        out = args.out or str(resolve_artifact(args.artifact))
-        save_artifact(model, out, d, validation=val)
+        save(model, out, d, val)
         print(f"not a CWRU model: wrote {out} with forward_features ({width} features) and no unknown statistics")
         return 0
     data = meta.training["data"]
@@ -146,8 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, hop in (("train", TRAIN_HOP), ("val", EVAL_HOP), ("test", EVAL_HOP)):
         ws = cwru.windows_of(recs, meta.labels, tuple(split[name]), window=meta.window, hop=hop)
         parts[name] = (features_of(model, ws.x, meta.normalization), ws.y)
-    det = UnknownDetector.fit(*parts["train"], len(meta.labels))
+    try:
+        det = UnknownDetector.fit(*parts["train"], len(meta.labels))
+    except ValueError as exc:  # a class with no training window (a recording shorter than a window)
+        raise DataError(f"cannot fit the unknown statistics: {exc}; re-copy the recordings from the CWRU data set") from None
     det.calibrate(parts["val"][0], percentile=PERCENTILE)
+    try:
+        if not (det.threshold > 0 and np.isfinite(det.threshold)):
+            raise ValueError(f"the threshold is {det.threshold}")
+        for mean, whitener in zip(det.means, det.whiteners):
+            check_gaussian(mean, whitener)
+    except ValueError as exc:
+        raise DataError(f"the fitted unknown statistics are unusable ({exc}); nothing written - check the "
+                        "recordings in --data for NaN or infinite samples") from None
     test_refused = float((det.score(parts["test"][0]) > 1.0).mean())
     print(f"fitted on {len(parts['train'][1])} train windows; threshold {det.threshold:.2f} "
           f"({PERCENTILE} th percentile of {len(parts['val'][1])} validation windows)")
@@ -169,11 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     d = meta.to_dict()
     d["outputs"] = {**d.get("outputs", {}), "scores": meta.scores, "features": det.features}
     d["unknown"] = det.to_dict()
-    out = args.out or str(resolve_artifact(args.artifact))
-    save_artifact(model, out, d, validation=val)
+    save(model, out, d, val)
     print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/fit_unknown.py"))

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import zmq
 
+from drsn_stream.errors import run_tool
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import encode
 
@@ -73,4 +74,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "tools/flood_probe.py"))

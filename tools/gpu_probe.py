@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 
 from drsn_stream.engine.bench import eager_from_artifact
 from drsn_stream.engine.runner import Runner
+from drsn_stream.errors import EngineError, run_tool
 from drsn_stream.models.artifact import load_artifact, load_validation, quiet_torchscript
 
 
@@ -81,6 +81,8 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="also torch.compile (slow to build)")
     ap.add_argument("--all", action="store_true", help="also fp32, eager fp16 and optimize_for_inference")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise EngineError(f"gpu_probe needs a CUDA GPU; this torch ({torch.__version__}) sees none")
     dev = torch.device("cuda")
     emit(gpu=torch.cuda.get_device_name(0), torch=torch.__version__,
          texpr_fuser=torch._C._jit_texpr_fuser_enabled(), can_fuse_gpu=torch._C._jit_can_fuse_on_gpu())
@@ -155,4 +157,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/gpu_probe.py"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from drsn_stream.errors import ConfigError, run_tool
 from drsn_stream.train.cwru import cwru_dir, scan
 from drsn_stream.train.evaluate import evaluate
 from drsn_stream.train.finetune import WHOLE, UserRun, fit_split, layout_of
@@ -102,6 +104,17 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def counts(text: str, flag: str, *, least: int) -> list[int]:
+    """A comma-separated list of whole numbers >= ``least`` (checked before the data loads)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < least:
+        raise ConfigError(f"{flag} {text!r}: give comma-separated whole numbers >= {least}, e.g. 1,2,4")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="CWRU folder (default: ../shared/data/cwru)")
@@ -112,10 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "user-data-cross-load.json"))
     ap.add_argument("--png", default=str(ROOT / "docs" / "img" / "learning-curve.png"))
     args = ap.parse_args(argv)
-    folder = cwru_dir(args.data)
-    tmp = Path(args.out).with_suffix(".manifest.csv")
-    data = load_user_data(manifest(folder, tmp), sample_rate=layout_of(UserRun()).sample_rate)
-    tmp.unlink()
+    seeds = counts(args.seeds, "--seeds", least=0)
+    plan = {"bearing-cwru": counts(args.windows, "--windows", least=1),
+            "scratch": counts(args.scratch_windows, "--scratch-windows", least=1)}
+    try:
+        import matplotlib  # noqa: F401 - the figure is drawn at the end of a long run: check now
+    except ImportError:
+        raise ConfigError("the figure needs matplotlib: pip install -e '.[docs]'") from None
+    folder = cwru_dir(args.data).resolve()  # the manifest lives in a temp folder: its paths must not be relative
+    with tempfile.TemporaryDirectory() as tmp:
+        data = load_user_data(manifest(folder, Path(tmp) / "lc.manifest.csv"),
+                              sample_rate=layout_of(UserRun()).sample_rate)
     labels = data.labels
     split = split_clips(data.clips, labels, parts=parse_parts(PARTS))
     window = layout_of(UserRun()).window
@@ -128,12 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         "full": [],
         "curve": [],
     }
-    seeds = [int(s) for s in args.seeds.split(",")]
-    plan = {"bearing-cwru": args.windows, "scratch": args.scratch_windows}
     for base, points in plan.items():
         for seed in seeds:
             run = UserRun(base=base, seed=seed, threads=args.threads, parts=parse_parts(PARTS))
-            for n in [int(w) for w in points.split(",") if w] + [None]:
+            for n in [*points, None]:
                 r = {"from": base, "seed": seed, "windows_per_class": n or FULL,
                      **one(run, labels, limited(split, n * window if n else None))}
                 (doc["curve"] if n else doc["full"]).append(r)
@@ -152,4 +170,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/learning_curve.py"))

@@ -19,9 +19,12 @@ import argparse
 import itertools
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from drsn_stream.errors import DataError, run_tool
 
 
 def load(dirs: list[Path]) -> tuple[list[int], dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
@@ -33,18 +36,27 @@ def load(dirs: list[Path]) -> tuple[list[int], dict[str, tuple[np.ndarray, np.nd
     for d in dirs:
         for f in sorted(d.glob("loso-*-probs.npz")):
             speaker = f.name[len("loso-") : -len("-probs.npz")]
-            z = np.load(f)
-            s = [int(v) for v in z["seeds"]]
+            record = d / f"loso-{speaker}.json"
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    s = [int(v) for v in z["seeds"]]
+                    probs, truth = z["probs"], z["truth"]
+                ep = int(json.loads(record.read_text())["epochs"])
+            except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+                what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:200]
+                raise DataError(f"{f.name} / {record.name} in {d}: not what tools/train_digits.py --loso writes "
+                                f"({what}); re-run it") from None
             if seeds is None:
                 seeds = s
             elif s != seeds:
-                sys.exit(f"{f}: seeds {s} differ from {seeds} in the other folds; score runs of one seed set together")
+                raise DataError(f"{f}: seeds {s} differ from {seeds} in the other folds; score runs of one seed set "
+                                "together")
             if speaker in folds:
-                sys.exit(f"{f}: speaker {speaker} appears twice")
-            folds[speaker] = (z["probs"], z["truth"])
-            epochs[speaker] = int(json.loads((d / f"loso-{speaker}.json").read_text())["epochs"])
+                raise DataError(f"{f}: speaker {speaker} appears twice")
+            folds[speaker] = (probs, truth)
+            epochs[speaker] = ep
     if not folds or seeds is None:
-        sys.exit(f"no loso-*-probs.npz in {', '.join(map(str, dirs))}; run tools/train_digits.py --loso first")
+        raise DataError(f"no loso-*-probs.npz in {', '.join(map(str, dirs))}; run tools/train_digits.py --loso first")
     return seeds, folds, epochs
 
 
@@ -109,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/loso_ensembles.py"))

@@ -23,10 +23,13 @@ import numpy as np
 import scipy.io
 from scipy.signal import resample_poly
 
+from drsn_stream.errors import DataError, run_tool
+
 RATE = 12000
 MAX_SECONDS = 3.0
 HELD_OUT_FRACTION = 0.25
 EDGE_TRIM = 16  # samples at 12 kHz, > the resampling filter's half length (10)
+MIN_SECONDS = 1.0  # an excerpt shorter than this replays as a stutter: refuse the recording
 FILES = {
     "normal": "normal_0_97.mat",
     "ball_007": "12k_Drive_End_B007_0_118.mat",
@@ -43,11 +46,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def drive_end(path: Path) -> np.ndarray:
-    mat = scipy.io.loadmat(path)
+    try:
+        mat = scipy.io.loadmat(path)
+    except (OSError, ValueError, scipy.io.matlab.MatReadError) as exc:
+        raise DataError(f"{path}: cannot read it as a MATLAB file ({exc}); re-copy it from the CWRU data set") from None
     keys = [k for k in mat if k.endswith("_DE_time")]
     if len(keys) != 1:
-        raise SystemExit(f"{path.name}: expected one *_DE_time array, found {keys}")
-    return np.asarray(mat[keys[0]], dtype=np.float64).reshape(-1)
+        raise DataError(f"{path.name}: expected one *_DE_time array, found {keys}; re-copy it from the CWRU data set")
+    x = np.asarray(mat[keys[0]], dtype=np.float64).reshape(-1)
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise DataError(f"{path.name}: {bad} of its {x.size} samples are NaN or infinite; re-copy it from the CWRU "
+                        "data set")
+    return x
 
 
 def main() -> int:
@@ -58,7 +69,7 @@ def main() -> int:
     args = ap.parse_args()
     cwru = args.data / "cwru"
     if not cwru.is_dir():
-        raise SystemExit(f"{cwru} not found: pass --data pointing at the folder that holds cwru/")
+        raise DataError(f"{cwru} not found: pass --data pointing at the folder that holds cwru/")
 
     arrays: dict[str, np.ndarray] = {}
     info: dict[str, dict] = {}
@@ -74,7 +85,12 @@ def main() -> int:
             x = x[:-EDGE_TRIM]
         start = max(held_out_start, x.size - int(MAX_SECONDS * RATE))
         seg = x[start:]
+        if seg.size < MIN_SECONDS * RATE:
+            raise DataError(f"{name}: its held-out part gives a {seg.size / RATE:.2f} s excerpt, shorter than "
+                            f"{MIN_SECONDS:g} s; re-copy it from the CWRU data set")
         scale = float(np.max(np.abs(seg))) / 32767.0
+        if not scale > 0:
+            raise DataError(f"{name}: the excerpt is silent (every sample 0); re-copy it from the CWRU data set")
         arrays[label] = np.round(seg / scale).astype(np.int16)
         arrays[f"{label}__scale"] = np.array(scale, dtype=np.float64)
         info[label] = {"file": name, "start": start, "n": int(seg.size), "recording_n": n}
@@ -94,4 +110,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "tools/make_excerpts.py"))

@@ -15,13 +15,14 @@ Needs matplotlib (``pip install -e '.[docs]'``).
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from drsn_stream.dsp.normalize import normalize
+from drsn_stream.errors import ConfigError, DataError, run_tool
 from drsn_stream.models import load_artifact
 from drsn_stream.models.ood import UNKNOWN, UnknownDetector
 from drsn_stream.monitor.baseline import fit_stream
@@ -36,6 +37,17 @@ SEQUENCE = (  # (file, part of it, name on the plot)
     ("12k_Drive_End_IR007_1_106.mat", (0.0, 0.5), "inner race 0.007 in, 1 HP"),
 )
 SECONDS = 5.0
+FORMATS = {".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp", ".pgf"}
+
+
+def figure_path(out: str) -> Path:
+    """``--out`` if matplotlib can write a figure there (checked before the work)."""
+    p = Path(out)
+    if p.suffix.lower() not in FORMATS:
+        raise ConfigError(f"--out {out}: matplotlib writes {', '.join(sorted(FORMATS))}; give a file name ending so")
+    if p.is_dir() or (p.parent.exists() and not os.access(p.parent, os.W_OK)):
+        raise ConfigError(f"--out {out}: not a file in a writable folder; give another path")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default=str(ROOT / "docs" / "img" / "anomaly-normal-to-fault.png"))
     args = ap.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    out = figure_path(args.out)
     module, meta = load_artifact("bearing-cwru")
     unknown = UnknownDetector.from_dict(meta.unknown)
     folder = cwru.cwru_dir(args.data)
@@ -59,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         if seconds is not None:
             seg = seg[: int(seconds * meta.sample_rate)]
         x = cwru.cut_windows(seg, cwru.window_starts(seg.size, meta.window, meta.hop), meta.window)
+        if not len(x):
+            raise DataError(f"{name}: the part {bounds} holds {seg.size} samples, shorter than one window of "
+                            f"{meta.window}; re-copy it from the CWRU data set")
         with torch.no_grad():
             logits, _, f = module.forward_features(torch.from_numpy(normalize(x, meta.normalization)))
         labels = [meta.labels[i] for i in logits.argmax(1).tolist()]
@@ -67,13 +78,22 @@ def main(argv: list[str] | None = None) -> int:
 
     learn, _ = run("normal_0_97.mat", (0.0, 0.5))
     base = fit_stream(learn)
+    runs = [(run(name, bounds, None if name.startswith("normal") else SECONDS), title)
+            for name, bounds, title in SEQUENCE]
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("the figure needs matplotlib: pip install -e '.[docs]'") from None
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     hop_s = meta.hop / meta.sample_rate
     fig, (ax, axl) = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     t0 = 0.0
     shown: list[str] = []
     points = []
-    for name, bounds, title in SEQUENCE:
-        feats, labels = run(name, bounds, None if name.startswith("normal") else SECONDS)
+    for (feats, labels), title in runs:
         a = base.anomaly(feats)
         t = t0 + np.arange(a.size) * hop_s
         ax.semilogy(t, a, ".", ms=3, label=title)
@@ -93,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_title(f"bearing-cwru: baseline learned on the first half of normal_0 ({base.windows} windows)", fontsize=10)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/plot_anomaly.py"))

@@ -11,6 +11,8 @@ lines, same procedure. Needs matplotlib (``pip install -e '.[docs]'``).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +25,47 @@ from drsn_stream.dsp.envelope import (
     bearing_geometry,
     envelope_spectra,
 )
+from drsn_stream.errors import ConfigError, DataError, run_tool
 from drsn_stream.sources.file import mat_rpm, read_recording
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 12000.0
+FORMATS = {".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp", ".pgf"}
+
+
+def figure_path(out: Path) -> Path:
+    """``--out`` if matplotlib can write a figure there (checked before the work)."""
+    if out.suffix.lower() not in FORMATS:
+        raise ConfigError(f"--out {out}: matplotlib writes {', '.join(sorted(FORMATS))}; give a file name ending so")
+    if out.is_dir() or (out.parent.exists() and not os.access(out.parent, os.W_OK)):
+        raise ConfigError(f"--out {out}: not a file in a writable folder; give another path")
+    return out
 
 
 def blocks(path: Path) -> tuple[np.ndarray, float]:
-    """(1-second blocks (k, 12000), shaft Hz) of a recording's drive-end channel."""
+    """(1-second blocks (k, 12000), shaft Hz) of a recording's drive-end channel; blocks with NaN or
+    infinite samples are left out (and said)."""
     x, rate = read_recording(path)
     x = x[:, 0].astype(np.float64)
     if rate != RATE:
         x = resample_poly(x, int(RATE), int(rate))
+    rpm = mat_rpm(path)
+    if rpm is None:
+        raise DataError(f"{path.name}: no RPM variable in the file; the envelope needs the shaft speed")
     n = int(RATE)
     k = x.shape[0] // n
-    return x[: k * n].reshape(k, n), mat_rpm(path) / 60.0
+    if k == 0:
+        raise DataError(f"{path.name}: {x.shape[0] / RATE:.2f} s of signal, shorter than one 1-second block")
+    xs = x[: k * n].reshape(k, n)
+    finite = np.isfinite(xs).all(axis=1)
+    if not finite.all():
+        print(f"{path.name}: left out {int((~finite).sum())} of {k} blocks with NaN or infinite samples",
+              file=sys.stderr)
+        xs = xs[finite]
+    if not len(xs):
+        raise DataError(f"{path.name}: every 1-second block holds NaN or infinite samples; re-copy it from the "
+                        "CWRU data set")
+    return xs, rpm / 60.0
 
 
 def panel(ax, xs: np.ndarray, shaft: float, title: str, settings: EnvelopeSettings) -> None:
@@ -75,26 +103,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cwru")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "envelope-inner-race.png")
     args = ap.parse_args(argv)
-    import matplotlib
+    out = figure_path(args.out)
+    ir, ir_shaft = blocks(args.data / "12k_Drive_End_IR014_0_169.mat")
+    normal, normal_shaft = blocks(args.data / "normal_0_97.mat")
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("the figure needs matplotlib: pip install -e '.[docs]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     settings = EnvelopeSettings()
     fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
-    xs, shaft = blocks(args.data / "12k_Drive_End_IR014_0_169.mat")
-    panel(axes[0], xs, shaft, f"IR014_0: inner race, 0.014 in, 0 HP, {shaft * 60:.0f} rpm; mean of {len(xs)} 1-s blocks",
-          settings)
-    xs, shaft = blocks(args.data / "normal_0_97.mat")
-    panel(axes[1], xs, shaft, f"normal_0: healthy, {shaft * 60:.0f} rpm; mean of {len(xs)} 1-s blocks", settings)
+    panel(axes[0], ir, ir_shaft,
+          f"IR014_0: inner race, 0.014 in, 0 HP, {ir_shaft * 60:.0f} rpm; mean of {len(ir)} 1-s blocks", settings)
+    panel(axes[1], normal, normal_shaft,
+          f"normal_0: healthy, {normal_shaft * 60:.0f} rpm; mean of {len(normal)} 1-s blocks", settings)
     axes[1].set_xlabel("envelope frequency (Hz)")
     fig.suptitle("Squared-envelope spectrum, CWRU drive end (6205 bearing)", fontsize=11)
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "tools/plot_envelope.py"))

@@ -22,6 +22,7 @@ The zip's top folder is named after the file written (``bearing-cwru.pt/...``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from drsn_stream.engine.bench import eager_from_artifact
+from drsn_stream.errors import ConfigError, run_tool
 from drsn_stream.models import load_artifact, save_artifact
 from drsn_stream.models.artifact import load_validation, read_meta_dict, script_model
 from drsn_stream.models.outputs import Probabilities, is_wrapped, to_probs
@@ -89,9 +91,27 @@ def reexport(path: str, *, out: str | None = None, probs: bool = False,
             if len(val):
                 described["sample"] = "evenly spaced over the conditions above"
     dest = out or path
-    save_artifact(model, dest, d, validation=val if val is not None and len(val) else None)
+    try:
+        save_artifact(model, dest, d, validation=val if val is not None and len(val) else None)
+    except OSError as exc:
+        Path(dest).with_name(Path(dest).name + ".tmp").unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {dest} ({exc.strerror or exc}); give another --out") from None
     print(f"wrote {dest} ({Path(dest).stat().st_size:,} bytes, first output: {new_kind})")
     return 0
+
+
+def writable(dest: str, flag: str) -> None:
+    """Refuses, before any work, a destination that cannot take the file: a folder, a missing or
+    read-only folder, or a built-in model's name (it would become a new file of that name here)."""
+    p = Path(dest)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {dest} is a folder; give the path of a .pt file to write")
+    if flag == "artifact" and not p.is_file():
+        raise ConfigError(f"{dest} is not a file; give the path of a .pt file to rewrite, e.g. "
+                          "drsn_stream/artifacts/bearing-cwru.pt (or --out to write elsewhere)")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"cannot write {dest}: it or its folder is missing or not writable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.out and len(args.artifacts) > 1:
         ap.error("--out takes one artifact")
+    if args.max_validation < 0:
+        raise ConfigError(f"--max-validation must be 0 or more, not {args.max_validation}")
+    if args.out:
+        writable(args.out, "--out")
+    else:
+        for path in args.artifacts:
+            writable(path, "artifact")
     rc = 0
     for path in args.artifacts:
         rc |= reexport(path, out=args.out, probs=args.probs, max_validation=args.max_validation)
@@ -111,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "tools/reexport.py"))

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from drsn_stream.errors import ConfigError, run_tool
 from drsn_stream.train.config import parse_config
 from drsn_stream.train.cwru import LABELS_4, LABELS_10
 
@@ -328,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
 
     nets = tuple(n for n in args.nets.split(",") if n)
     noises = tuple(n for n in args.noises.split(",") if n)
+    for flag, given, known in (("--nets", nets, NETS), ("--noises", noises, NOISES)):
+        unknown = [n for n in given if n not in known]
+        if unknown or not given:
+            raise ConfigError(f"{flag}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    for flag, v in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--windows-per-class", args.windows_per_class),
+                    ("--workers", args.workers)):
+        if v < 1:
+            raise ConfigError(f"{flag} must be 1 or more, not {v}")
     snrs = SNRS
     if args.quick:
         args.seeds, args.epochs, args.windows_per_class, args.no_clean = 1, 1, 8, True
@@ -462,4 +471,4 @@ def _progress(row: dict[str, Any], done: int, total: int, t0: float) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "tools/reproduce_paper.py"))

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.errors import ConfigError
+from drsn_stream.errors import ConfigError, DataError
 
 FAULT_TYPES = ("outer_race", "inner_race", "ball", "none")
 FAMILIES = ("bpfo", "bpfi", "bsf")
@@ -364,13 +364,20 @@ def analyse_block(
 
     Returns:
         an ``EnvelopeResult``; a flat or empty block gives type ``none`` and 0 dB everywhere.
+
+    Raises:
+        DataError: the block holds NaN or infinite samples (it has no spectrum; "no fault, 0 dB"
+            would be a claim about a block that was never measured: skip it and count it).
     """
     settings = settings or EnvelopeSettings()
     if not (shaft_hz > 0 and math.isfinite(shaft_hz)):
         raise ConfigError(f"envelope: shaft speed must be > 0 Hz, not {shaft_hz!r}")
     x = np.asarray(x, dtype=np.float32).reshape(-1)
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise DataError(f"envelope: {bad} of the block's {x.size} samples are NaN or infinite; skip the block")
     plan = _plan(x.shape[0], float(rate), round(float(shaft_hz), 4), geometry, settings)
-    if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
+    if x.size == 0 or np.ptp(x) == 0:
         return EnvelopeResult("none", dict.fromkeys(FAMILIES, 0.0), {}, float(shaft_hz))
     S = envelope_spectra(x, rate, plan["starts"], plan["width"], plan["m"], plan["taper"])
     scores = np.max([_family_scores(S, view) for view in plan["views"]], axis=0)  # (families, bands)

@@ -121,8 +121,16 @@ def _text(v: Any, name: str) -> str:
 
 def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_back: float = HELD_BACK,
                percentile: float = PERCENTILE, margin: float = MARGIN, shrink: float = SHRINK) -> StreamBaseline:
-    """Fits one stream's baseline on its learning windows' features (n, features), in time order."""
+    """Fits one stream's baseline on its learning windows' features (n, features), in time order.
+    Windows with NaN or infinite features (a sensor's dropout) are left out: one would make every
+    statistic NaN, a baseline that never alarms."""
+    if not (math.isfinite(margin) and margin > 0):
+        raise ConfigError(f"a baseline margin must be a finite number > 0, not {margin}")
     x = np.asarray(features, dtype=np.float64)
+    t = np.asarray(times if times is not None else np.zeros(len(x)), dtype=np.float64)
+    if x.ndim == 2:
+        ok = np.isfinite(x).all(axis=1)
+        x, t = x[ok], t[ok]
     n = len(x)
     if n < MIN_WINDOWS:
         raise ConfigError(f"a baseline needs at least {MIN_WINDOWS} windows, got {n}; learn for longer")
@@ -132,7 +140,8 @@ def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_ba
                           f"(got {n - k} after holding back {k}); learn for longer")
     gauss = Gaussian.fit(x[: n - k], shrink=shrink)
     threshold = float(np.percentile(np.sqrt(gauss.distance2(x[n - k :])), percentile) * margin)
-    t = np.asarray(times if times is not None else np.zeros(n), dtype=np.float64)
+    if not (threshold > 0 and math.isfinite(threshold)):
+        raise ConfigError(f"the learned threshold is {threshold} (the features do not vary); learn on a running machine")
     return StreamBaseline(gauss, threshold, n, k, float(t[0]), float(t[-1]))
 
 

@@ -130,6 +130,8 @@ class EnvelopeStage:
         self.notes: list[tuple[str, str]] = []  # (stream, message), each said once; the pipeline drains it
         self.dropped = 0
         self.blocks = 0
+        self.skipped = 0  # blocks with NaN or infinite samples: no evidence either way
+        self._skipping: set[str] = set()  # streams told so
         self.cpu_s = 0.0  # thread CPU time spent analysing
         self._thread: threading.Thread | None = None
 
@@ -211,6 +213,12 @@ class EnvelopeStage:
         if setup is None:
             return
         geometry, shaft_hz = setup
+        if not np.isfinite(x).all():  # a sensor dropout: skipped (and counted), not "no fault, 0 dB"
+            if sid not in self._skipping:
+                self._skipping.add(sid)
+                self._say(sid, "envelope: skipping blocks with NaN or infinite samples (counted in the stats)")
+            self.skipped += 1
+            return
         result = analyse_block(x, self.rate, shaft_hz, geometry, self.settings)
         with self._lock:
             kept = self._results.get(sid)
@@ -265,7 +273,8 @@ class EnvelopeStage:
             return {sid: (kept[-1][1].fault_type, kept[-1][1].strength_db) for sid, kept in self._results.items() if kept}
 
     def stats(self) -> dict[str, Any]:
-        return {"blocks": self.blocks, "dropped": self.dropped, "cpu_s": round(self.cpu_s, 3)}
+        return {"blocks": self.blocks, "dropped": self.dropped, "skipped_nonfinite": self.skipped,
+                "cpu_s": round(self.cpu_s, 3)}
 
 
 __all__ = ["EnvelopeStage", "MachineTable", "StreamMachine", "has_geometry"]
