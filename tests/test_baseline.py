@@ -242,3 +242,21 @@ def test_live_learning_switches_to_monitoring_and_says_so(cli_in_process) -> Non
     assert notes[0] == "learning the baseline for 2 s" and notes[1].startswith("baseline learned on ")
     scored = [o["anomaly"] for o in objs if o["type"] == "prediction" and "anomaly" in o]
     assert len(scored) > 30 and np.mean(np.array(scored) > 1.0) < 0.1
+
+
+def test_a_baseline_is_not_learned_from_windows_of_a_sensor_in_check_sensor(tmp_path: Path, cli_in_process) -> None:
+    # a sensor that dropped out for 2 s (a flat line) while the baseline was learned: its windows
+    # went into the machine's "normal" and widened it
+    require_cwru()
+    x = cwru.load_recording(CWRU / "normal_0_97.mat").signal[: 12000 * 20].copy()
+    x[12000 * 2 : 12000 * 4] = 0.0  # inside the first 5 s, which `baseline learn` learns on
+    np.save(tmp_path / "pump.npy", x)
+    res = cli_in_process("baseline", "learn", "--source", f"file:{tmp_path / 'pump.npy'}?rate=12000",
+                         "--out", str(tmp_path / "p.json"))
+    assert res.returncode == 0, res.stderr
+    said = [ln for ln in (res.stdout + res.stderr).splitlines() if "baseline learned on" in ln]
+    assert len(said) == 1 and "from a sensor in CHECK_SENSOR left out" in said[0], res.stdout + res.stderr
+    left_out = int(said[0].split("(")[1].split()[0])
+    learned = Profile.load(tmp_path / "p.json").streams["pump"].windows
+    assert left_out >= 2 * 12000 // 512  # every window that overlaps the 2 s, and more while the reason clears
+    assert learned + left_out <= 5 * 12000 // 512 + 1  # learning still ends 5 s after its first window

@@ -257,6 +257,7 @@ class BaselineStage:
         self.learn_s = learn_s
         self._learning: dict[str, tuple[list[np.ndarray], list[float]]] = {}
         self._warned: set[str] = set()
+        self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
         self.notes: list[tuple[str, str]] = []  # (stream, message), each said once; the pipeline drains it
         self.state: dict[str, str] = {}  # stream: "learning 40%" / "monitoring" / "no baseline"
         self.latest: dict[str, float] = {}  # stream: latest anomaly
@@ -318,10 +319,15 @@ class BaselineStage:
                 self.notes.append((sid, "no baseline for this stream in the profile: monitored on its labels only "
                                         "(learn one, or map the stream with ?stream=ID on the source)"))
             return
-        feats, times = self._learning.setdefault(sid, ([], []))
-        if not feats:
+        if sid not in self._learning:
             self.notes.append((sid, f"learning the baseline for {_span(self.learn_s)}"))
+        feats, times = self._learning.setdefault(sid, ([], []))
         for i, p in enumerate(group):
+            if p.health != "OK":  # a flat line, a clipping or a dropout is not the machine's normal
+                if sid not in self.left_out:
+                    self.notes.append((sid, "windows from a sensor in CHECK_SENSOR are not learned from"))
+                self.left_out[sid] = self.left_out.get(sid, 0) + 1
+                continue
             feats.append(p.features)
             times.append(p.t_last)
             if times[-1] - times[0] >= self.learn_s:
@@ -329,7 +335,7 @@ class BaselineStage:
                 if sid in self.profile.streams and i + 1 < len(group):
                     self.apply(group[i + 1 :])  # the rest of a large batch is scored, not learned
                 return
-        if math.isinf(self.learn_s):
+        if math.isinf(self.learn_s) or not times:
             self.state[sid] = f"learning {len(feats)} windows"
         else:
             self.state[sid] = f"learning {min(99, int(100 * (times[-1] - times[0]) / self.learn_s))}%"
@@ -337,6 +343,8 @@ class BaselineStage:
     def _fit(self, sid: str) -> None:
         feats, times = self._learning.pop(sid)
         try:
+            if not feats:  # every window came from a sensor in CHECK_SENSOR
+                raise ConfigError("every window came from a sensor in CHECK_SENSOR; check the sensor, then learn again")
             base = fit_stream(np.stack(feats), np.asarray(times))
         except ConfigError as exc:
             self.state[sid] = "no baseline"
@@ -345,7 +353,10 @@ class BaselineStage:
         self.profile.streams[sid] = base
         self._stacked = None
         self.state[sid] = "monitoring"
-        self.notes.append((sid, f"baseline learned on {base.windows} windows; monitoring for deviations"))
+        skipped = self.left_out.get(sid, 0)
+        self.notes.append((sid, f"baseline learned on {base.windows} windows"
+                                + (f" ({skipped} from a sensor in CHECK_SENSOR left out)" if skipped else "")
+                                + "; monitoring for deviations"))
 
     def fit(self) -> Profile:
         """Fits every stream still learning (the end of ``drsn-stream baseline learn``)."""
