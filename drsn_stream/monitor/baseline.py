@@ -258,6 +258,7 @@ class BaselineStage:
         self._learning: dict[str, tuple[list[np.ndarray], list[float]]] = {}
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
+        self._left_out_s: dict[str, float] = {}  # stream: their hops, in s, in the learning under way
         self.notes: list[tuple[str, str]] = []  # (stream, message), each said once; the pipeline drains it
         self.state: dict[str, str] = {}  # stream: "learning 40%" / "monitoring" / "no baseline"
         self.latest: dict[str, float] = {}  # stream: latest anomaly
@@ -327,10 +328,12 @@ class BaselineStage:
                 if sid not in self.left_out:
                     self.notes.append((sid, "windows from a sensor in CHECK_SENSOR are not learned from"))
                 self.left_out[sid] = self.left_out.get(sid, 0) + 1
+                if feats:  # the learning lasts that much longer: learn_s of windows it can learn from
+                    self._left_out_s[sid] = self._left_out_s.get(sid, 0.0) + self.profile.hop / self.profile.sample_rate
                 continue
             feats.append(p.features)
             times.append(p.t_last)
-            if times[-1] - times[0] >= self.learn_s:
+            if times[-1] - times[0] - self._left_out_s.get(sid, 0.0) >= self.learn_s:
                 self._fit(sid)
                 if sid in self.profile.streams and i + 1 < len(group):
                     self.apply(group[i + 1 :])  # the rest of a large batch is scored, not learned
@@ -338,10 +341,12 @@ class BaselineStage:
         if math.isinf(self.learn_s) or not times:
             self.state[sid] = f"learning {len(feats)} windows"
         else:
-            self.state[sid] = f"learning {min(99, int(100 * (times[-1] - times[0]) / self.learn_s))}%"
+            span = times[-1] - times[0] - self._left_out_s.get(sid, 0.0)
+            self.state[sid] = f"learning {max(0, min(99, int(100 * span / self.learn_s)))}%"
 
     def _fit(self, sid: str) -> None:
         feats, times = self._learning.pop(sid)
+        self._left_out_s.pop(sid, None)
         try:
             if not feats:  # every window came from a sensor in CHECK_SENSOR
                 raise ConfigError("every window came from a sensor in CHECK_SENSOR; check the sensor, then learn again")
