@@ -335,3 +335,28 @@ if text == "one":
         tts.generate(tmp_path / "cache", ("one", "two"), ("1", "2"), tts.voices(1))
     assert "\n" not in str(err.value)
     assert not list((tmp_path / "cache").glob("tmp-*.wav")) and not list((tmp_path / "cache").glob("tts-*.npz"))
+
+
+def test_a_word_a_tts_voice_says_as_an_empty_wav_is_left_out_not_the_run(tmp_path: Path, monkeypatch) -> None:
+    # an engine's empty WAV (a header, no samples) was a word too quiet to keep; refused as
+    # unreadable it would have stopped the whole training
+    from drsn_stream.speech import tts
+
+    fake = f"""#!{sys.executable}
+import sys, wave, math
+a = sys.argv[1:]
+out = a[a.index("-w") + 1] if "-w" in a else a[a.index("-o") + 1]
+text = a[-1] if "-w" in a else a[a.index("-t") + 1]
+with wave.open(out, "wb") as w:
+    w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
+    if text == "one":
+        w.writeframes(b"".join(int(8000 * math.sin(i / 4)).to_bytes(2, "little", signed=True) for i in range(2400)))
+"""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for engine in ("espeak-ng", "flite"):
+        (bin_dir / engine).write_text(fake)
+        os.chmod(bin_dir / engine, 0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    out = tts.generate(tmp_path / "cache", ("one", "two"), ("1", "2"), tts.voices(1))
+    assert [u.label for u in out] == ["1"]

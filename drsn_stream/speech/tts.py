@@ -112,6 +112,17 @@ def _synth(voice: Voice, text: str, path: Path) -> None:
                         "check the espeak-ng/flite installation")
 
 
+def _no_samples(path: Path) -> bool:
+    """Whether a WAV the engine wrote holds a header and no samples."""
+    from drsn_stream import wav
+
+    try:
+        x, _ = wav.read_wav(path)
+    except wav.WavError:
+        return False  # read_wav says what is wrong with it
+    return x.size == 0
+
+
 def trim(x: np.ndarray, sample_rate: int, *, below_db: float = 35.0, margin_s: float = 0.02) -> np.ndarray:
     """Cuts leading and trailing silence: keeps 10 ms frames within ``below_db`` of the loudest.
 
@@ -195,6 +206,8 @@ def _speak_all(voice_list: list[Voice], words: tuple[str, ...], labels: tuple[st
     for voice in voice_list:
         for text, label in zip(words, labels, strict=True):
             _synth(voice, text, tmp)
+            if _no_samples(tmp):  # said nothing (skipped like a word too quiet to keep), not a broken engine
+                continue
             try:
                 x, rate = read_wav(tmp)
             except DataError as exc:
