@@ -86,6 +86,15 @@ def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, p
     return t
 
 
+def _why(pipe: Pipeline) -> dict:
+    """What a failing run's message needs: its errors, the source's counters (ends, gaps) and each
+    stream's frames and health as the ingest processes reported them (a run that ended by its
+    duration shows which stream stopped arriving)."""
+    states = pipe.health.states()
+    return {"errors": pipe.errors[:8], "sources": pipe.stats_json()["sources"],
+            "streams": {sid: (h.frames, h.state, h.reasons) for sid, h in states.items()}}
+
+
 def _config(port: int, procs: int, **kw: object) -> RunConfig:
     return RunConfig(sources=(f"zmq://127.0.0.1:{port}?until_eos=1",), device="cpu", engine_process=False,
                      ingest_procs=procs, stale_ms=60000, stats_every_s=3600, **kw)  # type: ignore[arg-type]
@@ -203,7 +212,7 @@ def test_a_publisher_quiet_after_its_first_message_loses_no_frame_of_any_stream(
     pipe = _run_until_eos(free_tcp_port, 2, streams, pace=False, pause_s=2.0)
     windows = (3 * RATE // CHUNK * CHUNK - 2048) // 512 + 1
     assert {sid: sum(c.values()) for sid, c in pipe.label_counts.items()} == dict.fromkeys(streams, windows), \
-        pipe.errors
+        _why(pipe)
     assert sorted(pipe.stats_json()["sources"][pipe.config.sources[0]]["ended"]) == sorted(streams)
 
 
@@ -435,7 +444,7 @@ def test_ingest_processes_give_every_window_the_numbers_of_one_thread(free_tcp_p
             evidence.append({sid: (r.to_json() if (r := pipe.envelope.latest(sid)) else None) for sid in streams})
     one, two = runs
     assert len(one) == len(streams) * ((3 * RATE // CHUNK * CHUNK - 2048) // 512 + 1)
-    assert two.keys() == one.keys(), (sorted(set(one) ^ set(two))[:8], pipe.errors[:8])  # the last run's errors
+    assert two.keys() == one.keys(), (sorted(set(one) ^ set(two))[:8], _why(pipe))  # the last run's
     assert [(two[k]["input"], two[k]["level"], two[k]["label"]) for k in sorted(one)] == \
         [(one[k]["input"], one[k]["level"], one[k]["label"]) for k in sorted(one)]
     assert max(float(np.abs(two[k]["probs"] - one[k]["probs"]).max()) for k in one) < 1e-4
