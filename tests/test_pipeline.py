@@ -147,13 +147,28 @@ def test_a_signal_while_the_monitor_is_built_ends_its_engine_process_and_frees_i
         pytest.skip("needs /dev/shm to see the shared memory")
     from multiprocessing import resource_tracker
 
+    from drsn_stream.engine import procrunner
+
     resource_tracker.ensure_running()  # shared memory's helper process, a child too: not the one looked for
-    shm_before, kids_before = set(os.listdir("/dev/shm")), _children()
+    kids_before = _children()
+    # the segments this monitor made, by name: not a diff of /dev/shm, which the tests running
+    # beside this one (other engines, the sound-card tests) change meanwhile
+    made: list[str] = []
+    real_shm = procrunner.shared_memory.SharedMemory
+
+    def recorded(*args, **kwargs):
+        shm = real_shm(*args, **kwargs)
+        if kwargs.get("create"):
+            made.append(shm.name.lstrip("/"))
+        return shm
+
+    monkeypatch.setattr(procrunner.shared_memory, "SharedMemory", recorded)
     seen: dict[str, set] = {}
     real = pl.MicroBatcher
 
     def batcher_after_a_signal(*args, **kwargs):  # a real SIGTERM, once the engine process runs
-        seen["children"], seen["shm"] = _children() - kids_before, set(os.listdir("/dev/shm")) - shm_before
+        seen["children"] = _children() - kids_before
+        seen["shm"] = {name for name in made if os.path.exists(f"/dev/shm/{name}")}
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(1.0)  # the handler raises in this frame at once
         return real(*args, **kwargs)
