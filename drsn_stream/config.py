@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -61,6 +62,19 @@ def toml_file(path: str | Path, error: type[Exception] = ConfigError) -> dict[st
         return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as exc:
         raise error(f"{path}: not valid TOML ({exc})") from None
+
+
+def writable_file(path: str | Path, flag: str) -> Path:
+    """``path`` if a file can be written there, checked before a long run rather than after it;
+    a ConfigError naming ``flag`` (``--out``, ``--json``) for a folder, a missing or read-only
+    folder, or a read-only file."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give the path of a file to write")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{flag} {path}: it or its folder is missing or not writable; give another path")
+    return p
 
 
 def check_sections(doc: Mapping[str, Any], valid: Iterable[str], where: str) -> None:

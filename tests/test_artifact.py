@@ -113,3 +113,12 @@ def test_newer_format_version_asks_for_an_upgrade(artifact: tuple[Path, torch.nn
             dst.writestr(item, data)
     with pytest.raises(ArtifactError, match="newer.pt.*upgrade drsn-stream"):
         load_artifact(newer)
+
+
+def test_a_write_that_fails_leaves_no_half_written_file_beside(tmp_path: Path) -> None:
+    # the tools each removed save_artifact's .tmp after a failed write; one that did not left it
+    (tmp_path / "model.pt").mkdir()  # a folder where the file is to go: the last step fails
+    model = create_model("drsn_cw_paper", num_classes=4).eval()
+    with pytest.raises(OSError):
+        save_artifact(model, tmp_path / "model.pt", _meta())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

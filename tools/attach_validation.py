@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         save_artifact(model, path, meta, validation=windows)
     except OSError as exc:
-        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
         raise ConfigError(f"cannot rewrite {path} ({exc.strerror or exc})") from None
     print(f"{path}: stored {len(windows)} validation windows from part {val}")
     return 0

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from drsn_stream.config import writable_file
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine.runner import Runner
 from drsn_stream.errors import ConfigError, DataError, run_tool
@@ -40,15 +39,6 @@ def features(runner: Runner, x: np.ndarray, norm: dict) -> np.ndarray:
     return np.concatenate(out)
 
 
-def json_out(path: str) -> Path:
-    """``--json`` if it can be written (checked before the run, not after it)."""
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"--json {path}: not a file in a writable folder; give another path")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="bearing-cwru")
@@ -61,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--margin must be a finite number > 0, not {args.margin}")
     if not 0 < args.learn < 1:
         raise ConfigError(f"--learn must be a share between 0 and 1 (exclusive), e.g. 0.5, not {args.learn}")
-    out = json_out(args.json) if args.json else None
+    out = writable_file(args.json, "--json") if args.json else None
     module, meta = load_artifact(args.model)
     if meta.input.get("kind", "raw") != "raw":
         raise ConfigError(f"{args.model} is not a bearing model (its input is {meta.input.get('kind')}, not raw "

@@ -19,7 +19,6 @@ then learn baselines, and never shows ``unknown``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from drsn_stream.config import writable_file
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.errors import ArtifactError, ConfigError, DataError, run_tool
 from drsn_stream.models import load_artifact, save_artifact
@@ -109,23 +109,11 @@ def synthetic(rate: int, window: int, seconds: float = 20.0, seed: int = 0) -> d
     return {k: cwru.cut_windows(v.astype(np.float32), starts, window) for k, v in signals.items()}
 
 
-def writable(out: str) -> Path:
-    """``out`` if an artifact can be written there (checked before the run, not after it)."""
-    p = Path(out)
-    if p.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give the path of the .pt file to write")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ConfigError(f"cannot write {out}: its folder is missing or not writable; give another --out")
-    return p
-
-
 def save(model: nn.Module, out: Path, d: dict[str, Any], validation: np.ndarray | None) -> None:
-    """``save_artifact`` that leaves no ``.tmp`` file behind when the write fails."""
+    """``save_artifact``, a failed write said in one line."""
     try:
         save_artifact(model, out, d, validation=validation)
     except OSError as exc:
-        out.with_name(out.name + ".tmp").unlink(missing_ok=True)
         raise ConfigError(f"cannot write {out} ({exc.strerror or exc}); give another --out") from None
 
 
@@ -136,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write here instead of over the artifact")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    out = writable(args.out or str(resolve_artifact(args.artifact)))
+    out = writable_file(args.out or str(resolve_artifact(args.artifact)), "--out")
     old, meta = load_artifact(args.artifact)
     val = load_validation(args.artifact)
     model = rebuild(old, meta)

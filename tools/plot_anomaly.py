@@ -15,12 +15,12 @@ Needs matplotlib (``pip install -e '.[docs]'``).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from drsn_stream.config import writable_file
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.errors import ConfigError, DataError, run_tool
 from drsn_stream.models import load_artifact
@@ -45,9 +45,7 @@ def figure_path(out: str) -> Path:
     p = Path(out)
     if p.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out {out}: matplotlib writes {', '.join(sorted(FORMATS))}; give a file name ending so")
-    if p.is_dir() or (p.parent.exists() and not os.access(p.parent, os.W_OK)):
-        raise ConfigError(f"--out {out}: not a file in a writable folder; give another path")
-    return p
+    return writable_file(p, "--out")
 
 
 def main(argv: list[str] | None = None) -> int:

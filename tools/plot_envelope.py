@@ -11,13 +11,13 @@ lines, same procedure. Needs matplotlib (``pip install -e '.[docs]'``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import resample_poly
 
+from drsn_stream.config import writable_file
 from drsn_stream.dsp.envelope import (
     EnvelopeSettings,
     _plan,
@@ -37,9 +37,7 @@ def figure_path(out: Path) -> Path:
     """``--out`` if matplotlib can write a figure there (checked before the work)."""
     if out.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out {out}: matplotlib writes {', '.join(sorted(FORMATS))}; give a file name ending so")
-    if out.is_dir() or (out.parent.exists() and not os.access(out.parent, os.W_OK)):
-        raise ConfigError(f"--out {out}: not a file in a writable folder; give another path")
-    return out
+    return writable_file(out, "--out")
 
 
 def blocks(path: Path) -> tuple[np.ndarray, float]:

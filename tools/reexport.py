@@ -22,13 +22,13 @@ The zip's top folder is named after the file written (``bearing-cwru.pt/...``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from drsn_stream.config import writable_file
 from drsn_stream.engine.bench import eager_from_artifact
 from drsn_stream.errors import ConfigError, run_tool
 from drsn_stream.models import load_artifact, save_artifact
@@ -94,7 +94,6 @@ def reexport(path: str, *, out: str | None = None, probs: bool = False,
     try:
         save_artifact(model, dest, d, validation=val if val is not None and len(val) else None)
     except OSError as exc:
-        Path(dest).with_name(Path(dest).name + ".tmp").unlink(missing_ok=True)
         raise ConfigError(f"cannot write {dest} ({exc.strerror or exc}); give another --out") from None
     print(f"wrote {dest} ({Path(dest).stat().st_size:,} bytes, first output: {new_kind})")
     return 0
@@ -103,15 +102,10 @@ def reexport(path: str, *, out: str | None = None, probs: bool = False,
 def writable(dest: str, flag: str) -> None:
     """Refuses, before any work, a destination that cannot take the file: a folder, a missing or
     read-only folder, or a built-in model's name (it would become a new file of that name here)."""
-    p = Path(dest)
-    if p.is_dir():
-        raise ConfigError(f"{flag} {dest} is a folder; give the path of a .pt file to write")
-    if flag == "artifact" and not p.is_file():
+    writable_file(dest, flag)
+    if flag == "artifact" and not Path(dest).is_file():
         raise ConfigError(f"{dest} is not a file; give the path of a .pt file to rewrite, e.g. "
                           "drsn_stream/artifacts/bearing-cwru.pt (or --out to write elsewhere)")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ConfigError(f"cannot write {dest}: it or its folder is missing or not writable")
 
 
 def main(argv: list[str] | None = None) -> int:

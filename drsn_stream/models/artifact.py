@@ -109,9 +109,13 @@ def save_artifact(
         buf = io.BytesIO()
         np.savez_compressed(buf, windows=np.asarray(validation, dtype=np.float16))
         extra[VALIDATION_KEY] = buf.getvalue()
-    with quiet_torchscript():
-        torch.jit.save(scripted, str(tmp), _extra_files=extra)
-    tmp.replace(path)
+    try:
+        with quiet_torchscript():
+            torch.jit.save(scripted, str(tmp), _extra_files=extra)
+        tmp.replace(path)
+    except BaseException:  # a failed write (disk full, a folder in the way) leaves no half file beside
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
