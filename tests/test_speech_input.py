@@ -311,26 +311,34 @@ def test_a_missing_noise_file_is_named_with_its_real_path(missing: str, tmp_path
 
 
 # ---------------------------------------------------------------- 7. a TTS engine that writes nothing
-def test_a_tts_engine_that_exits_0_without_output_is_not_read_as_the_last_word(tmp_path: Path, monkeypatch) -> None:
-    from drsn_stream.speech import tts
-
-    # fake engines: speak "one" (a tone), exit 0 without writing for any other word
-    fake = f"""#!{sys.executable}
+def _fake_engines(tmp_path: Path, monkeypatch, body: str) -> None:
+    """``espeak-ng`` and ``flite`` on PATH as one script: ``body`` runs with ``out`` (the WAV to
+    write), ``text`` (the word) and ``TONE`` (0.3 s of a tone, 16-bit PCM at 8 kHz) defined."""
+    head = f"""#!{sys.executable}
 import sys, wave, math
 a = sys.argv[1:]
 out = a[a.index("-w") + 1] if "-w" in a else a[a.index("-o") + 1]
 text = a[-1] if "-w" in a else a[a.index("-t") + 1]
-if text == "one":
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
-        w.writeframes(b"".join(int(8000 * math.sin(i / 4)).to_bytes(2, "little", signed=True) for i in range(2400)))
+TONE = b"".join(int(8000 * math.sin(i / 4)).to_bytes(2, "little", signed=True) for i in range(2400))
 """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for engine in ("espeak-ng", "flite"):
-        (bin_dir / engine).write_text(fake)
+        (bin_dir / engine).write_text(head + body)
         os.chmod(bin_dir / engine, 0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
+
+
+def test_a_tts_engine_that_exits_0_without_output_is_not_read_as_the_last_word(tmp_path: Path, monkeypatch) -> None:
+    from drsn_stream.speech import tts
+
+    # fake engines: speak "one" (a tone), exit 0 without writing for any other word
+    _fake_engines(tmp_path, monkeypatch, """
+if text == "one":
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
+        w.writeframes(TONE)
+""")
     with pytest.raises(DataError, match=r"exited 0 for .* 'two' but wrote no .*tmp-.*\.wav") as err:
         tts.generate(tmp_path / "cache", ("one", "two"), ("1", "2"), tts.voices(1))
     assert "\n" not in str(err.value)
@@ -342,21 +350,11 @@ def test_a_word_a_tts_voice_says_as_an_empty_wav_is_left_out_not_the_run(tmp_pat
     # unreadable it would have stopped the whole training
     from drsn_stream.speech import tts
 
-    fake = f"""#!{sys.executable}
-import sys, wave, math
-a = sys.argv[1:]
-out = a[a.index("-w") + 1] if "-w" in a else a[a.index("-o") + 1]
-text = a[-1] if "-w" in a else a[a.index("-t") + 1]
+    _fake_engines(tmp_path, monkeypatch, """
 with wave.open(out, "wb") as w:
     w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
     if text == "one":
-        w.writeframes(b"".join(int(8000 * math.sin(i / 4)).to_bytes(2, "little", signed=True) for i in range(2400)))
-"""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for engine in ("espeak-ng", "flite"):
-        (bin_dir / engine).write_text(fake)
-        os.chmod(bin_dir / engine, 0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
+        w.writeframes(TONE)
+""")
     out = tts.generate(tmp_path / "cache", ("one", "two"), ("1", "2"), tts.voices(1))
     assert [u.label for u in out] == ["1"]

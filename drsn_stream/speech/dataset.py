@@ -58,11 +58,12 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
+def read_wav(path: Path, *, empty_ok: bool = False) -> tuple[np.ndarray, int]:
     """A mono WAV file -> (float32 (n,) with full scale 1.0, sample rate Hz).
 
-    Raises DataError naming the file when it cannot be read, says a rate of 0, holds no samples,
-    NaN or infinite ones, or float samples beyond ``MAX_PEAK`` (NaN would train a NaN model).
+    Raises DataError naming the file when it cannot be read, says a rate of 0, holds no samples
+    (unless ``empty_ok``: then ``(0,)`` samples), NaN or infinite ones, or float samples beyond
+    ``MAX_PEAK`` (NaN would train a NaN model).
     """
     try:
         x, rate = wav.read_wav(path)
@@ -73,6 +74,8 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
     if x.ndim == 2:
         x = x.mean(axis=1)
     if x.size == 0:
+        if empty_ok:
+            return x.astype(np.float32), int(rate)
         raise DataError(f"{path}: the WAV file holds no samples; re-copy or remove it")
     if not np.isfinite(x).all():
         raise DataError(f"{path}: the WAV file holds NaN or infinite samples; re-copy or remove it")

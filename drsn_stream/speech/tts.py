@@ -112,17 +112,6 @@ def _synth(voice: Voice, text: str, path: Path) -> None:
                         "check the espeak-ng/flite installation")
 
 
-def _no_samples(path: Path) -> bool:
-    """Whether a WAV the engine wrote holds a header and no samples."""
-    from drsn_stream import wav
-
-    try:
-        x, _ = wav.read_wav(path)
-    except wav.WavError:
-        return False  # read_wav says what is wrong with it
-    return x.size == 0
-
-
 def trim(x: np.ndarray, sample_rate: int, *, below_db: float = 35.0, margin_s: float = 0.02) -> np.ndarray:
     """Cuts leading and trailing silence: keeps 10 ms frames within ``below_db`` of the loudest.
 
@@ -206,13 +195,13 @@ def _speak_all(voice_list: list[Voice], words: tuple[str, ...], labels: tuple[st
     for voice in voice_list:
         for text, label in zip(words, labels, strict=True):
             _synth(voice, text, tmp)
-            if _no_samples(tmp):  # said nothing (skipped like a word too quiet to keep), not a broken engine
-                continue
-            try:
-                x, rate = read_wav(tmp)
+            try:  # a WAV of no samples: a word said as nothing, skipped like one too quiet to keep
+                x, rate = read_wav(tmp, empty_ok=True)
             except DataError as exc:
                 raise DataError(f"TTS: {voice.engine} wrote an unusable WAV for {voice.id} {text!r} ({exc}); "
                                 "check the espeak-ng/flite installation") from None
+            if not x.size:
+                continue
             x = trim(to_rate(x, rate, sample_rate, where=tmp), sample_rate)
             peak = float(np.max(np.abs(x))) if x.size else 0.0
             if peak < 1e-4:
