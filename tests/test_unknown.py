@@ -21,7 +21,7 @@ from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine.engine import predictions_from
 from drsn_stream.engine.procrunner import ProcessRunner
 from drsn_stream.engine.runner import Runner
-from drsn_stream.errors import ArtifactError
+from drsn_stream.errors import ArtifactError, DataError
 from drsn_stream.models.artifact import load_artifact, read_meta, script_model
 from drsn_stream.models.ensemble import Ensemble
 from drsn_stream.models.ood import UNKNOWN, UnknownDetector
@@ -121,6 +121,22 @@ def test_malformed_unknown_statistics_are_refused_with_what_to_do() -> None:
         UnknownDetector.from_dict({"kind": "class-gaussian-mahalanobis", "means": [[0.0]], "whiteners": [[1.0]],
                                    "threshold": 1.0})
     assert read_meta("digits-fsdd").unknown == {}  # a model without statistics never refuses
+
+
+def test_a_threshold_from_nan_features_is_refused_not_kept() -> None:
+    # A NaN threshold compares False with every score: unknown detection would be silently off in
+    # the artifact a training run writes. The calibration refuses it and keeps the one it had.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(400, 4)), np.repeat([0, 1], 200)
+    det = UnknownDetector.fit(x, y, 2)
+    good = det.calibrate(x[:100])
+    assert good > 0 and np.isfinite(good)
+    held = x[:100].copy()
+    held[::3, 1] = np.nan
+    for bad in (held, x[:0]):
+        with pytest.raises(DataError, match="NaN"):
+            det.calibrate(bad)
+        assert det.threshold == good
 
 
 def test_the_distance_is_the_smallest_mahalanobis_distance_to_a_class() -> None:

@@ -14,12 +14,13 @@ stores it in the artifact's metadata (key ``unknown``, ``to_dict``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from drsn_stream.errors import ArtifactError
+from drsn_stream.errors import ArtifactError, DataError
 from drsn_stream.types import Prediction, batch_columns
 
 UNKNOWN = "unknown"  # the label shown where the model's label is refused
@@ -156,8 +157,14 @@ class UnknownDetector:
 
     def calibrate(self, x: np.ndarray, *, percentile: float = 99.9, margin: float = 1.0) -> float:
         """Sets the threshold to ``percentile`` of the scores of held-out in-distribution features
-        ``x`` times ``margin``; returns it."""
-        self.threshold = float(np.percentile(self.distance2(x), percentile) * margin)
+        ``x`` times ``margin``; returns it. A threshold that is not a finite number > 0 (features
+        with NaN, or none) is a DataError: written, it would turn unknown detection off."""
+        threshold = float(np.percentile(self.distance2(x), percentile) * margin) if len(x) else math.nan
+        if not (threshold > 0 and math.isfinite(threshold)):
+            raise DataError(f"the unknown-input threshold from {len(x)} held-out windows is {threshold}; "
+                            "their features are NaN, infinite or all at the class means - check the "
+                            "recordings for NaN or flat stretches")
+        self.threshold = threshold
         self.calibration.update({"percentile": percentile, "margin": margin, "calibration_windows": int(len(x))})
         return self.threshold
 
