@@ -39,6 +39,15 @@ HELD_BACK = 0.2  # the last share of each stream's learning windows, kept out of
 PERCENTILE = 99.9
 MARGIN = 2.0  # the held-back windows come from the same minutes as the fit; a machine's later normal varies more
 MIN_WINDOWS = 32  # fewer learning windows than this give no stable Gaussian over the features
+# and per feature: with fewer, the covariance is loose and the threshold rests on a handful of
+# held-back windows, which later healthy windows cross (tools/eval_baseline.py --sweep,
+# docs/own-machine.md)
+WINDOWS_PER_FEATURE = 5
+
+
+def min_windows(features: int) -> int:
+    """Learning windows a baseline over ``features`` features needs."""
+    return max(MIN_WINDOWS, WINDOWS_PER_FEATURE * int(features))
 SHRINK = 0.0  # weight of the diagonal in the covariance (Gaussian.fit); on CWRU any shrinkage widened the healthy spread
 
 
@@ -120,20 +129,22 @@ def _text(v: Any, name: str) -> str:
 
 
 def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_back: float = HELD_BACK,
-               percentile: float = PERCENTILE, margin: float = MARGIN, shrink: float = SHRINK) -> StreamBaseline:
+               percentile: float = PERCENTILE, margin: float = MARGIN, shrink: float = SHRINK,
+               least: int | None = None) -> StreamBaseline:
     """Fits one stream's baseline on its learning windows' features (n, features), in time order.
     Windows with NaN or infinite features (a sensor's dropout) are left out: one would make every
-    statistic NaN, a baseline that never alarms."""
+    statistic NaN, a baseline that never alarms. ``least``: the fewest windows accepted (default
+    ``min_windows``; lower only to measure what fewer give, tools/eval_baseline.py --sweep)."""
     if not (math.isfinite(margin) and margin > 0):
         raise ConfigError(f"a baseline margin must be a finite number > 0, not {margin}")
     x = np.asarray(features, dtype=np.float64)
     t = np.asarray(times if times is not None else np.zeros(len(x)), dtype=np.float64)
-    if x.ndim == 2:
-        ok = np.isfinite(x).all(axis=1)
-        x, t = x[ok], t[ok]
-    n = len(x)
-    if n < MIN_WINDOWS:
-        raise ConfigError(f"a baseline needs at least {MIN_WINDOWS} windows, got {n}; learn for longer")
+    ok = np.isfinite(x).all(axis=1)
+    x, t = x[ok], t[ok]
+    n, need = len(x), min_windows(x.shape[1]) if least is None else int(least)
+    if n < need:
+        raise ConfigError(f"a baseline over {x.shape[1]} features needs at least {need} windows, got {n}; "
+                          "learn for longer")
     k = max(1, int(round(n * held_back)))
     if n - k <= x.shape[1]:
         raise ConfigError(f"a baseline over {x.shape[1]} features needs more than {x.shape[1]} windows to fit "
@@ -259,6 +270,7 @@ class BaselineStage:
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
         self._left_out_s: dict[str, float] = {}  # stream: their hops, in s, in the learning under way
+        self._extended: set[str] = set()  # streams whose span gave too few windows (said once)
         self.notes: list[tuple[str, str]] = []  # (stream, message), each said once; the pipeline drains it
         self.state: dict[str, str] = {}  # stream: "learning 40%" / "monitoring" / "no baseline"
         self.latest: dict[str, float] = {}  # stream: latest anomaly
@@ -334,6 +346,13 @@ class BaselineStage:
             feats.append(p.features)
             times.append(p.t_last)
             if times[-1] - times[0] - self._left_out_s.get(sid, 0.0) >= self.learn_s:
+                need = min_windows(len(feats[0]))
+                if len(feats) < need:  # a span too short for a stable baseline: learning goes on
+                    if sid not in self._extended:
+                        self._extended.add(sid)
+                        self.notes.append((sid, f"{_span(self.learn_s)} gave {len(feats)} windows; a baseline over "
+                                                f"{len(feats[0])} features needs {need}: learning on until then"))
+                    continue
                 self._fit(sid)
                 if sid in self.profile.streams and i + 1 < len(group):
                     self.apply(group[i + 1 :])  # the rest of a large batch is scored, not learned
@@ -342,11 +361,13 @@ class BaselineStage:
             self.state[sid] = f"learning {len(feats)} windows"
         else:
             span = times[-1] - times[0] - self._left_out_s.get(sid, 0.0)
-            self.state[sid] = f"learning {max(0, min(99, int(100 * span / self.learn_s)))}%"
+            share = min(span / self.learn_s, len(feats) / min_windows(len(feats[0])))
+            self.state[sid] = f"learning {max(0, min(99, int(100 * share)))}%"
 
     def _fit(self, sid: str) -> None:
         feats, times = self._learning.pop(sid)
         self._left_out_s.pop(sid, None)
+        self._extended.discard(sid)
         try:
             if not feats:  # every window came from a sensor in CHECK_SENSOR
                 raise ConfigError("every window came from a sensor in CHECK_SENSOR; check the sensor, then learn again")
@@ -382,4 +403,4 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
-__all__ = ["BaselineStage", "Profile", "StreamBaseline", "fit_stream", "parse_duration", "weights_digest"]
+__all__ = ["BaselineStage", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest"]
