@@ -339,3 +339,11 @@ def test_loso_ensembles_missing_keys_or_files_is_one_line(tmp_path, child_env):
     refused(tool("loso_ensembles.py", str(tmp_path), env=child_env), "loso_ensembles.py", "seeds")
     np.savez(tmp_path / "loso-george-probs.npz", probs=np.zeros((2, 3, 13)), truth=np.zeros(3, int), seeds=[0, 1])
     refused(tool("loso_ensembles.py", str(tmp_path), env=child_env), "loso_ensembles.py", "loso-george.json")
+    # probabilities that are NaN, or not one row per seed and label, were scored as an accuracy
+    (tmp_path / "loso-george.json").write_text('{"epochs": 3}')
+    probs = np.full((2, 3, 13), 1 / 13)
+    probs[1, 0, :] = np.nan
+    np.savez(tmp_path / "loso-george-probs.npz", probs=probs, truth=np.zeros(3, int), seeds=[0, 1])
+    refused(tool("loso_ensembles.py", str(tmp_path), env=child_env), "loso_ensembles.py", "NaN")
+    np.savez(tmp_path / "loso-george-probs.npz", probs=probs[:, :2], truth=np.zeros(3, int), seeds=[0, 1])
+    refused(tool("loso_ensembles.py", str(tmp_path), env=child_env), "loso_ensembles.py", "(2, 2, 13)")

@@ -46,6 +46,11 @@ def load(dirs: list[Path]) -> tuple[list[int], dict[str, tuple[np.ndarray, np.nd
                 what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:200]
                 raise DataError(f"{f.name} / {record.name} in {d}: not what tools/train_digits.py --loso writes "
                                 f"({what}); re-run it") from None
+            if probs.ndim != 3 or probs.shape[0] != len(s) or truth.shape != probs.shape[1:2] or \
+                    not np.isfinite(probs).all():
+                raise DataError(f"{f}: probabilities {probs.shape} for {len(s)} seeds and labels {truth.shape}"
+                                + ("" if np.isfinite(probs).all() else ", some NaN or infinite")
+                                + "; not what tools/train_digits.py --loso writes: re-run it")
             if seeds is None:
                 seeds = s
             elif s != seeds:
