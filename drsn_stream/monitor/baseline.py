@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 HELD_BACK = 0.2  # the last share of each stream's learning windows, kept out of the fit to set the threshold
 PERCENTILE = 99.9
 MARGIN = 2.0  # the held-back windows come from the same minutes as the fit; a machine's later normal varies more
+SHRINK = 0.0  # weight of the diagonal in the covariance (Gaussian.fit); on CWRU any shrinkage widened the healthy spread
 MIN_WINDOWS = 32  # fewer learning windows than this give no stable Gaussian over the features
 # and per feature: with fewer, the covariance is loose and the threshold rests on a handful of
 # held-back windows, which later healthy windows cross (tools/eval_baseline.py --sweep,
@@ -48,7 +49,6 @@ WINDOWS_PER_FEATURE = 5
 def min_windows(features: int) -> int:
     """Learning windows a baseline over ``features`` features needs."""
     return max(MIN_WINDOWS, WINDOWS_PER_FEATURE * int(features))
-SHRINK = 0.0  # weight of the diagonal in the covariance (Gaussian.fit); on CWRU any shrinkage widened the healthy spread
 
 
 def weights_digest(artifact: str | Path) -> str:
