@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                          "and print the CPU per window of both and their ratio")
     ap.add_argument("--baseline-ab", action="store_true",
                     help="run each N without the judges (no unknown label, no baseline, no envelope) and with all "
-                         "three (unknown, a baseline learned live over the first 1.6 s, envelope evidence), "
+                         "three (unknown, a baseline learned live over the first 3.5 s, envelope evidence), "
                          "alternating, and print the CPU per window of both and their ratio")
     args = ap.parse_args(argv)
     places = [s.strip() for s in args.publisher_on.split(",") if s.strip()]
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         held_all = True
         variants = [{}, {"machine": {"bearing": "6205", "rpm": 1797}}] if args.envelope_ab else [{}]
         if args.baseline_ab:
-            variants = [{"unknown": False}, {"learn_s": 1.6, "machine": {"bearing": "6205", "rpm": 1797}}]
+            variants = [{"unknown": False}, {"learn_s": 3.5, "machine": {"bearing": "6205", "rpm": 1797}}]
         if args.ingest_procs:
             variants = [{**v, "ingest_procs": int(k)} for v in variants for k in args.ingest_procs.split(",")]
         if args.phases:
