@@ -77,6 +77,19 @@ def writable_file(path: str | Path, flag: str) -> Path:
     return p
 
 
+def rewritable_file(path: str | Path, advice: str) -> Path:
+    """``path`` if it is a file that can be rewritten in place (an existing, writable file in a
+    writable folder), checked before the work; a ConfigError otherwise, ending in ``advice`` where
+    the path is no file (a folder, or a name such as ``bearing-cwru`` that would become a new file
+    of that name in the current folder)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path} {'is a folder' if p.is_dir() else 'is not a file'}; {advice}")
+    if not os.access(p, os.W_OK) or not os.access(p.parent, os.W_OK):
+        raise ConfigError(f"cannot rewrite {path}: it or its folder is not writable")
+    return p
+
+
 def check_sections(doc: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
     """Refuses tables that nobody reads (a mistyped ``[decisions]`` would otherwise be ignored)."""
     valid = tuple(valid)

@@ -12,11 +12,10 @@ the CWRU recordings it was trained on (never the held-out test part), clean and 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 import numpy as np
 
+from drsn_stream.config import rewritable_file
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine.bench import eager_from_artifact
 from drsn_stream.errors import ConfigError, DataError, run_tool
@@ -25,19 +24,6 @@ from drsn_stream.train.cwru import load_set
 from drsn_stream.train.evaluate import part_windows
 
 MAX_PER_KIND = 1000  # 3000 windows of 2048 float16 samples: 12 MB in the artifact already
-
-
-def rewritable(path: str) -> Path:
-    """``path`` if it is an artifact file this tool may rewrite in place (not a built-in's name:
-    ``bearing-cwru`` would become a new file of that name in the current folder)."""
-    p = Path(path)
-    if not p.is_file():
-        what = "is a folder" if p.is_dir() else "is not a file"
-        raise ConfigError(f"{path} {what}; give the path of a .pt file to rewrite, "
-                          "e.g. drsn_stream/artifacts/bearing-cwru.pt")
-    if not os.access(p, os.W_OK) or not os.access(p.parent, os.W_OK):
-        raise ConfigError(f"cannot rewrite {path}: it or its folder is not writable")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not 1 <= args.per_kind <= MAX_PER_KIND:
         raise ConfigError(f"--per-kind must be between 1 and {MAX_PER_KIND}, not {args.per_kind}")
-    path = rewritable(args.artifact)
+    path = rewritable_file(args.artifact, "give the path of a .pt file to rewrite, e.g. "
+                                          "drsn_stream/artifacts/bearing-cwru.pt")
     module, meta = load_artifact(path)
     if meta.input.get("kind", "raw") != "raw" or meta.training.get("dataset") not in (None, "cwru"):
         raise ConfigError(f"{path} is not a CWRU bearing model; validation windows are cut from the CWRU "

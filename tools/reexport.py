@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drsn_stream.config import writable_file
+from drsn_stream.config import rewritable_file, writable_file
 from drsn_stream.engine.bench import eager_from_artifact
 from drsn_stream.errors import ConfigError, run_tool
 from drsn_stream.models import load_artifact, save_artifact
@@ -99,15 +99,6 @@ def reexport(path: str, *, out: str | None = None, probs: bool = False,
     return 0
 
 
-def writable(dest: str, flag: str) -> None:
-    """Refuses, before any work, a destination that cannot take the file: a folder, a missing or
-    read-only folder, or a built-in model's name (it would become a new file of that name here)."""
-    writable_file(dest, flag)
-    if flag == "artifact" and not Path(dest).is_file():
-        raise ConfigError(f"{dest} is not a file; give the path of a .pt file to rewrite, e.g. "
-                          "drsn_stream/artifacts/bearing-cwru.pt (or --out to write elsewhere)")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifacts", nargs="+")
@@ -121,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_validation < 0:
         raise ConfigError(f"--max-validation must be 0 or more, not {args.max_validation}")
     if args.out:
-        writable(args.out, "--out")
+        writable_file(args.out, "--out")
     else:
         for path in args.artifacts:
-            writable(path, "artifact")
+            rewritable_file(path, "give the path of a .pt file to rewrite, e.g. drsn_stream/artifacts/bearing-cwru.pt "
+                                  "(or --out to write elsewhere)")
     rc = 0
     for path in args.artifacts:
         rc |= reexport(path, out=args.out, probs=args.probs, max_validation=args.max_validation)
