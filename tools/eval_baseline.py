@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"to test; the baseline needs >= {need} and the test >= 1: choose e.g. 0.7")
     learn = features(runner, wl, meta.normalization)
     base = fit_stream(learn, margin=args.margin)
-    later = base.anomaly(features(runner, wr, meta.normalization))
+    rest = features(runner, wr, meta.normalization)
+    later = base.anomaly(rest)
     res: dict = {
         "model": meta.name, "learned_windows": base.windows, "held_back": base.held_back, "margin": args.margin,
         "threshold": round(base.threshold, 4),
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         res["sweep"] = {}
         for hop in (meta.hop, meta.hop // 2):
-            learn = features(runner, windows(normal, (0.0, args.learn), hop), meta.normalization)
-            rest = features(runner, windows(normal, (args.learn, 1.0), hop), meta.normalization)
+            if hop != meta.hop:  # at the model's hop: the windows measured above
+                learn = features(runner, windows(normal, (0.0, args.learn), hop), meta.normalization)
+                rest = features(runner, windows(normal, (args.learn, 1.0), hop), meta.normalization)
             print(f"hop {hop}: {len(learn)} windows to learn from, {len(rest)} later healthy windows")
             for n in (32, 48, 64, 80, 96, 128, 160):
                 if n > len(learn):
