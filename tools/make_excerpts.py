@@ -20,10 +20,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 from scipy.signal import resample_poly
 
 from drsn_stream.errors import DataError, run_tool
+from drsn_stream.sources.file import load_mat
 
 RATE = 12000
 MAX_SECONDS = 3.0
@@ -46,10 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def drive_end(path: Path) -> np.ndarray:
-    try:
-        mat = scipy.io.loadmat(path)
-    except (OSError, ValueError, scipy.io.matlab.MatReadError) as exc:
-        raise DataError(f"{path}: cannot read it as a MATLAB file ({exc}); re-copy it from the CWRU data set") from None
+    mat = load_mat(path, DataError)
     keys = [k for k in mat if k.endswith("_DE_time")]
     if len(keys) != 1:
         raise DataError(f"{path.name}: expected one *_DE_time array, found {keys}; re-copy it from the CWRU data set")
