@@ -33,7 +33,7 @@ from drsn_stream.dsp.envelope import (
     analyse_block,
     machine_for,
 )
-from drsn_stream.errors import ConfigError, DrsnStreamError
+from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
 from drsn_stream.types import Window
 
 
@@ -213,13 +213,14 @@ class EnvelopeStage:
         if setup is None:
             return
         geometry, shaft_hz = setup
-        if not np.isfinite(x).all():  # a sensor dropout: skipped (and counted), not "no fault, 0 dB"
+        try:
+            result = analyse_block(x, self.rate, shaft_hz, geometry, self.settings)
+        except DataError:  # NaN or infinite samples, a sensor dropout: skipped (and counted), not "no fault, 0 dB"
             if sid not in self._skipping:
                 self._skipping.add(sid)
                 self._say(sid, "envelope: skipping blocks with NaN or infinite samples (counted in the stats)")
             self.skipped += 1
             return
-        result = analyse_block(x, self.rate, shaft_hz, geometry, self.settings)
         with self._lock:
             kept = self._results.get(sid)
             if kept is None:
