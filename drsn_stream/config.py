@@ -7,6 +7,8 @@ value of the wrong type or one out of range is one line naming the table, the ke
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import math
@@ -23,7 +25,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib  # type: ignore[no-redef]
 
-from drsn_stream.errors import ConfigError
+from drsn_stream.errors import ConfigError, WriteError
 
 SHIPPED = Path(__file__).resolve().parent / "configs"  # the ready-made configs, installed with the package
 
@@ -75,6 +77,30 @@ def writable_file(path: str | Path, flag: str) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise ConfigError(f"{flag} {path}: it or its folder is missing or not writable; give another path")
     return p
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` through ``path.tmp`` and a rename, so a reader sees the old file
+    or the new one, never half of one. A failed write (disk full, no permission, a folder in the
+    way) leaves no ``.tmp`` behind and raises WriteError naming the file. Torch's own writers are
+    not used on files: on a full disk ``torch.jit.save`` aborts the process (a C++ exception no one
+    catches) and ``torch.save`` leaves a half file; serialize to bytes, then write them here."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:  # Ctrl-C mid-write leaves no half file either
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            advice = "free space there or write it elsewhere" if full else "give a path of a file in a writable folder"
+            raise WriteError(f"cannot write {path} ({exc.strerror or exc}); {advice}", exc) from None
+        raise
+    return path
 
 
 def rewritable_file(path: str | Path, advice: str) -> Path:

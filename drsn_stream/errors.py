@@ -33,6 +33,20 @@ class DataError(DrsnStreamError):
     """A training or evaluation data set is missing or malformed."""
 
 
+class WriteError(DrsnStreamError, OSError):
+    """A file could not be written (disk full, no permission, a folder in the way). Also an
+    OSError with the cause's ``errno`` and ``strerror``, for callers that catch those; its
+    message names the file and says what to do."""
+
+    def __init__(self, message: str, cause: OSError | None = None) -> None:
+        super().__init__(message)
+        if cause is not None:
+            self.errno, self.strerror = cause.errno, cause.strerror
+
+    def __str__(self) -> str:  # OSError's own would print "[Errno 28] ..." without the file
+        return str(self.args[0])
+
+
 class EngineError(DrsnStreamError):
     """The inference engine failed (its process died, or kept dying)."""
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from drsn_stream.config import write_atomic
 from drsn_stream.errors import ArtifactError
 from drsn_stream.models.meta import (
     FORMAT,
@@ -82,7 +83,8 @@ def save_artifact(
     ``probs``: wrap the network (logits or log-probabilities out) in ``Probabilities``, so the
     first output is probabilities. A wrapped model is always saved with ``outputs.scores`` =
     ``probs``, so the file cannot say otherwise.
-    Returns the path written. Raises ArtifactError if the metadata is incomplete.
+    Returns the path written. Raises ArtifactError if the metadata is incomplete, WriteError
+    (an OSError too) if the file cannot be written.
     """
     if isinstance(meta, ArtifactMeta):
         d = meta.to_dict()
@@ -101,22 +103,15 @@ def save_artifact(
     model.eval()
     scripted = script_model(model.cpu())
     model.train(was_training)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     extra = {META_KEY: json.dumps(d, indent=1, sort_keys=True)}
     if validation is not None:
         buf = io.BytesIO()
         np.savez_compressed(buf, windows=np.asarray(validation, dtype=np.float16))
         extra[VALIDATION_KEY] = buf.getvalue()
-    try:
-        with quiet_torchscript():
-            torch.jit.save(scripted, str(tmp), _extra_files=extra)
-        tmp.replace(path)
-    except BaseException:  # a failed write (disk full, a folder in the way) leaves no half file beside
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    out = io.BytesIO()
+    with quiet_torchscript():
+        torch.jit.save(scripted, out, _extra_files=extra)
+    return write_atomic(path, out.getvalue())
 
 
 def load_artifact(

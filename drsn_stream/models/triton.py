@@ -18,8 +18,8 @@ the C++ example read it as an ordinary artifact. docs/artifact-format.md, sectio
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from drsn_stream.config import write_atomic
 from drsn_stream.dsp.normalize import KINDS, RMS_FLOOR, ZSCORE_EPS
 from drsn_stream.errors import ArtifactError, ConfigError
 from drsn_stream.models.artifact import (
@@ -234,12 +235,6 @@ def wrapper_meta(meta: ArtifactMeta, stored: dict[str, Any] | None = None) -> di
     return d
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def export_triton(
     repository: str | Path,
     model: str | Path,
@@ -265,17 +260,14 @@ def export_triton(
     version_dir = model_dir / VERSION
     try:
         version_dir.mkdir(parents=True, exist_ok=True)
-        pt = version_dir / "model.pt"
-        tmp = version_dir / "model.pt.tmp"
+        buf = io.BytesIO()
         with quiet_torchscript():
-            torch.jit.save(scripted, str(tmp), _extra_files={META_KEY: json.dumps(wrapper_meta(meta, read_meta_dict(model)), indent=1)})
-        os.replace(tmp, pt)
-        labels = model_dir / LABEL_FILE
-        _write(labels, ("\n".join(meta.labels) + "\n").encode())
-        config = model_dir / "config.pbtxt"
-        _write(config, text.encode())
+            torch.jit.save(scripted, buf, _extra_files={META_KEY: json.dumps(wrapper_meta(meta, read_meta_dict(model)), indent=1)})
+        pt = write_atomic(version_dir / "model.pt", buf.getvalue())
+        labels = write_atomic(model_dir / LABEL_FILE, ("\n".join(meta.labels) + "\n").encode())
+        config = write_atomic(model_dir / "config.pbtxt", text.encode())
     except OSError as exc:
-        raise ConfigError(f"cannot write the Triton repository under {model_dir} ({exc}); "
+        raise ConfigError(f"cannot write the Triton repository under {model_dir} ({exc.strerror or exc}); "
                           "choose a writable folder with --triton") from None
     return TritonExport(model_dir=model_dir, config=config, model=pt, labels=labels, meta=meta)
 

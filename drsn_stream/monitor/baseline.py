@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from drsn_stream.config import write_atomic
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import Gaussian, check_gaussian, rounded
 from drsn_stream.types import Prediction
@@ -184,12 +185,7 @@ class Profile:
         }
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_atomic(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:

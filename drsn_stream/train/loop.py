@@ -13,6 +13,7 @@ The recipe defaults are the paper's: SGD with momentum 0.9, L2 1e-4, batch 128, 
 from __future__ import annotations
 
 import copy
+import io
 import math
 import pickle
 import time
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from drsn_stream.config import out_of_range
+from drsn_stream.config import out_of_range, write_atomic
 from drsn_stream.engine.contract import THREADS_LIMIT
 from drsn_stream.errors import ArtifactError, ConfigError, DataError
 from drsn_stream.models.outputs import to_probs
@@ -286,9 +287,16 @@ def _save_ckpt(
         "metrics": plain(row),
         **plain(extra or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_torch(state, path)
+
+
+def save_torch(obj: Any, path: Path) -> Path:
+    """``torch.save`` of ``obj`` to ``path`` whole or not at all: a full disk is a WriteError
+    naming the file (torch's own writer raises a RuntimeError about zip offsets and leaves half
+    a file)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_atomic(path, buf.getvalue())
 
 
 def plain(obj: Any) -> Any:

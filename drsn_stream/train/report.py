@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from drsn_stream.models import save_artifact
-from drsn_stream.train.loop import FitResult, load_checkpoint, plain
+from drsn_stream.train.loop import FitResult, load_checkpoint, plain, save_torch
 
 
 def record_fit(meta: dict[str, Any], res: FitResult) -> None:
@@ -47,7 +47,7 @@ def export_run(
     artifact_path = save_artifact(model, out / f"{name}.pt", meta, validation=validation, probs=True)
     ck = load_checkpoint(out / "best.pt")
     ck["meta"] = plain(meta)
-    torch.save(ck, out / "best.pt")
+    save_torch(ck, out / "best.pt")
     shipped = None
     if artifact is not None:
         shipped = str(save_artifact(model, artifact, meta, validation=validation, probs=True))

@@ -1,0 +1,94 @@
+"""A disk that fills while drsn-stream writes a model, a checkpoint or a profile.
+
+The disk is filled for real: each command runs in a child whose file size limit
+(``RLIMIT_FSIZE``) is below the size of what it writes, so the kernel refuses the write as it
+refuses one on a full disk (EFBIG instead of ENOSPC; Python ignores SIGXFSZ, so the write
+returns the error). ``torch.jit.save`` given a file path aborted the whole process there (an
+uncaught C++ exception), after a training run of hours; ``torch.save`` raised a RuntimeError
+about zip offsets and left half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from drsn_stream.errors import WriteError
+from drsn_stream.models import ArtifactMeta, build_from_config, load_artifact, model_config
+from drsn_stream.train.loop import save_torch
+
+LIMIT = 100_000  # bytes: below each file written here (a model is ~475 kB), above what start-up writes
+
+
+def _small_disk() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+
+def run_on_a_full_disk(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, preexec_fn=_small_disk,
+                          capture_output=True, text=True, timeout=300)
+
+
+def said_in_one_line(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])  # -6 was SIGABRT
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    for w in words:
+        assert w in done.stderr, done.stderr
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_export_of_a_checkpoint_onto_a_full_disk_says_so_and_leaves_no_half_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = model_config("drsn_cw_paper", num_classes=4)
+    model = build_from_config(cfg)
+    meta = ArtifactMeta(name="full-disk", model="drsn_cw_paper", labels=["normal", "ball", "inner", "outer"],
+                        sample_rate=12000, window=2048, hop=512, training={"data": "unit test"})
+    save_torch({"model_state": model.state_dict(), "model_config": cfg.to_dict(), "meta": meta.to_dict()},
+               tmp_path / "best.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    done = run_on_a_full_disk("-m", "drsn_stream", "export", "--checkpoint", "best.pt", "--out", "out/model.pt",
+                              cwd=tmp_path)
+    said_in_one_line(done, "out/model.pt", "File too large", "free space")
+    assert leftovers(out) == []
+    # the same command with room writes a model that loads
+    done = subprocess.run([sys.executable, "-m", "drsn_stream", "export", "--checkpoint", "best.pt",
+                           "--out", "out/model.pt"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert load_artifact(out / "model.pt")[1].name == "full-disk"
+
+
+def test_triton_export_onto_a_full_disk_says_so_and_leaves_no_half_file(tmp_path: Path) -> None:
+    done = run_on_a_full_disk("-m", "drsn_stream", "export", "--triton", "repo", "--model", "bearing-cwru",
+                              cwd=tmp_path)
+    said_in_one_line(done, "cannot write the Triton repository", "File too large", "--triton")
+    assert not any(name.endswith(".tmp") for name in leftovers(tmp_path)), leftovers(tmp_path)
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_write_error_and_the_old_one_stays(tmp_path: Path) -> None:
+    path = tmp_path / "best.pt"
+    save_torch({"epoch": 1}, path)
+    code = ("import sys, torch; from drsn_stream.train.loop import save_torch\n"
+            "try:\n    save_torch({'w': torch.zeros(100_000)}, __import__('pathlib').Path(sys.argv[1]))\n"
+            "except OSError as e:\n    print(type(e).__name__, e.errno, e)\n")
+    done = run_on_a_full_disk("-c", code, str(path), cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("WriteError 27 cannot write"), (done.stdout, done.stderr)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert leftovers(tmp_path) == ["best.pt"]
+
+
+def test_a_write_error_is_an_oserror_with_the_cause_and_a_message_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").mkdir()  # a folder where the file is to go
+    with pytest.raises(WriteError, match=r"model.pt \(Is a directory\); give a path of a file") as caught:
+        save_torch({"epoch": 1}, tmp_path / "model.pt")
+    assert isinstance(caught.value, OSError) and caught.value.strerror == "Is a directory"
