@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import stat
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -84,17 +85,34 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     or the new one, never half of one. A failed write (disk full, no permission, a folder in the
     way) leaves no ``.tmp`` behind and raises WriteError naming the file. Torch's own writers are
     not used on files: on a full disk ``torch.jit.save`` aborts the process (a C++ exception no one
-    catches) and ``torch.save`` leaves a half file; serialize to bytes, then write them here."""
+    catches) and ``torch.save`` leaves a half file; serialize to bytes, then write them here.
+
+    A rename replaces what it lands on, so: a symbolic link is followed (the file it names gets
+    the data, the link stays), a file keeps its permissions, and a device or a pipe (``/dev/null``,
+    a FIFO a reader waits on) is written into, never replaced by a file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    target = path.resolve() if path.is_symlink() else path
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        before: os.stat_result | None = target.stat()
+    except OSError:
+        before = None
+    tmp: Path | None = None
+    try:
+        if before is not None and not stat.S_ISREG(before.st_mode) and not stat.S_ISDIR(before.st_mode):
+            with open(target, "wb") as f:
+                f.write(data)
+            return path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        if before is not None:
+            os.chmod(tmp, stat.S_IMODE(before.st_mode))
+        os.replace(tmp, target)
     except BaseException as exc:  # Ctrl-C mid-write leaves no half file either
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
             advice = "free space there or write it elsewhere" if full else "give a path of a file in a writable folder"

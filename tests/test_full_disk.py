@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 import resource
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from drsn_stream.config import write_atomic
 from drsn_stream.errors import WriteError
 from drsn_stream.models import ArtifactMeta, build_from_config, load_artifact, model_config
 from drsn_stream.train.loop import save_torch
@@ -92,3 +95,33 @@ def test_a_write_error_is_an_oserror_with_the_cause_and_a_message_naming_the_fil
     with pytest.raises(WriteError, match=r"model.pt \(Is a directory\); give a path of a file") as caught:
         save_torch({"epoch": 1}, tmp_path / "model.pt")
     assert isinstance(caught.value, OSError) and caught.value.strerror == "Is a directory"
+
+
+def test_a_model_written_through_a_link_or_into_a_pipe_leaves_the_link_and_the_pipe_in_place(tmp_path: Path) -> None:
+    # the rename that makes a write whole replaced whatever it landed on: a link to the model in
+    # use became a file of its own (the model it named kept the old weights), and a FIFO or, run
+    # as root, /dev/null became a regular file
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "v3.pt"
+    save_torch({"epoch": 1}, target)
+    target.chmod(0o640)
+    link = tmp_path / "current.pt"
+    link.symlink_to(target)
+    save_torch({"epoch": 2}, link)
+    assert link.is_symlink() and torch.load(target, weights_only=True) == {"epoch": 2}
+    assert target.stat().st_mode & 0o777 == 0o640  # its permissions kept
+    assert sorted(p.name for p in target.parent.iterdir()) == ["v3.pt"]
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    try:
+        write_atomic(fifo, b"model bytes")
+    finally:
+        if reader.is_alive():  # nobody wrote into the pipe: open and close it, so the reader ends
+            with open(fifo, "wb"):
+                pass
+        reader.join(timeout=10)
+    assert got == [b"model bytes"] and stat.S_ISFIFO(fifo.lstat().st_mode)
