@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -353,6 +354,42 @@ def test_a_damaged_checkpoint_is_said_and_its_stream_starts_afresh(tmp_path: Pat
         assert fresh.windows == 0 and fresh.label == "?"
         host.pipe.decisions.update(Prediction("plant/m2", 0, 200.0, probs, labels[1], 0.9, 0.3, 5.0))
         assert host.pipe.decisions.state("plant/m2").windows == 1
+    finally:
+        host.pipe.stop()
+
+
+def test_a_checkpoint_directory_that_is_gone_loses_no_alarm_and_says_so(tmp_path: Path) -> None:
+    """A save that fails (the shared directory full, unmounted, replaced) raised out of the sink:
+    the alarm that asked for it was never sent, and the host's periodic loop died with a
+    traceback, its results and summaries with it."""
+    from drsn_stream.app.pipeline import RunConfig
+    from drsn_stream.cluster.host import HostWorker
+    from drsn_stream.types import Prediction
+
+    cfg = RunConfig(engine_process=False, threads=1, decision={"latching": True, "danger_after_s": None})
+    ck = tmp_path / "ck"
+    host = HostWorker("a", cfg, gateway=f"127.0.0.1:{_free_port()}", checkpoint_dir=str(ck),
+                      send=lambda kind, payload: None)
+    try:
+        labels = host.pipe.decisions.labels
+        fault = next(i for i, name in enumerate(labels) if name != "normal")
+        probs = np.full(len(labels), 0.001, dtype=np.float32)
+        probs[fault] = 1.0 - 0.001 * (len(labels) - 1)
+        host.assign(["plant/m1"])
+        shutil.rmtree(ck)
+        ck.write_text("not a directory any more")
+        for i in range(20):
+            for ev in host.pipe.decisions.update(Prediction("plant/m1", i, 100.0 + i, probs, labels[fault],
+                                                            float(probs[fault]), 0.3, 5.0)):
+                host.sink.write(ev.to_json())
+        host.checkpoint_all()  # the periodic save, as the host's loop makes it
+        sent = host.sink.take()
+        alarms = [o for o in sent if o["type"] == "alarm"]
+        assert alarms and alarms[-1]["to"] == "ALERT" and all(o.get("id") for o in alarms), sent
+        assert [line for line in host.pipe.errors if "cannot save stream checkpoints in" in line
+                and "Not a directory" in line] == host.pipe.errors[:1], host.pipe.errors
+        summary = host.summary()
+        assert summary["checkpoint_failures"] >= len(alarms) + 1 and summary["checkpoints"] == 0
     finally:
         host.pipe.stop()
 

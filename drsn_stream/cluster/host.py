@@ -130,6 +130,7 @@ class HostWorker:
         self._waiter: threading.Thread | None = None
         self.started = 0.0
         self.checkpoints = 0
+        self.checkpoint_failures = 0
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> HostWorker:
@@ -303,7 +304,16 @@ class HostWorker:
             )
             if ckpt.decision is None and ckpt.health is None and not ckpt.counters:
                 return  # nothing seen yet: keep whatever an earlier host saved
-            self.store.save(ckpt)
+            try:
+                self.store.save(ckpt)
+            except OSError as exc:
+                # a full or lost checkpoint directory: results and alarms go on (the event that
+                # asked for this save is sent all the same, the periodic loop keeps running)
+                self.checkpoint_failures += 1
+                self.pipe.error(f"cannot save stream checkpoints in {self.store.root} ({exc.strerror or exc}); "
+                                "the streams run on, but a host that takes one over starts it afresh: "
+                                "free space there or check the directory")
+                return
             self.checkpoints += 1
 
     def checkpoint_all(self) -> None:
@@ -348,6 +358,7 @@ class HostWorker:
             "straggler_events": self.sink.stragglers,
             "foreign_frames": self.source.foreign,
             "checkpoints": self.checkpoints,
+            "checkpoint_failures": self.checkpoint_failures,
             "errors": list(self.pipe.errors[-5:]),
         }
 
