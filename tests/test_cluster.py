@@ -394,6 +394,40 @@ def test_a_checkpoint_directory_that_is_gone_loses_no_alarm_and_says_so(tmp_path
         host.pipe.stop()
 
 
+def test_a_host_whose_sends_fail_for_a_while_sends_everything_after(tmp_path: Path) -> None:
+    """An exception out of one send (the aggregator's call failing) ended the host's loop: no
+    result, event or summary left that host again, without a word on its dashboard."""
+    from drsn_stream.app.pipeline import RunConfig
+    from drsn_stream.cluster.host import HostWorker
+
+    got: list[tuple[str, object]] = []
+    failures = {"left": 3}
+
+    def send(kind: str, payload: object) -> None:
+        if kind == "results" and failures["left"] > 0:
+            failures["left"] -= 1
+            raise ConnectionError("aggregator unreachable")
+        got.append((kind, payload))
+
+    host = HostWorker("a", RunConfig(engine_process=False, threads=1), gateway=f"127.0.0.1:{_free_port()}",
+                      checkpoint_dir=str(tmp_path / "ck"), send=send, checkpoint_every_s=0.2,
+                      summary_every_s=0.2).start()
+    try:
+        host.sink.put({"type": "note", "stream": "*", "time": 1.0, "message": "first"})
+        _until(lambda: failures["left"] == 0, 10)
+        host.sink.put({"type": "note", "stream": "*", "time": 2.0, "message": "second"})
+        _until(lambda: any(k == "results" for k, _ in got), 10)
+        _until(lambda: "second" in str(got), 10)
+        notes = [o.get("message") for k, batch in got if k == "results" for o in batch]  # type: ignore[union-attr]
+        assert [m for m in notes if m in ("first", "second")] == ["first", "second"], notes
+        n = len(got)
+        _until(lambda: any(k == "summary" for k, _ in got[n:]), 10)  # the loop goes on
+        assert host.round_failures == 3
+        assert [e for e in host.pipe.errors if "a round of results failed (ConnectionError: aggregator unreachable)" in e]
+    finally:
+        host.stop()
+
+
 def _until(cond, timeout: float) -> None:
     end = time.time() + timeout
     while time.time() < end:

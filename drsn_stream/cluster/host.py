@@ -70,6 +70,14 @@ class HostSink:
                 self.dropped += 1
             self.outbox.append(obj)
 
+    def requeue(self, batch: list[dict[str, Any]]) -> None:
+        """A batch that could not be sent goes back ahead of what came since (the limit holds)."""
+        with self._lock:
+            self.outbox.extendleft(reversed(batch))
+            while len(self.outbox) > OUTBOX_LIMIT:
+                self.outbox.popleft()
+                self.dropped += 1
+
     def take(self) -> list[dict[str, Any]]:
         with self._lock:
             out = list(self.outbox)
@@ -131,6 +139,7 @@ class HostWorker:
         self.started = 0.0
         self.checkpoints = 0
         self.checkpoint_failures = 0
+        self.round_failures = 0  # rounds of the results loop that raised (a send that failed)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> HostWorker:
@@ -157,18 +166,27 @@ class HostWorker:
         next_summary = time.time()
         while not self._stop.wait(SEND_EVERY_S):
             now = time.time()
-            if now >= next_ckpt:
-                next_ckpt = now + self.checkpoint_every_s
-                self.checkpoint_all()
-            self._flush()
-            if now >= next_summary:
-                next_summary = now + self.summary_every_s
-                self.send("summary", self.summary())
+            try:
+                if now >= next_ckpt:
+                    next_ckpt = now + self.checkpoint_every_s
+                    self.checkpoint_all()
+                self._flush()
+                if now >= next_summary:
+                    next_summary = now + self.summary_every_s
+                    self.send("summary", self.summary())
+            except Exception as exc:  # noqa: BLE001 - one failed round must not end the host's results
+                self.round_failures += 1
+                self.pipe.error(f"host {self.name}: a round of results failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                                "what it did not send goes in the next round")
 
     def _flush(self) -> None:
         batch = self.sink.take()
         if batch:
-            self.send("results", batch)
+            try:
+                self.send("results", batch)
+            except BaseException:
+                self.sink.requeue(batch)
+                raise
 
     # ------------------------------------------------------------------ ownership
     def assign(self, streams: Iterable[str], *, previous: dict[str, str] | None = None) -> list[str]:
@@ -359,6 +377,7 @@ class HostWorker:
             "foreign_frames": self.source.foreign,
             "checkpoints": self.checkpoints,
             "checkpoint_failures": self.checkpoint_failures,
+            "round_failures": self.round_failures,
             "errors": list(self.pipe.errors[-5:]),
         }
 
