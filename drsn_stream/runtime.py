@@ -3,6 +3,7 @@ publisher (``drsn-stream publish``)."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -71,6 +72,44 @@ def thaw(thresholds: tuple[int, ...]) -> None:
     as they were."""
     gc.unfreeze()
     gc.set_threshold(*thresholds)
+
+
+SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory (a tmpfs; a container's is 64 MiB by default)
+
+
+def check_shared_memory(size: int) -> None:
+    """An OSError that says why ``size`` bytes of new shared memory cannot be made here, raised
+    before any is made; nothing when they can.
+
+    Two limits are checked because they fail badly later: a tmpfs does not refuse a segment
+    larger than its free space, the process is killed by SIGBUS when it touches the pages beyond
+    (a monitor that dies without a word); and a segment over the file size limit (``ulimit -f``)
+    makes CPython's failed creation print the resource tracker's traceback."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit == resource.RLIM_INFINITY:
+            limit = -1
+    except (ImportError, OSError, ValueError):  # not a POSIX system
+        limit = -1
+    if 0 <= limit < size:
+        raise OSError(errno.EFBIG, f"{_size(size)} of shared memory is over this process's file size "
+                                   f"limit of {_size(limit)} (ulimit -f)")
+    try:
+        st = os.statvfs(SHM_DIR)
+    except (AttributeError, OSError):  # no /dev/shm to ask: on Linux none can be made
+        if sys.platform.startswith("linux"):
+            raise OSError(errno.ENOENT, f"no {SHM_DIR} here, so no shared memory (in a container: mount one)") from None
+        return  # macOS, Windows: shared memory lives elsewhere; creating it will say
+    free = st.f_bavail * st.f_frsize
+    if size > free:
+        raise OSError(errno.ENOSPC, f"{_size(size)} of shared memory is needed and {SHM_DIR} has "
+                                    f"{_size(free)} free (in a container: docker run --shm-size=...)")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def attach_shared_memory(name: str) -> shared_memory.SharedMemory:

@@ -125,3 +125,26 @@ def test_a_model_written_through_a_link_or_into_a_pipe_leaves_the_link_and_the_p
                 pass
         reader.join(timeout=10)
     assert got == [b"model bytes"] and stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_the_monitor_on_a_full_disk_runs_on_and_says_what_it_could_not_write(tmp_path: Path) -> None:
+    # The limit also refuses shared memory (a segment is a file in /dev/shm): the engine process
+    # could not start, and the monitor ended in a traceback before its first window. Now the model
+    # runs in the monitor's own process, the --jsonl log that stops fitting is said in the summary
+    # (it was counted and never shown), and the labels go on.
+    done = run_on_a_full_disk("-m", "drsn_stream", "--source", "sim?machines=4", "--duration", "4", "--headless",
+                              "--jsonl", "out.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr[-2000:]
+    said = done.stdout + done.stderr
+    assert "the model runs in this process: an engine process cannot be started here" in said and "ulimit -f" in said
+    assert "error: output JsonlSink: WriteError: --jsonl out.jsonl: cannot write (File too large)" in said, said[-3000:]
+    assert "sim/m0" in done.stdout and "sim/m1" in done.stdout  # the labels, as ever
+    assert (tmp_path / "out.jsonl").stat().st_size <= LIMIT
+
+    done = run_on_a_full_disk("-m", "drsn_stream", "--source", "sim", "--duration", "1", "--engine-process", "on",
+                              cwd=tmp_path)
+    said_in_one_line(done, "--engine-process on: cannot start the engine process here", "--engine-process off")
+    done = run_on_a_full_disk("-m", "drsn_stream", "--source", "zmq://127.0.0.1:9", "--duration", "1",
+                              "--ingest-procs", "2", cwd=tmp_path)
+    said_in_one_line(done, "--ingest-procs 2: cannot start ingest processes here", "--ingest-procs 1")

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ import numpy as np
 from drsn_stream.app.defaults import Resolved, resolve_defaults
 from drsn_stream.app.ingest import Ingest, one_line
 from drsn_stream.app.runconfig import RunConfig
-from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable
+from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable, shared_memory_needed
 from drsn_stream.dsp.envelope import label_family
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.engine.batcher import MicroBatcher
@@ -44,7 +44,7 @@ from drsn_stream.monitor.decision import DecisionEngine
 from drsn_stream.monitor.envelope import EnvelopeStage, has_geometry
 from drsn_stream.monitor.health import CHECK_SENSOR, OK, HealthMonitor
 from drsn_stream.monitor.snapshot import build_snapshot
-from drsn_stream.runtime import ResourceMeter, freeze_start_up_objects, thaw
+from drsn_stream.runtime import ResourceMeter, check_shared_memory, freeze_start_up_objects, thaw
 from drsn_stream.sinks import Outputs, Sink
 from drsn_stream.sinks.capture import EventCapture
 from drsn_stream.sources import make_source
@@ -124,21 +124,35 @@ class Pipeline:
         self.runner: RunnerLike
         self.unknown, self.baseline = _judges(self.model_name, meta, config)
         features = meta.features if (self.unknown or self.baseline) else 0
+        in_process = ""  # why the model runs here although an engine process was the default
         if res.engine_process:
             # the child loads and checks the model; here only its metadata is needed, so the
             # child's start (a second interpreter importing torch) overlaps this one's
             self._cpus = _split_cpus() if res.pin_cpus else None
-            self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
-                                        max_batch=self.max_batch, threads=config.threads,
-                                        cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout,
-                                        features=features)
-        else:
+            try:
+                self.runner = ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
+                                            max_batch=self.max_batch, threads=config.threads,
+                                            cpu=self._cpus[1] if self._cpus else None, cpu_layout=config.cpu_layout,
+                                            features=features)
+            except OSError as exc:  # no shared memory here (no /dev/shm, or it is full), or no process
+                if config.engine_process:
+                    raise ConfigError(f"--engine-process on: cannot start the engine process here "
+                                      f"({exc.strerror or exc}); run with --engine-process off") from None
+                why = exc.strerror or str(exc)
+                if "shared memory" not in why:
+                    why += "; an engine process needs shared memory in /dev/shm"
+                in_process = f"the model runs in this process: an engine process cannot be started here ({why})"
+                self._cpus = None
+                res = self.resolved = replace(res, engine_process=False, pin_cpus=False)
+        if not res.engine_process:
             from drsn_stream.models.artifact import load_artifact  # torch: only where the model runs here
 
             module, meta = load_artifact(self.model_name)
             self.runner = self._local_runner(module, meta, config, features)
         try:
             self._assemble(config, res, meta, sinks)
+            if in_process:
+                self._notes.append(("*", in_process))
         except BaseException:
             # A failure, or a signal during start-up (KeyboardInterrupt, Terminated), once the
             # engine process runs: it has a session of its own, so no signal of the terminal
@@ -234,6 +248,15 @@ class Pipeline:
             if self.config.ingest_procs is not None:
                 self._notes.append(("*", "--ingest-procs is ignored with --capture: raw samples are captured "
                                          "in the monitor's own process"))
+            return
+        try:
+            check_shared_memory(shared_memory_needed(procs, self.meta.window))
+        except OSError as exc:
+            if self.config.ingest_procs is not None:
+                raise ConfigError(f"--ingest-procs {procs}: cannot start ingest processes here ({exc.strerror or exc}); "
+                                  "run with --ingest-procs 1") from None
+            self._notes.append(("*", f"one ingest thread reads the sources: ingest processes cannot be started here "
+                                     f"({exc.strerror or exc})"))
             return
         self.health = HealthMirror(self.health.config)
         # the processes normalize the windows they cut, unless the envelope stage is to read them raw

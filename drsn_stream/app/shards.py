@@ -430,6 +430,11 @@ def _ring_bytes(window: int) -> int:
     return SLOTS * ROWS * (window * 4 + META * 8)
 
 
+def shared_memory_needed(procs: int, window: int) -> int:
+    """Bytes of shared memory ``procs`` ingest processes take (their rings of windows)."""
+    return procs * _ring_bytes(window)
+
+
 class _Child:
     """The parent's handle on one ingest process."""
 

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from drsn_stream.errors import ConfigError
+from drsn_stream.errors import ConfigError, WriteError
 
 RESULT_VERSION = 1
 
@@ -44,8 +44,10 @@ class JsonlSink:
                 self._n += 1
                 if self._n % self.flush_every == 0:
                     self._f.flush()
-            except (OSError, ValueError):  # a closed pipe (| head) must not stop the monitor
+            except (OSError, ValueError) as exc:  # a closed pipe (| head) must not stop the monitor
                 self.errors += 1
+                if self._own and isinstance(exc, OSError):  # a full disk: said (and counted) by the monitor
+                    raise self._cannot(exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -54,7 +56,15 @@ class JsonlSink:
             except (OSError, ValueError):
                 pass
             if self._own:
-                self._f.close()
+                try:
+                    self._f.close()
+                except OSError as exc:  # what was left in its buffer did not fit: said as the writes said it
+                    self.errors += 1
+                    raise self._cannot(exc) from None
+
+    def _cannot(self, exc: OSError) -> WriteError:
+        return WriteError(f"--jsonl {self.target}: cannot write ({exc.strerror or exc}); "
+                          "results are not logged until there is space", exc)
 
 
 def _default(o: Any) -> Any:
