@@ -29,13 +29,12 @@ from drsn_stream.train.loop import save_torch
 LIMIT = 100_000  # bytes: below each file written here (a model is ~475 kB), above what start-up writes
 
 
-def _small_disk() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+def run_on_a_full_disk(*args: str, cwd: Path, limit: int = LIMIT) -> subprocess.CompletedProcess[str]:
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-
-def run_on_a_full_disk(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, preexec_fn=_small_disk,
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, preexec_fn=small_disk,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -148,3 +147,26 @@ def test_the_monitor_on_a_full_disk_runs_on_and_says_what_it_could_not_write(tmp
     done = run_on_a_full_disk("-m", "drsn_stream", "--source", "zmq://127.0.0.1:9", "--duration", "1",
                               "--ingest-procs", "2", cwd=tmp_path)
     said_in_one_line(done, "--ingest-procs 2: cannot start ingest processes here", "--ingest-procs 1")
+
+
+CAPTURE = """
+import sys
+import numpy as np
+from drsn_stream.sinks.capture import CaptureConfig, EventCapture
+from drsn_stream.types import Event, Frame
+capture = EventCapture(sys.argv[1], CaptureConfig(pre_s=2.0, post_s=1.0))
+for seq, a in enumerate(range(0, 40000, 1000)):  # 40 s at 1 kHz: a 3-s capture is a 12-kB WAV
+    capture.push(Frame("sim/m0", seq, 1.7e9 + a / 1000, 1000.0, np.ones((1000, 1), np.float32)))
+    if a == 20000:
+        capture.on_event(Event("alarm", "sim/m0", 1.7e9 + 20.0, {"from": "NORMAL", "to": "ALERT"}))
+print(capture.errors, len(capture.written), capture.last_error)
+"""
+
+
+def test_a_capture_that_does_not_fit_leaves_no_half_a_wav(tmp_path: Path) -> None:
+    # the WAV was written in place: a full disk left a cut one that players and the file source read
+    out = tmp_path / "captures"
+    done = run_on_a_full_disk("-c", CAPTURE, str(out), cwd=tmp_path, limit=8000)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("1 0 cannot write capture ") and "File too large" in done.stdout, done.stdout
+    assert leftovers(out) == []

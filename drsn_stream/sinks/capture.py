@@ -25,6 +25,8 @@ described in ``last_error``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import re
@@ -38,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.config import from_table
+from drsn_stream.config import from_table, write_atomic
 from drsn_stream.errors import ConfigError
 from drsn_stream.types import Event, Frame
 
@@ -301,12 +303,15 @@ class EventCapture:
         try:
             from scipy.io import wavfile  # here: every monitor imports this module, few capture
 
-            wavfile.write(wav, int(round(ring.rate)), data[:, 0] if data.shape[1] == 1 else data)
-            meta.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            buf = io.BytesIO()
+            wavfile.write(buf, int(round(ring.rate)), data[:, 0] if data.shape[1] == 1 else data)
+            write_atomic(wav, buf.getvalue())  # whole or not at all: no half a WAV on a full disk
+            write_atomic(meta, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
         except (OSError, ValueError) as exc:
-            self._fail(
-                f"cannot write capture {wav}: {exc}; check free space and permissions of {self.folder}"
-            )
+            with contextlib.suppress(OSError):  # a WAV without its .json is no capture
+                wav.unlink(missing_ok=True)
+            why = getattr(exc, "strerror", None) or exc
+            self._fail(f"cannot write capture {wav}: {why}; check free space and permissions of {self.folder}")
             return None
         capture = Capture(wav, meta, sid, t_start, int(data.shape[0]), ring.rate, truncated)
         self.written.append(capture)
