@@ -160,6 +160,24 @@ def test_synthetic_voice_is_trimmed_and_resampled_to_8khz(tmp_path: Path) -> Non
     assert LABELS.index("7") == 7
 
 
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install -y espeak-ng)")
+def test_a_voice_cache_cut_short_is_made_again(tmp_path: Path) -> None:
+    # a run killed (or a disk full) while the cache was written left half a zip, and every later
+    # training run stopped in a BadZipFile traceback until someone found the file and deleted it
+    from drsn_stream.speech import tts
+
+    voice = tts.Voice("espeak-ng", "en-us+f3", 85, 150.0)
+    utts = tts.generate(tmp_path, ("seven",), ("7",), [voice])
+    (store,) = tmp_path.glob("tts-*.npz")
+    whole = store.read_bytes()
+    store.write_bytes(whole[: len(whole) // 2])
+    again = tts.generate(tmp_path, ("seven",), ("7",), [voice])
+    assert np.allclose(again[0].audio, utts[0].audio, atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [store.name]
+    with np.load(store) as z:  # whole again
+        assert z["lens"].tolist() == [len(utts[0].audio)]
+
+
 def test_a_stereo_16_bit_wav_is_read_at_full_scale_as_the_mean_of_its_channels(tmp_path: Path) -> None:
     # The channels were averaged before the integer samples were scaled: the mean of int16 is
     # float64, which then passed unscaled (0.125 of full scale read as 4,096).

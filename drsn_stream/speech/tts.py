@@ -10,14 +10,17 @@ never runs a TTS engine.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from drsn_stream.config import write_atomic
 from drsn_stream.errors import DataError
 from drsn_stream.speech.dataset import Utterance, read_wav, to_rate
 
@@ -155,18 +158,9 @@ def generate(
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     store = cache / f"tts-{digest}.npz"
-    if store.is_file():
-        try:
-            with np.load(store, allow_pickle=False) as z:
-                audio, lens, meta = z["audio"], z["lens"], json.loads(str(z["meta"]))
-        except ValueError as exc:
-            raise DataError(f"{store}: refused: not a plain-array cache of ours ({str(exc)[:120]}); "
-                            "drsn-stream never unpickles a file; delete it to have it rebuilt") from None
-        offs = np.concatenate([[0], np.cumsum(lens)])
-        return [
-            Utterance(lab, spk, -1, audio[offs[i] : offs[i + 1]].astype(np.float32) / 32768.0)
-            for i, (lab, spk) in enumerate(meta)
-        ]
+    cached = _read_cache(store) if store.is_file() else None
+    if cached is not None:
+        return cached
     if not voice_list:
         return []
     check_engines()
@@ -179,13 +173,32 @@ def generate(
         raise DataError(f"TTS: no voice said a word loud enough to keep ({len(voice_list)} voice(s), "
                         f"{len(words)} word(s)); check the espeak-ng/flite installation")
     pcm = np.concatenate([np.round(u.audio * 32767.0).astype(np.int16) for u in out])
-    np.savez(
-        store,
-        audio=pcm,
-        lens=np.array([len(u.audio) for u in out]),
-        meta=json.dumps([(u.label, u.speaker) for u in out]),
-    )
+    buf = io.BytesIO()
+    np.savez(buf, audio=pcm, lens=np.array([len(u.audio) for u in out]),
+             meta=json.dumps([(u.label, u.speaker) for u in out]))
+    try:
+        write_atomic(store, buf.getvalue())  # whole or not at all: a cut cache is never read back
+    except OSError:
+        pass  # a cache that cannot be kept: the voices are synthesized again next time
     return out
+
+
+def _read_cache(store: Path) -> list[Utterance] | None:
+    """The utterances of a cache file; None for one cut short (a run killed while writing it, before
+    caches were written whole), which is then made again; a DataError for one holding pickles."""
+    try:
+        with np.load(store, allow_pickle=False) as z:
+            audio, lens, meta = z["audio"], z["lens"], json.loads(str(z["meta"]))
+    except ValueError as exc:
+        raise DataError(f"{store}: refused: not a plain-array cache of ours ({str(exc)[:120]}); "
+                        "drsn-stream never unpickles a file; delete it to have it rebuilt") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
+    offs = np.concatenate([[0], np.cumsum(lens)])
+    return [
+        Utterance(lab, spk, -1, audio[offs[i] : offs[i + 1]].astype(np.float32) / 32768.0)
+        for i, (lab, spk) in enumerate(meta)
+    ]
 
 
 def _speak_all(voice_list: list[Voice], words: tuple[str, ...], labels: tuple[str, ...], tmp: Path,
