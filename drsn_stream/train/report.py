@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from drsn_stream.config import write_atomic
 from drsn_stream.models import save_artifact
 from drsn_stream.train.loop import FitResult, load_checkpoint, plain, save_torch
 
@@ -78,5 +79,5 @@ def write_report(
         "artifact": str(artifact_path),
         "shipped": shipped,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    write_atomic(out / "report.json", json.dumps(report, indent=1).encode("utf-8"))
     return report
