@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 
 from drsn_stream.config import writable_file
 from drsn_stream.dsp.normalize import normalize
-from drsn_stream.errors import ArtifactError, ConfigError, DataError, run_tool
+from drsn_stream.errors import ArtifactError, DataError, run_tool
 from drsn_stream.models import load_artifact, save_artifact
 from drsn_stream.models.artifact import load_validation, resolve_artifact
 from drsn_stream.models.ood import UnknownDetector, check_gaussian
@@ -109,14 +108,6 @@ def synthetic(rate: int, window: int, seconds: float = 20.0, seed: int = 0) -> d
     return {k: cwru.cut_windows(v.astype(np.float32), starts, window) for k, v in signals.items()}
 
 
-def save(model: nn.Module, out: Path, d: dict[str, Any], validation: np.ndarray | None) -> None:
-    """``save_artifact``, a failed write said in one line."""
-    try:
-        save_artifact(model, out, d, validation=validation)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {out} ({exc.strerror or exc}); give another --out") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifact")
@@ -146,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             width = int(model.forward_features(xt[:1])[2].shape[1])
         d["outputs"] = {**d.get("outputs", {}), "scores": meta.scores, "features": width}
-        save(model, out, d, val)
+        save_artifact(model, out, d, validation=val)
         print(f"not a CWRU model: wrote {out} with forward_features ({width} features) and no unknown statistics")
         return 0
     data = meta.training["data"]
@@ -189,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     d = meta.to_dict()
     d["outputs"] = {**d.get("outputs", {}), "scores": meta.scores, "features": det.features}
     d["unknown"] = det.to_dict()
-    save(model, out, d, val)
+    save_artifact(model, out, d, validation=val)
     print(f"wrote {out}")
     return 0
 

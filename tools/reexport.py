@@ -91,10 +91,7 @@ def reexport(path: str, *, out: str | None = None, probs: bool = False,
             if len(val):
                 described["sample"] = "evenly spaced over the conditions above"
     dest = out or path
-    try:
-        save_artifact(model, dest, d, validation=val if val is not None and len(val) else None)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {dest} ({exc.strerror or exc}); give another --out") from None
+    save_artifact(model, dest, d, validation=val if val is not None and len(val) else None)  # a failed write: one line (WriteError)
     print(f"wrote {dest} ({Path(dest).stat().st_size:,} bytes, first output: {new_kind})")
     return 0
 
