@@ -12,9 +12,11 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -130,31 +132,41 @@ def _jack_plugin() -> bool:
                 or glob.glob("/usr/lib/alsa-lib/libasound_module_pcm_jack.so"))
 
 
-@pytest.fixture(scope="module")
-def jack_server():
-    """A private JACK dummy server at 48 kHz, clocking the virtual microphone in real time."""
+def _start_jack(name: str) -> subprocess.Popen:
+    """A private JACK dummy server at 48 kHz named ``name``, answering (or the test skipped)."""
     if shutil.which("jackd") is None or shutil.which("jack_lsp") is None or not _jack_plugin():
         pytest.skip("JACK clocked microphone needs jackd2 and libasound2-plugins (see tests/alsa/README.md)")
-    name = f"drsn-test-{os.getpid()}"
     env = dict(os.environ, JACK_DEFAULT_SERVER=name)
     proc = subprocess.Popen(["jackd", "--no-realtime", "-n", name, "-d", "dummy", "-r", str(RATE), "-p", "256",
                              "-C", "1", "-P", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(100):
+        if subprocess.run(["jack_lsp"], env=env, capture_output=True).returncode == 0:
+            return proc
+        if proc.poll() is not None:
+            pytest.skip(f"jackd did not start: {proc.stderr.read().decode()[-500:]}")
+        time.sleep(0.05)
+    _stop(proc)
+    pytest.skip("jackd did not answer within 5 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        for _ in range(100):
-            if subprocess.run(["jack_lsp"], env=env, capture_output=True).returncode == 0:
-                break
-            if proc.poll() is not None:
-                pytest.skip(f"jackd did not start: {proc.stderr.read().decode()[-500:]}")
-            time.sleep(0.05)
-        else:
-            pytest.skip("jackd did not answer within 5 s")
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def jack_server():
+    """A private JACK dummy server at 48 kHz, clocking the virtual microphone in real time."""
+    name = f"drsn-test-{os.getpid()}"
+    proc = _start_jack(name)
+    try:
         yield name
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def test_jack_clocked_microphone_in_real_time(recording, child_env, jack_server):
@@ -176,3 +188,50 @@ def test_refused_rate_lists_the_rates_the_device_takes(recording, child_env, jac
     r = _child(_env(child_env, "jack-mic.conf", raw, jack_server), mode="open", spec="mic?rate=16000")
     assert r["error"].startswith("SourceError: device")
     assert "refuses 16000 Hz" in r["error"] and "accepts 48000 Hz" in r["error"]
+
+
+def test_a_microphone_that_stops_is_said_and_monitored_again_once_it_is_back(recording, child_env):
+    # A sound server stopped (or a USB card pulled): PortAudio's stream stays "active" and its
+    # callback is never called again, without a word. The monitor sat on a silent stream for good;
+    # now it says the device is lost, tries to open it again, and labels it once it is back.
+    raw, _, _ = recording
+    name = f"drsn-lost-{os.getpid()}"
+    jack = _start_jack(name)
+    mon = subprocess.Popen([sys.executable, "-m", "drsn_stream", "--source", "mic", "--jsonl", "-",
+                            "--engine-process", "off", "--duration", "180"],
+                           env=_env(child_env, "jack-mic.conf", raw, name), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    seen: list[dict] = []
+    said: list[str] = []  # stderr, read as it comes: a full pipe would stall the monitor
+    for target in (lambda: seen.extend(json.loads(line) for line in mon.stdout), lambda: said.extend(mon.stderr)):
+        threading.Thread(target=target, daemon=True).start()
+
+    def until(what: str, cond, timeout: float = 60.0) -> int:
+        end = time.time() + timeout
+        while time.time() < end and mon.poll() is None:
+            for i, obj in enumerate(list(seen)):
+                if cond(obj):
+                    return i
+            time.sleep(0.1)
+        raise AssertionError(f"no {what} within {timeout:g} s: {seen[-5:]} {''.join(said)[-2000:]}")
+
+    def note(words: str):
+        return lambda o: o.get("type") == "note" and words in o.get("message", "")
+
+    try:
+        until("first label", lambda o: o.get("type") == "prediction")
+        _stop(jack)
+        lost = until("note of the lost device", note("stopped delivering samples"))
+        jack = _start_jack(name)
+        back = until("note of its return", note("is back: capturing again"))
+        assert back > lost
+        until("label after its return", lambda o: o.get("type") == "prediction" and seen.index(o) > back)
+    finally:
+        mon.send_signal(signal.SIGINT)
+        try:
+            mon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            mon.kill()
+        _stop(jack)
+    time.sleep(0.5)  # the readers take the last lines
+    assert mon.returncode == 0 and "Traceback" not in "".join(said), "".join(said)[-2000:]

@@ -402,6 +402,10 @@ class Pipeline:
     def _drain_notes(self) -> None:
         while self.engine.notes:
             self._error(self.engine.notes.pop(0))
+        for src in self.sources:
+            while src.notes:
+                sid, message = src.notes.popleft()
+                self._emit_events([Event("note", sid, time.time(), {"message": message})])
         self._envelope_notes()
         self._baseline_notes()
 

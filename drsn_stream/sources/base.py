@@ -260,6 +260,9 @@ class Source:
         self._opened = False
         self._iter_thread: threading.Thread | None = None
         self.on_idle: Callable[[], None] | None = None
+        # (stream, line) a source says once as it runs (a sound card lost and back): the monitor
+        # takes them as ``note`` events, for the dashboard and the results feed
+        self.notes: deque[tuple[str, str]] = deque()
         # wall time of the latest batch handed over or wait for input: the monitor read this
         # source up to here, so a stream silent until then was silent at the source, not behind
         # a stalled reader (HealthMonitor.tick)

@@ -8,6 +8,8 @@ provides them, else from the callback's arrival time.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +22,20 @@ from drsn_stream.types import Frame, channel_ids
 
 COMMON_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000)
 POLL_S = 0.005
+# No block from PortAudio for this long while its stream runs: the device is gone (a USB card
+# pulled, a sound server stopped). PortAudio says nothing then: the stream stays "active" and
+# its callback is simply never called again.
+STALL_S = 2.0
+START_GRACE_S = 3.0  # more for the first block
+REOPEN_S = (1.0, 10.0)  # first and longest wait between tries to open a lost device again
+# A try runs in a child first: a failed open makes PortAudio and ALSA print to stderr (over the
+# dashboard) and cannot be silenced in this process; only a device the child opened is opened here.
+PROBE = (
+    "import sys, sounddevice as sd\n"
+    "s = sd.InputStream(device=int(sys.argv[1]), samplerate=float(sys.argv[2]), channels=int(sys.argv[3]),"
+    " dtype='float32')\n"
+    "s.start(); s.stop(); s.close()\n"
+)
 PORTAUDIO_MISSING = "PortAudio library not found: install libportaudio2 (apt-get install libportaudio2)"
 
 
@@ -142,6 +158,10 @@ class MicSource(Source):
         self._written = 0  # total frames the callback has stored; published after the copy
         self._overflows = 0  # PortAudio input overflows (samples the driver lost)
         self._anchor = (0, time.time())  # (sample index, wall-clock capture time of that sample)
+        self._device = (device, rate, channels)
+        # of the latest callback (a long silence is a lost device); a card may take a few seconds
+        # to deliver its first block (Bluetooth headsets do)
+        self._last_block = time.monotonic() + START_GRACE_S
         try:
             self._pa_stream = sd.InputStream(
                 device=device, samplerate=rate, channels=channels, dtype="float32",
@@ -169,18 +189,25 @@ class MicSource(Source):
         t_block = adc + (now - time_info.currentTime) if adc > 0 else now - frames / self.rate
         self._anchor = (w, t_block)
         self._written = w + frames
+        self._last_block = time.monotonic()
 
     def _frames(self) -> Iterator[Frame]:
-        read, seq, reported = 0, 0, 0
-        chunk, cap = self.options["chunk"], self._cap
+        read, seq, reported, lost = 0, 0, 0, 0
+        chunk = self.options["chunk"]
+        stall_s = max(STALL_S, 4 * self.options["blocksize"] / self.rate)
         while not self.closed:
-            written = self._written
-            lost_events = 0
+            written, cap = self._written, self._cap
             if written - read > cap:  # reader fell a whole ring behind: those samples are gone
                 read = written - cap // 2
-                lost_events = 1
+                lost += 1
             n = written - read
             if n <= 0:
+                if time.monotonic() - self._last_block > stall_s:
+                    if not self._reopen(stall_s):
+                        return  # closed while the device was away
+                    read, reported = 0, 0
+                    lost += 1  # a new ring: the next frame says samples were lost before it
+                    continue
                 self._idle()
                 self._closed.wait(POLL_S)
                 continue
@@ -194,11 +221,44 @@ class MicSource(Source):
             anchor_i, anchor_t = self._anchor
             t_first = anchor_t + (read - anchor_i) / self.rate
             overflows = self._overflows
-            yield Frame(self.stream_id, seq, t_first, self.rate, data,
-                        overflow=overflows - reported + lost_events)
-            reported = overflows
+            yield Frame(self.stream_id, seq, t_first, self.rate, data, overflow=overflows - reported + lost)
+            reported, lost = overflows, 0
             read += n
             seq += 1
+
+    def _reopen(self, stall_s: float) -> bool:
+        """The device stopped: say so, then try to open it again, waiting longer after each
+        failure, until it opens (True, said too) or the source is closed (False)."""
+        name = self.device_name
+        self.notes.append((self.stream_id, f"input device {name} stopped delivering samples (none for "
+                                            f"{stall_s:g} s): lost; trying to open it again"))
+        try:
+            self._close()
+        except Exception:  # noqa: BLE001 - a device that is gone may refuse to stop too
+            self._pa_stream = None
+        wait = REOPEN_S[0]
+        self._idle()
+        while not self._closed.wait(wait):
+            wait = min(2 * wait, REOPEN_S[1])
+            if not self._opens_in_a_child():
+                continue
+            try:
+                self._open()
+            except Exception:  # noqa: BLE001 - SourceError, ConfigError or PortAudio's own: try again later
+                self._pa_stream = None
+                continue
+            self.notes.append((self.stream_id, f"input device {name} is back: capturing again"))
+            return True
+        return False
+
+    def _opens_in_a_child(self) -> bool:
+        device, rate, channels = self._device
+        try:
+            done = subprocess.run([sys.executable, "-c", PROBE, str(device), repr(rate), str(channels)],
+                                  capture_output=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
 
     def _close(self) -> None:
         if self._pa_stream is not None:
