@@ -47,7 +47,8 @@ def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, p
     every topic are counted: an ingest process that subscribes to a stream's own topic (one
     another publisher's traffic revealed) does so at every publisher it is connected to, and
     counting that would start this one before the other process has joined, which then misses
-    the first frames. ``pause_s``: quiet this long after the malformed message, before the frames."""
+    the first frames. ``pause_s``: quiet this long after the malformed message, before the frames.
+    The socket stays open until ``stop``."""
 
     def run() -> None:
         sock = zmq.Context.instance().socket(zmq.XPUB)
@@ -78,6 +79,12 @@ def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, p
                     time.sleep(max(0.0, t0 + (i + CHUNK) / RATE - time.time()))
             for sid in streams:
                 sock.send_multipart(encode_eos(sid))
+            # open until the run is over, as a gateway stays up: an ingest process behind that
+            # changes its subscriptions after a close gets a TCP reset, which throws away what it
+            # had not read yet (tests/test_wire.py; `drsn-stream publish` stays open a moment)
+            while not stop.is_set():
+                if sock.poll(100):
+                    sock.recv()
         finally:
             sock.close()
 

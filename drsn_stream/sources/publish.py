@@ -82,6 +82,24 @@ def _pump(source: Any, handle: Callable[[Frame], None], errors: list[str], finis
         finish()
 
 
+# A subscriber may still be reading what was sent (its kernel holds it) when the last message
+# leaves, and change its subscriptions meanwhile (the monitor's ingest processes do). Its message
+# to a socket already closed is answered with a TCP reset, which throws away everything it had not
+# read yet: the end of every stream. So the socket stays open this long after the end.
+CLOSE_GRACE_S = 1.0
+
+
+def _stay_open(sock: zmq.Socket, seconds: float, stop: threading.Event) -> None:
+    """Keeps ``sock`` open ``seconds`` (or until ``stop``), taking the subscriptions an XPUB hears."""
+    end = time.monotonic() + seconds
+    while not stop.is_set() and (left := end - time.monotonic()) > 0:
+        if sock.type == zmq.XPUB:
+            if sock.poll(int(min(left, 0.1) * 1000) + 1):
+                sock.recv()
+        else:
+            stop.wait(min(left, 0.1))
+
+
 def publish(
     specs: list[str],
     to: str = DEFAULT_TO,
@@ -195,6 +213,8 @@ def publish(
         summary["elapsed_s"] = time.time() - t_start
         for t in threads:
             t.join(timeout=2.0)
+        if not pull:
+            _stay_open(sock, CLOSE_GRACE_S, stop)
     finally:
         for s in sources:
             s.close()
