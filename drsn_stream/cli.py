@@ -15,7 +15,13 @@ from collections.abc import Callable
 
 from drsn_stream import __version__
 from drsn_stream.errors import DrsnStreamError
-from drsn_stream.runtime import Terminated, forget_start_up_signal, start_up_signal_handler
+from drsn_stream.runtime import (
+    Terminated,
+    forget_start_up_signal,
+    start_up_signal,
+    start_up_signal_handler,
+    stop_signals,
+)
 
 # name -> (module, add_arguments, run, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -64,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     """Runs one command. Ctrl-C or SIGTERM at any moment ends it without a traceback (130/143
     before the monitor is running; a running monitor stops cleanly with its summary)."""
     in_main = threading.current_thread() is threading.main_thread()
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    saved = {sig: signal.getsignal(sig) for sig in stop_signals()} if in_main else {}
     if in_main:
-        # start-up: both unwind like Ctrl-C, and are remembered; ``run`` takes them over once running
+        # start-up: they unwind like Ctrl-C, and are remembered; ``run`` takes them over once running
         forget_start_up_signal()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in saved:
             signal.signal(sig, start_up_signal_handler)
     command = "run"
     try:
@@ -87,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"drsn-stream {command}: error: {exc}", file=sys.stderr)
         return 2
     except Terminated:
-        print(f"drsn-stream {command}: stopped (SIGTERM)", file=sys.stderr)
-        return 143
+        signum = start_up_signal() or signal.SIGTERM
+        print(f"drsn-stream {command}: stopped ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except KeyboardInterrupt:
         print(f"drsn-stream {command}: interrupted", file=sys.stderr)
         return 130

@@ -17,12 +17,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM that arrive inside the block are delivered right after it, to the
+    """Ctrl-C, SIGTERM and SIGHUP that arrive inside the block are delivered right after it, to the
     handlers of before. numba compiles and loads kernels through llvmlite, whose objects are not
     safe to unwind half made: an exception raised in their midst by a signal handler (a command's
     start-up handler raises one) leaves a finalizer that prints a traceback. Only the main thread

@@ -8,25 +8,43 @@ import gc
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM during a command's start-up, unwound like Ctrl-C."""
+    """SIGTERM or SIGHUP during a command's start-up, unwound like Ctrl-C."""
 
 
 _start_up_signal: int | None = None
 
 
+def stop_signals() -> tuple[int, ...]:
+    """The signals that end a command cleanly: Ctrl-C, SIGTERM, and SIGHUP (its terminal closed,
+    an SSH session dropped), which killed a monitor on the spot: no summary, and its shared
+    memory left in /dev/shm. Not SIGHUP where it is ignored (``nohup``): then the run goes on."""
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    hup = getattr(signal, "SIGHUP", None)  # none on Windows
+    if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN:
+        sigs.append(hup)
+    return tuple(sigs)
+
+
 def start_up_signal_handler(signum: int, frame: object) -> None:
-    """The handler of SIGINT and SIGTERM while a command starts: remembers the signal, then
-    unwinds (KeyboardInterrupt, ``Terminated``). The note outlives an exception that a library
-    swallowed on its way (a finalizer, a broad ``except``): ``raise_if_signalled`` raises again."""
+    """The handler of ``stop_signals()`` while a command starts: remembers the signal, then
+    unwinds (KeyboardInterrupt for Ctrl-C, ``Terminated`` for the others). The note outlives an
+    exception that a library swallowed on its way (a finalizer, a broad ``except``):
+    ``raise_if_signalled`` raises again."""
     global _start_up_signal
     _start_up_signal = signum
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    raise Terminated() if signum != signal.SIGINT else KeyboardInterrupt()
+
+
+def start_up_signal() -> int | None:
+    """The stop signal that came while the command started, if one did."""
+    return _start_up_signal
 
 
 def forget_start_up_signal() -> None:
@@ -37,7 +55,7 @@ def forget_start_up_signal() -> None:
 def raise_if_signalled() -> None:
     """Unwinds now if a start-up signal came and its exception was lost on the way."""
     if _start_up_signal is not None:
-        raise Terminated() if _start_up_signal == signal.SIGTERM else KeyboardInterrupt()
+        raise Terminated() if _start_up_signal != signal.SIGINT else KeyboardInterrupt()
 
 
 # Container objects allocated between two collections of the youngest generation (Python's
@@ -106,6 +124,26 @@ def check_shared_memory(size: int) -> None:
     if size > free:
         raise OSError(errno.ENOSPC, f"{_size(size)} of shared memory is needed and {SHM_DIR} has "
                                     f"{_size(free)} free (in a container: docker run --shm-size=...)")
+
+
+def start_resource_tracker() -> None:
+    """Starts multiprocessing's resource tracker (the process that unlinks this process's shared
+    memory should it die) deaf to SIGHUP, before any segment is made. A terminal that hangs up
+    sends SIGHUP to its whole process group, the tracker too, which ignores only SIGINT and
+    SIGTERM: it died, and the monitor's clean stop then met a tracker started afresh that printed
+    a traceback for every segment it had never heard of. A disposition set to ignore is kept
+    across fork and exec, so the tracker inherits it."""
+    from multiprocessing import resource_tracker
+
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or threading.current_thread() is not threading.main_thread():
+        resource_tracker.ensure_running()
+        return
+    before = signal.signal(hup, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(hup, before)
 
 
 def _size(n: int) -> str:

@@ -165,14 +165,15 @@ def _wait_until_mapped(proc: subprocess.Popen, library: str, timeout: float = 60
     raise AssertionError(f"the command never loaded {library} (exit {proc.poll()})")
 
 
-def _start(*args: str) -> subprocess.Popen:
+def _start(*args: str, nohup: bool = False) -> subprocess.Popen:
     # its own process group, as in a terminal, where Ctrl-C reaches every process of the group
     return subprocess.Popen([*CMD, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_during_start_up_ends_it_without_a_traceback(sig: signal.Signals) -> None:
     for delay in (0.0, 1.0, 2.5):  # importing, the engine process loading torch and the model, warming up
         proc = _start("--source", "sim", "--headless")
@@ -224,7 +225,7 @@ def test_a_signal_while_a_kernel_is_compiled_stops_the_command_after_it(monkeypa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals, tmp_path: Path) -> None:
     log = tmp_path / "r.jsonl"
     proc = _start("--source", "sim?machines=2", "--headless", "--jsonl", str(log))
@@ -247,6 +248,39 @@ def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals, 
     assert final["type"] == "stats" and final["final"]
     # every window the engine scored reached the log before the exit
     assert sum(o["type"] == "prediction" for o in objs) == final["engine"]["windows"] > 0
+
+
+@pytest.mark.slow
+def test_a_hang_up_leaves_no_shared_memory_behind_and_under_nohup_the_monitor_runs_on() -> None:
+    # Its terminal closed (an SSH session dropped): SIGHUP killed the monitor on the spot, and the
+    # resource tracker that would have freed its engine's shared memory with it: every hang-up
+    # left megabytes in /dev/shm for good (a container's holds 64 MiB).
+    proc = _start("--source", "sim?machines=2", "--headless")
+    try:
+        assert "ready" in proc.stderr.readline()
+        segments = {line.split()[-1] for line in Path(f"/proc/{proc.pid}/maps").read_text().splitlines()
+                    if "/dev/shm/psm_" in line}
+        assert segments  # the engine process's
+        os.killpg(proc.pid, signal.SIGHUP)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "windows in" in out and "Traceback" not in err, err[-2000:]
+    assert [s for s in segments if Path(s).exists()] == []
+
+    proc = _start("--source", "sim?machines=2", "--headless", nohup=True)  # as `nohup drsn-stream ...`
+    try:
+        assert "ready" in proc.stderr.readline()
+        os.killpg(proc.pid, signal.SIGHUP)
+        time.sleep(2.0)
+        assert proc.poll() is None  # ignored, as asked
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "windows in" in out, err[-2000:]
 
 
 def test_a_start_up_signal_a_library_swallowed_still_ends_the_start_up(cli_in_process, monkeypatch) -> None:

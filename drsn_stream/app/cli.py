@@ -13,7 +13,7 @@ from drsn_stream.app.runconfig import TABLES, RunConfig, from_doc, to_doc
 from drsn_stream.config import arg_number, check_sections, dump_toml, read_toml
 from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.monitor.baseline import parse_duration
-from drsn_stream.runtime import raise_if_signalled
+from drsn_stream.runtime import raise_if_signalled, stop_signals
 from drsn_stream.sinks import make_sinks
 
 if TYPE_CHECKING:  # the pipeline imports torch: help and config errors answer without it
@@ -235,7 +235,12 @@ def run(args: argparse.Namespace) -> int:
         pipe.stop()
         if metrics is not None:
             metrics.stop()
-    print(pipe.summary(), file=human, flush=True)
+    try:
+        print(pipe.summary(), file=human, flush=True)
+    except BrokenPipeError:
+        raise  # the command's own manners: quiet
+    except OSError:  # the terminal is gone (SIGHUP): the log, the feed and the metrics had it all
+        pass
     # Nothing built so far needs collecting: a last collection at exit would walk torch's objects
     # for nothing and delay the exit a signal asked for (docs/hardening.md).
     gc.freeze()
@@ -248,7 +253,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stop_on_signals(pipe: Pipeline) -> None:
-    """Ctrl-C (SIGINT) and SIGTERM end the run cleanly: sources closed, queues drained, summary."""
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP (``runtime.stop_signals``) end the run cleanly: sources
+    closed, queues drained, summary."""
     import signal
     import threading
 
@@ -258,7 +264,7 @@ def _stop_on_signals(pipe: Pipeline) -> None:
     def handler(signum: int, frame: object) -> None:
         pipe.ask_stop()  # no lock taken in a handler (Pipeline.ask_stop says why)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in stop_signals():
         signal.signal(sig, handler)
 
 

@@ -58,7 +58,7 @@ from drsn_stream.app.ingest import Ingest
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.errors import SourceError
 from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth, silent_only
-from drsn_stream.runtime import attach_shared_memory, freeze_start_up_objects
+from drsn_stream.runtime import attach_shared_memory, freeze_start_up_objects, start_resource_tracker
 from drsn_stream.sources import make_source, parse_spec
 from drsn_stream.sources.base import Source, read_to
 from drsn_stream.types import Event, Frame, Window
@@ -440,6 +440,7 @@ class _Child:
 
     def __init__(self, index: int, window: int) -> None:
         self.index = index
+        start_resource_tracker()
         self.shm = shared_memory.SharedMemory(create=True, size=_ring_bytes(window))
         self.ring, self.meta = _rings(self.shm.buf, window)
         self.ids: list[str] = []  # the stream ids the current process has coded, by code

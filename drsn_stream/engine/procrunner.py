@@ -32,7 +32,7 @@ except ImportError:  # Windows
 from drsn_stream.engine.contract import Pending, check_windows, infer_in_slices, split_packed
 from drsn_stream.errors import ArtifactError, EngineError
 from drsn_stream.runtime import attach_shared_memory as _attach
-from drsn_stream.runtime import check_shared_memory, freeze_start_up_objects
+from drsn_stream.runtime import check_shared_memory, freeze_start_up_objects, start_resource_tracker
 
 READY_TIMEOUT_S = 120.0
 # An engine process that keeps dying is a fault to show, not to hide: more than MAX_RESTARTS deaths
@@ -206,6 +206,7 @@ class ProcessRunner:
         self._proc: subprocess.Popen[str] | None = None
         try:
             check_shared_memory(self.lanes * self.max_batch * (self.window + self._width) * 4)
+            start_resource_tracker()
             for _ in range(self.lanes):
                 self._in.append(shared_memory.SharedMemory(create=True, size=self.max_batch * self.window * 4))
                 self._out.append(shared_memory.SharedMemory(create=True, size=self.max_batch * self._width * 4))

@@ -27,7 +27,7 @@ import zmq
 
 from drsn_stream.config import arg_number
 from drsn_stream.errors import DrsnStreamError
-from drsn_stream.runtime import freeze_start_up_objects, thaw
+from drsn_stream.runtime import freeze_start_up_objects, stop_signals, thaw
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import DTYPES, encode, encode_eos
 from drsn_stream.sources.zmq_source import bind_socket
@@ -281,11 +281,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
-    """Ctrl-C and SIGTERM end the run with its summary and every stream's end-of-stream. Returns
-    the handlers they replace (``run`` puts them back: a caller in the same process keeps its own)."""
+    """Ctrl-C, SIGTERM and SIGHUP (``runtime.stop_signals``) end the run with its summary and every
+    stream's end-of-stream. Returns the handlers they replace (``run`` puts them back: a caller in
+    the same process keeps its own)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved = {sig: signal.getsignal(sig) for sig in stop_signals()}
     for sig in saved:
         # the main thread never waits on ``stop`` (only is_set, which takes no lock), so the
         # handler's set() cannot wait for a lock that thread holds
