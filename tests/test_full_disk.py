@@ -1,4 +1,5 @@
-"""A disk that fills while drsn-stream writes a model, a checkpoint or a profile.
+"""A disk that fills while drsn-stream writes a model, a checkpoint, its log or a capture, and a
+limit that refuses it shared memory.
 
 The disk is filled for real: each command runs in a child whose file size limit
 (``RLIMIT_FSIZE``) is below the size of what it writes, so the kernel refuses the write as it
