@@ -20,9 +20,10 @@ from drsn_stream.models.artifact import script_model
 from drsn_stream.types import Window
 
 
-def _w(stream: str, i: int, *, t_last: float | None = None, n: int = 2048) -> Window:
+def _w(stream: str, i: int, *, t_last: float | None = None, t_ready: float | None = None, n: int = 2048) -> Window:
     now = time.time()
-    return Window(stream, i, now if t_last is None else t_last, np.zeros(n, np.float32), t_ready=now)
+    return Window(stream, i, now if t_last is None else t_last, np.zeros(n, np.float32),
+                  t_ready=now if t_ready is None else t_ready)
 
 
 def test_full_batch_leaves_at_once_and_partial_only_after_max_wait() -> None:
@@ -101,14 +102,48 @@ def test_a_backlog_leaves_in_catch_up_batches_and_a_kept_up_queue_in_normal_ones
 def test_stale_windows_are_dropped_and_counted_per_stream() -> None:
     b = MicroBatcher(max_batch=8, max_wait_ms=1, stale_ms=500)
     old = time.time() - 5.0
-    b.put(_w("s1", 0, t_last=old))
-    b.put(_w("s2", 0, t_last=old))
-    b.put(_w("s2", 1, t_last=old))
+    b.put(_w("s1", 0, t_last=old, t_ready=old))
+    b.put(_w("s2", 0, t_last=old, t_ready=old))
+    b.put(_w("s2", 1, t_last=old, t_ready=old))
     b.put(_w("s1", 1))
     batch = b.next_batch(timeout=1.0)
     assert [(w.stream_id, w.index) for w in batch] == [("s1", 1)]
     assert dict(b.dropped_stale) == {"s1": 1, "s2": 2}
     assert b.dropped_total() == 3
+
+
+def test_a_sender_whose_clock_is_behind_is_labeled_and_said(free_tcp_port: int) -> None:
+    # A gateway 10 s behind this host (no NTP): every window's capture time looked 10 s old, so
+    # the batcher dropped them all as stale and the monitor labeled nothing, "dropped" its only
+    # word. A window's age is now counted from when it was formed here, and the skew is said.
+    import zmq
+
+    from drsn_stream.app.pipeline import Pipeline
+    from drsn_stream.app.runconfig import RunConfig
+    from drsn_stream.sources.wire import encode, encode_eos
+
+    pipe = Pipeline(RunConfig(sources=(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1",),
+                              engine_process=False, duration=60))
+    pipe.start()
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 2000)
+    push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+    rate, n = 12000, 512
+    rng = np.random.default_rng(0)
+    try:
+        t0 = time.time() - 10.0  # the sender's clock
+        for seq in range(48):  # 2 s of vibration, in real time
+            push.send_multipart(encode("gw/1", seq, t0 + seq * n / rate, rate, rng.standard_normal(n).astype(np.float32)))
+            time.sleep(max(0.0, t0 + 10.0 + (seq + 1) * n / rate - time.time()))
+        push.send_multipart(encode_eos("gw/1"))
+        pipe.wait()
+    finally:
+        push.close()
+        pipe.stop()
+    assert sum(pipe.label_counts["gw/1"].values()) == (48 * n - 2048) // 512 + 1
+    assert pipe.batcher.dropped_total() == 0
+    said = [e for e in pipe.errors if e.startswith("stream gw/1: its samples arrive")]
+    assert len(said) == 1 and "s after the capture time they carry (the sender's clock is behind" in said[0], pipe.errors
 
 
 def test_overflow_drops_the_oldest_and_counts_it() -> None:

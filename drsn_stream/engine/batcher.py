@@ -8,9 +8,12 @@ the engine is idle, as soon as ``eager_batch`` windows are there (a batch that s
 at the engine's best speed per window; the rest of a burst gathers while it runs). A batch cut
 while more than ``max_batch`` windows wait (the engine fell behind) takes up to
 ``catch_up_batch``: a bigger batch costs less per window, so the backlog drains sooner. Windows
-whose capture is older than ``stale_ms`` when a batch is cut are dropped and counted per stream:
-live data keeps the newest, it never queues the past. When the queue is full the oldest window is
-dropped (counted).
+that have waited here longer than ``stale_ms`` when a batch is cut are dropped and counted per
+stream: live data keeps the newest, it never queues the past. Their age is counted on this host's
+clock from when they were formed (``t_ready``), not from the capture time they carry: that is the
+sender's clock, and a sender whose clock was a few seconds behind (no NTP on a gateway) made every
+window look stale, so nothing was labeled. When the queue is full the oldest window is dropped
+(counted).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ class MicroBatcher:
         Args:
             max_batch: most windows in one batch.
             max_wait_ms: longest a window waits for its batch to fill, ms.
-            stale_ms: windows whose last sample was captured longer ago than this are dropped, ms
-                (0 disables; replaying files as fast as possible uses 0).
+            stale_ms: windows formed longer ago than this are dropped, ms (0 disables;
+                replaying files as fast as possible uses 0).
             capacity: queue bound; overflow drops the oldest window.
             block_when_full: instead of dropping, make ``put`` wait for room (replaying files as
                 fast as possible: every window counts, nothing is live).
@@ -187,6 +190,6 @@ class MicroBatcher:
         if self.stale <= 0 or not self._q:
             return
         limit = self._clock() - self.stale
-        while self._q and self._q[0].t_last < limit:
+        while self._q and self._q[0].t_ready < limit:
             old = self._q.popleft()
             self.dropped_stale[old.stream_id] += 1

@@ -17,6 +17,10 @@ from drsn_stream.errors import ConfigError
 from drsn_stream.types import Prediction, Predictions, Window
 
 POLL_S = 0.002  # how often the loop looks for a finished batch while another one may fall due
+# A window formed further than this from the capture time of its last sample (either way) comes
+# from a sender whose clock is off this host's (or through a link that held it): said once per stream.
+OFF_CLOCK_S = 2.0
+OFF_CLOCK_NAMED = 5  # streams said by name; the rest in one line
 
 # A batch's windows -> (the model's input (b, n) float32, each window's level (b,)): the DSP's
 # normalization step (dsp.normalize.BatchNormalizer), injected by the app.
@@ -112,6 +116,7 @@ class InferenceLoop(threading.Thread):
         self.error: BaseException | None = None
         self.lost = 0  # windows lost when an engine process died with them in flight
         self.notes: list[str] = []
+        self.off_clock: set[str] = set()  # streams said to arrive far from their capture time
 
     def stop(self) -> None:
         self._halt.set()
@@ -162,6 +167,25 @@ class InferenceLoop(threading.Thread):
         x, levels = self.prepare(batch)
         return self._finish(batch, levels, self.runner.submit(x), t_batched)
 
+    def _off_clock(self, batch: list[Window], lag: np.ndarray, late: np.ndarray) -> None:
+        """Says (once per stream, a few streams by name) that windows were formed far from the
+        capture time they carry: a sender's clock off this host's, or a link that held them."""
+        for i in np.flatnonzero(late).tolist():
+            sid = batch[i].stream_id
+            if sid in self.off_clock:
+                continue
+            self.off_clock.add(sid)
+            if len(self.off_clock) > OFF_CLOCK_NAMED:
+                if len(self.off_clock) == OFF_CLOCK_NAMED + 1:
+                    self.notes.append("more streams arrive far from the capture time they carry (as above)")
+                continue
+            s = float(lag[i])
+            when = f"{s:.1f} s after" if s > 0 else f"{-s:.1f} s before"
+            cause = "behind this host's, or the link held them" if s > 0 else "ahead of this host's"
+            self.notes.append(f"stream {sid}: its samples arrive {when} the capture time they carry (the sender's "
+                              f"clock is {cause}); latency figures include it: synchronise the sender's clock "
+                              "(NTP/PTP)")
+
     def _finish(self, batch: list[Window], levels: np.ndarray, handle: Pending, t_batched: float) -> list[Prediction]:
         probs, noise = self.runner.collect(handle)
         t_done = time.time()
@@ -171,7 +195,11 @@ class InferenceLoop(threading.Thread):
         preds = predictions_from(batch, probs, noise, self.labels, levels=levels, latency_ms=latency_ms,
                                  t_batched=t_batched, t_done=t_done, features=handle.features)
         self.stats.record_batch([w.stream_id for w in batch], latency_ms, t_done - t_batched)
-        if self.stats.recording and not self.latency_from_ready:
-            self.stats.record_stages(t_last, t_ready, t_batched, t_done)
+        if not self.latency_from_ready:
+            if self.stats.recording:
+                self.stats.record_stages(t_last, t_ready, t_batched, t_done)
+            late = np.abs(t_ready - t_last) > OFF_CLOCK_S
+            if late.any():
+                self._off_clock(batch, t_ready - t_last, late)
         self.on_predictions(preds)
         return preds
