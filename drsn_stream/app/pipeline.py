@@ -402,6 +402,9 @@ class Pipeline:
     def _drain_notes(self) -> None:
         while self.engine.notes:
             self._error(self.engine.notes.pop(0))
+        while self.engine.stream_notes:
+            sid, message = self.engine.stream_notes.pop(0)
+            self._emit_events([Event("note", sid, time.time(), {"message": message})])
         for src in self.sources:
             while src.notes:
                 sid, message = src.notes.popleft()

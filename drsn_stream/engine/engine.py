@@ -117,6 +117,7 @@ class InferenceLoop(threading.Thread):
         self.lost = 0  # windows lost when an engine process died with them in flight
         self.notes: list[str] = []
         self.off_clock: set[str] = set()  # streams said to arrive far from their capture time
+        self.stream_notes: list[tuple[str, str]] = []  # (stream, line) for ``note`` events
 
     def stop(self) -> None:
         self._halt.set()
@@ -177,14 +178,15 @@ class InferenceLoop(threading.Thread):
             self.off_clock.add(sid)
             if len(self.off_clock) > OFF_CLOCK_NAMED:
                 if len(self.off_clock) == OFF_CLOCK_NAMED + 1:
-                    self.notes.append("more streams arrive far from the capture time they carry (as above)")
+                    self.stream_notes.append(("*", "more streams arrive far from the capture time they carry (as above)"))
                 continue
             s = float(lag[i])
             when = f"{s:.1f} s after" if s > 0 else f"{-s:.1f} s before"
-            cause = "behind this host's, or the link held them" if s > 0 else "ahead of this host's"
-            self.notes.append(f"stream {sid}: its samples arrive {when} the capture time they carry (the sender's "
-                              f"clock is {cause}); latency figures include it: synchronise the sender's clock "
-                              "(NTP/PTP)")
+            cause = ("behind this host's, or the link held them" if s > 0
+                     else "ahead of this host's, or it sends faster than real time")
+            self.stream_notes.append((sid, f"its samples arrive {when} the capture time they carry (the sender's "
+                                           f"clock is {cause}); latency figures include it: synchronise the "
+                                           "sender's clock (NTP/PTP)"))
 
     def _finish(self, batch: list[Window], levels: np.ndarray, handle: Pending, t_batched: float) -> list[Prediction]:
         probs, noise = self.runner.collect(handle)
