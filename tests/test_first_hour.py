@@ -137,6 +137,22 @@ def test_the_dashboard_shows_what_a_zmq_source_waits_for(free_tcp_port: int) -> 
     assert f"waiting for publishers on tcp://127.0.0.1:{free_tcp_port}" in status
 
 
+def test_a_publisher_name_that_does_not_resolve_is_said(free_tcp_port: int) -> None:
+    # ZeroMQ retries a host name that does not resolve for ever, without a word: a mistyped
+    # gateway name looked like a gateway that sends nothing
+    from drsn_stream.app.pipeline import Pipeline, RunConfig
+
+    pipe = Pipeline(RunConfig(sources=(f"zmq://gateway.invalid:{free_tcp_port},localhost:{free_tcp_port}",),
+                              engine_process=False))
+    pipe.start()
+    try:
+        pipe.wait(duration=1.6)
+        status = pipe.snapshot().header.status
+    finally:
+        pipe.stop()
+    assert "(no data yet; gateway.invalid does not resolve to an address: check the name)" in status, status
+
+
 @pytest.mark.slow
 def test_publish_says_what_it_sends_and_its_rate_unless_quiet(free_tcp_port: int) -> None:
     res = _cli("publish", "--source", "sim?machines=2", "--to", f"tcp://127.0.0.1:{free_tcp_port}",

@@ -61,6 +61,7 @@ from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor
 from drsn_stream.runtime import attach_shared_memory, freeze_start_up_objects, start_resource_tracker
 from drsn_stream.sources import make_source, parse_spec
 from drsn_stream.sources.base import Source, read_to
+from drsn_stream.sources.zmq_source import unresolved_hosts
 from drsn_stream.types import Event, Frame, Window
 
 SHARDABLE_KINDS = ("zmq",)  # SUB sockets that connect: every child can subscribe to the same publisher
@@ -635,6 +636,8 @@ class ShardedSource(Source):
             deadline = time.monotonic() + READY_TIMEOUT_S
             for c in self._children:
                 self._await_ready(c, deadline)
+            if not getattr(self.inner, "bind", True):  # a connecting socket: for waiting(), as the children see it
+                self.inner.unresolved = unresolved_hosts(self.inner.addresses)  # type: ignore[attr-defined]
         except BaseException:
             self._close()
             raise

@@ -13,6 +13,8 @@ gateways.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -108,6 +110,30 @@ def tcp_addresses(target: str, *, bind: bool) -> list[str]:
     return addresses
 
 
+def unresolved_hosts(addresses: list[str]) -> list[str]:
+    """The host names among ``tcp://HOST:PORT`` addresses that do not resolve now (IP addresses
+    and ``*`` are not looked up)."""
+    out = []
+    for address in addresses:
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        host = host.strip("[]")
+        if host == "*" or _is_ip(host):
+            continue
+        try:
+            socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError, ValueError):
+            out.append(host)
+    return out
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class _ZmqSource(Source):
     socket_type: ClassVar[int] = zmq.SUB
     bind: ClassVar[bool] = False
@@ -134,6 +160,7 @@ class _ZmqSource(Source):
         # Set by an ingest process (app.shards): False for a topic (stream id, bytes) that is another
         # process's, which skips the message before it is decoded or counted.
         self.accept_topic: Callable[[bytes], bool] | None = None
+        self.unresolved: list[str] = []  # host names of the addresses that did not resolve when opened
 
     def _open(self) -> None:
         ctx = zmq.Context.instance()
@@ -153,6 +180,8 @@ class _ZmqSource(Source):
                     "check the address (tcp host:port)"
                 raise SourceError(f"cannot {verb} {address}: {exc.strerror}; {hint}") from exc
         self._sock = sock
+        if not self.bind:  # after the connects: a slow name server delays no frame
+            self.unresolved = unresolved_hosts(self.addresses)
 
     def subscribe(self, topic: bytes, *, on: bool = True) -> None:
         """SUB: also receive (``on=False``: no longer) messages whose topic starts with ``topic``.
@@ -163,6 +192,10 @@ class _ZmqSource(Source):
 
     def waiting(self) -> str | None:
         senders = "publishers" if self.socket_type == zmq.SUB else "senders"
+        if self.unresolved:  # ZeroMQ retries a name that does not resolve for ever, without a word
+            names = ", ".join(self.unresolved)
+            return (f"waiting for {senders} on {self.address} (no data yet; {names} "
+                    f"{'does' if len(self.unresolved) == 1 else 'do'} not resolve to an address: check the name)")
         return f"waiting for {senders} on {self.address} (no data yet)"
 
     def _close(self) -> None:
