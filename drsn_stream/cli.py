@@ -67,8 +67,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one command. Ctrl-C or SIGTERM at any moment ends it without a traceback (130/143
-    before the monitor is running; a running monitor stops cleanly with its summary)."""
+    """Runs one command. Ctrl-C, SIGTERM or SIGHUP at any moment ends it without a traceback
+    (130/143/129 before the monitor is running; a running monitor stops cleanly with its summary)."""
     in_main = threading.current_thread() is threading.main_thread()
     saved = {sig: signal.getsignal(sig) for sig in stop_signals()} if in_main else {}
     if in_main:
