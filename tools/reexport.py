@@ -14,7 +14,7 @@ windows.
 --max-validation N   keep at most N of the stored validation windows, spread evenly over them
              (default 64; the GPU runner's fp16 check and the CPU layout check use them).
 
-The zip's top folder is named after the file written (``bearing-cwru.pt/...``).
+The zip's top folder becomes ``archive/`` (artifacts are serialized to bytes, then written whole).
 
     python tools/reexport.py --probs drsn_stream/artifacts/*.pt
 """
