@@ -124,32 +124,28 @@ def test_a_zmq_source_without_data_says_what_it_waits_for(free_tcp_port: int) ->
     assert f"waiting for publishers on tcp://127.0.0.1:{free_tcp_port}" in res.stdout, res.stdout
 
 
-def test_the_dashboard_shows_what_a_zmq_source_waits_for(free_tcp_port: int) -> None:
+def _waiting_status(source: str) -> str:
+    """The dashboard's status line of a monitor of ``source`` that got no data for 1.6 s."""
     from drsn_stream.app.pipeline import Pipeline, RunConfig
 
-    pipe = Pipeline(RunConfig(sources=(f"zmq://127.0.0.1:{free_tcp_port}",), engine_process=False))
+    pipe = Pipeline(RunConfig(sources=(source,), engine_process=False))
     pipe.start()
     try:
         pipe.wait(duration=1.6)
-        status = pipe.snapshot().header.status
+        return pipe.snapshot().header.status
     finally:
         pipe.stop()
+
+
+def test_the_dashboard_shows_what_a_zmq_source_waits_for(free_tcp_port: int) -> None:
+    status = _waiting_status(f"zmq://127.0.0.1:{free_tcp_port}")
     assert f"waiting for publishers on tcp://127.0.0.1:{free_tcp_port}" in status
 
 
 def test_a_publisher_name_that_does_not_resolve_is_said(free_tcp_port: int) -> None:
     # ZeroMQ retries a host name that does not resolve for ever, without a word: a mistyped
     # gateway name looked like a gateway that sends nothing
-    from drsn_stream.app.pipeline import Pipeline, RunConfig
-
-    pipe = Pipeline(RunConfig(sources=(f"zmq://gateway.invalid:{free_tcp_port},localhost:{free_tcp_port}",),
-                              engine_process=False))
-    pipe.start()
-    try:
-        pipe.wait(duration=1.6)
-        status = pipe.snapshot().header.status
-    finally:
-        pipe.stop()
+    status = _waiting_status(f"zmq://gateway.invalid:{free_tcp_port},localhost:{free_tcp_port}")
     assert "(no data yet; gateway.invalid does not resolve to an address: check the name)" in status, status
 
 
