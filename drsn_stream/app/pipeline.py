@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict, replace
 from typing import Any
@@ -402,21 +402,23 @@ class Pipeline:
     def _drain_notes(self) -> None:
         while self.engine.notes:
             self._error(self.engine.notes.pop(0))
-        while self.engine.stream_notes:
-            sid, message = self.engine.stream_notes.pop(0)
-            self._emit_events([Event("note", sid, time.time(), {"message": message})])
+        self._say_notes(self.engine.stream_notes)
         for src in self.sources:
-            while src.notes:
-                sid, message = src.notes.popleft()
-                self._emit_events([Event("note", sid, time.time(), {"message": message})])
+            self._say_notes(src.notes)
         self._envelope_notes()
         self._baseline_notes()
 
-    def _baseline_notes(self) -> None:
-        notes = self.baseline.notes if self.baseline is not None else []
+    def _say_notes(self, notes: list[tuple[str, str]] | deque[tuple[str, str]]) -> None:
+        """Takes the (stream, line) pairs a stage said once, oldest first, as ``note`` events (the
+        stage appends from its own thread; only this one takes)."""
         while notes:
-            sid, message = notes.pop(0)
+            sid, message = notes[0]
+            del notes[0]
             self._emit_events([Event("note", sid, time.time(), {"message": message})])
+
+    def _baseline_notes(self) -> None:
+        if self.baseline is not None:
+            self._say_notes(self.baseline.notes)
 
     def stop(self) -> None:
         """Closes sources, drains the queues and the engine, closes sinks. Idempotent."""
@@ -556,10 +558,7 @@ class Pipeline:
 
     def _envelope_notes(self) -> None:
         """The envelope stage's said-once lines, as ``note`` events."""
-        notes = self._notes if self.envelope is None else self.envelope.notes
-        while notes:
-            sid, message = notes.pop(0)
-            self._emit_events([Event("note", sid, time.time(), {"message": message})])
+        self._say_notes(self._notes if self.envelope is None else self.envelope.notes)
 
     def _emit_events(self, events: list[Event]) -> None:
         self.events.extend(events)
