@@ -200,8 +200,9 @@ class InferenceLoop(threading.Thread):
         if not self.latency_from_ready:
             if self.stats.recording:
                 self.stats.record_stages(t_last, t_ready, t_batched, t_done)
-            late = np.abs(t_ready - t_last) > OFF_CLOCK_S
+            lag = t_ready - t_last
+            late = np.abs(lag) > OFF_CLOCK_S
             if late.any():
-                self._off_clock(batch, t_ready - t_last, late)
+                self._off_clock(batch, lag, late)
         self.on_predictions(preds)
         return preds

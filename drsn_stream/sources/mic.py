@@ -233,9 +233,9 @@ class MicSource(Source):
         self.notes.append((self.stream_id, f"input device {name} stopped delivering samples (none for "
                                             f"{stall_s:g} s): lost; trying to open it again"))
         try:
-            self._close()
+            self._close()  # forgets the stream whether or not it stops
         except Exception:  # noqa: BLE001 - a device that is gone may refuse to stop too
-            self._pa_stream = None
+            pass
         wait = REOPEN_S[0]
         self._idle()
         while not self._closed.wait(wait):
@@ -245,7 +245,7 @@ class MicSource(Source):
             try:
                 self._open()
             except Exception:  # noqa: BLE001 - SourceError, ConfigError or PortAudio's own: try again later
-                self._pa_stream = None
+                self._pa_stream = None  # _open forgets it on PortAudio's errors only
                 continue
             self.notes.append((self.stream_id, f"input device {name} is back: capturing again"))
             return True
