@@ -263,7 +263,7 @@ def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals, 
 
 
 @pytest.mark.slow
-def test_a_hang_up_leaves_no_shared_memory_behind_and_under_nohup_the_monitor_runs_on() -> None:
+def test_a_hang_up_leaves_no_shared_memory_behind_and_under_nohup_the_monitor_runs_on(tmp_path: Path) -> None:
     # Its terminal closed (an SSH session dropped): SIGHUP killed the monitor on the spot, and the
     # resource tracker that would have freed its engine's shared memory with it: every hang-up
     # left megabytes in /dev/shm for good (a container's holds 64 MiB).
@@ -281,12 +281,21 @@ def test_a_hang_up_leaves_no_shared_memory_behind_and_under_nohup_the_monitor_ru
     assert proc.returncode == 0 and "windows in" in out and "Traceback" not in err, err[-2000:]
     assert [s for s in segments if Path(s).exists()] == []
 
-    proc = _start("--source", "sim?machines=2", "--headless", nohup=True)  # as `nohup drsn-stream ...`
+    log = tmp_path / "r.jsonl"
+    proc = _start("--source", "sim?machines=2", "--headless", "--jsonl", str(log), nohup=True)  # `nohup drsn-stream`
     try:
         assert "ready" in proc.stderr.readline()
+        hung_up = time.time()
         os.killpg(proc.pid, signal.SIGHUP)
-        time.sleep(2.0)
-        assert proc.poll() is None  # ignored, as asked
+
+        def labeled_since() -> bool:  # windows captured a second after the hang-up: it ran on
+            return any(o.get("type") == "prediction" and o["time"] > hung_up + 1.0
+                       for o in map(json.loads, log.read_text().split("\n")[:-1]))  # whole lines only
+
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not labeled_since() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None and labeled_since()  # ignored, as asked
         os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -203,8 +203,11 @@ def test_a_microphone_that_stops_is_said_and_monitored_again_once_it_is_back(rec
                            stderr=subprocess.PIPE, text=True)
     seen: list[dict] = []
     said: list[str] = []  # stderr, read as it comes: a full pipe would stall the monitor
-    for target in (lambda: seen.extend(json.loads(line) for line in mon.stdout), lambda: said.extend(mon.stderr)):
-        threading.Thread(target=target, daemon=True).start()
+    readers = [threading.Thread(target=target, daemon=True)
+               for target in (lambda: seen.extend(json.loads(line) for line in mon.stdout),
+                              lambda: said.extend(mon.stderr))]
+    for reader in readers:
+        reader.start()
 
     def until(what: str, cond, timeout: float = 60.0) -> int:
         end = time.time() + timeout
@@ -235,5 +238,6 @@ def test_a_microphone_that_stops_is_said_and_monitored_again_once_it_is_back(rec
         _stop(jack)
         for left in Path("/dev/shm").glob(f"jack*{name}*"):  # the first server's clients' semaphores
             left.unlink(missing_ok=True)
-    time.sleep(0.5)  # the readers take the last lines
+    for reader in readers:  # they end with the monitor's output
+        reader.join(timeout=30)
     assert mon.returncode == 0 and "Traceback" not in "".join(said), "".join(said)[-2000:]
