@@ -16,7 +16,6 @@ from collections.abc import Callable
 from drsn_stream import __version__
 from drsn_stream.errors import DrsnStreamError
 from drsn_stream.runtime import (
-    Terminated,
     forget_start_up_signal,
     start_up_signal,
     start_up_signal_handler,
@@ -92,20 +91,32 @@ def main(argv: list[str] | None = None) -> int:
     except DrsnStreamError as exc:
         print(f"drsn-stream {command}: error: {exc}", file=sys.stderr)
         return 2
-    except Terminated:
-        signum = start_up_signal() or signal.SIGTERM
-        print(f"drsn-stream {command}: stopped ({signal.Signals(signum).name})", file=sys.stderr)
-        return 128 + signum
-    except KeyboardInterrupt:
-        print(f"drsn-stream {command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C, or Terminated for the other stop signals
+        return _stopped(command, start_up_signal() or signal.SIGINT)
     except BrokenPipeError:
         # the reader went away (`drsn-stream models | head -1`): what it wanted it has; stay quiet
         _silence_stdout()
         return 0
+    except Exception:
+        signum = start_up_signal()
+        if signum is None:
+            raise
+        # the signal's exception, turned into another by code on its way: Python 3.11 wraps one
+        # raised in a descriptor's __set_name__ (a dataclass field, as a module is imported) in a
+        # RuntimeError, which printed a traceback for a Ctrl-C at start-up
+        return _stopped(command, signum)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def _stopped(command: str, signum: int) -> int:
+    """A command a stop signal ended as it started: one line, exit status 128 + the signal."""
+    if signum == signal.SIGINT:
+        print(f"drsn-stream {command}: interrupted", file=sys.stderr)
+    else:
+        print(f"drsn-stream {command}: stopped ({signal.Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
 
 
 def entry() -> None:

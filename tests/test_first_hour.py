@@ -325,6 +325,26 @@ def test_a_start_up_signal_a_library_swallowed_still_ends_the_start_up(cli_in_pr
     assert "interrupted" in res.stderr and "ready" not in res.stderr
 
 
+def test_a_start_up_signal_a_library_turned_into_its_own_error_still_ends_the_start_up(cli_in_process, monkeypatch) -> None:
+    # SIGHUP while a module defined a dataclass: Python 3.11 wraps an exception raised in a
+    # descriptor's __set_name__ in a RuntimeError, and the start-up ended in that traceback (CI)
+    from drsn_stream.app.pipeline import Pipeline
+
+    class Field:
+        def __set_name__(self, owner: type, name: str) -> None:
+            signal.raise_signal(signal.SIGHUP)
+
+    def start_while_a_class_is_made(self: Pipeline) -> Pipeline:
+        class Late:  # noqa: F841 - made for its field's __set_name__
+            field = Field()
+        return self
+
+    monkeypatch.setattr(Pipeline, "start", start_while_a_class_is_made)
+    res = cli_in_process("--source", "sim", "--headless", "--duration", "60")
+    assert res.returncode == 128 + signal.SIGHUP, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "drsn-stream run: stopped (SIGHUP)", res.stderr
+
+
 def test_the_monitors_help_and_a_config_error_answer_without_loading_torch():
     # torch takes seconds of CPU to import: help, the list of models and a mistyped option must not wait for it
     script = (
