@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import secrets
 import stat
 import types
 import typing
@@ -80,10 +81,14 @@ def writable_file(path: str | Path, flag: str) -> Path:
     return p
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` through ``path.tmp`` and a rename, so a reader sees the old file
-    or the new one, never half of one. A failed write (disk full, no permission, a folder in the
-    way) leaves no ``.tmp`` behind and raises WriteError naming the file. Torch's own writers are
+def write_atomic(path: str | Path, data: bytes, *, make_folder: bool = True) -> Path:
+    """Writes ``data`` to ``path`` through a temporary file beside it and a rename, so a reader
+    sees the old file or the new one, never half of one. The temporary file's name is this
+    write's own (``.NAME.<random>.tmp``), so writers of one file at once (two exports, hosts
+    sharing a folder) each rename a whole file of their own: the last rename wins. A failed write
+    (disk full, no permission, a folder in the way) leaves no temporary file behind and raises
+    WriteError naming the file; a missing folder is made unless ``make_folder`` is False (a
+    shared folder that went away is then an error, not a new local folder). Torch's own writers are
     not used on files: on a full disk ``torch.jit.save`` aborts the process (a C++ exception no one
     catches) and ``torch.save`` leaves a half file; serialize to bytes, then write them here.
 
@@ -102,9 +107,10 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
             with open(target, "wb") as f:
                 f.write(data)
             return path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as f:
+        if make_folder:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        tmp, fd = _new_temp_file(target)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
         if before is not None:
             os.chmod(tmp, stat.S_IMODE(before.st_mode))
@@ -119,6 +125,18 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
             raise WriteError(f"cannot write {path} ({exc.strerror or exc}); {advice}", exc) from None
         raise
     return path
+
+
+def _new_temp_file(target: Path) -> tuple[Path, int]:
+    """A file of a name no other writer has, beside ``target``, opened for writing; created with
+    mode 0o666 less the umask, as ``open`` would make ``target`` itself."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(target.parent))
 
 
 def rewritable_file(path: str | Path, advice: str) -> Path:

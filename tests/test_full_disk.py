@@ -171,3 +171,28 @@ def test_a_capture_that_does_not_fit_leaves_no_half_a_wav(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("1 0 cannot write capture ") and "File too large" in done.stdout, done.stdout
     assert leftovers(out) == []
+
+
+def test_two_processes_writing_one_model_at_once_both_succeed_and_the_file_is_always_one_of_them_whole(
+        tmp_path: Path) -> None:
+    # two exports (or two hosts saving a shared profile) to one path at the same moment shared one
+    # "PATH.tmp": the second truncated the first's half-written temp file, the first renamed that
+    # into place, and the second's rename then failed on a temp file that was gone
+    target = tmp_path / "model.pt"
+    size, rounds = 1 << 21, 15
+    script = (
+        "import sys\nfrom drsn_stream.config import write_atomic\n"
+        f"data = bytes([int(sys.argv[1])]) * {size}\n"
+        f"for _ in range({rounds}):\n    write_atomic(sys.argv[2], data)\n"
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(v), str(target)], stderr=subprocess.PIPE)
+               for v in (1, 2, 3)]
+    seen: list[tuple[int, int]] = []
+    while any(w.poll() is None for w in writers):
+        if target.exists():
+            data = target.read_bytes()
+            seen.append((len(data), len(set(data))))
+    errors = [w.stderr.read().decode() for w in writers if w.wait() != 0]  # type: ignore[union-attr]
+    assert errors == [], errors[0][-500:]
+    assert all(s == (size, 1) for s in seen), [s for s in seen if s != (size, 1)][:5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temp file left

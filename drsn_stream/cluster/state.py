@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from drsn_stream.config import write_atomic
 from drsn_stream.errors import ConfigError
 
 RECENT_EVENTS = 32  # events per stream kept in its checkpoint for re-delivery
@@ -86,15 +86,10 @@ class CheckpointStore:
 
     def save(self, ckpt: StreamCheckpoint) -> None:
         ckpt.saved_at = time.time()
-        data = pickle.dumps(ckpt, protocol=pickle.HIGHEST_PROTOCOL)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self._path(ckpt.stream_id))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # hosts share the folder: each write has a temporary file of its own; a folder that went
+        # away (an unmounted share) is an error to count, not a new local folder
+        write_atomic(self._path(ckpt.stream_id), pickle.dumps(ckpt, protocol=pickle.HIGHEST_PROTOCOL),
+                     make_folder=False)
 
     def load(self, stream: str) -> StreamCheckpoint | None:
         """The stream's latest checkpoint, or None (never saved, or unreadable: start afresh)."""
