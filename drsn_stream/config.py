@@ -131,7 +131,8 @@ def _new_temp_file(target: Path) -> tuple[Path, int]:
     """A file of a name no other writer has, beside ``target``, opened for writing; created with
     mode 0o666 less the umask, as ``open`` would make ``target`` itself."""
     for _ in range(100):
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        # the name's first 200 characters: a name near the file system's limit (255) still fits
+        tmp = target.with_name(f".{target.name[:200]}.{secrets.token_hex(4)}.tmp")
         try:
             return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:

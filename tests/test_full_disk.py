@@ -196,3 +196,16 @@ def test_two_processes_writing_one_model_at_once_both_succeed_and_the_file_is_al
     assert errors == [], errors[0][-500:]
     assert all(s == (size, 1) for s in seen), [s for s in seen if s != (size, 1)][:5]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temp file left
+
+
+def test_a_model_whose_name_is_near_the_file_systems_limit_is_written_with_the_usual_permissions(
+        tmp_path: Path) -> None:
+    # the temporary file beside it has a longer name than the model's own
+    name = "m" * 250 + ".pt"
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / name, b"model bytes")
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_bytes() == b"model bytes" and (tmp_path / name).stat().st_mode & 0o777 == 0o644
