@@ -165,6 +165,20 @@ def test_a_sender_is_told_what_it_cannot_send_and_publish_scales_a_near_silent_f
     assert got.samples[:, 0] == pytest.approx(loud, abs=1e-4)
 
 
+
+@pytest.mark.parametrize("dtype", ["int16", "int32"])
+def test_float32_samples_sent_as_integers_keep_the_sign_of_their_peaks(dtype):
+    # float32 samples (what every source gives) scaled to int32's full scale were rounded in
+    # float32, where 2**31 - 1 is 2**31, and the cast wrapped to -2**31: publish --dtype int32 sent
+    # every message's positive peak as its negative full scale
+    x = np.array([9.77, -3.0, 1.0, 0.0], np.float32)
+    got = decode(encode("s", 0, T0, 12000.0, x, dtype=dtype, scale=publish_cmd._int_scale(x, dtype)), now=T0)
+    assert got.samples[:, 0] == pytest.approx(x, abs=1e-3 if dtype == "int16" else 1e-6)
+    beyond = np.array([1.0, 2.0, -1.0, -3.0], np.float32)  # the default scale: clipped at full scale
+    got = decode(encode("s", 0, T0, 12000.0, beyond, dtype=dtype), now=T0)
+    assert np.sign(got.samples[:, 0]).tolist() == [1.0, 1.0, -1.0, -1.0]
+    assert got.samples[:, 0] == pytest.approx([1.0, 1.0, -1.0, -1.0], abs=1e-4)
+
 @pytest.mark.skipif(not hasattr(sys, "set_int_max_str_digits"), reason="needs Python's int digit limit (3.11+)")
 def test_long_integer_literals_are_refused_by_their_field_without_being_converted():
     # int() of a long decimal string costs time quadratic in its length (a 3,900-digit seq cost

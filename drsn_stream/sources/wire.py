@@ -139,7 +139,9 @@ def encode(
                                   f"seq {seq}); send float32 or float64")
         s = DEFAULT_SCALE[dtype] if scale is None else float(scale)
         info = np.iinfo(dt)
-        payload = np.clip(np.rint(x / s), info.min, info.max).astype(dt)
+        # in float64: int32's full scale (2**31 - 1) is 2**31 in float32, and a cast of 2**31 to
+        # int32 wraps to -2**31: a positive peak at full scale would arrive as the negative one
+        payload = np.clip(np.rint(x.astype(np.float64) / s), info.min, info.max).astype(dt)
         if scale is not None:
             header["scale"] = s
     else:
