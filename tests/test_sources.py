@@ -368,3 +368,41 @@ def test_file_errors_say_what_to_do(tmp_path):
         _replay(f"file:{tmp_path / 'zero-hz.wav'}")
     _, frames = _replay(f"file:{tmp_path / 'zero-hz.wav'}?rate=12000&fast=1")  # the rate given: it plays
     assert sum(f.n for f in frames) == 4000 and frames[0].sample_rate == 12000
+
+
+def _logger_csv(path, header, t, columns, fmt="%.6f"):
+    rows = np.column_stack([t, *columns])
+    np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt=fmt)
+
+
+def test_a_data_loggers_csv_is_monitored_at_the_rate_of_its_time_column_under_its_column_names(tmp_path):
+    # a logger's export: a time column first, then one column per sensor, named in a header row.
+    # The time column was monitored as a sensor of its own (a ramp), the rate had to be given, and
+    # the channels were ch0, ch1, ch2 whatever the header said
+    n, rate = 16000, 8000
+    t = np.arange(n) / rate
+    x = np.sin(2 * np.pi * 100 * t).astype(np.float32)
+    y = (0.5 * np.cos(2 * np.pi * 300 * t)).astype(np.float32)
+    _logger_csv(tmp_path / "log.csv", "Time (s),accel x,accel_y", t, [x, y], fmt="%.9g")
+    src, frames = _replay(f"file:{tmp_path / 'log.csv'}?fast=1")
+    assert frames[0].sample_rate == 8000.0
+    assert src.streams == ["log/accel_x", "log/accel_y"]
+    got = np.concatenate([f.samples for f in frames])
+    np.testing.assert_allclose(got, np.stack([x, y], axis=1), rtol=1e-6, atol=1e-7)
+    _, frames = _replay(f"file:{tmp_path / 'log.csv'}?fast=1&rate=8000")  # the same rate given: fine
+    assert frames[0].sample_rate == 8000.0
+    with pytest.raises(ConfigError, match=r"rate=12000 Hz, but its time column 'Time \(s\)' says 8000 Hz"):
+        _replay(f"file:{tmp_path / 'log.csv'}?fast=1&rate=12000")
+
+    _logger_csv(tmp_path / "ms.csv", "time_ms,vib", 1000 * t, [x])  # milliseconds, rounded to 1 us
+    src, frames = _replay(f"file:{tmp_path / 'ms.csv'}?fast=1")
+    assert frames[0].sample_rate == 8000.0 and src.streams == ["ms"] and sum(f.n for f in frames) == n
+
+    keep = np.r_[0:100, 200:n]  # 100 rows lost: the samples after them are not at the rate
+    _logger_csv(tmp_path / "gap.csv", "t,vib", t[keep], [x[keep]])
+    with pytest.raises(SourceError, match=r"time column 't' is not evenly spaced \(row \d+ is at"):
+        _replay(f"file:{tmp_path / 'gap.csv'}?fast=1")
+
+    _logger_csv(tmp_path / "plain.csv", "left,right", x, [y])  # no time column: two sensors, as before
+    src, _ = _replay(f"file:{tmp_path / 'plain.csv'}?fast=1&rate=8000")
+    assert src.streams == ["plain/left", "plain/right"]

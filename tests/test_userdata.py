@@ -67,6 +67,27 @@ def test_a_folder_per_label_reads_every_format_at_the_models_rate(tmp_path):
     assert abs(_peak_hz(by["outer_race/run1.csv"].signal, 12000) - 2000) < 2
 
 
+
+def test_a_data_loggers_csv_gives_its_rate_by_its_time_column_and_its_one_sensor_needs_no_channel(tmp_path):
+    # "time,accel" exports: the rate had to be given (--rate, which a folder of other files may
+    # need at another value) and the column too, or the file was refused for its two columns
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "fault").mkdir()
+    t = np.arange(2 * 8000) / 8000
+    _csv(tmp_path / "normal" / "log.csv", np.stack([t, _tone(500, 2.0, 8000)], axis=1), header="Time (s),accel")
+    _csv(tmp_path / "fault" / "log.csv", np.stack([t, _tone(1500, 2.0, 8000)], axis=1), header="time,accel")
+    np.save(tmp_path / "fault" / "run.npy", _tone(1500, 1.0, 16000))
+    data = load_user_data(tmp_path, sample_rate=12000, default_rate=16000)  # --rate is the .npy's
+    assert not data.problems, data.problems
+    by = {c.name: c for c in data.clips}
+    assert by["normal/log.csv"].source_rate == 8000 and by["normal/log.csv"].signal.size == 24000
+    assert abs(_peak_hz(by["normal/log.csv"].signal, 12000) - 500) < 2  # the sensor, not the time ramp
+    assert abs(_peak_hz(by["fault/log.csv"].signal, 12000) - 1500) < 2
+    assert by["fault/run.npy"].source_rate == 16000
+    (tmp_path / "m.csv").write_text("path,label,rate,channel\nnormal/log.csv,normal,12000,1\n")
+    with pytest.raises(DataError, match=r"rate 12000 Hz, but its time column 'Time \(s\)' says 8000 Hz"):
+        load_user_data(tmp_path / "m.csv", sample_rate=12000)
+
 def test_a_csv_manifest_takes_rate_channel_start_end_and_recording(tmp_path):
     two = np.stack([_tone(500, 3.0, 8000), _tone(1500, 3.0, 8000, seed=1)], axis=1)
     _csv(tmp_path / "logger.csv", two, header="time_ignored,accel")

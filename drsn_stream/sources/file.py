@@ -3,10 +3,16 @@
 Paced in real time by default (a frame is delivered when its last sample would have been
 captured), ``fast`` for as fast as possible, ``loop`` to repeat. The stream id is the file name
 without its suffix unless ``stream=`` says otherwise.
+
+A CSV file is one column per channel. A header row's names name the channels (``STREAM/NAME``); a
+first column named like a time axis (``t``, ``time``, ``Time (s)``, ``timestamp``, ``time_ms``),
+as data loggers export, gives the sample rate (its rows must be evenly spaced) and is not a
+channel.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 import time
@@ -100,18 +106,73 @@ def mat_rpm(path: Path) -> float | None:
     return None
 
 
-def _csv(path: Path) -> np.ndarray:
-    with open(path, encoding="utf-8", errors="replace") as fh:
+def _csv_layout(path: Path) -> tuple[str | None, list[str] | None]:
+    """(delimiter, the header row's column names or None without one)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         first = fh.readline()
     delimiter = "," if "," in first else (";" if ";" in first else None)
-    header = 1 if re.search(r"[A-DF-Za-df-z_]", first) else 0  # letters other than e/E: a header row
+    if not re.search(r"[A-DF-Za-df-z_]", first):  # letters other than e/E: a header row
+        return delimiter, None
+    cells = next(csv.reader([first], delimiter=delimiter)) if delimiter else first.split()
+    return delimiter, [c.strip() for c in cells]
+
+
+def _csv(path: Path, *, dtype: Any = np.float32, usecols: int | None = None) -> np.ndarray:
+    delimiter, header = _csv_layout(path)
     try:
         with warnings.catch_warnings():  # an empty file: said below in words, not by numpy on the terminal
             warnings.simplefilter("ignore", UserWarning)
-            x = np.loadtxt(path, delimiter=delimiter, skiprows=header, dtype=np.float32, ndmin=2)
+            x = np.loadtxt(path, delimiter=delimiter, skiprows=0 if header is None else 1, dtype=dtype, ndmin=2,
+                           usecols=usecols, encoding="utf-8-sig")
     except ValueError as exc:
         raise SourceError(f"{path}: not a numeric CSV with one column per channel ({exc})") from exc
     return x
+
+
+# A CSV's first column named like a time axis ("t", "time", "Time (s)", "timestamp", "time_ms") holds
+# each row's time, not a sensor: a data logger's export. The unit after the name, seconds by default.
+_TIME_COLUMN = re.compile(r"(?:t|time|times|timestamp|elapsed|seconds|secs?)(?:_(s|secs?|seconds|ms|us))?")
+_TIME_UNITS = {None: 1.0, "s": 1.0, "sec": 1.0, "secs": 1.0, "seconds": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def csv_time_rate(path: Path) -> tuple[list[str] | None, float | None]:
+    """(a CSV's column names or None, the sample rate its first column gives when that column is
+    its time axis, else None). A time axis needs another column beside it."""
+    _, header = _csv_layout(path)
+    if not header or len(header) < 2:
+        return header, None
+    m = _TIME_COLUMN.fullmatch(re.sub(r"[^a-z0-9]+", "_", header[0].lower()).strip("_"))
+    if m is None:
+        return header, None
+    t = _csv(path, dtype=np.float64, usecols=0)[:, 0] * _TIME_UNITS[m.group(1)]
+    return header, rate_of_time_column(t, path, header[0])
+
+
+def rate_of_time_column(t: np.ndarray, path: Path, name: str) -> float:
+    """The sample rate of evenly spaced row times ``t`` (seconds), a whole number of Hz where it is
+    within 0.01 % of one (times printed with a few decimals are a little off the grid); a
+    SourceError naming the first row that is off the grid (a gap, a jump back) otherwise."""
+    if t.size == 0:
+        raise SourceError(f"{path}: the recording holds no samples")
+    if t.size < 2 or not np.all(np.isfinite(t)):
+        raise SourceError(f"{path}: its time column {name!r} holds {'too few rows' if t.size < 2 else 'NaN or Inf'}; "
+                          f"give the sample rate, e.g. file:{path}?rate=12000")
+    dt = (t[-1] - t[0]) / (t.size - 1)
+    off = np.abs(t - (t[0] + dt * np.arange(t.size)))
+    bad = int(np.argmax(off))
+    if not dt > 0 or off[bad] > 0.5 * dt:
+        raise SourceError(f"{path}: its time column {name!r} is not evenly spaced (row {bad + 1} is at {t[bad]:g} s, "
+                          f"{off[bad]:.3g} s off a grid of {dt:.3g} s steps): the monitor needs samples at a fixed "
+                          "rate; resample the recording, or give ?rate= if the times are only approximate")
+    rate = 1.0 / dt
+    return float(round(rate)) if abs(rate - round(rate)) <= 1e-4 * rate else float(rate)
+
+
+def channel_names(names: list[str]) -> tuple[str, ...] | None:
+    """A header's column names as channel names (the wire format's: 1-32 of A-Z a-z 0-9 _.:+-,
+    distinct), or None (channels are then ch0, ch1, ...) when they do not make such names."""
+    out = tuple(re.sub(r"[^A-Za-z0-9_.:+-]+", "_", n).strip("_")[:32] for n in names)
+    return out if all(out) and len(set(out)) == len(out) else None
 
 
 def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE") -> tuple[np.ndarray, float]:
@@ -158,7 +219,8 @@ class FileSource(Source):
 
     kind = "file"
     OPTIONS = {
-        "rate": (opt_positive(float, 1e6), None, "sample rate in Hz (needed for .npy/.csv and non-CWRU .mat)"),
+        "rate": (opt_positive(float, 1e6), None, "sample rate in Hz (needed for .npy, non-CWRU .mat and a .csv "
+                                                  "without a time column)"),
         "channel": (opt_choice("de", "fe", "ba"), "de", "CWRU .mat channel: DE|FE|BA"),
         "chunk": (opt_positive(int), 1024, "samples per frame"),
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
@@ -181,6 +243,7 @@ class FileSource(Source):
         self.stream_id = self.options["stream"] or self.path.stem
         self._streams = [self.stream_id]
         self.t0: float | None = None
+        self.names: tuple[str, ...] | None = None  # channel names from a CSV's header row
         # the shaft speed (rpm) and whether the user gave it (?rpm=) rather than the file
         self.rpm: float | None = self.options["rpm"]
         self.rpm_given = self.rpm is not None
@@ -190,14 +253,27 @@ class FileSource(Source):
             raise SourceError(f"recording {self.path} not found")
 
     def _open(self) -> None:
-        x, self.rate = read_recording(self.path, rate=self.options["rate"], channel=self.options["channel"].upper())
+        rate, header, found = self.options["rate"], None, None
+        if self.path.suffix.lower() == ".csv":
+            header, found = csv_time_rate(self.path)
+        if found is not None:  # a logger's time column: the rate comes from it, and it is no channel
+            assert header is not None
+            if rate is not None and abs(rate - found) > 0.01 * found:
+                raise ConfigError(f"{self.path.name}: rate={rate:g} Hz, but its time column {header[0]!r} says "
+                                  f"{found:.6g} Hz; leave rate= out or correct it")
+            rate = rate or found
+        x, self.rate = read_recording(self.path, rate=rate, channel=self.options["channel"].upper())
+        if found is not None:
+            x, header = x[:, 1:], header[1:]  # type: ignore[index]
+        # a header's names name the channels (STREAM/accel_x), as a gateway's names field does
+        self.names = channel_names(header) if header and len(header) == x.shape[1] > 1 else None
         a = int(round(self.options["start"] * self.rate))
         b = x.shape[0] if math.isinf(self.options["duration"]) else a + int(round(self.options["duration"] * self.rate))
         if not 0 <= a < x.shape[0]:
             raise ConfigError(f"start={self.options['start']} s is outside {self.path.name} "
                               f"({x.shape[0] / self.rate:.2f} s long)")
         self.samples = x[a:b]
-        self._streams = list(channel_ids(self.stream_id, x.shape[1]))  # each channel is monitored
+        self._streams = list(channel_ids(self.stream_id, x.shape[1], self.names))  # each channel is monitored
         if self.rpm is None and self.path.suffix.lower() == ".mat":
             self.rpm = mat_rpm(self.path)
         self.t0 = time.time()
@@ -217,6 +293,6 @@ class FileSource(Source):
             start = offset + pos
             if not self.options["fast"] and not self._sleep_until(self.t0 + (start + block.shape[0]) / (rate * scale)):
                 return
-            yield Frame(self.stream_id, seq, self.t0 + start / (rate * scale), rate, block.copy())
+            yield Frame(self.stream_id, seq, self.t0 + start / (rate * scale), rate, block.copy(), names=self.names)
             pos += block.shape[0]
             seq += 1

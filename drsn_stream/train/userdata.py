@@ -34,7 +34,7 @@ from drsn_stream.config import toml_file
 from drsn_stream.dsp.resample import rational_ratio
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
 from drsn_stream.models.meta import MAX_LABEL_CHARS, label_ok
-from drsn_stream.sources.file import SUFFIXES, read_recording
+from drsn_stream.sources.file import SUFFIXES, csv_time_rate, read_recording
 from drsn_stream.train.cwru import CHANNELS, part_slice
 
 MANIFEST_SUFFIXES = (".csv", ".toml")
@@ -284,6 +284,19 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
         raise DataError(f"channel {ch!r} of a .mat file must be one of {', '.join(CHANNELS)}")
     # .wav and CWRU .mat files carry their rate; the manifest's rate wins over --rate, the file's over both
     rate = e.rate if e.rate is not None else (None if suffix in (".wav", ".mat") else default_rate)
+    # a data logger's CSV: a first column of row times gives the rate (over --rate, as a WAV's
+    # header does), and its one sensor column beside it needs no channel
+    header, found = csv_time_rate(e.path) if suffix == ".csv" else (None, None)
+    if found is not None:
+        assert header is not None
+        if e.rate is not None and abs(e.rate - found) > 0.01 * found:
+            raise DataError(f"rate {e.rate:g} Hz, but its time column {header[0]!r} says {found:.6g} Hz; "
+                            "leave the rate out or correct it")
+        rate = e.rate if e.rate is not None else found
+        if (ch is None or ch.upper() in CHANNELS) and len(header) == 2:  # --channel DE is for .mat files
+            ch = "1"
+        elif ch == "0":
+            raise DataError(f"column 0 is its time column {header[0]!r}; give a sensor's column (1 or more)")
     x, rate = read_recording(e.path, rate=rate, channel=mat_channel)
     if suffix != ".mat":
         x = _column(x, ch)
