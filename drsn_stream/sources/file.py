@@ -161,7 +161,7 @@ def rate_of_time_column(t: np.ndarray, path: Path, name: str) -> float:
     off = np.abs(t - (t[0] + dt * np.arange(t.size)))
     bad = int(np.argmax(off))
     if not dt > 0 or off[bad] > 0.5 * dt:
-        raise SourceError(f"{path}: its time column {name!r} is not evenly spaced (row {bad + 1} is at {t[bad]:g} s, "
+        raise SourceError(f"{path}: its time column {name!r} is not evenly spaced (data row {bad + 1} is at {t[bad]:g} s, "
                           f"{off[bad]:.3g} s off a grid of {dt:.3g} s steps): the monitor needs samples at a fixed "
                           "rate; resample the recording, or give ?rate= if the times are only approximate")
     rate = 1.0 / dt
@@ -260,7 +260,8 @@ class FileSource(Source):
             assert header is not None
             if rate is not None and abs(rate - found) > 0.01 * found:
                 raise ConfigError(f"{self.path.name}: rate={rate:g} Hz, but its time column {header[0]!r} says "
-                                  f"{found:.6g} Hz; leave rate= out or correct it")
+                                  f"{found:.6g} Hz; leave rate= out or correct it (times in milliseconds: name the column "
+                                  "time_ms)")
             rate = rate or found
         x, self.rate = read_recording(self.path, rate=rate, channel=self.options["channel"].upper())
         if found is not None:

@@ -291,7 +291,7 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
         assert header is not None
         if e.rate is not None and abs(e.rate - found) > 0.01 * found:
             raise DataError(f"rate {e.rate:g} Hz, but its time column {header[0]!r} says {found:.6g} Hz; "
-                            "leave the rate out or correct it")
+                            "leave the rate out or correct it (times in milliseconds: name the column time_ms)")
         rate = e.rate if e.rate is not None else found
         if (ch is None or ch.upper() in CHANNELS) and len(header) == 2:  # --channel DE is for .mat files
             ch = "1"
