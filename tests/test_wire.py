@@ -514,3 +514,27 @@ def test_a_subscriber_behind_that_changes_its_subscriptions_still_gets_the_end_o
         sub.close()
     assert summary["messages"] > 250 and not summary["errors"]
     assert (got, sorted(ended)) == (summary["messages"], [b"sim/m0", b"sim/m1"])
+
+
+def test_publish_as_integers_sends_a_frame_with_nan_samples_as_float32_and_goes_on(free_tcp_port, capsys, tmp_path):
+    # a sensor that drops out (NaN) ended a gateway publishing int16 at its first such frame, with
+    # nothing after it sent: no integer means NaN. Such frames now go as float32 (every message
+    # names its dtype), and the monitor's sensor health sees the NaNs
+    x = np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)
+    x[5000:5100] = np.nan
+    np.save(tmp_path / "drop.npy", x)
+    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
+    frames = []
+    with src:
+        t = threading.Thread(target=lambda: frames.extend(src))
+        t.start()
+        args = argparse.Namespace(
+            source=[f"file:{tmp_path / 'drop.npy'}?rate=12000&fast=1&chunk=1000"], to=f"tcp://127.0.0.1:{free_tcp_port}",
+            duration=None, pull=True, connect=True, dtype="int16", wait_subscriber=0.0, quiet=False)
+        assert publish_cmd.run(args) == 0
+        t.join(timeout=30)
+    out = capsys.readouterr()
+    assert "1 frame held NaN or Inf samples, which int16 cannot carry: sent as float32" in out.out, out
+    got = np.concatenate([f.samples[:, 0] for f in frames])
+    assert got.size == x.size and np.array_equal(np.isnan(got), np.isnan(x))
+    np.testing.assert_allclose(got[~np.isnan(x)], x[~np.isnan(x)], atol=1e-5)  # int16 to its peak elsewhere

@@ -118,7 +118,8 @@ def publish(
     "messages", "messages_per_s", "mb_per_s", "dropped"}``.
 
     Returns a summary ``{"streams": {id: {"frames", "samples", "seconds"}}, "messages", "bytes",
-    "elapsed_s", "errors", "dropped"}``.
+    "elapsed_s", "errors", "dropped", "sent_as_float32"}`` (frames with NaN or Inf samples, which an
+    integer ``dtype`` cannot carry, go as float32).
     """
     sources = [make_source(s) for s in specs]  # spec errors surface before any socket exists
     ctx = zmq.Context.instance()
@@ -136,7 +137,9 @@ def publish(
         raise DrsnStreamError(f"cannot {'connect to' if connect else 'bind'} {addr}: {exc.strerror}; "
                               "pick another port or stop the program using it") from exc
     stop = stop or threading.Event()
-    summary: dict[str, Any] = {"streams": {}, "messages": 0, "bytes": 0, "errors": [], "dropped": 0}
+    summary: dict[str, Any] = {"streams": {}, "messages": 0, "bytes": 0, "errors": [], "dropped": 0,
+                               "sent_as_float32": 0}
+    integers = DTYPES[dtype].kind == "i"
     thresholds = freeze_start_up_objects()  # a full collection would stall the send loop: do it now, not mid-stream
     try:
         if not pull and wait_subscriber > 0:
@@ -148,8 +151,14 @@ def publish(
         streams = summary["streams"]
 
         def send(frame: Frame) -> None:
+            as_dtype = dtype
+            if integers and not np.isfinite(frame.samples).all():
+                # no integer means NaN: such a frame goes as float32 (each message names its dtype),
+                # so the monitor sees the sensor fault instead of the gateway ending on it
+                as_dtype = "float32"
+                summary["sent_as_float32"] += 1
             topic, header, payload = encode(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate,
-                                            frame.samples, dtype=dtype, scale=_int_scale(frame.samples, dtype),
+                                            frame.samples, dtype=as_dtype, scale=_int_scale(frame.samples, as_dtype),
                                             names=frame.names)
             try:
                 # part by part as send_multipart does (ZeroMQ delivers a message whole or not at
@@ -275,6 +284,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {stream:24s} {st['frames']:7d} frames {st['samples']:10d} samples {st['seconds']:8.1f} s")
         if summary["dropped"]:
             print(f"  dropped {summary['dropped']} messages (no receiver took them)")
+        if summary["sent_as_float32"]:
+            n = summary["sent_as_float32"]
+            print(f"  {n} frame{'s' if n != 1 else ''} held NaN or Inf samples, which {args.dtype} cannot carry: "
+                  "sent as float32")
     for err in summary["errors"]:
         print(f"error: {err}", file=sys.stderr)
     return 1 if summary["errors"] else 0
