@@ -383,17 +383,25 @@ def test_close_from_another_thread_ends_iteration(free_tcp_port):
     assert done.is_set()
 
 
-def test_publish_command_feeds_a_pull_receiver(free_tcp_port, capsys):
-    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
+def _publish_to_a_pull_receiver(port: int, spec: str, dtype: str):
+    """``drsn-stream publish --pull --connect`` of ``spec`` to a PULL source bound on ``port``:
+    (the command's exit status, the receiver's source, the frames it got)."""
+    src = make_source(f"zmq+pull+bind://127.0.0.1:{port}?until_eos=1")
     frames = []
     with src:
         t = threading.Thread(target=lambda: frames.extend(src))
         t.start()
-        args = argparse.Namespace(
-            source=["sim:bearing?machines=2&fast=1&duration=3&chunk=600"], to=f"tcp://127.0.0.1:{free_tcp_port}",
-            duration=None, pull=True, connect=True, dtype="int16", wait_subscriber=0.0, quiet=False)
-        assert publish_cmd.run(args) == 0
+        args = argparse.Namespace(source=[spec], to=f"tcp://127.0.0.1:{port}", duration=None, pull=True, connect=True,
+                                  dtype=dtype, wait_subscriber=0.0, quiet=False)
+        rc = publish_cmd.run(args)
         t.join(timeout=30)
+    return rc, src, frames
+
+
+def test_publish_command_feeds_a_pull_receiver(free_tcp_port, capsys):
+    rc, src, frames = _publish_to_a_pull_receiver(free_tcp_port, "sim:bearing?machines=2&fast=1&duration=3&chunk=600",
+                                                  "int16")
+    assert rc == 0
     out = capsys.readouterr().out
     assert "published 120 messages" in out and "sim/m1" in out
     import gc
@@ -407,15 +415,9 @@ def test_publish_command_feeds_a_pull_receiver(free_tcp_port, capsys):
     with make_source("sim:bearing?machines=2&fast=1&duration=3&chunk=600&fault=outer_021") as sim:
         ref = {(f.stream_id, f.seq): f.samples for f in sim}
     assert max(float(np.abs(r).max()) for r in ref.values()) > 1.0
-    with make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1") as src2:
-        frames2: list = []
-        t = threading.Thread(target=lambda: frames2.extend(src2))
-        t.start()
-        args.source = ["sim:bearing?machines=2&fast=1&duration=3&chunk=600&fault=outer_021"]
-        args.quiet = True
-        assert publish_cmd.run(args) == 0
-        t.join(timeout=30)
-    assert len(frames2) == len(ref)
+    rc, _, frames2 = _publish_to_a_pull_receiver(
+        free_tcp_port, "sim:bearing?machines=2&fast=1&duration=3&chunk=600&fault=outer_021", "int16")
+    assert rc == 0 and len(frames2) == len(ref)
     for f in frames2:
         r = ref[(f.stream_id, f.seq)]
         np.testing.assert_allclose(f.samples, r, atol=0.5 * float(np.abs(r).max()) / 32767 * 1.001)
@@ -523,16 +525,9 @@ def test_publish_as_integers_sends_a_frame_with_nan_samples_as_float32_and_goes_
     x = np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)
     x[5000:5100] = np.nan
     np.save(tmp_path / "drop.npy", x)
-    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
-    frames = []
-    with src:
-        t = threading.Thread(target=lambda: frames.extend(src))
-        t.start()
-        args = argparse.Namespace(
-            source=[f"file:{tmp_path / 'drop.npy'}?rate=12000&fast=1&chunk=1000"], to=f"tcp://127.0.0.1:{free_tcp_port}",
-            duration=None, pull=True, connect=True, dtype="int16", wait_subscriber=0.0, quiet=False)
-        assert publish_cmd.run(args) == 0
-        t.join(timeout=30)
+    rc, _, frames = _publish_to_a_pull_receiver(free_tcp_port, f"file:{tmp_path / 'drop.npy'}?rate=12000&fast=1&chunk=1000",
+                                                "int16")
+    assert rc == 0
     out = capsys.readouterr()
     assert "1 frame held NaN or Inf samples, which int16 cannot carry: sent as float32" in out.out, out
     got = np.concatenate([f.samples[:, 0] for f in frames])
