@@ -17,7 +17,7 @@ import scipy.io
 import zmq
 from helpers import free_port
 
-from drsn_stream.errors import ConfigError, SourceError, WireFormatError
+from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError, WireFormatError
 from drsn_stream.sources import make_source
 from drsn_stream.sources import publish as publish_cmd
 from drsn_stream.sources.wire import (
@@ -533,3 +533,9 @@ def test_publish_as_integers_sends_a_frame_with_nan_samples_as_float32_and_goes_
     got = np.concatenate([f.samples[:, 0] for f in frames])
     assert got.size == x.size and np.array_equal(np.isnan(got), np.isnan(x))
     np.testing.assert_allclose(got[~np.isnan(x)], x[~np.isnan(x)], atol=1e-5)  # int16 to its peak elsewhere
+
+
+def test_publish_refuses_a_dtype_the_wire_has_not_before_any_socket(free_tcp_port):
+    # it was a KeyError traceback in the sending thread, at the first frame
+    with pytest.raises(DrsnStreamError, match="unknown dtype 'int8'; use one of float32, float64, int16, int32"):
+        publish_cmd.publish(["sim?machines=1&fast=1&duration=1"], f"tcp://127.0.0.1:{free_tcp_port}", dtype="int8")

@@ -121,6 +121,8 @@ def publish(
     "elapsed_s", "errors", "dropped", "sent_as_float32"}`` (frames with NaN or Inf samples, which an
     integer ``dtype`` cannot carry, go as float32).
     """
+    if dtype not in DTYPES:
+        raise DrsnStreamError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     sources = [make_source(s) for s in specs]  # spec errors surface before any socket exists
     ctx = zmq.Context.instance()
     # XPUB (a PUB that also hears subscriptions) only when asked to wait for the first subscriber.
