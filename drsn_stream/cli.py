@@ -19,6 +19,7 @@ from drsn_stream.runtime import (
     forget_start_up_signal,
     start_up_signal,
     start_up_signal_handler,
+    start_up_unraisable_hook,
     stop_signals,
 )
 
@@ -70,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     (130/143/129 before the monitor is running; a running monitor stops cleanly with its summary)."""
     in_main = threading.current_thread() is threading.main_thread()
     saved = {sig: signal.getsignal(sig) for sig in stop_signals()} if in_main else {}
+    unraisable = sys.unraisablehook
     if in_main:
         # start-up: they unwind like Ctrl-C, and are remembered; ``run`` takes them over once running
         forget_start_up_signal()
         for sig in saved:
             signal.signal(sig, start_up_signal_handler)
+        sys.unraisablehook = start_up_unraisable_hook(unraisable)
     command = "run"
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = unraisable
 
 
 def _stopped(command: str, signum: int) -> int:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
+from typing import Any
 
 
 class Terminated(KeyboardInterrupt):
@@ -40,6 +41,20 @@ def start_up_signal_handler(signum: int, frame: object) -> None:
     global _start_up_signal
     _start_up_signal = signum
     raise Terminated() if signum != signal.SIGINT else KeyboardInterrupt()
+
+
+def start_up_unraisable_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` for start-up: the start-up handler's exception raised where Python
+    cannot raise one (a weakref callback, such as importlib's module-lock one; a finalizer) is the
+    signal, already remembered for ``raise_if_signalled``: not printed (Python printed it as
+    "Exception ignored in ..." with a traceback). Anything else goes to ``previous``."""
+
+    def hook(unraisable: Any) -> None:
+        if _start_up_signal is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def start_up_signal() -> int | None:

@@ -345,6 +345,29 @@ def test_a_start_up_signal_a_library_turned_into_its_own_error_still_ends_the_st
     assert res.stderr.strip().splitlines()[-1] == "drsn-stream run: stopped (SIGHUP)", res.stderr
 
 
+
+def test_a_start_up_signal_that_python_could_not_raise_where_it_came_ends_the_start_up_in_one_line() -> None:
+    # Ctrl-C while importlib ran a module lock's weakref callback: an exception raised there cannot
+    # unwind anything, so Python printed it ("Exception ignored in ... Traceback ... KeyboardInterrupt")
+    # before the start-up ended in its one line (CI). A child: pytest takes such exceptions itself.
+    script = (
+        "import signal, sys, weakref\n"
+        "from drsn_stream.app.pipeline import Pipeline\n"
+        "class Lock:\n"
+        "    pass\n"
+        "def start_while_a_callback_runs(self):\n"
+        "    lock = Lock()\n"
+        "    ref = weakref.ref(lock, lambda _: signal.raise_signal(signal.SIGINT))\n"
+        "    del lock  # the callback runs here\n"
+        "    return self\n"
+        "Pipeline.start = start_while_a_callback_runs\n"
+        "from drsn_stream.cli import main\n"
+        "sys.exit(main(['--source', 'sim', '--headless', '--duration', '60', '--engine-process', 'off']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 128 + signal.SIGINT, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == ["drsn-stream run: interrupted"], r.stderr[-2000:]
+
 def test_the_monitors_help_and_a_config_error_answer_without_loading_torch():
     # torch takes seconds of CPU to import: help, the list of models and a mistyped option must not wait for it
     script = (
