@@ -153,15 +153,16 @@ def publish(
         streams = summary["streams"]
 
         def send(frame: Frame) -> None:
-            as_dtype = dtype
-            if integers and not np.isfinite(frame.samples).all():
-                # no integer means NaN: such a frame goes as float32 (each message names its dtype),
-                # so the monitor sees the sensor fault instead of the gateway ending on it
+            as_dtype, scale = dtype, _int_scale(frame.samples, dtype)
+            # _int_scale finds no scale for a NaN or Inf peak (or a near-silent frame): only then is
+            # there a second pass over the samples. No integer means NaN: such a frame goes as
+            # float32 (each message names its dtype), so the monitor sees the sensor fault instead
+            # of the gateway ending on it
+            if integers and scale is None and not np.isfinite(frame.samples).all():
                 as_dtype = "float32"
                 summary["sent_as_float32"] += 1
             topic, header, payload = encode(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate,
-                                            frame.samples, dtype=as_dtype, scale=_int_scale(frame.samples, as_dtype),
-                                            names=frame.names)
+                                            frame.samples, dtype=as_dtype, scale=scale, names=frame.names)
             try:
                 # part by part as send_multipart does (ZeroMQ delivers a message whole or not at
                 # all), without its flag arithmetic per part
