@@ -18,7 +18,7 @@ import zmq
 from helpers import free_port
 
 from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError, WireFormatError
-from drsn_stream.sources import make_source
+from drsn_stream.sources import make_source, recv_jit
 from drsn_stream.sources import publish as publish_cmd
 from drsn_stream.sources.wire import (
     MAX_PAYLOAD_BYTES,
@@ -205,9 +205,17 @@ def test_long_integer_literals_are_refused_by_their_field_without_being_converte
         sys.set_int_max_str_digits(old)
 
 
-def test_malformed_messages_are_counted_while_the_stream_goes_on(free_tcp_port):
-    """PUSH -> PULL(bind) on loopback: every bad message counted, every good frame delivered."""
+RECEIVES = [pytest.param(False, id="pyzmq"),
+            pytest.param(True, id="compiled", marks=pytest.mark.skipif(
+                not recv_jit.warm(), reason=f"no compiled receive: {recv_jit.why_not()}"))]
+
+
+@pytest.mark.parametrize("compiled", RECEIVES)
+def test_malformed_messages_are_counted_while_the_stream_goes_on(free_tcp_port, compiled):
+    """PUSH -> PULL(bind) on loopback: every bad message counted, every good frame delivered,
+    whichever loop receives them."""
     src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
+    src.compiled_receive = compiled
     x = np.arange(4 * (len(MALFORMED) + 1), dtype=np.float32).reshape(-1, 4)
     with src:
         push = zmq.Context.instance().socket(zmq.PUSH)
@@ -224,6 +232,102 @@ def test_malformed_messages_are_counted_while_the_stream_goes_on(free_tcp_port):
     stats = src.stats.snapshot()
     assert stats["malformed"] == {reason: 1 for reason in REASONS}
     assert stats["gaps"] == {} and stats["ended"] == ["s"]
+
+
+def _odd_messages() -> list[list[bytes]]:
+    """Messages of every shape a peer can send: whole frames, an end of stream, 1 part, 7 parts,
+    empty parts, parts bigger than the compiled receive's buffers (copied out from Python), and
+    enough headers and payloads to fill its buffers several times over."""
+    rng = np.random.default_rng(5)
+    frame = encode("s", 1, T0, 12000.0, rng.standard_normal(512).astype(np.float32))
+    wide = encode("w", 1, T0, 12000.0, rng.standard_normal((512, 16)).astype(np.float32))  # 32 KB
+    out = [frame, encode_eos("s"), [b"s"], [b"a", b"b", b"c", b"d", b"e", b"f", b"g"], [b"", b"", b""], [b"", b""]]
+    out += [[b"t%d" % i, b"h" * 3000, b"p%d" % i] for i in range(200)]  # 600 KB of headers
+    out += [wide] * 140  # 4.5 MB of payloads
+    out += [[rng.bytes(600_000)], [b"s", rng.bytes(600_000), b"x"], [b"s", b"{}", rng.bytes(5_000_000)],
+            [b"s", b"{}", rng.bytes(5_000_000), b"after", b"more"], [rng.bytes(600_000), b"{}", b"p", b"q"]]
+    out += [frame] * 50 + [encode_eos("s")]
+    return out
+
+
+def _take_all(take, count: int) -> list[tuple[int, bytes, bytes | None, bytes | None]]:
+    """``count`` messages from a taking function (``take(most) -> (messages, empty)``), each with
+    its payload as bytes; waits (at most 10 s) for the ones still on their way."""
+    got: list[tuple[int, bytes, bytes | None, bytes | None]] = []
+    deadline = time.monotonic() + 10
+    while len(got) < count and time.monotonic() < deadline:
+        messages, empty = take(7)  # an odd number: takes end in every kind of place
+        got += [(n, topic, header, None if payload is None else bytes(payload))
+                for n, topic, header, payload in messages]
+        if empty:
+            time.sleep(0.01)
+    return got
+
+
+def test_the_compiled_receive_takes_every_message_as_pyzmq_does():
+    """The compiled loop (and the same loop as plain Python) give what pyzmq's calls give: every
+    part count, every size, in order, none lost or cut, across calls that fill its buffers."""
+    if not recv_jit.warm():
+        pytest.skip(f"no compiled receive: {recv_jit.why_not()}")
+    sent = _odd_messages()
+    ctx = zmq.Context.instance()
+    pulls, pushes = [], []
+    for _ in range(3):
+        pull = ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.RCVHWM, 0)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, 0)
+        push.connect(f"tcp://127.0.0.1:{port}")
+        pulls.append(pull)
+        pushes.append(push)
+    try:
+        for msg in sent:
+            for push in pushes:
+                push.send_multipart(msg)
+        compiled, plain = recv_jit.Receiver(pulls[1]), recv_jit.Receiver(pulls[2], compiled=False)
+        by_pyzmq = _take_all(lambda most: recv_jit.take_py(pulls[0], most), len(sent))
+        by_compiled = _take_all(compiled.take, len(sent))
+        by_plain = _take_all(plain.take, len(sent))
+    finally:
+        for sock in pulls + pushes:
+            sock.close(0)
+    expected = [(len(m), m[0], m[1] if len(m) > 1 else None, m[2] if len(m) > 2 else None) for m in sent]
+    assert by_pyzmq == expected
+    assert by_compiled == expected
+    assert by_plain == expected
+    assert recv_jit.message_parts(by_compiled[3]) == [b"a", b"b", b"c", b"", b"", b"", b""]
+
+
+def test_frames_viewing_the_compiled_receives_payloads_keep_their_samples_over_later_polls(free_tcp_port):
+    """A 16-channel frame's samples are a view of the bytes received (no copy): the buffer they
+    view is never written again, however many polls follow."""
+    if not recv_jit.warm():
+        pytest.skip(f"no compiled receive: {recv_jit.why_not()}")
+    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1&hwm=100000")
+    src.compiled_receive = True
+    x = np.random.default_rng(2).standard_normal((400, 512, 16)).astype(np.float32)
+    now = time.time()
+
+    def send() -> None:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        for seq in range(len(x)):
+            push.send_multipart(encode("g", seq, now, 12000.0, x[seq]))
+            if seq % 50 == 49:
+                threading.Event().wait(0.05)  # polls apart
+        push.send_multipart(encode_eos("g"))
+        push.close(2000)
+
+    with src:
+        sender = threading.Thread(target=send)
+        sender.start()
+        batches = list(src.batches())  # every frame kept while later polls are received
+        sender.join()
+    frames = [f for batch in batches for f in batch]
+    assert len(batches) > 4
+    assert [f.seq for f in frames] == list(range(len(x)))
+    assert all(np.array_equal(f.samples, x[f.seq]) for f in frames)
 
 
 def test_a_flood_of_malformed_messages_does_not_hold_back_a_good_frame(free_tcp_port):

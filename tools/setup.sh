@@ -90,9 +90,11 @@ import drsn_stream, torch
 from drsn_stream.dsp import bank_jit
 from drsn_stream.dsp.normalize import warm as warm_normalize
 from drsn_stream.monitor import decision, levels_jit
+from drsn_stream.sources import recv_jit
 build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
 # compiled now (and cached), so that the first monitor does not pay for it
 bank_jit.warm()
+recv_jit.warm()
 warm_normalize()
 compiled = ("compiled sensor-health tests and decisions" if levels_jit.warm() and decision.warm()
             else "numpy sensor-health tests and decisions (no numba)")

@@ -22,7 +22,9 @@ from typing import Any, ClassVar
 import zmq
 
 from drsn_stream.errors import ConfigError, SourceError
+from drsn_stream.sources import recv_jit
 from drsn_stream.sources.base import Source, opt_bool, opt_index, opt_positive
+from drsn_stream.sources.recv_jit import message_parts, take_py
 from drsn_stream.sources.wire import (
     MAX_CLOCK_SKEW_S,
     MAX_HEADER_BYTES,
@@ -36,7 +38,6 @@ from drsn_stream.sources.wire import (
 from drsn_stream.types import Frame
 
 POLL_MS = 100
-_NOBLOCK = int(zmq.NOBLOCK)
 IDLE_MS = 2
 # A poll takes a publisher's burst whole: it goes on receiving until the socket has been quiet for
 # IDLE_MS (a burst's messages are microseconds apart, but a publisher that shares a core with the
@@ -56,6 +57,8 @@ MAX_POLL_MS = 20.0
 # frames handed over in one list at most: a backlog is taken in slices this large, so that the
 # first of its windows need not wait for the whole backlog to be decoded
 MAX_POLL_FRAMES = 1024
+# messages received in one go (``recv_jit.Receiver.take``) at most, between looks at the clock
+TAKE_MESSAGES = 256
 REORDER_WINDOW = 64  # frames: a lower seq within this distance is late or a duplicate, not a restart
 # ZeroMQ drops a message larger than this before it is allocated here (and the sender's
 # connection); below it the decoder refuses payloads over MAX_PAYLOAD_BYTES as too_large.
@@ -161,8 +164,13 @@ class _ZmqSource(Source):
         # process's, which skips the message before it is decoded or counted.
         self.accept_topic: Callable[[bytes], bool] | None = None
         self.unresolved: list[str] = []  # host names of the addresses that did not resolve when opened
+        # messages received by the compiled loop (recv_jit) where it is available (None), always
+        # (True: an error where it is not) or never (False: pyzmq's calls from Python)
+        self.compiled_receive: bool | None = None
 
     def _open(self) -> None:
+        if self.compiled_receive is not False:
+            recv_jit.warm()  # compiled (or loaded from numba's cache) before the socket takes messages
         ctx = zmq.Context.instance()
         sock = ctx.socket(self.socket_type)
         sock.setsockopt(zmq.LINGER, 0)
@@ -237,6 +245,11 @@ class _ZmqSource(Source):
         self._last_seq[sid] = seq
         return True
 
+    def _receiver(self, sock: zmq.Socket) -> recv_jit.Receiver | None:
+        if self.compiled_receive is False or (self.compiled_receive is None and not recv_jit.warm()):
+            return None
+        return recv_jit.Receiver(sock)
+
     def _frames(self) -> Iterator[Frame]:
         for batch in self._batches():
             yield from batch
@@ -245,7 +258,8 @@ class _ZmqSource(Source):
         """Every frame of one poll of the socket (a burst, ``GATHER_MS``; at most
         ``MAX_POLL_FRAMES`` and ``MAX_POLL_MS``), in one list.
 
-        Per message only what must be: its parts received, its header checked against its
+        Per message only what must be: its parts received (many messages in one compiled call,
+        ``recv_jit``, where numba and pyzmq's libzmq allow), its header checked against its
         stream's template (``Decoder.head``), its sequence accounted for; the payloads of the
         frames kept are converted together at the end of the poll (``to_frames``). Messages
         ``head`` does not know (a stream's first, an end of stream, anything malformed) go through
@@ -258,7 +272,8 @@ class _ZmqSource(Source):
         decoder = Decoder(max_skew_s=self.options["max_skew_s"])
         channel = self.options["channel"]
         until_eos = self.options["until_eos"]
-        recv, head = sock.recv, decoder.head
+        head = decoder.head
+        receiver = self._receiver(sock)
         closed = self._closed.is_set
         while not closed():
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
@@ -275,63 +290,60 @@ class _ZmqSource(Source):
             ended = False
             start = time.monotonic()
             gather_until, poll_until = start + GATHER_MS / 1000, start + MAX_POLL_MS / 1000
-            received = 0
+            if receiver is not None:
+                receiver.new_poll()
             while len(heads) + len(others) < MAX_POLL_FRAMES and not closed():
-                received += 1
-                if not received & 63 and time.monotonic() >= poll_until:
+                if time.monotonic() >= poll_until:
                     break  # a flood of messages refused does not hold back the frames taken so far
-                # copy=False: a zmq.Frame says whether more parts follow (``more``); asking the
-                # socket (RCVMORE) costs a Python-level enum lookup per part
-                try:
-                    part = recv(_NOBLOCK, copy=False)
-                except zmq.Again:
+                most = min(TAKE_MESSAGES, MAX_POLL_FRAMES - len(heads) - len(others))
+                messages, empty = receiver.take(most) if receiver is not None else take_py(sock, most)
+                for message in messages:
+                    parts, topic, header, payload = message
+                    if accept_topic is not None and not accept_topic(topic):
+                        continue
+                    known = head(topic, header, len(payload), now) if parts == 3 else None
+                    if known is not None:
+                        tpl, seq, _ = known
+                        sid = tpl.stream
+                        if not self._accept(sid, seq):
+                            continue
+                        if channel is not None and channel >= tpl.channels:
+                            self._no_channel(sid, tpl.channels)
+                            continue
+                        heads.append(known)
+                        payloads.append(payload)
+                        continue
+                    try:
+                        msg = decoder.decode(message_parts(message), now=now)
+                    except WireError as exc:
+                        self.stats.bad(exc.reason)
+                        self.last_error = str(exc)[:300]
+                        continue
+                    if isinstance(msg, EndOfStream):
+                        if not self._known(msg.stream_id):
+                            continue
+                        self.stats.end(msg.stream_id)
+                        if until_eos and set(self.stats.snapshot()["ended"]) >= set(self._streams):
+                            ended = True
+                            break
+                        continue
+                    if not self._accept(msg.stream_id, msg.seq):
+                        continue
+                    c = msg.samples.shape[1]
+                    if channel is not None and channel >= c:  # no channel K (K > 0 of a single-channel frame too)
+                        self._no_channel(msg.stream_id, c)
+                        continue
+                    if channel is not None and c > 1:
+                        msg = self._select(msg)
+                    others.append((len(heads), msg))
+                if ended:
+                    break
+                if empty:
                     if time.monotonic() < gather_until:
                         time.sleep(GATHER_WAIT_S)
                         if poller.poll(int(IDLE_MS - 1000 * GATHER_WAIT_S)):
                             continue
                     break
-                parts = [part]
-                while part.more:  # the rest of a message is there once its first part is
-                    part = recv(_NOBLOCK, copy=False)
-                    parts.append(part)
-                topic = parts[0].bytes
-                if accept_topic is not None and not accept_topic(topic):
-                    continue
-                known = head(topic, parts[1].bytes, len(parts[2]), now) if len(parts) == 3 else None
-                if known is not None:
-                    tpl, seq, _ = known
-                    sid = tpl.stream
-                    if not self._accept(sid, seq):
-                        continue
-                    if channel is not None and channel >= tpl.channels:
-                        self._no_channel(sid, tpl.channels)
-                        continue
-                    heads.append(known)
-                    payloads.append(parts[2])
-                    continue
-                try:
-                    msg = decoder.decode([p.bytes for p in parts], now=now)
-                except WireError as exc:
-                    self.stats.bad(exc.reason)
-                    self.last_error = str(exc)[:300]
-                    continue
-                if isinstance(msg, EndOfStream):
-                    if not self._known(msg.stream_id):
-                        continue
-                    self.stats.end(msg.stream_id)
-                    if until_eos and set(self.stats.snapshot()["ended"]) >= set(self._streams):
-                        ended = True
-                        break
-                    continue
-                if not self._accept(msg.stream_id, msg.seq):
-                    continue
-                c = msg.samples.shape[1]
-                if channel is not None and channel >= c:  # no channel K (K > 0 of a single-channel frame too)
-                    self._no_channel(msg.stream_id, c)
-                    continue
-                if channel is not None and c > 1:
-                    msg = self._select(msg)
-                others.append((len(heads), msg))
             batch = to_frames(heads, payloads)
             if channel is not None:
                 batch = [self._select(f) if f.samples.shape[1] > 1 else f for f in batch]

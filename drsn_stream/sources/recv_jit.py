@@ -1,0 +1,374 @@
+"""A ZeroMQ socket's waiting messages taken many at a time by one compiled loop (numba calling
+libzmq), instead of three pyzmq calls per message from Python.
+
+A monitor's receiving thread takes tens of thousands of small messages a second; through pyzmq
+each part of each message is a Python call and a ``zmq.Frame`` object, a few microseconds a
+message on these machines, about a fifth of the ingest's cost per frame. Here one call receives up
+to ``most`` whole messages with libzmq's own ``zmq_msg_recv`` (the library pyzmq itself calls, found
+through pyzmq's extension module): each message's topic and header are copied into one small
+buffer, turned into ``bytes`` once per call, and its payload into a payload buffer that the
+frames are made from. What a message is, is said the same way as the pyzmq path says it (the
+``take_py`` function below): ``(parts, topic, header, payload)``; parts after the third are
+counted, not kept (the wire format has no use for them: such a message is ``wrong_parts`` on
+their count alone).
+
+A part too big for the room left in its buffer stays in libzmq's message and is copied out from
+Python (``PENDING``), the rest of its message received through pyzmq: slow, but any size a peer
+sends (up to the socket's ``MAXMSGSIZE``) arrives whole. A payload buffer whose bytes frames may
+view (payloads of ``VIEW_BYTES`` and more are not copied by ``to_frames``) is never written again:
+the next poll gets a fresh one.
+
+Used where numba imports and pyzmq's libzmq is found (Linux and macOS builds link it
+dynamically); elsewhere, or with ``DRSN_STREAM_JIT=0``, the pyzmq path runs. Tests run both on the
+same messages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import types
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from drsn_stream import jit
+from drsn_stream.sources.wire import VIEW_BYTES
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_EINTR = errno.EINTR
+PENDING = -1  # a part that did not fit its buffer is held in ``msg``; the message is unfinished
+FULL = -2  # a buffer has too little room to start another message
+# room a message must find to be started: a wire topic and header are at most a few hundred bytes
+# (headers at most MAX_HEADER_BYTES), a payload at most 64 KB at the sizes gateways send; anything
+# bigger is PENDING, copied out from Python
+HEAD_ROOM = 16 << 10
+PAYLOAD_ROOM = 64 << 10
+HEAD_BYTES = 512 << 10
+PAYLOAD_BYTES = 4 << 20
+ALIGN = 64  # payloads start on cache lines: the frames' arrays are aligned views of them
+_COLUMNS = 9  # per message: parts, topic start/end, header start/end, payload start/end, pending more, pending size
+_MSG_WORDS = 16  # zmq_msg_t is 64 bytes (libzmq >= 4.1); 128 bytes of 8-byte words, to spare
+
+
+def _c_caller(ret_bits: int, *arg_bits: int) -> Any:
+    """The C function at an address called with integer arguments (of ``arg_bits`` bits; its
+    result of ``ret_bits``): a numba intrinsic. Passing ctypes functions to a compiled function
+    instead costs numba some 500 us per call to type them; an address is an integer."""
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    def typed(address: Any, *args: Any) -> Any:
+        if not all(isinstance(t, types.Integer) for t in (address, *args)):
+            return None
+        sig = (types.int32 if ret_bits == 32 else types.int64)(address, *args)
+
+        def codegen(context: Any, builder: Any, signature: Any, values: Any) -> Any:
+            fnty = ir.FunctionType(ir.IntType(ret_bits), [ir.IntType(b) for b in arg_bits])
+            fn = builder.inttoptr(values[0], fnty.as_pointer())
+            cast = []
+            for v, bits, t in zip(values[1:], arg_bits, signature.args[1:]):
+                width = v.type.width
+                if width > bits:
+                    v = builder.trunc(v, ir.IntType(bits))
+                elif width < bits:
+                    v = (builder.sext if t.signed else builder.zext)(v, ir.IntType(bits))
+                cast.append(v)
+            return builder.call(fn, cast)
+
+        return sig, codegen
+
+    if len(arg_bits) == 0:
+        return intrinsic(lambda typingctx, address: typed(address))
+    if len(arg_bits) == 1:
+        return intrinsic(lambda typingctx, address, a: typed(address, a))
+    return intrinsic(lambda typingctx, address, a, b, c: typed(address, a, b, c))
+
+
+def _py_caller(ret: Any, *args: Any) -> Callable[..., int]:
+    """``_c_caller``'s call from plain Python (ctypes), for ``_burst_py`` run uncompiled."""
+    proto = ctypes.CFUNCTYPE(ret, *args)
+    made: dict[int, Any] = {}
+
+    def call(address: int, *values: int) -> int:
+        fn = made.get(address)
+        if fn is None:
+            fn = made[address] = proto(int(address))
+        return fn(*values)
+
+    return call
+
+
+_c0_32 = _py_caller(ctypes.c_int)
+_c1_32 = _py_caller(ctypes.c_int, ctypes.c_size_t)
+_c1_64 = _py_caller(ctypes.c_size_t, ctypes.c_size_t)
+_c3_32 = _py_caller(ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int)
+_c3_64 = _py_caller(ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t)
+
+
+def _burst_py(fns, sock, msg, hbuf, pbuf, ppos, rows, most):
+    """Up to ``most`` whole messages from libzmq socket ``sock`` (an address), without waiting.
+
+    Row ``i`` of ``rows`` says message ``i``: its number of parts, where its topic and header are
+    in ``hbuf`` (start, end; from 0 at each call) and its payload in ``pbuf`` (from ``ppos``, each
+    aligned to ``ALIGN``); -1 for a part it does not have. Returns (messages, status, end of
+    ``hbuf`` used, end of ``pbuf`` used): status 0 after ``most`` messages, ``FULL`` when a buffer
+    has not the room to start another, ``PENDING`` when a part of message ``messages`` (row
+    ``messages``: the parts before it, and that part's more flag and size) did not fit and is held
+    in ``msg`` for the caller to copy and close, else libzmq's errno (EAGAIN: nothing more waits).
+    ``fns``: the addresses of libzmq's ``zmq_msg_init``, ``zmq_msg_recv``, ``zmq_msg_data``,
+    ``zmq_msg_more``, ``zmq_msg_close``, ``zmq_errno`` and C's ``memcpy`` (``_Lib.addresses``).
+    (Compiled by numba; as plain Python it runs too, slowly: the tests run both.)"""
+    init, recv, data, more, close, errno, copy = fns[0], fns[1], fns[2], fns[3], fns[4], fns[5], fns[6]
+    m = msg.ctypes.data
+    hb = hbuf.ctypes.data
+    pb = pbuf.ctypes.data
+    hcap = hbuf.shape[0]
+    pcap = pbuf.shape[0]
+    hpos = 0
+    count = 0
+    while count < most:
+        if hcap - hpos < HEAD_ROOM or pcap - ppos < PAYLOAD_ROOM:
+            return count, FULL, hpos, ppos
+        for c in range(1, 7):
+            rows[count, c] = -1
+        parts = 0
+        go = 1
+        while go:
+            _c1_32(init, m)
+            size = _c3_32(recv, m, sock, _NOBLOCK)
+            if size < 0:
+                e = _c0_32(errno)
+                _c1_32(close, m)
+                if e == _EINTR:  # a signal delivered to this thread: the part is still there (pyzmq retries too)
+                    continue
+                rows[count, 0] = parts
+                return count, e, hpos, ppos
+            if parts < 2:
+                if size > hcap - hpos:
+                    rows[count, 0] = parts
+                    rows[count, 7] = _c1_32(more, m)
+                    rows[count, 8] = size
+                    return count, PENDING, hpos, ppos
+                _c3_64(copy, hb + hpos, _c1_64(data, m), size)
+                rows[count, 1 + 2 * parts] = hpos
+                hpos += size
+                rows[count, 2 + 2 * parts] = hpos
+            elif parts == 2:
+                at = (ppos + ALIGN - 1) // ALIGN * ALIGN
+                if size > pcap - at:
+                    rows[count, 0] = parts
+                    rows[count, 7] = _c1_32(more, m)
+                    rows[count, 8] = size
+                    return count, PENDING, hpos, ppos
+                _c3_64(copy, pb + at, _c1_64(data, m), size)
+                rows[count, 5] = at
+                ppos = at + size
+                rows[count, 6] = ppos
+            go = _c1_32(more, m)
+            _c1_32(close, m)
+            parts += 1
+        rows[count, 0] = parts
+        count += 1
+    return count, 0, hpos, ppos
+
+
+Message = tuple[int, bytes, Any, Any]  # parts, topic, header (None: no second part), payload (None: no third)
+
+
+def take_py(sock: zmq.Socket, most: int) -> tuple[list[Message], bool]:
+    """Up to ``most`` whole messages from ``sock`` through pyzmq, without waiting: each as (parts,
+    topic bytes, header bytes or None, payload ``zmq.Frame`` or None), and whether the socket had
+    no more. Parts after the third are received and dropped."""
+    recv = sock.recv
+    out: list[Message] = []
+    for _ in range(most):
+        try:
+            part = recv(_NOBLOCK, copy=False)
+        except zmq.Again:
+            return out, True
+        # copy=False: a zmq.Frame says whether more parts follow (``more``); asking the socket
+        # (RCVMORE) costs a Python-level enum lookup per part
+        topic = part.bytes
+        header = payload = None
+        parts = 1
+        while part.more:  # the rest of a message is there once its first part is
+            part = recv(_NOBLOCK, copy=False)
+            parts += 1
+            if parts == 2:
+                header = part.bytes
+            elif parts == 3:
+                payload = part
+        out.append((parts, topic, header, payload))
+    return out, False
+
+
+def message_parts(message: Message) -> list[bytes]:
+    """A message as the list of its parts' bytes that ``decode`` reads (parts after the third as
+    empty bytes: ``decode`` refuses such a message on their count alone)."""
+    parts, topic, header, payload = message
+    kept = [topic, header, bytes(payload) if payload is not None else None][: min(parts, 3)]
+    return kept + [b""] * (parts - len(kept))
+
+
+class _Lib:
+    """libzmq's and C's functions the loop calls, as ctypes functions."""
+
+    def __init__(self) -> None:
+        from zmq.backend.cython import _zmq  # the extension module linked to the libzmq in use
+
+        # dlsym on the extension's handle looks in its own dependencies first: the very libzmq
+        # whose sockets pyzmq makes, not another copy on the system
+        lib = ctypes.CDLL(_zmq.__file__)
+        version = [ctypes.c_int() for _ in range(3)]
+        lib.zmq_version(*[ctypes.byref(v) for v in version])
+        if tuple(v.value for v in version) != zmq.zmq_version_info() or zmq.zmq_version_info() < (4, 1):
+            raise RuntimeError(f"libzmq found ({'.'.join(str(v.value) for v in version)}) is not pyzmq's "
+                               f"{zmq.zmq_version()} (or older than 4.1)")
+        address, num = ctypes.c_size_t, ctypes.c_int
+
+        def fn(owner: Any, name: str, restype: Any, *argtypes: Any) -> Any:
+            f = getattr(owner, name)
+            f.restype, f.argtypes = restype, list(argtypes)
+            return f
+
+        self.init = fn(lib, "zmq_msg_init", num, address)
+        self.recv = fn(lib, "zmq_msg_recv", num, address, address, num)
+        self.data = fn(lib, "zmq_msg_data", address, address)
+        self.more = fn(lib, "zmq_msg_more", num, address)
+        self.close = fn(lib, "zmq_msg_close", num, address)
+        self.errno = fn(lib, "zmq_errno", num)
+        self.copy = fn(ctypes.CDLL(None), "memcpy", address, address, address, address)
+        # the loop's functions by address, in the order ``_burst_py`` takes them
+        self.addresses = np.array([ctypes.cast(f, ctypes.c_void_p).value for f in (
+            self.init, self.recv, self.data, self.more, self.close, self.errno, self.copy)], dtype=np.int64)
+
+
+def _build() -> tuple[Callable[..., Any], _Lib]:
+    lib = _Lib()
+    # the same code with the C calls as intrinsics (its plain-Python globals call them by ctypes)
+    callers = {"_c0_32": _c_caller(32), "_c1_32": _c_caller(32, 64), "_c1_64": _c_caller(64, 64),
+               "_c3_32": _c_caller(32, 64, 64, 32), "_c3_64": _c_caller(64, 64, 64, 64)}
+    fn = types.FunctionType(_burst_py.__code__, {**_burst_py.__globals__, **callers}, "_burst")
+    fn.__qualname__ = "_burst"
+    kernel = jit.compile_kernel(fn)
+    _run_tiny(kernel, lib)
+    return kernel, lib
+
+
+def _run_tiny(kernel: Any, lib: _Lib) -> None:
+    """One call, on a socket with nothing to receive, with the types of every real call."""
+    sock = zmq.Context.instance().socket(zmq.PULL)
+    try:
+        _call(kernel, lib, sock, np.zeros(_MSG_WORDS, dtype=np.int64), np.empty(HEAD_ROOM, dtype=np.uint8),
+              np.empty(PAYLOAD_ROOM, dtype=np.uint8), 0, np.empty((1, _COLUMNS), dtype=np.int64), 1)
+    finally:
+        sock.close(0)
+
+
+def _call(kernel: Any, lib: _Lib, sock: zmq.Socket, msg: np.ndarray, hbuf: np.ndarray, pbuf: np.ndarray,
+          ppos: int, rows: np.ndarray, most: int) -> tuple[int, int, int, int]:
+    return kernel(lib.addresses, sock.underlying, msg, hbuf, pbuf, ppos, rows, most)
+
+
+_compiled = jit.Kernels(_build)
+
+
+def warm() -> bool:
+    """Compile (or load from the cache) now; False when the compiled receive is not available."""
+    return _compiled.get() is not None
+
+
+def why_not() -> str:
+    """Why the compiled receive is not available ("" when it is)."""
+    return _compiled.why_not()
+
+
+class Receiver:
+    """``take_py``'s messages, from one compiled call per ``take``, for the thread that owns
+    ``sock``. ``new_poll()`` between polls lets the payload buffer be written again when no frame
+    can be viewing it. ``compiled=False`` runs the same loop as plain Python (tests)."""
+
+    def __init__(self, sock: zmq.Socket, *, compiled: bool = True) -> None:
+        built = _compiled.get() if compiled else (_burst_py, _Lib())
+        if built is None:
+            raise RuntimeError(f"the compiled receive is not available: {why_not()}")
+        self._kernel, self._lib = built
+        self._sock = sock
+        self._msg = np.zeros(_MSG_WORDS, dtype=np.int64)
+        self._hbuf = np.empty(HEAD_BYTES, dtype=np.uint8)
+        self._rows = np.empty((1024, _COLUMNS), dtype=np.int64)
+        self._pbuf = np.empty(PAYLOAD_BYTES, dtype=np.uint8)
+        self._pview = memoryview(self._pbuf)
+        self._ppos = 0
+        self._viewed = False  # a payload of this buffer may be viewed by a frame: never write it again
+
+    def new_poll(self) -> None:
+        """The payloads taken so far are converted (``to_frames``) or dropped: their buffer is
+        written again from its start, unless a frame may be a view of it."""
+        if self._viewed:
+            self._fresh()
+        self._ppos = 0
+
+    def _fresh(self) -> None:
+        self._pbuf = np.empty(PAYLOAD_BYTES, dtype=np.uint8)
+        self._pview = memoryview(self._pbuf)
+        self._ppos = 0
+        self._viewed = False
+
+    def take(self, most: int) -> tuple[list[Message], bool]:
+        """As ``take_py(sock, most)``; payloads are memoryviews of the payload buffer."""
+        most = min(most, self._rows.shape[0])
+        count, status, hend, pend = self._kernel(self._lib.addresses, self._sock.underlying, self._msg, self._hbuf,
+                                                 self._pbuf, self._ppos, self._rows, most)
+        hb = self._hbuf[:hend].tobytes()
+        pv = self._pview
+        rows = self._rows[: count + 1].tolist()
+        out: list[Message] = []
+        big = False
+        for parts, t0, t1, h0, h1, p0, p1, _, _ in rows[:count]:
+            if p0 < 0:
+                out.append((parts, hb[t0:t1], hb[h0:h1] if h0 >= 0 else None, None))
+            else:
+                out.append((parts, hb[t0:t1], hb[h0:h1], pv[p0:p1]))
+                big = big or p1 - p0 >= VIEW_BYTES
+        if big:
+            self._viewed = True
+        self._ppos = pend
+        if status == FULL:
+            if pend > self._pbuf.shape[0] - PAYLOAD_ROOM:  # the payload buffer's taken payloads stay as they are
+                self._fresh()
+            return out, False
+        if status == PENDING:
+            out.append(self._finish(rows[count], hb))
+            return out, False
+        if status == 0:
+            return out, False
+        if status == zmq.EAGAIN and rows[count][0] == 0:
+            return out, True
+        # a part missing from a message libzmq had started to give (not a case: its messages are
+        # whole), or the context terminated: as pyzmq's recv says it
+        raise zmq.ZMQError(status)
+
+    def _finish(self, row: list[int], hb: bytes) -> Message:
+        """The message whose part ``row[0]`` is held in the message struct: that part copied out,
+        the parts after it received through pyzmq."""
+        parts, t0, t1, h0, h1, _, _, more, size = row
+        m = self._msg.ctypes.data
+        try:
+            held = ctypes.string_at(self._lib.data(m), size)
+        finally:
+            self._lib.close(m)
+        kept = [hb[t0:t1], hb[h0:h1] if h0 >= 0 else None][:parts] + [held]
+        parts += 1
+        while more:
+            frame = self._sock.recv(_NOBLOCK, copy=False)
+            parts += 1
+            if parts <= 3:
+                kept.append(frame.bytes)
+            more = frame.more
+        kept += [None] * (3 - len(kept))
+        return (parts, kept[0], kept[1], kept[2])
