@@ -250,15 +250,14 @@ def _odd_messages() -> list[list[bytes]]:
     return out
 
 
-def _take_all(take, count: int) -> list[tuple[int, bytes, bytes | None, bytes | None]]:
+def _take_all(take, count: int) -> list[tuple[int, bytes, bytes, bytes]]:
     """``count`` messages from a taking function (``take(most) -> (messages, empty)``), each with
     its payload as bytes; waits (at most 10 s) for the ones still on their way."""
-    got: list[tuple[int, bytes, bytes | None, bytes | None]] = []
+    got: list[tuple[int, bytes, bytes, bytes]] = []
     deadline = time.monotonic() + 10
     while len(got) < count and time.monotonic() < deadline:
         messages, empty = take(7)  # an odd number: takes end in every kind of place
-        got += [(n, topic, header, None if payload is None else bytes(payload))
-                for n, topic, header, payload in messages]
+        got += [(n, topic, header, bytes(payload)) for n, topic, header, payload in messages]
         if empty:
             time.sleep(0.01)
     return got
@@ -292,20 +291,23 @@ def test_the_compiled_receive_takes_every_message_as_pyzmq_does():
     finally:
         for sock in pulls + pushes:
             sock.close(0)
-    expected = [(len(m), m[0], m[1] if len(m) > 1 else None, m[2] if len(m) > 2 else None) for m in sent]
+    expected = [(len(m), *(m + [b"", b""])[:3]) for m in sent]
     assert by_pyzmq == expected
     assert by_compiled == expected
     assert by_plain == expected
     assert recv_jit.message_parts(by_compiled[3]) == [b"a", b"b", b"c", b"", b"", b"", b""]
 
 
-def test_frames_viewing_the_compiled_receives_payloads_keep_their_samples_over_later_polls(free_tcp_port):
+@pytest.mark.parametrize("compiled", [True, None])
+def test_frames_viewing_the_compiled_receives_payloads_keep_their_samples_over_later_polls(free_tcp_port, compiled):
     """A 16-channel frame's samples are a view of the bytes received (no copy): the buffer they
-    view is never written again, however many polls follow."""
+    view is never written again, however many polls follow (compiled: the compiled loop for
+    every poll; None: as the monitor runs, which takes such frames through pyzmq after the first
+    poll, and small ones through the compiled loop again)."""
     if not recv_jit.warm():
         pytest.skip(f"no compiled receive: {recv_jit.why_not()}")
     src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1&hwm=100000")
-    src.compiled_receive = True
+    src.compiled_receive = compiled
     x = np.random.default_rng(2).standard_normal((400, 512, 16)).astype(np.float32)
     now = time.time()
 
@@ -316,7 +318,10 @@ def test_frames_viewing_the_compiled_receives_payloads_keep_their_samples_over_l
             push.send_multipart(encode("g", seq, now, 12000.0, x[seq]))
             if seq % 50 == 49:
                 threading.Event().wait(0.05)  # polls apart
+                push.send_multipart(encode("one", seq // 50, now, 12000.0, x[seq, :, 0]))  # small
+                threading.Event().wait(0.05)
         push.send_multipart(encode_eos("g"))
+        push.send_multipart(encode_eos("one"))
         push.close(2000)
 
     with src:
@@ -324,10 +329,13 @@ def test_frames_viewing_the_compiled_receives_payloads_keep_their_samples_over_l
         sender.start()
         batches = list(src.batches())  # every frame kept while later polls are received
         sender.join()
-    frames = [f for batch in batches for f in batch]
+    frames = [f for batch in batches for f in batch if f.stream_id == "g"]
+    small = [f for batch in batches for f in batch if f.stream_id == "one"]
     assert len(batches) > 4
     assert [f.seq for f in frames] == list(range(len(x)))
     assert all(np.array_equal(f.samples, x[f.seq]) for f in frames)
+    assert [f.seq for f in small] == list(range(len(x) // 50))
+    assert all(np.array_equal(f.samples[:, 0], x[f.seq * 50 + 49, :, 0]) for f in small)
 
 
 def test_a_flood_of_malformed_messages_does_not_hold_back_a_good_frame(free_tcp_port):

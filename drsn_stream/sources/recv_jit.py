@@ -114,8 +114,8 @@ def _burst_py(fns, sock, msg, hbuf, pbuf, ppos, rows, most):
 
     Row ``i`` of ``rows`` says message ``i``: its number of parts, where its topic and header are
     in ``hbuf`` (start, end; from 0 at each call) and its payload in ``pbuf`` (from ``ppos``, each
-    aligned to ``ALIGN``); -1 for a part it does not have. Returns (messages, status, end of
-    ``hbuf`` used, end of ``pbuf`` used): status 0 after ``most`` messages, ``FULL`` when a buffer
+    aligned to ``ALIGN``); 0, 0 for a part it does not have. Returns (messages, status, end of
+    ``hbuf`` used, end of ``pbuf`` used, the largest payload): status 0 after ``most`` messages, ``FULL`` when a buffer
     has not the room to start another, ``PENDING`` when a part of message ``messages`` (row
     ``messages``: the parts before it, and that part's more flag and size) did not fit and is held
     in ``msg`` for the caller to copy and close, else libzmq's errno (EAGAIN: nothing more waits).
@@ -130,11 +130,12 @@ def _burst_py(fns, sock, msg, hbuf, pbuf, ppos, rows, most):
     pcap = pbuf.shape[0]
     hpos = 0
     count = 0
+    largest = 0
     while count < most:
         if hcap - hpos < HEAD_ROOM or pcap - ppos < PAYLOAD_ROOM:
-            return count, FULL, hpos, ppos
+            return count, FULL, hpos, ppos, largest
         for c in range(1, 7):
-            rows[count, c] = -1
+            rows[count, c] = 0
         parts = 0
         go = 1
         while go:
@@ -146,13 +147,13 @@ def _burst_py(fns, sock, msg, hbuf, pbuf, ppos, rows, most):
                 if e == _EINTR:  # a signal delivered to this thread: the part is still there (pyzmq retries too)
                     continue
                 rows[count, 0] = parts
-                return count, e, hpos, ppos
+                return count, e, hpos, ppos, largest
             if parts < 2:
                 if size > hcap - hpos:
                     rows[count, 0] = parts
                     rows[count, 7] = _c1_32(more, m)
                     rows[count, 8] = size
-                    return count, PENDING, hpos, ppos
+                    return count, PENDING, hpos, ppos, largest
                 _c3_64(copy, hb + hpos, _c1_64(data, m), size)
                 rows[count, 1 + 2 * parts] = hpos
                 hpos += size
@@ -163,26 +164,27 @@ def _burst_py(fns, sock, msg, hbuf, pbuf, ppos, rows, most):
                     rows[count, 0] = parts
                     rows[count, 7] = _c1_32(more, m)
                     rows[count, 8] = size
-                    return count, PENDING, hpos, ppos
+                    return count, PENDING, hpos, ppos, largest
                 _c3_64(copy, pb + at, _c1_64(data, m), size)
                 rows[count, 5] = at
                 ppos = at + size
                 rows[count, 6] = ppos
+                largest = max(largest, size)
             go = _c1_32(more, m)
             _c1_32(close, m)
             parts += 1
         rows[count, 0] = parts
         count += 1
-    return count, 0, hpos, ppos
+    return count, 0, hpos, ppos, largest
 
 
-Message = tuple[int, bytes, Any, Any]  # parts, topic, header (None: no second part), payload (None: no third)
+Message = tuple[int, bytes, bytes, Any]  # parts, topic, header, payload (empty where the message has not the part)
 
 
 def take_py(sock: zmq.Socket, most: int) -> tuple[list[Message], bool]:
     """Up to ``most`` whole messages from ``sock`` through pyzmq, without waiting: each as (parts,
-    topic bytes, header bytes or None, payload ``zmq.Frame`` or None), and whether the socket had
-    no more. Parts after the third are received and dropped."""
+    topic bytes, header bytes, payload ``zmq.Frame``; empty bytes for a part the message has not),
+    and whether the socket had no more. Parts after the third are received and dropped."""
     recv = sock.recv
     out: list[Message] = []
     for _ in range(most):
@@ -193,7 +195,7 @@ def take_py(sock: zmq.Socket, most: int) -> tuple[list[Message], bool]:
         # copy=False: a zmq.Frame says whether more parts follow (``more``); asking the socket
         # (RCVMORE) costs a Python-level enum lookup per part
         topic = part.bytes
-        header = payload = None
+        header = payload = b""
         parts = 1
         while part.more:  # the rest of a message is there once its first part is
             part = recv(_NOBLOCK, copy=False)
@@ -210,8 +212,7 @@ def message_parts(message: Message) -> list[bytes]:
     """A message as the list of its parts' bytes that ``decode`` reads (parts after the third as
     empty bytes: ``decode`` refuses such a message on their count alone)."""
     parts, topic, header, payload = message
-    kept = [topic, header, bytes(payload) if payload is not None else None][: min(parts, 3)]
-    return kept + [b""] * (parts - len(kept))
+    return [topic, header, bytes(payload)][: min(parts, 3)] + [b""] * (parts - 3)
 
 
 class _Lib:
@@ -270,7 +271,7 @@ def _run_tiny(kernel: Any, lib: _Lib) -> None:
 
 
 def _call(kernel: Any, lib: _Lib, sock: zmq.Socket, msg: np.ndarray, hbuf: np.ndarray, pbuf: np.ndarray,
-          ppos: int, rows: np.ndarray, most: int) -> tuple[int, int, int, int]:
+          ppos: int, rows: np.ndarray, most: int) -> tuple[int, int, int, int, int]:
     return kernel(lib.addresses, sock.underlying, msg, hbuf, pbuf, ppos, rows, most)
 
 
@@ -322,20 +323,13 @@ class Receiver:
     def take(self, most: int) -> tuple[list[Message], bool]:
         """As ``take_py(sock, most)``; payloads are memoryviews of the payload buffer."""
         most = min(most, self._rows.shape[0])
-        count, status, hend, pend = self._kernel(self._lib.addresses, self._sock.underlying, self._msg, self._hbuf,
+        count, status, hend, pend, largest = self._kernel(self._lib.addresses, self._sock.underlying, self._msg, self._hbuf,
                                                  self._pbuf, self._ppos, self._rows, most)
         hb = self._hbuf[:hend].tobytes()
         pv = self._pview
         rows = self._rows[: count + 1].tolist()
-        out: list[Message] = []
-        big = False
-        for parts, t0, t1, h0, h1, p0, p1, _, _ in rows[:count]:
-            if p0 < 0:
-                out.append((parts, hb[t0:t1], hb[h0:h1] if h0 >= 0 else None, None))
-            else:
-                out.append((parts, hb[t0:t1], hb[h0:h1], pv[p0:p1]))
-                big = big or p1 - p0 >= VIEW_BYTES
-        if big:
+        out = [(parts, hb[t0:t1], hb[h0:h1], pv[p0:p1]) for parts, t0, t1, h0, h1, p0, p1, _, _ in rows[:count]]
+        if largest >= VIEW_BYTES:
             self._viewed = True
         self._ppos = pend
         if status == FULL:
@@ -362,7 +356,7 @@ class Receiver:
             held = ctypes.string_at(self._lib.data(m), size)
         finally:
             self._lib.close(m)
-        kept = [hb[t0:t1], hb[h0:h1] if h0 >= 0 else None][:parts] + [held]
+        kept = [hb[t0:t1], hb[h0:h1]][:parts] + [held]
         parts += 1
         while more:
             frame = self._sock.recv(_NOBLOCK, copy=False)
@@ -370,5 +364,5 @@ class Receiver:
             if parts <= 3:
                 kept.append(frame.bytes)
             more = frame.more
-        kept += [None] * (3 - len(kept))
+        kept += [b""] * (3 - len(kept))
         return (parts, kept[0], kept[1], kept[2])

@@ -17,6 +17,7 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, ClassVar
 
 import zmq
@@ -29,6 +30,7 @@ from drsn_stream.sources.wire import (
     MAX_CLOCK_SKEW_S,
     MAX_HEADER_BYTES,
     MAX_PAYLOAD_BYTES,
+    VIEW_BYTES,
     Decoder,
     EndOfStream,
     Head,
@@ -164,8 +166,8 @@ class _ZmqSource(Source):
         # process's, which skips the message before it is decoded or counted.
         self.accept_topic: Callable[[bytes], bool] | None = None
         self.unresolved: list[str] = []  # host names of the addresses that did not resolve when opened
-        # messages received by the compiled loop (recv_jit) where it is available (None), always
-        # (True: an error where it is not) or never (False: pyzmq's calls from Python)
+        # messages received by the compiled loop (recv_jit) where it is available and the payloads
+        # are small (None), always (True: an error where it is not) or never (False: pyzmq's calls)
         self.compiled_receive: bool | None = None
 
     def _open(self) -> None:
@@ -274,6 +276,10 @@ class _ZmqSource(Source):
         until_eos = self.options["until_eos"]
         head = decoder.head
         receiver = self._receiver(sock)
+        # big payloads (a gateway's 16-channel frames) come through pyzmq, whose frames are views
+        # of libzmq's own message memory: the compiled loop copies every payload, which costs
+        # more than it saves on a few messages per 100 KB (decided by each poll's first frame)
+        compiled = receiver is not None
         closed = self._closed.is_set
         while not closed():
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
@@ -292,11 +298,12 @@ class _ZmqSource(Source):
             gather_until, poll_until = start + GATHER_MS / 1000, start + MAX_POLL_MS / 1000
             if receiver is not None:
                 receiver.new_poll()
+            take = receiver.take if compiled and receiver is not None else partial(take_py, sock)
             while len(heads) + len(others) < MAX_POLL_FRAMES and not closed():
                 if time.monotonic() >= poll_until:
                     break  # a flood of messages refused does not hold back the frames taken so far
                 most = min(TAKE_MESSAGES, MAX_POLL_FRAMES - len(heads) - len(others))
-                messages, empty = receiver.take(most) if receiver is not None else take_py(sock, most)
+                messages, empty = take(most)
                 for message in messages:
                     parts, topic, header, payload = message
                     if accept_topic is not None and not accept_topic(topic):
@@ -344,6 +351,8 @@ class _ZmqSource(Source):
                         if poller.poll(int(IDLE_MS - 1000 * GATHER_WAIT_S)):
                             continue
                     break
+            if payloads and self.compiled_receive is None:
+                compiled = len(payloads[0]) < VIEW_BYTES
             batch = to_frames(heads, payloads)
             if channel is not None:
                 batch = [self._select(f) if f.samples.shape[1] > 1 else f for f in batch]
