@@ -397,10 +397,13 @@ def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int |
            "--seconds", "0.5", "--json"]
     if hop:  # and the later runs of a poll 64 and 256 channels wide, alternating
         cmd += ["--hop", str(hop), "--slice-max", "64,256"]
+    else:  # and the messages received by pyzmq's calls, then as the monitor does (compiled, where numba is)
+        cmd += ["--receive", "pyzmq,auto"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert [r["slice_max"] for r in rows] == ([64, 256] if hop else [INGEST_SLICE_MAX])
+    assert [r["slice_max"] for r in rows] == ([64, 256] if hop else [INGEST_SLICE_MAX] * 2)
+    assert [r["receive"] for r in rows] == (["auto", "auto"] if hop else ["pyzmq", "auto"])
     per_stream = int(0.5 * RATE / 512) * 512  # samples each stream sent
     for row in rows:
         assert row["frames"] == (32 // channels) * int(0.5 * RATE / 512) and row["malformed"] == 0 and not row["errors"]

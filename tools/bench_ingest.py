@@ -15,6 +15,7 @@ the same run instead of timing it.
     python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --seconds 4
     python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --phases 4 --seconds 4
     python tools/bench_ingest.py --streams 256 --repeat 5 --slice-max 256,1024
+    python tools/bench_ingest.py --streams 256 --repeat 3 --receive pyzmq,auto
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ def messages(streams: int, channels: int, seconds: float, *, seed: int = 1) -> l
     return out
 
 
+RECEIVE = {"auto": None, "compiled": True, "pyzmq": False}  # the source's compiled_receive
+
+
 def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, phases: int = 1,
-        profile: bool = False) -> dict:
+        profile: bool = False, receive: str = "auto") -> dict:
     msgs = messages(streams, channels, seconds)
     port = free_port()
     ctx = zmq.Context.instance()
@@ -78,6 +82,7 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
                     max_streams=max(streams, 1), stats_every_s=3600)
     pipe = Pipeline(cfg)
     src = pipe.sources[0]
+    src.compiled_receive = RECEIVE[receive]
     src.open()
     for parts in msgs:
         push.send_multipart(parts, copy=False)
@@ -136,25 +141,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slice-max", default=None, metavar="LIST",
                     help="comma-separated widths (channels) of a poll's runs after the first (the pipeline's "
                          "INGEST_SLICE_MAX), alternated in every repeat, e.g. 256,1024")
+    ap.add_argument("--receive", default="auto", metavar="LIST",
+                    help="comma-separated ways to receive the messages, alternated in every repeat: auto (as the "
+                         "monitor: the compiled loop for small payloads), compiled (always), pyzmq (never)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the ingest instead of timing it")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.streams % args.channels:
         raise SystemExit(f"--streams {args.streams} is not a multiple of --channels {args.channels}")
     widths = [int(w) for w in args.slice_max.split(",")] if args.slice_max else [ingest_mod.INGEST_SLICE_MAX]
+    receives = args.receive.split(",")
+    if not set(receives) <= set(RECEIVE):
+        raise SystemExit(f"--receive {args.receive!r}: each of them one of {', '.join(RECEIVE)}")
     rows = []
     for _ in range(args.repeat):
         for width in widths:
-            ingest_mod.INGEST_SLICE_MAX = width
-            rows.append({**run(args.streams, args.channels, args.seconds, hop=args.hop, phases=args.phases,
-                             profile=args.profile),
-                         "slice_max": width})
+            for receive in receives:
+                ingest_mod.INGEST_SLICE_MAX = width
+                rows.append({**run(args.streams, args.channels, args.seconds, hop=args.hop, phases=args.phases,
+                                 profile=args.profile, receive=receive),
+                             "slice_max": width, "receive": receive})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     for r in rows:
         print(f"{r['streams']} streams in {r['streams'] // r['channels_per_frame']} frames of "
-              f"{r['channels_per_frame']} channel(s), hop {r['hop']}, phases {r['phases']}, later runs {r['slice_max']} wide: {r['frames']} frames, {r['windows']} windows, "
+              f"{r['channels_per_frame']} channel(s), hop {r['hop']}, phases {r['phases']}, later runs {r['slice_max']} wide, "
+              f"received {r['receive']}: {r['frames']} frames, {r['windows']} windows, "
               f"{r['frames_per_s']:.0f} frames/s ({r['channels_per_s']:.0f} channels/s); ingest CPU "
               f"{r['ingest_us_per_frame']} us per frame, {r['ingest_us_per_channel']} us per channel"
               + (f"; malformed {r['malformed']}, errors {r['errors']}" if r["malformed"] or r["errors"] else ""))
