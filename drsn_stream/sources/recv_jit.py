@@ -2,8 +2,8 @@
 libzmq), instead of three pyzmq calls per message from Python.
 
 A monitor's receiving thread takes tens of thousands of small messages a second; through pyzmq
-each part of each message is a Python call and a ``zmq.Frame`` object, a few microseconds a
-message on these machines, about a fifth of the ingest's cost per frame. Here one call receives up
+each part of each message is a Python call and a ``zmq.Frame`` object, a good part of the
+ingest's cost per frame. Here one call receives up
 to ``most`` whole messages with libzmq's own ``zmq_msg_recv`` (the library pyzmq itself calls, found
 through pyzmq's extension module): each message's topic and header are copied into one small
 buffer, turned into ``bytes`` once per call, and its payload into a payload buffer that the
@@ -16,7 +16,8 @@ A part too big for the room left in its buffer stays in libzmq's message and is 
 Python (``PENDING``), the rest of its message received through pyzmq: slow, but any size a peer
 sends (up to the socket's ``MAXMSGSIZE``) arrives whole. A payload buffer whose bytes frames may
 view (payloads of ``VIEW_BYTES`` and more are not copied by ``to_frames``) is never written again:
-the next poll gets a fresh one.
+the next poll gets a fresh one. (The ZeroMQ sources take polls of such payloads through pyzmq
+anyway: copying them costs more than the calls it saves.)
 
 Used where numba imports and pyzmq's libzmq is found (Linux and macOS builds link it
 dynamically); elsewhere, or with ``DRSN_STREAM_JIT=0``, the pyzmq path runs. Tests run both on the
@@ -56,15 +57,15 @@ _MSG_WORDS = 16  # zmq_msg_t is 64 bytes (libzmq >= 4.1); 128 bytes of 8-byte wo
 def _c_caller(ret_bits: int, *arg_bits: int) -> Any:
     """The C function at an address called with integer arguments (of ``arg_bits`` bits; its
     result of ``ret_bits``): a numba intrinsic. Passing ctypes functions to a compiled function
-    instead costs numba some 500 us per call to type them; an address is an integer."""
+    instead costs numba hundreds of microseconds per call to type them; an address is an integer."""
     from llvmlite import ir
-    from numba.core import types
+    from numba.core import types as nbtypes
     from numba.extending import intrinsic
 
     def typed(address: Any, *args: Any) -> Any:
-        if not all(isinstance(t, types.Integer) for t in (address, *args)):
+        if not all(isinstance(t, nbtypes.Integer) for t in (address, *args)):
             return None
-        sig = (types.int32 if ret_bits == 32 else types.int64)(address, *args)
+        sig = (nbtypes.int32 if ret_bits == 32 else nbtypes.int64)(address, *args)
 
         def codegen(context: Any, builder: Any, signature: Any, values: Any) -> Any:
             fnty = ir.FunctionType(ir.IntType(ret_bits), [ir.IntType(b) for b in arg_bits])
