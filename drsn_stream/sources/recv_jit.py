@@ -149,28 +149,25 @@ def _burst_py(fns, sock, msg, hbuf, pbuf, ppos, rows, most):
                     continue
                 rows[count, 0] = parts
                 return count, e, hpos, ppos, largest
-            if parts < 2:
-                if size > hcap - hpos:
+            if parts < 3:  # topic and header into hbuf, the payload into pbuf on a cache line
+                if parts < 2:
+                    at, room, base = hpos, hcap - hpos, hb
+                else:
+                    at = (ppos + ALIGN - 1) // ALIGN * ALIGN
+                    room, base = pcap - at, pb
+                if size > room:
                     rows[count, 0] = parts
                     rows[count, 7] = _c1_32(more, m)
                     rows[count, 8] = size
                     return count, PENDING, hpos, ppos, largest
-                _c3_64(copy, hb + hpos, _c1_64(data, m), size)
-                rows[count, 1 + 2 * parts] = hpos
-                hpos += size
-                rows[count, 2 + 2 * parts] = hpos
-            elif parts == 2:
-                at = (ppos + ALIGN - 1) // ALIGN * ALIGN
-                if size > pcap - at:
-                    rows[count, 0] = parts
-                    rows[count, 7] = _c1_32(more, m)
-                    rows[count, 8] = size
-                    return count, PENDING, hpos, ppos, largest
-                _c3_64(copy, pb + at, _c1_64(data, m), size)
-                rows[count, 5] = at
-                ppos = at + size
-                rows[count, 6] = ppos
-                largest = max(largest, size)
+                _c3_64(copy, base + at, _c1_64(data, m), size)
+                rows[count, 1 + 2 * parts] = at
+                rows[count, 2 + 2 * parts] = at + size
+                if parts < 2:
+                    hpos = at + size
+                else:
+                    ppos = at + size
+                    largest = max(largest, size)
             go = _c1_32(more, m)
             _c1_32(close, m)
             parts += 1
