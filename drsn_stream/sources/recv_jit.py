@@ -310,7 +310,8 @@ class Receiver:
         written again from its start, unless a frame may be a view of it."""
         if self._viewed:
             self._fresh()
-        self._ppos = 0
+        else:
+            self._ppos = 0
 
     def _fresh(self) -> None:
         self._pbuf = np.empty(PAYLOAD_BYTES, dtype=np.uint8)
@@ -321,8 +322,8 @@ class Receiver:
     def take(self, most: int) -> tuple[list[Message], bool]:
         """As ``take_py(sock, most)``; payloads are memoryviews of the payload buffer."""
         most = min(most, self._rows.shape[0])
-        count, status, hend, pend, largest = self._kernel(self._lib.addresses, self._sock.underlying, self._msg, self._hbuf,
-                                                 self._pbuf, self._ppos, self._rows, most)
+        count, status, hend, pend, largest = _call(self._kernel, self._lib, self._sock, self._msg, self._hbuf,
+                                                   self._pbuf, self._ppos, self._rows, most)
         hb = self._hbuf[:hend].tobytes()
         pv = self._pview
         rows = self._rows[: count + 1].tolist()

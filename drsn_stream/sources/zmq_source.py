@@ -280,6 +280,7 @@ class _ZmqSource(Source):
         # of libzmq's own message memory: the compiled loop copies every payload, which costs
         # more than it saves on a few messages per 100 KB (decided by each poll's first frame)
         compiled = receiver is not None
+        by_pyzmq = partial(take_py, sock)
         closed = self._closed.is_set
         while not closed():
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
@@ -298,7 +299,7 @@ class _ZmqSource(Source):
             gather_until, poll_until = start + GATHER_MS / 1000, start + MAX_POLL_MS / 1000
             if receiver is not None:
                 receiver.new_poll()
-            take = receiver.take if compiled and receiver is not None else partial(take_py, sock)
+            take = receiver.take if compiled else by_pyzmq
             while len(heads) + len(others) < MAX_POLL_FRAMES and not closed():
                 if time.monotonic() >= poll_until:
                     break  # a flood of messages refused does not hold back the frames taken so far
@@ -351,7 +352,7 @@ class _ZmqSource(Source):
                         if poller.poll(int(IDLE_MS - 1000 * GATHER_WAIT_S)):
                             continue
                     break
-            if payloads and self.compiled_receive is None:
+            if payloads and receiver is not None and self.compiled_receive is None:
                 compiled = len(payloads[0]) < VIEW_BYTES
             batch = to_frames(heads, payloads)
             if channel is not None:
