@@ -12,8 +12,14 @@ every convolution's input and output, so the convolutions cost much of a forward
   activations viewed as (batch, length / k, k * channels), so elementwise ops run over long
   contiguous rows instead of 4-wide ones;
 - the batch norm between each unit's two convolutions is folded into the first, the thresholds'
-  one into its linear layer; the stride-2 stem reads the input as two phases (even, odd samples),
-  a 2-channel channels-last convolution;
+  one into its linear layer;
+- a convolution with fewer than ``BLOCK_CHANNELS`` input or output channels (the stem, the
+  4-channel units) runs on blocks of consecutive positions: (batch, length, c) memory read as
+  (batch, length / p, p * c) is the same bytes, and a stride-s convolution over positions is a
+  stride-1 convolution over blocks of s * p input and p output positions whose weights hold the
+  original taps at their offsets (``_blocked``). That does p times the multiply-adds, but oneDNN's
+  channels-last kernels run several times as many per second at 8 channels as at 2 or 4
+  (docs/performance.md), so the stem and the 4-channel units cost less than half;
 - the shrinkage works on those rows too: the threshold net reads the row slots' sums of |r|
   through weights repeated over a row and gives thresholds already repeated to a row, so no
   per-channel reshuffles run between the passes over the activations (|r|, clamp, subtract,
@@ -41,6 +47,8 @@ from drsn_stream.models.registry import build_from_config
 
 # Elementwise ops see rows of this many values (k * channels); 64 floats fill four AVX-512 vectors.
 ROW = 64
+# A convolution with fewer input or output channels than this runs on blocks of positions.
+BLOCK_CHANNELS = 8
 # The runner's acceptance check: label agreement, and the largest probability / noise-index change.
 MIN_AGREEMENT = 0.999
 MAX_PROB_DIFF = 1e-3
@@ -65,10 +73,35 @@ def _conv_weight(w: Tensor) -> Tensor:
     return w.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
 
+def _block_out(cin: int, cout: int) -> int:
+    """Output positions per block for a convolution of cin -> cout channels (0: not blocked)."""
+    if min(cin, cout) >= BLOCK_CHANNELS:
+        return 0
+    return max(1, -(-BLOCK_CHANNELS // cout))
+
+
+def _blocked(w: Tensor, stride: int, pad: int, po: int) -> tuple[Tensor, int]:
+    """A convolution (out, in, K) with this stride and zero padding as a stride-1 convolution over
+    blocks: input blocks of ``stride * po`` positions (slot q * in + i is channel i of position
+    q), output blocks of ``po``. Returns its weights (po * out, pi * in, 1, 2 * d + 1) in
+    channels-last memory and its padding d (blocks), zero taps making the padding symmetric."""
+    w = w.detach()
+    cout, cin, kernel = w.shape
+    pi = stride * po
+    # output position po * j + q reads input pi * j + stride * q + t - pad: block j + off, slot qq
+    taps = [(q, t, (stride * q + t - pad) // pi) for q in range(po) for t in range(kernel)]
+    d = max(max(-off, off) for _, _, off in taps)
+    out = torch.zeros(po * cout, pi * cin, 2 * d + 1, dtype=w.dtype)
+    for q, t, off in taps:
+        qq = stride * q + t - pad - off * pi
+        out[q * cout : (q + 1) * cout, qq * cin : (qq + 1) * cin, off + d] += w[:, :, t]
+    return _conv_weight(out), d
+
+
 class _Unit(nn.Module):
     """One RSBU (or ResNet / ConvNet unit) on (batch, length, channels) activations."""
 
-    __constants__ = ["stride", "cin", "cout", "pad", "shrink", "shortcut", "k_in", "k_out"]
+    __constants__ = ["stride", "cin", "cout", "pad", "shrink", "shortcut", "k_in", "k_out", "po1", "d1", "po2", "d2"]
     # shrink: 0 none, 1 channel-shared (CS), 2 channel-wise (CW)
 
     def __init__(self, unit: nn.Module) -> None:
@@ -82,10 +115,23 @@ class _Unit(nn.Module):
         self.register_buffer("s1", s1.repeat(self.k_in))
         self.register_buffer("t1", t1.repeat(self.k_in))
         s2, t2 = _bn_affine(unit.bn2)  # bn2 follows conv1 directly: fold it in
-        self.register_buffer("w1", _conv_weight(conv1.weight * s2.view(-1, 1, 1)))
-        self.register_buffer("b1", conv1.bias.detach() * s2 + t2)
+        w1, b1 = conv1.weight.detach() * s2.view(-1, 1, 1), conv1.bias.detach() * s2 + t2
+        self.register_buffer("w1", _conv_weight(w1))
+        self.register_buffer("b1", b1)
         self.register_buffer("w2", _conv_weight(conv2.weight))
         self.register_buffer("b2", conv2.bias.detach().clone())
+        # the same convolutions over blocks of positions, where they have few channels
+        self.po1, self.po2 = _block_out(self.cin, self.cout), _block_out(self.cout, self.cout)
+        self.d1 = self.d2 = 0
+        w1b, w2b = torch.zeros(0), torch.zeros(0)
+        if self.po1:
+            w1b, self.d1 = _blocked(w1, self.stride, self.pad, self.po1)
+        if self.po2:
+            w2b, self.d2 = _blocked(conv2.weight, 1, conv2.padding[0], self.po2)
+        self.register_buffer("w1b", w1b)
+        self.register_buffer("b1b", b1.repeat(max(1, self.po1)))
+        self.register_buffer("w2b", w2b)
+        self.register_buffer("b2b", conv2.bias.detach().repeat(max(1, self.po2)))
         self.shortcut = bool(unit.has_shortcut)
         self.shrink = 0
         if unit.has_shrink:
@@ -112,11 +158,25 @@ class _Unit(nn.Module):
             hv, s1, t1 = h.view(b, n // self.k_in, self.k_in * self.cin), self.s1, self.t1
         else:
             hv, s1, t1 = h, self.s1[: self.cin], self.t1[: self.cin]
-        a = torch.addcmul(t1, hv, s1, out=spare)
-        a = torch.relu_(a).view(b, 1, n, self.cin).permute(0, 3, 1, 2)  # channels-last (b, cin, 1, n)
-        a = torch.relu_(F.conv2d(a, self.w1, self.b1, stride=(1, self.stride), padding=(0, self.pad)))
-        r = F.conv2d(a, self.w2, self.b2, padding=(0, self.pad)).permute(0, 2, 3, 1)  # (b, 1, lo, c)
-        lo, c = r.shape[2], self.cout
+        a = torch.relu_(torch.addcmul(t1, hv, s1, out=spare))
+        # convolutions on channels-last (b, channels, 1, positions) views: of blocks of positions
+        # (b, slots, 1, blocks) where blocked; the memory is (b, positions, channels) either way
+        pi = self.stride * self.po1
+        if self.po1 > 0 and n % pi == 0:
+            a = a.view(b, 1, n // pi, pi * self.cin).permute(0, 3, 1, 2)
+            a = torch.relu_(F.conv2d(a, self.w1b, self.b1b, padding=(0, self.d1)))
+        else:
+            a = a.view(b, 1, n, self.cin).permute(0, 3, 1, 2)
+            a = torch.relu_(F.conv2d(a, self.w1, self.b1, stride=(1, self.stride), padding=(0, self.pad)))
+        c = self.cout
+        lo = a.shape[1] * a.shape[3] // c
+        if self.po2 > 0 and lo % self.po2 == 0:
+            a2 = a.permute(0, 2, 3, 1).reshape(b, 1, lo // self.po2, self.po2 * c).permute(0, 3, 1, 2)
+            r = F.conv2d(a2, self.w2b, self.b2b, padding=(0, self.d2))
+        else:
+            a2 = a.permute(0, 2, 3, 1).reshape(b, 1, lo, c).permute(0, 3, 1, 2)
+            r = F.conv2d(a2, self.w2, self.b2, padding=(0, self.pad))
+        r = r.permute(0, 2, 3, 1)  # (b, 1, blocks, slots): (b, lo, c) in memory
         k = self.k_out if lo % self.k_out == 0 else 1
         rk = r.reshape(b, lo // k, k * c)
         buf = a.permute(0, 2, 3, 1).reshape(rk.shape)  # conv1's output, dead now: r's size
@@ -171,23 +231,20 @@ class ChannelsLastDRSN(nn.Module):
     """A 1-D ``DRSN`` (networks.py) rewritten for the CPU; ``forward(x (batch, samples))`` returns
     ``(logits, noise_index)`` like the original, ``forward_features`` the pooled features too."""
 
-    __constants__ = ["phase_stem", "stem_stride", "stem_pad", "n_units", "has_shrink", "k_head", "channels",
-                     "channels_stem"]
+    __constants__ = ["stem_block", "stem_d", "stem_stride", "stem_pad", "n_units", "has_shrink", "k_head",
+                     "channels", "channels_stem"]
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         stem = net.stem
         w = stem.weight.detach()  # (C, 1, K)
         self.stem_stride, self.stem_pad = stem.stride[0], stem.padding[0]
-        # stride 2, kernel 3: y[l] = w0 x[2l-1] + w1 x[2l] + w2 x[2l+1], a kernel-3 convolution over
-        # the phases (x[2l], x[2l+1]) with taps at l-1 (odd phase only) and l
-        self.phase_stem = self.stem_stride == 2 and w.shape[2] == 3 and self.stem_pad == 1
-        phase = torch.zeros(w.shape[0], 2, 1, 3)
-        if self.phase_stem:
-            phase[:, 0, 0, 1] = w[:, 0, 1]
-            phase[:, 1, 0, 0] = w[:, 0, 0]
-            phase[:, 1, 0, 1] = w[:, 0, 2]
-        self.register_buffer("stem_phase", phase.contiguous(memory_format=torch.channels_last))
+        # one input channel: the stem reads the samples in blocks of stride * po (_blocked)
+        po = _block_out(1, w.shape[0])
+        self.stem_block = self.stem_stride * po
+        stem_wb, self.stem_d = _blocked(w, self.stem_stride, self.stem_pad, po)
+        self.register_buffer("stem_wb", stem_wb)
+        self.register_buffer("stem_bb", stem.bias.detach().repeat(po))
         self.register_buffer("stem_w", w.unsqueeze(2).clone())
         self.register_buffer("stem_b", stem.bias.detach().clone())
         self.channels_stem = w.shape[0]
@@ -210,8 +267,10 @@ class ChannelsLastDRSN(nn.Module):
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Like forward, plus the pooled features (batch, channels) (networks.py)."""
         b, n = x.shape[0], x.shape[1]
-        if self.phase_stem and n % 2 == 0:
-            h = F.conv2d(x.view(b, n // 2, 2).permute(0, 2, 1).unsqueeze(2), self.stem_phase, self.stem_b, padding=(0, 1))
+        if n % self.stem_block == 0:
+            pi = self.stem_block
+            h = F.conv2d(x.view(b, n // pi, pi).permute(0, 2, 1).unsqueeze(2), self.stem_wb, self.stem_bb,
+                         padding=(0, self.stem_d))
         else:
             h = F.conv2d(x.view(b, 1, 1, n), self.stem_w, self.stem_b, stride=(1, self.stem_stride),
                          padding=(0, self.stem_pad))
