@@ -61,7 +61,8 @@ def test_the_shipped_bearing_model_gives_the_same_labels_probabilities_and_noise
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if model_config(n, 10).dims == 1])
-@pytest.mark.parametrize("length", [2048, 2000])  # 2000: odd lengths deep in the net, 4-wide rows
+# 2000: odd lengths deep in the net, 4-wide rows; 2002: lengths the position blocks do not divide
+@pytest.mark.parametrize("length", [2048, 2000, 2002])
 def test_every_1d_network_converts_to_the_same_function(name: str, length: int) -> None:
     net = _trained_like(name)
     fast, why = cpu_layout.convert(net, model_config(name, 10).to_dict())
@@ -74,6 +75,23 @@ def test_every_1d_network_converts_to_the_same_function(name: str, length: int) 
     assert f_logits.shape == logits.shape and f_noise.shape == noise.shape
     torch.testing.assert_close(f_logits, logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(f_noise, noise, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("po", [1, 2, 4])
+def test_a_convolution_over_blocks_of_positions_is_the_convolution(stride: int, kernel: int, po: int) -> None:
+    torch.manual_seed(kernel * 10 + po)
+    cin, cout, n = 3, 4, 96
+    w, bias = torch.randn(cout, cin, kernel), torch.randn(cout)
+    x = torch.randn(5, n, cin)  # (batch, positions, channels), as the form holds activations
+    want = torch.nn.functional.conv1d(x.permute(0, 2, 1), w, bias, stride=stride, padding=kernel // 2)
+    wb, d = cpu_layout._blocked(w, stride, kernel // 2, po)
+    pi = stride * po
+    got = torch.nn.functional.conv2d(x.reshape(5, 1, n // pi, pi * cin).permute(0, 3, 1, 2), wb, bias.repeat(po),
+                                     padding=(0, d))
+    got = got.permute(0, 2, 3, 1).reshape(5, -1, cout).permute(0, 2, 1)  # back to (batch, channels, positions)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_two_dimensional_and_unconvertible_networks_are_left_alone() -> None:
