@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
+from pathlib import Path
 from typing import Any
 
 
@@ -159,6 +160,27 @@ def start_resource_tracker() -> None:
         resource_tracker.ensure_running()
     finally:
         signal.signal(hup, before)
+
+
+# ``python -c`` puts the working directory first on sys.path (``-m`` too, where ``-P`` is 3.11+):
+# this drops it, then runs the module as ``-m`` would, with the arguments after its name
+_RUN_MODULE = (
+    "import runpy, sys\n"
+    "if not getattr(sys.flags, 'safe_path', False):\n"
+    "    del sys.path[0]\n"
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)\n"
+)
+
+
+def child_process(module: str, args: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run this package's ``module`` (``python -m``) in a
+    child process, on this very copy of the package: its folder first on PYTHONPATH, and not the
+    working directory, where another copy (a checkout of another version) would be found first
+    and the two processes would speak different versions of their protocol."""
+    env = dict(os.environ if env is None else env)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return [sys.executable, "-c", _RUN_MODULE, module, *args], env
 
 
 def _size(n: int) -> str:

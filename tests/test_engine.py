@@ -298,6 +298,28 @@ def test_cuda_runner_with_graphs_matches_cpu(scripted) -> None:
     np.testing.assert_allclose(gpu.infer(big)[0], np.concatenate([p_gpu] * 5), atol=1e-6)
 
 
+def test_the_engine_process_runs_the_monitors_own_code_from_a_folder_holding_another_copy(tmp_path, monkeypatch) -> None:
+    # a user who starts the monitor in a checkout of another version (or any folder with a
+    # drsn_stream package) must not get that copy in the engine process: python -m would import it
+    from drsn_stream.engine.procrunner import ProcessRunner
+    from drsn_stream.models.artifact import load_artifact, load_validation
+
+    decoy = tmp_path / "drsn_stream"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the copy in the working directory was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    module, meta = load_artifact("bearing-cwru")
+    x = load_validation("bearing-cwru")[:8]
+    proc = ProcessRunner("bearing-cwru", window=meta.window, classes=len(meta.labels), max_batch=8)
+    try:
+        proc.warmup()
+        probs, _ = proc.infer(x)
+    finally:
+        proc.close()
+    local = Runner(module, window=meta.window, device="cpu", max_batch=8, threads=1)
+    np.testing.assert_array_equal(probs.argmax(1), local.infer(x)[0].argmax(1))
+
+
 @pytest.mark.slow
 def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
     # the model in a child process (shared memory + a pipe) must answer exactly like the Runner

@@ -48,7 +48,6 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import shared_memory
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,7 +57,12 @@ from drsn_stream.app.ingest import Ingest
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.errors import SourceError
 from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth, silent_only
-from drsn_stream.runtime import attach_shared_memory, freeze_start_up_objects, start_resource_tracker
+from drsn_stream.runtime import (
+    attach_shared_memory,
+    child_process,
+    freeze_start_up_objects,
+    start_resource_tracker,
+)
 from drsn_stream.sources import make_source, parse_spec
 from drsn_stream.sources.base import Source, read_to
 from drsn_stream.sources.zmq_source import unresolved_hosts
@@ -464,13 +468,11 @@ class _Child:
     def start(self, cfg: dict[str, Any]) -> None:
         self.buf, self.stats, self.early, self.ended, self.ids = b"", {}, [], set(), []
         self.ready, self.heard, self._control = False, time.monotonic(), bytearray()
+        argv, env = child_process("drsn_stream.app.shards", [json.dumps({**cfg, "shard": self.index, "shm": self.shm.name})])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "drsn_stream.app.shards", json.dumps({**cfg, "shard": self.index,
-                                                                         "shm": self.shm.name})],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
             start_new_session=True,  # a terminal's Ctrl-C goes to the monitor alone, which ends them
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)),
+            env=env,
         )
         assert self.proc.stdin is not None
         os.set_blocking(self.proc.stdin.fileno(), False)  # a stuck child never blocks the parent

@@ -20,7 +20,6 @@ import threading
 import time
 from collections import deque
 from multiprocessing import shared_memory
-from pathlib import Path
 
 import numpy as np
 
@@ -32,7 +31,12 @@ except ImportError:  # Windows
 from drsn_stream.engine.contract import Pending, check_windows, infer_in_slices, split_packed
 from drsn_stream.errors import ArtifactError, EngineError
 from drsn_stream.runtime import attach_shared_memory as _attach
-from drsn_stream.runtime import check_shared_memory, freeze_start_up_objects, start_resource_tracker
+from drsn_stream.runtime import (
+    check_shared_memory,
+    child_process,
+    freeze_start_up_objects,
+    start_resource_tracker,
+)
 
 READY_TIMEOUT_S = 120.0
 # An engine process that keeps dying is a fault to show, not to hide: more than MAX_RESTARTS deaths
@@ -226,14 +230,12 @@ class ProcessRunner:
         args = [self._model, str(self.window), str(self.max_batch), str(self.threads), str(self._width)]
         args += [str(-1 if self.cpu is None else self.cpu), self.cpu_layout, str(self.features)]
         args += [s.name for s in self._in + self._out]
+        argv, env = child_process("drsn_stream.engine.procrunner", args)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "drsn_stream.engine.procrunner", *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw
             # its own session: a terminal's Ctrl-C goes to the monitor alone, which ends the
             # child by closing its stdin (a child killed mid-start-up printed a traceback)
-            start_new_session=True,
-            env=allocator_env(dict(os.environ, PYTHONPATH=os.pathsep.join(
-                p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p))),
+            start_new_session=True, env=allocator_env(env),
         )
         self._rbuf = b""
 
