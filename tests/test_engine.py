@@ -320,6 +320,16 @@ def test_the_engine_process_runs_the_monitors_own_code_from_a_folder_holding_ano
     np.testing.assert_array_equal(probs.argmax(1), local.infer(x)[0].argmax(1))
 
 
+def test_an_engine_process_that_dies_starting_is_said_so_at_once_with_its_exit_code(monkeypatch) -> None:
+    import sys
+
+    from drsn_stream.engine import procrunner
+
+    monkeypatch.setattr(procrunner, "child_process", lambda module, args: ([sys.executable, "-c", "raise SystemExit(3)"], {}))
+    with pytest.raises(procrunner.ArtifactError, match=r"failed to start: it ended \(exit code 3\) before it was ready"):
+        procrunner.ProcessRunner("bearing-cwru", window=2048, classes=10, max_batch=8).warmup()
+
+
 @pytest.mark.slow
 def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
     # the model in a child process (shared memory + a pipe) must answer exactly like the Runner

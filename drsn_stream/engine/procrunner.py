@@ -291,8 +291,17 @@ class ProcessRunner:
             return
         line = self._readline(READY_TIMEOUT_S)
         if not line.startswith("ready "):
+            try:  # "" is the end of its output: it is ending (or it said nothing in time)
+                code = self._proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                code = None
             self.close()
-            why = line.strip() or f"no answer within {READY_TIMEOUT_S:.0f} s (exit code {self._proc.poll()})"
+            if line.strip():
+                why = line.strip()
+            elif code is not None:
+                why = f"it ended (exit code {code}) before it was ready; its own words, if any, are above"
+            else:
+                why = f"no answer within {READY_TIMEOUT_S:.0f} s"
             raise ArtifactError(f"the engine process failed to start: {why}")
         device, *notes = line[6:].rstrip("\n").split("\t")
         self.device_name = f"{device.strip()}, engine process"
