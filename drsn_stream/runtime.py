@@ -162,8 +162,9 @@ def start_resource_tracker() -> None:
         signal.signal(hup, before)
 
 
-# ``python -c`` puts the working directory first on sys.path (``-m`` too, where ``-P`` is 3.11+):
-# this drops it, then runs the module as ``-m`` would, with the arguments after its name
+# ``python -m`` puts the working directory first on sys.path (``-P``, which would not, is Python
+# 3.11+). This ``-c`` program drops it, then runs the module as ``-m`` would, with the arguments
+# after its name.
 _RUN_MODULE = (
     "import runpy, sys\n"
     "if not getattr(sys.flags, 'safe_path', False):\n"

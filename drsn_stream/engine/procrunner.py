@@ -299,7 +299,7 @@ class ProcessRunner:
             if line.strip():
                 why = line.strip()
             elif code is not None:
-                why = f"it ended (exit code {code}) before it was ready; its own words, if any, are above"
+                why = f"it ended (exit code {code}) before it was ready; its error, if it printed one, is on stderr"
             else:
                 why = f"no answer within {READY_TIMEOUT_S:.0f} s"
             raise ArtifactError(f"the engine process failed to start: {why}")
