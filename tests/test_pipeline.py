@@ -293,7 +293,7 @@ def test_zmq_end_to_end_counts_bad_input_and_picks_up_a_restarted_publisher(tmp_
         assert first.returncode == 0, first.stderr
         t_restart = time.time()
         second = _cli("publish", "--source", f"file:{CWRU / '12k_Drive_End_OR021@6_1_235.mat'}?stream=sensor-1",
-                      "--to", f"tcp://127.0.0.1:{port}", "--duration", "2.5", "--wait-subscriber", "5", "--quiet",
+                      "--to", f"tcp://127.0.0.1:{port}", "--duration", "4", "--wait-subscriber", "5", "--quiet",
                       timeout=60)
         assert second.returncode == 0, second.stderr
         stdout, stderr = monitor.communicate(timeout=120)
@@ -305,7 +305,10 @@ def test_zmq_end_to_end_counts_bad_input_and_picks_up_a_restarted_publisher(tmp_
     before = Counter(o["label"] for o in preds if o["time"] < t_restart)
     after = Counter(o["label"] for o in preds if o["time"] >= t_restart)
     assert before.most_common(1)[0][0] == "inner_014", before
-    assert after and after.most_common(1)[0][0] == "outer_021", after  # the restarted publisher's data
+    # the restarted publisher's data. Its first 2 s are check_sensor when the restart took longer
+    # than the health's timeout (a loaded machine): "no data", then recovery_s of clean signal
+    labelled = Counter({k: v for k, v in after.items() if k != "check_sensor"})
+    assert sum(labelled.values()) >= 10 and labelled.most_common(1)[0][0] == "outer_021", after
     final = [o for o in objs if o["type"] == "stats"][-1]
     src = next(iter(final["sources"].values()))
     assert final["malformed"] >= 1 and sum(src["malformed"].values()) >= 1
