@@ -173,12 +173,12 @@ _RUN_MODULE = (
 )
 
 
-def child_process(module: str, args: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+def child_process(module: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that run this package's ``module`` (``python -m``) in a
     child process, on this very copy of the package: its folder first on PYTHONPATH, and not the
     working directory, where another copy (a checkout of another version) would be found first
     and the two processes would speak different versions of their protocol."""
-    env = dict(os.environ if env is None else env)
+    env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return [sys.executable, "-c", _RUN_MODULE, module, *args], env

@@ -123,15 +123,17 @@ class _Unit(nn.Module):
         # the same convolutions over blocks of positions, where they have few channels
         self.po1, self.po2 = _block_out(self.cin, self.cout), _block_out(self.cout, self.cout)
         self.d1 = self.d2 = 0
-        w1b, w2b = torch.zeros(0), torch.zeros(0)
+        w1b, b1b, w2b, b2b = torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0)
         if self.po1:
             w1b, self.d1 = _blocked(w1, self.stride, self.pad, self.po1)
+            b1b = b1.repeat(self.po1)
         if self.po2:
             w2b, self.d2 = _blocked(conv2.weight, 1, conv2.padding[0], self.po2)
+            b2b = conv2.bias.detach().repeat(self.po2)
         self.register_buffer("w1b", w1b)
-        self.register_buffer("b1b", b1.repeat(max(1, self.po1)))
+        self.register_buffer("b1b", b1b)
         self.register_buffer("w2b", w2b)
-        self.register_buffer("b2b", conv2.bias.detach().repeat(max(1, self.po2)))
+        self.register_buffer("b2b", b2b)
         self.shortcut = bool(unit.has_shortcut)
         self.shrink = 0
         if unit.has_shrink:
@@ -162,7 +164,9 @@ class _Unit(nn.Module):
         # convolutions on channels-last (b, channels, 1, positions) views: of blocks of positions
         # (b, slots, 1, blocks) where blocked; the memory is (b, positions, channels) either way
         pi = self.stride * self.po1
+        pa = 1  # output positions per block of conv1's output view
         if self.po1 > 0 and n % pi == 0:
+            pa = self.po1
             a = a.view(b, 1, n // pi, pi * self.cin).permute(0, 3, 1, 2)
             a = torch.relu_(F.conv2d(a, self.w1b, self.b1b, padding=(0, self.d1)))
         else:
@@ -170,12 +174,13 @@ class _Unit(nn.Module):
             a = torch.relu_(F.conv2d(a, self.w1, self.b1, stride=(1, self.stride), padding=(0, self.pad)))
         c = self.cout
         lo = a.shape[1] * a.shape[3] // c
-        if self.po2 > 0 and lo % self.po2 == 0:
-            a2 = a.permute(0, 2, 3, 1).reshape(b, 1, lo // self.po2, self.po2 * c).permute(0, 3, 1, 2)
-            r = F.conv2d(a2, self.w2b, self.b2b, padding=(0, self.d2))
+        p2 = self.po2 if self.po2 > 0 and lo % self.po2 == 0 else 1
+        if p2 != pa:  # conv2 reads other blocks than conv1 wrote: the same memory, viewed again
+            a = a.permute(0, 2, 3, 1).reshape(b, 1, lo // p2, p2 * c).permute(0, 3, 1, 2)
+        if p2 > 1:
+            r = F.conv2d(a, self.w2b, self.b2b, padding=(0, self.d2))
         else:
-            a2 = a.permute(0, 2, 3, 1).reshape(b, 1, lo, c).permute(0, 3, 1, 2)
-            r = F.conv2d(a2, self.w2, self.b2, padding=(0, self.pad))
+            r = F.conv2d(a, self.w2, self.b2, padding=(0, self.pad))
         r = r.permute(0, 2, 3, 1)  # (b, 1, blocks, slots): (b, lo, c) in memory
         k = self.k_out if lo % self.k_out == 0 else 1
         rk = r.reshape(b, lo // k, k * c)
