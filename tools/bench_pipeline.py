@@ -228,6 +228,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     for times in [batch_times, *helper_times]:
         if times is not None:
             times.clear()
+    copies0 = getattr(pipe.runner, "copies", 0)
     t0 = time.time()
     time.sleep(seconds)
     lat, batches = pipe.stats.stop_recording()  # every window of the measured span, not the live view's last 8192
@@ -258,7 +259,9 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
             # the idle engine's share: its batches and windows, and its speed per window (its wall
             # clock counts the time the monitor's threads took its core back)
             hrows = ht[:, 0].sum()
+            # copied: its batches the engine process ran too, once free (the first result is used)
             engine["idle"] = {"batches": len(ht), "windows_pct": round(100.0 * hrows / (rows + hrows), 1),
+                              "copied": getattr(pipe.runner, "copies", 0) - copies0,
                               "wall_us_per_window": round(1e6 * ht[:, 2].sum() / hrows, 1) if hrows else None,
                               "cpu_us_per_window": round(1e6 * ht[:, 4].sum() / hrows, 1) if hrows else None}
     windows = len(lat)
@@ -464,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
                     if "idle" in e:
                         i = e["idle"]
                         print(f"        idle engine: {i['batches']} batches, {i['windows_pct']} % of the windows, "
-                              f"us/window {i['wall_us_per_window']} wall, {i['cpu_us_per_window']} CPU", flush=True)
+                              f"us/window {i['wall_us_per_window']} wall, {i['cpu_us_per_window']} CPU; "
+                              f"{i['copied']} batches copied to the engine process", flush=True)
         if held_all and not failed:
             best = n  # held in every run, and so was every smaller N tried
         elif not held_all:

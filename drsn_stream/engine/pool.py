@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +29,16 @@ from drsn_stream.errors import DrsnStreamError, EngineError
 # batch: a small one holds nothing back for long, and the rest of a due batch stays for the
 # engine process.
 IDLE_BATCH = 32
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A pool's batch: which process (0 the primary, 1 the helper), that process's handle, and
+    for a helper's batch the handle of its copy on the primary (``EnginePool.poll``)."""
+
+    k: int
+    inner: Pending
+    hedge: Pending | None = None
 
 
 class EnginePool:
@@ -56,6 +67,12 @@ class EnginePool:
         self.messages: list[str] = []  # what the caller should say (a helper started, switched off): poll()
         self._make_helper: Callable[[], ProcessRunner] | None = make_helper  # None once used
         self._off = False  # the helper is switched off for good
+        self._on_helper: Pending | None = None  # the batch the helper runs for the caller
+        # results that lost the race (a helper's batch and its copy on the primary: the first to
+        # finish is used), collected and dropped once done, each process's in its order
+        self._drop_primary: list[Pending] = []
+        self._drop_helper: list[Pending] = []
+        self.copies = 0  # helper batches copied to the primary
 
     @property
     def helper(self) -> ProcessRunner | None:
@@ -68,9 +85,12 @@ class EnginePool:
 
     @property
     def lanes(self) -> int:
-        """Batches that may be in flight now: the primary's lanes and the helper's once it is
-        ready (one still loading its model takes none)."""
-        return self.primary.lanes + (self.runners[1].lanes if self._usable() else 0)
+        """Batches the caller may have in flight now: the primary's lanes and the helper's once it
+        is ready (one still loading its model takes none), less the lanes that a copy of the
+        helper's batch on the primary and results to throw away hold."""
+        held = len(self._drop_primary) + len(self._drop_helper)
+        held += self._on_helper is not None and self._on_helper.slot.hedge is not None
+        return self.primary.lanes + (self.runners[1].lanes if self._usable() else 0) - held
 
     @property
     def pid(self) -> int:
@@ -104,13 +124,39 @@ class EnginePool:
             self.messages.append(f"no idle engine process: it cannot be started here ({exc.strerror or exc})")
 
     def poll(self) -> list[str]:
-        """Looks after the helper without waiting (started once the primary has every lane busy;
-        one loading: ready yet? failed?) and returns the lines to say since the last call."""
+        """Looks after the helper without waiting and returns the lines to say since the last call.
+
+        Starts the helper once the primary has every lane busy; asks one that is loading whether
+        it is ready (or failed); throws away results nobody waits for any more; and, while the
+        helper runs a batch and the primary has none, sends a copy of that batch to the primary
+        (a helper's batch waits for the monitor's core to be idle; the primary is idle now): the
+        batch's results are whichever come first, so a busy monitor core holds nothing back.
+        """
         if self._make_helper is not None and self.primary.in_flight >= self.primary.lanes:
             self.start_helper()
         self._usable()
+        self._throw_away(wait=False)
+        h = self._on_helper
+        if h is not None and h.slot.hedge is None and self.primary.in_flight == 0 and not self._drop_primary:
+            helper = self.runners[1]
+            if not self._off and not helper.lost(h.slot.inner) and not helper.done(h.slot.inner):
+                h.slot.hedge = self.primary.submit(helper.input_of(h.slot.inner))
+                self.copies += 1
         lines, self.messages = self.messages, []
         return lines
+
+    def _throw_away(self, *, wait: bool) -> None:
+        """Collects and drops the results that lost the race: the primary's (``wait``: until the
+        primary's next batch is its oldest) and the helper's that are done."""
+        for k, drop, block in ((0, self._drop_primary, wait), (1, self._drop_helper, False)):
+            runner = self.runners[k] if k < len(self.runners) else None
+            while drop and runner is not None:
+                if runner.lost(drop[0]):  # went with a process that died
+                    drop.pop(0)
+                elif block or runner.done(drop[0]):
+                    self._call(k, runner.collect, drop.pop(0))
+                else:
+                    break
 
     def _usable(self) -> bool:
         helper = self.helper
@@ -125,6 +171,7 @@ class EnginePool:
     def _switch_off(self, line: str) -> None:
         self._off = True
         self.messages.append(line)
+        self._drop_helper.clear()
         self.runners[1].close(wait_s=0.0)
 
     @property
@@ -143,7 +190,10 @@ class EnginePool:
     def submit(self, x: np.ndarray) -> Pending:
         k = self._pick()
         inner = self._call(k, self.runners[k].submit, x)
-        return Pending(inner.rows, slot=(k, inner))
+        pending = Pending(inner.rows, slot=_Slot(k, inner))
+        if k == 1:
+            self._on_helper = pending
+        return pending
 
     def _call(self, k: int, fn, *args):
         """``fn(*args)`` of runner ``k``: a helper that gives up (too many deaths) is switched off,
@@ -158,18 +208,56 @@ class EnginePool:
             self._switch_off(f"{exc}; the engine process runs alone")
             raise EngineRestarted("the idle engine process was switched off, its batch in flight is lost") from None
 
+    def _hedge(self, slot: _Slot) -> Pending | None:
+        """The copy of a helper's batch on the primary, if one runs (None once the primary died)."""
+        if slot.hedge is not None and self.primary.lost(slot.hedge):
+            slot.hedge = None
+        return slot.hedge
+
     def done(self, pending: Pending) -> bool:
-        k, inner = pending.slot
-        return self.runners[k].done(inner)
+        slot = pending.slot
+        if slot.k == 0:
+            self._throw_away(wait=False)
+            return self.primary.done(slot.inner)
+        hedge = self._hedge(slot)
+        if not self._off and not self.runners[1].lost(slot.inner) and self.runners[1].done(slot.inner):
+            return True
+        if hedge is None:
+            return False
+        self._throw_away(wait=False)
+        return self.primary.done(hedge)
 
     def lost(self, pending: Pending) -> bool:
-        k, inner = pending.slot
-        return (k == 1 and self._off) or self.runners[k].lost(inner)
+        """Whether ``pending`` went with a process that died (a helper's batch is not while its copy
+        on the primary runs)."""
+        slot = pending.slot
+        if slot.k == 0:
+            return self.primary.lost(slot.inner)
+        return (self._off or self.runners[1].lost(slot.inner)) and self._hedge(slot) is None
 
     def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
-        k, inner = pending.slot
-        out = self._call(k, self.runners[k].collect, inner)
-        pending.features = inner.features
+        slot = pending.slot
+        if slot.k == 0:
+            self._throw_away(wait=True)
+            out = self.primary.collect(slot.inner)
+            pending.features = slot.inner.features
+            return out
+        helper = self.runners[1]
+        hedge = self._hedge(slot)
+        self._on_helper = None
+        helper_gone = self._off or helper.lost(slot.inner)
+        if hedge is not None and (helper_gone or not helper.done(slot.inner)):
+            # the copy on the primary is waited for: the helper's core may stay busy for long
+            if not helper_gone:
+                self._drop_helper.append(slot.inner)
+            self._throw_away(wait=True)
+            out = self.primary.collect(hedge)
+            pending.features = hedge.features
+            return out
+        if hedge is not None:
+            self._drop_primary.append(hedge)
+        out = self._call(1, helper.collect, slot.inner)
+        pending.features = slot.inner.features
         return out
 
     def wait(self, timeout: float) -> None:

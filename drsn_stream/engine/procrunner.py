@@ -302,6 +302,11 @@ class ProcessRunner:
         """Batches submitted and not collected."""
         return len(self._inflight)
 
+    def input_of(self, pending: Pending) -> np.ndarray:
+        """The windows of a batch in flight where the child reads them (a view, valid until the
+        batch is collected)."""
+        return self._x[pending.slot[0]][: pending.rows]
+
     def has_reply(self) -> bool:
         """Whether a whole reply line is read and waiting (``select`` on ``fileno`` would miss it)."""
         return b"\n" in self._rbuf
