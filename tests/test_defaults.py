@@ -75,21 +75,3 @@ def test_zeromq_ingest_stays_one_thread_on_small_hosts_and_takes_half_the_cores_
 def test_ingest_processes_asked_for_are_what_you_get() -> None:
     assert resolve_defaults(device="cpu", cores=2, ingest_procs=2).ingest_procs == 2
     assert resolve_defaults(device="cuda", cores=16, ingest_procs=1).ingest_procs == 1
-
-
-@pytest.mark.parametrize("cores, kw, idle", [
-    (2, {}, True),  # live, pinned, few cores: the monitor's core has time to spare
-    (4, {}, True),
-    (8, {}, False),  # ingest processes take the spare cores there
-    (2, {"fast": True}, False),  # a replay keeps the monitor's core busy
-    (2, {"threads": 2}, False),  # not pinned: the engine process has no core of its own
-    (2, {"engine_process": False}, False),
-    (1, {}, False),
-    (2, {"idle_engine": False}, False),
-    (8, {"idle_engine": True}, True),
-    (2, {"fast": True, "idle_engine": True}, True),
-    (2, {"threads": 2, "idle_engine": True}, False),  # asked for, but nothing to keep it off
-])
-def test_an_idle_engine_joins_a_pinned_engine_process_on_small_live_hosts(cores: int, kw: dict, idle: bool) -> None:
-    assert resolve_defaults(device="cpu", cores=cores, **kw).idle_engine is idle
-    assert resolve_defaults(device="cuda", cores=cores, **kw).idle_engine is False

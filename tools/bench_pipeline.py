@@ -22,8 +22,7 @@ the windows/s one monitor process takes). With
 processes (app/shards.py), alternating, and the ingest processes' CPU per frame is printed too
 (docs/performance.md). With --phases 1,4 each N is run with every stream's windows completed by
 the same frames and with them spread over 4 quarters of the hop (the monitor's --phases),
-alternating; with --idle-engine on,off with and without the idle engine process (engine/pool.py),
-alternating, and its share of the windows and its speed are printed. With --publishers P the machines are split over P publisher processes
+alternating. With --publishers P the machines are split over P publisher processes
 (``sim:bearing?first=``, distinct stream ids), which the monitor's one source subscribes to
 together (``zmq://HOST:PORT,HOST:PORT``): one publisher process simulates some 40,000 channels/s,
 so ten thousand streams (240,000 channels/s) need several (a GPU host).
@@ -204,9 +203,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     drops0 = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost
     pipe.stats.start_recording()
     ticks0 = cpu_times()
-    # the engine processes: the engine process and, where it runs, the idle one (engine/pool.py)
-    runners = getattr(pipe.runner, "runners", [pipe.runner])
-    child = [r.pid for r in runners if getattr(r, "pid", None)]
+    child = [pipe.runner.pid] if getattr(pipe.runner, "pid", None) else []
     shards = pipe._ingest_pids()  # the ingest processes (--ingest-procs > 1)
     proc0, shards0 = process_cpu_s(child + shards), process_cpu_s(shards, self_too=False)
     env0 = pipe.envelope.cpu_s if pipe.envelope is not None else 0.0
@@ -219,16 +216,11 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     parts["engine_loop"] = [("self", pipe.engine.native_id)]
     if child:
         parts["engine_process"] = [(child[0], None)]
-    if len(child) > 1:
-        parts["idle_engine"] = [(pid, None) for pid in child[1:]]
     parts["publisher"] = [(pub.pid, None) for pub in pubs]  # all of them together
     sched0 = {name: sched_ns_of(where) for name, where in parts.items()}
     batch_times = getattr(pipe.runner, "batch_times", None)  # the engine process's per-batch times
-    helper_times = [r.batch_times for r in runners[1:]]  # the idle engine's
-    for times in [batch_times, *helper_times]:
-        if times is not None:
-            times.clear()
-    copies0 = getattr(pipe.runner, "copies", 0)
+    if batch_times is not None:
+        batch_times.clear()
     t0 = time.time()
     time.sleep(seconds)
     lat, batches = pipe.stats.stop_recording()  # every window of the measured span, not the live view's last 8192
@@ -254,16 +246,6 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         engine = {"wall_us_per_window": round(1e6 * bt[:, 2].sum() / rows, 1),
                   "cpu_us_per_window": round(1e6 * bt[:, 4].sum() / rows, 1),
                   "batches": len(bt), "batches_preempted": int((bt[:, 5] > 0).sum())}
-        ht = np.array([t for times in helper_times for t in times], dtype=np.float64).reshape(-1, 6)
-        if len(runners) > 1:
-            # the idle engine's share: its batches and windows, and its speed per window (its wall
-            # clock counts the time the monitor's threads took its core back)
-            hrows = ht[:, 0].sum()
-            # copied: its batches the engine process ran too, once free (the first result is used)
-            engine["idle"] = {"batches": len(ht), "windows_pct": round(100.0 * hrows / (rows + hrows), 1),
-                              "copied": getattr(pipe.runner, "copies", 0) - copies0,
-                              "wall_us_per_window": round(1e6 * ht[:, 2].sum() / hrows, 1) if hrows else None,
-                              "cpu_us_per_window": round(1e6 * ht[:, 4].sum() / hrows, 1) if hrows else None}
     windows = len(lat)
     drops = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost - drops0
     p50, p95, p99 = (float(v) for v in np.percentile(lat, (50, 95, 99))) if windows else (float("nan"),) * 3
@@ -297,7 +279,6 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
         "max_batch": pipe.batcher.max_batch,
         "eager_batch": pipe.batcher.eager_batch,
         "device": pipe.runner.device_name,
-        "idle_engine": len(runners) > 1,
         "process_cpu": cpu.get("cpu_percent"),
         # CPU time (monitor + engine process) per classified window over the measured seconds, and
         # the envelope stage's own share of it
@@ -375,9 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phases", default=None, metavar="LIST",
                     help="comma-separated --phases of the monitor to run each N with, alternating (e.g. 1,4: every "
                          "stream's windows on the same frames against spread over 4 quarters of the hop)")
-    ap.add_argument("--idle-engine", default=None, metavar="LIST",
-                    help="comma-separated on / off / auto: run each N with the idle engine process on and off, "
-                         "alternating (the monitor's --idle-engine; default: the monitor's default)")
     ap.add_argument("--publisher-on", default="monitor", metavar="LIST",
                     help="where the publisher runs: monitor (the monitor's own cores, not the engine process's; "
                          "default) or any (where the scheduler puts it); comma-separated to alternate, e.g. monitor,any")
@@ -410,9 +388,6 @@ def main(argv: list[str] | None = None) -> int:
             variants = [{**v, "ingest_procs": int(k)} for v in variants for k in args.ingest_procs.split(",")]
         if args.phases:
             variants = [{**v, "phases": int(k)} for v in variants for k in args.phases.split(",")]
-        if args.idle_engine:
-            variants = [{**v, "idle_engine": {"on": True, "off": False, "auto": None}[k.strip()]}
-                        for v in variants for k in args.idle_engine.split(",")]
         variants = [{**v, "publisher_on": p} for v in variants for p in places]
         for rep, extra in ((r, v) for r in range(args.repeat) for v in variants):
             r = run_one(n, seconds=args.seconds, model=args.model, device=args.device, max_wait_ms=args.max_wait_ms,
@@ -432,9 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['p99_ms']} ms  avg batch {r['avg_batch']}  machine busy {r['machine_busy_pct']} % "
                       f"(steal {r['steal_pct']} %)  "
                       f"{'publisher' if r['publishers'] == 1 else str(r['publishers']) + ' publishers'} on {r['publisher_cpus']}"
-                      f"{'  phases ' + str(r['phases']) if args.phases else ''}"
-                      f"{'  idle engine ' + ('on' if r['idle_engine'] else 'off') if args.idle_engine else ''}"
-                      f"  {'HELD' if r['held'] else 'not held'}",
+                      f"{'  phases ' + str(r['phases']) if args.phases else ''}  {'HELD' if r['held'] else 'not held'}",
                       flush=True)
                 print(f"        ingest thread CPU: {r['ingest_us_per_frame']} us per frame of {args.channels} "
                       f"channel(s), {r['ingest_us_per_channel']} us per channel", flush=True)
@@ -464,11 +437,6 @@ def main(argv: list[str] | None = None) -> int:
                     e = r["engine"]
                     print(f"        engine us/window: {e['wall_us_per_window']} wall, {e['cpu_us_per_window']} CPU; "
                           f"{e['batches_preempted']} of {e['batches']} batches lost the core meanwhile", flush=True)
-                    if "idle" in e:
-                        i = e["idle"]
-                        print(f"        idle engine: {i['batches']} batches, {i['windows_pct']} % of the windows, "
-                              f"us/window {i['wall_us_per_window']} wall, {i['cpu_us_per_window']} CPU; "
-                              f"{i['copied']} batches copied to the engine process", flush=True)
         if held_all and not failed:
             best = n  # held in every run, and so was every smaller N tried
         elif not held_all:

@@ -84,10 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="with the engine process: give it a core of its own and keep ingest on the others (the default "
            "when it runs one torch thread)")
     a("--no-pin-cpus", action="store_true", help="let the scheduler place the engine process and the monitor")
-    a("--idle-engine", choices=["auto", "on", "off"],
-      help="with the engine process on a core of its own: run a second one on the monitor's cores at idle "
-           "priority, taking batches while the first is busy, so a backlog drains on time the monitor leaves "
-           "(default auto: on for live runs below 8 cores; it costs one more process's memory)")
     a("--capture", metavar="DIR", help="write raw samples around each alarm (WAV + JSON) into DIR")
     a("--metrics-address", metavar="HOST:PORT",
       help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; 0.0.0.0:9464 lets "
@@ -136,7 +132,6 @@ FLAGS: dict[str, Flag] = {
     "engine_process": Flag("run", "engine_process", {"on": True, "off": False}.get),  # auto: the default
     "ingest_procs": Flag("run", "ingest_procs"),
     "no_pin_cpus": Flag("run", "pin_cpus", lambda given: False),
-    "idle_engine": Flag("run", "idle_engine", {"on": True, "off": False}.get),  # auto: the default
     "pin_cpus": Flag("run", "pin_cpus"),  # after --no-pin-cpus: with both, pinning wins
     "baseline": Flag("run", "baseline"),
     "learn": Flag("run", "learn_s", parse_duration),

@@ -35,7 +35,6 @@ class Resolved:
     block_when_full: bool  # a full queue makes the source wait (replays) instead of dropping (live)
     ingest_procs: int = 1  # processes that read each ZeroMQ SUB source (1: its ingest thread alone)
     catch_up_batch: int = 0  # most windows in a batch while a backlog drains (0: max_batch)
-    idle_engine: bool = False  # a second engine process on the monitor's cores at idle priority
 
     @property
     def capacity(self) -> int:
@@ -56,7 +55,6 @@ def resolve_defaults(
     stale_ms: float = 2000.0,
     ingest_procs: int | None = None,
     window: int = 2048,
-    idle_engine: bool | None = None,
 ) -> Resolved:
     """Fills what the config left unset (None).
 
@@ -75,10 +73,6 @@ def resolve_defaults(
       cores, at most MAX_INGEST_PROCS: each ingest process keeps one core busy, and the other half
       is left to the parent (batcher, output, the engine thread or process) and to a gateway or
       publisher on the same host.
-    - With the engine process pinned below BIG_HOST_CORES cores, live runs start an idle engine
-      process too (engine/pool.py): the monitor's cores idle part of the time, and on them a
-      second engine process at idle priority drains a backlog the first alone would let grow.
-      It needs the pinned engine process (its core is the one the idle engine stays off).
     """
     on_cpu = device == "cpu"
     live_cpu = on_cpu and not fast
@@ -94,7 +88,6 @@ def resolve_defaults(
         catch_up = cuda_catch_up_batch(window)
     procs = ingest_procs if ingest_procs is not None else (
         min(MAX_INGEST_PROCS, cores // 2) if cores >= BIG_HOST_CORES else 1)
-    idle = pin and (idle_engine if idle_engine is not None else live_cpu and cores < BIG_HOST_CORES)
     return Resolved(engine_process=use_process, pin_cpus=pin, max_batch=batch, eager_batch=min(eager, batch),
                     stale_ms=0.0 if fast else stale_ms, block_when_full=fast, ingest_procs=max(1, procs),
-                    catch_up_batch=catch_up, idle_engine=idle)
+                    catch_up_batch=catch_up)

@@ -34,7 +34,6 @@ from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.contract import RunnerLike, device_type
 from drsn_stream.engine.engine import InferenceLoop
-from drsn_stream.engine.pool import EnginePool
 from drsn_stream.engine.procrunner import ProcessRunner
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError, DrsnStreamError
@@ -115,7 +114,7 @@ class Pipeline:
             device=device_type(config.device), cores=_cores(), fast=config.fast,
             engine_process=config.engine_process, pin_cpus=config.pin_cpus, threads=config.threads,
             max_batch=config.max_batch, eager_batch=config.eager_batch, stale_ms=config.stale_ms,
-            ingest_procs=config.ingest_procs, window=meta.window, idle_engine=config.idle_engine,
+            ingest_procs=config.ingest_procs, window=meta.window,
         )
         self.resolved = res
         self.max_batch = res.capacity  # what the runner takes: a catch-up batch too
@@ -151,16 +150,9 @@ class Pipeline:
             module, meta = load_artifact(self.model_name)
             self.runner = self._local_runner(module, meta, config, features)
         try:
-            idle_note = ""
-            if res.idle_engine and self._cpus is not None:
-                self._add_idle_engine(meta, config, features)
-            elif config.idle_engine and self._cpus is None:
-                idle_note = ("--idle-engine on: no idle engine process started; it needs the engine process on a "
-                             "core of its own (--engine-process on with 2 or more cores, one torch thread, pinned)")
             self._assemble(config, res, meta, sinks)
-            for line in (in_process, idle_note):
-                if line:
-                    self._notes.append(("*", line))
+            if in_process:
+                self._notes.append(("*", in_process))
         except BaseException:
             # A failure, or a signal during start-up (KeyboardInterrupt, Terminated), once the
             # engine process runs: it has a session of its own, so no signal of the terminal
@@ -168,19 +160,6 @@ class Pipeline:
             # on loading the model for a monitor that is gone.
             self._abandon()
             raise
-
-    def _add_idle_engine(self, meta: ArtifactMeta, config: RunConfig, features: int) -> None:
-        """Wraps the engine process into an EnginePool, which starts an idle engine process on this
-        process's cores the first time the engine process has every lane busy."""
-        assert isinstance(self.runner, ProcessRunner) and self._cpus is not None
-        cpus = set(self._cpus[0])
-
-        def make_helper() -> ProcessRunner:
-            return ProcessRunner(self.model_name, window=meta.window, classes=len(meta.labels),
-                                 max_batch=self.max_batch, threads=1, lanes=1, cpu=cpus,
-                                 cpu_layout=config.cpu_layout, features=features, idle=True)
-
-        self.runner = EnginePool(self.runner, make_helper)
 
     def _assemble(self, config: RunConfig, res: Resolved, meta: ArtifactMeta, sinks: Iterable[Sink]) -> None:
         """The rest of ``__init__``, once the runner exists: the stages around the model."""
@@ -215,10 +194,9 @@ class Pipeline:
         self.events = EventLog(maxlen=200)
         self.transcript: list[str] = []
         self.usage = ResourceMeter()
-        if isinstance(self.runner, ProcessRunner | EnginePool):
+        if isinstance(self.runner, ProcessRunner):
             runner = self.runner
-            pids = (lambda: runner.pids) if isinstance(runner, EnginePool) else (lambda: [runner.pid])
-            self.usage.extra_pids = lambda: [*pids(), *self._ingest_pids()]  # the footer's CPU and RSS include them
+            self.usage.extra_pids = lambda: [runner.pid, *self._ingest_pids()]  # the footer's CPU and RSS include them
         elif any(isinstance(s, ShardedSource) for s in self.sources):
             self.usage.extra_pids = self._ingest_pids
         if not all(s.realtime for s in self.sources):
@@ -251,8 +229,8 @@ class Pipeline:
         self._said_waiting: set[int] = set()  # sources whose "waiting for ..." note was emitted
 
     def _abandon(self) -> None:
-        """Ends what a failed ``__init__`` started: the engine processes, ingest processes."""
-        if isinstance(self.runner, ProcessRunner | EnginePool):
+        """Ends what a failed ``__init__`` started: the engine process, ingest processes."""
+        if isinstance(self.runner, ProcessRunner):
             self.runner.close(wait_s=0.0)
         for src in self.sources:  # made before the runner: they exist
             try:
@@ -456,7 +434,7 @@ class Pipeline:
             self._envelope_notes()
         if self.engine.ident is not None:  # started (stop() may follow an interrupted start())
             self.engine.join(timeout=30.0)
-        if isinstance(self.runner, ProcessRunner | EnginePool) and not self.engine.is_alive():
+        if isinstance(self.runner, ProcessRunner) and not self.engine.is_alive():
             self.runner.begin_close()  # the child exits while the output is drained
         self._out.put(None)
         if self._threads:
@@ -466,7 +444,7 @@ class Pipeline:
             self.capture.close()
         if self._running:
             self._emit({"type": "stats", "time": time.time(), "final": True, **self.stats_json()})
-        if isinstance(self.runner, ProcessRunner | EnginePool):
+        if isinstance(self.runner, ProcessRunner):
             # begin_close() let the child leave its read loop while the output drained; one still
             # tearing torch down a second later is not waited for (a stop within 2 s)
             self.runner.close(wait_s=1.0)

@@ -79,10 +79,6 @@ class RunConfig:
     # with the engine process: give it a core of its own, keep ingest on the rest
     # (None: on when it runs one torch thread, the default)
     pin_cpus: bool | None = None
-    # with the engine process pinned on a host of few cores: a second engine process on the
-    # monitor's cores at idle priority, which takes batches while the first has all its lanes busy
-    # (engine/pool.py; None: on for live runs below 8 cores)
-    idle_engine: bool | None = None
     stats_every_s: float = 5.0
     baseline: str | None = None  # a baseline profile (monitor/baseline.py): each prediction gains `anomaly`
     learn_s: float | None = None  # learn each stream without a baseline for this long, then monitor it

@@ -138,7 +138,7 @@ class MicroBatcher:
     def dropped_total(self) -> int:
         return sum(self.dropped_stale.values()) + sum(self.dropped_overflow.values())
 
-    def next_batch(self, timeout: float = 0.5, *, early: bool = True, limit: int | None = None) -> list[Window]:
+    def next_batch(self, timeout: float = 0.5, *, early: bool = True) -> list[Window]:
         """Blocks until a batch is due (full, oldest waited max_wait, flushed, or eager_batch windows
         queued) or ``timeout`` passes.
 
@@ -146,8 +146,6 @@ class MicroBatcher:
             early: whether a ``flush()`` or ``eager_batch`` may send a batch before it is full or
                 has waited ``max_wait_ms``; the inference loop passes False while the engine is busy
                 with another batch, so windows gather into a fuller one instead of queueing behind it.
-            limit: at most this many windows in the batch (the rest of a due batch stays due);
-                None: ``max_batch``, or ``catch_up_batch`` from a backlog.
 
         Returns [] on timeout, or when closed and empty.
         """
@@ -157,18 +155,18 @@ class MicroBatcher:
                 self._drop_stale()
                 n = len(self._q)
                 if n >= self.max_batch or (n and self._closed):
-                    return self._take(limit)
+                    return self._take()
                 if n:
                     waited = self._clock() - self._q[0].t_ready
                     remaining = self.max_wait - waited
                     if remaining <= 0:
-                        return self._take(limit)
+                        return self._take()
                     if early and self.accepted - n < self._due:  # the oldest window came before a flush()
                         self.flushes += 1
-                        return self._take(limit)
+                        return self._take()
                     if early and self.eager_batch and n >= self.eager_batch:
                         self.eager_sends += 1
-                        return self._take(limit)
+                        return self._take()
                     wait = min(remaining, deadline - time.monotonic())
                 else:
                     if self._closed:
@@ -178,13 +176,11 @@ class MicroBatcher:
                     return []
                 self._cond.wait(wait)
 
-    def _take(self, limit: int | None = None) -> list[Window]:
+    def _take(self) -> list[Window]:
         n = len(self._q)
         if n > self.max_batch:
             n = min(n, self.catch_up_batch)
-        if limit is not None:
-            n = min(n, max(1, limit))
-        self.catch_ups += n > self.max_batch
+            self.catch_ups += n > self.max_batch
         batch = [self._q.popleft() for _ in range(n)]
         if self.block_when_full:
             self._cond.notify_all()

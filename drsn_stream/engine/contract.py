@@ -104,11 +104,7 @@ def split_packed(res: np.ndarray, features: int, pending: Pending) -> tuple[np.n
 class RunnerLike(Protocol):
     """What the inference loop needs of a runner: ``Runner`` (CPU, CUDA) and ``ProcessRunner`` (CPU
     in a child process) both keep it. At most ``lanes`` batches may be submitted and not collected;
-    ``collect`` takes them in submission order. ``EnginePool`` (engine/pool.py: an engine process and
-    an idle one) keeps it too, with batches of its two processes finishing in any order, and offers
-    what the loop then uses where a runner has it: ``out_of_order`` (True), ``wait(timeout)`` (for
-    any batch), ``lost(pending)`` (went with a dead process), ``batch_limit`` (the next batch's most
-    windows) and ``poll()`` (lines to say)."""
+    ``collect`` takes them in submission order."""
 
     window: int
     max_batch: int

@@ -6,7 +6,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -77,18 +76,6 @@ def predictions_from(
                        np.ascontiguousarray(levels, dtype=np.float64).reshape(b), noise)
 
 
-@dataclass(eq=False)
-class _Batch:
-    """A batch sent to the runner: its windows, their levels, the runner's handle, when it was
-    sent, and (probs, noise) once collected."""
-
-    windows: list[Window]
-    levels: np.ndarray
-    handle: Pending
-    t_batched: float
-    out: tuple[np.ndarray, np.ndarray] | None = None
-
-
 class InferenceLoop(threading.Thread):
     """Pulls batches from the batcher, runs them, hands Predictions to ``on_predictions``.
 
@@ -137,91 +124,49 @@ class InferenceLoop(threading.Thread):
         self.batcher.close()
 
     def run(self) -> None:
-        # On CUDA and with engine processes up to runner.lanes batches are in flight: a batch
+        # On CUDA and with the engine process up to runner.lanes batches are in flight: a batch
         # that is due is submitted while the previous one still runs, so copies and compute of
         # the two overlap, and a finished batch is collected within POLL_S, so overlap never holds
-        # a result back. Results are handed on in the order the batches were sent, also where a
-        # runner's batches finish out of order (``EnginePool``: a later batch on the first engine
-        # process before an earlier one on the idle one). If an engine process dies a new one
-        # takes over: its batches in flight are counted in ``lost`` and noted.
-        pending: deque[_Batch] = deque()
+        # a result back. If the engine process dies a new one takes over: the batches in flight
+        # are counted in ``lost`` and noted.
+        pending: deque[tuple[list[Window], np.ndarray, Pending, float]] = deque()
         try:
             while not self._halt.is_set():
                 batch: list[Window] = []
                 try:
-                    self._say_runner_messages()
-                    if pending:
-                        self._collect_done(pending)
-                        if pending[0].out is not None:
-                            self._deliver(pending.popleft())
-                            continue
-                        if sum(1 for b in pending if b.out is None) >= self.runner.lanes:
-                            self._wait(pending)  # every lane is busy: wait for one to finish
-                            continue
-                    # The loop keeps watching the batcher (a short poll) while batches run, so a
-                    # batch that falls due meanwhile is sent at once and the engine never idles
-                    # waiting for this thread. While one runs, a flush does not send the next one
-                    # early: it would only queue behind it, and smaller batches cost more per window.
-                    running = any(b.out is None for b in pending)
-                    batch = self.batcher.next_batch(timeout=POLL_S if pending else 0.1, early=not running,
-                                                    limit=getattr(self.runner, "batch_limit", None))
+                    # The oldest batch in flight is collected when it is done or when every lane
+                    # is busy; otherwise the loop keeps watching the batcher (a short poll), so a
+                    # batch that falls due while another runs is sent at once and the engine
+                    # never idles waiting for this thread.
+                    if pending and (len(pending) >= self.runner.lanes or self.runner.done(pending[0][2])):
+                        self._finish(*pending.popleft())
+                        continue
+                    # While a batch runs, a flush does not send the next one early: it would
+                    # only queue behind the running one, and smaller batches cost more per window.
+                    batch = self.batcher.next_batch(timeout=POLL_S if pending else 0.1, early=not pending)
                     if batch:
                         t_batched = time.time()
                         x, levels = self.prepare(batch)
-                        pending.append(_Batch(batch, levels, self.runner.submit(x), t_batched))
+                        pending.append((batch, levels, self.runner.submit(x), t_batched))
                         batch = []
                         if self.runner.lanes <= 1:
-                            self._collect(pending[-1])
+                            self._finish(*pending.popleft())
                     elif not pending and self.batcher.closed and self.batcher.depth() == 0:
                         return
                 except EngineRestarted as exc:
-                    lost = getattr(self.runner, "lost", None)  # a pool loses only the dead process's
-                    gone = [b for b in pending if b.out is None and (lost is None or lost(b.handle))]
-                    self.lost += len(batch) + sum(len(b.windows) for b in gone)
-                    pending = deque(b for b in pending if all(b is not g for g in gone))
+                    self.lost += len(batch) + sum(len(p[0]) for p in pending)
+                    pending.clear()
                     self.notes.append(str(exc))
             while pending:
-                if pending[0].out is None:
-                    self._collect(pending[0])
-                self._deliver(pending.popleft())
+                self._finish(*pending.popleft())
         except BaseException as exc:  # surfaced by the pipeline, never silently lost
             self.error = exc
-
-    def _say_runner_messages(self) -> None:
-        poll = getattr(self.runner, "poll", None)  # an EnginePool's: its helpers looked after, lines to say
-        if poll is not None:
-            self.notes.extend(poll())
-
-    def _collect_done(self, pending: deque[_Batch]) -> None:
-        """Collects the batches in flight that are done: in order, up to the first that is not,
-        or every one that is where the runner's batches finish out of order."""
-        any_order = getattr(self.runner, "out_of_order", False)
-        for b in pending:
-            if b.out is not None:
-                continue
-            if self.runner.done(b.handle):
-                self._collect(b)
-            elif not any_order:
-                return
-
-    def _wait(self, pending: deque[_Batch]) -> None:
-        wait = getattr(self.runner, "wait", None)
-        if wait is not None:
-            wait(0.1)  # for any of the runner's processes; the next pass collects what is done
-        else:
-            self._collect(next(b for b in pending if b.out is None))  # the oldest finishes first
-
-    def _collect(self, b: _Batch) -> None:
-        probs, noise = self.runner.collect(b.handle)
-        b.out = (probs, noise)
 
     def process(self, batch: list[Window]) -> list[Prediction]:
         """Runs one batch to completion (no overlap) and hands its Predictions on."""
         t_batched = time.time()
         x, levels = self.prepare(batch)
-        b = _Batch(batch, levels, self.runner.submit(x), t_batched)
-        self._collect(b)
-        return self._deliver(b)
+        return self._finish(batch, levels, self.runner.submit(x), t_batched)
 
     def _off_clock(self, batch: list[Window], lag: np.ndarray, late: np.ndarray) -> None:
         """Says (once per stream, a few streams by name) that windows were formed far from the
@@ -243,10 +188,8 @@ class InferenceLoop(threading.Thread):
                                            f"clock is {cause}); latency figures include it: synchronise the "
                                            "sender's clock (NTP/PTP)"))
 
-    def _deliver(self, b: _Batch) -> list[Prediction]:
-        """A collected batch's Predictions to ``on_predictions``; its latency ends here."""
-        batch, levels, handle, t_batched = b.windows, b.levels, b.handle, b.t_batched
-        probs, noise = b.out
+    def _finish(self, batch: list[Window], levels: np.ndarray, handle: Pending, t_batched: float) -> list[Prediction]:
+        probs, noise = self.runner.collect(handle)
         t_done = time.time()
         t_last = np.array([w.t_last for w in batch])
         t_ready = np.array([w.t_ready for w in batch])

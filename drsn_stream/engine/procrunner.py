@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -92,20 +91,6 @@ def _error_line(exc: BaseException) -> str:
     return f"error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
 
 
-def _idle_priority() -> str:
-    """Lowers the calling process to idle priority: SCHED_IDLE where there is one (Linux: it runs
-    only when nothing else on its cores wants them), else the lowest nice value. Says which."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return "idle priority"
-    except (AttributeError, OSError):
-        try:
-            os.nice(19)
-            return "nice 19"
-        except (AttributeError, OSError):
-            return "normal priority"
-
-
 def _worker(argv: list[str]) -> int:
     """The child: load the artifact, then answer ``LANE ROWS`` lines on stdin until it closes.
 
@@ -116,9 +101,9 @@ def _worker(argv: list[str]) -> int:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     model, window, max_batch, threads, width = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
-    cpus, layout, features, idle, names = argv[5], argv[6], int(argv[7]), argv[8] == "idle", argv[9:]
-    if cpus != "-":
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    cpu, layout, features, names = int(argv[5]), argv[6], int(argv[7]), argv[8:]
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
     # Replies go to a private copy of stdout; anything a library prints lands on stderr instead
     # of in the middle of the protocol.
     out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -141,9 +126,6 @@ def _worker(argv: list[str]) -> int:
         device = runner.device_name
         if jemalloc_loaded() and device.endswith(")"):
             device = device[:-1] + ", jemalloc)"
-        if idle:  # loaded at normal priority (a quick start); from now on it runs on idle time only
-            how = _idle_priority()
-            device = device[:-1] + f", {how})" if device.endswith(")") else f"{device} ({how})"
         out.write("\t".join([f"ready {device}", *(n.replace("\t", " ") for n in runner.notes)]) + "\n")
         out.flush()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
@@ -189,15 +171,13 @@ class ProcessRunner:
         max_batch: the largest batch ``submit`` takes.
         threads: torch threads in the child (default 1: the other core is ingest's).
         lanes: batches in flight (2: one runs while the next is copied in).
-        cpu: pin the child to this core, or these cores (None: the scheduler decides).
-        idle: the child runs at idle priority once it is ready (an idle engine: ``engine.pool``).
+        cpu: pin the child to this core (None: the scheduler decides).
         cpu_layout: "auto" (1-D networks run in their verified channels-last form) or "off".
         features: width of the pooled features to return (``Pending.features``); 0: none.
     """
 
     def __init__(self, model: str, *, window: int, classes: int, max_batch: int = 256, threads: int | None = None,
-                 lanes: int = 2, cpu: int | Iterable[int] | None = None, cpu_layout: str = "auto", features: int = 0,
-                 idle: bool = False) -> None:
+                 lanes: int = 2, cpu: int | None = None, cpu_layout: str = "auto", features: int = 0) -> None:
         self.window, self.max_batch, self.lanes = int(window), int(max_batch), max(1, int(lanes))
         self.threads = int(threads or 1)
         self.device = None
@@ -211,7 +191,6 @@ class ProcessRunner:
         self._busy = [False] * self.lanes
         self._next = 0
         self._inflight: list[int] = []
-        self._generation = 0  # one more per restart: a Pending of an earlier one is lost
         self._t_submit = [0.0] * self.lanes
         # (rows, s from submit to the child starting it, s running, s from its end to collect,
         # CPU s the child spent running it, times the kernel took its core away meanwhile) of
@@ -222,7 +201,6 @@ class ProcessRunner:
         self._restart_times: deque[float] = deque()
         self._model = str(model)
         self.cpu = cpu
-        self.idle = bool(idle)
         self.cpu_layout = cpu_layout
         self.device_name = "CPU (engine process)"
         self._in: list[shared_memory.SharedMemory] = []
@@ -250,21 +228,14 @@ class ProcessRunner:
         # A plain child interpreter (not multiprocessing's spawn, which re-imports the caller's
         # __main__): it only needs the artifact, the shared-memory names and two pipes.
         args = [self._model, str(self.window), str(self.max_batch), str(self.threads), str(self._width)]
-        cpus = "-" if self.cpu is None else str(self.cpu) if isinstance(self.cpu, int) else ",".join(map(str, sorted(self.cpu)))
-        args += [cpus, self.cpu_layout, str(self.features), "idle" if self.idle else "normal"]
+        args += [str(-1 if self.cpu is None else self.cpu), self.cpu_layout, str(self.features)]
         args += [s.name for s in self._in + self._out]
         argv, env = child_process("drsn_stream.engine.procrunner", args)
-        # Its own session: a terminal's Ctrl-C goes to the monitor alone, which ends the child by
-        # closing its stdin (a child killed mid-start-up printed a traceback). An idle engine gets
-        # its own process group instead, which Ctrl-C does not reach either: a session of its own
-        # is also a scheduling group of its own where the kernel groups by session (autogroup,
-        # the Linux default), which shares its cores evenly with the monitor's group whatever the
-        # priority of the task inside; in the monitor's group idle priority means idle.
-        group = ({"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}) if self.idle \
-            else {"start_new_session": True}
         self._proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,  # replies: read raw
-            env=allocator_env(env), **group,
+            # its own session: a terminal's Ctrl-C goes to the monitor alone, which ends the
+            # child by closing its stdin (a child killed mid-start-up printed a traceback)
+            start_new_session=True, env=allocator_env(env),
         )
         self._rbuf = b""
 
@@ -291,36 +262,7 @@ class ProcessRunner:
 
     def done(self, pending: Pending) -> bool:
         """Whether ``collect(pending)`` would return at once (the oldest batch in flight is done)."""
-        return bool(self._inflight) and (self._inflight[0], self._generation) == pending.slot and self._poll_line(0.0)
-
-    def lost(self, pending: Pending) -> bool:
-        """Whether ``pending`` went with an engine process that died (submitted before a restart)."""
-        return pending.slot[1] != self._generation
-
-    @property
-    def in_flight(self) -> int:
-        """Batches submitted and not collected."""
-        return len(self._inflight)
-
-    def input_of(self, pending: Pending) -> np.ndarray:
-        """The windows of a batch in flight where the child reads them (a view, valid until the
-        batch is collected)."""
-        return self._x[pending.slot[0]][: pending.rows]
-
-    def has_reply(self) -> bool:
-        """Whether a whole reply line is read and waiting (``select`` on ``fileno`` would miss it)."""
-        return b"\n" in self._rbuf
-
-    def fileno(self) -> int:
-        """The child's reply pipe: readable when a reply (or its end) is there (``select``)."""
-        return self._proc.stdout.fileno()
-
-    def poll_ready(self) -> bool:
-        """Whether the child is ready, without waiting: True once its ``ready`` line came (read
-        here if it is there); raises as ``warmup`` does if it failed to start."""
-        if not self.ready.is_set() and self._poll_line(0.0):
-            self.warmup()
-        return self.ready.is_set()
+        return bool(self._inflight) and self._inflight[0] == pending.slot and self._poll_line(0.0)
 
     def _restart(self) -> EngineRestarted:
         """Replaces a dead child (batches in flight are lost); returns the exception to raise."""
@@ -329,7 +271,6 @@ class ProcessRunner:
         self._busy = [False] * self.lanes
         self._next = 0
         self._inflight.clear()
-        self._generation += 1
         self.restarts += 1
         now = time.monotonic()
         self._restart_times.append(now)
@@ -340,8 +281,7 @@ class ProcessRunner:
                                f"within {RESTART_WINDOW_S:.0f} s; giving up")
         self.ready.clear()
         self._start_child()
-        if not self.idle:  # an idle engine's caller asks poll_ready() before it sends it more
-            self.warmup()
+        self.warmup()
         return EngineRestarted(f"the engine process ended (exit code {code}); started a new one "
                                f"(restart {self.restarts}), its batches in flight are lost")
 
@@ -384,12 +324,10 @@ class ProcessRunner:
         except RuntimeError:
             raise self._restart() from None
         self._inflight.append(lane)
-        return Pending(rows, slot=(lane, self._generation))
+        return Pending(rows, slot=lane)
 
     def collect(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
-        lane, generation = pending.slot
-        if generation != self._generation:
-            raise RuntimeError("this batch went with an engine process that ended")
+        lane = pending.slot
         if not self._inflight or self._inflight[0] != lane:
             raise RuntimeError("collect the batches in the order they were submitted")
         reply = self._readline()
