@@ -250,16 +250,13 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     drops = pipe.batcher.dropped_total() + pipe.dropped_output + pipe.engine.lost - drops0
     p50, p95, p99 = (float(v) for v in np.percentile(lat, (50, 95, 99))) if windows else (float("nan"),) * 3
     cpu = pipe.usage.read()
-    if pipe.engine.error is not None:  # a run whose engine stopped measured nothing: say why
-        pipe.stop()
-        for pub in pubs:
-            pub.kill()
-        raise SystemExit(f"the engine stopped during the run: {pipe.engine.error!r}")
     pipe.stop()
     for pub in pubs:
         pub.send_signal(signal.SIGINT)  # it sends until stopped (or its duration ends)
     for pub in pubs:
         pub.wait(timeout=30)
+    if pipe.engine.error is not None:  # a run whose engine stopped measured nothing: say why
+        raise SystemExit(f"the engine stopped during the run: {pipe.engine.error!r}")
     hop_s = (hop or pipe.meta.hop) / pipe.meta.sample_rate
     expected = n * elapsed / hop_s
     return {
