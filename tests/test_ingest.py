@@ -412,6 +412,29 @@ def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int |
         assert row["ingest_us_per_frame"] > 0
 
 
+@pytest.mark.slow
+def test_bench_ingest_warm_up_counts_only_the_frames_after_it() -> None:
+    """--warm-up S: S more seconds of every stream are ingested first, untimed, and the figures
+    are those of the frames after them (a monitor that has run a while)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "tools" / "bench_ingest.py"), "--streams", "64", "--channels", "16",
+           "--hop", "2048", "--seconds", "2", "--warm-up", "1", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    machines, per_machine, warm = 4, int(3 * RATE / 512), int(1 * RATE / 512)  # frames sent, warm-up's
+    # timed: the frames after the warm-up's, the clock started at the end of the run that passed
+    # them (a run holds at most INGEST_SLICE_MAX channels)
+    timed = machines * (per_machine - warm)
+    assert timed - INGEST_SLICE_MAX // 16 <= row["frames"] <= timed
+    assert row["malformed"] == 0 and not row["errors"] and row["warm_up_s"] == 1.0 and row["ingest_us_per_frame"] > 0
+    # every window of the whole stream was still made, warm-up included
+    assert row["windows"] == 64 * ((per_machine * 512 - 2048) // 2048 + 1)
+
+
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
     not jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
 def test_the_compiled_bank_step_refuses_what_does_not_fit_instead_of_writing_past_it(compiled) -> None:

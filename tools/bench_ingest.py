@@ -10,12 +10,18 @@ the batcher as the engine would (without running the model). Prints the ingest t
 per frame and per channel, and frames/s (wall). ``--profile`` prints the top of a cProfile of
 the same run instead of timing it.
 
+A run from a cold start also pays what a monitor pays once: every buffer new (the kernel faults in
+and zeroes its pages at the first writes), the health's rows growing. ``--warm-up S`` queues S
+more seconds of every stream first and counts only the frames after them, as in a monitor that
+has run a while (docs/performance.md: without it, read the figures as an upper bound).
+
     python tools/bench_ingest.py --streams 256 --seconds 4
     python tools/bench_ingest.py --streams 256 --channels 16 --seconds 4
     python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --seconds 4
     python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --phases 4 --seconds 4
     python tools/bench_ingest.py --streams 256 --repeat 5 --slice-max 256,1024
     python tools/bench_ingest.py --streams 256 --repeat 3 --receive pyzmq,auto
+    python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --phases 4 --warm-up 4
 """
 
 from __future__ import annotations
@@ -68,8 +74,8 @@ RECEIVE = {"auto": None, "compiled": True, "pyzmq": False}  # the source's compi
 
 
 def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, phases: int = 1,
-        profile: bool = False, receive: str = "auto") -> dict:
-    msgs = messages(streams, channels, seconds)
+        profile: bool = False, receive: str = "auto", warm_up: float = 0.0) -> dict:
+    msgs = messages(streams, channels, warm_up + seconds)
     port = free_port()
     ctx = zmq.Context.instance()
     push = ctx.socket(zmq.PUSH)
@@ -100,18 +106,32 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
     thresholds = freeze_start_up_objects()  # as Pipeline.start does: the collector as in the monitor
     # CPU time of this thread, not wall time: other processes on a loaded machine do not count
     prof = cProfile.Profile(time.thread_time) if profile else None
-    t_wall, t_cpu = time.perf_counter(), time.thread_time()
-    if prof is not None:
+    start = {"cpu": time.thread_time(), "wall": time.perf_counter(), "frames": 0}
+    warm_frames = (streams // channels) * int(warm_up * RATE / FRAME)
+    if warm_frames:  # the clocks start once the warm-up's frames are ingested
+        ingest_frames, taken = pipe.ingest.frames, [0]
+
+        def frames_then_clock(frames: list, source: object = None) -> list:
+            out = ingest_frames(frames, source)
+            taken[0] += len(frames)
+            if taken[0] >= warm_frames and not start["frames"]:
+                start.update(cpu=time.thread_time(), wall=time.perf_counter(), frames=taken[0])
+                if prof is not None:
+                    prof.enable()
+            return out
+
+        pipe.ingest.frames = frames_then_clock
+    elif prof is not None:
         prof.enable()
     pipe._ingest(src)
     if prof is not None:
         prof.disable()
-    cpu, wall = time.thread_time() - t_cpu, time.perf_counter() - t_wall
+    cpu, wall = time.thread_time() - start["cpu"], time.perf_counter() - start["wall"]
     done.set()
     drainer.join()
     thaw(thresholds)
     push.close(0)
-    frames = src.stats.snapshot()["frames"]
+    frames = src.stats.snapshot()["frames"] - start["frames"]
     if prof is not None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     return {
@@ -119,6 +139,7 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
         "channels_per_frame": channels,
         "hop": hop or pipe.meta.hop,
         "phases": phases,
+        "warm_up_s": warm_up,
         "frames": frames,
         "windows": windows,
         "malformed": pipe.malformed_total(),
@@ -136,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=int, default=1, help="channels per frame")
     ap.add_argument("--hop", type=int, default=None, help="window hop in samples (default: the model's)")
     ap.add_argument("--phases", type=int, default=1, help="the monitor's --phases (default 1)")
-    ap.add_argument("--seconds", type=float, default=4.0, help="seconds of signal per stream queued")
+    ap.add_argument("--seconds", type=float, default=4.0, help="seconds of signal per stream queued and timed")
+    ap.add_argument("--warm-up", type=float, default=0.0, metavar="S",
+                    help="seconds of signal per stream queued before those and ingested untimed (buffers grown and "
+                         "their pages faulted in, as in a monitor that has run a while)")
     ap.add_argument("--repeat", type=int, default=1, help="runs; the figures of each are printed")
     ap.add_argument("--slice-max", default=None, metavar="LIST",
                     help="comma-separated widths (channels) of a poll's runs after the first (the pipeline's "
@@ -159,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             for receive in receives:
                 ingest_mod.INGEST_SLICE_MAX = width
                 rows.append({**run(args.streams, args.channels, args.seconds, hop=args.hop, phases=args.phases,
-                                 profile=args.profile, receive=receive),
+                                 profile=args.profile, receive=receive, warm_up=args.warm_up),
                              "slice_max": width, "receive": receive})
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -167,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['streams']} streams in {r['streams'] // r['channels_per_frame']} frames of "
               f"{r['channels_per_frame']} channel(s), hop {r['hop']}, phases {r['phases']}, later runs {r['slice_max']} wide, "
-              f"received {r['receive']}: {r['frames']} frames, {r['windows']} windows, "
+              f"received {r['receive']}" + (f", after {r['warm_up_s']:g} s of warm-up" if r["warm_up_s"] else "")
+              + f": {r['frames']} frames, {r['windows']} windows, "
               f"{r['frames_per_s']:.0f} frames/s ({r['channels_per_s']:.0f} channels/s); ingest CPU "
               f"{r['ingest_us_per_frame']} us per frame, {r['ingest_us_per_channel']} us per channel"
               + (f"; malformed {r['malformed']}, errors {r['errors']}" if r["malformed"] or r["errors"] else ""))
