@@ -313,6 +313,8 @@ def test_make_excerpts_refuses_a_broken_recording(change, words, data_dir, tmp_p
     ("reproduce_paper.py", ["--seeds", "-1"], ["--seeds"]),
     ("bench_engine_ab.py", ["--batch-sizes", "0"], ["--batch-sizes"]),
     ("bench_dashboard.py", ["--compare", "missing.py"], ["--compare", "missing.py"]),
+    ("bench_ingest.py", ["--warm-up", "-1"], ["--warm-up", "0 or more"]),
+    ("bench_ingest.py", ["--streams", "10", "--channels", "16"], ["--streams 10", "--channels 16"]),
 ])
 def test_small_tools_refuse_bad_flags_in_one_line(name, args, words, tmp_path, child_env):
     refused(tool(name, *args, env=child_env, cwd=tmp_path), name, *words)

@@ -39,7 +39,7 @@ import zmq
 
 from drsn_stream.app import ingest as ingest_mod
 from drsn_stream.app.pipeline import Pipeline, RunConfig
-from drsn_stream.errors import run_tool
+from drsn_stream.errors import ConfigError, run_tool
 from drsn_stream.runtime import freeze_start_up_objects, thaw
 from drsn_stream.sources.wire import encode, encode_eos
 
@@ -127,6 +127,8 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
     if prof is not None:
         prof.disable()
     cpu, wall = time.thread_time() - start["cpu"], time.perf_counter() - start["wall"]
+    if warm_frames and not start["frames"]:  # else the figures would hold the warm-up after all
+        raise RuntimeError(f"the ingest took fewer frames than the warm-up's {warm_frames}: nothing was timed")
     done.set()
     drainer.join()
     thaw(thresholds)
@@ -172,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.streams % args.channels:
-        raise SystemExit(f"--streams {args.streams} is not a multiple of --channels {args.channels}")
+        raise ConfigError(f"--streams {args.streams} is not a multiple of --channels {args.channels}")
+    if args.warm_up < 0:
+        raise ConfigError(f"--warm-up {args.warm_up:g}: give the seconds of every stream ingested untimed, 0 or more")
     widths = [int(w) for w in args.slice_max.split(",")] if args.slice_max else [ingest_mod.INGEST_SLICE_MAX]
     receives = args.receive.split(",")
     if not set(receives) <= set(RECEIVE):
