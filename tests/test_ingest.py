@@ -386,22 +386,26 @@ def test_batches_give_the_frames_iteration_gives_for_every_kind_that_replays(tmp
             [(f.stream_id, f.seq, f.samples.tobytes()) for f in frames] != [], spec
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("channels, hop", [(1, None), (16, 2048)])
-def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int | None) -> None:
+def bench_ingest(*args: str) -> list[dict]:
+    """The rows ``tools/bench_ingest.py ARGS --json`` prints, run as a user runs it."""
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, str(root / "tools" / "bench_ingest.py"), "--streams", "32", "--channels", str(channels),
-           "--seconds", "0.5", "--json"]
-    if hop:  # and the later runs of a poll 64 and 256 channels wide, alternating
-        cmd += ["--hop", str(hop), "--slice-max", "64,256"]
-    else:  # and the messages received by pyzmq's calls, then as the monitor does (compiled, where numba is)
-        cmd += ["--receive", "pyzmq,auto"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_ingest.py"
+    out = subprocess.run([sys.executable, str(tool), *args, "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("channels, hop", [(1, None), (16, 2048)])
+def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int | None) -> None:
+    args = ["--streams", "32", "--channels", str(channels), "--seconds", "0.5"]
+    if hop:  # and the later runs of a poll 64 and 256 channels wide, alternating
+        args += ["--hop", str(hop), "--slice-max", "64,256"]
+    else:  # and the messages received by pyzmq's calls, then as the monitor does (compiled, where numba is)
+        args += ["--receive", "pyzmq,auto"]
+    rows = bench_ingest(*args)
     assert [r["slice_max"] for r in rows] == ([64, 256] if hop else [INGEST_SLICE_MAX] * 2)
     assert [r["receive"] for r in rows] == (["auto", "auto"] if hop else ["pyzmq", "auto"])
     per_stream = int(0.5 * RATE / 512) * 512  # samples each stream sent
@@ -416,15 +420,7 @@ def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int |
 def test_bench_ingest_warm_up_counts_only_the_frames_after_it() -> None:
     """--warm-up S: S more seconds of every stream are ingested first, untimed, and the figures
     are those of the frames after them (a monitor that has run a while)."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, str(root / "tools" / "bench_ingest.py"), "--streams", "64", "--channels", "16",
-           "--hop", "2048", "--seconds", "2", "--warm-up", "1", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    (row,) = json.loads(out.stdout)
+    (row,) = bench_ingest("--streams", "64", "--channels", "16", "--hop", "2048", "--seconds", "2", "--warm-up", "1")
     machines, per_machine, warm = 4, int(3 * RATE / 512), int(1 * RATE / 512)  # frames sent, warm-up's
     # timed: the frames after the warm-up's, the clock started at the end of the run that passed
     # them (a run holds at most INGEST_SLICE_MAX channels)

@@ -127,12 +127,12 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
     if prof is not None:
         prof.disable()
     cpu, wall = time.thread_time() - start["cpu"], time.perf_counter() - start["wall"]
-    if warm_frames and not start["frames"]:  # else the figures would hold the warm-up after all
-        raise RuntimeError(f"the ingest took fewer frames than the warm-up's {warm_frames}: nothing was timed")
     done.set()
     drainer.join()
     thaw(thresholds)
     push.close(0)
+    if warm_frames and not start["frames"]:  # else the figures would hold the warm-up after all
+        raise RuntimeError(f"the ingest took fewer frames than the warm-up's {warm_frames}: nothing was timed")
     frames = src.stats.snapshot()["frames"] - start["frames"]
     if prof is not None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
