@@ -6,7 +6,6 @@ recording, ``DataError`` for a data set); this module only reads.
 
 from __future__ import annotations
 
-import struct
 import warnings
 from pathlib import Path
 
@@ -28,15 +27,19 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, float]:
             # read correctly, and a warning on the monitor's terminal would say otherwise
             warnings.simplefilter("ignore", wavfile.WavFileWarning)
             rate, data = wavfile.read(str(path))
-    # struct.error: a header cut short; ZeroDivisionError: a header that says 0 channels (scipy
-    # divides by it)
-    except (ValueError, OSError, EOFError, struct.error, ZeroDivisionError) as exc:
+    except MemoryError:
+        raise
+    # scipy's reader meets damaged bytes with any exception: struct.error for a header cut short,
+    # ZeroDivisionError for one that says 0 channels, UnboundLocalError for a file without a
+    # format chunk, ...
+    except Exception as exc:  # noqa: BLE001
         raise WavError(str(exc) or type(exc).__name__) from exc
     if data.dtype == np.uint8:
         x = (data.astype(np.float32) - 128.0) / 128.0
     elif data.dtype.kind == "i":
         x = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
     else:
-        with np.errstate(over="ignore"):  # float64 beyond float32's range: +-Inf, which the sensor health counts
+        # float64 beyond float32's range: +-Inf; a signalling NaN: NaN; both counted by the sensor health
+        with np.errstate(over="ignore", invalid="ignore"):
             x = data.astype(np.float32)
     return x, float(rate)

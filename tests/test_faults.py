@@ -602,6 +602,116 @@ def test_pickled_arrays_in_artifacts_recordings_and_caches_are_refused(tmp_path:
     assert not marker.exists()
 
 
+# ------------------------------------------------------------------------------ damaged recordings
+def _cwru_like_mat(path: Path, **kw) -> bytes:
+    """A small recording saved as CWRU's files are (``X097_DE_time``, ``X097RPM``); its bytes."""
+    import scipy.io
+
+    rng = np.random.default_rng(0)
+    scipy.io.savemat(path, {"X097_DE_time": rng.standard_normal((3000, 1)), "X097RPM": np.array([[1797.0]])}, **kw)
+    return path.read_bytes()
+
+
+def test_a_damaged_mat_file_is_one_line_and_exit_2_not_a_crash(tmp_path: Path) -> None:
+    """Before: a .mat file whose first array says it is complex but holds no imaginary part (one
+    flipped bit) took the monitor down with SIGSEGV inside scipy's reader, no word said."""
+    raw = bytearray(_cwru_like_mat(tmp_path / "good.mat"))
+    assert raw[144] == 6 and raw[145] == 0  # the first array's class (double) and its flags
+    raw[145] = 0x08  # complex
+    bad = tmp_path / "12k_Drive_End_IR014_0_169.mat"
+    bad.write_bytes(bytes(raw))
+    res = subprocess.run([sys.executable, "-m", "drsn_stream", "--source", f"file:{bad}", "--fast", "--headless"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "cannot read it as a MATLAB .mat file" in res.stderr and "re-copy it" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_damaged_recordings_of_every_format_are_refused_in_words(tmp_path: Path) -> None:
+    """Bytes a download cut short or a disk flipped: a SourceError that says what is wrong, not
+    an UnboundLocalError (a WAV file without a format chunk), a TokenError (an .npy header cut
+    mid-way) or a MemoryError (a header that says terabytes, .npy and MATLAB v4)."""
+    good = _cwru_like_mat(tmp_path / "good.mat")
+    (tmp_path / "no-format.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    np.save(tmp_path / "rec.npy", np.zeros(64, np.float32))
+    npy = (tmp_path / "rec.npy").read_bytes()
+    (tmp_path / "cut-header.npy").write_bytes(npy[:40])
+    with open(tmp_path / "huge.npy", "wb") as fh:  # a header that says 40 TB, then 64 bytes
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**13,)})
+        fh.write(bytes(64))
+    v4 = _cwru_like_mat(tmp_path / "v4.mat", format="4")
+    big = bytearray(v4)
+    big[4:8] = (2**31 - 1).to_bytes(4, "little")  # the first variable's rows
+    (tmp_path / "v4-huge.mat").write_bytes(bytes(big))
+    (tmp_path / "cut.mat").write_bytes(good[: len(good) // 2])
+    for name, match in [("no-format.wav", "not a readable WAV"), ("cut-header.npy", "not a numeric .npy array"),
+                        ("huge.npy", "not a numeric .npy array"), ("v4-huge.mat", "cannot read it as a MATLAB"),
+                        ("cut.mat", "cannot read it as a MATLAB")]:
+        with pytest.raises(SourceError, match=match):
+            read_recording(tmp_path / name, rate=12000)
+    # the undamaged files, v5 (compressed or not) and v4, read as scipy reads them
+    import scipy.io
+
+    _cwru_like_mat(tmp_path / "z.mat", do_compression=True)
+    for name in ("good.mat", "z.mat", "v4.mat"):
+        x, rate = read_recording(tmp_path / name, rate=12000)
+        assert np.array_equal(x[:, 0], scipy.io.loadmat(tmp_path / name)["X097_DE_time"][:, 0].astype(np.float32))
+
+
+_MAT_SWEEP = r"""
+import io, json, random, sys, warnings
+import numpy as np, scipy.io, scipy.sparse
+from pathlib import Path
+from drsn_stream.errors import SourceError
+from drsn_stream.sources.file import load_mat
+rng = random.Random(17)
+def saved(d, **kw):
+    b = io.BytesIO(); scipy.io.savemat(b, d, **kw); return b.getvalue()
+plain = {"X097_DE_time": np.arange(300.0).reshape(300, 1), "X097RPM": np.array([[1797.0]])}
+rich = dict(plain, s={"a": np.arange(3), "b": "text"}, t="words", sp=scipy.sparse.eye(4, format="csc"),
+            z=np.arange(4) + 1j, i=np.arange(5, dtype=np.int16), e=np.zeros((0, 3)))
+goods = [saved(plain), saved(plain, do_compression=True), saved(plain, format="4"), saved(rich),
+         saved(rich, do_compression=True)]
+path = Path(sys.argv[1])
+outcomes = {"read": 0, "refused": 0}
+def damaged():
+    for good in goods:  # every bit of the first variables' tags and headers flipped, one at a time
+        for i in range(128 if good[:4] != bytes(4) else 0, 128 + 160):
+            for bit in range(8):
+                d = bytearray(good)
+                d[i] ^= 1 << bit
+                yield d
+        for n in range(0, len(good), 97):  # cut short
+            yield good[:n]
+    for _ in range(int(sys.argv[2])):  # a few bytes anywhere set to anything
+        d = bytearray(rng.choice(goods))
+        for _ in range(rng.randrange(1, 6)):
+            d[rng.randrange(len(d))] = rng.randrange(256)
+        yield d
+for d in damaged():
+    path.write_bytes(bytes(d))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_mat(path)
+        outcomes["read"] += 1
+    except SourceError:
+        outcomes["refused"] += 1
+print(json.dumps(outcomes))
+"""
+
+
+def test_a_sweep_of_damaged_mat_files_is_read_or_refused_never_a_crash(tmp_path: Path) -> None:
+    """Each of these files is read or refused with a SourceError, with no warning on the terminal:
+    run in a child process, since scipy's reader alone crashed (SIGSEGV, SIGBUS) within a few
+    hundred of them."""
+    res = subprocess.run([sys.executable, "-c", _MAT_SWEEP, str(tmp_path / "f.mat"), "600"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
+    outcomes = json.loads(res.stdout.strip().splitlines()[-1])
+    assert outcomes["read"] > 1000 and outcomes["refused"] > 1000
+
+
 # ---------------------------------------------------------------------------------------- capture
 def test_capture_rings_are_bounded_and_odd_times_do_not_crash(tmp_path: Path) -> None:
     """Before: a 1 MHz, 256-channel stream reserved an 11 GB ring; an alarm at t ~ 7e16 raised

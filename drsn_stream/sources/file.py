@@ -25,6 +25,7 @@ import numpy as np
 
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_finite, opt_positive
+from drsn_stream.sources.matcheck import check_v4, numeric_variables
 from drsn_stream.sources.wire import MAX_CHANNELS
 from drsn_stream.types import Frame, channel_ids
 from drsn_stream.wav import WavError, read_wav
@@ -52,16 +53,35 @@ def _cwru_rate(path: Path) -> float | None:
 
 
 def load_mat(path: str | Path, error: type[Exception] = SourceError) -> dict[str, Any]:
-    """A MATLAB file's variables; ``error`` (one line: which file, what is wrong) for a file that
-    is missing or is not a MATLAB file (text, empty, cut short: scipy's reader raises its own
-    MatReadError, an IndexError and others for them)."""
+    """A MATLAB file's variables: numeric arrays as scipy reads them, and in a v5 file any other
+    variable (text, cells, structs) as an empty object array; ``error`` (one line: which file,
+    what is wrong) for a file that is missing or is not a whole MATLAB file (text, empty, cut
+    short, damaged inside: scipy's reader raises its own MatReadError, an IndexError and others
+    for them, or crashes: ``matcheck``)."""
     import scipy.io
 
     p = Path(path)
     if not p.is_file():
         raise error(f"{p}: {'a folder, not a file' if p.is_dir() else 'not found'}")
     try:
-        return scipy.io.loadmat(p)
+        with warnings.catch_warnings():
+            # scipy says a variable it cannot read (or a name used twice) in a warning on the
+            # monitor's terminal, and leaves a string in its place: left out below instead
+            warnings.simplefilter("ignore")
+            # the structure checked first (scipy's reader can crash the process on a damaged v5
+            # file, or ask for terabytes for a v4 one), and of a v5 file only the whole numeric
+            # arrays read; v7.3 (HDF5) files scipy refuses in words
+            version = scipy.io.matlab.matfile_version(p)[0]
+            if version == 1:
+                numeric, others = numeric_variables(p)
+                mat = scipy.io.loadmat(p, variable_names=numeric)
+                # the others are there, not samples: an empty object array says so to every caller
+                mat.update((name, np.empty(0, dtype=object)) for name in others if name not in mat)
+            else:
+                if version == 0:
+                    check_v4(p)
+                mat = scipy.io.loadmat(p)
+        return {k: v for k, v in mat.items() if k.startswith("__") or isinstance(v, np.ndarray)}
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - scipy's reader meets any bytes with any exception (IndexError, ...)
@@ -87,9 +107,11 @@ def _real(path: Path, data: Any, what: str = "not") -> np.ndarray:
         raise SourceError(f"{path}: the samples are complex numbers; save the real signal (e.g. x.real) "
                           "or the magnitude (abs(x)), one column per channel")
     if a.dtype.kind not in "biuf":
-        raise SourceError(f"{path}: {what} numeric samples (it holds {a.dtype} values); save the samples "
+        held = "text, cells or structs" if a.dtype == object else f"{a.dtype} values"  # object: load_mat's
+        raise SourceError(f"{path}: {what} numeric samples (it holds {held}); save the samples "
                           "as numbers, one column per channel")
-    with np.errstate(over="ignore"):  # beyond float32's range: +-Inf, which the sensor health counts
+    # beyond float32's range: +-Inf; a signalling NaN: NaN; both counted by the sensor health
+    with np.errstate(over="ignore", invalid="ignore"):
         return a.astype(np.float32)
 
 
@@ -185,9 +207,13 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
         rate = rate or file_rate
     elif suffix == ".npy":
         try:
-            x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise SourceError(f"{path}: not a numeric .npy array ({exc})") from exc
+            # mapped, not read: a damaged header's shape must fit the file (else a ValueError),
+            # rather than ask for terabytes
+            x = np.load(path, mmap_mode="r", allow_pickle=False)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - numpy's header parser meets damaged bytes with any exception
+            raise SourceError(f"{path}: not a numeric .npy array ({str(exc)[:160] or type(exc).__name__})") from exc
         x = _real(path, x, "not a .npy array of")
     elif suffix == ".csv":
         x = _csv(path)

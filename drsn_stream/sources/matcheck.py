@@ -1,0 +1,236 @@
+"""A MATLAB file's structure checked before scipy reads it.
+
+scipy's compiled MAT v5 reader trusts the file: a variable whose flags say complex but whose
+imaginary part is missing, or a data element of a type that holds no numbers, takes the whole
+process down (SIGSEGV) rather than raising; its v4 reader asks for as many bytes as a header
+says (a damaged one: terabytes, a MemoryError). A recording cut short by a download or flipped
+bits on a disk must be refused in words, so ``numeric_variables`` walks a v5 file first, with
+every length checked against what is there, and names the variables that are whole numeric
+arrays: ``load_mat`` then has scipy read those and only those (scipy skips the others by their
+length, reading no more than their header, which is checked here too); ``check_v4`` checks a
+v4 file's lengths.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import zlib
+from pathlib import Path
+
+# the data types a numeric array's samples may be stored as, and their sizes in bytes
+_NUMERIC = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8}
+_INT8, _INT32, _UINT32, _MATRIX, _COMPRESSED = 1, 5, 6, 14, 15
+_NUMERIC_CLASSES = range(6, 16)  # double, single, int8 ... uint64
+_COMPLEX = 0x800
+_HEADER = 128
+_INFLATE_STEP = 1 << 20
+_V4_SIZES = {0: 8, 1: 4, 2: 4, 3: 2, 4: 2, 5: 1}  # double, single, int32, int16, uint16, uint8
+
+
+class MatError(ValueError):
+    """The file is not a whole MATLAB file; the message says where it breaks."""
+
+
+class _Bytes:
+    """A variable's bytes, read forward: a slice of the file, or a compressed element inflated
+    as far as it is read (never more at once than is asked for). ``limit``: the most bytes the
+    variable may take, what its tag says (a compressed element's inflated bytes could say
+    otherwise)."""
+
+    def __init__(self, data: memoryview, compressed: bool) -> None:
+        self._data = data
+        self._pos = 0  # bytes of the variable read so far
+        self._z = zlib.decompressobj() if compressed else None
+        self._fed = False
+        self._buf = b""
+        self.limit = len(data)
+
+    def read(self, n: int, what: str) -> bytes:
+        self._room(n, what)
+        if self._z is None:
+            out = bytes(self._data[self._pos : self._pos + n])
+        else:
+            out = self._inflate(n)
+        self._pos += len(out)
+        if len(out) < n:
+            raise MatError(f"{what} is cut short")
+        return out
+
+    def skip(self, n: int, what: str) -> None:
+        self._room(n, what)
+        if self._z is None:
+            if self._pos + n > len(self._data):
+                raise MatError(f"{what} is cut short")
+            self._pos += n
+            return
+        while n > 0:
+            got = len(self._inflate(min(n, _INFLATE_STEP)))
+            if got == 0:
+                raise MatError(f"{what} is cut short")
+            self._pos += got
+            n -= got
+
+    def _room(self, n: int, what: str) -> None:
+        if self._pos + n > self.limit:
+            raise MatError(f"{what} runs past the end of its variable")
+
+    def _inflate(self, n: int) -> bytes:
+        z = self._z
+        assert z is not None
+        while len(self._buf) < n and not z.eof:
+            tail = z.unconsumed_tail if self._fed else self._data
+            self._fed = True
+            try:
+                more = z.decompress(tail, n - len(self._buf))
+            except zlib.error as exc:
+                raise MatError(f"a compressed variable does not inflate ({exc})") from None
+            if not more:
+                break
+            self._buf += more
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+def _tag(src: _Bytes, order: str, what: str) -> tuple[int, int, bytes | None]:
+    """(data type, bytes, the data of a small element or None)."""
+    raw = src.read(8, what)
+    first, second = struct.unpack(order + "II", raw)
+    if first >> 16:  # the small element format: type and size in one word, the data in the next
+        size = first >> 16
+        if size > 4:
+            raise MatError(f"{what} says {size} bytes in a 4-byte element")
+        return first & 0xFFFF, size, raw[4 : 4 + size]
+    return first, second, None
+
+
+def _element(src: _Bytes, order: str, what: str, types: tuple[int, ...]) -> tuple[int, int, bytes]:
+    """One sub-element read whole: (type, bytes, data), its padding to 8 bytes skipped."""
+    mtype, size, small = _tag(src, order, what)
+    if mtype not in types:
+        raise MatError(f"{what} has data type {mtype}")
+    if small is not None:
+        return mtype, size, small
+    data = src.read(size, what)
+    src.skip(-size % 8, what)
+    return mtype, size, data
+
+
+def _numbers(src: _Bytes, order: str, what: str, count: int) -> None:
+    """A numeric sub-element of ``count`` values, skipped once its length is checked."""
+    mtype, size, small = _tag(src, order, what)
+    if mtype not in _NUMERIC:
+        raise MatError(f"{what} has data type {mtype}, which holds no numbers")
+    if size != count * _NUMERIC[mtype]:
+        raise MatError(f"{what} holds {size} bytes, not the {count} values its dimensions say")
+    if small is None:
+        src.skip(size + (-size % 8), what)
+
+
+def _matrix(src: _Bytes, order: str, size: int, index: int) -> tuple[str, bool]:
+    """A variable's (name, whether it is a whole numeric array); MatError where it breaks."""
+    what = f"variable {index}"
+    if size < 8 * 3:  # flags, dimensions, name: the header scipy reads of every variable
+        raise MatError(f"{what} is too short for its header ({size} bytes)")
+    _, n, flags = _element(src, order, f"{what}'s flags", (_UINT32,))
+    if n != 8:
+        raise MatError(f"{what}'s flags are {n} bytes, not 8")
+    word = struct.unpack(order + "I", flags[:4])[0]
+    _, n, dims_raw = _element(src, order, f"{what}'s dimensions", (_INT32,))
+    if n < 8 or n % 4:
+        raise MatError(f"{what}'s dimensions are {n} bytes")
+    dims = struct.unpack(f"{order}{n // 4}i", dims_raw)
+    if min(dims) < 0:
+        raise MatError(f"{what} has a negative dimension {dims}")
+    _, _, name_raw = _element(src, order, f"{what}'s name", (_INT8,))
+    name = name_raw.decode("latin1")
+    what = f"variable {name!r}"
+    if (word & 0xFF) not in _NUMERIC_CLASSES:
+        return name, False  # a struct, cell, text, sparse array ...: not samples, not read
+    count = 1
+    for d in dims:
+        count *= d
+    _numbers(src, order, f"{what}'s values", count)
+    if word & _COMPLEX:
+        _numbers(src, order, f"{what}'s imaginary part", count)
+    return name, True
+
+
+def check_v4(path: str | Path) -> None:
+    """MatError where a MATLAB v4 file's variables (a 20-byte header, a name, the values, the
+    imaginary part) would run past its end, as scipy's reader reckons them."""
+    with open(path, "rb") as fh:
+        data = fh.read(20)
+        size = fh.seek(0, 2)
+        if len(data) < 4:
+            raise MatError("the file is too short for a MATLAB v4 header")
+        first = struct.unpack("<i", data[:4])[0]
+        order = ">" if first < 0 or first > 5000 else "<"  # as scipy guesses it
+        pos, index = 0, 0
+        while pos < size:
+            index += 1
+            fh.seek(pos)
+            head = fh.read(20)
+            if len(head) < 20:
+                raise MatError(f"the file ends inside variable {index}'s header")
+            mopt, rows, cols, imag, namlen = struct.unpack(order + "5i", head)
+            if not 0 <= mopt <= 5000 or min(rows, cols, namlen) < 0:
+                raise MatError(f"variable {index}'s header is damaged")
+            item = _V4_SIZES.get(mopt % 100 // 10)
+            if item is None:
+                raise MatError(f"variable {index} has data type {mopt % 100 // 10}")
+            pos += 20 + namlen + rows * cols * item * (2 if imag == 1 else 1)
+            if pos > size:
+                raise MatError(f"variable {index} runs {pos - size} bytes past the end of the file")
+
+
+def numeric_variables(path: str | Path) -> tuple[list[str], list[str]]:
+    """The names of the whole numeric arrays of MATLAB v5 file ``path`` and of its other
+    variables (text, cells, structs, ...), in file order; MatError for a file whose structure
+    breaks anywhere (a length past its end, a variable's parts not what its header says),
+    before any of it reaches scipy."""
+    with open(path, "rb") as fh:
+        try:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
+            raise MatError("the file is empty") from None
+    with mapped:
+        data = memoryview(mapped)
+        try:
+            return _walk(data)
+        finally:
+            data.release()
+
+
+def _walk(data: memoryview) -> tuple[list[str], list[str]]:
+    if len(data) < _HEADER:
+        raise MatError(f"the file is {len(data)} bytes, shorter than a MATLAB header")
+    order = "<" if bytes(data[126:128]) == b"IM" else ">"  # as scipy reads it
+    names: list[str] = []
+    others: list[str] = []
+    pos, index = _HEADER, 0
+    while pos < len(data):
+        index += 1
+        if len(data) - pos < 8:
+            raise MatError(f"the file ends inside variable {index}'s tag")
+        mtype, size = struct.unpack(order + "II", data[pos : pos + 8])
+        if size == 0 or pos + 8 + size > len(data):
+            raise MatError(f"variable {index} says {size} bytes, {len(data) - pos - 8} are left")
+        body = data[pos + 8 : pos + 8 + size]
+        pos += 8 + size
+        if mtype == _COMPRESSED:
+            src = _Bytes(body, True)
+            src.limit = 8 << 40  # until its tag says
+            mtype, size, small = _tag(src, order, f"variable {index}")
+            if small is not None:
+                raise MatError(f"variable {index} is {size} bytes")
+            src.limit = 8 + size
+        elif mtype == _MATRIX:
+            src = _Bytes(body, False)
+        else:
+            raise MatError(f"variable {index} has data type {mtype}, not a MATLAB array")
+        if mtype != _MATRIX:
+            raise MatError(f"variable {index} has data type {mtype}, not a MATLAB array")
+        name, numeric = _matrix(src, order, size, index)
+        (names if numeric else others).append(name)
+    return names, others
