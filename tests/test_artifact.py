@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -68,6 +71,48 @@ def test_corrupt_bytes_are_refused(artifact: tuple[Path, torch.nn.Module], tmp_p
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="corrupt.pt"):
+        load_artifact(bad)
+
+
+def _record_start(data: bytes, info: zipfile.ZipInfo) -> int:
+    """Where the bytes of an archive member begin (after its local header)."""
+    off = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", data[off + 26 : off + 30])
+    return off + 30 + name_len + extra_len
+
+
+def test_one_flipped_bit_in_the_weights_is_refused_not_run(artifact: tuple[Path, torch.nn.Module],
+                                                           tmp_path: Path) -> None:
+    """Before: TorchScript loaded a model one of whose weights a flipped bit had changed, and it
+    ran with the changed weight without a word; the archive's checksums say so."""
+    path, _ = artifact
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        weights = max((i for i in zf.infolist() if "/data/" in i.filename and i.compress_type == zipfile.ZIP_STORED),
+                      key=lambda i: i.file_size)
+    data[_record_start(bytes(data), weights) + weights.file_size // 2] ^= 0x10
+    bad = tmp_path / "flipped.pt"
+    bad.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        changed = torch.jit.load(str(bad))  # TorchScript alone takes it
+    same = load_artifact(path)[0].state_dict()
+    assert [k for k, v in changed.state_dict().items() if not torch.equal(v, same[k])], "no weight changed"
+    with pytest.raises(ArtifactError, match=f"flipped.pt: damaged: {re.escape(weights.filename)} does not match the checksum"):
+        load_artifact(bad)
+
+
+def test_an_archive_directory_with_a_damaged_name_is_refused_in_words(artifact: tuple[Path, torch.nn.Module],
+                                                                       tmp_path: Path) -> None:
+    """Before: a member's name that says UTF-8 but is not raised UnicodeDecodeError from zipfile."""
+    path, _ = artifact
+    data = bytearray(path.read_bytes())
+    central = data.rfind(b"PK\x01\x02")  # the last member's entry in the central directory
+    data[central + 8 : central + 10] = (struct.unpack("<H", data[central + 8 : central + 10])[0] | 0x800).to_bytes(2, "little")
+    data[central + 46] = 0xBC  # its name's first byte: no UTF-8 starts so
+    bad = tmp_path / "badname.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="badname.pt: cannot read the archive"):
         load_artifact(bad)
 
 

@@ -15,6 +15,7 @@ import io
 import json
 import time
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,15 @@ def load_artifact(
     extra = {META_KEY: ""}
     try:
         data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read it ({exc})") from None
+    _check_sums(path, data)
+    try:
         with quiet_torchscript():
             module = torch.jit.load(io.BytesIO(data), map_location=map_location, _extra_files=extra)
-    except (RuntimeError, ValueError, OSError) as exc:
+    # TorchScript meets damaged bytes with many exceptions: RuntimeError, IndexError ("not in the
+    # map"), MemoryError (std::bad_alloc: a length read from the file; a model is megabytes), ...
+    except Exception as exc:  # noqa: BLE001
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(f"{path}: TorchScript could not load the model ({first}); re-export it") from None
     module.eval()
@@ -157,6 +164,20 @@ def load_artifact(
                 raise ArtifactError(f"{path}: the metadata promises {meta.features} pooled features but the module's "
                                     "forward_features does not give them; re-run tools/fit_unknown.py on it")
     return module, meta
+
+
+def _check_sums(path: Path, data: bytes) -> None:
+    """ArtifactError where a file of the archive does not match the checksum it was written with:
+    TorchScript loads a model whose weights a flipped bit on disk or a bad copy changed, and it
+    runs, with other labels, without a word."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            bad = zf.testzip()
+    except Exception as exc:  # noqa: BLE001 - zipfile meets damaged bytes with many exceptions
+        bad = f"the archive ({str(exc)[:160] or type(exc).__name__})"
+    if bad is not None:
+        raise ArtifactError(f"{path}: damaged: {bad} does not match the checksum it was saved with (a bad copy or "
+                            "disk?); re-copy or re-export it")
 
 
 def eager_from_artifact(module: torch.jit.ScriptModule, meta: ArtifactMeta) -> nn.Module:

@@ -195,8 +195,15 @@ def _raw_meta(path: Path) -> bytes:
         raise ArtifactError(
             f"{path}: not a TorchScript archive (truncated or corrupt file?); re-export or re-copy it"
         ) from None
-    except (OSError, zipfile.LargeZipFile, RuntimeError) as exc:
-        raise ArtifactError(f"{path}: cannot read the archive ({exc}); re-export or re-copy it") from None
+    except ArtifactError:
+        raise
+    except MemoryError:
+        raise
+    # zipfile meets damaged bytes with many exceptions: a name that is not UTF-8 (UnicodeDecodeError),
+    # an unknown compression method (NotImplementedError), a stream that does not inflate (zlib.error), ...
+    except Exception as exc:  # noqa: BLE001
+        raise ArtifactError(f"{path}: cannot read the archive ({str(exc)[:200] or type(exc).__name__}); "
+                            "re-export or re-copy it") from None
     return raw
 
 
@@ -229,10 +236,10 @@ def load_validation(path_or_name: str | Path) -> np.ndarray | None:
                 return None
             with np.load(io.BytesIO(zf.read(names[0])), allow_pickle=False) as z:
                 return z["windows"].astype(np.float32)
-    except ValueError as exc:
-        if "pickle" in str(exc):
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged bytes: zipfile and numpy raise many kinds
+        if isinstance(exc, ValueError) and "pickle" in str(exc):
             raise ArtifactError(f"{path}: refused: its validation windows ({VALIDATION_KEY}) hold pickled Python "
                                 "objects; drsn-stream never unpickles a file; re-export the model") from None
-        return None
-    except (zipfile.BadZipFile, OSError, KeyError):
         return None
