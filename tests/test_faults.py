@@ -568,6 +568,26 @@ def test_a_checkpoint_with_pickled_code_is_refused_not_run(tmp_path: Path) -> No
     assert not marker.exists()
 
 
+def test_a_checkpoint_a_flipped_bit_changed_is_refused_not_exported(tmp_path: Path) -> None:
+    """Before: torch.load read a checkpoint whose weights a flipped bit had changed, and export
+    made a model of it without a word; the archive's checksums say so."""
+    from drsn_stream.train.cli import main as train_cli
+    from drsn_stream.train.loop import load_checkpoint
+
+    ck = tmp_path / "best.pt"
+    torch.save({"model_state": {"w": torch.arange(256, dtype=torch.float32)}, "model_config": {}, "meta": {}}, ck)
+    data = bytearray(ck.read_bytes())
+    at = data.find(torch.arange(256, dtype=torch.float32).numpy().tobytes())
+    assert at > 0
+    data[at + 4 * 100 + 3] ^= 0x01  # one bit of w[100]
+    ck.write_bytes(bytes(data))
+    assert torch.load(ck, weights_only=True)["model_state"]["w"][100] != 100  # torch alone takes it
+    with pytest.raises(ArtifactError, match="best.pt: damaged: .*does not match the checksum"):
+        load_checkpoint(ck)
+    assert train_cli(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "out.pt")]) == 2
+    assert not (tmp_path / "out.pt").exists()
+
+
 def test_pickled_arrays_in_artifacts_recordings_and_caches_are_refused(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     evil = np.array([_Payload(marker)], dtype=object)

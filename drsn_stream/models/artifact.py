@@ -15,7 +15,6 @@ import io
 import json
 import time
 import warnings
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from drsn_stream.models.meta import (
     _meta_from_zip,
     _validate,
     builtin_dir,
+    damaged_member,
     list_artifacts,
     load_validation,
     read_meta,
@@ -130,7 +130,10 @@ def load_artifact(
         data = path.read_bytes()
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read it ({exc})") from None
-    _check_sums(path, data)
+    bad = damaged_member(io.BytesIO(data))
+    if bad is not None:  # TorchScript would load it and run the changed weights without a word
+        raise ArtifactError(f"{path}: damaged: {bad} does not match the checksum it was saved with (a bad copy or "
+                            "disk?); re-copy or re-export it")
     try:
         with quiet_torchscript():
             module = torch.jit.load(io.BytesIO(data), map_location=map_location, _extra_files=extra)
@@ -164,20 +167,6 @@ def load_artifact(
                 raise ArtifactError(f"{path}: the metadata promises {meta.features} pooled features but the module's "
                                     "forward_features does not give them; re-run tools/fit_unknown.py on it")
     return module, meta
-
-
-def _check_sums(path: Path, data: bytes) -> None:
-    """ArtifactError where a file of the archive does not match the checksum it was written with:
-    TorchScript loads a model whose weights a flipped bit on disk or a bad copy changed, and it
-    runs, with other labels, without a word."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            bad = zf.testzip()
-    except Exception as exc:  # noqa: BLE001 - zipfile meets damaged bytes with many exceptions
-        bad = f"the archive ({str(exc)[:160] or type(exc).__name__})"
-    if bad is not None:
-        raise ArtifactError(f"{path}: damaged: {bad} does not match the checksum it was saved with (a bad copy or "
-                            "disk?); re-copy or re-export it")
 
 
 def eager_from_artifact(module: torch.jit.ScriptModule, meta: ArtifactMeta) -> nn.Module:

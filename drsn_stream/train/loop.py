@@ -30,6 +30,7 @@ from torch import nn
 from drsn_stream.config import out_of_range, write_atomic
 from drsn_stream.engine.contract import THREADS_LIMIT
 from drsn_stream.errors import ArtifactError, ConfigError, DataError
+from drsn_stream.models.meta import damaged_member
 from drsn_stream.models.outputs import to_probs
 
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
@@ -324,6 +325,10 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{p}: an exported model (a TorchScript artifact), not a training checkpoint; it runs as it is "
             f"(drsn-stream --model {p}); export takes the best.pt or last.pt that drsn-stream train wrote"
         )
+    bad = damaged_member(p) if zipfile.is_zipfile(p) else None  # (an old, non-zip torch.save file: unchecked)
+    if bad is not None:  # torch.load would read the changed weights without a word
+        raise ArtifactError(f"{p}: damaged: {bad} does not match the checksum it was saved with (a bad copy or "
+                            "disk?); use another checkpoint, or train again")
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -348,7 +353,9 @@ def _torchscript_archive(p: Path) -> bool:
             return False
         with zipfile.ZipFile(p) as z:
             return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
-    except (OSError, zipfile.BadZipFile):
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - a damaged directory (a name that is not UTF-8, ...): not one
         return False
 
 
