@@ -13,14 +13,15 @@ v4 file's lengths.
 
 from __future__ import annotations
 
-import mmap
 import struct
 import zlib
 from pathlib import Path
 
 # the data types a numeric array's samples may be stored as, and their sizes in bytes
 _NUMERIC = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8}
-_INT8, _INT32, _UINT32, _MATRIX, _COMPRESSED = 1, 5, 6, 14, 15
+_INT8, _INT32, _UINT32, _MATRIX, _COMPRESSED, _UTF8 = 1, 5, 6, 14, 15, 16
+_OPAQUE = 17  # a MATLAB object (string, datetime, table, ...): its name follows its flags
+_MAX_DIMS = 32  # scipy reads dimensions into a buffer of 32
 _NUMERIC_CLASSES = range(6, 16)  # double, single, int8 ... uint64
 _COMPLEX = 0x800
 _HEADER = 128
@@ -136,13 +137,17 @@ def _matrix(src: _Bytes, order: str, size: int, index: int) -> tuple[str, bool]:
     if n != 8:
         raise MatError(f"{what}'s flags are {n} bytes, not 8")
     word = struct.unpack(order + "I", flags[:4])[0]
-    _, n, dims_raw = _element(src, order, f"{what}'s dimensions", (_INT32,))
-    if n < 8 or n % 4:
+    if word & 0xFF == _OPAQUE:
+        _, _, name_raw = _element(src, order, f"{what}'s name", (_INT8, _UTF8))
+        return name_raw.decode("latin1"), False
+    # scipy takes the dimensions as either integer type and the name as bytes or UTF-8
+    _, n, dims_raw = _element(src, order, f"{what}'s dimensions", (_INT32, _UINT32))
+    if n < 8 or n % 4 or n > 4 * _MAX_DIMS:
         raise MatError(f"{what}'s dimensions are {n} bytes")
     dims = struct.unpack(f"{order}{n // 4}i", dims_raw)
     if min(dims) < 0:
         raise MatError(f"{what} has a negative dimension {dims}")
-    _, _, name_raw = _element(src, order, f"{what}'s name", (_INT8,))
+    _, _, name_raw = _element(src, order, f"{what}'s name", (_INT8, _UTF8))
     name = name_raw.decode("latin1")
     what = f"variable {name!r}"
     if (word & 0xFF) not in _NUMERIC_CLASSES:
@@ -189,17 +194,7 @@ def numeric_variables(path: str | Path) -> tuple[list[str], list[str]]:
     variables (text, cells, structs, ...), in file order; MatError for a file whose structure
     breaks anywhere (a length past its end, a variable's parts not what its header says),
     before any of it reaches scipy."""
-    with open(path, "rb") as fh:
-        try:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # an empty file
-            raise MatError("the file is empty") from None
-    with mapped:
-        data = memoryview(mapped)
-        try:
-            return _walk(data)
-        finally:
-            data.release()
+    return _walk(memoryview(Path(path).read_bytes()))
 
 
 def _walk(data: memoryview) -> tuple[list[str], list[str]]:

@@ -325,7 +325,7 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{p}: an exported model (a TorchScript artifact), not a training checkpoint; it runs as it is "
             f"(drsn-stream --model {p}); export takes the best.pt or last.pt that drsn-stream train wrote"
         )
-    bad = damaged_member(p) if zipfile.is_zipfile(p) else None  # (an old, non-zip torch.save file: unchecked)
+    bad = damaged_member(p) if _zip_like(p) else None  # (an old, non-zip torch.save file: unchecked)
     if bad is not None:  # torch.load would read the changed weights without a word
         raise ArtifactError(f"{p}: damaged: {bad} does not match the checksum it was saved with (a bad copy or "
                             "disk?); use another checkpoint, or train again")
@@ -344,6 +344,15 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ck, dict):
         raise ArtifactError(f"{p}: not a drsn-stream training checkpoint (no model_state/model_config/meta)")
     return ck
+
+
+def _zip_like(p: Path) -> bool:
+    """Whether ``p`` looks like a zip archive, a damaged one included (``zipfile.is_zipfile``
+    raises BadZipFile for some: their end record says more disks)."""
+    try:
+        return zipfile.is_zipfile(p)
+    except zipfile.BadZipFile:
+        return True
 
 
 def _torchscript_archive(p: Path) -> bool:
