@@ -149,7 +149,8 @@ def _matrix(src: _Bytes, order: str, size: int, index: int) -> tuple[str, bool]:
         raise MatError(f"{what} has a negative dimension {dims}")
     _, _, name_raw = _element(src, order, f"{what}'s name", (_INT8, _UTF8))
     name = name_raw.decode("latin1")
-    what = f"variable {name!r}"
+    # a damaged name could hold anything, an escape sequence for the terminal among it
+    what = f"variable {name if name.isascii() and name.isprintable() and name else ascii(name)}"
     if (word & 0xFF) not in _NUMERIC_CLASSES:
         return name, False  # a struct, cell, text, sparse array ...: not samples, not read
     count = 1
