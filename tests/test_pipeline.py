@@ -406,6 +406,30 @@ def test_nan_samples_never_reach_the_model_and_are_reported(tmp_path: Path, cli_
     assert final["type"] == "stats" and final["nonfinite_samples"]["nan_sensor"] == 600
 
 
+def test_two_sources_sending_one_stream_id_are_not_cut_into_one_stream(tmp_path: Path, cli_in_process) -> None:
+    """Before: two sources with the same stream ids (two simulators, two gateways naming their
+    machines alike) had their frames cut into the same windows, two signals in one stream, with
+    twice the windows and not a word. Now the second source's frames of that id are refused,
+    counted and said once, and the stream's results are the first source's alone."""
+    require_cwru()
+    _cli = cli_in_process
+    x = cwru_signal("12k_Drive_End_B021_0_222.mat")[: 12000 * 3].astype(np.float32)
+    np.save(tmp_path / "rec.npy", x)
+    np.save(tmp_path / "other.npy", -x)
+    alone = _cli("--source", f"file:{tmp_path / 'rec.npy'}?rate=12000", "--fast", "--jsonl", "-")
+    both = _cli("--source", f"file:{tmp_path / 'rec.npy'}?rate=12000",
+                "--source", f"file:{tmp_path / 'other.npy'}?rate=12000&stream=rec", "--fast", "--jsonl", "-")
+    assert alone.returncode == both.returncode == 0, both.stderr
+    preds = {name: sorted((o["index"], o["label"], o["probs"]) for o in _lines(res.stdout) if o["type"] == "prediction")
+             for name, res in (("alone", alone), ("both", both))}
+    assert preds["both"] == preds["alone"] and len(preds["alone"]) > 50
+    final = _lines(both.stdout)[-1]
+    second = final["sources"][f"file:{tmp_path / 'other.npy'}?rate=12000&stream=rec"]
+    assert second["malformed"] == {"stream_conflict": second["frames"]} and second["frames"] > 0
+    said = [line for line in both.stderr.splitlines() if "stream_conflict" in line]
+    assert len(said) == 1 and "stream rec: also sent by source 2" in said[0] and "after source 1" in said[0]
+
+
 def test_ctrl_c_that_lands_while_the_main_thread_holds_the_quit_event_still_stops_the_run() -> None:
     """A signal handler runs in the main thread between any two bytecodes, also inside
     ``quit.wait()`` while that holds the event's lock. A handler that waited for that lock would

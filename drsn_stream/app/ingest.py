@@ -67,12 +67,16 @@ class Ingest:
             a lock of its own.
         phases: spread the streams' windows over this many phases of the hop (``window_start``
             of each frame stream id; 1: every stream's window k starts at ``k * hop``).
+        source_names: {id(source): its name in a line}, e.g. "source 2 (sim)"; else its kind and
+            target.
     """
 
     def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, *,
                  on_events: Callable[[list[Event]], None], on_error: Callable[[str], None],
-                 capture: Any = None, lock: Any = None, phases: int = 1) -> None:
+                 capture: Any = None, lock: Any = None, phases: int = 1,
+                 source_names: dict[int, str] | None = None) -> None:
         self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
+        self.source_names = dict(source_names or {})  # id(source): how a line names it
         self.phases = int(phases)
         hop_samples = int(hop if hop is not None else meta.hop)
         if not 1 <= self.phases <= hop_samples:
@@ -81,6 +85,11 @@ class Ingest:
         self.lock = lock if lock is not None else threading.Lock()
         self.dsp: dict[str, StreamDSP | BankDSP] = {}  # by frame stream id; a FrameDSP for multi-channel frames
         self._banks: dict[int, WindowBank] = {}  # by id(source): each source's single-channel streams
+        # the source each frame stream id came from first: the same id from another source (two
+        # simulators, two gateways with the same names) would interleave two signals in one
+        # stream's windows without a word; its frames there are refused, counted and said once
+        self._owner: dict[str, Any] = {}
+        self._conflicts: set[tuple[int, int]] = set()  # (id(owner), id(source)) pairs said
         self._compiled = bank_jit.warm()  # now, not on the ingest thread's first frame
 
     def runs(self, frames: list[Frame]) -> list[list[Frame]]:
@@ -109,9 +118,13 @@ class Ingest:
         locked once for all of them."""
         windows: list[Window] = []
         kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
-        dsps = self.dsp
+        dsps, owners = self.dsp, self._owner
         with self.lock:
             for frame in frames:
+                owner = owners.get(frame.stream_id)
+                if owner is not source and owner is not None:
+                    self._conflict(frame, owner, source)
+                    continue
                 dsp = dsps.get(frame.stream_id)
                 # the common case without _stream_dsp: a plain frame of a stream whose DSP takes
                 # plain frames (the first check _stream_dsp makes)
@@ -119,6 +132,7 @@ class Ingest:
                     dsp = self._stream_dsp(frame, source)
                     if dsp is None:
                         continue
+                    owners[frame.stream_id] = source
                 kept.append((frame, dsp))
         for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
             self._round(this, source, windows)
@@ -183,6 +197,28 @@ class Ingest:
             self.on_events(events)
         sick = self.health.unhealthy(dict.fromkeys(judged))
         windows += [unhealthy(w) if w.stream_id in sick else w for w in done] if sick else done
+
+    def _conflict(self, frame: Frame, owner: Any, source: Any) -> None:
+        """A frame of a stream id another source sent first: refused, counted as
+        ``stream_conflict``, said once per pair of sources."""
+        if source is not None:
+            source.stats.bad("stream_conflict")
+        pair = (id(owner), id(source))
+        if pair not in self._conflicts:
+            self._conflicts.add(pair)
+            self.on_error(f"stream {frame.stream_id}: also sent by {self._name(source)} after {self._name(owner)}: "
+                          "frames of a stream id another source sent first are refused (counted as stream_conflict); "
+                          "give the sources' streams distinct ids (sim?first=N, file:...?stream=NAME, other names at "
+                          "the gateway)")
+
+    def _name(self, source: Any) -> str:
+        """A source in a line: as ``source_names`` says, else its kind and target."""
+        name = self.source_names.get(id(source))
+        if name is None:
+            kind = getattr(source, "kind", "") or type(source).__name__
+            target = getattr(source, "target", "")
+            name = f"source {kind}{':' + target if target else ''}"
+        return name
 
     def _dropped(self, source: Any, frame: Frame, exc: Exception) -> None:
         """A frame a processing stage failed on: counted as ``ingest_error``, said once, the rest goes on."""

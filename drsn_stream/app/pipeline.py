@@ -211,7 +211,9 @@ class Pipeline:
         # the ingest threads' sensor health and DSP (sharded sources run theirs in their processes)
         self.ingest = Ingest(self.meta, config.hop, self.health, config.max_streams, on_events=self._emit_events,
                              on_error=self._error, capture=self.capture, lock=self._ingest_lock,
-                             phases=config.phases)
+                             phases=config.phases,
+                             source_names={id(src): f"source {i} ({spec})"
+                                           for i, (src, spec) in enumerate(zip(self.sources, config.sources), 1)})
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
         self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
@@ -674,8 +676,9 @@ class Pipeline:
 
     def stats_json(self) -> dict[str, Any]:
         sources = {}
-        for src, spec in zip(self.sources, self.config.sources):
-            sources[spec] = src.stats.snapshot()
+        for i, (src, spec) in enumerate(zip(self.sources, self.config.sources), 1):
+            # the same spec twice (two simulators): each its own entry, not one over the other
+            sources[spec if spec not in sources else f"{spec} (source {i})"] = src.stats.snapshot()
         nonfinite = self.ingest.nonfinite()
         for src in self.sources:
             if isinstance(src, ShardedSource):
