@@ -594,6 +594,30 @@ def test_a_list_of_addresses_is_checked_and_a_failure_names_its_address(free_tcp
             src.open()
 
 
+def test_a_bind_that_cannot_be_says_why_and_a_port_beyond_65535_is_refused(free_tcp_port):
+    """Before: a bind to an address of another machine told the user to "pick another port or
+    stop the program using it", and tcp://HOST:99999 was taken as port 34463 without a word.
+    (A bind sends nothing: 10.255.1.1 is simply not an address of this machine or namespace.)"""
+    from drsn_stream.sinks.jsonl import ZmqResultSink
+
+    elsewhere = f"tcp://10.255.1.1:{free_tcp_port}"
+    with pytest.raises(DrsnStreamError, match="cannot bind .*not an address of this machine: bind to 127.0.0.1"):
+        publish_cmd.publish(["sim?machines=1"], elsewhere, duration=0.1)
+    with pytest.raises(SourceError, match="not an address of this machine"):
+        make_source(f"zmq+bind://10.255.1.1:{free_tcp_port}").open()
+    with pytest.raises(ConfigError, match="not an address of this machine"):
+        ZmqResultSink(elsewhere)
+    for where in ("tcp://127.0.0.1:99999", "127.0.0.1:0"):
+        with pytest.raises(ConfigError, match="a port from 1 to 65535"):
+            publish_cmd.publish(["sim?machines=1"], where, duration=0.1)
+        with pytest.raises(ConfigError, match="a port from 1 to 65535"):
+            ZmqResultSink(where)
+    with zmq.Context.instance().socket(zmq.PULL) as taken:  # a port in use: that advice stays
+        taken.bind(f"tcp://127.0.0.1:{free_tcp_port}")
+        with pytest.raises(DrsnStreamError, match="pick a free port or stop the program using it"):
+            publish_cmd.publish(["sim?machines=1"], f"tcp://127.0.0.1:{free_tcp_port}", duration=0.1)
+
+
 def test_a_subscriber_behind_that_changes_its_subscriptions_still_gets_the_end_of_what_publish_sent(
         free_tcp_port):
     # The monitor's ingest processes subscribe to new topics as they run. When one was behind (what

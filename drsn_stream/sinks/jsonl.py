@@ -100,7 +100,7 @@ class ZmqResultSink:
     def __init__(self, address: str) -> None:
         import zmq
 
-        from drsn_stream.sources.zmq_source import bind_socket
+        from drsn_stream.sources.zmq_source import bind_socket, socket_hint
 
         self.address = _bind_address(address)
         self._ctx = zmq.Context.instance()
@@ -111,7 +111,7 @@ class ZmqResultSink:
             bind_socket(self._sock, self.address)
         except zmq.ZMQError as exc:
             self._sock.close(0)
-            raise ConfigError(f"--publish {address}: cannot bind ({exc}); pick a free port") from None
+            raise ConfigError(f"--publish {address}: cannot bind ({exc.strerror}); {socket_hint(exc, bind=True)}") from None
         self._lock = threading.Lock()
         self.sent = 0
         self.errors = 0
@@ -136,9 +136,6 @@ class ZmqResultSink:
 
 
 def _bind_address(address: str) -> str:
-    if "://" not in address:
-        address = "tcp://" + address
-    scheme, _, rest = address.partition("://")
-    if scheme == "tcp" and rest.startswith(":"):
-        rest = "127.0.0.1" + rest
-    return f"{scheme}://{rest}"
+    from drsn_stream.sources.zmq_source import tcp_address
+
+    return tcp_address(address, bind=True)  # HOST:PORT or tcp://..., an empty host 127.0.0.1, the port checked

@@ -30,7 +30,7 @@ from drsn_stream.errors import DrsnStreamError
 from drsn_stream.runtime import freeze_start_up_objects, stop_signals, thaw
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import DTYPES, encode, encode_eos
-from drsn_stream.sources.zmq_source import bind_socket
+from drsn_stream.sources.zmq_source import bind_socket, socket_hint, tcp_address
 from drsn_stream.types import Frame
 
 DEFAULT_TO = "tcp://127.0.0.1:5555"
@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def _address(to: str) -> str:
-    return to if "://" in to else f"tcp://{to}"
+def _address(to: str, *, bind: bool = True) -> str:
+    return tcp_address(to, bind=bind)
 
 
 def _int_scale(x: Any, dtype: str) -> float | None:
@@ -131,13 +131,17 @@ def publish(
     sock.setsockopt(zmq.SNDHWM, 10000)
     if pull:
         sock.setsockopt(zmq.SNDTIMEO, 1000)  # PUSH blocks without a receiver; count, don't hang
-    addr = _address(to)
+    try:
+        addr = _address(to, bind=not connect)
+    except DrsnStreamError:
+        sock.close(0)
+        raise
     try:
         sock.connect(addr) if connect else bind_socket(sock, addr)
     except zmq.ZMQError as exc:
         sock.close(0)
         raise DrsnStreamError(f"cannot {'connect to' if connect else 'bind'} {addr}: {exc.strerror}; "
-                              "pick another port or stop the program using it") from exc
+                              f"{socket_hint(exc, bind=not connect)}") from exc
     stop = stop or threading.Event()
     summary: dict[str, Any] = {"streams": {}, "messages": 0, "bytes": 0, "errors": [], "dropped": 0,
                                "sent_as_float32": 0}
@@ -265,10 +269,15 @@ def _print_progress(p: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     specs = args.source or ["sim:bearing"]
     how = "PUSH" if args.pull else "PUB"
+    try:
+        where = _address(args.to, bind=not args.connect)
+    except DrsnStreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     saved = _stop_on_signals(stop)
     if not args.quiet:
-        print(f"publishing {', '.join(specs)} as {how} {'to' if args.connect else 'at'} {_address(args.to)} "
+        print(f"publishing {', '.join(specs)} as {how} {'to' if args.connect else 'at'} {where} "
               f"({args.dtype}); Ctrl-C stops", flush=True)
     try:
         summary = publish(specs, args.to, duration=args.duration, pull=args.pull, connect=args.connect,
@@ -282,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     if not args.quiet:
         print(f"published {summary['messages']} messages ({summary['bytes'] / 1e6:.2f} MB) over {how} "
-              f"{'to' if args.connect else 'at'} {_address(args.to)} in {summary['elapsed_s']:.1f} s")
+              f"{'to' if args.connect else 'at'} {where} in {summary['elapsed_s']:.1f} s")
         for stream, st in sorted(summary["streams"].items()):
             print(f"  {stream:24s} {st['frames']:7d} frames {st['samples']:10d} samples {st['seconds']:8.1f} s")
         if summary["dropped"]:

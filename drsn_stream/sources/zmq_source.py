@@ -13,6 +13,7 @@ gateways.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import time
@@ -86,16 +87,31 @@ def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
             time.sleep(0.02)
 
 
+def socket_hint(exc: zmq.ZMQError, *, bind: bool) -> str:
+    """What to do about a bind or connect that failed, by its errno."""
+    if bind and exc.errno == zmq.EADDRINUSE:
+        return "pick a free port or stop the program using it"
+    if bind and exc.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):  # ENODEV: no interface of that name
+        return ("that host is not an address of this machine: bind to 127.0.0.1 (this machine only), 0.0.0.0 "
+                "(every interface) or one of its own addresses")
+    if exc.errno == errno.EACCES:
+        return "a port below 1024 needs privileges: pick one above 1024"
+    return "check the address (tcp://HOST:PORT)"
+
+
 def tcp_address(target: str, *, bind: bool) -> str:
     """``HOST:PORT`` -> ``tcp://HOST:PORT`` (bind: an empty host means 127.0.0.1, ``*`` all)."""
-    if "://" in target:  # ipc:// or tcp:// given in full
+    given = target
+    if target.startswith("tcp://"):  # given in full: its port checked too (libzmq takes 99999 as 34463)
+        target = target[len("tcp://") :]
+    elif "://" in target:  # ipc://, inproc://
         return target
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"ZeroMQ address {target!r} needs HOST:PORT, e.g. zmq://127.0.0.1:5555")
+        raise ConfigError(f"ZeroMQ address {given!r} needs HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:5555")
     if not host:
         if not bind:
-            raise ConfigError(f"ZeroMQ address {target!r} needs a host to connect to, e.g. 127.0.0.1:{port}")
+            raise ConfigError(f"ZeroMQ address {given!r} needs a host to connect to, e.g. 127.0.0.1:{port}")
         host = "127.0.0.1"
     return f"tcp://{host}:{port}"
 
@@ -186,9 +202,7 @@ class _ZmqSource(Source):
             except zmq.ZMQError as exc:
                 sock.close(0)
                 verb = "bind" if self.bind else "connect to"
-                hint = "pick a free port or stop the program using it" if exc.errno == zmq.EADDRINUSE else \
-                    "check the address (tcp host:port)"
-                raise SourceError(f"cannot {verb} {address}: {exc.strerror}; {hint}") from exc
+                raise SourceError(f"cannot {verb} {address}: {exc.strerror}; {socket_hint(exc, bind=self.bind)}") from exc
         self._sock = sock
         if not self.bind:  # after the connects: a slow name server delays no frame
             self.unresolved = unresolved_hosts(self.addresses)
