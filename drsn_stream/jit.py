@@ -9,42 +9,13 @@ compiles its own.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP that arrive inside the block are delivered right after it, to the
-    handlers of before. numba compiles and loads kernels through llvmlite, whose objects are not
-    safe to unwind half made: an exception raised in their midst by a signal handler (a command's
-    start-up handler raises one) leaves a finalizer that prints a traceback. Only the main thread
-    can hold them, and only handlers set from Python are swapped; elsewhere the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    saved = {}
-    for sig in _SIGNALS:
-        handler = signal.getsignal(sig)
-        if handler is not None:  # None: set outside Python, which cannot be put back
-            saved[sig] = handler
-            signal.signal(sig, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-        if held:
-            signal.raise_signal(held[0])
-
+from drsn_stream.runtime import signals_held
 
 with signals_held():
     try:  # a missing or broken numba leaves the numpy paths, never the monitor without them

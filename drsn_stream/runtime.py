@@ -3,6 +3,7 @@ publisher (``drsn-stream publish``)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import os
@@ -10,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
@@ -142,24 +143,59 @@ def check_shared_memory(size: int) -> None:
                                     f"{_size(free)} free (in a container: docker run --shm-size=...)")
 
 
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP that arrive inside the block are delivered right after it, to the
+    handlers of before: for work that must not be unwound half done by a start-up handler's
+    exception (numba compiling through llvmlite, whose half-made objects print a traceback from
+    their finalizers; the resource tracker being spawned). Only the main thread can hold them,
+    and only handlers set from Python are swapped; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    saved = {}
+    for sig in _SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: set outside Python, which cannot be put back
+            saved[sig] = handler
+            signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
+
 def start_resource_tracker() -> None:
     """Starts multiprocessing's resource tracker (the process that unlinks this process's shared
     memory should it die) deaf to SIGHUP, before any segment is made. A terminal that hangs up
     sends SIGHUP to its whole process group, the tracker too, which ignores only SIGINT and
     SIGTERM: it died, and the monitor's clean stop then met a tracker started afresh that printed
-    a traceback for every segment it had never heard of. A disposition set to ignore is kept
-    across fork and exec, so the tracker inherits it."""
+    a traceback for every segment it had never heard of. The tracker inherits this thread's signal
+    mask across fork and exec and unblocks only SIGINT and SIGTERM, so SIGHUP blocked while it
+    starts stays blocked in it for good. Blocked, not ignored: a hang-up that reaches this process
+    meanwhile is delivered when the block ends (set to ignore, it was lost, and a monitor whose
+    terminal closed as it started ran on), and held, so its handler runs after the spawn, not
+    inside it."""
     from multiprocessing import resource_tracker
 
     hup = getattr(signal, "SIGHUP", None)
-    if hup is None or threading.current_thread() is not threading.main_thread():
+    if hup is None or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         resource_tracker.ensure_running()
         return
-    before = signal.signal(hup, signal.SIG_IGN)
-    try:
-        resource_tracker.ensure_running()
-    finally:
-        signal.signal(hup, before)
+    with signals_held():
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {hup})
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 # ``python -m`` puts the working directory first on sys.path (``-P``, which would not, is Python

@@ -262,6 +262,39 @@ def test_a_signal_stops_a_running_monitor_with_its_summary(sig: signal.Signals, 
     assert sum(o["type"] == "prediction" for o in objs) == final["engine"]["windows"] > 0
 
 
+_TRACKER_HANG_UP = r"""
+import os, signal, sys, time
+from multiprocessing import resource_tracker
+from drsn_stream import runtime
+got = []
+signal.signal(signal.SIGHUP, lambda signum, frame: got.append(signum))
+spawn = resource_tracker.ensure_running
+def hung_up_meanwhile():
+    os.kill(os.getpid(), signal.SIGHUP)  # the terminal closes while the tracker starts
+    time.sleep(0.2)
+    spawn()
+resource_tracker.ensure_running = hung_up_meanwhile
+runtime.start_resource_tracker()
+tracker = resource_tracker._resource_tracker._pid
+os.kill(tracker, signal.SIGHUP)  # and the tracker hears the hang-up too
+time.sleep(0.5)
+alive = os.waitpid(tracker, os.WNOHANG) == (0, 0)
+print(got == [signal.SIGHUP], alive)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks here")
+def test_a_hang_up_while_the_resource_tracker_starts_is_not_lost_and_the_tracker_lives_on() -> None:
+    """Before: SIGHUP was set to ignore while the tracker started, so that it inherited deafness;
+    a hang-up in that moment (a CI run's killpg, a terminal closed as the monitor started) was
+    lost, and the monitor ran on until killed. Now the parent gets it after the spawn, and the
+    tracker still does not die of one."""
+    res = subprocess.run([sys.executable, "-c", _TRACKER_HANG_UP], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["True", "True"], (res.stdout, res.stderr[-2000:])
+
+
 @pytest.mark.slow
 def test_a_hang_up_leaves_no_shared_memory_behind_and_under_nohup_the_monitor_runs_on(tmp_path: Path) -> None:
     # Its terminal closed (an SSH session dropped): SIGHUP killed the monitor on the spot, and the
