@@ -172,7 +172,6 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
-
 def start_resource_tracker() -> None:
     """Starts multiprocessing's resource tracker (the process that unlinks this process's shared
     memory should it die) deaf to SIGHUP, before any segment is made. A terminal that hangs up
