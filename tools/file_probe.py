@@ -94,7 +94,7 @@ def damaged(good: bytes, seed: int, index: int) -> bytes:
 
 
 def reader(kind: str):  # noqa: ANN201 - a callable of a path
-    if kind in ("artifact",):
+    if kind == "artifact":
         from drsn_stream.models.artifact import load_artifact
 
         return load_artifact
@@ -128,7 +128,6 @@ def child(kind: str, seed: int, start: int, count: int, folder: Path) -> int:
     from drsn_stream.errors import DrsnStreamError
 
     warnings.simplefilter("error")  # a warning reaches the user's terminal: counted as "other"
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript's own, on every load
     good, suffix = good_file(kind)
     read = reader(kind)
     path = folder / f"probe{suffix}"
