@@ -100,9 +100,9 @@ class ZmqResultSink:
     def __init__(self, address: str) -> None:
         import zmq
 
-        from drsn_stream.sources.zmq_source import bind_socket, socket_hint
+        from drsn_stream.sources.zmq_source import bind_socket, socket_hint, tcp_address
 
-        self.address = _bind_address(address)
+        self.address = tcp_address(address, bind=True)  # an empty host 127.0.0.1, the port checked
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 200)
@@ -134,8 +134,3 @@ class ZmqResultSink:
         with self._lock:
             self._sock.close()
 
-
-def _bind_address(address: str) -> str:
-    from drsn_stream.sources.zmq_source import tcp_address
-
-    return tcp_address(address, bind=True)  # HOST:PORT or tcp://..., an empty host 127.0.0.1, the port checked

@@ -13,6 +13,7 @@ v4 file's lengths.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -45,7 +46,7 @@ class _Bytes:
         self._z = zlib.decompressobj() if compressed else None
         self._fed = False
         self._buf = b""
-        self.limit = len(data)
+        self.limit = math.inf if compressed else len(data)  # compressed: set once its tag is read
 
     def read(self, n: int, what: str) -> bytes:
         self._room(n, what)
@@ -216,15 +217,12 @@ def _walk(data: memoryview) -> tuple[list[str], list[str]]:
         pos += 8 + size
         if mtype == _COMPRESSED:
             src = _Bytes(body, True)
-            src.limit = 8 << 40  # until its tag says
             mtype, size, small = _tag(src, order, f"variable {index}")
             if small is not None:
                 raise MatError(f"variable {index} is {size} bytes")
             src.limit = 8 + size
-        elif mtype == _MATRIX:
-            src = _Bytes(body, False)
         else:
-            raise MatError(f"variable {index} has data type {mtype}, not a MATLAB array")
+            src = _Bytes(body, False)
         if mtype != _MATRIX:
             raise MatError(f"variable {index} has data type {mtype}, not a MATLAB array")
         name, numeric = _matrix(src, order, size, index)

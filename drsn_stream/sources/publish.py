@@ -55,10 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def _address(to: str, *, bind: bool = True) -> str:
-    return tcp_address(to, bind=bind)
-
-
 def _int_scale(x: Any, dtype: str) -> float | None:
     """Integers on the wire: scale each message to its own peak, so vibration in g (often well
     above 1.0) neither clips at full scale nor wastes resolution."""
@@ -132,7 +128,7 @@ def publish(
     if pull:
         sock.setsockopt(zmq.SNDTIMEO, 1000)  # PUSH blocks without a receiver; count, don't hang
     try:
-        addr = _address(to, bind=not connect)
+        addr = tcp_address(to, bind=not connect)
     except DrsnStreamError:
         sock.close(0)
         raise
@@ -270,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     specs = args.source or ["sim:bearing"]
     how = "PUSH" if args.pull else "PUB"
     try:
-        where = _address(args.to, bind=not args.connect)
+        where = tcp_address(args.to, bind=not args.connect)
     except DrsnStreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
