@@ -315,7 +315,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> Pipeline:
-        self._started = time.time()
+        self._started = time.monotonic()  # durations on the monotonic clock: the wall clock can step
         if self._cpus is not None:
             # The engine process has a core to itself; ingest, output and sinks keep to the rest:
             # the model's compute is not moved between cores or interrupted by ingest, which
@@ -356,12 +356,14 @@ class Pipeline:
         """Blocks until the duration passes, ``quit`` is set or asked for (``ask_stop``), or
         every source has ended."""
         duration = self.config.duration if duration is None else duration
-        end = None if duration is None else time.time() + duration
-        next_stats = time.time() + self.config.stats_every_s
+        # on the monotonic clock: a step of the wall clock (NTP, a wake from suspend) ended the run
+        # at once, or sent a stats line every pass for as long as it stepped
+        end = None if duration is None else time.monotonic() + duration
+        next_stats = time.monotonic() + self.config.stats_every_s
         while not self.quit.is_set() and not self.stop_asked:
             # Notes first, so that a caller who returns on time still sees what happened meanwhile.
             self._drain_notes()
-            if end is not None and time.time() >= end:
+            if end is not None and time.monotonic() >= end:
                 break
             if len(self._ended_sources) >= len(self.sources):
                 break
@@ -375,7 +377,7 @@ class Pipeline:
                 self._emit_events(events)
             if self.capture is not None:
                 self.capture.poll()
-            if time.time() >= next_stats:
+            if time.monotonic() >= next_stats:
                 next_stats += self.config.stats_every_s
                 self._emit({"type": "stats", "time": time.time(), **self.stats_json()})
         if self.stop_asked:
@@ -389,7 +391,7 @@ class Pipeline:
     def _say_waiting(self) -> None:
         """A source with no data after a second says what it waits for (a note, once, and the
         dashboard's status line until data comes)."""
-        if time.time() - self._started < WAITING_AFTER_S:
+        if time.monotonic() - self._started < WAITING_AFTER_S:
             return
         waiting = []
         for src in self.sources:
@@ -711,7 +713,7 @@ class Pipeline:
         e = self.stats.to_json()
         lat = e["latency_ms"]
         lines = [
-            f"drsn-stream: {e['windows']} windows in {time.time() - self._started:.1f} s on {self.runner.device_name}; "
+            f"drsn-stream: {e['windows']} windows in {time.monotonic() - self._started:.1f} s on {self.runner.device_name}; "
             f"avg batch {e['avg_batch']}; latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms",
             f"dropped {self.batcher.dropped_total() + self.dropped_output}, malformed {self.malformed_total()}",
         ]

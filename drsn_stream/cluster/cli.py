@@ -100,7 +100,7 @@ def _watch(handle: Any, args: argparse.Namespace, cfg: RunConfig) -> None:
     import threading
 
     quit_event = threading.Event()
-    end = None if cfg.duration is None else time.time() + cfg.duration
+    end = None if cfg.duration is None else time.monotonic() + cfg.duration
     headless = cfg.sinks.headless
     dashboard = None
     if not headless and sys.stdout.isatty():
@@ -110,7 +110,7 @@ def _watch(handle: Any, args: argparse.Namespace, cfg: RunConfig) -> None:
                               quit_event=quit_event, keys=sys.stdin.isatty(), screen=False).start()
     seen = 0
     try:
-        while not quit_event.is_set() and (end is None or time.time() < end):
+        while not quit_event.is_set() and (end is None or time.monotonic() < end):
             time.sleep(1.0)
             if dashboard is None and headless:
                 events = handle.snapshot().events

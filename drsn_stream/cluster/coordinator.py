@@ -61,8 +61,8 @@ class Coordinator:
         self._stop = threading.Event()
         self._agg = self.ray.get_actor(AGGREGATOR, namespace=NAMESPACE)
         self._sync_hosts()
-        end = time.time() + START_TIMEOUT_S
-        while self.starting and time.time() < end:  # the first hosts: deployed before this returns
+        end = time.monotonic() + START_TIMEOUT_S
+        while self.starting and time.monotonic() < end:  # the first hosts: deployed before this returns
             self._check_starting(block=1.0)
         self._thread = threading.Thread(target=self._loop, name="drsn-coordinator", daemon=True)
         self._thread.start()
@@ -90,7 +90,7 @@ class Coordinator:
                     opts["num_gpus"] = self.cluster.gpu_share
                 handle = self.host_actor.options(**opts).remote(name, self.config, self.cluster, gpu)
                 with self._lock:
-                    self.starting[name] = (node, handle, handle.ping.remote(), time.time())
+                    self.starting[name] = (node, handle, handle.ping.remote(), time.monotonic())
 
     def _check_starting(self, *, block: float = 0.0) -> None:
         """Hosts that finished starting join the ring (their share of streams moves to them)."""
@@ -111,10 +111,10 @@ class Coordinator:
                 with self._lock:
                     self.hosts[name] = handle
                     self.host_node[name] = node
-                    self.last_ok[name] = time.time()
+                    self.last_ok[name] = time.monotonic()
                     self.ring.add(name)
                 joined = True
-            elif time.time() - t0 > START_TIMEOUT_S:  # its node is likely gone
+            elif time.monotonic() - t0 > START_TIMEOUT_S:  # its node is likely gone
                 with self._lock:
                     self.starting.pop(name, None)
                 try:
@@ -175,14 +175,14 @@ class Coordinator:
         self._rebalance(previous={s: host for s in lost})
         moved = {s: self.owner.get(s, "") for s in lost}
         self._agg.host_down.remote(host, moved)
-        self.failovers.append({"host": host, "why": why, "detected": t_seen, "reassigned": time.time(),
+        self.failovers.append({"host": host, "why": why, "detected": t_seen, "reassigned": time.monotonic(),
                                "streams": len(lost)})
 
     # -------------------------------------------------------------- the loop
     def _loop(self) -> None:
-        next_nodes = next_discover = time.time()
+        next_nodes = next_discover = time.monotonic()
         while not self._stop.wait(PING_EVERY_S):
-            now = time.time()
+            now = time.monotonic()
             steps = [self._check_hosts, lambda _: self._check_starting()]
             if now >= next_nodes:
                 next_nodes = now + 2.0
@@ -312,8 +312,8 @@ def listen_for_streams(sock: Any, window_s: float, known: set[str], room: int) -
 
     new: dict[str, None] = {}
     left: set[str] = set()
-    end = time.time() + window_s
-    while time.time() < end:
+    end = time.monotonic() + window_s
+    while time.monotonic() < end:
         if not sock.poll(20):
             continue
         try:

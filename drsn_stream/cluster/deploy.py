@@ -51,8 +51,8 @@ class Cluster:
     def wait_subscribed(self, streams: int, timeout: float = 120.0) -> None:
         """Block until the hosts together subscribe to ``streams`` streams (ZeroMQ subscriptions
         are applied by each host's reading thread a moment after ``assign``)."""
-        end = time.time() + timeout
-        while time.time() < end:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
             info = self.hosts()
             if sum(i["subscribed"] for i in info.values()) >= streams:
                 return

@@ -144,7 +144,7 @@ class HostWorker:
     # ------------------------------------------------------------------ life cycle
     def start(self) -> HostWorker:
         self.pipe.start()
-        self.started = time.time()
+        self.started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="drsn-host", daemon=True)
         self._thread.start()
         # the pipeline's own supervision (health ticks for streams gone quiet, capture polls,
@@ -162,10 +162,11 @@ class HostWorker:
         self._flush()
 
     def _loop(self) -> None:
-        next_ckpt = time.time() + self.checkpoint_every_s
-        next_summary = time.time()
+        # periods on the monotonic clock: a step of the wall clock back stopped the checkpoints
+        next_ckpt = time.monotonic() + self.checkpoint_every_s
+        next_summary = time.monotonic()
         while not self._stop.wait(SEND_EVERY_S):
-            now = time.time()
+            now = time.monotonic()
             try:
                 if now >= next_ckpt:
                     next_ckpt = now + self.checkpoint_every_s

@@ -45,14 +45,14 @@ class EngineStats:
         self.windows = 0
         self.batches = 0
         self.infer_s = 0.0
-        self.started = time.time()
+        self.started = time.monotonic()  # rates over monotonic spans: the wall clock can step
         self._rec: list[float] | None = None
         self._rec_batches = 0
         self._rec_stages: list[np.ndarray] = []
 
     def record_batch(self, stream_ids: Sequence[str], latencies_ms: np.ndarray, infer_s: float) -> None:
         """One batch: its windows' stream ids and latencies (ms, (b,)), and its inference time (s)."""
-        now = time.time()
+        now = time.monotonic()
         values = np.asarray(latencies_ms, dtype=np.float64).reshape(-1)
         batch_size = values.size
         self.histogram.observe(values)
@@ -144,7 +144,7 @@ class EngineStats:
         with self._lock:
             if not self._done:
                 return 0.0
-            now = time.time()
+            now = time.monotonic()
             span = min(self._span, max(now - self.started, 1e-3))
             return sum(n for _, n in self._done) / span
 

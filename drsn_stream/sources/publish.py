@@ -181,7 +181,7 @@ def publish(
             summary["messages"] += 1
             summary["bytes"] += len(topic) + len(header) + len(payload)
 
-        t_start = time.time()
+        t_start = time.monotonic()  # durations and rates: the wall clock can step
         report = _Progress(summary, t_start, progress)
         if len(sources) == 1:
             # One source: its reader thread sends too (no queue hand-off per frame; the socket is
@@ -191,7 +191,7 @@ def publish(
             reader.start()
             while not done.wait(0.1) and not stop.is_set():
                 report.tick()
-                if duration is not None and time.time() - t_start >= duration:
+                if duration is not None and time.monotonic() - t_start >= duration:
                     break
             sources[0].close()
             reader.join(timeout=5.0)
@@ -205,7 +205,7 @@ def publish(
             running = len(threads)
             while running and not stop.is_set():
                 report.tick()
-                if duration is not None and time.time() - t_start >= duration:
+                if duration is not None and time.monotonic() - t_start >= duration:
                     break
                 try:
                     item = frames.get(timeout=0.1)
@@ -222,7 +222,7 @@ def publish(
                 sock.send_multipart(encode_eos(stream))
             except zmq.Again:
                 summary["dropped"] += 1
-        summary["elapsed_s"] = time.time() - t_start
+        summary["elapsed_s"] = time.monotonic() - t_start
         for t in threads:
             t.join(timeout=2.0)
         if not pull:
@@ -245,7 +245,7 @@ class _Progress:
         self.messages = self.bytes = 0
 
     def tick(self) -> None:
-        now = time.time()
+        now = time.monotonic()
         if self.progress is None or now - self.t_last < 1.0:
             return
         s, dt = self.summary, now - self.t_last
