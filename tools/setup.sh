@@ -3,7 +3,7 @@
 # it works on a stock Debian/Ubuntu Python that refuses system-wide pip installs (PEP 668). Usage:
 #   tools/setup.sh          runtime: PortAudio, torch, the package (editable) and its dependencies
 #   tools/setup.sh --dev    also what the tests need: virtual ALSA/JACK microphone, sox, TTS, tmux,
-#                           pytest and ruff
+#                           a C compiler (a stepped wall clock), pytest and ruff
 # Then run .venv/bin/drsn-stream, or `. .venv/bin/activate` first.
 # Environment: PYTHON (the interpreter that creates .venv; default python3), VENV (default .venv),
 # TORCH_SPEC (default: a torch in the tested range, the CPU build on a machine without an NVIDIA GPU;
@@ -50,7 +50,7 @@ if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/
   PKGS+=("python3-venv")
 fi
 if [ "$DEV" = 1 ] && command -v dpkg-query >/dev/null 2>&1; then
-  PKGS+=(libasound2-plugins alsa-utils jackd2 sox espeak-ng flite tmux prometheus)
+  PKGS+=(libasound2-plugins alsa-utils jackd2 sox espeak-ng flite tmux prometheus gcc libc6-dev)  # gcc: tests/clockstep.c
 fi
 [ ${#PKGS[@]} -gt 0 ] && apt_install "${PKGS[@]}"
 

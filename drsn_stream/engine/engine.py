@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -9,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from drsn_stream.clock import WallSteps
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.contract import Pending, RunnerLike
 from drsn_stream.engine.procrunner import EngineRestarted
@@ -21,6 +23,7 @@ POLL_S = 0.002  # how often the loop looks for a finished batch while another on
 # from a sender whose clock is off this host's (or through a link that held it): said once per stream.
 OFF_CLOCK_S = 2.0
 OFF_CLOCK_NAMED = 5  # streams said by name; the rest in one line
+STEP_GRACE_S = 10.0  # after a step of the wall clock, windows far from their capture time are not said
 
 # A batch's windows -> (the model's input (b, n) float32, each window's level (b,)): the DSP's
 # normalization step (dsp.normalize.BatchNormalizer), injected by the app.
@@ -117,6 +120,8 @@ class InferenceLoop(threading.Thread):
         self.lost = 0  # windows lost when an engine process died with them in flight
         self.notes: list[str] = []
         self.off_clock: set[str] = set()  # streams said to arrive far from their capture time
+        self._steps = WallSteps()
+        self._stepped_at = -math.inf  # monotonic time the wall clock last stepped, as far as seen
         self.stream_notes: list[tuple[str, str]] = []  # (stream, line) for ``note`` events
 
     def stop(self) -> None:
@@ -168,6 +173,13 @@ class InferenceLoop(threading.Thread):
         x, levels = self.prepare(batch)
         return self._finish(batch, levels, self.runner.submit(x), t_batched)
 
+    def _clock_stepped(self) -> bool:
+        """Whether the wall clock stepped lately (``drsn_stream.clock``): windows in flight then
+        carry capture times from before the step and seem off by it, though no clock is off."""
+        if self._steps.check() is not None:
+            self._stepped_at = time.monotonic()
+        return time.monotonic() - self._stepped_at < STEP_GRACE_S
+
     def _off_clock(self, batch: list[Window], lag: np.ndarray, late: np.ndarray) -> None:
         """Says (once per stream, a few streams by name) that windows were formed far from the
         capture time they carry: a sender's clock off this host's, or a link that held them."""
@@ -202,7 +214,7 @@ class InferenceLoop(threading.Thread):
                 self.stats.record_stages(t_last, t_ready, t_batched, t_done)
             lag = t_ready - t_last
             late = np.abs(lag) > OFF_CLOCK_S
-            if late.any():
+            if late.any() and not self._clock_stepped():
                 self._off_clock(batch, lag, late)
         self.on_predictions(preds)
         return preds

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from drsn_stream.clock import WallSteps, before_step
 from drsn_stream.config import from_table
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor import levels_jit
@@ -358,6 +359,7 @@ class HealthMonitor:
         self._slot_of: dict[str, int] = {}
         self._sick: set[str] = set()
         self._listed: set[str] = set()
+        self._steps = WallSteps()  # arrival stamps move with a step of the wall clock (tick)
 
     def watch(self, stream_ids: Iterable[str], *, now: float | None = None) -> None:
         """Expect these streams from ``now`` on, so that one that never sends is "no data"."""
@@ -802,11 +804,18 @@ class HealthMonitor:
     def tick(self, now: float | None = None) -> list[Event]:
         """Mark streams that sent nothing for ``timeout_s`` before ``now`` as "no data"; return the
         events. ``now``: the time up to which the sources have been read (``sources.base.read_to``),
-        ``time.time()`` when None."""
+        ``time.time()`` when None. Arrival times taken before a step of the wall clock move with
+        it (``drsn_stream.clock``): a silence is measured in the time that passed."""
         now = time.time() if now is None else now
         events: list[Event] = []
         with self._lock:
             seen = self._bank.last_seen
+            step = self._steps.check()
+            if step is not None:  # else a step forward made every stream "no data" at once
+                seen[before_step(seen, *step)] += step[0]
+                for st in self._streams.values():
+                    if st.slot < 0 and st.last_seen is not None and before_step(st.last_seen, *step):
+                        st.last_seen += step[0]
             for sid, st in self._streams.items():
                 last_seen = st.last_seen if st.slot < 0 else _seen(seen[st.slot])
                 if last_seen is not None and now - last_seen > self.config.timeout_s:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
+from drsn_stream.clock import WallSteps
 from drsn_stream.config import bound_text
 from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError
 from drsn_stream.types import Frame
@@ -415,13 +416,34 @@ class Source:
         if self.on_idle is not None:
             self.on_idle()
 
+    def _start_clock(self) -> None:
+        """Start a paced source's clock: capture time ``t0`` is now, on the wall clock."""
+        self.t0 = time.time()
+        self._mono0 = time.monotonic()
+        self._steps = WallSteps()
+
     def _sleep_until(self, t_wall: float) -> bool:
-        """Wait until wall time ``t_wall`` or until closed; False when closed."""
-        delay = t_wall - time.time()
-        if delay > 0:
+        """Wait until capture time ``t_wall`` (``t0`` + seconds of signal) is due, or until
+        closed; False when closed.
+
+        The wait runs on the monotonic clock, and a step of the wall clock (an NTP step, a
+        laptop waking from suspend, ``date -s``) moves ``t0`` with it: a step forward used to
+        replay the skipped span as fast as it could (an hour of signal in a burst, the monitor
+        flooded) and a step back to stop the source for as long. Capture times follow the
+        wall clock's steps, as a gateway's would."""
+        due = self._mono0 + (t_wall - self.t0)
+        if due > time.monotonic():
             self._idle()
-            return not self._closed.wait(max(0.0, t_wall - time.time()))
+            if self._closed.wait(max(0.0, due - time.monotonic())):
+                return False
+        self._follow_wall_clock()  # after the wait, which is when a step is likeliest to have come
         return not self.closed
+
+    def _follow_wall_clock(self) -> None:
+        """Move ``t0`` by a step of the wall clock since the last look."""
+        step = self._steps.check()
+        if step is not None:
+            self.t0 += step[0]
 
 
 def read_to(sources: Iterable[Source], now: float) -> float:

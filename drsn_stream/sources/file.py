@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,7 +302,7 @@ class FileSource(Source):
         self._streams = list(channel_ids(self.stream_id, x.shape[1], self.names))  # each channel is monitored
         if self.rpm is None and self.path.suffix.lower() == ".mat":
             self.rpm = mat_rpm(self.path)
-        self.t0 = time.time()
+        self._start_clock()
 
     def _frames(self) -> Iterator[Frame]:
         assert self.t0 is not None

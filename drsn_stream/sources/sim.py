@@ -15,7 +15,6 @@ import functools
 import io
 import json
 import math
-import time
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -247,7 +246,7 @@ class BearingSim(Source):
         units = len(self._streams)
         self._scaled: np.ndarray | None = None
         self._spans = (np.full(units, -1, dtype=np.int64), np.zeros(units, dtype=np.int64), np.zeros(units, dtype=np.int64))
-        self.t0 = time.time()
+        self._start_clock()
 
     def _block(self, a: int, b: int) -> np.ndarray:
         """Samples ``[a, b)`` of every unit, float32 ``(units, b - a)``: the same values as
@@ -305,11 +304,11 @@ class BearingSim(Source):
         pos, seq = 0, 0
         while pos < total and not self.closed:
             n = int(min(chunk, total - pos))
-            t_first = self.t0 + pos / (self.rate * self._time_scale)
             # computed before the wait: the chunk leaves as soon as its last sample is due
             block = self._block(pos, pos + n)
             if not self.options["fast"] and not self._sleep_until(self.t0 + (pos + n) / (self.rate * self._time_scale)):
                 return
+            t_first = self.t0 + pos / (self.rate * self._time_scale)  # after the wait: t0 follows a step of the wall clock
             c = self._channels
             for m, stream in enumerate(self._frame_ids):
                 yield Frame(stream, seq, t_first, float(self.rate), block[m * c : (m + 1) * c].T)

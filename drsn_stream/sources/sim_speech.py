@@ -13,7 +13,6 @@ Credits: Free Spoken Digit Dataset (CC BY-SA 4.0); Speech Commands background no
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,7 +75,7 @@ class SpeechSim(Source):
             self._noise = (to_rate(noises[name], 8000, self.rate) * gain).astype(np.float32)
             self._noise_offset = int(self._rng.integers(self._noise.size))
         self._next_start = int(self.rate * self._rng.uniform(1.0, 1.5))  # background first
-        self.t0 = time.time()
+        self._start_clock()
 
     def _schedule_to(self, pos: int) -> None:
         """Draws words until the schedule covers sample ``pos``."""

@@ -1,0 +1,45 @@
+"""Steps of the wall clock.
+
+Capture times, arrival times and the times events carry are wall-clock seconds (``time.time()``),
+so that times from other hosts compare; durations are measured on the monotonic clock. The wall
+clock can step while the monitor runs: NTP setting the clock after boot (a gateway without a
+real-time clock starts at its last shutdown, or in 1970), a laptop waking from suspend (the
+monotonic clock stood still meanwhile), ``date -s``. NTP's slewing moves both clocks alike, so
+a change of their difference by more than ``STEP_S`` is a step, and whoever keeps wall-clock
+stamps to compare with "now" moves the stamps taken before it (``WallSteps``, ``before_step``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+STEP_S = 0.5  # wider than the jitter of reading the two clocks one after the other under load
+
+
+class WallSteps:
+    """Finds steps of the wall clock against the monotonic clock, one look at a time."""
+
+    def __init__(self) -> None:
+        self._offset = time.time() - time.monotonic()
+
+    def check(self) -> tuple[float, float] | None:
+        """``(step, bound)`` when the wall clock stepped since the last look, else None.
+
+        ``step``: seconds, > 0 forward. ``bound``: the wall time that parts the stamps taken
+        before the step from those taken after it (``before_step``): before a step forward they
+        are below it (what the clock would read now without the step), before a step back above
+        it (ahead of the clock now: those taken less than the step before it)."""
+        wall = time.time()
+        offset = wall - time.monotonic()
+        step = offset - self._offset
+        if abs(step) <= STEP_S:
+            return None
+        self._offset = offset
+        return step, (wall - step if step > 0 else wall)
+
+
+def before_step(stamps: np.ndarray | float, step: float, bound: float) -> np.ndarray | bool:
+    """Which wall-clock ``stamps`` were taken before a step ``WallSteps.check`` found (NaN: none)."""
+    return stamps < bound if step > 0 else stamps > bound
