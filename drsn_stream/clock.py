@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 STEP_S = 0.5  # wider than the jitter of reading the two clocks one after the other under load
+STEP_GRACE_S = 10.0  # for this long after a step, windows in flight carry stamps from before it
 
 
 class WallSteps:

@@ -215,3 +215,39 @@ def test_sensor_health_measures_a_silence_in_the_time_that_passed_across_a_step(
     streams = sorted([f"s{i}" for i in range(8)] + ["m0"])
     assert out["at_step"] == [], f"taken for silent at the step: {out['at_step']}"
     assert out["later"] == streams
+
+
+DECISION_SCRIPT = """
+import json, struct, sys, time
+import numpy as np
+from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine
+from drsn_stream.types import Prediction
+
+step, path = float(sys.argv[1]), sys.argv[2]
+labels = ["normal", "inner_021"]
+engine = DecisionEngine(labels, DecisionConfig.for_labels(labels, smoothing="ema", ema_alpha=1.0, set_windows=2,
+                                                          danger_after_s=10.0, danger_confidence=None))
+levels = []
+for i in range(60):  # a fault, windows 50 ms apart stamped with the wall clock, as a local source's are
+    if i == 30:
+        with open(path, "r+b") as f:
+            f.write(struct.pack("<q", int(step * 1e9)))
+    t = time.time()
+    engine.update(Prediction("m0", i, t, np.array([0.1, 0.9], dtype=np.float32), "inner_021", 0.9, 0.3, 12.0, level=0.5))
+    levels.append(engine.state("m0").level.name)
+    time.sleep(0.05)
+print(json.dumps(levels))
+"""
+
+
+@pytest.mark.parametrize("step", [+HOUR, -HOUR], ids=["forward", "back"])
+def test_an_alert_under_way_keeps_its_duration_across_a_step_of_this_hosts_clock(shim: Path, tmp_path: Path,
+                                                                                  step: float) -> None:
+    """An ALERT becomes DANGER after 10 s of fault (``danger_after_s``); 3 s of fault with a step
+    of the wall clock in the middle are 3 s. Before, a step forward made it DANGER at once."""
+    clock = Clock(shim, tmp_path)
+    res = subprocess.run([sys.executable, "-c", DECISION_SCRIPT, str(step), str(clock.file)], env=clock.env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    levels = json.loads(res.stdout.strip().splitlines()[-1])
+    assert levels[1:] == ["ALERT"] * 59, levels

@@ -123,6 +123,21 @@ def test_danger_from_confidence_and_from_duration():
     assert changes == ["ALERT", "DANGER"]
 
 
+def test_a_sender_clock_set_back_neither_delays_danger_nor_ends_the_episode():
+    """A stream's capture times going back an hour (its sender's clock set back by NTP): the
+    episode counts the time that passed. Before, DANGER after 10 s of ALERT came an hour late."""
+    engine = DecisionEngine(BEARING, raw(set_windows=2, danger_after_s=10.0))
+    before = feed(engine, [("inner_021", 0.8)] * 6)  # t = 0..5: ALERT from t = 1
+    after = feed(engine, [("inner_021", 0.8)] * 10, t0=6 - 3600.0)  # 6 .. 15 s into the fault
+    names = [lv.name for _, lv, _ in before + after]
+    assert names[1] == "ALERT"
+    # as without the step (12: test_danger_from_confidence_and_from_duration) but for the one
+    # window's interval across the step, which is not counted (1 s here, 43 ms in a live stream)
+    assert names.index("DANGER") == 13
+    state = engine.state("m0")
+    assert state.since == pytest.approx(after[names.index("DANGER") - 6][0])  # DANGER since the window that raised it
+
+
 def test_latching_holds_until_acknowledged():
     engine = DecisionEngine(BEARING, raw(set_windows=1, clear_windows=2, latching=True))
     feed(engine, [("ball_007", 0.9)])

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from drsn_stream.clock import WallSteps
+from drsn_stream.clock import STEP_GRACE_S, WallSteps
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.contract import Pending, RunnerLike
 from drsn_stream.engine.procrunner import EngineRestarted
@@ -23,7 +23,6 @@ POLL_S = 0.002  # how often the loop looks for a finished batch while another on
 # from a sender whose clock is off this host's (or through a link that held it): said once per stream.
 OFF_CLOCK_S = 2.0
 OFF_CLOCK_NAMED = 5  # streams said by name; the rest in one line
-STEP_GRACE_S = 10.0  # after a step of the wall clock, windows far from their capture time are not said
 
 # A batch's windows -> (the model's input (b, n) float32, each window's level (b,)): the DSP's
 # normalization step (dsp.normalize.BatchNormalizer), injected by the app.

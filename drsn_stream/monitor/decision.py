@@ -47,6 +47,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -57,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream import jit
+from drsn_stream.clock import STEP_GRACE_S, STEP_S, WallSteps
 from drsn_stream.config import from_table, toml_file
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
@@ -460,6 +462,8 @@ class DecisionEngine:
         self._t = _Table(len(self.labels), self.config.window_count)
         self._lock = threading.Lock()
         self.windows_total = 0
+        self._steps = WallSteps()
+        self._host_step = (0.0, -math.inf)  # this host's latest step of the wall clock: (s, monotonic time found)
 
     def _level_of(self, label: str) -> Level:
         cfg = self.config
@@ -526,6 +530,7 @@ class DecisionEngine:
         kernel = self._kernel
         with self._lock:
             slots, rounds = self._slots_of([p.stream_id for p in predictions], kernel is None)
+            self._follow_steps(slots, t)
             if kernel is not None:  # the whole batch in one loop, each window in turn
                 conf_out, ev_from = np.empty(b, dtype=np.float64), np.empty(b, dtype=np.int64)
                 kernel(slots, probs, t, level, noise, anomaly, refused, evidence, self._fpar, self._ipar,
@@ -540,6 +545,31 @@ class DecisionEngine:
                             out_events, labels_out, shown_out)
         names = self._names
         return [(ev, names[c], _LEVELS[sh]) for ev, c, sh in zip(out_events, labels_out.tolist(), shown_out.tolist())]
+
+    def _follow_steps(self, slots: np.ndarray, t: np.ndarray) -> None:
+        """Streams whose capture times stepped since their last window (a sender's clock set back;
+        this host's wall clock stepped, which moves the capture times of its own sources): their
+        alarm episode and shown level's start move with the step, so that ``danger_after_s`` and
+        "held for" count the time that passed. Else a step forward made an ALERT under way a
+        DANGER at once, and a step back held its DANGER off for as long as the step. A forward
+        jump of a remote sender alone is taken for a gap in its data (time that passed)."""
+        T = self._t
+        jump = t - T.last_time[slots]  # NaN for a stream's first window: no step
+        moved = jump < -STEP_S
+        step = self._steps.check()
+        if step is not None:
+            self._host_step = (step[0], time.monotonic())
+        host, found = self._host_step
+        if time.monotonic() - found < STEP_GRACE_S:
+            moved |= np.abs(jump - host) < STEP_S
+        if not moved.any():
+            return
+        first = np.flatnonzero(moved)
+        s, at = np.unique(slots[first], return_index=True)  # a stream once, by its first window here
+        d = jump[first[at]]
+        T.since[s] += d
+        T.episode[s] += d
+        T.last_time[s] += d
 
     def _slots_of(self, ids: list[str], rounds: bool = True) -> tuple[np.ndarray, list[Any]]:
         """Each prediction's slot (new streams get one), and the rounds: the positions of the
