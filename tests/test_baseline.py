@@ -22,7 +22,14 @@ from drsn_stream.dsp.normalize import normalize
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.artifact import load_artifact, save_artifact
 from drsn_stream.models.registry import create_model
-from drsn_stream.monitor.baseline import Profile, fit_stream, min_windows, parse_duration, weights_digest
+from drsn_stream.monitor.baseline import (
+    BaselineStage,
+    Profile,
+    fit_stream,
+    min_windows,
+    parse_duration,
+    weights_digest,
+)
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
 from drsn_stream.monitor.snapshot import build_snapshot
 from drsn_stream.sinks.dashboard import stream_table
@@ -288,3 +295,21 @@ def test_a_baseline_is_not_learned_from_windows_of_a_sensor_in_check_sensor(tmp_
     notes = [json.loads(ln)["message"] for ln in res.stdout.splitlines() if ln.startswith('{"type":"note"')]
     learned = [int(n.split()[3]) for n in notes if n.startswith("baseline learned on ")]
     assert learned and learned[0] >= 5 * 12000 // 512 - 2, notes
+
+
+@pytest.mark.parametrize("step", [3600.0, -3600.0], ids=["forward", "back"])
+def test_live_learning_lasts_its_seconds_of_signal_across_a_step_of_the_clock(step: float) -> None:
+    """20 s of learning are 20 s of windows (469 at a hop of 512 samples at 12 kHz), whatever the
+    capture times do meanwhile: before, a clock stepped forward an hour ended the learning on the
+    next window (a baseline of 9 s), and one stepped back made it last the hour."""
+    hop_s = 512 / 12000
+    stage = BaselineStage(None, learn_s=20.0, model="m", digest="d", sample_rate=12000, window=2048, hop=512)
+    rng = np.random.default_rng(0)
+    learned_at = None
+    for i in range(600):
+        t = i * hop_s + (step if i >= 200 else 0.0)
+        stage.apply([Prediction("m0", i, t, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0,
+                                features=rng.standard_normal(4))])
+        if learned_at is None and "m0" in stage.profile.streams:
+            learned_at = i
+    assert learned_at == int(np.ceil(20.0 / hop_s)), stage.state

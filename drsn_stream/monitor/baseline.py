@@ -250,8 +250,10 @@ class BaselineStage:
 
     Args:
         profile: the baselines loaded from a file (None: none yet).
-        learn_s: learn every stream without a baseline for this many seconds of its own capture
-            time, then fit and monitor it (None: do not learn; ``math.inf``: learn until ``fit``).
+        learn_s: learn every stream without a baseline for this many seconds of its own signal
+            (its learning windows times the hop: windows of a sensor in CHECK_SENSOR, a silence
+            or a step of a clock add none), then fit and monitor it (None: do not learn;
+            ``math.inf``: learn until ``fit``).
         model / digest / sample_rate / window / hop: what a learned profile records.
 
     Runs in the pipeline's output thread only (``apply``); ``views`` may be read from any thread
@@ -265,7 +267,6 @@ class BaselineStage:
         self._learning: dict[str, tuple[list[np.ndarray], list[float]]] = {}
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
-        self._left_out_s: dict[str, float] = {}  # stream: their hops, in s, in the learning under way
         self._extended: set[str] = set()  # streams whose span gave too few windows (said once)
         self.notes: list[tuple[str, str]] = []  # (stream, message), each said once; the pipeline drains it
         self.state: dict[str, str] = {}  # stream: "learning 40%" / "monitoring" / "no baseline"
@@ -336,12 +337,10 @@ class BaselineStage:
                 if sid not in self.left_out:
                     self.notes.append((sid, "windows from a sensor in CHECK_SENSOR are not learned from"))
                 self.left_out[sid] = self.left_out.get(sid, 0) + 1
-                if feats:  # the learning lasts that much longer: learn_s of windows it can learn from
-                    self._left_out_s[sid] = self._left_out_s.get(sid, 0.0) + self.profile.hop / self.profile.sample_rate
-                continue
+                continue  # the learning lasts that much longer: learn_s of windows it can learn from
             feats.append(p.features)
             times.append(p.t_last)
-            if times[-1] - times[0] - self._left_out_s.get(sid, 0.0) >= self.learn_s:
+            if self._learned_s(feats) >= self.learn_s:
                 need = min_windows(len(feats[0]))
                 if len(feats) < need:  # a span too short for a stable baseline: learning goes on
                     if sid not in self._extended:
@@ -356,13 +355,18 @@ class BaselineStage:
         if math.isinf(self.learn_s) or not times:
             self.state[sid] = f"learning {len(feats)} windows"
         else:
-            span = times[-1] - times[0] - self._left_out_s.get(sid, 0.0)
+            span = self._learned_s(feats)
             share = min(span / self.learn_s, len(feats) / min_windows(len(feats[0])))
             self.state[sid] = f"learning {max(0, min(99, int(100 * share)))}%"
 
+    def _learned_s(self, feats: list[np.ndarray]) -> float:
+        """The signal a stream's learning windows span, in seconds: counted in windows, not read
+        off their capture times, which a step of a clock moves (a step forward ended the learning
+        at once, a step back made it an hour longer) and which run on through a silence."""
+        return (len(feats) - 1) * self.profile.hop / self.profile.sample_rate
+
     def _fit(self, sid: str) -> None:
         feats, times = self._learning.pop(sid)
-        self._left_out_s.pop(sid, None)
         self._extended.discard(sid)
         try:
             if not feats:  # every window came from a sensor in CHECK_SENSOR
