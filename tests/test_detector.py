@@ -100,6 +100,15 @@ def test_refractory_time_swallows_a_second_label_right_after_a_word() -> None:
     assert [e.data["label"] for e in run(det, seq)] == ["6"]
 
 
+def test_a_clock_set_back_does_not_stretch_the_refractory_time() -> None:
+    """The capture times going back an hour (a sound card's stream is stamped by this host's
+    clock, which NTP set back): the next word is heard. Before, none was for the hour."""
+    det = WordDetector(LABELS, refractory_s=0.6)
+    first = run(det, background(3) + bump("4") + background(8))
+    later = run(det, background(8) + bump("9") + background(3), t0=100.0 + 2.0 - 3600.0)
+    assert [e.data["label"] for e in first + later] == ["4", "9"]
+
+
 def test_same_digit_twice_needs_the_score_to_drop_in_between() -> None:
     det = WordDetector(LABELS)
     continuous = background(3) + [scores("0", 0.95)] * 15 + background(3)

@@ -135,7 +135,9 @@ class WordDetector:
             st.peak = max(st.peak, best_p)
         else:
             st.cand, st.count, st.peak = best, 1, best_p
-        if st.count < self.confirm or best == st.emitted or t_last - st.t_emit < self.refractory_s:
+        # 0 <= ...: capture times that went back (a clock set back) are past the refractory time,
+        # which would otherwise last as long as the step
+        if st.count < self.confirm or best == st.emitted or 0.0 <= t_last - st.t_emit < self.refractory_s:
             return []
         st.emitted = best
         st.t_emit = float(t_last)
