@@ -131,6 +131,14 @@ def entry() -> None:
     seconds on a loaded machine and makes a Ctrl-C look ignored (docs/hardening.md). Streams are flushed
     and ZeroMQ is given its linger time to deliver the last results before the process ends.
     """
+    for stream in (sys.stdout, sys.stderr):
+        # a stream id, file or device name the terminal's encoding cannot show (an ASCII or Latin-1
+        # locale) is escaped: with stdout's strict default no result line was printed and the
+        # summary was a traceback
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # not a text stream of io's (replaced, or closed)
+            pass
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

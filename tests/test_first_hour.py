@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.io import wavfile
 
 from drsn_stream.config import loads_toml
 
@@ -115,6 +117,21 @@ def test_jsonl_to_stdout_keeps_stdout_pure_json_lines() -> None:
     objs = [json.loads(line) for line in res.stdout.splitlines()]  # every line, not just "{..."
     assert any(o["type"] == "prediction" for o in objs) and objs[-1]["type"] == "stats"
     assert "ready" in res.stderr and "sim/m0" in res.stderr  # the readable lines went to stderr
+
+
+@pytest.mark.slow
+def test_a_stream_name_the_terminal_cannot_show_is_escaped_not_fatal(tmp_path: Path) -> None:
+    # a stream named in a script the terminal's encoding lacks (an ASCII or Latin-1 locale):
+    # before, not one result line reached stdout and the summary was a traceback (exit 1)
+    wav = tmp_path / "pump.wav"
+    wavfile.write(wav, 12000, (np.random.default_rng(0).standard_normal(3 * 12000) * 0.1).astype(np.float32))
+    res = subprocess.run([*CMD, "--source", f"file:{wav}?stream=Pumpe-\u00d6lstand-\u6cf5", "--fast", "--headless"],
+                         cwd=ROOT, env={**ENV, "PYTHONIOENCODING": "ascii"}, capture_output=True, text=True,
+                         encoding="ascii", errors="strict", timeout=300)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    lines = [line for line in res.stdout.splitlines() if "Pumpe-\\xd6lstand-\\u6cf5" in line]
+    assert len(lines) >= 10, res.stdout[-2000:]
+    assert "Pumpe-\\xd6lstand-\\u6cf5" in res.stderr  # the summary
 
 
 @pytest.mark.slow
