@@ -154,6 +154,51 @@ def _waiting_status(source: str) -> str:
         pipe.stop()
 
 
+def test_a_sender_whose_clock_is_decades_off_is_said_not_taken_for_silence(free_tcp_port: int) -> None:
+    # a gateway that booted without a real-time clock or NTP stamps its frames in the 1970s: every
+    # message is refused (bad_time); before, the monitor said "waiting for senders (no data yet)"
+    import zmq
+
+    from drsn_stream.app.pipeline import Pipeline, RunConfig
+    from drsn_stream.sources.wire import encode
+
+    pipe = Pipeline(RunConfig(sources=(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}",), engine_process=False))
+    notes = _Notes()
+    pipe.outputs.add(notes)
+    pipe.start()
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+    try:
+        x = np.zeros(512, dtype=np.float32)
+        for i in range(20):
+            push.send_multipart(encode("gw/pump", i, 1e8 + i * 512 / 12000, 12000.0, x))
+            time.sleep(0.02)
+        pipe.wait(duration=1.6)
+        status = pipe.snapshot().header.status
+    finally:
+        push.close(0)
+        pipe.stop()
+    assert "20 messages received, none accepted (bad_time 20)" in status, status
+    assert "years behind this receiver's clock" in status and "set the publisher's clock (NTP)" in status, status
+    said = [n for n in notes.lines if "refused: bad_time" in n]
+    assert len(said) == 1, notes.lines  # the refusal is said once, however many messages
+
+
+class _Notes:
+    """A sink that keeps the messages of the ``note`` events."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, obj: dict) -> None:
+        if obj.get("type") == "note":
+            self.lines.append(obj.get("message", ""))
+
+    def close(self) -> None:
+        pass
+
+
 def test_the_dashboard_shows_what_a_zmq_source_waits_for(free_tcp_port: int) -> None:
     status = _waiting_status(f"zmq://127.0.0.1:{free_tcp_port}")
     assert f"waiting for publishers on tcp://127.0.0.1:{free_tcp_port}" in status

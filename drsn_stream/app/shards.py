@@ -608,7 +608,8 @@ class ShardedSource(Source):
         self.inner.check()
 
     def waiting(self) -> str | None:
-        return self.inner.waiting()
+        waiting_with = getattr(self.inner, "waiting_with", None)  # the processes' refused messages, summed
+        return self.inner.waiting() if waiting_with is None else waiting_with(self.stats.snapshot()["malformed"], "")
 
     @property
     def pids(self) -> list[int]:

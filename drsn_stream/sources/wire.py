@@ -221,6 +221,19 @@ def _check_scale(scale: float) -> float:
     return scale
 
 
+def _apart(seconds: float, *, side: bool = True) -> str:
+    """``seconds`` between two clocks as people say it: "54 years behind", "3.2 hours ahead of"."""
+    d = abs(seconds)
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if d >= 2 * size:
+            v = d / size
+            text = f"{v:.3g} {unit}" if v < 100 else f"{v:,.0f} {unit}"
+            break
+    else:
+        text = f"{d:.3g} s"
+    return f"{text} {'ahead of' if seconds > 0 else 'behind'}" if side else text
+
+
 def _short(value: Any) -> str:
     text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else f"<{value.bit_length()}-bit int>"
     return text if len(text) <= 60 else text[:57] + "..."
@@ -311,8 +324,8 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
     t = _number(header, "t", "bad_time")
     now = time.time() if now is None else now
     if abs(t - now) > max_skew_s:
-        raise WireError("bad_time", f"t={t:.6g} is {t - now:+.3g} s from this receiver's clock "
-                        f"(at most {max_skew_s:g} s); check the publisher's clock")
+        raise WireError("bad_time", f"t={t:.6g} is {_apart(t - now)} this receiver's clock (at most "
+                        f"{_apart(max_skew_s, side=False)} apart); set the publisher's clock (NTP)")
     rate = _number(header, "rate", "absurd_rate")
     channels = _field(header, "channels", int)
     n = _field(header, "n", int)

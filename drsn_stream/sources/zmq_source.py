@@ -87,6 +87,17 @@ def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
             time.sleep(0.02)
 
 
+def refused_line(malformed: dict[str, int], last_error: str) -> str | None:
+    """What a source that took no frame says of the messages it refused (None: it refused none):
+    how many, by reason, and the latest one's detail (e.g. a sender's clock decades off)."""
+    n = sum(malformed.values())
+    if not n:
+        return None
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(malformed.items(), key=lambda kv: -kv[1])[:4])
+    return (f"{n} message{'s' if n != 1 else ''} received, none accepted ({reasons})"
+            + (f"; the latest: {last_error}" if last_error else ""))
+
+
 def socket_hint(exc: zmq.ZMQError, *, bind: bool) -> str:
     """What to do about a bind or connect that failed, by its errno."""
     if bind and exc.errno == zmq.EADDRINUSE:
@@ -178,6 +189,7 @@ class _ZmqSource(Source):
         self._missing: dict[str, set[int]] = {}  # recent seqs skipped by a gap, per stream
         self._sock: zmq.Socket | None = None
         self.last_error = ""  # the most recent rejected message's reason and detail, for display
+        self._said_reasons: set[str] = set()  # reasons of refused messages said in a note (once each)
         # Set by an ingest process (app.shards): False for a topic (stream id, bytes) that is another
         # process's, which skips the message before it is decoded or counted.
         self.accept_topic: Callable[[bytes], bool] | None = None
@@ -215,7 +227,14 @@ class _ZmqSource(Source):
             self._sock.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, topic)
 
     def waiting(self) -> str | None:
+        return self.waiting_with(self.stats.snapshot()["malformed"], self.last_error)
+
+    def waiting_with(self, malformed: dict[str, int], last_error: str) -> str:
+        """``waiting`` with these counts of refused messages (an ingest process's, summed)."""
         senders = "publishers" if self.socket_type == zmq.SUB else "senders"
+        refused = refused_line(malformed, last_error)
+        if refused:  # messages come, and every one is refused: why, rather than "no data yet"
+            return f"waiting for {senders} on {self.address}: {refused}"
         if self.unresolved:  # ZeroMQ retries a name that does not resolve for ever, without a word
             names = ", ".join(self.unresolved)
             return (f"waiting for {senders} on {self.address} (no data yet; {names} "
@@ -340,6 +359,10 @@ class _ZmqSource(Source):
                     except WireError as exc:
                         self.stats.bad(exc.reason)
                         self.last_error = str(exc)[:300]
+                        if exc.reason not in self._said_reasons:  # a fixed set of reasons: a few notes at most
+                            self._said_reasons.add(exc.reason)
+                            self.notes.append(("*", f"messages on {self.address} refused: {self.last_error} "
+                                                    "(counted as malformed; said once per reason)"))
                         continue
                     if isinstance(msg, EndOfStream):
                         if not self._known(msg.stream_id):
@@ -386,7 +409,7 @@ class _ZmqSource(Source):
         return Frame(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate, frame.samples[:, k : k + 1],
                      frame.overflow, names=(name,))
 
-    def _no_channel(self, stream_id: str, channels: int) -> None:
+    def _no_channel(self, stream_id: str, channels: int) -> None:  # said in waiting() and the summary
         self.stats.bad("no_channel")
         self.last_error = (f"no_channel: stream {stream_id!r} sends {channels} channel(s) but "
                            f"?channel={self.options['channel']} asks for channel {self.options['channel']} "
