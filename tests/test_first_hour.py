@@ -185,6 +185,49 @@ def test_a_sender_whose_clock_is_decades_off_is_said_not_taken_for_silence(free_
     assert len(said) == 1, notes.lines  # the refusal is said once, however many messages
 
 
+def test_a_publisher_of_the_wrong_socket_kind_is_said_and_its_fix_is_picked_up(free_tcp_port: int) -> None:
+    # `drsn-stream publish --pull` (a PUSH socket) read with zmq:// (SUB): the peers' ZeroMQ
+    # handshake fails, and libzmq never connects again after that: before, the monitor said
+    # "waiting for publishers (no data yet)" for ever, even after the publisher was fixed
+    import zmq
+
+    from drsn_stream.app.pipeline import Pipeline, RunConfig
+    from drsn_stream.sources.wire import encode
+
+    address = f"tcp://127.0.0.1:{free_tcp_port}"
+    ctx = zmq.Context.instance()
+    wrong = ctx.socket(zmq.PUSH)
+    wrong.setsockopt(zmq.LINGER, 0)
+    wrong.bind(address)
+    pipe = Pipeline(RunConfig(sources=(f"zmq://127.0.0.1:{free_tcp_port}",), engine_process=False))
+    notes = _Notes()
+    pipe.outputs.add(notes)
+    pipe.start()
+    pub = None
+    try:
+        pipe.wait(duration=1.6)
+        status = pipe.snapshot().header.status
+        wrong.close(0)
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.bind(address)
+        x = np.zeros(512, dtype=np.float32)
+        deadline = time.monotonic() + 30
+        seq = 0
+        while pipe.sources[0].stats.frames == 0 and time.monotonic() < deadline:
+            pub.send_multipart(encode("gw/pump", seq, time.time(), 12000.0, x))
+            seq += 1
+            pipe.wait(duration=0.05)
+        frames = pipe.sources[0].stats.frames
+    finally:
+        if pub is not None:
+            pub.close(0)
+        pipe.stop()
+    assert "ZeroMQ handshake: it is not a PUB socket" in status and "zmq+pull://" in status, status
+    assert sum(n.startswith(f"{address}: the peer closed the connection") for n in notes.lines) == 1, notes.lines
+    assert frames > 0, "the monitor never read the publisher once it was a PUB"
+
+
 class _Notes:
     """A sink that keeps the messages of the ``note`` events."""
 

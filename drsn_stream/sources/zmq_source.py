@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 import zmq
+import zmq.utils.monitor
 
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources import recv_jit
@@ -85,6 +87,26 @@ def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
             if exc.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
                 raise
             time.sleep(0.02)
+
+
+HANDSHAKE_RETRY_S = 1.0  # the first pause before connecting again after a failed handshake
+HANDSHAKE_RETRY_MAX_S = 8.0
+_HANDSHAKE_FAILED = tuple(getattr(zmq, name) for name in ("EVENT_HANDSHAKE_FAILED_NO_DETAIL", "EVENT_HANDSHAKE_FAILED_PROTOCOL",
+                                                          "EVENT_HANDSHAKE_FAILED_AUTH") if hasattr(zmq, name))
+
+
+def _connection_events(sock: zmq.Socket) -> zmq.Socket | None:
+    """A socket of ``sock``'s connection and handshake events (``_watch_handshakes``); None where
+    this libzmq reports no handshakes (before 4.3)."""
+    if not hasattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED"):
+        return None
+    mask = zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    for kind in _HANDSHAKE_FAILED:
+        mask |= kind
+    try:
+        return sock.get_monitor_socket(mask)
+    except zmq.ZMQError:
+        return None
 
 
 def refused_line(malformed: dict[str, int], last_error: str) -> str | None:
@@ -190,6 +212,10 @@ class _ZmqSource(Source):
         self._sock: zmq.Socket | None = None
         self.last_error = ""  # the most recent rejected message's reason and detail, for display
         self._said_reasons: set[str] = set()  # reasons of refused messages said in a note (once each)
+        self._events: zmq.Socket | None = None  # the data socket's connection events (_watch_handshakes)
+        self._shaking: dict[str, int] = {}  # endpoint: its connections whose ZeroMQ handshake is under way
+        self.handshake_failures: dict[str, int] = {}  # endpoint: connections its peer closed in the handshake
+        self._retry: dict[str, tuple[float, float]] = {}  # endpoint: (monotonic time to connect again, pause)
         # Set by an ingest process (app.shards): False for a topic (stream id, bytes) that is another
         # process's, which skips the message before it is decoded or counted.
         self.accept_topic: Callable[[bytes], bool] | None = None
@@ -208,10 +234,12 @@ class _ZmqSource(Source):
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self.socket_type == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, self.options["topic"].encode("utf-8"))
+        self._events = _connection_events(sock)  # before the first connection, to see its handshake
         for address in self.addresses:
             try:
                 bind_socket(sock, address) if self.bind else sock.connect(address)
             except zmq.ZMQError as exc:
+                self._close_events(sock)
                 sock.close(0)
                 verb = "bind" if self.bind else "connect to"
                 raise SourceError(f"cannot {verb} {address}: {exc.strerror}; {socket_hint(exc, bind=self.bind)}") from exc
@@ -235,6 +263,9 @@ class _ZmqSource(Source):
         refused = refused_line(malformed, last_error)
         if refused:  # messages come, and every one is refused: why, rather than "no data yet"
             return f"waiting for {senders} on {self.address}: {refused}"
+        if self.handshake_failures:
+            ends = ", ".join(self.handshake_failures)
+            return f"waiting for {senders} on {self.address} (no data yet; {ends}: {self._handshake_line()})"
         if self.unresolved:  # ZeroMQ retries a name that does not resolve for ever, without a word
             names = ", ".join(self.unresolved)
             return (f"waiting for {senders} on {self.address} (no data yet; {names} "
@@ -243,8 +274,65 @@ class _ZmqSource(Source):
 
     def _close(self) -> None:
         if self._sock is not None:
+            self._close_events(self._sock)
             self._sock.close(0)
             self._sock = None
+
+    def _close_events(self, sock: zmq.Socket) -> None:
+        if self._events is not None:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._events.close(0)
+            self._events = None
+
+    def _watch_handshakes(self, sock: zmq.Socket) -> None:
+        """Connections whose peer closed them in the ZeroMQ handshake (a socket of another kind,
+        e.g. ``publish --pull``'s PUSH for a SUB; not a ZeroMQ program): said once per endpoint,
+        and a connecting socket connects again (1, 2, 4, 8 s apart), because libzmq does not after
+        such a failure: the monitor waited "for publishers" for ever, even once the publisher
+        was fixed. Called by the reading thread while the socket is quiet."""
+        events = self._events
+        while events is not None:
+            try:
+                ev = zmq.utils.monitor.recv_monitor_message(events, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            kind, endpoint = ev["event"], ev["endpoint"].decode("utf-8", "replace")
+            if kind in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+                self._shaking[endpoint] = self._shaking.get(endpoint, 0) + 1
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._shaking[endpoint] = max(0, self._shaking.get(endpoint, 0) - 1)
+                self._retry.pop(endpoint, None)
+            elif kind in _HANDSHAKE_FAILED or (kind == zmq.EVENT_DISCONNECTED and self._shaking.get(endpoint, 0) > 0):
+                self._shaking[endpoint] = max(0, self._shaking.get(endpoint, 0) - 1)
+                self._handshake_failed(endpoint)
+        now = time.monotonic()
+        for endpoint, (due, pause) in list(self._retry.items()):
+            if now >= due:
+                self._retry[endpoint] = (math.inf, pause)  # until this try fails too
+                try:
+                    sock.disconnect(endpoint)
+                except zmq.ZMQError:
+                    pass
+                sock.connect(endpoint)
+
+    def _handshake_failed(self, endpoint: str) -> None:
+        n = self.handshake_failures[endpoint] = self.handshake_failures.get(endpoint, 0) + 1
+        if n == 1:
+            self.notes.append(("*", f"{endpoint}: {self._handshake_line()}"))
+        if not self.bind and endpoint in self.addresses:
+            pause = self._retry.get(endpoint, (0.0, HANDSHAKE_RETRY_S / 2))[1]
+            pause = min(2 * pause, HANDSHAKE_RETRY_MAX_S)
+            self._retry[endpoint] = (time.monotonic() + pause, pause)
+
+    def _handshake_line(self) -> str:
+        want, hint = (("PUB", "`drsn-stream publish --pull` sends to zmq+pull:// readers") if self.socket_type == zmq.SUB
+                      else ("PUSH", "`drsn-stream publish` without --pull sends to zmq:// readers"))
+        again = "; connecting again every few seconds" if not self.bind else ""
+        return (f"the peer closed the connection in the ZeroMQ handshake: it is not a {want} socket ({hint}), "
+                f"or not a ZeroMQ program (a web or metrics port){again}")
 
     def _accept(self, sid: str, seq: int) -> bool:
         """Sequence accounting; False for a frame to drop (duplicate, late, too many streams)."""
@@ -320,6 +408,7 @@ class _ZmqSource(Source):
             # tens of microseconds apart) is over and all of it is handed over.
             if not poller.poll(IDLE_MS):
                 self._idle()
+                self._watch_handshakes(sock)
                 if not poller.poll(POLL_MS):
                     continue
             now = time.time()  # the clock capture times are checked against, once per poll
