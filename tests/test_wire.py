@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -495,16 +496,18 @@ def test_close_from_another_thread_ends_iteration(free_tcp_port):
     assert done.is_set()
 
 
-def _publish_to_a_pull_receiver(port: int, spec: str, dtype: str):
-    """``drsn-stream publish --pull --connect`` of ``spec`` to a PULL source bound on ``port``:
-    (the command's exit status, the receiver's source, the frames it got)."""
-    src = make_source(f"zmq+pull+bind://127.0.0.1:{port}?until_eos=1")
+def _publish_to_a_pull_receiver(port: int, spec: str, dtype: str, *, host: str = "127.0.0.1", receiver_binds: bool = True):
+    """``drsn-stream publish --pull --connect`` of ``spec`` to a PULL source bound on ``port``
+    (``receiver_binds=False``: ``publish --pull`` binds, the source connects): (the command's
+    exit status, the receiver's source, the frames it got)."""
+    kind = "zmq+pull+bind" if receiver_binds else "zmq+pull"
+    src = make_source(f"{kind}://{host}:{port}?until_eos=1")
     frames = []
     with src:
         t = threading.Thread(target=lambda: frames.extend(src))
         t.start()
-        args = argparse.Namespace(source=[spec], to=f"tcp://127.0.0.1:{port}", duration=None, pull=True, connect=True,
-                                  dtype=dtype, wait_subscriber=0.0, quiet=False)
+        args = argparse.Namespace(source=[spec], to=f"tcp://{host}:{port}", duration=None, pull=True,
+                                  connect=receiver_binds, dtype=dtype, wait_subscriber=0.0, quiet=False)
         rc = publish_cmd.run(args)
         t.join(timeout=30)
     return rc, src, frames
@@ -533,6 +536,28 @@ def test_publish_command_feeds_a_pull_receiver(free_tcp_port, capsys):
     for f in frames2:
         r = ref[(f.stream_id, f.seq)]
         np.testing.assert_allclose(f.samples, r, atol=0.5 * float(np.abs(r).max()) / 32767 * 1.001)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+@pytest.mark.parametrize("receiver_binds", [True, False], ids=["receiver-binds", "publisher-binds"])
+def test_ipv6_addresses_carry_frames_both_ways(free_tcp_port, receiver_binds, capsys):
+    """Before: ``publish --to tcp://[::1]:PORT`` failed with "not an address of this machine"
+    and ``zmq://[::1]:PORT`` waited for ever (a ZeroMQ socket speaks IPv4 unless told)."""
+    assert make_source("zmq://::1:5555").addresses == ["tcp://[::1]:5555"]  # brackets added
+    rc, src, frames = _publish_to_a_pull_receiver(free_tcp_port, "sim:bearing?machines=2&fast=1&duration=1&chunk=600",
+                                                  "float32", host="[::1]", receiver_binds=receiver_binds)
+    assert rc == 0, capsys.readouterr()
+    assert sum(f.n for f in frames) == 2 * 12000
+    assert src.stats.snapshot()["ended"] == ["sim/m0", "sim/m1"]
 
 
 def test_a_bind_source_reopens_on_its_port_at_once(free_tcp_port):

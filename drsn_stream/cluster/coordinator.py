@@ -220,7 +220,7 @@ class Coordinator:
     def _discover(self) -> None:
         import zmq
 
-        from drsn_stream.sources.zmq_source import tcp_address
+        from drsn_stream.sources.zmq_source import connect_socket, tcp_address
 
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.SUB)
@@ -231,7 +231,7 @@ class Coordinator:
             # what the hosts can hold: each refuses stream ids beyond its --max-streams anyway
             room = max(0, self.config.max_streams * max(1, len(self.hosts)) - len(known))
         try:
-            sock.connect(tcp_address(self.cluster.gateway, bind=False))
+            connect_socket(sock, tcp_address(self.cluster.gateway, bind=False))
             new, refused = listen_for_streams(sock, self.cluster.discover_window_s, known, room)
         finally:
             sock.close(0)

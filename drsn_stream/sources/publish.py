@@ -30,7 +30,7 @@ from drsn_stream.errors import DrsnStreamError
 from drsn_stream.runtime import freeze_start_up_objects, stop_signals, thaw
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import DTYPES, encode, encode_eos
-from drsn_stream.sources.zmq_source import bind_socket, socket_hint, tcp_address
+from drsn_stream.sources.zmq_source import bind_socket, connect_socket, socket_hint, tcp_address
 from drsn_stream.types import Frame
 
 DEFAULT_TO = "tcp://127.0.0.1:5555"
@@ -133,7 +133,7 @@ def publish(
         sock.close(0)
         raise
     try:
-        sock.connect(addr) if connect else bind_socket(sock, addr)
+        connect_socket(sock, addr) if connect else bind_socket(sock, addr)
     except zmq.ZMQError as exc:
         sock.close(0)
         raise DrsnStreamError(f"cannot {'connect to' if connect else 'bind'} {addr}: {exc.strerror}; "

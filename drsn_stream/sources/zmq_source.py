@@ -79,6 +79,7 @@ def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
     fails, after ``wait_s``.
     """
     deadline = time.monotonic() + wait_s
+    _ipv6_for(sock, address)
     while True:
         try:
             sock.bind(address)
@@ -87,6 +88,21 @@ def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
             if exc.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
                 raise
             time.sleep(0.02)
+
+
+def connect_socket(sock: zmq.Socket, address: str) -> None:
+    """``sock.connect(address)``, IPv6 enabled for an IPv6 address (``_ipv6_for``)."""
+    _ipv6_for(sock, address)
+    sock.connect(address)
+
+
+def _ipv6_for(sock: zmq.Socket, address: str) -> None:
+    """A ZeroMQ socket speaks IPv4 only unless told (``ZMQ_IPV6``): one given an IPv6 address
+    (``tcp://[::1]:5555``) is told. Before, ``publish --to tcp://[::1]:5555`` failed with "not an
+    address of this machine" and ``zmq://[::1]:5555`` waited for ever. Names and IPv4 addresses
+    are left as they were (a name could resolve to an IPv6 address the publisher does not bind)."""
+    if address.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
 
 
 HANDSHAKE_RETRY_S = 1.0  # the first pause before connecting again after a failed handshake
@@ -146,6 +162,8 @@ def tcp_address(target: str, *, bind: bool) -> str:
         if not bind:
             raise ConfigError(f"ZeroMQ address {given!r} needs a host to connect to, e.g. 127.0.0.1:{port}")
         host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):  # an IPv6 address in ZeroMQ's brackets: ::1 -> [::1]
+        host = f"[{host}]"
     return f"tcp://{host}:{port}"
 
 
@@ -237,7 +255,7 @@ class _ZmqSource(Source):
         self._events = _connection_events(sock)  # before the first connection, to see its handshake
         for address in self.addresses:
             try:
-                bind_socket(sock, address) if self.bind else sock.connect(address)
+                bind_socket(sock, address) if self.bind else connect_socket(sock, address)
             except zmq.ZMQError as exc:
                 self._close_events(sock)
                 sock.close(0)
@@ -316,7 +334,7 @@ class _ZmqSource(Source):
                     sock.disconnect(endpoint)
                 except zmq.ZMQError:
                     pass
-                sock.connect(endpoint)
+                connect_socket(sock, endpoint)
 
     def _handshake_failed(self, endpoint: str) -> None:
         n = self.handshake_failures[endpoint] = self.handshake_failures.get(endpoint, 0) + 1
