@@ -538,6 +538,90 @@ def test_publish_command_feeds_a_pull_receiver(free_tcp_port, capsys):
         np.testing.assert_allclose(f.samples, r, atol=0.5 * float(np.abs(r).max()) / 32767 * 1.001)
 
 
+class _DyingLink:
+    """A TCP relay on loopback that can die as a powered-off gateway's link does: ``cut()`` and
+    the connections made so far stop carrying bytes either way, without closing (no FIN, no
+    RST: the peers are not told); connections made after that are relayed again."""
+
+    def __init__(self, listen: int, target: int) -> None:
+        self.target, self._cut = target, threading.Event()
+        self._server = socket.create_server(("127.0.0.1", listen))
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    def close(self) -> None:
+        self._server.close()
+        for s in self._held:
+            s.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._server.accept()
+                far = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self._held += [near, far]
+            dies = not self._cut.is_set()  # a connection made before the cut dies with it
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b, dies), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket, dies: bool) -> None:
+        try:
+            while data := a.recv(65536):
+                if not (dies and self._cut.is_set()):
+                    b.sendall(data)
+        except OSError:
+            pass
+
+
+def test_a_gateway_back_from_a_power_cut_is_read_again(free_tcp_port):
+    """A gateway that loses power leaves the monitor's connection open and silent (no FIN, no
+    RST). Before, the source held that dead connection for ever and never read the gateway once
+    it was back; with ZeroMQ heartbeats it drops the dead link within seconds and connects again."""
+    gateway, relay = free_tcp_port, free_port()
+    link = _DyingLink(relay, gateway)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{gateway}")
+    src = make_source(f"zmq://127.0.0.1:{relay}")
+    frames: list = []
+    x = np.zeros(512, dtype=np.float32)
+
+    def send_until(enough: int, seconds: float) -> None:
+        deadline, seq = time.monotonic() + seconds, 0
+        while len(frames) < enough and time.monotonic() < deadline:
+            pub.send_multipart(encode("gw/pump", seq, time.time(), 12000.0, x))
+            seq += 1
+            time.sleep(0.02)
+
+    try:
+        with src:
+            reader = threading.Thread(target=lambda: frames.extend(src), daemon=True)
+            reader.start()
+            send_until(10, 20)
+            assert len(frames) >= 10, "no frame through the relay before the cut"
+            link.cut()  # the gateway's power goes
+            pub.close(0)
+            time.sleep(0.5)
+            pub = ctx.socket(zmq.PUB)  # and it boots again, at the same address
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.bind(f"tcp://127.0.0.1:{gateway}")
+            before = len(frames)
+            send_until(before + 10, 30)
+            after = len(frames) - before
+            src.close()
+            reader.join(timeout=5)
+    finally:
+        pub.close(0)
+        link.close()
+    assert after >= 10, "the rebooted gateway was never read"
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as s:

@@ -80,6 +80,7 @@ def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
     """
     deadline = time.monotonic() + wait_s
     _ipv6_for(sock, address)
+    _heartbeats(sock)
     while True:
         try:
             sock.bind(address)
@@ -91,9 +92,23 @@ def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
 
 
 def connect_socket(sock: zmq.Socket, address: str) -> None:
-    """``sock.connect(address)``, IPv6 enabled for an IPv6 address (``_ipv6_for``)."""
+    """``sock.connect(address)``, IPv6 enabled for an IPv6 address (``_ipv6_for``), with
+    heartbeats (``_heartbeats``)."""
     _ipv6_for(sock, address)
+    _heartbeats(sock)
     sock.connect(address)
+
+
+def _heartbeats(sock: zmq.Socket) -> None:
+    """ZeroMQ heartbeats on ``sock``'s connections (ZMTP 3.1 PING/PONG, answered by the peer's
+    libzmq): a link that died without a word (a gateway that lost power, a cable pulled: no
+    FIN, no RST) is closed after ``HEARTBEAT_TIMEOUT_MS``, and a connecting socket then connects
+    again, reaching the gateway once it is back. Before, the monitor held the dead connection
+    and never read the rebooted gateway (its streams "no data" for good); a PUSH or PUB kept
+    queueing to a dead peer. ``HEARTBEAT_TTL`` asks the peer to drop this side likewise."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
 
 
 def _ipv6_for(sock: zmq.Socket, address: str) -> None:
@@ -105,6 +120,8 @@ def _ipv6_for(sock: zmq.Socket, address: str) -> None:
         sock.setsockopt(zmq.IPV6, 1)
 
 
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 5000  # a link silent this long after a PING is taken for dead
 HANDSHAKE_RETRY_S = 1.0  # the first pause before connecting again after a failed handshake
 HANDSHAKE_RETRY_MAX_S = 8.0
 _HANDSHAKE_FAILED = tuple(getattr(zmq, name) for name in ("EVENT_HANDSHAKE_FAILED_NO_DETAIL", "EVENT_HANDSHAKE_FAILED_PROTOCOL",
