@@ -7,18 +7,27 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
 from drsn_stream.errors import ConfigError, WriteError
 
 RESULT_VERSION = 1
+ROTATION_CHECK_S = 1.0  # how often a log file's path is looked at for a rotation (JsonlSink)
 
 
 class JsonlSink:
-    """Writes one JSON object per line to a file or stdout ("-"); flushes every ``flush_every``."""
+    """Writes one JSON object per line to a file or stdout ("-"); flushes every ``flush_every``.
+
+    A file moved or removed under it (logrotate's default: the log renamed, a new one expected
+    at its path) is followed: within ``ROTATION_CHECK_S`` the sink opens the path again, as
+    ``logging.handlers.WatchedFileHandler`` does. Before, a monitor running for weeks went on
+    writing into ``results.jsonl.1`` and the new ``results.jsonl`` stayed empty. (logrotate's
+    ``copytruncate`` works as it is: the file is written in append mode.)"""
 
     def __init__(self, target: str | Path, *, flush_every: int = 1) -> None:
         self.target = str(target)
@@ -27,6 +36,7 @@ class JsonlSink:
             try:
                 Path(self.target).parent.mkdir(parents=True, exist_ok=True)
                 self._f: IO[str] = open(self.target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+                self._id = _file_id(os.fstat(self._f.fileno()))
             except OSError as exc:
                 raise ConfigError(f"--jsonl {self.target}: cannot open for writing ({exc.strerror})") from None
         else:
@@ -35,10 +45,15 @@ class JsonlSink:
         self._n = 0
         self._lock = threading.Lock()
         self.errors = 0
+        self.reopened = 0  # times the file was opened again after a rotation
+        self._check_at = time.monotonic() + ROTATION_CHECK_S
 
     def write(self, obj: dict[str, Any]) -> None:
         line = dumps(obj)
         with self._lock:
+            if self._own and time.monotonic() >= self._check_at:
+                self._check_at = time.monotonic() + ROTATION_CHECK_S
+                self._follow_rotation()
             try:
                 self._f.write(line + "\n")
                 self._n += 1
@@ -48,6 +63,29 @@ class JsonlSink:
                 self.errors += 1
                 if self._own and isinstance(exc, OSError):  # a full disk: said (and counted) by the monitor
                     raise self._cannot(exc) from None
+
+    def _follow_rotation(self) -> None:
+        """Opens the path again when the file there is not the one being written (renamed or
+        removed); the old one is flushed and closed, nothing written twice or lost."""
+        try:
+            moved = _file_id(os.stat(self.target)) != self._id
+        except FileNotFoundError:
+            moved = True
+        except OSError:
+            return
+        if not moved:
+            return
+        try:
+            f = open(self.target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        except OSError:
+            return  # the folder itself is gone or read-only: the old file is kept
+        old, self._f = self._f, f
+        self._id = _file_id(os.fstat(f.fileno()))
+        self.reopened += 1
+        try:
+            old.close()
+        except OSError:
+            self.errors += 1
 
     def close(self) -> None:
         with self._lock:
@@ -65,6 +103,10 @@ class JsonlSink:
     def _cannot(self, exc: OSError) -> WriteError:
         return WriteError(f"--jsonl {self.target}: cannot write ({exc.strerror or exc}); "
                           "results are not logged until there is space", exc)
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def _default(o: Any) -> Any:
