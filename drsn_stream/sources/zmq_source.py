@@ -106,9 +106,12 @@ def _heartbeats(sock: zmq.Socket) -> None:
     again, reaching the gateway once it is back. Before, the monitor held the dead connection
     and never read the rebooted gateway (its streams "no data" for good); a PUSH or PUB kept
     queueing to a dead peer. ``HEARTBEAT_TTL`` asks the peer to drop this side likewise."""
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    try:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    except (AttributeError, zmq.ZMQError):  # a libzmq before 4.2 (no ZMTP 3.1): no heartbeats, as before
+        pass
 
 
 def _ipv6_for(sock: zmq.Socket, address: str) -> None:
