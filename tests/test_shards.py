@@ -457,3 +457,47 @@ def test_ingest_processes_give_every_window_the_numbers_of_one_thread(free_tcp_p
     assert max(float(np.abs(two[k]["probs"] - one[k]["probs"]).max()) for k in one) < 1e-4
     if geometry:
         assert evidence[0]["press-2"] is not None and evidence[1] == evidence[0]
+
+
+class _Notes:
+    """A sink that keeps the messages of the ``note`` events."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, obj: dict) -> None:
+        if obj.get("type") == "note":
+            self.lines.append(obj.get("message", ""))
+
+    def close(self) -> None:
+        pass
+
+
+def test_what_the_ingest_processes_refuse_is_said_once(free_tcp_port: int) -> None:
+    """Messages every one of which is refused (a gateway stamping the 1970s), on streams of both
+    processes: each process refuses its own and says so; the monitor says it once. Before, the
+    processes' notes never reached the monitor: it said it waited for publishers, nothing more."""
+    ids = ["gw-a", next(f"gw-{i}" for i in range(100) if shard_of(f"gw-{i}".encode(), 2) != shard_of(b"gw-a", 2))]
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{free_tcp_port}")
+    pipe = Pipeline(_config(free_tcp_port, 2, duration=30))
+    notes = _Notes()
+    pipe.outputs.add(notes)
+    pipe.start()
+    try:
+        x = np.zeros(CHUNK, dtype=np.float32)
+        deadline, seq = time.monotonic() + 20, 0
+        while time.monotonic() < deadline and pipe.sources[0].stats.malformed_total < 40:
+            for sid in ids:
+                pub.send_multipart(encode(sid, seq, 1e8 + seq * CHUNK / RATE, RATE, x))
+            seq += 1
+            pipe.wait(duration=0.05)
+        pipe.wait(duration=1.5)  # the processes' next reports
+        malformed = pipe.sources[0].stats.snapshot()["malformed"]
+    finally:
+        pub.close(0)
+        pipe.stop()
+    assert malformed.get("bad_time", 0) >= 40, malformed
+    refused = [n for n in notes.lines if "refused: bad_time" in n and "years behind" in n]
+    assert len(refused) == 1, notes.lines

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -378,6 +379,8 @@ def _worker(cfg: dict[str, Any]) -> int:
         elif ((ended, streams) != (state["ended"], state["streams"]) or foreign["new"]) and (
                 idle or now >= state["next_news"]):
             news(ended, streams)
+        if source.notes:  # a refused message's reason, a failed handshake: said by the parent, once
+            out.send({"notes": [list(source.notes.popleft()) for _ in range(len(source.notes))]})
         if out.subs or learn["at"] is not None:
             subscriptions()
         if idle or out.due():
@@ -405,6 +408,10 @@ def _worker(cfg: dict[str, Any]) -> int:
         except BufferError:  # a view still held somewhere: the process ends right after anyway
             pass
     return 0
+
+
+_REFUSED_DETAIL = re.compile(r"( refused: \w+): .*", re.DOTALL)  # a refusal's note without its message's details
+MAX_NOTED = 1000
 
 
 def _plain(o: Any) -> Any:
@@ -596,6 +603,7 @@ class ShardedSource(Source):
         self._children: list[_Child] = []
         self._retired: list[dict[str, Any]] = []  # the last counters of children that died
         self.restarts = 0
+        self._noted: set[str] = set()  # the processes' notes said, by what they say (not their details)
         self.on_windows: Callable[[list[Window]], None] = lambda ws: None
         self.on_events: Callable[[list[Event]], None] = lambda es: None
         self.on_error: Callable[[str], None] = lambda line: None
@@ -779,6 +787,14 @@ class ShardedSource(Source):
                 for _ in range(min(int(n), 1000)):
                     self.on_error(line)
             self._sum_stats()
+        if "notes" in msg:
+            for sid, line in msg["notes"]:
+                # every process says what it meets (each connects, each refuses its streams' bad
+                # messages): the monitor says it once per reason, whatever the message's details
+                key = _REFUSED_DETAIL.sub(r"\1", line)
+                if key not in self._noted and len(self._noted) < MAX_NOTED:
+                    self._noted.add(key)
+                    self.notes.append((sid, line))
         if "fatal" in msg:
             self.on_error(f"ingest process {c.index + 1} of {self.procs}: {msg['fatal']}")
         if msg.get("i"):
