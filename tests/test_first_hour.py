@@ -154,6 +154,23 @@ def _waiting_status(source: str) -> str:
         pipe.stop()
 
 
+def test_the_waiting_line_tells_a_wrong_port_from_a_silent_publisher(free_tcp_port: int) -> None:
+    # before, both said only "waiting for publishers on ... (no data yet)"
+    import zmq
+
+    address = f"tcp://127.0.0.1:{free_tcp_port}"
+    status = _waiting_status(f"zmq://127.0.0.1:{free_tcp_port}")  # nothing listens there
+    assert f"nothing listens at {address}: is the publisher running, and on that port?" in status, status
+    pub = zmq.Context.instance().socket(zmq.PUB)  # a publisher that sends nothing (on that topic)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(address)
+    try:
+        status = _waiting_status(f"zmq://127.0.0.1:{free_tcp_port}?topic=press")
+    finally:
+        pub.close(0)
+    assert f"connected to {address}, which sent nothing on streams whose id starts with 'press'" in status, status
+
+
 def test_a_sender_whose_clock_is_decades_off_is_said_not_taken_for_silence(free_tcp_port: int) -> None:
     # a gateway that booted without a real-time clock or NTP stamps its frames in the 1970s: every
     # message is refused (bad_time); before, the monitor said "waiting for senders (no data yet)"
@@ -193,6 +210,7 @@ def test_a_publisher_of_the_wrong_socket_kind_is_said_and_its_fix_is_picked_up(f
 
     from drsn_stream.app.pipeline import Pipeline, RunConfig
     from drsn_stream.sources.wire import encode
+    from drsn_stream.sources.zmq_source import bind_socket
 
     address = f"tcp://127.0.0.1:{free_tcp_port}"
     ctx = zmq.Context.instance()
@@ -210,7 +228,7 @@ def test_a_publisher_of_the_wrong_socket_kind_is_said_and_its_fix_is_picked_up(f
         wrong.close(0)
         pub = ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
-        pub.bind(address)
+        bind_socket(pub, address)  # libzmq frees the closed socket's port a moment later
         x = np.zeros(512, dtype=np.float32)
         deadline = time.monotonic() + 30
         seq = 0

@@ -136,7 +136,8 @@ def _connection_events(sock: zmq.Socket) -> zmq.Socket | None:
     this libzmq reports no handshakes (before 4.3)."""
     if not hasattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED"):
         return None
-    mask = zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    mask = (zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_CONNECT_RETRIED)
     for kind in _HANDSHAKE_FAILED:
         mask |= kind
     try:
@@ -253,6 +254,8 @@ class _ZmqSource(Source):
         self._events: zmq.Socket | None = None  # the data socket's connection events (_watch_handshakes)
         self._shaking: dict[str, int] = {}  # endpoint: its connections whose ZeroMQ handshake is under way
         self.handshake_failures: dict[str, int] = {}  # endpoint: connections its peer closed in the handshake
+        self._peers: dict[str, int] = {}  # endpoint: connections with a finished handshake, open now
+        self._refused_at: set[str] = set()  # endpoints whose connection attempts fail (nothing listens)
         self._retry: dict[str, tuple[float, float]] = {}  # endpoint: (monotonic time to connect again, pause)
         # Set by an ingest process (app.shards): False for a topic (stream id, bytes) that is another
         # process's, which skips the message before it is decoded or counted.
@@ -308,6 +311,20 @@ class _ZmqSource(Source):
             names = ", ".join(self.unresolved)
             return (f"waiting for {senders} on {self.address} (no data yet; {names} "
                     f"{'does' if len(self.unresolved) == 1 else 'do'} not resolve to an address: check the name)")
+        # which of "nothing listens there" and "a sender is there but silent" it is (the
+        # connections' events): a wrong port and an idle publisher looked the same
+        topic = self.options["topic"] if self.socket_type == zmq.SUB else ""
+        on = f" on streams whose id starts with {topic!r} (?topic=)" if topic else ""
+        peers = [a for a, n in self._peers.items() if n > 0]
+        if peers:
+            n = sum(self._peers.values())
+            who = f"connected to {', '.join(peers)}" if not self.bind else f"{n} {senders[:-1] if n == 1 else senders} connected"
+            return f"waiting for {senders} on {self.address} (no data yet; {who}, which sent nothing{on} so far)"
+        refused = [a for a in self.addresses if a in self._refused_at]
+        if refused and not self.bind:
+            kind = "publisher" if self.socket_type == zmq.SUB else "sender"
+            return (f"waiting for {senders} on {self.address} (no data yet; nothing listens at {', '.join(refused)}: "
+                    f"is the {kind} running, and on that port?)")
         return f"waiting for {senders} on {self.address} (no data yet)"
 
     def _close(self) -> None:
@@ -340,12 +357,18 @@ class _ZmqSource(Source):
             kind, endpoint = ev["event"], ev["endpoint"].decode("utf-8", "replace")
             if kind in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
                 self._shaking[endpoint] = self._shaking.get(endpoint, 0) + 1
+                self._refused_at.discard(endpoint)
+            elif kind == zmq.EVENT_CONNECT_RETRIED:  # refused (nothing listens): libzmq tries again
+                self._refused_at.add(endpoint)
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._shaking[endpoint] = max(0, self._shaking.get(endpoint, 0) - 1)
+                self._peers[endpoint] = self._peers.get(endpoint, 0) + 1
                 self._retry.pop(endpoint, None)
             elif kind in _HANDSHAKE_FAILED or (kind == zmq.EVENT_DISCONNECTED and self._shaking.get(endpoint, 0) > 0):
                 self._shaking[endpoint] = max(0, self._shaking.get(endpoint, 0) - 1)
                 self._handshake_failed(endpoint)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._peers[endpoint] = max(0, self._peers.get(endpoint, 0) - 1)
         now = time.monotonic()
         for endpoint, (due, pause) in list(self._retry.items()):
             if now >= due:
