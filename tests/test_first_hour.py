@@ -281,9 +281,35 @@ def test_publish_says_what_it_sends_and_its_rate_unless_quiet(free_tcp_port: int
     assert lines[0].startswith("publishing sim?machines=2 as PUB at tcp://127.0.0.1:")
     rates = [ln for ln in lines if "msg/s" in ln]
     assert len(rates) >= 2 and all("2 streams" in ln for ln in rates), lines
+    # nobody subscribed: a rate alone looked like data flowing (a PUB drops what no one takes)
+    assert all(ln.endswith("no receiver connected") for ln in rates), lines
+    assert "no receiver was connected: every message went nowhere" in res.stdout, lines
     quiet = _cli("publish", "--source", "sim?machines=2", "--to", f"tcp://127.0.0.1:{free_tcp_port}",
                  "--duration", "1.5", "--quiet")
     assert quiet.returncode == 0 and quiet.stdout == "", quiet.stdout
+
+
+def test_publish_counts_the_receivers_connected(free_tcp_port: int) -> None:
+    import threading
+
+    import zmq
+
+    from drsn_stream.sources.publish import publish
+
+    seen: list[dict] = []
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    timer = threading.Timer(1.2, sub.connect, args=(f"tcp://127.0.0.1:{free_tcp_port}",))
+    timer.start()  # a subscriber that comes a moment after the publisher
+    try:
+        summary = publish(["sim?machines=1"], f"tcp://127.0.0.1:{free_tcp_port}", duration=3.5, progress=seen.append)
+    finally:
+        timer.join()
+        sub.close(0)
+    receivers = [p["receivers"] for p in seen]
+    assert receivers[0] == 0 and receivers[-1] == 1, receivers
+    assert summary["receivers"] == 1
 
 
 # ------------------------------------------------------------------ Ctrl-C and SIGTERM

@@ -30,7 +30,7 @@ from drsn_stream.errors import DrsnStreamError
 from drsn_stream.runtime import freeze_start_up_objects, stop_signals, thaw
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import DTYPES, encode, encode_eos
-from drsn_stream.sources.zmq_source import bind_socket, connect_socket, socket_hint, tcp_address
+from drsn_stream.sources.zmq_source import Peers, bind_socket, connect_socket, socket_hint, tcp_address
 from drsn_stream.types import Frame
 
 DEFAULT_TO = "tcp://127.0.0.1:5555"
@@ -133,8 +133,10 @@ def publish(
         sock.close(0)
         raise
     try:
+        peers = Peers(sock)  # before the first connection, to count it
         connect_socket(sock, addr) if connect else bind_socket(sock, addr)
     except zmq.ZMQError as exc:
+        peers.close()
         sock.close(0)
         raise DrsnStreamError(f"cannot {'connect to' if connect else 'bind'} {addr}: {exc.strerror}; "
                               f"{socket_hint(exc, bind=not connect)}") from exc
@@ -182,7 +184,7 @@ def publish(
             summary["bytes"] += len(topic) + len(header) + len(payload)
 
         t_start = time.monotonic()  # durations and rates: the wall clock can step
-        report = _Progress(summary, t_start, progress)
+        report = _Progress(summary, t_start, progress, peers)
         if len(sources) == 1:
             # One source: its reader thread sends too (no queue hand-off per frame; the socket is
             # used by that thread alone until it is joined).
@@ -223,6 +225,7 @@ def publish(
             except zmq.Again:
                 summary["dropped"] += 1
         summary["elapsed_s"] = time.monotonic() - t_start
+        summary["receivers"] = None if peers.count() is None else peers.most  # the most connected at once
         for t in threads:
             t.join(timeout=2.0)
         if not pull:
@@ -230,6 +233,7 @@ def publish(
     finally:
         for s in sources:
             s.close()
+        peers.close()
         sock.close()
         thaw(thresholds)
     return summary
@@ -239,8 +243,8 @@ class _Progress:
     """Calls ``progress`` about once a second with the rates since the previous call."""
 
     def __init__(self, summary: dict[str, Any], t_start: float,
-                 progress: Callable[[dict[str, Any]], None] | None) -> None:
-        self.summary, self.progress = summary, progress
+                 progress: Callable[[dict[str, Any]], None] | None, peers: Peers | None = None) -> None:
+        self.summary, self.progress, self.peers = summary, progress, peers
         self.t_start = self.t_last = t_start
         self.messages = self.bytes = 0
 
@@ -252,14 +256,18 @@ class _Progress:
         messages, size = s["messages"], s["bytes"]  # counted by a reader thread: a moment's view
         self.progress({"elapsed_s": now - self.t_start, "streams": len(s["streams"]), "messages": messages,
                        "messages_per_s": (messages - self.messages) / dt, "mb_per_s": (size - self.bytes) / dt / 1e6,
-                       "dropped": s["dropped"]})
+                       "dropped": s["dropped"], "receivers": None if self.peers is None else self.peers.count()})
         self.t_last, self.messages, self.bytes = now, messages, size
 
 
 def _print_progress(p: dict[str, Any]) -> None:
+    n = p.get("receivers")
+    # a PUB sends into nothing while no subscriber is connected: said, rather than a rate that
+    # looks like data flowing
+    who = "" if n is None else f"  {n} receiver{'s' if n != 1 else ''}" if n else "  no receiver connected"
     print(f"{p['elapsed_s']:6.1f} s  {p['streams']} streams  {p['messages_per_s']:8.1f} msg/s  "
-          f"{p['mb_per_s']:6.2f} MB/s  {p['messages']} messages" + (f", {p['dropped']} dropped" if p["dropped"] else ""),
-          flush=True)
+          f"{p['mb_per_s']:6.2f} MB/s  {p['messages']} messages" + (f", {p['dropped']} dropped" if p["dropped"] else "")
+          + who, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -292,6 +300,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {stream:24s} {st['frames']:7d} frames {st['samples']:10d} samples {st['seconds']:8.1f} s")
         if summary["dropped"]:
             print(f"  dropped {summary['dropped']} messages (no receiver took them)")
+        if summary.get("receivers") == 0 and summary["messages"]:
+            print("  no receiver was connected: every message went nowhere (a PUB drops what no subscriber "
+                  "takes); start the monitor first, or give --wait-subscriber S")
         if summary["sent_as_float32"]:
             n = summary["sent_as_float32"]
             print(f"  {n} frame{'s' if n != 1 else ''} held NaN or Inf samples, which {args.dtype} cannot carry: "

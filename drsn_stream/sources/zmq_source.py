@@ -131,7 +131,7 @@ _HANDSHAKE_FAILED = tuple(getattr(zmq, name) for name in ("EVENT_HANDSHAKE_FAILE
                                                           "EVENT_HANDSHAKE_FAILED_AUTH") if hasattr(zmq, name))
 
 
-def _connection_events(sock: zmq.Socket) -> zmq.Socket | None:
+def connection_events(sock: zmq.Socket) -> zmq.Socket | None:
     """A socket of ``sock``'s connection and handshake events (``_watch_handshakes``); None where
     this libzmq reports no handshakes (before 4.3)."""
     if not hasattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED"):
@@ -144,6 +144,49 @@ def _connection_events(sock: zmq.Socket) -> zmq.Socket | None:
         return sock.get_monitor_socket(mask)
     except zmq.ZMQError:
         return None
+
+
+class Peers:
+    """How many connections of a socket finished their ZeroMQ handshake and are open, from its
+    events (``connection_events``, attached before it binds or connects); read by one thread.
+    ``count()`` is None where libzmq reports no handshakes."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._sock, self._events = sock, connection_events(sock)
+        self._shaking = self.live = self.most = 0
+
+    def count(self) -> int | None:
+        events = self._events
+        if events is None:
+            return None
+        while True:
+            try:
+                kind = zmq.utils.monitor.recv_monitor_message(events, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                break
+            if kind in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+                self._shaking += 1
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._shaking = max(0, self._shaking - 1)
+                self.live += 1
+                self.most = max(self.most, self.live)
+            elif kind in _HANDSHAKE_FAILED:
+                self._shaking = max(0, self._shaking - 1)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                if self._shaking:
+                    self._shaking -= 1
+                else:
+                    self.live = max(0, self.live - 1)
+        return self.live
+
+    def close(self) -> None:
+        if self._events is not None:
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._events.close(0)
+            self._events = None
 
 
 def refused_line(malformed: dict[str, int], last_error: str) -> str | None:
@@ -275,7 +318,7 @@ class _ZmqSource(Source):
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self.socket_type == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, self.options["topic"].encode("utf-8"))
-        self._events = _connection_events(sock)  # before the first connection, to see its handshake
+        self._events = connection_events(sock)  # before the first connection, to see its handshake
         for address in self.addresses:
             try:
                 bind_socket(sock, address) if self.bind else connect_socket(sock, address)
