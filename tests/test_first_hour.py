@@ -290,8 +290,6 @@ def test_publish_says_what_it_sends_and_its_rate_unless_quiet(free_tcp_port: int
 
 
 def test_publish_counts_the_receivers_connected(free_tcp_port: int) -> None:
-    import threading
-
     import zmq
 
     from drsn_stream.sources.publish import publish
@@ -300,12 +298,15 @@ def test_publish_counts_the_receivers_connected(free_tcp_port: int) -> None:
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    timer = threading.Timer(1.2, sub.connect, args=(f"tcp://127.0.0.1:{free_tcp_port}",))
-    timer.start()  # a subscriber that comes a moment after the publisher
+
+    def progress(p: dict) -> None:  # a subscriber that comes after the first report
+        seen.append(p)
+        if len(seen) == 1:
+            sub.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+
     try:
-        summary = publish(["sim?machines=1"], f"tcp://127.0.0.1:{free_tcp_port}", duration=3.5, progress=seen.append)
+        summary = publish(["sim?machines=1"], f"tcp://127.0.0.1:{free_tcp_port}", duration=4.5, progress=progress)
     finally:
-        timer.join()
         sub.close(0)
     receivers = [p["receivers"] for p in seen]
     assert receivers[0] == 0 and receivers[-1] == 1, receivers
