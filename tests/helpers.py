@@ -119,3 +119,17 @@ def damaged_wavs(folder: Path, rate: int, samples: int) -> dict[str, Path]:
         out[name] = folder / f"{name}.wav"
         out[name].write_bytes(data)
     return out
+
+
+class NoteSink:
+    """A sink that keeps the messages of the ``note`` events."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, obj: dict) -> None:
+        if obj.get("type") == "note":
+            self.lines.append(obj.get("message", ""))
+
+    def close(self) -> None:
+        pass

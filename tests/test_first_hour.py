@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import NoteSink
 from scipy.io import wavfile
 
 from drsn_stream.config import loads_toml
@@ -180,7 +181,7 @@ def test_a_sender_whose_clock_is_decades_off_is_said_not_taken_for_silence(free_
     from drsn_stream.sources.wire import encode
 
     pipe = Pipeline(RunConfig(sources=(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}",), engine_process=False))
-    notes = _Notes()
+    notes = NoteSink()
     pipe.outputs.add(notes)
     pipe.start()
     push = zmq.Context.instance().socket(zmq.PUSH)
@@ -218,7 +219,7 @@ def test_a_publisher_of_the_wrong_socket_kind_is_said_and_its_fix_is_picked_up(f
     wrong.setsockopt(zmq.LINGER, 0)
     wrong.bind(address)
     pipe = Pipeline(RunConfig(sources=(f"zmq://127.0.0.1:{free_tcp_port}",), engine_process=False))
-    notes = _Notes()
+    notes = NoteSink()
     pipe.outputs.add(notes)
     pipe.start()
     pub = None
@@ -244,20 +245,6 @@ def test_a_publisher_of_the_wrong_socket_kind_is_said_and_its_fix_is_picked_up(f
     assert "ZeroMQ handshake: it is not a PUB socket" in status and "zmq+pull://" in status, status
     assert sum(n.startswith(f"{address}: the peer closed the connection") for n in notes.lines) == 1, notes.lines
     assert frames > 0, "the monitor never read the publisher once it was a PUB"
-
-
-class _Notes:
-    """A sink that keeps the messages of the ``note`` events."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, obj: dict) -> None:
-        if obj.get("type") == "note":
-            self.lines.append(obj.get("message", ""))
-
-    def close(self) -> None:
-        pass
 
 
 def test_the_dashboard_shows_what_a_zmq_source_waits_for(free_tcp_port: int) -> None:
@@ -526,7 +513,6 @@ def test_a_start_up_signal_a_library_turned_into_its_own_error_still_ends_the_st
     res = cli_in_process("--source", "sim", "--headless", "--duration", "60")
     assert res.returncode == 128 + signal.SIGHUP, res.stderr
     assert res.stderr.strip().splitlines()[-1] == "drsn-stream run: stopped (SIGHUP)", res.stderr
-
 
 
 def test_a_start_up_signal_that_python_could_not_raise_where_it_came_ends_the_start_up_in_one_line() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers import cwru_signal, free_port, require_cwru, wait_until
+from helpers import NoteSink, cwru_signal, free_port, require_cwru, wait_until
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.app.shards import ShardedSource, shard_of
@@ -459,20 +459,6 @@ def test_ingest_processes_give_every_window_the_numbers_of_one_thread(free_tcp_p
         assert evidence[0]["press-2"] is not None and evidence[1] == evidence[0]
 
 
-class _Notes:
-    """A sink that keeps the messages of the ``note`` events."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, obj: dict) -> None:
-        if obj.get("type") == "note":
-            self.lines.append(obj.get("message", ""))
-
-    def close(self) -> None:
-        pass
-
-
 def test_what_the_ingest_processes_refuse_is_said_once(free_tcp_port: int) -> None:
     """Messages every one of which is refused (a gateway stamping the 1970s), on streams of both
     processes: each process refuses its own and says so; the monitor says it once. Before, the
@@ -482,7 +468,7 @@ def test_what_the_ingest_processes_refuse_is_said_once(free_tcp_port: int) -> No
     pub.setsockopt(zmq.LINGER, 0)
     pub.bind(f"tcp://127.0.0.1:{free_tcp_port}")
     pipe = Pipeline(_config(free_tcp_port, 2, duration=30))
-    notes = _Notes()
+    notes = NoteSink()
     pipe.outputs.add(notes)
     pipe.start()
     try:
