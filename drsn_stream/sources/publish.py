@@ -30,7 +30,7 @@ from drsn_stream.errors import DrsnStreamError
 from drsn_stream.runtime import freeze_start_up_objects, stop_signals, thaw
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import DTYPES, encode, encode_eos
-from drsn_stream.sources.zmq_source import Peers, bind_socket, connect_socket, socket_hint, tcp_address
+from drsn_stream.sources.zmq_source import Connections, bind_socket, connect_socket, socket_hint, tcp_address
 from drsn_stream.types import Frame
 
 DEFAULT_TO = "tcp://127.0.0.1:5555"
@@ -133,7 +133,7 @@ def publish(
         sock.close(0)
         raise
     try:
-        peers = Peers(sock)  # before the first connection, to count it
+        peers = Connections(sock)  # before the first connection, to count it
         connect_socket(sock, addr) if connect else bind_socket(sock, addr)
     except zmq.ZMQError as exc:
         peers.close()
@@ -243,7 +243,7 @@ class _Progress:
     """Calls ``progress`` about once a second with the rates since the previous call."""
 
     def __init__(self, summary: dict[str, Any], t_start: float,
-                 progress: Callable[[dict[str, Any]], None] | None, peers: Peers | None = None) -> None:
+                 progress: Callable[[dict[str, Any]], None] | None, peers: Connections | None = None) -> None:
         self.summary, self.progress, self.peers = summary, progress, peers
         self.t_start = self.t_last = t_start
         self.messages = self.bytes = 0

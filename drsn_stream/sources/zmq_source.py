@@ -79,8 +79,7 @@ def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
     fails, after ``wait_s``.
     """
     deadline = time.monotonic() + wait_s
-    _ipv6_for(sock, address)
-    _heartbeats(sock)
+    _prepare(sock, address)
     while True:
         try:
             sock.bind(address)
@@ -92,11 +91,16 @@ def bind_socket(sock: zmq.Socket, address: str, wait_s: float = 2.0) -> None:
 
 
 def connect_socket(sock: zmq.Socket, address: str) -> None:
-    """``sock.connect(address)``, IPv6 enabled for an IPv6 address (``_ipv6_for``), with
-    heartbeats (``_heartbeats``)."""
+    """``sock.connect(address)``, prepared as ``bind_socket`` prepares a bind (``_prepare``)."""
+    _prepare(sock, address)
+    sock.connect(address)
+
+
+def _prepare(sock: zmq.Socket, address: str) -> None:
+    """What every socket of ours sets before it binds or connects: IPv6 for an IPv6 address
+    (``_ipv6_for``) and heartbeats (``_heartbeats``)."""
     _ipv6_for(sock, address)
     _heartbeats(sock)
-    sock.connect(address)
 
 
 def _heartbeats(sock: zmq.Socket) -> None:
@@ -132,7 +136,7 @@ _HANDSHAKE_FAILED = tuple(getattr(zmq, name) for name in ("EVENT_HANDSHAKE_FAILE
 
 
 def connection_events(sock: zmq.Socket) -> zmq.Socket | None:
-    """A socket of ``sock``'s connection and handshake events (``_watch_handshakes``); None where
+    """A socket of ``sock``'s connection and handshake events (``Connections``); None where
     this libzmq reports no handshakes (before 4.3)."""
     if not hasattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED"):
         return None
@@ -146,38 +150,55 @@ def connection_events(sock: zmq.Socket) -> zmq.Socket | None:
         return None
 
 
-class Peers:
-    """How many connections of a socket finished their ZeroMQ handshake and are open, from its
-    events (``connection_events``, attached before it binds or connects); read by one thread.
-    ``count()`` is None where libzmq reports no handshakes."""
+class Connections:
+    """A socket's connections, from its events (``connection_events``, attached before it binds
+    or connects), per endpoint: those in their ZeroMQ handshake, those open after one (``peers``),
+    the endpoints whose connection attempts are refused (``refused``: nothing listens), and the
+    most open at once (``most``). Read by one thread (``update``, ``count``)."""
 
     def __init__(self, sock: zmq.Socket) -> None:
         self._sock, self._events = sock, connection_events(sock)
-        self._shaking = self.live = self.most = 0
+        self._shaking: dict[str, int] = {}
+        self.peers: dict[str, int] = {}
+        self.refused: set[str] = set()
+        self.most = 0
 
-    def count(self) -> int | None:
+    def update(self) -> list[tuple[str, bool]]:
+        """Takes the events so far: the handshakes that ended, in order, as (endpoint, whether it
+        succeeded); one that failed was closed by the peer (a socket of another kind, not a
+        ZeroMQ program)."""
+        ended: list[tuple[str, bool]] = []
         events = self._events
-        if events is None:
-            return None
-        while True:
+        while events is not None:
             try:
-                kind = zmq.utils.monitor.recv_monitor_message(events, zmq.NOBLOCK)["event"]
+                ev = zmq.utils.monitor.recv_monitor_message(events, zmq.NOBLOCK)
             except zmq.Again:
                 break
+            kind, endpoint = ev["event"], ev["endpoint"].decode("utf-8", "replace")
+            shaking = self._shaking.get(endpoint, 0)
             if kind in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
-                self._shaking += 1
+                self._shaking[endpoint] = shaking + 1
+                self.refused.discard(endpoint)
+            elif kind == zmq.EVENT_CONNECT_RETRIED:  # refused (nothing listens): libzmq tries again
+                self.refused.add(endpoint)
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._shaking = max(0, self._shaking - 1)
-                self.live += 1
-                self.most = max(self.most, self.live)
-            elif kind in _HANDSHAKE_FAILED:
-                self._shaking = max(0, self._shaking - 1)
+                self._shaking[endpoint] = max(0, shaking - 1)
+                self.peers[endpoint] = self.peers.get(endpoint, 0) + 1
+                self.most = max(self.most, sum(self.peers.values()))
+                ended.append((endpoint, True))
+            elif kind in _HANDSHAKE_FAILED or (kind == zmq.EVENT_DISCONNECTED and shaking > 0):
+                self._shaking[endpoint] = max(0, shaking - 1)
+                ended.append((endpoint, False))
             elif kind == zmq.EVENT_DISCONNECTED:
-                if self._shaking:
-                    self._shaking -= 1
-                else:
-                    self.live = max(0, self.live - 1)
-        return self.live
+                self.peers[endpoint] = max(0, self.peers.get(endpoint, 0) - 1)
+        return ended
+
+    def count(self) -> int | None:
+        """The connections open after a handshake now; None where libzmq reports no handshakes."""
+        if self._events is None:
+            return None
+        self.update()
+        return sum(self.peers.values())
 
     def close(self) -> None:
         if self._events is not None:
@@ -294,11 +315,8 @@ class _ZmqSource(Source):
         self._sock: zmq.Socket | None = None
         self.last_error = ""  # the most recent rejected message's reason and detail, for display
         self._said_reasons: set[str] = set()  # reasons of refused messages said in a note (once each)
-        self._events: zmq.Socket | None = None  # the data socket's connection events (_watch_handshakes)
-        self._shaking: dict[str, int] = {}  # endpoint: its connections whose ZeroMQ handshake is under way
+        self._conns: Connections | None = None  # the data socket's connections (_watch_handshakes)
         self.handshake_failures: dict[str, int] = {}  # endpoint: connections its peer closed in the handshake
-        self._peers: dict[str, int] = {}  # endpoint: connections with a finished handshake, open now
-        self._refused_at: set[str] = set()  # endpoints whose connection attempts fail (nothing listens)
         self._retry: dict[str, tuple[float, float]] = {}  # endpoint: (monotonic time to connect again, pause)
         # Set by an ingest process (app.shards): False for a topic (stream id, bytes) that is another
         # process's, which skips the message before it is decoded or counted.
@@ -318,12 +336,12 @@ class _ZmqSource(Source):
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self.socket_type == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, self.options["topic"].encode("utf-8"))
-        self._events = connection_events(sock)  # before the first connection, to see its handshake
+        self._conns = Connections(sock)  # before the first connection, to see its handshake
         for address in self.addresses:
             try:
                 bind_socket(sock, address) if self.bind else connect_socket(sock, address)
             except zmq.ZMQError as exc:
-                self._close_events(sock)
+                self._conns.close()
                 sock.close(0)
                 verb = "bind" if self.bind else "connect to"
                 raise SourceError(f"cannot {verb} {address}: {exc.strerror}; {socket_hint(exc, bind=self.bind)}") from exc
@@ -358,12 +376,13 @@ class _ZmqSource(Source):
         # connections' events): a wrong port and an idle publisher looked the same
         topic = self.options["topic"] if self.socket_type == zmq.SUB else ""
         on = f" on streams whose id starts with {topic!r} (?topic=)" if topic else ""
-        peers = [a for a, n in self._peers.items() if n > 0]
+        conns = self._conns
+        peers = [a for a, n in conns.peers.items() if n > 0] if conns is not None else []
         if peers:
-            n = sum(self._peers.values())
+            n = sum(conns.peers.values())
             who = f"connected to {', '.join(peers)}" if not self.bind else f"{n} {senders[:-1] if n == 1 else senders} connected"
             return f"waiting for {senders} on {self.address} (no data yet; {who}, which sent nothing{on} so far)"
-        refused = [a for a in self.addresses if a in self._refused_at]
+        refused = [a for a in self.addresses if conns is not None and a in conns.refused]
         if refused and not self.bind:
             kind = "publisher" if self.socket_type == zmq.SUB else "sender"
             return (f"waiting for {senders} on {self.address} (no data yet; nothing listens at {', '.join(refused)}: "
@@ -372,18 +391,10 @@ class _ZmqSource(Source):
 
     def _close(self) -> None:
         if self._sock is not None:
-            self._close_events(self._sock)
+            if self._conns is not None:
+                self._conns.close()
             self._sock.close(0)
             self._sock = None
-
-    def _close_events(self, sock: zmq.Socket) -> None:
-        if self._events is not None:
-            try:
-                sock.disable_monitor()
-            except zmq.ZMQError:
-                pass
-            self._events.close(0)
-            self._events = None
 
     def _watch_handshakes(self, sock: zmq.Socket) -> None:
         """Connections whose peer closed them in the ZeroMQ handshake (a socket of another kind,
@@ -391,27 +402,13 @@ class _ZmqSource(Source):
         and a connecting socket connects again (1, 2, 4, 8 s apart), because libzmq does not after
         such a failure: the monitor waited "for publishers" for ever, even once the publisher
         was fixed. Called by the reading thread while the socket is quiet."""
-        events = self._events
-        while events is not None:
-            try:
-                ev = zmq.utils.monitor.recv_monitor_message(events, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            kind, endpoint = ev["event"], ev["endpoint"].decode("utf-8", "replace")
-            if kind in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
-                self._shaking[endpoint] = self._shaking.get(endpoint, 0) + 1
-                self._refused_at.discard(endpoint)
-            elif kind == zmq.EVENT_CONNECT_RETRIED:  # refused (nothing listens): libzmq tries again
-                self._refused_at.add(endpoint)
-            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._shaking[endpoint] = max(0, self._shaking.get(endpoint, 0) - 1)
-                self._peers[endpoint] = self._peers.get(endpoint, 0) + 1
+        if self._conns is None:
+            return
+        for endpoint, ok in self._conns.update():
+            if ok:
                 self._retry.pop(endpoint, None)
-            elif kind in _HANDSHAKE_FAILED or (kind == zmq.EVENT_DISCONNECTED and self._shaking.get(endpoint, 0) > 0):
-                self._shaking[endpoint] = max(0, self._shaking.get(endpoint, 0) - 1)
+            else:
                 self._handshake_failed(endpoint)
-            elif kind == zmq.EVENT_DISCONNECTED:
-                self._peers[endpoint] = max(0, self._peers.get(endpoint, 0) - 1)
         now = time.monotonic()
         for endpoint, (due, pause) in list(self._retry.items()):
             if now >= due:
