@@ -11,6 +11,7 @@ stamps to compare with "now" moves the stamps taken before it (``WallSteps``, ``
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -24,6 +25,7 @@ class WallSteps:
 
     def __init__(self) -> None:
         self._offset = time.time() - time.monotonic()
+        self._last: tuple[float, float] = (0.0, -math.inf)  # the latest step found: (s, monotonic time)
 
     def check(self) -> tuple[float, float] | None:
         """``(step, bound)`` when the wall clock stepped since the last look, else None.
@@ -38,7 +40,13 @@ class WallSteps:
         if abs(step) <= STEP_S:
             return None
         self._offset = offset
+        self._last = (step, time.monotonic())
         return step, (wall - step if step > 0 else wall)
+
+    def recent(self, within: float) -> float | None:
+        """The latest step ``check`` found, if it found it within the last ``within`` seconds."""
+        step, found = self._last
+        return step if time.monotonic() - found < within else None
 
 
 def before_step(stamps: np.ndarray | float, step: float, bound: float) -> np.ndarray | bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -120,7 +119,6 @@ class InferenceLoop(threading.Thread):
         self.notes: list[str] = []
         self.off_clock: set[str] = set()  # streams said to arrive far from their capture time
         self._steps = WallSteps()
-        self._stepped_at = -math.inf  # monotonic time the wall clock last stepped, as far as seen
         self.stream_notes: list[tuple[str, str]] = []  # (stream, line) for ``note`` events
 
     def stop(self) -> None:
@@ -175,9 +173,8 @@ class InferenceLoop(threading.Thread):
     def _clock_stepped(self) -> bool:
         """Whether the wall clock stepped lately (``drsn_stream.clock``): windows in flight then
         carry capture times from before the step and seem off by it, though no clock is off."""
-        if self._steps.check() is not None:
-            self._stepped_at = time.monotonic()
-        return time.monotonic() - self._stepped_at < STEP_GRACE_S
+        self._steps.check()
+        return self._steps.recent(STEP_GRACE_S) is not None
 
     def _off_clock(self, batch: list[Window], lag: np.ndarray, late: np.ndarray) -> None:
         """Says (once per stream, a few streams by name) that windows were formed far from the

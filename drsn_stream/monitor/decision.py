@@ -47,7 +47,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -462,8 +461,7 @@ class DecisionEngine:
         self._t = _Table(len(self.labels), self.config.window_count)
         self._lock = threading.Lock()
         self.windows_total = 0
-        self._steps = WallSteps()
-        self._host_step = (0.0, -math.inf)  # this host's latest step of the wall clock: (s, monotonic time found)
+        self._steps = WallSteps()  # this host's steps of the wall clock
 
     def _level_of(self, label: str) -> Level:
         cfg = self.config
@@ -556,11 +554,9 @@ class DecisionEngine:
         T = self._t
         jump = t - T.last_time[slots]  # NaN for a stream's first window: no step
         moved = jump < -STEP_S
-        step = self._steps.check()
-        if step is not None:
-            self._host_step = (step[0], time.monotonic())
-        host, found = self._host_step
-        if time.monotonic() - found < STEP_GRACE_S:
+        self._steps.check()
+        host = self._steps.recent(STEP_GRACE_S)
+        if host is not None:
             moved |= np.abs(jump - host) < STEP_S
         if not moved.any():
             return
