@@ -51,8 +51,9 @@ class JsonlSink:
     def write(self, obj: dict[str, Any]) -> None:
         line = dumps(obj)
         with self._lock:
-            if self._own and time.monotonic() >= self._check_at:
-                self._check_at = time.monotonic() + ROTATION_CHECK_S
+            now = time.monotonic()
+            if self._own and now >= self._check_at:
+                self._check_at = now + ROTATION_CHECK_S
                 self._follow_rotation()
             try:
                 self._f.write(line + "\n")
