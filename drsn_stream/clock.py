@@ -25,7 +25,7 @@ class WallSteps:
 
     def __init__(self) -> None:
         self._offset = time.time() - time.monotonic()
-        self._last: tuple[float, float] = (0.0, -math.inf)  # the latest step found: (s, monotonic time)
+        self._last: tuple[float, float, float] = (0.0, 0.0, -math.inf)  # the latest step: (s, bound, monotonic time)
 
     def check(self) -> tuple[float, float] | None:
         """``(step, bound)`` when the wall clock stepped since the last look, else None.
@@ -40,13 +40,15 @@ class WallSteps:
         if abs(step) <= STEP_S:
             return None
         self._offset = offset
-        self._last = (step, time.monotonic())
-        return step, (wall - step if step > 0 else wall)
+        bound = wall - step if step > 0 else wall
+        self._last = (step, bound, time.monotonic())
+        return step, bound
 
-    def recent(self, within: float) -> float | None:
-        """The latest step ``check`` found, if it found it within the last ``within`` seconds."""
-        step, found = self._last
-        return step if time.monotonic() - found < within else None
+    def recent(self, within: float) -> tuple[float, float] | None:
+        """The latest ``(step, bound)`` ``check`` found, if it found it within the last ``within``
+        seconds."""
+        step, bound, found = self._last
+        return (step, bound) if time.monotonic() - found < within else None
 
 
 def before_step(stamps: np.ndarray | float, step: float, bound: float) -> np.ndarray | bool:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from drsn_stream.clock import STEP_GRACE_S, WallSteps
+from drsn_stream.clock import STEP_GRACE_S, WallSteps, before_step
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.contract import Pending, RunnerLike
 from drsn_stream.engine.procrunner import EngineRestarted
@@ -170,12 +170,6 @@ class InferenceLoop(threading.Thread):
         x, levels = self.prepare(batch)
         return self._finish(batch, levels, self.runner.submit(x), t_batched)
 
-    def _clock_stepped(self) -> bool:
-        """Whether the wall clock stepped lately (``drsn_stream.clock``): windows in flight then
-        carry capture times from before the step and seem off by it, though no clock is off."""
-        self._steps.check()
-        return self._steps.recent(STEP_GRACE_S) is not None
-
     def _off_clock(self, batch: list[Window], lag: np.ndarray, late: np.ndarray) -> None:
         """Says (once per stream, a few streams by name) that windows were formed far from the
         capture time they carry: a sender's clock off this host's, or a link that held them."""
@@ -202,6 +196,10 @@ class InferenceLoop(threading.Thread):
         t_last = np.array([w.t_last for w in batch])
         t_ready = np.array([w.t_ready for w in batch])
         latency_ms = (t_done - (t_ready if self.latency_from_ready else t_last)) * 1000.0
+        self._steps.check()
+        stepped = self._steps.recent(STEP_GRACE_S)
+        if stepped is not None:  # windows formed before a step of the wall clock and done after it
+            latency_ms[before_step(t_ready, *stepped)] -= stepped[0] * 1000.0  # the step is no latency
         preds = predictions_from(batch, probs, noise, self.labels, levels=levels, latency_ms=latency_ms,
                                  t_batched=t_batched, t_done=t_done, features=handle.features)
         self.stats.record_batch([w.stream_id for w in batch], latency_ms, t_done - t_batched)
@@ -210,7 +208,8 @@ class InferenceLoop(threading.Thread):
                 self.stats.record_stages(t_last, t_ready, t_batched, t_done)
             lag = t_ready - t_last
             late = np.abs(lag) > OFF_CLOCK_S
-            if late.any() and not self._clock_stepped():
+            # windows in flight at a step carry capture times from before it: no clock is off
+            if late.any() and stepped is None:
                 self._off_clock(batch, lag, late)
         self.on_predictions(preds)
         return preds

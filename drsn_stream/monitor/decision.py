@@ -557,7 +557,7 @@ class DecisionEngine:
         self._steps.check()
         host = self._steps.recent(STEP_GRACE_S)
         if host is not None:
-            moved |= np.abs(jump - host) < STEP_S
+            moved |= np.abs(jump - host[0]) < STEP_S
         if not moved.any():
             return
         first = np.flatnonzero(moved)
