@@ -199,7 +199,10 @@ class InferenceLoop(threading.Thread):
         self._steps.check()
         stepped = self._steps.recent(STEP_GRACE_S)
         if stepped is not None:  # windows formed before a step of the wall clock and done after it
-            latency_ms[before_step(t_ready, *stepped)] -= stepped[0] * 1000.0  # the step is no latency
+            step, bound = stepped
+            # before a step back: formed "after" now (the bound found at the step would take the
+            # windows formed since then, once the clock passes it again)
+            latency_ms[before_step(t_ready, step, bound if step > 0 else t_done)] -= step * 1000.0
         preds = predictions_from(batch, probs, noise, self.labels, levels=levels, latency_ms=latency_ms,
                                  t_batched=t_batched, t_done=t_done, features=handle.features)
         self.stats.record_batch([w.stream_id for w in batch], latency_ms, t_done - t_batched)
