@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--stale-ms", type=float, help="drop windows older than this (default 2000 ms)")
     a("--max-streams", type=int, metavar="N",
       help="most stream ids the monitor takes (default 4096); frames of new ids beyond are refused and counted")
+    a("--reclaim-after", type=float, metavar="S",
+      help="once --max-streams ids are taken, a stream that has sent nothing for S seconds gives its place to a "
+           "new stream id, said in a note (default 600; 0: never, new ids are refused)")
     a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
     a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
     a("--cpu-layout", choices=["auto", "off"],
@@ -126,6 +129,7 @@ FLAGS: dict[str, Flag] = {
     "eager_batch": Flag("run", "eager_batch"),
     "stale_ms": Flag("run", "stale_ms"),
     "max_streams": Flag("run", "max_streams"),
+    "reclaim_after": Flag("run", "reclaim_after_s"),
     "fp16": Flag("run", "fp16"),
     "threads": Flag("run", "threads"),
     "cpu_layout": Flag("run", "cpu_layout"),

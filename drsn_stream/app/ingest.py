@@ -9,8 +9,10 @@ frame.
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from drsn_stream.dsp import FrameDSP, StreamDSP, bank_jit
@@ -69,13 +71,22 @@ class Ingest:
             of each frame stream id; 1: every stream's window k starts at ``k * hop``).
         source_names: {id(source): its name in a line}, e.g. "source 2 (sim)"; else its kind and
             target.
+        reclaim_after_s: a stream that has sent nothing for this long gives its place to a new
+            stream id once ``max_streams`` are taken (``make_room``); 0: never, new ids are refused.
+        on_retire: takes ``(frame stream id, its channels' stream ids, one line)`` for each stream
+            retired so, after its DSP, sensor health and its source's record of it are dropped
+            (the rest of the monitor's state of it is the caller's to drop).
     """
 
     def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, *,
                  on_events: Callable[[list[Event]], None], on_error: Callable[[str], None],
                  capture: Any = None, lock: Any = None, phases: int = 1,
-                 source_names: dict[int, str] | None = None) -> None:
+                 source_names: dict[int, str] | None = None, reclaim_after_s: float = 0.0,
+                 on_retire: Callable[[str, tuple[str, ...], str], None] | None = None) -> None:
         self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
+        self.reclaim_after_s, self.on_retire = float(reclaim_after_s), on_retire
+        self._no_room_until = 0.0  # monotonic: a scan found no stream silent long enough; not again before
+        self.retired = 0
         self.source_names = dict(source_names or {})  # id(source): how a line names it
         self.phases = int(phases)
         hop_samples = int(hop if hop is not None else meta.hop)
@@ -129,7 +140,7 @@ class Ingest:
                 # the common case without _stream_dsp: a plain frame of a stream whose DSP takes
                 # plain frames (the first check _stream_dsp makes)
                 if dsp is None or getattr(dsp, "ids", None) is not None or channel_layout(frame) is not None:
-                    dsp = self._stream_dsp(frame, source)
+                    dsp = self._stream_dsp(frame, source, frames)
                     if dsp is None:
                         continue
                     owners[frame.stream_id] = source
@@ -229,14 +240,71 @@ class Ingest:
             source.stats.bad(reason)
         self.on_error(line)
 
-    def _stream_dsp(self, frame: Frame, source: Any) -> StreamDSP | BankDSP | None:
+    def make_room(self, source: Any, new_id: str) -> bool:
+        """Retire the stream of ``source`` that has been silent the longest, if it has been silent
+        ``reclaim_after_s`` or more, so that ``new_id`` can be taken (a source's ``make_room``:
+        a gateway restarted under new stream names, a sensor replaced); False when none has.
+        A dead sensor's "no data" stays shown until its place is needed."""
+        if self.reclaim_after_s <= 0:
+            return False
+        with self.lock:
+            return self._make_room(source, new_id, ())
+
+    def _make_room(self, source: Any, new_id: str, poll: Sequence[Frame]) -> bool:
+        """``make_room`` with the stream table locked: among ``source``'s streams (every stream
+        when None), none with a frame in ``poll``."""
+        if self.reclaim_after_s <= 0 or time.monotonic() < self._no_room_until:
+            return False
+        dsps = self.dsp
+        ids = list(dsps) if source is None else [sid for sid in getattr(source, "streams", ()) if sid != new_id]
+        busy = {f.stream_id for f in poll}
+        chans = [getattr(dsps.get(sid), "ids", None) or (sid,) for sid in ids]
+        seen = iter(self.health.last_seen_many([c for cs in chans for c in cs]))
+        now = time.time()
+        best, quietest = None, -math.inf
+        for sid, cs in zip(ids, chans):
+            last = [t for t in (next(seen) for _ in cs) if t is not None]
+            if not last or sid in busy:
+                continue
+            quiet = now - max(last)
+            if quiet > quietest:
+                best, quietest = sid, quiet
+        if best is None or quietest < self.reclaim_after_s:
+            # not again before the quietest stream could be retired, and at most 20 times a
+            # second: a flood of new ids (or a table of live streams) does not scan per message
+            self._no_room_until = time.monotonic() + min(1.0, max(0.05, self.reclaim_after_s - quietest))
+            return False
+        self._retire(best, source, quietest, new_id)
+        return True
+
+    def _retire(self, sid: str, source: Any, quiet: float, new_id: str) -> None:
+        dsp = self.dsp.pop(sid, None)
+        if type(dsp) is BankDSP and dsp.own is None:
+            dsp.bank.release(dsp.row)
+        owner = self._owner.pop(sid, None)
+        ids = getattr(dsp, "ids", None) or (sid,)
+        for ch in ids:
+            self.health.forget(ch)
+        for src in {id(s): s for s in (owner, source) if s is not None}.values():
+            forget = getattr(src, "forget_stream", None)
+            if forget is not None:
+                forget(sid)
+        self.retired += 1
+        if self.on_retire is not None:
+            gone = f"{sid} ({len(ids)} channels)" if len(ids) > 1 else sid
+            self.on_retire(sid, ids, f"stream {gone} retired after {_duration(quiet)} without data: its place goes "
+                                     f"to new stream {new_id} ({self.max_streams} stream ids taken, --max-streams; "
+                                     f"a stream silent --reclaim-after {self.reclaim_after_s:g} s or more gives "
+                                     "its place to a new one)")
+
+    def _stream_dsp(self, frame: Frame, source: Any, poll: Sequence[Frame] = ()) -> StreamDSP | BankDSP | None:
         """The DSP of the frame's stream (made for a new stream or a new channel layout); None for
         a frame that is not kept (too many streams, a rate the model cannot take), counted."""
         ids = channel_layout(frame)
         dsp = self.dsp.get(frame.stream_id)
         if dsp is not None and getattr(dsp, "ids", None) == ids:
             return dsp
-        if dsp is None and len(self.dsp) >= self.max_streams:
+        if dsp is None and len(self.dsp) >= self.max_streams and not self._make_room(None, frame.stream_id, poll):
             if source is not None:
                 source.stats.bad("too_many_streams")
             return None
@@ -262,6 +330,17 @@ def unhealthy(w: Window) -> Window:
     """``w`` from a sensor that failed its health check: a new Window, so that the DSP's windows
     are never written after it made them (and only windows of a failing sensor cost an object)."""
     return Window(w.stream_id, w.index, w.t_last, w.data, w.t_ready, w.level, w.normalized, False)
+
+
+def _duration(seconds: float) -> str:
+    """A silence in a line: "12 min", "3.5 h", "2 days"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 def one_line(exc: BaseException) -> str:

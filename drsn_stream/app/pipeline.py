@@ -21,6 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -213,7 +214,13 @@ class Pipeline:
                              on_error=self._error, capture=self.capture, lock=self._ingest_lock,
                              phases=config.phases,
                              source_names={id(src): f"source {i} ({spec})"
-                                           for i, (src, spec) in enumerate(zip(self.sources, config.sources), 1)})
+                                           for i, (src, spec) in enumerate(zip(self.sources, config.sources), 1)},
+                             reclaim_after_s=config.reclaim_after_s, on_retire=self._on_retire)
+        self._retired: deque[str] = deque()  # channel stream ids retired by ingest, forgotten by the output thread
+        self._retire_notes: deque[tuple[str, str]] = deque()
+        for src in self.sources:
+            if not isinstance(src, ShardedSource):  # (an ingest process keeps its own table: app/shards.py)
+                src.make_room = partial(self.ingest.make_room, src)
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
         self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
@@ -411,6 +418,7 @@ class Pipeline:
             self._say_notes(src.notes)
         self._envelope_notes()
         self._baseline_notes()
+        self._say_notes(self._retire_notes)
 
     def _say_notes(self, notes: list[tuple[str, str]] | deque[tuple[str, str]]) -> None:
         """Takes the (stream, line) pairs a stage said once, oldest first, as ``note`` events (the
@@ -516,7 +524,31 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - a sink failure is shown, not fatal
                 self._error(f"output: {one_line(exc)}")
 
+    def _on_retire(self, sid: str, ids: tuple[str, ...], line: str) -> None:
+        """A stream ingest retired to make room for a new one (``Ingest.make_room``): its raw
+        samples dropped here (the ingest thread pushes them), the rest by the output thread."""
+        for ch in ids:
+            if self.capture is not None:
+                self.capture.forget(ch)
+            if self.envelope is not None:
+                self.envelope.forget(ch)
+        self._retired.extend(ids)
+        self._retire_notes.append((sid, line))
+
+    def _forget_retired(self) -> None:
+        """Decisions, baseline and word detector of the retired streams (output thread: they are
+        updated there); the run's tally of their windows stays for the summary."""
+        while self._retired:
+            sid = self._retired.popleft()
+            self.decisions.forget(sid)
+            if self.baseline is not None:
+                self.baseline.forget(sid)
+            if self.detector is not None:
+                self.detector.reset(sid)
+
     def _handle(self, preds: list[Prediction]) -> None:
+        if self._retired:
+            self._forget_retired()
         if self.envelope is not None and self.engine.latency_from_ready:
             self.envelope.settle(2.0)  # a replay outruns the envelope stage; live, never wait
         if self.unknown is not None or self.baseline is not None:

@@ -10,6 +10,7 @@ configs and are checked by the same code. ``to_doc`` is the way back (``--print-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -23,7 +24,7 @@ from drsn_stream.monitor.envelope import MachineTable
 from drsn_stream.monitor.health import HealthConfig
 from drsn_stream.sinks import SinksConfig
 from drsn_stream.sinks.capture import CaptureTable
-from drsn_stream.sources.base import DEFAULT_MAX_STREAMS
+from drsn_stream.sources.base import DEFAULT_MAX_STREAMS, DEFAULT_RECLAIM_AFTER_S
 from drsn_stream.speech.detector import DetectorConfig
 
 # section name -> its typed config (a RunConfig field of that name)
@@ -62,6 +63,8 @@ class RunConfig:
     stale_ms: float = 2000.0
     queue_capacity: int = 8192
     max_streams: int = DEFAULT_MAX_STREAMS  # stream ids in all (and per source); new ones beyond are refused, counted
+    # once max_streams are taken, a stream silent this long gives its place to a new id (0: never)
+    reclaim_after_s: float = DEFAULT_RECLAIM_AFTER_S
     hop: int | None = None
     # spread the streams' windows over this many phases of the hop (dsp/window.py window_start):
     # streams whose frames arrive in step then complete their windows in turn, not all at once
@@ -111,6 +114,8 @@ class RunConfig:
         for name, allowed in (("fp16", ("auto", "on", "off")), ("cpu_layout", ("auto", "off"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if not 0 <= self.reclaim_after_s < math.inf:
+            problems.append(f"reclaim_after_s must be >= 0 seconds (0: never), not {self.reclaim_after_s!r}")
         if self.learn_s is not None and not self.learn_s > 0:
             problems.append(f"learn_s must be > 0 seconds, not {self.learn_s!r}")
         if self.duration is not None and not self.duration > 0:

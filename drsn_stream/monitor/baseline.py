@@ -273,8 +273,24 @@ class BaselineStage:
         self.latest: dict[str, float] = {}  # stream: latest anomaly
         self.history: dict[str, deque[float]] = {}  # stream: recent anomalies, for the sparkline
         self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._given = set(self.profile.streams)  # the profile's own baselines, kept when a stream is forgotten
         for sid in self.profile.streams:
             self.state[sid] = "monitoring"
+
+    def forget(self, stream: str) -> None:
+        """Drop what was learned or seen live of a stream (the monitor retired it); a baseline
+        the profile brought is kept: the stream is monitored on it again if it comes back."""
+        self._learning.pop(stream, None)
+        for table in (self.left_out, self.latest, self.history):
+            table.pop(stream, None)
+        self._warned.discard(stream)
+        self._extended.discard(stream)
+        if stream in self._given:
+            self.state[stream] = "monitoring"
+            return
+        self.state.pop(stream, None)
+        if self.profile.streams.pop(stream, None) is not None:
+            self._stacked = None
 
     def apply(self, preds: list[Prediction]) -> None:
         """Sets ``anomaly`` on every prediction of a stream that has a baseline (one vectorized

@@ -161,6 +161,14 @@ class EnvelopeStage:
                     self._done()
             self._bufs[w.stream_id] = (chunks, count, w.index + 1)
 
+    def forget(self, stream: str) -> None:
+        """Drop a stream's samples and results (the monitor retired it); called on the thread that
+        pushes, as ``push`` is."""
+        self._bufs.pop(stream, None)
+        with self._lock:
+            self._streams.pop(stream, None)
+            self._results.pop(stream, None)
+
     # ---------------------------------------------------------------- the stage's thread
     def start(self) -> EnvelopeStage:
         self._thread = threading.Thread(target=self._loop, name="drsn-envelope", daemon=True)

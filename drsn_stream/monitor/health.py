@@ -862,6 +862,19 @@ class HealthMonitor:
         with self._lock:
             return list(self._streams)
 
+    def last_seen_many(self, streams: Iterable[str]) -> list[float | None]:
+        """When each of ``streams`` last sent a frame (wall clock, following its steps as the
+        no-data test does; None: never or unknown), in one lock hold."""
+        with self._lock:
+            out: list[float | None] = []
+            for sid in streams:
+                st = self._streams.get(sid)
+                if st is None:
+                    out.append(None)
+                else:
+                    out.append(_seen(self._bank.last_seen[st.slot]) if st.slot >= 0 else st.last_seen)
+            return out
+
     def forget(self, stream: str) -> None:
         """Drop a stream's state (it moved to another host, or its sensor was removed for good)."""
         with self._lock:

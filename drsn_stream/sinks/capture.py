@@ -250,6 +250,18 @@ class EventCapture:
         with self._lock:
             return [c for sid, ring in self._rings.items() for c in self._finish(sid, ring, force=True)]
 
+    def forget(self, stream: str) -> list[Capture]:
+        """Drop a stream's ring (the monitor retired the stream): captures it still waits on are
+        written with what has arrived (marked truncated), and its memory goes back to the budget."""
+        with self._lock:
+            ring = self._rings.pop(stream, None)
+            if ring is None:
+                return []
+            self._bytes -= ring.data.nbytes
+            done = self._finish(stream, ring, force=True)
+            self._pending.pop(stream, None)
+            return done
+
     @property
     def pending(self) -> int:
         with self._lock:

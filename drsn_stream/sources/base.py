@@ -17,6 +17,9 @@ from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError
 from drsn_stream.types import Frame
 
 DEFAULT_MAX_STREAMS = 4096  # stream ids one source takes; new ids beyond are refused and counted
+# once they are all taken, a stream silent this long gives its place to a new id (a gateway
+# restarted under new names, a sensor replaced); a dead sensor stays shown as "no data" till then
+DEFAULT_RECLAIM_AFTER_S = 600.0
 # A restartable source whose frame generator fails this often within CRASH_WINDOW_S gives up (a
 # bug that fires on every message would otherwise spin); below that it is counted and restarted.
 MAX_CRASHES = 100
@@ -239,6 +242,9 @@ class Source:
     windows need not wait ``max_wait_ms`` for more that are not coming yet.
 
     ``max_streams``: the most stream ids a source that learns them from its input takes.
+    ``make_room`` (optional, set by the consumer): called with a new stream id when
+    ``max_streams`` are taken; True when it retired a stream of this source (``forget_stream``)
+    to make room, so the new id is taken rather than refused.
 
     An unexpected exception inside ``_frames`` never ends iteration silently: a ``restartable``
     source (a socket that simply reads on) counts it in ``stats.crashes`` and starts ``_frames``
@@ -257,6 +263,7 @@ class Source:
         self._streams: list[str] = []
         self._stream_set: set[str] = set()
         self.max_streams = DEFAULT_MAX_STREAMS
+        self.make_room: Callable[[str], bool] | None = None
         self._closed = threading.Event()
         self._opened = False
         self._iter_thread: threading.Thread | None = None
@@ -306,12 +313,19 @@ class Source:
         ``max_streams``."""
         if stream in self._stream_set:
             return True
-        if len(self._stream_set) >= self.max_streams:
+        if len(self._stream_set) >= self.max_streams and (self.make_room is None or not self.make_room(stream)):
             self.stats.bad("too_many_streams")
             return False
         self._stream_set.add(stream)
         self._streams.append(stream)
         return True
+
+    def forget_stream(self, stream: str) -> None:
+        """Drop a stream id (retired by the monitor after a long silence): its place is free, and
+        a frame of it later is a new stream's."""
+        if stream in self._stream_set:
+            self._stream_set.discard(stream)
+            self._streams.remove(stream)
 
     def open(self) -> Source:
         if not self._opened:

@@ -435,6 +435,11 @@ class _ZmqSource(Source):
         return (f"the peer closed the connection in the ZeroMQ handshake: it is not a {want} socket ({hint}), "
                 f"or not a ZeroMQ program (a web or metrics port){again}")
 
+    def forget_stream(self, stream: str) -> None:
+        super().forget_stream(stream)
+        self._last_seq.pop(stream, None)  # its sequence starts afresh if it comes back
+        self._missing.pop(stream, None)
+
     def _accept(self, sid: str, seq: int) -> bool:
         """Sequence accounting; False for a frame to drop (duplicate, late, too many streams)."""
         last = self._last_seq.get(sid)
