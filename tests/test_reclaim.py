@@ -145,3 +145,62 @@ def test_the_monitor_wide_limit_takes_the_place_of_any_sources_silent_stream() -
     assert [(sid, ids) for sid, ids, _ in said] == [("old", ("old",))]
     assert "old" not in health.streams and "new" in health.streams
     assert "its place goes to new stream new" in said[0][2]
+
+
+@pytest.mark.slow
+def test_ingest_processes_retire_silent_streams_and_the_monitor_forgets_them(free_tcp_port: int) -> None:
+    """--ingest-procs 2, --max-streams 3: each process keeps its own table of the streams of its
+    shard. A generation of ids in one shard is replaced by another: the process retires the
+    silent ones for the new ids, and the monitor drops them from its sources, health mirror and
+    decisions, and says so in a note."""
+    from drsn_stream.app.shards import ShardedSource, shard_of
+
+    names = [f"s{k}" for k in range(200) if shard_of(f"s{k}".encode(), 2) == 0][:5]
+    live, a, b = names[0], names[1:3], names[3:5]
+    plan = [(0.0, 6.0, [live]), (0.0, 2.0, a), (2.5, 6.0, b)]
+    config = RunConfig(sources=(f"zmq://127.0.0.1:{free_tcp_port}",), device="cpu", engine_process=False,
+                       ingest_procs=2, stale_ms=60000, max_streams=3, reclaim_after_s=1.0, health={"timeout_s": 0.5})
+    pipe = Pipeline(config)
+    said: list[tuple[str, str]] = []
+    emit = pipe._emit_events
+    pipe._emit_events = lambda events: (said.extend((e.stream_id, e.data.get("message", "")) for e in events
+                                                    if e.type == "note"), emit(events))[-1]
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource)
+    pipe.start()
+    done = threading.Event()
+    waiter = threading.Thread(target=pipe.wait, daemon=True)
+    try:
+        waiter.start()
+        pub = zmq.Context.instance().socket(zmq.XPUB)
+        pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        pub.bind(f"tcp://127.0.0.1:{free_tcp_port}")
+        heard, deadline = 0, time.time() + 60
+        while heard < 2 and time.time() < deadline:  # both processes subscribed to everything
+            if pub.poll(100) and pub.recv() == b"\x01":
+                heard += 1
+        assert heard == 2
+        rng = np.random.default_rng(0)
+        t0, i, seq = time.time(), 0, {}
+        while time.time() - t0 < 6.0:
+            now = time.time() - t0
+            for start, stop, ids in plan:
+                for sid in ids if start <= now < stop else ():
+                    x = (0.1 * rng.standard_normal(N)).astype(np.float32)
+                    pub.send_multipart(encode(sid, seq.setdefault(sid, 0), time.time() - N / RATE, RATE, x))
+                    seq[sid] += 1
+            i += 1
+            time.sleep(max(0.0, t0 + 0.05 * i - time.time()))
+        time.sleep(1.5)  # the last reports, windows and results
+        preds = dict(pipe.label_counts)
+    finally:
+        done.set()
+        pipe.quit.set()
+        waiter.join(timeout=10)
+        pipe.stop()
+        pub.close(0)
+    retired = sorted(sid for sid, line in said if "retired" in line)
+    assert retired == sorted(a), said
+    assert all(preds.get(sid) for sid in (live, *b)), preds
+    assert not set(a) & set(src.streams) and set(b) <= set(src.streams)
+    assert not set(a) & set(pipe.health.streams) and not set(a) & set(pipe.decisions.streams)

@@ -219,7 +219,7 @@ class Pipeline:
         self._retired: deque[str] = deque()  # channel stream ids retired by ingest, forgotten by the output thread
         self._retire_notes: deque[tuple[str, str]] = deque()
         for src in self.sources:
-            if not isinstance(src, ShardedSource):  # (an ingest process keeps its own table: app/shards.py)
+            if not isinstance(src, ShardedSource):  # (an ingest process keeps its own table and says what it retires)
                 src.make_room = partial(self.ingest.make_room, src)
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
@@ -273,11 +273,13 @@ class Pipeline:
                                      hop=self.config.hop, health=asdict(self.config.health),
                                      max_streams=self.config.max_streams, mirror=self.health,
                                      phases=self.config.phases,
-                                     normalize=not has_geometry(self.config.machine.table()))
+                                     normalize=not has_geometry(self.config.machine.table()),
+                                     reclaim_after_s=self.config.reclaim_after_s)
         for src in self.sources:
             if isinstance(src, ShardedSource):
                 src.max_streams = self.config.max_streams
                 src.on_windows, src.on_events, src.on_error = self._windows_in, self._emit_events, self._error
+                src.on_retire = self._on_retire
 
     def _ingest_pids(self) -> list[int]:
         return [pid for s in self.sources if isinstance(s, ShardedSource) for pid in s.pids]

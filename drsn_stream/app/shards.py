@@ -48,6 +48,7 @@ import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from multiprocessing import shared_memory
 from types import SimpleNamespace
 from typing import Any
@@ -135,6 +136,11 @@ class HealthMirror(HealthMonitor):
             remote = self._remote.get(stream)
         return remote if remote is not None else super().state(stream)
 
+    def forget(self, stream: str) -> None:
+        with self._lock:
+            self._remote.pop(stream, None)
+        super().forget(stream)
+
     def states(self, streams: Any = None) -> dict[str, StreamHealth]:
         with self._lock:
             remote = dict(self._remote)
@@ -161,19 +167,32 @@ class _Stage:
     windows and events gathered for the parent."""
 
     def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, out: _Out,
-                 phases: int = 1) -> None:
+                 phases: int = 1, reclaim_after_s: float = 0.0) -> None:
         self.errors: Counter[str] = Counter()
         self.streams: dict[str, None] = {}  # frame stream ids seen, in order (Source.streams copies its list)
+        self.gone: set[str] = set()  # of those, the ones retired (Ingest.make_room) and not back since
+        self.retired: list[list[Any]] = []  # [frame stream id, channel ids, line] not yet told the parent
         self.out = out
         self.ingest = Ingest(meta, hop, health, max_streams, on_events=out.events, on_error=self._error,
-                             phases=phases)
+                             phases=phases, reclaim_after_s=reclaim_after_s, on_retire=self._retire)
 
     def _error(self, line: str) -> None:
         self.errors[line] += 1
 
+    def _retire(self, sid: str, ids: tuple[str, ...], line: str) -> None:
+        self.gone.add(sid)
+        self.retired.append([sid, list(ids), line])
+
+    def known(self) -> list[str]:
+        """The frame stream ids this process has, in order (retired ones left out)."""
+        gone = self.gone
+        return [sid for sid in self.streams if sid not in gone] if gone else list(self.streams)
+
     def poll(self, frames: list[Frame], source: Source) -> None:
         """One run of a poll's frames (``slices``): their windows to the parent, judged as in-process."""
         self.streams.update(dict.fromkeys([f.stream_id for f in frames]))
+        if self.gone:  # a retired stream that sends again is a stream of this process again
+            self.gone.difference_update([f.stream_id for f in frames])
         windows = self.ingest.frames(frames, source)
         if windows:
             self.out.windows(windows, [w.healthy for w in windows])
@@ -319,7 +338,8 @@ def _worker(cfg: dict[str, Any]) -> int:
         base = str(source.options["topic"]).encode("utf-8")
         health = HealthMonitor(HealthConfig(**cfg["health"]))
         stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]), out,
-                       int(cfg.get("phases", 1)))
+                       int(cfg.get("phases", 1)), float(cfg.get("reclaim_after_s", 0.0)))
+        source.make_room = partial(stage.ingest.make_room, source)
         source.open()
     except Exception as exc:  # noqa: BLE001 - said by the parent in one line
         out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
@@ -346,11 +366,18 @@ def _worker(cfg: dict[str, Any]) -> int:
     def report() -> None:
         out.flush()
         errors, stage.errors = stage.errors, Counter()
-        out.send({"s": source.stats.snapshot(), "streams": list(stage.streams), "nf": stage.nonfinite(),
+        retired()
+        out.send({"s": source.stats.snapshot(), "streams": stage.known(), "nf": stage.nonfinite(),
                   "h": {sid: _fields(h) for sid, h in health.states().items()},
                   "err": dict(errors), "fg": foreign["count"]})
         state["next_stats"] = time.monotonic() + STATS_S
         state["ended"], state["streams"] = len(source.stats.ended), len(stage.streams)
+
+    def retired() -> None:
+        """Streams retired to make room for new ones: the parent drops its state of them, says the note."""
+        if stage.retired:
+            out.send({"r": stage.retired})
+            stage.retired = []
 
     def news(ended: int, streams: int) -> None:
         """New streams and ends of streams, in a short line (the full report is O(streams))."""
@@ -379,6 +406,9 @@ def _worker(cfg: dict[str, Any]) -> int:
         elif ((ended, streams) != (state["ended"], state["streams"]) or foreign["new"]) and (
                 idle or now >= state["next_news"]):
             news(ended, streams)
+        if stage.retired:
+            out.flush()  # the windows before first
+            retired()
         if source.notes:  # a refused message's reason, a failed handshake: said by the parent, once
             out.send({"notes": [list(source.notes.popleft()) for _ in range(len(source.notes))]})
         if out.subs or learn["at"] is not None:
@@ -588,7 +618,8 @@ class ShardedSource(Source):
     restartable = False
 
     def __init__(self, spec: str, procs: int, *, meta: Any, hop: int | None, health: dict[str, Any],
-                 max_streams: int, mirror: HealthMirror, phases: int = 1, normalize: bool = False) -> None:
+                 max_streams: int, mirror: HealthMirror, phases: int = 1, normalize: bool = False,
+                 reclaim_after_s: float = 0.0) -> None:
         super().__init__(spec)
         self.inner = make_source(spec)  # checks the spec and its options here, in the parent
         self.procs = int(procs)
@@ -596,7 +627,7 @@ class ShardedSource(Source):
         self.mirror = mirror
         self._cfg = {"spec": spec, "shards": self.procs, "hop": hop, "phases": phases, "health": health,
                      "max_streams": max_streams, "normalize": bool(normalize),
-                     "learn_s": LEARN_S,
+                     "learn_s": LEARN_S, "reclaim_after_s": float(reclaim_after_s),
                      "meta": {"sample_rate": float(meta.sample_rate), "window": int(meta.window),
                               "hop": int(meta.hop), "normalization": dict(meta.normalization)}}
         self._window = int(meta.window)
@@ -607,6 +638,8 @@ class ShardedSource(Source):
         self.on_windows: Callable[[list[Window]], None] = lambda ws: None
         self.on_events: Callable[[list[Event]], None] = lambda es: None
         self.on_error: Callable[[str], None] = lambda line: None
+        # a stream an ingest process retired to make room for a new one (Ingest.on_retire's arguments)
+        self.on_retire: Callable[[str, tuple[str, ...], str], None] = lambda sid, ids, line: None
 
     @property
     def realtime(self) -> bool:
@@ -771,6 +804,13 @@ class ShardedSource(Source):
                 owner = self._children[shard_of(bytes.fromhex(topic), self.procs)]
                 if owner.proc is not None:
                     owner.control(b"s " + topic.encode("ascii") + b"\n")
+        if "r" in msg:
+            for sid, ids, line in msg["r"]:
+                c.streams.pop(sid, None)
+                self.forget_stream(sid)
+                for ch in ids:
+                    self.mirror.forget(ch)
+                self.on_retire(sid, tuple(ids), line)
         if "n" in msg:
             c.streams.update(dict.fromkeys(msg["n"]))
             self._add_streams(msg["n"])
