@@ -204,3 +204,36 @@ def test_ingest_processes_retire_silent_streams_and_the_monitor_forgets_them(fre
     assert all(preds.get(sid) for sid in (live, *b)), preds
     assert not set(a) & set(src.streams) and set(b) <= set(src.streams)
     assert not set(a) & set(pipe.health.streams) and not set(a) & set(pipe.decisions.streams)
+
+
+def test_a_retired_streams_latencies_leave_with_it_and_its_row_is_reused() -> None:
+    from drsn_stream.engine.stats import EngineStats
+
+    stats = EngineStats()
+    stats.record_batch(["a", "b"], np.array([900.0, 10.0]), 0.001)
+    stats.forget("a")
+    stats.record_batch(["c"], np.array([20.0]), 0.001)
+    assert stats.stream_p50_p99(["a", "b", "c"]).keys() <= {"b", "c"}
+    assert stats.percentiles("c")[0] == 20.0  # not the 900 ms of the stream whose row it took
+    assert len(stats._lat_n) == 64 and stats.windows == 3
+
+
+def test_a_forgotten_streams_health_state_is_freed() -> None:
+    """The health's groups of streams (its array path) no longer keep a forgotten stream's state
+    alive: a monitor retiring ids for months does not grow by them."""
+    import gc
+    import weakref
+
+    from drsn_stream.monitor.health import HealthMonitor
+    from drsn_stream.types import Frame
+
+    health = HealthMonitor()
+    ids = [f"s{k}" for k in range(64)]
+    x = np.linspace(-1, 1, 600, dtype=np.float32)[:, None]
+    for seq in range(3):  # known streams of one round: the array path, through its groups
+        health.push_channels([Frame(sid, seq, 0.0, RATE, x) for sid in ids], now=float(seq))
+    refs = [weakref.ref(health._streams[sid]) for sid in ids]
+    for sid in ids:
+        health.forget(sid)
+    gc.collect()
+    assert not [r for r in refs if r() is not None]

@@ -543,6 +543,7 @@ class Pipeline:
         while self._retired:
             sid = self._retired.popleft()
             self.decisions.forget(sid)
+            self.stats.forget(sid)
             if self.baseline is not None:
                 self.baseline.forget(sid)
             if self.detector is not None:

@@ -34,6 +34,7 @@ class EngineStats:
         # each stream's last ``history`` latencies: a ring per row of one array, so a batch of
         # distinct streams is recorded in one step instead of one Python call per window
         self._row: dict[str, int] = {}
+        self._free: list[int] = []  # rows of forgotten streams
         self._lat = np.empty((64, history), dtype=np.float64)
         self._lat_n = np.zeros(64, dtype=np.int64)  # latencies recorded per row
         self._all: deque[float] = deque(maxlen=ALL_KEEP)
@@ -86,12 +87,23 @@ class EngineStats:
     def _new_row(self, sid: str) -> int:
         """The row of a stream seen for the first time (under the lock; the array doubled when full)."""
         row = self._row.get(sid)  # the same new stream twice in one batch
-        if row is None:
-            row = self._row[sid] = len(self._row)
+        if row is None and self._free:
+            row = self._row[sid] = self._free.pop()
+            self._lat_n[row] = 0
+        elif row is None:
+            row = self._row[sid] = len(self._row) + len(self._free)
             if row == len(self._lat_n):
                 self._lat = np.concatenate([self._lat, np.empty_like(self._lat)])
                 self._lat_n = np.concatenate([self._lat_n, np.zeros_like(self._lat_n)])
         return row
+
+    def forget(self, sid: str) -> None:
+        """Drop a stream's latencies (the monitor retired it); its row goes to the next new stream.
+        The totals and the histogram keep them."""
+        with self._lock:
+            row = self._row.pop(sid, None)
+            if row is not None:
+                self._free.append(row)
 
     def _kept(self, sid: str) -> np.ndarray | None:
         """A copy of a stream's kept latencies (in no particular order; under the lock); None:

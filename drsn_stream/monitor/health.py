@@ -885,6 +885,10 @@ class HealthMonitor:
             self._sick.discard(stream)
             self._listed.discard(stream)
             self._version += 1
+            # every group is stale now (the version) and made again when its frames come; a
+            # forgotten stream's group would otherwise keep its state alive for good
+            self._groups.clear()
+            self._rounds.clear()
 
     def export_state(self, stream: str) -> Any:
         """A picklable copy of the stream's health state and signal statistics; None if unknown."""
