@@ -89,6 +89,7 @@ def test_silent_streams_give_their_places_to_new_ones(tmp_path: Path, free_tcp_p
     final = [o for o in objs if o["type"] == "stats" and o.get("final")][-1]
     refused = next(iter(final["sources"].values()))["malformed"].get("too_many_streams", 0)
     assert 0 < refused < 2 * 2 * 20, refused  # at most ~2 s of two streams at 20 frames/s
+    assert next(iter(final["sources"].values()))["retired"] == 2
     # the retired streams' state is gone everywhere; the one still silent is kept and shown
     assert set(pipe.ingest.dsp) == {"live", "a2/2ch", "b0", "b1"}
     assert not {"a0", "a1"} & set(pipe.health.streams)
@@ -204,6 +205,7 @@ def test_ingest_processes_retire_silent_streams_and_the_monitor_forgets_them(fre
     assert all(preds.get(sid) for sid in (live, *b)), preds
     assert not set(a) & set(src.streams) and set(b) <= set(src.streams)
     assert not set(a) & set(pipe.health.streams) and not set(a) & set(pipe.decisions.streams)
+    assert src.stats.snapshot()["retired"] == 2
 
 
 def test_a_retired_streams_latencies_leave_with_it_and_its_row_is_reused() -> None:

@@ -899,6 +899,7 @@ class ShardedSource(Source):
             st.frames = sum(p["frames"] for p in parts)
             st.samples = sum(p["samples"] for p in parts)
             st.crashes = sum(p["crashes"] for p in parts)
+            st.retired = sum(p.get("retired", 0) for p in parts)
             st.last_crash = next((p["last_crash"] for p in reversed(parts) if p["last_crash"]), "")
             for name in ("malformed", "gaps", "missing", "restarts", "duplicates", "late", "overflows"):
                 total: Counter[str] = Counter()

@@ -132,6 +132,7 @@ class SourceStats:
             no longer counted in ``missing``).
         overflows: {stream: count} of input overflows (samples lost before we saw them).
         ended: streams that announced end of stream.
+        retired: streams whose places went to new ids once ``max_streams`` were taken (``make_room``).
         crashes: unexpected errors inside the source that it survived (restarted);
             last_crash: the latest one's text.
     """
@@ -148,6 +149,7 @@ class SourceStats:
         self.late: dict[str, int] = {}
         self.overflows: dict[str, int] = {}
         self.ended: set[str] = set()
+        self.retired = 0
         self.crashes = 0
         self.last_crash = ""
 
@@ -203,6 +205,11 @@ class SourceStats:
         with self._lock:
             self.ended.add(stream)
 
+    def retire(self, stream: str) -> None:
+        with self._lock:
+            self.retired += 1
+            self.ended.discard(stream)
+
     @property
     def malformed_total(self) -> int:
         with self._lock:
@@ -210,7 +217,7 @@ class SourceStats:
 
     def snapshot(self) -> dict[str, Any]:
         """A consistent copy: ``{"frames", "samples", "malformed", "gaps", "missing", "restarts",
-        "duplicates", "late", "overflows", "ended", "crashes", "last_crash"}``."""
+        "duplicates", "late", "overflows", "ended", "retired", "crashes", "last_crash"}``."""
         with self._lock:
             return {
                 "frames": self.frames,
@@ -223,6 +230,7 @@ class SourceStats:
                 "late": dict(self.late),
                 "overflows": dict(self.overflows),
                 "ended": sorted(self.ended),
+                "retired": self.retired,
                 "crashes": self.crashes,
                 "last_crash": self.last_crash,
             }
@@ -326,6 +334,7 @@ class Source:
         if stream in self._stream_set:
             self._stream_set.discard(stream)
             self._streams.remove(stream)
+            self.stats.retire(stream)
 
     def open(self) -> Source:
         if not self._opened:
