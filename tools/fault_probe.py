@@ -117,9 +117,10 @@ def rss_mb(pid: int) -> float:
 class Monitor:
     """The monitor child process and the stats it writes every second."""
 
-    def __init__(self, port: int, workdir: Path, max_streams: int) -> None:
+    def __init__(self, port: int, workdir: Path, max_streams: int, reclaim_after: float | None = None) -> None:
         cfg = workdir / "probe.toml"
-        cfg.write_text(f"[run]\nstats_every_s = 1.0\nmax_streams = {max_streams}\n")
+        reclaim = f"reclaim_after_s = {reclaim_after!r}\n" if reclaim_after is not None else ""
+        cfg.write_text(f"[run]\nstats_every_s = 1.0\nmax_streams = {max_streams}\n{reclaim}")
         self.out = workdir / "out.jsonl"
         self.spec = SPEC.format(port=port)
         self.proc = subprocess.Popen(
@@ -284,13 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soak-rate", type=float, default=500.0, help="soak messages per second (default 500)")
     ap.add_argument("--max-streams", type=int, default=None,
                     help="the monitor's --max-streams (default 4096; 256 with --quick, so that ids beyond it are sent)")
+    ap.add_argument("--reclaim-after", type=float, default=None, metavar="S",
+                    help="the monitor's --reclaim-after (default its own, 600 s): with a short one, the new ids "
+                         "take the places of those silent that long, and the row counts only those refused")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     count = 500 if args.quick else args.count
     max_streams = args.max_streams or (256 if args.quick else 4096)
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fault-probe-") as tmp:
-        mon = Monitor(port, Path(tmp), max_streams)
+        mon = Monitor(port, Path(tmp), max_streams, args.reclaim_after)
         canary = Canary(port)
         canary.start()
         sock = zmq.Context.instance().socket(zmq.PUSH)
@@ -317,17 +321,18 @@ def main(argv: list[str] | None = None) -> int:
         mon.poll()
         final = mon.last
         summary = {
-            "count": count, "max_streams": max_streams, "rows": rows, "monitor_rc": mon.proc.returncode, "exit_s": round(time.time() - t_end, 2),
+            "count": count, "max_streams": max_streams, "reclaim_after_s": args.reclaim_after, "rows": rows, "monitor_rc": mon.proc.returncode, "exit_s": round(time.time() - t_end, 2),
             "rss_end_mb": round(rss_end, 1),
             "traceback": "Traceback" in err, "errors": final.get("errors", []),
             "canary_windows": final.get("engine", {}).get("windows"),
+            "retired": sum(int(src.get("retired", 0)) for src in final.get("sources", {}).values()),
             "total_sent": sum(r["sent"] for r in rows), "total_crashes": sum(r["crashes"] for r in rows),
             "total_silent_stops": sum(r["silent_stops"] for r in rows),
         }
     print(f"monitor exit code {summary['monitor_rc']} {summary['exit_s']} s after SIGTERM, traceback: "
           f"{summary['traceback']}; RSS at the end {summary['rss_end_mb']} MB; "
           f"{summary['total_sent']} messages, {summary['total_crashes']} crashes, "
-          f"{summary['total_silent_stops']} silent stops")
+          f"{summary['total_silent_stops']} silent stops; {summary['retired']} streams retired for new ids")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
     ok = summary["monitor_rc"] == 0 and not summary["traceback"] and summary["total_crashes"] == 0 \
