@@ -113,7 +113,7 @@ def test_discovery_takes_new_stream_ids_only_up_to_what_the_hosts_can_hold() -> 
     pub.bind(f"tcp://127.0.0.1:{port}")
     x = np.zeros((8, 1), np.float32)
 
-    def listen(known: set[str], room: int) -> tuple[set[str], int]:
+    def listen(known: set[str], room: int, heard: dict[str, float] | None = None) -> tuple[set[str], int]:
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -132,7 +132,7 @@ def test_discovery_takes_new_stream_ids_only_up_to_what_the_hosts_can_hold() -> 
         t = threading.Thread(target=send, daemon=True)
         t.start()
         try:
-            return listen_for_streams(sub, 1.0, known, room)
+            return listen_for_streams(sub, 1.0, known, room, heard)
         finally:
             stop.set()
             t.join(5)
@@ -144,6 +144,12 @@ def test_discovery_takes_new_stream_ids_only_up_to_what_the_hosts_can_hold() -> 
         new, refused = listen({"known-1", "known-2"}, 100)
         assert new == {f"new-{k:02d}" for k in range(40)} and refused == 0
         assert listen({"known-1"}, 0) == (set(), 41)
+        # when each stream was last heard: the known ones and those taken, nothing of the rest
+        heard = {"known-1": 0.0, "gone": 0.0}
+        t0 = time.monotonic()
+        new, _ = listen({"known-1", "gone"}, 5, heard)
+        assert set(heard) == {"known-1", "gone"} | new and heard["gone"] == 0.0
+        assert all(heard[sid] >= t0 for sid in {"known-1"} | new)
     finally:
         pub.close(0)
     agg = Aggregator()
@@ -162,6 +168,9 @@ def test_checkpoint_store_round_trip_and_unreadable_files(tmp_path: Path) -> Non
     assert back is not None and back.counters == {"alarm": 3} and back.last_time == 12.5
     (tmp_path / "ck" / "broken.ckpt").write_bytes(b"not a pickle")
     assert store.load("broken") is None and store.load("never-saved") is None
+    store.delete("zmq/plant a/ch:1")  # a retired stream leaves nothing behind
+    store.delete("never-saved")
+    assert store.load("zmq/plant a/ch:1") is None and "zmq/plant a/ch:1" not in store.streams()
 
 
 def test_a_planted_checkpoint_cannot_run_code_on_a_host(tmp_path: Path) -> None:

@@ -55,8 +55,8 @@ def test_cluster_in_loopback_namespace() -> None:
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     print(r.stdout[-8000:], r.stderr[-4000:])
     assert r.returncode == 0, f"the cluster tests failed inside the namespace:\n{r.stdout[-8000:]}\n{r.stderr[-3000:]}"
-    # all three ran; without the real data the labels test skips, with the reason, inside too
-    want = "3 passed" if CWRU.is_dir() else "2 passed"
+    # all four ran; without the real data the labels test skips, with the reason, inside too
+    want = "4 passed" if CWRU.is_dir() else "3 passed"
     assert want in r.stdout, r.stdout[-2000:]
 
 
@@ -204,6 +204,43 @@ def test_multinode_labels_match_single_machine(cluster, tmp_path: Path) -> None:
     assert len(common) >= 0.9 * len(b) > 0
     differ = [(k, a[k], b[k]) for k in sorted(common) if a[k] != b[k]]
     assert not differ, f"{len(differ)} windows labelled differently, e.g. {differ[:5]}"
+
+
+@inside
+def test_stream_ids_replaced_at_the_gateways_give_their_places_to_the_new_ones(cluster, tmp_path: Path) -> None:
+    """--max-streams 2 on 3 hosts: 6 streams fill the cluster; the gateway then sends 6 new ids
+    instead (restarted under new names). Discovery retires the old ones once they have not been
+    heard for --reclaim-after, deletes their checkpoints and takes the new ids, which are
+    monitored; before, the new ids were refused for the rest of the run."""
+    from drsn_stream.cluster.deploy import start_cluster
+    from drsn_stream.cluster.ray_app import ClusterConfig
+    from drsn_stream.cluster.state import CheckpointStore
+
+    c, _ = cluster
+    port = _free_port()
+    old, new = [f"sim/m{i}" for i in range(6)], [f"sim/m{i}" for i in range(6, 12)]
+    cfg = ClusterConfig(gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ckpt"),
+                        jsonl=str(tmp_path / "cluster.jsonl"))
+    run = dataclasses_replace(_run_config(), stale_ms=600_000.0, max_streams=2, reclaim_after_s=2.0)
+    handle = start_cluster(run, cfg, address=c.address)
+    try:
+        pub = _publisher(port, ["sim:bearing?machines=6&seed=3"], 5.0)
+        assert pub.wait(timeout=120) == 0
+        before = handle.assignment()
+        pub = _publisher(port, ["sim:bearing?machines=6&first=6&seed=4"], 14.0)
+        assert pub.wait(timeout=120) == 0
+        after = handle.assignment()
+        _settle(tmp_path / "cluster.jsonl")
+    finally:
+        handle.stop()
+    assert sorted(before) == old, before
+    assert sorted(after) == sorted(new), after
+    assert not set(old) & set(CheckpointStore(tmp_path / "ckpt").streams())
+    objs = _read(tmp_path / "cluster.jsonl")
+    assert [o for o in objs if o.get("type") == "note" and "--reclaim-after" in o.get("message", "")]
+    scored = {o["stream"] for o in objs if o.get("type") == "prediction" and o["stream"] in new}
+    # a host given 3 of the 6 new ids takes 2 (its --max-streams): 4 of them at least
+    assert len(scored) >= 4, scored
 
 
 def dataclasses_replace(obj, **kw):

@@ -277,7 +277,14 @@ class Ingest:
         self._retire(best, source, quietest, new_id)
         return True
 
-    def _retire(self, sid: str, source: Any, quiet: float, new_id: str) -> None:
+    def forget(self, sid: str) -> tuple[str, ...]:
+        """Drop a frame stream's DSP, sensor health and its source's record of it (a cluster host
+        handing the stream over): frames of it later start it afresh. Returns its channels'
+        stream ids (``(sid,)`` for a plain stream)."""
+        with self.lock:
+            return self._drop(sid, None, retired=False)
+
+    def _drop(self, sid: str, source: Any, *, retired: bool) -> tuple[str, ...]:
         dsp = self.dsp.pop(sid, None)
         if type(dsp) is BankDSP and dsp.own is None:
             dsp.bank.release(dsp.row)
@@ -288,7 +295,11 @@ class Ingest:
         for src in {id(s): s for s in (owner, source) if s is not None}.values():
             forget = getattr(src, "forget_stream", None)
             if forget is not None:
-                forget(sid)
+                forget(sid, retired=retired)
+        return ids
+
+    def _retire(self, sid: str, source: Any, quiet: float, new_id: str) -> None:
+        ids = self._drop(sid, source, retired=True)
         self.retired += 1
         if self.on_retire is not None:
             gone = f"{sid} ({len(ids)} channels)" if len(ids) > 1 else sid

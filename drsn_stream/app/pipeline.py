@@ -527,22 +527,32 @@ class Pipeline:
                 self._error(f"output: {one_line(exc)}")
 
     def _on_retire(self, sid: str, ids: tuple[str, ...], line: str) -> None:
-        """A stream ingest retired to make room for a new one (``Ingest.make_room``): its raw
-        samples dropped here (the ingest thread pushes them), the rest by the output thread."""
+        """A stream ingest retired to make room for a new one (``Ingest.make_room``)."""
+        self._forget_channels(ids)
+        self._retire_notes.append((sid, line))
+
+    def forget_stream(self, stream: str) -> None:
+        """Drop everything the monitor holds of a frame stream (a cluster host handing it over):
+        its DSP, health, decisions and the rest; frames of it later start it afresh."""
+        self._forget_channels(self.ingest.forget(stream))
+
+    def _forget_channels(self, ids: tuple[str, ...]) -> None:
+        """The state of these (channel) streams beyond ingest: the raw samples here (the thread
+        that pushes them), the decisions now (a stream handed back restores them at once, which a
+        later drop would undo), the rest by the output thread, which updates it."""
         for ch in ids:
             if self.capture is not None:
                 self.capture.forget(ch)
             if self.envelope is not None:
                 self.envelope.forget(ch)
+            self.decisions.forget(ch)
         self._retired.extend(ids)
-        self._retire_notes.append((sid, line))
 
     def _forget_retired(self) -> None:
-        """Decisions, baseline and word detector of the retired streams (output thread: they are
-        updated there); the run's tally of their windows stays for the summary."""
+        """Latency rows, baseline and word detector of the retired streams (output thread: they
+        are updated there); the run's tally of their windows stays for the summary."""
         while self._retired:
             sid = self._retired.popleft()
-            self.decisions.forget(sid)
             self.stats.forget(sid)
             if self.baseline is not None:
                 self.baseline.forget(sid)

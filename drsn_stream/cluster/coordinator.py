@@ -27,6 +27,7 @@ from typing import Any
 
 from drsn_stream.cluster.ray_app import AGGREGATOR, NAMESPACE, ClusterConfig, host_actor_class, host_nodes
 from drsn_stream.cluster.ring import HashRing
+from drsn_stream.cluster.state import CheckpointStore
 
 PING_EVERY_S = 0.25
 START_TIMEOUT_S = 300.0  # a host actor not up by then (importing torch, loading the model) is given up
@@ -51,6 +52,10 @@ class Coordinator:
         self.pings: dict[str, Any] = {}
         self.owner: dict[str, str] = {}  # stream -> host
         self.streams: set[str] = set(cluster.streams)
+        # when each stream was last heard on the feed (monotonic; discovery windows): the ones
+        # silent --reclaim-after give their places to new ids once the hosts are full
+        self._heard: dict[str, float] = dict.fromkeys(self.streams, time.monotonic())
+        self.retired = 0
         self.failovers: list[dict[str, Any]] = []
         self.errors: list[str] = []  # the supervision loop's recent failures (it carries on)
         self.starting: dict[str, tuple[str, Any, Any, float]] = {}  # name -> (node, handle, ping, t0)
@@ -232,9 +237,11 @@ class Coordinator:
             room = max(0, self.config.max_streams * max(1, len(self.hosts)) - len(known))
         try:
             connect_socket(sock, tcp_address(self.cluster.gateway, bind=False))
-            new, refused = listen_for_streams(sock, self.cluster.discover_window_s, known, room)
+            new, refused = listen_for_streams(sock, self.cluster.discover_window_s, known, room, self._heard)
         finally:
             sock.close(0)
+        if refused and self._reclaim(refused):
+            refused = 0  # places made: the next window takes the new ids
         if refused:
             # one note on the dashboard and in the results, however often it happens
             self._agg.note.remote(f"new stream ids are not monitored: the hosts hold "
@@ -245,10 +252,47 @@ class Coordinator:
         if new:
             self._rebalance()
 
+    def _reclaim(self, wanted: int) -> bool:
+        """Up to ``wanted`` streams not heard for --reclaim-after seconds or more (the stalest
+        first) retired: released by their hosts, their checkpoints deleted, their places free
+        for new ids. False when none was silent that long."""
+        after = float(getattr(self.config, "reclaim_after_s", 0.0))
+        if after <= 0:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            stale = sorted((t, sid) for sid, t in self._heard.items() if sid in self.streams and now - t >= after)
+            victims = [sid for _, sid in stale[:wanted]]
+            if not victims:
+                return False
+            self.streams.difference_update(victims)
+            by_host: dict[str, list[str]] = {}
+            for sid in victims:
+                self._heard.pop(sid, None)
+                host = self.owner.pop(sid, None)
+                if host is not None and host in self.hosts:
+                    by_host.setdefault(host, []).append(sid)
+            calls = [self.hosts[h].release.remote(ss) for h, ss in by_host.items()]
+            self.retired += len(victims)
+        for ref in calls:
+            try:
+                self.ray.get(ref, timeout=60)
+            except Exception:  # noqa: BLE001 - a host that died meanwhile: nothing of these streams is left there
+                pass
+        store = CheckpointStore(self.cluster.checkpoint_dir)
+        for sid in victims:
+            store.delete(sid)  # after the release's own save: a retired stream leaves nothing behind
+        self._agg.note.remote(f"stream ids not heard for {after:g} s or more give their places to new ones once the "
+                              f"hosts hold --max-streams {self.config.max_streams} each (--reclaim-after)")
+        return True
+
     # -------------------------------------------------------------- calls
     def add_streams(self, streams: list[str]) -> None:
         with self._lock:
             self.streams |= set(streams)
+            now = time.monotonic()
+            for sid in streams:
+                self._heard.setdefault(sid, now)
         self._rebalance()
 
     def assignment(self) -> dict[str, str]:
@@ -300,12 +344,14 @@ class Coordinator:
 __all__ = ["Coordinator", "PING_EVERY_S", "START_TIMEOUT_S"]
 
 
-def listen_for_streams(sock: Any, window_s: float, known: set[str], room: int) -> tuple[set[str], int]:
+def listen_for_streams(sock: Any, window_s: float, known: set[str], room: int,
+                       heard: dict[str, float] | None = None) -> tuple[set[str], int]:
     """The stream ids first heard on ``sock`` (a SUB socket on the gateways) within ``window_s``
     seconds, beyond ``known``: at most ``room`` of them, in the order heard, and how many more
     new ids were heard and left out. A peer on the feed that sends endless new ids (each message
     valid) would otherwise grow every host's subscriptions and the coordinator's memory for ever.
-    Messages that are not the wire format are skipped."""
+    Messages that are not the wire format are skipped. ``heard`` (optional): set to the
+    monotonic time each id of ``known`` or taken was last heard."""
     import zmq
 
     from drsn_stream.sources.wire import WireError, decode
@@ -320,10 +366,14 @@ def listen_for_streams(sock: Any, window_s: float, known: set[str], room: int) -
             sid = decode(sock.recv_multipart(zmq.NOBLOCK)).stream_id
         except (WireError, zmq.Again):
             continue
+        if heard is not None and (sid in known or sid in new):
+            heard[sid] = time.monotonic()
         if sid in known or sid in new:
             continue
         if len(new) < room:
             new[sid] = None
+            if heard is not None:
+                heard[sid] = time.monotonic()
         elif len(left) < 1 << 16:  # counted up to a bound: a flood cannot grow this set either
             left.add(sid)
     return set(new), len(left)

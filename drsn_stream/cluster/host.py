@@ -253,8 +253,10 @@ class HostWorker:
                     continue
                 self._checkpoint(sid)
                 self._draining.discard(sid)
-                self.pipe.decisions.forget(sid)
-                self.pipe.health.forget(sid)
+                # all of it, its DSP and the source's record too: a stream handed back later
+                # starts afresh from its checkpoint, not on samples from before it left, and its
+                # place under --max-streams is free for the streams this host gets meanwhile
+                self.pipe.forget_stream(sid)
                 self._counters.pop(sid, None)
                 self._recent.pop(sid, None)
                 self._resumed.pop(sid, None)

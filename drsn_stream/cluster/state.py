@@ -100,6 +100,13 @@ class CheckpointStore:
             return None
         return obj if isinstance(obj, StreamCheckpoint) else None
 
+    def delete(self, stream: str) -> None:
+        """Drop the stream's checkpoint (the stream was retired for good); none there is fine."""
+        try:
+            self._path(stream).unlink()
+        except FileNotFoundError:
+            pass
+
     def streams(self) -> list[str]:
         return sorted(unquote(p.name[: -len(_SUFFIX)]) for p in self.root.glob("*" + _SUFFIX))
 

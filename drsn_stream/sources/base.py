@@ -328,13 +328,15 @@ class Source:
         self._streams.append(stream)
         return True
 
-    def forget_stream(self, stream: str) -> None:
-        """Drop a stream id (retired by the monitor after a long silence): its place is free, and
-        a frame of it later is a new stream's."""
+    def forget_stream(self, stream: str, *, retired: bool = True) -> None:
+        """Drop a stream id: its place is free, and a frame of it later is a new stream's.
+        ``retired``: the monitor gave its place to a new id after a long silence (counted in
+        ``stats.retired``); else it was handed over (a cluster host releasing it)."""
         if stream in self._stream_set:
             self._stream_set.discard(stream)
             self._streams.remove(stream)
-            self.stats.retire(stream)
+            if retired:
+                self.stats.retire(stream)
 
     def open(self) -> Source:
         if not self._opened:

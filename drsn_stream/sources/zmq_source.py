@@ -435,8 +435,8 @@ class _ZmqSource(Source):
         return (f"the peer closed the connection in the ZeroMQ handshake: it is not a {want} socket ({hint}), "
                 f"or not a ZeroMQ program (a web or metrics port){again}")
 
-    def forget_stream(self, stream: str) -> None:
-        super().forget_stream(stream)
+    def forget_stream(self, stream: str, *, retired: bool = True) -> None:
+        super().forget_stream(stream, retired=retired)
         self._last_seq.pop(stream, None)  # its sequence starts afresh if it comes back
         self._missing.pop(stream, None)
 
