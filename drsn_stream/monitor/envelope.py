@@ -162,8 +162,9 @@ class EnvelopeStage:
             self._bufs[w.stream_id] = (chunks, count, w.index + 1)
 
     def forget(self, stream: str) -> None:
-        """Drop a stream's samples and results (the monitor retired it); called on the thread that
-        pushes, as ``push`` is."""
+        """Drop a stream's samples and results (the monitor retired it or handed it over). From
+        any thread: each step is one dict operation; a push of the same stream meanwhile (there
+        is none once it has been silent or drained) would only start its buffer again."""
         self._bufs.pop(stream, None)
         with self._lock:
             self._streams.pop(stream, None)
