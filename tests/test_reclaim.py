@@ -1,6 +1,8 @@
 """Stream ids that stop for good (a gateway restarted under new names, a sensor replaced) give
 their places to new ones once ``--max-streams`` are taken, instead of holding them for the rest of
-the run while every new sensor is refused: a live monitor on a real ZeroMQ socket on loopback."""
+the run while every new sensor is refused; channels a stream's new layout leaves out (renamed, fewer)
+are no longer monitored instead of showing "no data" for good: a live monitor on a real ZeroMQ
+socket on loopback."""
 
 from __future__ import annotations
 
@@ -239,3 +241,59 @@ def test_a_forgotten_streams_health_state_is_freed() -> None:
         health.forget(sid)
     gc.collect()
     assert not [r for r in refs if r() is not None]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("procs", [1, 2])
+def test_channels_a_new_layout_leaves_out_are_no_longer_monitored(tmp_path: Path, free_tcp_port: int,
+                                                                   procs: int) -> None:
+    """A gateway module renames its channels (x, y -> axial, radial), another goes from 4 channels
+    to 2: the channels left out leave the health and the decisions (once their last windows are
+    through), said in one note each; before, they showed "no data" for the rest of the run. The
+    same through 2 ingest processes."""
+    spec = (f"zmq+pull+bind://127.0.0.1:{free_tcp_port}" if procs == 1
+            else f"zmq://127.0.0.1:{free_tcp_port}")
+    config = RunConfig(sources=(spec,), engine_process=False, threads=1, stale_ms=1000.0, ingest_procs=procs,
+                       health={"timeout_s": 1.0})
+    pipe = Pipeline(config)
+    from drsn_stream.app.shards import ShardedSource
+
+    assert isinstance(pipe.sources[0], ShardedSource) == (procs == 2)
+    said: list[tuple[str, str]] = []
+    emit = pipe._emit_events
+    pipe._emit_events = lambda events: (said.extend((e.stream_id, e.data.get("message", "")) for e in events
+                                                    if e.type == "note"), emit(events))[-1]
+    pipe.start()
+    waiter = threading.Thread(target=pipe.wait, daemon=True)
+    waiter.start()
+    push = zmq.Context.instance().socket(zmq.PUSH if procs == 1 else zmq.PUB)
+    if procs == 1:
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+    else:
+        push.bind(f"tcp://127.0.0.1:{free_tcp_port}")
+        time.sleep(1.5)  # the ingest processes connect and subscribe
+    rng = np.random.default_rng(0)
+    try:
+        t0, i = time.time(), 0
+        while time.time() - t0 < 6.0:
+            late = time.time() - t0 >= 2.0
+            x = (0.1 * rng.standard_normal((N, 4))).astype(np.float32)
+            push.send_multipart(encode("gw/a", i, time.time() - N / RATE, RATE, x[:, :2],
+                                       names=("axial", "radial") if late else ("x", "y")))
+            push.send_multipart(encode("gw/b", i, time.time() - N / RATE, RATE, x[:, :2] if late else x))
+            i += 1
+            time.sleep(max(0.0, t0 + 0.05 * i - time.time()))
+        health, decisions = set(pipe.health.streams), set(pipe.decisions.streams)
+        scored = dict(pipe.label_counts)
+    finally:
+        push.close(0)
+        pipe.quit.set()
+        waiter.join(timeout=10)
+        pipe.stop()
+    now = {"gw/a/axial", "gw/a/radial", "gw/b/ch0", "gw/b/ch1"}
+    assert health == now, health
+    assert decisions == now, decisions
+    assert all(scored.get(sid) for sid in now), scored
+    lines = [line for _, line in said if "no longer monitored" in line]
+    assert any("(x, y -> axial, radial): gw/a/x, gw/a/y" in line for line in lines), said
+    assert any("gw/b/ch2, gw/b/ch3 no longer" in line for line in lines), said

@@ -76,15 +76,22 @@ class Ingest:
         on_retire: takes ``(frame stream id, its channels' stream ids, one line)`` for each stream
             retired so, after its DSP, sensor health and its source's record of it are dropped
             (the rest of the monitor's state of it is the caller's to drop).
+        on_layout: takes ``(frame stream id, channel stream ids gone, one line)`` when a stream's
+            frames change their channels (names, count, one channel to several): the channels
+            gone are no longer monitored; their sensor health is dropped here after the poll, the
+            rest is the caller's to drop.
     """
 
     def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, *,
                  on_events: Callable[[list[Event]], None], on_error: Callable[[str], None],
                  capture: Any = None, lock: Any = None, phases: int = 1,
                  source_names: dict[int, str] | None = None, reclaim_after_s: float = 0.0,
-                 on_retire: Callable[[str, tuple[str, ...], str], None] | None = None) -> None:
+                 on_retire: Callable[[str, tuple[str, ...], str], None] | None = None,
+                 on_layout: Callable[[str, tuple[str, ...], str], None] | None = None) -> None:
         self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
-        self.reclaim_after_s, self.on_retire = float(reclaim_after_s), on_retire
+        self.reclaim_after_s, self.on_retire, self.on_layout = float(reclaim_after_s), on_retire, on_layout
+        # (frame stream id, its channels before, after) of layout changes in this poll: dropped after it
+        self._relayout: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
         self._no_room_until = 0.0  # monotonic: a scan found no stream silent long enough; not again before
         self.retired = 0
         self.source_names = dict(source_names or {})  # id(source): how a line names it
@@ -147,7 +154,27 @@ class Ingest:
                 kept.append((frame, dsp))
         for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
             self._round(this, source, windows)
+        if self._relayout:
+            self._drop_old_channels()
         return windows
+
+    def _drop_old_channels(self) -> None:
+        """The channels a layout change left behind (after the poll: its frames of the old layout
+        have been judged): their health dropped, the caller told, said in one line. Before, they
+        stayed for good, shown as "no data" and never clearing."""
+        with self.lock:
+            changes, self._relayout = self._relayout, []
+            now = {sid: getattr(self.dsp.get(sid), "ids", None) or (sid,) for sid, _, _ in changes}
+        for sid, old, new in changes:
+            gone = tuple(ch for ch in old if ch not in now[sid])
+            if not gone:
+                continue
+            for ch in gone:
+                self.health.forget(ch)
+            if self.on_layout is not None:
+                shown = ", ".join(gone[:4]) + (f" and {len(gone) - 4} more" if len(gone) > 4 else "")
+                self.on_layout(sid, gone, f"stream {sid} changed its channels ({_layout(sid, old)} -> "
+                                          f"{_layout(sid, new)}): {shown} no longer monitored")
 
     def nonfinite(self) -> dict[str, int]:
         """Non-finite samples replaced so far, by (channel) stream."""
@@ -324,6 +351,9 @@ class Ingest:
         except UnsupportedRate as exc:  # the stream is not kept
             self._error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
             return None
+        if dsp is not None:  # a new layout: the channels it leaves out go after this poll (_drop_old_channels)
+            self._relayout.append((frame.stream_id, getattr(dsp, "ids", None) or (frame.stream_id,),
+                                   ids or (frame.stream_id,)))
         if isinstance(dsp, BankDSP) and dsp.own is None:
             dsp.leave()  # its row back to the bank; frames of this poll before the new layout still go through it
         start = window_start(frame.stream_id, self.hop or self.meta.hop, self.phases)
@@ -341,6 +371,16 @@ def unhealthy(w: Window) -> Window:
     """``w`` from a sensor that failed its health check: a new Window, so that the DSP's windows
     are never written after it made them (and only windows of a failing sensor cost an object)."""
     return Window(w.stream_id, w.index, w.t_last, w.data, w.t_ready, w.level, w.normalized, False)
+
+
+def _layout(sid: str, ids: tuple[str, ...]) -> str:
+    """A channel layout in a line: its channels' names ("x, y, z"; "one channel" for the stream's
+    own id), or their count where there are more than 4."""
+    if ids == (sid,):
+        return "one channel"
+    if len(ids) > 4:
+        return f"{len(ids)} channels"
+    return ", ".join(ch[len(sid) + 1 :] if ch.startswith(sid + "/") else ch for ch in ids)
 
 
 def _duration(seconds: float) -> str:

@@ -215,8 +215,12 @@ class Pipeline:
                              phases=config.phases,
                              source_names={id(src): f"source {i} ({spec})"
                                            for i, (src, spec) in enumerate(zip(self.sources, config.sources), 1)},
-                             reclaim_after_s=config.reclaim_after_s, on_retire=self._on_retire)
+                             reclaim_after_s=config.reclaim_after_s, on_retire=self._on_retire,
+                             on_layout=self._on_layout)
         self._retired: deque[str] = deque()  # channel stream ids retired by ingest, forgotten by the output thread
+        # (monotonic time, channel ids) a layout change left behind: forgotten by the output thread
+        # once no window of theirs can still come (--stale-ms)
+        self._left: deque[tuple[float, tuple[str, ...]]] = deque()
         self._retire_notes: deque[tuple[str, str]] = deque()
         for src in self.sources:
             if not isinstance(src, ShardedSource):  # (an ingest process keeps its own table and says what it retires)
@@ -279,7 +283,7 @@ class Pipeline:
             if isinstance(src, ShardedSource):
                 src.max_streams = self.config.max_streams
                 src.on_windows, src.on_events, src.on_error = self._windows_in, self._emit_events, self._error
-                src.on_retire = self._on_retire
+                src.on_retire, src.on_layout = self._on_retire, self._on_layout
 
     def _ingest_pids(self) -> list[int]:
         return [pid for s in self.sources if isinstance(s, ShardedSource) for pid in s.pids]
@@ -531,6 +535,18 @@ class Pipeline:
         self._forget_channels(ids)
         self._retire_notes.append((sid, line))
 
+    def _on_layout(self, sid: str, gone: tuple[str, ...], line: str) -> None:
+        """Channels a stream's new layout left out (``Ingest.on_layout``): their raw samples
+        dropped now, the rest once their last windows are through (a window of theirs formed
+        before the change would otherwise bring their decisions back)."""
+        for ch in gone:
+            if self.capture is not None:
+                self.capture.forget(ch)
+            if self.envelope is not None:
+                self.envelope.forget(ch)
+        self._left.append((time.monotonic() + self.config.stale_ms / 1000 + 1.0, gone))
+        self._retire_notes.append((sid, line))
+
     def forget_stream(self, stream: str) -> None:
         """Drop everything the monitor holds of a frame stream (a cluster host handing it over):
         its DSP, health, decisions and the rest; frames of it later start it afresh."""
@@ -551,6 +567,10 @@ class Pipeline:
     def _forget_retired(self) -> None:
         """Latency rows, baseline and word detector of the retired streams (output thread: they
         are updated there); the run's tally of their windows stays for the summary."""
+        while self._left and self._left[0][0] <= time.monotonic():
+            for ch in self._left.popleft()[1]:
+                self.decisions.forget(ch)
+                self._retired.append(ch)
         while self._retired:
             sid = self._retired.popleft()
             self.stats.forget(sid)
@@ -560,7 +580,7 @@ class Pipeline:
                 self.detector.reset(sid)
 
     def _handle(self, preds: list[Prediction]) -> None:
-        if self._retired:
+        if self._retired or self._left:
             self._forget_retired()
         if self.envelope is not None and self.engine.latency_from_ready:
             self.envelope.settle(2.0)  # a replay outruns the envelope stage; live, never wait

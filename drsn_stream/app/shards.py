@@ -172,9 +172,11 @@ class _Stage:
         self.streams: dict[str, None] = {}  # frame stream ids seen, in order (Source.streams copies its list)
         self.gone: set[str] = set()  # of those, the ones retired (Ingest.make_room) and not back since
         self.retired: list[list[Any]] = []  # [frame stream id, channel ids, line] not yet told the parent
+        self.relayouts: list[list[Any]] = []  # [frame stream id, channel ids gone, line] not yet told
         self.out = out
         self.ingest = Ingest(meta, hop, health, max_streams, on_events=out.events, on_error=self._error,
-                             phases=phases, reclaim_after_s=reclaim_after_s, on_retire=self._retire)
+                             phases=phases, reclaim_after_s=reclaim_after_s, on_retire=self._retire,
+                             on_layout=lambda sid, gone, line: self.relayouts.append([sid, list(gone), line]))
 
     def _error(self, line: str) -> None:
         self.errors[line] += 1
@@ -374,10 +376,14 @@ def _worker(cfg: dict[str, Any]) -> int:
         state["ended"], state["streams"] = len(source.stats.ended), len(stage.streams)
 
     def retired() -> None:
-        """Streams retired to make room for new ones: the parent drops its state of them, says the note."""
+        """Streams retired to make room for new ones, channels a new layout left out: the parent
+        drops its state of them, says the notes."""
         if stage.retired:
             out.send({"r": stage.retired})
             stage.retired = []
+        if stage.relayouts:
+            out.send({"lg": stage.relayouts})
+            stage.relayouts = []
 
     def news(ended: int, streams: int) -> None:
         """New streams and ends of streams, in a short line (the full report is O(streams))."""
@@ -406,7 +412,7 @@ def _worker(cfg: dict[str, Any]) -> int:
         elif ((ended, streams) != (state["ended"], state["streams"]) or foreign["new"]) and (
                 idle or now >= state["next_news"]):
             news(ended, streams)
-        if stage.retired:
+        if stage.retired or stage.relayouts:
             out.flush()  # the windows before first
             retired()
         if source.notes:  # a refused message's reason, a failed handshake: said by the parent, once
@@ -640,6 +646,8 @@ class ShardedSource(Source):
         self.on_error: Callable[[str], None] = lambda line: None
         # a stream an ingest process retired to make room for a new one (Ingest.on_retire's arguments)
         self.on_retire: Callable[[str, tuple[str, ...], str], None] = lambda sid, ids, line: None
+        # channels of a stream a new layout left out (Ingest.on_layout's arguments)
+        self.on_layout: Callable[[str, tuple[str, ...], str], None] = lambda sid, gone, line: None
 
     @property
     def realtime(self) -> bool:
@@ -811,6 +819,11 @@ class ShardedSource(Source):
                 for ch in ids:
                     self.mirror.forget(ch)
                 self.on_retire(sid, tuple(ids), line)
+        if "lg" in msg:
+            for sid, gone, line in msg["lg"]:
+                for ch in gone:
+                    self.mirror.forget(ch)
+                self.on_layout(sid, tuple(gone), line)
         if "n" in msg:
             c.streams.update(dict.fromkeys(msg["n"]))
             self._add_streams(msg["n"])
