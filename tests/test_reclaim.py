@@ -297,3 +297,73 @@ def test_channels_a_new_layout_leaves_out_are_no_longer_monitored(tmp_path: Path
     lines = [line for _, line in said if "no longer monitored" in line]
     assert any("(x, y -> axial, radial): gw/a/x, gw/a/y" in line for line in lines), said
     assert any("gw/b/ch2, gw/b/ch3 no longer" in line for line in lines), said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("procs", [1, 2])
+def test_a_stream_that_announced_its_end_is_no_sensor_fault(tmp_path: Path, free_tcp_port: int, procs: int) -> None:
+    """A publisher ends two of its streams with end of stream (one of 2 channels) while a third
+    goes on: their silence is no "no data" (before: CHECK_SENSOR for the rest of the run). One of
+    them then sends again and stops without a word: that silence is "no data" again."""
+    from drsn_stream.sources.wire import encode_eos
+
+    spec = (f"zmq+pull+bind://127.0.0.1:{free_tcp_port}" if procs == 1 else f"zmq://127.0.0.1:{free_tcp_port}")
+    config = RunConfig(sources=(spec,), engine_process=False, threads=1, stale_ms=60_000.0, ingest_procs=procs,
+                       health={"timeout_s": 0.5})
+    pipe = Pipeline(config)
+    pipe.start()
+    waiter = threading.Thread(target=pipe.wait, daemon=True)
+    waiter.start()
+    push = zmq.Context.instance().socket(zmq.PUSH if procs == 1 else zmq.PUB)
+    if procs == 1:
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+    else:
+        push.bind(f"tcp://127.0.0.1:{free_tcp_port}")
+        time.sleep(1.5)  # the ingest processes connect and subscribe
+    rng = np.random.default_rng(0)
+
+    def states() -> dict[str, tuple[str, tuple[str, ...]]]:
+        return {sid: (h.state, h.reasons) for sid, h in pipe.health.states().items()}
+
+    try:
+        t0, i, ended, seen = time.time(), 0, False, {}
+        while time.time() - t0 < 6.0:
+            now = time.time() - t0
+            x = (0.1 * rng.standard_normal((N, 2))).astype(np.float32)
+            push.send_multipart(encode("live", i, time.time() - N / RATE, RATE, x[:, 0]))
+            if now < 1.5 or 4.0 <= now < 4.5:
+                push.send_multipart(encode("ends", i, time.time() - N / RATE, RATE, x[:, 1]))
+            if now < 1.5:
+                push.send_multipart(encode("ends2", i, time.time() - N / RATE, RATE, x))
+            elif not ended:
+                push.send_multipart(encode_eos("ends"))
+                push.send_multipart(encode_eos("ends2"))
+                ended = True
+            if 3.5 <= now and "after the end" not in seen:
+                seen["after the end"] = states()
+            i += 1
+            time.sleep(max(0.0, t0 + 0.05 * i - time.time()))
+        after_silence = states()
+    finally:
+        push.close(0)
+        pipe.quit.set()
+        waiter.join(timeout=10)
+        pipe.stop()
+    quiet = seen["after the end"]  # 2 s after the ends, 4 timeouts of silence
+    assert {sid: quiet[sid] for sid in ("live", "ends", "ends2/ch0", "ends2/ch1")} == dict.fromkeys(
+        ("live", "ends", "ends2/ch0", "ends2/ch1"), ("OK", ())), quiet
+    assert after_silence["ends"] == ("CHECK_SENSOR", ("no data",)), after_silence  # sent again, then silent
+    assert after_silence["ends2/ch0"] == ("OK", ()) and after_silence["live"] == ("OK", ()), after_silence
+
+
+def test_an_end_of_stream_clears_a_no_data_already_shown() -> None:
+    from drsn_stream.monitor.health import HealthMonitor
+    from drsn_stream.types import Frame
+
+    health = HealthMonitor()
+    health.push(Frame("s", 0, 0.0, RATE, np.linspace(-1, 1, 600, dtype=np.float32)), now=0.0)
+    events = health.tick(now=10.0)
+    assert [e.data["to"] for e in events] == ["CHECK_SENSOR"]
+    events = health.end(["s", "unknown"], now=11.0)
+    assert [(e.data["from"], e.data["to"]) for e in events] == [("CHECK_SENSOR", "OK")]
+    assert health.tick(now=100.0) == [] and health.state("s").ok

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from drsn_stream.dsp import FrameDSP, StreamDSP, bank_jit
@@ -303,6 +303,11 @@ class Ingest:
             return False
         self._retire(best, source, quietest, new_id)
         return True
+
+    def channels(self, streams: Iterable[str]) -> list[str]:
+        """The channel stream ids of these frame stream ids (a plain stream's is its own)."""
+        with self.lock:
+            return [ch for sid in streams for ch in (getattr(self.dsp.get(sid), "ids", None) or (sid,))]
 
     def forget(self, sid: str) -> tuple[str, ...]:
         """Drop a frame stream's DSP, sensor health and its source's record of it (a cluster host

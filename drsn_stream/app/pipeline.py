@@ -225,6 +225,7 @@ class Pipeline:
         for src in self.sources:
             if not isinstance(src, ShardedSource):  # (an ingest process keeps its own table and says what it retires)
                 src.make_room = partial(self.ingest.make_room, src)
+                src.on_end = self._on_end
         self._out: queue.Queue[list[Prediction] | None] = queue.Queue(maxsize=4096)
         self.dropped_output = 0
         self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
@@ -534,6 +535,12 @@ class Pipeline:
         """A stream ingest retired to make room for a new one (``Ingest.make_room``)."""
         self._forget_channels(ids)
         self._retire_notes.append((sid, line))
+
+    def _on_end(self, streams: list[str]) -> None:
+        """Streams that announced their end (a source's ``on_end``): no "no data" for them."""
+        events = self.health.end(self.ingest.channels(streams))
+        if events:
+            self._emit_events(events)
 
     def _on_layout(self, sid: str, gone: tuple[str, ...], line: str) -> None:
         """Channels a stream's new layout left out (``Ingest.on_layout``): their raw samples

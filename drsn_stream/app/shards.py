@@ -203,6 +203,13 @@ class _Stage:
         return self.ingest.nonfinite()
 
 
+def _ended(out: _Out, health: HealthMonitor, stage: _Stage, streams: list[str]) -> None:
+    """Streams that announced their end (the source's ``on_end``): no "no data" for them."""
+    events = health.end(stage.ingest.channels(streams))
+    if events:
+        out.events(events)
+
+
 class _Out:
     """The child's side of the ring and the pipe: windows into free slots, lines to the parent;
     from stdin, slot releases (``SLOT\\n``) and topics to subscribe to (``s HEX\\n``); the end of
@@ -342,6 +349,7 @@ def _worker(cfg: dict[str, Any]) -> int:
         stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]), out,
                        int(cfg.get("phases", 1)), float(cfg.get("reclaim_after_s", 0.0)))
         source.make_room = partial(stage.ingest.make_room, source)
+        source.on_end = partial(_ended, out, health, stage)
         source.open()
     except Exception as exc:  # noqa: BLE001 - said by the parent in one line
         out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})

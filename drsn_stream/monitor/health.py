@@ -360,6 +360,7 @@ class HealthMonitor:
         self._sick: set[str] = set()
         self._listed: set[str] = set()
         self._steps = WallSteps()  # arrival stamps move with a step of the wall clock (tick)
+        self._ended: set[str] = set()  # streams that announced their end: no "no data" until they send again
 
     def watch(self, stream_ids: Iterable[str], *, now: float | None = None) -> None:
         """Expect these streams from ``now`` on, so that one that never sends is "no data"."""
@@ -402,11 +403,43 @@ class HealthMonitor:
         now = time.time() if now is None else now
         events: list[Event] = []
         with self._lock:
+            if self._ended:
+                self._resume(frames, split)
             rest = list(frames)
             if len({f.stream_id for f in rest}) == len(rest):  # the common case: one round
                 return self._push_frames(rest, split, now, finite)
             for this in rounds_by_stream(rest, lambda frame: frame.stream_id):
                 events += self._push_frames(this, split, now)
+        return events
+
+    def _resume(self, frames: Sequence[Frame], split: bool) -> None:
+        """Streams of ``frames`` that had announced their end send again: watched for silence again."""
+        for f in frames:
+            if split and not _plain(f):
+                self._ended.difference_update(channel_ids(f.stream_id, f.samples.shape[1], f.names))
+            else:
+                self._ended.discard(f.stream_id)
+
+    def end(self, streams: Iterable[str], *, now: float | None = None) -> list[Event]:
+        """These streams announced their end (the wire format's end of stream): their silence from
+        now on is no sensor fault, so no "no data" (one already shown is cleared) until they send
+        again. Returns the health events."""
+        now = time.time() if now is None else now
+        events: list[Event] = []
+        with self._lock:
+            for sid in streams:
+                st = self._streams.get(sid)
+                if st is None:
+                    continue
+                self._ended.add(sid)
+                # a stream that starts again after its end starts a new sequence: no gap from the old one
+                st.last_seq = None
+                if st.slot >= 0:
+                    self._bank.has_seq[st.slot] = False
+                if st.active.pop(NO_DATA, None) is not None:
+                    events += self._settle(sid, st, now)
+                    if st.slot >= 0:
+                        self._bank.busy[st.slot] = _busy(st)
         return events
 
     def _push_frames(self, frames: list[Frame], split: bool, now: float,
@@ -816,7 +849,10 @@ class HealthMonitor:
                 for st in self._streams.values():
                     if st.slot < 0 and st.last_seen is not None and before_step(st.last_seen, *step):
                         st.last_seen += step[0]
+            ended = self._ended
             for sid, st in self._streams.items():
+                if sid in ended:
+                    continue
                 last_seen = st.last_seen if st.slot < 0 else _seen(seen[st.slot])
                 if last_seen is not None and now - last_seen > self.config.timeout_s:
                     # Infinite until data returns; the clean-signal countdown starts then.
@@ -884,6 +920,7 @@ class HealthMonitor:
             self._slot_of.pop(stream, None)
             self._sick.discard(stream)
             self._listed.discard(stream)
+            self._ended.discard(stream)
             self._version += 1
             # every group is stale now (the version) and made again when its frames come; a
             # forgotten stream's group would otherwise keep its state alive for good

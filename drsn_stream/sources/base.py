@@ -253,6 +253,9 @@ class Source:
     ``make_room`` (optional, set by the consumer): called with a new stream id when
     ``max_streams`` are taken; True when it retired a stream of this source (``forget_stream``)
     to make room, so the new id is taken rather than refused.
+    ``on_end`` (optional, set by the consumer): called on the iterating thread with the stream ids
+    that announced their end (the wire format's end of stream), after the batch with their last
+    frames has been handed over (the monitor's sensor health then raises no "no data" for them).
 
     An unexpected exception inside ``_frames`` never ends iteration silently: a ``restartable``
     source (a socket that simply reads on) counts it in ``stats.crashes`` and starts ``_frames``
@@ -272,6 +275,7 @@ class Source:
         self._stream_set: set[str] = set()
         self.max_streams = DEFAULT_MAX_STREAMS
         self.make_room: Callable[[str], bool] | None = None
+        self.on_end: Callable[[list[str]], None] | None = None
         self._closed = threading.Event()
         self._opened = False
         self._iter_thread: threading.Thread | None = None

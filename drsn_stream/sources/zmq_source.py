@@ -522,6 +522,7 @@ class _ZmqSource(Source):
             heads: list[Head] = []  # known messages' (template, seq, t), their frames made at the end
             payloads: list[Any] = []
             others: list[tuple[int, Frame]] = []  # frames decoded in full, after how many of heads
+            ends: list[str] = []  # streams that announced their end in this poll (on_end, after the batch)
             ended = False
             start = time.monotonic()
             gather_until, poll_until = start + GATHER_MS / 1000, start + MAX_POLL_MS / 1000
@@ -563,6 +564,9 @@ class _ZmqSource(Source):
                         if not self._known(msg.stream_id):
                             continue
                         self.stats.end(msg.stream_id)
+                        ends.append(msg.stream_id)
+                        self._last_seq.pop(msg.stream_id, None)  # after its end a stream starts a new sequence
+                        self._missing.pop(msg.stream_id, None)
                         if until_eos and set(self.stats.snapshot()["ended"]) >= set(self._streams):
                             ended = True
                             break
@@ -593,6 +597,8 @@ class _ZmqSource(Source):
                 batch.insert(before + j, frame)
             if batch:
                 yield batch
+            if ends and self.on_end is not None:
+                self.on_end(ends)
             if ended:
                 return
 
