@@ -367,3 +367,25 @@ def test_an_end_of_stream_clears_a_no_data_already_shown() -> None:
     events = health.end(["s", "unknown"], now=11.0)
     assert [(e.data["from"], e.data["to"]) for e in events] == [("CHECK_SENSOR", "OK")]
     assert health.tick(now=100.0) == [] and health.state("s").ok
+
+
+@pytest.mark.slow
+def test_a_source_that_came_to_its_end_leaves_no_sensor_fault_behind() -> None:
+    """Two simulators, one of 1.5 s: once it has ended, its stream shows no "no data" while the
+    other goes on (before: CHECK_SENSOR for the rest of the run)."""
+    config = RunConfig(sources=("sim:bearing?machines=1&duration=1.5", "sim:bearing?machines=1&first=1"),
+                       engine_process=False, threads=1, health={"timeout_s": 0.5})
+    pipe = Pipeline(config)
+    pipe.start()
+    waiter = threading.Thread(target=pipe.wait, daemon=True)
+    try:
+        waiter.start()
+        time.sleep(4.0)
+        states = {sid: (h.state, h.reasons) for sid, h in pipe.health.states().items()}
+        ended = id(pipe.sources[0]) in pipe._ended_sources
+    finally:
+        pipe.quit.set()
+        waiter.join(timeout=10)
+        pipe.stop()
+    assert ended
+    assert states == {"sim/m0": ("OK", ()), "sim/m1": ("OK", ())}, states

@@ -493,6 +493,10 @@ class Pipeline:
                         self._ingest_frames(part, source)
                     if self.quit.is_set():
                         break
+            if not self.quit.is_set() and not isinstance(source, ShardedSource):
+                # a replay or simulation that came to its end: its streams' silence is no sensor
+                # fault (the other sources go on; before, "no data" for the rest of the run)
+                self._on_end(source.streams)
         except Exception as exc:  # noqa: BLE001 - one broken source must not take the monitor down
             line = str(exc) if isinstance(exc, DrsnStreamError) else f"source {type(source).__name__} failed: {exc!r}"
             self.failed_sources.append(line)
