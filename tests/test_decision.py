@@ -152,6 +152,14 @@ def test_latching_holds_until_acknowledged():
     assert engine.state("m0").level == Level.NORMAL and not engine.state("m0").latched
 
 
+def test_the_streams_holding_an_alarm_not_yet_acknowledged_are_named_in_one_call():
+    engine = DecisionEngine(BEARING, raw(set_windows=1, clear_windows=2, latching=True))
+    feed(engine, [("ball_007", 0.9)])
+    assert engine.unacknowledged(["m0", "unknown"]) == {"m0"}
+    engine.acknowledge("m0")
+    assert engine.unacknowledged(["m0"]) == set()
+
+
 def test_acknowledged_active_alarm_clears_by_itself_and_new_danger_latches_again():
     engine = DecisionEngine(
         BEARING, raw(set_windows=1, clear_windows=1, latching=True, danger_labels=("*_021",))

@@ -389,3 +389,39 @@ def test_a_source_that_came_to_its_end_leaves_no_sensor_fault_behind() -> None:
         pipe.stop()
     assert ended
     assert states == {"sim/m0": ("OK", ()), "sim/m1": ("OK", ())}, states
+
+
+def test_a_stream_holding_an_alarm_not_yet_acknowledged_keeps_its_place() -> None:
+    """Retiring a silent stream whose alarm nobody has acknowledged would make the alarm vanish
+    unseen: such a stream keeps its place (the new id is refused, and a line says what to do), the
+    next silent one gives its place instead, and after the acknowledgement it can go too."""
+    from drsn_stream.app.ingest import Ingest
+    from drsn_stream.models.artifact import read_meta
+    from drsn_stream.monitor.health import HealthMonitor
+    from drsn_stream.sources.base import Source
+    from drsn_stream.types import Frame
+
+    meta = read_meta("bearing-cwru")
+    alarmed = {"alarm"}
+    lines: list[str] = []
+    ingest = Ingest(meta, None, HealthMonitor(), 2, on_events=lambda events: None, on_error=lines.append,
+                    reclaim_after_s=0.2, keep=lambda ids: alarmed & set(ids))
+    src = Source()
+    x = np.zeros((512, 1), np.float32) + np.float32(0.01) * np.arange(512, dtype=np.float32)[:, None]
+
+    def send(sid: str) -> None:
+        ingest.frames([Frame(sid, 0, time.time(), meta.sample_rate, x)], src)
+
+    send("alarm")
+    time.sleep(0.05)
+    send("quiet")
+    time.sleep(0.3)
+    send("new-1")  # "alarm" is the quietest, but keeps its place: "quiet" gives its own
+    assert set(ingest.dsp) == {"alarm", "new-1"}
+    send("new-2")  # nothing but "alarm" is silent long enough
+    assert set(ingest.dsp) == {"alarm", "new-1"}
+    assert any("not yet acknowledged" in line for line in lines), lines
+    alarmed.clear()  # acknowledged
+    time.sleep(0.3)
+    send("new-3")  # "alarm", the quietest, goes now
+    assert set(ingest.dsp) == {"new-1", "new-3"}

@@ -76,6 +76,8 @@ class Ingest:
         on_retire: takes ``(frame stream id, its channels' stream ids, one line)`` for each stream
             retired so, after its DSP, sensor health and its source's record of it are dropped
             (the rest of the monitor's state of it is the caller's to drop).
+        keep: given channel stream ids, those never to retire (the monitor's: streams holding an
+            alarm not yet acknowledged, which a retirement would make vanish unseen); None: none.
         on_layout: takes ``(frame stream id, channel stream ids gone, one line)`` when a stream's
             frames change their channels (names, count, one channel to several): the channels
             gone are no longer monitored; their sensor health is dropped here after the poll, the
@@ -87,9 +89,11 @@ class Ingest:
                  capture: Any = None, lock: Any = None, phases: int = 1,
                  source_names: dict[int, str] | None = None, reclaim_after_s: float = 0.0,
                  on_retire: Callable[[str, tuple[str, ...], str], None] | None = None,
-                 on_layout: Callable[[str, tuple[str, ...], str], None] | None = None) -> None:
+                 on_layout: Callable[[str, tuple[str, ...], str], None] | None = None,
+                 keep: Callable[[list[str]], set[str]] | None = None) -> None:
         self.meta, self.hop, self.health, self.max_streams = meta, hop, health, max_streams
         self.reclaim_after_s, self.on_retire, self.on_layout = float(reclaim_after_s), on_retire, on_layout
+        self.keep = keep
         # (frame stream id, its channels before, after) of layout changes in this poll: dropped after it
         self._relayout: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
         self._no_room_until = 0.0  # monotonic: a scan found no stream silent long enough; not again before
@@ -286,17 +290,25 @@ class Ingest:
         ids = list(dsps) if source is None else [sid for sid in getattr(source, "streams", ()) if sid != new_id]
         busy = {f.stream_id for f in poll}
         chans = [getattr(dsps.get(sid), "ids", None) or (sid,) for sid in ids]
-        seen = iter(self.health.last_seen_many([c for cs in chans for c in cs]))
+        flat = [c for cs in chans for c in cs]
+        seen = iter(self.health.last_seen_many(flat))
+        held = self.keep(flat) if self.keep is not None else set()
         now = time.time()
-        best, quietest = None, -math.inf
+        best, quietest, alarmed = None, -math.inf, False
         for sid, cs in zip(ids, chans):
             last = [t for t in (next(seen) for _ in cs) if t is not None]
             if not last or sid in busy:
                 continue
             quiet = now - max(last)
+            if held and not held.isdisjoint(cs):
+                alarmed |= quiet >= self.reclaim_after_s
+                continue
             if quiet > quietest:
                 best, quietest = sid, quiet
         if best is None or quietest < self.reclaim_after_s:
+            if alarmed:  # one line, its repeats counted: what the operator can do about it
+                self.on_error("new stream ids are refused while the streams silent long enough to give their places "
+                              "hold alarms not yet acknowledged: acknowledge them to free their places")
             # not again before the quietest stream could be retired, and at most 20 times a
             # second: a flood of new ids (or a table of live streams) does not scan per message
             self._no_room_until = time.monotonic() + min(1.0, max(0.05, self.reclaim_after_s - quietest))

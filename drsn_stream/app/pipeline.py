@@ -216,7 +216,7 @@ class Pipeline:
                              source_names={id(src): f"source {i} ({spec})"
                                            for i, (src, spec) in enumerate(zip(self.sources, config.sources), 1)},
                              reclaim_after_s=config.reclaim_after_s, on_retire=self._on_retire,
-                             on_layout=self._on_layout)
+                             on_layout=self._on_layout, keep=lambda ids: self.decisions.unacknowledged(ids))
         self._retired: deque[str] = deque()  # channel stream ids retired by ingest, forgotten by the output thread
         # (monotonic time, channel ids) a layout change left behind: forgotten by the output thread
         # once no window of theirs can still come (--stale-ms)

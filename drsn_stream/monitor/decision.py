@@ -812,6 +812,12 @@ class DecisionEngine:
                 events += self._show(sid, slot, t, int(T.cond[slot]), acknowledged=True)
             return events
 
+    def unacknowledged(self, streams: Iterable[str]) -> set[str]:
+        """Those of ``streams`` that reached an alarm level not yet acknowledged (one lock hold)."""
+        with self._lock:
+            peak, slots = self._t.peak, self._slots
+            return {sid for sid in streams if (slot := slots.get(sid)) is not None and peak[slot] > 0}
+
     def export_state(self, stream: str) -> Any:
         """A picklable copy of the stream's whole state (level, latch, acknowledgement, debounce
         in progress, smoothing history), for ``restore_state`` elsewhere; None for an unknown stream."""
