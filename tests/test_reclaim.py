@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,6 +72,37 @@ def _run(tmp_path: Path, port: int, plan: list[tuple[float, float, list[str]]], 
         pipe.stop()
     objs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     return pipe, objs
+
+
+@contextmanager
+def _live(port: int, procs: int, **cfg: Any) -> Iterator[tuple[Pipeline, zmq.Socket, list[str]]]:
+    """A running monitor of one ZeroMQ source (``procs`` 2: read by 2 ingest processes, the test's
+    PUB binding; 1: a PULL the test's PUSH connects to), the test's socket, and the notes said."""
+    from drsn_stream.app.shards import ShardedSource
+
+    spec = f"zmq+pull+bind://127.0.0.1:{port}" if procs == 1 else f"zmq://127.0.0.1:{port}"
+    pipe = Pipeline(RunConfig(sources=(spec,), engine_process=False, threads=1, ingest_procs=procs, **cfg))
+    assert isinstance(pipe.sources[0], ShardedSource) == (procs == 2)
+    said: list[str] = []
+    emit = pipe._emit_events
+    pipe._emit_events = lambda events: (said.extend(e.data.get("message", "") for e in events if e.type == "note"),
+                                        emit(events))[-1]
+    pipe.start()
+    waiter = threading.Thread(target=pipe.wait, daemon=True)
+    waiter.start()
+    push = zmq.Context.instance().socket(zmq.PUSH if procs == 1 else zmq.PUB)
+    try:
+        if procs == 1:
+            push.connect(f"tcp://127.0.0.1:{port}")
+        else:
+            push.bind(f"tcp://127.0.0.1:{port}")
+            time.sleep(1.5)  # the ingest processes connect and subscribe
+        yield pipe, push, said
+    finally:
+        push.close(0)
+        pipe.quit.set()
+        waiter.join(timeout=10)
+        pipe.stop()
 
 
 @pytest.mark.slow
@@ -251,29 +285,8 @@ def test_channels_a_new_layout_leaves_out_are_no_longer_monitored(tmp_path: Path
     to 2: the channels left out leave the health and the decisions (once their last windows are
     through), said in one note each; before, they showed "no data" for the rest of the run. The
     same through 2 ingest processes."""
-    spec = (f"zmq+pull+bind://127.0.0.1:{free_tcp_port}" if procs == 1
-            else f"zmq://127.0.0.1:{free_tcp_port}")
-    config = RunConfig(sources=(spec,), engine_process=False, threads=1, stale_ms=1000.0, ingest_procs=procs,
-                       health={"timeout_s": 1.0})
-    pipe = Pipeline(config)
-    from drsn_stream.app.shards import ShardedSource
-
-    assert isinstance(pipe.sources[0], ShardedSource) == (procs == 2)
-    said: list[tuple[str, str]] = []
-    emit = pipe._emit_events
-    pipe._emit_events = lambda events: (said.extend((e.stream_id, e.data.get("message", "")) for e in events
-                                                    if e.type == "note"), emit(events))[-1]
-    pipe.start()
-    waiter = threading.Thread(target=pipe.wait, daemon=True)
-    waiter.start()
-    push = zmq.Context.instance().socket(zmq.PUSH if procs == 1 else zmq.PUB)
-    if procs == 1:
-        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
-    else:
-        push.bind(f"tcp://127.0.0.1:{free_tcp_port}")
-        time.sleep(1.5)  # the ingest processes connect and subscribe
     rng = np.random.default_rng(0)
-    try:
+    with _live(free_tcp_port, procs, stale_ms=1000.0, health={"timeout_s": 1.0}) as (pipe, push, said):
         t0, i = time.time(), 0
         while time.time() - t0 < 6.0:
             late = time.time() - t0 >= 2.0
@@ -285,16 +298,11 @@ def test_channels_a_new_layout_leaves_out_are_no_longer_monitored(tmp_path: Path
             time.sleep(max(0.0, t0 + 0.05 * i - time.time()))
         health, decisions = set(pipe.health.streams), set(pipe.decisions.streams)
         scored = dict(pipe.label_counts)
-    finally:
-        push.close(0)
-        pipe.quit.set()
-        waiter.join(timeout=10)
-        pipe.stop()
     now = {"gw/a/axial", "gw/a/radial", "gw/b/ch0", "gw/b/ch1"}
     assert health == now, health
     assert decisions == now, decisions
     assert all(scored.get(sid) for sid in now), scored
-    lines = [line for _, line in said if "no longer monitored" in line]
+    lines = [line for line in said if "no longer monitored" in line]
     assert any("(x, y -> axial, radial): gw/a/x, gw/a/y" in line for line in lines), said
     assert any("gw/b/ch2, gw/b/ch3 no longer" in line for line in lines), said
 
@@ -307,25 +315,12 @@ def test_a_stream_that_announced_its_end_is_no_sensor_fault(tmp_path: Path, free
     them then sends again and stops without a word: that silence is "no data" again."""
     from drsn_stream.sources.wire import encode_eos
 
-    spec = (f"zmq+pull+bind://127.0.0.1:{free_tcp_port}" if procs == 1 else f"zmq://127.0.0.1:{free_tcp_port}")
-    config = RunConfig(sources=(spec,), engine_process=False, threads=1, stale_ms=60_000.0, ingest_procs=procs,
-                       health={"timeout_s": 0.5})
-    pipe = Pipeline(config)
-    pipe.start()
-    waiter = threading.Thread(target=pipe.wait, daemon=True)
-    waiter.start()
-    push = zmq.Context.instance().socket(zmq.PUSH if procs == 1 else zmq.PUB)
-    if procs == 1:
-        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
-    else:
-        push.bind(f"tcp://127.0.0.1:{free_tcp_port}")
-        time.sleep(1.5)  # the ingest processes connect and subscribe
     rng = np.random.default_rng(0)
+    with _live(free_tcp_port, procs, stale_ms=60_000.0, health={"timeout_s": 0.5}) as (pipe, push, _):
 
-    def states() -> dict[str, tuple[str, tuple[str, ...]]]:
-        return {sid: (h.state, h.reasons) for sid, h in pipe.health.states().items()}
+        def states() -> dict[str, tuple[str, tuple[str, ...]]]:
+            return {sid: (h.state, h.reasons) for sid, h in pipe.health.states().items()}
 
-    try:
         t0, i, ended, seen = time.time(), 0, False, {}
         while time.time() - t0 < 6.0:
             now = time.time() - t0
@@ -344,11 +339,6 @@ def test_a_stream_that_announced_its_end_is_no_sensor_fault(tmp_path: Path, free
             i += 1
             time.sleep(max(0.0, t0 + 0.05 * i - time.time()))
         after_silence = states()
-    finally:
-        push.close(0)
-        pipe.quit.set()
-        waiter.join(timeout=10)
-        pipe.stop()
     quiet = seen["after the end"]  # 2 s after the ends, 4 timeouts of silence
     assert {sid: quiet[sid] for sid in ("live", "ends", "ends2/ch0", "ends2/ch1")} == dict.fromkeys(
         ("live", "ends", "ends2/ch0", "ends2/ch1"), ("OK", ())), quiet
