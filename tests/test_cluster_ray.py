@@ -229,8 +229,10 @@ def test_stream_ids_replaced_at_the_gateways_give_their_places_to_the_new_ones(c
         return {o["stream"] for o in _read(tmp_path / "cluster.jsonl") if o.get("type") == "prediction"
                 and o["stream"] in new}
 
+    why: dict = {}
     try:
-        pub = _publisher(port, ["sim:bearing?machines=6&seed=3"], 5.0)
+        # healthy machines: a stream silent in an alarm nobody acknowledged keeps its place
+        pub = _publisher(port, ["sim:bearing?machines=6&seed=3&fault=none"], 5.0)
         assert pub.wait(timeout=120) == 0
         before = handle.assignment()
         pub = _publisher(port, ["sim:bearing?machines=6&first=6&seed=4"], 120.0)
@@ -245,6 +247,9 @@ def test_stream_ids_replaced_at_the_gateways_give_their_places_to_the_new_ones(c
                 if len(scored()) >= want:
                     break
             time.sleep(0.5)
+        else:  # what a failure needs: each host's streams, subscriptions and errors
+            why = {h: {k: v for k, v in d.items() if k in ("owned", "subscribed", "errors", "foreign_frames")}
+                   for h, d in handle.summaries().items()}
     finally:
         if pub is not None:
             pub.kill()
@@ -255,7 +260,7 @@ def test_stream_ids_replaced_at_the_gateways_give_their_places_to_the_new_ones(c
     assert not set(old) & set(CheckpointStore(tmp_path / "ckpt").streams())
     objs = _read(tmp_path / "cluster.jsonl")
     assert [o for o in objs if o.get("type") == "note" and "--reclaim-after" in o.get("message", "")]
-    assert want is not None and len(scored()) >= want, (scored(), after)
+    assert want is not None and len(scored()) >= want, (scored(), after, why)
 
 
 def dataclasses_replace(obj, **kw):

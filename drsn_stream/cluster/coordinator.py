@@ -262,7 +262,20 @@ class Coordinator:
         now = time.monotonic()
         with self._lock:
             stale = sorted((t, sid) for sid, t in self._heard.items() if sid in self.streams and now - t >= after)
-            victims = [sid for _, sid in stale[:wanted]]
+            asks: dict[str, list[str]] = {}
+            for _, sid in stale:
+                host = self.owner.get(sid)
+                if host is not None and host in self.hosts:
+                    asks.setdefault(host, []).append(sid)
+            refs = [self.hosts[h].unacknowledged.remote(ss) for h, ss in asks.items()]
+        held: set[str] = set()  # an alarm nobody acknowledged would vanish unseen with its stream
+        for ref in refs:
+            try:
+                held.update(self.ray.get(ref, timeout=60))
+            except Exception:  # noqa: BLE001 - a host that died meanwhile holds no alarm here
+                pass
+        with self._lock:
+            victims = [sid for _, sid in stale if sid not in held and sid in self.streams][:wanted]
             if not victims:
                 return False
             self.streams.difference_update(victims)

@@ -344,6 +344,11 @@ class HostWorker:
             self._checkpoint(sid)
 
     # ------------------------------------------------------------------ views
+    def unacknowledged(self, streams: Iterable[str]) -> list[str]:
+        """Those of ``streams`` that hold an alarm not yet acknowledged here (the coordinator
+        retires none of them: their alarms would vanish unseen)."""
+        return sorted(self.pipe.decisions.unacknowledged(streams))
+
     def acknowledge(self, stream: str | None = None) -> int:
         """Acknowledge alarms of one owned stream (or all owned); return the level changes."""
         with self._lock:

@@ -162,6 +162,9 @@ def host_actor_class(ray: Any) -> Any:
             def acknowledge(self, stream: str | None) -> int:
                 return self.worker.acknowledge(stream)
 
+            def unacknowledged(self, streams: list[str]) -> list[str]:
+                return self.worker.unacknowledged(streams)
+
             def latencies(self, start: bool) -> list[float]:
                 """start=True: begin recording every latency; False: stop and return them (ms)."""
                 stats = self.worker.pipe.stats
