@@ -84,6 +84,7 @@ def test_shard_source_receives_only_its_streams_and_follows_changes() -> None:
             seq += 1
             time.sleep(0.05)
         assert set(got) == {"m1"} and src.foreign > 0
+        assert src.streams == ["m1"]  # "m10" took no place in this host's --max-streams table
         src.set_streams(["m2"])
         n = len(got)
         while "m2" not in got[n:] and time.time() < deadline:

@@ -91,6 +91,15 @@ class ShardSource(ZmqSubSource):
         self._apply()
         super()._idle()
 
+    def _known(self, stream: str) -> bool:
+        # a topic subscription is a prefix: sim/m1's brings sim/m10 ... too. Such a stream is
+        # another host's: it takes no place in this one's --max-streams table (before, it did,
+        # for good, and the streams later given to this host were refused)
+        if stream not in self._owned:
+            self.foreign += 1
+            return False
+        return super()._known(stream)
+
     def _batches(self) -> Iterator[list[Frame]]:
         # the base class's iteration reads these lists too: one filter for both
         for batch in super()._batches():
