@@ -45,8 +45,9 @@ class WallSteps:
         return step, bound
 
     def recent(self, within: float) -> tuple[float, float] | None:
-        """The latest ``(step, bound)`` ``check`` found, if it found it within the last ``within``
-        seconds."""
+        """The latest ``(step, bound)`` ``check`` found (it looks first), if it found it within the
+        last ``within`` seconds."""
+        self.check()
         step, bound, found = self._last
         return (step, bound) if time.monotonic() - found < within else None
 

@@ -168,7 +168,7 @@ class Ingest:
         stayed for good, shown as "no data" and never clearing."""
         with self.lock:
             changes, self._relayout = self._relayout, []
-            now = {sid: getattr(self.dsp.get(sid), "ids", None) or (sid,) for sid, _, _ in changes}
+            now = {sid: _channels(self.dsp.get(sid), sid) for sid, _, _ in changes}
         for sid, old, new in changes:
             gone = tuple(ch for ch in old if ch not in now[sid])
             if not gone:
@@ -289,7 +289,7 @@ class Ingest:
         dsps = self.dsp
         ids = list(dsps) if source is None else [sid for sid in getattr(source, "streams", ()) if sid != new_id]
         busy = {f.stream_id for f in poll}
-        chans = [getattr(dsps.get(sid), "ids", None) or (sid,) for sid in ids]
+        chans = [_channels(dsps.get(sid), sid) for sid in ids]
         flat = [c for cs in chans for c in cs]
         seen = iter(self.health.last_seen_many(flat))
         held = self.keep(flat) if self.keep is not None else set()
@@ -319,7 +319,7 @@ class Ingest:
     def channels(self, streams: Iterable[str]) -> list[str]:
         """The channel stream ids of these frame stream ids (a plain stream's is its own)."""
         with self.lock:
-            return [ch for sid in streams for ch in (getattr(self.dsp.get(sid), "ids", None) or (sid,))]
+            return [ch for sid in streams for ch in _channels(self.dsp.get(sid), sid)]
 
     def forget(self, sid: str) -> tuple[str, ...]:
         """Drop a frame stream's DSP, sensor health and its source's record of it (a cluster host
@@ -333,7 +333,7 @@ class Ingest:
         if type(dsp) is BankDSP and dsp.own is None:
             dsp.bank.release(dsp.row)
         owner = self._owner.pop(sid, None)
-        ids = getattr(dsp, "ids", None) or (sid,)
+        ids = _channels(dsp, sid)
         for ch in ids:
             self.health.forget(ch)
         for src in {id(s): s for s in (owner, source) if s is not None}.values():
@@ -369,8 +369,7 @@ class Ingest:
             self._error(source, "unsupported_rate", f"stream {frame.stream_id}: {exc}")
             return None
         if dsp is not None:  # a new layout: the channels it leaves out go after this poll (_drop_old_channels)
-            self._relayout.append((frame.stream_id, getattr(dsp, "ids", None) or (frame.stream_id,),
-                                   ids or (frame.stream_id,)))
+            self._relayout.append((frame.stream_id, _channels(dsp, frame.stream_id), ids or (frame.stream_id,)))
         if isinstance(dsp, BankDSP) and dsp.own is None:
             dsp.leave()  # its row back to the bank; frames of this poll before the new layout still go through it
         start = window_start(frame.stream_id, self.hop or self.meta.hop, self.phases)
@@ -388,6 +387,12 @@ def unhealthy(w: Window) -> Window:
     """``w`` from a sensor that failed its health check: a new Window, so that the DSP's windows
     are never written after it made them (and only windows of a failing sensor cost an object)."""
     return Window(w.stream_id, w.index, w.t_last, w.data, w.t_ready, w.level, w.normalized, False)
+
+
+def _channels(dsp: Any, sid: str) -> tuple[str, ...]:
+    """The channel stream ids a frame stream's DSP (or None) stands for: a ``FrameDSP``'s ``ids``,
+    else the stream's own id."""
+    return getattr(dsp, "ids", None) or (sid,)
 
 
 def _layout(sid: str, ids: tuple[str, ...]) -> str:

@@ -550,11 +550,7 @@ class Pipeline:
         """Channels a stream's new layout left out (``Ingest.on_layout``): their raw samples
         dropped now, the rest once their last windows are through (a window of theirs formed
         before the change would otherwise bring their decisions back)."""
-        for ch in gone:
-            if self.capture is not None:
-                self.capture.forget(ch)
-            if self.envelope is not None:
-                self.envelope.forget(ch)
+        self._drop_raw(gone)
         self._left.append((time.monotonic() + self.config.stale_ms / 1000 + 1.0, gone))
         self._retire_notes.append((sid, line))
 
@@ -567,13 +563,18 @@ class Pipeline:
         """The state of these (channel) streams beyond ingest: the raw samples here (the thread
         that pushes them), the decisions now (a stream handed back restores them at once, which a
         later drop would undo), the rest by the output thread, which updates it."""
+        self._drop_raw(ids)
+        for ch in ids:
+            self.decisions.forget(ch)
+        self._retired.extend(ids)
+
+    def _drop_raw(self, ids: tuple[str, ...]) -> None:
+        """The raw samples kept of these (channel) streams: capture rings, envelope buffers."""
         for ch in ids:
             if self.capture is not None:
                 self.capture.forget(ch)
             if self.envelope is not None:
                 self.envelope.forget(ch)
-            self.decisions.forget(ch)
-        self._retired.extend(ids)
 
     def _forget_retired(self) -> None:
         """Latency rows, baseline and word detector of the retired streams (output thread: they

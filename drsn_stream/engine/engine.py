@@ -196,7 +196,6 @@ class InferenceLoop(threading.Thread):
         t_last = np.array([w.t_last for w in batch])
         t_ready = np.array([w.t_ready for w in batch])
         latency_ms = (t_done - (t_ready if self.latency_from_ready else t_last)) * 1000.0
-        self._steps.check()
         stepped = self._steps.recent(STEP_GRACE_S)
         if stepped is not None:  # windows formed before a step of the wall clock and done after it
             step, bound = stepped

@@ -554,7 +554,6 @@ class DecisionEngine:
         T = self._t
         jump = t - T.last_time[slots]  # NaN for a stream's first window: no step
         moved = jump < -STEP_S
-        self._steps.check()
         host = self._steps.recent(STEP_GRACE_S)
         if host is not None:
             moved |= np.abs(jump - host[0]) < STEP_S
