@@ -423,3 +423,62 @@ def test_a_stream_holding_an_alarm_not_yet_acknowledged_keeps_its_place() -> Non
     time.sleep(0.3)
     send("new-3")  # "alarm", the quietest, goes now
     assert set(ingest.dsp) == {"new-1", "new-3"}
+
+
+@pytest.mark.slow
+def test_ingest_processes_never_retire_a_stream_holding_an_alarm_not_yet_acknowledged(free_tcp_port: int) -> None:
+    """--ingest-procs 2, --max-streams 3: a bearing sending an inner-race fault raises a real alarm,
+    then falls silent beside a healthy one. New ids come: the healthy silent stream gives its
+    place, the alarmed one keeps it (the monitor told the process of the alarm): the next new id is
+    refused and a line says to acknowledge, and the alarm is still there to be seen."""
+    from drsn_stream.app.shards import ShardedSource, shard_of
+
+    names = [f"s{k}" for k in range(200) if shard_of(f"s{k}".encode(), 2) == 0][:5]
+    live, alarmed, quiet, b = names[0], names[1], names[2], names[3:5]
+    data = np.load(Path(__file__).resolve().parents[1] / "drsn_stream" / "data" / "cwru_excerpts.npz")
+    fault = (data["inner_014"] * float(data["inner_014__scale"])).astype(np.float32)
+    plan = [(0.0, 7.0, [live]), (0.0, 2.5, [alarmed, quiet]), (4.0, 7.0, b)]
+    config = RunConfig(sources=(f"zmq://127.0.0.1:{free_tcp_port}",), device="cpu", engine_process=False,
+                       ingest_procs=2, stale_ms=60000, max_streams=3, reclaim_after_s=1.0, health={"timeout_s": 0.5})
+    pipe = Pipeline(config)
+    said: list[tuple[str, str]] = []
+    emit = pipe._emit_events
+    pipe._emit_events = lambda events: (said.extend((e.stream_id, e.data.get("message", "")) for e in events
+                                                    if e.type == "note"), emit(events))[-1]
+    src = pipe.sources[0]
+    assert isinstance(src, ShardedSource)
+    pipe.start()
+    waiter = threading.Thread(target=pipe.wait, daemon=True)
+    pub = zmq.Context.instance().socket(zmq.XPUB)
+    try:
+        waiter.start()
+        pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        pub.bind(f"tcp://127.0.0.1:{free_tcp_port}")
+        heard, deadline = 0, time.time() + 60
+        while heard < 2 and time.time() < deadline:  # both processes subscribed to everything
+            if pub.poll(100) and pub.recv() == b"\x01":
+                heard += 1
+        assert heard == 2
+        rng = np.random.default_rng(0)
+        t0, i, seq = time.time(), 0, {}
+        while time.time() - t0 < 7.0:
+            now = time.time() - t0
+            for start, stop, ids in plan:
+                for sid in ids if start <= now < stop else ():
+                    k = seq.setdefault(sid, 0)
+                    x = fault[k * N % (len(fault) - N):][:N] if sid == alarmed else (0.1 * rng.standard_normal(N)).astype(np.float32)
+                    pub.send_multipart(encode(sid, k, time.time() - N / RATE, RATE, x))
+                    seq[sid] += 1
+            i += 1
+            time.sleep(max(0.0, t0 + 0.05 * i - time.time()))
+        time.sleep(1.5)  # the last reports, windows and results
+    finally:
+        pipe.quit.set()
+        waiter.join(timeout=10)
+        pipe.stop()
+        pub.close(0)
+    assert pipe.decisions.unacknowledged([alarmed]) == {alarmed}, pipe.decisions.state(alarmed)
+    retired = sorted(sid for sid, line in said if "retired" in line)
+    assert retired == [quiet], said
+    assert alarmed in src.streams and b[0] in src.streams and b[1] not in src.streams, src.streams
+    assert any("not yet acknowledged" in line for line in pipe.errors), pipe.errors

@@ -285,6 +285,7 @@ class Pipeline:
                 src.max_streams = self.config.max_streams
                 src.on_windows, src.on_events, src.on_error = self._windows_in, self._emit_events, self._error
                 src.on_retire, src.on_layout = self._on_retire, self._on_layout
+                src.keep = lambda ids: self.decisions.unacknowledged(ids)
 
     def _ingest_pids(self) -> list[int]:
         return [pid for s in self.sources if isinstance(s, ShardedSource) for pid in s.pids]

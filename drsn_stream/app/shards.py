@@ -83,6 +83,7 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 LEARN_S = 3.0  # s after its first own stream's message: a process but the first then takes its own topics alone
 MAX_DISCOVERED = 1 << 18  # topics the first process remembers having announced (bounded memory)
+HELD_S = 0.5  # the processes are told this often which streams hold alarms nobody acknowledged yet
 SILENT_S = 15.0  # a started child says something at least every ~0.1 s; silent this long, it is ended
 LOST = "ingest process lost"  # the health reason of the streams of a process not started again
 
@@ -167,7 +168,8 @@ class _Stage:
     windows and events gathered for the parent."""
 
     def __init__(self, meta: Any, hop: int | None, health: HealthMonitor, max_streams: int, out: _Out,
-                 phases: int = 1, reclaim_after_s: float = 0.0) -> None:
+                 phases: int = 1, reclaim_after_s: float = 0.0,
+                 keep: Callable[[list[str]], set[str]] | None = None) -> None:
         self.errors: Counter[str] = Counter()
         self.streams: dict[str, None] = {}  # frame stream ids seen, in order (Source.streams copies its list)
         self.gone: set[str] = set()  # of those, the ones retired (Ingest.make_room) and not back since
@@ -176,7 +178,8 @@ class _Stage:
         self.out = out
         self.ingest = Ingest(meta, hop, health, max_streams, on_events=out.events, on_error=self._error,
                              phases=phases, reclaim_after_s=reclaim_after_s, on_retire=self._retire,
-                             on_layout=lambda sid, gone, line: self.relayouts.append([sid, list(gone), line]))
+                             on_layout=lambda sid, gone, line: self.relayouts.append([sid, list(gone), line]),
+                             keep=keep)
 
     def _error(self, line: str) -> None:
         self.errors[line] += 1
@@ -212,7 +215,8 @@ def _ended(out: _Out, health: HealthMonitor, stage: _Stage, streams: list[str]) 
 
 class _Out:
     """The child's side of the ring and the pipe: windows into free slots, lines to the parent;
-    from stdin, slot releases (``SLOT\\n``) and topics to subscribe to (``s HEX\\n``); the end of
+    from stdin, slot releases (``SLOT\\n``), topics to subscribe to (``s HEX\\n``) and changes to the
+    streams holding alarms nobody has acknowledged yet (``k [ADDED, REMOVED]\\n``, JSON); the end of
     stdin means stop.
 
     Args:
@@ -232,6 +236,9 @@ class _Out:
         self.t_first = 0.0
         self.stopped = False
         self.subs: list[bytes] = []  # topics the parent asked this process to subscribe to
+        # channel streams holding an alarm not yet acknowledged (the monitor's decisions, said by
+        # the parent): never retired to make room for a new stream, or the alarm would vanish unseen
+        self.held: set[str] = set()
         self._inbuf = b""
         self._next_read = 0.0
 
@@ -295,6 +302,10 @@ class _Out:
             for line in lines:
                 if line.startswith(b"s "):
                     self.subs.append(bytes.fromhex(line[2:].decode("ascii")))
+                elif line.startswith(b"k "):
+                    added, removed = json.loads(line[2:])
+                    self.held.difference_update(removed)
+                    self.held.update(added)
                 elif line.strip():
                     self.free.append(int(line))
             timeout = 0.0
@@ -347,7 +358,8 @@ def _worker(cfg: dict[str, Any]) -> int:
         base = str(source.options["topic"]).encode("utf-8")
         health = HealthMonitor(HealthConfig(**cfg["health"]))
         stage = _Stage(SimpleNamespace(**cfg["meta"]), cfg["hop"], health, int(cfg["max_streams"]), out,
-                       int(cfg.get("phases", 1)), float(cfg.get("reclaim_after_s", 0.0)))
+                       int(cfg.get("phases", 1)), float(cfg.get("reclaim_after_s", 0.0)),
+                       keep=lambda ids: out.held.intersection(ids))
         source.make_room = partial(stage.ingest.make_room, source)
         source.on_end = partial(_ended, out, health, stage)
         source.open()
@@ -515,9 +527,10 @@ class _Child:
         self.foreign = 0  # messages of other processes' streams it received and dropped
         self._control = bytearray()  # lines for its stdin not written yet (the pipe was full)
         self.ended: set[str] = set()  # streams that have sent end-of-stream
+        self.held: set[str] = set()  # the streams holding unacknowledged alarms the current process was told of
 
     def start(self, cfg: dict[str, Any]) -> None:
-        self.buf, self.stats, self.early, self.ended, self.ids = b"", {}, [], set(), []
+        self.buf, self.stats, self.early, self.ended, self.ids, self.held = b"", {}, [], set(), [], set()
         self.ready, self.heard, self._control = False, time.monotonic(), bytearray()
         argv, env = child_process("drsn_stream.app.shards", [json.dumps({**cfg, "shard": self.index, "shm": self.shm.name})])
         self.proc = subprocess.Popen(
@@ -656,6 +669,10 @@ class ShardedSource(Source):
         self.on_retire: Callable[[str, tuple[str, ...], str], None] = lambda sid, ids, line: None
         # channels of a stream a new layout left out (Ingest.on_layout's arguments)
         self.on_layout: Callable[[str, tuple[str, ...], str], None] = lambda sid, gone, line: None
+        # given channel stream ids, those holding an alarm not yet acknowledged (Ingest's keep):
+        # told to the processes, which never retire them
+        self.keep: Callable[[list[str]], set[str]] | None = None
+        self._next_held = 0.0
 
     @property
     def realtime(self) -> bool:
@@ -749,6 +766,7 @@ class ShardedSource(Source):
                     continue
                 for msg in msgs:
                     self._handle(c, msg)
+            self._tell_held()
             for c in self._children:
                 c.flush()
             self._check_silent()
@@ -782,6 +800,22 @@ class ShardedSource(Source):
                     msg.pop("w", None)
                     self._handle(c, msg)
                 c.early = []
+
+    def _tell_held(self) -> None:
+        """Each process told, every HELD_S, which of its streams now hold an alarm not yet
+        acknowledged (only the changes: a line of JSON on its stdin). A stream is retired only after
+        ``reclaim_after_s`` of silence, long after its alarm (raised while it sent) was told."""
+        now = time.monotonic()
+        if self.keep is None or now < self._next_held:
+            return
+        self._next_held = now + HELD_S
+        for c in self._children:
+            if c.proc is None:
+                continue
+            held = self.keep(c.health_ids) if c.health_ids else set()
+            if held != c.held:
+                c.control(b"k " + json.dumps([sorted(held - c.held), sorted(c.held - held)]).encode("ascii") + b"\n")
+                c.held = held
 
     def _check_silent(self) -> None:
         """A child that stopped answering (stuck, stopped) is ended; its end is then handled
