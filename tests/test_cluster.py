@@ -50,6 +50,38 @@ def test_ring_moves_about_one_nth_when_a_host_joins_or_leaves() -> None:
     assert HashRing().owner("x") is None
 
 
+def test_no_host_is_given_more_than_it_can_hold_while_another_has_room() -> None:
+    """The ring spreads few ids unevenly (the coordinator's 6 ids on 3 hosts of --max-streams 2
+    came out 4/1/1, and the host given 4 refused 2 while the others had room): with a cap each host
+    holds at most its share, streams already placed stay where they are when new ones come or a
+    host joins, and where every host is full the ring owner takes the rest (and refuses it)."""
+    ring = HashRing(["a", "b", "c"])
+    ids = [f"sim/m{i}" for i in range(6, 12)]
+    plain = Counter(ring.owner(s) for s in ids)
+    assert max(plain.values()) > 2, plain  # the uneven spread this is about
+    placed = ring.place(ids, cap=2)
+    assert sorted(placed) == sorted(ids) and Counter(placed.values()) == {"a": 2, "b": 2, "c": 2}
+    assert ring.place(ids, cap=2) == placed == HashRing(["c", "b", "a"]).place(list(reversed(ids)), cap=2)
+    assert ring.place(ids) == {s: ring.owner(s) for s in ids}  # no cap: the ring alone
+
+    streams = [f"plant/line{i // 50}/ch{i}" for i in range(3000)]
+    now = ring.place(streams, cap=1050)
+    assert max(Counter(now.values()).values()) <= 1050
+    more = ring.place([*streams, "plant/new/0", "plant/new/1"], cap=1050, keep=now)
+    assert all(more[s] == now[s] for s in streams)  # new streams move no other
+    ring4 = HashRing(["a", "b", "c", "d"])
+    four = ring4.place(streams, cap=1050, keep=now)
+    moved = [s for s in streams if four[s] != now[s]]
+    away = [s for s in streams if now[s] != ring.owner(s)]  # beyond their owner's cap on three hosts
+    assert away and max(Counter(four.values()).values()) <= 1050
+    # to the new host, or back to their own host, which has room now; nothing else moves
+    assert moved and all(four[s] == "d" or s in away and four[s] == ring4.owner(s) for s in moved)
+    assert len(moved) < len(streams) * 0.25 * 1.3 + len(away)
+
+    full = ring.place([*ids, "sim/m99"], cap=2)  # seven streams, six places: one host is given three
+    assert sorted(Counter(full.values()).values()) == [2, 2, 3]
+
+
 # ------------------------------------------------------------------------------------ shard source
 def test_shard_source_receives_only_its_streams_and_follows_changes() -> None:
     port = _free_port()

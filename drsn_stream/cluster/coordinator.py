@@ -7,7 +7,8 @@
   resource (every node, where none does), starting one when a node joins or a host died on a node
   that is still there; a host that has started joins the ring;
 - assigns streams by consistent hashing (``HashRing``): a host joining or leaving moves ~1/N of
-  them; a moving stream is released (drained, checkpointed) before its new host restores it;
+  them, and no host gets more than its ``--max-streams`` while another has room (``HashRing.place``);
+  a moving stream is released (drained, checkpointed) before its new host restores it;
 - finds streams that appear later by listening to the gateways for ``discover_window_s`` every
   ``discover_every_s``;
 - pings every host every ``PING_EVERY_S``; a host whose actor died (seen at once) or that did not
@@ -136,7 +137,8 @@ class Coordinator:
 
     def _move(self, previous: Mapping[str, str] | None) -> None:
         with self._lock:
-            target = {s: self.ring.owner(s) for s in self.streams}
+            # no host beyond its --max-streams while another has room (the ring's spread is uneven)
+            target = self.ring.place(self.streams, cap=self.config.max_streams or None, keep=self.owner)
             moves = {s: h for s, h in target.items() if h is not None and self.owner.get(s) != h}
             by_old: dict[str, list[str]] = {}
             for s in moves:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 VNODES = 128  # points per host: with 3 hosts the largest share is within ~15 % of 1/3
 
@@ -57,6 +57,49 @@ class HashRing:
             return None
         i = bisect.bisect_left(self._points, (_hash(stream), ""))
         return self._points[i % len(self._points)][1]
+
+    def place(self, streams: Iterable[str], cap: int | None = None,
+              keep: Mapping[str, str] | None = None) -> dict[str, str]:
+        """stream -> host, with at most ``cap`` streams per host (consistent hashing with bounded
+        loads): each stream goes to its ring owner (``owner``) unless that host already holds
+        ``cap``, then to the next host clockwise on the ring with room. A host holds ``cap`` or
+        fewer streams whatever the spread of the hashes (a host takes no more than its
+        ``--max-streams``: without the cap, the streams beyond it were refused there while another
+        host had room). Streams stay where ``keep`` (stream -> its host now) has them where they
+        can: a host keeps the streams it holds before it takes others, and a stream beyond its
+        owner's cap stays on the host it is on while that host has room; so a new stream moves no
+        other. Where every host is full, the ring owner (which refuses the stream, as without a
+        cap). ``cap`` None: ``owner`` for each. Deterministic: the same streams, hosts and ``keep``
+        give the same placement in every process."""
+        ids = sorted(set(streams))
+        if not self._points:
+            return {}
+        if cap is None:
+            return {sid: self.owner(sid) for sid in ids}  # type: ignore[misc]
+        keep = keep or {}
+        hashes = {sid: _hash(sid) for sid in ids}
+        points, n = self._points, len(self._points)
+        by_host: dict[str, list[str]] = {}
+        for sid in ids:
+            by_host.setdefault(points[bisect.bisect_left(points, (hashes[sid], "")) % n][1], []).append(sid)
+        out: dict[str, str] = {}
+        load = dict.fromkeys(self._hosts, 0)
+        over: list[str] = []
+        for host, owned in by_host.items():
+            owned.sort(key=lambda sid: (keep.get(sid) != host, hashes[sid], sid))
+            for sid in owned[:cap]:
+                out[sid] = host
+            load[host] = min(len(owned), cap)
+            over += owned[cap:]
+        for sid in sorted(over, key=lambda sid: (hashes[sid], sid)):
+            host = keep.get(sid)
+            if host not in load or load[host] >= cap:
+                i = bisect.bisect_left(points, (hashes[sid], ""))
+                host = next((points[(i + j) % n][1] for j in range(n) if load[points[(i + j) % n][1]] < cap),
+                            points[i % n][1])
+            out[sid] = host
+            load[host] += 1
+        return out
 
     def assign(self, streams: Iterable[str]) -> dict[str, list[str]]:
         """host -> its streams (sorted), every host present even with none."""
