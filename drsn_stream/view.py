@@ -234,6 +234,13 @@ class EventLog:
         with self._lock:
             return dict(self._by_stream)
 
+    def forget(self, streams: Iterable[str]) -> None:
+        """Streams no longer monitored leave the per-stream counts (``alarm_changes`` keeps them)."""
+        gone = set(streams)
+        with self._lock:
+            for key in [k for k in self._by_stream if k[0] in gone]:
+                del self._by_stream[key]
+
 
 def natural_key(stream_id: str) -> tuple[Any, ...]:
     """Sort "m2" before "m10"."""

@@ -482,3 +482,48 @@ def test_ingest_processes_never_retire_a_stream_holding_an_alarm_not_yet_acknowl
     assert retired == [quiet], said
     assert alarmed in src.streams and b[0] in src.streams and b[1] not in src.streams, src.streams
     assert any("not yet acknowledged" in line for line in pipe.errors), pipe.errors
+
+
+@pytest.mark.slow
+def test_the_runs_record_of_retired_streams_is_folded_into_totals(tmp_path: Path, free_tcp_port: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generation after generation of ids replaced (a gateway restarted under new names, again and
+    again): the per-stream record (windows per label, drops, alarm counts) keeps the streams
+    monitored only, the retired ones' windows move into the run's totals, and no window is lost
+    from the count; the summary says how many streams went."""
+    from drsn_stream.app import pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "FOLD_GONE", 2)
+    gens = [[f"g{g}/{k}" for k in range(2)] for g in range(4)]
+    plan = [(0.0, 5.5, ["live"])] + [(1.5 * g, 1.5 * g + 1.0, ids) for g, ids in enumerate(gens)]
+    pipe, objs, _ = _run(tmp_path, free_tcp_port, plan, max_streams=3, reclaim_after_s=0.4)
+    retired = sorted(o["stream"] for o in objs if o["type"] == "note" and "retired" in o["message"])
+    assert retired == sorted(sid for ids in gens[:3] for sid in ids), retired
+    counts = pipe.label_counts
+    assert set(counts) <= {"live", *gens[3]} and counts.get("live"), counts
+    assert pipe.gone_streams == 6 and sum(pipe.gone_tally.values()) > 0
+    scored = sum(1 for o in objs if o["type"] == "prediction")
+    assert sum(sum(c.values()) for c in counts.values()) + sum(pipe.gone_tally.values()) == scored
+    assert "6 streams no longer monitored" in pipe.summary()
+    final = [o for o in objs if o["type"] == "stats" and o.get("final")][-1]
+    assert "of_streams_gone" in final["dropped"] and next(iter(final["sources"].values()))["retired"] == 6
+
+
+def test_a_retired_streams_source_counters_move_into_the_totals_of_streams_gone() -> None:
+    """A source's per-stream counters (gaps, duplicates ...) of a stream that gave its place
+    leave the per-stream record and add to ``gone``: the totals stay whole."""
+    from drsn_stream.sources.base import Source
+
+    src = Source()
+    for sid in ("a", "b"):
+        assert src._known(sid)
+    src.stats.gap("a", 3)
+    src.stats.duplicate("a")
+    src.stats.gap("b", 1)
+    src.forget_stream("a")
+    snap = src.stats.snapshot()
+    assert snap["gaps"] == {"b": 1} and snap["missing"] == {"b": 1} and snap["duplicates"] == {}
+    assert snap["gone"] == {"gaps": 1, "missing": 3, "duplicates": 1} and snap["retired"] == 1
+    src.forget_stream("b", retired=False)  # handed over to another host: not retired, its counts gone all the same
+    snap = src.stats.snapshot()
+    assert snap["gaps"] == {} and snap["gone"]["gaps"] == 2 and snap["retired"] == 1

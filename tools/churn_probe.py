@@ -6,8 +6,10 @@ A ZeroMQ PUSH publisher on loopback sends ``--streams`` streams (20 frames/s eac
 names), ``--generations`` times, into a monitor (its pipeline in this process) with
 ``--max-streams`` equal to one generation and a short ``--reclaim-after``. Every few
 generations it prints the streams the monitor holds (DSP, health, decisions, latency rows), how
-many it retired, the windows of the current generation that got results, and this process's RSS:
-the tables stay at one generation's size and the RSS flat, however many ids went by.
+many it retired, the streams in the run's record (windows per label: those monitored, and those
+retired but not yet folded into the totals of streams gone), the windows of the current
+generation that got results, and this process's RSS: the tables stay at one generation's size and
+the RSS flat, however many ids went by.
 
     python tools/churn_probe.py --generations 60
 """
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     x = (0.1 * np.random.default_rng(0).standard_normal(N)).astype(np.float32)
     first = None
     print(f"{'generation':>10} {'ids seen':>9} {'retired':>8} {'dsp':>5} {'health':>6} {'decisions':>9} "
-          f"{'latency rows':>12} {'with results':>12} {'RSS MB':>7}", flush=True)
+          f"{'latency rows':>12} {'record':>6} {'with results':>12} {'RSS MB':>7}", flush=True)
     try:
         for g in range(args.generations):
             t0, i = time.time(), 0
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 first = rss_mb() if first is None else first
                 print(f"{g:>10} {(g + 1) * args.streams:>9} {pipe.ingest.retired:>8} {len(pipe.ingest.dsp):>5} "
                       f"{len(pipe.health.streams):>6} {len(pipe.decisions.streams):>9} {len(pipe.stats._row):>12} "
-                      f"{got:>12} {rss_mb():>7.0f}", flush=True)
+                      f"{len(counts):>6} {got:>12} {rss_mb():>7.0f}", flush=True)
     finally:
         push.close(0)
         pipe.quit.set()

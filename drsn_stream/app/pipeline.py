@@ -57,6 +57,7 @@ MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_count
 SPEECH_MODEL = "digits-fsdd"
 WAITING_AFTER_S = 1.0  # a source silent this long after the start says what it waits for
 BEARING_MODEL = "bearing-cwru"
+FOLD_GONE = 256  # streams no longer monitored whose record is folded into the run's totals at once
 
 
 def _cores() -> int:
@@ -230,6 +231,12 @@ class Pipeline:
         self.dropped_output = 0
         self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
         self._tally: Counter[tuple[str, str]] = Counter()  # windows per (stream, label), label_counts
+        # the run's record of streams no longer monitored (retired, left out by a new layout, handed
+        # over): folded into totals every FOLD_GONE of them, so that it stays as large as the streams
+        # monitored however many ids come and go
+        self._unfolded: set[str] = set()
+        self.gone_tally: Counter[str] = Counter()  # their windows per label
+        self.gone_streams = 0
         self.errors: list[str] = []
         self.error_counts: Counter[str] = Counter()
         self.failed_sources: list[str] = []  # one line per source that stopped with an error
@@ -591,6 +598,24 @@ class Pipeline:
                 self.baseline.forget(sid)
             if self.detector is not None:
                 self.detector.reset(sid)
+            self._unfolded.add(sid)
+        if len(self._unfolded) >= FOLD_GONE:
+            self._fold_gone()
+
+    def _fold_gone(self) -> None:
+        """The tallies, drop counts and alarm counts of the streams retired since the last fold
+        into the run's totals (output thread: the tally is updated there). A stream that came back
+        meanwhile (it has decisions again) keeps its own."""
+        live = set(self.decisions.streams)
+        gone = {sid for sid in self._unfolded if sid not in live}
+        self._unfolded.clear()
+        if not gone:
+            return
+        for key in [k for k in self._tally if k[0] in gone]:
+            self.gone_tally[key[1]] += self._tally.pop(key)
+        self.gone_streams += len(gone)
+        self.batcher.forget(gone)
+        self.events.forget(gone)
 
     def _handle(self, preds: list[Prediction]) -> None:
         if self._retired or self._left:
@@ -744,7 +769,8 @@ class Pipeline:
             batches=batches,
             batch_sizes=sizes,
             infer_s=infer_s,
-            dropped={"stale": sum(stale.values()), "queue_overflow": sum(overflow.values()),
+            dropped={"stale": sum(stale.values()) + self.batcher.dropped_gone["stale"],
+                     "queue_overflow": sum(overflow.values()) + self.batcher.dropped_gone["overflow"],
                      "output_overflow": self.dropped_output, "engine_restart": self.engine.lost},
             stream_dropped={**{(s, "stale"): n for s, n in stale.items()},
                             **{(s, "queue_overflow"): n for s, n in overflow.items()}},
@@ -767,6 +793,7 @@ class Pipeline:
             "engine": self.stats.to_json(),
             "device": self.runner.device_name,
             "dropped": {"stale": dict(self.batcher.dropped_stale), "overflow": dict(self.batcher.dropped_overflow),
+                        "of_streams_gone": dict(self.batcher.dropped_gone),
                         "output": self.dropped_output, "engine_restart": self.engine.lost},
             "malformed": self.malformed_total(),
             "sources": _jsonable(sources),
@@ -801,6 +828,11 @@ class Pipeline:
             n = sum(c.values())
             top = ", ".join(f"{lb} {k / n:.0%}" for lb, k in c.most_common(3))
             lines.append(f"  {sid}: {n} windows; {top}")
+        if self.gone_streams:
+            n = sum(self.gone_tally.values())
+            top = ", ".join(f"{lb} {k / n:.0%}" for lb, k in self.gone_tally.most_common(3)) if n else "-"
+            lines.append(f"  {self.gone_streams} streams no longer monitored (retired, left out, handed over): "
+                         f"{n} windows; {top}")
         if self.transcript:
             lines.append("  transcript: " + " ".join(self.transcript))
         for err in self.errors:

@@ -956,10 +956,10 @@ class ShardedSource(Source):
             st.crashes = sum(p["crashes"] for p in parts)
             st.retired = sum(p.get("retired", 0) for p in parts)
             st.last_crash = next((p["last_crash"] for p in reversed(parts) if p["last_crash"]), "")
-            for name in ("malformed", "gaps", "missing", "restarts", "duplicates", "late", "overflows"):
+            for name in ("malformed", "gaps", "missing", "restarts", "duplicates", "late", "overflows", "gone"):
                 total: Counter[str] = Counter()
                 for p in parts:
-                    total.update(p[name])
+                    total.update(p.get(name, {}))
                 setattr(st, name, dict(total))
             st.ended = {sid for p in parts for sid in p["ended"]}
 

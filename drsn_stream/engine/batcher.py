@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 
 from drsn_stream.types import Window
 
@@ -71,6 +72,8 @@ class MicroBatcher:
         self._closed = False
         self.dropped_stale: Counter[str] = Counter()
         self.dropped_overflow: Counter[str] = Counter()
+        # the two above of streams no longer monitored ({"stale": n, "overflow": n}, ``forget``)
+        self.dropped_gone: Counter[str] = Counter()
         self.accepted = 0
         self.flushes = 0  # batches that left early on flush()
         self.eager_sends = 0  # batches that left early at eager_batch windows
@@ -136,7 +139,15 @@ class MicroBatcher:
         return len(self._q)
 
     def dropped_total(self) -> int:
-        return sum(self.dropped_stale.values()) + sum(self.dropped_overflow.values())
+        return sum(self.dropped_stale.values()) + sum(self.dropped_overflow.values()) + sum(self.dropped_gone.values())
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Streams no longer monitored: their drop counts move into ``dropped_gone`` (the totals
+        stay whole; the per-stream record stays as large as the streams monitored)."""
+        with self._cond:
+            for sid in streams:
+                self.dropped_gone["stale"] += self.dropped_stale.pop(sid, 0)
+                self.dropped_gone["overflow"] += self.dropped_overflow.pop(sid, 0)
 
     def next_batch(self, timeout: float = 0.5, *, early: bool = True) -> list[Window]:
         """Blocks until a batch is due (full, oldest waited max_wait, flushed, or eager_batch windows

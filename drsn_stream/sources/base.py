@@ -119,6 +119,9 @@ def opt_choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+_PER_STREAM = ("gaps", "missing", "restarts", "duplicates", "late", "overflows")  # SourceStats' {stream: count}
+
+
 class SourceStats:
     """Counters a source keeps while it runs; safe to read from another thread via ``snapshot()``.
 
@@ -133,6 +136,10 @@ class SourceStats:
         overflows: {stream: count} of input overflows (samples lost before we saw them).
         ended: streams that announced end of stream.
         retired: streams whose places went to new ids once ``max_streams`` were taken (``make_room``).
+        gone: {counter: count} of the per-stream counters above (gaps ... overflows) of streams no
+            longer held (retired, or handed over to another cluster host): a stream's entries move
+            here when it goes, so the record stays as large as the streams held, however many ids
+            came and went, and the totals stay whole.
         crashes: unexpected errors inside the source that it survived (restarted);
             last_crash: the latest one's text.
     """
@@ -150,6 +157,7 @@ class SourceStats:
         self.overflows: dict[str, int] = {}
         self.ended: set[str] = set()
         self.retired = 0
+        self.gone: dict[str, int] = {}
         self.crashes = 0
         self.last_crash = ""
 
@@ -208,7 +216,16 @@ class SourceStats:
     def retire(self, stream: str) -> None:
         with self._lock:
             self.retired += 1
+        self.forget(stream)
+
+    def forget(self, stream: str) -> None:
+        """A stream no longer held: its per-stream counts move into ``gone``."""
+        with self._lock:
             self.ended.discard(stream)
+            for name in _PER_STREAM:
+                n = getattr(self, name).pop(stream, 0)
+                if n:
+                    self.gone[name] = self.gone.get(name, 0) + n
 
     @property
     def malformed_total(self) -> int:
@@ -217,7 +234,7 @@ class SourceStats:
 
     def snapshot(self) -> dict[str, Any]:
         """A consistent copy: ``{"frames", "samples", "malformed", "gaps", "missing", "restarts",
-        "duplicates", "late", "overflows", "ended", "retired", "crashes", "last_crash"}``."""
+        "duplicates", "late", "overflows", "ended", "retired", "gone", "crashes", "last_crash"}``."""
         with self._lock:
             return {
                 "frames": self.frames,
@@ -231,6 +248,7 @@ class SourceStats:
                 "overflows": dict(self.overflows),
                 "ended": sorted(self.ended),
                 "retired": self.retired,
+                "gone": dict(self.gone),
                 "crashes": self.crashes,
                 "last_crash": self.last_crash,
             }
@@ -341,6 +359,8 @@ class Source:
             self._streams.remove(stream)
             if retired:
                 self.stats.retire(stream)
+            else:
+                self.stats.forget(stream)
 
     def open(self) -> Source:
         if not self._opened:
