@@ -193,33 +193,36 @@ def test_the_monitor_wide_limit_takes_the_place_of_any_sources_silent_stream() -
 
 
 @pytest.mark.slow
-def test_ingest_processes_retire_silent_streams_and_the_monitor_forgets_them(free_tcp_port: int) -> None:
-    """--ingest-procs 2, --max-streams 3: each process keeps its own table of the streams of its
-    shard. A generation of ids in one shard is replaced by another: the process retires the
-    silent ones for the new ids, and the monitor drops them from its sources, health mirror and
-    decisions, and says so in a note."""
-    from drsn_stream.app.shards import ShardedSource, shard_of
+def _shard0_names(n: int) -> list[str]:
+    """``n`` stream ids that the first of 2 ingest processes owns."""
+    from drsn_stream.app.shards import shard_of
 
-    names = [f"s{k}" for k in range(200) if shard_of(f"s{k}".encode(), 2) == 0][:5]
-    live, a, b = names[0], names[1:3], names[3:5]
-    plan = [(0.0, 6.0, [live]), (0.0, 2.0, a), (2.5, 6.0, b)]
-    config = RunConfig(sources=(f"zmq://127.0.0.1:{free_tcp_port}",), device="cpu", engine_process=False,
-                       ingest_procs=2, stale_ms=60000, max_streams=3, reclaim_after_s=1.0, health={"timeout_s": 0.5})
+    return [f"s{k}" for k in range(200) if shard_of(f"s{k}".encode(), 2) == 0][:n]
+
+
+def _through_ingest_processes(port: int, plan: list[tuple[float, float, list[str]]], seconds: float,
+                              signal: dict[str, np.ndarray] | None = None,
+                              **cfg: Any) -> tuple[Pipeline, list[tuple[str, str]], dict]:
+    """The plan published (an XPUB on loopback, every 50 ms a frame of each stream whose span
+    holds; ``signal``: a stream's samples, else noise) for ``seconds`` to a monitor whose 2 ingest
+    processes read it; the monitor, the notes it said, and its label counts at the end."""
+    from drsn_stream.app.shards import ShardedSource
+
+    config = RunConfig(sources=(f"zmq://127.0.0.1:{port}",), device="cpu", engine_process=False,
+                       ingest_procs=2, stale_ms=60000, health={"timeout_s": 0.5}, **cfg)
     pipe = Pipeline(config)
     said: list[tuple[str, str]] = []
     emit = pipe._emit_events
     pipe._emit_events = lambda events: (said.extend((e.stream_id, e.data.get("message", "")) for e in events
                                                     if e.type == "note"), emit(events))[-1]
-    src = pipe.sources[0]
-    assert isinstance(src, ShardedSource)
+    assert isinstance(pipe.sources[0], ShardedSource)
     pipe.start()
-    done = threading.Event()
     waiter = threading.Thread(target=pipe.wait, daemon=True)
+    pub = zmq.Context.instance().socket(zmq.XPUB)
     try:
         waiter.start()
-        pub = zmq.Context.instance().socket(zmq.XPUB)
         pub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        pub.bind(f"tcp://127.0.0.1:{free_tcp_port}")
+        pub.bind(f"tcp://127.0.0.1:{port}")
         heard, deadline = 0, time.time() + 60
         while heard < 2 and time.time() < deadline:  # both processes subscribed to everything
             if pub.poll(100) and pub.recv() == b"\x01":
@@ -227,23 +230,39 @@ def test_ingest_processes_retire_silent_streams_and_the_monitor_forgets_them(fre
         assert heard == 2
         rng = np.random.default_rng(0)
         t0, i, seq = time.time(), 0, {}
-        while time.time() - t0 < 6.0:
+        while time.time() - t0 < seconds:
             now = time.time() - t0
             for start, stop, ids in plan:
                 for sid in ids if start <= now < stop else ():
-                    x = (0.1 * rng.standard_normal(N)).astype(np.float32)
-                    pub.send_multipart(encode(sid, seq.setdefault(sid, 0), time.time() - N / RATE, RATE, x))
+                    k = seq.setdefault(sid, 0)
+                    if signal is not None and sid in signal:
+                        x = signal[sid][k * N % (len(signal[sid]) - N):][:N]
+                    else:
+                        x = (0.1 * rng.standard_normal(N)).astype(np.float32)
+                    pub.send_multipart(encode(sid, k, time.time() - N / RATE, RATE, x))
                     seq[sid] += 1
             i += 1
             time.sleep(max(0.0, t0 + 0.05 * i - time.time()))
         time.sleep(1.5)  # the last reports, windows and results
         preds = dict(pipe.label_counts)
     finally:
-        done.set()
         pipe.quit.set()
         waiter.join(timeout=10)
         pipe.stop()
         pub.close(0)
+    return pipe, said, preds
+
+
+def test_ingest_processes_retire_silent_streams_and_the_monitor_forgets_them(free_tcp_port: int) -> None:
+    """--ingest-procs 2, --max-streams 3: each process keeps its own table of the streams of its
+    shard. A generation of ids in one shard is replaced by another: the process retires the
+    silent ones for the new ids, and the monitor drops them from its sources, health mirror and
+    decisions, and says so in a note."""
+    names = _shard0_names(5)
+    live, a, b = names[0], names[1:3], names[3:5]
+    plan = [(0.0, 6.0, [live]), (0.0, 2.0, a), (2.5, 6.0, b)]
+    pipe, said, preds = _through_ingest_processes(free_tcp_port, plan, 6.0, max_streams=3, reclaim_after_s=1.0)
+    src = pipe.sources[0]
     retired = sorted(sid for sid, line in said if "retired" in line)
     assert retired == sorted(a), said
     assert all(preds.get(sid) for sid in (live, *b)), preds
@@ -431,52 +450,14 @@ def test_ingest_processes_never_retire_a_stream_holding_an_alarm_not_yet_acknowl
     then falls silent beside a healthy one. New ids come: the healthy silent stream gives its
     place, the alarmed one keeps it (the monitor told the process of the alarm): the next new id is
     refused and a line says to acknowledge, and the alarm is still there to be seen."""
-    from drsn_stream.app.shards import ShardedSource, shard_of
-
-    names = [f"s{k}" for k in range(200) if shard_of(f"s{k}".encode(), 2) == 0][:5]
+    names = _shard0_names(5)
     live, alarmed, quiet, b = names[0], names[1], names[2], names[3:5]
     data = np.load(Path(__file__).resolve().parents[1] / "drsn_stream" / "data" / "cwru_excerpts.npz")
     fault = (data["inner_014"] * float(data["inner_014__scale"])).astype(np.float32)
     plan = [(0.0, 7.0, [live]), (0.0, 2.5, [alarmed, quiet]), (4.0, 7.0, b)]
-    config = RunConfig(sources=(f"zmq://127.0.0.1:{free_tcp_port}",), device="cpu", engine_process=False,
-                       ingest_procs=2, stale_ms=60000, max_streams=3, reclaim_after_s=1.0, health={"timeout_s": 0.5})
-    pipe = Pipeline(config)
-    said: list[tuple[str, str]] = []
-    emit = pipe._emit_events
-    pipe._emit_events = lambda events: (said.extend((e.stream_id, e.data.get("message", "")) for e in events
-                                                    if e.type == "note"), emit(events))[-1]
+    pipe, said, _ = _through_ingest_processes(free_tcp_port, plan, 7.0, {alarmed: fault}, max_streams=3,
+                                              reclaim_after_s=1.0)
     src = pipe.sources[0]
-    assert isinstance(src, ShardedSource)
-    pipe.start()
-    waiter = threading.Thread(target=pipe.wait, daemon=True)
-    pub = zmq.Context.instance().socket(zmq.XPUB)
-    try:
-        waiter.start()
-        pub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        pub.bind(f"tcp://127.0.0.1:{free_tcp_port}")
-        heard, deadline = 0, time.time() + 60
-        while heard < 2 and time.time() < deadline:  # both processes subscribed to everything
-            if pub.poll(100) and pub.recv() == b"\x01":
-                heard += 1
-        assert heard == 2
-        rng = np.random.default_rng(0)
-        t0, i, seq = time.time(), 0, {}
-        while time.time() - t0 < 7.0:
-            now = time.time() - t0
-            for start, stop, ids in plan:
-                for sid in ids if start <= now < stop else ():
-                    k = seq.setdefault(sid, 0)
-                    x = fault[k * N % (len(fault) - N):][:N] if sid == alarmed else (0.1 * rng.standard_normal(N)).astype(np.float32)
-                    pub.send_multipart(encode(sid, k, time.time() - N / RATE, RATE, x))
-                    seq[sid] += 1
-            i += 1
-            time.sleep(max(0.0, t0 + 0.05 * i - time.time()))
-        time.sleep(1.5)  # the last reports, windows and results
-    finally:
-        pipe.quit.set()
-        waiter.join(timeout=10)
-        pipe.stop()
-        pub.close(0)
     assert pipe.decisions.unacknowledged([alarmed]) == {alarmed}, pipe.decisions.state(alarmed)
     retired = sorted(sid for sid, line in said if "retired" in line)
     assert retired == [quiet], said
