@@ -192,7 +192,6 @@ def test_the_monitor_wide_limit_takes_the_place_of_any_sources_silent_stream() -
     assert "its place goes to new stream new" in said[0][2]
 
 
-@pytest.mark.slow
 def _shard0_names(n: int) -> list[str]:
     """``n`` stream ids that the first of 2 ingest processes owns."""
     from drsn_stream.app.shards import shard_of
@@ -253,6 +252,7 @@ def _through_ingest_processes(port: int, plan: list[tuple[float, float, list[str
     return pipe, said, preds
 
 
+@pytest.mark.slow
 def test_ingest_processes_retire_silent_streams_and_the_monitor_forgets_them(free_tcp_port: int) -> None:
     """--ingest-procs 2, --max-streams 3: each process keeps its own table of the streams of its
     shard. A generation of ids in one shard is replaced by another: the process retires the
