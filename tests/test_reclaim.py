@@ -508,3 +508,46 @@ def test_a_retired_streams_source_counters_move_into_the_totals_of_streams_gone(
     src.forget_stream("b", retired=False)  # handed over to another host: not retired, its counts gone all the same
     snap = src.stats.snapshot()
     assert snap["gaps"] == {} and snap["gone"]["gaps"] == 2 and snap["retired"] == 1
+
+
+def test_a_stream_with_a_frame_in_the_poll_of_a_new_id_keeps_its_place(free_tcp_port: int) -> None:
+    """A real ZeroMQ source with room for 2 ids, both silent longer than --reclaim-after: in one
+    poll, a frame of the quietest, then a new id's first frame. The source asks for room while
+    that frame is taken but not handed over yet; the stream that just sent keeps its place and the
+    other silent one gives its own (before, the one that just sent was retired, and its frame came
+    back as a new stream's)."""
+    from drsn_stream.app.ingest import Ingest
+    from drsn_stream.models.artifact import read_meta
+    from drsn_stream.monitor.health import HealthMonitor
+    from drsn_stream.sources import make_source
+
+    meta = read_meta("bearing-cwru")
+    said: list[tuple[str, tuple[str, ...], str]] = []
+    ingest = Ingest(meta, None, HealthMonitor(), 8, on_events=lambda events: None, on_error=lambda line: None,
+                    reclaim_after_s=0.3, on_retire=lambda *args: said.append(args))
+    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}")
+    src.max_streams = 2
+    src.make_room = lambda new_id: ingest.make_room(src, new_id)
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+    x = (0.1 * np.random.default_rng(0).standard_normal(N)).astype(np.float32)
+
+    def send(*frames: tuple[str, int]) -> list[str]:
+        for sid, seq in frames:
+            push.send_multipart(encode(sid, seq, time.time(), RATE, x))
+        time.sleep(0.2)  # all of them queued at the source's socket: one poll takes them
+        batch = next(batches)
+        ingest.frames(batch, src)
+        return [f.stream_id for f in batch]
+
+    try:
+        with src:
+            batches = src.batches()
+            assert send(("old", 0)) == ["old"]
+            assert send(("quiet", 0)) == ["quiet"]
+            time.sleep(0.5)  # both silent longer than --reclaim-after, "old" the longest
+            assert send(("old", 1), ("new", 0)) == ["old", "new"]
+    finally:
+        push.close(0)
+    assert [sid for sid, _, _ in said] == ["quiet"], said
+    assert sorted(src.streams) == ["new", "old"] and sorted(ingest.dsp) == ["new", "old"]

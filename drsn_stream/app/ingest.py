@@ -288,7 +288,10 @@ class Ingest:
             return False
         dsps = self.dsp
         ids = list(dsps) if source is None else [sid for sid in getattr(source, "streams", ()) if sid != new_id]
-        busy = {f.stream_id for f in poll}
+        # a stream with a frame in this poll is not silent, whatever health last saw: those the
+        # ingest has (``poll``) and those its source took in the poll under way (``polling``)
+        polling = getattr(source, "polling", None)
+        busy = {f.stream_id for f in poll} | (polling() if polling is not None else set())
         chans = [_channels(dsps.get(sid), sid) for sid in ids]
         flat = [c for cs in chans for c in cs]
         seen = iter(self.health.last_seen_many(flat))

@@ -270,7 +270,8 @@ class Source:
     ``max_streams``: the most stream ids a source that learns them from its input takes.
     ``make_room`` (optional, set by the consumer): called with a new stream id when
     ``max_streams`` are taken; True when it retired a stream of this source (``forget_stream``)
-    to make room, so the new id is taken rather than refused.
+    to make room, so the new id is taken rather than refused; ``polling()`` says which streams
+    have a frame in the poll the new id came in, taken but not handed over yet (not silent).
     ``on_end`` (optional, set by the consumer): called on the iterating thread with the stream ids
     that announced their end (the wire format's end of stream), after the batch with their last
     frames has been handed over (the monitor's sensor health then raises no "no data" for them).
@@ -349,6 +350,12 @@ class Source:
         self._stream_set.add(stream)
         self._streams.append(stream)
         return True
+
+    def polling(self) -> set[str]:
+        """The stream ids of frames taken in the poll this source is in the middle of, not handed
+        over yet (a ZeroMQ source's receive loop; none for others). Read while ``make_room`` runs:
+        such a stream sent just now, whatever its last frame handed over says."""
+        return set()
 
     def forget_stream(self, stream: str, *, retired: bool = True) -> None:
         """Drop a stream id: its place is free, and a frame of it later is a new stream's.

@@ -325,6 +325,11 @@ class _ZmqSource(Source):
         # messages received by the compiled loop (recv_jit) where it is available and the payloads
         # are small (None), always (True: an error where it is not) or never (False: pyzmq's calls)
         self.compiled_receive: bool | None = None
+        self._poll: tuple[list[Head], list[tuple[int, Frame]]] = ([], [])  # the frames of the poll under way
+
+    def polling(self) -> set[str]:
+        heads, others = self._poll
+        return {h[0].stream for h in heads} | {f.stream_id for _, f in others}
 
     def _open(self) -> None:
         if self.compiled_receive is not False:
@@ -522,6 +527,7 @@ class _ZmqSource(Source):
             heads: list[Head] = []  # known messages' (template, seq, t), their frames made at the end
             payloads: list[Any] = []
             others: list[tuple[int, Frame]] = []  # frames decoded in full, after how many of heads
+            self._poll = (heads, others)
             ends: list[str] = []  # streams that announced their end in this poll (on_end, after the batch)
             ended = False
             start = time.monotonic()
@@ -595,6 +601,7 @@ class _ZmqSource(Source):
                 batch = [self._select(f) if f.samples.shape[1] > 1 else f for f in batch]
             for j, (before, frame) in enumerate(others):  # in their places among the others
                 batch.insert(before + j, frame)
+            self._poll = ([], [])
             if batch:
                 yield batch
             if ends and self.on_end is not None:
