@@ -471,6 +471,44 @@ def test_a_host_whose_sends_fail_for_a_while_sends_everything_after(tmp_path: Pa
         host.stop()
 
 
+def test_a_baseline_learned_on_one_host_goes_with_its_stream_to_the_next(tmp_path: Path) -> None:
+    """--learn on two real hosts: host a learns a healthy machine's baseline, then hands the stream
+    to host b (a host joining, say). b monitors it on a's baseline from its first window instead of
+    learning it again (before, every move and every failover started the learning over)."""
+    from drsn_stream.app.pipeline import RunConfig
+    from drsn_stream.cluster.host import HostWorker
+
+    port = _free_port()
+    pub = subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--source",
+                            "sim:bearing?machines=1&fault=none", "--to", f"tcp://127.0.0.1:{port}",
+                            "--duration", "60"], cwd=ROOT)
+    cfg = RunConfig(engine_process=False, threads=1, learn_s=2.0)
+    hosts = [HostWorker(n, cfg, gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ck"),
+                        send=lambda kind, payload: None).start() for n in ("a", "b")]
+    a, b = hosts
+    sid = "sim/m0"
+    try:
+        a.assign([sid])
+        _until(lambda: a.pipe.baseline.state.get(sid) == "monitoring", 45)
+        learned = a.pipe.baseline.profile.streams[sid]
+        a.release([sid])
+        b.assign([sid], previous={sid: "a"})
+        _until(lambda: len(b.pipe.baseline.history.get(sid, ())) >= 5, 30)
+        state, learning = b.pipe.baseline.state.get(sid), sid in b.pipe.baseline._learning
+        kept = b.pipe.baseline.profile.streams.get(sid)
+        # the host that handed it over keeps nothing of it (its output thread forgets it, with
+        # no results coming any more, within a second or so)
+        _until(lambda: sid not in a.pipe.baseline.profile.streams, 10)
+    finally:
+        for h in hosts:
+            h.stop()
+        pub.kill()
+        pub.wait()
+    assert state == "monitoring" and not learning
+    assert kept is not None and kept.windows == learned.windows
+    assert np.allclose(kept.gaussian.mean, learned.gaussian.mean, rtol=1e-6) and kept.threshold == pytest.approx(learned.threshold)
+
+
 def _until(cond, timeout: float) -> None:
     end = time.time() + timeout
     while time.time() < end:

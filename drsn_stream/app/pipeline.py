@@ -218,7 +218,9 @@ class Pipeline:
                                            for i, (src, spec) in enumerate(zip(self.sources, config.sources), 1)},
                              reclaim_after_s=config.reclaim_after_s, on_retire=self._on_retire,
                              on_layout=self._on_layout, keep=lambda ids: self.decisions.unacknowledged(ids))
-        self._retired: deque[str] = deque()  # channel stream ids retired by ingest, forgotten by the output thread
+        # channel stream ids retired by ingest, forgotten by the output thread; (id, baseline) to
+        # adopt there (a cluster host taking a stream over), in the order they were asked for
+        self._retired: deque[str | tuple[str, dict[str, Any]]] = deque()
         # (monotonic time, channel ids) a layout change left behind: forgotten by the output thread
         # once no window of theirs can still come (--stale-ms)
         self._left: deque[tuple[float, tuple[str, ...]]] = deque()
@@ -535,11 +537,19 @@ class Pipeline:
 
     def _output_loop(self) -> None:
         while True:
-            preds = self._out.get()
+            try:
+                preds = self._out.get(timeout=1.0)
+            except queue.Empty:
+                # no results for a while (a host that handed its streams over, sources gone
+                # quiet): what was asked of this thread is done all the same
+                preds = []
             if preds is None:
                 return
             try:
-                self._handle(preds)
+                if preds:
+                    self._handle(preds)
+                elif self._retired or self._left:
+                    self._forget_retired()
             except Exception as exc:  # noqa: BLE001 - a sink failure is shown, not fatal
                 self._error(f"output: {one_line(exc)}")
 
@@ -593,6 +603,9 @@ class Pipeline:
                 self._retired.append(ch)
         while self._retired:
             sid = self._retired.popleft()
+            if isinstance(sid, tuple):
+                self._adopt(*sid)
+                continue
             self.stats.forget(sid)
             if self.baseline is not None:
                 self.baseline.forget(sid)
@@ -601,6 +614,20 @@ class Pipeline:
             self._unfolded.add(sid)
         if len(self._unfolded) >= FOLD_GONE:
             self._fold_gone()
+
+    def adopt_baseline(self, stream: str, table: dict[str, Any]) -> None:
+        """Monitor ``stream`` on a baseline learned by another host (its checkpoint's); taken by
+        the output thread, which runs the baselines, before the stream's next results."""
+        self._retired.append((stream, table))
+
+    def _adopt(self, stream: str, table: dict[str, Any]) -> None:
+        if self.baseline is None:
+            return
+        self._unfolded.discard(stream)
+        try:
+            self.baseline.adopt(stream, table)
+        except ConfigError as exc:
+            self._error(str(exc))
 
     def _fold_gone(self) -> None:
         """The tallies, drop counts and alarm counts of the streams retired since the last fold

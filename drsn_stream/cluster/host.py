@@ -212,6 +212,8 @@ class HostWorker:
                             self.pipe.decisions.restore_state(sid, ckpt.decision)
                         if ckpt.health is not None:
                             self.pipe.health.restore_state(sid, ckpt.health)
+                        if getattr(ckpt, "baseline", None) is not None:  # (older checkpoints have none)
+                            self.pipe.adopt_baseline(sid, ckpt.baseline)
                     # a damaged or foreign checkpoint: said, and the stream starts afresh (the others go on)
                     except (ConfigError, TypeError, ValueError, IndexError, AttributeError) as exc:
                         self.pipe.error(str(exc) if isinstance(exc, ConfigError)
@@ -322,6 +324,7 @@ class HostWorker:
                 health=self.pipe.health.export_state(sid),
                 counters=dict(self._counters.get(sid, {})),
                 events=list(self._recent.get(sid, ())),
+                baseline=self.pipe.baseline.export(sid) if self.pipe.baseline is not None else None,
             )
             if ckpt.decision is None and ckpt.health is None and not ckpt.counters:
                 return  # nothing seen yet: keep whatever an earlier host saved

@@ -56,6 +56,8 @@ class StreamCheckpoint:
         host: the host that saved it; saved_at: wall clock (s).
         last_time: capture time (s) of the last window classified (the gap after a failover starts here).
         decision / health: ``DecisionEngine.export_state`` / ``HealthMonitor.export_state`` (None: not seen).
+        baseline: the stream's baseline learned live (``BaselineStage.export``, plain JSON types), so
+            the next host monitors it at once rather than learning it again; None: none.
         counters: per event kind, how many events the stream has had (the next event's id).
         events: the most recent events (JSON objects with ``id``), oldest first.
     """
@@ -68,6 +70,7 @@ class StreamCheckpoint:
     health: Any = None
     counters: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
 
 
 class CheckpointStore:

@@ -292,6 +292,33 @@ class BaselineStage:
         if self.profile.streams.pop(stream, None) is not None:
             self._stacked = None
 
+    def export(self, stream: str) -> dict[str, Any] | None:
+        """The baseline this stage learned live for ``stream``, as ``StreamBaseline.to_dict`` (for a
+        cluster checkpoint: the host that takes the stream over monitors it at once instead of
+        learning it again); None while it has none, or where the profile gave it (every host loads
+        the same profile)."""
+        base = self.profile.streams.get(stream)
+        return None if base is None or stream in self._given else base.to_dict()
+
+    def adopt(self, stream: str, table: dict[str, Any]) -> None:
+        """Monitor ``stream`` on a baseline learned elsewhere (``export``'s dict, from another
+        host's checkpoint): its learning here, if any, stops. Raises ``ConfigError`` for a damaged
+        one or one over another number of features than this stage's baselines."""
+        try:
+            base = StreamBaseline.from_dict(table)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"the baseline of {stream} in its checkpoint is damaged ({type(exc).__name__}: {exc}); "
+                              "the stream learns it again") from None
+        sizes = {b.gaussian.mean.size for sid, b in self.profile.streams.items() if sid != stream}
+        if sizes and sizes != {base.gaussian.mean.size}:
+            raise ConfigError(f"the baseline of {stream} in its checkpoint is over {base.gaussian.mean.size} features, "
+                              f"this monitor's over {sorted(sizes)[0]} (another model?); the stream learns it again")
+        self._learning.pop(stream, None)
+        self._extended.discard(stream)
+        self.profile.streams[stream] = base
+        self._stacked = None
+        self.state[stream] = "monitoring"
+
     def apply(self, preds: list[Prediction]) -> None:
         """Sets ``anomaly`` on every prediction of a stream that has a baseline (one vectorized
         call per batch, over all its streams); collects the features of streams that are learning."""
