@@ -552,6 +552,23 @@ def test_aggregator_one_view_with_hosts_and_host_labelled_metrics() -> None:
 
 # ------------------------------------------------------------------------------------ no Ray needed
 @pytest.mark.slow
+def test_the_aggregators_record_of_hosts_per_stream_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stream ids come and go (gateways restarted under new names): the aggregator's record of which
+    host gave each stream's results keeps the latest streams, and each stream's latest changes."""
+    from drsn_stream.cluster import aggregator
+
+    monkeypatch.setattr(aggregator, "HANDOVERS_KEEP", 3)
+    agg = Aggregator()
+    for i in range(5):
+        agg.push("gpu-1", [{"type": "prediction", "stream": f"s{i}", "time": 1.0, "label": "normal"}])
+    assert list(agg.handovers) == ["s2", "s3", "s4"]
+    for k in range(40):
+        agg.push(f"gpu-{k % 2}", [{"type": "prediction", "stream": "s4", "time": 1.0, "label": "normal"}])
+    hosts = [h for h, _ in agg.handovers["s4"]]
+    assert len(hosts) == aggregator.HANDOVER_CHANGES_KEEP and hosts[-1] == "gpu-1"
+    assert agg.results == 45
+
+
 def test_single_machine_monitor_never_imports_ray() -> None:
     code = ("import sys, drsn_stream.cli as c, drsn_stream.app.pipeline, drsn_stream.cluster.host, "
             "drsn_stream.cluster.aggregator, drsn_stream.cluster.ray_app, drsn_stream.cluster.deploy\n"

@@ -28,6 +28,8 @@ from drsn_stream.types import Event
 from drsn_stream.view import Counters, EventLog, Footer, Header, LatencyCounts, Snapshot, natural_key
 
 SEEN_IDS_KEEP = 1_000_000  # event ids remembered for de-duplication (alarm changes are rare)
+HANDOVERS_KEEP = 65_536  # streams whose hosts are remembered (the first seen leave first: ids come and go)
+HANDOVER_CHANGES_KEEP = 16  # changes of host remembered per stream
 EVENT_TYPES = ("alarm", "health", "gap", "note", "detection")
 
 
@@ -49,7 +51,8 @@ class Aggregator:
         self.duplicates = 0
         self.results = 0
         self.failovers = 0
-        # stream -> [(host, arrival of its first result from that host)], one entry per change of host
+        # stream -> [(host, arrival of its first result from that host)], one entry per change of
+        # host; bounded (HANDOVERS_KEEP streams, HANDOVER_CHANGES_KEEP changes each)
         self.handovers: dict[str, list[tuple[str, float]]] = {}
         self._notes: set[str] = set()
 
@@ -70,9 +73,14 @@ class Aggregator:
                 sid = str(obj.get("stream", ""))
                 if kind == "prediction":
                     self.results += 1
-                    seen = self.handovers.setdefault(sid, [])
+                    seen = self.handovers.get(sid)
+                    if seen is None:
+                        seen = self.handovers[sid] = []
+                        if len(self.handovers) > HANDOVERS_KEEP:
+                            del self.handovers[next(iter(self.handovers))]
                     if not seen or seen[-1][0] != host:
                         seen.append((host, now))
+                        del seen[:-HANDOVER_CHANGES_KEEP]
                 elif kind in EVENT_TYPES:
                     if kind == "note" and sid == "*":  # said once per host; shown once for the cluster
                         msg = str(obj.get("message", ""))
