@@ -269,6 +269,9 @@ def test_ingest_processes_retire_silent_streams_and_the_monitor_forgets_them(fre
     assert not set(a) & set(src.streams) and set(b) <= set(src.streams)
     assert not set(a) & set(pipe.health.streams) and not set(a) & set(pipe.decisions.streams)
     assert src.stats.snapshot()["retired"] == 2
+    # the new streams' windows came under the codes the retired ones had: the table of codes
+    # stays as large as the streams held (their results above are theirs, not the old ids')
+    assert sorted(src._children[0].ids) == sorted([live, *b]), src._children[0].ids
 
 
 def test_a_retired_streams_latencies_leave_with_it_and_its_row_is_reused() -> None:

@@ -232,7 +232,10 @@ class _Out:
         self.slot: int | None = None
         self.meta: list[tuple[int, int, float, float, float, int]] = []
         self.codes: dict[str, int] = {}  # stream id -> its code in the numbers (the parent keeps the same list)
-        self.new_ids: list[str] = []  # ids coded since the last slot left
+        self.new_ids: list[tuple[int, str]] = []  # (code, id) coded since the last slot left
+        # codes of streams retired, given to new ones: the table stays as large as the streams held
+        self._free_codes: list[int] = []
+        self._next_code = 0
         self.t_first = 0.0
         self.stopped = False
         self.subs: list[bytes] = []  # topics the parent asked this process to subscribe to
@@ -255,8 +258,12 @@ class _Out:
             self.ring[self.slot, len(self.meta)] = w.data
             code = self.codes.get(w.stream_id)
             if code is None:
-                code = self.codes[w.stream_id] = len(self.codes)
-                self.new_ids.append(w.stream_id)
+                if self._free_codes:
+                    code = self._free_codes.pop()
+                else:
+                    code, self._next_code = self._next_code, self._next_code + 1
+                self.codes[w.stream_id] = code
+                self.new_ids.append((code, w.stream_id))
             self.meta.append((code, w.index, w.t_last, w.t_ready, w.level,
                               HEALTHY * bool(ok) + NORMALIZED * bool(w.normalized)))
             if len(self.meta) == self.ring.shape[1]:
@@ -281,6 +288,14 @@ class _Out:
             self.slot, self.meta = None, []
         elif idle:
             self.send({"i": True})
+
+    def forget_codes(self, ids: Iterable[str]) -> None:
+        """Streams gone (retired, left out by a new layout): their codes go to new streams. Called
+        after ``flush``: a window in a slot not yet handed over still carries its code."""
+        for sid in ids:
+            code = self.codes.pop(sid, None)
+            if code is not None:
+                self._free_codes.append(code)
 
     def due(self) -> bool:
         return bool(self.meta) and time.monotonic() - self.t_first >= FLUSH_S
@@ -398,11 +413,14 @@ def _worker(cfg: dict[str, Any]) -> int:
     def retired() -> None:
         """Streams retired to make room for new ones, channels a new layout left out: the parent
         drops its state of them, says the notes."""
+        out.flush()  # the windows before first (their codes are given to other streams after)
         if stage.retired:
             out.send({"r": stage.retired})
+            out.forget_codes(ch for _, ids, _ in stage.retired for ch in ids)
             stage.retired = []
         if stage.relayouts:
             out.send({"lg": stage.relayouts})
+            out.forget_codes(ch for _, gone, _ in stage.relayouts for ch in gone)
             stage.relayouts = []
 
     def news(ended: int, streams: int) -> None:
@@ -831,8 +849,12 @@ class ShardedSource(Source):
     def _handle(self, c: _Child, msg: dict[str, Any]) -> None:
         if "ready" in msg:
             c.ready = True
-        if "ids" in msg:
-            c.ids += msg["ids"]
+        if "ids" in msg:  # (code, id): a new code, or one a retired stream had
+            for code, sid in msg["ids"]:
+                if code < len(c.ids):
+                    c.ids[code] = sid
+                else:
+                    c.ids.append(sid)
         if "w" in msg:
             slot, n = int(msg["w"]), int(msg["k"])
             data, meta = c.ring[slot, :n].copy(), c.meta[slot, :n].copy()
