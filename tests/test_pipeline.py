@@ -549,3 +549,20 @@ def test_dashboard_latency_and_the_metrics_histogram_count_the_same_windows(repl
             # a window the JSON shows at a bucket's edge (rounded to 1 us) may lie either side of it
             edge = float(dict(labels)["le"]) * 1000.0
             assert np.count_nonzero(lat < edge - 6e-4) <= value <= np.count_nonzero(lat <= edge + 6e-4), labels
+
+
+def test_error_lines_that_name_streams_do_not_grow_the_monitor_without_bound() -> None:
+    """A peer sending a new stream id at a rate the model cannot take, again and again: each gives
+    an error line naming the stream. The first MAX_ERRORS kinds are kept and their repeats counted;
+    the rest are only counted, and the summary says how many."""
+    from drsn_stream.app import pipeline as pipeline_mod
+
+    pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=1",), device="cpu", engine_process=False))
+    for i in range(500):
+        pipe.error(f"stream s{i}: sends 7000 Hz, a rate the model cannot take")
+    pipe.error("stream s0: sends 7000 Hz, a rate the model cannot take")  # a kept line's repeat
+    keep = pipeline_mod.MAX_ERRORS
+    assert len(pipe.errors) == len(pipe.error_counts) == keep
+    assert pipe.error_counts["stream s0: sends 7000 Hz, a rate the model cannot take"] == 2
+    assert pipe.errors_not_kept == 500 - keep and pipe.stats_json()["errors_not_kept"] == 500 - keep
+    assert f"and {500 - keep} more error lines" in pipe.summary()

@@ -241,6 +241,7 @@ class Pipeline:
         self.gone_streams = 0
         self.errors: list[str] = []
         self.error_counts: Counter[str] = Counter()
+        self.errors_not_kept = 0  # error lines beyond MAX_ERRORS distinct ones, counted only
         self.failed_sources: list[str] = []  # one line per source that stopped with an error
         self.quit = threading.Event()
         self.stop_asked = False  # by ask_stop(), from a signal handler: wait() then sets quit
@@ -711,10 +712,17 @@ class Pipeline:
 
     def _error(self, line: str) -> None:
         """Keep an error line for the dashboard, the stats and the summary: each distinct line once
-        (at most MAX_ERRORS of them), repeats counted in ``error_counts``."""
-        if self.error_counts[line] == 0 and len(self.errors) < MAX_ERRORS:
+        (at most MAX_ERRORS of them), repeats counted in ``error_counts``; lines beyond those are
+        only counted (``errors_not_kept``): lines that name a stream would otherwise grow the
+        counts by every stream id a peer sends."""
+        n = self.error_counts.get(line)
+        if n is not None:
+            self.error_counts[line] = n + 1
+        elif len(self.errors) < MAX_ERRORS:
             self.errors.append(line)
-        self.error_counts[line] += 1
+            self.error_counts[line] = 1
+        else:
+            self.errors_not_kept += 1
 
 
     # ------------------------------------------------------------------ views
@@ -828,6 +836,7 @@ class Pipeline:
             **({"envelope": self.envelope.stats()} if self.envelope is not None else {}),
             "sink_failures": dict(self.outputs.failures),
             "errors": list(self.errors),
+            "errors_not_kept": self.errors_not_kept,
             "failed_sources": list(self.failed_sources),
         }
 
@@ -865,6 +874,9 @@ class Pipeline:
         for err in self.errors:
             n = self.error_counts[err]
             lines.append(f"  error: {err}" + (f" (x{n})" if n > 1 else ""))
+        if self.errors_not_kept:
+            lines.append(f"  and {self.errors_not_kept} more error lines of other kinds, not kept "
+                         f"(the first {MAX_ERRORS} kinds are above)")
         if self.outputs.failures:
             lines.append(f"  sink failures {dict(self.outputs.failures)}; last: {self.outputs.last_error}")
         return "\n".join(lines)
