@@ -91,14 +91,21 @@ class HashRing:
                 out[sid] = host
             load[host] = min(len(owned), cap)
             over += owned[cap:]
+        # the points of the hosts with room, in ring order: rebuilt when a host fills up (at most
+        # once per host), so that finding the next host with room is one bisection, not a walk
+        # round a ring of mostly full hosts
+        open_points = [p for p in points if load[p[1]] < cap] if over else []
         for sid in sorted(over, key=lambda sid: (hashes[sid], sid)):
             host = keep.get(sid)
             if host not in load or load[host] >= cap:
-                i = bisect.bisect_left(points, (hashes[sid], ""))
-                host = next((points[(i + j) % n][1] for j in range(n) if load[points[(i + j) % n][1]] < cap),
-                            points[i % n][1])
+                if open_points:
+                    host = open_points[bisect.bisect_left(open_points, (hashes[sid], "")) % len(open_points)][1]
+                else:
+                    host = points[bisect.bisect_left(points, (hashes[sid], "")) % n][1]
             out[sid] = host
             load[host] += 1
+            if load[host] == cap and open_points:
+                open_points = [p for p in open_points if p[1] != host]
         return out
 
     def assign(self, streams: Iterable[str]) -> dict[str, list[str]]:
