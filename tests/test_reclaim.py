@@ -192,11 +192,11 @@ def test_the_monitor_wide_limit_takes_the_place_of_any_sources_silent_stream() -
     assert "its place goes to new stream new" in said[0][2]
 
 
-def _shard0_names(n: int) -> list[str]:
-    """``n`` stream ids that the first of 2 ingest processes owns."""
+def _shard0_names(n: int, shard: int = 0) -> list[str]:
+    """``n`` stream ids that the first (or ``shard``) of 2 ingest processes owns."""
     from drsn_stream.app.shards import shard_of
 
-    return [f"s{k}" for k in range(200) if shard_of(f"s{k}".encode(), 2) == 0][:n]
+    return [f"s{k}" for k in range(200) if shard_of(f"s{k}".encode(), 2) == shard][:n]
 
 
 def _through_ingest_processes(port: int, plan: list[tuple[float, float, list[str]]], seconds: float,
@@ -554,3 +554,20 @@ def test_a_stream_with_a_frame_in_the_poll_of_a_new_id_keeps_its_place(free_tcp_
         push.close(0)
     assert [sid for sid, _, _ in said] == ["quiet"], said
     assert sorted(src.streams) == ["new", "old"] and sorted(ingest.dsp) == ["new", "old"]
+
+
+@pytest.mark.slow
+def test_a_stream_retired_by_the_second_ingest_process_is_read_again_when_it_comes_back(free_tcp_port: int) -> None:
+    """--ingest-procs 2, streams of the second process: once it has taken its own topics, it drops
+    the topic of a stream it retires (the publisher stops sending it there: a process's topics
+    stay as many as its streams however many ids come and go), and the first process announces
+    the topic again when the stream comes back, so that it is read and monitored again."""
+    live, a, b = _shard0_names(3, shard=1)
+    plan = [(0.0, 9.5, [live]), (0.0, 2.0, [a]), (5.0, 6.0, [b]), (7.5, 9.5, [a])]
+    pipe, said, preds = _through_ingest_processes(free_tcp_port, plan, 9.5, max_streams=2, reclaim_after_s=1.0)
+    src = pipe.sources[0]
+    retired = [(sid, line) for sid, line in said if "retired" in line]
+    assert [sid for sid, _ in retired] == [a, b], said
+    assert f"new stream {a}" in retired[1][1]  # a came back through its own process
+    assert preds.get(live) and a in src.streams and b not in src.streams
+    assert src._children[1].subscriptions == 2, src._children[1].subscriptions  # live and a; b's dropped

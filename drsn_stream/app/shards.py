@@ -25,7 +25,10 @@ subscribes to the exact topics of its own streams and drops the shared subscript
 streams to it alone. The first process keeps the shared subscription to find streams that start
 later; it tells the parent, which has the owner subscribe to the new topic (the owner misses the
 stream's first frames meanwhile, a few tens of milliseconds). The publisher thus sends every
-message about twice instead of N times. A malformed message on a topic no process has asked for is
+message about twice instead of N times. A process drops the topic of a stream it retires (and,
+past twice --max-streams topics, those of ids it was given but refused), and the first process
+announces such a topic again if it comes again; it remembers the latest ``MAX_DISCOVERED`` topics
+it announced. So a process's topics stay about as many as its streams however many ids come and go. A malformed message on a topic no process has asked for is
 not counted until its owner subscribes to that topic.
 
 A child that dies is said in one line, counted and started again (its streams lose their windows
@@ -82,7 +85,8 @@ READY_TIMEOUT_S = 60.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 LEARN_S = 3.0  # s after its first own stream's message: a process but the first then takes its own topics alone
-MAX_DISCOVERED = 1 << 18  # topics the first process remembers having announced (bounded memory)
+MAX_DISCOVERED = 1 << 18  # topics the first process remembers having announced (the oldest forgotten first)
+SUBSCRIBED_PER_STREAM = 2  # exact topics a process keeps, per stream it may hold, before it drops those it does not hold
 HELD_S = 0.5  # the processes are told this often which streams hold alarms nobody acknowledged yet
 SILENT_S = 15.0  # a started child says something at least every ~0.1 s; silent this long, it is ended
 LOST = "ingest process lost"  # the health reason of the streams of a process not started again
@@ -215,7 +219,8 @@ def _ended(out: _Out, health: HealthMonitor, stage: _Stage, streams: list[str]) 
 
 class _Out:
     """The child's side of the ring and the pipe: windows into free slots, lines to the parent;
-    from stdin, slot releases (``SLOT\\n``), topics to subscribe to (``s HEX\\n``) and changes to the
+    from stdin, slot releases (``SLOT\\n``), topics to subscribe to (``s HEX\\n``), topics to announce
+    again when they come (``f HEX\\n``, the first process: their owner dropped them) and changes to the
     streams holding alarms nobody has acknowledged yet (``k [ADDED, REMOVED]\\n``, JSON); the end of
     stdin means stop.
 
@@ -242,6 +247,7 @@ class _Out:
         # channel streams holding an alarm not yet acknowledged (the monitor's decisions, said by
         # the parent): never retired to make room for a new stream, or the alarm would vanish unseen
         self.held: set[str] = set()
+        self.forget: list[bytes] = []  # topics to announce again when they come (another process dropped them)
         self._inbuf = b""
         self._next_read = 0.0
 
@@ -317,6 +323,8 @@ class _Out:
             for line in lines:
                 if line.startswith(b"s "):
                     self.subs.append(bytes.fromhex(line[2:].decode("ascii")))
+                elif line.startswith(b"f "):
+                    self.forget.append(bytes.fromhex(line[2:].decode("ascii")))
                 elif line.startswith(b"k "):
                     added, removed = json.loads(line[2:])
                     self.held.difference_update(removed)
@@ -346,7 +354,9 @@ def _worker(cfg: dict[str, Any]) -> int:
     shm = attach_shared_memory(cfg["shm"])
     ring, meta = _rings(shm.buf, int(cfg["meta"]["window"]))
     out = _Out(ring, meta, write, BatchNormalizer(cfg["meta"]["normalization"]) if cfg.get("normalize") else None)
-    foreign = {"count": 0, "seen": set(), "new": []}  # messages of other processes' streams dropped here
+    # messages of other processes' streams dropped here; the topics announced (insertion order: the
+    # oldest are forgotten first beyond MAX_DISCOVERED, and announced again if they come again)
+    foreign: dict[str, Any] = {"count": 0, "seen": {}, "new": []}
     # processes but the first take their own topics alone LEARN_S after the first message of a
     # stream of their own: the streams a publisher starts with have all been seen by then. (From
     # the first message of any stream, a publisher that paused after its first message left a
@@ -361,8 +371,11 @@ def _worker(cfg: dict[str, Any]) -> int:
             return True
         foreign["count"] += 1
         # process 0 keeps the source's own subscription: it finds the streams that start later
-        if shard == 0 and topic not in foreign["seen"] and len(foreign["seen"]) < MAX_DISCOVERED:
-            foreign["seen"].add(topic)
+        if shard == 0 and topic not in foreign["seen"]:
+            seen = foreign["seen"]
+            seen[topic] = None
+            if len(seen) > MAX_DISCOVERED:  # before, no topic was announced past the bound: new streams went unread
+                del seen[next(iter(seen))]
             foreign["new"].append(topic)
         return False
 
@@ -388,15 +401,23 @@ def _worker(cfg: dict[str, Any]) -> int:
 
     def subscriptions() -> None:
         """Exact topics for the streams this process owns, once it has learned them (LEARN_S):
-        then the publisher sends it only its own streams."""
+        then the publisher sends it only its own streams. Beyond SUBSCRIBED_PER_STREAM times
+        --max-streams of them (ids announced, then refused: a flood of new ids), the topics of
+        streams it does not hold are dropped, and the first process announces them again if they
+        come again."""
         for topic in out.subs:
             if topic not in subscribed:
                 source.subscribe(topic)  # type: ignore[attr-defined]
                 subscribed.add(topic)
         out.subs.clear()
+        if len(subscribed) > SUBSCRIBED_PER_STREAM * source.max_streams:
+            unsubscribe(subscribed - {sid.encode("utf-8") for sid in stage.known()})
+        for topic in out.forget:
+            foreign["seen"].pop(topic, None)
+        out.forget.clear()
         if learn["at"] is not None and time.monotonic() >= learn["at"]:
             learn["s"] = learn["at"] = None
-            out.subs.extend(sid.encode("utf-8") for sid in stage.streams)
+            out.subs.extend(sid.encode("utf-8") for sid in stage.known())
             subscriptions()
             source.subscribe(base, on=False)  # type: ignore[attr-defined]
 
@@ -406,15 +427,26 @@ def _worker(cfg: dict[str, Any]) -> int:
         retired()
         out.send({"s": source.stats.snapshot(), "streams": stage.known(), "nf": stage.nonfinite(),
                   "h": {sid: _fields(h) for sid, h in health.states().items()},
-                  "err": dict(errors), "fg": foreign["count"]})
+                  "err": dict(errors), "fg": foreign["count"], "subs": len(subscribed)})
         state["next_stats"] = time.monotonic() + STATS_S
         state["ended"], state["streams"] = len(source.stats.ended), len(stage.streams)
+
+    def unsubscribe(topics: set[bytes]) -> None:
+        """Exact topics this process no longer needs, dropped (the publisher stops sending them
+        here); the parent has the first process announce them again if they come again."""
+        topics &= subscribed
+        for topic in topics:
+            source.subscribe(topic, on=False)  # type: ignore[attr-defined]
+        subscribed.difference_update(topics)
+        if topics:
+            out.send({"u": [t.hex() for t in topics]})
 
     def retired() -> None:
         """Streams retired to make room for new ones, channels a new layout left out: the parent
         drops its state of them, says the notes."""
         out.flush()  # the windows before first (their codes are given to other streams after)
         if stage.retired:
+            unsubscribe({sid.encode("utf-8") for sid, _, _ in stage.retired})
             out.send({"r": stage.retired})
             out.forget_codes(ch for _, ids, _ in stage.retired for ch in ids)
             stage.retired = []
@@ -455,7 +487,7 @@ def _worker(cfg: dict[str, Any]) -> int:
             retired()
         if source.notes:  # a refused message's reason, a failed handshake: said by the parent, once
             out.send({"notes": [list(source.notes.popleft()) for _ in range(len(source.notes))]})
-        if out.subs or learn["at"] is not None:
+        if out.subs or out.forget or learn["at"] is not None:
             subscriptions()
         if idle or out.due():
             out.flush(idle)
@@ -546,6 +578,7 @@ class _Child:
         self._control = bytearray()  # lines for its stdin not written yet (the pipe was full)
         self.ended: set[str] = set()  # streams that have sent end-of-stream
         self.held: set[str] = set()  # the streams holding unacknowledged alarms the current process was told of
+        self.subscriptions = 0  # exact topics the process is subscribed to (its latest report)
 
     def start(self, cfg: dict[str, Any]) -> None:
         self.buf, self.stats, self.early, self.ended, self.ids, self.held = b"", {}, [], set(), [], set()
@@ -876,6 +909,11 @@ class ShardedSource(Source):
                 owner = self._children[shard_of(bytes.fromhex(topic), self.procs)]
                 if owner.proc is not None:
                     owner.control(b"s " + topic.encode("ascii") + b"\n")
+        if msg.get("u") and c.index != 0 and self._children[0].proc is not None:
+            # topics a process dropped: the first process announces them again if they come again
+            first = self._children[0]
+            for topic in msg["u"]:
+                first.control(b"f " + topic.encode("ascii") + b"\n")
         if "r" in msg:
             for sid, ids, line in msg["r"]:
                 c.streams.pop(sid, None)
@@ -894,6 +932,7 @@ class ShardedSource(Source):
             c.ended = set(msg["x"])
         if "s" in msg:
             c.stats, c.nonfinite, c.foreign = msg["s"], msg["nf"], int(msg["fg"])
+            c.subscriptions = int(msg.get("subs", 0))
             c.streams.update(dict.fromkeys(msg["streams"]))
             c.ended = set(msg["s"]["ended"])
             self._add_streams(msg["streams"])
