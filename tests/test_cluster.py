@@ -509,6 +509,52 @@ def test_a_baseline_learned_on_one_host_goes_with_its_stream_to_the_next(tmp_pat
     assert np.allclose(kept.gaussian.mean, learned.gaussian.mean, rtol=1e-6) and kept.threshold == pytest.approx(learned.threshold)
 
 
+def test_a_stream_of_multi_channel_frames_moves_between_hosts_with_each_channels_alarm(tmp_path: Path) -> None:
+    """A gateway module of 2-channel frames on a cluster host: each channel is a stream of its own,
+    with its own alarm. Host a acknowledges one channel's alarm and hands the module to host b: both
+    channels' alarms, the acknowledgement and the sensor health go with it (before, a checkpoint
+    held only the frame stream's own state, which a module of channels has none of: b raised the
+    alarms afresh, the acknowledgement lost), and b says the module holds an alarm nobody
+    acknowledged (cluster discovery never retires it)."""
+    from drsn_stream.app.pipeline import RunConfig
+    from drsn_stream.cluster.host import HostWorker
+    from drsn_stream.monitor.decision import Level
+
+    port = _free_port()
+    pub = subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--source",
+                            "sim:bearing?machines=1&channels=2&fault=inner_014", "--to", f"tcp://127.0.0.1:{port}",
+                            "--duration", "60"], cwd=ROOT)
+    cfg = RunConfig(engine_process=False, threads=1, decision={"latching": True, "danger_after_s": None})
+    hosts = [HostWorker(n, cfg, gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ck"),
+                        send=lambda kind, payload: None).start() for n in ("a", "b")]
+    a, b = hosts
+    sid, ch0, ch1 = "sim/m0", "sim/m0/ch0", "sim/m0/ch1"
+    try:
+        a.assign([sid])
+        _until(lambda: {a.pipe.decisions.state(ch).level for ch in (ch0, ch1)} == {Level.ALERT}, 60)
+        assert a.acknowledge(ch0) >= 0 and a.unacknowledged([sid]) == [sid]
+        before = {ch: a.pipe.decisions.state(ch) for ch in (ch0, ch1)}
+        a.release([sid])
+        b.assign([sid], previous={sid: "a"})
+        after = {ch: b.pipe.decisions.state(ch) for ch in (ch0, ch1)}  # restored, before any frame
+        held = b.unacknowledged([sid])
+        _until(lambda: b.pipe.decisions.state(ch1).windows > after[ch1].windows, 30)  # and it goes on
+        later = {ch: b.pipe.decisions.state(ch) for ch in (ch0, ch1)}
+        b.acknowledge(sid)  # the module: both channels
+        acked = b.unacknowledged([sid])
+    finally:
+        for h in hosts:
+            h.stop()
+        pub.kill()
+        pub.wait()
+    assert not before[ch0].unacknowledged and before[ch1].unacknowledged
+    for ch in (ch0, ch1):
+        assert after[ch].level == Level.ALERT and after[ch].windows == before[ch].windows, (ch, after[ch])
+        assert after[ch].unacknowledged == before[ch].unacknowledged
+        assert later[ch].level == Level.ALERT
+    assert held == [sid] and acked == []
+
+
 def _until(cond, timeout: float) -> None:
     end = time.time() + timeout
     while time.time() < end:

@@ -133,6 +133,7 @@ class HostWorker:
         self._counters: dict[str, dict[str, int]] = {}
         self._recent: dict[str, deque[dict[str, Any]]] = {}
         self._resumed: dict[str, tuple[float | None, str]] = {}  # stream -> (last classified, previous host)
+        self._restored: dict[str, list[str]] = {}  # stream -> its channels as its checkpoint saved them
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._waiter: threading.Thread | None = None
@@ -207,22 +208,32 @@ class HostWorker:
                     continue
                 ckpt = self.store.load(sid)
                 if ckpt is not None:
+                    # a plain stream's own state, or each channel's (older checkpoints have no
+                    # baseline and no channels)
+                    parts = dict(getattr(ckpt, "channels", None) or {})
+                    if not parts:
+                        parts[sid] = {"decision": ckpt.decision, "health": ckpt.health,
+                                      "baseline": getattr(ckpt, "baseline", None)}
                     try:
-                        if ckpt.decision is not None:
-                            self.pipe.decisions.restore_state(sid, ckpt.decision)
-                        if ckpt.health is not None:
-                            self.pipe.health.restore_state(sid, ckpt.health)
-                        if getattr(ckpt, "baseline", None) is not None:  # (older checkpoints have none)
-                            self.pipe.adopt_baseline(sid, ckpt.baseline)
+                        for ch, part in parts.items():
+                            if part.get("decision") is not None:
+                                self.pipe.decisions.restore_state(ch, part["decision"])
+                            if part.get("health") is not None:
+                                self.pipe.health.restore_state(ch, part["health"])
+                            if part.get("baseline") is not None:
+                                self.pipe.adopt_baseline(ch, part["baseline"])
                     # a damaged or foreign checkpoint: said, and the stream starts afresh (the others go on)
                     except (ConfigError, TypeError, ValueError, IndexError, AttributeError) as exc:
                         self.pipe.error(str(exc) if isinstance(exc, ConfigError)
                                         else f"cannot restore {sid} from its checkpoint ({type(exc).__name__}: {exc}); "
                                              "the stream starts afresh without it")
-                        self.pipe.decisions.forget(sid)
-                        self.pipe.health.forget(sid)
+                        for ch in parts:
+                            self.pipe.decisions.forget(ch)
+                            self.pipe.health.forget(ch)
                         ckpt = None
                 if ckpt is not None:
+                    if set(parts) != {sid}:  # its channels, until its frames say them again
+                        self._restored[sid] = list(parts)
                     self._counters[sid] = dict(ckpt.counters)
                     self._recent[sid] = deque(ckpt.events, maxlen=RECENT_EVENTS)
                     self._resumed[sid] = (ckpt.last_time, previous.get(sid, ckpt.host))
@@ -262,6 +273,7 @@ class HostWorker:
                 self._counters.pop(sid, None)
                 self._recent.pop(sid, None)
                 self._resumed.pop(sid, None)
+                self._restored.pop(sid, None)
         return gone
 
     def _first_frame(self, sid: str, frame: Frame) -> None:
@@ -314,19 +326,26 @@ class HostWorker:
                 # would overwrite that state with an empty one, and the next host would raise the
                 # alarm afresh and lose its acknowledgement.
                 return
-            decision = self.pipe.decisions.export_state(sid)
+            baseline = self.pipe.baseline
+            parts = {ch: {"decision": self.pipe.decisions.export_state(ch), "health": self.pipe.health.export_state(ch),
+                          "baseline": baseline.export(ch) if baseline is not None else None}
+                     for ch in self._channels(sid)}
+            times = [t for p in parts.values() if (t := getattr(p["decision"], "last_time", None)) is not None]
+            own = parts.get(sid) if len(parts) == 1 else None  # a plain stream: its own fields, as before
             ckpt = StreamCheckpoint(
                 stream_id=sid,
                 host=self.name,
                 saved_at=time.time(),
-                last_time=getattr(decision, "last_time", None),
-                decision=decision,
-                health=self.pipe.health.export_state(sid),
+                last_time=max(times) if times else None,
+                decision=own["decision"] if own else None,
+                health=own["health"] if own else None,
                 counters=dict(self._counters.get(sid, {})),
                 events=list(self._recent.get(sid, ())),
-                baseline=self.pipe.baseline.export(sid) if self.pipe.baseline is not None else None,
+                baseline=own["baseline"] if own else None,
+                channels={} if own else parts,
             )
-            if ckpt.decision is None and ckpt.health is None and not ckpt.counters:
+            if (all(p["decision"] is None and p["health"] is None for p in parts.values())
+                    and not ckpt.counters):
                 return  # nothing seen yet: keep whatever an earlier host saved
             try:
                 self.store.save(ckpt)
@@ -348,17 +367,35 @@ class HostWorker:
 
     # ------------------------------------------------------------------ views
     def unacknowledged(self, streams: Iterable[str]) -> list[str]:
-        """Those of ``streams`` that hold an alarm not yet acknowledged here (the coordinator
-        retires none of them: their alarms would vanish unseen)."""
-        return sorted(self.pipe.decisions.unacknowledged(streams))
+        """Those of ``streams`` that hold an alarm not yet acknowledged here, on any of their
+        channels (the coordinator retires none of them: their alarms would vanish unseen)."""
+        chans = {sid: self._channels(sid) for sid in streams}
+        held = self.pipe.decisions.unacknowledged({ch for cs in chans.values() for ch in cs})
+        return sorted(sid for sid, cs in chans.items() if not held.isdisjoint(cs))
+
+    def _channels(self, sid: str) -> list[str]:
+        """The channel streams of a stream (its own id for a plain one): as its frames say them,
+        or, for a stream restored from a checkpoint whose frames have not come yet, as saved."""
+        chans = self.pipe.ingest.channels([sid])
+        return self._restored.get(sid, chans) if chans == [sid] else chans
 
     def acknowledge(self, stream: str | None = None) -> int:
         """Acknowledge alarms of one owned stream (or all owned); return the level changes."""
         with self._lock:
-            targets = sorted(self.owned) if stream is None else [stream] if stream in self.owned else []
+            owned = sorted(self.owned)
+        # the alarms live on the channels' streams: a stream of multi-channel frames is acknowledged
+        # on all of its channels, a channel on its own
+        chans = {sid: self._channels(sid) for sid in owned}
+        if stream is None:
+            targets, acks = owned, [ch for sid in owned for ch in chans[sid]]
+        elif stream in chans:
+            targets, acks = [stream], chans[stream]
+        else:
+            targets = [sid for sid in owned if stream in chans[sid]]
+            acks = [stream] if targets else []
         events: list[Event] = []
-        for sid in targets:
-            events += self.pipe.decisions.acknowledge(sid)
+        for ch in acks:
+            events += self.pipe.decisions.acknowledge(ch)
         self.pipe.events.extend(events)
         for e in events:
             self.sink.write(e.to_json())

@@ -58,6 +58,9 @@ class StreamCheckpoint:
         decision / health: ``DecisionEngine.export_state`` / ``HealthMonitor.export_state`` (None: not seen).
         baseline: the stream's baseline learned live (``BaselineStage.export``, plain JSON types), so
             the next host monitors it at once rather than learning it again; None: none.
+        channels: for a stream of multi-channel frames, whose channels are streams of their own
+            (``types.channel_ids``): ``{channel id: {"decision": ..., "health": ..., "baseline": ...}}``
+            as above for each; ``decision``/``health``/``baseline`` above are then None.
         counters: per event kind, how many events the stream has had (the next event's id).
         events: the most recent events (JSON objects with ``id``), oldest first.
     """
@@ -71,6 +74,7 @@ class StreamCheckpoint:
     counters: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class CheckpointStore:
