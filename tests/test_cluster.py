@@ -548,8 +548,8 @@ def test_a_stream_of_multi_channel_frames_moves_between_hosts_with_each_channels
         pub.kill()
         pub.wait()
     assert not before[ch0].unacknowledged and before[ch1].unacknowledged
-    for ch in (ch0, ch1):
-        assert after[ch].level == Level.ALERT and after[ch].windows == before[ch].windows, (ch, after[ch])
+    for ch in (ch0, ch1):  # (windows in flight when a released it went into its last checkpoint too)
+        assert after[ch].level == Level.ALERT and after[ch].windows >= before[ch].windows > 0, (ch, after[ch])
         assert after[ch].unacknowledged == before[ch].unacknowledged
         assert later[ch].level == Level.ALERT
     assert held == [sid] and acked == []
