@@ -324,6 +324,11 @@ class Ingest:
         with self.lock:
             return [ch for sid in streams for ch in _channels(self.dsp.get(sid), sid)]
 
+    def end(self, streams: Iterable[str]) -> list[Event]:
+        """These frame streams announced their end (a source's ``on_end``): their channels' silence
+        is no sensor fault from now on (``HealthMonitor.end``). Returns the health events."""
+        return self.health.end(self.channels(streams))
+
     def forget(self, sid: str) -> tuple[str, ...]:
         """Drop a frame stream's DSP, sensor health and its source's record of it (a cluster host
         handing the stream over): frames of it later start it afresh. Returns its channels'

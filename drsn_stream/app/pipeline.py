@@ -561,7 +561,7 @@ class Pipeline:
 
     def _on_end(self, streams: list[str]) -> None:
         """Streams that announced their end (a source's ``on_end``): no "no data" for them."""
-        events = self.health.end(self.ingest.channels(streams))
+        events = self.ingest.end(streams)
         if events:
             self._emit_events(events)
 

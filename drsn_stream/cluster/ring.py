@@ -19,6 +19,11 @@ def _hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
+def _first_at(points: list[tuple[int, str]], h: int) -> str:
+    """The host of the first of ``points`` (sorted) at or after hash ``h``, round the ring."""
+    return points[bisect.bisect_left(points, (h, "")) % len(points)][1]
+
+
 class HashRing:
     """Hosts on a ring; ``owner(stream)`` is stable while the host set is.
 
@@ -55,8 +60,7 @@ class HashRing:
         """The host that owns ``stream``; None while the ring is empty."""
         if not self._points:
             return None
-        i = bisect.bisect_left(self._points, (_hash(stream), ""))
-        return self._points[i % len(self._points)][1]
+        return _first_at(self._points, _hash(stream))
 
     def place(self, streams: Iterable[str], cap: int | None = None,
               keep: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -78,10 +82,10 @@ class HashRing:
             return {sid: self.owner(sid) for sid in ids}  # type: ignore[misc]
         keep = keep or {}
         hashes = {sid: _hash(sid) for sid in ids}
-        points, n = self._points, len(self._points)
+        points = self._points
         by_host: dict[str, list[str]] = {}
         for sid in ids:
-            by_host.setdefault(points[bisect.bisect_left(points, (hashes[sid], "")) % n][1], []).append(sid)
+            by_host.setdefault(_first_at(points, hashes[sid]), []).append(sid)
         out: dict[str, str] = {}
         load = dict.fromkeys(self._hosts, 0)
         over: list[str] = []
@@ -98,10 +102,7 @@ class HashRing:
         for sid in sorted(over, key=lambda sid: (hashes[sid], sid)):
             host = keep.get(sid)
             if host not in load or load[host] >= cap:
-                if open_points:
-                    host = open_points[bisect.bisect_left(open_points, (hashes[sid], "")) % len(open_points)][1]
-                else:
-                    host = points[bisect.bisect_left(points, (hashes[sid], "")) % n][1]
+                host = _first_at(open_points or points, hashes[sid])
             out[sid] = host
             load[host] += 1
             if load[host] == cap and open_points:

@@ -119,7 +119,7 @@ def opt_choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
-_PER_STREAM = ("gaps", "missing", "restarts", "duplicates", "late", "overflows")  # SourceStats' {stream: count}
+PER_STREAM_COUNTERS = ("gaps", "missing", "restarts", "duplicates", "late", "overflows")  # SourceStats' {stream: count}
 
 
 class SourceStats:
@@ -222,7 +222,7 @@ class SourceStats:
         """A stream no longer held: its per-stream counts move into ``gone``."""
         with self._lock:
             self.ended.discard(stream)
-            for name in _PER_STREAM:
+            for name in PER_STREAM_COUNTERS:
                 n = getattr(self, name).pop(stream, 0)
                 if n:
                     self.gone[name] = self.gone.get(name, 0) + n

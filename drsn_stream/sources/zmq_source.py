@@ -442,7 +442,12 @@ class _ZmqSource(Source):
 
     def forget_stream(self, stream: str, *, retired: bool = True) -> None:
         super().forget_stream(stream, retired=retired)
-        self._last_seq.pop(stream, None)  # its sequence starts afresh if it comes back
+        self._new_sequence(stream)  # if it comes back
+
+    def _new_sequence(self, stream: str) -> None:
+        """The stream's next frame starts its sequence afresh: no gap, duplicate or restart
+        reckoned against the frames before."""
+        self._last_seq.pop(stream, None)
         self._missing.pop(stream, None)
 
     def _accept(self, sid: str, seq: int) -> bool:
@@ -571,8 +576,7 @@ class _ZmqSource(Source):
                             continue
                         self.stats.end(msg.stream_id)
                         ends.append(msg.stream_id)
-                        self._last_seq.pop(msg.stream_id, None)  # after its end a stream starts a new sequence
-                        self._missing.pop(msg.stream_id, None)
+                        self._new_sequence(msg.stream_id)  # after its end
                         if until_eos and set(self.stats.snapshot()["ended"]) >= set(self._streams):
                             ended = True
                             break
