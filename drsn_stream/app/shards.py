@@ -28,7 +28,8 @@ stream's first frames meanwhile, a few tens of milliseconds). The publisher thus
 message about twice instead of N times. A process drops the topic of a stream it retires (and,
 past twice --max-streams topics, those of ids it was given but refused), and the first process
 announces such a topic again if it comes again; it remembers the latest ``MAX_DISCOVERED`` topics
-it announced. So a process's topics stay about as many as its streams however many ids come and go. A malformed message on a topic no process has asked for is
+it announced. So a process's topics stay about as many as its streams however many ids come and
+go. A malformed message on a topic no process has asked for is
 not counted until its owner subscribes to that topic.
 
 A child that dies is said in one line, counted and started again (its streams lose their windows
@@ -69,7 +70,7 @@ from drsn_stream.runtime import (
     start_resource_tracker,
 )
 from drsn_stream.sources import make_source, parse_spec
-from drsn_stream.sources.base import Source, read_to
+from drsn_stream.sources.base import PER_STREAM_COUNTERS, Source, read_to
 from drsn_stream.sources.zmq_source import unresolved_hosts
 from drsn_stream.types import Event, Frame, Window
 
@@ -210,9 +211,9 @@ class _Stage:
         return self.ingest.nonfinite()
 
 
-def _ended(out: _Out, health: HealthMonitor, stage: _Stage, streams: list[str]) -> None:
+def _ended(out: _Out, stage: _Stage, streams: list[str]) -> None:
     """Streams that announced their end (the source's ``on_end``): no "no data" for them."""
-    events = health.end(stage.ingest.channels(streams))
+    events = stage.ingest.end(streams)
     if events:
         out.events(events)
 
@@ -247,7 +248,7 @@ class _Out:
         # channel streams holding an alarm not yet acknowledged (the monitor's decisions, said by
         # the parent): never retired to make room for a new stream, or the alarm would vanish unseen
         self.held: set[str] = set()
-        self.forget: list[bytes] = []  # topics to announce again when they come (another process dropped them)
+        self.reannounce: list[bytes] = []  # topics to announce again when they come (another process dropped them)
         self._inbuf = b""
         self._next_read = 0.0
 
@@ -324,7 +325,7 @@ class _Out:
                 if line.startswith(b"s "):
                     self.subs.append(bytes.fromhex(line[2:].decode("ascii")))
                 elif line.startswith(b"f "):
-                    self.forget.append(bytes.fromhex(line[2:].decode("ascii")))
+                    self.reannounce.append(bytes.fromhex(line[2:].decode("ascii")))
                 elif line.startswith(b"k "):
                     added, removed = json.loads(line[2:])
                     self.held.difference_update(removed)
@@ -389,7 +390,7 @@ def _worker(cfg: dict[str, Any]) -> int:
                        int(cfg.get("phases", 1)), float(cfg.get("reclaim_after_s", 0.0)),
                        keep=lambda ids: out.held.intersection(ids))
         source.make_room = partial(stage.ingest.make_room, source)
-        source.on_end = partial(_ended, out, health, stage)
+        source.on_end = partial(_ended, out, stage)
         source.open()
     except Exception as exc:  # noqa: BLE001 - said by the parent in one line
         out.send({"fatal": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
@@ -412,9 +413,9 @@ def _worker(cfg: dict[str, Any]) -> int:
         out.subs.clear()
         if len(subscribed) > SUBSCRIBED_PER_STREAM * source.max_streams:
             unsubscribe(subscribed - {sid.encode("utf-8") for sid in stage.known()})
-        for topic in out.forget:
+        for topic in out.reannounce:
             foreign["seen"].pop(topic, None)
-        out.forget.clear()
+        out.reannounce.clear()
         if learn["at"] is not None and time.monotonic() >= learn["at"]:
             learn["s"] = learn["at"] = None
             out.subs.extend(sid.encode("utf-8") for sid in stage.known())
@@ -483,11 +484,10 @@ def _worker(cfg: dict[str, Any]) -> int:
                 idle or now >= state["next_news"]):
             news(ended, streams)
         if stage.retired or stage.relayouts:
-            out.flush()  # the windows before first
             retired()
         if source.notes:  # a refused message's reason, a failed handshake: said by the parent, once
             out.send({"notes": [list(source.notes.popleft()) for _ in range(len(source.notes))]})
-        if out.subs or out.forget or learn["at"] is not None:
+        if out.subs or out.reannounce or learn["at"] is not None:
             subscriptions()
         if idle or out.due():
             out.flush(idle)
@@ -1017,7 +1017,7 @@ class ShardedSource(Source):
             st.crashes = sum(p["crashes"] for p in parts)
             st.retired = sum(p.get("retired", 0) for p in parts)
             st.last_crash = next((p["last_crash"] for p in reversed(parts) if p["last_crash"]), "")
-            for name in ("malformed", "gaps", "missing", "restarts", "duplicates", "late", "overflows", "gone"):
+            for name in ("malformed", *PER_STREAM_COUNTERS, "gone"):
                 total: Counter[str] = Counter()
                 for p in parts:
                     total.update(p.get(name, {}))
