@@ -313,3 +313,74 @@ def test_live_learning_lasts_its_seconds_of_signal_across_a_step_of_the_clock(st
         if learned_at is None and "m0" in stage.profile.streams:
             learned_at = i
     assert learned_at == int(np.ceil(20.0 / hop_s)), stage.state
+
+
+def _learning_stage(**kw: object) -> BaselineStage:
+    return BaselineStage(None, learn_s=20.0, model="m", digest="d", sample_rate=12000, window=2048, hop=512, **kw)
+
+
+def _feed(stage: BaselineStage, feats: np.ndarray, first: int = 0) -> None:
+    hop_s = 512 / 12000
+    for i, f in enumerate(feats, start=first):
+        stage.apply([Prediction("m0", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
+
+
+def test_a_learning_handed_over_midway_gives_the_baseline_one_host_would_have_learned() -> None:
+    """A cluster host hands a stream over 8 s into its 20 s of learning: the next host learns on
+    from those windows (``export(learning=True)`` -> ``adopt``) and fits the same baseline, on the
+    same windows from the same first one, as a host that had the stream all along (before, the
+    next host started the learning over: 20 s more, from its own first window)."""
+    feats = np.random.default_rng(3).standard_normal((600, 4)).astype(np.float32)
+    alone = _learning_stage(features=4)
+    _feed(alone, feats)
+    first, second = _learning_stage(features=4), _learning_stage(features=4)
+    _feed(first, feats[:188])  # 8 s of windows
+    assert first.export("m0") is None  # the periodic checkpoints carry no learning
+    carried = first.export("m0", learning=True)
+    second.adopt("m0", carried)
+    assert second.state["m0"] == "learning"
+    _feed(second, feats[188:], first=188)
+    want, got = alone.profile.streams["m0"], second.profile.streams["m0"]
+    assert got.windows == want.windows and got.learned_from == want.learned_from == 0.0
+    assert np.allclose(got.gaussian.mean, want.gaussian.mean) and got.threshold == pytest.approx(want.threshold)
+    assert any("learning the baseline on from 188 windows" in msg for _, msg in second.notes)
+
+
+@pytest.mark.parametrize("damage", ["not_array", "times_short", "nan_time", "other_features", "other_hop",
+                                    "too_many", "no_hop"])
+def test_a_damaged_learning_in_a_checkpoint_is_refused_and_the_stream_learns_afresh(damage: str) -> None:
+    """A checkpoint's learning that is damaged, planted or of another model or hop is refused
+    with one line (the stream learns from its own windows), never half taken."""
+    stage = _learning_stage(features=4)
+    _feed(stage, np.zeros((3, 4), np.float32) + np.arange(4))
+    d = {"features": np.ones((50, 4), np.float32), "times": np.arange(50.0), "left_out": 0, "hop": 512,
+         "sample_rate": 12000}
+    if damage == "not_array":
+        d["features"] = [[1.0] * 4] * 50
+    elif damage == "times_short":
+        d["times"] = np.arange(49.0)
+    elif damage == "nan_time":
+        d["times"][7] = np.nan
+    elif damage == "other_features":
+        d["features"] = np.ones((50, 6), np.float32)
+    elif damage == "other_hop":
+        d["hop"] = 256
+    elif damage == "too_many":
+        d["features"] = np.lib.stride_tricks.as_strided(np.ones(4, np.float32), (1 << 22, 4), (0, 4))
+        d["times"] = np.zeros(1 << 22)
+    else:
+        del d["hop"]
+    with pytest.raises(ConfigError, match="learn.* again"):
+        stage.adopt("m0", {"learning": d})
+    assert len(stage._learning["m0"][0]) == 3 and stage.left_out.get("m0", 0) == 0
+
+
+def test_a_baseline_from_another_model_is_refused_even_as_the_first_one() -> None:
+    """A checkpoint's baseline over another number of features than the model gives is refused
+    even when it would be this monitor's first (before, only a mismatch with the other streams'
+    baselines was seen: the first one got in, and scoring the next window failed)."""
+    base = fit_stream(np.random.default_rng(0).standard_normal((200, 6)))
+    stage = _learning_stage(features=4)
+    with pytest.raises(ConfigError, match="over 6 features"):
+        stage.adopt("m0", base.to_dict())
+    assert "m0" not in stage.profile.streams

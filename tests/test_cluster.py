@@ -509,6 +509,44 @@ def test_a_baseline_learned_on_one_host_goes_with_its_stream_to_the_next(tmp_pat
     assert np.allclose(kept.gaussian.mean, learned.gaussian.mean, rtol=1e-6) and kept.threshold == pytest.approx(learned.threshold)
 
 
+def test_a_baseline_still_being_learned_goes_with_its_stream_to_the_next_host(tmp_path: Path) -> None:
+    """--learn on two real hosts: host a hands the stream to host b a few seconds into its
+    learning. b learns on from a's windows (the baseline it fits starts at a's first learning
+    window and holds a's windows too) rather than over (before, a host joining or leaving during
+    commissioning set every stream it moved back to the start of its learning)."""
+    from drsn_stream.app.pipeline import RunConfig
+    from drsn_stream.cluster.host import HostWorker
+
+    port = _free_port()
+    pub = subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--source",
+                            "sim:bearing?machines=1&fault=none", "--to", f"tcp://127.0.0.1:{port}",
+                            "--duration", "60"], cwd=ROOT)
+    cfg = RunConfig(engine_process=False, threads=1, learn_s=6.0)
+    hosts = [HostWorker(n, cfg, gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ck"),
+                        send=lambda kind, payload: None).start() for n in ("a", "b")]
+    a, b = hosts
+    sid = "sim/m0"
+    try:
+        a.assign([sid])
+        _until(lambda: len(a.pipe.baseline._learning.get(sid, ([], []))[0]) >= 40, 45)
+        a.release([sid])
+        carried = a.store.load(sid).baseline["learning"]
+        b.assign([sid], previous={sid: "a"})
+        _until(lambda: b.pipe.baseline.state.get(sid) == "monitoring", 45)
+        learned = b.pipe.baseline.profile.streams[sid]
+        notes = [e.data["message"] for e in b.pipe.events.recent() if e.type == "note" and e.stream_id == sid]
+    finally:
+        for h in hosts:
+            h.stop()
+        pub.kill()
+        pub.wait()
+    n = carried["features"].shape[0]
+    assert n >= 40 and carried["features"].shape[1] == b.pipe.meta.features
+    assert learned.learned_from == pytest.approx(float(carried["times"][0]))
+    assert learned.windows >= n, (learned.windows, n)
+    assert any(f"on from {n} windows" in msg for msg in notes), notes
+
+
 def test_a_stream_of_multi_channel_frames_moves_between_hosts_with_each_channels_alarm(tmp_path: Path) -> None:
     """A gateway module of 2-channel frames on a cluster host: each channel is a stream of its own,
     with its own alarm. Host a acknowledges one channel's alarm and hands the module to host b: both

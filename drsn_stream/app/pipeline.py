@@ -617,8 +617,9 @@ class Pipeline:
             self._fold_gone()
 
     def adopt_baseline(self, stream: str, table: dict[str, Any]) -> None:
-        """Monitor ``stream`` on a baseline learned by another host (its checkpoint's); taken by
-        the output thread, which runs the baselines, before the stream's next results."""
+        """Monitor ``stream`` on a baseline learned by another host (its checkpoint's), or learn on
+        from that host's learning so far (``BaselineStage.adopt``); taken by the output thread,
+        which runs the baselines, before the stream's next results."""
         self._retired.append((stream, table))
 
     def _adopt(self, stream: str, table: dict[str, Any]) -> None:
@@ -910,7 +911,8 @@ def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownD
         profile.check(model=meta.name, digest=digest, sample_rate=meta.sample_rate, window=meta.window,
                       where=f"baseline {config.baseline}", features=meta.features)
     stage = BaselineStage(profile, learn_s=config.learn_s, model=meta.name, digest=digest,
-                          sample_rate=meta.sample_rate, window=meta.window, hop=config.hop or meta.hop)
+                          sample_rate=meta.sample_rate, window=meta.window, hop=config.hop or meta.hop,
+                          features=meta.features)
     return unknown, stage
 
 

@@ -264,7 +264,7 @@ class HostWorker:
             with self._lock:
                 if sid in self.owned:
                     continue
-                self._checkpoint(sid)
+                self._checkpoint(sid, final=True)
                 self._draining.discard(sid)
                 # all of it, its DSP and the source's record too: a stream handed back later
                 # starts afresh from its checkpoint, not on samples from before it left, and its
@@ -318,7 +318,9 @@ class HostWorker:
                 self._checkpoint(sid)
             return True
 
-    def _checkpoint(self, sid: str) -> None:
+    def _checkpoint(self, sid: str, *, final: bool = False) -> None:
+        """Save the stream's state; ``final``: its last save before another host takes it (a
+        baseline still being learned goes with it then, not in every periodic save)."""
         with self._lock:
             if sid not in self.owned and sid not in self._draining:
                 # handed over: ``release`` saved its last state, and this host is forgetting it. A
@@ -328,7 +330,7 @@ class HostWorker:
                 return
             baseline = self.pipe.baseline
             parts = {ch: {"decision": self.pipe.decisions.export_state(ch), "health": self.pipe.health.export_state(ch),
-                          "baseline": baseline.export(ch) if baseline is not None else None}
+                          "baseline": baseline.export(ch, learning=final) if baseline is not None else None}
                      for ch in self._channels(sid)}
             times = [t for p in parts.values() if (t := getattr(p["decision"], "last_time", None)) is not None]
             own = parts.get(sid) if len(parts) == 1 else None  # a plain stream: its own fields, as before

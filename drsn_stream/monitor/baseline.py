@@ -45,6 +45,9 @@ MIN_WINDOWS = 32  # fewer learning windows than this give no stable Gaussian ove
 # held-back windows, which later healthy windows cross (tools/eval_baseline.py --sweep,
 # docs/own-machine.md)
 WINDOWS_PER_FEATURE = 5
+# the most learning windows a checkpoint may carry to the next host: days of windows at the
+# default hop, and a bound on what a damaged or planted checkpoint can make a host hold
+MAX_CARRIED = 1 << 21
 
 
 def min_windows(features: int) -> int:
@@ -261,9 +264,10 @@ class BaselineStage:
     """
 
     def __init__(self, profile: Profile | None, *, learn_s: float | None, model: str, digest: str,
-                 sample_rate: int, window: int, hop: int) -> None:
+                 sample_rate: int, window: int, hop: int, features: int | None = None) -> None:
         self.profile = profile or Profile(model, digest, sample_rate, window, hop)
         self.learn_s = learn_s
+        self.features = features  # the model's pooled features: what a baseline taken from elsewhere must be over
         self._learning: dict[str, tuple[list[np.ndarray], list[float]]] = {}
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
@@ -292,32 +296,85 @@ class BaselineStage:
         if self.profile.streams.pop(stream, None) is not None:
             self._stacked = None
 
-    def export(self, stream: str) -> dict[str, Any] | None:
+    def export(self, stream: str, *, learning: bool = False) -> dict[str, Any] | None:
         """The baseline this stage learned live for ``stream``, as ``StreamBaseline.to_dict`` (for a
         cluster checkpoint: the host that takes the stream over monitors it at once instead of
         learning it again); None while it has none, or where the profile gave it (every host loads
-        the same profile)."""
+        the same profile).
+
+        ``learning``: while the stream's baseline is still being learned, its learning so far
+        instead, ``{"learning": {...}}`` with the windows' features as an array (a few hundred KB
+        for 10 min of a 16-feature model): the next host learns on from there rather than over.
+        For a stream handed over on purpose (its last checkpoint), not for the periodic ones."""
         base = self.profile.streams.get(stream)
-        return None if base is None or stream in self._given else base.to_dict()
+        if base is not None:
+            return None if stream in self._given else base.to_dict()
+        so_far = self._learning.get(stream) if learning else None
+        if not so_far or not so_far[0]:
+            return None
+        # copies: the output thread may still append (a window in flight after the drain)
+        feats, times = list(so_far[0]), list(so_far[1])
+        n = min(len(feats), len(times))
+        return {"learning": {"features": np.stack(feats[:n]).astype(np.float32),
+                             "times": np.asarray(times[:n], dtype=np.float64),
+                             "left_out": int(self.left_out.get(stream, 0)),
+                             "hop": int(self.profile.hop), "sample_rate": int(self.profile.sample_rate)}}
 
     def adopt(self, stream: str, table: dict[str, Any]) -> None:
         """Monitor ``stream`` on a baseline learned elsewhere (``export``'s dict, from another
-        host's checkpoint): its learning here, if any, stops. Raises ``ConfigError`` for a damaged
-        one or one over another number of features than this stage's baselines."""
+        host's checkpoint): its learning here, if any, stops. A learning in progress
+        (``export(learning=True)``'s) is learned on from where it was. Raises ``ConfigError`` for a
+        damaged one or one over another number of features than this stage's baselines."""
+        if isinstance(table, dict) and "learning" in table:
+            self._adopt_learning(stream, table["learning"])
+            return
         try:
             base = StreamBaseline.from_dict(table)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the baseline of {stream} in its checkpoint is damaged ({type(exc).__name__}: {exc}); "
                               "the stream learns it again") from None
-        sizes = {b.gaussian.mean.size for sid, b in self.profile.streams.items() if sid != stream}
-        if sizes and sizes != {base.gaussian.mean.size}:
-            raise ConfigError(f"the baseline of {stream} in its checkpoint is over {base.gaussian.mean.size} features, "
-                              f"this monitor's over {sorted(sizes)[0]} (another model?); the stream learns it again")
+        self._check_features(stream, base.gaussian.mean.size, "baseline")
         self._learning.pop(stream, None)
         self._extended.discard(stream)
         self.profile.streams[stream] = base
         self._stacked = None
         self.state[stream] = "monitoring"
+
+    def _check_features(self, stream: str, size: int, what: str) -> None:
+        """Refuses a baseline (or learning) from elsewhere over another number of features than
+        the model's (or, where not known, than this stage's other baselines)."""
+        sizes = {self.features} if self.features else {
+            b.gaussian.mean.size for sid, b in self.profile.streams.items() if sid != stream}
+        if sizes and sizes != {size}:
+            raise ConfigError(f"the {what} of {stream} in its checkpoint is over {size} features, this monitor's "
+                              f"over {sorted(sizes)[0]} (another model?); the stream learns it again")
+
+    def _adopt_learning(self, stream: str, d: Any) -> None:
+        """Learn on from another host's learning windows (``export(learning=True)``)."""
+        if self.learn_s is None or stream in self.profile.streams:
+            return  # not learning here, or monitored already: nothing to learn on
+        try:
+            feats, times = d["features"], d["times"]
+            if not (isinstance(feats, np.ndarray) and isinstance(times, np.ndarray) and feats.ndim == 2
+                    and times.shape == (feats.shape[0],) and 0 < feats.shape[0] <= MAX_CARRIED
+                    and feats.shape[1] > 0 and feats.dtype.kind == "f" and times.dtype.kind == "f"
+                    and bool(np.isfinite(times).all())):
+                raise ValueError("features (windows, features) and finite times (windows,) of floats")
+            left_out = _count(d.get("left_out", 0), "left_out")
+            hop, rate = _count(d["hop"], "hop"), _count(d["sample_rate"], "sample_rate")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"the baseline learning of {stream} in its checkpoint is damaged "
+                              f"({type(exc).__name__}: {exc}); the stream learns it again") from None
+        self._check_features(stream, feats.shape[1], "baseline learning")
+        if (hop, rate) != (self.profile.hop, self.profile.sample_rate):
+            raise ConfigError(f"the baseline learning of {stream} in its checkpoint is of windows every {hop} samples "
+                              f"at {rate} Hz, this monitor's every {self.profile.hop} at {self.profile.sample_rate} Hz; "
+                              "the stream learns it again")
+        here = self._learning.pop(stream, ([], []))  # windows learned here already come after those
+        self._learning[stream] = (list(feats.astype(np.float32)) + here[0], times.tolist() + here[1])
+        self.left_out[stream] = self.left_out.get(stream, 0) + left_out
+        self.notes.append((stream, f"learning the baseline on from {feats.shape[0]} windows learned on another host"))
+        self.state[stream] = "learning"
 
     def apply(self, preds: list[Prediction]) -> None:
         """Sets ``anomaly`` on every prediction of a stream that has a baseline (one vectorized
