@@ -513,12 +513,14 @@ def test_a_retired_streams_source_counters_move_into_the_totals_of_streams_gone(
     assert snap["gaps"] == {} and snap["gone"]["gaps"] == 2 and snap["retired"] == 1
 
 
-def test_a_stream_with_a_frame_in_the_poll_of_a_new_id_keeps_its_place(free_tcp_port: int) -> None:
+@pytest.mark.parametrize("new_first", [False, True], ids=["silent_first", "new_id_first"])
+def test_a_stream_with_a_frame_in_the_poll_of_a_new_id_keeps_its_place(free_tcp_port: int, new_first: bool) -> None:
     """A real ZeroMQ source with room for 2 ids, both silent longer than --reclaim-after: in one
-    poll, a frame of the quietest, then a new id's first frame. The source asks for room while
-    that frame is taken but not handed over yet; the stream that just sent keeps its place and the
-    other silent one gives its own (before, the one that just sent was retired, and its frame came
-    back as a new stream's)."""
+    poll, a frame of the quietest and a new id's first frame, in either order. The source asks for
+    room once the poll's messages are all in, before handing them over; the stream that just sent
+    keeps its place and the other silent one gives its own (before, the one that just sent was
+    retired, and its frame came back as a new stream's: always where its frame came first, and
+    still where it came after the new id's, which the source had asked room for on the spot)."""
     from drsn_stream.app.ingest import Ingest
     from drsn_stream.models.artifact import read_meta
     from drsn_stream.monitor.health import HealthMonitor
@@ -549,11 +551,15 @@ def test_a_stream_with_a_frame_in_the_poll_of_a_new_id_keeps_its_place(free_tcp_
             assert send(("old", 0)) == ["old"]
             assert send(("quiet", 0)) == ["quiet"]
             time.sleep(0.5)  # both silent longer than --reclaim-after, "old" the longest
-            assert send(("old", 1), ("new", 0)) == ["old", "new"]
+            assert sorted(send(*[("new", 0), ("old", 1)][:: 1 if new_first else -1])) == ["new", "old"]
+            # the new stream's next frames are those of a known stream
+            assert sorted(send(("new", 1), ("old", 2))) == ["new", "old"]
     finally:
         push.close(0)
     assert [sid for sid, _, _ in said] == ["quiet"], said
     assert sorted(src.streams) == ["new", "old"] and sorted(ingest.dsp) == ["new", "old"]
+    stats = src.stats.snapshot()
+    assert not stats["malformed"].get("too_many_streams") and stats["gaps"] == {}, stats
 
 
 @pytest.mark.slow

@@ -326,6 +326,7 @@ class _ZmqSource(Source):
         # are small (None), always (True: an error where it is not) or never (False: pyzmq's calls)
         self.compiled_receive: bool | None = None
         self._poll: tuple[list[Head], list[tuple[int, Frame]]] = ([], [])  # the frames of the poll under way
+        self._waiting_ids: set[str] = set()  # new ids of the poll under way whose frames wait for a place
 
     def polling(self) -> set[str]:
         heads, others = self._poll
@@ -519,6 +520,7 @@ class _ZmqSource(Source):
         compiled = receiver is not None
         by_pyzmq = partial(take_py, sock)
         closed = self._closed.is_set
+        streams = self._stream_set  # changed in place only
         while not closed():
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
             # tens of microseconds apart) is over and all of it is handed over.
@@ -534,16 +536,21 @@ class _ZmqSource(Source):
             others: list[tuple[int, Frame]] = []  # frames decoded in full, after how many of heads
             self._poll = (heads, others)
             ends: list[str] = []  # streams that announced their end in this poll (on_end, after the batch)
+            # frames of new ids while every place is taken: their places are asked for once the
+            # poll's messages are all in, so that a silent stream whose frame comes later in the
+            # same poll is seen sending and keeps its place (_waits)
+            waiting: list[tuple[Head | Frame, Any]] = []
+            self._waiting_ids.clear()
             ended = False
             start = time.monotonic()
             gather_until, poll_until = start + GATHER_MS / 1000, start + MAX_POLL_MS / 1000
             if receiver is not None:
                 receiver.new_poll()
             take = receiver.take if compiled else by_pyzmq
-            while len(heads) + len(others) < MAX_POLL_FRAMES and not closed():
+            while len(heads) + len(others) + len(waiting) < MAX_POLL_FRAMES and not closed():
                 if time.monotonic() >= poll_until:
                     break  # a flood of messages refused does not hold back the frames taken so far
-                most = min(TAKE_MESSAGES, MAX_POLL_FRAMES - len(heads) - len(others))
+                most = min(TAKE_MESSAGES, MAX_POLL_FRAMES - len(heads) - len(others) - len(waiting))
                 messages, empty = take(most)
                 for message in messages:
                     parts, topic, header, payload = message
@@ -553,6 +560,9 @@ class _ZmqSource(Source):
                     if known is not None:
                         tpl, seq, _ = known
                         sid = tpl.stream
+                        if sid not in streams and self._waits(sid):
+                            waiting.append((known, payload))
+                            continue
                         if not self._accept(sid, seq):
                             continue
                         if channel is not None and channel >= tpl.channels:
@@ -581,15 +591,10 @@ class _ZmqSource(Source):
                             ended = True
                             break
                         continue
-                    if not self._accept(msg.stream_id, msg.seq):
-                        continue
-                    c = msg.samples.shape[1]
-                    if channel is not None and channel >= c:  # no channel K (K > 0 of a single-channel frame too)
-                        self._no_channel(msg.stream_id, c)
-                        continue
-                    if channel is not None and c > 1:
-                        msg = self._select(msg)
-                    others.append((len(heads), msg))
+                    if msg.stream_id not in streams and self._waits(msg.stream_id):
+                        waiting.append((msg, None))
+                    else:
+                        self._take_frame(msg, heads, others)
                 if ended:
                     break
                 if empty:
@@ -598,6 +603,11 @@ class _ZmqSource(Source):
                         if poller.poll(int(IDLE_MS - 1000 * GATHER_WAIT_S)):
                             continue
                     break
+            for item, payload in waiting:  # the poll's messages all in: polling() names every stream that sent
+                if isinstance(item, Frame):
+                    self._take_frame(item, heads, others)
+                else:
+                    self._take_head(item, payload, heads, payloads)
             if payloads and receiver is not None and self.compiled_receive is None:
                 compiled = len(payloads[0]) < VIEW_BYTES
             batch = to_frames(heads, payloads)
@@ -612,6 +622,44 @@ class _ZmqSource(Source):
                 self.on_end(ends)
             if ended:
                 return
+
+    def _waits(self, sid: str) -> bool:
+        """Whether a frame of ``sid`` (not a known stream) waits for the end of its poll: a new id
+        while every place is taken and the consumer may make room (``make_room`` then sees every
+        stream that sent in the poll, ``polling``), or one with a frame waiting already (its
+        frames keep their order even if a place comes free meanwhile)."""
+        if sid in self._waiting_ids:
+            return True
+        if len(self._stream_set) >= self.max_streams and self.make_room is not None:
+            self._waiting_ids.add(sid)
+            return True
+        return False
+
+    def _take_head(self, known: Head, payload: Any, heads: list[Head], payloads: list[Any]) -> None:
+        """A message ``Decoder.head`` knows, into the poll (its frame made at the end), or dropped
+        (sequence, too many streams, no such channel), counted: as the receive loop does inline."""
+        tpl, seq, _ = known
+        if not self._accept(tpl.stream, seq):
+            return
+        channel = self.options["channel"]
+        if channel is not None and channel >= tpl.channels:
+            self._no_channel(tpl.stream, tpl.channels)
+            return
+        heads.append(known)
+        payloads.append(payload)
+
+    def _take_frame(self, msg: Frame, heads: list[Head], others: list[tuple[int, Frame]]) -> None:
+        """A frame decoded in full, into the poll after the ``heads`` so far (or dropped, counted)."""
+        if not self._accept(msg.stream_id, msg.seq):
+            return
+        channel = self.options["channel"]
+        c = msg.samples.shape[1]
+        if channel is not None and channel >= c:  # no channel K (K > 0 of a single-channel frame too)
+            self._no_channel(msg.stream_id, c)
+            return
+        if channel is not None and c > 1:
+            msg = self._select(msg)
+        others.append((len(heads), msg))
 
     def _select(self, frame: Frame) -> Frame:
         """Channel K (< the frame's channels) of ``frame`` alone, under the same stream id as
