@@ -260,7 +260,9 @@ def test_live_learning_switches_to_monitoring_and_says_so(cli_in_process) -> Non
     objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     notes = [o["message"] for o in objs if o["type"] == "note" and "baseline" in o["message"]]
     # 2 s at a hop of 512 samples are 48 windows, too few for 16 features: it learns on, and says so
-    assert notes == ["learning the baseline for 2 s",
+    assert notes == ["the baselines learned in this run are not saved: give --baseline FILE with --learn to keep them "
+                     "over a restart",
+                     "learning the baseline for 2 s",
                      "2 s gave 48 windows; a baseline over 16 features needs 80: learning on until then",
                      "baseline learned on 80 windows; monitoring for deviations"], notes
     scored = [o["anomaly"] for o in objs if o["type"] == "prediction" and "anomaly" in o]
@@ -384,3 +386,50 @@ def test_a_baseline_from_another_model_is_refused_even_as_the_first_one() -> Non
     with pytest.raises(ConfigError, match="over 6 features"):
         stage.adopt("m0", base.to_dict())
     assert "m0" not in stage.profile.streams
+
+
+def test_baselines_learned_live_are_kept_in_the_profile_and_a_restart_monitors_at_once(tmp_path: Path,
+                                                                                        cli_in_process) -> None:
+    """``--learn 3s --baseline plant.json``: the profile is made and holds the stream's baseline
+    once learned; a restart (here on a fault recording under the same stream id) monitors it on
+    that baseline from its first window, learning nothing again (before, a restart learned every
+    stream over: from a machine that may have gone faulty meanwhile, taking the fault for normal)."""
+    require_cwru()
+    prof = tmp_path / "plant.json"
+    res = cli_in_process("--source", f"file:{CWRU / 'normal_0_97.mat'}", "--learn", "3s", "--baseline", str(prof),
+                         "--fast", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    notes = [json.loads(ln)["message"] for ln in res.stdout.splitlines() if ln.startswith('{"type":"note"')]
+    assert f"learned baselines saved to {prof}: a restart with --baseline {prof} monitors those streams at once" in notes
+    saved = Profile.load(prof).streams
+    assert list(saved) == ["normal_0_97"] and saved["normal_0_97"].windows >= min_windows(16)
+    fault = f"file:{CWRU / '12k_Drive_End_OR014@6_2_199.mat'}?stream=normal_0_97&duration=3"
+    res = cli_in_process("--source", fault, "--learn", "3s", "--baseline", str(prof), "--fast", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    assert not [o for o in objs if o["type"] == "note" and "learning" in o["message"]]
+    preds = [o for o in objs if o["type"] == "prediction"]
+    assert len(preds) > 50 and all("anomaly" in o for o in preds)
+    assert np.mean([o["anomaly"] > 1.0 for o in preds]) >= 0.99
+    assert Profile.load(prof).streams["normal_0_97"].windows == saved["normal_0_97"].windows
+    # a profile to make in a folder that does not exist: one line, before anything runs
+    res = cli_in_process("--source", fault, "--learn", "5s", "--baseline", str(tmp_path / "no" / "p.json"), "--fast")
+    assert res.returncode == 2 and "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_learned_baseline_that_cannot_be_saved_stays_in_use_and_is_saved_when_it_can(tmp_path: Path) -> None:
+    """The profile's folder gone while a stream learns (an unmounted share, say): the baseline is
+    learned and scores the next windows all the same, the failure is said once and counted, and
+    the save at the end, once the folder is back, writes it."""
+    folder = tmp_path / "share"
+    folder.mkdir()
+    stage = _learning_stage(features=4, save_to=folder / "p.json")
+    folder.rmdir()
+    feats = np.random.default_rng(1).standard_normal((520, 4)).astype(np.float32)
+    _feed(stage, feats)
+    assert "m0" in stage.profile.streams and stage.latest.get("m0") is not None
+    assert stage.save_failures == 1
+    assert [m for _, m in stage.notes if m.startswith("cannot save")] and not (folder / "p.json").exists()
+    folder.mkdir()
+    stage.save(final=True)
+    assert list(Profile.load(folder / "p.json").streams) == ["m0"]

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = RunConfig(sources=tuple(args.source), model=args.model, duration=args.duration, hop=args.hop,
                     fast=True, learn_s=math.inf)
     pipe = Pipeline(cfg)
+    assert pipe.baseline is not None
+    pipe.baseline.say_unsaved = False  # saved below, to --out
     pipe.start()
     try:
         pipe.wait()

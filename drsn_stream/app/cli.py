@@ -98,9 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "other bearings: [machine] bpfo/bpfi/bsf/ftf in --config")
     a("--rpm", type=arg_number(float, above=0, most=1e6), help="shaft speed (rpm) for the envelope evidence of every stream (a source's ?rpm= wins)")
     a("--baseline", metavar="PROFILE", help="score every window against the streams' learned normal (a profile from "
-                                           "`drsn-stream baseline learn`): predictions gain `anomaly`, 1.0 = threshold")
+                                           "`drsn-stream baseline learn`): predictions gain `anomaly`, 1.0 = threshold; "
+                                           "with --learn, the baselines learned live are saved in it too (made if missing)")
     a("--learn", metavar="DURATION", help="learn each stream without a baseline for DURATION (e.g. 10m, 90s) of its "
-                                         "own data, then monitor it for deviations")
+                                         "own data, then monitor it for deviations (kept over restarts with --baseline FILE)")
 
 
 class Flag(NamedTuple):

@@ -22,6 +22,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import asdict, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -469,6 +470,8 @@ class Pipeline:
         self._out.put(None)
         if self._threads:
             self._threads[0].join(timeout=10.0)  # the output thread drains what the engine left
+        if self.baseline is not None:
+            self.baseline.save(final=True)  # the baselines learned in the last second
         self._baseline_notes()
         if self.capture is not None:
             self.capture.close()
@@ -905,14 +908,22 @@ def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownD
         raise ConfigError(f"model {meta.name} returns no pooled features, so it cannot use a baseline; "
                           "re-export it with tools/fit_unknown.py")
     digest = weights_digest(resolve_artifact(model))
-    profile = None
+    profile, save_to = None, None
     if config.baseline is not None:
-        profile = Profile.load(config.baseline)
-        profile.check(model=meta.name, digest=digest, sample_rate=meta.sample_rate, window=meta.window,
-                      where=f"baseline {config.baseline}", features=meta.features)
+        path = Path(config.baseline)
+        # with --learn, the profile is where the baselines learned live are kept: made if missing
+        if config.learn_s is None or path.exists():
+            profile = Profile.load(path)
+            profile.check(model=meta.name, digest=digest, sample_rate=meta.sample_rate, window=meta.window,
+                          where=f"baseline {config.baseline}", features=meta.features)
+        elif not path.parent.is_dir():
+            raise ConfigError(f"baseline {config.baseline}: the folder {path.parent} does not exist; the baselines "
+                              "learned with --learn are saved there: give a path in an existing folder")
+        if config.learn_s is not None:
+            save_to = path
     stage = BaselineStage(profile, learn_s=config.learn_s, model=meta.name, digest=digest,
                           sample_rate=meta.sample_rate, window=meta.window, hop=config.hop or meta.hop,
-                          features=meta.features)
+                          features=meta.features, save_to=save_to)
     return unknown, stage
 
 

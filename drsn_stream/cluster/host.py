@@ -123,6 +123,11 @@ class HostWorker:
         self.sink = HostSink(self)
         spec = f"zmq+shard://{gateway}"
         self.pipe = Pipeline(dataclasses.replace(config, sources=(spec,), duration=None), sinks=[self.sink])
+        if self.pipe.baseline is not None:
+            # a host's baselines go with its streams in their checkpoints; every host writing the
+            # one --baseline file would keep only the last writer's streams
+            self.pipe.baseline.save_to = None
+            self.pipe.baseline.say_unsaved = False
         source = self.pipe.sources[0]
         assert isinstance(source, ShardSource)
         self.source = source

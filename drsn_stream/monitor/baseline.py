@@ -48,6 +48,7 @@ WINDOWS_PER_FEATURE = 5
 # the most learning windows a checkpoint may carry to the next host: days of windows at the
 # default hop, and a bound on what a damaged or planted checkpoint can make a host hold
 MAX_CARRIED = 1 << 21
+SAVE_RETRY_S = 30.0  # after a failed save of the learned baselines (a full disk), the next try
 
 
 def min_windows(features: int) -> int:
@@ -187,8 +188,9 @@ class Profile:
             "streams": {sid: sb.to_dict() for sid, sb in sorted(self.streams.items())},
         }
 
-    def save(self, path: str | Path) -> Path:
-        return write_atomic(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode("utf-8"))
+    def save(self, path: str | Path, *, make_folder: bool = True) -> Path:
+        return write_atomic(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode("utf-8"),
+                            make_folder=make_folder)
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
@@ -264,10 +266,19 @@ class BaselineStage:
     """
 
     def __init__(self, profile: Profile | None, *, learn_s: float | None, model: str, digest: str,
-                 sample_rate: int, window: int, hop: int, features: int | None = None) -> None:
+                 sample_rate: int, window: int, hop: int, features: int | None = None,
+                 save_to: str | Path | None = None) -> None:
         self.profile = profile or Profile(model, digest, sample_rate, window, hop)
         self.learn_s = learn_s
+        self.hop = int(hop)  # of the windows learned from now (a loaded profile may say another)
         self.features = features  # the model's pooled features: what a baseline taken from elsewhere must be over
+        # the profile file the baselines learned live are saved to (None: kept for this run only)
+        self.save_to = Path(save_to) if save_to is not None else None
+        self.saves = 0
+        self.save_failures = 0
+        self._dirty = False  # learned (or forgotten) since the last save
+        self._next_save = 0.0  # monotonic: saves at most once a second, retried every SAVE_RETRY_S
+        self.say_unsaved = True  # said once as learning starts without save_to (a cluster host keeps them elsewhere)
         self._learning: dict[str, tuple[list[np.ndarray], list[float]]] = {}
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
@@ -295,6 +306,7 @@ class BaselineStage:
         self.state.pop(stream, None)
         if self.profile.streams.pop(stream, None) is not None:
             self._stacked = None
+            self._dirty = self.save_to is not None
 
     def export(self, stream: str, *, learning: bool = False) -> dict[str, Any] | None:
         """The baseline this stage learned live for ``stream``, as ``StreamBaseline.to_dict`` (for a
@@ -318,7 +330,7 @@ class BaselineStage:
         return {"learning": {"features": np.stack(feats[:n]).astype(np.float32),
                              "times": np.asarray(times[:n], dtype=np.float64),
                              "left_out": int(self.left_out.get(stream, 0)),
-                             "hop": int(self.profile.hop), "sample_rate": int(self.profile.sample_rate)}}
+                             "hop": self.hop, "sample_rate": int(self.profile.sample_rate)}}
 
     def adopt(self, stream: str, table: dict[str, Any]) -> None:
         """Monitor ``stream`` on a baseline learned elsewhere (``export``'s dict, from another
@@ -366,9 +378,9 @@ class BaselineStage:
             raise ConfigError(f"the baseline learning of {stream} in its checkpoint is damaged "
                               f"({type(exc).__name__}: {exc}); the stream learns it again") from None
         self._check_features(stream, feats.shape[1], "baseline learning")
-        if (hop, rate) != (self.profile.hop, self.profile.sample_rate):
+        if (hop, rate) != (self.hop, self.profile.sample_rate):
             raise ConfigError(f"the baseline learning of {stream} in its checkpoint is of windows every {hop} samples "
-                              f"at {rate} Hz, this monitor's every {self.profile.hop} at {self.profile.sample_rate} Hz; "
+                              f"at {rate} Hz, this monitor's every {self.hop} at {self.profile.sample_rate} Hz; "
                               "the stream learns it again")
         here = self._learning.pop(stream, ([], []))  # windows learned here already come after those
         self._learning[stream] = (list(feats.astype(np.float32)) + here[0], times.tolist() + here[1])
@@ -408,6 +420,8 @@ class BaselineStage:
                 by_stream.setdefault(p.stream_id, []).append(p)
             for sid, group in by_stream.items():
                 self._learn(sid, group)
+        if self._dirty:
+            self.save()
 
     def _stack(self) -> None:
         """The baselines as arrays (stream index, means, whiteners, thresholds) for ``apply``."""
@@ -430,6 +444,10 @@ class BaselineStage:
                                         "(learn one, or map the stream with ?stream=ID on the source)"))
             return
         if sid not in self._learning:
+            if self.say_unsaved and self.save_to is None:
+                self.say_unsaved = False
+                self.notes.append(("*", "the baselines learned in this run are not saved: give --baseline FILE with "
+                                        "--learn to keep them over a restart"))
             self.notes.append((sid, f"learning the baseline for {_span(self.learn_s)}"))
         feats, times = self._learning.setdefault(sid, ([], []))
         for i, p in enumerate(group):
@@ -463,7 +481,7 @@ class BaselineStage:
         """The signal a stream's learning windows span, in seconds: counted in windows, not read
         off their capture times, which a step of a clock moves (a step forward ended the learning
         at once, a step back made it an hour longer) and which run on through a silence."""
-        return (len(feats) - 1) * self.profile.hop / self.profile.sample_rate
+        return (len(feats) - 1) * self.hop / self.profile.sample_rate
 
     def _fit(self, sid: str) -> None:
         feats, times = self._learning.pop(sid)
@@ -479,10 +497,38 @@ class BaselineStage:
         self.profile.streams[sid] = base
         self._stacked = None
         self.state[sid] = "monitoring"
+        self._dirty = self.save_to is not None
         skipped = self.left_out.get(sid, 0)
         self.notes.append((sid, f"baseline learned on {base.windows} windows"
                                 + (f" ({skipped} from a sensor in CHECK_SENSOR left out)" if skipped else "")
                                 + "; monitoring for deviations"))
+
+    def save(self, *, final: bool = False) -> None:
+        """Save the profile to ``save_to`` if a baseline was learned (or forgotten) since the last
+        save: at most once a second, or now with ``final``. A failure (a full disk, a folder
+        gone) is said once and counted; the baselines stay in use, and the save is tried again
+        after ``SAVE_RETRY_S`` and at the end."""
+        if not self._dirty or self.save_to is None:
+            return
+        now = time.monotonic()
+        if not final and now < self._next_save:
+            return
+        try:
+            self.profile.save(self.save_to, make_folder=False)  # a folder gone (a share unmounted) is not made anew
+        except OSError as exc:
+            self.save_failures += 1
+            self._next_save = now + SAVE_RETRY_S
+            if self.save_failures == 1:
+                self.notes.append(("*", f"cannot save the learned baselines to {self.save_to} "
+                                        f"({exc.strerror or exc}); they are in use for this run, and the save is "
+                                        "tried again: free space there or check the folder"))
+            return
+        self._dirty = False
+        self._next_save = now + 1.0
+        self.saves += 1
+        if self.saves == 1:
+            self.notes.append(("*", f"learned baselines saved to {self.save_to}: a restart with --baseline "
+                                    f"{self.save_to} monitors those streams at once"))
 
     def fit(self) -> Profile:
         """Fits every stream still learning (the end of ``drsn-stream baseline learn``)."""
