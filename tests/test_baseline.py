@@ -413,8 +413,14 @@ def test_baselines_learned_live_are_kept_in_the_profile_and_a_restart_monitors_a
     assert np.mean([o["anomaly"] > 1.0 for o in preds]) >= 0.99
     assert Profile.load(prof).streams["normal_0_97"].windows == saved["normal_0_97"].windows
     # a profile to make in a folder that does not exist: one line, before anything runs
-    res = cli_in_process("--source", fault, "--learn", "5s", "--baseline", str(tmp_path / "no" / "p.json"), "--fast")
+    res = cli_in_process("--source", fault, "--learn", "3s", "--baseline", str(tmp_path / "no" / "p.json"), "--fast")
     assert res.returncode == 2 and "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    # one of other weights (the model updated since): refused, and the way to learn anew said
+    d = json.loads(prof.read_text())
+    d["model_digest"] = "0" * 64
+    prof.write_text(json.dumps(d))
+    res = cli_in_process("--source", fault, "--learn", "3s", "--baseline", str(prof), "--fast")
+    assert res.returncode == 2 and f"or move {prof} away: --learn then learns every stream anew" in res.stderr
 
 
 def test_a_learned_baseline_that_cannot_be_saved_stays_in_use_and_is_saved_when_it_can(tmp_path: Path) -> None:

@@ -914,8 +914,14 @@ def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownD
         # with --learn, the profile is where the baselines learned live are kept: made if missing
         if config.learn_s is None or path.exists():
             profile = Profile.load(path)
-            profile.check(model=meta.name, digest=digest, sample_rate=meta.sample_rate, window=meta.window,
-                          where=f"baseline {config.baseline}", features=meta.features)
+            try:
+                profile.check(model=meta.name, digest=digest, sample_rate=meta.sample_rate, window=meta.window,
+                              where=f"baseline {config.baseline}", features=meta.features)
+            except ConfigError as exc:
+                if config.learn_s is None:
+                    raise
+                raise ConfigError(f"{exc}; or move {path} away: --learn then learns every stream anew and "
+                                  "saves them there") from None
         elif not path.parent.is_dir():
             raise ConfigError(f"baseline {config.baseline}: the folder {path.parent} does not exist; the baselines "
                               "learned with --learn are saved there: give a path in an existing folder")
