@@ -420,7 +420,8 @@ def test_bench_ingest_prints_cpu_per_frame_and_channel(channels: int, hop: int |
 def test_bench_ingest_warm_up_counts_only_the_frames_after_it() -> None:
     """--warm-up S: S more seconds of every stream are ingested first, untimed, and the figures
     are those of the frames after them (a monitor that has run a while)."""
-    (row,) = bench_ingest("--streams", "64", "--channels", "16", "--hop", "2048", "--seconds", "2", "--warm-up", "1")
+    (row,) = bench_ingest("--streams", "64", "--channels", "16", "--hop", "2048", "--seconds", "2", "--warm-up", "1",
+                          "--stages")
     machines, per_machine, warm = 4, int(3 * RATE / 512), int(1 * RATE / 512)  # frames sent, warm-up's
     # timed: the frames after the warm-up's, the clock started at the end of the run that passed
     # them (a run holds at most INGEST_SLICE_MAX channels)
@@ -429,6 +430,16 @@ def test_bench_ingest_warm_up_counts_only_the_frames_after_it() -> None:
     assert row["malformed"] == 0 and not row["errors"] and row["warm_up_s"] == 1.0 and row["ingest_us_per_frame"] > 0
     # every window of the whole stream was still made, warm-up included
     assert row["windows"] == 64 * ((per_machine * 512 - 2048) // 2048 + 1)
+    # --stages: the CPU inside each stage, of the timed frames too: within the ingest's whole, the
+    # parts within their stage; the 16-channel frames' stages all ran, the 1-channel bank's not
+    stages = row["stages_us_per_frame"]
+    total = stages["Ingest.frames (all after the source)"]
+    health = stages["  sensor health: push_channels"]
+    assert 0 < total <= row["ingest_us_per_frame"]
+    assert 0 < health < total and stages["    its gather into the level rows (compiled)"] <= health
+    assert stages["    its gather into the level rows (compiled)"] > 0 or not jit.available()
+    assert 0 < stages["    the windower's copy (Windower._append)"] <= stages["  FrameDSP.push (multi-channel frames)"]
+    assert stages["  WindowBank.push_flat (1-channel frames)"] == 0
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(

@@ -8,7 +8,10 @@ monitor runs: receive, decode, sequence checks, sensor health, resampling and wi
 to the batcher) take all of them as fast as it can on this thread, while a second thread empties
 the batcher as the engine would (without running the model). Prints the ingest thread's CPU time
 per frame and per channel, and frames/s (wall). ``--profile`` prints the top of a cProfile of
-the same run instead of timing it.
+the same run instead of timing it; ``--stages`` adds the CPU time of the ingest's main stages per
+frame (a ``time.thread_time`` pair around each call, which adds ~0.3 us per call to the total):
+the compiled sensor-health kernels and the windower's copy are bound by memory, not by Python,
+so they bound what any rewrite of the Python around them can reach.
 
 A run from a cold start also pays what a monitor pays once: every buffer new (the kernel faults in
 and zeroes its pages at the first writes), the health's rows growing. ``--warm-up S`` queues S
@@ -22,6 +25,7 @@ has run a while (docs/performance.md: without it, read the figures as an upper b
     python tools/bench_ingest.py --streams 256 --repeat 5 --slice-max 256,1024
     python tools/bench_ingest.py --streams 256 --repeat 3 --receive pyzmq,auto
     python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --phases 4 --warm-up 4
+    python tools/bench_ingest.py --streams 1024 --channels 16 --hop 2048 --phases 4 --seconds 8 --stages
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pstats
 import socket
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import zmq
@@ -73,8 +78,72 @@ def messages(streams: int, channels: int, seconds: float, *, seed: int = 1) -> l
 RECEIVE = {"auto": None, "compiled": True, "pyzmq": False}  # the source's compiled_receive
 
 
+def _stages() -> list[tuple[str, Any, str]]:
+    """(label, owner, attribute) of the stages ``--stages`` times, outermost first."""
+    from drsn_stream.dsp.bank import WindowBank
+    from drsn_stream.dsp.stream import FrameDSP, StreamDSP
+    from drsn_stream.dsp.window import Windower
+    from drsn_stream.monitor import levels_jit
+    from drsn_stream.monitor.health import HealthMonitor
+
+    return [
+        ("Ingest.frames (all after the source)", ingest_mod.Ingest, "frames"),
+        ("  sensor health: push_channels", HealthMonitor, "push_channels"),
+        ("    its gather into the level rows (compiled)", levels_jit, "gather_frames"),
+        ("    its level tests (compiled)", levels_jit, "levels_rows"),
+        ("  FrameDSP.push (multi-channel frames)", FrameDSP, "push"),
+        ("  WindowBank.push_flat (1-channel frames)", WindowBank, "push_flat"),
+        ("  StreamDSP.push (the others: resampled, NaN...)", StreamDSP, "push"),
+        ("    the windower's copy (Windower._append)", Windower, "_append"),
+        ("  judging the windows' streams: flush_many", HealthMonitor, "flush_many"),
+    ]
+
+
+class StageClock:
+    """CPU time (this thread's) inside each of ``_stages()``, counted while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.cpu: dict[str, float] = {}
+        self._undo: list[tuple[Any, str, Any]] = []
+        for label, owner, name in _stages():
+            original = getattr(owner, name)
+            self._undo.append((owner, name, original))
+            setattr(owner, name, self._timed(label, original))
+            self.cpu[label] = 0.0
+
+    def _timed(self, label: str, fn: Any) -> Any:
+        cpu, clock = self.cpu, time.thread_time
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.on:
+                return fn(*args, **kwargs)
+            t = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                cpu[label] += clock() - t
+
+        return timed
+
+    def close(self) -> None:
+        for owner, name, original in self._undo:
+            setattr(owner, name, original)
+
+
 def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, phases: int = 1,
-        profile: bool = False, receive: str = "auto", warm_up: float = 0.0) -> dict:
+        profile: bool = False, receive: str = "auto", warm_up: float = 0.0, stages: bool = False) -> dict:
+    clock = StageClock() if stages else None
+    try:
+        return _run(streams, channels, seconds, hop=hop, phases=phases, profile=profile, receive=receive,
+                    warm_up=warm_up, clock=clock)
+    finally:
+        if clock is not None:
+            clock.close()
+
+
+def _run(streams: int, channels: int, seconds: float, *, hop: int | None, phases: int, profile: bool,
+         receive: str, warm_up: float, clock: StageClock | None) -> dict:
     msgs = messages(streams, channels, warm_up + seconds)
     port = free_port()
     ctx = zmq.Context.instance()
@@ -118,14 +187,21 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
                 start.update(cpu=time.thread_time(), wall=time.perf_counter(), frames=taken[0])
                 if prof is not None:
                     prof.enable()
+                if clock is not None:
+                    clock.on = True
             return out
 
         pipe.ingest.frames = frames_then_clock
-    elif prof is not None:
-        prof.enable()
+    else:
+        if prof is not None:
+            prof.enable()
+        if clock is not None:
+            clock.on = True
     pipe._ingest(src)
     if prof is not None:
         prof.disable()
+    if clock is not None:
+        clock.on = False
     cpu, wall = time.thread_time() - start["cpu"], time.perf_counter() - start["wall"]
     done.set()
     drainer.join()
@@ -150,6 +226,8 @@ def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, 
         "channels_per_s": round(frames * channels / wall, 1),
         "ingest_us_per_frame": round(1e6 * cpu / frames, 1) if frames else None,
         "ingest_us_per_channel": round(1e6 * cpu / (frames * channels), 2) if frames else None,
+        "stages_us_per_frame": {label: round(1e6 * t / frames, 2) for label, t in clock.cpu.items()}
+        if clock is not None and frames else None,
     }
 
 
@@ -171,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated ways to receive the messages, alternated in every repeat: auto (as the "
                          "monitor: the compiled loop for small payloads), compiled (always), pyzmq (never)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the ingest instead of timing it")
+    ap.add_argument("--stages", action="store_true",
+                    help="also print the CPU time per frame inside the ingest's main stages (a clock pair per call)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.streams % args.channels:
@@ -187,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             for receive in receives:
                 ingest_mod.INGEST_SLICE_MAX = width
                 rows.append({**run(args.streams, args.channels, args.seconds, hop=args.hop, phases=args.phases,
-                                 profile=args.profile, receive=receive, warm_up=args.warm_up),
+                                 profile=args.profile, receive=receive, warm_up=args.warm_up,
+                                 stages=args.stages),
                              "slice_max": width, "receive": receive})
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -200,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['frames_per_s']:.0f} frames/s ({r['channels_per_s']:.0f} channels/s); ingest CPU "
               f"{r['ingest_us_per_frame']} us per frame, {r['ingest_us_per_channel']} us per channel"
               + (f"; malformed {r['malformed']}, errors {r['errors']}" if r["malformed"] or r["errors"] else ""))
+        for label, us in (r["stages_us_per_frame"] or {}).items():
+            print(f"  {label:48s} {us:7.2f} us per frame")
     return 0
 
 
