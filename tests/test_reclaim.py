@@ -20,7 +20,7 @@ import zmq
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.errors import ConfigError
 from drsn_stream.sinks.jsonl import JsonlSink
-from drsn_stream.sources.wire import encode
+from drsn_stream.sources.wire import encode, encode_eos
 
 RATE = 12000.0
 N = 600  # a frame every 50 ms
@@ -513,14 +513,15 @@ def test_a_retired_streams_source_counters_move_into_the_totals_of_streams_gone(
     assert snap["gaps"] == {} and snap["gone"]["gaps"] == 2 and snap["retired"] == 1
 
 
-@pytest.mark.parametrize("new_first", [False, True], ids=["silent_first", "new_id_first"])
-def test_a_stream_with_a_frame_in_the_poll_of_a_new_id_keeps_its_place(free_tcp_port: int, new_first: bool) -> None:
+@pytest.mark.parametrize("order", ["silent_first", "new_id_first", "new_id_and_its_end_first"])
+def test_a_stream_with_a_frame_in_the_poll_of_a_new_id_keeps_its_place(free_tcp_port: int, order: str) -> None:
     """A real ZeroMQ source with room for 2 ids, both silent longer than --reclaim-after: in one
-    poll, a frame of the quietest and a new id's first frame, in either order. The source asks for
-    room once the poll's messages are all in, before handing them over; the stream that just sent
-    keeps its place and the other silent one gives its own (before, the one that just sent was
-    retired, and its frame came back as a new stream's: always where its frame came first, and
-    still where it came after the new id's, which the source had asked room for on the spot)."""
+    poll, a frame of the quietest and a new id's first frame, in either order (or the new id's
+    first frame and its end of stream, then the quietest's frame). The source asks for room once
+    the poll's messages are all in, before handing them over; the stream that just sent keeps its
+    place and the other silent one gives its own (before, the one that just sent was retired, and
+    its frame came back as a new stream's: always where its frame came first, and still where it
+    came after the new id's (or its end's), which the source had asked room for on the spot)."""
     from drsn_stream.app.ingest import Ingest
     from drsn_stream.models.artifact import read_meta
     from drsn_stream.monitor.health import HealthMonitor
@@ -537,9 +538,9 @@ def test_a_stream_with_a_frame_in_the_poll_of_a_new_id_keeps_its_place(free_tcp_
     push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
     x = (0.1 * np.random.default_rng(0).standard_normal(N)).astype(np.float32)
 
-    def send(*frames: tuple[str, int]) -> list[str]:
-        for sid, seq in frames:
-            push.send_multipart(encode(sid, seq, time.time(), RATE, x))
+    def send(*frames: tuple[str, int | None]) -> list[str]:
+        for sid, seq in frames:  # seq None: an end of stream
+            push.send_multipart(encode(sid, seq, time.time(), RATE, x) if seq is not None else encode_eos(sid))
         time.sleep(0.2)  # all of them queued at the source's socket: one poll takes them
         batch = next(batches)
         ingest.frames(batch, src)
@@ -551,12 +552,15 @@ def test_a_stream_with_a_frame_in_the_poll_of_a_new_id_keeps_its_place(free_tcp_
             assert send(("old", 0)) == ["old"]
             assert send(("quiet", 0)) == ["quiet"]
             time.sleep(0.5)  # both silent longer than --reclaim-after, "old" the longest
-            assert sorted(send(*[("new", 0), ("old", 1)][:: 1 if new_first else -1])) == ["new", "old"]
-            # the new stream's next frames are those of a known stream
+            poll = {"silent_first": [("old", 1), ("new", 0)], "new_id_first": [("new", 0), ("old", 1)],
+                    "new_id_and_its_end_first": [("new", 0), ("new", None), ("old", 1)]}[order]
+            assert sorted(send(*poll)) == ["new", "old"]
+            # the new stream's next frames are those of a known stream (after its end: a new sequence)
             assert sorted(send(("new", 1), ("old", 2))) == ["new", "old"]
     finally:
         push.close(0)
     assert [sid for sid, _, _ in said] == ["quiet"], said
+    assert ("new" in src.stats.snapshot()["ended"]) == (order == "new_id_and_its_end_first")
     assert sorted(src.streams) == ["new", "old"] and sorted(ingest.dsp) == ["new", "old"]
     stats = src.stats.snapshot()
     assert not stats["malformed"].get("too_many_streams") and stats["gaps"] == {}, stats

@@ -582,12 +582,9 @@ class _ZmqSource(Source):
                                                     "(counted as malformed; said once per reason)"))
                         continue
                     if isinstance(msg, EndOfStream):
-                        if not self._known(msg.stream_id):
-                            continue
-                        self.stats.end(msg.stream_id)
-                        ends.append(msg.stream_id)
-                        self._new_sequence(msg.stream_id)  # after its end
-                        if until_eos and set(self.stats.snapshot()["ended"]) >= set(self._streams):
+                        if msg.stream_id in self._waiting_ids:  # after its frames waiting for a place
+                            waiting.append((msg, None))
+                        elif self._take_end(msg.stream_id, ends) and until_eos and self._all_ended():
                             ended = True
                             break
                         continue
@@ -606,6 +603,8 @@ class _ZmqSource(Source):
             for item, payload in waiting:  # the poll's messages all in: polling() names every stream that sent
                 if isinstance(item, Frame):
                     self._take_frame(item, heads, others)
+                elif isinstance(item, EndOfStream):
+                    ended |= self._take_end(item.stream_id, ends) and until_eos and self._all_ended()
                 else:
                     self._take_head(item, payload, heads, payloads)
             if payloads and receiver is not None and self.compiled_receive is None:
@@ -647,6 +646,18 @@ class _ZmqSource(Source):
             return
         heads.append(known)
         payloads.append(payload)
+
+    def _take_end(self, sid: str, ends: list[str]) -> bool:
+        """A stream's end of stream, into the poll's ``ends``; False for a stream not taken."""
+        if not self._known(sid):
+            return False
+        self.stats.end(sid)
+        ends.append(sid)
+        self._new_sequence(sid)  # after its end
+        return True
+
+    def _all_ended(self) -> bool:
+        return set(self.stats.snapshot()["ended"]) >= set(self._streams)
 
     def _take_frame(self, msg: Frame, heads: list[Head], others: list[tuple[int, Frame]]) -> None:
         """A frame decoded in full, into the poll after the ``heads`` so far (or dropped, counted)."""
