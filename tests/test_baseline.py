@@ -403,6 +403,8 @@ def test_baselines_learned_live_are_kept_in_the_profile_and_a_restart_monitors_a
     assert f"learned baselines saved to {prof}: a restart with --baseline {prof} monitors those streams at once" in notes
     saved = Profile.load(prof).streams
     assert list(saved) == ["normal_0_97"] and saved["normal_0_97"].windows >= min_windows(16)
+    final = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith('{"type":"stats"')][-1]
+    assert final["baselines_saved"] == {"to": str(prof), "saves": 1, "failures": 0}
     fault = f"file:{CWRU / '12k_Drive_End_OR014@6_2_199.mat'}?stream=normal_0_97&duration=3"
     res = cli_in_process("--source", fault, "--learn", "3s", "--baseline", str(prof), "--fast", "--jsonl", "-")
     assert res.returncode == 0, res.stderr

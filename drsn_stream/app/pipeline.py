@@ -838,6 +838,9 @@ class Pipeline:
             "sources": _jsonable(sources),
             "nonfinite_samples": nonfinite,
             **({"envelope": self.envelope.stats()} if self.envelope is not None else {}),
+            **({"baselines_saved": {"to": str(self.baseline.save_to), "saves": self.baseline.saves,
+                                    "failures": self.baseline.save_failures}}
+               if self.baseline is not None and self.baseline.save_to is not None else {}),
             "sink_failures": dict(self.outputs.failures),
             "errors": list(self.errors),
             "errors_not_kept": self.errors_not_kept,
