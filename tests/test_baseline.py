@@ -441,3 +441,24 @@ def test_a_learned_baseline_that_cannot_be_saved_stays_in_use_and_is_saved_when_
     folder.mkdir()
     stage.save(final=True)
     assert list(Profile.load(folder / "p.json").streams) == ["m0"]
+
+
+def test_two_monitors_learning_into_one_profile_keep_each_others_streams(tmp_path: Path) -> None:
+    """Two monitors (two gateways of one plant) run with the same ``--learn --baseline plant.json``:
+    each save keeps the streams the other saved there meanwhile (before this, the last writer's
+    streams alone were left), and a stream one of them retires leaves the file."""
+    prof = tmp_path / "plant.json"
+    a, b = _learning_stage(features=4, save_to=prof), _learning_stage(features=4, save_to=prof)
+    rng = np.random.default_rng(2)
+    hop_s = 512 / 12000
+
+    def feed(stage: BaselineStage, sid: str) -> None:
+        for i, f in enumerate(rng.standard_normal((520, 4)).astype(np.float32)):
+            stage.apply([Prediction(sid, i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
+
+    feed(a, "gw1/m0")
+    feed(b, "gw2/m0")
+    assert sorted(Profile.load(prof).streams) == ["gw1/m0", "gw2/m0"]
+    a.forget("gw1/m0")
+    a.save(final=True)
+    assert sorted(Profile.load(prof).streams) == ["gw2/m0"]

@@ -277,6 +277,7 @@ class BaselineStage:
         self.saves = 0
         self.save_failures = 0
         self._dirty = False  # learned (or forgotten) since the last save
+        self._dropped: set[str] = set()  # streams whose learned baselines were forgotten: left out of the file
         self._next_save = 0.0  # monotonic: saves at most once a second, retried every SAVE_RETRY_S
         self.say_unsaved = True  # said once as learning starts without save_to (a cluster host keeps them elsewhere)
         self._learning: dict[str, tuple[list[np.ndarray], list[float]]] = {}
@@ -307,6 +308,7 @@ class BaselineStage:
         if self.profile.streams.pop(stream, None) is not None:
             self._stacked = None
             self._dirty = self.save_to is not None
+            self._dropped.add(stream)
 
     def export(self, stream: str, *, learning: bool = False) -> dict[str, Any] | None:
         """The baseline this stage learned live for ``stream``, as ``StreamBaseline.to_dict`` (for a
@@ -498,6 +500,7 @@ class BaselineStage:
         self._stacked = None
         self.state[sid] = "monitoring"
         self._dirty = self.save_to is not None
+        self._dropped.discard(sid)
         skipped = self.left_out.get(sid, 0)
         self.notes.append((sid, f"baseline learned on {base.windows} windows"
                                 + (f" ({skipped} from a sensor in CHECK_SENSOR left out)" if skipped else "")
@@ -514,7 +517,7 @@ class BaselineStage:
         if not final and now < self._next_save:
             return
         try:
-            self.profile.save(self.save_to, make_folder=False)  # a folder gone (a share unmounted) is not made anew
+            self._merged().save(self.save_to, make_folder=False)  # a folder gone (a share unmounted) is not made anew
         except OSError as exc:
             self.save_failures += 1
             self._next_save = now + SAVE_RETRY_S
@@ -529,6 +532,26 @@ class BaselineStage:
         if self.saves == 1:
             self.notes.append(("*", f"learned baselines saved to {self.save_to}: a restart with --baseline "
                                     f"{self.save_to} monitors those streams at once"))
+
+    def _merged(self) -> Profile:
+        """The profile to write: this stage's baselines, and those the file holds now for other
+        streams (another monitor saving its own streams in the same file: each write keeps the
+        other's, where the file is of the same model, rate and window), less the streams this
+        stage forgot."""
+        assert self.save_to is not None
+        try:
+            disk = Profile.load(self.save_to)
+        except ConfigError:  # none yet, or not one this stage could have written: written over
+            return self.profile
+        p = self.profile
+        if (disk.model, disk.model_digest, disk.sample_rate, disk.window) != (p.model, p.model_digest,
+                                                                              p.sample_rate, p.window):
+            return p
+        others = {sid: b for sid, b in disk.streams.items() if sid not in p.streams and sid not in self._dropped}
+        if not others:
+            return p
+        return Profile(p.model, p.model_digest, p.sample_rate, p.window, p.hop, {**others, **p.streams},
+                       p.created, p.settings)
 
     def fit(self) -> Profile:
         """Fits every stream still learning (the end of ``drsn-stream baseline learn``)."""
