@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -471,10 +472,9 @@ def test_a_host_whose_sends_fail_for_a_while_sends_everything_after(tmp_path: Pa
         host.stop()
 
 
-def test_a_baseline_learned_on_one_host_goes_with_its_stream_to_the_next(tmp_path: Path) -> None:
-    """--learn on two real hosts: host a learns a healthy machine's baseline, then hands the stream
-    to host b (a host joining, say). b monitors it on a's baseline from its first window instead of
-    learning it again (before, every move and every failover started the learning over)."""
+def _learning_hosts(tmp_path: Path, *, learn_s: float) -> tuple[subprocess.Popen, list[Any]]:
+    """A publisher of one healthy simulated machine (60 s) and two started cluster hosts, "a" and
+    "b", that learn each stream's baseline for ``learn_s`` (``--learn``), sharing a checkpoint folder."""
     from drsn_stream.app.pipeline import RunConfig
     from drsn_stream.cluster.host import HostWorker
 
@@ -482,9 +482,16 @@ def test_a_baseline_learned_on_one_host_goes_with_its_stream_to_the_next(tmp_pat
     pub = subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--source",
                             "sim:bearing?machines=1&fault=none", "--to", f"tcp://127.0.0.1:{port}",
                             "--duration", "60"], cwd=ROOT)
-    cfg = RunConfig(engine_process=False, threads=1, learn_s=2.0)
-    hosts = [HostWorker(n, cfg, gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ck"),
-                        send=lambda kind, payload: None).start() for n in ("a", "b")]
+    cfg = RunConfig(engine_process=False, threads=1, learn_s=learn_s)
+    return pub, [HostWorker(n, cfg, gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ck"),
+                            send=lambda kind, payload: None).start() for n in ("a", "b")]
+
+
+def test_a_baseline_learned_on_one_host_goes_with_its_stream_to_the_next(tmp_path: Path) -> None:
+    """--learn on two real hosts: host a learns a healthy machine's baseline, then hands the stream
+    to host b (a host joining, say). b monitors it on a's baseline from its first window instead of
+    learning it again (before, every move and every failover started the learning over)."""
+    pub, hosts = _learning_hosts(tmp_path, learn_s=2.0)
     a, b = hosts
     sid = "sim/m0"
     try:
@@ -514,16 +521,7 @@ def test_a_baseline_still_being_learned_goes_with_its_stream_to_the_next_host(tm
     learning. b learns on from a's windows (the baseline it fits starts at a's first learning
     window and holds a's windows too) rather than over (before, a host joining or leaving during
     commissioning set every stream it moved back to the start of its learning)."""
-    from drsn_stream.app.pipeline import RunConfig
-    from drsn_stream.cluster.host import HostWorker
-
-    port = _free_port()
-    pub = subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--source",
-                            "sim:bearing?machines=1&fault=none", "--to", f"tcp://127.0.0.1:{port}",
-                            "--duration", "60"], cwd=ROOT)
-    cfg = RunConfig(engine_process=False, threads=1, learn_s=6.0)
-    hosts = [HostWorker(n, cfg, gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ck"),
-                        send=lambda kind, payload: None).start() for n in ("a", "b")]
+    pub, hosts = _learning_hosts(tmp_path, learn_s=6.0)
     a, b = hosts
     sid = "sim/m0"
     try:
