@@ -23,6 +23,7 @@ from drsn_stream.errors import ConfigError
 from drsn_stream.models.artifact import load_artifact, save_artifact
 from drsn_stream.models.registry import create_model
 from drsn_stream.monitor.baseline import (
+    LEARN_KEEP,
     BaselineStage,
     Profile,
     fit_stream,
@@ -374,7 +375,7 @@ def test_a_damaged_learning_in_a_checkpoint_is_refused_and_the_stream_learns_afr
         del d["hop"]
     with pytest.raises(ConfigError, match="learn.* again"):
         stage.adopt("m0", {"learning": d})
-    assert len(stage._learning["m0"][0]) == 3 and stage.left_out.get("m0", 0) == 0
+    assert stage._learning["m0"].n == 3 and stage.left_out.get("m0", 0) == 0
 
 
 def test_a_baseline_from_another_model_is_refused_even_as_the_first_one() -> None:
@@ -462,3 +463,53 @@ def test_two_monitors_learning_into_one_profile_keep_each_others_streams(tmp_pat
     a.forget("gw1/m0")
     a.save(final=True)
     assert sorted(Profile.load(prof).streams) == ["gw2/m0"]
+
+
+def test_a_long_learning_keeps_a_bounded_sample_spread_over_its_whole_span() -> None:
+    """--learn longer than LEARN_KEEP windows (11.6 min at a hop of 512 samples): each stream keeps
+    at most LEARN_KEEP windows, one in 2, 4, ... of all it learned from, spread evenly from the first
+    to the last, and learns for the whole span (before: every window's features, ~280 bytes each,
+    6 GB for an hour of 256 streams). The baseline is close to the one every window gives, and a
+    hand-over midway (a cluster host joining) gives exactly the one a host learning alone fits."""
+    hop_s = 512 / 12000
+    n = 3 * LEARN_KEEP + 5
+    rng = np.random.default_rng(4)
+    feats = (rng.standard_normal((n, 4)) * [1.0, 2.0, 0.5, 1.0] + [0.0, 3.0, -1.0, 0.0]).astype(np.float32)
+
+    def stage() -> BaselineStage:
+        return BaselineStage(None, learn_s=(n - 1) * hop_s, model="m", digest="d", sample_rate=12000, window=2048,
+                             hop=512, features=4)
+
+    alone = stage()
+    _feed(alone, feats[:-1])
+    kept = alone._learning["m0"]
+    assert kept.seen == n - 1 and kept.n <= LEARN_KEEP and kept.stride == 4
+    assert np.array_equal(kept.times[: kept.n], np.arange(0, n - 1, 4) * hop_s)
+    assert kept.feats.nbytes <= LEARN_KEEP * 4 * 4
+    assert alone.state["m0"] == "learning 99%"
+    _feed(alone, feats[-1:], first=n - 1)
+    base = alone.profile.streams["m0"]
+    assert base.windows == kept.n and base.learned_from == 0.0 and base.learned_to == (n - 1) * hop_s  # the last one kept
+    every = fit_stream(feats.astype(np.float64), np.arange(n) * hop_s)
+    assert np.allclose(base.gaussian.mean, every.gaussian.mean, atol=0.05)
+    assert base.threshold == pytest.approx(every.threshold, rel=0.2)
+    first, second = stage(), stage()
+    _feed(first, feats[: 2 * LEARN_KEEP + 100])
+    second.adopt("m0", first.export("m0", learning=True))
+    _feed(second, feats[2 * LEARN_KEEP + 100 :], first=2 * LEARN_KEEP + 100)
+    got = second.profile.streams["m0"]
+    assert got.windows == base.windows and np.array_equal(got.gaussian.mean, base.gaussian.mean)
+    assert got.threshold == base.threshold
+
+
+def test_learn_memory_prints_the_memory_a_learning_holds() -> None:
+    """``tools/learn_memory.py``, run as a user runs it: a few streams learning for longer than
+    LEARN_KEEP windows hold about LEARN_KEEP windows' worth each, not one per window learned from."""
+    tool = ROOT / "tools" / "learn_memory.py"
+    out = subprocess.run([sys.executable, str(tool), "--streams", "8", "--minutes", "15", "--json"], cwd=ROOT,
+                         env=ENV, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["windows_per_stream"] == int(15 * 60 * 12000 / 512) > LEARN_KEEP
+    # 8 streams of 8,192 kept windows of 16 float32 features and a time: ~4.7 MB (the old way: ~60 MB)
+    assert 0 <= r["peak_rss_growth_mb"] < 30 and r["bytes_per_window"] < 120, r

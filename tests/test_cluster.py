@@ -526,7 +526,7 @@ def test_a_baseline_still_being_learned_goes_with_its_stream_to_the_next_host(tm
     sid = "sim/m0"
     try:
         a.assign([sid])
-        _until(lambda: len(a.pipe.baseline._learning.get(sid, ([], []))[0]) >= 40, 45)
+        _until(lambda: getattr(a.pipe.baseline._learning.get(sid), "seen", 0) >= 40, 45)
         a.release([sid])
         carried = a.store.load(sid).baseline["learning"]
         b.assign([sid], previous={sid: "a"})

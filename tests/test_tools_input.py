@@ -315,6 +315,7 @@ def test_make_excerpts_refuses_a_broken_recording(change, words, data_dir, tmp_p
     ("bench_dashboard.py", ["--compare", "missing.py"], ["--compare", "missing.py"]),
     ("bench_ingest.py", ["--warm-up", "-1"], ["--warm-up", "0 or more"]),
     ("bench_ingest.py", ["--streams", "10", "--channels", "16"], ["--streams 10", "--channels 16"]),
+    ("learn_memory.py", ["--minutes", "0"], ["--minutes"]),
 ])
 def test_small_tools_refuse_bad_flags_in_one_line(name, args, words, tmp_path, child_env):
     refused(tool(name, *args, env=child_env, cwd=tmp_path), name, *words)

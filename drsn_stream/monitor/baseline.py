@@ -1,7 +1,8 @@
 """Baselines: learn a machine's normal, then score every window's deviation from it.
 
 The commissioning step of a condition-monitoring system. While learning, the pooled features of
-each stream's windows (``Prediction.features``) are collected; ``fit_stream`` fits a Gaussian to
+each stream's windows (``Prediction.features``) are collected (at most ``LEARN_KEEP`` per stream,
+spread evenly over a longer learning: ``_Learning``); ``fit_stream`` fits a Gaussian to
 the first part of them and sets the alarm threshold to the ``PERCENTILE``-th percentile of the
 Mahalanobis distances of the held-back rest, times ``MARGIN``. While monitoring, each prediction
 gains ``anomaly`` = distance / threshold (1.0 = the threshold).
@@ -45,9 +46,12 @@ MIN_WINDOWS = 32  # fewer learning windows than this give no stable Gaussian ove
 # held-back windows, which later healthy windows cross (tools/eval_baseline.py --sweep,
 # docs/own-machine.md)
 WINDOWS_PER_FEATURE = 5
-# the most learning windows a checkpoint may carry to the next host: days of windows at the
-# default hop, and a bound on what a damaged or planted checkpoint can make a host hold
-MAX_CARRIED = 1 << 21
+# learning windows kept per stream: past these, every other one is dropped and then only every
+# second (fourth, ...) window is kept, so a long learning keeps a sample spread evenly over its
+# whole span in bounded memory (~600 KB per stream for 16 features; before, every window's
+# features were kept: ~280 bytes each, 6 GB for an hour of 256 streams). 11.6 min of windows at a
+# hop of 512 samples: a Gaussian over 16 features needs 80 (MIN_WINDOWS, WINDOWS_PER_FEATURE).
+LEARN_KEEP = 8192
 SAVE_RETRY_S = 30.0  # after a failed save of the learned baselines (a full disk), the next try
 
 
@@ -250,6 +254,39 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
+class _Learning:
+    """One stream's learning windows so far: features and capture times, at most ``LEARN_KEEP`` of
+    them, spread evenly over every window learned from (``seen``): window ``i`` is kept while
+    ``i % stride == 0``, and when they fill up every other one goes and ``stride`` doubles."""
+
+    __slots__ = ("feats", "times", "n", "seen", "stride")
+
+    def __init__(self, features: int, *, size: int = 64) -> None:
+        self.feats = np.empty((size, features), dtype=np.float32)
+        self.times = np.empty(size, dtype=np.float64)
+        self.n = 0  # windows kept
+        self.seen = 0  # windows learned from
+        self.stride = 1
+
+    def add(self, features: np.ndarray, t: float) -> None:
+        i = self.seen
+        self.seen += 1
+        if i % self.stride:
+            return
+        if self.n == LEARN_KEEP:  # full: the windows at even places stay, then one in 2 * stride
+            half = LEARN_KEEP // 2
+            self.feats[:half] = self.feats[0:LEARN_KEEP:2]
+            self.times[:half] = self.times[0:LEARN_KEEP:2]
+            self.n, self.stride = half, 2 * self.stride
+        if self.n == len(self.times):
+            size = min(LEARN_KEEP, 2 * len(self.times))
+            self.feats = np.concatenate([self.feats, np.empty((size - self.n, self.feats.shape[1]), np.float32)])
+            self.times = np.concatenate([self.times, np.empty(size - self.n)])
+        self.feats[self.n] = features
+        self.times[self.n] = t
+        self.n += 1
+
+
 class BaselineStage:
     """Scores predictions against their stream's baseline; learns streams live.
 
@@ -280,7 +317,7 @@ class BaselineStage:
         self._dropped: set[str] = set()  # streams whose learned baselines were forgotten: left out of the file
         self._next_save = 0.0  # monotonic: saves at most once a second, retried every SAVE_RETRY_S
         self.say_unsaved = True  # said once as learning starts without save_to (a cluster host keeps them elsewhere)
-        self._learning: dict[str, tuple[list[np.ndarray], list[float]]] = {}
+        self._learning: dict[str, _Learning] = {}
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
         self._extended: set[str] = set()  # streams whose span gave too few windows (said once)
@@ -324,14 +361,12 @@ class BaselineStage:
         if base is not None:
             return None if stream in self._given else base.to_dict()
         so_far = self._learning.get(stream) if learning else None
-        if not so_far or not so_far[0]:
+        if so_far is None or not so_far.n:
             return None
-        # copies: the output thread may still append (a window in flight after the drain)
-        feats, times = list(so_far[0]), list(so_far[1])
-        n = min(len(feats), len(times))
-        return {"learning": {"features": np.stack(feats[:n]).astype(np.float32),
-                             "times": np.asarray(times[:n], dtype=np.float64),
-                             "left_out": int(self.left_out.get(stream, 0)),
+        # copies (the output thread may still add a window in flight after the drain)
+        n, seen, stride = so_far.n, so_far.seen, so_far.stride
+        return {"learning": {"features": so_far.feats[:n].copy(), "times": so_far.times[:n].copy(),
+                             "seen": seen, "stride": stride, "left_out": int(self.left_out.get(stream, 0)),
                              "hop": self.hop, "sample_rate": int(self.profile.sample_rate)}}
 
     def adopt(self, stream: str, table: dict[str, Any]) -> None:
@@ -370,12 +405,17 @@ class BaselineStage:
         try:
             feats, times = d["features"], d["times"]
             if not (isinstance(feats, np.ndarray) and isinstance(times, np.ndarray) and feats.ndim == 2
-                    and times.shape == (feats.shape[0],) and 0 < feats.shape[0] <= MAX_CARRIED
+                    and times.shape == (feats.shape[0],) and 0 < feats.shape[0] <= LEARN_KEEP
                     and feats.shape[1] > 0 and feats.dtype.kind == "f" and times.dtype.kind == "f"
                     and bool(np.isfinite(times).all())):
-                raise ValueError("features (windows, features) and finite times (windows,) of floats")
+                raise ValueError(f"features (windows, features) and finite times (windows,) of floats, "
+                                 f"at most {LEARN_KEEP} windows")
             left_out = _count(d.get("left_out", 0), "left_out")
             hop, rate = _count(d["hop"], "hop"), _count(d["sample_rate"], "sample_rate")
+            stride = _count(d.get("stride", 1), "stride", 1 << 40)
+            seen = _count(d.get("seen", feats.shape[0]), "seen")
+            if stride < 1 or not (feats.shape[0] - 1) * stride < seen <= feats.shape[0] * stride:
+                raise ValueError(f"{feats.shape[0]} windows kept, one in {stride}, of {seen}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"the baseline learning of {stream} in its checkpoint is damaged "
                               f"({type(exc).__name__}: {exc}); the stream learns it again") from None
@@ -384,10 +424,16 @@ class BaselineStage:
             raise ConfigError(f"the baseline learning of {stream} in its checkpoint is of windows every {hop} samples "
                               f"at {rate} Hz, this monitor's every {self.hop} at {self.profile.sample_rate} Hz; "
                               "the stream learns it again")
-        here = self._learning.pop(stream, ([], []))  # windows learned here already come after those
-        self._learning[stream] = (list(feats.astype(np.float32)) + here[0], times.tolist() + here[1])
+        carried = _Learning(feats.shape[1], size=LEARN_KEEP)
+        carried.feats[: len(feats)], carried.times[: len(times)] = feats, times
+        carried.n, carried.seen, carried.stride = len(feats), seen, stride
+        here = self._learning.pop(stream, None)  # windows learned here already come after those
+        if here is not None:
+            for k in range(here.n):
+                carried.add(here.feats[k], float(here.times[k]))
+        self._learning[stream] = carried
         self.left_out[stream] = self.left_out.get(stream, 0) + left_out
-        self.notes.append((stream, f"learning the baseline on from {feats.shape[0]} windows learned on another host"))
+        self.notes.append((stream, f"learning the baseline on from {seen} windows learned on another host"))
         self.state[stream] = "learning"
 
     def apply(self, preds: list[Prediction]) -> None:
@@ -445,53 +491,53 @@ class BaselineStage:
                 self.notes.append((sid, "no baseline for this stream in the profile: monitored on its labels only "
                                         "(learn one, or map the stream with ?stream=ID on the source)"))
             return
-        if sid not in self._learning:
+        so_far = self._learning.get(sid)
+        if so_far is None:
             if self.say_unsaved and self.save_to is None:
                 self.say_unsaved = False
                 self.notes.append(("*", "the baselines learned in this run are not saved: give --baseline FILE with "
                                         "--learn to keep them over a restart"))
             self.notes.append((sid, f"learning the baseline for {_span(self.learn_s)}"))
-        feats, times = self._learning.setdefault(sid, ([], []))
+            so_far = self._learning[sid] = _Learning(len(group[0].features))
         for i, p in enumerate(group):
             if p.health != "OK":  # a flat line, a clipping or a dropout is not the machine's normal
                 if sid not in self.left_out:
                     self.notes.append((sid, "windows from a sensor in CHECK_SENSOR are not learned from"))
                 self.left_out[sid] = self.left_out.get(sid, 0) + 1
                 continue  # the learning lasts that much longer: learn_s of windows it can learn from
-            feats.append(p.features)
-            times.append(p.t_last)
-            if self._learned_s(feats) >= self.learn_s:
-                need = min_windows(len(feats[0]))
-                if len(feats) < need:  # a span too short for a stable baseline: learning goes on
+            so_far.add(p.features, p.t_last)
+            if self._learned_s(so_far) >= self.learn_s:
+                need = min_windows(so_far.feats.shape[1])
+                if so_far.n < need:  # a span too short for a stable baseline: learning goes on
                     if sid not in self._extended:
                         self._extended.add(sid)
-                        self.notes.append((sid, f"{_span(self.learn_s)} gave {len(feats)} windows; a baseline over "
-                                                f"{len(feats[0])} features needs {need}: learning on until then"))
+                        self.notes.append((sid, f"{_span(self.learn_s)} gave {so_far.n} windows; a baseline over "
+                                                f"{so_far.feats.shape[1]} features needs {need}: learning on until then"))
                     continue
                 self._fit(sid)
                 if sid in self.profile.streams and i + 1 < len(group):
                     self.apply(group[i + 1 :])  # the rest of a large batch is scored, not learned
                 return
-        if math.isinf(self.learn_s) or not times:
-            self.state[sid] = f"learning {len(feats)} windows"
+        if math.isinf(self.learn_s) or not so_far.n:
+            self.state[sid] = f"learning {so_far.seen} windows"
         else:
-            span = self._learned_s(feats)
-            share = min(span / self.learn_s, len(feats) / min_windows(len(feats[0])))
+            span = self._learned_s(so_far)
+            share = min(span / self.learn_s, so_far.n / min_windows(so_far.feats.shape[1]))
             self.state[sid] = f"learning {max(0, min(99, int(100 * share)))}%"
 
-    def _learned_s(self, feats: list[np.ndarray]) -> float:
+    def _learned_s(self, so_far: _Learning) -> float:
         """The signal a stream's learning windows span, in seconds: counted in windows, not read
         off their capture times, which a step of a clock moves (a step forward ended the learning
         at once, a step back made it an hour longer) and which run on through a silence."""
-        return (len(feats) - 1) * self.hop / self.profile.sample_rate
+        return (so_far.seen - 1) * self.hop / self.profile.sample_rate
 
     def _fit(self, sid: str) -> None:
-        feats, times = self._learning.pop(sid)
+        so_far = self._learning.pop(sid, None)
         self._extended.discard(sid)
         try:
-            if not feats:  # every window came from a sensor in CHECK_SENSOR
+            if so_far is None or not so_far.n:  # every window came from a sensor in CHECK_SENSOR
                 raise ConfigError("every window came from a sensor in CHECK_SENSOR; check the sensor, then learn again")
-            base = fit_stream(np.stack(feats), np.asarray(times))
+            base = fit_stream(so_far.feats[: so_far.n], so_far.times[: so_far.n])
         except ConfigError as exc:
             self.state[sid] = "no baseline"
             self.notes.append((sid, f"baseline not learned: {exc}"))
@@ -572,4 +618,4 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
-__all__ = ["BaselineStage", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest"]
+__all__ = ["LEARN_KEEP", "BaselineStage", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest"]
