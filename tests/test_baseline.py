@@ -490,6 +490,7 @@ def test_a_long_learning_keeps_a_bounded_sample_spread_over_its_whole_span() -> 
     _feed(alone, feats[-1:], first=n - 1)
     base = alone.profile.streams["m0"]
     assert base.windows == kept.n and base.learned_from == 0.0 and base.learned_to == (n - 1) * hop_s  # the last one kept
+    assert alone.notes[-1] == ("m0", f"baseline learned on {kept.n} windows (one in 4 of {n}); monitoring for deviations")
     every = fit_stream(feats.astype(np.float64), np.arange(n) * hop_s)
     assert np.allclose(base.gaussian.mean, every.gaussian.mean, atol=0.05)
     assert base.threshold == pytest.approx(every.threshold, rel=0.2)

@@ -549,6 +549,7 @@ class BaselineStage:
         self._dropped.discard(sid)
         skipped = self.left_out.get(sid, 0)
         self.notes.append((sid, f"baseline learned on {base.windows} windows"
+                                + (f" (one in {so_far.stride} of {so_far.seen})" if so_far.stride > 1 else "")
                                 + (f" ({skipped} from a sensor in CHECK_SENSOR left out)" if skipped else "")
                                 + "; monitoring for deviations"))
 
