@@ -58,11 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.streams < 1 or not args.minutes > 0:
         raise ConfigError("--streams must be >= 1 and --minutes > 0")
     r = run(args.streams, args.minutes)
-    if args.json:
-        print(json.dumps(r))
-    else:
-        print(f"{r['streams']} streams learning {r['minutes']:g} min ({r['windows_per_stream']} windows) each: peak "
-              f"resident memory +{r['peak_rss_growth_mb']} MB, {r['bytes_per_window']} bytes per window")
+    print(json.dumps(r) if args.json else
+          f"{r['streams']} streams learning {r['minutes']:g} min ({r['windows_per_stream']} windows) each: peak "
+          f"resident memory +{r['peak_rss_growth_mb']} MB, {r['bytes_per_window']} bytes per window")
     return 0
 
 
