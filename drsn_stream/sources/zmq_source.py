@@ -521,6 +521,7 @@ class _ZmqSource(Source):
         by_pyzmq = partial(take_py, sock)
         closed = self._closed.is_set
         streams = self._stream_set  # changed in place only
+        take_head = self._take_head
         while not closed():
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
             # tens of microseconds apart) is over and all of it is handed over.
@@ -558,18 +559,10 @@ class _ZmqSource(Source):
                         continue
                     known = head(topic, header, len(payload), now) if parts == 3 else None
                     if known is not None:
-                        tpl, seq, _ = known
-                        sid = tpl.stream
-                        if sid not in streams and self._waits(sid):
+                        if known[0].stream not in streams and self._waits(known[0].stream):
                             waiting.append((known, payload))
-                            continue
-                        if not self._accept(sid, seq):
-                            continue
-                        if channel is not None and channel >= tpl.channels:
-                            self._no_channel(sid, tpl.channels)
-                            continue
-                        heads.append(known)
-                        payloads.append(payload)
+                        else:
+                            take_head(known, payload, heads, payloads)
                         continue
                     try:
                         msg = decoder.decode(message_parts(message), now=now)
@@ -636,7 +629,7 @@ class _ZmqSource(Source):
 
     def _take_head(self, known: Head, payload: Any, heads: list[Head], payloads: list[Any]) -> None:
         """A message ``Decoder.head`` knows, into the poll (its frame made at the end), or dropped
-        (sequence, too many streams, no such channel), counted: as the receive loop does inline."""
+        (sequence, too many streams, no such channel), counted."""
         tpl, seq, _ = known
         if not self._accept(tpl.stream, seq):
             return
