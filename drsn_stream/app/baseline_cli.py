@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
                     fast=True, learn_s=math.inf)
     pipe = Pipeline(cfg)
     assert pipe.baseline is not None
-    pipe.baseline.say_unsaved = False  # saved below, to --out
+    pipe.baseline.kept_elsewhere()  # saved below, to --out
     pipe.start()
     try:
         pipe.wait()

@@ -126,8 +126,7 @@ class HostWorker:
         if self.pipe.baseline is not None:
             # a host's baselines go with its streams in their checkpoints; every host writing the
             # one --baseline file would keep only the last writer's streams
-            self.pipe.baseline.save_to = None
-            self.pipe.baseline.say_unsaved = False
+            self.pipe.baseline.kept_elsewhere()
         source = self.pipe.sources[0]
         assert isinstance(source, ShardSource)
         self.source = source

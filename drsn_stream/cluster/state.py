@@ -57,7 +57,8 @@ class StreamCheckpoint:
         last_time: capture time (s) of the last window classified (the gap after a failover starts here).
         decision / health: ``DecisionEngine.export_state`` / ``HealthMonitor.export_state`` (None: not seen).
         baseline: the stream's baseline learned live (``BaselineStage.export``, plain JSON types), so
-            the next host monitors it at once rather than learning it again; None: none.
+            the next host monitors it at once rather than learning it again; in a release's last
+            checkpoint, while still being learned, that learning so far (its windows as arrays); None: none.
         channels: for a stream of multi-channel frames, whose channels are streams of their own
             (``types.channel_ids``): ``{channel id: {"decision": ..., "health": ..., "baseline": ...}}``
             as above for each; ``decision``/``health``/``baseline`` above are then None.

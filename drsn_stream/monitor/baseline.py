@@ -268,6 +268,14 @@ class _Learning:
         self.seen = 0  # windows learned from
         self.stride = 1
 
+    @classmethod
+    def carried(cls, feats: np.ndarray, times: np.ndarray, seen: int, stride: int) -> _Learning:
+        """A learning taken over from another host (``export``'s arrays and counts, checked)."""
+        out = cls(feats.shape[1], size=LEARN_KEEP)
+        out.feats[: len(feats)], out.times[: len(times)] = feats, times
+        out.n, out.seen, out.stride = len(feats), seen, stride
+        return out
+
     def add(self, features: np.ndarray, t: float) -> None:
         i = self.seen
         self.seen += 1
@@ -316,7 +324,7 @@ class BaselineStage:
         self._dirty = False  # learned (or forgotten) since the last save
         self._dropped: set[str] = set()  # streams whose learned baselines were forgotten: left out of the file
         self._next_save = 0.0  # monotonic: saves at most once a second, retried every SAVE_RETRY_S
-        self.say_unsaved = True  # said once as learning starts without save_to (a cluster host keeps them elsewhere)
+        self.say_unsaved = True  # said once as learning starts without save_to (not where they are kept_elsewhere)
         self._learning: dict[str, _Learning] = {}
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
@@ -346,6 +354,12 @@ class BaselineStage:
             self._stacked = None
             self._dirty = self.save_to is not None
             self._dropped.add(stream)
+
+    def kept_elsewhere(self) -> None:
+        """The caller keeps what is learned (a cluster host's checkpoints, ``baseline learn --out``):
+        nothing is saved to ``save_to``, and nothing is said of it."""
+        self.save_to = None
+        self.say_unsaved = False
 
     def export(self, stream: str, *, learning: bool = False) -> dict[str, Any] | None:
         """The baseline this stage learned live for ``stream``, as ``StreamBaseline.to_dict`` (for a
@@ -424,9 +438,7 @@ class BaselineStage:
             raise ConfigError(f"the baseline learning of {stream} in its checkpoint is of windows every {hop} samples "
                               f"at {rate} Hz, this monitor's every {self.hop} at {self.profile.sample_rate} Hz; "
                               "the stream learns it again")
-        carried = _Learning(feats.shape[1], size=LEARN_KEEP)
-        carried.feats[: len(feats)], carried.times[: len(times)] = feats, times
-        carried.n, carried.seen, carried.stride = len(feats), seen, stride
+        carried = _Learning.carried(feats, times, seen, stride)
         here = self._learning.pop(stream, None)  # windows learned here already come after those
         if here is not None:
             for k in range(here.n):
