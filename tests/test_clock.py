@@ -217,6 +217,52 @@ def test_sensor_health_measures_a_silence_in_the_time_that_passed_across_a_step(
     assert out["later"] == streams
 
 
+ENGINE_SCRIPT = """
+import json, struct, sys, time, warnings
+import numpy as np
+from drsn_stream.engine import MicroBatcher
+from drsn_stream.engine.engine import InferenceLoop
+from drsn_stream.engine.runner import Runner
+from drsn_stream.models import load_artifact
+from drsn_stream.types import Window
+
+step, path = float(sys.argv[1]), sys.argv[2]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's, in this torch
+    module, meta = load_artifact("bearing-cwru")
+runner = Runner(module, window=meta.window, device="cpu", max_batch=4, threads=1)
+loop = InferenceLoop(MicroBatcher(max_batch=4), runner, meta.labels, lambda preds: None)
+x = np.zeros(meta.window, np.float32)
+t0 = time.time()
+held = Window("m0", 0, t0, x, t_ready=t0)  # captured and formed before the step, done after it
+with open(path, "r+b") as f:
+    f.write(struct.pack("<q", int(step * 1e9)))
+t1 = time.time()
+across = Window("m1", 0, t0, x, t_ready=t1)  # captured before the step, formed after it
+after = Window("m2", 0, t1, x, t_ready=t1)  # captured and formed after it
+time.sleep(0.2)
+preds = loop.process([held, across, after])
+print(json.dumps({p.stream_id: p.latency_ms for p in preds}))
+"""
+
+
+@pytest.mark.parametrize("step", [+HOUR, -HOUR], ids=["forward", "back"])
+def test_a_window_whose_samples_were_captured_before_a_step_is_not_labelled_an_hour_off(shim: Path,
+                                                                                      tmp_path: Path,
+                                                                                      step: float) -> None:
+    """Latency runs from the capture of a window's last sample: samples captured before a step of
+    the wall clock and formed into a window after it are 0.2 s late, not an hour and 0.2 s (nor
+    an hour early). Before, only windows formed before the step were set right: the full suite's
+    forward-step monitor run failed now and then with one result labelled 3,600 s late."""
+    clock = Clock(shim, tmp_path)
+    res = subprocess.run([sys.executable, "-c", ENGINE_SCRIPT, str(step), str(clock.file)], env=clock.env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    latency = json.loads(res.stdout.strip().splitlines()[-1])
+    for sid in ("m0", "m1", "m2"):
+        assert 150 <= latency[sid] < 5000, latency
+
+
 DECISION_SCRIPT = """
 import json, struct, sys, time
 import numpy as np
