@@ -405,7 +405,10 @@ def test_baselines_learned_live_are_kept_in_the_profile_and_a_restart_monitors_a
     saved = Profile.load(prof).streams
     assert list(saved) == ["normal_0_97"] and saved["normal_0_97"].windows >= min_windows(16)
     final = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith('{"type":"stats"')][-1]
-    assert final["baselines_saved"] == {"to": str(prof), "saves": 1, "failures": 0}
+    learning = tmp_path / "plant.learning.npz"
+    assert final["baselines_saved"] == {"to": str(prof), "saves": 1, "failures": 0, "learning_to": str(learning),
+                                        "learning_saves": 0, "learning_failures": 0}
+    assert not learning.exists()  # nothing left learning: no learning file
     fault = f"file:{CWRU / '12k_Drive_End_OR014@6_2_199.mat'}?stream=normal_0_97&duration=3"
     res = cli_in_process("--source", fault, "--learn", "3s", "--baseline", str(prof), "--fast", "--jsonl", "-")
     assert res.returncode == 0, res.stderr
@@ -514,3 +517,77 @@ def test_learn_memory_prints_the_memory_a_learning_holds() -> None:
     assert r["windows_per_stream"] == int(15 * 60 * 12000 / 512) > LEARN_KEEP
     # 8 streams of 8,192 kept windows of 16 float32 features and a time: ~4.7 MB (the old way: ~60 MB)
     assert 0 <= r["peak_rss_growth_mb"] < 30 and r["bytes_per_window"] < 120, r
+
+
+def _notes(res) -> list[str]:
+    return [json.loads(ln)["message"] for ln in res.stdout.splitlines() if ln.startswith('{"type":"note"')]
+
+
+def test_a_learning_cut_short_by_a_restart_goes_on_from_where_it_was(tmp_path: Path, cli_in_process) -> None:
+    """``--learn 4s --baseline plant.json`` stopped 2.5 s in (a restart, a deploy, a reboot): the
+    learning so far is kept beside the profile (``plant.learning.npz``), and the next run learns
+    on from it, so the rest of the span gives the baseline; before, every restart learned over from nothing,
+    and a monitor restarted more often than its learning span never monitored at all."""
+    require_cwru()
+    prof, learning = tmp_path / "plant.json", tmp_path / "plant.learning.npz"
+    src = f"file:{CWRU / 'normal_0_97.mat'}"
+    args = ["--learn", "4s", "--baseline", str(prof), "--fast", "--jsonl", "-"]
+    res = cli_in_process("--source", f"{src}?duration=2.5", *args)
+    assert res.returncode == 0, res.stderr
+    assert not [n for n in _notes(res) if n.startswith("baseline learned")]
+    assert learning.exists() and not (prof.exists() and Profile.load(prof).streams)
+    final = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith('{"type":"stats"')][-1]
+    assert final["baselines_saved"]["learning_saves"] == 1
+    first = (30000 - 2048) // 512 + 1  # the windows of 2.5 s at 12 kHz
+    res = cli_in_process("--source", f"{src}?start=2.5", *args)  # the 2.6 s left
+    assert res.returncode == 0, res.stderr
+    notes = _notes(res)
+    taken = [n for n in notes if n.startswith("learning the baseline on from")]
+    assert taken == [f"learning the baseline on from {first} windows learned before the restart"], notes
+    assert "learning the baseline for 4 s" not in notes
+    learned = [n for n in notes if n.startswith("baseline learned on")]
+    assert learned, notes
+    base = Profile.load(prof).streams["normal_0_97"]
+    assert base.windows == int(np.ceil(4 * 12000 / 512)) + 1  # 4 s of windows, as one run would learn
+    assert not learning.exists()  # nothing left learning
+    # a learning file that is damaged: said in one line, the stream learns anew, the file is written over
+    prof.unlink()
+    learning.write_bytes(b"PK\x03\x04 not a zip at all")
+    res = cli_in_process("--source", f"{src}?duration=2.5", *args)
+    assert res.returncode == 0, res.stderr
+    notes = _notes(res)
+    assert any("plant.learning.npz cannot be read" in n and "learn anew" in n for n in notes), notes
+    assert "learning the baseline for 4 s" in notes
+    with np.load(learning, allow_pickle=False) as z:
+        assert z["features0"].shape == (first, 16)
+
+
+def test_learnings_are_saved_while_they_run_and_one_of_another_set_up_is_not_taken_up(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """The learning file is written while learning runs (a crash or a power cut loses at most
+    ``LEARNING_SAVE_S`` of it), keeps a stream that has not come back yet, and is not taken up
+    by a monitor of another hop (its windows are not this one's): said, and learned anew."""
+    import drsn_stream.monitor.baseline as bl
+
+    monkeypatch.setattr(bl, "LEARNING_SAVE_S", 0.0)
+    monkeypatch.setattr(bl, "LEARNING_SAVE_SHARE", 0)
+    prof = tmp_path / "plant.json"
+    stage = _learning_stage(features=4, save_to=prof)
+    feats = np.random.default_rng(5).standard_normal((100, 4)).astype(np.float32)
+    _feed(stage, feats[:40])
+    with np.load(bl.learning_path(prof), allow_pickle=False) as z:
+        assert z["features0"].shape == (40, 4)  # saved as it learned, no end of the run needed
+    later = _learning_stage(features=4, save_to=prof)
+    later.resume()
+    later.apply([Prediction("m1", 0, 0.0, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=feats[0])])
+    with np.load(bl.learning_path(prof), allow_pickle=False) as z:  # m0 waits for its stream, m1 learns
+        head = json.loads(bytes(z["meta"]))
+        assert [r["id"] for r in head["streams"]] == ["m1", "m0"] and z["features1"].shape == (40, 4)
+    _feed(later, feats[40:60], first=40)
+    assert later._learning["m0"].seen == 60
+    other = BaselineStage(None, learn_s=20.0, model="m", digest="d", sample_rate=12000, window=2048, hop=256,
+                          features=4, save_to=prof)
+    other.resume()
+    assert any("of another set-up (hop 512 (here 256))" in msg for _, msg in other.notes), other.notes
+    _feed(other, feats[:5])
+    assert other._learning["m0"].seen == 5

@@ -354,6 +354,8 @@ class Pipeline:
         # after the model's warm-up so that a paced source's clock starts with the monitor.
         for src in self.sources:
             src.open()
+        if self.baseline is not None:
+            self.baseline.resume()  # learnings a run before this one saved (after kept_elsewhere: none)
         self._frozen = freeze_start_up_objects()  # everything built so far lives as long as the monitor
         self._status = ""
         out = threading.Thread(target=self._output_loop, name="drsn-output", daemon=True)
@@ -839,7 +841,10 @@ class Pipeline:
             "nonfinite_samples": nonfinite,
             **({"envelope": self.envelope.stats()} if self.envelope is not None else {}),
             **({"baselines_saved": {"to": str(self.baseline.save_to), "saves": self.baseline.saves,
-                                    "failures": self.baseline.save_failures}}
+                                    "failures": self.baseline.save_failures,
+                                    "learning_to": str(self.baseline.learning_to),
+                                    "learning_saves": self.baseline.learning_saves,
+                                    "learning_failures": self.baseline.learning_save_failures}}
                if self.baseline is not None and self.baseline.save_to is not None else {}),
             "sink_failures": dict(self.outputs.failures),
             "errors": list(self.errors),

@@ -19,6 +19,7 @@ its labels only).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import time
@@ -53,11 +54,24 @@ WINDOWS_PER_FEATURE = 5
 # hop of 512 samples: a Gaussian over 16 features needs 80 (MIN_WINDOWS, WINDOWS_PER_FEATURE).
 LEARN_KEEP = 8192
 SAVE_RETRY_S = 30.0  # after a failed save of the learned baselines (a full disk), the next try
+# the learnings in progress are saved beside the profile this often (and at the end), so a restart
+# learns on instead of over; a save's cost grows with the streams learning (~600 KB each when
+# full), so the output thread spends at most 1/LEARNING_SAVE_SHARE of its time on them
+LEARNING_SAVE_S = 60.0
+LEARNING_SAVE_SHARE = 100
+LEARNING_FORMAT = "drsn-stream-baseline-learning"
 
 
 def min_windows(features: int) -> int:
     """Learning windows a baseline over ``features`` features needs."""
     return max(MIN_WINDOWS, WINDOWS_PER_FEATURE * int(features))
+
+
+def learning_path(profile: str | Path) -> Path:
+    """Where the learnings in progress of the baselines saved to ``profile`` are kept between runs:
+    ``plant.json`` -> ``plant.learning.npz`` beside it."""
+    profile = Path(profile)
+    return profile.with_name(profile.stem + ".learning.npz")
 
 
 def weights_digest(artifact: str | Path) -> str:
@@ -324,6 +338,14 @@ class BaselineStage:
         self._dirty = False  # learned (or forgotten) since the last save
         self._dropped: set[str] = set()  # streams whose learned baselines were forgotten: left out of the file
         self._next_save = 0.0  # monotonic: saves at most once a second, retried every SAVE_RETRY_S
+        # the learnings in progress, saved beside save_to (``learning_path``) and taken up again
+        # by the next run: learnings read from there wait in _resumed for their stream's first window
+        self.learning_to = learning_path(self.save_to) if self.save_to is not None else None
+        self.learning_saves = 0
+        self.learning_save_failures = 0
+        self._resumed: dict[str, dict[str, Any]] = {}
+        self._next_learning_save = time.monotonic() + LEARNING_SAVE_S
+        self._learning_on_disk = False  # the file holds learnings (removed once none is left)
         self.say_unsaved = True  # said once as learning starts without save_to (not where they are kept_elsewhere)
         self._learning: dict[str, _Learning] = {}
         self._warned: set[str] = set()
@@ -342,6 +364,7 @@ class BaselineStage:
         """Drop what was learned or seen live of a stream (the monitor retired it); a baseline
         the profile brought is kept: the stream is monitored on it again if it comes back."""
         self._learning.pop(stream, None)
+        self._resumed.pop(stream, None)
         for table in (self.left_out, self.latest, self.history):
             table.pop(stream, None)
         self._warned.discard(stream)
@@ -358,7 +381,7 @@ class BaselineStage:
     def kept_elsewhere(self) -> None:
         """The caller keeps what is learned (a cluster host's checkpoints, ``baseline learn --out``):
         nothing is saved to ``save_to``, and nothing is said of it."""
-        self.save_to = None
+        self.save_to = self.learning_to = None
         self.say_unsaved = False
 
     def export(self, stream: str, *, learning: bool = False) -> dict[str, Any] | None:
@@ -403,17 +426,19 @@ class BaselineStage:
         self._stacked = None
         self.state[stream] = "monitoring"
 
-    def _check_features(self, stream: str, size: int, what: str) -> None:
+    def _check_features(self, stream: str, size: int, what: str, where: str = "in its checkpoint") -> None:
         """Refuses a baseline (or learning) from elsewhere over another number of features than
         the model's (or, where not known, than this stage's other baselines)."""
         sizes = {self.features} if self.features else {
             b.gaussian.mean.size for sid, b in self.profile.streams.items() if sid != stream}
         if sizes and sizes != {size}:
-            raise ConfigError(f"the {what} of {stream} in its checkpoint is over {size} features, this monitor's "
+            raise ConfigError(f"the {what} of {stream} {where} is over {size} features, this monitor's "
                               f"over {sorted(sizes)[0]} (another model?); the stream learns it again")
 
-    def _adopt_learning(self, stream: str, d: Any) -> None:
-        """Learn on from another host's learning windows (``export(learning=True)``)."""
+    def _adopt_learning(self, stream: str, d: Any, *, where: str = "in its checkpoint",
+                        whence: str = "on another host") -> None:
+        """Learn on from another host's learning windows (``export(learning=True)``), or from
+        those of an earlier run (``resume``)."""
         if self.learn_s is None or stream in self.profile.streams:
             return  # not learning here, or monitored already: nothing to learn on
         try:
@@ -431,11 +456,11 @@ class BaselineStage:
             if stride < 1 or not (feats.shape[0] - 1) * stride < seen <= feats.shape[0] * stride:
                 raise ValueError(f"{feats.shape[0]} windows kept, one in {stride}, of {seen}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"the baseline learning of {stream} in its checkpoint is damaged "
+            raise ConfigError(f"the baseline learning of {stream} {where} is damaged "
                               f"({type(exc).__name__}: {exc}); the stream learns it again") from None
-        self._check_features(stream, feats.shape[1], "baseline learning")
+        self._check_features(stream, feats.shape[1], "baseline learning", where)
         if (hop, rate) != (self.hop, self.profile.sample_rate):
-            raise ConfigError(f"the baseline learning of {stream} in its checkpoint is of windows every {hop} samples "
+            raise ConfigError(f"the baseline learning of {stream} {where} is of windows every {hop} samples "
                               f"at {rate} Hz, this monitor's every {self.hop} at {self.profile.sample_rate} Hz; "
                               "the stream learns it again")
         carried = _Learning.carried(feats, times, seen, stride)
@@ -445,7 +470,7 @@ class BaselineStage:
                 carried.add(here.feats[k], float(here.times[k]))
         self._learning[stream] = carried
         self.left_out[stream] = self.left_out.get(stream, 0) + left_out
-        self.notes.append((stream, f"learning the baseline on from {seen} windows learned on another host"))
+        self.notes.append((stream, f"learning the baseline on from {seen} windows learned {whence}"))
         self.state[stream] = "learning"
 
     def apply(self, preds: list[Prediction]) -> None:
@@ -482,6 +507,8 @@ class BaselineStage:
                 self._learn(sid, group)
         if self._dirty:
             self.save()
+        if self.learning_to is not None and (self._learning or self._learning_on_disk):
+            self.save_learning()
 
     def _stack(self) -> None:
         """The baselines as arrays (stream index, means, whiteners, thresholds) for ``apply``."""
@@ -504,6 +531,13 @@ class BaselineStage:
                                         "(learn one, or map the stream with ?stream=ID on the source)"))
             return
         so_far = self._learning.get(sid)
+        if so_far is None and sid in self._resumed:
+            try:
+                self._adopt_learning(sid, self._resumed.pop(sid), where=f"in {self.learning_to}",
+                                     whence="before the restart")
+            except ConfigError as exc:
+                self.notes.append((sid, str(exc)))
+            so_far = self._learning.get(sid)
         if so_far is None:
             if self.say_unsaved and self.save_to is None:
                 self.say_unsaved = False
@@ -570,6 +604,8 @@ class BaselineStage:
         save: at most once a second, or now with ``final``. A failure (a full disk, a folder
         gone) is said once and counted; the baselines stay in use, and the save is tried again
         after ``SAVE_RETRY_S`` and at the end."""
+        if final and self.learning_to is not None and (self._learning or self._resumed or self._learning_on_disk):
+            self.save_learning(final=True)
         if not self._dirty or self.save_to is None:
             return
         now = time.monotonic()
@@ -591,6 +627,96 @@ class BaselineStage:
         if self.saves == 1:
             self.notes.append(("*", f"learned baselines saved to {self.save_to}: a restart with --baseline "
                                     f"{self.save_to} monitors those streams at once"))
+
+    def resume(self) -> None:
+        """Takes up the learnings in progress an earlier run saved beside the profile
+        (``learning_path``): each stream learns on from its windows when it comes, instead of
+        over. A file that is damaged or of another model, rate, window or hop is said in one
+        line and left to be written over; the streams learn anew."""
+        if self.learning_to is None or self.learn_s is None:
+            return
+        path = self.learning_to
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                head = json.loads(bytes(z["meta"]).decode("utf-8"))
+                if not isinstance(head, dict) or head.get("format") != LEARNING_FORMAT:
+                    raise ValueError("not a baseline learning file")
+                p = self.profile
+                want = {"model": p.model, "model_digest": p.model_digest, "sample_rate": int(p.sample_rate),
+                        "window": int(p.window), "hop": self.hop}
+                got = {k: head.get(k) for k in want}
+                if got != want:
+                    diff = ", ".join(f"{k} {got[k]!r} (here {v!r})" for k, v in want.items() if got[k] != v)
+                    self.notes.append(("*", f"the baseline learnings in {path} are of another set-up ({diff[:300]}); "
+                                            "the streams learn anew and the file is written over"))
+                    return
+                streams = head.get("streams")
+                if not isinstance(streams, list) or len(streams) > len(z.files):
+                    raise ValueError("no list of streams")
+                resumed: dict[str, dict[str, Any]] = {}
+                for k, row in enumerate(streams):
+                    if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                        raise ValueError(f"stream {k} has no id")
+                    if row["id"] in self.profile.streams:
+                        continue  # learned and saved before the restart
+                    resumed[row["id"]] = {"features": z[f"features{k}"], "times": z[f"times{k}"],
+                                          "seen": row.get("seen"), "stride": row.get("stride"),
+                                          "left_out": row.get("left_out", 0), "hop": head["hop"],
+                                          "sample_rate": head["sample_rate"]}
+        except FileNotFoundError:
+            return
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            self.notes.append(("*", f"the baseline learnings in {path} cannot be read ({type(exc).__name__}: "
+                                    f"{str(exc)[:200]}); the streams learn anew and the file is written over"))
+            return
+        self._resumed = resumed
+        self._learning_on_disk = True
+        if resumed:
+            self.notes.append(("*", f"{len(resumed)} baseline learning(s) in progress taken up from {path}"))
+
+    def save_learning(self, *, final: bool = False) -> None:
+        """Saves the learnings in progress (and those taken up from the last run whose stream
+        has not come yet) to ``learning_to``; removes the file once none is left. Periodically
+        (``LEARNING_SAVE_S``, longer where a save takes long), or now with ``final``. A failure is
+        said once and counted; the learning goes on."""
+        if self.learning_to is None:
+            return
+        now = time.monotonic()
+        if not final and now < self._next_learning_save:
+            return
+        rows, arrays = [], {}
+        for sid, so_far in list(self._learning.items()):
+            if so_far.n:
+                k = len(rows)
+                rows.append({"id": sid, "seen": so_far.seen, "stride": so_far.stride,
+                             "left_out": int(self.left_out.get(sid, 0))})
+                arrays[f"features{k}"], arrays[f"times{k}"] = so_far.feats[: so_far.n], so_far.times[: so_far.n]
+        for sid, d in self._resumed.items():
+            k = len(rows)
+            rows.append({"id": sid, "seen": d["seen"], "stride": d["stride"], "left_out": d["left_out"]})
+            arrays[f"features{k}"], arrays[f"times{k}"] = d["features"], d["times"]
+        try:
+            if not rows:
+                self.learning_to.unlink(missing_ok=True)
+            else:
+                p = self.profile
+                head = {"format": LEARNING_FORMAT, "version": 1, "model": p.model, "model_digest": p.model_digest,
+                        "sample_rate": int(p.sample_rate), "window": int(p.window), "hop": self.hop,
+                        "streams": rows}
+                buf = io.BytesIO()
+                np.savez(buf, meta=np.frombuffer(json.dumps(head).encode("utf-8"), dtype=np.uint8), **arrays)
+                write_atomic(self.learning_to, buf.getvalue(), make_folder=False)
+        except OSError as exc:
+            self.learning_save_failures += 1
+            self._next_learning_save = now + max(SAVE_RETRY_S, LEARNING_SAVE_S)
+            if self.learning_save_failures == 1:
+                self.notes.append(("*", f"cannot save the baselines being learned to {self.learning_to} "
+                                        f"({exc.strerror or exc}); learning goes on, and the save is tried again: "
+                                        "free space there or check the folder"))
+            return
+        self._learning_on_disk = bool(rows)
+        self.learning_saves += 1
+        self._next_learning_save = now + max(LEARNING_SAVE_S, LEARNING_SAVE_SHARE * (time.monotonic() - now))
 
     def _merged(self) -> Profile:
         """The profile to write: this stage's baselines, and those the file holds now for other
@@ -631,4 +757,4 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
-__all__ = ["LEARN_KEEP", "BaselineStage", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest"]
+__all__ = ["LEARN_KEEP", "BaselineStage", "learning_path", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest"]
