@@ -545,6 +545,49 @@ def test_a_baseline_still_being_learned_goes_with_its_stream_to_the_next_host(tm
     assert any(f"on from {n} windows" in msg for msg in notes), notes
 
 
+def test_a_baseline_still_being_learned_survives_the_loss_of_its_host(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host a is lost a few seconds into learning a stream's baseline (no hand-over, no last
+    checkpoint): host b learns on from the learnings a saved in its own file in the checkpoint
+    folder (here every second; every minute by default), not over (before, a host lost during
+    commissioning set each of its streams back to the start of its learning)."""
+    from drsn_stream.monitor import baseline as bl
+
+    monkeypatch.setattr(bl, "LEARNING_SAVE_S", 1.0)
+    pub, hosts = _learning_hosts(tmp_path, learn_s=6.0)
+    a, b = hosts
+    sid = "sim/m0"
+    try:
+        a.assign([sid])
+
+        def saved() -> int:
+            try:
+                return int(bl.read_learnings(a.store.learning_path("a"), {sid})[1][sid]["seen"])
+            except (FileNotFoundError, KeyError):
+                return 0
+
+        _until(lambda: saved() >= 40, 45)
+        with a._lock:  # lost: it hears the stream no more and hands nothing over
+            a.owned.clear()
+            a.source.set_streams(set())
+        time.sleep(1.5)
+        head, kept = bl.read_learnings(a.store.learning_path("a"), {sid})
+        assert a.store.load(sid).baseline is None  # its periodic checkpoints carry no learning
+        b.assign([sid], previous={sid: "a"})
+        _until(lambda: b.pipe.baseline.state.get(sid) == "monitoring", 45)
+        learned = b.pipe.baseline.profile.streams[sid]
+        notes = [e.data["message"] for e in b.pipe.events.recent() if e.type == "note" and e.stream_id == sid]
+    finally:
+        for h in hosts:
+            h.stop()
+        pub.kill()
+        pub.wait()
+    n = kept[sid]["seen"]
+    assert any(f"learning the baseline on from {n} windows learned on another host" in msg for msg in notes), notes
+    assert learned.learned_from == pytest.approx(float(kept[sid]["times"][0]))
+    assert learned.windows >= n, (learned.windows, n)
+
+
 def test_a_stream_of_multi_channel_frames_moves_between_hosts_with_each_channels_alarm(tmp_path: Path) -> None:
     """A gateway module of 2-channel frames on a cluster host: each channel is a stream of its own,
     with its own alarm. Host a acknowledges one channel's alarm and hands the module to host b: both

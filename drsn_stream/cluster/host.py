@@ -29,6 +29,7 @@ from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.cluster.shard_source import ShardSource
 from drsn_stream.cluster.state import RECENT_EVENTS, CheckpointStore, StreamCheckpoint, event_id
 from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.baseline import read_learnings
 from drsn_stream.types import Event, Frame
 
 SEND_EVERY_S = 0.1  # results and events leave in batches: one aggregator call per tenth of a second
@@ -124,9 +125,10 @@ class HostWorker:
         spec = f"zmq+shard://{gateway}"
         self.pipe = Pipeline(dataclasses.replace(config, sources=(spec,), duration=None), sinks=[self.sink])
         if self.pipe.baseline is not None:
-            # a host's baselines go with its streams in their checkpoints; every host writing the
-            # one --baseline file would keep only the last writer's streams
-            self.pipe.baseline.kept_elsewhere()
+            # a host's baselines go with its streams in their checkpoints (every host writing the
+            # one --baseline file would keep only the last writer's streams); the learnings in
+            # progress, too large for a checkpoint every few seconds, in a file of its own there
+            self.pipe.baseline.kept_elsewhere(learning_to=self.store.learning_path(name))
         source = self.pipe.sources[0]
         assert isinstance(source, ShardSource)
         self.source = source
@@ -226,6 +228,7 @@ class HostWorker:
                                 self.pipe.health.restore_state(ch, part["health"])
                             if part.get("baseline") is not None:
                                 self.pipe.adopt_baseline(ch, part["baseline"])
+                        self._learn_on(sid, ckpt.host, [ch for ch, part in parts.items() if part.get("baseline") is None])
                     # a damaged or foreign checkpoint: said, and the stream starts afresh (the others go on)
                     except (ConfigError, TypeError, ValueError, IndexError, AttributeError) as exc:
                         self.pipe.error(str(exc) if isinstance(exc, ConfigError)
@@ -251,6 +254,23 @@ class HostWorker:
                 self.owned.add(sid)
             self.source.set_streams(self.owned)
         return restored
+
+    def _learn_on(self, sid: str, host: str, channels: list[str]) -> None:
+        """Baselines still being learned when their host was lost: learned on from that host's
+        learning file (``CheckpointStore.learning_path``; a stream handed over on purpose carries
+        its learning in its last checkpoint instead). One that cannot be read is said; the
+        stream learns anew."""
+        if not channels or self.pipe.baseline is None or self.pipe.baseline.learn_s is None:
+            return
+        try:
+            _, learnings = read_learnings(self.store.learning_path(host), set(channels))
+        except FileNotFoundError:
+            return
+        except ConfigError as exc:
+            self.pipe.error(f"{exc}; {sid} learns its baseline anew")
+            return
+        for ch, learning in learnings.items():
+            self.pipe.adopt_baseline(ch, {"learning": learning})
 
     def release(self, streams: Iterable[str]) -> list[str]:
         """Hand these streams back: frames stop at once, state is saved once the pipeline drained."""

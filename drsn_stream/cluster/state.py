@@ -23,6 +23,7 @@ from drsn_stream.errors import ConfigError
 
 RECENT_EVENTS = 32  # events per stream kept in its checkpoint for re-delivery
 _SUFFIX = ".ckpt"
+_LEARNING_SUFFIX = ".learning.npz"
 # What a checkpoint may name when it is read back: our state records and the plain containers and
 # numpy arrays inside them. Anything else (os.system, a class with a hostile __reduce__) is
 # refused, so a file planted in the shared directory cannot run code on a host.
@@ -91,6 +92,13 @@ class CheckpointStore:
 
     def _path(self, stream: str) -> Path:
         return self.root / (quote(stream, safe="") + _SUFFIX)
+
+    def learning_path(self, host: str) -> Path:
+        """The file a host keeps its streams' baseline learnings in progress in
+        (``BaselineStage.save_learning``, every minute or so): the host a stream goes to when that
+        host is lost learns on from there (its checkpoints, written every few seconds, carry a
+        learning only when it hands a stream over)."""
+        return self.root / (quote(host, safe="") + _LEARNING_SUFFIX)
 
     def save(self, ckpt: StreamCheckpoint) -> None:
         ckpt.saved_at = time.time()

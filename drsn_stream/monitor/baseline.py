@@ -74,6 +74,37 @@ def learning_path(profile: str | Path) -> Path:
     return profile.with_name(profile.stem + ".learning.npz")
 
 
+def read_learnings(path: str | Path, streams: set[str] | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The learnings in progress ``BaselineStage.save_learning`` wrote to ``path``: ``(header,
+    {stream: learning})``, each learning as ``BaselineStage.adopt`` takes it under ``"learning"``
+    (checked there); only those of ``streams`` when given (only their arrays are read). Raises
+    FileNotFoundError when there is none, ConfigError when it cannot be read."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            head = json.loads(bytes(z["meta"]).decode("utf-8"))
+            if not isinstance(head, dict) or head.get("format") != LEARNING_FORMAT:
+                raise ValueError("not a baseline learning file")
+            rows = head.get("streams")
+            if not isinstance(rows, list) or len(rows) > len(z.files):
+                raise ValueError("no list of streams")
+            out: dict[str, dict[str, Any]] = {}
+            for k, row in enumerate(rows):
+                if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                    raise ValueError(f"stream {k} has no id")
+                if streams is None or row["id"] in streams:
+                    out[row["id"]] = {"features": z[f"features{k}"], "times": z[f"times{k}"],
+                                      "seen": row.get("seen"), "stride": row.get("stride"),
+                                      "left_out": row.get("left_out", 0), "hop": head.get("hop"),
+                                      "sample_rate": head.get("sample_rate")}
+    except FileNotFoundError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"the baseline learnings in {path} cannot be read ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})") from None
+    return head, out
+
+
 def weights_digest(artifact: str | Path) -> str:
     """SHA-256 over the artifact's tensor data (the weights), not its metadata: re-exporting the
     same weights with other metadata keeps the digest, new weights change it."""
@@ -378,10 +409,13 @@ class BaselineStage:
             self._dirty = self.save_to is not None
             self._dropped.add(stream)
 
-    def kept_elsewhere(self) -> None:
+    def kept_elsewhere(self, learning_to: str | Path | None = None) -> None:
         """The caller keeps what is learned (a cluster host's checkpoints, ``baseline learn --out``):
-        nothing is saved to ``save_to``, and nothing is said of it."""
-        self.save_to = self.learning_to = None
+        nothing is saved to ``save_to``, and nothing is said of it. ``learning_to``: where the
+        learnings in progress are saved all the same (a cluster host's own file in the checkpoint
+        folder, read by the host its streams go to when it is lost); no earlier run's are taken up."""
+        self.save_to = None
+        self.learning_to = Path(learning_to) if learning_to is not None else None
         self.say_unsaved = False
 
     def export(self, stream: str, *, learning: bool = False) -> dict[str, Any] | None:
@@ -470,6 +504,7 @@ class BaselineStage:
                 carried.add(here.feats[k], float(here.times[k]))
         self._learning[stream] = carried
         self.left_out[stream] = self.left_out.get(stream, 0) + left_out
+        self._next_learning_save = 0.0  # in this monitor's learning file at once, not a minute later
         self.notes.append((stream, f"learning the baseline on from {seen} windows learned {whence}"))
         self.state[stream] = "learning"
 
@@ -632,47 +667,32 @@ class BaselineStage:
         """Takes up the learnings in progress an earlier run saved beside the profile
         (``learning_path``): each stream learns on from its windows when it comes, instead of
         over. A file that is damaged or of another model, rate, window or hop is said in one
-        line and left to be written over; the streams learn anew."""
-        if self.learning_to is None or self.learn_s is None:
+        line and left to be written over; the streams learn anew. (Not where the learnings are
+        ``kept_elsewhere``: a cluster host's file is read by the hosts its streams go to.)"""
+        if self.learning_to is None or self.learn_s is None or self.save_to is None:
             return
         path = self.learning_to
+        p = self.profile
+        want = {"model": p.model, "model_digest": p.model_digest, "sample_rate": int(p.sample_rate),
+                "window": int(p.window), "hop": self.hop}
         try:
-            with np.load(path, allow_pickle=False) as z:
-                head = json.loads(bytes(z["meta"]).decode("utf-8"))
-                if not isinstance(head, dict) or head.get("format") != LEARNING_FORMAT:
-                    raise ValueError("not a baseline learning file")
-                p = self.profile
-                want = {"model": p.model, "model_digest": p.model_digest, "sample_rate": int(p.sample_rate),
-                        "window": int(p.window), "hop": self.hop}
-                got = {k: head.get(k) for k in want}
-                if got != want:
-                    diff = ", ".join(f"{k} {got[k]!r} (here {v!r})" for k, v in want.items() if got[k] != v)
-                    self.notes.append(("*", f"the baseline learnings in {path} are of another set-up ({diff[:300]}); "
-                                            "the streams learn anew and the file is written over"))
-                    return
-                streams = head.get("streams")
-                if not isinstance(streams, list) or len(streams) > len(z.files):
-                    raise ValueError("no list of streams")
-                resumed: dict[str, dict[str, Any]] = {}
-                for k, row in enumerate(streams):
-                    if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                        raise ValueError(f"stream {k} has no id")
-                    if row["id"] in self.profile.streams:
-                        continue  # learned and saved before the restart
-                    resumed[row["id"]] = {"features": z[f"features{k}"], "times": z[f"times{k}"],
-                                          "seen": row.get("seen"), "stride": row.get("stride"),
-                                          "left_out": row.get("left_out", 0), "hop": head["hop"],
-                                          "sample_rate": head["sample_rate"]}
+            head, learnings = read_learnings(path)
         except FileNotFoundError:
             return
-        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-            self.notes.append(("*", f"the baseline learnings in {path} cannot be read ({type(exc).__name__}: "
-                                    f"{str(exc)[:200]}); the streams learn anew and the file is written over"))
+        except ConfigError as exc:
+            self.notes.append(("*", f"{exc}; the streams learn anew and the file is written over"))
             return
-        self._resumed = resumed
+        got = {k: head.get(k) for k in want}
+        if got != want:
+            diff = ", ".join(f"{k} {got[k]!r} (here {v!r})" for k, v in want.items() if got[k] != v)
+            self.notes.append(("*", f"the baseline learnings in {path} are of another set-up ({diff[:300]}); "
+                                    "the streams learn anew and the file is written over"))
+            return
+        # the streams learned and saved before the restart are monitored, not learned on
+        self._resumed = {sid: d for sid, d in learnings.items() if sid not in self.profile.streams}
         self._learning_on_disk = True
-        if resumed:
-            self.notes.append(("*", f"{len(resumed)} baseline learning(s) in progress taken up from {path}"))
+        if self._resumed:
+            self.notes.append(("*", f"{len(self._resumed)} baseline learning(s) in progress taken up from {path}"))
 
     def save_learning(self, *, final: bool = False) -> None:
         """Saves the learnings in progress (and those taken up from the last run whose stream
@@ -757,4 +777,4 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
-__all__ = ["LEARN_KEEP", "BaselineStage", "learning_path", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest"]
+__all__ = ["LEARN_KEEP", "BaselineStage", "learning_path", "read_learnings", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest"]
