@@ -17,10 +17,10 @@ import secrets
 import stat
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, BinaryIO, TypeVar, Union
 
 try:
     import tomllib
@@ -81,7 +81,7 @@ def writable_file(path: str | Path, flag: str) -> Path:
     return p
 
 
-def write_atomic(path: str | Path, data: bytes, *, make_folder: bool = True) -> Path:
+def write_atomic(path: str | Path, data: bytes | Callable[[BinaryIO], object], *, make_folder: bool = True) -> Path:
     """Writes ``data`` to ``path`` through a temporary file beside it and a rename, so a reader
     sees the old file or the new one, never half of one. The temporary file's name is this
     write's own (``.NAME.<random>.tmp``), so writers of one file at once (two exports, hosts
@@ -91,6 +91,8 @@ def write_atomic(path: str | Path, data: bytes, *, make_folder: bool = True) -> 
     shared folder that went away is then an error, not a new local folder). Torch's own writers are
     not used on files: on a full disk ``torch.jit.save`` aborts the process (a C++ exception no one
     catches) and ``torch.save`` leaves a half file; serialize to bytes, then write them here.
+    ``data`` may also be a function that writes into the open file (a large file written as it
+    is made, not held in memory whole first); an exception from it leaves no file either.
 
     A rename replaces what it lands on, so: a symbolic link is followed (the file it names gets
     the data, the link stays), a file keeps its permissions, and a device or a pipe (``/dev/null``,
@@ -105,13 +107,13 @@ def write_atomic(path: str | Path, data: bytes, *, make_folder: bool = True) -> 
     try:
         if before is not None and not stat.S_ISREG(before.st_mode) and not stat.S_ISDIR(before.st_mode):
             with open(target, "wb") as f:
-                f.write(data)
+                data(f) if callable(data) else f.write(data)
             return path
         if make_folder:
             target.parent.mkdir(parents=True, exist_ok=True)
         tmp, fd = _new_temp_file(target)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            data(f) if callable(data) else f.write(data)
         if before is not None:
             os.chmod(tmp, stat.S_IMODE(before.st_mode))
         os.replace(tmp, target)

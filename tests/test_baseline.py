@@ -574,12 +574,16 @@ def test_learnings_are_saved_while_they_run_and_one_of_another_set_up_is_not_tak
     prof = tmp_path / "plant.json"
     stage = _learning_stage(features=4, save_to=prof)
     feats = np.random.default_rng(5).standard_normal((100, 4)).astype(np.float32)
-    _feed(stage, feats[:40])
+    _feed(stage, feats[:40])  # saved by a thread of its own, each save skipped while the last one writes
+    stage._writer.join()
+    stage.save_learning()  # the next periodic one, as the next window's would
+    stage._writer.join()
     with np.load(bl.learning_path(prof), allow_pickle=False) as z:
         assert z["features0"].shape == (40, 4)  # saved as it learned, no end of the run needed
     later = _learning_stage(features=4, save_to=prof)
     later.resume()
     later.apply([Prediction("m1", 0, 0.0, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=feats[0])])
+    later._writer.join()
     with np.load(bl.learning_path(prof), allow_pickle=False) as z:  # m0 waits for its stream, m1 learns
         head = json.loads(bytes(z["meta"]))
         assert [r["id"] for r in head["streams"]] == ["m1", "m0"] and z["features1"].shape == (40, 4)
@@ -591,3 +595,21 @@ def test_learnings_are_saved_while_they_run_and_one_of_another_set_up_is_not_tak
     assert any("of another set-up (hop 512 (here 256))" in msg for _, msg in other.notes), other.notes
     _feed(other, feats[:5])
     assert other._learning["m0"].seen == 5
+
+
+def test_a_learning_that_cannot_be_saved_is_said_once_and_learning_goes_on(tmp_path: Path) -> None:
+    """The folder of the profile gone (a share unmounted) while learning: the save is counted and
+    said once, nothing is made anew in its place, and the stream learns on to its baseline."""
+    folder = tmp_path / "share"
+    folder.mkdir()
+    stage = _learning_stage(features=4, save_to=folder / "plant.json")
+    feats = np.random.default_rng(6).standard_normal((600, 4)).astype(np.float32)
+    _feed(stage, feats[:50])
+    folder.rmdir()
+    stage.save_learning(final=True)
+    stage.save_learning(final=True)
+    assert stage.learning_save_failures == 2 and not folder.exists()
+    said = [msg for _, msg in stage.notes if "cannot save the baselines being learned" in msg]
+    assert len(said) == 1 and "learning goes on" in said[0], stage.notes
+    _feed(stage, feats[50:], first=50)
+    assert stage.state["m0"] == "monitoring"

@@ -3,10 +3,13 @@
 ``--minutes`` of windows each (a hop of 512 samples at 12 kHz: 23.4 windows per second), fed to a
 real ``BaselineStage`` as the monitor's output thread feeds it (each window's pooled features a row
 of its batch's array, as the engine hands them over), its learning never ending (``learn_s`` inf).
-Prints the growth of this process's peak resident memory and the bytes per window learned from.
+Prints the growth of this process's peak resident memory and the bytes per window learned from;
+with ``--save DIR``, also what saving the learnings in progress costs (``BaselineStage.save_learning``,
+as ``--learn --baseline FILE`` does every minute): the file's size, the time of five saves, and of
+their part in the output thread (the copies; a thread of its own writes them).
 
     python tools/learn_memory.py --streams 64 --minutes 10
-    python tools/learn_memory.py --streams 64 --minutes 30
+    python tools/learn_memory.py --streams 64 --minutes 30 --save /tmp
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import argparse
 import gc
 import json
 import resource
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -30,7 +36,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
 
-def run(streams: int, minutes: float) -> dict:
+def run(streams: int, minutes: float, save: str | None = None) -> dict:
     stage = BaselineStage(None, learn_s=float("inf"), model="m", digest="d", sample_rate=12000, window=2048,
                           hop=512, features=FEATURES)
     per = int(minutes * 60 / HOP_S)
@@ -45,22 +51,44 @@ def run(streams: int, minutes: float) -> dict:
     del preds, res
     gc.collect()
     grown = peak_mb() - before
-    return {"streams": streams, "minutes": minutes, "windows_per_stream": per, "peak_rss_growth_mb": round(grown, 1),
-            "bytes_per_window": round(grown * 2**20 / (streams * per), 1)}
+    out = {"streams": streams, "minutes": minutes, "windows_per_stream": per, "peak_rss_growth_mb": round(grown, 1),
+           "bytes_per_window": round(grown * 2**20 / (streams * per), 1)}
+    if save is not None:
+        with tempfile.TemporaryDirectory(dir=save) as folder:
+            stage.kept_elsewhere(learning_to=Path(folder) / "plant.learning.npz")
+            times, copies = [], []
+            for _ in range(5):
+                t = time.perf_counter()
+                stage.learning_snapshot()  # the output thread's part of a periodic save
+                copies.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                stage.save_learning(final=True)  # all of it: the copies and the write
+                times.append((time.perf_counter() - t) * 1000)
+            if stage.learning_save_failures:
+                raise ConfigError(f"the learnings could not be saved in {save}: {stage.notes[-1][1]}")
+            out["save_mb"] = round((Path(folder) / "plant.learning.npz").stat().st_size / 2**20, 1)
+            out["save_ms"] = [round(x, 1) for x in times]
+            out["copy_ms"] = [round(x, 1) for x in copies]
+            out["peak_rss_growth_mb_with_saves"] = round(peak_mb() - before, 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--minutes", type=float, default=10.0, help="minutes of windows each stream learns from")
+    ap.add_argument("--save", metavar="DIR", help="also time saving the learnings to a file in DIR")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.streams < 1 or not args.minutes > 0:
         raise ConfigError("--streams must be >= 1 and --minutes > 0")
-    r = run(args.streams, args.minutes)
+    r = run(args.streams, args.minutes, args.save)
     print(json.dumps(r) if args.json else
           f"{r['streams']} streams learning {r['minutes']:g} min ({r['windows_per_stream']} windows) each: peak "
-          f"resident memory +{r['peak_rss_growth_mb']} MB, {r['bytes_per_window']} bytes per window")
+          f"resident memory +{r['peak_rss_growth_mb']} MB, {r['bytes_per_window']} bytes per window"
+          + (f"; a save of the learnings: {r['save_mb']} MB in {min(r['save_ms'])}-{max(r['save_ms'])} ms "
+             f"(5 saves), of which the output thread's copies {min(r['copy_ms'])}-{max(r['copy_ms'])} ms; "
+             f"peak +{r['peak_rss_growth_mb_with_saves']} MB with them" if "save_mb" in r else ""))
     return 0
 
 

@@ -19,9 +19,9 @@ its labels only).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
+import threading
 import time
 import zipfile
 from collections import deque
@@ -56,7 +56,7 @@ LEARN_KEEP = 8192
 SAVE_RETRY_S = 30.0  # after a failed save of the learned baselines (a full disk), the next try
 # the learnings in progress are saved beside the profile this often (and at the end), so a restart
 # learns on instead of over; a save's cost grows with the streams learning (~600 KB each when
-# full), so the output thread spends at most 1/LEARNING_SAVE_SHARE of its time on them
+# full), so a save's thread writes at most 1/LEARNING_SAVE_SHARE of the time
 LEARNING_SAVE_S = 60.0
 LEARNING_SAVE_SHARE = 100
 LEARNING_FORMAT = "drsn-stream-baseline-learning"
@@ -377,6 +377,7 @@ class BaselineStage:
         self._resumed: dict[str, dict[str, Any]] = {}
         self._next_learning_save = time.monotonic() + LEARNING_SAVE_S
         self._learning_on_disk = False  # the file holds learnings (removed once none is left)
+        self._writer: threading.Thread | None = None  # the periodic save's, while it writes
         self.say_unsaved = True  # said once as learning starts without save_to (not where they are kept_elsewhere)
         self._learning: dict[str, _Learning] = {}
         self._warned: set[str] = set()
@@ -697,46 +698,69 @@ class BaselineStage:
     def save_learning(self, *, final: bool = False) -> None:
         """Saves the learnings in progress (and those taken up from the last run whose stream
         has not come yet) to ``learning_to``; removes the file once none is left. Periodically
-        (``LEARNING_SAVE_S``, longer where a save takes long), or now with ``final``. A failure is
-        said once and counted; the learning goes on."""
+        (``LEARNING_SAVE_S``, longer where a save takes long), or now with ``final``. The caller's
+        thread (the output thread) only copies the arrays; a thread of its own writes them (tens
+        of MB for dozens of streams: the output thread held up that long would hold the results
+        back). A failure is said once and counted; the learning goes on."""
         if self.learning_to is None:
             return
         now = time.monotonic()
-        if not final and now < self._next_learning_save:
+        writer = self._writer
+        if not final and (now < self._next_learning_save or (writer is not None and writer.is_alive())):
             return
+        self._next_learning_save = now + LEARNING_SAVE_S  # moved on by the write, by its duration
+        rows, arrays = self.learning_snapshot()
+        if not final:
+            self._writer = threading.Thread(target=self._write_learning, args=(self.learning_to, rows, arrays),
+                                            name="drsn-baseline-learnings", daemon=True)
+            self._writer.start()
+            return
+        if writer is not None:
+            writer.join()
+        self._write_learning(self.learning_to, rows, arrays)
+
+    def learning_snapshot(self) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        """The learnings in progress as ``save_learning`` writes them: one row per stream and
+        its arrays (copies: the stream learns on meanwhile)."""
         rows, arrays = [], {}
         for sid, so_far in list(self._learning.items()):
             if so_far.n:
                 k = len(rows)
                 rows.append({"id": sid, "seen": so_far.seen, "stride": so_far.stride,
                              "left_out": int(self.left_out.get(sid, 0))})
-                arrays[f"features{k}"], arrays[f"times{k}"] = so_far.feats[: so_far.n], so_far.times[: so_far.n]
-        for sid, d in self._resumed.items():
+                arrays[f"features{k}"] = so_far.feats[: so_far.n].copy()
+                arrays[f"times{k}"] = so_far.times[: so_far.n].copy()
+        for sid, d in self._resumed.items():  # read from the file, never written to
             k = len(rows)
             rows.append({"id": sid, "seen": d["seen"], "stride": d["stride"], "left_out": d["left_out"]})
             arrays[f"features{k}"], arrays[f"times{k}"] = d["features"], d["times"]
+        return rows, arrays
+
+    def _write_learning(self, path: Path, rows: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> None:
+        t0 = time.monotonic()
         try:
             if not rows:
-                self.learning_to.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
             else:
                 p = self.profile
                 head = {"format": LEARNING_FORMAT, "version": 1, "model": p.model, "model_digest": p.model_digest,
                         "sample_rate": int(p.sample_rate), "window": int(p.window), "hop": self.hop,
                         "streams": rows}
-                buf = io.BytesIO()
-                np.savez(buf, meta=np.frombuffer(json.dumps(head).encode("utf-8"), dtype=np.uint8), **arrays)
-                write_atomic(self.learning_to, buf.getvalue(), make_folder=False)
-        except OSError as exc:
+                meta = np.frombuffer(json.dumps(head).encode("utf-8"), dtype=np.uint8)
+                # written into the file as it is made: no copy of tens of MB in memory first
+                write_atomic(path, lambda f: np.savez(f, meta=meta, **arrays), make_folder=False)
+        except Exception as exc:  # noqa: BLE001 - on the save's own thread: counted and said, never a traceback
             self.learning_save_failures += 1
-            self._next_learning_save = now + max(SAVE_RETRY_S, LEARNING_SAVE_S)
+            self._next_learning_save = t0 + max(SAVE_RETRY_S, LEARNING_SAVE_S)
             if self.learning_save_failures == 1:
-                self.notes.append(("*", f"cannot save the baselines being learned to {self.learning_to} "
-                                        f"({exc.strerror or exc}); learning goes on, and the save is tried again: "
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+                self.notes.append(("*", f"cannot save the baselines being learned to {path} "
+                                        f"({why}); learning goes on, and the save is tried again: "
                                         "free space there or check the folder"))
             return
         self._learning_on_disk = bool(rows)
         self.learning_saves += 1
-        self._next_learning_save = now + max(LEARNING_SAVE_S, LEARNING_SAVE_SHARE * (time.monotonic() - now))
+        self._next_learning_save = t0 + max(LEARNING_SAVE_S, LEARNING_SAVE_SHARE * (time.monotonic() - t0))
 
     def _merged(self) -> Profile:
         """The profile to write: this stage's baselines, and those the file holds now for other
