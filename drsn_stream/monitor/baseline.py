@@ -378,6 +378,7 @@ class BaselineStage:
         self._next_learning_save = time.monotonic() + LEARNING_SAVE_S
         self._learning_on_disk = False  # the file holds learnings (removed once none is left)
         self._writer: threading.Thread | None = None  # the periodic save's, while it writes
+        self._learning_due = False  # a learning taken over: saved at the next chance, not on the minute
         self.say_unsaved = True  # said once as learning starts without save_to (not where they are kept_elsewhere)
         self._learning: dict[str, _Learning] = {}
         self._warned: set[str] = set()
@@ -505,7 +506,7 @@ class BaselineStage:
                 carried.add(here.feats[k], float(here.times[k]))
         self._learning[stream] = carried
         self.left_out[stream] = self.left_out.get(stream, 0) + left_out
-        self._next_learning_save = 0.0  # in this monitor's learning file at once, not a minute later
+        self._learning_due = True  # in this monitor's learning file at once, not a minute later
         self.notes.append((stream, f"learning the baseline on from {seen} windows learned {whence}"))
         self.state[stream] = "learning"
 
@@ -706,9 +707,11 @@ class BaselineStage:
             return
         now = time.monotonic()
         writer = self._writer
-        if not final and (now < self._next_learning_save or (writer is not None and writer.is_alive())):
+        if not final and ((now < self._next_learning_save and not self._learning_due)
+                          or (writer is not None and writer.is_alive())):
             return
         self._next_learning_save = now + LEARNING_SAVE_S  # moved on by the write, by its duration
+        self._learning_due = False
         rows, arrays = self.learning_snapshot()
         if not final:
             self._writer = threading.Thread(target=self._write_learning, args=(self.learning_to, rows, arrays),
