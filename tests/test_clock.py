@@ -263,6 +263,48 @@ def test_a_window_whose_samples_were_captured_before_a_step_is_not_labelled_an_h
         assert 150 <= latency[sid] < 5000, latency
 
 
+BATCHER_SCRIPT = """
+import json, struct, sys, time
+import numpy as np
+from drsn_stream.engine import MicroBatcher
+from drsn_stream.types import Window
+
+step, path = float(sys.argv[1]), sys.argv[2]
+batcher = MicroBatcher(max_batch=4, max_wait_ms=5, stale_ms=2000)
+x = np.zeros(8, np.float32)
+t = time.time()
+for i in range(3):  # queued when the clock steps (the engine busy with the batch before)
+    batcher.put(Window("m0", i, t, x, t_ready=t))
+with open(path, "r+b") as f:
+    f.write(struct.pack("<q", int(step * 1e9)))
+time.sleep(0.1)
+t = time.time()
+batcher.put(Window("m0", 3, t, x, t_ready=t))
+first = [w.index for w in batcher.next_batch(timeout=1.0)]
+time.sleep(2.5)  # past stale_ms on this host's clock, step or not: stale
+t = time.time()
+batcher.put(Window("m0", 4, t - 3.0, x, t_ready=t - 3.0))
+batcher.put(Window("m0", 5, t, x, t_ready=t))
+second = [w.index for w in batcher.next_batch(timeout=1.0)]
+print(json.dumps({"first": first, "second": second, "stale": dict(batcher.dropped_stale)}))
+"""
+
+
+@pytest.mark.parametrize("step", [+HOUR, -HOUR], ids=["forward", "back"])
+def test_windows_queued_at_a_step_of_the_wall_clock_are_not_dropped_as_an_hour_old(shim: Path, tmp_path: Path,
+                                                                                   step: float) -> None:
+    """Windows waiting for the engine when the clock steps forward an hour are 0.1 s old, not an
+    hour: they are classified, not dropped as stale (before, every window queued at that moment
+    was dropped); a window older than ``stale_ms`` is still dropped after the step, forward or back."""
+    clock = Clock(shim, tmp_path)
+    res = subprocess.run([sys.executable, "-c", BATCHER_SCRIPT, str(step), str(clock.file)], env=clock.env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["first"] == [0, 1, 2, 3], out
+    assert out["second"] == [5] and out["stale"] == {"m0": 1}, out
+
+
 DECISION_SCRIPT = """
 import json, struct, sys, time
 import numpy as np

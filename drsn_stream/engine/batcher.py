@@ -12,8 +12,9 @@ that have waited here longer than ``stale_ms`` when a batch is cut are dropped a
 stream: live data keeps the newest, it never queues the past. Their age is counted on this host's
 clock from when they were formed (``t_ready``), not from the capture time they carry: that is the
 sender's clock, and a sender whose clock was a few seconds behind (no NTP on a gateway) made every
-window look stale, so nothing was labeled. When the queue is full the oldest window is dropped
-(counted).
+window look stale, so nothing was labeled; and a step of this host's wall clock moves the
+windows formed before it with it (a step forward of an hour made every window queued at that
+moment an hour old). When the queue is full the oldest window is dropped (counted).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable
 
+from drsn_stream.clock import STEP_GRACE_S, WallSteps, before_step
 from drsn_stream.types import Window
 
 
@@ -67,6 +69,7 @@ class MicroBatcher:
         self.catch_up_batch = max(int(catch_up_batch), max_batch)
         self.catch_ups = 0  # batches cut larger than max_batch, from a backlog
         self._clock = clock
+        self._steps = WallSteps() if clock is time.time else None  # an injected clock does not step
         self._q: deque[Window] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -200,7 +203,15 @@ class MicroBatcher:
     def _drop_stale(self) -> None:
         if self.stale <= 0 or not self._q:
             return
-        limit = self._clock() - self.stale
-        while self._q and self._q[0].t_ready < limit:
+        now = self._clock()
+        limit = now - self.stale
+        stepped = self._steps.recent(STEP_GRACE_S) if self._steps is not None else None
+        while self._q:
+            t = self._q[0].t_ready
+            # formed before a step (before a step back: "after" now), its age is without the step
+            if stepped is not None and before_step(t, stepped[0], stepped[1] if stepped[0] > 0 else now):
+                t += stepped[0]
+            if t >= limit:
+                break
             old = self._q.popleft()
             self.dropped_stale[old.stream_id] += 1
