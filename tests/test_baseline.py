@@ -539,6 +539,10 @@ def test_a_learning_cut_short_by_a_restart_goes_on_from_where_it_was(tmp_path: P
     final = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith('{"type":"stats"')][-1]
     assert final["baselines_saved"]["learning_saves"] == 1
     first = (30000 - 2048) // 512 + 1  # the windows of 2.5 s at 12 kHz
+    shown = cli_in_process("baseline", "show", str(prof))
+    assert shown.returncode == 0, shown.stderr
+    assert f"{prof}: no baseline learned yet" in shown.stdout, shown.stdout
+    assert f"normal_0_97: {first} windows learned from so far, {(first - 1) * 512 / 12000:.1f} s of signal" in shown.stdout
     res = cli_in_process("--source", f"{src}?start=2.5", *args)  # the 2.6 s left
     assert res.returncode == 0, res.stderr
     notes = _notes(res)

@@ -6,10 +6,12 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.config import arg_number
-from drsn_stream.monitor.baseline import Profile
+from drsn_stream.errors import ConfigError
+from drsn_stream.monitor.baseline import Profile, learning_path, read_learnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,13 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     learn.add_argument("--duration", type=arg_number(float, above=0), help="stop learning after this many seconds (live sources)")
     learn.add_argument("--hop", type=int, help="samples between windows (default: the model's hop)")
     learn.add_argument("--out", "-o", required=True, metavar="PROFILE", help="the profile to write (JSON)")
-    show = sub.add_parser("show", help="print what a profile holds")
+    show = sub.add_parser("show", help="print what a profile holds, and the learnings still under way beside it")
     show.add_argument("profile")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "show":
-        print(describe(Profile.load(args.profile), args.profile))
+        print(show(Path(args.profile)))
         return 0
     cfg = RunConfig(sources=tuple(args.source), model=args.model, duration=args.duration, hop=args.hop,
                     fast=True, learn_s=math.inf)
@@ -69,4 +71,27 @@ def describe(profile: Profile, where: str) -> str:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.learned_from)) if b.learned_from > 1e9 else "replay"
         lines.append(f"  {sid}: {b.windows} windows ({b.held_back} held back), {span:.1f} s from {when}; "
                      f"threshold {b.threshold:.3g} (Mahalanobis distance of {b.gaussian.mean.size} features)")
+    return "\n".join(lines)
+
+
+def show(path: Path) -> str:
+    """``baseline show``: the profile, and the learnings ``--learn --baseline PATH`` left under way
+    beside it (``learning_path``), also where no baseline is learned yet."""
+    beside = learning_path(path)
+    if path.exists() or not beside.exists():
+        lines = [describe(Profile.load(path), str(path))]  # none of either: Profile.load says so
+    else:
+        lines = [f"{path}: no baseline learned yet"]
+    if beside.exists():
+        try:
+            head, learnings = read_learnings(beside)
+        except ConfigError as exc:
+            return "\n".join([*lines, f"{exc}; the next --learn run writes it over"])
+        hop, rate = head.get("hop"), head.get("sample_rate")
+        lines.append(f"{beside}: {len(learnings)} learning(s) under way, taken up by the next --learn run "
+                     f"with --baseline {path}")
+        for sid, d in sorted(learnings.items()):
+            seen = d["seen"] if isinstance(d["seen"], int) else 0
+            span = f", {max(0, seen - 1) * hop / rate:.1f} s of signal" if isinstance(hop, int) and isinstance(rate, int) and rate else ""
+            lines.append(f"  {sid}: {seen} windows learned from so far{span} ({len(d['features'])} kept)")
     return "\n".join(lines)

@@ -90,8 +90,9 @@ def read_learnings(path: str | Path, streams: set[str] | None = None) -> tuple[d
                 raise ValueError("no list of streams")
             out: dict[str, dict[str, Any]] = {}
             for k, row in enumerate(rows):
-                if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                    raise ValueError(f"stream {k} has no id")
+                if not isinstance(row, dict):
+                    raise ValueError(f"stream {k} is not a record")
+                _text(row.get("id"), "stream")  # printed by baseline show and in notes: no escape sequences
                 if streams is None or row["id"] in streams:
                     out[row["id"]] = {"features": z[f"features{k}"], "times": z[f"times{k}"],
                                       "seen": row.get("seen"), "stride": row.get("stride"),
