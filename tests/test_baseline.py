@@ -617,3 +617,26 @@ def test_a_learning_that_cannot_be_saved_is_said_once_and_learning_goes_on(tmp_p
     assert len(said) == 1 and "learning goes on" in said[0], stage.notes
     _feed(stage, feats[50:], first=50)
     assert stage.state["m0"] == "monitoring"
+
+
+@pytest.mark.parametrize("faulty", [0, 4, 40])
+def test_a_baseline_learned_on_windows_the_model_labels_a_fault_is_said(faulty: int) -> None:
+    """A machine learned while faulty takes its fault for normal, and its baseline then never
+    alarms on it: when the model labelled a tenth or more of the learning windows a fault, the
+    note says so, naming the label; a few such windows among many are not said."""
+    stage = _learning_stage(features=4)
+    stage.fault_labels = frozenset({"inner_021", "ball_021"})
+    feats = np.random.default_rng(7).standard_normal((600, 4)).astype(np.float32)
+    hop_s = 512 / 12000
+    for i, f in enumerate(feats):
+        label = "inner_021" if i % 100 < faulty else "normal"
+        stage.apply([Prediction("m0", i, i * hop_s, np.array([0.9, 0.1]), label, 0.9, 0.3, 10.0, features=f)])
+    assert stage.state["m0"] == "monitoring"
+    said = [msg for _, msg in stage.notes if "labelled" in msg]
+    if faulty < 10:
+        assert not said, said
+    else:
+        n = int(np.ceil(20 * 12000 / 512)) + 1  # the 20 s learned from
+        share = 100 * sum(i % 100 < faulty for i in range(n)) / n
+        assert len(said) == 1 and said[0].startswith(f"the model labelled {share:.0f} % of the windows learned from "
+                                                     "a fault (inner_021 most)"), said

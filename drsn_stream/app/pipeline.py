@@ -185,6 +185,8 @@ class Pipeline:
         )
         dcfg = config.decision.resolve(self.labels)
         self.decisions = DecisionEngine(self.labels, dcfg)
+        if self.baseline is not None:  # a baseline learned on windows labelled a fault is said
+            self.baseline.fault_labels = frozenset(lb for lb in self.labels if self.decisions.level_of(lb) > 0)
         self.health = HealthMonitor(config.health)
         self.detector = None
         if any(not lb.startswith("_") for lb in self.labels) and any(lb.startswith("_") for lb in self.labels):

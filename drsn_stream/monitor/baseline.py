@@ -54,6 +54,9 @@ WINDOWS_PER_FEATURE = 5
 # hop of 512 samples: a Gaussian over 16 features needs 80 (MIN_WINDOWS, WINDOWS_PER_FEATURE).
 LEARN_KEEP = 8192
 SAVE_RETRY_S = 30.0  # after a failed save of the learned baselines (a full disk), the next try
+# a learning whose windows the model labelled a fault this often is said when it is fitted: a
+# machine learned while faulty takes that fault for its normal
+FAULT_SHARE_SAID = 0.1
 # the learnings in progress are saved beside the profile this often (and at the end), so a restart
 # learns on instead of over; a save's cost grows with the streams learning (~600 KB each when
 # full), so a save's thread writes at most 1/LEARNING_SAVE_SHARE of the time
@@ -382,6 +385,10 @@ class BaselineStage:
         self._learning_due = False  # a learning taken over: saved at the next chance, not on the minute
         self.say_unsaved = True  # said once as learning starts without save_to (not where they are kept_elsewhere)
         self._learning: dict[str, _Learning] = {}
+        # the labels that raise an alarm (the pipeline sets them from its decision config), and per
+        # stream learning, the windows learned from here and those of them labelled one of them
+        self.fault_labels: frozenset[str] = frozenset()
+        self._labelled: dict[str, tuple[int, dict[str, int]]] = {}
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
         self._extended: set[str] = set()  # streams whose span gave too few windows (said once)
@@ -399,6 +406,7 @@ class BaselineStage:
         the profile brought is kept: the stream is monitored on it again if it comes back."""
         self._learning.pop(stream, None)
         self._resumed.pop(stream, None)
+        self._labelled.pop(stream, None)
         for table in (self.left_out, self.latest, self.history):
             table.pop(stream, None)
         self._warned.discard(stream)
@@ -590,6 +598,10 @@ class BaselineStage:
                 self.left_out[sid] = self.left_out.get(sid, 0) + 1
                 continue  # the learning lasts that much longer: learn_s of windows it can learn from
             so_far.add(p.features, p.t_last)
+            counted, faults = self._labelled.get(sid) or (0, {})
+            if p.label in self.fault_labels:
+                faults[p.label] = faults.get(p.label, 0) + 1
+            self._labelled[sid] = (counted + 1, faults)
             if self._learned_s(so_far) >= self.learn_s:
                 need = min_windows(so_far.feats.shape[1])
                 if so_far.n < need:  # a span too short for a stable baseline: learning goes on
@@ -636,6 +648,14 @@ class BaselineStage:
                                 + (f" (one in {so_far.stride} of {so_far.seen})" if so_far.stride > 1 else "")
                                 + (f" ({skipped} from a sensor in CHECK_SENSOR left out)" if skipped else "")
                                 + "; monitoring for deviations"))
+        counted, faults = self._labelled.pop(sid, None) or (0, {})
+        share = sum(faults.values()) / counted if counted else 0.0
+        if share >= FAULT_SHARE_SAID:
+            most = max(faults, key=faults.__getitem__)
+            self.notes.append((sid, f"the model labelled {100 * share:.0f} % of the windows learned from a fault "
+                                    f"({most} most): if the machine was not healthy while learning, its baseline takes "
+                                    "that for normal; learn it again once it is (on a machine unlike the model's "
+                                    "training data such labels can also be the model's unfamiliarity with it)"))
 
     def save(self, *, final: bool = False) -> None:
         """Save the profile to ``save_to`` if a baseline was learned (or forgotten) since the last
