@@ -27,8 +27,10 @@ from drsn_stream.monitor.baseline import (
     BaselineStage,
     Profile,
     fit_stream,
+    learning_path,
     min_windows,
     parse_duration,
+    read_learnings,
     weights_digest,
 )
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
@@ -590,7 +592,8 @@ def test_learnings_are_saved_while_they_run_and_one_of_another_set_up_is_not_tak
     later._writer.join()
     with np.load(bl.learning_path(prof), allow_pickle=False) as z:  # m0 waits for its stream, m1 learns
         head = json.loads(bytes(z["meta"]))
-        assert [r["id"] for r in head["streams"]] == ["m1", "m0"] and z["features1"].shape == (40, 4)
+        ids = [r["id"] for r in head["streams"]]
+        assert sorted(ids) == ["m0", "m1"] and z[f"features{ids.index('m0')}"].shape == (40, 4)
     _feed(later, feats[40:60], first=40)
     assert later._learning["m0"].seen == 60
     other = BaselineStage(None, learn_s=20.0, model="m", digest="d", sample_rate=12000, window=2048, hop=256,
@@ -640,3 +643,29 @@ def test_a_baseline_learned_on_windows_the_model_labels_a_fault_is_said(faulty: 
         share = 100 * sum(i % 100 < faulty for i in range(n)) / n
         assert len(said) == 1 and said[0].startswith(f"the model labelled {share:.0f} % of the windows learned from "
                                                      "a fault (inner_021 most)"), said
+
+
+def test_two_monitors_learning_into_one_profile_keep_each_others_learnings(tmp_path: Path) -> None:
+    """Two monitors (two gateways of a plant) learning into one profile: each save of the
+    learnings under way keeps the other's streams in the file, as the profile's saves do; a
+    stream one of them retires leaves the file, and one it has learned too."""
+    prof = tmp_path / "plant.json"
+    a, b = _learning_stage(features=4, save_to=prof), _learning_stage(features=4, save_to=prof)
+    rng = np.random.default_rng(8)
+    hop_s = 512 / 12000
+    for i, f in enumerate(rng.standard_normal((60, 4)).astype(np.float32)):
+        a.apply([Prediction("m0", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
+        b.apply([Prediction("p0", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f),
+                 Prediction("p1", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
+    a.save_learning(final=True)
+    b.save_learning(final=True)
+    a.save_learning(final=True)
+    _, kept = read_learnings(learning_path(prof))
+    assert {sid: d["seen"] for sid, d in kept.items()} == {"m0": 60, "p0": 60, "p1": 60}
+    b.forget("p1")
+    _feed(a, rng.standard_normal((500, 4)).astype(np.float32), first=60)  # m0 learned: a baseline
+    assert "m0" in a.profile.streams
+    b.save_learning(final=True)
+    a.save_learning(final=True)
+    _, kept = read_learnings(learning_path(prof))
+    assert list(kept) == ["p0"]

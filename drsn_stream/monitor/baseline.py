@@ -383,6 +383,7 @@ class BaselineStage:
         self._learning_on_disk = False  # the file holds learnings (removed once none is left)
         self._writer: threading.Thread | None = None  # the periodic save's, while it writes
         self._learning_due = False  # a learning taken over: saved at the next chance, not on the minute
+        self._forgot_learning: set[str] = set()  # streams forgotten since the last save of the learnings
         self.say_unsaved = True  # said once as learning starts without save_to (not where they are kept_elsewhere)
         self._learning: dict[str, _Learning] = {}
         # the labels that raise an alarm (the pipeline sets them from its decision config), and per
@@ -404,8 +405,9 @@ class BaselineStage:
     def forget(self, stream: str) -> None:
         """Drop what was learned or seen live of a stream (the monitor retired it); a baseline
         the profile brought is kept: the stream is monitored on it again if it comes back."""
-        self._learning.pop(stream, None)
-        self._resumed.pop(stream, None)
+        learning = self._learning.pop(stream, None) is not None
+        if (self._resumed.pop(stream, None) is not None or learning) and self.learning_to is not None:
+            self._forgot_learning.add(stream)  # out of the learning file at its next save
         self._labelled.pop(stream, None)
         for table in (self.left_out, self.latest, self.history):
             table.pop(stream, None)
@@ -695,9 +697,7 @@ class BaselineStage:
         if self.learning_to is None or self.learn_s is None or self.save_to is None:
             return
         path = self.learning_to
-        p = self.profile
-        want = {"model": p.model, "model_digest": p.model_digest, "sample_rate": int(p.sample_rate),
-                "window": int(p.window), "hop": self.hop}
+        want = self._setup()
         try:
             head, learnings = read_learnings(path)
         except FileNotFoundError:
@@ -733,43 +733,62 @@ class BaselineStage:
             return
         self._next_learning_save = now + LEARNING_SAVE_S  # moved on by the write, by its duration
         self._learning_due = False
-        rows, arrays = self.learning_snapshot()
+        snapshot = self.learning_snapshot()
         if not final:
-            self._writer = threading.Thread(target=self._write_learning, args=(self.learning_to, rows, arrays),
+            self._writer = threading.Thread(target=self._write_learning, args=(self.learning_to, *snapshot),
                                             name="drsn-baseline-learnings", daemon=True)
             self._writer.start()
             return
         if writer is not None:
             writer.join()
-        self._write_learning(self.learning_to, rows, arrays)
+        self._write_learning(self.learning_to, *snapshot)
 
-    def learning_snapshot(self) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-        """The learnings in progress as ``save_learning`` writes them: one row per stream and
-        its arrays (copies: the stream learns on meanwhile)."""
-        rows, arrays = [], {}
-        for sid, so_far in list(self._learning.items()):
-            if so_far.n:
-                k = len(rows)
-                rows.append({"id": sid, "seen": so_far.seen, "stride": so_far.stride,
-                             "left_out": int(self.left_out.get(sid, 0))})
-                arrays[f"features{k}"] = so_far.feats[: so_far.n].copy()
-                arrays[f"times{k}"] = so_far.times[: so_far.n].copy()
-        for sid, d in self._resumed.items():  # read from the file, never written to
-            k = len(rows)
-            rows.append({"id": sid, "seen": d["seen"], "stride": d["stride"], "left_out": d["left_out"]})
-            arrays[f"features{k}"], arrays[f"times{k}"] = d["features"], d["times"]
-        return rows, arrays
+    def learning_snapshot(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], set[str]]:
+        """The learnings in progress as ``save_learning`` writes them, ``read_learnings``' dicts:
+        those learning here (copies: they learn on meanwhile), those taken up from the last run
+        whose stream has not come yet, and the streams to leave out of the file (learned here,
+        or forgotten)."""
+        def entry(feats: np.ndarray, times: np.ndarray, seen: Any, stride: Any, left_out: Any) -> dict[str, Any]:
+            return {"features": feats, "times": times, "seen": seen, "stride": stride, "left_out": left_out}
 
-    def _write_learning(self, path: Path, rows: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> None:
+        active = {sid: entry(so_far.feats[: so_far.n].copy(), so_far.times[: so_far.n].copy(), so_far.seen,
+                             so_far.stride, int(self.left_out.get(sid, 0)))
+                  for sid, so_far in list(self._learning.items()) if so_far.n}
+        waiting = {sid: entry(d["features"], d["times"], d["seen"], d["stride"], d["left_out"])
+                   for sid, d in list(self._resumed.items())}  # read from the file, never written to
+        return active, waiting, set(self.profile.streams) | self._forgot_learning
+
+    def _setup(self) -> dict[str, Any]:
+        p = self.profile
+        return {"model": p.model, "model_digest": p.model_digest, "sample_rate": int(p.sample_rate),
+                "window": int(p.window), "hop": self.hop}
+
+    def _write_learning(self, path: Path, active: dict[str, dict[str, Any]], waiting: dict[str, dict[str, Any]],
+                        leave_out: set[str]) -> None:
+        """Writes the learnings to ``path``. Where it is beside a profile (``save_to``), two monitors
+        may share it as they share the profile: the other's learnings in the file now are kept
+        (and for a stream waiting here, the file's, as new or newer)."""
         t0 = time.monotonic()
         try:
-            if not rows:
+            entries = dict(waiting)
+            if self.save_to is not None:
+                try:
+                    head, disk = read_learnings(path)
+                except (FileNotFoundError, ConfigError):  # none yet, or one to write over
+                    head, disk = {}, {}
+                if {k: head.get(k) for k in self._setup()} == self._setup():
+                    entries.update(disk)
+            entries.update(active)
+            for sid in leave_out:
+                entries.pop(sid, None)
+            if not entries:
                 path.unlink(missing_ok=True)
             else:
-                p = self.profile
-                head = {"format": LEARNING_FORMAT, "version": 1, "model": p.model, "model_digest": p.model_digest,
-                        "sample_rate": int(p.sample_rate), "window": int(p.window), "hop": self.hop,
-                        "streams": rows}
+                rows, arrays = [], {}
+                for k, (sid, d) in enumerate(entries.items()):
+                    rows.append({"id": sid, "seen": d["seen"], "stride": d["stride"], "left_out": d["left_out"]})
+                    arrays[f"features{k}"], arrays[f"times{k}"] = d["features"], d["times"]
+                head = {"format": LEARNING_FORMAT, "version": 1, **self._setup(), "streams": rows}
                 meta = np.frombuffer(json.dumps(head).encode("utf-8"), dtype=np.uint8)
                 # written into the file as it is made: no copy of tens of MB in memory first
                 write_atomic(path, lambda f: np.savez(f, meta=meta, **arrays), make_folder=False)
@@ -782,7 +801,8 @@ class BaselineStage:
                                         f"({why}); learning goes on, and the save is tried again: "
                                         "free space there or check the folder"))
             return
-        self._learning_on_disk = bool(rows)
+        self._forgot_learning.difference_update(leave_out)  # out of the file now
+        self._learning_on_disk = bool(entries)
         self.learning_saves += 1
         self._next_learning_save = t0 + max(LEARNING_SAVE_S, LEARNING_SAVE_SHARE * (time.monotonic() - t0))
 
