@@ -669,3 +669,13 @@ def test_two_monitors_learning_into_one_profile_keep_each_others_learnings(tmp_p
     a.save_learning(final=True)
     _, kept = read_learnings(learning_path(prof))
     assert list(kept) == ["p0"]
+    # a restart of a takes p0 up, waiting for it; b learns p0 meanwhile: a does not write it back
+    a2 = _learning_stage(features=4, save_to=prof)
+    a2.resume()
+    assert list(a2._resumed) == ["p0"]
+    for i, f in enumerate(rng.standard_normal((500, 4)).astype(np.float32), start=60):
+        b.apply([Prediction("p0", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
+    assert "p0" in b.profile.streams
+    b.save_learning(final=True)
+    a2.save_learning(final=True)
+    assert not learning_path(prof).exists() and not a2._resumed

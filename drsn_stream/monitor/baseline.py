@@ -766,17 +766,25 @@ class BaselineStage:
     def _write_learning(self, path: Path, active: dict[str, dict[str, Any]], waiting: dict[str, dict[str, Any]],
                         leave_out: set[str]) -> None:
         """Writes the learnings to ``path``. Where it is beside a profile (``save_to``), two monitors
-        may share it as they share the profile: the other's learnings in the file now are kept
-        (and for a stream waiting here, the file's, as new or newer)."""
+        may share it as they share the profile: the other's learnings in the file now are kept,
+        and for a stream waiting here, the file's (as new or newer; none, where the file has none
+        any more)."""
         t0 = time.monotonic()
         try:
             entries = dict(waiting)
             if self.save_to is not None:
                 try:
                     head, disk = read_learnings(path)
-                except (FileNotFoundError, ConfigError):  # none yet, or one to write over
+                except FileNotFoundError:
+                    head, disk = self._setup(), {}
+                except ConfigError:  # damaged: written over, with what this monitor has
                     head, disk = {}, {}
                 if {k: head.get(k) for k in self._setup()} == self._setup():
+                    # a waiting stream the file no longer holds was learned (or retired) by the
+                    # monitor it belongs to, or the file removed: not written back, not taken up
+                    for sid in set(waiting) - set(disk):
+                        entries.pop(sid, None)
+                        self._resumed.pop(sid, None)
                     entries.update(disk)
             entries.update(active)
             for sid in leave_out:
