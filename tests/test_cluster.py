@@ -487,6 +487,21 @@ def _learning_hosts(tmp_path: Path, *, learn_s: float) -> tuple[subprocess.Popen
                             send=lambda kind, payload: None).start() for n in ("a", "b")]
 
 
+def _learned_on(b: Any, sid: str) -> tuple[Any, list[str]]:
+    """Host b takes ``sid`` over from host a and learns its baseline: (the baseline, b's notes on it)."""
+    b.assign([sid], previous={sid: "a"})
+    _until(lambda: b.pipe.baseline.state.get(sid) == "monitoring", 45)
+    notes = [e.data["message"] for e in b.pipe.events.recent() if e.type == "note" and e.stream_id == sid]
+    return b.pipe.baseline.profile.streams[sid], notes
+
+
+def _stop(pub: subprocess.Popen, hosts: list[Any]) -> None:
+    for h in hosts:
+        h.stop()
+    pub.kill()
+    pub.wait()
+
+
 def test_a_baseline_learned_on_one_host_goes_with_its_stream_to_the_next(tmp_path: Path) -> None:
     """--learn on two real hosts: host a learns a healthy machine's baseline, then hands the stream
     to host b (a host joining, say). b monitors it on a's baseline from its first window instead of
@@ -529,15 +544,9 @@ def test_a_baseline_still_being_learned_goes_with_its_stream_to_the_next_host(tm
         _until(lambda: getattr(a.pipe.baseline._learning.get(sid), "seen", 0) >= 40, 45)
         a.release([sid])
         carried = a.store.load(sid).baseline["learning"]
-        b.assign([sid], previous={sid: "a"})
-        _until(lambda: b.pipe.baseline.state.get(sid) == "monitoring", 45)
-        learned = b.pipe.baseline.profile.streams[sid]
-        notes = [e.data["message"] for e in b.pipe.events.recent() if e.type == "note" and e.stream_id == sid]
+        learned, notes = _learned_on(b, sid)
     finally:
-        for h in hosts:
-            h.stop()
-        pub.kill()
-        pub.wait()
+        _stop(pub, hosts)
     n = carried["features"].shape[0]
     assert n >= 40 and carried["features"].shape[1] == b.pipe.meta.features
     assert learned.learned_from == pytest.approx(float(carried["times"][0]))
@@ -573,15 +582,9 @@ def test_a_baseline_still_being_learned_survives_the_loss_of_its_host(tmp_path: 
         time.sleep(1.5)
         head, kept = bl.read_learnings(a.store.learning_path("a"), {sid})
         assert a.store.load(sid).baseline is None  # its periodic checkpoints carry no learning
-        b.assign([sid], previous={sid: "a"})
-        _until(lambda: b.pipe.baseline.state.get(sid) == "monitoring", 45)
-        learned = b.pipe.baseline.profile.streams[sid]
-        notes = [e.data["message"] for e in b.pipe.events.recent() if e.type == "note" and e.stream_id == sid]
+        learned, notes = _learned_on(b, sid)
     finally:
-        for h in hosts:
-            h.stop()
-        pub.kill()
-        pub.wait()
+        _stop(pub, hosts)
     n = kept[sid]["seen"]
     assert any(f"learning the baseline on from {n} windows learned on another host" in msg for msg in notes), notes
     assert learned.learned_from == pytest.approx(float(kept[sid]["times"][0]))
