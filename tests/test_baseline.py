@@ -679,3 +679,31 @@ def test_two_monitors_learning_into_one_profile_keep_each_others_learnings(tmp_p
     b.save_learning(final=True)
     a2.save_learning(final=True)
     assert not learning_path(prof).exists() and not a2._resumed
+
+
+def test_the_fault_labels_of_a_learning_go_with_it_over_a_restart(tmp_path: Path) -> None:
+    """A learning whose first 8 s the model labelled a fault 40 % of the time, cut by a restart:
+    the run that learns on says the share over all its windows (before, only over its own, and
+    a fault during the first run was never said)."""
+    prof = tmp_path / "plant.json"
+    hop_s = 512 / 12000
+    feats = np.random.default_rng(9).standard_normal((600, 4)).astype(np.float32)
+
+    def feed(stage: BaselineStage, lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            label = "inner_021" if i < 188 and i % 100 < 40 else "normal"
+            stage.apply([Prediction("m0", i, i * hop_s, np.array([0.9, 0.1]), label, 0.9, 0.3, 10.0,
+                                    features=feats[i])])
+
+    first = _learning_stage(features=4, save_to=prof)
+    first.fault_labels = frozenset({"inner_021"})
+    feed(first, 0, 188)
+    first.save_learning(final=True)
+    second = _learning_stage(features=4, save_to=prof)
+    second.fault_labels = first.fault_labels
+    second.resume()
+    feed(second, 188, 600)
+    assert second.state["m0"] == "monitoring"
+    n = int(np.ceil(20 * 12000 / 512)) + 1
+    said = [msg for _, msg in second.notes if "labelled" in msg]
+    assert len(said) == 1 and said[0].startswith(f"the model labelled {100 * 80 / n:.0f} % "), said

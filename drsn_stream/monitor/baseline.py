@@ -99,8 +99,8 @@ def read_learnings(path: str | Path, streams: set[str] | None = None) -> tuple[d
                 if streams is None or row["id"] in streams:
                     out[row["id"]] = {"features": z[f"features{k}"], "times": z[f"times{k}"],
                                       "seen": row.get("seen"), "stride": row.get("stride"),
-                                      "left_out": row.get("left_out", 0), "hop": head.get("hop"),
-                                      "sample_rate": head.get("sample_rate")}
+                                      "left_out": row.get("left_out", 0), "labelled": row.get("labelled"),
+                                      "hop": head.get("hop"), "sample_rate": head.get("sample_rate")}
     except FileNotFoundError:
         raise
     except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
@@ -451,7 +451,13 @@ class BaselineStage:
         n, seen, stride = so_far.n, so_far.seen, so_far.stride
         return {"learning": {"features": so_far.feats[:n].copy(), "times": so_far.times[:n].copy(),
                              "seen": seen, "stride": stride, "left_out": int(self.left_out.get(stream, 0)),
+                             "labelled": self._labelled_of(stream),
                              "hop": self.hop, "sample_rate": int(self.profile.sample_rate)}}
+
+    def _labelled_of(self, stream: str) -> dict[str, Any]:
+        """What the model labelled a stream's learning windows so far, for the next run or host."""
+        counted, faults = self._labelled.get(stream) or (0, {})
+        return {"windows": counted, "faults": dict(faults)}
 
     def adopt(self, stream: str, table: dict[str, Any]) -> None:
         """Monitor ``stream`` on a baseline learned elsewhere (``export``'s dict, from another
@@ -517,9 +523,28 @@ class BaselineStage:
                 carried.add(here.feats[k], float(here.times[k]))
         self._learning[stream] = carried
         self.left_out[stream] = self.left_out.get(stream, 0) + left_out
+        self._carry_labelled(stream, d.get("labelled"), seen)
         self._learning_due = True  # in this monitor's learning file at once, not a minute later
         self.notes.append((stream, f"learning the baseline on from {seen} windows learned {whence}"))
         self.state[stream] = "learning"
+
+    def _carry_labelled(self, stream: str, d: Any, seen: int) -> None:
+        """Adds what the model labelled a learning's windows elsewhere (``_labelled_of``) to this
+        stage's count; one that does not add up is left out (it only feeds a note)."""
+        if not isinstance(d, dict):
+            return
+        windows, faults = d.get("windows"), d.get("faults")
+        if not (isinstance(windows, int) and not isinstance(windows, bool) and 0 <= windows <= seen
+                and isinstance(faults, dict) and len(faults) <= 1024
+                and all(isinstance(k, str) and k.isprintable() and len(k) <= 256 and isinstance(v, int)
+                        and not isinstance(v, bool) and v >= 0 for k, v in faults.items())
+                and sum(faults.values()) <= windows):
+            return
+        counted, here = self._labelled.get(stream) or (0, {})
+        merged = dict(faults)
+        for label, n in here.items():
+            merged[label] = merged.get(label, 0) + n
+        self._labelled[stream] = (counted + windows, merged)
 
     def apply(self, preds: list[Prediction]) -> None:
         """Sets ``anomaly`` on every prediction of a stream that has a baseline (one vectorized
@@ -751,10 +776,11 @@ class BaselineStage:
         def entry(feats: np.ndarray, times: np.ndarray, seen: Any, stride: Any, left_out: Any) -> dict[str, Any]:
             return {"features": feats, "times": times, "seen": seen, "stride": stride, "left_out": left_out}
 
-        active = {sid: entry(so_far.feats[: so_far.n].copy(), so_far.times[: so_far.n].copy(), so_far.seen,
-                             so_far.stride, int(self.left_out.get(sid, 0)))
+        active = {sid: {**entry(so_far.feats[: so_far.n].copy(), so_far.times[: so_far.n].copy(), so_far.seen,
+                                so_far.stride, int(self.left_out.get(sid, 0))), "labelled": self._labelled_of(sid)}
                   for sid, so_far in list(self._learning.items()) if so_far.n}
-        waiting = {sid: entry(d["features"], d["times"], d["seen"], d["stride"], d["left_out"])
+        waiting = {sid: {**entry(d["features"], d["times"], d["seen"], d["stride"], d["left_out"]),
+                         "labelled": d.get("labelled")}
                    for sid, d in list(self._resumed.items())}  # read from the file, never written to
         return active, waiting, set(self.profile.streams) | self._forgot_learning
 
@@ -794,7 +820,8 @@ class BaselineStage:
             else:
                 rows, arrays = [], {}
                 for k, (sid, d) in enumerate(entries.items()):
-                    rows.append({"id": sid, "seen": d["seen"], "stride": d["stride"], "left_out": d["left_out"]})
+                    rows.append({"id": sid, "seen": d["seen"], "stride": d["stride"], "left_out": d["left_out"],
+                                 **({"labelled": d["labelled"]} if d.get("labelled") is not None else {})})
                     arrays[f"features{k}"], arrays[f"times{k}"] = d["features"], d["times"]
                 head = {"format": LEARNING_FORMAT, "version": 1, **self._setup(), "streams": rows}
                 meta = np.frombuffer(json.dumps(head).encode("utf-8"), dtype=np.uint8)
