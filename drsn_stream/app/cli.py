@@ -101,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                            "`drsn-stream baseline learn`): predictions gain `anomaly`, 1.0 = threshold; "
                                            "with --learn, the baselines learned live are saved in it too (made if missing)")
     a("--learn", metavar="DURATION", help="learn each stream without a baseline for DURATION (e.g. 10m, 90s) of its "
-                                         "own data, then monitor it for deviations (kept over restarts with --baseline FILE)")
+                                         "own data, then monitor it for deviations (with --baseline FILE the baselines and the learnings under way are kept over restarts)")
 
 
 class Flag(NamedTuple):
