@@ -604,10 +604,11 @@ class BaselineStage:
                                         "(learn one, or map the stream with ?stream=ID on the source)"))
             return
         so_far = self._learning.get(sid)
-        if so_far is None and sid in self._resumed:
+        # (popped with a default: the learnings' writer thread drops one the file no longer holds)
+        taken = self._resumed.pop(sid, None) if so_far is None else None
+        if taken is not None:
             try:
-                self._adopt_learning(sid, self._resumed.pop(sid), where=f"in {self.learning_to}",
-                                     whence="before the restart")
+                self._adopt_learning(sid, taken, where=f"in {self.learning_to}", whence="before the restart")
             except ConfigError as exc:
                 self.notes.append((sid, str(exc)))
             so_far = self._learning.get(sid)
