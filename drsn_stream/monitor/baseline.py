@@ -447,17 +447,18 @@ class BaselineStage:
         so_far = self._learning.get(stream) if learning else None
         if so_far is None or not so_far.n:
             return None
-        # copies (the output thread may still add a window in flight after the drain)
-        n, seen, stride = so_far.n, so_far.seen, so_far.stride
-        return {"learning": {"features": so_far.feats[:n].copy(), "times": so_far.times[:n].copy(),
-                             "seen": seen, "stride": stride, "left_out": int(self.left_out.get(stream, 0)),
-                             "labelled": self._labelled_of(stream),
+        return {"learning": {**self._learning_dict(stream, so_far),
                              "hop": self.hop, "sample_rate": int(self.profile.sample_rate)}}
 
-    def _labelled_of(self, stream: str) -> dict[str, Any]:
-        """What the model labelled a stream's learning windows so far, for the next run or host."""
+    def _learning_dict(self, stream: str, so_far: _Learning) -> dict[str, Any]:
+        """A stream's learning so far as ``adopt`` takes it (less the hop and rate), for the next
+        host or the learning file: copies of its arrays (the output thread may still add a window),
+        and what the model labelled its windows."""
+        n = so_far.n
         counted, faults = self._labelled.get(stream) or (0, {})
-        return {"windows": counted, "faults": dict(faults)}
+        return {"features": so_far.feats[:n].copy(), "times": so_far.times[:n].copy(), "seen": so_far.seen,
+                "stride": so_far.stride, "left_out": int(self.left_out.get(stream, 0)),
+                "labelled": {"windows": counted, "faults": dict(faults)}}
 
     def adopt(self, stream: str, table: dict[str, Any]) -> None:
         """Monitor ``stream`` on a baseline learned elsewhere (``export``'s dict, from another
@@ -529,16 +530,13 @@ class BaselineStage:
         self.state[stream] = "learning"
 
     def _carry_labelled(self, stream: str, d: Any, seen: int) -> None:
-        """Adds what the model labelled a learning's windows elsewhere (``_labelled_of``) to this
+        """Adds what the model labelled a learning's windows elsewhere (``_learning_dict``) to this
         stage's count; one that does not add up is left out (it only feeds a note)."""
-        if not isinstance(d, dict):
-            return
-        windows, faults = d.get("windows"), d.get("faults")
-        if not (isinstance(windows, int) and not isinstance(windows, bool) and 0 <= windows <= seen
-                and isinstance(faults, dict) and len(faults) <= 1024
-                and all(isinstance(k, str) and k.isprintable() and len(k) <= 256 and isinstance(v, int)
-                        and not isinstance(v, bool) and v >= 0 for k, v in faults.items())
-                and sum(faults.values()) <= windows):
+        try:
+            windows, faults = _count(d["windows"], "windows", seen), dict(d["faults"])
+            if len(faults) > 1024 or sum(_count(v, _text(k, "label")) for k, v in faults.items()) > windows:
+                raise ValueError("more windows labelled than counted")
+        except (KeyError, TypeError, ValueError):
             return
         counted, here = self._labelled.get(stream) or (0, {})
         merged = dict(faults)
@@ -723,7 +721,6 @@ class BaselineStage:
         if self.learning_to is None or self.learn_s is None or self.save_to is None:
             return
         path = self.learning_to
-        want = self._setup()
         try:
             head, learnings = read_learnings(path)
         except FileNotFoundError:
@@ -731,9 +728,8 @@ class BaselineStage:
         except ConfigError as exc:
             self.notes.append(("*", f"{exc}; the streams learn anew and the file is written over"))
             return
-        got = {k: head.get(k) for k in want}
-        if got != want:
-            diff = ", ".join(f"{k} {got[k]!r} (here {v!r})" for k, v in want.items() if got[k] != v)
+        diff = self._setup_diff(head)
+        if diff:
             self.notes.append(("*", f"the baseline learnings in {path} are of another set-up ({diff[:300]}); "
                                     "the streams learn anew and the file is written over"))
             return
@@ -774,21 +770,19 @@ class BaselineStage:
         those learning here (copies: they learn on meanwhile), those taken up from the last run
         whose stream has not come yet, and the streams to leave out of the file (learned here,
         or forgotten)."""
-        def entry(feats: np.ndarray, times: np.ndarray, seen: Any, stride: Any, left_out: Any) -> dict[str, Any]:
-            return {"features": feats, "times": times, "seen": seen, "stride": stride, "left_out": left_out}
-
-        active = {sid: {**entry(so_far.feats[: so_far.n].copy(), so_far.times[: so_far.n].copy(), so_far.seen,
-                                so_far.stride, int(self.left_out.get(sid, 0))), "labelled": self._labelled_of(sid)}
-                  for sid, so_far in list(self._learning.items()) if so_far.n}
-        waiting = {sid: {**entry(d["features"], d["times"], d["seen"], d["stride"], d["left_out"]),
-                         "labelled": d.get("labelled")}
-                   for sid, d in list(self._resumed.items())}  # read from the file, never written to
+        active = {sid: self._learning_dict(sid, so_far) for sid, so_far in list(self._learning.items()) if so_far.n}
+        waiting = dict(self._resumed)  # as read from the file, never written to
         return active, waiting, set(self.profile.streams) | self._forgot_learning
 
     def _setup(self) -> dict[str, Any]:
+        """What a learning file's windows must be of to be learned on here (its header's)."""
         p = self.profile
         return {"model": p.model, "model_digest": p.model_digest, "sample_rate": int(p.sample_rate),
                 "window": int(p.window), "hop": self.hop}
+
+    def _setup_diff(self, head: dict[str, Any]) -> str:
+        """How a learning file's header differs from ``_setup`` ("" where it does not)."""
+        return ", ".join(f"{k} {head.get(k)!r} (here {v!r})" for k, v in self._setup().items() if head.get(k) != v)
 
     def _write_learning(self, path: Path, active: dict[str, dict[str, Any]], waiting: dict[str, dict[str, Any]],
                         leave_out: set[str]) -> None:
@@ -802,11 +796,12 @@ class BaselineStage:
             if self.save_to is not None:
                 try:
                     head, disk = read_learnings(path)
+                    ours = not self._setup_diff(head)
                 except FileNotFoundError:
-                    head, disk = self._setup(), {}
+                    disk, ours = {}, True
                 except ConfigError:  # damaged: written over, with what this monitor has
-                    head, disk = {}, {}
-                if {k: head.get(k) for k in self._setup()} == self._setup():
+                    disk, ours = {}, False
+                if ours:  # (else damaged, or of another set-up: written over with this monitor's)
                     # a waiting stream the file no longer holds was learned (or retired) by the
                     # monitor it belongs to, or the file removed: not written back, not taken up
                     for sid in set(waiting) - set(disk):
