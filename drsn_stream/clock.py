@@ -46,10 +46,14 @@ class WallSteps:
 
     def recent(self, within: float) -> tuple[float, float] | None:
         """The latest ``(step, bound)`` ``check`` found (it looks first), if it found it within the
-        last ``within`` seconds."""
+        last ``within`` seconds, the bound as ``before_step`` takes it now: before a step back,
+        the wall time now (a stamp taken before a step back is ahead of the clock until it passes
+        it again; the bound found at the step would take the stamps taken since, once it has)."""
         self.check()
         step, bound, found = self._last
-        return (step, bound) if time.monotonic() - found < within else None
+        if time.monotonic() - found >= within:
+            return None
+        return (step, bound) if step > 0 else (step, time.time())
 
 
 def before_step(stamps: np.ndarray | float, step: float, bound: float) -> np.ndarray | bool:

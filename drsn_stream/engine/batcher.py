@@ -203,13 +203,11 @@ class MicroBatcher:
     def _drop_stale(self) -> None:
         if self.stale <= 0 or not self._q:
             return
-        now = self._clock()
-        limit = now - self.stale
+        limit = self._clock() - self.stale
         stepped = self._steps.recent(STEP_GRACE_S) if self._steps is not None else None
         while self._q:
             t = self._q[0].t_ready
-            # formed before a step (before a step back: "after" now), its age is without the step
-            if stepped is not None and before_step(t, stepped[0], stepped[1] if stepped[0] > 0 else now):
+            if stepped is not None and before_step(t, *stepped):  # formed before a step: aged without it
                 t += stepped[0]
             if t >= limit:
                 break

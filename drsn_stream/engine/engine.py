@@ -199,14 +199,11 @@ class InferenceLoop(threading.Thread):
         latency_ms = (t_done - since) * 1000.0
         stepped = self._steps.recent(STEP_GRACE_S)
         if stepped is not None:  # latency measured from a stamp taken before a step of the wall clock
-            step, bound = stepped
             # The stamp latency runs from decides, not when the window was formed: samples
             # captured before a step and formed into a window after it are as late as they were.
-            # Before a step back a stamp taken before it is "after" now (the bound found at the
-            # step would take the stamps taken since, once the clock passes it again). A sender
-            # whose clock did not step reads what this host's would without the step, so its
-            # stamps part at the same bound.
-            latency_ms[before_step(since, step, bound if step > 0 else t_done)] -= step * 1000.0
+            # A sender whose clock did not step reads what this host's would without the step,
+            # so its stamps part at the same bound.
+            latency_ms[before_step(since, *stepped)] -= stepped[0] * 1000.0
         preds = predictions_from(batch, probs, noise, self.labels, levels=levels, latency_ms=latency_ms,
                                  t_batched=t_batched, t_done=t_done, features=handle.features)
         self.stats.record_batch([w.stream_id for w in batch], latency_ms, t_done - t_batched)
