@@ -324,10 +324,14 @@ def _learning_stage(**kw: object) -> BaselineStage:
     return BaselineStage(None, learn_s=20.0, model="m", digest="d", sample_rate=12000, window=2048, hop=512, **kw)
 
 
+def _window(sid: str, i: int, f: np.ndarray, label: str = "normal") -> Prediction:
+    """Window ``i`` of a stream at a hop of 512 samples at 12 kHz, its pooled features ``f``."""
+    return Prediction(sid, i, i * 512 / 12000, np.array([0.9, 0.1]), label, 0.9, 0.3, 10.0, features=f)
+
+
 def _feed(stage: BaselineStage, feats: np.ndarray, first: int = 0) -> None:
-    hop_s = 512 / 12000
     for i, f in enumerate(feats, start=first):
-        stage.apply([Prediction("m0", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
+        stage.apply([_window("m0", i, f)])
 
 
 def test_a_learning_handed_over_midway_gives_the_baseline_one_host_would_have_learned() -> None:
@@ -456,11 +460,10 @@ def test_two_monitors_learning_into_one_profile_keep_each_others_streams(tmp_pat
     prof = tmp_path / "plant.json"
     a, b = _learning_stage(features=4, save_to=prof), _learning_stage(features=4, save_to=prof)
     rng = np.random.default_rng(2)
-    hop_s = 512 / 12000
 
     def feed(stage: BaselineStage, sid: str) -> None:
         for i, f in enumerate(rng.standard_normal((520, 4)).astype(np.float32)):
-            stage.apply([Prediction(sid, i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
+            stage.apply([_window(sid, i, f)])
 
     feed(a, "gw1/m0")
     feed(b, "gw2/m0")
@@ -588,7 +591,7 @@ def test_learnings_are_saved_while_they_run_and_one_of_another_set_up_is_not_tak
         assert z["features0"].shape == (40, 4)  # saved as it learned, no end of the run needed
     later = _learning_stage(features=4, save_to=prof)
     later.resume()
-    later.apply([Prediction("m1", 0, 0.0, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=feats[0])])
+    later.apply([_window("m1", 0, feats[0])])
     later._writer.join()
     with np.load(bl.learning_path(prof), allow_pickle=False) as z:  # m0 waits for its stream, m1 learns
         head = json.loads(bytes(z["meta"]))
@@ -630,10 +633,9 @@ def test_a_baseline_learned_on_windows_the_model_labels_a_fault_is_said(faulty: 
     stage = _learning_stage(features=4)
     stage.fault_labels = frozenset({"inner_021", "ball_021"})
     feats = np.random.default_rng(7).standard_normal((600, 4)).astype(np.float32)
-    hop_s = 512 / 12000
     for i, f in enumerate(feats):
         label = "inner_021" if i % 100 < faulty else "normal"
-        stage.apply([Prediction("m0", i, i * hop_s, np.array([0.9, 0.1]), label, 0.9, 0.3, 10.0, features=f)])
+        stage.apply([_window("m0", i, f, label)])
     assert stage.state["m0"] == "monitoring"
     said = [msg for _, msg in stage.notes if "labelled" in msg]
     if faulty < 10:
@@ -652,11 +654,9 @@ def test_two_monitors_learning_into_one_profile_keep_each_others_learnings(tmp_p
     prof = tmp_path / "plant.json"
     a, b = _learning_stage(features=4, save_to=prof), _learning_stage(features=4, save_to=prof)
     rng = np.random.default_rng(8)
-    hop_s = 512 / 12000
     for i, f in enumerate(rng.standard_normal((60, 4)).astype(np.float32)):
-        a.apply([Prediction("m0", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
-        b.apply([Prediction("p0", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f),
-                 Prediction("p1", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
+        a.apply([_window("m0", i, f)])
+        b.apply([_window("p0", i, f), _window("p1", i, f)])
     a.save_learning(final=True)
     b.save_learning(final=True)
     a.save_learning(final=True)
@@ -674,7 +674,7 @@ def test_two_monitors_learning_into_one_profile_keep_each_others_learnings(tmp_p
     a2.resume()
     assert list(a2._resumed) == ["p0"]
     for i, f in enumerate(rng.standard_normal((500, 4)).astype(np.float32), start=60):
-        b.apply([Prediction("p0", i, i * hop_s, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=f)])
+        b.apply([_window("p0", i, f)])
     assert "p0" in b.profile.streams
     b.save_learning(final=True)
     a2.save_learning(final=True)
@@ -686,14 +686,12 @@ def test_the_fault_labels_of_a_learning_go_with_it_over_a_restart(tmp_path: Path
     the run that learns on says the share over all its windows (before, only over its own, and
     a fault during the first run was never said)."""
     prof = tmp_path / "plant.json"
-    hop_s = 512 / 12000
     feats = np.random.default_rng(9).standard_normal((600, 4)).astype(np.float32)
 
     def feed(stage: BaselineStage, lo: int, hi: int) -> None:
         for i in range(lo, hi):
             label = "inner_021" if i < 188 and i % 100 < 40 else "normal"
-            stage.apply([Prediction("m0", i, i * hop_s, np.array([0.9, 0.1]), label, 0.9, 0.3, 10.0,
-                                    features=feats[i])])
+            stage.apply([_window("m0", i, feats[i], label)])
 
     first = _learning_stage(features=4, save_to=prof)
     first.fault_labels = frozenset({"inner_021"})
