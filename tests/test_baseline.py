@@ -326,7 +326,7 @@ def _learning_stage(**kw: object) -> BaselineStage:
 
 def _window(sid: str, i: int, f: np.ndarray, label: str = "normal") -> Prediction:
     """Window ``i`` of a stream at a hop of 512 samples at 12 kHz, its pooled features ``f``."""
-    return Prediction(sid, i, i * 512 / 12000, np.array([0.9, 0.1]), label, 0.9, 0.3, 10.0, features=f)
+    return Prediction(sid, i, i * (512 / 12000), np.array([0.9, 0.1]), label, 0.9, 0.3, 10.0, features=f)
 
 
 def _feed(stage: BaselineStage, feats: np.ndarray, first: int = 0) -> None:
