@@ -625,6 +625,54 @@ def test_a_learning_that_cannot_be_saved_is_said_once_and_learning_goes_on(tmp_p
     assert stage.state["m0"] == "monitoring"
 
 
+def test_a_folder_where_the_learnings_are_kept_is_said_as_such_and_learning_goes_on(tmp_path: Path,
+                                                                                     cli_in_process) -> None:
+    """A folder in the way of ``plant.learning.npz`` (a mistaken mkdir, a mount point): the
+    monitor says it is a folder and to move it away, not that the file will be written over (it
+    cannot be); the stream learns to its baseline all the same, and ``baseline show`` says so too."""
+    prof = tmp_path / "plant.json"
+    folder = learning_path(prof)
+    folder.mkdir()
+    stage = _learning_stage(features=4, save_to=prof)
+    stage.resume()
+    said = [msg for _, msg in stage.notes if str(folder) in msg]
+    assert len(said) == 1 and "is a folder" in said[0] and "move it away" in said[0], stage.notes
+    assert "written over" not in said[0]
+    feats = np.random.default_rng(11).standard_normal((600, 4)).astype(np.float32)
+    _feed(stage, feats[:50])
+    stage.save_learning(final=True)
+    failed = [msg for _, msg in stage.notes if "cannot save the baselines being learned" in msg]
+    assert stage.learning_save_failures == 1 and len(failed) == 1, stage.notes
+    assert "move the folder at that path away" in failed[0] and "free space" not in failed[0]
+    _feed(stage, feats[50:], first=50)
+    assert stage.state["m0"] == "monitoring"
+    stage.save_learning(final=True)  # nothing left learning: nothing of ours to remove, no failure
+    assert stage.learning_save_failures == 1 and folder.is_dir()
+    shown = cli_in_process("baseline", "show", str(prof))
+    assert shown.returncode == 0, shown.stderr
+    assert f"{folder} is a folder" in shown.stdout and "writes it over" not in shown.stdout, shown.stdout
+
+
+def test_baseline_show_gives_when_a_learning_began_and_ended_not_a_span_that_hides_a_restart(tmp_path: Path,
+                                                                                              cli_in_process) -> None:
+    """A baseline learned over two runs a day apart (a learning taken up after a restart): `baseline
+    show` gives the first and the last window's capture times, where it said "86400 s from ..." as
+    if a day of signal had been learned; a replay's baseline gives the recording's seconds."""
+    feats = np.random.default_rng(12).standard_normal((300, 4))
+    t0 = 1_796_428_800.0  # 2026-12-05 00:00:00 UTC
+    hop_s = 512 / 12000
+    times = t0 + np.r_[np.arange(150) * hop_s, 86_400 + np.arange(150) * hop_s]
+    prof = tmp_path / "plant.json"
+    Profile("m", "d", 12000, 2048, 512, {"live": fit_stream(feats, times), "replay": fit_stream(feats, times - t0)}
+            ).save(prof)
+    shown = cli_in_process("baseline", "show", str(prof))
+    assert shown.returncode == 0, shown.stderr
+    rows = {ln.split(":")[0].strip(): ln for ln in shown.stdout.splitlines() if ln.startswith("  ")}
+    assert "learned 2026-12-05 00:00:00 to 2026-12-06 00:00:06 UTC" in rows["live"], shown.stdout
+    assert "0.0-86406.4 s of a replay" in rows["replay"], shown.stdout
+    assert " s from " not in shown.stdout
+
+
 @pytest.mark.parametrize("faulty", [0, 4, 40])
 def test_a_baseline_learned_on_windows_the_model_labels_a_fault_is_said(faulty: int) -> None:
     """A machine learned while faulty takes its fault for normal, and its baseline then never

@@ -11,7 +11,7 @@ from pathlib import Path
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.config import arg_number
 from drsn_stream.errors import ConfigError
-from drsn_stream.monitor.baseline import Profile, learning_path, read_learnings
+from drsn_stream.monitor.baseline import Profile, StreamBaseline, learning_path, read_learnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,11 +67,19 @@ def describe(profile: Profile, where: str) -> str:
     lines = [f"{where}: baseline of model {profile.model} (weights {profile.model_digest[:12]}), "
              f"{profile.sample_rate} Hz, window {profile.window}, hop {profile.hop}, created {profile.created or 'now'}"]
     for sid, b in sorted(profile.streams.items()):
-        span = b.learned_to - b.learned_from
-        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.learned_from)) if b.learned_from > 1e9 else "replay"
-        lines.append(f"  {sid}: {b.windows} windows ({b.held_back} held back), {span:.1f} s from {when}; "
+        lines.append(f"  {sid}: {b.windows} windows ({b.held_back} held back), {_learned_when(b)}; "
                      f"threshold {b.threshold:.3g} (Mahalanobis distance of {b.gaussian.mean.size} features)")
     return "\n".join(lines)
+
+
+def _learned_when(b: StreamBaseline) -> str:
+    """When a baseline's first and last learning windows were captured: both ends, not a span as
+    a duration (a learning taken up after a restart spans the time between the runs too)."""
+    if b.learned_from <= 1e9:  # the recording's own clock (a replay)
+        return f"{b.learned_from:.1f}-{b.learned_to:.1f} s of a replay"
+    first, last = time.gmtime(b.learned_from), time.gmtime(b.learned_to)
+    end = "%H:%M:%S" if first[:3] == last[:3] else "%Y-%m-%d %H:%M:%S"
+    return f"learned {time.strftime('%Y-%m-%d %H:%M:%S', first)} to {time.strftime(end, last)} UTC"
 
 
 def show(path: Path) -> str:
@@ -82,6 +90,9 @@ def show(path: Path) -> str:
         lines = [describe(Profile.load(path), str(path))]  # none of either: Profile.load says so
     else:
         lines = [f"{path}: no baseline learned yet"]
+    if beside.is_dir():
+        return "\n".join([*lines, f"{beside} is a folder: --learn cannot keep the baselines being learned there "
+                                   "over a restart; move it away"])
     if beside.exists():
         try:
             head, learnings = read_learnings(beside)

@@ -721,6 +721,10 @@ class BaselineStage:
         if self.learning_to is None or self.learn_s is None or self.save_to is None:
             return
         path = self.learning_to
+        if path.is_dir():  # nothing to take up, nor to write over: said, and the saves fail until it moves
+            self.notes.append(("*", f"{path} is a folder, where the baselines being learned are kept over a restart; "
+                                    "move it away to keep them (the streams learn meanwhile)"))
+            return
         try:
             head, learnings = read_learnings(path)
         except FileNotFoundError:
@@ -812,7 +816,8 @@ class BaselineStage:
             for sid in leave_out:
                 entries.pop(sid, None)
             if not entries:
-                path.unlink(missing_ok=True)
+                if not path.is_dir():  # (a folder in its place: nothing of ours to remove)
+                    path.unlink(missing_ok=True)
             else:
                 rows, arrays = [], {}
                 for k, (sid, d) in enumerate(entries.items()):
@@ -828,9 +833,9 @@ class BaselineStage:
             self._next_learning_save = t0 + max(SAVE_RETRY_S, LEARNING_SAVE_S)
             if self.learning_save_failures == 1:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+                fix = "move the folder at that path away" if path.is_dir() else "free space there or check the folder"
                 self.notes.append(("*", f"cannot save the baselines being learned to {path} "
-                                        f"({why}); learning goes on, and the save is tried again: "
-                                        "free space there or check the folder"))
+                                        f"({why}); learning goes on, and the save is tried again: {fix}"))
             return
         self._forgot_learning.difference_update(leave_out)  # out of the file now
         self._learning_on_disk = bool(entries)
