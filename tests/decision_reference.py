@@ -44,8 +44,8 @@ class ReferenceDecisions:
             return []
         st.healthy = True
         st.refused = p.model_label is not None and p.label == REFUSED
-        if st.refused:
-            self._blank(st, REFUSED)
+        if st.refused:  # no evidence for a label; its anomaly score, where it has one, is
+            self._blank(st, REFUSED, debounce=st.anomaly is None)
             if st.anomaly is None:
                 return []
         else:
@@ -53,10 +53,12 @@ class ReferenceDecisions:
         return self._step(p.stream_id, st, t)
 
     @staticmethod
-    def _blank(st: RefStream, label: str) -> None:
+    def _blank(st: RefStream, label: str, *, debounce: bool = True) -> None:
         st.history.clear()
         st.psum = st.ema = st.probs = None
-        st.label, st.confidence, st.pending_count = label, 0.0, 0
+        st.label, st.confidence = label, 0.0
+        if debounce:
+            st.pending_count = 0
 
     def _smooth(self, st: RefStream, probs: np.ndarray) -> None:
         cfg = self.config

@@ -211,6 +211,26 @@ def test_alarm_held_while_sensor_is_unhealthy_and_history_restarts():
     assert engine.state("m0").label == "normal" and engine.state("m0").level == Level.NORMAL
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_a_machine_the_model_refuses_every_window_of_is_still_alarmed_on_by_its_anomaly(mixed):
+    # a machine unlike the training rig (another rig, a sensor at another place): the model says
+    # "unknown" for every window, and only the learned baseline's anomaly speaks. It must raise the
+    # alarm after set_windows windows and clear it after clear_windows, as it does where the model
+    # names a label; each refused window restarted the debounce, so such a machine never alarmed
+    cfg = raw(set_windows=3, clear_windows=4, anomaly_danger=None)
+    engine = DecisionEngine(BEARING, cfg)
+    levels = []
+    for i, score in enumerate([5.0] * 5 + [0.2] * 6):
+        p = pred("normal", 0.9, float(i))
+        if not mixed or i % 2:  # mixed: the model names its label every other window
+            p.model_label, p.label = p.label, "unknown"
+        p.anomaly = score
+        engine.update(p, healthy=True)
+        levels.append(engine.state("m0").level)
+    assert levels == [Level.NORMAL] * 2 + [Level.ALERT] * 6 + [Level.NORMAL] * 3, levels
+    assert engine.state("m0").label == ("normal" if mixed else "unknown")
+
+
 def test_majority_vote_ignores_a_single_outlier_window():
     engine = DecisionEngine(BEARING, DecisionConfig.for_labels(BEARING, window_count=5, set_windows=1))
     feed(engine, [("normal", 0.9)] * 4 + [("ball_021", 0.99)] + [("normal", 0.9)])

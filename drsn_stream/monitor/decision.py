@@ -621,8 +621,11 @@ class DecisionEngine:
         evidence = evidence_all[rows]
         refused = refused_all[rows] & evidence
         # no evidence either way (a sick sensor, non-finite scores, a refused label): keep the
-        # level, forget the history, restart the debounce; a refused label shows "unknown"
+        # level, forget the history, restart the debounce; a refused label shows "unknown". A
+        # refused label's anomaly score is evidence still: its debounce goes on (restarted, a
+        # machine unlike any the model knows, every window refused, never alarmed on deviation)
         blank = ~evidence | refused
+        speaks = refused & ~np.isnan(an)
         T.healthy[s] = evidence  # a refused label comes from a healthy sensor
         if blank.any():
             sb = s[blank]
@@ -632,13 +635,13 @@ class DecisionEngine:
             T.has_probs[sb] = False
             T.label[sb] = np.where(refused[blank], 1, 0)
             T.confidence[sb] = 0.0
-            T.pending_count[sb] = 0
+            T.pending_count[s[blank & ~speaks]] = 0
         T.refused[s[evidence]] = refused[evidence]
         vote = ~blank
         if vote.any():
             self._smooth(s[vote], probs[rows][vote], windows[vote])
         # stepped: every evidence window, a refused label only where an anomaly score speaks
-        step = vote | (refused & ~np.isnan(an))
+        step = vote | speaks
         if step.any():
             self._step(s[step], t[step], np.flatnonzero(step) if isinstance(rows, slice) else rows[step],
                        predictions, out_events)

@@ -88,8 +88,10 @@ def _decide_py(slots, probs, t_in, level_in, noise_in, anomaly_in, refused_in, e
         evidence = evidence_in[i]
         refused = refused_in[i] and evidence
         # no evidence either way (a sick sensor, non-finite scores, a refused label): keep the
-        # level, forget the history, restart the debounce; a refused label shows "unknown"
+        # level, forget the history, restart the debounce; a refused label shows "unknown" (its
+        # anomaly score is evidence still: the debounce goes on)
         blank = (not evidence) or refused
+        speaks = refused and not math.isnan(an)
         healthy[s] = evidence  # a refused label comes from a healthy sensor
         if blank:
             hist_len[s] = 0
@@ -98,7 +100,8 @@ def _decide_py(slots, probs, t_in, level_in, noise_in, anomaly_in, refused_in, e
             has_probs[s] = False
             label[s] = 1 if refused else 0
             confidence[s] = 0.0
-            pending_count[s] = 0
+            if not speaks:
+                pending_count[s] = 0
         if evidence:
             refused_c[s] = refused
         if not blank:  # the smoothing
@@ -169,7 +172,7 @@ def _decide_py(slots, probs, t_in, level_in, noise_in, anomaly_in, refused_in, e
             confidence[s] = sums[top]
         ev_from[i] = -1
         # stepped: every evidence window, a refused label only where an anomaly score speaks
-        if (not blank) or (refused and not math.isnan(an)):
+        if (not blank) or speaks:
             cond = cond_c[s]
             episode = episode_c[s]
             long_episode = (not math.isnan(episode)) and t - episode >= danger_after
