@@ -224,17 +224,28 @@ def test_a_refused_label_raises_no_alarm_and_shows_unknown() -> None:
     assert found[UNKNOWN] == 0.0 and found["ball_014"] == 1.0
 
 
-def test_the_monitor_calls_a_sine_unknown_and_raises_no_alarm(tmp_path: Path, cli_in_process) -> None:
+@pytest.mark.parametrize("learning", [False, True])
+def test_the_monitor_calls_a_sine_unknown_and_raises_no_alarm(tmp_path: Path, cli_in_process, learning: bool) -> None:
+    # and says once that the stream's labels say nothing and only a learned baseline would alarm
+    # on it (an engineer seeing "unknown" on every window had no word of what to do); not while
+    # a baseline is being learned for it
     t = np.arange(12000 * 4) / 12000
     wav = tmp_path / "sine.wav"
     scipy.io.wavfile.write(wav, 12000, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
-    res = cli_in_process("--source", f"file:{wav}", "--fast", "--headless", "--jsonl", "-")
+    extra = ["--learn", "60s", "--baseline", str(tmp_path / "p.json")] if learning else []
+    res = cli_in_process("--source", f"file:{wav}", "--fast", "--headless", "--jsonl", "-", *extra)
     assert res.returncode == 0, res.stderr
     objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     preds = [o for o in objs if o["type"] == "prediction"]
     assert preds and all(o["label"] == UNKNOWN and o["unknown_score"] > 1 and o["model_label"] for o in preds)
     assert not [o for o in objs if o["type"] == "alarm"]
     assert f"sine: {len(preds)} windows; unknown 100%" in res.stderr
+    said = [o for o in objs if o["type"] == "note" and "refused" in o["message"]]
+    if learning:
+        assert not said, said
+    else:
+        assert len(said) == 1 and said[0]["stream"] == "sine", said
+        assert said[0]["message"].startswith("the model refused 100% of this stream's ") and "--learn" in said[0]["message"]
 
 
 @pytest.mark.parametrize("kind", ["flat", "clipped"])

@@ -40,7 +40,7 @@ from drsn_stream.engine.procrunner import ProcessRunner
 from drsn_stream.engine.stats import EngineStats
 from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.models.meta import ArtifactMeta, load_validation, read_meta, resolve_artifact
-from drsn_stream.models.ood import UnknownDetector
+from drsn_stream.models.ood import UNKNOWN, UnknownDetector
 from drsn_stream.monitor.baseline import BaselineStage, Profile, weights_digest
 from drsn_stream.monitor.decision import DecisionEngine
 from drsn_stream.monitor.envelope import EnvelopeStage, has_geometry
@@ -59,6 +59,11 @@ SPEECH_MODEL = "digits-fsdd"
 WAITING_AFTER_S = 1.0  # a source silent this long after the start says what it waits for
 BEARING_MODEL = "bearing-cwru"
 FOLD_GONE = 256  # streams no longer monitored whose record is folded into the run's totals at once
+# a stream whose windows the model refuses ("unknown") this often, over at least this many, and
+# that no baseline watches, is said once: its labels say nothing, and only a baseline would alarm
+# (the check scans the run's tally, ~13 ms at 10,240 streams: at most 1/REFUSED_CHECK_SHARE of the
+# output thread's time, and only when windows were refused since the last one)
+REFUSED_SAID, REFUSED_MIN_WINDOWS, REFUSED_CHECK_S, REFUSED_CHECK_SHARE = 0.5, 64, 5.0, 1000
 
 
 def _cores() -> int:
@@ -236,6 +241,8 @@ class Pipeline:
         self.dropped_output = 0
         self.judge_cpu_s = 0.0  # output-thread CPU spent on the unknown label and the baseline
         self._tally: Counter[tuple[str, str]] = Counter()  # windows per (stream, label), label_counts
+        self._refused_said: set[str] = set()  # streams said to be refused (_say_refused)
+        self._next_refused_check, self._refused_checked = 0.0, 0
         # the run's record of streams no longer monitored (retired, left out by a new layout, handed
         # over): folded into totals every FOLD_GONE of them, so that it stays as large as the streams
         # monitored however many ids come and go
@@ -477,6 +484,9 @@ class Pipeline:
         if self.baseline is not None:
             self.baseline.save(final=True)  # the baselines learned in the last second
         self._baseline_notes()
+        if self.unknown is not None and self._running:  # (a replay may end before the first check)
+            self._say_refused()
+            self._say_notes(self._retire_notes)
         if self.capture is not None:
             self.capture.close()
         if self._running:
@@ -560,6 +570,35 @@ class Pipeline:
                     self._forget_retired()
             except Exception as exc:  # noqa: BLE001 - a sink failure is shown, not fatal
                 self._error(f"output: {one_line(exc)}")
+
+    def _say_refused(self) -> None:
+        """Says, once per stream, a stream whose windows the model mostly refuses and that no
+        baseline watches (learning or monitoring): a machine or sensor unlike the training rig,
+        whose labels say nothing and which nothing alarms on. (Every REFUSED_CHECK_S in the output
+        thread, and at the end of a run: a scan of the run's tally.)"""
+        assert self.unknown is not None
+        t0 = time.monotonic()
+        self._refused_checked = self.unknown.refused_total
+        totals: Counter[str] = Counter()
+        refused: dict[str, int] = {}
+        for (sid, label), n in list(self._tally.items()):
+            if sid not in self._refused_said:
+                totals[sid] += n
+                if label == UNKNOWN:
+                    refused[sid] = n
+        watched = self.baseline.state if self.baseline is not None else {}
+        for sid, n in refused.items():
+            total = totals[sid]
+            state = watched.get(sid, "")
+            if total < REFUSED_MIN_WINDOWS or n < REFUSED_SAID * total or state == "monitoring" or state.startswith("learning"):
+                continue
+            self._refused_said.add(sid)
+            self._retire_notes.append((sid, f"the model refused {n / total:.0%} of this stream's {total} windows "
+                                            "(unknown): the machine or its sensor is unlike those it was trained on, "
+                                            "so its labels say nothing here and no alarm is raised; learn its normal "
+                                            "to alarm on deviation (--learn 10m --baseline FILE, docs/own-machine.md)"))
+        now = time.monotonic()
+        self._next_refused_check = now + max(REFUSED_CHECK_S, REFUSED_CHECK_SHARE * (now - t0))
 
     def _on_retire(self, sid: str, ids: tuple[str, ...], line: str) -> None:
         """A stream ingest retired to make room for a new one (``Ingest.make_room``)."""
@@ -649,6 +688,7 @@ class Pipeline:
             return
         for key in [k for k in self._tally if k[0] in gone]:
             self.gone_tally[key[1]] += self._tally.pop(key)
+        self._refused_said -= gone  # (said again if it comes back refused)
         self.gone_streams += len(gone)
         self.batcher.forget(gone)
         self.events.forget(gone)
@@ -678,6 +718,9 @@ class Pipeline:
                     p.health = CHECK_SENSOR
         results = self.decisions.update_many(preds, oks)
         self._tally.update(zip(ids, [p.label if ok else "check_sensor" for p, ok in zip(preds, oks)]))
+        if (self.unknown is not None and self.unknown.refused_total != self._refused_checked
+                and time.monotonic() >= self._next_refused_check):
+            self._say_refused()
         if not self.outputs and self.detector is None:  # nothing per window but the alarms
             for events, _, _ in results:
                 if events:

@@ -105,6 +105,7 @@ class UnknownDetector:
     whiteners: np.ndarray
     threshold: float
     calibration: dict[str, Any] = field(default_factory=dict)
+    refused_total: int = field(default=0, compare=False, repr=False)  # windows ``refuse`` refused so far
 
     @property
     def features(self) -> int:
@@ -149,6 +150,7 @@ class UnknownDetector:
                 return
             x = np.array([p.features for p in rows])  # np.stack's rows, in fewer steps
         scores = self.score(x)
+        self.refused_total += int(np.count_nonzero(~(scores <= 1.0)))
         for p, sc in zip(rows, scores.tolist()):
             p.unknown_score = sc
             if not sc <= 1.0:  # NaN features are refused too
