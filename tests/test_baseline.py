@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from drsn_stream.monitor.baseline import (
     LEARN_KEEP,
     BaselineStage,
     Profile,
+    StreamBaseline,
     fit_stream,
     learning_path,
     min_windows,
@@ -334,6 +336,60 @@ def _feed(stage: BaselineStage, feats: np.ndarray, first: int = 0) -> None:
         stage.apply([_window("m0", i, f)])
 
 
+def test_a_machine_at_rest_is_judged_neither_normal_nor_deviating_and_its_level_is_learned() -> None:
+    """A machine that stops leaves its sensor's noise, far from its learned normal in every window:
+    judged on its features it raised DANGER at every stop. A window under a tenth of the level the
+    quietest 1 % of the learning windows had is "at rest": no anomaly, no label (the model's kept in
+    model_label), said once; the first window over it again is monitored as before. The level
+    travels with a learning (file, hand-over) and in the profile; a profile without it (an older
+    version) never rests."""
+    rng = np.random.default_rng(13)
+    feats = rng.standard_normal((700, 4)).astype(np.float32)
+    levels = rng.uniform(0.8, 1.2, 700)
+    first = _learning_stage(features=4)
+    for i in range(300):
+        p = _window("m0", i, feats[i])
+        p.level = float(levels[i])
+        first.apply([p])
+    carried = first.export("m0", learning=True)
+    assert carried is not None and carried["learning"]["levels"].shape == (300,)
+    stage = _learning_stage(features=4)
+    stage.adopt("m0", carried)  # learned on elsewhere: the levels come along
+    for i in range(300, 700):
+        p = _window("m0", i, feats[i])
+        p.level = float(levels[i])
+        stage.apply([p])
+    base = stage.profile.streams["m0"]
+    assert base.level_low == pytest.approx(np.percentile(levels[: base.windows], 1.0))
+    assert StreamBaseline.from_dict(json.loads(json.dumps(base.to_dict()))).level_low == base.level_low
+
+    def window(i: int, level: float, label: str = "inner_021") -> Prediction:
+        p = _window("m0", i, feats[i % 700] * 20, label)  # features far from normal
+        p.level = level
+        stage.apply([p])
+        return p
+
+    rest = [window(i, 0.05) for i in range(700, 705)]
+    assert all(p.anomaly is None and p.label == "unknown" and p.model_label == "inner_021" for p in rest)
+    assert stage.state["m0"] == "at rest"
+    running = window(705, 1.0)
+    assert running.anomaly is not None and running.anomaly > 1 and running.label == "inner_021"
+    assert stage.state["m0"] == "monitoring"
+    window(706, 0.05)
+    said = [msg for sid, msg in stage.notes if msg.startswith("at rest")]
+    assert len(said) == 1 and "no alarm raised or cleared" in said[0], stage.notes
+    # a profile of an older version (no level learned): never at rest
+    old = base.to_dict()
+    del old["level_low"]
+    assert math.isnan(StreamBaseline.from_dict(old).level_low)
+    with pytest.raises(ValueError, match="level_low"):
+        StreamBaseline.from_dict({**old, "level_low": -1.0})
+    # a hand-over's planted levels are refused, the stream learns anew
+    bad = {**carried["learning"], "levels": np.full(300, np.inf)}
+    with pytest.raises(ConfigError, match="levels"):
+        _learning_stage(features=4).adopt("m1", {"learning": bad})
+
+
 def test_a_learning_handed_over_midway_gives_the_baseline_one_host_would_have_learned() -> None:
     """A cluster host hands a stream over 8 s into its 20 s of learning: the next host learns on
     from those windows (``export(learning=True)`` -> ``adopt``) and fits the same baseline, on the
@@ -552,6 +608,41 @@ def test_a_machine_whose_every_window_the_model_refuses_is_alarmed_on_by_its_bas
     alarms = [o for o in objs if o["type"] == "alarm"]
     assert alarms and alarms[0]["to"] in ("ALERT", "DANGER"), alarms
     assert preds[-1]["level"] in ("ALERT", "DANGER")
+
+
+@pytest.mark.slow
+def test_a_machine_that_stops_raises_no_alarm_and_one_that_runs_faulty_after_does(tmp_path: Path,
+                                                                                 cli_in_process) -> None:
+    """Learned on the CWRU rig's normal recording, then 4 s of the sensor's noise alone (the
+    machine stopped: 1 mg RMS) and 6 s of its inner-race fault recording: the stop is said once as
+    "at rest", with no anomaly and no alarm (it was DANGER within a second: the noise is far from
+    the learned normal), and the fault after it raises the alarm."""
+    import scipy.io.wavfile
+
+    from drsn_stream.sources.file import read_recording
+
+    require_cwru()
+    prof = tmp_path / "p.json"
+    res = cli_in_process("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}", "--out", str(prof))
+    assert res.returncode == 0, res.stderr
+    fault, rate = read_recording(CWRU / "12k_Drive_End_IR014_1_170.mat")
+    assert rate == 12000
+    noise = 1e-3 * np.random.default_rng(14).standard_normal(4 * 12000)
+    wav = tmp_path / "stop_then_fault.wav"
+    scipy.io.wavfile.write(wav, 12000, np.concatenate([noise, fault[: 6 * 12000, 0]]).astype(np.float32))
+    res = cli_in_process("--source", f"file:{wav}?stream=normal_0_97", "--baseline", str(prof), "--fast",
+                         "--headless", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    preds = [o for o in objs if o["type"] == "prediction"]
+    at_rest = [o for o in preds if o["time"] - preds[0]["time"] < 4 - 2048 / 12000]  # windows of noise alone
+    assert len(at_rest) > 80 and all("anomaly" not in o and o["label"] == "unknown" and o["level"] == "NORMAL"
+                                     for o in at_rest)
+    said = [o["message"] for o in objs if o["type"] == "note" and o["message"].startswith("at rest")]
+    assert len(said) == 1, said
+    assert not [o for o in objs if o["type"] == "note" and "refused" in o["message"]]  # a baseline watches it
+    alarms = [o for o in objs if o["type"] == "alarm"]
+    assert alarms and alarms[0]["to"] in ("ALERT", "DANGER") and alarms[0]["time"] > at_rest[-1]["time"], alarms
 
 
 def test_a_learning_cut_short_by_a_restart_goes_on_from_where_it_was(tmp_path: Path, cli_in_process) -> None:

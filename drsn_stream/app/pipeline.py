@@ -586,12 +586,13 @@ class Pipeline:
                 totals[sid] += n
                 if label == UNKNOWN:
                     refused[sid] = n
-        watched = self.baseline.state if self.baseline is not None else {}
+        base = self.baseline
         for sid, n in refused.items():
             total = totals[sid]
-            state = watched.get(sid, "")
-            if total < REFUSED_MIN_WINDOWS or n < REFUSED_SAID * total or state == "monitoring" or state.startswith("learning"):
+            if total < REFUSED_MIN_WINDOWS or n < REFUSED_SAID * total:
                 continue
+            if base is not None and (sid in base.profile.streams or base.state.get(sid, "").startswith("learning")):
+                continue  # watched by a baseline (monitored on it, at rest, or learning it)
             self._refused_said.add(sid)
             self._retire_notes.append((sid, f"the model refused {n / total:.0%} of this stream's {total} windows "
                                             "(unknown): the machine or its sensor is unlike those it was trained on, "

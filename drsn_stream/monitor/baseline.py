@@ -33,7 +33,7 @@ import numpy as np
 
 from drsn_stream.config import write_atomic
 from drsn_stream.errors import ConfigError
-from drsn_stream.models.ood import Gaussian, check_gaussian, rounded
+from drsn_stream.models.ood import UNKNOWN, Gaussian, check_gaussian, rounded
 from drsn_stream.types import Prediction
 
 FORMAT = "drsn-stream-baseline"
@@ -63,6 +63,10 @@ FAULT_SHARE_SAID = 0.1
 LEARNING_SAVE_S = 60.0
 LEARNING_SAVE_SHARE = 100
 LEARNING_FORMAT = "drsn-stream-baseline-learning"
+# a machine that stops leaves its sensor's noise, unlike its learned normal in every window: a
+# window under STOPPED_SHARE of the level (RMS) the quietest STOPPED_PERCENTILE % of the learning
+# windows had is a machine at rest, judged neither normal nor deviating (no alarm until it runs)
+STOPPED_SHARE, STOPPED_PERCENTILE = 0.1, 1.0
 
 
 def min_windows(features: int) -> int:
@@ -98,6 +102,7 @@ def read_learnings(path: str | Path, streams: set[str] | None = None) -> tuple[d
                 _text(row.get("id"), "stream")  # printed by baseline show and in notes: no escape sequences
                 if streams is None or row["id"] in streams:
                     out[row["id"]] = {"features": z[f"features{k}"], "times": z[f"times{k}"],
+                                      "levels": z[f"levels{k}"] if f"levels{k}" in z.files else None,
                                       "seen": row.get("seen"), "stride": row.get("stride"),
                                       "left_out": row.get("left_out", 0), "labelled": row.get("labelled"),
                                       "hop": head.get("hop"), "sample_rate": head.get("sample_rate")}
@@ -130,6 +135,9 @@ class StreamBaseline:
         windows: learning windows (fit + held back); held_back: of them, kept out of the fit.
         learned_from / learned_to: capture times (s, wall clock or the recording's clock) of
             the first and last learning window.
+        level_low: the level (RMS, signal units) under which STOPPED_PERCENTILE % of the learning
+            windows lay; a window under STOPPED_SHARE of it is a machine at rest. NaN where the
+            learning windows carried no level (a profile of an older version): never at rest.
     """
 
     gaussian: Gaussian
@@ -138,6 +146,7 @@ class StreamBaseline:
     held_back: int
     learned_from: float = 0.0
     learned_to: float = 0.0
+    level_low: float = math.nan
 
     def anomaly(self, features: np.ndarray) -> np.ndarray:
         """(b, features) -> (b,) distance over the threshold."""
@@ -152,6 +161,7 @@ class StreamBaseline:
             "held_back": self.held_back,
             "learned_from": self.learned_from,
             "learned_to": self.learned_to,
+            **({"level_low": self.level_low} if math.isfinite(self.level_low) else {}),
         }
 
     @classmethod
@@ -168,7 +178,12 @@ class StreamBaseline:
         times = float(d.get("learned_from", 0.0)), float(d.get("learned_to", 0.0))
         if not all(math.isfinite(t) for t in times):
             raise ValueError(f"learned_from / learned_to {times}")
-        return cls(Gaussian(mean, whitener), threshold, windows, held_back, *times)
+        low = d.get("level_low")
+        if low is not None and (isinstance(low, bool) or not isinstance(low, (int, float))
+                                or not (math.isfinite(low) and low > 0)):
+            raise ValueError(f"level_low {str(low)[:40]!r} is not a level > 0")
+        return cls(Gaussian(mean, whitener), threshold, windows, held_back, *times,
+                   float(low) if low is not None else math.nan)
 
 
 def _count(v: Any, name: str, most: int = 2**53) -> int:
@@ -304,28 +319,33 @@ def parse_duration(text: str | float) -> float:
 
 
 class _Learning:
-    """One stream's learning windows so far: features and capture times, at most ``LEARN_KEEP`` of
-    them, spread evenly over every window learned from (``seen``): window ``i`` is kept while
-    ``i % stride == 0``, and when they fill up every other one goes and ``stride`` doubles."""
+    """One stream's learning windows so far: features, capture times and levels (RMS; NaN where a
+    window carried none), at most ``LEARN_KEEP`` of them, spread evenly over every window learned
+    from (``seen``): window ``i`` is kept while ``i % stride == 0``, and when they fill up every
+    other one goes and ``stride`` doubles."""
 
-    __slots__ = ("feats", "times", "n", "seen", "stride")
+    __slots__ = ("feats", "times", "levels", "n", "seen", "stride")
 
     def __init__(self, features: int, *, size: int = 64) -> None:
         self.feats = np.empty((size, features), dtype=np.float32)
         self.times = np.empty(size, dtype=np.float64)
+        self.levels = np.full(size, np.nan, dtype=np.float64)
         self.n = 0  # windows kept
         self.seen = 0  # windows learned from
         self.stride = 1
 
     @classmethod
-    def carried(cls, feats: np.ndarray, times: np.ndarray, seen: int, stride: int) -> _Learning:
+    def carried(cls, feats: np.ndarray, times: np.ndarray, seen: int, stride: int,
+                levels: np.ndarray | None = None) -> _Learning:
         """A learning taken over from another host (``export``'s arrays and counts, checked)."""
         out = cls(feats.shape[1], size=LEARN_KEEP)
         out.feats[: len(feats)], out.times[: len(times)] = feats, times
+        if levels is not None:
+            out.levels[: len(levels)] = levels
         out.n, out.seen, out.stride = len(feats), seen, stride
         return out
 
-    def add(self, features: np.ndarray, t: float) -> None:
+    def add(self, features: np.ndarray, t: float, level: float = math.nan) -> None:
         i = self.seen
         self.seen += 1
         if i % self.stride:
@@ -334,14 +354,24 @@ class _Learning:
             half = LEARN_KEEP // 2
             self.feats[:half] = self.feats[0:LEARN_KEEP:2]
             self.times[:half] = self.times[0:LEARN_KEEP:2]
+            self.levels[:half] = self.levels[0:LEARN_KEEP:2]
             self.n, self.stride = half, 2 * self.stride
         if self.n == len(self.times):
             size = min(LEARN_KEEP, 2 * len(self.times))
             self.feats = np.concatenate([self.feats, np.empty((size - self.n, self.feats.shape[1]), np.float32)])
             self.times = np.concatenate([self.times, np.empty(size - self.n)])
+            self.levels = np.concatenate([self.levels, np.full(size - self.n, np.nan)])
         self.feats[self.n] = features
         self.times[self.n] = t
+        self.levels[self.n] = level
         self.n += 1
+
+    def level_low(self) -> float:
+        """The level under which STOPPED_PERCENTILE % of the kept windows lay; NaN where fewer
+        than half of them carried a level > 0 (a learning carried from an older version)."""
+        lv = self.levels[: self.n]
+        lv = lv[np.isfinite(lv) & (lv > 0)]
+        return float(np.percentile(lv, STOPPED_PERCENTILE)) if 2 * len(lv) >= max(1, self.n) and len(lv) else math.nan
 
 
 class BaselineStage:
@@ -397,7 +427,9 @@ class BaselineStage:
         self.state: dict[str, str] = {}  # stream: "learning 40%" / "monitoring" / "no baseline"
         self.latest: dict[str, float] = {}  # stream: latest anomaly
         self.history: dict[str, deque[float]] = {}  # stream: recent anomalies, for the sparkline
-        self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._at_rest: set[str] = set()  # streams whose latest window was of a machine at rest
+        self._said_rest: set[str] = set()  # streams whose rest was said (once)
+        self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._given = set(self.profile.streams)  # the profile's own baselines, kept when a stream is forgotten
         for sid in self.profile.streams:
             self.state[sid] = "monitoring"
@@ -413,6 +445,8 @@ class BaselineStage:
             table.pop(stream, None)
         self._warned.discard(stream)
         self._extended.discard(stream)
+        self._at_rest.discard(stream)
+        self._said_rest.discard(stream)
         if stream in self._given:
             self.state[stream] = "monitoring"
             return
@@ -456,7 +490,8 @@ class BaselineStage:
         and what the model labelled its windows."""
         n = so_far.n
         counted, faults = self._labelled.get(stream) or (0, {})
-        return {"features": so_far.feats[:n].copy(), "times": so_far.times[:n].copy(), "seen": so_far.seen,
+        return {"features": so_far.feats[:n].copy(), "times": so_far.times[:n].copy(),
+                "levels": so_far.levels[:n].copy(), "seen": so_far.seen,
                 "stride": so_far.stride, "left_out": int(self.left_out.get(stream, 0)),
                 "labelled": {"windows": counted, "faults": dict(faults)}}
 
@@ -509,6 +544,11 @@ class BaselineStage:
             seen = _count(d.get("seen", feats.shape[0]), "seen")
             if stride < 1 or not (feats.shape[0] - 1) * stride < seen <= feats.shape[0] * stride:
                 raise ValueError(f"{feats.shape[0]} windows kept, one in {stride}, of {seen}")
+            levels = d.get("levels")  # (none from an older version: the stream is then never at rest)
+            if levels is not None and not (isinstance(levels, np.ndarray) and levels.shape == times.shape
+                                           and levels.dtype.kind == "f" and not np.isinf(levels).any()
+                                           and not (levels < 0).any()):
+                raise ValueError("levels (windows,) of floats >= 0 or NaN")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"the baseline learning of {stream} {where} is damaged "
                               f"({type(exc).__name__}: {exc}); the stream learns it again") from None
@@ -517,11 +557,11 @@ class BaselineStage:
             raise ConfigError(f"the baseline learning of {stream} {where} is of windows every {hop} samples "
                               f"at {rate} Hz, this monitor's every {self.hop} at {self.profile.sample_rate} Hz; "
                               "the stream learns it again")
-        carried = _Learning.carried(feats, times, seen, stride)
+        carried = _Learning.carried(feats, times, seen, stride, levels)
         here = self._learning.pop(stream, None)  # windows learned here already come after those
         if here is not None:
             for k in range(here.n):
-                carried.add(here.feats[k], float(here.times[k]))
+                carried.add(here.feats[k], float(here.times[k]), float(here.levels[k]))
         self._learning[stream] = carried
         self.left_out[stream] = self.left_out.get(stream, 0) + left_out
         self._carry_labelled(stream, d.get("labelled"), seen)
@@ -549,7 +589,7 @@ class BaselineStage:
         call per batch, over all its streams); collects the features of streams that are learning."""
         if self._stacked is None:
             self._stack()
-        index, means, whiteners, thresholds = self._stacked
+        index, means, whiteners, thresholds, lows = self._stacked
         rows, ks, rest = [], [], []
         for p in preds:
             if p.features is None:
@@ -563,7 +603,12 @@ class BaselineStage:
         if rows:
             z = np.einsum("bf,bfg->bg", np.array([p.features for p in rows]) - means[ks], whiteners[ks])
             scores = np.sqrt(np.einsum("bf,bf->b", z, z)) / thresholds[ks]
-            for p, a in zip(rows, scores.tolist()):
+            resting = np.array([p.level for p in rows]) < STOPPED_SHARE * lows[ks]  # (NaN: never)
+            if np.count_nonzero(resting) or self._at_rest:
+                self._rest(rows, resting.tolist())
+            for p, a, still in zip(rows, scores.tolist(), resting.tolist()):
+                if still:
+                    continue
                 p.anomaly = a
                 hist = self.history.get(p.stream_id)
                 if hist is None:
@@ -591,7 +636,34 @@ class BaselineStage:
             np.array([b.gaussian.mean for b in bases]).reshape(len(ids), f),
             np.array([b.gaussian.whitener for b in bases]).reshape(len(ids), f, f),
             np.array([b.threshold for b in bases]),
+            np.array([b.level_low for b in bases], dtype=np.float64),
         )
+
+    def _rest(self, rows: list[Prediction], resting: list[bool]) -> None:
+        """Windows of machines at rest (``STOPPED_SHARE`` of their learned level): no anomaly, and
+        no label either (a label on a machine's rest is no evidence of its condition: shown
+        ``unknown``, the model's in ``model_label``), so that neither raises nor clears an alarm;
+        the stream's state says "at rest" until a window of it is over the level again. The first
+        rest of each stream is said once."""
+        for p, still in zip(rows, resting):
+            sid = p.stream_id
+            if still:
+                if p.model_label is None:
+                    p.model_label, p.label = p.label, UNKNOWN
+                if sid not in self._at_rest:
+                    self._at_rest.add(sid)
+                    self.state[sid] = "at rest"
+                    self.latest[sid] = math.nan
+                    if sid not in self._said_rest:
+                        self._said_rest.add(sid)
+                        low = self.profile.streams[sid].level_low
+                        self.notes.append((sid, f"at rest (the machine stopped?): its level {p.level:.3g} is under "
+                                                f"{STOPPED_SHARE:.0%} of the quietest it was learned at ({low:.3g}); "
+                                                "judged neither normal nor deviating, no alarm raised or cleared, "
+                                                "until it runs again"))
+            elif sid in self._at_rest:
+                self._at_rest.discard(sid)
+                self.state[sid] = "monitoring"
 
     def _learn(self, sid: str, group: list[Prediction]) -> None:
         if self.learn_s is None:
@@ -623,7 +695,7 @@ class BaselineStage:
                     self.notes.append((sid, "windows from a sensor in CHECK_SENSOR are not learned from"))
                 self.left_out[sid] = self.left_out.get(sid, 0) + 1
                 continue  # the learning lasts that much longer: learn_s of windows it can learn from
-            so_far.add(p.features, p.t_last)
+            so_far.add(p.features, p.t_last, p.level)
             counted, faults = self._labelled.get(sid) or (0, {})
             if p.label in self.fault_labels:
                 faults[p.label] = faults.get(p.label, 0) + 1
@@ -660,6 +732,7 @@ class BaselineStage:
             if so_far is None or not so_far.n:  # every window came from a sensor in CHECK_SENSOR
                 raise ConfigError("every window came from a sensor in CHECK_SENSOR; check the sensor, then learn again")
             base = fit_stream(so_far.feats[: so_far.n], so_far.times[: so_far.n])
+            base.level_low = so_far.level_low()
         except ConfigError as exc:
             self.state[sid] = "no baseline"
             self.notes.append((sid, f"baseline not learned: {exc}"))
@@ -824,6 +897,8 @@ class BaselineStage:
                     rows.append({"id": sid, "seen": d["seen"], "stride": d["stride"], "left_out": d["left_out"],
                                  **({"labelled": d["labelled"]} if d.get("labelled") is not None else {})})
                     arrays[f"features{k}"], arrays[f"times{k}"] = d["features"], d["times"]
+                    if d.get("levels") is not None:
+                        arrays[f"levels{k}"] = d["levels"]
                 head = {"format": LEARNING_FORMAT, "version": 1, **self._setup(), "streams": rows}
                 meta = np.frombuffer(json.dumps(head).encode("utf-8"), dtype=np.uint8)
                 # written into the file as it is made: no copy of tens of MB in memory first
