@@ -376,6 +376,11 @@ def test_a_machine_at_rest_is_judged_neither_normal_nor_deviating_and_its_level_
     assert running.anomaly is not None and running.anomaly > 1 and running.label == "inner_021"
     assert stage.state["m0"] == "monitoring"
     window(706, 0.05)
+    # one batch that stops and runs again: each window judged as it comes, the state as the last
+    both = [_window("m0", 707, feats[0] * 20), _window("m0", 708, feats[1] * 20)]
+    both[0].level, both[1].level = 0.05, 1.0
+    stage.apply(both)
+    assert both[0].anomaly is None and both[1].anomaly is not None and stage.state["m0"] == "monitoring"
     said = [msg for sid, msg in stage.notes if msg.startswith("at rest")]
     assert len(said) == 1 and "no alarm raised or cleared" in said[0], stage.notes
     # a profile of an older version (no level learned): never at rest

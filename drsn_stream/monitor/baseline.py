@@ -34,7 +34,7 @@ import numpy as np
 from drsn_stream.config import write_atomic
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN, Gaussian, check_gaussian, rounded
-from drsn_stream.types import Prediction
+from drsn_stream.types import Prediction, batch_columns
 
 FORMAT = "drsn-stream-baseline"
 FORMAT_VERSION = 1
@@ -603,9 +603,11 @@ class BaselineStage:
         if rows:
             z = np.einsum("bf,bfg->bg", np.array([p.features for p in rows]) - means[ks], whiteners[ks])
             scores = np.sqrt(np.einsum("bf,bf->b", z, z)) / thresholds[ks]
-            resting = np.array([p.level for p in rows]) < STOPPED_SHARE * lows[ks]  # (NaN: never)
-            if np.count_nonzero(resting) or self._at_rest:
-                self._rest(rows, resting.tolist())
+            cols = batch_columns(preds)
+            levels = cols.level if cols is not None and len(rows) == len(cols) else np.array([p.level for p in rows])
+            resting = levels < STOPPED_SHARE * lows[ks]  # (a level_low of NaN: never)
+            if self._at_rest or np.count_nonzero(resting):
+                self._rest(rows, np.asarray(ks), resting)
             for p, a, still in zip(rows, scores.tolist(), resting.tolist()):
                 if still:
                     continue
@@ -639,13 +641,18 @@ class BaselineStage:
             np.array([b.level_low for b in bases], dtype=np.float64),
         )
 
-    def _rest(self, rows: list[Prediction], resting: list[bool]) -> None:
+    def _rest(self, rows: list[Prediction], ks: np.ndarray, resting: np.ndarray) -> None:
         """Windows of machines at rest (``STOPPED_SHARE`` of their learned level): no anomaly, and
         no label either (a label on a machine's rest is no evidence of its condition: shown
         ``unknown``, the model's in ``model_label``), so that neither raises nor clears an alarm;
         the stream's state says "at rest" until a window of it is over the level again. The first
-        rest of each stream is said once."""
-        for p, still in zip(rows, resting):
+        rest of each stream is said once. Only the rows of streams at rest, before or now, are
+        looked at one by one (``ks``: each row's baseline, ``_stacked``'s index)."""
+        index = self._stacked[0] if self._stacked is not None else {}
+        was = [index[sid] for sid in self._at_rest if sid in index]
+        look = np.isin(ks, np.concatenate([ks[resting], np.array(was, dtype=ks.dtype)]))
+        for j in np.flatnonzero(look).tolist():
+            p, still = rows[j], bool(resting[j])
             sid = p.stream_id
             if still:
                 if p.model_label is None:
