@@ -236,6 +236,22 @@ def test_eval_envelope_skips_and_counts_nan_blocks(data_dir, tmp_path, child_env
     assert row.split()[3] == "4"  # of the 5 one-second blocks
 
 
+def test_eval_envelope_reads_the_fan_end_accelerometer_when_asked(data_dir, tmp_path, child_env):
+    # --channel FE analyses the fan-end channel: other samples, so other evidence than the drive
+    # end's, and the inner-race fault still named from it (the drive-end channel was the only one)
+    name = "12k_Drive_End_IR007_0_105.mat"
+    folder = cwru_folder(data_dir, tmp_path / "cw", [name])
+    rows = {}
+    for channel in ("DE", "FE"):
+        proc = tool("eval_envelope.py", "--data", str(folder), *(["--channel", channel] if channel == "FE" else []),
+                    env=child_env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"channel {channel};" in proc.stdout
+        rows[channel] = next(ln for ln in proc.stdout.splitlines() if ln.startswith(name)).split()
+    assert rows["DE"][5:8] != rows["FE"][5:8]  # the median evidence of each family
+    assert rows["FE"][4] == "100%" and rows["FE"][8:10] == ["inner_race", "10"]
+
+
 def test_envelope_does_not_call_a_nan_block_healthy():
     from drsn_stream.dsp.envelope import analyse_block, bearing_geometry
     from drsn_stream.errors import DataError
