@@ -353,7 +353,7 @@ def test_a_machine_at_rest_is_judged_neither_normal_nor_deviating_and_its_level_
         first.apply([p])
     carried = first.export("m0", learning=True)
     assert carried is not None and carried["learning"]["levels"].shape == (300,)
-    stage = _learning_stage(features=4)
+    stage = _learning_stage(features=4, startup_s=1.0)
     stage.adopt("m0", carried)  # learned on elsewhere: the levels come along
     for i in range(300, 700):
         p = _window("m0", i, feats[i])
@@ -372,12 +372,16 @@ def test_a_machine_at_rest_is_judged_neither_normal_nor_deviating_and_its_level_
     rest = [window(i, 0.05) for i in range(700, 705)]
     assert all(p.anomaly is None and p.label == "unknown" and p.model_label == "inner_021" for p in rest)
     assert stage.state["m0"] == "at rest"
-    running = window(705, 1.0)
+    # running again: its start-up (1 s here, 24 windows at 512 / 12000 s) held, then judged
+    starting = [window(i, 1.0) for i in range(705, 729)]
+    assert all(p.anomaly is None and p.label == "unknown" for p in starting) and stage.state["m0"] == "starting"
+    running = window(729, 1.0)
     assert running.anomaly is not None and running.anomaly > 1 and running.label == "inner_021"
     assert stage.state["m0"] == "monitoring"
-    window(706, 0.05)
+    window(730, 0.05)
     # one batch that stops and runs again: each window judged as it comes, the state as the last
-    both = [_window("m0", 707, feats[0] * 20), _window("m0", 708, feats[1] * 20)]
+    stage.startup_s = 0.0
+    both = [_window("m0", 731, feats[0] * 20), _window("m0", 732, feats[1] * 20)]
     both[0].level, both[1].level = 0.05, 1.0
     stage.apply(both)
     assert both[0].anomaly is None and both[1].anomaly is not None and stage.state["m0"] == "monitoring"
@@ -636,7 +640,7 @@ def test_a_machine_that_stops_raises_no_alarm_and_one_that_runs_faulty_after_doe
     wav = tmp_path / "stop_then_fault.wav"
     scipy.io.wavfile.write(wav, 12000, np.concatenate([noise, fault[: 6 * 12000, 0]]).astype(np.float32))
     res = cli_in_process("--source", f"file:{wav}?stream=normal_0_97", "--baseline", str(prof), "--fast",
-                         "--headless", "--jsonl", "-")
+                         "--headless", "--jsonl", "-", "--startup-hold", "1")
     assert res.returncode == 0, res.stderr
     objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     preds = [o for o in objs if o["type"] == "prediction"]
@@ -647,7 +651,51 @@ def test_a_machine_that_stops_raises_no_alarm_and_one_that_runs_faulty_after_doe
     assert len(said) == 1, said
     assert not [o for o in objs if o["type"] == "note" and "refused" in o["message"]]  # a baseline watches it
     alarms = [o for o in objs if o["type"] == "alarm"]
-    assert alarms and alarms[0]["to"] in ("ALERT", "DANGER") and alarms[0]["time"] > at_rest[-1]["time"], alarms
+    assert alarms and alarms[0]["to"] in ("ALERT", "DANGER") and alarms[0]["time"] > at_rest[-1]["time"] + 1, alarms
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hold", [None, "0"])
+def test_a_machine_running_up_from_rest_is_held_off_for_its_start_up(tmp_path: Path, cli_in_process,
+                                                                     hold: str | None) -> None:
+    """A run-up from rest (the healthy recording time-warped from standstill to full speed over 5 s,
+    its amplitude with the speed squared) passes through speeds and levels unlike the learned
+    normal: judged as it ran up, it raised an alarm at every start (DANGER here, with --startup-hold
+    0); by default the 10 s after the rest are held (the machine at speed after them is judged
+    again: the stop-then-fault test above)."""
+    import scipy.io.wavfile
+    from scipy.signal import resample_poly
+
+    from drsn_stream.sources.file import read_recording
+
+    require_cwru()
+    prof = tmp_path / "p.json"
+    res = cli_in_process("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}", "--out", str(prof))
+    assert res.returncode == 0, res.stderr
+    x, rate = read_recording(CWRU / "normal_0_97.mat")
+    x = resample_poly(x[:, 0].astype(np.float64), 12000, int(rate))
+    rng = np.random.default_rng(15)
+    speed = np.arange(5 * 12000) / (5 * 12000)  # 0 -> 1 over 5 s
+    pos = np.cumsum(speed)  # samples of the recording the run-up has gone through
+    i0 = pos.astype(int)
+    run_up = (x[i0] + (x[i0 + 1] - x[i0]) * (pos - i0)) * speed**2
+    rest = np.zeros(3 * 12000)
+    at_speed = x[i0[-1] + 1 :]  # the rest of the recording: 2.5 s
+    sig = np.concatenate([rest, run_up, at_speed])
+    sig += 1e-3 * rng.standard_normal(len(sig))
+    wav = tmp_path / "run_up.wav"
+    scipy.io.wavfile.write(wav, 12000, sig.astype(np.float32))
+    res = cli_in_process("--source", f"file:{wav}?stream=normal_0_97", "--baseline", str(prof), "--fast",
+                         "--headless", "--jsonl", "-", *(["--startup-hold", hold] if hold else []))
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    alarms = [o for o in objs if o["type"] == "alarm"]
+    preds = [o for o in objs if o["type"] == "prediction"]
+    if hold == "0":
+        assert alarms and alarms[0]["to"] in ("ALERT", "DANGER"), "the run-up judged: an alarm, as before the hold"
+    else:
+        assert not alarms, alarms
+        assert len(preds) > 200 and not [o for o in preds if "anomaly" in o]  # all of it at rest or starting
 
 
 def test_a_learning_cut_short_by_a_restart_goes_on_from_where_it_was(tmp_path: Path, cli_in_process) -> None:

@@ -100,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--baseline", metavar="PROFILE", help="score every window against the streams' learned normal (a profile from "
                                            "`drsn-stream baseline learn`): predictions gain `anomaly`, 1.0 = threshold; "
                                            "with --learn, the baselines learned live are saved in it too (made if missing)")
+    a("--startup-hold", metavar="SECONDS", type=float,
+      help="with a baseline: a machine at rest (under a tenth of its learned level) that runs again is judged "
+           "this many seconds later, its run-up held (default 10; 0: at once)")
     a("--learn", metavar="DURATION", help="learn each stream without a baseline for DURATION (e.g. 10m, 90s) of its "
                                          "own data, then monitor it for deviations (with --baseline FILE the baselines and the learnings under way are kept over restarts)")
 
@@ -140,6 +143,7 @@ FLAGS: dict[str, Flag] = {
     "pin_cpus": Flag("run", "pin_cpus"),  # after --no-pin-cpus: with both, pinning wins
     "baseline": Flag("run", "baseline"),
     "learn": Flag("run", "learn_s", parse_duration),
+    "startup_hold": Flag("run", "startup_s"),
     "capture": Flag("capture", "dir"),
     "latch": Flag("decision", "latching"),
     "bearing": Flag("machine", "bearing", clears=_ORDERS),

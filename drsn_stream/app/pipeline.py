@@ -983,7 +983,7 @@ def _judges(model: str, meta: ArtifactMeta, config: RunConfig) -> tuple[UnknownD
             save_to = path
     stage = BaselineStage(profile, learn_s=config.learn_s, model=meta.name, digest=digest,
                           sample_rate=meta.sample_rate, window=meta.window, hop=config.hop or meta.hop,
-                          features=meta.features, save_to=save_to)
+                          features=meta.features, save_to=save_to, startup_s=config.startup_s)
     return unknown, stage
 
 

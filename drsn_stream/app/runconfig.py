@@ -85,6 +85,9 @@ class RunConfig:
     stats_every_s: float = 5.0
     baseline: str | None = None  # a baseline profile (monitor/baseline.py): each prediction gains `anomaly`
     learn_s: float | None = None  # learn each stream without a baseline for this long, then monitor it
+    # a machine at rest (under a tenth of its learned level) that runs again is judged against its
+    # baseline only this many seconds later (a run-up is unlike its normal); 0: at once
+    startup_s: float = 10.0
     unknown: bool = True  # refuse labels the model cannot back, where the artifact carries the statistics
     decision: DecisionTable = field(default_factory=DecisionTable)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -116,6 +119,8 @@ class RunConfig:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not 0 <= self.reclaim_after_s < math.inf:
             problems.append(f"reclaim_after_s must be >= 0 seconds (0: never), not {self.reclaim_after_s!r}")
+        if not 0 <= self.startup_s <= 86400:
+            problems.append(f"startup_s must be from 0 to 86400 seconds, not {self.startup_s!r}")
         if self.learn_s is not None and not self.learn_s > 0:
             problems.append(f"learn_s must be > 0 seconds, not {self.learn_s!r}")
         if self.duration is not None and not self.duration > 0:

@@ -67,6 +67,9 @@ LEARNING_FORMAT = "drsn-stream-baseline-learning"
 # window under STOPPED_SHARE of the level (RMS) the quietest STOPPED_PERCENTILE % of the learning
 # windows had is a machine at rest, judged neither normal nor deviating (no alarm until it runs)
 STOPPED_SHARE, STOPPED_PERCENTILE = 0.1, 1.0
+# and a machine that runs again is judged only this many seconds (of its signal) later: a run-up
+# passes through speeds and levels unlike its learned normal (RunConfig.startup_s, --startup-hold)
+STARTUP_S = 10.0
 
 
 def min_windows(features: int) -> int:
@@ -391,7 +394,7 @@ class BaselineStage:
 
     def __init__(self, profile: Profile | None, *, learn_s: float | None, model: str, digest: str,
                  sample_rate: int, window: int, hop: int, features: int | None = None,
-                 save_to: str | Path | None = None) -> None:
+                 save_to: str | Path | None = None, startup_s: float = STARTUP_S) -> None:
         self.profile = profile or Profile(model, digest, sample_rate, window, hop)
         self.learn_s = learn_s
         self.hop = int(hop)  # of the windows learned from now (a loaded profile may say another)
@@ -428,6 +431,8 @@ class BaselineStage:
         self.latest: dict[str, float] = {}  # stream: latest anomaly
         self.history: dict[str, deque[float]] = {}  # stream: recent anomalies, for the sparkline
         self._at_rest: set[str] = set()  # streams whose latest window was of a machine at rest
+        self.startup_s = startup_s
+        self._starting: dict[str, float] = {}  # streams running again since (capture time), held off startup_s
         self._said_rest: set[str] = set()  # streams whose rest was said (once)
         self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._given = set(self.profile.streams)  # the profile's own baselines, kept when a stream is forgotten
@@ -446,6 +451,7 @@ class BaselineStage:
         self._warned.discard(stream)
         self._extended.discard(stream)
         self._at_rest.discard(stream)
+        self._starting.pop(stream, None)
         self._said_rest.discard(stream)
         if stream in self._given:
             self.state[stream] = "monitoring"
@@ -606,8 +612,8 @@ class BaselineStage:
             cols = batch_columns(preds)
             levels = cols.level if cols is not None and len(rows) == len(cols) else np.array([p.level for p in rows])
             resting = levels < STOPPED_SHARE * lows[ks]  # (a level_low of NaN: never)
-            if self._at_rest or np.count_nonzero(resting):
-                self._rest(rows, np.asarray(ks), resting)
+            if self._at_rest or self._starting or np.count_nonzero(resting):
+                resting = self._rest(rows, np.asarray(ks), resting)
             for p, a, still in zip(rows, scores.tolist(), resting.tolist()):
                 if still:
                     continue
@@ -641,22 +647,23 @@ class BaselineStage:
             np.array([b.level_low for b in bases], dtype=np.float64),
         )
 
-    def _rest(self, rows: list[Prediction], ks: np.ndarray, resting: np.ndarray) -> None:
-        """Windows of machines at rest (``STOPPED_SHARE`` of their learned level): no anomaly, and
-        no label either (a label on a machine's rest is no evidence of its condition: shown
-        ``unknown``, the model's in ``model_label``), so that neither raises nor clears an alarm;
-        the stream's state says "at rest" until a window of it is over the level again. The first
-        rest of each stream is said once. Only the rows of streams at rest, before or now, are
-        looked at one by one (``ks``: each row's baseline, ``_stacked``'s index)."""
+    def _rest(self, rows: list[Prediction], ks: np.ndarray, resting: np.ndarray) -> np.ndarray:
+        """Windows of machines at rest (``STOPPED_SHARE`` of their learned level) and of machines
+        starting again (the ``startup_s`` after a rest): held, neither judged nor labelled (a label
+        on a machine's rest or run-up is no evidence of its condition: shown ``unknown``, the
+        model's in ``model_label``), so that neither raises nor clears an alarm; the stream's state
+        says "at rest" / "starting". The first rest of each stream is said once. Returns which rows
+        are held. Only the rows of streams at rest or starting, before or now, are looked at one by
+        one (``ks``: each row's baseline, ``_stacked``'s index)."""
         index = self._stacked[0] if self._stacked is not None else {}
-        was = [index[sid] for sid in self._at_rest if sid in index]
+        was = [index[sid] for sid in (*self._at_rest, *self._starting) if sid in index]
         look = np.isin(ks, np.concatenate([ks[resting], np.array(was, dtype=ks.dtype)]))
+        held = resting.copy()
         for j in np.flatnonzero(look).tolist():
             p, still = rows[j], bool(resting[j])
             sid = p.stream_id
             if still:
-                if p.model_label is None:
-                    p.model_label, p.label = p.label, UNKNOWN
+                self._starting.pop(sid, None)
                 if sid not in self._at_rest:
                     self._at_rest.add(sid)
                     self.state[sid] = "at rest"
@@ -667,10 +674,23 @@ class BaselineStage:
                         self.notes.append((sid, f"at rest (the machine stopped?): its level {p.level:.3g} is under "
                                                 f"{STOPPED_SHARE:.0%} of the quietest it was learned at ({low:.3g}); "
                                                 "judged neither normal nor deviating, no alarm raised or cleared, "
-                                                "until it runs again"))
-            elif sid in self._at_rest:
-                self._at_rest.discard(sid)
-                self.state[sid] = "monitoring"
+                                                f"until it runs again and {self.startup_s:g} s after (its start-up)"))
+            else:
+                if sid in self._at_rest:
+                    self._at_rest.discard(sid)
+                    self._starting[sid] = p.t_last
+                began = self._starting.get(sid)
+                if began is None:
+                    continue
+                if p.t_last - began < self.startup_s:
+                    held[j] = True
+                    self.state[sid] = "starting"
+                else:
+                    del self._starting[sid]
+                    self.state[sid] = "monitoring"
+            if held[j] and p.model_label is None:
+                p.model_label, p.label = p.label, UNKNOWN
+        return held
 
     def _learn(self, sid: str, group: list[Prediction]) -> None:
         if self.learn_s is None:
