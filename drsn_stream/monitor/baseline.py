@@ -433,6 +433,7 @@ class BaselineStage:
         self._at_rest: set[str] = set()  # streams whose latest window was of a machine at rest
         self.startup_s = startup_s
         self._starting: dict[str, float] = {}  # streams running again since (capture time), held off startup_s
+        self._held_k = np.zeros(0, dtype=bool)  # per stacked baseline: at rest or starting (_rest)
         self._said_rest: set[str] = set()  # streams whose rest was said (once)
         self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._given = set(self.profile.streams)  # the profile's own baselines, kept when a stream is forgotten
@@ -646,6 +647,7 @@ class BaselineStage:
             np.array([b.threshold for b in bases]),
             np.array([b.level_low for b in bases], dtype=np.float64),
         )
+        self._held_k = np.array([sid in self._at_rest or sid in self._starting for sid in ids], dtype=bool)
 
     def _rest(self, rows: list[Prediction], ks: np.ndarray, resting: np.ndarray) -> np.ndarray:
         """Windows of machines at rest (``STOPPED_SHARE`` of their learned level) and of machines
@@ -655,11 +657,10 @@ class BaselineStage:
         says "at rest" / "starting". The first rest of each stream is said once. Returns which rows
         are held. Only the rows of streams at rest or starting, before or now, are looked at one by
         one (``ks``: each row's baseline, ``_stacked``'s index)."""
-        index = self._stacked[0] if self._stacked is not None else {}
-        was = [index[sid] for sid in (*self._at_rest, *self._starting) if sid in index]
-        look = np.isin(ks, np.concatenate([ks[resting], np.array(was, dtype=ks.dtype)]))
+        marked = self._held_k  # per baseline: at rest or starting (kept as the loop below goes)
+        marked[ks[resting]] = True  # every row of a stream that rests now is looked at, in order
         held = resting.copy()
-        for j in np.flatnonzero(look).tolist():
+        for j in np.flatnonzero(marked[ks]).tolist():
             p, still = rows[j], bool(resting[j])
             sid = p.stream_id
             if still:
@@ -680,16 +681,15 @@ class BaselineStage:
                     self._at_rest.discard(sid)
                     self._starting[sid] = p.t_last
                 began = self._starting.get(sid)
-                if began is None:
-                    continue
-                if p.t_last - began < self.startup_s:
+                if began is not None and p.t_last - began < self.startup_s:
                     held[j] = True
                     self.state[sid] = "starting"
-                else:
+                elif began is not None:
                     del self._starting[sid]
                     self.state[sid] = "monitoring"
             if held[j] and p.model_label is None:
                 p.model_label, p.label = p.label, UNKNOWN
+            marked[ks[j]] = sid in self._at_rest or sid in self._starting
         return held
 
     def _learn(self, sid: str, group: list[Prediction]) -> None:
