@@ -44,7 +44,7 @@ class ReferenceDecisions:
             return []
         st.healthy = True
         st.refused = p.model_label is not None and p.label == REFUSED
-        if st.refused:  # no evidence for a label; its anomaly score, where it has one, is
+        if st.refused:  # no evidence for a label; its anomaly score, where it has one, still is
             self._blank(st, REFUSED, debounce=st.anomaly is None)
             if st.anomaly is None:
                 return []
