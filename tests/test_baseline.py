@@ -634,6 +634,8 @@ def test_a_machine_that_stops_raises_no_alarm_and_one_that_runs_faulty_after_doe
     prof = tmp_path / "p.json"
     res = cli_in_process("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}", "--out", str(prof))
     assert res.returncode == 0, res.stderr
+    low = Profile.load(prof).streams["normal_0_97"].level_low
+    assert f"at rest under a level of {0.1 * low:.3g}" in res.stdout  # baseline learn and show say where the gate is
     fault, rate = read_recording(CWRU / "12k_Drive_End_IR014_1_170.mat")
     assert rate == 12000
     noise = 1e-3 * np.random.default_rng(14).standard_normal(4 * 12000)

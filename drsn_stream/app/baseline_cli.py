@@ -11,7 +11,7 @@ from pathlib import Path
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.config import arg_number
 from drsn_stream.errors import ConfigError
-from drsn_stream.monitor.baseline import Profile, StreamBaseline, learning_path, read_learnings
+from drsn_stream.monitor.baseline import STOPPED_SHARE, Profile, StreamBaseline, learning_path, read_learnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +67,9 @@ def describe(profile: Profile, where: str) -> str:
     lines = [f"{where}: baseline of model {profile.model} (weights {profile.model_digest[:12]}), "
              f"{profile.sample_rate} Hz, window {profile.window}, hop {profile.hop}, created {profile.created or 'now'}"]
     for sid, b in sorted(profile.streams.items()):
+        rest = f"; at rest under a level of {STOPPED_SHARE * b.level_low:.3g}" if math.isfinite(b.level_low) else ""
         lines.append(f"  {sid}: {b.windows} windows ({b.held_back} held back), {_learned_when(b)}; "
-                     f"threshold {b.threshold:.3g} (Mahalanobis distance of {b.gaussian.mean.size} features)")
+                     f"threshold {b.threshold:.3g} (Mahalanobis distance of {b.gaussian.mean.size} features){rest}")
     return "\n".join(lines)
 
 
