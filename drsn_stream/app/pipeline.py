@@ -586,13 +586,12 @@ class Pipeline:
                 totals[sid] += n
                 if label == UNKNOWN:
                     refused[sid] = n
-        base = self.baseline
         for sid, n in refused.items():
             total = totals[sid]
             if total < REFUSED_MIN_WINDOWS or n < REFUSED_SAID * total:
                 continue
-            if base is not None and (sid in base.profile.streams or base.state.get(sid, "").startswith("learning")):
-                continue  # watched by a baseline (monitored on it, at rest, or learning it)
+            if self.baseline is not None and self.baseline.watches(sid):
+                continue
             self._refused_said.add(sid)
             self._retire_notes.append((sid, f"the model refused {n / total:.0%} of this stream's {total} windows "
                                             "(unknown): the machine or its sensor is unlike those it was trained on, "

@@ -649,6 +649,11 @@ class BaselineStage:
         )
         self._held_k = np.array([sid in self._at_rest or sid in self._starting for sid in ids], dtype=bool)
 
+    def watches(self, stream: str) -> bool:
+        """Whether a baseline watches ``stream``: it has one (monitored on it, or at rest), or one
+        is being learned for it."""
+        return stream in self.profile.streams or stream in self._learning
+
     def _rest(self, rows: list[Prediction], ks: np.ndarray, resting: np.ndarray) -> np.ndarray:
         """Windows of machines at rest (``STOPPED_SHARE`` of their learned level) and of machines
         starting again (the ``startup_s`` after a rest): held, neither judged nor labelled (a label
