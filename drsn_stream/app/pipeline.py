@@ -232,7 +232,8 @@ class Pipeline:
         # (monotonic time, channel ids) a layout change left behind: forgotten by the output thread
         # once no window of theirs can still come (--stale-ms)
         self._left: deque[tuple[float, tuple[str, ...]]] = deque()
-        self._retire_notes: deque[tuple[str, str]] = deque()
+        # (stream, line) said once from the output or ingest threads: retirements, layouts, refused streams
+        self._stream_notes: deque[tuple[str, str]] = deque()
         for src in self.sources:
             if not isinstance(src, ShardedSource):  # (an ingest process keeps its own table and says what it retires)
                 src.make_room = partial(self.ingest.make_room, src)
@@ -448,7 +449,7 @@ class Pipeline:
             self._say_notes(src.notes)
         self._envelope_notes()
         self._baseline_notes()
-        self._say_notes(self._retire_notes)
+        self._say_notes(self._stream_notes)
 
     def _say_notes(self, notes: list[tuple[str, str]] | deque[tuple[str, str]]) -> None:
         """Takes the (stream, line) pairs a stage said once, oldest first, as ``note`` events (the
@@ -486,7 +487,7 @@ class Pipeline:
         self._baseline_notes()
         if self.unknown is not None and self._running:  # (a replay may end before the first check)
             self._say_refused()
-            self._say_notes(self._retire_notes)
+            self._say_notes(self._stream_notes)
         if self.capture is not None:
             self.capture.close()
         if self._running:
@@ -593,7 +594,7 @@ class Pipeline:
             if self.baseline is not None and self.baseline.watches(sid):
                 continue
             self._refused_said.add(sid)
-            self._retire_notes.append((sid, f"the model refused {n / total:.0%} of this stream's {total} windows "
+            self._stream_notes.append((sid, f"the model refused {n / total:.0%} of this stream's {total} windows "
                                             "(unknown): the machine or its sensor is unlike those it was trained on, "
                                             "so its labels say nothing here and no alarm is raised; learn its normal "
                                             "to alarm on deviation (--learn 10m --baseline FILE, docs/own-machine.md)"))
@@ -603,7 +604,7 @@ class Pipeline:
     def _on_retire(self, sid: str, ids: tuple[str, ...], line: str) -> None:
         """A stream ingest retired to make room for a new one (``Ingest.make_room``)."""
         self._forget_channels(ids)
-        self._retire_notes.append((sid, line))
+        self._stream_notes.append((sid, line))
 
     def _on_end(self, streams: list[str]) -> None:
         """Streams that announced their end (a source's ``on_end``): no "no data" for them."""
@@ -617,7 +618,7 @@ class Pipeline:
         before the change would otherwise bring their decisions back)."""
         self._drop_raw(gone)
         self._left.append((time.monotonic() + self.config.stale_ms / 1000 + 1.0, gone))
-        self._retire_notes.append((sid, line))
+        self._stream_notes.append((sid, line))
 
     def forget_stream(self, stream: str) -> None:
         """Drop everything the monitor holds of a frame stream (a cluster host handing it over):
