@@ -366,3 +366,43 @@ def test_loso_ensembles_missing_keys_or_files_is_one_line(tmp_path, child_env):
     refused(tool("loso_ensembles.py", str(tmp_path), env=child_env), "loso_ensembles.py", "NaN")
     np.savez(tmp_path / "loso-george-probs.npz", probs=probs[:, :2], truth=np.zeros(3, int), seeds=[0, 1])
     refused(tool("loso_ensembles.py", str(tmp_path), env=child_env), "loso_ensembles.py", "(2, 2, 13)")
+
+
+# -- eval_other_rig.py ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["--scales", "x"], ["--scales", "numbers"]),
+    (["--scales", "3"], ["--scales", "between"]),
+    (["--scales", "nan"], ["--scales"]),
+    (["--scales", "1.4"], ["x1.4", "too short", "lower --scales"]),  # a faster machine's recording is shorter
+])
+def test_eval_other_rig_refuses_bad_speeds_before_the_work(args, words, data_dir, tmp_path, child_env):
+    folder = cwru_folder(data_dir, tmp_path / "cw", [NORMAL])
+    proc = tool("eval_other_rig.py", "--data", str(folder), *args, env=child_env)
+    refused(proc, "eval_other_rig.py", *words)
+    assert "| speed" not in proc.stdout
+
+
+def test_eval_other_rig_without_the_healthy_recording_is_one_line(data_dir, tmp_path, child_env):
+    folder = cwru_folder(data_dir, tmp_path / "cw", [IR007])
+    refused(tool("eval_other_rig.py", "--data", str(folder), env=child_env), "eval_other_rig.py", NORMAL, "--data")
+
+
+@pytest.mark.slow
+def test_eval_other_rig_measures_a_slower_rig_through_the_monitor(data_dir, tmp_path, child_env):
+    """At 0.8 times the rig's speed the model names a fault on every healthy window; the tool's row
+    gives them, none shown or alarmed on against the learned baseline, and the fault recording
+    alarmed; --json holds the same figures."""
+    folder = cwru_folder(data_dir, tmp_path / "cw", [NORMAL, IR007])
+    proc = tool("eval_other_rig.py", "--data", str(folder), "--scales", "0.8", "--json", str(tmp_path / "r.json"),
+                env=child_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = [ln for ln in proc.stdout.splitlines() if ln.startswith("| x0.8 ")]
+    assert len(row) == 1, proc.stdout
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    windows, named, shown, alarms, alarmed = int(cells[1]), int(cells[2]), int(cells[3]), int(cells[4]), cells[5]
+    assert windows >= 30 and named == windows and shown == 0 and alarms == 0 and alarmed == "1 of 1", row
+    import json
+
+    r = json.loads((tmp_path / "r.json").read_text())["rows"][0]
+    assert r["healthy"]["windows"] == windows and r["faults"]["alarmed"] == 1

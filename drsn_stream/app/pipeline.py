@@ -190,8 +190,10 @@ class Pipeline:
         )
         dcfg = config.decision.resolve(self.labels)
         self.decisions = DecisionEngine(self.labels, dcfg)
-        if self.baseline is not None:  # a baseline learned on windows labelled a fault is said
+        if self.baseline is not None:  # a baseline learned on windows labelled a fault is said, and
+            # a fault label needs the anomaly that would raise an alarm by itself to be shown
             self.baseline.fault_labels = frozenset(lb for lb in self.labels if self.decisions.level_of(lb) > 0)
+            self.baseline.backs_label = dcfg.anomaly_enter
         self.health = HealthMonitor(config.health)
         self.detector = None
         if any(not lb.startswith("_") for lb in self.labels) and any(lb.startswith("_") for lb in self.labels):

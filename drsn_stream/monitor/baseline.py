@@ -422,6 +422,10 @@ class BaselineStage:
         # the labels that raise an alarm (the pipeline sets them from its decision config), and per
         # stream learning, the windows learned from here and those of them labelled one of them
         self.fault_labels: frozenset[str] = frozenset()
+        # the anomaly a fault label needs to be shown and alarmed on where a baseline watches (the
+        # pipeline sets it to its decisions' anomaly_enter): under it the machine is as learned
+        self.backs_label = 1.0
+        self._said_unbacked: set[str] = set()  # streams whose unbacked fault label was said (once)
         self._labelled: dict[str, tuple[int, dict[str, int]]] = {}
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
@@ -454,6 +458,7 @@ class BaselineStage:
         self._at_rest.discard(stream)
         self._starting.pop(stream, None)
         self._said_rest.discard(stream)
+        self._said_unbacked.discard(stream)
         if stream in self._given:
             self.state[stream] = "monitoring"
             return
@@ -619,6 +624,8 @@ class BaselineStage:
                 if still:
                     continue
                 p.anomaly = a
+                if a < self.backs_label and p.label in self.fault_labels:
+                    self._unbacked(p, a)
                 hist = self.history.get(p.stream_id)
                 if hist is None:
                     hist = self.history[p.stream_id] = deque(maxlen=32)
@@ -634,6 +641,23 @@ class BaselineStage:
             self.save()
         if self.learning_to is not None and (self._learning or self._learning_on_disk):
             self.save_learning()
+
+    def _unbacked(self, p: Prediction, a: float) -> None:
+        """A fault label on a window its stream's baseline finds as learned: not shown or alarmed
+        on (``unknown``, the model's in ``model_label``), its anomaly judged as any window's. The
+        baseline was learned on this machine and the model on another: where they disagree, the
+        machine's own normal wins (a healthy machine of another rig, or at another speed, can look
+        like a fault to the model in every window), and a deviation from it still alarms, named
+        with the model's label. Said once per stream."""
+        if p.model_label is None:
+            p.model_label, p.label = p.label, UNKNOWN
+        sid = p.stream_id
+        if sid not in self._said_unbacked:
+            self._said_unbacked.add(sid)
+            self.notes.append((sid, f"the model names {p.model_label} on windows its baseline finds as learned "
+                                    f"(anomaly {a:.2f}, under {self.backs_label:g}): shown unknown and not alarmed on, "
+                                    "as the machine's normal is what it was learned as; a deviation from it still "
+                                    "alarms (a model trained on another machine can take this one's normal for a fault)"))
 
     def _stack(self) -> None:
         """The baselines as arrays (stream index, means, whiteners, thresholds) for ``apply``."""
@@ -785,8 +809,9 @@ class BaselineStage:
             most = max(faults, key=faults.__getitem__)
             self.notes.append((sid, f"the model labelled {100 * share:.0f} % of the windows learned from a fault "
                                     f"({most} most): if the machine was not healthy while learning, its baseline takes "
-                                    "that for normal; learn it again once it is (on a machine unlike the model's "
-                                    "training data such labels can also be the model's unfamiliarity with it)"))
+                                    "that for normal, and a fault label on windows it finds as learned is not alarmed "
+                                    "on; learn it again once it is (on a machine unlike the model's training data "
+                                    "such labels can also be the model's unfamiliarity with it)"))
 
     def save(self, *, final: bool = False) -> None:
         """Save the profile to ``save_to`` if a baseline was learned (or forgotten) since the last
