@@ -129,6 +129,21 @@ def test_eval_baseline_learn_too_small_is_one_line(data_dir, tmp_path, child_env
 
 
 @pytest.mark.slow
+def test_eval_baseline_steady_learns_each_recording_as_one_machine(data_dir, tmp_path, child_env):
+    """--steady: a steady recording is one operating state (not cut in parts), and the figures
+    land in --json with the rest."""
+    folder = cwru_folder(data_dir, tmp_path / "cw", [NORMAL, IR007])
+    out = tmp_path / "r.json"
+    proc = tool("eval_baseline.py", "--data", str(folder), "--steady", "--json", str(out), env=child_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 of 2 split into states" in proc.stdout, proc.stdout
+    import json
+
+    r = json.loads(out.read_text())["steady"]
+    assert r["recordings"] == 2 and r["split"] == [] and all(v["states"] == 1 for v in r["rows"].values())
+
+
+@pytest.mark.slow
 def test_eval_baseline_does_not_count_nan_windows_as_healthy(data_dir, tmp_path, child_env):
     folder = cwru_folder(data_dir, tmp_path / "cw", [IR007], **{NORMAL: nan_at(200000, 243938)})
     out = tmp_path / "r.json"
@@ -374,7 +389,9 @@ def test_loso_ensembles_missing_keys_or_files_is_one_line(tmp_path, child_env):
     (["--scales", "x"], ["--scales", "numbers"]),
     (["--scales", "3"], ["--scales", "between"]),
     (["--scales", "nan"], ["--scales"]),
-    (["--scales", "1.4"], ["x1.4", "too short", "lower --scales"]),  # a faster machine's recording is shorter
+    (["--scales", "1.4"], ["x1.4", "too short", "lower speeds"]),  # a faster machine's recording is shorter
+    (["--learn-speeds", "0.8,x"], ["--learn-speeds", "numbers"]),
+    (["--learn-speeds", "0.8,1.5"], ["x1.5", "too short"]),
 ])
 def test_eval_other_rig_refuses_bad_speeds_before_the_work(args, words, data_dir, tmp_path, child_env):
     folder = cwru_folder(data_dir, tmp_path / "cw", [NORMAL])

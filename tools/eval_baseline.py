@@ -8,7 +8,7 @@
 Windows are cut at the model's hop from the recordings resampled to the model's rate, exactly as
 the monitor cuts them, and run through the same runner. Prints a table; ``--json`` writes it.
 
-    python tools/eval_baseline.py [--model bearing-cwru] [--data ../shared/data/cwru] [--json out.json] [--sweep]
+    python tools/eval_baseline.py [--model bearing-cwru] [--data ../shared/data/cwru] [--json out.json] [--sweep] [--steady]
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from drsn_stream.models.artifact import resolve_artifact
 from drsn_stream.monitor.baseline import MARGIN, fit_stream, min_windows
 from drsn_stream.train import cwru
 
+LEARN_SHARE = 0.7  # --steady: each recording's first part learned
+
 
 def features(runner: Runner, x: np.ndarray, norm: dict) -> np.ndarray:
     out = []
@@ -39,6 +41,32 @@ def features(runner: Runner, x: np.ndarray, norm: dict) -> np.ndarray:
     return np.concatenate(out)
 
 
+def steady(folder, windows, runner: Runner, meta) -> dict:
+    """Each recording learned as a machine of one state: a split would be states that are parts
+    of one, with thresholds of their own. Counts the recordings split, and compares the share of
+    each one's later windows over the threshold with one Gaussian's."""
+    hop, span = 128, meta.window // 128
+    rows = {}
+    for info in cwru.scan(folder):
+        x = features(runner, windows(info.name, hop=hop), meta.normalization)
+        a = int(LEARN_SHARE * len(x))
+        if a < min_windows(x.shape[1]) or len(x) - a <= span:
+            continue
+        later = x[a + span :]  # none overlapping the learned ones
+        states = fit_stream(x[:a], span=span)
+        one = fit_stream(x[:a], span=span, states=1)
+        rows[info.name] = {"states": 1 + len(states.states), "over": float(np.mean(states.anomaly(later) > 1)),
+                           "over_one_gaussian": float(np.mean(one.anomaly(later) > 1))}
+    split = sorted(n for n, r in rows.items() if r["states"] > 1)
+    over = [r["over"] for r in rows.values()]
+    over1 = [r["over_one_gaussian"] for r in rows.values()]
+    print(f"steady recordings learned as one machine each (hop {hop}): {len(split)} of {len(rows)} split into "
+          f"states{' (' + ', '.join(split) + ')' if split else ''}; later windows over the threshold "
+          f"{np.mean(over):.2%} on average, {max(over, default=0):.2%} at most (one Gaussian: {np.mean(over1):.2%}, "
+          f"{max(over1, default=0):.2%})")
+    return {"recordings": len(rows), "split": split, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="bearing-cwru")
@@ -46,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--learn", type=float, default=0.7, help="share of normal_0 learned (from its start)")
     ap.add_argument("--margin", type=float, default=MARGIN)
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--steady", action="store_true",
+                    help="also: every recording as a machine of one operating state (learned on its first 70 %% at a "
+                         "hop of 128): the states found, and its later windows over the threshold against one Gaussian")
     ap.add_argument("--sweep", action="store_true",
                     help="also: later healthy windows over the threshold against the number of learning windows "
                          "(at the model's hop and half of it), below the floor of min_windows too")
@@ -137,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {n:4d} learning windows ({starts.size:2d} fits): later healthy over the threshold "
                       f"{over.mean():6.2%} on average; {(over > 0.01).mean():4.0%} of the fits over 1 %"
                       + ("" if n >= min_windows(learn.shape[1]) else "  (below the floor)"))
+    if args.steady:
+        res["steady"] = steady(folder, windows, runner, meta)
     if out:
         out.write_text(json.dumps(res, indent=1) + "\n")
     return 0

@@ -68,8 +68,14 @@ def describe(profile: Profile, where: str) -> str:
              f"{profile.sample_rate} Hz, window {profile.window}, hop {profile.hop}, created {profile.created or 'now'}"]
     for sid, b in sorted(profile.streams.items()):
         rest = f"; at rest under a level of {STOPPED_SHARE * b.level_low:.3g}" if math.isfinite(b.level_low) else ""
+        if b.states:
+            sizes = [b.windows - sum(st.windows for st in b.states)] + [st.windows for st in b.states]
+            limit = (f"{1 + len(b.states)} operating states of {', '.join(map(str, sizes))} windows, thresholds "
+                     f"{', '.join(f'{th:.3g}' for th in [b.threshold, *(st.threshold for st in b.states)])}")
+        else:
+            limit = f"threshold {b.threshold:.3g}"
         lines.append(f"  {sid}: {b.windows} windows ({b.held_back} held back), {_learned_when(b)}; "
-                     f"threshold {b.threshold:.3g} (Mahalanobis distance of {b.gaussian.mean.size} features){rest}")
+                     f"{limit} (Mahalanobis distance of {b.gaussian.mean.size} features){rest}")
     return "\n".join(lines)
 
 

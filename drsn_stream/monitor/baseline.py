@@ -2,10 +2,12 @@
 
 The commissioning step of a condition-monitoring system. While learning, the pooled features of
 each stream's windows (``Prediction.features``) are collected (at most ``LEARN_KEEP`` per stream,
-spread evenly over a longer learning: ``_Learning``); ``fit_stream`` fits a Gaussian to
-the first part of them and sets the alarm threshold to the ``PERCENTILE``-th percentile of the
-Mahalanobis distances of the held-back rest, times ``MARGIN``. While monitoring, each prediction
-gains ``anomaly`` = distance / threshold (1.0 = the threshold).
+spread evenly over a longer learning: ``_Learning``); ``fit_stream`` finds the machine's
+operating states among them (up to ``MAX_STATES``; one for a machine that runs one way), fits a
+Gaussian to the first part of each state's windows and sets its alarm threshold to the
+``PERCENTILE``-th percentile of the Mahalanobis distances of the held-back rest, times ``MARGIN``.
+While monitoring, each prediction gains ``anomaly`` = distance / threshold to the nearest state
+(1.0 = the threshold).
 
 A ``Profile`` is one JSON file (human-readable, versioned, never pickle) naming the model and a
 digest of its weights, the sample rate and window, and per stream the statistics, the threshold,
@@ -25,6 +27,7 @@ import threading
 import time
 import zipfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +40,18 @@ from drsn_stream.models.ood import UNKNOWN, Gaussian, check_gaussian, rounded
 from drsn_stream.types import Prediction, batch_columns
 
 FORMAT = "drsn-stream-baseline"
-FORMAT_VERSION = 1
+# 2: a stream's baseline may hold further operating states (``states``); a profile without them is
+# written as version 1, which older versions read alike (a version 2 one they refuse, rather than
+# monitor a machine on one of its states)
+FORMAT_VERSION = 2
 HELD_BACK = 0.2  # the last share of each stream's learning windows, kept out of the fit to set the threshold
 PERCENTILE = 99.9
 MARGIN = 2.0  # the held-back windows come from the same minutes as the fit; a machine's later normal varies more
 SHRINK = 0.0  # weight of the diagonal in the covariance (Gaussian.fit); on CWRU any shrinkage widened the healthy spread
+# operating states: a machine learned at several speeds or loads gets one Gaussian per state (found
+# from the features alone), so that each state's normal is as tight as a one-state machine's
+MAX_STATES = 4
+STATE_SAMPLE = 512  # learning windows the states are searched on (all are then assigned to them)
 MIN_WINDOWS = 32  # fewer learning windows than this give no stable Gaussian over the features
 # and per feature: with fewer, the covariance is loose and the threshold rests on a handful of
 # held-back windows, which later healthy windows cross (tools/eval_baseline.py --sweep,
@@ -141,6 +151,10 @@ class StreamBaseline:
         level_low: the level (RMS, signal units) under which STOPPED_PERCENTILE % of the learning
             windows lay; a window under STOPPED_SHARE of it is a machine at rest. NaN where the
             learning windows carried no level (a profile of an older version): never at rest.
+        states: the machine's further operating states, each its own Gaussian and threshold
+            (``gaussian`` / ``threshold`` are the state most learning windows were in); empty:
+            one state. A window's anomaly is its distance to the nearest state over that state's
+            threshold.
     """
 
     gaussian: Gaussian
@@ -150,10 +164,14 @@ class StreamBaseline:
     learned_from: float = 0.0
     learned_to: float = 0.0
     level_low: float = math.nan
+    states: tuple[State, ...] = ()
 
     def anomaly(self, features: np.ndarray) -> np.ndarray:
-        """(b, features) -> (b,) distance over the threshold."""
-        return np.sqrt(self.gaussian.distance2(features)) / self.threshold
+        """(b, features) -> (b,) distance over the threshold, to the nearest operating state."""
+        a = np.sqrt(self.gaussian.distance2(features)) / self.threshold
+        for st in self.states:
+            a = np.minimum(a, np.sqrt(st.gaussian.distance2(features)) / st.threshold)
+        return a
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +183,7 @@ class StreamBaseline:
             "learned_from": self.learned_from,
             "learned_to": self.learned_to,
             **({"level_low": self.level_low} if math.isfinite(self.level_low) else {}),
+            **({"states": [st.to_dict() for st in self.states]} if self.states else {}),
         }
 
     @classmethod
@@ -185,8 +204,43 @@ class StreamBaseline:
         if low is not None and (isinstance(low, bool) or not isinstance(low, (int, float))
                                 or not (math.isfinite(low) and low > 0)):
             raise ValueError(f"level_low {str(low)[:40]!r} is not a level > 0")
+        states = d.get("states", [])
+        if not isinstance(states, list) or len(states) >= MAX_STATES:
+            raise ValueError(f"states: a list of at most {MAX_STATES - 1} further operating states")
+        more = tuple(State.from_dict(st, mean.size) for st in states)
+        if sum(st.windows for st in more) >= windows:
+            raise ValueError(f"states of more windows than the {windows} learned")
         return cls(Gaussian(mean, whitener), threshold, windows, held_back, *times,
-                   float(low) if low is not None else math.nan)
+                   float(low) if low is not None else math.nan, more)
+
+
+@dataclass(frozen=True)
+class State:
+    """One further operating state of a stream's baseline: its Gaussian, its threshold, and the
+    learning windows that were in it."""
+
+    gaussian: Gaussian
+    threshold: float
+    windows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": rounded(self.gaussian.mean), "whitener": rounded(self.gaussian.whitener),
+                "threshold": self.threshold, "windows": self.windows}
+
+    @classmethod
+    def from_dict(cls, d: Any, features: int) -> State:
+        if not isinstance(d, dict):
+            raise ValueError("an operating state is a table of mean, whitener, threshold, windows")
+        mean = np.asarray(d["mean"], dtype=np.float64)
+        whitener = np.asarray(d["whitener"], dtype=np.float64)
+        check_gaussian(mean, whitener)
+        if mean.size != features:
+            raise ValueError(f"an operating state over {mean.size} features, the baseline's over {features}")
+        threshold = d["threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+                math.isfinite(threshold) and threshold > 0):
+            raise ValueError(f"operating state threshold {str(threshold)[:40]!r}")
+        return cls(Gaussian(mean, whitener), float(threshold), _count(d["windows"], "windows"))
 
 
 def _count(v: Any, name: str, most: int = 2**53) -> int:
@@ -206,8 +260,12 @@ def _text(v: Any, name: str) -> str:
 
 def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_back: float = HELD_BACK,
                percentile: float = PERCENTILE, margin: float = MARGIN, shrink: float = SHRINK,
-               least: int | None = None) -> StreamBaseline:
-    """Fits one stream's baseline on its learning windows' features (n, features), in time order.
+               least: int | None = None, states: int = MAX_STATES, span: int = 0) -> StreamBaseline:
+    """Fits one stream's baseline on its learning windows' features (n, features), in time order:
+    up to ``states`` operating states (``_operating_states``; 1: one Gaussian over all), each
+    fitted on its windows but its last ``held_back`` share, which set its threshold. ``span``: the
+    learning windows that overlap one window (window / hop, over the stride of a long learning):
+    as many on each side of a change of state are left out (``_between_states``).
     Windows with NaN or infinite features (a sensor's dropout) are left out: one would make every
     statistic NaN, a baseline that never alarms. ``least``: the fewest windows accepted (default
     ``min_windows``; lower only to measure what fewer give, tools/eval_baseline.py --sweep)."""
@@ -221,6 +279,48 @@ def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_ba
     if n < need:
         raise ConfigError(f"a baseline over {x.shape[1]} features needs at least {need} windows, got {n}; "
                           "learn for longer")
+    def apart(groups: list[np.ndarray]) -> list[np.ndarray]:  # the windows at a change of state left out
+        if len(groups) > 1 and span > 0:
+            kept = _between_states(groups, n, span)
+            if min(g.size for g in kept) >= need:  # (states that alternate every few windows: kept whole)
+                return kept
+        return groups
+
+    def distinct(groups: list[np.ndarray]) -> bool:  # each state's normal an anomaly to every other
+        fitted = [_fit_state(x[g], held_back, percentile, margin, shrink)[:2] for g in apart(groups)]
+        return all(np.sqrt(gi.distance2(gj.mean[None]))[0] >= ti
+                   for i, (gi, ti) in enumerate(fitted) for j, (gj, _) in enumerate(fitted) if i != j)
+
+    fits = []
+    for rows in apart(_operating_states(x, need, states, distinct)):  # each in time order: its last windows held back
+        gauss, threshold, k = _fit_state(x[rows], held_back, percentile, margin, shrink)
+        fits.append((rows.size, gauss, threshold, k))
+    fits.sort(key=lambda f: -f[0])
+    _, gauss, threshold, _ = fits[0]
+    more = tuple(State(g, th, m) for m, g, th, _ in fits[1:])
+    return StreamBaseline(gauss, threshold, n, sum(f[3] for f in fits), float(t[0]), float(t[-1]), states=more)
+
+
+def _between_states(groups: list[np.ndarray], n: int, span: int) -> list[np.ndarray]:
+    """``groups`` less the windows within ``span`` windows of a change from one operating state to
+    another: such a window spans the change (its samples are of both states, or of the ramp
+    between them) and belongs to neither. A state's last windows are its held-back ones, so every
+    change of state would otherwise set a threshold. (States that alternate every few windows
+    leave too few: the caller keeps them whole then.)"""
+    state = np.empty(n, dtype=np.int64)
+    for j, g in enumerate(groups):
+        state[g] = j
+    out = np.zeros(n, dtype=bool)
+    for b in (np.flatnonzero(np.diff(state)) + 1).tolist():  # the first window after each change
+        out[max(0, b - span) : b + span] = True
+    return [g[~out[g]] for g in groups]
+
+
+def _fit_state(x: np.ndarray, held_back: float, percentile: float, margin: float,
+               shrink: float) -> tuple[Gaussian, float, int]:
+    """One state's Gaussian on its windows but the last ``held_back`` share, and its threshold
+    from those held back: (Gaussian, threshold, windows held back)."""
+    n = len(x)
     k = max(1, int(round(n * held_back)))
     if n - k <= x.shape[1]:
         raise ConfigError(f"a baseline over {x.shape[1]} features needs more than {x.shape[1]} windows to fit "
@@ -229,7 +329,104 @@ def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_ba
     threshold = float(np.percentile(np.sqrt(gauss.distance2(x[n - k :])), percentile) * margin)
     if not (threshold > 0 and math.isfinite(threshold)):
         raise ConfigError(f"the learned threshold is {threshold} (the features do not vary); learn on a running machine")
-    return StreamBaseline(gauss, threshold, n, k, float(t[0]), float(t[-1]))
+    return gauss, threshold, k
+
+
+def _operating_states(x: np.ndarray, least: int, most: int,
+                      distinct: Callable[[list[np.ndarray]], bool]) -> list[np.ndarray]:
+    """The learning windows' operating states: row indices (ascending) per state, one state when
+    the windows do not support more. States are found from the features alone (k-means on the
+    centred features, 2..``most`` states, every state at least ``least`` windows); more states
+    are kept while they lower the BIC of a Gaussian per state and are ``distinct`` (each state's
+    normal would be an anomaly to the others: one state of a skewed spread is not split in
+    parts). A machine run at several speeds or loads forms separate clusters, each far tighter
+    than one Gaussian over them all (whose spread hid faults at its own speed:
+    docs/own-machine.md). Deterministic (fixed seeds)."""
+    n, f = x.shape
+    every = np.arange(n)
+    if most < 2 or n < 2 * least:
+        return [every]
+    z = x - x.mean(axis=0)  # the features' own scale: the directions they vary most in lead
+    sample = z[np.linspace(0, n - 1, min(n, STATE_SAMPLE)).astype(np.int64)]
+    best, best_bic = [every], _bic(x, [every])
+    for k in range(2, min(most, n // least) + 1):
+        centres = _kmeans(sample, k)
+        nearest = _distance2(z, centres).argmin(axis=1)
+        groups = [np.flatnonzero(nearest == j) for j in range(k)]
+        if min(g.size for g in groups) < least:
+            break  # more states than the windows can support
+        bic = _bic(x, groups)
+        if bic >= best_bic or not distinct(groups):
+            break  # no better than fewer states, or parts of one
+        best, best_bic = groups, bic
+    return best
+
+
+def _bic(x: np.ndarray, groups: list[np.ndarray]) -> float:
+    """The Bayesian information criterion of one Gaussian per group (hard assignment)."""
+    n, f = x.shape
+    loglik = 0.0
+    for g in groups:
+        xg = x[g]
+        c = xg - xg.mean(axis=0)
+        cov = c.T @ c / len(xg) + 1e-9 * np.eye(f)
+        sign, logdet = np.linalg.slogdet(cov)
+        if sign <= 0:
+            return math.inf
+        loglik += -0.5 * len(xg) * (logdet + f * (1.0 + math.log(2 * math.pi))) + len(xg) * math.log(len(xg) / n)
+    params = len(groups) * (f + f * (f + 1) / 2) + len(groups) - 1
+    return -2.0 * loglik + params * math.log(n)
+
+
+def _kmeans(z: np.ndarray, k: int, *, tries: int = 2, rounds: int = 30) -> np.ndarray:
+    """k centres of ``z`` (rows): of Lloyd's rounds from a split along principal axes (the
+    cluster of largest spread halved along its first axis, until k) and from ``tries`` k-means++
+    starts (fixed seeds), the centres of least inertia."""
+    starts = [_bisected(z, k)]
+    for seed in range(tries):
+        rng = np.random.default_rng(seed)
+        c = z[[rng.integers(len(z))]]
+        for _ in range(1, k):
+            d = _distance2(z, c).min(axis=1)
+            pick = rng.choice(len(z), p=d / d.sum()) if d.sum() > 0 else rng.integers(len(z))
+            c = np.vstack([c, z[pick]])
+        starts.append(c)
+    best, best_inertia = starts[0], math.inf
+    for c in starts:
+        for _ in range(rounds):
+            nearest = _distance2(z, c).argmin(axis=1)
+            onehot = np.eye(k)[nearest]
+            counts = onehot.sum(axis=0)
+            moved = np.where(counts[:, None] > 0, onehot.T @ z / np.maximum(counts, 1)[:, None], c)
+            if np.allclose(moved, c):
+                break
+            c = moved
+        inertia = float(_distance2(z, c).min(axis=1).sum())
+        if inertia < best_inertia:
+            best, best_inertia = c, inertia
+    return best
+
+
+def _bisected(z: np.ndarray, k: int) -> np.ndarray:
+    """k starting centres: the rows halved along their first principal axis, then the half of
+    largest spread along its own, until there are k parts; their means."""
+    parts = [z]
+    while len(parts) < k:
+        j = max(range(len(parts)), key=lambda i: float(((parts[i] - parts[i].mean(axis=0)) ** 2).sum()))
+        part = parts.pop(j)
+        c = part - part.mean(axis=0)
+        axis = np.linalg.svd(c, full_matrices=False)[2][0] if len(part) > 1 else np.zeros(z.shape[1])
+        side = c @ axis > 0
+        if side.all() or not side.any():
+            parts += [part, part]  # nothing to split: the same centre twice (Lloyd's rounds part them or not)
+        else:
+            parts += [part[side], part[~side]]
+    return np.array([p.mean(axis=0) for p in parts])
+
+
+def _distance2(z: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(n, k) squared distances of rows ``z`` to centres ``c``."""
+    return np.maximum((z * z).sum(axis=1)[:, None] - 2.0 * z @ c.T + (c * c).sum(axis=1)[None], 0.0)
 
 
 @dataclass
@@ -248,7 +445,7 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if any(sb.states for sb in self.streams.values()) else 1,
             "model": self.model,
             "model_digest": self.model_digest,
             "sample_rate": self.sample_rate,
@@ -613,8 +810,13 @@ class BaselineStage:
                 rows.append(p)
                 ks.append(k)
         if rows:
-            z = np.einsum("bf,bfg->bg", np.array([p.features for p in rows]) - means[ks], whiteners[ks])
-            scores = np.sqrt(np.einsum("bf,bf->b", z, z)) / thresholds[ks]
+            x = np.array([p.features for p in rows])
+            if means.ndim == 2:  # one state per baseline
+                z = np.einsum("bf,bfg->bg", x - means[ks], whiteners[ks])
+                scores = np.sqrt(np.einsum("bf,bf->b", z, z)) / thresholds[ks]
+            else:  # (baselines, states, ...): the nearest state's distance over its threshold
+                z = np.einsum("bkf,bkfg->bkg", x[:, None, :] - means[ks], whiteners[ks])
+                scores = (np.sqrt(np.einsum("bkg,bkg->bk", z, z)) / thresholds[ks]).min(axis=1)
             cols = batch_columns(preds)
             levels = cols.level if cols is not None and len(rows) == len(cols) else np.array([p.level for p in rows])
             resting = levels < STOPPED_SHARE * lows[ks]  # (a level_low of NaN: never)
@@ -660,15 +862,25 @@ class BaselineStage:
                                     "alarms (a model trained on another machine can take this one's normal for a fault)"))
 
     def _stack(self) -> None:
-        """The baselines as arrays (stream index, means, whiteners, thresholds) for ``apply``."""
+        """The baselines as arrays (stream index, means, whiteners, thresholds, levels) for
+        ``apply``; where any baseline has several operating states, with a states axis after the
+        first (the states of a baseline with fewer repeat its first: the nearest is the same)."""
         ids = list(self.profile.streams)
         bases = [self.profile.streams[sid] for sid in ids]
         f = bases[0].gaussian.mean.size if bases else 0
+        k = 1 + max((len(b.states) for b in bases), default=0)
+        if k == 1:
+            means = np.array([b.gaussian.mean for b in bases]).reshape(len(ids), f)
+            whiteners = np.array([b.gaussian.whitener for b in bases]).reshape(len(ids), f, f)
+            thresholds = np.array([b.threshold for b in bases])
+        else:
+            every = [[(b.gaussian, b.threshold)] + [(st.gaussian, st.threshold) for st in b.states] for b in bases]
+            every = [e + e[:1] * (k - len(e)) for e in every]
+            means = np.array([[g.mean for g, _ in e] for e in every]).reshape(len(ids), k, f)
+            whiteners = np.array([[g.whitener for g, _ in e] for e in every]).reshape(len(ids), k, f, f)
+            thresholds = np.array([[th for _, th in e] for e in every]).reshape(len(ids), k)
         self._stacked = (
-            {sid: k for k, sid in enumerate(ids)},
-            np.array([b.gaussian.mean for b in bases]).reshape(len(ids), f),
-            np.array([b.gaussian.whitener for b in bases]).reshape(len(ids), f, f),
-            np.array([b.threshold for b in bases]),
+            {sid: j for j, sid in enumerate(ids)}, means, whiteners, thresholds,
             np.array([b.level_low for b in bases], dtype=np.float64),
         )
         self._held_k = np.array([sid in self._at_rest or sid in self._starting for sid in ids], dtype=bool)
@@ -787,7 +999,8 @@ class BaselineStage:
         try:
             if so_far is None or not so_far.n:  # every window came from a sensor in CHECK_SENSOR
                 raise ConfigError("every window came from a sensor in CHECK_SENSOR; check the sensor, then learn again")
-            base = fit_stream(so_far.feats[: so_far.n], so_far.times[: so_far.n])
+            span = -(-self.profile.window // (self.hop * so_far.stride))  # kept windows that overlap one
+            base = fit_stream(so_far.feats[: so_far.n], so_far.times[: so_far.n], span=span)
             base.level_low = so_far.level_low()
         except ConfigError as exc:
             self.state[sid] = "no baseline"
@@ -802,6 +1015,7 @@ class BaselineStage:
         self.notes.append((sid, f"baseline learned on {base.windows} windows"
                                 + (f" (one in {so_far.stride} of {so_far.seen})" if so_far.stride > 1 else "")
                                 + (f" ({skipped} from a sensor in CHECK_SENSOR left out)" if skipped else "")
+                                + (f", in {1 + len(base.states)} operating states" if base.states else "")
                                 + "; monitoring for deviations"))
         counted, faults = self._labelled.pop(sid, None) or (0, {})
         share = sum(faults.values()) / counted if counted else 0.0
