@@ -237,6 +237,12 @@ def test_operating_states_round_trip_in_a_version_2_profile_and_are_scored_as_on
         assert np.allclose(back.streams[sid].anomaly(x), base.anomaly(x))
     alone = Profile("bearing-cwru", digest, 12000, 2048, 512, {"m1": one}).save(tmp_path / "one.json")
     assert json.loads(alone.read_text())["format_version"] == 1
+    from drsn_stream.app.baseline_cli import describe
+
+    shown = describe(back, "p.json")  # what baseline show prints
+    assert f"m2: 400 windows ({two.held_back} held back)" in shown and "2 operating states of 200, 200 windows" in shown
+    assert f"thresholds {two.threshold:.3g}, {two.states[0].threshold:.3g}" in shown
+    assert f"m1: 100 windows (20 held back), 0.0-99.0 s of a replay; threshold {one.threshold:.3g}" in shown
     stage = BaselineStage(back, learn_s=None, model="m", digest="d", sample_rate=12000, window=2048, hop=512)
     preds = [_window(sid, i, x[i].astype(np.float32)) for i in range(len(x)) for sid in ("m1", "m2")]
     stage.apply(preds)
