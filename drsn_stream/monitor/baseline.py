@@ -175,9 +175,7 @@ class StreamBaseline:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mean": rounded(self.gaussian.mean),
-            "whitener": rounded(self.gaussian.whitener),
-            "threshold": self.threshold,
+            **_limit_dict(self.gaussian, self.threshold),
             "windows": self.windows,
             "held_back": self.held_back,
             "learned_from": self.learned_from,
@@ -188,12 +186,7 @@ class StreamBaseline:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamBaseline:
-        mean = np.asarray(d["mean"], dtype=np.float64)
-        whitener = np.asarray(d["whitener"], dtype=np.float64)
-        check_gaussian(mean, whitener)
-        threshold = float(d["threshold"])
-        if not (threshold > 0 and math.isfinite(threshold)):
-            raise ValueError(f"threshold {threshold!r}")
+        gauss, threshold = _limit_of(d)
         windows, held_back = _count(d["windows"], "windows"), _count(d["held_back"], "held_back")
         if not 0 <= held_back < windows:
             raise ValueError(f"held_back {held_back} of {windows} windows")
@@ -207,11 +200,30 @@ class StreamBaseline:
         states = d.get("states", [])
         if not isinstance(states, list) or len(states) >= MAX_STATES:
             raise ValueError(f"states: a list of at most {MAX_STATES - 1} further operating states")
-        more = tuple(State.from_dict(st, mean.size) for st in states)
+        more = tuple(State.from_dict(st, gauss.mean.size) for st in states)
         if sum(st.windows for st in more) >= windows:
             raise ValueError(f"states of more windows than the {windows} learned")
-        return cls(Gaussian(mean, whitener), threshold, windows, held_back, *times,
-                   float(low) if low is not None else math.nan, more)
+        return cls(gauss, threshold, windows, held_back, *times, float(low) if low is not None else math.nan, more)
+
+
+def _limit_dict(gauss: Gaussian, threshold: float) -> dict[str, Any]:
+    """A Gaussian and its threshold as a profile writes them (a stream's first state, or another)."""
+    return {"mean": rounded(gauss.mean), "whitener": rounded(gauss.whitener), "threshold": threshold}
+
+
+def _limit_of(d: Any) -> tuple[Gaussian, float]:
+    """``_limit_dict``'s table read back and checked: a whitener that fits its mean, no NaN or
+    infinite statistic, a threshold that is a finite number > 0."""
+    if not isinstance(d, dict):
+        raise ValueError("a baseline state is a table of mean, whitener, threshold, windows")
+    mean = np.asarray(d["mean"], dtype=np.float64)
+    whitener = np.asarray(d["whitener"], dtype=np.float64)
+    check_gaussian(mean, whitener)
+    threshold = d["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold {str(threshold)[:40]!r}")
+    return Gaussian(mean, whitener), float(threshold)
 
 
 @dataclass(frozen=True)
@@ -224,23 +236,14 @@ class State:
     windows: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": rounded(self.gaussian.mean), "whitener": rounded(self.gaussian.whitener),
-                "threshold": self.threshold, "windows": self.windows}
+        return {**_limit_dict(self.gaussian, self.threshold), "windows": self.windows}
 
     @classmethod
     def from_dict(cls, d: Any, features: int) -> State:
-        if not isinstance(d, dict):
-            raise ValueError("an operating state is a table of mean, whitener, threshold, windows")
-        mean = np.asarray(d["mean"], dtype=np.float64)
-        whitener = np.asarray(d["whitener"], dtype=np.float64)
-        check_gaussian(mean, whitener)
-        if mean.size != features:
-            raise ValueError(f"an operating state over {mean.size} features, the baseline's over {features}")
-        threshold = d["threshold"]
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-                math.isfinite(threshold) and threshold > 0):
-            raise ValueError(f"operating state threshold {str(threshold)[:40]!r}")
-        return cls(Gaussian(mean, whitener), float(threshold), _count(d["windows"], "windows"))
+        gauss, threshold = _limit_of(d)
+        if gauss.mean.size != features:
+            raise ValueError(f"an operating state over {gauss.mean.size} features, the baseline's over {features}")
+        return cls(gauss, threshold, _count(d["windows"], "windows"))
 
 
 def _count(v: Any, name: str, most: int = 2**53) -> int:
@@ -869,16 +872,13 @@ class BaselineStage:
         bases = [self.profile.streams[sid] for sid in ids]
         f = bases[0].gaussian.mean.size if bases else 0
         k = 1 + max((len(b.states) for b in bases), default=0)
-        if k == 1:
-            means = np.array([b.gaussian.mean for b in bases]).reshape(len(ids), f)
-            whiteners = np.array([b.gaussian.whitener for b in bases]).reshape(len(ids), f, f)
-            thresholds = np.array([b.threshold for b in bases])
-        else:
-            every = [[(b.gaussian, b.threshold)] + [(st.gaussian, st.threshold) for st in b.states] for b in bases]
-            every = [e + e[:1] * (k - len(e)) for e in every]
-            means = np.array([[g.mean for g, _ in e] for e in every]).reshape(len(ids), k, f)
-            whiteners = np.array([[g.whitener for g, _ in e] for e in every]).reshape(len(ids), k, f, f)
-            thresholds = np.array([[th for _, th in e] for e in every]).reshape(len(ids), k)
+        every = [[(b.gaussian, b.threshold)] + [(st.gaussian, st.threshold) for st in b.states] for b in bases]
+        every = [e + e[:1] * (k - len(e)) for e in every]
+        means = np.array([[g.mean for g, _ in e] for e in every]).reshape(len(ids), k, f)
+        whiteners = np.array([[g.whitener for g, _ in e] for e in every]).reshape(len(ids), k, f, f)
+        thresholds = np.array([[th for _, th in e] for e in every]).reshape(len(ids), k)
+        if k == 1:  # no states axis: ``apply``'s plainer products
+            means, whiteners, thresholds = (np.ascontiguousarray(a[:, 0]) for a in (means, whiteners, thresholds))
         self._stacked = (
             {sid: j for j, sid in enumerate(ids)}, means, whiteners, thresholds,
             np.array([b.level_low for b in bases], dtype=np.float64),
