@@ -57,28 +57,27 @@ LEARN_SHARE = 0.7
 STATES_SHARE = 0.8
 
 
-def _monitor(*args: str) -> list[dict]:
-    """``drsn-stream ARGS --jsonl FILE`` in this process; its JSON lines."""
+def _cli(argv: list[str]) -> None:
+    """``drsn-stream ARGV`` in this process, its output swallowed; a failure is one DataError."""
     from drsn_stream.cli import main
 
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(argv)
+    gc.unfreeze()  # ``run`` freezes what it built before its exit; this process goes on
+    if code != 0:
+        raise DataError(f"drsn-stream {' '.join(argv[:3])} exited {code}: {_last_line(err.getvalue() or out.getvalue())}")
+
+
+def _monitor(*args: str) -> list[dict]:
+    """``drsn-stream ARGS --jsonl FILE`` in this process; its JSON lines."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.jsonl"
-        argv = [*args, "--jsonl", str(out), "--engine-process", "off"]
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-            code = main(argv)
-        gc.unfreeze()  # ``run`` freezes what it built before its exit; this process goes on
-        if code != 0:
-            raise DataError(f"drsn-stream {' '.join(args[:2])} exited {code}: {_last_line(err.getvalue())}")
+        _cli([*args, "--jsonl", str(out), "--engine-process", "off"])
         return [json.loads(ln) for ln in out.read_text().splitlines() if ln.startswith("{")]
 
 
 def _learn(spec: str, profile: Path) -> None:
-    from drsn_stream.cli import main
-
-    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
-        code = main(["baseline", "learn", "--source", spec, "--out", str(profile)])
-    if code != 0:
-        raise DataError(f"baseline learn --source {spec} exited {code}: {_last_line(err.getvalue() or out.getvalue())}")
+    _cli(["baseline", "learn", "--source", spec, "--out", str(profile)])
 
 
 def _last_line(text: str) -> str:
@@ -86,9 +85,11 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(nothing said)"
 
 
-def _split(data: Path, scale: float, least_s: float, share: float = LEARN_SHARE) -> tuple[int, float]:
-    """(the healthy recording's declared rate at ``scale``, the seconds of it learned on)."""
-    x, rate = read_recording(data / HEALTHY)
+def _split(healthy: tuple[np.ndarray, float], scale: float, least_s: float,
+           share: float = LEARN_SHARE) -> tuple[int, float]:
+    """(the healthy recording's declared rate at ``scale``, the seconds of it learned on);
+    ``healthy``: its samples and rate (``read_recording``)."""
+    x, rate = healthy
     declared = int(round(rate * scale))
     seconds = x.shape[0] / declared
     split = max(share * seconds, least_s)  # a faster machine's recording is shorter
@@ -98,8 +99,9 @@ def _split(data: Path, scale: float, least_s: float, share: float = LEARN_SHARE)
     return declared, split
 
 
-def measure(data: Path, scale: float, faults: list[Path], fault_labels: set[str], least_s: float) -> dict:
-    declared, split = _split(data, scale, least_s)
+def measure(data: Path, healthy: tuple[np.ndarray, float], scale: float, faults: dict[Path, float],
+            fault_labels: set[str], least_s: float) -> dict:
+    declared, split = _split(healthy, scale, least_s)
     row: dict = {"scale": scale, "healthy_rate": declared}
     with tempfile.TemporaryDirectory() as tmp:
         profile = Path(tmp) / "p.json"
@@ -113,8 +115,8 @@ def measure(data: Path, scale: float, faults: list[Path], fault_labels: set[str]
         row["healthy"] = {"windows": len(preds), "model_names_fault": named, "shown_fault": shown,
                           "alarms": len(raised), "anomaly_max": max((o.get("anomaly", 0.0) for o in preds), default=0.0)}
         alarmed, first = 0, []
-        for f in faults:
-            fr = int(round(read_recording(f)[1] * scale))
+        for f, rate in faults.items():
+            fr = int(round(rate * scale))
             objs = _monitor("--source", f"file:{f}?rate={fr}&stream=normal_0_97", "--baseline", str(profile),
                             "--fast", "--headless")
             preds = [o for o in objs if o["type"] == "prediction"]
@@ -127,8 +129,8 @@ def measure(data: Path, scale: float, faults: list[Path], fault_labels: set[str]
     return row
 
 
-def measure_states(data: Path, speeds: list[float], faults: list[Path], least_s: float, order: str,
-                   model_rate: int) -> list[dict]:
+def measure_states(data: Path, healthy: tuple[np.ndarray, float], speeds: list[float], faults: dict[Path, float],
+                   least_s: float, order: str, model_rate: int) -> list[dict]:
     """One baseline learned over the healthy recording at every speed of ``speeds``; each speed's
     held-out part and fault recordings monitored against it."""
     import scipy.io.wavfile
@@ -136,10 +138,10 @@ def measure_states(data: Path, speeds: list[float], faults: list[Path], least_s:
 
     from drsn_stream.dsp.resample import rational_ratio
 
-    x = read_recording(data / HEALTHY)[0][:, 0].astype(np.float64)
+    x = healthy[0][:, 0].astype(np.float64)
     parts, splits = [], {}
     for s in speeds:
-        declared, split = _split(data, s, least_s, STATES_SHARE)
+        declared, split = _split(healthy, s, least_s, STATES_SHARE)
         splits[s] = (declared, split)
         up, down = rational_ratio(declared, model_rate)
         parts.append(resample_poly(x[: int(split * declared)], up, down).astype(np.float32))
@@ -166,8 +168,8 @@ def measure_states(data: Path, speeds: list[float], faults: list[Path], least_s:
                    "healthy": {"windows": len(preds), "over": sum(o.get("anomaly", 0.0) > 1 for o in preds),
                                "alarms": sum(o["type"] == "alarm" and o["to"] != "NORMAL" for o in objs)}}
             alarmed, under_half = 0, 0
-            for f in faults:
-                fr = int(round(read_recording(f)[1] * s))
+            for f, rate in faults.items():
+                fr = int(round(rate * s))
                 objs = _monitor("--source", f"file:{f}?rate={fr}&stream=normal_0_97", "--baseline", str(profile),
                                 "--fast", "--headless")
                 preds = [o for o in objs if o["type"] == "prediction"]
@@ -204,20 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     data = cwru.cwru_dir(args.data)
     if not (data / HEALTHY).is_file():
         raise ConfigError(f"{data / HEALTHY} not found: give the CWRU folder with --data")
-    faults = sorted(data.glob("12k_Drive_End_*.mat"))
+    healthy = read_recording(data / HEALTHY)
     from drsn_stream.models import load_artifact
 
     meta = load_artifact("bearing-cwru")[1]
     fault_labels = {lb for lb in meta.labels if lb != "normal"}
     least_s = ((min_windows(meta.features) - 1) * meta.hop + meta.window) / meta.sample_rate + 0.01
     for s in scales:  # every speed checked before the work
-        _split(data, s, least_s, LEARN_SHARE if args.learn_speeds is None else STATES_SHARE)
+        _split(healthy, s, least_s, LEARN_SHARE if args.learn_speeds is None else STATES_SHARE)
+    faults = {f: read_recording(f)[1] for f in sorted(data.glob("12k_Drive_End_*.mat"))}  # their rates
     if args.learn_speeds is not None:
         print(f"one baseline learned at x{', x'.join(f'{s:g}' for s in scales)} ({args.order})")
         print("| speed | states learned | healthy windows (held out) | over the threshold | alarms | "
               "fault recordings alarmed | with under half their windows over |")
         print("|---|---|---|---|---|---|---|")
-        rows = measure_states(data, scales, faults, least_s, args.order, meta.sample_rate)
+        rows = measure_states(data, healthy, scales, faults, least_s, args.order, meta.sample_rate)
         if out is not None:
             out.write_text(json.dumps({"model": "bearing-cwru", "learn_speeds": scales, "order": args.order,
                                        "rows": rows}, indent=1) + "\n")
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for s in scales:
         t = time.perf_counter()
-        r = measure(data, s, faults, fault_labels, least_s)
+        r = measure(data, healthy, s, faults, fault_labels, least_s)
         rows.append(r)
         h, f = r["healthy"], r["faults"]
         print(f"| x{s:g} | {h['windows']} | {h['model_names_fault']} | {h['shown_fault']} | {h['alarms']} | "
