@@ -289,16 +289,10 @@ def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_ba
                 return kept
         return groups
 
-    def distinct(groups: list[np.ndarray]) -> bool:  # each state's normal an anomaly to every other
-        fitted = [_fit_state(x[g], held_back, percentile, margin, shrink)[:2] for g in apart(groups)]
-        return all(np.sqrt(gi.distance2(gj.mean[None]))[0] >= ti
-                   for i, (gi, ti) in enumerate(fitted) for j, (gj, _) in enumerate(fitted) if i != j)
+    def fit(groups: list[np.ndarray]) -> list[_Fit]:  # each in time order: its last windows held back
+        return [(rows.size, *_fit_state(x[rows], held_back, percentile, margin, shrink)) for rows in apart(groups)]
 
-    fits = []
-    for rows in apart(_operating_states(x, need, states, distinct)):  # each in time order: its last windows held back
-        gauss, threshold, k = _fit_state(x[rows], held_back, percentile, margin, shrink)
-        fits.append((rows.size, gauss, threshold, k))
-    fits.sort(key=lambda f: -f[0])
+    fits = sorted(_operating_states(x, need, states, fit), key=lambda f: -f[0])
     _, gauss, threshold, _ = fits[0]
     more = tuple(State(g, th, m) for m, g, th, _ in fits[1:])
     return StreamBaseline(gauss, threshold, n, sum(f[3] for f in fits), float(t[0]), float(t[-1]), states=more)
@@ -335,23 +329,26 @@ def _fit_state(x: np.ndarray, held_back: float, percentile: float, margin: float
     return gauss, threshold, k
 
 
+_Fit = tuple[int, Gaussian, float, int]  # a state fitted: (its windows, Gaussian, threshold, windows held back)
+
+
 def _operating_states(x: np.ndarray, least: int, most: int,
-                      distinct: Callable[[list[np.ndarray]], bool]) -> list[np.ndarray]:
-    """The learning windows' operating states: row indices (ascending) per state, one state when
-    the windows do not support more. States are found from the features alone (k-means on the
-    centred features, 2..``most`` states, every state at least ``least`` windows); more states
-    are kept while they lower the BIC of a Gaussian per state and are ``distinct`` (each state's
-    normal would be an anomaly to the others: one state of a skewed spread is not split in
-    parts). A machine run at several speeds or loads forms separate clusters, each far tighter
+                      fit: Callable[[list[np.ndarray]], list[_Fit]]) -> list[_Fit]:
+    """The learning windows' operating states, as ``fit`` fits the row indices (ascending) of
+    each; one state when the windows do not support more. States are found from the features
+    alone (k-means on the centred features, 2..``most`` states, every state at least ``least``
+    windows); more states are kept while they lower the BIC of a Gaussian per state and are
+    distinct (each state's mean an anomaly to every other state: one state of a skewed spread is
+    not split in parts). A machine run at several speeds or loads forms separate clusters, each far tighter
     than one Gaussian over them all (whose spread hid faults at its own speed:
     docs/own-machine.md). Deterministic (fixed seeds)."""
     n, f = x.shape
     every = np.arange(n)
     if most < 2 or n < 2 * least:
-        return [every]
+        return fit([every])
     z = x - x.mean(axis=0)  # the features' own scale: the directions they vary most in lead
     sample = z[np.linspace(0, n - 1, min(n, STATE_SAMPLE)).astype(np.int64)]
-    best, best_bic = [every], _bic(x, [every])
+    best, best_bic = None, _bic(x, [every])  # (None: one state, fitted at the end)
     for k in range(2, min(most, n // least) + 1):
         centres = _kmeans(sample, k)
         nearest = _distance2(z, centres).argmin(axis=1)
@@ -359,10 +356,14 @@ def _operating_states(x: np.ndarray, least: int, most: int,
         if min(g.size for g in groups) < least:
             break  # more states than the windows can support
         bic = _bic(x, groups)
-        if bic >= best_bic or not distinct(groups):
-            break  # no better than fewer states, or parts of one
-        best, best_bic = groups, bic
-    return best
+        if bic >= best_bic:
+            break  # no better than fewer states
+        fits = fit(groups)
+        if not all(np.sqrt(gi.distance2(gj.mean[None]))[0] >= ti
+                   for i, (_, gi, ti, _) in enumerate(fits) for j, (_, gj, _, _) in enumerate(fits) if i != j):
+            break  # parts of one state
+        best, best_bic = fits, bic
+    return best if best is not None else fit([every])
 
 
 def _bic(x: np.ndarray, groups: list[np.ndarray]) -> float:
