@@ -280,7 +280,8 @@ def test_check_every_must_fit_the_flat_span():
 def _signals(k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Frame ``k`` (0.1 s) of streams that go through every level test: noise, a sensor that
     dies, one stuck at its rails, one at full scale, dithered silence, a DC jump, an amplitude
-    step, one with NaN and Inf, frames of another length."""
+    step, a machine that stops and starts again (its rest level told), one with NaN and Inf,
+    frames of another length."""
     t = (np.arange(CHUNK) + k * CHUNK) / RATE
     sine = np.sin(2 * np.pi * 37 * t)
     out = {f"noise{i}": noise(CHUNK, seed=1000 * i + k)[:, 0] for i in range(6)}
@@ -290,6 +291,7 @@ def _signals(k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     out["dither"] = (rng.integers(-1, 2, CHUNK) / 32768).astype(np.float32)
     out["dc"] = (noise(CHUNK, seed=5000 + k)[:, 0] + (3.0 if k >= 45 else 0.0)).astype(np.float32)
     out["amp"] = noise(CHUNK, seed=6000 + k)[:, 0] * (80.0 if 50 <= k < 70 else 1.0)
+    out["stops"] = noise(CHUNK, seed=6500 + k)[:, 0] * (0.005 if 40 <= k < 60 else 1.0)
     x = noise(CHUNK, seed=7000 + k)[:, 0]
     if k in (25, 26, 60):
         x[[3, 50]] = [np.nan, np.inf]
@@ -317,6 +319,8 @@ def test_compiled_level_tests_judge_as_numpy_does(cfg) -> None:
     the same events, states, counters and learned levels, stream by stream."""
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
     fast, ref = HealthMonitor(cfg, compiled=True), HealthMonitor(cfg, compiled=False)
+    for monitor in (fast, ref):
+        monitor.set_rest_levels({"stops": 0.01})
     ev_fast: list = []
     ev_ref: list = []
     for k in range(90):
@@ -332,6 +336,7 @@ def test_compiled_level_tests_judge_as_numpy_does(cfg) -> None:
     expected = {FLAT, CLIPPING, NON_FINITE} | ({DC_JUMP, AMP_STEP} if cfg.step_ratio and cfg.full_scale is None else set())
     assert expected <= found, found
     assert cfg.full_scale is None or ref.state("full").clipped > 0
+    assert "stops" not in {e.stream_id for e in ev_ref}
     assert fast.states() == ref.states()
     for sid in ref.streams:
         a, b = fast.export_state(sid), ref.export_state(sid)
@@ -356,6 +361,8 @@ def test_the_level_kernel_as_plain_python_agrees_with_numpy() -> None:
         bank.pend_room(CHUNK)
     slots = np.array([banks[0].take() for _ in range(8)])
     assert list(slots) == [banks[1].take() for _ in range(8)]
+    for bank in banks:
+        bank.rest_logsd[slots[5]] = np.log(0.005)
     rng = np.random.default_rng(5)
     for k in range(40):
         x = (0.1 * rng.standard_normal((8, CHUNK))).astype(np.float32)
@@ -363,6 +370,7 @@ def test_the_level_kernel_as_plain_python_agrees_with_numpy() -> None:
         x[2] = np.clip(x[2] * 30, -0.3, 0.3) if k >= 5 else x[2]  # rails
         x[3] *= 20.0 if k >= 10 else 1.0  # full scale, then an amplitude step
         x[4] += 2.0 if k >= 12 else 0.0  # DC jump
+        x[5] *= 0.002 if 12 <= k < 25 else 1.0  # a machine that stops and starts again
         sts = [type("St", (), {"clipped": 0, "steps": 0})() for _ in range(8)]
         flat, clip, step = levels_many(cfg, banks[1], sts, x, x.sum(axis=1, dtype=np.float64), slots=slots,
                                        rate=RATE)
@@ -371,6 +379,7 @@ def test_the_level_kernel_as_plain_python_agrees_with_numpy() -> None:
                                                        kernel=levels_jit._levels_py)
         assert list(codes) == list(flat.astype(int) | clip.astype(int) << 1 | step.astype(int) << 2), k
         assert list(clipped) == [s.clipped for s in sts] and list(steps) == [s.steps for s in sts]
+        assert not step[5] and (not step[3] or k == 12), k  # the stop and start never; x3's step once
     for name in ("ccount", "chead", "chunk_n", "cn", "blk_n", "blk_at_max", "blk_at_min", "blk_full", "learned",
                  "step_n", "has_base"):
         assert np.array_equal(getattr(banks[0], name), getattr(banks[1], name)), name
@@ -495,6 +504,27 @@ def test_a_kernel_numba_cannot_compile_leaves_health_on_numpy(monkeypatch) -> No
     frames = [Frame(f"s{i}", 0, 1000.0, RATE, np.full((CHUNK, 1), 0.5, np.float32)) for i in range(8)]
     health.push_channels(frames, now=1000.0)  # the numpy path judges them
     assert health.state("s0").frames == 1
+
+
+@pytest.mark.parametrize("channels", [1, 2], ids=["one-channel", "two-channels"])
+def test_a_machine_stopping_and_starting_is_not_an_amplitude_step_once_its_rest_level_is_known(channels) -> None:
+    """A vibration sensor on a machine that stops falls to its own noise (x100 down) and rises
+    again as the machine starts: both were "amplitude step", CHECK_SENSOR at every stop and start.
+    Told the level the machine rests under (the monitor tells it from the stream's baseline), the
+    stop and the start are taken as the machine's; a step from a running level (a sensor come
+    loose: x50 up) is still the sensor's."""
+
+    def run(rest: float | None) -> list:
+        monitor = HealthMonitor(HealthConfig(learn_s=1.0, step_hold_s=0.5, recovery_s=0.3))
+        if rest is not None:
+            monitor.set_rest_levels({"s0": rest})
+        feed = Feed(monitor)
+        gain = iter([1.0] * 30 + [0.01] * 30 + [1.0] * 30 + [50.0] * 20)  # running, stopped, running, loose
+        feed.run(11.0, lambda i: noise(CHUNK, seed=i, channels=channels) * next(gain))
+        return changes(feed.events)
+
+    assert run(None) == [("OK", "CHECK_SENSOR", (AMP_STEP,)), ("CHECK_SENSOR", "OK", ())] * 3
+    assert run(0.01) == [("OK", "CHECK_SENSOR", (AMP_STEP,)), ("CHECK_SENSOR", "OK", ())]  # the loose sensor alone
 
 
 def test_a_damaged_saved_state_is_refused_and_leaves_the_stream_as_it_was() -> None:

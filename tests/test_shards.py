@@ -487,3 +487,27 @@ def test_what_the_ingest_processes_refuse_is_said_once(free_tcp_port: int) -> No
     assert malformed.get("bad_time", 0) >= 40, malformed
     refused = [n for n in notes.lines if "refused: bad_time" in n and "years behind" in n]
     assert len(refused) == 1, notes.lines
+
+
+@pytest.mark.slow
+def test_ingest_processes_take_a_machines_stop_and_start_for_the_machines_where_its_baseline_knows_its_rest(
+        free_tcp_port: int, tmp_path: Path, cli_in_process) -> None:
+    """The sensor health of a stream runs in an ingest process, its baseline in the monitor's: the
+    level its machine rests under is told to the processes, so its stop and start (the signal x200
+    down to the sensor's noise for 4 s, and up again) are not an "amplitude step" there; the same
+    signal on a stream with no baseline still is."""
+    name = "12k_Drive_End_IR014_0_169.mat"
+    prof = tmp_path / "p.json"
+    res = cli_in_process("baseline", "learn", "--source", f"file:{require_cwru() / name}?stream=press-4",
+                         "--out", str(prof))
+    assert res.returncode == 0, res.stderr
+    x = cwru_signal(name)
+    rest = 1e-3 * np.random.default_rng(17).standard_normal(4 * RATE)
+    sig = np.concatenate([x[: 4 * RATE], rest, x[4 * RATE : 7 * RATE]]).astype(np.float32)
+    streams = {"press-4": sig, "press-2": sig.copy()}
+    assert {shard_of(sid.encode(), 2) for sid in streams} == {0, 1}
+    pipe = _run_until_eos(free_tcp_port, 2, streams, pace=True, config={"baseline": str(prof)})
+    assert isinstance(pipe.sources[0], ShardedSource)
+    steps = Counter(e.stream_id for e in pipe.events.recent(200)
+                    if e.type == "health" and "amplitude step" in e.data.get("reasons", ()))
+    assert steps == Counter({"press-2": 2}), (steps, _why(pipe))

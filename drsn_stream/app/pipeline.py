@@ -203,6 +203,10 @@ class Pipeline:
         self.capture = EventCapture(config.capture.dir, config.capture) if config.capture.dir else None
         self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
         self._shard(res.ingest_procs)
+        self._rest_changes = -1  # the baselines' changes sensor health was told the rest levels of
+        self._rest_told: dict[str, float | None] = {}
+        if self.baseline is not None:  # before the first frame: a replay's ingest runs ahead of the results
+            self._tell_rest_levels()
         self.events = EventLog(maxlen=200)
         self.transcript: list[str] = []
         self.usage = ResourceMeter()
@@ -707,6 +711,8 @@ class Pipeline:
                 self.unknown.refuse(preds)
             if self.baseline is not None:
                 self.baseline.apply(preds)
+                if self.baseline.changes != self._rest_changes:
+                    self._tell_rest_levels()
             self.judge_cpu_s += time.thread_time() - t0
         # judged on the window's own samples, and live on the sensor now (a result may come late),
         # but not on a silence now: that began after the window's samples arrived. A replay's
@@ -746,6 +752,18 @@ class Pipeline:
                 events = events + dets
             if events:
                 self._emit_events(events)
+
+    def _tell_rest_levels(self) -> None:
+        """Sensor health told the levels the streams' machines rest under, as their baselines
+        changed (a stop or start is then not an amplitude step of the sensor)."""
+        assert self.baseline is not None
+        self._rest_changes = self.baseline.changes
+        levels = self.baseline.rest_levels()
+        told = {sid: lv for sid, lv in levels.items() if self._rest_told.get(sid) != lv}
+        told.update({sid: None for sid in self._rest_told.keys() - levels.keys()})
+        if told:
+            self.health.set_rest_levels(told)
+        self._rest_told = levels
 
     def _envelope_notes(self) -> None:
         """The envelope stage's said-once lines, as ``note`` events."""

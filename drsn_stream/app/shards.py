@@ -51,7 +51,7 @@ import sys
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from multiprocessing import shared_memory
 from types import SimpleNamespace
@@ -112,6 +112,20 @@ class HealthMirror(HealthMonitor):
     def __init__(self, config: HealthConfig | None = None) -> None:
         super().__init__(config)
         self._remote: dict[str, StreamHealth] = {}
+        # the rest levels told (None: forgotten), for the ingest processes; changes counted
+        self._rest_told: dict[str, float | None] = {}
+        self.rest_changes = 0
+
+    def set_rest_levels(self, levels: Mapping[str, float | None]) -> None:
+        super().set_rest_levels(levels)
+        with self._lock:
+            self._rest_told.update(levels)
+            self.rest_changes += 1
+
+    def rest_told(self) -> tuple[int, dict[str, float | None]]:
+        """The rest levels told so far, and how many changes they are."""
+        with self._lock:
+            return self.rest_changes, dict(self._rest_told)
 
     def update(self, states: dict[str, StreamHealth]) -> None:
         with self._lock:
@@ -221,9 +235,10 @@ def _ended(out: _Out, stage: _Stage, streams: list[str]) -> None:
 class _Out:
     """The child's side of the ring and the pipe: windows into free slots, lines to the parent;
     from stdin, slot releases (``SLOT\\n``), topics to subscribe to (``s HEX\\n``), topics to announce
-    again when they come (``f HEX\\n``, the first process: their owner dropped them) and changes to the
-    streams holding alarms nobody has acknowledged yet (``k [ADDED, REMOVED]\\n``, JSON); the end of
-    stdin means stop.
+    again when they come (``f HEX\\n``, the first process: their owner dropped them), changes to the
+    streams holding alarms nobody has acknowledged yet (``k [ADDED, REMOVED]\\n``, JSON) and to the
+    levels their machines rest under (``r {STREAM: LEVEL or null}\\n``, ``set_rest_levels``); the end
+    of stdin means stop.
 
     Args:
         ring / meta: the shared ring ``(SLOTS, ROWS, window)`` and its numbers ``(SLOTS, ROWS, META)``.
@@ -249,6 +264,7 @@ class _Out:
         # the parent): never retired to make room for a new stream, or the alarm would vanish unseen
         self.held: set[str] = set()
         self.reannounce: list[bytes] = []  # topics to announce again when they come (another process dropped them)
+        self.rest: dict[str, float | None] = {}  # rest levels told, not yet given to sensor health
         self._inbuf = b""
         self._next_read = 0.0
 
@@ -330,6 +346,8 @@ class _Out:
                     added, removed = json.loads(line[2:])
                     self.held.difference_update(removed)
                     self.held.update(added)
+                elif line.startswith(b"r "):
+                    self.rest.update(json.loads(line[2:]))
                 elif line.strip():
                     self.free.append(int(line))
             timeout = 0.0
@@ -467,6 +485,9 @@ def _worker(cfg: dict[str, Any]) -> int:
 
     def housekeeping(idle: bool) -> None:
         out.read_control()
+        if out.rest:
+            health.set_rest_levels(out.rest)
+            out.rest = {}
         if out.stopped:
             source.close()
             return
@@ -578,10 +599,12 @@ class _Child:
         self._control = bytearray()  # lines for its stdin not written yet (the pipe was full)
         self.ended: set[str] = set()  # streams that have sent end-of-stream
         self.held: set[str] = set()  # the streams holding unacknowledged alarms the current process was told of
+        self.rest_changes = -1  # the mirror's rest_changes the current process was told up to
         self.subscriptions = 0  # exact topics the process is subscribed to (its latest report)
 
     def start(self, cfg: dict[str, Any]) -> None:
         self.buf, self.stats, self.early, self.ended, self.ids, self.held = b"", {}, [], set(), [], set()
+        self.rest_changes = -1
         self.ready, self.heard, self._control = False, time.monotonic(), bytearray()
         argv, env = child_process("drsn_stream.app.shards", [json.dumps({**cfg, "shard": self.index, "shm": self.shm.name})])
         self.proc = subprocess.Popen(
@@ -818,6 +841,7 @@ class ShardedSource(Source):
                 for msg in msgs:
                     self._handle(c, msg)
             self._tell_held()
+            self._tell_rest()
             for c in self._children:
                 c.flush()
             self._check_silent()
@@ -867,6 +891,18 @@ class ShardedSource(Source):
             if held != c.held:
                 c.control(b"k " + json.dumps([sorted(held - c.held), sorted(c.held - held)]).encode("ascii") + b"\n")
                 c.held = held
+
+    def _tell_rest(self) -> None:
+        """Each process told the levels the streams' machines rest under (``HealthMirror.
+        set_rest_levels``), all of them: a process's streams move with its restarts."""
+        if not any(c.proc is not None and c.rest_changes != self.mirror.rest_changes for c in self._children):
+            return
+        changes, told = self.mirror.rest_told()
+        line = b"r " + json.dumps(told).encode("ascii") + b"\n"
+        for c in self._children:
+            if c.proc is not None and c.rest_changes != changes:
+                c.control(line)
+                c.rest_changes = changes
 
     def _check_silent(self) -> None:
         """A child that stopped answering (stuck, stopped) is ended; its end is then handled

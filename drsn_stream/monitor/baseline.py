@@ -641,6 +641,7 @@ class BaselineStage:
         self._held_k = np.zeros(0, dtype=bool)  # per stacked baseline: at rest or starting (_rest)
         self._said_rest: set[str] = set()  # streams whose rest was said (once)
         self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.changes = 0  # the profile's baselines changed this often (one learned, adopted, dropped)
         self._given = set(self.profile.streams)  # the profile's own baselines, kept when a stream is forgotten
         for sid in self.profile.streams:
             self.state[sid] = "monitoring"
@@ -666,6 +667,7 @@ class BaselineStage:
         self.state.pop(stream, None)
         if self.profile.streams.pop(stream, None) is not None:
             self._stacked = None
+            self.changes += 1
             self._dirty = self.save_to is not None
             self._dropped.add(stream)
 
@@ -726,6 +728,7 @@ class BaselineStage:
         self._extended.discard(stream)
         self.profile.streams[stream] = base
         self._stacked = None
+        self.changes += 1
         self.state[stream] = "monitoring"
 
     def _check_features(self, stream: str, size: int, what: str, where: str = "in its checkpoint") -> None:
@@ -886,6 +889,13 @@ class BaselineStage:
         )
         self._held_k = np.array([sid in self._at_rest or sid in self._starting for sid in ids], dtype=bool)
 
+    def rest_levels(self) -> dict[str, float | None]:
+        """Per stream with a baseline, the level (RMS) under which its machine is at rest, or None
+        where its profile has none: sensor health takes an amplitude step from or to it for the
+        machine stopping or starting."""
+        return {sid: STOPPED_SHARE * b.level_low if math.isfinite(b.level_low) else None
+                for sid, b in self.profile.streams.items()}
+
     def watches(self, stream: str) -> bool:
         """Whether a baseline watches ``stream``: it has one (monitored on it, or at rest), or one
         is being learned for it."""
@@ -1009,6 +1019,7 @@ class BaselineStage:
             return
         self.profile.streams[sid] = base
         self._stacked = None
+        self.changes += 1
         self.state[sid] = "monitoring"
         self._dirty = self.save_to is not None
         self._dropped.discard(sid)

@@ -26,7 +26,10 @@ Checks, per frame and vectorized over its samples and channels:
   deviation changes by more than ``step_ratio`` times (either way), for ``step_hold_s`` seconds.
   The new level then becomes the baseline, so the reason clears after ``recovery_s`` once the
   operator had a look. A real machine fault changes a vibration's level far less (the CWRU
-  faults: at most x10 against the healthy bearing) and leaves its mean at 0.
+  faults: at most x10 against the healthy bearing) and leaves its mean at 0. Where the level
+  of a stream's machine at rest is known (``set_rest_levels``: the monitor gives it from the
+  stream's learned baseline), an amplitude step from or to under that level is the machine
+  stopping or starting, not the sensor: the new level is taken at once and nothing is reported.
 
 A reason stays active until ``recovery_s`` seconds of clean signal (counted in samples, so a
 fast file replay recovers as fast as it plays) have arrived after it was last seen; this keeps
@@ -237,6 +240,8 @@ class _Stream:
     base_logsd: np.ndarray | None = None
     learned: int = 0
     step_n: int = 0
+    # the log level under which the stream's machine is at rest (set_rest_levels; -inf: not known)
+    rest_logsd: float = -math.inf
     # a single-channel stream's row in HealthMonitor's LevelBank, which then holds its flat-line,
     # clipping and level-step state instead of the fields above, and its last_seq, last_seen,
     # frames, samples and (unless ``pending`` holds them) gathered samples; -1: the fields hold it
@@ -361,6 +366,23 @@ class HealthMonitor:
         self._listed: set[str] = set()
         self._steps = WallSteps()  # arrival stamps move with a step of the wall clock (tick)
         self._ended: set[str] = set()  # streams that announced their end: no "no data" until they send again
+        self._rest: dict[str, float] = {}  # stream: the log level its machine rests under (set_rest_levels)
+
+    def set_rest_levels(self, levels: Mapping[str, float | None]) -> None:
+        """The level (RMS, signal units) under which each stream's machine is at rest, from what
+        was learned of it (a baseline): an amplitude step from or to under it is the machine
+        stopping or starting, not taken for the sensor's. None, NaN or <= 0 forgets a stream's."""
+        with self._lock:
+            for sid, level in levels.items():
+                if level is not None and math.isfinite(level) and level > 0:
+                    self._rest[sid] = math.log(level)
+                else:
+                    self._rest.pop(sid, None)
+                st = self._streams.get(sid)
+                if st is not None:
+                    st.rest_logsd = self._rest.get(sid, -math.inf)
+                    if st.slot >= 0:
+                        self._bank.rest_logsd[st.slot] = st.rest_logsd
 
     def watch(self, stream_ids: Iterable[str], *, now: float | None = None) -> None:
         """Expect these streams from ``now`` on, so that one that never sends is "no data"."""
@@ -368,7 +390,7 @@ class HealthMonitor:
         with self._lock:
             for sid in stream_ids:
                 if sid not in self._streams:
-                    self._streams[sid] = _Stream(last_seen=now, since=now)
+                    self._streams[sid] = _Stream(last_seen=now, since=now, rest_logsd=self._rest.get(sid, -math.inf))
 
     def push(self, frame: Frame, *, now: float | None = None) -> list[Event]:
         """Check one raw frame; return the health events it caused.
@@ -703,7 +725,7 @@ class HealthMonitor:
                 x = (x[:, None] if x.ndim == 1 else x).reshape(x.shape[0], -1)
             st = streams.get(frame.stream_id)
             if st is None:
-                st = streams[frame.stream_id] = _Stream(since=now)
+                st = streams[frame.stream_id] = _Stream(since=now, rest_logsd=self._rest.get(frame.stream_id, -math.inf))
             elif st.slot >= 0:
                 self._pull(st)
             rate = _rate(frame)
@@ -948,6 +970,7 @@ class HealthMonitor:
         st = copy.deepcopy(state)
         st.last_seq = None
         st.last_seen = time.time() if now is None else now
+        st.rest_logsd = self._rest.get(stream, -math.inf)  # what this monitor knows of its machine
         with self._lock:
             slot = -1
             if st.channels == 1:  # into a row of its own first: a damaged state leaves the stream as it was
@@ -1032,6 +1055,7 @@ class HealthMonitor:
                 self._bank.reset_level(st.slot)
         if channels == 1 and st.slot < 0:
             st.slot = self._bank.take()
+            self._bank.rest_logsd[st.slot] = st.rest_logsd
         elif channels != 1 and st.slot >= 0:
             self._bank.release(st.slot)
             st.slot = -1
@@ -1103,11 +1127,13 @@ class HealthMonitor:
         known = base_sd > floor
         dc = known & (np.abs(mean - st.base_mean) > cfg.dc_sigma * np.maximum(base_sd, sd))
         amp = known & live & (np.abs(logsd - st.base_logsd) > math.log(cfg.step_ratio))
+        stop = amp & ~dc & (np.minimum(logsd, st.base_logsd) < st.rest_logsd)  # the machine stopped or started
+        amp &= ~stop
         if not (dc | amp).any():
             st.step_n = 0
             a = min(1.0, n / (cfg.baseline_s * st.sample_rate))
-            st.base_mean = st.base_mean + a * (mean - st.base_mean)
-            st.base_logsd = st.base_logsd + a * (logsd - st.base_logsd)
+            st.base_mean = np.where(stop, mean, st.base_mean + a * (mean - st.base_mean))
+            st.base_logsd = np.where(stop, logsd, st.base_logsd + a * (logsd - st.base_logsd))
             return None
         st.step_n += n
         if st.step_n < cfg.step_hold_s * st.sample_rate:

@@ -93,6 +93,8 @@ class LevelBank:
             # level steps
             "has_base": ((rows,), bool), "base_mean": ((rows,), np.float64), "base_logsd": ((rows,), np.float64),
             "learned": ((rows,), np.int64), "step_n": ((rows,), np.int64),
+            # the log level under which the stream's machine is at rest (-inf: not known)
+            "rest_logsd": ((rows,), np.float64),
             # per-frame bookkeeping (last_seen NaN: never seen)
             "last_seq": ((rows,), np.int64), "has_seq": ((rows,), bool), "last_seen": ((rows,), np.float64),
             "frames": ((rows,), np.int64), "samples": ((rows,), np.int64), "busy": ((rows,), bool),
@@ -133,6 +135,7 @@ class LevelBank:
         slot = self._free.pop()
         self.reset_tests(slot)
         self.reset_level(slot)
+        self.rest_logsd[slot] = -math.inf
         return slot
 
     def release(self, slot: int) -> None:
@@ -160,6 +163,7 @@ class LevelBank:
         for name in ("base_mean", "base_logsd"):
             setattr(st, name, getattr(self, name)[slot : slot + 1].copy() if self.has_base[slot] else None)
         st.learned, st.step_n = int(self.learned[slot]), int(self.step_n[slot])
+        st.rest_logsd = float(self.rest_logsd[slot])
 
     def load(self, slot: int, st: Any) -> None:
         """Row ``slot`` from ``st``'s own fields (``export``'s inverse); the fields are cleared."""
@@ -178,6 +182,7 @@ class LevelBank:
         if self.has_base[slot]:
             self.base_mean[slot], self.base_logsd[slot] = st.base_mean[0], st.base_logsd[0]
         self.learned[slot], self.step_n[slot] = st.learned, st.step_n
+        self.rest_logsd[slot] = float(st.rest_logsd)
         st.chunks, st.blk_max, st.blk_min, st.blk_at_max, st.blk_at_min, st.blk_full = deque(), None, None, None, None, None
         st.base_mean = st.base_logsd = None
 
@@ -358,28 +363,37 @@ def _step(cfg: Any, bank: LevelBank, sts: Sequence[Any], slots: np.ndarray, n: i
     known = base_sd > floor
     dc = known & (np.abs(mean - base_mean) > cfg.dc_sigma * np.maximum(base_sd, sd))
     amp = known & live & (np.abs(logsd - base_logsd) > math.log(cfg.step_ratio))
+    # a step from or to the level of the machine at rest is the machine stopping or starting,
+    # not the sensor: its new level taken at once, not reported
+    stop = amp & ~dc & (np.minimum(logsd, base_logsd) < bank.rest_logsd[slots])
+    if any_learning:
+        stop &= ~learning
+    any_stop = any_set(stop)
+    if any_stop:
+        amp = amp & ~stop
     moved = ~learning & (dc | amp) if any_learning else dc | amp
     any_moved = any_set(moved)
     # no step: the learned level follows slowly
     a = np.minimum(1.0, n / (cfg.baseline_s * rate))
     calm_mean = base_mean + a * (mean - base_mean)
     calm_logsd = base_logsd + a * (logsd - base_logsd)
-    if not any_learning and not any_moved:  # every stream calm
+    if not any_learning and not any_moved and not any_stop:  # every stream calm
         held = moved
         bank.base_mean[slots], bank.base_logsd[slots] = calm_mean, calm_logsd
         bank.step_n[slots] = 0
     else:
-        calm = ~learning & ~moved
+        calm = ~learning & ~moved & ~stop
         held = moved & (step_n + n >= cfg.step_hold_s * rate)  # seen long enough: reported once, then the new level
+        new = held | stop
         # learning: a running average
         w = n / (learned + n)
         learn_mean = base_mean + w * (mean - base_mean)
         learn_logsd = base_logsd + w * (logsd - base_logsd)
-        bank.base_mean[slots] = np.where(learning, learn_mean, np.where(calm, calm_mean, np.where(held, mean, base_mean)))
+        bank.base_mean[slots] = np.where(learning, learn_mean, np.where(calm, calm_mean, np.where(new, mean, base_mean)))
         bank.base_logsd[slots] = np.where(learning, learn_logsd,
-                                          np.where(calm, calm_logsd, np.where(held, logsd, base_logsd)))
+                                          np.where(calm, calm_logsd, np.where(new, logsd, base_logsd)))
         bank.learned[slots] = np.where(learning, learned + n, learned)
-        bank.step_n[slots] = np.where(calm | held, 0, np.where(moved, step_n + n, step_n))
+        bank.step_n[slots] = np.where(calm | new, 0, np.where(moved, step_n + n, step_n))
     for j in np.flatnonzero(held):
         sts[j].steps += 1
     return np.where(held, np.where(dc, STEP_DC, STEP_AMP), STEP_NONE).astype(np.int8)

@@ -69,7 +69,7 @@ def warm() -> bool:
 def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901, PLR0912, PLR0913, PLR0915
                cn, cmean, cm2, chead, ccount, chunk_n,
                blk_n, blk_seen, blk_max, blk_min, blk_at_max, blk_at_min, blk_full,
-               has_base, base_mean, base_logsd, learned, step_n,
+               has_base, base_mean, base_logsd, learned, step_n, rest_logsd,
                flat_std, flat_span_s, clip_fraction, clip_min_samples, clip_span_s,
                has_full, full_scale, do_step, learn_s, baseline_s, dc_sigma, log_ratio, step_hold_s):
     """Row ``j``: the first ``lengths[j]`` samples of ``pend[slots[j]]``, at ``rate[j]`` Hz.
@@ -218,6 +218,10 @@ def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901,
             known = base_sd > floor
             dc = known and abs(mean - bm) > dc_sigma * max(base_sd, sd)
             amp = known and live and abs(logsd - bl) > log_ratio
+            # from or to the level of the machine at rest: it stopped or started (levels_many's)
+            stop = amp and not dc and not learning and min(logsd, bl) < rest_logsd[s]
+            if stop:
+                amp = False
             moved = not learning and (dc or amp)
             if learning:
                 w = n / (lrn + n)
@@ -225,6 +229,11 @@ def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901,
                 base_logsd[s] = bl + w * (logsd - bl)
                 learned[s] = lrn + n
                 step_n[s] = sn
+            elif stop:  # the new level at once, not reported
+                base_mean[s] = mean
+                base_logsd[s] = logsd
+                learned[s] = lrn
+                step_n[s] = 0
             elif not moved:  # calm: the learned level follows slowly
                 a = min(1.0, n / (baseline_s * r))
                 base_mean[s] = bm + a * (mean - bm)
@@ -252,7 +261,7 @@ def _args(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rate: np.
     return (bank.pend, slots, lengths, rate, codes, clipped, steps,
             bank.cn, bank.cmean, bank.cm2, bank.chead, bank.ccount, bank.chunk_n,
             bank.blk_n, bank.blk_seen, bank.blk_max, bank.blk_min, bank.blk_at_max, bank.blk_at_min, bank.blk_full,
-            bank.has_base, bank.base_mean, bank.base_logsd, bank.learned, bank.step_n,
+            bank.has_base, bank.base_mean, bank.base_logsd, bank.learned, bank.step_n, bank.rest_logsd,
             float(cfg.flat_std), float(cfg.flat_span_s), float(cfg.clip_fraction), int(cfg.clip_min_samples),
             float(cfg.clip_span_s), fs is not None, np.float32(fs if fs is not None else 0.0),
             cfg.step_ratio != 0, float(cfg.learn_s), float(cfg.baseline_s), float(cfg.dc_sigma),
