@@ -497,6 +497,54 @@ def test_a_fault_label_is_shown_only_where_the_anomaly_backs_it() -> None:
     assert len(said) == 1 and "ball_007" in said[0] and "not alarmed on" in said[0], stage.notes
 
 
+def test_a_machine_quieter_than_learned_is_held_as_stopping_until_it_rests_or_the_hold_ends() -> None:
+    """A machine stopping passes through speeds under its learned ones (a coast-down, its level
+    falling with the speed), unlike its normal a few percent of speed down: judged, every stop was
+    an alarm. A window under the quietest learned level that deviates, or any under 90 % of it, is
+    held as "stopping" (no anomaly, shown unknown) for up to startup_s; one that comes to rest
+    after it is at rest, one back in its learned range is judged at once, and one that runs on
+    quieter past the hold is judged again and said once. A quiet window like the learned ones, and
+    a window louder than learned (where faults go), are never held."""
+    rng = np.random.default_rng(21)
+    feats = rng.standard_normal((500, 4)).astype(np.float32)
+    stage = _learning_stage(features=4, startup_s=1.0)  # 1 s: 24 windows at 512 / 12000 s
+    for i in range(500):  # 20 s learned
+        p = _window("m0", i, feats[i])
+        p.level = float(rng.uniform(0.8, 1.2))
+        stage.apply([p])
+    low = stage.profile.streams["m0"].level_low
+    assert 0.8 <= low < 0.82
+
+    def window(i: int, level: float, scale: float = 20.0) -> Prediction:
+        p = _window("m0", i, feats[i % 500] * scale, "inner_021")  # features far from normal
+        p.level = level
+        stage.apply([p])
+        return p
+
+    assert window(500, 1.05 * low).anomaly > 1 and stage.state["m0"] == "monitoring"  # within its range: judged
+    assert window(500, 0.95 * low, scale=1.0).anomaly < 1  # quieter, but like its normal: judged
+    coasting = [window(i, level) for i, level in zip(range(501, 511), np.linspace(0.97 * low, 0.15 * low, 10))]
+    assert all(p.anomaly is None and p.label == "unknown" and p.model_label == "inner_021" for p in coasting)
+    assert stage.state["m0"] == "stopping"
+    window(511, 0.05 * low)
+    assert stage.state["m0"] == "at rest"
+    starting = [window(i, low) for i in range(512, 536)]
+    assert all(p.anomaly is None for p in starting) and stage.state["m0"] == "starting"
+    assert window(536, 3 * low).anomaly > 1  # louder than learned: judged at once
+    # quieter than learned, and back: judged again at once
+    assert window(537, 0.5 * low).anomaly is None and stage.state["m0"] == "stopping"
+    assert window(538, low).anomaly > 1 and stage.state["m0"] == "monitoring"
+    # quieter than learned for longer than the hold without coming to rest: judged from then on
+    # (one window of it like its normal, judged, does not start the hold again)
+    quiet = [window(i, 0.5 * low) if i != 549 else window(i, 0.95 * low, scale=1.0) for i in range(539, 570)]
+    held = [p for p in quiet if p.anomaly is None]
+    assert len(held) == 23 and quiet[10].anomaly < 1 and stage.state["m0"] == "monitoring"
+    assert quiet[24].anomaly > 1 and all(p.anomaly is not None for p in quiet[24:])
+    assert stage.state["m0"] == "monitoring"
+    said = [msg for sid, msg in stage.notes if msg.startswith("running quieter")]
+    assert len(said) == 1 and "judged again" in said[0], stage.notes
+
+
 def test_a_machine_at_rest_is_judged_neither_normal_nor_deviating_and_its_level_is_learned() -> None:
     """A machine that stops leaves its sensor's noise, far from its learned normal in every window:
     judged on its features it raised DANGER at every stop. A window under a tenth of the level the
@@ -901,6 +949,54 @@ def test_a_machine_running_up_from_rest_is_held_off_for_its_start_up(tmp_path: P
     else:
         assert not alarms, alarms
         assert len(preds) > 200 and not [o for o in preds if "anomaly" in o]  # all of it at rest or starting
+
+
+@pytest.mark.slow
+def test_a_machine_coasting_down_to_rest_and_running_up_again_raises_no_alarm(tmp_path: Path, cli_in_process) -> None:
+    """The healthy recording time-warped through a 3-s coast-down to standstill (the speed falling
+    to 0, its amplitude with the speed squared), 2 s at rest, a 2-s run-up and 4 s at speed: the
+    coast-down was judged as running and raised DANGER at every stop (the anomaly over 1 from ~5 %
+    of speed down), held through the rest and the start-up. Now its windows are held as
+    "stopping" until the rest: no alarm; sensor health, told the level the machine rests under,
+    takes the stop and the start for the machine's (each was CHECK_SENSOR); and the machine at
+    speed after its start-up is judged again."""
+    import scipy.io.wavfile
+    from scipy.signal import resample_poly
+
+    from drsn_stream.sources.file import read_recording
+
+    require_cwru()
+    prof = tmp_path / "p.json"
+    res = cli_in_process("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}", "--out", str(prof))
+    assert res.returncode == 0, res.stderr
+    x, rate = read_recording(CWRU / "normal_0_97.mat")
+    x = resample_poly(x[:, 0].astype(np.float64), 12000, int(rate))
+
+    def warp(speed: np.ndarray, start: int) -> tuple[np.ndarray, int]:
+        pos = start + np.cumsum(speed)  # where in the recording the machine has got to
+        i0 = pos.astype(int)
+        return (x[i0] + (x[i0 + 1] - x[i0]) * (pos - i0)) * speed**2, int(i0[-1]) + 1
+
+    run = x[: 30000]
+    coast, _ = warp(1 - np.arange(36000) / 36000, 30000)  # 1 -> 0 over 3 s
+    run_up, at = warp(np.arange(24000) / 24000, 0)  # 0 -> 1 over 2 s
+    sig = np.concatenate([run, coast, np.zeros(24000), run_up, x[at : at + 48000]])
+    sig += 1e-3 * np.random.default_rng(16).standard_normal(len(sig))
+    wav = tmp_path / "stop_start.wav"
+    scipy.io.wavfile.write(wav, 12000, sig.astype(np.float32))
+    res = cli_in_process("--source", f"file:{wav}?stream=normal_0_97", "--baseline", str(prof), "--fast",
+                         "--headless", "--jsonl", "-", "--startup-hold", "3")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    assert not [o for o in objs if o["type"] == "alarm"]
+    # nor a sensor fault: the stop and the start were each an "amplitude step" (x70) of sensor health
+    assert not [o for o in objs if o["type"] == "health"]
+    preds = [o for o in objs if o["type"] == "prediction"]
+    t0 = preds[0]["time"] - 2048 / 12000  # the recording's start
+    coasting = [o for o in preds if 2.6 < o["time"] - t0 < 5.5]
+    assert len(coasting) > 60 and not [o for o in coasting if "anomaly" in o]
+    at_speed = [o for o in preds if o["time"] - t0 > 11.6]  # its start-up over
+    assert len(at_speed) > 30 and all(o.get("anomaly", 9) < 1 and o["label"] == "normal" for o in at_speed)
 
 
 def test_a_learning_cut_short_by_a_restart_goes_on_from_where_it_was(tmp_path: Path, cli_in_process) -> None:

@@ -392,6 +392,8 @@ def test_loso_ensembles_missing_keys_or_files_is_one_line(tmp_path, child_env):
     (["--scales", "1.4"], ["x1.4", "too short", "lower speeds"]),  # a faster machine's recording is shorter
     (["--learn-speeds", "0.8,x"], ["--learn-speeds", "numbers"]),
     (["--learn-speeds", "0.8,1.5"], ["x1.5", "too short"]),
+    (["--stops", "--learn-speeds", "0.8"], ["--stops", "--learn-speeds", "give one"]),
+    (["--stops", "--scales", "1.4"], ["x1.4", "too short"]),
 ])
 def test_eval_other_rig_refuses_bad_speeds_before_the_work(args, words, data_dir, tmp_path, child_env):
     folder = cwru_folder(data_dir, tmp_path / "cw", [NORMAL])
@@ -423,3 +425,23 @@ def test_eval_other_rig_measures_a_slower_rig_through_the_monitor(data_dir, tmp_
 
     r = json.loads((tmp_path / "r.json").read_text())["rows"][0]
     assert r["healthy"]["windows"] == windows and r["faults"]["alarmed"] == 1
+
+
+@pytest.mark.slow
+def test_eval_other_rig_stops_and_starts_the_healthy_machine_without_an_alarm(data_dir, tmp_path, child_env):
+    """--stops: the healthy machine brought to rest (abruptly, coast-downs of 1-5 s) and run up
+    again: a row per stop, none alarmed on or taken for the sensor's fault, and the machine judged
+    again after its start-up; --json holds the same figures."""
+    folder = cwru_folder(data_dir, tmp_path / "cw", [NORMAL])
+    proc = tool("eval_other_rig.py", "--data", str(folder), "--stops", "--json", str(tmp_path / "s.json"),
+                env=child_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in proc.stdout.splitlines() if ln.startswith("| x1 ")]
+    assert [r[1] for r in rows] == ["abrupt", "coast 1 s", "coast 3 s", "coast 5 s"], proc.stdout
+    for r in rows:
+        judged, of = (int(v) for v in r[4].split(" of "))
+        assert r[2] == "0" and r[3] == "0" and judged >= of - 2 and of > 100 and r[5] == "0", r
+    import json
+
+    got = json.loads((tmp_path / "s.json").read_text())["stops"]
+    assert [g["alarms"] for g in got] == [0, 0, 0, 0] and got[0]["after_start_up"] == int(rows[0][4].split(" of ")[1])

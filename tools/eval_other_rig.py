@@ -22,11 +22,19 @@ after the other), and the held-out rest and every fault recording are monitored 
 against it: the held-out windows over the threshold and the alarms, the fault recordings alarmed
 and those with fewer than half of their windows over the threshold.
 
+With ``--stops`` the machine at each speed stops and starts again instead: a baseline learned on
+the first 70 % of the healthy recording, then its held-out rest (looped, 50-ms crossfades) run for
+4 s, brought to standstill abruptly or by a coast-down of 1, 3 or 5 s (the speed falling linearly
+to 0, the amplitude with the speed squared), 5 s at rest (1 mg of sensor noise throughout), a
+run-up as long as the coast-down, and 16 s at speed: the alarms raised, the sensor health events,
+and the windows judged after the start-up (default hold) with those over the threshold.
+
 Prints a Markdown table; ``--json`` writes the figures. Nothing is tuned here: the baseline and
 the alarm rules are the defaults.
 
     python tools/eval_other_rig.py [--scales 0.8,0.9,1,1.1] [--data ../shared/data/cwru] [--json out.json]
     python tools/eval_other_rig.py --learn-speeds 0.7,0.8,0.9,1 [--order mixed|sequence]
+    python tools/eval_other_rig.py --stops [--scales 1]
 """
 
 from __future__ import annotations
@@ -129,6 +137,64 @@ def measure(data: Path, healthy: tuple[np.ndarray, float], scale: float, faults:
     return row
 
 
+STOPS = {"abrupt": 0.0, "coast 1 s": 1.0, "coast 3 s": 3.0, "coast 5 s": 5.0}  # seconds to standstill and back
+
+
+def _looped(x: np.ndarray, n: int, fade: int) -> np.ndarray:
+    """``n`` samples of ``x`` played over and over, each repeat crossfaded into the last."""
+    y = x
+    while y.size < n:
+        w = np.linspace(0.0, 1.0, fade)
+        y = np.concatenate([y[:-fade], y[-fade:] * (1 - w) + x[:fade] * w, x[fade:]])
+    return y[:n]
+
+
+def _stop_start(run: np.ndarray, rate: int, stop_s: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """4 s of ``run``, a stop (abrupt, or a coast-down of ``stop_s``), 5 s at rest, a run-up as
+    long, 16 s at speed; with 1 mg of sensor noise. Returns it and when the run-up ends (s)."""
+    def warp(speed: np.ndarray, start: int) -> np.ndarray:  # the machine at ``speed`` (0..1) per sample
+        pos = start + np.cumsum(speed)
+        i0 = pos.astype(int)
+        return (run[i0] + (run[i0 + 1] - run[i0]) * (pos - i0)) * speed**2
+
+    n = int(stop_s * rate)
+    ramp = np.arange(n) / max(n, 1)
+    parts = [run[: 4 * rate], warp(1 - ramp, 4 * rate), np.zeros(5 * rate), warp(ramp, 0), run[rate : 17 * rate]]
+    sig = np.concatenate(parts)
+    return sig + 1e-3 * rng.standard_normal(sig.size), 9 + 2 * stop_s
+
+
+def measure_stops(data: Path, healthy: tuple[np.ndarray, float], scale: float, least_s: float) -> list[dict]:
+    """The healthy machine at ``scale`` stopping and starting again (``STOPS``), against a baseline
+    learned at that speed."""
+    import scipy.io.wavfile
+
+    from drsn_stream.monitor.baseline import STARTUP_S
+
+    declared, split = _split(healthy, scale, least_s)
+    x = healthy[0][:, 0].astype(np.float64)
+    run = _looped(x[int(split * declared) :], 25 * declared, int(0.05 * declared))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        profile, wav = Path(tmp) / "p.json", Path(tmp) / "stops.wav"
+        _learn(f"file:{data / HEALTHY}?rate={declared}&duration={split:.6f}", profile)
+        for k, (name, stop_s) in enumerate(STOPS.items()):
+            sig, started = _stop_start(run, declared, stop_s, np.random.default_rng(k))
+            scipy.io.wavfile.write(wav, declared, sig.astype(np.float32))
+            objs = _monitor("--source", f"file:{wav}?stream=normal_0_97", "--baseline", str(profile),
+                            "--fast", "--headless")
+            preds = [o for o in objs if o["type"] == "prediction"]
+            t0 = min((o["time"] for o in preds), default=0.0)  # (the first window's end: "after" errs late)
+            after = [o for o in preds if o["time"] - t0 > started + STARTUP_S]  # judged again by now
+            rows.append({"speed": scale, "stop": name,
+                         "alarms": sum(o["type"] == "alarm" and o["to"] != "NORMAL" for o in objs),
+                         "sensor_events": sum(o["type"] == "health" and o["to"] != "OK" for o in objs),
+                         "after_start_up": len(after),
+                         "after_start_up_over": sum(o.get("anomaly", 0.0) > 1 for o in after),
+                         "after_start_up_judged": sum("anomaly" in o for o in after)})
+    return rows
+
+
 def measure_states(data: Path, healthy: tuple[np.ndarray, float], speeds: list[float], faults: dict[Path, float],
                    least_s: float, order: str, model_rate: int) -> list[dict]:
     """One baseline learned over the healthy recording at every speed of ``speeds``; each speed's
@@ -185,15 +251,21 @@ def measure_states(data: Path, healthy: tuple[np.ndarray, float], speeds: list[f
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scales", default="0.8,0.85,0.9,0.95,1,1.05,1.1,1.2",
-                    help="speeds as multiples of the recordings' own (comma-separated)")
+    ap.add_argument("--scales", help="speeds as multiples of the recordings' own (comma-separated; default "
+                                     "0.8,0.85,0.9,0.95,1,1.05,1.1,1.2, with --stops 1)")
     ap.add_argument("--data", default=None, help="the CWRU folder (default: the shared data)")
     ap.add_argument("--learn-speeds", help="learn one baseline over the healthy recording at these speeds "
                                            "(comma-separated), then monitor each")
     ap.add_argument("--order", choices=("mixed", "sequence"), default="mixed",
                     help="--learn-speeds: the speeds in 1-s turns (mixed) or one after the other")
+    ap.add_argument("--stops", action="store_true",
+                    help="the healthy machine at each speed stopping and starting again (default --scales 1)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
+    if args.stops and args.learn_speeds is not None:
+        raise ConfigError("--stops and --learn-speeds are two measurements: give one")
+    if args.scales is None:
+        args.scales = "1" if args.stops else "0.8,0.85,0.9,0.95,1,1.05,1.1,1.2"
     flag = "--learn-speeds" if args.learn_speeds is not None else "--scales"
     text = args.learn_speeds if args.learn_speeds is not None else args.scales
     try:
@@ -214,6 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     least_s = ((min_windows(meta.features) - 1) * meta.hop + meta.window) / meta.sample_rate + 0.01
     for s in scales:  # every speed checked before the work
         _split(healthy, s, least_s, LEARN_SHARE if args.learn_speeds is None else STATES_SHARE)
+    if args.stops:
+        print("| speed | stop | alarms | sensor health events | windows judged after the start-up | over the threshold |")
+        print("|---|---|---|---|---|---|")
+        rows = []
+        for s in scales:
+            for r in measure_stops(data, healthy, s, least_s):
+                rows.append(r)
+                print(f"| x{s:g} | {r['stop']} | {r['alarms']} | {r['sensor_events']} | {r['after_start_up_judged']} of "
+                      f"{r['after_start_up']} | {r['after_start_up_over']} |", flush=True)
+        if out is not None:
+            out.write_text(json.dumps({"model": "bearing-cwru", "stops": rows}, indent=1) + "\n")
+        return 0
     faults = {f: read_recording(f)[1] for f in sorted(data.glob("12k_Drive_End_*.mat"))}  # their rates
     if args.learn_speeds is not None:
         print(f"one baseline learned at x{', x'.join(f'{s:g}' for s in scales)} ({args.order})")

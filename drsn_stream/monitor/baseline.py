@@ -77,6 +77,13 @@ LEARNING_FORMAT = "drsn-stream-baseline-learning"
 # window under STOPPED_SHARE of the level (RMS) the quietest STOPPED_PERCENTILE % of the learning
 # windows had is a machine at rest, judged neither normal nor deviating (no alarm until it runs)
 STOPPED_SHARE, STOPPED_PERCENTILE = 0.1, 1.0
+# a machine stopping passes through the speeds under its learned ones on the way (a coast-down,
+# its level falling with the speed), unlike its normal a few percent of speed down, while its
+# level has fallen only a few percent, and the windows over an abrupt stop mix running and rest:
+# a window quieter than that quietest level that deviates, or any under QUIET_SHARE of it, is
+# held as "stopping" for up to startup_s of its signal; a stream that has not come to rest by
+# then is judged again (a machine that runs on quieter than it was learned deviates)
+QUIET_SHARE = 0.9
 # and a machine that runs again is judged only this many seconds (of its signal) later: a run-up
 # passes through speeds and levels unlike its learned normal (RunConfig.startup_s, --startup-hold)
 STARTUP_S = 10.0
@@ -638,7 +645,9 @@ class BaselineStage:
         self._at_rest: set[str] = set()  # streams whose latest window was of a machine at rest
         self.startup_s = startup_s
         self._starting: dict[str, float] = {}  # streams running again since (capture time), held off startup_s
-        self._held_k = np.zeros(0, dtype=bool)  # per stacked baseline: at rest or starting (_rest)
+        self._stopping: dict[str, float] = {}  # streams quieter than learned since (capture time), held off startup_s
+        self._said_quiet: set[str] = set()  # streams said to run on quieter than learned (once)
+        self._held_k = np.zeros(0, dtype=bool)  # per stacked baseline: at rest, starting or stopping (_rest)
         self._said_rest: set[str] = set()  # streams whose rest was said (once)
         self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.changes = 0  # the profile's baselines changed this often (one learned, adopted, dropped)
@@ -659,7 +668,9 @@ class BaselineStage:
         self._extended.discard(stream)
         self._at_rest.discard(stream)
         self._starting.pop(stream, None)
+        self._stopping.pop(stream, None)
         self._said_rest.discard(stream)
+        self._said_quiet.discard(stream)
         self._said_unbacked.discard(stream)
         if stream in self._given:
             self.state[stream] = "monitoring"
@@ -826,9 +837,13 @@ class BaselineStage:
                 scores = (np.sqrt(np.einsum("bkg,bkg->bk", z, z)) / thresholds[ks]).min(axis=1)
             cols = batch_columns(preds)
             levels = cols.level if cols is not None and len(rows) == len(cols) else np.array([p.level for p in rows])
-            resting = levels < STOPPED_SHARE * lows[ks]  # (a level_low of NaN: never)
-            if self._at_rest or self._starting or np.count_nonzero(resting):
-                resting = self._rest(rows, np.asarray(ks), resting)
+            below = levels < lows[ks]  # (a level_low of NaN: never)
+            quiet = below  # stopping: quieter than learned and deviating, or far quieter
+            if np.count_nonzero(below):
+                quiet = below & ((scores >= self.backs_label) | (levels < QUIET_SHARE * lows[ks]))
+            resting = quiet & (levels < STOPPED_SHARE * lows[ks])
+            if self._at_rest or self._starting or self._stopping or np.count_nonzero(quiet):
+                resting = self._rest(rows, np.asarray(ks), resting, quiet, below)
             for p, a, still in zip(rows, scores.tolist(), resting.tolist()):
                 if still:
                     continue
@@ -887,7 +902,7 @@ class BaselineStage:
             {sid: j for j, sid in enumerate(ids)}, means, whiteners, thresholds,
             np.array([b.level_low for b in bases], dtype=np.float64),
         )
-        self._held_k = np.array([sid in self._at_rest or sid in self._starting for sid in ids], dtype=bool)
+        self._held_k = np.array([self._held(sid) for sid in ids], dtype=bool)
 
     def rest_levels(self) -> dict[str, float | None]:
         """Per stream with a baseline, the level (RMS) under which its machine is at rest, or None
@@ -901,22 +916,30 @@ class BaselineStage:
         is being learned for it."""
         return stream in self.profile.streams or stream in self._learning
 
-    def _rest(self, rows: list[Prediction], ks: np.ndarray, resting: np.ndarray) -> np.ndarray:
-        """Windows of machines at rest (``STOPPED_SHARE`` of their learned level) and of machines
-        starting again (the ``startup_s`` after a rest): held, neither judged nor labelled (a label
-        on a machine's rest or run-up is no evidence of its condition: shown ``unknown``, the
-        model's in ``model_label``), so that neither raises nor clears an alarm; the stream's state
-        says "at rest" / "starting". The first rest of each stream is said once. Returns which rows
-        are held. Only the rows of streams at rest or starting, before or now, are looked at one by
+    def _held(self, sid: str) -> bool:
+        return sid in self._at_rest or sid in self._starting or sid in self._stopping
+
+    def _rest(self, rows: list[Prediction], ks: np.ndarray, resting: np.ndarray, quiet: np.ndarray,
+              below: np.ndarray) -> np.ndarray:
+        """Windows of machines at rest (``STOPPED_SHARE`` of their learned level), of machines
+        starting again (the ``startup_s`` after a rest) and of machines quieter than learned
+        (``quiet``: under ``level_low`` (``below``) and deviating, or under ``QUIET_SHARE`` of it;
+        stopping, for up to ``startup_s``): held, neither judged nor labelled (a
+        label on a machine's rest, run-up or coast-down is no evidence of its condition: shown
+        ``unknown``, the model's in ``model_label``), so that neither raises nor clears an alarm;
+        the stream's state says "at rest" / "starting" / "stopping". The first rest of each stream
+        is said once, and a stream that ran on quieter than learned past the hold once. Returns
+        which rows are held. Only the rows of streams held before or quiet now are looked at one by
         one (``ks``: each row's baseline, ``_stacked``'s index)."""
-        marked = self._held_k  # per baseline: at rest or starting (kept as the loop below goes)
-        marked[ks[resting]] = True  # every row of a stream that rests now is looked at, in order
+        marked = self._held_k  # per baseline: held (kept as the loop below goes)
+        marked[ks[quiet]] = True  # every row of a stream that is quiet now is looked at, in order
         held = resting.copy()
         for j in np.flatnonzero(marked[ks]).tolist():
             p, still = rows[j], bool(resting[j])
             sid = p.stream_id
             if still:
                 self._starting.pop(sid, None)
+                self._stopping.pop(sid, None)
                 if sid not in self._at_rest:
                     self._at_rest.add(sid)
                     self.state[sid] = "at rest"
@@ -936,13 +959,43 @@ class BaselineStage:
                 if began is not None and p.t_last - began < self.startup_s:
                     held[j] = True
                     self.state[sid] = "starting"
-                elif began is not None:
-                    del self._starting[sid]
-                    self.state[sid] = "monitoring"
+                else:
+                    if began is not None:
+                        del self._starting[sid]
+                        self.state[sid] = "monitoring"
+                    held[j] = self._quiet(p, bool(quiet[j]), bool(below[j]))
             if held[j] and p.model_label is None:
                 p.model_label, p.label = p.label, UNKNOWN
-            marked[ks[j]] = sid in self._at_rest or sid in self._starting
+            marked[ks[j]] = self._held(sid)
         return held
+
+    def _quiet(self, p: Prediction, quiet: bool, below: bool) -> bool:
+        """Whether a running window of a stream neither at rest nor starting is held as stopping:
+        ``quiet`` for under ``startup_s`` since the stream's level fell under its learned range (a
+        quiet spell that ends in a rest is the machine's coast-down). Past that it is judged, said
+        once; a window under the range but like its normal is judged without ending the spell;
+        back in its learned range, the stream is judged again at once."""
+        sid = p.stream_id
+        if not below:
+            if self._stopping.pop(sid, None) is not None:
+                self.state[sid] = "monitoring"
+            return False
+        if not quiet:
+            return False
+        since = self._stopping.setdefault(sid, p.t_last)
+        if p.t_last - since < self.startup_s:
+            self.state[sid] = "stopping"
+            return True
+        if self.state.get(sid) == "stopping":
+            self.state[sid] = "monitoring"
+            if sid not in self._said_quiet:
+                self._said_quiet.add(sid)
+                low = self.profile.streams[sid].level_low
+                self.notes.append((sid, f"running quieter than it was learned for {self.startup_s:g} s without coming to "
+                                        f"rest (level {p.level:.3g}, under the quietest it was learned at, {low:.3g}): "
+                                        "judged again; if this is one of its normal operating states, learn the baseline "
+                                        "with it"))
+        return False
 
     def _learn(self, sid: str, group: list[Prediction]) -> None:
         if self.learn_s is None:
