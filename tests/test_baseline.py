@@ -868,6 +868,21 @@ def test_a_healthy_machine_the_model_names_a_fault_raises_no_alarm_once_its_norm
     assert alarms and alarms[0]["to"] in ("ALERT", "DANGER"), alarms
 
 
+def _learned_normal(tmp_path: Path, cli_in_process) -> tuple[Path, np.ndarray]:
+    """A baseline learned on the CWRU rig's healthy recording (``baseline learn``) and that
+    recording at the model's 12 kHz."""
+    from scipy.signal import resample_poly
+
+    from drsn_stream.sources.file import read_recording
+
+    require_cwru()
+    prof = tmp_path / "p.json"
+    res = cli_in_process("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}", "--out", str(prof))
+    assert res.returncode == 0, res.stderr
+    x, rate = read_recording(CWRU / "normal_0_97.mat")
+    return prof, resample_poly(x[:, 0].astype(np.float64), 12000, int(rate))
+
+
 @pytest.mark.slow
 def test_a_machine_that_stops_raises_no_alarm_and_one_that_runs_faulty_after_does(tmp_path: Path,
                                                                                  cli_in_process) -> None:
@@ -917,16 +932,8 @@ def test_a_machine_running_up_from_rest_is_held_off_for_its_start_up(tmp_path: P
     0); by default the 10 s after the rest are held (the machine at speed after them is judged
     again: the stop-then-fault test above)."""
     import scipy.io.wavfile
-    from scipy.signal import resample_poly
 
-    from drsn_stream.sources.file import read_recording
-
-    require_cwru()
-    prof = tmp_path / "p.json"
-    res = cli_in_process("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}", "--out", str(prof))
-    assert res.returncode == 0, res.stderr
-    x, rate = read_recording(CWRU / "normal_0_97.mat")
-    x = resample_poly(x[:, 0].astype(np.float64), 12000, int(rate))
+    prof, x = _learned_normal(tmp_path, cli_in_process)
     rng = np.random.default_rng(15)
     speed = np.arange(5 * 12000) / (5 * 12000)  # 0 -> 1 over 5 s
     pos = np.cumsum(speed)  # samples of the recording the run-up has gone through
@@ -961,16 +968,8 @@ def test_a_machine_coasting_down_to_rest_and_running_up_again_raises_no_alarm(tm
     takes the stop and the start for the machine's (each was CHECK_SENSOR); and the machine at
     speed after its start-up is judged again."""
     import scipy.io.wavfile
-    from scipy.signal import resample_poly
 
-    from drsn_stream.sources.file import read_recording
-
-    require_cwru()
-    prof = tmp_path / "p.json"
-    res = cli_in_process("baseline", "learn", "--source", f"file:{CWRU / 'normal_0_97.mat'}", "--out", str(prof))
-    assert res.returncode == 0, res.stderr
-    x, rate = read_recording(CWRU / "normal_0_97.mat")
-    x = resample_poly(x[:, 0].astype(np.float64), 12000, int(rate))
+    prof, x = _learned_normal(tmp_path, cli_in_process)
 
     def warp(speed: np.ndarray, start: int) -> tuple[np.ndarray, int]:
         pos = start + np.cumsum(speed)  # where in the recording the machine has got to

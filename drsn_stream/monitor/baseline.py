@@ -944,13 +944,10 @@ class BaselineStage:
                     self._at_rest.add(sid)
                     self.state[sid] = "at rest"
                     self.latest[sid] = math.nan
-                    if sid not in self._said_rest:
-                        self._said_rest.add(sid)
-                        low = self.profile.streams[sid].level_low
-                        self.notes.append((sid, f"at rest (the machine stopped?): its level {p.level:.3g} is under "
-                                                f"{STOPPED_SHARE:.0%} of the quietest it was learned at ({low:.3g}); "
-                                                "judged neither normal nor deviating, no alarm raised or cleared, "
-                                                f"until it runs again and {self.startup_s:g} s after (its start-up)"))
+                    self._say_once(self._said_rest, p, (
+                        f"at rest (the machine stopped?): its level {{level:.3g}} is under {STOPPED_SHARE:.0%} of "
+                        "the quietest it was learned at ({low:.3g}); judged neither normal nor deviating, no alarm "
+                        f"raised or cleared, until it runs again and {self.startup_s:g} s after (its start-up)"))
             else:
                 if sid in self._at_rest:
                     self._at_rest.discard(sid)
@@ -988,14 +985,18 @@ class BaselineStage:
             return True
         if self.state.get(sid) == "stopping":
             self.state[sid] = "monitoring"
-            if sid not in self._said_quiet:
-                self._said_quiet.add(sid)
-                low = self.profile.streams[sid].level_low
-                self.notes.append((sid, f"running quieter than it was learned for {self.startup_s:g} s without coming to "
-                                        f"rest (level {p.level:.3g}, under the quietest it was learned at, {low:.3g}): "
-                                        "judged again; if this is one of its normal operating states, learn the baseline "
-                                        "with it"))
+            self._say_once(self._said_quiet, p, (
+                f"running quieter than it was learned for {self.startup_s:g} s without coming to rest (level "
+                "{level:.3g}, under the quietest it was learned at, {low:.3g}): judged again; if this is one of "
+                "its normal operating states, learn the baseline with it"))
         return False
+
+    def _say_once(self, said: set[str], p: Prediction, line: str) -> None:
+        """A note on ``p``'s stream, ``line`` with its window's ``{level}`` and learned ``{low}``
+        filled in, unless ``said`` holds the stream already."""
+        if p.stream_id not in said:
+            said.add(p.stream_id)
+            self.notes.append((p.stream_id, line.format(level=p.level, low=self.profile.streams[p.stream_id].level_low)))
 
     def _learn(self, sid: str, group: list[Prediction]) -> None:
         if self.learn_s is None:
