@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -497,6 +498,45 @@ def test_a_fault_label_is_shown_only_where_the_anomaly_backs_it() -> None:
     assert len(said) == 1 and "ball_007" in said[0] and "not alarmed on" in said[0], stage.notes
 
 
+def test_streams_whose_learning_ends_together_are_fitted_one_batch_at_a_time(monkeypatch) -> None:
+    """Fitting a baseline takes milliseconds in the output thread: a host's streams, started
+    together, all ended their learning in one batch and held the thread for seconds (minutes at
+    10,000 streams). One is fitted at once; each fit puts the next off (FIT_WAIT), the streams
+    waiting say "fitting", learn on, and are fitted in later batches, all of them by the run's end."""
+    from drsn_stream.monitor import baseline
+
+    monkeypatch.setattr(baseline, "FIT_WAIT", 1e6)  # nothing more fitted until the end
+    rng = np.random.default_rng(23)
+    stage = _learning_stage(features=4)  # 20 s: 469 windows
+    ids = ["a", "b", "c"]
+    for i in range(470):
+        stage.apply([_window(sid, i, rng.standard_normal(4).astype(np.float32)) for sid in ids])
+    assert list(stage.profile.streams) == ["a"]
+    assert stage.state["b"] == stage.state["c"] == "learning 100%, fitting"
+    later = [_window(sid, 470, 20 * rng.standard_normal(4).astype(np.float32)) for sid in ids]
+    stage.apply(later)
+    assert later[0].anomaly is not None and later[1].anomaly is None and later[2].anomaly is None
+    stage.save(final=True)  # the end of the run: the waiting fitted
+    assert sorted(stage.profile.streams) == ids and stage.profile.streams["b"].windows > 0
+    assert stage.state["b"] == "monitoring"
+    monkeypatch.setattr(baseline, "FIT_WAIT", 1.0)  # later batches fit them, one at most each
+    stage = _learning_stage(features=4)
+    fitted = []
+    for i in range(2000):
+        stage.apply([_window(sid, i, rng.standard_normal(4).astype(np.float32)) for sid in ids])
+        fitted.append(len(stage.profile.streams))
+        if fitted[-1] == 3:
+            break
+        if i >= 470:
+            time.sleep(0.002)  # batches come at a pace
+    assert fitted[-1] == 3 and all(b - a <= 1 for a, b in zip(fitted, fitted[1:])), fitted[-5:]
+    monkeypatch.setattr(baseline, "FIT_WAIT", 0.0)  # none waits: all three in that batch, as before
+    stage = _learning_stage(features=4)
+    for i in range(470):
+        stage.apply([_window(sid, i, rng.standard_normal(4).astype(np.float32)) for sid in ids])
+    assert sorted(stage.profile.streams) == ids
+
+
 def test_a_machine_quieter_than_learned_is_held_as_stopping_until_it_rests_or_the_hold_ends() -> None:
     """A machine stopping passes through speeds under its learned ones (a coast-down, its level
     falling with the speed), unlike its normal a few percent of speed down: judged, every stop was
@@ -797,6 +837,19 @@ def test_learn_memory_prints_the_memory_a_learning_holds() -> None:
     # 8 streams of 8,192 kept windows of 16 float32 features and a time: ~4.7 MB (the old way: ~60 MB)
     assert 0 <= r["peak_rss_growth_mb"] < 30 and r["bytes_per_window"] < 120, r
 
+
+
+def test_learn_memory_end_shows_the_fits_spread_where_streams_end_their_learning_together() -> None:
+    """``tools/learn_memory.py --end``: streams ending their learning in one batch; fitted all at
+    once, that batch held all 24 fits, with the fits spread one; every stream fitted in both."""
+    tool = ROOT / "tools" / "learn_memory.py"
+    out = subprocess.run([sys.executable, str(tool), "--streams", "24", "--minutes", "0.5", "--end", "--json"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    at_once, spread = json.loads(out.stdout)["rows"]
+    assert at_once["fit_wait"] == 0 and spread["fit_wait"] > 0
+    assert at_once["windows_per_stream"] == spread["windows_per_stream"] == math.ceil(30 * 12000 / 512) + 1
+    assert at_once["fitted_in_the_last_batch"] == 24 and spread["fitted_in_the_last_batch"] == 1, (at_once, spread)
 
 def _notes(res) -> list[str]:
     return [json.loads(ln)["message"] for ln in res.stdout.splitlines() if ln.startswith('{"type":"note"')]

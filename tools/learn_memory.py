@@ -8,8 +8,15 @@ with ``--save DIR``, also what saving the learnings in progress costs (``Baselin
 as ``--learn --baseline FILE`` does every minute): the file's size, the time of five saves, and of
 their part in the output thread (the copies; a thread of its own writes them).
 
+With ``--end``, the learning spans ``--minutes`` instead, so that every stream's learning ends in
+the same batch (a host's streams started together), and the batches go on until every stream has
+its baseline, back to back: the longest ``apply`` call after the end (the output thread held),
+and the time until all were fitted, with the fits spread (``FIT_WAIT``, the default) and, in the
+same run, all at once (``FIT_WAIT`` 0: as before they were spread).
+
     python tools/learn_memory.py --streams 64 --minutes 10
     python tools/learn_memory.py --streams 64 --minutes 30 --save /tmp
+    python tools/learn_memory.py --streams 256 --minutes 6 --end
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from drsn_stream.errors import ConfigError, run_tool
+from drsn_stream.monitor import baseline
 from drsn_stream.monitor.baseline import BaselineStage
 from drsn_stream.types import Prediction
 
@@ -73,15 +81,62 @@ def run(streams: int, minutes: float, save: str | None = None) -> dict:
     return out
 
 
+def run_end(streams: int, minutes: float, fit_wait: float) -> dict:
+    """Every stream's learning of ``minutes`` ending in the same batch; the batches after it until
+    every stream has a baseline, with ``FIT_WAIT`` = ``fit_wait``."""
+    stage = BaselineStage(None, learn_s=minutes * 60, model="m", digest="d", sample_rate=12000, window=2048,
+                          hop=512, features=FEATURES)
+    rng = np.random.default_rng(0)
+    probs = np.full(CLASSES, 1.0 / CLASSES)
+    held, k, after, t_end, at_end = [], 0, 0, 0.0, 0
+    old, baseline.FIT_WAIT = baseline.FIT_WAIT, fit_wait
+    try:
+        while len(stage.profile.streams) < streams:
+            feats = rng.standard_normal((streams, FEATURES)).astype(np.float32)
+            preds = [Prediction(f"s{i}", k, k * HOP_S, probs, "normal", 0.9, 0.3, 10.0, features=row)
+                     for i, row in enumerate(feats)]
+            ended = k + 1 >= minutes * 60 / HOP_S + 1  # this batch ends every stream's span
+            t = time.perf_counter()
+            stage.apply(preds)
+            dt = time.perf_counter() - t
+            if ended:
+                if not t_end:
+                    t_end, at_end = t, len(stage.profile.streams)
+                held.append(dt)
+                after += 1
+            k += 1
+            if after > 1_000_000:
+                raise ConfigError("the streams were never all fitted")
+    finally:
+        baseline.FIT_WAIT = old
+    return {"fit_wait": fit_wait, "windows_per_stream": k - after + 1, "fitted_in_the_last_batch": at_end,
+            "longest_apply_ms": round(1000 * max(held), 1),
+            "s_until_all_fitted": round(time.perf_counter() - t_end, 2), "apply_ms_after_end": round(1000 * sum(held), 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--minutes", type=float, default=10.0, help="minutes of windows each stream learns from")
     ap.add_argument("--save", metavar="DIR", help="also time saving the learnings to a file in DIR")
+    ap.add_argument("--end", action="store_true",
+                    help="learn for --minutes, every stream ending together: how long the fits hold the output thread")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.streams < 1 or not args.minutes > 0:
         raise ConfigError("--streams must be >= 1 and --minutes > 0")
+    if args.end:
+        rows = [run_end(args.streams, args.minutes, w) for w in (0.0, baseline.FIT_WAIT)]
+        if args.json:
+            print(json.dumps({"streams": args.streams, "minutes": args.minutes, "rows": rows}))
+            return 0
+        print(f"{args.streams} streams ending a {args.minutes:g}-min learning ({rows[0]['windows_per_stream']} windows "
+              "each) in the same batch:")
+        for r in rows:
+            print(f"  FIT_WAIT {r['fit_wait']:g}: {r['fitted_in_the_last_batch']} fitted in the batch that ended the "
+                  f"learning; the longest batch held the output thread {r['longest_apply_ms']} ms; "
+                  f"all fitted {r['s_until_all_fitted']} s after the end, {r['apply_ms_after_end']} ms of it in the batches")
+        return 0
     r = run(args.streams, args.minutes, args.save)
     print(json.dumps(r) if args.json else
           f"{r['streams']} streams learning {r['minutes']:g} min ({r['windows_per_stream']} windows) each: peak "

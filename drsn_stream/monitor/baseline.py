@@ -87,6 +87,13 @@ QUIET_SHARE = 0.9
 # and a machine that runs again is judged only this many seconds (of its signal) later: a run-up
 # passes through speeds and levels unlike its learned normal (RunConfig.startup_s, --startup-hold)
 STARTUP_S = 10.0
+# fitting a stream's baseline takes milliseconds (8 ms for 8,192 kept windows with the search for
+# operating states), in the output thread: streams whose learning spans end together (all of a
+# host's, started together) would hold it for seconds (2 s at 256 streams, over a minute at
+# 10,240, beyond the results queue). After a fit of t seconds the next waits FIT_WAIT * t, so
+# fitting takes at most 1 / (1 + FIT_WAIT) of the thread (a quarter: the rest keeps up with the
+# results); the streams waiting learn on meanwhile
+FIT_WAIT = 3.0
 
 
 def min_windows(features: int) -> int:
@@ -649,6 +656,8 @@ class BaselineStage:
         self._said_quiet: set[str] = set()  # streams said to run on quieter than learned (once)
         self._held_k = np.zeros(0, dtype=bool)  # per stacked baseline: at rest, starting or stopping (_rest)
         self._said_rest: set[str] = set()  # streams whose rest was said (once)
+        self._to_fit: dict[str, None] = {}  # streams whose learning is done, waiting for their fit (in order)
+        self._fit_resume = 0.0  # time.monotonic() from which the next fit may run (FIT_WAIT)
         self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.changes = 0  # the profile's baselines changed this often (one learned, adopted, dropped)
         self._given = set(self.profile.streams)  # the profile's own baselines, kept when a stream is forgotten
@@ -669,6 +678,7 @@ class BaselineStage:
         self._at_rest.discard(stream)
         self._starting.pop(stream, None)
         self._stopping.pop(stream, None)
+        self._to_fit.pop(stream, None)
         self._said_rest.discard(stream)
         self._said_quiet.discard(stream)
         self._said_unbacked.discard(stream)
@@ -861,6 +871,8 @@ class BaselineStage:
                 by_stream.setdefault(p.stream_id, []).append(p)
             for sid, group in by_stream.items():
                 self._learn(sid, group)
+        if self._to_fit and time.monotonic() >= self._fit_resume:
+            self._fit_due(next(iter(self._to_fit)))
         if self._dirty:
             self.save()
         if self.learning_to is not None and (self._learning or self._learning_on_disk):
@@ -1041,10 +1053,18 @@ class BaselineStage:
                         self.notes.append((sid, f"{_span(self.learn_s)} gave {so_far.n} windows; a baseline over "
                                                 f"{so_far.feats.shape[1]} features needs {need}: learning on until then"))
                     continue
-                self._fit(sid)
+                if sid in self._to_fit:
+                    continue  # waiting for its fit: learns on meanwhile
+                if self._to_fit or time.monotonic() < self._fit_resume:
+                    self._to_fit[sid] = None
+                    self.state[sid] = "learning 100%, fitting"
+                    continue
+                self._fit_due(sid)
                 if sid in self.profile.streams and i + 1 < len(group):
                     self.apply(group[i + 1 :])  # the rest of a large batch is scored, not learned
                 return
+        if sid in self._to_fit:
+            return
         if math.isinf(self.learn_s) or not so_far.n:
             self.state[sid] = f"learning {so_far.seen} windows"
         else:
@@ -1057,6 +1077,14 @@ class BaselineStage:
         off their capture times, which a step of a clock moves (a step forward ended the learning
         at once, a step back made it an hour longer) and which run on through a silence."""
         return (so_far.seen - 1) * self.hop / self.profile.sample_rate
+
+    def _fit_due(self, sid: str) -> None:
+        """A stream whose learning is done fitted now, and the next fit put off (FIT_WAIT)."""
+        self._to_fit.pop(sid, None)
+        t0 = time.monotonic()
+        self._fit(sid)
+        t1 = time.monotonic()
+        self._fit_resume = t1 + FIT_WAIT * (t1 - t0)
 
     def _fit(self, sid: str) -> None:
         so_far = self._learning.pop(sid, None)
@@ -1098,6 +1126,9 @@ class BaselineStage:
         save: at most once a second, or now with ``final``. A failure (a full disk, a folder
         gone) is said once and counted; the baselines stay in use, and the save is tried again
         after ``SAVE_RETRY_S`` and at the end."""
+        if final:
+            for sid in list(self._to_fit):  # their learning is done: fitted, not left as learnings
+                self._fit_due(sid)
         if final and self.learning_to is not None and (self._learning or self._resumed or self._learning_on_disk):
             self.save_learning(final=True)
         if not self._dirty or self.save_to is None:
@@ -1276,6 +1307,7 @@ class BaselineStage:
 
     def fit(self) -> Profile:
         """Fits every stream still learning (the end of ``drsn-stream baseline learn``)."""
+        self._to_fit.clear()
         for sid in list(self._learning):
             self._fit(sid)
         return self.profile
