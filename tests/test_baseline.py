@@ -328,13 +328,18 @@ def test_the_alarm_state_machine_runs_on_the_anomaly_score_with_its_delays_and_h
 def test_the_dashboard_shows_the_anomaly_and_its_course_and_prometheus_a_gauge() -> None:
     rows = (StreamRow("m0", label="outer_014", confidence=0.99, level="ALERT", anomaly=12.3,
                       anomalies=(0.4, 0.5, 9.0, 12.3), baseline="monitoring"),
-            StreamRow("m1", label="normal", confidence=0.9, baseline="learning 40%"))
+            StreamRow("m1", label="normal", confidence=0.9, baseline="learning 40%"),
+            *(StreamRow(f"m{k}", label="unknown", confidence=0.0, baseline=state)
+              for k, state in enumerate(("fitting", "stopping", "at rest", "starting"), start=2)))
     console = Console(width=140, file=io.StringIO(), color_system=None)
     console.print(stream_table(rows, width=140))
     lines = console.file.getvalue().splitlines()
     assert "anomaly" in lines[0]
     assert " 12.3 " in lines[1] and "█" in lines[1]
     assert "learning 40%" in lines[2]
+    # the states a baseline holds a stream in are shown whole in the column
+    for line, state in zip(lines[3:7], ("fitting", "stopping", "at rest", "starting")):
+        assert f" {state} " in line, line
     # the envelope column's check mark needs the label, the anomaly and the envelope to agree
     rows = (StreamRow("m0", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0, anomaly=12.0),
             StreamRow("m1", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0, anomaly=0.5),
@@ -512,7 +517,7 @@ def test_streams_whose_learning_ends_together_are_fitted_one_batch_at_a_time(mon
     for i in range(470):
         stage.apply([_window(sid, i, rng.standard_normal(4).astype(np.float32)) for sid in ids])
     assert list(stage.profile.streams) == ["a"]
-    assert stage.state["b"] == stage.state["c"] == "learning 100%, fitting"
+    assert stage.state["b"] == stage.state["c"] == "fitting"
     later = [_window(sid, 470, 20 * rng.standard_normal(4).astype(np.float32)) for sid in ids]
     stage.apply(later)
     assert later[0].anomaly is not None and later[1].anomaly is None and later[2].anomaly is None

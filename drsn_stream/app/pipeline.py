@@ -862,7 +862,7 @@ class Pipeline:
         """``learning the baseline (3 streams)`` / ``baseline: monitoring`` for the header."""
         if self.baseline is None:
             return ""
-        learning = sum(1 for v in self.baseline.state.values() if v.startswith("learning"))
+        learning = sum(1 for v in self.baseline.state.values() if v.startswith("learning") or v == "fitting")
         if learning:
             return f"learning the baseline ({learning} stream{'s' if learning != 1 else ''}), then monitoring"
         return "baseline: monitoring deviations" if self.baseline.profile.streams else ""

@@ -1057,7 +1057,7 @@ class BaselineStage:
                     continue  # waiting for its fit: learns on meanwhile
                 if self._to_fit or time.monotonic() < self._fit_resume:
                     self._to_fit[sid] = None
-                    self.state[sid] = "learning 100%, fitting"
+                    self.state[sid] = "fitting"
                     continue
                 self._fit_due(sid)
                 if sid in self.profile.streams and i + 1 < len(group):

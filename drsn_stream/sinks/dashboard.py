@@ -246,7 +246,8 @@ def _anomaly_cell(row: StreamRow, *, spark: int) -> Text:
     """``12.3 ▁▂▇█``: the latest anomaly score and its course; the baseline's state while it learns."""
     if row.anomaly is None:
         state = row.baseline or "-"
-        return Text(state if state != "monitoring" else "-", style="cyan" if state.startswith("learn") else "dim")
+        learning = state.startswith("learn") or state == "fitting"
+        return Text(state if state != "monitoring" else "-", style="cyan" if learning else "dim")
     style = "bold red" if row.anomaly >= 1.0 else "green"
     text = Text(f"{row.anomaly:5.1f}" if row.anomaly < 1000 else f"{row.anomaly:5.0e}", style=style)
     if spark:
