@@ -507,7 +507,8 @@ def test_streams_whose_learning_ends_together_are_fitted_one_batch_at_a_time(mon
     """Fitting a baseline takes milliseconds in the output thread: a host's streams, started
     together, all ended their learning in one batch and held the thread for seconds (minutes at
     10,000 streams). One is fitted at once; each fit puts the next off (FIT_WAIT), the streams
-    waiting say "fitting", learn on, and are fitted in later batches, all of them by the run's end."""
+    waiting say "fitting" (their windows meanwhile neither learned nor judged) and are fitted in
+    later batches, all of them by the run's end."""
     from drsn_stream.monitor import baseline
 
     monkeypatch.setattr(baseline, "FIT_WAIT", 1e6)  # nothing more fitted until the end
@@ -522,7 +523,8 @@ def test_streams_whose_learning_ends_together_are_fitted_one_batch_at_a_time(mon
     stage.apply(later)
     assert later[0].anomaly is not None and later[1].anomaly is None and later[2].anomaly is None
     stage.save(final=True)  # the end of the run: the waiting fitted
-    assert sorted(stage.profile.streams) == ids and stage.profile.streams["b"].windows > 0
+    assert sorted(stage.profile.streams) == ids
+    assert stage.profile.streams["b"].windows == stage.profile.streams["a"].windows  # the same span learned
     assert stage.state["b"] == "monitoring"
     monkeypatch.setattr(baseline, "FIT_WAIT", 1.0)  # later batches fit them, one at most each
     stage = _learning_stage(features=4)

@@ -90,9 +90,10 @@ STARTUP_S = 10.0
 # fitting a stream's baseline takes milliseconds (8 ms for 8,192 kept windows with the search for
 # operating states), in the output thread: streams whose learning spans end together (all of a
 # host's, started together) would hold it for seconds (2 s at 256 streams, over a minute at
-# 10,240, beyond the results queue). After a fit of t seconds the next waits FIT_WAIT * t, so
-# fitting takes at most 1 / (1 + FIT_WAIT) of the thread (a quarter: the rest keeps up with the
-# results); the streams waiting learn on meanwhile
+# 10,240, beyond the results queue). After fits and the restacking of the baselines they cause
+# (25 ms at 10,240 baselines: each turn fits for at least as long) take t seconds, the next turn
+# waits FIT_WAIT * t, so fitting takes at most 1 / (1 + FIT_WAIT) of the thread (a quarter: the
+# rest keeps up with the results); the windows of the streams waiting are neither learned nor judged
 FIT_WAIT = 3.0
 
 
@@ -658,6 +659,7 @@ class BaselineStage:
         self._said_rest: set[str] = set()  # streams whose rest was said (once)
         self._to_fit: dict[str, None] = {}  # streams whose learning is done, waiting for their fit (in order)
         self._fit_resume = 0.0  # time.monotonic() from which the next fit may run (FIT_WAIT)
+        self._stack_s = 0.0  # how long the latest _stack took
         self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.changes = 0  # the profile's baselines changed this often (one learned, adopted, dropped)
         self._given = set(self.profile.streams)  # the profile's own baselines, kept when a stream is forgotten
@@ -872,7 +874,7 @@ class BaselineStage:
             for sid, group in by_stream.items():
                 self._learn(sid, group)
         if self._to_fit and time.monotonic() >= self._fit_resume:
-            self._fit_due(next(iter(self._to_fit)))
+            self._fit_turn()
         if self._dirty:
             self.save()
         if self.learning_to is not None and (self._learning or self._learning_on_disk):
@@ -899,6 +901,7 @@ class BaselineStage:
         """The baselines as arrays (stream index, means, whiteners, thresholds, levels) for
         ``apply``; where any baseline has several operating states, with a states axis after the
         first (the states of a baseline with fewer repeat its first: the nearest is the same)."""
+        t0 = time.monotonic()
         ids = list(self.profile.streams)
         bases = [self.profile.streams[sid] for sid in ids]
         f = bases[0].gaussian.mean.size if bases else 0
@@ -915,6 +918,9 @@ class BaselineStage:
             np.array([b.level_low for b in bases], dtype=np.float64),
         )
         self._held_k = np.array([self._held(sid) for sid in ids], dtype=bool)
+        self._stack_s = time.monotonic() - t0
+        if self._to_fit:  # the restacking a turn of fits caused is part of its time
+            self._fit_resume = max(self._fit_resume, time.monotonic() + FIT_WAIT * self._stack_s)
 
     def rest_levels(self) -> dict[str, float | None]:
         """Per stream with a baseline, the level (RMS) under which its machine is at rest, or None
@@ -1018,6 +1024,8 @@ class BaselineStage:
                 self.notes.append((sid, "no baseline for this stream in the profile: monitored on its labels only "
                                         "(learn one, or map the stream with ?stream=ID on the source)"))
             return
+        if sid in self._to_fit:
+            return  # waiting for its fit
         so_far = self._learning.get(sid)
         # (popped with a default: the learnings' writer thread drops one the file no longer holds)
         taken = self._resumed.pop(sid, None) if so_far is None else None
@@ -1053,18 +1061,14 @@ class BaselineStage:
                         self.notes.append((sid, f"{_span(self.learn_s)} gave {so_far.n} windows; a baseline over "
                                                 f"{so_far.feats.shape[1]} features needs {need}: learning on until then"))
                     continue
-                if sid in self._to_fit:
-                    continue  # waiting for its fit: learns on meanwhile
                 if self._to_fit or time.monotonic() < self._fit_resume:
-                    self._to_fit[sid] = None
-                    self.state[sid] = "fitting"
-                    continue
+                    self._to_fit[sid] = None  # its span learned: the windows until its fit are not
+                    self.state[sid] = "fitting"  # (all the waiting streams' arrays grew together)
+                    return
                 self._fit_due(sid)
                 if sid in self.profile.streams and i + 1 < len(group):
                     self.apply(group[i + 1 :])  # the rest of a large batch is scored, not learned
                 return
-        if sid in self._to_fit:
-            return
         if math.isinf(self.learn_s) or not so_far.n:
             self.state[sid] = f"learning {so_far.seen} windows"
         else:
@@ -1077,6 +1081,20 @@ class BaselineStage:
         off their capture times, which a step of a clock moves (a step forward ended the learning
         at once, a step back made it an hour longer) and which run on through a silence."""
         return (so_far.seen - 1) * self.hop / self.profile.sample_rate
+
+    def _fit_turn(self) -> None:
+        """The streams waiting for their fit, first come first, fitted for at least as long as the
+        last restacking of the baselines took (so that restacking after each fit does not cost
+        more than the fits at many streams), at least one; the next turn put off (FIT_WAIT)."""
+        t0 = time.monotonic()
+        while self._to_fit:
+            sid = next(iter(self._to_fit))
+            del self._to_fit[sid]
+            self._fit(sid)
+            if time.monotonic() - t0 >= self._stack_s:
+                break
+        t1 = time.monotonic()
+        self._fit_resume = t1 + FIT_WAIT * (t1 - t0)
 
     def _fit_due(self, sid: str) -> None:
         """A stream whose learning is done fitted now, and the next fit put off (FIT_WAIT)."""
