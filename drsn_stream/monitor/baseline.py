@@ -548,7 +548,7 @@ class _Learning:
     def __init__(self, features: int, *, size: int = 64) -> None:
         self.feats = np.empty((size, features), dtype=np.float32)
         self.times = np.empty(size, dtype=np.float64)
-        self.levels = np.full(size, np.nan, dtype=np.float64)
+        self.levels = np.empty(size, dtype=np.float64)  # (each written as its window is kept)
         self.n = 0  # windows kept
         self.seen = 0  # windows learned from
         self.stride = 1
@@ -559,8 +559,7 @@ class _Learning:
         """A learning taken over from another host (``export``'s arrays and counts, checked)."""
         out = cls(feats.shape[1], size=LEARN_KEEP)
         out.feats[: len(feats)], out.times[: len(times)] = feats, times
-        if levels is not None:
-            out.levels[: len(levels)] = levels
+        out.levels[: len(feats)] = levels if levels is not None else np.nan
         out.n, out.seen, out.stride = len(feats), seen, stride
         return out
 
@@ -1041,7 +1040,7 @@ class BaselineStage:
                 self.notes.append(("*", "the baselines learned in this run are not saved: give --baseline FILE with "
                                         "--learn to keep them over a restart"))
             self.notes.append((sid, f"learning the baseline for {_span(self.learn_s)}"))
-            so_far = self._learning[sid] = _Learning(len(group[0].features))
+            so_far = self._learning[sid] = _Learning(len(group[0].features), size=self._first_size())
         for i, p in enumerate(group):
             if p.health != "OK":  # a flat line, a clipping or a dropout is not the machine's normal
                 if sid not in self.left_out:
@@ -1075,6 +1074,15 @@ class BaselineStage:
             span = self._learned_s(so_far)
             share = min(span / self.learn_s, so_far.n / min_windows(so_far.feats.shape[1]))
             self.state[sid] = f"learning {max(0, min(99, int(100 * share)))}%"
+
+    def _first_size(self) -> int:
+        """The room a stream's learning starts with: all it keeps where its span is known, so
+        that no array grows while it learns (the arrays of streams started together grew in the
+        same batches, ~0.1 s of the output thread at 2,048 streams); 64 windows for a learning of
+        the whole run. (Pages are touched as windows come, not at once.)"""
+        if math.isinf(self.learn_s):
+            return 64
+        return max(64, min(LEARN_KEEP, math.ceil(self.learn_s * self.profile.sample_rate / self.hop) + 2))
 
     def _learned_s(self, so_far: _Learning) -> float:
         """The signal a stream's learning windows span, in seconds: counted in windows, not read
