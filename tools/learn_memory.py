@@ -12,7 +12,8 @@ With ``--end``, the learning spans ``--minutes`` instead, so that every stream's
 the same batch (a host's streams started together), and the batches go on until every stream has
 its baseline, back to back: the longest ``apply`` call after the end (the output thread held),
 and the time until all were fitted, with the fits spread (``FIT_WAIT``, the default) and, in the
-same run, all at once (``FIT_WAIT`` 0: as before they were spread).
+same run, all at once (``FIT_WAIT`` 0: as before they were spread); and the longest batch while
+they learned.
 
     python tools/learn_memory.py --streams 64 --minutes 10
     python tools/learn_memory.py --streams 64 --minutes 30 --save /tmp
