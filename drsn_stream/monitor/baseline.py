@@ -873,7 +873,7 @@ class BaselineStage:
             for sid, group in by_stream.items():
                 self._learn(sid, group)
         if self._to_fit and time.monotonic() >= self._fit_resume:
-            self._fit_turn()
+            self._fit_turn(list(self._to_fit), self._stack_s)
         if self._dirty:
             self.save()
         if self.learning_to is not None and (self._learning or self._learning_on_disk):
@@ -1061,10 +1061,12 @@ class BaselineStage:
                                                 f"{so_far.feats.shape[1]} features needs {need}: learning on until then"))
                     continue
                 if self._to_fit or time.monotonic() < self._fit_resume:
-                    self._to_fit[sid] = None  # its span learned: the windows until its fit are not
-                    self.state[sid] = "fitting"  # (all the waiting streams' arrays grew together)
+                    # its span learned: its windows until its fit are neither judged nor learned
+                    # (the arrays of all the streams waiting would grow in the same batches)
+                    self._to_fit[sid] = None
+                    self.state[sid] = "fitting"
                     return
-                self._fit_due(sid)
+                self._fit_turn([sid])
                 if sid in self.profile.streams and i + 1 < len(group):
                     self.apply(group[i + 1 :])  # the rest of a large batch is scored, not learned
                 return
@@ -1090,25 +1092,17 @@ class BaselineStage:
         at once, a step back made it an hour longer) and which run on through a silence."""
         return (so_far.seen - 1) * self.hop / self.profile.sample_rate
 
-    def _fit_turn(self) -> None:
-        """The streams waiting for their fit, first come first, fitted for at least as long as the
-        last restacking of the baselines took (so that restacking after each fit does not cost
-        more than the fits at many streams), at least one; the next turn put off (FIT_WAIT)."""
+    def _fit_turn(self, sids: list[str], least_s: float = 0.0) -> None:
+        """Streams whose learning is done fitted in order, until the turn has lasted ``least_s``
+        (the waiting streams' turn: as long as the last restacking of the baselines took, so that
+        restacking after each fit does not cost more than the fits at many streams), at least
+        one; the next turn put off FIT_WAIT times this one."""
         t0 = time.monotonic()
-        while self._to_fit:
-            sid = next(iter(self._to_fit))
-            del self._to_fit[sid]
+        for sid in sids:
+            self._to_fit.pop(sid, None)
             self._fit(sid)
-            if time.monotonic() - t0 >= self._stack_s:
+            if time.monotonic() - t0 >= least_s:
                 break
-        t1 = time.monotonic()
-        self._fit_resume = t1 + FIT_WAIT * (t1 - t0)
-
-    def _fit_due(self, sid: str) -> None:
-        """A stream whose learning is done fitted now, and the next fit put off (FIT_WAIT)."""
-        self._to_fit.pop(sid, None)
-        t0 = time.monotonic()
-        self._fit(sid)
         t1 = time.monotonic()
         self._fit_resume = t1 + FIT_WAIT * (t1 - t0)
 
@@ -1152,9 +1146,8 @@ class BaselineStage:
         save: at most once a second, or now with ``final``. A failure (a full disk, a folder
         gone) is said once and counted; the baselines stay in use, and the save is tried again
         after ``SAVE_RETRY_S`` and at the end."""
-        if final:
-            for sid in list(self._to_fit):  # their learning is done: fitted, not left as learnings
-                self._fit_due(sid)
+        if final and self._to_fit:  # their learning is done: fitted, not left as learnings
+            self._fit_turn(list(self._to_fit), math.inf)
         if final and self.learning_to is not None and (self._learning or self._resumed or self._learning_on_disk):
             self.save_learning(final=True)
         if not self._dirty or self.save_to is None:
