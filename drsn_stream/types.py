@@ -29,6 +29,8 @@ class Frame:
         overflow: number of input overflows the source saw since the previous frame.
         names: one short name per channel (the wire format's ``names``), or None; see
             ``channel_ids`` for the stream id each channel is monitored under.
+        rpm: the machine's shaft speed while the frame was captured (the wire format's ``rpm``, a
+            tachometer's reading; 0: stopped), or None where the source does not know it.
     """
 
     stream_id: str
@@ -38,6 +40,7 @@ class Frame:
     samples: np.ndarray
     overflow: int = 0
     names: tuple[str, ...] | None = None
+    rpm: float | None = None
 
     @property
     def n(self) -> int:
@@ -68,7 +71,7 @@ def split_channels(frame: Frame) -> list[Frame]:
     are (n, 1) views of the frame's, nothing is copied."""
     x = frame.samples
     ids = channel_ids(frame.stream_id, x.shape[1], frame.names)
-    return [Frame(sid, frame.seq, frame.t_capture, frame.sample_rate, x[:, k : k + 1], frame.overflow)
+    return [Frame(sid, frame.seq, frame.t_capture, frame.sample_rate, x[:, k : k + 1], frame.overflow, rpm=frame.rpm)
             for k, sid in enumerate(ids)]
 
 

@@ -126,10 +126,12 @@ class NoteSink:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.by_stream: list[tuple[str, str]] = []  # (stream, message)
 
     def write(self, obj: dict) -> None:
         if obj.get("type") == "note":
             self.lines.append(obj.get("message", ""))
+            self.by_stream.append((obj.get("stream", ""), obj.get("message", "")))
 
     def close(self) -> None:
         pass

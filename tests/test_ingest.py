@@ -32,7 +32,7 @@ def _outcome(fn, parts):
     if not isinstance(f, Frame):
         return ("eos", f.stream_id)
     return (f.stream_id, f.seq, f.t_capture, f.sample_rate, f.samples.dtype, f.samples.shape, f.samples.tobytes(),
-            f.names)
+            f.names, f.rpm)
 
 
 def _hostile(parts: list[bytes]) -> list[list[bytes]]:
@@ -77,6 +77,35 @@ def test_a_decoder_gives_what_decode_gives_for_good_and_hostile_messages() -> No
     assert len(accepted) == 1 and accepted[0][1] == 5
     assert {o[1] for o in outcomes if o[0] == "rejected"} == {
         "bad_seq", "bad_time", "topic_mismatch", "bad_size", "bad_header", "bad_version", "wrong_parts", "bad_json"}
+
+
+def test_a_decoder_reads_the_speed_a_frame_carries_as_decode_does() -> None:
+    """A gateway's tachometer reading (``rpm``) changes from frame to frame: right after ``t``, as
+    ``encode`` writes it, the Decoder reads it without parsing the header (one template for the
+    stream, with or without it); anywhere else in the header, or not a speed, the Decoder gives
+    what ``decode`` gives all the same."""
+    rng = np.random.default_rng(4)
+    now = time.time()
+    decoder = Decoder()
+    x = rng.standard_normal((64, 2)).astype(np.float32)
+    good = [encode("gw/1", k, now + k * 0.01, RATE, x, rpm=rpm, names=["DE", "FE"])
+            for k, rpm in enumerate([1797.0, 1796.4, None, 0, 1e6, 2.5e-3, 1772])]
+    assert b'"t":' + repr(now).encode() + b',"rpm":1797.0,"rate"' in good[0][1]
+    hostile = []
+    for bad in (b"-1", b"1e999", b"1000000.5", b'"1797"', b"true", b"null", b"[1]", b"NaN"):
+        hostile.append([good[1][0], good[1][1].replace(b'"rpm":1796.4', b'"rpm":' + bad), good[1][2]])
+    elsewhere = [good[0][0], good[0][1].replace(b'"rpm":1797.0,', b"").replace(b'"v":1', b'"v":1,"rpm":1500'),
+                 good[0][2]]
+    twice = [good[0][0], good[0][1].replace(b'"rpm":1797.0,', b'"rpm":1797.0,"rpm":10,'), good[0][2]]
+    for parts in [*good, *hostile, elsewhere, twice, *good]:
+        assert _outcome(decoder.decode, parts) == _outcome(decode, parts), parts[1][:120]
+    assert [_outcome(decoder.decode, p)[-1] for p in good] == [1797.0, 1796.4, None, 0.0, 1e6, 2.5e-3, 1772.0]
+    assert {_outcome(decode, p) for p in hostile} == {("rejected", "bad_field")}
+    assert (decode(elsewhere).rpm, decode(twice).rpm) == (1500.0, 10.0)
+    # the speed read where it lies: one template for the stream
+    assert len(decoder._templates) == 1
+    with pytest.raises(WireError, match="rpm=-5 must be a shaft speed of 0 .. 1000000 rpm"):
+        encode("gw/1", 0, now, RATE, x, rpm=-5)
 
 
 def test_a_polls_payloads_converted_together_give_what_decode_gives_each() -> None:

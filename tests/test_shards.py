@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ def _streams(seconds: float) -> dict[str, np.ndarray]:
 
 def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, pace: bool,
                stop: threading.Event, errors: list[str], late: dict[str, int] | None = None,
-               pause_s: float = 0.0) -> threading.Thread:
+               pause_s: float = 0.0, rpm: Callable[[str, int], float | None] | None = None) -> threading.Thread:
     """Sends ``streams`` in CHUNK-sample frames once ``subscribers`` SUB sockets have subscribed
     to every topic (XPUB, verbose: every subscription is heard), then end of stream; one malformed
     message too. ``late``: streams that start only at this frame number. Only subscriptions to
@@ -48,7 +49,8 @@ def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, p
     another publisher's traffic revealed) does so at every publisher it is connected to, and
     counting that would start this one before the other process has joined, which then misses
     the first frames. ``pause_s``: quiet this long after the malformed message, before the frames.
-    The socket stays open until ``stop``."""
+    ``rpm(stream, seq)``: the shaft speed a frame carries (None: none). The socket stays open until
+    ``stop``."""
 
     def run() -> None:
         sock = zmq.Context.instance().socket(zmq.XPUB)
@@ -74,7 +76,8 @@ def _publisher(port: int, subscribers: int, streams: dict[str, np.ndarray], *, p
                 for sid, x in streams.items():
                     if late and seq < late.get(sid, 0):
                         continue
-                    sock.send_multipart(encode(sid, seq, t0 + i / RATE, RATE, x[i : i + CHUNK]))
+                    sock.send_multipart(encode(sid, seq, t0 + i / RATE, RATE, x[i : i + CHUNK],
+                                               rpm=rpm(sid, seq) if rpm else None))
                 if pace:
                     time.sleep(max(0.0, t0 + (i + CHUNK) / RATE - time.time()))
             for sid in streams:
@@ -457,6 +460,54 @@ def test_ingest_processes_give_every_window_the_numbers_of_one_thread(free_tcp_p
     assert max(float(np.abs(two[k]["probs"] - one[k]["probs"]).max()) for k in one) < 1e-4
     if geometry:
         assert evidence[0]["press-2"] is not None and evidence[1] == evidence[0]
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_the_envelope_analyses_each_stream_at_the_speed_its_frames_carry(free_tcp_port: int, procs: int) -> None:
+    """A gateway with a tachometer sends each frame's shaft speed (the wire format's rpm). The
+    envelope evidence is analysed at that speed, not at the configured nameplate speed (5 % off
+    here: at it, the outer-race fault below reads as an inner-race one); a stream whose shaft
+    stands still gets no evidence, and says so; one whose frames stop carrying a speed is analysed
+    at the configured one from then on. The same read by one ingest thread or by two ingest
+    processes (the speeds come from the processes)."""
+    require_cwru()
+    n = 3 * RATE
+    streams = {"press-1": cwru_signal("12k_Drive_End_IR014_0_169.mat")[:n].astype(np.float32),
+               "press-4": cwru_signal("12k_Drive_End_OR021@6_1_235.mat")[:n].astype(np.float32),
+               "press-3": cwru_signal("12k_Drive_End_OR021@6_1_235.mat")[:n].astype(np.float32),
+               "press-5": cwru_signal("12k_Drive_End_OR021@6_1_235.mat")[:n].astype(np.float32)}
+    assert [shard_of(sid.encode(), 2) for sid in streams] == [0, 1, 0, 1]
+    speeds = {"press-1": 1797.0, "press-4": 1772.0, "press-3": 0.0, "press-5": 1772.0}
+
+    def rpm(sid: str, seq: int) -> float | None:
+        return None if sid == "press-5" and seq >= n // CHUNK // 2 else speeds[sid]
+
+    pipe = Pipeline(_config(free_tcp_port, procs, duration=120,
+                            machine={"bearing": "6205", "rpm": 1.05 * 1772}))  # type: ignore[arg-type]
+    notes = NoteSink()
+    pipe.outputs.add(notes)
+    pipe.start()
+    stop, errors = threading.Event(), []
+    pub = _publisher(free_tcp_port, procs, streams, pace=False, stop=stop, errors=errors, rpm=rpm)
+    try:
+        pipe.wait()
+    finally:
+        stop.set()
+        pipe.stop()  # after the envelope stage has analysed every block queued
+        pub.join(timeout=10)
+    latest = {sid: pipe.envelope.latest(sid) for sid in streams}
+    assert not errors, errors
+    assert isinstance(pipe.sources[0], ShardedSource) == (procs == 2)
+    assert latest["press-1"] is not None and latest["press-1"].fault_type == "inner_race", _why(pipe)
+    assert latest["press-4"] is not None and latest["press-4"].fault_type == "outer_race"
+    assert abs(latest["press-4"].shaft_hz * 60 - 1772) < 1
+    assert latest["press-3"] is None
+    said = "\n".join(notes.lines)
+    assert "press-4" in pipe.envelope.views() and "press-3" not in pipe.envelope.views()
+    assert "shaft speed from the stream's frames (now 1772 rpm" in said, said
+    assert "slower than 60 rpm" in said
+    assert abs(latest["press-5"].shaft_hz * 60 - 1.05 * 1772) < 1
+    assert [sid for sid, ln in notes.by_stream if "shaft 1861 rpm" in ln] == ["press-5"], notes.by_stream
 
 
 def test_what_the_ingest_processes_refuse_is_said_once(free_tcp_port: int) -> None:

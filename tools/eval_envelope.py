@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="override an EnvelopeSettings field (for exploring, e.g. --set threshold_db=9)")
     ap.add_argument("--speed-error", type=float, default=0.0, metavar="E",
                     help="analyse with the recorded speed times (1 + E), e.g. 0.01: a tacho or nameplate 1 %% off")
+    ap.add_argument("--nameplate", type=float, default=None, metavar="RPM",
+                    help="analyse every file at this one speed (a configured [machine] rpm) instead of the speed "
+                         "it records (what frames carrying their rpm give the monitor)")
     ap.add_argument("--channel", choices=("DE", "FE"), default="DE",
                     help="the accelerometer: drive end (the faulty bearing's) or fan end")
     args = ap.parse_args(argv)
@@ -108,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (math.isfinite(args.speed_error) and abs(args.speed_error) < MAX_SPEED_ERROR):
         raise ConfigError(f"--speed-error must be a finite share between -{MAX_SPEED_ERROR} and {MAX_SPEED_ERROR} "
                           f"(e.g. 0.01 for 1 %), not {args.speed_error}")
+    if args.nameplate is not None and not (math.isfinite(args.nameplate) and 60 <= args.nameplate <= 1e6):
+        raise ConfigError(f"--nameplate must be a shaft speed of 60 .. 1000000 rpm, not {args.nameplate}")
     settings = EnvelopeSettings(**overrides(args.set))
     folder = Path(args.data)
     files = sorted(folder.glob("*.mat"))
@@ -129,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in files:
         want = truth(path.name)
         xs, shaft = blocks(path, channel=args.channel)
+        if args.nameplate is not None:
+            shaft = args.nameplate / 60.0
         shaft *= 1.0 + args.speed_error
         finite = np.isfinite(xs).all(axis=1)  # a block with NaN samples has no spectrum: skipped, counted
         if not finite.all():
@@ -174,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"skipped {sum(skipped.values())} blocks with NaN or infinite samples: "
               + ", ".join(f"{name} {k}" for name, k in skipped.items()))
-    print(f"channel {args.channel}; speed error {args.speed_error:+.1%}; threshold {settings.threshold_db} dB; {1e3 * spent / max(1, analysed):.2f} ms per 1-s block "
+    speed = f"every file at {args.nameplate:g} rpm" if args.nameplate is not None else "each file's own speed"
+    print(f"channel {args.channel}; {speed}; speed error {args.speed_error:+.1%}; threshold {settings.threshold_db} dB; {1e3 * spent / max(1, analysed):.2f} ms per 1-s block "
           "(one thread, this machine)")
     if args.null:
         lv = null_levels(args.null, settings)

@@ -111,6 +111,9 @@ class Ingest:
         # simulators, two gateways with the same names) would interleave two signals in one
         # stream's windows without a word; its frames there are refused, counted and said once
         self._owner: dict[str, Any] = {}
+        # the shaft speed (rpm) each frame stream's latest frame carried (the wire format's rpm),
+        # for the envelope evidence; a stream whose latest frame carried none is not in it
+        self.speeds: dict[str, float] = {}
         self._conflicts: set[tuple[int, int]] = set()  # (id(owner), id(source)) pairs said
         self._compiled = bank_jit.warm()  # now, not on the ingest thread's first frame
 
@@ -140,7 +143,7 @@ class Ingest:
         locked once for all of them."""
         windows: list[Window] = []
         kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
-        dsps, owners = self.dsp, self._owner
+        dsps, owners, speeds = self.dsp, self._owner, self.speeds
         with self.lock:
             for frame in frames:
                 owner = owners.get(frame.stream_id)
@@ -156,6 +159,10 @@ class Ingest:
                         continue
                     owners[frame.stream_id] = source
                 kept.append((frame, dsp))
+                if frame.rpm is not None:
+                    speeds[frame.stream_id] = frame.rpm
+                elif speeds:  # a stream that no longer sends its speed has none (not its last one for good)
+                    speeds.pop(frame.stream_id, None)
         for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
             self._round(this, source, windows)
         if self._relayout:
@@ -341,6 +348,7 @@ class Ingest:
         if type(dsp) is BankDSP and dsp.own is None:
             dsp.bank.release(dsp.row)
         owner = self._owner.pop(sid, None)
+        self.speeds.pop(sid, None)
         ids = _channels(dsp, sid)
         for ch in ids:
             self.health.forget(ch)

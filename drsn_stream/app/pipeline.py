@@ -334,8 +334,21 @@ class Pipeline:
                     return float(src.rpm), bool(getattr(src, "rpm_given", False))
             return None, False
 
+        def speed_of(sid: str) -> float | None:
+            """The speed a channel stream's frames last carried: its own id's, or its frame stream's
+            (``press-3`` for ``press-3/DE``), read by this process's ingest or an ingest process."""
+            frame_id = sid.rpartition("/")[0]
+            for table in (self.ingest.speeds, *(s.speeds for s in self.sources if isinstance(s, ShardedSource))):
+                if table:
+                    v = table.get(sid)
+                    if v is None and frame_id:
+                        v = table.get(frame_id)
+                    if v is not None:
+                        return v
+            return None
+
         return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
-                             hop=hop, window=self.meta.window, rpm_of=rpm_of)
+                             hop=hop, window=self.meta.window, rpm_of=rpm_of, speed_of=speed_of)
 
     def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig, features: int = 0) -> RunnerLike:
         from drsn_stream.engine.runner import Runner

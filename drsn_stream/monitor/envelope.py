@@ -8,8 +8,13 @@ prediction. A full queue drops blocks (counted), never windows.
 
 Per-stream settings come from the ``[machine]`` table (``machine_for``); the shaft speed can also
 come from the source (``file:...?rpm=1797``, or the RPM a CWRU .mat file records), which a user's
-``[machine]`` speed overrides and ``?rpm=`` overrides in turn. Streams without a geometry or a
-speed get no evidence; the reason is said once per stream (``notes``).
+``[machine]`` speed overrides and ``?rpm=`` overrides in turn. A stream whose frames carry the
+speed they were captured at (the wire format's ``rpm``, a tachometer's reading) is analysed at
+that speed, block by block, over any configured one (a nameplate speed is not the machine's
+speed now); only ``?rpm=`` beats it. A block over which that speed changed by more than the
+lines' tolerance, or during which the shaft turned slower than ``MIN_LIVE_RPM``, gives no
+evidence (its lines are smeared, or there are none). Streams without a geometry or a speed get
+no evidence; the reason is said once per stream (``notes``).
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ def has_geometry(machine: Mapping[str, Any]) -> bool:
 
 
 _KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
+# a shaft turning slower than this (1 Hz) puts its fault lines within a few bins of 0 Hz in a
+# 1-s block: stopped, for the envelope
+MIN_LIVE_RPM = 60.0
 
 
 class EnvelopeStage:
@@ -96,6 +104,8 @@ class EnvelopeStage:
         hop / window: the DSP's hop and window length, samples.
         rpm_of: the source's shaft speed for a stream (rpm; None if it has none) and whether the
             user gave it on the source spec (``?rpm=``: that beats the config).
+        speed_of: the latest speed a stream's frames carried (rpm; None if they carry none),
+            read on the ingest side as each block starts and ends.
         block_s: seconds per analysed block.
         capacity: blocks that may wait for the stage's thread.
     """
@@ -109,6 +119,7 @@ class EnvelopeStage:
         hop: int,
         window: int,
         rpm_of: Callable[[str], tuple[float | None, bool]] | None = None,
+        speed_of: Callable[[str], float | None] | None = None,
         block_s: float = 1.0,
         capacity: int = 256,
     ) -> None:
@@ -118,12 +129,20 @@ class EnvelopeStage:
         self.hop = int(hop)
         self.window = int(window)
         self.block = int(round(block_s * self.rate))
+        self.block_s = float(block_s)
         self.rpm_of = rpm_of or (lambda _sid: (None, False))
-        self._bufs: dict[str, tuple[list[np.ndarray], int, int]] = {}  # id: (chunks, samples, next index)
-        self._queue: queue.Queue[tuple[str, float, np.ndarray] | None] = queue.Queue(maxsize=capacity)
-        self._streams: dict[str, tuple[BearingGeometry, float] | None] = {}
-        # per stream: (capture time of each block's last sample, its result), oldest first
-        self._results: dict[str, deque[tuple[float, EnvelopeResult]]] = {}
+        self.speed_of = speed_of or (lambda _sid: None)
+        # id: (chunks, samples, next index, the frames' speed as the block began)
+        self._bufs: dict[str, tuple[list[np.ndarray], int, int, float | None]] = {}
+        # (stream, capture time of the block's last sample, samples, speeds carried at its start and end)
+        self._queue: queue.Queue[tuple[str, float, np.ndarray, tuple[float | None, float | None]] | None] = \
+            queue.Queue(maxsize=capacity)
+        # per stream: its geometry, the configured or source speed (Hz; None: none) and whether the
+        # user gave it on the source (beats the frames' own); None: no geometry
+        self._streams: dict[str, tuple[BearingGeometry, float | None, bool] | None] = {}
+        # per stream: (capture time of each block's last sample, its result; None: no evidence,
+        # the shaft stopped or changing speed), oldest first
+        self._results: dict[str, deque[tuple[float, EnvelopeResult | None]]] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending = 0  # blocks queued and not yet analysed
@@ -133,18 +152,23 @@ class EnvelopeStage:
         self.skipped = 0  # blocks with NaN or infinite samples: no evidence either way
         self._skipping: set[str] = set()  # streams told so
         self.cpu_s = 0.0  # thread CPU time spent analysing
+        self._live: dict[str, str] = {}  # per stream, the live speed's state last said (on, stopped, changing)
+        self._said: dict[str, set[str]] = {}  # per stream, the notes said once
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- ingest side (cheap)
     def push(self, windows: list[Window]) -> None:
         """Take the new samples of raw windows (any streams); queue each full block."""
+        speed_of = self.speed_of
         for w in windows:
-            chunks, count, nxt = self._bufs.get(w.stream_id, ([], 0, -1))
+            chunks, count, nxt, s0 = self._bufs.get(w.stream_id, ([], 0, -1, None))
             if w.index != nxt or self.hop > self.window:
                 chunks, count = [], 0  # a new stream, or a restart after a gap: start a clean block
                 new = w.data
             else:
                 new = w.data[-self.hop :]
+            if not count:
+                s0 = speed_of(w.stream_id)
             chunks.append(np.array(new, dtype=np.float32))
             count += new.shape[0]
             if count >= self.block:
@@ -152,20 +176,24 @@ class EnvelopeStage:
                 rest = x[self.block :]
                 chunks, count = ([rest] if rest.size else []), rest.size
                 t_end = w.t_last - rest.size / self.rate
+                s1 = speed_of(w.stream_id)
                 with self._lock:
                     self._pending += 1
                 try:
-                    self._queue.put_nowait((w.stream_id, t_end, x[: self.block]))
+                    self._queue.put_nowait((w.stream_id, t_end, x[: self.block], (s0, s1)))
                 except queue.Full:
                     self.dropped += 1
                     self._done()
-            self._bufs[w.stream_id] = (chunks, count, w.index + 1)
+                s0 = s1
+            self._bufs[w.stream_id] = (chunks, count, w.index + 1, s0)
 
     def forget(self, stream: str) -> None:
         """Drop a stream's samples and results (the monitor retired it or handed it over). From
         any thread: each step is one dict operation; a push of the same stream meanwhile (there
         is none once it has been silent or drained) would only start its buffer again."""
         self._bufs.pop(stream, None)
+        self._live.pop(stream, None)
+        self._said.pop(stream, None)
         with self._lock:
             self._streams.pop(stream, None)
             self._results.pop(stream, None)
@@ -191,10 +219,10 @@ class EnvelopeStage:
             item = self._queue.get()
             if item is None:
                 return
-            sid, t_end, x = item
+            sid, t_end, x, speeds = item
             t0 = time.thread_time()
             try:
-                self._analyse(sid, t_end, x)
+                self._analyse(sid, t_end, x, speeds)
             except DrsnStreamError as exc:
                 self._say(sid, f"no envelope evidence: {exc}")
                 self._streams[sid] = None
@@ -217,11 +245,25 @@ class EnvelopeStage:
             while self._pending > 0 and (left := end - time.monotonic()) > 0:
                 self._idle.wait(left)
 
-    def _analyse(self, sid: str, t_end: float, x: np.ndarray) -> None:
+    def _analyse(self, sid: str, t_end: float, x: np.ndarray,
+                 speeds: tuple[float | None, float | None] = (None, None)) -> None:
         setup = self._setup(sid)
         if setup is None:
             return
-        geometry, shaft_hz = setup
+        geometry, shaft_hz, explicit = setup
+        if explicit or speeds[1] is None:
+            if shaft_hz is None:
+                self._say_once(sid, "no envelope evidence: no shaft speed for this stream ([machine] rpm = ... or "
+                                    "shaft_hz = ..., ?rpm= on the source, or rpm in its frames' headers)")
+                return
+            self._say_once(sid, f"envelope evidence on: {geometry.name}, shaft {shaft_hz * 60:.0f} rpm "
+                                f"({_lines(geometry, shaft_hz)})")
+        else:
+            shaft_hz = self._live_hz(sid, geometry, speeds)
+            if shaft_hz is None:  # stopped or changing speed: no evidence for this block
+                with self._lock:
+                    self._keep(sid, t_end, None)
+                return
         try:
             result = analyse_block(x, self.rate, shaft_hz, geometry, self.settings)
         except DataError:  # NaN or infinite samples, a sensor dropout: skipped (and counted), not "no fault, 0 dB"
@@ -231,13 +273,47 @@ class EnvelopeStage:
             self.skipped += 1
             return
         with self._lock:
-            kept = self._results.get(sid)
-            if kept is None:
-                kept = self._results[sid] = deque(maxlen=_KEEP)
-            kept.append((t_end, result))
+            self._keep(sid, t_end, result)
             self.blocks += 1
 
-    def _setup(self, sid: str) -> tuple[BearingGeometry, float] | None:
+    def _keep(self, sid: str, t_end: float, result: EnvelopeResult | None) -> None:
+        kept = self._results.get(sid)
+        if kept is None:
+            kept = self._results[sid] = deque(maxlen=_KEEP)
+        kept.append((t_end, result))
+
+    def _live_hz(self, sid: str, geometry: BearingGeometry,
+                 speeds: tuple[float | None, float | None]) -> float | None:
+        """The shaft speed (Hz) a block is analysed at from the speeds its frames carried as it began
+        and ended (their mean, to 4 significant digits: blocks of one steady speed share a plan);
+        None where they carried none, the shaft turned slower than MIN_LIVE_RPM, or the speed
+        changed by more than the lines' tolerance over the block (their lines smeared)."""
+        s0, s1 = speeds
+        if s1 is None:
+            return None
+        s0 = s1 if s0 is None else s0  # the stream's first speed came within the block
+        if min(s0, s1) < MIN_LIVE_RPM:
+            self._live_now(sid, "stopped", "no envelope evidence while the shaft turns slower than "
+                                            f"{MIN_LIVE_RPM:.0f} rpm (the speed its frames carry)")
+            return None
+        mean = 0.5 * (s0 + s1)
+        limit = max(self.settings.tolerance, self.settings.speed_tolerance)
+        if abs(s1 - s0) > limit * mean:
+            self._live_now(sid, "changing", f"no envelope evidence over {self.block_s:g}-s blocks whose speed changes by more than "
+                                            f"{100 * limit:g} % (their fault lines are smeared)")
+            return None
+        hz = float(f"{mean / 60.0:.4g}")
+        self._live_now(sid, "on", f"envelope evidence on: {geometry.name}, shaft speed from the stream's frames "
+                                  f"(now {mean:.0f} rpm: {_lines(geometry, hz)})")
+        return hz
+
+    def _live_now(self, sid: str, state: str, message: str) -> None:
+        """Say a stream's live-speed state when it changes (on, stopped, changing), not per block."""
+        if self._live.get(sid) != state:
+            self._live[sid] = state
+            self._say(sid, message)
+
+    def _setup(self, sid: str) -> tuple[BearingGeometry, float | None, bool] | None:
         if sid in self._streams:
             return self._streams[sid]
         cfg = machine_for(sid, self.machine)
@@ -246,23 +322,23 @@ class EnvelopeStage:
         speed = cfg.speed_hz()
         if explicit or speed is None:
             speed = src_rpm / 60.0 if src_rpm else speed
-        setup: tuple[BearingGeometry, float] | None = None
+        setup: tuple[BearingGeometry, float | None, bool] | None = None
         if geometry is None:
             self._say(sid, "no envelope evidence: no bearing geometry for this stream "
                            "([machine] bearing = \"6205\" or bpfo/bpfi/bsf/ftf)")
-        elif speed is None:
-            self._say(sid, "no envelope evidence: no shaft speed for this stream "
-                           "([machine] rpm = ... or shaft_hz = ..., or ?rpm= on the source)")
         else:
-            setup = (geometry, speed)
-            self._say(sid, f"envelope evidence on: {geometry.name}, shaft {speed * 60:.0f} rpm "
-                           f"(BPFO {geometry.bpfo * speed:.1f} Hz, BPFI {geometry.bpfi * speed:.1f} Hz, "
-                           f"BSF {geometry.bsf * speed:.1f} Hz)")
+            setup = (geometry, speed, bool(explicit and src_rpm))
         self._streams[sid] = setup
         return setup
 
     def _say(self, sid: str, message: str) -> None:
         self.notes.append((sid, message))
+
+    def _say_once(self, sid: str, message: str) -> None:
+        said = self._said.setdefault(sid, set())
+        if message not in said:
+            said.add(message)
+            self._say(sid, message)
 
     # ---------------------------------------------------------------- readers (any thread)
     def latest(self, stream: str, t: float | None = None) -> EnvelopeResult | None:
@@ -275,16 +351,22 @@ class EnvelopeStage:
             if t is None:
                 return kept[-1][1]
             i = bisect.bisect_right([te for te, _ in kept], t + 1e-6)
-            return kept[i - 1][1] if i else None
+            return kept[i - 1][1] if i else None  # None too for a block of no evidence (stopped)
 
     def views(self) -> dict[str, tuple[str, float]]:
         """{stream: (fault type, its evidence dB)} of the latest blocks, for the dashboard."""
         with self._lock:
-            return {sid: (kept[-1][1].fault_type, kept[-1][1].strength_db) for sid, kept in self._results.items() if kept}
+            return {sid: (r.fault_type, r.strength_db) for sid, kept in self._results.items()
+                    if kept and (r := kept[-1][1]) is not None}
 
     def stats(self) -> dict[str, Any]:
         return {"blocks": self.blocks, "dropped": self.dropped, "skipped_nonfinite": self.skipped,
                 "cpu_s": round(self.cpu_s, 3)}
 
 
-__all__ = ["EnvelopeStage", "MachineTable", "StreamMachine", "has_geometry"]
+def _lines(geometry: BearingGeometry, shaft_hz: float) -> str:
+    return (f"BPFO {geometry.bpfo * shaft_hz:.1f} Hz, BPFI {geometry.bpfi * shaft_hz:.1f} Hz, "
+            f"BSF {geometry.bsf * shaft_hz:.1f} Hz")
+
+
+__all__ = ["MIN_LIVE_RPM", "EnvelopeStage", "MachineTable", "StreamMachine", "has_geometry"]

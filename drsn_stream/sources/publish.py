@@ -67,10 +67,14 @@ def _int_scale(x: Any, dtype: str) -> float | None:
 
 
 def _pump(source: Any, handle: Callable[[Frame], None], errors: list[str], finish: Callable[[], None]) -> None:
-    """Hands every frame of ``source`` to ``handle`` (on a reader thread); ``finish()`` at the end."""
+    """Hands every frame of ``source`` to ``handle`` (on a reader thread); ``finish()`` at the end.
+    A frame goes with the shaft speed its source knows (``file:...?rpm=``, or the RPM a CWRU .mat
+    file records) where it carries none: the wire format's ``rpm``, which receivers analyse at."""
     try:
         with source:
             for frame in source:
+                if frame.rpm is None and (rpm := getattr(source, "rpm", None)):
+                    frame.rpm = float(rpm)
                 handle(frame)
     except DrsnStreamError as exc:
         errors.append(str(exc))
@@ -164,7 +168,8 @@ def publish(
                 as_dtype = "float32"
                 summary["sent_as_float32"] += 1
             topic, header, payload = encode(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate,
-                                            frame.samples, dtype=as_dtype, scale=scale, names=frame.names)
+                                            frame.samples, dtype=as_dtype, scale=scale, names=frame.names,
+                                            rpm=frame.rpm)
             try:
                 # part by part as send_multipart does (ZeroMQ delivers a message whole or not at
                 # all), without its flag arithmetic per part

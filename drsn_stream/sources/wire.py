@@ -4,8 +4,8 @@ A data message is three frames: ``[topic, header, payload]``
 
 - topic: the stream id, UTF-8 (SUB sockets filter on its prefix);
 - header: UTF-8 JSON ``{"v": 1, "stream", "seq", "t", "rate", "dtype", "channels", "n"}`` plus
-  optional ``"scale"`` (multiplier to physical units), ``"units"`` and ``"names"`` (one short
-  name per channel);
+  optional ``"scale"`` (multiplier to physical units), ``"units"``, ``"names"`` (one short
+  name per channel) and ``"rpm"`` (the machine's shaft speed while the frame was captured);
 - payload: ``n * channels`` interleaved little-endian samples of ``dtype``.
 
 End of stream is ``[topic, {"v": 1, "stream": ..., "eos": true}]``. Nothing is ever unpickled.
@@ -49,6 +49,7 @@ MAX_DEPTH = 8  # nesting of JSON arrays/objects in a header
 MAX_PAYLOAD_BYTES = 16 << 20
 MAX_STREAM_ID = 256  # characters
 MAX_SEQ = 1 << 63
+MAX_RPM = 1e6  # shaft speed, rpm (0: stopped); what --rpm and ?rpm= take
 # Integer literals longer than this are not converted: Python's int() of a decimal string takes
 # time quadratic in its length (a stream of thousands-of-digits seqs would tie up the ingest
 # thread), and no field needs more than 19 digits.
@@ -102,6 +103,7 @@ def encode(
     scale: float | None = None,
     units: str | None = None,
     names: tuple[str, ...] | list[str] | None = None,
+    rpm: float | None = None,
 ) -> list[bytes]:
     """Frames of one data message.
 
@@ -112,6 +114,9 @@ def encode(
         t_capture: capture time of the first sample, wall-clock seconds.
         names: one distinct short name per channel (``CHANNEL_NAME``); the receiver monitors
             channel ``k`` as ``"STREAM/names[k]"`` (without names: ``"STREAM/chK"``).
+        rpm: the shaft speed while the frame was captured (a tachometer's reading, 0 .. MAX_RPM;
+            0: stopped): the receiver's envelope evidence then follows the speed. Written right
+            after ``t``, where a receiver reads it without parsing the header again.
     """
     if dtype not in DTYPES:
         raise WireFormatError(f"unknown_dtype: {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -126,6 +131,7 @@ def encode(
         "stream": stream_id,
         "seq": int(seq),
         "t": float(t_capture),
+        **({} if rpm is None else {"rpm": _check_rpm(float(rpm))}),
         "rate": float(sample_rate),
         "dtype": dtype,
         "channels": int(x.shape[1]),
@@ -219,6 +225,13 @@ def _check_scale(scale: float) -> float:
         raise WireError("bad_field", f"scale={scale:.6g} must be a nonzero number float32 can hold "
                         f"(magnitude {_F32_SMALLEST:.3g} .. {_F32_MAX:.3g})")
     return scale
+
+
+def _check_rpm(rpm: float) -> float:
+    """``rpm`` where it is a shaft speed (0 .. MAX_RPM), else ``bad_field`` (NaN fails too)."""
+    if not 0.0 <= rpm <= MAX_RPM:
+        raise WireError("bad_field", f"rpm={rpm:.6g} must be a shaft speed of 0 .. {MAX_RPM:.0f} rpm (0: stopped)")
+    return rpm
 
 
 def _apart(seconds: float, *, side: bool = True) -> str:
@@ -348,7 +361,8 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
                         f"= {n * channels * dt.itemsize}")
     scale = _scale(header) if "scale" in header else DEFAULT_SCALE[dtype]
     names = _names(header["names"], channels) if "names" in header else None
-    return Frame(stream, seq, t, rate, _samples(raw[2], dt, n, channels, scale), names=names)
+    rpm = _check_rpm(_number(header, "rpm", "bad_field")) if "rpm" in header else None
+    return Frame(stream, seq, t, rate, _samples(raw[2], dt, n, channels, scale), names=names, rpm=rpm)
 
 
 def _samples(payload: Any, dt: np.dtype, n: int, channels: int, scale: float) -> np.ndarray:
@@ -385,23 +399,25 @@ class _Template:
     layout: tuple[np.dtype, int, int, float]
 
 
-# ``,"seq":<int>,"t":<number>`` of a header as ``encode`` writes it (JSON's own number grammar)
-_SEQ_T = re.compile(rb',"seq":(0|[1-9][0-9]{0,18}),"t":(-?(?:0|[1-9][0-9]{0,20})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?),')
+# ``,"seq":<int>,"t":<number>[,"rpm":<number>],`` of a header as ``encode`` writes it (JSON's own
+# number grammar; a speed is never negative)
+_NUMBER = rb'(?:0|[1-9][0-9]{0,20})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?'
+_SEQ_T = re.compile(rb',"seq":(0|[1-9][0-9]{0,18}),"t":(-?' + _NUMBER + rb')(?:,"rpm":(' + _NUMBER + rb'))?,')
 MAX_TEMPLATES = 4096  # header templates a Decoder keeps (one per stream and layout); then it starts over
 CONVERT_BYTES = 256 << 10  # payload bytes to_frames converts in one numpy step at most
 # a float32 payload at least this big is used where it lies (a read-only view of the message),
 # not copied into a block: its bytes arrive cold from the socket's I/O thread, and the copy cost
 # more than one numpy call per message (docs/performance.md)
 VIEW_BYTES = 8 << 10
-Head = tuple[_Template, int, float]  # a known message's template, seq and t
+Head = tuple[_Template, int, float, float | None]  # a known message's template, seq, t and rpm
 
 
 class Decoder:
     """``decode`` for a receiver of many frames per stream, with the same result for every message
     (the same Frame, or the same ``WireError`` reason).
 
-    A publisher's headers differ from frame to frame only in ``seq`` and ``t``: the bytes around
-    them are the same for every frame of a stream. The first header of each such template is
+    A publisher's headers differ from frame to frame only in ``seq`` and ``t`` (and ``rpm`` right
+    after ``t``, where it is sent): the bytes around them are the same for every frame of a stream. The first header of each such template is
     parsed and checked in full (``decode``); later ones with the same bytes around ``seq`` and ``t``
     only need those two numbers read and checked (range, clock skew), the topic compared and the
     payload size checked. Anything else, and any message a check refuses, goes through ``decode``.
@@ -434,7 +450,7 @@ class Decoder:
         return msg
 
     def head(self, topic: bytes, header: bytes, size: int, now: float) -> Head | None:
-        """The template, seq and t of a data message (``topic`` and ``header`` bytes, a payload of
+        """The template, seq, t and rpm (None: not sent) of a data message (``topic`` and ``header`` bytes, a payload of
         ``size`` bytes) whose header fits a known template and passes every check, else None
         (``decode`` then says what it is)."""
         if len(header) > MAX_HEADER_BYTES:
@@ -459,15 +475,20 @@ class Decoder:
         t = float(m.group(2))
         if seq >= MAX_SEQ or not abs(t - now) <= self.max_skew_s:
             return None
-        return tpl, seq, t
+        rpm = m.group(3)
+        if rpm is None:
+            return tpl, seq, t, None
+        speed = float(rpm)
+        return (tpl, seq, t, speed) if speed <= MAX_RPM else None
 
     def _learn(self, header: bytes, frame: Frame) -> None:
-        """Keep the template of a header ``decode`` accepted, where ``seq`` and ``t`` appear once
-        each, in ``encode``'s order, and nowhere else: the bytes around them then say the same
-        for every header that shares them."""
+        """Keep the template of a header ``decode`` accepted, where ``seq`` and ``t`` (and ``rpm``,
+        where sent) appear once each, in ``encode``'s order, and nowhere else: the bytes around
+        them then say the same for every header that shares them."""
         m = _SEQ_T.search(header)
-        # no backslash: no escaped key ("\\u0073eq") can repeat seq or t after the part kept
-        if m is None or b"\\" in header or header.count(b'"seq"') != 1 or header.count(b'"t"') != 1:
+        # no backslash: no escaped key ("\\u0073eq") can repeat seq, t or rpm after the part kept
+        if (m is None or b"\\" in header or header.count(b'"seq"') != 1 or header.count(b'"t"') != 1
+                or header.count(b'"rpm"') != (m.group(3) is not None)):
             return
         if len(self._templates) >= MAX_TEMPLATES:
             self._templates.clear()
@@ -502,10 +523,11 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
     for (dt, n, channels, scale), idx in groups.items():
         if scale == 1.0 and dt == _F32 and n * channels * 4 >= VIEW_BYTES:
             for i in idx:
-                tpl, seq, t = heads[i]
+                tpl, seq, t, rpm = heads[i]
                 x = np.frombuffer(payloads[i], dtype=dt).reshape(n, channels)
                 # a message's bytes where its socket put them need not be 4-byte aligned
-                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x if x.flags.aligned else x.copy(), names=tpl.names)
+                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x if x.flags.aligned else x.copy(), names=tpl.names,
+                               rpm=rpm)
             continue
         # blocks of at most CONVERT_BYTES: they stay in the CPU's cache and need no fresh pages
         per = max(1, CONVERT_BYTES // (n * channels * dt.itemsize))
@@ -514,6 +536,6 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
             block = np.frombuffer(b"".join([payloads[i] for i in part]), dtype=dt).reshape(len(part), n, channels)
             block = _float32(block, scale)
             for i, x in zip(part, block):
-                tpl, seq, t = heads[i]
-                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, names=tpl.names)
+                tpl, seq, t, rpm = heads[i]
+                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, names=tpl.names, rpm=rpm)
     return out

@@ -630,7 +630,7 @@ class _ZmqSource(Source):
     def _take_head(self, known: Head, payload: Any, heads: list[Head], payloads: list[Any]) -> None:
         """A message ``Decoder.head`` knows, into the poll (its frame made at the end), or dropped
         (sequence, too many streams, no such channel), counted."""
-        tpl, seq, _ = known
+        tpl, seq = known[0], known[1]
         if not self._accept(tpl.stream, seq):
             return
         channel = self.options["channel"]
@@ -671,7 +671,7 @@ class _ZmqSource(Source):
         k = self.options["channel"]
         name = frame.names[k] if frame.names is not None else f"ch{k}"
         return Frame(frame.stream_id, frame.seq, frame.t_capture, frame.sample_rate, frame.samples[:, k : k + 1],
-                     frame.overflow, names=(name,))
+                     frame.overflow, names=(name,), rpm=frame.rpm)
 
     def _no_channel(self, stream_id: str, channels: int) -> None:  # said in waiting() and the summary
         self.stats.bad("no_channel")
