@@ -86,7 +86,8 @@ def test_a_speed_that_is_off_is_found_when_the_lines_may_move_together() -> None
 
 def test_a_flat_block_gives_none_and_a_bad_speed_a_clear_error() -> None:
     r = analyse_block(np.zeros(12000), 12000.0, 30.0, GEO)
-    assert r.fault_type == "none" and r.to_json() == {"type": "none", "evidence": {"bpfo": 0.0, "bpfi": 0.0, "bsf": 0.0}}
+    assert r.fault_type == "none" and r.to_json() == {"type": "none", "evidence": {"bpfo": 0.0, "bpfi": 0.0, "bsf": 0.0},
+                                                        "rpm": 1800.0}
     with pytest.raises(ConfigError, match="shaft speed"):
         analyse_block(np.ones(12000), 12000.0, 0.0, GEO)
     with pytest.raises(ConfigError, match="no 1000 Hz band"):
@@ -184,6 +185,7 @@ def test_monitor_names_the_outer_race_of_a_cwru_file_with_geometry_and_rpm(tmp_p
     assert len(with_env) > 0.5 * len(preds)
     assert Counter(o["envelope"]["type"] for o in with_env).most_common(1)[0][0] == "outer_race"
     assert set(with_env[-1]["envelope"]["evidence"]) == {"bpfo", "bpfi", "bsf"}
+    assert with_env[-1]["envelope"]["rpm"] == 1749.0  # the speed the evidence was computed at
     notes = [o for o in objs if o["type"] == "note"]
     assert len(notes) == 1 and "1749 rpm" in notes[0]["message"]
     final = objs[-1]

@@ -194,7 +194,8 @@ class EnvelopeResult:
         return max(self.evidence.values()) if self.evidence else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.fault_type, "evidence": {k: round(float(v), 2) for k, v in self.evidence.items()}}
+        return {"type": self.fault_type, "evidence": {k: round(float(v), 2) for k, v in self.evidence.items()},
+                "rpm": round(60.0 * float(self.shaft_hz), 1)}
 
 
 def _targets(geometry: BearingGeometry, shaft_hz: float, harmonics: int) -> dict[str, list[float]]:

@@ -78,6 +78,8 @@ def format_line(obj: dict[str, Any]) -> str | None:
         if env:
             evidence = env.get("evidence") or {}
             line += f" env {env.get('type')} {max(evidence.values(), default=0.0):.1f}dB"
+            if isinstance(env.get("rpm"), (int, float)):
+                line += f" at {env['rpm']:.0f}rpm"  # the speed it was computed at (a tachometer's may move)
         return line
     data = {k: v for k, v in obj.items() if k not in ("type", "stream", "time")}
     return when + " " + "".join(text for text, _ in event_parts(kind, sid, data))
