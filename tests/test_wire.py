@@ -235,6 +235,31 @@ def test_malformed_messages_are_counted_while_the_stream_goes_on(free_tcp_port, 
     assert stats["gaps"] == {} and stats["ended"] == ["s"]
 
 
+@pytest.mark.parametrize("compiled", RECEIVES)
+def test_a_speed_that_is_no_speed_loses_the_speed_not_the_frame(free_tcp_port, compiled):
+    """A tachometer that reads a standstill as 60 / 0 (Infinity), a glitch (-3), text: each frame is
+    taken without a speed and the sender told once per stream; good speeds around them are read."""
+    src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
+    src.compiled_receive = compiled
+    x = np.ones((64, 2), dtype=np.float32)
+    bad = [b"Infinity", b"-3", b'"fast"', b"1e7"]
+    with src:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        for seq in range(2 * len(bad)):
+            topic, header, payload = encode("gw", seq, T0 + seq * 0.01, 12000.0, x, rpm=1500.0 + seq)
+            if seq % 2:
+                header = header.replace(b'"rpm":%d.0' % (1500 + seq), b'"rpm":' + bad[seq // 2])
+            push.send_multipart([topic, header, payload])
+        push.send_multipart(encode_eos("gw"))
+        frames = list(src)
+        push.close(0)
+    assert [(f.seq, f.rpm) for f in frames] == [(k, None if k % 2 else 1500.0 + k) for k in range(2 * len(bad))]
+    assert src.stats.snapshot()["malformed"] == {}
+    said = [line for sid, line in src.notes if "no shaft speed" in line]
+    assert len(said) == 1 and '"rpm":Infinity' in said[0], list(src.notes)
+
+
 def _odd_messages() -> list[list[bytes]]:
     """Messages of every shape a peer can send: whole frames, an end of stream, 1 part, 7 parts,
     empty parts, parts bigger than the compiled receive's buffers (copied out from Python), and

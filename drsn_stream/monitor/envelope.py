@@ -152,7 +152,7 @@ class EnvelopeStage:
         self.skipped = 0  # blocks with NaN or infinite samples: no evidence either way
         self._skipping: set[str] = set()  # streams told so
         self.cpu_s = 0.0  # thread CPU time spent analysing
-        self._live: dict[str, str] = {}  # per stream, the live speed's state last said (on, stopped, changing)
+        self._live: dict[str, set[str]] = {}  # per stream, the live speed's states said (on, stopped, changing)
         self._said: dict[str, set[str]] = {}  # per stream, the notes said once
         self._thread: threading.Thread | None = None
 
@@ -308,9 +308,12 @@ class EnvelopeStage:
         return hz
 
     def _live_now(self, sid: str, state: str, message: str) -> None:
-        """Say a stream's live-speed state when it changes (on, stopped, changing), not per block."""
-        if self._live.get(sid) != state:
-            self._live[sid] = state
+        """Say a stream's live-speed state (on, stopped, changing) the first time it is in it: a
+        jittery tachometer or a machine that stops and starts all day would otherwise say it
+        block after block."""
+        said = self._live.setdefault(sid, set())
+        if state not in said:
+            said.add(state)
             self._say(sid, message)
 
     def _setup(self, sid: str) -> tuple[BearingGeometry, float | None, bool] | None:

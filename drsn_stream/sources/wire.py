@@ -234,6 +234,16 @@ def _check_rpm(rpm: float) -> float:
     return rpm
 
 
+def _rpm(value: Any) -> float | None:
+    """The ``rpm`` field as a speed, or None where it is none (NaN, Inf, negative, over MAX_RPM, not a
+    number): the frame is taken without a speed rather than lost. A tachometer's reading of a
+    stopped shaft (no pulses) is easily 60 / 0; the samples are still the sensor's."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    rpm = float(value)
+    return rpm if 0.0 <= rpm <= MAX_RPM else None
+
+
 def _apart(seconds: float, *, side: bool = True) -> str:
     """``seconds`` between two clocks as people say it: "54 years behind", "3.2 hours ahead of"."""
     d = abs(seconds)
@@ -361,7 +371,7 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
                         f"= {n * channels * dt.itemsize}")
     scale = _scale(header) if "scale" in header else DEFAULT_SCALE[dtype]
     names = _names(header["names"], channels) if "names" in header else None
-    rpm = _check_rpm(_number(header, "rpm", "bad_field")) if "rpm" in header else None
+    rpm = _rpm(header["rpm"]) if "rpm" in header else None
     return Frame(stream, seq, t, rate, _samples(raw[2], dt, n, channels, scale), names=names, rpm=rpm)
 
 
@@ -479,7 +489,7 @@ class Decoder:
         if rpm is None:
             return tpl, seq, t, None
         speed = float(rpm)
-        return (tpl, seq, t, speed) if speed <= MAX_RPM else None
+        return (tpl, seq, t, speed) if speed <= MAX_RPM else None  # decode says what else it is
 
     def _learn(self, header: bytes, frame: Frame) -> None:
         """Keep the template of a header ``decode`` accepted, where ``seq`` and ``t`` (and ``rpm``,

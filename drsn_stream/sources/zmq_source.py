@@ -64,6 +64,7 @@ MAX_POLL_MS = 20.0
 MAX_POLL_FRAMES = 1024
 # messages received in one go (``recv_jit.Receiver.take``) at most, between looks at the clock
 TAKE_MESSAGES = 256
+MAX_NO_SPEED = 64  # streams said (each once) to send an rpm that is no speed; then no more notes
 REORDER_WINDOW = 64  # frames: a lower seq within this distance is late or a duplicate, not a restart
 # ZeroMQ drops a message larger than this before it is allocated here (and the sender's
 # connection); below it the decoder refuses payloads over MAX_PAYLOAD_BYTES as too_large.
@@ -315,6 +316,7 @@ class _ZmqSource(Source):
         self._sock: zmq.Socket | None = None
         self.last_error = ""  # the most recent rejected message's reason and detail, for display
         self._said_reasons: set[str] = set()  # reasons of refused messages said in a note (once each)
+        self._said_no_speed: set[str] = set()  # streams said to send an rpm that is no speed
         self._conns: Connections | None = None  # the data socket's connections (_watch_handshakes)
         self.handshake_failures: dict[str, int] = {}  # endpoint: connections its peer closed in the handshake
         self._retry: dict[str, tuple[float, float]] = {}  # endpoint: (monotonic time to connect again, pause)
@@ -566,6 +568,8 @@ class _ZmqSource(Source):
                         continue
                     try:
                         msg = decoder.decode(message_parts(message), now=now)
+                        if type(msg) is Frame and msg.rpm is None and b'"rpm"' in header:
+                            self._no_speed(msg.stream_id, header)
                     except WireError as exc:
                         self.stats.bad(exc.reason)
                         self.last_error = str(exc)[:300]
@@ -614,6 +618,17 @@ class _ZmqSource(Source):
                 self.on_end(ends)
             if ended:
                 return
+
+    def _no_speed(self, sid: str, header: bytes) -> None:
+        """A frame whose ``rpm`` is no shaft speed: taken without one (``wire.decode``), said once per
+        stream (for the first MAX_NO_SPEED streams)."""
+        if sid in self._said_no_speed or len(self._said_no_speed) >= MAX_NO_SPEED:
+            return
+        self._said_no_speed.add(sid)
+        at = header.find(b'"rpm"')
+        shown = header[at : at + 40].decode("utf-8", "replace")
+        self.notes.append((sid, f"frames of {sid} carry an rpm that is no shaft speed ({shown}...: not a number of "
+                                "0 .. 1000000): taken without a speed, their envelope evidence at the configured one"))
 
     def _waits(self, sid: str) -> bool:
         """Whether a frame of ``sid`` (not a known stream) waits for the end of its poll: a new id
