@@ -212,6 +212,11 @@ def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm(cli_in_proce
                "--fast", "--headless")
     assert res.returncode == 0, res.stderr
     assert "shaft 1797 rpm" in res.stdout and " env inner_race " in res.stdout
+    # the simulator knows the speed of the recordings it replays (a live demo needs no --rpm)
+    res = _cli("--bearing", "6205", "--source", "sim:bearing?machines=2&fault=inner_021&fast=1&duration=4",
+               "--headless")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("shaft 1797 rpm") == 2 and " env inner_race " in res.stdout
     res = _cli("--bearing", "6305", "--source", "sim")
     assert res.returncode != 0 and "unknown bearing '6305'" in res.stderr
 

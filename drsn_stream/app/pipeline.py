@@ -329,8 +329,9 @@ class Pipeline:
         hop = self.config.hop or self.meta.hop
 
         def rpm_of(sid: str) -> tuple[float | None, bool]:
+            frame_id = sid.rpartition("/")[0]
             for src in self.sources:
-                if sid in src.streams and getattr(src, "rpm", None):
+                if getattr(src, "rpm", None) and (sid in src.streams or frame_id in src.streams):
                     return float(src.rpm), bool(getattr(src, "rpm_given", False))
             return None, False
 

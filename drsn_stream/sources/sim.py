@@ -143,6 +143,9 @@ def looped(x: np.ndarray, start: int, n: int) -> np.ndarray:
     return x[..., (a + np.arange(n, dtype=np.int64)) % size]
 
 
+SIM_RPM = 1797.0
+
+
 class BearingSim(Source):
     """``sim:bearing``: N machines replaying real CWRU vibration with a seeded fault schedule.
 
@@ -196,6 +199,10 @@ class BearingSim(Source):
         self._offsets = [{lb: int(r.integers(0, 1 << 30)) for lb in labels} for r in rngs]
         self._gains = [float(r.uniform(0.8, 1.25)) for r in rngs]
         self._noise_rngs = rngs
+        # the shaft speed of the recordings it replays (CWRU at 0 HP: the files record 1796-1797 rpm),
+        # for the envelope evidence with a bearing and no speed configured, and for what publish sends
+        self.rpm: float | None = SIM_RPM
+        self.rpm_given = False
 
     @property
     def labels(self) -> list[str]:
