@@ -335,15 +335,19 @@ class Pipeline:
                     return float(src.rpm), bool(getattr(src, "rpm_given", False))
             return None, False
 
+        tables: list[dict[str, float]] = []  # filled at the first call: the sources are sharded after this
+
         def speed_of(sid: str) -> float | None:
             """The speed a channel stream's frames last carried: its own id's, or its frame stream's
-            (``press-3`` for ``press-3/DE``), read by this process's ingest or an ingest process."""
-            frame_id = sid.rpartition("/")[0]
-            for table in (self.ingest.speeds, *(s.speeds for s in self.sources if isinstance(s, ShardedSource))):
+            (``press-3`` for ``press-3/DE``), read by this process's ingest or an ingest process.
+            Called on the ingest side twice per block and stream: no work while no frame carries one."""
+            if not tables:
+                tables[:] = [self.ingest.speeds, *(s.speeds for s in self.sources if isinstance(s, ShardedSource))]
+            for table in tables:
                 if table:
                     v = table.get(sid)
-                    if v is None and frame_id:
-                        v = table.get(frame_id)
+                    if v is None:
+                        v = table.get(sid.rpartition("/")[0])
                     if v is not None:
                         return v
             return None
