@@ -472,15 +472,16 @@ def test_a_host_whose_sends_fail_for_a_while_sends_everything_after(tmp_path: Pa
         host.stop()
 
 
-def _learning_hosts(tmp_path: Path, *, learn_s: float) -> tuple[subprocess.Popen, list[Any]]:
-    """A publisher of one healthy simulated machine (60 s) and two started cluster hosts, "a" and
-    "b", that learn each stream's baseline for ``learn_s`` (``--learn``), sharing a checkpoint folder."""
+def _learning_hosts(tmp_path: Path, *, learn_s: float, machines: int = 1) -> tuple[subprocess.Popen, list[Any]]:
+    """A publisher of ``machines`` healthy simulated machines (60 s) and two started cluster hosts,
+    "a" and "b", that learn each stream's baseline for ``learn_s`` (``--learn``), sharing a
+    checkpoint folder."""
     from drsn_stream.app.pipeline import RunConfig
     from drsn_stream.cluster.host import HostWorker
 
     port = _free_port()
     pub = subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--quiet", "--source",
-                            "sim:bearing?machines=1&fault=none", "--to", f"tcp://127.0.0.1:{port}",
+                            f"sim:bearing?machines={machines}&fault=none", "--to", f"tcp://127.0.0.1:{port}",
                             "--duration", "60"], cwd=ROOT)
     cfg = RunConfig(engine_process=False, threads=1, learn_s=learn_s)
     return pub, [HostWorker(n, cfg, gateway=f"127.0.0.1:{port}", checkpoint_dir=str(tmp_path / "ck"),
@@ -589,6 +590,46 @@ def test_a_baseline_still_being_learned_survives_the_loss_of_its_host(tmp_path: 
     assert any(f"learning the baseline on from {n} windows learned on another host" in msg for msg in notes), notes
     assert learned.learned_from == pytest.approx(float(kept[sid]["times"][0]))
     assert learned.windows >= n, (learned.windows, n)
+
+
+def test_a_host_restarted_under_its_name_keeps_the_learnings_its_last_run_left(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host a is lost while learning sim/m0 and comes back under its name at once, given sim/m1.
+    Its learning file still holds m0's windows when host b takes m0 over, and b learns on from
+    them (before, a's first save of m1 wrote over the file, and b learned m0 anew)."""
+    from drsn_stream.cluster.host import HostWorker
+    from drsn_stream.monitor import baseline as bl
+
+    monkeypatch.setattr(bl, "LEARNING_SAVE_S", 1.0)
+    pub, hosts = _learning_hosts(tmp_path, learn_s=8.0, machines=2)
+    a, b = hosts
+    path = a.store.learning_path("a")
+
+    def saved(sid: str) -> int:
+        try:
+            return int(bl.read_learnings(path, {sid})[1][sid]["seen"])
+        except (FileNotFoundError, KeyError):
+            return 0
+
+    try:
+        a.assign(["sim/m0"])
+        _until(lambda: saved("sim/m0") >= 40, 45)
+        with a._lock:  # lost: it hears the stream no more and hands nothing over
+            a.owned.clear()
+            a.source.set_streams(set())
+        a.stop()
+        n = saved("sim/m0")
+        a2 = HostWorker("a", a.pipe.config, gateway=a.source.target, checkpoint_dir=str(a.store.root),
+                        send=lambda kind, payload: None).start()
+        hosts.append(a2)
+        a2.assign(["sim/m1"])
+        _until(lambda: saved("sim/m1") >= 20, 45)  # a2 has written its own learnings there
+        assert saved("sim/m0") == n
+        learned, notes = _learned_on(b, "sim/m0")
+    finally:
+        _stop(pub, hosts)
+    assert any(f"learning the baseline on from {n} windows learned on another host" in msg for msg in notes), notes
+    assert learned.windows >= n
 
 
 def test_a_stream_of_multi_channel_frames_moves_between_hosts_with_each_channels_alarm(tmp_path: Path) -> None:

@@ -127,8 +127,9 @@ class HostWorker:
         if self.pipe.baseline is not None:
             # a host's baselines go with its streams in their checkpoints (every host writing the
             # one --baseline file would keep only the last writer's streams); the learnings in
-            # progress, too large for a checkpoint every few seconds, in a file of its own there
-            self.pipe.baseline.kept_elsewhere(learning_to=self.store.learning_path(name))
+            # progress, too large for a checkpoint every few seconds, in a file of its own there,
+            # where a host restarted under this name finds its last run's and keeps them
+            self.pipe.baseline.kept_elsewhere(learning_to=self.store.learning_path(name), take_up=True)
         source = self.pipe.sources[0]
         assert isinstance(source, ShardSource)
         self.source = source

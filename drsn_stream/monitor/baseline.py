@@ -627,6 +627,7 @@ class BaselineStage:
         self.learning_saves = 0
         self.learning_save_failures = 0
         self._resumed: dict[str, dict[str, Any]] = {}
+        self._take_up = False  # resume() takes up learning_to's learnings with no save_to (kept_elsewhere)
         self._next_learning_save = time.monotonic() + LEARNING_SAVE_S
         self._learning_on_disk = False  # the file holds learnings (removed once none is left)
         self._writer: threading.Thread | None = None  # the periodic save's, while it writes
@@ -693,13 +694,17 @@ class BaselineStage:
             self._dirty = self.save_to is not None
             self._dropped.add(stream)
 
-    def kept_elsewhere(self, learning_to: str | Path | None = None) -> None:
+    def kept_elsewhere(self, learning_to: str | Path | None = None, *, take_up: bool = False) -> None:
         """The caller keeps what is learned (a cluster host's checkpoints, ``baseline learn --out``):
         nothing is saved to ``save_to``, and nothing is said of it. ``learning_to``: where the
         learnings in progress are saved all the same (a cluster host's own file in the checkpoint
-        folder, read by the host its streams go to when it is lost); no earlier run's are taken up."""
+        folder, read by the host its streams go to when it is lost). ``take_up``: the learnings an
+        earlier run left there are taken up by ``resume`` and written back with this run's until
+        their streams come (a cluster host restarted under its name: its first save wrote over
+        them, and the hosts its streams had gone to learned them anew); else none are."""
         self.save_to = None
         self.learning_to = Path(learning_to) if learning_to is not None else None
+        self._take_up = bool(take_up and learning_to is not None)
         self.say_unsaved = False
 
     def export(self, stream: str, *, learning: bool = False) -> dict[str, Any] | None:
@@ -737,6 +742,7 @@ class BaselineStage:
         host's checkpoint): its learning here, if any, stops. A learning in progress
         (``export(learning=True)``'s) is learned on from where it was. Raises ``ConfigError`` for a
         damaged one or one over another number of features than this stage's baselines."""
+        self._resumed.pop(stream, None)  # what comes with the stream is as new as what an earlier run left, or newer
         if isinstance(table, dict) and "learning" in table:
             self._adopt_learning(stream, table["learning"])
             return
@@ -1176,9 +1182,10 @@ class BaselineStage:
         """Takes up the learnings in progress an earlier run saved beside the profile
         (``learning_path``): each stream learns on from its windows when it comes, instead of
         over. A file that is damaged or of another model, rate, window or hop is said in one
-        line and left to be written over; the streams learn anew. (Not where the learnings are
-        ``kept_elsewhere``: a cluster host's file is read by the hosts its streams go to.)"""
-        if self.learning_to is None or self.learn_s is None or self.save_to is None:
+        line and left to be written over; the streams learn anew. (Where the learnings are
+        ``kept_elsewhere``, only as it says: a cluster host's own file of its last run, also read by
+        the hosts its streams went to.)"""
+        if self.learning_to is None or self.learn_s is None or (self.save_to is None and not self._take_up):
             return
         path = self.learning_to
         if path.is_dir():  # nothing to take up, nor to write over: said, and the saves fail until it moves
