@@ -1283,3 +1283,36 @@ def test_the_fault_labels_of_a_learning_go_with_it_over_a_restart(tmp_path: Path
     n = int(np.ceil(20 * 12000 / 512)) + 1
     said = [msg for _, msg in second.notes if "labelled" in msg]
     assert len(said) == 1 and said[0].startswith(f"the model labelled {100 * 80 / n:.0f} % "), said
+
+
+def test_the_speeds_a_baseline_learned_at_go_with_it_and_a_standstill_is_not_learned() -> None:
+    """Where the frames carry the shaft speed, a learning keeps the least and most speed of the
+    windows it learned from (a window of a shaft at a standstill is not learned from); the fitted
+    baseline keeps them in its profile, a learning handed to another host carries them, and a
+    profile whose speeds are no range of speeds is refused."""
+    from drsn_stream.app.ingest import SpeedLog
+
+    rng = np.random.default_rng(5)
+    feats = rng.standard_normal((700, 4)).astype(np.float32)
+    log = SpeedLog()
+    for i in range(700):  # one 512-sample frame per window: 1700 rpm, then 1800, with a standstill between
+        log.add("m0", i * 512 / 12000, 1700.0 if i < 100 else 20.0 if i < 150 else 1800.0)
+    a = _learning_stage(features=4)
+    a.speed_of = log.at
+    _feed(a, feats[:200])
+    learning = a.export("m0", learning=True)["learning"]
+    assert learning["rpm"] == [1700.0, 1800.0] and learning["seen"] == 150  # the 50 at a standstill left out
+    assert any("standstill (20 rpm" in line for _, line in a.notes)
+    b = _learning_stage(features=4)
+    b.speed_of = log.at
+    b.adopt("m0", {"learning": learning})
+    _feed(b, feats[200:], first=200)
+    base = b.profile.streams["m0"]
+    assert (base.rpm_low, base.rpm_high) == (1700.0, 1800.0)
+    again = StreamBaseline.from_dict(json.loads(json.dumps(base.to_dict())))
+    assert (again.rpm_low, again.rpm_high) == (1700.0, 1800.0)
+    for bad in ([1800.0, 1700.0], [-1.0, 5.0], [1700.0], "1700", [1700.0, float("nan")], [True, 1800.0]):
+        with pytest.raises(ValueError, match="rpm"):
+            StreamBaseline.from_dict({**base.to_dict(), "rpm": bad})
+    plain = fit_stream(feats[:400])
+    assert "rpm" not in plain.to_dict() and math.isnan(StreamBaseline.from_dict(plain.to_dict()).rpm_low)

@@ -222,31 +222,36 @@ def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm(cli_in_proce
 
 
 def test_the_speed_the_frames_carry_is_followed_block_by_block_and_a_changing_speed_gives_no_evidence() -> None:
-    """The stage analyses each 1-s block at the speed the stream's frames carried as it began and
-    ended: a real inner-race recording is named at its speed (over a nameplate speed 5 % off, at
+    """The stage analyses each 1-s block at the speed the stream's frames carried at its first and
+    last sample (a ``SpeedLog`` of 512-sample frames, read behind it as the stage is): a real inner-race recording is named at its speed (over a nameplate speed 5 % off, at
     which it is not); a block over which the speed moved by more than the lines' 2 % tolerance,
     or one at a standstill, gives no evidence (``latest`` None for its time, each said once);
     a speed given on the source (``?rpm=``) beats the frames'."""
+    from drsn_stream.app.ingest import SpeedLog
     from drsn_stream.monitor.envelope import EnvelopeStage
     from drsn_stream.types import Window
 
     require_cwru()
     x = read_recording(CWRU / "12k_Drive_End_IR014_0_169.mat")[0][:, 0].astype(np.float32)
     hop, window = 512, 2048
-    speed: dict[str, float] = {}
+    log = SpeedLog()
     explicit: dict[str, tuple[float | None, bool]] = {}
     stage = EnvelopeStage({"bearing": "6205", "rpm": 1.05 * 1797}, EnvelopeSettings(), rate=12000.0, hop=hop,
-                          window=window, speed_of=speed.get, rpm_of=lambda sid: explicit.get(sid, (None, False)))
+                          window=window, speed_of=log.at, rpm_of=lambda sid: explicit.get(sid, (None, False)))
 
     def blocks(sid: str, speeds: list[tuple[float, float]]) -> list:
-        """Second b of the signal at a speed going from speeds[b][0] to speeds[b][1] (what the
-        frames of the window that ends at a sample say); one block per second."""
+        """Second b of the signal at a speed going from speeds[b][0] to speeds[b][1], in frames of
+        512 samples each carrying the speed at its last sample; one block per second. The stage
+        is fed all windows before it analyses a block (a backlog: the log is read behind)."""
         stage._bufs.pop(sid, None)
-        for k in range((len(speeds) * 12000 - window) // hop + 2):  # the last block ends in the last window
-            end = k * hop + window
+        log.forget(sid)
+        n = len(speeds) * 12000 + window
+        for end in range(hop, n + 1, hop):
             s0, s1 = speeds[min((end - 1) // 12000, len(speeds) - 1)]
-            speed[sid] = s0 + (s1 - s0) * ((end - 1) % 12000) / 12000
-            stage.push([Window(sid, k, end / 12000.0, x[end - window : end], normalized=False)])
+            log.add(sid, (end - 1) / 12000.0, s0 + (s1 - s0) * ((end - 1) % 12000) / 12000)
+        for k in range((n - window) // hop + 1):
+            end = k * hop + window
+            stage.push([Window(sid, k, (end - 1) / 12000.0, x[end - window : end], normalized=False)])
         while not stage._queue.empty():
             stage._analyse(*stage._queue.get_nowait())
         return [r for _, r in stage._results.pop(sid)]
@@ -256,15 +261,14 @@ def test_the_speed_the_frames_carry_is_followed_block_by_block_and_a_changing_sp
                        steady])
     assert [r.fault_type if r else None for r in got] == ["inner_race", None, None, "inner_race", None, None, None,
                                                           "inner_race"]
-    assert got[0].shaft_hz == pytest.approx(29.95, rel=2e-3)  # read as the block's last window comes
+    assert got[0].shaft_hz == pytest.approx(29.95, rel=2e-3)  # its last frame ends 287 samples into the ramp
     said = [m for sid, m in stage.notes if sid == "a"]
     assert sum("changes by more than 2 %" in m for m in said) == 1
     assert sum("slower than 60 rpm" in m for m in said) == 1
     assert sum("shaft speed from the stream's frames (now 17" in m for m in said) == 1
     # no speed in the frames: the nameplate (5 % off) misses; ?rpm= beats the frames' speed
     assert blocks("b", [steady])[0].shaft_hz == pytest.approx(29.95)
-    speed.pop("c", None)
-    stage.speed_of = lambda sid: None if sid == "c" else speed.get(sid)
+    stage.speed_of = lambda sid, t: None if sid == "c" else log.at(sid, t)
     assert blocks("c", [steady])[0].fault_type != "inner_race"
     explicit["d"] = (1797.0, True)
     assert blocks("d", [(1500.0, 1500.0)])[0].shaft_hz == pytest.approx(29.95)

@@ -562,3 +562,64 @@ def test_ingest_processes_take_a_machines_stop_and_start_for_the_machines_where_
     steps = Counter(e.stream_id for e in pipe.events.recent(200)
                     if e.type == "health" and "amplitude step" in e.data.get("reasons", ()))
     assert steps == Counter({"press-2": 2}), (steps, _why(pipe))
+
+
+def test_a_baseline_holds_the_windows_of_a_speed_it_never_learned_where_the_frames_carry_the_speed(
+        free_tcp_port: int) -> None:
+    """A machine learned at 1797 rpm, then run at 85 % of that speed (the recording's frequencies
+    all moved: another set point), then back. Where its frames carry the speed, its baseline knows
+    the speeds it was learned at: the windows at the other speed (and those over the changes) are
+    shown unknown and not judged (no anomaly, no alarm), said once, and back at its speed it is
+    judged again at once. The same signal without the speed raises a false alarm there."""
+    from scipy.signal import resample_poly
+
+    x = resample_poly(cwru_signal("normal_0_97.mat"), 1, 4).astype(np.float32)  # 5 s, 48 -> 12 kHz
+    cut = 7 * RATE
+    slow = resample_poly(x, 20, 17).astype(np.float32)  # 85 % of the speed: 20/17 as long
+    sig = np.concatenate([np.resize(x, cut), slow, x])
+    edges = [cut // CHUNK, (cut + len(slow)) // CHUNK]  # the frames where the speed changes
+    streams = {"press-1": sig, "press-4": sig.copy()}
+
+    def rpm(sid: str, seq: int) -> float | None:
+        return None if sid == "press-4" else (0.85 * 1797 if edges[0] <= seq < edges[1] else 1797.0)
+
+    got: list[dict] = []
+
+    class Keep(NoteSink):
+        def write(self, obj: dict) -> None:
+            super().write(obj)
+            if obj.get("type") in ("prediction", "alarm"):
+                got.append(obj)
+
+    pipe = Pipeline(_config(free_tcp_port, 1, duration=120, learn_s=5.0))
+    keep = Keep()
+    pipe.outputs.add(keep)
+    pipe.start()
+    stop, errors = threading.Event(), []
+    pub = _publisher(free_tcp_port, 1, streams, pace=False, stop=stop, errors=errors, rpm=rpm)
+    try:
+        pipe.wait()
+    finally:
+        stop.set()
+        pipe.stop()
+        pub.join(timeout=10)
+    assert not errors, errors
+    t0 = min(o["time"] for o in got if o["type"] == "prediction") - 2048 / RATE
+    part = {"press-1": Counter(), "press-4": Counter()}
+    for o in got:
+        if o["type"] != "prediction":
+            continue
+        at = (o["time"] - t0) * RATE
+        # the windows wholly of the other speed, and those wholly back at the learned one
+        where = "slow" if cut + 2048 <= at <= cut + len(slow) - 2048 else "back" if at > cut + len(slow) + 2048 else None
+        if where is not None:
+            part[o["stream"]][(where, "anomaly" in o, o["label"])] += 1
+    slow1 = {k: n for k, n in part["press-1"].items() if k[0] == "slow"}
+    assert slow1 and all(not judged and label == "unknown" for (_, judged, label) in slow1), part
+    assert sum(n for (w, judged, _), n in part["press-1"].items() if w == "back" and judged) >= 10, part
+    # the same signal without the speed: judged at the other speed, far from its normal, alarmed on
+    assert any(judged for (w, judged, _) in part["press-4"] if w == "slow"), part
+    alarms = Counter(o["stream"] for o in got if o["type"] == "alarm")
+    assert alarms["press-1"] == 0 and alarms["press-4"] >= 1, [o for o in got if o["type"] == "alarm"]
+    said = [ln for sid, ln in keep.by_stream if sid == "press-1" and "outside the speeds its baseline" in ln]
+    assert len(said) == 1 and "runs at 1527 rpm" in said[0] and "(1797-1797 rpm)" in said[0], keep.by_stream

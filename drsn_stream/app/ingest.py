@@ -9,6 +9,7 @@ frame.
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -31,6 +32,63 @@ from drsn_stream.types import Event, Frame, Window, rounds_by_stream, split_chan
 # not five (docs/performance.md)
 INGEST_SLICE = 64
 INGEST_SLICE_MAX = 1024
+
+
+class SpeedLog:
+    """Per frame stream, the shaft speed (rpm) each of its frames carried (the wire format's rpm)
+    and when that frame ended (capture time of its last sample), the latest ``KEEP``..2 * ``KEEP``
+    of them: what a window, a block or a result of any time was captured at, for the envelope
+    evidence and the baselines, which run behind the ingest (a backlog, a replay). A frame of a
+    stream that sent speeds before but carries none now is logged as none (NaN). Written by one
+    thread (the ingest's), read by any: each stream's log is one list of (end, rpm), appended to
+    and cut at its front whole."""
+
+    KEEP = 2048  # ~90 s of 512-sample frames at 12 kHz
+
+    def __init__(self) -> None:
+        self.logs: dict[str, list[tuple[float, float]]] = {}  # frame stream id: [(end, rpm or NaN)]
+
+    def __bool__(self) -> bool:
+        return bool(self.logs)
+
+    def add(self, sid: str, t_end: float, rpm: float | None) -> None:
+        log = self.logs.get(sid)
+        if log is None:
+            if rpm is None:
+                return
+            log = self.logs[sid] = []
+        elif rpm is None and log[-1][1] != log[-1][1]:  # none already
+            return
+        log.append((t_end, math.nan if rpm is None else rpm))
+        if len(log) > 2 * self.KEEP:
+            del log[: self.KEEP]
+
+    def frame(self, f: Frame) -> None:
+        """Logs a frame's speed (the caller's test: it carries one, or its stream did before)."""
+        self.add(f.stream_id, f.t_capture + f.samples.shape[0] / f.sample_rate, f.rpm)
+
+    def at(self, sid: str, t: float | None = None) -> float | None:
+        """The speed (rpm) of the frame of channel stream ``sid`` (or of its frame stream,
+        ``press-3`` for ``press-3/DE``) that holds capture time ``t`` (None: its latest frame); the
+        latest one's after its last frame, the first one's before its first; None where that frame
+        carried none, or the stream never did."""
+        log = self.logs.get(sid)
+        if log is None:
+            log = self.logs.get(sid.rpartition("/")[0])
+            if log is None:
+                return None
+        try:
+            entry = log[-1] if t is None else log[min(bisect.bisect_left(log, t, key=_end), len(log) - 1)]
+        except IndexError:  # cut meanwhile (another thread's add)
+            entry = log[-1]
+        return None if entry[1] != entry[1] else entry[1]
+
+    def forget(self, sid: str) -> None:
+        self.logs.pop(sid, None)
+
+
+def _end(entry: tuple[float, float]) -> float:
+    return entry[0]
 
 
 def slices(frames: list[Frame]) -> list[list[Frame]]:
@@ -111,9 +169,8 @@ class Ingest:
         # simulators, two gateways with the same names) would interleave two signals in one
         # stream's windows without a word; its frames there are refused, counted and said once
         self._owner: dict[str, Any] = {}
-        # the shaft speed (rpm) each frame stream's latest frame carried (the wire format's rpm),
-        # for the envelope evidence; a stream whose latest frame carried none is not in it
-        self.speeds: dict[str, float] = {}
+        # the shaft speed (rpm) each frame stream's frames carried (the wire format's rpm), and when
+        self.speeds = SpeedLog()
         self._conflicts: set[tuple[int, int]] = set()  # (id(owner), id(source)) pairs said
         self._compiled = bank_jit.warm()  # now, not on the ingest thread's first frame
 
@@ -143,7 +200,7 @@ class Ingest:
         locked once for all of them."""
         windows: list[Window] = []
         kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
-        dsps, owners, speeds = self.dsp, self._owner, self.speeds
+        dsps, owners, speeds, logs = self.dsp, self._owner, self.speeds, self.speeds.logs
         with self.lock:
             for frame in frames:
                 owner = owners.get(frame.stream_id)
@@ -159,10 +216,8 @@ class Ingest:
                         continue
                     owners[frame.stream_id] = source
                 kept.append((frame, dsp))
-                if frame.rpm is not None:
-                    speeds[frame.stream_id] = frame.rpm
-                elif speeds:  # a stream that no longer sends its speed has none (not its last one for good)
-                    speeds.pop(frame.stream_id, None)
+                if frame.rpm is not None or (logs and frame.stream_id in logs):
+                    speeds.frame(frame)
         for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
             self._round(this, source, windows)
         if self._relayout:
@@ -348,7 +403,7 @@ class Ingest:
         if type(dsp) is BankDSP and dsp.own is None:
             dsp.bank.release(dsp.row)
         owner = self._owner.pop(sid, None)
-        self.speeds.pop(sid, None)
+        self.speeds.forget(sid)
         ids = _channels(dsp, sid)
         for ch in ids:
             self.health.forget(ch)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.app.defaults import Resolved, resolve_defaults
-from drsn_stream.app.ingest import Ingest, one_line
+from drsn_stream.app.ingest import Ingest, SpeedLog, one_line
 from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable, shared_memory_needed
 from drsn_stream.dsp.envelope import label_family
@@ -108,6 +108,7 @@ class Pipeline:
             sinks: where result objects go (``drsn_stream.sinks.Sink``: JSON lines, ZeroMQ results,
                 readable lines); the same objects to each.
         """
+        self._speed_logs: list[SpeedLog] = []  # speed_of's, gathered at its first call
         self.config = config
         self.model_name = config.model or default_model(config.sources)
         # Sources first: a bad spec, a missing file or an absent sound card is one line before
@@ -194,6 +195,7 @@ class Pipeline:
             # a fault label needs the anomaly that would raise an alarm by itself to be shown
             self.baseline.fault_labels = frozenset(lb for lb in self.labels if self.decisions.level_of(lb) > 0)
             self.baseline.backs_label = dcfg.anomaly_enter
+            self.baseline.speed_of = self.speed_of
         self.health = HealthMonitor(config.health)
         self.detector = None
         if any(not lb.startswith("_") for lb in self.labels) and any(lb.startswith("_") for lb in self.labels):
@@ -335,25 +337,24 @@ class Pipeline:
                     return float(src.rpm), bool(getattr(src, "rpm_given", False))
             return None, False
 
-        tables: list[dict[str, float]] = []  # filled at the first call: the sources are sharded after this
-
-        def speed_of(sid: str) -> float | None:
-            """The speed a channel stream's frames last carried: its own id's, or its frame stream's
-            (``press-3`` for ``press-3/DE``), read by this process's ingest or an ingest process.
-            Called on the ingest side twice per block and stream: no work while no frame carries one."""
-            if not tables:
-                tables[:] = [self.ingest.speeds, *(s.speeds for s in self.sources if isinstance(s, ShardedSource))]
-            for table in tables:
-                if table:
-                    v = table.get(sid)
-                    if v is None:
-                        v = table.get(sid.rpartition("/")[0])
-                    if v is not None:
-                        return v
-            return None
-
         return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
-                             hop=hop, window=self.meta.window, rpm_of=rpm_of, speed_of=speed_of)
+                             hop=hop, window=self.meta.window, rpm_of=rpm_of, speed_of=self.speed_of)
+
+    def speed_of(self, sid: str, t: float | None = None) -> float | None:
+        """The shaft speed (rpm) the frame of channel stream ``sid`` that holds capture time ``t``
+        carried (the wire format's rpm; ``t`` None: its latest frame), as this process's ingest or
+        an ingest process read it (``SpeedLog.at``); None where it carried none. For the envelope
+        stage (twice per block and stream) and the baselines (per window of a stream that carries
+        speeds): no work while no frame carries one."""
+        logs = self._speed_logs
+        if not logs:  # at the first call: the sources are sharded after the stages are made
+            logs[:] = [self.ingest.speeds, *(s.speeds for s in self.sources if isinstance(s, ShardedSource))]
+        for log in logs:
+            if log:
+                v = log.at(sid, t)
+                if v is not None:
+                    return v
+        return None
 
     def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig, features: int = 0) -> RunnerLike:
         from drsn_stream.engine.runner import Runner

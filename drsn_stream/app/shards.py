@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.app.ingest import Ingest
+from drsn_stream.app.ingest import Ingest, SpeedLog
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.errors import SourceError
 from drsn_stream.monitor.health import CHECK_SENSOR, HealthConfig, HealthMonitor, StreamHealth, silent_only
@@ -194,7 +194,6 @@ class _Stage:
         self.gone: set[str] = set()  # of those, the ones retired (Ingest.make_room) and not back since
         self.retired: list[list[Any]] = []  # [frame stream id, channel ids, line] not yet told the parent
         self.relayouts: list[list[Any]] = []  # [frame stream id, channel ids gone, line] not yet told
-        self.speeds_told: set[str] = set()  # streams whose speed the parent has (Ingest.speeds); None clears one
         self.out = out
         self.ingest = Ingest(meta, hop, health, max_streams, on_events=out.events, on_error=self._error,
                              phases=phases, reclaim_after_s=reclaim_after_s, on_retire=self._retire,
@@ -206,7 +205,6 @@ class _Stage:
 
     def _retire(self, sid: str, ids: tuple[str, ...], line: str) -> None:
         self.gone.add(sid)
-        self.speeds_told.discard(sid)
         self.retired.append([sid, list(ids), line])
 
     def known(self) -> list[str]:
@@ -220,12 +218,11 @@ class _Stage:
         if self.gone:  # a retired stream that sends again is a stream of this process again
             self.gone.difference_update([f.stream_id for f in frames])
         windows = self.ingest.frames(frames, source)
-        told = self.speeds_told
-        if self.ingest.speeds or told:  # the speeds these frames carried (the wire format's rpm), before their windows
-            speeds = {f.stream_id: f.rpm for f in frames if f.rpm is not None or f.stream_id in told}
+        logs = self.ingest.speeds.logs
+        if logs:  # the speeds these frames carried (the wire format's rpm) and when, before their windows
+            speeds = [[f.stream_id, f.t_capture + f.samples.shape[0] / f.sample_rate, f.rpm]
+                      for f in frames if f.stream_id in logs]
             if speeds:
-                told.update(sid for sid, rpm in speeds.items() if rpm is not None)
-                told.difference_update(sid for sid, rpm in speeds.items() if rpm is None)
                 self.out.send({"rpm": speeds})
         if windows:
             self.out.windows(windows, [w.healthy for w in windows])
@@ -756,7 +753,7 @@ class ShardedSource(Source):
         # told to the processes, which never retire them
         self.keep: Callable[[list[str]], set[str]] | None = None
         self._next_held = 0.0
-        self.speeds: dict[str, float] = {}  # the latest rpm each frame stream's frames carried (Ingest.speeds)
+        self.speeds = SpeedLog()  # the speeds each frame stream's frames carried, as the processes' Ingest.speeds
 
     @property
     def realtime(self) -> bool:
@@ -928,12 +925,9 @@ class ShardedSource(Source):
     def _handle(self, c: _Child, msg: dict[str, Any]) -> None:
         if "ready" in msg:
             c.ready = True
-        if "rpm" in msg:  # {stream: rpm, or None: its frames no longer carry one}
-            for sid, rpm in msg["rpm"].items():
-                if rpm is None:
-                    self.speeds.pop(sid, None)
-                else:
-                    self.speeds[sid] = rpm
+        if "rpm" in msg:  # [stream, end of a frame, its rpm or None]
+            for sid, t_end, rpm in msg["rpm"]:
+                self.speeds.add(sid, float(t_end), rpm)
         if "ids" in msg:  # (code, id): a new code, or one a retired stream had
             for code, sid in msg["ids"]:
                 if code < len(c.ids):
@@ -969,7 +963,7 @@ class ShardedSource(Source):
         if "r" in msg:
             for sid, ids, line in msg["r"]:
                 c.streams.pop(sid, None)
-                self.speeds.pop(sid, None)
+                self.speeds.forget(sid)
                 self.forget_stream(sid)
                 for ch in ids:
                     self.mirror.forget(ch)

@@ -84,6 +84,14 @@ STOPPED_SHARE, STOPPED_PERCENTILE = 0.1, 1.0
 # held as "stopping" for up to startup_s of its signal; a stream that has not come to rest by
 # then is judged again (a machine that runs on quieter than it was learned deviates)
 QUIET_SHARE = 0.9
+# where a stream's frames carry the shaft speed (the wire format's rpm), its baseline knows the
+# speeds it was learned at: a window at a speed more than SPEED_MARGIN outside them is of an
+# operating point the baseline never saw (another set point, a run-up, a coast-down), held and
+# shown unknown rather than alarmed on as a deviation; windows of a shaft turning slower than
+# STANDSTILL_RPM are a machine at rest, never learned from
+SPEED_MARGIN = 0.03
+STANDSTILL_RPM = 60.0
+MAX_RPM = 1e6
 # and a machine that runs again is judged only this many seconds (of its signal) later: a run-up
 # passes through speeds and levels unlike its learned normal (RunConfig.startup_s, --startup-hold)
 STARTUP_S = 10.0
@@ -133,6 +141,7 @@ def read_learnings(path: str | Path, streams: set[str] | None = None) -> tuple[d
                                       "levels": z[f"levels{k}"] if f"levels{k}" in z.files else None,
                                       "seen": row.get("seen"), "stride": row.get("stride"),
                                       "left_out": row.get("left_out", 0), "labelled": row.get("labelled"),
+                                      "rpm": row.get("rpm"),
                                       "hop": head.get("hop"), "sample_rate": head.get("sample_rate")}
     except FileNotFoundError:
         raise
@@ -170,6 +179,8 @@ class StreamBaseline:
             (``gaussian`` / ``threshold`` are the state most learning windows were in); empty:
             one state. A window's anomaly is its distance to the nearest state over that state's
             threshold.
+        rpm_low / rpm_high: the shaft speeds (rpm) the learning windows' frames carried, least and
+            most; NaN where they carried none.
     """
 
     gaussian: Gaussian
@@ -180,6 +191,8 @@ class StreamBaseline:
     learned_to: float = 0.0
     level_low: float = math.nan
     states: tuple[State, ...] = ()
+    rpm_low: float = math.nan
+    rpm_high: float = math.nan
 
     def anomaly(self, features: np.ndarray) -> np.ndarray:
         """(b, features) -> (b,) distance over the threshold, to the nearest operating state."""
@@ -197,6 +210,7 @@ class StreamBaseline:
             "learned_to": self.learned_to,
             **({"level_low": self.level_low} if math.isfinite(self.level_low) else {}),
             **({"states": [st.to_dict() for st in self.states]} if self.states else {}),
+            **({"rpm": [self.rpm_low, self.rpm_high]} if math.isfinite(self.rpm_low) else {}),
         }
 
     @classmethod
@@ -218,7 +232,20 @@ class StreamBaseline:
         more = tuple(State.from_dict(st, gauss.mean.size) for st in states)
         if sum(st.windows for st in more) >= windows:
             raise ValueError(f"states of more windows than the {windows} learned")
-        return cls(gauss, threshold, windows, held_back, *times, float(low) if low is not None else math.nan, more)
+        rpm = _rpm_range(d.get("rpm"))
+        return cls(gauss, threshold, windows, held_back, *times, float(low) if low is not None else math.nan, more,
+                   *rpm)
+
+
+def _rpm_range(value: Any) -> tuple[float, float]:
+    """A ``[low, high]`` of shaft speeds (rpm) read back and checked; (NaN, NaN) for None."""
+    if value is None:
+        return math.nan, math.nan
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or not 0 <= value[0] <= value[1] <= MAX_RPM):
+        raise ValueError(f"rpm {str(value)[:40]!r} is not [low, high] shaft speeds of 0 .. {MAX_RPM:.0f}")
+    return float(value[0]), float(value[1])
 
 
 def _limit_dict(gauss: Gaussian, threshold: float) -> dict[str, Any]:
@@ -541,9 +568,10 @@ class _Learning:
     """One stream's learning windows so far: features, capture times and levels (RMS; NaN where a
     window carried none), at most ``LEARN_KEEP`` of them, spread evenly over every window learned
     from (``seen``): window ``i`` is kept while ``i % stride == 0``, and when they fill up every
-    other one goes and ``stride`` doubles."""
+    other one goes and ``stride`` doubles; the least and most shaft speed (rpm) of the windows
+    learned from, where their frames carried one (NaN: none did)."""
 
-    __slots__ = ("feats", "times", "levels", "n", "seen", "stride")
+    __slots__ = ("feats", "times", "levels", "n", "seen", "stride", "rpm_lo", "rpm_hi")
 
     def __init__(self, features: int, *, size: int = 64) -> None:
         self.feats = np.empty((size, features), dtype=np.float32)
@@ -552,6 +580,7 @@ class _Learning:
         self.n = 0  # windows kept
         self.seen = 0  # windows learned from
         self.stride = 1
+        self.rpm_lo = self.rpm_hi = math.nan
 
     @classmethod
     def carried(cls, feats: np.ndarray, times: np.ndarray, seen: int, stride: int,
@@ -563,7 +592,15 @@ class _Learning:
         out.n, out.seen, out.stride = len(feats), seen, stride
         return out
 
-    def add(self, features: np.ndarray, t: float, level: float = math.nan) -> None:
+    def speed(self, rpm: float) -> None:
+        """Widens the range of speeds learned from to ``rpm`` (NaN: nothing)."""
+        if rpm == rpm:
+            self.rpm_lo = rpm if not rpm >= self.rpm_lo else self.rpm_lo  # (NaN so far: the first)
+            self.rpm_hi = rpm if not rpm <= self.rpm_hi else self.rpm_hi
+
+    def add(self, features: np.ndarray, t: float, level: float = math.nan, rpm: float | None = None) -> None:
+        if rpm is not None:
+            self.speed(rpm)
         i = self.seen
         self.seen += 1
         if i % self.stride:
@@ -642,6 +679,14 @@ class BaselineStage:
         # pipeline sets it to its decisions' anomaly_enter): under it the machine is as learned
         self.backs_label = 1.0
         self._said_unbacked: set[str] = set()  # streams whose unbacked fault label was said (once)
+        # ``speed_of(stream, t)``: the shaft speed (rpm) the stream's frame holding capture time t
+        # carried, None where it carried none (the pipeline sets it); learned into each baseline's
+        # range of speeds, and a window outside it is held
+        self.speed_of: Callable[[str, float], float | None] | None = None
+        self._rpm_k: np.ndarray | None = None  # per stacked baseline (low, high) rpm; None: no baseline has one
+        self._off_speed: set[str] = set()  # streams whose latest window was at a speed their baseline never saw
+        self._said_speed: set[str] = set()  # streams said to run at a speed not learned (once)
+        self._said_still: set[str] = set()  # streams said to stand still while learning (once)
         self._labelled: dict[str, tuple[int, dict[str, int]]] = {}
         self._warned: set[str] = set()
         self.left_out: dict[str, int] = {}  # stream: windows of a sensor in CHECK_SENSOR not learned from
@@ -684,6 +729,9 @@ class BaselineStage:
         self._said_rest.discard(stream)
         self._said_quiet.discard(stream)
         self._said_unbacked.discard(stream)
+        self._off_speed.discard(stream)
+        for said in (self._said_speed, self._said_still):
+            said.discard(stream)
         if stream in self._given:
             self.state[stream] = "monitoring"
             return
@@ -735,7 +783,8 @@ class BaselineStage:
         return {"features": so_far.feats[:n].copy(), "times": so_far.times[:n].copy(),
                 "levels": so_far.levels[:n].copy(), "seen": so_far.seen,
                 "stride": so_far.stride, "left_out": int(self.left_out.get(stream, 0)),
-                "labelled": {"windows": counted, "faults": dict(faults)}}
+                "labelled": {"windows": counted, "faults": dict(faults)},
+                **({"rpm": [so_far.rpm_lo, so_far.rpm_hi]} if math.isfinite(so_far.rpm_lo) else {})}
 
     def adopt(self, stream: str, table: dict[str, Any]) -> None:
         """Monitor ``stream`` on a baseline learned elsewhere (``export``'s dict, from another
@@ -793,6 +842,7 @@ class BaselineStage:
                                            and levels.dtype.kind == "f" and not np.isinf(levels).any()
                                            and not (levels < 0).any()):
                 raise ValueError("levels (windows,) of floats >= 0 or NaN")
+            rpm = _rpm_range(d.get("rpm"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"the baseline learning of {stream} {where} is damaged "
                               f"({type(exc).__name__}: {exc}); the stream learns it again") from None
@@ -802,10 +852,13 @@ class BaselineStage:
                               f"at {rate} Hz, this monitor's every {self.hop} at {self.profile.sample_rate} Hz; "
                               "the stream learns it again")
         carried = _Learning.carried(feats, times, seen, stride, levels)
+        carried.rpm_lo, carried.rpm_hi = rpm
         here = self._learning.pop(stream, None)  # windows learned here already come after those
         if here is not None:
             for k in range(here.n):
                 carried.add(here.feats[k], float(here.times[k]), float(here.levels[k]))
+            carried.speed(here.rpm_lo)
+            carried.speed(here.rpm_hi)
         self._learning[stream] = carried
         self.left_out[stream] = self.left_out.get(stream, 0) + left_out
         self._carry_labelled(stream, d.get("labelled"), seen)
@@ -861,6 +914,8 @@ class BaselineStage:
             resting = quiet & (levels < STOPPED_SHARE * lows[ks])
             if self._at_rest or self._starting or self._stopping or np.count_nonzero(quiet):
                 resting = self._rest(rows, np.asarray(ks), resting, quiet, below)
+            if self._rpm_k is not None and self.speed_of is not None:
+                resting = self._speed_held(rows, np.asarray(ks), resting)
             for p, a, still in zip(rows, scores.tolist(), resting.tolist()):
                 if still:
                     continue
@@ -923,6 +978,8 @@ class BaselineStage:
             np.array([b.level_low for b in bases], dtype=np.float64),
         )
         self._held_k = np.array([self._held(sid) for sid in ids], dtype=bool)
+        ranges = np.array([[b.rpm_low, b.rpm_high] for b in bases], dtype=np.float64).reshape(len(ids), 2)
+        self._rpm_k = ranges if np.isfinite(ranges).any() else None
         self._stack_s = time.monotonic() - t0
         if self._to_fit:  # the restacking a turn of fits caused is part of its time
             self._fit_resume = max(self._fit_resume, time.monotonic() + FIT_WAIT * self._stack_s)
@@ -989,6 +1046,44 @@ class BaselineStage:
             marked[ks[j]] = self._held(sid)
         return held
 
+    def _speed_held(self, rows: list[Prediction], ks: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """``held`` and the windows at a shaft speed more than SPEED_MARGIN outside the speeds their
+        baseline was learned at (``speed_of`` at their first and at their last sample: a window
+        over a change of speed is of both): an operating point
+        it never saw (another set point, a run-up or a coast-down), shown ``unknown`` (the model's
+        in ``model_label``), neither judged nor alarmed on; the stream's state says "other speed",
+        and the first time is said once. Back within them, the stream is judged at once."""
+        speed_of = self.speed_of
+        assert speed_of is not None and self._rpm_k is not None
+        span = (self.profile.window - 1) / self.profile.sample_rate
+        ends = np.array([[math.nan if (s := speed_of(p.stream_id, p.t_last - span)) is None else s,
+                          math.nan if (s := speed_of(p.stream_id, p.t_last)) is None else s] for p in rows],
+                        dtype=np.float64).reshape(len(rows), 2)
+        lo, hi = self._rpm_k[ks, :1], self._rpm_k[ks, 1:]  # (NaN where a baseline learned no speed: never off)
+        off = ((ends < lo / (1 + SPEED_MARGIN)) | (ends > hi * (1 + SPEED_MARGIN))).any(axis=1) & ~held
+        speeds = np.where(np.isfinite(ends[:, 1]), ends[:, 1], ends[:, 0])
+        lo, hi = lo[:, 0], hi[:, 0]
+        if not off.any() and not self._off_speed:
+            return held
+        for j, p in enumerate(rows):
+            sid = p.stream_id
+            if off[j]:
+                if p.model_label is None:
+                    p.model_label, p.label = p.label, UNKNOWN
+                self._off_speed.add(sid)
+                self.state[sid] = "other speed"
+                if sid not in self._said_speed:
+                    self._said_speed.add(sid)
+                    self.notes.append((sid, (
+                        f"runs at {speeds[j]:.0f} rpm (its frames say), outside the speeds its baseline was learned "
+                        f"at ({lo[j]:.0f}-{hi[j]:.0f} rpm): an operating point it never saw, shown unknown and not "
+                        "judged or alarmed on while it lasts; learn the baseline over this speed too to judge it")))
+            elif sid in self._off_speed:
+                self._off_speed.discard(sid)
+                if self.state.get(sid) == "other speed":
+                    self.state[sid] = "monitoring"
+        return held | off
+
     def _quiet(self, p: Prediction, quiet: bool, below: bool) -> bool:
         """Whether a running window of a stream neither at rest nor starting is held as stopping:
         ``quiet`` for under ``startup_s`` since the stream's level fell under its learned range (a
@@ -1047,13 +1142,21 @@ class BaselineStage:
                                         "--learn to keep them over a restart"))
             self.notes.append((sid, f"learning the baseline for {_span(self.learn_s)}"))
             so_far = self._learning[sid] = _Learning(len(group[0].features), size=self._first_size())
+        speed_of = self.speed_of
         for i, p in enumerate(group):
+            rpm = speed_of(sid, p.t_last) if speed_of is not None else None
+            if rpm is not None and rpm < STANDSTILL_RPM:  # a machine at rest is not its normal
+                if sid not in self._said_still:
+                    self._said_still.add(sid)
+                    self.notes.append((sid, f"windows of a shaft at a standstill ({rpm:.0f} rpm, its frames say) are "
+                                            "not learned from: the learning lasts that much longer"))
+                continue
             if p.health != "OK":  # a flat line, a clipping or a dropout is not the machine's normal
                 if sid not in self.left_out:
                     self.notes.append((sid, "windows from a sensor in CHECK_SENSOR are not learned from"))
                 self.left_out[sid] = self.left_out.get(sid, 0) + 1
                 continue  # the learning lasts that much longer: learn_s of windows it can learn from
-            so_far.add(p.features, p.t_last, p.level)
+            so_far.add(p.features, p.t_last, p.level, rpm)
             counted, faults = self._labelled.get(sid) or (0, {})
             if p.label in self.fault_labels:
                 faults[p.label] = faults.get(p.label, 0) + 1
@@ -1121,6 +1224,7 @@ class BaselineStage:
             span = -(-self.profile.window // (self.hop * so_far.stride))  # kept windows that overlap one
             base = fit_stream(so_far.feats[: so_far.n], so_far.times[: so_far.n], span=span)
             base.level_low = so_far.level_low()
+            base.rpm_low, base.rpm_high = so_far.rpm_lo, so_far.rpm_hi
         except ConfigError as exc:
             self.state[sid] = "no baseline"
             self.notes.append((sid, f"baseline not learned: {exc}"))
@@ -1289,7 +1393,8 @@ class BaselineStage:
                 rows, arrays = [], {}
                 for k, (sid, d) in enumerate(entries.items()):
                     rows.append({"id": sid, "seen": d["seen"], "stride": d["stride"], "left_out": d["left_out"],
-                                 **({"labelled": d["labelled"]} if d.get("labelled") is not None else {})})
+                                 **({"labelled": d["labelled"]} if d.get("labelled") is not None else {}),
+                                 **({"rpm": d["rpm"]} if d.get("rpm") is not None else {})})
                     arrays[f"features{k}"], arrays[f"times{k}"] = d["features"], d["times"]
                     if d.get("levels") is not None:
                         arrays[f"levels{k}"] = d["levels"]

@@ -104,8 +104,8 @@ class EnvelopeStage:
         hop / window: the DSP's hop and window length, samples.
         rpm_of: the source's shaft speed for a stream (rpm; None if it has none) and whether the
             user gave it on the source spec (``?rpm=``: that beats the config).
-        speed_of: the latest speed a stream's frames carried (rpm; None if they carry none),
-            read on the ingest side as each block starts and ends.
+        speed_of: ``speed_of(stream, t)``, the speed (rpm) the stream's frame that holds capture
+            time ``t`` carried (None: none), for the first and the last sample of each block.
         block_s: seconds per analysed block.
         capacity: blocks that may wait for the stage's thread.
     """
@@ -119,7 +119,7 @@ class EnvelopeStage:
         hop: int,
         window: int,
         rpm_of: Callable[[str], tuple[float | None, bool]] | None = None,
-        speed_of: Callable[[str], float | None] | None = None,
+        speed_of: Callable[[str, float], float | None] | None = None,
         block_s: float = 1.0,
         capacity: int = 256,
     ) -> None:
@@ -131,7 +131,7 @@ class EnvelopeStage:
         self.block = int(round(block_s * self.rate))
         self.block_s = float(block_s)
         self.rpm_of = rpm_of or (lambda _sid: (None, False))
-        self.speed_of = speed_of or (lambda _sid: None)
+        self.speed_of = speed_of or (lambda _sid, _t: None)
         # id: (chunks, samples, next index, the frames' speed as the block began)
         self._bufs: dict[str, tuple[list[np.ndarray], int, int, float | None]] = {}
         # (stream, capture time of the block's last sample, samples, speeds carried at its start and end)
@@ -167,8 +167,8 @@ class EnvelopeStage:
                 new = w.data
             else:
                 new = w.data[-self.hop :]
-            if not count:
-                s0 = speed_of(w.stream_id)
+            if not count:  # the block starts with these samples: the speed at the first of them
+                s0 = speed_of(w.stream_id, w.t_last - (new.shape[0] - 1) / self.rate)
             chunks.append(np.array(new, dtype=np.float32))
             count += new.shape[0]
             if count >= self.block:
@@ -176,7 +176,7 @@ class EnvelopeStage:
                 rest = x[self.block :]
                 chunks, count = ([rest] if rest.size else []), rest.size
                 t_end = w.t_last - rest.size / self.rate
-                s1 = speed_of(w.stream_id)
+                s1 = speed_of(w.stream_id, t_end)
                 with self._lock:
                     self._pending += 1
                 try:
