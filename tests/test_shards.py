@@ -617,6 +617,9 @@ def test_a_baseline_holds_the_windows_of_a_speed_it_never_learned_where_the_fram
     slow1 = {k: n for k, n in part["press-1"].items() if k[0] == "slow"}
     assert slow1 and all(not judged and label == "unknown" for (_, judged, label) in slow1), part
     assert sum(n for (w, judged, _), n in part["press-1"].items() if w == "back" and judged) >= 10, part
+    back = [o["anomaly"] for o in got if o["type"] == "prediction" and o["stream"] == "press-1" and "anomaly" in o
+            and (o["time"] - t0) * RATE > cut + len(slow) + 2048]
+    assert np.median(back) < 1.0, back  # as learned
     # the same signal without the speed: judged at the other speed, far from its normal, alarmed on
     assert any(judged for (w, judged, _) in part["press-4"] if w == "slow"), part
     alarms = Counter(o["stream"] for o in got if o["type"] == "alarm")
