@@ -47,6 +47,9 @@ class SpeedLog:
 
     def __init__(self) -> None:
         self.logs: dict[str, list[tuple[float, float]]] = {}  # frame stream id: [(end, rpm or NaN)]
+        # called (from the writing thread) as the first stream's first speed is logged: readers
+        # that would look a speed up per window need do nothing before
+        self.on_first: Callable[[], None] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.logs)
@@ -56,6 +59,8 @@ class SpeedLog:
         if log is None:
             if rpm is None:
                 return
+            if not self.logs and self.on_first is not None:
+                self.on_first()
             log = self.logs[sid] = []
         elif rpm is None and log[-1][1] != log[-1][1]:  # none already
             return

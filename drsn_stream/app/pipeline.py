@@ -195,7 +195,6 @@ class Pipeline:
             # a fault label needs the anomaly that would raise an alarm by itself to be shown
             self.baseline.fault_labels = frozenset(lb for lb in self.labels if self.decisions.level_of(lb) > 0)
             self.baseline.backs_label = dcfg.anomaly_enter
-            self.baseline.speed_of = self.speed_of
         self.health = HealthMonitor(config.health)
         self.detector = None
         if any(not lb.startswith("_") for lb in self.labels) and any(lb.startswith("_") for lb in self.labels):
@@ -340,6 +339,19 @@ class Pipeline:
         return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
                              hop=hop, window=self.meta.window, rpm_of=rpm_of, speed_of=self.speed_of)
 
+    def _gather_speed_logs(self) -> None:
+        """The speed logs ``speed_of`` reads: the ingest's and each ingest-process source's. The
+        baselines look speeds up per window only once a frame has carried one (``on_first``)."""
+        if self._speed_logs:
+            return
+        self._speed_logs[:] = [self.ingest.speeds, *(s.speeds for s in self.sources if isinstance(s, ShardedSource))]
+        for log in self._speed_logs:
+            log.on_first = self._speeds_began
+
+    def _speeds_began(self) -> None:
+        if self.baseline is not None:
+            self.baseline.speed_of = self.speed_of
+
     def speed_of(self, sid: str, t: float | None = None) -> float | None:
         """The shaft speed (rpm) the frame of channel stream ``sid`` that holds capture time ``t``
         carried (the wire format's rpm; ``t`` None: its latest frame), as this process's ingest or
@@ -347,8 +359,8 @@ class Pipeline:
         stage (twice per block and stream) and the baselines (per window of a stream that carries
         speeds): no work while no frame carries one."""
         logs = self._speed_logs
-        if not logs:  # at the first call: the sources are sharded after the stages are made
-            logs[:] = [self.ingest.speeds, *(s.speeds for s in self.sources if isinstance(s, ShardedSource))]
+        if not logs:
+            self._gather_speed_logs()
         for log in logs:
             if log:
                 v = log.at(sid, t)
@@ -377,6 +389,7 @@ class Pipeline:
     # ------------------------------------------------------------------ life cycle
     def start(self) -> Pipeline:
         self._started = time.monotonic()  # durations on the monotonic clock: the wall clock can step
+        self._gather_speed_logs()  # before any frame: the first speed turns the baselines' lookups on
         if self._cpus is not None:
             # The engine process has a core to itself; ingest, output and sinks keep to the rest:
             # the model's compute is not moved between cores or interrupted by ingest, which

@@ -1049,10 +1049,10 @@ class BaselineStage:
     def _speed_held(self, rows: list[Prediction], ks: np.ndarray, held: np.ndarray) -> np.ndarray:
         """``held`` and the windows at a shaft speed more than SPEED_MARGIN outside the speeds their
         baseline was learned at (``speed_of`` at their first and at their last sample: a window
-        over a change of speed is of both): an operating point
-        it never saw (another set point, a run-up or a coast-down), shown ``unknown`` (the model's
-        in ``model_label``), neither judged nor alarmed on; the stream's state says "other speed",
-        and the first time is said once. Back within them, the stream is judged at once."""
+        over a change of speed is of both): an operating point it never saw (another set point, a
+        run-up or a coast-down), shown ``unknown`` (the model's in ``model_label``), neither judged
+        nor alarmed on; the stream's state says "other speed", and the first time is said once.
+        Back within them, the stream is judged at once."""
         speed_of = self.speed_of
         assert speed_of is not None and self._rpm_k is not None
         span = (self.profile.window - 1) / self.profile.sample_rate
