@@ -120,11 +120,14 @@ def _started(port: int, duration: float) -> tuple[Pipeline, ShardedSource]:
 
 
 def _run_until_eos(port: int, procs: int, streams: dict[str, np.ndarray], *, config: dict | None = None,
-                   results: dict | None = None, **kw: object) -> Pipeline:
+                   results: dict | None = None, sink: object = None, **kw: object) -> Pipeline:
     """A monitor of ``procs`` ingest processes (1: the ingest thread) run over ``streams`` to their
-    end; ``results`` (if given) gets, by (stream, index), every window's model input (bytes) and
-    level as the engine loop handed them to the model, and its label and scores."""
+    end (stopped: its envelope stage has analysed every block); ``results`` (if given) gets, by
+    (stream, index), every window's model input (bytes) and level as the engine loop handed them
+    to the model, and its label and scores; ``sink`` (if given) every JSON object it writes."""
     pipe = Pipeline(_config(port, procs, duration=120, **(config or {})))
+    if sink is not None:
+        pipe.outputs.add(sink)
     if results is not None:
         prepare, hand_on = pipe.engine.prepare, pipe.engine.on_predictions
 
@@ -482,21 +485,10 @@ def test_the_envelope_analyses_each_stream_at_the_speed_its_frames_carry(free_tc
     def rpm(sid: str, seq: int) -> float | None:
         return None if sid == "press-5" and seq >= n // CHUNK // 2 else speeds[sid]
 
-    pipe = Pipeline(_config(free_tcp_port, procs, duration=120,
-                            machine={"bearing": "6205", "rpm": 1.05 * 1772}))  # type: ignore[arg-type]
     notes = NoteSink()
-    pipe.outputs.add(notes)
-    pipe.start()
-    stop, errors = threading.Event(), []
-    pub = _publisher(free_tcp_port, procs, streams, pace=False, stop=stop, errors=errors, rpm=rpm)
-    try:
-        pipe.wait()
-    finally:
-        stop.set()
-        pipe.stop()  # after the envelope stage has analysed every block queued
-        pub.join(timeout=10)
+    pipe = _run_until_eos(free_tcp_port, procs, streams, config={"machine": {"bearing": "6205", "rpm": 1.05 * 1772}},
+                          sink=notes, pace=False, rpm=rpm)
     latest = {sid: pipe.envelope.latest(sid) for sid in streams}
-    assert not errors, errors
     assert isinstance(pipe.sources[0], ShardedSource) == (procs == 2)
     assert latest["press-1"] is not None and latest["press-1"].fault_type == "inner_race", _why(pipe)
     assert latest["press-4"] is not None and latest["press-4"].fault_type == "outer_race"
@@ -591,19 +583,8 @@ def test_a_baseline_holds_the_windows_of_a_speed_it_never_learned_where_the_fram
             if obj.get("type") in ("prediction", "alarm"):
                 got.append(obj)
 
-    pipe = Pipeline(_config(free_tcp_port, 1, duration=120, learn_s=5.0))
     keep = Keep()
-    pipe.outputs.add(keep)
-    pipe.start()
-    stop, errors = threading.Event(), []
-    pub = _publisher(free_tcp_port, 1, streams, pace=False, stop=stop, errors=errors, rpm=rpm)
-    try:
-        pipe.wait()
-    finally:
-        stop.set()
-        pipe.stop()
-        pub.join(timeout=10)
-    assert not errors, errors
+    _run_until_eos(free_tcp_port, 1, streams, config={"learn_s": 5.0}, sink=keep, pace=False, rpm=rpm)
     t0 = min(o["time"] for o in got if o["type"] == "prediction") - 2048 / RATE
     part = {"press-1": Counter(), "press-4": Counter()}
     for o in got:
