@@ -69,7 +69,7 @@ class StreamRow:
         anomaly: the latest anomaly score against the stream's baseline (1.0 = its threshold);
             None without one. anomalies: recent scores, oldest first, for the sparkline.
         baseline: the baseline's state ("learning 40%", "fitting", "monitoring", "at rest",
-            "starting", "stopping", "no baseline"); None without a baseline stage.
+            "starting", "stopping", "other speed", "no baseline"); None without a baseline stage.
         host: the cluster host that classifies the stream ("" on one machine: no host column).
     """
 

@@ -1316,3 +1316,14 @@ def test_the_speeds_a_baseline_learned_at_go_with_it_and_a_standstill_is_not_lea
             StreamBaseline.from_dict({**base.to_dict(), "rpm": bad})
     plain = fit_stream(feats[:400])
     assert "rpm" not in plain.to_dict() and math.isnan(StreamBaseline.from_dict(plain.to_dict()).rpm_low)
+    # judged within 3 % of those speeds; held beyond, the dashboard told the state
+    for k, (rpm, judged) in enumerate(((1660.0, True), (1850.0, True), (1640.0, False), (1860.0, False),
+                                       (1750.0, True))):
+        t = 1e4 + 10 * k  # a window ending at t, in a frame ending 1 s later (the frames before: other speeds)
+        log.add("m0", t + 1.0, rpm)
+        p = Prediction("m0", 0, t, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=feats[0])
+        b.apply([p])
+        state, latest, _ = b.views()["m0"]
+        assert (p.anomaly is not None, p.label) == (judged, "normal" if judged else "unknown"), rpm
+        assert (state, math.isnan(latest)) == (("monitoring", False) if judged else ("other speed", True)), rpm
+    assert sum("runs at 1640 rpm" in line and "(1700-1800 rpm)" in line for _, line in b.notes) == 1

@@ -1072,6 +1072,7 @@ class BaselineStage:
                     p.model_label, p.label = p.label, UNKNOWN
                 self._off_speed.add(sid)
                 self.state[sid] = "other speed"
+                self.latest[sid] = math.nan  # the dashboard shows the state, not the last anomaly judged
                 if sid not in self._said_speed:
                     self._said_speed.add(sid)
                     self.notes.append((sid, (
