@@ -70,6 +70,8 @@ class StreamRow:
             None without one. anomalies: recent scores, oldest first, for the sparkline.
         baseline: the baseline's state ("learning 40%", "fitting", "monitoring", "at rest",
             "starting", "stopping", "other speed", "no baseline"); None without a baseline stage.
+        rpm: the shaft speed the stream's latest frame carried (the wire format's rpm); None where
+            it carries none.
         host: the cluster host that classifies the stream ("" on one machine: no host column).
     """
 
@@ -95,6 +97,7 @@ class StreamRow:
     anomalies: tuple[float, ...] = ()
     baseline: str | None = None
     host: str = ""
+    rpm: float | None = None
 
     @property
     def healthy(self) -> bool:

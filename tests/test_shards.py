@@ -485,10 +485,27 @@ def test_the_envelope_analyses_each_stream_at_the_speed_its_frames_carry(free_tc
     def rpm(sid: str, seq: int) -> float | None:
         return None if sid == "press-5" and seq >= n // CHUNK // 2 else speeds[sid]
 
-    notes = NoteSink()
+    from drsn_stream.sinks.metrics import format_metrics
+
+    class Notes(NoteSink):  # and the speed each prediction says its window was captured at
+        def __init__(self) -> None:
+            super().__init__()
+            self.said: dict[str, list] = {}
+
+        def write(self, obj: dict) -> None:
+            super().write(obj)
+            if obj.get("type") == "prediction":
+                self.said.setdefault(obj["stream"], []).append(obj.get("rpm"))
+
+    notes = Notes()
     pipe = _run_until_eos(free_tcp_port, procs, streams, config={"machine": {"bearing": "6205", "rpm": 1.05 * 1772}},
                           sink=notes, pace=False, rpm=rpm)
     latest = {sid: pipe.envelope.latest(sid) for sid in streams}
+    # each prediction says the speed, the snapshot the latest (and so the Prometheus metrics)
+    assert set(notes.said["press-4"]) == {1772.0} and set(notes.said["press-3"]) == {0.0}
+    assert notes.said["press-5"][0] == 1772.0 and notes.said["press-5"][-1] is None
+    metrics = format_metrics(pipe.snapshot())
+    assert 'drsn_stream_shaft_rpm{stream="press-4"} 1772.0' in metrics and 'stream="press-5"} 1772' not in metrics
     assert isinstance(pipe.sources[0], ShardedSource) == (procs == 2)
     assert latest["press-1"] is not None and latest["press-1"].fault_type == "inner_race", _why(pipe)
     assert latest["press-4"] is not None and latest["press-4"].fault_type == "outer_race"

@@ -769,11 +769,14 @@ class Pipeline:
                 if events:
                     self._emit_events(events)
             return
+        speeds = any(self._speed_logs)
         for p, healthy, (events, smoothed, level) in zip(preds, oks, results):
             env = self.envelope.latest(p.stream_id, p.t_last) if self.envelope is not None else None
             if self.outputs:
                 obj = p.to_json()
                 obj["smoothed"], obj["level"] = smoothed, level.name  # as the decisions stood after this window
+                if speeds and (rpm := self.speed_of(p.stream_id, p.t_last)) is not None:
+                    obj["rpm"] = rpm  # the speed of the frame holding the window's last sample
                 if env is not None:
                     obj["envelope"] = env.to_json()
                 self._emit(obj)
@@ -888,7 +891,14 @@ class Pipeline:
             counters=self.counters(),
             baseline=self.baseline.views() if self.baseline is not None else None,
             latency=self.stats,
+            speeds=self._speeds_now(),
         )
+
+    def _speeds_now(self) -> dict[str, float] | None:
+        """{stream: the speed its latest frame carried} for the streams whose frames carry one."""
+        if not any(self._speed_logs):
+            return None
+        return {sid: v for sid in self.decisions.streams if (v := self.speed_of(sid)) is not None}
 
     def _baseline_status(self) -> str:
         """``learning the baseline (3 streams)`` / ``baseline: monitoring`` for the header."""

@@ -56,6 +56,7 @@ def build_rows(
     envelope: Mapping[str, tuple[str, float]] | None = None,
     baseline: Mapping[str, tuple[str, float, tuple[float, ...]]] | None = None,
     latency: EngineStats | None = None,
+    speeds: Mapping[str, float] | None = None,
 ) -> tuple[StreamRow, ...]:
     """One row per stream known to either part (or the given ``streams``), in natural id order.
 
@@ -64,6 +65,7 @@ def build_rows(
     ``envelope``: {stream: (fault type, evidence dB)} from the envelope stage.
     ``baseline``: {stream: (state, latest anomaly, recent anomalies)} from the baseline stage.
     ``latency``: the engine's latency record, for each stream's p50/p99.
+    ``speeds``: {stream: the shaft speed (rpm) its latest frame carried}, for those that carry one.
     """
     if streams is None:
         known = set(decisions.streams if decisions is not None else ()) | set(
@@ -76,6 +78,7 @@ def build_rows(
     hs = health.states(ids) if health is not None else {}
     drops = drops or {}
     envelope = envelope or {}
+    speeds = speeds or {}
     base = baseline if baseline is not None else {}
     lat = latency.stream_p50_p99(ids) if latency is not None else {}
     nan2 = (math.nan, math.nan)
@@ -108,6 +111,7 @@ def build_rows(
                 anomaly=(d.anomaly if d is not None else None) if healthy else None,
                 anomalies=base[sid][2] if sid in base else (),
                 baseline=(base[sid][0] if sid in base else "waiting") if baseline is not None else None,
+                rpm=speeds.get(sid),
             )
         )
     return tuple(rows)
@@ -128,6 +132,7 @@ def build_snapshot(
     envelope: Mapping[str, tuple[str, float]] | None = None,
     baseline: Mapping[str, tuple[str, float, tuple[float, ...]]] | None = None,
     latency: EngineStats | None = None,
+    speeds: Mapping[str, float] | None = None,
 ) -> Snapshot:
     """Assemble a Snapshot from the live parts (safe to call from the dashboard thread).
 
@@ -144,7 +149,7 @@ def build_snapshot(
         time=time.time() if now is None else now,
         header=header,
         rows=build_rows(decisions, health, drops=drops, streams=streams, envelope=envelope, baseline=baseline,
-                        latency=latency),
+                        latency=latency, speeds=speeds),
         footer=footer,
         events=log.recent() if log is not None else tuple(events),
         transcript=tuple(transcript),

@@ -205,6 +205,13 @@ def snapshot_metrics(snap: Snapshot) -> Iterator[Metric]:
         anomaly.add_metric([r.stream_id], float(r.anomaly))
     if scored:
         yield anomaly
+    turning = [r for r in snap.rows if r.rpm is not None]
+    if turning:
+        rpm = GaugeMetricFamily("drsn_stream_shaft_rpm", "Shaft speed the stream's latest frame carried (the wire "
+                                "format's rpm); absent where its frames carry none.", labels=["stream"])
+        for r in turning:
+            rpm.add_metric([r.stream_id], float(r.rpm))
+        yield rpm
     windows = CounterMetricFamily("drsn_stream_windows", "Windows of the stream classified.", labels=["stream"])
     for r in snap.rows:
         windows.add_metric([r.stream_id], float(r.windows))
