@@ -272,3 +272,16 @@ def test_the_speed_the_frames_carry_is_followed_block_by_block_and_a_changing_sp
     assert blocks("c", [steady])[0].fault_type != "inner_race"
     explicit["d"] = (1797.0, True)
     assert blocks("d", [(1500.0, 1500.0)])[0].shaft_hz == pytest.approx(29.95)
+
+
+def test_dashboard_shows_the_shaft_speed_where_the_frames_carry_it() -> None:
+    rows = (StreamRow("m0", label="normal", confidence=0.9, rpm=1772.4),
+            StreamRow("m1", label="normal", confidence=0.9))
+    console = Console(width=160, file=io.StringIO(), color_system=None)
+    console.print(stream_table(rows, width=160))
+    text = console.file.getvalue()
+    lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.strip().startswith("m")}
+    assert "rpm" in text.splitlines()[0] and " 1772 " in lines["m0"] and " 1772 " not in lines["m1"]
+    console = Console(width=160, file=io.StringIO(), color_system=None)
+    console.print(stream_table(rows[1:], width=160))
+    assert "rpm" not in console.file.getvalue().splitlines()[0]  # no stream carries a speed: no column

@@ -315,6 +315,9 @@ COLUMNS: tuple[Column, ...] = (
            full_cap=14, shown=lambda rows: any(r.baseline is not None for r in rows), abbreviates=True),
     Column("env", "envelope dB", "env dB", lambda r, full: _envelope_cell(r), cap=16, full_cap=16,
            shown=lambda rows: any(r.envelope is not None for r in rows)),
+    # the shaft speed where the frames carry it (the wire format's rpm): a machine's operating point
+    Column("rpm", "shaft rpm", "rpm", lambda r, full: Text(f"{r.rpm:.0f}" if r.rpm is not None else "-", style="dim"),
+           right=True, shown=lambda rows: any(r.rpm is not None for r in rows)),
     Column("noise", "noise 0-1", "noise", lambda r, full: Text(f"{r.noise_index:.2f}", style="dim"), right=True),
     Column("input", "input RMS", "input", lambda r, full: Text(sparkline(r.levels, 8 if full else 6), style="cyan"),
            abbreviates=True),
@@ -331,7 +334,7 @@ COLUMNS: tuple[Column, ...] = (
 # not fit; then columns take their full form (wider heading, confidence bar, all three labels, full
 # health reasons) in the same order while the room lasts.
 COLUMN_PRIORITY: tuple[str, ...] = ("stream", "label", "conf", "alarm", "health", "lat",
-                                    "drops", "anomaly", "host", "env", "noise", "top", "input")
+                                    "drops", "anomaly", "host", "env", "rpm", "noise", "top", "input")
 ALWAYS_SHOWN = 6
 
 
