@@ -1296,7 +1296,7 @@ def test_the_speeds_a_baseline_learned_at_go_with_it_and_a_standstill_is_not_lea
     feats = rng.standard_normal((700, 4)).astype(np.float32)
     log = SpeedLog()
     for i in range(700):  # one 512-sample frame per window: 1700 rpm, then 1800, with a standstill between
-        log.add("m0", i * 512 / 12000, 1700.0 if i < 100 else 20.0 if i < 150 else 1800.0)
+        log.add("m0", i * (512 / 12000), 1700.0 if i < 100 else 20.0 if i < 150 else 1800.0)
     a = _learning_stage(features=4)
     a.speed_of = log.at
     _feed(a, feats[:200])
@@ -1319,8 +1319,8 @@ def test_the_speeds_a_baseline_learned_at_go_with_it_and_a_standstill_is_not_lea
     # judged within 3 % of those speeds; held beyond, the dashboard told the state
     for k, (rpm, judged) in enumerate(((1660.0, True), (1850.0, True), (1640.0, False), (1860.0, False),
                                        (1750.0, True))):
-        t = 1e4 + 10 * k  # a window ending at t, in a frame ending 1 s later (the frames before: other speeds)
-        log.add("m0", t + 1.0, rpm)
+        t = 1e4 + 10 * k  # a window ending at t, of frames at this speed from 1 s before (before that: others)
+        log.add("m0", t - 1.0, rpm)
         p = Prediction("m0", 0, t, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0, features=feats[0])
         b.apply([p])
         state, latest, _ = b.views()["m0"]

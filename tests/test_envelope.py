@@ -248,7 +248,7 @@ def test_the_speed_the_frames_carry_is_followed_block_by_block_and_a_changing_sp
         n = len(speeds) * 12000 + window
         for end in range(hop, n + 1, hop):
             s0, s1 = speeds[min((end - 1) // 12000, len(speeds) - 1)]
-            log.add(sid, (end - 1) / 12000.0, s0 + (s1 - s0) * ((end - 1) % 12000) / 12000)
+            log.add(sid, (end - hop) / 12000.0, s0 + (s1 - s0) * ((end - 1) % 12000) / 12000)
         for k in range((n - window) // hop + 1):
             end = k * hop + window
             stage.push([Window(sid, k, (end - 1) / 12000.0, x[end - window : end], normalized=False)])

@@ -559,3 +559,25 @@ def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp(st
             assert (dsps[sid].nonfinite, dsps[sid].windows) == (alone[sid].nonfinite, alone[sid].windows)
         assert dsps["s1"].nonfinite == 600 and dsps["s3"].own is not None and dsps["s0"].own is None
         assert dsps["s3"].counters() == alone["s3"].counters() and alone["s3"].rate_changes == 2  # there and back
+
+
+def test_a_speed_log_keeps_the_changes_and_answers_for_any_time() -> None:
+    """A tachometer's jitter (0.1 %) adds nothing; a change of speed, a stop and frames that no
+    longer carry one each start a run; a lookup gives the run that held the time, for the stream
+    or a channel of it; an ingest process's changes are what it hands on."""
+    from drsn_stream.app.ingest import SpeedLog
+
+    log = SpeedLog()
+    log.changes = []
+    began: list[int] = []
+    log.on_first = lambda: began.append(1)
+    for k, rpm in enumerate([1797.0, 1798.5, 1796.2, 1700.0, 1701.0, 0.0, 0.0, None, None, 1500.0]):
+        log.add("gw", 10.0 + k, rpm)
+    assert began == [1]
+    assert log.logs["gw"][:3] == [(10.0, 1797.0), (13.0, 1700.0), (15.0, 0.0)]
+    assert [c[2] for c in log.changes] == [1797.0, 1700.0, 0.0, None, 1500.0]
+    assert [log.at("gw/DE", t) for t in (5.0, 12.9, 13.0, 14.5, 16.0, 17.5, 19.0, 99.0)] == \
+        [1797.0, 1797.0, 1700.0, 1700.0, 0.0, None, 1500.0, 1500.0]
+    assert log.at("gw") == 1500.0 and log.at("other") is None
+    log.add("quiet", 1.0, None)  # a stream that never carried a speed has no log
+    assert "quiet" not in log.logs

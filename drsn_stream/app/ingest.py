@@ -35,26 +35,31 @@ INGEST_SLICE_MAX = 1024
 
 
 class SpeedLog:
-    """Per frame stream, the shaft speed (rpm) each of its frames carried (the wire format's rpm)
-    and when that frame ended (capture time of its last sample), the latest ``KEEP``..2 * ``KEEP``
-    of them: what a window, a block or a result of any time was captured at, for the envelope
-    evidence and the baselines, which run behind the ingest (a backlog, a replay). A frame of a
-    stream that sent speeds before but carries none now is logged as none (NaN). Written by one
-    thread (the ingest's), read by any: each stream's log is one list of (end, rpm), appended to
-    and cut at its front whole."""
+    """Per frame stream, the shaft speed (rpm) its frames carried (the wire format's rpm) from when
+    (the capture time of the first sample of the first frame at that speed): what a window, a
+    block or a result of any time was captured at, for the envelope evidence and the baselines,
+    which run behind the ingest (a backlog, a replay). A speed within ``STEADY`` of the one before
+    is the same (a tachometer's jitter adds no entry: a steady machine holds one); a frame of a
+    stream that sent speeds before but carries none now starts a run of none (NaN). The latest
+    ``KEEP``..2 * ``KEEP`` changes per stream. Written by one thread (the ingest's), read by any:
+    each stream's log is one list of (start, rpm), appended to and cut at its front whole."""
 
-    KEEP = 2048  # ~90 s of 512-sample frames at 12 kHz
+    KEEP = 2048
+    STEADY = 0.002  # relative: a lookup is within 0.2 % of the frame's own reading
 
     def __init__(self) -> None:
-        self.logs: dict[str, list[tuple[float, float]]] = {}  # frame stream id: [(end, rpm or NaN)]
+        self.logs: dict[str, list[tuple[float, float]]] = {}  # frame stream id: [(start, rpm or NaN)]
         # called (from the writing thread) as the first stream's first speed is logged: readers
         # that would look a speed up per window need do nothing before
         self.on_first: Callable[[], None] | None = None
+        # where given, each change logged is also added here as [stream, start, rpm or None] (an
+        # ingest process hands them to the monitor's log)
+        self.changes: list[list[Any]] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.logs)
 
-    def add(self, sid: str, t_end: float, rpm: float | None) -> None:
+    def add(self, sid: str, t_start: float, rpm: float | None) -> None:
         log = self.logs.get(sid)
         if log is None:
             if rpm is None:
@@ -62,28 +67,34 @@ class SpeedLog:
             if not self.logs and self.on_first is not None:
                 self.on_first()
             log = self.logs[sid] = []
-        elif rpm is None and log[-1][1] != log[-1][1]:  # none already
-            return
-        log.append((t_end, math.nan if rpm is None else rpm))
+        else:
+            last = log[-1][1]
+            if rpm is None:
+                if last != last:  # none already
+                    return
+            elif abs(rpm - last) <= self.STEADY * last:  # (False for NaN)
+                return
+        log.append((t_start, math.nan if rpm is None else rpm))
+        if self.changes is not None:
+            self.changes.append([sid, t_start, rpm])
         if len(log) > 2 * self.KEEP:
             del log[: self.KEEP]
 
     def frame(self, f: Frame) -> None:
         """Logs a frame's speed (the caller's test: it carries one, or its stream did before)."""
-        self.add(f.stream_id, f.t_capture + f.samples.shape[0] / f.sample_rate, f.rpm)
+        self.add(f.stream_id, f.t_capture, f.rpm)
 
     def at(self, sid: str, t: float | None = None) -> float | None:
-        """The speed (rpm) of the frame of channel stream ``sid`` (or of its frame stream,
-        ``press-3`` for ``press-3/DE``) that holds capture time ``t`` (None: its latest frame); the
-        latest one's after its last frame, the first one's before its first; None where that frame
-        carried none, or the stream never did."""
+        """The speed (rpm) channel stream ``sid`` (or its frame stream, ``press-3`` for
+        ``press-3/DE``) carried at capture time ``t`` (None: its latest); the first one before its
+        first frame; None where its frames carried none then, or never did."""
         log = self.logs.get(sid)
         if log is None:
             log = self.logs.get(sid.rpartition("/")[0])
             if log is None:
                 return None
         try:
-            entry = log[-1] if t is None else log[min(bisect.bisect_left(log, t, key=_end), len(log) - 1)]
+            entry = log[-1] if t is None else log[max(bisect.bisect_right(log, t, key=_start) - 1, 0)]
         except IndexError:  # cut meanwhile (another thread's add)
             entry = log[-1]
         return None if entry[1] != entry[1] else entry[1]
@@ -92,7 +103,7 @@ class SpeedLog:
         self.logs.pop(sid, None)
 
 
-def _end(entry: tuple[float, float]) -> float:
+def _start(entry: tuple[float, float]) -> float:
     return entry[0]
 
 

@@ -199,6 +199,7 @@ class _Stage:
                              phases=phases, reclaim_after_s=reclaim_after_s, on_retire=self._retire,
                              on_layout=lambda sid, gone, line: self.relayouts.append([sid, list(gone), line]),
                              keep=keep)
+        self.ingest.speeds.changes = []  # handed to the monitor's log with each poll's windows
 
     def _error(self, line: str) -> None:
         self.errors[line] += 1
@@ -218,12 +219,10 @@ class _Stage:
         if self.gone:  # a retired stream that sends again is a stream of this process again
             self.gone.difference_update([f.stream_id for f in frames])
         windows = self.ingest.frames(frames, source)
-        logs = self.ingest.speeds.logs
-        if logs:  # the speeds these frames carried (the wire format's rpm) and when, before their windows
-            speeds = [[f.stream_id, f.t_capture + f.samples.shape[0] / f.sample_rate, f.rpm]
-                      for f in frames if f.stream_id in logs]
-            if speeds:
-                self.out.send({"rpm": speeds})
+        changes = self.ingest.speeds.changes
+        if changes:  # the changes of speed these frames carried (the wire format's rpm), before their windows
+            self.out.send({"rpm": changes})
+            self.ingest.speeds.changes = []
         if windows:
             self.out.windows(windows, [w.healthy for w in windows])
 
@@ -925,9 +924,9 @@ class ShardedSource(Source):
     def _handle(self, c: _Child, msg: dict[str, Any]) -> None:
         if "ready" in msg:
             c.ready = True
-        if "rpm" in msg:  # [stream, end of a frame, its rpm or None]
-            for sid, t_end, rpm in msg["rpm"]:
-                self.speeds.add(sid, float(t_end), rpm)
+        if "rpm" in msg:  # [stream, from when, its rpm or None]: the process's changes of speed
+            for sid, t_start, rpm in msg["rpm"]:
+                self.speeds.add(sid, float(t_start), rpm)
         if "ids" in msg:  # (code, id): a new code, or one a retired stream had
             for code, sid in msg["ids"]:
                 if code < len(c.ids):
