@@ -15,6 +15,12 @@ import numpy as np
 
 T = TypeVar("T")
 
+# A frame's shaft speed (``Frame.rpm``, the wire format's rpm) is 0 .. MAX_RPM; a shaft slower than
+# STANDSTILL_RPM (1 Hz) is at a standstill: its fault lines lie within a few bins of 0 Hz in a
+# 1-s block (no envelope evidence), and its windows are no running machine's (never learned from)
+MAX_RPM = 1e6
+STANDSTILL_RPM = 60.0
+
 
 @dataclass(slots=True)
 class Frame:

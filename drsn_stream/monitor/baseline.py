@@ -37,7 +37,7 @@ import numpy as np
 from drsn_stream.config import write_atomic
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN, Gaussian, check_gaussian, rounded
-from drsn_stream.types import Prediction, batch_columns
+from drsn_stream.types import MAX_RPM, STANDSTILL_RPM, Prediction, batch_columns
 
 FORMAT = "drsn-stream-baseline"
 # 2: a stream's baseline may hold further operating states (``states``); a profile without them is
@@ -88,10 +88,8 @@ QUIET_SHARE = 0.9
 # speeds it was learned at: a window at a speed more than SPEED_MARGIN outside them is of an
 # operating point the baseline never saw (another set point, a run-up, a coast-down), held and
 # shown unknown rather than alarmed on as a deviation; windows of a shaft turning slower than
-# STANDSTILL_RPM are a machine at rest, never learned from
+# STANDSTILL_RPM (drsn_stream.types) are a machine at rest, never learned from
 SPEED_MARGIN = 0.03
-STANDSTILL_RPM = 60.0
-MAX_RPM = 1e6
 # and a machine that runs again is judged only this many seconds (of its signal) later: a run-up
 # passes through speeds and levels unlike its learned normal (RunConfig.startup_s, --startup-hold)
 STARTUP_S = 10.0
@@ -1073,12 +1071,10 @@ class BaselineStage:
                 self._off_speed.add(sid)
                 self.state[sid] = "other speed"
                 self.latest[sid] = math.nan  # the dashboard shows the state, not the last anomaly judged
-                if sid not in self._said_speed:
-                    self._said_speed.add(sid)
-                    self.notes.append((sid, (
-                        f"runs at {speeds[j]:.0f} rpm (its frames say), outside the speeds its baseline was learned "
-                        f"at ({lo[j]:.0f}-{hi[j]:.0f} rpm): an operating point it never saw, shown unknown and not "
-                        "judged or alarmed on while it lasts; learn the baseline over this speed too to judge it")))
+                self._say_once(self._said_speed, p, (
+                    f"runs at {speeds[j]:.0f} rpm (its frames say), outside the speeds its baseline was learned "
+                    f"at ({lo[j]:.0f}-{hi[j]:.0f} rpm): an operating point it never saw, shown unknown and not "
+                    "judged or alarmed on while it lasts; learn the baseline over this speed too to judge it"))
             elif sid in self._off_speed:
                 self._off_speed.discard(sid)
                 if self.state.get(sid) == "other speed":

@@ -12,7 +12,7 @@ come from the source (``file:...?rpm=1797``, or the RPM a CWRU .mat file records
 speed they were captured at (the wire format's ``rpm``, a tachometer's reading) is analysed at
 that speed, block by block, over any configured one (a nameplate speed is not the machine's
 speed now); only ``?rpm=`` beats it. A block over which that speed changed by more than the
-lines' tolerance, or during which the shaft turned slower than ``MIN_LIVE_RPM``, gives no
+lines' tolerance, or during which the shaft turned slower than ``STANDSTILL_RPM``, gives no
 evidence (its lines are smeared, or there are none). Streams without a geometry or a speed get
 no evidence; the reason is said once per stream (``notes``).
 """
@@ -39,7 +39,7 @@ from drsn_stream.dsp.envelope import (
     machine_for,
 )
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
-from drsn_stream.types import Window
+from drsn_stream.types import STANDSTILL_RPM, Window
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,6 @@ def has_geometry(machine: Mapping[str, Any]) -> bool:
 
 
 _KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
-# a shaft turning slower than this (1 Hz) puts its fault lines within a few bins of 0 Hz in a
-# 1-s block: stopped, for the envelope
-MIN_LIVE_RPM = 60.0
 
 
 class EnvelopeStage:
@@ -152,8 +149,7 @@ class EnvelopeStage:
         self.skipped = 0  # blocks with NaN or infinite samples: no evidence either way
         self._skipping: set[str] = set()  # streams told so
         self.cpu_s = 0.0  # thread CPU time spent analysing
-        self._live: dict[str, set[str]] = {}  # per stream, the live speed's states said (on, stopped, changing)
-        self._said: dict[str, set[str]] = {}  # per stream, the notes said once
+        self._said: dict[str, set[str]] = {}  # per stream, the notes said once (by message, or by key)
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- ingest side (cheap)
@@ -192,7 +188,6 @@ class EnvelopeStage:
         any thread: each step is one dict operation; a push of the same stream meanwhile (there
         is none once it has been silent or drained) would only start its buffer again."""
         self._bufs.pop(stream, None)
-        self._live.pop(stream, None)
         self._said.pop(stream, None)
         with self._lock:
             self._streams.pop(stream, None)
@@ -286,35 +281,26 @@ class EnvelopeStage:
                  speeds: tuple[float | None, float | None]) -> float | None:
         """The shaft speed (Hz) a block is analysed at from the speeds its frames carried as it began
         and ended (their mean, to 4 significant digits: blocks of one steady speed share a plan);
-        None where they carried none, the shaft turned slower than MIN_LIVE_RPM, or the speed
+        None where they carried none, the shaft turned slower than STANDSTILL_RPM, or the speed
         changed by more than the lines' tolerance over the block (their lines smeared)."""
         s0, s1 = speeds
         if s1 is None:
             return None
         s0 = s1 if s0 is None else s0  # the stream's first speed came within the block
-        if min(s0, s1) < MIN_LIVE_RPM:
-            self._live_now(sid, "stopped", "no envelope evidence while the shaft turns slower than "
-                                            f"{MIN_LIVE_RPM:.0f} rpm (the speed its frames carry)")
+        if min(s0, s1) < STANDSTILL_RPM:
+            self._say_once(sid, "no envelope evidence while the shaft turns slower than "
+                                f"{STANDSTILL_RPM:.0f} rpm (the speed its frames carry)", key="stopped")
             return None
         mean = 0.5 * (s0 + s1)
         limit = max(self.settings.tolerance, self.settings.speed_tolerance)
         if abs(s1 - s0) > limit * mean:
-            self._live_now(sid, "changing", f"no envelope evidence over {self.block_s:g}-s blocks whose speed changes by more than "
-                                            f"{100 * limit:g} % (their fault lines are smeared)")
+            self._say_once(sid, f"no envelope evidence over {self.block_s:g}-s blocks whose speed changes by more "
+                                f"than {100 * limit:g} % (their fault lines are smeared)", key="changing")
             return None
         hz = float(f"{mean / 60.0:.4g}")
-        self._live_now(sid, "on", f"envelope evidence on: {geometry.name}, shaft speed from the stream's frames "
-                                  f"(now {mean:.0f} rpm: {_lines(geometry, hz)})")
+        self._say_once(sid, f"envelope evidence on: {geometry.name}, shaft speed from the stream's frames "
+                            f"(now {mean:.0f} rpm: {_lines(geometry, hz)})", key="on")
         return hz
-
-    def _live_now(self, sid: str, state: str, message: str) -> None:
-        """Say a stream's live-speed state (on, stopped, changing) the first time it is in it: a
-        jittery tachometer or a machine that stops and starts all day would otherwise say it
-        block after block."""
-        said = self._live.setdefault(sid, set())
-        if state not in said:
-            said.add(state)
-            self._say(sid, message)
 
     def _setup(self, sid: str) -> tuple[BearingGeometry, float | None, bool] | None:
         if sid in self._streams:
@@ -337,10 +323,13 @@ class EnvelopeStage:
     def _say(self, sid: str, message: str) -> None:
         self.notes.append((sid, message))
 
-    def _say_once(self, sid: str, message: str) -> None:
+    def _say_once(self, sid: str, message: str, *, key: str | None = None) -> None:
+        """``message`` the first time, per stream, that it (or ``key``: a live-speed state, on /
+        stopped / changing, whose message holds the speed now) is said: a jittery tachometer or a
+        machine that stops and starts all day would otherwise say it block after block."""
         said = self._said.setdefault(sid, set())
-        if message not in said:
-            said.add(message)
+        if (key or message) not in said:
+            said.add(key or message)
             self._say(sid, message)
 
     # ---------------------------------------------------------------- readers (any thread)
@@ -372,4 +361,4 @@ def _lines(geometry: BearingGeometry, shaft_hz: float) -> str:
             f"BSF {geometry.bsf * shaft_hz:.1f} Hz")
 
 
-__all__ = ["MIN_LIVE_RPM", "EnvelopeStage", "MachineTable", "StreamMachine", "has_geometry"]
+__all__ = ["EnvelopeStage", "MachineTable", "StreamMachine", "has_geometry"]

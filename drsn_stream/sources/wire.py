@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.errors import WireFormatError
-from drsn_stream.types import Frame
+from drsn_stream.types import MAX_RPM, Frame
 
 VERSION = 1
 DTYPES: dict[str, np.dtype] = {
@@ -49,7 +49,6 @@ MAX_DEPTH = 8  # nesting of JSON arrays/objects in a header
 MAX_PAYLOAD_BYTES = 16 << 20
 MAX_STREAM_ID = 256  # characters
 MAX_SEQ = 1 << 63
-MAX_RPM = 1e6  # shaft speed, rpm (0: stopped); what --rpm and ?rpm= take
 # Integer literals longer than this are not converted: Python's int() of a decimal string takes
 # time quadratic in its length (a stream of thousands-of-digits seqs would tie up the ingest
 # thread), and no field needs more than 19 digits.
@@ -228,8 +227,8 @@ def _check_scale(scale: float) -> float:
 
 
 def _check_rpm(rpm: float) -> float:
-    """``rpm`` where it is a shaft speed (0 .. MAX_RPM), else ``bad_field`` (NaN fails too)."""
-    if not 0.0 <= rpm <= MAX_RPM:
+    """``rpm`` where it is a shaft speed (``_rpm``), else ``bad_field`` (what ``encode`` refuses)."""
+    if _rpm(rpm) is None:
         raise WireError("bad_field", f"rpm={rpm:.6g} must be a shaft speed of 0 .. {MAX_RPM:.0f} rpm (0: stopped)")
     return rpm
 
