@@ -24,6 +24,17 @@ def require_cwru() -> Path:
     return CWRU
 
 
+def tool(name: str):
+    """A script of tools/ as a module (``tool("eval_envelope").warp``)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def cwru_signal(name: str = "12k_Drive_End_IR014_0_169.mat", channel: str = "DE") -> np.ndarray:
     """The raw drive-end signal of one CWRU file, float64 (n,)."""
     from scipy.io import loadmat

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CWRU, require_cwru
+from helpers import CWRU, require_cwru, tool
 from rich.console import Console
 from scipy.signal import resample_poly
 
@@ -221,57 +221,97 @@ def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm(cli_in_proce
     assert res.returncode != 0 and "unknown bearing '6305'" in res.stderr
 
 
-def test_the_speed_the_frames_carry_is_followed_block_by_block_and_a_changing_speed_gives_no_evidence() -> None:
-    """The stage analyses each 1-s block at the speed the stream's frames carried at its first and
-    last sample (a ``SpeedLog`` of 512-sample frames, read behind it as the stage is): a real inner-race recording is named at its speed (over a nameplate speed 5 % off, at
-    which it is not); a block over which the speed moved by more than the lines' 2 % tolerance,
-    or one at a standstill, gives no evidence (``latest`` None for its time, each said once);
-    a speed given on the source (``?rpm=``) beats the frames'."""
+def test_the_speed_the_frames_carry_is_followed_through_its_changes_block_by_block() -> None:
+    """The stage analyses each 1-s block at the speeds the stream's frames carried (a ``SpeedLog``
+    of 512-sample frames, read behind it as the stage is). A real inner-race recording played as
+    a machine whose speed changes (time-warped: its fault lines move with the speed as a real
+    machine's do) is named at its speed, over a nameplate 5 % off at which it is not; a block
+    whose speed moved by more than the lines' 2 % is followed to shaft angle and still named,
+    where the stage without the speed's runs (the monitor before) gave no evidence; a block
+    whose speed more than halved, or at a standstill, gives no evidence (``latest`` None for its
+    time, each said once); a speed given on the source (``?rpm=``) beats the frames'."""
     from drsn_stream.app.ingest import SpeedLog
     from drsn_stream.monitor.envelope import EnvelopeStage
     from drsn_stream.types import Window
 
     require_cwru()
-    x = read_recording(CWRU / "12k_Drive_End_IR014_0_169.mat")[0][:, 0].astype(np.float32)
-    hop, window = 512, 2048
+    warp = tool("eval_envelope").warp
+    x = read_recording(CWRU / "12k_Drive_End_IR014_0_169.mat")[0][:, 0].astype(np.float64)
+    hop, window, frame = 512, 2048, 512
     log = SpeedLog()
     explicit: dict[str, tuple[float | None, bool]] = {}
     stage = EnvelopeStage({"bearing": "6205", "rpm": 1.05 * 1797}, EnvelopeSettings(), rate=12000.0, hop=hop,
-                          window=window, speed_of=log.at, rpm_of=lambda sid: explicit.get(sid, (None, False)))
+                          window=window, speed_of=log.at, speed_runs=log.runs,
+                          rpm_of=lambda sid: explicit.get(sid, (None, False)))
 
-    def blocks(sid: str, speeds: list[tuple[float, float]]) -> list:
-        """Second b of the signal at a speed going from speeds[b][0] to speeds[b][1], in frames of
-        512 samples each carrying the speed at its last sample; one block per second. The stage
-        is fed all windows before it analyses a block (a backlog: the log is read behind)."""
+    def blocks(sid: str, ratios: list[tuple[float, float]]) -> list:
+        """The recording played at 1797 rpm times a ratio going from ratios[b][0] to ratios[b][1]
+        over second b, in frames of 512 samples each carrying its mean speed; one block per
+        second. The stage is fed all windows before it analyses a block (a backlog: the log is
+        read behind)."""
         stage._bufs.pop(sid, None)
         log.forget(sid)
-        n = len(speeds) * 12000 + window
-        for end in range(hop, n + 1, hop):
-            s0, s1 = speeds[min((end - 1) // 12000, len(speeds) - 1)]
-            log.add(sid, (end - hop) / 12000.0, s0 + (s1 - s0) * ((end - 1) % 12000) / 12000)
-        for k in range((n - window) // hop + 1):
+        ratio = np.concatenate([np.linspace(a, b, 12000, endpoint=False) for a, b in ratios] + [np.ones(window)])
+        y = warp(x, 12000.0, ratio)
+        assert len(y) == len(ratio)  # the recording lasts
+        for i in range(len(y) // frame):
+            log.add(sid, i * frame / 12000.0, 1797.0 * float(ratio[i * frame : (i + 1) * frame].mean()))
+        for k in range((len(y) - window) // hop + 1):
             end = k * hop + window
-            stage.push([Window(sid, k, (end - 1) / 12000.0, x[end - window : end], normalized=False)])
+            stage.push([Window(sid, k, (end - 1) / 12000.0, y[end - window : end], normalized=False)])
         while not stage._queue.empty():
             stage._analyse(*stage._queue.get_nowait())
         return [r for _, r in stage._results.pop(sid)]
 
-    steady = (1797.0, 1797.0)
-    got = blocks("a", [steady, (1797.0, 1700.0), (1700.0, 1797.0), steady, (1797.0, 0.0), (0.0, 0.0), (0.0, 1797.0),
-                       steady])
-    assert [r.fault_type if r else None for r in got] == ["inner_race", None, None, "inner_race", None, None, None,
-                                                          "inner_race"]
-    assert got[0].shaft_hz == pytest.approx(29.95, rel=2e-3)  # its last frame ends 287 samples into the ramp
+    ramps = [(1, 1), (1, 0.9), (0.9, 1), (1, 1), (1, 0.4), (0, 0), (0, 1), (1, 1)]
+    got = blocks("a", ramps)
+    assert [r.fault_type if r else None for r in got] == ["inner_race"] * 4 + [None] * 3 + ["inner_race"]
+    assert got[1].shaft_hz == pytest.approx(0.95 * 29.95, rel=2e-3)  # a followed block: its mean speed
     said = [m for sid, m in stage.notes if sid == "a"]
-    assert sum("changes by more than 2 %" in m for m in said) == 1
+    assert sum("follows the shaft through changes of speed" in m for m in said) == 1
+    assert sum("changes by more than a factor of 2" in m for m in said) == 1
     assert sum("slower than 60 rpm" in m for m in said) == 1
-    assert sum("shaft speed from the stream's frames (now 17" in m for m in said) == 1
+    assert sum("shaft speed from the stream's frames (now 1797" in m for m in said) == 1
+    assert stage.stats()["tracked"] == 2
+    # the stage without the speed's runs (the monitor before): no evidence over a changing speed
+    stage.speed_runs = None
+    assert [r.fault_type if r else None for r in blocks("e", ramps[:4])] == ["inner_race", None, None, "inner_race"]
+    assert sum("changes by more than 2 %" in m for sid, m in stage.notes if sid == "e") == 1
     # no speed in the frames: the nameplate (5 % off) misses; ?rpm= beats the frames' speed
-    assert blocks("b", [steady])[0].shaft_hz == pytest.approx(29.95)
+    assert blocks("b", [(1, 1)])[0].shaft_hz == pytest.approx(29.95)
     stage.speed_of = lambda sid, t: None if sid == "c" else log.at(sid, t)
-    assert blocks("c", [steady])[0].fault_type != "inner_race"
+    assert blocks("c", [(1, 1)])[0].fault_type != "inner_race"
     explicit["d"] = (1797.0, True)
-    assert blocks("d", [(1500.0, 1500.0)])[0].shaft_hz == pytest.approx(29.95)
+    assert blocks("d", [(0.83, 0.83)])[0].shaft_hz == pytest.approx(29.95)
+
+
+def test_order_tracking_keeps_the_lines_of_a_changing_speed_and_adds_none_to_noise() -> None:
+    """``analyse_block`` with the runs of a speed: a real outer-race recording warped to a speed
+    falling by 15 % within its block is named with its lines' evidence, where the same block at
+    its mean speed smears them; one steady speed is the steady analysis; white noise followed
+    through the same change scores as noise."""
+    require_cwru()
+    warp = tool("eval_envelope").warp
+    path = CWRU / "12k_Drive_End_OR021@6_2_236.mat"
+    x = read_recording(path)[0][:, 0].astype(np.float64)
+    shaft = mat_rpm(path) / 60.0
+    ratio = np.linspace(1.0, 0.85, 12000)
+    y = warp(x, 12000.0, ratio)[:12000]
+    starts = np.arange(0, 12000, 512) / 12000.0
+    hz = shaft * np.array([ratio[i : i + 512].mean() for i in range(0, 12000, 512)])
+    followed = analyse_block(y, 12000.0, None, GEO, speed=(starts, hz))
+    smeared = analyse_block(y, 12000.0, float(hz.mean()), GEO)
+    assert followed.fault_type == "outer_race" and followed.evidence["bpfo"] > smeared.evidence["bpfo"] + 6
+    assert followed.shaft_hz == pytest.approx(0.925 * shaft, rel=2e-3)
+    steady = x[:12000]
+    one_run = analyse_block(steady, 12000.0, None, GEO, speed=(np.array([-0.3]), np.array([shaft])))
+    assert one_run == analyse_block(steady, 12000.0, shaft, GEO)
+    rng = np.random.default_rng(7)
+    noise = Counter(analyse_block(rng.standard_normal(12000), 12000.0, None, GEO, speed=(starts, hz)).fault_type
+                    for _ in range(40))
+    assert noise["none"] >= 38
+    with pytest.raises(ConfigError, match="within a factor of 2"):
+        analyse_block(y, 12000.0, None, GEO, speed=(starts[:2], np.array([30.0, 10.0])))
 
 
 def test_dashboard_shows_the_shaft_speed_where_the_frames_carry_it() -> None:

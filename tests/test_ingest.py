@@ -579,5 +579,11 @@ def test_a_speed_log_keeps_the_changes_and_answers_for_any_time() -> None:
     assert [log.at("gw/DE", t) for t in (5.0, 12.9, 13.0, 14.5, 16.0, 17.5, 19.0, 99.0)] == \
         [1797.0, 1797.0, 1700.0, 1700.0, 0.0, None, 1500.0, 1500.0]
     assert log.at("gw") == 1500.0 and log.at("other") is None
+    # the runs over a time span (what the envelope follows a block's speed through): the one in
+    # effect at its start, then those that began within it
+    assert log.runs("gw/DE", 12.5, 15.5) == [(10.0, 1797.0), (13.0, 1700.0), (15.0, 0.0)]
+    assert log.runs("gw", 17.2, 17.9) == [(17.0, None)]
+    assert log.runs("gw", 1.0, 2.0) == [(10.0, 1797.0)]  # before the first frame: the first speed
+    assert log.runs("other", 0.0, 99.0) == []
     log.add("quiet", 1.0, None)  # a stream that never carried a speed has no log
     assert "quiet" not in log.logs

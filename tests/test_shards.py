@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from helpers import NoteSink, cwru_signal, free_port, require_cwru, wait_until
+from helpers import NoteSink, cwru_signal, free_port, require_cwru, tool, wait_until
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.app.shards import ShardedSource, shard_of
@@ -471,18 +471,23 @@ def test_the_envelope_analyses_each_stream_at_the_speed_its_frames_carry(free_tc
     envelope evidence is analysed at that speed, not at the configured nameplate speed (5 % off
     here: at it, the outer-race fault below reads as an inner-race one); a stream whose shaft
     stands still gets no evidence, and says so; one whose frames stop carrying a speed is analysed
-    at the configured one from then on. The same read by one ingest thread or by two ingest
-    processes (the speeds come from the processes)."""
+    at the configured one from then on; one whose speed keeps falling (4 % per second, twice the
+    lines' tolerance per block) is followed through it (order tracking) and named. The same read
+    by one ingest thread or by two ingest processes (the speeds come from the processes)."""
     require_cwru()
     n = 3 * RATE
+    slowing = np.linspace(1.0, 0.88, n)  # press-6's speed, as a share of its recording's
     streams = {"press-1": cwru_signal("12k_Drive_End_IR014_0_169.mat")[:n].astype(np.float32),
                "press-4": cwru_signal("12k_Drive_End_OR021@6_1_235.mat")[:n].astype(np.float32),
                "press-3": cwru_signal("12k_Drive_End_OR021@6_1_235.mat")[:n].astype(np.float32),
-               "press-5": cwru_signal("12k_Drive_End_OR021@6_1_235.mat")[:n].astype(np.float32)}
-    assert [shard_of(sid.encode(), 2) for sid in streams] == [0, 1, 0, 1]
+               "press-5": cwru_signal("12k_Drive_End_OR021@6_1_235.mat")[:n].astype(np.float32),
+               "press-6": tool("eval_envelope").warp(cwru_signal("12k_Drive_End_IR014_0_169.mat"), RATE, slowing)}
+    assert [shard_of(sid.encode(), 2) for sid in streams][:4] == [0, 1, 0, 1]
     speeds = {"press-1": 1797.0, "press-4": 1772.0, "press-3": 0.0, "press-5": 1772.0}
 
     def rpm(sid: str, seq: int) -> float | None:
+        if sid == "press-6":  # each frame its mean speed, as a tachometer reads it
+            return 1797.0 * float(slowing[seq * CHUNK : (seq + 1) * CHUNK].mean())
         return None if sid == "press-5" and seq >= n // CHUNK // 2 else speeds[sid]
 
     from drsn_stream.sinks.metrics import format_metrics
@@ -517,6 +522,9 @@ def test_the_envelope_analyses_each_stream_at_the_speed_its_frames_carry(free_tc
     assert "slower than 60 rpm" in said
     assert abs(latest["press-5"].shaft_hz * 60 - 1.05 * 1772) < 1
     assert [sid for sid, ln in notes.by_stream if "shaft 1861 rpm" in ln] == ["press-5"], notes.by_stream
+    assert latest["press-6"] is not None and latest["press-6"].fault_type == "inner_race", _why(pipe)
+    assert pipe.envelope.stats()["tracked"] >= 2 and latest["press-6"].shaft_hz * 60 < 1700
+    assert [sid for sid, ln in notes.by_stream if "follows the shaft through changes" in ln] == ["press-6"]
 
 
 def test_what_the_ingest_processes_refuse_is_said_once(free_tcp_port: int) -> None:

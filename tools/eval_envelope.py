@@ -9,6 +9,19 @@ drive-end geometry (6205) and the shaft speed the file records (``X###RPM``), wi
 noise through the same procedure and prints the percentiles of the largest family evidence: the
 threshold's justification. ``--channel FE`` reads the fan-end accelerometer instead (the fault is
 still in the drive-end bearing, seen from a sensor further from it).
+
+``--ramp PCT`` plays every recording as a machine whose speed keeps changing: time-warped so that
+its shaft runs down from the recorded speed to ``1 - --swing`` of it and back, PCT % of the
+recorded speed per second (a triangle), in 512-sample frames that each carry their mean speed
+(the wire format's ``rpm``, a tachometer's reading). The blocks go through the monitor's envelope
+stage (``EnvelopeStage`` reading a ``SpeedLog``, windows of 2048 every 512 samples) three ways:
+following the speed (order tracking, as the monitor does), at the speed of each block's two ends
+without following it (the monitor before order tracking: a block whose speed moved by more than
+the lines' 2 % gives no evidence), and every block at its mean speed. The warp moves the
+structure's resonances with the speed too, which a real machine's do not; the fault lines move
+as a real machine's do.
+
+    python tools/eval_envelope.py --ramp 10 [--swing 0.15]
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -81,6 +95,107 @@ def overrides(items: list[str]) -> dict[str, float | int]:
     return over
 
 
+FRAME = 512  # samples per frame of a --ramp recording (each carries its mean speed)
+HOP, WINDOW = 512, 2048  # the monitor's windows, as the envelope stage is fed them
+
+
+def triangle(n: int, rate: float, pct: float, swing: float) -> np.ndarray:
+    """Per sample, a speed relative to the recording's: from 1 down to ``1 - swing`` and back, by
+    ``pct`` % per second."""
+    t = np.arange(n) / rate
+    leg = swing / (pct / 100.0)  # seconds from top to bottom
+    return 1.0 - swing * np.abs(((t / leg + 1.0) % 2.0) - 1.0)
+
+
+def warp(x: np.ndarray, rate: float, ratio: np.ndarray) -> np.ndarray:
+    """``x`` (a machine at a steady speed) as if its speed had been ``ratio`` times its own at each
+    output sample: output sample k plays the recording at time sum(ratio[:k]) / rate (8-times
+    oversampled, then interpolated linearly: flat to 0.1 dB below 5 kHz). Stops where the
+    recording ends."""
+    up = 8
+    xu = resample_poly(np.asarray(x, dtype=np.float64), up, 1)
+    at = np.concatenate(([0.0], np.cumsum(ratio[:-1]))) * up  # oversampled positions
+    n = int(np.searchsorted(at, len(xu) - 1))
+    return np.interp(at[:n], np.arange(len(xu)), xu).astype(np.float32)
+
+
+def ramp_results(y: np.ndarray, speeds: np.ndarray, bearing: str, settings: EnvelopeSettings,
+                 follow: bool) -> list[Any]:
+    """Per 1-s block of ``y``, the envelope stage's result (None: no evidence), its frames of
+    ``FRAME`` samples carrying ``speeds`` (rpm, one per frame) in a ``SpeedLog``; ``follow``:
+    the stage reads the speeds' runs (order tracking), else only its blocks' two ends. ``bearing``:
+    a named geometry."""
+    from drsn_stream.app.ingest import SpeedLog
+    from drsn_stream.monitor.envelope import EnvelopeStage
+    from drsn_stream.types import Window
+
+    log = SpeedLog()
+    for i, rpm in enumerate(speeds):
+        log.add("m", i * FRAME / RATE, float(rpm))
+    stage = EnvelopeStage({"bearing": bearing}, settings, rate=RATE, hop=HOP, window=WINDOW,
+                          speed_of=log.at, speed_runs=log.runs if follow else None)
+    for k in range((len(y) - WINDOW) // HOP + 1):
+        end = k * HOP + WINDOW
+        stage.push([Window("m", k, (end - 1) / RATE, y[end - WINDOW : end], normalized=False)])
+        while not stage._queue.empty():
+            stage._analyse(*stage._queue.get_nowait())
+    return [r for _, r in stage._results.get("m", ())]
+
+
+def ramp_eval(files: list[Path], pct: float, swing: float, settings: EnvelopeSettings, channel: str,
+              md: bool) -> None:
+    """The ``--ramp`` table: per class, blocks right and blocks with evidence, three ways."""
+    geo = bearing_geometry("cwru-de")
+    ways = ("followed", "ends", "mean")
+    per: dict[str, dict[str, list[int]]] = {}
+    spent, analysed = 0.0, 0
+    for path in files:
+        want = truth(path.name)
+        xs, shaft = blocks(path, channel=channel)
+        x = xs.reshape(-1)
+        if not np.isfinite(x).all():
+            print(f"{path.name}: NaN or infinite samples, skipped")
+            continue
+        ratio = triangle(len(x) * 2, RATE, pct, swing)
+        y = warp(x, RATE, ratio)
+        frames = len(y) // FRAME
+        speeds = 60.0 * shaft * ratio[: frames * FRAME].reshape(frames, FRAME).mean(axis=1)
+        row = per.setdefault(want, {w: [0, 0, 0] for w in ways})
+        t0 = time.perf_counter()
+        followed = ramp_results(y, speeds, "cwru-de", settings, follow=True)
+        spent += time.perf_counter() - t0
+        analysed += len(followed)
+        ends = ramp_results(y, speeds, "cwru-de", settings, follow=False)
+        n = len(followed)
+        mean = []
+        for b in range(n):  # the same blocks (the stage's first block starts at sample 0)
+            lo = slice(b * int(RATE), (b + 1) * int(RATE))
+            rpm = 60.0 * shaft * float(ratio[lo].mean())
+            mean.append(analyse_block(y[lo], RATE, rpm / 60.0, geo, settings))
+        for way, results in zip(ways, (followed, ends, mean)):
+            row[way][0] += sum(r is not None and r.fault_type == want for r in results)
+            row[way][1] += sum(r is not None for r in results)
+            row[way][2] += n
+        types = Counter(r.fault_type if r is not None else "-" for r in followed)
+        print(f"{path.name:34s} {want:10s} {n:3d} blocks; followed: "
+              + ", ".join(f"{t} {c}" for t, c in types.most_common()))
+    print()
+    head = "| class | blocks | followed (order tracking) | the two ends (before) | mean speed, not followed |"
+    print(head if md else f"per class, right of all blocks (blocks with evidence), the speed swinging by "
+                          f"{swing:.0%} at {pct:g} %/s:")
+    if md:
+        print("|---|---|---|---|---|")
+    for cls in ("inner_race", "outer_race", "ball", "none"):
+        if cls not in per:
+            continue
+        cells = [f"{r / n:.1%} ({e} with evidence)" for r, e, n in (per[cls][w] for w in ways)]
+        total = per[cls]["followed"][2]
+        print(f"| {cls} | {total} | " + " | ".join(cells) + " |" if md
+              else f"  {cls:10s} {total:4d}  followed {cells[0]:28s} ends {cells[1]:28s} mean {cells[2]}")
+    print(f"channel {channel}; threshold {settings.threshold_db} dB; {1e3 * spent / max(1, analysed):.2f} ms per "
+          "1-s block followed through the stage (one thread, this machine)")
+
+
 def null_levels(count: int, settings: EnvelopeSettings, seed: int = 0) -> np.ndarray:
     """Largest family evidence (dB) of ``count`` 1-second white-noise blocks at 1797 rpm."""
     rng = np.random.default_rng(seed)
@@ -105,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                          "it records (what frames carrying their rpm give the monitor)")
     ap.add_argument("--channel", choices=("DE", "FE"), default="DE",
                     help="the accelerometer: drive end (the faulty bearing's) or fan end")
+    ap.add_argument("--ramp", type=float, default=None, metavar="PCT",
+                    help="play each recording with its speed changing by PCT %% of it per second (a triangle)")
+    ap.add_argument("--swing", type=float, default=0.15, metavar="S",
+                    help="with --ramp, how far the speed falls: to (1 - S) of the recorded speed (default 0.15)")
     args = ap.parse_args(argv)
     if not 0 <= args.null <= MAX_NULL:
         raise ConfigError(f"--null must be a whole number from 0 to {MAX_NULL:,}, not {args.null}")
@@ -113,12 +232,19 @@ def main(argv: list[str] | None = None) -> int:
                           f"(e.g. 0.01 for 1 %), not {args.speed_error}")
     if args.nameplate is not None and not (math.isfinite(args.nameplate) and 60 <= args.nameplate <= 1e6):
         raise ConfigError(f"--nameplate must be a shaft speed of 60 .. 1000000 rpm, not {args.nameplate}")
+    if args.ramp is not None and not (math.isfinite(args.ramp) and 0 < args.ramp <= 100):
+        raise ConfigError(f"--ramp must be a change of speed of 0 .. 100 % per second, not {args.ramp}")
+    if not (math.isfinite(args.swing) and 0 < args.swing <= 0.5):
+        raise ConfigError(f"--swing must be a share of the speed from 0 to 0.5, not {args.swing}")
     settings = EnvelopeSettings(**overrides(args.set))
     folder = Path(args.data)
     files = sorted(folder.glob("*.mat"))
     if not files:
         print(f"no .mat files in {folder}; give --data", file=sys.stderr)
         return 2
+    if args.ramp is not None:
+        ramp_eval(files, args.ramp, args.swing, settings, args.channel, args.markdown)
+        return 0
     geo = bearing_geometry("cwru-de")
     md = args.markdown
     head = ("file", "truth", "rpm", "blocks", "right", "types", "bpfo dB", "bpfi dB", "bsf dB")

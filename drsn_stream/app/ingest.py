@@ -99,6 +99,23 @@ class SpeedLog:
             entry = log[-1]
         return None if entry[1] != entry[1] else entry[1]
 
+    def runs(self, sid: str, t0: float, t1: float) -> list[tuple[float, float | None]]:
+        """The speeds channel stream ``sid`` (or its frame stream) carried from capture time ``t0``
+        to ``t1``, as runs: [(start, rpm or None)], the first the run in effect at ``t0`` (it may
+        have started before; or after, where the stream's first speed came later); [] where its
+        frames never carried one."""
+        log = self.logs.get(sid)
+        if log is None:
+            log = self.logs.get(sid.rpartition("/")[0])
+            if log is None:
+                return []
+        for _ in range(3):  # another thread's add may cut the log's front between the search and the copy
+            i = max(bisect.bisect_right(log, t0, key=_start) - 1, 0)
+            out = log[i : max(bisect.bisect_right(log, t1, key=_start), i + 1)]
+            if out and (i == 0 or out[0][0] <= t0):
+                break
+        return [(start, None if rpm != rpm else rpm) for start, rpm in out]
+
     def forget(self, sid: str) -> None:
         self.logs.pop(sid, None)
 

@@ -337,7 +337,8 @@ class Pipeline:
             return None, False
 
         return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
-                             hop=hop, window=self.meta.window, rpm_of=rpm_of, speed_of=self.speed_of)
+                             hop=hop, window=self.meta.window, rpm_of=rpm_of, speed_of=self.speed_of,
+                             speed_runs=self.speed_runs)
 
     def _gather_speed_logs(self) -> None:
         """The speed logs ``speed_of`` reads: the ingest's and each ingest-process source's. The
@@ -367,6 +368,17 @@ class Pipeline:
                 if v is not None:
                     return v
         return None
+
+    def speed_runs(self, sid: str, t0: float, t1: float) -> list[tuple[float, float | None]]:
+        """The speeds channel stream ``sid``'s frames carried from capture time ``t0`` to ``t1``,
+        as runs ``[(start, rpm or None)]`` (``SpeedLog.runs``): what the envelope stage follows
+        through a block over which the speed changed; [] where they carried none."""
+        if not self._speed_logs:
+            self._gather_speed_logs()
+        for log in self._speed_logs:
+            if log and (runs := log.runs(sid, t0, t1)):
+                return runs
+        return []
 
     def _local_runner(self, module: Any, meta: ArtifactMeta, config: RunConfig, features: int = 0) -> RunnerLike:
         from drsn_stream.engine.runner import Runner

@@ -180,7 +180,7 @@ class EnvelopeResult:
         fault_type: "outer_race" | "inner_race" | "ball" | "none".
         evidence: {"bpfo", "bpfi", "bsf"}: mean peak-over-floor of each family's lines, dB.
         bands: {"bpfo", "bpfi", "bsf"}: (low, high) Hz of the band each family's evidence came from.
-        shaft_hz: the shaft speed used, Hz.
+        shaft_hz: the shaft speed used, Hz (a block followed through a change of speed: its mean).
     """
 
     fault_type: str
@@ -310,7 +310,7 @@ def _rect(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def envelope_spectra(x: np.ndarray, rate: float, starts: np.ndarray, width: int, m: int,
-                     taper: np.ndarray | None = None) -> np.ndarray:
+                     taper: np.ndarray | None = None, angle: np.ndarray | None = None) -> np.ndarray:
     """Squared-envelope spectra of ``x`` in several bands at once.
 
     Args:
@@ -320,6 +320,11 @@ def envelope_spectra(x: np.ndarray, rate: float, starts: np.ndarray, width: int,
             (bin = rate / n Hz).
         width: band width in bins; m: inverse-FFT length (>= 2 * width).
         taper: weights over the band's bins (default Hann), shape (width,).
+        angle: for a shaft whose speed changed over the block (``shaft_angle``): where, in steps
+            of ``n / (2 m)`` samples, each of ``2 m`` equal steps of shaft angle fell. The squared
+            envelopes are resampled there (computed order tracking), so a fault line stays one
+            line however the speed moved; bin k is then k / R orders for the R revolutions the
+            steps cover: k * rate / n Hz at the speed that turns R in the block.
 
     Returns:
         power spectra of the squared envelopes, shape (bands, m // 2 + 1); bin k is k * rate / n Hz
@@ -334,12 +339,71 @@ def envelope_spectra(x: np.ndarray, rate: float, starts: np.ndarray, width: int,
     rows = X[k0[:, None] + np.arange(width)[None, :]]
     if taper is not None:
         rows = rows * taper
-    z = sfft.ifft(rows, n=m, axis=1)  # analytic band signal at base band (decimated)
+    # The band's resonance is the structure's, at fixed Hz whatever the speed: the band is taken in
+    # time, and only its squared envelope, whose lines are orders of the shaft, goes to angle.
+    # Twice the samples there (the inverse FFT's zero padding interpolates exactly) keep the linear
+    # interpolation onto the angle grid flat over the lines' frequencies.
+    size = m if angle is None else 2 * m
+    z = sfft.ifft(rows, n=size, axis=1)  # analytic band signal at base band (decimated)
     env = z.real**2 + z.imag**2
+    if angle is not None:
+        i = np.minimum(angle.astype(np.intp), size - 1)
+        frac = (angle - i).astype(np.float32)
+        env = env[:, i] * (1 - frac) + env[:, (i + 1) % size] * frac  # the inverse FFT's signal is periodic
     env -= env.mean(axis=1, keepdims=True)
-    env *= _hann(m)
-    E = sfft.rfft(env, axis=1)
+    env *= _hann(size)
+    E = sfft.rfft(env, axis=1)[:, : m // 2 + 1]
     return E.real**2 + E.imag**2
+
+
+MAX_SPEED_RATIO = 2.0  # fastest over slowest within one block that order tracking follows
+# A followed block is analysed on a plan for a speed of this grid (relative steps), the highest at
+# or under its mean speed, over as many revolutions as that speed turns in the block (its last
+# <= 0.5 % left out): its lines then fall exactly where the plan looks, and a machine that cycles
+# between set points reuses a few plans (each costs ~20 ms to make) instead of one per block.
+PLAN_STEP = 0.005
+
+
+def mean_speed(starts: np.ndarray, hz: np.ndarray, seconds: float) -> float:
+    """The mean of a speed given as runs (``shaft_angle``) over ``seconds`` from 0: revolutions
+    over seconds, Hz."""
+    starts = np.asarray(starts, dtype=np.float64)
+    edges = np.clip(np.append(starts, np.inf), 0.0, seconds)
+    return float(np.dot(np.asarray(hz, dtype=np.float64), np.diff(edges))) / seconds
+
+
+def plan_speed(hz: float) -> float:
+    """The speed of ``PLAN_STEP``'s grid at or just under ``hz`` (Hz)."""
+    step = math.log1p(PLAN_STEP)
+    return float(f"{math.exp(math.floor(math.log(hz) / step + 1e-9) * step):.6g}")
+
+
+def shaft_angle(starts: np.ndarray, hz: np.ndarray, seconds: float, steps: int,
+                revolutions: float | None = None) -> np.ndarray:
+    """Where equal steps of shaft angle fall in a block over which the shaft's speed changed.
+
+    Args:
+        starts: when each run of the speed began, s from the block's first sample (ascending; the
+            first at or before 0): a tachometer's reading per frame, the speed the frames carried.
+        hz: the shaft speed of each run, Hz (each > 0).
+        seconds: the block's length, s; steps: the grid, ``steps`` equal steps of time and of angle.
+        revolutions: the angle the steps cover from the block's start (at most what the shaft
+            turned in it); None: all of it.
+
+    Returns:
+        the time-grid positions (fractional: 2.5 is halfway between steps 2 and 3) of ``steps``
+        equal steps of shaft angle over the block. The runs are integrated as they are given
+        (piecewise constant): a reading that is its frame's mean speed puts every frame boundary at
+        its true angle.
+    """
+    starts = np.asarray(starts, dtype=np.float64)
+    hz = np.asarray(hz, dtype=np.float64)
+    dt = seconds / steps
+    t = (np.arange(steps) + 0.5) * dt  # each step's middle
+    run = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, len(hz) - 1)
+    turns = np.concatenate(([0.0], np.cumsum(hz[run] * dt)))  # revolutions at each step's edge
+    span = turns[-1] if revolutions is None else min(revolutions, turns[-1])
+    return np.interp(np.arange(steps) * (span / steps), turns, np.arange(steps + 1.0))
 
 
 @lru_cache(maxsize=16)
@@ -350,18 +414,25 @@ def _hann(m: int) -> np.ndarray:
 def analyse_block(
     x: np.ndarray,
     rate: float,
-    shaft_hz: float,
+    shaft_hz: float | None,
     geometry: BearingGeometry,
     settings: EnvelopeSettings | None = None,
+    *,
+    speed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> EnvelopeResult:
     """The fault type and per-family evidence of one block.
 
     Args:
         x: samples, shape (n,) (or (n, 1)), at ``rate`` Hz; ~1 s gives 1 Hz resolution.
         rate: sample rate, Hz.
-        shaft_hz: shaft speed, Hz (rpm / 60).
+        shaft_hz: shaft speed, Hz (rpm / 60); ignored (may be None) with ``speed``.
         geometry: the bearing's fault orders.
         settings: band grid, harmonics, tolerance, threshold (defaults: ``EnvelopeSettings()``).
+        speed: a speed that changed over the block, as runs (``shaft_angle``): (when each began, s
+            from the block's first sample; its speed, Hz). The squared envelopes are resampled to
+            equal steps of shaft angle (computed order tracking) and analysed at a speed of
+            ``PLAN_STEP``'s grid just under the block's mean (the result reports the mean). At most
+            ``MAX_SPEED_RATIO`` between its fastest and slowest run.
 
     Returns:
         an ``EnvelopeResult``; a flat or empty block gives type ``none`` and 0 dB everywhere.
@@ -371,16 +442,32 @@ def analyse_block(
             would be a claim about a block that was never measured: skip it and count it).
     """
     settings = settings or EnvelopeSettings()
-    if not (shaft_hz > 0 and math.isfinite(shaft_hz)):
-        raise ConfigError(f"envelope: shaft speed must be > 0 Hz, not {shaft_hz!r}")
     x = np.asarray(x, dtype=np.float32).reshape(-1)
+    if speed is not None:
+        starts, runs = np.asarray(speed[0], dtype=np.float64), np.asarray(speed[1], dtype=np.float64)
+        if not (runs.size and runs.shape == starts.shape and np.isfinite(runs).all() and runs.min() > 0
+                and runs.max() <= MAX_SPEED_RATIO * runs.min()):
+            raise ConfigError(f"envelope: order tracking needs runs of speeds > 0 Hz within a factor of "
+                              f"{MAX_SPEED_RATIO:g}, not {runs.tolist()!r}")
+        if runs.max() == runs.min():  # one speed throughout: nothing to follow
+            speed, shaft_hz = None, float(runs[0])
+        else:
+            mean = mean_speed(starts, runs, x.size / float(rate)) if x.size else float(runs[0])
+            shaft_hz = plan_speed(mean)
+    if not (shaft_hz is not None and shaft_hz > 0 and math.isfinite(shaft_hz)):
+        raise ConfigError(f"envelope: shaft speed must be > 0 Hz, not {shaft_hz!r}")
     bad = int(x.size - np.count_nonzero(np.isfinite(x)))
     if bad:
         raise DataError(f"envelope: {bad} of the block's {x.size} samples are NaN or infinite; skip the block")
     plan = _plan(x.shape[0], float(rate), round(float(shaft_hz), 4), geometry, settings)
+    said_hz = float(shaft_hz) if speed is None else float(f"{mean:.4g}")
     if x.size == 0 or np.ptp(x) == 0:
-        return EnvelopeResult("none", dict.fromkeys(FAMILIES, 0.0), {}, float(shaft_hz))
-    S = envelope_spectra(x, rate, plan["starts"], plan["width"], plan["m"], plan["taper"])
+        return EnvelopeResult("none", dict.fromkeys(FAMILIES, 0.0), {}, said_hz)
+    angle = None
+    if speed is not None:
+        seconds = x.size / float(rate)
+        angle = shaft_angle(starts, runs, seconds, 2 * plan["m"], revolutions=shaft_hz * seconds)
+    S = envelope_spectra(x, rate, plan["starts"], plan["width"], plan["m"], plan["taper"], angle)
     scores = np.max([_family_scores(S, view) for view in plan["views"]], axis=0)  # (families, bands)
     evidence: dict[str, float] = {}
     bands: dict[str, tuple[float, float]] = {}
@@ -389,7 +476,7 @@ def analyse_block(
         evidence[fam] = float(score[b])
         lo = float(plan["starts"][b])
         bands[fam] = (lo, lo + plan["band"])
-    return EnvelopeResult(decide(evidence, settings.threshold_db), evidence, bands, float(shaft_hz))
+    return EnvelopeResult(decide(evidence, settings.threshold_db), evidence, bands, said_hz)
 
 
 def decide(evidence: Mapping[str, float], threshold_db: float) -> str:
@@ -494,4 +581,7 @@ __all__ = [
     "envelope_spectra",
     "label_family",
     "machine_for",
+    "mean_speed",
+    "plan_speed",
+    "shaft_angle",
 ]

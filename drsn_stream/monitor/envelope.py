@@ -12,8 +12,10 @@ come from the source (``file:...?rpm=1797``, or the RPM a CWRU .mat file records
 speed they were captured at (the wire format's ``rpm``, a tachometer's reading) is analysed at
 that speed, block by block, over any configured one (a nameplate speed is not the machine's
 speed now); only ``?rpm=`` beats it. A block over which that speed changed by more than the
-lines' tolerance, or during which the shaft turned slower than ``STANDSTILL_RPM``, gives no
-evidence (its lines are smeared, or there are none). Streams without a geometry or a speed get
+lines' tolerance (a run-up, a coast-down, a drive changing its set point) is followed through
+the change: its squared envelope is resampled to equal steps of shaft angle (computed order
+tracking), up to a factor of ``MAX_SPEED_RATIO`` within the block. A block over which it changed
+more, or during which the shaft turned slower than ``STANDSTILL_RPM``, gives no evidence. Streams without a geometry or a speed get
 no evidence; the reason is said once per stream (``notes``).
 """
 
@@ -31,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.dsp.envelope import (
+    MAX_SPEED_RATIO,
     BearingGeometry,
     EnvelopeResult,
     EnvelopeSettings,
     MachineConfig,
     analyse_block,
     machine_for,
+    mean_speed,
 )
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
 from drsn_stream.types import STANDSTILL_RPM, Window
@@ -103,6 +107,10 @@ class EnvelopeStage:
             user gave it on the source spec (``?rpm=``: that beats the config).
         speed_of: ``speed_of(stream, t)``, the speed (rpm) the stream's frame that holds capture
             time ``t`` carried (None: none), for the first and the last sample of each block.
+        speed_runs: ``speed_runs(stream, t0, t1)``, the speeds its frames carried from capture
+            time ``t0`` to ``t1`` as runs ``[(start, rpm or None)]`` (``SpeedLog.runs``): a block
+            whose speed changed is followed through the change with them; without it, such a block
+            gives no evidence.
         block_s: seconds per analysed block.
         capacity: blocks that may wait for the stage's thread.
     """
@@ -117,6 +125,7 @@ class EnvelopeStage:
         window: int,
         rpm_of: Callable[[str], tuple[float | None, bool]] | None = None,
         speed_of: Callable[[str, float], float | None] | None = None,
+        speed_runs: Callable[[str, float, float], list[tuple[float, float | None]]] | None = None,
         block_s: float = 1.0,
         capacity: int = 256,
     ) -> None:
@@ -129,6 +138,7 @@ class EnvelopeStage:
         self.block_s = float(block_s)
         self.rpm_of = rpm_of or (lambda _sid: (None, False))
         self.speed_of = speed_of or (lambda _sid, _t: None)
+        self.speed_runs = speed_runs
         # id: (chunks, samples, next index, the frames' speed as the block began)
         self._bufs: dict[str, tuple[list[np.ndarray], int, int, float | None]] = {}
         # (stream, capture time of the block's last sample, samples, speeds carried at its start and end)
@@ -147,6 +157,7 @@ class EnvelopeStage:
         self.dropped = 0
         self.blocks = 0
         self.skipped = 0  # blocks with NaN or infinite samples: no evidence either way
+        self.tracked = 0  # blocks followed through a change of speed (order tracking)
         self._skipping: set[str] = set()  # streams told so
         self.cpu_s = 0.0  # thread CPU time spent analysing
         self._said: dict[str, set[str]] = {}  # per stream, the notes said once (by message, or by key)
@@ -246,6 +257,7 @@ class EnvelopeStage:
         if setup is None:
             return
         geometry, shaft_hz, explicit = setup
+        track = None
         if explicit or speeds[1] is None:
             if shaft_hz is None:
                 self._say_once(sid, "no envelope evidence: no shaft speed for this stream ([machine] rpm = ... or "
@@ -254,13 +266,14 @@ class EnvelopeStage:
             self._say_once(sid, f"envelope evidence on: {geometry.name}, shaft {shaft_hz * 60:.0f} rpm "
                                 f"({_lines(geometry, shaft_hz)})")
         else:
-            shaft_hz = self._live_hz(sid, geometry, speeds)
-            if shaft_hz is None:  # stopped or changing speed: no evidence for this block
+            live = self._live(sid, geometry, speeds, t_end - (x.shape[0] - 1) / self.rate, t_end)
+            if live is None:  # stopped, or its speed changed too much: no evidence for this block
                 with self._lock:
                     self._keep(sid, t_end, None)
                 return
+            shaft_hz, track = live
         try:
-            result = analyse_block(x, self.rate, shaft_hz, geometry, self.settings)
+            result = analyse_block(x, self.rate, shaft_hz, geometry, self.settings, speed=track)
         except DataError:  # NaN or infinite samples, a sensor dropout: skipped (and counted), not "no fault, 0 dB"
             if sid not in self._skipping:
                 self._skipping.add(sid)
@@ -270,6 +283,7 @@ class EnvelopeStage:
         with self._lock:
             self._keep(sid, t_end, result)
             self.blocks += 1
+            self.tracked += track is not None
 
     def _keep(self, sid: str, t_end: float, result: EnvelopeResult | None) -> None:
         kept = self._results.get(sid)
@@ -277,30 +291,53 @@ class EnvelopeStage:
             kept = self._results[sid] = deque(maxlen=_KEEP)
         kept.append((t_end, result))
 
-    def _live_hz(self, sid: str, geometry: BearingGeometry,
-                 speeds: tuple[float | None, float | None]) -> float | None:
-        """The shaft speed (Hz) a block is analysed at from the speeds its frames carried as it began
-        and ended (their mean, to 4 significant digits: blocks of one steady speed share a plan);
-        None where they carried none, the shaft turned slower than STANDSTILL_RPM, or the speed
-        changed by more than the lines' tolerance over the block (their lines smeared)."""
+    def _live(self, sid: str, geometry: BearingGeometry, speeds: tuple[float | None, float | None],
+              t0: float, t1: float) -> tuple[float, tuple[np.ndarray, np.ndarray] | None] | None:
+        """How a block from capture time ``t0`` to ``t1`` is analysed at the speeds its frames
+        carried: (its mean speed, Hz, to 4 significant digits: blocks of one steady speed share a
+        plan; None, or the runs of its speed to follow: order tracking). None where it gives no
+        evidence: the shaft turned slower than STANDSTILL_RPM, or its speed changed by more than a
+        factor of MAX_SPEED_RATIO (or by more than the lines' tolerance, without ``speed_runs``).
+
+        A change within the lines' tolerance is analysed at the mean speed, not followed: a
+        tachometer's jitter, followed reading by reading, would add its own phase noise."""
         s0, s1 = speeds
         if s1 is None:
             return None
         s0 = s1 if s0 is None else s0  # the stream's first speed came within the block
-        if min(s0, s1) < STANDSTILL_RPM:
+        runs = self.speed_runs(sid, t0, t1) if self.speed_runs is not None else []
+        if not runs or runs[-1][1] is None:
+            runs = [(t0, s0), (t1, s1)] if s0 != s1 else [(t0, s1)]
+        rpms = [r for _, r in runs]
+        if None in rpms:  # the frames carried no speed for a while within the block
+            self._say_once(sid, "no envelope evidence over blocks during which the stream's frames stopped "
+                                "carrying the speed", key="gap")
+            return None
+        slow, fast = min(rpms), max(rpms)
+        if slow < STANDSTILL_RPM:
             self._say_once(sid, "no envelope evidence while the shaft turns slower than "
                                 f"{STANDSTILL_RPM:.0f} rpm (the speed its frames carry)", key="stopped")
             return None
-        mean = 0.5 * (s0 + s1)
+        starts = np.array([max(t, t0) - t0 for t, _ in runs])
+        hz = np.array(rpms) / 60.0
+        mean = mean_speed(starts, hz, t1 - t0 + 1.0 / self.rate)
         limit = max(self.settings.tolerance, self.settings.speed_tolerance)
-        if abs(s1 - s0) > limit * mean:
+        if fast - slow <= limit * 60.0 * mean:
+            hz_now = float(f"{mean:.4g}")
+            self._say_once(sid, f"envelope evidence on: {geometry.name}, shaft speed from the stream's frames "
+                                f"(now {60 * mean:.0f} rpm: {_lines(geometry, hz_now)})", key="on")
+            return hz_now, None
+        if self.speed_runs is None:
             self._say_once(sid, f"no envelope evidence over {self.block_s:g}-s blocks whose speed changes by more "
                                 f"than {100 * limit:g} % (their fault lines are smeared)", key="changing")
             return None
-        hz = float(f"{mean / 60.0:.4g}")
-        self._say_once(sid, f"envelope evidence on: {geometry.name}, shaft speed from the stream's frames "
-                            f"(now {mean:.0f} rpm: {_lines(geometry, hz)})", key="on")
-        return hz
+        if fast > MAX_SPEED_RATIO * slow:
+            self._say_once(sid, f"no envelope evidence over {self.block_s:g}-s blocks whose speed changes by more "
+                                f"than a factor of {MAX_SPEED_RATIO:g}", key="changing")
+            return None
+        self._say_once(sid, "envelope evidence follows the shaft through changes of speed (each block resampled "
+                            "to shaft angle from the speeds its frames carry)", key="tracking")
+        return float(f"{mean:.4g}"), (starts, hz)
 
     def _setup(self, sid: str) -> tuple[BearingGeometry, float | None, bool] | None:
         if sid in self._streams:
@@ -352,8 +389,8 @@ class EnvelopeStage:
                     if kept and (r := kept[-1][1]) is not None}
 
     def stats(self) -> dict[str, Any]:
-        return {"blocks": self.blocks, "dropped": self.dropped, "skipped_nonfinite": self.skipped,
-                "cpu_s": round(self.cpu_s, 3)}
+        return {"blocks": self.blocks, "tracked": self.tracked, "dropped": self.dropped,
+                "skipped_nonfinite": self.skipped, "cpu_s": round(self.cpu_s, 3)}
 
 
 def _lines(geometry: BearingGeometry, shaft_hz: float) -> str:
