@@ -88,11 +88,9 @@ class SpeedLog:
         """The speed (rpm) channel stream ``sid`` (or its frame stream, ``press-3`` for
         ``press-3/DE``) carried at capture time ``t`` (None: its latest); the first one before its
         first frame; None where its frames carried none then, or never did."""
-        log = self.logs.get(sid)
+        log = self._log(sid)
         if log is None:
-            log = self.logs.get(sid.rpartition("/")[0])
-            if log is None:
-                return None
+            return None
         try:
             entry = log[-1] if t is None else log[max(bisect.bisect_right(log, t, key=_start) - 1, 0)]
         except IndexError:  # cut meanwhile (another thread's add)
@@ -104,17 +102,21 @@ class SpeedLog:
         to ``t1``, as runs: [(start, rpm or None)], the first the run in effect at ``t0`` (it may
         have started before; or after, where the stream's first speed came later); [] where its
         frames never carried one."""
-        log = self.logs.get(sid)
+        log = self._log(sid)
         if log is None:
-            log = self.logs.get(sid.rpartition("/")[0])
-            if log is None:
-                return []
+            return []
         for _ in range(3):  # another thread's add may cut the log's front between the search and the copy
             i = max(bisect.bisect_right(log, t0, key=_start) - 1, 0)
             out = log[i : max(bisect.bisect_right(log, t1, key=_start), i + 1)]
             if out and (i == 0 or out[0][0] <= t0):
                 break
         return [(start, None if rpm != rpm else rpm) for start, rpm in out]
+
+    def _log(self, sid: str) -> list[tuple[float, float]] | None:
+        """The log of channel stream ``sid``'s frames: its own, or its frame stream's (``press-3``
+        for ``press-3/DE``)."""
+        log = self.logs.get(sid)
+        return self.logs.get(sid.rpartition("/")[0]) if log is None else log
 
     def forget(self, sid: str) -> None:
         self.logs.pop(sid, None)
