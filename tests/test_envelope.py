@@ -192,6 +192,33 @@ def test_monitor_names_the_outer_race_of_a_cwru_file_with_geometry_and_rpm(tmp_p
     assert final["type"] == "stats" and final["envelope"]["blocks"] >= 9 and final["envelope"]["dropped"] == 0
 
 
+def test_a_recording_with_a_tachometer_column_is_followed_through_its_speed(tmp_path: Path, cli_in_process) -> None:
+    """A user's logger export: time, the drive-end accelerometer and a tachometer's speed (rpm), of
+    a machine slowing by 3 % a second (a real inner-race recording, time-warped). Replayed with a
+    bearing and no speed configured, each frame carries its rows' speed: every prediction says
+    it, and the envelope evidence follows it through the change and names the inner race."""
+    require_cwru()
+    slowing = np.linspace(1.0, 0.88, 4 * 12000)
+    x = read_recording(CWRU / "12k_Drive_End_IR014_0_169.mat")[0][:, 0]
+    y = tool("eval_envelope").warp(x, 12000.0, slowing)
+    assert y.size == slowing.size
+    t = np.arange(y.size) / 12000.0
+    np.savetxt(tmp_path / "press.csv", np.column_stack([t, y, 1797.0 * slowing]), delimiter=",",
+               header="time,DE,tacho_rpm", comments="", fmt=["%.6f", "%.6g", "%.2f"])
+    res = cli_in_process("--bearing", "6205", "--source", f"file:{tmp_path / 'press.csv'}", "--fast", "--headless",
+                         "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    preds = [o for o in objs if o["type"] == "prediction"]
+    assert preds and all(1797 * 0.87 < o["rpm"] < 1797.5 for o in preds)
+    assert preds[-1]["rpm"] < preds[0]["rpm"] - 150
+    with_env = [o for o in preds if "envelope" in o]
+    assert with_env and {o["envelope"]["type"] for o in with_env} == {"inner_race"}
+    notes = " ".join(o["message"] for o in objs if o["type"] == "note")
+    assert "follows the shaft through changes of speed" in notes
+    assert objs[-1]["envelope"]["tracked"] >= 2
+
+
 def test_monitor_without_geometry_says_so_once_and_adds_no_envelope(cli_in_process) -> None:
     require_cwru()
     _cli = cli_in_process

@@ -375,6 +375,36 @@ def _logger_csv(path, header, t, columns, fmt="%.6f"):
     np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt=fmt)
 
 
+def test_a_csvs_speed_column_is_the_frames_shaft_speed_not_a_channel(tmp_path):
+    # a logger's export with a tachometer's speed beside the sensors: the speed column was monitored
+    # as a sensor of its own (a slow ramp in rpm), and no frame carried the machine's speed
+    n, rate = 8192, 8000
+    t = np.arange(n) / rate
+    x = np.sin(2 * np.pi * 100 * t).astype(np.float32)
+    y = (0.5 * np.cos(2 * np.pi * 300 * t)).astype(np.float32)
+    rpm = np.linspace(1800.0, 1500.0, n)
+    rpm[5000:5100] = np.nan  # the tachometer lost its pulses for a moment
+    _logger_csv(tmp_path / "run.csv", "time,DE,Speed (rpm),FE", t, [x, rpm, y], fmt="%.9g")
+    src, frames = _replay(f"file:{tmp_path / 'run.csv'}?fast=1&chunk=1024")
+    assert src.streams == ["run/DE", "run/FE"] and frames[0].names == ("DE", "FE")
+    np.testing.assert_allclose(np.concatenate([f.samples for f in frames]), np.stack([x, y], axis=1), rtol=1e-6,
+                               atol=1e-7)
+    means = [float(np.nanmean(rpm[i : i + 1024])) for i in range(0, n, 1024)]
+    assert [f.rpm is None for f in frames] == [False] * 4 + [True] + [False] * 3  # rows 4096..5119 hold the NaNs
+    assert [f.rpm for f in frames if f.rpm is not None] == pytest.approx([m for k, m in enumerate(means) if k != 4],
+                                                                         rel=1e-6)
+    assert [m for _, m in src.notes if "hold no shaft speed" in m] and len(src.notes) == 1
+    # start / duration cut the speeds with the samples
+    _, frames = _replay(f"file:{tmp_path / 'run.csv'}?fast=1&chunk=1024&start=0.128&duration=0.128")
+    assert [f.rpm for f in frames] == pytest.approx([float(rpm[1024:2048].mean())], rel=1e-6)
+    _logger_csv(tmp_path / "two.csv", "t,vib,rpm,tacho_rpm", t, [x, rpm, rpm])
+    with pytest.raises(SourceError, match="'rpm', 'tacho_rpm' all look like the shaft speed"):
+        _replay(f"file:{tmp_path / 'two.csv'}?fast=1")
+    _logger_csv(tmp_path / "only.csv", "t,rpm", t, [rpm])
+    with pytest.raises(SourceError, match="its only column 'rpm' is a shaft speed"):
+        _replay(f"file:{tmp_path / 'only.csv'}?fast=1")
+
+
 def test_a_data_loggers_csv_is_monitored_at_the_rate_of_its_time_column_under_its_column_names(tmp_path):
     # a logger's export: a time column first, then one column per sensor, named in a header row.
     # The time column was monitored as a sensor of its own (a ramp), the rate had to be given, and

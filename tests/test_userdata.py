@@ -87,6 +87,14 @@ def test_a_data_loggers_csv_gives_its_rate_by_its_time_column_and_its_one_sensor
     (tmp_path / "m.csv").write_text("path,label,rate,channel\nnormal/log.csv,normal,12000,1\n")
     with pytest.raises(DataError, match=r"rate 12000 Hz, but its time column 'Time \(s\)' says 8000 Hz"):
         load_user_data(tmp_path / "m.csv", sample_rate=12000)
+    # a tachometer's speed column beside the one sensor is no sensor: no channel needed, and not taken
+    rpm = np.full(t.size, 1797.0)
+    _csv(tmp_path / "normal" / "log.csv", np.stack([t, rpm, _tone(500, 2.0, 8000)], axis=1), header="time,rpm,accel")
+    clip = {c.name: c for c in load_user_data(tmp_path, sample_rate=12000, default_rate=16000).clips}["normal/log.csv"]
+    assert abs(_peak_hz(clip.signal, 12000) - 500) < 2
+    (tmp_path / "m.csv").write_text("path,label,channel\nnormal/log.csv,normal,1\n")
+    with pytest.raises(DataError, match="column 1 is its shaft speed column 'rpm', not a sensor"):
+        load_user_data(tmp_path / "m.csv", sample_rate=12000)
 
 def test_a_csv_manifest_takes_rate_channel_start_end_and_recording(tmp_path):
     two = np.stack([_tone(500, 3.0, 8000), _tone(1500, 3.0, 8000, seed=1)], axis=1)

@@ -7,7 +7,11 @@ without its suffix unless ``stream=`` says otherwise.
 A CSV file is one column per channel. A header row's names name the channels (``STREAM/NAME``); a
 first column named like a time axis (``t``, ``time``, ``Time (s)``, ``timestamp``, ``time_ms``),
 as data loggers export, gives the sample rate (its rows must be evenly spaced) and is not a
-channel.
+channel. A column named like a shaft speed in rpm (``rpm``, ``Speed (rpm)``, ``tacho_rpm``,
+``shaft_rpm``), a tachometer or a drive's speed logged beside the vibration, is no channel either:
+each frame carries the mean of its rows' speeds (the wire format's ``rpm``), which the envelope
+evidence follows and the baselines learn and check; a row that holds no speed (NaN,
+negative) leaves its frame without one.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import numpy as np
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_finite, opt_positive
 from drsn_stream.sources.matcheck import check_v4, numeric_variables
-from drsn_stream.sources.wire import MAX_CHANNELS
-from drsn_stream.types import Frame, channel_ids
+from drsn_stream.sources.wire import MAX_CHANNELS, shaft_speed
+from drsn_stream.types import MAX_RPM, Frame, channel_ids
 from drsn_stream.wav import WavError, read_wav
 
 SUFFIXES = (".wav", ".npy", ".csv", ".mat")
@@ -154,6 +158,20 @@ def _csv(path: Path, *, dtype: Any = np.float32, usecols: int | None = None) -> 
 # each row's time, not a sensor: a data logger's export. The unit after the name, seconds by default.
 _TIME_COLUMN = re.compile(r"(?:t|time|times|timestamp|elapsed|seconds|secs?)(?:_(s|secs?|seconds|ms|us))?")
 _TIME_UNITS = {None: 1.0, "s": 1.0, "sec": 1.0, "secs": 1.0, "seconds": 1.0, "ms": 1e-3, "us": 1e-6}
+# A CSV column named like a shaft speed in rpm ("rpm", "Speed (rpm)", "tacho_rpm", "shaft_speed_rpm")
+# holds the machine's speed at each row, not a sensor's signal.
+_SPEED_COLUMN = re.compile(r"(?:(?:shaft|motor|tach|tacho|tachometer)_)?(?:speed_)?rpm")
+
+
+def speed_column(header: list[str] | None) -> int | None:
+    """The index of a CSV header's shaft-speed column (``_SPEED_COLUMN``), None without one; a
+    SourceError where two columns could be it."""
+    found = [i for i, name in enumerate(header or ())
+             if _SPEED_COLUMN.fullmatch(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_"))]
+    if len(found) > 1:
+        raise SourceError(f"columns {', '.join(repr(header[i]) for i in found)} all look like the shaft speed "  # type: ignore[index]
+                          "(rpm); rename all but the tachometer's")
+    return found[0] if found else None
 
 
 def csv_time_rate(path: Path) -> tuple[list[str] | None, float | None]:
@@ -272,6 +290,8 @@ class FileSource(Source):
         # the shaft speed (rpm) and whether the user gave it (?rpm=) rather than the file
         self.rpm: float | None = self.options["rpm"]
         self.rpm_given = self.rpm is not None
+        self.speeds: np.ndarray | None = None  # per row, a CSV's speed column (rpm)
+        self._said_no_speed = False
 
     def check(self) -> None:
         if not self.path.is_file():
@@ -291,6 +311,13 @@ class FileSource(Source):
         x, self.rate = read_recording(self.path, rate=rate, channel=self.options["channel"].upper())
         if found is not None:
             x, header = x[:, 1:], header[1:]  # type: ignore[index]
+        speeds = None
+        if (i := speed_column(header)) is not None and header is not None and len(header) == x.shape[1]:
+            if x.shape[1] == 1:
+                raise SourceError(f"{self.path}: its only column {header[i]!r} is a shaft speed; the vibration "
+                                  "columns are missing")
+            speeds = x[:, i].astype(np.float64)
+            x, header = np.ascontiguousarray(np.delete(x, i, axis=1)), header[:i] + header[i + 1 :]
         # a header's names name the channels (STREAM/accel_x), as a gateway's names field does
         self.names = channel_names(header) if header and len(header) == x.shape[1] > 1 else None
         a = int(round(self.options["start"] * self.rate))
@@ -299,10 +326,22 @@ class FileSource(Source):
             raise ConfigError(f"start={self.options['start']} s is outside {self.path.name} "
                               f"({x.shape[0] / self.rate:.2f} s long)")
         self.samples = x[a:b]
+        self.speeds = None if speeds is None else speeds[a:b]
         self._streams = list(channel_ids(self.stream_id, x.shape[1], self.names))  # each channel is monitored
         if self.rpm is None and self.path.suffix.lower() == ".mat":
             self.rpm = mat_rpm(self.path)
         self._start_clock()
+
+    def _speed(self, pos: int, n: int) -> float | None:
+        """The mean shaft speed (rpm) of rows ``pos`` .. ``pos + n`` of the speed column; None (said
+        once) where one of them is no speed."""
+        assert self.speeds is not None
+        rpm = shaft_speed(float(self.speeds[pos : pos + n].mean()))
+        if rpm is None and not self._said_no_speed:
+            self._said_no_speed = True
+            self.notes.append((self.stream_id, f"{self.path.name}: rows of its speed column that hold no shaft speed "
+                                               f"(NaN, negative, over {MAX_RPM:.0f} rpm): their frames carry none"))
+        return rpm
 
     def _frames(self) -> Iterator[Frame]:
         assert self.t0 is not None
@@ -319,6 +358,7 @@ class FileSource(Source):
             start = offset + pos
             if not self.options["fast"] and not self._sleep_until(self.t0 + (start + block.shape[0]) / (rate * scale)):
                 return
-            yield Frame(self.stream_id, seq, self.t0 + start / (rate * scale), rate, block.copy(), names=self.names)
+            yield Frame(self.stream_id, seq, self.t0 + start / (rate * scale), rate, block.copy(), names=self.names,
+                        rpm=None if self.speeds is None else self._speed(pos, block.shape[0]))
             pos += block.shape[0]
             seq += 1

@@ -227,13 +227,13 @@ def _check_scale(scale: float) -> float:
 
 
 def _check_rpm(rpm: float) -> float:
-    """``rpm`` where it is a shaft speed (``_rpm``), else ``bad_field`` (what ``encode`` refuses)."""
-    if _rpm(rpm) is None:
+    """``rpm`` where it is a shaft speed (``shaft_speed``), else ``bad_field`` (what ``encode`` refuses)."""
+    if shaft_speed(rpm) is None:
         raise WireError("bad_field", f"rpm={rpm:.6g} must be a shaft speed of 0 .. {MAX_RPM:.0f} rpm (0: stopped)")
     return rpm
 
 
-def _rpm(value: Any) -> float | None:
+def shaft_speed(value: Any) -> float | None:
     """The ``rpm`` field as a speed, or None where it is none (NaN, Inf, negative, over MAX_RPM, not a
     number): the frame is taken without a speed rather than lost. A tachometer's reading of a
     stopped shaft (no pulses) is easily 60 / 0; the samples are still the sensor's."""
@@ -370,7 +370,7 @@ def decode(parts: list[bytes] | list[Any], *, now: float | None = None,
                         f"= {n * channels * dt.itemsize}")
     scale = _scale(header) if "scale" in header else DEFAULT_SCALE[dtype]
     names = _names(header["names"], channels) if "names" in header else None
-    rpm = _rpm(header["rpm"]) if "rpm" in header else None
+    rpm = shaft_speed(header["rpm"]) if "rpm" in header else None
     return Frame(stream, seq, t, rate, _samples(raw[2], dt, n, channels, scale), names=names, rpm=rpm)
 
 

@@ -34,7 +34,7 @@ from drsn_stream.config import toml_file
 from drsn_stream.dsp.resample import rational_ratio
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
 from drsn_stream.models.meta import MAX_LABEL_CHARS, label_ok
-from drsn_stream.sources.file import SUFFIXES, csv_time_rate, read_recording
+from drsn_stream.sources.file import SUFFIXES, csv_time_rate, read_recording, speed_column
 from drsn_stream.train.cwru import CHANNELS, part_slice
 
 MANIFEST_SUFFIXES = (".csv", ".toml")
@@ -287,6 +287,14 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
     # a data logger's CSV: a first column of row times gives the rate (over --rate, as a WAV's
     # header does), and its one sensor column beside it needs no channel
     header, found = csv_time_rate(e.path) if suffix == ".csv" else (None, None)
+    # a column of shaft speeds (rpm, a tachometer's) beside the sensors is none of them
+    speed = speed_column(header) if header else None
+    if speed is not None and ch is not None and re.fullmatch(r"\d+", ch) and int(ch) == speed:
+        raise DataError(f"column {speed} is its shaft speed column {header[speed]!r}, not a sensor; "  # type: ignore[index]
+                        "give a sensor's column")
+    sensors = [i for i in range(len(header or ())) if i != speed and not (found is not None and i == 0)]
+    if speed is not None and len(sensors) == 1 and (ch is None or ch.upper() in CHANNELS):
+        ch = str(sensors[0])
     if found is not None:
         assert header is not None
         if e.rate is not None and abs(e.rate - found) > 0.01 * found:
