@@ -581,6 +581,54 @@ def test_ingest_processes_take_a_machines_stop_and_start_for_the_machines_where_
     assert steps == Counter({"press-2": 2}), (steps, _why(pipe))
 
 
+def test_a_sensor_gone_quiet_while_the_frames_say_the_shaft_turns_is_judged_not_taken_for_a_rest(
+        free_tcp_port: int) -> None:
+    """A machine learned at 1797 rpm whose accelerometer then reads only faint noise (come loose,
+    unplugged). By its level alone that is a machine at rest: held, no alarm, the fault it might
+    hide unseen (no speed in its frames). Where the frames say the shaft still turns at its
+    learned speed, it is no rest: judged, far from its normal, alarmed on, and said once as a
+    sensor to check; where they say the shaft stopped, it is a rest as before. (One stream per
+    run: a run's baselines are fitted one at a time, and a replay faster than real time would
+    be seconds further along by a second stream's fit.)"""
+    from scipy.signal import resample_poly
+
+    x = resample_poly(cwru_signal("normal_0_97.mat"), 1, 4).astype(np.float32)  # 5 s, 48 -> 12 kHz
+    cut = 8 * RATE  # 5 s learned, then judged
+    faint = (np.random.default_rng(3).standard_normal(6 * RATE) * 1e-4 * float(np.std(x))).astype(np.float32)
+    sig = np.concatenate([np.resize(x, cut), faint])
+    speeds = {"turning": lambda seq: 1797.0, "none": lambda seq: None,
+              "stopped": lambda seq: 0.0 if seq >= cut // CHUNK else 1797.0}
+
+    class Keep(NoteSink):  # and the predictions and alarms
+        def __init__(self) -> None:
+            super().__init__()
+            self.got: list[dict] = []
+
+        def write(self, obj: dict) -> None:
+            super().write(obj)
+            if obj.get("type") in ("prediction", "alarm"):
+                self.got.append(obj)
+
+    runs = {}
+    for case, speed in speeds.items():
+        keep = Keep()
+        got = keep.got
+        port = free_tcp_port if case == "turning" else free_port()
+        _run_until_eos(port, 1, {"press-1": sig}, config={"learn_s": 5.0}, sink=keep, pace=False,
+                       rpm=lambda sid, seq, speed=speed: speed(seq))
+        t0 = min(o["time"] for o in got if o["type"] == "prediction") - 2048 / RATE
+        quiet = [o for o in got if o["type"] == "prediction" and (o["time"] - t0) * RATE > cut + 2048]
+        alarms = [o for o in got if o["type"] == "alarm" and o["to"] != "NORMAL"]
+        runs[case] = (quiet, alarms, [ln for _, ln in keep.by_stream if "the sensor come loose" in ln])
+    quiet, alarms, said = runs["turning"]
+    assert len(quiet) > 100 and all("anomaly" in o and o["anomaly"] > 4.0 for o in quiet), quiet[:2]
+    assert alarms and len(said) == 1 and "shaft turns at 1797 rpm" in said[0]
+    for case in ("none", "stopped"):  # held as at rest: neither judged nor labelled, no alarm
+        quiet, alarms, said = runs[case]
+        assert len(quiet) > 100 and all("anomaly" not in o and o["label"] == "unknown" for o in quiet), case
+        assert not alarms and not said, case
+
+
 def test_a_baseline_holds_the_windows_of_a_speed_it_never_learned_where_the_frames_carry_the_speed(
         free_tcp_port: int) -> None:
     """A machine learned at 1797 rpm, then run at 85 % of that speed (the recording's frequencies

@@ -684,6 +684,7 @@ class BaselineStage:
         self._rpm_k: np.ndarray | None = None  # per stacked baseline (low, high) rpm; None: no baseline has one
         self._off_speed: set[str] = set()  # streams whose latest window was at a speed their baseline never saw
         self._said_speed: set[str] = set()  # streams said to run at a speed not learned (once)
+        self._said_sensor: set[str] = set()  # streams said to read a standstill's level while turning (once)
         self._said_still: set[str] = set()  # streams said to stand still while learning (once)
         self._labelled: dict[str, tuple[int, dict[str, int]]] = {}
         self._warned: set[str] = set()
@@ -728,7 +729,7 @@ class BaselineStage:
         self._said_quiet.discard(stream)
         self._said_unbacked.discard(stream)
         self._off_speed.discard(stream)
-        for said in (self._said_speed, self._said_still):
+        for said in (self._said_speed, self._said_still, self._said_sensor):
             said.discard(stream)
         if stream in self._given:
             self.state[stream] = "monitoring"
@@ -906,14 +907,19 @@ class BaselineStage:
             cols = batch_columns(preds)
             levels = cols.level if cols is not None and len(rows) == len(cols) else np.array([p.level for p in rows])
             below = levels < lows[ks]  # (a level_low of NaN: never)
+            ends = None  # the speeds at each window's first and last sample, where any baseline learned speeds
+            if self._rpm_k is not None and self.speed_of is not None:
+                ends = self._window_speeds(rows)
+                if np.count_nonzero(below):
+                    below = self._not_turning(rows, np.asarray(ks), ends, below, levels < STOPPED_SHARE * lows[ks])
             quiet = below  # stopping: quieter than learned and deviating, or far quieter
             if np.count_nonzero(below):
                 quiet = below & ((scores >= self.backs_label) | (levels < QUIET_SHARE * lows[ks]))
             resting = quiet & (levels < STOPPED_SHARE * lows[ks])
             if self._at_rest or self._starting or self._stopping or np.count_nonzero(quiet):
                 resting = self._rest(rows, np.asarray(ks), resting, quiet, below)
-            if self._rpm_k is not None and self.speed_of is not None:
-                resting = self._speed_held(rows, np.asarray(ks), resting)
+            if ends is not None:
+                resting = self._speed_held(rows, np.asarray(ks), resting, ends)
             for p, a, still in zip(rows, scores.tolist(), resting.tolist()):
                 if still:
                     continue
@@ -1044,19 +1050,44 @@ class BaselineStage:
             marked[ks[j]] = self._held(sid)
         return held
 
-    def _speed_held(self, rows: list[Prediction], ks: np.ndarray, held: np.ndarray) -> np.ndarray:
+    def _window_speeds(self, rows: list[Prediction]) -> np.ndarray:
+        """(rows, 2): the shaft speed (rpm) each window's frames carried at its first and at its last
+        sample (``speed_of``), NaN where none."""
+        speed_of = self.speed_of
+        assert speed_of is not None
+        span = (self.profile.window - 1) / self.profile.sample_rate
+        return np.array([[math.nan if (s := speed_of(p.stream_id, p.t_last - span)) is None else s,
+                          math.nan if (s := speed_of(p.stream_id, p.t_last)) is None else s] for p in rows],
+                        dtype=np.float64).reshape(len(rows), 2)
+
+    def _not_turning(self, rows: list[Prediction], ks: np.ndarray, ends: np.ndarray, below: np.ndarray,
+                     still: np.ndarray) -> np.ndarray:
+        """``below`` (quieter than learned) less the windows whose frames say the shaft turned at the
+        speeds its baseline was learned at (or faster) from their first to their last sample: the
+        level of such a window is no rest, start-up or coast-down of the machine but its sensor's
+        (come loose, failed, unplugged), so it is judged as any running window, and far from its
+        normal it alarms. A stream with such a window at a standstill's level (``still``) says so
+        once."""
+        assert self._rpm_k is not None
+        turning = (ends >= self._rpm_k[ks, :1] / (1 + SPEED_MARGIN)).all(axis=1)  # (NaN: unknown, not turning)
+        if not np.count_nonzero(turning & below):
+            return below
+        for j in np.flatnonzero(turning & still).tolist():
+            p = rows[j]
+            self._say_once(self._said_sensor, p, (
+                f"its level {{level:.3g}} is a standstill's (under {STOPPED_SHARE:.0%} of the quietest it was learned at, "
+                f"{{low:.3g}}) while its frames say the shaft turns at {ends[j, 1]:.0f} rpm: the sensor come loose, "
+                "failed or unplugged? judged as a running machine's windows (not held as a rest); check the sensor"))
+        return below & ~turning
+
+    def _speed_held(self, rows: list[Prediction], ks: np.ndarray, held: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """``held`` and the windows at a shaft speed more than SPEED_MARGIN outside the speeds their
         baseline was learned at (``speed_of`` at their first and at their last sample: a window
         over a change of speed is of both): an operating point it never saw (another set point, a
         run-up or a coast-down), shown ``unknown`` (the model's in ``model_label``), neither judged
         nor alarmed on; the stream's state says "other speed", and the first time is said once.
         Back within them, the stream is judged at once."""
-        speed_of = self.speed_of
-        assert speed_of is not None and self._rpm_k is not None
-        span = (self.profile.window - 1) / self.profile.sample_rate
-        ends = np.array([[math.nan if (s := speed_of(p.stream_id, p.t_last - span)) is None else s,
-                          math.nan if (s := speed_of(p.stream_id, p.t_last)) is None else s] for p in rows],
-                        dtype=np.float64).reshape(len(rows), 2)
+        assert self._rpm_k is not None
         lo, hi = self._rpm_k[ks, :1], self._rpm_k[ks, 1:]  # (NaN where a baseline learned no speed: never off)
         off = ((ends < lo / (1 + SPEED_MARGIN)) | (ends > hi * (1 + SPEED_MARGIN))).any(axis=1) & ~held
         speeds = np.where(np.isfinite(ends[:, 1]), ends[:, 1], ends[:, 0])
