@@ -341,6 +341,31 @@ def test_order_tracking_keeps_the_lines_of_a_changing_speed_and_adds_none_to_noi
         analyse_block(y, 12000.0, None, GEO, speed=(starts[:2], np.array([30.0, 10.0])))
 
 
+def test_a_tachometers_jitter_is_smoothed_not_followed() -> None:
+    """Readings that jitter by 2 % from frame to frame (a pulse more or less per frame) on a machine
+    at a steady speed: the speed followed is their smooth curve, and every block of a real inner-
+    and outer-race recording is named; the monitor before (a block's two ends) gave no evidence on
+    the blocks whose two readings differed by over 2 %. A ramp's readings give back the ramp."""
+    from drsn_stream.dsp.envelope import mean_speed, speed_curve
+
+    require_cwru()
+    ev = tool("eval_envelope")
+    for name, want in (("12k_Drive_End_IR014_0_169.mat", "inner_race"), ("12k_Drive_End_OR021@6_1_235.mat", "outer_race")):
+        xs, shaft = ev.blocks(CWRU / name)
+        y = xs.reshape(-1).astype(np.float32)
+        frames = len(y) // 512
+        readings = 60 * shaft * (1 + 0.02 * np.random.default_rng(1).standard_normal(frames))
+        followed = ev.ramp_results(y, readings, "cwru-de", EnvelopeSettings(), follow=True)
+        before = ev.ramp_results(y, readings, "cwru-de", EnvelopeSettings(), follow=False)
+        assert len(followed) >= 8 and [r.fault_type for r in followed] == [want] * len(followed), name
+        assert sum(r is None for r in before) >= 2, name
+    starts = np.arange(-0.02, 1.0, 512 / 12000)
+    ramp = 30.0 - 3.0 * (starts + 256 / 12000)  # each frame's mean of a speed falling by 10 % a second
+    grid, hz = speed_curve(starts, ramp, 1.0)
+    assert np.allclose(hz, 30.0 - 3.0 * (grid + 1 / 128), atol=0.01)
+    assert mean_speed(grid, hz, 1.0) == pytest.approx(28.5, abs=0.01)
+
+
 def test_dashboard_shows_the_shaft_speed_where_the_frames_carry_it() -> None:
     rows = (StreamRow("m0", label="normal", confidence=0.9, rpm=1772.4),
             StreamRow("m1", label="normal", confidence=0.9))

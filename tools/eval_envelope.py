@@ -21,7 +21,10 @@ the lines' 2 % gives no evidence), and every block at its mean speed. The warp m
 structure's resonances with the speed too, which a real machine's do not; the fault lines move
 as a real machine's do.
 
-    python tools/eval_envelope.py --ramp 10 [--swing 0.15]
+``--tach-noise S`` adds Gaussian jitter of S (relative, e.g. 0.02) to each frame's reading, as a
+tachometer counting a pulse more or less per frame gives; ``--ramp 0`` keeps the recorded speed.
+
+    python tools/eval_envelope.py --ramp 10 [--swing 0.15] [--tach-noise 0.02]
 """
 
 from __future__ import annotations
@@ -101,7 +104,9 @@ HOP, WINDOW = 512, 2048  # the monitor's windows, as the envelope stage is fed t
 
 def triangle(n: int, rate: float, pct: float, swing: float) -> np.ndarray:
     """Per sample, a speed relative to the recording's: from 1 down to ``1 - swing`` and back, by
-    ``pct`` % per second."""
+    ``pct`` % per second (0: 1 throughout)."""
+    if pct == 0:
+        return np.ones(n)
     t = np.arange(n) / rate
     leg = swing / (pct / 100.0)  # seconds from top to bottom
     return 1.0 - swing * np.abs(((t / leg + 1.0) % 2.0) - 1.0)
@@ -143,10 +148,11 @@ def ramp_results(y: np.ndarray, speeds: np.ndarray, bearing: str, settings: Enve
 
 
 def ramp_eval(files: list[Path], pct: float, swing: float, settings: EnvelopeSettings, channel: str,
-              md: bool) -> None:
+              md: bool, noise: float = 0.0) -> None:
     """The ``--ramp`` table: per class, blocks right and blocks with evidence, three ways."""
     geo = bearing_geometry("cwru-de")
     ways = ("followed", "ends", "mean")
+    rng = np.random.default_rng(0)  # the readings' jitter: the same for every run
     per: dict[str, dict[str, list[int]]] = {}
     spent, analysed = 0.0, 0
     for path in files:
@@ -160,6 +166,7 @@ def ramp_eval(files: list[Path], pct: float, swing: float, settings: EnvelopeSet
         y = warp(x, RATE, ratio)
         frames = len(y) // FRAME
         speeds = 60.0 * shaft * ratio[: frames * FRAME].reshape(frames, FRAME).mean(axis=1)
+        speeds *= 1.0 + noise * rng.standard_normal(frames)
         row = per.setdefault(want, {w: [0, 0, 0] for w in ways})
         t0 = time.perf_counter()
         followed = ramp_results(y, speeds, "cwru-de", settings, follow=True)
@@ -182,7 +189,7 @@ def ramp_eval(files: list[Path], pct: float, swing: float, settings: EnvelopeSet
     print()
     head = "| class | blocks | followed (order tracking) | the two ends (before) | mean speed, not followed |"
     print(head if md else f"per class, right of all blocks (blocks with evidence), the speed swinging by "
-                          f"{swing:.0%} at {pct:g} %/s:")
+                          f"{swing:.0%} at {pct:g} %/s, readings jittering by {noise:.1%}:")
     if md:
         print("|---|---|---|---|---|")
     for cls in ("inner_race", "outer_race", "ball", "none"):
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="play each recording with its speed changing by PCT %% of it per second (a triangle)")
     ap.add_argument("--swing", type=float, default=0.15, metavar="S",
                     help="with --ramp, how far the speed falls: to (1 - S) of the recorded speed (default 0.15)")
+    ap.add_argument("--tach-noise", type=float, default=0.0, metavar="S",
+                    help="with --ramp, Gaussian jitter of each frame's speed reading, relative (e.g. 0.02)")
     args = ap.parse_args(argv)
     if not 0 <= args.null <= MAX_NULL:
         raise ConfigError(f"--null must be a whole number from 0 to {MAX_NULL:,}, not {args.null}")
@@ -232,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"(e.g. 0.01 for 1 %), not {args.speed_error}")
     if args.nameplate is not None and not (math.isfinite(args.nameplate) and 60 <= args.nameplate <= 1e6):
         raise ConfigError(f"--nameplate must be a shaft speed of 60 .. 1000000 rpm, not {args.nameplate}")
-    if args.ramp is not None and not (math.isfinite(args.ramp) and 0 < args.ramp <= 100):
+    if args.ramp is not None and not (math.isfinite(args.ramp) and 0 <= args.ramp <= 100):
         raise ConfigError(f"--ramp must be a change of speed of 0 .. 100 % per second, not {args.ramp}")
+    if not (math.isfinite(args.tach_noise) and 0 <= args.tach_noise <= 0.2):
+        raise ConfigError(f"--tach-noise must be a share from 0 to 0.2 (e.g. 0.02), not {args.tach_noise}")
     if not (math.isfinite(args.swing) and 0 < args.swing <= 0.5):
         raise ConfigError(f"--swing must be a share of the speed from 0 to 0.5, not {args.swing}")
     settings = EnvelopeSettings(**overrides(args.set))
@@ -243,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no .mat files in {folder}; give --data", file=sys.stderr)
         return 2
     if args.ramp is not None:
-        ramp_eval(files, args.ramp, args.swing, settings, args.channel, args.markdown)
+        ramp_eval(files, args.ramp, args.swing, settings, args.channel, args.markdown, args.tach_noise)
         return 0
     geo = bearing_geometry("cwru-de")
     md = args.markdown

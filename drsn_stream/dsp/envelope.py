@@ -372,6 +372,26 @@ def mean_speed(starts: np.ndarray, hz: np.ndarray, seconds: float) -> float:
     return float(np.dot(np.asarray(hz, dtype=np.float64), np.diff(edges))) / seconds
 
 
+def speed_curve(starts: np.ndarray, hz: np.ndarray, seconds: float, steps: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A speed given as runs (``shaft_angle``) as a smooth curve over a block: a least-squares
+    quadratic in time through each run's reading at its middle (weighted by how long it lasted
+    within the block; a line through two), as ``steps`` equal runs. A tachometer's readings jitter
+    from frame to frame (a pulse more or less in a frame): integrated as they come, 2 % of jitter
+    cost a third of the right fault types on steady recordings; a shaft's inertia makes its real
+    speed smooth over a second."""
+    starts = np.asarray(starts, dtype=np.float64)
+    hz = np.asarray(hz, dtype=np.float64)
+    begin = np.clip(starts, 0.0, seconds)
+    end = np.clip(np.append(starts[1:], seconds), 0.0, seconds)
+    inside = end > begin
+    grid = np.arange(steps) * (seconds / steps)
+    if np.count_nonzero(inside) < 2:
+        return grid, np.full(steps, float(hz[inside][0] if inside.any() else hz[-1]))
+    mid, dur = 0.5 * (begin + end)[inside], (end - begin)[inside]
+    c = np.polyfit(mid / seconds, hz[inside], min(2, mid.size - 1), w=np.sqrt(dur))
+    return grid, np.polyval(c, (np.arange(steps) + 0.5) / steps)
+
+
 def plan_speed(hz: float) -> float:
     """The speed of ``PLAN_STEP``'s grid at or just under ``hz`` (Hz)."""
     step = math.log1p(PLAN_STEP)
@@ -584,4 +604,5 @@ __all__ = [
     "mean_speed",
     "plan_speed",
     "shaft_angle",
+    "speed_curve",
 ]

@@ -41,6 +41,7 @@ from drsn_stream.dsp.envelope import (
     analyse_block,
     machine_for,
     mean_speed,
+    speed_curve,
 )
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
 from drsn_stream.types import STANDSTILL_RPM, Window
@@ -299,28 +300,32 @@ class EnvelopeStage:
         evidence: the shaft turned slower than STANDSTILL_RPM, or its speed changed by more than a
         factor of MAX_SPEED_RATIO (or by more than the lines' tolerance, without ``speed_runs``).
 
-        A change within the lines' tolerance is analysed at the mean speed, not followed: a
-        tachometer's jitter, followed reading by reading, would add its own phase noise."""
+        The speed followed is the readings' smooth curve (``speed_curve``), and a change of it
+        within the lines' tolerance is analysed at the mean speed, not followed: a tachometer's
+        jitter, followed reading by reading, would add its own phase noise."""
         s0, s1 = speeds
         if s1 is None:
             return None
         s0 = s1 if s0 is None else s0  # the stream's first speed came within the block
         runs = self.speed_runs(sid, t0, t1) if self.speed_runs is not None else []
-        if not runs or runs[-1][1] is None:
-            runs = [(t0, s0), (t1, s1)] if s0 != s1 else [(t0, s1)]
+        smooth = bool(runs) and runs[-1][1] is not None
+        if not smooth:  # the two ends only (the mean of their speeds)
+            runs = [(t0, s0), (t0 + 0.5 * (t1 - t0), s1)] if s0 != s1 else [(t0, s1)]
         rpms = [r for _, r in runs]
         if None in rpms:  # the frames carried no speed for a while within the block
             self._say_once(sid, "no envelope evidence over blocks during which the stream's frames stopped "
                                 "carrying the speed", key="gap")
             return None
-        slow, fast = min(rpms), max(rpms)
-        if slow < STANDSTILL_RPM:
+        if min(rpms) < STANDSTILL_RPM:
             self._say_once(sid, "no envelope evidence while the shaft turns slower than "
                                 f"{STANDSTILL_RPM:.0f} rpm (the speed its frames carry)", key="stopped")
             return None
-        starts = np.array([max(t, t0) - t0 for t, _ in runs])
-        hz = np.array(rpms) / 60.0
-        mean = mean_speed(starts, hz, t1 - t0 + 1.0 / self.rate)
+        seconds = t1 - t0 + 1.0 / self.rate
+        starts, hz = np.array([t - t0 for t, _ in runs]), np.array(rpms) / 60.0
+        if smooth and len(runs) > 1:  # the readings' smooth curve: their jitter followed would smear the lines
+            starts, hz = speed_curve(starts, hz, seconds)
+        mean = mean_speed(starts, hz, seconds)
+        slow, fast = 60.0 * float(hz.min()), 60.0 * float(hz.max())
         limit = max(self.settings.tolerance, self.settings.speed_tolerance)
         if fast - slow <= limit * 60.0 * mean:
             hz_now = float(f"{mean:.4g}")
@@ -331,7 +336,7 @@ class EnvelopeStage:
             self._say_once(sid, f"no envelope evidence over {self.block_s:g}-s blocks whose speed changes by more "
                                 f"than {100 * limit:g} % (their fault lines are smeared)", key="changing")
             return None
-        if fast > MAX_SPEED_RATIO * slow:
+        if slow < STANDSTILL_RPM or fast > MAX_SPEED_RATIO * slow:
             self._say_once(sid, f"no envelope evidence over {self.block_s:g}-s blocks whose speed changes by more "
                                 f"than a factor of {MAX_SPEED_RATIO:g}", key="changing")
             return None
