@@ -22,12 +22,13 @@ no evidence; the reason is said once per stream (``notes``).
 from __future__ import annotations
 
 import bisect
+import math
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,10 @@ def has_geometry(machine: Mapping[str, Any]) -> bool:
     return any(isinstance(e, Mapping) and any(k in e for k in keys) for e in machine.get("streams", ()) or ())
 
 
+# a steady block at the speed its frames carry is analysed at the nearest speed of a grid of 0.1 %
+# steps (at most 0.05 % off, a fraction of a bin at the highest line): a tachometer's jitter would
+# otherwise make a new plan (~20 ms) for every block's mean speed
+STEADY_STEP = math.log1p(0.001)
 _KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
 
 
@@ -258,7 +263,7 @@ class EnvelopeStage:
         if setup is None:
             return
         geometry, shaft_hz, explicit = setup
-        track = None
+        track, said_hz = None, None
         if explicit or speeds[1] is None:
             if shaft_hz is None:
                 self._say_once(sid, "no envelope evidence: no shaft speed for this stream ([machine] rpm = ... or "
@@ -272,9 +277,11 @@ class EnvelopeStage:
                 with self._lock:
                     self._keep(sid, t_end, None)
                 return
-            shaft_hz, track = live
+            shaft_hz, track, said_hz = live
         try:
             result = analyse_block(x, self.rate, shaft_hz, geometry, self.settings, speed=track)
+            if said_hz is not None:  # the block's mean speed, not its plan's
+                result = replace(result, shaft_hz=said_hz)
         except DataError:  # NaN or infinite samples, a sensor dropout: skipped (and counted), not "no fault, 0 dB"
             if sid not in self._skipping:
                 self._skipping.add(sid)
@@ -293,10 +300,12 @@ class EnvelopeStage:
         kept.append((t_end, result))
 
     def _live(self, sid: str, geometry: BearingGeometry, speeds: tuple[float | None, float | None],
-              t0: float, t1: float) -> tuple[float, tuple[np.ndarray, np.ndarray] | None] | None:
+              t0: float, t1: float) -> tuple[float, tuple[np.ndarray, np.ndarray] | None, float] | None:
         """How a block from capture time ``t0`` to ``t1`` is analysed at the speeds its frames
-        carried: (its mean speed, Hz, to 4 significant digits: blocks of one steady speed share a
-        plan; None, or the runs of its speed to follow: order tracking). None where it gives no
+        carried: (the speed it is analysed at, Hz: its mean speed on a grid of 0.1 % steps, so that
+        blocks of one steady speed, or of a jittering tachometer's, share a few plans; None, or the
+        runs of its speed to follow: order tracking; its mean speed, Hz, to 4 digits, which the
+        result says). None where it gives no
         evidence: the shaft turned slower than STANDSTILL_RPM, or its speed changed by more than a
         factor of MAX_SPEED_RATIO (or by more than the lines' tolerance, without ``speed_runs``).
 
@@ -328,10 +337,10 @@ class EnvelopeStage:
         slow, fast = 60.0 * float(hz.min()), 60.0 * float(hz.max())
         limit = max(self.settings.tolerance, self.settings.speed_tolerance)
         if fast - slow <= limit * 60.0 * mean:
-            hz_now = float(f"{mean:.4g}")
+            hz_now = float(f"{math.exp(round(math.log(mean) / STEADY_STEP) * STEADY_STEP):.6g}")
             self._say_once(sid, f"envelope evidence on: {geometry.name}, shaft speed from the stream's frames "
                                 f"(now {60 * mean:.0f} rpm: {_lines(geometry, hz_now)})", key="on")
-            return hz_now, None
+            return hz_now, None, float(f"{mean:.4g}")
         if self.speed_runs is None:
             self._say_once(sid, f"no envelope evidence over {self.block_s:g}-s blocks whose speed changes by more "
                                 f"than {100 * limit:g} % (their fault lines are smeared)", key="changing")
@@ -342,7 +351,7 @@ class EnvelopeStage:
             return None
         self._say_once(sid, "envelope evidence follows the shaft through changes of speed (each block resampled "
                             "to shaft angle from the speeds its frames carry)", key="tracking")
-        return float(f"{mean:.4g}"), (starts, hz)
+        return float(f"{mean:.4g}"), (starts, hz), float(f"{mean:.4g}")
 
     def _setup(self, sid: str) -> tuple[BearingGeometry, float | None, bool] | None:
         if sid in self._streams:
