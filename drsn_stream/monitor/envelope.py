@@ -15,8 +15,9 @@ speed now); only ``?rpm=`` beats it. A block over which that speed changed by mo
 lines' tolerance (a run-up, a coast-down, a drive changing its set point) is followed through
 the change: its squared envelope is resampled to equal steps of shaft angle (computed order
 tracking), up to a factor of ``MAX_SPEED_RATIO`` within the block. A block over which it changed
-more, or during which the shaft turned slower than ``STANDSTILL_RPM``, gives no evidence. Streams without a geometry or a speed get
-no evidence; the reason is said once per stream (``notes``).
+more, or during which the shaft turned slower than ``STANDSTILL_RPM``, gives no evidence.
+Streams without a geometry or a speed get no evidence; the reason is said once per stream
+(``notes``).
 """
 
 from __future__ import annotations
@@ -305,9 +306,9 @@ class EnvelopeStage:
         carried: (the speed it is analysed at, Hz: its mean speed on a grid of 0.1 % steps, so that
         blocks of one steady speed, or of a jittering tachometer's, share a few plans; None, or the
         runs of its speed to follow: order tracking; its mean speed, Hz, to 4 digits, which the
-        result says). None where it gives no
-        evidence: the shaft turned slower than STANDSTILL_RPM, or its speed changed by more than a
-        factor of MAX_SPEED_RATIO (or by more than the lines' tolerance, without ``speed_runs``).
+        result says). None where it gives no evidence: the shaft turned slower than
+        STANDSTILL_RPM, or its speed changed by more than a factor of MAX_SPEED_RATIO (or by more
+        than the lines' tolerance, without ``speed_runs``).
 
         The speed followed is the readings' smooth curve (``speed_curve``), and a change of it
         within the lines' tolerance is analysed at the mean speed, not followed: a tachometer's

@@ -336,7 +336,9 @@ class FileSource(Source):
         """The mean shaft speed (rpm) of rows ``pos`` .. ``pos + n`` of the speed column; None (said
         once) where one of them is no speed."""
         assert self.speeds is not None
-        rpm = shaft_speed(float(self.speeds[pos : pos + n].mean()))
+        rows = self.speeds[pos : pos + n]
+        ok = rows.size and np.isfinite(rows).all() and rows.min() >= 0  # (over MAX_RPM: the mean is too)
+        rpm = shaft_speed(float(rows.mean())) if ok else None
         if rpm is None and not self._said_no_speed:
             self._said_no_speed = True
             self.notes.append((self.stream_id, f"{self.path.name}: rows of its speed column that hold no shaft speed "
