@@ -372,9 +372,8 @@ class Pipeline:
     def speed_runs(self, sid: str, t0: float, t1: float) -> list[tuple[float, float | None]]:
         """The speeds channel stream ``sid``'s frames carried from capture time ``t0`` to ``t1``,
         as runs ``[(start, rpm or None)]`` (``SpeedLog.runs``): what the envelope stage follows
-        through a block over which the speed changed; [] where they carried none."""
-        if not self._speed_logs:
-            self._gather_speed_logs()
+        through a block over which the speed changed; [] where they carried none (or before ``start``
+        gathered the logs)."""
         for log in self._speed_logs:
             if log and (runs := log.runs(sid, t0, t1)):
                 return runs

@@ -392,10 +392,11 @@ def speed_curve(starts: np.ndarray, hz: np.ndarray, seconds: float, steps: int =
     return grid, np.polyval(c, (np.arange(steps) + 0.5) / steps)
 
 
-def plan_speed(hz: float) -> float:
-    """The speed of ``PLAN_STEP``'s grid at or just under ``hz`` (Hz)."""
-    step = math.log1p(PLAN_STEP)
-    return float(f"{math.exp(math.floor(math.log(hz) / step + 1e-9) * step):.6g}")
+def plan_speed(hz: float, step: float = PLAN_STEP, *, nearest: bool = False) -> float:
+    """The speed (Hz) of a grid of relative steps ``step`` at or just under ``hz`` (``nearest``:
+    the nearest one): blocks whose speeds fall on one grid point share a plan."""
+    k = math.log(hz) / math.log1p(step)
+    return float(f"{math.exp((round(k) if nearest else math.floor(k + 1e-9)) * math.log1p(step)):.6g}")
 
 
 def shaft_angle(starts: np.ndarray, hz: np.ndarray, seconds: float, steps: int,

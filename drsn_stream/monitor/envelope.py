@@ -23,7 +23,6 @@ Streams without a geometry or a speed get no evidence; the reason is said once p
 from __future__ import annotations
 
 import bisect
-import math
 import queue
 import threading
 import time
@@ -43,6 +42,7 @@ from drsn_stream.dsp.envelope import (
     analyse_block,
     machine_for,
     mean_speed,
+    plan_speed,
     speed_curve,
 )
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
@@ -98,7 +98,7 @@ def has_geometry(machine: Mapping[str, Any]) -> bool:
 # a steady block at the speed its frames carry is analysed at the nearest speed of a grid of 0.1 %
 # steps (at most 0.05 % off, a fraction of a bin at the highest line): a tachometer's jitter would
 # otherwise make a new plan (~20 ms) for every block's mean speed
-STEADY_STEP = math.log1p(0.001)
+STEADY_STEP = 0.001
 _KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
 
 
@@ -335,13 +335,14 @@ class EnvelopeStage:
         if smooth and len(runs) > 1:  # the readings' smooth curve: their jitter followed would smear the lines
             starts, hz = speed_curve(starts, hz, seconds)
         mean = mean_speed(starts, hz, seconds)
+        said = float(f"{mean:.4g}")  # the speed the result says
         slow, fast = 60.0 * float(hz.min()), 60.0 * float(hz.max())
         limit = max(self.settings.tolerance, self.settings.speed_tolerance)
         if fast - slow <= limit * 60.0 * mean:
-            hz_now = float(f"{math.exp(round(math.log(mean) / STEADY_STEP) * STEADY_STEP):.6g}")
+            hz_now = plan_speed(mean, STEADY_STEP, nearest=True)
             self._say_once(sid, f"envelope evidence on: {geometry.name}, shaft speed from the stream's frames "
                                 f"(now {60 * mean:.0f} rpm: {_lines(geometry, hz_now)})", key="on")
-            return hz_now, None, float(f"{mean:.4g}")
+            return hz_now, None, said
         if self.speed_runs is None:
             self._say_once(sid, f"no envelope evidence over {self.block_s:g}-s blocks whose speed changes by more "
                                 f"than {100 * limit:g} % (their fault lines are smeared)", key="changing")
@@ -352,7 +353,7 @@ class EnvelopeStage:
             return None
         self._say_once(sid, "envelope evidence follows the shaft through changes of speed (each block resampled "
                             "to shaft angle from the speeds its frames carry)", key="tracking")
-        return float(f"{mean:.4g}"), (starts, hz), float(f"{mean:.4g}")
+        return said, (starts, hz), said
 
     def _setup(self, sid: str) -> tuple[BearingGeometry, float | None, bool] | None:
         if sid in self._streams:
