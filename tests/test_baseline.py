@@ -123,6 +123,10 @@ def test_a_profile_is_readable_json_that_round_trips_and_refuses_what_does_not_f
     (lambda d: d["streams"].update({"\x1b[2Jm2": d["streams"]["m1"]}), "stream .*x1b.* printable"),
     (lambda d: d.update(model="\x1b[31mbearing-cwru"), "model .*x1b.* printable"),
     (lambda d: d.update(window=10**30), "window .* is not a count"),
+    (lambda d: d["streams"]["m1"].update(envelope={"blocks": 9, "median_db": {"bpfi": float("nan")}}), "median_db"),
+    (lambda d: d["streams"]["m1"].update(envelope={"blocks": 9, "median_db": {"gear": 3.0}}), "median_db"),
+    (lambda d: d["streams"]["m1"].update(envelope={"blocks": -1, "median_db": {"bpfi": 3.0}}), "envelope blocks"),
+    (lambda d: d["streams"]["m1"].update(envelope=[3.0]), "envelope"),
 ])
 def test_a_damaged_or_planted_profile_is_refused_in_one_line(tmp_path: Path, change, says) -> None:
     # A NaN in a stream's mean or whitener made its anomaly NaN, which never crosses the alarm

@@ -16,10 +16,12 @@ from rich.console import Console
 from scipy.signal import resample_poly
 
 from drsn_stream.dsp.envelope import (
+    FAMILIES,
     EnvelopeSettings,
     agreement,
     analyse_block,
     bearing_geometry,
+    decide,
     label_family,
     machine_for,
 )
@@ -94,9 +96,9 @@ def test_a_flat_block_gives_none_and_a_bad_speed_a_clear_error() -> None:
         analyse_block(np.random.default_rng(0).standard_normal(4000), 4000.0, 30.0, GEO)
 
 
-def _blocks(name: str) -> tuple[np.ndarray, float]:
+def _blocks(name: str, channel: str = "DE") -> tuple[np.ndarray, float]:
     path = require_cwru() / name
-    x, rate = read_recording(path)
+    x, rate = read_recording(path, channel=channel)
     x = x[:, 0].astype(np.float64)
     if rate == 48000.0:
         x = resample_poly(x, 1, 4)
@@ -377,3 +379,63 @@ def test_dashboard_shows_the_shaft_speed_where_the_frames_carry_it() -> None:
     console = Console(width=160, file=io.StringIO(), color_system=None)
     console.print(stream_table(rows[1:], width=160))
     assert "rpm" not in console.file.getvalue().splitlines()[0]  # no stream carries a speed: no column
+
+
+def test_lines_a_healthy_machine_had_while_learning_name_no_fault_and_a_fault_over_them_does() -> None:
+    """The healthy CWRU recording read by the fan-end accelerometer (far from the drive-end
+    bearing) has lines near the inner race's that the envelope names a fault on most blocks.
+    Each block decided against the median of the other blocks (its machine's normal, held out)
+    is ``none``; an inner-race recording read by the same sensor still names the inner race
+    against that normal; and a normal only takes a family out of the running: a block whose
+    strongest family rises over its normal names the type it names without one."""
+    require_cwru()
+    blocks, shaft = _blocks("normal_0_97.mat", "FE")
+    healthy = [analyse_block(b, 12000.0, shaft, GEO) for b in blocks]
+    assert sum(r.fault_type != "none" for r in healthy) >= 3  # without a normal: a fault named on most blocks
+    ev = np.array([[r.evidence[k] for k in FAMILIES] for r in healthy])
+    s = EnvelopeSettings()
+    for i, r in enumerate(healthy):
+        normal = dict(zip(FAMILIES, np.median(np.delete(ev, i, axis=0), axis=0)))
+        assert decide(r.evidence, s.threshold_db, normal, s.margin_db) == "none", (i, r.evidence, normal)
+    normal = dict(zip(FAMILIES, np.median(ev, axis=0)))
+    blocks, shaft = _blocks("12k_Drive_End_IR007_0_105.mat", "FE")
+    inner = [decide(analyse_block(b, 12000.0, shaft, GEO).evidence, s.threshold_db, normal, s.margin_db) for b in blocks]
+    assert inner.count("inner_race") >= 0.9 * len(inner), inner
+    ev = {"bpfo": 9.0, "bpfi": 6.0, "bsf": 2.0}
+    assert decide(ev, 3.0) == decide(ev, 3.0, {"bpfo": 5.0, "bpfi": 0.0}, 3.0) == "outer_race"
+    assert decide(ev, 3.0, {"bpfo": 7.0, "bpfi": 0.0}, 3.0) == "inner_race"  # BPFO is this machine's own
+    assert decide(ev, 3.0, {"bpfo": 7.0, "bpfi": 4.0}, 3.0) == "none"
+    with pytest.raises(ConfigError, match="margin_db must be a number of dB >= 0"):
+        EnvelopeSettings(margin_db=-1.0)
+
+
+def test_a_baseline_learns_its_machines_envelope_lines_and_the_monitor_names_no_fault_on_them(
+        tmp_path: Path, cli_in_process) -> None:
+    """``baseline learn --bearing`` keeps each stream's envelope evidence (median per family) in the
+    profile and ``baseline show`` prints it; the monitor with that profile decides the envelope's
+    fault type against it (the JSON says the normal it used, a note says so once), so the healthy
+    fan-end recording it named inner_race on is now ``none``. (The held-out figures are the
+    test above and ``tools/eval_envelope.py --learn``: here the profile was learned on the same
+    recording, to test the path from the learning to the verdict.)"""
+    require_cwru()
+    src = f"file:{CWRU / 'normal_0_97.mat'}?channel=FE"
+    prof = tmp_path / "p.json"
+    res = cli_in_process("baseline", "learn", "--source", src, "--bearing", "6205", "--out", str(prof))
+    assert res.returncode == 0, res.stderr
+    env = json.loads(prof.read_text())["streams"]["normal_0_97"]["envelope"]
+    assert env["blocks"] == 5 and set(env["median_db"]) == set(FAMILIES) and env["median_db"]["bpfi"] > 2.0
+    assert "envelope evidence BPFO" in cli_in_process("baseline", "show", str(prof)).stdout
+
+    def types(*extra: str) -> tuple[Counter, list[dict]]:
+        res = cli_in_process("--bearing", "6205", "--source", src, "--fast", "--headless", "--jsonl", "-", *extra)
+        assert res.returncode == 0, res.stderr
+        objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+        envs = [o["envelope"] for o in objs if o["type"] == "prediction" and "envelope" in o]
+        return Counter(e["type"] for e in envs), [o for o in objs if o["type"] == "note"]
+
+    before, _ = types()
+    assert before["inner_race"] > before["none"], before
+    after, notes = types("--baseline", str(prof))
+    assert set(after) == {"none"}, after
+    said = [n["message"] for n in notes if "learned lines" in n["message"]]
+    assert len(said) == 1 and f"BPFI {env['median_db']['bpfi']:.1f}" in said[0]

@@ -236,6 +236,12 @@ def test_eval_envelope_refuses_bad_flags(args, words, data_dir, tmp_path, child_
     refused(tool("eval_envelope.py", "--data", str(folder), *args, env=child_env), "eval_envelope.py", *words)
 
 
+def test_eval_envelope_learn_without_the_healthy_recording_is_one_line(data_dir, tmp_path, child_env):
+    folder = cwru_folder(data_dir, tmp_path / "cw", [IR007])
+    refused(tool("eval_envelope.py", "--data", str(folder), "--learn", env=child_env), "eval_envelope.py",
+            "--learn needs the healthy recording")
+
+
 def test_eval_envelope_recording_shorter_than_a_block_is_one_line(data_dir, tmp_path, child_env):
     folder = cwru_folder(data_dir, tmp_path / "cw", [], **{NORMAL: lambda x: x[:500]})
     refused(tool("eval_envelope.py", "--data", str(folder), env=child_env), "eval_envelope.py", NORMAL, "shorter")

@@ -8,7 +8,10 @@ drive-end geometry (6205) and the shaft speed the file records (``X###RPM``), wi
 ``EnvelopeSettings`` (one rule for every file). ``--null N`` also puts N blocks of white Gaussian
 noise through the same procedure and prints the percentiles of the largest family evidence: the
 threshold's justification. ``--channel FE`` reads the fan-end accelerometer instead (the fault is
-still in the drive-end bearing, seen from a sensor further from it).
+still in the drive-end bearing, seen from a sensor further from it). ``--learn`` decides each
+block against the machine's own evidence as well, as a stream whose baseline learned it is: the
+median per family of the healthy recording's blocks (each healthy block against the median of
+the others: held out), ``margin_db`` over it.
 
 ``--ramp PCT`` plays every recording as a machine whose speed keeps changing: time-warped so that
 its shaft runs down from the recorded speed to ``1 - --swing`` of it and back, PCT % of the
@@ -42,7 +45,7 @@ from typing import Any
 import numpy as np
 from scipy.signal import resample_poly
 
-from drsn_stream.dsp.envelope import EnvelopeSettings, analyse_block, bearing_geometry
+from drsn_stream.dsp.envelope import FAMILIES, EnvelopeSettings, analyse_block, bearing_geometry, decide
 from drsn_stream.errors import ConfigError, DataError, run_tool
 from drsn_stream.sources.file import mat_rpm, read_recording
 
@@ -213,6 +216,11 @@ def null_levels(count: int, settings: EnvelopeSettings, seed: int = 0) -> np.nda
     ])
 
 
+def learned(evidence: np.ndarray) -> dict[str, float]:
+    """The machine's own evidence per family: the median over blocks (as the monitor learns it)."""
+    return {k: float(v) for k, v in zip(FAMILIES, np.median(evidence, axis=0))}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/cwru", help="folder of the CWRU .mat files")
@@ -233,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --ramp, how far the speed falls: to (1 - S) of the recorded speed (default 0.15)")
     ap.add_argument("--tach-noise", type=float, default=0.0, metavar="S",
                     help="with --ramp, Gaussian jitter of each frame's speed reading, relative (e.g. 0.02)")
+    ap.add_argument("--learn", action="store_true",
+                    help="decide each block against the machine's own evidence as well: the median per family of "
+                         "the healthy recording's blocks (each healthy block against its other blocks: held out)")
     args = ap.parse_args(argv)
     if not 0 <= args.null <= MAX_NULL:
         raise ConfigError(f"--null must be a whole number from 0 to {MAX_NULL:,}, not {args.null}")
@@ -268,12 +279,22 @@ def main(argv: list[str] | None = None) -> int:
     per_load: dict[tuple[str, str], list[int]] = {}
     spent, analysed = 0.0, 0
     skipped: dict[str, int] = {}
+
+    def speed_of(shaft: float) -> float:
+        return (args.nameplate / 60.0 if args.nameplate is not None else shaft) * (1.0 + args.speed_error)
+
+    healthy = None  # (blocks, FAMILIES) evidence of the healthy recording, for --learn
+    if args.learn:
+        normal_files = [f for f in files if truth(f.name) == "none"]
+        if not normal_files:
+            raise ConfigError(f"--learn needs the healthy recording (normal_*.mat) in {folder}")
+        hx, hs = blocks(normal_files[0], channel=args.channel)
+        healthy = np.array([[analyse_block(b, RATE, speed_of(hs), geo, settings).evidence[k] for k in FAMILIES]
+                            for b in hx if np.isfinite(b).all()])
     for path in files:
         want = truth(path.name)
         xs, shaft = blocks(path, channel=args.channel)
-        if args.nameplate is not None:
-            shaft = args.nameplate / 60.0
-        shaft *= 1.0 + args.speed_error
+        shaft = speed_of(shaft)
         finite = np.isfinite(xs).all(axis=1)  # a block with NaN samples has no spectrum: skipped, counted
         if not finite.all():
             skipped[path.name] = int((~finite).sum())
@@ -286,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         results = [analyse_block(b, RATE, shaft, geo, settings) for b in xs]
         spent += time.perf_counter() - t0
         analysed += len(results)
+        if healthy is not None:
+            results = [dataclasses.replace(r, fault_type=decide(r.evidence, settings.threshold_db, learned(
+                healthy if want != "none" else np.delete(healthy, i, axis=0)), settings.margin_db))
+                for i, r in enumerate(results)]
         right = sum(r.fault_type == want for r in results)
         per_class.setdefault(want, [0, 0])
         per_class[want][0] += right
@@ -319,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {sum(skipped.values())} blocks with NaN or infinite samples: "
               + ", ".join(f"{name} {k}" for name, k in skipped.items()))
     speed = f"every file at {args.nameplate:g} rpm" if args.nameplate is not None else "each file's own speed"
-    print(f"channel {args.channel}; {speed}; speed error {args.speed_error:+.1%}; threshold {settings.threshold_db} dB; {1e3 * spent / max(1, analysed):.2f} ms per 1-s block "
+    against = f"; against the healthy recording's evidence + {settings.margin_db:g} dB" if args.learn else ""
+    print(f"channel {args.channel}; {speed}; speed error {args.speed_error:+.1%}; threshold {settings.threshold_db} dB{against}; {1e3 * spent / max(1, analysed):.2f} ms per 1-s block "
           "(one thread, this machine)")
     if args.null:
         lv = null_levels(args.null, settings)

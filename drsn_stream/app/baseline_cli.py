@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from drsn_stream.app.cli import config_from_args
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.config import arg_number
 from drsn_stream.errors import ConfigError
@@ -26,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     learn.add_argument("--duration", type=arg_number(float, above=0), help="stop learning after this many seconds (live sources)")
     learn.add_argument("--hop", type=int, help="samples between windows (default: the model's hop)")
     learn.add_argument("--out", "-o", required=True, metavar="PROFILE", help="the profile to write (JSON)")
+    learn.add_argument("--config", "-c", metavar="TOML",
+                       help="a run config whose [machine] and [envelope] tables give the streams' bearings and speeds: "
+                            "the profile then learns each machine's envelope evidence too (its own lines, which a "
+                            "fault type must rise over)")
+    learn.add_argument("--bearing", metavar="NAME", help="bearing geometry of every stream (6205 = cwru-de), as for the monitor")
+    learn.add_argument("--rpm", type=arg_number(float, above=0, most=1e6), help="shaft speed (rpm) of every stream, as for the monitor")
     show = sub.add_parser("show", help="print what a profile holds, and the learnings still under way beside it")
     show.add_argument("profile")
 
@@ -34,8 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "show":
         print(show(Path(args.profile)))
         return 0
+    # the bearing and speed only: the config's sinks, alarms and the rest are the monitor's
+    machine = config_from_args(argparse.Namespace(source=args.source, config=args.config, bearing=args.bearing,
+                                                  rpm=args.rpm))
     cfg = RunConfig(sources=tuple(args.source), model=args.model, duration=args.duration, hop=args.hop,
-                    fast=True, learn_s=math.inf)
+                    fast=True, learn_s=math.inf, machine=machine.machine, envelope=machine.envelope)
     pipe = Pipeline(cfg)
     assert pipe.baseline is not None
     pipe.baseline.kept_elsewhere()  # saved below, to --out
@@ -70,6 +80,10 @@ def describe(profile: Profile, where: str) -> str:
         rest = f"; at rest under a level of {STOPPED_SHARE * b.level_low:.3g}" if math.isfinite(b.level_low) else ""
         if math.isfinite(b.rpm_low):
             rest += f"; learned at {b.rpm_low:.0f}-{b.rpm_high:.0f} rpm"
+        if b.envelope:
+            med = b.envelope["median_db"]
+            rest += (f"; envelope evidence {', '.join(f'{k.upper()} {v:.1f}' for k, v in med.items())} dB "
+                     f"(median of {b.envelope['blocks']} blocks)")
         if b.states:
             sizes = [b.windows - sum(st.windows for st in b.states)] + [st.windows for st in b.states]
             limit = (f"{1 + len(b.states)} operating states of {', '.join(map(str, sizes))} windows, thresholds "

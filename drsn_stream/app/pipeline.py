@@ -204,10 +204,13 @@ class Pipeline:
         self.capture = EventCapture(config.capture.dir, config.capture) if config.capture.dir else None
         self._notes: list[tuple[str, str]] = []  # (stream, line) said once, emitted by wait()
         self._shard(res.ingest_procs)
+        self.envelope = self._envelope_stage(config)
         self._rest_changes = -1  # the baselines' changes sensor health was told the rest levels of
         self._rest_told: dict[str, float | None] = {}
         if self.baseline is not None:  # before the first frame: a replay's ingest runs ahead of the results
-            self._tell_rest_levels()
+            if self.envelope is not None:
+                self.baseline.envelope_normal = self.envelope.normal
+            self._tell_baselines()
         self.events = EventLog(maxlen=200)
         self.transcript: list[str] = []
         self.usage = ResourceMeter()
@@ -223,7 +226,6 @@ class Pipeline:
         if config.idle_flush and not config.fast:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now
-        self.envelope = self._envelope_stage(config)
         self._ingest_lock = threading.Lock()
         # the ingest threads' sensor health and DSP (sharded sources run theirs in their processes)
         self.ingest = Ingest(self.meta, config.hop, self.health, config.max_streams, on_events=self._emit_events,
@@ -522,8 +524,6 @@ class Pipeline:
         self.batcher.close()
         if self.envelope is not None:
             self.envelope.stop()
-        if self._running:  # a start that failed says only its error
-            self._envelope_notes()
         if self.engine.ident is not None:  # started (stop() may follow an interrupted start())
             self.engine.join(timeout=30.0)
         if isinstance(self.runner, ProcessRunner) and not self.engine.is_alive():
@@ -534,6 +534,8 @@ class Pipeline:
         if self.baseline is not None:
             self.baseline.save(final=True)  # the baselines learned in the last second
         self._baseline_notes()
+        if self._running:  # a start that failed says only its error (the envelope's notes after the
+            self._envelope_notes()  # output thread's last windows: a baseline fitted then tells it its normal)
         if self.unknown is not None and self._running:  # (a replay may end before the first check)
             self._say_refused()
             self._say_notes(self._stream_notes)
@@ -755,7 +757,7 @@ class Pipeline:
             if self.baseline is not None:
                 self.baseline.apply(preds)
                 if self.baseline.changes != self._rest_changes:
-                    self._tell_rest_levels()
+                    self._tell_baselines()
             self.judge_cpu_s += time.thread_time() - t0
         # judged on the window's own samples, and live on the sensor now (a result may come late),
         # but not on a silence now: that began after the window's samples arrived. A replay's
@@ -799,11 +801,14 @@ class Pipeline:
             if events:
                 self._emit_events(events)
 
-    def _tell_rest_levels(self) -> None:
+    def _tell_baselines(self) -> None:
         """Sensor health told the levels the streams' machines rest under, as their baselines
-        changed (a stop or start is then not an amplitude step of the sensor)."""
+        changed (a stop or start is then not an amplitude step of the sensor); the envelope stage
+        the evidence they learned."""
         assert self.baseline is not None
         self._rest_changes = self.baseline.changes
+        if self.envelope is not None:
+            self.envelope.set_normals(self.baseline.envelope_normals())
         levels = self.baseline.rest_levels()
         told = {sid: lv for sid, lv in levels.items() if self._rest_told.get(sid) != lv}
         told.update({sid: None for sid in self._rest_told.keys() - levels.keys()})

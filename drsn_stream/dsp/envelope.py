@@ -140,6 +140,10 @@ class EnvelopeSettings:
         line_bins: half-width of each line's peak search at one factor, in bins.
         floor_width: the floor's neighbourhood on each side, in searched half-widths.
         threshold_db: least family evidence that names a fault; below it the type is ``none``.
+        margin_db: where the stream's baseline learned the machine's own evidence (its median per
+            family while it learned), how far over it a family must rise to name a fault as well:
+            lines the machine had while healthy (another component's, a sensor far from the
+            bearing) are its normal, not a fault.
     """
 
     band_hz: float = 1000.0
@@ -150,6 +154,7 @@ class EnvelopeSettings:
     line_bins: int = 1
     floor_width: float = 10.0
     threshold_db: float = 3.0
+    margin_db: float = 3.0
 
     def __post_init__(self) -> None:
         problems = [f"{n} must be > 0, not {getattr(self, n)!r}"
@@ -168,6 +173,8 @@ class EnvelopeSettings:
             problems.append(f"line_bins must be an integer from 0 to {MAX_LINE_BINS}, not {self.line_bins!r}")
         if not math.isfinite(self.threshold_db):
             problems.append(f"threshold_db must be a number of dB, not {self.threshold_db!r}")
+        if not (math.isfinite(self.margin_db) and self.margin_db >= 0):
+            problems.append(f"margin_db must be a number of dB >= 0, not {self.margin_db!r}")
         if problems:
             raise ConfigError("envelope settings: " + "; ".join(problems))
 
@@ -181,12 +188,15 @@ class EnvelopeResult:
         evidence: {"bpfo", "bpfi", "bsf"}: mean peak-over-floor of each family's lines, dB.
         bands: {"bpfo", "bpfi", "bsf"}: (low, high) Hz of the band each family's evidence came from.
         shaft_hz: the shaft speed used, Hz (a block followed through a change of speed: its mean).
+        normal: the machine's learned evidence per family, dB, where the type was decided against
+            it (``decide``); None: against the threshold alone.
     """
 
     fault_type: str
     evidence: dict[str, float]
     bands: dict[str, tuple[float, float]] = field(default_factory=dict)
     shaft_hz: float = 0.0
+    normal: dict[str, float] | None = None
 
     @property
     def strength_db(self) -> float:
@@ -195,7 +205,8 @@ class EnvelopeResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.fault_type, "evidence": {k: round(float(v), 2) for k, v in self.evidence.items()},
-                "rpm": round(60.0 * float(self.shaft_hz), 1)}
+                "rpm": round(60.0 * float(self.shaft_hz), 1),
+                **({"normal": {k: round(float(v), 2) for k, v in self.normal.items()}} if self.normal else {})}
 
 
 def _targets(geometry: BearingGeometry, shaft_hz: float, harmonics: int) -> dict[str, list[float]]:
@@ -500,11 +511,15 @@ def analyse_block(
     return EnvelopeResult(decide(evidence, settings.threshold_db), evidence, bands, said_hz)
 
 
-def decide(evidence: Mapping[str, float], threshold_db: float) -> str:
-    """The family with the most evidence as a fault type, if it reaches ``threshold_db`` dB; else
-    ``"none"``."""
-    fam = max(FAMILIES, key=lambda k: evidence.get(k, -math.inf))
-    return _TYPE_OF[fam] if evidence.get(fam, -math.inf) >= threshold_db else "none"
+def decide(evidence: Mapping[str, float], threshold_db: float, normal: Mapping[str, float] | None = None,
+           margin_db: float = 0.0) -> str:
+    """The fault type of the family with the most evidence among those that reach ``threshold_db``
+    dB and, with ``normal`` (the machine's learned evidence per family), ``margin_db`` over their
+    normal too; ``"none"`` where none does. A family's normal only takes it out of the running: a
+    block whose strongest family reaches both names the same type as without a normal."""
+    normal = normal or {}
+    ok = [k for k in FAMILIES if evidence.get(k, -math.inf) >= max(threshold_db, normal.get(k, -math.inf) + margin_db)]
+    return _TYPE_OF[max(ok, key=lambda k: evidence[k])] if ok else "none"
 
 
 def label_family(label: str) -> str | None:

@@ -179,6 +179,9 @@ class StreamBaseline:
             threshold.
         rpm_low / rpm_high: the shaft speeds (rpm) the learning windows' frames carried, least and
             most; NaN where they carried none.
+        envelope: the machine's envelope evidence while it learned (``EnvelopeStage.normal``:
+            ``{"blocks": n, "median_db": {family: dB}}``), against which a fault type must rise;
+            None where the stream had no envelope evidence then.
     """
 
     gaussian: Gaussian
@@ -191,6 +194,7 @@ class StreamBaseline:
     states: tuple[State, ...] = ()
     rpm_low: float = math.nan
     rpm_high: float = math.nan
+    envelope: dict[str, Any] | None = None
 
     def anomaly(self, features: np.ndarray) -> np.ndarray:
         """(b, features) -> (b,) distance over the threshold, to the nearest operating state."""
@@ -209,6 +213,7 @@ class StreamBaseline:
             **({"level_low": self.level_low} if math.isfinite(self.level_low) else {}),
             **({"states": [st.to_dict() for st in self.states]} if self.states else {}),
             **({"rpm": [self.rpm_low, self.rpm_high]} if math.isfinite(self.rpm_low) else {}),
+            **({"envelope": self.envelope} if self.envelope else {}),
         }
 
     @classmethod
@@ -232,7 +237,22 @@ class StreamBaseline:
             raise ValueError(f"states of more windows than the {windows} learned")
         rpm = _rpm_range(d.get("rpm"))
         return cls(gauss, threshold, windows, held_back, *times, float(low) if low is not None else math.nan, more,
-                   *rpm)
+                   *rpm, _envelope_normal(d.get("envelope")))
+
+
+def _envelope_normal(value: Any) -> dict[str, Any] | None:
+    """A baseline's ``envelope`` read back and checked: ``{"blocks": n, "median_db": {family: dB}}``
+    over the envelope's families (bpfo, bpfi, bsf), each a finite number; None for None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"blocks", "median_db"}:
+        raise ValueError(f"envelope {str(value)[:60]!r} is not {{'blocks': n, 'median_db': {{family: dB}}}}")
+    blocks, med = _count(value["blocks"], "envelope blocks"), value["median_db"]
+    if (not isinstance(med, dict) or not med or not set(med) <= {"bpfo", "bpfi", "bsf"}
+            or not all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < 1e3
+                       for v in med.values())):
+        raise ValueError(f"envelope median_db {str(med)[:80]!r} is not {{bpfo/bpfi/bsf: dB}}")
+    return {"blocks": blocks, "median_db": {k: float(v) for k, v in med.items()}}
 
 
 def _rpm_range(value: Any) -> tuple[float, float]:
@@ -682,6 +702,10 @@ class BaselineStage:
         # range of speeds, and a window outside it is held
         self.speed_of: Callable[[str, float], float | None] | None = None
         self._rpm_k: np.ndarray | None = None  # per stacked baseline (low, high) rpm; None: no baseline has one
+        # ``envelope_normal(stream, t0, t1)``: the envelope evidence of the stream's machine over a
+        # learning span (``EnvelopeStage.normal``; the pipeline sets it where a bearing is
+        # configured), learned into each baseline fitted here
+        self.envelope_normal: Callable[[str, float, float], dict[str, Any] | None] | None = None
         self._off_speed: set[str] = set()  # streams whose latest window was at a speed their baseline never saw
         self._said_speed: set[str] = set()  # streams said to run at a speed not learned (once)
         self._said_sensor: set[str] = set()  # streams said to read a standstill's level while turning (once)
@@ -995,6 +1019,10 @@ class BaselineStage:
         return {sid: STOPPED_SHARE * b.level_low if math.isfinite(b.level_low) else None
                 for sid, b in self.profile.streams.items()}
 
+    def envelope_normals(self) -> dict[str, dict[str, float]]:
+        """Per stream whose baseline learned its envelope evidence, the median per family (dB)."""
+        return {sid: dict(b.envelope["median_db"]) for sid, b in self.profile.streams.items() if b.envelope}
+
     def watches(self, stream: str) -> bool:
         """Whether a baseline watches ``stream``: it has one (monitored on it, or at rest), or one
         is being learned for it."""
@@ -1253,6 +1281,8 @@ class BaselineStage:
             base = fit_stream(so_far.feats[: so_far.n], so_far.times[: so_far.n], span=span)
             base.level_low = so_far.level_low()
             base.rpm_low, base.rpm_high = so_far.rpm_lo, so_far.rpm_hi
+            if self.envelope_normal is not None:
+                base.envelope = self.envelope_normal(sid, base.learned_from, base.learned_to)
         except ConfigError as exc:
             self.state[sid] = "no baseline"
             self.notes.append((sid, f"baseline not learned: {exc}"))

@@ -18,6 +18,13 @@ tracking), up to a factor of ``MAX_SPEED_RATIO`` within the block. A block over 
 more, or during which the shaft turned slower than ``STANDSTILL_RPM``, gives no evidence.
 Streams without a geometry or a speed get no evidence; the reason is said once per stream
 (``notes``).
+
+A stream whose baseline learns its machine's normal learns its envelope evidence too: the stage
+keeps each block's evidence until the stream has a normal (``_Seen``), the baseline asks for the
+median per family over its learning span when it fits (``normal``), and the pipeline hands the
+learned normals back (``set_normals``, from the profile too). A family then names a fault only
+where it rises ``margin_db`` over its normal as well as over the threshold: lines the machine had
+while healthy (another component's, a sensor far from the bearing) are not taken for a fault.
 """
 
 from __future__ import annotations
@@ -34,12 +41,14 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.dsp.envelope import (
+    FAMILIES,
     MAX_SPEED_RATIO,
     BearingGeometry,
     EnvelopeResult,
     EnvelopeSettings,
     MachineConfig,
     analyse_block,
+    decide,
     machine_for,
     mean_speed,
     plan_speed,
@@ -100,6 +109,37 @@ def has_geometry(machine: Mapping[str, Any]) -> bool:
 # otherwise make a new plan (~20 ms) for every block's mean speed
 STEADY_STEP = 0.001
 _KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
+NORMAL_KEEP = 2048  # blocks of evidence kept per stream until it has a normal (then every other one)
+NORMAL_LEAST = 5  # blocks of evidence within a learning span that make a normal
+
+
+class _Seen:
+    """One stream's block evidence, kept until its normal is learned: at most NORMAL_KEEP blocks;
+    when full, every other one is let go and from then only every ``stride``-th block is kept, so
+    that a learning longer than NORMAL_KEEP blocks is still covered from its start."""
+
+    def __init__(self) -> None:
+        self.t = np.zeros(64)
+        self.ev = np.zeros((64, len(FAMILIES)), dtype=np.float32)
+        self.n = 0
+        self.stride = 1
+        self.count = 0
+
+    def add(self, t: float, evidence: Mapping[str, float]) -> None:
+        self.count += 1
+        if (self.count - 1) % self.stride:
+            return
+        if self.n == self.t.size:
+            if self.n >= NORMAL_KEEP:
+                self.t[: self.n // 2], self.ev[: self.n // 2] = self.t[: self.n : 2], self.ev[: self.n : 2]
+                self.n //= 2
+                self.stride *= 2
+            else:
+                self.t = np.concatenate([self.t, np.zeros_like(self.t)])
+                self.ev = np.concatenate([self.ev, np.zeros_like(self.ev)])
+        self.t[self.n] = t
+        self.ev[self.n] = [evidence.get(k, 0.0) for k in FAMILIES]
+        self.n += 1
 
 
 class EnvelopeStage:
@@ -169,6 +209,10 @@ class EnvelopeStage:
         self.cpu_s = 0.0  # thread CPU time spent analysing
         self._said: dict[str, set[str]] = {}  # per stream, the notes said once (by message, or by key)
         self._thread: threading.Thread | None = None
+        # per stream: the machine's learned evidence per family, dB (set_normals); and the
+        # evidence of the blocks of the streams without one, for their baselines' fits
+        self._normals: dict[str, dict[str, float]] = {}
+        self._seen: dict[str, _Seen] = {}
 
     # ---------------------------------------------------------------- ingest side (cheap)
     def push(self, windows: list[Window]) -> None:
@@ -210,6 +254,7 @@ class EnvelopeStage:
         with self._lock:
             self._streams.pop(stream, None)
             self._results.pop(stream, None)
+            self._seen.pop(stream, None)
 
     # ---------------------------------------------------------------- the stage's thread
     def start(self) -> EnvelopeStage:
@@ -290,6 +335,8 @@ class EnvelopeStage:
             self.skipped += 1
             return
         with self._lock:
+            if sid not in self._normals:  # its baseline may learn it
+                self._seen.setdefault(sid, _Seen()).add(t_end, result.evidence)
             self._keep(sid, t_end, result)
             self.blocks += 1
             self.tracked += track is not None
@@ -355,6 +402,57 @@ class EnvelopeStage:
                             "to shaft angle from the speeds its frames carry)", key="tracking")
         return said, (starts, hz), said
 
+    def _say_normal(self, sid: str, normal: Mapping[str, float]) -> None:
+        """Said once per stream, as its first result is read decided against its learned normal."""
+        s = self.settings
+        lines = ", ".join(f"{k.upper()} {normal[k]:.1f}" for k in FAMILIES if k in normal)
+        self._say_once(sid, f"envelope evidence against the machine's own learned lines ({lines} dB, their median "
+                            f"while its baseline learned): a fault type needs {s.margin_db:g} dB over them",
+                       key="normal")
+        high = {k: v for k, v in normal.items() if v >= s.threshold_db}
+        if high:
+            k = max(high, key=high.__getitem__)
+            self._say_once(sid, f"the envelope found {_TYPE_NAMES[k]} lines ({k.upper()} {high[k]:.1f} dB) while the "
+                                "baseline learned: if the bearing was not healthy then, they are taken for its normal; "
+                                "learn the baseline again once it is", key="normal-high")
+
+    def normal(self, sid: str, t0: float, t1: float) -> dict[str, Any] | None:
+        """The stream's learned envelope evidence over capture times ``t0`` to ``t1`` (a baseline's
+        learning span): ``{"blocks": n, "median_db": {family: dB}}`` over its blocks that ended in
+        the span; None with fewer than NORMAL_LEAST of them (no geometry, no speed, a learning
+        taken up from before a restart). From any thread."""
+        with self._lock:
+            seen = self._seen.get(sid)
+            if seen is None:
+                return None
+            inside = (seen.t[: seen.n] >= t0) & (seen.t[: seen.n] <= t1)
+            ev = seen.ev[: seen.n][inside]
+        if ev.shape[0] < NORMAL_LEAST:
+            return None
+        med = np.median(ev, axis=0)
+        return {"blocks": int(ev.shape[0]), "median_db": {k: round(float(v), 2) for k, v in zip(FAMILIES, med)}}
+
+    def set_normals(self, normals: Mapping[str, Mapping[str, float]]) -> None:
+        """The streams' learned evidence per family (dB), all of them at once (a stream left out has
+        none: its blocks are decided on the threshold alone and kept for a normal again)."""
+        table = {sid: dict(n) for sid, n in normals.items()}
+        with self._lock:
+            self._normals = table
+            for sid in [sid for sid in self._seen if sid in table]:
+                del self._seen[sid]
+
+    def _judged(self, sid: str, result: EnvelopeResult | None) -> EnvelopeResult | None:
+        """``result`` with its type decided against the stream's learned normal, where it has one
+        (when read, not when analysed: a replay's blocks are analysed before the baseline that
+        learned from the first of them is fitted). Under the lock."""
+        normal = self._normals.get(sid)
+        if result is None or normal is None:
+            return result
+        if "normal" not in self._said.get(sid, ()):
+            self._say_normal(sid, normal)
+        return replace(result, normal=normal, fault_type=decide(
+            result.evidence, self.settings.threshold_db, normal, self.settings.margin_db))
+
     def _setup(self, sid: str) -> tuple[BearingGeometry, float | None, bool] | None:
         if sid in self._streams:
             return self._streams[sid]
@@ -394,19 +492,22 @@ class EnvelopeStage:
             if not kept:
                 return None
             if t is None:
-                return kept[-1][1]
+                return self._judged(stream, kept[-1][1])
             i = bisect.bisect_right([te for te, _ in kept], t + 1e-6)
-            return kept[i - 1][1] if i else None  # None too for a block of no evidence (stopped)
+            return self._judged(stream, kept[i - 1][1]) if i else None  # None too for a block of no evidence
 
     def views(self) -> dict[str, tuple[str, float]]:
         """{stream: (fault type, its evidence dB)} of the latest blocks, for the dashboard."""
         with self._lock:
             return {sid: (r.fault_type, r.strength_db) for sid, kept in self._results.items()
-                    if kept and (r := kept[-1][1]) is not None}
+                    if kept and (r := self._judged(sid, kept[-1][1])) is not None}
 
     def stats(self) -> dict[str, Any]:
         return {"blocks": self.blocks, "tracked": self.tracked, "dropped": self.dropped,
                 "skipped_nonfinite": self.skipped, "cpu_s": round(self.cpu_s, 3)}
+
+
+_TYPE_NAMES = {"bpfo": "outer-race", "bpfi": "inner-race", "bsf": "ball"}
 
 
 def _lines(geometry: BearingGeometry, shaft_hz: float) -> str:
