@@ -153,6 +153,9 @@ class Prediction:
             the model's own argmax. None: the artifact carries no statistics to decide.
         anomaly: distance to the stream's learned baseline over its threshold (monitor/baseline.py;
             1.0 = the threshold); None without a baseline.
+        envelope_db: how far one bearing-fault family's envelope evidence rose over what it needs
+            to be named, dB, on each of the stream's latest blocks up to the window
+            (``EnvelopeStage.score``); None without envelope evidence. The alarm's third opinion.
     """
 
     stream_id: str
@@ -172,6 +175,7 @@ class Prediction:
     unknown_score: float | None = None
     model_label: str | None = None
     anomaly: float | None = None
+    envelope_db: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         healthy = self.health == "OK"

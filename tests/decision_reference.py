@@ -38,19 +38,29 @@ class ReferenceDecisions:
         if st.since is None:
             st.since = t
         st.anomaly = float(p.anomaly) if p.anomaly is not None and math.isfinite(p.anomaly) else None
+        env = p.envelope_db if p.envelope_db is not None and not math.isnan(p.envelope_db) else None
         if not (healthy and np.isfinite(probs.sum())):
             self._blank(st, "?")
             st.healthy = False
             return []
         st.healthy = True
         st.refused = p.model_label is not None and p.label == REFUSED
-        if st.refused:  # no evidence for a label; its anomaly score, where it has one, still is
-            self._blank(st, REFUSED, debounce=st.anomaly is None)
-            if st.anomaly is None:
+        # no evidence for a label; its anomaly score, where it has one, still is, and its envelope
+        # where it supports an alarm
+        env_up = self._env_up(st, env)
+        if st.refused:
+            self._blank(st, REFUSED, debounce=st.anomaly is None and not env_up)
+            if st.anomaly is None and not env_up:
                 return []
         else:
             self._smooth(st, probs)
-        return self._step(p.stream_id, st, t)
+        return self._step(p.stream_id, st, t, env if env_up else None)
+
+    def _env_up(self, st: RefStream, env: float | None) -> bool:
+        cfg = self.config
+        if env is None or cfg.envelope_enter_db is None:
+            return False
+        return env >= (cfg.envelope_enter_db if st.cond == Level.NORMAL else cfg.envelope_leave_db)
 
     @staticmethod
     def _blank(st: RefStream, label: str, *, debounce: bool = True) -> None:
@@ -85,7 +95,7 @@ class ReferenceDecisions:
         st.probs, st.best = smoothed, best
         st.label, st.confidence = self.labels[best], float(smoothed[best])
 
-    def _supported(self, st: RefStream, t: float) -> Level:
+    def _supported(self, st: RefStream, t: float, env: float | None) -> Level:
         cfg = self.config
         long_episode = (cfg.danger_after_s is not None and st.episode_since is not None
                         and t - st.episode_since >= cfg.danger_after_s)
@@ -99,11 +109,15 @@ class ReferenceDecisions:
         if a is not None and a >= (cfg.anomaly_enter if st.cond == Level.NORMAL else cfg.anomaly_leave):
             danger = cfg.anomaly_danger is not None and a >= cfg.anomaly_danger
             by_anomaly = Level.DANGER if danger or long_episode else Level.ALERT
-        return max(by_label, by_anomaly)
+        by_envelope = Level.NORMAL
+        if env is not None:  # (given only where it supports an alarm)
+            danger = cfg.envelope_danger_db is not None and env >= cfg.envelope_danger_db
+            by_envelope = Level.DANGER if danger or long_episode else Level.ALERT
+        return max(by_label, by_anomaly, by_envelope)
 
-    def _step(self, sid: str, st: RefStream, t: float) -> list[dict]:
+    def _step(self, sid: str, st: RefStream, t: float, env: float | None) -> list[dict]:
         cfg = self.config
-        target = self._supported(st, t)
+        target = self._supported(st, t, env)
         if target == st.cond:
             st.pending_count = 0
         else:

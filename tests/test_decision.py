@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,38 @@ def test_a_machine_the_model_refuses_every_window_of_is_still_alarmed_on_by_its_
         levels.append(engine.state("m0").level)
     assert levels == [Level.NORMAL] * 2 + [Level.ALERT] * 6 + [Level.NORMAL] * 3, levels
     assert engine.state("m0").label == ("normal" if mixed else "unknown")
+
+
+def test_the_envelope_raises_an_alarm_where_the_model_refuses_and_a_rest_clears_nothing():
+    # the third opinion: a bearing's fault lines rising over what their type needs. The model
+    # refuses every window (a machine unlike its training rig, or one its baseline holds at a
+    # speed it never learned): the envelope's rise alone raises ALERT after set_windows windows
+    # (DANGER at envelope_danger_db), holds it down to envelope_leave_db, and its fall on such
+    # windows clears nothing (a machine that stopped still has its fault); windows the model
+    # names clear it as before. Off (envelope_enter_db inf, or None), it raises nothing.
+    cfg = raw(set_windows=3, clear_windows=2, anomaly_danger=None, envelope_danger_db=10.0)
+    engine = DecisionEngine(BEARING, cfg)
+    rises = [4.0] * 4 + [1.0] * 2 + [12.0] * 3 + [-5.0, None, float("nan")] * 2
+    levels = []
+    for i, rise in enumerate(rises):
+        p = pred("normal", 0.9, float(i))
+        p.model_label, p.label, p.envelope_db = p.label, "unknown", rise
+        engine.update(p, healthy=True)
+        levels.append(engine.state("m0").level)
+    assert levels == [Level.NORMAL] * 2 + [Level.ALERT] * 4 + [Level.ALERT] * 2 + [Level.DANGER] * 7, levels
+    for i in range(2):  # windows the model names normal, the envelope quiet: cleared after clear_windows
+        p = pred("normal", 0.9, 20.0 + i)
+        p.envelope_db = -1.0
+        engine.update(p, healthy=True)
+    assert engine.state("m0").level == Level.NORMAL
+    off = DecisionEngine(BEARING, raw(envelope_enter_db=math.inf))  # TOML's off: inf (it has no null)
+    for i in range(6):
+        p = pred("normal", 0.9, float(i))
+        p.envelope_db = 20.0
+        off.update(p, healthy=True)
+    assert off.state("m0").level == Level.NORMAL
+    with pytest.raises(ConfigError, match="envelope_leave_db <= envelope_enter_db"):
+        raw(envelope_enter_db=1.0, envelope_leave_db=2.0)
 
 
 def test_majority_vote_ignores_a_single_outlier_window():
@@ -556,21 +589,22 @@ def _as_engine_batch(rows: list[Prediction]) -> list[Prediction]:
                              latency_ms=np.ones(b), t_batched=0.0, t_done=0.0)
     for p, q in zip(rows, batch):
         assert (q.stream_id, q.t_last, q.level) == (p.stream_id, p.t_last, p.level)
-        q.label, q.model_label, q.anomaly = p.label, p.model_label, p.anomaly
+        q.label, q.model_label, q.anomaly, q.envelope_db = p.label, p.model_label, p.anomaly, p.envelope_db
     return batch
 
 
 @pytest.mark.parametrize("seed, settings", list(enumerate([
     {}, {"latching": True, "set_windows": 2, "clear_windows": 2}, {"smoothing": "ema"}, {"window_count": 1},
     {"danger_confidence": 0.7, "latching": True}, {"window_count": 3, "danger_after_s": None, "anomaly_danger": None},
+    {"envelope_danger_db": 8.0, "envelope_leave_db": 1.0}, {"envelope_enter_db": None},
 ])))
 def test_batches_decide_as_the_plain_reference_does_one_window_at_a_time(seed, settings):
     # the engine decides a batch in one compiled loop or in numpy steps over rows of arrays (the
     # ``path`` fixture runs each); tests/decision_reference.py has the rules one window at a time
     # in plain Python. Every result and every stream's state
     # must match bit for bit: batches of up to 60 with a stream several times in one, sick
-    # sensors, NaN scores, refused labels, anomaly scores (inf among them), acknowledgements,
-    # forgotten streams, float32 and float64 scores
+    # sensors, NaN scores, refused labels, anomaly scores (inf among them), envelope rises (NaN,
+    # inf among them), acknowledgements, forgotten streams, float32 and float64 scores
     rng = np.random.default_rng(seed)
     cfg = DecisionConfig.for_labels(BEARING, **settings)
     engine = DecisionEngine(BEARING, cfg)
@@ -596,6 +630,8 @@ def test_batches_decide_as_the_plain_reference_does_one_window_at_a_time(seed, s
                 p.model_label, p.label = p.label, "unknown"
             if rng.random() < 0.3:
                 p.anomaly = float(rng.choice([0.5, 0.9, 1.2, 5.0, np.nan, np.inf]))
+            if rng.random() < 0.3:
+                p.envelope_db = float(rng.choice([-2.0, 0.5, 2.0, 3.0, 9.0, np.nan, np.inf]))
             batch.append(p)
             healthy.append(bool(rng.random() > 0.05))
         if r % 2:  # as the engine hands a batch on: its columns are read, not each row's fields

@@ -439,3 +439,28 @@ def test_a_baseline_learns_its_machines_envelope_lines_and_the_monitor_names_no_
     assert set(after) == {"none"}, after
     said = [n["message"] for n in notes if "learned lines" in n["message"]]
     assert len(said) == 1 and f"BPFI {env['median_db']['bpfi']:.1f}" in said[0]
+
+
+def test_the_envelope_alone_raises_the_alarm_on_a_fault_and_none_on_the_healthy_machine(
+        tmp_path: Path, cli_in_process) -> None:
+    """The alarm's third opinion (DESIGN: the state machine runs on all three): with the label
+    alarms off and no baseline, a bearing configured, an inner-race recording raises ALERT on
+    its envelope alone, the event saying the envelope's type and how far its family rose; the
+    healthy recording raises none, read by either sensor (the fan end's own lines, 3.5 dB of
+    BPFI, are named a fault but do not rise 3 dB over what that needs)."""
+    require_cwru()
+    cfg = tmp_path / "no-label-alarms.toml"
+    cfg.write_text("[decision]\nalert_labels = []\ndanger_labels = []\n")
+
+    def alarms(name: str) -> list[dict]:
+        res = cli_in_process("--config", str(cfg), "--bearing", "6205", "--source", f"file:{CWRU / name}",
+                             "--fast", "--headless", "--jsonl", "-")
+        assert res.returncode == 0, res.stderr
+        return [o for o in map(json.loads, (ln for ln in res.stdout.splitlines() if ln.startswith("{")))
+                if o["type"] == "alarm"]
+
+    raised = alarms("12k_Drive_End_IR007_0_105.mat")
+    assert raised and raised[0]["to"] == "ALERT", raised
+    assert raised[0]["envelope"]["type"] == "inner_race" and raised[0]["envelope"]["rise_db"] >= 3.0
+    assert alarms("normal_0_97.mat") == []
+    assert alarms("normal_0_97.mat?channel=FE") == []

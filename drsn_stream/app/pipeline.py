@@ -14,6 +14,7 @@ Threads (data flows one way; stages are joined by bounded queues with counted ov
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -772,7 +773,15 @@ class Pipeline:
                 if oks[i] and p.stream_id in sick:
                     oks[i] = False
                     p.health = CHECK_SENSOR
+        if self.envelope is not None:  # the alarm's third opinion: a fault family's lines risen, held
+            score = self.envelope.score
+            for p in preds:
+                p.envelope_db = score(p.stream_id, p.t_last)
         results = self.decisions.update_many(preds, oks)
+        if self.envelope is not None:
+            for p, (events, _, _) in zip(preds, results):
+                if events:
+                    self._say_envelope(p, events)
         self._tally.update(zip(ids, [p.label if ok else "check_sensor" for p, ok in zip(preds, oks)]))
         if (self.unknown is not None and self.unknown.refused_total != self._refused_checked
                 and time.monotonic() >= self._next_refused_check):
@@ -792,6 +801,8 @@ class Pipeline:
                     obj["rpm"] = rpm  # the speed of the frame holding the window's last sample
                 if env is not None:
                     obj["envelope"] = env.to_json()
+                    if p.envelope_db is not None and math.isfinite(p.envelope_db):
+                        obj["envelope"]["rise_db"] = round(p.envelope_db, 2)
                 self._emit(obj)
             if self.detector is not None and healthy:
                 dets = self.detector.update(p.stream_id, p.t_last, p.probs)
@@ -800,6 +811,19 @@ class Pipeline:
                 events = events + dets
             if events:
                 self._emit_events(events)
+
+    def _say_envelope(self, p: Prediction, events: list[Event]) -> None:
+        """An alarm event of a stream with envelope evidence says it: the latest block's fault type
+        and evidence, and how far its family rose over what it needs (held over the last blocks)."""
+        assert self.envelope is not None
+        env = self.envelope.latest(p.stream_id, p.t_last)
+        if env is None:
+            return
+        for e in events:
+            if e.type == "alarm":
+                e.data["envelope"] = env.to_json()
+                if p.envelope_db is not None and math.isfinite(p.envelope_db):
+                    e.data["envelope"]["rise_db"] = round(p.envelope_db, 2)
 
     def _tell_baselines(self) -> None:
         """Sensor health told the levels the streams' machines rest under, as their baselines

@@ -35,8 +35,16 @@ anomaly score (below) can move the level.
 Anomaly (with a baseline, ``Prediction.anomaly``; 1.0 = the learned threshold): the window
 supports ALERT when the score reaches ``anomaly_enter`` (staying up needs only
 ``anomaly_leave``: hysteresis) and DANGER when it reaches ``anomaly_danger`` or when the episode
-has lasted ``danger_after_s``; the same debounce and latching apply. The level a window supports
-is the higher of what its label and its anomaly support.
+has lasted ``danger_after_s``; the same debounce and latching apply.
+
+Envelope (with a bearing configured, ``Prediction.envelope_db``: dB over what its fault type needs
+to be named, held over the stream's last three 1-s blocks, monitor/envelope.py): the window
+supports ALERT when it reaches ``envelope_enter_db`` (staying up: ``envelope_leave_db``) and
+DANGER at ``envelope_danger_db`` or by duration. A window whose label is refused (or held by its
+baseline: a rest, a speed it never learned) steps the machine where the envelope supports an
+alarm; its falling envelope clears nothing by itself (the machine may have stopped).
+
+The level a window supports is the highest of what its label, its anomaly and its envelope support.
 
 Every change of the shown level returns an ``Event(type="alarm", stream_id, time,
 data={"from", "to", "label", "confidence"})``; ``time`` is the window's capture time (seconds).
@@ -99,6 +107,11 @@ class DecisionConfig:
         noise_alpha: weight of the newest window in the noise-index average.
         anomaly_enter / anomaly_leave: anomaly score that raises ALERT / below which it clears.
         anomaly_danger: anomaly score that raises DANGER at once; None: only by duration.
+        envelope_enter_db / envelope_leave_db: the envelope evidence's rise (``Prediction.envelope_db``:
+            how far one fault family rose over what it needs to be named, dB, on each of the
+            stream's last three blocks) that raises ALERT / below which it clears; None (or inf,
+            in TOML): the envelope raises no alarm.
+        envelope_danger_db: the rise that raises DANGER at once; None: only by duration.
     """
 
     smoothing: str = "majority"
@@ -119,6 +132,11 @@ class DecisionConfig:
     # CWRU fault windows are 7 to 65 times the threshold of a baseline learned on normal_0
     # (docs/own-machine.md); 4 marks a deviation far beyond the healthy spread.
     anomaly_danger: float | None = 4.0
+    # 3 dB over what the type needs, on three blocks in a row (about 3 s): twice the power that
+    # names it, held; a healthy recording's own lines stay under it (docs/own-machine.md)
+    envelope_enter_db: float | None = 3.0
+    envelope_leave_db: float = 0.0
+    envelope_danger_db: float | None = None
 
     def __post_init__(self) -> None:
         # Strings from TOML arrays arrive as lists; store tuples so the config stays hashable.
@@ -149,6 +167,14 @@ class DecisionConfig:
             problems.append(f"need 0 < anomaly_leave <= anomaly_enter (got {self.anomaly_leave}, {self.anomaly_enter})")
         if self.anomaly_danger is not None and not self.anomaly_danger >= self.anomaly_enter:
             problems.append(f"anomaly_danger must be >= anomaly_enter, not {self.anomaly_danger!r}")
+        if self.envelope_enter_db is not None and not self.envelope_leave_db <= self.envelope_enter_db:  # NaN too
+            problems.append(f"need envelope_leave_db <= envelope_enter_db, both dB (got {self.envelope_leave_db}, "
+                            f"{self.envelope_enter_db})")
+        if not math.isfinite(self.envelope_leave_db):
+            problems.append(f"envelope_leave_db must be a number of dB, not {self.envelope_leave_db!r}")
+        if self.envelope_danger_db is not None and not (
+                self.envelope_enter_db is not None and self.envelope_danger_db >= self.envelope_enter_db):
+            problems.append(f"envelope_danger_db must be >= envelope_enter_db, not {self.envelope_danger_db!r}")
         if self.danger_confidence is not None and not 0.0 <= self.danger_confidence <= 1.0:
             problems.append(f"danger_confidence must be in [0, 1], not {self.danger_confidence!r}")
         if problems:
@@ -399,7 +425,7 @@ def _build_kernel() -> Any:
     table = _Table(2, 3, rows=1)
     fpar, ipar = decision_jit.params(DecisionConfig())
     i64, f64, b1 = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.bool_)
-    kernel(i64, np.zeros((1, 2)), f64, f64, f64, f64, b1, b1, fpar, ipar, np.zeros(2, dtype=np.int64),
+    kernel(i64, np.zeros((1, 2)), f64, f64, f64, f64, f64, b1, b1, fpar, ipar, np.zeros(2, dtype=np.int64),
            *table.columns(), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1),
            np.zeros(1, dtype=np.int64))
     return kernel
@@ -521,6 +547,7 @@ class DecisionEngine:
                 [(p.t_last, p.level, p.noise_index, nan if p.anomaly is None else p.anomaly) for p in predictions],
                 dtype=np.float64).reshape(b, 4).T.copy()
         refused = np.array([p.model_label is not None and p.label == REFUSED_LABEL for p in predictions], dtype=np.bool_)
+        env = np.array([nan if p.envelope_db is None else p.envelope_db for p in predictions], dtype=np.float64)
         evidence = np.array(healthy, dtype=np.bool_).reshape(b) & finite
         out_events: list[list[Event]] = [[] for _ in range(b)]
         labels_out = np.empty(b, dtype=np.int64)
@@ -531,7 +558,7 @@ class DecisionEngine:
             self._follow_steps(slots, t)
             if kernel is not None:  # the whole batch in one loop, each window in turn
                 conf_out, ev_from = np.empty(b, dtype=np.float64), np.empty(b, dtype=np.int64)
-                kernel(slots, probs, t, level, noise, anomaly, refused, evidence, self._fpar, self._ipar,
+                kernel(slots, probs, t, level, noise, anomaly, env, refused, evidence, self._fpar, self._ipar,
                        self._level_arr, *self._t.columns(), labels_out, shown_out, conf_out, ev_from)
                 self.windows_total += b
                 for i in np.flatnonzero(ev_from >= 0).tolist():
@@ -539,7 +566,7 @@ class DecisionEngine:
                                                  int(shown_out[i]), int(labels_out[i]), float(conf_out[i]),
                                                  float(anomaly[i]) if math.isfinite(anomaly[i]) else None)]
             for rows in rounds:
-                self._round(rows, slots[rows], predictions, probs, t, level, noise, anomaly, refused, evidence,
+                self._round(rows, slots[rows], predictions, probs, t, level, noise, anomaly, env, refused, evidence,
                             out_events, labels_out, shown_out)
         names = self._names
         return [(ev, names[c], _LEVELS[sh]) for ev, c, sh in zip(out_events, labels_out.tolist(), shown_out.tolist())]
@@ -592,7 +619,7 @@ class DecisionEngine:
         return arr, [np.flatnonzero(nth_arr == r) for r in range(int(nth_arr.max()) + 1)]
 
     def _round(self, rows: Any, s: np.ndarray, predictions: Sequence[Prediction], probs: np.ndarray, t_all: np.ndarray,
-               level: np.ndarray, noise: np.ndarray, anomaly: np.ndarray, refused_all: np.ndarray,
+               level: np.ndarray, noise: np.ndarray, anomaly: np.ndarray, env_all: np.ndarray, refused_all: np.ndarray,
                evidence_all: np.ndarray, out_events: list[list[Event]], labels_out: np.ndarray,
                shown_out: np.ndarray) -> None:
         """One window of each of distinct streams (slots ``s``, the batch's rows ``rows``)."""
@@ -625,7 +652,9 @@ class DecisionEngine:
         # refused label's anomaly score is evidence still: its debounce goes on (restarted, a
         # machine unlike any the model knows, every window refused, never alarmed on deviation)
         blank = ~evidence | refused
-        speaks = refused & ~np.isnan(an)
+        env = env_all[rows]
+        env_up = self._env_up(env, T.cond[s])
+        speaks = refused & (~np.isnan(an) | env_up)  # a refused label's envelope speaks only to raise
         T.healthy[s] = evidence  # a refused label comes from a healthy sensor
         if blank.any():
             sb = s[blank]
@@ -640,11 +669,12 @@ class DecisionEngine:
         vote = ~blank
         if vote.any():
             self._smooth(s[vote], probs[rows][vote], windows[vote])
-        # stepped: every evidence window, a refused label only where an anomaly score speaks
+        # stepped: every evidence window, a refused label only where an anomaly score speaks or
+        # its envelope supports an alarm
         step = vote | speaks
         if step.any():
             self._step(s[step], t[step], np.flatnonzero(step) if isinstance(rows, slice) else rows[step],
-                       predictions, out_events)
+                       predictions, out_events, env[step])
         labels_out[rows] = T.label[s]
         shown_out[rows] = T.shown[s]
 
@@ -698,8 +728,15 @@ class DecisionEngine:
         T.label[s] = best + 2
         T.confidence[s] = smoothed[np.arange(len(s)), best]
 
+    def _env_up(self, env: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        """Whether each window's envelope rise supports an alarm (more to rise than to stay)."""
+        cfg = self.config
+        if cfg.envelope_enter_db is None:
+            return np.zeros(env.shape, dtype=np.bool_)
+        return env >= np.where(cond == 0, cfg.envelope_enter_db, cfg.envelope_leave_db)  # NaN (none): False
+
     def _step(self, s: np.ndarray, t: np.ndarray, rows: np.ndarray, predictions: Sequence[Prediction],
-              out_events: list[list[Event]]) -> None:
+              out_events: list[list[Event]], env: np.ndarray) -> None:
         """The alarm state machine of one window of each of distinct streams ``s`` (at capture
         times ``t``; ``rows``: their places in the batch): the level each window supports, the
         debounce, the latch, and an event where the shown level changes."""
@@ -726,6 +763,13 @@ class DecisionEngine:
         if cfg.anomaly_danger is not None:
             an_danger |= an >= cfg.anomaly_danger
         target = np.maximum(by_label, np.where(an_up, np.where(an_danger, 2, 1), 0))
+        # the level the envelope's rise supports, with its own hysteresis
+        env_up = self._env_up(env, cond)
+        if env_up.any():
+            env_danger = long_episode.copy()
+            if cfg.envelope_danger_db is not None:
+                env_danger |= env >= cfg.envelope_danger_db
+            target = np.maximum(target, np.where(env_up, np.where(env_danger, 2, 1), 0))
         # debounce: a rise takes set_windows windows in a row that support it (settling on the
         # lowest level of the streak), a fall clear_windows
         moving = target != cond

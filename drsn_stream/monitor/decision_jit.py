@@ -22,7 +22,8 @@ import numpy as np
 
 # fpar / ipar: the DecisionConfig's numbers (None as NaN: a comparison with NaN is never true,
 # which is what "None: never" means in each rule)
-F_NOISE_ALPHA, F_EMA_ALPHA, F_DANGER_AFTER, F_DANGER_CONF, F_ENTER, F_LEAVE, F_AN_ENTER, F_AN_LEAVE, F_AN_DANGER = range(9)
+(F_NOISE_ALPHA, F_EMA_ALPHA, F_DANGER_AFTER, F_DANGER_CONF, F_ENTER, F_LEAVE, F_AN_ENTER, F_AN_LEAVE, F_AN_DANGER,
+ F_ENV_ENTER, F_ENV_LEAVE, F_ENV_DANGER) = range(12)
 I_EMA, I_SET, I_CLEAR, I_LATCHING = range(4)
 RESUM_EVERY = 1024  # a stream's running vote sum is summed afresh from its ring every this many windows
 
@@ -36,12 +37,14 @@ def params(cfg: Any) -> tuple[np.ndarray, np.ndarray]:
 
     fpar = np.array([cfg.noise_alpha, cfg.ema_alpha, opt(cfg.danger_after_s), opt(cfg.danger_confidence),
                      cfg.enter_confidence, cfg.leave_confidence, cfg.anomaly_enter, cfg.anomaly_leave,
-                     opt(cfg.anomaly_danger)], dtype=np.float64)
+                     opt(cfg.anomaly_danger), opt(cfg.envelope_enter_db),
+                     nan if cfg.envelope_enter_db is None else cfg.envelope_leave_db, opt(cfg.envelope_danger_db)],
+                    dtype=np.float64)
     ipar = np.array([cfg.smoothing == "ema", cfg.set_windows, cfg.clear_windows, cfg.latching], dtype=np.int64)
     return fpar, ipar
 
 
-def _decide_py(slots, probs, t_in, level_in, noise_in, anomaly_in, refused_in, evidence_in,  # noqa: C901, PLR0912, PLR0913, PLR0915
+def _decide_py(slots, probs, t_in, level_in, noise_in, anomaly_in, env_in, refused_in, evidence_in,  # noqa: C901, PLR0912, PLR0913, PLR0915
                fpar, ipar, level_of,
                hist, hist_vote, hist_len, hist_pos, psum, votes, best_c, ema, has_ema, label, confidence,
                probs_c, has_probs, cond_c, peak_c, shown_c, since, episode_c, pending_c, pending_count, healthy,
@@ -62,6 +65,7 @@ def _decide_py(slots, probs, t_in, level_in, noise_in, anomaly_in, refused_in, e
     danger_conf = fpar[F_DANGER_CONF]
     enter, leave = fpar[F_ENTER], fpar[F_LEAVE]
     an_enter, an_leave, an_danger_at = fpar[F_AN_ENTER], fpar[F_AN_LEAVE], fpar[F_AN_DANGER]
+    env_enter, env_leave, env_danger_at = fpar[F_ENV_ENTER], fpar[F_ENV_LEAVE], fpar[F_ENV_DANGER]
     use_ema = ipar[I_EMA] != 0
     set_windows, clear_windows = ipar[I_SET], ipar[I_CLEAR]
     latching = ipar[I_LATCHING] != 0
@@ -91,7 +95,9 @@ def _decide_py(slots, probs, t_in, level_in, noise_in, anomaly_in, refused_in, e
         # level, forget the history, restart the debounce; a refused label shows "unknown" (its
         # anomaly score is evidence still: the debounce goes on)
         blank = (not evidence) or refused
-        speaks = refused and not math.isnan(an)
+        env = env_in[i]
+        env_up = env >= (env_enter if cond_c[s] == 0 else env_leave)  # NaN (none, or off): False
+        speaks = refused and (not math.isnan(an) or env_up)  # a refused label's envelope speaks only to raise
         healthy[s] = evidence  # a refused label comes from a healthy sensor
         if blank:
             hist_len[s] = 0
@@ -171,7 +177,8 @@ def _decide_py(slots, probs, t_in, level_in, noise_in, anomaly_in, refused_in, e
             label[s] = top + 2
             confidence[s] = sums[top]
         ev_from[i] = -1
-        # stepped: every evidence window, a refused label only where an anomaly score speaks
+        # stepped: every evidence window, a refused label only where an anomaly score speaks or
+        # its envelope supports an alarm
         if (not blank) or speaks:
             cond = cond_c[s]
             episode = episode_c[s]
@@ -187,6 +194,9 @@ def _decide_py(slots, probs, t_in, level_in, noise_in, anomaly_in, refused_in, e
             an_up = an >= (an_enter if cond == 0 else an_leave)
             an_danger = long_episode or an >= an_danger_at
             target = max(by_label, (2 if an_danger else 1) if an_up else 0)
+            # the level the envelope's rise supports, with its own hysteresis
+            if env_up:
+                target = max(target, 2 if long_episode or env >= env_danger_at else 1)
             peak = peak_c[s]
             if target == cond:
                 pending_count[s] = 0

@@ -30,6 +30,7 @@ while healthy (another component's, a sensor far from the bearing) are not taken
 from __future__ import annotations
 
 import bisect
+import math
 import queue
 import threading
 import time
@@ -111,6 +112,9 @@ STEADY_STEP = 0.001
 _KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
 NORMAL_KEEP = 2048  # blocks of evidence kept per stream until it has a normal (then every other one)
 NORMAL_LEAST = 5  # blocks of evidence within a learning span that make a normal
+# blocks in a row a family must rise over its need in for the alarm (``score``): one block's
+# chance lines are not a fault; three 1-s blocks are about 3 s of evidence
+SUSTAIN = 3
 
 
 class _Seen:
@@ -495,6 +499,28 @@ class EnvelopeStage:
                 return self._judged(stream, kept[-1][1])
             i = bisect.bisect_right([te for te, _ in kept], t + 1e-6)
             return self._judged(stream, kept[i - 1][1]) if i else None  # None too for a block of no evidence
+
+    def score(self, stream: str, t: float) -> float | None:
+        """How far one family's evidence rose over what it needs to name its fault type (dB: over
+        the threshold and, with a learned normal, ``margin_db`` over that), the least of it over
+        the stream's last SUSTAIN blocks ended by capture time ``t``, for the family that rose
+        most so; negative where none rose. None with fewer such blocks in a row (a gap, a stop,
+        a block of no evidence among them): the alarm's envelope opinion (``Prediction.envelope_db``)."""
+        with self._lock:
+            kept = self._results.get(stream)
+            if not kept or len(kept) < SUSTAIN:
+                return None
+            ends = [te for te, _ in kept]
+            i = bisect.bisect_right(ends, t + 1e-6)
+            if i < SUSTAIN or ends[i - 1] - ends[i - SUSTAIN] > (SUSTAIN - 0.5) * self.block_s:
+                return None
+            last = [kept[j][1] for j in range(i - SUSTAIN, i)]
+            normal = self._normals.get(stream) or {}
+        if any(r is None for r in last):
+            return None
+        s = self.settings
+        return max(min(r.evidence.get(k, -math.inf) for r in last) - max(s.threshold_db, normal.get(k, -math.inf) + s.margin_db)
+                   for k in FAMILIES)
 
     def views(self) -> dict[str, tuple[str, float]]:
         """{stream: (fault type, its evidence dB)} of the latest blocks, for the dashboard."""
