@@ -464,3 +464,42 @@ def test_the_envelope_alone_raises_the_alarm_on_a_fault_and_none_on_the_healthy_
     assert raised[0]["envelope"]["type"] == "inner_race" and raised[0]["envelope"]["rise_db"] >= 3.0
     assert alarms("normal_0_97.mat") == []
     assert alarms("normal_0_97.mat?channel=FE") == []
+
+
+def test_a_fault_at_a_speed_the_baseline_never_learned_is_alarmed_on_by_the_envelope(
+        tmp_path: Path, cli_in_process) -> None:
+    """A machine learned healthy at 1797 rpm (a logger's CSV with a tachometer column) later runs
+    at 1438 rpm with an inner-race fault (a real recording played at 0.8 of its speed). Its
+    baseline holds every window at that speed ("other speed": the learned normal says nothing
+    about it, no anomaly, label unknown), so the label and the anomaly raise nothing; the
+    envelope, which follows the speed, raises the alarm with its type. With the envelope's
+    opinion off (``envelope_enter_db = inf``) the fault went unalarmed."""
+    require_cwru()
+    healthy = resample_poly(read_recording(CWRU / "normal_0_97.mat")[0][:, 0].astype(np.float64), 1, 4)
+    fault = tool("eval_envelope").warp(read_recording(CWRU / "12k_Drive_End_IR007_0_105.mat")[0][:, 0], 12000.0,
+                                       np.full(8 * 12000, 0.8))
+    for name, y, rpm in (("healthy", healthy, 1797.0), ("fault", fault, 0.8 * 1797.0)):
+        t = np.arange(y.size) / 12000.0
+        np.savetxt(tmp_path / f"{name}.csv", np.column_stack([t, y, np.full(y.size, rpm)]), delimiter=",",
+                   header="time,DE,tacho_rpm", comments="", fmt=["%.6f", "%.6g", "%.2f"])
+    prof = tmp_path / "pump.json"
+    res = cli_in_process("baseline", "learn", "--source", f"file:{tmp_path / 'healthy.csv'}?stream=pump",
+                         "--bearing", "6205", "--out", str(prof))
+    assert res.returncode == 0, res.stderr
+    assert "learned at 1797-1797 rpm" in res.stdout
+
+    def run(*extra: str) -> list[dict]:
+        res = cli_in_process("--baseline", str(prof), "--bearing", "6205", "--source",
+                             f"file:{tmp_path / 'fault.csv'}?stream=pump", "--fast", "--headless", "--jsonl", "-", *extra)
+        assert res.returncode == 0, res.stderr
+        return [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+
+    objs = run()
+    preds = [o for o in objs if o["type"] == "prediction"]
+    assert preds and all(o["label"] == "unknown" and "anomaly" not in o for o in preds)  # held: another speed
+    alarms = [o for o in objs if o["type"] == "alarm"]
+    assert alarms and alarms[0]["to"] == "ALERT" and alarms[0]["envelope"]["type"] == "inner_race", alarms
+    assert abs(alarms[0]["envelope"]["rpm"] - 1437.6) < 2
+    off = tmp_path / "off.toml"
+    off.write_text("[decision]\nenvelope_enter_db = inf\n")
+    assert [o for o in run("--config", str(off)) if o["type"] == "alarm"] == []
