@@ -452,18 +452,19 @@ def test_the_envelope_alone_raises_the_alarm_on_a_fault_and_none_on_the_healthy_
     cfg = tmp_path / "no-label-alarms.toml"
     cfg.write_text("[decision]\nalert_labels = []\ndanger_labels = []\n")
 
-    def alarms(name: str) -> list[dict]:
+    def alarms(name: str) -> tuple[list[dict], str]:
         res = cli_in_process("--config", str(cfg), "--bearing", "6205", "--source", f"file:{CWRU / name}",
                              "--fast", "--headless", "--jsonl", "-")
         assert res.returncode == 0, res.stderr
         return [o for o in map(json.loads, (ln for ln in res.stdout.splitlines() if ln.startswith("{")))
-                if o["type"] == "alarm"]
+                if o["type"] == "alarm"], res.stdout + res.stderr  # (the readable lines go to stderr beside --jsonl -)
 
-    raised = alarms("12k_Drive_End_IR007_0_105.mat")
+    raised, out = alarms("12k_Drive_End_IR007_0_105.mat")
     assert raised and raised[0]["to"] == "ALERT", raised
     assert raised[0]["envelope"]["type"] == "inner_race" and raised[0]["envelope"]["rise_db"] >= 3.0
-    assert alarms("normal_0_97.mat") == []
-    assert alarms("normal_0_97.mat?channel=FE") == []
+    assert f"NORMAL → ALERT  inner_007 100%  envelope inner_race +{raised[0]['envelope']['rise_db']:.1f} dB" in out
+    assert alarms("normal_0_97.mat")[0] == []
+    assert alarms("normal_0_97.mat?channel=FE")[0] == []
 
 
 def test_a_fault_at_a_speed_the_baseline_never_learned_is_alarmed_on_by_the_envelope(

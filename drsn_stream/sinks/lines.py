@@ -10,6 +10,7 @@ from typing import IO, Any
 
 from drsn_stream.errors import ConfigError
 
+_FAULT_TYPES = ("outer_race", "inner_race", "ball")  # an envelope's fault types (dsp/envelope.py)
 Part = tuple[str, str]  # (text, role); roles: "" plain, "dim", "alarm:LEVEL", "health:OK|BAD", "heard"
 
 
@@ -23,6 +24,15 @@ def event_parts(kind: str, stream: str, data: dict[str, Any]) -> list[Part]:
         conf = data.get("confidence")
         if isinstance(conf, (int, float)):
             parts.append((f" {conf * 100:.0f}%", ""))
+        # what else spoke: the baseline's anomaly, the envelope's fault type and its rise
+        anomaly = data.get("anomaly")
+        if isinstance(anomaly, (int, float)) and not isinstance(anomaly, bool):
+            parts.append((f"  anomaly {anomaly:.2f}", ""))
+        env = data.get("envelope")
+        if isinstance(env, dict) and env.get("type") in _FAULT_TYPES:
+            rise = env.get("rise_db")
+            more = f" +{rise:.1f} dB" if isinstance(rise, (int, float)) and not isinstance(rise, bool) else ""
+            parts.append((f"  envelope {env['type']}{more}", ""))
         if data.get("acknowledged"):
             parts.append(("  (acknowledged)", "dim"))
         return parts
