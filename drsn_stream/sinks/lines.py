@@ -8,9 +8,9 @@ import threading
 import time
 from typing import IO, Any
 
+from drsn_stream.dsp.envelope import FAULT_TYPES
 from drsn_stream.errors import ConfigError
 
-_FAULT_TYPES = ("outer_race", "inner_race", "ball")  # an envelope's fault types (dsp/envelope.py)
 Part = tuple[str, str]  # (text, role); roles: "" plain, "dim", "alarm:LEVEL", "health:OK|BAD", "heard"
 
 
@@ -29,7 +29,7 @@ def event_parts(kind: str, stream: str, data: dict[str, Any]) -> list[Part]:
         if isinstance(anomaly, (int, float)) and not isinstance(anomaly, bool):
             parts.append((f"  anomaly {anomaly:.2f}", ""))
         env = data.get("envelope")
-        if isinstance(env, dict) and env.get("type") in _FAULT_TYPES:
+        if isinstance(env, dict) and env.get("type") in FAULT_TYPES and env.get("type") != "none":
             rise = env.get("rise_db")
             more = f" +{rise:.1f} dB" if isinstance(rise, (int, float)) and not isinstance(rise, bool) else ""
             parts.append((f"  envelope {env['type']}{more}", ""))
