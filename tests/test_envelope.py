@@ -233,7 +233,7 @@ def test_monitor_without_geometry_says_so_once_and_adds_no_envelope(cli_in_proce
     assert not any("envelope" in o for o in objs if o["type"] == "prediction")
 
 
-def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm(cli_in_process) -> None:
+def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm(tmp_path: Path, cli_in_process) -> None:
     require_cwru()
     _cli = cli_in_process
     # no rpm anywhere: the CWRU file's recorded speed (1796 rpm) is used
@@ -248,6 +248,16 @@ def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm(cli_in_proce
     assert res.stdout.count("shaft 1797 rpm") == 2 and " env inner_race " in res.stdout
     res = _cli("--bearing", "6305", "--source", "sim")
     assert res.returncode != 0 and "unknown bearing '6305'" in res.stderr
+    # nor its bearing (the CWRU rig's drive end): the demo shows the physics with no flag, and a
+    # configured bearing still wins
+    res = _cli("--source", "sim:bearing?machines=2&fault=inner_021&fast=1&duration=4", "--headless")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("6205-2RS JEM SKF, shaft 1797 rpm") == 2 and " env inner_race " in res.stdout
+    cfg = tmp_path / "other.toml"
+    cfg.write_text("[machine]\nbpfo = 3.05\nbpfi = 4.95\nbsf = 1.99\nftf = 0.38\n")
+    res = _cli("--config", str(cfg), "--source", "sim:bearing?machines=1&fast=1&duration=2", "--headless")
+    assert res.returncode == 0, res.stderr
+    assert "envelope evidence on: custom, shaft 1797 rpm (BPFO 91.3 Hz" in res.stdout
 
 
 def test_the_speed_the_frames_carry_is_followed_through_its_changes_block_by_block() -> None:

@@ -325,7 +325,7 @@ class Pipeline:
         """The envelope evidence stage where a bearing geometry is configured; else None, said once
         for a bearing model (its labels are bearing conditions)."""
         machine = config.machine.table()
-        if not has_geometry(machine):
+        if not has_geometry(machine) and not any(getattr(src, "bearing", None) for src in self.sources):
             if any(label_family(lb) not in (None, "none") for lb in self.labels):
                 self._notes.append(("*", "no envelope evidence: no bearing geometry configured ([machine] "
                                          "bearing = \"6205\" and rpm = ..., or --bearing / --rpm)"))
@@ -339,9 +339,16 @@ class Pipeline:
                     return float(src.rpm), bool(getattr(src, "rpm_given", False))
             return None, False
 
+        def bearing_of(sid: str) -> str | None:
+            frame_id = sid.rpartition("/")[0]
+            for src in self.sources:
+                if getattr(src, "bearing", None) and (sid in src.streams or frame_id in src.streams):
+                    return str(src.bearing)
+            return None
+
         return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
-                             hop=hop, window=self.meta.window, rpm_of=rpm_of, speed_of=self.speed_of,
-                             speed_runs=self.speed_runs)
+                             hop=hop, window=self.meta.window, rpm_of=rpm_of, bearing_of=bearing_of,
+                             speed_of=self.speed_of, speed_runs=self.speed_runs)
 
     def _gather_speed_logs(self) -> None:
         """The speed logs ``speed_of`` reads: the ingest's and each ingest-process source's. The

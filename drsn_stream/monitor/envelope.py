@@ -49,6 +49,7 @@ from drsn_stream.dsp.envelope import (
     EnvelopeSettings,
     MachineConfig,
     analyse_block,
+    bearing_geometry,
     decide,
     machine_for,
     mean_speed,
@@ -156,6 +157,9 @@ class EnvelopeStage:
         hop / window: the DSP's hop and window length, samples.
         rpm_of: the source's shaft speed for a stream (rpm; None if it has none) and whether the
             user gave it on the source spec (``?rpm=``: that beats the config).
+        bearing_of: the bearing the source knows a stream's machine has (a name of
+            ``GEOMETRIES``: the simulator's, of the rig it replays), used where ``machine`` gives
+            the stream none; None: it knows none.
         speed_of: ``speed_of(stream, t)``, the speed (rpm) the stream's frame that holds capture
             time ``t`` carried (None: none), for the first and the last sample of each block.
         speed_runs: ``speed_runs(stream, t0, t1)``, the speeds its frames carried from capture
@@ -175,6 +179,7 @@ class EnvelopeStage:
         hop: int,
         window: int,
         rpm_of: Callable[[str], tuple[float | None, bool]] | None = None,
+        bearing_of: Callable[[str], str | None] | None = None,
         speed_of: Callable[[str, float], float | None] | None = None,
         speed_runs: Callable[[str, float, float], list[tuple[float, float | None]]] | None = None,
         block_s: float = 1.0,
@@ -188,6 +193,7 @@ class EnvelopeStage:
         self.block = int(round(block_s * self.rate))
         self.block_s = float(block_s)
         self.rpm_of = rpm_of or (lambda _sid: (None, False))
+        self.bearing_of = bearing_of or (lambda _sid: None)
         self.speed_of = speed_of or (lambda _sid, _t: None)
         self.speed_runs = speed_runs
         # id: (chunks, samples, next index, the frames' speed as the block began)
@@ -462,6 +468,8 @@ class EnvelopeStage:
             return self._streams[sid]
         cfg = machine_for(sid, self.machine)
         geometry = cfg.geometry()
+        if geometry is None and (named := self.bearing_of(sid)):
+            geometry = bearing_geometry(named)
         src_rpm, explicit = self.rpm_of(sid)
         speed = cfg.speed_hz()
         if explicit or speed is None:

@@ -31,7 +31,7 @@ def event_parts(kind: str, stream: str, data: dict[str, Any]) -> list[Part]:
         env = data.get("envelope")
         if isinstance(env, dict) and env.get("type") in FAULT_TYPES and env.get("type") != "none":
             rise = env.get("rise_db")
-            more = f" +{rise:.1f} dB" if isinstance(rise, (int, float)) and not isinstance(rise, bool) else ""
+            more = f" {rise:+.1f} dB" if isinstance(rise, (int, float)) and not isinstance(rise, bool) else ""
             parts.append((f"  envelope {env['type']}{more}", ""))
         if data.get("acknowledged"):
             parts.append(("  (acknowledged)", "dim"))

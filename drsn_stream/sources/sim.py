@@ -144,6 +144,7 @@ def looped(x: np.ndarray, start: int, n: int) -> np.ndarray:
 
 
 SIM_RPM = 1797.0
+SIM_BEARING = "cwru-de"  # the CWRU rig's drive-end bearing (6205-2RS JEM SKF), whose recordings it replays
 
 
 class BearingSim(Source):
@@ -203,6 +204,9 @@ class BearingSim(Source):
         # for the envelope evidence with a bearing and no speed configured, and for what publish sends
         self.rpm: float | None = SIM_RPM
         self.rpm_given = False
+        # and the bearing they were recorded on (the rig's drive end): the demo shows the envelope
+        # evidence, and raises its alarm, with no [machine] configured (a [machine] bearing wins)
+        self.bearing: str | None = SIM_BEARING
 
     @property
     def labels(self) -> list[str]:
