@@ -848,8 +848,12 @@ class Pipeline:
         self._rest_told = levels
 
     def _envelope_notes(self) -> None:
-        """The envelope stage's said-once lines, as ``note`` events."""
-        self._say_notes(self._notes if self.envelope is None else self.envelope.notes)
+        """The pipeline's and the envelope stage's said-once lines, as ``note`` events (the
+        pipeline's were left unsaid where an envelope stage ran: a run with a bearing never said
+        that its model ran in-process, or that its ingest processes could not start)."""
+        self._say_notes(self._notes)
+        if self.envelope is not None:
+            self._say_notes(self.envelope.notes)
 
     def _emit_events(self, events: list[Event]) -> None:
         self.events.extend(events)
