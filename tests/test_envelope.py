@@ -258,6 +258,8 @@ def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm(tmp_path: Pa
     res = _cli("--config", str(cfg), "--source", "sim:bearing?machines=1&fast=1&duration=2", "--headless")
     assert res.returncode == 0, res.stderr
     assert "envelope evidence on: custom, shaft 1797 rpm (BPFO 91.3 Hz" in res.stdout
+    res = _cli("--source", "sim:bearing?machines=1&fast=1&duration=2&envelope=0", "--headless")  # a big sim: its CPU back
+    assert res.returncode == 0 and "no envelope evidence: no bearing geometry configured" in res.stdout
 
 
 def test_the_speed_the_frames_carry_is_followed_through_its_changes_block_by_block() -> None:
