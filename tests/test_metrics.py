@@ -53,7 +53,7 @@ def promtool_check(text: str) -> None:
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
 
 
-def plant_snapshot(counters: Counters | None = None):
+def plant_snapshot(counters: Counters | None = None, envelope: dict[str, tuple[str, float]] | None = None):
     """Real decisions, health and event log for 4 streams: m1 in ALERT, m2 in DANGER, m3's sensor flat."""
     decisions = DecisionEngine(LABELS, DecisionConfig.for_labels(LABELS, set_windows=2, danger_labels=("*_021",)))
     health = HealthMonitor(HealthConfig())
@@ -86,7 +86,7 @@ def plant_snapshot(counters: Counters | None = None):
     )
     footer = Footer(queue_depth=4, windows_total=24, rss_mb=100.0)
     return build_snapshot(header=header, decisions=decisions, health=health, footer=footer, events=log,
-                          now=t, counters=counters, latency=stats)
+                          now=t, counters=counters, latency=stats, envelope=envelope)
 
 
 def test_metrics_follow_prometheus_conventions_and_show_the_plant():
@@ -135,6 +135,23 @@ def test_metrics_follow_prometheus_conventions_and_show_the_plant():
     # every per-stream gauge of the table is there for every stream
     for name, _, _ in STREAM_GAUGES:
         assert {dict(k[1])["stream"] for k in v if k[0] == name} == {f"sim/m{i}" for i in range(4)}
+
+
+def test_the_envelopes_fault_type_and_evidence_are_series_where_a_bearing_is_configured():
+    # an integrator's Grafana panel of the physics beside the labels: per stream the fault type the
+    # envelope named (one series per type, 1 for the named one) and its evidence; none of either
+    # without an envelope stage, and none for a stream whose sensor is sick (the dashboard's rule)
+    assert "envelope" not in format_metrics(plant_snapshot())
+    text = format_metrics(plant_snapshot(envelope={"sim/m1": ("inner_race", 14.6), "sim/m0": ("none", 1.2),
+                                                   "sim/m3": ("outer_race", 30.0)}))
+    promtool_check(text)
+    v = samples(text)
+    assert v[("drsn_stream_envelope_evidence_decibels", (("stream", "sim/m1"),))] == pytest.approx(14.6)
+    assert v[("drsn_stream_envelope_fault", (("stream", "sim/m1"), ("type", "inner_race")))] == 1
+    assert v[("drsn_stream_envelope_fault", (("stream", "sim/m1"), ("type", "none")))] == 0
+    assert v[("drsn_stream_envelope_fault", (("stream", "sim/m0"), ("type", "none")))] == 1
+    assert ("drsn_stream_envelope_evidence_decibels", (("stream", "sim/m2"),)) not in v  # no result yet
+    assert ("drsn_stream_envelope_evidence_decibels", (("stream", "sim/m3"),)) not in v  # its sensor is flat
 
 
 def test_a_failing_snapshot_is_counted_not_fatal():

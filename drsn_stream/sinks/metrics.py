@@ -39,6 +39,7 @@ from prometheus_client.core import (
 )
 
 from drsn_stream import __version__
+from drsn_stream.dsp.envelope import FAULT_TYPES
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN
 from drsn_stream.sources.wire import REASONS
@@ -212,6 +213,20 @@ def snapshot_metrics(snap: Snapshot) -> Iterator[Metric]:
         for r in turning:
             rpm.add_metric([r.stream_id], float(r.rpm))
         yield rpm
+    enveloped = [r for r in snap.rows if r.envelope is not None]
+    if enveloped:
+        evidence = GaugeMetricFamily("drsn_stream_envelope_evidence_decibels", "Envelope evidence of the bearing-fault "
+                                     "family the stream's latest block named (its strongest where none), dB over white "
+                                     "noise; absent without a bearing configured.", labels=["stream"])
+        fault = GaugeMetricFamily("drsn_stream_envelope_fault", "1 for the fault type the envelope named on the "
+                                  "stream's latest block (none: no fault lines), 0 for the others.",
+                                  labels=["stream", "type"])
+        for r in enveloped:
+            evidence.add_metric([r.stream_id], float(r.envelope_db))
+            for kind in FAULT_TYPES:
+                fault.add_metric([r.stream_id, kind], float(r.envelope == kind))
+        yield evidence
+        yield fault
     windows = CounterMetricFamily("drsn_stream_windows", "Windows of the stream classified.", labels=["stream"])
     for r in snap.rows:
         windows.add_metric([r.stream_id], float(r.windows))
