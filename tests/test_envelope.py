@@ -434,6 +434,7 @@ def test_a_baseline_learns_its_machines_envelope_lines_and_the_monitor_names_no_
     prof = tmp_path / "p.json"
     res = cli_in_process("baseline", "learn", "--source", src, "--bearing", "6205", "--out", str(prof))
     assert res.returncode == 0, res.stderr
+    assert "while it learned" not in res.stderr  # its own lines are no fault learned as normal
     env = json.loads(prof.read_text())["streams"]["normal_0_97"]["envelope"]
     assert env["blocks"] == 5 and set(env["median_db"]) == set(FAMILIES) and env["median_db"]["bpfi"] > 2.0
     assert "envelope evidence BPFO" in cli_in_process("baseline", "show", str(prof)).stdout
@@ -451,6 +452,11 @@ def test_a_baseline_learns_its_machines_envelope_lines_and_the_monitor_names_no_
     assert set(after) == {"none"}, after
     said = [n["message"] for n in notes if "learned lines" in n["message"]]
     assert len(said) == 1 and f"BPFI {env['median_db']['bpfi']:.1f}" in said[0]
+    assert not any("while the baseline learned" in n["message"] for n in notes)
+    # a bearing learned with its fault (an inner race's 14.6 dB of BPFI) is said to be, by both
+    faulty = f"file:{CWRU / '12k_Drive_End_IR007_0_105.mat'}?duration=6"
+    res = cli_in_process("baseline", "learn", "--source", faulty, "--bearing", "6205", "--out", str(tmp_path / "f.json"))
+    assert res.returncode == 0 and "found BPFI lines" in res.stderr and "while it learned" in res.stderr
 
 
 def test_the_envelope_alone_raises_the_alarm_on_a_fault_and_none_on_the_healthy_machine(
