@@ -88,3 +88,24 @@ def test_rooms_import_only_rooms_below_them() -> None:
     res = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert "1 kept, 0 broken" in res.stdout
+
+
+@pytest.mark.parametrize(("module", "attr"), [
+    ("drsn_stream.monitor.decision", "_kernels"),
+    ("drsn_stream.monitor.levels_jit", "_compiled"),
+    ("drsn_stream.sources.recv_jit", "_compiled"),
+    ("drsn_stream.dsp.bank_jit", "_compiled"),
+    ("drsn_stream.dsp.normalize", "_kernels"),
+])
+def test_every_compiled_kernel_builds_where_numba_is_installed(module: str, attr: str) -> None:
+    # numba is a dependency, and a kernel it refuses leaves the numpy path running, said only by
+    # why_not(): a kernel whose warm-up call no longer matched its arguments (one more input)
+    # ran numpy silently, and the tests of its compiled path skipped instead of failing
+    import importlib
+
+    from drsn_stream import jit
+
+    if not jit.available():
+        pytest.skip("numba is not installed here (or DRSN_STREAM_JIT=0)")
+    kernels = getattr(importlib.import_module(module), attr)
+    assert kernels.get() is not None, kernels.why_not()
