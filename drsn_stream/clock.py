@@ -59,3 +59,14 @@ class WallSteps:
 def before_step(stamps: np.ndarray | float, step: float, bound: float) -> np.ndarray | bool:
     """Which wall-clock ``stamps`` were taken before a step ``WallSteps.check`` found (NaN: none)."""
     return stamps < bound if step > 0 else stamps > bound
+
+
+def across_step(stamps: np.ndarray | float, now: float, step: float, bound: float) -> np.ndarray:
+    """Which wall-clock ``stamps`` lie across a step from ``now`` (a wall time read before the step
+    was looked for): taken before it, where ``now`` was read after it. None of them where ``now``
+    was read before the step too: a step that came between reading ``now`` and looking for it (a
+    busy host holds a thread there) leaves both on one side, and moving the stamps by it made a
+    window an hour late, or stale."""
+    if before_step(now, step, bound):
+        return np.zeros(np.shape(stamps), dtype=np.bool_)
+    return np.asarray(before_step(np.asarray(stamps), step, bound), dtype=np.bool_)

@@ -404,3 +404,22 @@ def test_process_runner_reports_a_broken_artifact(tmp_path) -> None:
 
     with pytest.raises(ArtifactError, match="engine process failed to start: error"):
         proc.warmup()
+
+
+def test_stamps_are_moved_by_a_step_of_the_wall_clock_only_where_now_was_read_after_it() -> None:
+    # A window's latency is "now" minus its capture stamp; a stamp taken before a step of the wall
+    # clock is moved by the step. Where the step came between reading "now" and looking for it (a
+    # busy host held the engine's thread there), both were on one side of it, and moving the stamp
+    # made a window an hour late (seen once under the full suite's load after a step back).
+    from drsn_stream.clock import across_step
+
+    hour, t = 3600.0, 1.8e9
+    stamps = np.array([t - 0.05, t - hour + 1.0])  # one taken before a step back by an hour, one after
+    back = (-hour, t - hour + 1.5)  # as WallSteps.recent gives it: the bound is the wall time now
+    assert across_step(stamps, t - hour + 1.2, *back).tolist() == [True, False]  # now read after the step
+    assert across_step(stamps, t + 0.01, *back).tolist() == [False, False]  # now read before it, too
+    fwd = (hour, t + 0.02)  # forward: the bound is what the clock would read without the step
+    stamps = np.array([t - 0.05, t + hour + 0.5])
+    assert across_step(stamps, t + hour + 0.6, *fwd).tolist() == [True, False]
+    assert across_step(stamps, t + 0.01, *fwd).tolist() == [False, False]
+    assert bool(across_step(t - 0.05, t + hour + 0.6, *fwd))  # a float stamp (the batcher's)

@@ -24,7 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable
 
-from drsn_stream.clock import STEP_GRACE_S, WallSteps, before_step
+from drsn_stream.clock import STEP_GRACE_S, WallSteps, across_step
 from drsn_stream.types import Window
 
 
@@ -203,11 +203,12 @@ class MicroBatcher:
     def _drop_stale(self) -> None:
         if self.stale <= 0 or not self._q:
             return
-        limit = self._clock() - self.stale
+        now = self._clock()
+        limit = now - self.stale
         stepped = self._steps.recent(STEP_GRACE_S) if self._steps is not None else None
         while self._q:
             t = self._q[0].t_ready
-            if stepped is not None and before_step(t, *stepped):  # formed before a step: aged without it
+            if stepped is not None and across_step(t, now, *stepped):  # formed before a step: aged without it
                 t += stepped[0]
             if t >= limit:
                 break

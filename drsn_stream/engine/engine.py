@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from drsn_stream.clock import STEP_GRACE_S, WallSteps, before_step
+from drsn_stream.clock import STEP_GRACE_S, WallSteps, across_step
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.contract import Pending, RunnerLike
 from drsn_stream.engine.procrunner import EngineRestarted
@@ -203,7 +203,7 @@ class InferenceLoop(threading.Thread):
             # captured before a step and formed into a window after it are as late as they were.
             # A sender whose clock did not step reads what this host's would without the step,
             # so its stamps part at the same bound.
-            latency_ms[before_step(since, *stepped)] -= stepped[0] * 1000.0
+            latency_ms[across_step(since, t_done, *stepped)] -= stepped[0] * 1000.0
         preds = predictions_from(batch, probs, noise, self.labels, levels=levels, latency_ms=latency_ms,
                                  t_batched=t_batched, t_done=t_done, features=handle.features)
         self.stats.record_batch([w.stream_id for w in batch], latency_ms, t_done - t_batched)
