@@ -209,8 +209,9 @@ class Pipeline:
         self._rest_changes = -1  # the baselines' changes sensor health was told the rest levels of
         self._rest_told: dict[str, float | None] = {}
         if self.baseline is not None:  # before the first frame: a replay's ingest runs ahead of the results
-            if self.envelope is not None:
+            if self.envelope is not None and self.baseline.learn_s is not None:  # baselines learn here
                 self.baseline.envelope_normal = self.envelope.normal
+                self.envelope.keeps_evidence = True
             self._tell_baselines()
         self.events = EventLog(maxlen=200)
         self.transcript: list[str] = []

@@ -19,8 +19,9 @@ more, or during which the shaft turned slower than ``STANDSTILL_RPM``, gives no 
 Streams without a geometry or a speed get no evidence; the reason is said once per stream
 (``notes``).
 
-A stream whose baseline learns its machine's normal learns its envelope evidence too: the stage
-keeps each block's evidence until the stream has a normal (``_Seen``), the baseline asks for the
+A stream whose baseline learns its machine's normal learns its envelope evidence too: where
+baselines learn (``keeps_evidence``), the stage keeps each block's evidence until the stream has a
+normal (``_Seen``), the baseline asks for the
 median per family over its learning span when it fits (``normal``), and the pipeline hands the
 learned normals back (``set_normals``, from the profile too). A family then names a fault only
 where it rises ``margin_db`` over its normal as well as over the threshold: lines the machine had
@@ -223,6 +224,7 @@ class EnvelopeStage:
         # evidence of the blocks of the streams without one, for their baselines' fits
         self._normals: dict[str, dict[str, float]] = {}
         self._seen: dict[str, _Seen] = {}
+        self.keeps_evidence = False  # the pipeline turns it on where baselines learn (else nothing asks)
 
     # ---------------------------------------------------------------- ingest side (cheap)
     def push(self, windows: list[Window]) -> None:
@@ -345,7 +347,7 @@ class EnvelopeStage:
             self.skipped += 1
             return
         with self._lock:
-            if sid not in self._normals:  # its baseline may learn it
+            if self.keeps_evidence and sid not in self._normals:  # its baseline may learn it
                 self._seen.setdefault(sid, _Seen()).add(t_end, result.evidence)
             self._keep(sid, t_end, result)
             self.blocks += 1
