@@ -155,7 +155,7 @@ class Prediction:
             1.0 = the threshold); None without a baseline.
         envelope_db: how far one bearing-fault family's envelope evidence rose over what it needs
             to be named, dB, on each of the stream's latest blocks up to the window
-            (``EnvelopeStage.score``); None without envelope evidence. The alarm's third opinion.
+            (``EnvelopeStage.reading``); None without envelope evidence. The alarm's third opinion.
     """
 
     stream_id: str

@@ -45,7 +45,14 @@ from typing import Any
 import numpy as np
 from scipy.signal import resample_poly
 
-from drsn_stream.dsp.envelope import FAMILIES, EnvelopeSettings, analyse_block, bearing_geometry, decide
+from drsn_stream.dsp.envelope import (
+    FAMILIES,
+    EnvelopeSettings,
+    analyse_block,
+    bearing_geometry,
+    decide,
+    median_evidence,
+)
 from drsn_stream.errors import ConfigError, DataError, run_tool
 from drsn_stream.sources.file import mat_rpm, read_recording
 
@@ -216,11 +223,6 @@ def null_levels(count: int, settings: EnvelopeSettings, seed: int = 0) -> np.nda
     ])
 
 
-def learned(evidence: np.ndarray) -> dict[str, float]:
-    """The machine's own evidence per family: the median over blocks (as the monitor learns it)."""
-    return {k: float(v) for k, v in zip(FAMILIES, np.median(evidence, axis=0))}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/cwru", help="folder of the CWRU .mat files")
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         spent += time.perf_counter() - t0
         analysed += len(results)
         if healthy is not None:
-            results = [dataclasses.replace(r, fault_type=decide(r.evidence, settings.threshold_db, learned(
+            results = [dataclasses.replace(r, fault_type=decide(r.evidence, settings.threshold_db, median_evidence(
                 healthy if want != "none" else np.delete(healthy, i, axis=0)), settings.margin_db))
                 for i, r in enumerate(results)]
         right = sum(r.fault_type == want for r in results)

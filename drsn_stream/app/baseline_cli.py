@@ -11,6 +11,7 @@ from pathlib import Path
 from drsn_stream.app.cli import config_from_args
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.config import arg_number
+from drsn_stream.dsp.envelope import learned_fault
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.baseline import STOPPED_SHARE, Profile, StreamBaseline, learning_path, read_learnings
 
@@ -71,14 +72,10 @@ def run(args: argparse.Namespace) -> int:
     profile.save(args.out)
     print(describe(profile, args.out))
     for sid, b in sorted(profile.streams.items()):  # (the monitor says it too, as it starts on the profile)
-        # over what a fault needs above a machine of no lines of its own: a healthy machine's own
-        # lines sit lower (CWRU's fan end: 3.5 dB)
-        strong = cfg.envelope.threshold_db + cfg.envelope.margin_db
-        high = {k: v for k, v in (b.envelope or {}).get("median_db", {}).items() if v >= strong}
-        if high:
-            k = max(high, key=high.__getitem__)
-            print(f"{sid}: the envelope found {k.upper()} lines ({high[k]:.1f} dB) while it learned: if the bearing was "
-                  "not healthy then, they are taken for its normal; learn again once it is", file=sys.stderr)
+        fault = learned_fault(b.envelope["median_db"], cfg.envelope) if b.envelope else None
+        if fault is not None:
+            print(f"{sid}: the envelope found {fault[1].upper()} lines ({fault[2]:.1f} dB) while it learned: if the "
+                  "bearing was not healthy then, they are taken for its normal; learn again once it is", file=sys.stderr)
     return 0
 
 

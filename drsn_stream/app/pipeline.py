@@ -32,7 +32,7 @@ from drsn_stream.app.defaults import Resolved, resolve_defaults
 from drsn_stream.app.ingest import Ingest, SpeedLog, one_line
 from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.app.shards import HealthMirror, ShardedSource, shard_sources, shardable, shared_memory_needed
-from drsn_stream.dsp.envelope import label_family
+from drsn_stream.dsp.envelope import EnvelopeResult, label_family
 from drsn_stream.dsp.normalize import BatchNormalizer
 from drsn_stream.engine.batcher import MicroBatcher
 from drsn_stream.engine.contract import RunnerLike, device_type
@@ -333,19 +333,22 @@ class Pipeline:
             return None
         hop = self.config.hop or self.meta.hop
 
-        def rpm_of(sid: str) -> tuple[float | None, bool]:
+        def holder(sid: str, what: str) -> Any:
+            """The first source that holds the (channel) stream ``sid`` and knows its machine's
+            ``what`` (its ``rpm`` or ``bearing`` attribute); None where none does."""
             frame_id = sid.rpartition("/")[0]
             for src in self.sources:
-                if getattr(src, "rpm", None) and (sid in src.streams or frame_id in src.streams):
-                    return float(src.rpm), bool(getattr(src, "rpm_given", False))
-            return None, False
+                if getattr(src, what, None) and (sid in src.streams or frame_id in src.streams):
+                    return src
+            return None
+
+        def rpm_of(sid: str) -> tuple[float | None, bool]:
+            src = holder(sid, "rpm")
+            return (float(src.rpm), bool(getattr(src, "rpm_given", False))) if src is not None else (None, False)
 
         def bearing_of(sid: str) -> str | None:
-            frame_id = sid.rpartition("/")[0]
-            for src in self.sources:
-                if getattr(src, "bearing", None) and (sid in src.streams or frame_id in src.streams):
-                    return str(src.bearing)
-            return None
+            src = holder(sid, "bearing")
+            return str(src.bearing) if src is not None else None
 
         return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
                              hop=hop, window=self.meta.window, rpm_of=rpm_of, bearing_of=bearing_of,
@@ -781,15 +784,20 @@ class Pipeline:
                 if oks[i] and p.stream_id in sick:
                     oks[i] = False
                     p.health = CHECK_SENSOR
+        envs: list[EnvelopeResult | None] | None = None  # per window, its stream's envelope by then
         if self.envelope is not None:  # the alarm's third opinion: a fault family's lines risen, held
-            score = self.envelope.score
+            reading, envs = self.envelope.reading, []
             for p in preds:
-                p.envelope_db = score(p.stream_id, p.t_last)
-        results = self.decisions.update_many(preds, oks)
-        if self.envelope is not None:
-            for p, (events, _, _) in zip(preds, results):
-                if events:
-                    self._say_envelope(p, events)
+                env, p.envelope_db = reading(p.stream_id, p.t_last)
+                envs.append(env)
+            results = self.decisions.update_many(preds, oks)
+            for p, env, (events, _, _) in zip(preds, envs, results):
+                if events and env is not None:  # an alarm says what the envelope said
+                    for e in events:
+                        if e.type == "alarm":
+                            e.data["envelope"] = _envelope_json(env, p)
+        else:
+            results = self.decisions.update_many(preds, oks)
         self._tally.update(zip(ids, [p.label if ok else "check_sensor" for p, ok in zip(preds, oks)]))
         if (self.unknown is not None and self.unknown.refused_total != self._refused_checked
                 and time.monotonic() >= self._next_refused_check):
@@ -800,17 +808,15 @@ class Pipeline:
                     self._emit_events(events)
             return
         speeds = any(self._speed_logs)
-        for p, healthy, (events, smoothed, level) in zip(preds, oks, results):
-            env = self.envelope.latest(p.stream_id, p.t_last) if self.envelope is not None else None
+        for i, (p, healthy, (events, smoothed, level)) in enumerate(zip(preds, oks, results)):
+            env = envs[i] if envs is not None else None
             if self.outputs:
                 obj = p.to_json()
                 obj["smoothed"], obj["level"] = smoothed, level.name  # as the decisions stood after this window
                 if speeds and (rpm := self.speed_of(p.stream_id, p.t_last)) is not None:
                     obj["rpm"] = rpm  # the speed of the frame holding the window's last sample
                 if env is not None:
-                    obj["envelope"] = env.to_json()
-                    if p.envelope_db is not None and math.isfinite(p.envelope_db):
-                        obj["envelope"]["rise_db"] = round(p.envelope_db, 2)
+                    obj["envelope"] = _envelope_json(env, p)
                 self._emit(obj)
             if self.detector is not None and healthy:
                 dets = self.detector.update(p.stream_id, p.t_last, p.probs)
@@ -819,19 +825,6 @@ class Pipeline:
                 events = events + dets
             if events:
                 self._emit_events(events)
-
-    def _say_envelope(self, p: Prediction, events: list[Event]) -> None:
-        """An alarm event of a stream with envelope evidence says it: the latest block's fault type
-        and evidence, and how far its family rose over what it needs (held over the last blocks)."""
-        assert self.envelope is not None
-        env = self.envelope.latest(p.stream_id, p.t_last)
-        if env is None:
-            return
-        for e in events:
-            if e.type == "alarm":
-                e.data["envelope"] = env.to_json()
-                if p.envelope_db is not None and math.isfinite(p.envelope_db):
-                    e.data["envelope"]["rise_db"] = round(p.envelope_db, 2)
 
     def _tell_baselines(self) -> None:
         """Sensor health told the levels the streams' machines rest under, as their baselines
@@ -1055,6 +1048,15 @@ class Pipeline:
             lines.append(f"  sink failures {dict(self.outputs.failures)}; last: {self.outputs.last_error}")
         return "\n".join(lines)
 
+
+
+def _envelope_json(env: EnvelopeResult, p: Prediction) -> dict[str, Any]:
+    """A window's envelope as its JSON and its alarms' say it: the latest block's fault type and
+    evidence, and how far its family rose over what it needs, held over the last blocks."""
+    out = env.to_json()
+    if p.envelope_db is not None and math.isfinite(p.envelope_db):
+        out["rise_db"] = round(p.envelope_db, 2)
+    return out
 
 
 def _clock(t: float) -> str:

@@ -511,15 +511,36 @@ def analyse_block(
     return EnvelopeResult(decide(evidence, settings.threshold_db), evidence, bands, said_hz)
 
 
+def need_db(family: str, threshold_db: float, normal: Mapping[str, float] | None = None, margin_db: float = 0.0) -> float:
+    """The evidence (dB) ``family`` needs to name its fault type: ``threshold_db``, and with
+    ``normal`` (the machine's learned evidence per family) ``margin_db`` over its normal too."""
+    return max(threshold_db, (normal or {}).get(family, -math.inf) + margin_db)
+
+
 def decide(evidence: Mapping[str, float], threshold_db: float, normal: Mapping[str, float] | None = None,
            margin_db: float = 0.0) -> str:
-    """The fault type of the family with the most evidence among those that reach ``threshold_db``
-    dB and, with ``normal`` (the machine's learned evidence per family), ``margin_db`` over their
-    normal too; ``"none"`` where none does. A family's normal only takes it out of the running: a
-    block whose strongest family reaches both names the same type as without a normal."""
-    normal = normal or {}
-    ok = [k for k in FAMILIES if evidence.get(k, -math.inf) >= max(threshold_db, normal.get(k, -math.inf) + margin_db)]
+    """The fault type of the family with the most evidence among those that reach what they need
+    (``need_db``); ``"none"`` where none does. A family's normal only takes it out of the running:
+    a block whose strongest family reaches both names the same type as without a normal."""
+    ok = [k for k in FAMILIES if evidence.get(k, -math.inf) >= need_db(k, threshold_db, normal, margin_db)]
     return _TYPE_OF[max(ok, key=lambda k: evidence[k])] if ok else "none"
+
+
+def median_evidence(evidence: np.ndarray) -> dict[str, float]:
+    """A machine's own evidence per family: the median over blocks of ``evidence`` (blocks,
+    FAMILIES), as a baseline learns it."""
+    return {k: float(v) for k, v in zip(FAMILIES, np.median(evidence, axis=0))}
+
+
+def learned_fault(normal: Mapping[str, float], settings: EnvelopeSettings) -> tuple[str, str, float] | None:
+    """(fault type, family, dB) of the strongest family of a learned normal that reaches what a
+    fault needs over a machine of no lines of its own (``threshold_db + margin_db``): a bearing
+    learned with its fault. A healthy machine's own lines sit lower (CWRU's fan end: 3.5 dB)."""
+    high = {k: v for k, v in normal.items() if k in _TYPE_OF and v >= settings.threshold_db + settings.margin_db}
+    if not high:
+        return None
+    k = max(high, key=high.__getitem__)
+    return _TYPE_OF[k], k, high[k]
 
 
 def label_family(label: str) -> str | None:
@@ -616,6 +637,9 @@ __all__ = [
     "decide",
     "envelope_spectra",
     "label_family",
+    "learned_fault",
+    "median_evidence",
+    "need_db",
     "machine_for",
     "mean_speed",
     "plan_speed",

@@ -674,7 +674,7 @@ class DecisionEngine:
         step = vote | speaks
         if step.any():
             self._step(s[step], t[step], np.flatnonzero(step) if isinstance(rows, slice) else rows[step],
-                       predictions, out_events, env[step])
+                       predictions, out_events, env[step], env_up[step])
         labels_out[rows] = T.label[s]
         shown_out[rows] = T.shown[s]
 
@@ -736,7 +736,7 @@ class DecisionEngine:
         return env >= np.where(cond == 0, cfg.envelope_enter_db, cfg.envelope_leave_db)  # NaN (none): False
 
     def _step(self, s: np.ndarray, t: np.ndarray, rows: np.ndarray, predictions: Sequence[Prediction],
-              out_events: list[list[Event]], env: np.ndarray) -> None:
+              out_events: list[list[Event]], env: np.ndarray, env_up: np.ndarray) -> None:
         """The alarm state machine of one window of each of distinct streams ``s`` (at capture
         times ``t``; ``rows``: their places in the batch): the level each window supports, the
         debounce, the latch, and an event where the shown level changes."""
@@ -763,8 +763,7 @@ class DecisionEngine:
         if cfg.anomaly_danger is not None:
             an_danger |= an >= cfg.anomaly_danger
         target = np.maximum(by_label, np.where(an_up, np.where(an_danger, 2, 1), 0))
-        # the level the envelope's rise supports, with its own hysteresis
-        env_up = self._env_up(env, cond)
+        # the level the envelope's rise supports, with its own hysteresis (``env_up``, as _round found it)
         if env_up.any():
             env_danger = long_episode.copy()
             if cfg.envelope_danger_db is not None:

@@ -52,8 +52,11 @@ from drsn_stream.dsp.envelope import (
     analyse_block,
     bearing_geometry,
     decide,
+    learned_fault,
     machine_for,
     mean_speed,
+    median_evidence,
+    need_db,
     plan_speed,
     speed_curve,
 )
@@ -114,7 +117,7 @@ STEADY_STEP = 0.001
 _KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
 NORMAL_KEEP = 2048  # blocks of evidence kept per stream until it has a normal (then every other one)
 NORMAL_LEAST = 5  # blocks of evidence within a learning span that make a normal
-# blocks in a row a family must rise over its need in for the alarm (``score``): one block's
+# blocks in a row a family must rise over its need in for the alarm (``reading``): one block's
 # chance lines are not a fault; three 1-s blocks are about 3 s of evidence
 SUSTAIN = 3
 
@@ -421,12 +424,10 @@ class EnvelopeStage:
         self._say_once(sid, f"envelope evidence against the machine's own learned lines ({lines} dB, their median "
                             f"while its baseline learned): a fault type needs {s.margin_db:g} dB over them",
                        key="normal")
-        # lines a fault would need over a machine of no lines of its own (a healthy machine's own
-        # lines sit lower: CWRU's fan end, 3.5 dB)
-        high = {k: v for k, v in normal.items() if v >= s.threshold_db + s.margin_db}
-        if high:
-            k = max(high, key=high.__getitem__)
-            self._say_once(sid, f"the envelope found {_TYPE_NAMES[k]} lines ({k.upper()} {high[k]:.1f} dB) while the "
+        fault = learned_fault(normal, s)
+        if fault is not None:
+            kind, k, db = fault
+            self._say_once(sid, f"the envelope found {kind.replace('_', '-')} lines ({k.upper()} {db:.1f} dB) while the "
                                 "baseline learned: if the bearing was not healthy then, they are taken for its normal; "
                                 "learn the baseline again once it is", key="normal-high")
 
@@ -443,8 +444,7 @@ class EnvelopeStage:
             ev = seen.ev[: seen.n][inside]
         if ev.shape[0] < NORMAL_LEAST:
             return None
-        med = np.median(ev, axis=0)
-        return {"blocks": int(ev.shape[0]), "median_db": {k: round(float(v), 2) for k, v in zip(FAMILIES, med)}}
+        return {"blocks": int(ev.shape[0]), "median_db": {k: round(v, 2) for k, v in median_evidence(ev).items()}}
 
     def set_normals(self, normals: Mapping[str, Mapping[str, float]]) -> None:
         """The streams' learned evidence per family (dB), all of them at once (a stream left out has
@@ -507,32 +507,31 @@ class EnvelopeStage:
             kept = self._results.get(stream)
             if not kept:
                 return None
-            if t is None:
-                return self._judged(stream, kept[-1][1])
-            i = bisect.bisect_right([te for te, _ in kept], t + 1e-6)
+            i = len(kept) if t is None else _ended_by(kept, t)
             return self._judged(stream, kept[i - 1][1]) if i else None  # None too for a block of no evidence
 
-    def score(self, stream: str, t: float) -> float | None:
-        """How far one family's evidence rose over what it needs to name its fault type (dB: over
-        the threshold and, with a learned normal, ``margin_db`` over that), the least of it over
-        the stream's last SUSTAIN blocks ended by capture time ``t``, for the family that rose
-        most so; negative where none rose. None with fewer such blocks in a row (a gap, a stop,
-        a block of no evidence among them): the alarm's envelope opinion (``Prediction.envelope_db``)."""
+    def reading(self, stream: str, t: float) -> tuple[EnvelopeResult | None, float | None]:
+        """What the stream's envelope said by capture time ``t``, in one look: ``latest(stream,
+        t)``, and how far one family's evidence rose over what it needs to name its fault type
+        (dB: ``need_db``), the least of it over the stream's last SUSTAIN blocks ended by then, for
+        the family that rose most so; negative where none rose. The rise is None with fewer such
+        blocks in a row (a gap, a stop, a block of no evidence among them): the alarm's envelope
+        opinion (``Prediction.envelope_db``)."""
         with self._lock:
             kept = self._results.get(stream)
-            if not kept or len(kept) < SUSTAIN:
-                return None
-            ends = [te for te, _ in kept]
-            i = bisect.bisect_right(ends, t + 1e-6)
-            if i < SUSTAIN or ends[i - 1] - ends[i - SUSTAIN] > (SUSTAIN - 0.5) * self.block_s:
-                return None
+            if not kept:
+                return None, None
+            i = _ended_by(kept, t)
+            result = self._judged(stream, kept[i - 1][1]) if i else None
+            if i < SUSTAIN or kept[i - 1][0] - kept[i - SUSTAIN][0] > (SUSTAIN - 0.5) * self.block_s:
+                return result, None
             last = [kept[j][1] for j in range(i - SUSTAIN, i)]
-            normal = self._normals.get(stream) or {}
+            normal = self._normals.get(stream)
         if any(r is None for r in last):
-            return None
+            return result, None
         s = self.settings
-        return max(min(r.evidence.get(k, -math.inf) for r in last) - max(s.threshold_db, normal.get(k, -math.inf) + s.margin_db)
-                   for k in FAMILIES)
+        return result, max(min(r.evidence.get(k, -math.inf) for r in last)
+                           - need_db(k, s.threshold_db, normal, s.margin_db) for k in FAMILIES)
 
     def views(self) -> dict[str, tuple[str, float]]:
         """{stream: (fault type, its evidence dB)} of the latest blocks, for the dashboard."""
@@ -545,7 +544,9 @@ class EnvelopeStage:
                 "skipped_nonfinite": self.skipped, "cpu_s": round(self.cpu_s, 3)}
 
 
-_TYPE_NAMES = {"bpfo": "outer-race", "bpfi": "inner-race", "bsf": "ball"}
+def _ended_by(kept: deque[tuple[float, EnvelopeResult | None]], t: float) -> int:
+    """How many of a stream's kept blocks (oldest first) ended by capture time ``t``."""
+    return bisect.bisect_right([te for te, _ in kept], t + 1e-6)
 
 
 def _lines(geometry: BearingGeometry, shaft_hz: float) -> str:
