@@ -66,6 +66,8 @@ class StreamRow:
         windows: windows classified.
         envelope / envelope_db: the envelope fault type ("outer_race", "inner_race", "ball", "none")
             and its evidence (dB over noise); None / NaN where no envelope evidence is configured.
+        envelope_held: the fault type held over the stream's last three blocks in a row (what the
+            envelope's alarm asks); False where only the latest block named it.
         anomaly: the latest anomaly score against the stream's baseline (1.0 = its threshold);
             None without one. anomalies: recent scores, oldest first, for the sparkline.
         baseline: the baseline's state ("learning 40%", "fitting", "monitoring", "at rest",
@@ -93,6 +95,7 @@ class StreamRow:
     windows: int = 0
     envelope: str | None = None
     envelope_db: float = math.nan
+    envelope_held: bool = False
     anomaly: float | None = None
     anomalies: tuple[float, ...] = ()
     baseline: str | None = None

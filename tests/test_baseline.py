@@ -345,8 +345,10 @@ def test_the_dashboard_shows_the_anomaly_and_its_course_and_prometheus_a_gauge()
     for line, state in zip(lines[3:7], ("fitting", "stopping", "at rest", "starting")):
         assert f" {state} " in line, line
     # the envelope column's check mark needs the label, the anomaly and the envelope to agree
-    rows = (StreamRow("m0", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0, anomaly=12.0),
-            StreamRow("m1", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0, anomaly=0.5),
+    rows = (StreamRow("m0", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0,
+                      envelope_held=True, anomaly=12.0),
+            StreamRow("m1", label="outer_014", confidence=0.9, envelope="outer_race", envelope_db=9.0,
+                      envelope_held=True, anomaly=0.5),
             StreamRow("m2", label="normal", confidence=0.9, envelope="none", envelope_db=0.5, anomaly=0.5))
     console = Console(width=160, file=io.StringIO(), color_system=None)
     console.print(stream_table(rows, width=160))

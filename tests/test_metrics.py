@@ -53,7 +53,7 @@ def promtool_check(text: str) -> None:
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
 
 
-def plant_snapshot(counters: Counters | None = None, envelope: dict[str, tuple[str, float]] | None = None):
+def plant_snapshot(counters: Counters | None = None, envelope: dict[str, tuple[str, float, bool]] | None = None):
     """Real decisions, health and event log for 4 streams: m1 in ALERT, m2 in DANGER, m3's sensor flat."""
     decisions = DecisionEngine(LABELS, DecisionConfig.for_labels(LABELS, set_windows=2, danger_labels=("*_021",)))
     health = HealthMonitor(HealthConfig())
@@ -142,8 +142,9 @@ def test_the_envelopes_fault_type_and_evidence_are_series_where_a_bearing_is_con
     # envelope named (one series per type, 1 for the named one) and its evidence; none of either
     # without an envelope stage, and none for a stream whose sensor is sick (the dashboard's rule)
     assert "envelope" not in format_metrics(plant_snapshot())
-    text = format_metrics(plant_snapshot(envelope={"sim/m1": ("inner_race", 14.6), "sim/m0": ("none", 1.2),
-                                                   "sim/m3": ("outer_race", 30.0)}))
+    text = format_metrics(plant_snapshot(envelope={"sim/m1": ("inner_race", 14.6, True),
+                                                   "sim/m0": ("none", 1.2, False),
+                                                   "sim/m3": ("outer_race", 30.0, True)}))
     promtool_check(text)
     v = samples(text)
     assert v[("drsn_stream_envelope_evidence_decibels", (("stream", "sim/m1"),))] == pytest.approx(14.6)

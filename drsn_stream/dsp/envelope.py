@@ -543,6 +543,11 @@ def learned_fault(normal: Mapping[str, float], settings: EnvelopeSettings) -> tu
     return _TYPE_OF[k], k, high[k]
 
 
+def family_of(fault_type: str) -> str | None:
+    """The family whose lines name ``fault_type`` ("inner_race" -> "bpfi"); None for "none"."""
+    return next((k for k, t in _TYPE_OF.items() if t == fault_type), None)
+
+
 def label_family(label: str) -> str | None:
     """A model label as a fault type: ``inner_014`` -> ``inner_race``, ``normal`` -> ``none``;
     None for labels that are not bearing conditions (``?``, ``unknown``, speech)."""
@@ -636,6 +641,7 @@ __all__ = [
     "bearing_geometry",
     "decide",
     "envelope_spectra",
+    "family_of",
     "label_family",
     "learned_fault",
     "median_evidence",

@@ -52,6 +52,7 @@ from drsn_stream.dsp.envelope import (
     analyse_block,
     bearing_geometry,
     decide,
+    family_of,
     learned_fault,
     machine_for,
     mean_speed,
@@ -523,21 +524,41 @@ class EnvelopeStage:
                 return None, None
             i = _ended_by(kept, t)
             result = self._judged(stream, kept[i - 1][1]) if i else None
-            if i < SUSTAIN or kept[i - 1][0] - kept[i - SUSTAIN][0] > (SUSTAIN - 0.5) * self.block_s:
-                return result, None
-            last = [kept[j][1] for j in range(i - SUSTAIN, i)]
+            last = self._in_a_row(kept, i)
             normal = self._normals.get(stream)
-        if any(r is None for r in last):
+        if last is None:
             return result, None
-        s = self.settings
-        return result, max(min(r.evidence.get(k, -math.inf) for r in last)
-                           - need_db(k, s.threshold_db, normal, s.margin_db) for k in FAMILIES)
+        return result, max(self._rise(last, k, normal) for k in FAMILIES)
 
-    def views(self) -> dict[str, tuple[str, float]]:
-        """{stream: (fault type, its evidence dB)} of the latest blocks, for the dashboard."""
+    def views(self) -> dict[str, tuple[str, float, bool]]:
+        """{stream: (fault type, its evidence dB, held)} of the latest blocks, for the dashboard:
+        ``held`` where the type's family reached what it needs in each of the stream's last
+        SUSTAIN blocks in a row (what the alarm asks of it), not in the latest block alone (a
+        healthy machine's own lines near a fault order cross the threshold now and then)."""
+        out: dict[str, tuple[str, float, bool]] = {}
         with self._lock:
-            return {sid: (r.fault_type, r.strength_db) for sid, kept in self._results.items()
-                    if kept and (r := self._judged(sid, kept[-1][1])) is not None}
+            for sid, kept in self._results.items():
+                if not kept or (r := self._judged(sid, kept[-1][1])) is None:
+                    continue
+                family = family_of(r.fault_type)
+                last = self._in_a_row(kept, len(kept)) if family else None
+                held = last is not None and self._rise(last, family, self._normals.get(sid)) >= 0
+                out[sid] = (r.fault_type, r.strength_db, held)
+        return out
+
+    def _in_a_row(self, kept: deque[tuple[float, EnvelopeResult | None]], i: int) -> list[EnvelopeResult] | None:
+        """The results of the SUSTAIN blocks that end at ``kept[i - 1]`` where they follow one
+        another (no gap, no stop) and each gave evidence; else None."""
+        if i < SUSTAIN or kept[i - 1][0] - kept[i - SUSTAIN][0] > (SUSTAIN - 0.5) * self.block_s:
+            return None
+        last = [kept[j][1] for j in range(i - SUSTAIN, i)]
+        return None if any(r is None for r in last) else last  # type: ignore[return-value]
+
+    def _rise(self, last: list[EnvelopeResult], family: str, normal: Mapping[str, float] | None) -> float:
+        """How far ``family``'s evidence rose over what it needs, the least of it over ``last``, dB."""
+        s = self.settings
+        return (min(r.evidence.get(family, -math.inf) for r in last)
+                - need_db(family, s.threshold_db, normal, s.margin_db))
 
     def stats(self) -> dict[str, Any]:
         return {"blocks": self.blocks, "tracked": self.tracked, "dropped": self.dropped,
