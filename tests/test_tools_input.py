@@ -230,6 +230,7 @@ def test_reexport_checks_its_flags_and_out_before_the_work(tmp_path, child_env):
     (["--null", "100000000000000000000"], ["--null"]),
     (["--speed-error", "nan"], ["--speed-error"]),
     (["--speed-error", "5"], ["--speed-error"]),
+    (["--native", "--learn"], ["--native", "--learn"]),
 ])
 def test_eval_envelope_refuses_bad_flags(args, words, data_dir, tmp_path, child_env):
     folder = cwru_folder(data_dir, tmp_path / "cw", [NORMAL])

@@ -11,7 +11,9 @@ threshold's justification. ``--channel FE`` reads the fan-end accelerometer inst
 still in the drive-end bearing, seen from a sensor further from it). ``--learn`` decides each
 block against the machine's own evidence as well, as a stream whose baseline learned it is: the
 median per family of the healthy recording's blocks (each healthy block against the median of
-the others: held out), ``margin_db`` over it.
+the others: held out), ``margin_db`` over it. ``--native`` analyses each recording at its own rate
+instead (only the healthy one differs: 48 kHz, bands up to 21.6 kHz), to see what the bands above
+the model's 6 kHz hold on a healthy machine.
 
 ``--ramp PCT`` plays every recording as a machine whose speed keeps changing: time-warped so that
 its shaft runs down from the recorded speed to ``1 - --swing`` of it and back, PCT % of the
@@ -72,19 +74,21 @@ def truth(name: str) -> str:
     return _CLASS[m.group(1)]
 
 
-def blocks(path: Path, seconds: float = 1.0, channel: str = "DE") -> tuple[np.ndarray, float]:
-    """(blocks (k, n) at 12 kHz, shaft speed Hz) of one recording's drive-end (or ``channel``) channel."""
+def blocks(path: Path, seconds: float = 1.0, channel: str = "DE", native: bool = False) -> tuple[np.ndarray, float]:
+    """(blocks (k, n) at 12 kHz, shaft speed Hz) of one recording's drive-end (or ``channel``) channel;
+    ``native``: at the recording's own rate (``n`` samples per ``seconds``)."""
     x, rate = read_recording(path, channel=channel)
     x = x[:, 0].astype(np.float64)
-    if rate != RATE:
+    if rate != RATE and not native:
         x = resample_poly(x, int(RATE), int(rate))
+        rate = RATE
     rpm = mat_rpm(path)
     if rpm is None:
         raise DataError(f"{path.name}: no RPM variable in the file; the envelope needs the shaft speed")
-    n = int(RATE * seconds)
+    n = int(rate * seconds)
     k = x.shape[0] // n
     if k == 0:
-        raise DataError(f"{path.name}: {x.shape[0] / RATE:.2f} s of signal, shorter than one {seconds:g}-second block")
+        raise DataError(f"{path.name}: {x.shape[0] / rate:.2f} s of signal, shorter than one {seconds:g}-second block")
     return x[: k * n].reshape(k, n), rpm / 60.0
 
 
@@ -243,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --ramp, how far the speed falls: to (1 - S) of the recorded speed (default 0.15)")
     ap.add_argument("--tach-noise", type=float, default=0.0, metavar="S",
                     help="with --ramp, Gaussian jitter of each frame's speed reading, relative (e.g. 0.02)")
+    ap.add_argument("--native", action="store_true",
+                    help="analyse each recording at its own sample rate (the healthy one at 48 kHz), not at the "
+                         "model's 12 kHz as the monitor does")
     ap.add_argument("--learn", action="store_true",
                     help="decide each block against the machine's own evidence as well: the median per family of "
                          "the healthy recording's blocks (each healthy block against its other blocks: held out)")
@@ -260,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--tach-noise must be a share from 0 to 0.2 (e.g. 0.02), not {args.tach_noise}")
     if not (math.isfinite(args.swing) and 0 < args.swing <= 0.5):
         raise ConfigError(f"--swing must be a share of the speed from 0 to 0.5, not {args.swing}")
+    if args.native and (args.learn or args.ramp is not None):
+        # the healthy recording is the only 48 kHz one: a normal learned at 48 kHz says nothing of
+        # 12 kHz blocks, and the ramps replay the 12 kHz files
+        raise ConfigError("--native compares the healthy recording at its own rate; it does not go with --learn "
+                          "or --ramp")
     settings = EnvelopeSettings(**overrides(args.set))
     folder = Path(args.data)
     files = sorted(folder.glob("*.mat"))
@@ -290,12 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         normal_files = [f for f in files if truth(f.name) == "none"]
         if not normal_files:
             raise ConfigError(f"--learn needs the healthy recording (normal_*.mat) in {folder}")
-        hx, hs = blocks(normal_files[0], channel=args.channel)
-        healthy = np.array([[analyse_block(b, RATE, speed_of(hs), geo, settings).evidence[k] for k in FAMILIES]
+        hx, hs = blocks(normal_files[0], channel=args.channel, native=args.native)
+        healthy = np.array([[analyse_block(b, float(hx.shape[1]), speed_of(hs), geo, settings).evidence[k]
+                             for k in FAMILIES]
                             for b in hx if np.isfinite(b).all()])
     for path in files:
         want = truth(path.name)
-        xs, shaft = blocks(path, channel=args.channel)
+        xs, shaft = blocks(path, channel=args.channel, native=args.native)
+        fs = float(xs.shape[1])  # 1-second blocks
         shaft = speed_of(shaft)
         finite = np.isfinite(xs).all(axis=1)  # a block with NaN samples has no spectrum: skipped, counted
         if not finite.all():
@@ -304,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         if not len(xs):
             print(f"{path.name:34s} {want:10s} every block holds NaN or infinite samples: skipped")
             continue
-        analyse_block(xs[0], RATE, shaft, geo, settings)  # builds the plan (once per speed), not timed
+        analyse_block(xs[0], fs, shaft, geo, settings)  # builds the plan (once per speed), not timed
         t0 = time.perf_counter()
-        results = [analyse_block(b, RATE, shaft, geo, settings) for b in xs]
+        results = [analyse_block(b, fs, shaft, geo, settings) for b in xs]
         spent += time.perf_counter() - t0
         analysed += len(results)
         if healthy is not None:
