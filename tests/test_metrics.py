@@ -151,6 +151,8 @@ def test_the_envelopes_fault_type_and_evidence_are_series_where_a_bearing_is_con
     assert v[("drsn_stream_envelope_fault", (("stream", "sim/m1"), ("type", "inner_race")))] == 1
     assert v[("drsn_stream_envelope_fault", (("stream", "sim/m1"), ("type", "none")))] == 0
     assert v[("drsn_stream_envelope_fault", (("stream", "sim/m0"), ("type", "none")))] == 1
+    assert v[("drsn_stream_envelope_held", (("stream", "sim/m1"),))] == 1
+    assert v[("drsn_stream_envelope_held", (("stream", "sim/m0"),))] == 0
     assert ("drsn_stream_envelope_evidence_decibels", (("stream", "sim/m2"),)) not in v  # no result yet
     assert ("drsn_stream_envelope_evidence_decibels", (("stream", "sim/m3"),)) not in v  # its sensor is flat
 

@@ -221,12 +221,17 @@ def snapshot_metrics(snap: Snapshot) -> Iterator[Metric]:
         fault = GaugeMetricFamily("drsn_stream_envelope_fault", "1 for the fault type the envelope named on the "
                                   "stream's latest block (none: no fault lines), 0 for the others.",
                                   labels=["stream", "type"])
+        held = GaugeMetricFamily("drsn_stream_envelope_held", "1 where the envelope's fault type held over the "
+                                 "stream's last three blocks in a row (what its alarm asks; the dashboard shows a type "
+                                 "not held as a maybe), else 0.", labels=["stream"])
         for r in enveloped:
             evidence.add_metric([r.stream_id], float(r.envelope_db))
             for kind in FAULT_TYPES:
                 fault.add_metric([r.stream_id, kind], float(r.envelope == kind))
+            held.add_metric([r.stream_id], float(r.envelope_held))
         yield evidence
         yield fault
+        yield held
     windows = CounterMetricFamily("drsn_stream_windows", "Windows of the stream classified.", labels=["stream"])
     for r in snap.rows:
         windows.add_metric([r.stream_id], float(r.windows))
