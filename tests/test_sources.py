@@ -112,7 +112,8 @@ def test_sim_reads_all_machines_at_once_exactly_as_one_by_one():
     # ends and chunks longer than an excerpt it must replay the same samples as reading each
     # machine on its own.
     for spec, chunk in (("sim?machines=6&noise=pink&snr=3&seed=4&fast=1", 700),
-                        ("sim?machines=3&seed=2&fast=1&chunk=50000", 50000)):
+                        ("sim?machines=3&seed=2&fast=1&chunk=50000", 50000),
+                        ("sim?machines=4&noise=pink&seed=3&fast=1&sweep=7&swing=0.3", 700)):
         src = make_source(spec)
         with src:
             changes = 0
@@ -171,6 +172,31 @@ class _Matcher:
         seg = (seg - seg.mean()) / seg.std()
         corr = np.fft.irfft(self.spec * np.conj(np.fft.rfft(seg, self.n)), self.n)
         return float(np.max(corr / self.norm))
+
+
+def test_sim_sweep_runs_each_machine_down_and_up_and_its_frames_carry_the_speed():
+    # sweep=S: the shaft runs down by swing and back up, once every S seconds, each machine at its
+    # own point of the cycle; the recording is read that much slower, and every frame carries its
+    # mean speed (a tachometer's reading), where the plain simulator's carry none
+    src, streams = _collect(make_source("sim?machines=3&fast=1&duration=20&sweep=10&swing=0.2&fault=inner_014&seed=1"))
+    assert src.rpm is None  # the frames say it
+    for sid, frames in streams.items():
+        rpm = np.array([f.rpm for f in frames])
+        assert rpm.min() == pytest.approx(0.8 * 1797, rel=0.005) and rpm.max() == pytest.approx(1797, rel=0.005)
+        assert np.abs(np.diff(rpm)).max() < 0.2 * 1797 * 2 / 10 * 512 / 12000 * 1.01  # a triangle, no jumps
+        # the samples are the recording read at that speed: put back on the recording's own steps
+        # (each frame spread over 512 x speed / 1797 of them), they are the excerpt
+        x = np.concatenate([f.samples[:, 0] for f in frames]).astype(np.float64)
+        read = np.concatenate([[0.0], np.cumsum(np.repeat(rpm / 1797, 512))])[: x.size]
+        back = np.interp(np.arange(1000, 9000), read, x)
+        ex = load_excerpts()["inner_014"].astype(np.float64)
+        start = src._offs[int(sid[-1]), LABELS.index("inner_014")] + 1000
+        assert np.corrcoef(back, np.take(ex, np.arange(start, start + 8000), mode="wrap"))[0, 1] > 0.9, sid
+    _, plain = _collect(make_source("sim?machines=1&fast=1&duration=1"))
+    assert {f.rpm for f in plain["sim/m0"]} == {None}
+    for bad in ("swing=0", "swing=0.6", "sweep=-1", "sweep=nan"):
+        with pytest.raises(ConfigError, match="swing|sweep"):
+            make_source(f"sim?sweep=10&{bad}")
 
 
 def test_sim_truth_names_the_recording_that_plays(data_dir):

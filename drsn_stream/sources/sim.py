@@ -143,6 +143,31 @@ def looped(x: np.ndarray, start: int, n: int) -> np.ndarray:
     return x[..., (a + np.arange(n, dtype=np.int64)) % size]
 
 
+def _tri_integral(u: np.ndarray) -> np.ndarray:
+    """The integral from 0 to ``u`` of a triangle wave of period 1 that rises from 0 at 0 to 1 at
+    0.5 and falls back to 0 at 1 (0.5 per whole period)."""
+    k = np.floor(u)
+    f = u - k
+    return 0.5 * k + np.where(f <= 0.5, f * f, 2.0 * f - f * f - 0.5)
+
+
+def sweep_positions(i: np.ndarray, phase: np.ndarray, period: float, swing: float) -> np.ndarray:
+    """Where in a recording (samples, float) output sample ``i`` of a machine whose shaft speed
+    follows the sweep reads, for each machine's ``phase`` (a share of the period, shape (units,)):
+    ``(units, len(i))``. The speed is ``1 - swing * triangle(i / period + phase)`` of the
+    recorded one, so the recording is read that much slower; position 0 at sample 0."""
+    u = i[None, :] / period + phase[:, None]
+    return i[None, :] - swing * period * (_tri_integral(u) - _tri_integral(phase)[:, None])
+
+
+def read_between(x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """``x`` (a looped recording) at fractional positions ``pos``, linearly interpolated."""
+    i0 = np.floor(pos)
+    frac = (pos - i0).astype(np.float32)
+    i0 = i0.astype(np.int64) % x.shape[-1]
+    return x[i0] * (1 - frac) + x[(i0 + 1) % x.shape[-1]] * frac
+
+
 SIM_RPM = 1797.0
 SIM_BEARING = "cwru-de"  # the CWRU rig's drive-end bearing (6205-2RS JEM SKF), whose recordings it replays
 
@@ -174,6 +199,10 @@ class BearingSim(Source):
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
         "duration": (opt_positive(float), math.inf, "stop after this many seconds of signal"),
         "fault": (str, "random", "random (schedule) | none (always healthy) | a class name (always)"),
+        "sweep": (opt_finite(0.0), 0.0, "seconds per cycle of the shaft speed running down by swing and back up "
+                                               "(a triangle; the signal is time-warped, frames carry their rpm); 0 = "
+                                               "the recorded speed throughout"),
+        "swing": (opt_positive(float, 0.5), 0.1, "share of the recorded speed the sweep runs down by (0 < swing <= 0.5)"),
         "envelope": (opt_bool, True, "1 = its streams carry the replayed rig's bearing, so the envelope evidence runs "
                                      "with no [machine] configured (about 0.5 ms of CPU per stream and second); 0 = not"),
     }
@@ -206,6 +235,15 @@ class BearingSim(Source):
         # for the envelope evidence with a bearing and no speed configured, and for what publish sends
         self.rpm: float | None = SIM_RPM
         self.rpm_given = False
+        # a sweep of the shaft speed: each machine at its own point of the cycle; its frames carry
+        # the speed (their mean), as a tachometer's would, so the source states none of its own
+        self._sweep = float(o["sweep"]) * self.rate
+        self._swing = float(o["swing"])
+        self._phase = np.zeros(0)
+        if self._sweep:
+            self.rpm = None
+            machines = [np.random.default_rng([o["seed"], first + j, 1]).uniform() for j in range(len(self._frame_ids))]
+            self._phase = np.repeat(np.array(machines), self._channels)  # every channel of a machine alike
         # and the bearing they were recorded on (the rig's drive end): the demo shows the envelope
         # evidence, and raises its alarm, with no [machine] configured (a [machine] bearing wins)
         self.bearing: str | None = SIM_BEARING if o["envelope"] else None
@@ -278,6 +316,15 @@ class BearingSim(Source):
         changing = lab < 0  # the schedule changes within this chunk: done one by one below
         lab[changing] = 0
         size = self._sizes[lab]
+        if self._sweep:  # every row read at its machine's warped positions, between samples
+            pos = self._offs[units, lab][:, None] + sweep_positions(
+                np.arange(a, b, dtype=np.float64), self._phase, self._sweep, self._swing)
+            i0 = np.floor(pos)
+            frac = (pos - i0).astype(np.float32)
+            i0 = i0.astype(np.int64) % size[:, None]
+            base = self._bases[lab][:, None]
+            out = self._track[base + i0] * (1 - frac) + self._track[base + (i0 + 1) % size[:, None]] * frac
+            return self._finish(out, units, lab, changing, a, b)
         rel = (a + self._offs[units, lab]) % size
         start = self._bases[lab] + rel
         wraps = rel + n > size  # the excerpt ends within the chunk: loops back to its start
@@ -289,6 +336,13 @@ class BearingSim(Source):
             wraps[:] = True
         for m in np.flatnonzero(wraps & ~changing).tolist():
             out[m] = self._track[self._bases[lab[m]] + (rel[m] + np.arange(n, dtype=np.int64)) % size[m]]
+        return self._finish(out, units, lab, changing, a, b)
+
+    def _finish(self, out: np.ndarray, units: np.ndarray, lab: np.ndarray, changing: np.ndarray, a: int,
+                b: int) -> np.ndarray:
+        """``_block``'s rows read from the track: each machine's gain and noise, and the rows whose
+        label changes within the chunk done one by one."""
+        n = b - a
         out *= self._gains32[:, None]
         if self._noise_track is not None:
             noise = looped(self._noise_track, a, n)
@@ -305,7 +359,12 @@ class BearingSim(Source):
         for s, e, label in self._schedules[m].segments(a, b):
             x = self._excerpts[label]
             seg = out[s - a : e - a]
-            np.multiply(looped(x, s + self._offsets[m][label], e - s), np.float32(self._gains[m]), out=seg)
+            if self._sweep:
+                pos = self._offs[m, self._label_no[label]] + sweep_positions(
+                    np.arange(s, e, dtype=np.float64), self._phase[m : m + 1], self._sweep, self._swing)[0]
+                np.multiply(read_between(x, pos), np.float32(self._gains[m]), out=seg)
+            else:
+                np.multiply(looped(x, s + self._offsets[m][label], e - s), np.float32(self._gains[m]), out=seg)
             if noise is not None:
                 seg += looped(noise, s, e - s) * np.float32(self._noise_gain[label] * self._gains[m])
         return out
@@ -323,7 +382,12 @@ class BearingSim(Source):
                 return
             t_first = self.t0 + pos / (self.rate * self._time_scale)  # after the wait: t0 follows a step of the wall clock
             c = self._channels
+            rpms = [None] * len(self._frame_ids)
+            if self._sweep:  # each machine's mean speed over the frame, as a tachometer reads it
+                ends = sweep_positions(np.array([pos, pos + n], dtype=np.float64), self._phase[::c], self._sweep,
+                                       self._swing)
+                rpms = (SIM_RPM * (ends[:, 1] - ends[:, 0]) / n).tolist()
             for m, stream in enumerate(self._frame_ids):
-                yield Frame(stream, seq, t_first, float(self.rate), block[m * c : (m + 1) * c].T)
+                yield Frame(stream, seq, t_first, float(self.rate), block[m * c : (m + 1) * c].T, rpm=rpms[m])
             pos += n
             seq += 1
