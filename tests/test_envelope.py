@@ -235,6 +235,14 @@ def test_the_demo_with_a_sweeping_speed_follows_it_the_fault_type_holds_and_the_
     rpms = [e["rpm"] for e in faulty]
     assert max(rpms) - min(rpms) > 0.1 * 1797, (min(rpms), max(rpms))
     assert {e["type"] for e in faulty} == {"outer_race"}
+    assert sum(e["held"] for e in faulty) > 0.8 * len(faulty)  # all but its first blocks
+    calm = [o["envelope"] for o in preds if o["stream"] == "sim/m1" and "envelope" in o]
+    assert calm and not any(e.get("held") for e in calm)
+    named = [e for e in calm if e["type"] != "none"]
+    assert named and all(e["held"] is False for e in named), named[:3]  # a type on one block now and then
+    lines = [ln for ln in res.stderr.splitlines() if " sim/m1 " in ln and " env " in ln]
+    assert any(" env outer_race? " in ln or " env inner_race? " in ln for ln in lines)
+    assert not any(" env outer_race " in ln or " env inner_race " in ln for ln in lines)
     assert any(o["label"] == "unknown" for o in preds if o["stream"] == "sim/m0")  # the network refuses some speeds
     alarms = [o for o in objs if o["type"] == "alarm"]
     assert {a["stream"] for a in alarms} == {"sim/m0"}, alarms

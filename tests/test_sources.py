@@ -194,7 +194,7 @@ def test_sim_sweep_runs_each_machine_down_and_up_and_its_frames_carry_the_speed(
         assert np.corrcoef(back, np.take(ex, np.arange(start, start + 8000), mode="wrap"))[0, 1] > 0.9, sid
     _, plain = _collect(make_source("sim?machines=1&fast=1&duration=1"))
     assert {f.rpm for f in plain["sim/m0"]} == {None}
-    for bad in ("swing=0", "swing=0.6", "sweep=-1", "sweep=nan"):
+    for bad in ("swing=0", "swing=0.6", "sweep=-1", "sweep=nan", "sweep=1e-300", "sweep=inf"):
         with pytest.raises(ConfigError, match="swing|sweep"):
             make_source(f"sim?sweep=10&{bad}")
 

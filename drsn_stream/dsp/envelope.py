@@ -190,6 +190,9 @@ class EnvelopeResult:
         shaft_hz: the shaft speed used, Hz (a block followed through a change of speed: its mean).
         normal: the machine's learned evidence per family, dB, where the type was decided against
             it (``decide``); None: against the threshold alone.
+        held: for a fault type, whether its family reached what it needs in each of the stream's
+            last three blocks in a row (what the envelope's alarm asks; the live stage judges it
+            when read); None for ``none`` and for a block judged on its own.
     """
 
     fault_type: str
@@ -197,6 +200,7 @@ class EnvelopeResult:
     bands: dict[str, tuple[float, float]] = field(default_factory=dict)
     shaft_hz: float = 0.0
     normal: dict[str, float] | None = None
+    held: bool | None = None
 
     @property
     def strength_db(self) -> float:
@@ -206,7 +210,8 @@ class EnvelopeResult:
     def to_json(self) -> dict[str, Any]:
         return {"type": self.fault_type, "evidence": {k: round(float(v), 2) for k, v in self.evidence.items()},
                 "rpm": round(60.0 * float(self.shaft_hz), 1),
-                **({"normal": {k: round(float(v), 2) for k, v in self.normal.items()}} if self.normal else {})}
+                **({"normal": {k: round(float(v), 2) for k, v in self.normal.items()}} if self.normal else {}),
+                **({"held": self.held} if self.held is not None else {})}
 
 
 def _targets(geometry: BearingGeometry, shaft_hz: float, harmonics: int) -> dict[str, list[float]]:

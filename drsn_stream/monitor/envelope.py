@@ -523,28 +523,35 @@ class EnvelopeStage:
             if not kept:
                 return None, None
             i = _ended_by(kept, t)
-            result = self._judged(stream, kept[i - 1][1]) if i else None
             last = self._in_a_row(kept, i)
             normal = self._normals.get(stream)
+            result = self._held(stream, kept[i - 1][1], last, normal) if i else None
         if last is None:
             return result, None
         return result, max(self._rise(last, k, normal) for k in FAMILIES)
 
     def views(self) -> dict[str, tuple[str, float, bool]]:
-        """{stream: (fault type, its evidence dB, held)} of the latest blocks, for the dashboard:
-        ``held`` where the type's family reached what it needs in each of the stream's last
-        SUSTAIN blocks in a row (what the alarm asks of it), not in the latest block alone (a
-        healthy machine's own lines near a fault order cross the threshold now and then)."""
+        """{stream: (fault type, its evidence dB, held)} of the latest blocks, for the dashboard
+        (``EnvelopeResult.held``: a healthy machine's own lines near a fault order cross the
+        threshold now and then, one block at a time)."""
         out: dict[str, tuple[str, float, bool]] = {}
         with self._lock:
             for sid, kept in self._results.items():
-                if not kept or (r := self._judged(sid, kept[-1][1])) is None:
-                    continue
-                family = family_of(r.fault_type)
-                last = self._in_a_row(kept, len(kept)) if family else None
-                held = last is not None and self._rise(last, family, self._normals.get(sid)) >= 0
-                out[sid] = (r.fault_type, r.strength_db, held)
+                r = self._held(sid, kept[-1][1], self._in_a_row(kept, len(kept)), self._normals.get(sid)) if kept else None
+                if r is not None:
+                    out[sid] = (r.fault_type, r.strength_db, bool(r.held))
         return out
+
+    def _held(self, sid: str, result: EnvelopeResult | None, last: list[EnvelopeResult] | None,
+              normal: Mapping[str, float] | None) -> EnvelopeResult | None:
+        """``result`` (the newest of ``last`` where the blocks before it followed in a row) judged
+        against the stream's normal, and for a fault type whether it held over ``last`` (its
+        family reached what it needs in each, as the alarm asks). Under the lock."""
+        result = self._judged(sid, result)
+        family = family_of(result.fault_type) if result is not None else None
+        if family is None:
+            return result
+        return replace(result, held=last is not None and self._rise(last, family, normal) >= 0)
 
     def _in_a_row(self, kept: deque[tuple[float, EnvelopeResult | None]], i: int) -> list[EnvelopeResult] | None:
         """The results of the SUSTAIN blocks that end at ``kept[i - 1]`` where they follow one
@@ -552,7 +559,7 @@ class EnvelopeStage:
         if i < SUSTAIN or kept[i - 1][0] - kept[i - SUSTAIN][0] > (SUSTAIN - 0.5) * self.block_s:
             return None
         last = [kept[j][1] for j in range(i - SUSTAIN, i)]
-        return None if any(r is None for r in last) else last  # type: ignore[return-value]
+        return None if any(r is None for r in last) else last
 
     def _rise(self, last: list[EnvelopeResult], family: str, normal: Mapping[str, float] | None) -> float:
         """How far ``family``'s evidence rose over what it needs, the least of it over ``last``, dB."""

@@ -87,7 +87,8 @@ def format_line(obj: dict[str, Any]) -> str | None:
         env = obj.get("envelope")
         if env:
             evidence = env.get("evidence") or {}
-            line += f" env {env.get('type')} {max(evidence.values(), default=0.0):.1f}dB"
+            maybe = "?" if env.get("held") is False else ""  # named by its block alone, as the dashboard's
+            line += f" env {env.get('type')}{maybe} {max(evidence.values(), default=0.0):.1f}dB"
             if isinstance(env.get("rpm"), (int, float)):
                 line += f" at {env['rpm']:.0f}rpm"  # the speed it was computed at (a tachometer's may move)
         return line

@@ -160,12 +160,22 @@ def sweep_positions(i: np.ndarray, phase: np.ndarray, period: float, swing: floa
     return i[None, :] - swing * period * (_tri_integral(u) - _tri_integral(phase)[:, None])
 
 
-def read_between(x: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """``x`` (a looped recording) at fractional positions ``pos``, linearly interpolated."""
+def read_between(track: np.ndarray, pos: np.ndarray, base: Any = 0, size: Any = None) -> np.ndarray:
+    """A looped recording at fractional positions ``pos``, linearly interpolated: the one of
+    ``size`` samples (each row's, broadcast) that starts at ``base`` in ``track`` (the whole
+    ``track`` by default)."""
+    size = track.shape[-1] if size is None else size
     i0 = np.floor(pos)
     frac = (pos - i0).astype(np.float32)
-    i0 = i0.astype(np.int64) % x.shape[-1]
-    return x[i0] * (1 - frac) + x[(i0 + 1) % x.shape[-1]] * frac
+    i0 = i0.astype(np.int64) % size
+    return track[base + i0] * (1 - frac) + track[base + (i0 + 1) % size] * frac
+
+
+def _sweep_seconds(value: Any) -> float:
+    v = float(value)
+    if not (v == 0 or 1 <= v <= 1e6):
+        raise ValueError(f"must be 0 (no sweep) or 1 .. 1000000 seconds per cycle, got {value!r}")
+    return v
 
 
 SIM_RPM = 1797.0
@@ -199,9 +209,9 @@ class BearingSim(Source):
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
         "duration": (opt_positive(float), math.inf, "stop after this many seconds of signal"),
         "fault": (str, "random", "random (schedule) | none (always healthy) | a class name (always)"),
-        "sweep": (opt_finite(0.0), 0.0, "seconds per cycle of the shaft speed running down by swing and back up "
-                                               "(a triangle; the signal is time-warped, frames carry their rpm); 0 = "
-                                               "the recorded speed throughout"),
+        "sweep": (_sweep_seconds, 0.0, "seconds per cycle of the shaft speed running down by swing and back up (a "
+                                       "triangle; the signal is time-warped, frames carry their rpm); 0 = the "
+                                       "recorded speed throughout"),
         "swing": (opt_positive(float, 0.5), 0.1, "share of the recorded speed the sweep runs down by (0 < swing <= 0.5)"),
         "envelope": (opt_bool, True, "1 = its streams carry the replayed rig's bearing, so the envelope evidence runs "
                                      "with no [machine] configured (about 0.5 ms of CPU per stream and second); 0 = not"),
@@ -319,11 +329,7 @@ class BearingSim(Source):
         if self._sweep:  # every row read at its machine's warped positions, between samples
             pos = self._offs[units, lab][:, None] + sweep_positions(
                 np.arange(a, b, dtype=np.float64), self._phase, self._sweep, self._swing)
-            i0 = np.floor(pos)
-            frac = (pos - i0).astype(np.float32)
-            i0 = i0.astype(np.int64) % size[:, None]
-            base = self._bases[lab][:, None]
-            out = self._track[base + i0] * (1 - frac) + self._track[base + (i0 + 1) % size[:, None]] * frac
+            out = read_between(self._track, pos, self._bases[lab][:, None], size[:, None])
             return self._finish(out, units, lab, changing, a, b)
         rel = (a + self._offs[units, lab]) % size
         start = self._bases[lab] + rel
