@@ -35,6 +35,7 @@ from drsn_stream.monitor.baseline import (
     parse_duration,
     read_learnings,
     weights_digest,
+    with_level,
 )
 from drsn_stream.monitor.decision import DecisionConfig, DecisionEngine, Level
 from drsn_stream.monitor.snapshot import build_snapshot
@@ -411,14 +412,60 @@ def test_live_learning_switches_to_monitoring_and_says_so(cli_in_process) -> Non
     assert res.returncode == 0, res.stderr
     objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     notes = [o["message"] for o in objs if o["type"] == "note" and "baseline" in o["message"]]
-    # 2 s at a hop of 512 samples are 48 windows, too few for 16 features: it learns on, and says so
+    # 2 s at a hop of 512 samples are 48 windows, too few for 16 features and the level: it learns
+    # on, and says so
     assert notes == ["the baselines learned in this run are not saved: give --baseline FILE with --learn to keep them "
                      "over a restart",
                      "learning the baseline for 2 s",
-                     "2 s gave 48 windows; a baseline over 16 features needs 80: learning on until then",
-                     "baseline learned on 80 windows; monitoring for deviations"], notes
+                     "2 s gave 48 windows; a baseline over 16 features and the level needs 85: learning on until then",
+                     "baseline learned on 85 windows; monitoring for deviations"], notes
     scored = [o["anomaly"] for o in objs if o["type"] == "prediction" and "anomaly" in o]
     assert len(scored) > 30 and np.mean(np.array(scored) > 1.0) <= 0.03
+
+
+def test_a_machine_vibrating_twice_as_hard_at_the_same_shape_is_alarmed_on(tmp_path: Path, cli_in_process) -> None:
+    """The model sees every window normalized, so its features are the same for a machine whose
+    vibration doubled at the same shape (a looser mount, a growing imbalance); the baseline learns
+    the windows' level too (``with_level``) and alarms. A profile of an older version (over the
+    pooled features alone) still loads and judges as it did: the doubling goes unseen by it."""
+    require_cwru()
+    x = cwru.load_recording(CWRU / "normal_0_97.mat").signal  # 5 s of the healthy drive end at 12 kHz
+    (tmp_path / "then").mkdir()
+    (tmp_path / "now").mkdir()
+    np.save(tmp_path / "then" / "pump.npy", x)
+    np.save(tmp_path / "now" / "pump.npy", np.concatenate([x, 2.0 * x]))  # then twice as hard
+    prof = tmp_path / "p.json"
+    res = cli_in_process("baseline", "learn", "--source", f"file:{tmp_path / 'then' / 'pump.npy'}?rate=12000",
+                         "--out", str(prof))
+    assert res.returncode == 0, res.stderr
+    assert "16 features and the level" in cli_in_process("baseline", "show", str(prof)).stdout
+
+    def judged(profile: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        res = cli_in_process("--source", f"file:{tmp_path / 'now' / 'pump.npy'}?rate=12000", "--baseline",
+                             str(profile), "--fast", "--jsonl", "-")
+        assert res.returncode == 0, res.stderr
+        objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+        preds = [o for o in objs if o["type"] == "prediction" and "anomaly" in o]
+        at = [o["index"] * 512 / 12000 for o in preds]  # the window's start, s into the recording
+        early = [o["anomaly"] for o, t in zip(preds, at) if t + 2048 / 12000 < x.size / 12000]
+        late = [o["anomaly"] for o, t in zip(preds, at) if t > x.size / 12000]  # wholly twice as hard
+        return np.array(early), np.array(late), [o for o in objs if o["type"] == "alarm"]
+
+    early, late, alarms = judged(prof)
+    assert np.mean(early > 1) <= 0.03 and len(late) > 50 and np.min(late) > 2, (early.max(), late.min())
+    assert alarms and alarms[0]["to"] in ("ALERT", "DANGER")
+    # the same profile as an older version wrote it: the pooled features' part of the Gaussian
+    doc = json.loads(prof.read_text())
+    base = doc["streams"]["pump"]
+    del base["with_level"]
+    base["mean"], base["whitener"] = base["mean"][:-1], [row[:-1] for row in base["whitener"][:-1]]
+    for st in base.get("states", []):
+        st["mean"], st["whitener"] = st["mean"][:-1], [row[:-1] for row in st["whitener"][:-1]]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    early, late, _ = judged(old)
+    assert len(late) > 50 and np.mean(late > 1) <= 0.03  # blind to the level, as before (only the windows
+    assert np.mean(early > 1) <= 0.03  # that straddle the step deviate in shape)
 
 
 def test_a_baseline_is_not_learned_from_windows_of_a_sensor_in_check_sensor(tmp_path: Path, cli_in_process) -> None:
@@ -655,6 +702,12 @@ def test_a_machine_at_rest_is_judged_neither_normal_nor_deviating_and_its_level_
     assert math.isnan(StreamBaseline.from_dict(old).level_low)
     with pytest.raises(ValueError, match="level_low"):
         StreamBaseline.from_dict({**old, "level_low": -1.0})
+    assert base.with_level and base.gaussian.mean.size == 5  # the 4 features and the level
+    # a learning an older version carried over without levels: learned on the features alone
+    older = _learning_stage(features=4, startup_s=1.0)
+    older.adopt("m0", {**carried, "learning": {**carried["learning"], "levels": None}})
+    _feed(older, feats[300:700], first=300)
+    assert not older.profile.streams["m0"].with_level and older.profile.streams["m0"].gaussian.mean.size == 4
     # a hand-over's planted levels are refused, the stream learns anew
     bad = {**carried["learning"], "levels": np.full(300, np.inf)}
     with pytest.raises(ConfigError, match="levels"):
@@ -826,7 +879,7 @@ def test_a_long_learning_keeps_a_bounded_sample_spread_over_its_whole_span() -> 
     base = alone.profile.streams["m0"]
     assert base.windows == kept.n and base.learned_from == 0.0 and base.learned_to == (n - 1) * hop_s  # the last one kept
     assert alone.notes[-1] == ("m0", f"baseline learned on {kept.n} windows (one in 4 of {n}); monitoring for deviations")
-    every = fit_stream(feats.astype(np.float64), np.arange(n) * hop_s)
+    every = fit_stream(with_level(feats, np.zeros(n)), np.arange(n) * hop_s)  # (the windows' level: 0)
     assert np.allclose(base.gaussian.mean, every.gaussian.mean, atol=0.05)
     assert base.threshold == pytest.approx(every.threshold, rel=0.2)
     first, second = stage(), stage()

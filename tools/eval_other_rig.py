@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = load_artifact("bearing-cwru")[1]
     fault_labels = {lb for lb in meta.labels if lb != "normal"}
-    least_s = ((min_windows(meta.features) - 1) * meta.hop + meta.window) / meta.sample_rate + 0.01
+    least_s = ((min_windows(meta.features + 1) - 1) * meta.hop + meta.window) / meta.sample_rate + 0.01  # and the level
     for s in scales:  # every speed checked before the work
         _split(healthy, s, least_s, LEARN_SHARE if args.learn_speeds is None else STATES_SHARE)
     if args.stops:

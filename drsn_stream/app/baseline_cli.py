@@ -97,7 +97,8 @@ def describe(profile: Profile, where: str) -> str:
         else:
             limit = f"threshold {b.threshold:.3g}"
         lines.append(f"  {sid}: {b.windows} windows ({b.held_back} held back), {_learned_when(b)}; "
-                     f"{limit} (Mahalanobis distance of {b.gaussian.mean.size} features){rest}")
+                     f"{limit} (Mahalanobis distance of {b.features} features"
+                     f"{' and the level' if b.with_level else ''}){rest}")
     return "\n".join(lines)
 
 

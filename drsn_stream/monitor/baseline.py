@@ -1,11 +1,13 @@
 """Baselines: learn a machine's normal, then score every window's deviation from it.
 
 The commissioning step of a condition-monitoring system. While learning, the pooled features of
-each stream's windows (``Prediction.features``) are collected (at most ``LEARN_KEEP`` per stream,
-spread evenly over a longer learning: ``_Learning``); ``fit_stream`` finds the machine's
-operating states among them (up to ``MAX_STATES``; one for a machine that runs one way), fits a
-Gaussian to the first part of each state's windows and sets its alarm threshold to the
-``PERCENTILE``-th percentile of the Mahalanobis distances of the held-back rest, times ``MARGIN``.
+each stream's windows (``Prediction.features``) and their levels (``with_level``: the model sees
+every window normalized, so its features do not follow the vibration's level) are collected (at
+most ``LEARN_KEEP`` per stream, spread evenly over a longer learning: ``_Learning``);
+``fit_stream`` finds the machine's operating states among them (up to ``MAX_STATES``; one for a
+machine that runs one way), fits a Gaussian to the first part of each state's windows and sets its
+alarm threshold to the ``PERCENTILE``-th percentile of the Mahalanobis distances of the held-back
+rest, times ``MARGIN``.
 While monitoring, each prediction gains ``anomaly`` = distance / threshold to the nearest state
 (1.0 = the threshold).
 
@@ -108,6 +110,32 @@ def min_windows(features: int) -> int:
     return max(MIN_WINDOWS, WINDOWS_PER_FEATURE * int(features))
 
 
+LEVEL_FLOOR = 1e-30  # a level (RMS) under this is taken as this: the log of 0 is no number
+
+
+def with_level(features: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """What a baseline is learned and judged on: the model's pooled features (b, f) and the log of
+    each window's level (its RMS before normalization, (b,)) as one more column, (b, f + 1). The
+    model sees every window normalized, so its features stay where they are when the machine's
+    vibration grows louder at the same shape (a looser mount, a growing imbalance), which the
+    level, what ISO 20816 judges a machine by, does not. A NaN level (none known) gives a NaN
+    input, which ``fit_stream`` leaves out (the stage learns a learning with any such window on
+    the features alone)."""
+    lv = np.log(np.maximum(np.asarray(levels, dtype=np.float64).reshape(-1), LEVEL_FLOOR))
+    return np.concatenate([np.asarray(features, dtype=np.float64).reshape(lv.size, -1), lv[:, None]], axis=1)
+
+
+def _padded(g: Gaussian, dims: int) -> Gaussian:
+    """``g`` over ``dims`` inputs, the ones it lacks weighing nothing in its distance (a baseline
+    learned before the level was an input, stacked with those that have it)."""
+    f = g.mean.size
+    if f == dims:
+        return g
+    whitener = np.zeros((dims, dims))
+    whitener[:f, :f] = g.whitener
+    return Gaussian(np.concatenate([g.mean, np.zeros(dims - f)]), whitener)
+
+
 def learning_path(profile: str | Path) -> Path:
     """Where the learnings in progress of the baselines saved to ``profile`` are kept between runs:
     ``plant.json`` -> ``plant.learning.npz`` beside it."""
@@ -182,6 +210,8 @@ class StreamBaseline:
         envelope: the machine's envelope evidence while it learned (``EnvelopeStage.normal``:
             ``{"blocks": n, "median_db": {family: dB}}``), against which a fault type must rise;
             None where the stream had no envelope evidence then.
+        with_level: the Gaussians are over the pooled features and the log level (``with_level``);
+            False: over the pooled features alone (a profile of an older version, judged so).
     """
 
     gaussian: Gaussian
@@ -195,9 +225,11 @@ class StreamBaseline:
     rpm_low: float = math.nan
     rpm_high: float = math.nan
     envelope: dict[str, Any] | None = None
+    with_level: bool = False
 
     def anomaly(self, features: np.ndarray) -> np.ndarray:
-        """(b, features) -> (b,) distance over the threshold, to the nearest operating state."""
+        """(b, inputs) -> (b,) distance over the threshold, to the nearest operating state (the
+        inputs as it was learned on: ``with_level`` where it was)."""
         a = np.sqrt(self.gaussian.distance2(features)) / self.threshold
         for st in self.states:
             a = np.minimum(a, np.sqrt(st.gaussian.distance2(features)) / st.threshold)
@@ -214,6 +246,7 @@ class StreamBaseline:
             **({"states": [st.to_dict() for st in self.states]} if self.states else {}),
             **({"rpm": [self.rpm_low, self.rpm_high]} if math.isfinite(self.rpm_low) else {}),
             **({"envelope": self.envelope} if self.envelope else {}),
+            **({"with_level": True} if self.with_level else {}),
         }
 
     @classmethod
@@ -236,8 +269,16 @@ class StreamBaseline:
         if sum(st.windows for st in more) >= windows:
             raise ValueError(f"states of more windows than the {windows} learned")
         rpm = _rpm_range(d.get("rpm"))
+        level = d.get("with_level", False)
+        if not isinstance(level, bool) or (level and gauss.mean.size < 2):
+            raise ValueError(f"with_level {str(level)[:40]!r} is not true or false (over 2 inputs or more)")
         return cls(gauss, threshold, windows, held_back, *times, float(low) if low is not None else math.nan, more,
-                   *rpm, _envelope_normal(d.get("envelope")))
+                   *rpm, _envelope_normal(d.get("envelope")), level)
+
+    @property
+    def features(self) -> int:
+        """The model's pooled features it was learned over (its inputs less the level)."""
+        return self.gaussian.mean.size - int(self.with_level)
 
 
 def _envelope_normal(value: Any) -> dict[str, Any] | None:
@@ -561,8 +602,8 @@ class Profile:
             raise ConfigError(f"{where} was learned at {self.sample_rate} Hz with {self.window}-sample windows, the "
                               f"model runs at {sample_rate} Hz with {window}; learn the baseline again")
         for sid, sb in self.streams.items():
-            if features is not None and sb.gaussian.mean.size != features:
-                raise ConfigError(f"{where}: stream {sid!r} was learned over {sb.gaussian.mean.size} features, the model "
+            if features is not None and sb.features != features:
+                raise ConfigError(f"{where}: stream {sid!r} was learned over {sb.features} features, the model "
                                   f"gives {features}; learn the baseline again")
 
 
@@ -823,7 +864,7 @@ class BaselineStage:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the baseline of {stream} in its checkpoint is damaged ({type(exc).__name__}: {exc}); "
                               "the stream learns it again") from None
-        self._check_features(stream, base.gaussian.mean.size, "baseline")
+        self._check_features(stream, base.features, "baseline")
         self._learning.pop(stream, None)
         self._extended.discard(stream)
         self.profile.streams[stream] = base
@@ -835,7 +876,7 @@ class BaselineStage:
         """Refuses a baseline (or learning) from elsewhere over another number of features than
         the model's (or, where not known, than this stage's other baselines)."""
         sizes = {self.features} if self.features else {
-            b.gaussian.mean.size for sid, b in self.profile.streams.items() if sid != stream}
+            b.features for sid, b in self.profile.streams.items() if sid != stream}
         if sizes and sizes != {size}:
             raise ConfigError(f"the {what} of {stream} {where} is over {size} features, this monitor's "
                               f"over {sorted(sizes)[0]} (another model?); the stream learns it again")
@@ -921,15 +962,15 @@ class BaselineStage:
                 rows.append(p)
                 ks.append(k)
         if rows:
-            x = np.array([p.features for p in rows])
+            cols = batch_columns(preds)
+            levels = cols.level if cols is not None and len(rows) == len(cols) else np.array([p.level for p in rows])
+            x = with_level(np.array([p.features for p in rows]), levels)
             if means.ndim == 2:  # one state per baseline
                 z = np.einsum("bf,bfg->bg", x - means[ks], whiteners[ks])
                 scores = np.sqrt(np.einsum("bf,bf->b", z, z)) / thresholds[ks]
             else:  # (baselines, states, ...): the nearest state's distance over its threshold
                 z = np.einsum("bkf,bkfg->bkg", x[:, None, :] - means[ks], whiteners[ks])
                 scores = (np.sqrt(np.einsum("bkg,bkg->bk", z, z)) / thresholds[ks]).min(axis=1)
-            cols = batch_columns(preds)
-            levels = cols.level if cols is not None and len(rows) == len(cols) else np.array([p.level for p in rows])
             below = levels < lows[ks]  # (a level_low of NaN: never)
             ends = None  # the speeds at each window's first and last sample, where any baseline learned speeds
             if self._rpm_k is not None and self.speed_of is not None:
@@ -992,9 +1033,10 @@ class BaselineStage:
         t0 = time.monotonic()
         ids = list(self.profile.streams)
         bases = [self.profile.streams[sid] for sid in ids]
-        f = bases[0].gaussian.mean.size if bases else 0
+        f = 1 + (bases[0].features if bases else 0)  # every baseline judged on the features and the level
         k = 1 + max((len(b.states) for b in bases), default=0)
-        every = [[(b.gaussian, b.threshold)] + [(st.gaussian, st.threshold) for st in b.states] for b in bases]
+        every = [[(_padded(b.gaussian, f), b.threshold)] + [(_padded(st.gaussian, f), st.threshold) for st in b.states]
+                 for b in bases]
         every = [e + e[:1] * (k - len(e)) for e in every]
         means = np.array([[g.mean for g, _ in e] for e in every]).reshape(len(ids), k, f)
         whiteners = np.array([[g.whitener for g, _ in e] for e in every]).reshape(len(ids), k, f, f)
@@ -1218,12 +1260,13 @@ class BaselineStage:
                 faults[p.label] = faults.get(p.label, 0) + 1
             self._labelled[sid] = (counted + 1, faults)
             if self._learned_s(so_far) >= self.learn_s:
-                need = min_windows(so_far.feats.shape[1])
+                need = min_windows(so_far.feats.shape[1] + 1)
                 if so_far.n < need:  # a span too short for a stable baseline: learning goes on
                     if sid not in self._extended:
                         self._extended.add(sid)
                         self.notes.append((sid, f"{_span(self.learn_s)} gave {so_far.n} windows; a baseline over "
-                                                f"{so_far.feats.shape[1]} features needs {need}: learning on until then"))
+                                                f"{so_far.feats.shape[1]} features and the level needs {need}: "
+                                                "learning on until then"))
                     continue
                 if self._to_fit or time.monotonic() < self._fit_resume:
                     # its span learned: its windows until its fit are neither judged nor learned
@@ -1239,7 +1282,7 @@ class BaselineStage:
             self.state[sid] = f"learning {so_far.seen} windows"
         else:
             span = self._learned_s(so_far)
-            share = min(span / self.learn_s, so_far.n / min_windows(so_far.feats.shape[1]))
+            share = min(span / self.learn_s, so_far.n / min_windows(so_far.feats.shape[1] + 1))
             self.state[sid] = f"learning {max(0, min(99, int(100 * share)))}%"
 
     def _first_size(self) -> int:
@@ -1278,7 +1321,11 @@ class BaselineStage:
             if so_far is None or not so_far.n:  # every window came from a sensor in CHECK_SENSOR
                 raise ConfigError("every window came from a sensor in CHECK_SENSOR; check the sensor, then learn again")
             span = -(-self.profile.window // (self.hop * so_far.stride))  # kept windows that overlap one
-            base = fit_stream(so_far.feats[: so_far.n], so_far.times[: so_far.n], span=span)
+            feats, levels = so_far.feats[: so_far.n], so_far.levels[: so_far.n]
+            # (none for the windows of a learning an older version carried over: its features alone)
+            level = bool(np.isfinite(levels).all())
+            base = fit_stream(with_level(feats, levels) if level else feats, so_far.times[: so_far.n], span=span)
+            base.with_level = level
             base.level_low = so_far.level_low()
             base.rpm_low, base.rpm_high = so_far.rpm_lo, so_far.rpm_hi
             if self.envelope_normal is not None:
@@ -1514,4 +1561,4 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
-__all__ = ["LEARN_KEEP", "BaselineStage", "learning_path", "read_learnings", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest"]
+__all__ = ["LEARN_KEEP", "BaselineStage", "learning_path", "read_learnings", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest", "with_level"]
