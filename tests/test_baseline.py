@@ -468,6 +468,26 @@ def test_a_machine_vibrating_twice_as_hard_at_the_same_shape_is_alarmed_on(tmp_p
     assert np.mean(early > 1) <= 0.03  # that straddle the step deviate in shape)
 
 
+def test_the_demo_learns_its_machines_normal_then_alarms_on_their_faults(tmp_path: Path, cli_in_process) -> None:
+    """``sim?settle=20``: every machine healthy for its first 20 s, learned over 15 (``--learn``),
+    then its faults come: with the labels' alarms and the envelope off, the baseline's anomaly
+    alone raises each machine's alarm, none before its fault, and clears it when it is healthy again."""
+    cfg = tmp_path / "no-label-alarms.toml"
+    cfg.write_text("[decision]\nalert_labels = []\ndanger_labels = []\n")
+    res = cli_in_process("--config", str(cfg), "--source", "sim?machines=2&settle=20&fast=1&duration=45&seed=3&envelope=0",
+                         "--learn", "15", "--headless", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    t0 = next(o["time"] for o in objs if o["type"] == "prediction")
+    notes = [o["message"] for o in objs if o["type"] == "note"]
+    assert sum(n.startswith("baseline learned on") for n in notes) == 2 and not any("labelled" in n for n in notes)
+    alarms = [o for o in objs if o["type"] == "alarm"]
+    raised = [a for a in alarms if a["from"] == "NORMAL"]
+    assert {a["stream"] for a in raised} == {"sim/m0", "sim/m1"}, alarms
+    assert all(a["time"] - t0 > 20 and a["anomaly"] > 1 for a in raised)
+    assert any(a["to"] == "NORMAL" for a in alarms)  # a fault that cleared
+
+
 def test_a_baseline_is_not_learned_from_windows_of_a_sensor_in_check_sensor(tmp_path: Path, cli_in_process) -> None:
     # a sensor that dropped out (a flat line) while the baseline was learned: its windows went into
     # the machine's "normal" and widened it (threshold 14.5 -> 24.1 for this recording)

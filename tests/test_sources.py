@@ -199,6 +199,18 @@ def test_sim_sweep_runs_each_machine_down_and_up_and_its_frames_carry_the_speed(
             make_source(f"sim?sweep=10&{bad}")
 
 
+def test_sim_settle_keeps_every_machine_healthy_for_its_first_seconds_then_faults_come():
+    # settle=S: a demo of learning a machine's normal (--learn) before the faults start
+    src, streams = _collect(make_source("sim?machines=4&fast=1&duration=40&seed=2&settle=20"))
+    for sid, frames in streams.items():
+        labels = [src.truth(sid, f.t_capture + (f.n - 1) / 12000) for f in frames]
+        at = np.array([f.t_capture - src.t0 for f in frames])
+        assert {lb for lb, t in zip(labels, at) if t < 20} == {HEALTHY}, sid
+        assert any(lb != HEALTHY for lb, t in zip(labels, at) if t >= 20), sid  # 3-10 s later
+    plain, frames = _collect(make_source("sim?machines=4&fast=1&duration=12&seed=2"))  # without: within 3-10 s
+    assert all(any(plain.truth(sid, f.t_capture) != HEALTHY for f in fr) for sid, fr in frames.items())
+
+
 def test_sim_truth_names_the_recording_that_plays(data_dir):
     src, streams = _collect(make_source("sim?machines=2&fast=1&duration=90&seed=2&chunk=1024"))
     match = {k: _Matcher(v.astype(np.float64), 1024) for k, v in load_excerpts().items()}

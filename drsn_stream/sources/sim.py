@@ -73,14 +73,16 @@ def make_sim(target: str = "", **options: Any) -> Source:
 class _Schedule:
     """One machine's piecewise-constant label timeline in samples, extended lazily and seeded."""
 
-    def __init__(self, rng: np.random.Generator, rate: float, faults: list[str], fixed: str | None):
+    def __init__(self, rng: np.random.Generator, rate: float, faults: list[str], fixed: str | None,
+                 settle_s: float = 0.0):
         self._rng = rng
         self._rate = rate
         self._faults = faults
         self._fixed = fixed
         self.starts: list[int] = [0]
         self.labels: list[str] = [fixed or HEALTHY]
-        self._end = math.inf if fixed else self._draw(FIRST_HEALTHY_S)
+        # (a settle beyond a million years is as good as never: no sample index overflows)
+        self._end = math.inf if fixed else int(round(min(settle_s, 3e13) * rate)) + self._draw(FIRST_HEALTHY_S)
 
     def _draw(self, span: tuple[float, float]) -> int:
         return int(round(self._rng.uniform(*span) * self._rate))
@@ -209,6 +211,8 @@ class BearingSim(Source):
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
         "duration": (opt_positive(float), math.inf, "stop after this many seconds of signal"),
         "fault": (str, "random", "random (schedule) | none (always healthy) | a class name (always)"),
+        "settle": (opt_finite(0.0), 0.0, "seconds every machine runs healthy before its fault schedule starts (a "
+                                         "baseline learned over them, --learn, then alarms on the faults)"),
         "sweep": (_sweep_seconds, 0.0, "seconds per cycle of the shaft speed running down by swing and back up (a "
                                        "triangle; the signal is time-warped, frames carry their rpm); 0 = the "
                                        "recorded speed throughout"),
@@ -237,7 +241,7 @@ class BearingSim(Source):
         # replays the same whatever ``first``
         rngs = [np.random.default_rng([o["seed"], first * self._channels + i]) for i in range(len(self._streams))]
         faults = [lb for lb in labels if lb != HEALTHY]
-        self._schedules = [_Schedule(r, self.rate, faults, self._fixed) for r in rngs]
+        self._schedules = [_Schedule(r, self.rate, faults, self._fixed, o["settle"]) for r in rngs]
         self._offsets = [{lb: int(r.integers(0, 1 << 30)) for lb in labels} for r in rngs]
         self._gains = [float(r.uniform(0.8, 1.25)) for r in rngs]
         self._noise_rngs = rngs
