@@ -15,9 +15,14 @@ and the time until all were fitted, with the fits spread (``FIT_WAIT``, the defa
 same run, all at once (``FIT_WAIT`` 0: as before they were spread); and the longest batch while
 they learned.
 
+With ``--halving``, the streams learn (started together) past the first time each fills what it
+keeps and halves it: the longest ``apply`` call (the output thread held), with the fill spread over
+the streams (``KEEP_SPREAD``, the default) and, in the same run, all at once (as before).
+
     python tools/learn_memory.py --streams 64 --minutes 10
     python tools/learn_memory.py --streams 64 --minutes 30 --save /tmp
     python tools/learn_memory.py --streams 256 --minutes 6 --end
+    python tools/learn_memory.py --streams 2048 --halving
 """
 
 from __future__ import annotations
@@ -117,6 +122,31 @@ def run_end(streams: int, minutes: float, fit_wait: float) -> dict:
             "s_until_all_fitted": round(time.perf_counter() - t_end, 2), "apply_ms_after_end": round(1000 * sum(held), 1)}
 
 
+def run_halving(streams: int, spread: int) -> dict:
+    """Batches of every stream's window until each has halved what it keeps once, with
+    ``KEEP_SPREAD`` = ``spread``: the longest ``apply`` call and the median one."""
+    stage = BaselineStage(None, learn_s=float("inf"), model="m", digest="d", sample_rate=12000, window=2048,
+                          hop=512, features=FEATURES)
+    rng = np.random.default_rng(0)
+    probs = np.full(CLASSES, 1.0 / CLASSES)
+    feats = rng.standard_normal((streams, FEATURES)).astype(np.float32)
+    held = []
+    old, baseline.KEEP_SPREAD = baseline.KEEP_SPREAD, spread
+    try:
+        for k in range(baseline.LEARN_KEEP + 64):
+            preds = [Prediction(f"s{i}", k, k * HOP_S, probs, "normal", 0.9, 0.3, 10.0, features=row)
+                     for i, row in enumerate(feats)]
+            t = time.perf_counter()
+            stage.apply(preds)
+            held.append(time.perf_counter() - t)
+        halved = sum(lr.stride > 1 for lr in stage._learning.values())
+    finally:
+        baseline.KEEP_SPREAD = old
+    return {"keep_spread": spread, "streams_halved": halved, "longest_apply_ms": round(1000 * max(held), 2),
+            "median_apply_ms": round(1000 * float(np.median(held)), 3),
+            "batches_over_2x_median": int(np.sum(np.array(held) > 2 * np.median(held)))}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=64)
@@ -124,10 +154,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", metavar="DIR", help="also time saving the learnings to a file in DIR")
     ap.add_argument("--end", action="store_true",
                     help="learn for --minutes, every stream ending together: how long the fits hold the output thread")
+    ap.add_argument("--halving", action="store_true",
+                    help="learn past the first halving of what each stream keeps: how long it holds the output thread")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.streams < 1 or not args.minutes > 0:
         raise ConfigError("--streams must be >= 1 and --minutes > 0")
+    if args.halving:
+        rows = [run_halving(args.streams, s) for s in (0, baseline.KEEP_SPREAD)]
+        if args.json:
+            print(json.dumps({"streams": args.streams, "rows": rows}))
+            return 0
+        print(f"{args.streams} streams learning from the same batch past their first halving "
+              f"({baseline.LEARN_KEEP + 64} windows each):")
+        for r in rows:
+            print(f"  KEEP_SPREAD {r['keep_spread']}: {r['streams_halved']} halved; the longest batch held the output "
+                  f"thread {r['longest_apply_ms']} ms (the median {r['median_apply_ms']} ms; "
+                  f"{r['batches_over_2x_median']} batches over twice it)")
+        return 0
     if args.end:
         rows = [run_end(args.streams, args.minutes, w) for w in (0.0, baseline.FIT_WAIT)]
         if args.json:

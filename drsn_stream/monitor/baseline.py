@@ -28,6 +28,7 @@ import math
 import threading
 import time
 import zipfile
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,8 +64,21 @@ WINDOWS_PER_FEATURE = 5
 # second (fourth, ...) window is kept, so a long learning keeps a sample spread evenly over its
 # whole span in bounded memory (~600 KB per stream for 16 features; before, every window's
 # features were kept: ~280 bytes each, 6 GB for an hour of 256 streams). 11.6 min of windows at a
-# hop of 512 samples: a Gaussian over 16 features needs 80 (MIN_WINDOWS, WINDOWS_PER_FEATURE).
+# hop of 512 samples: a Gaussian over 16 features and the level needs 85 (MIN_WINDOWS, WINDOWS_PER_FEATURE).
 LEARN_KEEP = 8192
+# each stream keeps up to LEARN_KEEP less an even number under KEEP_SPREAD (by its id): streams that
+# began learning together fill up, and halve what they keep, over KEEP_SPREAD / 2 windows rather
+# than in one batch (tools/learn_memory.py --halving: a halving copies ~0.08 ms per stream, in the
+# output thread)
+KEEP_SPREAD = 1024
+
+
+def keep_of(stream: str) -> int:
+    """The learning windows ``stream`` keeps at most: LEARN_KEEP less an even number under
+    KEEP_SPREAD, the same for the stream on every host (its id's CRC-32)."""
+    if KEEP_SPREAD < 2:
+        return LEARN_KEEP
+    return LEARN_KEEP - 2 * (zlib.crc32(stream.encode("utf-8")) % (KEEP_SPREAD // 2))
 SAVE_RETRY_S = 30.0  # after a failed save of the learned baselines (a full disk), the next try
 # a learning whose windows the model labelled a fault this often is said when it is fitted: a
 # machine learned while faulty takes that fault for its normal
@@ -625,14 +639,16 @@ def parse_duration(text: str | float) -> float:
 
 class _Learning:
     """One stream's learning windows so far: features, capture times and levels (RMS; NaN where a
-    window carried none), at most ``LEARN_KEEP`` of them, spread evenly over every window learned
-    from (``seen``): window ``i`` is kept while ``i % stride == 0``, and when they fill up every
-    other one goes and ``stride`` doubles; the least and most shaft speed (rpm) of the windows
-    learned from, where their frames carried one (NaN: none did)."""
+    window carried none), at most ``keep`` of them (``keep_of``), spread evenly over every window
+    learned from (``seen``): window ``i`` is kept while ``i % stride == 0``, and when they fill up
+    every other one goes and ``stride`` doubles; the least and most shaft speed (rpm) of the
+    windows learned from, where their frames carried one (NaN: none did)."""
 
-    __slots__ = ("feats", "times", "levels", "n", "seen", "stride", "rpm_lo", "rpm_hi")
+    __slots__ = ("feats", "times", "levels", "n", "seen", "stride", "rpm_lo", "rpm_hi", "keep")
 
-    def __init__(self, features: int, *, size: int = 64) -> None:
+    def __init__(self, features: int, *, size: int = 64, keep: int = LEARN_KEEP) -> None:
+        self.keep = keep
+        size = min(size, keep)
         self.feats = np.empty((size, features), dtype=np.float32)
         self.times = np.empty(size, dtype=np.float64)
         self.levels = np.empty(size, dtype=np.float64)  # (each written as its window is kept)
@@ -643,9 +659,10 @@ class _Learning:
 
     @classmethod
     def carried(cls, feats: np.ndarray, times: np.ndarray, seen: int, stride: int,
-                levels: np.ndarray | None = None) -> _Learning:
-        """A learning taken over from another host (``export``'s arrays and counts, checked)."""
-        out = cls(feats.shape[1], size=LEARN_KEEP)
+                levels: np.ndarray | None = None, keep: int = LEARN_KEEP) -> _Learning:
+        """A learning taken over from another host (``export``'s arrays and counts, checked; up to
+        LEARN_KEEP windows, more than ``keep`` from an older version: halved at the next window)."""
+        out = cls(feats.shape[1], size=max(keep, len(feats)), keep=keep)
         out.feats[: len(feats)], out.times[: len(times)] = feats, times
         out.levels[: len(feats)] = levels if levels is not None else np.nan
         out.n, out.seen, out.stride = len(feats), seen, stride
@@ -664,14 +681,14 @@ class _Learning:
         self.seen += 1
         if i % self.stride:
             return
-        if self.n == LEARN_KEEP:  # full: the windows at even places stay, then one in 2 * stride
-            half = LEARN_KEEP // 2
-            self.feats[:half] = self.feats[0:LEARN_KEEP:2]
-            self.times[:half] = self.times[0:LEARN_KEEP:2]
-            self.levels[:half] = self.levels[0:LEARN_KEEP:2]
+        if self.n >= self.keep:  # full: the windows at even places stay, then one in 2 * stride
+            half = (self.n + 1) // 2
+            self.feats[:half] = self.feats[0 : self.n : 2]
+            self.times[:half] = self.times[0 : self.n : 2]
+            self.levels[:half] = self.levels[0 : self.n : 2]
             self.n, self.stride = half, 2 * self.stride
         if self.n == len(self.times):
-            size = min(LEARN_KEEP, 2 * len(self.times))
+            size = min(self.keep, 2 * len(self.times))
             self.feats = np.concatenate([self.feats, np.empty((size - self.n, self.feats.shape[1]), np.float32)])
             self.times = np.concatenate([self.times, np.empty(size - self.n)])
             self.levels = np.concatenate([self.levels, np.full(size - self.n, np.nan)])
@@ -915,7 +932,7 @@ class BaselineStage:
             raise ConfigError(f"the baseline learning of {stream} {where} is of windows every {hop} samples "
                               f"at {rate} Hz, this monitor's every {self.hop} at {self.profile.sample_rate} Hz; "
                               "the stream learns it again")
-        carried = _Learning.carried(feats, times, seen, stride, levels)
+        carried = _Learning.carried(feats, times, seen, stride, levels, keep_of(stream))
         carried.rpm_lo, carried.rpm_hi = rpm
         here = self._learning.pop(stream, None)  # windows learned here already come after those
         if here is not None:
@@ -1239,7 +1256,8 @@ class BaselineStage:
                 self.notes.append(("*", "the baselines learned in this run are not saved: give --baseline FILE with "
                                         "--learn to keep them over a restart"))
             self.notes.append((sid, f"learning the baseline for {_span(self.learn_s)}"))
-            so_far = self._learning[sid] = _Learning(len(group[0].features), size=self._first_size())
+            so_far = self._learning[sid] = _Learning(len(group[0].features), size=self._first_size(),
+                                                     keep=keep_of(sid))
         speed_of = self.speed_of
         for i, p in enumerate(group):
             rpm = speed_of(sid, p.t_last) if speed_of is not None else None
@@ -1286,12 +1304,13 @@ class BaselineStage:
             self.state[sid] = f"learning {max(0, min(99, int(100 * share)))}%"
 
     def _first_size(self) -> int:
-        """The room a stream's learning starts with: all it keeps where its span is known, so
-        that no array grows while it learns (the arrays of streams started together grew in the
-        same batches, ~0.1 s of the output thread at 2,048 streams); 64 windows for a learning of
-        the whole run. (Pages are touched as windows come, not at once.)"""
+        """The room a stream's learning starts with: all it keeps (``keep_of``; where its span is
+        known, no more than that span's windows), so that no array grows while it learns (the
+        arrays of streams started together grew in the same batches, ~0.1 s of the output thread
+        at 2,048 streams; a learning of the whole run's, 54 ms at 256 streams as they reached 4,096
+        windows). Pages are touched as windows come, not at once."""
         if math.isinf(self.learn_s):
-            return 64
+            return LEARN_KEEP
         return max(64, min(LEARN_KEEP, math.ceil(self.learn_s * self.profile.sample_rate / self.hop) + 2))
 
     def _learned_s(self, so_far: _Learning) -> float:
