@@ -30,6 +30,7 @@ from drsn_stream.monitor.baseline import (
     Profile,
     StreamBaseline,
     fit_stream,
+    keep_of,
     learning_path,
     min_windows,
     parse_duration,
@@ -909,6 +910,27 @@ def test_a_long_learning_keeps_a_bounded_sample_spread_over_its_whole_span() -> 
     got = second.profile.streams["m0"]
     assert got.windows == base.windows and np.array_equal(got.gaussian.mean, base.gaussian.mean)
     assert got.threshold == base.threshold
+
+
+def test_streams_that_began_learning_together_halve_what_they_keep_in_different_batches() -> None:
+    """A host's streams start learning in the same batch; each halving copies what it keeps in the
+    output thread, so every stream halving in one batch held it for ~0.2 s at 2,048 streams. Each
+    stream keeps its own number of windows (by its id, the same on every host), so they fill and
+    halve over some 500 batches instead."""
+    stage = BaselineStage(None, learn_s=float("inf"), model="m", digest="d", sample_rate=12000, window=2048, hop=512,
+                          features=4)
+    ids = [f"press-{i}" for i in range(24)]
+    rng = np.random.default_rng(2)
+    halved_at: dict[str, int] = {}
+    for k in range(LEARN_KEEP + 1):
+        stage.apply([Prediction(sid, k, k * 512 / 12000, np.array([0.9, 0.1]), "normal", 0.9, 0.3, 10.0,
+                                features=rng.standard_normal(4).astype(np.float32)) for sid in ids])
+        for sid in ids:
+            if sid not in halved_at and stage._learning[sid].stride > 1:
+                halved_at[sid] = k
+    assert len(halved_at) == len(ids)
+    assert len(set(halved_at.values())) >= 20 and max(halved_at.values()) - min(halved_at.values()) > 200
+    assert all(stage._learning[sid].n <= keep_of(sid) <= LEARN_KEEP for sid in ids)
 
 
 def test_learn_memory_prints_the_memory_a_learning_holds() -> None:

@@ -1580,4 +1580,4 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
-__all__ = ["LEARN_KEEP", "BaselineStage", "learning_path", "read_learnings", "Profile", "StreamBaseline", "fit_stream", "min_windows", "parse_duration", "weights_digest", "with_level"]
+__all__ = ["LEARN_KEEP", "BaselineStage", "learning_path", "read_learnings", "Profile", "StreamBaseline", "fit_stream", "keep_of", "min_windows", "parse_duration", "weights_digest", "with_level"]
