@@ -59,8 +59,8 @@ def steady(folder, windows, runner: Runner, meta, level: bool) -> dict:
         if a < min_windows(x.shape[1]) or len(x) - a <= span:
             continue
         later = x[a + span :]  # none overlapping the learned ones
-        states = fit_stream(x[:a], span=span)
-        one = fit_stream(x[:a], span=span, states=1)
+        states = fit_stream(x[:a], span=span, level=level)
+        one = fit_stream(x[:a], span=span, states=1, level=level)
         rows[info.name] = {"states": 1 + len(states.states), "over": float(np.mean(states.anomaly(later) > 1)),
                            "over_one_gaussian": float(np.mean(one.anomaly(later) > 1))}
     split = sorted(n for n, r in rows.items() if r["states"] > 1)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--learn {args.learn} leaves {len(wl)} windows of {normal} to learn on and {len(wr)} "
                           f"to test; the baseline needs >= {need} and the test >= 1: choose e.g. 0.7")
     learn = features(runner, wl, meta.normalization, level)
-    base = fit_stream(learn, margin=args.margin)
+    base = fit_stream(learn, margin=args.margin, level=level)
     rest = features(runner, wr, meta.normalization, level)
     later = base.anomaly(rest)
     res: dict = {
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 if n > len(learn):
                     break
                 starts = np.unique(np.linspace(0, len(learn) - n, 16).astype(int))
-                over = np.array([(fit_stream(learn[s : s + n], margin=args.margin, least=n).anomaly(rest) > 1).mean()
+                over = np.array([(fit_stream(learn[s : s + n], margin=args.margin, least=n, level=level).anomaly(rest) > 1).mean()
                                  for s in starts])
                 res["sweep"][f"hop {hop}, {n} windows"] = {"fits": int(starts.size), "mean_over": round(float(over.mean()), 4),
                                                            "fits_over_1pct": round(float((over > 0.01).mean()), 4)}

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return with_level(f.numpy(), levels), [UNKNOWN if r else lb for lb, r in zip(labels, refused)]
 
     learn, _ = run("normal_0_97.mat", (0.0, LEARN))
-    base = fit_stream(learn)
+    base = fit_stream(learn, level=True)
     runs = [(run(name, bounds, None if name.startswith("normal") else SECONDS), title)
             for name, bounds, title in SEQUENCE]
     try:

@@ -74,15 +74,20 @@ class Gaussian:
     whitener: np.ndarray  # (features, features)
 
     @classmethod
-    def fit(cls, x: np.ndarray, *, shrink: float = 0.0) -> Gaussian:
+    def fit(cls, x: np.ndarray, *, shrink: float = 0.0, least_std: np.ndarray | None = None) -> Gaussian:
         """``x``: (windows, features). ``shrink``: weight of the covariance's diagonal in the
-        matrix used (a few dozen windows estimate the off-diagonal terms of 16 features poorly)."""
+        matrix used (a few dozen windows estimate the off-diagonal terms of 16 features poorly).
+        ``least_std``: per feature, the least standard deviation the Gaussian gives it (its
+        variance raised to that square where the windows vary less)."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] < 2:
             raise ValueError(f"a Gaussian needs (windows >= 2, features), got {x.shape}")
         mean = x.mean(axis=0)
         cov = _covariance(x, mean)
         cov = (1.0 - shrink) * cov + shrink * np.diag(np.diag(cov))
+        if least_std is not None:
+            i = np.diag_indices_from(cov)
+            cov[i] = np.maximum(cov[i], np.square(np.asarray(least_std, dtype=np.float64)))
         return cls(mean, _whitener(cov))
 
     def distance2(self, x: np.ndarray) -> np.ndarray:

@@ -125,6 +125,12 @@ def min_windows(features: int) -> int:
 
 
 LEVEL_FLOOR = 1e-30  # a level (RMS) under this is taken as this: the log of 0 is no number
+# the least spread a baseline gives the log level: with 0.03, a level 1.5 times the learned one is
+# about the threshold by itself, twice it 1.6 (CWRU's healthy drive end as 0.05 g of vibration).
+# A steady machine's level varies by 1-2 % from window to window, so without it a 20 % rise
+# alarmed (1.26), and a sensor whose level is mostly its DC offset (a MEMS accelerometer's 1 g)
+# alarmed on a 2 % drift of that offset (2.61; now 0.32, as without a drift)
+LEVEL_STD = 0.03
 
 
 def with_level(features: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -378,7 +384,8 @@ def _text(v: Any, name: str) -> str:
 
 def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_back: float = HELD_BACK,
                percentile: float = PERCENTILE, margin: float = MARGIN, shrink: float = SHRINK,
-               least: int | None = None, states: int = MAX_STATES, span: int = 0) -> StreamBaseline:
+               least: int | None = None, states: int = MAX_STATES, span: int = 0,
+               level: bool = False) -> StreamBaseline:
     """Fits one stream's baseline on its learning windows' features (n, features), in time order:
     up to ``states`` operating states (``_operating_states``; 1: one Gaussian over all), each
     fitted on its windows but its last ``held_back`` share, which set its threshold. ``span``: the
@@ -386,7 +393,9 @@ def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_ba
     as many on each side of a change of state are left out (``_between_states``).
     Windows with NaN or infinite features (a sensor's dropout) are left out: one would make every
     statistic NaN, a baseline that never alarms. ``least``: the fewest windows accepted (default
-    ``min_windows``; lower only to measure what fewer give, tools/eval_baseline.py --sweep)."""
+    ``min_windows``; lower only to measure what fewer give, tools/eval_baseline.py --sweep).
+    ``level``: the last input is the log level (``with_level``), given a spread of at least
+    ``LEVEL_STD``; the baseline says so (``with_level``)."""
     if not (math.isfinite(margin) and margin > 0):
         raise ConfigError(f"a baseline margin must be a finite number > 0, not {margin}")
     x = np.asarray(features, dtype=np.float64)
@@ -404,13 +413,20 @@ def fit_stream(features: np.ndarray, times: np.ndarray | None = None, *, held_ba
                 return kept
         return groups
 
+    least_std = None
+    if level:
+        least_std = np.zeros(x.shape[1])
+        least_std[-1] = LEVEL_STD
+
     def fit(groups: list[np.ndarray]) -> list[_Fit]:  # each in time order: its last windows held back
-        return [(rows.size, *_fit_state(x[rows], held_back, percentile, margin, shrink)) for rows in apart(groups)]
+        return [(rows.size, *_fit_state(x[rows], held_back, percentile, margin, shrink, least_std))
+                for rows in apart(groups)]
 
     fits = sorted(_operating_states(x, need, states, fit), key=lambda f: -f[0])
     _, gauss, threshold, _ = fits[0]
     more = tuple(State(g, th, m) for m, g, th, _ in fits[1:])
-    return StreamBaseline(gauss, threshold, n, sum(f[3] for f in fits), float(t[0]), float(t[-1]), states=more)
+    return StreamBaseline(gauss, threshold, n, sum(f[3] for f in fits), float(t[0]), float(t[-1]), states=more,
+                          with_level=level)
 
 
 def _between_states(groups: list[np.ndarray], n: int, span: int) -> list[np.ndarray]:
@@ -429,7 +445,7 @@ def _between_states(groups: list[np.ndarray], n: int, span: int) -> list[np.ndar
 
 
 def _fit_state(x: np.ndarray, held_back: float, percentile: float, margin: float,
-               shrink: float) -> tuple[Gaussian, float, int]:
+               shrink: float, least_std: np.ndarray | None = None) -> tuple[Gaussian, float, int]:
     """One state's Gaussian on its windows but the last ``held_back`` share, and its threshold
     from those held back: (Gaussian, threshold, windows held back)."""
     n = len(x)
@@ -437,7 +453,7 @@ def _fit_state(x: np.ndarray, held_back: float, percentile: float, margin: float
     if n - k <= x.shape[1]:
         raise ConfigError(f"a baseline over {x.shape[1]} features needs more than {x.shape[1]} windows to fit "
                           f"(got {n - k} after holding back {k}); learn for longer")
-    gauss = Gaussian.fit(x[: n - k], shrink=shrink)
+    gauss = Gaussian.fit(x[: n - k], shrink=shrink, least_std=least_std)
     threshold = float(np.percentile(np.sqrt(gauss.distance2(x[n - k :])), percentile) * margin)
     if not (threshold > 0 and math.isfinite(threshold)):
         raise ConfigError(f"the learned threshold is {threshold} (the features do not vary); learn on a running machine")
@@ -1343,8 +1359,8 @@ class BaselineStage:
             feats, levels = so_far.feats[: so_far.n], so_far.levels[: so_far.n]
             # (none for the windows of a learning an older version carried over: its features alone)
             level = bool(np.isfinite(levels).all())
-            base = fit_stream(with_level(feats, levels) if level else feats, so_far.times[: so_far.n], span=span)
-            base.with_level = level
+            base = fit_stream(with_level(feats, levels) if level else feats, so_far.times[: so_far.n], span=span,
+                              level=level)
             base.level_low = so_far.level_low()
             base.rpm_low, base.rpm_high = so_far.rpm_lo, so_far.rpm_hi
             if self.envelope_normal is not None:
