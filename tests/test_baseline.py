@@ -887,7 +887,7 @@ def test_two_monitors_learning_into_one_profile_keep_each_others_streams(tmp_pat
 
 
 def test_a_long_learning_keeps_a_bounded_sample_spread_over_its_whole_span() -> None:
-    """--learn longer than LEARN_KEEP windows (11.6 min at a hop of 512 samples): each stream keeps
+    """--learn longer than LEARN_KEEP windows (5.8 min at a hop of 512 samples at 12 kHz): each stream keeps
     at most LEARN_KEEP windows, one in 2, 4, ... of all it learned from, spread evenly from the first
     to the last, and learns for the whole span (before: every window's features, ~280 bytes each,
     6 GB for an hour of 256 streams). The baseline is close to the one every window gives, and a

@@ -63,7 +63,7 @@ WINDOWS_PER_FEATURE = 5
 # learning windows kept per stream: past these, every other one is dropped and then only every
 # second (fourth, ...) window is kept, so a long learning keeps a sample spread evenly over its
 # whole span in bounded memory (~600 KB per stream for 16 features; before, every window's
-# features were kept: ~280 bytes each, 6 GB for an hour of 256 streams). 11.6 min of windows at a
+# features were kept: ~280 bytes each, 6 GB for an hour of 256 streams). 5.8 min of windows at a
 # hop of 512 samples: a Gaussian over 16 features and the level needs 85 (MIN_WINDOWS, WINDOWS_PER_FEATURE).
 LEARN_KEEP = 8192
 # each stream keeps up to LEARN_KEEP less an even number under KEEP_SPREAD (by its id): streams that
@@ -79,6 +79,8 @@ def keep_of(stream: str) -> int:
     if KEEP_SPREAD < 2:
         return LEARN_KEEP
     return LEARN_KEEP - 2 * (zlib.crc32(stream.encode("utf-8")) % (KEEP_SPREAD // 2))
+
+
 SAVE_RETRY_S = 30.0  # after a failed save of the learned baselines (a full disk), the next try
 # a learning whose windows the model labelled a fault this often is said when it is fitted: a
 # machine learned while faulty takes that fault for its normal
