@@ -11,6 +11,7 @@ about zip offsets and left half a file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import stat
@@ -120,10 +121,13 @@ def test_a_model_written_through_a_link_or_into_a_pipe_leaves_the_link_and_the_p
     try:
         write_atomic(fifo, b"model bytes")
     finally:
-        if reader.is_alive():  # nobody wrote into the pipe: open and close it, so the reader ends
-            with open(fifo, "wb"):
-                pass
         reader.join(timeout=10)
+        if reader.is_alive():  # nobody wrote into the pipe: open and close it, so the reader ends
+            # (non-blocking: a blocking open waits for a reader, and one that had just read and not
+            # yet ended left the test hanging for good)
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(timeout=10)
     assert got == [b"model bytes"] and stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
