@@ -209,6 +209,9 @@ def test_sim_settle_keeps_every_machine_healthy_for_its_first_seconds_then_fault
         assert any(lb != HEALTHY for lb, t in zip(labels, at) if t >= 20), sid  # 3-10 s later
     plain, frames = _collect(make_source("sim?machines=4&fast=1&duration=12&seed=2"))  # without: within 3-10 s
     assert all(any(plain.truth(sid, f.t_capture) != HEALTHY for f in fr) for sid, fr in frames.items())
+    for bad in ("settle=-1", "settle=nan", "settle=1e300"):
+        with pytest.raises(ConfigError, match="settle"):
+            make_source(f"sim?{bad}")
 
 
 def test_sim_truth_names_the_recording_that_plays(data_dir):

@@ -53,6 +53,7 @@ from drsn_stream.errors import ConfigError, DataError
 FAULT_TYPES = ("outer_race", "inner_race", "ball", "none")
 FAMILIES = ("bpfo", "bpfi", "bsf")
 _TYPE_OF = {"bpfo": "outer_race", "bpfi": "inner_race", "bsf": "ball"}
+_FAMILY_OF_TYPE = {t: k for k, t in _TYPE_OF.items()}  # (read per window: family_of)
 # The DRSN's label prefixes (inner_014, outer_007, ball_021, normal) as fault types.
 _FLOOR_BINS = 64  # most bins a line's floor median is taken over
 _NULL_BLOCKS = 32  # noise blocks per plan for the null level (median known to ~0.1 dB)
@@ -550,7 +551,7 @@ def learned_fault(normal: Mapping[str, float], settings: EnvelopeSettings) -> tu
 
 def family_of(fault_type: str) -> str | None:
     """The family whose lines name ``fault_type`` ("inner_race" -> "bpfi"); None for "none"."""
-    return next((k for k, t in _TYPE_OF.items() if t == fault_type), None)
+    return _FAMILY_OF_TYPE.get(fault_type)
 
 
 def label_family(label: str) -> str | None:

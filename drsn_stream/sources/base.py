@@ -85,14 +85,16 @@ def opt_positive(kind: Callable[[Any], Any], most: float | None = None) -> Calla
     return parse
 
 
-def opt_finite(least: float | None = None) -> Callable[[Any], float]:
-    """A finite number (not NaN or Inf), at least ``least`` where given."""
+def opt_finite(least: float | None = None, most: float | None = None) -> Callable[[Any], float]:
+    """A finite number (not NaN or Inf), at least ``least`` and at most ``most`` where given."""
     def parse(value: Any) -> float:
         v = float(value)
         if not math.isfinite(v):
             raise ValueError(f"must be a finite number, got {value!r}")
         if least is not None and v < least:
             raise ValueError(f"must be >= {least:g}, got {value!r}")
+        if most is not None and v > most:
+            raise ValueError(f"must be at most {bound_text(most)}, got {value!r}")
         return v
 
     return parse

@@ -35,6 +35,7 @@ HEALTHY_S = (8.0, 20.0)
 FIRST_HEALTHY_S = (3.0, 10.0)
 FAULT_S = (4.0, 10.0)
 _FAR = 1 << 62  # "never" as a sample index (where a fixed label's span ends)
+MAX_SETTLE_S = 1e9  # settle: 30 years is never for a demo; a sample index of 1e300 s overflowed
 
 
 @functools.lru_cache(maxsize=4)
@@ -81,8 +82,7 @@ class _Schedule:
         self._fixed = fixed
         self.starts: list[int] = [0]
         self.labels: list[str] = [fixed or HEALTHY]
-        # (a settle beyond a million years is as good as never: no sample index overflows)
-        self._end = math.inf if fixed else int(round(min(settle_s, 3e13) * rate)) + self._draw(FIRST_HEALTHY_S)
+        self._end = math.inf if fixed else int(round(settle_s * rate)) + self._draw(FIRST_HEALTHY_S)
 
     def _draw(self, span: tuple[float, float]) -> int:
         return int(round(self._rng.uniform(*span) * self._rate))
@@ -211,7 +211,7 @@ class BearingSim(Source):
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
         "duration": (opt_positive(float), math.inf, "stop after this many seconds of signal"),
         "fault": (str, "random", "random (schedule) | none (always healthy) | a class name (always)"),
-        "settle": (opt_finite(0.0), 0.0, "seconds every machine runs healthy before its fault schedule starts (a "
+        "settle": (opt_finite(0.0, MAX_SETTLE_S), 0.0, "seconds every machine runs healthy before its fault schedule starts (a "
                                          "baseline learned over them, --learn, then alarms on the faults)"),
         "sweep": (_sweep_seconds, 0.0, "seconds per cycle of the shaft speed running down by swing and back up (a "
                                        "triangle; the signal is time-warped, frames carry their rpm); 0 = the "
