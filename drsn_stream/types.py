@@ -112,8 +112,9 @@ class Window:
             ``normalized`` is False: the DSP's batch step ``dsp.normalize.BatchNormalizer`` then
             normalizes it with the rest of its batch).
         t_ready: wall-clock time the window was formed (enters the batcher).
-        level: RMS of the window before normalization (for sparklines and health); 0 for a raw
-            window, whose level the batch normalization step returns beside the batch.
+        level: the window's level before normalization, its RMS about its mean (the sensor's DC
+            offset left out; for sparklines, baselines and health); 0 for a raw window, whose
+            level the batch normalization step returns beside the batch.
         normalized: whether ``data`` is already normalized.
         healthy: the stream's sensor health passed every sample of the window (judged when it was
             formed, so a late result is still judged on the health of its own samples).

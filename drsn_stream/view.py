@@ -58,7 +58,7 @@ class StreamRow:
         level: "NORMAL" | "ALERT" | "DANGER"; held_s: seconds at this level.
         top3: ((label, probability), ...) best first.
         noise_index: averaged DRSN noise index, 0..1.
-        levels: recent input RMS levels (signal units), oldest first, for the sparkline.
+        levels: recent input levels (RMS about the mean, signal units), oldest first, for the sparkline.
         health: "OK" | "CHECK_SENSOR"; health_reasons: e.g. ("flat line",).
         latency_p50_ms / latency_p99_ms: capture-to-label latency (NaN before any window).
         drops: windows of this stream dropped (stale) plus frames lost to gaps.

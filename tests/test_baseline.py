@@ -427,9 +427,10 @@ def test_live_learning_switches_to_monitoring_and_says_so(cli_in_process) -> Non
 def test_a_machine_vibrating_twice_as_hard_at_the_same_shape_is_alarmed_on(tmp_path: Path, cli_in_process) -> None:
     """The model sees every window normalized, so its features are the same for a machine whose
     vibration doubled at the same shape (a looser mount, a growing imbalance); the baseline learns
-    the windows' level too (``with_level``) and alarms, but not on a DC offset's drift. A profile
-    of an older version (over the pooled features alone) still loads and judges as it did: the
-    doubling goes unseen by it."""
+    the windows' level too (``with_level``) and alarms, also where the sensor is DC-coupled (the
+    level is taken about the window's mean), but not on a DC offset's drift. A profile of an older
+    version (over the pooled features alone) still loads and judges as it did: the doubling goes
+    unseen by it; one whose levels had the DC offset in is judged so and said to be."""
     require_cwru()
     x = cwru.load_recording(CWRU / "normal_0_97.mat").signal  # 5 s of the healthy drive end at 12 kHz
     (tmp_path / "then").mkdir()
@@ -466,6 +467,12 @@ def test_a_machine_vibrating_twice_as_hard_at_the_same_shape_is_alarmed_on(tmp_p
     assert res.returncode == 0, res.stderr
     early, late, alarms = judged(dc)
     assert len(late) > 50 and np.mean(late > 1) <= 0.03 and not alarms, late.max()
+    # its vibration doubling on that offset (RMS 1.0025 -> 1.0098 g: with the offset in, no change
+    # the level's spread would take for one)
+    np.save(tmp_path / "now" / "pump.npy", np.concatenate([1.0 + x, 1.0 + 2.0 * x]))
+    early, late, alarms = judged(dc)
+    assert np.mean(early > 1) <= 0.03 and len(late) > 50 and np.min(late) > 1.2, (early.max(), late.min())
+    assert alarms and alarms[0]["to"] in ("ALERT", "DANGER")
     np.save(tmp_path / "now" / "pump.npy", np.concatenate([x, 2.0 * x]))
     # the same profile as an older version wrote it: the pooled features' part of the Gaussian
     doc = json.loads(prof.read_text())
@@ -479,6 +486,19 @@ def test_a_machine_vibrating_twice_as_hard_at_the_same_shape_is_alarmed_on(tmp_p
     early, late, _ = judged(old)
     assert len(late) > 50 and np.mean(late > 1) <= 0.03  # blind to the level, as before (only the windows
     assert np.mean(early > 1) <= 0.03  # that straddle the step deviate in shape)
+    # a profile whose levels were learned with the DC offset in (no "level": "ac"): judged on them
+    # as they are (on this AC-coupled sensor the same), and said to be
+    doc = json.loads(prof.read_text())
+    assert doc["streams"]["pump"].pop("level") == "ac"
+    old.write_text(json.dumps(doc))
+    assert "levels learned with the DC offset in" in cli_in_process("baseline", "show", str(old)).stdout
+    res = cli_in_process("--source", f"file:{tmp_path / 'now' / 'pump.npy'}?rate=12000", "--baseline", str(old),
+                         "--fast", "--jsonl", "-")
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    notes = [o["message"] for o in objs if o["type"] == "note"]
+    assert any("1 baseline(s) (pump) learned the levels with the sensor's DC offset in" in n for n in notes), notes
+    late = [o["anomaly"] for o in objs if o["type"] == "prediction" and "anomaly" in o and o["index"] * 512 > x.size]
+    assert len(late) > 50 and np.min(late) > 1.2  # the doubling still seen
 
 
 def test_the_demo_learns_its_machines_normal_then_alarms_on_their_faults(tmp_path: Path, cli_in_process) -> None:
@@ -1370,6 +1390,28 @@ def test_two_monitors_learning_into_one_profile_keep_each_others_learnings(tmp_p
     b.save_learning(final=True)
     a2.save_learning(final=True)
     assert not learning_path(prof).exists() and not a2._resumed
+
+
+def test_a_learning_of_an_older_version_is_taken_up_without_its_levels(tmp_path: Path) -> None:
+    """The learnings under way of an older version kept the windows' RMS with the DC offset in:
+    taken up after an upgrade, its windows' features are learned on and those levels are not
+    (on a DC-coupled sensor they would stand for the offset, not the vibration)."""
+    prof = tmp_path / "plant.json"
+    a = _learning_stage(features=4, save_to=prof)
+    for i, f in enumerate(np.random.default_rng(3).standard_normal((60, 4)).astype(np.float32)):
+        p = _window("m0", i, f)
+        p.level = 0.05
+        a.apply([p])
+    a.save_learning(final=True)
+    head, kept = read_learnings(learning_path(prof))
+    assert head["level"] == "ac" and np.all(kept["m0"]["levels"] == 0.05)
+    with np.load(learning_path(prof)) as z:
+        arrays = {k: z[k] for k in z.files}
+    del head["level"]
+    arrays["meta"] = np.frombuffer(json.dumps(head).encode(), dtype=np.uint8)
+    np.savez(learning_path(prof), **arrays)
+    _, kept = read_learnings(learning_path(prof))
+    assert kept["m0"]["levels"] is None and kept["m0"]["features"].shape == (60, 4)
 
 
 def test_the_fault_labels_of_a_learning_go_with_it_over_a_restart(tmp_path: Path) -> None:

@@ -84,6 +84,8 @@ def describe(profile: Profile, where: str) -> str:
              f"{profile.sample_rate} Hz, window {profile.window}, hop {profile.hop}, created {profile.created or 'now'}"]
     for sid, b in sorted(profile.streams.items()):
         rest = f"; at rest under a level of {STOPPED_SHARE * b.level_low:.3g}" if math.isfinite(b.level_low) else ""
+        if b.dc_levels:
+            rest += "; levels learned with the DC offset in (learn again on a DC-coupled sensor)"
         if math.isfinite(b.rpm_low):
             rest += f"; learned at {b.rpm_low:.0f}-{b.rpm_high:.0f} rpm"
         if b.envelope:

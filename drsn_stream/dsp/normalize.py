@@ -22,10 +22,10 @@ RMS_FLOOR = 1e-3  # used when an "rms" spec carries no floor of its own
 
 
 def _zscore_py(y, level, eps):
-    """The z-score of each row of float32 ``y`` (rows, n), written over it, and each row's RMS
-    before it into ``level``: ``_in_place``'s numpy steps for "zscore" in one pass to sum and one
-    to centre and square (float64 sums of the float32 samples), then the scaling, with the same
-    float32 and float64 operations. Only the order of the sums' terms differs: a float32 window's
+    """The z-score of each row of float32 ``y`` (rows, n), written over it, and each row's level
+    (its RMS about its mean) before it into ``level``: ``_in_place``'s numpy steps for "zscore"
+    in one pass to sum and one to centre and square (float64 sums of the float32 samples), then
+    the scaling, with the same float32 and float64 operations. Only the order of the sums' terms differs: a float32 window's
     sum in float64 is exact either way, its sum of squares can differ in its last bit, and a
     sample then, rarely, by one float32 ulp. (Compiled by numba; as plain Python it runs too,
     slowly: the tests compare it with numpy that way.)"""
@@ -42,7 +42,7 @@ def _zscore_py(y, level, eps):
             y[i, j] = v
             q += np.float64(v) * np.float64(v)
         var = q / n
-        level[i] = math.sqrt(var + mean * mean)
+        level[i] = math.sqrt(var)
         scale = np.float32(1.0 / (math.sqrt(var) + eps))
         for j in range(n):
             y[i, j] *= scale
@@ -81,7 +81,12 @@ def normalize(x: np.ndarray, spec: dict[str, Any] | None) -> np.ndarray:
 
 
 def normalize_with_level(x: np.ndarray, spec: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Like ``normalize``, plus each row's RMS before normalization (float64, shape ``x.shape[:-1]``).
+    """Like ``normalize``, plus each row's level before normalization (float64, shape
+    ``x.shape[:-1]``): its RMS about its own mean, the vibration's or sound's level without the
+    sensor's DC offset. A DC-coupled sensor (a MEMS accelerometer reads 1 g at rest) would
+    otherwise give a level that is mostly its offset: a machine vibrating twice as hard would
+    change it by a fraction of a percent, and one at rest would never be quieter than a share of
+    what it was learned at (the baselines' level input and rest test, sensor health's rest level).
 
     Three passes over float32 memory (row sums, centred sums of squares, scaling) instead of a
     float64 copy and its passes, because the monitor's inference loop normalizes every batch this
@@ -128,12 +133,16 @@ def _in_place(y: np.ndarray, spec: dict[str, Any], kind: str) -> tuple[np.ndarra
         mean = y.sum(axis=-1, dtype=np.float64, keepdims=True) / n
         y -= mean.astype(np.float32)
         var = np.einsum(sub, y, y, dtype=np.float64) / n  # centred: no cancellation
-        level = np.sqrt(var + mean[..., 0] ** 2)
+        level = np.sqrt(var)
         y *= (1.0 / (np.sqrt(var) + ZSCORE_EPS)).astype(np.float32)[..., None]
         return y, level
-    level = np.sqrt(np.einsum(sub, y, y, dtype=np.float64) / n)
+    square = np.einsum(sub, y, y, dtype=np.float64) / n
+    mean_row = y.sum(axis=-1, dtype=np.float64) / n
+    # about the mean: the float32 samples' squares are exact in float64, so the difference loses
+    # far less of the level under a large offset than the float32 samples themselves lost
+    level = np.sqrt(np.maximum(square - mean_row * mean_row, 0.0))
     if kind == "rms":
-        y *= (1.0 / np.maximum(level, floor)).astype(np.float32)[..., None]
+        y *= (1.0 / np.maximum(np.sqrt(square), floor)).astype(np.float32)[..., None]
     elif kind == "affine":
         y -= np.float32(mean)
         y *= np.float32(1.0 / std)
@@ -160,7 +169,7 @@ class BatchNormalizer:
 
     def __call__(self, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
         """``windows`` (b of them, n samples each) -> (input (b, n) float32, levels (b,) float64):
-        each window's RMS before normalization."""
+        each window's level before normalization (``normalize_with_level``)."""
         # np.array of equal-shaped rows: np.stack's array, without its per-row steps (ragged rows
         # are refused the same)
         x = np.array([w.data for w in windows])

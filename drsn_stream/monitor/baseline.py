@@ -137,7 +137,7 @@ LEVEL_STD = 0.03
 
 def with_level(features: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """What a baseline is learned and judged on: the model's pooled features (b, f) and the log of
-    each window's level (its RMS before normalization, (b,)) as one more column, (b, f + 1). The
+    each window's level (its RMS about its mean before normalization, (b,)) as one more column, (b, f + 1). The
     model sees every window normalized, so its features stay where they are when the machine's
     vibration grows louder at the same shape (a looser mount, a growing imbalance), which the
     level, what ISO 20816 judges a machine by, does not. A NaN level (none known) gives a NaN
@@ -180,13 +180,15 @@ def read_learnings(path: str | Path, streams: set[str] | None = None) -> tuple[d
             if not isinstance(rows, list) or len(rows) > len(z.files):
                 raise ValueError("no list of streams")
             out: dict[str, dict[str, Any]] = {}
+            ac = head.get("level") == "ac"
             for k, row in enumerate(rows):
                 if not isinstance(row, dict):
                     raise ValueError(f"stream {k} is not a record")
                 _text(row.get("id"), "stream")  # printed by baseline show and in notes: no escape sequences
                 if streams is None or row["id"] in streams:
                     out[row["id"]] = {"features": z[f"features{k}"], "times": z[f"times{k}"],
-                                      "levels": z[f"levels{k}"] if f"levels{k}" in z.files else None,
+                                      # (levels of an older version, with the DC offset in: none)
+                                      "levels": z[f"levels{k}"] if f"levels{k}" in z.files and ac else None,
                                       "seen": row.get("seen"), "stride": row.get("stride"),
                                       "left_out": row.get("left_out", 0), "labelled": row.get("labelled"),
                                       "rpm": row.get("rpm"),
@@ -220,7 +222,7 @@ class StreamBaseline:
         windows: learning windows (fit + held back); held_back: of them, kept out of the fit.
         learned_from / learned_to: capture times (s, wall clock or the recording's clock) of
             the first and last learning window.
-        level_low: the level (RMS, signal units) under which STOPPED_PERCENTILE % of the learning
+        level_low: the level (RMS about the mean, signal units) under which STOPPED_PERCENTILE % of the learning
             windows lay; a window under STOPPED_SHARE of it is a machine at rest. NaN where the
             learning windows carried no level (a profile of an older version): never at rest.
         states: the machine's further operating states, each its own Gaussian and threshold
@@ -234,6 +236,10 @@ class StreamBaseline:
             None where the stream had no envelope evidence then.
         with_level: the Gaussians are over the pooled features and the log level (``with_level``);
             False: over the pooled features alone (a profile of an older version, judged so).
+        dc_levels: its levels (``level_low``, the level input) were learned as RMS with the
+            sensor's DC offset in (a profile of an older version, without ``"level": "ac"``):
+            judged as they are, the same on an AC-coupled sensor, wrong on a DC-coupled one
+            (``BaselineStage`` says so once).
     """
 
     gaussian: Gaussian
@@ -248,6 +254,7 @@ class StreamBaseline:
     rpm_high: float = math.nan
     envelope: dict[str, Any] | None = None
     with_level: bool = False
+    dc_levels: bool = False
 
     def anomaly(self, features: np.ndarray) -> np.ndarray:
         """(b, inputs) -> (b,) distance over the threshold, to the nearest operating state (the
@@ -269,6 +276,7 @@ class StreamBaseline:
             **({"rpm": [self.rpm_low, self.rpm_high]} if math.isfinite(self.rpm_low) else {}),
             **({"envelope": self.envelope} if self.envelope else {}),
             **({"with_level": True} if self.with_level else {}),
+            **({"level": "ac"} if self.has_levels and not self.dc_levels else {}),
         }
 
     @classmethod
@@ -294,8 +302,17 @@ class StreamBaseline:
         level = d.get("with_level", False)
         if not isinstance(level, bool) or (level and gauss.mean.size < 2):
             raise ValueError(f"with_level {str(level)[:40]!r} is not true or false (over 2 inputs or more)")
-        return cls(gauss, threshold, windows, held_back, *times, float(low) if low is not None else math.nan, more,
-                   *rpm, _envelope_normal(d.get("envelope")), level)
+        if d.get("level", "ac") != "ac":
+            raise ValueError(f"level {str(d['level'])[:40]!r} is not \"ac\"")
+        out = cls(gauss, threshold, windows, held_back, *times, float(low) if low is not None else math.nan, more,
+                  *rpm, _envelope_normal(d.get("envelope")), level)
+        out.dc_levels = out.has_levels and "level" not in d
+        return out
+
+    @property
+    def has_levels(self) -> bool:
+        """Whether it learned the windows' levels (a rest level, the level input)."""
+        return self.with_level or math.isfinite(self.level_low)
 
     @property
     def features(self) -> int:
@@ -809,6 +826,12 @@ class BaselineStage:
         self._given = set(self.profile.streams)  # the profile's own baselines, kept when a stream is forgotten
         for sid in self.profile.streams:
             self.state[sid] = "monitoring"
+        old = sorted(sid for sid, b in self.profile.streams.items() if b.dc_levels)
+        if old:
+            self.notes.append(("*", (
+                f"{len(old)} baseline(s) ({', '.join(old[:3])}{', ...' if len(old) > 3 else ''}) learned the levels "
+                "with the sensor's DC offset in (an older drsn-stream): judged so, which is the same on an AC-coupled "
+                "sensor (IEPE accelerometer, sound card); on a DC-coupled one (a MEMS accelerometer) learn them again")))
 
     def forget(self, stream: str) -> None:
         """Drop what was learned or seen live of a stream (the monitor retired it); a baseline
@@ -1540,7 +1563,7 @@ class BaselineStage:
                     arrays[f"features{k}"], arrays[f"times{k}"] = d["features"], d["times"]
                     if d.get("levels") is not None:
                         arrays[f"levels{k}"] = d["levels"]
-                head = {"format": LEARNING_FORMAT, "version": 1, **self._setup(), "streams": rows}
+                head = {"format": LEARNING_FORMAT, "version": 1, "level": "ac", **self._setup(), "streams": rows}
                 meta = np.frombuffer(json.dumps(head).encode("utf-8"), dtype=np.uint8)
                 # written into the file as it is made: no copy of tens of MB in memory first
                 write_atomic(path, lambda f: np.savez(f, meta=meta, **arrays), make_folder=False)

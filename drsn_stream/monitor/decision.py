@@ -295,7 +295,7 @@ class StreamDecision:
         healthy: the latest window came from a healthy sensor.
         windows: windows seen for this stream.
         last_time: capture time (s) of the latest window.
-        levels: recent input RMS levels (before normalization), oldest first.
+        levels: recent input levels (RMS about the mean, before normalization), oldest first.
         anomaly: the latest window's anomaly score (None without a baseline).
     """
 
