@@ -217,6 +217,8 @@ class BearingSim(Source):
                                        "triangle; the signal is time-warped, frames carry their rpm); 0 = the "
                                        "recorded speed throughout"),
         "swing": (opt_positive(float, 0.5), 0.1, "share of the recorded speed the sweep runs down by (0 < swing <= 0.5)"),
+        "dc": (opt_finite(-1e6, 1e6), 0.0, "offset added to every sample, g, as a DC-coupled sensor reads (a MEMS "
+                                           "accelerometer: 1); 0 = AC-coupled (an IEPE accelerometer)"),
         "envelope": (opt_bool, True, "1 = its streams carry the replayed rig's bearing, so the envelope evidence runs "
                                      "with no [machine] configured (about 0.5 ms of CPU per stream and second); 0 = not"),
     }
@@ -388,6 +390,8 @@ class BearingSim(Source):
             n = int(min(chunk, total - pos))
             # computed before the wait: the chunk leaves as soon as its last sample is due
             block = self._block(pos, pos + n)
+            if self.options["dc"]:
+                block += np.float32(self.options["dc"])
             if not self.options["fast"] and not self._sleep_until(self.t0 + (pos + n) / (self.rate * self._time_scale)):
                 return
             t_first = self.t0 + pos / (self.rate * self._time_scale)  # after the wait: t0 follows a step of the wall clock
