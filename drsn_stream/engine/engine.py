@@ -55,7 +55,8 @@ def predictions_from(
     """Turns a batch's outputs into Predictions (argmax label), with the batch's columns.
 
     Args:
-        levels: (b,) each window's level (RMS about its mean) before normalization, as the normalization step returned it.
+        levels: (b,) each window's level (RMS about its mean) before normalization, as the
+            normalization step returned it.
         latency_ms: (b,) each window's latency, as the loop measured it.
         features: (b, features) pooled features, when the runner returns them.
     """

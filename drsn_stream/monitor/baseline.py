@@ -137,12 +137,12 @@ LEVEL_STD = 0.03
 
 def with_level(features: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """What a baseline is learned and judged on: the model's pooled features (b, f) and the log of
-    each window's level (its RMS about its mean before normalization, (b,)) as one more column, (b, f + 1). The
-    model sees every window normalized, so its features stay where they are when the machine's
-    vibration grows louder at the same shape (a looser mount, a growing imbalance), which the
-    level, what ISO 20816 judges a machine by, does not. A NaN level (none known) gives a NaN
-    input, which ``fit_stream`` leaves out (the stage learns a learning with any such window on
-    the features alone)."""
+    each window's level (its RMS about its mean before normalization, (b,)) as one more column,
+    (b, f + 1). The model sees every window normalized, so its features stay where they are when
+    the machine's vibration grows louder at the same shape (a looser mount, a growing imbalance),
+    which the level, what ISO 20816 judges a machine by, does not. A NaN level (none known) gives
+    a NaN input, which ``fit_stream`` leaves out (the stage learns a learning with any such window
+    on the features alone)."""
     lv = np.log(np.maximum(np.asarray(levels, dtype=np.float64).reshape(-1), LEVEL_FLOOR))
     return np.concatenate([np.asarray(features, dtype=np.float64).reshape(lv.size, -1), lv[:, None]], axis=1)
 
@@ -222,9 +222,10 @@ class StreamBaseline:
         windows: learning windows (fit + held back); held_back: of them, kept out of the fit.
         learned_from / learned_to: capture times (s, wall clock or the recording's clock) of
             the first and last learning window.
-        level_low: the level (RMS about the mean, signal units) under which STOPPED_PERCENTILE % of the learning
-            windows lay; a window under STOPPED_SHARE of it is a machine at rest. NaN where the
-            learning windows carried no level (a profile of an older version): never at rest.
+        level_low: the level (RMS about the mean, signal units) under which STOPPED_PERCENTILE %
+            of the learning windows lay; a window under STOPPED_SHARE of it is a machine at rest.
+            NaN where the learning windows carried no level (a profile of an older version):
+            never at rest.
         states: the machine's further operating states, each its own Gaussian and threshold
             (``gaussian`` / ``threshold`` are the state most learning windows were in); empty:
             one state. A window's anomaly is its distance to the nearest state over that state's
