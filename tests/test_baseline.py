@@ -538,7 +538,7 @@ def test_a_dc_coupled_sensor_is_monitored_as_an_ac_coupled_one(tmp_path: Path, c
         assert res.returncode == 0, res.stderr
         res = cli_in_process("--config", str(cfg), "--source",
                              f"sim?machines=2&settle=10&fast=1&duration=40&seed=3&envelope=0&dc={dc:g}",
-                             "--baseline", str(prof), "--headless", "--jsonl", "-")
+                             "--baseline", str(prof), "--fast", "--headless", "--jsonl", "-")  # (lossless)
         assert res.returncode == 0, res.stderr
         objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
         t0 = next(o["time"] for o in objs if o["type"] == "prediction")
