@@ -401,6 +401,7 @@ def test_loso_ensembles_missing_keys_or_files_is_one_line(tmp_path, child_env):
     (["--learn-speeds", "0.8,1.5"], ["x1.5", "too short"]),
     (["--stops", "--learn-speeds", "0.8"], ["--stops", "--learn-speeds", "give one"]),
     (["--stops", "--scales", "1.4"], ["x1.4", "too short"]),
+    (["--stops", "--config", "no-such-alarms.toml"], ["no-such-alarms.toml", "not found"]),
 ])
 def test_eval_other_rig_refuses_bad_speeds_before_the_work(args, words, data_dir, tmp_path, child_env):
     folder = cwru_folder(data_dir, tmp_path / "cw", [NORMAL])

@@ -34,7 +34,7 @@ the alarm rules are the defaults.
 
     python tools/eval_other_rig.py [--scales 0.8,0.9,1,1.1] [--data ../shared/data/cwru] [--json out.json]
     python tools/eval_other_rig.py --learn-speeds 0.7,0.8,0.9,1 [--order mixed|sequence]
-    python tools/eval_other_rig.py --stops [--scales 1]
+    python tools/eval_other_rig.py --stops [--scales 1] [--config alarms.toml]
 """
 
 from __future__ import annotations
@@ -76,11 +76,14 @@ def _cli(argv: list[str]) -> None:
         raise DataError(f"drsn-stream {' '.join(argv[:3])} exited {code}: {_last_line(err.getvalue() or out.getvalue())}")
 
 
+MONITOR_ARGS: list[str] = []  # more arguments of every monitor run (--config FILE)
+
+
 def _monitor(*args: str) -> list[dict]:
     """``drsn-stream ARGS --jsonl FILE`` in this process; its JSON lines."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.jsonl"
-        _cli([*args, "--jsonl", str(out), "--engine-process", "off"])
+        _cli([*MONITOR_ARGS, *args, "--jsonl", str(out), "--engine-process", "off"])
         return [json.loads(ln) for ln in out.read_text().splitlines() if ln.startswith("{")]
 
 
@@ -261,7 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stops", action="store_true",
                     help="the healthy machine at each speed stopping and starting again (default --scales 1)")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--config", help="a drsn-stream config the monitor runs with (e.g. [decision] set_windows = 5)")
     args = ap.parse_args(argv)
+    if args.config:
+        from drsn_stream.config import read_toml
+
+        read_toml(args.config)  # a config that cannot be read is refused before the work
+    MONITOR_ARGS[:] = ["--config", args.config] if args.config else []
     if args.stops and args.learn_speeds is not None:
         raise ConfigError("--stops and --learn-speeds are two measurements: give one")
     if args.scales is None:
