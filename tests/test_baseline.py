@@ -457,8 +457,8 @@ def test_a_machine_vibrating_twice_as_hard_at_the_same_shape_is_alarmed_on(tmp_p
     early, late, alarms = judged(prof)
     assert np.mean(early > 1) <= 0.03 and len(late) > 50 and np.min(late) > 1.2, (early.max(), late.min())
     assert alarms and alarms[0]["to"] in ("ALERT", "DANGER")
-    # a sensor whose level is mostly its DC offset (a MEMS accelerometer's 1 g) drifting by 2 % with
-    # temperature is no deviation: the level's spread is taken as at least LEVEL_STD
+    # a DC-coupled sensor (a MEMS accelerometer's 1 g) whose offset drifts by 2 % with temperature is
+    # no deviation: the level is taken about each window's mean
     np.save(tmp_path / "then" / "pump.npy", 1.0 + x)
     np.save(tmp_path / "now" / "pump.npy", np.concatenate([1.0 + x, 1.02 + x]))
     dc = tmp_path / "dc.json"

@@ -27,8 +27,8 @@ def _zscore_py(y, level, eps):
     in one pass to sum and one to centre and square (float64 sums of the float32 samples), then
     the scaling, with the same float32 and float64 operations. Only the order of the sums' terms
     differs: a float32 window's sum in float64 is exact either way, its sum of squares can differ
-    in its last bit, and a sample then, rarely, by one float32 ulp. (Compiled by numba; as plain Python it runs too,
-    slowly: the tests compare it with numpy that way.)"""
+    in its last bit, and a sample then, rarely, by one float32 ulp. (Compiled by numba; as plain
+    Python it runs too, slowly: the tests compare it with numpy that way.)"""
     b, n = y.shape
     for i in range(b):
         s = 0.0

@@ -130,8 +130,7 @@ LEVEL_FLOOR = 1e-30  # a level (RMS) under this is taken as this: the log of 0 i
 # the least spread a baseline gives the log level: with 0.03, a level 1.5 times the learned one is
 # about the threshold by itself, twice it 1.6 (CWRU's healthy drive end as 0.05 g of vibration).
 # A steady machine's level varies by 1-2 % from window to window, so without it a 20 % rise
-# alarmed (1.26), and a sensor whose level is mostly its DC offset (a MEMS accelerometer's 1 g)
-# alarmed on a 2 % drift of that offset (2.61; now 0.32, as without a drift)
+# alarmed (1.26). (A DC offset's drift is no part of the level: it is taken about the mean.)
 LEVEL_STD = 0.03
 
 
