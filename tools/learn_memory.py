@@ -89,34 +89,31 @@ def run(streams: int, minutes: float, save: str | None = None) -> dict:
 
 def run_end(streams: int, minutes: float, fit_wait: float) -> dict:
     """Every stream's learning of ``minutes`` ending in the same batch; the batches after it until
-    every stream has a baseline, with ``FIT_WAIT`` = ``fit_wait``."""
+    every stream has a baseline, with the stage's ``fit_wait`` = ``fit_wait``."""
     stage = BaselineStage(None, learn_s=minutes * 60, model="m", digest="d", sample_rate=12000, window=2048,
                           hop=512, features=FEATURES)
     rng = np.random.default_rng(0)
     probs = np.full(CLASSES, 1.0 / CLASSES)
     held, k, after, t_end, at_end, longest_learning = [], 0, 0, 0.0, 0, 0.0
-    old, baseline.FIT_WAIT = baseline.FIT_WAIT, fit_wait
-    try:
-        while len(stage.profile.streams) < streams:
-            feats = rng.standard_normal((streams, FEATURES)).astype(np.float32)
-            preds = [Prediction(f"s{i}", k, k * HOP_S, probs, "normal", 0.9, 0.3, 10.0, features=row)
-                     for i, row in enumerate(feats)]
-            ended = k + 1 >= minutes * 60 / HOP_S + 1  # this batch ends every stream's span
-            t = time.perf_counter()
-            stage.apply(preds)
-            dt = time.perf_counter() - t
-            if ended:
-                if not t_end:
-                    t_end, at_end = t, len(stage.profile.streams)
-                held.append(dt)
-                after += 1
-            elif dt > longest_learning:
-                longest_learning = dt
-            k += 1
-            if after > 1_000_000:
-                raise ConfigError("the streams were never all fitted")
-    finally:
-        baseline.FIT_WAIT = old
+    stage.fit_wait = fit_wait
+    while len(stage.profile.streams) < streams:
+        feats = rng.standard_normal((streams, FEATURES)).astype(np.float32)
+        preds = [Prediction(f"s{i}", k, k * HOP_S, probs, "normal", 0.9, 0.3, 10.0, features=row)
+                 for i, row in enumerate(feats)]
+        ended = k + 1 >= minutes * 60 / HOP_S + 1  # this batch ends every stream's span
+        t = time.perf_counter()
+        stage.apply(preds)
+        dt = time.perf_counter() - t
+        if ended:
+            if not t_end:
+                t_end, at_end = t, len(stage.profile.streams)
+            held.append(dt)
+            after += 1
+        elif dt > longest_learning:
+            longest_learning = dt
+        k += 1
+        if after > 1_000_000:
+            raise ConfigError("the streams were never all fitted")
     return {"fit_wait": fit_wait, "windows_per_stream": k - after + 1, "fitted_in_the_last_batch": at_end,
             "longest_apply_ms": round(1000 * max(held), 1), "longest_learning_apply_ms": round(1000 * longest_learning, 1),
             "s_until_all_fitted": round(time.perf_counter() - t_end, 2), "apply_ms_after_end": round(1000 * sum(held), 1)}

@@ -225,6 +225,8 @@ class Pipeline:
             # capture stamps of a faster-than-real-time replay run ahead of the wall clock: latency
             # is then measured from when a window was formed, as with --fast
             self.engine.latency_from_ready = True
+            if self.baseline is not None:  # fits at once, not spaced out on the wall clock
+                self.baseline.fit_wait = 0.0
         if config.idle_flush and not config.fast:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now

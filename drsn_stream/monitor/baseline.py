@@ -819,7 +819,12 @@ class BaselineStage:
         self._held_k = np.zeros(0, dtype=bool)  # per stacked baseline: at rest, starting or stopping (_rest)
         self._said_rest: set[str] = set()  # streams whose rest was said (once)
         self._to_fit: dict[str, None] = {}  # streams whose learning is done, waiting for their fit (in order)
-        self._fit_resume = 0.0  # time.monotonic() from which the next fit may run (FIT_WAIT)
+        self._fit_resume = 0.0  # time.monotonic() from which the next fit may run (fit_wait)
+        # a turn of fits puts the next off this many times its own length (FIT_WAIT), so that
+        # live streams keep up; 0 in a replay faster than real time (the pipeline says so): it
+        # has no real time to keep up with, and the windows of a stream waiting for its fit,
+        # neither learned nor judged, would be as many as the wall clock's wait covers there
+        self.fit_wait = FIT_WAIT
         self._stack_s = 0.0  # how long the latest _stack took
         self._stacked: tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.changes = 0  # the profile's baselines changed this often (one learned, adopted, dropped)
@@ -1110,7 +1115,7 @@ class BaselineStage:
         self._rpm_k = ranges if np.isfinite(ranges).any() else None
         self._stack_s = time.monotonic() - t0
         if self._to_fit:  # the restacking a turn of fits caused is part of its time
-            self._fit_resume = max(self._fit_resume, time.monotonic() + FIT_WAIT * self._stack_s)
+            self._fit_resume = max(self._fit_resume, time.monotonic() + self.fit_wait * self._stack_s)
 
     def rest_levels(self) -> dict[str, float | None]:
         """Per stream with a baseline, the level (RMS) under which its machine is at rest, or None
@@ -1364,7 +1369,7 @@ class BaselineStage:
         """Streams whose learning is done fitted in order, until the turn has lasted ``least_s``
         (the waiting streams' turn: as long as the last restacking of the baselines took, so that
         restacking after each fit does not cost more than the fits at many streams), at least
-        one; the next turn put off FIT_WAIT times this one."""
+        one; the next turn put off ``fit_wait`` times this one."""
         t0 = time.monotonic()
         for sid in sids:
             self._to_fit.pop(sid, None)
@@ -1372,7 +1377,7 @@ class BaselineStage:
             if time.monotonic() - t0 >= least_s:
                 break
         t1 = time.monotonic()
-        self._fit_resume = t1 + FIT_WAIT * (t1 - t0)
+        self._fit_resume = t1 + self.fit_wait * (t1 - t0)
 
     def _fit(self, sid: str) -> None:
         so_far = self._learning.pop(sid, None)
