@@ -68,6 +68,8 @@ class StreamRow:
             and its evidence (dB over noise); None / NaN where no envelope evidence is configured.
         envelope_held: the fault type held over the stream's last three blocks in a row (what the
             envelope's alarm asks); False where only the latest block named it.
+        envelope_own: the type is ``none`` only because the stream's learned normal holds its
+            strongest lines (they reach the threshold, not the margin over the machine's own).
         anomaly: the latest anomaly score against the stream's baseline (1.0 = its threshold);
             None without one. anomalies: recent scores, oldest first, for the sparkline.
         baseline: the baseline's state ("learning 40%", "fitting", "monitoring", "at rest",
@@ -96,6 +98,7 @@ class StreamRow:
     envelope: str | None = None
     envelope_db: float = math.nan
     envelope_held: bool = False
+    envelope_own: bool = False
     anomaly: float | None = None
     anomalies: tuple[float, ...] = ()
     baseline: str | None = None

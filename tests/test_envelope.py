@@ -528,6 +528,25 @@ def test_a_baseline_learns_its_machines_envelope_lines_and_the_monitor_names_no_
     said = [n["message"] for n in notes if "learned lines" in n["message"]]
     assert len(said) == 1 and f"BPFI {env['median_db']['bpfi']:.1f}" in said[0]
     assert not any("while the baseline learned" in n["message"] for n in notes)
+    # the dashboard's env cell says the lines are the machine's own ("learned 3.6dB") rather than
+    # "none" beside evidence over the threshold; without the profile the same block is a maybe
+    from drsn_stream.app.pipeline import Pipeline
+    from drsn_stream.app.runconfig import RunConfig
+    from drsn_stream.monitor.envelope import MachineTable
+
+    cells = {}
+    for profile in (str(prof), None):
+        pipe = Pipeline(RunConfig(sources=(src + "&duration=2",), fast=True, engine_process=False, stats_every_s=3600,
+                                  baseline=profile, machine=MachineTable(bearing="6205")), sinks=[])
+        pipe.run()
+        row = pipe.snapshot().rows[0]
+        console = Console(width=160, file=io.StringIO(), color_system=None)
+        console.print(stream_table((row,), width=160))
+        cells[profile] = (row.envelope, row.envelope_own, f"{row.envelope_db:.1f}dB", console.file.getvalue())
+    kind, own, db, screen = cells[str(prof)]
+    assert kind == "none" and own and f"learned {db} ✓" in screen, screen
+    kind, own, db, screen = cells[None]
+    assert kind == "inner_race" and not own and f"inner? {db}" in screen and "learned" not in screen, screen
     # a bearing learned with its fault (an inner race's 14.6 dB of BPFI) is said to be, by both
     faulty = f"file:{CWRU / '12k_Drive_End_IR007_0_105.mat'}?duration=6"
     res = cli_in_process("baseline", "learn", "--source", faulty, "--bearing", "6205", "--out", str(tmp_path / "f.json"))

@@ -142,9 +142,9 @@ def test_the_envelopes_fault_type_and_evidence_are_series_where_a_bearing_is_con
     # envelope named (one series per type, 1 for the named one) and its evidence; none of either
     # without an envelope stage, and none for a stream whose sensor is sick (the dashboard's rule)
     assert "envelope" not in format_metrics(plant_snapshot())
-    text = format_metrics(plant_snapshot(envelope={"sim/m1": ("inner_race", 14.6, True),
-                                                   "sim/m0": ("none", 1.2, False),
-                                                   "sim/m3": ("outer_race", 30.0, True)}))
+    text = format_metrics(plant_snapshot(envelope={"sim/m1": ("inner_race", 14.6, True, False),
+                                                   "sim/m0": ("none", 1.2, False, False),
+                                                   "sim/m3": ("outer_race", 30.0, True, False)}))
     promtool_check(text)
     v = samples(text)
     assert v[("drsn_stream_envelope_evidence_decibels", (("stream", "sim/m1"),))] == pytest.approx(14.6)

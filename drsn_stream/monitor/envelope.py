@@ -530,16 +530,20 @@ class EnvelopeStage:
             return result, None
         return result, max(self._rise(last, k, normal) for k in FAMILIES)
 
-    def views(self) -> dict[str, tuple[str, float, bool]]:
-        """{stream: (fault type, its evidence dB, held)} of the latest blocks, for the dashboard
-        (``EnvelopeResult.held``: a healthy machine's own lines near a fault order cross the
-        threshold now and then, one block at a time)."""
-        out: dict[str, tuple[str, float, bool]] = {}
+    def views(self) -> dict[str, tuple[str, float, bool, bool]]:
+        """{stream: (fault type, its evidence dB, held, own)} of the latest blocks, for the
+        dashboard (``EnvelopeResult.held``: a healthy machine's own lines near a fault order cross
+        the threshold now and then, one block at a time). ``own``: the type is ``none`` only as
+        the stream's learned normal holds lines that reach the threshold (its evidence is then
+        that of the machine's own lines, not of a fault that was ruled out)."""
+        out: dict[str, tuple[str, float, bool, bool]] = {}
         with self._lock:
             for sid, kept in self._results.items():
                 r = self._held(sid, kept[-1][1], self._in_a_row(kept, len(kept)), self._normals.get(sid)) if kept else None
                 if r is not None:
-                    out[sid] = (r.fault_type, r.strength_db, bool(r.held))
+                    own = (r.normal is not None and r.fault_type == "none"
+                           and decide(r.evidence, self.settings.threshold_db) != "none")
+                    out[sid] = (r.fault_type, r.strength_db, bool(r.held), own)
         return out
 
     def _held(self, sid: str, result: EnvelopeResult | None, last: list[EnvelopeResult] | None,

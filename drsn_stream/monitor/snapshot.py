@@ -53,7 +53,7 @@ def build_rows(
     *,
     drops: Mapping[str, int] | None = None,
     streams: Iterable[str] | None = None,
-    envelope: Mapping[str, tuple[str, float, bool]] | None = None,
+    envelope: Mapping[str, tuple[str, float, bool, bool]] | None = None,
     baseline: Mapping[str, tuple[str, float, tuple[float, ...]]] | None = None,
     latency: EngineStats | None = None,
     speeds: Mapping[str, float] | None = None,
@@ -62,7 +62,7 @@ def build_rows(
 
     An unhealthy stream is never shown with a confident label: label "?", confidence 0, no top-3.
     ``drops`` adds stale-window drops per stream; frames lost to sequence gaps are added here.
-    ``envelope``: {stream: (fault type, evidence dB, held)} from the envelope stage.
+    ``envelope``: {stream: (fault type, evidence dB, held, own)} from the envelope stage.
     ``baseline``: {stream: (state, latest anomaly, recent anomalies)} from the baseline stage.
     ``latency``: the engine's latency record, for each stream's p50/p99.
     ``speeds``: {stream: the shaft speed (rpm) its latest frame carried}, for those that carry one.
@@ -109,6 +109,7 @@ def build_rows(
                 envelope=envelope[sid][0] if sid in envelope and healthy else None,
                 envelope_db=envelope[sid][1] if sid in envelope and healthy else math.nan,
                 envelope_held=bool(envelope[sid][2]) if sid in envelope and healthy else False,
+                envelope_own=bool(envelope[sid][3]) if sid in envelope and healthy else False,
                 anomaly=(d.anomaly if d is not None else None) if healthy else None,
                 anomalies=base[sid][2] if sid in base else (),
                 baseline=(base[sid][0] if sid in base else "waiting") if baseline is not None else None,
@@ -130,7 +131,7 @@ def build_snapshot(
     streams: Iterable[str] | None = None,
     now: float | None = None,
     counters: Counters | None = None,
-    envelope: Mapping[str, tuple[str, float, bool]] | None = None,
+    envelope: Mapping[str, tuple[str, float, bool, bool]] | None = None,
     baseline: Mapping[str, tuple[str, float, tuple[float, ...]]] | None = None,
     latency: EngineStats | None = None,
     speeds: Mapping[str, float] | None = None,

@@ -59,6 +59,7 @@ LEGEND = (  # each line fits an 80-column terminal's help panel without wrapping
     "input RMS: recent input level; drops: windows dropped and frames lost",
     "lat p50/p99 ms: capture-to-label latency, median / 99th percentile",
     "envelope dB: fault type (outer?: not held 3 s); ✓ label, anomaly agree",
+    "  learned: lines the machine had while its baseline learned; no fault type",
     "anomaly: distance from the learned baseline (1.0 = threshold), its course",
 )
 
@@ -232,12 +233,16 @@ def _envelope_cell(row: StreamRow) -> Text:
     """``inner 9.1dB ✓``: the envelope fault type, its evidence, and whether the label agrees.
     A type the latest block named but the stream's last three did not hold is a maybe
     (``outer? 3.4dB``, dim, no verdict): a healthy machine's own lines near a fault order cross
-    the threshold now and then, and a type that flickers on and off is no finding."""
+    the threshold now and then, and a type that flickers on and off is no finding. Lines that
+    reach the threshold but not the margin over the machine's learned normal are its own
+    (``learned 14.6dB``, dim): no fault type, and no fault ruled out by a weak envelope."""
     if row.envelope is None:
         return Text("-", style="dim")
     kind = _ENV_SHORT.get(row.envelope, row.envelope)
     if row.envelope != "none" and not row.envelope_held:
         return Text(f"{kind}? {row.envelope_db:.1f}dB", style="dim")
+    if row.envelope_own:
+        kind = "learned"
     text = Text(f"{kind} {row.envelope_db:.1f}dB", style="dim" if row.envelope == "none" else "bold")
     agree = agreement(row.label, row.envelope, getattr(row, "anomaly", None))
     if agree is True:
