@@ -58,8 +58,7 @@ LEGEND = (  # each line fits an 80-column terminal's help panel without wrapping
     "noise 0-1: share of activations the DRSN zeroed (higher: noisier input)",
     "input RMS: recent input level; drops: windows dropped and frames lost",
     "lat p50/p99 ms: capture-to-label latency, median / 99th percentile",
-    "envelope dB: fault type (outer?: not held 3 s); ✓ label, anomaly agree",
-    "  learned: lines the machine had while its baseline learned; no fault type",
+    "envelope dB: type (outer?: not held 3 s; learned: own lines); ✓ all agree",
     "anomaly: distance from the learned baseline (1.0 = threshold), its course",
 )
 
