@@ -607,10 +607,12 @@ class Pipeline:
 
     def _windows_in(self, windows: list[Window]) -> None:
         """Where windows enter the engine, from an ingest thread or an ingest process
-        (``ShardedSource``'s reading loop)."""
-        self.batcher.put_many(windows)
+        (``ShardedSource``'s reading loop). The envelope's blocks are queued first: a replay's
+        results wait for the blocks queued by then (``EnvelopeStage.settle``), and a block queued
+        after its windows entered the engine was missed by some of them, as the threads ran."""
         if self.envelope is not None:
             self.envelope.push(windows)
+        self.batcher.put_many(windows)
 
     # ------------------------------------------------------------------ results
     def _on_predictions(self, preds: list[Prediction]) -> None:
@@ -835,7 +837,7 @@ class Pipeline:
         assert self.baseline is not None
         self._rest_changes = self.baseline.changes
         if self.envelope is not None:
-            self.envelope.set_normals(self.baseline.envelope_normals())
+            self.envelope.set_normals(self.baseline.envelope_normals(), since=self.baseline.fitted_here())
         levels = self.baseline.rest_levels()
         told = {sid: lv for sid, lv in levels.items() if self._rest_told.get(sid) != lv}
         told.update({sid: None for sid in self._rest_told.keys() - levels.keys()})

@@ -819,6 +819,7 @@ class BaselineStage:
         self._held_k = np.zeros(0, dtype=bool)  # per stacked baseline: at rest, starting or stopping (_rest)
         self._said_rest: set[str] = set()  # streams whose rest was said (once)
         self._to_fit: dict[str, None] = {}  # streams whose learning is done, waiting for their fit (in order)
+        self._fitted_here: set[str] = set()  # streams whose baseline was fitted in this run (fitted_here)
         self._fit_resume = 0.0  # time.monotonic() from which the next fit may run (fit_wait)
         # a turn of fits puts the next off this many times its own length (FIT_WAIT), so that
         # live streams keep up; 0 in a replay faster than real time (the pipeline says so): it
@@ -863,6 +864,7 @@ class BaselineStage:
             self.state[stream] = "monitoring"
             return
         self.state.pop(stream, None)
+        self._fitted_here.discard(stream)
         if self.profile.streams.pop(stream, None) is not None:
             self._stacked = None
             self.changes += 1
@@ -931,6 +933,7 @@ class BaselineStage:
         self._learning.pop(stream, None)
         self._extended.discard(stream)
         self.profile.streams[stream] = base
+        self._fitted_here.discard(stream)  # learned elsewhere, up to before this run judges it
         self._stacked = None
         self.changes += 1
         self.state[stream] = "monitoring"
@@ -1127,6 +1130,11 @@ class BaselineStage:
     def envelope_normals(self) -> dict[str, dict[str, float]]:
         """Per stream whose baseline learned its envelope evidence, the median per family (dB)."""
         return {sid: dict(b.envelope["median_db"]) for sid, b in self.profile.streams.items() if b.envelope}
+
+    def fitted_here(self) -> dict[str, float]:
+        """Per stream whose baseline was learned in this run, the capture time its learning ended
+        (what came before it was learned from, not judged)."""
+        return {sid: b.learned_to for sid, b in self.profile.streams.items() if sid in self._fitted_here}
 
     def watches(self, stream: str) -> bool:
         """Whether a baseline watches ``stream``: it has one (monitored on it, or at rest), or one
@@ -1400,6 +1408,7 @@ class BaselineStage:
             self.notes.append((sid, f"baseline not learned: {exc}"))
             return
         self.profile.streams[sid] = base
+        self._fitted_here.add(sid)
         self._stacked = None
         self.changes += 1
         self.state[sid] = "monitoring"

@@ -115,7 +115,12 @@ def has_geometry(machine: Mapping[str, Any]) -> bool:
 # steps (at most 0.05 % off, a fraction of a bin at the highest line): a tachometer's jitter would
 # otherwise make a new plan (~20 ms) for every block's mean speed
 STEADY_STEP = 0.001
-_KEEP = 16  # results kept per stream, for predictions that arrive after newer blocks were analysed
+# results kept per stream, for predictions that arrive after newer blocks were analysed: at least
+# _KEEP, and those no prediction has been read past yet (a replay's ingest runs many blocks ahead
+# of its results; with 16 kept, a replay's first windows met no evidence, how many varying with the
+# threads' pace), up to _KEEP_MAX (a stream whose results stop coming)
+_KEEP = 16
+_KEEP_MAX = 4096
 NORMAL_KEEP = 2048  # blocks of evidence kept per stream until it has a normal (then every other one)
 NORMAL_LEAST = 5  # blocks of evidence within a learning span that make a normal
 # blocks in a row a family must rise over its need in for the alarm (``reading``): one block's
@@ -227,6 +232,8 @@ class EnvelopeStage:
         # per stream: the machine's learned evidence per family, dB (set_normals); and the
         # evidence of the blocks of the streams without one, for their baselines' fits
         self._normals: dict[str, dict[str, float]] = {}
+        self._since: dict[str, float] = {}  # per stream whose normal was learned in this run: from when it holds
+        self._read: dict[str, float] = {}  # per stream, the latest capture time a prediction read (_keep)
         self._seen: dict[str, _Seen] = {}
         self.keeps_evidence = False  # the pipeline turns it on where baselines learn (else nothing asks)
 
@@ -270,6 +277,7 @@ class EnvelopeStage:
         with self._lock:
             self._streams.pop(stream, None)
             self._results.pop(stream, None)
+            self._read.pop(stream, None)
             self._seen.pop(stream, None)
 
     # ---------------------------------------------------------------- the stage's thread
@@ -358,10 +366,16 @@ class EnvelopeStage:
             self.tracked += track is not None
 
     def _keep(self, sid: str, t_end: float, result: EnvelopeResult | None) -> None:
+        """Under the lock."""
         kept = self._results.get(sid)
         if kept is None:
-            kept = self._results[sid] = deque(maxlen=_KEEP)
+            kept = self._results[sid] = deque(maxlen=_KEEP_MAX)
         kept.append((t_end, result))
+        read = self._read.get(sid, -math.inf)
+        # the oldest goes once a reading has passed the block SUSTAIN after it (a reading needs
+        # the block it falls in and the SUSTAIN - 1 before it)
+        while len(kept) > _KEEP and kept[SUSTAIN][0] <= read:
+            kept.popleft()
 
     def _live(self, sid: str, geometry: BearingGeometry, speeds: tuple[float | None, float | None],
               t0: float, t1: float) -> tuple[float, tuple[np.ndarray, np.ndarray] | None, float] | None:
@@ -447,20 +461,29 @@ class EnvelopeStage:
             return None
         return {"blocks": int(ev.shape[0]), "median_db": {k: round(v, 2) for k, v in median_evidence(ev).items()}}
 
-    def set_normals(self, normals: Mapping[str, Mapping[str, float]]) -> None:
+    def set_normals(self, normals: Mapping[str, Mapping[str, float]], since: Mapping[str, float] | None = None) -> None:
         """The streams' learned evidence per family (dB), all of them at once (a stream left out has
-        none: its blocks are decided on the threshold alone and kept for a normal again)."""
+        none: its blocks are decided on the threshold alone and kept for a normal again).
+        ``since``: for a normal learned in this run, the capture time its learning ended; windows
+        up to then are read without it (which of them were read after the fit depended on how the
+        results were batched: a replay's verdicts varied from run to run)."""
         table = {sid: dict(n) for sid, n in normals.items()}
         with self._lock:
             self._normals = table
+            self._since = {sid: float(t) for sid, t in (since or {}).items() if sid in table}
             for sid in [sid for sid in self._seen if sid in table]:
                 del self._seen[sid]
 
-    def _judged(self, sid: str, result: EnvelopeResult | None) -> EnvelopeResult | None:
-        """``result`` with its type decided against the stream's learned normal, where it has one
-        (when read, not when analysed: a replay's blocks are analysed before the baseline that
-        learned from the first of them is fitted). Under the lock."""
+    def _normal(self, sid: str, t: float) -> dict[str, float] | None:
+        """The stream's learned normal as it holds for what was read at capture time ``t``. Under
+        the lock."""
         normal = self._normals.get(sid)
+        return normal if normal is not None and t > self._since.get(sid, -math.inf) else None
+
+    def _judged(self, sid: str, result: EnvelopeResult | None, normal: Mapping[str, float] | None) -> EnvelopeResult | None:
+        """``result`` with its type decided against the stream's learned ``normal`` (``_normal``),
+        where it has one (when read, not when analysed: a replay's blocks are analysed before the
+        baseline that learned from the first of them is fitted). Under the lock."""
         if result is None or normal is None:
             return result
         if "normal" not in self._said.get(sid, ()):
@@ -509,7 +532,9 @@ class EnvelopeStage:
             if not kept:
                 return None
             i = len(kept) if t is None else _ended_by(kept, t)
-            return self._judged(stream, kept[i - 1][1]) if i else None  # None too for a block of no evidence
+            if not i:
+                return None
+            return self._judged(stream, kept[i - 1][1], self._normal(stream, kept[i - 1][0] if t is None else t))
 
     def reading(self, stream: str, t: float) -> tuple[EnvelopeResult | None, float | None]:
         """What the stream's envelope said by capture time ``t``, in one look: ``latest(stream,
@@ -522,9 +547,11 @@ class EnvelopeStage:
             kept = self._results.get(stream)
             if not kept:
                 return None, None
+            if t > self._read.get(stream, -math.inf):
+                self._read[stream] = t
             i = _ended_by(kept, t)
             last = self._in_a_row(kept, i)
-            normal = self._normals.get(stream)
+            normal = self._normal(stream, t)
             result = self._held(stream, kept[i - 1][1], last, normal) if i else None
         if last is None:
             return result, None
@@ -539,7 +566,9 @@ class EnvelopeStage:
         out: dict[str, tuple[str, float, bool, bool]] = {}
         with self._lock:
             for sid, kept in self._results.items():
-                r = self._held(sid, kept[-1][1], self._in_a_row(kept, len(kept)), self._normals.get(sid)) if kept else None
+                if not kept:
+                    continue
+                r = self._held(sid, kept[-1][1], self._in_a_row(kept, len(kept)), self._normal(sid, kept[-1][0]))
                 if r is not None:
                     own = (r.normal is not None and r.fault_type == "none"
                            and decide(r.evidence, self.settings.threshold_db) != "none")
@@ -551,7 +580,7 @@ class EnvelopeStage:
         """``result`` (the newest of ``last`` where the blocks before it followed in a row) judged
         against the stream's normal, and for a fault type whether it held over ``last`` (its
         family reached what it needs in each, as the alarm asks). Under the lock."""
-        result = self._judged(sid, result)
+        result = self._judged(sid, result, normal)
         family = family_of(result.fault_type) if result is not None else None
         if family is None:
             return result
@@ -578,7 +607,11 @@ class EnvelopeStage:
 
 def _ended_by(kept: deque[tuple[float, EnvelopeResult | None]], t: float) -> int:
     """How many of a stream's kept blocks (oldest first) ended by capture time ``t``."""
-    return bisect.bisect_right([te for te, _ in kept], t + 1e-6)
+    return bisect.bisect_right(kept, t + 1e-6, key=_end)
+
+
+def _end(entry: tuple[float, EnvelopeResult | None]) -> float:
+    return entry[0]
 
 
 def _lines(geometry: BearingGeometry, shaft_hz: float) -> str:
