@@ -533,7 +533,8 @@ def test_a_replay_that_learns_gives_the_same_verdicts_however_its_windows_are_ba
     envelope, in batches of 4 windows or of 256. Before, the windows batched with the one that
     ended a learning were read against the envelope normal fitted from them in one run and not in
     another, a fit waited on the wall clock, a window could enter the engine before its envelope
-    block was queued, and the first windows could find their blocks gone."""
+    block was queued, the first windows could find their blocks gone, and a full queue of blocks
+    dropped some (with the engine as slow as batches of 4 make it)."""
     def run(batch: int) -> tuple[dict, list]:
         res = cli_in_process("--source", "sim?machines=4&settle=20&fast=1&duration=30&seed=5", "--learn", "15",
                              "--max-batch", str(batch), "--headless", "--jsonl", "-")

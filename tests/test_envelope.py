@@ -616,3 +616,39 @@ def test_a_fault_at_a_speed_the_baseline_never_learned_is_alarmed_on_by_the_enve
     off = tmp_path / "off.toml"
     off.write_text("[decision]\nenvelope_enter_db = inf\n")
     assert [o for o in run("--config", str(off)) if o["type"] == "alarm"] == []
+
+
+def test_a_replays_blocks_wait_for_the_stage_and_stay_until_read() -> None:
+    """Live, a full queue of blocks drops the newest (counted: the ingest must not wait); in a
+    replay faster than real time (``wait_s``) the push waits for the stage instead, so none is
+    lost. And the results stay until a reading has passed them: a replay's ingest runs many
+    blocks ahead of its results, and with 16 kept per stream its first windows met no evidence."""
+    from drsn_stream.monitor.envelope import EnvelopeStage
+    from drsn_stream.types import Window
+
+    require_cwru()
+    x = np.tile(read_recording(CWRU / "12k_Drive_End_IR014_0_169.mat")[0][:, 0].astype(np.float32), 2)
+    hop, window = 512, 2048
+    windows = [Window("a", k, (k * hop + window - 1) / 12000.0, x[k * hop : k * hop + window], normalized=False)
+               for k in range((len(x) - window) // hop + 1)]  # ~20 s: 20 blocks
+    blocks = (windows[-1].t_last * 12000 + 1) // 12000
+
+    def stage(wait_s: float) -> EnvelopeStage:
+        s = EnvelopeStage({"bearing": "6205", "rpm": 1797}, EnvelopeSettings(), rate=12000.0, hop=hop, window=window,
+                          capacity=2)
+        s.wait_s = wait_s
+        return s
+
+    live = stage(0.0)  # not started: the queue fills
+    live.push(windows)
+    assert live.stats()["dropped"] == blocks - 2
+    replay = stage(10.0).start()
+    try:
+        replay.push(windows)
+        replay.settle(10.0)
+        assert replay.stats()["dropped"] == 0 and replay.stats()["blocks"] == blocks
+        # every block is still there for the first windows' readings, read only now
+        firsts = [replay.reading("a", w.t_last)[0] for w in windows[:60]]
+        assert firsts[0] is None and all(r is not None and r.fault_type == "inner_race" for r in firsts[24:])
+    finally:
+        replay.stop()

@@ -227,6 +227,8 @@ class Pipeline:
             self.engine.latency_from_ready = True
             if self.baseline is not None:  # fits at once, not spaced out on the wall clock
                 self.baseline.fit_wait = 0.0
+            if self.envelope is not None:  # its blocks wait for the stage rather than drop
+                self.envelope.wait_s = 10.0
         if config.idle_flush and not config.fast:
             for src in self.sources:
                 src.on_idle = self.batcher.flush  # a source waiting for input: its windows are due now

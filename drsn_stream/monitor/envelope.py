@@ -211,6 +211,10 @@ class EnvelopeStage:
         # (stream, capture time of the block's last sample, samples, speeds carried at its start and end)
         self._queue: queue.Queue[tuple[str, float, np.ndarray, tuple[float | None, float | None]] | None] = \
             queue.Queue(maxsize=capacity)
+        # how long a push waits for room in the queue before it drops the block (counted): 0 live,
+        # where the ingest must not wait; a replay faster than real time waits (the pipeline sets
+        # it), as its windows wait for the engine, so that its evidence does not hang on the pace
+        self.wait_s = 0.0
         # per stream: its geometry, the configured or source speed (Hz; None: none) and whether the
         # user gave it on the source (beats the frames' own); None: no geometry
         self._streams: dict[str, tuple[BearingGeometry, float | None, bool] | None] = {}
@@ -261,7 +265,8 @@ class EnvelopeStage:
                 with self._lock:
                     self._pending += 1
                 try:
-                    self._queue.put_nowait((w.stream_id, t_end, x[: self.block], (s0, s1)))
+                    self._queue.put((w.stream_id, t_end, x[: self.block], (s0, s1)), block=self.wait_s > 0,
+                                    timeout=self.wait_s or None)
                 except queue.Full:
                     self.dropped += 1
                     self._done()
