@@ -1544,3 +1544,31 @@ def test_the_speeds_a_baseline_learned_at_go_with_it_and_a_standstill_is_not_lea
         assert (p.anomaly is not None, p.label) == (judged, "normal" if judged else "unknown"), rpm
         assert (state, math.isnan(latest)) == (("monitoring", False) if judged else ("other speed", True)), rpm
     assert sum("runs at 1640 rpm" in line and "(1700-1800 rpm)" in line for _, line in b.notes) == 1
+
+
+def test_a_restarted_cluster_host_keeps_its_last_runs_learnings_for_one_span(tmp_path: Path) -> None:
+    """A cluster host restarted under its name takes up the learnings its last run left in its
+    file and writes them back with its own, so that the host its streams went to can still learn
+    on from them; a stream that has not come back within one learning span learns elsewhere, and
+    its learning leaves the file (it was written back for good)."""
+    path = tmp_path / "host-a.learning.npz"
+    before = _learning_stage(features=4)
+    before.kept_elsewhere(learning_to=path, take_up=True)
+    rng = np.random.default_rng(9)
+    for i, f in enumerate(rng.standard_normal((60, 4)).astype(np.float32)):
+        before.apply([_window("m0", i, f), _window("m1", i, f)])
+    before.save_learning(final=True)
+    after = _learning_stage(features=4)  # the restart
+    after.kept_elsewhere(learning_to=path, take_up=True)
+    after.resume()
+    for i, f in enumerate(rng.standard_normal((30, 4)).astype(np.float32)):
+        after.apply([_window("m0", i + 60, f), _window("m2", i, f)])  # m0 came back, m1 did not
+    after.save_learning(final=True)
+    _, kept = read_learnings(path)
+    assert {sid: d["seen"] for sid, d in kept.items()} == {"m0": 90, "m1": 60, "m2": 30}
+    after._resumed_at -= after.learn_s  # one learning span later
+    after.save_learning(final=True)
+    _, kept = read_learnings(path)
+    assert sorted(kept) == ["m0", "m2"]
+    said = [msg for _, msg in after.notes if "not claimed" in msg]
+    assert len(said) == 1 and said[0].startswith("1 baseline learning(s) taken up from the run before"), after.notes

@@ -776,6 +776,7 @@ class BaselineStage:
         self.learning_save_failures = 0
         self._resumed: dict[str, dict[str, Any]] = {}
         self._take_up = False  # resume() takes up learning_to's learnings with no save_to (kept_elsewhere)
+        self._resumed_at = 0.0  # time.monotonic() of resume(), where it took learnings up
         self._next_learning_save = time.monotonic() + LEARNING_SAVE_S
         self._learning_on_disk = False  # the file holds learnings (removed once none is left)
         self._writer: threading.Thread | None = None  # the periodic save's, while it writes
@@ -878,7 +879,8 @@ class BaselineStage:
         folder, read by the host its streams go to when it is lost). ``take_up``: the learnings an
         earlier run left there are taken up by ``resume`` and written back with this run's until
         their streams come (a cluster host restarted under its name: its first save wrote over
-        them, and the hosts its streams had gone to learned them anew); else none are."""
+        them, and the hosts its streams had gone to learned them anew), for one learning span at
+        most (streams that went elsewhere learn there); else none are."""
         self.save_to = None
         self.learning_to = Path(learning_to) if learning_to is not None else None
         self._take_up = bool(take_up and learning_to is not None)
@@ -1489,6 +1491,7 @@ class BaselineStage:
             return
         # the streams learned and saved before the restart are monitored, not learned on
         self._resumed = {sid: d for sid, d in learnings.items() if sid not in self.profile.streams}
+        self._resumed_at = time.monotonic()
         self._learning_on_disk = True
         if self._resumed:
             self.notes.append(("*", f"{len(self._resumed)} baseline learning(s) in progress taken up from {path}"))
@@ -1509,6 +1512,13 @@ class BaselineStage:
             return
         self._next_learning_save = now + LEARNING_SAVE_S  # moved on by the write, by its duration
         self._learning_due = False
+        if self._take_up and self._resumed and now - self._resumed_at >= self.learn_s:
+            # a cluster host's streams that went elsewhere while it was down: the host that took
+            # one over read this file then, and by now has learned its span there
+            self.notes.append(("*", f"{len(self._resumed)} baseline learning(s) taken up from the run before were not "
+                                    f"claimed by their streams within {_span(self.learn_s)}: they are learned "
+                                    "elsewhere, and no longer kept here"))
+            self._resumed = {}
         snapshot = self.learning_snapshot()
         if not final:
             self._writer = threading.Thread(target=self._write_learning, args=(self.learning_to, *snapshot),
