@@ -90,6 +90,10 @@ FAULT_SHARE_SAID = 0.1
 # full), so a save's thread writes at most 1/LEARNING_SAVE_SHARE of the time
 LEARNING_SAVE_S = 60.0
 LEARNING_SAVE_SHARE = 100
+# a cluster host restarted under its name writes back the learnings its last run left for its
+# streams that went elsewhere (the hosts that took them over read them from its file) for one
+# learning span, and at least this long (s): a host's loss may be found after its restart
+RESUMED_LEAST_S = 600.0
 LEARNING_FORMAT = "drsn-stream-baseline-learning"
 # a machine that stops leaves its sensor's noise, unlike its learned normal in every window: a
 # window under STOPPED_SHARE of the level (RMS) the quietest STOPPED_PERCENTILE % of the learning
@@ -879,8 +883,8 @@ class BaselineStage:
         folder, read by the host its streams go to when it is lost). ``take_up``: the learnings an
         earlier run left there are taken up by ``resume`` and written back with this run's until
         their streams come (a cluster host restarted under its name: its first save wrote over
-        them, and the hosts its streams had gone to learned them anew), for one learning span at
-        most (streams that went elsewhere learn there); else none are."""
+        them, and the hosts its streams had gone to learned them anew), for one learning span
+        (``RESUMED_LEAST_S`` at least; streams that went elsewhere learn there); else none are."""
         self.save_to = None
         self.learning_to = Path(learning_to) if learning_to is not None else None
         self._take_up = bool(take_up and learning_to is not None)
@@ -1512,12 +1516,12 @@ class BaselineStage:
             return
         self._next_learning_save = now + LEARNING_SAVE_S  # moved on by the write, by its duration
         self._learning_due = False
-        if self._take_up and self._resumed and now - self._resumed_at >= self.learn_s:
+        if self._take_up and self._resumed and now - self._resumed_at >= max(self.learn_s, RESUMED_LEAST_S):
             # a cluster host's streams that went elsewhere while it was down: the host that took
             # one over read this file then, and by now has learned its span there
             self.notes.append(("*", f"{len(self._resumed)} baseline learning(s) taken up from the run before were not "
-                                    f"claimed by their streams within {_span(self.learn_s)}: they are learned "
-                                    "elsewhere, and no longer kept here"))
+                                    f"claimed by their streams within {_span(max(self.learn_s, RESUMED_LEAST_S))}: "
+                                    "they are learned elsewhere, and no longer kept here"))
             self._resumed = {}
         snapshot = self.learning_snapshot()
         if not final:
