@@ -514,17 +514,21 @@ def test_a_baseline_learns_its_machines_envelope_lines_and_the_monitor_names_no_
     assert env["blocks"] == 5 and set(env["median_db"]) == set(FAMILIES) and env["median_db"]["bpfi"] > 2.0
     assert "envelope evidence BPFO" in cli_in_process("baseline", "show", str(prof)).stdout
 
-    def types(*extra: str) -> tuple[Counter, list[dict]]:
+    def types(*extra: str) -> tuple[Counter, list[dict], list[str]]:
         res = cli_in_process("--bearing", "6205", "--source", src, "--fast", "--headless", "--jsonl", "-", *extra)
         assert res.returncode == 0, res.stderr
         objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
         envs = [o["envelope"] for o in objs if o["type"] == "prediction" and "envelope" in o]
-        return Counter(e["type"] for e in envs), [o for o in objs if o["type"] == "note"]
+        lines = [ln for ln in res.stderr.splitlines() if " env " in ln]  # the readable lines, beside --jsonl -
+        return Counter(e["type"] + (" own" if e.get("own") else "") for e in envs), [o for o in objs if o["type"] == "note"], lines
 
-    before, _ = types()
-    assert before["inner_race"] > before["none"], before
-    after, notes = types("--baseline", str(prof))
-    assert set(after) == {"none"}, after
+    before, _, lines = types()
+    assert before["inner_race"] > before["none"] and not before.keys() & {"none own"}, before
+    assert not any(" env learned" in ln for ln in lines)
+    after, notes, lines = types("--baseline", str(prof))
+    # the lines over the threshold are the machine's own ("own" in the JSON, "learned" in the lines)
+    assert set(after) == {"none", "none own"} and after["none own"] == sum(n for k, n in before.items() if k != "none"), (before, after)
+    assert sum(" env learned " in ln for ln in lines) == after["none own"]
     said = [n["message"] for n in notes if "learned lines" in n["message"]]
     assert len(said) == 1 and f"BPFI {env['median_db']['bpfi']:.1f}" in said[0]
     assert not any("while the baseline learned" in n["message"] for n in notes)

@@ -194,6 +194,8 @@ class EnvelopeResult:
         held: for a fault type, whether its family reached what it needs in each of the stream's
             last three blocks in a row (what the envelope's alarm asks; the live stage judges it
             when read); None for ``none`` and for a block judged on its own.
+        own: the type is ``none`` only because ``normal`` holds the lines that reach the threshold
+            (the machine's own lines, learned: JSON ``"own": true``, the dashboard's ``learned``).
     """
 
     fault_type: str
@@ -202,6 +204,7 @@ class EnvelopeResult:
     shaft_hz: float = 0.0
     normal: dict[str, float] | None = None
     held: bool | None = None
+    own: bool = False
 
     @property
     def strength_db(self) -> float:
@@ -212,7 +215,8 @@ class EnvelopeResult:
         return {"type": self.fault_type, "evidence": {k: round(float(v), 2) for k, v in self.evidence.items()},
                 "rpm": round(60.0 * float(self.shaft_hz), 1),
                 **({"normal": {k: round(float(v), 2) for k, v in self.normal.items()}} if self.normal else {}),
-                **({"held": self.held} if self.held is not None else {})}
+                **({"held": self.held} if self.held is not None else {}),
+                **({"own": True} if self.own else {})}
 
 
 def _targets(geometry: BearingGeometry, shaft_hz: float, harmonics: int) -> dict[str, list[float]]:

@@ -493,8 +493,9 @@ class EnvelopeStage:
             return result
         if "normal" not in self._said.get(sid, ()):
             self._say_normal(sid, normal)
-        return replace(result, normal=normal, fault_type=decide(
-            result.evidence, self.settings.threshold_db, normal, self.settings.margin_db))
+        kind = decide(result.evidence, self.settings.threshold_db, normal, self.settings.margin_db)
+        own = kind == "none" and decide(result.evidence, self.settings.threshold_db) != "none"
+        return replace(result, normal=normal, fault_type=kind, own=own)
 
     def _setup(self, sid: str) -> tuple[BearingGeometry, float | None, bool] | None:
         if sid in self._streams:
@@ -575,9 +576,7 @@ class EnvelopeStage:
                     continue
                 r = self._held(sid, kept[-1][1], self._in_a_row(kept, len(kept)), self._normal(sid, kept[-1][0]))
                 if r is not None:
-                    own = (r.normal is not None and r.fault_type == "none"
-                           and decide(r.evidence, self.settings.threshold_db) != "none")
-                    out[sid] = (r.fault_type, r.strength_db, bool(r.held), own)
+                    out[sid] = (r.fault_type, r.strength_db, bool(r.held), r.own)
         return out
 
     def _held(self, sid: str, result: EnvelopeResult | None, last: list[EnvelopeResult] | None,

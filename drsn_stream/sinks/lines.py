@@ -88,7 +88,8 @@ def format_line(obj: dict[str, Any]) -> str | None:
         if env:
             evidence = env.get("evidence") or {}
             maybe = "?" if env.get("held") is False else ""  # named by its block alone, as the dashboard's
-            line += f" env {env.get('type')}{maybe} {max(evidence.values(), default=0.0):.1f}dB"
+            kind = "learned" if env.get("own") else env.get("type")  # the machine's own lines, as the dashboard's
+            line += f" env {kind}{maybe} {max(evidence.values(), default=0.0):.1f}dB"
             if isinstance(env.get("rpm"), (int, float)):
                 line += f" at {env['rpm']:.0f}rpm"  # the speed it was computed at (a tachometer's may move)
         return line
