@@ -234,7 +234,7 @@ def _envelope_cell(row: StreamRow) -> Text:
     (``outer? 3.4dB``, dim, no verdict): a healthy machine's own lines near a fault order cross
     the threshold now and then, and a type that flickers on and off is no finding. Lines that
     reach the threshold but not the margin over the machine's learned normal are its own
-    (``learned 14.6dB``, dim): no fault type, and no fault ruled out by a weak envelope."""
+    (``learned 3.6dB``, dim): no fault type, though the number is over the threshold."""
     if row.envelope is None:
         return Text("-", style="dim")
     kind = _ENV_SHORT.get(row.envelope, row.envelope)
