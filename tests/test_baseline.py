@@ -536,7 +536,8 @@ def test_a_replay_that_learns_gives_the_same_verdicts_however_its_windows_are_ba
     block was queued, the first windows could find their blocks gone, and a full queue of blocks
     dropped some (with the engine as slow as batches of 4 make it)."""
     def run(batch: int) -> tuple[dict, list]:
-        res = cli_in_process("--source", "sim?machines=4&settle=20&fast=1&duration=30&seed=5", "--learn", "15",
+        # --fast: lossless (without it, a replay whose engine falls behind drops stale windows)
+        res = cli_in_process("--source", "sim?machines=4&settle=20&duration=30&seed=5", "--fast", "--learn", "15",
                              "--max-batch", str(batch), "--headless", "--jsonl", "-")
         assert res.returncode == 0, res.stderr
         objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
