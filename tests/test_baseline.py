@@ -507,8 +507,8 @@ def test_the_demo_learns_its_machines_normal_then_alarms_on_their_faults(tmp_pat
     alone raises each machine's alarm, none before its fault, and clears it when it is healthy again."""
     cfg = tmp_path / "no-label-alarms.toml"
     cfg.write_text("[decision]\nalert_labels = []\ndanger_labels = []\n")
-    res = cli_in_process("--config", str(cfg), "--source", "sim?machines=2&settle=20&fast=1&duration=45&seed=3&envelope=0",
-                         "--learn", "15", "--headless", "--jsonl", "-")
+    res = cli_in_process("--config", str(cfg), "--source", "sim?machines=2&settle=20&duration=45&seed=3&envelope=0",
+                         "--fast", "--learn", "15", "--headless", "--jsonl", "-")  # (lossless)
     assert res.returncode == 0, res.stderr
     objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     t0 = next(o["time"] for o in objs if o["type"] == "prediction")
