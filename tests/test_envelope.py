@@ -37,6 +37,13 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
 GEO = bearing_geometry("cwru-de")
 
 
+def _screen(rows, width: int) -> str:
+    """The dashboard's stream table of ``rows`` as a terminal ``width`` columns wide shows it."""
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    console.print(stream_table(rows, width=width))
+    return console.file.getvalue()
+
+
 def _impacts(rate: float, rate_hz: float, *, seconds: float = 1.0, modulate_hz: float = 0.0, snr_db: float = -6.0,
              seed: int = 0) -> np.ndarray:
     """A resonance at 3.2 kHz struck ``rate_hz`` times a second (optionally amplitude modulated at
@@ -161,9 +168,7 @@ def test_dashboard_shows_the_envelope_type_and_whether_it_agrees() -> None:
             StreamRow("m2", label="normal", confidence=0.9),
             # named by its latest block only: a maybe, with no verdict on the label
             StreamRow("m3", label="normal", confidence=0.9, envelope="outer_race", envelope_db=3.4))
-    console = Console(width=140, file=io.StringIO(), color_system=None)
-    console.print(stream_table(rows, width=140))
-    text = console.file.getvalue()
+    text = _screen(rows, 140)
     lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.strip().startswith("m")}
     assert "env" in text.splitlines()[0]
     assert "inner 9.1dB ✓" in lines["m0"]
@@ -171,9 +176,7 @@ def test_dashboard_shows_the_envelope_type_and_whether_it_agrees() -> None:
     assert "✓" not in lines["m2"] and "≠" not in lines["m2"]
     assert "outer? 3.4dB" in lines["m3"] and "≠" not in lines["m3"]
     # without envelope evidence anywhere, there is no env column at all
-    console = Console(width=140, file=io.StringIO(), color_system=None)
-    console.print(stream_table(rows[2:3], width=140))
-    assert "env" not in console.file.getvalue().splitlines()[0]
+    assert "env" not in _screen(rows[2:3], 140).splitlines()[0]
     assert Snapshot(time=0.0, header=Header(), rows=rows).rows[0].envelope == "inner_race"
     note = event_line(Event("note", "m0", 0.0, {"message": "no envelope evidence: no shaft speed"})).plain
     assert "NOTE" in note and "m0  no envelope evidence: no shaft speed" in note
@@ -202,9 +205,7 @@ def test_the_demos_healthy_machines_show_no_fault_type_held_and_its_faulty_ones_
             for r in snap.rows:
                 if r.envelope is not None:
                     seen.setdefault(r.stream_id, Counter())["held " + r.envelope if r.envelope_held else r.envelope] += 1
-            console = Console(width=160, file=io.StringIO(), color_system=None)
-            console.print(stream_table(snap.rows, width=160))
-            screens.append(console.file.getvalue())
+            screens.append(_screen(snap.rows, 160))
     finally:
         pipe.stop()
     healthy = [seen.get(f"sim/m{i}", Counter()) for i in range(4)]
@@ -458,14 +459,10 @@ def test_a_tachometers_jitter_is_smoothed_not_followed() -> None:
 def test_dashboard_shows_the_shaft_speed_where_the_frames_carry_it() -> None:
     rows = (StreamRow("m0", label="normal", confidence=0.9, rpm=1772.4),
             StreamRow("m1", label="normal", confidence=0.9))
-    console = Console(width=160, file=io.StringIO(), color_system=None)
-    console.print(stream_table(rows, width=160))
-    text = console.file.getvalue()
+    text = _screen(rows, 160)
     lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.strip().startswith("m")}
     assert "rpm" in text.splitlines()[0] and " 1772 " in lines["m0"] and " 1772 " not in lines["m1"]
-    console = Console(width=160, file=io.StringIO(), color_system=None)
-    console.print(stream_table(rows[1:], width=160))
-    assert "rpm" not in console.file.getvalue().splitlines()[0]  # no stream carries a speed: no column
+    assert "rpm" not in _screen(rows[1:], 160).splitlines()[0]  # no stream carries a speed: no column
 
 
 def test_lines_a_healthy_machine_had_while_learning_name_no_fault_and_a_fault_over_them_does() -> None:
@@ -544,9 +541,7 @@ def test_a_baseline_learns_its_machines_envelope_lines_and_the_monitor_names_no_
                                   baseline=profile, machine=MachineTable(bearing="6205")), sinks=[])
         pipe.run()
         row = pipe.snapshot().rows[0]
-        console = Console(width=160, file=io.StringIO(), color_system=None)
-        console.print(stream_table((row,), width=160))
-        cells[profile] = (row.envelope, row.envelope_own, f"{row.envelope_db:.1f}dB", console.file.getvalue())
+        cells[profile] = (row.envelope, row.envelope_own, f"{row.envelope_db:.1f}dB", _screen((row,), 160))
     kind, own, db, screen = cells[str(prof)]
     assert kind == "none" and own and f"learned {db} ✓" in screen, screen
     kind, own, db, screen = cells[None]
