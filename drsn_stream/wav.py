@@ -29,11 +29,10 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, float]:
             rate, data = wavfile.read(str(path))
     except MemoryError:
         raise
-    # scipy's reader meets damaged bytes with any exception: struct.error for a header cut short,
-    # ZeroDivisionError for one that says 0 channels, UnboundLocalError for a file without a
-    # format chunk, ...
+    # scipy's reader meets damaged bytes with any exception; those whose own words name scipy's
+    # internals rather than the file are said in the file's terms
     except Exception as exc:  # noqa: BLE001
-        raise WavError(str(exc) or type(exc).__name__) from exc
+        raise WavError(_damage(exc)) from exc
     if data.dtype == np.uint8:
         x = (data.astype(np.float32) - 128.0) / 128.0
     elif data.dtype.kind == "i":
@@ -43,3 +42,16 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, float]:
         with np.errstate(over="ignore", invalid="ignore"):
             x = data.astype(np.float32)
     return x, float(rate)
+
+
+def _damage(exc: Exception) -> str:
+    """What is wrong with the file, from the exception scipy's reader raised on it."""
+    import struct
+
+    if isinstance(exc, UnboundLocalError):  # the data chunk came with no format chunk before it
+        return "no format chunk ('fmt ') before the samples"
+    if isinstance(exc, ZeroDivisionError):  # scipy divides by the header's channel count
+        return "the header says 0 channels"
+    if isinstance(exc, struct.error):  # a chunk's fields unpacked from fewer bytes than they need
+        return f"the header is cut short ({exc})"
+    return str(exc) or type(exc).__name__

@@ -664,7 +664,8 @@ def test_damaged_recordings_of_every_format_are_refused_in_words(tmp_path: Path)
     big[4:8] = (2**31 - 1).to_bytes(4, "little")  # the first variable's rows
     (tmp_path / "v4-huge.mat").write_bytes(bytes(big))
     (tmp_path / "cut.mat").write_bytes(good[: len(good) // 2])
-    for name, match in [("no-format.wav", "not a readable WAV"), ("cut-header.npy", "not a numeric .npy array"),
+    for name, match in [("no-format.wav", r"not a readable WAV file \(no format chunk"),
+                        ("cut-header.npy", "not a numeric .npy array"),
                         ("huge.npy", "not a numeric .npy array"), ("v4-huge.mat", "cannot read it as a MATLAB"),
                         ("cut.mat", "cannot read it as a MATLAB")]:
         with pytest.raises(SourceError, match=match):
