@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import signal
@@ -47,6 +48,11 @@ def _load(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callabl
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    return _build(command)[0]
+
+
+def _build(command: str | None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and each command's own (``command``'s options added; the others' only named)."""
     parser = argparse.ArgumentParser(
         prog="drsn-stream",
         description=(
@@ -58,12 +64,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"drsn-stream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = {}
     for name, (_, _, _, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = commands[name] = sub.add_parser(name, help=help_text, description=help_text)
         if command is None or command == name:
             add, _ = _load(name)
             add(p)
-    return parser
+    return parser, commands
+
+
+def _unknown(extra: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's words for arguments no option takes, with the nearest option for a mistyped one
+    (``--sources`` -> ``--source``)."""
+    known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    near = [m for arg in extra if arg.startswith("--")
+            for m in difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.75)]
+    said = f"unrecognized arguments: {' '.join(extra)}"
+    return said + (f" (did you mean {', '.join(near)}?)" if near else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in top_level):
             argv.insert(0, "run")
         command = argv[0] if argv[0] in SUBCOMMANDS else "run"
-        parser = build_parser(command if argv[0] in SUBCOMMANDS else None)
-        args = parser.parse_args(argv)
+        parser, commands = _build(command if argv[0] in SUBCOMMANDS else None)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # said by the command's own parser, so that its usage line is the one shown (the top
+            # level's lists only COMMAND: no help for `drsn-stream --source sim --seconds 2`)
+            commands[args.command].error(_unknown(extra, commands[args.command]))
         _, run = _load(args.command)
         code = int(run(args) or 0)
         sys.stdout.flush()

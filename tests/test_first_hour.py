@@ -57,6 +57,23 @@ def test_a_bad_spec_and_a_bad_metrics_port_are_one_line() -> None:
     _one_line_error(_cli("--source", "sim", "--metrics-port", "99999", "--headless"), "99999")
 
 
+def test_a_mistyped_flag_is_refused_with_the_commands_usage_and_the_nearest_flag(capsys) -> None:
+    # in-process: argparse alone; the usage was the top level's (only COMMAND), no help at all
+    from drsn_stream.cli import main
+
+    for argv, command, near in [(["--source", "sim", "--duraton=3"], "run", "--duration"),
+                                (["--sources", "sim"], "run", "--source"),
+                                (["publish", "--source", "sim", "--jsonlines", "-"], "publish", None),
+                                (["models", "--jsn"], "models", "--json")]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"usage: drsn-stream {command} " in err, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"drsn-stream {command}: error: unrecognized arguments: "), last
+        assert (f"(did you mean {near}?)" in last) if near else "did you mean" not in last, last
+
+
 @pytest.mark.slow
 def test_a_port_taken_by_another_program_is_one_line_before_ready(free_tcp_port: int) -> None:
     import socket
