@@ -30,8 +30,11 @@ def test_parse_spec():
 def test_unknown_kinds_and_options_list_the_valid_ones():
     with pytest.raises(ConfigError, match=r"valid kinds: sim, file, zmq.*mic"):
         make_source("kafka://broker:9092")
-    with pytest.raises(ConfigError, match=r"unknown option\(s\) machine .*valid: machines"):
+    says = "unknown option(s) machine for source 'sim' (did you mean machines?); valid: machines"
+    with pytest.raises(ConfigError, match=re.escape(says)):
         make_source("sim?machine=3")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) loud for source 'sim'; valid: machines"):
+        make_source("sim?loud=3")  # nothing near it: no guess
     with pytest.raises(ConfigError, match="noise='brown'.*one of none, gaussian, laplacian, pink"):
         make_source("sim?noise=brown")
     with pytest.raises(ConfigError, match="valid: bearing, speech"):
@@ -54,6 +57,12 @@ def test_unknown_kinds_and_options_list_the_valid_ones():
     ("file:x.wav?start=-2", "start='-2': must be >= 0"),
     ("zmq+pull://127.0.0.1:5999?hwm=9223372036854775807", "hwm='9223372036854775807': must be at most 2,147,483,647"),
     ("mic?channels=1000", "channels='1000': must be at most 256"),
+    # words for the option, not int()'s "invalid literal for int() with base 10"
+    ("sim:bearing?machines=abc", "machines='abc': not a whole number (number of machines"),
+    ("sim:bearing?machines=2.5", "machines='2.5': not a whole number"),
+    ("sim:bearing?speed=fast", "speed='fast': not a number (pace"),
+    ("sim:speech?snr=x", "snr='x': not a number"),
+    ("zmq+pull://127.0.0.1:5999?channel=first", "channel='first': not a whole number"),
 ])
 def test_an_option_out_of_its_range_is_refused_naming_it_and_the_bound(spec: str, says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import threading
 import time
@@ -75,7 +76,7 @@ def opt_positive(kind: Callable[[Any], Any], most: float | None = None) -> Calla
     """A number > 0 (not NaN), and at most ``most`` where given: counts and rates are turned into
     arrays, threads and sockets, and 2^63 of them hung a source or raised from inside a library."""
     def parse(value: Any) -> Any:
-        v = kind(value)
+        v = _number(kind, value)
         if not v > 0:
             raise ValueError(f"must be > 0, got {value!r}")
         if most is not None and not v <= most:
@@ -88,7 +89,7 @@ def opt_positive(kind: Callable[[Any], Any], most: float | None = None) -> Calla
 def opt_finite(least: float | None = None, most: float | None = None) -> Callable[[Any], float]:
     """A finite number (not NaN or Inf), at least ``least`` and at most ``most`` where given."""
     def parse(value: Any) -> float:
-        v = float(value)
+        v = _number(float, value)
         if not math.isfinite(v):
             raise ValueError(f"must be a finite number, got {value!r}")
         if least is not None and v < least:
@@ -103,12 +104,21 @@ def opt_finite(least: float | None = None, most: float | None = None) -> Callabl
 def opt_index(what: str) -> Callable[[Any], int]:
     """A number of something counted from 0 (a channel, a machine): an int >= 0."""
     def parse(value: Any) -> int:
-        k = int(str(value))
+        k = _number(int, str(value))
         if k < 0:
             raise ValueError(f"{what} count from 0, got {value!r}")
         return k
 
     return parse
+
+
+def _number(kind: Callable[[Any], Any], value: Any) -> Any:
+    """``kind(value)``, refused in the option's terms (int()'s own words were "invalid literal for
+    int() with base 10")."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a {'whole ' if kind is int else ''}number") from None
 
 
 def opt_choice(*choices: str) -> Callable[[Any], str]:
@@ -314,7 +324,10 @@ class Source:
         unknown = sorted(set(raw) - set(cls.OPTIONS))
         if unknown:
             valid = ", ".join(f"{k} ({h})" for k, (_, _, h) in cls.OPTIONS.items()) or "none"
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for source {cls.kind!r}; valid: {valid}")
+            # the nearest first: the list of them all with their help runs to several lines
+            near = [m for k in unknown for m in difflib.get_close_matches(k, list(cls.OPTIONS), n=1, cutoff=0.75)]
+            said = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for source {cls.kind!r}{said}; valid: {valid}")
         out = {}
         for name, (parse, default, help_) in cls.OPTIONS.items():
             if name in raw and raw[name] is not None:
