@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import os
 import signal
@@ -15,7 +14,7 @@ import threading
 from collections.abc import Callable
 
 from drsn_stream import __version__
-from drsn_stream.errors import DrsnStreamError
+from drsn_stream.errors import DrsnStreamError, did_you_mean
 from drsn_stream.runtime import (
     forget_start_up_signal,
     start_up_signal,
@@ -77,10 +76,8 @@ def _unknown(extra: list[str], parser: argparse.ArgumentParser) -> str:
     """argparse's words for arguments no option takes, with the nearest option for a mistyped one
     (``--sources`` -> ``--source``)."""
     known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
-    near = [m for arg in extra if arg.startswith("--")
-            for m in difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.75)]
-    said = f"unrecognized arguments: {' '.join(extra)}"
-    return said + (f" (did you mean {', '.join(near)}?)" if near else "")
+    typed = [arg.split("=", 1)[0] for arg in extra if arg.startswith("--")]
+    return f"unrecognized arguments: {' '.join(extra)}{did_you_mean(typed, known)}"
 
 
 def main(argv: list[str] | None = None) -> int:

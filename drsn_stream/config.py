@@ -27,7 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib  # type: ignore[no-redef]
 
-from drsn_stream.errors import ConfigError, WriteError
+from drsn_stream.errors import ConfigError, WriteError, did_you_mean
 
 SHIPPED = Path(__file__).resolve().parent / "configs"  # the ready-made configs, installed with the package
 
@@ -160,7 +160,8 @@ def check_sections(doc: Mapping[str, Any], valid: Iterable[str], where: str) -> 
     valid = tuple(valid)
     unknown = sorted(set(doc) - set(valid))
     if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)}; "
+        near = did_you_mean([f"[{u}]" for u in unknown], [f"[{v}]" for v in valid])
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)}{near}; "
                           f"valid: {', '.join(f'[{v}]' for v in valid)}")
 
 
@@ -202,7 +203,8 @@ def check_keys(table: Mapping[str, Any], cls: type, where: str, keys: Iterable[s
     names = set(keys) if keys is not None else {f.name for f in fields(cls)}
     unknown = sorted(set(table) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}{did_you_mean(unknown, names)}; "
+                          f"valid keys: {', '.join(sorted(names))}")
     return dict(table)
 
 

@@ -6,7 +6,7 @@ Each stage wraps foreign errors where they enter and says what the user should d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class DrsnStreamError(Exception):
@@ -49,6 +49,17 @@ class WriteError(DrsnStreamError, OSError):
 
 class EngineError(DrsnStreamError):
     """The inference engine failed (its process died, or kept dying)."""
+
+
+def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """`` (did you mean NAME?)`` for the known names nearest to mistyped ones (``set_window`` ->
+    ``set_windows``), "" where none is near: said before the list of every valid name, which can
+    run to several lines."""
+    import difflib
+
+    known = list(known)
+    near = dict.fromkeys(m for u in unknown for m in difflib.get_close_matches(u, known, n=1, cutoff=0.75))
+    return f" (did you mean {', '.join(near)}?)" if near else ""
 
 
 def run_tool(main: Callable[[], int | None], name: str) -> int:

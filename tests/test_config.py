@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -55,23 +56,28 @@ def test_a_mistyped_section_is_refused_with_the_valid_ones(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, '[run]\nsources = ["sim"]\n[decisions]\nenter = 0.8\n')
     msg = str(err.value)
-    assert "[decisions]" in msg and all(f"[{s}]" in msg for s in TABLES) and "\n" not in msg
+    assert "[decisions] (did you mean [decision]?)" in msg  # the nearest first, then all of them
+    assert all(f"[{s}]" in msg for s in TABLES) and "\n" not in msg
 
 
-@pytest.mark.parametrize("table, bad", [("run", "max_batchh = 8"), ("decision", "entre = 0.8"),
-                                        ("health", "flat_rms = 1"), ("detector", "enterr = 0.8"),
-                                        ("capture", "pre = 3"), ("machine", "beering = \"6205\""),
-                                        ("envelope", "bandd = 1"), ("sinks", "json = \"-\"")])
-def test_a_mistyped_key_is_refused_naming_its_table_and_the_valid_keys(tmp_path: Path, table: str, bad: str) -> None:
+@pytest.mark.parametrize("table, bad, near", [("run", "max_batchh = 8", "max_batch"),
+                                              ("decision", "entre = 0.8", None), ("health", "flat_rms = 1", "flat_std"),
+                                              ("detector", "enterr = 0.8", "enter"), ("capture", "pre = 3", "pre_s"),
+                                              ("machine", "beering = \"6205\"", "bearing"),
+                                              ("envelope", "bandd = 1", None), ("sinks", "json = \"-\"", "jsonl")])
+def test_a_mistyped_key_is_refused_naming_its_table_and_the_valid_keys(tmp_path: Path, table: str, bad: str,
+                                                                       near: str | None) -> None:
     text = f'[{table}]\n{bad}\n' if table == "run" else f'[run]\nsources = ["sim"]\n[{table}]\n{bad}\n'
-    with pytest.raises(ConfigError, match=rf"\[{table}\]: unknown key\(s\) {bad.split()[0]}; valid keys: ") as err:
+    guess = f" (did you mean {near}?)" if near else ""  # the nearest key first, where one is near
+    says = rf"\[{table}\]: unknown key\(s\) {bad.split()[0]}{re.escape(guess)}; valid keys: "
+    with pytest.raises(ConfigError, match=says) as err:
         _config(tmp_path, text)
     assert "\n" not in str(err.value)
 
 
 def test_every_section_is_covered_by_the_unknown_key_test() -> None:
     params = test_a_mistyped_key_is_refused_naming_its_table_and_the_valid_keys.pytestmark[0].args[1]
-    assert {table for table, _ in params} == set(TABLES)
+    assert {table for table, *_ in params} == set(TABLES)
 
 
 @pytest.mark.parametrize("table, line, says", [
@@ -248,7 +254,7 @@ def test_a_python_dict_for_a_section_is_read_like_its_table() -> None:
     assert cfg == RunConfig(decision=DecisionTable.from_table({"latching": True}),
                             health=cfg.health, capture=cfg.capture)
     assert cfg.health.timeout_s == 3.0 and cfg.capture.dir == "c"
-    with pytest.raises(ConfigError, match=r"\[health\]: unknown key\(s\) timeout; valid keys: "):
+    with pytest.raises(ConfigError, match=r"\[health\]: unknown key\(s\) timeout \(did you mean timeout_s\?\); valid keys: "):
         RunConfig(health={"timeout": 3})
 
 

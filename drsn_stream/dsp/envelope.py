@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.errors import ConfigError, DataError
+from drsn_stream.errors import ConfigError, DataError, did_you_mean
 
 FAULT_TYPES = ("outer_race", "inner_race", "ball", "none")
 FAMILIES = ("bpfo", "bpfi", "bsf")
@@ -634,7 +634,8 @@ def machine_for(stream_id: str, machine: Mapping[str, Any]) -> MachineConfig:
             base.update({k: v for k, v in entry.items() if k != "match"})
     unknown = sorted(set(base) - names)
     if unknown:
-        raise ConfigError(f"[machine]: unknown key(s) {', '.join(unknown)}; valid: bearing, bpfo, bpfi, bsf, ftf, "
+        raise ConfigError(f"[machine]: unknown key(s) {', '.join(unknown)}{did_you_mean(unknown, names)}; "
+                          "valid: bearing, bpfo, bpfi, bsf, ftf, "
                           "rpm, shaft_hz (and [[machine.streams]] with match)")
     return MachineConfig(**base)
 

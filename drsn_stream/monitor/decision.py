@@ -67,7 +67,7 @@ import numpy as np
 from drsn_stream import jit
 from drsn_stream.clock import STEP_GRACE_S, STEP_S, WallSteps
 from drsn_stream.config import from_table, toml_file
-from drsn_stream.errors import ConfigError
+from drsn_stream.errors import ConfigError, did_you_mean
 from drsn_stream.models.ood import UNKNOWN as REFUSED_LABEL
 from drsn_stream.monitor import decision_jit
 from drsn_stream.types import Event, Prediction, batch_columns
@@ -244,7 +244,8 @@ class DecisionTable:
         names = {f.name for f in fields(DecisionConfig)}
         object.__setattr__(self, "given", frozenset(self.given))
         if not self.given <= names:
-            raise ConfigError(f"[decision]: unknown key(s) {', '.join(sorted(self.given - names))}; "
+            unknown = sorted(self.given - names)
+            raise ConfigError(f"[decision]: unknown key(s) {', '.join(unknown)}{did_you_mean(unknown, names)}; "
                               f"valid keys: {', '.join(sorted(names))}")
 
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import threading
 import time
@@ -14,7 +13,7 @@ from urllib.parse import parse_qsl
 
 from drsn_stream.clock import WallSteps
 from drsn_stream.config import bound_text
-from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError
+from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError, did_you_mean
 from drsn_stream.types import Frame
 
 DEFAULT_MAX_STREAMS = 4096  # stream ids one source takes; new ids beyond are refused and counted
@@ -324,10 +323,8 @@ class Source:
         unknown = sorted(set(raw) - set(cls.OPTIONS))
         if unknown:
             valid = ", ".join(f"{k} ({h})" for k, (_, _, h) in cls.OPTIONS.items()) or "none"
-            # the nearest first: the list of them all with their help runs to several lines
-            near = [m for k in unknown for m in difflib.get_close_matches(k, list(cls.OPTIONS), n=1, cutoff=0.75)]
-            said = f" (did you mean {', '.join(near)}?)" if near else ""
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for source {cls.kind!r}{said}; valid: {valid}")
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for source {cls.kind!r}"
+                              f"{did_you_mean(unknown, cls.OPTIONS)}; valid: {valid}")
         out = {}
         for name, (parse, default, help_) in cls.OPTIONS.items():
             if name in raw and raw[name] is not None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from drsn_stream.config import out_of_range, typed_values
 from drsn_stream.dsp.noise import NOISE_KINDS, make_noise
-from drsn_stream.errors import ConfigError
+from drsn_stream.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class NoiseAugment:
         extra = set(d) - known
         if extra:
             raise ConfigError(
-                f"unknown key(s) in [augment]: {', '.join(sorted(extra))}; known: {', '.join(sorted(known))}"
+                f"unknown key(s) in [augment]: {', '.join(sorted(extra))}{did_you_mean(sorted(extra), known)}; "
+                f"known: {', '.join(sorted(known))}"
             )
         d = typed_values(cls, d, "[augment]")  # "x" for a number, 5 for a list: one line, not a traceback
         snr_range = tuple(float(v) for v in d["snr_range"]) if "snr_range" in d else None

@@ -16,7 +16,7 @@ from typing import Any
 
 from drsn_stream.config import find_config, out_of_range, toml_file, typed_values
 from drsn_stream.dsp.noise import NOISE_KINDS
-from drsn_stream.errors import ConfigError
+from drsn_stream.errors import ConfigError, did_you_mean
 from drsn_stream.models.meta import MAX_LABEL_CHARS, META_MOST, label_ok
 from drsn_stream.train.augment import NoiseAugment
 from drsn_stream.train.cwru import CHANNELS, DEFAULT_SPLIT
@@ -137,7 +137,8 @@ def parse_config(d: dict[str, Any], *, where: str = "config") -> RunConfig:
         )
     if extra:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(sorted(extra))}; known: {', '.join(sorted(top))}"
+            f"{where}: unknown key(s) {', '.join(sorted(extra))}{did_you_mean(sorted(extra), top)}; "
+            f"known: {', '.join(sorted(top))}"
         )
     for key in ("name", "model", "data"):
         if key not in d:

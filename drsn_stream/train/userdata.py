@@ -32,7 +32,7 @@ from scipy.signal import resample_poly
 
 from drsn_stream.config import toml_file
 from drsn_stream.dsp.resample import rational_ratio
-from drsn_stream.errors import ConfigError, DataError, DrsnStreamError
+from drsn_stream.errors import ConfigError, DataError, DrsnStreamError, did_you_mean
 from drsn_stream.models.meta import MAX_LABEL_CHARS, label_ok
 from drsn_stream.sources.file import SUFFIXES, csv_time_rate, read_recording, speed_column
 from drsn_stream.train.cwru import CHANNELS, part_slice
@@ -179,7 +179,8 @@ def _toml_rows(p: Path) -> list[dict[str, Any]]:
         raise DataError(f"{p}: no [[recording]] tables; each needs path = ... and label = ...")
     unknown = sorted(set(doc) - set(MANIFEST_KEYS) - {"recording"})
     if unknown:
-        raise DataError(f"{p}: unknown key(s) {', '.join(unknown)}; known: [[recording]] tables and, as their "
+        raise DataError(f"{p}: unknown key(s) {', '.join(unknown)}{did_you_mean(unknown, MANIFEST_KEYS)}; "
+                        "known: [[recording]] tables and, as their "
                         f"defaults, {', '.join(k for k in MANIFEST_KEYS if k != 'recording')}")
     defaults = {k: v for k, v in doc.items() if k in MANIFEST_KEYS and k != "recording"}  # (the tables' name)
     out = []
