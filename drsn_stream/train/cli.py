@@ -411,9 +411,10 @@ def _accuracy_table(results: list[dict[str, Any]], *, title: str) -> Any:
 def _confusion_table(matrix: list[list[int]], labels: list[str]) -> Any:
     from rich.table import Table
 
-    # Columns are numbered, not named, so ten classes fit an 80-column terminal without truncation.
-    t = Table(title="confusion, clean (rows: true class, columns: predicted class #)")
-    t.add_column("true class", no_wrap=True)
+    # Columns are numbered, not named, so ten classes fit an 80-column terminal without truncation;
+    # the title is short because rich wraps a title to the table's width (three classes: 31 columns)
+    t = Table(title="confusion, clean")
+    t.add_column("true \\ pred.", no_wrap=True)
     for i in range(len(labels)):
         t.add_column(str(i), justify="right")
     for i, (lab, row) in enumerate(zip(labels, matrix)):
