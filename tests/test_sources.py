@@ -403,6 +403,12 @@ def test_samples_beyond_float32_play_as_non_finite_without_a_warning(tmp_path):
 def test_file_errors_say_what_to_do(tmp_path):
     with pytest.raises(SourceError, match="not found"):
         _replay(f"file:{tmp_path / 'missing.wav'}")
+    (tmp_path / "moved.wav").symlink_to(tmp_path / "archive" / "moved.wav")
+    gone = f"a link to {tmp_path / 'archive' / 'moved.wav'}, which does not exist"
+    with pytest.raises(SourceError, match=re.escape(gone)):
+        _replay(f"file:{tmp_path / 'moved.wav'}")
+    with pytest.raises(ConfigError, match="a folder, not a file; give its recordings one by one"):
+        make_source(f"file:{tmp_path}")  # was "unknown recording type"
     (tmp_path / "bad.wav").write_bytes(b"RIFF....nonsense")
     with pytest.raises(SourceError, match="not a readable WAV"):
         _replay(f"file:{tmp_path / 'bad.wav'}")

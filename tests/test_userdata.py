@@ -151,6 +151,8 @@ def _bad_folder(root: Path) -> None:
     np.save(root / "broken" / "flat.npy", np.zeros(12000, np.float32))
     _csv(root / "broken" / "two_columns.csv", np.stack([nan, nan], axis=1)[200:300], header="x,y")
     (root / "broken" / "notes.txt").write_text("calibrated on monday")
+    # a data set copied without what its links point to: listed as bad, not left out unsaid
+    (root / "broken" / "moved.wav").symlink_to(root / "archive" / "moved.wav")
 
 
 def test_bad_files_fail_the_run_with_one_line_each(tmp_path):
@@ -158,11 +160,12 @@ def test_bad_files_fail_the_run_with_one_line_each(tmp_path):
     with pytest.raises(DataError) as err:
         load_user_data(tmp_path, sample_rate=12000, default_rate=12000)
     msg = str(err.value)
-    assert "6 bad file(s)" in msg and "--on-bad skip" in msg
+    assert "7 bad file(s)" in msg and "--on-bad skip" in msg
     lines = msg.splitlines()[1:]
-    assert len(lines) == 6
+    assert len(lines) == 7
     expect = {"truncated.wav": "WAV", "words.csv": "numeric CSV", "nan.npy": "NaN", "flat.npy": "flat",
-              "two_columns.csv": "columns", "notes.txt": "unknown recording type"}
+              "two_columns.csv": "columns", "notes.txt": "unknown recording type",
+              "moved.wav": "a link to " + str(tmp_path / "archive" / "moved.wav") + ", which does not exist"}
     for name, what in expect.items():
         assert any(name in line and what in line for line in lines), (name, lines)
 
@@ -172,7 +175,7 @@ def test_bad_files_are_skipped_when_asked_and_a_csv_without_rate_is_named(tmp_pa
     _csv(tmp_path / "ok" / "norate.csv", _tone(1000, 1.0, 12000))
     data = load_user_data(tmp_path, sample_rate=12000, on_bad="skip")
     assert [c.name for c in data.clips] == ["ok/good.wav"]
-    assert len(data.problems) == 7
+    assert len(data.problems) == 8
     assert any("norate.csv" in p and "rate" in p for p in data.problems)
 
 

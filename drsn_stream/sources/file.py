@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -55,6 +56,19 @@ def _cwru_rate(path: Path) -> float | None:
     return None
 
 
+def _not_a_file(p: Path) -> str:
+    """Why ``p``, which is not a file to read, is not one."""
+    if p.is_dir():
+        return "a folder, not a file"
+    if p.is_symlink():  # a copied or moved data set leaves its links pointing nowhere
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        return f"a link to {target}, which does not exist; fix or remove the link"
+    return "not found"
+
+
 def load_mat(path: str | Path, error: type[Exception] = SourceError) -> dict[str, Any]:
     """A MATLAB file's variables: numeric arrays as scipy reads them, and in a v5 file any other
     variable (text, cells, structs) as an empty object array; ``error`` (one line: which file,
@@ -65,7 +79,7 @@ def load_mat(path: str | Path, error: type[Exception] = SourceError) -> dict[str
 
     p = Path(path)
     if not p.is_file():
-        raise error(f"{p}: {'a folder, not a file' if p.is_dir() else 'not found'}")
+        raise error(f"{p}: {_not_a_file(p)}")
     try:
         with warnings.catch_warnings():
             # scipy says a variable it cannot read (or a name used twice) in a warning on the
@@ -218,7 +232,7 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
     """Load a whole recording as float32 ``(n, channels)`` and its sample rate in Hz."""
     suffix = path.suffix.lower()
     if not path.is_file():
-        raise SourceError(f"recording {path} not found")
+        raise SourceError(f"recording {path}: {_not_a_file(path)}")
     if suffix == ".wav":
         x, file_rate = _wav(path)
         rate = rate or file_rate
@@ -281,6 +295,9 @@ class FileSource(Source):
         if not target:
             raise ConfigError("file source needs a path: file:PATH, e.g. file:recording.wav")
         self.path = Path(target).expanduser()
+        if self.path.is_dir():  # said as what it is, not as a recording type without a suffix
+            raise ConfigError(f"{self.path}: a folder, not a file; give its recordings one by one "
+                              f"(--source file:PATH, repeatable; {', '.join(SUFFIXES)})")
         if self.path.suffix.lower() not in SUFFIXES:
             raise ConfigError(f"{self.path}: unknown recording type; use one of {', '.join(SUFFIXES)}")
         self.stream_id = self.options["stream"] or self.path.stem
@@ -295,7 +312,7 @@ class FileSource(Source):
 
     def check(self) -> None:
         if not self.path.is_file():
-            raise SourceError(f"recording {self.path} not found")
+            raise SourceError(f"recording {self.path}: {_not_a_file(self.path)}")
 
     def _open(self) -> None:
         rate, header, found = self.options["rate"], None, None

@@ -136,7 +136,9 @@ def _folder_entries(root: Path) -> list[Entry]:
     out: list[Entry] = []
     for d in sorted(x for x in root.iterdir() if x.is_dir() and not x.name.startswith(".")):
         for f in sorted(d.rglob("*")):
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts):
+            # a link to nothing is listed, so that it is a bad file said by name (it was left out unsaid)
+            listed = f.is_file() or (f.is_symlink() and not f.exists())
+            if listed and not any(part.startswith(".") for part in f.relative_to(root).parts):
                 rel = f.relative_to(root).as_posix()
                 out.append(Entry(f, d.name, rel, recording=f"{d.name}/{f.relative_to(d).with_suffix('').as_posix()}"))
     if not out:
