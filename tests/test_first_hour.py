@@ -293,6 +293,19 @@ def test_publish_says_what_it_sends_and_its_rate_unless_quiet(free_tcp_port: int
     assert quiet.returncode == 0 and quiet.stdout == "", quiet.stdout
 
 
+def test_publish_refuses_a_missing_file_and_an_address_it_cannot_bind_before_it_starts(tmp_path: Path,
+                                                                                       free_tcp_port: int) -> None:
+    # each was "publishing ... Ctrl-C stops" first, then "error: ..." (a missing file: after
+    # publishing 0 messages, exit 1), unlike every other command's "drsn-stream CMD: error: ..."
+    for args, words in [(["--source", f"file:{tmp_path / 'nope.wav'}", "--to", f"tcp://127.0.0.1:{free_tcp_port}"],
+                         ["drsn-stream publish: error: ", "nope.wav", "not found"]),
+                        (["--source", "sim", "--to", "tcp://192.0.2.1:5555"],  # TEST-NET: never this machine's
+                         ["drsn-stream publish: error: cannot bind tcp://192.0.2.1:5555", "bind to 127.0.0.1"])]:
+        res = _cli("publish", *args, "--duration", "1")
+        _one_line_error(res, *words)
+        assert res.stdout == "", res.stdout
+
+
 def test_publish_counts_the_receivers_connected(free_tcp_port: int) -> None:
     import zmq
 

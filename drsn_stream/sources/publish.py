@@ -111,11 +111,13 @@ def publish(
     wait_subscriber: float = 0.0,
     stop: threading.Event | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Send the frames of ``specs`` to ``to`` until they end, ``duration`` passes or ``stop`` is set.
 
     ``progress`` (optional) is called about once a second with ``{"elapsed_s", "streams",
-    "messages", "messages_per_s", "mb_per_s", "dropped"}``.
+    "messages", "messages_per_s", "mb_per_s", "dropped"}``; ``ready`` once the socket is bound or
+    connected, before the first frame.
 
     Returns a summary ``{"streams": {id: {"frames", "samples", "seconds"}}, "messages", "bytes",
     "elapsed_s", "errors", "dropped", "sent_as_float32"}`` (frames with NaN or Inf samples, which an
@@ -124,6 +126,8 @@ def publish(
     if dtype not in DTYPES:
         raise DrsnStreamError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     sources = [make_source(s) for s in specs]  # spec errors surface before any socket exists
+    for src in sources:
+        src.check()  # so do a missing file and an absent sound card, as in the monitor
     ctx = zmq.Context.instance()
     # XPUB (a PUB that also hears subscriptions) only when asked to wait for the first subscriber.
     sock = ctx.socket(zmq.PUSH if pull else (zmq.XPUB if wait_subscriber > 0 else zmq.PUB))
@@ -144,6 +148,8 @@ def publish(
         sock.close(0)
         raise DrsnStreamError(f"cannot {'connect to' if connect else 'bind'} {addr}: {exc.strerror}; "
                               f"{socket_hint(exc, bind=not connect)}") from exc
+    if ready is not None:
+        ready()
     stop = stop or threading.Event()
     summary: dict[str, Any] = {"streams": {}, "messages": 0, "bytes": 0, "errors": [], "dropped": 0,
                                "sent_as_float32": 0}
@@ -278,23 +284,18 @@ def _print_progress(p: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     specs = args.source or ["sim:bearing"]
     how = "PUSH" if args.pull else "PUB"
-    try:
-        where = tcp_address(args.to, bind=not args.connect)
-    except DrsnStreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-    saved = _stop_on_signals(stop)
-    if not args.quiet:
+    where = tcp_address(args.to, bind=not args.connect)  # an error: one line from ``cli.main``, exit 2
+
+    def ready() -> None:  # said once the socket is there: not before an address it cannot bind
         print(f"publishing {', '.join(specs)} as {how} {'to' if args.connect else 'at'} {where} "
               f"({args.dtype}); Ctrl-C stops", flush=True)
+
+    stop = threading.Event()
+    saved = _stop_on_signals(stop)
     try:
         summary = publish(specs, args.to, duration=args.duration, pull=args.pull, connect=args.connect,
                           dtype=args.dtype, wait_subscriber=args.wait_subscriber, stop=stop,
-                          progress=None if args.quiet else _print_progress)
-    except DrsnStreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+                          progress=None if args.quiet else _print_progress, ready=None if args.quiet else ready)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
@@ -313,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {n} frame{'s' if n != 1 else ''} held NaN or Inf samples, which {args.dtype} cannot carry: "
                   "sent as float32")
     for err in summary["errors"]:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"drsn-stream publish: error: {err}", file=sys.stderr)
     return 1 if summary["errors"] else 0
 
 
