@@ -122,5 +122,5 @@ def test_bad_capture_config_says_what_to_fix():
 def test_unwritable_folder_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(ConfigError, match="capture folder .* choose a writable folder"):
+    with pytest.raises(ConfigError, match=r"capture folder \S+ \(Not a directory\); choose a writable folder"):
         EventCapture(blocker / "captures")

@@ -202,7 +202,9 @@ def test_port_in_use_says_what_to_do(free_tcp_port):
     with socket.socket() as s:
         s.bind(("127.0.0.1", free_tcp_port))
         s.listen()
-        with pytest.raises(ConfigError, match="--metrics-address"):
+        # the reason in words, not "[Errno 98] Address already in use"
+        says = rf"cannot serve metrics on \S+:{free_tcp_port} \(Address already in use\); choose another --metrics-address"
+        with pytest.raises(ConfigError, match=says):
             MetricsServer(lambda: plant_snapshot(), port=free_tcp_port).start()
 
 

@@ -177,7 +177,7 @@ class EventCapture:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                f"cannot create the capture folder {self.folder}: {exc}; choose a writable folder"
+                f"cannot create the capture folder {self.folder} ({exc.strerror or exc}); choose a writable folder"
             ) from exc
         self._rings: dict[str, _Ring] = {}
         self._pending: dict[str, list[_Pending]] = {}

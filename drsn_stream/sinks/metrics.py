@@ -393,7 +393,7 @@ class MetricsServer:
             server = type("Server", (_Server,), attrs)((self.host, self.port), handler)
         except OSError as exc:
             raise ConfigError(
-                f"cannot serve metrics on {self.host}:{self.port}: {exc}; choose another "
+                f"cannot serve metrics on {self.host}:{self.port} ({exc.strerror or exc}); choose another "
                 "--metrics-address HOST:PORT or stop what uses this one"
             ) from exc
         server.set_app(_only_metrics(make_wsgi_app(self.registry)))
