@@ -341,6 +341,8 @@ def test_config_file_loads_and_bad_keys_say_what_is_valid(tmp_path):
         DecisionConfig.from_toml(bad)
     with pytest.raises(ConfigError, match="leave_confidence <= enter_confidence"):
         DecisionConfig(enter_confidence=0.3, leave_confidence=0.5)
+    with pytest.raises(ConfigError, match=r"cannot read decision config \S+ \(No such file or directory\); check"):
+        DecisionConfig.from_toml(tmp_path / "missing.toml")
 
 
 def test_wrong_number_of_scores_is_a_clear_error():

@@ -196,7 +196,7 @@ class DecisionConfig:
         try:
             data = toml_file(path)
         except OSError as exc:
-            raise ConfigError(f"cannot read decision config {path}: {exc}; check the path") from exc
+            raise ConfigError(f"cannot read decision config {path} ({exc.strerror or exc}); check the path") from exc
         if table:
             if table not in data:
                 raise ConfigError(f"{path} has no [{table}] table; add one (see configs/alarms-bearing.toml)")
