@@ -211,6 +211,20 @@ def test_export_of_an_exported_model_says_it_is_one(tmp_path, capsys):
     assert err.count("\n") == 1 and not (tmp_path / "x.pt").exists()
 
 
+def test_export_of_other_bytes_or_a_runs_folder_says_what_it_was_given(tmp_path, capsys):
+    # random bytes said "not a readable training checkpoint (2429265712)": torch's KeyError on them
+    (tmp_path / "copy.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "run").mkdir()
+    for given, says in [("copy.pt", "not a training checkpoint (neither a zip archive nor torch's older format"),
+                        ("empty.pt", "not a training checkpoint (neither a zip archive nor torch's older format"),
+                        ("run", "is a folder; give the best.pt or last.pt in it")]:
+        assert train_cli(["export", "--checkpoint", str(tmp_path / given), "--out", str(tmp_path / "x.pt")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+        assert not (tmp_path / "x.pt").exists()
+
+
 def test_training_stops_at_the_first_loss_that_is_not_a_number(tmp_path):
     # a window of NaN samples made every weight NaN; the run went on, saved the model and exited 0
     x = torch.randn(64, 256)

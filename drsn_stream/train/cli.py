@@ -332,6 +332,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     from drsn_stream.models import build_from_config, save_artifact
 
     p = Path(checkpoint)
+    if p.is_dir():  # a run's folder: the checkpoints are in it
+        raise DataError(f"checkpoint {p} is a folder; give the best.pt or last.pt in it that drsn-stream train wrote")
     if not p.is_file():
         raise DataError(f"checkpoint {p} not found; train first (drsn-stream train --config ...)")
     from drsn_stream.train.loop import load_checkpoint

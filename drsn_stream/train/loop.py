@@ -325,7 +325,12 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{p}: an exported model (a TorchScript artifact), not a training checkpoint; it runs as it is "
             f"(drsn-stream --model {p}); export takes the best.pt or last.pt that drsn-stream train wrote"
         )
-    bad = damaged_member(p) if _zip_like(p) else None  # (an old, non-zip torch.save file: unchecked)
+    zipped = _zip_like(p)
+    if not zipped and _first_byte(p) != b"\x80":  # torch's older format is a pickle: protocol byte first
+        raise ArtifactError(f"{p}: not a training checkpoint (neither a zip archive nor torch's older format: "
+                            "another kind of file, or not a whole one); give the best.pt or last.pt that "
+                            "drsn-stream train wrote")
+    bad = damaged_member(p) if zipped else None  # (an old, non-zip torch.save file: unchecked)
     if bad is not None:  # torch.load would read the changed weights without a word
         raise ArtifactError(f"{p}: damaged: {bad} does not match the checksum it was saved with (a bad copy or "
                             "disk?); use another checkpoint, or train again")
@@ -339,11 +344,19 @@ def load_checkpoint(path: str | Path) -> dict:
             "drsn-stream train wrote"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ArtifactError(f"{p}: not a readable training checkpoint ({str(exc)[:200]}); give the best.pt or "
-                            "last.pt that drsn-stream train wrote") from None
+        raise ArtifactError(f"{p}: not a readable training checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
+                            "give the best.pt or last.pt that drsn-stream train wrote") from None
     if not isinstance(ck, dict):
         raise ArtifactError(f"{p}: not a drsn-stream training checkpoint (no model_state/model_config/meta)")
     return ck
+
+
+def _first_byte(p: Path) -> bytes:
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(1)
+    except OSError:
+        return b""  # torch.load says what is wrong with the path
 
 
 def _zip_like(p: Path) -> bool:
