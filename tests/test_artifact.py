@@ -123,6 +123,15 @@ def test_foreign_torchscript_without_metadata_is_refused(tmp_path: Path) -> None
         load_artifact(foreign)
 
 
+def test_a_training_checkpoint_given_as_the_model_says_how_to_export_it(tmp_path: Path) -> None:
+    # a run's best.pt (torch.save: weights, no code) was "a TorchScript/zip file without metadata"
+    best = tmp_path / "best.pt"
+    torch.save({"model_state": torch.nn.Linear(3, 2).state_dict()}, best)
+    says = f"{best}: a training checkpoint, not an exported model; export it first: drsn-stream export --checkpoint {best}"
+    with pytest.raises(ArtifactError, match=re.escape(says)):
+        load_artifact(best)
+
+
 def test_text_file_and_missing_file_are_refused(tmp_path: Path) -> None:
     txt = tmp_path / "notes.pt"
     txt.write_text("hello")

@@ -185,7 +185,14 @@ def _meta_from_zip(path: Path) -> ArtifactMeta:
 def _raw_meta(path: Path) -> bytes:
     try:
         with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n.endswith("/extra/" + META_KEY)]
+            members = zf.namelist()
+            names = [n for n in members if n.endswith("/extra/" + META_KEY)]
+            if not names and not any(n.endswith("/constants.pkl") or "/code/" in n for n in members):
+                # torch.save's archive: the best.pt / last.pt of a training run, weights without code
+                raise ArtifactError(
+                    f"{path}: a training checkpoint, not an exported model; export it first: "
+                    f"drsn-stream export --checkpoint {path} --out model.pt"
+                )
             if not names:
                 raise ArtifactError(
                     f"{path}: a TorchScript/zip file without drsn-stream metadata; export it with `drsn-stream export`"
