@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import CWRU, cwru_signal, require_cwru, wait_until
+from helpers import CWRU, NoteSink, cwru_signal, require_cwru, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
@@ -211,6 +211,24 @@ def test_a_running_monitor_keeps_its_start_up_objects_out_of_full_collections() 
         pipe.stop()
     assert gc.get_freeze_count() == 0  # stop() hands them back (a library user's process goes on)
     assert gc.get_threshold() == thresholds  # and the collector's thresholds
+
+
+def test_fp16_asked_for_on_the_cpu_is_said_in_a_note() -> None:
+    # --fp16 on with no GPU ran in float32 without a word; auto stays quiet (nothing was asked)
+    said = {}
+    for fp16 in ("on", "auto"):
+        pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=1",), device="cpu", engine_process=False,
+                                  fp16=fp16, stats_every_s=3600))
+        notes = NoteSink()
+        pipe.outputs.add(notes)
+        pipe.start()
+        try:
+            pipe.wait(duration=0.5)
+        finally:
+            pipe.stop()
+        said[fp16] = [line for line in notes.lines if "fp16" in line]
+    assert said == {"on": ["--fp16 on: half precision runs on CUDA GPUs; on the CPU the model runs in float32"],
+                    "auto": []}, said
 
 
 @pytest.mark.slow

@@ -120,8 +120,9 @@ class Pipeline:
         for src in self.sources:
             src.check()
         meta = read_meta(self.model_name)
+        device = device_type(config.device)
         res = resolve_defaults(
-            device=device_type(config.device), cores=_cores(), fast=config.fast,
+            device=device, cores=_cores(), fast=config.fast,
             engine_process=config.engine_process, pin_cpus=config.pin_cpus, threads=config.threads,
             max_batch=config.max_batch, eager_batch=config.eager_batch, stale_ms=config.stale_ms,
             ingest_procs=config.ingest_procs, window=meta.window,
@@ -163,6 +164,9 @@ class Pipeline:
             self._assemble(config, res, meta, sinks)
             if in_process:
                 self._notes.append(("*", in_process))
+            if config.fp16 == "on" and device == "cpu":  # asked for by name: said, not dropped unsaid
+                self._notes.append(("*", "--fp16 on: half precision runs on CUDA GPUs; on the CPU the model "
+                                         "runs in float32"))
         except BaseException:
             # A failure, or a signal during start-up (KeyboardInterrupt, Terminated), once the
             # engine process runs: it has a session of its own, so no signal of the terminal
@@ -426,6 +430,10 @@ class Pipeline:
             self._saved_affinity = os.sched_getaffinity(0)
             os.sched_setaffinity(0, self._cpus[0])
         self.runner.warmup()
+        # what the runner chose against where the user may have counted on it (fp16 or the
+        # channels-last form refused by their checks, --fp16 on for a CPU, a module not frozen):
+        # notes for the dashboard, the log and the feed, not only `bench`'s JSON
+        self._stream_notes.extend(("*", f"model: {n}") for n in self.runner.notes)
         # Opened here, on the caller's thread, so that a source that cannot start (no such
         # file, a refused rate, a port in use) raises before the caller says "ready"; opened
         # after the model's warm-up so that a paced source's clock starts with the monitor.
