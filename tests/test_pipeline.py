@@ -213,12 +213,14 @@ def test_a_running_monitor_keeps_its_start_up_objects_out_of_full_collections() 
     assert gc.get_threshold() == thresholds  # and the collector's thresholds
 
 
-def test_fp16_asked_for_on_the_cpu_is_said_in_a_note() -> None:
-    # --fp16 on with no GPU ran in float32 without a word; auto stays quiet (nothing was asked)
+def test_flags_asked_for_that_cannot_apply_here_are_said_in_notes() -> None:
+    # --fp16 on with no GPU ran in float32, --ingest-procs with no zmq:// source had one ingest
+    # thread, both without a word; left unset they stay quiet (nothing was asked)
     said = {}
-    for fp16 in ("on", "auto"):
+    for asked in (True, False):
+        kw = {"fp16": "on", "ingest_procs": 4} if asked else {}
         pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=1",), device="cpu", engine_process=False,
-                                  fp16=fp16, stats_every_s=3600))
+                                  stats_every_s=3600, **kw))
         notes = NoteSink()
         pipe.outputs.add(notes)
         pipe.start()
@@ -226,9 +228,11 @@ def test_fp16_asked_for_on_the_cpu_is_said_in_a_note() -> None:
             pipe.wait(duration=0.5)
         finally:
             pipe.stop()
-        said[fp16] = [line for line in notes.lines if "fp16" in line]
-    assert said == {"on": ["--fp16 on: half precision runs on CUDA GPUs; on the CPU the model runs in float32"],
-                    "auto": []}, said
+        said[asked] = sorted(line for line in notes.lines if "fp16" in line or "ingest-procs" in line)
+    assert said == {True: ["--fp16 on: half precision runs on CUDA GPUs; on the CPU the model runs in float32",
+                           "--ingest-procs 4 is ignored: it shares out zmq:// (SUB) sources, and this run reads "
+                           "sim:bearing?machines=1"],
+                    False: []}, said
 
 
 @pytest.mark.slow

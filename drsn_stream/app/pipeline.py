@@ -296,7 +296,12 @@ class Pipeline:
         """ZeroMQ SUB sources read by ``procs`` ingest processes (app/shards.py); the others, and
         every source of a run that captures raw samples (which needs the frames here), keep their
         ingest thread."""
-        if procs < 2 or not any(shardable(spec) for spec in self.config.sources):
+        if procs < 2:
+            return
+        if not any(shardable(spec) for spec in self.config.sources):
+            if self.config.ingest_procs is not None:  # asked for by name: said, not ignored unsaid
+                self._notes.append(("*", f"--ingest-procs {procs} is ignored: it shares out zmq:// (SUB) sources, "
+                                         f"and this run reads {', '.join(self.config.sources)}"))
             return
         if self.capture is not None:
             if self.config.ingest_procs is not None:
