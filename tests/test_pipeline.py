@@ -215,10 +215,11 @@ def test_a_running_monitor_keeps_its_start_up_objects_out_of_full_collections() 
 
 def test_flags_asked_for_that_cannot_apply_here_are_said_in_notes() -> None:
     # --fp16 on with no GPU ran in float32, --ingest-procs with no zmq:// source had one ingest
-    # thread, both without a word; left unset they stay quiet (nothing was asked)
-    said = {}
+    # thread, --threads beyond the cores oversubscribed them, all without a word; left unset they
+    # stay quiet (nothing was asked)
+    said, threads = {}, torch.get_num_threads()
     for asked in (True, False):
-        kw = {"fp16": "on", "ingest_procs": 4} if asked else {}
+        kw = {"fp16": "on", "ingest_procs": 4, "threads": os.cpu_count() + 1} if asked else {}
         pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=1",), device="cpu", engine_process=False,
                                   stats_every_s=3600, **kw))
         notes = NoteSink()
@@ -228,10 +229,14 @@ def test_flags_asked_for_that_cannot_apply_here_are_said_in_notes() -> None:
             pipe.wait(duration=0.5)
         finally:
             pipe.stop()
-        said[asked] = sorted(line for line in notes.lines if "fp16" in line or "ingest-procs" in line)
+            torch.set_num_threads(threads)  # the model ran in this process: the next test's as it was
+        said[asked] = sorted(line for line in notes.lines if line.startswith(("--fp16", "--ingest-procs", "--threads")))
+    cores = len(os.sched_getaffinity(0))
     assert said == {True: ["--fp16 on: half precision runs on CUDA GPUs; on the CPU the model runs in float32",
                            "--ingest-procs 4 is ignored: it shares out zmq:// (SUB) sources, and this run reads "
-                           "sim:bearing?machines=1"],
+                           "sim:bearing?machines=1",
+                           f"--threads {os.cpu_count() + 1} on {cores} core{'s' if cores != 1 else ''}: the model's "
+                           f"threads take turns on them (a batch waits for the last); {cores} or fewer do not"],
                     False: []}, said
 
 

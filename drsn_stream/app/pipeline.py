@@ -167,6 +167,10 @@ class Pipeline:
             if config.fp16 == "on" and device == "cpu":  # asked for by name: said, not dropped unsaid
                 self._notes.append(("*", "--fp16 on: half precision runs on CUDA GPUs; on the CPU the model "
                                          "runs in float32"))
+            if device == "cpu" and config.threads is not None and config.threads > (cores := _cores()):
+                self._notes.append(("*", f"--threads {config.threads} on {cores} core{'s' if cores != 1 else ''}: "
+                                         f"the model's threads take turns on them (a batch waits for the last); "
+                                         f"{cores} or fewer do not"))
         except BaseException:
             # A failure, or a signal during start-up (KeyboardInterrupt, Terminated), once the
             # engine process runs: it has a session of its own, so no signal of the terminal
