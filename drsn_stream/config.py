@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import re
 import secrets
 import stat
 import types
@@ -321,6 +322,41 @@ def out_of_range(name: str, value: Any, least: float, most: float, *, whole: boo
         return None
     span = f"over {least:g} and at most {bound_text(most)}" if above else f"from {bound_text(least)} to {bound_text(most)}"
     return f"{name} must be {'a whole number' if whole else 'a number'} {span}, not {value!r}"
+
+
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\s*[dhms]")  # one part of "1h 30m", "2m30s", "1.5h"
+
+
+def parse_duration(text: str | float) -> float:
+    """``"10m"``, ``"30s"``, ``"1h"``, ``"1d"``, ``"1h30m"``, ``"90"`` (seconds) -> seconds; a clear
+    error (ConfigError) otherwise: how every duration flag and setting is read."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower()
+        sign = -1.0 if s.startswith("-") else 1.0  # read, so that "-5m" is refused as below 0
+        body = s[1:] if sign < 0 else s
+        try:
+            if re.fullmatch(r"(?:\s*" + _DURATION.pattern + r")+", body):
+                seconds = sign * sum(float(part[:-1]) * _UNITS[part[-1]] for part in _DURATION.findall(body))
+            else:
+                seconds = float(s)
+        except ValueError:
+            raise ConfigError(f"cannot read the duration {text!r}; write e.g. 90, 30s, 10m, 1h30m or 2d") from None
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ConfigError(f"a duration must be a finite number > 0, not {text!r}")
+    return seconds
+
+
+def arg_duration(text: str) -> float:
+    """``parse_duration`` as an argparse ``type``: argparse names the flag in its message."""
+    import argparse
+
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def arg_number(kind: type = float, least: float | None = None, most: float | None = None, *,

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -112,8 +113,14 @@ def test_a_profile_is_readable_json_that_round_trips_and_refuses_what_does_not_f
     with pytest.raises(ConfigError, match="cannot read baseline profile"):
         Profile.load(tmp_path / "missing.json")
     assert parse_duration("10m") == 600 and parse_duration("90") == 90 and parse_duration("1h") == 3600
-    with pytest.raises(ConfigError, match="10m"):
-        parse_duration("ten minutes")
+    # as people write them (each was "cannot read the duration")
+    assert [parse_duration(t) for t in ("1h30m", "1h 30m", "2m30s", "1.5h", "2d", ".5m")] == [
+        5400, 5400, 150, 5400, 172800, 30]
+    for text, says in [("ten minutes", "cannot read the duration 'ten minutes'; write e.g. 90, 30s, 10m"),
+                       ("1h2", "cannot read"), ("-5m", "must be a finite number > 0, not '-5m'"),
+                       ("inf", "must be a finite number > 0")]:  # inf: a learning that never ends
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            parse_duration(text)
 
 
 @pytest.mark.parametrize("change, says", [

@@ -265,7 +265,10 @@ def test_a_run_config_survives_pickling_for_the_cluster_hosts() -> None:
 
 @pytest.mark.parametrize("argv, says", [
     # a NaN duration ran for ever, 2^63 batch sizes or threads raised from inside numpy / torch
-    (["publish", "--duration", "nan", "--quiet"], "argument --duration: 'nan' is not a finite number"),
+    (["publish", "--duration", "nan", "--quiet"], "argument --duration: a duration must be a finite number > 0, not 'nan'"),
+    (["--duration", "inf"], "argument --duration: a duration must be a finite number > 0, not 'inf'"),
+    (["baseline", "learn", "--source", "sim", "--out", "p.json", "--duration", "10x"],
+     "argument --duration: cannot read the duration '10x'; write e.g. 90, 30s, 10m, 1h30m or 2d"),
     (["publish", "--wait-subscriber", "-1"], "argument --wait-subscriber: must be >= 0"),
     (["bench", "--seconds", "nan"], "argument --seconds: 'nan' is not a finite number"),
     (["bench", "--batch-sizes", "64,9223372036854775807"], "give whole numbers from 1 to 16,384"),

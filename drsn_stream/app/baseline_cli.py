@@ -10,7 +10,7 @@ from pathlib import Path
 
 from drsn_stream.app.cli import config_from_args
 from drsn_stream.app.pipeline import Pipeline, RunConfig
-from drsn_stream.config import arg_number
+from drsn_stream.config import arg_duration, arg_number
 from drsn_stream.dsp.envelope import learned_fault
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.baseline import STOPPED_SHARE, Profile, StreamBaseline, learning_path, read_learnings
@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     learn.add_argument("--source", "-s", action="append", required=True, metavar="SPEC",
                        help="a source as for the monitor (file:PATH, zmq://..., mic, sim...); repeat for several")
     learn.add_argument("--model", "-m", help="built-in model name or .pt path (default: as the monitor picks)")
-    learn.add_argument("--duration", type=arg_number(float, above=0), help="stop learning after this many seconds (live sources)")
+    learn.add_argument("--duration", type=arg_duration,
+                       help="stop learning after DURATION (e.g. 90, 30s, 10m, 1h30m; live sources)")
     learn.add_argument("--hop", type=int, help="samples between windows (default: the model's hop)")
     learn.add_argument("--out", "-o", required=True, metavar="PROFILE", help="the profile to write (JSON)")
     learn.add_argument("--config", "-c", metavar="TOML",

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from drsn_stream.app.runconfig import TABLES, RunConfig, from_doc, to_doc
-from drsn_stream.config import arg_number, check_sections, dump_toml, read_toml
+from drsn_stream.config import arg_duration, arg_number, check_sections, dump_toml, parse_duration, read_toml
 from drsn_stream.errors import ConfigError, DrsnStreamError
-from drsn_stream.monitor.baseline import parse_duration
 from drsn_stream.runtime import raise_if_signalled, stop_signals
 from drsn_stream.sinks import make_sinks
 
@@ -27,9 +26,9 @@ def _env_duration() -> float | None:
     if not text:
         return None
     try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{DURATION_ENV}={text!r} is not a number of seconds") from None
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{DURATION_ENV}={text!r}: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--config", "-c", help="TOML run configuration (see configs/); flags override it")
     a("--print-config", action="store_true",
       help="print the effective run config (the file, the flags and the defaults) as TOML and exit")
-    a("--duration", type=float, default=_env_duration(),
-      help=f"stop after this many seconds (default: ${DURATION_ENV}, else run until stopped)")
+    a("--duration", type=arg_duration, default=_env_duration(),
+      help=f"stop after DURATION (e.g. 90, 30s, 10m, 1h30m; default: ${DURATION_ENV}, else run until stopped)")
     a("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
     a("--headless", action="store_true", help="no dashboard: one readable line per decision on stdout")
     a("--jsonl", metavar="FILE|-", help="write JSON lines (predictions, alarms, health, detections, stats)")
@@ -103,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--startup-hold", metavar="SECONDS", type=float,
       help="with a baseline: a machine at rest (under a tenth of its learned level) that runs again is judged "
            "this many seconds later, its run-up held (default 10; 0: at once)")
-    a("--learn", metavar="DURATION", help="learn each stream without a baseline for DURATION (e.g. 10m, 90s) of its "
+    a("--learn", metavar="DURATION", help="learn each stream without a baseline for DURATION (e.g. 10m, 1h30m, 2d) of its "
                                          "own data, then monitor it for deviations (with --baseline FILE the baselines and the learnings under way are kept over restarts)")
 
 

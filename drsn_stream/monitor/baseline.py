@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from drsn_stream.config import write_atomic
+from drsn_stream.config import parse_duration, write_atomic
 from drsn_stream.errors import ConfigError
 from drsn_stream.models.ood import UNKNOWN, Gaussian, check_gaussian, rounded
 from drsn_stream.types import MAX_RPM, STANDSTILL_RPM, Prediction, batch_columns
@@ -658,22 +658,6 @@ class Profile:
             if features is not None and sb.features != features:
                 raise ConfigError(f"{where}: stream {sid!r} was learned over {sb.features} features, the model "
                                   f"gives {features}; learn the baseline again")
-
-
-def parse_duration(text: str | float) -> float:
-    """``"10m"``, ``"30s"``, ``"1h"``, ``"90"`` (seconds) -> seconds; a clear error otherwise."""
-    if isinstance(text, (int, float)):
-        seconds = float(text)
-    else:
-        s = str(text).strip().lower()
-        scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(s[-1:], None)
-        try:
-            seconds = float(s[:-1] if scale else s) * (scale or 1.0)
-        except ValueError:
-            raise ConfigError(f"cannot read the duration {text!r}; write e.g. 90, 30s, 10m or 1h") from None
-    if not seconds > 0:
-        raise ConfigError(f"a learning duration must be > 0, not {text!r}")
-    return seconds
 
 
 class _Learning:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from drsn_stream.config import arg_number
+from drsn_stream.config import arg_duration, arg_number
 from drsn_stream.errors import DrsnStreamError
 from drsn_stream.runtime import freeze_start_up_objects, stop_signals, thaw
 from drsn_stream.sources import make_source
@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="source to send (repeatable; default: sim:bearing)")
     parser.add_argument("--to", default=DEFAULT_TO, metavar="ADDR",
                         help=f"ZeroMQ address to bind (or connect with --connect); default {DEFAULT_TO}")
-    parser.add_argument("--duration", type=arg_number(float, above=0), default=None, metavar="S",
-                        help="stop after S seconds (default: when every source ends, or Ctrl-C)")
+    parser.add_argument("--duration", type=arg_duration, default=None,
+                        help="stop after DURATION (e.g. 90, 30s, 10m, 1h30m; default: when every source ends, "
+                             "or Ctrl-C)")
     parser.add_argument("--pull", action="store_true",
                         help="send to PULL receivers over a PUSH socket instead of PUB")
     parser.add_argument("--connect", action="store_true", help="connect to ADDR instead of binding it")
