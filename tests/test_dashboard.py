@@ -240,6 +240,8 @@ def test_dashboard_thread_draws_snapshots_and_stops():
     assert not dash.running and len(calls) >= 4
     out = buf.getvalue()
     assert "inner_007" in out and "bearing-cwru" in out
+    # not a terminal: the last screen ends its line, so what is printed next starts on its own
+    assert out.endswith("help\n"), out[-200:]
 
 
 def test_key_reader_on_a_real_terminal_restores_it():

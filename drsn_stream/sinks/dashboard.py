@@ -727,6 +727,10 @@ class Dashboard:
                         self._draw(live)  # keys answer at once, not at the next tick
                 else:
                     self._stop.wait(wait)
+        if not self.console.is_terminal:
+            # rich ends its last screen with a newline on a terminal only: in a file or a pipe the
+            # run's summary, printed next, began on the dashboard's last line ("? helpdrsn-stream: ...")
+            self.console.line()
 
 
 __all__ = [
