@@ -47,11 +47,7 @@ def _load(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callabl
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    return _build(command)[0]
-
-
-def _build(command: str | None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The parser and each command's own (``command``'s options added; the others' only named)."""
+    """The command line's parser (``command``'s options added; the other commands' only named)."""
     parser = argparse.ArgumentParser(
         prog="drsn-stream",
         description=(
@@ -63,13 +59,22 @@ def _build(command: str | None) -> tuple[argparse.ArgumentParser, dict[str, argp
     )
     parser.add_argument("--version", action="version", version=f"drsn-stream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = {}
     for name, (_, _, _, help_text) in SUBCOMMANDS.items():
-        p = commands[name] = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text)
         if command is None or command == name:
             add, _ = _load(name)
             add(p)
-    return parser, commands
+    return parser
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command the arguments chose, however deep (``baseline learn``)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
 
 
 def _unknown(extra: list[str], parser: argparse.ArgumentParser) -> str:
@@ -99,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in top_level):
             argv.insert(0, "run")
         command = argv[0] if argv[0] in SUBCOMMANDS else "run"
-        parser, commands = _build(command if argv[0] in SUBCOMMANDS else None)
+        parser = build_parser(command if argv[0] in SUBCOMMANDS else None)
         args, extra = parser.parse_known_args(argv)
         if extra:
             # said by the command's own parser, so that its usage line is the one shown (the top
             # level's lists only COMMAND: no help for `drsn-stream --source sim --seconds 2`)
-            commands[args.command].error(_unknown(extra, commands[args.command]))
+            chosen = _chosen(parser, args)
+            chosen.error(_unknown(extra, chosen))
         _, run = _load(args.command)
         code = int(run(args) or 0)
         sys.stdout.flush()

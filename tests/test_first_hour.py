@@ -64,7 +64,9 @@ def test_a_mistyped_flag_is_refused_with_the_commands_usage_and_the_nearest_flag
     for argv, command, near in [(["--source", "sim", "--duraton=3"], "run", "--duration"),
                                 (["--sources", "sim"], "run", "--source"),
                                 (["publish", "--source", "sim", "--jsonlines", "-"], "publish", None),
-                                (["models", "--jsn"], "models", "--json")]:
+                                (["models", "--jsn"], "models", "--json"),
+                                (["baseline", "learn", "--source", "sim", "--out", "p.json", "--durration", "3"],
+                                 "baseline learn", "--duration")]:
         with pytest.raises(SystemExit) as info:
             main(argv)
         err = capsys.readouterr().err
