@@ -408,6 +408,7 @@ def test_a_spreadsheets_csv_manifest_with_a_byte_order_mark_reads(tmp_path):
     ("path,label\na.wav,norm\xe4l\n".encode("latin-1"), "not UTF-8 text.*save the manifest as UTF-8"),  # a traceback
     (b"path,path,label\na.wav,b.wav,normal\n", "path named more than once"),  # the last column won
     (b"path,label\na.wav,normal,fault\n", "row 1: 3 cells under a header of 2 columns"),  # the cell was dropped
+    (b"path,lable\na.wav,normal\n", r"row 1: unknown column\(s\) lable \(did you mean label\?\); known: path"),
 ])
 def test_a_csv_manifest_that_would_be_misread_is_one_line(tmp_path, text, says):
     _two_wavs(tmp_path)
@@ -423,6 +424,9 @@ def test_a_csv_manifest_that_would_be_misread_is_one_line(tmp_path, text, says):
     ('rate = true\n[[recording]]\npath = "a.wav"\nlabel = "normal"\n', "rate must be a number"),
     ('recording = [1, 2]\n', r"no \[\[recording\]\] tables"),  # 'int' object is not a mapping
     ('labels = ["normal"]\n[[recording]]\npath = "a.wav"\nlabel = "normal"\n', "unknown key.*labels"),
+    # a table's key said as a key, not a CSV "row 1: unknown column(s)", with the nearest one
+    ('[[recording]]\npath = "a.wav"\nlabl = "normal"\n',
+     r"m.toml \[\[recording\]\] 1: unknown key\(s\) labl \(did you mean label\?\); known: path, label"),
 ])
 def test_a_toml_manifest_value_of_the_wrong_type_is_one_line(tmp_path, table, says):
     _two_wavs(tmp_path)

@@ -201,11 +201,13 @@ def _toml_rows(p: Path) -> list[dict[str, Any]]:
 
 def _manifest_rows(rows: list[dict[str, Any]], manifest: Path) -> list[Entry]:
     out: list[Entry] = []
+    toml = manifest.suffix.lower() == ".toml"  # said in each format's own terms
     for i, r in enumerate(rows, start=1):
-        where = f"{manifest.name} row {i}"
+        where = f"{manifest.name} [[recording]] {i}" if toml else f"{manifest.name} row {i}"
         unknown = set(r) - set(MANIFEST_KEYS)
         if unknown:
-            raise DataError(f"{where}: unknown column(s) {', '.join(sorted(unknown))}; known: {', '.join(MANIFEST_KEYS)}")
+            raise DataError(f"{where}: unknown {'key' if toml else 'column'}(s) {', '.join(sorted(unknown))}"
+                            f"{did_you_mean(sorted(unknown), MANIFEST_KEYS)}; known: {', '.join(MANIFEST_KEYS)}")
         if not r.get("path") or not r.get("label"):
             raise DataError(f"{where}: path and label are required")
         rel = str(r["path"])
