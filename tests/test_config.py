@@ -52,6 +52,16 @@ def test_a_config_file_tomllib_cannot_read_is_one_clear_error(tmp_path: Path, co
         config_from_args(_args("--config", str(path)))
 
 
+def test_durations_in_a_config_file_read_as_the_flags_read_them(tmp_path: Path) -> None:
+    # duration = "10m" was "duration must be a number": the flags took seconds only, and now forms
+    cfg = _config(tmp_path, '[run]\nsources = ["sim"]\nduration = "1h30m"\nlearn_s = "10m"\n')
+    assert (cfg.duration, cfg.learn_s) == (5400.0, 600.0)
+    assert _config(tmp_path, '[run]\nsources = ["sim"]\nduration = 90\n').duration == 90.0  # seconds, as before
+    assert _config(tmp_path, '[run]\nsources = ["sim"]\nduration = "1h"\n', "--duration", "2m").duration == 120.0
+    with pytest.raises(ConfigError, match=re.escape("[run] duration: cannot read the duration 'two'; write e.g. 90")):
+        _config(tmp_path, '[run]\nsources = ["sim"]\nduration = "two"\n')
+
+
 def test_a_mistyped_section_is_refused_with_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, '[run]\nsources = ["sim"]\n[decisions]\nenter = 0.8\n')

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from drsn_stream.config import check_sections, from_table, typed_values
+from drsn_stream.config import check_sections, from_table, parse_duration, typed_values
 from drsn_stream.dsp.envelope import EnvelopeSettings
 from drsn_stream.engine.contract import BATCH_LIMIT, THREADS_LIMIT
 from drsn_stream.errors import ConfigError
@@ -130,13 +130,23 @@ class RunConfig:
 
 
 RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in SECTIONS)  # the keys of [run]
+DURATION_KEYS = ("duration", "learn_s")  # seconds, or a text as --duration and --learn take it ("10m")
 
 
 def from_doc(doc: Mapping[str, Any], where: str = "run config") -> RunConfig:
     """The RunConfig of a TOML document ``{table: {key: value}}``; an unknown table, an unknown
     key, a value of the wrong type or out of range is one ConfigError naming the table and key."""
     check_sections(doc, TABLES, where)
-    kwargs = typed_values(RunConfig, doc.get("run", {}), f"{where} [run]", keys=RUN_KEYS)
+    run = doc.get("run", {})
+    if isinstance(run, Mapping) and any(isinstance(run.get(k), str) for k in DURATION_KEYS):
+        run = dict(run)  # written as the flags take them: duration = "1h30m"
+        for key in DURATION_KEYS:
+            if isinstance(run.get(key), str):
+                try:
+                    run[key] = parse_duration(run[key])
+                except ConfigError as exc:
+                    raise ConfigError(f"{where} [run] {key}: {exc}") from None
+    kwargs = typed_values(RunConfig, run, f"{where} [run]", keys=RUN_KEYS)
     for name, cls in SECTIONS.items():
         if name in doc:
             kwargs[name] = from_table(cls, doc[name], f"{where} [{name}]")
