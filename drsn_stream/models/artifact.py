@@ -129,7 +129,7 @@ def load_artifact(
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read it ({exc})") from None
+        raise ArtifactError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     bad = damaged_member(io.BytesIO(data))
     if bad is not None:  # TorchScript would load it and run the changed weights without a word
         raise ArtifactError(f"{path}: damaged: {bad} does not match the checksum it was saved with (a bad copy or "
