@@ -180,6 +180,13 @@ def test_dashboard_shows_the_envelope_type_and_whether_it_agrees() -> None:
     assert Snapshot(time=0.0, header=Header(), rows=rows).rows[0].envelope == "inner_race"
     note = event_line(Event("note", "m0", 0.0, {"message": "no envelope evidence: no shaft speed"})).plain
     assert "NOTE" in note and "m0  no envelope evidence: no shaft speed" in note
+    # an alarm's line says the envelope's type as the cell does: a maybe where its family did not
+    # hold (the demo's "ball_021 78%  envelope inner_race -1.7 dB" read as the envelope's finding)
+    alarm = {"from": "NORMAL", "to": "ALERT", "label": "ball_021", "confidence": 0.78}
+    for held, said in [(False, "envelope inner_race? -1.7 dB"), (True, "envelope inner_race -1.7 dB")]:
+        env = {"type": "inner_race", "held": held, "rise_db": -1.72}
+        line = event_line(Event("alarm", "sim/m3", 0.0, {**alarm, "envelope": env})).plain
+        assert line.endswith(f"ALERT  ball_021 78%  {said}"), line
 
 
 def test_the_demos_healthy_machines_show_no_fault_type_held_and_its_faulty_ones_do() -> None:

@@ -32,7 +32,9 @@ def event_parts(kind: str, stream: str, data: dict[str, Any]) -> list[Part]:
         if isinstance(env, dict) and env.get("type") in FAULT_TYPES and env.get("type") != "none":
             rise = env.get("rise_db")
             more = f" {rise:+.1f} dB" if isinstance(rise, (int, float)) and not isinstance(rise, bool) else ""
-            parts.append((f"  envelope {env['type']}{more}", ""))
+            # a type its family did not hold over the last blocks: a "?", as on the dashboard ("outer?")
+            maybe = "?" if env.get("held") is False else ""
+            parts.append((f"  envelope {env['type']}{maybe}{more}", ""))
         if data.get("acknowledged"):
             parts.append(("  (acknowledged)", "dim"))
         return parts
