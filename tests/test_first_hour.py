@@ -130,6 +130,22 @@ def test_models_into_a_closed_pipe_exits_0_quietly() -> None:
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
+@pytest.mark.parametrize("columns", [60, 80, 100])
+def test_models_keeps_each_accuracy_beside_its_name_at_any_width(columns: int, capsys, monkeypatch) -> None:
+    # at 80 columns the terminal's wrap left "pink@0dB" at a line's end and "99.8 %" on the next
+    from drsn_stream.cli import main
+    from drsn_stream.models import read_meta
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, (ln.rstrip() for ln in lines))) <= columns
+    acc = read_meta("bearing-cwru").accuracy
+    for name in ("clean", "gaussian@0dB", "laplacian@0dB", "pink@0dB"):
+        said = f"{name} {100 * acc[name]:.1f} %"
+        assert any(said in ln for ln in lines), (said, lines)
+
+
 @pytest.mark.slow
 def test_jsonl_to_stdout_keeps_stdout_pure_json_lines() -> None:
     res = _cli("--source", "sim?machines=2", "--headless", "--jsonl", "-", "--duration", "3")

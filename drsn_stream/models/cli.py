@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     console.print(f"[bold]Built-in models[/] ({builtin_dir()})")
+    room = max(20, console.width - len("trained on") - 2)  # the value column's width: the grid's first column and gap
     for m in metas:
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="dim", no_wrap=True)
@@ -31,14 +32,16 @@ def run(args: argparse.Namespace) -> int:
         grid.add_row("labels", f"{len(m.labels)}: " + ", ".join(m.labels))
         grid.add_row("input", f"{m.sample_rate} Hz, window {m.window} ({m.window_seconds:.3g} s), hop {m.hop}, "
                               f"{m.input.get('kind', '?')}, normalization {m.normalization.get('kind', '?')}")
-        acc = ", ".join(f"{k.removesuffix('_pct')} {_pct(k, v)}" for k, v in m.accuracy.items() if _pct(k, v))
+        acc = [f"{k.removesuffix('_pct')} {_pct(k, v)}" for k, v in m.accuracy.items() if _pct(k, v)]
         if acc:
-            grid.add_row("accuracy", acc + (f"  ({m.accuracy['split']} split)" if "split" in m.accuracy else ""))
+            split = f"({m.accuracy['split']} split)" if "split" in m.accuracy else ""
+            grid.add_row("accuracy", _packed(acc, room, tail=split))
         grid.add_row("trained on", _data_summary(m.training))
         cal = m.unknown.get("calibration", {}) if m.unknown else {}
         if "test_refused" in cal:
-            grid.add_row("unknown", f"label refused on {100 * cal['test_refused']:.2f} % of the test windows; "
-                                    + ", ".join(f"{k} {100 * v:.1f} %" for k, v in cal.get("synthetic_refused", {}).items()))
+            grid.add_row("unknown", _packed([f"label refused on {100 * cal['test_refused']:.2f} % of the test windows;",
+                                             *(f"{k} {100 * v:.1f} %" for k, v in cal.get("synthetic_refused", {}).items())],
+                                            room))
         if m.description:
             grid.add_row("about", m.description)
         grid.add_row("torch", f"{m.torch_version}, format v{m.format_version}, created {m.created}")
@@ -49,6 +52,27 @@ def run(args: argparse.Namespace) -> int:
     if args.networks:
         console.print("\nnetworks: " + ", ".join(_networks()))
     return 0
+
+
+def _packed(items: list[str], width: int, tail: str = "") -> str:
+    """``items`` joined by ", " (after an item ending in ";": a space) into lines of at most
+    ``width`` characters, broken between items only (a terminal's wrap split "pink@0dB 99.8 %"
+    from its value), then ``tail`` two spaces after them."""
+    lines: list[str] = []
+    for item in items:
+        sep = " " if lines and lines[-1].endswith(";") else ", "
+        if lines and len(lines[-1]) + len(sep) + len(item) < width:  # (< : room for a "," after it)
+            lines[-1] += sep + item
+        else:
+            if lines and sep == ", ":
+                lines[-1] += ","
+            lines.append(item)
+    if tail:
+        if lines and len(lines[-1]) + 2 + len(tail) <= width:
+            lines[-1] += "  " + tail
+        else:
+            lines.append(tail)
+    return "\n".join(lines)
 
 
 def _data_summary(training: dict) -> str:
