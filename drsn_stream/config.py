@@ -326,6 +326,7 @@ def out_of_range(name: str, value: Any, least: float, most: float, *, whole: boo
 
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\s*[dhms]")  # one part of "1h 30m", "2m30s", "1.5h"
+_DURATIONS = re.compile(r"(?:\s*" + _DURATION.pattern + r")+")  # a whole duration of such parts
 
 
 def parse_duration(text: str | float) -> float:
@@ -338,7 +339,7 @@ def parse_duration(text: str | float) -> float:
         sign = -1.0 if s.startswith("-") else 1.0  # read, so that "-5m" is refused as below 0
         body = s[1:] if sign < 0 else s
         try:
-            if re.fullmatch(r"(?:\s*" + _DURATION.pattern + r")+", body):
+            if _DURATIONS.fullmatch(body):
                 seconds = sign * sum(float(part[:-1]) * _UNITS[part[-1]] for part in _DURATION.findall(body))
             else:
                 seconds = float(s)

@@ -120,9 +120,9 @@ class Pipeline:
         for src in self.sources:
             src.check()
         meta = read_meta(self.model_name)
-        device = device_type(config.device)
+        device, cores = device_type(config.device), _cores()
         res = resolve_defaults(
-            device=device, cores=_cores(), fast=config.fast,
+            device=device, cores=cores, fast=config.fast,
             engine_process=config.engine_process, pin_cpus=config.pin_cpus, threads=config.threads,
             max_batch=config.max_batch, eager_batch=config.eager_batch, stale_ms=config.stale_ms,
             ingest_procs=config.ingest_procs, window=meta.window,
@@ -167,7 +167,7 @@ class Pipeline:
             if config.fp16 == "on" and device == "cpu":  # asked for by name: said, not dropped unsaid
                 self._notes.append(("*", "--fp16 on: half precision runs on CUDA GPUs; on the CPU the model "
                                          "runs in float32"))
-            if device == "cpu" and config.threads is not None and config.threads > (cores := _cores()):
+            if device == "cpu" and config.threads is not None and config.threads > cores:
                 self._notes.append(("*", f"--threads {config.threads} on {cores} core{'s' if cores != 1 else ''}: "
                                          f"the model's threads take turns on them (a batch waits for the last); "
                                          f"{cores} or fewer do not"))

@@ -187,7 +187,7 @@ def _raw_meta(path: Path) -> bytes:
         with zipfile.ZipFile(path) as zf:
             members = zf.namelist()
             names = [n for n in members if n.endswith("/extra/" + META_KEY)]
-            if not names and not any(n.endswith("/constants.pkl") or "/code/" in n for n in members):
+            if not names and not torchscript_members(members):
                 # torch.save's archive: the best.pt / last.pt of a training run, weights without code
                 raise ArtifactError(
                     f"{path}: a training checkpoint, not an exported model; export it first: "
@@ -212,6 +212,12 @@ def _raw_meta(path: Path) -> bytes:
         raise ArtifactError(f"{path}: cannot read the archive ({str(exc)[:200] or type(exc).__name__}); "
                             "re-export or re-copy it") from None
     return raw
+
+
+def torchscript_members(names: list[str]) -> bool:
+    """Whether a zip archive's member names are those ``torch.jit.save`` writes (its code and
+    constants), not a ``torch.save`` checkpoint's (weights only)."""
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 def damaged_member(archive: str | Path | IO[bytes]) -> str | None:

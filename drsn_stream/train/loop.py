@@ -30,7 +30,7 @@ from torch import nn
 from drsn_stream.config import out_of_range, write_atomic
 from drsn_stream.engine.contract import THREADS_LIMIT
 from drsn_stream.errors import ArtifactError, ConfigError, DataError
-from drsn_stream.models.meta import damaged_member
+from drsn_stream.models.meta import damaged_member, torchscript_members
 from drsn_stream.models.outputs import to_probs
 
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
@@ -374,7 +374,7 @@ def _torchscript_archive(p: Path) -> bool:
         if not zipfile.is_zipfile(p):
             return False
         with zipfile.ZipFile(p) as z:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+            return torchscript_members(z.namelist())
     except MemoryError:
         raise
     except Exception:  # noqa: BLE001 - a damaged directory (a name that is not UTF-8, ...): not one
