@@ -62,6 +62,17 @@ def test_durations_in_a_config_file_read_as_the_flags_read_them(tmp_path: Path) 
         _config(tmp_path, '[run]\nsources = ["sim"]\nduration = "two"\n')
 
 
+def test_every_reads_as_a_duration_and_makes_the_run_headless(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, '[run]\nsources = ["sim"]\n[sinks]\nevery = "1m"\n')
+    assert (cfg.sinks.every, cfg.sinks.headless) == (60.0, True)  # the summed-up lines are lines
+    assert config_from_args(_args("--source", "sim", "--every", "10s")).sinks.every == 10.0
+    assert config_from_args(_args("--source", "sim")).sinks.every is None  # a line per decision
+    with pytest.raises(ConfigError, match=re.escape("[sinks] every: cannot read the duration 'often'")):
+        _config(tmp_path, '[run]\nsources = ["sim"]\n[sinks]\nevery = "often"\n')
+    with pytest.raises(ConfigError, match="every must be from 0.1 s to 1 day"):
+        _config(tmp_path, '[run]\nsources = ["sim"]\n[sinks]\nevery = 0.01\n')
+
+
 def test_a_mistyped_section_is_refused_with_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, '[run]\nsources = ["sim"]\n[decisions]\nenter = 0.8\n')

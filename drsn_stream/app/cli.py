@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help=f"stop after DURATION (e.g. 90, 30s, 10m, 1h30m; default: ${DURATION_ENV}, else run until stopped)")
     a("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
     a("--headless", action="store_true", help="no dashboard: one readable line per decision on stdout")
+    a("--every", metavar="DURATION", type=arg_duration,
+      help="headless, summed up: one line per stream every DURATION (e.g. 10s, 1m: its labels' shares, alarm level, "
+           "latency) instead of one per decision; events still as they happen")
     a("--jsonl", metavar="FILE|-", help="write JSON lines (predictions, alarms, health, detections, stats)")
     a("--publish", metavar="tcp://HOST:PORT", help="publish the same objects on a ZeroMQ PUB socket")
     a("--once", action="store_true", help="print one dashboard snapshot after a short warm-up and exit")
@@ -150,6 +153,7 @@ FLAGS: dict[str, Flag] = {
     "jsonl": Flag("sinks", "jsonl"),
     "publish": Flag("sinks", "publish"),
     "headless": Flag("sinks", "headless"),
+    "every": Flag("sinks", "every"),
     "metrics_address": Flag("sinks", "metrics_address"),
     "metrics_port": Flag("sinks", "metrics_address", lambda port: f"127.0.0.1:{port}"),
 }

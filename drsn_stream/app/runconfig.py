@@ -130,26 +130,34 @@ class RunConfig:
 
 
 RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in SECTIONS)  # the keys of [run]
-DURATION_KEYS = ("duration", "learn_s")  # seconds, or a text as --duration and --learn take it ("10m")
+# keys that take seconds, or a text as --duration, --learn and --every take it ("10m"), by table
+DURATION_KEYS: dict[str, tuple[str, ...]] = {"run": ("duration", "learn_s"), "sinks": ("every",)}
+
+
+def _durations(table: Any, name: str, where: str) -> Any:
+    """``table`` with its duration keys read as seconds (``duration = "1h30m"``), else as given."""
+    keys = DURATION_KEYS.get(name, ())
+    if not isinstance(table, Mapping) or not any(isinstance(table.get(k), str) for k in keys):
+        return table
+    table = dict(table)
+    for key in keys:
+        if isinstance(table.get(key), str):
+            try:
+                table[key] = parse_duration(table[key])
+            except ConfigError as exc:
+                raise ConfigError(f"{where} [{name}] {key}: {exc}") from None
+    return table
 
 
 def from_doc(doc: Mapping[str, Any], where: str = "run config") -> RunConfig:
     """The RunConfig of a TOML document ``{table: {key: value}}``; an unknown table, an unknown
     key, a value of the wrong type or out of range is one ConfigError naming the table and key."""
     check_sections(doc, TABLES, where)
-    run = doc.get("run", {})
-    if isinstance(run, Mapping) and any(isinstance(run.get(k), str) for k in DURATION_KEYS):
-        run = dict(run)  # written as the flags take them: duration = "1h30m"
-        for key in DURATION_KEYS:
-            if isinstance(run.get(key), str):
-                try:
-                    run[key] = parse_duration(run[key])
-                except ConfigError as exc:
-                    raise ConfigError(f"{where} [run] {key}: {exc}") from None
+    run = _durations(doc.get("run", {}), "run", where)
     kwargs = typed_values(RunConfig, run, f"{where} [run]", keys=RUN_KEYS)
     for name, cls in SECTIONS.items():
         if name in doc:
-            kwargs[name] = from_table(cls, doc[name], f"{where} [{name}]")
+            kwargs[name] = from_table(cls, _durations(doc[name], name, where), f"{where} [{name}]")
     try:
         return RunConfig(**kwargs)
     except ConfigError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.config import arg_number
 from drsn_stream.errors import ConfigError
 from drsn_stream.sources.base import parse_spec
+from drsn_stream.types import Event
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,29 +101,51 @@ def run(args: argparse.Namespace) -> int:
 def _watch(handle: Any, args: argparse.Namespace, cfg: RunConfig) -> None:
     import threading
 
+    from drsn_stream.sinks.lines import format_line, row_line
+
     quit_event = threading.Event()
     end = None if cfg.duration is None else time.monotonic() + cfg.duration
     headless = cfg.sinks.headless
+    every = cfg.sinks.every
+    next_rows = time.monotonic() + every if every is not None else math.inf
     dashboard = None
     if not headless and sys.stdout.isatty():
         from drsn_stream.sinks.dashboard import Dashboard
 
         dashboard = Dashboard(handle.snapshot, refresh_per_second=args.refresh or 1.0, on_ack=handle.acknowledge,
                               quit_event=quit_event, keys=sys.stdin.isatty(), screen=False).start()
-    seen = 0
+    last: tuple[Any, ...] | None = None
     try:
         while not quit_event.is_set() and (end is None or time.monotonic() < end):
             time.sleep(1.0)
             if dashboard is None and headless:
-                events = handle.snapshot().events
-                for e in events[seen:] if len(events) >= seen else events:
-                    print(f"{e.type} {e.stream_id} {e.data}", flush=True)
-                seen = len(events)
+                snap = handle.snapshot()
+                fresh, last = unseen(snap.events, last)
+                lines = [line for e in fresh if (line := format_line(e.to_json())) is not None]
+                if time.monotonic() >= next_rows:  # --every: each stream's state now, from the hosts' rows
+                    lines += [row_line(row, snap.time) for row in snap.rows]
+                    next_rows = time.monotonic() + (every or math.inf)
+                if lines:
+                    print("\n".join(lines), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
         if dashboard is not None:
             dashboard.stop()
+
+
+def unseen(events: tuple[Event, ...], last: tuple[Any, ...] | None) -> tuple[list[Event], tuple[Any, ...] | None]:
+    """The events of a snapshot's bounded log after the one last printed (``last``: its key), and
+    the key of the newest. All of them where that one has left the log (counting them stopped the
+    lines once the log was full: its length stays at its bound)."""
+    keys = [(e.time, e.type, e.stream_id, repr(e.data)) for e in events]
+    start = 0
+    if last is not None:
+        for i in range(len(keys) - 1, -1, -1):
+            if keys[i] == last:
+                start = i + 1
+                break
+    return list(events[start:]), (keys[-1] if keys else last)
 
 
 def _print_failovers(handle: Any) -> None:

@@ -4,7 +4,7 @@
 ``make_sink("jsonl", "run.jsonl")`` builds one by kind; registering a new kind is one entry in
 ``SINK_KINDS`` (a ``"module:Class"`` string imported only when used, as for sources). A run's
 outputs are its config's ``[sinks]`` table (``SinksConfig``: ``--jsonl``, ``--publish``,
-``--headless``, ``--metrics-address``); ``make_sinks`` builds them. The dashboard
+``--headless``, ``--every``, ``--metrics-address``); ``make_sinks`` builds them. The dashboard
 and the metrics endpoint read ``Snapshot`` views (``drsn_stream.view``) instead of objects; event
 captures (``sinks.capture``) follow events and frames.
 """
@@ -51,15 +51,23 @@ class SinksConfig:
         jsonl: JSON lines into this file, or ``-`` for stdout (lines for people then go to stderr).
         publish: a ZeroMQ PUB address to bind (``tcp://HOST:PORT``) for the same objects.
         headless: no dashboard; one readable line per decision.
+        every: with the readable lines, one line per stream every this many seconds instead of one
+            per decision (its labels' shares, alarm level, latency; ``--every 10s``), and each
+            event as it happens; sets ``headless``. None: a line per decision.
         metrics_address: serve Prometheus metrics at ``http://HOST:PORT/metrics``.
     """
 
     jsonl: str | None = None
     publish: str | None = None
     headless: bool = False
+    every: float | None = None
     metrics_address: str | None = None
 
     def __post_init__(self) -> None:
+        if self.every is not None:
+            if not 0.1 <= self.every <= 86400:
+                raise ConfigError(f"sinks: every must be from 0.1 s to 1 day (e.g. 10s, 1m), not {self.every!r}")
+            object.__setattr__(self, "headless", True)  # a summary of the lines is the lines
         if self.jsonl == "":
             raise ConfigError("sinks: jsonl must be a file path or - (stdout), not empty")
         if self.publish == "":
@@ -84,7 +92,7 @@ def make_sinks(config: SinksConfig) -> list[Sink]:
         if config.publish:
             sinks.append(make_sink("zmq", config.publish))
         if config.headless:
-            sinks.append(make_sink("lines", config.human))
+            sinks.append(make_sink("lines", config.human, every=config.every))
     except BaseException:
         for s in sinks:
             s.close()
