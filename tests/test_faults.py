@@ -524,6 +524,33 @@ def test_engine_process_deaths_are_limited_per_time_window(monkeypatch: pytest.M
 
 
 @pytest.mark.slow
+def test_a_hung_engine_process_is_replaced_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine process that is alive but answers nothing (here stopped with SIGSTOP: a deadlock
+    or a wedged GPU looks the same from outside) is killed and replaced like a dead one, within
+    the reply timeout; before, the monitor waited 20 minutes for its reply, labelling nothing."""
+    meta = read_meta("bearing-cwru")
+    runner = ProcessRunner("bearing-cwru", window=meta.window, classes=len(meta.labels), max_batch=4)
+    x = np.zeros((2, meta.window), np.float32)
+    monkeypatch.setattr(procrunner, "REPLY_TIMEOUT_S", 1.0)  # the shipped 30 s, shortened
+    monkeypatch.setattr(procrunner, "REPLY_GRACE_S", 0.5)
+    try:
+        runner.warmup()
+        hung = runner.pid
+        os.kill(hung, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(EngineRestarted, match=r"did not answer a batch for 2 s \(hung; stopped it\); started a new one"):
+            runner.collect(runner.submit(x))
+        assert time.monotonic() - t0 < 60  # the new one's start-up included
+        assert runner.pid != hung and runner.restarts == 1
+        with pytest.raises(ProcessLookupError):  # killed and reaped, not left stopped
+            os.kill(hung, 0)
+        probs, _ = runner.collect(runner.submit(x))
+        assert probs.shape == (2, len(meta.labels))
+    finally:
+        runner.close()
+
+
+@pytest.mark.slow
 def test_a_model_that_fails_in_the_engine_process_gives_one_line(tmp_path: Path) -> None:
     """Before: a traceback ending in "cannot join thread before it is started"."""
     broken = tmp_path / "broken.pt"

@@ -43,6 +43,13 @@ READY_TIMEOUT_S = 120.0
 # within RESTART_WINDOW_S end the run. Counted per window, so a week-long run survives a death a day.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
+# A batch takes milliseconds (a batch of 256 on one slow core, well under a second); an engine
+# process that has not answered one for REPLY_TIMEOUT_S is hung (a deadlock, a wedged GPU, a
+# SIGSTOP) and is replaced as a dead one is, instead of leaving the monitor without a label. The
+# second, short wait lets a monitor stopped and continued together with its engine process (Ctrl-Z,
+# then fg) find the reply it missed instead of taking its own stop for the child's.
+REPLY_TIMEOUT_S = 30.0
+REPLY_GRACE_S = 2.0
 # The engine process allocates with jemalloc where the system has it (Debian/Ubuntu libjemalloc2,
 # which tools/setup.sh installs): every batch allocates and frees its activations and the
 # convolutions' scratch, and glibc's malloc costs more per call and gives large blocks back to the
@@ -264,8 +271,11 @@ class ProcessRunner:
         """Whether ``collect(pending)`` would return at once (the oldest batch in flight is done)."""
         return bool(self._inflight) and self._inflight[0] == pending.slot and self._poll_line(0.0)
 
-    def _restart(self) -> EngineRestarted:
-        """Replaces a dead child (batches in flight are lost); returns the exception to raise."""
+    def _restart(self, *, hung: bool = False) -> EngineRestarted:
+        """Replaces a dead child, or a ``hung`` one (killed), whose batches in flight are lost;
+        returns the exception to raise."""
+        if hung:
+            self._proc.kill()  # it answers nothing: it is not asked to finish (a stopped one cannot)
         code = self._proc.poll()
         self._stop_child()
         self._busy = [False] * self.lanes
@@ -276,13 +286,15 @@ class ProcessRunner:
         self._restart_times.append(now)
         while self._restart_times and now - self._restart_times[0] > RESTART_WINDOW_S:
             self._restart_times.popleft()
+        what = (f"did not answer a batch for {REPLY_TIMEOUT_S + REPLY_GRACE_S:.0f} s (hung; stopped it)" if hung
+                else f"ended (exit code {code})")
         if len(self._restart_times) > MAX_RESTARTS:
-            raise EngineError(f"the engine process ended (exit code {code}) {len(self._restart_times)} times "
-                               f"within {RESTART_WINDOW_S:.0f} s; giving up")
+            raise EngineError(f"the engine process {what}: that makes {len(self._restart_times)} times "
+                              f"within {RESTART_WINDOW_S:.0f} s; giving up")
         self.ready.clear()
         self._start_child()
         self.warmup()
-        return EngineRestarted(f"the engine process ended (exit code {code}); started a new one "
+        return EngineRestarted(f"the engine process {what}; started a new one "
                                f"(restart {self.restarts}), its batches in flight are lost")
 
     def warmup(self) -> None:
@@ -330,9 +342,12 @@ class ProcessRunner:
         lane = pending.slot
         if not self._inflight or self._inflight[0] != lane:
             raise RuntimeError("collect the batches in the order they were submitted")
-        reply = self._readline()
+        answered = self._poll_line(REPLY_TIMEOUT_S) or self._poll_line(REPLY_GRACE_S)
+        reply = self._readline(0.0) if answered else ""
         self._inflight.pop(0)
         self._busy[lane] = False
+        if not answered:
+            raise self._restart(hung=True)
         if not reply:
             self._proc.wait(timeout=5.0)
             raise self._restart()
