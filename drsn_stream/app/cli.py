@@ -210,7 +210,9 @@ def run(args: argparse.Namespace) -> int:
     human = sys.stderr if out.human == "stderr" else sys.stdout
     address = out.metrics_address  # checked when the config was read, before the model loads
     from drsn_stream.app.pipeline import Pipeline
+    from drsn_stream.app.service import Notifier, status_line
 
+    service = Notifier.from_env()  # under systemd (Type=notify); taken before any child process starts
     pipe = Pipeline(cfg, sinks=make_sinks(out))
     metrics = None
     dashboard = None
@@ -239,14 +241,21 @@ def run(args: argparse.Namespace) -> int:
         if dashboard is None or not sys.stdout.isatty():
             print(f"drsn-stream: ready: {pipe.meta.name} on {pipe.runner.device_name}, sources "
                   f"{', '.join(cfg.sources)}", file=sys.stderr, flush=True)
+        if service is not None:
+            service.ready(f"ready: {pipe.meta.name} on {pipe.runner.device_name}")
+            service.watch(pipe.alive, lambda: status_line(pipe.snapshot()))
         pipe.wait()
     finally:
         _stop_on_signals(pipe)  # a second Ctrl-C must not cut the clean-up short
+        if service is not None:
+            service.stopping()
         if dashboard is not None:
             dashboard.stop()
         pipe.stop()
         if metrics is not None:
             metrics.stop()
+        if service is not None:
+            service.close()
     try:
         print(pipe.summary(), file=human, flush=True)
     except BrokenPipeError:

@@ -465,6 +465,14 @@ class Pipeline:
         self._running = True
         return self
 
+    def alive(self, quiet_s: float) -> bool:
+        """Whether the monitor works: its engine loop turned within ``quiet_s`` seconds (it turns
+        at least every 0.1 s; it does not while a batch hangs) and its output thread runs. What a
+        service manager's watchdog asks (``app.service``)."""
+        out = self._threads[0] if self._threads else None
+        return (self._running and self.engine.is_alive() and self.engine.error is None
+                and time.monotonic() - self.engine.beat <= quiet_s and out is not None and out.is_alive())
+
     def ask_stop(self) -> None:
         """Asks ``wait`` to return (within 50 ms), and ``quit`` to be set then: for a signal handler.
 

@@ -121,6 +121,7 @@ class InferenceLoop(threading.Thread):
         self.off_clock: set[str] = set()  # streams said to arrive far from their capture time
         self._steps = WallSteps()
         self.stream_notes: list[tuple[str, str]] = []  # (stream, line) for ``note`` events
+        self.beat = time.monotonic()  # when the loop last turned (at least every 0.1 s unless stuck)
 
     def stop(self) -> None:
         self._halt.set()
@@ -135,6 +136,7 @@ class InferenceLoop(threading.Thread):
         pending: deque[tuple[list[Window], np.ndarray, Pending, float]] = deque()
         try:
             while not self._halt.is_set():
+                self.beat = time.monotonic()
                 batch: list[Window] = []
                 try:
                     # The oldest batch in flight is collected when it is done or when every lane

@@ -1,0 +1,162 @@
+"""The monitor under systemd (``Type=notify``, ``WatchdogSec=``): the notify messages it sends on
+a real Unix datagram socket, as systemd receives them, and a watchdog that stops when the engine
+stops turning."""
+
+from __future__ import annotations
+
+import array
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import wait_until
+
+from drsn_stream.app.runconfig import RunConfig
+from drsn_stream.app.service import Notifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Manager:
+    """A service manager's end: an abstract-namespace datagram socket that records each
+    message with the pid of its sender (SO_PASSCRED, as systemd checks NotifyAccess=main)."""
+
+    def __init__(self) -> None:
+        self.name = f"@drsn-test-{uuid.uuid4().hex[:12]}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind("\0" + self.name[1:])
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, int, dict[str, str]]] = []  # (when, pid, fields)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        creds = struct.calcsize("3i")
+        while not self._stop.is_set():
+            try:
+                data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(creds))
+            except TimeoutError:
+                continue
+            pid = -1
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = array.array("i", payload[:creds])[0]
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.messages.append((time.monotonic(), pid, fields))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+    def with_key(self, key: str) -> list[tuple[float, int, dict[str, str]]]:
+        return [m for m in self.messages if key in m[2]]
+
+
+@pytest.mark.slow
+def test_under_systemd_the_monitor_says_ready_status_watchdog_and_stopping_from_its_main_process() -> None:
+    manager = Manager()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", NOTIFY_SOCKET=manager.name,
+               WATCHDOG_USEC="2000000")
+    env.pop("DRSN_STREAM_DURATION", None)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "drsn_stream", "--source", "sim?machines=2", "--headless",
+                                 "--duration", "8"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+        time.sleep(0.3)
+    finally:
+        manager.close()
+    kinds = [next(iter(k for k in ("READY", "STOPPING", "WATCHDOG", "STATUS") if k in f)) for _, _, f in manager.messages]
+    assert kinds[0] == "READY" and kinds[-1] == "STOPPING", kinds
+    assert {pid for _, pid, _ in manager.messages} == {proc.pid}  # none from the engine process it started
+    pings = manager.with_key("WATCHDOG")
+    assert len(pings) >= 3, kinds  # twice per watchdog interval (2 s) over the 8-s run
+    status = pings[-1][2]["STATUS"]
+    assert status.startswith("2 streams: ") and " ALERT, " in status and "windows/s" in status, status
+
+
+def test_without_notify_socket_nothing_is_sent_and_children_do_not_inherit_it() -> None:
+    assert Notifier.from_env({}) is None
+    env = {"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
+    n = Notifier.from_env(env)
+    assert n is not None and n.watchdog_s == 30.0 and env == {}  # taken out for the processes it starts
+    n.close()
+    other = Notifier.from_env({"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "30000000",
+                               "WATCHDOG_PID": str(os.getpid() + 1)})
+    assert other is not None and other.watchdog_s is None  # the watchdog is another process's
+    other.close()
+
+
+@pytest.mark.slow
+def test_the_watchdog_stops_while_the_engine_hangs_and_goes_on_when_it_answers(monkeypatch) -> None:
+    """A monitor whose engine process is stopped labels nothing: it must not tell systemd it
+    works. Here the reply timeout is longer than the watchdog, so systemd would restart it first."""
+    from drsn_stream.app.pipeline import Pipeline
+    from drsn_stream.app.service import status_line
+    from drsn_stream.engine import procrunner
+
+    monkeypatch.setattr(procrunner, "REPLY_TIMEOUT_S", 120.0)
+    manager = Manager()
+    pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=2",), device="cpu", engine_process=True,
+                              stats_every_s=3600))
+    service = Notifier(manager.name, watchdog_s=1.0)
+    pipe.start()
+    try:
+        service.watch(pipe.alive, lambda: status_line(pipe.snapshot()))
+        assert wait_until(lambda: len(manager.with_key("WATCHDOG")) >= 2, 30), manager.messages
+        os.kill(pipe.runner.pid, signal.SIGSTOP)
+        time.sleep(2.5)  # the engine loop's last turn is over a second old: no ping from here on
+        hung = len(manager.with_key("WATCHDOG"))
+        time.sleep(3.0)
+        assert len(manager.with_key("WATCHDOG")) == hung, "pinged while the engine hung"
+        assert manager.with_key("STATUS")[-1][2]["STATUS"].startswith("2 streams")  # still says how it stands
+        os.kill(pipe.runner.pid, signal.SIGCONT)
+        assert wait_until(lambda: len(manager.with_key("WATCHDOG")) > hung, 10), "no ping once it answered"
+    finally:
+        try:
+            os.kill(pipe.runner.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        service.stopping()
+        service.close()
+        pipe.stop()
+        manager.close()
+
+
+def test_the_documented_unit_is_one_systemd_accepts_and_its_command_one_the_monitor_takes(tmp_path: Path) -> None:
+    import re
+    import shlex
+    import shutil
+
+    from drsn_stream.app.cli import config_from_args
+    from drsn_stream.cli import build_parser
+
+    text = (ROOT / "docs" / "service.md").read_text(encoding="utf-8")
+    unit = re.search(r"```ini\n(.*?)```", text, re.S)
+    assert unit is not None, "docs/service.md has no unit file"
+    lines = unit.group(1).splitlines()
+    exec_start = next(line for line in lines if line.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[0].endswith("/.venv/bin/drsn-stream") and "Type=notify" in lines and "WatchdogSec=60" in lines
+    cfg = config_from_args(build_parser().parse_args(["run", *argv[1:]]))  # every flag one the monitor takes
+    assert cfg.sinks.every == 60.0 and cfg.sinks.headless and cfg.learn_s == 3600.0
+    analyze = shutil.which("systemd-analyze")
+    here = Path(sys.executable).parent / "drsn-stream"
+    if analyze is None or not here.exists():
+        pytest.skip("no systemd-analyze here, or no installed drsn-stream command")
+    service = tmp_path / "drsn-stream.service"
+    service.write_text(unit.group(1).replace(argv[0], str(here)))
+    res = subprocess.run([analyze, "verify", str(service)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and not res.stderr.strip() and not res.stdout.strip(), res.stdout + res.stderr
