@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import sys
@@ -204,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "print_config", False):
         print_config(cfg)
         return 0
+    if not (cfg.sinks.headless or cfg.sinks.jsonl or cfg.sinks.publish) and _stdout_is_the_journal():
+        # a unit that chose no output: the dashboard cannot refresh in a journal and would say
+        # nothing until the run ends (months); its lines summed up every minute instead
+        cfg = dataclasses.replace(cfg, sinks=dataclasses.replace(cfg.sinks, every=JOURNAL_EVERY_S))
     out = cfg.sinks
     interactive = sys.stdout.isatty() and not out.headless and out.jsonl != "-"
     # with --jsonl - stdout carries JSON lines only; every line for people goes to stderr
@@ -271,6 +276,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"drsn-stream: error: {pipe.failed_sources[0]}", file=sys.stderr, flush=True)
         return 1
     return 1 if pipe.errors and pipe.stats.windows == 0 else 0
+
+
+JOURNAL_EVERY_S = 60.0
+
+
+def _stdout_is_the_journal() -> bool:
+    """Whether stdout is systemd's journal (``JOURNAL_STREAM`` names its device and inode), as
+    in a service whose unit gives no output flag."""
+    try:
+        dev, ino = (int(x) for x in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(sys.stdout.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
 def _stop_on_signals(pipe: Pipeline) -> None:
