@@ -205,10 +205,11 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "print_config", False):
         print_config(cfg)
         return 0
-    if not (cfg.sinks.headless or cfg.sinks.jsonl or cfg.sinks.publish) and _stdout_is_the_journal():
-        # a unit that chose no output: the dashboard cannot refresh in a journal and would say
-        # nothing until the run ends (months); its lines summed up every minute instead
-        cfg = dataclasses.replace(cfg, sinks=dataclasses.replace(cfg.sinks, every=JOURNAL_EVERY_S))
+    if not (cfg.sinks.headless or cfg.sinks.jsonl or cfg.sinks.publish or getattr(args, "once", False)) and not _is_terminal(sys.stdout):
+        # no output chosen and no terminal (a journal, `docker logs`, a file): the dashboard
+        # cannot refresh there and would say nothing until the run ends (months, for a
+        # service); its lines summed up every minute instead, and the events as they happen
+        cfg = dataclasses.replace(cfg, sinks=dataclasses.replace(cfg.sinks, every=UNATTENDED_EVERY_S))
     out = cfg.sinks
     interactive = sys.stdout.isatty() and not out.headless and out.jsonl != "-"
     # with --jsonl - stdout carries JSON lines only; every line for people goes to stderr
@@ -278,18 +279,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if pipe.errors and pipe.stats.windows == 0 else 0
 
 
-JOURNAL_EVERY_S = 60.0
+UNATTENDED_EVERY_S = 60.0
 
 
-def _stdout_is_the_journal() -> bool:
-    """Whether stdout is systemd's journal (``JOURNAL_STREAM`` names its device and inode), as
-    in a service whose unit gives no output flag."""
+def _is_terminal(stream: Any) -> bool:
     try:
-        dev, ino = (int(x) for x in os.environ.get("JOURNAL_STREAM", "").split(":"))
-        st = os.fstat(sys.stdout.fileno())
-    except (ValueError, OSError, AttributeError):
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # replaced or closed: no terminal
         return False
-    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
 def _stop_on_signals(pipe: Pipeline) -> None:
