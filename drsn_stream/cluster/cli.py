@@ -18,8 +18,8 @@ import sys
 import time
 from typing import Any
 
+from drsn_stream.app.cli import UNATTENDED_EVERY_S, config_from_args, print_config
 from drsn_stream.app.cli import add_arguments as add_run_arguments
-from drsn_stream.app.cli import config_from_args, print_config
 from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.config import arg_number
 from drsn_stream.errors import ConfigError
@@ -107,6 +107,8 @@ def _watch(handle: Any, args: argparse.Namespace, cfg: RunConfig) -> None:
     end = None if cfg.duration is None else time.monotonic() + cfg.duration
     headless = cfg.sinks.headless
     every = cfg.sinks.every
+    if not headless and not sys.stdout.isatty():  # as the monitor: no dashboard where it cannot refresh
+        headless, every = True, UNATTENDED_EVERY_S
     next_rows = time.monotonic() + every if every is not None else math.inf
     dashboard = None
     if not headless and sys.stdout.isatty():
