@@ -266,6 +266,9 @@ def test_running_monitor_scraped_over_http(free_tcp_port, child_env):
                 pass
             time.sleep(0.5)
         assert v.get(("drsn_windows_total", ()), 0) >= 50, "the monitor classified no windows"
+        for probe in ("healthz", "readyz"):  # a container's liveness and readiness probes
+            with urllib.request.urlopen(url.replace("/metrics", f"/{probe}"), timeout=10) as resp:
+                assert (resp.status, resp.read()) == (200, b"ok\n")
     finally:
         monitor.terminate()
         monitor.wait(30)

@@ -99,36 +99,59 @@ def test_without_notify_socket_nothing_is_sent_and_children_do_not_inherit_it() 
     other.close()
 
 
+def _probe(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 @pytest.mark.slow
-def test_the_watchdog_stops_while_the_engine_hangs_and_goes_on_when_it_answers(monkeypatch) -> None:
-    """A monitor whose engine process is stopped labels nothing: it must not tell systemd it
-    works. Here the reply timeout is longer than the watchdog, so systemd would restart it first."""
+def test_the_watchdog_and_the_probes_fail_while_the_engine_hangs_and_recover_when_it_answers(monkeypatch) -> None:
+    """A monitor whose engine process is stopped labels nothing: it must not tell systemd, or a
+    container's liveness probe, that it works. Here the reply timeout is longer than the
+    watchdog, so systemd (or the orchestrator) would restart it first."""
     from drsn_stream.app.pipeline import Pipeline
     from drsn_stream.app.service import status_line
     from drsn_stream.engine import procrunner
+    from drsn_stream.sinks.metrics import MetricsServer
 
     monkeypatch.setattr(procrunner, "REPLY_TIMEOUT_S", 120.0)
     manager = Manager()
     pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=2",), device="cpu", engine_process=True,
                               stats_every_s=3600))
     service = Notifier(manager.name, watchdog_s=1.0)
-    pipe.start()
+    metrics = MetricsServer(pipe.snapshot, port=0, health=lambda: pipe.trouble(1.0)).start()
+    base = metrics.url.removesuffix("/metrics")
     try:
+        assert _probe(base + "/healthz") == (200, "starting\n")  # alive as far as a liveness probe goes
+        assert _probe(base + "/readyz") == (503, "starting\n")  # not ready for traffic yet
+        pipe.start()
         service.watch(pipe.alive, lambda: status_line(pipe.snapshot()))
         assert wait_until(lambda: len(manager.with_key("WATCHDOG")) >= 2, 30), manager.messages
+        assert _probe(base + "/healthz") == (200, "ok\n") and _probe(base + "/readyz") == (200, "ok\n")
         os.kill(pipe.runner.pid, signal.SIGSTOP)
         time.sleep(2.5)  # the engine loop's last turn is over a second old: no ping from here on
         hung = len(manager.with_key("WATCHDOG"))
+        code, why = _probe(base + "/healthz")
+        assert code == 503 and "the engine loop has not turned for" in why, (code, why)
         time.sleep(3.0)
         assert len(manager.with_key("WATCHDOG")) == hung, "pinged while the engine hung"
         assert manager.with_key("STATUS")[-1][2]["STATUS"].startswith("2 streams")  # still says how it stands
         os.kill(pipe.runner.pid, signal.SIGCONT)
         assert wait_until(lambda: len(manager.with_key("WATCHDOG")) > hung, 10), "no ping once it answered"
+        assert _probe(base + "/healthz") == (200, "ok\n")
+        assert _probe(base + "/nope")[0] == 404
     finally:
         try:
             os.kill(pipe.runner.pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+        metrics.stop()
         service.stopping()
         service.close()
         pipe.stop()

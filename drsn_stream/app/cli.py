@@ -226,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
         if address is not None:
             from drsn_stream.sinks.metrics import MetricsServer
 
-            metrics = MetricsServer(pipe.snapshot, address=address).start()
+            metrics = MetricsServer(pipe.snapshot, address=address,
+                                    health=lambda: pipe.trouble(PROBE_QUIET_S)).start()
         if args.once:
             return _once(pipe, cfg)
         if interactive or (not out.headless and not out.jsonl and not out.publish):
@@ -280,6 +281,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 UNATTENDED_EVERY_S = 60.0
+# /healthz fails once the engine loop has not turned for this long: longer than the engine
+# process's own reply timeout (30 s + 2), so that the monitor replaces a hung engine process
+# itself before a container's liveness probe restarts the whole monitor
+PROBE_QUIET_S = 60.0
 
 
 def _is_terminal(stream: Any) -> bool:

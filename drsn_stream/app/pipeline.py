@@ -465,13 +465,27 @@ class Pipeline:
         self._running = True
         return self
 
+    def trouble(self, quiet_s: float) -> str | None:
+        """None until ``start`` has returned, "" while the monitor works, else why it does not:
+        its engine loop must have turned within ``quiet_s`` seconds (it turns at least every
+        0.1 s; it does not while a batch hangs) and its output thread run. What a service
+        manager's watchdog (``app.service``) and a container's probes (``/healthz``) ask."""
+        if not self._running:
+            return None
+        if self.engine.error is not None:
+            return f"engine stopped: {one_line(self.engine.error)}"
+        if not self.engine.is_alive():
+            return "the engine loop has ended"
+        quiet = time.monotonic() - self.engine.beat
+        if quiet > quiet_s:
+            return f"the engine loop has not turned for {quiet:.0f} s (a batch hangs)"
+        if not (self._threads and self._threads[0].is_alive()):
+            return "the output thread has ended"
+        return ""
+
     def alive(self, quiet_s: float) -> bool:
-        """Whether the monitor works: its engine loop turned within ``quiet_s`` seconds (it turns
-        at least every 0.1 s; it does not while a batch hangs) and its output thread runs. What a
-        service manager's watchdog asks (``app.service``)."""
-        out = self._threads[0] if self._threads else None
-        return (self._running and self.engine.is_alive() and self.engine.error is None
-                and time.monotonic() - self.engine.beat <= quiet_s and out is not None and out.is_alive())
+        """Whether the monitor works (``trouble(quiet_s)`` is "")."""
+        return self.trouble(quiet_s) == ""
 
     def ask_stop(self) -> None:
         """Asks ``wait`` to return (within 50 ms), and ``quit`` to be set then: for a signal handler.

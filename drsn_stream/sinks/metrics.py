@@ -7,7 +7,8 @@ Integration::
     ...
     metrics.stop()
 
-``GET /metrics`` answers in the Prometheus text format; every scrape calls ``snapshot_fn()`` once,
+``GET /metrics`` answers in the Prometheus text format (the monitor's server also answers the
+probes ``/healthz`` and ``/readyz``: ``MetricsServer(health=...)``); every scrape calls ``snapshot_fn()`` once,
 in a server thread, through ``SnapshotCollector`` on a registry of its own (never the global one,
 which any imported library may fill). ``format_metrics(snapshot)`` is the pure part.
 
@@ -333,12 +334,29 @@ class _Server(ThreadingMixIn, WSGIServer):
         self.errors += 1  # socketserver would print a traceback over the dashboard
 
 
-def _only_metrics(app: Callable[..., Any]) -> Callable[..., Any]:
+def _routes(app: Callable[..., Any], health: Callable[[], str | None] | None) -> Callable[..., Any]:
+    """``/metrics`` (and ``/``), and with ``health`` the probes: ``/healthz`` (liveness: 503 only
+    once the monitor has started and stopped working) and ``/readyz`` (200 only while it works).
+    ``health()`` is None while starting, "" while working, else why not."""
+    def text() -> list[tuple[str, str]]:  # a new list per response: wsgiref adds Content-Length to it
+        return [("Content-Type", "text/plain; charset=utf-8")]
+
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"not found: scrape /metrics\n"]
-        return app(environ, start_response)
+        path = environ.get("PATH_INFO", "/")
+        if path in ("/metrics", "/"):
+            return app(environ, start_response)
+        if health is not None and path in ("/healthz", "/readyz"):
+            try:
+                why = health()
+            except Exception as exc:  # noqa: BLE001 - a probe that cannot judge says so
+                why = f"cannot tell: {type(exc).__name__}"
+            if why == "" or (why is None and path == "/healthz"):
+                start_response("200 OK", text())
+                return [b"ok\n" if why == "" else b"starting\n"]
+            start_response("503 Service Unavailable", text())
+            return [f"{why or 'starting'}\n".encode()]
+        start_response("404 Not Found", text())
+        return [b"not found: scrape /metrics\n" + (b"; probes: /healthz, /readyz\n" if health is not None else b"")]
 
     return wsgi
 
@@ -354,6 +372,8 @@ class MetricsServer:
         max_connections / idle_timeout_s: the server's limits (see the module docstring).
         collector: serves this collector instead of ``SnapshotCollector(snapshot_fn)`` (the
             cluster's, which labels every series with its host).
+        health: with it, ``/healthz`` and ``/readyz`` answer for container probes (``_routes``):
+            returns None while the monitor starts, "" while it works, else why it does not.
     """
 
     def __init__(
@@ -366,7 +386,9 @@ class MetricsServer:
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         collector: SnapshotCollector | None = None,
+        health: Callable[[], str | None] | None = None,
     ) -> None:
+        self.health = health
         self.host, self.port = parse_address(address) if address is not None else (host, int(port))
         self.collector = collector if collector is not None else SnapshotCollector(snapshot_fn)
         self.registry = make_registry(self.collector)
@@ -396,7 +418,7 @@ class MetricsServer:
                 f"cannot serve metrics on {self.host}:{self.port} ({exc.strerror or exc}); choose another "
                 "--metrics-address HOST:PORT or stop what uses this one"
             ) from exc
-        server.set_app(_only_metrics(make_wsgi_app(self.registry)))
+        server.set_app(_routes(make_wsgi_app(self.registry), self.health))
         self._server = server
         self.port = int(server.server_address[1])
         self._thread = threading.Thread(target=server.serve_forever, name="drsn-metrics", daemon=True)
