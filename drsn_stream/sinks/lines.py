@@ -110,13 +110,14 @@ def _envelope_text(env: dict[str, Any]) -> str:
 class _Tally:
     """One stream's predictions since the last summary line."""
 
-    __slots__ = ("windows", "labels", "level", "latency", "noise", "anomaly", "envelope")
+    __slots__ = ("windows", "labels", "level", "latency", "latency_max", "noise", "anomaly", "envelope")
 
     def __init__(self) -> None:
         self.windows = 0
         self.labels: Counter[str] = Counter()
         self.level = "?"
-        self.latency: list[float] = []
+        self.latency = 0.0  # sums and the largest: a span's list of them (thousands of streams, a
+        self.latency_max = 0.0  # minute each) would hold hundreds of MB
         self.noise = 0.0
         self.anomaly: float | None = None
         self.envelope: dict[str, Any] | None = None
@@ -125,7 +126,9 @@ class _Tally:
         self.windows += 1
         self.labels[str(obj.get("label", "?"))] += 1
         self.level = str(obj.get("level", self.level))
-        self.latency.append(_number(obj.get("latency_ms")))
+        latency = _number(obj.get("latency_ms"))
+        self.latency += latency
+        self.latency_max = max(self.latency_max, latency)
         self.noise += _number(obj.get("noise_index"))
         if obj.get("anomaly") is not None:
             self.anomaly = max(self.anomaly or 0.0, _number(obj["anomaly"]))
@@ -143,14 +146,14 @@ def _number(value: Any) -> float:
 
 def summary_line(stream: str, tally: _Tally, when: float, seconds: float) -> str:
     """One stream's line of ``--every``: its labels' shares, the alarm level it ended at, the
-    windows, mean noise index, latency median / max, the highest anomaly and the latest envelope."""
+    windows, mean noise index, mean / largest latency, the highest anomaly and the latest envelope."""
     shares = ", ".join(f"{label} {100.0 * n / tally.windows:.0f}%" for label, n in tally.labels.most_common(3))
     more = len(tally.labels) - 3
     if more > 0:
         shares += f", {more} more"
-    lat = sorted(tally.latency)
-    line = (f"{_clock(when)} {stream:<14} {tally.level:<6} {shares}  ({tally.windows} window{'s' if tally.windows != 1 else ''} in {seconds:.0f} s, "
-            f"noise {tally.noise / tally.windows:4.2f}, latency {lat[len(lat) // 2]:.1f}/{lat[-1]:.1f} ms)")
+    n = tally.windows
+    line = (f"{_clock(when)} {stream:<14} {tally.level:<6} {shares}  ({n} window{'s' if n != 1 else ''} in {seconds:.0f} s, "
+            f"noise {tally.noise / n:4.2f}, latency mean/max {tally.latency / n:.1f}/{tally.latency_max:.1f} ms)")
     if tally.anomaly is not None:
         line += f" anomaly max {tally.anomaly:.2f}"
     if tally.envelope:
@@ -247,6 +250,8 @@ class LineSink:
             elif sid not in self._silent:
                 self._silent.add(sid)
                 lines.append(f"{_clock(when)} {sid:<14} no windows in the last {seconds:.0f} s")
+            else:
+                self._silent.discard(sid)  # said once, and left out of the tallies from now on
         if lines:
             self._print(lines)
 
