@@ -205,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "print_config", False):
         print_config(cfg)
         return 0
-    if not (cfg.sinks.headless or cfg.sinks.jsonl or cfg.sinks.publish or getattr(args, "once", False)) and not _is_terminal(sys.stdout):
+    chosen = cfg.sinks.headless or cfg.sinks.jsonl or cfg.sinks.publish or getattr(args, "once", False)
+    if not chosen and not _is_terminal(sys.stdout):
         # no output chosen and no terminal (a journal, `docker logs`, a file): the dashboard
         # cannot refresh there and would say nothing until the run ends (months, for a
         # service); its lines summed up every minute instead, and the events as they happen
