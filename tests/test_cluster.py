@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import zmq
 from helpers import free_port as _free_port
+from helpers import wait_until
 
 from drsn_stream.cluster.aggregator import Aggregator, ClusterCollector
 from drsn_stream.cluster.coordinator import listen_for_streams
@@ -717,6 +718,35 @@ def test_aggregator_one_view_with_hosts_and_host_labelled_metrics() -> None:
     assert 'drsn_stream_alarm_level{host="gpu-2",stream="s2"} 1.0' in text
     assert 'drsn_streams{host="gpu-1"} 2.0' in text
     assert "drsn_cluster_hosts 2.0" in text and "drsn_cluster_duplicate_events_total 1.0" in text
+
+
+def test_the_clusters_webhook_gets_its_alarms_and_one_that_is_down_stops_no_other_output(tmp_path: Path) -> None:
+    """``cluster --webhook URL``: the aggregator posts the hosts' alarms. A webhook that cannot be
+    reached is said once as a note and the JSONL log goes on (before, a sink's error left the
+    hosts' push and every output after it)."""
+    import json
+    import socket
+
+    from drsn_stream.sinks.jsonl import JsonlSink
+    from drsn_stream.sinks.webhook import WebhookSink
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"  # nothing listens there once closed
+    log = tmp_path / "cluster.jsonl"
+    hook = WebhookSink(dead)
+    agg = Aggregator(sinks=[hook, JsonlSink(log)], source="zmq+shard://gw:5555")
+    for i in range(3):
+        agg.push("gpu-1", [{"type": "alarm", "stream": f"s{i}", "time": 1.0 + i, "from": "NORMAL", "to": "ALERT",
+                            "id": f"s{i}|alarm|{i}"}])
+        if i == 0:
+            assert wait_until(lambda: hook.failed >= 1, 30)  # three tries, 1 s and 2 s apart
+    agg.close()
+    assert [json.loads(line)["stream"] for line in log.read_text().splitlines()] == ["s0", "s1", "s2"]
+    notes = [e.data["message"] for e in agg.snapshot().events if e.type == "note"]
+    assert notes == [f"output WebhookSink: webhook {dead.removesuffix('/hook')}: cannot reach it "
+                     "(Connection refused); alarms and health changes are not delivered"], notes
+    assert agg.sink_errors >= 1
 
 
 # ------------------------------------------------------------------------------------ no Ray needed

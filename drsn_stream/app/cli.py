@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "latency) instead of one per decision; events still as they happen")
     a("--jsonl", metavar="FILE|-", help="write JSON lines (predictions, alarms, health, detections, stats)")
     a("--publish", metavar="tcp://HOST:PORT", help="publish the same objects on a ZeroMQ PUB socket")
+    a("--webhook", metavar="URL", help="POST each alarm and sensor-health change as JSON to this http(s) URL "
+                                      "(with a `text` line that Slack-style incoming webhooks show)")
     a("--once", action="store_true", help="print one dashboard snapshot after a short warm-up and exit")
     a("--fast", action="store_true", help="replay files as fast as possible (no pacing, no stale drops)")
     a("--hop", type=int, help="override the model's hop (samples at the model's rate)")
@@ -153,6 +155,7 @@ FLAGS: dict[str, Flag] = {
     "rpm": Flag("machine", "rpm", clears=("shaft_hz",)),
     "jsonl": Flag("sinks", "jsonl"),
     "publish": Flag("sinks", "publish"),
+    "webhook": Flag("sinks", "webhook"),
     "headless": Flag("sinks", "headless"),
     "every": Flag("sinks", "every"),
     "metrics_address": Flag("sinks", "metrics_address"),

@@ -37,7 +37,9 @@ class Aggregator:
     """Merges what the hosts send.
 
     Args:
-        sinks: objects with ``write(dict)`` and ``close()`` (``JsonlSink``, ``ZmqResultSink``).
+        sinks: objects with ``write(dict)`` and ``close()`` (``JsonlSink``, ``ZmqResultSink``,
+            ``WebhookSink``); one that raises (a full disk, a webhook down) is counted in
+            ``sink_errors`` and said once per message as a note, and the others go on.
         source: what the header names as the source (the gateway address).
     """
 
@@ -55,6 +57,19 @@ class Aggregator:
         # host; bounded (HANDOVERS_KEEP streams, HANDOVER_CHANGES_KEEP changes each)
         self.handovers: dict[str, list[tuple[str, float]]] = {}
         self._notes: set[str] = set()
+        self.sink_errors = 0
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        """``obj`` to every sink (the lock held)."""
+        for s in self.sinks:
+            try:
+                s.write(obj)
+            except Exception as exc:  # noqa: BLE001 - one output failing must not stop the cluster's view
+                self.sink_errors += 1
+                msg = f"output {type(s).__name__}: {str(exc)[:200]}"
+                if msg not in self._notes:
+                    self._notes.add(msg)
+                    self.events.append(Event("note", "*", time.time(), {"message": msg}))
 
     # ------------------------------------------------------------------ input
     def push(self, host: str, objects: list[dict[str, Any]]) -> None:
@@ -89,8 +104,7 @@ class Aggregator:
                         self._notes.add(msg)
                     data = {k: v for k, v in obj.items() if k not in ("type", "stream", "time")}
                     self.events.append(Event(str(kind), sid, float(obj.get("time", now)), data))
-                for s in self.sinks:
-                    s.write(obj)
+                self._write(obj)
 
     def summary(self, summary: dict[str, Any]) -> None:
         with self._lock:
@@ -106,8 +120,7 @@ class Aggregator:
             ev = Event("note", "*", time.time(), {"message": f"host {host} lost; its {len(moved)} streams moved: {where}",
                                                   "host": host})
             self.events.append(ev)
-            for s in self.sinks:
-                s.write(ev.to_json())
+            self._write(ev.to_json())
 
     def note(self, message: str) -> None:
         """A note for the whole cluster (the coordinator's), shown and written once per message."""
@@ -117,12 +130,14 @@ class Aggregator:
             self._notes.add(message)
             ev = Event("note", "*", time.time(), {"message": message})
             self.events.append(ev)
-            for s in self.sinks:
-                s.write(ev.to_json())
+            self._write(ev.to_json())
 
     def close(self) -> None:
         for s in self.sinks:
-            s.close()
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001 - the others still close (their files flushed)
+                self.sink_errors += 1
 
     # ------------------------------------------------------------------ views
     def host_snapshots(self) -> dict[str, Snapshot]:

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         jsonl=os.path.abspath(out.jsonl) if out.jsonl else None,
         publish=out.publish,
         metrics_address=out.metrics_address,
+        webhook=out.webhook,
     )
     handle = start_cluster(cfg, cluster, address=args.address)
     hosts = handle.hosts()

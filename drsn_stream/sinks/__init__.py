@@ -4,7 +4,7 @@
 ``make_sink("jsonl", "run.jsonl")`` builds one by kind; registering a new kind is one entry in
 ``SINK_KINDS`` (a ``"module:Class"`` string imported only when used, as for sources). A run's
 outputs are its config's ``[sinks]`` table (``SinksConfig``: ``--jsonl``, ``--publish``,
-``--headless``, ``--every``, ``--metrics-address``); ``make_sinks`` builds them. The dashboard
+``--headless``, ``--every``, ``--metrics-address``, ``--webhook``); ``make_sinks`` builds them. The dashboard
 and the metrics endpoint read ``Snapshot`` views (``drsn_stream.view``) instead of objects; event
 captures (``sinks.capture``) follow events and frames.
 """
@@ -34,6 +34,7 @@ SINK_KINDS: dict[str, str] = {
     "jsonl": "drsn_stream.sinks.jsonl:JsonlSink",  # target: a file, or - for stdout
     "zmq": "drsn_stream.sinks.jsonl:ZmqResultSink",  # target: tcp://HOST:PORT to bind
     "lines": "drsn_stream.sinks.lines:LineSink",  # target: - (stdout) or stderr; readable lines
+    "webhook": "drsn_stream.sinks.webhook:WebhookSink",  # target: an http(s) URL; alarms and health changes
 }
 
 
@@ -55,6 +56,7 @@ class SinksConfig:
             per decision (its labels' shares, alarm level, latency; ``--every 10s``), and each
             event as it happens; sets ``headless``. None: a line per decision.
         metrics_address: serve Prometheus metrics at ``http://HOST:PORT/metrics``.
+        webhook: POST each alarm and sensor-health change as JSON to this http(s) URL.
     """
 
     jsonl: str | None = None
@@ -62,6 +64,7 @@ class SinksConfig:
     headless: bool = False
     every: float | None = None
     metrics_address: str | None = None
+    webhook: str | None = None
 
     def __post_init__(self) -> None:
         if self.every is not None:
@@ -72,6 +75,10 @@ class SinksConfig:
             raise ConfigError("sinks: jsonl must be a file path or - (stdout), not empty")
         if self.publish == "":
             raise ConfigError("sinks: publish must be an address to bind, e.g. tcp://127.0.0.1:5556, not empty")
+        if self.webhook is not None:
+            from drsn_stream.sinks.webhook import check_url
+
+            check_url(self.webhook)
         if self.metrics_address is not None:
             from drsn_stream.sinks.metrics import parse_address
 
@@ -93,6 +100,8 @@ def make_sinks(config: SinksConfig) -> list[Sink]:
             sinks.append(make_sink("zmq", config.publish))
         if config.headless:
             sinks.append(make_sink("lines", config.human, every=config.every))
+        if config.webhook:
+            sinks.append(make_sink("webhook", config.webhook))
     except BaseException:
         for s in sinks:
             s.close()

@@ -1,0 +1,142 @@
+"""Alarms and sensor-health changes posted to a webhook (``--webhook URL``): chat rooms, paging
+and ticket systems take one JSON object per HTTP POST.
+
+Each event is posted as its JSON object (``Event.to_json()``: ``type``, ``stream``, ``time`` and
+the event's fields) plus ``host`` (this machine's name) and ``text``, its readable line as the
+``--headless`` lines word it (``sinks.lines.format_line``), which Slack, Mattermost and
+Rocket.Chat incoming webhooks show as the message. Predictions, notes and stats are not posted.
+
+Posting runs on a thread of its own behind a bounded queue, so a slow or unreachable endpoint never
+holds the monitor up: an event that cannot be delivered after ``TRIES`` tries (a refused
+connection, a timeout, a 5xx answer; a 4xx answer is not tried again) is dropped and counted, and
+the next ``write`` raises a ``WriteError`` that the monitor shows and counts. The URL's path and
+query (which often hold a secret token) never appear in a message.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from drsn_stream.errors import ConfigError, WriteError
+from drsn_stream.sinks.jsonl import dumps
+from drsn_stream.sinks.lines import format_line
+
+EVENTS = ("alarm", "health")
+QUEUE = 1000  # events waiting; beyond, the oldest is dropped (and counted)
+TIMEOUT_S = 5.0
+TRIES = 3
+CLOSE_WAIT_S = 5.0  # what is still queued when the run ends gets this long to go out
+
+
+def _where(url: str) -> str:
+    """``https://hooks.example.com``: the URL without its path, query or credentials."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def check_url(url: str) -> None:
+    """Refuses what is not an http:// or https:// URL with a host (ConfigError, before anything starts)."""
+    parts = urllib.parse.urlsplit(str(url))
+    try:
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--webhook: expected an http:// or https:// URL, e.g. https://hooks.example.com/T0/B0/X0, "
+                          f"not {str(url)[:60]!r}")
+
+
+class WebhookSink:
+    """Posts each alarm and health event to ``target`` (an http:// or https:// URL)."""
+
+    def __init__(self, target: str, *, events: tuple[str, ...] = EVENTS, timeout_s: float = TIMEOUT_S) -> None:
+        check_url(target)
+        self.url = str(target)
+        self.where = _where(self.url)
+        self.events = frozenset(events)
+        self.timeout_s = timeout_s
+        self.host = socket.gethostname()
+        self.sent = 0
+        self.failed = 0  # events given up on (not delivered, or dropped from a full queue)
+        self.errors = 0
+        self._failure: str | None = None  # said by the next write()
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=QUEUE)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._post_loop, name="drsn-webhook", daemon=True)
+        self._thread.start()
+
+    def write(self, obj: dict[str, Any]) -> None:
+        if obj.get("type") in self.events:
+            try:
+                self._queue.put_nowait(obj)
+            except queue.Full:
+                try:  # the oldest gives way: the latest state of the plant matters most
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+                self.failed += 1
+                self._queue.put_nowait(obj)
+                self._failure = (f"webhook {self.where}: more events than it takes ({QUEUE} waiting); "
+                                 "the oldest are not sent")
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            self.errors += 1
+            raise WriteError(failure)
+
+    def _post_loop(self) -> None:
+        while True:
+            obj = self._queue.get()
+            if obj is None:
+                return
+            self._deliver(obj)
+
+    def _deliver(self, obj: dict[str, Any]) -> None:
+        line = format_line(obj)
+        body = dumps({**obj, "host": self.host, "text": f"{self.host}: {line}" if line else ""}).encode("utf-8")
+        why = ""
+        for attempt in range(TRIES):
+            if attempt:
+                self._closing.wait(float(attempt))  # 1 s, then 2 s; at the end of the run, at once
+            request = urllib.request.Request(self.url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json",
+                                                      "User-Agent": "drsn-stream"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+                    answer.read(65536)
+                self.sent += 1
+                return
+            except urllib.error.HTTPError as exc:
+                why = f"answered {exc.code} {exc.reason}"
+                if 400 <= exc.code < 500:
+                    break  # the request itself is refused: another try would be refused too
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                reason = getattr(exc, "reason", exc)
+                why = f"cannot reach it ({getattr(reason, 'strerror', None) or reason})"
+        self.failed += 1
+        self._failure = f"webhook {self.where}: {why}; alarms and health changes are not delivered"
+
+    def close(self) -> None:
+        """Sends what is queued (for up to CLOSE_WAIT_S), then stops; says what was not delivered."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        try:
+            self._queue.put(None, timeout=CLOSE_WAIT_S)
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive() or self._failure is not None:
+            left = self._queue.qsize()
+            failure = self._failure or f"webhook {self.where}: {left} events still queued at the end were not sent"
+            self._failure = None
+            raise WriteError(failure)

@@ -1,0 +1,138 @@
+"""``--webhook URL``: alarms and sensor-health changes posted as JSON to a real HTTP server on
+loopback, and an endpoint that is down or refuses them shown and counted, never fatal."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from helpers import wait_until
+
+from drsn_stream.errors import ConfigError, WriteError
+from drsn_stream.sinks.webhook import WebhookSink
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "T0001/B0002/very-secret-token"
+
+
+class Endpoint:
+    """A webhook receiver: records each POST (path, headers, JSON body), answers ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.posts: list[tuple[str, dict[str, str], dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.posts.append((self.path, dict(self.headers), json.loads(body)))
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/{SECRET}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _alarm(stream: str = "pump/m1", to: str = "ALERT") -> dict:
+    return {"type": "alarm", "stream": stream, "time": 1.7e9, "from": "NORMAL", "to": to, "label": "inner_007",
+            "confidence": 0.93}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_monitor_posts_every_alarm_and_health_change_it_logs(tmp_path: Path) -> None:
+    endpoint = Endpoint()
+    log = tmp_path / "run.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.pop("DRSN_STREAM_DURATION", None)
+    try:
+        res = subprocess.run([sys.executable, "-m", "drsn_stream", "--source", "sim?machines=4", "--duration", "10",
+                              "--jsonl", str(log), "--webhook", endpoint.url, "--engine-process", "off"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        endpoint.close()
+    assert res.returncode == 0, res.stderr[-2000:]
+    logged = [o for o in map(json.loads, log.read_text().splitlines()) if o["type"] in ("alarm", "health")]
+    assert any(o["type"] == "alarm" for o in logged), "the simulator raised no alarm in 10 s"
+    key = lambda o: (o["type"], o["stream"], o["time"], o.get("to"))  # noqa: E731
+    assert [key(b) for _, _, b in endpoint.posts] == [key(o) for o in logged]  # each once, in order
+    path, headers, body = endpoint.posts[0]
+    assert path == f"/hook/{SECRET}" and headers["Content-Type"] == "application/json"
+    assert body["host"] == socket.gethostname() and body["text"].startswith(f"{socket.gethostname()}: ")
+    assert "ALARM" in next(b["text"] for _, _, b in endpoint.posts if b["type"] == "alarm")
+    assert not any(b["type"] in ("prediction", "note", "stats") for _, _, b in endpoint.posts)
+
+
+def test_an_endpoint_that_is_down_is_said_without_its_secret_and_the_monitor_goes_on() -> None:
+    url = f"http://127.0.0.1:{_free_port()}/hook/{SECRET}"  # nothing listens there
+    sink = WebhookSink(url)
+    sink.write(_alarm())
+    assert wait_until(lambda: sink.failed == 1, 30)  # three tries, 1 s and 2 s apart
+    with pytest.raises(WriteError) as err:
+        sink.write({"type": "prediction", "stream": "pump/m1"})  # the next write says it
+    msg = str(err.value)
+    assert msg.startswith(f"webhook {url.split('/hook')[0]}: cannot reach it (") and "refused" in msg.lower()
+    assert SECRET not in msg and "/hook" not in msg
+    sink.write({"type": "prediction", "stream": "pump/m1"})  # said once, not on every write
+    sink.close()
+
+
+@pytest.mark.parametrize("status, tries", [(400, 1), (503, 3)])
+def test_a_refusal_is_not_tried_again_and_a_server_error_is(status: int, tries: int) -> None:
+    endpoint = Endpoint(status)
+    sink = WebhookSink(endpoint.url)
+    try:
+        sink.write(_alarm())
+        assert wait_until(lambda: sink.failed == 1, 30)
+        assert len(endpoint.posts) == tries
+        with pytest.raises(WriteError, match=f"answered {status} "):
+            sink.write(_alarm(to="NORMAL"))
+        assert wait_until(lambda: len(endpoint.posts) > tries, 10)
+    finally:
+        endpoint.status = 200
+        try:
+            sink.close()
+        except WriteError:
+            pass
+        endpoint.close()
+
+
+def test_what_is_queued_at_the_end_is_sent_before_the_run_ends() -> None:
+    endpoint = Endpoint()
+    sink = WebhookSink(endpoint.url)
+    for i in range(20):
+        sink.write(_alarm(stream=f"pump/m{i}"))
+    sink.close()
+    endpoint.close()
+    assert [b["stream"] for _, _, b in endpoint.posts] == [f"pump/m{i}" for i in range(20)]
+
+
+@pytest.mark.parametrize("url", ["ftp://hooks.example.com/x", "hooks.example.com/x", "https://:443/x",
+                                 "https://hooks.example.com:port/x"])
+def test_a_url_that_is_no_http_url_is_refused_before_the_monitor_starts(url: str) -> None:
+    from drsn_stream.sinks import SinksConfig
+
+    with pytest.raises(ConfigError, match="expected an http:// or https:// URL"):
+        SinksConfig(webhook=url)
