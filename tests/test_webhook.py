@@ -35,6 +35,8 @@ class Endpoint:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.posts.append((self.path, dict(self.headers), json.loads(body)))
                 self.send_response(outer.status)
+                if outer.status == 429:
+                    self.send_header("Retry-After", "1")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -99,8 +101,8 @@ def test_an_endpoint_that_is_down_is_said_without_its_secret_and_the_monitor_goe
     sink.close()
 
 
-@pytest.mark.parametrize("status, tries", [(400, 1), (503, 3)])
-def test_a_refusal_is_not_tried_again_and_a_server_error_is(status: int, tries: int) -> None:
+@pytest.mark.parametrize("status, tries", [(400, 1), (503, 3), (429, 3)])
+def test_a_refusal_is_not_tried_again_and_a_server_error_or_a_rate_limit_is(status: int, tries: int) -> None:
     endpoint = Endpoint(status)
     sink = WebhookSink(endpoint.url)
     try:

@@ -8,9 +8,10 @@ Rocket.Chat incoming webhooks show as the message. Predictions, notes and stats 
 
 Posting runs on a thread of its own behind a bounded queue, so a slow or unreachable endpoint never
 holds the monitor up: an event that cannot be delivered after ``TRIES`` tries (a refused
-connection, a timeout, a 5xx answer; a 4xx answer is not tried again) is dropped and counted, and
-the next ``write`` raises a ``WriteError`` that the monitor shows and counts. The URL's path and
-query (which often hold a secret token) never appear in a message.
+connection, a timeout, a 5xx answer, a 429 after its Retry-After; another 4xx answer is not tried
+again) is dropped and counted, and the next ``write`` raises a ``WriteError`` that the monitor
+shows and counts. The URL's path and query (which often hold a secret token) never appear in a
+message.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def check_url(url: str) -> None:
                           f"not {str(url)[:60]!r}")
 
 
+def _retry_after(value: str | None) -> float:
+    """A 429 answer's ``Retry-After`` seconds, within 1-30 s (1 where it gives none or a date)."""
+    try:
+        return min(30.0, max(1.0, float(value or 1.0)))
+    except ValueError:
+        return 1.0
+
+
 class WebhookSink:
     """Posts each alarm and health event to ``target`` (an http:// or https:// URL)."""
 
@@ -84,7 +93,10 @@ class WebhookSink:
                 except queue.Empty:
                     pass
                 self.failed += 1
-                self._queue.put_nowait(obj)
+                try:
+                    self._queue.put_nowait(obj)
+                except queue.Full:  # another thread's event took the place: this one is the dropped one
+                    pass
                 self._failure = (f"webhook {self.where}: more events than it takes ({QUEUE} waiting); "
                                  "the oldest are not sent")
         failure, self._failure = self._failure, None
@@ -102,10 +114,11 @@ class WebhookSink:
     def _deliver(self, obj: dict[str, Any]) -> None:
         line = format_line(obj)
         body = dumps({**obj, "host": self.host, "text": f"{self.host}: {line}" if line else ""}).encode("utf-8")
-        why = ""
+        why, pause = "", 0.0
         for attempt in range(TRIES):
             if attempt:
-                self._closing.wait(float(attempt))  # 1 s, then 2 s; at the end of the run, at once
+                self._closing.wait(pause or float(attempt))  # 1 s, then 2 s; at the end of the run, at once
+                pause = 0.0
             request = urllib.request.Request(self.url, data=body, method="POST",
                                              headers={"Content-Type": "application/json",
                                                       "User-Agent": "drsn-stream"})
@@ -116,7 +129,9 @@ class WebhookSink:
                 return
             except urllib.error.HTTPError as exc:
                 why = f"answered {exc.code} {exc.reason}"
-                if 400 <= exc.code < 500:
+                if exc.code == 429:  # too many: chat services take about one message a second
+                    pause = _retry_after(exc.headers.get("Retry-After"))
+                elif 400 <= exc.code < 500:
                     break  # the request itself is refused: another try would be refused too
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
