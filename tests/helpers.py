@@ -146,3 +146,40 @@ class NoteSink:
 
     def close(self) -> None:
         pass
+
+
+class WebhookEndpoint:
+    """A webhook receiver on loopback: records each POST (path, headers, JSON body), answers
+    ``status`` (429 with a Retry-After of 1 s). Its URL's path holds ``SECRET``, as a chat hook's does."""
+
+    SECRET = "T0001/B0002/very-secret-token"
+
+    def __init__(self, status: int = 200) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.status = status
+        self.posts: list[tuple[str, dict[str, str], dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.posts.append((self.path, dict(self.headers), json.loads(body)))
+                self.send_response(outer.status)
+                if outer.status == 429:
+                    self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/{self.SECRET}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

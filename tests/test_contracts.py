@@ -204,22 +204,25 @@ _OBJECTS = [
 ]
 
 
-def _sink_target(kind: str, tmp_path: Path, port: int) -> str:
-    return {"jsonl": str(tmp_path / "out.jsonl"), "zmq": f"tcp://127.0.0.1:{port}", "lines": "-"}[kind]
+def _sink_target(kind: str, tmp_path: Path, port: int, hook: str = "") -> str:
+    return {"jsonl": str(tmp_path / "out.jsonl"), "zmq": f"tcp://127.0.0.1:{port}", "lines": "-", "webhook": hook}[kind]
 
 
 def test_every_registered_sink_kind_is_covered_here() -> None:
     from drsn_stream.sinks import SINK_KINDS
 
-    assert set(SINK_KINDS) == {"jsonl", "zmq", "lines"}
+    assert set(SINK_KINDS) == {"jsonl", "zmq", "lines", "webhook"}
 
 
-@pytest.mark.parametrize("kind", ["jsonl", "zmq", "lines"])
+@pytest.mark.parametrize("kind", ["jsonl", "zmq", "lines", "webhook"])
 def test_a_sink_takes_every_result_object_and_closes_twice(kind: str, tmp_path: Path, free_tcp_port: int,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import WebhookEndpoint
+
     from drsn_stream.sinks import Sink, make_sink
 
-    sink = make_sink(kind, _sink_target(kind, tmp_path, free_tcp_port))
+    hook = WebhookEndpoint() if kind == "webhook" else None
+    sink = make_sink(kind, _sink_target(kind, tmp_path, free_tcp_port, hook.url if hook else ""))
     assert isinstance(sink, Sink)
     sub = None
     if kind == "zmq":
@@ -242,6 +245,11 @@ def test_a_sink_takes_every_result_object_and_closes_twice(kind: str, tmp_path: 
             got.append(json.loads(sub.recv_multipart()[2]))
         sub.close(0)
         assert [o["type"] for o in got] == [o["type"] for o in _OBJECTS]
+    elif kind == "webhook":  # the events people act on, each posted once by the time close() returned
+        hook.close()
+        posted = [body for _, _, body in hook.posts]
+        assert [{k: v for k, v in b.items() if k not in ("host", "text")} for b in posted] == _OBJECTS[1:3]
+        assert "ALARM" in posted[0]["text"] and "HEALTH" in posted[1]["text"]
     else:
         out = capsys.readouterr().out.splitlines()
         assert len(out) == 4  # stats have no readable line
@@ -254,7 +262,7 @@ def test_a_sink_takes_every_result_object_and_closes_twice(kind: str, tmp_path: 
 def test_unknown_sink_kinds_are_one_clear_error() -> None:
     from drsn_stream.sinks import make_sink
 
-    with pytest.raises(ConfigError, match="valid kinds: jsonl, zmq, lines"):
+    with pytest.raises(ConfigError, match="valid kinds: jsonl, zmq, lines, webhook"):
         make_sink("kafka", "x")
 
 

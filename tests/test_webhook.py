@@ -8,48 +8,18 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import WebhookEndpoint as Endpoint
 from helpers import wait_until
 
 from drsn_stream.errors import ConfigError, WriteError
 from drsn_stream.sinks.webhook import WebhookSink
 
+SECRET = Endpoint.SECRET
+
 ROOT = Path(__file__).resolve().parents[1]
-SECRET = "T0001/B0002/very-secret-token"
-
-
-class Endpoint:
-    """A webhook receiver: records each POST (path, headers, JSON body), answers ``status``."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
-        self.posts: list[tuple[str, dict[str, str], dict]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.posts.append((self.path, dict(self.headers), json.loads(body)))
-                self.send_response(outer.status)
-                if outer.status == 429:
-                    self.send_header("Retry-After", "1")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/{SECRET}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _alarm(stream: str = "pump/m1", to: str = "ALERT") -> dict:
