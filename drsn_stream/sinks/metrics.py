@@ -8,9 +8,10 @@ Integration::
     metrics.stop()
 
 ``GET /metrics`` answers in the Prometheus text format (the monitor's server also answers the
-probes ``/healthz`` and ``/readyz``: ``MetricsServer(health=...)``); every scrape calls ``snapshot_fn()`` once,
-in a server thread, through ``SnapshotCollector`` on a registry of its own (never the global one,
-which any imported library may fill). ``format_metrics(snapshot)`` is the pure part.
+probes ``/healthz`` and ``/readyz``: ``MetricsServer(health=...)``); every scrape calls
+``snapshot_fn()`` once, in a server thread, through ``SnapshotCollector`` on a registry of its
+own (never the global one, which any imported library may fill). ``format_metrics(snapshot)`` is
+the pure part.
 
 Names follow the Prometheus conventions: base units (``_seconds``, ``_bytes``, ratios 0-1),
 counters (``_total``) for everything ``rate()`` should compute, labelled series present at 0 from
@@ -356,7 +357,7 @@ def _routes(app: Callable[..., Any], health: Callable[[], str | None] | None) ->
             start_response("503 Service Unavailable", text())
             return [f"{why or 'starting'}\n".encode()]
         start_response("404 Not Found", text())
-        return [b"not found: scrape /metrics\n" + (b"; probes: /healthz, /readyz\n" if health is not None else b"")]
+        return [b"not found: scrape /metrics" + (b" (probes: /healthz, /readyz)" if health is not None else b"") + b"\n"]
 
     return wsgi
 
