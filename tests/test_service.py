@@ -115,12 +115,14 @@ def test_the_watchdog_and_the_probes_fail_while_the_engine_hangs_and_recover_whe
     """A monitor whose engine process is stopped labels nothing: it must not tell systemd, or a
     container's liveness probe, that it works. Here the reply timeout is longer than the
     watchdog, so systemd (or the orchestrator) would restart it first."""
+    from drsn_stream.app import pipeline as pipeline_module
     from drsn_stream.app.pipeline import Pipeline
     from drsn_stream.app.service import status_line
     from drsn_stream.engine import procrunner
     from drsn_stream.sinks.metrics import MetricsServer
 
     monkeypatch.setattr(procrunner, "REPLY_TIMEOUT_S", 120.0)
+    monkeypatch.setattr(pipeline_module, "STALL_SHOWN_S", 1.0)  # the shipped 5 s, shortened
     manager = Manager()
     pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=2",), device="cpu", engine_process=True,
                               stats_every_s=3600))
@@ -139,9 +141,11 @@ def test_the_watchdog_and_the_probes_fail_while_the_engine_hangs_and_recover_whe
         hung = len(manager.with_key("WATCHDOG"))
         code, why = _probe(base + "/healthz")
         assert code == 503 and "the engine loop has not turned for" in why, (code, why)
+        assert "has not turned for" in pipe.snapshot().header.status  # on the dashboard at once
         time.sleep(3.0)
         assert len(manager.with_key("WATCHDOG")) == hung, "pinged while the engine hung"
-        assert manager.with_key("STATUS")[-1][2]["STATUS"].startswith("2 streams")  # still says how it stands
+        status = manager.with_key("STATUS")[-1][2]["STATUS"]
+        assert status.startswith("2 streams") and "has not turned for" in status, status  # says why, too
         os.kill(pipe.runner.pid, signal.SIGCONT)
         assert wait_until(lambda: len(manager.with_key("WATCHDOG")) > hung, 10), "no ping once it answered"
         assert _probe(base + "/healthz") == (200, "ok\n")

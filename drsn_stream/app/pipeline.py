@@ -56,6 +56,7 @@ from drsn_stream.types import Event, Frame, Prediction, Window
 from drsn_stream.view import Counters, EventLog, Footer, Header, Snapshot
 
 MAX_ERRORS = 50  # distinct error lines kept; repeats are counted in error_counts
+STALL_SHOWN_S = 5.0  # the engine loop still for this long (a batch hangs) is said in the header
 SPEECH_MODEL = "digits-fsdd"
 WAITING_AFTER_S = 1.0  # a source silent this long after the start says what it waits for
 BEARING_MODEL = "bearing-cwru"
@@ -957,7 +958,9 @@ class Pipeline:
             hop=self.config.hop or self.meta.hop,
             device=self.runner.device_name,
             ready=self.runner.ready.is_set(),
-            status=self.errors[-1] if self.errors else self._status or self._baseline_status(),
+            # an engine that stopped answering first: every label on screen is getting old
+            status=(self.trouble(STALL_SHOWN_S) or (self.errors[-1] if self.errors else "")
+                    or self._status or self._baseline_status()),
             refuses=self.unknown is not None,
         )
         footer = Footer(

@@ -101,11 +101,13 @@ class Notifier:
 
 
 def status_line(snapshot: Snapshot) -> str:
-    """``256 streams: 1 DANGER, 2 ALERT, 0 CHECK SENSOR; 5,980 windows/s; 0 dropped``: what
-    ``systemctl status`` shows."""
+    """``256 streams: 1 DANGER, 2 ALERT, 0 CHECK SENSOR; 5,980 windows/s; 0 dropped``, and what the
+    dashboard's header says beside it: what ``systemctl status`` shows."""
     counts, footer = snapshot.level_counts(), snapshot.footer
-    return (f"{len(snapshot.rows)} streams: {counts['DANGER']} DANGER, {counts['ALERT']} ALERT, "
+    line = (f"{len(snapshot.rows)} streams: {counts['DANGER']} DANGER, {counts['ALERT']} ALERT, "
             f"{counts['CHECK_SENSOR']} CHECK SENSOR; {footer.windows_per_s:,.0f} windows/s; {footer.dropped:,} dropped")
+    said = snapshot.header.status  # what the dashboard's header says: an engine that hangs, an error, a learning
+    return f"{line}; {said[:160]}" if said else line
 
 
 __all__ = ["Notifier", "status_line"]
