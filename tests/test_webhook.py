@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,36 @@ def test_a_url_that_is_no_http_url_is_refused_before_the_monitor_starts(url: str
 
     with pytest.raises(ConfigError, match="expected an http:// or https:// URL"):
         SinksConfig(webhook=url)
+
+
+def test_an_endpoints_reason_phrase_cannot_put_escape_sequences_on_the_operators_terminal() -> None:
+    """The endpoint writes the reason phrase the monitor shows; a peer's bytes reach the terminal
+    only as printable characters (before: ESC and BEL went through to the dashboard)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 \x1b[2J\x1b]0;owned\x07Bad\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    sink = WebhookSink(f"http://127.0.0.1:{server.getsockname()[1]}/x")
+    try:
+        sink.write(_alarm())
+        assert wait_until(lambda: sink.failed == 1, 30)
+        with pytest.raises(WriteError) as err:
+            sink.write(_alarm(to="NORMAL"))
+        assert "answered 400 " in str(err.value) and all(c.isprintable() for c in str(err.value)), repr(str(err.value))
+    finally:
+        try:
+            sink.close()
+        except WriteError:
+            pass
+        server.close()

@@ -137,6 +137,9 @@ class WebhookSink:
                 reason = getattr(exc, "reason", exc)
                 why = f"cannot reach it ({getattr(reason, 'strerror', None) or reason})"
         self.failed += 1
+        # the endpoint wrote part of it (its reason phrase): printable characters only, as a stream
+        # id is, or an escape sequence in it would reach the operator's terminal
+        why = "".join(c if c.isprintable() else "?" for c in why)[:120]
         self._failure = f"webhook {self.where}: {why}; alarms and health changes are not delivered"
 
     def close(self) -> None:
