@@ -137,7 +137,9 @@ def test_the_watchdog_and_the_probes_fail_while_the_engine_hangs_and_recover_whe
         assert wait_until(lambda: len(manager.with_key("WATCHDOG")) >= 2, 30), manager.messages
         assert _probe(base + "/healthz") == (200, "ok\n") and _probe(base + "/readyz") == (200, "ok\n")
         os.kill(pipe.runner.pid, signal.SIGSTOP)
-        time.sleep(2.5)  # the engine loop's last turn is over a second old: no ping from here on
+        # pings came every 0.5 s; 2 s without one: they stopped (a late one has arrived by then)
+        assert wait_until(lambda: time.monotonic() - manager.with_key("WATCHDOG")[-1][0] > 2.0, 20), \
+            "the watchdog went on being pinged while the engine hung"
         hung = len(manager.with_key("WATCHDOG"))
         code, why = _probe(base + "/healthz")
         assert code == 503 and "the engine loop has not turned for" in why, (code, why)
