@@ -168,6 +168,10 @@ class Counters:
         alarm_changes: {(stream, level): alarm changes into that level}.
         health: {stream: StreamHealth} (frames, samples, gaps, overflows, non-finite, clipped).
         cpu_s: CPU seconds of the monitor and its engine process; None where unknown.
+        engine_quiet_s: seconds since the engine loop last turned (it turns at least every 0.1 s;
+            it does not while a batch hangs); None before it runs.
+        outputs: {(output, result): objects}: the webhook's posts ("sent", "failed") and any
+            output's failures ("raised"), where there are such outputs.
     """
 
     batches: int = 0
@@ -179,6 +183,8 @@ class Counters:
     alarm_changes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     health: Mapping[str, Any] = field(default_factory=dict)
     cpu_s: float | None = None
+    engine_quiet_s: float | None = None
+    outputs: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -283,3 +283,4 @@ def test_running_monitor_scraped_over_http(free_tcp_port, child_env):
         for level in ("NORMAL", "ALERT", "DANGER"):
             assert (("drsn_alarm_changes_total", (("stream", sid), ("to", level)))) in v
     assert ("process_resident_memory_bytes", ()) in v  # the standard process metrics come along
+    assert 0 <= v[("drsn_engine_quiet_seconds", ())] < 30  # the engine loop turning (a hang would grow it)

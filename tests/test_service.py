@@ -144,6 +144,8 @@ def test_the_watchdog_and_the_probes_fail_while_the_engine_hangs_and_recover_whe
         code, why = _probe(base + "/healthz")
         assert code == 503 and "the engine loop has not turned for" in why, (code, why)
         assert "has not turned for" in pipe.snapshot().header.status  # on the dashboard at once
+        quiet = [ln for ln in _probe(base + "/metrics")[1].splitlines() if ln.startswith("drsn_engine_quiet_seconds ")]
+        assert len(quiet) == 1 and float(quiet[0].split()[1]) > 2.0, quiet  # for an alert rule
         time.sleep(3.0)
         assert len(manager.with_key("WATCHDOG")) == hung, "pinged while the engine hung"
         status = manager.with_key("STATUS")[-1][2]["STATUS"]

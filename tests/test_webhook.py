@@ -142,3 +142,25 @@ def test_an_endpoints_reason_phrase_cannot_put_escape_sequences_on_the_operators
         except WriteError:
             pass
         server.close()
+
+
+@pytest.mark.slow
+def test_the_webhooks_posts_are_counted_in_the_metrics() -> None:
+    from drsn_stream.app.pipeline import Pipeline
+    from drsn_stream.app.runconfig import RunConfig
+    from drsn_stream.sinks import SinksConfig, make_sinks
+    from drsn_stream.sinks.metrics import format_metrics
+
+    endpoint = Endpoint()
+    config = RunConfig(sources=("sim:bearing?machines=4",), device="cpu", engine_process=False, stats_every_s=3600,
+                       sinks=SinksConfig(webhook=endpoint.url))
+    pipe = Pipeline(config, sinks=make_sinks(config.sinks))
+    pipe.start()
+    try:
+        assert wait_until(lambda: len(endpoint.posts) >= 2, 60), "no alarm posted within 60 s"
+    finally:
+        pipe.stop()  # its outputs closed: every queued event posted, the counts final
+        endpoint.close()
+    text = format_metrics(pipe.snapshot())
+    assert f'drsn_output_objects_total{{output="webhook",result="sent"}} {float(len(endpoint.posts))}' in text
+    assert 'drsn_output_objects_total{output="webhook",result="failed"} 0.0' in text

@@ -1022,7 +1022,23 @@ class Pipeline:
             alarm_changes=self.events.alarm_changes_by_stream(),
             health=self.health.states(),
             cpu_s=self.usage.cpu_s,
+            engine_quiet_s=time.monotonic() - self.engine.beat if self._running and self.engine.is_alive() else None,
+            outputs=self._output_counts(),
         )
+
+    def _output_counts(self) -> dict[tuple[str, str], int]:
+        """{(output, result): objects} for the metrics: a webhook's posts sent and given up on, and
+        the objects each output raised for (a full disk, a webhook that failed)."""
+        from drsn_stream.sinks.webhook import WebhookSink
+
+        out: dict[tuple[str, str], int] = {}
+        for sink in self.outputs.sinks:
+            if isinstance(sink, WebhookSink):
+                out[("webhook", "sent")] = out.get(("webhook", "sent"), 0) + sink.sent
+                out[("webhook", "failed")] = out.get(("webhook", "failed"), 0) + sink.failed
+        for name, n in self.outputs.failures.items():
+            out[(name, "raised")] = n
+        return out
 
     def stats_json(self) -> dict[str, Any]:
         sources = {}

@@ -245,7 +245,18 @@ def snapshot_metrics(snap: Snapshot) -> Iterator[Metric]:
             m.add_metric([sid], float(getattr(st, attr, 0) if st is not None else 0))
         yield m
 
+    if c.outputs:
+        outputs = CounterMetricFamily("drsn_output_objects", "Objects an output handled, by output and result "
+                                      "(webhook: sent, failed; any output: raised).", labels=["output", "result"])
+        for (name, result), n in sorted(c.outputs.items()):
+            outputs.add_metric([name, result], float(n))
+        yield outputs
+
     # Known only where measurable: a missing series is honest, a 0 would not be.
+    if c.engine_quiet_s is not None:
+        yield _gauge("drsn_engine_quiet_seconds", "Seconds since the engine loop last turned (it turns at least "
+                     "every 0.1 s; a batch that hangs stops it): alert on this, not on a silent plant.",
+                     c.engine_quiet_s)
     if c.cpu_s is not None:
         yield _counter("drsn_cpu_seconds", "CPU time of the monitor and its engine process.", c.cpu_s)
     if f.rss_mb is not None:
