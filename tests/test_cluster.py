@@ -744,9 +744,9 @@ def test_the_clusters_webhook_gets_its_alarms_and_one_that_is_down_stops_no_othe
     agg.close()
     assert [json.loads(line)["stream"] for line in log.read_text().splitlines()] == ["s0", "s1", "s2"]
     notes = [e.data["message"] for e in agg.snapshot().events if e.type == "note"]
-    assert notes == [f"output WebhookSink: webhook {dead.removesuffix('/hook')}: cannot reach it "
+    assert notes == [f"output WebhookSink: WriteError: webhook {dead.removesuffix('/hook')}: cannot reach it "
                      "(Connection refused); alarms and health changes are not delivered"], notes
-    assert agg.sink_errors >= 1
+    assert agg.outputs.failures["WebhookSink"] >= 1
 
 
 # ------------------------------------------------------------------------------------ no Ray needed

@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
+from drsn_stream.sinks import Outputs
 from drsn_stream.sinks.metrics import SnapshotCollector, snapshot_metrics
 from drsn_stream.types import Event
 from drsn_stream.view import Counters, EventLog, Footer, Header, LatencyCounts, Snapshot, natural_key
@@ -38,13 +39,14 @@ class Aggregator:
 
     Args:
         sinks: objects with ``write(dict)`` and ``close()`` (``JsonlSink``, ``ZmqResultSink``,
-            ``WebhookSink``); one that raises (a full disk, a webhook down) is counted in
-            ``sink_errors`` and said once per message as a note, and the others go on.
+            ``WebhookSink``), fanned out by ``sinks.Outputs`` as on one machine: one that raises (a
+            full disk, a webhook down) is counted (``outputs.failures``) and said once per message
+            as a note, and the others go on.
         source: what the header names as the source (the gateway address).
     """
 
     def __init__(self, *, sinks: list[Any] | None = None, source: str = "") -> None:
-        self.sinks = list(sinks or [])
+        self.outputs = Outputs(sinks or [], on_error=self._output_failed)
         self.source = source
         self._lock = threading.Lock()
         self._summaries: dict[str, dict[str, Any]] = {}
@@ -57,19 +59,12 @@ class Aggregator:
         # host; bounded (HANDOVERS_KEEP streams, HANDOVER_CHANGES_KEEP changes each)
         self.handovers: dict[str, list[tuple[str, float]]] = {}
         self._notes: set[str] = set()
-        self.sink_errors = 0
 
-    def _write(self, obj: dict[str, Any]) -> None:
-        """``obj`` to every sink (the lock held)."""
-        for s in self.sinks:
-            try:
-                s.write(obj)
-            except Exception as exc:  # noqa: BLE001 - one output failing must not stop the cluster's view
-                self.sink_errors += 1
-                msg = f"output {type(s).__name__}: {str(exc)[:200]}"
-                if msg not in self._notes:
-                    self._notes.add(msg)
-                    self.events.append(Event("note", "*", time.time(), {"message": msg}))
+    def _output_failed(self, line: str) -> None:
+        """A sink's failure, said once per line as a note on the view (not written to the sinks)."""
+        if line not in self._notes:
+            self._notes.add(line)
+            self.events.append(Event("note", "*", time.time(), {"message": line}))
 
     # ------------------------------------------------------------------ input
     def push(self, host: str, objects: list[dict[str, Any]]) -> None:
@@ -104,7 +99,7 @@ class Aggregator:
                         self._notes.add(msg)
                     data = {k: v for k, v in obj.items() if k not in ("type", "stream", "time")}
                     self.events.append(Event(str(kind), sid, float(obj.get("time", now)), data))
-                self._write(obj)
+                self.outputs.write(obj)
 
     def summary(self, summary: dict[str, Any]) -> None:
         with self._lock:
@@ -120,7 +115,7 @@ class Aggregator:
             ev = Event("note", "*", time.time(), {"message": f"host {host} lost; its {len(moved)} streams moved: {where}",
                                                   "host": host})
             self.events.append(ev)
-            self._write(ev.to_json())
+            self.outputs.write(ev.to_json())
 
     def note(self, message: str) -> None:
         """A note for the whole cluster (the coordinator's), shown and written once per message."""
@@ -130,14 +125,10 @@ class Aggregator:
             self._notes.add(message)
             ev = Event("note", "*", time.time(), {"message": message})
             self.events.append(ev)
-            self._write(ev.to_json())
+            self.outputs.write(ev.to_json())
 
     def close(self) -> None:
-        for s in self.sinks:
-            try:
-                s.close()
-            except Exception:  # noqa: BLE001 - the others still close (their files flushed)
-                self.sink_errors += 1
+        self.outputs.close()
 
     # ------------------------------------------------------------------ views
     def host_snapshots(self) -> dict[str, Snapshot]:
