@@ -102,6 +102,69 @@ def test_what_is_queued_at_the_end_is_sent_before_the_run_ends() -> None:
     assert [b["stream"] for _, _, b in endpoint.posts] == [f"pump/m{i}" for i in range(20)]
 
 
+def test_a_digest_posts_the_first_event_at_once_and_gathers_the_next_ones_into_one_post() -> None:
+    endpoint = Endpoint()
+    sink = WebhookSink(endpoint.url, digest_s=60.0)
+    try:
+        sink.write(_alarm(stream="pump/first"))
+        assert wait_until(lambda: len(endpoint.posts) == 1, 10)  # not held for the span
+        for i in range(25):  # a plant-wide burst within the span: no POST until the span ends
+            sink.write(_alarm(stream=f"pump/m{i}"))
+        sink.close()  # the run ends: what was gathered goes out now
+    finally:
+        endpoint.close()
+    bodies = [b for _, _, b in endpoint.posts]
+    assert len(bodies) == 2 and [b["type"] for b in bodies] == ["digest", "digest"]
+    assert bodies[0]["count"] == 1 and bodies[0]["events"][0]["stream"] == "pump/first"
+    assert bodies[1]["count"] == 25 and [e["stream"] for e in bodies[1]["events"]] == [f"pump/m{i}" for i in range(25)]
+    assert bodies[1]["events"][0] == _alarm(stream="pump/m0")  # each event as posted alone, all of it
+    text = bodies[1]["text"].splitlines()
+    host = socket.gethostname()
+    assert text[0] == f"{host}: 25 events" and bodies[1]["host"] == host
+    assert len(text) == 1 + 20 + 1 and "pump/m0" in text[1] and "ALARM" in text[1] and text[-1] == "... and 5 more"
+    assert sink.sent == 26 and sink.failed == 0
+
+
+@pytest.mark.slow
+def test_the_monitor_with_a_digest_posts_every_event_in_few_messages(tmp_path: Path) -> None:
+    endpoint = Endpoint()
+    log = tmp_path / "run.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.pop("DRSN_STREAM_DURATION", None)
+    try:
+        res = subprocess.run([sys.executable, "-m", "drsn_stream", "--source", "sim?machines=8", "--duration", "10",
+                              "--jsonl", str(log), "--webhook", endpoint.url, "--webhook-digest", "5m",
+                              "--engine-process", "off"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        endpoint.close()
+    assert res.returncode == 0, res.stderr[-2000:]
+    logged = [o for o in map(json.loads, log.read_text().splitlines()) if o["type"] in ("alarm", "health")]
+    assert len(logged) > 2, "the simulator raised too few alarms in 10 s to gather"
+    bodies = [b for _, _, b in endpoint.posts]
+    assert len(bodies) == 2  # the first event at once; the rest at the end of the run, not one POST each
+    key = lambda o: (o["type"], o["stream"], o["time"], o.get("to"))  # noqa: E731
+    assert [key(e) for b in bodies for e in b["events"]] == [key(o) for o in logged]
+    assert sum(b["count"] for b in bodies) == len(logged) and bodies[0]["count"] < len(logged)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--webhook-digest", "1m"], "give --webhook URL too"),
+    (["--webhook", "http://127.0.0.1:9/x", "--webhook-digest", "0.5"], "from 1 s to a day"),
+    (["--webhook", "http://127.0.0.1:9/x", "--webhook-digest", "2d"], "from 1 s to a day"),
+])
+def test_a_digest_without_a_webhook_or_out_of_range_is_refused_before_the_monitor_starts(
+        flags: list[str], match: str) -> None:
+    import argparse
+
+    from drsn_stream.app.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ConfigError, match=match):
+        config_from_args(parser.parse_args(["--source", "sim", *flags]))
+
+
 @pytest.mark.parametrize("url", ["ftp://hooks.example.com/x", "hooks.example.com/x", "https://:443/x",
                                  "https://hooks.example.com:port/x"])
 def test_a_url_that_is_no_http_url_is_refused_before_the_monitor_starts(url: str) -> None:

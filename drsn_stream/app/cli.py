@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--publish", metavar="tcp://HOST:PORT", help="publish the same objects on a ZeroMQ PUB socket")
     a("--webhook", metavar="URL", help="POST each alarm and sensor-health change as JSON to this http(s) URL "
                                       "(with a `text` line that Slack-style incoming webhooks show)")
+    a("--webhook-digest", metavar="DURATION", type=arg_duration,
+      help="at most one webhook POST per DURATION (e.g. 1m), the events since the last one gathered into it: "
+           "for chat rooms, when many streams alarm at once")
     a("--once", action="store_true", help="print one dashboard snapshot after a short warm-up and exit")
     a("--fast", action="store_true", help="replay files as fast as possible (no pacing, no stale drops)")
     a("--hop", type=int, help="override the model's hop (samples at the model's rate)")
@@ -156,6 +159,7 @@ FLAGS: dict[str, Flag] = {
     "jsonl": Flag("sinks", "jsonl"),
     "publish": Flag("sinks", "publish"),
     "webhook": Flag("sinks", "webhook"),
+    "webhook_digest": Flag("sinks", "webhook_digest"),
     "headless": Flag("sinks", "headless"),
     "every": Flag("sinks", "every"),
     "metrics_address": Flag("sinks", "metrics_address"),

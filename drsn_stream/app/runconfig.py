@@ -131,7 +131,7 @@ class RunConfig:
 
 RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in SECTIONS)  # the keys of [run]
 # keys that take seconds, or a text as --duration, --learn and --every take it ("10m"), by table
-DURATION_KEYS: dict[str, tuple[str, ...]] = {"run": ("duration", "learn_s"), "sinks": ("every",)}
+DURATION_KEYS: dict[str, tuple[str, ...]] = {"run": ("duration", "learn_s"), "sinks": ("every", "webhook_digest")}
 
 
 def _durations(table: Any, name: str, where: str) -> Any:

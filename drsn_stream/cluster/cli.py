@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         publish=out.publish,
         metrics_address=out.metrics_address,
         webhook=out.webhook,
+        webhook_digest=out.webhook_digest,
     )
     handle = start_cluster(cfg, cluster, address=args.address)
     hosts = handle.hosts()

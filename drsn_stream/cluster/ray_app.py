@@ -79,7 +79,7 @@ class ClusterConfig:
             are the limit long before the GPU's model is (docs/cluster.md, capacity plan). They
             share the GPU (``num_gpus`` 1/N each); on a node without GPUs each gets 1/N of its
             cores for inference, less one for its ingest.
-        jsonl / publish / metrics_address / webhook: the aggregator's outputs (paths absolute or
+        jsonl / publish / metrics_address / webhook / webhook_digest: the aggregator's outputs (paths absolute or
             from the aggregator's working directory).
     """
 
@@ -97,6 +97,7 @@ class ClusterConfig:
     publish: str | None = None
     metrics_address: str | None = None
     webhook: str | None = None
+    webhook_digest: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.host_actors, bool) or not isinstance(self.host_actors, int) or not 1 <= self.host_actors <= 64:
@@ -201,7 +202,7 @@ def aggregator_actor_class(ray: Any) -> Any:
                 if cluster.webhook:
                     from drsn_stream.sinks.webhook import WebhookSink
 
-                    sinks.append(WebhookSink(cluster.webhook))
+                    sinks.append(WebhookSink(cluster.webhook, digest_s=cluster.webhook_digest))
                 self.agg = Aggregator(sinks=sinks, source=f"zmq+shard://{cluster.gateway}")
                 self.metrics = None
                 if cluster.metrics_address:

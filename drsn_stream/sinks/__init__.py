@@ -57,6 +57,8 @@ class SinksConfig:
             event as it happens; sets ``headless``. None: a line per decision.
         metrics_address: serve Prometheus metrics at ``http://HOST:PORT/metrics``.
         webhook: POST each alarm and sensor-health change as JSON to this http(s) URL.
+        webhook_digest: at most one webhook POST per this many seconds, the events since the
+            last one gathered into it (``--webhook-digest 1m``, for chat rooms); None: one per event.
     """
 
     jsonl: str | None = None
@@ -65,6 +67,7 @@ class SinksConfig:
     every: float | None = None
     metrics_address: str | None = None
     webhook: str | None = None
+    webhook_digest: float | None = None
 
     def __post_init__(self) -> None:
         if self.every is not None:
@@ -79,6 +82,13 @@ class SinksConfig:
             from drsn_stream.sinks.webhook import check_url
 
             check_url(self.webhook)
+        if self.webhook_digest is not None:
+            from drsn_stream.sinks.webhook import check_digest
+
+            if self.webhook is None:
+                raise ConfigError("sinks: webhook_digest gathers the events of a webhook: give --webhook URL too "
+                                  "(or drop --webhook-digest)")
+            check_digest(self.webhook_digest)
         if self.metrics_address is not None:
             from drsn_stream.sinks.metrics import parse_address
 
@@ -101,7 +111,7 @@ def make_sinks(config: SinksConfig) -> list[Sink]:
         if config.headless:
             sinks.append(make_sink("lines", config.human, every=config.every))
         if config.webhook:
-            sinks.append(make_sink("webhook", config.webhook))
+            sinks.append(make_sink("webhook", config.webhook, digest_s=config.webhook_digest))
     except BaseException:
         for s in sinks:
             s.close()

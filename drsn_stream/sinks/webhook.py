@@ -6,6 +6,12 @@ the event's fields) plus ``host`` (this machine's name) and ``text``, its readab
 ``--headless`` lines word it (``sinks.lines.format_line``), which Slack, Mattermost and
 Rocket.Chat incoming webhooks show as the message. Predictions, notes and stats are not posted.
 
+With ``digest_s`` (``--webhook-digest 1m``) a chat room is not flooded when many streams alarm at
+once: at most one POST per ``digest_s``, the first event after a quiet span at once and the events
+of the span after it gathered into one ``{"type": "digest", "host", "count", "events": [...],
+"text"}`` object, whose ``events`` are the objects as posted one by one (without ``host`` and
+``text``) and whose ``text`` is one readable line per event (at most ``DIGEST_LINES``).
+
 Posting runs on a thread of its own behind a bounded queue, so a slow or unreachable endpoint never
 holds the monitor up: an event that cannot be delivered after ``TRIES`` tries (a refused
 connection, a timeout, a 5xx answer, a 429 after its Retry-After; another 4xx answer is not tried
@@ -34,6 +40,9 @@ QUEUE = 1000  # events waiting; beyond, the oldest is dropped (and counted)
 TIMEOUT_S = 5.0
 TRIES = 3
 CLOSE_WAIT_S = 5.0  # what is still queued when the run ends gets this long to go out
+DIGEST_MOST = 200  # events in one digest POST; more wait for the next one
+DIGEST_LINES = 20  # readable lines in a digest's text (a chat message); its events list has them all
+DIGEST_S = (1.0, 86400.0)  # digest_s from 1 s to a day
 
 
 def _where(url: str) -> str:
@@ -56,6 +65,13 @@ def check_url(url: str) -> None:
                           f"not {str(url)[:60]!r}")
 
 
+def check_digest(digest_s: float | None) -> None:
+    """Refuses a digest span outside 1 s to a day (ConfigError, before anything starts)."""
+    if digest_s is not None and (isinstance(digest_s, bool) or not isinstance(digest_s, (int, float))
+                                 or not DIGEST_S[0] <= digest_s <= DIGEST_S[1]):
+        raise ConfigError(f"--webhook-digest: expected a span from 1 s to a day (e.g. 30s, 1m), not {digest_s!r}")
+
+
 def _retry_after(value: str | None) -> float:
     """A 429 answer's ``Retry-After`` seconds, within 1-30 s (1 where it gives none or a date)."""
     try:
@@ -67,8 +83,12 @@ def _retry_after(value: str | None) -> float:
 class WebhookSink:
     """Posts each alarm and health event to ``target`` (an http:// or https:// URL)."""
 
-    def __init__(self, target: str, *, events: tuple[str, ...] = EVENTS, timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(self, target: str, *, events: tuple[str, ...] = EVENTS, timeout_s: float = TIMEOUT_S,
+                 digest_s: float | None = None) -> None:
         check_url(target)
+        check_digest(digest_s)
+        self.digest_s = digest_s
+        self._last_post = -float("inf")  # monotonic time of the last digest POST
         self.url = str(target)
         self.where = _where(self.url)
         self.events = frozenset(events)
@@ -109,11 +129,48 @@ class WebhookSink:
             obj = self._queue.get()
             if obj is None:
                 return
-            self._deliver(obj)
+            if self.digest_s is None:
+                self._deliver([obj])
+                continue
+            batch, last = self._gather(obj)
+            self._last_post = time.monotonic()
+            self._deliver(batch)
+            if last:
+                return
 
-    def _deliver(self, obj: dict[str, Any]) -> None:
-        line = format_line(obj)
-        body = dumps({**obj, "host": self.host, "text": f"{self.host}: {line}" if line else ""}).encode("utf-8")
+    def _gather(self, first: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+        """The events of one digest: ``first`` and what comes until ``digest_s`` after the last
+        POST (at once after a quiet span, or when the run ends). True: the run ended."""
+        batch = [first]
+        due = self._last_post + (self.digest_s or 0.0)
+        while len(batch) < DIGEST_MOST:
+            wait = due - time.monotonic()
+            try:
+                obj = self._queue.get(timeout=wait) if wait > 0 and not self._closing.is_set() else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if obj is None:
+                return batch, True
+            batch.append(obj)
+        return batch, False
+
+    def _deliver(self, batch: list[dict[str, Any]]) -> None:
+        if self.digest_s is None:
+            line = format_line(batch[0])
+            body = dumps({**batch[0], "host": self.host, "text": f"{self.host}: {line}" if line else ""})
+        else:
+            body = dumps(self._digest(batch))
+        self._post(body.encode("utf-8"), len(batch))
+
+    def _digest(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        lines = [line for line in map(format_line, batch) if line]
+        more = len(lines) - DIGEST_LINES
+        head = f"{self.host}: {len(batch)} event" + ("s" if len(batch) != 1 else "")
+        text = "\n".join([head, *lines[:DIGEST_LINES]] + ([f"... and {more} more"] if more > 0 else []))
+        return {"type": "digest", "host": self.host, "count": len(batch), "time": batch[-1].get("time"),
+                "events": batch, "text": text}
+
+    def _post(self, body: bytes, events: int) -> None:
         why, pause = "", 0.0
         for attempt in range(TRIES):
             if attempt:
@@ -125,7 +182,7 @@ class WebhookSink:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
                     answer.read(65536)
-                self.sent += 1
+                self.sent += events
                 return
             except urllib.error.HTTPError as exc:
                 why = f"answered {exc.code} {exc.reason}"
@@ -136,7 +193,7 @@ class WebhookSink:
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
                 why = f"cannot reach it ({getattr(reason, 'strerror', None) or reason})"
-        self.failed += 1
+        self.failed += events
         # the endpoint wrote part of it (its reason phrase): printable characters only, as a stream
         # id is, or an escape sequence in it would reach the operator's terminal
         why = "".join(c if c.isprintable() else "?" for c in why)[:120]
