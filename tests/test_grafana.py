@@ -77,23 +77,47 @@ def test_dashboard_is_importable_json():
 
 
 @pytest.fixture(scope="module")
-def exported() -> set[str]:
-    """Sample names a real running monitor exports, scraped over HTTP."""
-    pipe = Pipeline(RunConfig(sources=("sim:bearing?machines=2",), device="cpu", engine_process=False, threads=1))
-    with MetricsServer(pipe.snapshot, port=0) as server:
-        pipe.start()
-        try:
-            text = ""
-            for _ in range(120):
-                with urllib.request.urlopen(server.url, timeout=10) as resp:
-                    text = resp.read().decode()
-                if re.search(r"^drsn_windows_total [1-9]", text, re.M):
-                    break
-                time.sleep(0.25)
-        finally:
-            pipe.quit.set()
-            pipe.stop()
-    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+def scraped() -> str:
+    """What a real running monitor with a webhook output exports, scraped over HTTP."""
+    from helpers import WebhookEndpoint
+
+    from drsn_stream.sinks import SinksConfig, make_sinks
+
+    endpoint = WebhookEndpoint()
+    cfg = RunConfig(sources=("sim:bearing?machines=2",), device="cpu", engine_process=False, threads=1,
+                    sinks=SinksConfig(webhook=endpoint.url))
+    pipe = Pipeline(cfg, sinks=make_sinks(cfg.sinks))
+    try:
+        with MetricsServer(pipe.snapshot, port=0) as server:
+            pipe.start()
+            try:
+                text = ""
+                for _ in range(120):
+                    with urllib.request.urlopen(server.url, timeout=10) as resp:
+                        text = resp.read().decode()
+                    if re.search(r"^drsn_windows_total [1-9]", text, re.M):
+                        break
+                    time.sleep(0.25)
+            finally:
+                pipe.quit.set()
+                pipe.stop()
+    finally:
+        endpoint.close()
+    return text
+
+
+@pytest.fixture(scope="module")
+def exported(scraped: str) -> set[str]:
+    """Sample names the monitor exports."""
+    return {s.name for fam in text_string_to_metric_families(scraped) for s in fam.samples}
+
+
+def test_the_metrics_table_lists_every_metric_the_monitor_exports(scraped: str) -> None:
+    table = set(re.findall(r"^\| `(drsn_\w+)` \|", (DASHBOARD.parent / "README.md").read_text(), re.M))
+    families = {fam.name + ("_total" if fam.type == "counter" else "")
+                for fam in text_string_to_metric_families(scraped) if fam.name.startswith("drsn_")}
+    assert {"drsn_engine_quiet_seconds", "drsn_output_objects_total", "drsn_windows_total"} <= families
+    assert families - table == set(), "exported but not in docs/grafana/README.md's table"
 
 
 def test_every_query_names_only_exported_metrics(exported):
