@@ -4,63 +4,21 @@ stops turning."""
 
 from __future__ import annotations
 
-import array
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
+from helpers import NotifyManager as Manager
 from helpers import wait_until
 
 from drsn_stream.app.runconfig import RunConfig
 from drsn_stream.app.service import Notifier
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Manager:
-    """A service manager's end: an abstract-namespace datagram socket that records each
-    message with the pid of its sender (SO_PASSCRED, as systemd checks NotifyAccess=main)."""
-
-    def __init__(self) -> None:
-        self.name = f"@drsn-test-{uuid.uuid4().hex[:12]}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind("\0" + self.name[1:])
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, int, dict[str, str]]] = []  # (when, pid, fields)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        creds = struct.calcsize("3i")
-        while not self._stop.is_set():
-            try:
-                data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(creds))
-            except TimeoutError:
-                continue
-            pid = -1
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    pid = array.array("i", payload[:creds])[0]
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-            self.messages.append((time.monotonic(), pid, fields))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-    def with_key(self, key: str) -> list[tuple[float, int, dict[str, str]]]:
-        return [m for m in self.messages if key in m[2]]
 
 
 @pytest.mark.slow

@@ -81,23 +81,55 @@ def run(args: argparse.Namespace) -> int:
         webhook=out.webhook,
         webhook_digest=out.webhook_digest,
     )
-    handle = start_cluster(cfg, cluster, address=args.address)
-    hosts = handle.hosts()
-    print(f"drsn-stream cluster: {len(hosts)} host(s) up: {', '.join(sorted(hosts))}; gateway {gateway}",
-          file=sys.stderr, flush=True)
-    try:
-        if args.once:
-            time.sleep(cfg.duration or 6.0)
-            from drsn_stream.sinks.dashboard import render_once
+    from drsn_stream.app.service import Notifier
 
-            print(render_once(handle.snapshot(), width=120))
-            return 0
-        _watch(handle, args, cfg)
+    service = Notifier.from_env()  # under systemd (Type=notify); taken before Ray starts its processes
+    try:
+        handle = start_cluster(cfg, cluster, address=args.address)
+        hosts = handle.hosts()
+        print(f"drsn-stream cluster: {len(hosts)} host(s) up: {', '.join(sorted(hosts))}; gateway {gateway}",
+              file=sys.stderr, flush=True)
+        try:
+            if args.once:
+                time.sleep(cfg.duration or 6.0)
+                from drsn_stream.sinks.dashboard import render_once
+
+                print(render_once(handle.snapshot(), width=120))
+                return 0
+            if service is not None:
+                service.ready(f"ready: {len(hosts)} host(s) up; gateway {gateway}")
+                service.watch(*_service_views(handle))
+            _watch(handle, args, cfg)
+        finally:
+            if service is not None:
+                service.stopping()
+            _print_failovers(handle)
+            handle.stop()
+            handle.ray.shutdown()
     finally:
-        _print_failovers(handle)
-        handle.stop()
-        handle.ray.shutdown()
+        if service is not None:
+            service.close()
     return 0
+
+
+def _service_views(handle: Any) -> tuple[Any, Any]:
+    """(alive, status) for the notifier: the status line of the aggregator's snapshot with its
+    hosts, and alive while that snapshot came within the watchdog's interval (an aggregator or a
+    head node that stopped answering is restarted by systemd)."""
+    from drsn_stream.app.service import status_line
+
+    answered = [time.monotonic()]
+
+    def status() -> str:
+        snap = handle.snapshot()  # raises after Ray's timeout: no status, no watchdog ping
+        answered[0] = time.monotonic()
+        hosts = len({row.host for row in snap.rows if getattr(row, "host", None)})
+        return f"{hosts} host(s) reporting; {status_line(snap)}"
+
+    def alive(interval_s: float) -> bool:
+        return time.monotonic() - answered[0] < interval_s
+
+    return alive, status
 
 
 def _watch(handle: Any, args: argparse.Namespace, cfg: RunConfig) -> None:
