@@ -120,7 +120,7 @@ def test_a_digest_posts_the_first_event_at_once_and_gathers_the_next_ones_into_o
     assert bodies[1]["events"][0] == _alarm(stream="pump/m0")  # each event as posted alone, all of it
     text = bodies[1]["text"].splitlines()
     host = socket.gethostname()
-    assert text[0] == f"{host}: 25 events" and bodies[1]["host"] == host
+    assert text[0] == f"{host}: 25 events: 25 to ALERT" and bodies[1]["host"] == host
     assert len(text) == 1 + 20 + 1 and "pump/m0" in text[1] and "ALARM" in text[1] and text[-1] == "... and 5 more"
     assert sink.sent == 26 and sink.failed == 0
 
