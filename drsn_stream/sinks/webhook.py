@@ -167,7 +167,7 @@ class WebhookSink:
         lines = [line for line in map(format_line, batch) if line]
         more = len(lines) - DIGEST_LINES
         head = f"{self.host}: {len(batch)} event" + ("s" if len(batch) != 1 else "")
-        if len(batch) > 1:  # what the span came to, before its lines: "12 to ALERT, 1 sensor to BAD"
+        if len(batch) > 1:  # what the span came to: "12 to ALERT, 1 sensor to CHECK_SENSOR"
             ends = Counter(f"{'sensor ' if o.get('type') == 'health' else ''}to {o.get('to', '?')}" for o in batch)
             head += ": " + ", ".join(f"{n} {end}" for end, n in ends.most_common())
         text = "\n".join([head, *lines[:DIGEST_LINES]] + ([f"... and {more} more"] if more > 0 else []))
