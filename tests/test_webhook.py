@@ -92,6 +92,30 @@ def test_a_refusal_is_not_tried_again_and_a_server_error_or_a_rate_limit_is(stat
         endpoint.close()
 
 
+def test_a_url_with_a_user_and_password_posts_with_basic_authentication_and_never_shows_them() -> None:
+    import base64
+
+    endpoint = Endpoint()
+    url = endpoint.url.replace("http://", "http://alice:s3cr%40t@")  # an @ in the password, quoted
+    sink = WebhookSink(url)
+    try:
+        sink.write(_alarm())
+        sink.close()  # before, the host was taken for "alice:s3cr%40t@127.0.0.1": never delivered
+        assert sink.sent == 1 and len(endpoint.posts) == 1
+        path, headers, _ = endpoint.posts[0]
+        assert path == f"/hook/{SECRET}"
+        assert headers["Authorization"] == "Basic " + base64.b64encode(b"alice:s3cr@t").decode()
+        endpoint.status = 401
+        sink = WebhookSink(url)
+        sink.write(_alarm())
+        with pytest.raises(WriteError) as err:
+            sink.close()
+    finally:
+        endpoint.close()
+    msg = str(err.value)
+    assert "answered 401" in msg and "alice" not in msg and "s3cr" not in msg and SECRET not in msg
+
+
 def test_what_is_queued_at_the_end_is_sent_before_the_run_ends() -> None:
     endpoint = Endpoint()
     sink = WebhookSink(endpoint.url)

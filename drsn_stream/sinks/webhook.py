@@ -16,12 +16,13 @@ Posting runs on a thread of its own behind a bounded queue, so a slow or unreach
 holds the monitor up: an event that cannot be delivered after ``TRIES`` tries (a refused
 connection, a timeout, a 5xx answer, a 429 after its Retry-After; another 4xx answer is not tried
 again) is dropped and counted, and the next ``write`` raises a ``WriteError`` that the monitor
-shows and counts. The URL's path and query (which often hold a secret token) never appear in a
-message.
+shows and counts. The URL's path and query (which often hold a secret token) and its
+``user:password@`` (sent as HTTP basic authentication) never appear in a message.
 """
 
 from __future__ import annotations
 
+import base64
 import queue
 import socket
 import threading
@@ -66,6 +67,19 @@ def check_url(url: str) -> None:
                           f"not {str(url)[:60]!r}")
 
 
+def _without_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without its ``user:password@`` and the ``Authorization`` header they make (HTTP
+    basic authentication), or None: urllib would take them for part of the host name."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    netloc = parts.netloc.rpartition("@")[2]
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), f"Basic {token}"
+
+
 def check_digest(digest_s: float | None) -> None:
     """Refuses a digest span outside 1 s to a day (ConfigError, before anything starts)."""
     if digest_s is not None and (isinstance(digest_s, bool) or not isinstance(digest_s, (int, float))
@@ -90,7 +104,7 @@ class WebhookSink:
         check_digest(digest_s)
         self.digest_s = digest_s
         self._last_post = -float("inf")  # monotonic time of the last digest POST
-        self.url = str(target)
+        self.url, self._auth = _without_credentials(str(target))
         self.where = _where(self.url)
         self.events = frozenset(events)
         self.timeout_s = timeout_s
@@ -180,9 +194,10 @@ class WebhookSink:
             if attempt:
                 self._closing.wait(pause or float(attempt))  # 1 s, then 2 s; at the end of the run, at once
                 pause = 0.0
-            request = urllib.request.Request(self.url, data=body, method="POST",
-                                             headers={"Content-Type": "application/json",
-                                                      "User-Agent": "drsn-stream"})
+            headers = {"Content-Type": "application/json", "User-Agent": "drsn-stream"}
+            if self._auth is not None:
+                headers["Authorization"] = self._auth
+            request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
                     answer.read(65536)
