@@ -35,6 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "bench": ("drsn_stream.engine.bench_cli", "add_arguments", "run", "benchmark the engine against eager and TorchScript"),
     "publish": ("drsn_stream.sources.publish", "add_arguments", "run", "publish any source over ZeroMQ (sensor gateway)"),
     "devices": ("drsn_stream.sources.devices", "add_arguments", "run", "list sound input devices"),
+    "keys": ("drsn_stream.sources.curve", "add_arguments", "run", "make key pairs for encrypted ZeroMQ links (CURVE)"),
     "cluster": ("drsn_stream.cluster.cli", "add_arguments", "run",
                 "run the monitor on a Ray cluster (pip install drsn-stream[cluster]; docs/cluster.md)"),
 }

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "latency) instead of one per decision; events still as they happen")
     a("--jsonl", metavar="FILE|-", help="write JSON lines (predictions, alarms, health, detections, stats)")
     a("--publish", metavar="tcp://HOST:PORT", help="publish the same objects on a ZeroMQ PUB socket")
+    a("--publish-curve-key", metavar="FILE", help="encrypt the --publish feed (CURVE) with this key pair "
+                                                  "(NAME.key_secret from `drsn-stream keys NAME`)")
+    a("--publish-curve-allow", metavar="DIR", help="let only the feed's readers whose public key (NAME.key) is in DIR in")
     a("--webhook", metavar="URL", help="POST each alarm and sensor-health change as JSON to this http(s) URL "
                                       "(with a `text` line that Slack-style incoming webhooks show)")
     a("--webhook-digest", metavar="DURATION", type=arg_duration,
@@ -158,6 +161,8 @@ FLAGS: dict[str, Flag] = {
     "rpm": Flag("machine", "rpm", clears=("shaft_hz",)),
     "jsonl": Flag("sinks", "jsonl"),
     "publish": Flag("sinks", "publish"),
+    "publish_curve_key": Flag("sinks", "publish_curve_key"),
+    "publish_curve_allow": Flag("sinks", "publish_curve_allow"),
     "webhook": Flag("sinks", "webhook"),
     "webhook_digest": Flag("sinks", "webhook_digest"),
     "headless": Flag("sinks", "headless"),

@@ -50,7 +50,12 @@ def gateway_of(sources: tuple[str, ...]) -> str:
     if len(sources) != 1 or parse_spec(sources[0]).kind != "zmq":
         raise ConfigError("cluster mode reads the sensor gateways' ZeroMQ PUB socket: give exactly one "
                           "--source zmq://HOST:PORT (publish other sources with `drsn-stream publish`)")
-    return parse_spec(sources[0]).target
+    spec = parse_spec(sources[0])
+    if any(k.startswith("curve_") for k in spec.options):
+        raise ConfigError("cluster mode does not read CURVE-encrypted gateways (curve_server=...): its hosts "
+                          "subscribe in plain text; run the gateways without --curve-key on a trusted network, "
+                          "or one monitor per gateway")
+    return spec.target
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     gateway = gateway_of(cfg.sources)
     out = cfg.sinks  # written on the head node (the aggregator), not by the hosts
+    if out.publish_curve_key:
+        raise ConfigError("cluster mode does not encrypt its --publish feed (--publish-curve-key) yet; "
+                          "leave it off, or run one monitor per gateway")
     if out.jsonl == "-":
         raise ConfigError("cluster mode writes --jsonl on the head node (the aggregator): give a file path, "
                           "or --publish tcp://HOST:PORT for a live feed")

@@ -55,6 +55,9 @@ class SinksConfig:
         every: with the readable lines, one line per stream every this many seconds instead of one
             per decision (its labels' shares, alarm level, latency; ``--every 10s``), and each
             event as it happens; sets ``headless``. None: a line per decision.
+        publish_curve_key: the feed CURVE-encrypted with this key pair (``NAME.key_secret``).
+        publish_curve_allow: a folder of the feed's readers' public keys (``NAME.key``), the only
+            ones let in (with ``publish_curve_key``).
         metrics_address: serve Prometheus metrics at ``http://HOST:PORT/metrics``.
         webhook: POST each alarm and sensor-health change as JSON to this http(s) URL.
         webhook_digest: at most one webhook POST per this many seconds, the events since the
@@ -63,6 +66,8 @@ class SinksConfig:
 
     jsonl: str | None = None
     publish: str | None = None
+    publish_curve_key: str | None = None
+    publish_curve_allow: str | None = None
     headless: bool = False
     every: float | None = None
     metrics_address: str | None = None
@@ -78,6 +83,12 @@ class SinksConfig:
             raise ConfigError("sinks: jsonl must be a file path or - (stdout), not empty")
         if self.publish == "":
             raise ConfigError("sinks: publish must be an address to bind, e.g. tcp://127.0.0.1:5556, not empty")
+        if (self.publish_curve_key or self.publish_curve_allow) and not self.publish:
+            raise ConfigError("sinks: publish_curve_key / publish_curve_allow encrypt the --publish feed: give "
+                              "--publish tcp://HOST:PORT too")
+        if self.publish_curve_allow and not self.publish_curve_key:
+            raise ConfigError("sinks: publish_curve_allow needs publish_curve_key (the feed's own key pair, "
+                              "NAME.key_secret from `drsn-stream keys NAME`)")
         if self.webhook is not None:
             from drsn_stream.sinks.webhook import check_url
 
@@ -107,7 +118,8 @@ def make_sinks(config: SinksConfig) -> list[Sink]:
         if config.jsonl:
             sinks.append(make_sink("jsonl", config.jsonl))
         if config.publish:
-            sinks.append(make_sink("zmq", config.publish))
+            sinks.append(make_sink("zmq", config.publish, curve_key=config.publish_curve_key,
+                                   curve_allow=config.publish_curve_allow))
         if config.headless:
             sinks.append(make_sink("lines", config.human, every=config.every))
         if config.webhook:

@@ -140,20 +140,30 @@ class ZmqResultSink:
     same object the JSON-lines log gets. Binds (default host 127.0.0.1); PUB never blocks.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, curve_key: str | None = None, curve_allow: str | None = None) -> None:
+        """``curve_key``: the feed is CURVE-encrypted with this key pair (``NAME.key_secret``), its
+        readers connecting with its public ``NAME.key``; ``curve_allow``: a folder of the readers'
+        public keys, the only ones let in."""
         import zmq
 
+        from drsn_stream.sources.curve import Curve
+        from drsn_stream.sources.curve import close as close_curve
         from drsn_stream.sources.zmq_source import bind_socket, socket_hint, tcp_address
 
         self.address = tcp_address(address, bind=True)  # an empty host 127.0.0.1, the port checked
-        self._ctx = zmq.Context.instance()
+        curve = None
+        if curve_key is not None or curve_allow is not None:
+            curve = Curve(key=curve_key, allow=curve_allow, what="--publish-curve-key")
+        self._ctx = curve.context() if curve is not None else zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 200)
         self._sock.setsockopt(zmq.SNDHWM, 10000)
+        self._guard = curve.apply(self._sock) if curve is not None else None
         try:
             bind_socket(self._sock, self.address)
         except zmq.ZMQError as exc:
-            self._sock.close(0)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            close_curve(self._sock, self._guard)
             raise ConfigError(f"--publish {address}: cannot bind ({exc.strerror}); {socket_hint(exc, bind=True)}") from None
         self._lock = threading.Lock()
         self.sent = 0
@@ -174,6 +184,9 @@ class ZmqResultSink:
                 self.errors += 1
 
     def close(self) -> None:
+        from drsn_stream.sources.curve import close as close_curve
+
         with self._lock:
-            self._sock.close()
+            if not self._sock.closed:
+                close_curve(self._sock, self._guard)
 

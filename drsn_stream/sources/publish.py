@@ -26,9 +26,11 @@ import numpy as np
 import zmq
 
 from drsn_stream.config import arg_duration, arg_number
-from drsn_stream.errors import DrsnStreamError
+from drsn_stream.errors import ConfigError, DrsnStreamError
 from drsn_stream.runtime import freeze_start_up_objects, stop_signals, thaw
 from drsn_stream.sources import make_source
+from drsn_stream.sources.curve import Curve
+from drsn_stream.sources.curve import close as close_curve
 from drsn_stream.sources.wire import DTYPES, encode, encode_eos
 from drsn_stream.sources.zmq_source import Connections, bind_socket, connect_socket, socket_hint, tcp_address
 from drsn_stream.types import Frame
@@ -53,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "own peak, and a source with NaN/Inf samples stops with an error: integers cannot carry them)")
     parser.add_argument("--wait-subscriber", type=arg_number(float, 0), default=0.0, metavar="S",
                         help="PUB: wait up to S seconds for the first subscriber before sending")
+    parser.add_argument("--curve-key", metavar="FILE",
+                        help="CURVE encryption: this gateway's key pair (NAME.key_secret from `drsn-stream keys NAME`); "
+                             "readers then need its public NAME.key (zmq://...?curve_server=NAME.key)")
+    parser.add_argument("--curve-allow", metavar="DIR",
+                        help="CURVE: only readers whose public key (NAME.key) is in DIR may connect")
+    parser.add_argument("--curve-server", metavar="FILE",
+                        help="CURVE with --connect: the binding reader's public key (NAME.key)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -113,12 +122,14 @@ def publish(
     stop: threading.Event | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     ready: Callable[[], None] | None = None,
+    curve: Curve | None = None,
 ) -> dict[str, Any]:
     """Send the frames of ``specs`` to ``to`` until they end, ``duration`` passes or ``stop`` is set.
 
     ``progress`` (optional) is called about once a second with ``{"elapsed_s", "streams",
     "messages", "messages_per_s", "mb_per_s", "dropped"}``; ``ready`` once the socket is bound or
-    connected, before the first frame.
+    connected, before the first frame. ``curve``: the socket's CURVE settings (encrypted; a
+    binding socket is CURVE's server).
 
     Returns a summary ``{"streams": {id: {"frames", "samples", "seconds"}}, "messages", "bytes",
     "elapsed_s", "errors", "dropped", "sent_as_float32"}`` (frames with NaN or Inf samples, which an
@@ -129,24 +140,30 @@ def publish(
     sources = [make_source(s) for s in specs]  # spec errors surface before any socket exists
     for src in sources:
         src.check()  # so do a missing file and an absent sound card, as in the monitor
-    ctx = zmq.Context.instance()
+    if curve is not None and curve.is_server == connect:
+        raise ConfigError("CURVE: " + ("--curve-server is for --connect; a binding publisher is CURVE's server "
+                                         "(--curve-key alone)" if not connect else
+                                         "with --connect the reader binds and is CURVE's server: give its public "
+                                         "key with --curve-server NAME.key"))
+    ctx = curve.context() if curve is not None else zmq.Context.instance()
     # XPUB (a PUB that also hears subscriptions) only when asked to wait for the first subscriber.
     sock = ctx.socket(zmq.PUSH if pull else (zmq.XPUB if wait_subscriber > 0 else zmq.PUB))
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.SNDHWM, 10000)
     if pull:
         sock.setsockopt(zmq.SNDTIMEO, 1000)  # PUSH blocks without a receiver; count, don't hang
+    guard = curve.apply(sock) if curve is not None else None
     try:
         addr = tcp_address(to, bind=not connect)
     except DrsnStreamError:
-        sock.close(0)
+        close_curve(sock, guard)
         raise
     try:
         peers = Connections(sock)  # before the first connection, to count it
         connect_socket(sock, addr) if connect else bind_socket(sock, addr)
     except zmq.ZMQError as exc:
         peers.close()
-        sock.close(0)
+        close_curve(sock, guard)
         raise DrsnStreamError(f"cannot {'connect to' if connect else 'bind'} {addr}: {exc.strerror}; "
                               f"{socket_hint(exc, bind=not connect)}") from exc
     if ready is not None:
@@ -246,7 +263,7 @@ def publish(
         for s in sources:
             s.close()
         peers.close()
-        sock.close()
+        close_curve(sock, guard)
         thaw(thresholds)
     return summary
 
@@ -291,12 +308,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"publishing {', '.join(specs)} as {how} {'to' if args.connect else 'at'} {where} "
               f"({args.dtype}); Ctrl-C stops", flush=True)
 
+    curve = None
+    if args.curve_key or args.curve_server or args.curve_allow:
+        curve = Curve(key=args.curve_key, server=args.curve_server, allow=args.curve_allow, what="CURVE")
+        how += ", CURVE-encrypted"
     stop = threading.Event()
     saved = _stop_on_signals(stop)
     try:
         summary = publish(specs, args.to, duration=args.duration, pull=args.pull, connect=args.connect,
                           dtype=args.dtype, wait_subscriber=args.wait_subscriber, stop=stop,
-                          progress=None if args.quiet else _print_progress, ready=None if args.quiet else ready)
+                          progress=None if args.quiet else _print_progress, ready=None if args.quiet else ready,
+                          curve=curve)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)

@@ -28,6 +28,8 @@ import zmq.utils.monitor
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources import recv_jit
 from drsn_stream.sources.base import Source, opt_bool, opt_index, opt_positive
+from drsn_stream.sources.curve import Curve
+from drsn_stream.sources.curve import close as close_curve
 from drsn_stream.sources.recv_jit import message_parts, take_py
 from drsn_stream.sources.wire import (
     MAX_CLOCK_SKEW_S,
@@ -302,6 +304,10 @@ class _ZmqSource(Source):
         "max_skew_s": (opt_positive(float), MAX_CLOCK_SKEW_S,
                        "largest |t - now| in seconds a frame's capture time may be from this clock (bad_time)"),
         "channel": (opt_index("channels"), None, "monitor only channel K of multi-channel frames (default: every channel)"),
+        "curve_server": (str, "", "CURVE: the publisher's public key file (NAME.key) for an encrypted link (zmq://)"),
+        "curve_key": (str, "", "CURVE: this monitor's key pair (NAME.key_secret): required with zmq+bind://, "
+                               "and with zmq:// where the publisher keeps an allow list"),
+        "curve_allow": (str, "", "CURVE, zmq+bind:// only: a folder of the senders' public keys (NAME.key) allowed in"),
     }
     restartable = True
 
@@ -311,6 +317,8 @@ class _ZmqSource(Source):
         self.address = ", ".join(self.addresses)  # for messages to people
         if self.socket_type != zmq.SUB and self.options["topic"]:
             raise ConfigError(f"option topic= only applies to SUB sources (zmq://, zmq+bind://), not {self.kind}")
+        self.curve = self._curve()
+        self._curve_guard: Any = None  # what the CURVE allow list started for the socket
         self._last_seq: dict[str, int] = {}
         self._missing: dict[str, set[int]] = {}  # recent seqs skipped by a gap, per stream
         self._sock: zmq.Socket | None = None
@@ -330,6 +338,20 @@ class _ZmqSource(Source):
         self._poll: tuple[list[Head], list[tuple[int, Frame]]] = ([], [])  # the frames of the poll under way
         self._waiting_ids: set[str] = set()  # new ids of the poll under way whose frames wait for a place
 
+    def _curve(self) -> Curve | None:
+        """The socket's CURVE settings from the curve_* options, or None (plain text)."""
+        server, key, allow = (self.options[k] or None for k in ("curve_server", "curve_key", "curve_allow"))
+        if server is None and key is None and allow is None:
+            return None
+        what = f"{self.kind} source"
+        if self.bind and server is not None:
+            raise ConfigError(f"{what}: curve_server= is for a reader that connects (zmq://); a binding reader "
+                              "is CURVE's server: give its own key with curve_key=NAME.key_secret")
+        if not self.bind and server is None:
+            raise ConfigError(f"{what}: an encrypted zmq:// link needs the publisher's public key: "
+                              "curve_server=NAME.key (the file `drsn-stream keys NAME` wrote for it)")
+        return Curve(key=key, server=server, allow=allow, what=what)
+
     def polling(self) -> set[str]:
         heads, others = self._poll
         return {h[0].stream for h in heads} | {f.stream_id for _, f in others}
@@ -337,20 +359,23 @@ class _ZmqSource(Source):
     def _open(self) -> None:
         if self.compiled_receive is not False:
             recv_jit.warm()  # compiled (or loaded from numba's cache) before the socket takes messages
-        ctx = zmq.Context.instance()
+        ctx = self.curve.context() if self.curve is not None else zmq.Context.instance()
         sock = ctx.socket(self.socket_type)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.options["hwm"])
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if self.socket_type == zmq.SUB:
             sock.setsockopt(zmq.SUBSCRIBE, self.options["topic"].encode("utf-8"))
+        if self.curve is not None:
+            self._curve_guard = self.curve.apply(sock)
         self._conns = Connections(sock)  # before the first connection, to see its handshake
         for address in self.addresses:
             try:
                 bind_socket(sock, address) if self.bind else connect_socket(sock, address)
             except zmq.ZMQError as exc:
                 self._conns.close()
-                sock.close(0)
+                close_curve(sock, self._curve_guard)
+                self._curve_guard = None
                 verb = "bind" if self.bind else "connect to"
                 raise SourceError(f"cannot {verb} {address}: {exc.strerror}; {socket_hint(exc, bind=self.bind)}") from exc
         self._sock = sock
@@ -401,8 +426,8 @@ class _ZmqSource(Source):
         if self._sock is not None:
             if self._conns is not None:
                 self._conns.close()
-            self._sock.close(0)
-            self._sock = None
+            close_curve(self._sock, self._curve_guard)
+            self._sock, self._curve_guard = None, None
 
     def _watch_handshakes(self, sock: zmq.Socket) -> None:
         """Connections whose peer closed them in the ZeroMQ handshake (a socket of another kind,
@@ -437,11 +462,23 @@ class _ZmqSource(Source):
             self._retry[endpoint] = (time.monotonic() + pause, pause)
 
     def _handshake_line(self) -> str:
+        if self.curve is not None:
+            if self.bind:
+                side = ("the sender does not hold this reader's public key (the pair of curve_key=), or its own "
+                        "key is not in curve_allow=")
+            elif self.options["curve_key"]:
+                side = ("curve_server= is not the publisher's public key, or the publisher does not allow the "
+                        "key of curve_key=")
+            else:
+                side = ("curve_server= is not the publisher's public key, or the publisher keeps an allow list: "
+                        "give curve_key=NAME.key_secret, a pair whose NAME.key it holds")
+            return f"the CURVE handshake failed: {side}"
         want, hint = (("PUB", "`drsn-stream publish --pull` sends to zmq+pull:// readers") if self.socket_type == zmq.SUB
                       else ("PUSH", "`drsn-stream publish` without --pull sends to zmq:// readers"))
         again = "; connecting again every few seconds" if not self.bind else ""
         return (f"the peer closed the connection in the ZeroMQ handshake: it is not a {want} socket ({hint}), "
-                f"or not a ZeroMQ program (a web or metrics port){again}")
+                f"an encrypted one (CURVE: give curve_server=NAME.key), or not a ZeroMQ program (a web or metrics "
+                f"port){again}")
 
     def forget_stream(self, stream: str, *, retired: bool = True) -> None:
         super().forget_stream(stream, retired=retired)

@@ -1,0 +1,196 @@
+"""Encrypted ZeroMQ links (CURVE): `drsn-stream keys`, a gateway (`publish --curve-key`) read by a
+monitor that holds its public key, an allow list, the results feed; and what a monitor with a
+wrong key, or none, is told. Real sockets on loopback, a real `publish` process."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+from helpers import NoteSink
+
+from drsn_stream.app.pipeline import Pipeline, RunConfig
+from drsn_stream.errors import ConfigError
+from drsn_stream.sources import make_source
+from drsn_stream.sources.curve import available, make_keys
+
+pytestmark = pytest.mark.skipif(not available(), reason="this libzmq has no CURVE")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    folder = tmp_path / "keys"
+    make_keys(str(folder), ["gw", "mon", "stranger"])
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "mon.key").write_bytes((folder / "mon.key").read_bytes())
+    return folder
+
+
+def _publisher(port: int, keys: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--source", "sim?machines=2", "--to",
+                             f"tcp://127.0.0.1:{port}", "--curve-key", str(keys / "gw.key_secret"), "--duration", "120",
+                             "--quiet", *extra], cwd=ROOT, env=env)
+
+
+def _monitor(spec: str, seconds: float) -> tuple[int, str, list[str]]:
+    """(frames received, the header's status line, notes) of a monitor of ``spec`` that ran until
+    its first frames or ``seconds``."""
+    pipe = Pipeline(RunConfig(sources=(spec,), engine_process=False))
+    notes = NoteSink()
+    pipe.outputs.add(notes)
+    pipe.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while pipe.sources[0].stats.frames < 20 and time.monotonic() < deadline:
+            pipe.wait(duration=0.2)
+        return pipe.sources[0].stats.frames, pipe.snapshot().header.status, notes.lines
+    finally:
+        pipe.stop()
+
+
+def test_keys_are_pairs_whose_secret_only_its_owner_reads_and_are_never_overwritten(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "drsn_stream", "keys", "gw1", "--dir", str(tmp_path)], cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    public, secret = zmq.auth.load_certificate(str(tmp_path / "gw1.key_secret"))
+    assert zmq.auth.load_certificate(str(tmp_path / "gw1.key")) == (public, None)
+    assert stat.S_IMODE((tmp_path / "gw1.key_secret").stat().st_mode) == 0o600
+    assert zmq.curve_public(secret) == public
+    again = subprocess.run([sys.executable, "-m", "drsn_stream", "keys", "gw1", "--dir", str(tmp_path)], cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "exists; remove the pair first" in again.stderr
+    assert zmq.auth.load_certificate(str(tmp_path / "gw1.key_secret")) == (public, secret)  # untouched
+
+
+@pytest.mark.slow
+def test_an_encrypted_gateway_is_read_with_its_key_and_refuses_a_wrong_one_or_plain_text(
+        keys: Path, free_tcp_port: int) -> None:
+    pub = _publisher(free_tcp_port, keys)
+    base = f"zmq://127.0.0.1:{free_tcp_port}"
+    try:
+        frames, _, _ = _monitor(f"{base}?curve_server={keys / 'gw.key'}", 60)
+        assert frames >= 20, "nothing read over the encrypted link"
+        frames, status, notes = _monitor(f"{base}?curve_server={keys / 'stranger.key'}", 4)
+        assert frames == 0
+        assert "the CURVE handshake failed: curve_server= is not the publisher's public key" in status, status
+        said = [n for n in notes if n.startswith(f"tcp://127.0.0.1:{free_tcp_port}: the CURVE handshake failed")]
+        assert len(said) == 1, notes  # said once, however often it connects again
+        frames, status, _ = _monitor(base, 4)  # no key at all: told that the publisher may be encrypted
+        assert frames == 0 and "an encrypted one (CURVE: give curve_server=NAME.key)" in status, status
+    finally:
+        pub.kill()
+        pub.wait()
+
+
+@pytest.mark.slow
+def test_a_gateways_allow_list_lets_in_only_the_readers_it_holds(keys: Path, free_tcp_port: int) -> None:
+    pub = _publisher(free_tcp_port, keys, "--curve-allow", str(keys.parent / "allowed"))
+    base = f"zmq://127.0.0.1:{free_tcp_port}?curve_server={keys / 'gw.key'}"
+    try:
+        frames, _, _ = _monitor(f"{base}&curve_key={keys / 'mon.key_secret'}", 60)
+        assert frames >= 20, "the allowed reader read nothing"
+        frames, status, _ = _monitor(f"{base}&curve_key={keys / 'stranger.key_secret'}", 4)
+        assert frames == 0 and "does not allow the key of curve_key=" in status, status
+        frames, status, _ = _monitor(base, 4)  # a key made for the run: not on the list
+        assert frames == 0 and "keeps an allow list: give curve_key=" in status, status
+    finally:
+        pub.kill()
+        pub.wait()
+
+
+def test_a_binding_reader_is_the_server_and_a_connecting_gateway_its_client(keys: Path, free_tcp_port: int) -> None:
+    from drsn_stream.sources.curve import Curve
+    from drsn_stream.sources.publish import publish
+
+    src = make_source(f"zmq+bind://127.0.0.1:{free_tcp_port}?curve_key={keys / 'mon.key_secret'}&until_eos=1")
+    frames: list = []
+    with src:
+        reading = threading.Thread(target=lambda: frames.extend(src), daemon=True)
+        reading.start()  # the source binds as it starts reading
+        curve = Curve(key=None, server=str(keys / "mon.key"))
+        # it waits for the reader's subscription, which comes only over a handshake that worked
+        summary = publish(["sim?machines=1"], f"tcp://127.0.0.1:{free_tcp_port}", connect=True, duration=1.5,
+                          wait_subscriber=30, curve=curve)
+        reading.join(30)
+    assert not reading.is_alive(), "the reader never got the end of the stream"
+    sent = summary["streams"]["sim/m0"]["frames"]
+    assert sent > 10 and [f.seq for f in frames] == list(range(sent))
+
+
+def test_the_results_feed_is_encrypted_for_the_readers_that_hold_its_key(keys: Path, free_tcp_port: int) -> None:
+    from drsn_stream.sinks.jsonl import ZmqResultSink
+
+    sink = ZmqResultSink(f"tcp://127.0.0.1:{free_tcp_port}", curve_key=str(keys / "mon.key_secret"))
+    ctx = zmq.Context.instance()
+
+    def reader(server_key: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.SUB)
+        public, secret = zmq.curve_keypair()
+        sock.curve_secretkey, sock.curve_publickey = secret, public
+        sock.curve_serverkey = zmq.auth.load_certificate(server_key)[0]
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        return sock
+
+    good, wrong = reader(str(keys / "mon.key")), reader(str(keys / "gw.key"))
+    try:
+        got: list[list[bytes]] = []
+        deadline = time.monotonic() + 20
+        while not got and time.monotonic() < deadline:  # a PUB sends only once the handshake is done
+            sink.write({"type": "alarm", "stream": "pump", "time": 1.0, "to": "ALERT"})
+            if good.poll(100):
+                got.append(good.recv_multipart())
+        assert got and got[0][0] == b"alarm/pump"
+        assert not wrong.poll(500), "a reader with the wrong key received the feed"
+    finally:
+        good.close(0)
+        wrong.close(0)
+        sink.close()
+
+
+@pytest.mark.parametrize("spec, said", [
+    ("zmq://127.0.0.1:5555?curve_key={k}/mon.key_secret", "needs the publisher's public key: curve_server="),
+    ("zmq+bind://127.0.0.1:5555?curve_server={k}/gw.key", "a binding reader is CURVE's server"),
+    ("zmq://127.0.0.1:5555?curve_server={k}/none.key", "no key file"),
+    ("zmq://127.0.0.1:5555?curve_server={k}/gw.key&curve_key={k}/mon.key", "holds only a public key"),
+    ("zmq+bind://127.0.0.1:5555?curve_key={k}/mon.key_secret&curve_allow={k}/none", "is no folder"),
+])
+def test_a_key_option_that_cannot_work_is_refused_before_the_monitor_starts(keys: Path, spec: str, said: str) -> None:
+    with pytest.raises(ConfigError, match=said.replace("(", r"\(").replace("?", r"\?")):
+        make_source(spec.format(k=keys))
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--publish-curve-key", "{k}/mon.key_secret"], "give --publish tcp://HOST:PORT too"),
+    (["--publish", "tcp://127.0.0.1:5560", "--publish-curve-allow", "{k}"], "needs publish_curve_key"),
+])
+def test_a_feed_key_without_its_feed_is_refused_before_the_monitor_starts(keys: Path, flags: list[str],
+                                                                         said: str) -> None:
+    import argparse
+
+    from drsn_stream.app.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ConfigError, match=said):
+        config_from_args(parser.parse_args(["--source", "sim", *[f.format(k=keys) for f in flags]]))
+
+
+def test_cluster_mode_refuses_an_encrypted_gateway_rather_than_read_it_in_plain_text(keys: Path) -> None:
+    from drsn_stream.cluster.cli import gateway_of
+
+    with pytest.raises(ConfigError, match="does not read CURVE-encrypted gateways"):
+        gateway_of((f"zmq://gw:5555?curve_server={keys / 'gw.key'}",))
