@@ -34,20 +34,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_the_monitor_posts_every_alarm_and_health_change_it_logs(tmp_path: Path) -> None:
+def _monitor_posting(tmp_path: Path, source: str, *flags: str) -> tuple[Endpoint, list[dict]]:
+    """A 10-s monitor of ``source`` posting to a loopback endpoint: the endpoint (closed, its posts
+    kept) and the alarm and health objects of the run's JSON-lines log."""
     endpoint = Endpoint()
     log = tmp_path / "run.jsonl"
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     env.pop("DRSN_STREAM_DURATION", None)
     try:
-        res = subprocess.run([sys.executable, "-m", "drsn_stream", "--source", "sim?machines=4", "--duration", "10",
-                              "--jsonl", str(log), "--webhook", endpoint.url, "--engine-process", "off"],
+        res = subprocess.run([sys.executable, "-m", "drsn_stream", "--source", source, "--duration", "10",
+                              "--jsonl", str(log), "--webhook", endpoint.url, "--engine-process", "off", *flags],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     finally:
         endpoint.close()
     assert res.returncode == 0, res.stderr[-2000:]
-    logged = [o for o in map(json.loads, log.read_text().splitlines()) if o["type"] in ("alarm", "health")]
+    return endpoint, [o for o in map(json.loads, log.read_text().splitlines()) if o["type"] in ("alarm", "health")]
+
+
+@pytest.mark.slow
+def test_the_monitor_posts_every_alarm_and_health_change_it_logs(tmp_path: Path) -> None:
+    endpoint, logged = _monitor_posting(tmp_path, "sim?machines=4")
     assert any(o["type"] == "alarm" for o in logged), "the simulator raised no alarm in 10 s"
     key = lambda o: (o["type"], o["stream"], o["time"], o.get("to"))  # noqa: E731
     assert [key(b) for _, _, b in endpoint.posts] == [key(o) for o in logged]  # each once, in order
@@ -151,19 +157,7 @@ def test_a_digest_posts_the_first_event_at_once_and_gathers_the_next_ones_into_o
 
 @pytest.mark.slow
 def test_the_monitor_with_a_digest_posts_every_event_in_few_messages(tmp_path: Path) -> None:
-    endpoint = Endpoint()
-    log = tmp_path / "run.jsonl"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    env.pop("DRSN_STREAM_DURATION", None)
-    try:
-        res = subprocess.run([sys.executable, "-m", "drsn_stream", "--source", "sim?machines=8", "--duration", "10",
-                              "--jsonl", str(log), "--webhook", endpoint.url, "--webhook-digest", "5m",
-                              "--engine-process", "off"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    finally:
-        endpoint.close()
-    assert res.returncode == 0, res.stderr[-2000:]
-    logged = [o for o in map(json.loads, log.read_text().splitlines()) if o["type"] in ("alarm", "health")]
+    endpoint, logged = _monitor_posting(tmp_path, "sim?machines=8", "--webhook-digest", "5m")
     assert len(logged) > 2, "the simulator raised too few alarms in 10 s to gather"
     bodies = [b for _, _, b in endpoint.posts]
     assert len(bodies) == 2  # the first event at once; the rest at the end of the run, not one POST each

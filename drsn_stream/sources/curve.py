@@ -41,15 +41,20 @@ def _need_curve(what: str) -> None:
                           "libsodium); install pyzmq's wheel (`pip install --force-reinstall pyzmq`)")
 
 
-def load_secret(path: str, what: str) -> tuple[bytes, bytes]:
-    """(public, secret) of a ``.key_secret`` certificate file, or a ConfigError saying what to give."""
+def _load(path: str, what: str, missing: str) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) of a certificate file, or a ConfigError saying what to give."""
     _need_curve(what)
     if not os.path.isfile(path):
-        raise ConfigError(f"{what}: no key file {path!r}; {KEYS_HINT} (it writes NAME.key and NAME.key_secret)")
+        raise ConfigError(f"{what}: no key file {path!r}; {missing}")
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        return zmq.auth.load_certificate(path)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what}: {path!r} is not a ZeroMQ certificate file ({exc}); {KEYS_HINT}") from None
+
+
+def load_secret(path: str, what: str) -> tuple[bytes, bytes]:
+    """(public, secret) of a ``.key_secret`` certificate file."""
+    public, secret = _load(path, what, f"{KEYS_HINT} (it writes NAME.key and NAME.key_secret)")
     if not secret:
         raise ConfigError(f"{what}: {path!r} holds only a public key; give the .key_secret file of the pair")
     return public, secret
@@ -57,14 +62,7 @@ def load_secret(path: str, what: str) -> tuple[bytes, bytes]:
 
 def load_public(path: str, what: str) -> bytes:
     """The public key of a ``.key`` (or ``.key_secret``) certificate file."""
-    _need_curve(what)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{what}: no key file {path!r}; give the other side's public NAME.key ({KEYS_HINT})")
-    try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what}: {path!r} is not a ZeroMQ certificate file ({exc}); {KEYS_HINT}") from None
-    return public
+    return _load(path, what, f"give the other side's public NAME.key ({KEYS_HINT})")[0]
 
 
 def check_allow(folder: str, what: str) -> None:

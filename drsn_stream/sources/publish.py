@@ -309,8 +309,9 @@ def run(args: argparse.Namespace) -> int:
               f"({args.dtype}); Ctrl-C stops", flush=True)
 
     curve = None
-    if args.curve_key or args.curve_server or args.curve_allow:
-        curve = Curve(key=args.curve_key, server=args.curve_server, allow=args.curve_allow, what="CURVE")
+    key, server, allow = (getattr(args, f"curve_{k}", None) for k in ("key", "server", "allow"))
+    if key or server or allow:
+        curve = Curve(key=key, server=server, allow=allow, what="CURVE")
         how += ", CURVE-encrypted"
     stop = threading.Event()
     saved = _stop_on_signals(stop)
