@@ -559,7 +559,15 @@ def test_a_replay_that_learns_gives_the_same_verdicts_however_its_windows_are_ba
     # per stream: the replay's first windows, read after its ingest had run further ahead, met none)
     assert all(v[2] is not None for (_, i), v in small[0].items() if i >= 24)
     assert sum(o[2] is not None and "normal" in o[2] for o in small[0].values()) > 4 * 200  # normals learned, used
-    assert [k for k in small[0] if small[0][k] != big[0][k]] == []
+    # the anomaly score alike to float noise: computed in batches of another size its last bits
+    # may differ, and a score on the rounding edge of its 4 decimals then flips its last digit
+    # (79.7511 against 79.751, seen once in a dozen pairs on a loaded machine); all else exactly
+    def same(a: tuple, b: tuple) -> bool:
+        if a[1] is None or b[1] is None:
+            return a == b
+        return (a[0], a[2], a[3]) == (b[0], b[2], b[3]) and math.isclose(a[1], b[1], rel_tol=1e-5, abs_tol=2e-4)
+
+    assert [k for k in small[0] if not same(small[0][k], big[0][k])] == []
     assert small[1] == big[1]
 
 
