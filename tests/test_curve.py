@@ -194,3 +194,33 @@ def test_cluster_mode_refuses_an_encrypted_gateway_rather_than_read_it_in_plain_
 
     with pytest.raises(ConfigError, match="does not read CURVE-encrypted gateways"):
         gateway_of((f"zmq://gw:5555?curve_server={keys / 'gw.key'}",))
+
+
+def test_the_gateway_counts_the_readers_that_fail_its_handshake(keys: Path, free_tcp_port: int) -> None:
+    from drsn_stream.sources.curve import Curve
+    from drsn_stream.sources.publish import publish
+
+    result: dict = {}
+    sender = threading.Thread(target=lambda: result.update(publish(
+        ["sim?machines=1"], f"tcp://127.0.0.1:{free_tcp_port}", duration=4.0,
+        curve=Curve(key=str(keys / "gw.key_secret")))), daemon=True)
+    sender.start()
+    readers = []
+    for server_key in (None, keys / "stranger.key"):  # plain text; the wrong key
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        if server_key is not None:
+            public, secret = zmq.curve_keypair()
+            sock.curve_secretkey, sock.curve_publickey = secret, public
+            sock.curve_serverkey = zmq.auth.load_certificate(str(server_key))[0]
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(f"tcp://127.0.0.1:{free_tcp_port}")
+        readers.append(sock)
+    try:
+        sender.join(60)
+        assert not sender.is_alive()
+        assert not any(r.poll(0) for r in readers)  # neither read a message
+    finally:
+        for r in readers:
+            r.close(0)
+    assert result["receivers"] == 0 and result["handshake_failures"] >= 2, result

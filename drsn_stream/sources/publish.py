@@ -132,8 +132,10 @@ def publish(
     binding socket is CURVE's server).
 
     Returns a summary ``{"streams": {id: {"frames", "samples", "seconds"}}, "messages", "bytes",
-    "elapsed_s", "errors", "dropped", "sent_as_float32"}`` (frames with NaN or Inf samples, which an
-    integer ``dtype`` cannot carry, go as float32).
+    "elapsed_s", "errors", "dropped", "sent_as_float32", "receivers", "handshake_failures"}`` (frames
+    with NaN or Inf samples, which an integer ``dtype`` cannot carry, go as float32; receivers: the
+    most connected at once; handshake_failures: connections that failed ZeroMQ's handshake, e.g. a
+    reader with a wrong CURVE key).
     """
     if dtype not in DTYPES:
         raise DrsnStreamError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -255,6 +257,7 @@ def publish(
                 summary["dropped"] += 1
         summary["elapsed_s"] = time.monotonic() - t_start
         summary["receivers"] = None if peers.count() is None else peers.most  # the most connected at once
+        summary["handshake_failures"] = peers.failed
         for t in threads:
             t.join(timeout=2.0)
         if not pull:
@@ -285,7 +288,8 @@ class _Progress:
         messages, size = s["messages"], s["bytes"]  # counted by a reader thread: a moment's view
         self.progress({"elapsed_s": now - self.t_start, "streams": len(s["streams"]), "messages": messages,
                        "messages_per_s": (messages - self.messages) / dt, "mb_per_s": (size - self.bytes) / dt / 1e6,
-                       "dropped": s["dropped"], "receivers": None if self.peers is None else self.peers.count()})
+                       "dropped": s["dropped"], "receivers": None if self.peers is None else self.peers.count(),
+                       "handshake_failures": 0 if self.peers is None else self.peers.failed})
         self.t_last, self.messages, self.bytes = now, messages, size
 
 
@@ -294,6 +298,8 @@ def _print_progress(p: dict[str, Any]) -> None:
     # a PUB sends into nothing while no subscriber is connected: said, rather than a rate that
     # looks like data flowing
     who = "" if n is None else f"  {n} receiver{'s' if n != 1 else ''}" if n else "  no receiver connected"
+    failed = p.get("handshake_failures") or 0
+    who += f", {failed} failed the handshake" if failed else ""
     print(f"{p['elapsed_s']:6.1f} s  {p['streams']} streams  {p['messages_per_s']:8.1f} msg/s  "
           f"{p['mb_per_s']:6.2f} MB/s  {p['messages']} messages" + (f", {p['dropped']} dropped" if p["dropped"] else "")
           + who, flush=True)
@@ -330,6 +336,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {stream:24s} {st['frames']:7d} frames {st['samples']:10d} samples {st['seconds']:8.1f} s")
         if summary["dropped"]:
             print(f"  dropped {summary['dropped']} messages (no receiver took them)")
+        if summary.get("handshake_failures"):
+            n = summary["handshake_failures"]
+            why = ("a reader without this gateway's public key (curve_server=), or not in --curve-allow"
+                   if curve is not None else "a reader of another socket kind, or one expecting CURVE encryption")
+            print(f"  {n} connection{'s' if n != 1 else ''} failed the ZeroMQ handshake: {why}")
         if summary.get("receivers") == 0 and summary["messages"]:
             print("  no receiver was connected: every message went nowhere (a PUB drops what no subscriber "
                   "takes); start the monitor first, or give --wait-subscriber S")

@@ -165,6 +165,7 @@ class Connections:
         self.peers: dict[str, int] = {}
         self.refused: set[str] = set()
         self.most = 0
+        self.failed = 0  # handshakes that failed (a peer of another kind, a wrong CURVE key)
 
     def update(self) -> list[tuple[str, bool]]:
         """Takes the events so far: the handshakes that ended, in order, as (endpoint, whether it
@@ -191,6 +192,7 @@ class Connections:
                 ended.append((endpoint, True))
             elif kind in _HANDSHAKE_FAILED or (kind == zmq.EVENT_DISCONNECTED and shaking > 0):
                 self._shaking[endpoint] = max(0, shaking - 1)
+                self.failed += 1
                 ended.append((endpoint, False))
             elif kind == zmq.EVENT_DISCONNECTED:
                 self.peers[endpoint] = max(0, self.peers.get(endpoint, 0) - 1)
