@@ -60,6 +60,20 @@ def _monitor(spec: str, seconds: float) -> tuple[int, str, list[str]]:
         pipe.stop()
 
 
+def _reader(port: int, server_key: Path | None) -> zmq.Socket:
+    """A third party's SUB on loopback ``port``: a CURVE client of the server whose public key file
+    is ``server_key`` (with a key pair made for it), or plain text where None."""
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    if server_key is not None:
+        public, secret = zmq.curve_keypair()
+        sock.curve_secretkey, sock.curve_publickey = secret, public
+        sock.curve_serverkey = zmq.auth.load_certificate(str(server_key))[0]
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock
+
+
 def test_keys_are_pairs_whose_secret_only_its_owner_reads_and_are_never_overwritten(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "drsn_stream", "keys", "gw1", "--dir", str(tmp_path)], cwd=ROOT,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60)
@@ -133,19 +147,7 @@ def test_the_results_feed_is_encrypted_for_the_readers_that_hold_its_key(keys: P
     from drsn_stream.sinks.jsonl import ZmqResultSink
 
     sink = ZmqResultSink(f"tcp://127.0.0.1:{free_tcp_port}", curve_key=str(keys / "mon.key_secret"))
-    ctx = zmq.Context.instance()
-
-    def reader(server_key: str) -> zmq.Socket:
-        sock = ctx.socket(zmq.SUB)
-        public, secret = zmq.curve_keypair()
-        sock.curve_secretkey, sock.curve_publickey = secret, public
-        sock.curve_serverkey = zmq.auth.load_certificate(server_key)[0]
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(f"tcp://127.0.0.1:{free_tcp_port}")
-        return sock
-
-    good, wrong = reader(str(keys / "mon.key")), reader(str(keys / "gw.key"))
+    good, wrong = _reader(free_tcp_port, keys / "mon.key"), _reader(free_tcp_port, keys / "gw.key")
     try:
         got: list[list[bytes]] = []
         deadline = time.monotonic() + 20
@@ -205,17 +207,7 @@ def test_the_gateway_counts_the_readers_that_fail_its_handshake(keys: Path, free
         ["sim?machines=1"], f"tcp://127.0.0.1:{free_tcp_port}", duration=4.0,
         curve=Curve(key=str(keys / "gw.key_secret")))), daemon=True)
     sender.start()
-    readers = []
-    for server_key in (None, keys / "stranger.key"):  # plain text; the wrong key
-        sock = zmq.Context.instance().socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        if server_key is not None:
-            public, secret = zmq.curve_keypair()
-            sock.curve_secretkey, sock.curve_publickey = secret, public
-            sock.curve_serverkey = zmq.auth.load_certificate(str(server_key))[0]
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(f"tcp://127.0.0.1:{free_tcp_port}")
-        readers.append(sock)
+    readers = [_reader(free_tcp_port, key) for key in (None, keys / "stranger.key")]  # plain text; the wrong key
     try:
         sender.join(60)
         assert not sender.is_alive()

@@ -131,7 +131,7 @@ def _service_views(handle: Any) -> tuple[Any, Any]:
     def status() -> str:
         snap = handle.snapshot()  # raises after Ray's timeout: no status, no watchdog ping
         answered[0] = time.monotonic()
-        hosts = len({row.host for row in snap.rows if getattr(row, "host", None)})
+        hosts = len({row.host for row in snap.rows if row.host})
         return f"{hosts} host(s) reporting; {status_line(snap)}"
 
     def alive(interval_s: float) -> bool:
