@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -223,3 +224,21 @@ class NotifyManager:
 
     def with_key(self, key: str) -> list[tuple[float, int, dict[str, str]]]:
         return [m for m in self.messages if key in m[2]]
+
+
+def curve_reader(port: int, server_key: Path | None, topic: bytes = b"") -> Any:
+    """A third party's ZeroMQ SUB on loopback ``port`` (topics starting with ``topic``): a CURVE
+    client of the server whose public key file is ``server_key`` (with a key pair made for it), or
+    plain text where None."""
+    import zmq
+    import zmq.auth
+
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    if server_key is not None:
+        public, secret = zmq.curve_keypair()
+        sock.curve_secretkey, sock.curve_publickey = secret, public
+        sock.curve_serverkey = zmq.auth.load_certificate(str(server_key))[0]
+    sock.setsockopt(zmq.SUBSCRIBE, topic)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CWRU, NotifyManager, require_cwru
+from tests.helpers import CWRU, NotifyManager, curve_reader, require_cwru
 from tests.helpers import free_port as _free_port
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_cluster_in_loopback_namespace() -> None:
     print(r.stdout[-8000:], r.stderr[-4000:])
     assert r.returncode == 0, f"the cluster tests failed inside the namespace:\n{r.stdout[-8000:]}\n{r.stderr[-3000:]}"
     # all four ran; without the real data the labels test skips, with the reason, inside too
-    want = "5 passed" if CWRU.is_dir() else "4 passed"
+    want = "6 passed" if CWRU.is_dir() else "5 passed"
     assert want in r.stdout, r.stdout[-2000:]
 
 
@@ -86,9 +86,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     c.shutdown()
 
 
-def _publisher(port: int, specs: list[str], seconds: float) -> subprocess.Popen:
+def _publisher(port: int, specs: list[str], seconds: float, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "drsn_stream", "publish", "--to", f"tcp://127.0.0.1:{port}",
-           "--duration", str(seconds), "--quiet"]
+           "--duration", str(seconds), "--quiet", *extra]
     for s in specs:
         cmd += ["--source", s]
     return subprocess.Popen(cmd, cwd=ROOT)
@@ -467,3 +467,66 @@ def test_the_cluster_command_under_systemd_says_ready_status_watchdog_and_stoppi
     assert any("host(s) reporting" in s and " streams: " in s and "windows/s" in s for s in statuses), statuses
     assert manager.with_key("WATCHDOG"), manager.messages
     assert ", host " in out  # the --every rows, each with its host, reached stdout as well
+
+
+@inside
+def test_the_cluster_reads_an_encrypted_gateway_and_encrypts_its_feed(cluster, tmp_path: Path) -> None:
+    """A gateway with CURVE and an allow list, read by `drsn-stream cluster` whose source holds its
+    public key and an allowed key pair; the cluster's --publish feed encrypted with --publish-curve-key:
+    a reader with the feed's public key gets every stream's results, one without gets nothing. And a
+    host that cannot start (its error raised in a real Ray actor's __init__) is said by its reason."""
+    import ray
+
+    from drsn_stream.cluster.coordinator import start_failure
+    from drsn_stream.cluster.ray_app import init_ray
+    from drsn_stream.errors import ConfigError
+    from drsn_stream.sources.curve import available, make_keys
+
+    if not available():
+        pytest.skip("this libzmq has no CURVE")
+    c, _ = cluster
+    init_ray(c.address)
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    make_keys(str(keys), ["gw", "mon", "feed"])
+    allowed.mkdir()
+    shutil.copy(keys / "mon.key", allowed / "mon.key")
+    port, feed = _free_port(), _free_port()
+    pub = _publisher(port, ["sim:bearing?machines=3&seed=5"], 240.0, "--curve-key", str(keys / "gw.key_secret"),
+                     "--curve-allow", str(allowed))
+    # readers of the feed: with its public key; in plain text
+    readers = [curve_reader(feed, key, b"prediction/") for key in (keys / "feed.key", None)]
+    got: list[list[str]] = [[], []]  # the streams of the results each reader received
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "drsn_stream", "cluster", "--address", c.address, "--source",
+                                 f"zmq://127.0.0.1:{port}?curve_server={keys / 'gw.key'}&curve_key={keys / 'mon.key_secret'}",
+                                 "--checkpoint-dir", str(tmp_path / "ck"), "--publish", f"tcp://127.0.0.1:{feed}",
+                                 "--publish-curve-key", str(keys / "feed.key_secret"), "--once", "--duration", "8"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None:
+            for sock, seen in zip(readers, got, strict=True):
+                while sock.poll(0):
+                    seen.append(sock.recv_multipart()[0].decode().split("/", 1)[1])
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        pub.kill()
+        pub.wait()
+        for sock in readers:
+            sock.close(0)
+    assert proc.returncode == 0, err[-3000:]
+    assert "streams (3)" in out, out
+    assert set(got[0]) == {"sim/m0", "sim/m1", "sim/m2"}, Counter(got[0])
+    assert got[1] == [], "a reader without the feed's key received results"
+
+    @ray.remote(num_cpus=0)
+    class Broken:
+        def __init__(self) -> None:
+            raise ConfigError("zmq+shard source: no key file '/keys/gw.key'; give the other side's public NAME.key")
+
+        def ping(self) -> int:
+            return 1
+
+    with pytest.raises(Exception) as failed:
+        ray.get(Broken.remote().ping.remote(), timeout=120)
+    assert start_failure(failed.value) == ("zmq+shard source: no key file '/keys/gw.key'; give the other side's "
+                                           "public NAME.key"), str(failed.value)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
-from helpers import NoteSink
+from helpers import NoteSink, curve_reader
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
 from drsn_stream.errors import ConfigError
@@ -58,20 +58,6 @@ def _monitor(spec: str, seconds: float) -> tuple[int, str, list[str]]:
         return pipe.sources[0].stats.frames, pipe.snapshot().header.status, notes.lines
     finally:
         pipe.stop()
-
-
-def _reader(port: int, server_key: Path | None) -> zmq.Socket:
-    """A third party's SUB on loopback ``port``: a CURVE client of the server whose public key file
-    is ``server_key`` (with a key pair made for it), or plain text where None."""
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    if server_key is not None:
-        public, secret = zmq.curve_keypair()
-        sock.curve_secretkey, sock.curve_publickey = secret, public
-        sock.curve_serverkey = zmq.auth.load_certificate(str(server_key))[0]
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    return sock
 
 
 def test_keys_are_pairs_whose_secret_only_its_owner_reads_and_are_never_overwritten(tmp_path: Path) -> None:
@@ -147,7 +133,7 @@ def test_the_results_feed_is_encrypted_for_the_readers_that_hold_its_key(keys: P
     from drsn_stream.sinks.jsonl import ZmqResultSink
 
     sink = ZmqResultSink(f"tcp://127.0.0.1:{free_tcp_port}", curve_key=str(keys / "mon.key_secret"))
-    good, wrong = _reader(free_tcp_port, keys / "mon.key"), _reader(free_tcp_port, keys / "gw.key")
+    good, wrong = curve_reader(free_tcp_port, keys / "mon.key"), curve_reader(free_tcp_port, keys / "gw.key")
     try:
         got: list[list[bytes]] = []
         deadline = time.monotonic() + 20
@@ -191,11 +177,81 @@ def test_a_feed_key_without_its_feed_is_refused_before_the_monitor_starts(keys: 
         config_from_args(parser.parse_args(["--source", "sim", *[f.format(k=keys) for f in flags]]))
 
 
-def test_cluster_mode_refuses_an_encrypted_gateway_rather_than_read_it_in_plain_text(keys: Path) -> None:
-    from drsn_stream.cluster.cli import gateway_of
+def test_cluster_mode_takes_the_gateways_key_options_and_checks_them_before_ray_starts(
+        keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from drsn_stream.cluster.cli import check_here, gateway_of
+    from drsn_stream.cluster.ray_app import ClusterConfig
 
-    with pytest.raises(ConfigError, match="does not read CURVE-encrypted gateways"):
-        gateway_of((f"zmq://gw:5555?curve_server={keys / 'gw.key'}",))
+    monkeypatch.chdir(keys.parent)  # relative paths: every host reads the same absolute ones on its node
+    gateway, options = gateway_of(("zmq://gw:5555?curve_server=keys/gw.key&curve_key=keys/mon.key_secret&hwm=500",))
+    assert gateway == "gw:5555"
+    assert dict(options) == {"curve_server": str(keys / "gw.key"), "curve_key": str(keys / "mon.key_secret"),
+                             "hwm": "500"}
+    check_here(ClusterConfig(gateway=gateway, checkpoint_dir=str(tmp_path), gateway_options=options,
+                             publish="tcp://127.0.0.1:5560", publish_curve_key=str(keys / "mon.key_secret")))
+    for spec, said in [("zmq://gw:5555?curve_server=keys/none.key", "no key file"),
+                       ("zmq://gw:5555?curve_key=keys/mon.key_secret", "needs the publisher's public key"),
+                       ("zmq://gw:5555?hwm=0", "hwm")]:
+        gateway, options = gateway_of((spec,))
+        with pytest.raises(ConfigError, match=said):
+            check_here(ClusterConfig(gateway=gateway, checkpoint_dir=str(tmp_path), gateway_options=options))
+    with pytest.raises(ConfigError, match="is no folder"):
+        check_here(ClusterConfig(gateway="gw:5555", checkpoint_dir=str(tmp_path), publish="tcp://127.0.0.1:5560",
+                                 publish_curve_key=str(keys / "mon.key_secret"), publish_curve_allow="nowhere"))
+    for spec, said in [("zmq://gw:5555?curve_allow=keys", "the cluster's hosts connect to the gateways"),
+                       ("zmq://gw:5555?topic=pump", "topic= does not apply")]:
+        with pytest.raises(ConfigError, match=said):
+            gateway_of((spec,))
+
+
+@pytest.mark.slow
+def test_a_cluster_host_and_the_discovery_read_an_encrypted_gateway_that_keeps_an_allow_list(
+        keys: Path, tmp_path: Path, free_tcp_port: int) -> None:
+    """What each node of a cluster does with the gateway's key options: the coordinator's
+    discovery hears the streams, a host gets their windows; a host whose key the gateway does
+    not allow gets nothing and says why in what it sends to the aggregator."""
+    from drsn_stream.cluster.cli import gateway_of
+    from drsn_stream.cluster.coordinator import gateway_socket, listen_for_streams
+    from drsn_stream.cluster.host import HostWorker
+    from drsn_stream.cluster.ray_app import ClusterConfig
+
+    pub = _publisher(free_tcp_port, keys, "--curve-allow", str(keys.parent / "allowed"))
+    base = f"zmq://127.0.0.1:{free_tcp_port}?curve_server={keys / 'gw.key'}"
+    hosts = []
+    try:
+        gateway, options = gateway_of((f"{base}&curve_key={keys / 'mon.key_secret'}",))
+        cluster = ClusterConfig(gateway=gateway, checkpoint_dir=str(tmp_path / "ck"), gateway_options=options)
+        heard: set[str] = set()
+        deadline = time.monotonic() + 60
+        while len(heard) < 2 and time.monotonic() < deadline:
+            sock = gateway_socket(gateway, cluster.gateway_curve())
+            try:
+                heard |= listen_for_streams(sock, 1.0, heard, 100, {})[0]
+            finally:
+                sock.close(0)
+        assert heard == {"sim/m0", "sim/m1"}
+        sent: dict[str, list] = {"good": [], "stranger": []}
+        for name, key in (("good", "mon"), ("stranger", "stranger")):
+            _, options = gateway_of((f"{base}&curve_key={keys / (key + '.key_secret')}",))
+            host = HostWorker(name, RunConfig(engine_process=False, threads=1), gateway=gateway,
+                              checkpoint_dir=str(tmp_path / name), gateway_options=dict(options),
+                              send=lambda kind, payload, got=sent[name]: got.append((kind, payload)),
+                              summary_every_s=0.2).start()
+            hosts.append(host)
+            host.assign(sorted(heard), previous={})
+        deadline = time.monotonic() + 60
+        while hosts[0].source.stats.frames < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert hosts[0].source.stats.frames >= 20, "the allowed host read nothing"
+        time.sleep(1.0)
+        assert hosts[1].source.stats.frames == 0
+        summaries = [p for k, p in sent["stranger"] if k == "summary"]
+        assert summaries and "does not allow the key of curve_key=" in str(summaries[-1]), summaries[-1:]
+    finally:
+        for host in hosts:
+            host.stop()
+        pub.kill()
+        pub.wait()
 
 
 def test_the_gateway_counts_the_readers_that_fail_its_handshake(keys: Path, free_tcp_port: int) -> None:
@@ -207,7 +263,7 @@ def test_the_gateway_counts_the_readers_that_fail_its_handshake(keys: Path, free
         ["sim?machines=1"], f"tcp://127.0.0.1:{free_tcp_port}", duration=4.0,
         curve=Curve(key=str(keys / "gw.key_secret")))), daemon=True)
     sender.start()
-    readers = [_reader(free_tcp_port, key) for key in (None, keys / "stranger.key")]  # plain text; the wrong key
+    readers = [curve_reader(free_tcp_port, key) for key in (None, keys / "stranger.key")]  # plain text; the wrong key
     try:
         sender.join(60)
         assert not sender.is_alive()

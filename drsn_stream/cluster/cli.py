@@ -45,17 +45,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "limit (default 1; docs/cluster.md)")
 
 
-def gateway_of(sources: tuple[str, ...]) -> str:
-    """The one ``zmq://HOST:PORT`` source as ``HOST:PORT``; anything else is an error saying what to give."""
+def gateway_of(sources: tuple[str, ...]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The one ``zmq://HOST:PORT[?K=V...]`` source as (``HOST:PORT``, its options), key files'
+    paths made absolute (the hosts read them on their own nodes, from their own directories);
+    anything else is an error saying what to give."""
     if len(sources) != 1 or parse_spec(sources[0]).kind != "zmq":
         raise ConfigError("cluster mode reads the sensor gateways' ZeroMQ PUB socket: give exactly one "
                           "--source zmq://HOST:PORT (publish other sources with `drsn-stream publish`)")
     spec = parse_spec(sources[0])
-    if any(k.startswith("curve_") for k in spec.options):
-        raise ConfigError("cluster mode does not read CURVE-encrypted gateways (curve_server=...): its hosts "
-                          "subscribe in plain text; run the gateways without --curve-key on a trusted network, "
-                          "or one monitor per gateway")
-    return spec.target
+    if "topic" in spec.options:
+        raise ConfigError("cluster mode subscribes each host to the streams it owns: topic= does not apply to "
+                          "its --source (leave it out, or run one monitor on the streams of that topic)")
+    if "curve_allow" in spec.options:
+        raise ConfigError("curve_allow= is for a reader that binds (zmq+bind://); the cluster's hosts connect to "
+                          "the gateways: give curve_server=NAME.key (and curve_key=NAME.key_secret where the "
+                          "gateways keep an allow list)")
+    options = {k: (os.path.abspath(v) if k.startswith("curve_") and v else v) for k, v in spec.options.items()}
+    return spec.target, tuple(sorted(options.items()))
+
+
+def check_here(cluster: Any) -> None:
+    """The gateway source's options and every key file, checked on this node before Ray starts:
+    a wrong option or a missing key is a ConfigError here, not a host that never starts."""
+    from drsn_stream.sources import make_source
+    from drsn_stream.sources.curve import Curve
+
+    make_source(cluster.gateway_spec)  # makes no socket: options and CURVE files only
+    if cluster.publish_curve_key or cluster.publish_curve_allow:
+        Curve(key=cluster.publish_curve_key, allow=cluster.publish_curve_allow, what="--publish-curve-key")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,11 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print_config(cfg)
         return 0
-    gateway = gateway_of(cfg.sources)
+    gateway, gateway_options = gateway_of(cfg.sources)
     out = cfg.sinks  # written on the head node (the aggregator), not by the hosts
-    if out.publish_curve_key:
-        raise ConfigError("cluster mode does not encrypt its --publish feed (--publish-curve-key) yet; "
-                          "leave it off, or run one monitor per gateway")
     if out.jsonl == "-":
         raise ConfigError("cluster mode writes --jsonl on the head node (the aggregator): give a file path, "
                           "or --publish tcp://HOST:PORT for a live feed")
@@ -88,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
         metrics_address=out.metrics_address,
         webhook=out.webhook,
         webhook_digest=out.webhook_digest,
+        gateway_options=gateway_options,
+        publish_curve_key=os.path.abspath(out.publish_curve_key) if out.publish_curve_key else None,
+        publish_curve_allow=os.path.abspath(out.publish_curve_allow) if out.publish_curve_allow else None,
     )
+    check_here(cluster)
     from drsn_stream.app.service import Notifier
 
     service = Notifier.from_env()  # under systemd (Type=notify); taken before Ray starts its processes

@@ -26,11 +26,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from drsn_stream import errors
 from drsn_stream.cluster.ray_app import AGGREGATOR, NAMESPACE, ClusterConfig, host_actor_class, host_nodes
 from drsn_stream.cluster.ring import HashRing
 from drsn_stream.cluster.state import CheckpointStore
+from drsn_stream.errors import DrsnStreamError
 
 PING_EVERY_S = 0.25
+# the errors whose message says what to fix, as Ray's text of an actor's failure names them
+OWN_ERRORS = frozenset(c.__name__ for c in vars(errors).values() if isinstance(c, type) and issubclass(c, DrsnStreamError))
 START_TIMEOUT_S = 300.0  # a host actor not up by then (importing torch, loading the model) is given up
 
 
@@ -66,6 +70,8 @@ class Coordinator:
         self._moving = threading.RLock()
         self._stop = threading.Event()
         self._agg = self.ray.get_actor(AGGREGATOR, namespace=NAMESPACE)
+        self._curve = cluster.gateway_curve()  # the discovery socket's, when the gateways encrypt
+        self._start_failures: set[str] = set()  # reasons hosts could not start, each said once
         self._sync_hosts()
         end = time.monotonic() + START_TIMEOUT_S
         while self.starting and time.monotonic() < end:  # the first hosts: deployed before this returns
@@ -112,7 +118,8 @@ class Coordinator:
                     self.starting.pop(name, None)
                 try:
                     self.ray.get(ref)
-                except Exception:  # noqa: BLE001 - a host that cannot start is left out, tried again later
+                except Exception as exc:  # noqa: BLE001 - a host that cannot start is left out, tried again later
+                    self._start_failed(name, node, exc)
                     continue
                 with self._lock:
                     self.hosts[name] = handle
@@ -129,6 +136,23 @@ class Coordinator:
                     pass
         if joined:
             self._rebalance()
+
+    def _start_failed(self, name: str, node: str, exc: BaseException) -> None:
+        """A host that could not start (a key file or model missing on its node, say) is said on
+        the dashboard and in the results once per reason: before, its node stayed without a host
+        and nobody was told why."""
+        reason = start_failure(exc)
+        if reason in self._start_failures:
+            return
+        self._start_failures.add(reason)
+        message = (f"host {name} could not start on node {node[:8]}: {reason}; its streams go to the other "
+                   "hosts, and it is started again from time to time")
+        self.errors.append(message)
+        del self.errors[:-20]
+        try:
+            self._agg.note.remote(message)
+        except Exception:  # noqa: BLE001 - the aggregator gone too: the errors list keeps it
+            pass
 
     def _rebalance(self, previous: Mapping[str, str] | None = None) -> None:
         """Move every stream whose ring owner changed: release first, then assign."""
@@ -225,20 +249,12 @@ class Coordinator:
                 self._fail(name, f"no answer for {self.cluster.dead_after_s:g} s (node lost?)", now)
 
     def _discover(self) -> None:
-        import zmq
-
-        from drsn_stream.sources.zmq_source import connect_socket, tcp_address
-
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
         with self._lock:
             known = set(self.streams)
             # what the hosts can hold: each refuses stream ids beyond its --max-streams anyway
             room = max(0, self.config.max_streams * max(1, len(self.hosts)) - len(known))
+        sock = gateway_socket(self.cluster.gateway, self._curve)
         try:
-            connect_socket(sock, tcp_address(self.cluster.gateway, bind=False))
             new, refused = listen_for_streams(sock, self.cluster.discover_window_s, known, room, self._heard)
         finally:
             sock.close(0)
@@ -357,6 +373,36 @@ class Coordinator:
 
 
 __all__ = ["Coordinator", "PING_EVERY_S", "START_TIMEOUT_S"]
+
+
+def gateway_socket(gateway: str, curve: Any = None) -> Any:
+    """A SUB socket connected to the gateways at ``HOST:PORT``, subscribed to every stream, with
+    ``curve`` (a client's ``curve.Curve``) where they encrypt: the discovery's listener."""
+    import zmq
+
+    from drsn_stream.sources.zmq_source import connect_socket, tcp_address
+
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    if curve is not None:  # a client's: nothing to stop with the socket
+        curve.apply(sock)
+    try:
+        connect_socket(sock, tcp_address(gateway, bind=False))
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock
+
+
+def start_failure(exc: BaseException) -> str:
+    """The line that says why an actor could not start, out of Ray's error (which wraps the
+    exception its ``__init__`` raised, traceback and all): the last ``SomeError: message`` line of
+    the project's own errors where there is one, else the error's first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    ours = [ln for ln in lines if ln.split(":", 1)[0].rsplit(".", 1)[-1] in OWN_ERRORS]
+    line = ours[-1].split(":", 1)[1].strip() if ours else (lines[0] if lines else type(exc).__name__)
+    return line[:400]
 
 
 def listen_for_streams(sock: Any, window_s: float, known: set[str], room: int,

@@ -22,11 +22,11 @@ import dataclasses
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from drsn_stream.app.pipeline import Pipeline, RunConfig
-from drsn_stream.cluster.shard_source import ShardSource
+from drsn_stream.cluster.shard_source import ShardSource, shard_spec
 from drsn_stream.cluster.state import RECENT_EVENTS, CheckpointStore, StreamCheckpoint, event_id
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.baseline import read_learnings
@@ -96,6 +96,8 @@ class HostWorker:
         name: the host's name in the cluster (dashboard column, metrics label, event field).
         config: the run configuration every host shares; its ``sources`` are replaced by the shard source.
         gateway: the ZeroMQ address the sensor gateways publish on (``HOST:PORT``).
+        gateway_options: options of the gateway source (``ZmqSubSource.OPTIONS`` but ``topic``:
+            CURVE keys, ``hwm``, ``channel`` ...).
         checkpoint_dir: a directory shared by every host.
         send: delivers ("results", [objects]) and ("summary", dict) to the aggregator.
         checkpoint_every_s / summary_every_s: periods of the background thread's work.
@@ -114,6 +116,7 @@ class HostWorker:
         checkpoint_every_s: float = 2.0,
         summary_every_s: float = 1.0,
         send_results: bool = True,
+        gateway_options: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.send_results = send_results
@@ -122,7 +125,7 @@ class HostWorker:
         self.checkpoint_every_s = checkpoint_every_s
         self.summary_every_s = summary_every_s
         self.sink = HostSink(self)
-        spec = f"zmq+shard://{gateway}"
+        spec = shard_spec(gateway, gateway_options or {})
         self.pipe = Pipeline(dataclasses.replace(config, sources=(spec,), duration=None), sinks=[self.sink])
         if self.pipe.baseline is not None:
             # a host's baselines go with its streams in their checkpoints (every host writing the

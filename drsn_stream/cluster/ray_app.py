@@ -81,6 +81,11 @@ class ClusterConfig:
             cores for inference, less one for its ingest.
         jsonl / publish / metrics_address / webhook / webhook_digest: the aggregator's outputs (paths absolute or
             from the aggregator's working directory).
+        gateway_options: the gateway source's options (``zmq://HOST:PORT?K=V``: ``hwm``, ``channel``,
+            ``curve_server`` ...) as (key, value) pairs, for every host's source and the discovery
+            socket. Files they name (CURVE keys) are read by every host on its own node.
+        publish_curve_key / publish_curve_allow: the aggregator's ``publish`` feed CURVE-encrypted
+            (as ``--publish-curve-key`` / ``--publish-curve-allow`` on one machine).
     """
 
     gateway: str
@@ -98,12 +103,33 @@ class ClusterConfig:
     metrics_address: str | None = None
     webhook: str | None = None
     webhook_digest: float | None = None
+    gateway_options: tuple[tuple[str, str], ...] = ()
+    publish_curve_key: str | None = None
+    publish_curve_allow: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.host_actors, bool) or not isinstance(self.host_actors, int) or not 1 <= self.host_actors <= 64:
             raise ConfigError(f"host actors per GPU (or per node) must be a whole number from 1 to 64, not "
                               f"{self.host_actors!r}: one per GPU is the default, several where one process "
                               "is the limit (docs/cluster.md)")
+
+    @property
+    def gateway_spec(self) -> str:
+        """The source spec of a host's share of the gateways (``zmq+shard://HOST:PORT?...``)."""
+        from drsn_stream.cluster.shard_source import shard_spec
+
+        return shard_spec(self.gateway, dict(self.gateway_options))
+
+    def gateway_curve(self) -> Any:
+        """The CURVE settings of a socket connecting to the gateways (``curve.Curve``), or None
+        where they publish in plain text. Reads the key files: a ConfigError says which is wrong."""
+        options = dict(self.gateway_options)
+        if not options.get("curve_server"):
+            return None
+        from drsn_stream.sources.curve import Curve
+
+        return Curve(key=options.get("curve_key") or None, server=options["curve_server"],
+                     what="the cluster's gateway source (?curve_server=)")
 
     @property
     def gpu_share(self) -> float:
@@ -148,6 +174,7 @@ def host_actor_class(ray: Any) -> Any:
                     config = dataclasses.replace(config, threads=inference_threads(os.cpu_count() or 1, cluster.host_actors))
                 self.name = name
                 self.worker = HostWorker(name, config, gateway=cluster.gateway, checkpoint_dir=cluster.checkpoint_dir,
+                                         gateway_options=dict(cluster.gateway_options),
                                          send=send, checkpoint_every_s=cluster.checkpoint_every_s,
                                          send_results=bool(cluster.jsonl or cluster.publish)).start()
 
@@ -198,7 +225,8 @@ def aggregator_actor_class(ray: Any) -> Any:
                 if cluster.publish:
                     from drsn_stream.sinks.jsonl import ZmqResultSink
 
-                    sinks.append(ZmqResultSink(cluster.publish))
+                    sinks.append(ZmqResultSink(cluster.publish, curve_key=cluster.publish_curve_key,
+                                               curve_allow=cluster.publish_curve_allow))
                 if cluster.webhook:
                     from drsn_stream.sinks.webhook import WebhookSink
 

@@ -10,13 +10,20 @@ that reads it (ZeroMQ sockets belong to one thread), at the next frame or idle m
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import zmq
 
 from drsn_stream.sources.zmq_source import ZmqSubSource
 from drsn_stream.types import Frame
+
+
+def shard_spec(gateway: str, options: Mapping[str, str]) -> str:
+    """``zmq+shard://GATEWAY?K=V&...``: the options quoted (a key file's path may hold ``&``)."""
+    query = urlencode(dict(options))
+    return f"{ShardSource.kind}://{gateway}" + (f"?{query}" if query else "")
 
 
 class ShardSource(ZmqSubSource):
@@ -119,4 +126,4 @@ class ShardSource(ZmqSubSource):
                 yield kept
 
 
-__all__ = ["ShardSource"]
+__all__ = ["ShardSource", "shard_spec"]
