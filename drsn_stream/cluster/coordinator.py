@@ -71,7 +71,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._agg = self.ray.get_actor(AGGREGATOR, namespace=NAMESPACE)
         self._curve = cluster.gateway_curve()  # the discovery socket's, when the gateways encrypt
-        self._start_failures: set[str] = set()  # reasons hosts could not start, each said once
+        self._start_failures: set[tuple[str, str]] = set()  # (node, reason) of hosts that could not start, said once each
         self._sync_hosts()
         end = time.monotonic() + START_TIMEOUT_S
         while self.starting and time.monotonic() < end:  # the first hosts: deployed before this returns
@@ -119,7 +119,7 @@ class Coordinator:
                 try:
                     self.ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a host that cannot start is left out, tried again later
-                    self._start_failed(name, node, exc)
+                    self._start_failed(name, node, start_failure(exc))
                     continue
                 with self._lock:
                     self.hosts[name] = handle
@@ -130,6 +130,8 @@ class Coordinator:
             elif time.monotonic() - t0 > START_TIMEOUT_S:  # its node is likely gone
                 with self._lock:
                     self.starting.pop(name, None)
+                self._start_failed(name, node, f"not up within {START_TIMEOUT_S:g} s (its node lost, or too "
+                                               "busy to import torch and load the model?)")
                 try:
                     self.ray.kill(handle, no_restart=True)
                 except Exception:  # noqa: BLE001
@@ -137,14 +139,13 @@ class Coordinator:
         if joined:
             self._rebalance()
 
-    def _start_failed(self, name: str, node: str, exc: BaseException) -> None:
+    def _start_failed(self, name: str, node: str, reason: str) -> None:
         """A host that could not start (a key file or model missing on its node, say) is said on
-        the dashboard and in the results once per reason: before, its node stayed without a host
+        the dashboard and in the results once per node and reason: before, its node stayed without a host
         and nobody was told why."""
-        reason = start_failure(exc)
-        if reason in self._start_failures:
+        if (node, reason) in self._start_failures:
             return
-        self._start_failures.add(reason)
+        self._start_failures.add((node, reason))
         message = (f"host {name} could not start on node {node[:8]}: {reason}; its streams go to the other "
                    "hosts, and it is started again from time to time")
         self.errors.append(message)
