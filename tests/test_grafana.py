@@ -158,3 +158,28 @@ def test_the_alert_rules_load_and_fire_when_their_unit_tests_say():
     assert run.returncode == 0, run.stdout + run.stderr
     tested = set(re.findall(r"alertname: (\w+)", (ALERTS.parent / "alerts-test.yml").read_text()))
     assert tested == set(re.findall(r"- alert: (\w+)", ALERTS.read_text()))  # every rule has its test
+
+
+# who hears each rule (docs/grafana/alertmanager.yml): a stream at DANGER or a monitor that
+# classifies nothing pages someone; ALERT goes to the machine's owners; a sensor to check to
+# maintenance; the monitor's own health to whoever runs it
+ROUTED_TO = {"DrsnStreamDanger": "pager", "DrsnEngineStalled": "pager", "DrsnMonitorDown": "pager",
+             "DrsnStreamAlert": "machine-owners", "DrsnSensorCheck": "maintenance", "DrsnNotReady": "operators",
+             "DrsnWindowsDropped": "operators", "DrsnLatencyHigh": "operators", "DrsnOutputFailing": "operators"}
+
+
+def test_alertmanager_routes_every_rule_to_whom_it_concerns():
+    tool = shutil.which("amtool")
+    if tool is None:
+        pytest.skip("amtool is not installed (tools/setup.sh --dev installs prometheus-alertmanager)")
+    config = ALERTS.parent / "alertmanager.yml"
+    check = subprocess.run([tool, "check-config", str(config)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
+    rules = dict(re.findall(r"- alert: (\w+)\n(?:.*\n)*?\s+severity: (\w+)", ALERTS.read_text()))
+    assert set(rules) == set(ROUTED_TO)  # every rule has a receiver said for it here
+    for name, severity in [*rules.items(), ("SomeoneElsesAlert", "critical")]:
+        r = subprocess.run([tool, "config", "routes", "test", f"--config.file={config}", f"alertname={name}",
+                            f"severity={severity}", "instance=plant-1:9464", "stream=pump-7"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == ROUTED_TO.get(name, "operators"), (name, r.stdout)

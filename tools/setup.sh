@@ -50,7 +50,7 @@ if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/
   PKGS+=("python3-venv")
 fi
 if [ "$DEV" = 1 ] && command -v dpkg-query >/dev/null 2>&1; then
-  PKGS+=(libasound2-plugins alsa-utils jackd2 sox espeak-ng flite tmux prometheus gcc libc6-dev)  # gcc: tests/clockstep.c
+  PKGS+=(libasound2-plugins alsa-utils jackd2 sox espeak-ng flite tmux prometheus prometheus-alertmanager gcc libc6-dev)  # gcc: tests/clockstep.c; alertmanager: amtool
 fi
 [ ${#PKGS[@]} -gt 0 ] && apt_install "${PKGS[@]}"
 

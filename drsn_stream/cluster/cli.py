@@ -113,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         handle = start_cluster(cfg, cluster, address=args.address)
         hosts = handle.hosts()
-        print(f"drsn-stream cluster: {len(hosts)} host(s) up: {', '.join(sorted(hosts))}; gateway {gateway}",
+        up = (f"{len(hosts)} host(s) up: {', '.join(sorted(hosts))}" if hosts else
+              "0 host(s) up (the dashboard's notes say why a host could not start; they are tried again)")
+        print(f"drsn-stream cluster: {up}; gateway {gateway}",
               file=sys.stderr, flush=True)
         try:
             if args.once:
