@@ -199,7 +199,8 @@ def test_cluster_mode_takes_the_gateways_key_options_and_checks_them_before_ray_
         check_here(ClusterConfig(gateway="gw:5555", checkpoint_dir=str(tmp_path), publish="tcp://127.0.0.1:5560",
                                  publish_curve_key=str(keys / "mon.key_secret"), publish_curve_allow="nowhere"))
     for spec, said in [("zmq://gw:5555?curve_allow=keys", "the cluster's hosts connect to the gateways"),
-                       ("zmq://gw:5555?topic=pump", "topic= does not apply")]:
+                       ("zmq://gw:5555?topic=pump", "topic= does not apply"),
+                       ("zmq://gw:5555?until_eos=1", "until_eos= does not apply")]:
         with pytest.raises(ConfigError, match=said):
             gateway_of((spec,))
 

@@ -56,6 +56,9 @@ def gateway_of(sources: tuple[str, ...]) -> tuple[str, tuple[tuple[str, str], ..
     if "topic" in spec.options:
         raise ConfigError("cluster mode subscribes each host to the streams it owns: topic= does not apply to "
                           "its --source (leave it out, or run one monitor on the streams of that topic)")
+    if "until_eos" in spec.options:
+        raise ConfigError("until_eos= does not apply to cluster mode: a host's streams move between hosts, and the "
+                          "hosts run until the command stops (--duration, or q / Ctrl-C)")
     if "curve_allow" in spec.options:
         raise ConfigError("curve_allow= is for a reader that binds (zmq+bind://); the cluster's hosts connect to "
                           "the gateways: give curve_server=NAME.key (and curve_key=NAME.key_secret where the "
