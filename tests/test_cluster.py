@@ -792,6 +792,27 @@ def test_cluster_command_needs_one_zmq_gateway() -> None:
     assert r.returncode == 2 and "host actors per GPU" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_the_gateway_sources_options_reach_the_hosts_or_are_refused_before_ray_starts(tmp_path: Path) -> None:
+    # ?hwm= and the like were dropped in cluster mode: every host now gets them (quoted: a path
+    # may hold & or =); a wrong value, and options that cannot apply to a cluster, stop the command
+    from drsn_stream.cluster.cli import check_here, gateway_of
+    from drsn_stream.cluster.ray_app import ClusterConfig
+    from drsn_stream.errors import ConfigError
+    from drsn_stream.sources import make_source
+
+    gateway, options = gateway_of(("zmq://gw:5555?hwm=500&max_skew_s=5",))
+    cluster = ClusterConfig(gateway=gateway, checkpoint_dir=str(tmp_path), gateway_options=options)
+    check_here(cluster)
+    src = make_source(cluster.gateway_spec)
+    assert (src.kind, src.target, src.options["hwm"], src.options["max_skew_s"]) == ("zmq+shard", "gw:5555", 500, 5.0)
+    with pytest.raises(ConfigError, match="hwm"):
+        check_here(ClusterConfig(gateway=gateway, checkpoint_dir=str(tmp_path), gateway_options=(("hwm", "0"),)))
+    for spec, said in [("zmq://gw:5555?topic=pump", "topic= does not apply"),
+                       ("zmq://gw:5555?until_eos=1", "until_eos= does not apply")]:
+        with pytest.raises(ConfigError, match=said):
+            gateway_of((spec,))
+
+
 def test_host_actors_share_a_gpu_or_a_nodes_cores() -> None:
     # N host actors per GPU reserve 1/N of it each; on a node without GPUs each takes 1/N of
     # the cores for inference, less one for its ingest thread, and never none

@@ -190,19 +190,15 @@ def test_cluster_mode_takes_the_gateways_key_options_and_checks_them_before_ray_
     check_here(ClusterConfig(gateway=gateway, checkpoint_dir=str(tmp_path), gateway_options=options,
                              publish="tcp://127.0.0.1:5560", publish_curve_key=str(keys / "mon.key_secret")))
     for spec, said in [("zmq://gw:5555?curve_server=keys/none.key", "no key file"),
-                       ("zmq://gw:5555?curve_key=keys/mon.key_secret", "needs the publisher's public key"),
-                       ("zmq://gw:5555?hwm=0", "hwm")]:
+                       ("zmq://gw:5555?curve_key=keys/mon.key_secret", "needs the publisher's public key")]:
         gateway, options = gateway_of((spec,))
         with pytest.raises(ConfigError, match=said):
             check_here(ClusterConfig(gateway=gateway, checkpoint_dir=str(tmp_path), gateway_options=options))
     with pytest.raises(ConfigError, match="is no folder"):
         check_here(ClusterConfig(gateway="gw:5555", checkpoint_dir=str(tmp_path), publish="tcp://127.0.0.1:5560",
                                  publish_curve_key=str(keys / "mon.key_secret"), publish_curve_allow="nowhere"))
-    for spec, said in [("zmq://gw:5555?curve_allow=keys", "the cluster's hosts connect to the gateways"),
-                       ("zmq://gw:5555?topic=pump", "topic= does not apply"),
-                       ("zmq://gw:5555?until_eos=1", "until_eos= does not apply")]:
-        with pytest.raises(ConfigError, match=said):
-            gateway_of((spec,))
+    with pytest.raises(ConfigError, match="the cluster's hosts connect to the gateways"):
+        gateway_of(("zmq://gw:5555?curve_allow=keys",))
 
 
 @pytest.mark.slow
