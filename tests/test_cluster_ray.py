@@ -55,7 +55,7 @@ def test_cluster_in_loopback_namespace() -> None:
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     print(r.stdout[-8000:], r.stderr[-4000:])
     assert r.returncode == 0, f"the cluster tests failed inside the namespace:\n{r.stdout[-8000:]}\n{r.stderr[-3000:]}"
-    # all four ran; without the real data the labels test skips, with the reason, inside too
+    # every test inside ran; without the real data the labels test skips, with the reason, inside too
     want = "7 passed" if CWRU.is_dir() else "6 passed"
     assert want in r.stdout, r.stdout[-2000:]
 
