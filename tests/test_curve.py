@@ -5,12 +5,14 @@ wrong key, or none, is told. Real sockets on loopback, a real `publish` process.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -37,11 +39,37 @@ def keys(tmp_path: Path) -> Path:
     return folder
 
 
-def _publisher(port: int, keys: Path, *extra: str) -> subprocess.Popen:
+def _publisher(port: int, keys: Path, *extra: str, key: str = "gw", stderr: Any = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "drsn_stream", "publish", "--source", "sim?machines=2", "--to",
-                             f"tcp://127.0.0.1:{port}", "--curve-key", str(keys / "gw.key_secret"), "--duration", "120",
-                             "--quiet", *extra], cwd=ROOT, env=env)
+                             f"tcp://127.0.0.1:{port}", "--curve-key", str(keys / f"{key}.key_secret"), "--duration",
+                             "120", "--quiet", *extra], cwd=ROOT, env=env, stderr=stderr)
+
+
+class _Reading:
+    """A monitor of ``spec`` running in the background: its frames so far, its notes."""
+
+    def __init__(self, spec: str) -> None:
+        self.pipe = Pipeline(RunConfig(sources=(spec,), engine_process=False))
+        self.notes = NoteSink()
+        self.pipe.outputs.add(self.notes)
+        self.pipe.start()
+
+    @property
+    def frames(self) -> int:
+        return self.pipe.sources[0].stats.frames
+
+    def until(self, ok: Any, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not ok() and time.monotonic() < deadline:
+            self.pipe.wait(duration=0.2)
+        return bool(ok())
+
+    def said(self, text: str) -> list[str]:
+        return [n for n in self.notes.lines if text in n]
+
+    def stop(self) -> None:
+        self.pipe.stop()
 
 
 def _monitor(spec: str, seconds: float) -> tuple[int, str, list[str]]:
@@ -269,3 +297,54 @@ def test_the_gateway_counts_the_readers_that_fail_its_handshake(keys: Path, free
         for r in readers:
             r.close(0)
     assert result["receivers"] == 0 and result["handshake_failures"] >= 2, result
+
+
+@pytest.mark.slow
+def test_a_readers_key_added_to_the_allow_list_lets_it_in_without_restarting_the_gateway(
+        keys: Path, tmp_path: Path, free_tcp_port: int) -> None:
+    allowed = keys.parent / "allowed"  # mon.key only
+    log = tmp_path / "gateway.err"
+    with open(log, "w") as err:
+        pub = _publisher(free_tcp_port, keys, "--curve-allow", str(allowed), stderr=err)
+    base = f"zmq://127.0.0.1:{free_tcp_port}?curve_server={keys / 'gw.key'}"
+    stranger = _Reading(f"{base}&curve_key={keys / 'stranger.key_secret'}")
+    try:
+        assert stranger.until(lambda: stranger.said("the CURVE handshake failed"), 60), stranger.notes.lines
+        assert stranger.frames == 0
+        shutil.copy(keys / "stranger.key", allowed / "stranger.key")  # the gateway's operator lets it in
+        assert stranger.until(lambda: stranger.frames >= 20, 30), "not let in after its key was added"
+        assert "loaded again: 2 readers' keys (were 1)" in log.read_text()
+        (allowed / "mon.key").unlink()  # and takes another's out: refused at its next handshake
+        deadline = time.monotonic() + 20
+        while "loaded again: 1 readers' keys (were 2)" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        frames, status, _ = _monitor(f"{base}&curve_key={keys / 'mon.key_secret'}", 4)
+        assert frames == 0 and "does not allow the key of curve_key=" in status, status
+    finally:
+        stranger.stop()
+        pub.kill()
+        pub.wait()
+
+
+@pytest.mark.slow
+def test_a_reader_follows_a_gateway_given_a_new_key_pair_when_its_public_key_file_is_replaced(
+        keys: Path, tmp_path: Path, free_tcp_port: int) -> None:
+    make_keys(str(keys), ["gw2"])
+    held = tmp_path / "gateway.key"  # the reader's copy of the gateway's public key
+    shutil.copy(keys / "gw.key", held)
+    pub = _publisher(free_tcp_port, keys)
+    reader = _Reading(f"zmq://127.0.0.1:{free_tcp_port}?curve_server={held}")
+    try:
+        assert reader.until(lambda: reader.frames >= 20, 60), "nothing read with the first key"
+        pub.kill()
+        pub.wait()
+        pub = _publisher(free_tcp_port, keys, key="gw2")  # the gateway's key pair rotated
+        assert reader.until(lambda: reader.said("the CURVE handshake failed"), 60), reader.notes.lines
+        before = reader.frames
+        shutil.copy(keys / "gw2.key", held)  # its new public key handed out, the reader left running
+        assert reader.until(lambda: reader.frames >= before + 20, 40), "the new key was not taken up"
+        assert len(reader.said(f"curve_server= ({held}) changed on disk: connecting with the new key")) == 1
+    finally:
+        reader.stop()
+        pub.kill()
+        pub.wait()

@@ -254,6 +254,8 @@ class Coordinator:
             known = set(self.streams)
             # what the hosts can hold: each refuses stream ids beyond its --max-streams anyway
             room = max(0, self.config.max_streams * max(1, len(self.hosts)) - len(known))
+        if self._curve is not None:
+            self._curve.refresh()  # key files replaced since (a gateway's new key): the next socket takes them
         sock = gateway_socket(self.cluster.gateway, self._curve)
         try:
             new, refused = listen_for_streams(sock, self.cluster.discover_window_s, known, room, self._heard)

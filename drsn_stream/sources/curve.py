@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -28,6 +30,7 @@ import zmq.auth
 from drsn_stream.errors import ConfigError
 
 KEYS_HINT = "make key pairs with `drsn-stream keys NAME`"
+ALLOW_RELOAD_S = 2.0  # how often an allow list's folder is looked at for keys added or removed
 
 
 def available() -> bool:
@@ -65,11 +68,96 @@ def load_public(path: str, what: str) -> bytes:
     return _load(path, what, f"give the other side's public NAME.key ({KEYS_HINT})")[0]
 
 
-def check_allow(folder: str, what: str) -> None:
+def check_allow(folder: str, what: str) -> int:
+    """How many public keys the allow list ``folder`` holds, or a ConfigError saying what is wrong
+    with it (no folder, no ``NAME.key`` file, a file that is no key)."""
     if not os.path.isdir(folder):
         raise ConfigError(f"{what}: {folder!r} is no folder; give a folder of the allowed clients' NAME.key files")
     if not any(name.endswith(".key") for name in os.listdir(folder)):
         raise ConfigError(f"{what}: {folder!r} holds no NAME.key file: no client could connect")
+    try:
+        return len(zmq.auth.load_certificates(folder))
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what}: the allow list {folder!r} holds a file that is no public key ({exc}); "
+                          f"{KEYS_HINT}") from None
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (inode, size, mtime), or None where it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _folder_stamp(folder: str) -> tuple[tuple[str, tuple[int, int, int] | None], ...] | None:
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".key"))
+    except OSError:
+        return None
+    return tuple((n, _stamp(os.path.join(folder, n))) for n in names)
+
+
+class AllowList:
+    """A server's allow list: ZeroMQ's authenticator (ZAP) for the socket's context, holding the
+    public keys of the ``NAME.key`` files in ``folder``, and a thread that loads them again when
+    the folder changes (looked at every ``ALLOW_RELOAD_S``): a reader's key added is let in at its
+    next connection attempt, one removed is refused at its next handshake (a connection it has
+    stays until it reconnects), without restarting the gateway. A folder whose files cannot all
+    be read keeps the keys loaded before, and says so.
+
+    ``on_change(message)``, where given, hears each reload and each refusal to reload."""
+
+    def __init__(self, ctx: zmq.Context, folder: str, what: str,
+                 on_change: Callable[[str], None] | None = None) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        self.folder, self.what, self.on_change = folder, what, on_change
+        self._stamp = _folder_stamp(folder)
+        self.auth = ThreadAuthenticator(ctx)
+        self.auth.start()
+        try:
+            self.keys = self._configure()
+        except BaseException:
+            self.auth.stop()
+            raise
+        self.reloads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="drsn-curve-allow", daemon=True)
+        self._thread.start()
+
+    def _configure(self) -> int:
+        """Loads the folder's keys (all of them, or a ConfigError saying what is wrong) into the
+        authenticator; returns how many."""
+        n = check_allow(self.folder, self.what)
+        self.auth.configure_curve(domain="*", location=self.folder)
+        return n
+
+    def _watch(self) -> None:
+        while not self._stop.wait(ALLOW_RELOAD_S):
+            stamp = _folder_stamp(self.folder)
+            if stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            before = self.keys
+            try:
+                self.keys = self._configure()
+            except ConfigError as exc:
+                self._say(f"{exc}: the {before} keys loaded before still hold")
+                continue
+            self.reloads += 1
+            self._say(f"{self.what}: allow list {self.folder!r} loaded again: {self.keys} readers' keys "
+                      f"(were {before}); a connection of a key removed stays until it reconnects")
+
+    def _say(self, message: str) -> None:
+        if self.on_change is not None:
+            self.on_change(message)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.auth.stop()
 
 
 class Curve:
@@ -80,13 +168,20 @@ class Curve:
         key: this side's ``.key_secret`` (a server's is required; a client's where the server
             keeps an allow list).
         server: the server's public ``.key``: set on a client, never on a server.
-        allow: a server's folder of allowed clients' ``.key`` files (None: any client).
+        allow: a server's folder of allowed clients' ``.key`` files (None: any client), loaded
+            again when it changes (``AllowList``).
         what: the option's name, for messages.
+        on_change: hears what changed while the socket is open (an allow list loaded again).
+
+    A client's files are read again by ``refresh`` when they change: a gateway given a new key
+    pair is followed by the readers whose ``curve_server`` file was replaced, without a restart.
     """
 
     def __init__(self, *, key: str | None, server: str | None = None, allow: str | None = None,
-                 what: str = "curve") -> None:
+                 what: str = "curve", on_change: Callable[[str], None] | None = None) -> None:
         self.what = what
+        self.on_change = on_change
+        self.server_path, self.key_path = server, key
         self.server_key = load_public(server, what) if server else None
         self.allow = allow
         if self.server_key is None:  # the server side
@@ -98,6 +193,7 @@ class Curve:
         elif allow is not None:
             raise ConfigError(f"{what}: an allow list is the server's (the side that binds), not a client's")
         self.keys = load_secret(key, what) if key else None
+        self._stamps = {p: _stamp(p) for p in (server, key) if p}
 
     @property
     def is_server(self) -> bool:
@@ -110,7 +206,7 @@ class Curve:
 
     def apply(self, sock: zmq.Socket) -> Any:
         """Sets CURVE on ``sock`` before it binds or connects. Returns what must be stopped with the
-        socket (``close``: the allow list's authenticator), or None."""
+        socket (``close``: the allow list's ``AllowList``), or None."""
         if self.is_server:
             assert self.keys is not None
             sock.curve_secretkey = self.keys[1]
@@ -118,21 +214,46 @@ class Curve:
             sock.curve_server = True
             if self.allow is None:
                 return None
-            from zmq.auth.thread import ThreadAuthenticator
-
-            auth = ThreadAuthenticator(sock.context)
-            auth.start()
-            auth.configure_curve(domain="*", location=self.allow)
-            return auth
+            return AllowList(sock.context, self.allow, self.what, self.on_change)
         public, secret = self.keys if self.keys is not None else zmq.curve_keypair()
         sock.curve_secretkey = secret
         sock.curve_publickey = public
         sock.curve_serverkey = self.server_key
         return None
 
+    def refresh(self) -> list[str]:
+        """A client's key files read again where they changed since last read (replaced or
+        rewritten); returns the options whose key changed. A file that cannot be read now (being
+        copied, say) keeps the key read before, and is tried again at the next call."""
+        if self.is_server:
+            return []
+        changed = []
+        for path in (self.server_path, self.key_path):
+            if not path:
+                continue
+            stamp = _stamp(path)
+            if stamp == self._stamps.get(path):
+                continue
+            try:
+                if path == self.server_path:
+                    new_server = load_public(path, self.what)
+                    if new_server != self.server_key:
+                        self.server_key = new_server
+                        changed.append("curve_server")
+                else:
+                    new_keys = load_secret(path, self.what)
+                    if new_keys != self.keys:
+                        self.keys = new_keys
+                        changed.append("curve_key")
+            except ConfigError:
+                continue  # stamp not kept: read again next time
+            self._stamps[path] = stamp
+        return changed
+
 
 def close(sock: zmq.Socket, guard: Any) -> None:
-    """Closes ``sock`` (after its LINGER) and what ``Curve.apply`` started for it (and its own context)."""
+    """Closes ``sock`` (after its LINGER) and what ``Curve.apply`` started for it (its allow list, and
+    its own context)."""
     ctx = sock.context
     sock.close()
     if guard is not None:

@@ -317,7 +317,10 @@ def run(args: argparse.Namespace) -> int:
     curve = None
     key, server, allow = (getattr(args, f"curve_{k}", None) for k in ("key", "server", "allow"))
     if key or server or allow:
-        curve = Curve(key=key, server=server, allow=allow, what="CURVE")
+        # an allow list loaded again (readers' keys added or removed) is said even with --quiet: rare, and
+        # who may read the gateway changed
+        curve = Curve(key=key, server=server, allow=allow, what="CURVE",
+                      on_change=lambda message: print(f"publish: {message}", file=sys.stderr, flush=True))
         how += ", CURVE-encrypted"
     stop = threading.Event()
     saved = _stop_on_signals(stop)

@@ -352,7 +352,11 @@ class _ZmqSource(Source):
         if not self.bind and server is None:
             raise ConfigError(f"{what}: an encrypted zmq:// link needs the publisher's public key: "
                               "curve_server=NAME.key (the file `drsn-stream keys NAME` wrote for it)")
-        return Curve(key=key, server=server, allow=allow, what=what)
+        return Curve(key=key, server=server, allow=allow, what=what, on_change=self._curve_changed)
+
+    def _curve_changed(self, message: str) -> None:
+        """An allow list loaded again (its own thread): a note on the dashboard and in the results."""
+        self.notes.append(("*", message))
 
     def polling(self) -> set[str]:
         heads, others = self._poll
@@ -439,20 +443,48 @@ class _ZmqSource(Source):
         was fixed. Called by the reading thread while the socket is quiet."""
         if self._conns is None:
             return
+        failed = []
         for endpoint, ok in self._conns.update():
             if ok:
                 self._retry.pop(endpoint, None)
             else:
                 self._handshake_failed(endpoint)
+                failed.append(endpoint)
+        # a key file replaced since it was read (a gateway given a new key pair): connect again at
+        # once with the new key; libzmq's own reconnections (every 100 ms after a connection that
+        # had worked) would keep the old one
+        if failed and self._curve_refresh(sock):
+            for endpoint in dict.fromkeys(e for e in failed if e in self.addresses):
+                self._retry.pop(endpoint, None)
+                self._reconnect(sock, endpoint)
         now = time.monotonic()
         for endpoint, (due, pause) in list(self._retry.items()):
             if now >= due:
                 self._retry[endpoint] = (math.inf, pause)  # until this try fails too
-                try:
-                    sock.disconnect(endpoint)
-                except zmq.ZMQError:
-                    pass
-                connect_socket(sock, endpoint)
+                self._curve_refresh(sock)
+                self._reconnect(sock, endpoint)
+
+    @staticmethod
+    def _reconnect(sock: zmq.Socket, endpoint: str) -> None:
+        try:
+            sock.disconnect(endpoint)
+        except zmq.ZMQError:
+            pass
+        connect_socket(sock, endpoint)
+
+    def _curve_refresh(self, sock: zmq.Socket) -> bool:
+        """After a failed handshake: key files replaced since they were read (a gateway given a new
+        key pair, its new public key copied over the curve_server= file) are read again and set for
+        the socket's next connections, and said. True when a key changed."""
+        if self.curve is None or self.bind:
+            return False
+        changed = self.curve.refresh()
+        if not changed:
+            return False
+        self.curve.apply(sock)  # a client's: the socket options of its next connections
+        files = " and ".join(f"{k}= ({self.options[k]})" for k in changed)
+        self.notes.append(("*", f"{self.address}: {files} changed on disk: connecting with the new key"))
+        return True
 
     def _handshake_failed(self, endpoint: str) -> None:
         n = self.handshake_failures[endpoint] = self.handshake_failures.get(endpoint, 0) + 1
