@@ -440,7 +440,8 @@ class _ZmqSource(Source):
         e.g. ``publish --pull``'s PUSH for a SUB; not a ZeroMQ program): said once per endpoint,
         and a connecting socket connects again (1, 2, 4, 8 s apart), because libzmq does not after
         such a failure: the monitor waited "for publishers" for ever, even once the publisher
-        was fixed. Called by the reading thread while the socket is quiet."""
+        was fixed. After a failed handshake, CURVE key files replaced since they were read are
+        read again (``_curve_refresh``). Called by the reading thread while the socket is quiet."""
         if self._conns is None:
             return
         failed = []
