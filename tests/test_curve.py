@@ -344,6 +344,10 @@ def test_a_reader_follows_a_gateway_given_a_new_key_pair_when_its_public_key_fil
         shutil.copy(keys / "gw2.key", held)  # its new public key handed out, the reader left running
         assert reader.until(lambda: reader.frames >= before + 20, 40), "the new key was not taken up"
         assert len(reader.said(f"curve_server= ({held}) changed on disk: connecting with the new key")) == 1
+        pub.kill()
+        pub.wait()
+        pub = _publisher(free_tcp_port, keys)  # back to the first pair: failing again is said again
+        assert reader.until(lambda: len(reader.said("the CURVE handshake failed")) == 2, 60), reader.notes.lines
     finally:
         reader.stop()
         pub.kill()

@@ -329,6 +329,7 @@ class _ZmqSource(Source):
         self._said_no_speed: set[str] = set()  # streams said to send an rpm that is no speed
         self._conns: Connections | None = None  # the data socket's connections (_watch_handshakes)
         self.handshake_failures: dict[str, int] = {}  # endpoint: connections its peer closed in the handshake
+        self._said_failing: set[str] = set()  # endpoints whose failing handshakes were said (_handshake_failed)
         self._retry: dict[str, tuple[float, float]] = {}  # endpoint: (monotonic time to connect again, pause)
         # Set by an ingest process (app.shards): False for a topic (stream id, bytes) that is another
         # process's, which skips the message before it is decoded or counted.
@@ -448,6 +449,8 @@ class _ZmqSource(Source):
         for endpoint, ok in self._conns.update():
             if ok:
                 self._retry.pop(endpoint, None)
+                if not self.bind:  # a publisher that works again and later fails (a new key) is said again
+                    self._said_failing.discard(endpoint)
             else:
                 self._handshake_failed(endpoint)
                 failed.append(endpoint)
@@ -488,8 +491,9 @@ class _ZmqSource(Source):
         return True
 
     def _handshake_failed(self, endpoint: str) -> None:
-        n = self.handshake_failures[endpoint] = self.handshake_failures.get(endpoint, 0) + 1
-        if n == 1:
+        self.handshake_failures[endpoint] = self.handshake_failures.get(endpoint, 0) + 1
+        if endpoint not in self._said_failing:  # once, until a handshake there works again
+            self._said_failing.add(endpoint)
             self.notes.append(("*", f"{endpoint}: {self._handshake_line()}"))
         if not self.bind and endpoint in self.addresses:
             pause = self._retry.get(endpoint, (0.0, HANDSHAKE_RETRY_S / 2))[1]
