@@ -68,15 +68,15 @@ def load_public(path: str, what: str) -> bytes:
     return _load(path, what, f"give the other side's public NAME.key ({KEYS_HINT})")[0]
 
 
-def check_allow(folder: str, what: str) -> int:
-    """How many public keys the allow list ``folder`` holds, or a ConfigError saying what is wrong
+def check_allow(folder: str, what: str) -> dict[bytes, bool]:
+    """The public keys (Z85) of the allow list ``folder``, or a ConfigError saying what is wrong
     with it (no folder, no ``NAME.key`` file, a file that is no key)."""
     if not os.path.isdir(folder):
         raise ConfigError(f"{what}: {folder!r} is no folder; give a folder of the allowed clients' NAME.key files")
     if not any(name.endswith(".key") for name in os.listdir(folder)):
         raise ConfigError(f"{what}: {folder!r} holds no NAME.key file: no client could connect")
     try:
-        return len(zmq.auth.load_certificates(folder))
+        return zmq.auth.load_certificates(folder)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what}: the allow list {folder!r} holds a file that is no public key ({exc}); "
                           f"{KEYS_HINT}") from None
@@ -107,7 +107,10 @@ class AllowList:
     stays until it reconnects), without restarting the gateway. A folder whose files cannot all
     be read keeps the keys loaded before, and says so.
 
-    ``on_change(message)``, where given, hears each reload and each refusal to reload."""
+    ``on_change(message)``, where given, hears each reload and each refusal to reload.
+
+    The authenticator asks ``callback`` about each client's key, so the keys it lets in are the
+    ones this object read and counted, swapped in one assignment on a reload."""
 
     def __init__(self, ctx: zmq.Context, folder: str, what: str,
                  on_change: Callable[[str], None] | None = None) -> None:
@@ -115,24 +118,21 @@ class AllowList:
 
         self.folder, self.what, self.on_change = folder, what, on_change
         self._stamp = _folder_stamp(folder)
+        self._allowed = check_allow(folder, what)
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
-        try:
-            self.keys = self._configure()
-        except BaseException:
-            self.auth.stop()
-            raise
-        self.reloads = 0
+        self.auth.configure_curve_callback(domain="*", credentials_provider=self)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="drsn-curve-allow", daemon=True)
         self._thread.start()
 
-    def _configure(self) -> int:
-        """Loads the folder's keys (all of them, or a ConfigError saying what is wrong) into the
-        authenticator; returns how many."""
-        n = check_allow(self.folder, self.what)
-        self.auth.configure_curve(domain="*", location=self.folder)
-        return n
+    @property
+    def keys(self) -> int:
+        return len(self._allowed)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """The authenticator's question (its thread): is this client's key (Z85) on the list?"""
+        return key in self._allowed
 
     def _watch(self) -> None:
         while not self._stop.wait(ALLOW_RELOAD_S):
@@ -142,11 +142,10 @@ class AllowList:
             self._stamp = stamp
             before = self.keys
             try:
-                self.keys = self._configure()
+                self._allowed = check_allow(self.folder, self.what)
             except ConfigError as exc:
                 self._say(f"{exc}: the {before} keys loaded before still hold")
                 continue
-            self.reloads += 1
             self._say(f"{self.what}: allow list {self.folder!r} loaded again: {self.keys} readers' keys "
                       f"(were {before}); a connection of a key removed stays until it reconnects")
 
