@@ -75,17 +75,12 @@ class _Reading:
 def _monitor(spec: str, seconds: float) -> tuple[int, str, list[str]]:
     """(frames received, the header's status line, notes) of a monitor of ``spec`` that ran until
     its first frames or ``seconds``."""
-    pipe = Pipeline(RunConfig(sources=(spec,), engine_process=False))
-    notes = NoteSink()
-    pipe.outputs.add(notes)
-    pipe.start()
+    reading = _Reading(spec)
     try:
-        deadline = time.monotonic() + seconds
-        while pipe.sources[0].stats.frames < 20 and time.monotonic() < deadline:
-            pipe.wait(duration=0.2)
-        return pipe.sources[0].stats.frames, pipe.snapshot().header.status, notes.lines
+        reading.until(lambda: reading.frames >= 20, seconds)
+        return reading.frames, reading.pipe.snapshot().header.status, reading.notes.lines
     finally:
-        pipe.stop()
+        reading.stop()
 
 
 def test_keys_are_pairs_whose_secret_only_its_owner_reads_and_are_never_overwritten(tmp_path: Path) -> None:
