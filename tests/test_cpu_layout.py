@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from drsn_stream import jit
 from drsn_stream.dsp.normalize import normalize
 from drsn_stream.engine import cpu_layout
 from drsn_stream.engine.runner import Runner
@@ -18,7 +19,7 @@ from drsn_stream.sources.sim import load_excerpts
 
 def _frozen(module: torch.nn.Module) -> torch.jit.ScriptModule:
     with quiet_torchscript():
-        return torch.jit.freeze(script_model(module.eval()))
+        return torch.jit.freeze(script_model(module.eval()), preserved_attrs=["forward_features"])
 
 
 def _real_windows(n: int = 256) -> np.ndarray:
@@ -49,32 +50,48 @@ def test_the_shipped_bearing_model_gives_the_same_labels_probabilities_and_noise
     fast, why = cpu_layout.convert(module, meta.model_config)
     assert fast is not None, why
     assert meta.scores == "probs" and is_wrapped(fast)  # the form returns what the artifact returns
-    fast = _frozen(fast)
     with torch.inference_mode():
         probs, noise = module(torch.from_numpy(x))
-        f_probs, f_noise = fast(torch.from_numpy(x))
-    assert torch.equal(probs.argmax(1), f_probs.argmax(1))
-    torch.testing.assert_close(f_probs, probs, rtol=0, atol=1e-4)
-    # the noise index counts exact zeros: a value rounded across its threshold moves it by 1/(L*C)
-    torch.testing.assert_close(f_noise, noise, rtol=0, atol=1e-3)
+    for form in FORMS.values():
+        with torch.inference_mode():
+            f_probs, f_noise = form(fast)(torch.from_numpy(x))
+        assert torch.equal(probs.argmax(1), f_probs.argmax(1))
+        torch.testing.assert_close(f_probs, probs, rtol=0, atol=1e-4)
+        # the noise index counts exact zeros: a value rounded across its threshold moves it by 1/(L*C)
+        torch.testing.assert_close(f_noise, noise, rtol=0, atol=1e-3)
     assert float(noise.mean()) > 0.05  # the units do zero a share of their activations
+
+
+def _compiled(fast: torch.nn.Module) -> torch.nn.Module:
+    if not jit.available():
+        pytest.skip("numba is not installed (or DRSN_STREAM_JIT=0)")
+    tails, why = cpu_layout.compiled(fast)
+    assert tails is not None, why
+    return tails
+
+
+FORMS = {"frozen": _frozen, "compiled tails": _compiled}
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if model_config(n, 10).dims == 1])
 # 2000: odd lengths deep in the net, 4-wide rows; 2002: lengths the position blocks do not divide
 @pytest.mark.parametrize("length", [2048, 2000, 2002])
-def test_every_1d_network_converts_to_the_same_function(name: str, length: int) -> None:
+@pytest.mark.parametrize("form", list(FORMS))
+def test_every_1d_network_converts_to_the_same_function(name: str, length: int, form: str) -> None:
     net = _trained_like(name)
     fast, why = cpu_layout.convert(net, model_config(name, 10).to_dict())
     assert fast is not None, why
-    fast = _frozen(fast)
+    fast = FORMS[form](fast)
     x = torch.from_numpy(np.ascontiguousarray(_real_windows(64)[:, :length]))
     with torch.inference_mode():
         logits, noise = net(x)
         f_logits, f_noise = fast(x)
+        _, _, features = net.forward_features(x)
+        _, _, f_features = fast.forward_features(x)
     assert f_logits.shape == logits.shape and f_noise.shape == noise.shape
     torch.testing.assert_close(f_logits, logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(f_noise, noise, rtol=0, atol=1e-3)
+    torch.testing.assert_close(f_features, features, rtol=1e-4, atol=1e-4)  # what the baselines learn from
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -120,6 +137,22 @@ def test_the_runner_uses_the_form_only_when_it_agrees_and_says_so(monkeypatch) -
     p1, n1 = fast.infer(x)
     assert (p0.argmax(1) == p1.argmax(1)).all()
     np.testing.assert_allclose(p1, p0, rtol=0, atol=1e-4)
+
+    # one torch thread (the engine process's default on 2 cores): the units' tails compiled; on
+    # more threads the form frozen in TorchScript, whose elementwise kernels use them all
+    assert fast.compiled_tails == jit.available()
+    assert ("compiled tails" in fast.device_name) == jit.available()
+    two = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=2,
+                 net_config=meta.model_config, validation=val, features=meta.features)
+    one = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1,
+                 net_config=meta.model_config, validation=val, features=meta.features)
+    assert two.channels_last and not two.compiled_tails
+    a, b = two.submit(x), one.submit(x)
+    (pa, na), (pb, nb) = two.collect(a), one.collect(b)
+    np.testing.assert_allclose(pb, pa, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(nb, na, rtol=0, atol=1e-3)
+    assert a.features is not None and a.features.shape == (len(x), meta.features)
+    np.testing.assert_allclose(b.features, a.features, rtol=1e-4, atol=1e-4)
 
     off = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1,
                  net_config=meta.model_config, validation=val, cpu_layout="off")

@@ -150,27 +150,20 @@ class _Unit(nn.Module):
             for name in ("gselk", "f1k", "f2k", "f2bk", "gsel1", "f11", "f21", "f2b1", "f1b"):
                 self.register_buffer(name, torch.zeros(0))
 
-    def forward(self, h: Tensor, spare: Tensor, kept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """h (batch, length, cin) contiguous; spare: a dead buffer of the previous unit, h's size
-        in this unit's rows (empty for the first unit: then allocated); kept (batch,): the sum of
-        the previous units' shares of activations left nonzero -> (out (batch, length', cout),
-        kept plus this unit's, a dead buffer of out's size in the next unit's rows)."""
-        b, n = h.shape[0], h.shape[1]
-        if n % self.k_in == 0:
-            hv, s1, t1 = h.view(b, n // self.k_in, self.k_in * self.cin), self.s1, self.t1
-        else:
-            hv, s1, t1 = h, self.s1[: self.cin], self.t1[: self.cin]
-        a = torch.relu_(torch.addcmul(t1, hv, s1, out=spare))
+    def convs(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        """conv1 (bn2 folded in) with its ReLU, and conv2, on a = relu(bn1(h)) (batch, positions,
+        cin) -> (conv2's output r, conv1's output, dead now), both (batch, positions', cout)."""
+        b, n = a.shape[0], a.shape[1]
         # convolutions on channels-last (b, channels, 1, positions) views: of blocks of positions
         # (b, slots, 1, blocks) where blocked; the memory is (b, positions, channels) either way
         pi = self.stride * self.po1
         pa = 1  # output positions per block of conv1's output view
         if self.po1 > 0 and n % pi == 0:
             pa = self.po1
-            a = a.view(b, 1, n // pi, pi * self.cin).permute(0, 3, 1, 2)
+            a = a.reshape(b, 1, n // pi, pi * self.cin).permute(0, 3, 1, 2)
             a = torch.relu_(F.conv2d(a, self.w1b, self.b1b, padding=(0, self.d1)))
         else:
-            a = a.view(b, 1, n, self.cin).permute(0, 3, 1, 2)
+            a = a.reshape(b, 1, n, self.cin).permute(0, 3, 1, 2)
             a = torch.relu_(F.conv2d(a, self.w1, self.b1, stride=(1, self.stride), padding=(0, self.pad)))
         c = self.cout
         lo = a.shape[1] * a.shape[3] // c
@@ -181,10 +174,25 @@ class _Unit(nn.Module):
             r = F.conv2d(a, self.w2b, self.b2b, padding=(0, self.d2))
         else:
             r = F.conv2d(a, self.w2, self.b2, padding=(0, self.pad))
-        r = r.permute(0, 2, 3, 1)  # (b, 1, blocks, slots): (b, lo, c) in memory
+        # (b, 1, blocks, slots): (b, lo, c) in memory
+        return r.permute(0, 2, 3, 1).reshape(b, lo, c), a.permute(0, 2, 3, 1).reshape(b, lo, c)
+
+    def forward(self, h: Tensor, spare: Tensor, kept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (batch, length, cin) contiguous; spare: a dead buffer of the previous unit, h's size
+        in this unit's rows (empty for the first unit: then allocated); kept (batch,): the sum of
+        the previous units' shares of activations left nonzero -> (out (batch, length', cout),
+        kept plus this unit's, a dead buffer of out's size in the next unit's rows)."""
+        b, n = h.shape[0], h.shape[1]
+        if n % self.k_in == 0:
+            hv, s1, t1 = h.view(b, n // self.k_in, self.k_in * self.cin), self.s1, self.t1
+        else:
+            hv, s1, t1 = h, self.s1[: self.cin], self.t1[: self.cin]
+        r, dead = self.convs(torch.relu_(torch.addcmul(t1, hv, s1, out=spare)).view(b, n, self.cin))
+        c = self.cout
+        lo = r.shape[1]
         k = self.k_out if lo % self.k_out == 0 else 1
         rk = r.reshape(b, lo // k, k * c)
-        buf = a.permute(0, 2, 3, 1).reshape(rk.shape)  # conv1's output, dead now: r's size
+        buf = dead.reshape(rk.shape)  # conv1's output, dead now: r's size
         if self.shrink > 0:
             if k > 1:
                 gsel, f1, f2, f2b = self.gselk, self.f1k, self.f2k, self.f2bk
@@ -268,9 +276,8 @@ class ChannelsLastDRSN(nn.Module):
         logits, noise_index, _ = self.forward_features(x)
         return logits, noise_index
 
-    @torch.jit.export
-    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Like forward, plus the pooled features (batch, channels) (networks.py)."""
+    def stem(self, x: Tensor) -> Tensor:
+        """The stem convolution: (batch, samples) -> (batch, length, channels)."""
         b, n = x.shape[0], x.shape[1]
         if n % self.stem_block == 0:
             pi = self.stem_block
@@ -279,7 +286,13 @@ class ChannelsLastDRSN(nn.Module):
         else:
             h = F.conv2d(x.view(b, 1, 1, n), self.stem_w, self.stem_b, stride=(1, self.stem_stride),
                          padding=(0, self.stem_pad))
-        h = h.permute(0, 2, 3, 1).reshape(b, -1, self.channels_stem)  # (batch, length, channels)
+        return h.permute(0, 2, 3, 1).reshape(b, -1, self.channels_stem)
+
+    @torch.jit.export
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Like forward, plus the pooled features (batch, channels) (networks.py)."""
+        b = x.shape[0]
+        h = self.stem(x)
         kept = torch.zeros(b, dtype=x.dtype, device=x.device)
         spare = torch.empty(0, dtype=x.dtype, device=x.device)  # no dead buffer yet
         for unit in self.units:
@@ -294,6 +307,80 @@ class ChannelsLastDRSN(nn.Module):
         # the share of activations the units zeroed, averaged over the units
         noise_index = 1.0 - kept / float(self.n_units) if self.has_shrink else kept
         return logits, noise_index, h
+
+
+class CompiledTails(nn.Module):
+    """A ``ChannelsLastDRSN`` run with its units' elementwise tails compiled (``shrink_jit``): the
+    same convolutions through torch, then one compiled call per unit for everything between one
+    unit's conv2 and the next unit's conv1. Plain Python (not TorchScript: it calls numba);
+    forward and ``forward_features`` return what the form's do, up to float rounding."""
+
+    def __init__(self, form: ChannelsLastDRSN, kernels: tuple[Any, Any]) -> None:
+        super().__init__()
+        self.form = form
+        self._tail, self._bn_relu = kernels
+        units = list(form.units)
+        self._plan: list[tuple[Any, ...]] = []
+        for i, u in enumerate(units):
+            c = u.cout
+            if u.shrink > 0:  # the 1-row constants, (in, out) for addmm: as (out, in) here
+                f1w, f1b = u.f11.t()[:c], u.f1b
+                f2w, f2b = (u.f21.t(), u.f2b1) if u.shrink == 2 else (u.f21.t()[:1], u.f2b1[:1])
+            else:
+                f1w, f1b, f2w, f2b = torch.zeros(c, c), torch.zeros(c), torch.zeros(c, c), torch.zeros(c)
+            nxt = units[i + 1] if i + 1 < len(units) else None
+            ns, nt = (nxt.s1[: nxt.cin], nxt.t1[: nxt.cin]) if nxt is not None else (form.hs[:c], form.ht[:c])
+            self._plan.append((u, c, u.stride, u.cin, int(u.shortcut), int(u.shrink),
+                               *(np.ascontiguousarray(t.detach().numpy(), dtype=np.float32) for t in (f1w, f1b, f2w, f2b, ns, nt)),
+                               int(nxt is None)))
+        first = units[0]
+        self._s0 = first.s1[: first.cin].detach().numpy().copy()
+        self._t0 = first.t1[: first.cin].detach().numpy().copy()
+        self._none = np.zeros((1, 1), np.float32)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits, noise_index, _ = self.forward_features(x)
+        return logits, noise_index
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        form = self.form
+        b = x.shape[0]
+        h = form.stem(x).contiguous()  # (a stem not over blocks gives a strided view)
+        a = torch.empty_like(h)
+        self._bn_relu(h.view(b, -1).numpy(), self._s0, self._t0, a.view(b, -1).numpy())
+        kept = torch.zeros(b, dtype=x.dtype)
+        pooled = torch.empty(b, form.channels, dtype=x.dtype)
+        kept_np, pooled_np = kept.numpy(), pooled.numpy()
+        for u, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns, nt, head in self._plan:
+            r, dead = u.convs(a)
+            lo = r.shape[1]
+            # the loops read rows of memory: views of oneDNN's channels-last outputs, as a rule
+            r = r.contiguous()
+            dead = dead if dead.is_contiguous() else torch.empty_like(r)
+            # r becomes the unit's output in place; conv1's dead output the next unit's input
+            self._tail(r.view(b, -1).numpy(), h.view(b, -1).numpy(), lo, c, stride, cin, shortcut, shrink,
+                       f1w, f1b, f2w, f2b, ns, nt, head, self._none if head else dead.view(b, -1).numpy(),
+                       pooled_np, kept_np)
+            h, a = r, dead
+        logits = F.linear(pooled, form.fc_w, form.fc_b)
+        noise_index = 1.0 - kept / float(form.n_units) if form.has_shrink else kept
+        return logits, noise_index, pooled
+
+
+def compiled(fast: nn.Module) -> tuple[nn.Module | None, str]:
+    """``fast`` (``convert``'s result) with its units' tails compiled, or (None, why not): numba
+    missing or refusing, or a network whose units mix shrinkage and none."""
+    from drsn_stream.engine import shrink_jit
+
+    form = network_of(fast)
+    if not isinstance(form, ChannelsLastDRSN):
+        return None, "not a channels-last form"
+    if len({u.shrink > 0 for u in form.units}) > 1:
+        return None, "units with and without shrinkage"
+    if not shrink_jit.warm():
+        return None, shrink_jit.why_not()
+    tails: nn.Module = CompiledTails(form, shrink_jit.kernels()).eval()
+    return (Probabilities(tails).eval() if is_wrapped(fast) else tails), ""
 
 
 def convert(module: torch.jit.ScriptModule | nn.Module, model_config: dict[str, Any] | None) -> tuple[nn.Module | None, str]:

@@ -112,6 +112,7 @@ class Runner:
         self.graphs = False
         self.notes: list[str] = []
         self.channels_last = False
+        self.compiled_tails = False  # the channels-last form's units' tails in numba (cpu_layout.CompiledTails)
         self.layout_check: tuple[float, float, float] | None = None
         self._slots: dict[int, list[_GraphSlot]] = {}
         self._next_lane: dict[int, int] = {}
@@ -155,13 +156,24 @@ class Runner:
     def _use_channels_last(self, module: torch.jit.ScriptModule, net_config: dict[str, Any],
                            validation: np.ndarray | None) -> None:
         """Swaps in the channels-last form of a 1-D network when it agrees with the module on the
-        validation windows (seeded Gaussian windows without them). Networks it cannot convert
-        (2-D, even kernels) keep the module without a note: that is not a fault."""
+        validation windows (seeded Gaussian windows without them): with its units' tails compiled
+        where numba is there and torch runs on one thread (those loops run on one), else frozen
+        in TorchScript. Networks it cannot convert (2-D, even kernels) keep the module without a
+        note: that is not a fault."""
         from drsn_stream.engine import cpu_layout as cl
 
         fast, _why = cl.convert(module, net_config)
         if fast is None:
             return
+        if validation is not None and len(validation):
+            x = np.asarray(validation[: cl.CHECK_WINDOWS], dtype=np.float32)
+        else:
+            x = np.random.default_rng(0).standard_normal((cl.CHECK_WINDOWS // 2, self.window)).astype(np.float32)
+        if self.threads == 1:
+            tails, _why = cl.compiled(fast)
+            if tails is not None and self._layout_agrees(cl, module, tails, x, "with compiled tails "):
+                self.module, self.channels_last, self.compiled_tails = tails, True, True
+                return
         try:
             with quiet_torchscript():
                 keep = ["forward_features"] if self.features else None
@@ -169,19 +181,20 @@ class Runner:
         except RuntimeError as exc:
             self.notes.append(f"channels-last form not used: {str(exc).splitlines()[0]}")
             return
-        if validation is not None and len(validation):
-            x = np.asarray(validation[: cl.CHECK_WINDOWS], dtype=np.float32)
-        else:
-            x = np.random.default_rng(0).standard_normal((cl.CHECK_WINDOWS // 2, self.window)).astype(np.float32)
-        agree, dp, dn = cl.compare(self.module, fast, x, scores=self.scores)
+        if self._layout_agrees(cl, module, fast, x, ""):
+            self.module, self.channels_last = fast, True
+
+    def _layout_agrees(self, cl: Any, module: torch.jit.ScriptModule, form: Any, x: np.ndarray, what: str) -> bool:
+        """Whether ``form`` agrees with the module on ``x``; a note with the figures where not."""
+        agree, dp, dn = cl.compare(self.module, form, x, scores=self.scores)
         self.layout_check = (agree, dp, dn)
         if agree >= cl.MIN_AGREEMENT and dp <= cl.MAX_PROB_DIFF and dn <= cl.MAX_NOISE_DIFF:
-            self.module, self.channels_last = fast, True
-        else:
-            self.notes.append(
-                f"channels-last form refused: {agree:.4%} label agreement, max |dp| {dp:.2e}, "
-                f"max |d noise| {dn:.2e}"
-            )
+            return True
+        self.notes.append(
+            f"channels-last form {what}refused: {agree:.4%} label agreement, max |dp| {dp:.2e}, "
+            f"max |d noise| {dn:.2e}"
+        )
+        return False
 
     @property
     def device_name(self) -> str:
@@ -190,6 +203,8 @@ class Runner:
                 ", CUDA graphs)" if self.graphs else ")"
             )
         layout = ", channels-last" if self.channels_last else ""
+        if self.compiled_tails:
+            layout += ", compiled tails"
         return f"CPU ({self.threads} torch thread{'s' if self.threads != 1 else ''}{layout})"
 
     def _agreement(self, m32: torch.jit.ScriptModule, m16: torch.jit.ScriptModule, val: np.ndarray) -> float:
