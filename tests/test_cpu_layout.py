@@ -146,7 +146,10 @@ def test_the_runner_uses_the_form_only_when_it_agrees_and_says_so(monkeypatch) -
                  net_config=meta.model_config, validation=val, features=meta.features)
     one = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1,
                  net_config=meta.model_config, validation=val, features=meta.features)
+    script = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1,
+                    net_config=meta.model_config, validation=val, cpu_layout="script")
     assert two.channels_last and not two.compiled_tails
+    assert script.channels_last and not script.compiled_tails and "compiled" not in script.device_name
     a, b = two.submit(x), one.submit(x)
     (pa, na), (pb, nb) = two.collect(a), one.collect(b)
     np.testing.assert_allclose(pb, pa, rtol=0, atol=1e-5)

@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores - 1)")
     ap.add_argument("--engine-process", choices=["auto", "on", "off"], default="auto",
                     help="CPU: the model in its own process (auto: on with 2 or more cores)")
-    ap.add_argument("--cpu-layout", choices=["auto", "off"], default="auto",
+    ap.add_argument("--cpu-layout", choices=["auto", "script", "off"], default="auto",
                     help="CPU: the model's verified channels-last form (auto) or the module as stored (off)")
     ap.add_argument("--eager-batch", type=int, default=None,
                     help="a batch leaves the idle engine's queue at this many windows (default: the monitor's, 64 on "

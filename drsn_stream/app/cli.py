@@ -84,9 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "new stream id, said in a note (default 600; 0: never, new ids are refused)")
     a("--fp16", choices=["auto", "on", "off"], help="half precision on CUDA where verified (default auto)")
     a("--threads", type=int, help="torch CPU threads (default: all cores but one)")
-    a("--cpu-layout", choices=["auto", "off"],
+    a("--cpu-layout", choices=["auto", "script", "off"],
       help="CPU: run 1-D networks in their channels-last form, after checking it agrees with the model on its "
-           "validation windows (default auto; off: exactly as stored)")
+           "validation windows, on one torch thread with its elementwise steps compiled (numba) (default auto; "
+           "script: that form all in TorchScript; off: exactly as stored)")
     a("--engine-process", choices=["auto", "on", "off"],
       help="CPU: run the model in its own process, so it shares no interpreter lock with ingest (default auto: "
            "on with 2 or more cores)")

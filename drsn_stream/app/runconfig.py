@@ -74,7 +74,7 @@ class RunConfig:
     fp16: str = "auto"
     cuda_graphs: bool = True
     threads: int | None = None
-    cpu_layout: str = "auto"  # CPU: run 1-D networks in their verified channels-last form ("off": as stored)
+    cpu_layout: str = "auto"  # CPU: 1-D networks in their verified channels-last form ("script": without numba; "off": as stored)
     engine_process: bool | None = None  # None: on for the CPU with 2 or more cores
     # processes that read each zmq:// source, sharded by stream id (app/shards.py); other sources
     # keep their ingest thread (None: 1 below 8 cores, half the cores, at most 8, from there on)
@@ -114,7 +114,7 @@ class RunConfig:
                 problems.append(f"{name} must be from {least} to {most:,} (or left unset), not {value!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             problems.append(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
-        for name, allowed in (("fp16", ("auto", "on", "off")), ("cpu_layout", ("auto", "off"))):
+        for name, allowed in (("fp16", ("auto", "on", "off")), ("cpu_layout", ("auto", "script", "off"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not 0 <= self.reclaim_after_s < math.inf:

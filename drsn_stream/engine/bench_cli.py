@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=arg_number(float, above=0, most=3600), default=1.0, help="time per measurement (s)")
     parser.add_argument("--threads", type=arg_number(int, 1, THREADS_LIMIT), help="torch CPU threads for all contenders (default: cores - 1)")
     parser.add_argument("--lanes", type=arg_number(int, 1, 16), default=2, help="CUDA batches in flight in the engine (1 = none overlap)")
-    parser.add_argument("--cpu-layout", choices=["auto", "off"], default="auto",
+    parser.add_argument("--cpu-layout", choices=["auto", "script", "off"], default="auto",
                         help="CPU engine: the verified channels-last form of 1-D networks (auto) or the module as stored")
     parser.add_argument("--naive-windows", type=arg_number(int, 1, 1_000_000), default=200, help="windows for the naive eager loop")
     parser.add_argument("--json", action="store_true", help="print one JSON document")

@@ -179,7 +179,8 @@ class ProcessRunner:
         threads: torch threads in the child (default 1: the other core is ingest's).
         lanes: batches in flight (2: one runs while the next is copied in).
         cpu: pin the child to this core (None: the scheduler decides).
-        cpu_layout: "auto" (1-D networks run in their verified channels-last form) or "off".
+        cpu_layout: "auto" (1-D networks run in their verified channels-last form), "script" (that
+            form without compiled tails) or "off".
         features: width of the pooled features to return (``Pending.features``); 0: none.
     """
 

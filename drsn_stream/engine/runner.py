@@ -93,7 +93,8 @@ class Runner:
             lanes: batches in flight on CUDA (1 = strictly one after the other); 1 on the CPU.
             net_config: the artifact's ``model_config``; on the CPU, 1-D networks then run in their
                 channels-last form (cpu_layout.py) where it agrees with the module.
-            cpu_layout: "auto" (use the channels-last form where converted and verified) or "off".
+            cpu_layout: "auto" (use the channels-last form where converted and verified, with its
+                units' tails compiled on one thread), "script" (that form frozen in TorchScript) or "off".
             scores: what the module's first output holds (``ArtifactMeta.scores``): "logits" or
                 "log_probs" (a softmax gives the probabilities) or "probs" (used as they are).
                 None: "probs" for a module in the ``Probabilities`` wrapper, else "logits".
@@ -123,7 +124,7 @@ class Runner:
             self.module = self._freeze(module.eval())
             self.dtype = torch.float32
             if cpu_layout != "off" and net_config:
-                self._use_channels_last(module, net_config, validation)
+                self._use_channels_last(module, net_config, validation, compiled=cpu_layout == "auto")
         else:
             self.lanes = max(1, int(lanes))
             self.threads = torch.get_num_threads()
@@ -154,7 +155,7 @@ class Runner:
             return module
 
     def _use_channels_last(self, module: torch.jit.ScriptModule, net_config: dict[str, Any],
-                           validation: np.ndarray | None) -> None:
+                           validation: np.ndarray | None, compiled: bool = True) -> None:
         """Swaps in the channels-last form of a 1-D network when it agrees with the module on the
         validation windows (seeded Gaussian windows without them): with its units' tails compiled
         where numba is there and torch runs on one thread (those loops run on one), else frozen
@@ -169,7 +170,7 @@ class Runner:
             x = np.asarray(validation[: cl.CHECK_WINDOWS], dtype=np.float32)
         else:
             x = np.random.default_rng(0).standard_normal((cl.CHECK_WINDOWS // 2, self.window)).astype(np.float32)
-        if self.threads == 1:
+        if compiled and self.threads == 1:
             tails, _why = cl.compiled(fast)
             if tails is not None and self._layout_agrees(cl, module, tails, x, "with compiled tails "):
                 self.module, self.channels_last, self.compiled_tails = tails, True, True
