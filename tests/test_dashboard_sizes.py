@@ -7,6 +7,7 @@ fault class, one with a flat-lined sensor (tools/bench_dashboard.py builds it, a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 from pathlib import Path
@@ -73,15 +74,31 @@ def test_80x24_header_and_footer_leave_parts_out_whole(snap):
     top, footer = lines[:2], lines[-2:]
     for line in top + footer:
         assert "…" not in line and len(line) <= 80
-    # readiness, model and device stay; the label count and rates give way, whole
-    assert "READY" in top[0] and "bearing-cwru" in top[0] and snap.header.device in top[0]
+    # readiness, model and device stay (the device whole or without its details); the label count
+    # and rates give way, whole
+    assert "READY" in top[0] and "bearing-cwru" in top[0]
+    short = dashboard.short_device(snap.header.device)
+    assert snap.header.device in top[0] or f"· {short}" in top[0]
     assert "64 streams: " in top[1] and "CHECK SENSOR" in top[1]
     assert "windows/s" in footer[0] and "dropped 0" in footer[0] and "q quit" in footer[1]
-    # every part of the full header line that shows, shows whole
+    # every part of the full header line that shows, shows whole or in its short form
     wide = screen(snap, 200, 60)[0]
     for part in re.split(r" · ", top[0].strip()):
-        assert part in wide or part.replace("12 kHz", "12000 Hz") in wide, part
+        whole = part.replace("12 kHz", "12000 Hz").replace("win/hop", "window/hop")
+        assert whole in wide or part == short, part
     assert "window/hop 2048/512" in wide and "10 labels" in wide
+
+
+@pytest.mark.parametrize("device, short", [
+    ("CPU (1 torch thread, channels-last, compiled tails, jemalloc), engine process", "CPU, 1 thread"),
+    ("CPU (15 torch threads, channels-last)", "CPU, 15 threads"),
+    ("NVIDIA H200 (fp16, CUDA graphs)", "NVIDIA H200"),
+])
+def test_a_narrow_header_names_the_device_without_its_details(snap, device: str, short: str) -> None:
+    named = dataclasses.replace(snap, header=dataclasses.replace(snap.header, device=device))
+    top = screen(named, 80, 24)[0]
+    assert f"· {short}" in top and "READY" in top and "bearing-cwru" in top and len(top) <= 80
+    assert device in screen(named, 200, 24)[0]  # a wide terminal shows it whole
 
 
 def test_200x60_shows_every_column_in_full(snap):

@@ -2,7 +2,9 @@
 """The CPU engine's channels-last form at a git revision against the working tree's, in one run.
 
 Both forms go through the monitor's ``Runner`` (verified on the artifact's validation windows,
-frozen, 1 thread) on the same real windows; ONNX Runtime runs beside them when installed (the
+1 thread) on the same real windows: the baseline's frozen in TorchScript, the working tree's as
+the runner runs it (each unit's tail compiled where numba is there; ``--cpu-layout script``: frozen
+too, to compare the TorchScript forms alone); ONNX Runtime runs beside them when installed (the
 best peer of ``drsn-stream bench --peers``). Measurements alternate between the contenders
 (``--repeat`` rounds, rotating order) and the medians of the process's CPU time per window are
 printed with the ratios: on a shared, loaded machine CPU time per window is the steadier figure,
@@ -48,15 +50,16 @@ def _layout_at(rev: str, folder: Path) -> ModuleType:
     return mod
 
 
-def _engine(model: str, layout: ModuleType) -> peers.Infer:
-    """The monitor's runner with ``layout``'s channels-last form (refused forms are an error)."""
+def _engine(model: str, layout: ModuleType, cpu_layout_mode: str = "auto") -> peers.Infer:
+    """The monitor's runner with ``layout``'s channels-last form (refused forms are an error); a
+    baseline's form is never compiled (``cpu_layout.compiled`` takes this tree's class only)."""
     module, meta = load_artifact(model, map_location="cpu")
     val = load_validation(model)
     convert = cpu_layout.convert
     cpu_layout.convert = layout.convert  # the runner converts through this module
     try:
         runner = Runner(module, window=meta.window, device="cpu", max_batch=256, threads=1, validation=val,
-                        net_config=meta.model_config, scores=meta.scores)
+                        net_config=meta.model_config, scores=meta.scores, cpu_layout=cpu_layout_mode)
     finally:
         cpu_layout.convert = convert
     if not runner.channels_last:
@@ -72,6 +75,8 @@ def main() -> int:
     parser.add_argument("--batch-sizes", default="64,256")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=0.5, help="per contender, batch size and round")
+    parser.add_argument("--cpu-layout", choices=["auto", "script"], default="auto",
+                        help="the working tree's form as the runner picks it (auto) or frozen in TorchScript (script)")
     args = parser.parse_args()
     try:
         sizes = [int(v) for v in args.batch_sizes.split(",")]
@@ -89,8 +94,9 @@ def main() -> int:
         raise ArtifactError(f"{args.model} carries no validation windows; add them with tools/attach_validation.py")
     data = np.ascontiguousarray(np.tile(val, (-(-max(sizes) // len(val)), 1))[: max(sizes)])
     with tempfile.TemporaryDirectory() as tmp:
-        fns = {"baseline": _engine(args.model, _layout_at(args.baseline, Path(tmp))),
-               "working tree": _engine(args.model, cpu_layout)}
+        tree = _engine(args.model, cpu_layout, args.cpu_layout)
+        wt_device = tree.__self__.device_name  # the runner behind its bound infer
+        fns = {"baseline": _engine(args.model, _layout_at(args.baseline, Path(tmp))), "working tree": tree}
         try:
             fns["ORT"] = peers._onnxruntime(peers._onnx_file(args.model, Path(tmp)), 1)
         except ImportError:
@@ -102,7 +108,7 @@ def main() -> int:
                 for name in names[rep % len(names):] + names[: rep % len(names)]:
                     cpu.setdefault((name, b), []).append(peers._rate(fns[name], data[:b], args.seconds)[1])
     print(f"{args.model}, 1 thread, CPU us per window (median of {args.repeat} interleaved rounds); "
-          f"baseline = {args.baseline}")
+          f"baseline = {args.baseline}; working tree: {wt_device}")
     for b in sizes:
         med = {name: statistics.median(cpu[(name, b)]) for name in names}
         line = "  ".join(f"{name} {v:.1f}" for name, v in med.items())

@@ -368,15 +368,13 @@ class CompiledTails(nn.Module):
 
 
 def compiled(fast: nn.Module) -> tuple[nn.Module | None, str]:
-    """``fast`` (``convert``'s result) with its units' tails compiled, or (None, why not): numba
-    missing or refusing, or a network whose units mix shrinkage and none."""
+    """``fast`` (``convert``'s result) with its units' tails compiled, or (None, why not: numba
+    missing or refusing)."""
     from drsn_stream.engine import shrink_jit
 
     form = network_of(fast)
     if not isinstance(form, ChannelsLastDRSN):
         return None, "not a channels-last form"
-    if len({u.shrink > 0 for u in form.units}) > 1:
-        return None, "units with and without shrinkage"
     if not shrink_jit.warm():
         return None, shrink_jit.why_not()
     tails: nn.Module = CompiledTails(form, shrink_jit.kernels()).eval()

@@ -172,7 +172,7 @@ class Runner:
             x = np.random.default_rng(0).standard_normal((cl.CHECK_WINDOWS // 2, self.window)).astype(np.float32)
         if compiled and self.threads == 1:
             tails, _why = cl.compiled(fast)
-            if tails is not None and self._layout_agrees(cl, module, tails, x, "with compiled tails "):
+            if tails is not None and self._layout_agrees(cl, tails, x, "with compiled tails "):
                 self.module, self.channels_last, self.compiled_tails = tails, True, True
                 return
         try:
@@ -182,10 +182,10 @@ class Runner:
         except RuntimeError as exc:
             self.notes.append(f"channels-last form not used: {str(exc).splitlines()[0]}")
             return
-        if self._layout_agrees(cl, module, fast, x, ""):
+        if self._layout_agrees(cl, fast, x, ""):
             self.module, self.channels_last = fast, True
 
-    def _layout_agrees(self, cl: Any, module: torch.jit.ScriptModule, form: Any, x: np.ndarray, what: str) -> bool:
+    def _layout_agrees(self, cl: Any, form: Any, x: np.ndarray, what: str) -> bool:
         """Whether ``form`` agrees with the module on ``x``; a note with the figures where not."""
         agree, dp, dn = cl.compare(self.module, form, x, scores=self.scores)
         self.layout_check = (agree, dp, dn)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -159,6 +160,16 @@ def fit_parts(parts: Sequence[Part], width: int) -> Text:
     return line
 
 
+def short_device(device: str) -> str:
+    """The device without its details, for a narrow header: "NVIDIA H200 (fp16, CUDA graphs)" ->
+    "NVIDIA H200", "CPU (1 torch thread, channels-last, ...), engine process" -> "CPU, 1 thread"."""
+    name = device.split(" (", 1)[0]
+    threads = re.match(r"CPU \((\d+) torch thread", device)
+    if threads:
+        return f"{name}, {threads.group(1)} thread{'s' if threads.group(1) != '1' else ''}"
+    return name
+
+
 def header(snapshot: Snapshot, *, paused: bool = False, width: int = 100) -> Text:
     """Two lines: model, device, readiness; sources and counts per level. Parts that do not fit
     ``width`` are abbreviated or left out whole, the least important first."""
@@ -181,7 +192,7 @@ def header(snapshot: Snapshot, *, paused: bool = False, width: int = 100) -> Tex
         first.append(_part(f" · {h.sample_rate:g} Hz", 3, short=f" · {khz}"))
         first.append(_part(f" · window/hop {h.window}/{h.hop}", 4, short=f" · win/hop {h.window}/{h.hop}"))
     if h.device:
-        first.append(_part(f" · {h.device}", 2, "cyan"))
+        first.append(_part(f" · {h.device}", 2, "cyan", short=f" · {short_device(h.device)}"))
     counts = snapshot.level_counts()
     n = len(snapshot.rows)
     second = [_part(f" {n} stream{'s' if n != 1 else ''}: ")]
