@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from drsn_stream import jit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,8 @@ def test_peers_run_the_same_network_and_agree_with_the_engine() -> None:
     out = json.loads(res.stdout)
     row = out["results"][0]
     assert row["batch"] == 64 and out["threads"] == 1
+    # the engine as the monitor runs it: the channels-last form with its units' tails compiled
+    assert out["channels_last"] and out["compiled_tails"] == jit.available()
     assert {"engine", "torchscript-frozen", "onnxruntime"} <= set(row["wps"])
     assert row["best_peer"] in row["wps"] and row["x_best_peer"] == pytest.approx(
         row["wps"]["engine"] / row["wps"][row["best_peer"]], rel=0.01)

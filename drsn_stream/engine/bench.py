@@ -140,6 +140,7 @@ def run_bench(
         "fp16_agreement": runner.fp16_agreement,
         "lanes": runner.lanes,
         "channels_last": runner.channels_last,
+        "compiled_tails": runner.compiled_tails,
         "channels_last_check": runner.layout_check,
         "warmup_s": round(warmup_s, 3),
         "naive_wps": round(naive_wps, 1),
@@ -218,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
             f"engine: {ENGINE_RUN} batches back to back, {res['lanes']} in flight")
     if res["channels_last_check"]:
         agree, dp, dn = res["channels_last_check"]
-        c.print(f"channels-last form {'used' if res['channels_last'] else 'refused'}: {agree:.2%} label agreement "
+        form = "channels-last form" + (" with compiled tails" if res.get("compiled_tails") else "")
+        c.print(f"{form} {'used' if res['channels_last'] else 'refused'}: {agree:.2%} label agreement "
                 f"with the module on the validation windows, max |d prob| {dp:.1e}, max |d noise index| {dn:.1e}")
     for note in res["notes"]:
         c.print(f"note: {note}")

@@ -145,7 +145,7 @@ def _build(name: str, model: str, threads: int, sizes: tuple[int, ...],
                         batch_sizes=list(sizes), threads=threads, validation=load_validation(model),
                         net_config=meta.model_config, cpu_layout="auto", scores=meta.scores)
         runner.warmup()
-        return runner.infer, {"channels_last": runner.channels_last}
+        return runner.infer, {"channels_last": runner.channels_last, "compiled_tails": runner.compiled_tails}
     if name == "torchscript-frozen":
         return _frozen(model), {}
     if name == "torch.compile":
@@ -352,6 +352,7 @@ def run_peers(
     return {"model": meta.name, "network": meta.model, "window": meta.window, "threads": threads,
             "cpu_count": os.cpu_count(), "cpu": _cpu_name(), "torch": torch.__version__, "repeats": repeats,
             "seconds": seconds, "channels_last": ready["engine"].info.get("channels_last"),
+            "compiled_tails": ready["engine"].info.get("compiled_tails"),
             "malloc": {key: c.info.get("malloc") for key, c in ready.items()},
             "versions": _versions(), "compile_s": compile_s, "skipped": skipped,
             "label_agreement_with_engine": agreement, "results": rows}
