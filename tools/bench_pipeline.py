@@ -154,7 +154,9 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     ``publisher_on``: "monitor" runs the publisher on the monitor's own cores, not the engine
     process's (where the monitor pins one): it stands for the gateways, which send from other
     hosts, and where the scheduler put it on the engine's core its bursts took that core from
-    the model in the middle of batches (docs/performance.md). "any": wherever the scheduler puts it.
+    the model in the middle of batches (docs/performance.md). "engine": on the engine process's
+    core, to measure ingest without a load generator on its core. "any": wherever the scheduler
+    puts it.
     """
     if n % channels:
         raise SystemExit(f"--streams {n} is not a multiple of --channels {channels}")
@@ -172,7 +174,8 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
                     hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process,
                     max_batch=max_batch, cpu_layout=cpu_layout, **overrides)
     pipe = Pipeline(cfg)
-    cores = pipe.monitor_cpus if publisher_on == "monitor" else None
+    cores = {"monitor": pipe.monitor_cpus,
+             "engine": {pipe.engine_cpu} if pipe.engine_cpu is not None else None}.get(publisher_on)
     pubs = []
     for port, m, k in zip(ports, count, first):
         pubs.append(subprocess.Popen(
@@ -355,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                          "stream's windows on the same frames against spread over 4 quarters of the hop)")
     ap.add_argument("--publisher-on", default="monitor", metavar="LIST",
                     help="where the publisher runs: monitor (the monitor's own cores, not the engine process's; "
-                         "default) or any (where the scheduler puts it); comma-separated to alternate, e.g. monitor,any")
+                         "default), engine (the engine process's core: ingest without a load generator on its core) "
+                         "or any (where the scheduler puts it); comma-separated to alternate, e.g. monitor,engine")
     ap.add_argument("--publishers", type=int, default=1,
                     help="publisher processes the machines are split over (one source subscribed to all of them)")
     ap.add_argument("--all", action="store_true", help="try every N even after one is not held")
@@ -371,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                          "alternating, and print the CPU per window of both and their ratio")
     args = ap.parse_args(argv)
     places = [s.strip() for s in args.publisher_on.split(",") if s.strip()]
-    if not set(places) <= {"monitor", "any"}:
-        ap.error(f"--publisher-on takes monitor and any, not {args.publisher_on!r}")
+    if not set(places) <= {"monitor", "engine", "any"}:
+        ap.error(f"--publisher-on takes monitor, engine and any, not {args.publisher_on!r}")
     rows = []
     best = 0
     failed = False

@@ -935,6 +935,11 @@ class Pipeline:
         else None: where a load generator on the same host (a benchmark's publisher) belongs."""
         return set(self._cpus[0]) if self._cpus else None
 
+    @property
+    def engine_cpu(self) -> int | None:
+        """The core the engine process is pinned to (pinning on), else None."""
+        return self._cpus[1] if self._cpus else None
+
     def malformed_total(self) -> int:
         total = 0
         for src in self.sources:
