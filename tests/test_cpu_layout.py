@@ -13,7 +13,7 @@ from drsn_stream.engine.runner import Runner
 from drsn_stream.models import create_model
 from drsn_stream.models.artifact import load_artifact, load_validation, quiet_torchscript, script_model
 from drsn_stream.models.outputs import is_wrapped
-from drsn_stream.models.registry import list_models, model_config
+from drsn_stream.models.registry import build_from_config, list_models, model_config
 from drsn_stream.sources.sim import load_excerpts
 
 
@@ -92,6 +92,29 @@ def test_every_1d_network_converts_to_the_same_function(name: str, length: int, 
     torch.testing.assert_close(f_logits, logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(f_noise, noise, rtol=0, atol=1e-3)
     torch.testing.assert_close(f_features, features, rtol=1e-4, atol=1e-4)  # what the baselines learn from
+
+
+@pytest.mark.parametrize("stages", [((12, 2), (24, 2)), ((8, 1), (96, 2))])
+def test_channel_counts_a_row_of_64_does_not_hold_give_the_same_function(stages) -> None:
+    """12 and 24 channels do not divide a row of 64 values, 96 exceed it: the compiled tails'
+    per-channel loops, not their row loops."""
+    cfg = {**model_config("drsn_cw_paper", 10).to_dict(), "stages": [list(s) for s in stages],
+           "stem_channels": stages[0][0]}
+    torch.manual_seed(1)
+    net = build_from_config(cfg).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_var.uniform_(0.3, 3.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    fast, why = cpu_layout.convert(net, cfg)
+    assert fast is not None, why
+    tails = _compiled(fast)
+    x = torch.from_numpy(np.ascontiguousarray(_real_windows(16)))
+    with torch.inference_mode():
+        logits, noise = net(x)
+        t_logits, t_noise = tails(x)
+    torch.testing.assert_close(t_logits, logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(t_noise, noise, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -44,14 +44,15 @@ def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns,
     one = np.float32(1.0)
     rows = n % ROW == 0 and ROW % c == 0
     ident = shortcut != 0 and stride == 1 and cin == c
+    w = max(ROW, c)  # per-slot constants: a row's 64 slots, or (more channels) one per channel
     acc = np.zeros(ROW, np.float32)
     g = np.zeros(c, np.float32)
     z = np.zeros(c, np.float32)
-    tau = np.zeros(ROW, np.float32)
-    srow = np.zeros(ROW, np.float32)
-    trow = np.zeros(ROW, np.float32)
-    prow = np.zeros(ROW, np.float32)
-    for q in range(ROW):
+    tau = np.zeros(w, np.float32)
+    srow = np.zeros(w, np.float32)
+    trow = np.zeros(w, np.float32)
+    prow = np.zeros(w, np.float32)
+    for q in range(w):
         srow[q] = ns[q % c]
         trow[q] = nt[q % c]
     inv = np.float32(1.0 / lo)
@@ -103,7 +104,7 @@ def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns,
         else:
             for o in range(c):
                 tau[o] = zero
-        for q in range(c, ROW):
+        for q in range(c, w):
             tau[q] = tau[q % c]
         # pass 2: soft thresholding (x - clamp(x, -tau, tau), as the torch form), the count of
         # activations kept, the shortcut, the next unit's bn1 and ReLU
@@ -151,7 +152,7 @@ def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns,
                         j = p0 + q
                         an[j] = max(ri[j] * srow[q] + trow[q], zero)
         else:
-            for q in range(ROW):
+            for q in range(w):
                 prow[q] = zero
             for p in range(lo):
                 for ch in range(c):
