@@ -174,6 +174,9 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
                     hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process,
                     max_batch=max_batch, cpu_layout=cpu_layout, **overrides)
     pipe = Pipeline(cfg)
+    if publisher_on == "engine" and pipe.engine_cpu is None:
+        raise SystemExit("--publisher-on engine: the engine process has no core of its own here "
+                         "(fewer than 2 cores, --engine-process off, or a GPU)")
     cores = {"monitor": pipe.monitor_cpus,
              "engine": {pipe.engine_cpu} if pipe.engine_cpu is not None else None}.get(publisher_on)
     pubs = []
@@ -346,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine-process", choices=["auto", "on", "off"], default="auto",
                     help="CPU: the model in its own process (auto: on with 2 or more cores)")
     ap.add_argument("--cpu-layout", choices=["auto", "script", "off"], default="auto",
-                    help="CPU: the model's verified channels-last form (auto) or the module as stored (off)")
+                    help="CPU: the model's verified channels-last form (auto: its units' tails compiled on one "
+                         "thread; script: all in TorchScript) or the module as stored (off)")
     ap.add_argument("--eager-batch", type=int, default=None,
                     help="a batch leaves the idle engine's queue at this many windows (default: the monitor's, 64 on "
                          "the CPU; 0: off)")
