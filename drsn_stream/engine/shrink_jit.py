@@ -109,8 +109,13 @@ def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns,
         # pass 2: soft thresholding (x - clamp(x, -tau, tau), as the torch form), the count of
         # activations kept, the shortcut, the next unit's bn1 and ReLU
         cnt = 0
-        if rows and not head and (ident or shortcut == 0):
-            an = a_next[i]
+        if rows:
+            # one loop where the shortcut is the identity (or none): the next bn1 and ReLU (or the
+            # head's pooling) read the value just made; else the shortcut's strided add comes first
+            fused = ident or shortcut == 0
+            an = a_next[i] if not head else a_next[0]
+            for q in range(ROW):
+                prow[q] = zero
             for p in range(n // ROW):
                 p0 = p * ROW
                 for q in range(ROW):
@@ -122,35 +127,25 @@ def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns,
                     if ident:
                         y = y + hi[j]
                     ri[j] = y
-                    an[j] = max(y * srow[q] + trow[q], zero)
-        elif rows:
-            for p in range(n // ROW):
-                p0 = p * ROW
-                for q in range(ROW):
-                    j = p0 + q
-                    x = ri[j]
-                    t = tau[q]
-                    y = x - min(max(x, -t), t)
-                    cnt += y != zero
-                    ri[j] = y
-            if shortcut != 0:
+                    if fused:
+                        a = max(y * srow[q] + trow[q], zero)
+                        if head:
+                            prow[q] += a
+                        else:
+                            an[j] = a
+            if not fused:
                 for p in range(lo):
                     for ch in range(cin):
                         ri[p * c + ch] += hi[p * stride * cin + ch]
-            if head:
-                for q in range(ROW):
-                    prow[q] = zero
-                for p in range(n // ROW):
-                    p0 = p * ROW
-                    for q in range(ROW):
-                        prow[q] += max(ri[p0 + q] * srow[q] + trow[q], zero)
-            else:
-                an = a_next[i]
                 for p in range(n // ROW):
                     p0 = p * ROW
                     for q in range(ROW):
                         j = p0 + q
-                        an[j] = max(ri[j] * srow[q] + trow[q], zero)
+                        a = max(ri[j] * srow[q] + trow[q], zero)
+                        if head:
+                            prow[q] += a
+                        else:
+                            an[j] = a
         else:
             for q in range(w):
                 prow[q] = zero
