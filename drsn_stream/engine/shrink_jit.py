@@ -5,10 +5,10 @@ After a unit's two convolutions the channels-last form (cpu_layout.py) runs |r|,
 threshold net, the clamp, the subtraction, the zero test and its count, the shortcut's add and
 the next unit's batch norm and ReLU as separate torch kernels, each a pass over the activations
 (docs/performance-peers.md). Here one call per unit does the same per window in two passes over
-its row (three where the shortcut is strided), which stays in the L1 cache between them: the sums of |r| per channel (then the
-threshold net on those few values), and the soft thresholding, the count of activations kept,
-the shortcut and the next unit's batch norm and ReLU (or, after the last unit, the head's batch
-norm, ReLU and mean over positions). Rows of 64 values hold whole positions, so per-channel
+its row (three where the shortcut is strided), which stays in the L1 cache between them: the sums
+of |r| per channel (then the threshold net on those few values), and the soft thresholding, the
+count of activations kept, the shortcut and the next unit's batch norm and ReLU (or, after the
+last unit, the head's batch norm, ReLU and mean over positions). Rows of 64 values hold whole positions, so per-channel
 constants repeat with period 64 and the inner loops vectorize.
 
 The results equal the torch form's up to float rounding (the runner compares the two forms on
