@@ -150,6 +150,16 @@ class _Unit(nn.Module):
             for name in ("gselk", "f1k", "f2k", "f2bk", "gsel1", "f11", "f21", "f2b1", "f1b"):
                 self.register_buffer(name, torch.zeros(0))
 
+    def bn1(self, h: Tensor, out: Tensor) -> Tensor:
+        """relu(bn1(h)) for h (batch, length, cin), written into ``out`` (resized; an empty tensor:
+        allocated), as (batch, length, cin); over rows of k_in positions where they divide h."""
+        b, n = h.shape[0], h.shape[1]
+        if n % self.k_in == 0:
+            hv, s1, t1 = h.view(b, n // self.k_in, self.k_in * self.cin), self.s1, self.t1
+        else:
+            hv, s1, t1 = h, self.s1[: self.cin], self.t1[: self.cin]
+        return torch.relu_(torch.addcmul(t1, hv, s1, out=out)).view(b, n, self.cin)
+
     def convs(self, a: Tensor) -> tuple[Tensor, Tensor]:
         """conv1 (bn2 folded in) with its ReLU, and conv2, on a = relu(bn1(h)) (batch, positions,
         cin) -> (conv2's output r, conv1's output, dead now), both (batch, positions', cout)."""
@@ -182,12 +192,8 @@ class _Unit(nn.Module):
         in this unit's rows (empty for the first unit: then allocated); kept (batch,): the sum of
         the previous units' shares of activations left nonzero -> (out (batch, length', cout),
         kept plus this unit's, a dead buffer of out's size in the next unit's rows)."""
-        b, n = h.shape[0], h.shape[1]
-        if n % self.k_in == 0:
-            hv, s1, t1 = h.view(b, n // self.k_in, self.k_in * self.cin), self.s1, self.t1
-        else:
-            hv, s1, t1 = h, self.s1[: self.cin], self.t1[: self.cin]
-        r, dead = self.convs(torch.relu_(torch.addcmul(t1, hv, s1, out=spare)).view(b, n, self.cin))
+        b = h.shape[0]
+        r, dead = self.convs(self.bn1(h, spare))
         c = self.cout
         lo = r.shape[1]
         k = self.k_out if lo % self.k_out == 0 else 1
@@ -315,16 +321,16 @@ class CompiledTails(nn.Module):
     unit's conv2 and the next unit's conv1. Plain Python (not TorchScript: it calls numba);
     forward and ``forward_features`` return what the form's do, up to float rounding."""
 
-    def __init__(self, form: ChannelsLastDRSN, kernels: tuple[Any, Any]) -> None:
+    def __init__(self, form: ChannelsLastDRSN, tail: Any) -> None:
         super().__init__()
         self.form = form
-        self._tail, self._bn_relu = kernels
+        self._tail = tail
         units = list(form.units)
         self._plan: list[tuple[Any, ...]] = []
         for i, u in enumerate(units):
             c = u.cout
             if u.shrink > 0:  # the 1-row constants, (in, out) for addmm: as (out, in) here
-                f1w, f1b = u.f11.t()[:c], u.f1b
+                f1w, f1b = u.f11.t(), u.f1b
                 f2w, f2b = (u.f21.t(), u.f2b1) if u.shrink == 2 else (u.f21.t()[:1], u.f2b1[:1])
             else:
                 f1w, f1b, f2w, f2b = torch.zeros(c, c), torch.zeros(c), torch.zeros(c, c), torch.zeros(c)
@@ -333,9 +339,6 @@ class CompiledTails(nn.Module):
             self._plan.append((u, c, u.stride, u.cin, int(u.shortcut), int(u.shrink),
                                *(np.ascontiguousarray(t.detach().numpy(), dtype=np.float32) for t in (f1w, f1b, f2w, f2b, ns, nt)),
                                int(nxt is None)))
-        first = units[0]
-        self._s0 = first.s1[: first.cin].detach().numpy().copy()
-        self._t0 = first.t1[: first.cin].detach().numpy().copy()
         self._none = np.zeros((1, 1), np.float32)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -346,8 +349,7 @@ class CompiledTails(nn.Module):
         form = self.form
         b = x.shape[0]
         h = form.stem(x).contiguous()  # (a stem not over blocks gives a strided view)
-        a = torch.empty_like(h)
-        self._bn_relu(h.view(b, -1).numpy(), self._s0, self._t0, a.view(b, -1).numpy())
+        a = form.units[0].bn1(h, torch.empty(0, dtype=x.dtype))  # the later units' bn1: in the tails
         kept = torch.zeros(b, dtype=x.dtype)
         pooled = torch.empty(b, form.channels, dtype=x.dtype)
         kept_np, pooled_np = kept.numpy(), pooled.numpy()
@@ -377,7 +379,7 @@ def compiled(fast: nn.Module) -> tuple[nn.Module | None, str]:
         return None, "not a channels-last form"
     if not shrink_jit.warm():
         return None, shrink_jit.why_not()
-    tails: nn.Module = CompiledTails(form, shrink_jit.kernels()).eval()
+    tails: nn.Module = CompiledTails(form, shrink_jit.kernel()).eval()
     return (Probabilities(tails).eval() if is_wrapped(fast) else tails), ""
 
 

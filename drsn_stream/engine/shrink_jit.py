@@ -175,43 +175,18 @@ def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns,
             kept[i] += np.float32(cnt) * share
 
 
-def _bn_relu_py(h, s, t, a):
-    """a = relu(h * s + t) for h, a (b, positions * c), s and t (c,): the first unit's bn1."""
-    c = s.shape[0]
-    n = h.shape[1]
-    zero = np.float32(0.0)
-    srow = np.zeros(ROW, np.float32)
-    trow = np.zeros(ROW, np.float32)
-    for q in range(ROW):
-        srow[q] = s[q % c]
-        trow[q] = t[q % c]
-    for i in range(h.shape[0]):
-        hi = h[i]
-        ai = a[i]
-        if n % ROW == 0 and ROW % c == 0:
-            for p in range(n // ROW):
-                p0 = p * ROW
-                for q in range(ROW):
-                    ai[p0 + q] = max(hi[p0 + q] * srow[q] + trow[q], zero)
-        else:
-            for j in range(n):
-                ai[j] = max(hi[j] * s[j % c] + t[j % c], zero)
-
-
 def _build() -> Any:
     tail = jit.compile_kernel(_tail_py)
-    bn_relu = jit.compile_kernel(_bn_relu_py)
-    _run_tiny(tail, bn_relu)
-    return tail, bn_relu
+    _run_tiny(tail)
+    return tail
 
 
-def _run_tiny(tail: Any, bn_relu: Any) -> None:
-    """One call each on throwaway arrays of the types every real call uses."""
+def _run_tiny(tail: Any) -> None:
+    """One call on throwaway arrays of the types every real call uses."""
     f = np.float32
     r, h, a = np.ones((1, 64), f), np.ones((1, 64), f), np.zeros((1, 64), f)
     w, v, kept, pooled = np.eye(4, dtype=f), np.zeros(4, f), np.zeros(1, f), np.zeros((1, 4), f)
     tail(r, h, 16, 4, 1, 4, 1, 2, w, v, w, v, v + 1, v, 0, a, pooled, kept)
-    bn_relu(h, v + 1, v, a)
 
 
 _compiled = jit.Kernels(_build)
@@ -227,6 +202,6 @@ def why_not() -> str:
     return _compiled.why_not()
 
 
-def kernels() -> tuple[Any, Any]:
-    """(tail, bn_relu), compiled (``warm()`` first)."""
+def kernel() -> Any:
+    """The compiled tail (``warm()`` first)."""
     return _compiled.get()
