@@ -8,7 +8,7 @@ import torch
 
 from drsn_stream import jit
 from drsn_stream.dsp.normalize import normalize
-from drsn_stream.engine import cpu_layout
+from drsn_stream.engine import cpu_layout, small_jit
 from drsn_stream.engine.runner import Runner
 from drsn_stream.models import create_model
 from drsn_stream.models.artifact import load_artifact, load_validation, quiet_torchscript, script_model
@@ -70,7 +70,14 @@ def _compiled(fast: torch.nn.Module) -> torch.nn.Module:
     return tails
 
 
-FORMS = {"frozen": _frozen, "compiled tails": _compiled}
+def _whole(fast: torch.nn.Module) -> torch.nn.Module:
+    """The whole pass compiled (what the runner uses for small batches), whatever the batch."""
+    small = cpu_layout.small_batches(_compiled(fast))
+    assert small is not None, small_jit.why_not()
+    return small
+
+
+FORMS = {"frozen": _frozen, "compiled tails": _compiled, "compiled whole": _whole}
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if model_config(n, 10).dims == 1])
@@ -108,13 +115,37 @@ def test_channel_counts_a_row_of_64_does_not_hold_give_the_same_function(stages)
             m.bias.data.uniform_(-0.3, 0.3)
     fast, why = cpu_layout.convert(net, cfg)
     assert fast is not None, why
-    tails = _compiled(fast)
     x = torch.from_numpy(np.ascontiguousarray(_real_windows(16)))
     with torch.inference_mode():
         logits, noise = net(x)
-        t_logits, t_noise = tails(x)
-    torch.testing.assert_close(t_logits, logits, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(t_noise, noise, rtol=0, atol=1e-3)
+        for form in (_compiled(fast), _whole(fast)):
+            t_logits, t_noise = form(x)
+            torch.testing.assert_close(t_logits, logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(t_noise, noise, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("shrink", ["cs", "none"])
+@pytest.mark.parametrize("length", [2048, 37])
+def test_other_kernels_and_rows_shorter_than_a_kernel_give_the_same_function(shrink: str, length: int) -> None:
+    """Kernels of 5 and a stem of 7 (the compiled pass's general convolution), a ConvNet without
+    shortcuts, and windows so short that the last units see rows of one or two positions."""
+    cfg = {**model_config("drsn_cw_paper", 10).to_dict(), "kernel_size": 5, "stem_kernel": 7,
+           "shrink": shrink, "shortcut": shrink == "cs", "stages": [[4, 2], [8, 2], [16, 2]]}
+    torch.manual_seed(2)
+    net = build_from_config(cfg).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_var.uniform_(0.3, 3.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    fast, why = cpu_layout.convert(net, cfg)
+    assert fast is not None, why
+    x = torch.from_numpy(np.ascontiguousarray(_real_windows(8)[:, :length]))
+    with torch.inference_mode():
+        logits, noise = net(x)
+        for name in ("compiled tails", "compiled whole"):
+            f_logits, f_noise = FORMS[name](fast)(x)
+            torch.testing.assert_close(f_logits, logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(f_noise, noise, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -173,6 +204,16 @@ def test_the_runner_uses_the_form_only_when_it_agrees_and_says_so(monkeypatch) -
                     net_config=meta.model_config, validation=val, cpu_layout="script")
     assert two.channels_last and not two.compiled_tails
     assert script.channels_last and not script.compiled_tails and "compiled" not in script.device_name
+    # small batches of the paper-size network: the whole pass compiled, measured faster at batch 1
+    # (several times: torch's fixed cost per convolution) and used below where it is not
+    assert (one.small_below > 1) == jit.available() and not two.small_below and not script.small_below
+    assert (f"compiled whole below batch {one.small_below}" in one.device_name) == jit.available()
+    for b in (1, 5):
+        pp, nn_ = plain.infer(x[:b])
+        po, no = one.infer(x[:b])
+        assert (pp.argmax(1) == po.argmax(1)).all()
+        np.testing.assert_allclose(po, pp, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(no, nn_, rtol=0, atol=1e-3)
     a, b = two.submit(x), one.submit(x)
     (pa, na), (pb, nb) = two.collect(a), one.collect(b)
     np.testing.assert_allclose(pb, pa, rtol=0, atol=1e-5)
@@ -183,6 +224,17 @@ def test_the_runner_uses_the_form_only_when_it_agrees_and_says_so(monkeypatch) -
     off = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1,
                  net_config=meta.model_config, validation=val, cpu_layout="off")
     assert not off.channels_last and off.layout_check is None
+
+    # a whole compiled pass that fails its check is refused, with a note; the tails stay
+    if jit.available():
+        with monkeypatch.context() as m:
+            m.setattr(cpu_layout.SmallBatches, "forward_features",
+                      lambda self, x: (torch.zeros(x.shape[0], 10), torch.zeros(x.shape[0]), torch.zeros(x.shape[0], 16)))
+            no_small = Runner(module, window=meta.window, device="cpu", max_batch=64, threads=1,
+                              net_config=meta.model_config, validation=val)
+        assert no_small.compiled_tails and not no_small.small_below
+        assert any("channels-last form for small batches refused" in n for n in no_small.notes)
+        np.testing.assert_allclose(no_small.infer(x[:3])[0], p0[:3], rtol=0, atol=1e-4)
 
     # a form that fails the check is refused, with the figures in a note, and the module stays
     monkeypatch.setattr(cpu_layout, "MAX_PROB_DIFF", -1.0)

@@ -141,6 +141,7 @@ def run_bench(
         "lanes": runner.lanes,
         "channels_last": runner.channels_last,
         "compiled_tails": runner.compiled_tails,
+        "compiled_whole_below": runner.small_below,
         "channels_last_check": runner.layout_check,
         "warmup_s": round(warmup_s, 3),
         "naive_wps": round(naive_wps, 1),
@@ -220,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
     if res["channels_last_check"]:
         agree, dp, dn = res["channels_last_check"]
         form = "channels-last form" + (" with compiled tails" if res.get("compiled_tails") else "")
+        if res.get("compiled_whole_below"):
+            form += f" (compiled whole below batch {res['compiled_whole_below']})"
         c.print(f"{form} {'used' if res['channels_last'] else 'refused'}: {agree:.2%} label agreement "
                 f"with the module on the validation windows, max |d prob| {dp:.1e}, max |d noise index| {dn:.1e}")
     for note in res["notes"]:

@@ -54,6 +54,10 @@ MIN_AGREEMENT = 0.999
 MAX_PROB_DIFF = 1e-3
 MAX_NOISE_DIFF = 1e-3
 CHECK_WINDOWS = 512  # at most this many validation windows are compared
+# Batch sizes at which ``calibrate`` times the whole compiled pass (SmallBatches) against the
+# tails: where the first goes faster depends on the network (paper-size ones: up to ~64 windows;
+# 64-channel ones: none) and on the CPU, so it is measured, not assumed.
+CALIBRATE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 _SHRINKS = (SHRINK_NONE, SHRINK_CS, SHRINK_CW)
 
@@ -315,16 +319,103 @@ class ChannelsLastDRSN(nn.Module):
         return logits, noise_index, h
 
 
+class SmallBatches(nn.Module):
+    """A ``ChannelsLastDRSN``'s whole forward pass in one compiled call per batch (``small_jit``),
+    from the form's constants: for batches where torch's fixed cost per convolution would
+    dominate. Plain Python (not TorchScript: it calls numba); forward and ``forward_features``
+    return what the form's do, up to float rounding."""
+
+    def __init__(self, form: ChannelsLastDRSN, forward: Any) -> None:
+        from drsn_stream.engine import small_jit as sj
+
+        super().__init__()
+        self._forward, self._sj = forward, sj
+        parts: list[np.ndarray] = []
+        at = [0]
+
+        def put(t: Tensor) -> int:  # t's values appended to the flat constants: their offset
+            a = np.ascontiguousarray(t.detach().reshape(-1).numpy(), dtype=np.float32)
+            parts.append(a)
+            at[0] += a.size
+            return at[0] - a.size
+
+        def plain(w: Tensor) -> Tensor:  # (out, in, 1, k) in channels-last memory -> (out, in, k)
+            return w.squeeze(2).contiguous()
+
+        top = np.zeros(sj.TOP_FIELDS, np.int64)
+        stem_w = plain(form.stem_w)
+        top[sj.T_STEM_C], top[sj.T_STEM_K], top[sj.T_STEM_STRIDE] = stem_w.shape[0], stem_w.shape[2], form.stem_stride
+        top[sj.T_STEM_W], top[sj.T_STEM_B] = put(stem_w), put(form.stem_b)
+        rows = []
+        for u in form.units:
+            row = np.zeros(sj.UNIT_FIELDS, np.int64)
+            w1, w2 = plain(u.w1), plain(u.w2)
+            row[[sj.U_CIN, sj.U_COUT, sj.U_STRIDE, sj.U_K]] = [u.cin, u.cout, u.stride, w1.shape[2]]
+            row[sj.U_S1], row[sj.U_T1] = put(u.s1[: u.cin]), put(u.t1[: u.cin])
+            row[sj.U_W1], row[sj.U_B1], row[sj.U_W2], row[sj.U_B2] = put(w1), put(u.b1), put(w2), put(u.b2)
+            row[sj.U_SHORTCUT], row[sj.U_SHRINK] = int(u.shortcut), u.shrink
+            if u.shrink > 0:  # the 1-row constants, stored (in, out) for addmm: (out, in) here
+                f2w, f2b = (u.f21.t(), u.f2b1) if u.shrink == 2 else (u.f21.t()[:1], u.f2b1[:1])
+                row[sj.U_F1W], row[sj.U_F1B] = put(u.f11.t()), put(u.f1b)
+                row[sj.U_F2W], row[sj.U_F2B], row[sj.U_M] = put(f2w), put(f2b), f2w.shape[0]
+            rows.append(row)
+        c = form.channels
+        top[sj.T_HS], top[sj.T_HT] = put(form.hs[:c]), put(form.ht[:c])
+        top[sj.T_FC_W], top[sj.T_FC_B] = put(form.fc_w), put(form.fc_b)
+        top[sj.T_CLASSES], top[sj.T_CHANNELS], top[sj.T_SHRINK] = form.fc_w.shape[0], c, int(form.has_shrink)
+        self._fw = np.concatenate(parts)
+        self._units = np.stack(rows) if rows else np.zeros((0, sj.UNIT_FIELDS), np.int64)
+        self._top = top
+        self._lengths_for = -1  # the window length the lengths in the tables are for
+
+    def _lengths(self, n: int) -> None:
+        """Each layer's input and output length for windows of n samples (and the buffers' size)."""
+        sj = self._sj
+        top, units = self._top, self._units
+        k, s = int(top[sj.T_STEM_K]), int(top[sj.T_STEM_STRIDE])
+        length = (n + 2 * (k // 2) - k) // s + 1
+        top[sj.T_L0] = length
+        cmax, lmax = int(top[sj.T_STEM_C]), length
+        for row in units:
+            k, s = int(row[sj.U_K]), int(row[sj.U_STRIDE])
+            row[sj.U_LIN], row[sj.U_LOUT] = length, (length + 2 * (k // 2) - k) // s + 1
+            length = int(row[sj.U_LOUT])
+            cmax = max(cmax, int(row[sj.U_COUT]))
+        top[sj.T_CMAX], top[sj.T_LMAX] = cmax, lmax
+        self._lengths_for = n
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits, noise_index, _ = self.forward_features(x)
+        return logits, noise_index
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n = x.shape[0], x.shape[1]
+        if n != self._lengths_for:
+            self._lengths(n)
+        top = self._top
+        sj = self._sj
+        logits = np.empty((b, int(top[sj.T_CLASSES])), np.float32)
+        noise = np.empty(b, np.float32)
+        pooled = np.empty((b, int(top[sj.T_CHANNELS])), np.float32)
+        xn = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+        self._forward(xn, self._fw, self._units, top, logits, noise, pooled)
+        return torch.from_numpy(logits), torch.from_numpy(noise), torch.from_numpy(pooled)
+
+
 class CompiledTails(nn.Module):
     """A ``ChannelsLastDRSN`` run with its units' elementwise tails compiled (``shrink_jit``): the
     same convolutions through torch, then one compiled call per unit for everything between one
-    unit's conv2 and the next unit's conv1. Plain Python (not TorchScript: it calls numba);
-    forward and ``forward_features`` return what the form's do, up to float rounding."""
+    unit's conv2 and the next unit's conv1. Batches of fewer than ``small_below`` windows go
+    through ``small`` (``SmallBatches``) where it is set (0 until ``calibrate`` measured where
+    it is faster). Plain Python (not TorchScript: it calls numba); forward and
+    ``forward_features`` return what the form's do, up to float rounding."""
 
-    def __init__(self, form: ChannelsLastDRSN, tail: Any) -> None:
+    def __init__(self, form: ChannelsLastDRSN, tail: Any, small: SmallBatches | None = None) -> None:
         super().__init__()
         self.form = form
         self._tail = tail
+        self.small = small
+        self.small_below = 0
         units = list(form.units)
         self._plan: list[tuple[Any, ...]] = []
         for i, u in enumerate(units):
@@ -346,6 +437,12 @@ class CompiledTails(nn.Module):
         return logits, noise_index
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if x.shape[0] < self.small_below and self.small is not None:
+            return self.small.forward_features(x)
+        return self.tails(x)
+
+    def tails(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``forward_features`` through torch's convolutions and the compiled tails, whatever the batch."""
         form = self.form
         b = x.shape[0]
         h = form.stem(x).contiguous()  # (a stem not over blocks gives a strided view)
@@ -379,8 +476,71 @@ def compiled(fast: nn.Module) -> tuple[nn.Module | None, str]:
         return None, "not a channels-last form"
     if not shrink_jit.warm():
         return None, shrink_jit.why_not()
-    tails: nn.Module = CompiledTails(form, shrink_jit.kernel()).eval()
+    tails: nn.Module = CompiledTails(form, shrink_jit.kernel(), _small(form)).eval()
     return (Probabilities(tails).eval() if is_wrapped(fast) else tails), ""
+
+
+def _small(form: ChannelsLastDRSN) -> SmallBatches | None:
+    from drsn_stream.engine import small_jit
+
+    return SmallBatches(form, small_jit.kernel()).eval() if small_jit.warm() else None
+
+
+def small_batches(module: nn.Module) -> nn.Module | None:
+    """The ``SmallBatches`` inside ``compiled``'s result, returning what ``module`` returns (in
+    the ``Probabilities`` wrapper where it is), or None: not there."""
+    tails = network_of(module)
+    small = tails.small if isinstance(tails, CompiledTails) else None
+    if small is None:
+        return None
+    return Probabilities(small).eval() if is_wrapped(module) else small
+
+
+def drop_small_batches(module: nn.Module) -> None:
+    """``compiled``'s result without its ``SmallBatches``: every batch through the tails."""
+    tails = network_of(module)
+    if isinstance(tails, CompiledTails):
+        tails.small, tails.small_below = None, 0
+
+
+def calibrate(module: nn.Module, window: int, sizes: tuple[int, ...] = CALIBRATE_SIZES) -> int:
+    """Times ``compiled``'s result on batches of ``sizes`` (random windows of ``window`` samples)
+    through its ``SmallBatches`` and through its tails, smallest first, and sends batches below the
+    first size where the tails are as fast through ``SmallBatches``. Returns that size (twice the
+    largest where they never are); 0: ``SmallBatches`` dropped (not there, or slower at size 1)."""
+    tails = network_of(module)
+    if not isinstance(tails, CompiledTails) or tails.small is None:
+        return 0
+    small = tails.small
+    below = 2 * max(sizes)
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        for b in sizes:
+            x = torch.from_numpy(rng.standard_normal((b, window)).astype(np.float32))
+            if _best_time(tails.tails, x) <= _best_time(small.forward_features, x):
+                below = b
+                break
+    if below <= 1:
+        drop_small_batches(module)
+        return 0
+    tails.small_below = below
+    return below
+
+
+def _best_time(fn: Any, x: Tensor, runs: int = 3) -> float:
+    """The least wall time of ``runs`` timings of ``fn(x)``, each over enough calls for ~16 windows
+    (after one untimed call): the least is the one a busy machine disturbed least."""
+    import time
+
+    calls = max(1, 16 // x.shape[0])
+    fn(x)
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn(x)
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def convert(module: torch.jit.ScriptModule | nn.Module, model_config: dict[str, Any] | None) -> tuple[nn.Module | None, str]:

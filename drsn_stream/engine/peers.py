@@ -145,7 +145,8 @@ def _build(name: str, model: str, threads: int, sizes: tuple[int, ...],
                         batch_sizes=list(sizes), threads=threads, validation=load_validation(model),
                         net_config=meta.model_config, cpu_layout="auto", scores=meta.scores)
         runner.warmup()
-        return runner.infer, {"channels_last": runner.channels_last, "compiled_tails": runner.compiled_tails}
+        return runner.infer, {"channels_last": runner.channels_last, "compiled_tails": runner.compiled_tails,
+                              "compiled_whole_below": runner.small_below}
     if name == "torchscript-frozen":
         return _frozen(model), {}
     if name == "torch.compile":
@@ -353,6 +354,7 @@ def run_peers(
             "cpu_count": os.cpu_count(), "cpu": _cpu_name(), "torch": torch.__version__, "repeats": repeats,
             "seconds": seconds, "channels_last": ready["engine"].info.get("channels_last"),
             "compiled_tails": ready["engine"].info.get("compiled_tails"),
+            "compiled_whole_below": ready["engine"].info.get("compiled_whole_below"),
             "malloc": {key: c.info.get("malloc") for key, c in ready.items()},
             "versions": _versions(), "compile_s": compile_s, "skipped": skipped,
             "label_agreement_with_engine": agreement, "results": rows}

@@ -114,6 +114,9 @@ class Runner:
         self.notes: list[str] = []
         self.channels_last = False
         self.compiled_tails = False  # the channels-last form's units' tails in numba (cpu_layout.CompiledTails)
+        # batches under this size through the channels-last form in one numba pass
+        # (cpu_layout.SmallBatches, where calibrate found it faster); 0: none
+        self.small_below = 0
         self.layout_check: tuple[float, float, float] | None = None
         self._slots: dict[int, list[_GraphSlot]] = {}
         self._next_lane: dict[int, int] = {}
@@ -173,6 +176,16 @@ class Runner:
         if compiled and self.threads == 1:
             tails, _why = cl.compiled(fast)
             if tails is not None and self._layout_agrees(cl, tails, x, "with compiled tails "):
+                # small batches: the whole pass compiled, checked on its own (the check's figures
+                # then are the worse of the two), and used below the batch size where it is faster
+                small, check = cl.small_batches(tails), self.layout_check
+                if small is not None and self._layout_agrees(cl, small, x, "for small batches "):
+                    (a0, p0, n0), (a1, p1, n1) = check, self.layout_check
+                    self.layout_check = (min(a0, a1), max(p0, p1), max(n0, n1))
+                    self.small_below = cl.calibrate(tails, self.window)
+                else:
+                    cl.drop_small_batches(tails)
+                    self.layout_check = check
                 self.module, self.channels_last, self.compiled_tails = tails, True, True
                 return
         try:
@@ -206,6 +219,8 @@ class Runner:
         layout = ", channels-last" if self.channels_last else ""
         if self.compiled_tails:
             layout += ", compiled tails"
+            if self.small_below:
+                layout += f", compiled whole below batch {self.small_below}"
         return f"CPU ({self.threads} torch thread{'s' if self.threads != 1 else ''}{layout})"
 
     def _agreement(self, m32: torch.jit.ScriptModule, m16: torch.jit.ScriptModule, val: np.ndarray) -> float:

@@ -1,0 +1,297 @@
+"""A 1-D network's whole forward pass compiled (numba), for small batches.
+
+Each torch convolution on the CPU pays a fixed cost before oneDNN runs it (its primitive
+descriptor made again, the weights reordered; at batch 1 torch's own im2col path instead), tens
+of microseconds, which a paper-size network pays 25 times per batch whatever its size. At batch
+256 that is a few microseconds per window; at batch 1 to 16 it is most of the time, and ONNX
+Runtime, whose convolutions cost less per call, ran such batches faster than the engine
+(docs/performance-peers.md). Here one call per batch runs the stem, every unit (bn1 and ReLU,
+both convolutions, the threshold net, the soft thresholding and its count, the shortcut) and the
+head, window by window on activations laid out (channels, positions): a convolution is, per
+output and input channel, one pass over positions that reads its taps from one row, and such
+passes vectorize. Its cost per window does not depend on the batch size.
+
+The constants come from the channels-last form (``cpu_layout.ChannelsLastDRSN``: batch norms
+folded the same way), and the results equal it up to float rounding (the runner compares the two
+on the artifact's validation windows before using this one; the tests run every 1-D network).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from drsn_stream import jit
+
+# The per-unit int table's columns (``units`` of ``forward``): channels, stride, lengths, kernel,
+# offsets of the unit's constants in the flat weight array, and its shrinkage.
+(U_CIN, U_COUT, U_STRIDE, U_LIN, U_LOUT, U_K, U_S1, U_T1, U_W1, U_B1, U_W2, U_B2,
+ U_SHRINK, U_SHORTCUT, U_F1W, U_F1B, U_F2W, U_F2B, U_M) = range(19)
+UNIT_FIELDS = 19
+# The net's int table (``top``): buffer sizes, the stem, the head.
+(T_CMAX, T_LMAX, T_STEM_C, T_STEM_K, T_STEM_STRIDE, T_L0, T_STEM_W, T_STEM_B,
+ T_HS, T_HT, T_FC_W, T_FC_B, T_CLASSES, T_CHANNELS, T_SHRINK) = range(15)
+TOP_FIELDS = 15
+LANES = 16  # partial sums of a row's |r| kept apart, so that the loop vectorizes
+
+
+def _conv3_py(x, lin, cin, w, bias, cout, stride, lout, relu, y):
+    """``_conv_py`` for kernel 3 and padding 1 (the paper's): the positions whose three taps all
+    lie inside the row take them in one pass, two input channels at a time where the stride is 1."""
+    zero = np.float32(0.0)
+    jend = lin - 1 if stride == 1 else (lin - 2) // 2 + 1  # the last tap j * stride + 1 <= lin - 1
+    if jend > lout:
+        jend = lout
+    for co in range(cout):
+        yo = y[co]
+        bv = bias[co]
+        for p in range(lout):
+            yo[p] = bv
+        ci0 = 0
+        if stride == 1:
+            for cp in range(cin // 2):
+                ci = 2 * cp
+                xa, xb = x[ci], x[ci + 1]
+                a0, a1, a2 = w[co, ci, 0], w[co, ci, 1], w[co, ci, 2]
+                b0, b1, b2 = w[co, ci + 1, 0], w[co, ci + 1, 1], w[co, ci + 1, 2]
+                yo[0] += a1 * xa[0] + a2 * xa[1] + (b1 * xb[0] + b2 * xb[1])
+                for j in range(1, jend):
+                    yo[j] += (a0 * xa[j - 1] + a1 * xa[j] + a2 * xa[j + 1]
+                              + (b0 * xb[j - 1] + b1 * xb[j] + b2 * xb[j + 1]))
+                for j in range(max(jend, 1), lout):  # the last position: its right tap is padding
+                    yo[j] += a0 * xa[j - 1] + a1 * xa[j] + (b0 * xb[j - 1] + b1 * xb[j])
+            ci0 = 2 * (cin // 2)
+        for ci in range(ci0, cin):
+            xi = x[ci]
+            w0, w1, w2 = w[co, ci, 0], w[co, ci, 1], w[co, ci, 2]
+            yo[0] += w1 * xi[0] + w2 * xi[1]
+            if stride == 1:
+                for j in range(1, jend):
+                    yo[j] += w0 * xi[j - 1] + w1 * xi[j] + w2 * xi[j + 1]
+            else:
+                for j in range(1, jend):
+                    yo[j] += w0 * xi[2 * j - 1] + w1 * xi[2 * j] + w2 * xi[2 * j + 1]
+            for j in range(max(jend, 1), lout):
+                q = j * stride - 1
+                acc = w0 * xi[q]
+                if q + 1 < lin:
+                    acc += w1 * xi[q + 1]
+                if q + 2 < lin:
+                    acc += w2 * xi[q + 2]
+                yo[j] += acc
+        if relu:
+            for p in range(lout):
+                if yo[p] < zero:
+                    yo[p] = zero
+
+
+def _conv_py(x, lin, cin, w, bias, cout, k, stride, pad, lout, relu, y):
+    """y[co, p] = bias[co] + sum over ci, t of w[co, ci, t] * x[ci, p * stride + t - pad] (zero
+    outside the row), p < lout; then ReLU where ``relu``. x (cin, >= lin), y (cout, >= lout)."""
+    if k == 3 and pad == 1 and lin >= 3:
+        _conv3(x, lin, cin, w, bias, cout, stride, lout, relu, y)
+        return
+    zero = np.float32(0.0)
+    for co in range(cout):
+        yo = y[co]
+        bv = bias[co]
+        for p in range(lout):
+            yo[p] = bv
+        for ci in range(cin):
+            xi = x[ci]
+            for t in range(k):
+                wv = w[co, ci, t]
+                off = t - pad
+                p0 = 0  # the outputs whose tap t lies inside the row: p0 <= p < p1
+                while p0 < lout and p0 * stride + off < 0:
+                    p0 += 1
+                p1 = lout
+                while p1 > p0 and (p1 - 1) * stride + off >= lin:
+                    p1 -= 1
+                n = p1 - p0
+                if n <= 0:
+                    continue
+                yv = yo[p0:p1]
+                xv = xi[p0 * stride + off:]
+                for j in range(n):  # from 0: the index is known not to wrap around, so this vectorizes
+                    yv[j] += wv * xv[j * stride]
+        if relu:
+            for p in range(lout):
+                if yo[p] < zero:
+                    yo[p] = zero
+
+
+def _absmean_py(r, n):
+    """The mean of |r[:n]|."""
+    acc = np.zeros(LANES, np.float32)
+    m = n // LANES
+    for j in range(m):
+        for q in range(LANES):
+            acc[q] += abs(r[j * LANES + q])
+    s = np.float32(0.0)
+    for q in range(LANES):
+        s += acc[q]
+    for p in range(m * LANES, n):
+        s += abs(r[p])
+    return s / np.float32(n)
+
+
+def _forward_py(x, fw, units, top, logits, noise, pooled):
+    """The network on windows x (b, samples): logits (b, classes), noise index (b,) and pooled
+    features (b, channels) written. ``fw`` holds every constant, ``units`` / ``top`` where."""
+    b, n = x.shape
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    cmax, lmax = top[T_CMAX], top[T_LMAX]
+    sc, sk, ss, l0 = top[T_STEM_C], top[T_STEM_K], top[T_STEM_STRIDE], top[T_L0]
+    classes, c_last = top[T_CLASSES], top[T_CHANNELS]
+    stem_w = fw[top[T_STEM_W]:top[T_STEM_W] + sc * sk].reshape(sc, 1, sk)
+    stem_b = fw[top[T_STEM_B]:top[T_STEM_B] + sc]
+    hs = fw[top[T_HS]:top[T_HS] + c_last]
+    ht = fw[top[T_HT]:top[T_HT] + c_last]
+    fc_w = fw[top[T_FC_W]:top[T_FC_W] + classes * c_last].reshape(classes, c_last)
+    fc_b = fw[top[T_FC_B]:top[T_FC_B] + classes]
+    nu = units.shape[0]
+    h = np.empty((cmax, lmax), np.float32)  # a unit's input, then (swapped) its output
+    r = np.empty((cmax, lmax), np.float32)
+    a = np.empty((cmax, lmax), np.float32)
+    c1 = np.empty((cmax, lmax), np.float32)
+    g = np.empty(cmax, np.float32)
+    z = np.empty(cmax, np.float32)
+    tau = np.empty(cmax, np.float32)
+    for i in range(b):
+        _conv(x[i:i + 1], n, 1, stem_w, stem_b, sc, sk, ss, sk // 2, l0, False, h)
+        kept = zero
+        lo = l0
+        for u in range(nu):
+            cin, cout, stride = units[u, U_CIN], units[u, U_COUT], units[u, U_STRIDE]
+            lin, lo, k = units[u, U_LIN], units[u, U_LOUT], units[u, U_K]
+            s1 = fw[units[u, U_S1]:units[u, U_S1] + cin]
+            t1 = fw[units[u, U_T1]:units[u, U_T1] + cin]
+            w1 = fw[units[u, U_W1]:units[u, U_W1] + cout * cin * k].reshape(cout, cin, k)
+            b1 = fw[units[u, U_B1]:units[u, U_B1] + cout]
+            w2 = fw[units[u, U_W2]:units[u, U_W2] + cout * cout * k].reshape(cout, cout, k)
+            b2 = fw[units[u, U_B2]:units[u, U_B2] + cout]
+            for c in range(cin):  # bn1 and its ReLU
+                sv, tv = s1[c], t1[c]
+                hc, ac = h[c], a[c]
+                for p in range(lin):
+                    v = hc[p] * sv + tv
+                    ac[p] = v if v > zero else zero
+            # conv1 (bn2 folded in) and its ReLU, then conv2
+            _conv(a, lin, cin, w1, b1, cout, k, stride, k // 2, lo, True, c1)
+            _conv(c1, lo, cout, w2, b2, cout, k, 1, k // 2, lo, False, r)
+            if units[u, U_SHRINK] > 0:
+                m = units[u, U_M]
+                f1w = fw[units[u, U_F1W]:units[u, U_F1W] + cout * cout].reshape(cout, cout)
+                f1b = fw[units[u, U_F1B]:units[u, U_F1B] + cout]
+                f2w = fw[units[u, U_F2W]:units[u, U_F2W] + m * cout].reshape(m, cout)
+                f2b = fw[units[u, U_F2B]:units[u, U_F2B] + m]
+                # the threshold net: tau = sigmoid(fc2(relu(fc1(g)))) * g (CW), * mean(g) (CS)
+                for c in range(cout):
+                    g[c] = _absmean(r[c], lo)
+                for o in range(cout):
+                    s = f1b[o]
+                    for j in range(cout):
+                        s += f1w[o, j] * g[j]
+                    z[o] = s if s > zero else zero
+                if units[u, U_SHRINK] == 2:
+                    for o in range(cout):
+                        s = f2b[o]
+                        for j in range(cout):
+                            s += f2w[o, j] * z[j]
+                        tau[o] = g[o] * np.float32(one / (one + np.float32(math.exp(-s))))
+                else:
+                    s = f2b[0]
+                    for j in range(cout):
+                        s += f2w[0, j] * z[j]
+                    gm = zero
+                    for j in range(cout):
+                        gm += g[j]
+                    t0 = np.float32(gm / cout) * np.float32(one / (one + np.float32(math.exp(-s))))
+                    for o in range(cout):
+                        tau[o] = t0
+                # soft thresholding (x - clamp(x, -tau, tau), as the torch forms) and its count
+                cnt = 0
+                for c in range(cout):
+                    t = tau[c]
+                    rc = r[c]
+                    for p in range(lo):
+                        v = rc[p]
+                        y = v - min(max(v, -t), t)
+                        cnt += y != zero
+                        rc[p] = y
+                kept += np.float32(cnt) * np.float32(one / np.float32(cout * lo))
+            if units[u, U_SHORTCUT] != 0:  # every stride-th position; new channels add zeros
+                for c in range(cin):
+                    rc, hc = r[c], h[c]
+                    if stride == 1:
+                        for p in range(lo):
+                            rc[p] += hc[p]
+                    else:
+                        for p in range(lo):
+                            rc[p] += hc[p * stride]
+            h, r = r, h
+        # the head: batch norm, ReLU, mean over positions, the classifier
+        inv = np.float32(one / np.float32(lo))
+        for c in range(c_last):
+            sv, tv = hs[c], ht[c]
+            hc = h[c]
+            acc = zero
+            for p in range(lo):
+                v = hc[p] * sv + tv
+                if v > zero:
+                    acc += v
+            pooled[i, c] = acc * inv
+        for o in range(classes):
+            s = fc_b[o]
+            for c in range(c_last):
+                s += fc_w[o, c] * pooled[i, c]
+            logits[i, o] = s
+        noise[i] = one - kept / np.float32(nu) if top[T_SHRINK] != 0 else zero
+
+
+# the compiled helpers, set by _build before _forward_py is compiled (it calls them by these names)
+_conv3: Any = None
+_conv: Any = None
+_absmean: Any = None
+
+
+def _build() -> Any:
+    global _conv3, _conv, _absmean
+    _conv3 = jit.compile_kernel(_conv3_py)
+    _conv = jit.compile_kernel(_conv_py)
+    _absmean = jit.compile_kernel(_absmean_py)
+    forward = jit.compile_kernel(_forward_py)
+    _run_tiny(forward)
+    return forward
+
+
+def _run_tiny(forward: Any) -> None:
+    """One call on a throwaway one-unit network of the types every real call uses."""
+    f = np.float32
+    top = np.zeros(TOP_FIELDS, np.int64)
+    top[[T_CMAX, T_LMAX, T_STEM_C, T_STEM_K, T_STEM_STRIDE, T_L0, T_CLASSES, T_CHANNELS]] = [2, 8, 2, 3, 1, 8, 2, 2]
+    units = np.zeros((1, UNIT_FIELDS), np.int64)
+    units[0, [U_CIN, U_COUT, U_STRIDE, U_LIN, U_LOUT, U_K, U_SHORTCUT, U_SHRINK, U_M]] = [2, 2, 1, 8, 8, 3, 1, 2, 2]
+    forward(np.ones((1, 8), f), np.full(64, 0.1, f), units, top, np.zeros((1, 2), f), np.zeros(1, f), np.zeros((1, 2), f))
+
+
+_compiled = jit.Kernels(_build)
+
+
+def warm() -> bool:
+    """Compile (or load from the cache) now; False when the compiled pass is not available."""
+    return _compiled.get() is not None
+
+
+def why_not() -> str:
+    """Why the compiled pass is not available ("" when it is)."""
+    return _compiled.why_not()
+
+
+def kernel() -> Any:
+    """The compiled forward pass (``warm()`` first)."""
+    return _compiled.get()
