@@ -37,11 +37,60 @@ TOP_FIELDS = 15
 LANES = 16  # partial sums of a row's |r| kept apart, so that the loop vectorizes
 
 
+def _taps3_py(ya, yb, two, x1, x2, jend, lout, a10, a11, a12, a20, a21, a22, b10, b11, b12, b20, b21, b22):
+    """Stride 1: adds input rows x1 and x2's share to output rows ``ya`` and (where ``two``)
+    ``yb``; output j reads x[j - 1], x[j], x[j + 1] (a10..a22: output a's weights of input 1 and
+    2, taps 0..2; b: output b's). From j = jend on the right tap is padding. Few distinct rows per
+    call: LLVM vectorizes a loop only while it needs few run-time checks that rows do not overlap."""
+    ya[0] += a11 * x1[0] + a12 * x1[1] + (a21 * x2[0] + a22 * x2[1])  # the left tap: padding
+    if two:
+        yb[0] += b11 * x1[0] + b12 * x1[1] + (b21 * x2[0] + b22 * x2[1])
+        for j in range(1, jend):
+            p1, q1, s1 = x1[j - 1], x1[j], x1[j + 1]
+            p2, q2, s2 = x2[j - 1], x2[j], x2[j + 1]
+            ya[j] += a10 * p1 + a11 * q1 + a12 * s1 + (a20 * p2 + a21 * q2 + a22 * s2)
+            yb[j] += b10 * p1 + b11 * q1 + b12 * s1 + (b20 * p2 + b21 * q2 + b22 * s2)
+    else:
+        for j in range(1, jend):
+            ya[j] += a10 * x1[j - 1] + a11 * x1[j] + a12 * x1[j + 1] + (a20 * x2[j - 1] + a21 * x2[j] + a22 * x2[j + 1])
+    for j in range(max(jend, 1), lout):
+        ya[j] += a10 * x1[j - 1] + a11 * x1[j] + (a20 * x2[j - 1] + a21 * x2[j])
+        if two:
+            yb[j] += b10 * x1[j - 1] + b11 * x1[j] + (b20 * x2[j - 1] + b21 * x2[j])
+
+
+def _taps3s2_py(ya, o1, e1, o2, e2, jend, lout, a10, a11, a12, a20, a21, a22):
+    """Stride 2: adds two input rows' share to output row ``ya``, each given as its odd positions
+    ``o`` and even ones ``e``: output j reads x[2j - 1] = o[j - 1], x[2j] = e[j], x[2j + 1] = o[j]."""
+    ya[0] += a11 * e1[0] + a12 * o1[0] + (a21 * e2[0] + a22 * o2[0])
+    for j in range(1, jend):
+        ya[j] += a10 * o1[j - 1] + a11 * e1[j] + a12 * o1[j] + (a20 * o2[j - 1] + a21 * e2[j] + a22 * o2[j])
+    for j in range(max(jend, 1), lout):
+        ya[j] += a10 * o1[j - 1] + a11 * e1[j] + (a20 * o2[j - 1] + a21 * e2[j])
+
+
 def _conv3_py(x, lin, cin, w, bias, cout, stride, lout, relu, y):
-    """``_conv_py`` for kernel 3 and padding 1 (the paper's): the positions whose three taps all
-    lie inside the row take them in one pass, two input channels at a time where the stride is 1."""
+    """``_conv_py`` for kernel 3 and padding 1 (the paper's): two output and two input channels
+    per pass over positions (each input row read once for both outputs), the positions whose taps
+    all lie inside the row without a bounds test. A stride of 2 reads the even and odd positions
+    of each input row from copies of their own, so that every pass reads consecutive values."""
     zero = np.float32(0.0)
-    jend = lin - 1 if stride == 1 else (lin - 2) // 2 + 1  # the last tap j * stride + 1 <= lin - 1
+    if stride == 1:
+        jend = lin - 1  # the right tap j + 1 <= lin - 1
+        ev = np.empty((0, 0), np.float32)
+        od = ev
+    else:
+        jend = (lin - 2) // 2 + 1  # the right tap 2j + 1 <= lin - 1
+        half = (lin + 1) // 2
+        ev = np.empty((cin, half), np.float32)  # ev[ci, j] = x[ci, 2j], od[ci, j] = x[ci, 2j + 1]
+        od = np.zeros((cin, half), np.float32)
+        for ci in range(cin):
+            xi, e, o = x[ci], ev[ci], od[ci]
+            for j in range(lin // 2):
+                e[j] = xi[2 * j]
+                o[j] = xi[2 * j + 1]
+            if lin % 2:
+                e[half - 1] = xi[lin - 1]
     if jend > lout:
         jend = lout
     for co in range(cout):
@@ -49,39 +98,33 @@ def _conv3_py(x, lin, cin, w, bias, cout, stride, lout, relu, y):
         bv = bias[co]
         for p in range(lout):
             yo[p] = bv
-        ci0 = 0
-        if stride == 1:
-            for cp in range(cin // 2):
-                ci = 2 * cp
-                xa, xb = x[ci], x[ci + 1]
-                a0, a1, a2 = w[co, ci, 0], w[co, ci, 1], w[co, ci, 2]
-                b0, b1, b2 = w[co, ci + 1, 0], w[co, ci + 1, 1], w[co, ci + 1, 2]
-                yo[0] += a1 * xa[0] + a2 * xa[1] + (b1 * xb[0] + b2 * xb[1])
-                for j in range(1, jend):
-                    yo[j] += (a0 * xa[j - 1] + a1 * xa[j] + a2 * xa[j + 1]
-                              + (b0 * xb[j - 1] + b1 * xb[j] + b2 * xb[j + 1]))
-                for j in range(max(jend, 1), lout):  # the last position: its right tap is padding
-                    yo[j] += a0 * xa[j - 1] + a1 * xa[j] + (b0 * xb[j - 1] + b1 * xb[j])
-            ci0 = 2 * (cin // 2)
-        for ci in range(ci0, cin):
-            xi = x[ci]
-            w0, w1, w2 = w[co, ci, 0], w[co, ci, 1], w[co, ci, 2]
-            yo[0] += w1 * xi[0] + w2 * xi[1]
+    for co in range(0, cout, 2):
+        two = co + 1 < cout
+        ya = y[co]
+        yb = y[co + 1] if two else ya
+        for ci in range(0, cin, 2):
+            pair = ci + 1 < cin
+            cb = ci + 1 if pair else ci
+            # an absent second input or output: its weights zero
+            a10, a11, a12 = w[co, ci, 0], w[co, ci, 1], w[co, ci, 2]
+            a20, a21, a22 = zero, zero, zero
+            b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero
+            if pair:
+                a20, a21, a22 = w[co, cb, 0], w[co, cb, 1], w[co, cb, 2]
+            if two:
+                b10, b11, b12 = w[co + 1, ci, 0], w[co + 1, ci, 1], w[co + 1, ci, 2]
+                if pair:
+                    b20, b21, b22 = w[co + 1, cb, 0], w[co + 1, cb, 1], w[co + 1, cb, 2]
             if stride == 1:
-                for j in range(1, jend):
-                    yo[j] += w0 * xi[j - 1] + w1 * xi[j] + w2 * xi[j + 1]
+                _taps3(ya, yb, two, x[ci], x[cb], jend, lout,
+                       a10, a11, a12, a20, a21, a22, b10, b11, b12, b20, b21, b22)
             else:
-                for j in range(1, jend):
-                    yo[j] += w0 * xi[2 * j - 1] + w1 * xi[2 * j] + w2 * xi[2 * j + 1]
-            for j in range(max(jend, 1), lout):
-                q = j * stride - 1
-                acc = w0 * xi[q]
-                if q + 1 < lin:
-                    acc += w1 * xi[q + 1]
-                if q + 2 < lin:
-                    acc += w2 * xi[q + 2]
-                yo[j] += acc
-        if relu:
+                _taps3s2(ya, od[ci], ev[ci], od[cb], ev[cb], jend, lout, a10, a11, a12, a20, a21, a22)
+                if two:
+                    _taps3s2(yb, od[ci], ev[ci], od[cb], ev[cb], jend, lout, b10, b11, b12, b20, b21, b22)
+    if relu:
+        for co in range(cout):
+            yo = y[co]
             for p in range(lout):
                 if yo[p] < zero:
                     yo[p] = zero
@@ -123,19 +166,22 @@ def _conv_py(x, lin, cin, w, bias, cout, k, stride, pad, lout, relu, y):
                     yo[p] = zero
 
 
-def _absmean_py(r, n):
-    """The mean of |r[:n]|."""
-    acc = np.zeros(LANES, np.float32)
+def _absmeans_py(r, cout, n, g, acc):
+    """g[c] = the mean of |r[c, :n]| for c < cout; ``acc`` (LANES,) scratch."""
     m = n // LANES
-    for j in range(m):
+    for c in range(cout):
+        rc = r[c]
         for q in range(LANES):
-            acc[q] += abs(r[j * LANES + q])
-    s = np.float32(0.0)
-    for q in range(LANES):
-        s += acc[q]
-    for p in range(m * LANES, n):
-        s += abs(r[p])
-    return s / np.float32(n)
+            acc[q] = np.float32(0.0)
+        for j in range(m):
+            for q in range(LANES):
+                acc[q] += abs(rc[j * LANES + q])
+        s = np.float32(0.0)
+        for q in range(LANES):
+            s += acc[q]
+        for p in range(m * LANES, n):
+            s += abs(rc[p])
+        g[c] = s / np.float32(n)
 
 
 def _forward_py(x, fw, units, top, logits, noise, pooled):
@@ -161,6 +207,7 @@ def _forward_py(x, fw, units, top, logits, noise, pooled):
     g = np.empty(cmax, np.float32)
     z = np.empty(cmax, np.float32)
     tau = np.empty(cmax, np.float32)
+    lanes = np.empty(LANES, np.float32)
     for i in range(b):
         _conv(x[i:i + 1], n, 1, stem_w, stem_b, sc, sk, ss, sk // 2, l0, False, h)
         kept = zero
@@ -190,8 +237,7 @@ def _forward_py(x, fw, units, top, logits, noise, pooled):
                 f2w = fw[units[u, U_F2W]:units[u, U_F2W] + m * cout].reshape(m, cout)
                 f2b = fw[units[u, U_F2B]:units[u, U_F2B] + m]
                 # the threshold net: tau = sigmoid(fc2(relu(fc1(g)))) * g (CW), * mean(g) (CS)
-                for c in range(cout):
-                    g[c] = _absmean(r[c], lo)
+                _absmeans(r, cout, lo, g, lanes)
                 for o in range(cout):
                     s = f1b[o]
                     for j in range(cout):
@@ -254,16 +300,20 @@ def _forward_py(x, fw, units, top, logits, noise, pooled):
 
 
 # the compiled helpers, set by _build before _forward_py is compiled (it calls them by these names)
+_taps3: Any = None
+_taps3s2: Any = None
 _conv3: Any = None
 _conv: Any = None
-_absmean: Any = None
+_absmeans: Any = None
 
 
 def _build() -> Any:
-    global _conv3, _conv, _absmean
+    global _taps3, _taps3s2, _conv3, _conv, _absmeans
+    _taps3 = jit.compile_kernel(_taps3_py)
+    _taps3s2 = jit.compile_kernel(_taps3s2_py)
     _conv3 = jit.compile_kernel(_conv3_py)
     _conv = jit.compile_kernel(_conv_py)
-    _absmean = jit.compile_kernel(_absmean_py)
+    _absmeans = jit.compile_kernel(_absmeans_py)
     forward = jit.compile_kernel(_forward_py)
     _run_tiny(forward)
     return forward
