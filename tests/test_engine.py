@@ -349,8 +349,12 @@ def test_process_runner_gives_the_in_process_numbers_and_cleans_up() -> None:
         assert local.channels_last and "channels-last" in proc.device_name  # the same form on both sides
         p_local, n_local = local.infer(x)
         p_proc, n_proc = proc.infer(x)  # 3 slices, 2 in flight
-        np.testing.assert_allclose(p_proc, p_local, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(n_proc, n_local, rtol=0, atol=1e-6)
+        # each runner timed its two compiled forms at start and may send a slice of 44 through the
+        # other one: the same labels, numbers within float rounding (a zero rounded across its
+        # threshold moves the noise index by 1/(L*C))
+        assert (p_proc.argmax(1) == p_local.argmax(1)).all()
+        np.testing.assert_allclose(p_proc, p_local, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(n_proc, n_local, rtol=0, atol=1e-3)
         # where each batch's time went, as tools/bench_pipeline.py reports it
         times = list(proc.batch_times)
         assert [t[0] for t in times] == [128, 128, 44]

@@ -34,6 +34,7 @@ are converted (``convert`` says why not otherwise); the module is TorchScript-sc
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -530,8 +531,6 @@ def calibrate(module: nn.Module, window: int, sizes: tuple[int, ...] = CALIBRATE
 def _best_time(fn: Any, x: Tensor, runs: int = 3) -> float:
     """The least wall time of ``runs`` timings of ``fn(x)``, each over enough calls for ~16 windows
     (after one untimed call): the least is the one a busy machine disturbed least."""
-    import time
-
     calls = max(1, 16 // x.shape[0])
     fn(x)
     best = float("inf")

@@ -161,7 +161,8 @@ class Runner:
                            validation: np.ndarray | None, compiled: bool = True) -> None:
         """Swaps in the channels-last form of a 1-D network when it agrees with the module on the
         validation windows (seeded Gaussian windows without them): with its units' tails compiled
-        where numba is there and torch runs on one thread (those loops run on one), else frozen
+        where numba is there and torch runs on one thread (those loops run on one), and small
+        batches as one compiled pass below the batch size where that was faster, else frozen
         in TorchScript. Networks it cannot convert (2-D, even kernels) keep the module without a
         note: that is not a fault."""
         from drsn_stream.engine import cpu_layout as cl
