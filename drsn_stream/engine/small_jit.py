@@ -7,9 +7,11 @@ of microseconds, which a paper-size network pays 25 times per batch whatever its
 Runtime, whose convolutions cost less per call, ran such batches faster than the engine
 (docs/performance-peers.md). Here one call per batch runs the stem, every unit (bn1 and ReLU,
 both convolutions, the threshold net, the soft thresholding and its count, the shortcut) and the
-head, window by window on activations laid out (channels, positions): a convolution is, per
-output and input channel, one pass over positions that reads its taps from one row, and such
-passes vectorize. Its cost per window does not depend on the batch size.
+head, window by window on activations laid out (channels, positions): a convolution is, per pair
+of output and pair of input channels, one pass over positions that reads its taps from the input
+rows, and such passes vectorize. Its cost per window does not depend on the batch size, so the
+runner times it against the tails at start and uses it below the batch size where they catch up
+(``cpu_layout.calibrate``).
 
 The constants come from the channels-last form (``cpu_layout.ChannelsLastDRSN``: batch norms
 folded the same way), and the results equal it up to float rounding (the runner compares the two
