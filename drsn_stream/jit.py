@@ -74,6 +74,10 @@ class Kernels:
                     self._failed = f"{type(exc).__name__}: {exc}"
         return self._built
 
+    def warm(self) -> bool:
+        """Compile (or load from the cache) now: whether they can be used."""
+        return self.get() is not None
+
     def available(self) -> bool:
         """Whether they can be used (numba imported and, once tried, compiled)."""
         return numba is not None and self._failed is None

@@ -101,18 +101,24 @@ def test_every_1d_network_converts_to_the_same_function(name: str, length: int, 
     torch.testing.assert_close(f_features, features, rtol=1e-4, atol=1e-4)  # what the baselines learn from
 
 
+def _built(cfg: dict, seed: int) -> torch.nn.Module:
+    """A network of ``cfg`` with batch-norm variances and shifts that make every fold matter."""
+    torch.manual_seed(seed)
+    net = build_from_config(cfg).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_var.uniform_(0.3, 3.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return net
+
+
 @pytest.mark.parametrize("stages", [((12, 2), (24, 2)), ((8, 1), (96, 2))])
 def test_channel_counts_a_row_of_64_does_not_hold_give_the_same_function(stages) -> None:
     """12 and 24 channels do not divide a row of 64 values, 96 exceed it: the compiled tails'
     per-channel loops, not their row loops."""
     cfg = {**model_config("drsn_cw_paper", 10).to_dict(), "stages": [list(s) for s in stages],
            "stem_channels": stages[0][0]}
-    torch.manual_seed(1)
-    net = build_from_config(cfg).eval()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_var.uniform_(0.3, 3.0)
-            m.bias.data.uniform_(-0.3, 0.3)
+    net = _built(cfg, seed=1)
     fast, why = cpu_layout.convert(net, cfg)
     assert fast is not None, why
     x = torch.from_numpy(np.ascontiguousarray(_real_windows(16)))
@@ -131,12 +137,7 @@ def test_other_kernels_and_rows_shorter_than_a_kernel_give_the_same_function(shr
     shortcuts, and windows so short that the last units see rows of one or two positions."""
     cfg = {**model_config("drsn_cw_paper", 10).to_dict(), "kernel_size": 5, "stem_kernel": 7,
            "shrink": shrink, "shortcut": shrink == "cs", "stages": [[4, 2], [8, 2], [16, 2]]}
-    torch.manual_seed(2)
-    net = build_from_config(cfg).eval()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_var.uniform_(0.3, 3.0)
-            m.bias.data.uniform_(-0.3, 0.3)
+    net = _built(cfg, seed=2)
     fast, why = cpu_layout.convert(net, cfg)
     assert fast is not None, why
     x = torch.from_numpy(np.ascontiguousarray(_real_windows(8)[:, :length]))

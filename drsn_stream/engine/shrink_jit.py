@@ -28,6 +28,36 @@ from drsn_stream import jit
 ROW = 64  # values per row of the fast loops: 64 % channels == 0 and positions * channels % 64 == 0
 
 
+def _thresholds_py(g, c, shrink, f1w, f1b, f2w, f2b, z, tau):
+    """The threshold net on g (c,), the mean |r| of each channel: tau[:c] = sigmoid(fc2(relu(
+    fc1(g)))) * g for shrink 2 (channel-wise), * mean(g) for 1 (channel-shared); fc1 is ``f1w``
+    (c, c) with its batch norm folded in and ``f1b``, fc2 ``f2w`` (c or 1, c) and ``f2b``; z (c,)
+    scratch. Shared with the whole compiled pass (small_jit)."""
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    for o in range(c):
+        s = f1b[o]
+        for k in range(c):
+            s += f1w[o, k] * g[k]
+        z[o] = s if s > zero else zero
+    if shrink == 2:
+        for o in range(c):
+            s = f2b[o]
+            for k in range(c):
+                s += f2w[o, k] * z[k]
+            tau[o] = g[o] * np.float32(one / (one + np.float32(math.exp(-s))))
+    else:
+        s = f2b[0]
+        for k in range(c):
+            s += f2w[0, k] * z[k]
+        gm = zero
+        for k in range(c):
+            gm += g[k]
+        t0 = np.float32(gm / c) * np.float32(one / (one + np.float32(math.exp(-s))))
+        for o in range(c):
+            tau[o] = t0
+
+
 def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns, nt, head, a_next, pooled, kept):
     """One unit's tail for a batch, in place.
 
@@ -41,7 +71,6 @@ def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns,
     b = r.shape[0]
     n = lo * c
     zero = np.float32(0.0)
-    one = np.float32(1.0)
     rows = n % ROW == 0 and ROW % c == 0
     ident = shortcut != 0 and stride == 1 and cin == c
     w = max(ROW, c)  # per-slot constants: a row's 64 slots, or (more channels) one per channel
@@ -79,28 +108,7 @@ def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns,
                         g[ch] += abs(ri[p * c + ch])
             for ch in range(c):
                 g[ch] *= inv
-            # the threshold net: tau = sigmoid(fc2(relu(fc1(g)))) * g (CW), * mean(g) (CS)
-            for o in range(c):
-                s = f1b[o]
-                for k in range(c):
-                    s += f1w[o, k] * g[k]
-                z[o] = s if s > zero else zero
-            if shrink == 2:
-                for o in range(c):
-                    s = f2b[o]
-                    for k in range(c):
-                        s += f2w[o, k] * z[k]
-                    tau[o] = g[o] * np.float32(one / (one + np.float32(math.exp(-s))))
-            else:
-                s = f2b[0]
-                for k in range(c):
-                    s += f2w[0, k] * z[k]
-                gm = zero
-                for k in range(c):
-                    gm += g[k]
-                t0 = np.float32(gm / c) * np.float32(one / (one + np.float32(math.exp(-s))))
-                for o in range(c):
-                    tau[o] = t0
+            _thresholds(g, c, shrink, f1w, f1b, f2w, f2b, z, tau)
         else:
             for o in range(c):
                 tau[o] = zero
@@ -175,7 +183,12 @@ def _tail_py(r, h, lo, c, stride, cin, shortcut, shrink, f1w, f1b, f2w, f2b, ns,
             kept[i] += np.float32(cnt) * share
 
 
+_thresholds: Any = None  # compiled by _build before _tail_py (which calls it by this name)
+
+
 def _build() -> Any:
+    global _thresholds
+    _thresholds = jit.compile_kernel(_thresholds_py)
     tail = jit.compile_kernel(_tail_py)
     _run_tiny(tail)
     return tail
@@ -190,18 +203,6 @@ def _run_tiny(tail: Any) -> None:
 
 
 _compiled = jit.Kernels(_build)
-
-
-def warm() -> bool:
-    """Compile (or load from the cache) now; False when the compiled tails are not available."""
-    return _compiled.get() is not None
-
-
-def why_not() -> str:
-    """Why the compiled tails are not available ("" when they are)."""
-    return _compiled.why_not()
-
-
-def kernel() -> Any:
-    """The compiled tail (``warm()`` first)."""
-    return _compiled.get()
+# warm(): compile (or load from the cache) now, False where not available; why_not(): why not ("" when
+# available); kernel(): the compiled function (warm() first)
+warm, why_not, kernel = _compiled.warm, _compiled.why_not, _compiled.get

@@ -20,7 +20,6 @@ on the artifact's validation windows before using this one; the tests run every 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -238,29 +237,9 @@ def _forward_py(x, fw, units, top, logits, noise, pooled):
                 f1b = fw[units[u, U_F1B]:units[u, U_F1B] + cout]
                 f2w = fw[units[u, U_F2W]:units[u, U_F2W] + m * cout].reshape(m, cout)
                 f2b = fw[units[u, U_F2B]:units[u, U_F2B] + m]
-                # the threshold net: tau = sigmoid(fc2(relu(fc1(g)))) * g (CW), * mean(g) (CS)
+                # the thresholds from each channel's mean |r| (the compiled tails' threshold net)
                 _absmeans(r, cout, lo, g, lanes)
-                for o in range(cout):
-                    s = f1b[o]
-                    for j in range(cout):
-                        s += f1w[o, j] * g[j]
-                    z[o] = s if s > zero else zero
-                if units[u, U_SHRINK] == 2:
-                    for o in range(cout):
-                        s = f2b[o]
-                        for j in range(cout):
-                            s += f2w[o, j] * z[j]
-                        tau[o] = g[o] * np.float32(one / (one + np.float32(math.exp(-s))))
-                else:
-                    s = f2b[0]
-                    for j in range(cout):
-                        s += f2w[0, j] * z[j]
-                    gm = zero
-                    for j in range(cout):
-                        gm += g[j]
-                    t0 = np.float32(gm / cout) * np.float32(one / (one + np.float32(math.exp(-s))))
-                    for o in range(cout):
-                        tau[o] = t0
+                _thresholds(g, cout, units[u, U_SHRINK], f1w, f1b, f2w, f2b, z, tau)
                 # soft thresholding (x - clamp(x, -tau, tau), as the torch forms) and its count
                 cnt = 0
                 for c in range(cout):
@@ -307,10 +286,16 @@ _taps3s2: Any = None
 _conv3: Any = None
 _conv: Any = None
 _absmeans: Any = None
+_thresholds: Any = None
 
 
 def _build() -> Any:
-    global _taps3, _taps3s2, _conv3, _conv, _absmeans
+    global _taps3, _taps3s2, _conv3, _conv, _absmeans, _thresholds
+    from drsn_stream.engine import shrink_jit
+
+    if not shrink_jit.warm():  # the threshold net is the compiled tails' own
+        raise RuntimeError(shrink_jit.why_not())
+    _thresholds = shrink_jit._thresholds
     _taps3 = jit.compile_kernel(_taps3_py)
     _taps3s2 = jit.compile_kernel(_taps3s2_py)
     _conv3 = jit.compile_kernel(_conv3_py)
@@ -332,18 +317,6 @@ def _run_tiny(forward: Any) -> None:
 
 
 _compiled = jit.Kernels(_build)
-
-
-def warm() -> bool:
-    """Compile (or load from the cache) now; False when the compiled pass is not available."""
-    return _compiled.get() is not None
-
-
-def why_not() -> str:
-    """Why the compiled pass is not available ("" when it is)."""
-    return _compiled.why_not()
-
-
-def kernel() -> Any:
-    """The compiled forward pass (``warm()`` first)."""
-    return _compiled.get()
+# warm(): compile (or load from the cache) now, False where not available; why_not(): why not ("" when
+# available); kernel(): the compiled function (warm() first)
+warm, why_not, kernel = _compiled.warm, _compiled.why_not, _compiled.get
