@@ -70,11 +70,12 @@ def _taps3s2_py(ya, o1, e1, o2, e2, jend, lout, a10, a11, a12, a20, a21, a22):
         ya[j] += a10 * o1[j - 1] + a11 * e1[j] + (a20 * o2[j - 1] + a21 * e2[j])
 
 
-def _conv3_py(x, lin, cin, w, bias, cout, stride, lout, relu, y):
-    """``_conv_py`` for kernel 3 and padding 1 (the paper's): two output and two input channels
-    per pass over positions (each input row read once for both outputs), the positions whose taps
-    all lie inside the row without a bounds test. A stride of 2 reads the even and odd positions
-    of each input row from copies of their own, so that every pass reads consecutive values."""
+def _conv3_py(x, lin, cin, w, cout, stride, lout, y):
+    """Adds ``_conv_py``'s taps to y for kernel 3 and padding 1 (the paper's): two output and two
+    input channels per pass over positions (each input row read once for both outputs), the
+    positions whose taps all lie inside the row without a bounds test. A stride of 2 reads the
+    even and odd positions of each input row from copies of their own, so that every pass reads
+    consecutive values."""
     zero = np.float32(0.0)
     if stride == 1:
         jend = lin - 1  # the right tap j + 1 <= lin - 1
@@ -94,11 +95,6 @@ def _conv3_py(x, lin, cin, w, bias, cout, stride, lout, relu, y):
                 e[half - 1] = xi[lin - 1]
     if jend > lout:
         jend = lout
-    for co in range(cout):
-        yo = y[co]
-        bv = bias[co]
-        for p in range(lout):
-            yo[p] = bv
     for co in range(0, cout, 2):
         two = co + 1 < cout
         ya = y[co]
@@ -123,6 +119,21 @@ def _conv3_py(x, lin, cin, w, bias, cout, stride, lout, relu, y):
                 _taps3s2(ya, od[ci], ev[ci], od[cb], ev[cb], jend, lout, a10, a11, a12, a20, a21, a22)
                 if two:
                     _taps3s2(yb, od[ci], ev[ci], od[cb], ev[cb], jend, lout, b10, b11, b12, b20, b21, b22)
+
+
+def _conv_py(x, lin, cin, w, bias, cout, k, stride, pad, lout, relu, y):
+    """y[co, p] = bias[co] + sum over ci, t of w[co, ci, t] * x[ci, p * stride + t - pad] (zero
+    outside the row), p < lout; then ReLU where ``relu``. x (cin, >= lin), y (cout, >= lout)."""
+    zero = np.float32(0.0)
+    for co in range(cout):
+        yo = y[co]
+        bv = bias[co]
+        for p in range(lout):
+            yo[p] = bv
+    if k == 3 and pad == 1 and lin >= 3:
+        _conv3(x, lin, cin, w, cout, stride, lout, y)
+    else:
+        _conv_taps(x, lin, cin, w, cout, k, stride, pad, lout, y)
     if relu:
         for co in range(cout):
             yo = y[co]
@@ -131,18 +142,11 @@ def _conv3_py(x, lin, cin, w, bias, cout, stride, lout, relu, y):
                     yo[p] = zero
 
 
-def _conv_py(x, lin, cin, w, bias, cout, k, stride, pad, lout, relu, y):
-    """y[co, p] = bias[co] + sum over ci, t of w[co, ci, t] * x[ci, p * stride + t - pad] (zero
-    outside the row), p < lout; then ReLU where ``relu``. x (cin, >= lin), y (cout, >= lout)."""
-    if k == 3 and pad == 1 and lin >= 3:
-        _conv3(x, lin, cin, w, bias, cout, stride, lout, relu, y)
-        return
-    zero = np.float32(0.0)
+def _conv_taps_py(x, lin, cin, w, cout, k, stride, pad, lout, y):
+    """Adds ``_conv_py``'s taps to y, any kernel, stride and padding: per output channel, input
+    channel and tap, one pass over the outputs whose tap lies inside the row."""
     for co in range(cout):
         yo = y[co]
-        bv = bias[co]
-        for p in range(lout):
-            yo[p] = bv
         for ci in range(cin):
             xi = x[ci]
             for t in range(k):
@@ -161,10 +165,6 @@ def _conv_py(x, lin, cin, w, bias, cout, k, stride, pad, lout, relu, y):
                 xv = xi[p0 * stride + off:]
                 for j in range(n):  # from 0: the index is known not to wrap around, so this vectorizes
                     yv[j] += wv * xv[j * stride]
-        if relu:
-            for p in range(lout):
-                if yo[p] < zero:
-                    yo[p] = zero
 
 
 def _absmeans_py(r, cout, n, g, acc):
@@ -284,13 +284,14 @@ def _forward_py(x, fw, units, top, logits, noise, pooled):
 _taps3: Any = None
 _taps3s2: Any = None
 _conv3: Any = None
+_conv_taps: Any = None
 _conv: Any = None
 _absmeans: Any = None
 _thresholds: Any = None
 
 
 def _build() -> Any:
-    global _taps3, _taps3s2, _conv3, _conv, _absmeans, _thresholds
+    global _taps3, _taps3s2, _conv3, _conv_taps, _conv, _absmeans, _thresholds
     from drsn_stream.engine import shrink_jit
 
     if not shrink_jit.warm():  # the threshold net is the compiled tails' own
@@ -299,6 +300,7 @@ def _build() -> Any:
     _taps3 = jit.compile_kernel(_taps3_py)
     _taps3s2 = jit.compile_kernel(_taps3s2_py)
     _conv3 = jit.compile_kernel(_conv3_py)
+    _conv_taps = jit.compile_kernel(_conv_taps_py)
     _conv = jit.compile_kernel(_conv_py)
     _absmeans = jit.compile_kernel(_absmeans_py)
     forward = jit.compile_kernel(_forward_py)
