@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from drsn_stream import jit
+from drsn_stream.engine import cpu_layout as cl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,8 +33,10 @@ def test_peers_run_the_same_network_and_agree_with_the_engine() -> None:
     assert row["batch"] == 64 and out["threads"] == 1
     # the engine as the monitor runs it: the channels-last form with its units' tails compiled
     assert out["channels_last"] and out["compiled_tails"] == jit.available()
-    # and small batches compiled whole, below the batch size its start-up timing found
-    assert (out["compiled_whole_below"] > 1) == jit.available()
+    # and where small batches go compiled whole: below one of the sizes its start-up timing
+    # tries (0: never; which one depends on this machine's timing, not checked here)
+    below = out["compiled_whole_below"]
+    assert below in (0, *cl.CALIBRATE_SIZES, 2 * cl.CALIBRATE_SIZES[-1]) and (below == 0 or jit.available())
     assert {"engine", "torchscript-frozen", "onnxruntime"} <= set(row["wps"])
     assert row["best_peer"] in row["wps"] and row["x_best_peer"] == pytest.approx(
         row["wps"]["engine"] / row["wps"][row["best_peer"]], rel=0.01)
