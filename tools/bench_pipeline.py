@@ -25,7 +25,11 @@ the same frames and with them spread over 4 quarters of the hop (the monitor's -
 alternating. With --publishers P the machines are split over P publisher processes
 (``sim:bearing?first=``, distinct stream ids), which the monitor's one source subscribes to
 together (``zmq://HOST:PORT,HOST:PORT``): one publisher process simulates some 40,000 channels/s,
-so ten thousand streams (240,000 channels/s) need several (a GPU host).
+so ten thousand streams (240,000 channels/s) need several (a GPU host). With --ingest-backlog each
+live run is followed by the same streams' frames queued and ingested as fast as they go
+(tools/bench_ingest.py, no model, in a process of its own), and the live ingest per frame is printed
+as a ratio to that: a host's slow spell moves both, the live run's own costs (cache misses after
+idle, waits for the rest of a burst) only the first.
 """
 
 from __future__ import annotations
@@ -321,6 +325,22 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     }
 
 
+def backlog_ingest(n: int, channels: int, hop: int | None, phases: int) -> float | None:
+    """The ingest CPU per frame of ``n`` streams' frames (``channels`` per frame) queued on a socket
+    and taken as fast as they go (tools/bench_ingest.py: 6 s of every stream after 4 s of warm-up),
+    in a process of its own; None where it failed (its error on stderr)."""
+    cmd = [sys.executable, str(ROOT / "tools" / "bench_ingest.py"), "--streams", str(n), "--channels", str(channels),
+           "--phases", str(phases), "--seconds", "6", "--warm-up", "4", "--json"]
+    if hop is not None:
+        cmd += ["--hop", str(hop)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        print(f"tools/bench_ingest.py failed ({res.returncode}): {res.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return json.loads(res.stdout)[0]["ingest_us_per_frame"]
+
+
 def cpu_ratio(rows: list[dict], result: dict, key: str, what: str, *, quiet: bool) -> None:
     """An alternating A/B run's CPU per window with (the rows run with ``machine``) over without, as
     medians over the runs, into ``result[key]``; printed as ``what`` unless ``quiet``."""
@@ -370,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p99-ms", type=float, default=100.0, help="latency bound for 'held'")
     ap.add_argument("--repeat", type=int, default=1, help="runs per N; N counts as held only if every run holds it")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--ingest-backlog", action="store_true",
+                    help="after each run, the same streams' frames queued and ingested as fast as they go "
+                         "(tools/bench_ingest.py, about 10 s more per run), and the live ingest per frame printed as a "
+                         "ratio to that")
     ap.add_argument("--envelope-ab", action="store_true",
                     help="run each N without and with the envelope evidence (6205 bearing, 1797 rpm), alternating, "
                          "and print the CPU per window of both and their ratio")
@@ -404,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
             r["phases"] = extra.get("phases", 1)
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
+            if args.ingest_backlog:
+                backlog = backlog_ingest(n, args.channels, args.hop, r["phases"])
+                r["backlog_ingest_us_per_frame"] = backlog
+                r["live_to_backlog"] = (round(r["ingest_us_per_frame"] / backlog, 2)
+                                        if backlog and r["ingest_us_per_frame"] else None)
             rows.append(r)
             held_all = held_all and r["held"]
             if not args.json:
@@ -416,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 print(f"        ingest thread CPU: {r['ingest_us_per_frame']} us per frame of {args.channels} "
                       f"channel(s), {r['ingest_us_per_channel']} us per channel", flush=True)
+                if args.ingest_backlog:
+                    print(f"        the same frames queued (tools/bench_ingest.py, after this run): "
+                          f"{r['backlog_ingest_us_per_frame']} us per frame; live / queued "
+                          f"{r['live_to_backlog']}x", flush=True)
                 if r["ingest_procs"] > 1:
                     print(f"        {r['ingest_procs']} ingest processes: {r['ingest_procs_us_per_frame']} us CPU per "
                           f"frame (all of them); the ingest thread above is the parent's reading loop", flush=True)
@@ -455,6 +488,12 @@ def main(argv: list[str] | None = None) -> int:
         cpu_ratio(rows, result, "judges_cpu_ratio", "unknown + baseline + envelope", quiet=args.json)
     if args.envelope_ab:
         cpu_ratio(rows, result, "envelope_cpu_ratio", "envelope evidence", quiet=args.json)
+    ratios = [r["live_to_backlog"] for r in rows if r.get("live_to_backlog")]
+    if ratios:
+        result["live_to_backlog_median"] = round(float(np.median(ratios)), 2)
+        if not args.json:
+            print(f"ingest live / the same frames queued: {result['live_to_backlog_median']}x (median of "
+                  f"{len(ratios)} run(s); {min(ratios)}-{max(ratios)}x)")
     if args.json:
         print(json.dumps(result, indent=1))
     else:
