@@ -27,8 +27,8 @@ alternating. With --publishers P the machines are split over P publisher process
 together (``zmq://HOST:PORT,HOST:PORT``): one publisher process simulates some 40,000 channels/s,
 so ten thousand streams (240,000 channels/s) need several (a GPU host). With --ingest-backlog each
 live run is followed by the same streams' frames queued and ingested as fast as they go
-(tools/bench_ingest.py, no model, in a process of its own), and the live ingest per frame is printed
-as a ratio to that: a host's slow spell moves both, the live run's own costs (cache misses after
+(tools/bench_ingest.py, no model, in a process of its own; runs with one ingest thread only), and the
+live ingest per frame is printed as a ratio to that: a host's slow spell moves both, the live run's own costs (cache misses after
 idle, waits for the rest of a burst) only the first.
 """
 
@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             r["held"] = r["dropped"] == 0 and r["received"] >= 0.97 and r["p99_ms"] <= args.p99_ms
             r["repeat"] = rep
             if args.ingest_backlog:
-                backlog = backlog_ingest(n, args.channels, args.hop, r["phases"])
+                # bench_ingest reads with one ingest thread: no like for like with ingest processes
+                backlog = backlog_ingest(n, args.channels, args.hop, r["phases"]) if r["ingest_procs"] == 1 else None
                 r["backlog_ingest_us_per_frame"] = backlog
                 r["live_to_backlog"] = (round(r["ingest_us_per_frame"] / backlog, 2)
                                         if backlog and r["ingest_us_per_frame"] else None)
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 print(f"        ingest thread CPU: {r['ingest_us_per_frame']} us per frame of {args.channels} "
                       f"channel(s), {r['ingest_us_per_channel']} us per channel", flush=True)
-                if args.ingest_backlog:
+                if args.ingest_backlog and r["ingest_procs"] == 1:
                     print(f"        the same frames queued (tools/bench_ingest.py, after this run): "
                           f"{r['backlog_ingest_us_per_frame']} us per frame; live / queued "
                           f"{r['live_to_backlog']}x", flush=True)
