@@ -53,6 +53,12 @@ from drsn_stream.errors import run_tool
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _child_env() -> dict[str, str]:
+    """The environment for this script's child processes: this checkout's package ahead of any
+    PYTHONPATH given."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -173,7 +179,7 @@ def run_one(n: int, *, seconds: float, model: str, device: str, max_wait_ms: flo
     first = np.cumsum([0, *count[:-1]]).tolist()
     # a live-learned baseline (--baseline-ab) learns during a longer warm-up; the publisher runs on through it
     warm = 2.0 + (1.0 + overrides["learn_s"] if overrides.get("learn_s") else 0.0)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    env = _child_env()
     cfg = RunConfig(sources=("zmq://" + ",".join(f"127.0.0.1:{port}" for port in ports),), model=model, device=device, max_wait_ms=max_wait_ms,
                     hop=hop, threads=threads, stats_every_s=3600, engine_process=engine_process,
                     max_batch=max_batch, cpu_layout=cpu_layout, **overrides)
@@ -333,8 +339,7 @@ def backlog_ingest(n: int, channels: int, hop: int | None, phases: int) -> float
            "--phases", str(phases), "--seconds", "6", "--warm-up", "4", "--json"]
     if hop is not None:
         cmd += ["--hop", str(hop)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         print(f"tools/bench_ingest.py failed ({res.returncode}): {res.stderr.strip()[-300:]}", file=sys.stderr)
         return None

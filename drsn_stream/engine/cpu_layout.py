@@ -320,6 +320,11 @@ class ChannelsLastDRSN(nn.Module):
         return logits, noise_index, h
 
 
+def _conv_length(n: int, k: int, stride: int) -> int:
+    """Positions out of a convolution of kernel k, padding k // 2 and ``stride`` over n."""
+    return (n + 2 * (k // 2) - k) // stride + 1
+
+
 class SmallBatches(nn.Module):
     """A ``ChannelsLastDRSN``'s whole forward pass in one compiled call per batch (``small_jit``),
     from the form's constants: for batches where torch's fixed cost per convolution would
@@ -374,12 +379,12 @@ class SmallBatches(nn.Module):
         sj = self._sj
         top, units = self._top, self._units
         k, s = int(top[sj.T_STEM_K]), int(top[sj.T_STEM_STRIDE])
-        length = (n + 2 * (k // 2) - k) // s + 1
+        length = _conv_length(n, k, s)
         top[sj.T_L0] = length
         cmax, lmax = int(top[sj.T_STEM_C]), length
         for row in units:
             k, s = int(row[sj.U_K]), int(row[sj.U_STRIDE])
-            row[sj.U_LIN], row[sj.U_LOUT] = length, (length + 2 * (k // 2) - k) // s + 1
+            row[sj.U_LIN], row[sj.U_LOUT] = length, _conv_length(length, k, s)
             length = int(row[sj.U_LOUT])
             cmax = max(cmax, int(row[sj.U_COUT]))
         top[sj.T_CMAX], top[sj.T_LMAX] = cmax, lmax
