@@ -407,6 +407,61 @@ def test_health_of_modules_judged_at_different_times_is_that_of_each_channel_alo
     assert {("gw3/ch2", "flat line"), ("gw5/ch1", "clipping")} <= reasons
 
 
+@_PATHS
+def test_health_of_a_block_of_frames_is_that_of_each_frame_alone(compiled: bool | None) -> None:
+    """``push_block`` (the ingest's common case: a round of plain frames of one length, their
+    samples one array) judges as ``push`` of each frame does: NaN, a flat line, clipping, a DC
+    step and a sequence gap found where they are, the same states and events. Where it cannot
+    take a round (streams not seen yet) it says so and does nothing, and the frames are pushed."""
+    frames = [f for f in _signals() if f.stream_id in {f"s{k}" for k in range(6)}]
+    now = 1_800_000_000.0
+    alone, block = HealthMonitor(), HealthMonitor(compiled=compiled)
+    ev_alone, ev_block, took = [], [], 0
+    polls = [[f for f in frames if f.seq == k] for k in range(max(f.seq for f in frames) + 1)]  # distinct streams
+    for poll in polls:
+        for f in poll:
+            ev_alone += alone.push(f, now=now)
+        ids = [f.stream_id for f in poll]
+        x = np.stack([f.samples[:, 0] for f in poll])
+        seqs = np.array([f.seq for f in poll], dtype=np.int64)
+        events = block.push_block(ids, x, seqs, RATE, now=now)
+        if events is None:
+            assert block.states().keys() <= set(ids)  # nothing done: the frames are pushed
+            events = block.push_channels(poll, now=now)
+        else:
+            took += 1
+        ev_block += events
+        for sid in ids:
+            ev_alone += alone.flush(sid, now=now)
+        ev_block += block.flush_many(ids, now=now)
+        for sid in alone.streams:
+            assert _same_state(block.export_state(sid), alone.export_state(sid)), (sid, poll[0].seq)
+        now += 512 / RATE
+    assert took >= len(polls) - 2  # every round once the streams are known
+    key = lambda e: e.stream_id  # noqa: E731 - streams are independent; each one's events in order
+    assert [(e.stream_id, e.time, e.data) for e in sorted(ev_block, key=key)] == \
+        [(e.stream_id, e.time, e.data) for e in sorted(ev_alone, key=key)]
+    reasons = {(e.stream_id, r) for e in ev_block for r in e.data.get("reasons", [])}
+    assert {("s2", "flat line"), ("s3", "clipping"), ("s4", "DC offset jump")} <= reasons
+    assert block.states()["s5"].gaps == 1 and block.states()["s1"].non_finite == 1000
+
+
+@pytest.mark.slow
+def test_polls_of_plain_streams_give_the_windows_and_health_of_one_frame_at_a_time() -> None:
+    """A gateway of single-channel streams, the monitor's common case (a poll's frames go through
+    the sensor health and the window bank as one array): whole polls, polls of many rounds and
+    runs give the windows, health and events of one frame at a time, NaN and a gap included."""
+    frames = [f for f in _signals() if f.stream_id in {f"s{k}" for k in range(6)}]
+    one = _run(frames, 1)
+    for poll in (6, 5, len(frames)):
+        assert _run(frames, poll) == one
+    assert _run(frames, len(frames), sliced=True, phases=4) == _run(frames, 1, phases=4)
+    windows, health, events, nonfinite = one
+    assert {w[0] for w in windows} == {f"s{k}" for k in range(6)}
+    assert any(not w[4] for w in windows if w[0] == "s1") and nonfinite == {"s1": 1000}
+    assert health["s5"][3] == 1  # the gap
+
+
 def test_batches_give_the_frames_iteration_gives_for_every_kind_that_replays(tmp_path: Path) -> None:
     wav = tmp_path / "rec.wav"
     scipy.io.wavfile.write(wav, 12000, (0.3 * np.sin(2 * np.pi * 97 * np.arange(30000) / 12000.0)).astype(np.float32))

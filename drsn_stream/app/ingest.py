@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from drsn_stream.dsp import FrameDSP, StreamDSP, bank_jit
-from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items
+from drsn_stream.dsp.bank import BankDSP, WindowBank, bank_items, samples_of
 from drsn_stream.dsp.resample import UnsupportedRate, rational_ratio
 from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
 from drsn_stream.dsp.window import window_start
@@ -31,6 +33,7 @@ from drsn_stream.types import Event, Frame, Window, rounds_by_stream, split_chan
 # as a run of 64: a live poll of a gateway's 16-channel frames (~1,000 channels) is then two runs,
 # not five (docs/performance.md)
 INGEST_SLICE = 64
+_F32 = np.dtype(np.float32)
 INGEST_SLICE_MAX = 1024
 
 
@@ -236,6 +239,10 @@ class Ingest:
         windows: list[Window] = []
         kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
         dsps, owners, speeds, logs = self.dsp, self._owner, self.speeds, self.speeds.logs
+        # the bank every kept frame goes into whole, while every one is a plain float32 frame of
+        # one length and no overflow of a stream in it (the common case: _round_block); else None
+        bank: WindowBank | None = None
+        block, n0, f32 = True, -1, _F32
         with self.lock:
             for frame in frames:
                 owner = owners.get(frame.stream_id)
@@ -253,8 +260,20 @@ class Ingest:
                 kept.append((frame, dsp))
                 if frame.rpm is not None or (logs and frame.stream_id in logs):
                     speeds.frame(frame)
+                if block:
+                    x = frame.samples
+                    if type(dsp) is not BankDSP or dsp.own is not None or frame.overflow or x.dtype is not f32:
+                        block = False
+                    elif bank is None:
+                        bank, n0 = dsp.bank, x.shape[0]
+                        block = bank.fits(frame)
+                    elif dsp.bank is not bank or x.shape[0] != n0 or frame.sample_rate != bank.rate:
+                        block = False
         for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
-            self._round(this, source, windows)
+            if block and bank is not None:
+                self._round_block(this, bank, source, windows)
+            else:
+                self._round(this, source, windows)
         if self._relayout:
             self._drop_old_channels()
         return windows
@@ -329,9 +348,47 @@ class Ingest:
             if out:
                 judged += getattr(dsp, "ids", None) or (frame.stream_id,)
                 done += out
-        if not done:
+        if done:
+            self._judged(judged, done, windows)
+
+    def _round_block(self, items: list[tuple[Frame, BankDSP]], bank: WindowBank, source: Any,
+                     windows: list[Window]) -> None:
+        """``_round`` of plain float32 frames of one length, with no overflow, of streams in
+        ``bank``: their samples made one array once, for the sensor health (``push_block``) and
+        the bank alike, and no Python per frame past a lookup of its stream."""
+        frames = [frame for frame, _ in items]
+        try:
+            seqs = np.fromiter([frame.seq for frame in frames], dtype=np.int64, count=len(frames))
+        except OverflowError:  # a sequence number past int64 (not from the wire): the general path
+            self._round(items, source, windows)
             return
-        events = self.health.flush_many(judged)  # the windows' samples all judged
+        try:
+            x = samples_of(frames)
+            events = self.health.push_block([frame.stream_id for frame in frames], x, seqs, bank.rate)
+            if events is None:  # a stream the array path cannot take yet: every frame as _round would
+                events = self.health.push_channels(frames)
+        except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
+            for frame in frames:
+                self._dropped(source, frame, exc)
+            return
+        if self.capture is not None:  # first: an event of these frames may start a capture around them
+            for frame in frames:
+                self.capture.push(frame)
+        if events:
+            self.on_events(events)
+        try:
+            done, of = bank.push_flat([dsp for _, dsp in items], frames, x)
+        except Exception as exc:  # noqa: BLE001 - a bug drops these frames, not the monitor
+            for frame in frames:
+                self._dropped(source, frame, exc)
+            return
+        if done:
+            self._judged(list(dict.fromkeys([frames[i].stream_id for i in of])), done, windows)
+
+    def _judged(self, judged: list[str], done: list[Window], windows: list[Window]) -> None:
+        """Windows ``done`` of streams ``judged`` into ``windows``, once every gathered sample of
+        those streams is judged, marked unhealthy where their stream's sensor is not OK."""
+        events = self.health.flush_many(judged)
         if events:
             self.on_events(events)
         sick = self.health.unhealthy(dict.fromkeys(judged))

@@ -108,16 +108,14 @@ class WindowBank:
             out[i].append(w)
         return out
 
-    def push_flat(self, dsps: Sequence[BankDSP], frames: Sequence[Frame]) -> tuple[list[Window], list[int]]:
+    def push_flat(self, dsps: Sequence[BankDSP], frames: Sequence[Frame],
+                  x: np.ndarray | None = None) -> tuple[list[Window], list[int]]:
         """``push_many``'s windows in one list, frame by frame (each frame's in order), and the
-        index of the frame each came from."""
+        index of the frame each came from. ``x``: the frames' samples as ``samples_of`` gives
+        them, where the caller has them already."""
         rows = np.fromiter([d.row for d in dsps], dtype=np.int64, count=len(dsps))
-        xs = [f.samples for f in frames]
-        try:  # every frame (n, 1), or every one (n,), all of one length: one concatenation
-            x = np.concatenate(xs)
-        except ValueError:
-            x = np.concatenate([a.reshape(-1) for a in xs])
-        x = x.reshape(len(xs), -1).astype(np.float32, copy=False)
+        if x is None:
+            x = samples_of(frames)
         found = self._step_compiled(rows, x) if self.compiled else self._step(rows, x)
         if found is None:
             return [], []
@@ -291,6 +289,17 @@ class BankDSP:
         b.release(r)
         self.own = own
         return own
+
+
+def samples_of(frames: Sequence[Frame]) -> np.ndarray:
+    """The samples of single-channel frames of one length, (n,) or (n, 1) each, as one (frames, n)
+    float32 array."""
+    xs = [f.samples for f in frames]
+    try:  # every frame (n, 1), or every one (n,), all of one length: one concatenation
+        x = np.concatenate(xs)
+    except ValueError:
+        x = np.concatenate([a.reshape(-1) for a in xs])
+    return x.reshape(len(xs), -1).astype(np.float32, copy=False)
 
 
 def bank_items(items: Sequence[tuple[Frame, Any]]) -> tuple[dict[tuple[int, int], list[int]], list[int]]:

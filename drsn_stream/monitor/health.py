@@ -434,6 +434,36 @@ class HealthMonitor:
                 events += self._push_frames(this, split, now)
         return events
 
+    def push_block(self, ids: Sequence[str], x: np.ndarray, seqs: np.ndarray, rate: float, *,
+                   now: float | None = None) -> list[Event] | None:
+        """``push_channels`` of plain single-channel frames of distinct streams ``ids``, whose
+        samples are the rows of ``x`` ((frames, n) float32), their sequence numbers ``seqs``
+        (int64), all at ``rate`` Hz and with no overflow: the same results and events, with no
+        Python per frame but a lookup of its stream. None, with nothing done, where a stream
+        cannot take the array path (a new one, a restart, one that ended, a rate of its own...)
+        or the round is small: the caller then pushes the frames."""
+        if len(ids) < _FEW_ROWS or not len(seqs) or not (int(seqs.min()) > -_SEQ_MAX and int(seqs.max()) < _SEQ_MAX):
+            return None
+        now = time.time() if now is None else now
+        with self._lock:
+            if self._ended:
+                return None
+            groups, version = self._groups, self._version
+            gs: list[_Group] = []
+            for sid in ids:
+                g = groups.get(sid)
+                if g is None or g.version != version:
+                    g = self._group(sid, (sid,), rate)
+                    if g is None:
+                        return None
+                if g.rate != rate:
+                    return None
+                gs.append(g)
+            if self._rounds_version != version:
+                self._rounds.clear()
+                self._rounds_version = version
+            return self._push_fast(gs, None, [], now, block=(x, seqs))
+
     def _resume(self, frames: Sequence[Frame], split: bool) -> None:
         """Streams of ``frames`` that had announced their end send again: watched for silence again."""
         for f in frames:
@@ -546,12 +576,14 @@ class HealthMonitor:
         self._groups[key] = g
         return g
 
-    def _push_fast(self, gs: list[_Group], frames: list[Frame], xs: list[np.ndarray], now: float,
-                   finite: tuple[list[bool], list[int]] | None = None) -> list[Event]:
+    def _push_fast(self, gs: list[_Group], frames: list[Frame] | None, xs: list[np.ndarray], now: float,
+                   finite: tuple[list[bool], list[int]] | None = None, *,
+                   block: tuple[np.ndarray, np.ndarray] | None = None) -> list[Event]:
         """``_push_round`` for frames of known streams, one row per channel: the bookkeeping and
         the level tests in numpy over all rows at once, Python only for rows where something
         was found or a reason is active. ``finite``: ``push_channels``'s list and each frame's
-        place in it."""
+        place in it. ``block``: ``push_block``'s samples and seqs, for frames of single-channel
+        streams with no overflow (then ``frames`` and ``xs`` are not read)."""
         bank = self._bank
         key = tuple(gs)
         rows = self._rounds.get(key)
@@ -560,12 +592,17 @@ class HealthMonitor:
                 self._rounds.clear()
             rows = self._rounds[key] = _Rows(gs)
         slots, at = rows.slots, rows.at
-        n = xs[0].shape[0]
-        if all(x.shape[0] == n for x in xs):
-            n_row: Any = n
+        if block is not None:
+            n_row: Any = block[0].shape[1]
+            seqs = block[1]
         else:
-            n_row = np.repeat(np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=len(xs)), rows.counts)
-        seqs = np.fromiter((f.seq for f in frames), dtype=np.int64, count=len(frames))
+            assert frames is not None
+            n = xs[0].shape[0]
+            if all(x.shape[0] == n for x in xs):
+                n_row = n
+            else:
+                n_row = np.repeat(np.fromiter((x.shape[0] for x in xs), dtype=np.int64, count=len(xs)), rows.counts)
+            seqs = np.fromiter((f.seq for f in frames), dtype=np.int64, count=len(frames))
         seq_row = seqs if rows.ones else np.repeat(seqs, rows.counts)
         bank.last_seen[at] = now
         bank.frames[at] += 1
@@ -579,7 +616,7 @@ class HealthMonitor:
         new_pn = pn + n_row
         due = (n_row > 0) & (new_pn >= rows.every)
         bank.pend_room(int(new_pn.max()))
-        ok = self._gather(rows, pn, n_row, xs)
+        ok = self._gather(rows, pn, n_row, xs, None if block is None else block[0])
         if finite is not None and ok is not None:
             out, places = finite
             for i, good in zip(places, ok.tolist()):
@@ -594,7 +631,7 @@ class HealthMonitor:
             self._levels_rows(rows, di, slots[di], rows.rate[di], new_pn[di], codes, found_sets)
         need = bank.busy[at] | gap
         ov_row = None
-        if any(f.overflow > 0 for f in frames):
+        if frames is not None and any(f.overflow > 0 for f in frames):
             ov_row = np.repeat(np.array([f.overflow for f in frames], dtype=np.int64), rows.counts)
             need |= ov_row > 0
         if codes is not None:
@@ -613,10 +650,23 @@ class HealthMonitor:
             bank.busy[st.slot] = _busy(st)
         return events
 
-    def _gather(self, rows: _Rows, pn: np.ndarray, n_row: Any, xs: list[np.ndarray]) -> np.ndarray | None:
+    def _gather(self, rows: _Rows, pn: np.ndarray, n_row: Any, xs: list[np.ndarray],
+                block: np.ndarray | None = None) -> np.ndarray | None:
         """Each row's samples into the bank's ``pend``, after those gathered before; where the
-        gather looked at them, whether each frame's samples are all finite (else None)."""
+        gather looked at them, whether each frame's samples are all finite (else None).
+        ``block``: the rows' samples as one (rows, n) array (single-channel streams), in place
+        of ``xs``."""
         pend, slots = self._bank.pend, rows.slots
+        if block is not None:
+            n = block.shape[1]
+            p = int(pn[0])
+            if n and all_set(pn == p):
+                pend[rows.at if isinstance(rows.at, slice) else slots, p : p + n] = block
+            elif n:
+                for p in np.unique(pn):
+                    m = pn == p
+                    pend[slots[m], p : p + n] = block[m]
+            return None
         if self.compiled and not rows.ones:
             # frames of channels: read where they lie, in their own layout, and written to their
             # rows wherever those are, in one pass (numpy: a transposing copy, then another)
