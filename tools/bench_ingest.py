@@ -88,7 +88,8 @@ def _stages() -> list[tuple[str, Any, str]]:
 
     return [
         ("Ingest.frames (all after the source)", ingest_mod.Ingest, "frames"),
-        ("  sensor health: push_channels", HealthMonitor, "push_channels"),
+        ("  sensor health: push_block (1-channel rounds)", HealthMonitor, "push_block"),
+        ("  sensor health: push_channels (the others)", HealthMonitor, "push_channels"),
         ("    its gather into the level rows (compiled)", levels_jit, "gather_frames"),
         ("    its level tests (compiled)", levels_jit, "levels_rows"),
         ("  FrameDSP.push (multi-channel frames)", FrameDSP, "push"),
