@@ -86,17 +86,15 @@ def rounds_by_stream(items: Sequence[T], stream_of: Callable[[T], str]) -> list[
     order (round k holds every stream's k-th item): what one poll's frames become when the
     frames of different streams are processed together but a stream's frames one after another."""
     rounds: list[list[T]] = []
-    rest = list(items)
-    while rest:
-        seen: set[str] = set()
-        this: list[T] = []
-        later: list[T] = []
-        for item in rest:
-            sid = stream_of(item)
-            (later if sid in seen else this).append(item)
-            seen.add(sid)
-        rounds.append(this)
-        rest = later
+    count: dict[str, int] = {}  # items of each stream so far: the round its next one goes to
+    for item in items:
+        sid = stream_of(item)
+        k = count.get(sid, 0)
+        count[sid] = k + 1
+        if k < len(rounds):
+            rounds[k].append(item)
+        else:
+            rounds.append([item])
     return rounds
 
 

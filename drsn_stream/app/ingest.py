@@ -25,7 +25,7 @@ from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
 from drsn_stream.dsp.window import window_start
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.health import HealthMonitor
-from drsn_stream.types import Event, Frame, Window, rounds_by_stream, split_channels
+from drsn_stream.types import Event, Frame, Window, split_channels
 
 # channels of a poll's frames ingested and handed on together: a first run of INGEST_SLICE, so
 # that a burst's first windows reach the engine soon, then runs of INGEST_SLICE_MAX, which the
@@ -237,7 +237,10 @@ class Ingest:
         completed, marked unhealthy where their stream's sensor is not OK. The stream table is
         locked once for all of them."""
         windows: list[Window] = []
-        kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
+        # the kept frames in rounds of distinct streams (as rounds_by_stream makes them): round k
+        # holds every stream's k-th frame
+        rounds: list[list[tuple[Frame, StreamDSP | BankDSP]]] = []
+        count: dict[str, int] = {}
         dsps, owners, speeds, logs = self.dsp, self._owner, self.speeds, self.speeds.logs
         # the bank every kept frame goes into whole, while every one is a plain float32 frame of
         # one length and no overflow of a stream in it (the common case: _round_block); else None
@@ -245,23 +248,30 @@ class Ingest:
         block, n0, f32 = True, -1, _F32
         with self.lock:
             for frame in frames:
-                owner = owners.get(frame.stream_id)
+                sid = frame.stream_id
+                owner = owners.get(sid)
                 if owner is not source and owner is not None:
                     self._conflict(frame, owner, source)
                     continue
-                dsp = dsps.get(frame.stream_id)
-                # the common case without _stream_dsp: a plain frame of a stream whose DSP takes
-                # plain frames (the first check _stream_dsp makes)
-                if dsp is None or getattr(dsp, "ids", None) is not None or channel_layout(frame) is not None:
+                dsp = dsps.get(sid)
+                x = frame.samples
+                # the common case without _stream_dsp: a plain frame (channel_layout None) of a
+                # stream whose DSP takes plain frames (the first check _stream_dsp makes)
+                if (dsp is None or getattr(dsp, "ids", None) is not None or frame.names is not None
+                        or (x.ndim >= 2 and x.shape[1] != 1)):
                     dsp = self._stream_dsp(frame, source, frames)
                     if dsp is None:
                         continue
-                    owners[frame.stream_id] = source
-                kept.append((frame, dsp))
-                if frame.rpm is not None or (logs and frame.stream_id in logs):
+                    owners[sid] = source
+                k = count.get(sid, 0)
+                count[sid] = k + 1
+                if k < len(rounds):
+                    rounds[k].append((frame, dsp))
+                else:
+                    rounds.append([(frame, dsp)])
+                if frame.rpm is not None or (logs and sid in logs):
                     speeds.frame(frame)
                 if block:
-                    x = frame.samples
                     if type(dsp) is not BankDSP or dsp.own is not None or frame.overflow or x.dtype is not f32:
                         block = False
                     elif bank is None:
@@ -269,7 +279,7 @@ class Ingest:
                         block = bank.fits(frame)
                     elif dsp.bank is not bank or x.shape[0] != n0 or frame.sample_rate != bank.rate:
                         block = False
-        for this in rounds_by_stream(kept, lambda item: item[0].stream_id):
+        for this in rounds:
             if block and bank is not None:
                 self._round_block(this, bank, source, windows)
             else:
