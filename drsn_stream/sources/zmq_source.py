@@ -600,6 +600,9 @@ class _ZmqSource(Source):
         closed = self._closed.is_set
         streams = self._stream_set  # changed in place only
         take_head = self._take_head
+        # _accept's common case, inline: the next seq of a known stream, nothing missing, every
+        # channel taken (its dicts are changed in place only)
+        last_seq, next_seq, missing = self._last_seq, self._last_seq.get, self._missing
         while not closed():
             # Quiet for IDLE_MS: a publisher's burst (many streams sent back to back, messages
             # tens of microseconds apart) is over and all of it is handed over.
@@ -637,7 +640,16 @@ class _ZmqSource(Source):
                         continue
                     known = head(topic, header, len(payload), now) if parts == 3 else None
                     if known is not None:
-                        if known[0].stream not in streams and self._waits(known[0].stream):
+                        sid = known[0].stream
+                        if sid in streams:
+                            seq = known[1]
+                            if seq - 1 == next_seq(sid) and channel is None and not (missing and missing.get(sid)):
+                                last_seq[sid] = seq
+                                heads.append(known)
+                                payloads.append(payload)
+                            else:
+                                take_head(known, payload, heads, payloads)
+                        elif self._waits(sid):
                             waiting.append((known, payload))
                         else:
                             take_head(known, payload, heads, payloads)
