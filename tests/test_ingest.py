@@ -110,6 +110,77 @@ def test_a_decoder_reads_the_speed_a_frame_carries_as_decode_does() -> None:
         encode("gw/1", 0, now, RATE, x, rpm=-5)
 
 
+def _located(headers: list[bytes], compiled: bool) -> list[list[int]]:
+    """``recv_jit``'s ``_locate`` of these headers, as the receiver runs it after a take."""
+    from drsn_stream.sources import recv_jit
+
+    locate = recv_jit._compiled.get()[2] if compiled else recv_jit._locate_py
+    hbuf = np.frombuffer(b"".join(headers) or b"\0", dtype=np.uint8).copy()
+    ends = np.cumsum([len(h) for h in headers])
+    rows = np.zeros((len(headers), 9), dtype=np.int64)
+    rows[:, 0], rows[:, 3], rows[:, 4] = 3, ends - [len(h) for h in headers], ends
+    out = np.empty((len(headers), recv_jit.AT_COLUMNS), dtype=np.int64)
+    locate(hbuf, rows, len(headers), out)
+    return out.tolist()
+
+
+def _header_variants(header: bytes) -> list[bytes]:
+    """A header's seq, t and rpm written every way the wire's grammar allows and many it does not."""
+    head = json.loads(header)
+    seq, t = f'"seq":{head["seq"]},'.encode(), f'"t":{head["t"]!r},'.encode()
+    seqs = [b"0", b"00", b"07", b"1" * 18, b"1" * 19, b"1" * 20, b"-1", b"1.0", b"1e3", b"", b" 1", b"1_0"]
+    ts = [b"0", b"-0", b"0.5", b"-1.25", b"12.", b".5", b"1e5", b"1E+05", b"1e-3", b"1e1234", b"1.5e", b"01",
+          b"1" * 21 + b".5", b"1" * 22, b"1." + b"2" * 20, b"1." + b"2" * 21, b"NaN", b"Infinity", b"1.5.5",
+          b"--1", b"1,", b"+1"]
+    rpms = [b"1797", b"0", b"1.5e3", b"-1", b"abc", b"1797.", b'"1797"', b"1e9999", b""]
+    out = [header.replace(seq, b'"seq":' + v + b",", 1) for v in seqs]
+    out += [header.replace(t, b'"t":' + v + b",", 1) for v in ts]
+    out += [header.replace(t, t + b'"rpm":' + v + b",", 1) for v in rpms]
+    out += [header.replace(t, t[:-1], 1), header.replace(seq, seq[:-1], 1), header.replace(seq, b"", 1),
+            header.replace(b'"t"', b'"T"', 1), header[:-1] + b',"x":",\\"seq\\":1"}',
+            header.replace(seq, b'"seq":5,"seq":6,', 1), b',"seq":1,"t":2,', b',"seq":1,"t":2', b"", b"{}"]
+    return out
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
+def test_the_compiled_receive_finds_seq_and_t_where_the_regular_expression_does(compiled: bool) -> None:
+    """``_locate`` (the compiled receive's look at each header) says where seq, t and rpm are
+    only where ``_SEQ_T`` matches there too, with the same values, and finds them in every header
+    ``encode`` writes; a Decoder given what it found reads every message, good or hostile, as it
+    does without it: the same frame or None."""
+    from drsn_stream.sources.wire import _SEQ_T
+
+    now = time.time()
+    rng = np.random.default_rng(5)
+    good = [encode("press-1", k, now + k * 0.04, RATE, rng.standard_normal(64).astype(np.float32)) for k in range(3)]
+    good += [encode("gw/1", k, now, RATE, rng.standard_normal((8, 2)), rpm=rpm, names=["DE", "FE"])
+             for k, rpm in enumerate([1797.0, 0, 2.5e-3])]
+    headers = [p[1] for p in good] + [v for p in good for v in _header_variants(p[1])]
+    found = 0
+    for header, at in zip(headers, _located(headers, compiled)):
+        m = _SEQ_T.search(header)
+        first = header.find(b',"seq":')
+        if at[0] < 0:  # not found: only where the first ,"seq": starts no match of at most 18 digits
+            assert m is None or m.start() != first or len(m.group(1)) > 18, header
+            continue
+        found += 1
+        assert m is not None and (m.start(), m.end()) == (at[0], at[1]), header
+        assert int(m.group(1)) == at[2] and m.span(2) == (at[3], at[4]), header
+        assert (m.span(3) if m.group(3) is not None else (-1, -1)) == (at[5], at[6]), header
+    assert found > len(good) + 20
+    assert all(at[0] > 0 for at in _located([p[1] for p in good], compiled))
+    decoder = Decoder(max_skew_s=1e9)
+    messages = good + [[p[0], v, p[2]] for p in good for v in _header_variants(p[1])] + \
+        [h for g in good for h in _hostile(g)]
+    for parts in good:
+        decoder.decode(parts, now=now)  # the templates
+    for parts, at in zip(messages, _located([p[1] for p in messages], compiled)):
+        if len(parts) == 3:
+            with_at = decoder.head(parts[0], parts[1], len(parts[2]), now, at)
+            assert with_at == decoder.head(parts[0], parts[1], len(parts[2]), now), parts[1][:120]
+
+
 def test_a_polls_payloads_converted_together_give_what_decode_gives_each() -> None:
     """``to_frames`` converts the payloads of many messages per layout in blocks (here several
     blocks of one layout, three layouts interleaved; big float32 payloads as views of

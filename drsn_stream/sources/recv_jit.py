@@ -177,6 +177,107 @@ def _burst_py(fns, sock, msg, hbuf, pbuf, ppos, rows, most):
 
 
 Message = tuple[int, bytes, bytes, Any]  # parts, topic, header, payload (empty where the message has not the part)
+AT_COLUMNS = 7  # per message, from _locate: seq's match start and end, seq, t's start and end, rpm's start and end
+
+
+def _number(h, i, end):
+    """Where a number of the wire's grammar (``wire._NUMBER``: JSON's, at most 21 digits before
+    the point, 20 after, 3 in the exponent) that starts at ``h[i]`` ends (``end``: the header's
+    end), or -1 where none does. Deterministic, as the regular expression is where a ``,`` must
+    follow: a shorter reading would end before a digit, a point or an ``e``."""
+    if i >= end:
+        return -1
+    c = h[i]
+    if c == 48:  # 0
+        i += 1
+    elif 49 <= c <= 57:
+        j = i + 1
+        while j < end and 48 <= h[j] <= 57:
+            j += 1
+        if j - i > 21:
+            return -1
+        i = j
+    else:
+        return -1
+    if i < end and h[i] == 46:  # .
+        j = i + 1
+        while j < end and 48 <= h[j] <= 57:
+            j += 1
+        if j - i - 1 < 1 or j - i - 1 > 20:
+            return -1
+        i = j
+    if i < end and (h[i] == 101 or h[i] == 69):  # e E
+        j = i + 1
+        if j < end and (h[j] == 43 or h[j] == 45):  # + -
+            j += 1
+        k = j
+        while k < end and 48 <= h[k] <= 57:
+            k += 1
+        if k - j < 1 or k - j > 3:
+            return -1
+        i = k
+    return i
+
+
+def _locate_py(hbuf, rows, count, out):
+    """For each of ``count`` messages (``rows`` as ``_burst_py`` wrote them), where its header has
+    ``,"seq":<seq>,"t":<t>[,"rpm":<rpm>],`` (``wire._SEQ_T``) at the header's first ``,"seq":``:
+    row ``out[i]``: that match's start and end, seq, t's start and end, and rpm's (-1, -1: none),
+    offsets in the header; a start of -1 where the match is not there (or seq has more than 18
+    digits): ``Decoder.head`` then reads the header as it would without. (Compiled by numba; as
+    plain Python it runs too, slowly: the tests run both.)"""
+    for i in range(count):
+        out[i, 0] = -1
+        h0 = rows[i, 3]
+        end = rows[i, 4]
+        ms = -1
+        for j in range(h0, end - 6):
+            if (hbuf[j] == 44 and hbuf[j + 1] == 34 and hbuf[j + 2] == 115 and hbuf[j + 3] == 101
+                    and hbuf[j + 4] == 113 and hbuf[j + 5] == 34 and hbuf[j + 6] == 58):  # ,"seq":
+                ms = j
+                break
+        if ms < 0:
+            continue
+        k = ms + 7
+        if k >= end:
+            continue
+        seq = 0
+        if hbuf[k] == 48:
+            k += 1
+        elif 49 <= hbuf[k] <= 57:
+            j = k
+            while k < end and 48 <= hbuf[k] <= 57 and k - j < 19:
+                seq = seq * 10 + (int(hbuf[k]) - 48)
+                k += 1
+            if k - j > 18:  # beyond int64's reach here: read by the regular expression
+                continue
+        else:
+            continue
+        if not (k + 5 <= end and hbuf[k] == 44 and hbuf[k + 1] == 34 and hbuf[k + 2] == 116 and hbuf[k + 3] == 34
+                and hbuf[k + 4] == 58):  # ,"t":
+            continue
+        t0 = k + 5
+        k = t0 + 1 if t0 < end and hbuf[t0] == 45 else t0  # -
+        t1 = _number(hbuf, k, end)
+        if t1 < 0 or t1 >= end or hbuf[t1] != 44:
+            continue
+        r0 = -1
+        r1 = -1
+        me = t1 + 1
+        if (t1 + 7 <= end and hbuf[t1 + 1] == 34 and hbuf[t1 + 2] == 114 and hbuf[t1 + 3] == 112
+                and hbuf[t1 + 4] == 109 and hbuf[t1 + 5] == 34 and hbuf[t1 + 6] == 58):  # "rpm":
+            e = _number(hbuf, t1 + 7, end)
+            if e > 0 and e < end and hbuf[e] == 44:
+                r0 = t1 + 7 - h0
+                r1 = e - h0
+                me = e + 1
+        out[i, 0] = ms - h0
+        out[i, 1] = me - h0
+        out[i, 2] = seq
+        out[i, 3] = t0 - h0
+        out[i, 4] = t1 - h0
+        out[i, 5] = r0
+        out[i, 6] = r1
 
 
 def take_py(sock: zmq.Socket, most: int) -> tuple[list[Message], bool]:
@@ -246,7 +347,7 @@ class _Lib:
             self.init, self.recv, self.data, self.more, self.close, self.errno, self.copy)], dtype=np.int64)
 
 
-def _build() -> tuple[Callable[..., Any], _Lib]:
+def _build() -> tuple[Callable[..., Any], _Lib, Callable[..., Any]]:
     lib = _Lib()
     # the same code with the C calls as intrinsics (its plain-Python globals call them by ctypes)
     callers = {"_c0_32": _c_caller(32), "_c1_32": _c_caller(32, 64), "_c1_64": _c_caller(64, 64),
@@ -255,7 +356,15 @@ def _build() -> tuple[Callable[..., Any], _Lib]:
     fn.__qualname__ = "_burst"
     kernel = jit.compile_kernel(fn)
     _run_tiny(kernel, lib)
-    return kernel, lib
+    locate = types.FunctionType(_locate_py.__code__, {**_locate_py.__globals__, "_number": jit.compile_kernel(_number)},
+                                "_locate")
+    locate.__qualname__ = "_locate"
+    locate = jit.compile_kernel(locate)
+    header = b'{"stream":"a","seq":1,"t":2.5,"rpm":3,"n":1}'
+    rows = np.array([[3, 0, 1, 1, 1 + len(header), 0, 0, 0, 0]], dtype=np.int64)
+    out = np.empty((1, AT_COLUMNS), dtype=np.int64)
+    locate(np.frombuffer(b"a" + header, dtype=np.uint8).copy(), rows, 1, out)  # compiled (or loaded) now
+    return kernel, lib, locate
 
 
 def _run_tiny(kernel: Any, lib: _Lib) -> None:
@@ -292,10 +401,13 @@ class Receiver:
     can be viewing it. ``compiled=False`` runs the same loop as plain Python (tests)."""
 
     def __init__(self, sock: zmq.Socket, *, compiled: bool = True) -> None:
-        built = _compiled.get() if compiled else (_burst_py, _Lib())
+        built = _compiled.get() if compiled else (_burst_py, _Lib(), _locate_py)
         if built is None:
             raise RuntimeError(f"the compiled receive is not available: {why_not()}")
-        self._kernel, self._lib = built
+        self._kernel, self._lib, self._locate = built
+        self._at = np.empty((1024, AT_COLUMNS), dtype=np.int64)
+        # per message of the latest ``take``: where its header has its seq, t and rpm (``_locate``)
+        self.at: list[list[int]] = []
         self._sock = sock
         self._msg = np.zeros(_MSG_WORDS, dtype=np.int64)
         self._hbuf = np.empty(HEAD_BYTES, dtype=np.uint8)
@@ -328,6 +440,11 @@ class Receiver:
         pv = self._pview
         rows = self._rows[: count + 1].tolist()
         out = [(parts, hb[t0:t1], hb[h0:h1], pv[p0:p1]) for parts, t0, t1, h0, h1, p0, p1, _, _ in rows[:count]]
+        if count:
+            self._locate(self._hbuf, self._rows, count, self._at)
+            self.at = self._at[:count].tolist()
+        else:
+            self.at = []
         if largest >= VIEW_BYTES:
             self._viewed = True
         self._ppos = pend
@@ -337,6 +454,7 @@ class Receiver:
             return out, False
         if status == PENDING:
             out.append(self._finish(rows[count], hb))
+            self.at.append([-1] * AT_COLUMNS)
             return out, False
         if status == 0:
             return out, False

@@ -458,17 +458,31 @@ class Decoder:
             self._learn(bytes(parts[1]), msg)
         return msg
 
-    def head(self, topic: bytes, header: bytes, size: int, now: float) -> Head | None:
+    def head(self, topic: bytes, header: bytes, size: int, now: float, at: list[int] | None = None) -> Head | None:
         """The template, seq, t and rpm (None: not sent) of a data message (``topic`` and ``header`` bytes, a payload of
         ``size`` bytes) whose header fits a known template and passes every check, else None
-        (``decode`` then says what it is)."""
+        (``decode`` then says what it is). ``at``: where the header has its seq, t and rpm, as
+        ``recv_jit``'s compiled receive found them (its ``_locate``; a first value of -1: not
+        found), which spares the regular expression where they are where the template has them."""
         if len(header) > MAX_HEADER_BYTES:
             return None
         last = self._last.get(topic)
         m = None
         if last is not None and header.startswith(last[0]) and header.endswith(last[1]):
-            m = _SEQ_T.fullmatch(header, last[2], len(header) - last[3])
             tpl = last[4]
+            if at is not None and at[0] == last[2] and at[1] == len(header) - last[3]:
+                # _SEQ_T's match, and the only one: its bytes between the template's alone
+                if size != tpl.size:
+                    return None
+                seq = at[2]
+                t = float(header[at[3] : at[4]])
+                if not abs(t - now) <= self.max_skew_s:  # (seq: at most 18 digits, below MAX_SEQ)
+                    return None
+                if at[5] < 0:
+                    return tpl, seq, t, None
+                speed = float(header[at[5] : at[6]])
+                return (tpl, seq, t, speed) if speed <= MAX_RPM else None
+            m = _SEQ_T.fullmatch(header, last[2], len(header) - last[3])
         if m is None:
             m = _SEQ_T.search(header)
             if m is None:
@@ -546,5 +560,5 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
             block = _float32(block, scale)
             for i, x in zip(part, block):
                 tpl, seq, t, rpm = heads[i]
-                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, names=tpl.names, rpm=rpm)
+                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, 0, tpl.names, rpm)  # positional: a third cheaper
     return out

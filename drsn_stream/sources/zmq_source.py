@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
+from itertools import repeat
 from typing import Any, ClassVar
 
 import zmq
@@ -634,11 +635,13 @@ class _ZmqSource(Source):
                     break  # a flood of messages refused does not hold back the frames taken so far
                 most = min(TAKE_MESSAGES, MAX_POLL_FRAMES - len(heads) - len(others) - len(waiting))
                 messages, empty = take(most)
-                for message in messages:
+                # where the compiled receive found each header's seq and t (Decoder.head's ``at``)
+                ats = receiver.at if compiled and receiver is not None else repeat(None)
+                for message, at in zip(messages, ats):
                     parts, topic, header, payload = message
                     if accept_topic is not None and not accept_topic(topic):
                         continue
-                    known = head(topic, header, len(payload), now) if parts == 3 else None
+                    known = head(topic, header, len(payload), now, at) if parts == 3 else None
                     if known is not None:
                         sid = known[0].stream
                         if sid in streams:
