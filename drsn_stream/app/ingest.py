@@ -33,8 +33,8 @@ from drsn_stream.types import Event, Frame, Window, split_channels
 # as a run of 64: a live poll of a gateway's 16-channel frames (~1,000 channels) is then two runs,
 # not five (docs/performance.md)
 INGEST_SLICE = 64
-_F32 = np.dtype(np.float32)
 INGEST_SLICE_MAX = 1024
+_F32 = np.dtype(np.float32)
 
 
 class SpeedLog:

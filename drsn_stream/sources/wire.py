@@ -560,5 +560,5 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
             block = _float32(block, scale)
             for i, x in zip(part, block):
                 tpl, seq, t, rpm = heads[i]
-                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, 0, tpl.names, rpm)  # positional: a third cheaper
+                out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, 0, tpl.names, rpm)  # positional: no keyword parsing per frame
     return out
