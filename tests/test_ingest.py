@@ -533,6 +533,24 @@ def test_polls_of_plain_streams_give_the_windows_and_health_of_one_frame_at_a_ti
     assert health["s5"][3] == 1  # the gap
 
 
+def test_polls_of_plain_streams_with_sequence_numbers_past_64_bits_count_their_gaps_as_one_at_a_time() -> None:
+    """Sequence numbers a source other than the wire may send (any Python int): past int64, and
+    past what the health's arrays hold, a poll of plain streams gives the windows, health and
+    gaps of one frame at a time (the array path steps aside for them)."""
+    rng = np.random.default_rng(6)
+    t0 = time.time() - 10
+    seqs = [1, 2, 2**62 + 1, 2**62 + 2, 2**70, 2**70 + 1, 2**70 + 3, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+    frames = [Frame(f"p{m}", seq + m, t0 + k * 512 / RATE, RATE,
+                    (rng.standard_normal((512, 1)) * 0.1).astype(np.float32))
+              for k, seq in enumerate(seqs) for m in range(6)]
+    one = _run(frames, 1)
+    assert _run(frames, 6) == one and _run(frames, len(frames)) == one
+    windows, health, _, _ = one
+    assert len(windows) == 6 * (len(seqs) - 3)
+    gaps = (2**62 - 2) + (2**70 - 2**62 - 3) + 1  # 2 -> 2**62 + 1, -> 2**70, + 1 -> + 3; 5 is a restart
+    assert {sid: h[3] for sid, h in health.items()} == {f"p{m}": gaps for m in range(6)}
+
+
 def test_batches_give_the_frames_iteration_gives_for_every_kind_that_replays(tmp_path: Path) -> None:
     wav = tmp_path / "rec.wav"
     scipy.io.wavfile.write(wav, 12000, (0.3 * np.sin(2 * np.pi * 97 * np.arange(30000) / 12000.0)).astype(np.float32))
