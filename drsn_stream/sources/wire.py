@@ -468,37 +468,31 @@ class Decoder:
             return None
         last = self._last.get(topic)
         m = None
+        t_text = None  # the bytes of t, once found
         if last is not None and header.startswith(last[0]) and header.endswith(last[1]):
             tpl = last[4]
             if at is not None and at[0] == last[2] and at[1] == len(header) - last[3]:
                 # _SEQ_T's match, and the only one: its bytes between the template's alone
-                if size != tpl.size:
-                    return None
-                seq = at[2]
-                t = float(header[at[3] : at[4]])
-                if not abs(t - now) <= self.max_skew_s:  # (seq: at most 18 digits, below MAX_SEQ)
-                    return None
-                if at[5] < 0:
-                    return tpl, seq, t, None
-                speed = float(header[at[5] : at[6]])
-                return (tpl, seq, t, speed) if speed <= MAX_RPM else None
-            m = _SEQ_T.fullmatch(header, last[2], len(header) - last[3])
-        if m is None:
-            m = _SEQ_T.search(header)
+                seq, t_text = at[2], header[at[3] : at[4]]
+                rpm = header[at[5] : at[6]] if at[5] >= 0 else None
+            else:
+                m = _SEQ_T.fullmatch(header, last[2], len(header) - last[3])
+        if t_text is None:
             if m is None:
-                return None
-            key = (header[: m.start()], header[m.end():])
-            tpl = self._templates.get(key)
-            if tpl is None or topic != tpl.topic:
-                return None
-            self._last[topic] = (*key, len(key[0]), len(key[1]), tpl)
+                m = _SEQ_T.search(header)
+                if m is None:
+                    return None
+                key = (header[: m.start()], header[m.end():])
+                tpl = self._templates.get(key)
+                if tpl is None or topic != tpl.topic:
+                    return None
+                self._last[topic] = (*key, len(key[0]), len(key[1]), tpl)
+            seq, t_text, rpm = int(m.group(1)), m.group(2), m.group(3)
         if size != tpl.size:
             return None
-        seq = int(m.group(1))
-        t = float(m.group(2))
+        t = float(t_text)
         if seq >= MAX_SEQ or not abs(t - now) <= self.max_skew_s:
             return None
-        rpm = m.group(3)
         if rpm is None:
             return tpl, seq, t, None
         speed = float(rpm)
