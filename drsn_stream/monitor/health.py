@@ -459,9 +459,6 @@ class HealthMonitor:
                 if g.rate != rate:
                     return None
                 gs.append(g)
-            if self._rounds_version != version:
-                self._rounds.clear()
-                self._rounds_version = version
             return self._push_fast(gs, None, [], now, block=(x, seqs))
 
     def _resume(self, frames: Sequence[Frame], split: bool) -> None:
@@ -500,9 +497,6 @@ class HealthMonitor:
         (``_push_fast``), the rest (new streams, restarts, other dtypes) one by one
         (``_push_round``); the events in the order of the frames' channels."""
         groups, version = self._groups, self._version
-        if self._rounds_version != version:
-            self._rounds.clear()
-            self._rounds_version = version
         fast: list[_Group] = []
         xs: list[np.ndarray] = []
         fast_frames: list[Frame] = []
@@ -585,6 +579,9 @@ class HealthMonitor:
         place in it. ``block``: ``push_block``'s samples and seqs, for frames of single-channel
         streams with no overflow (then ``frames`` and ``xs`` are not read)."""
         bank = self._bank
+        if self._rounds_version != self._version:  # the rows' layouts of groups no longer valid
+            self._rounds.clear()
+            self._rounds_version = self._version
         key = tuple(gs)
         rows = self._rounds.get(key)
         if rows is None:
@@ -657,16 +654,6 @@ class HealthMonitor:
         ``block``: the rows' samples as one (rows, n) array (single-channel streams), in place
         of ``xs``."""
         pend, slots = self._bank.pend, rows.slots
-        if block is not None:
-            n = block.shape[1]
-            p = int(pn[0])
-            if n and all_set(pn == p):
-                pend[rows.at if isinstance(rows.at, slice) else slots, p : p + n] = block
-            elif n:
-                for p in np.unique(pn):
-                    m = pn == p
-                    pend[slots[m], p : p + n] = block[m]
-            return None
         if self.compiled and not rows.ones:
             # frames of channels: read where they lie, in their own layout, and written to their
             # rows wherever those are, in one pass (numpy: a transposing copy, then another)
@@ -677,7 +664,9 @@ class HealthMonitor:
                 return
             p = int(pn[0])
             if all_set(pn == p):
-                if isinstance(rows.at, slice):  # straight into the rows: one copy
+                if block is not None:
+                    pend[rows.at if isinstance(rows.at, slice) else slots, p : p + n] = block
+                elif isinstance(rows.at, slice):  # straight into the rows: one copy
                     np.concatenate([x.T for x in xs], out=pend[rows.at, p : p + n])
                 else:
                     pend[slots, p : p + n] = np.concatenate([x.T for x in xs])
@@ -685,7 +674,7 @@ class HealthMonitor:
             if rows.blocks is not None:  # frames of channels whose counts differ (--phases): each
                 self._gather_frames(rows, pn, n, xs)  # frame straight into its rows, one copy
                 return
-            x = np.concatenate([x.T for x in xs])  # (rows, n)
+            x = block if block is not None else np.concatenate([x.T for x in xs])  # (rows, n)
             for p in np.unique(pn):
                 m = pn == p
                 pend[slots[m], p : p + n] = x[m]
