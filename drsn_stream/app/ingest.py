@@ -25,7 +25,7 @@ from drsn_stream.dsp.stream import channel_layout, raw_dsp_for
 from drsn_stream.dsp.window import window_start
 from drsn_stream.errors import ConfigError
 from drsn_stream.monitor.health import HealthMonitor
-from drsn_stream.types import Event, Frame, Window, split_channels
+from drsn_stream.types import Event, Frame, Window, rounds_by_stream, split_channels
 
 # channels of a poll's frames ingested and handed on together: a first run of INGEST_SLICE, so
 # that a burst's first windows reach the engine soon, then runs of INGEST_SLICE_MAX, which the
@@ -237,10 +237,7 @@ class Ingest:
         completed, marked unhealthy where their stream's sensor is not OK. The stream table is
         locked once for all of them."""
         windows: list[Window] = []
-        # the kept frames in rounds of distinct streams (as rounds_by_stream makes them): round k
-        # holds every stream's k-th frame
-        rounds: list[list[tuple[Frame, StreamDSP | BankDSP]]] = []
-        count: dict[str, int] = {}
+        kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
         dsps, owners, speeds, logs = self.dsp, self._owner, self.speeds, self.speeds.logs
         # the bank every kept frame goes into whole, while every one is a plain float32 frame of
         # one length and no overflow of a stream in it (the common case: _round_block); else None
@@ -263,12 +260,7 @@ class Ingest:
                     if dsp is None:
                         continue
                     owners[sid] = source
-                k = count.get(sid, 0)
-                count[sid] = k + 1
-                if k < len(rounds):
-                    rounds[k].append((frame, dsp))
-                else:
-                    rounds.append([(frame, dsp)])
+                kept.append((frame, dsp))
                 if frame.rpm is not None or (logs and sid in logs):
                     speeds.frame(frame)
                 if block:
@@ -279,7 +271,7 @@ class Ingest:
                         block = bank.fits(frame)
                     elif dsp.bank is not bank or x.shape[0] != n0 or frame.sample_rate != bank.rate:
                         block = False
-        for this in rounds:
+        for this in rounds_by_stream(kept, _stream_of):
             if block and bank is not None:
                 self._round_block(this, bank, source, windows)
             else:
@@ -554,6 +546,11 @@ class Ingest:
         else:
             dsp = self.dsp[frame.stream_id] = raw_dsp_for(self.meta, ids, self.hop, start)
         return dsp
+
+
+def _stream_of(item: tuple[Frame, Any]) -> str:
+    """The stream of a kept ``(frame, dsp)``: what its rounds go by (``rounds_by_stream``)."""
+    return item[0].stream_id
 
 
 def unhealthy(w: Window) -> Window:
