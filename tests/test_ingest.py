@@ -487,7 +487,7 @@ def test_health_of_a_block_of_frames_is_that_of_each_frame_alone(compiled: bool 
     frames = [f for f in _signals() if f.stream_id in {f"s{k}" for k in range(6)}]
     now = 1_800_000_000.0
     alone, block = HealthMonitor(), HealthMonitor(compiled=compiled)
-    ev_alone, ev_block, took = [], [], 0
+    ev_alone, ev_block, by_block = [], [], 0
     polls = [[f for f in frames if f.seq == k] for k in range(max(f.seq for f in frames) + 1)]  # distinct streams
     for poll in polls:
         for f in poll:
@@ -500,7 +500,7 @@ def test_health_of_a_block_of_frames_is_that_of_each_frame_alone(compiled: bool 
             assert block.states().keys() <= set(ids)  # nothing done: the frames are pushed
             events = block.push_channels(poll, now=now)
         else:
-            took += 1
+            by_block += 1
         ev_block += events
         for sid in ids:
             ev_alone += alone.flush(sid, now=now)
@@ -508,7 +508,7 @@ def test_health_of_a_block_of_frames_is_that_of_each_frame_alone(compiled: bool 
         for sid in alone.streams:
             assert _same_state(block.export_state(sid), alone.export_state(sid)), (sid, poll[0].seq)
         now += 512 / RATE
-    assert took >= len(polls) - 2  # every round once the streams are known
+    assert by_block >= len(polls) - 2  # every round once the streams are known
     key = lambda e: e.stream_id  # noqa: E731 - streams are independent; each one's events in order
     assert [(e.stream_id, e.time, e.data) for e in sorted(ev_block, key=key)] == \
         [(e.stream_id, e.time, e.data) for e in sorted(ev_alone, key=key)]
