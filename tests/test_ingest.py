@@ -15,7 +15,7 @@ import zmq
 from drsn_stream import jit
 from drsn_stream.app.ingest import INGEST_SLICE, INGEST_SLICE_MAX, slices
 from drsn_stream.app.pipeline import Pipeline, RunConfig
-from drsn_stream.monitor.health import HealthMonitor
+from drsn_stream.monitor.health import HealthConfig, HealthMonitor
 from drsn_stream.sources import make_source
 from drsn_stream.sources.wire import Decoder, WireError, decode, encode, encode_eos
 from drsn_stream.types import Frame
@@ -404,7 +404,7 @@ def _same_state(a, b) -> bool:
                                        for p, q in zip(x, y)):
                 return False
         elif name == "pending":
-            if len(x) != len(y) or not all(np.array_equal(p, q) for p, q in zip(x, y)):
+            if len(x) != len(y) or not all(np.array_equal(p, q, equal_nan=True) for p, q in zip(x, y)):
                 return False
         elif isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
             if x is None or y is None or x.shape != y.shape or not np.allclose(x, y, rtol=1e-12, atol=1e-300):
@@ -507,6 +507,50 @@ def test_health_of_a_block_of_frames_is_that_of_each_frame_alone(compiled: bool 
         ev_block += block.flush_many(ids, now=now)
         for sid in alone.streams:
             assert _same_state(block.export_state(sid), alone.export_state(sid)), (sid, poll[0].seq)
+        now += 512 / RATE
+    assert by_block >= len(polls) - 2  # every round once the streams are known
+    key = lambda e: e.stream_id  # noqa: E731 - streams are independent; each one's events in order
+    assert [(e.stream_id, e.time, e.data) for e in sorted(ev_block, key=key)] == \
+        [(e.stream_id, e.time, e.data) for e in sorted(ev_alone, key=key)]
+    reasons = {(e.stream_id, r) for e in ev_block for r in e.data.get("reasons", [])}
+    assert {("s2", "flat line"), ("s3", "clipping"), ("s4", "DC offset jump")} <= reasons
+    assert block.states()["s5"].gaps == 1 and block.states()["s1"].non_finite == 1000
+
+
+@_PATHS
+@pytest.mark.parametrize("every_s", [0.1, 0.02], ids=["gathered", "each-frame"])
+def test_health_of_a_block_judged_with_its_flush_is_that_of_each_frame_pushed_then_flushed(
+        compiled: bool | None, every_s: float) -> None:
+    """``push_judged`` (the block's health push and the flush of the streams that hand windows on,
+    in one step) judges as ``push`` of each frame and then ``flush`` of those streams does, with
+    samples gathered over frames (``check_every_s`` above a frame) or judged frame by frame, and
+    streams flushed in some rounds and not others: the same states and events, NaN, a flat line,
+    clipping, a DC step and a gap found where they are."""
+    frames = [f for f in _signals() if f.stream_id in {f"s{k}" for k in range(6)}]
+    now = 1_800_000_000.0
+    cfg = HealthConfig(check_every_s=every_s)
+    alone, block = HealthMonitor(cfg), HealthMonitor(cfg, compiled=compiled)
+    ev_alone, ev_block, by_block = [], [], 0
+    polls = [[f for f in frames if f.seq == k] for k in range(max(f.seq for f in frames) + 1)]
+    for k, poll in enumerate(polls):
+        ids = [f.stream_id for f in poll]
+        judged = [j for j in range(len(poll)) if (j + k) % 3]  # rows whose windows go on; some twice
+        judged = sorted(judged + judged[:1])
+        for f in poll:
+            ev_alone += alone.push(f, now=now)
+        for j in dict.fromkeys(judged):
+            ev_alone += alone.flush(ids[j], now=now)
+        x = np.stack([f.samples[:, 0] for f in poll])
+        got = block.push_judged(ids, x, np.array([f.seq for f in poll], dtype=np.int64), RATE, judged, now=now)
+        if got is None:
+            assert block.states().keys() <= set(ids)  # nothing done: the frames are pushed
+            ev_block += block.push_channels(poll, now=now)
+            ev_block += block.flush_many([ids[j] for j in dict.fromkeys(judged)], now=now)
+        else:
+            by_block += 1
+            ev_block += got[0] + got[1]
+        for sid in alone.streams:
+            assert _same_state(block.export_state(sid), alone.export_state(sid)), (sid, k)
         now += 512 / RATE
     assert by_block >= len(polls) - 2  # every round once the streams are known
     key = lambda e: e.stream_id  # noqa: E731 - streams are independent; each one's events in order

@@ -356,19 +356,28 @@ class Ingest:
     def _round_block(self, items: list[tuple[Frame, BankDSP]], bank: WindowBank, source: Any,
                      windows: list[Window]) -> None:
         """``_round`` of plain float32 frames of one length, with no overflow, of streams in
-        ``bank``: their samples made one array once, for the sensor health (``push_block``) and
-        the bank alike, and no Python per frame past a lookup of its stream."""
+        ``bank``: their samples made one array once, for the bank and the sensor health alike,
+        and no Python per frame past a lookup of its stream. The bank goes first, so that the
+        health's push and the flush of the streams that hand windows on are one step
+        (``push_judged``); the events come out as ``_round``'s do."""
         frames = [frame for frame, _ in items]
         try:
             seqs = np.fromiter([frame.seq for frame in frames], dtype=np.int64, count=len(frames))
         except OverflowError:  # a sequence number past int64 (not from the wire): the general path
             self._round(items, source, windows)
             return
+        failed: Exception | None = None
         try:
             x = samples_of(frames)
-            events = self.health.push_block([frame.stream_id for frame in frames], x, seqs, bank.rate)
-            if events is None:  # a stream the array path cannot take yet: every frame as _round would
-                events = self.health.push_channels(frames)
+            try:
+                done, of = bank.push_flat([dsp for _, dsp in items], frames, x)
+            except Exception as exc:  # noqa: BLE001 - a bug drops these frames (after their health)
+                failed, done, of = exc, [], []
+            got = self.health.push_judged([frame.stream_id for frame in frames], x, seqs, bank.rate, of)
+            if got is None:  # a stream the array path cannot take yet: every frame as _round would
+                events, flushed = self.health.push_channels(frames), None
+            else:
+                events, flushed = got
         except Exception as exc:  # noqa: BLE001 - a bug in a health test drops these frames, not the monitor
             for frame in frames:
                 self._dropped(source, frame, exc)
@@ -378,19 +387,19 @@ class Ingest:
                 self.capture.push(frame)
         if events:
             self.on_events(events)
-        try:
-            done, of = bank.push_flat([dsp for _, dsp in items], frames, x)
-        except Exception as exc:  # noqa: BLE001 - a bug drops these frames, not the monitor
+        if failed is not None:
             for frame in frames:
-                self._dropped(source, frame, exc)
+                self._dropped(source, frame, failed)
             return
         if done:
-            self._judged(list(dict.fromkeys([frames[i].stream_id for i in of])), done, windows)
+            self._judged(list(dict.fromkeys([frames[i].stream_id for i in of])), done, windows, flushed)
 
-    def _judged(self, judged: list[str], done: list[Window], windows: list[Window]) -> None:
+    def _judged(self, judged: list[str], done: list[Window], windows: list[Window],
+                flushed: list[Event] | None = None) -> None:
         """Windows ``done`` of streams ``judged`` into ``windows``, once every gathered sample of
-        those streams is judged, marked unhealthy where their stream's sensor is not OK."""
-        events = self.health.flush_many(judged)
+        those streams is judged, marked unhealthy where their stream's sensor is not OK.
+        ``flushed``: the events of that flush where it is done already (``push_judged``)."""
+        events = self.health.flush_many(judged) if flushed is None else flushed
         if events:
             self.on_events(events)
         sick = self.health.unhealthy(dict.fromkeys(judged))

@@ -461,6 +461,85 @@ class HealthMonitor:
                 gs.append(g)
             return self._push_fast(gs, None, [], now, block=(x, seqs))
 
+    def push_judged(self, ids: Sequence[str], x: np.ndarray, seqs: np.ndarray, rate: float,
+                    judged: Sequence[int], *, now: float | None = None) -> tuple[list[Event], list[Event]] | None:
+        """``push_block``, then ``flush_many`` of the streams of rows ``judged`` (the frames whose
+        windows are handed on, in order; repeats allowed): their events, ``(push, flush)``. With
+        the compiled level tests, the bookkeeping and the gather of every row and the level tests
+        of those due or flushed are two compiled calls, with Python only for rows where something
+        was found or a reason is active. None, with nothing done, as for ``push_block``."""
+        if not self.compiled:
+            events = self.push_block(ids, x, seqs, rate, now=now)
+            if events is None:
+                return None
+            return events, self.flush_many([ids[i] for i in dict.fromkeys(judged)], now=now)
+        m = len(ids)
+        if m < _FEW_ROWS or not len(seqs) or not (int(seqs.min()) > -_SEQ_MAX and int(seqs.max()) < _SEQ_MAX):
+            return None
+        now = time.time() if now is None else now
+        with self._lock:
+            if self._ended:
+                return None
+            groups, version = self._groups, self._version
+            sts: list[_Stream] = []
+            slots = np.empty(m, dtype=np.int64)
+            for j, sid in enumerate(ids):
+                g = groups.get(sid)
+                if g is None or g.version != version:
+                    g = self._group(sid, (sid,), rate)
+                    if g is None:
+                        return None
+                if g.rate != rate:
+                    return None
+                sts.append(g.sts[0])
+                slots[j] = g.one
+            mask = np.zeros(m, dtype=np.uint8)
+            mask[list(judged)] = 1
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            bank = self._bank
+            gap, test, flags, tested, python = levels_jit.push_rows(
+                bank, slots, x, seqs, now, int(self.config.check_every_s * rate), mask)
+            codes = None
+            found_sets: dict[int, set[str]] = {}
+            if tested:
+                codes = np.zeros(m, dtype=np.int8)
+                own = (flags & levels_jit.FROM_BLOCK) != 0
+                di = np.flatnonzero(own)  # judged on their frames alone, read from the block
+                if len(di):
+                    self._levels_compiled(sts, di, slots[di], np.full(len(di), rate), test[di], codes, found_sets,
+                                          src=x, src_rows=di)
+                di = np.flatnonzero((test > 0) & ~own)  # on samples gathered before too
+                if len(di):
+                    self._levels_compiled(sts, di, slots[di], np.full(len(di), rate), test[di], codes, found_sets)
+                if not codes.any():
+                    codes = None
+            events: list[Event] = []
+            flushed: list[Event] = []
+            if not python and codes is None:  # most rounds: nothing found, nothing active
+                return events, flushed
+            need = (flags & levels_jit.NEEDS_PYTHON) != 0
+            if codes is not None:
+                need |= ((flags & levels_jit.TESTED) != 0) & (codes != 0)
+            n = x.shape[1]
+            for j in np.flatnonzero(need).tolist():  # as _push_fast
+                st = sts[j]
+                found = _counted(st, int(gap[j]), 0)
+                if codes is not None and codes[j] and flags[j] & levels_jit.TESTED:
+                    levels = _level_reasons(codes, found_sets, j)
+                    found = levels if found is None else found | levels
+                if st.active:
+                    self._age(st, n, found or set())
+                events += self._found(ids[j], st, found, now)
+                bank.busy[st.slot] = _busy(st)
+            flush = (flags & levels_jit.FLUSHED) != 0
+            flush &= bank.busy[slots] if codes is None else bank.busy[slots] | (codes != 0)
+            for j in np.flatnonzero(flush).tolist():  # as _flush_fast
+                st = sts[j]
+                found = _level_reasons(codes, found_sets, j) if codes is not None else set()
+                flushed += self._found(ids[j], st, found, now)
+                bank.busy[st.slot] = _busy(st)
+            return events, flushed
+
     def _resume(self, frames: Sequence[Frame], split: bool) -> None:
         """Streams of ``frames`` that had announced their end send again: watched for silence again."""
         for f in frames:
@@ -735,14 +814,18 @@ class HealthMonitor:
                 codes[sub] = flat.astype(np.int8) | (clipping.astype(np.int8) << 1) | (step.astype(np.int8) << 2)
 
     def _levels_compiled(self, rows: Any, di: np.ndarray, slots: np.ndarray, rate: np.ndarray,
-                         lengths: np.ndarray, codes: np.ndarray, found_sets: dict[int, set[str]]) -> None:
-        """``_levels_rows`` by ``levels_jit``: every row in one call, reading the bank in place."""
-        got, clipped, steps = levels_jit.levels_rows(self.config, self._bank, slots, lengths, rate)
+                         lengths: np.ndarray, codes: np.ndarray, found_sets: dict[int, set[str]], *,
+                         src: np.ndarray | None = None, src_rows: np.ndarray | None = None) -> None:
+        """``_levels_rows`` by ``levels_jit``: every row in one call, reading the bank in place
+        (or rows ``src_rows`` of ``src``: ``levels_jit.levels_rows``)."""
+        got, clipped, steps = levels_jit.levels_rows(self.config, self._bank, slots, lengths, rate,
+                                                     src=src, src_rows=src_rows)
         if not np.count_nonzero(got) and not np.count_nonzero(clipped):  # most polls find nothing
             return  # (a few samples at full scale are counted without being clipping yet)
         for k in np.flatnonzero(got == levels_jit.CODE_NON_FINITE):  # counted and restarted, one by one
             j = int(di[k])
-            found_sets[j] = self._check_levels(rows[j], self._bank.pend[slots[k], : int(lengths[k]), None])
+            x = self._bank.pend[slots[k]] if src is None else src[src_rows[k]]  # type: ignore[index]
+            found_sets[j] = self._check_levels(rows[j], x[: int(lengths[k]), None])
         codes[di] = got
         for k in np.flatnonzero(clipped):
             rows[int(di[k])].clipped += int(clipped[k])

@@ -34,15 +34,16 @@ from drsn_stream.monitor.health_levels import MIN_LEVELS_FOR_CLIPPING, LevelBank
 CODE_NON_FINITE = -1  # a row with NaN/Inf samples: not judged here (HealthMonitor._check_levels)
 
 
-def _build() -> tuple[Any, Any]:
+def _build() -> tuple[Any, Any, Any]:
     _frame_at_compiled()
     kernel = jit.compile_kernel(_levels_py, fastmath={"reassoc", "nsz", "contract"})
     gather = jit.compile_kernel(_gather_py)
-    _run_tiny(kernel, gather)
-    return kernel, gather
+    push = jit.compile_kernel(_push_rows_py)
+    _run_tiny(kernel, gather, push)
+    return kernel, gather, push
 
 
-_compiled = jit.Kernels(_build)  # (the level tests, the gather)
+_compiled = jit.Kernels(_build)  # (the level tests, the gather, a block's bookkeeping)
 
 
 def available() -> bool:
@@ -66,24 +67,27 @@ def warm() -> bool:
     return _compiled.get() is not None
 
 
-def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901, PLR0912, PLR0913, PLR0915
+def _levels_py(src, src_rows, slots, lengths, rate, codes, clipped, steps,  # noqa: C901, PLR0912, PLR0913, PLR0915
                cn, cmean, cm2, chead, ccount, chunk_n,
                blk_n, blk_seen, blk_max, blk_min, blk_at_max, blk_at_min, blk_full,
                has_base, base_mean, base_logsd, learned, step_n, rest_logsd,
                flat_std, flat_span_s, clip_fraction, clip_min_samples, clip_span_s,
                has_full, full_scale, do_step, learn_s, baseline_s, dc_sigma, log_ratio, step_hold_s):
-    """Row ``j``: the first ``lengths[j]`` samples of ``pend[slots[j]]``, at ``rate[j]`` Hz.
+    """Row ``j``: the first ``lengths[j]`` samples of ``src[src_rows[j]]`` (the bank's ``pend``
+    rows, or a block of frames not gathered there), at ``rate[j]`` Hz, of the stream whose state
+    is in bank row ``slots[j]``.
     ``codes[j]`` = flat | clipping << 1 | step code << 2 (``CODE_NON_FINITE``: not judged);
     ``clipped[j]``, ``steps[j]``: what the stream's counters grow by. (Compiled by numba; as
     plain Python it runs too, slowly: the tests compare it with ``levels_many`` that way.)"""
     k = cn.shape[1]
     floor2 = flat_std * flat_std
     floor = max(flat_std, 1e-12) * 10.0
-    bits = pend.view(np.int32)
+    bits = src.view(np.int32)
     ext = np.empty(2, dtype=np.int32)  # a row's extremes as bits, read back as float32 (ext_f)
     ext_f = ext.view(np.float32)
     for j in range(slots.shape[0]):
         s = slots[j]
+        q = src_rows[j]
         n = lengths[j]
         r = rate[j]
         codes[j] = 0
@@ -97,8 +101,8 @@ def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901,
         hi_k = np.int32(-2147483648)
         lo_k = np.int32(2147483647)
         for i in range(n):
-            s1 += np.float64(pend[s, i])
-            b = bits[s, i]
+            s1 += np.float64(src[q, i])
+            b = bits[q, i]
             key = b ^ ((b >> 31) & 0x7FFFFFFF)
             hi_k = max(hi_k, key)
             lo_k = min(lo_k, key)
@@ -117,7 +121,7 @@ def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901,
         at_lo = 0
         full = 0
         for i in range(n):
-            v = pend[s, i]
+            v = src[q, i]
             d = np.float64(v - mean32)
             m2 += d * d
             at_hi += v == hi
@@ -190,7 +194,7 @@ def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901,
         whole = bn >= block
         at_rail = whole and bmax > bmin and (bat_max >= need or bat_min >= need)
         if at_rail:  # rare: a few distinct values are dithered silence, not a rail
-            at_rail = np.unique(pend[s, :n]).size >= MIN_LEVELS_FOR_CLIPPING
+            at_rail = np.unique(src[q, :n]).size >= MIN_LEVELS_FOR_CLIPPING
         if at_rail or (has_full and bfull >= need):
             code |= 2
         blk_max[s] = bmax
@@ -255,10 +259,10 @@ def _levels_py(pend, slots, lengths, rate, codes, clipped, steps,  # noqa: C901,
         codes[j] = code
 
 
-def _args(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rate: np.ndarray,
-          codes: np.ndarray, clipped: np.ndarray, steps: np.ndarray) -> tuple:
+def _args(cfg: Any, bank: Any, src: np.ndarray, src_rows: np.ndarray, slots: np.ndarray, lengths: np.ndarray,
+          rate: np.ndarray, codes: np.ndarray, clipped: np.ndarray, steps: np.ndarray) -> tuple:
     fs = cfg.full_scale
-    return (bank.pend, slots, lengths, rate, codes, clipped, steps,
+    return (src, src_rows, slots, lengths, rate, codes, clipped, steps,
             bank.cn, bank.cmean, bank.cm2, bank.chead, bank.ccount, bank.chunk_n,
             bank.blk_n, bank.blk_seen, bank.blk_max, bank.blk_min, bank.blk_at_max, bank.blk_at_min, bank.blk_full,
             bank.has_base, bank.base_mean, bank.base_logsd, bank.learned, bank.step_n, bank.rest_logsd,
@@ -269,9 +273,12 @@ def _args(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rate: np.
 
 
 def levels_rows(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rate: np.ndarray, *,
+                src: np.ndarray | None = None, src_rows: np.ndarray | None = None,
                 kernel: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The level tests of streams ``slots`` on the first ``lengths`` samples gathered in their
-    ``bank.pend`` rows, at ``rate`` Hz, their state in ``bank`` updated in place.
+    ``bank.pend`` rows, at ``rate`` Hz, their state in ``bank`` updated in place. ``src``,
+    ``src_rows``: the samples are in rows ``src_rows`` of ``src`` (float32, C-ordered) instead,
+    e.g. a block of frames judged as they came, never gathered.
 
     Returns ``(codes, clipped, steps)`` per row: ``codes`` flat | clipping << 1 | step code << 2
     as ``levels_many`` gives them, or ``CODE_NON_FINITE`` for a row with NaN/Inf samples (nothing
@@ -284,13 +291,23 @@ def levels_rows(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rat
         if kernel is None:
             raise RuntimeError(f"the compiled level tests are not available: {why_not()}")
     m = len(slots)
+    slots = np.ascontiguousarray(slots, dtype=np.int64)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if src is None:
+        src, src_rows = bank.pend, slots
+    else:  # the kernel reads without bounds checks: rows and lengths checked here
+        src_rows = np.ascontiguousarray(src_rows, dtype=np.int64)
+        if src.dtype != np.float32 or not src.flags.c_contiguous or src.ndim != 2:
+            raise ValueError("the samples to judge must be a C-ordered float32 (rows, samples) array")
+        if len(src_rows) != m or m and not (0 <= int(src_rows.min()) and int(src_rows.max()) < src.shape[0]
+                                            and 0 <= int(lengths.min()) and int(lengths.max()) <= src.shape[1]):
+            raise ValueError("rows or lengths past the samples to judge")
     if m and int(bank.ccount[slots].max()) + 1 > bank._k:  # room in the chunk rings for one more
         bank._widen()
     codes = np.empty(m, dtype=np.int8)
     clipped = np.empty(m, dtype=np.int64)
     steps = np.empty(m, dtype=np.int64)
-    kernel(*_args(cfg, bank, np.ascontiguousarray(slots, dtype=np.int64),
-                  np.ascontiguousarray(lengths, dtype=np.int64), np.ascontiguousarray(rate, dtype=np.float64),
+    kernel(*_args(cfg, bank, src, src_rows, slots, lengths, np.ascontiguousarray(rate, dtype=np.float64),
                   codes, clipped, steps))
     return codes, clipped, steps
 
@@ -377,7 +394,98 @@ def gather_frames(pend: np.ndarray, slots: np.ndarray, pn: np.ndarray, xs: list[
     return finite.view(np.bool_)
 
 
-def _run_tiny(kernel: Any, gather: Any) -> None:
+# ``push_rows``' flags per row
+TESTED = 1  # its gathered samples are due (check_every_s of them): judged with the push
+FLUSHED = 2  # not due, but its stream hands windows on: judged with the flush after the push
+NEEDS_PYTHON = 4  # a gap, or its stream is busy (a reason active, a state to settle)
+FROM_BLOCK = 8  # judged now on its frame alone (nothing gathered before): its samples are the block's row
+
+
+def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, busy,
+                  slots, x, seqs, now, every, judged, gap, test, flags):
+    """The array path's bookkeeping of a block of plain frames (``HealthMonitor.push_block``), one
+    row per frame: frame ``j`` (``x[j]``, float32, sequence number ``seqs[j]``) of the stream in
+    bank row ``slots[j]``, arrived at ``now``. Its stream's counters move on; ``gap[j]``: the
+    sequence numbers it skipped; its samples are gathered after the stream's pending ones. When
+    ``every`` samples are in, they are due (``test[j]`` their count, flag ``TESTED``); else, where
+    ``judged[j]`` (its stream hands windows on), whatever is gathered is (flag ``FLUSHED``); either
+    way the gathering starts over. A row judged on its frame alone is not gathered at all (flag
+    ``FROM_BLOCK``: its samples are ``x[j]``). ``NEEDS_PYTHON``: a gap or a busy stream.
+
+    Returns ``(status, rows to test, rows needing Python)``: status 0, or -1 with nothing changed
+    when a row's samples would not fit ``pend`` (``pend_room`` first), or -2 when the arrays do
+    not match (memory safety, not a case). Rows must be distinct streams."""
+    m = x.shape[0]
+    n = x.shape[1]
+    if not (slots.shape[0] == m and seqs.shape[0] == m and judged.shape[0] == m and gap.shape[0] == m
+            and test.shape[0] == m and flags.shape[0] == m):
+        return -2, 0, 0
+    for j in range(m):
+        s = slots[j]
+        if not 0 <= s < pend.shape[0]:
+            return -2, 0, 0
+        if pend_n[s] + n > pend.shape[1]:
+            return -1, 0, 0
+    tested = 0
+    python = 0
+    for j in range(m):
+        s = slots[j]
+        last_seen[s] = now
+        frames[s] += 1
+        samples[s] += n
+        q = seqs[j]
+        g = q - last_seq[s] - 1 if has_seq[s] and q > last_seq[s] + 1 else 0
+        gap[j] = g
+        last_seq[s] = q
+        has_seq[s] = True
+        p0 = pend_n[s]
+        p = p0 + n
+        f = NEEDS_PYTHON if g > 0 or busy[s] else 0
+        if n > 0 and p >= every:
+            f |= TESTED
+        elif judged[j] and p > 0:
+            f |= FLUSHED
+        if f & (TESTED | FLUSHED) and p0 == 0:
+            f |= FROM_BLOCK  # judged on x[j] itself: no copy gathered
+        else:
+            for i in range(n):
+                pend[s, p0 + i] = x[j, i]
+        if f & (TESTED | FLUSHED):
+            test[j] = p
+            pend_n[s] = 0
+            tested += 1
+        else:
+            test[j] = 0
+            pend_n[s] = p
+        flags[j] = f
+        python += (f & NEEDS_PYTHON) != 0
+    return 0, tested, python
+
+
+def push_rows(bank: Any, slots: np.ndarray, x: np.ndarray, seqs: np.ndarray, now: float, every: int,
+              judged: np.ndarray, *, kernel: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """``_push_rows_py`` on ``bank`` (a ``LevelBank``), compiled unless ``kernel`` is given (the
+    tests pass the plain Python one); ``pend`` made wide enough first. Returns ``(gap, test,
+    flags, rows to test, rows needing Python)``."""
+    kernel = kernel or _compiled.get()[2]
+    m = x.shape[0]
+    gap = np.empty(m, dtype=np.int64)
+    test = np.empty(m, dtype=np.int64)
+    flags = np.empty(m, dtype=np.uint8)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    for _ in range(2):
+        status, tested, python = kernel(bank.pend, bank.pend_n, bank.last_seen, bank.frames, bank.samples,
+                                        bank.last_seq, bank.has_seq, bank.busy, slots, x, seqs, float(now),
+                                        int(every), judged, gap, test, flags)
+        if status != -1:
+            break
+        bank.pend_room(int(bank.pend_n[slots].max()) + x.shape[1])
+    if status != 0:
+        raise ValueError(f"a block's rows do not match its frames ({status})")
+    return gap, test, flags, tested, python
+
+
+def _run_tiny(kernel: Any, gather: Any, push: Any = None) -> None:
     """One call on a throwaway bank: compiles (or loads) the types every real call uses (the
     config's values are arguments, not types: one compiled version serves every config)."""
     bank = LevelBank(rows=2)
@@ -388,3 +496,6 @@ def _run_tiny(kernel: Any, gather: Any) -> None:
                           step_ratio=30.0, step_hold_s=1.0)
     levels_rows(cfg, bank, np.array([slot]), np.array([8]), np.array([12000.0]), kernel=kernel)
     gather_frames(bank.pend, np.array([slot]), np.array([0]), [np.zeros((8, 1), dtype=np.float32)], kernel=gather)
+    if push is not None:
+        push_rows(bank, np.array([slot]), np.zeros((1, 8), dtype=np.float32), np.zeros(1, dtype=np.int64), 0.0, 8,
+                  np.zeros(1, dtype=np.uint8), kernel=push)
