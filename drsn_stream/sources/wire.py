@@ -548,10 +548,17 @@ def to_frames(heads: list[Head], payloads: list[Any]) -> list[Frame]:
             continue
         # blocks of at most CONVERT_BYTES: they stay in the CPU's cache and need no fresh pages
         per = max(1, CONVERT_BYTES // (n * channels * dt.itemsize))
+        # native float32 as sent: the joined payloads (a bytearray: writable) are the samples, no
+        # second copy; any other layout is converted in one numpy step
+        as_is = scale == 1.0 and dt == _F32
         for at in range(0, len(idx), per):
             part = idx[at : at + per]
-            block = np.frombuffer(b"".join([payloads[i] for i in part]), dtype=dt).reshape(len(part), n, channels)
-            block = _float32(block, scale)
+            if as_is:
+                block = np.frombuffer(bytearray().join([payloads[i] for i in part]), dtype=_F32)
+                block = (block if block.flags.aligned else block.copy()).reshape(len(part), n, channels)
+            else:
+                block = np.frombuffer(b"".join([payloads[i] for i in part]), dtype=dt).reshape(len(part), n, channels)
+                block = _float32(block, scale)
             for i, x in zip(part, block):
                 tpl, seq, t, rpm = heads[i]
                 out[i] = Frame(tpl.stream, seq, t, tpl.rate, x, 0, tpl.names, rpm)  # positional: no keyword parsing per frame
