@@ -717,6 +717,8 @@ def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp(st
         alone = {sid: StreamDSP(meta, hop=hop, normalize=False, start=start[sid]) for sid in ids}
         signal = {sid: (rng.standard_normal(80000) * 0.1).astype(np.float32) for sid in ids}
         signal["s1"][5000:5600] = np.nan
+        signal["s2"][7000:7002] = np.inf  # Inf is replaced as NaN is
+        signal["s0"][9000] = -np.inf
         at = dict.fromkeys(ids, 0)
         got: dict[str, list] = {sid: [] for sid in ids}
         want: dict[str, list] = {sid: [] for sid in ids}

@@ -38,16 +38,29 @@ def _step_py(data, rows, x, seen, shift, nxt, count, windows, nonfinite, width, 
         if seen[r] - shift[r] + n > width:
             return -1
     total = 0
+    bits = x.view(np.int32)
     for i in range(m):
         r = rows[i]
         c = seen[r] - shift[r]
-        bad = 0
+        # the row's columns as a view indexed from 0: an index that cannot be negative needs no
+        # wrap-around, and the copy is vectorized. NaN and Inf are the floats whose exponent
+        # bits are all set: found in the same pass, and only then the frame copied again with
+        # zeros for them (a select per sample is not vectorized)
+        dst = data[r, c : c + n]
+        src = x[i]
+        b = bits[i]
+        top = 0
         for k in range(n):
-            v = x[i, k]
-            ok = v - v == 0  # False for NaN and +-Inf alone
-            data[r, c + k] = v if ok else np.float32(0.0)
-            bad += not ok
-        nonfinite[r] += bad
+            dst[k] = src[k]
+            top = max(top, b[k] & 0x7F800000)
+        if top >= 0x7F800000:
+            bad = 0
+            for k in range(n):
+                v = src[k]
+                ok = v - v == 0  # False for NaN and +-Inf alone
+                dst[k] = v if ok else np.float32(0.0)
+                bad += not ok
+            nonfinite[r] += bad
         n_in[i] = seen[r]
         s = seen[r] + n
         seen[r] = s
