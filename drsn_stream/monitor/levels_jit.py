@@ -367,10 +367,10 @@ def _gather_py(pend, slots, pn, addresses, ns, channels, finite):
             top = max(top, bits[i] & 0x7F800000)
         finite[f] = top < 0x7F800000
         for k in range(c):
-            s = slots[r + k]
-            p = pn[r + k]
+            # the row's columns as a view indexed from 0: no wrap-around per sample
+            dst = pend[slots[r + k], pn[r + k] : pn[r + k] + n]
             for i in range(n):
-                pend[s, p + i] = x[i, k]
+                dst[i] = x[i, k]
         r += c
     return 0
 
@@ -448,8 +448,10 @@ def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, b
         if f & (TESTED | FLUSHED) and p0 == 0:
             f |= FROM_BLOCK  # judged on x[j] itself: no copy gathered
         else:
+            dst = pend[s, p0 : p0 + n]  # a view indexed from 0: no wrap-around per sample
+            src = x[j]
             for i in range(n):
-                pend[s, p0 + i] = x[j, i]
+                dst[i] = src[i]
         if f & (TESTED | FLUSHED):
             test[j] = p
             pend_n[s] = 0
