@@ -428,6 +428,34 @@ def test_the_level_kernel_finds_a_rows_extremes_wherever_they_are(compiled) -> N
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
     not levels_jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
+def test_the_level_tests_refuse_rows_past_their_arrays_and_widen_full_rings_first(compiled) -> None:
+    """The level tests' kernel reads and writes without bounds checks: a row of samples, a length
+    or a stream's slot past its array is refused before anything changes (not read past it); a
+    stream whose chunk ring is full gets a wider ring first, and its tests go on."""
+    from drsn_stream.monitor.health_levels import LevelBank
+
+    # a flat-line span of 480 samples: each 64-sample block is a chunk of its own, about 8 kept
+    cfg = HealthConfig(flat_span_s=480 / RATE, check_every_s=0.005)
+    kernel = None if compiled else levels_jit._levels_py
+    bank = LevelBank(rows=4, chunks=2)
+    slots = np.array([bank.take() for _ in range(3)])
+    x = (np.random.default_rng(3).standard_normal((3, 64)) * 0.1).astype(np.float32)
+    before = {name: getattr(bank, name).copy() for name in ("cn", "ccount", "blk_n", "learned")}
+    for rows, lengths, sl in (([0, 1, 3], [64] * 3, slots), ([0, 1, -1], [64] * 3, slots),
+                              ([0, 1, 2], [64, 65, 64], slots), ([0, 1, 2], [64] * 3, np.array([0, 1, 9]))):
+        with pytest.raises(ValueError, match="past"):
+            levels_jit.levels_rows(cfg, bank, sl, np.array(lengths), np.full(3, RATE), src=x,
+                                   src_rows=np.array(rows), kernel=kernel)
+        assert all(np.array_equal(getattr(bank, name), a) for name, a in before.items())
+    for _ in range(12):  # one chunk more per call: the 2-chunk rings fill, and are widened
+        levels_jit.levels_rows(cfg, bank, slots, np.full(3, 64), np.full(3, RATE), src=x, src_rows=np.arange(3),
+                               kernel=kernel)
+    assert bank._k >= 8 and (bank.ccount[slots] > 2).all() and (bank.ccount[slots] <= bank._k).all()
+    assert (bank.cn[slots, : bank.ccount[slots][0]] == 64).all()
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not levels_jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
 def test_frames_are_gathered_into_their_rows_from_where_they_lie(compiled) -> None:
     """The gather of frames of channels for the level tests reads each frame where it lies: frames
     of other lengths and channel counts, one a strided view, go to their rows (anywhere in the

@@ -474,7 +474,7 @@ class HealthMonitor:
                 return None
             return events, self.flush_many([ids[i] for i in dict.fromkeys(judged)], now=now)
         m = len(ids)
-        if m < _FEW_ROWS or not len(seqs) or not (int(seqs.min()) > -_SEQ_MAX and int(seqs.max()) < _SEQ_MAX):
+        if m < _FEW_ROWS or len(seqs) != m:
             return None
         now = time.time() if now is None else now
         with self._lock:
@@ -497,8 +497,10 @@ class HealthMonitor:
             mask[list(judged)] = 1
             x = np.ascontiguousarray(x, dtype=np.float32)
             bank = self._bank
-            gap, test, flags, tested, python = levels_jit.push_rows(
-                bank, slots, x, seqs, now, int(self.config.check_every_s * rate), mask)
+            pushed = levels_jit.push_rows(bank, slots, x, seqs, _SEQ_MAX, now, int(self.config.check_every_s * rate), mask)
+            if pushed is None:  # a seq past what the bank's counters hold: the caller pushes the frames
+                return None
+            gap, test, flags, tested, python = pushed
             codes = None
             found_sets: dict[int, set[str]] = {}
             if tested:

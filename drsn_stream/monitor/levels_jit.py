@@ -32,6 +32,7 @@ from drsn_stream import jit
 from drsn_stream.monitor.health_levels import MIN_LEVELS_FOR_CLIPPING, LevelBank
 
 CODE_NON_FINITE = -1  # a row with NaN/Inf samples: not judged here (HealthMonitor._check_levels)
+NEEDS_WIDER = 1  # _levels_py: a chunk ring is full (LevelBank._widen, then again)
 
 
 def _build() -> tuple[Any, Any, Any]:
@@ -77,9 +78,24 @@ def _levels_py(src, src_rows, slots, lengths, rate, codes, clipped, steps,  # no
     rows, or a block of frames not gathered there), at ``rate[j]`` Hz, of the stream whose state
     is in bank row ``slots[j]``.
     ``codes[j]`` = flat | clipping << 1 | step code << 2 (``CODE_NON_FINITE``: not judged);
-    ``clipped[j]``, ``steps[j]``: what the stream's counters grow by. (Compiled by numba; as
-    plain Python it runs too, slowly: the tests compare it with ``levels_many`` that way.)"""
+    ``clipped[j]``, ``steps[j]``: what the stream's counters grow by. Returns 0; with nothing
+    changed, ``NEEDS_WIDER`` when a row's chunk ring has no room for one more chunk
+    (``LevelBank._widen`` first), -1 when a row, a slot or a length lies past its array (memory
+    safety: nothing is bounds-checked after). (Compiled by numba; as plain Python it runs too,
+    slowly: the tests compare it with ``levels_many`` that way.)"""
     k = cn.shape[1]
+    m = slots.shape[0]
+    if not (src_rows.shape[0] == m and lengths.shape[0] == m and rate.shape[0] == m and codes.shape[0] == m
+            and clipped.shape[0] == m and steps.shape[0] == m):
+        return -1
+    wider = False
+    for j in range(m):
+        s = slots[j]
+        if not (0 <= s < cn.shape[0] and 0 <= src_rows[j] < src.shape[0] and 0 <= lengths[j] <= src.shape[1]):
+            return -1
+        wider |= ccount[s] + 1 > k
+    if wider:
+        return NEEDS_WIDER
     floor2 = flat_std * flat_std
     floor = max(flat_std, 1e-12) * 10.0
     bits = src.view(np.int32)
@@ -257,6 +273,7 @@ def _levels_py(src, src_rows, slots, lengths, rate, codes, clipped, steps,  # no
                 learned[s] = lrn
                 step_n[s] = sn + n
         codes[j] = code
+    return 0
 
 
 def _args(cfg: Any, bank: Any, src: np.ndarray, src_rows: np.ndarray, slots: np.ndarray, lengths: np.ndarray,
@@ -295,20 +312,21 @@ def levels_rows(cfg: Any, bank: Any, slots: np.ndarray, lengths: np.ndarray, rat
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     if src is None:
         src, src_rows = bank.pend, slots
-    else:  # the kernel reads without bounds checks: rows and lengths checked here
+    else:
         src_rows = np.ascontiguousarray(src_rows, dtype=np.int64)
         if src.dtype != np.float32 or not src.flags.c_contiguous or src.ndim != 2:
             raise ValueError("the samples to judge must be a C-ordered float32 (rows, samples) array")
-        if len(src_rows) != m or m and not (0 <= int(src_rows.min()) and int(src_rows.max()) < src.shape[0]
-                                            and 0 <= int(lengths.min()) and int(lengths.max()) <= src.shape[1]):
-            raise ValueError("rows or lengths past the samples to judge")
-    if m and int(bank.ccount[slots].max()) + 1 > bank._k:  # room in the chunk rings for one more
-        bank._widen()
+    rate = np.ascontiguousarray(rate, dtype=np.float64)
     codes = np.empty(m, dtype=np.int8)
     clipped = np.empty(m, dtype=np.int64)
     steps = np.empty(m, dtype=np.int64)
-    kernel(*_args(cfg, bank, src, src_rows, slots, lengths, np.ascontiguousarray(rate, dtype=np.float64),
-                  codes, clipped, steps))
+    for _ in range(2):
+        status = kernel(*_args(cfg, bank, src, src_rows, slots, lengths, rate, codes, clipped, steps))
+        if status != NEEDS_WIDER:
+            break
+        bank._widen()  # room in the chunk rings for one more (checked by the kernel, nothing changed)
+    if status != 0:
+        raise ValueError(f"rows, slots or lengths past the samples or the bank to judge them in ({status})")
     return codes, clipped, steps
 
 
@@ -402,7 +420,7 @@ FROM_BLOCK = 8  # judged now on its frame alone (nothing gathered before): its s
 
 
 def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, busy,
-                  slots, x, seqs, now, every, judged, gap, test, flags):
+                  slots, x, seqs, seq_max, now, every, judged, gap, test, flags):
     """The array path's bookkeeping of a block of plain frames (``HealthMonitor.push_block``), one
     row per frame: frame ``j`` (``x[j]``, float32, sequence number ``seqs[j]``) of the stream in
     bank row ``slots[j]``, arrived at ``now``. Its stream's counters move on; ``gap[j]``: the
@@ -412,9 +430,10 @@ def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, b
     way the gathering starts over. A row judged on its frame alone is not gathered at all (flag
     ``FROM_BLOCK``: its samples are ``x[j]``). ``NEEDS_PYTHON``: a gap or a busy stream.
 
-    Returns ``(status, rows to test, rows needing Python)``: status 0, or -1 with nothing changed
-    when a row's samples would not fit ``pend`` (``pend_room`` first), or -2 when the arrays do
-    not match (memory safety, not a case). Rows must be distinct streams."""
+    Returns ``(status, rows to test, rows needing Python)``: status 0; with nothing changed, -1
+    when a row's samples would not fit ``pend`` (``pend_room`` first), -2 when the arrays do not
+    match (memory safety, not a case), -3 when a sequence number is not within ``seq_max`` of 0
+    (the bank's int64 counters could not hold it and the next). Rows must be distinct streams."""
     m = x.shape[0]
     n = x.shape[1]
     if not (slots.shape[0] == m and seqs.shape[0] == m and judged.shape[0] == m and gap.shape[0] == m
@@ -424,7 +443,10 @@ def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, b
         s = slots[j]
         if not 0 <= s < pend.shape[0]:
             return -2, 0, 0
-        if pend_n[s] + n > pend.shape[1]:
+        if not -seq_max < seqs[j] < seq_max:
+            return -3, 0, 0
+    for j in range(m):
+        if pend_n[slots[j]] + n > pend.shape[1]:
             return -1, 0, 0
     tested = 0
     python = 0
@@ -464,11 +486,12 @@ def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, b
     return 0, tested, python
 
 
-def push_rows(bank: Any, slots: np.ndarray, x: np.ndarray, seqs: np.ndarray, now: float, every: int,
-              judged: np.ndarray, *, kernel: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+def push_rows(bank: Any, slots: np.ndarray, x: np.ndarray, seqs: np.ndarray, seq_max: int, now: float, every: int,
+              judged: np.ndarray, *, kernel: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None:
     """``_push_rows_py`` on ``bank`` (a ``LevelBank``), compiled unless ``kernel`` is given (the
     tests pass the plain Python one); ``pend`` made wide enough first. Returns ``(gap, test,
-    flags, rows to test, rows needing Python)``."""
+    flags, rows to test, rows needing Python)``, or None, with nothing done, where a sequence
+    number is not within ``seq_max`` of 0."""
     kernel = kernel or _compiled.get()[2]
     m = x.shape[0]
     gap = np.empty(m, dtype=np.int64)
@@ -477,11 +500,13 @@ def push_rows(bank: Any, slots: np.ndarray, x: np.ndarray, seqs: np.ndarray, now
     x = np.ascontiguousarray(x, dtype=np.float32)
     for _ in range(2):
         status, tested, python = kernel(bank.pend, bank.pend_n, bank.last_seen, bank.frames, bank.samples,
-                                        bank.last_seq, bank.has_seq, bank.busy, slots, x, seqs, float(now),
-                                        int(every), judged, gap, test, flags)
+                                        bank.last_seq, bank.has_seq, bank.busy, slots, x, seqs, int(seq_max),
+                                        float(now), int(every), judged, gap, test, flags)
         if status != -1:
             break
         bank.pend_room(int(bank.pend_n[slots].max()) + x.shape[1])
+    if status == -3:
+        return None
     if status != 0:
         raise ValueError(f"a block's rows do not match its frames ({status})")
     return gap, test, flags, tested, python
@@ -499,5 +524,5 @@ def _run_tiny(kernel: Any, gather: Any, push: Any = None) -> None:
     levels_rows(cfg, bank, np.array([slot]), np.array([8]), np.array([12000.0]), kernel=kernel)
     gather_frames(bank.pend, np.array([slot]), np.array([0]), [np.zeros((8, 1), dtype=np.float32)], kernel=gather)
     if push is not None:
-        push_rows(bank, np.array([slot]), np.zeros((1, 8), dtype=np.float32), np.zeros(1, dtype=np.int64), 0.0, 8,
-                  np.zeros(1, dtype=np.uint8), kernel=push)
+        push_rows(bank, np.array([slot]), np.zeros((1, 8), dtype=np.float32), np.zeros(1, dtype=np.int64), 1 << 62,
+                  0.0, 8, np.zeros(1, dtype=np.uint8), kernel=push)
