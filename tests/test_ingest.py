@@ -662,6 +662,24 @@ def test_bench_ingest_warm_up_counts_only_the_frames_after_it() -> None:
     assert stages["  WindowBank.push_flat (1-channel frames)"] == 0
 
 
+def test_the_samples_of_a_round_are_its_frames_in_order_joined_or_not() -> None:
+    """``samples_of`` (one array of a round's samples, for the health and the bank): the frames in
+    order, (n,) and (n, 1) alike, a writable copy; with ``float32`` (the caller checked the dtype)
+    the bytes are joined, and a strided view among the frames takes the general way."""
+    from drsn_stream.dsp.bank import samples_of
+
+    rng = np.random.default_rng(2)
+    block = rng.standard_normal((6, 64, 1)).astype(np.float32)
+    frames = [Frame(f"s{k}", 1, 0.0, RATE, block[k] if k % 2 else block[k, :, 0]) for k in (3, 0, 5, 1, 4)]
+    want = block[[3, 0, 5, 1, 4], :, 0]
+    wide = rng.standard_normal((64, 3)).astype(np.float32)
+    for fs, w in ((frames, want), (frames + [Frame("v", 1, 0.0, RATE, wide[:, 1:2])], np.vstack([want, wide[:, 1]]))):
+        for float32 in (False, True):
+            x = samples_of(fs, float32=float32)
+            assert x.dtype == np.float32 and x.flags.writeable and np.array_equal(x, w)
+            assert not np.shares_memory(x, block)
+
+
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
     not jit.available(), reason="numba is not installed"))], ids=["python", "compiled"])
 def test_the_compiled_bank_step_refuses_what_does_not_fit_instead_of_writing_past_it(compiled) -> None:

@@ -368,7 +368,7 @@ class Ingest:
             return
         failed: Exception | None = None
         try:
-            x = samples_of(frames)
+            x = samples_of(frames, float32=True)  # Ingest.frames checked: float32, one length
             try:
                 done, of = bank.push_flat([dsp for _, dsp in items], frames, x)
             except Exception as exc:  # noqa: BLE001 - a bug drops these frames (after their health)
