@@ -360,6 +360,7 @@ class HealthMonitor:
         self._groups: dict[Any, _Group] = {}
         self._rounds: dict[tuple[_Group, ...], _Rows] = {}
         self._rounds_version = 0
+        self._rates = np.empty(0)  # _rates_of
         self._version = 0
         self._slot_of: dict[str, int] = {}
         self._sick: set[str] = set()
@@ -482,8 +483,8 @@ class HealthMonitor:
                 return None
             groups, version = self._groups, self._version
             sts: list[_Stream] = []
-            slots = np.empty(m, dtype=np.int64)
-            for j, sid in enumerate(ids):
+            ones: list[int] = []
+            for sid in ids:
                 g = groups.get(sid)
                 if g is None or g.version != version:
                     g = self._group(sid, (sid,), rate)
@@ -492,7 +493,8 @@ class HealthMonitor:
                 if g.rate != rate:
                     return None
                 sts.append(g.sts[0])
-                slots[j] = g.one
+                ones.append(g.one)
+            slots = np.array(ones, dtype=np.int64)
             mask = np.zeros(m, dtype=np.uint8)
             mask[list(judged)] = 1
             x = np.ascontiguousarray(x, dtype=np.float32)
@@ -500,20 +502,21 @@ class HealthMonitor:
             pushed = levels_jit.push_rows(bank, slots, x, seqs, _SEQ_MAX, now, int(self.config.check_every_s * rate), mask)
             if pushed is None:  # a seq past what the bank's counters hold: the caller pushes the frames
                 return None
-            gap, test, flags, tested, python = pushed
+            gap, flags, order, tslot, tlen, front, back, python = pushed
             codes = None
             found_sets: dict[int, set[str]] = {}
-            if tested:
+            if front or back:
                 codes = np.zeros(m, dtype=np.int8)
-                own = (flags & levels_jit.FROM_BLOCK) != 0
-                di = np.flatnonzero(own)  # judged on their frames alone, read from the block
-                if len(di):
-                    self._levels_compiled(sts, di, slots[di], np.full(len(di), rate), test[di], codes, found_sets,
-                                          src=x, src_rows=di)
-                di = np.flatnonzero((test > 0) & ~own)  # on samples gathered before too
-                if len(di):
-                    self._levels_compiled(sts, di, slots[di], np.full(len(di), rate), test[di], codes, found_sets)
-                if not codes.any():
+                rates = self._rates_of(rate, m)
+                found = False
+                if front:  # judged on their frames alone, read from the block
+                    di = order[:front]
+                    found |= self._levels_compiled(sts, di, tslot[:front], rates[:front], tlen[:front], codes,
+                                                   found_sets, src=x, src_rows=di)
+                if back:  # on samples gathered before too
+                    found |= self._levels_compiled(sts, order[m - back :], tslot[m - back :], rates[:back],
+                                                   tlen[m - back :], codes, found_sets)
+                if not found or not codes.any():
                     codes = None
             events: list[Event] = []
             flushed: list[Event] = []
@@ -817,13 +820,14 @@ class HealthMonitor:
 
     def _levels_compiled(self, rows: Any, di: np.ndarray, slots: np.ndarray, rate: np.ndarray,
                          lengths: np.ndarray, codes: np.ndarray, found_sets: dict[int, set[str]], *,
-                         src: np.ndarray | None = None, src_rows: np.ndarray | None = None) -> None:
+                         src: np.ndarray | None = None, src_rows: np.ndarray | None = None) -> bool:
         """``_levels_rows`` by ``levels_jit``: every row in one call, reading the bank in place
-        (or rows ``src_rows`` of ``src``: ``levels_jit.levels_rows``)."""
+        (or rows ``src_rows`` of ``src``: ``levels_jit.levels_rows``). False: nothing found, and
+        ``codes`` not written."""
         got, clipped, steps = levels_jit.levels_rows(self.config, self._bank, slots, lengths, rate,
                                                      src=src, src_rows=src_rows)
         if not np.count_nonzero(got) and not np.count_nonzero(clipped):  # most polls find nothing
-            return  # (a few samples at full scale are counted without being clipping yet)
+            return False  # (a few samples at full scale are counted without being clipping yet)
         for k in np.flatnonzero(got == levels_jit.CODE_NON_FINITE):  # counted and restarted, one by one
             j = int(di[k])
             x = self._bank.pend[slots[k]] if src is None else src[src_rows[k]]  # type: ignore[index]
@@ -833,6 +837,14 @@ class HealthMonitor:
             rows[int(di[k])].clipped += int(clipped[k])
         for k in np.flatnonzero(steps):
             rows[int(di[k])].steps += int(steps[k])
+        return True
+
+    def _rates_of(self, rate: float, m: int) -> np.ndarray:
+        """At least ``m`` copies of ``rate`` (one per row of the level tests), made once per rate."""
+        rates = self._rates
+        if rates.shape[0] < m or rates[0] != rate:
+            rates = self._rates = np.full(max(m, 256), rate)
+        return rates
 
     def _push_round(self, frames: list[Frame], now: float) -> list[Event]:
         """Frames of distinct streams: bookkeeping one by one, the level tests together. Nothing

@@ -420,35 +420,39 @@ FROM_BLOCK = 8  # judged now on its frame alone (nothing gathered before): its s
 
 
 def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, busy,
-                  slots, x, seqs, seq_max, now, every, judged, gap, test, flags):
+                  slots, x, seqs, seq_max, now, every, judged, gap, flags, order, tslot, tlen):
     """The array path's bookkeeping of a block of plain frames (``HealthMonitor.push_block``), one
     row per frame: frame ``j`` (``x[j]``, float32, sequence number ``seqs[j]``) of the stream in
     bank row ``slots[j]``, arrived at ``now``. Its stream's counters move on; ``gap[j]``: the
     sequence numbers it skipped; its samples are gathered after the stream's pending ones. When
-    ``every`` samples are in, they are due (``test[j]`` their count, flag ``TESTED``); else, where
-    ``judged[j]`` (its stream hands windows on), whatever is gathered is (flag ``FLUSHED``); either
-    way the gathering starts over. A row judged on its frame alone is not gathered at all (flag
-    ``FROM_BLOCK``: its samples are ``x[j]``). ``NEEDS_PYTHON``: a gap or a busy stream.
+    ``every`` samples are in, they are due (flag ``TESTED``); else, where ``judged[j]`` (its
+    stream hands windows on), whatever is gathered is (flag ``FLUSHED``); either way the gathering
+    starts over. A row judged on its frame alone is not gathered at all (flag ``FROM_BLOCK``: its
+    samples are ``x[j]``). ``NEEDS_PYTHON``: a gap or a busy stream. The rows to test are listed
+    in ``order`` with their slots (``tslot``) and sample counts (``tlen``): those ``FROM_BLOCK``
+    from the front, the others from the back.
 
-    Returns ``(status, rows to test, rows needing Python)``: status 0; with nothing changed, -1
-    when a row's samples would not fit ``pend`` (``pend_room`` first), -2 when the arrays do not
-    match (memory safety, not a case), -3 when a sequence number is not within ``seq_max`` of 0
-    (the bank's int64 counters could not hold it and the next). Rows must be distinct streams."""
+    Returns ``(status, rows from the block, rows from pend, rows needing Python)``: status 0;
+    with nothing changed, -1 when a row's samples would not fit ``pend`` (``pend_room`` first),
+    -2 when the arrays do not match (memory safety, not a case), -3 when a sequence number is not
+    within ``seq_max`` of 0 (the bank's int64 counters could not hold it and the next). Rows must
+    be distinct streams."""
     m = x.shape[0]
     n = x.shape[1]
     if not (slots.shape[0] == m and seqs.shape[0] == m and judged.shape[0] == m and gap.shape[0] == m
-            and test.shape[0] == m and flags.shape[0] == m):
-        return -2, 0, 0
+            and flags.shape[0] == m and order.shape[0] == m and tslot.shape[0] == m and tlen.shape[0] == m):
+        return -2, 0, 0, 0
     for j in range(m):
         s = slots[j]
         if not 0 <= s < pend.shape[0]:
-            return -2, 0, 0
+            return -2, 0, 0, 0
         if not -seq_max < seqs[j] < seq_max:
-            return -3, 0, 0
+            return -3, 0, 0, 0
     for j in range(m):
         if pend_n[slots[j]] + n > pend.shape[1]:
-            return -1, 0, 0
-    tested = 0
+            return -1, 0, 0, 0
+    front = 0
+    back = m
     python = 0
     for j in range(m):
         s = slots[j]
@@ -475,33 +479,39 @@ def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, b
             for i in range(n):
                 dst[i] = src[i]
         if f & (TESTED | FLUSHED):
-            test[j] = p
+            if f & FROM_BLOCK:
+                k = front
+                front += 1
+            else:
+                back -= 1
+                k = back
+            order[k] = j
+            tslot[k] = s
+            tlen[k] = p
             pend_n[s] = 0
-            tested += 1
         else:
-            test[j] = 0
             pend_n[s] = p
         flags[j] = f
         python += (f & NEEDS_PYTHON) != 0
-    return 0, tested, python
+    return 0, front, m - back, python
 
 
 def push_rows(bank: Any, slots: np.ndarray, x: np.ndarray, seqs: np.ndarray, seq_max: int, now: float, every: int,
-              judged: np.ndarray, *, kernel: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None:
+              judged: np.ndarray, *, kernel: Any = None) -> tuple[Any, ...] | None:
     """``_push_rows_py`` on ``bank`` (a ``LevelBank``), compiled unless ``kernel`` is given (the
-    tests pass the plain Python one); ``pend`` made wide enough first. Returns ``(gap, test,
-    flags, rows to test, rows needing Python)``, or None, with nothing done, where a sequence
-    number is not within ``seq_max`` of 0."""
+    tests pass the plain Python one); ``pend`` made wide enough first. Returns ``(gap, flags,
+    order, tslot, tlen, rows from the block, rows from pend, rows needing Python)``, or None, with
+    nothing done, where a sequence number is not within ``seq_max`` of 0."""
     kernel = kernel or _compiled.get()[2]
     m = x.shape[0]
     gap = np.empty(m, dtype=np.int64)
-    test = np.empty(m, dtype=np.int64)
     flags = np.empty(m, dtype=np.uint8)
+    order, tslot, tlen = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64)
     x = np.ascontiguousarray(x, dtype=np.float32)
     for _ in range(2):
-        status, tested, python = kernel(bank.pend, bank.pend_n, bank.last_seen, bank.frames, bank.samples,
-                                        bank.last_seq, bank.has_seq, bank.busy, slots, x, seqs, int(seq_max),
-                                        float(now), int(every), judged, gap, test, flags)
+        status, front, back, python = kernel(bank.pend, bank.pend_n, bank.last_seen, bank.frames, bank.samples,
+                                             bank.last_seq, bank.has_seq, bank.busy, slots, x, seqs, int(seq_max),
+                                             float(now), int(every), judged, gap, flags, order, tslot, tlen)
         if status != -1:
             break
         bank.pend_room(int(bank.pend_n[slots].max()) + x.shape[1])
@@ -509,7 +519,7 @@ def push_rows(bank: Any, slots: np.ndarray, x: np.ndarray, seqs: np.ndarray, seq
         return None
     if status != 0:
         raise ValueError(f"a block's rows do not match its frames ({status})")
-    return gap, test, flags, tested, python
+    return gap, flags, order, tslot, tlen, front, back, python
 
 
 def _run_tiny(kernel: Any, gather: Any, push: Any = None) -> None:
