@@ -692,8 +692,8 @@ def test_the_compiled_bank_step_refuses_what_does_not_fit_instead_of_writing_pas
     def run(width: int, room: int):
         state = [np.zeros(1, dtype=np.int64) for _ in range(6)]  # seen, shift, next, count, windows, nonfinite
         data, out = np.zeros((1, 64), dtype=np.float32), np.zeros((5, room), dtype=np.int64)
-        total = step(data, np.zeros(1, dtype=np.int64), np.ones((1, 16), dtype=np.float32), *state,
-                     width, 4, 2, np.zeros(1, dtype=np.int64), out)
+        total = step(data, np.zeros(1, dtype=np.int64), np.ones((1, 16), dtype=np.float32), np.zeros(1), *state,
+                     width, 4, 2, RATE, out, np.zeros(room))
         return total, data, state
 
     total, data, state = run(8, 7)  # 16 samples into 8 columns

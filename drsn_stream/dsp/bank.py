@@ -114,28 +114,25 @@ class WindowBank:
         index of the frame each came from. ``x``: the frames' samples as ``samples_of`` gives
         them, where the caller has them already."""
         rows = np.fromiter([d.row for d in dsps], dtype=np.int64, count=len(dsps))
+        t = np.fromiter([f.t_capture for f in frames], dtype=np.float64, count=len(frames))
         if x is None:
             x = samples_of(frames)
-        found = self._step_compiled(rows, x) if self.compiled else self._step(rows, x)
+        found = self._step_compiled(rows, x, t) if self.compiled else self._step(rows, x, t)
         if found is None:
             return [], []
-        row_w, col_w, index, j, start, n_in = found
+        row_w, col_w, index, j, t_last = found
         view = self._view
         data = [view[r, c] for r, c in zip(row_w.tolist(), col_w.tolist())]
         j_list = j.tolist()
-        t = np.fromiter([frames[i].t_capture for i in j_list], dtype=np.float64, count=len(j_list))
-        # as StreamDSP._t_last: t_capture + (end - 1 - out_base) / rate - frame_start / rate, where
-        # out_base is 0 (a bank stream never changed its rate)
-        t_last = (t + (start + self.window - 1) / self.rate - n_in / self.rate).tolist()
         now = time.time()
         windows = [Window(dsps[i].stream_id, ix, tl, d, now, 0.0, False)
-                   for i, ix, tl, d in zip(j_list, index.tolist(), t_last, data)]
+                   for i, ix, tl, d in zip(j_list, index.tolist(), t_last.tolist(), data)]
         return windows, j_list
 
-    def _step(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, ...] | None:
-        """Frames ``x`` (frames, n) into rows ``rows``, the streams' counters moved on; for the
-        windows they complete (None: none), frame by frame: each one's row, column, index, frame,
-        start, and the samples of its frame's stream before that frame."""
+    def _step(self, rows: np.ndarray, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """Frames ``x`` (frames, n), captured from ``t`` on, into rows ``rows``, the streams'
+        counters moved on; for the windows they complete (None: none), frame by frame: each one's
+        row, column, index, frame and its last sample's capture time."""
         n = x.shape[1]
         # a finite sum means every sample is finite (see StreamDSP.push); one that overflowed only
         # sends these frames the long way, which finds nothing to count
@@ -167,24 +164,28 @@ class WindowBank:
             step = np.arange(total) - np.repeat(np.cumsum(per) - per, per)  # its place among its frame's windows
         rows_j = rows[j]
         start = nxt[j] + step * self.hop
-        found = (rows_j, start - self.shift[rows_j], self.count[rows_j] + step, j, start, n_in[j])
+        # as StreamDSP._t_last: t_capture + (end - 1 - out_base) / rate - frame_start / rate, where
+        # out_base is 0 (a bank stream never changed its rate)
+        t_last = t[j] + (start + self.window - 1) / self.rate - n_in[j] / self.rate
+        found = (rows_j, start - self.shift[rows_j], self.count[rows_j] + step, j, t_last)
         rows_has = rows[has]
         self.next[rows_has] += per * self.hop
         self.count[rows_has] += per
         self.windows[rows_has] += per
         return found
 
-    def _step_compiled(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    def _step_compiled(self, rows: np.ndarray, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, ...] | None:
         """``_step`` in one compiled call (``bank_jit``)."""
         m, n = x.shape
         cap = m * ((n - 1) // self.hop + 1)  # a frame completes at most this many windows each
         if self._out.shape[1] < cap:
             self._out = np.empty((5, 2 * cap), dtype=np.int64)
-        n_in, out, kernel = np.empty(m, dtype=np.int64), self._out, bank_jit.kernel()
+        out, kernel = self._out, bank_jit.kernel()
+        t_last = np.empty(out.shape[1])
         x = np.ascontiguousarray(x)
         for _ in range(2):
-            total = kernel(self.data, rows, x, self.seen, self.shift, self.next, self.count, self.windows,
-                           self.nonfinite, self.width, self.window, self.hop, n_in, out)
+            total = kernel(self.data, rows, x, t, self.seen, self.shift, self.next, self.count, self.windows,
+                           self.nonfinite, self.width, self.window, self.hop, self.rate, out, t_last)
             if total != -1:
                 break
             self._move()  # a frame did not fit its row: after the move every one does
@@ -193,7 +194,7 @@ class WindowBank:
         if not total:
             return None
         o = out[:, :total]
-        return o[0], o[1], o[2], o[3], o[4], n_in[o[3]]
+        return o[0], o[1], o[2], o[3], t_last[:total]
 
     def _write(self, rows: np.ndarray, col: np.ndarray, x: np.ndarray) -> None:
         """Frame ``x[i]`` into row ``rows[i]`` from column ``col[i]``."""

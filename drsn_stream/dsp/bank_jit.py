@@ -22,15 +22,16 @@ import numpy as np
 from drsn_stream import jit
 
 
-def _step_py(data, rows, x, seen, shift, nxt, count, windows, nonfinite, width, window, hop, n_in, out):
-    """Frame ``i`` of ``x`` (frames, samples) into row ``rows[i]`` of ``data``, after the samples
-    the row holds. Returns how many windows the frames complete, listed in ``out`` (row, column,
-    index, frame, start; frame by frame, each frame's in order), or -1, with nothing changed,
-    when a frame does not fit its row (the bank moves its rows to a fresh array first); -2 when
-    ``out`` is too small for the windows (its caller sizes it: a frame of ``n`` samples completes
-    at most ``(n - 1) // hop + 1``).
-    ``n_in[i]``: the samples of frame ``i``'s stream before it. (Compiled by numba; as plain
-    Python it runs too, slowly: the tests compare it with the numpy path that way.)"""
+def _step_py(data, rows, x, t, seen, shift, nxt, count, windows, nonfinite, width, window, hop, rate, out, t_last):
+    """Frame ``i`` of ``x`` (frames, samples), captured from ``t[i]`` on at ``rate`` Hz, into row
+    ``rows[i]`` of ``data``, after the samples the row holds. Returns how many windows the frames
+    complete, listed in ``out`` (row, column, index, frame, start; frame by frame, each frame's in
+    order) with each one's last sample's capture time in ``t_last`` (as ``StreamDSP`` reckons
+    it), or -1, with nothing changed, when a frame does not fit its row (the bank moves its rows
+    to a fresh array first); -2 when ``out`` or ``t_last`` is too small for the windows (its
+    caller sizes it: a frame of ``n`` samples completes at most ``(n - 1) // hop + 1``).
+    (Compiled by numba; as plain Python it runs too, slowly: the tests compare it with the numpy
+    path that way.)"""
     m = x.shape[0]
     n = x.shape[1]
     for i in range(m):
@@ -61,13 +62,13 @@ def _step_py(data, rows, x, seen, shift, nxt, count, windows, nonfinite, width, 
                 dst[k] = v if ok else np.float32(0.0)
                 bad += not ok
             nonfinite[r] += bad
-        n_in[i] = seen[r]
+        n_in = seen[r]  # the stream's samples before this frame
         s = seen[r] + n
         seen[r] = s
         ready = s - window - nxt[r]
         if ready >= 0:
             more = ready // hop + 1
-            if total + more > out.shape[1]:  # not when the bank sized ``out`` (memory safety, not a case)
+            if total + more > out.shape[1] or total + more > t_last.shape[0]:  # (memory safety, not a case)
                 return -2
             for q in range(more):
                 start = nxt[r] + q * hop
@@ -76,6 +77,9 @@ def _step_py(data, rows, x, seen, shift, nxt, count, windows, nonfinite, width, 
                 out[2, total] = count[r] + q
                 out[3, total] = i
                 out[4, total] = start
+                # as StreamDSP._t_last: t_capture + (end - 1 - out_base) / rate - frame_start / rate,
+                # where out_base is 0 (a bank stream never changed its rate)
+                t_last[total] = t[i] + (start + window - 1) / rate - n_in / rate
                 total += 1
             nxt[r] += more * hop
             count[r] += more
@@ -111,5 +115,6 @@ def kernel() -> Any:
 def _run_tiny(kernel: Any) -> None:
     """One call on throwaway arrays of the types every real call uses."""
     z = np.zeros(1, dtype=np.int64)
-    kernel(np.zeros((1, 8), dtype=np.float32), z.copy(), np.zeros((1, 2), dtype=np.float32), z.copy(), z.copy(),
-           z.copy(), z.copy(), z.copy(), z.copy(), 8, 2, 1, z.copy(), np.zeros((5, 2), dtype=np.int64))
+    kernel(np.zeros((1, 8), dtype=np.float32), z.copy(), np.zeros((1, 2), dtype=np.float32), np.zeros(1), z.copy(),
+           z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), 8, 2, 1, 12000.0, np.zeros((5, 2), dtype=np.int64),
+           np.zeros(2))
