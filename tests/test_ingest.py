@@ -654,7 +654,7 @@ def test_bench_ingest_warm_up_counts_only_the_frames_after_it() -> None:
     stages = row["stages_us_per_frame"]
     total = stages["Ingest.frames (all after the source)"]
     health = stages["  sensor health: push_channels (the others)"]
-    assert stages["  sensor health: push_block (1-channel rounds)"] == 0  # no single-channel rounds here
+    assert stages["  sensor health: push_judged (1-channel rounds, their flush too)"] == 0  # no single-channel rounds here
     assert 0 < total <= row["ingest_us_per_frame"]
     assert 0 < health < total and stages["    its gather into the level rows (compiled)"] <= health
     assert stages["    its gather into the level rows (compiled)"] > 0 or not jit.available()

@@ -88,7 +88,7 @@ def _stages() -> list[tuple[str, Any, str]]:
 
     return [
         ("Ingest.frames (all after the source)", ingest_mod.Ingest, "frames"),
-        ("  sensor health: push_block (1-channel rounds)", HealthMonitor, "push_block"),
+        ("  sensor health: push_judged (1-channel rounds, their flush too)", HealthMonitor, "push_judged"),
         ("  sensor health: push_channels (the others)", HealthMonitor, "push_channels"),
         ("    its gather into the level rows (compiled)", levels_jit, "gather_frames"),
         ("    its level tests (compiled)", levels_jit, "levels_rows"),
@@ -96,7 +96,7 @@ def _stages() -> list[tuple[str, Any, str]]:
         ("  WindowBank.push_flat (1-channel frames)", WindowBank, "push_flat"),
         ("  StreamDSP.push (the others: resampled, NaN...)", StreamDSP, "push"),
         ("    the windower's copy (Windower._append)", Windower, "_append"),
-        ("  judging the windows' streams: flush_many", HealthMonitor, "flush_many"),
+        ("  judging the windows' streams: flush_many (the others)", HealthMonitor, "flush_many"),
     ]
 
 
