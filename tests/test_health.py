@@ -452,6 +452,14 @@ def test_the_level_tests_refuse_rows_past_their_arrays_and_widen_full_rings_firs
                                kernel=kernel)
     assert bank._k >= 8 and (bank.ccount[slots] > 2).all() and (bank.ccount[slots] <= bank._k).all()
     assert (bank.cn[slots, : bank.ccount[slots][0]] == 64).all()
+    # the block push (no bounds checks either): a stream twice in one block is refused before its
+    # second frame would be gathered past its row
+    bank.pend_room(96)
+    pend = bank.pend
+    with pytest.raises(ValueError, match="-4"):
+        levels_jit.push_rows(bank, np.array([slots[0], slots[0]]), x[:2], np.arange(2), 1 << 62, 0.0, 1000,
+                             np.zeros(2, dtype=np.uint8), kernel=None if compiled else levels_jit._push_rows_py)
+    assert bank.pend is pend and bank.pend_n[slots[0]] == 64
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(

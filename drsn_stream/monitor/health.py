@@ -508,15 +508,15 @@ class HealthMonitor:
             if front or back:
                 codes = np.zeros(m, dtype=np.int8)
                 rates = self._rates_of(rate, m)
-                found = False
+                wrote = False
                 if front:  # judged on their frames alone, read from the block
                     di = order[:front]
-                    found |= self._levels_compiled(sts, di, tslot[:front], rates[:front], tlen[:front], codes,
+                    wrote |= self._levels_compiled(sts, di, tslot[:front], rates[:front], tlen[:front], codes,
                                                    found_sets, src=x, src_rows=di)
                 if back:  # on samples gathered before too
-                    found |= self._levels_compiled(sts, order[m - back :], tslot[m - back :], rates[:back],
+                    wrote |= self._levels_compiled(sts, order[m - back :], tslot[m - back :], rates[:back],
                                                    tlen[m - back :], codes, found_sets)
-                if not found or not codes.any():
+                if not wrote or not codes.any():
                     codes = None
             events: list[Event] = []
             flushed: list[Event] = []

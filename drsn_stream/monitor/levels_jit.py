@@ -436,7 +436,7 @@ def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, b
     with nothing changed, -1 when a row's samples would not fit ``pend`` (``pend_room`` first),
     -2 when the arrays do not match (memory safety, not a case), -3 when a sequence number is not
     within ``seq_max`` of 0 (the bank's int64 counters could not hold it and the next). Rows must
-    be distinct streams."""
+    be distinct streams: a slot that repeats is -4, the bank left part-way (never written past)."""
     m = x.shape[0]
     n = x.shape[1]
     if not (slots.shape[0] == m and seqs.shape[0] == m and judged.shape[0] == m and gap.shape[0] == m
@@ -474,6 +474,8 @@ def _push_rows_py(pend, pend_n, last_seen, frames, samples, last_seq, has_seq, b
         if f & (TESTED | FLUSHED) and p0 == 0:
             f |= FROM_BLOCK  # judged on x[j] itself: no copy gathered
         else:
+            if p > pend.shape[1]:  # only where a slot repeats (the first loop checked each once)
+                return -4, 0, 0, 0
             dst = pend[s, p0 : p0 + n]  # a view indexed from 0: no wrap-around per sample
             src = x[j]
             for i in range(n):
