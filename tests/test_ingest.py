@@ -478,6 +478,17 @@ def test_health_of_modules_judged_at_different_times_is_that_of_each_channel_alo
     assert {("gw3/ch2", "flat line"), ("gw5/ch1", "clipping")} <= reasons
 
 
+def _same_events_and_findings(ev_block: list, ev_alone: list, block: HealthMonitor) -> None:
+    """A block's health events are those of one frame at a time, and they find what ``_signals``
+    put in s1..s5: NaN, a flat line, clipping, a DC step and a gap."""
+    key = lambda e: e.stream_id  # noqa: E731 - streams are independent; each one's events in order
+    assert [(e.stream_id, e.time, e.data) for e in sorted(ev_block, key=key)] == \
+        [(e.stream_id, e.time, e.data) for e in sorted(ev_alone, key=key)]
+    reasons = {(e.stream_id, r) for e in ev_block for r in e.data.get("reasons", [])}
+    assert {("s2", "flat line"), ("s3", "clipping"), ("s4", "DC offset jump")} <= reasons
+    assert block.states()["s5"].gaps == 1 and block.states()["s1"].non_finite == 1000
+
+
 @_PATHS
 def test_health_of_a_block_of_frames_is_that_of_each_frame_alone(compiled: bool | None) -> None:
     """``push_block`` (the ingest's common case: a round of plain frames of one length, their
@@ -509,12 +520,7 @@ def test_health_of_a_block_of_frames_is_that_of_each_frame_alone(compiled: bool 
             assert _same_state(block.export_state(sid), alone.export_state(sid)), (sid, poll[0].seq)
         now += 512 / RATE
     assert by_block >= len(polls) - 2  # every round once the streams are known
-    key = lambda e: e.stream_id  # noqa: E731 - streams are independent; each one's events in order
-    assert [(e.stream_id, e.time, e.data) for e in sorted(ev_block, key=key)] == \
-        [(e.stream_id, e.time, e.data) for e in sorted(ev_alone, key=key)]
-    reasons = {(e.stream_id, r) for e in ev_block for r in e.data.get("reasons", [])}
-    assert {("s2", "flat line"), ("s3", "clipping"), ("s4", "DC offset jump")} <= reasons
-    assert block.states()["s5"].gaps == 1 and block.states()["s1"].non_finite == 1000
+    _same_events_and_findings(ev_block, ev_alone, block)
 
 
 @_PATHS
@@ -553,12 +559,7 @@ def test_health_of_a_block_judged_with_its_flush_is_that_of_each_frame_pushed_th
             assert _same_state(block.export_state(sid), alone.export_state(sid)), (sid, k)
         now += 512 / RATE
     assert by_block >= len(polls) - 2  # every round once the streams are known
-    key = lambda e: e.stream_id  # noqa: E731 - streams are independent; each one's events in order
-    assert [(e.stream_id, e.time, e.data) for e in sorted(ev_block, key=key)] == \
-        [(e.stream_id, e.time, e.data) for e in sorted(ev_alone, key=key)]
-    reasons = {(e.stream_id, r) for e in ev_block for r in e.data.get("reasons", [])}
-    assert {("s2", "flat line"), ("s3", "clipping"), ("s4", "DC offset jump")} <= reasons
-    assert block.states()["s5"].gaps == 1 and block.states()["s1"].non_finite == 1000
+    _same_events_and_findings(ev_block, ev_alone, block)
 
 
 @pytest.mark.slow

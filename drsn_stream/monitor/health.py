@@ -447,20 +447,28 @@ class HealthMonitor:
             return None
         now = time.time() if now is None else now
         with self._lock:
-            if self._ended:
+            gs = self._block_groups(ids, rate)
+            if gs is None:
                 return None
-            groups, version = self._groups, self._version
-            gs: list[_Group] = []
-            for sid in ids:
-                g = groups.get(sid)
-                if g is None or g.version != version:
-                    g = self._group(sid, (sid,), rate)
-                    if g is None:
-                        return None
-                if g.rate != rate:
-                    return None
-                gs.append(g)
             return self._push_fast(gs, None, [], now, block=(x, seqs))
+
+    def _block_groups(self, ids: Sequence[str], rate: float) -> list[_Group] | None:
+        """The groups of a block's single-channel streams ``ids`` at ``rate`` (``push_block``,
+        ``push_judged``), or None where one cannot take the array path. Under the lock."""
+        if self._ended:
+            return None
+        groups, version = self._groups, self._version
+        gs: list[_Group] = []
+        for sid in ids:
+            g = groups.get(sid)
+            if g is None or g.version != version:
+                g = self._group(sid, (sid,), rate)
+                if g is None:
+                    return None
+            if g.rate != rate:
+                return None
+            gs.append(g)
+        return gs
 
     def push_judged(self, ids: Sequence[str], x: np.ndarray, seqs: np.ndarray, rate: float,
                     judged: Sequence[int], *, now: float | None = None) -> tuple[list[Event], list[Event]] | None:
@@ -479,22 +487,11 @@ class HealthMonitor:
             return None
         now = time.time() if now is None else now
         with self._lock:
-            if self._ended:
+            gs = self._block_groups(ids, rate)
+            if gs is None:
                 return None
-            groups, version = self._groups, self._version
-            sts: list[_Stream] = []
-            ones: list[int] = []
-            for sid in ids:
-                g = groups.get(sid)
-                if g is None or g.version != version:
-                    g = self._group(sid, (sid,), rate)
-                    if g is None:
-                        return None
-                if g.rate != rate:
-                    return None
-                sts.append(g.sts[0])
-                ones.append(g.one)
-            slots = np.array(ones, dtype=np.int64)
+            sts = [g.sts[0] for g in gs]
+            slots = np.array([g.one for g in gs], dtype=np.int64)
             mask = np.zeros(m, dtype=np.uint8)
             mask[list(judged)] = 1
             x = np.ascontiguousarray(x, dtype=np.float32)
