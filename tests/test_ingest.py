@@ -663,6 +663,43 @@ def test_bench_ingest_warm_up_counts_only_the_frames_after_it() -> None:
     assert stages["  WindowBank.push_flat (1-channel frames)"] == 0
 
 
+@pytest.mark.parametrize("rate", [RATE, 11025.0], ids=["model-rate", "resampled"])
+@_PATHS
+def test_frames_with_plus_and_minus_inf_are_counted_without_a_numpy_warning(compiled, rate) -> None:
+    """A sensor that sends +Inf and -Inf in one frame (inf - inf is NaN in a sum): its samples are
+    counted as non-finite and replaced, in the health and the DSP alike, single-channel and
+    16-channel frames, at the model's rate and resampled, and numpy prints nothing on the
+    monitor's terminal (warnings are errors here)."""
+    import warnings
+
+    from drsn_stream.app.ingest import Ingest
+    from drsn_stream.artifacts import __path__ as artifacts
+    from drsn_stream.models.artifact import load_artifact
+
+    _, meta = load_artifact(artifacts[0] + "/bearing-cwru.pt", map_location="cpu")
+    errors: list[str] = []
+    ingest = Ingest(meta, 512, HealthMonitor(compiled=compiled), 100, on_events=lambda e: None, on_error=errors.append)
+    rng = np.random.default_rng(4)
+    t0 = time.time() - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for k in range(12):
+            frames = []
+            for m in range(6):
+                x = (rng.standard_normal((512, 1)) * 0.1).astype(np.float32)
+                if k == 8:
+                    x[3], x[9] = np.inf, -np.inf
+                frames.append(Frame(f"s{m}", k, t0 + k * 0.04, rate, x))
+            gw = (rng.standard_normal((512, 16)) * 0.1).astype(np.float32)
+            if k == 9:
+                gw[5, 2], gw[6, 2] = np.inf, -np.inf
+            frames.append(Frame("gw", k, t0 + k * 0.04, rate, gw))
+            ingest.frames(frames)
+    want = {**{f"s{m}": 2 for m in range(6)}, "gw/ch2": 2}
+    assert not errors and ingest.nonfinite() == want
+    assert {sid: h.non_finite for sid, h in ingest.health.states().items() if h.non_finite} == want
+
+
 def test_the_samples_of_a_round_are_its_frames_in_order_joined_or_not() -> None:
     """``samples_of`` (one array of a round's samples, for the health and the bank): the frames in
     order, (n,) and (n, 1) alike, a writable copy; with ``float32`` (the caller checked the dtype)

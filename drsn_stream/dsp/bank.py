@@ -134,10 +134,9 @@ class WindowBank:
         counters moved on; for the windows they complete (None: none), frame by frame: each one's
         row, column, index, frame and its last sample's capture time."""
         n = x.shape[1]
-        # a finite sum means every sample is finite (see StreamDSP.push); one that overflowed only
-        # sends these frames the long way, which finds nothing to count
-        if not np.isfinite(x.sum()):
-            bad = ~np.isfinite(x)
+        finite = np.isfinite(x)  # (not a sum: see StreamDSP.push)
+        if not finite.all():
+            bad = ~finite
             self.nonfinite[rows] += np.count_nonzero(bad, axis=1)
             x = np.where(bad, np.float32(0.0), x)
         seen = self.seen[rows]

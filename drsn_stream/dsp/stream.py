@@ -134,13 +134,13 @@ class StreamDSP:
             self._direct = resampler.identity
             self._out_base = self._windower.seen
             self._n_in = 0
-        # a finite sum means every sample is finite (NaN and Inf propagate): one pass over the
-        # samples, and a closer look only when needed (a float32 sum that overflowed finds nothing)
-        if not np.isfinite(x.sum()):
-            bad = ~np.isfinite(x)
-            if bad.any():
-                self._count_nonfinite(bad)
-                x = np.where(bad, np.float32(0.0), x)
+        # one pass over the samples, and a closer look only when one is NaN or Inf (a sum would
+        # do it too, but +Inf and -Inf in one frame make numpy print a warning, inf - inf)
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = ~finite
+            self._count_nonfinite(bad)
+            x = np.where(bad, np.float32(0.0), x)
         assert self._resampler is not None
         frame_start = self._n_in
         self._n_in += x.shape[-1]
@@ -210,7 +210,7 @@ class FrameDSP(StreamDSP):
         gather reads them all: ``HealthMonitor.push_channels``), so they are not read for it again."""
         x = frame.samples
         if (self._direct and frame.sample_rate == self._in_rate and type(x) is np.ndarray and x.dtype == _F32
-                and x.ndim == 2 and x.shape[1] == self._channels and (finite or np.isfinite(x.sum()))):
+                and x.ndim == 2 and x.shape[1] == self._channels and (finite or np.isfinite(x).all())):
             frame_start = self._n_in
             self._n_in += x.shape[0]
             done = self._windower.push_exact(x.T)

@@ -68,6 +68,7 @@ from drsn_stream.monitor.health_levels import (
     merge,
     pool,
     reasons_of,
+    sums,
 )
 from drsn_stream.types import Event, Frame, channel_ids, rounds_by_stream, split_channels
 
@@ -799,7 +800,7 @@ class HealthMonitor:
                 x = bank.pend[a : a + len(sl), : int(length)]  # (rows, n), a view
             else:
                 x = bank.pend[sl, : int(length)]  # a copy
-            s1 = x.sum(axis=1, dtype=np.float64)
+            s1 = sums(x, 1)
             finite = np.isfinite(s1)
             if not all_set(finite):  # NaN/Inf: counted and the tests restarted, one by one
                 for k in np.flatnonzero(~finite):
@@ -1210,7 +1211,7 @@ class HealthMonitor:
     def _check_levels(self, st: _Stream, x: np.ndarray) -> set[str]:
         found: set[str] = set()
         # One float64 sum per channel serves the NaN/Inf test and the flat test's mean.
-        s1 = x.sum(axis=0, dtype=np.float64)
+        s1 = sums(x, 0)
         if not np.isfinite(s1).all():
             bad = int(x.size - np.count_nonzero(np.isfinite(x)))
             if bad:
