@@ -524,23 +524,15 @@ class HealthMonitor:
             if codes is not None:
                 need |= ((flags & levels_jit.TESTED) != 0) & (codes != 0)
             n = x.shape[1]
-            for j in np.flatnonzero(need).tolist():  # as _push_fast
-                st = sts[j]
-                found = _counted(st, int(gap[j]), 0)
-                if codes is not None and codes[j] and flags[j] & levels_jit.TESTED:
-                    levels = _level_reasons(codes, found_sets, j)
-                    found = levels if found is None else found | levels
-                if st.active:
-                    self._age(st, n, found or set())
-                events += self._found(ids[j], st, found, now)
-                bank.busy[st.slot] = _busy(st)
+            for j in np.flatnonzero(need).tolist():
+                levels = (_level_reasons(codes, found_sets, j)
+                          if codes is not None and codes[j] and flags[j] & levels_jit.TESTED else None)
+                events += self._row_found(ids[j], sts[j], int(gap[j]), 0, levels, n, now)
             flush = (flags & levels_jit.FLUSHED) != 0
             flush &= bank.busy[slots] if codes is None else bank.busy[slots] | (codes != 0)
             for j in np.flatnonzero(flush).tolist():  # as _flush_fast
-                st = sts[j]
                 found = _level_reasons(codes, found_sets, j) if codes is not None else set()
-                flushed += self._found(ids[j], st, found, now)
-                bank.busy[st.slot] = _busy(st)
+                flushed += self._found_banked(ids[j], sts[j], found, now)
             return events, flushed
 
     def _resume(self, frames: Sequence[Frame], split: bool) -> None:
@@ -717,16 +709,29 @@ class HealthMonitor:
             need |= codes != 0
         events: list[Event] = []
         for j in np.flatnonzero(need):
-            st = rows[j]
-            found = _counted(st, int(seq_row[j] - last[j] - 1) if gap[j] else 0,
-                             int(ov_row[j]) if ov_row is not None else 0)
-            if codes is not None and codes[j]:
-                levels = _level_reasons(codes, found_sets, j)
-                found = levels if found is None else found | levels
-            if st.active:
-                self._age(st, int(n_row if isinstance(n_row, int) else n_row[j]), found or set())
-            events += self._found(rows.id(j), st, found, now)
-            bank.busy[st.slot] = _busy(st)
+            levels = _level_reasons(codes, found_sets, j) if codes is not None and codes[j] else None
+            events += self._row_found(rows.id(j), rows[j], int(seq_row[j] - last[j] - 1) if gap[j] else 0,
+                                      int(ov_row[j]) if ov_row is not None else 0, levels,
+                                      int(n_row if isinstance(n_row, int) else n_row[j]), now)
+        return events
+
+    def _row_found(self, sid: str, st: _Stream, gaps: int, overflow: int, levels: set[str] | None, n: int,
+                   now: float) -> list[Event]:
+        """A bank stream's frame of ``n`` samples that needs Python on the array path: its gaps and
+        overflows counted, the reasons found (``levels``: its level tests', None: none) active,
+        the others aged, its state settled (``_found_banked``)."""
+        found = _counted(st, gaps, overflow)
+        if levels:
+            found = levels if found is None else found | levels
+        if st.active:
+            self._age(st, n, found or set())
+        return self._found_banked(sid, st, found, now)
+
+    def _found_banked(self, sid: str, st: _Stream, found: set[str] | None, now: float) -> list[Event]:
+        """``_found`` for a stream in the bank, whose ``busy`` flag then says again whether its
+        next frames need Python."""
+        events = self._found(sid, st, found, now)
+        self._bank.busy[st.slot] = _busy(st)
         return events
 
     def _gather(self, rows: _Rows, pn: np.ndarray, n_row: Any, xs: list[np.ndarray],
@@ -956,8 +961,7 @@ class HealthMonitor:
                     st = self._streams[sid]
                     found = self._check_levels(st, bank.pend[slot, :pn, None])
                     bank.pend_n[slot] = 0
-                    events += self._found(sid, st, found, now)
-                    bank.busy[slot] = _busy(st)
+                    events += self._found_banked(sid, st, found, now)
             return events
         slots = np.array([get(sid, -1) for sid in ids], dtype=np.int64)
         if not len(slots):
@@ -974,10 +978,7 @@ class HealthMonitor:
         bank.pend_n[sl] = 0
         events: list[Event] = []
         for k in np.flatnonzero((codes != 0) | bank.busy[sl]):
-            st = rows[k]
-            found = _level_reasons(codes, found_sets, k)
-            events += self._found(rows.id(k), st, found, now)
-            bank.busy[st.slot] = _busy(st)
+            events += self._found_banked(rows.id(k), rows[k], _level_reasons(codes, found_sets, k), now)
         return events
 
     def _found(self, stream: str, st: _Stream, found: set[str] | None, now: float) -> list[Event]:
