@@ -414,17 +414,19 @@ def test_a_quiet_socket_tells_the_consumer_its_burst_is_over(free_tcp_port):
     assert between and set(between) == {"idle"}  # the 0.3 s pause after the first burst
 
 
-def test_a_burst_that_trickles_in_is_handed_over_in_one_poll(free_tcp_port, monkeypatch):
+@pytest.mark.parametrize("sleep_s", [0.02, 0.5])
+def test_a_burst_that_trickles_in_is_handed_over_in_one_poll(free_tcp_port, monkeypatch, sleep_s):
     """Messages that come closer together than the quiet that ends a burst (IDLE_MS) are one poll's
     frames, also when each arrives after the receiver found the socket empty and slept
-    (GATHER_WAIT_S); a pause longer than IDLE_MS ends the poll. (The time constants are stretched
-    so that a busy machine's scheduling cannot split or join the bursts.)"""
+    (GATHER_WAIT_S); a pause longer than IDLE_MS ends the poll, also where the sleep is longer
+    than IDLE_MS (no wait for the next burst). (The time constants are stretched so that a busy
+    machine's scheduling cannot split or join the bursts.)"""
     from drsn_stream.sources import zmq_source
 
     monkeypatch.setattr(zmq_source, "IDLE_MS", 400)
     monkeypatch.setattr(zmq_source, "GATHER_MS", 4000.0)
     monkeypatch.setattr(zmq_source, "MAX_POLL_MS", 8000.0)
-    monkeypatch.setattr(zmq_source, "GATHER_WAIT_S", 0.02)
+    monkeypatch.setattr(zmq_source, "GATHER_WAIT_S", sleep_s)
     src = make_source(f"zmq+pull+bind://127.0.0.1:{free_tcp_port}?until_eos=1")
     x = np.zeros((8, 64), np.float32)
 
