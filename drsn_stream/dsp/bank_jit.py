@@ -57,9 +57,8 @@ def _step_py(data, rows, x, t, seen, shift, nxt, count, windows, nonfinite, widt
         if top >= 0x7F800000:
             bad = 0
             for k in range(n):
-                v = src[k]
-                ok = v - v == 0  # False for NaN and +-Inf alone
-                dst[k] = v if ok else np.float32(0.0)
+                ok = (b[k] & 0x7F800000) != 0x7F800000  # by its bits: no float warning run as plain Python
+                dst[k] = src[k] if ok else np.float32(0.0)
                 bad += not ok
             nonfinite[r] += bad
         n_in = seen[r]  # the stream's samples before this frame
