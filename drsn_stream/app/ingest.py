@@ -238,6 +238,7 @@ class Ingest:
         locked once for all of them."""
         windows: list[Window] = []
         kept: list[tuple[Frame, StreamDSP | BankDSP]] = []
+        sids: list[str] = []  # kept's streams
         dsps, owners, speeds, logs = self.dsp, self._owner, self.speeds, self.speeds.logs
         # the bank every kept frame goes into whole, while every one is a plain float32 frame of
         # one length and no overflow of a stream in it (the common case: _round_block); else None
@@ -261,6 +262,7 @@ class Ingest:
                         continue
                     owners[sid] = source
                 kept.append((frame, dsp))
+                sids.append(sid)
                 if frame.rpm is not None or (logs and sid in logs):
                     speeds.frame(frame)
                 if block:
@@ -271,7 +273,11 @@ class Ingest:
                         block = bank.fits(frame)
                     elif dsp.bank is not bank or x.shape[0] != n0 or frame.sample_rate != bank.rate:
                         block = False
-        for this in rounds_by_stream(kept, _stream_of):
+        # a poll's frames are mostly of distinct streams: one round, no Python per frame to find it
+        rounds = [kept] if len(set(sids)) == len(sids) else rounds_by_stream(kept, _stream_of)
+        for this in rounds:
+            if not this:
+                continue
             if block and bank is not None:
                 self._round_block(this, bank, source, windows)
             else:
