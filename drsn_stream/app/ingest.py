@@ -274,10 +274,8 @@ class Ingest:
                     elif dsp.bank is not bank or x.shape[0] != n0 or frame.sample_rate != bank.rate:
                         block = False
         # a poll's frames are mostly of distinct streams: one round, no Python per frame to find it
-        rounds = [kept] if len(set(sids)) == len(sids) else rounds_by_stream(kept, _stream_of)
+        rounds = [kept] if kept and len(set(sids)) == len(sids) else rounds_by_stream(kept, _stream_of)
         for this in rounds:
-            if not this:
-                continue
             if block and bank is not None:
                 self._round_block(this, bank, source, windows)
             else:
