@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -806,6 +807,46 @@ def test_the_window_bank_gives_every_stream_the_windows_of_its_own_stream_dsp(st
             assert (dsps[sid].nonfinite, dsps[sid].windows) == (alone[sid].nonfinite, alone[sid].windows)
         assert dsps["s1"].nonfinite == 600 and dsps["s3"].own is not None and dsps["s0"].own is None
         assert dsps["s3"].counters() == alone["s3"].counters() and alone["s3"].rate_changes == 2  # there and back
+
+
+@pytest.mark.parametrize("step", ["numpy", pytest.param("compiled", marks=pytest.mark.skipif(
+    not jit.available(), reason="numba is not installed"))])
+def test_a_move_of_the_window_bank_reuses_an_array_only_once_no_window_refers_to_it(step) -> None:
+    """The bank's rows move to the array the move before left when no window handed out refers to
+    it any more (the engine drops most windows soon), never while one does (a consumer that
+    holds some long): every window is checked against a StreamDSP's when it is made, and the
+    held ones again after the last frame (a window written over after it was handed out fails)."""
+    from types import SimpleNamespace
+
+    from drsn_stream.dsp.bank import BankDSP, WindowBank
+    from drsn_stream.dsp.stream import StreamDSP
+
+    rng = np.random.default_rng(5)
+    meta = SimpleNamespace(sample_rate=RATE, window=2048, hop=512, normalization={"kind": "none"})
+    bank = WindowBank(meta, 512, rows=4, compiled=step == "compiled")
+    ids = [f"s{k}" for k in range(4)]
+    dsps = {sid: BankDSP(bank, sid, 0) for sid in ids}
+    alone = {sid: StreamDSP(meta, hop=512, normalize=False) for sid in ids}
+    signal = (rng.standard_normal((80000, 4)) * 0.1).astype(np.float32)
+    recent: list[tuple[Any, Any]] = []  # (window, the StreamDSP's) of the last few frames, as the engine holds them
+    held: list[tuple[Any, Any]] = []  # and some held long
+    arrays: dict[int, np.ndarray] = {}  # the bank's arrays, held (their ids stay theirs; windows hold the view)
+    moves = 0
+    for k in range(150):
+        frames = [Frame(sid, k, 1.7e9 + k * 512 / RATE, RATE, signal[k * 512 : (k + 1) * 512, i, None])
+                  for i, sid in enumerate(ids)]
+        before = bank.data
+        got = bank.push_flat([dsps[sid] for sid in ids], frames)[0]
+        moves += bank.data is not before
+        arrays[id(bank.data)] = bank.data
+        want = [w for f in frames for w in alone[f.stream_id].push(f)]
+        assert [(w.stream_id, w.index, w.t_last, w.data.tobytes()) for w in got] == \
+            [(w.stream_id, w.index, w.t_last, w.data.tobytes()) for w in want], k
+        recent = recent[-8:] + list(zip(got, want))
+        if k % 40 == 10:
+            held += zip(got, want)
+    assert all(np.array_equal(w.data, ref.data) for w, ref in recent + held) and len(held) == 4 * 4
+    assert moves >= 10 and len(arrays) < moves  # rows moved, and mostly into an array a move before left
 
 
 def test_a_speed_log_keeps_the_changes_and_answers_for_any_time() -> None:

@@ -14,6 +14,7 @@ then is counted there as usual).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +50,7 @@ class WindowBank:
         if compiled and not self.compiled:
             raise RuntimeError(f"the compiled window bank step is asked for, but it is not available: {bank_jit.why_not()}")
         self._out = np.empty((5, 0), dtype=np.int64)
+        self._spare: tuple[np.ndarray, np.ndarray] | None = None  # the array the last move left, and its view
         self.rate = float(meta.sample_rate)
         self.window = int(meta.window)
         self.hop = int(hop if hop is not None else meta.hop)
@@ -202,12 +204,24 @@ class WindowBank:
             data[rows[m], c : c + n] = x[m]
 
     def _move(self) -> None:
-        """Every row's kept samples (from its next window's start) to the front of a fresh array."""
+        """Every row's kept samples (from its next window's start) to the front of another array:
+        the one the move before left, where no window refers to it any more, else a fresh one."""
         keep = np.minimum(self.next, self.seen)
-        data, old, w = np.empty_like(self.data), self.data, self.window
+        old, w = self.data, self.window
+        spare, self._spare = self._spare, None
+        # a window (and any view of one) refers to the bank's sliding-window view, not to the
+        # array: none is left where only this tuple and getrefcount's argument refer to that view.
+        # glibc's malloc gives a block of 32 MB or more (a bank of 1,024 streams) as new memory
+        # every time: each of its pages faulted in and zeroed by the kernel at its first write
+        if spare is not None and spare[0].shape == old.shape and sys.getrefcount(spare[1]) == 2:
+            data = spare[0]
+        else:
+            data = np.empty_like(old)
+        del spare
         for c, m in _by_column(keep - self.shift):  # the column each row keeps from
             k = min(w, self.width - c)  # at most window - 1 samples are kept; the rest is not read
             data[m, :k] = old[m, c : c + k]
+        self._spare = (old, self._view)
         self.shift = keep
         self._use(data)
 
