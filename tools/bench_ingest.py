@@ -7,7 +7,7 @@ PUSH socket on loopback, then lets the monitor's ingest (the same ``Pipeline._in
 monitor runs: receive, decode, sequence checks, sensor health, resampling and windowing, hand-over
 to the batcher) take all of them as fast as it can on this thread, while a second thread empties
 the batcher as the engine would (without running the model). Prints the ingest thread's CPU time
-per frame and per channel, and frames/s (wall). ``--profile`` prints the top of a cProfile of
+per frame and per channel, its page faults per frame (new memory it touched), and frames/s (wall). ``--profile`` prints the top of a cProfile of
 the same run instead of timing it; ``--stages`` adds the CPU time of the ingest's main stages per
 frame (a ``time.thread_time`` pair around each call, which adds ~0.3 us per call to the total):
 the compiled sensor-health kernels and the windower's copy are bound by memory, not by Python,
@@ -34,6 +34,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import resource
 import socket
 import threading
 import time
@@ -132,6 +133,14 @@ class StageClock:
             setattr(owner, name, original)
 
 
+def _faults() -> int | None:
+    """This thread's page faults so far (Linux's per-thread resource usage), or None."""
+    try:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt  # type: ignore[attr-defined]
+    except (AttributeError, OSError):  # no RUSAGE_THREAD here
+        return None
+
+
 def run(streams: int, channels: int, seconds: float, *, hop: int | None = None, phases: int = 1,
         profile: bool = False, receive: str = "auto", warm_up: float = 0.0, stages: bool = False) -> dict:
     clock = StageClock() if stages else None
@@ -176,7 +185,7 @@ def _run(streams: int, channels: int, seconds: float, *, hop: int | None, phases
     thresholds = freeze_start_up_objects()  # as Pipeline.start does: the collector as in the monitor
     # CPU time of this thread, not wall time: other processes on a loaded machine do not count
     prof = cProfile.Profile(time.thread_time) if profile else None
-    start = {"cpu": time.thread_time(), "wall": time.perf_counter(), "frames": 0}
+    start = {"cpu": time.thread_time(), "wall": time.perf_counter(), "frames": 0, "faults": _faults()}
     warm_frames = (streams // channels) * int(warm_up * RATE / FRAME)
     if warm_frames:  # the clocks start once the warm-up's frames are ingested
         ingest_frames, taken = pipe.ingest.frames, [0]
@@ -185,7 +194,7 @@ def _run(streams: int, channels: int, seconds: float, *, hop: int | None, phases
             out = ingest_frames(frames, source)
             taken[0] += len(frames)
             if taken[0] >= warm_frames and not start["frames"]:
-                start.update(cpu=time.thread_time(), wall=time.perf_counter(), frames=taken[0])
+                start.update(cpu=time.thread_time(), wall=time.perf_counter(), frames=taken[0], faults=_faults())
                 if prof is not None:
                     prof.enable()
                 if clock is not None:
@@ -204,6 +213,8 @@ def _run(streams: int, channels: int, seconds: float, *, hop: int | None, phases
     if clock is not None:
         clock.on = False
     cpu, wall = time.thread_time() - start["cpu"], time.perf_counter() - start["wall"]
+    faults = _faults()
+    faults = faults - start["faults"] if faults is not None and start["faults"] is not None else None
     done.set()
     drainer.join()
     thaw(thresholds)
@@ -227,6 +238,9 @@ def _run(streams: int, channels: int, seconds: float, *, hop: int | None, phases
         "channels_per_s": round(frames * channels / wall, 1),
         "ingest_us_per_frame": round(1e6 * cpu / frames, 1) if frames else None,
         "ingest_us_per_channel": round(1e6 * cpu / (frames * channels), 2) if frames else None,
+        # page faults of the ingest thread (new memory touched: each costs the kernel a page's
+        # zeroing and mapping, in the thread's CPU time above); None where the system does not say
+        "page_faults_per_frame": round(faults / frames, 4) if frames and faults is not None else None,
         "stages_us_per_frame": {label: round(1e6 * t / frames, 2) for label, t in clock.cpu.items()}
         if clock is not None and frames else None,
     }
@@ -281,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
               + f": {r['frames']} frames, {r['windows']} windows, "
               f"{r['frames_per_s']:.0f} frames/s ({r['channels_per_s']:.0f} channels/s); ingest CPU "
               f"{r['ingest_us_per_frame']} us per frame, {r['ingest_us_per_channel']} us per channel"
+              + (f", {r['page_faults_per_frame']} page faults per frame" if r["page_faults_per_frame"] is not None else "")
               + (f"; malformed {r['malformed']}, errors {r['errors']}" if r["malformed"] or r["errors"] else ""))
         for label, us in (r["stages_us_per_frame"] or {}).items():
             print(f"  {label:48s} {us:7.2f} us per frame")
