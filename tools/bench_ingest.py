@@ -7,11 +7,12 @@ PUSH socket on loopback, then lets the monitor's ingest (the same ``Pipeline._in
 monitor runs: receive, decode, sequence checks, sensor health, resampling and windowing, hand-over
 to the batcher) take all of them as fast as it can on this thread, while a second thread empties
 the batcher as the engine would (without running the model). Prints the ingest thread's CPU time
-per frame and per channel, its page faults per frame (new memory it touched), and frames/s (wall). ``--profile`` prints the top of a cProfile of
-the same run instead of timing it; ``--stages`` adds the CPU time of the ingest's main stages per
-frame (a ``time.thread_time`` pair around each call, which adds ~0.3 us per call to the total):
-the compiled sensor-health kernels and the windower's copy are bound by memory, not by Python,
-so they bound what any rewrite of the Python around them can reach.
+per frame and per channel, its page faults per frame (new memory it touched), and frames/s
+(wall). ``--profile`` prints the top of a cProfile of the same run instead of timing it;
+``--stages`` adds the CPU time of the ingest's main stages per frame (a ``time.thread_time``
+pair around each call, which adds ~0.3 us per call to the total): the compiled sensor-health
+kernels and the windower's copy are bound by memory, not by Python, so they bound what any
+rewrite of the Python around them can reach.
 
 A run from a cold start also pays what a monitor pays once: every buffer new (the kernel faults in
 and zeroes its pages at the first writes), the health's rows growing. ``--warm-up S`` queues S
@@ -34,7 +35,6 @@ import argparse
 import cProfile
 import json
 import pstats
-import resource
 import socket
 import threading
 import time
@@ -136,8 +136,10 @@ class StageClock:
 def _faults() -> int | None:
     """This thread's page faults so far (Linux's per-thread resource usage), or None."""
     try:
-        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt  # type: ignore[attr-defined]
-    except (AttributeError, OSError):  # no RUSAGE_THREAD here
+        import resource  # (Unix only)
+
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    except (ImportError, AttributeError, OSError):  # no per-thread usage here
         return None
 
 
