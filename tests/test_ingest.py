@@ -664,6 +664,32 @@ def test_bench_ingest_warm_up_counts_only_the_frames_after_it() -> None:
     assert stages["  WindowBank.push_flat (1-channel frames)"] == 0
 
 
+@pytest.mark.slow
+def test_bench_copies_times_every_arrangement_of_the_same_moves() -> None:
+    """tools/bench_copies.py, run as a user runs it: a line per arrangement with its CPU per frame
+    and its ratio to today's (A), and its word that every arrangement left the windower's rows and
+    the level tests' results exactly as A did; asked for arrangements without A, it says so."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_copies.py"
+    small = ["--modules", "4", "--channels", "4", "--samples", "128", "--every", "300", "--window", "512",
+             "--rounds", "20", "--repeat", "1"]
+    out = subprocess.run([sys.executable, str(tool), *small], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    rows = {ln.split(":")[0].strip(): ln for ln in lines if ln.startswith("  ") and " us per frame" in ln}
+    assert sorted(rows) == ["A", "B", "C", "D"], out.stdout
+    assert rows["A"].endswith(" 1.00x A")
+    for ln in rows.values():
+        assert float(ln.split(":")[1].split()[0].rstrip(",")) > 0, ln
+    assert lines[-1].strip() == "every arrangement left the windower's rows and the level tests' results exactly as A did"
+    bad = subprocess.run([sys.executable, str(tool), *small, "--variants", "B,C"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "A among them" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("rate", [RATE, 11025.0], ids=["model-rate", "resampled"])
 @_PATHS
 def test_frames_with_plus_and_minus_inf_are_counted_without_a_numpy_warning(compiled, rate) -> None:

@@ -15,7 +15,8 @@ written fresh before each round as the socket's thread would, and times four arr
 - ``D``: as A, the frames channel-major on the wire (every copy a row's memcpy).
 
 Prints the thread's CPU per frame of each, per repeat (alternating), and each one's median as a
-ratio to A's. A model, not the monitor: it says what a restructuring could gain on this host
+ratio to A's; then checks that every arrangement left the windower's rows and the level tests'
+results exactly as A did (exit 1 where one did not: its time would mean nothing). A model, not the monitor: it says what a restructuring could gain on this host
 before one is built (docs/performance.md, "The copies' floor of a 16-channel frame").
 
     python tools/bench_copies.py
@@ -100,8 +101,9 @@ def _kernels() -> dict:
 
 
 def run(variant: str, k: dict, *, modules: int, channels: int, samples: int, every: int, window: int,
-        rounds: int) -> float:
-    """The thread's CPU per frame (us) of ``variant`` over ``rounds`` rounds of one frame per module."""
+        rounds: int) -> tuple[float, list[np.ndarray], float]:
+    """The thread's CPU per frame (us) of ``variant`` over ``rounds`` rounds of one frame per
+    module; the windower's rows and the level tests' results it left (the same in every one)."""
     ring_len = 3 * window
     keep = window - samples  # what a windower keeps behind its newest samples, at most
     rings = [np.zeros((channels, ring_len), np.float32) for _ in range(modules)]
@@ -110,11 +112,16 @@ def run(variant: str, k: dict, *, modules: int, channels: int, samples: int, eve
     src = np.random.default_rng(0).standard_normal((modules, samples, channels)).astype(np.float32)
     finite, copy_t, copy_t2, copy_rows, levels = k["finite"], k["copy_t"], k["copy_t2"], k["copy_rows"], k["levels"]
     cpu = 0.0
-    for _ in range(rounds):
-        # the socket's thread: fresh messages, written before the ingest reads them
+    judged = 0.0
+    for r in range(rounds):
+        # the socket's thread: fresh messages, written before the ingest reads them (channel-major
+        # for D: the same samples, each channel's together)
         frames = [np.empty((samples, channels), np.float32) for _ in range(modules)]
         for m in range(modules):
-            frames[m][...] = src[m]
+            if variant == "D":
+                frames[m].reshape(channels, samples)[...] = src[(m + r) % modules].T
+            else:
+                frames[m][...] = src[(m + r) % modules]
         t = time.thread_time()
         if variant in ("A", "D"):  # the health's gather for the whole round first, as the monitor does
             for m in range(modules):
@@ -143,12 +150,12 @@ def run(variant: str, k: dict, *, modules: int, channels: int, samples: int, eve
             pn[m] += samples
             if pn[m] >= every:
                 if variant == "C":
-                    levels(rings[m], 0, channels, pos[m] - pn[m], pn[m])
+                    judged += levels(rings[m], 0, channels, pos[m] - pn[m], pn[m])
                 else:
-                    levels(pend, m * channels, channels, 0, pn[m])
+                    judged += levels(pend, m * channels, channels, 0, pn[m])
                 pn[m] = 0
         cpu += time.thread_time() - t
-    return cpu / (rounds * modules) * 1e6
+    return cpu / (rounds * modules) * 1e6, rings, judged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     k = _kernels()
     sizes = dict(modules=args.modules, channels=args.channels, samples=args.samples, every=args.every,
                  window=args.window)
+    left = {}
     for v in variants:  # compiled, and the arrays' pages faulted in, before any timing
-        run(v, k, **sizes, rounds=5)
+        left[v] = run(v, k, **sizes, rounds=7)[1:]
     got: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.repeat):
         for v in variants:
-            got[v].append(run(v, k, **sizes, rounds=args.rounds))
+            got[v].append(run(v, k, **sizes, rounds=args.rounds)[0])
     print(f"{args.modules} modules x {args.channels} channels, {args.samples} samples per frame, level tests every "
           f"{args.every}, {args.rounds} rounds x {args.repeat} (thread CPU per frame)")
     base = statistics.median(got["A"])
@@ -185,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = ", ".join(f"{x:.1f}" for x in got[v])
         print(f"  {v}: {runs} us per frame; median {med:.1f} ({med / args.channels:.2f} per channel), "
               f"{med / base:.2f}x A")
+    rings_a, judged_a = left["A"]
+    differ = [v for v in variants if left[v][1] != judged_a
+              or not all(np.array_equal(x, y) for x, y in zip(left[v][0], rings_a))]
+    if differ:
+        print(f"  {', '.join(differ)} left other rows or level results than A: their times mean nothing")
+        return 1
+    print("  every arrangement left the windower's rows and the level tests' results exactly as A did")
     return 0
 
 
