@@ -688,6 +688,10 @@ def test_bench_copies_times_every_arrangement_of_the_same_moves() -> None:
     bad = subprocess.run([sys.executable, str(tool), *small, "--variants", "B,C"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "A among them" in bad.stderr and "Traceback" not in bad.stderr
+    # C reads the windower's rows: level tests on more samples than they keep are refused, not misread
+    bad = subprocess.run([sys.executable, str(tool), *small, "--every", "400"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "--every 400" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("rate", [RATE, 11025.0], ids=["model-rate", "resampled"])

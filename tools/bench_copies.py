@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.window <= args.samples or min(args.modules, args.channels, args.samples, args.every, args.rounds,
                                           args.repeat) < 1:
         ap.error("sizes must be positive and --window larger than --samples")
+    if "C" in variants and args.every > args.window - args.samples:
+        ap.error(f"--every {args.every} is more than --window minus --samples ({args.window - args.samples}): C "
+                 "reads the level tests' samples from the windower's rows, which keep no more than that")
     k = _kernels()
     sizes = dict(modules=args.modules, channels=args.channels, samples=args.samples, every=args.every,
                  window=args.window)
