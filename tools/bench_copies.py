@@ -16,8 +16,9 @@ written fresh before each round as the socket's thread would, and times four arr
 
 Prints the thread's CPU per frame of each, per repeat (alternating), and each one's median as a
 ratio to A's; then checks that every arrangement left the windower's rows and the level tests'
-results exactly as A did (exit 1 where one did not: its time would mean nothing). A model, not the monitor: it says what a restructuring could gain on this host
-before one is built (docs/performance.md, "The copies' floor of a 16-channel frame").
+results exactly as A did (exit 1 where one did not: its time would mean nothing). A model, not
+the monitor: it says what a restructuring could gain on this host before one is built
+(docs/performance.md, "The copies' floor of a 16-channel frame").
 
     python tools/bench_copies.py
     python tools/bench_copies.py --modules 64 --channels 16 --rounds 400 --repeat 3
