@@ -433,6 +433,34 @@ def test_nan_samples_never_reach_the_model_and_are_reported(tmp_path: Path, cli_
     assert final["type"] == "stats" and final["nonfinite_samples"]["nan_sensor"] == 600
 
 
+def test_a_recording_shorter_than_one_window_is_said_not_passed_over(tmp_path: Path, cli_in_process) -> None:
+    # a recording that ends before its first window got no decision, and the run said nothing of
+    # it ("0 windows ... latency None/None/None ms"); a 44.1 kHz clip so short that its resampler
+    # gave the windower no sample yet too
+    require_cwru()
+    from scipy.io import wavfile
+
+    rng = np.random.default_rng(0)
+    wavfile.write(tmp_path / "short.wav", 12000, (rng.standard_normal(1500) * 3000).astype(np.int16))
+    wavfile.write(tmp_path / "clip.wav", 44100, (rng.standard_normal((239, 2)) * 3000).astype(np.int16))
+    np.save(tmp_path / "long.npy", cwru_signal(IR014_1)[: 12000 * 2].astype(np.float32))
+    res = cli_in_process(*(a for f in ("short.wav", "clip.wav", "long.npy?rate=12000")
+                           for a in ("--source", f"file:{tmp_path / f}")), "--fast", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = _lines(res.stdout)
+    said = {o["stream"]: o["message"] for o in objs if o["type"] == "note" and "first window" in o["message"]}
+    assert said == {
+        "short": "ended after 0.125 s of samples, before its first window (2,048 samples at 12,000 Hz, 0.171 s): "
+                 "no decision for it; give it a recording at least that long",
+        "clip": "ended after 0.00542 s of samples, before its first window (2,048 samples at 12,000 Hz, 0.171 s): "
+                "no decision for it; give it a recording at least that long"}, said
+    assert {o["stream"] for o in objs if o["type"] == "prediction"} == {"long"}
+    alone = cli_in_process("--source", f"file:{tmp_path / 'short.wav'}", "--fast", "--headless")
+    out = alone.stdout + alone.stderr  # (headless: the lines and the summary on stdout)
+    assert alone.returncode == 0 and "0 windows in" in out and "before its first window" in out, out
+    assert "None" not in out, out
+
+
 def test_two_sources_sending_one_stream_id_are_not_cut_into_one_stream(tmp_path: Path, cli_in_process) -> None:
     """Before: two sources with the same stream ids (two simulators, two gateways naming their
     machines alike) had their frames cut into the same windows, two signals in one stream, with

@@ -498,6 +498,17 @@ class Ingest:
         is no sensor fault from now on (``HealthMonitor.end``). Returns the health events."""
         return self.health.end(self.channels(streams))
 
+    def before_first_window(self, streams: Iterable[str]) -> list[tuple[str, float, int]]:
+        """Those of these streams (frame or channel stream ids: a file source knows its
+        channels') that took frames but never formed a window: ``(frame stream id, seconds of
+        input, samples at the model's rate its first window needs)``, once per frame stream (a
+        recording shorter than one window, which would otherwise end without a word)."""
+        with self.lock:
+            frame_of = {ch: sid for sid, dsp in self.dsp.items() for ch in _channels(dsp, sid)}
+            ended = dict.fromkeys(frame_of[s] for s in streams if s in frame_of)
+            return [(sid, dsp.seconds_seen, dsp.first_window_end) for sid in ended
+                    if (dsp := self.dsp[sid]).windows == 0]
+
     def forget(self, sid: str) -> tuple[str, ...]:
         """Drop a frame stream's DSP, sensor health and its source's record of it (a cluster host
         handing the stream over): frames of it later start it afresh. Returns its channels'

@@ -716,7 +716,13 @@ class Pipeline:
         self._stream_notes.append((sid, line))
 
     def _on_end(self, streams: list[str]) -> None:
-        """Streams that announced their end (a source's ``on_end``): no "no data" for them."""
+        """Streams that announced their end (a source's ``on_end``): no "no data" for them; one
+        that ended before its first window is said (no decision at all would otherwise be silent)."""
+        rate = float(self.meta.sample_rate)
+        for sid, seconds, need in self.ingest.before_first_window(streams):
+            self._stream_notes.append((sid, f"ended after {seconds:.3g} s of samples, before its first window "
+                                            f"({need:,} samples at {rate:,.0f} Hz, {need / rate:.3g} s): no decision "
+                                            "for it; give it a recording at least that long"))
         events = self.ingest.end(streams)
         if events:
             self._emit_events(events)
@@ -1089,9 +1095,11 @@ class Pipeline:
         """A short, readable end-of-run summary."""
         e = self.stats.to_json()
         lat = e["latency_ms"]
+        latency = (f"avg batch {e['avg_batch']}; latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms"
+                   if lat["p50"] is not None else "no latency to give")
         lines = [
             f"drsn-stream: {e['windows']} windows in {time.monotonic() - self._started:.1f} s on {self.runner.device_name}; "
-            f"avg batch {e['avg_batch']}; latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms",
+            f"{latency}",
             f"dropped {self.batcher.dropped_total() + self.dropped_output}, malformed {self.malformed_total()}",
         ]
         label_counts = self.label_counts

@@ -260,6 +260,16 @@ class BankDSP:
     def windows(self) -> int:
         return self.own.windows if self.own is not None else int(self.bank.windows[self.row])
 
+    @property
+    def seconds_seen(self) -> float:
+        """``StreamDSP.seconds_seen``."""
+        return self.own.seconds_seen if self.own is not None else int(self.bank.seen[self.row]) / self.bank.rate
+
+    @property
+    def first_window_end(self) -> int:
+        """``StreamDSP.first_window_end``."""
+        return self.start + self.bank.window
+
     def counters(self) -> dict[str, int]:
         own = self.own
         if own is not None:

@@ -88,6 +88,18 @@ class StreamDSP:
             "dsp.windows": self.windows,
         }
 
+    @property
+    def seconds_seen(self) -> float:
+        """Seconds of input since the last (re)start (a resampler's delay included, which
+        the windower's count at the model's rate leaves out)."""
+        n_in = self._n_in / self._in_rate if self._in_rate else 0.0
+        return self._out_base / self.sample_rate + n_in
+
+    @property
+    def first_window_end(self) -> int:
+        """How many samples at the model's rate window 0 needs (its start plus the window)."""
+        return self._windower.start + self.window
+
     def reset(self) -> None:
         """Start over as if no sample had been seen (e.g. after a gap or a publisher restart)."""
         self._windower.reset()
