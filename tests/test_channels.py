@@ -253,6 +253,25 @@ def test_a_multi_channel_recording_is_monitored_channel_by_channel(tmp_path) -> 
         assert counts[sid][want] > 0.8 * sum(counts[sid].values()), (sid, counts[sid])
 
 
+def test_channel_picks_one_column_of_a_recording_under_the_id_it_has_among_all(tmp_path) -> None:
+    # ?channel=K picks one channel of a gateway's frames; of a recording it was refused ("must be
+    # one of de, fe, ba": only a CWRU .mat file's channels were named)
+    from scipy.io import wavfile
+
+    from drsn_stream.errors import ConfigError
+
+    path = tmp_path / "module.wav"
+    wavfile.write(path, 12000, _module_12k(3.0, IR014, OR021))
+    pipe = Pipeline(RunConfig(sources=(f"file:{path}?channel=1",), fast=True, stats_every_s=3600, engine_process=False))
+    pipe.run()
+    counts = pipe.label_counts
+    assert set(counts) == {"module/ch1"} == set(pipe.sources[0].streams)
+    assert counts["module/ch1"]["outer_021"] > 0.8 * sum(counts["module/ch1"].values()), counts
+    for spec, said in (("?channel=2", "channel=2, but it has 2 column"), ("?channel=FE", "names a CWRU .mat file's")):
+        with pytest.raises(ConfigError, match=said), make_source(f"file:{path}{spec}") as src:
+            list(src)
+
+
 def _window_ends(phases: int) -> tuple[dict[str, set[int]], dict[str, Counter]]:
     """A fast simulated gateway of 8 two-channel modules at hop 2048, whose frames leave in step:
     for each stream, where its windows end within the hop (samples), and its label counts."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.errors import ConfigError, SourceError
-from drsn_stream.sources.base import Source, opt_bool, opt_choice, opt_finite, opt_positive
+from drsn_stream.sources.base import Source, opt_bool, opt_finite, opt_positive
 from drsn_stream.sources.matcheck import check_v4, numeric_variables
 from drsn_stream.sources.wire import MAX_CHANNELS, shaft_speed
 from drsn_stream.types import MAX_RPM, Frame, channel_ids
@@ -271,14 +271,25 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
     return np.ascontiguousarray(x), float(rate)
 
 
+def _opt_channel(value: Any) -> str | int:
+    """``channel=``: DE, FE or BA (a CWRU .mat file's), or a column counted from 0."""
+    v = str(value).strip().lower()
+    if v in ("de", "fe", "ba"):
+        return v
+    if v.isdigit():
+        return int(v)
+    raise ValueError(f"must be DE, FE or BA (a CWRU .mat file's channel) or a column counted from 0, got {value!r}")
+
+
 class FileSource(Source):
-    """``file:PATH[?rate=HZ&channel=DE&chunk=N&fast=1&loop=1&start=S&duration=S&stream=ID&rpm=RPM]``."""
+    """``file:PATH[?rate=HZ&channel=DE|K&chunk=N&fast=1&loop=1&start=S&duration=S&stream=ID&rpm=RPM]``."""
 
     kind = "file"
     OPTIONS = {
         "rate": (opt_positive(float, 1e6), None, "sample rate in Hz (needed for .npy, non-CWRU .mat and a .csv "
                                                   "without a time column)"),
-        "channel": (opt_choice("de", "fe", "ba"), "de", "CWRU .mat channel: DE|FE|BA"),
+        "channel": (_opt_channel, None, "a CWRU .mat file's channel, DE|FE|BA (default DE); or one column K of a "
+                                        "WAV, CSV or NPY file, counted from 0 (default: every column)"),
         "chunk": (opt_positive(int), 1024, "samples per frame"),
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
         "loop": (opt_bool, False, "1 = repeat the recording forever"),
@@ -325,7 +336,15 @@ class FileSource(Source):
                                   f"{found:.6g} Hz; leave rate= out or correct it (times in milliseconds: name the column "
                                   "time_ms)")
             rate = rate or found
-        x, self.rate = read_recording(self.path, rate=rate, channel=self.options["channel"].upper())
+        chan, mat = self.options["channel"], self.path.suffix.lower() == ".mat"
+        if isinstance(chan, int) and mat:
+            raise ConfigError(f"{self.path.name}: channel={chan}: a .mat file's channels are named: channel=DE, FE "
+                              "or BA")
+        if isinstance(chan, str) and not mat:
+            raise ConfigError(f"{self.path.name}: channel={chan.upper()} names a CWRU .mat file's channel; for "
+                              "this file give a column counted from 0 (channel=1), or leave it out: every "
+                              "column is monitored")
+        x, self.rate = read_recording(self.path, rate=rate, channel=chan.upper() if isinstance(chan, str) else "DE")
         if found is not None:
             x, header = x[:, 1:], header[1:]  # type: ignore[index]
         speeds = None
@@ -337,6 +356,13 @@ class FileSource(Source):
             x, header = np.ascontiguousarray(np.delete(x, i, axis=1)), header[:i] + header[i + 1 :]
         # a header's names name the channels (STREAM/accel_x), as a gateway's names field does
         self.names = channel_names(header) if header and len(header) == x.shape[1] > 1 else None
+        if isinstance(chan, int):  # column K alone, under the id it has without ?channel (as zmq's)
+            if chan >= x.shape[1]:
+                raise ConfigError(f"{self.path.name}: channel={chan}, but it has {x.shape[1]} column(s) of samples "
+                                  f"(channel=0..{x.shape[1] - 1}; columns count from 0)")
+            if x.shape[1] > 1:
+                self.names = (self.names[chan] if self.names is not None else f"ch{chan}",)
+                x = np.ascontiguousarray(x[:, chan : chan + 1])
         a = int(round(self.options["start"] * self.rate))
         b = x.shape[0] if math.isinf(self.options["duration"]) else a + int(round(self.options["duration"] * self.rate))
         if not 0 <= a < x.shape[0]:
