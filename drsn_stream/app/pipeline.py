@@ -1096,7 +1096,7 @@ class Pipeline:
         e = self.stats.to_json()
         lat = e["latency_ms"]
         latency = (f"avg batch {e['avg_batch']}; latency p50/p95/p99 {lat['p50']}/{lat['p95']}/{lat['p99']} ms"
-                   if lat["p50"] is not None else "no latency to give")
+                   if lat["p50"] is not None else "no window reached the model")
         lines = [
             f"drsn-stream: {e['windows']} windows in {time.monotonic() - self._started:.1f} s on {self.runner.device_name}; "
             f"{latency}",

@@ -276,7 +276,7 @@ def _opt_channel(value: Any) -> str | int:
     v = str(value).strip().lower()
     if v in ("de", "fe", "ba"):
         return v
-    if v.isdigit():
+    if v.isascii() and v.isdigit() and len(v) <= 6:
         return int(v)
     raise ValueError(f"must be DE, FE or BA (a CWRU .mat file's channel) or a column counted from 0, got {value!r}")
 
