@@ -493,3 +493,20 @@ def test_a_data_loggers_csv_is_monitored_at_the_rate_of_its_time_column_under_it
     _logger_csv(tmp_path / "plain.csv", "left,right", x, [y])  # no time column: two sensors, as before
     src, _ = _replay(f"file:{tmp_path / 'plain.csv'}?fast=1&rate=8000")
     assert src.streams == ["plain/left", "plain/right"]
+
+
+def test_a_csv_written_with_decimal_commas_gives_the_samples_of_one_with_points(tmp_path):
+    # Excel's export where the decimal sign is a comma separates the columns with semicolons (or a
+    # logger's with tabs): "0,024634;0,5". It was refused ("could not convert string '0,000000'")
+    n, rate = 4000, 8000
+    t = np.arange(n) / rate
+    x = np.sin(2 * np.pi * 100 * t)
+    y = 0.5 * np.cos(2 * np.pi * 300 * t)
+    _logger_csv(tmp_path / "points.csv", "time,accel_x,accel_y", t, [x, y])
+    _, want = _replay(f"file:{tmp_path / 'points.csv'}?fast=1")
+    for name, sep in (("semicolons.csv", ";"), ("tabs.csv", "\t")):
+        lines = (tmp_path / "points.csv").read_text().splitlines()
+        (tmp_path / name).write_text("\n".join(line.replace(",", sep).replace(".", ",") for line in lines) + "\n")
+        src, got = _replay(f"file:{tmp_path / name}?fast=1")
+        assert got[0].sample_rate == 8000.0 and src.streams == [f"{name[:-4]}/accel_x", f"{name[:-4]}/accel_y"]
+        assert np.array_equal(np.concatenate([f.samples for f in got]), np.concatenate([f.samples for f in want]))

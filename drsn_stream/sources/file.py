@@ -149,19 +149,41 @@ def _csv_layout(path: Path) -> tuple[str | None, list[str] | None]:
     """(delimiter, the header row's column names or None without one)."""
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
         first = fh.readline()
-    delimiter = "," if "," in first else (";" if ";" in first else None)
+    # a row with both: semicolons between the columns, commas in the numbers (Excel's export where
+    # the decimal sign is a comma)
+    delimiter = ";" if ";" in first else ("," if "," in first else None)
     if not re.search(r"[A-DF-Za-df-z_]", first):  # letters other than e/E: a header row
         return delimiter, None
     cells = next(csv.reader([first], delimiter=delimiter)) if delimiter else first.split()
     return delimiter, [c.strip() for c in cells]
 
 
+def _decimal_commas(path: Path, delimiter: str | None, header: list[str] | None) -> bool:
+    """Whether a CSV whose columns are not separated by commas writes its numbers with decimal
+    commas (``0,25``): its first data row holds a comma between digits."""
+    if delimiter == ",":
+        return False
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        if header is not None:
+            fh.readline()
+        row = fh.readline()
+    return re.search(r"\d,\d", row) is not None
+
+
+def _points(path: Path) -> Iterator[str]:
+    """A CSV's lines, decimal commas made points."""
+    with open(path, encoding="utf-8-sig") as fh:
+        for line in fh:
+            yield line.replace(",", ".")
+
+
 def _csv(path: Path, *, dtype: Any = np.float32, usecols: int | None = None) -> np.ndarray:
     delimiter, header = _csv_layout(path)
+    source: Any = _points(path) if _decimal_commas(path, delimiter, header) else path
     try:
         with warnings.catch_warnings():  # an empty file: said below in words, not by numpy on the terminal
             warnings.simplefilter("ignore", UserWarning)
-            x = np.loadtxt(path, delimiter=delimiter, skiprows=0 if header is None else 1, dtype=dtype, ndmin=2,
+            x = np.loadtxt(source, delimiter=delimiter, skiprows=0 if header is None else 1, dtype=dtype, ndmin=2,
                            usecols=usecols, encoding="utf-8-sig")
     except ValueError as exc:
         raise SourceError(f"{path}: not a numeric CSV with one column per channel ({exc})") from exc
