@@ -510,3 +510,23 @@ def test_a_csv_written_with_decimal_commas_gives_the_samples_of_one_with_points(
         src, got = _replay(f"file:{tmp_path / name}?fast=1")
         assert got[0].sample_rate == 8000.0 and src.streams == [f"{name[:-4]}/accel_x", f"{name[:-4]}/accel_y"]
         assert np.array_equal(np.concatenate([f.samples for f in got]), np.concatenate([f.samples for f in want]))
+
+
+def test_channel_picks_a_csvs_column_by_its_number_in_the_file_as_training_does(tmp_path):
+    # ?channel=K counts a recording's columns as a training manifest's channel does (the time column
+    # is 0), picks that sensor alone under the id it has among all, and refuses the time and speed
+    # columns and a column the file lacks in one line
+    n, rate = 4000, 8000
+    t = np.arange(n) / rate
+    x, y = np.sin(2 * np.pi * 100 * t), 0.5 * np.cos(2 * np.pi * 300 * t)
+    _logger_csv(tmp_path / "log.csv", "time,accel_x,rpm,accel_y", t, [x, np.full(n, 1750.0), y])
+    _, every = _replay(f"file:{tmp_path / 'log.csv'}?fast=1")
+    all_cols = np.concatenate([f.samples for f in every])
+    for k, sid, col in ((1, "log/accel_x", 0), (3, "log/accel_y", 1)):
+        src, frames = _replay(f"file:{tmp_path / 'log.csv'}?fast=1&channel={k}")
+        assert src.streams == [sid] and frames[0].rpm == 1750.0
+        assert np.array_equal(np.concatenate([f.samples for f in frames])[:, 0], all_cols[:, col])
+    for k, said in ((0, "channel=0 is its time column 'time'"), (2, "channel=2 is its shaft speed column 'rpm'"),
+                    (4, "channel=4, but it has 4 column")):
+        with pytest.raises(ConfigError, match=said):
+            _replay(f"file:{tmp_path / 'log.csv'}?fast=1&channel={k}")

@@ -367,24 +367,36 @@ class FileSource(Source):
                               "this file give a column counted from 0 (channel=1), or leave it out: every "
                               "column is monitored")
         x, self.rate = read_recording(self.path, rate=rate, channel=chan.upper() if isinstance(chan, str) else "DE")
+        cols = list(range(x.shape[1]))  # the file's column number of each column of x
+        header_all = header
         if found is not None:
-            x, header = x[:, 1:], header[1:]  # type: ignore[index]
+            x, header, cols = x[:, 1:], header[1:], cols[1:]  # type: ignore[index]
         speeds = None
         if (i := speed_column(header)) is not None and header is not None and len(header) == x.shape[1]:
             if x.shape[1] == 1:
                 raise SourceError(f"{self.path}: its only column {header[i]!r} is a shaft speed; the vibration "
                                   "columns are missing")
+            if chan == cols[i]:
+                raise ConfigError(f"{self.path.name}: channel={chan} is its shaft speed column {header[i]!r}, not a "
+                                  "sensor; give a sensor's column")
             speeds = x[:, i].astype(np.float64)
             x, header = np.ascontiguousarray(np.delete(x, i, axis=1)), header[:i] + header[i + 1 :]
+            del cols[i]
         # a header's names name the channels (STREAM/accel_x), as a gateway's names field does
         self.names = channel_names(header) if header and len(header) == x.shape[1] > 1 else None
-        if isinstance(chan, int):  # column K alone, under the id it has without ?channel (as zmq's)
-            if chan >= x.shape[1]:
-                raise ConfigError(f"{self.path.name}: channel={chan}, but it has {x.shape[1]} column(s) of samples "
-                                  f"(channel=0..{x.shape[1] - 1}; columns count from 0)")
+        if isinstance(chan, int):
+            # the file's column K alone (counted as training's channel counts them: a time column is
+            # 0), under the id it has without ?channel, as zmq's ?channel keeps it
+            if found is not None and chan == 0:
+                raise ConfigError(f"{self.path.name}: channel=0 is its time column {header_all[0]!r}; give a "
+                                  "sensor's column (1 or more)")
+            if chan not in cols:
+                raise ConfigError(f"{self.path.name}: channel={chan}, but it has {len(header_all or cols)} "
+                                  "column(s), counted from 0")
+            j = cols.index(chan)
             if x.shape[1] > 1:
-                self.names = (self.names[chan] if self.names is not None else f"ch{chan}",)
-                x = np.ascontiguousarray(x[:, chan : chan + 1])
+                self.names = (self.names[j] if self.names is not None else f"ch{j}",)
+                x = np.ascontiguousarray(x[:, j : j + 1])
         a = int(round(self.options["start"] * self.rate))
         b = x.shape[0] if math.isinf(self.options["duration"]) else a + int(round(self.options["duration"] * self.rate))
         if not 0 <= a < x.shape[0]:
