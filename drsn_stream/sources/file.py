@@ -388,8 +388,8 @@ class FileSource(Source):
             # the file's column K alone (counted as training's channel counts them: a time column is
             # 0), under the id it has without ?channel, as zmq's ?channel keeps it
             if found is not None and chan == 0:
-                raise ConfigError(f"{self.path.name}: channel=0 is its time column {header_all[0]!r}; give a "
-                                  "sensor's column (1 or more)")
+                raise ConfigError(f"{self.path.name}: channel=0 is its time column "
+                                  f"{header_all[0]!r}; give a sensor's column (1 or more)")  # type: ignore[index]
             if chan not in cols:
                 raise ConfigError(f"{self.path.name}: channel={chan}, but it has {len(header_all or cols)} "
                                   "column(s), counted from 0")
