@@ -115,6 +115,25 @@ def test_a_csv_manifest_takes_rate_channel_start_end_and_recording(tmp_path):
     assert wav.recording == "ok.wav" and wav.source_rate == 12000
 
 
+def test_a_spreadsheets_semicolon_manifest_with_decimal_commas_reads_as_the_comma_one(tmp_path):
+    # a spreadsheet where the decimal sign is a comma exports "path;label;start;end" and "1,5": it
+    # was one column named "path;label;rate;..." and refused as unknown
+    two = np.stack([_tone(500, 3.0, 8000), _tone(1500, 3.0, 8000, seed=1)], axis=1)
+    _csv(tmp_path / "logger.csv", two, header="time_ignored,accel")
+    wavfile.write(tmp_path / "ok.wav", 12000, _tone(3000, 2.0, 12000))
+    rows = ["path,label,rate,channel,start,end,recording", "logger.csv,healthy,8000,1,0,1.5,run-a",
+            "logger.csv,healthy,8000,1,1.5,3,run-a", "ok.wav,fault,,,0.25,,"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "semi.csv").write_text("\n".join(r.replace(",", ";").replace(".", ",").replace(",wav", ".wav")
+                                                  .replace(",csv", ".csv") for r in rows) + "\n")
+    assert "logger.csv;healthy;8000;1;1,5;3;run-a" in (tmp_path / "semi.csv").read_text()
+    want = load_user_data(tmp_path / "m.csv", sample_rate=12000)
+    got = load_user_data(tmp_path / "semi.csv", sample_rate=12000)
+    assert [(c.name, c.label, c.recording) for c in got.clips] == [(c.name, c.label, c.recording) for c in want.clips]
+    assert got.clips[0].name == "logger.csv[0:1.5]"
+    assert all(np.array_equal(a.signal, b.signal) for a, b in zip(got.clips, want.clips))
+
+
 @pytest.mark.parametrize("row, says", [
     ("ok.wav,fault,,,nan,1,", "start must be a finite number >= 0"),  # a ValueError from int() before
     ("ok.wav,fault,0,,,,", "rate must be a finite number > 0"),  # a division by zero before

@@ -152,7 +152,12 @@ def _folder_entries(root: Path) -> list[Entry]:
 def _csv_rows(p: Path) -> list[dict[str, Any]]:
     try:  # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
         with p.open(newline="", encoding="utf-8-sig") as fh:
-            table = list(csv.reader(fh))
+            first = fh.readline()
+            fh.seek(0)
+            # a header row of semicolons and no comma: a spreadsheet's export where the decimal
+            # sign is a comma (start;end as 1,5;3)
+            semi = ";" in first and "," not in first
+            table = list(csv.reader(fh, delimiter=";" if semi else ","))
     except UnicodeDecodeError as exc:
         raise DataError(f"{p}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8 CSV") from None
     except csv.Error as exc:
@@ -169,8 +174,12 @@ def _csv_rows(p: Path) -> list[dict[str, Any]]:
             continue  # a blank line
         if len(cells) > len(header):
             raise DataError(f"{p.name} row {i}: {len(cells)} cells under a header of {len(header)} columns; "
-                            "quote a value that holds a comma")
-        rows.append({k: v.strip() for k, v in zip(header, cells) if k})
+                            f"quote a value that holds a {'semicolon' if semi else 'comma'}")
+        row = {k: v.strip() for k, v in zip(header, cells) if k}
+        if semi:
+            row.update({k: row[k].replace(",", ".") for k in ("rate", "start", "end")
+                        if re.fullmatch(r"[+-]?\d*,\d+", row.get(k, ""))})
+        rows.append(row)
     return rows
 
 
