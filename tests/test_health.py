@@ -275,6 +275,10 @@ def test_short_frames_are_gathered_for_the_level_tests_without_missing_anything(
 def test_check_every_must_fit_the_flat_span():
     with pytest.raises(ConfigError, match="check_every_s"):
         HealthConfig(check_every_s=0.5, flat_span_s=0.1)
+    with pytest.raises(ConfigError, match="check_every_s"):  # the span of a sound model's streams too
+        HealthConfig(check_every_s=0.5, flat_span_s=1.0, sound_flat_span_s=0.2)
+    with pytest.raises(ConfigError, match="sound_flat_span_s must be > 0"):
+        HealthConfig(sound_flat_span_s=0)
 
 
 def _signals(k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -206,3 +207,34 @@ def test_a_damaged_wav_in_a_speech_data_set_is_one_clear_error(tmp_path: Path) -
     for name, path in wavs.items():
         with pytest.raises(DataError, match=f"{name}.wav"):
             read_wav(path)
+
+
+@pytest.mark.slow
+def test_words_between_digital_silence_are_heard_and_a_muted_microphone_is_a_flat_line(tmp_path: Path,
+                                                                                      cli_in_process) -> None:
+    # an edited recording or a noise-gated microphone holds exact zeros between words: the 0.1-s
+    # flat-line test called each pause a dead sensor, held the stream in CHECK_SENSOR for 2 s after
+    # it, and not one word came. A microphone muted for seconds is still a flat line.
+    if not FSDD.is_dir():
+        pytest.skip(f"FSDD not found at {FSDD} (set DRSN_DATA to the shared data folder)")
+    from scipy.io import wavfile
+
+    from drsn_stream.speech.dataset import read_wav
+
+    said = ["7", "3", "8", "0", "5", "2"]
+    pause = np.zeros(4800, np.float32)  # 0.6 s
+    parts = [pause]
+    for i, d in enumerate(said):
+        parts += [read_wav(FSDD / f"{d}_{['george', 'jackson', 'lucas'][i % 3]}_{i % 5}.wav")[0], pause]
+        if i == 2:
+            parts.append(np.zeros(8000 * 4, np.float32))  # muted for 4 s
+    parts.append(np.zeros(8000, np.float32))
+    wavfile.write(tmp_path / "gated.wav", 8000, (np.concatenate(parts) * 32767).astype(np.int16))
+    res = cli_in_process("--source", f"file:{tmp_path / 'gated.wav'}", "--model", "digits-fsdd", "--fast",
+                         "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    heard = [o["label"] for o in objs if o["type"] == "detection"]
+    flat = [o for o in objs if o["type"] == "health" and o["to"] == "CHECK_SENSOR"]
+    assert [o["reasons"] for o in flat] == [["flat line"]], flat  # the muted stretch, not the pauses
+    assert heard[:3] == said[:3] and len(heard) >= 4 and set(heard) <= set(said), heard

@@ -205,9 +205,14 @@ class Pipeline:
             # a fault label needs the anomaly that would raise an alarm by itself to be shown
             self.baseline.fault_labels = frozenset(lb for lb in self.labels if self.decisions.level_of(lb) > 0)
             self.baseline.backs_label = dcfg.anomaly_enter
-        self.health = HealthMonitor(config.health)
+        # words among labels of no-word classes ("_silence"): a sound model, read by a word detector
+        sound = any(not lb.startswith("_") for lb in self.labels) and any(lb.startswith("_") for lb in self.labels)
+        health = config.health
+        if sound:  # digital silence between words is no dead sensor (HealthConfig.sound_flat_span_s)
+            health = replace(health, flat_span_s=health.sound_flat_span_s)
+        self.health = HealthMonitor(health)
         self.detector = None
-        if any(not lb.startswith("_") for lb in self.labels) and any(lb.startswith("_") for lb in self.labels):
+        if sound:
             from drsn_stream.speech.detector import WordDetector
 
             self.detector = WordDetector(self.labels, **asdict(config.detector))
@@ -325,7 +330,7 @@ class Pipeline:
         self.health = HealthMirror(self.health.config)
         # the processes normalize the windows they cut, unless the envelope stage is to read them raw
         self.sources = shard_sources(self.sources, self.config.sources, procs, meta=self.meta,
-                                     hop=self.config.hop, health=asdict(self.config.health),
+                                     hop=self.config.hop, health=asdict(self.health.config),
                                      max_streams=self.config.max_streams, mirror=self.health,
                                      phases=self.config.phases,
                                      normalize=not has_geometry(self.config.machine.table()),

@@ -99,6 +99,11 @@ class HealthConfig:
         timeout_s: seconds without a frame before a stream is "no data".
         flat_std: a channel whose std over ``flat_span_s`` is below this (signal units) is flat.
         flat_span_s: seconds of samples the flat-line test looks at.
+        sound_flat_span_s: ``flat_span_s`` for the streams of a sound model (one whose labels a
+            word detector reads: ``digits-fsdd``). Recordings and noise-gated microphones hold
+            digital silence between words; a 0.1-s span called it a flat line, and the stream,
+            held in CHECK_SENSOR for ``recovery_s`` after each, never gave a word. A muted or
+            unplugged microphone is flat for far longer.
         clip_fraction: share of a block's samples at its extreme value that counts as clipping.
         clip_min_samples: fewest samples at the extreme that can count (guards short blocks).
         clip_span_s: seconds of samples per clipping block.
@@ -124,6 +129,7 @@ class HealthConfig:
     timeout_s: float = 2.0
     flat_std: float = 1e-6
     flat_span_s: float = 0.1
+    sound_flat_span_s: float = 2.0
     clip_fraction: float = 0.01
     clip_min_samples: int = 8
     clip_span_s: float = 0.25
@@ -138,13 +144,14 @@ class HealthConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("timeout_s", "flat_span_s", "clip_span_s"):
+        for name in ("timeout_s", "flat_span_s", "sound_flat_span_s", "clip_span_s"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0 seconds, not {getattr(self, name)!r}")
         if not self.recovery_s >= 0:  # NaN too
             problems.append(f"recovery_s must be >= 0 seconds, not {self.recovery_s!r}")
-        if not 0 <= self.check_every_s <= self.flat_span_s:
-            problems.append(f"check_every_s must be in [0, flat_span_s], not {self.check_every_s!r}")
+        if not 0 <= self.check_every_s <= min(self.flat_span_s, self.sound_flat_span_s):
+            problems.append(f"check_every_s must be in [0, flat_span_s] and at most sound_flat_span_s, "
+                            f"not {self.check_every_s!r}")
         if not self.flat_std >= 0:  # NaN too: it would turn the flat-line test off without a word
             problems.append(f"flat_std must be >= 0, not {self.flat_std!r}")
         if not (isinstance(self.clip_min_samples, int) and not isinstance(self.clip_min_samples, bool)
