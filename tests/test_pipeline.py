@@ -459,6 +459,9 @@ def test_a_recording_shorter_than_one_window_is_said_not_passed_over(tmp_path: P
     out = alone.stdout + alone.stderr  # (headless: the lines and the summary on stdout)
     assert alone.returncode == 0 and "0 windows in" in out and "before its first window" in out, out
     assert "None" not in out, out
+    learn = cli_in_process("baseline", "learn", "--source", f"file:{tmp_path / 'short.wav'}", "--out",
+                           str(tmp_path / "p.json"))  # said there too, before "no stream gave enough windows"
+    assert learn.returncode == 2 and "short: ended after 0.125 s of samples" in learn.stderr, learn.stderr
 
 
 def test_two_sources_sending_one_stream_id_are_not_cut_into_one_stream(tmp_path: Path, cli_in_process) -> None:

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     for sid, message in pipe.baseline.notes:
         if "learned" in message or "not learned" in message:
             print(f"{sid}: {message}", file=sys.stderr)
+    for sid, message in pipe.too_short:
+        print(f"{sid}: {message}", file=sys.stderr)
     for err in pipe.errors:
         print(f"drsn-stream baseline: {err}", file=sys.stderr)
     if not profile.streams:

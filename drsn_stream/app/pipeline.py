@@ -229,6 +229,7 @@ class Pipeline:
             self._tell_baselines()
         self.events = EventLog(maxlen=200)
         self.transcript: list[str] = []
+        self.too_short: list[tuple[str, str]] = []  # (stream, line): streams that ended before a window
         self.usage = ResourceMeter()
         if isinstance(self.runner, ProcessRunner):
             runner = self.runner
@@ -725,9 +726,10 @@ class Pipeline:
         that ended before its first window is said (no decision at all would otherwise be silent)."""
         rate = float(self.meta.sample_rate)
         for sid, seconds, need in self.ingest.before_first_window(streams):
-            self._stream_notes.append((sid, f"ended after {seconds:.3g} s of samples, before its first window "
-                                            f"({need:,} samples at {rate:,.0f} Hz, {need / rate:.3g} s): no decision "
-                                            "for it; give it a recording at least that long"))
+            line = (f"ended after {seconds:.3g} s of samples, before its first window ({need:,} samples at "
+                    f"{rate:,.0f} Hz, {need / rate:.3g} s): no decision for it; give it a recording at least that long")
+            self.too_short.append((sid, line))
+            self._stream_notes.append((sid, line))
         events = self.ingest.end(streams)
         if events:
             self._emit_events(events)
