@@ -510,6 +510,13 @@ def test_a_csv_written_with_decimal_commas_gives_the_samples_of_one_with_points(
         src, got = _replay(f"file:{tmp_path / name}?fast=1")
         assert got[0].sample_rate == 8000.0 and src.streams == [f"{name[:-4]}/accel_x", f"{name[:-4]}/accel_y"]
         assert np.array_equal(np.concatenate([f.samples for f in got]), np.concatenate([f.samples for f in want]))
+    # such a logger names its time column in its own language: "Zeit (s)" is one too
+    lines = (tmp_path / "semicolons.csv").read_text().splitlines()
+    (tmp_path / "de.csv").write_text("\n".join(["Zeit (s);Beschleunigung", *(";".join(r.split(";")[:2])
+                                                                             for r in lines[1:])]) + "\n")
+    src, got = _replay(f"file:{tmp_path / 'de.csv'}?fast=1")
+    assert got[0].sample_rate == 8000.0 and src.streams == ["de"]
+    assert np.array_equal(np.concatenate([f.samples for f in got])[:, 0], np.concatenate([f.samples for f in want])[:, 0])
 
 
 def test_channel_picks_a_csvs_column_by_its_number_in_the_file_as_training_does(tmp_path):

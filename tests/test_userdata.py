@@ -65,6 +65,10 @@ def test_a_folder_per_label_reads_every_format_at_the_models_rate(tmp_path):
     assert wav.sample_rate == 12000 and wav.source_rate == 16000 and wav.signal.size == 24000
     assert abs(_peak_hz(wav.signal, 12000) - 1000) < 2  # resampled, not relabelled: the tone stays at 1 kHz
     assert abs(_peak_hz(by["outer_race/run1.csv"].signal, 12000) - 2000) < 2
+    # without --rate, a file that does not carry its rate is said in training's terms (it said the
+    # monitor's "file:PATH?rate=12000", which `train` does not take)
+    with pytest.raises(DataError, match=r"outer_race/march/run2.npy: the sample rate is not in the file; give --rate"):
+        load_user_data(tmp_path, sample_rate=12000)
 
 
 

@@ -190,9 +190,11 @@ def _csv(path: Path, *, dtype: Any = np.float32, usecols: int | None = None) -> 
     return x
 
 
-# A CSV's first column named like a time axis ("t", "time", "Time (s)", "timestamp", "time_ms") holds
-# each row's time, not a sensor: a data logger's export. The unit after the name, seconds by default.
-_TIME_COLUMN = re.compile(r"(?:t|time|times|timestamp|elapsed|seconds|secs?)(?:_(s|secs?|seconds|ms|us))?")
+# A CSV's first column named like a time axis ("t", "time", "Time (s)", "timestamp", "time_ms"; in the
+# languages whose spreadsheets write decimal commas too: "Zeit", "temps", "tiempo", "tempo") holds each
+# row's time, not a sensor: a data logger's export. The unit after the name, seconds by default.
+_TIME_COLUMN = re.compile(r"(?:t|time|times|timestamp|elapsed|seconds|secs?|zeit|zeitstempel|temps|tiempo|tempo)"
+                          r"(?:_(s|secs?|seconds|ms|us))?")
 _TIME_UNITS = {None: 1.0, "s": 1.0, "sec": 1.0, "secs": 1.0, "seconds": 1.0, "ms": 1e-3, "us": 1e-6}
 # A CSV column named like a shaft speed in rpm ("rpm", "Speed (rpm)", "tacho_rpm", "shaft_speed_rpm")
 # holds the machine's speed at each row, not a sensor's signal.
