@@ -319,7 +319,7 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
             ch = "1"
         elif ch == "0":
             raise DataError(f"column 0 is its time column {header[0]!r}; give a sensor's column (1 or more)")
-    if rate is None and suffix in (".csv", ".npy"):  # said in training's terms, not the monitor's ?rate=
+    if rate is None and suffix in (".csv", ".npy") and e.path.is_file():  # in training's terms, not ?rate=
         raise DataError(f"{e.rel}: the sample rate is not in the file; give --rate HZ, a rate column in a manifest, "
                         "or a first column of row times named time (docs/user-data.md)")
     x, rate = read_recording(e.path, rate=rate, channel=mat_channel)
