@@ -145,29 +145,21 @@ def mat_rpm(path: Path) -> float | None:
     return None
 
 
-def _csv_layout(path: Path) -> tuple[str | None, list[str] | None]:
-    """(delimiter, the header row's column names or None without one)."""
+def _csv_layout(path: Path) -> tuple[str | None, list[str] | None, bool]:
+    """(delimiter, the header row's column names or None without one, whether the numbers are
+    written with decimal commas: ``0,25`` in the first data row of a CSV whose columns are not
+    separated by commas)."""
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        first = fh.readline()
+        first, second = fh.readline(), fh.readline()
     # a row with both: semicolons between the columns, commas in the numbers (Excel's export where
     # the decimal sign is a comma)
     delimiter = ";" if ";" in first else ("," if "," in first else None)
-    if not re.search(r"[A-DF-Za-df-z_]", first):  # letters other than e/E: a header row
-        return delimiter, None
-    cells = next(csv.reader([first], delimiter=delimiter)) if delimiter else first.split()
-    return delimiter, [c.strip() for c in cells]
-
-
-def _decimal_commas(path: Path, delimiter: str | None, header: list[str] | None) -> bool:
-    """Whether a CSV whose columns are not separated by commas writes its numbers with decimal
-    commas (``0,25``): its first data row holds a comma between digits."""
-    if delimiter == ",":
-        return False
-    with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        if header is not None:
-            fh.readline()
-        row = fh.readline()
-    return re.search(r"\d,\d", row) is not None
+    header = None
+    if re.search(r"[A-DF-Za-df-z_]", first):  # letters other than e/E: a header row
+        cells = next(csv.reader([first], delimiter=delimiter)) if delimiter else first.split()
+        header = [c.strip() for c in cells]
+    commas = delimiter != "," and re.search(r"\d,\d", first if header is None else second) is not None
+    return delimiter, header, commas
 
 
 def _points(path: Path) -> Iterator[str]:
@@ -178,8 +170,8 @@ def _points(path: Path) -> Iterator[str]:
 
 
 def _csv(path: Path, *, dtype: Any = np.float32, usecols: int | None = None) -> np.ndarray:
-    delimiter, header = _csv_layout(path)
-    source: Any = _points(path) if _decimal_commas(path, delimiter, header) else path
+    delimiter, header, commas = _csv_layout(path)
+    source: Any = _points(path) if commas else path
     try:
         with warnings.catch_warnings():  # an empty file: said below in words, not by numpy on the terminal
             warnings.simplefilter("ignore", UserWarning)
@@ -215,7 +207,7 @@ def speed_column(header: list[str] | None) -> int | None:
 def csv_time_rate(path: Path) -> tuple[list[str] | None, float | None]:
     """(a CSV's column names or None, the sample rate its first column gives when that column is
     its time axis, else None). A time axis needs another column beside it."""
-    _, header = _csv_layout(path)
+    _, header, _ = _csv_layout(path)
     if not header or len(header) < 2:
         return header, None
     m = _TIME_COLUMN.fullmatch(re.sub(r"[^a-z0-9]+", "_", header[0].lower()).strip("_"))
@@ -369,8 +361,12 @@ class FileSource(Source):
                               "this file give a column counted from 0 (channel=1), or leave it out: every "
                               "column is monitored")
         x, self.rate = read_recording(self.path, rate=rate, channel=chan.upper() if isinstance(chan, str) else "DE")
+        # channel=K counts the file's columns as training's channel counts them: a time column is 0
+        if found is not None and chan == 0:
+            raise ConfigError(f"{self.path.name}: channel=0 is its time column "
+                              f"{header[0]!r}; give a sensor's column (1 or more)")  # type: ignore[index]
         cols = list(range(x.shape[1]))  # the file's column number of each column of x
-        header_all = header
+        width = len(cols)
         if found is not None:
             x, header, cols = x[:, 1:], header[1:], cols[1:]  # type: ignore[index]
         speeds = None
@@ -386,15 +382,9 @@ class FileSource(Source):
             del cols[i]
         # a header's names name the channels (STREAM/accel_x), as a gateway's names field does
         self.names = channel_names(header) if header and len(header) == x.shape[1] > 1 else None
-        if isinstance(chan, int):
-            # the file's column K alone (counted as training's channel counts them: a time column is
-            # 0), under the id it has without ?channel, as zmq's ?channel keeps it
-            if found is not None and chan == 0:
-                raise ConfigError(f"{self.path.name}: channel=0 is its time column "
-                                  f"{header_all[0]!r}; give a sensor's column (1 or more)")  # type: ignore[index]
+        if isinstance(chan, int):  # column K alone, under the id it has without ?channel, as zmq's keeps it
             if chan not in cols:
-                raise ConfigError(f"{self.path.name}: channel={chan}, but it has {len(header_all or cols)} "
-                                  "column(s), counted from 0")
+                raise ConfigError(f"{self.path.name}: channel={chan}, but it has {width} column(s), counted from 0")
             j = cols.index(chan)
             if x.shape[1] > 1:
                 self.names = (self.names[j] if self.names is not None else f"ch{j}",)
