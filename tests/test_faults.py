@@ -707,8 +707,8 @@ def test_damaged_recordings_of_every_format_are_refused_in_words(tmp_path: Path)
 def test_the_mat_check_reads_every_file_of_scipys_own_collection_that_scipy_reads() -> None:
     """The structure check refuses no MATLAB file scipy reads whole: scipy's own test files (v4,
     v5 and v7, either byte order, compressed, structs, cells, objects, sparse, UTF-8 names,
-    unsigned dimensions) give the same numeric arrays through ``load_mat``, and those scipy
-    refuses are refused in one line."""
+    unsigned dimensions) give the same numeric arrays through ``load_mat``, those in their
+    structs and cells too, and those scipy refuses are refused in one line."""
     import warnings
 
     import scipy.io
@@ -719,7 +719,7 @@ def test_the_mat_check_reads_every_file_of_scipys_own_collection_that_scipy_read
     files = sorted(folder.glob("*.mat"))
     if len(files) < 50:
         pytest.skip(f"scipy's test files are not installed here ({folder})")
-    read = 0
+    read = leaves = 0
     for f in files:
         try:
             with warnings.catch_warnings():
@@ -730,11 +730,35 @@ def test_the_mat_check_reads_every_file_of_scipys_own_collection_that_scipy_read
                 load_mat(f)
             continue
         ours = load_mat(f)
+        inside: dict[str, np.ndarray] = {}
         for name, v in ref.items():
             if not name.startswith("__") and isinstance(v, np.ndarray) and v.dtype.kind in "biufc":
                 assert np.array_equal(ours[name], v, equal_nan=True), (f.name, name)
+            elif not name.startswith("__"):
+                _numeric_inside(v, name, inside)
+        # the arrays in structs and cells too, under their MATLAB names (not inside objects,
+        # which scipy reads as structs and we leave alone)
+        found = {k: v for k, v in ours.items() if "." in k or "{" in k}
+        for name, v in found.items():
+            assert np.array_equal(v, inside[name], equal_nan=True), (f.name, name)
+        leaves += len(found)
         read += 1
-    assert read >= 50
+    assert read >= 50 and leaves >= 80
+
+
+def _numeric_inside(v: object, path: str, out: dict[str, np.ndarray], depth: int = 0) -> None:
+    """The numeric arrays in a struct or cell scipy read, by MATLAB names (``s.a``, ``s(2).a``, ``c{1}``)."""
+    if depth > 4 or not isinstance(v, np.ndarray):
+        return
+    if depth and v.dtype.kind in "biufc":
+        out.setdefault(path, v)
+    elif v.dtype.names:
+        for k, item in enumerate(v.flatten(order="F")):
+            for field in v.dtype.names:
+                _numeric_inside(item[field], f"{path}{f'({k + 1})' if v.size > 1 else ''}.{field}", out, depth + 1)
+    elif v.dtype == object:
+        for k, item in enumerate(v.flatten(order="F")):
+            _numeric_inside(item, f"{path}{{{k + 1}}}", out, depth + 1)
 
 
 _MAT_SWEEP = r"""
@@ -747,12 +771,14 @@ rng = random.Random(17)
 def saved(d, **kw):
     b = io.BytesIO(); scipy.io.savemat(b, d, **kw); return b.getvalue()
 plain = {"X097_DE_time": np.arange(300.0).reshape(300, 1), "X097RPM": np.array([[1797.0]])}
-rich = dict(plain, s={"a": np.arange(3), "b": "text"}, t="words", sp=scipy.sparse.eye(4, format="csc"),
-            z=np.arange(4) + 1j, i=np.arange(5, dtype=np.int16), e=np.zeros((0, 3)))
+rich = dict(plain, s={"a": np.arange(3), "b": "text", "n": {"gs": np.arange(90.0), "sr": 12000.0}}, t="words",
+            sp=scipy.sparse.eye(4, format="csc"), z=np.arange(4) + 1j, i=np.arange(5, dtype=np.int16),
+            e=np.zeros((0, 3)), c=np.array([np.arange(4.0), "x", {"y": np.ones(2)}], dtype=object))
+first = {"s": rich["s"], "c": rich["c"], **plain}  # the struct's and cell's bytes first, where bits are flipped
 goods = [saved(plain), saved(plain, do_compression=True), saved(plain, format="4"), saved(rich),
-         saved(rich, do_compression=True)]
+         saved(rich, do_compression=True), saved(first), saved(first, do_compression=True)]
 path = Path(sys.argv[1])
-outcomes = {"read": 0, "refused": 0}
+outcomes = {"read": 0, "refused": 0, "in structs": 0}
 def damaged():
     for good in goods:  # every bit of the first variables' tags and headers flipped, one at a time
         for i in range(128 if good[:4] != bytes(4) else 0, 128 + 160):
@@ -772,8 +798,9 @@ for d in damaged():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            load_mat(path)
+            got = load_mat(path)
         outcomes["read"] += 1
+        outcomes["in structs"] += "s.n.gs" in got
     except SourceError:
         outcomes["refused"] += 1
 print(json.dumps(outcomes))
@@ -788,7 +815,7 @@ def test_a_sweep_of_damaged_mat_files_is_read_or_refused_never_a_crash(tmp_path:
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
     outcomes = json.loads(res.stdout.strip().splitlines()[-1])
-    assert outcomes["read"] > 1000 and outcomes["refused"] > 1000
+    assert outcomes["read"] > 1000 and outcomes["refused"] > 1000 and outcomes["in structs"] > 500
 
 
 # ---------------------------------------------------------------------------------------- capture

@@ -310,6 +310,64 @@ def test_file_mat_uses_the_cwru_rate_rule_and_channels(data_dir):
         _replay(f"file:{data_dir / 'cwru' / 'normal_0_97.mat'}?channel=BA")
 
 
+def _samples(spec: str) -> tuple[list[str], np.ndarray, float]:
+    """(stream ids, samples (n, channels), rate) of a file source replayed whole."""
+    src, frames = _replay(spec)
+    return src.streams, np.concatenate([f.samples for f in frames]), frames[0].sample_rate
+
+
+def test_any_matlab_file_plays_its_signal_at_the_rate_it_states(data_dir, tmp_path):
+    """Before: every .mat file not laid out as CWRU's (X097_DE_time) was refused with "no DE
+    channel; choose one with ?channel=DE|FE|BA", which no channel= could mend: a test rig's
+    struct (MFPT's bearing.gs and bearing.sr), a logger's matrix with its fs, two vectors and a
+    time vector. Now its signal plays, with the rate the file states."""
+    x = scipy.io.loadmat(data_dir / "cwru" / "12k_Drive_End_IR014_0_169.mat")["X169_DE_time"][:30000, 0]
+    ref = x.astype(np.float32)
+    # MFPT's layout: one struct, the signal a column, its rate sr, the shaft's rate beside it
+    scipy.io.savemat(tmp_path / "rig.mat", {"bearing": {"gs": x[:, None], "sr": 48828.0, "load": 25.0, "rate": 25.0}})
+    ids, got, rate = _samples(f"file:{tmp_path / 'rig.mat'}?fast=1")
+    assert ids == ["rig"] and rate == 48828.0 and np.array_equal(got[:, 0], ref)
+    # a matrix with its channels in rows (MATLAB code keeps them either way), a date beside it
+    scipy.io.savemat(tmp_path / "rows.mat", {"acc": np.stack([x, -x]), "SampleRate": 12000,
+                                             "date": np.array([[2026, 12, 7, 10, 0, 0]])}, do_compression=True)
+    ids, got, rate = _samples(f"file:{tmp_path / 'rows.mat'}?fast=1")
+    assert ids == ["rows/ch0", "rows/ch1"] and rate == 12000.0 and np.array_equal(got, np.stack([ref, -ref], 1))
+    # vectors of one length are the channels, by their names; a time vector gives the rate
+    scipy.io.savemat(tmp_path / "two.mat", {"acc_x": x, "acc_y": -x, "time_ms": np.arange(x.size) / 20.0})
+    ids, got, rate = _samples(f"file:{tmp_path / 'two.mat'}?fast=1")
+    assert ids == ["two/acc_x", "two/acc_y"] and rate == 20000.0 and np.array_equal(got[:, 1], -ref)
+    # a struct array of channels, rates in kHz one level up: a variable is picked by its name's end
+    scipy.io.savemat(tmp_path / "rec.mat", {"rec": {"Y": np.array([{"Name": "speed", "Data": x[:4000]},
+                                                                   {"Name": "vib", "Data": x}], dtype=object),
+                                                    "fs_khz": 64.0, "rpm": 1797.0}})
+    with pytest.raises(SourceError, match=r"several signals: rec\.Y\{1\}\.Data \(1 x 4,000\), rec\.Y\{2\}\.Data "
+                                          r"\(1 x 30,000\); choose one with \?channel=NAME"):
+        _replay(f"file:{tmp_path / 'rec.mat'}")
+    src, frames = _replay(f"file:{tmp_path / 'rec.mat'}?fast=1&channel=Y{{2}}.Data")
+    assert frames[0].sample_rate == 64000.0 and src.rpm == 1797.0
+    assert np.array_equal(np.concatenate([f.samples[:, 0] for f in frames]), ref)
+    # what cannot be guessed is said, with what the file holds
+    with pytest.raises(SourceError, match=r"bearing\.sr \(1 x 1\) is not a signal .*its signals: bearing\.gs"):
+        _replay(f"file:{tmp_path / 'rig.mat'}?channel=sr")
+    with pytest.raises(SourceError, match=r"no variable DE; its signals: bearing\.gs \(30,000 x 1\)"):
+        _replay(f"file:{tmp_path / 'rig.mat'}?channel=DE")
+    scipy.io.savemat(tmp_path / "bare.mat", {"vib": x})
+    with pytest.raises(ConfigError, match=r"no fs, sr or dt variable beside its signal.*\?rate=12000"):
+        _replay(f"file:{tmp_path / 'bare.mat'}")
+    scipy.io.savemat(tmp_path / "settings.mat", {"fs": 12000, "geometry": np.array([7.94, 39.04, 9.0])})
+    with pytest.raises(SourceError, match=r"no signal in it .*it holds fs \(1 x 1\), geometry \(1 x 3\)"):
+        _replay(f"file:{tmp_path / 'settings.mat'}")
+    _, got, rate = _samples(f"file:{tmp_path / 'bare.mat'}?fast=1&rate=12000")
+    assert rate == 12000.0 and np.array_equal(got[:, 0], ref)
+    with pytest.raises(ConfigError, match="channel=0: a CWRU .mat file's channels are named"):
+        _replay(f"file:{data_dir / 'cwru' / 'normal_0_97.mat'}?channel=0")
+    # MATLAB's -v7.3 files are HDF5 (scipy: "Please use HDF reader"): said with what to save instead
+    head = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(124, b" ") + b"\x00\x02IM"
+    (tmp_path / "big.mat").write_bytes(head + b"\x89HDF\r\n\x1a\n" + bytes(512))
+    with pytest.raises(SourceError, match=r"big.mat: a MATLAB v7.3 file \(HDF5\).*save\(FILE, VARIABLES, '-v7'\)"):
+        _replay(f"file:{tmp_path / 'big.mat'}")
+
+
 def test_file_loop_continues_seq_and_time(wav_path):
     with make_source(f"file:{wav_path}?fast=1&loop=1&chunk=1000") as src:
         frames = []

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import cwru_signal, require_cwru
-from scipy.io import wavfile
+from scipy.io import savemat, wavfile
 from scipy.signal import resample_poly
 
 from drsn_stream.errors import DataError
@@ -99,6 +99,23 @@ def test_a_data_loggers_csv_gives_its_rate_by_its_time_column_and_its_one_sensor
     (tmp_path / "m.csv").write_text("path,label,channel\nnormal/log.csv,normal,1\n")
     with pytest.raises(DataError, match="column 1 is its shaft speed column 'rpm', not a sensor"):
         load_user_data(tmp_path / "m.csv", sample_rate=12000)
+
+def test_a_test_rigs_matlab_files_train_at_the_rates_they_state(tmp_path):
+    # any .mat file not laid out as CWRU's was refused ("channel must be one of DE, FE, BA")
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "outer").mkdir()
+    savemat(tmp_path / "normal" / "base.mat", {"bearing": {"gs": _tone(500, 2.0, 48828)[:, None], "sr": 48828.0,
+                                                           "rate": 25.0}})
+    savemat(tmp_path / "outer" / "or1.mat", {"acc": _tone(1500, 1.0, 20000), "acc_y": _tone(900, 1.0, 20000),
+                                             "Fs": 20000})
+    with pytest.raises(DataError, match=r"or1.mat: its signal has 2 channels \(acc, acc_y\); say which one"):
+        load_user_data(tmp_path, sample_rate=12000)
+    (tmp_path / "m.csv").write_text("path,label,channel\nnormal/base.mat,normal,\nouter/or1.mat,outer,acc\n"
+                                    "outer/or1.mat,outer_y,acc_y\nouter/or1.mat,outer_col,1\n")
+    clips = load_user_data(tmp_path / "m.csv", sample_rate=12000).clips
+    assert [(c.source_rate, round(_peak_hz(c.signal, 12000))) for c in clips] == [
+        (48828, 500), (20000, 1500), (20000, 900), (20000, 900)]
+
 
 def test_a_csv_manifest_takes_rate_channel_start_end_and_recording(tmp_path):
     two = np.stack([_tone(500, 3.0, 8000), _tone(1500, 3.0, 8000, seed=1)], axis=1)

@@ -1,4 +1,4 @@
-"""``file:PATH``: replay a recording (WAV, NPY, CSV or CWRU .mat) through the live path.
+"""``file:PATH``: replay a recording (WAV, NPY, CSV or MATLAB .mat) through the live path.
 
 Paced in real time by default (a frame is delivered when its last sample would have been
 captured), ``fast`` for as fast as possible, ``loop`` to repeat. The stream id is the file name
@@ -12,6 +12,11 @@ channel. A column named like a shaft speed in rpm (``rpm``, ``Speed (rpm)``, ``t
 each frame carries the mean of its rows' speeds (the wire format's ``rpm``), which the envelope
 evidence follows and the baselines learn and check; a row that holds no speed (NaN,
 negative) leaves its frame without one.
+
+A MATLAB file laid out as CWRU's (``X097_DE_time``) plays its DE channel (``?channel=FE|BA``); any
+other plays the signal it holds (a numeric vector or matrix, also in a struct or cell: MFPT's
+``bearing.gs``) at the rate a variable beside it states (``fs``, ``sr``, ``dt``, a time vector):
+``_mat``. ``?channel=NAME`` picks one where it holds several.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_finite, opt_positive
-from drsn_stream.sources.matcheck import check_v4, numeric_variables
+from drsn_stream.sources.matcheck import check_v4, variables
 from drsn_stream.sources.wire import MAX_CHANNELS, shaft_speed
 from drsn_stream.types import MAX_RPM, Frame, channel_ids
 from drsn_stream.wav import WavError, read_wav
@@ -70,7 +75,8 @@ def _not_a_file(p: Path) -> str:
 
 
 def load_mat(path: str | Path, error: type[Exception] = SourceError) -> dict[str, Any]:
-    """A MATLAB file's variables: numeric arrays as scipy reads them, and in a v5 file any other
+    """A MATLAB file's variables: numeric arrays as scipy reads them, in a v5 file the numeric
+    arrays inside its structs and cells under their MATLAB names (``bearing.gs``) and any other
     variable (text, cells, structs) as an empty object array; ``error`` (one line: which file,
     what is wrong) for a file that is missing or is not a whole MATLAB file (text, empty, cut
     short, damaged inside: scipy's reader raises its own MatReadError, an IndexError and others
@@ -90,30 +96,142 @@ def load_mat(path: str | Path, error: type[Exception] = SourceError) -> dict[str
             # arrays read; v7.3 (HDF5) files scipy refuses in words
             version = scipy.io.matlab.matfile_version(p)[0]
             if version == 1:
-                numeric, others = numeric_variables(p)
+                numeric, others, leaves = variables(p)
                 mat = scipy.io.loadmat(p, variable_names=numeric)
                 # the others are there, not samples: an empty object array says so to every caller
                 mat.update((name, np.empty(0, dtype=object)) for name in others if name not in mat)
+                mat.update(leaves)
+            elif version == 2:
+                raise error(f"{p}: a MATLAB v7.3 file (HDF5), which is not read here; save it again with "
+                            "save(FILE, VARIABLES, '-v7'), or the samples as WAV, NPY or CSV")
             else:
                 if version == 0:
                     check_v4(p)
                 mat = scipy.io.loadmat(p)
         return {k: v for k, v in mat.items() if k.startswith("__") or isinstance(v, np.ndarray)}
-    except MemoryError:
+    except (MemoryError, error):
         raise
     except Exception as exc:  # noqa: BLE001 - scipy's reader meets any bytes with any exception (IndexError, ...)
         raise error(f"{p}: cannot read it as a MATLAB .mat file ({str(exc)[:160] or type(exc).__name__}); "
                     "re-copy it, or save the samples as WAV, NPY or CSV") from None
 
 
-def _mat(path: Path, channel: str) -> np.ndarray:
+_CWRU_CHANNELS = ("DE", "FE", "BA")
+# A MATLAB variable named like a sample rate (fs, Fs, sr, SampleRate, sampling_frequency, fs_hz,
+# fs_khz) gives the rate of the signals beside it; one named like a sampling interval (dt, Ts,
+# sample_time, sampling_period_ms) its inverse. A bare "rate" is left alone: test rigs' files use
+# it for the shaft's rate as often as for the sampling's.
+_RATE_VAR = re.compile(r"(?:fs|f_s|sr|srate|fsamp|fsample|sps|samp(?:le|ling)?_?(?:rate|freq|frequency))(?:_(hz|khz))?")
+_PERIOD_VAR = re.compile(r"(?:dt|ts|sample_?time|samp(?:le|ling)?_?(?:interval|period))(?:_(s|secs?|ms|us))?")
+# a MATLAB name: a variable, its fields, an element of a struct array or cell: rec.Y(7).Data, c{2}
+_MAT_INDEX = r"(?:\(\d{1,6}\)|\{\d{1,6}\})?"
+_MAT_NAME = re.compile(rf"[A-Za-z]\w{{0,62}}{_MAT_INDEX}(?:\.[A-Za-z]\w{{0,62}}{_MAT_INDEX}){{0,8}}")
+_MIN_SIGNAL = 64  # a numeric variable of fewer values is a setting (a date, a geometry), not a signal
+
+
+class MatRecording(NamedTuple):
+    samples: np.ndarray  # (n, channels)
+    rate: float | None  # what the file says (a CWRU name, a rate or time variable); None: not said
+    names: tuple[str, ...] | None  # channel names where several variables make the channels
+    cwru: bool  # CWRU's layout (X097_DE_time ...), whose channels are DE, FE and BA
+
+
+def _leaf(name: str) -> str:
+    """A MATLAB name's last part, lower case: ``bearing.gs`` -> ``gs``, ``Y(7).Data`` -> ``data``."""
+    return re.sub(r"[^a-z0-9]+", "_", re.sub(r"[({]\d+[)}]$", "", name).rsplit(".", 1)[-1].lower()).strip("_")
+
+
+def _scope(name: str) -> str:
+    """The struct a MATLAB name is a field of (``bearing`` of ``bearing.gs``), "" for a variable."""
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _scopes(name: str) -> list[str]:
+    """The structs a MATLAB name lies in, innermost first, then "" (the file's top):
+    ``rec.Y(2).Data`` -> rec.Y(2), rec.Y, rec, ""."""
+    out = []
+    while (cut := max(name.rfind("."), name.rfind("("), name.rfind("{"))) > 0:
+        name = name[:cut]
+        out.append(name)
+    return [*out, ""]
+
+
+def _described(name: str, v: np.ndarray) -> str:
+    return f"{name} ({' x '.join(f'{d:,}' for d in v.shape)})"
+
+
+def _mat(path: Path, channel: str | None) -> MatRecording:
+    """A .mat file's samples: CWRU's ``X###_DE_time`` (``channel`` DE, FE or BA, DE by default),
+    or any other file's signal, a numeric vector or matrix (rows or columns the channels,
+    whichever are fewer): the one it holds, the variable ``channel`` names (its whole MATLAB name,
+    or the end of it after a dot where that is unique), or several vectors of one length side by
+    side."""
     mat = load_mat(path)
-    keys = sorted(k for k in mat if k.endswith(f"_{channel}_time"))
-    if not keys:
-        have = sorted(k for k in mat if k.endswith("_time"))
-        raise SourceError(f"{path}: no {channel} channel (*_{channel}_time); it has {', '.join(have) or 'none'}; "
-                          "choose one with ?channel=DE|FE|BA")
-    return _real(path, mat[keys[0]], f"{keys[0]} is not").reshape(-1, 1)
+    layout = {k for k in mat if re.search(r"_(DE|FE|BA)_time$", k)}
+    if layout and (channel is None or channel.upper() in _CWRU_CHANNELS):
+        ch = (channel or "DE").upper()
+        keys = sorted(k for k in layout if k.endswith(f"_{ch}_time"))
+        if not keys:
+            raise SourceError(f"{path}: no {ch} channel (*_{ch}_time); it has {', '.join(sorted(layout))}; "
+                              "choose one with ?channel=DE|FE|BA")
+        return MatRecording(_real(path, mat[keys[0]], f"{keys[0]} is not").reshape(-1, 1), _cwru_rate(path), None, True)
+    values = {k: v for k, v in mat.items() if not k.startswith("__") and v.dtype.kind in "biufc" and v.size}
+    times = {k for k, v in values.items() if _TIME_COLUMN.fullmatch(_leaf(k)) and v.size == max(v.shape) > 1}
+    signals = {k: v for k, v in values.items() if v.ndim == 2 and max(v.shape) >= _MIN_SIGNAL and k not in times}
+    held = ", ".join(_described(k, v) for k, v in signals.items()) or "no signal"
+    if channel is not None:
+        found = ([k for k in values if k == channel] or [k for k in values if k.lower() == channel.lower()]
+                 or [k for k in values if k.lower().endswith("." + channel.lower())])
+        if len(found) != 1:
+            why = f"several variables are named {channel}: {', '.join(found)}; give the whole name" if found else \
+                f"no variable {channel}"
+            raise SourceError(f"{path}: {why}; its signals: {held}; choose one with ?channel=NAME")
+        if found[0] not in signals:
+            raise SourceError(f"{path}: {_described(found[0], values[found[0]])} is not a signal (a vector or matrix "
+                              f"of at least {_MIN_SIGNAL} samples); its signals: {held}")
+        chosen = found
+    elif not signals:
+        raise SourceError(f"{path}: no signal in it (a numeric vector or matrix of at least {_MIN_SIGNAL} samples); "
+                          f"it holds {', '.join(_described(k, v) for k, v in values.items()) or 'no numbers'}")
+    elif len(signals) == 1 or (len({max(v.shape) for v in signals.values()}) == 1
+                               and all(min(v.shape) == 1 for v in signals.values())):
+        chosen = list(signals)
+    else:
+        raise SourceError(f"{path}: it holds several signals: {held}; choose one with ?channel=NAME")
+    # rows or columns, whichever are fewer, are the channels: MATLAB code keeps signals in either
+    parts = [_real(path, signals[k].T if signals[k].shape[0] < signals[k].shape[1] else signals[k], f"{k} is not")
+             for k in chosen]
+    x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    names = None
+    if len(chosen) > 1:
+        short = [_leaf(k) for k in chosen]
+        names = channel_names(short if len(set(short)) == len(short) else chosen)
+    return MatRecording(x, _mat_rate(path, values, times, chosen[0], x.shape[0]), names, False)
+
+
+def _mat_rate(path: Path, values: dict[str, np.ndarray], times: set[str], signal: str, n: int) -> float | None:
+    """The sample rate a .mat file states for its variable ``signal`` (of ``n`` samples): a rate
+    or sampling interval variable beside it, else in a struct around it, else at the top of the
+    file, or a time vector of its length there; None where it states none, or several that differ."""
+    for where in _scopes(signal):
+        found = set()
+        for k, v in values.items():
+            if _scope(k) != where or v.size != 1 or v.dtype.kind == "c":
+                continue
+            value = float(v.reshape(-1)[0])
+            if (m := _RATE_VAR.fullmatch(_leaf(k))) and value > 0:
+                found.add(value * (1000.0 if m.group(1) == "khz" else 1.0))
+            elif (m := _PERIOD_VAR.fullmatch(_leaf(k))) and value > 0:
+                found.add(1.0 / (value * _TIME_UNITS[m.group(1)]))
+        if len(found) == 1:
+            rate = found.pop()
+            return float(round(rate)) if abs(rate - round(rate)) <= 1e-4 * rate else rate
+        for k in sorted(times):
+            if _scope(k) == where and values[k].size == n:
+                m = _TIME_COLUMN.fullmatch(_leaf(k))
+                assert m is not None
+                return rate_of_time_column(values[k].reshape(-1).astype(np.float64) * _TIME_UNITS[m.group(1)], path, k)
+    return None
 
 
 def _real(path: Path, data: Any, what: str = "not") -> np.ndarray:
@@ -133,14 +251,15 @@ def _real(path: Path, data: Any, what: str = "not") -> np.ndarray:
 
 
 def mat_rpm(path: Path) -> float | None:
-    """The shaft speed a CWRU .mat file records (its ``X###RPM`` variable), rpm; None without one."""
+    """The shaft speed a .mat file records (a number named like ``rpm``: CWRU's ``X###RPM``,
+    ``speed_rpm``, ``rec.rpm``), rpm; None without one."""
     try:
         mat = load_mat(path)
     except SourceError:
         return None
-    for key in sorted(k for k in mat if k.endswith("RPM")):
-        v = np.asarray(mat[key], dtype=np.float64).reshape(-1)
-        if v.size and np.isfinite(v[0]) and v[0] > 0:
+    for key in sorted(k for k in mat if not k.startswith("__") and _leaf(k).endswith("rpm")):
+        v = np.asarray(mat[key]).reshape(-1)
+        if v.size == 1 and v.dtype.kind in "biuf" and np.isfinite(v[0]) and v[0] > 0:
             return float(v[0])
     return None
 
@@ -244,9 +363,24 @@ def channel_names(names: list[str]) -> tuple[str, ...] | None:
     return out if all(out) and len(set(out)) == len(out) else None
 
 
-def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE") -> tuple[np.ndarray, float]:
+class Recording(NamedTuple):
+    samples: np.ndarray  # float32 (n, channels)
+    rate: float
+    names: tuple[str, ...] | None  # a .mat file's channel names, where several variables make them
+    cwru: bool  # a CWRU .mat file, whose channels are DE, FE and BA
+
+
+def read_recording(path: Path, *, rate: float | None = None, channel: str | None = None) -> tuple[np.ndarray, float]:
     """Load a whole recording as float32 ``(n, channels)`` and its sample rate in Hz."""
+    r = load_recording(path, rate=rate, channel=channel)
+    return r.samples, r.rate
+
+
+def load_recording(path: Path, *, rate: float | None = None, channel: str | None = None) -> Recording:
+    """Load a whole recording (``read_recording``) with what a .mat file says of its channels;
+    ``channel`` picks a .mat file's: DE, FE or BA of CWRU's, a variable of any other."""
     suffix = path.suffix.lower()
+    names, cwru = None, False
     if not path.is_file():
         raise SourceError(f"recording {path}: {_not_a_file(path)}")
     if suffix == ".wav":
@@ -265,12 +399,13 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
     elif suffix == ".csv":
         x = _csv(path)
     elif suffix == ".mat":
-        x = _mat(path, channel)
-        rate = rate or _cwru_rate(path)
+        x, file_rate, names, cwru = _mat(path, channel)
+        rate = rate or file_rate
     else:
         raise ConfigError(f"{path}: unknown recording type {suffix!r}; use one of {', '.join(SUFFIXES)}")
     if rate is None:
-        raise ConfigError(f"{path.name}: the sample rate is not in the file; give it, e.g. file:{path}?rate=12000")
+        what = "the file (no fs, sr or dt variable beside its signal)" if suffix == ".mat" else "the file"
+        raise ConfigError(f"{path.name}: the sample rate is not in {what}; give it, e.g. file:{path}?rate=12000")
     if not (math.isfinite(rate) and rate > 0):  # a WAV header can say 0 Hz
         raise SourceError(f"{path}: the file says its sample rate is {rate:g} Hz; give the real one, "
                           f"e.g. file:{path}?rate=12000")
@@ -284,17 +419,21 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str = "DE"
         raise SourceError(f"{path}: {x.shape[1]:,} channels of {x.shape[0]:,} samples; a recording has at most "
                           f"{MAX_CHANNELS} channels, one per column: if its rows are channels, save it "
                           "transposed (x.T)")
-    return np.ascontiguousarray(x), float(rate)
+    return Recording(np.ascontiguousarray(x), float(rate), names, cwru)
 
 
 def _opt_channel(value: Any) -> str | int:
-    """``channel=``: DE, FE or BA (a CWRU .mat file's), or a column counted from 0."""
-    v = str(value).strip().lower()
-    if v in ("de", "fe", "ba"):
-        return v
+    """``channel=``: a column counted from 0; DE, FE or BA (a CWRU .mat file's); or a variable of
+    any other .mat file, by its MATLAB name (``gs``, ``bearing.gs``, ``rec.Y(7).Data``)."""
+    v = str(value).strip()
+    if v.upper() in _CWRU_CHANNELS:
+        return v.upper()
     if v.isascii() and v.isdigit() and len(v) <= 6:
         return int(v)
-    raise ValueError(f"must be DE, FE or BA (a CWRU .mat file's channel) or a column counted from 0, got {value!r}")
+    if _MAT_NAME.fullmatch(v):
+        return v
+    raise ValueError(f"must be a column counted from 0, DE, FE or BA (a CWRU .mat file's channel), or a .mat "
+                     f"file's variable by name, got {value!r}")
 
 
 class FileSource(Source):
@@ -302,10 +441,10 @@ class FileSource(Source):
 
     kind = "file"
     OPTIONS = {
-        "rate": (opt_positive(float, 1e6), None, "sample rate in Hz (needed for .npy, non-CWRU .mat and a .csv "
-                                                  "without a time column)"),
-        "channel": (_opt_channel, None, "a CWRU .mat file's channel, DE|FE|BA (default DE); or one column K of a "
-                                        "WAV, CSV or NPY file, counted from 0 (default: every column)"),
+        "rate": (opt_positive(float, 1e6), None, "sample rate in Hz (needed for .npy, a .csv without a time column "
+                                                  "and a .mat file without an fs variable)"),
+        "channel": (_opt_channel, None, "one column K, counted from 0 (default: every column); a CWRU .mat file's "
+                                        "channel, DE|FE|BA (default DE); another .mat file's variable by name"),
         "chunk": (opt_positive(int), 1024, "samples per frame"),
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
         "loop": (opt_bool, False, "1 = repeat the recording forever"),
@@ -353,14 +492,14 @@ class FileSource(Source):
                                   "time_ms)")
             rate = rate or found
         chan, mat = self.options["channel"], self.path.suffix.lower() == ".mat"
-        if isinstance(chan, int) and mat:
-            raise ConfigError(f"{self.path.name}: channel={chan}: a .mat file's channels are named: channel=DE, FE "
-                              "or BA")
         if isinstance(chan, str) and not mat:
-            raise ConfigError(f"{self.path.name}: channel={chan.upper()} names a CWRU .mat file's channel; for "
-                              "this file give a column counted from 0 (channel=1), or leave it out: every "
-                              "column is monitored")
-        x, self.rate = read_recording(self.path, rate=rate, channel=chan.upper() if isinstance(chan, str) else "DE")
+            raise ConfigError(f"{self.path.name}: channel={chan} names a .mat file's channel; for this file give a "
+                              "column counted from 0 (channel=1), or leave it out: every column is monitored")
+        x, self.rate, names, cwru = load_recording(self.path, rate=rate,
+                                                   channel=chan if isinstance(chan, str) else None)
+        if isinstance(chan, int) and cwru:
+            raise ConfigError(f"{self.path.name}: channel={chan}: a CWRU .mat file's channels are named: channel=DE, "
+                              "FE or BA")
         # channel=K counts the file's columns as training's channel counts them: a time column is 0
         if found is not None and chan == 0:
             raise ConfigError(f"{self.path.name}: channel=0 is its time column "
@@ -381,7 +520,7 @@ class FileSource(Source):
             x, header = np.ascontiguousarray(np.delete(x, i, axis=1)), header[:i] + header[i + 1 :]
             del cols[i]
         # a header's names name the channels (STREAM/accel_x), as a gateway's names field does
-        self.names = channel_names(header) if header and len(header) == x.shape[1] > 1 else None
+        self.names = channel_names(header) if header and len(header) == x.shape[1] > 1 else names
         if isinstance(chan, int):  # column K alone, under the id it has without ?channel, as zmq's keeps it
             if chan not in cols:
                 raise ConfigError(f"{self.path.name}: channel={chan}, but it has {width} column(s), counted from 0")

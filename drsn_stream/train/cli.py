@@ -63,7 +63,8 @@ def _add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("reading your recordings")
     g.add_argument("--labels", default=None, help="comma-separated labels to use, in this order (default: all, sorted)")
     g.add_argument("--rate", type=arg_number(float, above=0, most=1e6), default=None, help="sample rate (Hz) of CSV/NPY files without one")
-    g.add_argument("--channel", default=None, help="DE|FE|BA for .mat files, a 0-based column for multi-column files")
+    g.add_argument("--channel", default=None, help="a 0-based column of multi-column files; DE|FE|BA of CWRU "
+                   ".mat files, a variable's name of other .mat files")
     g.add_argument("--on-bad", default="fail", choices=("skip", "fail"),
                    help="a bad file stops the run (fail, default) or is left out with one line (skip)")
 

@@ -5,11 +5,12 @@ Two layouts (docs/user-data.md):
 - a folder per label: ``DIR/<label>/<file>`` (WAV, NPY, CSV or .mat; sub-folders are read too); the
   recording id of a file is its path inside the label folder without the suffix;
 - a manifest, CSV (header row) or TOML (``[[recording]]`` tables): ``path`` and ``label``, optional
-  ``rate`` (Hz), ``channel`` (DE/FE/BA for .mat, a 0-based column for CSV/NPY/WAV), ``start`` and
-  ``end`` (seconds into the file) and ``recording`` (an id: rows with the same id are one stretch of
-  signal, e.g. two excerpts of one run). Paths are relative to the manifest's folder.
+  ``rate`` (Hz), ``channel`` (a 0-based column; DE/FE/BA of a CWRU .mat file, another .mat file's
+  variable by name), ``start`` and ``end`` (seconds into the file) and ``recording`` (an id: rows
+  with the same id are one stretch of signal, e.g. two excerpts of one run). Paths are relative to
+  the manifest's folder.
 
-Files are read with the file source's readers (``drsn_stream.sources.file.read_recording``) and
+Files are read with the file source's readers (``drsn_stream.sources.file.load_recording``) and
 brought to the model's rate with the polyphase filter of ``drsn_stream.dsp.resample``.
 
 Splits are honest: a recording is either wholly in one role (``by recording``, when a label has at
@@ -34,7 +35,7 @@ from drsn_stream.config import toml_file
 from drsn_stream.dsp.resample import rational_ratio
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError, did_you_mean
 from drsn_stream.models.meta import MAX_LABEL_CHARS, label_ok
-from drsn_stream.sources.file import SUFFIXES, csv_time_rate, read_recording, speed_column
+from drsn_stream.sources.file import SUFFIXES, csv_time_rate, load_recording, speed_column
 from drsn_stream.train.cwru import CHANNELS, part_slice
 
 MANIFEST_SUFFIXES = (".csv", ".toml")
@@ -293,9 +294,9 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
     if suffix not in SUFFIXES:
         raise DataError(f"unknown recording type {suffix or '(no suffix)'!r}; use one of {', '.join(SUFFIXES)}")
     ch = e.channel if e.channel is not None else channel
-    mat_channel = (ch or "DE").upper()
-    if suffix == ".mat" and mat_channel not in CHANNELS:
-        raise DataError(f"channel {ch!r} of a .mat file must be one of {', '.join(CHANNELS)}")
+    # a .mat file's channel: DE, FE or BA of a CWRU file, a variable of another, or a column of its signal
+    column = ch is not None and re.fullmatch(r"\d+", ch) is not None
+    mat_channel = None if ch is None or column else ch
     # .wav and CWRU .mat files carry their rate; the manifest's rate wins over --rate, the file's over both
     rate = e.rate if e.rate is not None else (None if suffix in (".wav", ".mat") else default_rate)
     # a data logger's CSV: a first column of row times gives the rate (over --rate, as a WAV's
@@ -322,11 +323,14 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
     if rate is None and suffix in (".csv", ".npy") and e.path.is_file():  # in training's terms, not ?rate=
         raise DataError(f"{e.rel}: the sample rate is not in the file; give --rate HZ, a rate column in a manifest, "
                         "or a first column of row times named time (docs/user-data.md)")
-    x, rate = read_recording(e.path, rate=rate, channel=mat_channel)
-    if suffix != ".mat":
-        x = _column(x, ch)
-    else:
-        x = x[:, 0]
+    x, rate, names, cwru = load_recording(e.path, rate=rate, channel=mat_channel)
+    if cwru and column:
+        raise DataError(f"channel {ch}: a CWRU .mat file's channels are named: {', '.join(CHANNELS)}")
+    if suffix == ".mat" and not column and x.shape[1] > 1:
+        what = ", ".join(names) if names else f"{x.shape[1]} columns"
+        raise DataError(f"its signal has {x.shape[1]} channels ({what}); say which one with channel = <a variable's "
+                        "name, or a 0-based column> in a manifest or --channel")
+    x = _column(x, ch if column or suffix != ".mat" else None)
     x = np.asarray(x, dtype=np.float64)
     a = 0 if e.start is None else int(round(e.start * rate))
     b = x.size if e.end is None else int(round(e.end * rate))
