@@ -368,6 +368,28 @@ def test_any_matlab_file_plays_its_signal_at_the_rate_it_states(data_dir, tmp_pa
         _replay(f"file:{tmp_path / 'big.mat'}")
 
 
+def test_columns_of_numbers_under_any_name_play_as_a_csv_file_does(wav_path, tmp_path):
+    """Before: a recording had to end in .wav, .npy, .csv or .mat: a logger's .txt export, the
+    IMS bearing set's files (named by their time, 2004.02.12.10.32.39: tab-separated columns)
+    and a WAV saved as .dat were "unknown recording type". Now what a file holds decides."""
+    x = np.round(np.random.default_rng(3).standard_normal((4096, 4)), 3)
+    ims = tmp_path / "2004.02.12.10.32.39"
+    ims.write_bytes("".join("\t".join(f"{v:.3f}" for v in row) + "\r\n" for row in x).encode())
+    ids, got, rate = _samples(f"file:{ims}?rate=20000&fast=1")
+    assert ids == [f"2004.02.12.10.32.39/ch{k}" for k in range(4)] and rate == 20000.0
+    assert np.array_equal(got, x.astype(np.float32))
+    (tmp_path / "log.txt").write_text("Zeit\tBeschleunigung\n" + "".join(f"{k / 8000:.6f}\t{v:.3f}\n".replace(".", ",")
+                                                                          for k, v in enumerate(x[:, 0])))
+    ids, got, rate = _samples(f"file:{tmp_path / 'log.txt'}?fast=1")
+    assert ids == ["log"] and rate == 8000.0 and np.array_equal(got[:, 0], x[:, 0].astype(np.float32))
+    (tmp_path / "take1.dat").write_bytes(wav_path.read_bytes())
+    ids, got, rate = _samples(f"file:{tmp_path / 'take1.dat'}?fast=1")
+    assert ids == ["take1"] and rate == 8000.0 and got.shape[0] == wavfile.read(wav_path)[1].size
+    (tmp_path / "notes.txt").write_text("pump 3: bearing replaced on monday\nsee the log\n")
+    with pytest.raises(ConfigError, match=r"notes.txt: not a recording this reads"):
+        make_source(f"file:{tmp_path / 'notes.txt'}")
+
+
 def test_file_loop_continues_seq_and_time(wav_path):
     with make_source(f"file:{wav_path}?fast=1&loop=1&chunk=1000") as src:
         frames = []
@@ -470,7 +492,7 @@ def test_file_errors_say_what_to_do(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF....nonsense")
     with pytest.raises(SourceError, match="not a readable WAV"):
         _replay(f"file:{tmp_path / 'bad.wav'}")
-    with pytest.raises(ConfigError, match="use one of .wav, .npy, .csv, .mat"):
+    with pytest.raises(ConfigError, match="not a recording this reads .*save it as WAV, NPY, MATLAB .mat, or CSV"):
         make_source("file:recording.flac")
     # damaged WAV headers: cut short, saying 0 channels (scipy divides by it), saying 0 Hz
     damaged_wavs(tmp_path, 12000, 4000)

@@ -117,6 +117,22 @@ def test_a_test_rigs_matlab_files_train_at_the_rates_they_state(tmp_path):
         (48828, 500), (20000, 1500), (20000, 900), (20000, 900)]
 
 
+def test_files_of_columns_named_by_their_time_train_as_csv_files_do(tmp_path):
+    # the IMS bearing set's files (2003.10.22.12.06.24: tab-separated columns, no suffix) were
+    # "unknown recording type '.24'"
+    for label, freq in (("normal", 700), ("outer", 1700)):
+        (tmp_path / label).mkdir()
+        for k in range(2):
+            x = _tone(freq, 1.0, 20000, seed=k)
+            (tmp_path / label / f"2003.10.22.12.{k:02d}.24").write_text("".join(f"{v:.4f}\t0.0\r\n" for v in x))
+    with pytest.raises(DataError, match=r"2 columns/channels; say which one"):
+        load_user_data(tmp_path, sample_rate=12000, default_rate=20000)
+    data = load_user_data(tmp_path, sample_rate=12000, default_rate=20000, channel="0")
+    assert sorted(c.recording for c in data.clips) == ["normal/2003.10.22.12.00.24", "normal/2003.10.22.12.01.24",
+                                                        "outer/2003.10.22.12.00.24", "outer/2003.10.22.12.01.24"]
+    assert [round(_peak_hz(c.signal, 12000)) for c in data.clips] == [700, 700, 1700, 1700]
+
+
 def test_a_csv_manifest_takes_rate_channel_start_end_and_recording(tmp_path):
     two = np.stack([_tone(500, 3.0, 8000), _tone(1500, 3.0, 8000, seed=1)], axis=1)
     _csv(tmp_path / "logger.csv", two, header="time_ignored,accel")
@@ -204,7 +220,7 @@ def test_bad_files_fail_the_run_with_one_line_each(tmp_path):
     lines = msg.splitlines()[1:]
     assert len(lines) == 7
     expect = {"truncated.wav": "WAV", "words.csv": "numeric CSV", "nan.npy": "NaN", "flat.npy": "flat",
-              "two_columns.csv": "columns", "notes.txt": "unknown recording type",
+              "two_columns.csv": "columns", "notes.txt": "not a recording this reads",
               "moved.wav": "a link to " + str(tmp_path / "archive" / "moved.wav") + ", which does not exist"}
     for name, what in expect.items():
         assert any(name in line and what in line for line in lines), (name, lines)

@@ -13,6 +13,9 @@ each frame carries the mean of its rows' speeds (the wire format's ``rpm``), whi
 evidence follows and the baselines learn and check; a row that holds no speed (NaN,
 negative) leaves its frame without one.
 
+A file named otherwise is read by what it holds (``recording_type``): columns of numbers as a
+CSV file (a .txt export; the IMS set's ``2004.02.12.10.32.39``), a WAV saved as .dat as a WAV.
+
 A MATLAB file laid out as CWRU's (``X097_DE_time``) plays its DE channel (``?channel=FE|BA``); any
 other plays the signal it holds (a numeric vector or matrix, also in a struct or cell: MFPT's
 ``bearing.gs``) at the rate a variable beside it states (``fs``, ``sr``, ``dt``, a time vector):
@@ -40,7 +43,43 @@ from drsn_stream.types import MAX_RPM, Frame, channel_ids
 from drsn_stream.wav import WavError, read_wav
 
 SUFFIXES = (".wav", ".npy", ".csv", ".mat")
+# a text row of numbers only, separated by spaces, tabs, commas or semicolons (decimal commas too)
+_NUMBERS_ROW = re.compile(r"[ \t]*[-+]?(?:\d|[.,]\d)[0-9eE+\-.,; \t]*\r?")
 _CWRU_RATE = re.compile(r"^(12|48)k_")
+
+
+def recording_type(path: Path) -> str | None:
+    """The format of recording ``path``, one of ``SUFFIXES``: by its suffix, else by its first
+    bytes: columns of numbers are read as a CSV file (a logger's .txt or .tsv export; a data
+    set's files named by their time, ``2004.02.12.10.32.39``, as the IMS bearing set's are), and
+    a WAV, .npy or MATLAB file saved under another name as what it is. None for a file that is
+    none of them (notes beside the recordings), or is not there."""
+    suffix = path.suffix.lower()
+    if suffix in SUFFIXES:
+        return suffix
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return ".wav"
+    if head[:6] == b"\x93NUMPY":
+        return ".npy"
+    if head[:6] == b"MATLAB":
+        return ".mat"
+    lines = head.decode("utf-8", errors="replace").split("\n")[:-1] or [""]  # the last may be cut short
+    rows = [line for line in lines if line.strip()][:2]
+    if rows and "\ufffd" not in "".join(rows) and all(_NUMBERS_ROW.fullmatch(r) for r in rows[-1:]):
+        return ".csv"  # a header row may come first: the second row is numbers
+    return None
+
+
+def stream_name(path: Path) -> str:
+    """The stream id a recording plays under: its name without its suffix (``.wav``, ``.txt``),
+    or its whole name where what follows the last dot holds no letter, a part of the name
+    (``2004.02.12.10.32.39``)."""
+    return path.stem if re.search(r"[A-Za-z]", path.suffix) else path.name
 
 
 def _wav(path: Path) -> tuple[np.ndarray, float]:
@@ -376,13 +415,16 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str | None
     return r.samples, r.rate
 
 
-def load_recording(path: Path, *, rate: float | None = None, channel: str | None = None) -> Recording:
+def load_recording(path: Path, *, rate: float | None = None, channel: str | None = None,
+                   default_rate: float | None = None, give_rate: str = "") -> Recording:
     """Load a whole recording (``read_recording``) with what a .mat file says of its channels;
-    ``channel`` picks a .mat file's: DE, FE or BA of CWRU's, a variable of any other."""
-    suffix = path.suffix.lower()
+    ``channel`` picks a .mat file's: DE, FE or BA of CWRU's, a variable of any other.
+    ``default_rate``: the rate where neither ``rate`` nor the file gives one; ``give_rate``: how
+    the caller's user gives one (default: the file source's ``?rate=``)."""
     names, cwru = None, False
     if not path.is_file():
         raise SourceError(f"recording {path}: {_not_a_file(path)}")
+    suffix = recording_type(path)
     if suffix == ".wav":
         x, file_rate = _wav(path)
         rate = rate or file_rate
@@ -402,10 +444,13 @@ def load_recording(path: Path, *, rate: float | None = None, channel: str | None
         x, file_rate, names, cwru = _mat(path, channel)
         rate = rate or file_rate
     else:
-        raise ConfigError(f"{path}: unknown recording type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+        raise ConfigError(f"{path}: {NOT_A_RECORDING}")
+    if rate is None:  # (a WAV header's 0 Hz is said below as what the file says)
+        rate = default_rate
     if rate is None:
         what = "the file (no fs, sr or dt variable beside its signal)" if suffix == ".mat" else "the file"
-        raise ConfigError(f"{path.name}: the sample rate is not in {what}; give it, e.g. file:{path}?rate=12000")
+        raise ConfigError(f"{path.name}: the sample rate is not in {what}; give it"
+                          f"{give_rate or f', e.g. file:{path}?rate=12000'}")
     if not (math.isfinite(rate) and rate > 0):  # a WAV header can say 0 Hz
         raise SourceError(f"{path}: the file says its sample rate is {rate:g} Hz; give the real one, "
                           f"e.g. file:{path}?rate=12000")
@@ -420,6 +465,10 @@ def load_recording(path: Path, *, rate: float | None = None, channel: str | None
                           f"{MAX_CHANNELS} channels, one per column: if its rows are channels, save it "
                           "transposed (x.T)")
     return Recording(np.ascontiguousarray(x), float(rate), names, cwru)
+
+
+NOT_A_RECORDING = ("not a recording this reads (by its suffix or its first bytes); save it as WAV, NPY, MATLAB "
+                    ".mat, or CSV / text columns of numbers (.csv, .txt)")
 
 
 def _opt_channel(value: Any) -> str | int:
@@ -464,9 +513,14 @@ class FileSource(Source):
         if self.path.is_dir():  # said as what it is, not as a recording type without a suffix
             raise ConfigError(f"{self.path}: a folder, not a file; give its recordings one by one "
                               f"(--source file:PATH, repeatable; {', '.join(SUFFIXES)})")
-        if self.path.suffix.lower() not in SUFFIXES:
-            raise ConfigError(f"{self.path}: unknown recording type; use one of {', '.join(SUFFIXES)}")
-        self.stream_id = self.options["stream"] or self.path.stem
+        # a file that is there must be a recording; one that is not yet is said by check(), unless
+        # its name says it would not be one (an .flac, .mp3, .tdms ...)
+        there = self.path.exists()
+        self.type = recording_type(self.path) if there else self.path.suffix.lower()
+        if self.type is None or not (there or self.type in (*SUFFIXES, ".txt", ".tsv", ".dat", ".asc")
+                                     or not re.search(r"[A-Za-z]", self.type)):
+            raise ConfigError(f"{self.path}: {NOT_A_RECORDING}")
+        self.stream_id = self.options["stream"] or stream_name(self.path)
         self._streams = [self.stream_id]
         self.t0: float | None = None
         self.names: tuple[str, ...] | None = None  # channel names from a CSV's header row
@@ -482,7 +536,8 @@ class FileSource(Source):
 
     def _open(self) -> None:
         rate, header, found = self.options["rate"], None, None
-        if self.path.suffix.lower() == ".csv":
+        self.type = recording_type(self.path)
+        if self.type == ".csv":
             header, found = csv_time_rate(self.path)
         if found is not None:  # a logger's time column: the rate comes from it, and it is no channel
             assert header is not None
@@ -491,7 +546,7 @@ class FileSource(Source):
                                   f"{found:.6g} Hz; leave rate= out or correct it (times in milliseconds: name the column "
                                   "time_ms)")
             rate = rate or found
-        chan, mat = self.options["channel"], self.path.suffix.lower() == ".mat"
+        chan, mat = self.options["channel"], self.type == ".mat"
         if isinstance(chan, str) and not mat:
             raise ConfigError(f"{self.path.name}: channel={chan} names a .mat file's channel; for this file give a "
                               "column counted from 0 (channel=1), or leave it out: every column is monitored")
@@ -536,7 +591,7 @@ class FileSource(Source):
         self.samples = x[a:b]
         self.speeds = None if speeds is None else speeds[a:b]
         self._streams = list(channel_ids(self.stream_id, x.shape[1], self.names))  # each channel is monitored
-        if self.rpm is None and self.path.suffix.lower() == ".mat":
+        if self.rpm is None and self.type == ".mat":
             self.rpm = mat_rpm(self.path)
         self._start_clock()
 

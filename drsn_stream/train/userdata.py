@@ -35,7 +35,14 @@ from drsn_stream.config import toml_file
 from drsn_stream.dsp.resample import rational_ratio
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError, did_you_mean
 from drsn_stream.models.meta import MAX_LABEL_CHARS, label_ok
-from drsn_stream.sources.file import SUFFIXES, csv_time_rate, load_recording, speed_column
+from drsn_stream.sources.file import (
+    NOT_A_RECORDING,
+    csv_time_rate,
+    load_recording,
+    recording_type,
+    speed_column,
+    stream_name,
+)
 from drsn_stream.train.cwru import CHANNELS, part_slice
 
 MANIFEST_SUFFIXES = (".csv", ".toml")
@@ -141,7 +148,9 @@ def _folder_entries(root: Path) -> list[Entry]:
             listed = f.is_file() or (f.is_symlink() and not f.exists())
             if listed and not any(part.startswith(".") for part in f.relative_to(root).parts):
                 rel = f.relative_to(root).as_posix()
-                out.append(Entry(f, d.name, rel, recording=f"{d.name}/{f.relative_to(d).with_suffix('').as_posix()}"))
+                inside = f.relative_to(d)  # without its suffix; a name of numbers and dots is kept whole
+                inside = inside.with_name(stream_name(inside))
+                out.append(Entry(f, d.name, rel, recording=f"{d.name}/{inside.as_posix()}"))
     if not out:
         raise DataError(
             f"{root}: no label folders with recordings; lay it out as {root}/<label>/<file>.wav|.csv|.npy|.mat "
@@ -290,14 +299,17 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
 
     Raises DrsnStreamError with what is wrong with the file (the caller adds the file's name).
     """
-    suffix = e.path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DataError(f"unknown recording type {suffix or '(no suffix)'!r}; use one of {', '.join(SUFFIXES)}")
+    # what the file holds (a .txt export, IMS's 2004.02.12.10.32.39 are columns of numbers); a
+    # missing file is said as missing by the reader
+    suffix = recording_type(e.path) if e.path.is_file() else e.path.suffix.lower()
+    if suffix is None:
+        raise DataError(NOT_A_RECORDING)
     ch = e.channel if e.channel is not None else channel
     # a .mat file's channel: DE, FE or BA of a CWRU file, a variable of another, or a column of its signal
     column = ch is not None and re.fullmatch(r"\d+", ch) is not None
     mat_channel = None if ch is None or column else ch
-    # .wav and CWRU .mat files carry their rate; the manifest's rate wins over --rate, the file's over both
+    # .wav and .mat files carry their rate (a .mat file may not: then --rate); the manifest's rate
+    # wins over --rate, the file's over both
     rate = e.rate if e.rate is not None else (None if suffix in (".wav", ".mat") else default_rate)
     # a data logger's CSV: a first column of row times gives the rate (over --rate, as a WAV's
     # header does), and its one sensor column beside it needs no channel
@@ -323,7 +335,8 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
     if rate is None and suffix in (".csv", ".npy") and e.path.is_file():  # in training's terms, not ?rate=
         raise DataError(f"{e.rel}: the sample rate is not in the file; give --rate HZ, a rate column in a manifest, "
                         "or a first column of row times named time (docs/user-data.md)")
-    x, rate, names, cwru = load_recording(e.path, rate=rate, channel=mat_channel)
+    x, rate, names, cwru = load_recording(e.path, rate=rate, channel=mat_channel, default_rate=default_rate,
+                                          give_rate=": --rate HZ, or a rate column in a manifest (docs/user-data.md)")
     if cwru and column:
         raise DataError(f"channel {ch}: a CWRU .mat file's channels are named: {', '.join(CHANNELS)}")
     if suffix == ".mat" and not column and x.shape[1] > 1:
