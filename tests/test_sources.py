@@ -340,12 +340,21 @@ def test_any_matlab_file_plays_its_signal_at_the_rate_it_states(data_dir, tmp_pa
     scipy.io.savemat(tmp_path / "rec.mat", {"rec": {"Y": np.array([{"Name": "speed", "Data": x[:4000]},
                                                                    {"Name": "vib", "Data": x}], dtype=object),
                                                     "fs_khz": 64.0, "rpm": 1797.0}})
-    with pytest.raises(SourceError, match=r"several signals: rec\.Y\{1\}\.Data \(1 x 4,000\), rec\.Y\{2\}\.Data "
-                                          r"\(1 x 30,000\); choose one with \?channel=NAME"):
+    with pytest.raises(SourceError, match=r"several signals: rec\.Y\{1\}\.Data 'speed' \(1 x 4,000\), rec\.Y\{2\}\.Data "
+                                          r"'vib' \(1 x 30,000\); choose one with \?channel=NAME"):
         _replay(f"file:{tmp_path / 'rec.mat'}")
     src, frames = _replay(f"file:{tmp_path / 'rec.mat'}?fast=1&channel=Y{{2}}.Data")
     assert frames[0].sample_rate == 64000.0 and src.rpm == 1797.0
     assert np.array_equal(np.concatenate([f.samples[:, 0] for f in frames]), ref)
+    # a logger's struct array (Paderborn's layout): each channel's Data beside its Name, which picks it
+    y = np.zeros((1, 3), dtype=[("Name", "O"), ("Unit", "O"), ("Data", "O")])
+    y[0, 0], y[0, 1], y[0, 2] = ("force", "N", x[None, :4000]), ("vibration_1", "m/s^2", x[None]), ("temp", "C", x[None, :4])
+    scipy.io.savemat(tmp_path / "pu.mat", {"N15_M07": {"Info": "run 1", "Y": y}}, do_compression=True)
+    with pytest.raises(SourceError, match=r"N15_M07\.Y\(1\)\.Data 'force' \(1 x 4,000\), N15_M07\.Y\(2\)\.Data "
+                                          r"'vibration_1' \(1 x 30,000\); choose one"):
+        _replay(f"file:{tmp_path / 'pu.mat'}?rate=64000")
+    _, got, rate = _samples(f"file:{tmp_path / 'pu.mat'}?channel=vibration_1&rate=64000&fast=1")
+    assert rate == 64000.0 and np.array_equal(got[:, 0], ref)
     # what cannot be guessed is said, with what the file holds
     with pytest.raises(SourceError, match=r"bearing\.sr \(1 x 1\) is not a signal .*its signals: bearing\.gs"):
         _replay(f"file:{tmp_path / 'rig.mat'}?channel=sr")

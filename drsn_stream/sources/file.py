@@ -195,16 +195,21 @@ def _scopes(name: str) -> list[str]:
     return [*out, ""]
 
 
-def _described(name: str, v: np.ndarray) -> str:
-    return f"{name} ({' x '.join(f'{d:,}' for d in v.shape)})"
+def _described(name: str, v: np.ndarray, title: str | None = None) -> str:
+    return f"{name}{f' {title!r}' if title else ''} ({' x '.join(f'{d:,}' for d in v.shape)})"
+
+
+# a text beside a signal in its struct, named like this, is that signal's name (a logger's
+# rec.Y(7).Name = 'vibration_1' beside rec.Y(7).Data)
+_TITLE_FIELD = re.compile(r"name|label|title|channel|channel_?name|signal_?name|sensor|sensor_?name")
 
 
 def _mat(path: Path, channel: str | None) -> MatRecording:
     """A .mat file's samples: CWRU's ``X###_DE_time`` (``channel`` DE, FE or BA, DE by default),
     or any other file's signal, a numeric vector or matrix (rows or columns the channels,
     whichever are fewer): the one it holds, the variable ``channel`` names (its whole MATLAB name,
-    or the end of it after a dot where that is unique), or several vectors of one length side by
-    side."""
+    the end of it after a dot where that is unique, or the name a text beside it in its struct
+    gives it), or several vectors of one length side by side."""
     mat = load_mat(path)
     layout = {k for k in mat if re.search(r"_(DE|FE|BA)_time$", k)}
     if layout and (channel is None or channel.upper() in _CWRU_CHANNELS):
@@ -217,10 +222,16 @@ def _mat(path: Path, channel: str | None) -> MatRecording:
     values = {k: v for k, v in mat.items() if not k.startswith("__") and v.dtype.kind in "biufc" and v.size}
     times = {k for k, v in values.items() if _TIME_COLUMN.fullmatch(_leaf(k)) and v.size == max(v.shape) > 1}
     signals = {k: v for k, v in values.items() if v.ndim == 2 and max(v.shape) >= _MIN_SIGNAL and k not in times}
-    held = ", ".join(_described(k, v) for k, v in signals.items()) or "no signal"
+    texts = {_scope(k): str(v) for k, v in mat.items()
+             if not k.startswith("__") and v.dtype.kind == "U" and v.ndim == 0 and _TITLE_FIELD.fullmatch(_leaf(k))
+             and str(v).strip()}
+    titles = {k: texts[_scope(k)] for k in signals if _scope(k) and _scope(k) in texts
+              and sum(_scope(j) == _scope(k) for j in signals) == 1}
+    held = ", ".join(_described(k, v, titles.get(k)) for k, v in signals.items()) or "no signal"
     if channel is not None:
         found = ([k for k in values if k == channel] or [k for k in values if k.lower() == channel.lower()]
-                 or [k for k in values if k.lower().endswith("." + channel.lower())])
+                 or [k for k in values if k.lower().endswith("." + channel.lower())]
+                 or [k for k, t in titles.items() if t.strip().lower() == channel.lower()])
         if len(found) != 1:
             why = f"several variables are named {channel}: {', '.join(found)}; give the whole name" if found else \
                 f"no variable {channel}"
@@ -244,7 +255,9 @@ def _mat(path: Path, channel: str | None) -> MatRecording:
     names = None
     if len(chosen) > 1:
         short = [_leaf(k) for k in chosen]
-        names = channel_names(short if len(set(short)) == len(short) else chosen)
+        said = [titles.get(k, "") for k in chosen]
+        names = ((all(said) and channel_names(said)) or channel_names(short if len(set(short)) == len(short)
+                                                                      else chosen))
     return MatRecording(x, _mat_rate(path, values, times, chosen[0], x.shape[0]), names, False)
 
 

@@ -33,7 +33,10 @@ _INT8, _INT32, _UINT32, _MATRIX, _COMPRESSED, _UTF8 = 1, 5, 6, 14, 15, 16
 _OPAQUE = 17  # a MATLAB object (string, datetime, table, ...): its name follows its flags
 _MAX_DIMS = 32  # scipy reads dimensions into a buffer of 32
 _NUMERIC_CLASSES = range(6, 16)  # double, single, int8 ... uint64
-_CELL, _STRUCT = 1, 2
+_CELL, _STRUCT, _CHAR = 1, 2, 4
+# how a text's characters may be stored, and their codec ("utf-16"/"utf-32" get the byte order)
+_TEXT = {1: "utf-8", 2: "utf-8", 4: "utf-16", 16: "utf-8", 17: "utf-16", 18: "utf-32"}
+_MAX_TEXT = 256  # characters of a text kept (a channel's name, its unit); longer: a description, left
 _MAX_DEPTH = 4  # structs in structs in ...: how deep a signal is looked for
 _MAX_PARTS = 100_000  # a struct or cell array's parts walked at most (more: a damaged size, or no recording)
 _MAX_LEAVES = 1024  # numeric arrays kept from a file's structs and cells
@@ -161,7 +164,8 @@ def _values(src: _Bytes, order: str, what: str, count: int) -> np.ndarray:
 def _contents(src: _Bytes, order: str, word: int, dims: tuple[int, ...], path: str, depth: int,
               out: dict[str, np.ndarray]) -> None:
     """What follows an array's name: a numeric array put in ``out[path]`` (in MATLAB's column
-    order), a struct's or cell's parts walked for theirs; anything else left unread."""
+    order), and a one-line text inside a struct or cell as a 0-d str array; a struct's or cell's
+    parts walked for theirs; anything else left unread."""
     cls, count = word & 0xFF, math.prod(dims)
     if cls in _NUMERIC_CLASSES:
         values = _values(src, order, f"{path}'s values", count)
@@ -169,6 +173,16 @@ def _contents(src: _Bytes, order: str, word: int, dims: tuple[int, ...], path: s
             values = values + 1j * _values(src, order, f"{path}'s imaginary part", count)
         if len(out) < _MAX_LEAVES and path not in out:  # a field name used twice: the first, as scipy keeps
             out[path] = values.reshape(dims[::-1]).T
+        return
+    if cls == _CHAR and dims[0] == 1 and count <= _MAX_TEXT and depth:
+        # a one-line text in a struct (a channel's Name beside its Data) names what is beside it
+        mtype, size, small = _tag(src, order, f"{path}'s characters")
+        if mtype not in _TEXT or size > 4 * count:
+            raise MatError(f"{path}'s characters are of data type {mtype}, {size} bytes")
+        raw = small if small is not None else src.read(size, f"{path}'s characters")
+        codec = _TEXT[mtype] + ("" if _TEXT[mtype] == "utf-8" else "-le" if order == "<" else "-be")
+        if len(out) < _MAX_LEAVES and path not in out:
+            out[path] = np.array(raw.decode(codec, errors="replace").rstrip("\0"))
         return
     if cls not in (_CELL, _STRUCT) or depth >= _MAX_DEPTH:
         return
@@ -282,8 +296,9 @@ def check_v4(path: str | Path) -> None:
 
 def variables(path: str | Path) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
     """The names of the whole numeric arrays of MATLAB v5 file ``path`` and of its other
-    variables (text, cells, structs, ...), in file order, and the numeric arrays inside its
-    structs and cells by their MATLAB names (``s.gs``, ``s.Y(7).Data``, ``c{2}``); MatError for a
+    variables (text, cells, structs, ...), in file order, and the numeric arrays (and one-line
+    texts) inside its structs and cells by their MATLAB names (``s.gs``, ``s.Y(7).Data``,
+    ``s.Y(7).Name``, ``c{2}``); MatError for a
     file whose structure breaks anywhere (a length past its end, a variable's parts not what its
     header says), before any of it reaches scipy."""
     return _walk(memoryview(Path(path).read_bytes()))
