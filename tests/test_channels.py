@@ -267,7 +267,8 @@ def test_channel_picks_one_column_of_a_recording_under_the_id_it_has_among_all(t
     counts = pipe.label_counts
     assert set(counts) == {"module/ch1"} == set(pipe.sources[0].streams)
     assert counts["module/ch1"]["outer_021"] > 0.8 * sum(counts["module/ch1"].values()), counts
-    for spec, said in (("?channel=2", "channel=2, but it has 2 column"), ("?channel=FE", "names a .mat file's channel")):
+    for spec, said in (("?channel=2", "channel=2, but it has 2 column"),
+                       ("?channel=FE", "names a .mat or TDMS file's channel")):
         with pytest.raises(ConfigError, match=said), make_source(f"file:{path}{spec}") as src:
             list(src)
 

@@ -823,6 +823,44 @@ def test_a_sweep_of_damaged_mat_files_is_read_or_refused_never_a_crash(tmp_path:
     assert outcomes["read"] > 1000 and outcomes["refused"] > 1000 and outcomes["in structs"] > 500
 
 
+def test_damaged_tdms_files_are_read_or_refused_in_one_line_and_quietly(tmp_path: Path, capfd) -> None:
+    """npTDMS reads what it can of a damaged file and logs what it mends through handlers of
+    its own, pages of raw bytes on the monitor's terminal: every flipped bit of a file's first
+    segments and every cut is read or refused with a SourceError, and nothing is printed."""
+    import random
+
+    from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
+
+    path = tmp_path / "f.tdms"
+    x = np.arange(600.0)
+    with TdmsWriter(path) as w:
+        w.write_segment([RootObject({"title": "t"}), GroupObject("V"),
+                         ChannelObject("V", "a", x, properties={"wf_increment": 1 / 12000}),
+                         ChannelObject("V", "b", -x, properties={"wf_increment": 1 / 12000})])
+        w.write_segment([ChannelObject("V", "a", x), ChannelObject("V", "b", -x)])
+    good = path.read_bytes()
+    rng = random.Random(5)
+    damaged = [bytes(good[:i]) + bytes([good[i] ^ (1 << bit)]) + good[i + 1 :] for i in range(0, 400) for bit in range(8)]
+    damaged += [good[:n] for n in range(0, len(good), 61)]
+    for _ in range(300):
+        d = bytearray(good)
+        for _ in range(rng.randrange(1, 6)):
+            d[rng.randrange(len(d))] = rng.randrange(256)
+        damaged.append(bytes(d))
+    outcomes = {"read": 0, "refused": 0}
+    capfd.readouterr()
+    for d in damaged:
+        path.write_bytes(d)
+        try:
+            read_recording(path, rate=12000)
+            outcomes["read"] += 1
+        except SourceError:
+            outcomes["refused"] += 1
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", err[:500]
+    assert outcomes["read"] > 300 and outcomes["refused"] > 300, outcomes
+
+
 # ---------------------------------------------------------------------------------------- capture
 def test_capture_rings_are_bounded_and_odd_times_do_not_crash(tmp_path: Path) -> None:
     """Before: a 1 MHz, 256-channel stream reserved an 11 GB ring; an alarm at t ~ 7e16 raised

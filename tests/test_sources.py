@@ -377,6 +377,41 @@ def test_any_matlab_file_plays_its_signal_at_the_rate_it_states(data_dir, tmp_pa
         _replay(f"file:{tmp_path / 'big.mat'}")
 
 
+def test_a_tdms_file_plays_its_channels_at_the_rate_its_waveforms_state(data_dir, tmp_path):
+    """NI's TDMS (LabVIEW, DAQmx, FlexLogger logs) was "unknown recording type". Now a group's
+    channels of one length play as channels under their names, at their wf_increment's rate, a
+    speed channel gives the shaft speed, and channel= picks one by name."""
+    from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
+
+    x = scipy.io.loadmat(data_dir / "cwru" / "12k_Drive_End_IR014_0_169.mat")["X169_DE_time"][:30000, 0]
+    ref = x.astype(np.float32)
+    wf = {"wf_increment": 1 / 25600, "wf_start_time": np.datetime64("2026-12-07T10:00:00"), "unit_string": "g"}
+    with TdmsWriter(tmp_path / "pump3.tdms") as w:
+        w.write_segment([RootObject({"title": "pump 3"}), GroupObject("Vibration"),
+                         ChannelObject("Vibration", "Dev1/ai0", x[:15000], properties=wf),
+                         ChannelObject("Vibration", "Dev1/ai1", -x[:15000], properties=wf),
+                         ChannelObject("Process", "speed_rpm", np.full(8, 1797.0))])
+        w.write_segment([ChannelObject("Vibration", "Dev1/ai0", x[15000:]),  # logged in two blocks
+                         ChannelObject("Vibration", "Dev1/ai1", -x[15000:])])
+    src, frames = _replay(f"file:{tmp_path / 'pump3.tdms'}?fast=1")
+    got = np.concatenate([f.samples for f in frames])
+    assert src.streams == ["pump3/Dev1_ai0", "pump3/Dev1_ai1"] and frames[0].sample_rate == 25600.0
+    assert np.array_equal(got, np.stack([ref, -ref], 1)) and src.rpm == 1797.0
+    _, got, _ = _samples(f"file:{tmp_path / 'pump3.tdms'}?fast=1&channel=Dev1/ai1")
+    assert np.array_equal(got[:, 0], -ref)
+    with pytest.raises(SourceError, match=r"Process/speed_rpm \(8 x 1\) is not a signal .*its signals: Vibration/Dev1/ai0"):
+        _replay(f"file:{tmp_path / 'pump3.tdms'}?channel=speed_rpm")
+    # no waveform properties: a time channel beside it gives the rate, or ?rate= does
+    with TdmsWriter(tmp_path / "log.tdms") as w:
+        w.write_segment([GroupObject("Log"), ChannelObject("Log", "Time", np.arange(x.size) / 12800.0),
+                         ChannelObject("Log", "accel", x)])
+    _, got, rate = _samples(f"file:{tmp_path / 'log.tdms'}?fast=1")
+    assert rate == 12800.0 and np.array_equal(got[:, 0], ref)
+    (tmp_path / "cut.tdms").write_bytes((tmp_path / "pump3.tdms").read_bytes()[:40])
+    with pytest.raises(SourceError, match=r"cut.tdms: a TDMS file with no samples in it \(cut short"):
+        _replay(f"file:{tmp_path / 'cut.tdms'}")
+
+
 def test_columns_of_numbers_under_any_name_play_as_a_csv_file_does(wav_path, tmp_path):
     """Before: a recording had to end in .wav, .npy, .csv or .mat: a logger's .txt export, the
     IMS bearing set's files (named by their time, 2004.02.12.10.32.39: tab-separated columns)

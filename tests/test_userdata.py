@@ -117,6 +117,21 @@ def test_a_test_rigs_matlab_files_train_at_the_rates_they_state(tmp_path):
         (48828, 500), (20000, 1500), (20000, 900), (20000, 900)]
 
 
+def test_tdms_logs_train_at_their_waveform_rate_and_by_channel_name(tmp_path):
+    from nptdms import ChannelObject, GroupObject, TdmsWriter
+
+    for label, freq in (("normal", 700), ("outer", 1700)):
+        (tmp_path / label).mkdir()
+        with TdmsWriter(tmp_path / label / "run.tdms") as w:
+            wf = {"wf_increment": 1 / 25600}
+            w.write_segment([GroupObject("Vib"), ChannelObject("Vib", "ai0", _tone(freq, 1.0, 25600), properties=wf),
+                             ChannelObject("Vib", "ai1", _tone(300, 1.0, 25600), properties=wf)])
+    with pytest.raises(DataError, match=r"its signal has 2 channels \(ai0, ai1\); say which one"):
+        load_user_data(tmp_path, sample_rate=12000)
+    clips = load_user_data(tmp_path, sample_rate=12000, channel="ai0").clips
+    assert [(c.source_rate, round(_peak_hz(c.signal, 12000))) for c in clips] == [(25600, 700), (25600, 1700)]
+
+
 def test_files_of_columns_named_by_their_time_train_as_csv_files_do(tmp_path):
     # the IMS bearing set's files (2003.10.22.12.06.24: tab-separated columns, no suffix) were
     # "unknown recording type '.24'"

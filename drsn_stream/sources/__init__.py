@@ -32,7 +32,7 @@ SIM_SCENARIOS: dict[str, str] = {
     "speech": "drsn_stream.sources.sim_speech:SpeechSim",
 }
 
-_FILE_SUFFIXES = (".wav", ".npy", ".csv", ".mat")
+_FILE_SUFFIXES = (".wav", ".npy", ".csv", ".mat", ".tdms")
 
 
 def load_entry(entry: str, what: str) -> Any:
@@ -48,7 +48,7 @@ def make_source(spec: str, **opts: Any) -> Source:
     """Build (not open) a source from ``KIND[:TARGET][?key=value&...]``.
 
     Kinds: ``sim`` / ``sim:bearing`` / ``sim:speech``, ``file:PATH`` (a bare path to a .wav, .npy,
-    .csv or .mat file works too), ``zmq://HOST:PORT``, ``zmq+bind://HOST:PORT``,
+    .csv, .mat or .tdms file works too), ``zmq://HOST:PORT``, ``zmq+bind://HOST:PORT``,
     ``zmq+pull://HOST:PORT``, ``zmq+pull+bind://HOST:PORT`` (a ZeroMQ target may list several
     comma-separated addresses: one socket for all), ``mic`` / ``mic:DEVICE``. Unknown kinds and
     options raise ConfigError listing the valid ones.

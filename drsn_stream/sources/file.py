@@ -1,4 +1,4 @@
-"""``file:PATH``: replay a recording (WAV, NPY, CSV or MATLAB .mat) through the live path.
+"""``file:PATH``: replay a recording (WAV, NPY, CSV, MATLAB .mat or TDMS) through the live path.
 
 Paced in real time by default (a frame is delivered when its last sample would have been
 captured), ``fast`` for as fast as possible, ``loop`` to repeat. The stream id is the file name
@@ -19,12 +19,14 @@ CSV file (a .txt export; the IMS set's ``2004.02.12.10.32.39``), a WAV saved as 
 A MATLAB file laid out as CWRU's (``X097_DE_time``) plays its DE channel (``?channel=FE|BA``); any
 other plays the signal it holds (a numeric vector or matrix, also in a struct or cell: MFPT's
 ``bearing.gs``) at the rate a variable beside it states (``fs``, ``sr``, ``dt``, a time vector):
-``_mat``. ``?channel=NAME`` picks one where it holds several.
+``_mat``. ``?channel=NAME`` picks one where it holds several. A TDMS file (NI's LabVIEW and
+DAQmx logs) plays its channels the same way, at the rate their ``wf_increment`` states: ``_tdms``.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import re
@@ -42,7 +44,7 @@ from drsn_stream.sources.wire import MAX_CHANNELS, shaft_speed
 from drsn_stream.types import MAX_RPM, Frame, channel_ids
 from drsn_stream.wav import WavError, read_wav
 
-SUFFIXES = (".wav", ".npy", ".csv", ".mat")
+SUFFIXES = (".wav", ".npy", ".csv", ".mat", ".tdms")
 # a text row of numbers only, separated by spaces, tabs, commas or semicolons (decimal commas too)
 _NUMBERS_ROW = re.compile(r"[ \t]*[-+]?(?:\d|[.,]\d)[0-9eE+\-.,; \t]*\r?")
 _CWRU_RATE = re.compile(r"^(12|48)k_")
@@ -68,6 +70,8 @@ def recording_type(path: Path) -> str | None:
         return ".npy"
     if head[:6] == b"MATLAB":
         return ".mat"
+    if head[:4] == b"TDSm":
+        return ".tdms"
     lines = head.decode("utf-8", errors="replace").split("\n")[:-1] or [""]  # the last may be cut short
     rows = [line for line in lines if line.strip()][:2]
     if rows and "\ufffd" not in "".join(rows) and all(_NUMBERS_ROW.fullmatch(r) for r in rows[-1:]):
@@ -162,17 +166,17 @@ _CWRU_CHANNELS = ("DE", "FE", "BA")
 # it for the shaft's rate as often as for the sampling's.
 _RATE_VAR = re.compile(r"(?:fs|f_s|sr|srate|fsamp|fsample|sps|samp(?:le|ling)?_?(?:rate|freq|frequency))(?:_(hz|khz))?")
 _PERIOD_VAR = re.compile(r"(?:dt|ts|sample_?time|samp(?:le|ling)?_?(?:interval|period))(?:_(s|secs?|ms|us))?")
-# a MATLAB name: a variable, its fields, an element of a struct array or cell: rec.Y(7).Data, c{2}
-_MAT_INDEX = r"(?:\(\d{1,6}\)|\{\d{1,6}\})?"
-_MAT_NAME = re.compile(rf"[A-Za-z]\w{{0,62}}{_MAT_INDEX}(?:\.[A-Za-z]\w{{0,62}}{_MAT_INDEX}){{0,8}}")
 _MIN_SIGNAL = 64  # a numeric variable of fewer values is a setting (a date, a geometry), not a signal
 
 
-class MatRecording(NamedTuple):
+class _Signals(NamedTuple):
+    """What a .mat or TDMS file holds for the monitor."""
+
     samples: np.ndarray  # (n, channels)
     rate: float | None  # what the file says (a CWRU name, a rate or time variable); None: not said
     names: tuple[str, ...] | None  # channel names where several variables make the channels
     cwru: bool  # CWRU's layout (X097_DE_time ...), whose channels are DE, FE and BA
+    rpm: float | None  # the shaft speed it records
 
 
 def _leaf(name: str) -> str:
@@ -204,7 +208,36 @@ def _described(name: str, v: np.ndarray, title: str | None = None) -> str:
 _TITLE_FIELD = re.compile(r"name|label|title|channel|channel_?name|signal_?name|sensor|sensor_?name")
 
 
-def _mat(path: Path, channel: str | None) -> MatRecording:
+def _choose(path: Path, values: dict[str, np.ndarray], signals: dict[str, np.ndarray], channel: str | None,
+            titles: dict[str, str]) -> list[str]:
+    """Which of a file's ``signals`` (of its numeric ``values``, by name) play: the one ``channel``
+    names (its whole name, the end of it after a ``.`` or ``/`` where that is unique, or its title),
+    else the only one, else all where they are vectors of one length; a SourceError listing
+    them otherwise."""
+    held = ", ".join(_described(k, v, titles.get(k)) for k, v in signals.items()) or "no signal"
+    if channel is not None:
+        c = channel.lower()
+        found = ([k for k in values if k == channel] or [k for k in values if k.lower() == c]
+                 or [k for k in values if k.lower().endswith(("." + c, "/" + c))]
+                 or [k for k, t in titles.items() if t.strip().lower() == c])
+        if len(found) != 1:
+            why = f"several variables are named {channel}: {', '.join(found)}; give the whole name" if found else \
+                f"no variable {channel}"
+            raise SourceError(f"{path}: {why}; its signals: {held}; choose one with ?channel=NAME")
+        if found[0] not in signals:
+            raise SourceError(f"{path}: {_described(found[0], values[found[0]])} is not a signal (a vector or matrix "
+                              f"of at least {_MIN_SIGNAL} samples); its signals: {held}")
+        return found
+    if not signals:
+        raise SourceError(f"{path}: no signal in it (a numeric vector or matrix of at least {_MIN_SIGNAL} samples); "
+                          f"it holds {', '.join(_described(k, v) for k, v in values.items()) or 'no numbers'}")
+    if len(signals) == 1 or (len({max(v.shape) for v in signals.values()}) == 1
+                             and all(min(v.shape) == 1 for v in signals.values())):
+        return list(signals)
+    raise SourceError(f"{path}: it holds several signals: {held}; choose one with ?channel=NAME")
+
+
+def _mat(path: Path, channel: str | None) -> _Signals:
     """A .mat file's samples: CWRU's ``X###_DE_time`` (``channel`` DE, FE or BA, DE by default),
     or any other file's signal, a numeric vector or matrix (rows or columns the channels,
     whichever are fewer): the one it holds, the variable ``channel`` names (its whole MATLAB name,
@@ -218,7 +251,8 @@ def _mat(path: Path, channel: str | None) -> MatRecording:
         if not keys:
             raise SourceError(f"{path}: no {ch} channel (*_{ch}_time); it has {', '.join(sorted(layout))}; "
                               "choose one with ?channel=DE|FE|BA")
-        return MatRecording(_real(path, mat[keys[0]], f"{keys[0]} is not").reshape(-1, 1), _cwru_rate(path), None, True)
+        return _Signals(_real(path, mat[keys[0]], f"{keys[0]} is not").reshape(-1, 1), _cwru_rate(path), None, True,
+                        _mat_rpm(mat))
     values = {k: v for k, v in mat.items() if not k.startswith("__") and v.dtype.kind in "biufc" and v.size}
     times = {k for k, v in values.items() if _TIME_COLUMN.fullmatch(_leaf(k)) and v.size == max(v.shape) > 1}
     signals = {k: v for k, v in values.items() if v.ndim == 2 and max(v.shape) >= _MIN_SIGNAL and k not in times}
@@ -227,27 +261,7 @@ def _mat(path: Path, channel: str | None) -> MatRecording:
              and str(v).strip()}
     titles = {k: texts[_scope(k)] for k in signals if _scope(k) and _scope(k) in texts
               and sum(_scope(j) == _scope(k) for j in signals) == 1}
-    held = ", ".join(_described(k, v, titles.get(k)) for k, v in signals.items()) or "no signal"
-    if channel is not None:
-        found = ([k for k in values if k == channel] or [k for k in values if k.lower() == channel.lower()]
-                 or [k for k in values if k.lower().endswith("." + channel.lower())]
-                 or [k for k, t in titles.items() if t.strip().lower() == channel.lower()])
-        if len(found) != 1:
-            why = f"several variables are named {channel}: {', '.join(found)}; give the whole name" if found else \
-                f"no variable {channel}"
-            raise SourceError(f"{path}: {why}; its signals: {held}; choose one with ?channel=NAME")
-        if found[0] not in signals:
-            raise SourceError(f"{path}: {_described(found[0], values[found[0]])} is not a signal (a vector or matrix "
-                              f"of at least {_MIN_SIGNAL} samples); its signals: {held}")
-        chosen = found
-    elif not signals:
-        raise SourceError(f"{path}: no signal in it (a numeric vector or matrix of at least {_MIN_SIGNAL} samples); "
-                          f"it holds {', '.join(_described(k, v) for k, v in values.items()) or 'no numbers'}")
-    elif len(signals) == 1 or (len({max(v.shape) for v in signals.values()}) == 1
-                               and all(min(v.shape) == 1 for v in signals.values())):
-        chosen = list(signals)
-    else:
-        raise SourceError(f"{path}: it holds several signals: {held}; choose one with ?channel=NAME")
+    chosen = _choose(path, values, signals, channel, titles)
     # rows or columns, whichever are fewer, are the channels: MATLAB code keeps signals in either
     parts = [_real(path, signals[k].T if signals[k].shape[0] < signals[k].shape[1] else signals[k], f"{k} is not")
              for k in chosen]
@@ -258,7 +272,7 @@ def _mat(path: Path, channel: str | None) -> MatRecording:
         said = [titles.get(k, "") for k in chosen]
         names = ((all(said) and channel_names(said)) or channel_names(short if len(set(short)) == len(short)
                                                                       else chosen))
-    return MatRecording(x, _mat_rate(path, values, times, chosen[0], x.shape[0]), names, False)
+    return _Signals(x, _mat_rate(path, values, times, chosen[0], x.shape[0]), names, False, _mat_rpm(mat))
 
 
 def _mat_rate(path: Path, values: dict[str, np.ndarray], times: set[str], signal: str, n: int) -> float | None:
@@ -302,13 +316,92 @@ def _real(path: Path, data: Any, what: str = "not") -> np.ndarray:
         return a.astype(np.float32)
 
 
+def _tdms(path: Path, channel: str | None) -> _Signals:
+    """A TDMS file's samples (National Instruments' format, LabVIEW's and DAQmx's logs): its
+    channels by ``GROUP/CHANNEL``, chosen as a .mat file's are (``_choose``), at the rate their
+    waveform properties state (``wf_increment``), else a time channel's or a sample rate property's."""
+    try:
+        from nptdms import TdmsFile
+    except ImportError:  # a dependency; an install without it says so
+        raise SourceError(f"{path}: reading TDMS files needs npTDMS: pip install nptdms") from None
+    # npTDMS logs what it mends in a damaged file (a segment cut short, bytes that are not UTF-8:
+    # pages of them) through handlers of its own to the terminal the monitor draws on: quiet
+    # while it reads
+    logs = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == "nptdms"]
+    quiet = [lg for lg in logs if not lg.disabled]
+    for lg in quiet:
+        lg.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f = TdmsFile.read(path)
+            chans = {f"{g.name}/{c.name}": (g.name, c) for g in f.groups() for c in g.channels()}
+            data = {k: np.asarray(c[:]) for k, (_, c) in chans.items()}
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - npTDMS meets damaged bytes with any exception
+        raise SourceError(f"{path}: cannot read it as a TDMS file ({str(exc)[:160] or type(exc).__name__}); re-copy "
+                          "it, or save the samples as WAV, NPY or CSV") from None
+    finally:
+        for lg in quiet:
+            lg.disabled = False
+    if not any(v.size for v in data.values()):
+        raise SourceError(f"{path}: a TDMS file with no samples in it (cut short, or only its properties); re-copy it, "
+                          "or save the samples as WAV, NPY or CSV")
+    props = {k: dict(c.properties) for k, (_, c) in chans.items()}
+    group_of = {k: g for k, (g, _) in chans.items()}
+    name_of = {k: c.name for k, (_, c) in chans.items()}
+    times = {k for k, v in data.items() if _TIME_COLUMN.fullmatch(_leaf(name_of[k])) and v.ndim == 1
+             and v.size > 1 and v.dtype.kind in "fM"}
+    values = {k: v.reshape(-1, 1) for k, v in data.items() if v.dtype.kind in "biufc" and v.size and k not in times}
+    signals = {k: v for k, v in values.items() if v.shape[0] >= _MIN_SIGNAL and not _leaf(name_of[k]).endswith("rpm")}
+    chosen = _choose(path, values, signals, channel, {})
+    x = np.concatenate([_real(path, signals[k], f"{k} is not") for k in chosen], axis=1)
+    names = channel_names([name_of[k] for k in chosen]) if len(chosen) > 1 else None
+    rates = set()
+    for k in chosen:
+        inc = props[k].get("wf_increment")
+        if isinstance(inc, (int, float)) and inc > 0:
+            rates.add(round(1.0 / inc, 6))
+    if len(rates) > 1:
+        raise SourceError(f"{path}: its channels {', '.join(chosen)} are sampled at different rates "
+                          f"({', '.join(f'{r:g}' for r in sorted(rates))} Hz); choose one with ?channel=NAME")
+    rate = rates.pop() if rates else None
+    group = group_of[chosen[0]]
+    if rate is None:  # a time channel beside it, or a sample rate property of it, its group or the file
+        for k in sorted(times):
+            if group_of[k] == group and data[k].size == x.shape[0]:
+                t = data[k].astype("datetime64[ns]").astype(np.int64) * 1e-9 if data[k].dtype.kind == "M" else data[k]
+                rate = rate_of_time_column(np.asarray(t, dtype=np.float64), path, k)
+                break
+    if rate is None:
+        for where in (props[chosen[0]], dict(f[group].properties), dict(f.properties)):
+            found = {float(v) for n, v in where.items() if isinstance(v, (int, float)) and v > 0
+                     and _RATE_VAR.fullmatch(_leaf(n))}
+            if len(found) == 1:
+                rate = found.pop()
+                break
+    if rate is not None and abs(rate - round(rate)) <= 1e-4 * rate:
+        rate = float(round(rate))
+    rpm = None
+    for k, v in data.items():  # a speed channel logged beside the vibration: its mean
+        if _leaf(name_of[k]).endswith("rpm") and v.dtype.kind in "biuf" and v.size:
+            mean = float(np.nanmean(v.astype(np.float64))) if np.isfinite(v).any() else math.nan
+            rpm = mean if math.isfinite(mean) and mean > 0 else None
+            break
+    return _Signals(x, rate, names, False, rpm)
+
+
 def mat_rpm(path: Path) -> float | None:
     """The shaft speed a .mat file records (a number named like ``rpm``: CWRU's ``X###RPM``,
     ``speed_rpm``, ``rec.rpm``), rpm; None without one."""
     try:
-        mat = load_mat(path)
+        return _mat_rpm(load_mat(path))
     except SourceError:
         return None
+
+
+def _mat_rpm(mat: dict[str, Any]) -> float | None:
     for key in sorted(k for k in mat if not k.startswith("__") and _leaf(k).endswith("rpm")):
         v = np.asarray(mat[key]).reshape(-1)
         if v.size == 1 and v.dtype.kind in "biuf" and np.isfinite(v[0]) and v[0] > 0:
@@ -418,8 +511,9 @@ def channel_names(names: list[str]) -> tuple[str, ...] | None:
 class Recording(NamedTuple):
     samples: np.ndarray  # float32 (n, channels)
     rate: float
-    names: tuple[str, ...] | None  # a .mat file's channel names, where several variables make them
+    names: tuple[str, ...] | None  # a .mat or TDMS file's channel names, where several variables make them
     cwru: bool  # a CWRU .mat file, whose channels are DE, FE and BA
+    rpm: float | None  # the shaft speed a .mat or TDMS file records
 
 
 def read_recording(path: Path, *, rate: float | None = None, channel: str | None = None) -> tuple[np.ndarray, float]:
@@ -434,7 +528,7 @@ def load_recording(path: Path, *, rate: float | None = None, channel: str | None
     ``channel`` picks a .mat file's: DE, FE or BA of CWRU's, a variable of any other.
     ``default_rate``: the rate where neither ``rate`` nor the file gives one; ``give_rate``: how
     the caller's user gives one (default: the file source's ``?rate=``)."""
-    names, cwru = None, False
+    names, cwru, rpm = None, False, None
     if not path.is_file():
         raise SourceError(f"recording {path}: {_not_a_file(path)}")
     suffix = recording_type(path)
@@ -454,14 +548,18 @@ def load_recording(path: Path, *, rate: float | None = None, channel: str | None
     elif suffix == ".csv":
         x = _csv(path)
     elif suffix == ".mat":
-        x, file_rate, names, cwru = _mat(path, channel)
+        x, file_rate, names, cwru, rpm = _mat(path, channel)
+        rate = rate or file_rate
+    elif suffix == ".tdms":
+        x, file_rate, names, cwru, rpm = _tdms(path, channel)
         rate = rate or file_rate
     else:
         raise ConfigError(f"{path}: {NOT_A_RECORDING}")
     if rate is None:  # (a WAV header's 0 Hz is said below as what the file says)
         rate = default_rate
     if rate is None:
-        what = "the file (no fs, sr or dt variable beside its signal)" if suffix == ".mat" else "the file"
+        what = {".mat": "the file (no fs, sr or dt variable beside its signal)",
+                ".tdms": "the file (no wf_increment property on its channel)"}.get(suffix or "", "the file")
         raise ConfigError(f"{path.name}: the sample rate is not in {what}; give it"
                           f"{give_rate or f', e.g. file:{path}?rate=12000'}")
     if not (math.isfinite(rate) and rate > 0):  # a WAV header can say 0 Hz
@@ -477,7 +575,7 @@ def load_recording(path: Path, *, rate: float | None = None, channel: str | None
         raise SourceError(f"{path}: {x.shape[1]:,} channels of {x.shape[0]:,} samples; a recording has at most "
                           f"{MAX_CHANNELS} channels, one per column: if its rows are channels, save it "
                           "transposed (x.T)")
-    return Recording(np.ascontiguousarray(x), float(rate), names, cwru)
+    return Recording(np.ascontiguousarray(x), float(rate), names, cwru, rpm)
 
 
 NOT_A_RECORDING = ("not a recording this reads (by its suffix or its first bytes); save it as WAV, NPY, MATLAB "
@@ -485,17 +583,18 @@ NOT_A_RECORDING = ("not a recording this reads (by its suffix or its first bytes
 
 
 def _opt_channel(value: Any) -> str | int:
-    """``channel=``: a column counted from 0; DE, FE or BA (a CWRU .mat file's); or a variable of
-    any other .mat file, by its MATLAB name (``gs``, ``bearing.gs``, ``rec.Y(7).Data``)."""
+    """``channel=``: a column counted from 0; DE, FE or BA (a CWRU .mat file's); or a signal of
+    any other .mat or TDMS file by its name (``gs``, ``bearing.gs``, ``rec.Y(7).Data``,
+    ``Vibration/accel_x``, ``Dev1/ai0``)."""
     v = str(value).strip()
     if v.upper() in _CWRU_CHANNELS:
         return v.upper()
     if v.isascii() and v.isdigit() and len(v) <= 6:
         return int(v)
-    if _MAT_NAME.fullmatch(v):
+    if 0 < len(v) <= 256 and v.isprintable():
         return v
-    raise ValueError(f"must be a column counted from 0, DE, FE or BA (a CWRU .mat file's channel), or a .mat "
-                     f"file's variable by name, got {value!r}")
+    raise ValueError(f"must be a column counted from 0, DE, FE or BA (a CWRU .mat file's channel), or a .mat or "
+                     f"TDMS file's signal by name, got {value!r}")
 
 
 class FileSource(Source):
@@ -503,10 +602,12 @@ class FileSource(Source):
 
     kind = "file"
     OPTIONS = {
-        "rate": (opt_positive(float, 1e6), None, "sample rate in Hz (needed for .npy, a .csv without a time column "
-                                                  "and a .mat file without an fs variable)"),
+        "rate": (opt_positive(float, 1e6), None, "sample rate in Hz (needed for .npy, a .csv without a time column, "
+                                                  "a .mat file without an fs variable, a TDMS file without "
+                                                  "wf_increment)"),
         "channel": (_opt_channel, None, "one column K, counted from 0 (default: every column); a CWRU .mat file's "
-                                        "channel, DE|FE|BA (default DE); another .mat file's variable by name"),
+                                        "channel, DE|FE|BA (default DE); another .mat or a TDMS file's signal by "
+                                        "name"),
         "chunk": (opt_positive(int), 1024, "samples per frame"),
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
         "loop": (opt_bool, False, "1 = repeat the recording forever"),
@@ -559,12 +660,12 @@ class FileSource(Source):
                                   f"{found:.6g} Hz; leave rate= out or correct it (times in milliseconds: name the column "
                                   "time_ms)")
             rate = rate or found
-        chan, mat = self.options["channel"], self.type == ".mat"
+        chan, mat = self.options["channel"], self.type in (".mat", ".tdms")
         if isinstance(chan, str) and not mat:
-            raise ConfigError(f"{self.path.name}: channel={chan} names a .mat file's channel; for this file give a "
-                              "column counted from 0 (channel=1), or leave it out: every column is monitored")
-        x, self.rate, names, cwru = load_recording(self.path, rate=rate,
-                                                   channel=chan if isinstance(chan, str) else None)
+            raise ConfigError(f"{self.path.name}: channel={chan} names a .mat or TDMS file's channel; for this file "
+                              "give a column counted from 0 (channel=1), or leave it out: every column is monitored")
+        x, self.rate, names, cwru, rpm = load_recording(self.path, rate=rate,
+                                                        channel=chan if isinstance(chan, str) else None)
         if isinstance(chan, int) and cwru:
             raise ConfigError(f"{self.path.name}: channel={chan}: a CWRU .mat file's channels are named: channel=DE, "
                               "FE or BA")
@@ -604,8 +705,8 @@ class FileSource(Source):
         self.samples = x[a:b]
         self.speeds = None if speeds is None else speeds[a:b]
         self._streams = list(channel_ids(self.stream_id, x.shape[1], self.names))  # each channel is monitored
-        if self.rpm is None and self.type == ".mat":
-            self.rpm = mat_rpm(self.path)
+        if self.rpm is None:
+            self.rpm = rpm
         self._start_clock()
 
     def _speed(self, pos: int, n: int) -> float | None:

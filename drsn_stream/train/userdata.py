@@ -305,12 +305,12 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
     if suffix is None:
         raise DataError(NOT_A_RECORDING)
     ch = e.channel if e.channel is not None else channel
-    # a .mat file's channel: DE, FE or BA of a CWRU file, a variable of another, or a column of its signal
+    # a .mat or TDMS file's channel: DE, FE or BA of a CWRU file, a signal's name, or a column of its signal
     column = ch is not None and re.fullmatch(r"\d+", ch) is not None
     mat_channel = None if ch is None or column else ch
-    # .wav and .mat files carry their rate (a .mat file may not: then --rate); the manifest's rate
+    # .wav, .mat and TDMS files carry their rate (the last two may not: then --rate); the manifest's rate
     # wins over --rate, the file's over both
-    rate = e.rate if e.rate is not None else (None if suffix in (".wav", ".mat") else default_rate)
+    rate = e.rate if e.rate is not None else (None if suffix in (".wav", ".mat", ".tdms") else default_rate)
     # a data logger's CSV: a first column of row times gives the rate (over --rate, as a WAV's
     # header does), and its one sensor column beside it needs no channel
     header, found = csv_time_rate(e.path) if suffix == ".csv" else (None, None)
@@ -335,15 +335,15 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
     if rate is None and suffix in (".csv", ".npy") and e.path.is_file():  # in training's terms, not ?rate=
         raise DataError(f"{e.rel}: the sample rate is not in the file; give --rate HZ, a rate column in a manifest, "
                         "or a first column of row times named time (docs/user-data.md)")
-    x, rate, names, cwru = load_recording(e.path, rate=rate, channel=mat_channel, default_rate=default_rate,
-                                          give_rate=": --rate HZ, or a rate column in a manifest (docs/user-data.md)")
+    x, rate, names, cwru, _ = load_recording(e.path, rate=rate, channel=mat_channel, default_rate=default_rate,
+                                             give_rate=": --rate HZ, or a rate column in a manifest (docs/user-data.md)")
     if cwru and column:
         raise DataError(f"channel {ch}: a CWRU .mat file's channels are named: {', '.join(CHANNELS)}")
-    if suffix == ".mat" and not column and x.shape[1] > 1:
+    if suffix in (".mat", ".tdms") and not column and x.shape[1] > 1:
         what = ", ".join(names) if names else f"{x.shape[1]} columns"
         raise DataError(f"its signal has {x.shape[1]} channels ({what}); say which one with channel = <a variable's "
                         "name, or a 0-based column> in a manifest or --channel")
-    x = _column(x, ch if column or suffix != ".mat" else None)
+    x = _column(x, ch if column or suffix not in (".mat", ".tdms") else None)
     x = np.asarray(x, dtype=np.float64)
     a = 0 if e.start is None else int(round(e.start * rate))
     b = x.size if e.end is None else int(round(e.end * rate))
