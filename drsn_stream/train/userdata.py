@@ -2,7 +2,7 @@
 
 Two layouts (docs/user-data.md):
 
-- a folder per label: ``DIR/<label>/<file>`` (WAV, NPY, CSV or .mat; sub-folders are read too); the
+- a folder per label: ``DIR/<label>/<file>`` (WAV, NPY, CSV, .mat or TDMS; sub-folders are read too); the
   recording id of a file is its path inside the label folder without the suffix;
 - a manifest, CSV (header row) or TOML (``[[recording]]`` tables): ``path`` and ``label``, optional
   ``rate`` (Hz), ``channel`` (a 0-based column; DE/FE/BA of a CWRU .mat file, another .mat file's
@@ -153,7 +153,7 @@ def _folder_entries(root: Path) -> list[Entry]:
                 out.append(Entry(f, d.name, rel, recording=f"{d.name}/{inside.as_posix()}"))
     if not out:
         raise DataError(
-            f"{root}: no label folders with recordings; lay it out as {root}/<label>/<file>.wav|.csv|.npy|.mat "
+            f"{root}: no label folders with recordings; lay it out as {root}/<label>/<file>.wav|.csv|.npy|.mat|.tdms "
             "or give a manifest (docs/user-data.md)"
         )
     return out
