@@ -616,7 +616,7 @@ class FileSource(Source):
         "stream": (str, "", "stream id (default: the file name without suffix)"),
         "speed": (opt_positive(float), 1.0, "pace as a multiple of real time"),
         "rpm": (opt_positive(float), None, "shaft speed in rpm, for the envelope evidence (default: the "
-                                           "RPM a CWRU .mat file records)"),
+                                           "speed a .mat or TDMS file records, or a CSV's speed column)"),
     }
 
     def __init__(self, target: str = "", **options: Any) -> None:
