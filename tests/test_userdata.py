@@ -110,6 +110,10 @@ def test_a_test_rigs_matlab_files_train_at_the_rates_they_state(tmp_path):
                                              "Fs": 20000})
     with pytest.raises(DataError, match=r"or1.mat: its signal has 2 channels \(acc, acc_y\); say which one"):
         load_user_data(tmp_path, sample_rate=12000)
+    savemat(tmp_path / "outer" / "or2.mat", {"acc": _tone(1500, 1.0, 20000), "tach": _tone(30, 0.5, 20000), "Fs": 20000})
+    with pytest.raises(DataError, match=r"or2.mat: .*several signals: acc \(1 x 20,000\), tach \(1 x 10,000\); choose one "
+                                        r"with channel = NAME in a manifest, or --channel NAME"):
+        load_user_data(tmp_path, sample_rate=12000)
     (tmp_path / "m.csv").write_text("path,label,channel\nnormal/base.mat,normal,\nouter/or1.mat,outer,acc\n"
                                     "outer/or1.mat,outer_y,acc_y\nouter/or1.mat,outer_col,1\n")
     clips = load_user_data(tmp_path / "m.csv", sample_rate=12000).clips

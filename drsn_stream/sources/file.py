@@ -209,11 +209,11 @@ _TITLE_FIELD = re.compile(r"name|label|title|channel|channel_?name|signal_?name|
 
 
 def _choose(path: Path, values: dict[str, np.ndarray], signals: dict[str, np.ndarray], channel: str | None,
-            titles: dict[str, str]) -> list[str]:
+            titles: dict[str, str], pick: str) -> list[str]:
     """Which of a file's ``signals`` (of its numeric ``values``, by name) play: the one ``channel``
     names (its whole name, the end of it after a ``.`` or ``/`` where that is unique, or its title),
     else the only one, else all where they are vectors of one length; a SourceError listing
-    them otherwise."""
+    them otherwise, saying how to choose one as ``pick`` does."""
     held = ", ".join(_described(k, v, titles.get(k)) for k, v in signals.items()) or "no signal"
     if channel is not None:
         c = channel.lower()
@@ -223,7 +223,7 @@ def _choose(path: Path, values: dict[str, np.ndarray], signals: dict[str, np.nda
         if len(found) != 1:
             why = f"several variables are named {channel}: {', '.join(found)}; give the whole name" if found else \
                 f"no variable {channel}"
-            raise SourceError(f"{path}: {why}; its signals: {held}; choose one with ?channel=NAME")
+            raise SourceError(f"{path}: {why}; its signals: {held}; choose one with {pick}")
         if found[0] not in signals:
             raise SourceError(f"{path}: {_described(found[0], values[found[0]])} is not a signal (a vector or matrix "
                               f"of at least {_MIN_SIGNAL} samples); its signals: {held}")
@@ -234,10 +234,10 @@ def _choose(path: Path, values: dict[str, np.ndarray], signals: dict[str, np.nda
     if len(signals) == 1 or (len({max(v.shape) for v in signals.values()}) == 1
                              and all(min(v.shape) == 1 for v in signals.values())):
         return list(signals)
-    raise SourceError(f"{path}: it holds several signals: {held}; choose one with ?channel=NAME")
+    raise SourceError(f"{path}: it holds several signals: {held}; choose one with {pick}")
 
 
-def _mat(path: Path, channel: str | None) -> _Signals:
+def _mat(path: Path, channel: str | None, pick: str = "?channel=NAME") -> _Signals:
     """A .mat file's samples: CWRU's ``X###_DE_time`` (``channel`` DE, FE or BA, DE by default),
     or any other file's signal, a numeric vector or matrix (rows or columns the channels,
     whichever are fewer): the one it holds, the variable ``channel`` names (its whole MATLAB name,
@@ -261,7 +261,7 @@ def _mat(path: Path, channel: str | None) -> _Signals:
              and str(v).strip()}
     titles = {k: texts[_scope(k)] for k in signals if _scope(k) and _scope(k) in texts
               and sum(_scope(j) == _scope(k) for j in signals) == 1}
-    chosen = _choose(path, values, signals, channel, titles)
+    chosen = _choose(path, values, signals, channel, titles, pick)
     # rows or columns, whichever are fewer, are the channels: MATLAB code keeps signals in either
     parts = [_real(path, signals[k].T if signals[k].shape[0] < signals[k].shape[1] else signals[k], f"{k} is not")
              for k in chosen]
@@ -316,7 +316,7 @@ def _real(path: Path, data: Any, what: str = "not") -> np.ndarray:
         return a.astype(np.float32)
 
 
-def _tdms(path: Path, channel: str | None) -> _Signals:
+def _tdms(path: Path, channel: str | None, pick: str = "?channel=NAME") -> _Signals:
     """A TDMS file's samples (National Instruments' format, LabVIEW's and DAQmx's logs): its
     channels by ``GROUP/CHANNEL``, chosen as a .mat file's are (``_choose``), at the rate their
     waveform properties state (``wf_increment``), else a time channel's or a sample rate property's."""
@@ -355,7 +355,7 @@ def _tdms(path: Path, channel: str | None) -> _Signals:
              and v.size > 1 and v.dtype.kind in "fM"}
     values = {k: v.reshape(-1, 1) for k, v in data.items() if v.dtype.kind in "biufc" and v.size and k not in times}
     signals = {k: v for k, v in values.items() if v.shape[0] >= _MIN_SIGNAL and not _leaf(name_of[k]).endswith("rpm")}
-    chosen = _choose(path, values, signals, channel, {})
+    chosen = _choose(path, values, signals, channel, {}, pick)
     x = np.concatenate([_real(path, signals[k], f"{k} is not") for k in chosen], axis=1)
     names = channel_names([name_of[k] for k in chosen]) if len(chosen) > 1 else None
     rates = set()
@@ -365,7 +365,7 @@ def _tdms(path: Path, channel: str | None) -> _Signals:
             rates.add(round(1.0 / inc, 6))
     if len(rates) > 1:
         raise SourceError(f"{path}: its channels {', '.join(chosen)} are sampled at different rates "
-                          f"({', '.join(f'{r:g}' for r in sorted(rates))} Hz); choose one with ?channel=NAME")
+                          f"({', '.join(f'{r:g}' for r in sorted(rates))} Hz); choose one with {pick}")
     rate = rates.pop() if rates else None
     group = group_of[chosen[0]]
     if rate is None:  # a time channel beside it, or a sample rate property of it, its group or the file
@@ -523,11 +523,12 @@ def read_recording(path: Path, *, rate: float | None = None, channel: str | None
 
 
 def load_recording(path: Path, *, rate: float | None = None, channel: str | None = None,
-                   default_rate: float | None = None, give_rate: str = "") -> Recording:
+                   default_rate: float | None = None, give_rate: str = "", pick: str = "?channel=NAME") -> Recording:
     """Load a whole recording (``read_recording``) with what a .mat file says of its channels;
     ``channel`` picks a .mat file's: DE, FE or BA of CWRU's, a variable of any other.
-    ``default_rate``: the rate where neither ``rate`` nor the file gives one; ``give_rate``: how
-    the caller's user gives one (default: the file source's ``?rate=``)."""
+    ``default_rate``: the rate where neither ``rate`` nor the file gives one; ``give_rate`` and
+    ``pick``: how the caller's user gives a rate and a channel (default: the file source's
+    ``?rate=`` and ``?channel=``)."""
     names, cwru, rpm = None, False, None
     if not path.is_file():
         raise SourceError(f"recording {path}: {_not_a_file(path)}")
@@ -548,10 +549,10 @@ def load_recording(path: Path, *, rate: float | None = None, channel: str | None
     elif suffix == ".csv":
         x = _csv(path)
     elif suffix == ".mat":
-        x, file_rate, names, cwru, rpm = _mat(path, channel)
+        x, file_rate, names, cwru, rpm = _mat(path, channel, pick)
         rate = rate or file_rate
     elif suffix == ".tdms":
-        x, file_rate, names, cwru, rpm = _tdms(path, channel)
+        x, file_rate, names, cwru, rpm = _tdms(path, channel, pick)
         rate = rate or file_rate
     else:
         raise ConfigError(f"{path}: {NOT_A_RECORDING}")

@@ -336,7 +336,8 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
         raise DataError(f"{e.rel}: the sample rate is not in the file; give --rate HZ, a rate column in a manifest, "
                         "or a first column of row times named time (docs/user-data.md)")
     x, rate, names, cwru, _ = load_recording(e.path, rate=rate, channel=mat_channel, default_rate=default_rate,
-                                             give_rate=": --rate HZ, or a rate column in a manifest (docs/user-data.md)")
+                                             give_rate=": --rate HZ, or a rate column in a manifest (docs/user-data.md)",
+                                             pick="channel = NAME in a manifest, or --channel NAME")
     if cwru and column:
         raise DataError(f"channel {ch}: a CWRU .mat file's channels are named: {', '.join(CHANNELS)}")
     if suffix in (".mat", ".tdms") and not column and x.shape[1] > 1:
