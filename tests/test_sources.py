@@ -426,6 +426,15 @@ def test_columns_of_numbers_under_any_name_play_as_a_csv_file_does(wav_path, tmp
                                                                           for k, v in enumerate(x[:, 0])))
     ids, got, rate = _samples(f"file:{tmp_path / 'log.txt'}?fast=1")
     assert ids == ["log"] and rate == 8000.0 and np.array_equal(got[:, 0], x[:, 0].astype(np.float32))
+    # a logger's export: its name and the date first, a header, a row of units, decimal commas
+    rows = "".join(f"{k / 8000:.6f};{v:.3f};1797\n".replace(".", ",") for k, v in enumerate(x[:, 0]))
+    for name in ("catman.csv", "catman.txt"):
+        (tmp_path / name).write_text("Messung: Pumpe 3\nDatum: 07.12.2026 10:00:00\n\nZeit;Beschleunigung;rpm\n"
+                                     "s;m/s^2;1/min\n" + rows)
+        src, frames = _replay(f"file:{tmp_path / name}?fast=1")
+        got = np.concatenate([f.samples for f in frames])
+        assert src.streams == ["catman"] and frames[0].sample_rate == 8000.0 and frames[0].rpm == 1797.0
+        assert np.array_equal(got[:, 0], x[:, 0].astype(np.float32))
     (tmp_path / "take1.dat").write_bytes(wav_path.read_bytes())
     ids, got, rate = _samples(f"file:{tmp_path / 'take1.dat'}?fast=1")
     assert ids == ["take1"] and rate == 8000.0 and got.shape[0] == wavfile.read(wav_path)[1].size

@@ -45,8 +45,6 @@ from drsn_stream.types import MAX_RPM, Frame, channel_ids
 from drsn_stream.wav import WavError, read_wav
 
 SUFFIXES = (".wav", ".npy", ".csv", ".mat", ".tdms")
-# a text row of numbers only, separated by spaces, tabs, commas or semicolons (decimal commas too)
-_NUMBERS_ROW = re.compile(r"[ \t]*[-+]?(?:\d|[.,]\d)[0-9eE+\-.,; \t]*\r?")
 _CWRU_RATE = re.compile(r"^(12|48)k_")
 
 
@@ -72,10 +70,12 @@ def recording_type(path: Path) -> str | None:
         return ".mat"
     if head[:4] == b"TDSm":
         return ".tdms"
-    lines = head.decode("utf-8", errors="replace").split("\n")[:-1] or [""]  # the last may be cut short
-    rows = [line for line in lines if line.strip()][:2]
-    if rows and "\ufffd" not in "".join(rows) and all(_NUMBERS_ROW.fullmatch(r) for r in rows[-1:]):
-        return ".csv"  # a header row may come first: the second row is numbers
+    text = head.decode("utf-8", errors="replace")
+    lines = [line for line in (text.split("\n")[:-1] or [text]) if line.strip()]  # the last may be cut short
+    data = next((i for i, line in enumerate(lines) if _is_numbers(line)), None)
+    # text, then rows of numbers to the end of what was read (a header and a preamble may come first)
+    if "\ufffd" not in text and data is not None and data <= _PREAMBLE and all(map(_is_numbers, lines[data:])):
+        return ".csv"
     return None
 
 
@@ -409,21 +409,53 @@ def _mat_rpm(mat: dict[str, Any]) -> float | None:
     return None
 
 
-def _csv_layout(path: Path) -> tuple[str | None, list[str] | None, bool]:
+_PREAMBLE = 100  # lines of a logger's export before its numbers (its name, the date, a header, units) looked at
+# a row of units under a header row ("s, g, m/s^2"): not the channels' names
+_UNITS = {"s", "ms", "us", "sec", "g", "m/s^2", "m/s2", "m/s²", "mm/s", "um", "mm", "v", "mv", "a", "ma", "n", "kn",
+          "nm", "pa", "kpa", "bar", "c", "°c", "degc", "k", "hz", "rpm", "1/min", "u/min", "min-1", "%", "-", ""}
+
+
+def _is_numbers(line: str) -> bool:
+    """A row of numbers only (NaN and Inf among them), whatever separates them."""
+    cells = [c for c in re.split(r"[;,\s]+", line.strip()) if c]
+    for c in cells:
+        try:
+            float(c)
+        except ValueError:
+            return False
+    return bool(cells)
+
+
+def _cells(line: str, delimiter: str | None) -> list[str]:
+    return [c.strip() for c in (next(csv.reader([line], delimiter=delimiter)) if delimiter else line.split())]
+
+
+def _csv_layout(path: Path) -> tuple[str | None, list[str] | None, bool, int]:
     """(delimiter, the header row's column names or None without one, whether the numbers are
     written with decimal commas: ``0,25`` in the first data row of a CSV whose columns are not
-    separated by commas)."""
+    separated by commas, the rows before the numbers). A logger's export may put lines before its
+    header (its name, the date) and a row of units after it: the header is the row nearest the
+    numbers with as many columns that is not units."""
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        first, second = fh.readline(), fh.readline()
-    # a row with both: semicolons between the columns, commas in the numbers (Excel's export where
-    # the decimal sign is a comma)
-    delimiter = ";" if ";" in first else ("," if "," in first else None)
-    header = None
-    if re.search(r"[A-DF-Za-df-z_]", first):  # letters other than e/E: a header row
-        cells = next(csv.reader([first], delimiter=delimiter)) if delimiter else first.split()
-        header = [c.strip() for c in cells]
-    commas = delimiter != "," and re.search(r"\d,\d", first if header is None else second) is not None
-    return delimiter, header, commas
+        lines = [fh.readline() for _ in range(_PREAMBLE + 2)]
+    data = next((i for i, line in enumerate(lines) if _is_numbers(line)), None)
+    if data is None or data <= 1:  # no preamble, or a header row alone
+        first, second = lines[0], lines[1]
+        # a row with both: semicolons between the columns, commas in the numbers (Excel's export
+        # where the decimal sign is a comma)
+        delimiter = ";" if ";" in first else ("," if "," in first else None)
+        header = None
+        if re.search(r"[A-DF-Za-df-z_]", first):  # letters other than e/E: a header row
+            header = _cells(first, delimiter)
+        commas = delimiter != "," and re.search(r"\d,\d", first if header is None else second) is not None
+        return delimiter, header, commas, 0 if header is None else 1
+    row = lines[data]
+    delimiter = ";" if ";" in row else (None if "\t" in row else ("," if "," in row else None))
+    width = len(_cells(row, delimiter))
+    named = [cells for line in lines[:data] if line.strip() and len(cells := _cells(line, delimiter)) == width
+             and not all(re.sub(r"[\[\]()]", "", c).lower() in _UNITS for c in cells)]
+    commas = delimiter != "," and re.search(r"\d,\d", row) is not None
+    return delimiter, (named[-1] if named else None), commas, data
 
 
 def _points(path: Path) -> Iterator[str]:
@@ -434,13 +466,13 @@ def _points(path: Path) -> Iterator[str]:
 
 
 def _csv(path: Path, *, dtype: Any = np.float32, usecols: int | None = None) -> np.ndarray:
-    delimiter, header, commas = _csv_layout(path)
+    delimiter, _, commas, skip = _csv_layout(path)
     source: Any = _points(path) if commas else path
     try:
         with warnings.catch_warnings():  # an empty file: said below in words, not by numpy on the terminal
             warnings.simplefilter("ignore", UserWarning)
-            x = np.loadtxt(source, delimiter=delimiter, skiprows=0 if header is None else 1, dtype=dtype, ndmin=2,
-                           usecols=usecols, encoding="utf-8-sig")
+            x = np.loadtxt(source, delimiter=delimiter, skiprows=skip, dtype=dtype, ndmin=2, usecols=usecols,
+                           encoding="utf-8-sig")
     except ValueError as exc:
         raise SourceError(f"{path}: not a numeric CSV with one column per channel ({exc})") from exc
     return x
@@ -471,7 +503,7 @@ def speed_column(header: list[str] | None) -> int | None:
 def csv_time_rate(path: Path) -> tuple[list[str] | None, float | None]:
     """(a CSV's column names or None, the sample rate its first column gives when that column is
     its time axis, else None). A time axis needs another column beside it."""
-    _, header, _ = _csv_layout(path)
+    _, header, _, _ = _csv_layout(path)
     if not header or len(header) < 2:
         return header, None
     m = _TIME_COLUMN.fullmatch(re.sub(r"[^a-z0-9]+", "_", header[0].lower()).strip("_"))
