@@ -5,10 +5,10 @@ Two layouts (docs/user-data.md):
 - a folder per label: ``DIR/<label>/<file>`` (WAV, NPY, CSV, .mat or TDMS; sub-folders are read too); the
   recording id of a file is its path inside the label folder without the suffix;
 - a manifest, CSV (header row) or TOML (``[[recording]]`` tables): ``path`` and ``label``, optional
-  ``rate`` (Hz), ``channel`` (a 0-based column; DE/FE/BA of a CWRU .mat file, another .mat file's
-  variable by name), ``start`` and ``end`` (seconds into the file) and ``recording`` (an id: rows
-  with the same id are one stretch of signal, e.g. two excerpts of one run). Paths are relative to
-  the manifest's folder.
+  ``rate`` (Hz), ``channel`` (a 0-based column; DE/FE/BA of a CWRU .mat file; a signal of another
+  .mat or a TDMS file by name), ``start`` and ``end`` (seconds into the file) and ``recording`` (an
+  id: rows with the same id are one stretch of signal, e.g. two excerpts of one run). Paths are
+  relative to the manifest's folder.
 
 Files are read with the file source's readers (``drsn_stream.sources.file.load_recording``) and
 brought to the model's rate with the polyphase filter of ``drsn_stream.dsp.resample``.
@@ -342,7 +342,7 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
         raise DataError(f"channel {ch}: a CWRU .mat file's channels are named: {', '.join(CHANNELS)}")
     if suffix in (".mat", ".tdms") and not column and x.shape[1] > 1:
         what = ", ".join(names) if names else f"{x.shape[1]} columns"
-        raise DataError(f"its signal has {x.shape[1]} channels ({what}); say which one with channel = <a variable's "
+        raise DataError(f"its signal has {x.shape[1]} channels ({what}); say which one with channel = <a signal's "
                         "name, or a 0-based column> in a manifest or --channel")
     x = _column(x, ch if column or suffix not in (".mat", ".tdms") else None)
     x = np.asarray(x, dtype=np.float64)
