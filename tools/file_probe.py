@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """File probe: damaged files of every kind the monitor and the training tools read.
 
-For each kind (WAV, NPY, CSV, MATLAB v5 plain and compressed, MATLAB v4, a model artifact, a
-training checkpoint) it makes a good file, then ``--count`` damaged copies of it (one bit
+For each kind (WAV, NPY, CSV, MATLAB v5 plain and compressed, MATLAB v5 with the signal in a
+struct (a test rig's layout), MATLAB v4, TDMS, a model artifact, a training checkpoint) it makes a good file, then ``--count`` damaged copies of it (one bit
 flipped, a few bytes set to anything, a few bytes inserted, the file cut short; half of them in
 the first 512 bytes, where the headers are; seeded, so a run is repeatable) and reads each as
 drsn-stream does (``read_recording``, ``load_artifact``, ``load_checkpoint``) in a child
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("wav", "npy", "csv", "mat5", "mat5z", "mat4", "artifact", "checkpoint")
+KINDS = ("wav", "npy", "csv", "mat5", "mat5z", "mat5s", "mat4", "tdms", "artifact", "checkpoint")
 
 
 def good_file(kind: str) -> tuple[bytes, str]:
@@ -52,6 +52,22 @@ def good_file(kind: str) -> tuple[bytes, str]:
     if kind == "csv":
         rows = "".join(f"{i / 12000:.6f},{a:.5f},{b:.5f}\n" for i, (a, b) in enumerate(x[:600]))
         return ("time,a,b\n" + rows).encode(), ".csv"
+    if kind == "mat5s":  # MFPT's layout: the signal and its rate in a struct, text and a cell beside them
+        import scipy.io
+
+        rig = {"gs": x[:, :1], "sr": 48828.0, "rate": 25.0, "Name": "outer race", "c": np.array([x[:5, 1], "v"], object)}
+        scipy.io.savemat(buf, {"bearing": rig})
+        return buf.getvalue(), ".mat"
+    if kind == "tdms":
+        from nptdms import ChannelObject, GroupObject, RootObject, TdmsWriter
+
+        wf = {"wf_increment": 1 / 12000, "unit_string": "g"}
+        with TdmsWriter(buf) as w:
+            w.write_segment([RootObject({"title": "probe"}), GroupObject("Vib"),
+                             ChannelObject("Vib", "ai0", x[:1500, 0], properties=wf),
+                             ChannelObject("Vib", "ai1", x[:1500, 1], properties=wf)])
+            w.write_segment([ChannelObject("Vib", "ai0", x[1500:, 0]), ChannelObject("Vib", "ai1", x[1500:, 1])])
+        return buf.getvalue(), ".tdms"
     if kind.startswith("mat"):
         import scipy.io
 
