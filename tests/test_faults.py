@@ -750,7 +750,7 @@ def test_the_mat_check_reads_every_file_of_scipys_own_collection_that_scipy_read
 
 
 def _numeric_inside(v: object, path: str, out: dict[str, np.ndarray], depth: int = 0) -> None:
-    """The numeric arrays in a struct or cell scipy read, by MATLAB names (``s.a``, ``s(2).a``, ``c{1}``)."""
+    """The numeric arrays and one-line texts in a struct or cell scipy read, by MATLAB names (``s.a``, ``c{1}``)."""
     if depth > 4 or not isinstance(v, np.ndarray):
         return
     if depth and v.dtype.kind in "biufc":
