@@ -137,24 +137,26 @@ def _element(src: _Bytes, order: str, what: str, types: tuple[int, ...]) -> tupl
     return mtype, size, data
 
 
-def _numbers(src: _Bytes, order: str, what: str, count: int) -> None:
-    """A numeric sub-element of ``count`` values, skipped once its length is checked."""
+def _numeric_tag(src: _Bytes, order: str, what: str, count: int) -> tuple[int, int, bytes | None]:
+    """The tag of a numeric sub-element of ``count`` values, its type and length checked."""
     mtype, size, small = _tag(src, order, what)
     if mtype not in _NUMERIC:
         raise MatError(f"{what} has data type {mtype}, which holds no numbers")
     if size != count * _NUMERIC[mtype]:
         raise MatError(f"{what} holds {size} bytes, not the {count} values its dimensions say")
+    return mtype, size, small
+
+
+def _numbers(src: _Bytes, order: str, what: str, count: int) -> None:
+    """A numeric sub-element of ``count`` values, skipped once its length is checked."""
+    _, size, small = _numeric_tag(src, order, what, count)
     if small is None:
         src.skip(size + (-size % 8), what)
 
 
 def _values(src: _Bytes, order: str, what: str, count: int) -> np.ndarray:
     """A numeric sub-element of ``count`` values, read: a 1-D array of the type it is stored as."""
-    mtype, size, small = _tag(src, order, what)
-    if mtype not in _NUMERIC:
-        raise MatError(f"{what} has data type {mtype}, which holds no numbers")
-    if size != count * _NUMERIC[mtype]:
-        raise MatError(f"{what} holds {size} bytes, not the {count} values its dimensions say")
+    mtype, size, small = _numeric_tag(src, order, what, count)
     raw = small if small is not None else src.read(size, what)
     if small is None:
         src.skip(-size % 8, what)
