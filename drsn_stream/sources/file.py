@@ -179,9 +179,21 @@ class _Signals(NamedTuple):
     rpm: float | None  # the shaft speed it records
 
 
+def _snake(name: str) -> str:
+    """A name as the name patterns match it: lower case, its other characters one ``_`` each
+    (``Time (s)`` -> ``time_s``)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _whole_hz(rate: float) -> float:
+    """``rate``, a whole number of Hz where it is within 0.01 % of one (times or intervals written
+    with a few decimals are a little off)."""
+    return float(round(rate)) if abs(rate - round(rate)) <= 1e-4 * rate else float(rate)
+
+
 def _leaf(name: str) -> str:
     """A MATLAB name's last part, lower case: ``bearing.gs`` -> ``gs``, ``Y(7).Data`` -> ``data``."""
-    return re.sub(r"[^a-z0-9]+", "_", re.sub(r"[({]\d+[)}]$", "", name).rsplit(".", 1)[-1].lower()).strip("_")
+    return _snake(re.sub(r"[({]\d+[)}]$", "", name).rsplit(".", 1)[-1])
 
 
 def _scope(name: str) -> str:
@@ -290,8 +302,7 @@ def _mat_rate(path: Path, values: dict[str, np.ndarray], times: set[str], signal
             elif (m := _PERIOD_VAR.fullmatch(_leaf(k))) and value > 0:
                 found.add(1.0 / (value * _TIME_UNITS[m.group(1)]))
         if len(found) == 1:
-            rate = found.pop()
-            return float(round(rate)) if abs(rate - round(rate)) <= 1e-4 * rate else rate
+            return _whole_hz(found.pop())
         for k in sorted(times):
             if _scope(k) == where and values[k].size == n:
                 m = _TIME_COLUMN.fullmatch(_leaf(k))
@@ -335,8 +346,8 @@ def _tdms(path: Path, channel: str | None, pick: str = "?channel=NAME") -> _Sign
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             f = TdmsFile.read(path)
-            chans = {f"{g.name}/{c.name}": (g.name, c) for g in f.groups() for c in g.channels()}
-            data = {k: np.asarray(c[:]) for k, (_, c) in chans.items()}
+            chans = {f"{g.name}/{c.name}": c for g in f.groups() for c in g.channels()}
+            data = {k: np.asarray(c[:]) for k, c in chans.items()}
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - npTDMS meets damaged bytes with any exception
@@ -348,44 +359,42 @@ def _tdms(path: Path, channel: str | None, pick: str = "?channel=NAME") -> _Sign
     if not any(v.size for v in data.values()):
         raise SourceError(f"{path}: a TDMS file with no samples in it (cut short, or only its properties); re-copy it, "
                           "or save the samples as WAV, NPY or CSV")
-    props = {k: dict(c.properties) for k, (_, c) in chans.items()}
-    group_of = {k: g for k, (g, _) in chans.items()}
-    name_of = {k: c.name for k, (_, c) in chans.items()}
-    times = {k for k, v in data.items() if _TIME_COLUMN.fullmatch(_leaf(name_of[k])) and v.ndim == 1
+    times = {k for k, v in data.items() if _TIME_COLUMN.fullmatch(_leaf(chans[k].name)) and v.ndim == 1
              and v.size > 1 and v.dtype.kind in "fM"}
     values = {k: v.reshape(-1, 1) for k, v in data.items() if v.dtype.kind in "biufc" and v.size and k not in times}
-    signals = {k: v for k, v in values.items() if v.shape[0] >= _MIN_SIGNAL and not _leaf(name_of[k]).endswith("rpm")}
+    signals = {k: v for k, v in values.items()
+               if v.shape[0] >= _MIN_SIGNAL and not _leaf(chans[k].name).endswith("rpm")}
     chosen = _choose(path, values, signals, channel, {}, pick)
     x = np.concatenate([_real(path, signals[k], f"{k} is not") for k in chosen], axis=1)
-    names = channel_names([name_of[k] for k in chosen]) if len(chosen) > 1 else None
+    names = channel_names([chans[k].name for k in chosen]) if len(chosen) > 1 else None
     rates = set()
     for k in chosen:
-        inc = props[k].get("wf_increment")
+        inc = chans[k].properties.get("wf_increment")
         if isinstance(inc, (int, float)) and inc > 0:
             rates.add(round(1.0 / inc, 6))
     if len(rates) > 1:
         raise SourceError(f"{path}: its channels {', '.join(chosen)} are sampled at different rates "
                           f"({', '.join(f'{r:g}' for r in sorted(rates))} Hz); choose one with {pick}")
     rate = rates.pop() if rates else None
-    group = group_of[chosen[0]]
+    group = chans[chosen[0]].group_name
     if rate is None:  # a time channel beside it, or a sample rate property of it, its group or the file
         for k in sorted(times):
-            if group_of[k] == group and data[k].size == x.shape[0]:
+            if chans[k].group_name == group and data[k].size == x.shape[0]:
                 t = data[k].astype("datetime64[ns]").astype(np.int64) * 1e-9 if data[k].dtype.kind == "M" else data[k]
                 rate = rate_of_time_column(np.asarray(t, dtype=np.float64), path, k)
                 break
     if rate is None:
-        for where in (props[chosen[0]], dict(f[group].properties), dict(f.properties)):
+        for where in (chans[chosen[0]].properties, f[group].properties, f.properties):
             found = {float(v) for n, v in where.items() if isinstance(v, (int, float)) and v > 0
                      and _RATE_VAR.fullmatch(_leaf(n))}
             if len(found) == 1:
                 rate = found.pop()
                 break
-    if rate is not None and abs(rate - round(rate)) <= 1e-4 * rate:
-        rate = float(round(rate))
+    if rate is not None:
+        rate = _whole_hz(rate)
     rpm = None
     for k, v in data.items():  # a speed channel logged beside the vibration: its mean
-        if _leaf(name_of[k]).endswith("rpm") and v.dtype.kind in "biuf" and v.size:
+        if _leaf(chans[k].name).endswith("rpm") and v.dtype.kind in "biuf" and v.size:
             mean = float(np.nanmean(v.astype(np.float64))) if np.isfinite(v).any() else math.nan
             rpm = mean if math.isfinite(mean) and mean > 0 else None
             break
@@ -493,7 +502,7 @@ def speed_column(header: list[str] | None) -> int | None:
     """The index of a CSV header's shaft-speed column (``_SPEED_COLUMN``), None without one; a
     SourceError where two columns could be it."""
     found = [i for i, name in enumerate(header or ())
-             if _SPEED_COLUMN.fullmatch(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_"))]
+             if _SPEED_COLUMN.fullmatch(_snake(name))]
     if len(found) > 1:
         raise SourceError(f"columns {', '.join(repr(header[i]) for i in found)} all look like the shaft speed "  # type: ignore[index]
                           "(rpm); rename all but the tachometer's")
@@ -506,7 +515,7 @@ def csv_time_rate(path: Path) -> tuple[list[str] | None, float | None]:
     _, header, _, _ = _csv_layout(path)
     if not header or len(header) < 2:
         return header, None
-    m = _TIME_COLUMN.fullmatch(re.sub(r"[^a-z0-9]+", "_", header[0].lower()).strip("_"))
+    m = _TIME_COLUMN.fullmatch(_snake(header[0]))
     if m is None:
         return header, None
     t = _csv(path, dtype=np.float64, usecols=0)[:, 0] * _TIME_UNITS[m.group(1)]
@@ -529,8 +538,7 @@ def rate_of_time_column(t: np.ndarray, path: Path, name: str) -> float:
         raise SourceError(f"{path}: its time column {name!r} is not evenly spaced (data row {bad + 1} is at {t[bad]:g} s, "
                           f"{off[bad]:.3g} s off a grid of {dt:.3g} s steps): the monitor needs samples at a fixed "
                           "rate; resample the recording, or give ?rate= if the times are only approximate")
-    rate = 1.0 / dt
-    return float(round(rate)) if abs(rate - round(rate)) <= 1e-4 * rate else float(rate)
+    return _whole_hz(1.0 / dt)
 
 
 def channel_names(names: list[str]) -> tuple[str, ...] | None:
