@@ -407,6 +407,11 @@ def test_a_tdms_file_plays_its_channels_at_the_rate_its_waveforms_state(data_dir
                          ChannelObject("Log", "accel", x)])
     _, got, rate = _samples(f"file:{tmp_path / 'log.tdms'}?fast=1")
     assert rate == 12800.0 and np.array_equal(got[:, 0], ref)
+    # or a rate property of its group, read as a .mat file's rate variable is (fs_khz: kHz)
+    with TdmsWriter(tmp_path / "prop.tdms") as w:
+        w.write_segment([GroupObject("Log", properties={"fs_khz": 12.8}), ChannelObject("Log", "accel", x)])
+    _, got, rate = _samples(f"file:{tmp_path / 'prop.tdms'}?fast=1")
+    assert rate == 12800.0 and np.array_equal(got[:, 0], ref)
     (tmp_path / "cut.tdms").write_bytes((tmp_path / "pump3.tdms").read_bytes()[:40])
     with pytest.raises(SourceError, match=r"cut.tdms: a TDMS file with no samples in it \(cut short"):
         _replay(f"file:{tmp_path / 'cut.tdms'}")

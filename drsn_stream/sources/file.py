@@ -287,20 +287,25 @@ def _mat(path: Path, channel: str | None, pick: str = "?channel=NAME") -> _Signa
     return _Signals(x, _mat_rate(path, values, times, chosen[0], x.shape[0]), names, False, _mat_rpm(mat))
 
 
+def _stated_rate(name: str, value: float) -> float | None:
+    """The sample rate a number named ``name`` states: a rate (``fs``, ``fs_khz``) or the inverse
+    of a sampling interval (``dt``, ``Ts_ms``); None for another name, or a value not > 0."""
+    if not value > 0:
+        return None
+    if m := _RATE_VAR.fullmatch(_leaf(name)):
+        return value * (1000.0 if m.group(1) == "khz" else 1.0)
+    if m := _PERIOD_VAR.fullmatch(_leaf(name)):
+        return 1.0 / (value * _TIME_UNITS[m.group(1)])
+    return None
+
+
 def _mat_rate(path: Path, values: dict[str, np.ndarray], times: set[str], signal: str, n: int) -> float | None:
     """The sample rate a .mat file states for its variable ``signal`` (of ``n`` samples): a rate
     or sampling interval variable beside it, else in a struct around it, else at the top of the
     file, or a time vector of its length there; None where it states none, or several that differ."""
     for where in _scopes(signal):
-        found = set()
-        for k, v in values.items():
-            if _scope(k) != where or v.size != 1 or v.dtype.kind == "c":
-                continue
-            value = float(v.reshape(-1)[0])
-            if (m := _RATE_VAR.fullmatch(_leaf(k))) and value > 0:
-                found.add(value * (1000.0 if m.group(1) == "khz" else 1.0))
-            elif (m := _PERIOD_VAR.fullmatch(_leaf(k))) and value > 0:
-                found.add(1.0 / (value * _TIME_UNITS[m.group(1)]))
+        found = {_stated_rate(k, float(v.reshape(-1)[0])) for k, v in values.items()
+                 if _scope(k) == where and v.size == 1 and v.dtype.kind != "c"} - {None}
         if len(found) == 1:
             return _whole_hz(found.pop())
         for k in sorted(times):
@@ -385,8 +390,7 @@ def _tdms(path: Path, channel: str | None, pick: str = "?channel=NAME") -> _Sign
                 break
     if rate is None:
         for where in (chans[chosen[0]].properties, f[group].properties, f.properties):
-            found = {float(v) for n, v in where.items() if isinstance(v, (int, float)) and v > 0
-                     and _RATE_VAR.fullmatch(_leaf(n))}
+            found = {_stated_rate(n, float(v)) for n, v in where.items() if isinstance(v, (int, float))} - {None}
             if len(found) == 1:
                 rate = found.pop()
                 break
