@@ -861,6 +861,52 @@ def test_damaged_tdms_files_are_read_or_refused_in_one_line_and_quietly(tmp_path
     assert outcomes["read"] > 300 and outcomes["refused"] > 300, outcomes
 
 
+def test_damaged_mp3_files_are_decoded_quietly_and_a_runaway_decode_is_cut(tmp_path: Path, capfd) -> None:
+    """libmpg123 writes its complaints about a damaged MP3 frame straight to the process's stderr
+    (the dashboard's terminal), and a scrambled file can decode to millions of samples of noise:
+    sound files are decoded in a child process whose stderr goes nowhere, with a cap on what a
+    file of its size may decode to and a time limit. The same files read in this process would
+    have printed."""
+    import random
+
+    import soundfile
+
+    from drsn_stream.audiofile import AudioFileError, read_audio
+
+    t = np.arange(16000) / 8000
+    good_path = tmp_path / "good.mp3"
+    soundfile.write(good_path, 0.3 * np.sin(2 * np.pi * 440 * t) * np.sin(2 * np.pi * 1.3 * t), 8000)
+    good = good_path.read_bytes()
+    paths = []
+    for seed in range(12):
+        rng, d = random.Random(seed), bytearray(good)
+        for _ in range(20):
+            d[rng.randrange(len(d))] = rng.randrange(256)
+        paths.append(tmp_path / f"d{seed}.mp3")
+        paths[-1].write_bytes(d)
+    direct = subprocess.run([sys.executable, "-c", "import sys, soundfile\nfor p in sys.argv[1:]:\n"
+                             "    try: soundfile.read(p)\n    except Exception: pass", *map(str, paths)],
+                            capture_output=True, text=True, timeout=120)
+    assert "libmpg123" in direct.stderr  # what these files do to a process that decodes them itself
+    capfd.readouterr()
+    outcomes = {"read": 0, "refused": 0}
+    for p in paths:
+        try:
+            x, rate = read_recording(p)
+            assert rate == 8000 and x.shape[1] == 1 and x.shape[0] <= 2 * t.size
+            outcomes["read"] += 1
+        except SourceError as exc:
+            assert "not a readable sound file" in str(exc) and "\n" not in str(exc)
+            outcomes["refused"] += 1
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", err[:500]
+    assert outcomes["read"] > 0, outcomes
+    with pytest.raises(AudioFileError, match=r"decodes to more than 4,000 samples, more than a file of its size holds"):
+        read_audio(good_path, cap=4000)
+    with pytest.raises(AudioFileError, match=r"decoding took longer than 0.01 s; the file may be damaged"):
+        read_audio(good_path, timeout=0.01)
+
+
 # ---------------------------------------------------------------------------------------- capture
 def test_capture_rings_are_bounded_and_odd_times_do_not_crash(tmp_path: Path) -> None:
     """Before: a 1 MHz, 256-channel stream reserved an 11 GB ring; an alarm at t ~ 7e16 raised

@@ -238,3 +238,31 @@ def test_words_between_digital_silence_are_heard_and_a_muted_microphone_is_a_fla
     flat = [o for o in objs if o["type"] == "health" and o["to"] == "CHECK_SENSOR"]
     assert [o["reasons"] for o in flat] == [["flat line"]], flat  # the muted stretch, not the pauses
     assert heard[:3] == said[:3] and len(heard) >= 4 and set(heard) <= set(said), heard
+
+
+@pytest.mark.slow
+def test_words_in_an_mp3_or_opus_file_are_heard_as_in_its_wav(tmp_path: Path, cli_in_process) -> None:
+    # phones and web corpora hand out MP3, Ogg Opus and FLAC, which were "not a recording this
+    # reads": the same words, through a lossy codec, give the same detections as the WAV
+    if not FSDD.is_dir():
+        pytest.skip(f"FSDD not found at {FSDD} (set DRSN_DATA to the shared data folder)")
+    import soundfile
+
+    from drsn_stream.speech.dataset import read_wav
+
+    said = ["4", "9", "1", "6"]
+    pause = np.zeros(6400, np.float32)  # 0.8 s
+    parts = [pause]
+    for i, d in enumerate(said):
+        parts += [read_wav(FSDD / f"{d}_{['yweweler', 'nicolas', 'theo', 'lucas'][i]}_{i}.wav")[0], pause]
+    x = np.concatenate(parts)
+    heard = {}
+    for name, fmt, subtype in [("take.wav", "WAV", "PCM_16"), ("take.mp3", "MP3", "MPEG_LAYER_III"),
+                               ("take.opus", "OGG", "OPUS")]:
+        soundfile.write(tmp_path / name, x, 8000, format=fmt, subtype=subtype)
+        res = cli_in_process("--source", f"file:{tmp_path / name}", "--model", "digits-fsdd", "--fast", "--jsonl", "-")
+        assert res.returncode == 0, res.stderr
+        objs = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+        heard[name] = [o["label"] for o in objs if o["type"] == "detection"]
+    assert heard["take.wav"] == said, heard
+    assert heard["take.mp3"] == heard["take.opus"] == said, heard

@@ -72,6 +72,23 @@ def test_a_folder_per_label_reads_every_format_at_the_models_rate(tmp_path):
 
 
 
+def test_flac_ogg_and_mp3_recordings_train_at_the_rate_their_header_states(tmp_path):
+    """A data set of compressed sound files (a phone's recordings, a web corpus) was refused file
+    by file; now they read as WAV files do: at their own rate, over --rate, resampled."""
+    import soundfile
+
+    for label, name, fmt, subtype, freq in [("normal", "a.flac", "FLAC", "PCM_16", 1000),
+                                            ("normal", "b.ogg", "OGG", "VORBIS", 1000),
+                                            ("hum", "c.mp3", "MP3", "MPEG_LAYER_III", 3000)]:
+        (tmp_path / label).mkdir(exist_ok=True)
+        soundfile.write(tmp_path / label / name, _tone(freq, 2.0, 16000), 16000, format=fmt, subtype=subtype)
+    data = load_user_data(tmp_path, sample_rate=12000, default_rate=44100)
+    assert not data.problems and data.labels == ["hum", "normal"]
+    for c in data.clips:
+        assert c.source_rate == 16000 and c.sample_rate == 12000 and abs(c.signal.size - 24000) <= 1, c.name
+        assert abs(_peak_hz(c.signal, 12000) - (3000 if c.label == "hum" else 1000)) < 2, c.name
+
+
 def test_a_data_loggers_csv_gives_its_rate_by_its_time_column_and_its_one_sensor_needs_no_channel(tmp_path):
     # "time,accel" exports: the rate had to be given (--rate, which a folder of other files may
     # need at another value) and the column too, or the file was refused for its two columns

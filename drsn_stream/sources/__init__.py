@@ -12,6 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from drsn_stream.audiofile import SUFFIXES as SOUND_SUFFIXES
 from drsn_stream.errors import ConfigError
 from drsn_stream.sources.base import Source, SourceSpec, SourceStats, parse_spec
 
@@ -32,7 +33,7 @@ SIM_SCENARIOS: dict[str, str] = {
     "speech": "drsn_stream.sources.sim_speech:SpeechSim",
 }
 
-_FILE_SUFFIXES = (".wav", ".npy", ".csv", ".mat", ".tdms")
+_FILE_SUFFIXES = (".wav", ".npy", ".csv", ".mat", ".tdms", *SOUND_SUFFIXES)
 
 
 def load_entry(entry: str, what: str) -> Any:
@@ -48,7 +49,7 @@ def make_source(spec: str, **opts: Any) -> Source:
     """Build (not open) a source from ``KIND[:TARGET][?key=value&...]``.
 
     Kinds: ``sim`` / ``sim:bearing`` / ``sim:speech``, ``file:PATH`` (a bare path to a .wav, .npy,
-    .csv, .mat or .tdms file works too), ``zmq://HOST:PORT``, ``zmq+bind://HOST:PORT``,
+    .csv, .mat, .tdms, .flac, .ogg, .mp3 ... file works too), ``zmq://HOST:PORT``, ``zmq+bind://HOST:PORT``,
     ``zmq+pull://HOST:PORT``, ``zmq+pull+bind://HOST:PORT`` (a ZeroMQ target may list several
     comma-separated addresses: one socket for all), ``mic`` / ``mic:DEVICE``. Unknown kinds and
     options raise ConfigError listing the valid ones.

@@ -1,4 +1,5 @@
-"""``file:PATH``: replay a recording (WAV, NPY, CSV, MATLAB .mat or TDMS) through the live path.
+"""``file:PATH``: replay a recording (WAV, FLAC, Ogg, MP3, AIFF, NPY, CSV, MATLAB .mat or TDMS)
+through the live path.
 
 Paced in real time by default (a frame is delivered when its last sample would have been
 captured), ``fast`` for as fast as possible, ``loop`` to repeat. The stream id is the file name
@@ -21,6 +22,7 @@ other plays the signal it holds (a numeric vector or matrix, also in a struct or
 ``bearing.gs``) at the rate a variable beside it states (``fs``, ``sr``, ``dt``, a time vector):
 ``_mat``. ``?channel=NAME`` picks one where it holds several. A TDMS file (NI's LabVIEW and
 DAQmx logs) plays its channels the same way, at the rate their ``wf_increment`` states: ``_tdms``.
+Sound files other than WAV are decoded by libsndfile in a child process (``drsn_stream.audiofile``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from drsn_stream.audiofile import SUFFIXES as SOUND_SUFFIXES
+from drsn_stream.audiofile import AudioFileError, read_audio
 from drsn_stream.errors import ConfigError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_finite, opt_positive
 from drsn_stream.sources.matcheck import check_v4, variables
@@ -44,7 +48,7 @@ from drsn_stream.sources.wire import MAX_CHANNELS, shaft_speed
 from drsn_stream.types import MAX_RPM, Frame, channel_ids
 from drsn_stream.wav import WavError, read_wav
 
-SUFFIXES = (".wav", ".npy", ".csv", ".mat", ".tdms")
+SUFFIXES = (".wav", ".npy", ".csv", ".mat", ".tdms", *SOUND_SUFFIXES)
 _CWRU_RATE = re.compile(r"^(12|48)k_")
 
 
@@ -52,8 +56,9 @@ def recording_type(path: Path) -> str | None:
     """The format of recording ``path``, one of ``SUFFIXES``: by its suffix, else by its first
     bytes: columns of numbers are read as a CSV file (a logger's .txt or .tsv export; a data
     set's files named by their time, ``2004.02.12.10.32.39``, as the IMS bearing set's are), and
-    a WAV, .npy or MATLAB file saved under another name as what it is. None for a file that is
-    none of them (notes beside the recordings), or is not there."""
+    a WAV, .npy, MATLAB, TDMS, FLAC, Ogg, MP3 (with an ID3 tag) or AIFF file saved under another
+    name as what it is. None for a file that is none of them (notes beside the recordings), or
+    is not there."""
     suffix = path.suffix.lower()
     if suffix in SUFFIXES:
         return suffix
@@ -70,6 +75,14 @@ def recording_type(path: Path) -> str | None:
         return ".mat"
     if head[:4] == b"TDSm":
         return ".tdms"
+    if head[:4] == b"fLaC":
+        return ".flac"
+    if head[:4] == b"OggS":
+        return ".ogg"
+    if head[:3] == b"ID3":  # an MP3 without its tag starts with a frame's sync bits, too weak a sign to go by
+        return ".mp3"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return ".aiff"
     text = head.decode("utf-8", errors="replace")
     lines = [line for line in (text.split("\n")[:-1] or [text]) if line.strip()]  # the last may be cut short
     data = next((i for i, line in enumerate(lines) if _is_numbers(line)), None)
@@ -92,6 +105,14 @@ def _wav(path: Path) -> tuple[np.ndarray, float]:
     except WavError as exc:
         raise SourceError(f"{path}: not a readable WAV file ({exc}); convert it with "
                           "sox to 16-bit or float WAV") from exc
+
+
+def _sound(path: Path) -> tuple[np.ndarray, float]:
+    try:
+        return read_audio(path)
+    except AudioFileError as exc:
+        raise SourceError(f"{path}: not a readable sound file ({exc}); convert it to WAV, e.g. "
+                          f"sox {path.name} {path.stem}.wav") from exc
 
 
 def _cwru_rate(path: Path) -> float | None:
@@ -598,6 +619,9 @@ def load_recording(path: Path, *, rate: float | None = None, channel: str | None
     elif suffix == ".tdms":
         x, file_rate, names, cwru, rpm = _tdms(path, channel, pick)
         rate = rate or file_rate
+    elif suffix in SOUND_SUFFIXES:
+        x, file_rate = _sound(path)
+        rate = rate or file_rate
     else:
         raise ConfigError(f"{path}: {NOT_A_RECORDING}")
     if rate is None:  # (a WAV header's 0 Hz is said below as what the file says)
@@ -624,7 +648,7 @@ def load_recording(path: Path, *, rate: float | None = None, channel: str | None
 
 
 NOT_A_RECORDING = ("not a recording this reads (by its suffix or its first bytes); save it as WAV, NPY, MATLAB "
-                    ".mat, or CSV / text columns of numbers (.csv, .txt)")
+                    ".mat, TDMS, FLAC, Ogg, MP3, AIFF, or CSV / text columns of numbers (.csv, .txt)")
 
 
 def _opt_channel(value: Any) -> str | int:

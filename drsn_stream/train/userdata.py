@@ -2,7 +2,8 @@
 
 Two layouts (docs/user-data.md):
 
-- a folder per label: ``DIR/<label>/<file>`` (WAV, NPY, CSV, .mat or TDMS; sub-folders are read too); the
+- a folder per label: ``DIR/<label>/<file>`` (WAV or another sound file, NPY, CSV, .mat or TDMS; sub-folders are read
+  too); the
   recording id of a file is its path inside the label folder without the suffix;
 - a manifest, CSV (header row) or TOML (``[[recording]]`` tables): ``path`` and ``label``, optional
   ``rate`` (Hz), ``channel`` (a 0-based column; DE/FE/BA of a CWRU .mat file; a signal of another
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.signal import resample_poly
 
+from drsn_stream.audiofile import SUFFIXES as SOUND_SUFFIXES
 from drsn_stream.config import toml_file
 from drsn_stream.dsp.resample import rational_ratio
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError, did_you_mean
@@ -153,7 +155,7 @@ def _folder_entries(root: Path) -> list[Entry]:
                 out.append(Entry(f, d.name, rel, recording=f"{d.name}/{inside.as_posix()}"))
     if not out:
         raise DataError(
-            f"{root}: no label folders with recordings; lay it out as {root}/<label>/<file>.wav|.csv|.npy|.mat|.tdms "
+            f"{root}: no label folders with recordings; lay it out as {root}/<label>/<file>.wav|.flac|.csv|.npy|.mat|.tdms "
             "or give a manifest (docs/user-data.md)"
         )
     return out
@@ -308,9 +310,10 @@ def read_clip(e: Entry, *, sample_rate: int, default_rate: float | None = None, 
     # a .mat or TDMS file's channel: DE, FE or BA of a CWRU file, a signal's name, or a column of its signal
     column = ch is not None and re.fullmatch(r"\d+", ch) is not None
     mat_channel = None if ch is None or column else ch
-    # .wav, .mat and TDMS files carry their rate (the last two may not: then --rate); the manifest's rate
-    # wins over --rate, the file's over both
-    rate = e.rate if e.rate is not None else (None if suffix in (".wav", ".mat", ".tdms") else default_rate)
+    # sound files (.wav, .flac ...), .mat and TDMS files carry their rate (the last two may not: then
+    # --rate); the manifest's rate wins over --rate, the file's over both
+    rate = e.rate if e.rate is not None else (None if suffix in (".wav", ".mat", ".tdms", *SOUND_SUFFIXES)
+                                              else default_rate)
     # a data logger's CSV: a first column of row times gives the rate (over --rate, as a WAV's
     # header does), and its one sensor column beside it needs no channel
     header, found = csv_time_rate(e.path) if suffix == ".csv" else (None, None)
