@@ -125,7 +125,7 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_key_and_what_it_takes(
     ("run", "max_batch = 0", "max_batch must be from 1 to 16,384"),
     ("run", 'fp16 = "yes"', "fp16 must be one of auto, on, off"),
     ("decision", "enter_confidence = 0.2\nleave_confidence = 0.5", "leave_confidence <= enter_confidence"),
-    ("machine", 'bearing = "6205"\nbpfo = 3.5', "give bearing = '6205' or the four orders"),
+    ("machine", 'bearing = "6205"\nbpfo = 3.5', "give bearing = '6205', the four orders or the dimensions, not two"),
     ("machine", '[[machine.streams]]\nrpm = 1480', "entries need match"),
     ("sinks", 'metrics_address = "host:99999"', "port 0-65535"),
     # values that passed and then stopped the monitor as it built its tables or on its first

@@ -18,6 +18,7 @@ from scipy.signal import resample_poly
 
 from drsn_stream.dsp.envelope import (
     FAMILIES,
+    BearingGeometry,
     EnvelopeSettings,
     agreement,
     analyse_block,
@@ -135,7 +136,7 @@ def test_geometry_by_name_or_orders_and_per_stream_overrides() -> None:
     assert bearing_geometry("6205").frequencies(1797 / 60)["bpfi"] == pytest.approx(162.2, abs=0.1)
     custom = bearing_geometry({"bpfo": 3.05, "bpfi": 4.95, "bsf": 1.99, "ftf": 0.38})
     assert custom.bpfo == 3.05
-    with pytest.raises(ConfigError, match="named ones: 6205"):
+    with pytest.raises(ConfigError, match="named ones: 6203, 6203-2rs, 6205"):
         bearing_geometry("6305")
     with pytest.raises(ConfigError, match="missing ftf"):
         bearing_geometry({"bpfo": 3.05, "bpfi": 4.95, "bsf": 1.99})
@@ -148,6 +149,49 @@ def test_geometry_by_name_or_orders_and_per_stream_overrides() -> None:
     assert machine_for("x", {}).geometry() is None
     with pytest.raises(ConfigError, match="unknown key.*rmp"):
         machine_for("x", {"bearing": "6205", "rmp": 1797})
+
+
+def test_a_bearing_by_its_dimensions_gives_the_orders_its_maker_publishes() -> None:
+    """Another rig's bearing needed its four orders worked out by hand; now its dimensions do,
+    and the bearings of public rigs are named. Checked against published figures."""
+    # CWRU's own page: dimensions (inches) and defect frequencies (multiples of running speed)
+    de = BearingGeometry.from_dimensions(9, 0.3126, 1.537)
+    fe = BearingGeometry.from_dimensions(8, 0.2656, 1.122)
+    for got, named in ((de, "6205"), (fe, "6203")):
+        ref = bearing_geometry(named)
+        for k in ("bpfo", "bpfi", "bsf", "ftf"):
+            assert getattr(got, k) == pytest.approx(getattr(ref, k), rel=1e-3), (named, k)
+    assert bearing_geometry("cwru-fe").bsf == pytest.approx(3.9874 / 2)  # its "rolling element" is twice the spin
+    # the IMS rig (ZA-2115 at 2000 rpm), XJTU-SY (UER204 at 2100 rpm), MFPT (25 Hz): their papers' lines in Hz
+    assert bearing_geometry("ims").frequencies(2000 / 60) == pytest.approx(
+        {"bpfo": 236.4, "bpfi": 296.9, "bsf": 139.9, "ftf": 14.8}, abs=0.1)
+    assert bearing_geometry("XJTU-SY").frequencies(35.0) == pytest.approx(
+        {"bpfo": 107.91, "bpfi": 172.09, "bsf": 72.33, "ftf": 13.49}, abs=0.01)
+    assert bearing_geometry("mfpt").frequencies(25.0)["bpfo"] == pytest.approx(81.125, abs=0.01)
+    assert bearing_geometry("mfpt").frequencies(25.0)["bpfi"] == pytest.approx(118.875, abs=0.01)
+    # as --bearing gives it, and as a [machine] table does
+    spelled = bearing_geometry("balls=9, ball_diameter=7.94, pitch_diameter=39.04")
+    assert spelled == bearing_geometry({"balls": 9, "ball_diameter": 7.94, "pitch_diameter": 39.04, "contact_angle": 0})
+    assert machine_for("x", {"balls": 9, "ball_diameter": 7.94, "pitch_diameter": 39.04}).geometry() == spelled
+    for bad, says in [({"balls": 2.5, "ball_diameter": 1, "pitch_diameter": 5}, "whole number"),
+                      ({"balls": 9, "ball_diameter": 6, "pitch_diameter": 5}, "below pitch_diameter"),
+                      ({"balls": 9, "ball_diameter": 1, "pitch_diameter": 5, "contact_angle": 90}, "in degrees"),
+                      ({"balls": 9, "ball_diameter": 1}, "missing pitch_diameter"),
+                      ({"balls": 9, "ball_diameter": 1, "pitch_diameter": 5, "bpfo": 3}, "not both"),
+                      ({"balls": 9, "ball_diameter": 1, "pitch_diam": 5}, "did you mean pitch_diameter"),
+                      ("balls=9,ball_diameter=1;pitch_diameter=5", "must be a number"),
+                      ("balls=9,,", "key=value pairs")]:
+        with pytest.raises(ConfigError, match=says):
+            bearing_geometry(bad)
+    # a stream's own bearing, given any way, replaces the one it would inherit
+    machine = {"bpfo": 3.05, "bpfi": 4.95, "bsf": 1.99, "ftf": 0.38,
+               "streams": [{"match": "pump-*", "balls": 9, "ball_diameter": 0.3126, "pitch_diameter": 1.537},
+                           {"match": "fan-*", "bearing": "ims"}]}
+    assert machine_for("motor", machine).geometry().bpfo == 3.05
+    assert machine_for("pump-1", machine).geometry().bpfo == pytest.approx(3.5848, rel=1e-3)
+    assert machine_for("fan-1", machine).geometry().name == "Rexnord ZA-2115"
+    with pytest.raises(ConfigError, match="not two of them"):
+        machine_for("x", {"bearing": "6205", "balls": 9}).geometry()
 
 
 def test_labels_and_envelope_types_agree_by_family() -> None:
@@ -275,6 +319,20 @@ def test_monitor_names_the_outer_race_of_a_cwru_file_with_geometry_and_rpm(tmp_p
     assert len(notes) == 1 and "1749 rpm" in notes[0]["message"]
     final = objs[-1]
     assert final["type"] == "stats" and final["envelope"]["blocks"] >= 9 and final["envelope"]["dropped"] == 0
+
+
+def test_a_bearing_given_by_its_dimensions_on_the_command_line_names_the_fault(cli_in_process) -> None:
+    require_cwru()
+    res = cli_in_process("--bearing", "balls=9,ball_diameter=0.3126,pitch_diameter=1.537", "--source",
+                         f"file:{CWRU / '12k_Drive_End_OR014@6_2_199.mat'}?rpm=1749", "--fast", "--headless", "--jsonl", "-")
+    assert res.returncode == 0, res.stderr
+    objs = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    with_env = [o for o in objs if o["type"] == "prediction" and "envelope" in o]
+    assert with_env and Counter(o["envelope"]["type"] for o in with_env).most_common(1)[0][0] == "outer_race"
+    notes = [o["message"] for o in objs if o["type"] == "note"]
+    assert any("9 balls of 0.3126 on 1.537" in n and "BPFO 104.5 Hz" in n for n in notes), notes
+    bad = cli_in_process("--bearing", "balls=9,ball_diameter=0.3126", "--source", "sim", "--headless")
+    assert bad.returncode == 2 and "missing pitch_diameter" in bad.stderr
 
 
 def test_a_recording_with_a_tachometer_column_is_followed_through_its_speed(tmp_path: Path, cli_in_process) -> None:

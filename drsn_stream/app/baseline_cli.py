@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a run config whose [machine] and [envelope] tables give the streams' bearings and speeds: "
                             "the profile then learns each machine's envelope evidence too (its own lines, which a "
                             "fault type must rise over)")
-    learn.add_argument("--bearing", metavar="NAME", help="bearing geometry of every stream (6205 = cwru-de), as for the monitor")
+    learn.add_argument("--bearing", metavar="NAME", help="bearing geometry of every stream (a name, orders or dimensions), as for the monitor's --bearing")
     learn.add_argument("--rpm", type=arg_number(float, above=0, most=1e6), help="shaft speed (rpm) of every stream, as for the monitor")
     show = sub.add_parser("show", help="print what a profile holds, and the learnings still under way beside it")
     show.add_argument("profile")

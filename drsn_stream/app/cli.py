@@ -106,8 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--metrics-port", type=int, metavar="PORT", help="shorthand for --metrics-address 127.0.0.1:PORT")
     a("--refresh", type=arg_number(float, above=0, most=60), default=None, help="dashboard refreshes per second (default 4)")
     a("--latch", action="store_true", help="alarms stay latched until acknowledged with `a`")
-    a("--bearing", metavar="NAME", help="bearing geometry for the envelope evidence of every stream: 6205 (= cwru-de); "
-                                      "other bearings: [machine] bpfo/bpfi/bsf/ftf in --config")
+    a("--bearing", metavar="NAME|K=V,...", help="bearing geometry for the envelope evidence of every stream: a name "
+                                              "(6205 = cwru-de, 6203 = cwru-fe, za-2115 = ims, uer204 = xjtu-sy, mfpt), "
+                                              "its orders (bpfo=3.05,bpfi=4.95,bsf=1.99,ftf=0.38) or its dimensions "
+                                              "(balls=9,ball_diameter=7.94,pitch_diameter=39.04[,contact_angle=0])")
     a("--rpm", type=arg_number(float, above=0, most=1e6), help="shaft speed (rpm) for the envelope evidence of every stream (a source's ?rpm= wins)")
     a("--baseline", metavar="PROFILE", help="score every window against the streams' learned normal (a profile from "
                                            "`drsn-stream baseline learn`): predictions gain `anomaly`, 1.0 = threshold; "
@@ -128,7 +130,8 @@ class Flag(NamedTuple):
     clears: tuple[str, ...] = ()  # keys of the section the flag replaces
 
 
-_ORDERS = ("bpfo", "bpfi", "bsf", "ftf")
+_GEOMETRY = (  # dsp.envelope ORDERS and DIMENSIONS: a bearing given any way replaces them
+    "bpfo", "bpfi", "bsf", "ftf", "balls", "ball_diameter", "pitch_diameter", "contact_angle")
 
 # argparse dest -> the field it sets: the one mapping of flags onto a run config's TOML fields
 FLAGS: dict[str, Flag] = {
@@ -158,7 +161,7 @@ FLAGS: dict[str, Flag] = {
     "startup_hold": Flag("run", "startup_s"),
     "capture": Flag("capture", "dir"),
     "latch": Flag("decision", "latching"),
-    "bearing": Flag("machine", "bearing", clears=_ORDERS),
+    "bearing": Flag("machine", "bearing", clears=_GEOMETRY),
     "rpm": Flag("machine", "rpm", clears=("shaft_hz",)),
     "jsonl": Flag("sinks", "jsonl"),
     "publish": Flag("sinks", "publish"),

@@ -87,36 +87,134 @@ class BearingGeometry:
         """The four fault frequencies in Hz at ``shaft_hz``."""
         return {f: getattr(self, f) * shaft_hz for f in ("bpfo", "bpfi", "bsf", "ftf")}
 
+    @classmethod
+    def from_dimensions(cls, balls: float, ball_diameter: float, pitch_diameter: float, contact_angle: float = 0.0,
+                        name: str = "custom") -> BearingGeometry:
+        """The orders of a bearing with a stationary outer race and ``balls`` rolling elements of
+        ``ball_diameter`` on a ``pitch_diameter`` circle (one unit for both), ``contact_angle``
+        in degrees: the textbook kinematic frequencies (no slip)."""
+        dims = {"balls": balls, "ball_diameter": ball_diameter, "pitch_diameter": pitch_diameter,
+                "contact_angle": contact_angle}
+        for k, v in dims.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"bearing {name!r}: {k} must be a number, not {v!r}")
+        if balls != int(balls) or not 3 <= balls <= MAX_BALLS:
+            raise ConfigError(f"bearing {name!r}: balls (rolling elements per row) must be a whole number "
+                              f"3..{MAX_BALLS}, not {balls!r}")
+        if not 0 < ball_diameter < pitch_diameter:
+            raise ConfigError(f"bearing {name!r}: ball_diameter must be > 0 and below pitch_diameter (the "
+                              f"circle through the balls' centres, in the same unit), not {ball_diameter!r} "
+                              f"and {pitch_diameter!r}")
+        if not 0 <= contact_angle < 90:
+            raise ConfigError(f"bearing {name!r}: contact_angle is in degrees, 0 (a deep-groove ball bearing) "
+                              f"up to below 90, not {contact_angle!r}")
+        r = ball_diameter / pitch_diameter * math.cos(math.radians(contact_angle))
+        return cls(bpfo=balls / 2 * (1 - r), bpfi=balls / 2 * (1 + r),
+                   bsf=pitch_diameter / (2 * ball_diameter) * (1 - r * r), ftf=(1 - r) / 2, name=name)
 
-# SKF 6205-2RS JEM, the drive-end bearing of the CWRU test rig (CWRU Bearing Data Center).
+
+MAX_BALLS = 200
+DIMENSIONS = ("balls", "ball_diameter", "pitch_diameter", "contact_angle")
+ORDERS = ("bpfo", "bpfi", "bsf", "ftf")
+
+# The bearings of public test rigs, as their publishers give them (the orders where they are given,
+# else the dimensions), so that recordings from those rigs, or machines with the same bearing, need
+# no arithmetic. SKF 6205-2RS JEM, the drive-end bearing of the CWRU rig (CWRU Bearing Data Center,
+# defect frequencies as multiples of running speed; its "rolling element" 4.7135 is twice the ball
+# spin frequency, as the ball meets both races in a turn).
 _CWRU_DE = BearingGeometry(bpfo=3.5848, bpfi=5.4152, bsf=2.3570, ftf=0.3983, name="6205-2RS JEM SKF")
-GEOMETRIES: dict[str, BearingGeometry] = {"6205": _CWRU_DE, "6205-2rs": _CWRU_DE, "cwru-de": _CWRU_DE}
+# SKF 6203-2RS JEM, CWRU's fan end (the same page: 3.0530, 4.9469, 3.9874 / 2, 0.3817); Paderborn's
+# 6203 bearings have the same dimensions (8 balls of 6.75 mm on a 28.55 mm pitch circle) to 0.1 %.
+_CWRU_FE = BearingGeometry(bpfo=3.0530, bpfi=4.9469, bsf=3.9874 / 2, ftf=0.3817, name="6203-2RS JEM SKF")
+# Rexnord ZA-2115 double-row roller bearing, the IMS / NASA run-to-failure rig (Qiu et al. 2006):
+# 16 rollers of 0.331 in on a 2.815 in pitch circle, contact angle 15.17 degrees.
+_ZA_2115 = BearingGeometry.from_dimensions(16, 0.331, 2.815, 15.17, name="Rexnord ZA-2115")
+# LDK UER204, the XJTU-SY run-to-failure rig (Wang et al. 2020): 8 balls of 7.92 mm on 34.55 mm.
+_UER204 = BearingGeometry.from_dimensions(8, 7.92, 34.55, 0.0, name="LDK UER204")
+# The MFPT data set's NICE bearing: 8 rollers of 0.235 in on a 1.245 in pitch circle.
+_MFPT = BearingGeometry.from_dimensions(8, 0.235, 1.245, 0.0, name="MFPT NICE bearing")
+GEOMETRIES: dict[str, BearingGeometry] = {
+    "6205": _CWRU_DE, "6205-2rs": _CWRU_DE, "cwru-de": _CWRU_DE,
+    "6203": _CWRU_FE, "6203-2rs": _CWRU_FE, "cwru-fe": _CWRU_FE, "paderborn": _CWRU_FE,
+    "za-2115": _ZA_2115, "ims": _ZA_2115,
+    "uer204": _UER204, "xjtu-sy": _UER204,
+    "mfpt": _MFPT,
+}
+
+
+_HOW = ("give a named bearing, the four orders bpfo, bpfi, bsf, ftf (multiples of shaft speed), or its "
+        "dimensions: balls, ball_diameter, pitch_diameter (one unit) and contact_angle (degrees, default 0)")
 
 
 def bearing_geometry(spec: str | Mapping[str, Any] | BearingGeometry) -> BearingGeometry:
-    """A geometry from a name in ``GEOMETRIES`` (``"6205"``, ``"cwru-de"``) or from the four orders
-    (``{"bpfo": 3.5848, "bpfi": 5.4152, "bsf": 2.357, "ftf": 0.3983}``)."""
+    """A geometry from a name in ``GEOMETRIES`` (``"6205"``, ``"cwru-de"``), from the four orders
+    (``{"bpfo": 3.5848, "bpfi": 5.4152, "bsf": 2.357, "ftf": 0.3983}``), or from the dimensions
+    (``{"balls": 9, "ball_diameter": 7.94, "pitch_diameter": 39.04, "contact_angle": 0}``); a
+    string of ``key=value`` pairs (``"balls=9,ball_diameter=7.94,pitch_diameter=39.04"``) is
+    read as the table it spells, as ``--bearing`` gives it."""
     if isinstance(spec, BearingGeometry):
         return spec
+    if isinstance(spec, str) and "=" in spec:
+        return bearing_geometry(_pairs(spec))
     if isinstance(spec, str):
         g = GEOMETRIES.get(spec.strip().lower())
         if g is None:
-            raise ConfigError(f"unknown bearing {spec!r}; named ones: {', '.join(sorted(GEOMETRIES))}; "
-                              "or give the four orders: bpfo, bpfi, bsf, ftf (multiples of shaft speed)")
+            raise ConfigError(f"unknown bearing {spec!r}; named ones: {', '.join(sorted(GEOMETRIES))}; or "
+                              + _HOW.removeprefix("give a named bearing, "))
         return g
     if isinstance(spec, Mapping):
-        missing = [k for k in ("bpfo", "bpfi", "bsf", "ftf") if k not in spec]
-        extra = sorted(set(spec) - {"bpfo", "bpfi", "bsf", "ftf", "name"})
-        if missing or extra:
-            raise ConfigError(f"bearing geometry needs bpfo, bpfi, bsf and ftf (orders of shaft speed)"
-                              f"{'; missing ' + ', '.join(missing) if missing else ''}"
-                              f"{'; unknown ' + ', '.join(extra) if extra else ''}")
-        try:
-            return BearingGeometry(**{k: float(spec[k]) for k in ("bpfo", "bpfi", "bsf", "ftf")},
-                                   name=str(spec.get("name", "custom")))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bearing geometry: the orders must be numbers ({exc})") from None
-    raise ConfigError(f"bearing geometry must be a name or a table of orders, not {spec!r}")
+        name = str(spec.get("name", "custom"))
+        keys = set(spec) - {"name"}
+        extra = sorted(keys - {*ORDERS, *DIMENSIONS})
+        orders, dims = keys & set(ORDERS), keys & set(DIMENSIONS)
+        if extra:
+            raise ConfigError(f"bearing geometry: unknown key(s) {', '.join(extra)}"
+                              f"{did_you_mean(extra, (*ORDERS, *DIMENSIONS))}; {_HOW}")
+        if orders and dims:
+            raise ConfigError(f"bearing geometry: give the orders ({', '.join(sorted(orders))}) or the dimensions "
+                              f"({', '.join(sorted(dims))}), not both")
+        if not (orders or dims):
+            raise ConfigError(f"bearing geometry: {_HOW}")
+        if dims:
+            given = {k: _number(spec[k], k) for k in DIMENSIONS if k in spec}
+            missing = [k for k in DIMENSIONS[:3] if k not in given]
+            if missing:
+                raise ConfigError(f"bearing geometry from dimensions needs balls, ball_diameter and pitch_diameter "
+                                  f"(contact_angle: 0 if left out); missing {', '.join(missing)}")
+            if "name" not in spec:
+                name = (f"{given['balls']:g} balls of {given['ball_diameter']:g} on {given['pitch_diameter']:g}"
+                        + (f", {given['contact_angle']:g} deg" if given.get("contact_angle") else ""))
+            return BearingGeometry.from_dimensions(**given, name=name)
+        missing = [k for k in ORDERS if k not in spec]
+        if missing:
+            raise ConfigError(f"bearing geometry needs bpfo, bpfi, bsf and ftf (orders of shaft speed); missing "
+                              f"{', '.join(missing)}")
+        return BearingGeometry(**{k: _number(spec[k], k) for k in ORDERS}, name=name)
+    raise ConfigError(f"bearing geometry must be a name or a table of orders or dimensions, not {spec!r}")
+
+
+def _number(v: Any, key: str) -> float:
+    if isinstance(v, bool):
+        raise ConfigError(f"bearing geometry: {key} must be a number, not {v!r}")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bearing geometry: {key} must be a number, not {v!r}") from None
+
+
+def _pairs(spec: str) -> dict[str, str]:
+    """``"balls=9, ball_diameter=7.94"`` -> ``{"balls": "9", "ball_diameter": "7.94"}``."""
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if not eq or not key or not value.strip():
+            raise ConfigError(f"bearing {spec!r}: expected key=value pairs separated by commas "
+                              f"(balls=9,ball_diameter=7.94,pitch_diameter=39.04), got {part.strip()!r}")
+        if key in out:
+            raise ConfigError(f"bearing {spec!r}: {key} given twice")
+        out[key] = value.strip()
+    return out
 
 
 MAX_HARMONICS = 20  # lines per family (the defaults: 3)
@@ -586,8 +684,10 @@ class MachineConfig:
     """One stream's machine: its bearing and speed (a ``[machine]`` table or a per-stream override).
 
     Attributes:
-        bearing: a named geometry (``"6205"``, ``"cwru-de"``), or None / "" for none.
+        bearing: a named geometry (``"6205"``, ``"cwru-de"``; ``GEOMETRIES``), or None / "" for none.
         bpfo / bpfi / bsf / ftf: the orders, when no name is given (all four).
+        balls / ball_diameter / pitch_diameter / contact_angle: or the dimensions (the first three;
+            the angle in degrees, 0 if left out), when neither a name nor the orders are given.
         rpm / shaft_hz: the shaft speed (one of them).
     """
 
@@ -596,18 +696,23 @@ class MachineConfig:
     bpfi: float | None = None
     bsf: float | None = None
     ftf: float | None = None
+    balls: float | None = None
+    ball_diameter: float | None = None
+    pitch_diameter: float | None = None
+    contact_angle: float | None = None
     rpm: float | None = None
     shaft_hz: float | None = None
 
     def geometry(self) -> BearingGeometry | None:
-        orders = {k: getattr(self, k) for k in ("bpfo", "bpfi", "bsf", "ftf") if getattr(self, k) is not None}
+        given = {k: getattr(self, k) for k in (*ORDERS, *DIMENSIONS) if getattr(self, k) is not None}
         if self.bearing:  # "" (TOML has no null) clears a name set for all streams
-            if orders:
-                raise ConfigError(f"machine config: give bearing = {self.bearing!r} or the four orders, not both")
+            if given:
+                raise ConfigError(f"machine config: give bearing = {self.bearing!r}, the four orders or the "
+                                  f"dimensions, not two of them ({', '.join(given)} given too)")
             return bearing_geometry(self.bearing)
-        if not orders:
+        if not given:
             return None
-        return bearing_geometry(orders)
+        return bearing_geometry(given)
 
     def speed_hz(self) -> float | None:
         if self.rpm is not None and self.shaft_hz is not None:
@@ -616,6 +721,9 @@ class MachineConfig:
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ConfigError(f"machine config: shaft speed must be > 0, not {v!r} Hz")
         return v
+
+
+_GEOMETRY_KEYS = ("bearing", *ORDERS, *DIMENSIONS)
 
 
 def machine_for(stream_id: str, machine: Mapping[str, Any]) -> MachineConfig:
@@ -631,18 +739,23 @@ def machine_for(stream_id: str, machine: Mapping[str, Any]) -> MachineConfig:
         if not isinstance(entry, Mapping) or "match" not in entry:
             raise ConfigError("[[machine.streams]] entries need match = \"PATTERN\" (stream ids, fnmatch)")
         if fnmatch.fnmatchcase(stream_id, str(entry["match"])):
-            base.update({k: v for k, v in entry.items() if k != "match"})
+            own = {k: v for k, v in entry.items() if k != "match"}
+            # an entry's bearing (a name, orders or dimensions) replaces the one it inherits, given any way
+            if own.keys() & _GEOMETRY_KEYS:
+                base = {k: v for k, v in base.items() if k not in _GEOMETRY_KEYS}
+            base.update(own)
     unknown = sorted(set(base) - names)
     if unknown:
         raise ConfigError(f"[machine]: unknown key(s) {', '.join(unknown)}{did_you_mean(unknown, names)}; "
-                          "valid: bearing, bpfo, bpfi, bsf, ftf, "
-                          "rpm, shaft_hz (and [[machine.streams]] with match)")
+                          f"valid: {', '.join(_GEOMETRY_KEYS)}, rpm, shaft_hz (and [[machine.streams]] with match)")
     return MachineConfig(**base)
 
 
 __all__ = [
+    "DIMENSIONS",
     "FAULT_TYPES",
     "GEOMETRIES",
+    "ORDERS",
     "BearingGeometry",
     "EnvelopeResult",
     "EnvelopeSettings",

@@ -43,8 +43,10 @@ from typing import Any
 import numpy as np
 
 from drsn_stream.dsp.envelope import (
+    DIMENSIONS,
     FAMILIES,
     MAX_SPEED_RATIO,
+    ORDERS,
     BearingGeometry,
     EnvelopeResult,
     EnvelopeSettings,
@@ -105,7 +107,7 @@ def _set_keys(obj: Any, cls: type) -> dict[str, Any]:
 
 def has_geometry(machine: Mapping[str, Any]) -> bool:
     """Whether a ``[machine]`` table names a bearing anywhere (its own keys or a per-stream entry)."""
-    keys = ("bearing", "bpfo", "bpfi", "bsf", "ftf")
+    keys = ("bearing", *ORDERS, *DIMENSIONS)
     if any(k in machine for k in keys):
         return True
     return any(isinstance(e, Mapping) and any(k in e for k in keys) for e in machine.get("streams", ()) or ())
