@@ -427,6 +427,17 @@ def test_cli_flags_set_the_bearing_and_the_file_records_its_own_rpm(tmp_path: Pa
     assert "envelope evidence on: custom, shaft 1797 rpm (BPFO 91.3 Hz" in res.stdout
     res = _cli("--source", "sim:bearing?machines=1&fast=1&duration=2&envelope=0", "--headless")  # a big sim: its CPU back
     assert res.returncode == 0 and "no envelope evidence: no bearing geometry configured" in res.stdout
+    # a bearing given on a file source (two rigs' recordings in one run) beats the config's and --bearing
+    res = _cli("--config", str(cfg), "--bearing", "6203", "--source",
+               f"file:{CWRU / '12k_Drive_End_IR007_0_105.mat'}?duration=4&bearing=6205", "--source",
+               f"file:{CWRU / '12k_Drive_End_OR014@6_2_199.mat'}?duration=4&rpm=1749&"
+               "bearing=balls=9,ball_diameter=0.3126,pitch_diameter=1.537", "--fast", "--headless")
+    assert res.returncode == 0, res.stderr
+    assert "envelope evidence on: 6205-2RS JEM SKF, shaft 1797 rpm" in res.stdout
+    assert "envelope evidence on: 9 balls of 0.3126 on 1.537, shaft 1749 rpm" in res.stdout
+    assert " env inner_race " in res.stdout and " env outer_race " in res.stdout
+    res = _cli("--source", f"file:{CWRU / '12k_Drive_End_IR007_0_105.mat'}?bearing=6305", "--headless")
+    assert res.returncode == 2 and "unknown bearing '6305'" in res.stderr
 
 
 def test_the_speed_the_frames_carry_is_followed_through_its_changes_block_by_block() -> None:

@@ -370,9 +370,9 @@ class Pipeline:
             src = holder(sid, "rpm")
             return (float(src.rpm), bool(getattr(src, "rpm_given", False))) if src is not None else (None, False)
 
-        def bearing_of(sid: str) -> str | None:
+        def bearing_of(sid: str) -> tuple[str | None, bool]:
             src = holder(sid, "bearing")
-            return str(src.bearing) if src is not None else None
+            return (str(src.bearing), bool(getattr(src, "bearing_given", False))) if src is not None else (None, False)
 
         return EnvelopeStage(machine, config.envelope, rate=float(self.meta.sample_rate),
                              hop=hop, window=self.meta.window, rpm_of=rpm_of, bearing_of=bearing_of,

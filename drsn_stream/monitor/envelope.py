@@ -170,8 +170,10 @@ class EnvelopeStage:
         rpm_of: the source's shaft speed for a stream (rpm; None if it has none) and whether the
             user gave it on the source spec (``?rpm=``: that beats the config).
         bearing_of: the bearing the source knows a stream's machine has (a name of
-            ``GEOMETRIES``: the simulator's, of the rig it replays), used where ``machine`` gives
-            the stream none; None: it knows none.
+            ``GEOMETRIES``, or ``key=value`` orders or dimensions; None: it knows none) and whether
+            the user gave it on the source spec (``file:...?bearing=``: that beats ``machine``);
+            one it knows of itself (the simulator's, of the rig it replays) is used where
+            ``machine`` gives the stream none.
         speed_of: ``speed_of(stream, t)``, the speed (rpm) the stream's frame that holds capture
             time ``t`` carried (None: none), for the first and the last sample of each block.
         speed_runs: ``speed_runs(stream, t0, t1)``, the speeds its frames carried from capture
@@ -191,7 +193,7 @@ class EnvelopeStage:
         hop: int,
         window: int,
         rpm_of: Callable[[str], tuple[float | None, bool]] | None = None,
-        bearing_of: Callable[[str], str | None] | None = None,
+        bearing_of: Callable[[str], tuple[str | None, bool]] | None = None,
         speed_of: Callable[[str, float], float | None] | None = None,
         speed_runs: Callable[[str, float, float], list[tuple[float, float | None]]] | None = None,
         block_s: float = 1.0,
@@ -205,7 +207,7 @@ class EnvelopeStage:
         self.block = int(round(block_s * self.rate))
         self.block_s = float(block_s)
         self.rpm_of = rpm_of or (lambda _sid: (None, False))
-        self.bearing_of = bearing_of or (lambda _sid: None)
+        self.bearing_of = bearing_of or (lambda _sid: (None, False))
         self.speed_of = speed_of or (lambda _sid, _t: None)
         self.speed_runs = speed_runs
         # id: (chunks, samples, next index, the frames' speed as the block began)
@@ -503,8 +505,9 @@ class EnvelopeStage:
         if sid in self._streams:
             return self._streams[sid]
         cfg = machine_for(sid, self.machine)
-        geometry = cfg.geometry()
-        if geometry is None and (named := self.bearing_of(sid)):
+        named, given = self.bearing_of(sid)
+        geometry = bearing_geometry(named) if named and given else cfg.geometry()
+        if geometry is None and named:
             geometry = bearing_geometry(named)
         src_rpm, explicit = self.rpm_of(sid)
         speed = cfg.speed_hz()

@@ -651,6 +651,15 @@ NOT_A_RECORDING = ("not a recording this reads (by its suffix or its first bytes
                     ".mat, TDMS, FLAC, Ogg, MP3, AIFF, or CSV / text columns of numbers (.csv, .txt)")
 
 
+def _opt_bearing(value: Any) -> str:
+    """``bearing=``: a named bearing, or its orders or dimensions as ``key=value`` pairs (checked now)."""
+    from drsn_stream.dsp.envelope import bearing_geometry
+
+    v = str(value).strip()
+    bearing_geometry(v)  # a ConfigError that says what is wrong and what is known
+    return v
+
+
 def _opt_channel(value: Any) -> str | int:
     """``channel=``: a column counted from 0; DE, FE or BA (a CWRU .mat file's); or a signal of
     any other .mat or TDMS file by its name (``gs``, ``bearing.gs``, ``rec.Y(7).Data``,
@@ -667,7 +676,7 @@ def _opt_channel(value: Any) -> str | int:
 
 
 class FileSource(Source):
-    """``file:PATH[?rate=HZ&channel=DE|K&chunk=N&fast=1&loop=1&start=S&duration=S&stream=ID&rpm=RPM]``."""
+    """``file:PATH[?rate=HZ&channel=DE|K&chunk=N&fast=1&loop=1&start=S&duration=S&stream=ID&rpm=RPM&bearing=B]``."""
 
     kind = "file"
     OPTIONS = {
@@ -686,6 +695,10 @@ class FileSource(Source):
         "speed": (opt_positive(float), 1.0, "pace as a multiple of real time"),
         "rpm": (opt_positive(float), None, "shaft speed in rpm, for the envelope evidence (default: the "
                                            "speed a .mat or TDMS file records, or a CSV's speed column)"),
+        "bearing": (_opt_bearing, None, "the machine's bearing, for the envelope evidence: a name (6205, 6203, ims, "
+                                        "uer204, mfpt ...) or its dimensions or orders as key=value pairs "
+                                        "(balls=9,ball_diameter=7.94,pitch_diameter=39.04); beats --bearing and "
+                                        "[machine]"),
     }
 
     def __init__(self, target: str = "", **options: Any) -> None:
@@ -710,6 +723,8 @@ class FileSource(Source):
         # the shaft speed (rpm) and whether the user gave it (?rpm=) rather than the file
         self.rpm: float | None = self.options["rpm"]
         self.rpm_given = self.rpm is not None
+        self.bearing: str | None = self.options["bearing"]  # given on the source: beats the config's
+        self.bearing_given = self.bearing is not None
         self.speeds: np.ndarray | None = None  # per row, a CSV's speed column (rpm)
         self._said_no_speed = False
 
