@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -480,6 +481,46 @@ def test_flac_ogg_mp3_and_aiff_files_play_their_samples(wav_path, tmp_path):
     (tmp_path / "notes.mp3").write_text("not a sound\n")
     with pytest.raises(SourceError, match=r"notes.mp3: not a readable sound file \(no sound stream found in it\)"):
         _replay(f"file:{tmp_path / 'notes.mp3'}")
+
+
+def test_a_folder_of_snapshots_plays_as_one_stream_in_name_order(data_dir, tmp_path, cli_in_process):
+    """Run-to-failure data sets (IMS, XJTU-SY, FEMTO) are folders of snapshot files, 1.csv ..
+    123.csv, which had to be given one by one ("a folder, not a file"), each its own stream. Now
+    a folder plays as one stream in name order (numbers as numbers), a file that cannot be read,
+    or is of another rate, skipped and said, and it labels as the whole recording does."""
+    x = scipy.io.loadmat(data_dir / "cwru" / "12k_Drive_End_IR014_0_169.mat")["X169_DE_time"][:120000, 0]
+    parts = np.array_split(x.astype(np.float32), 12)
+    run = tmp_path / "pump3"
+    run.mkdir()
+    for i, part in enumerate(parts, start=1):  # lexical order would play 1, 10, 11, 12, 2 ...
+        wavfile.write(run / f"{i}.wav", 12000, part)
+    (run / "README.txt").write_text("pump 3, a snapshot every 10 minutes\n")  # not a recording: not listed
+    (run / "13.wav").write_bytes(b"RIFF....nonsense")
+    wavfile.write(run / "14.wav", 48000, parts[0])
+    src, frames = _replay(f"file:{run}?fast=1&chunk=700")
+    got = np.concatenate([f.samples for f in frames])[:, 0]
+    assert src.streams == ["pump3"] and np.array_equal(got, x.astype(np.float32)) and src.skipped == 2
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    starts = np.cumsum([0] + [f.n for f in frames[:-1]])
+    np.testing.assert_allclose([f.t_capture - frames[0].t_capture for f in frames], starts / 12000, atol=1e-6)
+    said = [m for _, m in src.notes]
+    assert said[0] == "pump3: 14 recordings played as one stream, in name order (1.wav .. 14.wav)"
+    assert any(m.startswith("13.wav: skipped: not a readable WAV file") for m in said)
+    assert any(m.startswith("14.wav: skipped: 48000 Hz, 1 channel(s), where the folder's first recording played "
+                            "at 12000 Hz") for m in said)
+    # a part of it, chosen by name pattern, skip and count (learn on the first, monitor the rest)
+    src, frames = _replay(f"file:{run}?fast=1&files=1*.wav&skip=1&count=2")
+    assert np.array_equal(np.concatenate([f.samples for f in frames])[:, 0], np.concatenate(parts[9:11]))
+    with pytest.raises(ConfigError, match=r"count= choose\(s\) a folder's recordings; .*1.wav is a file"):
+        make_source(f"file:{run / '1.wav'}?count=2")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match=r"empty: no recordings to play \(0 recording\(s\) in it"):
+        _replay(f"file:{tmp_path / 'empty'}")
+    res = cli_in_process("--source", f"file:{run}", "--fast", "--headless", "--jsonl", "-")
+    preds = [o for o in map(json.loads, filter(lambda ln: ln.startswith("{"), res.stdout.splitlines()))
+             if o["type"] == "prediction"]
+    assert res.returncode == 0 and len(preds) > 200, res.stderr
+    assert sum(p["label"] == "inner_014" for p in preds) > 0.9 * len(preds)
 
 
 def test_file_loop_continues_seq_and_time(wav_path):

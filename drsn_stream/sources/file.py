@@ -23,11 +23,16 @@ other plays the signal it holds (a numeric vector or matrix, also in a struct or
 ``_mat``. ``?channel=NAME`` picks one where it holds several. A TDMS file (NI's LabVIEW and
 DAQmx logs) plays its channels the same way, at the rate their ``wf_increment`` states: ``_tdms``.
 Sound files other than WAV are decoded by libsndfile in a child process (``drsn_stream.audiofile``).
+
+A folder plays its recordings one after another as one stream (a run-to-failure set's
+snapshots), in name order with numbers as numbers, chosen by ``files``, ``skip`` and ``count``;
+one that cannot be read, or differs from the first in rate or channels, is skipped and said.
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import logging
 import math
 import os
@@ -41,8 +46,8 @@ import numpy as np
 
 from drsn_stream.audiofile import SUFFIXES as SOUND_SUFFIXES
 from drsn_stream.audiofile import AudioFileError, read_audio
-from drsn_stream.errors import ConfigError, SourceError
-from drsn_stream.sources.base import Source, opt_bool, opt_finite, opt_positive
+from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError
+from drsn_stream.sources.base import Source, opt_bool, opt_finite, opt_index, opt_positive
 from drsn_stream.sources.matcheck import check_v4, variables
 from drsn_stream.sources.wire import MAX_CHANNELS, shaft_speed
 from drsn_stream.types import MAX_RPM, Frame, channel_ids
@@ -573,6 +578,24 @@ def channel_names(names: list[str]) -> tuple[str, ...] | None:
     return out if all(out) and len(set(out)) == len(out) else None
 
 
+class _Take(NamedTuple):
+    """One recording as the file source plays it (``FileSource._read``)."""
+
+    samples: np.ndarray  # float32 (n, channels)
+    rate: float
+    names: tuple[str, ...] | None
+    speeds: np.ndarray | None  # per row, a CSV's speed column (rpm)
+    rpm: float | None  # the shaft speed the file records
+
+
+_SAY_SKIPPED = 5  # a folder's skipped recordings said one by one; the rest counted, said at its end
+
+
+def _natural(path: Path) -> list[Any]:
+    """A name's sort key with its numbers as numbers: ``2.csv`` before ``10.csv``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name) if part]
+
+
 class Recording(NamedTuple):
     samples: np.ndarray  # float32 (n, channels)
     rate: float
@@ -686,12 +709,16 @@ class FileSource(Source):
         "channel": (_opt_channel, None, "one column K, counted from 0 (default: every column); a CWRU .mat file's "
                                         "channel, DE|FE|BA (default DE); another .mat or a TDMS file's signal by "
                                         "name"),
+        "files": (str, "*", "a folder's recordings to play: names matching this pattern (e.g. acc_*.csv)"),
+        "skip": (opt_index("recordings"), 0, "a folder: leave out its first N recordings (in name order)"),
+        "count": (opt_positive(int), None, "a folder: play at most N of its recordings"),
         "chunk": (opt_positive(int), 1024, "samples per frame"),
         "fast": (opt_bool, False, "1 = as fast as possible, no pacing"),
         "loop": (opt_bool, False, "1 = repeat the recording forever"),
-        "start": (opt_finite(0.0), 0.0, "start this many seconds into the recording"),
-        "duration": (opt_positive(float), math.inf, "play at most this many seconds per pass"),
-        "stream": (str, "", "stream id (default: the file name without suffix)"),
+        "start": (opt_finite(0.0), 0.0, "start this many seconds into the recording (each of a folder's)"),
+        "duration": (opt_positive(float), math.inf, "play at most this many seconds per pass (of each of a folder's "
+                                                    "recordings)"),
+        "stream": (str, "", "stream id (default: the file name without suffix, or the folder's name)"),
         "speed": (opt_positive(float), 1.0, "pace as a multiple of real time"),
         "rpm": (opt_positive(float), None, "shaft speed in rpm, for the envelope evidence (default: the "
                                            "speed a .mat or TDMS file records, or a CSV's speed column)"),
@@ -706,17 +733,22 @@ class FileSource(Source):
         if not target:
             raise ConfigError("file source needs a path: file:PATH, e.g. file:recording.wav")
         self.path = Path(target).expanduser()
-        if self.path.is_dir():  # said as what it is, not as a recording type without a suffix
-            raise ConfigError(f"{self.path}: a folder, not a file; give its recordings one by one "
-                              f"(--source file:PATH, repeatable; {', '.join(SUFFIXES)})")
-        # a file that is there must be a recording; one that is not yet is said by check(), unless
-        # its name says it would not be one (an .flac, .mp3, .tdms ...)
-        there = self.path.exists()
-        self.type = recording_type(self.path) if there else self.path.suffix.lower()
-        if self.type is None or not (there or self.type in (*SUFFIXES, ".txt", ".tsv", ".dat", ".asc")
-                                     or not re.search(r"[A-Za-z]", self.type)):
-            raise ConfigError(f"{self.path}: {NOT_A_RECORDING}")
-        self.stream_id = self.options["stream"] or stream_name(self.path)
+        # a folder of recordings (a run-to-failure set's snapshots) plays them one after another
+        self.folder = self.path.is_dir()
+        if not self.folder:
+            # a file that is there must be a recording; one that is not yet is said by check(), unless
+            # its name says it would not be one (an .flac, .mp3, .tdms ...)
+            there = self.path.exists()
+            kind = recording_type(self.path) if there else self.path.suffix.lower()
+            if kind is None or not (there or kind in (*SUFFIXES, ".txt", ".tsv", ".dat", ".asc")
+                                    or not re.search(r"[A-Za-z]", kind)):
+                raise ConfigError(f"{self.path}: {NOT_A_RECORDING}")
+            chosen = [k for k in ("files", "skip", "count") if k in options]
+            if chosen:
+                raise ConfigError(f"{', '.join(f'{k}=' for k in chosen)} choose(s) a folder's recordings; "
+                                  f"{self.path} is a file")
+        self.stream_id = self.options["stream"] or (
+            (self.path.name or self.path.resolve().name) if self.folder else stream_name(self.path))
         self._streams = [self.stream_id]
         self.t0: float | None = None
         self.names: tuple[str, ...] | None = None  # channel names from a CSV's header row
@@ -726,36 +758,44 @@ class FileSource(Source):
         self.bearing: str | None = self.options["bearing"]  # given on the source: beats the config's
         self.bearing_given = self.bearing is not None
         self.speeds: np.ndarray | None = None  # per row, a CSV's speed column (rpm)
+        self.samples: np.ndarray | None = None
         self._said_no_speed = False
+        self._paths: list[Path] = []  # a folder's recordings, in the order they play
+        self._next = 0  # the next of them to read
+        self.skipped = 0  # a folder's recordings skipped: unreadable, or of another rate or channels
+        self._last_skip = ""
 
     def check(self) -> None:
-        if not self.path.is_file():
+        if self.folder:
+            self._recordings()
+        elif not self.path.is_file():
             raise SourceError(f"recording {self.path}: {_not_a_file(self.path)}")
 
-    def _open(self) -> None:
+    def _read(self, path: Path) -> _Take:
+        """One recording as this source plays it: its columns chosen, a time and a speed column
+        taken out, cut to ``start`` / ``duration``."""
         rate, header, found = self.options["rate"], None, None
-        self.type = recording_type(self.path)
-        if self.type == ".csv":
-            header, found = csv_time_rate(self.path)
+        kind = recording_type(path)
+        if kind == ".csv":
+            header, found = csv_time_rate(path)
         if found is not None:  # a logger's time column: the rate comes from it, and it is no channel
             assert header is not None
             if rate is not None and abs(rate - found) > 0.01 * found:
-                raise ConfigError(f"{self.path.name}: rate={rate:g} Hz, but its time column {header[0]!r} says "
+                raise ConfigError(f"{path.name}: rate={rate:g} Hz, but its time column {header[0]!r} says "
                                   f"{found:.6g} Hz; leave rate= out or correct it (times in milliseconds: name the column "
                                   "time_ms)")
             rate = rate or found
-        chan, mat = self.options["channel"], self.type in (".mat", ".tdms")
+        chan, mat = self.options["channel"], kind in (".mat", ".tdms")
         if isinstance(chan, str) and not mat:
-            raise ConfigError(f"{self.path.name}: channel={chan} names a .mat or TDMS file's channel; for this file "
+            raise ConfigError(f"{path.name}: channel={chan} names a .mat or TDMS file's channel; for this file "
                               "give a column counted from 0 (channel=1), or leave it out: every column is monitored")
-        x, self.rate, names, cwru, rpm = load_recording(self.path, rate=rate,
-                                                        channel=chan if isinstance(chan, str) else None)
+        x, rate, names, cwru, rpm = load_recording(path, rate=rate, channel=chan if isinstance(chan, str) else None)
         if isinstance(chan, int) and cwru:
-            raise ConfigError(f"{self.path.name}: channel={chan}: a CWRU .mat file's channels are named: channel=DE, "
+            raise ConfigError(f"{path.name}: channel={chan}: a CWRU .mat file's channels are named: channel=DE, "
                               "FE or BA")
         # channel=K counts the file's columns as training's channel counts them: a time column is 0
         if found is not None and chan == 0:
-            raise ConfigError(f"{self.path.name}: channel=0 is its time column "
+            raise ConfigError(f"{path.name}: channel=0 is its time column "
                               f"{header[0]!r}; give a sensor's column (1 or more)")  # type: ignore[index]
         cols = list(range(x.shape[1]))  # the file's column number of each column of x
         width = len(cols)
@@ -764,34 +804,95 @@ class FileSource(Source):
         speeds = None
         if (i := speed_column(header)) is not None and header is not None and len(header) == x.shape[1]:
             if x.shape[1] == 1:
-                raise SourceError(f"{self.path}: its only column {header[i]!r} is a shaft speed; the vibration "
+                raise SourceError(f"{path}: its only column {header[i]!r} is a shaft speed; the vibration "
                                   "columns are missing")
             if chan == cols[i]:
-                raise ConfigError(f"{self.path.name}: channel={chan} is its shaft speed column {header[i]!r}, not a "
+                raise ConfigError(f"{path.name}: channel={chan} is its shaft speed column {header[i]!r}, not a "
                                   "sensor; give a sensor's column")
             speeds = x[:, i].astype(np.float64)
             x, header = np.ascontiguousarray(np.delete(x, i, axis=1)), header[:i] + header[i + 1 :]
             del cols[i]
         # a header's names name the channels (STREAM/accel_x), as a gateway's names field does
-        self.names = channel_names(header) if header and len(header) == x.shape[1] > 1 else names
+        names = channel_names(header) if header and len(header) == x.shape[1] > 1 else names
         if isinstance(chan, int):  # column K alone, under the id it has without ?channel, as zmq's keeps it
             if chan not in cols:
-                raise ConfigError(f"{self.path.name}: channel={chan}, but it has {width} column(s), counted from 0")
+                raise ConfigError(f"{path.name}: channel={chan}, but it has {width} column(s), counted from 0")
             j = cols.index(chan)
             if x.shape[1] > 1:
-                self.names = (self.names[j] if self.names is not None else f"ch{j}",)
+                names = (names[j] if names is not None else f"ch{j}",)
                 x = np.ascontiguousarray(x[:, j : j + 1])
-        a = int(round(self.options["start"] * self.rate))
-        b = x.shape[0] if math.isinf(self.options["duration"]) else a + int(round(self.options["duration"] * self.rate))
+        a = int(round(self.options["start"] * rate))
+        b = x.shape[0] if math.isinf(self.options["duration"]) else a + int(round(self.options["duration"] * rate))
         if not 0 <= a < x.shape[0]:
-            raise ConfigError(f"start={self.options['start']} s is outside {self.path.name} "
-                              f"({x.shape[0] / self.rate:.2f} s long)")
-        self.samples = x[a:b]
-        self.speeds = None if speeds is None else speeds[a:b]
-        self._streams = list(channel_ids(self.stream_id, x.shape[1], self.names))  # each channel is monitored
+            raise ConfigError(f"start={self.options['start']} s is outside {path.name} "
+                              f"({x.shape[0] / rate:.2f} s long)")
+        return _Take(x[a:b], rate, names, None if speeds is None else speeds[a:b], rpm)
+
+    def _open(self) -> None:
+        if self.folder:
+            self._paths = self._recordings()
+            self._next = 0
+            take = self._next_take()
+            if take is None:
+                raise SourceError(f"{self.path}: none of its {len(self._paths)} recording(s) could be read "
+                                  f"({self._last_skip})")
+            self.notes.append((self.stream_id, f"{self.path.name or self.path}: {len(self._paths)} recordings played "
+                                               f"as one stream, in name order ({self._paths[0].name} .. "
+                                               f"{self._paths[-1].name})"))
+        else:
+            take = self._read(self.path)
+        self.rate, self.names = take.rate, take.names
+        self.samples, self.speeds = take.samples, take.speeds
+        self._streams = list(channel_ids(self.stream_id, take.samples.shape[1], take.names))  # each channel is monitored
         if self.rpm is None:
-            self.rpm = rpm
+            self.rpm = take.rpm
         self._start_clock()
+
+    def _recordings(self) -> list[Path]:
+        """A folder's recordings in the order they play: names with numbers compared as numbers
+        (``2.csv`` before ``10.csv``), chosen by ``files``, ``skip`` and ``count``."""
+        pattern = self.options["files"]
+        try:
+            entries = [p for p in self.path.iterdir() if not p.name.startswith(".") and p.is_file()
+                       and fnmatch.fnmatchcase(p.name, pattern)]
+        except OSError as exc:
+            raise SourceError(f"{self.path}: the folder cannot be read ({exc.strerror or exc})") from None
+        found = sorted((p for p in entries if recording_type(p) is not None), key=_natural)
+        chosen = found[self.options["skip"] :][: self.options["count"]]
+        if not chosen:
+            what = f"{len(found)} recording(s) match files={pattern}" if pattern != "*" else f"{len(found)} recording(s)"
+            raise SourceError(f"{self.path}: no recordings to play ({what} in it, skip={self.options['skip']}); "
+                              f"recordings are {', '.join(SUFFIXES)} files or text columns of numbers")
+        return chosen
+
+    def _next_take(self) -> _Take | None:
+        """The folder's next recording that plays as the first did (its rate and channels); each
+        one that does not, or cannot be read, is skipped, said and counted. None at the end."""
+        while self._next < len(self._paths):
+            path = self._paths[self._next]
+            self._next += 1
+            try:
+                take = self._read(path)
+            except DrsnStreamError as exc:
+                why = str(exc)
+                for prefix in (f"{path}: ", f"recording {path}: ", f"{path.name}: "):
+                    why = why.removeprefix(prefix)
+                self._skip(path, why)
+                continue
+            if self.samples is not None and (take.rate != self.rate or take.samples.shape[1] != self.samples.shape[1]):
+                self._skip(path, f"{take.rate:g} Hz, {take.samples.shape[1]} channel(s), where the folder's first "
+                                 f"recording played at {self.rate:g} Hz, {self.samples.shape[1]} channel(s)")
+                continue
+            return take
+        return None
+
+    def _skip(self, path: Path, why: str) -> None:
+        self.skipped += 1
+        self._last_skip = why
+        if self.skipped <= _SAY_SKIPPED:
+            self.notes.append((self.stream_id, f"{path.name}: skipped: {why}"
+                                               + (" (more that are skipped are counted, said at the end)"
+                                                  if self.skipped == _SAY_SKIPPED else "")))
 
     def _speed(self, pos: int, n: int) -> float | None:
         """The mean shaft speed (rpm) of rows ``pos`` .. ``pos + n`` of the speed column; None (said
@@ -813,10 +914,21 @@ class FileSource(Source):
         pos, seq, offset = 0, 0, 0  # offset: samples played in earlier passes
         while not self.closed:
             if pos >= x.shape[0]:
-                if not self.options["loop"]:
-                    return
                 offset += x.shape[0]
                 pos = 0
+                take = self._next_take() if self.folder else None
+                if take is None and self.folder and self.skipped > _SAY_SKIPPED and self._next >= len(self._paths):
+                    self.notes.append((self.stream_id, f"{self.skipped} of the folder's {len(self._paths)} recordings "
+                                                       f"skipped (the first {_SAY_SKIPPED} said above)"))
+                if take is None and not self.options["loop"]:
+                    return
+                if take is None and self.folder:  # the folder again, from its first recording
+                    self._next, self.skipped = 0, 0
+                    take = self._next_take()
+                    if take is None:
+                        return
+                if take is not None:
+                    x, self.speeds = take.samples, take.speeds
             block = x[pos : pos + chunk]
             start = offset + pos
             if not self.options["fast"] and not self._sleep_until(self.t0 + (start + block.shape[0]) / (rate * scale)):
