@@ -620,8 +620,11 @@ def test_file_errors_say_what_to_do(tmp_path):
     gone = f"a link to {tmp_path / 'archive' / 'moved.wav'}, which does not exist"
     with pytest.raises(SourceError, match=re.escape(gone)):
         _replay(f"file:{tmp_path / 'moved.wav'}")
-    with pytest.raises(ConfigError, match="a folder, not a file; give its recordings one by one"):
-        make_source(f"file:{tmp_path}")  # was "unknown recording type"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("replace the bearing\n")
+    with pytest.raises(SourceError, match=r"notes: no recordings to play \(0 recording\(s\) in it, skip=0\); "
+                                          r"recordings are .wav, .npy"):
+        _replay(f"file:{tmp_path / 'notes'}")  # was "unknown recording type"
     (tmp_path / "bad.wav").write_bytes(b"RIFF....nonsense")
     with pytest.raises(SourceError, match="not a readable WAV"):
         _replay(f"file:{tmp_path / 'bad.wav'}")
