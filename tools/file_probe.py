@@ -2,14 +2,16 @@
 """File probe: damaged files of every kind the monitor and the training tools read.
 
 For each kind (WAV, NPY, CSV, MATLAB v5 plain and compressed, MATLAB v5 with the signal in a
-struct (a test rig's layout), MATLAB v4, TDMS, a model artifact, a training checkpoint) it makes a good file, then ``--count`` damaged copies of it (one bit
+struct (a test rig's layout), MATLAB v4, TDMS, FLAC, Ogg Vorbis, MP3, a model artifact, a training
+checkpoint) it makes a good file, then ``--count`` damaged copies of it (one bit
 flipped, a few bytes set to anything, a few bytes inserted, the file cut short; half of them in
 the first 512 bytes, where the headers are; seeded, so a run is repeatable) and reads each as
 drsn-stream does (``read_recording``, ``load_artifact``, ``load_checkpoint``) in a child
 process. One row per kind: how many were read, how many refused with drsn-stream's own one-line
 error, how many raised anything else or warned (a traceback or a warning for the user) and how
 many crashed the process (a signal: the child is started again after the file that killed it,
-which is kept under ``--keep``). Exit status 1 when any file did either of the last two.
+which is kept under ``--keep``), and how many bytes reached the process's stderr (a decoder's own
+complaints land on the dashboard's terminal). Exit status 1 when any file did any of the last three.
 
     python tools/file_probe.py --count 2000
     python tools/file_probe.py --kinds mat5,mat4 --count 20000 --keep /tmp/crashes
@@ -33,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("wav", "npy", "csv", "mat5", "mat5z", "mat5s", "mat4", "tdms", "artifact", "checkpoint")
+KINDS = ("wav", "npy", "csv", "mat5", "mat5z", "mat5s", "mat4", "tdms", "flac", "ogg", "mp3", "artifact", "checkpoint")
+SOUND = {"flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
 
 
 def good_file(kind: str) -> tuple[bytes, str]:
@@ -68,6 +71,14 @@ def good_file(kind: str) -> tuple[bytes, str]:
                              ChannelObject("Vib", "ai1", x[:1500, 1], properties=wf)])
             w.write_segment([ChannelObject("Vib", "ai0", x[1500:, 0]), ChannelObject("Vib", "ai1", x[1500:, 1])])
         return buf.getvalue(), ".tdms"
+    if kind in SOUND:  # 1 s of two tones in noise, 16 kHz stereo
+        import soundfile
+
+        t = np.arange(16000) / 16000
+        tones = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 1250 * t)], axis=1)
+        fmt, subtype = SOUND[kind]
+        soundfile.write(buf, 0.3 * tones + 0.05 * rng.standard_normal((16000, 2)), 16000, format=fmt, subtype=subtype)
+        return buf.getvalue(), f".{kind}"
     if kind.startswith("mat"):
         import scipy.io
 
@@ -169,13 +180,14 @@ def child(kind: str, seed: int, start: int, count: int, folder: Path) -> int:
 def probe(kind: str, seed: int, count: int, keep: Path | None) -> dict:
     counts: dict[str, int] = {}
     crashes: list[str] = []
-    start, t0 = 0, time.perf_counter()
+    start, t0, stderr = 0, time.perf_counter(), ""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         while start < count:
             res = subprocess.run([sys.executable, __file__, "--child", kind, "--seed", str(seed), "--start", str(start),
                                   "--count", str(count), "--dir", tmp], cwd=ROOT, capture_output=True, text=True,
                                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            stderr += res.stderr
             at, done = (folder / "at").read_text().split("\n", 1)
             for k, v in json.loads(done).items():
                 counts[k] = counts.get(k, 0) + v
@@ -191,6 +203,7 @@ def probe(kind: str, seed: int, count: int, keep: Path | None) -> dict:
             start = i + 1
     counts["crashed"] = len(crashes)
     return {"kind": kind, "count": count, "seed": seed, "outcomes": counts, "crashes": crashes[:20],
+            "stderr_bytes": len(stderr.encode()), "stderr_head": stderr[:400],
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -213,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         o = row["outcomes"]
         others = {k: v for k, v in o.items() if k.startswith("other")}
-        bad |= bool(others) or o["crashed"] > 0
+        bad |= bool(others) or o["crashed"] > 0 or row["stderr_bytes"] > 0
         print(f"{kind:<11} {row['count']:>6} damaged: read {o.get('read', 0):>6}  refused {o.get('refused', 0):>6}  "
-              f"crashed {o['crashed']:>4}  other {sum(others.values()):>4} {others or ''}  ({row['seconds']} s)",
-              flush=True)
+              f"crashed {o['crashed']:>4}  other {sum(others.values()):>4} {others or ''}  stderr {row['stderr_bytes']} "
+              f"bytes  ({row['seconds']} s)", flush=True)
+        if row["stderr_bytes"]:
+            print(f"  stderr began: {row['stderr_head']!r}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"command": "python tools/file_probe.py " + " ".join(argv or sys.argv[1:]),
                                          "rows": rows}, indent=1) + "\n")
