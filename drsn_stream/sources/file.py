@@ -764,6 +764,7 @@ class FileSource(Source):
         self._next = 0  # the next of them to read
         self.skipped = 0  # a folder's recordings skipped: unreadable, or of another rate or channels
         self._last_skip = ""
+        self._passes = 0  # passes over the folder finished (loop=1)
 
     def check(self) -> None:
         if self.folder:
@@ -887,8 +888,12 @@ class FileSource(Source):
         return None
 
     def _skip(self, path: Path, why: str) -> None:
-        self.skipped += 1
+        """Counted and said on the first pass over the folder (the first ``_SAY_SKIPPED`` by name);
+        not again on the passes ``loop`` adds."""
         self._last_skip = why
+        if self._passes:
+            return
+        self.skipped += 1
         if self.skipped <= _SAY_SKIPPED:
             self.notes.append((self.stream_id, f"{path.name}: skipped: {why}"
                                                + (" (more that are skipped are counted, said at the end)"
@@ -917,13 +922,15 @@ class FileSource(Source):
                 offset += x.shape[0]
                 pos = 0
                 take = self._next_take() if self.folder else None
-                if take is None and self.folder and self.skipped > _SAY_SKIPPED and self._next >= len(self._paths):
-                    self.notes.append((self.stream_id, f"{self.skipped} of the folder's {len(self._paths)} recordings "
-                                                       f"skipped (the first {_SAY_SKIPPED} said above)"))
+                if take is None and self.folder and not self._passes:
+                    self._passes = 1
+                    if self.skipped > _SAY_SKIPPED:
+                        self.notes.append((self.stream_id, f"{self.skipped} of the folder's {len(self._paths)} "
+                                                           f"recordings skipped (the first {_SAY_SKIPPED} said above)"))
                 if take is None and not self.options["loop"]:
                     return
                 if take is None and self.folder:  # the folder again, from its first recording
-                    self._next, self.skipped = 0, 0
+                    self._next = 0
                     take = self._next_take()
                     if take is None:
                         return
