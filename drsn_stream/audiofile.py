@@ -12,12 +12,11 @@ each caller says in its own words what to do about a file it cannot use.
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import numpy as np
+
+from drsn_stream.childread import run_child
 
 SUFFIXES = (".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 MAX_SAMPLES = 1 << 27  # 512 MiB of float32, every channel counted: longer recordings, split them
@@ -26,26 +25,11 @@ MIN_CAP = 1 << 24  # a small file may still decode to this many samples (64 MiB)
 MAX_CHANNELS = 1024  # libsndfile's own limit; the file source then allows fewer, saying so
 _MAGIC = b"DRSNPCM1"
 _HEAD = struct.Struct("<8sdI")
-_SAID = "drsn-decode: "
 
-# The child: only soundfile and numpy, no drsn_stream (it runs with -I, away from the caller's
-# current folder and PYTHONPATH). Its error is one line on a copy of stderr; the decoders' own
-# writes to stderr go to /dev/null.
+# The child (``childread``): only soundfile and numpy, no drsn_stream.
 _CHILD = r"""
-import os, struct, sys
-path, cap, max_ch, said, magic = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-err = os.fdopen(os.dup(2), "w")
-null = os.open(os.devnull, os.O_WRONLY)
-os.dup2(null, 2)
-def fail(msg):
-    err.write(said + " ".join(str(msg).split())[:300] + "\n")
-    err.flush()
-    os._exit(2)
-try:
-    import resource
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-except Exception:
-    pass
+import struct
+path, cap, max_ch, magic = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 try:
     import soundfile as sf
 except Exception as exc:
@@ -95,40 +79,14 @@ def read_audio(path: str | Path, *, cap: int | None = None, timeout: float | Non
     size = path.stat().st_size
     cap = cap_for(size) if cap is None else cap
     timeout = 60.0 + 2.0 * size / 1e6 if timeout is None else timeout
-    proc = subprocess.Popen([sys.executable, "-I", "-c", _CHILD, str(path), str(cap), str(MAX_CHANNELS), _SAID,
-                             _MAGIC.decode()],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    late = threading.Event()
-
-    def stop() -> None:
-        late.set()
-        proc.kill()
-
-    timer = threading.Timer(timeout, stop)
-    timer.daemon = True
-    timer.start()
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        data = bytearray()
-        while chunk := proc.stdout.read(1 << 20):
-            data += chunk
-        said = proc.stderr.read(4096).decode("utf-8", "replace")
-        rc = proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-    line = next((s[len(_SAID):] for s in said.splitlines() if s.startswith(_SAID)), None)
-    if line is not None:
-        raise AudioFileError(_reason(line))
-    if rc != 0:
-        if late.is_set():
+    res = run_child(_CHILD, [str(path), str(cap), str(MAX_CHANNELS), _MAGIC.decode()], timeout)
+    data = res.out
+    if res.said is not None:
+        raise AudioFileError(_reason(res.said))
+    if res.rc != 0:
+        if res.late:
             raise AudioFileError(f"decoding took longer than {timeout:g} s; the file may be damaged")
-        raise AudioFileError(f"the decoder stopped on it (exit status {rc}); the file may be damaged")
+        raise AudioFileError(f"the decoder stopped on it (exit status {res.rc}); the file may be damaged")
     if len(data) < _HEAD.size:
         raise AudioFileError("the decoder gave nothing for it")
     magic, rate, channels = _HEAD.unpack_from(data)
