@@ -242,3 +242,53 @@ def curve_reader(port: int, server_key: Path | None, topic: bytes = b"") -> Any:
     sock.setsockopt(zmq.SUBSCRIBE, topic)
     sock.connect(f"tcp://127.0.0.1:{port}")
     return sock
+
+
+def save_mat73(path: Path, variables: dict[str, Any]) -> Path:
+    """``variables`` in MATLAB's v7.3 layout, as ``save(path, '-v7.3')`` writes them (no MATLAB
+    here: HDF5 written by h5py): a 512-byte MATLAB header, then each variable an HDF5 object with
+    its ``MATLAB_class``; arrays transposed (MATLAB is column-major); a dict is a struct (a list
+    of dicts a struct array, its fields references to the parts), a tuple a cell, a str a char
+    array; the parts of cells and struct arrays in the ``#refs#`` group."""
+    h5py = pytest.importorskip("h5py", reason="h5py not installed (pip install h5py, or the [mat73] extra)")
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+
+        def put(group: Any, name: str, value: Any) -> Any:
+            if isinstance(value, dict):
+                g = group.create_group(name)
+                g.attrs["MATLAB_class"] = np.bytes_("struct")
+                for k, v in value.items():
+                    put(g, k, v)
+                return g
+            if isinstance(value, list):  # a 1 x N struct array: each field one reference per element
+                g = group.create_group(name)
+                g.attrs["MATLAB_class"] = np.bytes_("struct")
+                for k in value[0]:
+                    ds = g.create_dataset(k, (len(value), 1), dtype=h5py.ref_dtype)
+                    for i, element in enumerate(value):
+                        ds[i, 0] = put(refs, f"{name}_{k}_{i}_{len(refs)}", element[k]).ref
+                return g
+            if isinstance(value, tuple):  # a 1 x N cell
+                ds = group.create_dataset(name, (len(value), 1), dtype=h5py.ref_dtype)
+                ds.attrs["MATLAB_class"] = np.bytes_("cell")
+                for i, element in enumerate(value):
+                    ds[i, 0] = put(refs, f"{name}_{i}_{len(refs)}", element).ref
+                return ds
+            if isinstance(value, str):
+                ds = group.create_dataset(name, data=np.array([[ord(c)] for c in value], dtype=np.uint16))
+                ds.attrs["MATLAB_class"] = np.bytes_("char")
+                return ds
+            a = np.atleast_2d(np.asarray(value))
+            ds = group.create_dataset(name, data=a.T)
+            ds.attrs["MATLAB_class"] = np.bytes_({"f8": "double", "f4": "single", "i2": "int16", "i4": "int32"}
+                                                  [a.dtype.str[1:]])
+            return ds
+
+        for k, v in variables.items():
+            put(f, k, v)
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Tue Dec  8 06:00:00 2026 HDF5 schema 1.00 ."
+    with open(path, "r+b") as fh:
+        fh.write(header.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM")
+    return path

@@ -136,6 +136,15 @@ def test_a_test_rigs_matlab_files_train_at_the_rates_they_state(tmp_path):
     clips = load_user_data(tmp_path / "m.csv", sample_rate=12000).clips
     assert [(c.source_rate, round(_peak_hz(c.signal, 12000))) for c in clips] == [
         (48828, 500), (20000, 1500), (20000, 900), (20000, 900)]
+    # the same as MATLAB v7.3 (HDF5) files, which were refused
+    from helpers import save_mat73
+
+    save_mat73(tmp_path / "normal" / "base.mat", {"bearing": {"gs": _tone(500, 2.0, 48828)[:, None], "sr": 48828.0}})
+    save_mat73(tmp_path / "outer" / "or1.mat", {"acc": _tone(1500, 1.0, 20000), "acc_y": _tone(900, 1.0, 20000),
+                                                "Fs": 20000.0})
+    clips = load_user_data(tmp_path / "m.csv", sample_rate=12000).clips
+    assert [(c.source_rate, round(_peak_hz(c.signal, 12000))) for c in clips] == [
+        (48828, 500), (20000, 1500), (20000, 900), (20000, 900)]
 
 
 def test_tdms_logs_train_at_their_waveform_rate_and_by_channel_name(tmp_path):

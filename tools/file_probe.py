@@ -2,7 +2,7 @@
 """File probe: damaged files of every kind the monitor and the training tools read.
 
 For each kind (WAV, NPY, CSV, MATLAB v5 plain and compressed, MATLAB v5 with the signal in a
-struct (a test rig's layout), MATLAB v4, TDMS, FLAC, Ogg Vorbis, MP3, a model artifact, a training
+struct (a test rig's layout), MATLAB v4 and v7.3 (HDF5), TDMS, FLAC, Ogg Vorbis, MP3, a model artifact, a training
 checkpoint) it makes a good file, then ``--count`` damaged copies of it (one bit
 flipped, a few bytes set to anything, a few bytes inserted, the file cut short; half of them in
 the first 512 bytes, where the headers are; seeded, so a run is repeatable) and reads each as
@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("wav", "npy", "csv", "mat5", "mat5z", "mat5s", "mat4", "tdms", "flac", "ogg", "mp3", "artifact", "checkpoint")
+KINDS = ("wav", "npy", "csv", "mat5", "mat5z", "mat5s", "mat4", "mat73", "tdms", "flac", "ogg", "mp3", "artifact",
+         "checkpoint")
 SOUND = {"flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
 
 
@@ -79,6 +80,14 @@ def good_file(kind: str) -> tuple[bytes, str]:
         fmt, subtype = SOUND[kind]
         soundfile.write(buf, 0.3 * tones + 0.05 * rng.standard_normal((16000, 2)), 16000, format=fmt, subtype=subtype)
         return buf.getvalue(), f".{kind}"
+    if kind == "mat73":  # MFPT's layout as a v7.3 (HDF5) file, a cell and a struct array beside it
+        sys.path.insert(0, str(ROOT / "tests"))
+        from helpers import save_mat73
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rig = {"gs": x[:, :1], "sr": 48828.0, "Name": "outer race"}
+            return save_mat73(Path(tmp) / "f.mat", {"bearing": rig, "c": (x[:5, 1], "v"),
+                                                    "Y": [{"Data": x[:10, 0]}, {"Data": x[:10, 1]}]}).read_bytes(), ".mat"
     if kind.startswith("mat"):
         import scipy.io
 

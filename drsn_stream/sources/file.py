@@ -48,6 +48,7 @@ from drsn_stream.audiofile import SUFFIXES as SOUND_SUFFIXES
 from drsn_stream.audiofile import AudioFileError, read_audio
 from drsn_stream.errors import ConfigError, DrsnStreamError, SourceError
 from drsn_stream.sources.base import Source, opt_bool, opt_finite, opt_index, opt_positive
+from drsn_stream.sources.mat73 import Mat73Error, read_mat73
 from drsn_stream.sources.matcheck import check_v4, variables
 from drsn_stream.sources.wire import MAX_CHANNELS, shaft_speed
 from drsn_stream.types import MAX_RPM, Frame, channel_ids
@@ -144,8 +145,9 @@ def _not_a_file(p: Path) -> str:
 
 
 def load_mat(path: str | Path, error: type[Exception] = SourceError) -> dict[str, Any]:
-    """A MATLAB file's variables: numeric arrays as scipy reads them, in a v5 file the numeric
-    arrays inside its structs and cells under their MATLAB names (``bearing.gs``) and any other
+    """A MATLAB file's variables: numeric arrays as scipy (h5py for v7.3) reads them, in a v5 or
+    v7.3 file the numeric arrays inside its structs and cells under their MATLAB names
+    (``bearing.gs``) and any other
     variable (text, cells, structs) as an empty object array; ``error`` (one line: which file,
     what is wrong) for a file that is missing or is not a whole MATLAB file (text, empty, cut
     short, damaged inside: scipy's reader raises its own MatReadError, an IndexError and others
@@ -162,7 +164,7 @@ def load_mat(path: str | Path, error: type[Exception] = SourceError) -> dict[str
             warnings.simplefilter("ignore")
             # the structure checked first (scipy's reader can crash the process on a damaged v5
             # file, or ask for terabytes for a v4 one), and of a v5 file only the whole numeric
-            # arrays read; v7.3 (HDF5) files scipy refuses in words
+            # arrays read; v7.3 (HDF5) files, which scipy does not read, h5py reads in a child process
             version = scipy.io.matlab.matfile_version(p)[0]
             if version == 1:
                 numeric, others, leaves = variables(p)
@@ -170,9 +172,12 @@ def load_mat(path: str | Path, error: type[Exception] = SourceError) -> dict[str
                 # the others are there, not samples: an empty object array says so to every caller
                 mat.update((name, np.empty(0, dtype=object)) for name in others if name not in mat)
                 mat.update(leaves)
-            elif version == 2:
-                raise error(f"{p}: a MATLAB v7.3 file (HDF5), which is not read here; save it again with "
-                            "save(FILE, VARIABLES, '-v7'), or the samples as WAV, NPY or CSV")
+            elif version == 2:  # HDF5 inside, read by h5py in a child process
+                try:
+                    mat, others = read_mat73(p)
+                except Mat73Error as exc:
+                    raise error(f"{p}: {exc}") from None
+                mat.update((name, np.empty(0, dtype=object)) for name in others if name not in mat)
             else:
                 if version == 0:
                     check_v4(p)
