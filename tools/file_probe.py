@@ -81,9 +81,13 @@ def good_file(kind: str) -> tuple[bytes, str]:
         soundfile.write(buf, 0.3 * tones + 0.05 * rng.standard_normal((16000, 2)), 16000, format=fmt, subtype=subtype)
         return buf.getvalue(), f".{kind}"
     if kind == "mat73":  # MFPT's layout as a v7.3 (HDF5) file, a cell and a struct array beside it
-        sys.path.insert(0, str(ROOT / "tests"))
-        from helpers import save_mat73
+        import importlib.util
 
+        # the tests' writer of MATLAB's v7.3 layout, loaded from its file (it needs no drsn_stream)
+        spec = importlib.util.spec_from_file_location("_helpers", ROOT / "tests" / "helpers.py")
+        helpers = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(helpers)  # type: ignore[union-attr]
+        save_mat73 = helpers.save_mat73
         with tempfile.TemporaryDirectory() as tmp:
             rig = {"gs": x[:, :1], "sr": 48828.0, "Name": "outer race"}
             return save_mat73(Path(tmp) / "f.mat", {"bearing": rig, "c": (x[:5, 1], "v"),
