@@ -43,10 +43,24 @@ class ChildResult(NamedTuple):
     late: bool  # it ran past the time limit and was killed
 
 
+def start_child(script: str, args: list[str], *, stdin: bool = False) -> subprocess.Popen:
+    """``PRELUDE + script`` started with ``sys.argv[2:]`` = ``args`` (``sys.argv[1]`` is ``SAID``),
+    its stdout and stderr piped; its stdin piped too where ``stdin`` (a child that serves
+    requests), else empty."""
+    return subprocess.Popen([sys.executable, "-I", "-c", PRELUDE + script, SAID, *args],
+                            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def said_by(proc: subprocess.Popen) -> str | None:
+    """The one line of why a child that ended failed, without ``SAID``; None where it said none."""
+    text = proc.stderr.read(4096).decode("utf-8", "replace") if proc.stderr is not None else ""
+    return next((s[len(SAID):] for s in text.splitlines() if s.startswith(SAID)), None)
+
+
 def run_child(script: str, args: list[str], timeout: float) -> ChildResult:
     """Runs ``PRELUDE + script`` with ``sys.argv[2:]`` = ``args`` (``sys.argv[1]`` is ``SAID``)."""
-    proc = subprocess.Popen([sys.executable, "-I", "-c", PRELUDE + script, SAID, *args],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_child(script, args)
     late = threading.Event()
 
     def stop() -> None:
@@ -61,7 +75,7 @@ def run_child(script: str, args: list[str], timeout: float) -> ChildResult:
         out = bytearray()
         while chunk := proc.stdout.read(1 << 20):
             out += chunk
-        text = proc.stderr.read(4096).decode("utf-8", "replace")
+        said = said_by(proc)
         rc = proc.wait()
     finally:
         timer.cancel()
@@ -71,5 +85,4 @@ def run_child(script: str, args: list[str], timeout: float) -> ChildResult:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
-    said = next((s[len(SAID):] for s in text.splitlines() if s.startswith(SAID)), None)
     return ChildResult(out, said, rc, late.is_set())

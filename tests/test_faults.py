@@ -914,7 +914,7 @@ def test_damaged_mp3_files_are_decoded_quietly_and_a_runaway_decode_is_cut(tmp_p
 
     import soundfile
 
-    from drsn_stream.audiofile import AudioFileError, read_audio
+    from drsn_stream.audiofile import AudioFileError, decoding, read_audio
 
     t = np.arange(16000) / 8000
     good_path = tmp_path / "good.mp3"
@@ -948,6 +948,25 @@ def test_damaged_mp3_files_are_decoded_quietly_and_a_runaway_decode_is_cut(tmp_p
         read_audio(good_path, cap=4000)
     with pytest.raises(AudioFileError, match=r"decoding took longer than 0.01 s; the file may be damaged"):
         read_audio(good_path, timeout=0.01)
+    # a data set's files share one child (decoding()): the same samples and the same refusals, in
+    # the same words, one after another, and a child that ran out of time is replaced for the next
+    alone = [_outcome(read_audio, p) for p in [good_path, *paths]]
+    with decoding():
+        shared = [_outcome(read_audio, p) for p in [good_path, *paths]]
+        with pytest.raises(AudioFileError, match=r"decoding took longer than 1e-06 s"):
+            read_audio(good_path, timeout=1e-6)  # (a warm child decodes this file in a few ms)
+        shared.append(_outcome(read_audio, good_path))
+    assert shared[:-1] == alone and shared[-1] == alone[0]
+    assert capfd.readouterr() == ("", "")
+
+
+def _outcome(read, path: Path) -> tuple:
+    """What reading ``path`` gave: its samples' bytes and rate, or the refusal's words."""
+    try:
+        x, rate = read(path)
+        return x.shape, x.tobytes(), rate
+    except Exception as exc:  # noqa: BLE001 - the refusal is the outcome
+        return type(exc).__name__, str(exc)
 
 
 # ---------------------------------------------------------------------------------------- capture

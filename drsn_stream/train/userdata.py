@@ -33,6 +33,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from drsn_stream.audiofile import SUFFIXES as SOUND_SUFFIXES
+from drsn_stream.audiofile import decoding
 from drsn_stream.config import toml_file
 from drsn_stream.dsp.resample import rational_ratio
 from drsn_stream.errors import ConfigError, DataError, DrsnStreamError, did_you_mean
@@ -421,15 +422,17 @@ def load_user_data(
         entries = [e for e in entries if e.label in labels]
     if only is not None:
         entries = [e for e in entries if e.rel in only]
-    clips, problems = [], []
-    for e in entries:
-        try:
-            clips.append(read_clip(e, sample_rate=sample_rate, default_rate=default_rate, channel=channel))
-        except DrsnStreamError as exc:
-            msg = str(exc)
-            problems.append(msg if e.path.name in msg.split(": ")[0] else f"{e.rel}: {msg}")
-        except Exception as exc:  # noqa: BLE001 - a reader library's own error on a bad file is that file's line
-            problems.append(f"{e.rel}: cannot read it ({type(exc).__name__}: {exc})")
+    clips: list[Clip] = []
+    problems: list[str] = []
+    with decoding():  # a data set's compressed clips share one decoding child
+        for e in entries:
+            try:
+                clips.append(read_clip(e, sample_rate=sample_rate, default_rate=default_rate, channel=channel))
+            except DrsnStreamError as exc:
+                msg = str(exc)
+                problems.append(msg if e.path.name in msg.split(": ")[0] else f"{e.rel}: {msg}")
+            except Exception as exc:  # noqa: BLE001 - a reader library's own error on a bad file is that file's line
+                problems.append(f"{e.rel}: cannot read it ({type(exc).__name__}: {exc})")
     if problems and on_bad == "fail":
         raise DataError(
             f"{len(problems)} bad file(s) in {root} (pass --on-bad skip to train without them):\n  "
